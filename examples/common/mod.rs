@@ -1,0 +1,108 @@
+//! What the example servers share: the command-line contract of `shared/EXAMPLES.md`
+//! (flags, the `listening on` line, exit status 2 on a bad flag), logging to stderr, and
+//! the shutdown signal.
+
+// Each example compiles this module on its own and uses only part of it.
+#![allow(dead_code)]
+
+use std::{fmt::Display, io::Write, net::SocketAddr, process, str::FromStr};
+
+use tokio::net::TcpListener;
+
+/// The flags every example server takes.
+#[derive(Debug)]
+pub struct Args {
+    /// `--addr IP:PORT`, default `127.0.0.1:0`.
+    pub addr: SocketAddr,
+    /// `--unprotected`: no protection layer at all, the baseline for attacks.
+    pub unprotected: bool,
+}
+
+impl Args {
+    /// Parses the process arguments; a flag that is unknown or a value that does not
+    /// parse ends the process with a one-line error and status 2.
+    pub fn from_env(usage: &str) -> Self {
+        let mut args = Args {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            unprotected: false,
+        };
+        let mut argv = std::env::args().skip(1);
+        while let Some(flag) = argv.next() {
+            match flag.as_str() {
+                "--addr" => args.addr = value(&flag, argv.next()),
+                "--unprotected" => args.unprotected = true,
+                "-h" | "--help" => {
+                    println!("{usage}");
+                    process::exit(0);
+                }
+                _ => fail(format_args!("unknown flag `{flag}` (see --help)")),
+            }
+        }
+        args
+    }
+}
+
+/// Parses the value that follows `flag`.
+fn value<T>(flag: &str, value: Option<String>) -> T
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    let Some(value) = value else {
+        fail(format_args!("`{flag}` needs a value"));
+    };
+    value
+        .parse()
+        .unwrap_or_else(|error| fail(format_args!("bad value `{value}` for `{flag}`: {error}")))
+}
+
+/// A one-line error on stderr and exit status 2, as the contract says.
+pub fn fail(message: impl Display) -> ! {
+    eprintln!("error: {message}");
+    process::exit(2);
+}
+
+/// Logs go to stderr, never to stdout; `RUST_LOG` overrides the `info` default.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Binds, then prints `listening on IP:PORT` with the real port as the first line of
+/// stdout, and flushes it.
+pub async fn bind(addr: SocketAddr) -> TcpListener {
+    let listener = TcpListener::bind(addr).await.unwrap_or_else(|error| {
+        eprintln!("error: cannot listen on {addr}: {error}");
+        process::exit(1);
+    });
+    let local = listener
+        .local_addr()
+        .expect("a bound socket has an address");
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening on {local}")
+        .and_then(|()| stdout.flush())
+        .ok();
+    listener
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    interrupt.await.ok();
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,175 @@
+//! A raw TCP line protocol with a login, after the 2005 Perspective Broker server whose
+//! failed logins leaked one connection each: the raw-protocol target of the project's
+//! end-to-end and attack tests.
+//!
+//! ```text
+//! cargo run --release --example login_server -- [--addr IP:PORT] [--unprotected]
+//! ```
+//!
+//! Lines end in `\n` (a trailing `\r` is ignored), at most 1024 bytes. The server sends
+//! nothing on connect.
+//!
+//! - `LOGIN <user> <password>` answers `OK` for `alice` / `secret`, else `DENIED`;
+//! - after `OK`, `ECHO <text>` answers `<text>`; `QUIT` closes;
+//! - anything else answers `ERROR <reason>`; a line over the limit answers
+//!   `ERROR line too long` and closes.
+//!
+//! Protected (the default), a connection is closed right after its failed login's
+//! `DENIED` is written, and it winds down when the server shuts down. `--unprotected`
+//! keeps the connection open after `DENIED`, as the 2005 server did, and serves from a
+//! plain tokio accept loop.
+
+mod common;
+
+use std::io;
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader},
+    net::TcpStream,
+};
+use tower::service_fn;
+use tower_bouncer::{Conn, GracefulClose, serve::Server};
+
+const USAGE: &str = "usage: login_server [--addr IP:PORT] [--unprotected]";
+const MAX_LINE: usize = 1024;
+/// Failed logins a connection may make before it is closed, in protected mode.
+const MAX_AUTH_TRIES: u32 = 1;
+
+#[tokio::main]
+async fn main() {
+    let args = common::Args::from_env(USAGE);
+    common::init_logging();
+    let listener = common::bind(args.addr).await;
+
+    if args.unprotected {
+        serve_unprotected(listener).await;
+        return;
+    }
+    let protocol = service_fn(|mut conn: Conn<TcpStream>| {
+        let close = conn.extensions_mut().remove::<GracefulClose>();
+        let session = Session {
+            max_auth_tries: Some(MAX_AUTH_TRIES),
+            close,
+        };
+        session.run(conn.into_io())
+    });
+    let report = Server::new(listener)
+        .with_graceful_shutdown(common::shutdown_signal())
+        .serve(protocol)
+        .await;
+    if let Err(error) = report {
+        common::fail(format_args!("server failed: {error}"));
+    }
+}
+
+/// A plain tokio accept loop, as a server without any protection is written.
+async fn serve_unprotected(listener: tokio::net::TcpListener) {
+    let shutdown = common::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let session = Session { max_auth_tries: None, close: None };
+                    tokio::spawn(session.run(stream));
+                }
+                Err(error) => tracing::warn!(%error, "accept failed"),
+            },
+        }
+    }
+}
+
+/// One connection's state.
+struct Session {
+    /// `None`: never close after `DENIED` (the 2005 behaviour).
+    max_auth_tries: Option<u32>,
+    /// Raised when the server shuts down.
+    close: Option<GracefulClose>,
+}
+
+enum Line {
+    Text(String),
+    TooLong,
+    End,
+}
+
+impl Session {
+    async fn run<IO>(self, io: IO) -> io::Result<()>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut io = BufReader::new(io);
+        let mut failures = 0;
+        let mut user = None;
+        let close = self.close.unwrap_or_default();
+        loop {
+            let line = tokio::select! {
+                line = read_line(&mut io) => line?,
+                () = close.requested() => return Ok(()),
+            };
+            let line = match line {
+                Line::Text(line) => line,
+                Line::TooLong => return reply(&mut io, "ERROR line too long").await,
+                Line::End => return Ok(()),
+            };
+            let (command, rest) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+            match command {
+                "LOGIN" => {
+                    let Some((name, password)) = rest.split_once(' ') else {
+                        reply(&mut io, "ERROR usage: LOGIN <user> <password>").await?;
+                        continue;
+                    };
+                    if name == "alice" && password == "secret" {
+                        user = Some(name.to_owned());
+                        reply(&mut io, "OK").await?;
+                    } else {
+                        failures += 1;
+                        reply(&mut io, "DENIED").await?;
+                        if self.max_auth_tries.is_some_and(|max| failures >= max) {
+                            tracing::info!(failures, "login failed; closing the connection");
+                            return Ok(());
+                        }
+                    }
+                }
+                "ECHO" if user.is_some() => reply(&mut io, rest).await?,
+                "ECHO" => reply(&mut io, "ERROR not logged in").await?,
+                "QUIT" => return Ok(()),
+                _ => reply(&mut io, "ERROR unknown command").await?,
+            }
+        }
+    }
+}
+
+/// Reads one line of at most [`MAX_LINE`] bytes, without its `\n` or `\r\n`.
+async fn read_line<R: AsyncRead + Unpin>(io: &mut BufReader<R>) -> io::Result<Line> {
+    let mut buf = Vec::new();
+    // Room for the longest line plus "\r\n": anything longer is too long.
+    let limit = MAX_LINE as u64 + 2;
+    let read = (&mut *io).take(limit).read_until(b'\n', &mut buf).await?;
+    if read == 0 {
+        return Ok(Line::End);
+    }
+    if buf.pop() != Some(b'\n') {
+        // No newline: either the limit was hit or the peer closed mid-line.
+        return Ok(if read as u64 == limit {
+            Line::TooLong
+        } else {
+            Line::End
+        });
+    }
+    if buf.last() == Some(&b'\r') {
+        buf.pop();
+    }
+    if buf.len() > MAX_LINE {
+        return Ok(Line::TooLong);
+    }
+    Ok(Line::Text(String::from_utf8_lossy(&buf).into_owned()))
+}
+
+/// Writes one line and flushes it, so it has left before anything else happens.
+async fn reply<W: AsyncWrite + Unpin>(io: &mut W, line: &str) -> io::Result<()> {
+    io.write_all(line.as_bytes()).await?;
+    io.write_all(b"\n").await?;
+    io.flush().await
+}

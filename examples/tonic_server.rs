@@ -1,0 +1,56 @@
+//! The standard gRPC health service (`tonic-health`) behind an interceptor that wants
+//! `authorization: Bearer secret`, served through tower-bouncer's HTTP adapter.
+//!
+//! ```text
+//! cargo run --release --example tonic_server -- [--addr IP:PORT] [--unprotected]
+//! ```
+//!
+//! A call without the token fails with `UNAUTHENTICATED`. Protected (the default), the
+//! routes run through the crate's accept loop and HTTP adapter; `--unprotected` serves
+//! them with tonic's own server.
+
+mod common;
+
+use tonic::{
+    Request, Status,
+    service::{Routes, interceptor::InterceptedService},
+    transport::server::TcpIncoming,
+};
+use tower_bouncer::{http::HttpService, serve::Server};
+
+const USAGE: &str = "usage: tonic_server [--addr IP:PORT] [--unprotected]";
+
+#[tokio::main]
+async fn main() {
+    let args = common::Args::from_env(USAGE);
+    common::init_logging();
+    let listener = common::bind(args.addr).await;
+
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let health = InterceptedService::new(health, require_token);
+
+    if args.unprotected {
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), common::shutdown_signal())
+            .await
+            .unwrap_or_else(|error| common::fail(format_args!("server failed: {error}")));
+        return;
+    }
+    let routes = Routes::new(health).prepare();
+    let report = Server::new(listener)
+        .with_graceful_shutdown(common::shutdown_signal())
+        .serve(HttpService::new(routes))
+        .await;
+    if let Err(error) = report {
+        common::fail(format_args!("server failed: {error}"));
+    }
+}
+
+/// Lets a call through only with `authorization: Bearer secret`.
+fn require_token(request: Request<()>) -> Result<Request<()>, Status> {
+    match request.metadata().get("authorization") {
+        Some(token) if token == "Bearer secret" => Ok(request),
+        _ => Err(Status::unauthenticated("a valid bearer token is required")),
+    }
+}

@@ -1,0 +1,213 @@
+use std::{fmt, io, net::SocketAddr};
+
+use http::Extensions;
+use tokio::net::TcpStream;
+
+/// One accepted connection: the request type of every connection-level service.
+///
+/// It carries the stream, the peer and local addresses, and typed [`Extensions`] in
+/// which layers leave per-connection handles for the layers and handlers below them
+/// (as `http::Request` carries its extensions). The HTTP adapter copies these
+/// extensions into every request it serves.
+///
+/// # Example
+///
+/// ```
+/// use tower_bouncer::Conn;
+///
+/// let (server_side, _client_side) = tokio::io::duplex(64);
+/// let conn = Conn::new(
+///     server_side,
+///     "192.0.2.7:40000".parse().unwrap(),
+///     "127.0.0.1:8080".parse().unwrap(),
+/// );
+/// assert_eq!(conn.peer_addr().ip().to_string(), "192.0.2.7");
+/// ```
+pub struct Conn<IO> {
+    io: IO,
+    parts: Parts,
+}
+
+/// Everything in a [`Conn`] but its stream.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Parts {
+    /// The address of the remote end.
+    pub peer_addr: SocketAddr,
+    /// The local address the connection was accepted on.
+    pub local_addr: SocketAddr,
+    /// Per-connection handles left by layers.
+    pub extensions: Extensions,
+}
+
+impl<IO> Conn<IO> {
+    /// A connection over any stream, such as one half of [`tokio::io::duplex`] in tests.
+    pub fn new(io: IO, peer_addr: SocketAddr, local_addr: SocketAddr) -> Self {
+        Self::from_parts(
+            io,
+            Parts {
+                peer_addr,
+                local_addr,
+                extensions: Extensions::new(),
+            },
+        )
+    }
+
+    /// Reassembles a connection taken apart by [`Conn::into_parts`].
+    pub fn from_parts(io: IO, parts: Parts) -> Self {
+        Self { io, parts }
+    }
+
+    /// Takes the connection apart into its stream and everything else.
+    pub fn into_parts(self) -> (IO, Parts) {
+        (self.io, self.parts)
+    }
+
+    /// The address of the remote end.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.parts.peer_addr
+    }
+
+    /// The local address the connection was accepted on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.parts.local_addr
+    }
+
+    /// Both addresses, as the HTTP adapter hands them to request handlers.
+    pub fn info(&self) -> ConnInfo {
+        ConnInfo {
+            peer_addr: self.parts.peer_addr,
+            local_addr: self.parts.local_addr,
+        }
+    }
+
+    /// The stream.
+    pub fn io(&self) -> &IO {
+        &self.io
+    }
+
+    /// The stream, mutably.
+    pub fn io_mut(&mut self) -> &mut IO {
+        &mut self.io
+    }
+
+    /// Consumes the connection and returns its stream.
+    pub fn into_io(self) -> IO {
+        self.io
+    }
+
+    /// The per-connection handles left by layers.
+    pub fn extensions(&self) -> &Extensions {
+        &self.parts.extensions
+    }
+
+    /// The per-connection handles left by layers, mutably.
+    pub fn extensions_mut(&mut self) -> &mut Extensions {
+        &mut self.parts.extensions
+    }
+
+    /// Wraps the stream, keeping the addresses and extensions: how stream-level
+    /// protections (timeouts, byte counters) put themselves between the socket and the
+    /// protocol.
+    pub fn map_io<F, IO2>(self, wrap: F) -> Conn<IO2>
+    where
+        F: FnOnce(IO) -> IO2,
+    {
+        Conn {
+            io: wrap(self.io),
+            parts: self.parts,
+        }
+    }
+}
+
+/// The addresses of the connection a request arrived on. The HTTP adapter puts one in
+/// every request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct ConnInfo {
+    /// The address of the remote end.
+    pub peer_addr: SocketAddr,
+    /// The local address the connection was accepted on.
+    pub local_addr: SocketAddr,
+}
+
+impl TryFrom<TcpStream> for Conn<TcpStream> {
+    type Error = io::Error;
+
+    /// Reads both addresses off the socket. This fails only if the socket is no
+    /// longer connected (the peer reset it between accept and now).
+    fn try_from(stream: TcpStream) -> io::Result<Self> {
+        let peer_addr = stream.peer_addr()?;
+        let local_addr = stream.local_addr()?;
+        Ok(Conn::new(stream, peer_addr, local_addr))
+    }
+}
+
+impl<IO> fmt::Debug for Conn<IO> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conn")
+            .field("peer_addr", &self.parts.peer_addr)
+            .field("local_addr", &self.parts.local_addr)
+            .field("extensions", &self.parts.extensions)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn new_keeps_addresses_and_starts_without_extensions() {
+        let (io, _peer) = tokio::io::duplex(8);
+        let conn = Conn::new(io, addr("192.0.2.1:1000"), addr("127.0.0.1:80"));
+        assert_eq!(conn.peer_addr(), addr("192.0.2.1:1000"));
+        assert_eq!(conn.local_addr(), addr("127.0.0.1:80"));
+        assert!(conn.extensions().is_empty());
+    }
+
+    #[tokio::test]
+    async fn map_io_wraps_the_stream_and_keeps_everything_else() {
+        let (io, mut peer) = tokio::io::duplex(64);
+        let mut conn = Conn::new(io, addr("[2001:db8::1]:5"), addr("[::1]:80"));
+        conn.extensions_mut().insert(7u32);
+
+        let mut conn = conn.map_io(BufReader::new);
+        assert_eq!(conn.peer_addr(), addr("[2001:db8::1]:5"));
+        assert_eq!(conn.extensions().get::<u32>(), Some(&7));
+
+        peer.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        conn.io_mut().read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+    }
+
+    #[tokio::test]
+    async fn into_parts_and_back_is_lossless() {
+        let (io, _peer) = tokio::io::duplex(8);
+        let mut conn = Conn::new(io, addr("10.0.0.1:1"), addr("10.0.0.2:2"));
+        conn.extensions_mut().insert("handle");
+        let (io, parts) = conn.into_parts();
+        assert_eq!(parts.peer_addr, addr("10.0.0.1:1"));
+        let conn = Conn::from_parts(io, parts);
+        assert_eq!(conn.extensions().get::<&str>(), Some(&"handle"));
+        assert_eq!(conn.local_addr(), addr("10.0.0.2:2"));
+    }
+
+    #[tokio::test]
+    async fn built_from_a_tcp_stream_in_one_step() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server_addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(server_addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+
+        let conn = Conn::try_from(accepted).unwrap();
+        assert_eq!(conn.peer_addr(), client.local_addr().unwrap());
+        assert_eq!(conn.local_addr(), server_addr);
+    }
+}

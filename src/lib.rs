@@ -1,0 +1,59 @@
+//! Connection-level [`tower`] layers that protect any tokio server against
+//! connection-exhaustion denial of service.
+//!
+//! A connection is a request: a connection-level service is a
+//! `Service<Conn<IO>, Response = ()>` whose future runs the whole connection. Every
+//! protection is a [`Layer`](tower_layer::Layer) over such a service, so protections
+//! compose with [`tower::ServiceBuilder`] and are tested with `tower-test`.
+//!
+//! - [`Conn`]: the stream, the peer and local addresses, and typed extensions.
+//! - [`GracefulClose`]: the per-connection signal that asks a connection to finish its
+//!   current exchange and close.
+//! - [`serve`](mod@serve) (feature `serve`): the accept loop, which waits for the service
+//!   to be ready before each accept, survives `EMFILE`, and drains on shutdown.
+//! - [`http`](mod@http) (feature `http`): [`HttpService`](http::HttpService) serves an
+//!   axum `Router` or tonic routes over HTTP/1.1 and HTTP/2 on each connection.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//! use tower_bouncer::{http::HttpService, serve::Server};
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let app = Router::new().route("/", get(|| async { "hello\n" }));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! Server::new(listener)
+//!     .with_graceful_shutdown(async { tokio::signal::ctrl_c().await.ok(); })
+//!     .serve(HttpService::new(app))
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(
+    missing_debug_implementations,
+    missing_docs,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![deny(rustdoc::broken_intra_doc_links)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod close;
+mod conn;
+
+#[cfg(feature = "http")]
+pub mod http;
+#[cfg(feature = "serve")]
+pub mod serve;
+pub mod timeout;
+
+#[cfg(feature = "serve")]
+mod throttle;
+
+pub use close::GracefulClose;
+pub use conn::{Conn, ConnInfo, Parts};
+
+/// The error type of connection-level services (tower's convention).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

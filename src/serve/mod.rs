@@ -1,0 +1,311 @@
+//! The accept loop: accepts connections and runs a connection-level service on each.
+//!
+//! [`Server`] (or the shortcut [`serve`]) is what turns a listener and a
+//! `Service<Conn<IO>>` into a running server:
+//!
+//! - it waits for the service's `poll_ready` before each accept, so a layer that is
+//!   full pauses accepting and new connections wait in the kernel's backlog;
+//! - it survives accept errors: `EMFILE`, `ENFILE`, `ENOBUFS` and `ENOMEM` are logged
+//!   (at most once every few seconds) and retried after a growing back-off, never in a
+//!   spin; per-connection errors such as `ECONNABORTED` are skipped; only an error that
+//!   means the listener is gone ends the loop;
+//! - it runs each connection in its own task, inside a tracing span carrying the peer
+//!   address; a connection that fails or panics is logged and never stops the loop;
+//! - on shutdown it stops accepting, raises every connection's [`GracefulClose`], waits up
+//!   to a drain deadline, cuts what is left, and reports both counts.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tower::service_fn;
+//! use tower_bouncer::{Conn, serve::Server};
+//! use tokio::{io::AsyncWriteExt, net::TcpStream};
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let greeter = service_fn(|mut conn: Conn<TcpStream>| async move {
+//!     conn.io_mut().write_all(b"hello\n").await
+//! });
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let report = Server::new(listener)
+//!     .drain_timeout(Duration::from_secs(5))
+//!     .with_graceful_shutdown(async { tokio::signal::ctrl_c().await.ok(); })
+//!     .serve(greeter)
+//!     .await?;
+//! println!("{} connections drained, {} cut", report.drained, report.cut);
+//! # Ok(())
+//! # }
+//! ```
+
+mod accept_error;
+mod listener;
+
+use std::{
+    future::{Future, Pending, poll_fn},
+    io,
+    panic::AssertUnwindSafe,
+    pin::pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use futures_util::{FutureExt, TryFutureExt};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tower::Service;
+use tracing::Instrument;
+
+use crate::{BoxError, Conn, GracefulClose, throttle::LogThrottle};
+use accept_error::{AcceptError, Backoff};
+pub use listener::Listener;
+
+/// The first back-off after an accept fails for lack of resources; it doubles from here.
+const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
+/// How often, at most, a persistent accept failure is logged.
+const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Serves `service` on every connection from `listener` until the listener fails.
+///
+/// Shorthand for `Server::new(listener).serve(service)`; use [`Server`] for graceful
+/// shutdown.
+pub async fn serve<L, S>(listener: L, service: S) -> io::Result<ShutdownReport>
+where
+    L: Listener,
+    S: Service<Conn<L::Io>, Response = ()>,
+    S::Error: Into<BoxError> + 'static,
+    S::Future: Send + 'static,
+{
+    Server::new(listener).serve(service).await
+}
+
+/// The accept loop, with its shutdown signal and drain deadline.
+///
+/// See the [module documentation](self).
+#[derive(Debug)]
+#[must_use = "a server does nothing until `serve` is awaited"]
+pub struct Server<L, F = Pending<()>> {
+    listener: L,
+    shutdown: F,
+    drain_timeout: Duration,
+    max_accept_backoff: Duration,
+}
+
+impl<L: Listener> Server<L> {
+    /// A server on `listener` that runs until the listener fails, with a 10 second drain
+    /// deadline and accept back-off capped at 1 second.
+    pub fn new(listener: L) -> Self {
+        Self {
+            listener,
+            shutdown: std::future::pending(),
+            drain_timeout: Duration::from_secs(10),
+            max_accept_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+impl<L: Listener, F> Server<L, F> {
+    /// Shuts down gracefully when `signal` completes: stop accepting, ask every connection
+    /// to close gracefully, wait up to the [drain deadline](Self::drain_timeout), then cut
+    /// the connections that are left.
+    pub fn with_graceful_shutdown<G>(self, signal: G) -> Server<L, G>
+    where
+        G: Future<Output = ()>,
+    {
+        Server {
+            listener: self.listener,
+            shutdown: signal,
+            drain_timeout: self.drain_timeout,
+            max_accept_backoff: self.max_accept_backoff,
+        }
+    }
+
+    /// How long shutdown waits for live connections to finish before cutting them.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// The longest pause between accept attempts while the process is out of
+    /// descriptors or memory. The pause starts at 5 ms and doubles up to this cap.
+    pub fn max_accept_backoff(mut self, max: Duration) -> Self {
+        self.max_accept_backoff = max.max(MIN_ACCEPT_BACKOFF);
+        self
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Runs the accept loop until the shutdown signal completes or the listener fails,
+    /// then drains the live connections.
+    ///
+    /// # Errors
+    ///
+    /// An error that means the listener is gone (`EBADF`, `EINVAL`, `ENOTSOCK`), or the
+    /// service failing in `poll_ready` (wrapped in [`io::Error::other`]). Live
+    /// connections are drained before the error is returned.
+    pub async fn serve<S>(self, mut service: S) -> io::Result<ShutdownReport>
+    where
+        F: Future<Output = ()>,
+        S: Service<Conn<L::Io>, Response = ()>,
+        S::Error: Into<BoxError> + 'static,
+        S::Future: Send + 'static,
+    {
+        let Server {
+            mut listener,
+            shutdown,
+            drain_timeout,
+            max_accept_backoff,
+        } = self;
+        let mut shutdown = pin!(shutdown);
+        let connections = Connections::default();
+        let mut backoff = Backoff::new(MIN_ACCEPT_BACKOFF, max_accept_backoff);
+        let error_log = LogThrottle::new(ACCEPT_ERROR_LOG_INTERVAL);
+
+        let outcome = loop {
+            // Ready before accept: a full service leaves connections in the backlog.
+            let ready = tokio::select! {
+                biased;
+                () = &mut shutdown => break Ok(()),
+                ready = poll_fn(|cx| service.poll_ready(cx).map_err(Into::into)) => ready,
+            };
+            if let Err(error) = ready {
+                tracing::error!(%error, "connection service failed; shutting down");
+                break Err(io::Error::other(error));
+            }
+
+            let accepted = tokio::select! {
+                biased;
+                () = &mut shutdown => break Ok(()),
+                accepted = listener.accept() => accepted,
+            };
+            let error = match accepted {
+                Ok(conn) => {
+                    backoff.reset();
+                    connections.spawn(&mut service, conn);
+                    continue;
+                }
+                Err(error) => error,
+            };
+            match AcceptError::classify(&error) {
+                AcceptError::Connection => {
+                    tracing::debug!(%error, "accept failed for one connection; skipped");
+                }
+                AcceptError::Resources => {
+                    let delay = backoff.next_delay();
+                    if let Some(suppressed) = error_log.allow() {
+                        tracing::warn!(%error, ?delay, suppressed, "accept failed; backing off");
+                    }
+                    tokio::select! {
+                        biased;
+                        () = &mut shutdown => break Ok(()),
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+                AcceptError::Fatal => {
+                    tracing::error!(%error, "listener failed; shutting down");
+                    break Err(error);
+                }
+            }
+        };
+
+        // Closing the listener makes the kernel refuse new connections instead of
+        // queueing them for a server that will never accept them.
+        drop(listener);
+        let report = connections.drain(drain_timeout).await;
+        tracing::info!(drained = report.drained, cut = report.cut, "server stopped");
+        outcome.map(|()| report)
+    }
+}
+
+/// How a graceful shutdown went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Connections that were live when shutdown began and finished before the deadline.
+    pub drained: usize,
+    /// Connections still live at the deadline, which were cut.
+    pub cut: usize,
+}
+
+/// The live connections' tasks, and the signals that wind them down and cut them.
+#[derive(Default)]
+struct Connections {
+    tasks: TaskTracker,
+    close: GracefulClose,
+    cut: CancellationToken,
+    cut_count: Arc<AtomicUsize>,
+}
+
+impl Connections {
+    fn spawn<S, IO>(&self, service: &mut S, mut conn: Conn<IO>)
+    where
+        S: Service<Conn<IO>, Response = ()>,
+        S::Error: Into<BoxError> + 'static,
+        S::Future: Send + 'static,
+    {
+        let span = tracing::info_span!("conn", peer = %conn.peer_addr());
+        conn.extensions_mut().insert(self.close.child());
+        let called =
+            span.in_scope(|| std::panic::catch_unwind(AssertUnwindSafe(|| service.call(conn))));
+        let connection = match called {
+            Ok(connection) => connection,
+            Err(panic) => {
+                tracing::error!(parent: &span, panic = panic_message(&*panic), "connection service panicked");
+                return;
+            }
+        };
+
+        let cut = self.cut.clone();
+        let cut_count = self.cut_count.clone();
+        let task = async move {
+            tokio::select! {
+                biased;
+                outcome = AssertUnwindSafe(connection.map_err(Into::into)).catch_unwind() => match outcome {
+                    Ok(Ok(())) => tracing::trace!("connection closed"),
+                    Ok(Err(error)) => {
+                        let error: BoxError = error;
+                        tracing::debug!(%error, "connection ended with an error");
+                    }
+                    Err(panic) => {
+                        tracing::error!(panic = panic_message(&*panic), "connection panicked");
+                    }
+                },
+                () = cut.cancelled() => {
+                    cut_count.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("connection cut at the drain deadline");
+                }
+            }
+        };
+        self.tasks.spawn(task.instrument(span));
+    }
+
+    async fn drain(self, timeout: Duration) -> ShutdownReport {
+        self.tasks.close();
+        let live = self.tasks.len();
+        self.close.request();
+        if tokio::time::timeout(timeout, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            self.cut.cancel();
+            self.tasks.wait().await;
+        }
+        let cut = self.cut_count.load(Ordering::Relaxed);
+        ShutdownReport {
+            drained: live.saturating_sub(cut),
+            cut,
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("non-string panic payload")
+}

@@ -1,0 +1,311 @@
+//! The accept loop: backpressure, accept errors, panics, graceful shutdown.
+
+mod support;
+
+use std::{
+    io,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
+use tower::service_fn;
+use tower_bouncer::{BoxError, Conn, GracefulClose, serve::Server};
+
+use support::*;
+
+fn os_error(code: i32) -> io::Result<Conn<tokio::io::DuplexStream>> {
+    Err(io::Error::from_raw_os_error(code))
+}
+
+/// A connection service that reports each peer it serves, then closes.
+fn reporting_service<IO: Send + 'static>(
+    served: mpsc::UnboundedSender<std::net::SocketAddr>,
+) -> impl tower::Service<
+    Conn<IO>,
+    Response = (),
+    Error = BoxError,
+    Future = impl Future<Output = Result<(), BoxError>> + Send,
+> {
+    service_fn(move |conn: Conn<IO>| {
+        let served = served.clone();
+        async move {
+            served.send(conn.peer_addr()).ok();
+            Ok::<_, BoxError>(())
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_that_is_not_ready_stops_accepts_until_it_is() {
+    let (service, mut handle) = tower_test::mock::pair::<Conn<tokio::io::DuplexStream>, ()>();
+    handle.allow(0);
+    let (queue, log, listener) = ChannelListener::new();
+    let server = tokio::spawn(Server::new(listener).serve(service));
+
+    let (first, _first_client) = duplex_conn("192.0.2.1:1");
+    let (second, _second_client) = duplex_conn("192.0.2.2:2");
+    queue.send(Ok(first)).unwrap();
+    queue.send(Ok(second)).unwrap();
+
+    // Not ready: nothing is accepted, both connections wait in the backlog.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(60), handle.next_request())
+            .await
+            .is_err()
+    );
+    assert_eq!(log.accepted(), 0);
+
+    // Ready for one: exactly one is accepted and served, the other keeps waiting.
+    handle.allow(1);
+    let (conn, respond) = handle.next_request().await.unwrap();
+    assert_eq!(conn.peer_addr(), addr("192.0.2.1:1"));
+    respond.send_response(());
+    assert!(
+        tokio::time::timeout(Duration::from_secs(60), handle.next_request())
+            .await
+            .is_err()
+    );
+    assert_eq!(log.accepted(), 1);
+
+    handle.allow(1);
+    let (conn, respond) = handle.next_request().await.unwrap();
+    assert_eq!(conn.peer_addr(), addr("192.0.2.2:2"));
+    respond.send_response(());
+    server.abort();
+}
+
+#[tokio::test]
+async fn on_real_sockets_a_paused_server_leaves_connections_in_the_kernel_backlog() {
+    let (service, mut handle) = tower_test::mock::pair::<Conn<TcpStream>, ()>();
+    handle.allow(0);
+    let server = LoopbackServer::start(service, Duration::from_secs(1)).await;
+
+    // The kernel completes the handshake even though the server is not accepting.
+    let mut client = within(PATIENCE, connect_from(2, server.addr)).await;
+    client.write_all(b"waiting").await.unwrap();
+
+    handle.allow(1);
+    let (conn, respond) = within(PATIENCE, handle.next_request()).await.unwrap();
+    assert_eq!(conn.peer_addr(), client.local_addr().unwrap());
+    let mut received = [0u8; 7];
+    let mut io = conn.into_io();
+    io.read_exact(&mut received).await.unwrap();
+    assert_eq!(&received, b"waiting");
+    respond.send_response(());
+    server.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn descriptor_exhaustion_backs_off_exponentially_then_recovers() {
+    let (queue, log, listener) = ChannelListener::new();
+    let (served, mut served_rx) = mpsc::unbounded_channel();
+    let server = tokio::spawn(
+        Server::new(listener)
+            .max_accept_backoff(Duration::from_millis(40))
+            .serve(reporting_service(served)),
+    );
+    for _ in 0..5 {
+        queue.send(os_error(libc::EMFILE)).unwrap();
+    }
+    let (conn, _client) = duplex_conn("192.0.2.9:9");
+    queue.send(Ok(conn)).unwrap();
+
+    let peer = within(PATIENCE, served_rx.recv()).await.unwrap();
+    assert_eq!(peer, addr("192.0.2.9:9"));
+    // Five failures: waits of 5, 10, 20, 40 and 40 ms (the cap) before retrying.
+    assert_eq!(log.gaps_ms()[..5], [5, 10, 20, 40, 40]);
+
+    // Success resets the back-off.
+    queue.send(os_error(libc::ENFILE)).unwrap();
+    let (conn, _client) = duplex_conn("192.0.2.10:10");
+    queue.send(Ok(conn)).unwrap();
+    within(PATIENCE, served_rx.recv()).await.unwrap();
+    // After the success the loop retries at once, fails, and waits the minimum again.
+    assert_eq!(log.gaps_ms()[5..7], [0, 5]);
+    server.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_run_of_accept_errors_is_logged_rarely_and_never_spins() {
+    let warnings = Arc::new(Mutex::new(Vec::new()));
+    let _logging = capture_warnings(warnings.clone());
+
+    let (queue, log, listener) = ChannelListener::new();
+    let (served, mut served_rx) = mpsc::unbounded_channel();
+    let server = tokio::spawn(
+        Server::new(listener)
+            .max_accept_backoff(Duration::from_millis(100))
+            .serve(reporting_service(served)),
+    );
+    // 60 failures in a row: about 5.6 s of back-off, the 5 s log interval passes once.
+    for _ in 0..60 {
+        queue.send(os_error(libc::EMFILE)).unwrap();
+    }
+    let (conn, _client) = duplex_conn("192.0.2.1:1");
+    queue.send(Ok(conn)).unwrap();
+    within(Duration::from_secs(60), served_rx.recv())
+        .await
+        .unwrap();
+
+    let gaps = log.gaps_ms();
+    assert!(gaps[..60].iter().all(|gap| *gap >= 5), "{gaps:?}");
+    let warnings = warnings.lock().unwrap();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[1].contains("suppressed=") && !warnings[1].contains("suppressed=0"));
+    server.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_aborted_connection_is_skipped_at_once() {
+    let (queue, log, listener) = ChannelListener::new();
+    let (served, mut served_rx) = mpsc::unbounded_channel();
+    let server = tokio::spawn(Server::new(listener).serve(reporting_service(served)));
+    queue.send(os_error(libc::ECONNABORTED)).unwrap();
+    let (conn, _client) = duplex_conn("192.0.2.3:3");
+    queue.send(Ok(conn)).unwrap();
+
+    within(PATIENCE, served_rx.recv()).await.unwrap();
+    assert_eq!(log.gaps_ms()[0], 0);
+    server.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_listener_ends_the_loop_with_its_error() {
+    let (queue, _log, listener) = ChannelListener::new();
+    let (served, _served_rx) = mpsc::unbounded_channel();
+    let server = Server::new(listener).serve(reporting_service(served));
+    queue.send(os_error(libc::EBADF)).unwrap();
+
+    let error = within(PATIENCE, server).await.unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(libc::EBADF));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_connection_does_not_stop_the_loop() {
+    let (queue, _log, listener) = ChannelListener::new();
+    let (served, mut served_rx) = mpsc::unbounded_channel();
+    let service = service_fn(move |conn: Conn<tokio::io::DuplexStream>| {
+        let served = served.clone();
+        let peer = conn.peer_addr();
+        // Panics inside `call` itself for one peer...
+        assert_ne!(peer, addr("192.0.2.1:1"), "panic in call");
+        async move {
+            // ...and inside the connection's future for another.
+            assert_ne!(peer, addr("192.0.2.2:2"), "panic in the connection");
+            served.send(peer).ok();
+            Ok::<_, BoxError>(())
+        }
+    });
+    let server = tokio::spawn(Server::new(listener).serve(service));
+
+    let mut clients = Vec::new();
+    for peer in ["192.0.2.1:1", "192.0.2.2:2", "192.0.2.3:3"] {
+        let (conn, client) = duplex_conn(peer);
+        clients.push(client);
+        queue.send(Ok(conn)).unwrap();
+    }
+    assert_eq!(
+        within(PATIENCE, served_rx.recv()).await,
+        Some(addr("192.0.2.3:3"))
+    );
+    assert!(!server.is_finished());
+    server.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_winds_down_live_connections_and_cuts_the_stuck_one_at_the_deadline() {
+    let (queue, _log, listener) = ChannelListener::new();
+    let (started, mut started_rx) = mpsc::unbounded_channel();
+    let service = service_fn(move |mut conn: Conn<tokio::io::DuplexStream>| {
+        let close = conn.extensions_mut().remove::<GracefulClose>().unwrap();
+        let started = started.clone();
+        async move {
+            started.send(()).ok();
+            if conn.peer_addr() == addr("192.0.2.1:1") {
+                // Cooperative: finishes once asked.
+                close.requested().await;
+            } else {
+                // Stuck: ignores the request.
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, BoxError>(())
+        }
+    });
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(
+        Server::new(listener)
+            .drain_timeout(Duration::from_secs(5))
+            .with_graceful_shutdown(async move {
+                stopped.await.ok();
+            })
+            .serve(service),
+    );
+    let mut clients = Vec::new();
+    for peer in ["192.0.2.1:1", "192.0.2.2:2"] {
+        let (conn, client) = duplex_conn(peer);
+        clients.push(client);
+        queue.send(Ok(conn)).unwrap();
+        started_rx.recv().await.unwrap();
+    }
+
+    let shutdown_began = Instant::now();
+    stop.send(()).unwrap();
+    let report = within(PATIENCE, server).await.unwrap().unwrap();
+    assert_eq!((report.drained, report.cut), (1, 1));
+    assert_eq!(shutdown_began.elapsed(), Duration::from_secs(5));
+    // The cut connection's stream was dropped: its client sees the end.
+    let mut buf = [0u8; 1];
+    assert_eq!(clients[1].read(&mut buf).await.unwrap(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_stops_accepting() {
+    let (queue, log, listener) = ChannelListener::new();
+    let (served, _served_rx) = mpsc::unbounded_channel();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = Server::new(listener)
+        .with_graceful_shutdown(async move {
+            stopped.await.ok();
+        })
+        .serve(reporting_service(served));
+    stop.send(()).unwrap();
+    let report = within(PATIENCE, server).await.unwrap();
+    assert_eq!((report.drained, report.cut), (0, 0));
+
+    let (conn, _client) = duplex_conn("192.0.2.1:1");
+    assert!(queue.send(Ok(conn)).is_err(), "the listener was dropped");
+    assert_eq!(log.accepted(), 0);
+}
+
+/// Collects every WARN event, formatted, while the guard lives.
+fn capture_warnings(sink: Arc<Mutex<Vec<String>>>) -> tracing::subscriber::DefaultGuard {
+    let writer = move || CaptureWriter(sink.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(writer)
+        .finish();
+    tracing::subscriber::set_default(subscriber)
+}
+
+struct CaptureWriter(Arc<Mutex<Vec<String>>>);
+
+impl io::Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(buf).into_owned());
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,241 @@
+//! Helpers shared by the integration tests: injected listeners, loopback servers and
+//! clients, and minimal HTTP clients.
+
+// Each test crate compiles this module on its own and uses only part of it.
+#![allow(dead_code)]
+
+use std::{
+    future::Future,
+    io,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::{
+    io::DuplexStream,
+    net::{TcpListener, TcpSocket, TcpStream},
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+    time::Instant,
+};
+use tower_bouncer::{
+    BoxError, Conn,
+    serve::{Listener, Server, ShutdownReport},
+};
+
+/// A generous bound for anything a test waits on, so a broken feature fails instead of
+/// hanging; passing tests never come near it.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+pub fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// A connection over an in-memory stream, from `peer`; returns it and the client's end.
+pub fn duplex_conn(peer: &str) -> (Conn<DuplexStream>, DuplexStream) {
+    let (server, client) = tokio::io::duplex(4096);
+    (Conn::new(server, addr(peer), addr("127.0.0.1:80")), client)
+}
+
+/// A listener fed by the test: each item sent is what the next `accept` returns.
+pub struct ChannelListener {
+    queue: mpsc::UnboundedReceiver<io::Result<Conn<DuplexStream>>>,
+    log: Arc<AcceptLog>,
+}
+
+/// What the accept loop asked of a [`ChannelListener`].
+#[derive(Default)]
+pub struct AcceptLog {
+    /// When each `accept` call began.
+    pub attempts: Mutex<Vec<Instant>>,
+    /// How many connections were handed out.
+    pub accepted: AtomicUsize,
+}
+
+impl AcceptLog {
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Milliseconds between successive accept attempts.
+    pub fn gaps_ms(&self) -> Vec<u128> {
+        let attempts = self.attempts.lock().unwrap();
+        attempts
+            .windows(2)
+            .map(|pair| (pair[1] - pair[0]).as_millis())
+            .collect()
+    }
+}
+
+impl ChannelListener {
+    pub fn new() -> (
+        mpsc::UnboundedSender<io::Result<Conn<DuplexStream>>>,
+        Arc<AcceptLog>,
+        Self,
+    ) {
+        let (sender, queue) = mpsc::unbounded_channel();
+        let log = Arc::new(AcceptLog::default());
+        (sender, log.clone(), Self { queue, log })
+    }
+}
+
+impl Listener for ChannelListener {
+    type Io = DuplexStream;
+
+    async fn accept(&mut self) -> io::Result<Conn<DuplexStream>> {
+        self.log.attempts.lock().unwrap().push(Instant::now());
+        match self.queue.recv().await {
+            Some(Ok(conn)) => {
+                self.log.accepted.fetch_add(1, Ordering::SeqCst);
+                Ok(conn)
+            }
+            Some(Err(error)) => Err(error),
+            // The test dropped its sender: behave as a closed listener does.
+            None => Err(io::Error::from_raw_os_error(libc::EBADF)),
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(addr("127.0.0.1:80"))
+    }
+}
+
+/// A server on a real loopback socket, shut down when `stop` is called or dropped.
+pub struct LoopbackServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<io::Result<ShutdownReport>>,
+}
+
+impl LoopbackServer {
+    /// Serves `service` on 127.0.0.1 with a drain deadline of `drain`.
+    pub async fn start<S>(service: S, drain: Duration) -> Self
+    where
+        S: tower::Service<Conn<TcpStream>, Response = ()> + Send + 'static,
+        S::Error: Into<BoxError> + 'static,
+        S::Future: Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = Server::new(listener)
+            .drain_timeout(drain)
+            .with_graceful_shutdown(async move {
+                stopped.await.ok();
+            });
+        let task = tokio::spawn(server.serve(service));
+        Self {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Shuts the server down and returns its report.
+    pub async fn stop(mut self) -> ShutdownReport {
+        self.stop.take().unwrap().send(()).ok();
+        within(PATIENCE, &mut self.task).await.unwrap().unwrap()
+    }
+}
+
+/// Connects to `server` from the loopback address `127.0.0.<last>`: distinct peers
+/// for the server, all on this machine.
+pub async fn connect_from(last: u8, server: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    let local = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)), 0);
+    socket.bind(local).unwrap();
+    socket.connect(server).await.unwrap()
+}
+
+/// Awaits `future`, panicking if it takes longer than `limit`.
+pub async fn within<F: Future>(limit: Duration, future: F) -> F::Output {
+    tokio::time::timeout(limit, future)
+        .await
+        .expect("the test waited too long")
+}
+
+/// A response with its body read.
+pub struct Answer {
+    pub status: http::StatusCode,
+    pub version: http::Version,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+async fn collect(response: http::Response<hyper::body::Incoming>) -> Answer {
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Answer {
+        status: parts.status,
+        version: parts.version,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+fn get(path: &str) -> http::Request<Empty<Bytes>> {
+    http::Request::get(path)
+        .header(http::header::HOST, "localhost")
+        .body(Empty::new())
+        .unwrap()
+}
+
+/// An HTTP/1.1 client connection, with its driver running in a task.
+pub struct Http1Client {
+    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    pub driver: JoinHandle<Result<(), hyper::Error>>,
+}
+
+impl Http1Client {
+    pub async fn connect(stream: TcpStream) -> Self {
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        Self {
+            sender,
+            driver: tokio::spawn(connection),
+        }
+    }
+
+    pub async fn get(&mut self, path: &str) -> Result<Answer, hyper::Error> {
+        self.sender.ready().await?;
+        let response = self.sender.send_request(get(path)).await?;
+        Ok(collect(response).await)
+    }
+}
+
+/// An HTTP/2 client connection (prior knowledge, cleartext), with its driver running in
+/// a task.
+pub struct Http2Client {
+    sender: hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    pub driver: JoinHandle<Result<(), hyper::Error>>,
+}
+
+impl Http2Client {
+    pub async fn connect(stream: TcpStream) -> Self {
+        let (sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        Self {
+            sender,
+            driver: tokio::spawn(connection),
+        }
+    }
+
+    pub async fn get(&mut self, path: &str) -> Result<Answer, hyper::Error> {
+        self.sender.ready().await?;
+        let request = http::Request::get(format!("http://localhost{path}"))
+            .body(Empty::new())
+            .unwrap();
+        let response = self.sender.send_request(request).await?;
+        Ok(collect(response).await)
+    }
+}
