@@ -34,18 +34,19 @@ const MAX_SLOW_MS: u64 = 10_000;
 async fn main() {
     let args = common::Args::from_env(USAGE);
     common::init_logging();
+    let shutdown = common::shutdown_signal();
     let listener = common::bind(args.addr).await;
     let app = app();
 
     if args.unprotected {
         axum::serve(listener, app)
-            .with_graceful_shutdown(common::shutdown_signal())
+            .with_graceful_shutdown(shutdown)
             .await
             .expect("axum::serve never fails");
         return;
     }
     let report = Server::new(listener)
-        .with_graceful_shutdown(common::shutdown_signal())
+        .with_graceful_shutdown(shutdown)
         .serve(HttpService::new(app))
         .await;
     if let Err(error) = report {

@@ -39,10 +39,11 @@ const MAX_AUTH_TRIES: u32 = 1;
 async fn main() {
     let args = common::Args::from_env(USAGE);
     common::init_logging();
+    let shutdown = common::shutdown_signal();
     let listener = common::bind(args.addr).await;
 
     if args.unprotected {
-        serve_unprotected(listener).await;
+        serve_unprotected(listener, shutdown).await;
         return;
     }
     let protocol = service_fn(|mut conn: Conn<TcpStream>| {
@@ -54,7 +55,7 @@ async fn main() {
         session.run(conn.into_io())
     });
     let report = Server::new(listener)
-        .with_graceful_shutdown(common::shutdown_signal())
+        .with_graceful_shutdown(shutdown)
         .serve(protocol)
         .await;
     if let Err(error) = report {
@@ -63,8 +64,7 @@ async fn main() {
 }
 
 /// A plain tokio accept loop, as a server without any protection is written.
-async fn serve_unprotected(listener: tokio::net::TcpListener) {
-    let shutdown = common::shutdown_signal();
+async fn serve_unprotected(listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

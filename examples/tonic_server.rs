@@ -24,6 +24,7 @@ const USAGE: &str = "usage: tonic_server [--addr IP:PORT] [--unprotected]";
 async fn main() {
     let args = common::Args::from_env(USAGE);
     common::init_logging();
+    let shutdown = common::shutdown_signal();
     let listener = common::bind(args.addr).await;
 
     let (_reporter, health) = tonic_health::server::health_reporter();
@@ -32,14 +33,14 @@ async fn main() {
     if args.unprotected {
         tonic::transport::Server::builder()
             .add_service(health)
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener), common::shutdown_signal())
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
             .await
             .unwrap_or_else(|error| common::fail(format_args!("server failed: {error}")));
         return;
     }
     let routes = Routes::new(health).prepare();
     let report = Server::new(listener)
-        .with_graceful_shutdown(common::shutdown_signal())
+        .with_graceful_shutdown(shutdown)
         .serve(HttpService::new(routes))
         .await;
     if let Err(error) = report {

@@ -47,6 +47,7 @@ mod conn;
 pub mod http;
 #[cfg(feature = "serve")]
 pub mod serve;
+#[cfg(feature = "http")]
 pub mod timeout;
 
 #[cfg(feature = "serve")]
@@ -57,3 +58,8 @@ pub use conn::{Conn, ConnInfo, Parts};
 
 /// The error type of connection-level services (tower's convention).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The README's code, compiled as a doc test so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -32,7 +32,7 @@
 //!     "bye\n"
 //! }
 //!
-//! let app = Router::new().route("/logout", get(logout));
+//! let app: Router = Router::new().route("/logout", get(logout));
 //! let service = HttpService::new(app);
 //! # let _ = service;
 //! ```

@@ -1,0 +1,280 @@
+//! The example servers' command-line contract (`shared/EXAMPLES.md`) and protocols,
+//! run as the real binaries on loopback.
+
+mod support;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::TcpStream,
+};
+
+use support::*;
+
+/// The path of a built example; `cargo test` builds the examples next to the tests.
+fn example_path(name: &str) -> PathBuf {
+    let test_binary = std::env::current_exe().unwrap();
+    let profile_dir = test_binary.parent().unwrap().parent().unwrap();
+    profile_dir.join("examples").join(name)
+}
+
+/// A running example server, killed if the test fails before stopping it.
+struct Example {
+    child: Option<Child>,
+    addr: SocketAddr,
+}
+
+impl Example {
+    async fn start(name: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(example_path(name))
+            .args(["--addr", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start example {name}: {error}"));
+        let stdout = tokio::process::ChildStdout::from_std(child.stdout.take().unwrap()).unwrap();
+        let mut first_line = String::new();
+        within(PATIENCE, BufReader::new(stdout).read_line(&mut first_line))
+            .await
+            .unwrap();
+        let addr = first_line
+            .strip_suffix('\n')
+            .and_then(|line| line.strip_prefix("listening on "))
+            .unwrap_or_else(|| panic!("unexpected first line {first_line:?}"))
+            .parse::<SocketAddr>()
+            .unwrap();
+        assert_ne!(addr.port(), 0, "the real bound port is printed");
+        Self {
+            child: Some(child),
+            addr,
+        }
+    }
+
+    /// Sends SIGTERM and expects a clean exit.
+    async fn stop(mut self) {
+        let mut child = self.child.take().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let status = within(PATIENCE, tokio::task::spawn_blocking(move || child.wait()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "exit status {status}");
+    }
+}
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+}
+
+fn run_to_exit(name: &str, args: &[&str]) -> Output {
+    Command::new(example_path(name))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+const EXAMPLES: [&str; 3] = ["axum_server", "login_server", "tonic_server"];
+
+#[tokio::test]
+async fn every_example_announces_its_port_and_exits_cleanly_on_sigterm() {
+    for name in EXAMPLES {
+        for mode in [&[][..], &["--unprotected"][..]] {
+            let server = Example::start(name, mode).await;
+            within(PATIENCE, TcpStream::connect(server.addr))
+                .await
+                .unwrap();
+            server.stop().await;
+        }
+    }
+}
+
+#[test]
+fn a_bad_flag_or_value_exits_2_with_a_one_line_error() {
+    for name in EXAMPLES {
+        for args in [
+            &["--no-such-flag"][..],
+            &["--addr", "not-an-address"],
+            &["--addr"],
+        ] {
+            let output = run_to_exit(name, args);
+            assert_eq!(output.status.code(), Some(2), "{name} {args:?}");
+            assert!(output.stdout.is_empty(), "{name} {args:?}");
+            let stderr = String::from_utf8(output.stderr).unwrap();
+            assert_eq!(stderr.lines().count(), 1, "{name} {args:?}: {stderr}");
+            assert!(stderr.starts_with("error: "), "{name} {args:?}: {stderr}");
+        }
+    }
+}
+
+/// A line-protocol client.
+struct LineClient {
+    io: BufReader<TcpStream>,
+}
+
+impl LineClient {
+    async fn connect(addr: SocketAddr) -> Self {
+        Self {
+            io: BufReader::new(within(PATIENCE, TcpStream::connect(addr)).await.unwrap()),
+        }
+    }
+
+    async fn send(&mut self, line: &str) {
+        self.io.get_mut().write_all(line.as_bytes()).await.unwrap();
+        self.io.get_mut().write_all(b"\r\n").await.unwrap();
+    }
+
+    /// The next line, or `None` once the server has closed.
+    async fn line(&mut self) -> Option<String> {
+        let mut line = String::new();
+        match within(PATIENCE, self.io.read_line(&mut line)).await {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(line.trim_end().to_owned()),
+        }
+    }
+
+    async fn ask(&mut self, line: &str) -> Option<String> {
+        self.send(line).await;
+        self.line().await
+    }
+}
+
+#[tokio::test]
+async fn login_server_speaks_its_protocol() {
+    for mode in [&[][..], &["--unprotected"][..]] {
+        let server = Example::start("login_server", mode).await;
+        let mut client = LineClient::connect(server.addr).await;
+        assert_eq!(
+            client.ask("ECHO early").await.as_deref(),
+            Some("ERROR not logged in")
+        );
+        assert_eq!(
+            client.ask("HELLO").await.as_deref(),
+            Some("ERROR unknown command")
+        );
+        assert_eq!(
+            client.ask("LOGIN alice secret").await.as_deref(),
+            Some("OK")
+        );
+        assert_eq!(
+            client.ask("ECHO hi there").await.as_deref(),
+            Some("hi there")
+        );
+        client.send("QUIT").await;
+        assert_eq!(client.line().await, None);
+
+        let mut client = LineClient::connect(server.addr).await;
+        assert_eq!(
+            client.ask(&"x".repeat(1024)).await.as_deref(),
+            Some("ERROR unknown command")
+        );
+        assert_eq!(
+            client.ask(&"x".repeat(1025)).await.as_deref(),
+            Some("ERROR line too long")
+        );
+        assert_eq!(client.line().await, None);
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn login_server_closes_after_a_failed_login_only_when_protected() {
+    let protected = Example::start("login_server", &[]).await;
+    let mut client = LineClient::connect(protected.addr).await;
+    assert_eq!(
+        client.ask("LOGIN alice wrong").await.as_deref(),
+        Some("DENIED")
+    );
+    assert_eq!(client.line().await, None, "closed right after DENIED");
+    protected.stop().await;
+
+    let unprotected = Example::start("login_server", &["--unprotected"]).await;
+    let mut client = LineClient::connect(unprotected.addr).await;
+    assert_eq!(
+        client.ask("LOGIN alice wrong").await.as_deref(),
+        Some("DENIED")
+    );
+    assert_eq!(
+        client.ask("LOGIN alice secret").await.as_deref(),
+        Some("OK")
+    );
+    unprotected.stop().await;
+}
+
+#[tokio::test]
+async fn axum_server_answers_its_routes() {
+    for mode in [&[][..], &["--unprotected"][..]] {
+        let server = Example::start("axum_server", mode).await;
+        let ask = |request: &'static str| async move {
+            let mut stream = TcpStream::connect(server.addr).await.unwrap();
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut response = String::new();
+            within(PATIENCE, stream.read_to_string(&mut response))
+                .await
+                .unwrap();
+            response.to_ascii_lowercase()
+        };
+        let hello = ask("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(
+            hello.starts_with("http/1.1 200") && hello.ends_with("\r\n\r\nhello\n"),
+            "{hello}"
+        );
+
+        let denied = ask("GET /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(denied.starts_with("http/1.1 401"), "{denied}");
+        assert!(
+            denied.contains("www-authenticate: basic realm=\"demo\""),
+            "{denied}"
+        );
+
+        // alice:secret
+        let welcome = ask("GET /login HTTP/1.1\r\nHost: x\r\nAuthorization: Basic YWxpY2U6c2VjcmV0\r\nConnection: close\r\n\r\n").await;
+        assert!(welcome.ends_with("\r\n\r\nwelcome alice\n"), "{welcome}");
+
+        let slow = ask("GET /slow?ms=20 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(slow.starts_with("http/1.1 200"), "{slow}");
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn tonic_server_checks_health_only_with_the_token() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    for mode in [&[][..], &["--unprotected"][..]] {
+        let server = Example::start("tonic_server", mode).await;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = HealthClient::new(channel);
+
+        let status = within(PATIENCE, client.check(HealthCheckRequest::default()))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+
+        let mut request = tonic::Request::new(HealthCheckRequest::default());
+        request
+            .metadata_mut()
+            .insert("authorization", "Bearer secret".parse().unwrap());
+        let response = within(PATIENCE, client.check(request)).await.unwrap();
+        assert_eq!(response.into_inner().status, 1, "SERVING");
+        server.stop().await;
+    }
+}

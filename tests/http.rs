@@ -1,0 +1,299 @@
+//! The HTTP adapter end to end on loopback, and its timeouts on paused time.
+
+mod support;
+
+use std::{net::SocketAddr, time::Duration};
+
+use axum::{Extension, Router, extract::RawQuery, routing::get};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    sync::mpsc,
+};
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_bouncer::{
+    BoxError, Conn, ConnInfo, GracefulClose, http::HttpService, timeout::TimeoutError,
+};
+
+use support::*;
+
+/// A per-connection value a connection layer leaves for the handlers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Marker(u32);
+
+fn app(entered: mpsc::UnboundedSender<()>) -> Router {
+    Router::new()
+        .route("/", get(|| async { "hello\n" }))
+        .route(
+            "/info",
+            get(|Extension(info): Extension<ConnInfo>, Extension(marker): Extension<Marker>| async move {
+                format!("{} {} {}", info.peer_addr, info.local_addr, marker.0)
+            }),
+        )
+        .route(
+            "/logout",
+            get(|Extension(close): Extension<GracefulClose>| async move {
+                close.request();
+                "bye\n"
+            }),
+        )
+        .route(
+            "/slow",
+            get(move |RawQuery(query): RawQuery| {
+                let entered = entered.clone();
+                async move {
+                    entered.send(()).ok();
+                    let ms: u64 = query.unwrap().strip_prefix("ms=").unwrap().parse().unwrap();
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    "done\n"
+                }
+            }),
+        )
+}
+
+/// The adapter under a connection layer that leaves a [`Marker`] in each connection.
+fn marked<IO>(
+    http: HttpService<Router>,
+) -> impl Service<Conn<IO>, Response = (), Error = BoxError, Future: Send + 'static> + Clone
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    ServiceBuilder::new()
+        .map_request(|mut conn: Conn<IO>| {
+            conn.extensions_mut().insert(Marker(7));
+            conn
+        })
+        .service(http)
+}
+
+async fn start(http: HttpService<Router>, drain: Duration) -> LoopbackServer {
+    LoopbackServer::start(marked(http), drain).await
+}
+
+fn plain_app() -> Router {
+    app(mpsc::unbounded_channel().0)
+}
+
+#[tokio::test]
+async fn axum_is_served_over_http1_and_http2_on_one_port() {
+    let server = start(HttpService::new(plain_app()), PATIENCE).await;
+
+    let mut h1 = Http1Client::connect(connect_from(1, server.addr).await).await;
+    for _ in 0..2 {
+        let answer = within(PATIENCE, h1.get("/")).await.unwrap();
+        assert_eq!(
+            (answer.version, answer.status.as_u16()),
+            (http::Version::HTTP_11, 200)
+        );
+        assert_eq!(answer.body, "hello\n");
+    }
+
+    let mut h2 = Http2Client::connect(connect_from(1, server.addr).await).await;
+    for _ in 0..2 {
+        let answer = within(PATIENCE, h2.get("/")).await.unwrap();
+        assert_eq!(
+            (answer.version, answer.status.as_u16()),
+            (http::Version::HTTP_2, 200)
+        );
+        assert_eq!(answer.body, "hello\n");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn every_request_carries_the_connection_addresses_and_extensions() {
+    let server = start(HttpService::new(plain_app()), PATIENCE).await;
+
+    let stream = connect_from(5, server.addr).await;
+    let expected = format!("{} {} 7", stream.local_addr().unwrap(), server.addr);
+    let mut h1 = Http1Client::connect(stream).await;
+    assert_eq!(
+        within(PATIENCE, h1.get("/info")).await.unwrap().body,
+        expected
+    );
+
+    let stream = connect_from(6, server.addr).await;
+    let expected = format!("{} {} 7", stream.local_addr().unwrap(), server.addr);
+    let mut h2 = Http2Client::connect(stream).await;
+    assert_eq!(
+        within(PATIENCE, h2.get("/info")).await.unwrap().body,
+        expected
+    );
+    server.stop().await;
+}
+
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn axum_connect_info_extractor_sees_the_peer() {
+    use axum::extract::ConnectInfo;
+
+    let app = Router::new().route(
+        "/peer",
+        get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }),
+    );
+    let server = LoopbackServer::start(HttpService::new(app), PATIENCE).await;
+    let stream = connect_from(9, server.addr).await;
+    let me = stream.local_addr().unwrap();
+    let mut h1 = Http1Client::connect(stream).await;
+    assert_eq!(
+        within(PATIENCE, h1.get("/peer")).await.unwrap().body,
+        me.to_string()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn http1_close_signal_sends_connection_close_then_closes_after_the_response() {
+    let server = start(HttpService::new(plain_app()), PATIENCE).await;
+
+    let mut stream = connect_from(1, server.addr).await;
+    stream
+        .write_all(b"GET /logout HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    // read_to_string ends only when the server closes the connection.
+    within(PATIENCE, stream.read_to_string(&mut response))
+        .await
+        .unwrap();
+    let response = response.to_ascii_lowercase();
+    assert!(response.starts_with("http/1.1 200 ok\r\n"), "{response}");
+    assert!(response.contains("\r\nconnection: close\r\n"), "{response}");
+    assert!(response.ends_with("\r\n\r\nbye\n"), "{response}");
+
+    // Without the signal the same connection would have stayed open for more.
+    let mut h1 = Http1Client::connect(connect_from(1, server.addr).await).await;
+    let answer = within(PATIENCE, h1.get("/")).await.unwrap();
+    assert!(!answer.headers.contains_key(http::header::CONNECTION));
+    within(PATIENCE, h1.get("/")).await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn http2_close_signal_sends_goaway_after_the_response() {
+    let server = start(HttpService::new(plain_app()), PATIENCE).await;
+
+    let mut h2 = Http2Client::connect(connect_from(1, server.addr).await).await;
+    let answer = within(PATIENCE, h2.get("/logout")).await.unwrap();
+    assert_eq!(
+        (answer.status.as_u16(), answer.body.as_str()),
+        (200, "bye\n")
+    );
+    // GOAWAY, then the server closes: the client connection ends cleanly.
+    within(PATIENCE, &mut h2.driver).await.unwrap().unwrap();
+    assert!(h2.get("/").await.is_err());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_at_the_first_byte_timeout() {
+    let http = HttpService::new(plain_app()).first_byte_timeout(Duration::from_millis(200));
+    let server = start(http, PATIENCE).await;
+
+    let mut silent = connect_from(1, server.addr).await;
+    let mut buf = [0u8; 1];
+    let read = within(PATIENCE, silent.read(&mut buf)).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+
+    // A connection that speaks is not affected.
+    let mut h1 = Http1Client::connect(connect_from(1, server.addr).await).await;
+    within(PATIENCE, h1.get("/")).await.unwrap();
+    server.stop().await;
+}
+
+/// Runs the adapter on one in-memory connection and returns its outcome.
+async fn run_on_duplex(
+    http: HttpService<Router>,
+    client_writes: &'static [u8],
+) -> (Result<(), BoxError>, tokio::io::DuplexStream) {
+    let (conn, mut client) = duplex_conn("192.0.2.1:1");
+    client.write_all(client_writes).await.unwrap();
+    let outcome = marked(http).oneshot(conn).await;
+    (outcome, client)
+}
+
+fn timeout_error(error: &BoxError) -> TimeoutError {
+    let io = error
+        .downcast_ref::<std::io::Error>()
+        .expect("an io::Error");
+    assert_eq!(io.kind(), std::io::ErrorKind::TimedOut);
+    *io.get_ref()
+        .and_then(|inner| inner.downcast_ref::<TimeoutError>())
+        .expect("a TimeoutError inside")
+}
+
+#[tokio::test(start_paused = true)]
+async fn first_byte_timeout_fails_the_connection_with_a_typed_error() {
+    let began = tokio::time::Instant::now();
+    let http = HttpService::new(plain_app()).first_byte_timeout(Duration::from_secs(3));
+    let (outcome, _client) = run_on_duplex(http, b"").await;
+    assert_eq!(
+        timeout_error(&outcome.unwrap_err()),
+        TimeoutError::FirstByte(Duration::from_secs(3))
+    );
+    assert_eq!(began.elapsed(), Duration::from_secs(3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_incomplete_request_head_is_closed_at_the_header_read_timeout() {
+    let began = tokio::time::Instant::now();
+    let http = HttpService::new(plain_app()).header_read_timeout(Duration::from_secs(4));
+    let (outcome, _client) = run_on_duplex(http, b"GET / HTTP/1.1\r\nHost: x\r\n").await;
+    assert!(outcome.is_err());
+    assert_eq!(began.elapsed(), Duration::from_secs(4));
+}
+
+#[tokio::test]
+async fn shutdown_drains_an_in_flight_request_and_cuts_a_stuck_one_at_the_deadline() {
+    let (entered, mut entered_rx) = mpsc::unbounded_channel();
+    // A long close grace, so that the server's drain deadline is what cuts.
+    let http = HttpService::new(app(entered)).close_grace(Duration::from_secs(60));
+    let server = start(http, Duration::from_secs(2)).await;
+
+    let mut finishing = Http1Client::connect(connect_from(1, server.addr).await).await;
+    let mut stuck = Http1Client::connect(connect_from(2, server.addr).await).await;
+    let mut idle = Http1Client::connect(connect_from(3, server.addr).await).await;
+    within(PATIENCE, idle.get("/")).await.unwrap();
+    let finishing = tokio::spawn(async move { finishing.get("/slow?ms=300").await });
+    let stuck = tokio::spawn(async move { stuck.get("/slow?ms=60000").await });
+    entered_rx.recv().await.unwrap();
+    entered_rx.recv().await.unwrap();
+
+    let report = server.stop().await;
+    assert_eq!((report.drained, report.cut), (2, 1));
+
+    let answer = finishing.await.unwrap().unwrap();
+    assert_eq!(answer.body, "done\n");
+    assert_eq!(answer.headers[http::header::CONNECTION], "close");
+    assert!(stuck.await.unwrap().is_err(), "the stuck request was cut");
+    // The idle keep-alive connection was closed at once.
+    within(PATIENCE, &mut idle.driver).await.unwrap().unwrap();
+}
+
+#[cfg(feature = "tonic")]
+#[tokio::test]
+async fn tonic_sees_the_remote_address_through_the_adapter() {
+    use tonic::service::{Routes, interceptor::InterceptedService};
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let (seen, mut seen_rx) = mpsc::unbounded_channel();
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let health = InterceptedService::new(health, move |request: tonic::Request<()>| {
+        seen.send(request.remote_addr()).ok();
+        Ok(request)
+    });
+    let server =
+        LoopbackServer::start(HttpService::new(Routes::new(health).prepare()), PATIENCE).await;
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    within(PATIENCE, client.check(HealthCheckRequest::default()))
+        .await
+        .unwrap();
+    let remote: Option<SocketAddr> = seen_rx.recv().await.unwrap();
+    assert_eq!(remote.unwrap().ip().to_string(), "127.0.0.1");
+    server.stop().await;
+}
