@@ -242,6 +242,29 @@ async fn an_incomplete_request_head_is_closed_at_the_header_read_timeout() {
     assert_eq!(began.elapsed(), Duration::from_secs(4));
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_outlives_its_close_grace_is_cut() {
+    let (entered, mut entered_rx) = mpsc::unbounded_channel();
+    let http = HttpService::new(app(entered)).close_grace(Duration::from_secs(5));
+    let (mut conn, mut client) = duplex_conn("192.0.2.1:1");
+    let close = GracefulClose::new();
+    conn.extensions_mut().insert(close.clone());
+    let connection = tokio::spawn(marked(http).oneshot(conn));
+
+    client
+        .write_all(b"GET /slow?ms=60000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    entered_rx.recv().await.unwrap();
+    let asked = tokio::time::Instant::now();
+    close.request();
+    within(PATIENCE, connection).await.unwrap().unwrap();
+    assert_eq!(asked.elapsed(), Duration::from_secs(5));
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty(), "cut before any response");
+}
+
 #[tokio::test]
 async fn shutdown_drains_an_in_flight_request_and_cuts_a_stuck_one_at_the_deadline() {
     let (entered, mut entered_rx) = mpsc::unbounded_channel();
