@@ -39,9 +39,31 @@
 )]
 #![deny(rustdoc::broken_intra_doc_links)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// Shared internals serve several features; with some features off, parts go unused.
+#![cfg_attr(
+    not(all(
+        feature = "serve",
+        feature = "http",
+        feature = "limit",
+        feature = "peer-limit",
+        feature = "rate-limit"
+    )),
+    allow(dead_code, unused_imports, unused_macros)
+)]
 
+#[cfg(any(feature = "limit", feature = "peer-limit", feature = "rate-limit"))]
+pub mod admission;
 mod close;
+mod config;
 mod conn;
+pub mod peer;
+
+#[cfg(feature = "limit")]
+pub mod limit;
+#[cfg(feature = "peer-limit")]
+pub mod peer_limit;
+#[cfg(feature = "rate-limit")]
+pub mod rate_limit;
 
 #[cfg(feature = "http")]
 pub mod http;
@@ -50,10 +72,10 @@ pub mod serve;
 #[cfg(feature = "http")]
 pub mod timeout;
 
-#[cfg(feature = "serve")]
 mod throttle;
 
 pub use close::GracefulClose;
+pub use config::ConfigError;
 pub use conn::{Conn, ConnInfo, Parts};
 
 /// The error type of connection-level services (tower's convention).

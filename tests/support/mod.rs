@@ -239,3 +239,16 @@ impl Http2Client {
         Ok(collect(response).await)
     }
 }
+
+/// The refusal an admission layer failed a connection with.
+pub fn rejected(error: &BoxError) -> &tower_bouncer::admission::Rejected {
+    error
+        .downcast_ref()
+        .unwrap_or_else(|| panic!("expected a Rejected, got {error}"))
+}
+
+/// A connection over an in-memory stream whose other end is dropped: for layers that
+/// decide without any I/O.
+pub fn conn_from(peer: &str) -> Conn<DuplexStream> {
+    duplex_conn(peer).0
+}

@@ -1,0 +1,53 @@
+use std::{error::Error, fmt};
+
+/// A configuration that cannot work, refused when a layer is built rather than
+/// discovered under load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A limit, capacity or rate that must be at least 1 was 0.
+    Zero {
+        /// The setting, as its builder method is named.
+        setting: &'static str,
+    },
+    /// A prefix length longer than the address family allows.
+    PrefixTooLong {
+        /// `"IPv4"` or `"IPv6"`.
+        family: &'static str,
+        /// The length given.
+        len: u8,
+        /// The longest allowed: 32 or 128.
+        max: u8,
+    },
+    /// A layer was built with nothing to enforce.
+    Empty {
+        /// What it needs at least one of.
+        needs: &'static str,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Zero { setting } => write!(f, "`{setting}` must be at least 1"),
+            ConfigError::PrefixTooLong { family, len, max } => {
+                write!(f, "an {family} prefix is at most /{max}, not /{len}")
+            }
+            ConfigError::Empty { needs } => write!(f, "nothing to enforce: set {needs}"),
+        }
+    }
+}
+
+impl Error for ConfigError {}
+
+/// `value`, or [`ConfigError::Zero`] naming `setting`.
+pub(crate) fn nonzero<T: Default + PartialEq>(
+    value: T,
+    setting: &'static str,
+) -> Result<T, ConfigError> {
+    if value == T::default() {
+        Err(ConfigError::Zero { setting })
+    } else {
+        Ok(value)
+    }
+}

@@ -1,0 +1,124 @@
+use std::{
+    pin::Pin,
+    sync::{Arc, atomic::Ordering},
+    task::{Context, Poll, ready},
+};
+
+use tokio::{io::AsyncWrite, sync::futures::OwnedNotified};
+use tower::Service;
+
+use super::layer::Shared;
+use crate::{
+    BoxError, Conn,
+    admission::{Mode, Reason, ResponseFuture, Slot, refuse},
+};
+
+/// A connection-level service under a [`ConnectionLimitLayer`](super::ConnectionLimitLayer).
+#[derive(Debug)]
+pub struct ConnectionLimit<S> {
+    inner: S,
+    shared: Arc<Shared>,
+    /// Registered for a freed slot while full, in backpressure mode.
+    waiting: Option<Pin<Box<OwnedNotified>>>,
+}
+
+impl<S> ConnectionLimit<S> {
+    pub(super) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        Self {
+            inner,
+            shared,
+            waiting: None,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// Ready once a slot is free, without reserving it: the slot is taken in `call`.
+    fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if self.shared.has_room() {
+                self.waiting = None;
+                return Poll::Ready(());
+            }
+            let waiting = self
+                .waiting
+                .get_or_insert_with(|| Box::pin(self.shared.freed.clone().notified_owned()));
+            // Registered before looking again, so a slot freed in between is not missed.
+            waiting.as_mut().enable();
+            if self.shared.has_room() {
+                self.waiting = None;
+                return Poll::Ready(());
+            }
+            ready!(waiting.as_mut().poll(cx));
+            self.waiting = None;
+        }
+    }
+}
+
+impl<S: Clone> Clone for ConnectionLimit<S> {
+    fn clone(&self) -> Self {
+        Self::new(self.inner.clone(), self.shared.clone())
+    }
+}
+
+impl<S, IO> Service<Conn<IO>> for ConnectionLimit<S>
+where
+    S: Service<Conn<IO>, Response = ()>,
+    S::Error: Into<BoxError>,
+    IO: AsyncWrite + Unpin,
+{
+    type Response = ();
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, IO>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.shared.mode == Mode::Backpressure {
+            ready!(self.poll_room(cx));
+        }
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, conn: Conn<IO>) -> Self::Future {
+        // In backpressure mode another server sharing this limit may have taken the slot
+        // seen in `poll_ready`; the connection is then refused like in refuse mode.
+        match self.shared.try_acquire() {
+            Some(slot) => ResponseFuture::admitted(self.inner.call(conn), Slot::Global(slot)),
+            None => {
+                self.shared.refused.fetch_add(1, Ordering::Relaxed);
+                let reason = Reason::ConnectionLimit {
+                    limit: self.shared.max,
+                };
+                refuse(conn, reason, &self.shared.refusal, &self.shared.log)
+            }
+        }
+    }
+}
+
+/// A connection's place under the cap, given back when dropped.
+#[derive(Debug)]
+pub(crate) struct GlobalSlot(Arc<Shared>);
+
+impl GlobalSlot {
+    pub(super) fn new(shared: Arc<Shared>) -> Self {
+        Self(shared)
+    }
+}
+
+impl Drop for GlobalSlot {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}

@@ -1,0 +1,251 @@
+//! How the keyed layers tell peers apart: the peer's IP address masked to a prefix,
+//! and a list of exempt networks.
+//!
+//! An attacker with IPv6 usually holds a whole /64, so keying by full address would give
+//! them 2^64 identities. [`PeerKeying`] keys IPv4 by /32 and IPv6 by /64 by default
+//! (OpenSSH's `PerSourceNetBlockSize`), and counts an IPv4-mapped IPv6 address
+//! (`::ffff:192.0.2.1`) as the IPv4 address it carries.
+
+#[cfg(any(feature = "peer-limit", feature = "rate-limit"))]
+pub(crate) mod table;
+
+#[cfg(any(feature = "peer-limit", feature = "rate-limit"))]
+pub use table::Overflow;
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+};
+
+use ipnet::IpNet;
+
+use crate::ConfigError;
+
+/// A peer as the keyed layers see it: its address masked to the configured prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerKey {
+    network: IpAddr,
+    prefix_len: u8,
+}
+
+impl PeerKey {
+    /// The network this key stands for, such as `2001:db8:1:2::/64`.
+    pub fn network(&self) -> IpNet {
+        IpNet::new(self.network, self.prefix_len).expect("the prefix was validated")
+    }
+
+    /// The key as 16 bytes (IPv4 in its mapped form), for compact tables: the prefix is
+    /// the same for every key of one family in a table, so it is left out.
+    pub(crate) fn bits(&self) -> [u8; 16] {
+        match self.network {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        }
+    }
+}
+
+impl fmt::Display for PeerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix_len)
+    }
+}
+
+/// Turns peer addresses into [`PeerKey`]s, and knows which peers are exempt.
+///
+/// Cheap to clone; share one between the keyed layers so they agree on who a peer is.
+///
+/// # Example
+///
+/// ```
+/// use tower_bouncer::peer::PeerKeying;
+///
+/// let keying = PeerKeying::with_prefixes(32, 56)
+///     .unwrap()
+///     .exempt(["10.0.0.0/8".parse().unwrap()]);
+/// let a = keying.key("2001:db8:0:1::1".parse().unwrap());
+/// let b = keying.key("2001:db8:0:2::2".parse().unwrap());
+/// assert_eq!(a, b, "one /56");
+/// assert!(keying.is_exempt("10.1.2.3".parse().unwrap()));
+/// ```
+#[derive(Debug, Clone)]
+pub struct PeerKeying {
+    ipv4_prefix: u8,
+    ipv6_prefix: u8,
+    exempt: Arc<[IpNet]>,
+}
+
+impl Default for PeerKeying {
+    /// IPv4 by /32, IPv6 by /64, nobody exempt.
+    fn default() -> Self {
+        Self {
+            ipv4_prefix: 32,
+            ipv6_prefix: 64,
+            exempt: Arc::new([]),
+        }
+    }
+}
+
+impl PeerKeying {
+    /// Keys IPv4 peers by an `ipv4_prefix` and IPv6 peers by an `ipv6_prefix`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::PrefixTooLong`] beyond /32 or /128.
+    pub fn with_prefixes(ipv4_prefix: u8, ipv6_prefix: u8) -> Result<Self, ConfigError> {
+        if ipv4_prefix > 32 {
+            return Err(ConfigError::PrefixTooLong {
+                family: "IPv4",
+                len: ipv4_prefix,
+                max: 32,
+            });
+        }
+        if ipv6_prefix > 128 {
+            return Err(ConfigError::PrefixTooLong {
+                family: "IPv6",
+                len: ipv6_prefix,
+                max: 128,
+            });
+        }
+        Ok(Self {
+            ipv4_prefix,
+            ipv6_prefix,
+            ..Self::default()
+        })
+    }
+
+    /// Adds networks whose peers skip the keyed limits, rate limits and bans (health
+    /// checkers, internal networks).
+    pub fn exempt(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
+        let mut all = self.exempt.to_vec();
+        all.extend(networks.into_iter().map(|net| net.trunc()));
+        self.exempt = all.into();
+        self
+    }
+
+    /// The key of a peer address.
+    pub fn key(&self, ip: IpAddr) -> PeerKey {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => PeerKey {
+                network: IpAddr::V4(Ipv4Addr::from_bits(v4.to_bits() & mask32(self.ipv4_prefix))),
+                prefix_len: self.ipv4_prefix,
+            },
+            IpAddr::V6(v6) => PeerKey {
+                network: IpAddr::V6(Ipv6Addr::from_bits(
+                    v6.to_bits() & mask128(self.ipv6_prefix),
+                )),
+                prefix_len: self.ipv6_prefix,
+            },
+        }
+    }
+
+    /// Whether a peer address is in an exempt network.
+    pub fn is_exempt(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.exempt.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The key of a peer, or `None` if it is exempt.
+    pub(crate) fn classify(&self, ip: IpAddr) -> Option<PeerKey> {
+        (!self.is_exempt(ip)).then(|| self.key(ip))
+    }
+}
+
+fn mask32(prefix: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
+}
+
+fn mask128(prefix: u8) -> u128 {
+    u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv6_addresses_in_one_64_share_a_key_and_the_next_64_does_not() {
+        let keying = PeerKeying::default();
+        let a = keying.key(ip("2001:db8:1:2::1"));
+        let b = keying.key(ip("2001:db8:1:2:ffff:ffff:ffff:ffff"));
+        let c = keying.key(ip("2001:db8:1:3::1"));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a.to_string(), "2001:db8:1:2::/64");
+    }
+
+    #[test]
+    fn ipv4_is_keyed_by_the_full_address_by_default() {
+        let keying = PeerKeying::default();
+        assert_ne!(keying.key(ip("192.0.2.1")), keying.key(ip("192.0.2.2")));
+        assert_eq!(keying.key(ip("192.0.2.1")).to_string(), "192.0.2.1/32");
+    }
+
+    #[test]
+    fn a_mapped_ipv4_address_is_the_ipv4_address() {
+        let keying = PeerKeying::default();
+        assert_eq!(
+            keying.key(ip("::ffff:192.0.2.1")),
+            keying.key(ip("192.0.2.1"))
+        );
+        let keying = keying.exempt([IpNet::V4("192.0.2.0/24".parse().unwrap())]);
+        assert!(keying.is_exempt(ip("::ffff:192.0.2.200")));
+    }
+
+    #[test]
+    fn prefixes_are_configurable_including_the_extremes() {
+        let keying = PeerKeying::with_prefixes(24, 48).unwrap();
+        assert_eq!(keying.key(ip("192.0.2.77")).to_string(), "192.0.2.0/24");
+        assert_eq!(
+            keying.key(ip("2001:db8:1:2::1")).to_string(),
+            "2001:db8:1::/48"
+        );
+
+        let everyone = PeerKeying::with_prefixes(0, 0).unwrap();
+        assert_eq!(
+            everyone.key(ip("192.0.2.1")),
+            everyone.key(ip("198.51.100.1"))
+        );
+        let exact = PeerKeying::with_prefixes(32, 128).unwrap();
+        assert_ne!(exact.key(ip("2001:db8::1")), exact.key(ip("2001:db8::2")));
+    }
+
+    #[test]
+    fn prefixes_longer_than_the_family_are_refused() {
+        assert_eq!(
+            PeerKeying::with_prefixes(33, 64).unwrap_err(),
+            ConfigError::PrefixTooLong {
+                family: "IPv4",
+                len: 33,
+                max: 32
+            }
+        );
+        assert!(PeerKeying::with_prefixes(32, 129).is_err());
+    }
+
+    #[test]
+    fn exempt_networks_match_by_prefix() {
+        let keying = PeerKeying::default().exempt([
+            "10.0.0.0/8".parse().unwrap(),
+            "2001:db8:ffff::/48".parse().unwrap(),
+        ]);
+        assert!(keying.is_exempt(ip("10.200.0.1")));
+        assert!(keying.is_exempt(ip("2001:db8:ffff:1::9")));
+        assert!(!keying.is_exempt(ip("11.0.0.1")));
+        assert_eq!(keying.classify(ip("10.0.0.1")), None);
+        assert!(keying.classify(ip("11.0.0.1")).is_some());
+    }
+
+    #[test]
+    fn the_compact_form_keeps_families_apart() {
+        let keying = PeerKeying::default();
+        assert_ne!(
+            keying.key(ip("0.0.0.1")).bits(),
+            keying.key(ip("::1")).bits()
+        );
+    }
+}

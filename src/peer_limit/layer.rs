@@ -1,0 +1,214 @@
+use std::{
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tower_layer::Layer;
+
+use super::{PeerLimit, PeerSlot};
+use crate::{
+    ConfigError,
+    admission::{Reason, Refusal, refusal_builder_methods},
+    config::nonzero,
+    peer::{
+        PeerKey, PeerKeying,
+        table::{Overflow, PeerTable},
+    },
+    throttle::LogThrottle,
+};
+
+const DEFAULT_MAX_TRACKED_PEERS: usize = 65_536;
+
+/// Caps concurrent connections per peer. See the [module documentation](super).
+///
+/// Clones share one table: keep a clone to read [`stats`](Self::stats).
+#[derive(Debug, Clone)]
+pub struct PeerLimitLayer {
+    shared: Arc<Shared>,
+}
+
+/// Builds a [`PeerLimitLayer`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct PeerLimitBuilder {
+    max_per_peer: usize,
+    keying: PeerKeying,
+    max_tracked_peers: usize,
+    overflow: Overflow,
+    refusal: Refusal,
+}
+
+/// What a [`PeerLimitLayer`] has seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerLimitStats {
+    /// Connections let through, exempt and untracked ones included.
+    pub admitted: u64,
+    /// Of those, connections from exempt peers.
+    pub exempt: u64,
+    /// Of those, connections let through untracked because the table was full.
+    pub untracked: u64,
+    /// Connections refused because their peer was at its limit.
+    pub refused_peer_limit: u64,
+    /// Connections refused because the table was full.
+    pub refused_table_full: u64,
+    /// Peers with live connections, tracked now.
+    pub tracked_peers: usize,
+}
+
+impl PeerLimitLayer {
+    /// At most `max_per_peer` concurrent connections per peer key.
+    pub fn builder(max_per_peer: usize) -> PeerLimitBuilder {
+        PeerLimitBuilder {
+            max_per_peer,
+            keying: PeerKeying::default(),
+            max_tracked_peers: DEFAULT_MAX_TRACKED_PEERS,
+            overflow: Overflow::default(),
+            refusal: Refusal::default(),
+        }
+    }
+
+    /// Counters, read without locking.
+    pub fn stats(&self) -> PeerLimitStats {
+        let shared = &self.shared;
+        PeerLimitStats {
+            admitted: shared.admitted.load(Ordering::Relaxed),
+            exempt: shared.exempt.load(Ordering::Relaxed),
+            untracked: shared.untracked.load(Ordering::Relaxed),
+            refused_peer_limit: shared.refused_peer_limit.load(Ordering::Relaxed),
+            refused_table_full: shared.refused_table_full.load(Ordering::Relaxed),
+            tracked_peers: shared.table.len(),
+        }
+    }
+}
+
+impl PeerLimitBuilder {
+    /// How peers are keyed and which are exempt; /32 and /64, nobody exempt, by default.
+    pub fn keying(mut self, keying: PeerKeying) -> Self {
+        self.keying = keying;
+        self
+    }
+
+    /// The most peers tracked at once; 65 536 by default.
+    pub fn max_tracked_peers(mut self, max: usize) -> Self {
+        self.max_tracked_peers = max;
+        self
+    }
+
+    /// What to do with a new peer when the table is full; [`Overflow::Admit`] by default.
+    pub fn overflow(mut self, overflow: Overflow) -> Self {
+        self.overflow = overflow;
+        self
+    }
+
+    refusal_builder_methods!();
+
+    /// # Errors
+    ///
+    /// [`ConfigError::Zero`] if the limit or the table capacity is 0.
+    pub fn build(self) -> Result<PeerLimitLayer, ConfigError> {
+        Ok(PeerLimitLayer {
+            shared: Arc::new(Shared {
+                max_per_peer: u32::try_from(nonzero(self.max_per_peer, "max_per_peer")?)
+                    .unwrap_or(u32::MAX),
+                keying: self.keying,
+                table: PeerTable::new(nonzero(self.max_tracked_peers, "max_tracked_peers")?),
+                overflow: self.overflow,
+                refusal: self.refusal,
+                log: LogThrottle::new(Duration::from_secs(1)),
+                admitted: AtomicU64::new(0),
+                exempt: AtomicU64::new(0),
+                untracked: AtomicU64::new(0),
+                refused_peer_limit: AtomicU64::new(0),
+                refused_table_full: AtomicU64::new(0),
+            }),
+        })
+    }
+}
+
+impl<S> Layer<S> for PeerLimitLayer {
+    type Service = PeerLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        PeerLimit::new(inner, self.shared.clone())
+    }
+}
+
+/// The state every clone shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    max_per_peer: u32,
+    keying: PeerKeying,
+    table: PeerTable<u32>,
+    overflow: Overflow,
+    pub(super) refusal: Refusal,
+    pub(super) log: LogThrottle,
+    admitted: AtomicU64,
+    exempt: AtomicU64,
+    untracked: AtomicU64,
+    refused_peer_limit: AtomicU64,
+    refused_table_full: AtomicU64,
+}
+
+/// The decision on one connection.
+pub(super) enum Admission {
+    /// Counted against its peer until the slot is dropped.
+    Tracked(PeerSlot),
+    /// Let through without counting: exempt, or the table was full.
+    Untracked,
+    Refused(Reason),
+}
+
+impl Shared {
+    pub(super) fn admit(self: &Arc<Self>, ip: IpAddr) -> Admission {
+        let Some(key) = self.keying.classify(ip) else {
+            self.exempt.fetch_add(1, Ordering::Relaxed);
+            self.admitted.fetch_add(1, Ordering::Relaxed);
+            return Admission::Untracked;
+        };
+        let (mut shard, bits) = self.table.lock(&key);
+        if let Some(live) = shard.get_mut(&bits) {
+            if *live >= self.max_per_peer {
+                drop(shard);
+                self.refused_peer_limit.fetch_add(1, Ordering::Relaxed);
+                return Admission::Refused(Reason::PeerLimit {
+                    key,
+                    limit: self.max_per_peer as usize,
+                });
+            }
+            *live += 1;
+        } else if shard.insert_new(bits, 1).is_err() {
+            drop(shard);
+            return match self.overflow {
+                Overflow::Admit => {
+                    self.untracked.fetch_add(1, Ordering::Relaxed);
+                    self.admitted.fetch_add(1, Ordering::Relaxed);
+                    Admission::Untracked
+                }
+                Overflow::Refuse => {
+                    self.refused_table_full.fetch_add(1, Ordering::Relaxed);
+                    Admission::Refused(Reason::PeerTableFull {
+                        capacity: self.table.capacity(),
+                    })
+                }
+            };
+        }
+        drop(shard);
+        self.admitted.fetch_add(1, Ordering::Relaxed);
+        Admission::Tracked(PeerSlot::new(self.clone(), key))
+    }
+
+    pub(super) fn release(&self, key: &PeerKey) {
+        let (mut shard, bits) = self.table.lock(key);
+        if let Some(live) = shard.get_mut(&bits) {
+            *live -= 1;
+            if *live == 0 {
+                shard.remove(&bits);
+            }
+        }
+    }
+}

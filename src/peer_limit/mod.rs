@@ -1,0 +1,40 @@
+//! A cap on concurrent connections per peer (Twisted's `LimitConnectionsByPeer`, nginx's
+//! `limit_conn`), so one noisy peer cannot take the whole server.
+//!
+//! Peers are told apart by [`PeerKeying`](crate::peer::PeerKeying): IPv4 by /32 and IPv6
+//! by /64 by default, IPv4-mapped addresses as IPv4, with exempt networks that skip the
+//! limit. The table of live peers is sharded (peers do not serialise on one lock) and
+//! bounded: when it holds [`max_tracked_peers`](PeerLimitBuilder::max_tracked_peers)
+//! keys, a new peer is let through untracked or refused, as the
+//! [`Overflow`](crate::peer::Overflow) policy says. A peer's entry disappears with its
+//! last connection, so memory returns to its baseline after any storm.
+//!
+//! Put it outside the global [`limit`](crate::limit): a peer over its own limit is then
+//! refused before it takes any of the global budget.
+//!
+//! # Example
+//!
+//! ```
+//! use tower::ServiceBuilder;
+//! use tower_bouncer::{peer::PeerKeying, peer_limit::PeerLimitLayer};
+//! # use tower_bouncer::Conn;
+//! # let protocol = tower::service_fn(|_: Conn<tokio::net::TcpStream>| async { Ok::<_, std::io::Error>(()) });
+//!
+//! let keying = PeerKeying::with_prefixes(32, 56)
+//!     .unwrap()
+//!     .exempt(["10.0.0.0/8".parse().unwrap()]);
+//! let per_peer = PeerLimitLayer::builder(20)
+//!     .keying(keying)
+//!     .max_tracked_peers(100_000)
+//!     .build()
+//!     .expect("a valid limit");
+//! let service = ServiceBuilder::new().layer(per_peer).service(protocol);
+//! # let _ = service;
+//! ```
+
+mod layer;
+mod service;
+
+pub use layer::{PeerLimitBuilder, PeerLimitLayer, PeerLimitStats};
+pub use service::PeerLimit;
+pub(crate) use service::PeerSlot;

@@ -1,0 +1,88 @@
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use tokio::io::AsyncWrite;
+use tower::Service;
+
+use super::layer::{Admission, Shared};
+use crate::{
+    BoxError, Conn,
+    admission::{ResponseFuture, Slot, refuse},
+    peer::PeerKey,
+};
+
+/// A connection-level service under a [`PeerLimitLayer`](super::PeerLimitLayer).
+#[derive(Debug, Clone)]
+pub struct PeerLimit<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> PeerLimit<S> {
+    pub(super) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, IO> Service<Conn<IO>> for PeerLimit<S>
+where
+    S: Service<Conn<IO>, Response = ()>,
+    S::Error: Into<BoxError>,
+    IO: AsyncWrite + Unpin,
+{
+    type Response = ();
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, IO>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, conn: Conn<IO>) -> Self::Future {
+        match self.shared.admit(conn.peer_addr().ip()) {
+            Admission::Tracked(slot) => {
+                ResponseFuture::admitted(self.inner.call(conn), Slot::Peer(slot))
+            }
+            Admission::Untracked => ResponseFuture::admitted(self.inner.call(conn), Slot::None),
+            Admission::Refused(reason) => {
+                refuse(conn, reason, &self.shared.refusal, &self.shared.log)
+            }
+        }
+    }
+}
+
+/// A connection's place in its peer's count, given back when dropped.
+#[derive(Debug)]
+pub(crate) struct PeerSlot {
+    shared: Arc<Shared>,
+    key: PeerKey,
+}
+
+impl PeerSlot {
+    pub(super) fn new(shared: Arc<Shared>, key: PeerKey) -> Self {
+        Self { shared, key }
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        self.shared.release(&self.key);
+    }
+}

@@ -1,0 +1,413 @@
+use std::{
+    net::IpAddr,
+    num::NonZeroU32,
+    sync::{
+        Arc, Once, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use governor::{
+    Quota, RateLimiter,
+    clock::Clock,
+    middleware::NoOpMiddleware,
+    nanos::Nanos,
+    state::{InMemoryState, NotKeyed},
+};
+use tower_layer::Layer;
+
+use super::{RateLimit, TokioClock, store::RateStore};
+use crate::{
+    ConfigError,
+    admission::{Mode, Reason, Refusal, refusal_builder_methods},
+    peer::{Overflow, PeerKey, PeerKeying, table::PeerTable},
+    throttle::LogThrottle,
+};
+
+const DEFAULT_MAX_TRACKED_PEERS: usize = 65_536;
+
+/// How many connections a period allows, and how many may arrive at once.
+///
+/// ```
+/// use tower_bouncer::rate_limit::Rate;
+///
+/// let steady = Rate::per_second(10); // 10 a second, up to 10 at once
+/// let bursty = Rate::per_minute(60).burst(20); // 1 a second on average, 20 at once
+/// let quota = Rate::from(governor::Quota::per_second(std::num::NonZeroU32::new(5).unwrap()));
+/// # let _ = (steady, bursty, quota);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    base: Base,
+    burst: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Base {
+    Count { connections: u32, per: Duration },
+    Quota(Quota),
+}
+
+impl Rate {
+    /// `connections` new connections a second, all of them at once if they come so.
+    pub fn per_second(connections: u32) -> Self {
+        Self::per(connections, Duration::from_secs(1))
+    }
+
+    /// `connections` new connections a minute, all of them at once if they come so.
+    pub fn per_minute(connections: u32) -> Self {
+        Self::per(connections, Duration::from_secs(60))
+    }
+
+    fn per(connections: u32, per: Duration) -> Self {
+        Self {
+            base: Base::Count { connections, per },
+            burst: None,
+        }
+    }
+
+    /// How many connections may arrive at once; by default, the whole period's worth.
+    pub fn burst(mut self, burst: u32) -> Self {
+        self.burst = Some(burst);
+        self
+    }
+
+    fn quota(self, setting: &'static str) -> Result<Quota, ConfigError> {
+        let zero = || ConfigError::Zero { setting };
+        let quota = match self.base {
+            Base::Quota(quota) => quota,
+            Base::Count { connections, per } => {
+                let connections = NonZeroU32::new(connections).ok_or_else(zero)?;
+                Quota::with_period(per / connections.get())
+                    .ok_or_else(zero)?
+                    .allow_burst(connections)
+            }
+        };
+        match self.burst {
+            None => Ok(quota),
+            Some(burst) => Ok(quota.allow_burst(NonZeroU32::new(burst).ok_or_else(zero)?)),
+        }
+    }
+}
+
+impl From<Quota> for Rate {
+    fn from(quota: Quota) -> Self {
+        Self {
+            base: Base::Quota(quota),
+            burst: None,
+        }
+    }
+}
+
+/// Limits new connections per second. See the [module documentation](super).
+///
+/// Clones share one state: keep a clone to read [`stats`](Self::stats).
+#[derive(Debug, Clone)]
+pub struct RateLimitLayer {
+    shared: Arc<Shared>,
+}
+
+/// Builds a [`RateLimitLayer`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RateLimitBuilder {
+    per_peer: Option<Rate>,
+    global: Option<Rate>,
+    global_mode: Mode,
+    keying: PeerKeying,
+    max_tracked_peers: usize,
+    overflow: Overflow,
+    refusal: Refusal,
+}
+
+/// What a [`RateLimitLayer`] has seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RateLimitStats {
+    /// Connections let through, exempt and untracked ones included.
+    pub admitted: u64,
+    /// Of those, connections from exempt peers.
+    pub exempt: u64,
+    /// Of those, connections let through untracked because the table was full.
+    pub untracked: u64,
+    /// Connections refused for their peer's rate.
+    pub refused_peer_rate: u64,
+    /// Connections refused for the global rate.
+    pub refused_global_rate: u64,
+    /// Connections refused because the peer table was full.
+    pub refused_table_full: u64,
+    /// Peers whose bucket is not full, tracked now.
+    pub tracked_peers: usize,
+}
+
+impl RateLimitLayer {
+    /// A rate limit with no rate yet: set a [per-peer](RateLimitBuilder::per_peer) or a
+    /// [global](RateLimitBuilder::global) rate, or both.
+    pub fn builder() -> RateLimitBuilder {
+        RateLimitBuilder {
+            per_peer: None,
+            global: None,
+            global_mode: Mode::Refuse,
+            keying: PeerKeying::default(),
+            max_tracked_peers: DEFAULT_MAX_TRACKED_PEERS,
+            overflow: Overflow::default(),
+            refusal: Refusal::default(),
+        }
+    }
+
+    /// Counters, read without locking.
+    pub fn stats(&self) -> RateLimitStats {
+        let shared = &self.shared;
+        RateLimitStats {
+            admitted: shared.admitted.load(Ordering::Relaxed),
+            exempt: shared.exempt.load(Ordering::Relaxed),
+            untracked: shared.untracked.load(Ordering::Relaxed),
+            refused_peer_rate: shared.refused_peer_rate.load(Ordering::Relaxed),
+            refused_global_rate: shared.refused_global_rate.load(Ordering::Relaxed),
+            refused_table_full: shared.refused_table_full.load(Ordering::Relaxed),
+            tracked_peers: shared.tracked_peers(),
+        }
+    }
+}
+
+impl RateLimitBuilder {
+    /// New connections allowed from each peer key.
+    pub fn per_peer(mut self, rate: impl Into<Rate>) -> Self {
+        self.per_peer = Some(rate.into());
+        self
+    }
+
+    /// New connections allowed from all peers together.
+    pub fn global(mut self, rate: impl Into<Rate>) -> Self {
+        self.global = Some(rate.into());
+        self
+    }
+
+    /// Over the global rate, stop accepting until the rate allows one more instead of
+    /// refusing. The per-peer rate still refuses.
+    pub fn global_backpressure(mut self) -> Self {
+        self.global_mode = Mode::Backpressure;
+        self
+    }
+
+    /// How peers are keyed and which are exempt; /32 and /64, nobody exempt, by default.
+    pub fn keying(mut self, keying: PeerKeying) -> Self {
+        self.keying = keying;
+        self
+    }
+
+    /// The most peers tracked at once; 65 536 by default.
+    pub fn max_tracked_peers(mut self, max: usize) -> Self {
+        self.max_tracked_peers = max;
+        self
+    }
+
+    /// What to do with a new peer when the table is full; [`Overflow::Admit`] by default.
+    pub fn overflow(mut self, overflow: Overflow) -> Self {
+        self.overflow = overflow;
+        self
+    }
+
+    refusal_builder_methods!();
+
+    /// # Errors
+    ///
+    /// [`ConfigError::Empty`] without any rate; [`ConfigError::Zero`] for a rate, a burst
+    /// or a table capacity of 0.
+    pub fn build(self) -> Result<RateLimitLayer, ConfigError> {
+        if self.per_peer.is_none() && self.global.is_none() {
+            return Err(ConfigError::Empty {
+                needs: "a per-peer or a global rate",
+            });
+        }
+        if self.max_tracked_peers == 0 {
+            return Err(ConfigError::Zero {
+                setting: "max_tracked_peers",
+            });
+        }
+        let clock = TokioClock::new();
+        let per_peer = match self.per_peer {
+            None => None,
+            Some(rate) => {
+                let quota = rate.quota("per_peer")?;
+                let table = Arc::new(PeerTable::new(self.max_tracked_peers));
+                let store = RateStore {
+                    table: table.clone(),
+                };
+                Some(PerPeer {
+                    limiter: RateLimiter::new(quota, store, clock),
+                    table,
+                    sweep_every: sweep_interval(quota),
+                    janitor: Once::new(),
+                })
+            }
+        };
+        let global = match self.global {
+            None => None,
+            Some(rate) => Some(RateLimiter::direct_with_clock(rate.quota("global")?, clock)),
+        };
+        Ok(RateLimitLayer {
+            shared: Arc::new(Shared {
+                keying: self.keying,
+                per_peer,
+                global,
+                global_mode: self.global_mode,
+                clock,
+                overflow: self.overflow,
+                refusal: self.refusal,
+                log: LogThrottle::new(Duration::from_secs(1)),
+                admitted: AtomicU64::new(0),
+                exempt: AtomicU64::new(0),
+                untracked: AtomicU64::new(0),
+                refused_peer_rate: AtomicU64::new(0),
+                refused_global_rate: AtomicU64::new(0),
+                refused_table_full: AtomicU64::new(0),
+            }),
+        })
+    }
+}
+
+/// How often refilled peers are forgotten: once a bucket has had time to refill,
+/// within bounds so that neither the sweep nor the memory it frees is wasted.
+fn sweep_interval(quota: Quota) -> Duration {
+    quota
+        .burst_size_replenished_in()
+        .clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit::new(inner, self.shared.clone())
+    }
+}
+
+type KeyedLimiter = RateLimiter<PeerKey, RateStore, TokioClock, NoOpMiddleware<Nanos>>;
+type GlobalLimiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Nanos>>;
+
+/// The per-peer rate: governor's limiter over a bounded table.
+#[derive(Debug)]
+struct PerPeer {
+    limiter: KeyedLimiter,
+    /// The limiter's table, also held here to ask it about capacity.
+    table: Arc<PeerTable<Nanos>>,
+    sweep_every: Duration,
+    janitor: Once,
+}
+
+/// The state every clone shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    keying: PeerKeying,
+    per_peer: Option<PerPeer>,
+    global: Option<GlobalLimiter>,
+    pub(super) global_mode: Mode,
+    clock: TokioClock,
+    overflow: Overflow,
+    pub(super) refusal: Refusal,
+    pub(super) log: LogThrottle,
+    admitted: AtomicU64,
+    exempt: AtomicU64,
+    untracked: AtomicU64,
+    refused_peer_rate: AtomicU64,
+    refused_global_rate: AtomicU64,
+    refused_table_full: AtomicU64,
+}
+
+impl Shared {
+    /// Decides on a connection from `ip`. `global_reserved`: the global rate was already
+    /// taken for it while the service waited to be ready (backpressure).
+    pub(super) fn admit(self: &Arc<Self>, ip: IpAddr, global_reserved: bool) -> Result<(), Reason> {
+        if self.keying.is_exempt(ip) {
+            self.exempt.fetch_add(1, Ordering::Relaxed);
+            self.admitted.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        if let Some(per_peer) = &self.per_peer {
+            per_peer.start_janitor(self);
+            self.check_peer(per_peer, self.keying.key(ip))?;
+        }
+        if !global_reserved {
+            self.check_global().map_err(|retry_after| {
+                self.refused_global_rate.fetch_add(1, Ordering::Relaxed);
+                Reason::GlobalRate { retry_after }
+            })?;
+        }
+        self.admitted.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn check_peer(&self, per_peer: &PerPeer, key: PeerKey) -> Result<(), Reason> {
+        let table = &per_peer.table;
+        if table.len() >= table.capacity() && !table.contains(&key) {
+            return match self.overflow {
+                Overflow::Admit => {
+                    self.untracked.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }
+                Overflow::Refuse => {
+                    self.refused_table_full.fetch_add(1, Ordering::Relaxed);
+                    Err(Reason::PeerTableFull {
+                        capacity: table.capacity(),
+                    })
+                }
+            };
+        }
+        per_peer.limiter.check_key(&key).map_err(|not_until| {
+            self.refused_peer_rate.fetch_add(1, Ordering::Relaxed);
+            Reason::PeerRate {
+                key,
+                retry_after: not_until.wait_time_from(self.clock.now()),
+            }
+        })
+    }
+
+    /// Takes one connection from the global rate, or says how long until it allows one.
+    pub(super) fn check_global(&self) -> Result<(), Duration> {
+        match &self.global {
+            None => Ok(()),
+            Some(limiter) => limiter
+                .check()
+                .map_err(|not_until| not_until.wait_time_from(self.clock.now())),
+        }
+    }
+
+    pub(super) fn has_global_backpressure(&self) -> bool {
+        self.global.is_some() && self.global_mode == Mode::Backpressure
+    }
+
+    fn tracked_peers(&self) -> usize {
+        self.per_peer
+            .as_ref()
+            .map_or(0, |per_peer| per_peer.table.len())
+    }
+}
+
+impl PerPeer {
+    /// Starts, once, the task that forgets refilled peers. It holds the state weakly and
+    /// ends after the last clone of the layer is dropped.
+    fn start_janitor(&self, shared: &Arc<Shared>) {
+        self.janitor.call_once(|| {
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            let shared: Weak<Shared> = Arc::downgrade(shared);
+            let mut ticks = tokio::time::interval(self.sweep_every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            runtime.spawn(async move {
+                ticks.tick().await;
+                loop {
+                    ticks.tick().await;
+                    let Some(shared) = shared.upgrade() else {
+                        return;
+                    };
+                    if let Some(per_peer) = &shared.per_peer {
+                        per_peer.limiter.retain_recent();
+                    }
+                }
+            });
+        });
+    }
+}

@@ -1,0 +1,44 @@
+//! New connections per second, per peer and for the whole server, on
+//! [`governor`]'s GCRA.
+//!
+//! A [`Rate`] says how many connections a period allows and how many may come at once
+//! (the burst): `Rate::per_second(10).burst(20)`, or any [`governor::Quota`]. Over the
+//! per-peer rate a connection is refused at once, and the [`Rejected`] error says when
+//! the peer may retry. Over the global rate it is refused too, or, with
+//! [`global_backpressure`](RateLimitBuilder::global_backpressure), not accepted until the
+//! rate allows it.
+//!
+//! Exempt peers skip both rates in refuse mode. The per-peer state is a bounded table
+//! like the [per-peer limit](crate::peer_limit)'s, and a peer whose bucket has refilled
+//! is forgotten by a sweep the layer runs on its own: nothing to spawn.
+//!
+//! Time is read from [`TokioClock`], which follows `tokio::time::pause`, so tests run on
+//! paused time; nothing here sleeps on real time.
+//!
+//! [`Rejected`]: crate::admission::Rejected
+//!
+//! # Example
+//!
+//! ```
+//! use tower::ServiceBuilder;
+//! use tower_bouncer::rate_limit::{Rate, RateLimitLayer};
+//! # use tower_bouncer::Conn;
+//! # let protocol = tower::service_fn(|_: Conn<tokio::net::TcpStream>| async { Ok::<_, std::io::Error>(()) });
+//!
+//! let rate = RateLimitLayer::builder()
+//!     .per_peer(Rate::per_second(5).burst(20))
+//!     .global(Rate::per_second(2_000))
+//!     .build()
+//!     .expect("a valid rate");
+//! let service = ServiceBuilder::new().layer(rate).service(protocol);
+//! # let _ = service;
+//! ```
+
+mod clock;
+mod layer;
+mod service;
+mod store;
+
+pub use clock::TokioClock;
+pub use layer::{Rate, RateLimitBuilder, RateLimitLayer, RateLimitStats};
+pub use service::RateLimit;

@@ -1,0 +1,107 @@
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+};
+
+use tokio::{io::AsyncWrite, time::Sleep};
+use tower::Service;
+
+use super::layer::Shared;
+use crate::{
+    BoxError, Conn,
+    admission::{Reason, ResponseFuture, Slot, refuse},
+};
+
+/// A connection-level service under a [`RateLimitLayer`](super::RateLimitLayer).
+#[derive(Debug)]
+pub struct RateLimit<S> {
+    inner: S,
+    shared: Arc<Shared>,
+    /// With global backpressure: one connection's worth of the global rate, taken while
+    /// waiting to be ready and spent by the next `call`.
+    reserved: bool,
+    /// With global backpressure: until when the global rate allows nothing.
+    wait: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> RateLimit<S> {
+    pub(super) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        Self {
+            inner,
+            shared,
+            reserved: false,
+            wait: None,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    fn poll_global_rate(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while !self.reserved {
+            if let Some(wait) = &mut self.wait {
+                ready!(wait.as_mut().poll(cx));
+            }
+            match self.shared.check_global() {
+                Ok(()) => self.reserved = true,
+                Err(retry_after) => {
+                    let until = tokio::time::Instant::now() + retry_after;
+                    match &mut self.wait {
+                        Some(wait) => wait.as_mut().reset(until),
+                        None => self.wait = Some(Box::pin(tokio::time::sleep_until(until))),
+                    }
+                }
+            }
+        }
+        Poll::Ready(())
+    }
+}
+
+impl<S: Clone> Clone for RateLimit<S> {
+    fn clone(&self) -> Self {
+        Self::new(self.inner.clone(), self.shared.clone())
+    }
+}
+
+impl<S, IO> Service<Conn<IO>> for RateLimit<S>
+where
+    S: Service<Conn<IO>, Response = ()>,
+    S::Error: Into<BoxError>,
+    IO: AsyncWrite + Unpin,
+{
+    type Response = ();
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, IO>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.shared.has_global_backpressure() {
+            ready!(self.poll_global_rate(cx));
+        }
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, conn: Conn<IO>) -> Self::Future {
+        let reserved = std::mem::take(&mut self.reserved);
+        match self.shared.admit(conn.peer_addr().ip(), reserved) {
+            Ok(()) => ResponseFuture::admitted(self.inner.call(conn), Slot::None),
+            Err(reason) => refuse_for(conn, reason, &self.shared),
+        }
+    }
+}
+
+fn refuse_for<F, IO>(conn: Conn<IO>, reason: Reason, shared: &Shared) -> ResponseFuture<F, IO> {
+    refuse(conn, reason, &shared.refusal, &shared.log)
+}

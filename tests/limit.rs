@@ -1,0 +1,235 @@
+//! The total connection limit, on tower-test mocks and paused time.
+
+mod support;
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, DuplexStream};
+use tokio_test::{assert_pending, assert_ready_err, assert_ready_ok, task};
+use tower::{Layer, ServiceExt, service_fn};
+use tower_bouncer::{
+    BoxError, ConfigError, Conn,
+    admission::Reason,
+    limit::{ConnectionLimitBuilder, ConnectionLimitLayer},
+};
+use tower_test::mock;
+
+use support::*;
+
+type Mock = mock::Mock<Conn<DuplexStream>, ()>;
+type Handle = mock::Handle<Conn<DuplexStream>, ()>;
+
+fn layer(builder: ConnectionLimitBuilder) -> ConnectionLimitLayer {
+    builder.build().unwrap()
+}
+
+fn limited(
+    layer: &ConnectionLimitLayer,
+) -> (
+    mock::Spawn<tower_bouncer::limit::ConnectionLimit<Mock>>,
+    Handle,
+) {
+    let (inner, handle) = mock::pair();
+    (mock::Spawn::new(layer.layer(inner)), handle)
+}
+
+#[tokio::test(start_paused = true)]
+async fn connections_over_the_limit_are_refused_with_the_reason() {
+    let limit = layer(ConnectionLimitLayer::builder(2));
+    let (mut service, mut handle) = limited(&limit);
+
+    assert_ready_ok!(service.poll_ready());
+    let _first = task::spawn(service.call(conn_from("192.0.2.1:1")));
+    assert_ready_ok!(service.poll_ready());
+    let _second = task::spawn(service.call(conn_from("192.0.2.2:2")));
+    assert_ready_ok!(service.poll_ready());
+    let mut third = task::spawn(service.call(conn_from("192.0.2.3:3")));
+
+    let error = assert_ready_err!(third.poll());
+    let refusal = rejected(&error);
+    assert_eq!(refusal.reason(), &Reason::ConnectionLimit { limit: 2 });
+    assert_eq!(refusal.peer(), addr("192.0.2.3:3"));
+    assert_eq!(
+        handle.next_request().await.unwrap().0.peer_addr(),
+        addr("192.0.2.1:1")
+    );
+    assert_eq!(
+        handle.next_request().await.unwrap().0.peer_addr(),
+        addr("192.0.2.2:2")
+    );
+    assert_pending!(handle.poll_request());
+
+    let stats = limit.stats();
+    assert_eq!(
+        (stats.admitted, stats.refused, stats.live, stats.limit),
+        (2, 1, 2, 2)
+    );
+}
+
+/// Admits one connection under a limit of 1, ends it with `end`, and checks that the
+/// slot came back.
+async fn slot_is_released_when(
+    end: impl FnOnce(
+        mock::SendResponse<()>,
+        task::Spawn<
+            tower_bouncer::admission::ResponseFuture<
+                mock::future::ResponseFuture<()>,
+                DuplexStream,
+            >,
+        >,
+    ),
+) {
+    let limit = layer(ConnectionLimitLayer::builder(1));
+    let (mut service, mut handle) = limited(&limit);
+    assert_ready_ok!(service.poll_ready());
+    let connection = task::spawn(service.call(conn_from("192.0.2.1:1")));
+    let (_, respond) = handle.next_request().await.unwrap();
+    assert_eq!(limit.stats().live, 1);
+
+    end(respond, connection);
+    assert_eq!(limit.stats().live, 0);
+    assert_ready_ok!(service.poll_ready());
+    let _next = task::spawn(service.call(conn_from("192.0.2.2:2")));
+    assert_eq!(
+        handle.next_request().await.unwrap().0.peer_addr(),
+        addr("192.0.2.2:2")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_slot_is_released_when_the_connection_completes() {
+    slot_is_released_when(|respond, mut connection| {
+        respond.send_response(());
+        assert_ready_ok!(connection.poll());
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_slot_is_released_when_the_connection_fails() {
+    slot_is_released_when(|respond, mut connection| {
+        respond.send_error("protocol error");
+        assert_ready_err!(connection.poll());
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_slot_is_released_when_the_connection_future_is_dropped() {
+    slot_is_released_when(|_respond, connection| drop(connection)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_slot_is_released_when_the_connection_panics() {
+    let limit = layer(ConnectionLimitLayer::builder(1));
+    let panicking = service_fn(|_: Conn<DuplexStream>| async {
+        panic!("the protocol panicked");
+        #[allow(unreachable_code)]
+        Ok::<(), BoxError>(())
+    });
+    let service = limit.layer(panicking);
+    let joined = tokio::spawn(service.clone().oneshot(conn_from("192.0.2.1:1"))).await;
+    assert!(joined.unwrap_err().is_panic());
+    assert_eq!(limit.stats().live, 0);
+    assert_eq!(limit.stats().admitted, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn clones_share_one_limit() {
+    let limit = layer(ConnectionLimitLayer::builder(3));
+    let (inner, _handle) = mock::pair::<Conn<DuplexStream>, ()>();
+    let service = limit.layer(inner);
+    let mut outcomes = Vec::new();
+    for n in 0..10 {
+        let mut clone = mock::Spawn::new(service.clone());
+        assert_ready_ok!(clone.poll_ready());
+        let mut connection = task::spawn(clone.call(conn_from(&format!("192.0.2.{n}:1"))));
+        outcomes.push(connection.poll().is_ready());
+        std::mem::forget(connection);
+    }
+    assert_eq!(outcomes.iter().filter(|refused| !**refused).count(), 3);
+    assert_eq!(limit.stats().refused, 7);
+}
+
+#[tokio::test(start_paused = true)]
+async fn backpressure_is_not_ready_while_full_and_wakes_when_a_slot_frees() {
+    let limit = layer(ConnectionLimitLayer::builder(1).backpressure());
+    let (mut service, mut handle) = limited(&limit);
+    assert_ready_ok!(service.poll_ready());
+    let mut first = task::spawn(service.call(conn_from("192.0.2.1:1")));
+    let (_, respond) = handle.next_request().await.unwrap();
+
+    assert_pending!(service.poll_ready());
+    respond.send_response(());
+    assert_ready_ok!(first.poll());
+    assert!(service.is_woken());
+    assert_ready_ok!(service.poll_ready());
+    assert_eq!(limit.stats().refused, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_ready_service_that_is_never_called_holds_no_slot() {
+    let limit = layer(ConnectionLimitLayer::builder(1).backpressure());
+    let (inner, mut handle) = mock::pair::<Conn<DuplexStream>, ()>();
+    let service = limit.layer(inner);
+    let mut idle = mock::Spawn::new(service.clone());
+    let mut busy = mock::Spawn::new(service);
+
+    assert_ready_ok!(idle.poll_ready());
+    assert_ready_ok!(busy.poll_ready());
+    let _served = task::spawn(busy.call(conn_from("192.0.2.2:2")));
+    assert_eq!(
+        handle.next_request().await.unwrap().0.peer_addr(),
+        addr("192.0.2.2:2")
+    );
+    assert_eq!(limit.stats().live, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_connection_is_told_why_then_closed() {
+    let limit = layer(ConnectionLimitLayer::builder(1).refusal_message(&b"ERROR busy\n"[..]));
+    let (mut service, _handle) = limited(&limit);
+    assert_ready_ok!(service.poll_ready());
+    let _held = task::spawn(service.call(conn_from("192.0.2.1:1")));
+
+    let (conn, mut client) = duplex_conn("192.0.2.2:2");
+    assert_ready_ok!(service.poll_ready());
+    let outcome = service.call(conn).await;
+    assert!(rejected(&outcome.unwrap_err()).reason() == &Reason::ConnectionLimit { limit: 1 });
+    let mut told = String::new();
+    client.read_to_string(&mut told).await.unwrap();
+    assert_eq!(told, "ERROR busy\n");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_refusal_message_never_waits_on_the_client_past_its_deadline() {
+    let limit = layer(
+        ConnectionLimitLayer::builder(1)
+            .refusal_message(vec![b'x'; 64])
+            .refusal_write_timeout(Duration::from_millis(250)),
+    );
+    let (mut service, _handle) = limited(&limit);
+    assert_ready_ok!(service.poll_ready());
+    let _held = task::spawn(service.call(conn_from("192.0.2.1:1")));
+
+    // A client whose window takes 8 bytes and who never reads.
+    let (server_side, _client) = tokio::io::duplex(8);
+    let conn = Conn::new(server_side, addr("192.0.2.2:2"), addr("127.0.0.1:80"));
+    let began = tokio::time::Instant::now();
+    let mut refusal = task::spawn(service.call(conn));
+    assert_pending!(refusal.poll());
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(refusal.is_woken());
+    assert_ready_err!(refusal.poll());
+    assert_eq!(began.elapsed(), Duration::from_millis(250));
+}
+
+#[test]
+fn a_zero_limit_is_refused_when_built() {
+    assert_eq!(
+        ConnectionLimitLayer::builder(0).build().unwrap_err(),
+        ConfigError::Zero {
+            setting: "max_connections"
+        }
+    );
+}

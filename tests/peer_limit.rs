@@ -1,0 +1,297 @@
+//! The per-peer connection limit, on tower-test mocks, and as a property.
+
+mod support;
+
+use std::{collections::HashMap, future::Pending};
+
+use proptest::prelude::*;
+use tokio::io::DuplexStream;
+use tokio_test::{assert_ready_err, assert_ready_ok, task};
+use tower::{Layer, Service, service_fn};
+use tower_bouncer::{
+    BoxError, ConfigError, Conn,
+    admission::Reason,
+    peer::{Overflow, PeerKeying},
+    peer_limit::{PeerLimit, PeerLimitLayer},
+};
+use tower_test::mock;
+
+use support::*;
+
+type Mock = mock::Mock<Conn<DuplexStream>, ()>;
+
+fn limited(
+    layer: &PeerLimitLayer,
+) -> (
+    mock::Spawn<PeerLimit<Mock>>,
+    mock::Handle<Conn<DuplexStream>, ()>,
+) {
+    let (inner, handle) = mock::pair();
+    (mock::Spawn::new(layer.layer(inner)), handle)
+}
+
+/// Calls the service for `peer` and polls the connection once: `Ok` if it was admitted
+/// (still running), the refusal otherwise. The connection is returned to keep it live.
+fn connect(
+    service: &mut mock::Spawn<PeerLimit<Mock>>,
+    peer: &str,
+) -> Result<impl Sized + use<>, BoxError> {
+    assert_ready_ok!(service.poll_ready());
+    let mut connection = task::spawn(service.call(conn_from(peer)));
+    match connection.poll() {
+        std::task::Poll::Pending => Ok(connection),
+        std::task::Poll::Ready(outcome) => Err(outcome.unwrap_err()),
+    }
+}
+
+#[tokio::test]
+async fn a_peer_over_its_limit_is_refused_while_another_is_served() {
+    let layer = PeerLimitLayer::builder(2).build().unwrap();
+    let (mut service, _handle) = limited(&layer);
+
+    let _a1 = connect(&mut service, "192.0.2.1:1").unwrap();
+    let _a2 = connect(&mut service, "192.0.2.1:2").unwrap();
+    let error = connect(&mut service, "192.0.2.1:3").err().unwrap();
+    assert_eq!(
+        rejected(&error).reason(),
+        &Reason::PeerLimit {
+            key: PeerKeying::default().key(addr("192.0.2.1:0").ip()),
+            limit: 2
+        }
+    );
+    let _b1 = connect(&mut service, "192.0.2.2:1").unwrap();
+
+    let stats = layer.stats();
+    assert_eq!(
+        (
+            stats.admitted,
+            stats.refused_peer_limit,
+            stats.tracked_peers
+        ),
+        (3, 1, 2)
+    );
+}
+
+#[tokio::test]
+async fn the_slot_is_released_on_completion_error_and_drop() {
+    let layer = PeerLimitLayer::builder(1).build().unwrap();
+    let (mut service, mut handle) = limited(&layer);
+
+    assert_ready_ok!(service.poll_ready());
+    let mut completing = task::spawn(service.call(conn_from("192.0.2.1:1")));
+    handle.next_request().await.unwrap().1.send_response(());
+    assert_ready_ok!(completing.poll());
+    assert_eq!(layer.stats().tracked_peers, 0);
+
+    assert_ready_ok!(service.poll_ready());
+    let mut failing = task::spawn(service.call(conn_from("192.0.2.1:1")));
+    handle.next_request().await.unwrap().1.send_error("reset");
+    assert_ready_err!(failing.poll());
+    assert_eq!(layer.stats().tracked_peers, 0);
+
+    let dropped = connect(&mut service, "192.0.2.1:1").unwrap();
+    assert_eq!(layer.stats().tracked_peers, 1);
+    drop(dropped);
+    assert_eq!(layer.stats().tracked_peers, 0);
+    connect(&mut service, "192.0.2.1:1").unwrap();
+}
+
+#[tokio::test]
+async fn the_slot_is_released_when_the_connection_panics() {
+    let layer = PeerLimitLayer::builder(1).build().unwrap();
+    let service = layer.layer(service_fn(|_: Conn<DuplexStream>| async {
+        panic!("the protocol panicked");
+        #[allow(unreachable_code)]
+        Ok::<(), BoxError>(())
+    }));
+    let joined = tokio::spawn(tower::ServiceExt::oneshot(
+        service,
+        conn_from("192.0.2.1:1"),
+    ))
+    .await;
+    assert!(joined.unwrap_err().is_panic());
+    assert_eq!(layer.stats().tracked_peers, 0);
+}
+
+#[tokio::test]
+async fn addresses_in_one_ipv6_64_count_as_one_peer_and_mapped_ipv4_as_ipv4() {
+    let layer = PeerLimitLayer::builder(1).build().unwrap();
+    let (mut service, _handle) = limited(&layer);
+
+    let _v6 = connect(&mut service, "[2001:db8:1:2::1]:1").unwrap();
+    assert!(connect(&mut service, "[2001:db8:1:2:ffff::9]:1").is_err());
+    let _next_64 = connect(&mut service, "[2001:db8:1:3::1]:1").unwrap();
+
+    let _v4 = connect(&mut service, "192.0.2.9:1").unwrap();
+    assert!(connect(&mut service, "[::ffff:192.0.2.9]:2").is_err());
+}
+
+#[tokio::test]
+async fn the_ipv6_prefix_is_configurable() {
+    let keying = PeerKeying::with_prefixes(32, 48).unwrap();
+    let layer = PeerLimitLayer::builder(1).keying(keying).build().unwrap();
+    let (mut service, _handle) = limited(&layer);
+    let _first = connect(&mut service, "[2001:db8:1:2::1]:1").unwrap();
+    assert!(
+        connect(&mut service, "[2001:db8:1:9::1]:1").is_err(),
+        "same /48"
+    );
+}
+
+#[tokio::test]
+async fn exempt_peers_pass_untracked() {
+    let keying = PeerKeying::default().exempt(["10.0.0.0/8".parse().unwrap()]);
+    let layer = PeerLimitLayer::builder(1).keying(keying).build().unwrap();
+    let (mut service, _handle) = limited(&layer);
+    let held: Vec<_> = (0..5)
+        .map(|port| connect(&mut service, &format!("10.1.1.1:{port}")).unwrap())
+        .collect();
+    let stats = layer.stats();
+    assert_eq!(
+        (stats.admitted, stats.exempt, stats.tracked_peers),
+        (5, 5, 0)
+    );
+    drop(held);
+}
+
+#[tokio::test]
+async fn a_full_table_admits_new_peers_untracked_by_default() {
+    let layer = PeerLimitLayer::builder(1)
+        .max_tracked_peers(2)
+        .build()
+        .unwrap();
+    let (mut service, _handle) = limited(&layer);
+    let _a = connect(&mut service, "192.0.2.1:1").unwrap();
+    let _b = connect(&mut service, "192.0.2.2:1").unwrap();
+    let _c1 = connect(&mut service, "192.0.2.3:1").unwrap();
+    let _c2 = connect(&mut service, "192.0.2.3:2").unwrap();
+    let stats = layer.stats();
+    assert_eq!((stats.untracked, stats.tracked_peers), (2, 2));
+    // Tracked peers are still held to their limit.
+    assert!(connect(&mut service, "192.0.2.1:2").is_err());
+}
+
+#[tokio::test]
+async fn a_full_table_set_to_refuse_refuses_new_peers() {
+    let layer = PeerLimitLayer::builder(1)
+        .max_tracked_peers(1)
+        .overflow(Overflow::Refuse)
+        .build()
+        .unwrap();
+    let (mut service, _handle) = limited(&layer);
+    let a = connect(&mut service, "192.0.2.1:1").unwrap();
+    let error = connect(&mut service, "192.0.2.2:1").err().unwrap();
+    assert_eq!(
+        rejected(&error).reason(),
+        &Reason::PeerTableFull { capacity: 1 }
+    );
+    drop(a);
+    connect(&mut service, "192.0.2.2:1").unwrap();
+}
+
+#[tokio::test]
+async fn clones_share_one_table() {
+    let layer = PeerLimitLayer::builder(2).build().unwrap();
+    let (inner, _handle) = mock::pair::<Conn<DuplexStream>, ()>();
+    let service = layer.layer(inner);
+    let mut held = Vec::new();
+    let mut admitted = 0;
+    for port in 0..10 {
+        let mut clone = mock::Spawn::new(service.clone());
+        if let Ok(connection) = connect(&mut clone, &format!("192.0.2.1:{port}")) {
+            admitted += 1;
+            held.push(connection);
+        }
+    }
+    assert_eq!(admitted, 2);
+}
+
+#[test]
+fn zero_limits_are_refused_when_built() {
+    assert_eq!(
+        PeerLimitLayer::builder(0).build().unwrap_err(),
+        ConfigError::Zero {
+            setting: "max_per_peer"
+        }
+    );
+    assert!(
+        PeerLimitLayer::builder(1)
+            .max_tracked_peers(0)
+            .build()
+            .is_err()
+    );
+}
+
+/// One step of a random schedule: a peer connects, or the n-th live connection ends.
+#[derive(Debug, Clone)]
+enum Step {
+    Connect(u8),
+    Disconnect(usize),
+}
+
+fn steps() -> impl Strategy<Value = Vec<Step>> {
+    let step = prop_oneof![
+        (0u8..6).prop_map(Step::Connect),
+        any::<usize>().prop_map(Step::Disconnect),
+    ];
+    proptest::collection::vec(step, 0..200)
+}
+
+/// A protocol that runs until its connection is dropped.
+fn never(_: Conn<tokio::io::Sink>) -> Pending<Result<(), BoxError>> {
+    std::future::pending()
+}
+
+proptest! {
+    #[test]
+    fn any_schedule_respects_the_limit_and_leaves_the_table_empty(
+        steps in steps(),
+        limit in 1usize..4,
+        capacity in 1usize..8,
+    ) {
+        let layer = PeerLimitLayer::builder(limit).max_tracked_peers(capacity).build().unwrap();
+        let mut service = layer.layer(service_fn(never));
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut live: Vec<(u8, Box<dyn std::any::Any>, bool)> = Vec::new();
+        let mut tracked_per_peer: HashMap<u8, usize> = HashMap::new();
+
+        for step in steps {
+            match step {
+                Step::Connect(peer) => {
+                    let conn = Conn::new(tokio::io::sink(), format!("192.0.2.{peer}:1").parse().unwrap(), "127.0.0.1:80".parse().unwrap());
+                    let mut connection = Box::pin(service.call(conn));
+                    let admitted = connection.as_mut().poll(&mut cx).is_pending();
+                    let count = tracked_per_peer.get(&peer).copied().unwrap_or(0);
+                    let table_full = tracked_per_peer.len() >= capacity && count == 0;
+                    // Never more than the limit per tracked peer; a new peer meets a full
+                    // table, which admits it untracked.
+                    let expected = count < limit;
+                    prop_assert_eq!(admitted, expected, "peer {} had {}", peer, count);
+                    if admitted {
+                        let tracked = !table_full;
+                        if tracked {
+                            *tracked_per_peer.entry(peer).or_default() += 1;
+                        }
+                        live.push((peer, Box::new(connection), tracked));
+                    }
+                }
+                Step::Disconnect(n) if !live.is_empty() => {
+                    let (peer, connection, tracked) = live.remove(n % live.len());
+                    drop(connection);
+                    if tracked {
+                        let count = tracked_per_peer.get_mut(&peer).unwrap();
+                        *count -= 1;
+                        if *count == 0 {
+                            tracked_per_peer.remove(&peer);
+                        }
+                    }
+                }
+                Step::Disconnect(_) => {}
+            }
+            prop_assert_eq!(layer.stats().tracked_peers, tracked_per_peer.len());
+        }
+        drop(live);
+        prop_assert_eq!(layer.stats().tracked_peers, 0);
+    }
+}

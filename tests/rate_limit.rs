@@ -1,0 +1,245 @@
+//! The connection-rate limit, on tower-test mocks and paused time.
+
+mod support;
+
+use std::time::Duration;
+
+use tokio::io::DuplexStream;
+use tokio_test::{assert_pending, assert_ready_ok, task};
+use tower::Layer;
+use tower_bouncer::{
+    BoxError, ConfigError, Conn,
+    admission::Reason,
+    peer::{Overflow, PeerKeying},
+    rate_limit::{Rate, RateLimit, RateLimitLayer},
+};
+use tower_test::mock;
+
+use support::*;
+
+type Service = mock::Spawn<RateLimit<mock::Mock<Conn<DuplexStream>, ()>>>;
+
+fn limited(layer: &RateLimitLayer) -> Service {
+    let (inner, handle) = mock::pair();
+    // The mock's requests are never answered: admitted connections stay live.
+    std::mem::forget(handle);
+    mock::Spawn::new(layer.layer(inner))
+}
+
+/// Calls for `peer`; `Ok` if admitted, the refusal otherwise.
+fn connect(service: &mut Service, peer: &str) -> Result<(), BoxError> {
+    assert_ready_ok!(service.poll_ready());
+    let mut connection = task::spawn(service.call(conn_from(peer)));
+    match connection.poll() {
+        std::task::Poll::Pending => Ok(()),
+        std::task::Poll::Ready(outcome) => outcome,
+    }
+}
+
+fn key(ip: &str) -> tower_bouncer::peer::PeerKey {
+    PeerKeying::default().key(ip.parse().unwrap())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_over_its_rate_is_refused_with_a_retry_time_and_refills() {
+    let layer = RateLimitLayer::builder()
+        .per_peer(Rate::per_second(2))
+        .build()
+        .unwrap();
+    let mut service = limited(&layer);
+
+    connect(&mut service, "192.0.2.1:1").unwrap();
+    connect(&mut service, "192.0.2.1:2").unwrap();
+    let error = connect(&mut service, "192.0.2.1:3").unwrap_err();
+    assert_eq!(
+        rejected(&error).reason(),
+        &Reason::PeerRate {
+            key: key("192.0.2.1"),
+            retry_after: Duration::from_millis(500)
+        }
+    );
+    assert_eq!(
+        rejected(&error).retry_after(),
+        Some(Duration::from_millis(500))
+    );
+    // Another peer has its own bucket.
+    connect(&mut service, "192.0.2.2:1").unwrap();
+
+    tokio::time::advance(Duration::from_millis(499)).await;
+    assert!(connect(&mut service, "192.0.2.1:4").is_err());
+    tokio::time::advance(Duration::from_millis(1)).await;
+    connect(&mut service, "192.0.2.1:5").unwrap();
+
+    let stats = layer.stats();
+    assert_eq!((stats.admitted, stats.refused_peer_rate), (4, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_burst_is_separate_from_the_rate() {
+    let layer = RateLimitLayer::builder()
+        .per_peer(Rate::per_minute(60).burst(3))
+        .build()
+        .unwrap();
+    let mut service = limited(&layer);
+    for port in 0..3 {
+        connect(&mut service, &format!("192.0.2.1:{port}")).unwrap();
+    }
+    let error = connect(&mut service, "192.0.2.1:9").unwrap_err();
+    assert_eq!(rejected(&error).retry_after(), Some(Duration::from_secs(1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_global_rate_counts_every_peer_together() {
+    let layer = RateLimitLayer::builder()
+        .global(Rate::per_second(3))
+        .build()
+        .unwrap();
+    let mut service = limited(&layer);
+    for n in 1..=3 {
+        connect(&mut service, &format!("192.0.2.{n}:1")).unwrap();
+    }
+    let error = connect(&mut service, "192.0.2.4:1").unwrap_err();
+    assert!(matches!(
+        rejected(&error).reason(),
+        Reason::GlobalRate { .. }
+    ));
+    assert_eq!(layer.stats().refused_global_rate, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn global_backpressure_waits_instead_of_refusing() {
+    let layer = RateLimitLayer::builder()
+        .global(Rate::per_second(2))
+        .global_backpressure()
+        .build()
+        .unwrap();
+    let mut service = limited(&layer);
+    connect(&mut service, "192.0.2.1:1").unwrap();
+    connect(&mut service, "192.0.2.2:1").unwrap();
+
+    assert_pending!(service.poll_ready());
+    tokio::time::advance(Duration::from_millis(500)).await;
+    assert!(service.is_woken());
+    connect(&mut service, "192.0.2.3:1").unwrap();
+    assert_eq!(layer.stats().refused_global_rate, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn exempt_peers_skip_the_rates() {
+    let layer = RateLimitLayer::builder()
+        .per_peer(Rate::per_second(1))
+        .global(Rate::per_second(1))
+        .keying(PeerKeying::default().exempt(["10.0.0.0/8".parse().unwrap()]))
+        .build()
+        .unwrap();
+    let mut service = limited(&layer);
+    for port in 0..20 {
+        connect(&mut service, &format!("10.0.0.1:{port}")).unwrap();
+    }
+    assert_eq!(layer.stats().exempt, 20);
+    connect(&mut service, "192.0.2.1:1").unwrap();
+    assert!(connect(&mut service, "192.0.2.1:2").is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn addresses_in_one_ipv6_64_share_a_bucket_and_mapped_ipv4_is_ipv4() {
+    let layer = RateLimitLayer::builder()
+        .per_peer(Rate::per_second(1))
+        .build()
+        .unwrap();
+    let mut service = limited(&layer);
+    connect(&mut service, "[2001:db8:1:2::1]:1").unwrap();
+    assert!(connect(&mut service, "[2001:db8:1:2::99]:1").is_err());
+    connect(&mut service, "192.0.2.1:1").unwrap();
+    assert!(connect(&mut service, "[::ffff:192.0.2.1]:1").is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn clones_share_one_rate() {
+    let layer = RateLimitLayer::builder()
+        .per_peer(Rate::per_second(3))
+        .build()
+        .unwrap();
+    let (inner, handle) = mock::pair::<Conn<DuplexStream>, ()>();
+    std::mem::forget(handle);
+    let service = layer.layer(inner);
+    let admitted = (0..10)
+        .filter(|port| {
+            let mut clone = mock::Spawn::new(service.clone());
+            connect(&mut clone, &format!("192.0.2.1:{port}")).is_ok()
+        })
+        .count();
+    assert_eq!(admitted, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn refilled_peers_are_forgotten_without_any_help() {
+    let layer = RateLimitLayer::builder()
+        .per_peer(Rate::per_second(5))
+        .build()
+        .unwrap();
+    let mut service = limited(&layer);
+    for n in 0..200u32 {
+        let peer = std::net::Ipv4Addr::from_bits(0xC633_6400 + n);
+        connect(&mut service, &format!("{peer}:1")).unwrap();
+    }
+    assert_eq!(layer.stats().tracked_peers, 200);
+    // The layer's own sweep runs about once a refill period.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(layer.stats().tracked_peers, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_peer_table_is_bounded_with_an_overflow_policy() {
+    let admit = RateLimitLayer::builder()
+        .per_peer(Rate::per_second(1))
+        .max_tracked_peers(2)
+        .build()
+        .unwrap();
+    let mut service = limited(&admit);
+    connect(&mut service, "192.0.2.1:1").unwrap();
+    connect(&mut service, "192.0.2.2:1").unwrap();
+    connect(&mut service, "192.0.2.3:1").unwrap();
+    connect(&mut service, "192.0.2.3:2").unwrap();
+    let stats = admit.stats();
+    assert_eq!((stats.tracked_peers, stats.untracked), (2, 2));
+
+    let refuse = RateLimitLayer::builder()
+        .per_peer(Rate::per_second(1))
+        .max_tracked_peers(1)
+        .overflow(Overflow::Refuse)
+        .build()
+        .unwrap();
+    let mut service = limited(&refuse);
+    connect(&mut service, "192.0.2.1:1").unwrap();
+    let error = connect(&mut service, "192.0.2.2:1").unwrap_err();
+    assert_eq!(
+        rejected(&error).reason(),
+        &Reason::PeerTableFull { capacity: 1 }
+    );
+}
+
+#[test]
+fn bad_rates_are_refused_when_built() {
+    assert_eq!(
+        RateLimitLayer::builder().build().unwrap_err(),
+        ConfigError::Empty {
+            needs: "a per-peer or a global rate"
+        }
+    );
+    assert_eq!(
+        RateLimitLayer::builder()
+            .per_peer(Rate::per_second(0))
+            .build()
+            .unwrap_err(),
+        ConfigError::Zero {
+            setting: "per_peer"
+        }
+    );
+    assert!(
+        RateLimitLayer::builder()
+            .global(Rate::per_second(5).burst(0))
+            .build()
+            .is_err()
+    );
+}
