@@ -10,8 +10,10 @@
 //!   `welcome alice`, anything else `401` with `WWW-Authenticate: Basic realm="demo"`;
 //! - `GET /slow?ms=N` answers after N ms (at most 10000).
 //!
-//! Protected (the default), connections run through the crate's accept loop and HTTP
-//! adapter; `--unprotected` serves the same router with plain `axum::serve`.
+//! Protected (the default), connections run through the crate's accept loop, its
+//! admission layers (per-peer rate, per-peer cap, total cap; see `--help` for the flags
+//! and their defaults) and its HTTP adapter; a refused connection is answered `503` or
+//! `429`. `--unprotected` serves the same router with plain `axum::serve`.
 
 mod common;
 
@@ -25,15 +27,29 @@ use axum::{
     routing::get,
 };
 use base64::Engine;
+use bytes::Bytes;
+use common::protection::Refusals;
 use tower_bouncer::{http::HttpService, serve::Server};
 
-const USAGE: &str = "usage: axum_server [--addr IP:PORT] [--unprotected]";
+/// Refusals in HTTP/1.1, the protocol most clients open with.
+const BUSY: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+const TOO_FAST: &[u8] =
+    b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 const MAX_SLOW_MS: u64 = 10_000;
 
 #[tokio::main]
 async fn main() {
-    let args = common::Args::from_env(USAGE);
+    let args = common::Args::from_env("axum_server");
     common::init_logging();
+    let refusals = Refusals {
+        busy: Bytes::from_static(BUSY),
+        too_fast: Bytes::from_static(TOO_FAST),
+    };
+    let admission = args
+        .protection
+        .admission(&refusals)
+        .unwrap_or_else(|error| common::fail(error));
     let shutdown = common::shutdown_signal();
     let listener = common::bind(args.addr).await;
     let app = app();
@@ -47,7 +63,7 @@ async fn main() {
     }
     let report = Server::new(listener)
         .with_graceful_shutdown(shutdown)
-        .serve(HttpService::new(app))
+        .serve(admission.around(HttpService::new(app)))
         .await;
     if let Err(error) = report {
         common::fail(format_args!("server failed: {error}"));

@@ -14,8 +14,11 @@
 //! - anything else answers `ERROR <reason>`; a line over the limit answers
 //!   `ERROR line too long` and closes.
 //!
-//! Protected (the default), a connection is closed right after its failed login's
-//! `DENIED` is written, and it winds down when the server shuts down. `--unprotected`
+//! Protected (the default), connections run through the crate's accept loop and its
+//! admission layers (per-peer rate, per-peer cap, total cap; see `--help` for the flags
+//! and their defaults; a refused connection reads `ERROR busy`), a connection is closed
+//! right after its failed login's `DENIED` is written, and it winds down when the
+//! server shuts down. `--unprotected`
 //! keeps the connection open after `DENIED`, as the 2005 server did, and serves from a
 //! plain tokio accept loop.
 
@@ -23,6 +26,8 @@ mod common;
 
 use std::io;
 
+use bytes::Bytes;
+use common::protection::Refusals;
 use tokio::{
     io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader},
     net::TcpStream,
@@ -30,15 +35,22 @@ use tokio::{
 use tower::service_fn;
 use tower_bouncer::{Conn, GracefulClose, serve::Server};
 
-const USAGE: &str = "usage: login_server [--addr IP:PORT] [--unprotected]";
 const MAX_LINE: usize = 1024;
 /// Failed logins a connection may make before it is closed, in protected mode.
 const MAX_AUTH_TRIES: u32 = 1;
 
 #[tokio::main]
 async fn main() {
-    let args = common::Args::from_env(USAGE);
+    let args = common::Args::from_env("login_server");
     common::init_logging();
+    let refusals = Refusals {
+        busy: Bytes::from_static(b"ERROR busy\n"),
+        too_fast: Bytes::from_static(b"ERROR busy\n"),
+    };
+    let admission = args
+        .protection
+        .admission(&refusals)
+        .unwrap_or_else(|error| common::fail(error));
     let shutdown = common::shutdown_signal();
     let listener = common::bind(args.addr).await;
 
@@ -56,7 +68,7 @@ async fn main() {
     });
     let report = Server::new(listener)
         .with_graceful_shutdown(shutdown)
-        .serve(protocol)
+        .serve(admission.around(protocol))
         .await;
     if let Err(error) = report {
         common::fail(format_args!("server failed: {error}"));

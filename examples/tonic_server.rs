@@ -6,11 +6,14 @@
 //! ```
 //!
 //! A call without the token fails with `UNAUTHENTICATED`. Protected (the default), the
-//! routes run through the crate's accept loop and HTTP adapter; `--unprotected` serves
-//! them with tonic's own server.
+//! routes run through the crate's accept loop, its admission layers (the same flags as
+//! the other examples; see `--help`) and its HTTP adapter; `--unprotected` serves them
+//! with tonic's own server.
 
 mod common;
 
+use bytes::Bytes;
+use common::protection::Refusals;
 use tonic::{
     Request, Status,
     service::{Routes, interceptor::InterceptedService},
@@ -18,12 +21,20 @@ use tonic::{
 };
 use tower_bouncer::{http::HttpService, serve::Server};
 
-const USAGE: &str = "usage: tonic_server [--addr IP:PORT] [--unprotected]";
-
 #[tokio::main]
 async fn main() {
-    let args = common::Args::from_env(USAGE);
+    let args = common::Args::from_env("tonic_server");
     common::init_logging();
+    // gRPC clients cannot read a message sent before the HTTP/2 handshake: refuse
+    // silently.
+    let refusals = Refusals {
+        busy: Bytes::new(),
+        too_fast: Bytes::new(),
+    };
+    let admission = args
+        .protection
+        .admission(&refusals)
+        .unwrap_or_else(|error| common::fail(error));
     let shutdown = common::shutdown_signal();
     let listener = common::bind(args.addr).await;
 
@@ -41,7 +52,7 @@ async fn main() {
     let routes = Routes::new(health).prepare();
     let report = Server::new(listener)
         .with_graceful_shutdown(shutdown)
-        .serve(HttpService::new(routes))
+        .serve(admission.around(HttpService::new(routes)))
         .await;
     if let Err(error) = report {
         common::fail(format_args!("server failed: {error}"));

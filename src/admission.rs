@@ -214,13 +214,13 @@ pub(crate) fn refuse<F, IO>(
         tracing::warn!(peer = %rejected.peer, reason = %rejected.reason, suppressed, "connection refused");
     }
     ResponseFuture {
-        state: State::Refused {
+        state: State::Refused(Box::new(Refusing {
             io: refusal.message.as_ref().map(|_| conn.into_io()),
             message: refusal.message.clone().unwrap_or_default(),
             write_timeout: refusal.write_timeout,
             deadline: None,
             rejected: Some(rejected),
-        },
+        })),
     }
 }
 
@@ -252,13 +252,39 @@ enum State<F, IO> {
         inner: F,
         slot: Slot,
     },
-    Refused {
-        io: Option<IO>,
-        message: Bytes,
-        write_timeout: Duration,
-        deadline: Option<Pin<Box<Sleep>>>,
-        rejected: Option<Rejected>,
-    },
+    /// Boxed: refusals are the rare path, and every admitted connection's future
+    /// would otherwise be as large as a refusal.
+    Refused(Box<Refusing<IO>>),
+}
+
+/// A refused connection: its message being written, then the error.
+struct Refusing<IO> {
+    io: Option<IO>,
+    message: Bytes,
+    write_timeout: Duration,
+    deadline: Option<Pin<Box<Sleep>>>,
+    rejected: Option<Rejected>,
+}
+
+impl<IO: AsyncWrite + Unpin> Refusing<IO> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<BoxError> {
+        if let Some(io) = &mut self.io {
+            let written = write_refusal(
+                io,
+                &mut self.message,
+                self.write_timeout,
+                &mut self.deadline,
+                cx,
+            );
+            if written.is_pending() {
+                return Poll::Pending;
+            }
+            // Dropping the stream closes the connection.
+            self.io = None;
+        }
+        let rejected = self.rejected.take().expect("polled after completion");
+        Poll::Ready(rejected.into())
+    }
 }
 
 impl<F, IO> ResponseFuture<F, IO> {
@@ -273,9 +299,9 @@ impl<F, IO> fmt::Debug for ResponseFuture<F, IO> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.state {
             State::Admitted { .. } => f.write_str("ResponseFuture::Admitted"),
-            State::Refused { rejected, .. } => f
+            State::Refused(refusing) => f
                 .debug_tuple("ResponseFuture::Refused")
-                .field(rejected)
+                .field(&refusing.rejected)
                 .finish(),
         }
     }
@@ -298,23 +324,7 @@ where
                 *slot = Slot::None;
                 Poll::Ready(outcome.map_err(Into::into))
             }
-            StateProj::Refused {
-                io,
-                message,
-                write_timeout,
-                deadline,
-                rejected,
-            } => {
-                if let Some(stream) = io {
-                    if write_refusal(stream, message, *write_timeout, deadline, cx).is_pending() {
-                        return Poll::Pending;
-                    }
-                    // Dropping the stream closes the connection.
-                    *io = None;
-                }
-                let rejected = rejected.take().expect("polled after completion");
-                Poll::Ready(Err(rejected.into()))
-            }
+            StateProj::Refused(refusing) => refusing.poll(cx).map(Err),
         }
     }
 }

@@ -56,6 +56,7 @@ pub mod admission;
 mod close;
 mod config;
 mod conn;
+mod counter;
 pub mod peer;
 
 #[cfg(feature = "limit")]

@@ -128,8 +128,13 @@ struct LineClient {
 
 impl LineClient {
     async fn connect(addr: SocketAddr) -> Self {
+        Self::connect_from(1, addr).await
+    }
+
+    /// Connects from `127.0.0.<last>`, a distinct peer.
+    async fn connect_from(last: u8, addr: SocketAddr) -> Self {
         Self {
-            io: BufReader::new(within(PATIENCE, TcpStream::connect(addr)).await.unwrap()),
+            io: BufReader::new(within(PATIENCE, connect_from(last, addr)).await),
         }
     }
 
@@ -277,4 +282,96 @@ async fn tonic_server_checks_health_only_with_the_token() {
         assert_eq!(response.into_inner().status, 1, "SERVING");
         server.stop().await;
     }
+}
+
+#[tokio::test]
+async fn login_server_applies_the_admission_flags() {
+    // --max-per-peer: a second connection from one peer is refused, another peer is not.
+    let server = Example::start("login_server", &["--max-per-peer", "1"]).await;
+    let mut first = LineClient::connect_from(2, server.addr).await;
+    assert_eq!(first.ask("LOGIN alice secret").await.as_deref(), Some("OK"));
+    let mut second = LineClient::connect_from(2, server.addr).await;
+    assert_eq!(second.line().await.as_deref(), Some("ERROR busy"));
+    assert_eq!(second.line().await, None);
+    let mut other = LineClient::connect_from(3, server.addr).await;
+    assert_eq!(other.ask("LOGIN alice secret").await.as_deref(), Some("OK"));
+    server.stop().await;
+
+    // --exempt lifts it for the exempt network.
+    let server = Example::start(
+        "login_server",
+        &["--max-per-peer", "1", "--exempt", "127.0.0.0/24"],
+    )
+    .await;
+    let mut first = LineClient::connect_from(2, server.addr).await;
+    let mut second = LineClient::connect_from(2, server.addr).await;
+    assert_eq!(first.ask("LOGIN alice secret").await.as_deref(), Some("OK"));
+    assert_eq!(
+        second.ask("LOGIN alice secret").await.as_deref(),
+        Some("OK")
+    );
+    server.stop().await;
+
+    // --max-connections: over it, refused.
+    let server = Example::start("login_server", &["--max-connections", "1"]).await;
+    let mut first = LineClient::connect_from(2, server.addr).await;
+    assert_eq!(first.ask("LOGIN alice secret").await.as_deref(), Some("OK"));
+    let mut second = LineClient::connect_from(3, server.addr).await;
+    assert_eq!(second.line().await.as_deref(), Some("ERROR busy"));
+    server.stop().await;
+
+    // --backpressure: over it, the connection waits and is served once there is room.
+    let server = Example::start(
+        "login_server",
+        &["--max-connections", "1", "--backpressure"],
+    )
+    .await;
+    let mut first = LineClient::connect_from(2, server.addr).await;
+    assert_eq!(first.ask("LOGIN alice secret").await.as_deref(), Some("OK"));
+    let mut waiting = LineClient::connect_from(3, server.addr).await;
+    waiting.send("LOGIN alice secret").await;
+    first.send("QUIT").await;
+    assert_eq!(waiting.line().await.as_deref(), Some("OK"));
+    server.stop().await;
+
+    // --rate and --burst: one new connection a second per peer.
+    let server = Example::start("login_server", &["--rate", "1", "--burst", "1"]).await;
+    let mut first = LineClient::connect_from(2, server.addr).await;
+    assert_eq!(first.ask("LOGIN alice secret").await.as_deref(), Some("OK"));
+    let mut second = LineClient::connect_from(2, server.addr).await;
+    assert_eq!(second.line().await.as_deref(), Some("ERROR busy"));
+    let mut other = LineClient::connect_from(3, server.addr).await;
+    assert_eq!(other.ask("LOGIN alice secret").await.as_deref(), Some("OK"));
+    server.stop().await;
+
+    // --global-rate: one new connection a second, whoever opens it.
+    let server = Example::start("login_server", &["--global-rate", "1"]).await;
+    let mut first = LineClient::connect_from(2, server.addr).await;
+    assert_eq!(first.ask("LOGIN alice secret").await.as_deref(), Some("OK"));
+    let mut second = LineClient::connect_from(3, server.addr).await;
+    assert_eq!(second.line().await.as_deref(), Some("ERROR busy"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn axum_server_refuses_over_its_limits_with_http_status_lines() {
+    let server = Example::start("axum_server", &["--max-per-peer", "1", "--rate", "100"]).await;
+    let _held = connect_from(2, server.addr).await;
+    let mut refused = connect_from(2, server.addr).await;
+    let mut response = String::new();
+    within(PATIENCE, refused.read_to_string(&mut response))
+        .await
+        .unwrap();
+    assert!(response.starts_with("HTTP/1.1 503 "), "{response}");
+    server.stop().await;
+
+    let server = Example::start("axum_server", &["--rate", "1"]).await;
+    let _first = connect_from(2, server.addr).await;
+    let mut refused = connect_from(2, server.addr).await;
+    let mut response = String::new();
+    within(PATIENCE, refused.read_to_string(&mut response))
+        .await
+        .unwrap();
+    assert!(response.starts_with("HTTP/1.1 429 "), "{response}");
+    server.stop().await;
 }

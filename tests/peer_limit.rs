@@ -157,16 +157,15 @@ async fn exempt_peers_pass_untracked() {
 #[tokio::test]
 async fn a_full_table_admits_new_peers_untracked_by_default() {
     let layer = PeerLimitLayer::builder(1)
-        .max_tracked_peers(2)
+        .max_tracked_peers(1)
         .build()
         .unwrap();
     let (mut service, _handle) = limited(&layer);
     let _a = connect(&mut service, "192.0.2.1:1").unwrap();
-    let _b = connect(&mut service, "192.0.2.2:1").unwrap();
-    let _c1 = connect(&mut service, "192.0.2.3:1").unwrap();
-    let _c2 = connect(&mut service, "192.0.2.3:2").unwrap();
+    let _b1 = connect(&mut service, "192.0.2.2:1").unwrap();
+    let _b2 = connect(&mut service, "192.0.2.2:2").unwrap();
     let stats = layer.stats();
-    assert_eq!((stats.untracked, stats.tracked_peers), (2, 2));
+    assert_eq!((stats.untracked, stats.tracked_peers), (2, 1));
     // Tracked peers are still held to their limit.
     assert!(connect(&mut service, "192.0.2.1:2").is_err());
 }
@@ -242,56 +241,87 @@ fn never(_: Conn<tokio::io::Sink>) -> Pending<Result<(), BoxError>> {
     std::future::pending()
 }
 
+type LiveConnection = std::pin::Pin<Box<dyn Future<Output = Result<(), BoxError>>>>;
+
+/// Runs `steps` against a per-peer limit and calls `check` after each with the
+/// connections that are live, by peer, and the layer. Returns the layer at the end,
+/// after every connection has been dropped.
+fn run_schedule(
+    layer: &PeerLimitLayer,
+    steps: Vec<Step>,
+    mut check: impl FnMut(Option<(u8, bool)>, &HashMap<u8, usize>) -> Result<(), TestCaseError>,
+) -> Result<(), TestCaseError> {
+    let mut service = layer.layer(service_fn(never));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut live: Vec<(u8, LiveConnection)> = Vec::new();
+    for step in steps {
+        let outcome = match step {
+            Step::Connect(peer) => {
+                let conn = Conn::new(
+                    tokio::io::sink(),
+                    format!("192.0.2.{peer}:1").parse().unwrap(),
+                    "127.0.0.1:80".parse().unwrap(),
+                );
+                let mut connection = Box::pin(service.call(conn));
+                let admitted = connection.as_mut().poll(&mut cx).is_pending();
+                if admitted {
+                    live.push((peer, connection));
+                }
+                Some((peer, admitted))
+            }
+            Step::Disconnect(n) if !live.is_empty() => {
+                drop(live.remove(n % live.len()));
+                None
+            }
+            Step::Disconnect(_) => None,
+        };
+        let mut per_peer = HashMap::new();
+        for (peer, _) in &live {
+            *per_peer.entry(*peer).or_default() += 1;
+        }
+        check(outcome, &per_peer)?;
+    }
+    Ok(())
+}
+
 proptest! {
     #[test]
-    fn any_schedule_respects_the_limit_and_leaves_the_table_empty(
+    fn any_schedule_admits_exactly_up_to_the_limit_and_leaves_the_table_empty(
         steps in steps(),
         limit in 1usize..4,
-        capacity in 1usize..8,
     ) {
-        let layer = PeerLimitLayer::builder(limit).max_tracked_peers(capacity).build().unwrap();
-        let mut service = layer.layer(service_fn(never));
-        let waker = std::task::Waker::noop();
-        let mut cx = std::task::Context::from_waker(waker);
-        let mut live: Vec<(u8, Box<dyn std::any::Any>, bool)> = Vec::new();
-        let mut tracked_per_peer: HashMap<u8, usize> = HashMap::new();
-
-        for step in steps {
-            match step {
-                Step::Connect(peer) => {
-                    let conn = Conn::new(tokio::io::sink(), format!("192.0.2.{peer}:1").parse().unwrap(), "127.0.0.1:80".parse().unwrap());
-                    let mut connection = Box::pin(service.call(conn));
-                    let admitted = connection.as_mut().poll(&mut cx).is_pending();
-                    let count = tracked_per_peer.get(&peer).copied().unwrap_or(0);
-                    let table_full = tracked_per_peer.len() >= capacity && count == 0;
-                    // Never more than the limit per tracked peer; a new peer meets a full
-                    // table, which admits it untracked.
-                    let expected = count < limit;
-                    prop_assert_eq!(admitted, expected, "peer {} had {}", peer, count);
-                    if admitted {
-                        let tracked = !table_full;
-                        if tracked {
-                            *tracked_per_peer.entry(peer).or_default() += 1;
-                        }
-                        live.push((peer, Box::new(connection), tracked));
-                    }
-                }
-                Step::Disconnect(n) if !live.is_empty() => {
-                    let (peer, connection, tracked) = live.remove(n % live.len());
-                    drop(connection);
-                    if tracked {
-                        let count = tracked_per_peer.get_mut(&peer).unwrap();
-                        *count -= 1;
-                        if *count == 0 {
-                            tracked_per_peer.remove(&peer);
-                        }
-                    }
-                }
-                Step::Disconnect(_) => {}
+        let layer = PeerLimitLayer::builder(limit).build().unwrap();
+        let mut before: HashMap<u8, usize> = HashMap::new();
+        run_schedule(&layer, steps, |outcome, live| {
+            if let Some((peer, admitted)) = outcome {
+                let had = before.get(&peer).copied().unwrap_or(0);
+                prop_assert_eq!(admitted, had < limit, "peer {} had {}", peer, had);
             }
-            prop_assert_eq!(layer.stats().tracked_peers, tracked_per_peer.len());
-        }
-        drop(live);
+            prop_assert!(live.values().all(|count| *count <= limit));
+            prop_assert_eq!(layer.stats().tracked_peers, live.len());
+            before = live.clone();
+            Ok(())
+        })?;
+        prop_assert_eq!(layer.stats().tracked_peers, 0);
+    }
+
+    #[test]
+    fn a_small_table_that_refuses_never_overflows_and_empties(
+        steps in steps(),
+        limit in 1usize..4,
+        capacity in 1usize..5,
+    ) {
+        let layer = PeerLimitLayer::builder(limit)
+            .max_tracked_peers(capacity)
+            .overflow(Overflow::Refuse)
+            .build()
+            .unwrap();
+        run_schedule(&layer, steps, |_, live| {
+            prop_assert!(live.values().all(|count| *count <= limit));
+            prop_assert!(live.len() <= capacity);
+            prop_assert_eq!(layer.stats().tracked_peers, live.len());
+            Ok(())
+        })?;
         prop_assert_eq!(layer.stats().tracked_peers, 0);
     }
 }

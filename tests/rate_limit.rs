@@ -193,16 +193,16 @@ async fn refilled_peers_are_forgotten_without_any_help() {
 async fn the_peer_table_is_bounded_with_an_overflow_policy() {
     let admit = RateLimitLayer::builder()
         .per_peer(Rate::per_second(1))
-        .max_tracked_peers(2)
+        .max_tracked_peers(1)
         .build()
         .unwrap();
     let mut service = limited(&admit);
     connect(&mut service, "192.0.2.1:1").unwrap();
-    connect(&mut service, "192.0.2.2:1").unwrap();
     connect(&mut service, "192.0.2.3:1").unwrap();
     connect(&mut service, "192.0.2.3:2").unwrap();
     let stats = admit.stats();
-    assert_eq!((stats.tracked_peers, stats.untracked), (2, 2));
+    assert_eq!((stats.tracked_peers, stats.untracked), (1, 2));
+    assert!(connect(&mut service, "192.0.2.1:2").is_err());
 
     let refuse = RateLimitLayer::builder()
         .per_peer(Rate::per_second(1))

@@ -9,6 +9,10 @@ use std::{fmt::Display, io::Write, net::SocketAddr, process, str::FromStr};
 
 use tokio::net::TcpListener;
 
+pub mod protection;
+
+use protection::Protection;
+
 /// The flags every example server takes.
 #[derive(Debug)]
 pub struct Args {
@@ -16,15 +20,19 @@ pub struct Args {
     pub addr: SocketAddr,
     /// `--unprotected`: no protection layer at all, the baseline for attacks.
     pub unprotected: bool,
+    /// The protection flags; ignored with `--unprotected`.
+    pub protection: Protection,
 }
 
 impl Args {
     /// Parses the process arguments; a flag that is unknown or a value that does not
-    /// parse ends the process with a one-line error and status 2.
-    pub fn from_env(usage: &str) -> Self {
+    /// parse ends the process with a one-line error and status 2. `name` is the
+    /// example's, for `--help`.
+    pub fn from_env(name: &str) -> Self {
         let mut args = Args {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             unprotected: false,
+            protection: Protection::default(),
         };
         let mut argv = std::env::args().skip(1);
         while let Some(flag) = argv.next() {
@@ -32,10 +40,18 @@ impl Args {
                 "--addr" => args.addr = value(&flag, argv.next()),
                 "--unprotected" => args.unprotected = true,
                 "-h" | "--help" => {
-                    println!("{usage}");
+                    println!("usage: {name} [--addr IP:PORT] [--unprotected] [protection flags]");
+                    println!(
+                        "  --unprotected         no protection at all; protection flags are ignored"
+                    );
+                    println!("{}", protection::USAGE);
                     process::exit(0);
                 }
-                _ => fail(format_args!("unknown flag `{flag}` (see --help)")),
+                other => {
+                    if !args.protection.parse_flag(other, &mut argv) {
+                        fail(format_args!("unknown flag `{flag}` (see --help)"));
+                    }
+                }
             }
         }
         args
@@ -43,7 +59,7 @@ impl Args {
 }
 
 /// Parses the value that follows `flag`.
-fn value<T>(flag: &str, value: Option<String>) -> T
+pub fn value<T>(flag: &str, value: Option<String>) -> T
 where
     T: FromStr,
     T::Err: Display,

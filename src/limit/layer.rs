@@ -1,7 +1,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -14,6 +14,7 @@ use crate::{
     ConfigError,
     admission::{Mode, Refusal, refusal_builder_methods},
     config::nonzero,
+    counter::Counter,
     throttle::LogThrottle,
 };
 
@@ -62,8 +63,8 @@ impl ConnectionLimitLayer {
     pub fn stats(&self) -> ConnectionLimitStats {
         let shared = &self.shared;
         ConnectionLimitStats {
-            admitted: shared.admitted.load(Ordering::Relaxed),
-            refused: shared.refused.load(Ordering::Relaxed),
+            admitted: shared.admitted.get(),
+            refused: shared.refused.get(),
             live: shared.live.load(Ordering::Relaxed),
             limit: shared.max,
         }
@@ -92,8 +93,8 @@ impl ConnectionLimitBuilder {
                 freed: Arc::new(Notify::new()),
                 refusal: self.refusal,
                 log: LogThrottle::new(Duration::from_secs(1)),
-                admitted: AtomicU64::new(0),
-                refused: AtomicU64::new(0),
+                admitted: Counter::default(),
+                refused: Counter::default(),
             }),
         })
     }
@@ -117,8 +118,8 @@ pub(crate) struct Shared {
     pub(super) freed: Arc<Notify>,
     pub(super) refusal: Refusal,
     pub(super) log: LogThrottle,
-    pub(super) admitted: AtomicU64,
-    pub(super) refused: AtomicU64,
+    pub(super) admitted: Counter,
+    pub(super) refused: Counter,
 }
 
 impl Shared {
@@ -132,7 +133,7 @@ impl Shared {
                 (live < self.max).then_some(live + 1)
             })
             .ok()?;
-        self.admitted.fetch_add(1, Ordering::Relaxed);
+        self.admitted.add();
         Some(GlobalSlot::new(self.clone()))
     }
 

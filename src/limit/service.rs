@@ -1,6 +1,6 @@
 use std::{
     pin::Pin,
-    sync::{Arc, atomic::Ordering},
+    sync::Arc,
     task::{Context, Poll, ready},
 };
 
@@ -97,7 +97,7 @@ where
         match self.shared.try_acquire() {
             Some(slot) => ResponseFuture::admitted(self.inner.call(conn), Slot::Global(slot)),
             None => {
-                self.shared.refused.fetch_add(1, Ordering::Relaxed);
+                self.shared.refused.add();
                 let reason = Reason::ConnectionLimit {
                     limit: self.shared.max,
                 };

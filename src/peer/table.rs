@@ -1,11 +1,13 @@
 //! A bounded, sharded table keyed by peer, shared by the keyed layers.
 //!
-//! Connections from different peers lock different shards, so they do not serialise on
-//! one lock. The number of keys is capped; a shard shrinks when it empties, so memory
-//! returns to its baseline after a storm.
+//! A key is hashed once, with a per-process random key (SipHash, so an attacker who
+//! picks addresses cannot pick collisions), and that one hash both picks the shard and
+//! finds the entry. Peers in different shards never wait on each other's lock. Each
+//! shard holds at most its share of the capacity, so the bound is checked under the
+//! shard's own lock, and a shard shrinks as it empties, so memory returns to its
+//! baseline after a storm.
 
 use std::{
-    collections::HashMap,
     hash::{BuildHasher, RandomState},
     sync::{
         Mutex, MutexGuard, PoisonError,
@@ -13,11 +15,9 @@ use std::{
     },
 };
 
-use super::PeerKey;
+use hashbrown::HashTable;
 
-/// The table's own key: a [`PeerKey`] without its prefix, which every key of one family
-/// shares in a table.
-pub(crate) type Bits = [u8; 16];
+use super::PeerKey;
 
 /// What a full table does with a peer it is not tracking yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -31,147 +31,179 @@ pub enum Overflow {
     Refuse,
 }
 
-impl<V> std::fmt::Debug for PeerTable<V> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PeerTable")
-            .field("len", &self.len())
-            .field("capacity", &self.capacity)
-            .field("shards", &self.shards.len())
-            .finish()
-    }
+/// A key, hashed and placed: computed once per connection, used for every lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Located {
+    /// The key without its prefix (the same for every key of one family in a table).
+    bits: [u8; 16],
+    hash: u64,
 }
 
 pub(crate) struct PeerTable<V> {
     shards: Box<[Shard<V>]>,
     hasher: RandomState,
-    capacity: usize,
-    len: AtomicUsize,
+    shard_capacity: usize,
 }
 
 /// One shard, on its own cache line so that neighbours do not false-share.
 #[repr(align(64))]
-struct Shard<V>(Mutex<HashMap<Bits, V, RandomState>>);
-
-/// A locked shard.
-pub(crate) struct Locked<'a, V> {
-    map: MutexGuard<'a, HashMap<Bits, V, RandomState>>,
-    len: &'a AtomicUsize,
-    capacity: usize,
+struct Shard<V> {
+    entries: Mutex<HashTable<([u8; 16], V)>>,
+    /// Written under the lock, read without it.
+    len: AtomicUsize,
 }
 
-/// The table has no room for another key.
+/// A locked shard, at one key.
+pub(crate) struct Locked<'a, V> {
+    entries: MutexGuard<'a, HashTable<([u8; 16], V)>>,
+    len: &'a AtomicUsize,
+    room: usize,
+    hasher: &'a RandomState,
+    at: Located,
+}
+
+/// The key's shard has no room for another key.
 #[derive(Debug)]
 pub(crate) struct Full;
 
 impl<V> PeerTable<V> {
-    /// A table that holds at most `capacity` keys.
+    /// A table that holds at most `capacity` keys (at least 1): each shard holds its
+    /// equal share, so the table may refuse a little before it holds `capacity` keys,
+    /// never after.
     pub(crate) fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
         let parallelism = std::thread::available_parallelism().map_or(4, usize::from);
-        let shard_count = (parallelism * 4).next_power_of_two().clamp(4, 256);
-        let hasher = RandomState::new();
+        // A power of two, more shards than threads, no more shards than keys.
+        let most_shards = 1 << capacity.ilog2();
+        let shard_count = (parallelism * 4)
+            .next_power_of_two()
+            .clamp(1, 256)
+            .min(most_shards);
         let shards = (0..shard_count)
-            .map(|_| Shard(Mutex::new(HashMap::with_hasher(hasher.clone()))))
+            .map(|_| Shard {
+                entries: Mutex::new(HashTable::new()),
+                len: AtomicUsize::new(0),
+            })
             .collect();
         Self {
             shards,
-            hasher,
-            capacity,
-            len: AtomicUsize::new(0),
+            hasher: RandomState::new(),
+            shard_capacity: capacity / shard_count,
         }
     }
 
     /// How many keys are tracked.
     pub(crate) fn len(&self) -> usize {
-        self.len.load(Ordering::Relaxed)
+        self.shards
+            .iter()
+            .map(|shard| shard.len.load(Ordering::Relaxed))
+            .sum()
     }
 
+    /// The most keys the table holds.
     pub(crate) fn capacity(&self) -> usize {
-        self.capacity
+        self.shard_capacity * self.shards.len()
     }
 
-    /// Whether `key` is tracked.
-    pub(crate) fn contains(&self, key: &PeerKey) -> bool {
-        let (mut shard, bits) = self.lock(key);
-        shard.get_mut(&bits).is_some()
-    }
-
-    /// Locks the shard that holds `key`.
-    pub(crate) fn lock(&self, key: &PeerKey) -> (Locked<'_, V>, Bits) {
+    /// Hashes and places `key`.
+    pub(crate) fn locate(&self, key: &PeerKey) -> Located {
         let bits = key.bits();
-        // The low bits pick the shard; the map itself hashes again, which costs a few
-        // nanoseconds and keeps this free of unsafe raw-entry tricks.
-        let index = self.hasher.hash_one(bits) as usize & (self.shards.len() - 1);
-        (self.lock_shard(index), bits)
+        Located {
+            bits,
+            hash: self.hasher.hash_one(bits),
+        }
     }
 
-    fn lock_shard(&self, index: usize) -> Locked<'_, V> {
+    fn shard(&self, at: &Located) -> &Shard<V> {
+        // The middle bits: hashbrown uses the low ones for the bucket and the top seven
+        // for its tags.
+        &self.shards[(at.hash >> 32) as usize & (self.shards.len() - 1)]
+    }
+
+    /// Whether `at`'s shard is at its capacity, without taking its lock.
+    pub(crate) fn is_full_at(&self, at: &Located) -> bool {
+        self.shard(at).len.load(Ordering::Relaxed) >= self.shard_capacity
+    }
+
+    /// Whether `at` is tracked.
+    pub(crate) fn contains(&self, at: &Located) -> bool {
+        self.lock(at).get_mut().is_some()
+    }
+
+    /// Locks the shard that holds `at`.
+    pub(crate) fn lock(&self, at: &Located) -> Locked<'_, V> {
+        let shard = self.shard(at);
         Locked {
-            map: self.shards[index]
-                .0
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-            len: &self.len,
-            capacity: self.capacity,
+            entries: shard.entries.lock().unwrap_or_else(PoisonError::into_inner),
+            len: &shard.len,
+            room: self.shard_capacity,
+            hasher: &self.hasher,
+            at: *at,
         }
     }
 
     /// Removes every entry for which `keep` is false, shard by shard.
     pub(crate) fn retain(&self, mut keep: impl FnMut(&V) -> bool) {
-        for index in 0..self.shards.len() {
-            self.lock_shard(index).retain(&mut keep);
+        for shard in self.shards.iter() {
+            let mut entries = shard.entries.lock().unwrap_or_else(PoisonError::into_inner);
+            entries.retain(|(_, value)| keep(value));
+            shard.len.store(entries.len(), Ordering::Relaxed);
+            shrink_if_sparse(&mut entries, &self.hasher);
         }
     }
 }
 
 impl<V> Locked<'_, V> {
-    pub(crate) fn get_mut(&mut self, bits: &Bits) -> Option<&mut V> {
-        self.map.get_mut(bits)
+    /// The value at the key, if tracked.
+    pub(crate) fn get_mut(&mut self) -> Option<&mut V> {
+        let Located { bits, hash } = self.at;
+        self.entries
+            .find_mut(hash, |(key, _)| *key == bits)
+            .map(|(_, value)| value)
     }
 
-    /// Inserts a key the shard does not hold yet, if the table has room.
-    pub(crate) fn insert_new(&mut self, bits: Bits, value: V) -> Result<(), Full> {
-        debug_assert!(!self.map.contains_key(&bits));
-        if self.len.fetch_add(1, Ordering::Relaxed) >= self.capacity {
-            self.len.fetch_sub(1, Ordering::Relaxed);
+    /// Starts tracking the key (which must not be tracked yet), if its shard has room.
+    pub(crate) fn insert(&mut self, value: V) -> Result<(), Full> {
+        if self.entries.len() >= self.room {
             return Err(Full);
         }
-        self.map.insert(bits, value);
+        let hasher = self.hasher;
+        self.entries
+            .insert_unique(self.at.hash, (self.at.bits, value), |(key, _)| {
+                hasher.hash_one(key)
+            });
+        self.len.store(self.entries.len(), Ordering::Relaxed);
         Ok(())
     }
 
-    pub(crate) fn remove(&mut self, bits: &Bits) {
-        if self.map.remove(bits).is_some() {
-            self.len.fetch_sub(1, Ordering::Relaxed);
-            self.shrink_if_sparse();
-        }
-    }
-
-    pub(crate) fn retain(&mut self, keep: &mut impl FnMut(&V) -> bool) {
-        let before = self.map.len();
-        self.map.retain(|_, value| keep(value));
-        self.len
-            .fetch_sub(before - self.map.len(), Ordering::Relaxed);
-        self.shrink_if_sparse();
-    }
-
-    /// Gives memory back once a shard is mostly empty: a storm's peak does not stay
-    /// allocated. Halving at a quarter full keeps this amortised O(1).
-    fn shrink_if_sparse(&mut self) {
-        const KEEP: usize = 16;
-        if self.map.capacity() > KEEP && self.map.len() * 4 < self.map.capacity() {
-            let keep = (self.map.len() * 2).max(KEEP);
-            self.map.shrink_to(keep);
+    /// Stops tracking the key.
+    pub(crate) fn remove(&mut self) {
+        let Located { bits, hash } = self.at;
+        if let Ok(entry) = self.entries.find_entry(hash, |(key, _)| *key == bits) {
+            entry.remove();
+            self.len.store(self.entries.len(), Ordering::Relaxed);
+            shrink_if_sparse(&mut self.entries, self.hasher);
         }
     }
 }
 
-#[cfg(test)]
-impl<V> PeerTable<V> {
-    /// Bytes the shards' maps have allocated, by their capacities.
-    pub(crate) fn allocated_slots(&self) -> usize {
-        (0..self.shards.len())
-            .map(|index| self.lock_shard(index).map.capacity())
-            .sum()
+/// Gives memory back once a shard is mostly empty: a storm's peak does not stay
+/// allocated. Halving at a quarter full keeps this amortised O(1).
+fn shrink_if_sparse<V>(entries: &mut HashTable<([u8; 16], V)>, hasher: &RandomState) {
+    const KEEP: usize = 16;
+    if entries.capacity() > KEEP && entries.len() * 4 < entries.capacity() {
+        let keep = (entries.len() * 2).max(KEEP);
+        entries.shrink_to(keep, |(key, _)| hasher.hash_one(key));
+    }
+}
+
+impl<V> std::fmt::Debug for PeerTable<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerTable")
+            .field("len", &self.len())
+            .field("capacity", &self.capacity())
+            .field("shards", &self.shards.len())
+            .finish()
     }
 }
 
@@ -184,41 +216,55 @@ mod tests {
         PeerKeying::default().key(std::net::Ipv4Addr::from_bits(n).into())
     }
 
+    fn insert(table: &PeerTable<u32>, n: u32) -> Result<(), Full> {
+        table.lock(&table.locate(&key(n))).insert(n)
+    }
+
+    fn remove(table: &PeerTable<u32>, n: u32) {
+        table.lock(&table.locate(&key(n))).remove();
+    }
+
+    fn allocated(table: &PeerTable<u32>) -> usize {
+        table
+            .shards
+            .iter()
+            .map(|shard| shard.entries.lock().unwrap().capacity())
+            .sum()
+    }
+
     #[test]
     fn the_capacity_is_a_hard_bound() {
-        let table = PeerTable::<u32>::new(3);
-        for n in 0..3 {
-            let (mut shard, bits) = table.lock(&key(n));
-            shard.insert_new(bits, 1).unwrap();
-        }
-        assert_eq!(table.len(), table.capacity());
-        let (mut shard, bits) = table.lock(&key(3));
-        assert!(shard.insert_new(bits, 1).is_err());
-        drop(shard);
-        assert_eq!(table.len(), 3);
+        let table = PeerTable::<u32>::new(64);
+        let inserted = (0..10_000).filter(|n| insert(&table, *n).is_ok()).count();
+        assert!(inserted <= table.capacity(), "{inserted}");
+        assert_eq!(table.len(), inserted);
+        // Shares are filled evenly enough that little capacity is lost.
+        assert!(inserted >= table.capacity() * 9 / 10, "{inserted}");
+    }
 
-        let (mut shard, bits) = table.lock(&key(0));
-        shard.remove(&bits);
-        drop(shard);
-        let (mut shard, bits) = table.lock(&key(3));
-        shard.insert_new(bits, 1).unwrap();
+    #[test]
+    fn a_one_key_table_holds_one_key() {
+        let table = PeerTable::<u32>::new(1);
+        insert(&table, 1).unwrap();
+        assert!(insert(&table, 2).is_err());
+        remove(&table, 1);
+        insert(&table, 2).unwrap();
+        assert_eq!(table.len(), 1);
     }
 
     #[test]
     fn memory_returns_to_baseline_after_a_storm() {
         let table = PeerTable::<u32>::new(1 << 20);
-        let baseline = table.allocated_slots();
+        let baseline = allocated(&table);
         for n in 0..50_000 {
-            let (mut shard, bits) = table.lock(&key(n));
-            shard.insert_new(bits, 1).unwrap();
+            insert(&table, n).unwrap();
         }
-        assert!(table.allocated_slots() >= 50_000);
+        assert!(allocated(&table) >= 50_000);
         for n in 0..50_000 {
-            let (mut shard, bits) = table.lock(&key(n));
-            shard.remove(&bits);
+            remove(&table, n);
         }
         assert_eq!(table.len(), 0);
-        let left = table.allocated_slots();
+        let left = allocated(&table);
         assert!(
             left <= baseline + 32 * table.shards.len(),
             "{left} slots left"
@@ -229,10 +275,11 @@ mod tests {
     fn retain_drops_entries_and_their_count() {
         let table = PeerTable::<u32>::new(100);
         for n in 0..10 {
-            let (mut shard, bits) = table.lock(&key(n));
-            shard.insert_new(bits, n).unwrap();
+            insert(&table, n).unwrap();
         }
         table.retain(|value| value % 2 == 0);
         assert_eq!(table.len(), 5);
+        assert!(table.contains(&table.locate(&key(4))));
+        assert!(!table.contains(&table.locate(&key(5))));
     }
 }

@@ -1,11 +1,4 @@
-use std::{
-    net::IpAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use tower_layer::Layer;
 
@@ -14,9 +7,10 @@ use crate::{
     ConfigError,
     admission::{Reason, Refusal, refusal_builder_methods},
     config::nonzero,
+    counter::Counter,
     peer::{
-        PeerKey, PeerKeying,
-        table::{Overflow, PeerTable},
+        PeerKeying,
+        table::{Located, Overflow, PeerTable},
     },
     throttle::LogThrottle,
 };
@@ -76,11 +70,11 @@ impl PeerLimitLayer {
     pub fn stats(&self) -> PeerLimitStats {
         let shared = &self.shared;
         PeerLimitStats {
-            admitted: shared.admitted.load(Ordering::Relaxed),
-            exempt: shared.exempt.load(Ordering::Relaxed),
-            untracked: shared.untracked.load(Ordering::Relaxed),
-            refused_peer_limit: shared.refused_peer_limit.load(Ordering::Relaxed),
-            refused_table_full: shared.refused_table_full.load(Ordering::Relaxed),
+            admitted: shared.admitted.get(),
+            exempt: shared.exempt.get(),
+            untracked: shared.untracked.get(),
+            refused_peer_limit: shared.refused_peer_limit.get(),
+            refused_table_full: shared.refused_table_full.get(),
             tracked_peers: shared.table.len(),
         }
     }
@@ -120,11 +114,11 @@ impl PeerLimitBuilder {
                 overflow: self.overflow,
                 refusal: self.refusal,
                 log: LogThrottle::new(Duration::from_secs(1)),
-                admitted: AtomicU64::new(0),
-                exempt: AtomicU64::new(0),
-                untracked: AtomicU64::new(0),
-                refused_peer_limit: AtomicU64::new(0),
-                refused_table_full: AtomicU64::new(0),
+                admitted: Counter::default(),
+                exempt: Counter::default(),
+                untracked: Counter::default(),
+                refused_peer_limit: Counter::default(),
+                refused_table_full: Counter::default(),
             }),
         })
     }
@@ -147,11 +141,11 @@ pub(crate) struct Shared {
     overflow: Overflow,
     pub(super) refusal: Refusal,
     pub(super) log: LogThrottle,
-    admitted: AtomicU64,
-    exempt: AtomicU64,
-    untracked: AtomicU64,
-    refused_peer_limit: AtomicU64,
-    refused_table_full: AtomicU64,
+    admitted: Counter,
+    exempt: Counter,
+    untracked: Counter,
+    refused_peer_limit: Counter,
+    refused_table_full: Counter,
 }
 
 /// The decision on one connection.
@@ -166,31 +160,32 @@ pub(super) enum Admission {
 impl Shared {
     pub(super) fn admit(self: &Arc<Self>, ip: IpAddr) -> Admission {
         let Some(key) = self.keying.classify(ip) else {
-            self.exempt.fetch_add(1, Ordering::Relaxed);
-            self.admitted.fetch_add(1, Ordering::Relaxed);
+            self.exempt.add();
+            self.admitted.add();
             return Admission::Untracked;
         };
-        let (mut shard, bits) = self.table.lock(&key);
-        if let Some(live) = shard.get_mut(&bits) {
+        let at = self.table.locate(&key);
+        let mut shard = self.table.lock(&at);
+        if let Some(live) = shard.get_mut() {
             if *live >= self.max_per_peer {
                 drop(shard);
-                self.refused_peer_limit.fetch_add(1, Ordering::Relaxed);
+                self.refused_peer_limit.add();
                 return Admission::Refused(Reason::PeerLimit {
                     key,
                     limit: self.max_per_peer as usize,
                 });
             }
             *live += 1;
-        } else if shard.insert_new(bits, 1).is_err() {
+        } else if shard.insert(1).is_err() {
             drop(shard);
             return match self.overflow {
                 Overflow::Admit => {
-                    self.untracked.fetch_add(1, Ordering::Relaxed);
-                    self.admitted.fetch_add(1, Ordering::Relaxed);
+                    self.untracked.add();
+                    self.admitted.add();
                     Admission::Untracked
                 }
                 Overflow::Refuse => {
-                    self.refused_table_full.fetch_add(1, Ordering::Relaxed);
+                    self.refused_table_full.add();
                     Admission::Refused(Reason::PeerTableFull {
                         capacity: self.table.capacity(),
                     })
@@ -198,16 +193,16 @@ impl Shared {
             };
         }
         drop(shard);
-        self.admitted.fetch_add(1, Ordering::Relaxed);
-        Admission::Tracked(PeerSlot::new(self.clone(), key))
+        self.admitted.add();
+        Admission::Tracked(PeerSlot::new(self.clone(), at))
     }
 
-    pub(super) fn release(&self, key: &PeerKey) {
-        let (mut shard, bits) = self.table.lock(key);
-        if let Some(live) = shard.get_mut(&bits) {
+    pub(super) fn release(&self, at: &Located) {
+        let mut shard = self.table.lock(at);
+        if let Some(live) = shard.get_mut() {
             *live -= 1;
             if *live == 0 {
-                shard.remove(&bits);
+                shard.remove();
             }
         }
     }

@@ -10,7 +10,7 @@ use super::layer::{Admission, Shared};
 use crate::{
     BoxError, Conn,
     admission::{ResponseFuture, Slot, refuse},
-    peer::PeerKey,
+    peer::table::Located,
 };
 
 /// A connection-level service under a [`PeerLimitLayer`](super::PeerLimitLayer).
@@ -72,17 +72,17 @@ where
 #[derive(Debug)]
 pub(crate) struct PeerSlot {
     shared: Arc<Shared>,
-    key: PeerKey,
+    at: Located,
 }
 
 impl PeerSlot {
-    pub(super) fn new(shared: Arc<Shared>, key: PeerKey) -> Self {
-        Self { shared, key }
+    pub(super) fn new(shared: Arc<Shared>, at: Located) -> Self {
+        Self { shared, at }
     }
 }
 
 impl Drop for PeerSlot {
     fn drop(&mut self) {
-        self.shared.release(&self.key);
+        self.shared.release(&self.at);
     }
 }

@@ -1,10 +1,7 @@
 use std::{
     net::IpAddr,
     num::NonZeroU32,
-    sync::{
-        Arc, Once, Weak,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Once, Weak},
     time::Duration,
 };
 
@@ -21,7 +18,11 @@ use super::{RateLimit, TokioClock, store::RateStore};
 use crate::{
     ConfigError,
     admission::{Mode, Reason, Refusal, refusal_builder_methods},
-    peer::{Overflow, PeerKey, PeerKeying, table::PeerTable},
+    counter::Counter,
+    peer::{
+        Overflow, PeerKey, PeerKeying,
+        table::{Located, PeerTable},
+    },
     throttle::LogThrottle,
 };
 
@@ -160,12 +161,12 @@ impl RateLimitLayer {
     pub fn stats(&self) -> RateLimitStats {
         let shared = &self.shared;
         RateLimitStats {
-            admitted: shared.admitted.load(Ordering::Relaxed),
-            exempt: shared.exempt.load(Ordering::Relaxed),
-            untracked: shared.untracked.load(Ordering::Relaxed),
-            refused_peer_rate: shared.refused_peer_rate.load(Ordering::Relaxed),
-            refused_global_rate: shared.refused_global_rate.load(Ordering::Relaxed),
-            refused_table_full: shared.refused_table_full.load(Ordering::Relaxed),
+            admitted: shared.admitted.get(),
+            exempt: shared.exempt.get(),
+            untracked: shared.untracked.get(),
+            refused_peer_rate: shared.refused_peer_rate.get(),
+            refused_global_rate: shared.refused_global_rate.get(),
+            refused_table_full: shared.refused_table_full.get(),
             tracked_peers: shared.tracked_peers(),
         }
     }
@@ -257,12 +258,12 @@ impl RateLimitBuilder {
                 overflow: self.overflow,
                 refusal: self.refusal,
                 log: LogThrottle::new(Duration::from_secs(1)),
-                admitted: AtomicU64::new(0),
-                exempt: AtomicU64::new(0),
-                untracked: AtomicU64::new(0),
-                refused_peer_rate: AtomicU64::new(0),
-                refused_global_rate: AtomicU64::new(0),
-                refused_table_full: AtomicU64::new(0),
+                admitted: Counter::default(),
+                exempt: Counter::default(),
+                untracked: Counter::default(),
+                refused_peer_rate: Counter::default(),
+                refused_global_rate: Counter::default(),
+                refused_table_full: Counter::default(),
             }),
         })
     }
@@ -284,7 +285,7 @@ impl<S> Layer<S> for RateLimitLayer {
     }
 }
 
-type KeyedLimiter = RateLimiter<PeerKey, RateStore, TokioClock, NoOpMiddleware<Nanos>>;
+type KeyedLimiter = RateLimiter<Located, RateStore, TokioClock, NoOpMiddleware<Nanos>>;
 type GlobalLimiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Nanos>>;
 
 /// The per-peer rate: governor's limiter over a bounded table.
@@ -308,12 +309,12 @@ pub(crate) struct Shared {
     overflow: Overflow,
     pub(super) refusal: Refusal,
     pub(super) log: LogThrottle,
-    admitted: AtomicU64,
-    exempt: AtomicU64,
-    untracked: AtomicU64,
-    refused_peer_rate: AtomicU64,
-    refused_global_rate: AtomicU64,
-    refused_table_full: AtomicU64,
+    admitted: Counter,
+    exempt: Counter,
+    untracked: Counter,
+    refused_peer_rate: Counter,
+    refused_global_rate: Counter,
+    refused_table_full: Counter,
 }
 
 impl Shared {
@@ -321,8 +322,8 @@ impl Shared {
     /// taken for it while the service waited to be ready (backpressure).
     pub(super) fn admit(self: &Arc<Self>, ip: IpAddr, global_reserved: bool) -> Result<(), Reason> {
         if self.keying.is_exempt(ip) {
-            self.exempt.fetch_add(1, Ordering::Relaxed);
-            self.admitted.fetch_add(1, Ordering::Relaxed);
+            self.exempt.add();
+            self.admitted.add();
             return Ok(());
         }
         if let Some(per_peer) = &self.per_peer {
@@ -331,32 +332,33 @@ impl Shared {
         }
         if !global_reserved {
             self.check_global().map_err(|retry_after| {
-                self.refused_global_rate.fetch_add(1, Ordering::Relaxed);
+                self.refused_global_rate.add();
                 Reason::GlobalRate { retry_after }
             })?;
         }
-        self.admitted.fetch_add(1, Ordering::Relaxed);
+        self.admitted.add();
         Ok(())
     }
 
     fn check_peer(&self, per_peer: &PerPeer, key: PeerKey) -> Result<(), Reason> {
         let table = &per_peer.table;
-        if table.len() >= table.capacity() && !table.contains(&key) {
+        let at = table.locate(&key);
+        if table.is_full_at(&at) && !table.contains(&at) {
             return match self.overflow {
                 Overflow::Admit => {
-                    self.untracked.fetch_add(1, Ordering::Relaxed);
+                    self.untracked.add();
                     Ok(())
                 }
                 Overflow::Refuse => {
-                    self.refused_table_full.fetch_add(1, Ordering::Relaxed);
+                    self.refused_table_full.add();
                     Err(Reason::PeerTableFull {
                         capacity: table.capacity(),
                     })
                 }
             };
         }
-        per_peer.limiter.check_key(&key).map_err(|not_until| {
-            self.refused_peer_rate.fetch_add(1, Ordering::Relaxed);
+        per_peer.limiter.check_key(&at).map_err(|not_until| {
+            self.refused_peer_rate.add();
             Reason::PeerRate {
                 key,
                 retry_after: not_until.wait_time_from(self.clock.now()),

@@ -5,7 +5,7 @@ use governor::{
 
 use std::sync::Arc;
 
-use crate::peer::{PeerKey, table::PeerTable};
+use crate::peer::table::{Located, PeerTable};
 
 /// governor's keyed state in a bounded peer table: each peer's theoretical arrival time.
 #[derive(Debug)]
@@ -14,14 +14,14 @@ pub(super) struct RateStore {
 }
 
 impl StateStore for RateStore {
-    type Key = PeerKey;
+    type Key = Located;
 
-    fn measure_and_replace<T, F, E>(&self, key: &PeerKey, decide: F) -> Result<T, E>
+    fn measure_and_replace<T, F, E>(&self, at: &Located, decide: F) -> Result<T, E>
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        let (mut shard, bits) = self.table.lock(key);
-        if let Some(arrival) = shard.get_mut(&bits) {
+        let mut shard = self.table.lock(at);
+        if let Some(arrival) = shard.get_mut() {
             let (outcome, next) = decide(Some(*arrival))?;
             *arrival = next;
             return Ok(outcome);
@@ -29,14 +29,14 @@ impl StateStore for RateStore {
         let (outcome, next) = decide(None)?;
         // Full: the layer has applied its overflow policy before asking, so a peer that
         // gets this far is let through untracked.
-        shard.insert_new(bits, next).ok();
+        shard.insert(next).ok();
         Ok(outcome)
     }
 }
 
 /// What governor's `retain_recent` uses to forget peers whose bucket has refilled: for
 /// the limiter, such a peer is the same as one never seen.
-impl ShrinkableKeyedStateStore<PeerKey> for RateStore {
+impl ShrinkableKeyedStateStore<Located> for RateStore {
     fn retain_recent(&self, drop_below: Nanos) {
         self.table.retain(|arrival| *arrival >= drop_below);
     }

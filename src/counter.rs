@@ -1,0 +1,64 @@
+use std::{
+    cell::Cell,
+    sync::atomic::{AtomicU64, AtomicUsize, Ordering},
+};
+
+const STRIPES: usize = 8;
+
+/// A statistics counter that threads bump without fighting over one cache line: each
+/// thread adds to its own stripe, and a read sums them. Reads are rare (`stats()`),
+/// bumps happen on every connection.
+#[derive(Debug, Default)]
+pub(crate) struct Counter {
+    stripes: [Stripe; STRIPES],
+}
+
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Stripe(AtomicU64);
+
+impl Counter {
+    pub(crate) fn add(&self) {
+        self.stripes[stripe()].0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.stripes
+            .iter()
+            .map(|stripe| stripe.0.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// This thread's stripe, handed out round-robin the first time a thread asks.
+fn stripe() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+    STRIPE.with(|stripe| match stripe.get() {
+        Some(index) => index,
+        None => {
+            let index = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+            stripe.set(Some(index));
+            index
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_what_every_thread_added() {
+        let counter = Counter::default();
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| (0..1000).for_each(|_| counter.add()));
+            }
+        });
+        counter.add();
+        assert_eq!(counter.get(), 4001);
+    }
+}
