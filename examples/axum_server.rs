@@ -11,9 +11,11 @@
 //! - `GET /slow?ms=N` answers after N ms (at most 10000).
 //!
 //! Protected (the default), connections run through the crate's accept loop, its
-//! admission layers (per-peer rate, per-peer cap, total cap; see `--help` for the flags
-//! and their defaults) and its HTTP adapter; a refused connection is answered `503` or
-//! `429`. `--unprotected` serves the same router with plain `axum::serve`.
+//! protection layers (per-peer rate, per-peer cap, total cap, timeouts; see `--help` for
+//! the flags and their defaults) and its HTTP adapter; a refused connection is answered
+//! `503` or `429`. A request, for the request timeout, runs from its first byte until
+//! its head is in (or, with a body, until the handler answers). `--unprotected` serves
+//! the same router with plain `axum::serve`.
 
 mod common;
 
@@ -46,9 +48,9 @@ async fn main() {
         busy: Bytes::from_static(BUSY),
         too_fast: Bytes::from_static(TOO_FAST),
     };
-    let admission = args
+    let protection = args
         .protection
-        .admission(&refusals)
+        .layers(&refusals)
         .unwrap_or_else(|error| common::fail(error));
     let shutdown = common::shutdown_signal();
     let listener = common::bind(args.addr).await;
@@ -63,7 +65,7 @@ async fn main() {
     }
     let report = Server::new(listener)
         .with_graceful_shutdown(shutdown)
-        .serve(admission.around(HttpService::new(app)))
+        .serve(protection.around(HttpService::new(app)))
         .await;
     if let Err(error) = report {
         common::fail(format_args!("server failed: {error}"));

@@ -15,10 +15,11 @@
 //!   `ERROR line too long` and closes.
 //!
 //! Protected (the default), connections run through the crate's accept loop and its
-//! admission layers (per-peer rate, per-peer cap, total cap; see `--help` for the flags
-//! and their defaults; a refused connection reads `ERROR busy`), a connection is closed
-//! right after its failed login's `DENIED` is written, and it winds down when the
-//! server shuts down. `--unprotected`
+//! layers (per-peer rate, per-peer cap, total cap, timeouts; see `--help` for the flags
+//! and their defaults; a refused connection reads `ERROR busy`). Each line is a request
+//! for the request timeout. A connection is closed right after its failed login's
+//! `DENIED` is written, and it winds down when the server shuts down or it reaches its
+//! maximum lifetime. `--unprotected`
 //! keeps the connection open after `DENIED`, as the 2005 server did, and serves from a
 //! plain tokio accept loop.
 
@@ -33,7 +34,11 @@ use tokio::{
     net::TcpStream,
 };
 use tower::service_fn;
-use tower_bouncer::{Conn, GracefulClose, serve::Server};
+use tower_bouncer::{
+    Conn, GracefulClose,
+    serve::Server,
+    timeout::{RequestTimer, TimedIo},
+};
 
 const MAX_LINE: usize = 1024;
 /// Failed logins a connection may make before it is closed, in protected mode.
@@ -47,9 +52,9 @@ async fn main() {
         busy: Bytes::from_static(b"ERROR busy\n"),
         too_fast: Bytes::from_static(b"ERROR busy\n"),
     };
-    let admission = args
+    let protection = args
         .protection
-        .admission(&refusals)
+        .layers(&refusals)
         .unwrap_or_else(|error| common::fail(error));
     let shutdown = common::shutdown_signal();
     let listener = common::bind(args.addr).await;
@@ -58,17 +63,18 @@ async fn main() {
         serve_unprotected(listener, shutdown).await;
         return;
     }
-    let protocol = service_fn(|mut conn: Conn<TcpStream>| {
-        let close = conn.extensions_mut().remove::<GracefulClose>();
+    let protocol = service_fn(|mut conn: Conn<TimedIo<TcpStream>>| {
+        let extensions = conn.extensions_mut();
         let session = Session {
             max_auth_tries: Some(MAX_AUTH_TRIES),
-            close,
+            close: extensions.remove::<GracefulClose>(),
+            request_timer: extensions.remove::<RequestTimer>(),
         };
         session.run(conn.into_io())
     });
     let report = Server::new(listener)
         .with_graceful_shutdown(shutdown)
-        .serve(admission.around(protocol))
+        .serve(protection.around(protocol))
         .await;
     if let Err(error) = report {
         common::fail(format_args!("server failed: {error}"));
@@ -83,7 +89,11 @@ async fn serve_unprotected(listener: tokio::net::TcpListener, shutdown: impl Fut
             () = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let session = Session { max_auth_tries: None, close: None };
+                    let session = Session {
+                        max_auth_tries: None,
+                        close: None,
+                        request_timer: None,
+                    };
                     tokio::spawn(session.run(stream));
                 }
                 Err(error) => tracing::warn!(%error, "accept failed"),
@@ -96,8 +106,10 @@ async fn serve_unprotected(listener: tokio::net::TcpListener, shutdown: impl Fut
 struct Session {
     /// `None`: never close after `DENIED` (the 2005 behaviour).
     max_auth_tries: Option<u32>,
-    /// Raised when the server shuts down.
+    /// Raised when the server shuts down or the connection reaches its lifetime.
     close: Option<GracefulClose>,
+    /// Told where each request (a line) ends, for the request timeout.
+    request_timer: Option<RequestTimer>,
 }
 
 enum Line {
@@ -120,6 +132,9 @@ impl Session {
                 line = read_line(&mut io) => line?,
                 () = close.requested() => return Ok(()),
             };
+            if let Some(timer) = &self.request_timer {
+                timer.finish();
+            }
             let line = match line {
                 Line::Text(line) => line,
                 Line::TooLong => return reply(&mut io, "ERROR line too long").await,

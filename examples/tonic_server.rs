@@ -6,7 +6,7 @@
 //! ```
 //!
 //! A call without the token fails with `UNAUTHENTICATED`. Protected (the default), the
-//! routes run through the crate's accept loop, its admission layers (the same flags as
+//! routes run through the crate's accept loop, its protection layers (the same flags as
 //! the other examples; see `--help`) and its HTTP adapter; `--unprotected` serves them
 //! with tonic's own server.
 
@@ -31,9 +31,9 @@ async fn main() {
         busy: Bytes::new(),
         too_fast: Bytes::new(),
     };
-    let admission = args
+    let protection = args
         .protection
-        .admission(&refusals)
+        .layers(&refusals)
         .unwrap_or_else(|error| common::fail(error));
     let shutdown = common::shutdown_signal();
     let listener = common::bind(args.addr).await;
@@ -52,7 +52,7 @@ async fn main() {
     let routes = Routes::new(health).prepare();
     let report = Server::new(listener)
         .with_graceful_shutdown(shutdown)
-        .serve(admission.around(HttpService::new(routes)))
+        .serve(protection.around(HttpService::new(routes)))
         .await;
     if let Err(error) = report {
         common::fail(format_args!("server failed: {error}"));

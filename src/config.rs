@@ -24,6 +24,11 @@ pub enum ConfigError {
         /// What it needs at least one of.
         needs: &'static str,
     },
+    /// Settings that contradict each other.
+    Inconsistent {
+        /// What is wrong.
+        reason: &'static str,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -34,6 +39,7 @@ impl fmt::Display for ConfigError {
                 write!(f, "an {family} prefix is at most /{max}, not /{len}")
             }
             ConfigError::Empty { needs } => write!(f, "nothing to enforce: set {needs}"),
+            ConfigError::Inconsistent { reason } => f.write_str(reason),
         }
     }
 }

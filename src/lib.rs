@@ -46,7 +46,8 @@
         feature = "http",
         feature = "limit",
         feature = "peer-limit",
-        feature = "rate-limit"
+        feature = "rate-limit",
+        feature = "timeout"
     )),
     allow(dead_code, unused_imports, unused_macros)
 )]
@@ -70,7 +71,7 @@ pub mod rate_limit;
 pub mod http;
 #[cfg(feature = "serve")]
 pub mod serve;
-#[cfg(feature = "http")]
+#[cfg(feature = "timeout")]
 pub mod timeout;
 
 mod throttle;

@@ -375,3 +375,127 @@ async fn axum_server_refuses_over_its_limits_with_http_status_lines() {
     assert!(response.starts_with("HTTP/1.1 429 "), "{response}");
     server.stop().await;
 }
+
+/// Waits for the server to close `stream`; returns how long that took.
+async fn closed_after(stream: &mut TcpStream) -> std::time::Duration {
+    let began = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    loop {
+        match within(PATIENCE, stream.read(&mut buf)).await {
+            Ok(0) | Err(_) => return began.elapsed(),
+            Ok(_) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_at_the_first_byte_timeout() {
+    for name in ["axum_server", "tonic_server", "login_server"] {
+        let server = Example::start(name, &["--first-byte-timeout", "0.3"]).await;
+        let mut silent = connect_from(2, server.addr).await;
+        let waited = closed_after(&mut silent).await;
+        assert!(
+            waited >= std::time::Duration::from_millis(250),
+            "{name}: {waited:?}"
+        );
+        server.stop().await;
+    }
+
+    // The baseline: plain axum::serve keeps it open.
+    let server = Example::start("axum_server", &["--unprotected"]).await;
+    let mut silent = connect_from(2, server.addr).await;
+    let mut byte = [0u8; 1];
+    let read =
+        tokio::time::timeout(std::time::Duration::from_secs(1), silent.read(&mut byte)).await;
+    assert!(read.is_err(), "still open after a second: {read:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_slowloris_request_head_is_cut_at_the_request_timeout() {
+    let server = Example::start(
+        "axum_server",
+        &["--request-timeout", "1", "--idle-timeout", "30"],
+    )
+    .await;
+    let mut slow = connect_from(2, server.addr).await;
+    slow.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    let began = std::time::Instant::now();
+    let trickle = async {
+        // One header byte every 200 ms: never idle, never done.
+        for byte in b"X-Slow: abcdefghijklmnopqrstuvwxyz"
+            .iter()
+            .cycle()
+            .take(200)
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            if slow.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+        }
+    };
+    within(PATIENCE, trickle).await;
+    let waited = began.elapsed() + closed_after(&mut slow).await;
+    assert!(
+        waited >= std::time::Duration::from_millis(900)
+            && waited < std::time::Duration::from_secs(5),
+        "{waited:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_http2_connection_that_never_finishes_its_preface_is_closed() {
+    let server = Example::start(
+        "axum_server",
+        &["--request-timeout", "1", "--idle-timeout", "30"],
+    )
+    .await;
+    let mut stalled = connect_from(2, server.addr).await;
+    stalled.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let waited = closed_after(&mut stalled).await;
+    assert!(
+        waited >= std::time::Duration::from_millis(900),
+        "{waited:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn login_server_applies_the_timeout_flags() {
+    // --request-timeout: a line that never ends.
+    let server = Example::start("login_server", &["--request-timeout", "0.5"]).await;
+    let mut client = LineClient::connect_from(2, server.addr).await;
+    client.io.get_mut().write_all(b"LOGIN ali").await.unwrap();
+    assert_eq!(client.line().await, None);
+    // Lines that end in time are fine, however long the connection lasts.
+    let mut client = LineClient::connect_from(3, server.addr).await;
+    for _ in 0..3 {
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        assert_eq!(
+            client.ask("LOGIN alice secret").await.as_deref(),
+            Some("OK")
+        );
+    }
+    server.stop().await;
+
+    // --idle-timeout: logged in, then silent.
+    let server = Example::start("login_server", &["--idle-timeout", "0.5"]).await;
+    let mut client = LineClient::connect_from(2, server.addr).await;
+    assert_eq!(
+        client.ask("LOGIN alice secret").await.as_deref(),
+        Some("OK")
+    );
+    assert_eq!(client.line().await, None);
+    server.stop().await;
+
+    // --max-lifetime: asked to close, and the session ends cleanly.
+    let server = Example::start("login_server", &["--max-lifetime", "0.5"]).await;
+    let mut client = LineClient::connect_from(2, server.addr).await;
+    assert_eq!(
+        client.ask("LOGIN alice secret").await.as_deref(),
+        Some("OK")
+    );
+    assert_eq!(client.line().await, None);
+    server.stop().await;
+}

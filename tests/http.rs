@@ -2,7 +2,7 @@
 
 mod support;
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use axum::{Extension, Router, extract::RawQuery, routing::get};
 use tokio::{
@@ -23,6 +23,10 @@ struct Marker(u32);
 fn app(entered: mpsc::UnboundedSender<()>) -> Router {
     Router::new()
         .route("/", get(|| async { "hello\n" }))
+        .route(
+            "/upload",
+            axum::routing::post(|body: String| async move { format!("{} bytes\n", body.len()) }),
+        )
         .route(
             "/info",
             get(|Extension(info): Extension<ConnInfo>, Extension(marker): Extension<Marker>| async move {
@@ -125,6 +129,7 @@ async fn every_request_carries_the_connection_addresses_and_extensions() {
 #[tokio::test]
 async fn axum_connect_info_extractor_sees_the_peer() {
     use axum::extract::ConnectInfo;
+    use std::net::SocketAddr;
 
     let app = Router::new().route(
         "/peer",
@@ -316,7 +321,75 @@ async fn tonic_sees_the_remote_address_through_the_adapter() {
     within(PATIENCE, client.check(HealthCheckRequest::default()))
         .await
         .unwrap();
-    let remote: Option<SocketAddr> = seen_rx.recv().await.unwrap();
+    let remote: Option<std::net::SocketAddr> = seen_rx.recv().await.unwrap();
     assert_eq!(remote.unwrap().ip().to_string(), "127.0.0.1");
     server.stop().await;
+}
+
+mod under_a_request_timeout {
+    use super::*;
+    use tower_bouncer::timeout::TimeoutLayer;
+
+    /// The adapter under a 2 s request timeout, on one in-memory connection.
+    fn serve_one() -> (
+        tokio::task::JoinHandle<Result<(), BoxError>>,
+        tokio::io::DuplexStream,
+    ) {
+        let timeouts = TimeoutLayer::builder()
+            .request(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        let service = ServiceBuilder::new()
+            .layer(timeouts)
+            .service(HttpService::new(plain_app()).header_read_timeout(None));
+        let (conn, client) = duplex_conn("192.0.2.1:1");
+        (tokio::spawn(service.oneshot(conn)), client)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keep_alive_requests_far_apart_are_not_cut() {
+        let (connection, client) = serve_one();
+        let mut h1 = Http1Client::connect(client).await;
+        for _ in 0..3 {
+            assert_eq!(within(PATIENCE, h1.get("/")).await.unwrap().body, "hello\n");
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+        assert!(!connection.is_finished());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_quiet_after_its_first_request_is_not_cut() {
+        let (connection, client) = serve_one();
+        let mut h2 = Http2Client::connect(client).await;
+        assert_eq!(within(PATIENCE, h2.get("/")).await.unwrap().body, "hello\n");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert_eq!(within(PATIENCE, h2.get("/")).await.unwrap().body, "hello\n");
+        assert!(!connection.is_finished());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_request_body_is_cut() {
+        let (connection, mut client) = serve_one();
+        let began = tokio::time::Instant::now();
+        client
+            .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+            .await
+            .unwrap();
+        let trickle = tokio::spawn(async move {
+            for _ in 0..100 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if client.write_all(b"x").await.is_err() {
+                    break;
+                }
+            }
+        });
+        let outcome = within(PATIENCE, connection).await.unwrap();
+        let error = outcome.unwrap_err();
+        assert!(
+            error.downcast_ref::<std::io::Error>().unwrap().kind() == std::io::ErrorKind::TimedOut,
+            "{error}"
+        );
+        assert_eq!(began.elapsed(), Duration::from_secs(2));
+        trickle.abort();
+    }
 }

@@ -2,6 +2,8 @@
 //! `--unprotected` every protection is on with the defaults below, which each flag
 //! overrides.
 
+use std::{str::FromStr, time::Duration};
+
 use bytes::Bytes;
 use ipnet::IpNet;
 use tower_bouncer::{
@@ -10,6 +12,7 @@ use tower_bouncer::{
     peer::PeerKeying,
     peer_limit::{PeerLimit, PeerLimitLayer},
     rate_limit::{Rate, RateLimit, RateLimitLayer},
+    timeout::{Timeout, TimeoutLayer},
 };
 
 use super::value;
@@ -24,6 +27,14 @@ pub const DEFAULT_RATE: u32 = 20;
 pub const DEFAULT_GLOBAL_RATE: u32 = 2000;
 /// The prefix length that forms an IPv6 peer key.
 pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+/// Close a connection with no byte read or written for this long.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Close a connection that sends nothing for this long after connecting.
+pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Close a connection whose request is not complete this long after its first byte.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Ask a connection this old to close, and cut it 30 seconds later.
+pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// The `--help` lines of the protection flags.
 pub const USAGE: &str = "\
@@ -34,7 +45,13 @@ pub const USAGE: &str = "\
   --rate N              new connections per second per peer key (default 20)
   --burst N             burst for --rate (default: the rate)
   --global-rate N       new connections per second in all (default 2000)
-  --exempt CIDR         peers that skip per-peer limits and rates (repeatable)";
+  --exempt CIDR         peers that skip per-peer limits and rates (repeatable)
+  --idle-timeout S      close a connection idle for S seconds (default 60)
+  --first-byte-timeout S
+                        close a connection silent for S seconds after connecting (default 10)
+  --request-timeout S   close a connection whose request is not complete S seconds
+                        after its first byte (default 10)
+  --max-lifetime S      close a connection older than S seconds gracefully (default 3600)";
 
 /// The protection settings, from the defaults and the flags.
 #[derive(Debug, Clone)]
@@ -47,6 +64,10 @@ pub struct Protection {
     pub burst: Option<u32>,
     pub global_rate: u32,
     pub exempt: Vec<IpNet>,
+    pub idle_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_lifetime: Duration,
 }
 
 impl Default for Protection {
@@ -60,7 +81,28 @@ impl Default for Protection {
             burst: None,
             global_rate: DEFAULT_GLOBAL_RATE,
             exempt: Vec::new(),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_lifetime: DEFAULT_MAX_LIFETIME,
         }
+    }
+}
+
+/// A duration flag's value: seconds, fractions allowed.
+#[derive(Debug, Clone, Copy)]
+pub struct Seconds(pub Duration);
+
+impl FromStr for Seconds {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        let seconds: f64 = value
+            .parse()
+            .map_err(|_| "not a number of seconds".to_owned())?;
+        Duration::try_from_secs_f64(seconds)
+            .map(Seconds)
+            .map_err(|_| "not a duration".to_owned())
     }
 }
 
@@ -73,12 +115,13 @@ pub struct Refusals {
     pub too_fast: Bytes,
 }
 
-/// The admission layers, outermost first: rate, per-peer cap, total cap.
+/// The protection layers, outermost first: rate, per-peer cap, total cap, timeouts.
 #[derive(Debug, Clone)]
-pub struct Admission {
+pub struct Layers {
     pub rate: RateLimitLayer,
     pub per_peer: PeerLimitLayer,
     pub total: ConnectionLimitLayer,
+    pub timeouts: TimeoutLayer,
 }
 
 impl Protection {
@@ -93,6 +136,12 @@ impl Protection {
             "--burst" => self.burst = Some(value(flag, argv.next())),
             "--global-rate" => self.global_rate = value(flag, argv.next()),
             "--exempt" => self.exempt.push(value(flag, argv.next())),
+            "--idle-timeout" => self.idle_timeout = value::<Seconds>(flag, argv.next()).0,
+            "--first-byte-timeout" => {
+                self.first_byte_timeout = value::<Seconds>(flag, argv.next()).0;
+            }
+            "--request-timeout" => self.request_timeout = value::<Seconds>(flag, argv.next()).0,
+            "--max-lifetime" => self.max_lifetime = value::<Seconds>(flag, argv.next()).0,
             _ => return false,
         }
         true
@@ -103,9 +152,9 @@ impl Protection {
         Ok(PeerKeying::with_prefixes(32, self.ipv6_prefix)?.exempt(self.exempt.iter().copied()))
     }
 
-    /// Builds the admission layers; a setting that cannot work is an error here, at
+    /// Builds the protection layers; a setting that cannot work is an error here, at
     /// startup.
-    pub fn admission(&self, refusals: &Refusals) -> Result<Admission, ConfigError> {
+    pub fn layers(&self, refusals: &Refusals) -> Result<Layers, ConfigError> {
         let keying = self.keying()?;
         let mut per_peer_rate = Rate::per_second(self.rate);
         if let Some(burst) = self.burst {
@@ -127,6 +176,12 @@ impl Protection {
             total = total.backpressure();
         }
         let total = total.build()?;
+        let timeouts = TimeoutLayer::builder()
+            .idle(self.idle_timeout)
+            .first_byte(self.first_byte_timeout)
+            .request(self.request_timeout)
+            .lifetime(self.max_lifetime)
+            .build()?;
         tracing::info!(
             max_connections = self.max_connections,
             backpressure = self.backpressure,
@@ -136,23 +191,29 @@ impl Protection {
             global_rate = self.global_rate,
             ipv6_prefix = self.ipv6_prefix,
             exempt = ?self.exempt,
+            idle_timeout = ?self.idle_timeout,
+            first_byte_timeout = ?self.first_byte_timeout,
+            request_timeout = ?self.request_timeout,
+            max_lifetime = ?self.max_lifetime,
             "protections on"
         );
-        Ok(Admission {
+        Ok(Layers {
             rate,
             per_peer,
             total,
+            timeouts,
         })
     }
 }
 
-impl Admission {
-    /// Puts `inner` under the admission layers.
-    pub fn around<S>(&self, inner: S) -> RateLimit<PeerLimit<ConnectionLimit<S>>> {
+impl Layers {
+    /// Puts `inner` under the protection layers.
+    pub fn around<S>(&self, inner: S) -> RateLimit<PeerLimit<ConnectionLimit<Timeout<S>>>> {
         tower::ServiceBuilder::new()
             .layer(self.rate.clone())
             .layer(self.per_peer.clone())
             .layer(self.total.clone())
+            .layer(self.timeouts.clone())
             .service(inner)
     }
 }

@@ -60,7 +60,7 @@ use tower::Service;
 
 use crate::{
     BoxError, Conn, GracefulClose,
-    timeout::{self, Deadlines},
+    timeout::{self, Deadlines, FirstByteWatched, RequestTimer},
 };
 
 const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -80,8 +80,18 @@ pub struct HttpService<S> {
 #[derive(Debug, Clone)]
 struct Config {
     hyper: auto::Builder<TokioExecutor>,
-    first_byte_timeout: Option<Duration>,
+    /// The first-byte deadline, when this adapter watches it itself.
+    first_byte: Option<Arc<timeout::Shared>>,
     close_grace: Duration,
+}
+
+fn first_byte_watch(timeout: Option<Duration>) -> Option<Arc<timeout::Shared>> {
+    timeout.map(|limit| {
+        Arc::new(timeout::Shared::new(Deadlines {
+            first_byte: Some(limit),
+            ..Deadlines::default()
+        }))
+    })
 }
 
 impl<S> HttpService<S> {
@@ -100,14 +110,16 @@ impl<S> HttpService<S> {
             service,
             config: Arc::new(Config {
                 hyper,
-                first_byte_timeout: Some(DEFAULT_FIRST_BYTE_TIMEOUT),
+                first_byte: first_byte_watch(Some(DEFAULT_FIRST_BYTE_TIMEOUT)),
                 close_grace: DEFAULT_CLOSE_GRACE,
             }),
         }
     }
 
     /// How long a new connection may stay silent before it is closed; `None` waits
-    /// forever, as hyper-util does on its own.
+    /// forever, as hyper-util does on its own. A connection whose first byte a
+    /// [`TimeoutLayer`](crate::timeout::TimeoutLayer) above already watches is left to
+    /// it.
     ///
     /// # Panics
     ///
@@ -119,7 +131,7 @@ impl<S> HttpService<S> {
             Some(Duration::ZERO),
             "first_byte_timeout must be > 0"
         );
-        Arc::make_mut(&mut self.config).first_byte_timeout = timeout;
+        Arc::make_mut(&mut self.config).first_byte = first_byte_watch(timeout);
         self
     }
 
@@ -216,12 +228,14 @@ where
 
         let config = self.config.clone();
         let service = self.service.clone();
-        let deadlines = Deadlines {
-            first_byte: config.first_byte_timeout,
-        };
-        Box::pin(timeout::watch(conn, deadlines, move |conn| {
-            serve_connection(conn, service, close, config)
-        }))
+        match &self.config.first_byte {
+            Some(first_byte) if conn.extensions().get::<FirstByteWatched>().is_none() => {
+                Box::pin(timeout::watch(conn, first_byte, move |conn| {
+                    serve_connection(conn, service, close, config)
+                }))
+            }
+            _ => Box::pin(serve_connection(conn, service, close, config)),
+        }
     }
 }
 
@@ -244,6 +258,7 @@ where
     let service = RequestService {
         inner: service,
         conn: Arc::new(ConnShared {
+            request_timer: parts.extensions.get::<RequestTimer>().cloned(),
             extensions: parts.extensions,
             close: close.clone(),
         }),
@@ -284,6 +299,9 @@ fn is_cancelled_detection(error: &(dyn std::error::Error + 'static)) -> bool {
 struct ConnShared {
     extensions: http::Extensions,
     close: GracefulClose,
+    /// Where an outer [`TimeoutLayer`](crate::timeout::TimeoutLayer) with a request
+    /// timeout is told that requests end.
+    request_timer: Option<RequestTimer>,
 }
 
 /// The inner service, seen per request: it hands the connection's extensions to each
@@ -310,23 +328,41 @@ where
         request
             .extensions_mut()
             .extend(self.conn.extensions.clone());
+        let http1 = request.version() < Version::HTTP_2;
+        // The request timer runs from a request's first byte. Its head is complete now;
+        // a request with a body is complete once the handler has answered (and so read
+        // the body or given up on it).
+        let mut finish_on_response = None;
+        if let Some(timer) = &self.conn.request_timer {
+            if !http1 {
+                // HTTP/2's preface and first request were timed; its frames after that
+                // are not requests (pings, window updates): the idle timeout takes over.
+                timer.stop();
+            } else if request.body().is_end_stream() {
+                timer.finish();
+            } else {
+                finish_on_response = Some(timer.clone());
+            }
+        }
         // `Connection` is an HTTP/1 header; HTTP/2 closes with GOAWAY instead.
-        let close = (request.version() < Version::HTTP_2).then(|| self.conn.close.clone());
+        let close = http1.then(|| self.conn.close.clone());
         CloseAware {
             inner: self.inner.call(request),
             close,
+            finish_on_response,
         }
     }
 }
 
 /// A response future that adds `Connection: close` if a close was asked for while the
-/// response was being made.
+/// response was being made, and ends the request's timer if the head did not.
 #[pin_project::pin_project]
 #[derive(Debug)]
 struct CloseAware<F> {
     #[pin]
     inner: F,
     close: Option<GracefulClose>,
+    finish_on_response: Option<RequestTimer>,
 }
 
 impl<F, B, E> Future for CloseAware<F>
@@ -337,7 +373,11 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let mut response = std::task::ready!(this.inner.poll(cx))?;
+        let outcome = std::task::ready!(this.inner.poll(cx));
+        if let Some(timer) = this.finish_on_response.take() {
+            timer.finish();
+        }
+        let mut response = outcome?;
         if this.close.as_ref().is_some_and(GracefulClose::is_requested) {
             response
                 .headers_mut()

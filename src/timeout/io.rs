@@ -10,7 +10,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::Activity;
 
-/// A stream that reports its reads and writes to its connection's timeout watch.
+/// A stream that reports its reads and writes to its connection's timeouts: the time
+/// of the last byte moved, and how many bytes were read.
 ///
 /// It forwards every read and write method, vectored writes included, and stays `Unpin`
 /// whenever the stream it wraps is.
@@ -53,8 +54,9 @@ impl<IO: AsyncRead> AsyncRead for TimedIo<IO> {
         let this = self.project();
         let before = buf.filled().len();
         ready!(this.io.poll_read(cx, buf))?;
-        if buf.filled().len() > before {
-            this.activity.on_read();
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            this.activity.on_read(read);
         }
         Poll::Ready(Ok(()))
     }
@@ -66,7 +68,12 @@ impl<IO: AsyncWrite> AsyncWrite for TimedIo<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write(cx, buf)
+        let this = self.project();
+        let written = ready!(this.io.poll_write(cx, buf))?;
+        if written > 0 {
+            this.activity.on_write();
+        }
+        Poll::Ready(Ok(written))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -82,7 +89,12 @@ impl<IO: AsyncWrite> AsyncWrite for TimedIo<IO> {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write_vectored(cx, bufs)
+        let this = self.project();
+        let written = ready!(this.io.poll_write_vectored(cx, bufs))?;
+        if written > 0 {
+            this.activity.on_write();
+        }
+        Poll::Ready(Ok(written))
     }
 
     fn is_write_vectored(&self) -> bool {

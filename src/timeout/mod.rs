@@ -1,30 +1,81 @@
-//! Deadlines on a connection's stream, enforced from outside the protocol.
+//! Every connection gets a bounded life unless it is doing useful work: idle,
+//! first-byte, request and lifetime timeouts, for any protocol.
 //!
-//! A connection's stream is wrapped in a [`TimedIo`] that notes when bytes arrive, and
-//! the connection's future is raced against one timer: when the timer fires and the
-//! deadline still holds, the inner future is dropped (which closes the stream) even if
-//! the protocol was not reading at all.
+//! "A client could connect and send no bytes at all. The socket would remain open
+//! forever." [`TimeoutLayer`] closes that, for raw TCP protocols and for the parts of
+//! HTTP that hyper does not guard (protocol detection, the HTTP/2 preface):
+//!
+//! - **first byte**: nothing received within S of connecting;
+//! - **idle**: no byte read or written for S (Twisted's `TimeoutFactory`, HAProxy's
+//!   `timeout client`);
+//! - **request**: once a request's first byte has arrived, the request must be complete
+//!   within S (nginx's `client_header_timeout`, HAProxy's `timeout http-request`), so a
+//!   client that trickles a byte every few seconds is closed however it trickles;
+//!   optionally extended by the bytes received at a minimum rate, up to a maximum
+//!   (Apache mod_reqtimeout's `MinRate`);
+//! - **lifetime**: a connection older than S is asked to close gracefully (its
+//!   [`GracefulClose`](crate::GracefulClose) is raised: HTTP answers `Connection: close`
+//!   or sends GOAWAY) and cut after a grace period.
+//!
+//! The stream is wrapped in a [`TimedIo`] that records, on each read and write, the time
+//! and the bytes read; the connection's future races the inner future against one timer,
+//! re-armed only when it fires and finds activity since (a lazy deadline). When a
+//! deadline passes, the inner future is dropped, which closes the connection even if the
+//! protocol was not reading, and the connection fails with an
+//! [`io::ErrorKind::TimedOut`](std::io::ErrorKind::TimedOut) error holding a
+//! [`TimeoutError`].
+//!
+//! Where a request starts and ends is the protocol's to say: the layer puts a
+//! [`RequestTimer`] in the connection's extensions. The first byte read starts a request,
+//! [`RequestTimer::finish`] ends it, and the next byte read starts the next one. The
+//! [HTTP adapter](crate::http) does this for HTTP/1.1 on its own.
+//!
+//! Time is tokio's, so tests run on `tokio::time::pause`.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::ServiceBuilder;
+//! use tower_bouncer::{Conn, timeout::{RequestTimer, TimedIo, TimeoutLayer}};
+//! use tokio::{io::{AsyncBufReadExt, BufReader}, net::TcpStream};
+//!
+//! let timeouts = TimeoutLayer::builder()
+//!     .first_byte(Duration::from_secs(10))
+//!     .idle(Duration::from_secs(300))
+//!     .request(Duration::from_secs(10))
+//!     .build()
+//!     .expect("valid timeouts");
+//!
+//! // A line protocol: each line is a request.
+//! let lines = tower::service_fn(|mut conn: Conn<TimedIo<TcpStream>>| async move {
+//!     let timer = conn.extensions_mut().remove::<RequestTimer>().expect("from the layer");
+//!     let mut reader = BufReader::new(conn.into_io());
+//!     let mut line = String::new();
+//!     while reader.read_line(&mut line).await? > 0 {
+//!         timer.finish();
+//!         line.clear();
+//!     }
+//!     Ok::<_, std::io::Error>(())
+//! });
+//! let service = ServiceBuilder::new().layer(timeouts).service(lines);
+//! # let _ = service;
+//! ```
 
+mod activity;
+mod future;
 mod io;
+mod layer;
 
-use std::{
-    error::Error,
-    fmt,
-    future::Future,
-    pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{error::Error, fmt, sync::Arc, time::Duration};
 
-use pin_project::pin_project;
-use tokio::time::{Instant, Sleep};
-
-use crate::{BoxError, Conn};
+use activity::Activity;
+pub(crate) use activity::Deadlines;
+pub use future::ResponseFuture;
+pub(crate) use future::{FirstByteWatched, watch};
 pub use io::TimedIo;
+pub(crate) use layer::Shared;
+pub use layer::{Timeout, TimeoutBuilder, TimeoutLayer, TimeoutStats};
 
 /// Why a connection was closed by a deadline. It is the inner error of an
 /// [`std::io::Error`] of kind [`TimedOut`](std::io::ErrorKind::TimedOut).
@@ -33,6 +84,12 @@ pub use io::TimedIo;
 pub enum TimeoutError {
     /// No byte arrived within this long of connecting.
     FirstByte(Duration),
+    /// No byte was read or written for this long.
+    Idle(Duration),
+    /// A request was not complete this long after its first byte.
+    Request(Duration),
+    /// The connection outlived this lifetime and its grace period.
+    Lifetime(Duration),
 }
 
 impl fmt::Display for TimeoutError {
@@ -40,6 +97,16 @@ impl fmt::Display for TimeoutError {
         match self {
             TimeoutError::FirstByte(limit) => {
                 write!(f, "no byte received within {limit:?} of connecting")
+            }
+            TimeoutError::Idle(limit) => write!(f, "no byte read or written for {limit:?}"),
+            TimeoutError::Request(limit) => {
+                write!(f, "request not complete within {limit:?} of its first byte")
+            }
+            TimeoutError::Lifetime(limit) => {
+                write!(
+                    f,
+                    "connection older than {limit:?} did not close in its grace period"
+                )
             }
         }
     }
@@ -53,108 +120,32 @@ impl From<TimeoutError> for std::io::Error {
     }
 }
 
-/// The deadlines watched on one connection.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Deadlines {
-    pub(crate) first_byte: Option<Duration>,
-}
-
-/// What a connection's stream has done so far, written by [`TimedIo`] and read by the
-/// timer when it fires.
-#[derive(Debug)]
-pub(crate) struct Activity {
-    started: Instant,
-    first_byte_seen: AtomicBool,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            started: Instant::now(),
-            first_byte_seen: AtomicBool::new(false),
-        }
-    }
-
-    fn on_read(&self) {
-        if !self.first_byte_seen.load(Ordering::Relaxed) {
-            self.first_byte_seen.store(true, Ordering::Relaxed);
-        }
-    }
-
-    /// The next instant to look again, or the deadline that has passed.
-    fn next_check(&self, deadlines: Deadlines) -> Result<Option<Instant>, TimeoutError> {
-        match deadlines.first_byte {
-            Some(limit) if !self.first_byte_seen.load(Ordering::Relaxed) => {
-                let deadline = self.started + limit;
-                if Instant::now() >= deadline {
-                    Err(TimeoutError::FirstByte(limit))
-                } else {
-                    Ok(Some(deadline))
-                }
-            }
-            _ => Ok(None),
-        }
-    }
-}
-
-/// Wraps the connection's stream and runs `serve` on it under `deadlines`.
-pub(crate) fn watch<IO, F, Fut, E>(conn: Conn<IO>, deadlines: Deadlines, serve: F) -> Watched<Fut>
-where
-    F: FnOnce(Conn<TimedIo<IO>>) -> Fut,
-    Fut: Future<Output = Result<(), E>>,
-    E: Into<BoxError>,
-{
-    let activity = Arc::new(Activity::new());
-    let conn = conn.map_io(|io| TimedIo::new(io, activity.clone()));
-    let timer = match activity.next_check(deadlines) {
-        Ok(Some(at)) => Some(Box::pin(tokio::time::sleep_until(at))),
-        _ => None,
-    };
-    Watched {
-        inner: serve(conn),
-        activity,
-        deadlines,
-        timer,
-    }
-}
-
-/// A connection's future raced against its deadlines.
-#[pin_project]
-#[derive(Debug)]
-#[must_use = "futures do nothing unless polled"]
-pub struct Watched<F> {
-    #[pin]
-    inner: F,
+/// Marks where requests end on one connection, for the request timeout. Put in the
+/// connection's extensions by [`TimeoutLayer`] when it has a request timeout.
+///
+/// The first byte read starts a request; [`finish`](Self::finish) ends it and arms the
+/// next, which starts at the next byte read. Clones mark the same connection.
+#[derive(Debug, Clone)]
+pub struct RequestTimer {
     activity: Arc<Activity>,
-    deadlines: Deadlines,
-    timer: Option<Pin<Box<Sleep>>>,
 }
 
-impl<F, E> Future for Watched<F>
-where
-    F: Future<Output = Result<(), E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<(), BoxError>;
+impl RequestTimer {
+    /// The request in progress is complete.
+    pub fn finish(&self) {
+        self.activity.finish_request();
+    }
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Poll::Ready(outcome) = this.inner.poll(cx) {
-            return Poll::Ready(outcome.map_err(Into::into));
-        }
-        while let Some(timer) = this.timer {
-            if timer.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            match this.activity.next_check(*this.deadlines) {
-                Ok(Some(at)) => timer.as_mut().reset(at),
-                Ok(None) => *this.timer = None,
-                Err(error) => {
-                    tracing::debug!(%error, "connection timed out");
-                    return Poll::Ready(Err(std::io::Error::from(error).into()));
-                }
-            }
-        }
-        Poll::Pending
+    /// Starts a request now, if none is in progress: for protocols whose requests do not
+    /// start with a byte from the client.
+    pub fn start(&self) {
+        self.activity.start_request();
+    }
+
+    /// Times no more requests on this connection, such as once a protocol has switched
+    /// to one whose traffic is not requests (HTTP/2's frames, a WebSocket). The other
+    /// deadlines still apply.
+    pub fn stop(&self) {
+        self.activity.stop_timing_requests();
     }
 }

@@ -194,7 +194,10 @@ pub struct Http1Client {
 }
 
 impl Http1Client {
-    pub async fn connect(stream: TcpStream) -> Self {
+    pub async fn connect<IO>(stream: IO) -> Self
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .unwrap();
@@ -219,7 +222,10 @@ pub struct Http2Client {
 }
 
 impl Http2Client {
-    pub async fn connect(stream: TcpStream) -> Self {
+    pub async fn connect<IO>(stream: IO) -> Self
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (sender, connection) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
                 .await

@@ -1,0 +1,274 @@
+use std::{sync::Arc, time::Duration};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tower::Service;
+use tower_layer::Layer;
+
+use super::{
+    ResponseFuture, TimedIo, TimeoutError,
+    activity::{Deadlines, Lifetime, MinRate, RequestLimit},
+    watch,
+};
+use crate::{BoxError, ConfigError, Conn, counter::Counter, throttle::LogThrottle};
+
+const DEFAULT_LIFETIME_GRACE: Duration = Duration::from_secs(30);
+
+/// Closes connections that outlive their deadlines. See the [module
+/// documentation](super).
+///
+/// Clones share their counters: keep a clone to read [`stats`](Self::stats).
+#[derive(Debug, Clone)]
+pub struct TimeoutLayer {
+    shared: Arc<Shared>,
+}
+
+/// Builds a [`TimeoutLayer`]; every deadline is off until set.
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct TimeoutBuilder {
+    first_byte: Option<Duration>,
+    idle: Option<Duration>,
+    request: Option<Duration>,
+    min_rate: Option<(u64, Duration)>,
+    lifetime: Option<Duration>,
+    lifetime_grace: Option<Duration>,
+}
+
+/// How many connections each deadline has closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TimeoutStats {
+    /// Closed for sending nothing within the first-byte timeout.
+    pub first_byte: u64,
+    /// Closed for being idle.
+    pub idle: u64,
+    /// Closed for a request not complete in time.
+    pub request: u64,
+    /// Asked to close gracefully at the end of their lifetime.
+    pub lifetime_wound_down: u64,
+    /// Cut after their lifetime's grace period.
+    pub lifetime_cut: u64,
+}
+
+impl TimeoutLayer {
+    /// A layer with no deadline yet.
+    pub fn builder() -> TimeoutBuilder {
+        TimeoutBuilder::default()
+    }
+
+    /// Counters, read without locking.
+    pub fn stats(&self) -> TimeoutStats {
+        let stats = &self.shared.stats;
+        TimeoutStats {
+            first_byte: stats.first_byte.get(),
+            idle: stats.idle.get(),
+            request: stats.request.get(),
+            lifetime_wound_down: stats.lifetime_wound_down.get(),
+            lifetime_cut: stats.lifetime_cut.get(),
+        }
+    }
+}
+
+impl TimeoutBuilder {
+    /// Close a connection that sends nothing within `timeout` of connecting.
+    pub fn first_byte(mut self, timeout: Duration) -> Self {
+        self.first_byte = Some(timeout);
+        self
+    }
+
+    /// Close a connection with no byte read or written for `timeout`.
+    pub fn idle(mut self, timeout: Duration) -> Self {
+        self.idle = Some(timeout);
+        self
+    }
+
+    /// Close a connection whose request is not complete within `timeout` of its first
+    /// byte. The protocol says where requests end with [`RequestTimer`](super::RequestTimer).
+    pub fn request(mut self, timeout: Duration) -> Self {
+        self.request = Some(timeout);
+        self
+    }
+
+    /// Extends the request timeout by one second for every `bytes_per_second` bytes the
+    /// request has brought, up to `max`: a large upload that keeps moving is not cut, a
+    /// trickle is (Apache mod_reqtimeout's `MinRate`). Needs a request timeout.
+    pub fn request_min_rate(mut self, bytes_per_second: u64, max: Duration) -> Self {
+        self.min_rate = Some((bytes_per_second, max));
+        self
+    }
+
+    /// Ask a connection older than `lifetime` to close gracefully, and cut it after the
+    /// [grace period](Self::lifetime_grace).
+    pub fn lifetime(mut self, lifetime: Duration) -> Self {
+        self.lifetime = Some(lifetime);
+        self
+    }
+
+    /// How long a connection past its lifetime has to finish; 30 s by default.
+    pub fn lifetime_grace(mut self, grace: Duration) -> Self {
+        self.lifetime_grace = Some(grace);
+        self
+    }
+
+    /// # Errors
+    ///
+    /// [`ConfigError::Empty`] without any deadline; [`ConfigError::Zero`] for a zero
+    /// timeout or rate; [`ConfigError::Inconsistent`] for a minimum rate without a
+    /// request timeout, or a maximum below it.
+    pub fn build(self) -> Result<TimeoutLayer, ConfigError> {
+        let positive = |value: Option<Duration>, setting| match value {
+            Some(Duration::ZERO) => Err(ConfigError::Zero { setting }),
+            other => Ok(other),
+        };
+        let request = match (positive(self.request, "request")?, self.min_rate) {
+            (None, Some(_)) => {
+                return Err(ConfigError::Inconsistent {
+                    reason: "request_min_rate needs a request timeout",
+                });
+            }
+            (None, None) => None,
+            (Some(base), None) => Some(RequestLimit {
+                base,
+                min_rate: None,
+            }),
+            (Some(base), Some((bytes_per_second, max))) => {
+                if bytes_per_second == 0 {
+                    return Err(ConfigError::Zero {
+                        setting: "request_min_rate",
+                    });
+                }
+                if max < base {
+                    return Err(ConfigError::Inconsistent {
+                        reason: "the request_min_rate maximum is below the request timeout",
+                    });
+                }
+                Some(RequestLimit {
+                    base,
+                    min_rate: Some(MinRate {
+                        bytes_per_second,
+                        max,
+                    }),
+                })
+            }
+        };
+        let deadlines = Deadlines {
+            first_byte: positive(self.first_byte, "first_byte")?,
+            idle: positive(self.idle, "idle")?,
+            request,
+            lifetime: positive(self.lifetime, "lifetime")?.map(|after| Lifetime {
+                after,
+                grace: self.lifetime_grace.unwrap_or(DEFAULT_LIFETIME_GRACE),
+            }),
+        };
+        if deadlines.is_empty() {
+            return Err(ConfigError::Empty {
+                needs: "a first-byte, idle, request or lifetime timeout",
+            });
+        }
+        Ok(TimeoutLayer {
+            shared: Arc::new(Shared::new(deadlines)),
+        })
+    }
+}
+
+impl<S> Layer<S> for TimeoutLayer {
+    type Service = Timeout<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Timeout {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// A connection-level service under a [`TimeoutLayer`].
+#[derive(Debug, Clone)]
+pub struct Timeout<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> Timeout<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, IO> Service<Conn<IO>> for Timeout<S>
+where
+    S: Service<Conn<TimedIo<IO>>, Response = ()>,
+    S::Error: Into<BoxError>,
+    IO: AsyncRead + AsyncWrite,
+{
+    type Response = ();
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, conn: Conn<IO>) -> Self::Future {
+        watch(conn, &self.shared, |conn| self.inner.call(conn))
+    }
+}
+
+/// The deadlines and the counters every clone shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(super) deadlines: Deadlines,
+    stats: Counters,
+    log: LogThrottle,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    first_byte: Counter,
+    idle: Counter,
+    request: Counter,
+    lifetime_wound_down: Counter,
+    lifetime_cut: Counter,
+}
+
+impl Shared {
+    pub(crate) fn new(deadlines: Deadlines) -> Self {
+        Self {
+            deadlines,
+            stats: Counters::default(),
+            log: LogThrottle::new(Duration::from_secs(1)),
+        }
+    }
+
+    pub(super) fn expired(&self, error: TimeoutError) {
+        let counter = match error {
+            TimeoutError::FirstByte(_) => &self.stats.first_byte,
+            TimeoutError::Idle(_) => &self.stats.idle,
+            TimeoutError::Request(_) => &self.stats.request,
+            TimeoutError::Lifetime(_) => &self.stats.lifetime_cut,
+        };
+        counter.add();
+        if let Some(suppressed) = self.log.allow() {
+            tracing::info!(%error, suppressed, "connection timed out");
+        }
+    }
+
+    pub(super) fn wound_down(&self) {
+        self.stats.lifetime_wound_down.add();
+        tracing::debug!("connection reached its lifetime; asked to close");
+    }
+}

@@ -1,0 +1,374 @@
+//! The timeout layer on paused time over in-memory streams.
+
+mod support;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream},
+    time::Instant,
+};
+use tower::{Layer, ServiceExt, service_fn};
+use tower_bouncer::{
+    BoxError, ConfigError, Conn, GracefulClose,
+    timeout::{RequestTimer, TimedIo, TimeoutBuilder, TimeoutError, TimeoutLayer},
+};
+
+use support::*;
+
+type Timed = Conn<TimedIo<DuplexStream>>;
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn layer(builder: TimeoutBuilder) -> TimeoutLayer {
+    builder.build().unwrap()
+}
+
+/// The deadline that closed a connection.
+fn expired(outcome: Result<(), BoxError>) -> TimeoutError {
+    let error = outcome.expect_err("the connection should have timed out");
+    let io = error
+        .downcast_ref::<std::io::Error>()
+        .expect("an io::Error");
+    assert_eq!(io.kind(), std::io::ErrorKind::TimedOut);
+    *io.get_ref()
+        .unwrap()
+        .downcast_ref::<TimeoutError>()
+        .unwrap()
+}
+
+/// Reads and discards until the client closes: a protocol that never times anything
+/// out itself.
+async fn drain(mut conn: Timed) -> Result<(), BoxError> {
+    let mut sink = Vec::new();
+    conn.io_mut().read_to_end(&mut sink).await?;
+    Ok(())
+}
+
+/// A line protocol: answers each line, marking each as a finished request.
+async fn lines(mut conn: Timed) -> Result<(), BoxError> {
+    let timer = conn.extensions_mut().remove::<RequestTimer>().unwrap();
+    let mut io = BufReader::new(conn.into_io());
+    let mut line = String::new();
+    while io.read_line(&mut line).await? > 0 {
+        timer.finish();
+        io.get_mut().write_all(b"ok\n").await?;
+        line.clear();
+    }
+    Ok(())
+}
+
+/// Spawns one connection through `layer` and `protocol`; returns its task and the
+/// client's end.
+fn open<F, Fut>(
+    layer: &TimeoutLayer,
+    protocol: F,
+) -> (tokio::task::JoinHandle<Result<(), BoxError>>, DuplexStream)
+where
+    F: FnMut(Timed) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+{
+    let (conn, client) = duplex_conn("192.0.2.1:1");
+    let service = layer.layer(service_fn(protocol));
+    (tokio::spawn(service.oneshot(conn)), client)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_connection_is_closed_at_the_idle_timeout() {
+    let timeouts = layer(TimeoutLayer::builder().idle(secs(10)));
+    let began = Instant::now();
+    let (connection, _client) = open(&timeouts, drain);
+    assert_eq!(
+        expired(within(secs(600), connection).await.unwrap()),
+        TimeoutError::Idle(secs(10))
+    );
+    assert_eq!(began.elapsed(), secs(10));
+    assert_eq!(timeouts.stats().idle, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bytes_read_postpone_the_idle_timeout() {
+    let timeouts = layer(TimeoutLayer::builder().idle(secs(10)));
+    let began = Instant::now();
+    let (connection, mut client) = open(&timeouts, drain);
+    tokio::time::sleep(secs(6)).await;
+    client.write_all(b"x").await.unwrap();
+    assert_eq!(
+        expired(within(secs(600), connection).await.unwrap()),
+        TimeoutError::Idle(secs(10))
+    );
+    assert_eq!(began.elapsed(), secs(16));
+}
+
+#[tokio::test(start_paused = true)]
+async fn bytes_written_count_as_activity_too() {
+    let timeouts = layer(TimeoutLayer::builder().idle(secs(10)));
+    let began = Instant::now();
+    let (connection, _client) = open(&timeouts, |mut conn: Timed| async move {
+        tokio::time::sleep(secs(7)).await;
+        conn.io_mut().write_all(b"still here\n").await?;
+        std::future::pending::<()>().await;
+        Ok(())
+    });
+    assert_eq!(
+        expired(within(secs(600), connection).await.unwrap()),
+        TimeoutError::Idle(secs(10))
+    );
+    assert_eq!(began.elapsed(), secs(17));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_connection_is_closed_at_the_first_byte_timeout() {
+    let timeouts = layer(TimeoutLayer::builder().first_byte(secs(5)).idle(secs(60)));
+    let began = Instant::now();
+    let (connection, _client) = open(&timeouts, drain);
+    assert_eq!(
+        expired(within(secs(600), connection).await.unwrap()),
+        TimeoutError::FirstByte(secs(5))
+    );
+    assert_eq!(began.elapsed(), secs(5));
+
+    // One byte in time, and the first-byte deadline is gone: idle takes over.
+    let began = Instant::now();
+    let (connection, mut client) = open(&timeouts, drain);
+    tokio::time::sleep(secs(4)).await;
+    client.write_all(b"x").await.unwrap();
+    assert_eq!(
+        expired(within(secs(600), connection).await.unwrap()),
+        TimeoutError::Idle(secs(60))
+    );
+    assert_eq!(began.elapsed(), secs(64));
+    assert_eq!(timeouts.stats().first_byte, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_trickled_request_is_cut_at_the_request_deadline() {
+    let timeouts = layer(TimeoutLayer::builder().request(secs(10)).idle(secs(3)));
+    let began = Instant::now();
+    let (connection, mut client) = open(&timeouts, lines);
+    // A byte every two seconds keeps the idle timeout away, but never ends the line.
+    let trickle = tokio::spawn(async move {
+        for _ in 0..100 {
+            tokio::time::sleep(secs(2)).await;
+            if client.write_all(b"x").await.is_err() {
+                break;
+            }
+        }
+    });
+    assert_eq!(
+        expired(within(secs(600), connection).await.unwrap()),
+        TimeoutError::Request(secs(10))
+    );
+    // The request started with the first byte, at 2 s.
+    assert_eq!(began.elapsed(), secs(12));
+    trickle.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_that_finish_in_time_are_never_cut() {
+    let timeouts = layer(TimeoutLayer::builder().request(secs(10)));
+    let (connection, client) = open(&timeouts, lines);
+    let mut client = BufReader::new(client);
+    let mut answer = String::new();
+    // A minute of lines, each taking 8 seconds to arrive.
+    for _ in 0..8 {
+        client.get_mut().write_all(b"sl").await.unwrap();
+        tokio::time::sleep(secs(8)).await;
+        client.get_mut().write_all(b"ow\n").await.unwrap();
+        answer.clear();
+        client.read_line(&mut answer).await.unwrap();
+        assert_eq!(answer, "ok\n");
+        tokio::time::sleep(secs(30)).await;
+    }
+    drop(client);
+    within(secs(600), connection).await.unwrap().unwrap();
+    assert_eq!(timeouts.stats().request, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_minimum_rate_extends_a_moving_request_and_cuts_a_trickle() {
+    let timeouts = layer(
+        TimeoutLayer::builder()
+            .request(secs(5))
+            .request_min_rate(100, secs(30)),
+    );
+    // 120 bytes a second for 20 s: each second earns 1.2 s, so it never runs out.
+    let (connection, client) = open(&timeouts, lines);
+    let mut client = BufReader::new(client);
+    for _ in 0..20 {
+        client.get_mut().write_all(&[b'a'; 120]).await.unwrap();
+        tokio::time::sleep(secs(1)).await;
+    }
+    client.get_mut().write_all(b"\n").await.unwrap();
+    let mut answer = String::new();
+    client.read_line(&mut answer).await.unwrap();
+    assert_eq!(answer, "ok\n");
+    drop(client);
+    within(secs(600), connection).await.unwrap().unwrap();
+
+    // 10 bytes a second: 5 s plus a tenth of the elapsed time; out of time at 5.56 s.
+    let began = Instant::now();
+    let (connection, mut client) = open(&timeouts, lines);
+    let trickle = tokio::spawn(async move {
+        for _ in 0..100 {
+            if client.write_all(b"x").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    assert!(matches!(
+        expired(within(secs(600), connection).await.unwrap()),
+        TimeoutError::Request(_)
+    ));
+    let elapsed = began.elapsed();
+    assert!(
+        elapsed > Duration::from_millis(5500) && elapsed < Duration::from_millis(5700),
+        "{elapsed:?}"
+    );
+    trickle.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_its_lifetime_a_connection_winds_down_gracefully() {
+    let timeouts = layer(
+        TimeoutLayer::builder()
+            .lifetime(secs(60))
+            .lifetime_grace(secs(5)),
+    );
+    let began = Instant::now();
+    let (connection, _client) = open(&timeouts, |mut conn: Timed| async move {
+        let close = conn.extensions_mut().remove::<GracefulClose>().unwrap();
+        close.requested().await;
+        Ok(())
+    });
+    within(secs(600), connection).await.unwrap().unwrap();
+    assert_eq!(began.elapsed(), secs(60));
+    assert_eq!(timeouts.stats().lifetime_wound_down, 1);
+    assert_eq!(timeouts.stats().lifetime_cut, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn past_its_lifetime_and_grace_a_connection_is_cut() {
+    let timeouts = layer(
+        TimeoutLayer::builder()
+            .lifetime(secs(60))
+            .lifetime_grace(secs(5)),
+    );
+    let began = Instant::now();
+    let (connection, _client) = open(&timeouts, |_conn: Timed| std::future::pending());
+    assert_eq!(
+        expired(within(secs(600), connection).await.unwrap()),
+        TimeoutError::Lifetime(secs(60))
+    );
+    assert_eq!(began.elapsed(), secs(65));
+    assert_eq!(timeouts.stats().lifetime_cut, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_closes_the_connection_even_if_the_protocol_ignores_the_stream() {
+    let timeouts = layer(TimeoutLayer::builder().first_byte(secs(5)));
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = dropped.clone();
+    let (connection, mut client) = open(&timeouts, move |conn: Timed| {
+        let flag = flag.clone();
+        async move {
+            // Holds the stream and waits on something else entirely.
+            let _stream = conn;
+            let _guard = SetOnDrop(flag);
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+    });
+    assert_eq!(
+        expired(within(secs(600), connection).await.unwrap()),
+        TimeoutError::FirstByte(secs(5))
+    );
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the protocol's future was dropped"
+    );
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        client.read(&mut byte).await.unwrap(),
+        0,
+        "the stream is closed"
+    );
+}
+
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_ends_on_its_own_is_not_counted() {
+    let timeouts = layer(TimeoutLayer::builder().idle(secs(10)).first_byte(secs(5)));
+    let (connection, mut client) = open(&timeouts, drain);
+    client.write_all(b"bye").await.unwrap();
+    drop(client);
+    within(secs(600), connection).await.unwrap().unwrap();
+    let stats = timeouts.stats();
+    assert_eq!((stats.idle, stats.first_byte), (0, 0));
+}
+
+#[test]
+fn bad_timeouts_are_refused_when_built() {
+    assert!(matches!(
+        TimeoutLayer::builder().build(),
+        Err(ConfigError::Empty { .. })
+    ));
+    assert_eq!(
+        TimeoutLayer::builder()
+            .idle(Duration::ZERO)
+            .build()
+            .unwrap_err(),
+        ConfigError::Zero { setting: "idle" }
+    );
+    assert!(matches!(
+        TimeoutLayer::builder()
+            .request_min_rate(100, secs(10))
+            .build(),
+        Err(ConfigError::Inconsistent { .. })
+    ));
+    assert!(matches!(
+        TimeoutLayer::builder()
+            .request(secs(10))
+            .request_min_rate(100, secs(5))
+            .build(),
+        Err(ConfigError::Inconsistent { .. })
+    ));
+    assert!(matches!(
+        TimeoutLayer::builder()
+            .request(secs(10))
+            .request_min_rate(0, secs(20))
+            .build(),
+        Err(ConfigError::Zero { .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_read_on_another_task_is_timed_too() {
+    // As an upgraded HTTP connection is: the stream moves to a task of its own.
+    let timeouts = layer(TimeoutLayer::builder().request(secs(10)));
+    let began = Instant::now();
+    let (connection, mut client) = open(&timeouts, |conn: Timed| async move {
+        tokio::spawn(lines(conn)).await.unwrap()
+    });
+    tokio::time::sleep(secs(1)).await;
+    client.write_all(b"no newline").await.unwrap();
+    let outcome = within(secs(60), connection).await.unwrap();
+    assert_eq!(expired(outcome), TimeoutError::Request(secs(10)));
+    assert_eq!(began.elapsed(), secs(11));
+}
