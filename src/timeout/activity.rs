@@ -1,9 +1,16 @@
 //! What a connection's stream has done, and when its deadlines fall.
 //!
-//! [`TimedIo`](super::TimedIo) writes here on every read and write (a few relaxed
-//! stores and one clock read); the connection's timer reads it only when it fires, and
-//! works out from it whether a deadline has passed or when to look again. That is the
-//! lazy deadline: one timer per connection, re-armed when it fires, never per read.
+//! [`TimedIo`](super::TimedIo) counts the bytes it moves here on every read and write: a
+//! relaxed load and store, no clock read. The connection's timer reads the counts only
+//! when it fires, and works out from them whether a deadline has passed or when to look
+//! again. That is the lazy deadline: one timer per connection, re-armed when it fires,
+//! never per read.
+//!
+//! For the idle timeout the timer samples the counts: it looks at least every eighth of
+//! the timeout, and a connection whose counts have not moved since a look is idle since
+//! that look. So an idle connection is closed between S and S + S/8 after its last byte,
+//! for a read that costs nanoseconds. Requests are timed from the clock, read once when
+//! each starts.
 
 use std::{
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
@@ -17,6 +24,8 @@ use super::TimeoutError;
 
 /// No request in progress.
 const IDLE: u64 = u64::MAX;
+/// The idle timeout is sampled this many times over its length.
+const IDLE_SAMPLES: u32 = 8;
 
 /// The deadlines watched on one connection.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -71,8 +80,8 @@ pub(crate) enum Check {
 #[derive(Debug)]
 pub(crate) struct Activity {
     started: Instant,
-    last_activity: AtomicU64,
     bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
     /// When the request in progress started, or [`IDLE`].
     request_started: AtomicU64,
     /// `bytes_read` when it started.
@@ -92,8 +101,8 @@ impl Activity {
     pub(crate) fn new(requests_auto_start: bool) -> Self {
         Self {
             started: Instant::now(),
-            last_activity: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
             request_started: AtomicU64::new(IDLE),
             request_bytes_start: AtomicU64::new(0),
             request_armed: AtomicBool::new(requests_auto_start),
@@ -107,21 +116,22 @@ impl Activity {
         nanos(self.started.elapsed())
     }
 
-    /// `n` bytes were read. Only the stream calls this, so plain loads and stores
-    /// suffice.
+    /// `n` bytes were read. Only the stream writes the counts, so a load and a store
+    /// suffice where an atomic add would cost more.
     pub(crate) fn on_read(&self, n: usize) {
-        let now = self.now();
-        self.last_activity.store(now, Ordering::Relaxed);
         let before = self.bytes_read.load(Ordering::Relaxed);
         self.bytes_read.store(before + n as u64, Ordering::Relaxed);
         if self.request_armed.load(Ordering::Relaxed) {
             self.request_armed.store(false, Ordering::Relaxed);
-            self.start_request_at(now, before);
+            self.start_request_at(self.now(), before);
         }
     }
 
-    pub(crate) fn on_write(&self) {
-        self.last_activity.store(self.now(), Ordering::Relaxed);
+    /// `n` bytes were written.
+    pub(crate) fn on_write(&self, n: usize) {
+        let before = self.bytes_written.load(Ordering::Relaxed);
+        self.bytes_written
+            .store(before + n as u64, Ordering::Relaxed);
     }
 
     fn start_request_at(&self, now: u64, bytes_before: u64) {
@@ -164,8 +174,9 @@ impl Activity {
         self.rearm.swap(false, Ordering::AcqRel)
     }
 
-    /// Works out what the deadlines say now.
-    pub(crate) fn check(&self, deadlines: &Deadlines) -> Check {
+    /// Works out what the deadlines say now. `idle` is the timer's own record of the
+    /// counts it last saw.
+    pub(crate) fn check(&self, deadlines: &Deadlines, idle: &mut IdleWatch) -> Check {
         let now = self.now();
         let mut next = Earliest(None);
 
@@ -176,10 +187,16 @@ impl Activity {
             return Check::Expired(TimeoutError::FirstByte(limit));
         }
         if let Some(limit) = deadlines.idle {
-            let deadline = self.last_activity.load(Ordering::Relaxed) + nanos(limit);
-            if next.passed(deadline, now) {
+            let moved = self.bytes_read.load(Ordering::Relaxed)
+                + self.bytes_written.load(Ordering::Relaxed);
+            if moved != idle.moved {
+                idle.moved = moved;
+                idle.quiet_since = now;
+            }
+            if next.passed(idle.quiet_since.saturating_add(nanos(limit)), now) {
                 return Check::Expired(TimeoutError::Idle(limit));
             }
+            next.passed(now + nanos(limit / IDLE_SAMPLES), now);
         }
         if let Some(limit) = deadlines.request {
             let started = self.request_started.load(Ordering::Acquire);
@@ -225,6 +242,15 @@ impl Activity {
     }
 }
 
+/// What the timer saw of the byte counts at its last look.
+#[derive(Debug, Default)]
+pub(crate) struct IdleWatch {
+    /// Bytes read and written, all told.
+    moved: u64,
+    /// The look since which they have not moved.
+    quiet_since: u64,
+}
+
 /// The earliest deadline still ahead.
 struct Earliest(Option<u64>);
 
@@ -259,7 +285,7 @@ mod tests {
     async fn the_earliest_deadline_is_the_next_look() {
         let activity = Activity::new(false);
         let deadlines = Deadlines {
-            first_byte: Some(secs(5)),
+            first_byte: Some(secs(2)),
             idle: Some(secs(30)),
             lifetime: Some(Lifetime {
                 after: secs(60),
@@ -267,9 +293,14 @@ mod tests {
             }),
             ..Deadlines::default()
         };
-        assert_eq!(activity.check(&deadlines), at(&activity, 5));
+        let mut idle = IdleWatch::default();
+        assert_eq!(activity.check(&deadlines, &mut idle), at(&activity, 2));
         activity.on_read(1);
-        assert_eq!(activity.check(&deadlines), at(&activity, 30));
+        // Idle is sampled every eighth of its 30 s.
+        assert_eq!(
+            activity.check(&deadlines, &mut idle),
+            Check::Next(Some(activity.started + Duration::from_millis(3750)))
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -293,7 +324,10 @@ mod tests {
         );
         activity.on_read(499);
         assert_eq!(activity.request_allowance(&limit), secs(15));
-        assert_eq!(activity.check(&deadlines), at(&activity, 15));
+        assert_eq!(
+            activity.check(&deadlines, &mut IdleWatch::default()),
+            at(&activity, 15)
+        );
         activity.on_read(10_000);
         assert_eq!(activity.request_allowance(&limit), secs(20));
     }
@@ -308,14 +342,15 @@ mod tests {
             }),
             ..Deadlines::default()
         };
-        assert_eq!(activity.check(&deadlines), Check::Next(None));
+        let mut idle = IdleWatch::default();
+        assert_eq!(activity.check(&deadlines, &mut idle), Check::Next(None));
         activity.on_read(3);
         assert!(activity.take_rearm());
-        assert_eq!(activity.check(&deadlines), at(&activity, 10));
+        assert_eq!(activity.check(&deadlines, &mut idle), at(&activity, 10));
         activity.finish_request();
-        assert_eq!(activity.check(&deadlines), Check::Next(None));
+        assert_eq!(activity.check(&deadlines, &mut idle), Check::Next(None));
         tokio::time::advance(secs(100)).await;
         activity.on_read(1);
-        assert_eq!(activity.check(&deadlines), at(&activity, 110));
+        assert_eq!(activity.check(&deadlines, &mut idle), at(&activity, 110));
     }
 }

@@ -10,7 +10,7 @@ use tokio::time::Sleep;
 
 use super::{
     RequestTimer, Shared, TimedIo,
-    activity::{Activity, Check},
+    activity::{Activity, Check, IdleWatch},
 };
 use crate::{BoxError, Conn, GracefulClose};
 
@@ -51,7 +51,8 @@ where
             })
     });
 
-    let timer = match activity.check(deadlines) {
+    let mut idle = IdleWatch::default();
+    let timer = match activity.check(deadlines, &mut idle) {
         Check::Next(Some(at)) => Some(Box::pin(tokio::time::sleep_until(at))),
         _ => None,
     };
@@ -59,6 +60,7 @@ where
     ResponseFuture {
         inner: serve(conn),
         activity,
+        idle,
         shared: shared.clone(),
         timer,
         close,
@@ -73,6 +75,7 @@ pub struct ResponseFuture<F> {
     #[pin]
     inner: F,
     activity: Arc<Activity>,
+    idle: IdleWatch,
     shared: Arc<Shared>,
     /// The one timer, set to the earliest deadline ahead; none when nothing is ahead.
     timer: Option<Pin<Box<Sleep>>>,
@@ -108,7 +111,7 @@ where
                 }
             }
             look = false;
-            let next = match this.activity.check(deadlines) {
+            let next = match this.activity.check(deadlines, this.idle) {
                 Check::Expired(error) => {
                     this.shared.expired(error);
                     return Poll::Ready(Err(std::io::Error::from(error).into()));

@@ -10,8 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::Activity;
 
-/// A stream that reports its reads and writes to its connection's timeouts: the time
-/// of the last byte moved, and how many bytes were read.
+/// A stream that counts the bytes it reads and writes for its connection's timeouts.
 ///
 /// It forwards every read and write method, vectored writes included, and stays `Unpin`
 /// whenever the stream it wraps is.
@@ -71,7 +70,7 @@ impl<IO: AsyncWrite> AsyncWrite for TimedIo<IO> {
         let this = self.project();
         let written = ready!(this.io.poll_write(cx, buf))?;
         if written > 0 {
-            this.activity.on_write();
+            this.activity.on_write(written);
         }
         Poll::Ready(Ok(written))
     }
@@ -92,7 +91,7 @@ impl<IO: AsyncWrite> AsyncWrite for TimedIo<IO> {
         let this = self.project();
         let written = ready!(this.io.poll_write_vectored(cx, bufs))?;
         if written > 0 {
-            this.activity.on_write();
+            this.activity.on_write(written);
         }
         Poll::Ready(Ok(written))
     }

@@ -1,0 +1,234 @@
+//! What the timeout layer's stream wrapper costs.
+//!
+//! - **per read event**: a stream that alternates "not ready" and "64 bytes ready", as a
+//!   socket does, read through nothing, through [`TimedIo`] (a timestamp per read, the
+//!   timer left alone), through a wrapper that resets a `Sleep` on every read (the
+//!   obvious design), and through `tokio-io-timeout` (the crate people reach for);
+//! - **bulk transfer**: 64 MiB through an in-memory pipe, read raw and through
+//!   [`TimedIo`].
+//!
+//! ```text
+//! cargo bench --bench timeout
+//! ```
+
+use std::{
+    hint::black_box,
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, Waker},
+    time::Duration,
+};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf},
+    runtime::Runtime,
+    time::{Instant, Sleep},
+};
+use tower::{Layer, Service, service_fn};
+use tower_bouncer::{
+    BoxError, Conn,
+    timeout::{TimedIo, TimeoutLayer},
+};
+
+const IDLE: Duration = Duration::from_secs(60);
+
+/// A socket seen from its reader: every other poll has 64 bytes, the others have none.
+#[derive(Default)]
+struct Alternating {
+    ready: bool,
+}
+
+impl AsyncRead for Alternating {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.ready = !self.ready;
+        if !self.ready {
+            return Poll::Pending;
+        }
+        let n = buf.remaining().min(64);
+        buf.put_slice(&[7u8; 64][..n]);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for Alternating {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The obvious idle timeout: a `Sleep` pushed back on every read.
+struct ResetEveryRead<R> {
+    inner: R,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for ResetEveryRead<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(outcome) => {
+                this.sleep.as_mut().reset(Instant::now() + IDLE);
+                Poll::Ready(outcome)
+            }
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+/// Performs `events` read events (a pending poll, then a ready one) on `reader`.
+fn read_events<R: AsyncRead + Unpin>(reader: &mut R, events: u64) {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut storage = [0u8; 64];
+    for _ in 0..events * 2 {
+        let mut buf = ReadBuf::new(&mut storage);
+        let _ = black_box(Pin::new(&mut *reader).poll_read(&mut cx, &mut buf));
+    }
+}
+
+/// The stream a [`TimeoutLayer`] hands its protocol, as the layer builds it.
+fn timed<IO>(io: IO, layer: &TimeoutLayer) -> TimedIo<IO>
+where
+    IO: AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (sender, mut receiver) = tokio::sync::oneshot::channel();
+    let mut sender = Some(sender);
+    let mut service = layer.layer(service_fn(move |conn: Conn<TimedIo<IO>>| {
+        let _ = sender.take().map(|sender| sender.send(conn.into_io()));
+        std::future::ready(Ok::<(), BoxError>(()))
+    }));
+    let conn = Conn::new(
+        io,
+        "192.0.2.1:1".parse().unwrap(),
+        "127.0.0.1:80".parse().unwrap(),
+    );
+    // The layer's future is dropped at once: only the stream it made is measured.
+    drop(service.call(conn));
+    receiver.try_recv().expect("the protocol ran")
+}
+
+fn per_read(c: &mut Criterion) {
+    let runtime = Runtime::new().unwrap();
+    let _context = runtime.enter();
+    let idle = TimeoutLayer::builder().idle(IDLE).build().unwrap();
+
+    let mut group = c.benchmark_group("per read event");
+    group.bench_function("raw stream", |b| {
+        let mut reader = Alternating::default();
+        b.iter_custom(|events| {
+            let began = std::time::Instant::now();
+            read_events(&mut reader, events);
+            began.elapsed()
+        });
+    });
+    group.bench_function("TimedIo (lazy deadline)", |b| {
+        let mut reader = timed(Alternating::default(), &idle);
+        b.iter_custom(|events| {
+            let began = std::time::Instant::now();
+            read_events(&mut reader, events);
+            began.elapsed()
+        });
+    });
+    group.bench_function("Sleep::reset on every read", |b| {
+        let mut reader = ResetEveryRead {
+            inner: Alternating::default(),
+            sleep: Box::pin(tokio::time::sleep(IDLE)),
+        };
+        b.iter_custom(|events| {
+            let began = std::time::Instant::now();
+            read_events(&mut reader, events);
+            began.elapsed()
+        });
+    });
+    group.bench_function("tokio-io-timeout", |b| {
+        let mut reader = tokio_io_timeout::TimeoutReader::new(Alternating::default());
+        reader.set_timeout(Some(IDLE));
+        let mut reader = Box::pin(reader);
+        b.iter_custom(|events| {
+            let began = std::time::Instant::now();
+            read_events(&mut reader, events);
+            began.elapsed()
+        });
+    });
+    group.finish();
+}
+
+const BULK: usize = 64 << 20;
+const CHUNK: usize = 64 << 10;
+
+/// Sends [`BULK`] bytes through an in-memory pipe and reads them through `wrap`.
+async fn bulk_transfer<R, F>(wrap: F)
+where
+    F: FnOnce(tokio::io::DuplexStream) -> R,
+    R: AsyncRead + Unpin,
+{
+    let (mut sender, receiver) = tokio::io::duplex(CHUNK);
+    let writer = tokio::spawn(async move {
+        let chunk = vec![1u8; CHUNK];
+        for _ in 0..BULK / CHUNK {
+            sender.write_all(&chunk).await.unwrap();
+        }
+    });
+    let mut reader = wrap(receiver);
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0;
+    while total < BULK {
+        total += reader.read(&mut buf).await.unwrap();
+    }
+    writer.await.unwrap();
+}
+
+fn bulk(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let idle = {
+        let _context = runtime.enter();
+        Arc::new(TimeoutLayer::builder().idle(IDLE).build().unwrap())
+    };
+    let mut group = c.benchmark_group("bulk transfer, 64 MiB");
+    group.throughput(Throughput::Bytes(BULK as u64));
+    group.sample_size(20);
+    group.bench_function("raw stream", |b| {
+        b.iter(|| runtime.block_on(bulk_transfer(|io| io)));
+    });
+    group.bench_function("TimedIo", |b| {
+        b.iter(|| {
+            let idle = idle.clone();
+            runtime.block_on(bulk_transfer(move |io| timed(io, &idle)))
+        });
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    targets = per_read, bulk
+}
+criterion_main!(benches);
