@@ -18,7 +18,7 @@ use tokio::{
     time::{Instant, Sleep},
 };
 
-#[cfg(any(feature = "peer-limit", feature = "rate-limit"))]
+#[cfg(any(feature = "peer-limit", feature = "rate-limit", feature = "login"))]
 use crate::peer::PeerKey;
 use crate::{BoxError, Conn, throttle::LogThrottle};
 
@@ -57,7 +57,7 @@ pub enum Reason {
         limit: usize,
     },
     /// The table of tracked peers is full and is set to refuse new peers.
-    #[cfg(any(feature = "peer-limit", feature = "rate-limit"))]
+    #[cfg(any(feature = "peer-limit", feature = "rate-limit", feature = "login"))]
     PeerTableFull {
         /// The table's capacity.
         capacity: usize,
@@ -75,6 +75,37 @@ pub enum Reason {
     GlobalRate {
         /// When a connection may be accepted again.
         retry_after: Duration,
+    },
+    /// This peer is banned for failed logins.
+    #[cfg(feature = "login")]
+    Banned {
+        /// The peer's key.
+        key: PeerKey,
+        /// How long the ban still runs.
+        remaining: Duration,
+    },
+    /// As many connections as allowed are waiting to authenticate (OpenSSH's
+    /// `MaxStartups` full).
+    #[cfg(feature = "login")]
+    StartupsFull {
+        /// The most unauthenticated connections.
+        limit: usize,
+    },
+    /// Dropped at random because many connections are waiting to authenticate
+    /// (OpenSSH's `MaxStartups` early drop).
+    #[cfg(feature = "login")]
+    EarlyDrop {
+        /// Unauthenticated connections when this one arrived.
+        unauthenticated: usize,
+    },
+    /// This peer already has its most connections waiting to authenticate (OpenSSH's
+    /// `PerSourceMaxStartups`).
+    #[cfg(feature = "login")]
+    PeerStartups {
+        /// The peer's key.
+        key: PeerKey,
+        /// The most per peer.
+        limit: usize,
     },
 }
 
@@ -100,6 +131,8 @@ impl Rejected {
             Reason::PeerRate { retry_after, .. } | Reason::GlobalRate { retry_after } => {
                 Some(retry_after)
             }
+            #[cfg(feature = "login")]
+            Reason::Banned { remaining, .. } => Some(remaining),
             _ => None,
         }
     }
@@ -115,7 +148,7 @@ impl fmt::Display for Reason {
             Reason::PeerLimit { key, limit } => {
                 write!(f, "{key} already has its limit of {limit} connections")
             }
-            #[cfg(any(feature = "peer-limit", feature = "rate-limit"))]
+            #[cfg(any(feature = "peer-limit", feature = "rate-limit", feature = "login"))]
             Reason::PeerTableFull { capacity } => {
                 write!(f, "the peer table is full ({capacity} peers)")
             }
@@ -128,6 +161,26 @@ impl fmt::Display for Reason {
                 write!(
                     f,
                     "the server accepts no more connections for {retry_after:?}"
+                )
+            }
+            #[cfg(feature = "login")]
+            Reason::Banned { key, remaining } => {
+                write!(f, "{key} is banned for another {remaining:?}")
+            }
+            #[cfg(feature = "login")]
+            Reason::StartupsFull { limit } => {
+                write!(f, "{limit} connections are already waiting to authenticate")
+            }
+            #[cfg(feature = "login")]
+            Reason::EarlyDrop { unauthenticated } => write!(
+                f,
+                "dropped at random with {unauthenticated} connections waiting to authenticate"
+            ),
+            #[cfg(feature = "login")]
+            Reason::PeerStartups { key, limit } => {
+                write!(
+                    f,
+                    "{key} already has {limit} connections waiting to authenticate"
                 )
             }
         }

@@ -47,14 +47,20 @@
         feature = "limit",
         feature = "peer-limit",
         feature = "rate-limit",
-        feature = "timeout"
+        feature = "timeout",
+        feature = "login"
     )),
     allow(dead_code, unused_imports, unused_macros)
 )]
 
-#[cfg(any(feature = "limit", feature = "peer-limit", feature = "rate-limit"))]
+#[cfg(any(
+    feature = "limit",
+    feature = "peer-limit",
+    feature = "rate-limit",
+    feature = "login"
+))]
 pub mod admission;
-mod close;
+pub(crate) mod close;
 mod config;
 mod conn;
 mod counter;
@@ -62,6 +68,8 @@ pub mod peer;
 
 #[cfg(feature = "limit")]
 pub mod limit;
+#[cfg(feature = "login")]
+pub mod login;
 #[cfg(feature = "peer-limit")]
 pub mod peer_limit;
 #[cfg(feature = "rate-limit")]

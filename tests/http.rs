@@ -9,7 +9,7 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     sync::mpsc,
 };
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_bouncer::{
     BoxError, Conn, ConnInfo, GracefulClose, http::HttpService, timeout::TimeoutError,
 };
@@ -392,4 +392,172 @@ mod under_a_request_timeout {
         assert_eq!(began.elapsed(), Duration::from_secs(2));
         trickle.abort();
     }
+}
+
+mod reporting_logins {
+    use super::*;
+    use axum::http::StatusCode;
+    use tower_bouncer::login::{
+        Login, LoginOutcome, LoginSession, ReportLoginLayer, StatusClassifier,
+    };
+
+    fn auth_app() -> Router {
+        Router::new()
+            .route("/login", get(|| async { StatusCode::UNAUTHORIZED }))
+            .route("/forbidden", get(|| async { StatusCode::FORBIDDEN }))
+            .route(
+                "/welcome",
+                get(|Extension(session): Extension<LoginSession>| async move {
+                    session.succeeded();
+                    "welcome\n"
+                }),
+            )
+    }
+
+    /// Serves `app` on loopback under `login`'s layers, reporting with `report`.
+    async fn serve<C>(login: &Login, report: ReportLoginLayer<C>) -> LoopbackServer
+    where
+        C: tower_bouncer::login::ClassifyLogin + Send + Sync + 'static,
+    {
+        let service = ServiceBuilder::new()
+            .layer(login.ban_layer())
+            .layer(login.session_layer())
+            .service(HttpService::new(report.layer(auth_app())));
+        LoopbackServer::start(service, PATIENCE).await
+    }
+
+    #[tokio::test]
+    async fn a_401_is_a_failed_login_that_closes_after_the_response_and_counts_toward_a_ban() {
+        let login = Login::builder().max_failures(2).build().unwrap();
+        let server = serve(&login, ReportLoginLayer::new()).await;
+        for _ in 0..2 {
+            let mut h1 = Http1Client::connect(connect_from(7, server.addr).await).await;
+            let answer = within(PATIENCE, h1.get("/login")).await.unwrap();
+            assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+            assert_eq!(answer.headers[http::header::CONNECTION], "close");
+            within(PATIENCE, &mut h1.driver).await.unwrap().unwrap();
+        }
+        assert!(
+            login
+                .bans()
+                .banned_for(std::net::Ipv4Addr::new(127, 0, 0, 7).into())
+                .is_some()
+        );
+
+        // The banned peer is refused before any byte is read; another peer is served.
+        let mut banned = connect_from(7, server.addr).await;
+        let mut byte = [0u8; 1];
+        assert!(matches!(
+            within(PATIENCE, banned.read(&mut byte)).await,
+            Ok(0) | Err(_)
+        ));
+        let mut other = Http1Client::connect(connect_from(8, server.addr).await).await;
+        let answer = within(PATIENCE, other.get("/welcome")).await.unwrap();
+        assert_eq!(answer.body, "welcome\n");
+        let stats = login.stats();
+        assert_eq!(
+            (stats.failed_logins, stats.bans, stats.authenticated),
+            (2, 1, 1)
+        );
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_403_counts_only_when_asked_and_custom_rules_work() {
+        let login = Login::builder().build().unwrap();
+        let server = serve(&login, ReportLoginLayer::new()).await;
+        let mut h1 = Http1Client::connect(connect_from(9, server.addr).await).await;
+        assert_eq!(
+            within(PATIENCE, h1.get("/forbidden")).await.unwrap().status,
+            403
+        );
+        assert_eq!(login.stats().failed_logins, 0);
+        server.stop().await;
+
+        let strict = ReportLoginLayer::new()
+            .classify_with(StatusClassifier::default().forbidden_is_failure(true));
+        let server = serve(&login, strict).await;
+        let mut h1 = Http1Client::connect(connect_from(9, server.addr).await).await;
+        within(PATIENCE, h1.get("/forbidden")).await.unwrap();
+        assert_eq!(login.stats().failed_logins, 1);
+        server.stop().await;
+
+        let custom =
+            ReportLoginLayer::new().classify_with(|status: StatusCode, _: &http::HeaderMap| {
+                (status == StatusCode::FORBIDDEN).then_some(LoginOutcome::Failed)
+            });
+        let server = serve(&login, custom).await;
+        let mut h1 = Http1Client::connect(connect_from(10, server.addr).await).await;
+        within(PATIENCE, h1.get("/forbidden")).await.unwrap();
+        assert_eq!(login.stats().failed_logins, 2);
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn grpc_unauthenticated_is_a_failed_login() {
+        use tonic::service::{Routes, interceptor::InterceptedService};
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+        let login = Login::builder().max_failures(1).build().unwrap();
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let health = InterceptedService::new(health, |_: tonic::Request<()>| {
+            Err::<tonic::Request<()>, _>(tonic::Status::unauthenticated("no token"))
+        });
+        let service = ServiceBuilder::new()
+            .layer(login.ban_layer())
+            .layer(login.session_layer())
+            .service(HttpService::new(
+                ReportLoginLayer::new().layer(Routes::new(health).prepare()),
+            ));
+        let server = LoopbackServer::start(service, PATIENCE).await;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let status = within(
+            PATIENCE,
+            HealthClient::new(channel).check(HealthCheckRequest::default()),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        let stats = login.stats();
+        assert_eq!((stats.failed_logins, stats.bans), (1, 1));
+        server.stop().await;
+    }
+}
+
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn a_handler_reports_through_the_login_session_extractor() {
+    use tower_bouncer::login::{Login, LoginSession};
+
+    let login = Login::builder().build().unwrap();
+    let app = Router::new().route(
+        "/welcome",
+        get(|session: LoginSession| async move {
+            session.succeeded();
+            "welcome\n"
+        }),
+    );
+    let service = login.session_layer().layer(HttpService::new(app));
+    let server = LoopbackServer::start(service, PATIENCE).await;
+    let mut h1 = Http1Client::connect(connect_from(11, server.addr).await).await;
+    assert_eq!(
+        within(PATIENCE, h1.get("/welcome")).await.unwrap().body,
+        "welcome\n"
+    );
+    assert_eq!(login.stats().authenticated, 1);
+    server.stop().await;
+
+    // Without the session layer the extractor says what is missing.
+    let bare = Router::new().route("/welcome", get(|_: LoginSession| async { "" }));
+    let server = LoopbackServer::start(HttpService::new(bare), PATIENCE).await;
+    let mut h1 = Http1Client::connect(connect_from(11, server.addr).await).await;
+    assert_eq!(
+        within(PATIENCE, h1.get("/welcome")).await.unwrap().status,
+        500
+    );
+    server.stop().await;
 }

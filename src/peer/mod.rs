@@ -6,10 +6,10 @@
 //! (OpenSSH's `PerSourceNetBlockSize`), and counts an IPv4-mapped IPv6 address
 //! (`::ffff:192.0.2.1`) as the IPv4 address it carries.
 
-#[cfg(any(feature = "peer-limit", feature = "rate-limit"))]
+#[cfg(any(feature = "peer-limit", feature = "rate-limit", feature = "login"))]
 pub(crate) mod table;
 
-#[cfg(any(feature = "peer-limit", feature = "rate-limit"))]
+#[cfg(any(feature = "peer-limit", feature = "rate-limit", feature = "login"))]
 pub use table::Overflow;
 
 use std::{
@@ -145,6 +145,21 @@ impl PeerKeying {
         self.exempt.iter().any(|net| net.contains(&ip))
     }
 
+    /// The key a table stored as [`PeerKey::bits`], given that this keying made it.
+    pub(crate) fn key_from_bits(&self, bits: [u8; 16]) -> PeerKey {
+        let v6 = Ipv6Addr::from(bits);
+        match v6.to_ipv4_mapped() {
+            Some(v4) => PeerKey {
+                network: IpAddr::V4(v4),
+                prefix_len: self.ipv4_prefix,
+            },
+            None => PeerKey {
+                network: IpAddr::V6(v6),
+                prefix_len: self.ipv6_prefix,
+            },
+        }
+    }
+
     /// The key of a peer, or `None` if it is exempt.
     pub(crate) fn classify(&self, ip: IpAddr) -> Option<PeerKey> {
         (!self.is_exempt(ip)).then(|| self.key(ip))
@@ -238,6 +253,15 @@ mod tests {
         assert!(!keying.is_exempt(ip("11.0.0.1")));
         assert_eq!(keying.classify(ip("10.0.0.1")), None);
         assert!(keying.classify(ip("11.0.0.1")).is_some());
+    }
+
+    #[test]
+    fn a_key_comes_back_from_its_compact_form() {
+        let keying = PeerKeying::with_prefixes(24, 56).unwrap();
+        for address in ["192.0.2.77", "2001:db8:1:2::1", "::1", "0.0.0.0"] {
+            let key = keying.key(ip(address));
+            assert_eq!(keying.key_from_bits(key.bits()), key, "{address}");
+        }
     }
 
     #[test]

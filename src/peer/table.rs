@@ -142,6 +142,19 @@ impl<V> PeerTable<V> {
         }
     }
 
+    /// A copy of every entry, shard by shard (each shard consistent in itself).
+    pub(crate) fn entries(&self) -> Vec<([u8; 16], V)>
+    where
+        V: Clone,
+    {
+        let mut all = Vec::with_capacity(self.len());
+        for shard in self.shards.iter() {
+            let entries = shard.entries.lock().unwrap_or_else(PoisonError::into_inner);
+            all.extend(entries.iter().cloned());
+        }
+        all
+    }
+
     /// Removes every entry for which `keep` is false, shard by shard.
     pub(crate) fn retain(&self, mut keep: impl FnMut(&V) -> bool) {
         for shard in self.shards.iter() {

@@ -1,0 +1,508 @@
+//! Login-failure eviction and bans: the protocol reports, the layers act.
+//!
+//! The 2005 server leaked a connection for every failed login, because the login failed
+//! deep inside the protocol and nothing outside it could close the socket or remember
+//! the peer. Here:
+//!
+//! - [`SessionLayer`] puts a [`LoginSession`] in each connection's extensions (the HTTP
+//!   adapter copies it into every request). The protocol reports on it:
+//!   [`succeeded`](LoginSession::succeeded), [`failed`](LoginSession::failed).
+//! - **Eviction** (OpenSSH's `MaxAuthTries`, 1 by default): once a connection has used
+//!   up its tries, its [`GracefulClose`](crate::GracefulClose) is raised, so it ends
+//!   right after the failure reply is flushed (HTTP: `Connection: close` / GOAWAY after
+//!   the response), and it is cut if it has not ended within the eviction grace.
+//! - **Bans** (fail2ban's `maxretry`/`findtime`/`bantime`, OpenSSH's
+//!   `PerSourcePenalties`): enough failures from one peer key within the window ban it;
+//!   each repeat offence multiplies the ban (×2 by default, up to 24 hours), and a peer
+//!   quiet for long enough is forgotten. [`BanLayer`] refuses a banned peer's new
+//!   connections at accept, before any byte is read; its live connections can be
+//!   evicted too. Exempt networks are never banned. The table is bounded and cleans
+//!   itself; [`Bans`] adds, lists, lifts, exports and imports bans.
+//! - **Pre-authentication budget** (OpenSSH's `MaxStartups start:rate:full` and
+//!   `PerSourceMaxStartups`) and a **login timeout** (`LoginGraceTime`), both off unless
+//!   set: for protocols where every connection logs in.
+//!
+//! Both layers come from one [`Login`], which holds the state they share. Put the ban
+//! check outermost and the session just above the protocol:
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::ServiceBuilder;
+//! use tower_bouncer::login::{AfterFailure, Login, LoginSession};
+//! use tower_bouncer::{Conn, timeout::TimedIo};
+//! # use tokio::net::TcpStream;
+//!
+//! let login = Login::builder()
+//!     .max_auth_tries(1)
+//!     .max_failures(5)
+//!     .failure_window(Duration::from_secs(600))
+//!     .ban(Duration::from_secs(600))
+//!     .login_timeout(Duration::from_secs(30))
+//!     .ban_message(&b"ERROR banned\n"[..])
+//!     .build()
+//!     .expect("a valid policy");
+//!
+//! let protocol = tower::service_fn(|mut conn: Conn<TcpStream>| async move {
+//!     let session = conn.extensions_mut().remove::<LoginSession>().expect("from the layer");
+//!     // ... read a login; on a bad password, write the reply, then:
+//!     if session.failed() == AfterFailure::Closing {
+//!         return Ok(()); // closes the connection
+//!     }
+//!     Ok::<_, std::io::Error>(())
+//! });
+//! let service = ServiceBuilder::new()
+//!     .layer(login.ban_layer())
+//!     // rate limits, connection limits, timeouts...
+//!     .layer(login.session_layer())
+//!     .service(protocol);
+//! # let _ = service;
+//! let bans = login.bans(); // for an operator: list, lift, export
+//! ```
+//!
+//! For HTTP, [`ReportLoginLayer`] (feature `http`) turns `401` responses and gRPC
+//! `UNAUTHENTICATED` into failed logins.
+
+mod ban_layer;
+mod bans;
+#[cfg(feature = "http")]
+mod http;
+mod session;
+mod session_layer;
+mod startups;
+
+use std::{
+    sync::{Arc, Once},
+    time::Duration,
+};
+
+use crate::{
+    ConfigError,
+    admission::Refusal,
+    counter::Counter,
+    peer::{Overflow, PeerKey, PeerKeying, table::PeerTable},
+    throttle::LogThrottle,
+};
+pub use ban_layer::{BanCheck, BanLayer};
+pub use bans::{Ban, BanError, Bans};
+use bans::{BanPolicy, BanTable};
+#[cfg(feature = "http")]
+pub use http::{
+    ClassifyLogin, LoginOutcome, ReportBody, ReportLogin, ReportLoginLayer, StatusClassifier,
+};
+pub use session::{AfterFailure, EvictReason, Evicted, LoginSession};
+use session_layer::LivePeer;
+pub use session_layer::{LoginSessions, SessionFuture, SessionLayer};
+use startups::{MaxStartups, Startups};
+
+const DEFAULT_MAX_TRACKED_PEERS: usize = 65_536;
+
+/// The login policy and the state its two layers share. Cheap to clone.
+///
+/// See the [module documentation](self).
+#[derive(Debug, Clone)]
+pub struct Login {
+    shared: Arc<Shared>,
+}
+
+/// Builds a [`Login`]. The defaults: 1 try per connection, a 1 s eviction grace, 5
+/// failures within 10 minutes ban a peer for 10 minutes, doubling per repeat offence up
+/// to 24 hours, a peer forgotten after 24 quiet hours, 65 536 tracked peers; no login
+/// timeout and no pre-authentication budget.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct LoginBuilder {
+    keying: PeerKeying,
+    max_auth_tries: u32,
+    eviction_grace: Duration,
+    policy: BanPolicy,
+    max_tracked_peers: usize,
+    overflow: Overflow,
+    login_timeout: Option<Duration>,
+    max_startups: Option<MaxStartups>,
+    per_source_max_startups: Option<usize>,
+    evict_banned: bool,
+    early_drop_seed: Option<u64>,
+    ban_refusal: Refusal,
+    startup_refusal: Refusal,
+}
+
+/// What the login layers have seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LoginStats {
+    /// Connections that got a session.
+    pub sessions: u64,
+    /// Sessions that authenticated.
+    pub authenticated: u64,
+    /// Failed logins reported.
+    pub failed_logins: u64,
+    /// Connections evicted after using up their tries.
+    pub evicted_after_failures: u64,
+    /// Connections evicted for not authenticating in time.
+    pub evicted_login_timeout: u64,
+    /// Live connections evicted because their peer was banned.
+    pub evicted_banned: u64,
+    /// Connections evicted on request.
+    pub evicted_requested: u64,
+    /// Bans issued for failures.
+    pub bans: u64,
+    /// New connections refused because their peer was banned.
+    pub refused_banned: u64,
+    /// New connections refused by the pre-authentication budget.
+    pub refused_startups: u64,
+    /// Connections not authenticated yet, now.
+    pub unauthenticated: usize,
+    /// Peers with failures or bans on record, now.
+    pub tracked_peers: usize,
+}
+
+impl Login {
+    /// A policy with the defaults; see [`LoginBuilder`].
+    pub fn builder() -> LoginBuilder {
+        LoginBuilder {
+            keying: PeerKeying::default(),
+            max_auth_tries: 1,
+            eviction_grace: Duration::from_secs(1),
+            policy: BanPolicy {
+                max_failures: 5,
+                window: Duration::from_secs(600),
+                first_ban: Duration::from_secs(600),
+                factor: 2,
+                max_ban: Duration::from_secs(24 * 3600),
+                forget_after: Duration::from_secs(24 * 3600),
+            },
+            max_tracked_peers: DEFAULT_MAX_TRACKED_PEERS,
+            overflow: Overflow::default(),
+            login_timeout: None,
+            max_startups: None,
+            per_source_max_startups: None,
+            evict_banned: false,
+            early_drop_seed: None,
+            ban_refusal: Refusal::default(),
+            startup_refusal: Refusal::default(),
+        }
+    }
+
+    /// The layer that refuses banned peers at accept; put it outermost.
+    pub fn ban_layer(&self) -> BanLayer {
+        BanLayer {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The layer that gives each connection its [`LoginSession`]; put it just above the
+    /// protocol.
+    pub fn session_layer(&self) -> SessionLayer {
+        SessionLayer {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The operator's handle on the bans.
+    pub fn bans(&self) -> Bans {
+        Bans {
+            table: self.shared.bans.clone(),
+        }
+    }
+
+    /// Counters, read without locking.
+    pub fn stats(&self) -> LoginStats {
+        let shared = &self.shared;
+        let stats = &shared.stats;
+        LoginStats {
+            sessions: stats.sessions.get(),
+            authenticated: stats.authenticated.get(),
+            failed_logins: stats.failed_logins.get(),
+            evicted_after_failures: stats.evicted_after_failures.get(),
+            evicted_login_timeout: stats.evicted_login_timeout.get(),
+            evicted_banned: stats.evicted_banned.get(),
+            evicted_requested: stats.evicted_requested.get(),
+            bans: stats.bans.get(),
+            refused_banned: stats.refused_banned.get(),
+            refused_startups: stats.refused_startups.get(),
+            unauthenticated: shared.startups.unauthenticated(),
+            tracked_peers: shared.bans.len(),
+        }
+    }
+}
+
+impl LoginBuilder {
+    /// How peers are keyed and which are exempt (never banned, no per-peer budget).
+    pub fn keying(mut self, keying: PeerKeying) -> Self {
+        self.keying = keying;
+        self
+    }
+
+    /// Failed logins a connection may make before it is closed (OpenSSH's
+    /// `MaxAuthTries`); 1 by default.
+    pub fn max_auth_tries(mut self, tries: u32) -> Self {
+        self.max_auth_tries = tries;
+        self
+    }
+
+    /// How long an evicted connection has to finish its reply and close before it is
+    /// cut; 1 s by default.
+    pub fn eviction_grace(mut self, grace: Duration) -> Self {
+        self.eviction_grace = grace;
+        self
+    }
+
+    /// Failed logins from one peer within the [window](Self::failure_window) that ban it
+    /// (fail2ban's `maxretry`); 5 by default.
+    pub fn max_failures(mut self, failures: u32) -> Self {
+        self.policy.max_failures = failures;
+        self
+    }
+
+    /// The window failures are counted in (fail2ban's `findtime`); 10 minutes by
+    /// default.
+    pub fn failure_window(mut self, window: Duration) -> Self {
+        self.policy.window = window;
+        self
+    }
+
+    /// The first ban's length (fail2ban's `bantime`); 10 minutes by default.
+    pub fn ban(mut self, length: Duration) -> Self {
+        self.policy.first_ban = length;
+        self
+    }
+
+    /// Each repeat offence multiplies the ban by `factor`, up to `max`; ×2 up to 24
+    /// hours by default.
+    pub fn ban_escalation(mut self, factor: u32, max: Duration) -> Self {
+        self.policy.factor = factor;
+        self.policy.max_ban = max;
+        self
+    }
+
+    /// A peer neither banned nor failing for this long is forgotten, repeat offences
+    /// included; 24 hours by default.
+    pub fn forget_after(mut self, quiet: Duration) -> Self {
+        self.policy.forget_after = quiet;
+        self
+    }
+
+    /// The most peers with failures or bans on record; 65 536 by default.
+    pub fn max_tracked_peers(mut self, max: usize) -> Self {
+        self.max_tracked_peers = max;
+        self
+    }
+
+    /// What a full table does with a new peer: [`Overflow::Admit`] (its failures go
+    /// unrecorded, the default) or [`Overflow::Refuse`] (its connections are refused
+    /// until there is room).
+    pub fn overflow(mut self, overflow: Overflow) -> Self {
+        self.overflow = overflow;
+        self
+    }
+
+    /// Closes a connection that has not authenticated within `timeout` of connecting
+    /// (OpenSSH's `LoginGraceTime`); off by default, since an HTTP server has
+    /// anonymous connections.
+    pub fn login_timeout(mut self, timeout: Duration) -> Self {
+        self.login_timeout = Some(timeout);
+        self
+    }
+
+    /// OpenSSH's `MaxStartups start:rate:full`: from `start` unauthenticated
+    /// connections, refuse a new one with probability `rate_percent`%, rising linearly to
+    /// every one at `full`. Off by default.
+    pub fn max_startups(mut self, start: usize, rate_percent: u8, full: usize) -> Self {
+        self.max_startups = Some(MaxStartups {
+            start,
+            rate_percent,
+            full,
+        });
+        self
+    }
+
+    /// OpenSSH's `PerSourceMaxStartups`: at most `max` unauthenticated connections per
+    /// peer key. Off by default.
+    pub fn per_source_max_startups(mut self, max: usize) -> Self {
+        self.per_source_max_startups = Some(max);
+        self
+    }
+
+    /// Also evict a newly banned peer's live connections; off by default (its new
+    /// connections are always refused).
+    pub fn evict_banned_connections(mut self, evict: bool) -> Self {
+        self.evict_banned = evict;
+        self
+    }
+
+    /// Seeds the early drop's random draw, for reproducible tests; random otherwise.
+    pub fn early_drop_seed(mut self, seed: u64) -> Self {
+        self.early_drop_seed = Some(seed);
+        self
+    }
+
+    /// A short message written to a banned peer's refused connection, such as
+    /// `b"ERROR banned\n"`. None by default.
+    pub fn ban_message(mut self, message: impl Into<bytes::Bytes>) -> Self {
+        self.ban_refusal.set_message(message.into());
+        self
+    }
+
+    /// A short message written to a connection refused by the pre-authentication
+    /// budget. None by default.
+    pub fn startup_message(mut self, message: impl Into<bytes::Bytes>) -> Self {
+        self.startup_refusal.set_message(message.into());
+        self
+    }
+
+    /// How long writing a refusal message may take; 100 ms by default.
+    pub fn refusal_write_timeout(mut self, timeout: Duration) -> Self {
+        self.ban_refusal.set_write_timeout(timeout);
+        self.startup_refusal.set_write_timeout(timeout);
+        self
+    }
+
+    /// # Errors
+    ///
+    /// [`ConfigError::Zero`] for a zero count or length, [`ConfigError::Inconsistent`]
+    /// for a ban cap below the first ban or a start above `full`.
+    pub fn build(self) -> Result<Login, ConfigError> {
+        let zero = |setting| ConfigError::Zero { setting };
+        let policy = self.policy;
+        if self.max_auth_tries == 0 {
+            return Err(zero("max_auth_tries"));
+        }
+        if policy.max_failures == 0 {
+            return Err(zero("max_failures"));
+        }
+        for (value, setting) in [
+            (policy.window, "failure_window"),
+            (policy.first_ban, "ban"),
+            (policy.forget_after, "forget_after"),
+            (self.login_timeout.unwrap_or(Duration::MAX), "login_timeout"),
+        ] {
+            if value.is_zero() {
+                return Err(zero(setting));
+            }
+        }
+        if policy.factor == 0 {
+            return Err(zero("ban_escalation"));
+        }
+        if policy.max_ban < policy.first_ban {
+            return Err(ConfigError::Inconsistent {
+                reason: "the ban escalation's maximum is below the first ban",
+            });
+        }
+        if self.max_tracked_peers == 0 {
+            return Err(zero("max_tracked_peers"));
+        }
+        if let Some(startups) = self.max_startups {
+            if startups.full == 0 {
+                return Err(zero("max_startups"));
+            }
+            if startups.start > startups.full || startups.rate_percent > 100 {
+                return Err(ConfigError::Inconsistent {
+                    reason: "max_startups needs start <= full and a rate of at most 100%",
+                });
+            }
+        }
+        if self.per_source_max_startups == Some(0) {
+            return Err(zero("per_source_max_startups"));
+        }
+        let seed = self
+            .early_drop_seed
+            .unwrap_or_else(|| std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0));
+        Ok(Login {
+            shared: Arc::new(Shared {
+                bans: Arc::new(BanTable::new(
+                    policy,
+                    self.keying.clone(),
+                    self.max_tracked_peers,
+                )),
+                sweep_every: (policy.forget_after / 8)
+                    .clamp(Duration::from_secs(1), Duration::from_secs(3600)),
+                janitor: Once::new(),
+                keying: self.keying,
+                max_auth_tries: self.max_auth_tries,
+                eviction_grace: self.eviction_grace,
+                login_timeout: self.login_timeout,
+                overflow: self.overflow,
+                startups: Arc::new(Startups::new(
+                    self.max_startups,
+                    self.per_source_max_startups
+                        .map(|max| (max, self.max_tracked_peers)),
+                    seed,
+                )),
+                live: self
+                    .evict_banned
+                    .then(|| PeerTable::new(self.max_tracked_peers)),
+                ban_refusal: self.ban_refusal,
+                startup_refusal: self.startup_refusal,
+                refusal_log: LogThrottle::new(Duration::from_secs(1)),
+                ban_log: LogThrottle::new(Duration::from_secs(1)),
+                stats: Counters::default(),
+            }),
+        })
+    }
+}
+
+/// The state both layers share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    keying: PeerKeying,
+    bans: Arc<BanTable>,
+    sweep_every: Duration,
+    janitor: Once,
+    max_auth_tries: u32,
+    eviction_grace: Duration,
+    login_timeout: Option<Duration>,
+    overflow: Overflow,
+    startups: Arc<Startups>,
+    /// Live connections per peer, to evict them when their peer is banned.
+    live: Option<PeerTable<LivePeer>>,
+    ban_refusal: Refusal,
+    startup_refusal: Refusal,
+    refusal_log: LogThrottle,
+    ban_log: LogThrottle,
+    stats: Counters,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    sessions: Counter,
+    authenticated: Counter,
+    failed_logins: Counter,
+    evicted_after_failures: Counter,
+    evicted_login_timeout: Counter,
+    evicted_banned: Counter,
+    evicted_requested: Counter,
+    bans: Counter,
+    refused_banned: Counter,
+    refused_startups: Counter,
+}
+
+impl Counters {
+    fn evicted(&self, reason: EvictReason) {
+        match reason {
+            EvictReason::AuthFailures(_) => &self.evicted_after_failures,
+            EvictReason::LoginTimeout(_) => &self.evicted_login_timeout,
+            EvictReason::Banned => &self.evicted_banned,
+            EvictReason::Requested => &self.evicted_requested,
+        }
+        .add();
+    }
+}
+
+impl Shared {
+    /// Starts, once, the task that forgets quiet peers.
+    fn start_janitor(&self) {
+        self.janitor
+            .call_once(|| bans::start_janitor(&self.bans, self.sweep_every));
+    }
+
+    /// A failure just banned `key` for `length`.
+    fn banned(&self, key: &PeerKey, length: Duration) {
+        self.stats.bans.add();
+        if let Some(suppressed) = self.ban_log.allow() {
+            tracing::warn!(peer = %key, ban = ?length, suppressed, "peer banned for failed logins");
+        }
+        if let Some(live) = &self.live {
+            session_layer::evict_live(live, key);
+        }
+    }
+}

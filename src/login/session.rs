@@ -1,0 +1,204 @@
+use std::{
+    error::Error,
+    fmt,
+    sync::{
+        Arc, Mutex, OnceLock, PoisonError,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use super::{Shared, bans::Failure, startups::StartupSlot};
+use crate::{GracefulClose, peer::PeerKey};
+
+/// One connection's login, as the protocol reports it.
+///
+/// [`SessionLayer`](super::SessionLayer) puts one in every connection's extensions, and
+/// the HTTP adapter copies it into every request's, so a raw protocol, an axum handler or
+/// middleware, or a tonic interceptor reports on the same session. Clones report on the
+/// same connection.
+///
+/// A failed login counts against the connection (once it has used up its tries, it is
+/// closed right after the failure reply is flushed: the connection's
+/// [`GracefulClose`] is raised, and the connection is cut if it has not finished within
+/// the eviction grace) and against the peer (enough failures within the window ban it).
+#[derive(Debug, Clone)]
+pub struct LoginSession {
+    pub(super) state: Arc<SessionState>,
+}
+
+/// What happens to the connection after a failed login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a protocol should stop reading once its connection is closing"]
+pub enum AfterFailure {
+    /// The connection may try again.
+    TryAgain,
+    /// The connection has used up its tries: write the failure reply, flush it, and
+    /// end; it is cut after the eviction grace otherwise.
+    Closing,
+}
+
+/// Why the session layer closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EvictReason {
+    /// It failed this many logins, its maximum.
+    AuthFailures(u32),
+    /// It did not authenticate within this long of connecting.
+    LoginTimeout(Duration),
+    /// Its peer was banned while it was connected.
+    Banned,
+    /// The protocol or an operator asked for it.
+    Requested,
+}
+
+impl fmt::Display for EvictReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EvictReason::AuthFailures(failures) => write!(f, "{failures} failed logins"),
+            EvictReason::LoginTimeout(limit) => {
+                write!(f, "not authenticated within {limit:?}")
+            }
+            EvictReason::Banned => f.write_str("its peer was banned"),
+            EvictReason::Requested => f.write_str("eviction requested"),
+        }
+    }
+}
+
+/// A connection the session layer cut because it did not finish within the eviction
+/// grace after being told to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Evicted {
+    /// Why it was told to close.
+    pub reason: EvictReason,
+}
+
+impl fmt::Display for Evicted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "connection evicted ({}) and cut after its grace",
+            self.reason
+        )
+    }
+}
+
+impl Error for Evicted {}
+
+#[derive(Debug)]
+pub(crate) struct SessionState {
+    pub(super) shared: Arc<Shared>,
+    /// `None` for an exempt peer: never counted, never banned.
+    pub(super) key: Option<PeerKey>,
+    failures: AtomicU32,
+    authenticated: AtomicBool,
+    /// The connection's graceful close, raised on eviction.
+    close: GracefulClose,
+    /// Raised with the reason when the session layer must cut after its grace.
+    pub(super) eviction: GracefulClose,
+    reason: OnceLock<EvictReason>,
+    /// The connection's place in the pre-authentication budget, left on success.
+    startup: Mutex<Option<StartupSlot>>,
+}
+
+impl SessionState {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        key: Option<PeerKey>,
+        close: GracefulClose,
+        startup: StartupSlot,
+    ) -> Self {
+        Self {
+            shared,
+            key,
+            failures: AtomicU32::new(0),
+            authenticated: AtomicBool::new(false),
+            close,
+            eviction: GracefulClose::new(),
+            reason: OnceLock::new(),
+            startup: Mutex::new(Some(startup)),
+        }
+    }
+
+    pub(super) fn is_authenticated(&self) -> bool {
+        self.authenticated.load(Ordering::Acquire)
+    }
+
+    pub(super) fn reason(&self) -> EvictReason {
+        self.reason.get().copied().unwrap_or(EvictReason::Requested)
+    }
+
+    /// Asks the connection to close; the first reason given is the one kept.
+    pub(super) fn evict(&self, reason: EvictReason) {
+        if self.reason.set(reason).is_ok() {
+            self.shared.stats.evicted(reason);
+            tracing::debug!(%reason, "connection evicted");
+        }
+        self.close.request();
+        self.eviction.request();
+    }
+
+    /// Gives back the place in the pre-authentication budget.
+    pub(super) fn leave_startups(&self) {
+        drop(
+            self.startup
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+    }
+}
+
+impl LoginSession {
+    /// The connection authenticated: it leaves the pre-authentication budget, and the
+    /// login timeout no longer applies to it.
+    pub fn succeeded(&self) {
+        let state = &self.state;
+        if !state.authenticated.swap(true, Ordering::AcqRel) {
+            state.shared.stats.authenticated.add();
+            state.leave_startups();
+        }
+    }
+
+    /// A login failed on this connection. Counts against the connection's tries and
+    /// the peer's record, which may ban the peer.
+    pub fn failed(&self) -> AfterFailure {
+        let state = &self.state;
+        let shared = &state.shared;
+        let failures = state.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        shared.stats.failed_logins.add();
+        if let Some(key) = &state.key {
+            match shared.bans.record_failure(key) {
+                Failure::Banned(length) => shared.banned(key, length),
+                Failure::Counted | Failure::AlreadyBanned | Failure::Untracked => {}
+            }
+        }
+        if failures >= shared.max_auth_tries {
+            state.evict(EvictReason::AuthFailures(failures));
+            AfterFailure::Closing
+        } else {
+            AfterFailure::TryAgain
+        }
+    }
+
+    /// Asks for the connection to be closed now: gracefully, then cut after the
+    /// eviction grace.
+    pub fn evict(&self) {
+        self.state.evict(EvictReason::Requested);
+    }
+
+    /// Whether the connection has authenticated.
+    pub fn is_authenticated(&self) -> bool {
+        self.state.is_authenticated()
+    }
+
+    /// Failed logins on this connection so far.
+    pub fn failures(&self) -> u32 {
+        self.state.failures.load(Ordering::Acquire)
+    }
+
+    /// The connection's peer key; `None` for an exempt peer, which is never banned.
+    pub fn peer_key(&self) -> Option<PeerKey> {
+        self.state.key
+    }
+}

@@ -1,0 +1,301 @@
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use pin_project::{pin_project, pinned_drop};
+use tokio::{
+    io::AsyncWrite,
+    sync::{Notify, futures::OwnedNotified},
+    time::Sleep,
+};
+use tower::Service;
+use tower_layer::Layer;
+
+use super::{
+    Shared,
+    session::{EvictReason, Evicted, LoginSession, SessionState},
+};
+use crate::{
+    BoxError, Conn, GracefulClose,
+    admission::{ResponseFuture, Slot, refuse},
+    close::Requested,
+    peer::{
+        PeerKey,
+        table::{Located, PeerTable},
+    },
+};
+
+/// Gives each connection its [`LoginSession`], enforces eviction, the login timeout and
+/// the pre-authentication budget. Get it from
+/// [`Login::session_layer`](super::Login::session_layer); put it just above the
+/// protocol.
+#[derive(Debug, Clone)]
+pub struct SessionLayer {
+    pub(super) shared: Arc<Shared>,
+}
+
+impl<S> Layer<S> for SessionLayer {
+    type Service = LoginSessions<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        LoginSessions {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// A connection-level service under a [`SessionLayer`].
+#[derive(Debug, Clone)]
+pub struct LoginSessions<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> LoginSessions<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, IO> Service<Conn<IO>> for LoginSessions<S>
+where
+    S: Service<Conn<IO>, Response = ()>,
+    S::Error: Into<BoxError>,
+    IO: AsyncWrite + Unpin,
+{
+    type Response = ();
+    type Error = BoxError;
+    type Future = ResponseFuture<SessionFuture<S::Future>, IO>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut conn: Conn<IO>) -> Self::Future {
+        let shared = &self.shared;
+        shared.start_janitor();
+        let key = shared.keying.classify(conn.peer_addr().ip());
+        let startup = match shared.startups.admit(key.as_ref()) {
+            Ok(slot) => slot,
+            Err(reason) => {
+                shared.stats.refused_startups.add();
+                return refuse(conn, reason, &shared.startup_refusal, &shared.refusal_log);
+            }
+        };
+        shared.stats.sessions.add();
+
+        let extensions = conn.extensions_mut();
+        let close = extensions
+            .get::<GracefulClose>()
+            .cloned()
+            .unwrap_or_else(|| {
+                let close = GracefulClose::new();
+                extensions.insert(close.clone());
+                close
+            });
+        let state = Arc::new(SessionState::new(shared.clone(), key, close, startup));
+        extensions.insert(LoginSession {
+            state: state.clone(),
+        });
+
+        let live = match (&shared.live, key) {
+            (Some(live), Some(key)) => {
+                let slot = LiveSlot::register(live, &key, &state);
+                // Banned between the ban check outside and this registration.
+                if shared.bans.banned_for(&key).is_some() {
+                    state.evict(EvictReason::Banned);
+                }
+                slot
+            }
+            _ => None,
+        };
+        let future = SessionFuture {
+            inner: self.inner.call(conn),
+            evicted: state.eviction.requested(),
+            login_deadline: shared
+                .login_timeout
+                .map(|timeout| Box::pin(tokio::time::sleep(timeout))),
+            grace: None,
+            banned: live.as_ref().map(|slot| slot.banned()),
+            _live: live,
+            state,
+        };
+        ResponseFuture::admitted(future, Slot::None)
+    }
+}
+
+/// A connection's future under its login session: it enforces the login timeout, and
+/// cuts the connection once an eviction's grace has run out.
+#[pin_project(PinnedDrop)]
+#[must_use = "futures do nothing unless polled"]
+pub struct SessionFuture<F> {
+    #[pin]
+    inner: F,
+    state: Arc<SessionState>,
+    #[pin]
+    evicted: Requested,
+    login_deadline: Option<Pin<Box<Sleep>>>,
+    grace: Option<Pin<Box<Sleep>>>,
+    banned: Option<Pin<Box<OwnedNotified>>>,
+    _live: Option<LiveSlot>,
+}
+
+impl<F> std::fmt::Debug for SessionFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionFuture")
+            .field("authenticated", &self.state.is_authenticated())
+            .field("evicting", &self.grace.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, E> Future for SessionFuture<F>
+where
+    F: Future<Output = Result<(), E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<(), BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(outcome) = this.inner.poll(cx) {
+            return Poll::Ready(outcome.map_err(Into::into));
+        }
+        if let Some(deadline) = this.login_deadline
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            *this.login_deadline = None;
+            if !this.state.is_authenticated()
+                && let Some(limit) = this.state.shared.login_timeout
+            {
+                this.state.evict(EvictReason::LoginTimeout(limit));
+            }
+        }
+        if let Some(banned) = this.banned
+            && banned.as_mut().poll(cx).is_ready()
+        {
+            *this.banned = None;
+            this.state.evict(EvictReason::Banned);
+        }
+        if this.grace.is_none() {
+            if this.evicted.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let grace = this.state.shared.eviction_grace;
+            *this.grace = Some(Box::pin(tokio::time::sleep(grace)));
+        }
+        let grace = this.grace.as_mut().expect("set above");
+        if grace.as_mut().poll(cx).is_ready() {
+            let reason = this.state.reason();
+            tracing::debug!(%reason, "evicted connection cut after its grace");
+            return Poll::Ready(Err(Evicted { reason }.into()));
+        }
+        Poll::Pending
+    }
+}
+
+#[pinned_drop]
+impl<F> PinnedDrop for SessionFuture<F> {
+    fn drop(self: Pin<&mut Self>) {
+        // Handlers may keep the session past the connection; its place in the budget
+        // ends with the connection.
+        self.state.leave_startups();
+    }
+}
+
+/// A peer's live connections, to evict them when the peer is banned.
+#[derive(Debug, Clone)]
+pub(crate) struct LivePeer {
+    connections: u32,
+    banned: Arc<Notify>,
+}
+
+/// A connection's registration with its peer, dropped with the connection.
+struct LiveSlot {
+    shared: Arc<Shared>,
+    at: Located,
+    banned: Arc<Notify>,
+}
+
+impl LiveSlot {
+    fn register(
+        live: &PeerTable<LivePeer>,
+        key: &PeerKey,
+        state: &Arc<SessionState>,
+    ) -> Option<Self> {
+        let at = live.locate(key);
+        let mut shard = live.lock(&at);
+        let banned = match shard.get_mut() {
+            Some(peer) => {
+                peer.connections += 1;
+                peer.banned.clone()
+            }
+            None => {
+                let banned = Arc::new(Notify::new());
+                shard
+                    .insert(LivePeer {
+                        connections: 1,
+                        banned: banned.clone(),
+                    })
+                    .ok()?;
+                banned
+            }
+        };
+        Some(Self {
+            shared: state.shared.clone(),
+            at,
+            banned,
+        })
+    }
+
+    /// Resolves when the peer is banned; registered at once.
+    fn banned(&self) -> Pin<Box<OwnedNotified>> {
+        let mut notified = Box::pin(self.banned.clone().notified_owned());
+        notified.as_mut().enable();
+        notified
+    }
+}
+
+impl Drop for LiveSlot {
+    fn drop(&mut self) {
+        let Some(live) = &self.shared.live else {
+            return;
+        };
+        let mut shard = live.lock(&self.at);
+        if let Some(peer) = shard.get_mut() {
+            peer.connections -= 1;
+            if peer.connections == 0 {
+                shard.remove();
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for LiveSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveSlot").finish_non_exhaustive()
+    }
+}
+
+/// Wakes every live connection of `key` so that each evicts itself.
+pub(super) fn evict_live(live: &PeerTable<LivePeer>, key: &PeerKey) {
+    let at = live.locate(key);
+    if let Some(peer) = live.lock(&at).get_mut() {
+        peer.banned.notify_waiters();
+    }
+}
