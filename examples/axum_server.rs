@@ -13,9 +13,11 @@
 //! Protected (the default), connections run through the crate's accept loop, its
 //! protection layers (per-peer rate, per-peer cap, total cap, timeouts; see `--help` for
 //! the flags and their defaults) and its HTTP adapter; a refused connection is answered
-//! `503` or `429`. A request, for the request timeout, runs from its first byte until
-//! its head is in (or, with a body, until the handler answers). `--unprotected` serves
-//! the same router with plain `axum::serve`.
+//! `503` or `429` (a banned peer too). A request, for the request timeout, runs from its
+//! first byte until its head is in (or, with a body, until the handler answers). A `401`
+//! from `/login` is a failed login: the response is sent, then the connection is closed,
+//! and the failure counts toward the peer's ban. `--unprotected` serves the same router
+//! with plain `axum::serve`.
 
 mod common;
 
@@ -31,7 +33,8 @@ use axum::{
 use base64::Engine;
 use bytes::Bytes;
 use common::protection::Refusals;
-use tower_bouncer::{http::HttpService, serve::Server};
+use tower::Layer;
+use tower_bouncer::{http::HttpService, login::ReportLoginLayer, serve::Server};
 
 /// Refusals in HTTP/1.1, the protocol most clients open with.
 const BUSY: &[u8] =
@@ -42,11 +45,12 @@ const MAX_SLOW_MS: u64 = 10_000;
 
 #[tokio::main]
 async fn main() {
-    let args = common::Args::from_env("axum_server");
+    let args = common::Args::from_env("axum_server", None);
     common::init_logging();
     let refusals = Refusals {
         busy: Bytes::from_static(BUSY),
         too_fast: Bytes::from_static(TOO_FAST),
+        banned: Bytes::from_static(TOO_FAST),
     };
     let protection = args
         .protection
@@ -65,7 +69,7 @@ async fn main() {
     }
     let report = Server::new(listener)
         .with_graceful_shutdown(shutdown)
-        .serve(protection.around(HttpService::new(app)))
+        .serve(protection.around(HttpService::new(ReportLoginLayer::new().layer(app))))
         .await;
     if let Err(error) = report {
         common::fail(format_args!("server failed: {error}"));

@@ -17,11 +17,13 @@
 //! Protected (the default), connections run through the crate's accept loop and its
 //! layers (per-peer rate, per-peer cap, total cap, timeouts; see `--help` for the flags
 //! and their defaults; a refused connection reads `ERROR busy`). Each line is a request
-//! for the request timeout. A connection is closed right after its failed login's
-//! `DENIED` is written, and it winds down when the server shuts down or it reaches its
-//! maximum lifetime. `--unprotected`
-//! keeps the connection open after `DENIED`, as the 2005 server did, and serves from a
-//! plain tokio accept loop.
+//! for the request timeout. Logins are reported to the crate's login session: a
+//! connection is closed right after the `DENIED` of its last allowed try is written,
+//! enough failures ban the peer (its new connections read `ERROR banned`), and a
+//! connection that has not logged in within the login timeout is closed. A connection
+//! also winds down when the server shuts down or it reaches its maximum lifetime.
+//! `--unprotected` keeps the connection open after `DENIED`, as the 2005 server did,
+//! and serves from a plain tokio accept loop.
 
 mod common;
 
@@ -36,21 +38,24 @@ use tokio::{
 use tower::service_fn;
 use tower_bouncer::{
     Conn, GracefulClose,
+    login::{AfterFailure, LoginSession},
     serve::Server,
     timeout::{RequestTimer, TimedIo},
 };
 
 const MAX_LINE: usize = 1024;
-/// Failed logins a connection may make before it is closed, in protected mode.
-const MAX_AUTH_TRIES: u32 = 1;
 
 #[tokio::main]
 async fn main() {
-    let args = common::Args::from_env("login_server");
+    let args = common::Args::from_env(
+        "login_server",
+        Some(common::protection::DEFAULT_LOGIN_TIMEOUT),
+    );
     common::init_logging();
     let refusals = Refusals {
         busy: Bytes::from_static(b"ERROR busy\n"),
         too_fast: Bytes::from_static(b"ERROR busy\n"),
+        banned: Bytes::from_static(b"ERROR banned\n"),
     };
     let protection = args
         .protection
@@ -66,7 +71,7 @@ async fn main() {
     let protocol = service_fn(|mut conn: Conn<TimedIo<TcpStream>>| {
         let extensions = conn.extensions_mut();
         let session = Session {
-            max_auth_tries: Some(MAX_AUTH_TRIES),
+            login: extensions.remove::<LoginSession>(),
             close: extensions.remove::<GracefulClose>(),
             request_timer: extensions.remove::<RequestTimer>(),
         };
@@ -90,7 +95,7 @@ async fn serve_unprotected(listener: tokio::net::TcpListener, shutdown: impl Fut
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let session = Session {
-                        max_auth_tries: None,
+                        login: None,
                         close: None,
                         request_timer: None,
                     };
@@ -104,8 +109,9 @@ async fn serve_unprotected(listener: tokio::net::TcpListener, shutdown: impl Fut
 
 /// One connection's state.
 struct Session {
-    /// `None`: never close after `DENIED` (the 2005 behaviour).
-    max_auth_tries: Option<u32>,
+    /// Where logins are reported; `None`: never close after `DENIED` (the 2005
+    /// behaviour).
+    login: Option<LoginSession>,
     /// Raised when the server shuts down or the connection reaches its lifetime.
     close: Option<GracefulClose>,
     /// Told where each request (a line) ends, for the request timeout.
@@ -124,7 +130,6 @@ impl Session {
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let mut io = BufReader::new(io);
-        let mut failures = 0;
         let mut user = None;
         let close = self.close.unwrap_or_default();
         loop {
@@ -149,12 +154,17 @@ impl Session {
                     };
                     if name == "alice" && password == "secret" {
                         user = Some(name.to_owned());
+                        if let Some(login) = &self.login {
+                            login.succeeded();
+                        }
                         reply(&mut io, "OK").await?;
                     } else {
-                        failures += 1;
+                        // Written and flushed before the failure is reported: the reply
+                        // always reaches the client before the connection closes.
                         reply(&mut io, "DENIED").await?;
-                        if self.max_auth_tries.is_some_and(|max| failures >= max) {
-                            tracing::info!(failures, "login failed; closing the connection");
+                        if let Some(login) = &self.login
+                            && login.failed() == AfterFailure::Closing
+                        {
                             return Ok(());
                         }
                     }

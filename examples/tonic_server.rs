@@ -7,8 +7,9 @@
 //!
 //! A call without the token fails with `UNAUTHENTICATED`. Protected (the default), the
 //! routes run through the crate's accept loop, its protection layers (the same flags as
-//! the other examples; see `--help`) and its HTTP adapter; `--unprotected` serves them
-//! with tonic's own server.
+//! the other examples; see `--help`) and its HTTP adapter, and an `UNAUTHENTICATED` is a
+//! failed login that counts toward the peer's ban; `--unprotected` serves them with
+//! tonic's own server.
 
 mod common;
 
@@ -19,17 +20,19 @@ use tonic::{
     service::{Routes, interceptor::InterceptedService},
     transport::server::TcpIncoming,
 };
-use tower_bouncer::{http::HttpService, serve::Server};
+use tower::Layer;
+use tower_bouncer::{http::HttpService, login::ReportLoginLayer, serve::Server};
 
 #[tokio::main]
 async fn main() {
-    let args = common::Args::from_env("tonic_server");
+    let args = common::Args::from_env("tonic_server", None);
     common::init_logging();
     // gRPC clients cannot read a message sent before the HTTP/2 handshake: refuse
     // silently.
     let refusals = Refusals {
         busy: Bytes::new(),
         too_fast: Bytes::new(),
+        banned: Bytes::new(),
     };
     let protection = args
         .protection
@@ -52,7 +55,7 @@ async fn main() {
     let routes = Routes::new(health).prepare();
     let report = Server::new(listener)
         .with_graceful_shutdown(shutdown)
-        .serve(protection.around(HttpService::new(routes)))
+        .serve(protection.around(HttpService::new(ReportLoginLayer::new().layer(routes))))
         .await;
     if let Err(error) = report {
         common::fail(format_args!("server failed: {error}"));

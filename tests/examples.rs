@@ -3,83 +3,14 @@
 
 mod support;
 
-use std::{
-    net::SocketAddr,
-    path::PathBuf,
-    process::{Child, Command, Output, Stdio},
-};
+use std::process::{Command, Output};
 
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
 
-use support::*;
-
-/// The path of a built example; `cargo test` builds the examples next to the tests.
-fn example_path(name: &str) -> PathBuf {
-    let test_binary = std::env::current_exe().unwrap();
-    let profile_dir = test_binary.parent().unwrap().parent().unwrap();
-    profile_dir.join("examples").join(name)
-}
-
-/// A running example server, killed if the test fails before stopping it.
-struct Example {
-    child: Option<Child>,
-    addr: SocketAddr,
-}
-
-impl Example {
-    async fn start(name: &str, args: &[&str]) -> Self {
-        let mut child = Command::new(example_path(name))
-            .args(["--addr", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|error| panic!("cannot start example {name}: {error}"));
-        let stdout = tokio::process::ChildStdout::from_std(child.stdout.take().unwrap()).unwrap();
-        let mut first_line = String::new();
-        within(PATIENCE, BufReader::new(stdout).read_line(&mut first_line))
-            .await
-            .unwrap();
-        let addr = first_line
-            .strip_suffix('\n')
-            .and_then(|line| line.strip_prefix("listening on "))
-            .unwrap_or_else(|| panic!("unexpected first line {first_line:?}"))
-            .parse::<SocketAddr>()
-            .unwrap();
-        assert_ne!(addr.port(), 0, "the real bound port is printed");
-        Self {
-            child: Some(child),
-            addr,
-        }
-    }
-
-    /// Sends SIGTERM and expects a clean exit.
-    async fn stop(mut self) {
-        let mut child = self.child.take().unwrap();
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let status = within(PATIENCE, tokio::task::spawn_blocking(move || child.wait()))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(status.success(), "exit status {status}");
-    }
-}
-
-impl Drop for Example {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().ok();
-            child.wait().ok();
-        }
-    }
-}
+use support::{example::*, *};
 
 fn run_to_exit(name: &str, args: &[&str]) -> Output {
     Command::new(example_path(name))
@@ -121,41 +52,14 @@ fn a_bad_flag_or_value_exits_2_with_a_one_line_error() {
     }
 }
 
-/// A line-protocol client.
-struct LineClient {
-    io: BufReader<TcpStream>,
-}
-
-impl LineClient {
-    async fn connect(addr: SocketAddr) -> Self {
-        Self::connect_from(1, addr).await
+#[test]
+fn only_login_server_takes_a_login_timeout() {
+    for name in ["axum_server", "tonic_server"] {
+        let output = run_to_exit(name, &["--login-timeout", "5"]);
+        assert_eq!(output.status.code(), Some(2), "{name}");
     }
-
-    /// Connects from `127.0.0.<last>`, a distinct peer.
-    async fn connect_from(last: u8, addr: SocketAddr) -> Self {
-        Self {
-            io: BufReader::new(within(PATIENCE, connect_from(last, addr)).await),
-        }
-    }
-
-    async fn send(&mut self, line: &str) {
-        self.io.get_mut().write_all(line.as_bytes()).await.unwrap();
-        self.io.get_mut().write_all(b"\r\n").await.unwrap();
-    }
-
-    /// The next line, or `None` once the server has closed.
-    async fn line(&mut self) -> Option<String> {
-        let mut line = String::new();
-        match within(PATIENCE, self.io.read_line(&mut line)).await {
-            Ok(0) | Err(_) => None,
-            Ok(_) => Some(line.trim_end().to_owned()),
-        }
-    }
-
-    async fn ask(&mut self, line: &str) -> Option<String> {
-        self.send(line).await;
-        self.line().await
-    }
+    let output = run_to_exit("login_server", &["--login-timeout", "soon"]);
+    assert_eq!(output.status.code(), Some(2));
 }
 
 #[tokio::test]
@@ -376,18 +280,6 @@ async fn axum_server_refuses_over_its_limits_with_http_status_lines() {
     server.stop().await;
 }
 
-/// Waits for the server to close `stream`; returns how long that took.
-async fn closed_after(stream: &mut TcpStream) -> std::time::Duration {
-    let began = std::time::Instant::now();
-    let mut buf = [0u8; 256];
-    loop {
-        match within(PATIENCE, stream.read(&mut buf)).await {
-            Ok(0) | Err(_) => return began.elapsed(),
-            Ok(_) => {}
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_silent_connection_is_closed_at_the_first_byte_timeout() {
     for name in ["axum_server", "tonic_server", "login_server"] {
@@ -496,6 +388,64 @@ async fn login_server_applies_the_timeout_flags() {
         client.ask("LOGIN alice secret").await.as_deref(),
         Some("OK")
     );
+    assert_eq!(client.line().await, None);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn login_server_applies_the_login_flags() {
+    // --max-auth-tries: two tries on one connection, then closed.
+    let server = Example::start("login_server", &["--max-auth-tries", "2"]).await;
+    let mut client = LineClient::connect_from(2, server.addr).await;
+    assert_eq!(
+        client.ask("LOGIN alice wrong").await.as_deref(),
+        Some("DENIED")
+    );
+    assert_eq!(
+        client.ask("LOGIN alice wrong").await.as_deref(),
+        Some("DENIED")
+    );
+    assert_eq!(client.line().await, None);
+    server.stop().await;
+
+    // --max-failures and --ban: two failures ban the peer for half a second.
+    let server = Example::start("login_server", &["--max-failures", "2", "--ban", "0.5"]).await;
+    for _ in 0..2 {
+        let mut client = LineClient::connect_from(2, server.addr).await;
+        assert_eq!(
+            client.ask("LOGIN alice wrong").await.as_deref(),
+            Some("DENIED")
+        );
+    }
+    let mut banned = LineClient::connect_from(2, server.addr).await;
+    assert_eq!(banned.line().await.as_deref(), Some("ERROR banned"));
+    let mut other = LineClient::connect_from(3, server.addr).await;
+    assert_eq!(other.ask("LOGIN alice secret").await.as_deref(), Some("OK"));
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let mut back = LineClient::connect_from(2, server.addr).await;
+    assert_eq!(back.ask("LOGIN alice secret").await.as_deref(), Some("OK"));
+    server.stop().await;
+
+    // --exempt: never banned.
+    let server = Example::start(
+        "login_server",
+        &["--max-failures", "1", "--exempt", "127.0.0.2/32"],
+    )
+    .await;
+    for _ in 0..3 {
+        let mut client = LineClient::connect_from(2, server.addr).await;
+        assert_eq!(
+            client.ask("LOGIN alice wrong").await.as_deref(),
+            Some("DENIED")
+        );
+    }
+    server.stop().await;
+
+    // --login-timeout: connected, never logged in.
+    let server = Example::start("login_server", &["--login-timeout", "0.5"]).await;
+    let mut client = LineClient::connect_from(2, server.addr).await;
+    client.send("ECHO hello?").await;
+    assert_eq!(client.line().await.as_deref(), Some("ERROR not logged in"));
     assert_eq!(client.line().await, None);
     server.stop().await;
 }

@@ -27,12 +27,13 @@ pub struct Args {
 impl Args {
     /// Parses the process arguments; a flag that is unknown or a value that does not
     /// parse ends the process with a one-line error and status 2. `name` is the
-    /// example's, for `--help`.
-    pub fn from_env(name: &str) -> Self {
+    /// example's, for `--help`; `login_timeout` its default login timeout, if it takes
+    /// `--login-timeout`.
+    pub fn from_env(name: &str, login_timeout: Option<std::time::Duration>) -> Self {
         let mut args = Args {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             unprotected: false,
-            protection: Protection::default(),
+            protection: Protection::new(login_timeout),
         };
         let mut argv = std::env::args().skip(1);
         while let Some(flag) = argv.next() {
@@ -45,6 +46,9 @@ impl Args {
                         "  --unprotected         no protection at all; protection flags are ignored"
                     );
                     println!("{}", protection::USAGE);
+                    if login_timeout.is_some() {
+                        println!("{}", protection::LOGIN_TIMEOUT_USAGE);
+                    }
                     process::exit(0);
                 }
                 other => {

@@ -9,6 +9,7 @@ use ipnet::IpNet;
 use tower_bouncer::{
     ConfigError,
     limit::{ConnectionLimit, ConnectionLimitLayer},
+    login::{BanCheck, Login, LoginSessions},
     peer::PeerKeying,
     peer_limit::{PeerLimit, PeerLimitLayer},
     rate_limit::{Rate, RateLimit, RateLimitLayer},
@@ -35,8 +36,18 @@ pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Ask a connection this old to close, and cut it 30 seconds later.
 pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(3600);
+/// Failed logins one connection may make before it is closed.
+pub const DEFAULT_MAX_AUTH_TRIES: u32 = 1;
+/// Failed logins from one peer key within the failure window that ban it.
+pub const DEFAULT_MAX_FAILURES: u32 = 5;
+/// The window failed logins are counted in.
+pub const DEFAULT_FAILURE_WINDOW: Duration = Duration::from_secs(600);
+/// The first ban; each repeat offence doubles it, up to 24 hours.
+pub const DEFAULT_BAN: Duration = Duration::from_secs(600);
+/// login_server: close a connection that has not logged in this long after connecting.
+pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The `--help` lines of the protection flags.
+/// The `--help` lines of the protection flags every example takes.
 pub const USAGE: &str = "\
   --max-connections N   concurrent connections in all (default 4096)
   --backpressure        when at --max-connections, stop accepting instead of refusing
@@ -45,13 +56,21 @@ pub const USAGE: &str = "\
   --rate N              new connections per second per peer key (default 20)
   --burst N             burst for --rate (default: the rate)
   --global-rate N       new connections per second in all (default 2000)
-  --exempt CIDR         peers that skip per-peer limits and rates (repeatable)
+  --exempt CIDR         peers that skip per-peer limits, rates and bans (repeatable)
   --idle-timeout S      close a connection idle for S seconds (default 60)
   --first-byte-timeout S
                         close a connection silent for S seconds after connecting (default 10)
   --request-timeout S   close a connection whose request is not complete S seconds
                         after its first byte (default 10)
-  --max-lifetime S      close a connection older than S seconds gracefully (default 3600)";
+  --max-lifetime S      close a connection older than S seconds gracefully (default 3600)
+  --max-auth-tries N    failed logins on one connection before it is closed (default 1)
+  --max-failures N      failed logins per peer key within --failure-window that ban it (default 5)
+  --failure-window S    the window failed logins are counted in (default 600)
+  --ban S               the first ban; each repeat offence doubles it, up to 24 hours (default 600)";
+
+/// The `--help` line of the flag only login_server takes.
+pub const LOGIN_TIMEOUT_USAGE: &str = "\
+  --login-timeout S     close a connection not logged in S seconds after connecting (default 30)";
 
 /// The protection settings, from the defaults and the flags.
 #[derive(Debug, Clone)]
@@ -68,10 +87,18 @@ pub struct Protection {
     pub first_byte_timeout: Duration,
     pub request_timeout: Duration,
     pub max_lifetime: Duration,
+    pub max_auth_tries: u32,
+    pub max_failures: u32,
+    pub failure_window: Duration,
+    pub ban: Duration,
+    /// `None` for the examples that take no `--login-timeout`.
+    pub login_timeout: Option<Duration>,
 }
 
-impl Default for Protection {
-    fn default() -> Self {
+impl Protection {
+    /// The defaults; `login_timeout` is `Some` for a server whose every connection logs
+    /// in, which then takes `--login-timeout`.
+    pub fn new(login_timeout: Option<Duration>) -> Self {
         Self {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             backpressure: false,
@@ -85,6 +112,11 @@ impl Default for Protection {
             first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_lifetime: DEFAULT_MAX_LIFETIME,
+            max_auth_tries: DEFAULT_MAX_AUTH_TRIES,
+            max_failures: DEFAULT_MAX_FAILURES,
+            failure_window: DEFAULT_FAILURE_WINDOW,
+            ban: DEFAULT_BAN,
+            login_timeout,
         }
     }
 }
@@ -113,20 +145,29 @@ pub struct Refusals {
     pub busy: Bytes,
     /// Over a rate.
     pub too_fast: Bytes,
+    /// From a banned peer.
+    pub banned: Bytes,
 }
 
-/// The protection layers, outermost first: rate, per-peer cap, total cap, timeouts.
+/// The protection layers, outermost first: bans, rate, per-peer cap, total cap,
+/// timeouts, login sessions.
 #[derive(Debug, Clone)]
 pub struct Layers {
+    pub login: Login,
     pub rate: RateLimitLayer,
     pub per_peer: PeerLimitLayer,
     pub total: ConnectionLimitLayer,
     pub timeouts: TimeoutLayer,
 }
 
+/// The service type of a protocol `S` under every protection layer.
+pub type Protected<S> = BanCheck<RateLimit<PeerLimit<ConnectionLimit<Timeout<LoginSessions<S>>>>>>;
+
 impl Protection {
     /// Takes `flag` (and its value from `argv`) if it is a protection flag.
     pub fn parse_flag(&mut self, flag: &str, argv: &mut impl Iterator<Item = String>) -> bool {
+        let seconds =
+            |argv: &mut dyn Iterator<Item = String>| value::<Seconds>(flag, argv.next()).0;
         match flag {
             "--max-connections" => self.max_connections = value(flag, argv.next()),
             "--backpressure" => self.backpressure = true,
@@ -136,12 +177,17 @@ impl Protection {
             "--burst" => self.burst = Some(value(flag, argv.next())),
             "--global-rate" => self.global_rate = value(flag, argv.next()),
             "--exempt" => self.exempt.push(value(flag, argv.next())),
-            "--idle-timeout" => self.idle_timeout = value::<Seconds>(flag, argv.next()).0,
-            "--first-byte-timeout" => {
-                self.first_byte_timeout = value::<Seconds>(flag, argv.next()).0;
+            "--idle-timeout" => self.idle_timeout = seconds(argv),
+            "--first-byte-timeout" => self.first_byte_timeout = seconds(argv),
+            "--request-timeout" => self.request_timeout = seconds(argv),
+            "--max-lifetime" => self.max_lifetime = seconds(argv),
+            "--max-auth-tries" => self.max_auth_tries = value(flag, argv.next()),
+            "--max-failures" => self.max_failures = value(flag, argv.next()),
+            "--failure-window" => self.failure_window = seconds(argv),
+            "--ban" => self.ban = seconds(argv),
+            "--login-timeout" if self.login_timeout.is_some() => {
+                self.login_timeout = Some(seconds(argv));
             }
-            "--request-timeout" => self.request_timeout = value::<Seconds>(flag, argv.next()).0,
-            "--max-lifetime" => self.max_lifetime = value::<Seconds>(flag, argv.next()).0,
             _ => return false,
         }
         true
@@ -167,7 +213,7 @@ impl Protection {
             .refusal_message(refusals.too_fast.clone())
             .build()?;
         let per_peer = PeerLimitLayer::builder(self.max_per_peer)
-            .keying(keying)
+            .keying(keying.clone())
             .refusal_message(refusals.busy.clone())
             .build()?;
         let mut total = ConnectionLimitLayer::builder(self.max_connections)
@@ -182,6 +228,18 @@ impl Protection {
             .request(self.request_timeout)
             .lifetime(self.max_lifetime)
             .build()?;
+        let mut login = Login::builder()
+            .keying(keying)
+            .max_auth_tries(self.max_auth_tries)
+            .max_failures(self.max_failures)
+            .failure_window(self.failure_window)
+            .ban(self.ban)
+            .evict_banned_connections(true)
+            .ban_message(refusals.banned.clone());
+        if let Some(timeout) = self.login_timeout {
+            login = login.login_timeout(timeout);
+        }
+        let login = login.build()?;
         tracing::info!(
             max_connections = self.max_connections,
             backpressure = self.backpressure,
@@ -195,9 +253,15 @@ impl Protection {
             first_byte_timeout = ?self.first_byte_timeout,
             request_timeout = ?self.request_timeout,
             max_lifetime = ?self.max_lifetime,
+            max_auth_tries = self.max_auth_tries,
+            max_failures = self.max_failures,
+            failure_window = ?self.failure_window,
+            ban = ?self.ban,
+            login_timeout = ?self.login_timeout,
             "protections on"
         );
         Ok(Layers {
+            login,
             rate,
             per_peer,
             total,
@@ -208,12 +272,14 @@ impl Protection {
 
 impl Layers {
     /// Puts `inner` under the protection layers.
-    pub fn around<S>(&self, inner: S) -> RateLimit<PeerLimit<ConnectionLimit<Timeout<S>>>> {
+    pub fn around<S>(&self, inner: S) -> Protected<S> {
         tower::ServiceBuilder::new()
+            .layer(self.login.ban_layer())
             .layer(self.rate.clone())
             .layer(self.per_peer.clone())
             .layer(self.total.clone())
             .layer(self.timeouts.clone())
+            .layer(self.login.session_layer())
             .service(inner)
     }
 }
