@@ -34,28 +34,25 @@ async fn main() {
         too_fast: Bytes::new(),
         banned: Bytes::new(),
     };
-    let protection = args
-        .protection
-        .layers(&refusals)
-        .unwrap_or_else(|error| common::fail(error));
+    let layers = common::layers(&args, refusals);
     let shutdown = common::shutdown_signal();
     let listener = common::bind(args.addr).await;
 
     let (_reporter, health) = tonic_health::server::health_reporter();
     let health = InterceptedService::new(health, require_token);
 
-    if args.unprotected {
+    let Some(layers) = layers else {
         tonic::transport::Server::builder()
             .add_service(health)
             .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
             .await
             .unwrap_or_else(|error| common::fail(format_args!("server failed: {error}")));
         return;
-    }
+    };
     let routes = Routes::new(health).prepare();
     let report = Server::new(listener)
         .with_graceful_shutdown(shutdown)
-        .serve(protection.around(HttpService::new(ReportLoginLayer::new().layer(routes))))
+        .serve(layers.around(HttpService::new(ReportLoginLayer::new().layer(routes))))
         .await;
     if let Err(error) = report {
         common::fail(format_args!("server failed: {error}"));

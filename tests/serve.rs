@@ -309,3 +309,18 @@ impl io::Write for CaptureWriter {
         Ok(())
     }
 }
+
+#[test]
+fn the_descriptor_limit_can_be_raised_to_the_hard_limit() {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let hard: u64 = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .and_then(|line| line.split_whitespace().nth(4))
+        .and_then(|value| value.parse().ok())
+        .unwrap();
+    assert_eq!(
+        tower_bouncer::serve::raise_descriptor_limit().unwrap(),
+        hard
+    );
+}

@@ -9,9 +9,11 @@ use std::{fmt::Display, io::Write, net::SocketAddr, process, str::FromStr};
 
 use tokio::net::TcpListener;
 
+pub mod axum_app;
+pub mod login_protocol;
 pub mod protection;
 
-use protection::Protection;
+use protection::{Layers, Protection, Refusals};
 
 /// The flags every example server takes.
 #[derive(Debug)]
@@ -60,6 +62,24 @@ impl Args {
         }
         args
     }
+}
+
+/// The protection layers the flags ask for, or `None` with `--unprotected`. Protected,
+/// the process first raises its descriptor limit (as Go does at start), so that the
+/// connection cap binds before the descriptor limit. A setting that cannot work ends
+/// the process with a one-line error and status 2.
+pub fn layers(args: &Args, refusals: Refusals) -> Option<Layers> {
+    if !args.unprotected {
+        match tower_bouncer::serve::raise_descriptor_limit() {
+            Ok(limit) => tracing::info!(limit, "descriptor limit"),
+            Err(error) => tracing::warn!(%error, "cannot raise the descriptor limit"),
+        }
+    }
+    let layers = args
+        .protection
+        .layers(&refusals)
+        .unwrap_or_else(|error| fail(error));
+    (!args.unprotected).then_some(layers)
 }
 
 /// Parses the value that follows `flag`.

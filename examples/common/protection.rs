@@ -18,8 +18,18 @@ use tower_bouncer::{
 
 use super::value;
 
-/// Concurrent connections, all peers together.
+/// Concurrent connections, all peers together: at most this many, and at most three
+/// quarters of the process's descriptor limit, leaving room for everything else.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// The default cap on concurrent connections under the current descriptor limit.
+fn default_max_connections() -> usize {
+    let (soft, _) = rlimit::Resource::NOFILE
+        .get()
+        .unwrap_or((u64::MAX, u64::MAX));
+    let room = usize::try_from(soft / 4 * 3).unwrap_or(usize::MAX);
+    DEFAULT_MAX_CONNECTIONS.min(room).max(1)
+}
 /// Concurrent connections per peer key.
 pub const DEFAULT_MAX_PER_PEER: usize = 32;
 /// New connections per second per peer key; the burst is the same unless `--burst`.
@@ -49,7 +59,8 @@ pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The `--help` lines of the protection flags every example takes.
 pub const USAGE: &str = "\
-  --max-connections N   concurrent connections in all (default 4096)
+  --max-connections N   concurrent connections in all (default 4096, or 3/4 of the
+                        descriptor limit if that is less)
   --backpressure        when at --max-connections, stop accepting instead of refusing
   --max-per-peer N      concurrent connections per peer key (default 32)
   --ipv6-prefix N       prefix length of an IPv6 peer key (default 64)
@@ -75,7 +86,8 @@ pub const LOGIN_TIMEOUT_USAGE: &str = "\
 /// The protection settings, from the defaults and the flags.
 #[derive(Debug, Clone)]
 pub struct Protection {
-    pub max_connections: usize,
+    /// `None`: [`default_max_connections`], worked out when the layers are built.
+    pub max_connections: Option<usize>,
     pub backpressure: bool,
     pub max_per_peer: usize,
     pub ipv6_prefix: u8,
@@ -100,7 +112,7 @@ impl Protection {
     /// in, which then takes `--login-timeout`.
     pub fn new(login_timeout: Option<Duration>) -> Self {
         Self {
-            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections: None,
             backpressure: false,
             max_per_peer: DEFAULT_MAX_PER_PEER,
             ipv6_prefix: DEFAULT_IPV6_PREFIX,
@@ -169,7 +181,7 @@ impl Protection {
         let seconds =
             |argv: &mut dyn Iterator<Item = String>| value::<Seconds>(flag, argv.next()).0;
         match flag {
-            "--max-connections" => self.max_connections = value(flag, argv.next()),
+            "--max-connections" => self.max_connections = Some(value(flag, argv.next())),
             "--backpressure" => self.backpressure = true,
             "--max-per-peer" => self.max_per_peer = value(flag, argv.next()),
             "--ipv6-prefix" => self.ipv6_prefix = value(flag, argv.next()),
@@ -216,8 +228,9 @@ impl Protection {
             .keying(keying.clone())
             .refusal_message(refusals.busy.clone())
             .build()?;
-        let mut total = ConnectionLimitLayer::builder(self.max_connections)
-            .refusal_message(refusals.busy.clone());
+        let max_connections = self.max_connections.unwrap_or_else(default_max_connections);
+        let mut total =
+            ConnectionLimitLayer::builder(max_connections).refusal_message(refusals.busy.clone());
         if self.backpressure {
             total = total.backpressure();
         }
@@ -241,7 +254,7 @@ impl Protection {
         }
         let login = login.build()?;
         tracing::info!(
-            max_connections = self.max_connections,
+            max_connections,
             backpressure = self.backpressure,
             max_per_peer = self.max_per_peer,
             rate = self.rate,

@@ -221,6 +221,22 @@ impl<L: Listener, F> Server<L, F> {
     }
 }
 
+/// Raises this process's soft limit on open descriptors to its hard limit, as Go's
+/// runtime does when a program starts, and returns the new soft limit.
+///
+/// Many systems start processes with a soft limit of 1024 descriptors, far below what
+/// the kernel allows them. A server left there runs out of descriptors before it runs
+/// out of anything else, and a connection cap set from the raised limit is what binds
+/// instead. Call it once, at startup.
+///
+/// # Errors
+///
+/// If the limit cannot be read or set.
+#[cfg(unix)]
+pub fn raise_descriptor_limit() -> io::Result<u64> {
+    rlimit::increase_nofile_limit(u64::MAX)
+}
+
 /// How a graceful shutdown went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]

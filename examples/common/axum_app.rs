@@ -1,0 +1,103 @@
+//! The axum_server application, shared by the example and the siege's server mode.
+
+use std::time::Duration;
+
+use axum::{
+    Router,
+    extract::RawQuery,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use base64::Engine;
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tower::Layer;
+use tower_bouncer::{http::HttpService, login::ReportLoginLayer, serve::Server};
+
+use super::protection::{Layers, Refusals};
+
+/// Refusals in HTTP/1.1, the protocol most clients open with.
+const BUSY: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+const TOO_FAST: &[u8] =
+    b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+const MAX_SLOW_MS: u64 = 10_000;
+
+/// What a refused connection reads.
+pub fn refusals() -> Refusals {
+    Refusals {
+        busy: Bytes::from_static(BUSY),
+        too_fast: Bytes::from_static(TOO_FAST),
+        banned: Bytes::from_static(TOO_FAST),
+    }
+}
+
+/// Serves the application until `shutdown`: under `layers` through the crate's accept
+/// loop and HTTP adapter, or, without layers, with plain `axum::serve`.
+pub async fn serve(
+    listener: TcpListener,
+    layers: Option<&Layers>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let Some(layers) = layers else {
+        axum::serve(listener, app())
+            .with_graceful_shutdown(shutdown)
+            .await
+            .expect("axum::serve never fails");
+        return;
+    };
+    let http = HttpService::new(ReportLoginLayer::new().layer(app()));
+    let report = Server::new(listener)
+        .with_graceful_shutdown(shutdown)
+        .serve(layers.around(http))
+        .await;
+    if let Err(error) = report {
+        super::fail(format_args!("server failed: {error}"));
+    }
+}
+
+fn app() -> Router {
+    Router::new()
+        .route("/", get(|| async { "hello\n" }))
+        .route("/login", get(login))
+        .route("/slow", get(slow))
+}
+
+async fn login(headers: HeaderMap) -> Response {
+    match basic_credentials(&headers) {
+        Some((user, password)) if user == "alice" && password == "secret" => {
+            format!("welcome {user}\n").into_response()
+        }
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, r#"Basic realm="demo""#)],
+            "unauthorized\n",
+        )
+            .into_response(),
+    }
+}
+
+/// The user and password of an `Authorization: Basic` header, if it holds any.
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let encoded = value.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let (user, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
+}
+
+/// `GET /slow?ms=N`: answers after N milliseconds, at most 10 seconds.
+async fn slow(RawQuery(query): RawQuery) -> Response {
+    let ms = match query.as_deref().and_then(|q| q.strip_prefix("ms=")) {
+        None => 0,
+        Some(ms) => match ms.parse::<u64>() {
+            Ok(ms) => ms.min(MAX_SLOW_MS),
+            Err(_) => return (StatusCode::BAD_REQUEST, "ms must be a number\n").into_response(),
+        },
+    };
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    "done\n".into_response()
+}
