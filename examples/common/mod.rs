@@ -32,12 +32,22 @@ impl Args {
     /// example's, for `--help`; `login_timeout` its default login timeout, if it takes
     /// `--login-timeout`.
     pub fn from_env(name: &str, login_timeout: Option<std::time::Duration>) -> Self {
+        Self::parse(name, login_timeout, std::env::args().skip(1))
+    }
+
+    /// Parses `argv` (the arguments after the program's name) as [`from_env`] does.
+    ///
+    /// [`from_env`]: Self::from_env
+    pub fn parse(
+        name: &str,
+        login_timeout: Option<std::time::Duration>,
+        mut argv: impl Iterator<Item = String>,
+    ) -> Self {
         let mut args = Args {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             unprotected: false,
             protection: Protection::new(login_timeout),
         };
-        let mut argv = std::env::args().skip(1);
         while let Some(flag) = argv.next() {
             match flag.as_str() {
                 "--addr" => args.addr = value(&flag, argv.next()),

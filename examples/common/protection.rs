@@ -283,7 +283,45 @@ impl Protection {
     }
 }
 
+/// What the layers did to connections, all layers together.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tally {
+    /// Refused at admission: rates, limits, bans, the pre-authentication budget.
+    pub refused: u64,
+    /// Closed after admission: timeouts, and evictions after failed logins.
+    pub evicted: u64,
+    /// Peers banned for failed logins.
+    pub banned: u64,
+}
+
 impl Layers {
+    /// Adds up the layers' counters.
+    pub fn tally(&self) -> Tally {
+        let rate = self.rate.stats();
+        let per_peer = self.per_peer.stats();
+        let total = self.total.stats();
+        let timeouts = self.timeouts.stats();
+        let login = self.login.stats();
+        Tally {
+            refused: rate.refused_peer_rate
+                + rate.refused_global_rate
+                + rate.refused_table_full
+                + per_peer.refused_peer_limit
+                + per_peer.refused_table_full
+                + total.refused
+                + login.refused_banned
+                + login.refused_startups,
+            evicted: timeouts.first_byte
+                + timeouts.idle
+                + timeouts.request
+                + timeouts.lifetime_cut
+                + login.evicted_after_failures
+                + login.evicted_login_timeout
+                + login.evicted_banned,
+            banned: login.bans,
+        }
+    }
+
     /// Puts `inner` under the protection layers.
     pub fn around<S>(&self, inner: S) -> Protected<S> {
         tower::ServiceBuilder::new()

@@ -1,0 +1,307 @@
+//! The siege: each attack, against the same server twice, unprotected and protected with
+//! the crate's documented defaults, on loopback, in about a minute.
+//!
+//! ```text
+//! cargo run --release --example siege -- [--quick | --long] [--json FILE] [--plot FILE.svg]
+//! ```
+//!
+//! Each server runs in its own process (the siege re-executes itself in a server mode,
+//! with the common default limit of 1024 open descriptors), so its descriptors, memory
+//! and CPU are measured apart from the attackers. Throughout each attack a legitimate
+//! client, on an address of its own, makes a request every 100 ms on a new connection.
+//! Every attack is bounded in connections and in time, and only touches 127.0.0.0/8.
+//!
+//! With `--haproxy`, the HTTP attacks also run against the unprotected server behind
+//! HAProxy configured with its nearest equivalents (`haproxy` must be installed).
+
+mod attacks;
+#[path = "../common/mod.rs"]
+mod common;
+mod haproxy;
+mod monitor;
+mod report;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use attacks::{App, Attack};
+use report::{Row, Side};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+/// The descriptor limit the servers start with: the common default.
+const SERVER_DESCRIPTORS: u32 = 1024;
+
+#[derive(Debug, Clone)]
+struct Options {
+    /// How long each attack runs.
+    duration: Duration,
+    json: Option<PathBuf>,
+    plot: Option<PathBuf>,
+    haproxy: bool,
+}
+
+fn main() {
+    let mut argv = std::env::args().skip(1).peekable();
+    if argv.peek().map(String::as_str) == Some("serve") {
+        argv.next();
+        serve_mode(argv);
+        return;
+    }
+    let options = parse(argv);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(siege(options));
+}
+
+fn parse(mut argv: impl Iterator<Item = String>) -> Options {
+    let mut options = Options {
+        duration: Duration::from_secs(4),
+        json: None,
+        plot: None,
+        haproxy: false,
+    };
+    while let Some(flag) = argv.next() {
+        match flag.as_str() {
+            "--quick" => options.duration = Duration::from_millis(1500),
+            "--long" => options.duration = Duration::from_secs(15),
+            "--json" => options.json = Some(common::value(&flag, argv.next())),
+            "--plot" => options.plot = Some(common::value(&flag, argv.next())),
+            "--haproxy" => options.haproxy = true,
+            "-h" | "--help" => {
+                println!(
+                    "usage: siege [--quick | --long] [--json FILE] [--plot FILE.svg] [--haproxy]"
+                );
+                std::process::exit(0);
+            }
+            _ => common::fail(format_args!("unknown flag `{flag}` (see --help)")),
+        }
+    }
+    options
+}
+
+/// `siege serve axum|login [server flags]`: one of the example servers, in this process;
+/// on SIGTERM it prints what its layers did as one `tally` line on stdout.
+fn serve_mode(mut argv: impl Iterator<Item = String>) {
+    let app = match argv.next().as_deref() {
+        Some("axum") => App::Axum,
+        Some("login") => App::Login,
+        other => common::fail(format_args!("serve what? {other:?}")),
+    };
+    let login_timeout = (app == App::Login).then_some(common::protection::DEFAULT_LOGIN_TIMEOUT);
+    let args = common::Args::parse(app.name(), login_timeout, argv);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(async {
+        common::init_logging();
+        let refusals = match app {
+            App::Axum => common::axum_app::refusals(),
+            App::Login => common::login_protocol::refusals(),
+        };
+        let layers = common::layers(&args, refusals);
+        let shutdown = common::shutdown_signal();
+        let listener = common::bind(args.addr).await;
+        match app {
+            App::Axum => common::axum_app::serve(listener, layers.as_ref(), shutdown).await,
+            App::Login => common::login_protocol::serve(listener, layers.as_ref(), shutdown).await,
+        }
+        let tally = layers.map(|layers| layers.tally()).unwrap_or_default();
+        println!(
+            "tally refused={} evicted={} banned={}",
+            tally.refused, tally.evicted, tally.banned
+        );
+    });
+}
+
+/// A server process started for one attack.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    stdout: BufReader<tokio::process::ChildStdout>,
+}
+
+impl Server {
+    /// Starts `app` in a child process with [`SERVER_DESCRIPTORS`] open descriptors
+    /// allowed (`protected` raises that to the hard limit itself, as the examples do).
+    async fn start(app: App, protected: bool) -> Self {
+        let myself = std::env::current_exe().expect("the siege's own path");
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!(
+                "ulimit -Sn {SERVER_DESCRIPTORS} && exec \"$0\" \"$@\""
+            ))
+            .arg(myself)
+            .args(["serve", app.arg()])
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        if !protected {
+            command.arg("--unprotected");
+        }
+        let mut child = command.spawn().expect("starting a server process");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let mut line = String::new();
+        tokio::time::timeout(Duration::from_secs(10), stdout.read_line(&mut line))
+            .await
+            .expect("the server announces its address")
+            .expect("reading the server's stdout");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        Self {
+            child,
+            addr,
+            stdout,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// Stops the server and reads what its layers did.
+    async fn stop(mut self) -> common::protection::Tally {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let mut tally = common::protection::Tally::default();
+        let read = async {
+            let mut line = String::new();
+            while self.stdout.read_line(&mut line).await.unwrap_or(0) > 0 {
+                if let Some(rest) = line.trim().strip_prefix("tally ") {
+                    for field in rest.split(' ') {
+                        let (name, value) = field.split_once('=').unwrap_or((field, "0"));
+                        let value = value.parse().unwrap_or(0);
+                        match name {
+                            "refused" => tally.refused = value,
+                            "evicted" => tally.evicted = value,
+                            "banned" => tally.banned = value,
+                            _ => {}
+                        }
+                    }
+                }
+                line.clear();
+            }
+        };
+        // A server that does not drain in time is killed: the figures are still read.
+        if tokio::time::timeout(Duration::from_secs(15), read)
+            .await
+            .is_err()
+        {
+            let _ = self.child.start_kill();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+        tally
+    }
+}
+
+async fn siege(options: Options) {
+    // The attackers hold thousands of sockets.
+    let _ = tower_bouncer::serve::raise_descriptor_limit();
+    let began = Instant::now();
+    println!(
+        "tower-bouncer siege: {} attacks, {:.1} s each, unprotected then protected{}",
+        Attack::ALL.len(),
+        options.duration.as_secs_f64(),
+        if options.haproxy {
+            ", then behind HAProxy"
+        } else {
+            ""
+        }
+    );
+    let haproxy = if options.haproxy {
+        match haproxy::HaproxyBinary::find() {
+            Some(binary) => Some(binary),
+            None => common::fail("--haproxy: no haproxy on PATH (apt-get install haproxy)"),
+        }
+    } else {
+        None
+    };
+
+    let mut rows = Vec::new();
+    for attack in Attack::ALL {
+        let mut sides = vec![Side::Unprotected, Side::Protected];
+        if haproxy.is_some() && attack.app() == App::Axum {
+            sides.push(Side::Haproxy);
+        }
+        for side in sides {
+            eprint!("  {:<22} {:<12} ", attack.name(), side.name());
+            let row = run_one(attack, side, &options, haproxy.as_ref()).await;
+            eprintln!(
+                "legit {:>5.1}% ok, {} server descriptors at peak",
+                row.legit_success() * 100.0,
+                row.peak_descriptors
+            );
+            rows.push(row);
+        }
+    }
+    println!();
+    print!("{}", report::table(&rows));
+    println!();
+    println!("{}", report::verdict(&rows));
+    println!("(took {:.0} s)", began.elapsed().as_secs_f64());
+    if let Some(path) = &options.json {
+        std::fs::write(path, report::json(&rows, &options.duration)).unwrap_or_else(|error| {
+            common::fail(format_args!("writing {}: {error}", path.display()))
+        });
+        println!("figures written to {}", path.display());
+    }
+    if let Some(path) = &options.plot {
+        report::plot(&rows, path).unwrap_or_else(|error| {
+            common::fail(format_args!("plotting {}: {error}", path.display()))
+        });
+        println!("plot written to {}", path.display());
+    }
+}
+
+/// Runs `attack` against a fresh server on `side`, with the legitimate client and the
+/// monitor alongside, and gathers the figures.
+async fn run_one(
+    attack: Attack,
+    side: Side,
+    options: &Options,
+    haproxy: Option<&haproxy::HaproxyBinary>,
+) -> Row {
+    let server = Server::start(attack.app(), side == Side::Protected).await;
+    let proxy = match (side, haproxy) {
+        (Side::Haproxy, Some(binary)) => Some(binary.start(server.addr).await),
+        _ => None,
+    };
+    let target = proxy.as_ref().map_or(server.addr, |proxy| proxy.addr);
+    let mut pids = vec![server.pid()];
+    pids.extend(proxy.as_ref().map(|proxy| proxy.pid()));
+
+    let began = Instant::now();
+    let monitor = monitor::start(server.pid(), pids.clone(), began);
+    let legit = tokio::spawn(attacks::legit(
+        attack.app(),
+        target,
+        began,
+        options.duration,
+    ));
+    // A moment of legitimate traffic alone, then the attack.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let attack_ends = Instant::now() + options.duration;
+    let opened = attack.run(target, attack_ends).await;
+
+    let samples = legit.await.expect("the legitimate client");
+    let usage = monitor.finish().await;
+    drop(proxy);
+    let tally = server.stop().await;
+    Row::new(attack, side, opened, samples, usage, tally)
+}

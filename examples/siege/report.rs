@@ -1,0 +1,336 @@
+//! The siege's figures: the table, the verdict, the JSON and the plot.
+
+use std::{path::Path, time::Duration};
+
+use plotters::prelude::*;
+
+use super::{
+    attacks::{Attack, Sample},
+    common::protection::Tally,
+    monitor::Usage,
+};
+
+/// The legitimate client was served if at least this share of its requests succeeded.
+const SERVED: f64 = 0.95;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Unprotected,
+    Protected,
+    Haproxy,
+}
+
+impl Side {
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Unprotected => "unprotected",
+            Side::Protected => "protected",
+            Side::Haproxy => "HAProxy",
+        }
+    }
+
+    fn color(self) -> RGBColor {
+        match self {
+            Side::Unprotected => RGBColor(200, 50, 40),
+            Side::Protected => RGBColor(30, 120, 60),
+            Side::Haproxy => RGBColor(40, 80, 190),
+        }
+    }
+}
+
+/// One attack against one server.
+pub struct Row {
+    pub attack: Attack,
+    pub side: Side,
+    /// Connections the attacker opened.
+    pub opened: usize,
+    pub samples: Vec<Sample>,
+    pub usage: Usage,
+    pub peak_descriptors: usize,
+    pub tally: Tally,
+}
+
+impl Row {
+    pub fn new(
+        attack: Attack,
+        side: Side,
+        opened: usize,
+        samples: Vec<Sample>,
+        usage: Usage,
+        tally: Tally,
+    ) -> Self {
+        Self {
+            attack,
+            side,
+            opened,
+            peak_descriptors: usage.peak_descriptors,
+            samples,
+            usage,
+            tally,
+        }
+    }
+
+    pub fn legit_success(&self) -> f64 {
+        let ok = self.samples.iter().filter(|s| s.latency.is_some()).count();
+        ok as f64 / self.samples.len().max(1) as f64
+    }
+
+    /// The `q` quantile of the successful requests' latency.
+    fn latency_quantile(&self, q: f64) -> Option<Duration> {
+        let mut latencies: Vec<Duration> = self.samples.iter().filter_map(|s| s.latency).collect();
+        if latencies.is_empty() {
+            return None;
+        }
+        latencies.sort();
+        let index = ((latencies.len() - 1) as f64 * q).round() as usize;
+        Some(latencies[index])
+    }
+
+    fn served(&self) -> bool {
+        self.legit_success() >= SERVED
+    }
+}
+
+fn ms(latency: Option<Duration>) -> String {
+    latency.map_or_else(
+        || "-".to_owned(),
+        |l| format!("{:.1} ms", l.as_secs_f64() * 1000.0),
+    )
+}
+
+/// The table, one line per attack and server.
+pub fn table(rows: &[Row]) -> String {
+    let header = [
+        "attack",
+        "server",
+        "peak fds",
+        "peak memory",
+        "legit ok",
+        "legit p50",
+        "legit p99",
+        "refused",
+        "evicted",
+        "banned",
+    ];
+    let mut lines = vec![header.map(str::to_owned).to_vec()];
+    for row in rows {
+        let tally = |value: u64| {
+            if row.side == Side::Protected {
+                value.to_string()
+            } else {
+                "-".to_owned()
+            }
+        };
+        lines.push(vec![
+            row.attack.name().to_owned(),
+            row.side.name().to_owned(),
+            row.peak_descriptors.to_string(),
+            format!("{:.1} MiB", row.usage.peak_rss_kib as f64 / 1024.0),
+            format!("{:.1}%", row.legit_success() * 100.0),
+            ms(row.latency_quantile(0.5)),
+            ms(row.latency_quantile(0.99)),
+            tally(row.tally.refused),
+            tally(row.tally.evicted),
+            tally(row.tally.banned),
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|column| {
+            lines
+                .iter()
+                .map(|line| line[column].len())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for (index, line) in lines.iter().enumerate() {
+        let cells: Vec<String> = line
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(column, (cell, width))| {
+                if column < 2 {
+                    format!("{cell:<width$}")
+                } else {
+                    format!("{cell:>width$}")
+                }
+            })
+            .collect();
+        out.push_str(&format!("| {} |\n", cells.join(" | ")));
+        if index == 0 {
+            let rules: Vec<String> = widths.iter().map(|width| "-".repeat(*width)).collect();
+            out.push_str(&format!("|-{}-|\n", rules.join("-|-")));
+        }
+    }
+    out.push_str(
+        "\nrefused / evicted / banned: what the protected server's layers did (rates, limits, \
+         bans at accept / timeouts and failed-login evictions / peers banned); \
+         the unprotected server does none of it.\n",
+    );
+    out
+}
+
+/// One sentence per side saying whether the legitimate client was served through every
+/// attack.
+pub fn verdict(rows: &[Row]) -> String {
+    let failed = |side: Side| -> Vec<&str> {
+        rows.iter()
+            .filter(|row| row.side == side && !row.served())
+            .map(|row| row.attack.name())
+            .collect()
+    };
+    let threshold = SERVED * 100.0;
+    let mut out = String::new();
+    let protected = failed(Side::Protected);
+    if protected.is_empty() {
+        out.push_str(&format!(
+            "The protected server kept serving its legitimate client through every attack (at least {threshold:.0}% of requests answered in each)."
+        ));
+    } else {
+        out.push_str(&format!(
+            "The protected server did NOT keep serving its legitimate client through: {} (under {threshold:.0}% answered).",
+            protected.join(", ")
+        ));
+    }
+    let unprotected = failed(Side::Unprotected);
+    out.push_str(&format!(
+        "\nThe unprotected server failed its legitimate client under {} of {} attacks{}.",
+        unprotected.len(),
+        Attack::ALL.len(),
+        if unprotected.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", unprotected.join(", "))
+        }
+    ));
+    if rows.iter().any(|row| row.side == Side::Haproxy) {
+        let haproxy = failed(Side::Haproxy);
+        out.push_str(&format!(
+            "\nBehind HAProxy the legitimate client was not served through {} of the HTTP attacks{}.",
+            haproxy.len(),
+            if haproxy.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", haproxy.join(", "))
+            }
+        ));
+    }
+    out
+}
+
+/// The figures and the time series, as JSON.
+pub fn json(rows: &[Row], duration: &Duration) -> String {
+    let rows: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|row| {
+            serde_json::json!({
+                "attack": row.attack.name(),
+                "server": row.side.name(),
+                "attacker_connections": row.opened,
+                "peak_descriptors": row.peak_descriptors,
+                "peak_memory_kib": row.usage.peak_rss_kib,
+                "server_cpu_seconds": row.usage.cpu.as_secs_f64(),
+                "legit_success": row.legit_success(),
+                "legit_p50_ms": row.latency_quantile(0.5).map(|l| l.as_secs_f64() * 1000.0),
+                "legit_p99_ms": row.latency_quantile(0.99).map(|l| l.as_secs_f64() * 1000.0),
+                "refused": row.tally.refused,
+                "evicted": row.tally.evicted,
+                "banned": row.tally.banned,
+                "descriptors": row.usage.series.iter().map(|p| [p.at.as_secs_f64(), p.descriptors as f64]).collect::<Vec<_>>(),
+                "legit": row.samples.iter().map(|s| serde_json::json!({
+                    "at": s.at.as_secs_f64(),
+                    "latency_ms": s.latency.map(|l| l.as_secs_f64() * 1000.0),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let document = serde_json::json!({
+        "attack_seconds": duration.as_secs_f64(),
+        "runs": rows,
+    });
+    serde_json::to_string_pretty(&document).expect("JSON of plain values") + "\n"
+}
+
+/// Server descriptors and legitimate latency over time, one row of two charts per
+/// attack, one line per server. Failed legitimate requests are drawn at the top of the
+/// latency chart.
+pub fn plot(rows: &[Row], path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let attacks: Vec<Attack> = Attack::ALL
+        .into_iter()
+        .filter(|attack| rows.iter().any(|row| row.attack == *attack))
+        .collect();
+    let root = SVGBackend::new(path, (1200, 300 * attacks.len() as u32)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((attacks.len(), 2));
+    for (index, attack) in attacks.iter().enumerate() {
+        let runs: Vec<&Row> = rows.iter().filter(|row| row.attack == *attack).collect();
+        let end = runs
+            .iter()
+            .flat_map(|row| row.usage.series.iter().map(|p| p.at.as_secs_f64()))
+            .fold(1.0, f64::max);
+        let most_fds = runs
+            .iter()
+            .map(|row| row.peak_descriptors)
+            .max()
+            .unwrap_or(1) as f64
+            * 1.1;
+        let mut descriptors = ChartBuilder::on(&panels[index * 2])
+            .caption(
+                format!("{}: server descriptors", attack.name()),
+                ("sans-serif", 16),
+            )
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0.0..end, 0.0..most_fds)?;
+        descriptors.configure_mesh().x_desc("seconds").draw()?;
+        for row in &runs {
+            let color = row.side.color();
+            descriptors
+                .draw_series(LineSeries::new(
+                    row.usage
+                        .series
+                        .iter()
+                        .map(|p| (p.at.as_secs_f64(), p.descriptors as f64)),
+                    color.stroke_width(2),
+                ))?
+                .label(row.side.name())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 15, y)], color.stroke_width(2))
+                });
+        }
+        descriptors
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+
+        // Failures sit at the top, above the slowest success.
+        let ceiling = runs
+            .iter()
+            .flat_map(|row| row.samples.iter().filter_map(|s| s.latency))
+            .max()
+            .map_or(10.0, |l| l.as_secs_f64() * 1000.0)
+            * 1.2;
+        let mut latency = ChartBuilder::on(&panels[index * 2 + 1])
+            .caption(
+                format!("{}: legit latency (ms; top = failed)", attack.name()),
+                ("sans-serif", 16),
+            )
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0.0..end, 0.0..ceiling * 1.05)?;
+        latency.configure_mesh().x_desc("seconds").draw()?;
+        for row in &runs {
+            let color = row.side.color();
+            latency.draw_series(row.samples.iter().map(|s| {
+                let y = s.latency.map_or(ceiling, |l| l.as_secs_f64() * 1000.0);
+                Circle::new((s.at.as_secs_f64(), y), 2, color.filled())
+            }))?;
+        }
+    }
+    root.present()?;
+    Ok(())
+}
