@@ -1,0 +1,52 @@
+//! The siege, the README's first command, runs to the end and reports every attack.
+
+mod support;
+
+use std::process::Command;
+
+use support::example::example_path;
+
+#[test]
+fn the_quick_siege_reports_every_attack_against_both_servers() {
+    let json = std::env::temp_dir().join(format!("siege-{}.json", std::process::id()));
+    let plot = json.with_extension("svg");
+    let output = Command::new(example_path("siege"))
+        .arg("--quick")
+        .arg("--json")
+        .arg(&json)
+        .arg("--plot")
+        .arg(&plot)
+        .output()
+        .expect("the siege runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.contains("| attack "), "{stdout}");
+    assert!(stdout.contains("The protected server"), "{stdout}");
+
+    let figures: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let runs = figures["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 12, "six attacks, two servers each");
+    let run = |attack: &str, server: &str| {
+        runs.iter()
+            .find(|run| run["attack"] == attack && run["server"] == server)
+            .unwrap_or_else(|| panic!("no {attack} against {server}"))
+    };
+    // The 2005 flood: the protected server bans its peer and keeps its descriptors; the
+    // unprotected one piles them up.
+    let protected = run("login flood (2005)", "protected");
+    assert!(protected["banned"].as_u64().unwrap() >= 1);
+    let unprotected = run("login flood (2005)", "unprotected");
+    assert!(
+        protected["peak_descriptors"].as_u64().unwrap() * 4
+            < unprotected["peak_descriptors"].as_u64().unwrap(),
+        "{protected} / {unprotected}"
+    );
+    assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
+    let _ = std::fs::remove_file(json);
+    let _ = std::fs::remove_file(plot);
+}
