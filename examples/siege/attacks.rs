@@ -58,8 +58,9 @@ pub enum Attack {
 /// The legitimate client's address.
 const LEGIT: Ipv4Addr = Ipv4Addr::new(127, 0, 9, 9);
 
-/// How long any single exchange may take before it counts as failed.
-const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long any single exchange may take before it counts as failed: on loopback an
+/// answer takes milliseconds, so a second means the server is not serving.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Attack {
     pub const ALL: [Attack; 6] = [
@@ -90,90 +91,39 @@ impl Attack {
     }
 
     /// Runs the attack against `target` until `ends`; returns how many connections the
-    /// attacker opened. Its sockets are closed when it returns.
+    /// attacker opened. Its sockets are held until `ends`, and closed when it returns.
     pub async fn run(self, target: SocketAddr, ends: Instant) -> usize {
-        let held = Held::default();
+        let opener = Opener {
+            held: Held::default(),
+            target,
+            ends,
+        };
         let mut workers = JoinSet::new();
         match self {
-            Attack::LoginFlood => {
-                spawn_openers(
-                    &mut workers,
-                    &held,
-                    8,
-                    3000,
-                    ends,
-                    |_| peer(0, 2),
-                    move |stream| login_wrong(stream),
-                    target,
-                );
-            }
-            Attack::Silent => {
-                spawn_openers(
-                    &mut workers,
-                    &held,
-                    16,
-                    1500,
-                    ends,
-                    |n| peer(1, n % 8 + 1),
-                    move |stream| silent(stream),
-                    target,
-                );
-                // With the sockets held: the connection counts stay until the end.
-            }
+            Attack::LoginFlood => opener.spawn(&mut workers, 8, 3000, |_| peer(0, 2), login_wrong),
+            Attack::Silent => opener.spawn(&mut workers, 16, 1500, |n| peer(1, n % 8), silent),
             Attack::Slowloris => {
-                spawn_openers(
-                    &mut workers,
-                    &held,
-                    16,
-                    1500,
-                    ends,
-                    |n| peer(2, n % 8 + 1),
-                    move |stream| slowloris_start(stream),
-                    target,
-                );
-                workers.spawn(trickle(held.clone(), ends));
+                opener.spawn(&mut workers, 16, 1500, |n| peer(2, n % 8), slowloris_start);
+                workers.spawn(trickle(opener.held.clone(), ends));
             }
             Attack::SinglePeerFlood => {
-                spawn_openers(
-                    &mut workers,
-                    &held,
-                    16,
-                    3000,
-                    ends,
-                    |_| peer(0, 3),
-                    move |stream| one_request(stream),
-                    target,
-                );
+                opener.spawn(&mut workers, 16, 3000, |_| peer(0, 3), one_request);
             }
+            // 250 addresses, 6 connections each: every peer stays under any sane
+            // per-peer limit and rate.
             Attack::AddressSpray => {
-                // 250 addresses, 6 connections each: each peer stays under any sane
-                // per-peer limit and rate.
-                spawn_openers(
-                    &mut workers,
-                    &held,
-                    16,
-                    1500,
-                    ends,
-                    |n| peer(3, n % 250 + 1),
-                    move |stream| one_request(stream),
-                    target,
-                );
+                opener.spawn(&mut workers, 16, 1500, |n| peer(3, n % 250), one_request);
             }
             Attack::UnauthorizedFlood => {
                 for n in 0..16 {
-                    workers.spawn(unauthorized_loop(
-                        peer(4, n % 4 + 1),
-                        target,
-                        ends,
-                        held.opened.clone(),
-                    ));
+                    let opened = opener.held.opened.clone();
+                    workers.spawn(unauthorized_loop(peer(4, n % 4), target, ends, opened));
                 }
             }
         }
         while workers.join_next().await.is_some() {}
-        // Whatever was opened is held to the end.
         tokio::time::sleep_until(ends.into()).await;
-        held.opened.load(Ordering::SeqCst)
+        opener.held.opened.load(Ordering::SeqCst)
     }
 }
 
@@ -184,7 +134,8 @@ struct Held {
     opened: Arc<AtomicUsize>,
 }
 
-/// `127.<block>.0.<host>`: attacker addresses, away from the legitimate client's.
+/// `127.<block + 10>.0.<host + 1>`: attacker addresses, away from the legitimate
+/// client's.
 fn peer(block: u8, host: usize) -> Ipv4Addr {
     Ipv4Addr::new(127, block + 10, 0, (host % 250) as u8 + 1)
 }
@@ -198,43 +149,50 @@ pub async fn connect_from(from: Ipv4Addr, target: SocketAddr) -> std::io::Result
         .map_err(|_| std::io::ErrorKind::TimedOut)?
 }
 
-/// Spawns `workers` tasks that together open up to `most` connections until `ends`,
-/// each from `from(n)`, run `open` on it, and keep the socket.
-#[allow(clippy::too_many_arguments)]
-fn spawn_openers<F, Fut>(
-    workers: &mut JoinSet<()>,
-    held: &Held,
-    count: usize,
-    most: usize,
-    ends: Instant,
-    from: fn(usize) -> Ipv4Addr,
-    open: F,
+/// Opens attacker connections to one target until a deadline, and holds them.
+struct Opener {
+    held: Held,
     target: SocketAddr,
-) where
-    F: Fn(TcpStream) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = Option<TcpStream>> + Send,
-{
-    let next = Arc::new(AtomicUsize::new(0));
-    for _ in 0..count {
-        let (held, next, open) = (held.clone(), next.clone(), open.clone());
-        workers.spawn(async move {
-            loop {
-                let n = next.fetch_add(1, Ordering::SeqCst);
-                if n >= most || Instant::now() >= ends {
-                    return;
+    ends: Instant,
+}
+
+impl Opener {
+    /// Spawns `count` tasks that together open up to `most` connections, the n-th from
+    /// `from(n)`, run `open` on each, and hold the socket it gives back.
+    fn spawn<F, Fut>(
+        &self,
+        workers: &mut JoinSet<()>,
+        count: usize,
+        most: usize,
+        from: fn(usize) -> Ipv4Addr,
+        open: F,
+    ) where
+        F: Fn(TcpStream) -> Fut + Copy + Send + 'static,
+        Fut: Future<Output = Option<TcpStream>> + Send,
+    {
+        let next = Arc::new(AtomicUsize::new(0));
+        for _ in 0..count {
+            let (held, next, target, ends) =
+                (self.held.clone(), next.clone(), self.target, self.ends);
+            workers.spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::SeqCst);
+                    if n >= most || Instant::now() >= ends {
+                        return;
+                    }
+                    let Ok(stream) = connect_from(from(n), target).await else {
+                        // Refused or timed out: the server's backlog is full.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    };
+                    held.opened.fetch_add(1, Ordering::SeqCst);
+                    let remaining = ends.saturating_duration_since(Instant::now());
+                    if let Ok(Some(stream)) = tokio::time::timeout(remaining, open(stream)).await {
+                        held.streams.lock().unwrap().push(stream);
+                    }
                 }
-                let Ok(stream) = connect_from(from(n), target).await else {
-                    // Refused or timed out: the server's backlog is full. Pause briefly.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                };
-                held.opened.fetch_add(1, Ordering::SeqCst);
-                let remaining = ends.saturating_duration_since(Instant::now());
-                if let Ok(Some(stream)) = tokio::time::timeout(remaining, open(stream)).await {
-                    held.streams.lock().unwrap().push(stream);
-                }
-            }
-        });
+            });
+        }
     }
 }
 
