@@ -287,7 +287,7 @@ async fn run_one(
     pids.extend(proxy.as_ref().map(|proxy| proxy.pid()));
 
     let began = Instant::now();
-    let monitor = monitor::start(server.pid(), pids.clone(), began);
+    let monitor = monitor::start(pids, began);
     let legit = tokio::spawn(attacks::legit(
         attack.app(),
         target,

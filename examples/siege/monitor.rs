@@ -33,8 +33,9 @@ pub struct Monitor {
     task: JoinHandle<Usage>,
 }
 
-/// Samples `server` every 50 ms from now, and the CPU of all `pids`.
-pub fn start(server: u32, pids: Vec<u32>, began: Instant) -> Monitor {
+/// Samples the processes `pids` (a server, and its proxy if any) every 50 ms from now:
+/// their descriptors, peak memory and CPU, added up.
+pub fn start(pids: Vec<u32>, began: Instant) -> Monitor {
     let stop = Arc::new(AtomicBool::new(false));
     let stopping = stop.clone();
     let task = tokio::spawn(async move {
@@ -42,7 +43,7 @@ pub fn start(server: u32, pids: Vec<u32>, began: Instant) -> Monitor {
         let mut usage = Usage::default();
         // Bounded: at most ten minutes of samples.
         for _ in 0..12_000 {
-            let descriptors = descriptors(server);
+            let descriptors = pids.iter().map(|pid| descriptors(*pid)).sum();
             usage.peak_descriptors = usage.peak_descriptors.max(descriptors);
             usage.series.push(Point {
                 at: began.elapsed(),
@@ -53,7 +54,7 @@ pub fn start(server: u32, pids: Vec<u32>, began: Instant) -> Monitor {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        usage.peak_rss_kib = peak_rss_kib(server);
+        usage.peak_rss_kib = pids.iter().map(|pid| peak_rss_kib(*pid)).sum();
         let cpu_after: Duration = pids.iter().map(|pid| cpu_time(*pid)).sum();
         usage.cpu = cpu_after.saturating_sub(cpu_before);
         usage

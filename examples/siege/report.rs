@@ -108,6 +108,7 @@ pub fn table(rows: &[Row]) -> String {
         "legit ok",
         "legit p50",
         "legit p99",
+        "server cpu",
         "refused",
         "evicted",
         "banned",
@@ -129,6 +130,7 @@ pub fn table(rows: &[Row]) -> String {
             format!("{:.1}%", row.legit_success() * 100.0),
             ms(row.latency_quantile(0.5)),
             ms(row.latency_quantile(0.99)),
+            format!("{:.2} s", row.usage.cpu.as_secs_f64()),
             tally(row.tally.refused),
             tally(row.tally.evicted),
             tally(row.tally.banned),
@@ -164,9 +166,10 @@ pub fn table(rows: &[Row]) -> String {
         }
     }
     out.push_str(
-        "\nrefused / evicted / banned: what the protected server's layers did (rates, limits, \
-         bans at accept / timeouts and failed-login evictions / peers banned); \
-         the unprotected server does none of it.\n",
+        "\npeak fds, peak memory, server cpu: the server's, over the attack; with HAProxy, \
+         the server's and the proxy's added up. refused / evicted / banned: what the protected server's layers did \
+         (rates, limits, bans at accept / timeouts and failed-login evictions / peers \
+         banned); the others do none of it, or (HAProxy) do not report it here.\n",
     );
     out
 }
