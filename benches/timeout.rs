@@ -1,22 +1,23 @@
 //! What the timeout layer's stream wrapper costs.
 //!
 //! - **per read event**: a stream that alternates "not ready" and "64 bytes ready", as a
-//!   socket does, read through nothing, through [`TimedIo`] (a timestamp per read, the
+//!   socket does, read through nothing, through `TimedIo` (byte counts per read, the
 //!   timer left alone), through a wrapper that resets a `Sleep` on every read (the
 //!   obvious design), and through `tokio-io-timeout` (the crate people reach for);
 //! - **bulk transfer**: 64 MiB through an in-memory pipe, read raw and through
-//!   [`TimedIo`].
+//!   `TimedIo`.
 //!
 //! ```text
 //! cargo bench --bench timeout
 //! ```
 
+mod support;
+
 use std::{
-    hint::black_box,
     io,
     pin::Pin,
     sync::Arc,
-    task::{Context, Poll, Waker},
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -26,51 +27,11 @@ use tokio::{
     runtime::Runtime,
     time::{Instant, Sleep},
 };
-use tower::{Layer, Service, service_fn};
-use tower_bouncer::{
-    BoxError, Conn,
-    timeout::{TimedIo, TimeoutLayer},
-};
+use tower_bouncer::timeout::TimeoutLayer;
+
+use support::{Alternating, read_events, timed};
 
 const IDLE: Duration = Duration::from_secs(60);
-
-/// A socket seen from its reader: every other poll has 64 bytes, the others have none.
-#[derive(Default)]
-struct Alternating {
-    ready: bool,
-}
-
-impl AsyncRead for Alternating {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        self.ready = !self.ready;
-        if !self.ready {
-            return Poll::Pending;
-        }
-        let n = buf.remaining().min(64);
-        buf.put_slice(&[7u8; 64][..n]);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl tokio::io::AsyncWrite for Alternating {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Poll::Ready(Ok(buf.len()))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
 
 /// The obvious idle timeout: a `Sleep` pushed back on every read.
 struct ResetEveryRead<R> {
@@ -98,37 +59,6 @@ impl<R: AsyncRead + Unpin> AsyncRead for ResetEveryRead<R> {
     }
 }
 
-/// Performs `events` read events (a pending poll, then a ready one) on `reader`.
-fn read_events<R: AsyncRead + Unpin>(reader: &mut R, events: u64) {
-    let mut cx = Context::from_waker(Waker::noop());
-    let mut storage = [0u8; 64];
-    for _ in 0..events * 2 {
-        let mut buf = ReadBuf::new(&mut storage);
-        let _ = black_box(Pin::new(&mut *reader).poll_read(&mut cx, &mut buf));
-    }
-}
-
-/// The stream a [`TimeoutLayer`] hands its protocol, as the layer builds it.
-fn timed<IO>(io: IO, layer: &TimeoutLayer) -> TimedIo<IO>
-where
-    IO: AsyncRead + tokio::io::AsyncWrite + Send + 'static,
-{
-    let (sender, mut receiver) = tokio::sync::oneshot::channel();
-    let mut sender = Some(sender);
-    let mut service = layer.layer(service_fn(move |conn: Conn<TimedIo<IO>>| {
-        let _ = sender.take().map(|sender| sender.send(conn.into_io()));
-        std::future::ready(Ok::<(), BoxError>(()))
-    }));
-    let conn = Conn::new(
-        io,
-        "192.0.2.1:1".parse().unwrap(),
-        "127.0.0.1:80".parse().unwrap(),
-    );
-    // The layer's future is dropped at once: only the stream it made is measured.
-    drop(service.call(conn));
-    receiver.try_recv().expect("the protocol ran")
-}
-
 fn per_read(c: &mut Criterion) {
     let runtime = Runtime::new().unwrap();
     let _context = runtime.enter();
@@ -137,40 +67,24 @@ fn per_read(c: &mut Criterion) {
     let mut group = c.benchmark_group("per read event");
     group.bench_function("raw stream", |b| {
         let mut reader = Alternating::default();
-        b.iter_custom(|events| {
-            let began = std::time::Instant::now();
-            read_events(&mut reader, events);
-            began.elapsed()
-        });
+        b.iter_custom(|events| read_events(&mut reader, events));
     });
     group.bench_function("TimedIo (lazy deadline)", |b| {
         let mut reader = timed(Alternating::default(), &idle);
-        b.iter_custom(|events| {
-            let began = std::time::Instant::now();
-            read_events(&mut reader, events);
-            began.elapsed()
-        });
+        b.iter_custom(|events| read_events(&mut reader, events));
     });
     group.bench_function("Sleep::reset on every read", |b| {
         let mut reader = ResetEveryRead {
             inner: Alternating::default(),
             sleep: Box::pin(tokio::time::sleep(IDLE)),
         };
-        b.iter_custom(|events| {
-            let began = std::time::Instant::now();
-            read_events(&mut reader, events);
-            began.elapsed()
-        });
+        b.iter_custom(|events| read_events(&mut reader, events));
     });
     group.bench_function("tokio-io-timeout", |b| {
         let mut reader = tokio_io_timeout::TimeoutReader::new(Alternating::default());
         reader.set_timeout(Some(IDLE));
         let mut reader = Box::pin(reader);
-        b.iter_custom(|events| {
-            let began = std::time::Instant::now();
-            read_events(&mut reader, events);
-            began.elapsed()
-        });
+        b.iter_custom(|events| read_events(&mut reader, events));
     });
     group.finish();
 }

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::peer::{
     PeerKey, PeerKeying,
-    table::{Full, PeerTable},
+    table::{Full, Located, PeerTable},
 };
 
 /// How failures turn into bans.
@@ -111,27 +111,24 @@ impl BanTable {
         self.table.capacity()
     }
 
-    /// How long `key` stays banned, if it is.
-    pub(crate) fn banned_for(&self, key: &PeerKey) -> Option<Duration> {
-        let at = self.table.locate(key);
-        let until = self.table.lock(&at).get_mut()?.banned_until;
+    /// How long the peer `at` stays banned, if it is.
+    pub(crate) fn banned_for(&self, at: &Located) -> Option<Duration> {
+        let until = self.table.lock(at).get_mut()?.banned_until;
         let now = self.now();
         (until > now).then(|| Duration::from_nanos(until - now))
     }
 
-    /// Whether a new peer would find the table full.
-    pub(crate) fn is_full_for(&self, key: &PeerKey) -> bool {
-        let at = self.table.locate(key);
-        self.table.is_full_at(&at) && !self.table.contains(&at)
+    /// Whether the new peer `at` would find the table full.
+    pub(crate) fn is_full_for(&self, at: &Located) -> bool {
+        self.table.is_full_at(at) && !self.table.contains(at)
     }
 
-    /// Counts a failed login from `key`, and bans it if that makes too many.
-    pub(crate) fn record_failure(&self, key: &PeerKey) -> Failure {
+    /// Counts a failed login from the peer `at`, and bans it if that makes too many.
+    pub(crate) fn record_failure(&self, at: &Located) -> Failure {
         let now = self.now();
         let policy = &self.policy;
         let window = nanos(policy.window);
-        let at = self.table.locate(key);
-        let mut shard = self.table.lock(&at);
+        let mut shard = self.table.lock(at);
         let Some(record) = shard.get_mut() else {
             let mut record = Record {
                 window_start: now,
@@ -157,8 +154,7 @@ impl BanTable {
     /// Bans `key` for `length` from now, whatever its record says.
     pub(crate) fn ban(&self, key: &PeerKey, length: Duration, offences: u32) -> Result<(), Full> {
         let now = self.now();
-        let at = self.table.locate(key);
-        let mut shard = self.table.lock(&at);
+        let mut shard = self.table.lock(&Located::new(key));
         let until = now.saturating_add(nanos(length));
         if let Some(record) = shard.get_mut() {
             record.banned_until = until;
@@ -178,8 +174,7 @@ impl BanTable {
 
     /// Lifts `key`'s ban and forgets its record; `false` if there was none.
     pub(crate) fn unban(&self, key: &PeerKey) -> bool {
-        let at = self.table.locate(key);
-        let mut shard = self.table.lock(&at);
+        let mut shard = self.table.lock(&Located::new(key));
         let known = shard.get_mut().is_some();
         shard.remove();
         known
@@ -279,7 +274,8 @@ impl Bans {
 
     /// How long `ip`'s peer key stays banned, if it is.
     pub fn banned_for(&self, ip: IpAddr) -> Option<Duration> {
-        self.table.banned_for(&self.table.keying().key(ip))
+        let key = self.table.keying().key(ip);
+        self.table.banned_for(&Located::new(&key))
     }
 
     /// The bans in force, by key.
@@ -425,20 +421,26 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn n_failures_within_the_window_ban() {
         let (bans, key) = table();
-        assert_eq!(bans.record_failure(&key), Failure::Counted);
+        assert_eq!(bans.record_failure(&Located::new(&key)), Failure::Counted);
         tokio::time::advance(secs(20)).await;
-        assert_eq!(bans.record_failure(&key), Failure::Counted);
+        assert_eq!(bans.record_failure(&Located::new(&key)), Failure::Counted);
         tokio::time::advance(secs(20)).await;
-        assert_eq!(bans.record_failure(&key), Failure::Banned(secs(100)));
-        assert_eq!(bans.banned_for(&key), Some(secs(100)));
-        assert_eq!(bans.record_failure(&key), Failure::AlreadyBanned);
+        assert_eq!(
+            bans.record_failure(&Located::new(&key)),
+            Failure::Banned(secs(100))
+        );
+        assert_eq!(bans.banned_for(&Located::new(&key)), Some(secs(100)));
+        assert_eq!(
+            bans.record_failure(&Located::new(&key)),
+            Failure::AlreadyBanned
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn failures_spread_wider_than_the_window_do_not_ban() {
         let (bans, key) = table();
         for _ in 0..20 {
-            assert_eq!(bans.record_failure(&key), Failure::Counted);
+            assert_eq!(bans.record_failure(&Located::new(&key)), Failure::Counted);
             tokio::time::advance(secs(40)).await;
         }
     }
@@ -447,34 +449,40 @@ mod tests {
     async fn failures_across_a_window_boundary_still_count() {
         let (bans, key) = table();
         tokio::time::advance(secs(1)).await;
-        bans.record_failure(&key);
+        bans.record_failure(&Located::new(&key));
         tokio::time::advance(secs(50)).await;
-        bans.record_failure(&key);
+        bans.record_failure(&Located::new(&key));
         // 61 s after the first: the new window sees the old one's failures weighed by
         // their overlap.
         tokio::time::advance(secs(10)).await;
-        assert_eq!(bans.record_failure(&key), Failure::Banned(secs(100)));
+        assert_eq!(
+            bans.record_failure(&Located::new(&key)),
+            Failure::Banned(secs(100))
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_ban_expires_and_the_next_one_is_longer() {
         let (bans, key) = table();
         for _ in 0..3 {
-            bans.record_failure(&key);
+            bans.record_failure(&Located::new(&key));
         }
         tokio::time::advance(secs(100)).await;
-        assert_eq!(bans.banned_for(&key), None);
+        assert_eq!(bans.banned_for(&Located::new(&key)), None);
         for _ in 0..2 {
-            assert_eq!(bans.record_failure(&key), Failure::Counted);
+            assert_eq!(bans.record_failure(&Located::new(&key)), Failure::Counted);
         }
-        assert_eq!(bans.record_failure(&key), Failure::Banned(secs(200)));
+        assert_eq!(
+            bans.record_failure(&Located::new(&key)),
+            Failure::Banned(secs(200))
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_quiet_peer_is_forgotten_with_its_offences() {
         let (bans, key) = table();
         for _ in 0..3 {
-            bans.record_failure(&key);
+            bans.record_failure(&Located::new(&key));
         }
         tokio::time::advance(secs(999)).await;
         bans.forget_quiet();
@@ -483,10 +491,10 @@ mod tests {
         bans.forget_quiet();
         assert_eq!(bans.len(), 0);
         for _ in 0..2 {
-            bans.record_failure(&key);
+            bans.record_failure(&Located::new(&key));
         }
         assert_eq!(
-            bans.record_failure(&key),
+            bans.record_failure(&Located::new(&key)),
             Failure::Banned(secs(100)),
             "a first offence again"
         );
@@ -498,9 +506,12 @@ mod tests {
         let bans = BanTable::new(policy(), keying.clone(), 1);
         let first = keying.key("192.0.2.1".parse().unwrap());
         let second = keying.key("192.0.2.2".parse().unwrap());
-        assert_eq!(bans.record_failure(&first), Failure::Counted);
-        assert!(bans.is_full_for(&second));
-        assert_eq!(bans.record_failure(&second), Failure::Untracked);
+        assert_eq!(bans.record_failure(&Located::new(&first)), Failure::Counted);
+        assert!(bans.is_full_for(&Located::new(&second)));
+        assert_eq!(
+            bans.record_failure(&Located::new(&second)),
+            Failure::Untracked
+        );
         assert_eq!(bans.len(), 1);
     }
 
@@ -513,7 +524,7 @@ mod tests {
         bans.ban("2001:db8:1:2::9".parse().unwrap(), secs(500))
             .unwrap();
         for _ in 0..3 {
-            bans.table.record_failure(&key);
+            bans.table.record_failure(&Located::new(&key));
         }
         tokio::time::advance(secs(50)).await;
         let text = bans.export();

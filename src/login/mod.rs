@@ -79,7 +79,7 @@ use crate::{
     ConfigError,
     admission::Refusal,
     counter::Counter,
-    peer::{Overflow, PeerKey, PeerKeying, table::PeerTable},
+    peer::{Classified, Overflow, PeerKeying, table::PeerTable},
     throttle::LogThrottle,
 };
 pub use ban_layer::{BanCheck, BanLayer};
@@ -495,14 +495,14 @@ impl Shared {
             .call_once(|| bans::start_janitor(&self.bans, self.sweep_every));
     }
 
-    /// A failure just banned `key` for `length`.
-    fn banned(&self, key: &PeerKey, length: Duration) {
+    /// A failure just banned `peer` for `length`.
+    fn banned(&self, peer: &Classified, length: Duration) {
         self.stats.bans.add();
         if let Some(suppressed) = self.ban_log.allow() {
-            tracing::warn!(peer = %key, ban = ?length, suppressed, "peer banned for failed logins");
+            tracing::warn!(peer = %peer.key, ban = ?length, suppressed, "peer banned for failed logins");
         }
         if let Some(live) = &self.live {
-            session_layer::evict_live(live, key);
+            session_layer::evict_live(live, &peer.at);
         }
     }
 }

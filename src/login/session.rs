@@ -9,7 +9,10 @@ use std::{
 };
 
 use super::{Shared, bans::Failure, startups::StartupSlot};
-use crate::{GracefulClose, peer::PeerKey};
+use crate::{
+    GracefulClose,
+    peer::{Classified, PeerKey},
+};
 
 /// One connection's login, as the protocol reports it.
 ///
@@ -89,7 +92,7 @@ impl Error for Evicted {}
 pub(crate) struct SessionState {
     pub(super) shared: Arc<Shared>,
     /// `None` for an exempt peer: never counted, never banned.
-    pub(super) key: Option<PeerKey>,
+    pub(super) peer: Option<Classified>,
     failures: AtomicU32,
     authenticated: AtomicBool,
     /// The connection's graceful close, raised on eviction.
@@ -104,13 +107,13 @@ pub(crate) struct SessionState {
 impl SessionState {
     pub(super) fn new(
         shared: Arc<Shared>,
-        key: Option<PeerKey>,
+        peer: Option<Classified>,
         close: GracefulClose,
         startup: StartupSlot,
     ) -> Self {
         Self {
             shared,
-            key,
+            peer,
             failures: AtomicU32::new(0),
             authenticated: AtomicBool::new(false),
             close,
@@ -167,9 +170,9 @@ impl LoginSession {
         let shared = &state.shared;
         let failures = state.failures.fetch_add(1, Ordering::AcqRel) + 1;
         shared.stats.failed_logins.add();
-        if let Some(key) = &state.key {
-            match shared.bans.record_failure(key) {
-                Failure::Banned(length) => shared.banned(key, length),
+        if let Some(peer) = &state.peer {
+            match shared.bans.record_failure(&peer.at) {
+                Failure::Banned(length) => shared.banned(peer, length),
                 Failure::Counted | Failure::AlreadyBanned | Failure::Untracked => {}
             }
         }
@@ -199,6 +202,6 @@ impl LoginSession {
 
     /// The connection's peer key; `None` for an exempt peer, which is never banned.
     pub fn peer_key(&self) -> Option<PeerKey> {
-        self.state.key
+        self.state.peer.map(|peer| peer.key)
     }
 }

@@ -22,10 +22,7 @@ use crate::{
     BoxError, Conn, GracefulClose,
     admission::{ResponseFuture, Slot, refuse},
     close::Requested,
-    peer::{
-        PeerKey,
-        table::{Located, PeerTable},
-    },
+    peer::table::{Located, PeerTable},
 };
 
 /// Gives each connection its [`LoginSession`], enforces eviction, the login timeout and
@@ -89,8 +86,8 @@ where
     fn call(&mut self, mut conn: Conn<IO>) -> Self::Future {
         let shared = &self.shared;
         shared.start_janitor();
-        let key = shared.keying.classify(conn.peer_addr().ip());
-        let startup = match shared.startups.admit(key.as_ref()) {
+        let peer = shared.keying.classify(conn.peer_addr().ip());
+        let startup = match shared.startups.admit(peer.as_ref()) {
             Ok(slot) => slot,
             Err(reason) => {
                 shared.stats.refused_startups.add();
@@ -108,16 +105,16 @@ where
                 extensions.insert(close.clone());
                 close
             });
-        let state = Arc::new(SessionState::new(shared.clone(), key, close, startup));
+        let state = Arc::new(SessionState::new(shared.clone(), peer, close, startup));
         extensions.insert(LoginSession {
             state: state.clone(),
         });
 
-        let live = match (&shared.live, key) {
-            (Some(live), Some(key)) => {
-                let slot = LiveSlot::register(live, &key, &state);
+        let live = match (&shared.live, peer) {
+            (Some(live), Some(peer)) => {
+                let slot = LiveSlot::register(live, &peer.at, &state);
                 // Banned between the ban check outside and this registration.
-                if shared.bans.banned_for(&key).is_some() {
+                if shared.bans.banned_for(&peer.at).is_some() {
                     state.evict(EvictReason::Banned);
                 }
                 slot
@@ -235,11 +232,10 @@ struct LiveSlot {
 impl LiveSlot {
     fn register(
         live: &PeerTable<LivePeer>,
-        key: &PeerKey,
+        at: &Located,
         state: &Arc<SessionState>,
     ) -> Option<Self> {
-        let at = live.locate(key);
-        let mut shard = live.lock(&at);
+        let mut shard = live.lock(at);
         let banned = match shard.get_mut() {
             Some(peer) => {
                 peer.connections += 1;
@@ -258,7 +254,7 @@ impl LiveSlot {
         };
         Some(Self {
             shared: state.shared.clone(),
-            at,
+            at: *at,
             banned,
         })
     }
@@ -292,10 +288,9 @@ impl std::fmt::Debug for LiveSlot {
     }
 }
 
-/// Wakes every live connection of `key` so that each evicts itself.
-pub(super) fn evict_live(live: &PeerTable<LivePeer>, key: &PeerKey) {
-    let at = live.locate(key);
-    if let Some(peer) = live.lock(&at).get_mut() {
+/// Wakes every live connection of the peer `at` so that each evicts itself.
+pub(super) fn evict_live(live: &PeerTable<LivePeer>, at: &Located) {
+    if let Some(peer) = live.lock(at).get_mut() {
         peer.banned.notify_waiters();
     }
 }

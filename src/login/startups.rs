@@ -10,7 +10,7 @@ use std::sync::{
 use crate::{
     admission::Reason,
     peer::{
-        PeerKey,
+        Classified,
         table::{Located, PeerTable},
     },
 };
@@ -76,7 +76,10 @@ impl Startups {
 
     /// Takes a place for a new connection from `key` (`None` for an exempt peer, which
     /// only counts against the global budget), or says why there is none.
-    pub(crate) fn admit(self: &Arc<Self>, key: Option<&PeerKey>) -> Result<StartupSlot, Reason> {
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        peer: Option<&Classified>,
+    ) -> Result<StartupSlot, Reason> {
         if self.budget.is_none() && self.per_peer.is_none() {
             return Ok(StartupSlot {
                 startups: None,
@@ -103,13 +106,12 @@ impl Startups {
             startups: Some(self.clone()),
             at: None,
         };
-        if let (Some((limit, table)), Some(key)) = (&self.per_peer, key) {
-            let at = table.locate(key);
-            let mut shard = table.lock(&at);
+        if let (Some((limit, table)), Some(peer)) = (&self.per_peer, peer) {
+            let mut shard = table.lock(&peer.at);
             if let Some(waiting) = shard.get_mut() {
                 if *waiting as usize >= *limit {
                     return Err(Reason::PeerStartups {
-                        key: *key,
+                        key: peer.key,
                         limit: *limit,
                     });
                 }
@@ -118,7 +120,7 @@ impl Startups {
                 // A full table lets the peer in without a per-peer count.
                 return Ok(slot);
             }
-            slot.at = Some(at);
+            slot.at = Some(peer.at);
         }
         Ok(slot)
     }
@@ -224,8 +226,8 @@ mod tests {
     fn a_peer_holds_at_most_its_own_share() {
         let startups = Arc::new(Startups::new(None, Some((2, 100)), 1));
         let keying = PeerKeying::default();
-        let noisy = keying.key("192.0.2.1".parse().unwrap());
-        let other = keying.key("192.0.2.2".parse().unwrap());
+        let noisy = keying.classify("192.0.2.1".parse().unwrap()).unwrap();
+        let other = keying.classify("192.0.2.2".parse().unwrap()).unwrap();
         let held = [
             startups.admit(Some(&noisy)).unwrap(),
             startups.admit(Some(&noisy)).unwrap(),

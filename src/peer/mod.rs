@@ -13,6 +13,7 @@ pub(crate) mod table;
 pub use table::Overflow;
 
 use std::{
+    cell::Cell,
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
@@ -84,6 +85,17 @@ impl Default for PeerKeying {
             exempt: Arc::new([]),
         }
     }
+}
+
+/// See [`PeerKeying::id`].
+type KeyingId = (u8, u8, usize);
+
+/// A peer that is not exempt: its key, hashed for the tables.
+#[cfg(any(feature = "peer-limit", feature = "rate-limit", feature = "login"))]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Classified {
+    pub(crate) key: PeerKey,
+    pub(crate) at: table::Located,
 }
 
 impl PeerKeying {
@@ -160,9 +172,45 @@ impl PeerKeying {
         }
     }
 
-    /// The key of a peer, or `None` if it is exempt.
-    pub(crate) fn classify(&self, ip: IpAddr) -> Option<PeerKey> {
-        (!self.is_exempt(ip)).then(|| self.key(ip))
+    /// The key of a peer, hashed, or `None` if it is exempt.
+    ///
+    /// Every keyed layer asks this of each connection; the last answer is kept per
+    /// thread, so the layers of one stack classify and hash a connection's peer once.
+    #[cfg(any(feature = "peer-limit", feature = "rate-limit", feature = "login"))]
+    pub(crate) fn classify(&self, ip: IpAddr) -> Option<Classified> {
+        type Memo = Option<(KeyingId, IpAddr, Option<Classified>)>;
+        thread_local! {
+            static LAST: Cell<Memo> = const { Cell::new(None) };
+        }
+        let id = self.id();
+        LAST.with(|last| {
+            if let Some((seen_id, seen, answer)) = last.get()
+                && seen_id == id
+                && seen == ip
+            {
+                return answer;
+            }
+            let answer = (!self.is_exempt(ip)).then(|| {
+                let key = self.key(ip);
+                Classified {
+                    key,
+                    at: table::Located::new(&key),
+                }
+            });
+            last.set(Some((id, ip, answer)));
+            answer
+        })
+    }
+
+    /// What makes two keyings classify alike: their prefixes and their exempt list (the
+    /// same list when clones share it, or both empty).
+    fn id(&self) -> KeyingId {
+        let exempt = if self.exempt.is_empty() {
+            0
+        } else {
+            Arc::as_ptr(&self.exempt).cast::<u8>() as usize
+        };
+        (self.ipv4_prefix, self.ipv6_prefix, exempt)
     }
 }
 
@@ -251,8 +299,17 @@ mod tests {
         assert!(keying.is_exempt(ip("10.200.0.1")));
         assert!(keying.is_exempt(ip("2001:db8:ffff:1::9")));
         assert!(!keying.is_exempt(ip("11.0.0.1")));
-        assert_eq!(keying.classify(ip("10.0.0.1")), None);
-        assert!(keying.classify(ip("11.0.0.1")).is_some());
+        assert!(keying.classify(ip("10.0.0.1")).is_none());
+        assert_eq!(
+            keying.classify(ip("11.0.0.1")).unwrap().key,
+            keying.key(ip("11.0.0.1"))
+        );
+        // The memo tells keyings apart.
+        let wider = PeerKeying::with_prefixes(8, 64).unwrap();
+        assert_eq!(
+            wider.classify(ip("11.0.0.1")).unwrap().key.to_string(),
+            "11.0.0.0/8"
+        );
     }
 
     #[test]

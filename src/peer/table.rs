@@ -1,8 +1,8 @@
 //! A bounded, sharded table keyed by peer, shared by the keyed layers.
 //!
-//! A key is hashed once, with a per-process random key (SipHash, so an attacker who
-//! picks addresses cannot pick collisions), and that one hash both picks the shard and
-//! finds the entry. Peers in different shards never wait on each other's lock. Each
+//! A key is hashed once per connection, with a per-process random key (SipHash, so an
+//! attacker who picks addresses cannot pick collisions), and that one hash both picks
+//! the shard and finds the entry, in every table: all tables share the key. Peers in different shards never wait on each other's lock. Each
 //! shard holds at most its share of the capacity, so the bound is checked under the
 //! shard's own lock, and a shard shrinks as it empties, so memory returns to its
 //! baseline after a storm.
@@ -10,7 +10,7 @@
 use std::{
     hash::{BuildHasher, RandomState},
     sync::{
-        Mutex, MutexGuard, PoisonError,
+        LazyLock, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicUsize, Ordering},
     },
 };
@@ -31,7 +31,14 @@ pub enum Overflow {
     Refuse,
 }
 
-/// A key, hashed and placed: computed once per connection, used for every lookup.
+/// The process's one hash key, shared by every table.
+static HASHER: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+
+fn hash(bits: &[u8; 16]) -> u64 {
+    HASHER.hash_one(bits)
+}
+
+/// A key, hashed: computed once per connection, good for a lookup in any table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Located {
     /// The key without its prefix (the same for every key of one family in a table).
@@ -39,9 +46,18 @@ pub(crate) struct Located {
     hash: u64,
 }
 
+impl Located {
+    pub(crate) fn new(key: &PeerKey) -> Self {
+        let bits = key.bits();
+        Self {
+            bits,
+            hash: hash(&bits),
+        }
+    }
+}
+
 pub(crate) struct PeerTable<V> {
     shards: Box<[Shard<V>]>,
-    hasher: RandomState,
     shard_capacity: usize,
 }
 
@@ -58,7 +74,6 @@ pub(crate) struct Locked<'a, V> {
     entries: MutexGuard<'a, HashTable<([u8; 16], V)>>,
     len: &'a AtomicUsize,
     room: usize,
-    hasher: &'a RandomState,
     at: Located,
 }
 
@@ -87,7 +102,6 @@ impl<V> PeerTable<V> {
             .collect();
         Self {
             shards,
-            hasher: RandomState::new(),
             shard_capacity: capacity / shard_count,
         }
     }
@@ -103,15 +117,6 @@ impl<V> PeerTable<V> {
     /// The most keys the table holds.
     pub(crate) fn capacity(&self) -> usize {
         self.shard_capacity * self.shards.len()
-    }
-
-    /// Hashes and places `key`.
-    pub(crate) fn locate(&self, key: &PeerKey) -> Located {
-        let bits = key.bits();
-        Located {
-            bits,
-            hash: self.hasher.hash_one(bits),
-        }
     }
 
     fn shard(&self, at: &Located) -> &Shard<V> {
@@ -137,7 +142,6 @@ impl<V> PeerTable<V> {
             entries: shard.entries.lock().unwrap_or_else(PoisonError::into_inner),
             len: &shard.len,
             room: self.shard_capacity,
-            hasher: &self.hasher,
             at: *at,
         }
     }
@@ -161,7 +165,7 @@ impl<V> PeerTable<V> {
             let mut entries = shard.entries.lock().unwrap_or_else(PoisonError::into_inner);
             entries.retain(|(_, value)| keep(value));
             shard.len.store(entries.len(), Ordering::Relaxed);
-            shrink_if_sparse(&mut entries, &self.hasher);
+            shrink_if_sparse(&mut entries);
         }
     }
 }
@@ -180,11 +184,8 @@ impl<V> Locked<'_, V> {
         if self.entries.len() >= self.room {
             return Err(Full);
         }
-        let hasher = self.hasher;
         self.entries
-            .insert_unique(self.at.hash, (self.at.bits, value), |(key, _)| {
-                hasher.hash_one(key)
-            });
+            .insert_unique(self.at.hash, (self.at.bits, value), |(key, _)| hash(key));
         self.len.store(self.entries.len(), Ordering::Relaxed);
         Ok(())
     }
@@ -195,18 +196,18 @@ impl<V> Locked<'_, V> {
         if let Ok(entry) = self.entries.find_entry(hash, |(key, _)| *key == bits) {
             entry.remove();
             self.len.store(self.entries.len(), Ordering::Relaxed);
-            shrink_if_sparse(&mut self.entries, self.hasher);
+            shrink_if_sparse(&mut self.entries);
         }
     }
 }
 
 /// Gives memory back once a shard is mostly empty: a storm's peak does not stay
 /// allocated. Halving at a quarter full keeps this amortised O(1).
-fn shrink_if_sparse<V>(entries: &mut HashTable<([u8; 16], V)>, hasher: &RandomState) {
+fn shrink_if_sparse<V>(entries: &mut HashTable<([u8; 16], V)>) {
     const KEEP: usize = 16;
     if entries.capacity() > KEEP && entries.len() * 4 < entries.capacity() {
         let keep = (entries.len() * 2).max(KEEP);
-        entries.shrink_to(keep, |(key, _)| hasher.hash_one(key));
+        entries.shrink_to(keep, |(key, _)| hash(key));
     }
 }
 
@@ -230,11 +231,11 @@ mod tests {
     }
 
     fn insert(table: &PeerTable<u32>, n: u32) -> Result<(), Full> {
-        table.lock(&table.locate(&key(n))).insert(n)
+        table.lock(&Located::new(&key(n))).insert(n)
     }
 
     fn remove(table: &PeerTable<u32>, n: u32) {
-        table.lock(&table.locate(&key(n))).remove();
+        table.lock(&Located::new(&key(n))).remove();
     }
 
     fn allocated(table: &PeerTable<u32>) -> usize {
@@ -292,7 +293,7 @@ mod tests {
         }
         table.retain(|value| value % 2 == 0);
         assert_eq!(table.len(), 5);
-        assert!(table.contains(&table.locate(&key(4))));
-        assert!(!table.contains(&table.locate(&key(5))));
+        assert!(table.contains(&Located::new(&key(4))));
+        assert!(!table.contains(&Located::new(&key(5))));
     }
 }

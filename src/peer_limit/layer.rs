@@ -9,7 +9,7 @@ use crate::{
     config::nonzero,
     counter::Counter,
     peer::{
-        PeerKeying,
+        Classified, PeerKeying,
         table::{Located, Overflow, PeerTable},
     },
     throttle::LogThrottle,
@@ -159,12 +159,11 @@ pub(super) enum Admission {
 
 impl Shared {
     pub(super) fn admit(self: &Arc<Self>, ip: IpAddr) -> Admission {
-        let Some(key) = self.keying.classify(ip) else {
+        let Some(Classified { key, at }) = self.keying.classify(ip) else {
             self.exempt.add();
             self.admitted.add();
             return Admission::Untracked;
         };
-        let at = self.table.locate(&key);
         let mut shard = self.table.lock(&at);
         if let Some(live) = shard.get_mut() {
             if *live >= self.max_per_peer {

@@ -14,13 +14,13 @@ use governor::{
 };
 use tower_layer::Layer;
 
-use super::{RateLimit, TokioClock, store::RateStore};
+use super::{RateLimit, TokioClock, clock, store::RateStore};
 use crate::{
     ConfigError,
     admission::{Mode, Reason, Refusal, refusal_builder_methods},
     counter::Counter,
     peer::{
-        Overflow, PeerKey, PeerKeying,
+        Classified, Overflow, PeerKeying,
         table::{Located, PeerTable},
     },
     throttle::LogThrottle,
@@ -321,28 +321,33 @@ impl Shared {
     /// Decides on a connection from `ip`. `global_reserved`: the global rate was already
     /// taken for it while the service waited to be ready (backpressure).
     pub(super) fn admit(self: &Arc<Self>, ip: IpAddr, global_reserved: bool) -> Result<(), Reason> {
-        if self.keying.is_exempt(ip) {
+        let Some(peer) = self.keying.classify(ip) else {
             self.exempt.add();
             self.admitted.add();
             return Ok(());
-        }
-        if let Some(per_peer) = &self.per_peer {
-            per_peer.start_janitor(self);
-            self.check_peer(per_peer, self.keying.key(ip))?;
-        }
-        if !global_reserved {
-            self.check_global().map_err(|retry_after| {
-                self.refused_global_rate.add();
-                Reason::GlobalRate { retry_after }
-            })?;
-        }
-        self.admitted.add();
-        Ok(())
+        };
+        clock::at(tokio::time::Instant::now(), || {
+            if let Some(per_peer) = &self.per_peer {
+                per_peer.start_janitor(self);
+                self.check_peer(per_peer, peer)?;
+            }
+            if !global_reserved {
+                self.check_global().map_err(|retry_after| {
+                    self.refused_global_rate.add();
+                    Reason::GlobalRate { retry_after }
+                })?;
+            }
+            self.admitted.add();
+            Ok(())
+        })
     }
 
-    fn check_peer(&self, per_peer: &PerPeer, key: PeerKey) -> Result<(), Reason> {
+    fn check_peer(
+        &self,
+        per_peer: &PerPeer,
+        Classified { key, at }: Classified,
+    ) -> Result<(), Reason> {
         let table = &per_peer.table;
-        let at = table.locate(&key);
         if table.is_full_at(&at) && !table.contains(&at) {
             return match self.overflow {
                 Overflow::Admit => {
