@@ -16,7 +16,7 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf},
+    io::{AsyncRead, ReadBuf},
     time::Sleep,
 };
 use tower_bouncer::timeout::TimeoutLayer;
@@ -27,8 +27,6 @@ use support::*;
 const CONNECTIONS: u64 = 200_000;
 /// Read events per round for the per-read figures.
 const READ_EVENTS: u64 = 2_000_000;
-const BULK: usize = 64 << 20;
-const CHUNK: usize = 64 << 10;
 const IDLE: Duration = Duration::from_secs(60);
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -79,30 +77,14 @@ impl<R: AsyncRead + Unpin> AsyncRead for ResetEveryRead<R> {
     }
 }
 
-/// Sends [`BULK`] bytes through an in-memory pipe, reads them through `wrap`; returns
-/// the throughput in bytes per second.
-fn bulk_transfer<R: AsyncRead + Unpin>(
+/// [`bulk_transfer`]'s throughput, in bytes per second.
+fn throughput<R: AsyncRead + Unpin>(
     runtime: &tokio::runtime::Runtime,
     wrap: impl FnOnce(tokio::io::DuplexStream) -> R,
 ) -> f64 {
-    runtime.block_on(async {
-        let (mut sender, receiver) = tokio::io::duplex(CHUNK);
-        let began = Instant::now();
-        let writer = tokio::spawn(async move {
-            let chunk = vec![1u8; CHUNK];
-            for _ in 0..BULK / CHUNK {
-                sender.write_all(&chunk).await.unwrap();
-            }
-        });
-        let mut reader = wrap(receiver);
-        let mut buf = vec![0u8; CHUNK];
-        let mut total = 0;
-        while total < BULK {
-            total += reader.read(&mut buf).await.unwrap();
-        }
-        writer.await.unwrap();
-        BULK as f64 / began.elapsed().as_secs_f64()
-    })
+    let began = Instant::now();
+    runtime.block_on(bulk_transfer(wrap));
+    BULK as f64 / began.elapsed().as_secs_f64()
 }
 
 fn main() {
@@ -189,8 +171,8 @@ fn main() {
         .unwrap();
     let [raw_bulk, timed_bulk] = interleaved(
         rounds,
-        [&mut || bulk_transfer(&bulk_runtime, |io| io), &mut || {
-            bulk_transfer(&bulk_runtime, |io| timed(io, &idle))
+        [&mut || throughput(&bulk_runtime, |io| io), &mut || {
+            throughput(&bulk_runtime, |io| timed(io, &idle))
         }],
     );
     let ratio = timed_bulk / raw_bulk;

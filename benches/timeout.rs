@@ -23,13 +23,13 @@ use std::{
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf},
+    io::{AsyncRead, ReadBuf},
     runtime::Runtime,
     time::{Instant, Sleep},
 };
 use tower_bouncer::timeout::TimeoutLayer;
 
-use support::{Alternating, read_events, timed};
+use support::{Alternating, BULK, bulk_transfer, read_events, timed};
 
 const IDLE: Duration = Duration::from_secs(60);
 
@@ -87,31 +87,6 @@ fn per_read(c: &mut Criterion) {
         b.iter_custom(|events| read_events(&mut reader, events));
     });
     group.finish();
-}
-
-const BULK: usize = 64 << 20;
-const CHUNK: usize = 64 << 10;
-
-/// Sends [`BULK`] bytes through an in-memory pipe and reads them through `wrap`.
-async fn bulk_transfer<R, F>(wrap: F)
-where
-    F: FnOnce(tokio::io::DuplexStream) -> R,
-    R: AsyncRead + Unpin,
-{
-    let (mut sender, receiver) = tokio::io::duplex(CHUNK);
-    let writer = tokio::spawn(async move {
-        let chunk = vec![1u8; CHUNK];
-        for _ in 0..BULK / CHUNK {
-            sender.write_all(&chunk).await.unwrap();
-        }
-    });
-    let mut reader = wrap(receiver);
-    let mut buf = vec![0u8; CHUNK];
-    let mut total = 0;
-    while total < BULK {
-        total += reader.read(&mut buf).await.unwrap();
-    }
-    writer.await.unwrap();
 }
 
 fn bulk(c: &mut Criterion) {

@@ -88,6 +88,28 @@ pub use close::GracefulClose;
 pub use config::ConfigError;
 pub use conn::{Conn, ConnInfo, Parts};
 
+/// `get_ref`, `get_mut` and `into_inner` for a middleware service whose wrapped service
+/// is its `inner` field, as tower's middleware have them.
+macro_rules! inner_service_accessors {
+    () => {
+        /// The inner service.
+        pub fn get_ref(&self) -> &S {
+            &self.inner
+        }
+
+        /// The inner service, mutably.
+        pub fn get_mut(&mut self) -> &mut S {
+            &mut self.inner
+        }
+
+        /// Unwraps the inner service.
+        pub fn into_inner(self) -> S {
+            self.inner
+        }
+    };
+}
+pub(crate) use inner_service_accessors;
+
 /// The error type of connection-level services (tower's convention).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 

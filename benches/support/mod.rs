@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tower::{Layer, Service, ServiceBuilder, service_fn, util::ServiceFn};
 use tower_bouncer::{
     BoxError, Conn,
@@ -191,4 +191,30 @@ where
     // The layer's future is dropped at once: only the stream it made is measured.
     drop(service.call(conn));
     receiver.try_recv().expect("the protocol ran")
+}
+
+/// What a bulk transfer moves, in chunks of [`CHUNK`].
+pub const BULK: usize = 64 << 20;
+pub const CHUNK: usize = 64 << 10;
+
+/// Sends [`BULK`] bytes through an in-memory pipe and reads them through `wrap`.
+pub async fn bulk_transfer<R, F>(wrap: F)
+where
+    F: FnOnce(tokio::io::DuplexStream) -> R,
+    R: AsyncRead + Unpin,
+{
+    let (mut sender, receiver) = tokio::io::duplex(CHUNK);
+    let writer = tokio::spawn(async move {
+        let chunk = vec![1u8; CHUNK];
+        for _ in 0..BULK / CHUNK {
+            sender.write_all(&chunk).await.unwrap();
+        }
+    });
+    let mut reader = wrap(receiver);
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0;
+    while total < BULK {
+        total += reader.read(&mut buf).await.unwrap();
+    }
+    writer.await.unwrap();
 }

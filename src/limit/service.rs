@@ -31,20 +31,7 @@ impl<S> ConnectionLimit<S> {
         }
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::inner_service_accessors!();
 
     /// Ready once a slot is free, without reserving it: the slot is taken in `call`.
     fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<()> {

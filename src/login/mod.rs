@@ -227,11 +227,9 @@ impl Login {
 }
 
 impl LoginBuilder {
-    /// How peers are keyed and which are exempt (never banned, no per-peer budget).
-    pub fn keying(mut self, keying: PeerKeying) -> Self {
-        self.keying = keying;
-        self
-    }
+    // With the login layers, exempt peers are never banned and have no per-peer budget;
+    // a full table leaves a new peer's failures unrecorded, or refuses it.
+    crate::peer::peer_table_builder_methods!();
 
     /// Failed logins a connection may make before it is closed (OpenSSH's
     /// `MaxAuthTries`); 1 by default.
@@ -279,20 +277,6 @@ impl LoginBuilder {
     /// included; 24 hours by default.
     pub fn forget_after(mut self, quiet: Duration) -> Self {
         self.policy.forget_after = quiet;
-        self
-    }
-
-    /// The most peers with failures or bans on record; 65 536 by default.
-    pub fn max_tracked_peers(mut self, max: usize) -> Self {
-        self.max_tracked_peers = max;
-        self
-    }
-
-    /// What a full table does with a new peer: [`Overflow::Admit`] (its failures go
-    /// unrecorded, the default) or [`Overflow::Refuse`] (its connections are refused
-    /// until there is room).
-    pub fn overflow(mut self, overflow: Overflow) -> Self {
-        self.overflow = overflow;
         self
     }
 

@@ -23,6 +23,36 @@ use ipnet::IpNet;
 
 use crate::ConfigError;
 
+/// The builder methods every keyed layer has for its peer table; the builder has
+/// `keying`, `max_tracked_peers` and `overflow` fields.
+#[cfg(any(feature = "peer-limit", feature = "rate-limit", feature = "login"))]
+macro_rules! peer_table_builder_methods {
+    () => {
+        /// How peers are keyed and which are exempt; /32 and /64, nobody exempt, by
+        /// default.
+        pub fn keying(mut self, keying: $crate::peer::PeerKeying) -> Self {
+            self.keying = keying;
+            self
+        }
+
+        /// The most peers tracked at once; 65 536 by default.
+        pub fn max_tracked_peers(mut self, max: usize) -> Self {
+            self.max_tracked_peers = max;
+            self
+        }
+
+        /// What to do with a new peer when the table is full:
+        /// [`Overflow::Admit`](crate::peer::Overflow::Admit) (untracked) by default, or
+        /// [`Overflow::Refuse`](crate::peer::Overflow::Refuse).
+        pub fn overflow(mut self, overflow: $crate::peer::Overflow) -> Self {
+            self.overflow = overflow;
+            self
+        }
+    };
+}
+#[cfg(any(feature = "peer-limit", feature = "rate-limit", feature = "login"))]
+pub(crate) use peer_table_builder_methods;
+
 /// A peer as the keyed layers see it: its address masked to the configured prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerKey {

@@ -81,23 +81,7 @@ impl PeerLimitLayer {
 }
 
 impl PeerLimitBuilder {
-    /// How peers are keyed and which are exempt; /32 and /64, nobody exempt, by default.
-    pub fn keying(mut self, keying: PeerKeying) -> Self {
-        self.keying = keying;
-        self
-    }
-
-    /// The most peers tracked at once; 65 536 by default.
-    pub fn max_tracked_peers(mut self, max: usize) -> Self {
-        self.max_tracked_peers = max;
-        self
-    }
-
-    /// What to do with a new peer when the table is full; [`Overflow::Admit`] by default.
-    pub fn overflow(mut self, overflow: Overflow) -> Self {
-        self.overflow = overflow;
-        self
-    }
+    crate::peer::peer_table_builder_methods!();
 
     refusal_builder_methods!();
 

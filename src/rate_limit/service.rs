@@ -35,20 +35,7 @@ impl<S> RateLimit<S> {
         }
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::inner_service_accessors!();
 
     fn poll_global_rate(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         while !self.reserved {
