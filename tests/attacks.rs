@@ -155,6 +155,12 @@ async fn the_2005_login_flood_is_closed_and_banned_while_another_peer_logs_in() 
             Some("ERROR banned") => banned += 1,
             other => panic!("unexpected answer {other:?}"),
         }
+        // The server records a failure, then closes; waiting for the close (the
+        // attacker still holds its side) keeps the count of DENIED exact.
+        assert!(
+            server_closed(&mut stream).await,
+            "the server closed the connection"
+        );
         held.push(stream);
     }
     // Five failures (the default) ban the peer; every later connection is refused at

@@ -416,6 +416,8 @@ async fn login_server_applies_the_login_flags() {
             client.ask("LOGIN alice wrong").await.as_deref(),
             Some("DENIED")
         );
+        // The server records the failure, then closes: after the close it is counted.
+        assert_eq!(client.line().await, None);
     }
     let mut banned = LineClient::connect_from(2, server.addr).await;
     assert_eq!(banned.line().await.as_deref(), Some("ERROR banned"));
