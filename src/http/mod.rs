@@ -80,9 +80,19 @@ pub struct HttpService<S> {
 #[derive(Debug, Clone)]
 struct Config {
     hyper: auto::Builder<TokioExecutor>,
+    /// `hyper` without its header read timeout, for connections whose requests a
+    /// [`TimeoutLayer`](crate::timeout::TimeoutLayer) above already times: one timer
+    /// fewer to arm for every request.
+    hyper_timed_above: auto::Builder<TokioExecutor>,
     /// The first-byte deadline, when this adapter watches it itself.
     first_byte: Option<Arc<timeout::Shared>>,
     close_grace: Duration,
+}
+
+fn without_header_timeout(hyper: &auto::Builder<TokioExecutor>) -> auto::Builder<TokioExecutor> {
+    let mut hyper = hyper.clone();
+    hyper.http1().header_read_timeout(None);
+    hyper
 }
 
 fn first_byte_watch(timeout: Option<Duration>) -> Option<Arc<timeout::Shared>> {
@@ -109,6 +119,7 @@ impl<S> HttpService<S> {
         Self {
             service,
             config: Arc::new(Config {
+                hyper_timed_above: without_header_timeout(&hyper),
                 hyper,
                 first_byte: first_byte_watch(Some(DEFAULT_FIRST_BYTE_TIMEOUT)),
                 close_grace: DEFAULT_CLOSE_GRACE,
@@ -137,23 +148,23 @@ impl<S> HttpService<S> {
 
     /// How long an HTTP/1 client has to send a whole request head, counted from when
     /// hyper starts waiting for it (also between keep-alive requests); `None` waits
-    /// forever.
+    /// forever. On a connection whose requests a
+    /// [`TimeoutLayer`](crate::timeout::TimeoutLayer) above already times, hyper's
+    /// timer is left off: the layer's request timeout covers the head.
     ///
     /// # Panics
     ///
     /// If the timeout is zero.
-    pub fn header_read_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+    pub fn header_read_timeout(self, timeout: impl Into<Option<Duration>>) -> Self {
         let timeout = timeout.into();
         assert_ne!(
             timeout,
             Some(Duration::ZERO),
             "header_read_timeout must be > 0"
         );
-        Arc::make_mut(&mut self.config)
-            .hyper
-            .http1()
-            .header_read_timeout(timeout);
-        self
+        self.configure_hyper(|hyper| {
+            hyper.http1().header_read_timeout(timeout);
+        })
     }
 
     /// How long a connection may take to finish after a graceful close is asked for,
@@ -169,7 +180,9 @@ impl<S> HttpService<S> {
         mut self,
         configure: impl FnOnce(&mut auto::Builder<TokioExecutor>),
     ) -> Self {
-        configure(&mut Arc::make_mut(&mut self.config).hyper);
+        let config = Arc::make_mut(&mut self.config);
+        configure(&mut config.hyper);
+        config.hyper_timed_above = without_header_timeout(&config.hyper);
         self
     }
 
@@ -228,8 +241,10 @@ where
 
         let config = self.config.clone();
         let service = self.service.clone();
+        // An internal marker, not for the requests.
+        let watched_above = conn.extensions_mut().remove::<FirstByteWatched>().is_some();
         match &self.config.first_byte {
-            Some(first_byte) if conn.extensions().get::<FirstByteWatched>().is_none() => {
+            Some(first_byte) if !watched_above => {
                 Box::pin(timeout::watch(conn, first_byte, move |conn| {
                     serve_connection(conn, service, close, config)
                 }))
@@ -254,19 +269,24 @@ where
     B::Error: Into<BoxError>,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (io, parts) = conn.into_parts();
+    let (io, mut parts) = conn.into_parts();
+    // The adapter tells the timer where requests end; handlers have no use for it.
+    let request_timer = parts.extensions.remove::<RequestTimer>();
+    let hyper = if request_timer.is_some() {
+        &config.hyper_timed_above
+    } else {
+        &config.hyper
+    };
     let service = RequestService {
         inner: service,
         conn: Arc::new(ConnShared {
-            request_timer: parts.extensions.get::<RequestTimer>().cloned(),
+            request_timer,
             extensions: parts.extensions,
             close: close.clone(),
         }),
     };
     let mut connection = pin!(
-        config
-            .hyper
-            .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service))
+        hyper.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service))
     );
 
     tokio::select! {

@@ -2,8 +2,6 @@ use std::{future::Future, io, net::SocketAddr};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::Conn;
-
 /// A source of connections for [`Server`](super::Server).
 ///
 /// Implemented for [`tokio::net::TcpListener`]; implement it to serve another kind of
@@ -22,24 +20,32 @@ pub trait Listener: Send + 'static {
     /// (`ECONNABORTED`, ...) are skipped, resource exhaustion (`EMFILE`, `ENFILE`,
     /// `ENOBUFS`, `ENOMEM`) is retried after a back-off, and an error that means the
     /// listener itself is gone (`EBADF`, `EINVAL`, `ENOTSOCK`) ends the loop.
-    fn accept(&mut self) -> impl Future<Output = io::Result<Conn<Self::Io>>> + Send;
+    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Io, SocketAddr)>> + Send;
 
     /// The address this listener is bound to.
     fn local_addr(&self) -> io::Result<SocketAddr>;
+
+    /// The local address of an accepted connection, when the listener is bound to a
+    /// wildcard address (`0.0.0.0`, `::`) and so cannot tell: the listener's own address
+    /// by default.
+    fn connection_local_addr(&self, io: &Self::Io) -> io::Result<SocketAddr> {
+        let _ = io;
+        self.local_addr()
+    }
 }
 
 impl Listener for tokio::net::TcpListener {
     type Io = tokio::net::TcpStream;
 
-    async fn accept(&mut self) -> io::Result<Conn<Self::Io>> {
-        let (stream, peer_addr) = tokio::net::TcpListener::accept(self).await?;
-        // Read off the socket, not the listener: a listener bound to a wildcard address
-        // accepts on many local addresses.
-        let local_addr = stream.local_addr()?;
-        Ok(Conn::new(stream, peer_addr, local_addr))
+    async fn accept(&mut self) -> io::Result<(Self::Io, SocketAddr)> {
+        tokio::net::TcpListener::accept(self).await
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         tokio::net::TcpListener::local_addr(self)
+    }
+
+    fn connection_local_addr(&self, stream: &Self::Io) -> io::Result<SocketAddr> {
+        stream.local_addr()
     }
 }

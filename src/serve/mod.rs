@@ -45,15 +45,12 @@ use std::{
     io,
     panic::AssertUnwindSafe,
     pin::pin,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
     time::Duration,
 };
 
 use futures_util::{FutureExt, TryFutureExt};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio::task::AbortHandle;
+use tokio_util::task::TaskTracker;
 use tower::Service;
 use tracing::Instrument;
 
@@ -161,8 +158,14 @@ impl<L: Listener, F> Server<L, F> {
             max_accept_backoff,
         } = self;
         let mut shutdown = pin!(shutdown);
-        let connections = Connections::default();
+        let mut connections = Connections::default();
         let mut backoff = Backoff::new(MIN_ACCEPT_BACKOFF, max_accept_backoff);
+        // A listener bound to one address accepts every connection on it: no need to
+        // ask each socket.
+        let bound = listener
+            .local_addr()
+            .ok()
+            .filter(|addr| !addr.ip().is_unspecified());
         let error_log = LogThrottle::new(ACCEPT_ERROR_LOG_INTERVAL);
 
         let outcome = loop {
@@ -182,6 +185,13 @@ impl<L: Listener, F> Server<L, F> {
                 () = &mut shutdown => break Ok(()),
                 accepted = listener.accept() => accepted,
             };
+            let accepted = accepted.and_then(|(io, peer_addr)| {
+                let local_addr = match bound {
+                    Some(addr) => addr,
+                    None => listener.connection_local_addr(&io)?,
+                };
+                Ok(Conn::new(io, peer_addr, local_addr))
+            });
             let error = match accepted {
                 Ok(conn) => {
                     backoff.reset();
@@ -247,24 +257,24 @@ pub struct ShutdownReport {
     pub cut: usize,
 }
 
-/// The live connections' tasks, and the signals that wind them down and cut them.
+/// The live connections: their tasks, counted, and for each its graceful close and a
+/// handle to cut it. Only the accept loop touches the registry, so it takes no lock.
 #[derive(Default)]
 struct Connections {
     tasks: TaskTracker,
-    close: GracefulClose,
-    cut: CancellationToken,
-    cut_count: Arc<AtomicUsize>,
+    live: Vec<(AbortHandle, GracefulClose)>,
 }
 
 impl Connections {
-    fn spawn<S, IO>(&self, service: &mut S, mut conn: Conn<IO>)
+    fn spawn<S, IO>(&mut self, service: &mut S, mut conn: Conn<IO>)
     where
         S: Service<Conn<IO>, Response = ()>,
         S::Error: Into<BoxError> + 'static,
         S::Future: Send + 'static,
     {
         let span = tracing::info_span!("conn", peer = %conn.peer_addr());
-        conn.extensions_mut().insert(self.close.child());
+        let close = GracefulClose::new();
+        conn.extensions_mut().insert(close.clone());
         let called =
             span.in_scope(|| std::panic::catch_unwind(AssertUnwindSafe(|| service.call(conn))));
         let connection = match called {
@@ -275,42 +285,55 @@ impl Connections {
             }
         };
 
-        let cut = self.cut.clone();
-        let cut_count = self.cut_count.clone();
         let task = async move {
-            tokio::select! {
-                biased;
-                outcome = AssertUnwindSafe(connection.map_err(Into::into)).catch_unwind() => match outcome {
-                    Ok(Ok(())) => tracing::trace!("connection closed"),
-                    Ok(Err(error)) => {
-                        let error: BoxError = error;
-                        tracing::debug!(%error, "connection ended with an error");
-                    }
-                    Err(panic) => {
-                        tracing::error!(panic = panic_message(&*panic), "connection panicked");
-                    }
-                },
-                () = cut.cancelled() => {
-                    cut_count.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!("connection cut at the drain deadline");
+            match AssertUnwindSafe(connection.map_err(Into::into))
+                .catch_unwind()
+                .await
+            {
+                Ok(Ok(())) => tracing::trace!("connection closed"),
+                Ok(Err(error)) => {
+                    let error: BoxError = error;
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+                Err(panic) => {
+                    tracing::error!(panic = panic_message(&*panic), "connection panicked");
                 }
             }
         };
-        self.tasks.spawn(task.instrument(span));
+        let handle = self.tasks.spawn(task.instrument(span));
+        self.forget_finished();
+        self.live.push((handle.abort_handle(), close));
     }
 
-    async fn drain(self, timeout: Duration) -> ShutdownReport {
+    /// Drops the registry's entries of finished connections once they make up half of
+    /// it: amortised, each entry is looked at a constant number of times.
+    fn forget_finished(&mut self) {
+        if self.live.len() >= 64 && self.live.len() >= 2 * self.tasks.len() {
+            self.live.retain(|(task, _)| !task.is_finished());
+        }
+    }
+
+    async fn drain(mut self, timeout: Duration) -> ShutdownReport {
         self.tasks.close();
-        let live = self.tasks.len();
-        self.close.request();
+        self.live.retain(|(task, _)| !task.is_finished());
+        let live = self.live.len();
+        for (_, close) in &self.live {
+            close.request();
+        }
+        let mut cut = 0;
         if tokio::time::timeout(timeout, self.tasks.wait())
             .await
             .is_err()
         {
-            self.cut.cancel();
+            for (task, _) in &self.live {
+                if !task.is_finished() {
+                    task.abort();
+                    cut += 1;
+                    tracing::debug!("connection cut at the drain deadline");
+                }
+            }
             self.tasks.wait().await;
         }
-        let cut = self.cut_count.load(Ordering::Relaxed);
         ShutdownReport {
             drained: live.saturating_sub(cut),
             cut,

@@ -90,6 +90,9 @@ pub(crate) struct Activity {
     request_armed: AtomicBool,
     /// Set when a request starts: its deadline may come before the timer's.
     rearm: AtomicBool,
+    /// Whether the timer's task is polling the protocol right now, and so will look at
+    /// `rearm` without being woken.
+    polling: AtomicBool,
     wound_down: AtomicBool,
     /// The timer's task, woken to re-arm when a request starts.
     timer: AtomicWaker,
@@ -107,6 +110,7 @@ impl Activity {
             request_bytes_start: AtomicU64::new(0),
             request_armed: AtomicBool::new(requests_auto_start),
             rearm: AtomicBool::new(false),
+            polling: AtomicBool::new(false),
             wound_down: AtomicBool::new(false),
             timer: AtomicWaker::new(),
         }
@@ -141,8 +145,17 @@ impl Activity {
         self.request_bytes_start
             .store(bytes_before, Ordering::Relaxed);
         self.request_started.store(now, Ordering::Release);
-        self.rearm.store(true, Ordering::Release);
-        self.timer.wake();
+        // Sequentially consistent with `set_polling` and `take_rearm`: if this sees the
+        // timer's task polling, that task's `take_rearm` comes after this store.
+        self.rearm.store(true, Ordering::SeqCst);
+        if !self.polling.load(Ordering::SeqCst) {
+            self.timer.wake();
+        }
+    }
+
+    /// The timer's task starts or stops polling the protocol.
+    pub(crate) fn set_polling(&self, polling: bool) {
+        self.polling.store(polling, Ordering::SeqCst);
     }
 
     /// Starts a request now, unless one is in progress.
@@ -171,7 +184,7 @@ impl Activity {
 
     /// Whether a request started since the timer last looked.
     pub(crate) fn take_rearm(&self) -> bool {
-        self.rearm.swap(false, Ordering::AcqRel)
+        self.rearm.swap(false, Ordering::SeqCst)
     }
 
     /// Works out what the deadlines say now. `idle` is the timer's own record of the

@@ -6,7 +6,7 @@ use std::{
 };
 
 use pin_project::pin_project;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use super::{
     RequestTimer, Shared, TimedIo,
@@ -52,19 +52,26 @@ where
     });
 
     let mut idle = IdleWatch::default();
-    let timer = match activity.check(deadlines, &mut idle) {
-        Check::Next(Some(at)) => Some(Box::pin(tokio::time::sleep_until(at))),
-        _ => None,
+    let first_look = match activity.check(deadlines, &mut idle) {
+        Check::Next(next) => next,
+        // Every deadline is at least a nanosecond ahead of a fresh connection.
+        Check::Expired(_) | Check::WindDown(_) => None,
     };
     let conn = conn.map_io(|io| TimedIo::new(io, activity.clone()));
     ResponseFuture {
         inner: serve(conn),
+        timer: tokio::time::sleep_until(first_look.unwrap_or_else(far_future)),
+        armed: first_look.is_some(),
         activity,
         idle,
         shared: shared.clone(),
-        timer,
         close,
     }
+}
+
+/// A deadline no connection reaches, for a timer that is not armed.
+fn far_future() -> Instant {
+    Instant::now() + std::time::Duration::from_secs(86_400 * 365 * 30)
 }
 
 /// A connection's future raced against its deadlines.
@@ -74,11 +81,15 @@ where
 pub struct ResponseFuture<F> {
     #[pin]
     inner: F,
+    /// The one timer: set to the next instant worth a look, never later than the
+    /// earliest deadline ahead.
+    #[pin]
+    timer: Sleep,
+    /// Whether the timer is set to such an instant; when not, nothing is ahead.
+    armed: bool,
     activity: Arc<Activity>,
     idle: IdleWatch,
     shared: Arc<Shared>,
-    /// The one timer, set to the earliest deadline ahead; none when nothing is ahead.
-    timer: Option<Pin<Box<Sleep>>>,
     /// Raised when the connection has lived its lifetime.
     close: Option<GracefulClose>,
 }
@@ -91,8 +102,13 @@ where
     type Output = Result<(), BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Poll::Ready(outcome) = this.inner.poll(cx) {
+        let mut this = self.project();
+        // A request that starts while the inner future reads is seen just below: it
+        // needs no wake-up of this task.
+        this.activity.set_polling(true);
+        let polled = this.inner.poll(cx);
+        this.activity.set_polling(false);
+        if let Poll::Ready(outcome) = polled {
             return Poll::Ready(outcome.map_err(Into::into));
         }
         let deadlines = &this.shared.deadlines;
@@ -101,14 +117,13 @@ where
         }
         // A request that started since the timer was set may end before it.
         let mut look = this.activity.take_rearm();
+        let mut fired = false;
         loop {
             if !look {
-                let Some(timer) = this.timer.as_mut() else {
-                    return Poll::Pending;
-                };
-                if timer.as_mut().poll(cx).is_pending() {
+                if !*this.armed || this.timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
+                fired = true;
             }
             look = false;
             let next = match this.activity.check(deadlines, this.idle) {
@@ -125,10 +140,17 @@ where
                 }
                 Check::Next(next) => next,
             };
-            match (next, this.timer.as_mut()) {
-                (None, _) => *this.timer = None,
-                (Some(at), Some(timer)) => timer.as_mut().reset(at),
-                (Some(at), None) => *this.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            // A timer that fires before the next deadline only costs a look then:
+            // it is moved when it has fired or when the deadline comes sooner, not on
+            // every request.
+            match next {
+                Some(at) if fired || !*this.armed || at < this.timer.deadline() => {
+                    this.timer.as_mut().reset(at);
+                    *this.armed = true;
+                }
+                Some(_) => {}
+                None if fired => *this.armed = false,
+                None => {}
             }
         }
     }

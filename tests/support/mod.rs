@@ -91,12 +91,13 @@ impl ChannelListener {
 impl Listener for ChannelListener {
     type Io = DuplexStream;
 
-    async fn accept(&mut self) -> io::Result<Conn<DuplexStream>> {
+    async fn accept(&mut self) -> io::Result<(DuplexStream, SocketAddr)> {
         self.log.attempts.lock().unwrap().push(Instant::now());
         match self.queue.recv().await {
             Some(Ok(conn)) => {
                 self.log.accepted.fetch_add(1, Ordering::SeqCst);
-                Ok(conn)
+                let peer_addr = conn.peer_addr();
+                Ok((conn.into_io(), peer_addr))
             }
             Some(Err(error)) => Err(error),
             // The test dropped its sender: behave as a closed listener does.
