@@ -38,6 +38,10 @@ pub struct Parts {
     pub local_addr: SocketAddr,
     /// Per-connection handles left by layers.
     pub extensions: Extensions,
+    /// Whether a timeout layer already watches the first byte, so that the HTTP
+    /// adapter does not watch it a second time. A flag, not an extension: it is on every
+    /// connection's path.
+    pub(crate) first_byte_watched: bool,
 }
 
 impl<IO> Conn<IO> {
@@ -49,6 +53,7 @@ impl<IO> Conn<IO> {
                 peer_addr,
                 local_addr,
                 extensions: Extensions::new(),
+                first_byte_watched: false,
             },
         )
     }
@@ -71,6 +76,15 @@ impl<IO> Conn<IO> {
     /// The local address the connection was accepted on.
     pub fn local_addr(&self) -> SocketAddr {
         self.parts.local_addr
+    }
+
+    pub(crate) fn first_byte_watched(&self) -> bool {
+        self.parts.first_byte_watched
+    }
+
+    /// Marks the connection's first byte as watched by a timeout layer, if it is.
+    pub(crate) fn set_first_byte_watched(&mut self, watched: bool) {
+        self.parts.first_byte_watched |= watched;
     }
 
     /// Both addresses, as the HTTP adapter hands them to request handlers.

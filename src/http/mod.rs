@@ -60,7 +60,7 @@ use tower::Service;
 
 use crate::{
     BoxError, Conn, GracefulClose,
-    timeout::{self, Deadlines, FirstByteWatched, RequestTimer},
+    timeout::{self, Deadlines, RequestTimer},
 };
 
 const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -241,10 +241,8 @@ where
 
         let config = self.config.clone();
         let service = self.service.clone();
-        // An internal marker, not for the requests.
-        let watched_above = conn.extensions_mut().remove::<FirstByteWatched>().is_some();
         match &self.config.first_byte {
-            Some(first_byte) if !watched_above => {
+            Some(first_byte) if !conn.first_byte_watched() => {
                 Box::pin(timeout::watch(conn, first_byte, move |conn| {
                     serve_connection(conn, service, close, config)
                 }))

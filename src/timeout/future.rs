@@ -14,11 +14,6 @@ use super::{
 };
 use crate::{BoxError, Conn, GracefulClose};
 
-/// In a connection's extensions once a layer watches its first byte, so that the HTTP
-/// adapter does not watch it a second time.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct FirstByteWatched;
-
 /// Wraps the connection's stream, leaves the handles the protocol needs in its
 /// extensions, and runs `serve` on it under `shared`'s deadlines.
 pub(crate) fn watch<IO, F, Fut>(
@@ -37,9 +32,6 @@ where
             activity: activity.clone(),
         });
     }
-    if deadlines.first_byte.is_some() {
-        extensions.insert(FirstByteWatched);
-    }
     let close = deadlines.lifetime.map(|_| {
         extensions
             .get::<GracefulClose>()
@@ -57,11 +49,14 @@ where
         // Every deadline is at least a nanosecond ahead of a fresh connection.
         Check::Expired(_) | Check::WindDown(_) => None,
     };
-    let conn = conn.map_io(|io| TimedIo::new(io, activity.clone()));
+    let mut conn = conn.map_io(|io| TimedIo::new(io, activity.clone()));
+    conn.set_first_byte_watched(deadlines.first_byte.is_some());
     ResponseFuture {
         inner: serve(conn),
-        timer: tokio::time::sleep_until(first_look.unwrap_or_else(far_future)),
-        armed: first_look.is_some(),
+        timer: LazyTimer {
+            sleep: None,
+            deadline: first_look,
+        },
         activity,
         idle,
         shared: shared.clone(),
@@ -69,9 +64,46 @@ where
     }
 }
 
-/// A deadline no connection reaches, for a timer that is not armed.
-fn far_future() -> Instant {
-    Instant::now() + std::time::Duration::from_secs(86_400 * 365 * 30)
+/// A timer made only when first waited on: a connection that ends on its first poll
+/// never touches the timer driver.
+#[pin_project]
+#[derive(Debug)]
+struct LazyTimer {
+    #[pin]
+    sleep: Option<Sleep>,
+    /// When it fires; `None` when it is not armed.
+    deadline: Option<Instant>,
+}
+
+impl LazyTimer {
+    /// Whether the armed deadline has come; registers for it otherwise.
+    fn poll_fired(self: Pin<&mut Self>, cx: &mut Context<'_>) -> bool {
+        let mut this = self.project();
+        let Some(deadline) = *this.deadline else {
+            return false;
+        };
+        if this.sleep.is_none() {
+            this.sleep.set(Some(tokio::time::sleep_until(deadline)));
+        }
+        let sleep = this.sleep.as_pin_mut().expect("made above");
+        sleep.poll(cx).is_ready()
+    }
+
+    fn arm(self: Pin<&mut Self>, at: Instant) {
+        let this = self.project();
+        *this.deadline = Some(at);
+        if let Some(sleep) = this.sleep.as_pin_mut() {
+            sleep.reset(at);
+        }
+    }
+
+    fn disarm(self: Pin<&mut Self>) {
+        *self.project().deadline = None;
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
 }
 
 /// A connection's future raced against its deadlines.
@@ -81,12 +113,10 @@ fn far_future() -> Instant {
 pub struct ResponseFuture<F> {
     #[pin]
     inner: F,
-    /// The one timer: set to the next instant worth a look, never later than the
-    /// earliest deadline ahead.
+    /// The one timer: armed for the next instant worth a look, never later than the
+    /// earliest deadline ahead; not armed when nothing is ahead.
     #[pin]
-    timer: Sleep,
-    /// Whether the timer is set to such an instant; when not, nothing is ahead.
-    armed: bool,
+    timer: LazyTimer,
     activity: Arc<Activity>,
     idle: IdleWatch,
     shared: Arc<Shared>,
@@ -120,7 +150,7 @@ where
         let mut fired = false;
         loop {
             if !look {
-                if !*this.armed || this.timer.as_mut().poll(cx).is_pending() {
+                if !this.timer.as_mut().poll_fired(cx) {
                     return Poll::Pending;
                 }
                 fired = true;
@@ -143,14 +173,11 @@ where
             // A timer that fires before the next deadline only costs a look then:
             // it is moved when it has fired or when the deadline comes sooner, not on
             // every request.
-            match next {
-                Some(at) if fired || !*this.armed || at < this.timer.deadline() => {
-                    this.timer.as_mut().reset(at);
-                    *this.armed = true;
-                }
-                Some(_) => {}
-                None if fired => *this.armed = false,
-                None => {}
+            match (next, this.timer.deadline()) {
+                (Some(at), Some(armed)) if !fired && armed <= at => {}
+                (Some(at), _) => this.timer.as_mut().arm(at),
+                (None, _) if fired => this.timer.as_mut().disarm(),
+                (None, _) => {}
             }
         }
     }

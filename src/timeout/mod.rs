@@ -72,7 +72,7 @@ use std::{error::Error, fmt, sync::Arc, time::Duration};
 use activity::Activity;
 pub(crate) use activity::Deadlines;
 pub use future::ResponseFuture;
-pub(crate) use future::{FirstByteWatched, watch};
+pub(crate) use future::watch;
 pub use io::TimedIo;
 pub(crate) use layer::Shared;
 pub use layer::{Timeout, TimeoutBuilder, TimeoutLayer, TimeoutStats};
