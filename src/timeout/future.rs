@@ -2,7 +2,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
 };
 
 use pin_project::pin_project;
@@ -58,6 +58,7 @@ where
             deadline: first_look,
         },
         activity,
+        registered: None,
         idle,
         shared: shared.clone(),
         close,
@@ -118,6 +119,8 @@ pub struct ResponseFuture<F> {
     #[pin]
     timer: LazyTimer,
     activity: Arc<Activity>,
+    /// The waker last registered with the activity.
+    registered: Option<Waker>,
     idle: IdleWatch,
     shared: Arc<Shared>,
     /// Raised when the connection has lived its lifetime.
@@ -142,8 +145,16 @@ where
             return Poll::Ready(outcome.map_err(Into::into));
         }
         let deadlines = &this.shared.deadlines;
-        if deadlines.request.is_some() {
+        // Registered for reads on other tasks; again only when this task's waker
+        // changes, not on every poll.
+        if deadlines.request.is_some()
+            && !this
+                .registered
+                .as_ref()
+                .is_some_and(|waker| waker.will_wake(cx.waker()))
+        {
             this.activity.register_timer(cx.waker());
+            *this.registered = Some(cx.waker().clone());
         }
         // A request that started since the timer was set may end before it.
         let mut look = this.activity.take_rearm();
