@@ -101,9 +101,9 @@ impl Attack {
         let mut workers = JoinSet::new();
         match self {
             Attack::LoginFlood => opener.spawn(&mut workers, 8, 3000, |_| peer(0, 2), login_wrong),
-            Attack::Silent => opener.spawn(&mut workers, 16, 1500, |n| peer(1, n % 8), silent),
+            Attack::Silent => opener.spawn(&mut workers, 32, 1500, |n| peer(1, n % 8), silent),
             Attack::Slowloris => {
-                opener.spawn(&mut workers, 16, 1500, |n| peer(2, n % 8), slowloris_start);
+                opener.spawn(&mut workers, 32, 1500, |n| peer(2, n % 8), slowloris_start);
                 workers.spawn(trickle(opener.held.clone(), ends));
             }
             Attack::SinglePeerFlood => {

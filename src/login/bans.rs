@@ -113,6 +113,9 @@ impl BanTable {
 
     /// How long the peer `at` stays banned, if it is.
     pub(crate) fn banned_for(&self, at: &Located) -> Option<Duration> {
+        if self.table.is_empty_at(at) {
+            return None;
+        }
         let until = self.table.lock(at).get_mut()?.banned_until;
         let now = self.now();
         (until > now).then(|| Duration::from_nanos(until - now))

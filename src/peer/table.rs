@@ -130,6 +130,12 @@ impl<V> PeerTable<V> {
         self.shard(at).len.load(Ordering::Relaxed) >= self.shard_capacity
     }
 
+    /// Whether `at`'s shard holds nothing, without taking its lock: the common case of
+    /// a table that is mostly empty, such as one of bans, costs one load.
+    pub(crate) fn is_empty_at(&self, at: &Located) -> bool {
+        self.shard(at).len.load(Ordering::Relaxed) == 0
+    }
+
     /// Whether `at` is tracked.
     pub(crate) fn contains(&self, at: &Located) -> bool {
         self.lock(at).get_mut().is_some()
