@@ -37,10 +37,10 @@
 //! Every client run is bounded by `--deadline` (default 120 s) and each connection
 //! step by 10 s.
 
+mod common;
+
 use std::{
     convert::Infallible,
-    fmt::Display,
-    io::Write,
     net::SocketAddr,
     process,
     str::FromStr,
@@ -51,6 +51,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::{bind, fail, init_logging, shutdown_signal, value};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -175,25 +176,6 @@ impl Args {
     }
 }
 
-fn value<T>(flag: &str, value: Option<String>) -> T
-where
-    T: FromStr,
-    T::Err: Display,
-{
-    let Some(value) = value else {
-        fail(format_args!("`{flag}` needs a value"));
-    };
-    value
-        .parse()
-        .unwrap_or_else(|error| fail(format_args!("bad value `{value}` for `{flag}`: {error}")))
-}
-
-/// A one-line error and exit status 2, as the example servers do on a bad flag.
-fn fail(message: impl Display) -> ! {
-    eprintln!("error: {message}");
-    process::exit(2);
-}
-
 fn main() {
     let args = Args::from_env();
     match args.mode {
@@ -228,33 +210,11 @@ fn main() {
     }
 }
 
-/// Logs to stderr, `RUST_LOG` overriding `info`: the example servers' setup, so that
-/// the protected server's per-connection tracing span costs what it costs there.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 async fn run_server(args: &Args) {
     // Installed before the port is announced: a SIGTERM right after the `listening on`
     // line must stop the server cleanly, not kill it.
     let shutdown = shutdown_signal();
-    let listener = TcpListener::bind(args.addr).await.unwrap_or_else(|error| {
-        eprintln!("error: cannot listen on {}: {error}", args.addr);
-        process::exit(1);
-    });
-    let local = listener
-        .local_addr()
-        .expect("a bound socket has an address");
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "listening on {local}")
-        .and_then(|()| stdout.flush())
-        .ok();
-    drop(stdout);
+    let listener = bind(args.addr).await;
 
     match args.mode {
         Mode::Bare => bare(listener, shutdown).await,
@@ -335,21 +295,6 @@ async fn protected(listener: TcpListener, shutdown: impl Future<Output = ()> + S
     if let Err(error) = report {
         eprintln!("error: server failed: {error}");
         process::exit(1);
-    }
-}
-
-/// Completes on SIGINT or SIGTERM.
-fn shutdown_signal() -> impl Future<Output = ()> + Send {
-    use tokio::signal::unix::{SignalKind, signal};
-
-    let mut interrupt = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    let mut terminate = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-        tracing::info!("shutting down");
     }
 }
 

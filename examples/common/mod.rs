@@ -143,7 +143,7 @@ pub async fn bind(addr: SocketAddr) -> TcpListener {
 /// Completes on SIGINT or SIGTERM. The handlers are installed when this is called, so
 /// call it before announcing the port: a signal sent right after the `listening on` line
 /// must not kill the process.
-pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send {
     use tokio::signal::unix::{SignalKind, signal};
 
     let mut interrupt = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
