@@ -3,7 +3,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicU8, Ordering},
     },
     task::{Context, Poll, Waker},
 };
@@ -20,7 +20,12 @@ use std::{
 /// - HTTP/2 sends GOAWAY and lets the open streams finish;
 /// - a raw protocol awaits [`requested`](Self::requested) next to its reads.
 ///
-/// Whoever raised it may cut the connection after a grace period if it does not finish.
+/// A connection that does not finish is cut, and who cuts it is one rule: whoever asked
+/// with a deadline of its own ([`request_cut_by_caller`](Self::request_cut_by_caller):
+/// the server's drain, the lifetime's grace, the eviction grace) cuts it on that
+/// deadline; a plain [`request`](Self::request) (a handler's, an operator's) leaves the
+/// cut to the HTTP adapter's close grace.
+/// So each grace means what it says, and the shortest of those that apply wins.
 /// Clones share one signal.
 ///
 /// A connection polls its signal every time it is woken, so looking costs one atomic
@@ -30,17 +35,24 @@ pub struct GracefulClose {
     signal: Arc<Signal>,
 }
 
+/// Raised by any request.
+const REQUESTED: u8 = 1;
+/// Raised by a request that leaves the cut to the connection's protocol.
+const CUT_BY_PROTOCOL: u8 = 2;
+
 #[derive(Debug, Default)]
 struct Signal {
-    requested: AtomicBool,
+    /// [`REQUESTED`] and [`CUT_BY_PROTOCOL`], once raised.
+    raised: AtomicU8,
     waiters: Mutex<Waiters>,
 }
 
-/// The tasks waiting on a signal, each under an id its [`Requested`] keeps.
+/// The tasks waiting on a signal, each under an id its [`Requested`] keeps, with the
+/// bits it waits for.
 #[derive(Debug, Default)]
 struct Waiters {
     next_id: u64,
-    list: Vec<(u64, Waker)>,
+    list: Vec<(u64, u8, Waker)>,
 }
 
 impl GracefulClose {
@@ -49,26 +61,58 @@ impl GracefulClose {
         Self::default()
     }
 
-    /// Asks the connection to close gracefully. Raising it again does nothing.
+    /// Asks the connection to close gracefully; if it does not finish, the HTTP adapter
+    /// cuts it after its close grace. Raising it again does nothing.
     pub fn request(&self) {
-        if self.signal.requested.swap(true, Ordering::AcqRel) {
+        self.raise(REQUESTED | CUT_BY_PROTOCOL);
+    }
+
+    /// Asks the connection to close gracefully, and says that the caller cuts it itself,
+    /// on a deadline of its own, if it does not finish: the HTTP adapter then waits for
+    /// that instead of applying its own close grace.
+    pub fn request_cut_by_caller(&self) {
+        self.raise(REQUESTED);
+    }
+
+    fn raise(&self, bits: u8) {
+        let before = self.signal.raised.fetch_or(bits, Ordering::AcqRel);
+        if before & bits == bits {
             return;
         }
-        let waiting = std::mem::take(&mut self.signal.lock().list);
-        for (_, waker) in waiting {
+        let raised = before | bits;
+        let mut waiting = Vec::new();
+        self.signal.lock().list.retain(|(_, wanted, waker)| {
+            let done = raised & wanted == *wanted;
+            if done {
+                waiting.push(waker.clone());
+            }
+            !done
+        });
+        for waker in waiting {
             waker.wake();
         }
     }
 
     /// Whether a graceful close has been asked for.
     pub fn is_requested(&self) -> bool {
-        self.signal.requested.load(Ordering::Acquire)
+        self.signal.is_raised(REQUESTED)
     }
 
     /// Resolves once a graceful close has been asked for.
     pub fn requested(&self) -> Requested {
+        self.waiter(REQUESTED)
+    }
+
+    /// Resolves once a close has been asked for with [`request`](Self::request), whose
+    /// cut is the protocol's to make.
+    pub(crate) fn cut_left_to_protocol(&self) -> Requested {
+        self.waiter(CUT_BY_PROTOCOL)
+    }
+
+    fn waiter(&self, bits: u8) -> Requested {
         Requested {
             signal: self.signal.clone(),
+            bits,
             registered: None,
         }
     }
@@ -78,6 +122,10 @@ impl Signal {
     fn lock(&self) -> std::sync::MutexGuard<'_, Waiters> {
         self.waiters.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    fn is_raised(&self, bits: u8) -> bool {
+        self.raised.load(Ordering::Acquire) & bits == bits
+    }
 }
 
 /// The future returned by [`GracefulClose::requested`].
@@ -85,6 +133,8 @@ impl Signal {
 #[must_use = "futures do nothing unless polled"]
 pub struct Requested {
     signal: Arc<Signal>,
+    /// What it waits for.
+    bits: u8,
     /// Its id among the waiters and the waker it registered, once it has.
     registered: Option<(u64, Waker)>,
 }
@@ -94,7 +144,7 @@ impl Future for Requested {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let signal = &self.signal;
-        if signal.requested.load(Ordering::Acquire) {
+        if signal.is_raised(self.bits) {
             return Poll::Ready(());
         }
         if let Some((_, waker)) = &self.registered
@@ -103,14 +153,16 @@ impl Future for Requested {
             return Poll::Pending;
         }
         let mut waiters = signal.lock();
-        // Raised between the look above and the lock: `request` sets the flag first.
-        if signal.requested.load(Ordering::Acquire) {
+        // Raised between the look above and the lock: `raise` sets the bits first.
+        if signal.is_raised(self.bits) {
             return Poll::Ready(());
         }
         let id = match &self.registered {
             Some((id, _)) => {
                 let id = *id;
-                if let Some((_, waker)) = waiters.list.iter_mut().find(|(other, _)| *other == id) {
+                if let Some((_, _, waker)) =
+                    waiters.list.iter_mut().find(|(other, _, _)| *other == id)
+                {
                     waker.clone_from(cx.waker());
                 }
                 id
@@ -118,7 +170,7 @@ impl Future for Requested {
             None => {
                 let id = waiters.next_id;
                 waiters.next_id += 1;
-                waiters.list.push((id, cx.waker().clone()));
+                waiters.list.push((id, self.bits, cx.waker().clone()));
                 id
             }
         };
@@ -131,9 +183,9 @@ impl Future for Requested {
 impl Drop for Requested {
     fn drop(&mut self) {
         if let Some((id, _)) = self.registered.take()
-            && !self.signal.requested.load(Ordering::Acquire)
+            && !self.signal.is_raised(self.bits)
         {
-            self.signal.lock().list.retain(|(other, _)| *other != id);
+            self.signal.lock().list.retain(|(other, _, _)| *other != id);
         }
     }
 }
@@ -186,5 +238,23 @@ mod tests {
         close.request();
         assert!(second.is_woken());
         assert!(!first.is_woken());
+    }
+
+    #[test]
+    fn a_close_cut_by_its_caller_leaves_the_protocol_no_cut_to_make() {
+        let close = GracefulClose::new();
+        let mut requested = task::spawn(close.requested());
+        let mut protocol_cut = task::spawn(close.cut_left_to_protocol());
+        assert_pending!(requested.poll());
+        assert_pending!(protocol_cut.poll());
+
+        close.request_cut_by_caller();
+        assert_ready!(requested.poll());
+        assert!(!protocol_cut.is_woken(), "not woken for other bits");
+        assert_pending!(protocol_cut.poll());
+
+        close.request();
+        assert!(protocol_cut.is_woken());
+        assert_ready!(protocol_cut.poll());
     }
 }

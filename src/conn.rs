@@ -38,10 +38,11 @@ pub struct Parts {
     pub local_addr: SocketAddr,
     /// Per-connection handles left by layers.
     pub extensions: Extensions,
-    /// Whether a timeout layer already watches the first byte, so that the HTTP
-    /// adapter does not watch it a second time. A flag, not an extension: it is on every
+    /// The activity a timeout layer watches, for the protocol to declare when it is
+    /// busy and to add its own deadlines. A field, not an extension: it is on every
     /// connection's path.
-    pub(crate) first_byte_watched: bool,
+    #[cfg(feature = "timeout")]
+    pub(crate) timed: Option<std::sync::Arc<crate::timeout::Activity>>,
 }
 
 impl<IO> Conn<IO> {
@@ -53,7 +54,8 @@ impl<IO> Conn<IO> {
                 peer_addr,
                 local_addr,
                 extensions: Extensions::new(),
-                first_byte_watched: false,
+                #[cfg(feature = "timeout")]
+                timed: None,
             },
         )
     }
@@ -78,13 +80,16 @@ impl<IO> Conn<IO> {
         self.parts.local_addr
     }
 
-    pub(crate) fn first_byte_watched(&self) -> bool {
-        self.parts.first_byte_watched
+    /// The activity a timeout layer watches on this connection, if one does.
+    #[cfg(feature = "timeout")]
+    pub(crate) fn timed(&self) -> Option<&std::sync::Arc<crate::timeout::Activity>> {
+        self.parts.timed.as_ref()
     }
 
-    /// Marks the connection's first byte as watched by a timeout layer, if it is.
-    pub(crate) fn set_first_byte_watched(&mut self, watched: bool) {
-        self.parts.first_byte_watched |= watched;
+    /// Marks the connection as watched by a timeout layer, through `activity`.
+    #[cfg(feature = "timeout")]
+    pub(crate) fn set_timed(&mut self, activity: std::sync::Arc<crate::timeout::Activity>) {
+        self.parts.timed = Some(activity);
     }
 
     /// Both addresses, as the HTTP adapter hands them to request handlers.

@@ -191,7 +191,10 @@ async fn http2_close_signal_sends_goaway_after_the_response() {
 
 #[tokio::test]
 async fn a_silent_connection_is_closed_at_the_first_byte_timeout() {
-    let http = HttpService::new(plain_app()).first_byte_timeout(Duration::from_millis(200));
+    let http = HttpService::builder(plain_app())
+        .first_byte_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
     let server = start(http, PATIENCE).await;
 
     let mut silent = connect_from(1, server.addr).await;
@@ -229,7 +232,10 @@ fn timeout_error(error: &BoxError) -> TimeoutError {
 #[tokio::test(start_paused = true)]
 async fn first_byte_timeout_fails_the_connection_with_a_typed_error() {
     let began = tokio::time::Instant::now();
-    let http = HttpService::new(plain_app()).first_byte_timeout(Duration::from_secs(3));
+    let http = HttpService::builder(plain_app())
+        .first_byte_timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
     let (outcome, _client) = run_on_duplex(http, b"").await;
     assert_eq!(
         timeout_error(&outcome.unwrap_err()),
@@ -241,7 +247,10 @@ async fn first_byte_timeout_fails_the_connection_with_a_typed_error() {
 #[tokio::test(start_paused = true)]
 async fn an_incomplete_request_head_is_closed_at_the_header_read_timeout() {
     let began = tokio::time::Instant::now();
-    let http = HttpService::new(plain_app()).header_read_timeout(Duration::from_secs(4));
+    let http = HttpService::builder(plain_app())
+        .header_read_timeout(Duration::from_secs(4))
+        .build()
+        .unwrap();
     let (outcome, _client) = run_on_duplex(http, b"GET / HTTP/1.1\r\nHost: x\r\n").await;
     assert!(outcome.is_err());
     assert_eq!(began.elapsed(), Duration::from_secs(4));
@@ -250,7 +259,10 @@ async fn an_incomplete_request_head_is_closed_at_the_header_read_timeout() {
 #[tokio::test(start_paused = true)]
 async fn a_connection_that_outlives_its_close_grace_is_cut() {
     let (entered, mut entered_rx) = mpsc::unbounded_channel();
-    let http = HttpService::new(app(entered)).close_grace(Duration::from_secs(5));
+    let http = HttpService::builder(app(entered))
+        .close_grace(Duration::from_secs(5))
+        .build()
+        .unwrap();
     let (mut conn, mut client) = duplex_conn("192.0.2.1:1");
     let close = GracefulClose::new();
     conn.extensions_mut().insert(close.clone());
@@ -270,11 +282,69 @@ async fn a_connection_that_outlives_its_close_grace_is_cut() {
     assert!(rest.is_empty(), "cut before any response");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_cut_http2_connection_stops_its_handlers() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+
+    /// Sets its flag when the handler's future is dropped.
+    struct Dropped(Arc<AtomicBool>);
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    let dropped = Arc::new(AtomicBool::new(false));
+    let (entered, mut entered_rx) = mpsc::unbounded_channel();
+    let flag = dropped.clone();
+    let app = Router::new().route(
+        "/forever",
+        get(move || {
+            let guard = Dropped(flag.clone());
+            let entered = entered.clone();
+            async move {
+                let _guard = guard;
+                entered.send(()).ok();
+                std::future::pending::<()>().await;
+                ""
+            }
+        }),
+    );
+    let (mut conn, client) = duplex_conn("192.0.2.1:1");
+    let close = GracefulClose::new();
+    conn.extensions_mut().insert(close.clone());
+    let connection = tokio::spawn(
+        HttpService::builder(app)
+            .close_grace(Duration::from_secs(5))
+            .build()
+            .unwrap()
+            .oneshot(conn),
+    );
+    let mut h2 = Http2Client::connect(client).await;
+    let request = tokio::spawn(async move { h2.get("/forever").await });
+    entered_rx.recv().await.unwrap();
+
+    close.request();
+    within(PATIENCE, connection).await.unwrap().unwrap();
+    tokio::task::yield_now().await;
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the stream's handler stopped with its connection"
+    );
+    assert!(request.await.unwrap().is_err());
+}
+
 #[tokio::test]
 async fn shutdown_drains_an_in_flight_request_and_cuts_a_stuck_one_at_the_deadline() {
     let (entered, mut entered_rx) = mpsc::unbounded_channel();
     // A long close grace, so that the server's drain deadline is what cuts.
-    let http = HttpService::new(app(entered)).close_grace(Duration::from_secs(60));
+    let http = HttpService::builder(app(entered))
+        .close_grace(Duration::from_secs(60))
+        .build()
+        .unwrap();
     let server = start(http, Duration::from_secs(2)).await;
 
     let mut finishing = Http1Client::connect(connect_from(1, server.addr).await).await;
@@ -339,9 +409,12 @@ mod under_a_request_timeout {
             .request(Duration::from_secs(2))
             .build()
             .unwrap();
-        let service = ServiceBuilder::new()
-            .layer(timeouts)
-            .service(HttpService::new(plain_app()).header_read_timeout(None));
+        let service = ServiceBuilder::new().layer(timeouts).service(
+            HttpService::builder(plain_app())
+                .header_read_timeout(None)
+                .build()
+                .unwrap(),
+        );
         let (conn, client) = duplex_conn("192.0.2.1:1");
         (tokio::spawn(service.oneshot(conn)), client)
     }

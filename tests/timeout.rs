@@ -371,7 +371,9 @@ fn bad_timeouts_are_refused_when_built() {
 
 #[tokio::test(start_paused = true)]
 async fn a_request_read_on_another_task_is_timed_too() {
-    // As an upgraded HTTP connection is: the stream moves to a task of its own.
+    // A protocol that reads on a task of its own, and awaits it. (A protocol that lets
+    // go of the stream while another task keeps it, as hyper does with an upgrade, is
+    // the HTTP adapter's to watch: see tests/upgrade.rs.)
     let timeouts = layer(TimeoutLayer::builder().request(secs(10)));
     let began = Instant::now();
     let (connection, mut client) = open(&timeouts, |conn: Timed| async move {

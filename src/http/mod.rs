@@ -11,13 +11,24 @@
 //!   the `tonic` feature, tonic's `TcpConnectInfo`, so `Request::remote_addr` works;
 //! - honours [`GracefulClose`]: once it is raised, an HTTP/1.1 response carries
 //!   `Connection: close` and the connection closes after it is flushed; HTTP/2 sends
-//!   GOAWAY and lets open streams finish; whatever is still running after the
-//!   [close grace](HttpService::close_grace) is cut;
-//! - closes a connection that sends no byte within the
-//!   [first-byte timeout](HttpService::first_byte_timeout) (10 s by default): hyper-util's
-//!   protocol detection would otherwise wait forever;
-//! - gives hyper a timer, so its HTTP/1 [header read
-//!   timeout](HttpService::header_read_timeout) (30 s by default) is enforced.
+//!   GOAWAY and lets open streams finish; a connection that does not finish is cut by
+//!   whoever asked, or, for a plain [`GracefulClose::request`], after the
+//!   [close grace](HttpServiceBuilder::close_grace);
+//! - bounds every phase of a connection on its own, with no other layer: the first
+//!   byte ([10 s](HttpServiceBuilder::first_byte_timeout)), each request head from its
+//!   first byte, protocol detection and HTTP/2's preface included
+//!   ([30 s](HttpServiceBuilder::header_read_timeout)), and the time with no request
+//!   open, HTTP/2 PINGs or not ([60 s](HttpServiceBuilder::idle_timeout)), a slow reader
+//!   of a response counting as idle;
+//! - tells a [`TimeoutLayer`](crate::timeout::TimeoutLayer) above it when requests
+//!   start and end, and when the connection is busy, so that the layer's request
+//!   timeout holds every HTTP/1 request and every HTTP/2 stream's body, and its idle
+//!   timeout means "no request open"; the adapter's own timeouts then fill in only what
+//!   the layer leaves unset;
+//! - keeps an upgraded connection (WebSocket, `CONNECT`-style tunnels) under every
+//!   connection-level layer until its stream is dropped: it holds its place under the
+//!   caps, is closed by the idle and lifetime timeouts, and is drained and cut on
+//!   shutdown, wherever the task holding it is.
 //!
 //! # Example
 //!
@@ -37,34 +48,52 @@
 //! # let _ = service;
 //! ```
 //!
+//! Other settings, checked when built:
+//!
+//! ```
+//! use std::time::Duration;
+//! # let app: axum::Router = axum::Router::new();
+//! let service = tower_bouncer::http::HttpService::builder(app)
+//!     .header_read_timeout(Duration::from_secs(10))
+//!     .idle_timeout(Duration::from_secs(120))
+//!     .close_grace(Duration::from_secs(2))
+//!     .build()
+//!     .expect("valid settings");
+//! # let _ = service;
+//! ```
+//!
 //! Serve it with [`serve`](crate::serve), under any connection-level layers.
+
+mod connection;
+mod request;
+mod shared_io;
 
 use std::{
     future::Future,
-    pin::{Pin, pin},
+    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
 
-use http::{HeaderValue, Request, Response, Version, header::CONNECTION};
+use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
+    rt::{TokioExecutor, TokioTimer},
     server::conn::auto,
-    service::TowerToHyperService,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower::Service;
 
 use crate::{
-    BoxError, Conn, GracefulClose,
-    timeout::{self, Deadlines, RequestTimer},
+    BoxError, ConfigError, Conn, GracefulClose,
+    timeout::{self, DEFAULT_MIN_SEND_RATE, Deadlines, IdleLimit, RequestLimit},
 };
 
-const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// A connection-level service that serves HTTP/1.1 and HTTP/2 with an inner
@@ -73,104 +102,99 @@ const DEFAULT_CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// See the [module documentation](self).
 #[derive(Debug, Clone)]
 pub struct HttpService<S> {
-    service: S,
+    inner: S,
     config: Arc<Config>,
 }
 
+/// Builds an [`HttpService`] with settings other than the defaults.
 #[derive(Debug, Clone)]
-struct Config {
+#[must_use]
+pub struct HttpServiceBuilder<S> {
+    service: S,
     hyper: auto::Builder<TokioExecutor>,
-    /// `hyper` without its header read timeout, for connections whose requests a
-    /// [`TimeoutLayer`](crate::timeout::TimeoutLayer) above already times: one timer
-    /// fewer to arm for every request.
-    hyper_timed_above: auto::Builder<TokioExecutor>,
-    /// The first-byte deadline, when this adapter watches it itself.
-    first_byte: Option<Arc<timeout::Shared>>,
+    first_byte: Option<Duration>,
+    header_read: Option<Duration>,
+    idle: Option<Duration>,
     close_grace: Duration,
 }
 
-fn without_header_timeout(hyper: &auto::Builder<TokioExecutor>) -> auto::Builder<TokioExecutor> {
-    let mut hyper = hyper.clone();
-    hyper.http1().header_read_timeout(None);
-    hyper
-}
-
-fn first_byte_watch(timeout: Option<Duration>) -> Option<Arc<timeout::Shared>> {
-    timeout.map(|limit| {
-        Arc::new(timeout::Shared::new(Deadlines {
-            first_byte: Some(limit),
-            ..Deadlines::default()
-        }))
-    })
+#[derive(Debug)]
+struct Config {
+    hyper: auto::Builder<TokioExecutor>,
+    /// The adapter's own deadlines: added where a timeout layer above leaves a gap, or
+    /// watched on their own without one.
+    deadlines: Deadlines,
+    /// The state of the adapter's own watch, for connections without a timeout layer;
+    /// `None` if the adapter has no deadline at all.
+    alone: Option<Arc<timeout::Shared>>,
+    close_grace: Duration,
 }
 
 impl<S> HttpService<S> {
     /// Serves `service` with the defaults: HTTP/1.1 and HTTP/2 with protocol detection,
-    /// a 10 s first-byte timeout, a 30 s HTTP/1 header read timeout, and a 5 s grace
-    /// after a graceful close is asked for.
+    /// a 10 s first-byte timeout, 30 s for each request head, 60 s with no request open,
+    /// and a 5 s grace after a plain graceful close is asked for.
     pub fn new(service: S) -> Self {
+        Self::builder(service)
+            .build()
+            .expect("the default settings are valid")
+    }
+
+    /// Starts from the defaults of [`new`](Self::new).
+    pub fn builder(service: S) -> HttpServiceBuilder<S> {
         let mut hyper = auto::Builder::new(TokioExecutor::new());
+        // The adapter times request heads itself, from their first byte: hyper's header
+        // timer starts later, after protocol detection, and only for HTTP/1. The timers
+        // stay for what `configure_hyper` may turn on.
         hyper
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(DEFAULT_HEADER_READ_TIMEOUT)
+            .header_read_timeout(None)
             .http2()
             .timer(TokioTimer::new());
-        Self {
+        HttpServiceBuilder {
             service,
-            config: Arc::new(Config {
-                hyper_timed_above: without_header_timeout(&hyper),
-                hyper,
-                first_byte: first_byte_watch(Some(DEFAULT_FIRST_BYTE_TIMEOUT)),
-                close_grace: DEFAULT_CLOSE_GRACE,
-            }),
+            hyper,
+            first_byte: Some(DEFAULT_FIRST_BYTE_TIMEOUT),
+            header_read: Some(DEFAULT_HEADER_READ_TIMEOUT),
+            idle: Some(DEFAULT_IDLE_TIMEOUT),
+            close_grace: DEFAULT_CLOSE_GRACE,
         }
     }
 
+    crate::inner_service_accessors!();
+}
+
+impl<S> HttpServiceBuilder<S> {
     /// How long a new connection may stay silent before it is closed; `None` waits
-    /// forever, as hyper-util does on its own. A connection whose first byte a
-    /// [`TimeoutLayer`](crate::timeout::TimeoutLayer) above already watches is left to
-    /// it.
-    ///
-    /// # Panics
-    ///
-    /// If the timeout is zero.
+    /// forever, as hyper-util does on its own.
     pub fn first_byte_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
-        let timeout = timeout.into();
-        assert_ne!(
-            timeout,
-            Some(Duration::ZERO),
-            "first_byte_timeout must be > 0"
-        );
-        Arc::make_mut(&mut self.config).first_byte = first_byte_watch(timeout);
+        self.first_byte = timeout.into();
         self
     }
 
-    /// How long an HTTP/1 client has to send a whole request head, counted from when
-    /// hyper starts waiting for it (also between keep-alive requests); `None` waits
-    /// forever. On a connection whose requests a
-    /// [`TimeoutLayer`](crate::timeout::TimeoutLayer) above already times, hyper's
-    /// timer is left off: the layer's request timeout covers the head.
-    ///
-    /// # Panics
-    ///
-    /// If the timeout is zero.
-    pub fn header_read_timeout(self, timeout: impl Into<Option<Duration>>) -> Self {
-        let timeout = timeout.into();
-        assert_ne!(
-            timeout,
-            Some(Duration::ZERO),
-            "header_read_timeout must be > 0"
-        );
-        self.configure_hyper(|hyper| {
-            hyper.http1().header_read_timeout(timeout);
-        })
+    /// How long a client has to send a whole request head, from its first byte: for
+    /// the first request this covers protocol detection and HTTP/2's preface too, which
+    /// hyper does not time. `None` waits forever.
+    pub fn header_read_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.header_read = timeout.into();
+        self
     }
 
-    /// How long a connection may take to finish after a graceful close is asked for,
-    /// before it is cut.
+    /// How long a connection may have no request open (HTTP/1 keep-alive between
+    /// requests, HTTP/2 with no stream: PINGs and window updates do not count) before it
+    /// is closed, or hold back a response while reading it slower than 256 bytes a
+    /// second. `None` waits forever.
+    pub fn idle_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.idle = timeout.into();
+        self
+    }
+
+    /// How long a connection may take to finish after a plain [`GracefulClose::request`]
+    /// (from a handler, say) before it is cut. A close asked by a layer or the server
+    /// with a deadline of its own is cut on that deadline instead.
     pub fn close_grace(mut self, grace: Duration) -> Self {
-        Arc::make_mut(&mut self.config).close_grace = grace;
+        self.close_grace = grace;
         self
     }
 
@@ -180,25 +204,40 @@ impl<S> HttpService<S> {
         mut self,
         configure: impl FnOnce(&mut auto::Builder<TokioExecutor>),
     ) -> Self {
-        let config = Arc::make_mut(&mut self.config);
-        configure(&mut config.hyper);
-        config.hyper_timed_above = without_header_timeout(&config.hyper);
+        configure(&mut self.hyper);
         self
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.service
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.service
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.service
+    /// # Errors
+    ///
+    /// [`ConfigError::Zero`] for a zero timeout (`None` turns one off). Durations too
+    /// long to matter (`Duration::MAX`) mean "never".
+    pub fn build(self) -> Result<HttpService<S>, ConfigError> {
+        let positive = |value: Option<Duration>, setting| match value {
+            Some(Duration::ZERO) => Err(ConfigError::Zero { setting }),
+            other => Ok(other),
+        };
+        let deadlines = Deadlines {
+            first_byte: positive(self.first_byte, "first_byte_timeout")?,
+            request: positive(self.header_read, "header_read_timeout")?.map(|base| RequestLimit {
+                base,
+                min_rate: None,
+            }),
+            idle: positive(self.idle, "idle_timeout")?.map(|after| IdleLimit {
+                after,
+                min_send_rate: DEFAULT_MIN_SEND_RATE,
+            }),
+            lifetime: None,
+        };
+        Ok(HttpService {
+            inner: self.service,
+            config: Arc::new(Config {
+                hyper: self.hyper,
+                deadlines,
+                alone: (!deadlines.is_empty()).then(|| Arc::new(timeout::Shared::new(deadlines))),
+                close_grace: self.close_grace,
+            }),
+        })
     }
 }
 
@@ -240,167 +279,17 @@ where
         });
 
         let config = self.config.clone();
-        let service = self.service.clone();
-        match &self.config.first_byte {
-            Some(first_byte) if !conn.first_byte_watched() => {
-                Box::pin(timeout::watch(conn, first_byte, move |conn| {
-                    serve_connection(conn, service, close, config)
-                }))
-            }
-            _ => Box::pin(serve_connection(conn, service, close, config)),
+        let service = self.inner.clone();
+        if let Some(activity) = conn.timed() {
+            // Under a timeout layer: the adapter's deadlines fill in what it leaves.
+            activity.add_protocol_deadlines(config.deadlines);
+            return Box::pin(connection::serve(conn, service, close, config));
         }
-    }
-}
-
-async fn serve_connection<IO, S, B>(
-    conn: Conn<IO>,
-    service: S,
-    close: GracefulClose,
-    config: Arc<Config>,
-) -> Result<(), BoxError>
-where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (io, mut parts) = conn.into_parts();
-    // The adapter tells the timer where requests end; handlers have no use for it.
-    let request_timer = parts.extensions.remove::<RequestTimer>();
-    let hyper = if request_timer.is_some() {
-        &config.hyper_timed_above
-    } else {
-        &config.hyper
-    };
-    let service = RequestService {
-        inner: service,
-        conn: Arc::new(ConnShared {
-            request_timer,
-            extensions: parts.extensions,
-            close: close.clone(),
-        }),
-    };
-    let mut connection = pin!(
-        hyper.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service))
-    );
-
-    tokio::select! {
-        outcome = connection.as_mut() => return outcome,
-        () = close.requested() => {}
-    }
-    // HTTP/1: no more keep-alive (an idle connection closes now); HTTP/2: GOAWAY.
-    connection.as_mut().graceful_shutdown();
-    match tokio::time::timeout(config.close_grace, connection).await {
-        Ok(Err(error)) if is_cancelled_detection(&*error) => Ok(()),
-        Ok(outcome) => outcome,
-        Err(_) => {
-            tracing::debug!(grace = ?config.close_grace, "connection cut after its close grace");
-            Ok(())
+        match &self.config.alone {
+            Some(shared) => Box::pin(timeout::watch(conn, shared, move |conn| {
+                connection::serve(conn, service, close, config)
+            })),
+            None => Box::pin(connection::serve(conn, service, close, config)),
         }
-    }
-}
-
-/// Protocol detection stopped by a graceful close (hyper-util reports it as
-/// `Interrupted`): the connection had sent nothing worth answering, so closing it is the
-/// expected outcome.
-fn is_cancelled_detection(error: &(dyn std::error::Error + 'static)) -> bool {
-    error
-        .downcast_ref::<std::io::Error>()
-        .is_some_and(|error| error.kind() == std::io::ErrorKind::Interrupted)
-}
-
-/// What every request of one connection shares.
-#[derive(Debug)]
-struct ConnShared {
-    extensions: http::Extensions,
-    close: GracefulClose,
-    /// Where an outer [`TimeoutLayer`](crate::timeout::TimeoutLayer) with a request
-    /// timeout is told that requests end.
-    request_timer: Option<RequestTimer>,
-}
-
-/// The inner service, seen per request: it hands the connection's extensions to each
-/// request and marks HTTP/1 responses `Connection: close` once a close is asked for.
-#[derive(Debug, Clone)]
-struct RequestService<S> {
-    inner: S,
-    conn: Arc<ConnShared>,
-}
-
-impl<S, B> Service<Request<Incoming>> for RequestService<S>
-where
-    S: Service<Request<Incoming>, Response = Response<B>>,
-{
-    type Response = Response<B>;
-    type Error = S::Error;
-    type Future = CloseAware<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
-        request
-            .extensions_mut()
-            .extend(self.conn.extensions.clone());
-        let http1 = request.version() < Version::HTTP_2;
-        // The request timer runs from a request's first byte. Its head is complete now;
-        // a request with a body is complete once the handler has answered (and so read
-        // the body or given up on it).
-        let mut finish_on_response = None;
-        if let Some(timer) = &self.conn.request_timer {
-            if !http1 {
-                // HTTP/2's preface and first request were timed; its frames after that
-                // are not requests (pings, window updates): the idle timeout takes over.
-                timer.stop();
-            } else if request.body().is_end_stream() {
-                timer.finish();
-            } else {
-                finish_on_response = Some(timer.clone());
-            }
-        }
-        // `Connection` is an HTTP/1 header; HTTP/2 closes with GOAWAY instead.
-        let close = http1.then(|| self.conn.close.clone());
-        CloseAware {
-            inner: self.inner.call(request),
-            close,
-            finish_on_response,
-        }
-    }
-}
-
-/// A response future that adds `Connection: close` if a close was asked for while the
-/// response was being made, and ends the request's timer if the head did not.
-#[pin_project::pin_project]
-#[derive(Debug)]
-struct CloseAware<F> {
-    #[pin]
-    inner: F,
-    close: Option<GracefulClose>,
-    finish_on_response: Option<RequestTimer>,
-}
-
-impl<F, B, E> Future for CloseAware<F>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let outcome = std::task::ready!(this.inner.poll(cx));
-        if let Some(timer) = this.finish_on_response.take() {
-            timer.finish();
-        }
-        let mut response = outcome?;
-        if this.close.as_ref().is_some_and(GracefulClose::is_requested) {
-            response
-                .headers_mut()
-                .insert(CONNECTION, HeaderValue::from_static("close"));
-        }
-        Poll::Ready(Ok(response))
     }
 }

@@ -137,7 +137,7 @@ impl SessionState {
             self.shared.stats.evicted(reason);
             tracing::debug!(%reason, "connection evicted");
         }
-        self.close.request();
+        self.close.request_cut_by_caller();
         self.eviction.request();
     }
 

@@ -318,7 +318,7 @@ impl Connections {
         self.live.retain(|(task, _)| !task.is_finished());
         let live = self.live.len();
         for (_, close) in &self.live {
-            close.request();
+            close.request_cut_by_caller();
         }
         let mut cut = 0;
         if tokio::time::timeout(timeout, self.tasks.wait())

@@ -11,29 +11,50 @@
 //! that look. So an idle connection is closed between S and S + S/8 after its last byte,
 //! for a read that costs nanoseconds. Requests are timed from the clock, read once when
 //! each starts.
+//!
+//! A protocol that knows when it is busy declares its exchanges (the HTTP adapter: a
+//! request from its dispatch until its response is sent). Idle then means no exchange
+//! open for S, whatever bytes move: HTTP/2 PINGs and window updates keep nothing alive.
+//!
+//! Output the client holds back (a full socket buffer, or HTTP/2 flow control) is the
+//! slow reader's attack: while output waits, the client must take at least the minimum
+//! send rate over each idle period, or the connection is idle.
 
 use std::{
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
 use futures_util::task::AtomicWaker;
 use tokio::time::Instant;
 
-use super::TimeoutError;
+use super::{Shared, TimeoutError};
 
 /// No request in progress.
 const IDLE: u64 = u64::MAX;
 /// The idle timeout is sampled this many times over its length.
 const IDLE_SAMPLES: u32 = 8;
+/// Bytes a second a client holding output back must take, unless configured.
+pub(crate) const DEFAULT_MIN_SEND_RATE: u64 = 256;
 
 /// The deadlines watched on one connection.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Deadlines {
     pub(crate) first_byte: Option<Duration>,
-    pub(crate) idle: Option<Duration>,
+    pub(crate) idle: Option<IdleLimit>,
     pub(crate) request: Option<RequestLimit>,
     pub(crate) lifetime: Option<Lifetime>,
+}
+
+/// How long a connection may do nothing useful.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IdleLimit {
+    pub(crate) after: Duration,
+    /// Bytes a second a client must take while it holds output back.
+    pub(crate) min_send_rate: u64,
 }
 
 /// How long a request may take once its first byte has arrived.
@@ -61,6 +82,29 @@ impl Deadlines {
     pub(crate) fn is_empty(&self) -> bool {
         *self == Self::default()
     }
+
+    /// These deadlines, with `other`'s where these have none.
+    pub(crate) fn or(self, other: Deadlines) -> Deadlines {
+        Deadlines {
+            first_byte: self.first_byte.or(other.first_byte),
+            idle: self.idle.or(other.idle),
+            request: self.request.or(other.request),
+            lifetime: self.lifetime.or(other.lifetime),
+        }
+    }
+}
+
+impl RequestLimit {
+    /// How long a request may take that has brought `received` bytes: the base,
+    /// extended by those bytes at the minimum rate, up to the maximum.
+    pub(crate) fn allowance(&self, received: u64) -> Duration {
+        let Some(rate) = self.min_rate else {
+            return self.base;
+        };
+        let earned = Duration::try_from_secs_f64(received as f64 / rate.bytes_per_second as f64)
+            .unwrap_or(Duration::MAX);
+        self.base.saturating_add(earned).min(rate.max)
+    }
 }
 
 /// What the timer found when it looked.
@@ -75,20 +119,28 @@ pub(crate) enum Check {
     Next(Option<Instant>),
 }
 
-/// One connection's activity, shared by its stream and its timer. Times are nanoseconds
-/// since the connection started.
+/// One connection's activity, shared by its stream, its timer and its protocol. Times
+/// are nanoseconds since the connection started.
 #[derive(Debug)]
 pub(crate) struct Activity {
     started: Instant,
+    /// The layer's deadlines and counters.
+    pub(super) shared: Arc<Shared>,
+    /// Deadlines the protocol adds where the layer has none (the HTTP adapter's own);
+    /// set before the connection is first polled.
+    protocol_deadlines: OnceLock<Deadlines>,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
+    /// The last write found the stream full: the client is not taking output.
+    write_blocked: AtomicBool,
     /// When the request in progress started, or [`IDLE`].
     request_started: AtomicU64,
     /// `bytes_read` when it started.
     request_bytes_start: AtomicU64,
     /// Whether the next byte read starts a request.
     request_armed: AtomicBool,
-    /// Set when a request starts: its deadline may come before the timer's.
+    /// Set when a request starts or a stream expires: the timer must look before it
+    /// fires.
     rearm: AtomicBool,
     /// Whether the timer's task is polling the protocol right now, and so will look at
     /// `rearm` without being woken.
@@ -96,16 +148,28 @@ pub(crate) struct Activity {
     wound_down: AtomicBool,
     /// The timer's task, woken to re-arm when a request starts.
     timer: AtomicWaker,
+    /// Whether the protocol declares its exchanges, so that idle means none is open.
+    declared: AtomicBool,
+    exchanges_opened: AtomicU64,
+    exchanges_closed: AtomicU64,
+    /// Response bytes the protocol has been handed to send.
+    handed: AtomicU64,
+    /// A deadline one of the protocol's streams found passed.
+    forced: OnceLock<TimeoutError>,
 }
 
 impl Activity {
-    /// Activity starting now. With `requests_auto_start`, the first byte read (and the
-    /// first after each finished request) starts a request.
-    pub(crate) fn new(requests_auto_start: bool) -> Self {
+    /// Activity starting now, under `shared`'s deadlines. With a request timeout, the
+    /// first byte read (and the first after each finished request) starts a request.
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        let requests_auto_start = shared.deadlines.request.is_some();
         Self {
             started: Instant::now(),
+            shared,
+            protocol_deadlines: OnceLock::new(),
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
+            write_blocked: AtomicBool::new(false),
             request_started: AtomicU64::new(IDLE),
             request_bytes_start: AtomicU64::new(0),
             request_armed: AtomicBool::new(requests_auto_start),
@@ -113,11 +177,34 @@ impl Activity {
             polling: AtomicBool::new(false),
             wound_down: AtomicBool::new(false),
             timer: AtomicWaker::new(),
+            declared: AtomicBool::new(false),
+            exchanges_opened: AtomicU64::new(0),
+            exchanges_closed: AtomicU64::new(0),
+            handed: AtomicU64::new(0),
+            forced: OnceLock::new(),
         }
     }
 
     fn now(&self) -> u64 {
         nanos(self.started.elapsed())
+    }
+
+    /// The deadlines this connection is held to: the layer's, and the protocol's where
+    /// the layer has none.
+    pub(crate) fn deadlines(&self) -> Deadlines {
+        match self.protocol_deadlines.get() {
+            Some(protocol) => self.shared.deadlines.or(*protocol),
+            None => self.shared.deadlines,
+        }
+    }
+
+    /// Adds the protocol's own deadlines where the layer has none. Called once, before
+    /// the connection is first polled.
+    pub(crate) fn add_protocol_deadlines(&self, deadlines: Deadlines) {
+        if self.shared.deadlines.request.is_none() && deadlines.request.is_some() {
+            self.request_armed.store(true, Ordering::Relaxed);
+        }
+        self.protocol_deadlines.set(deadlines).ok();
     }
 
     /// `n` bytes were read. Only the stream writes the counts, so a load and a store
@@ -136,6 +223,14 @@ impl Activity {
         let before = self.bytes_written.load(Ordering::Relaxed);
         self.bytes_written
             .store(before + n as u64, Ordering::Relaxed);
+        if self.write_blocked.load(Ordering::Relaxed) {
+            self.write_blocked.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// A write found the stream full.
+    pub(crate) fn on_write_blocked(&self) {
+        self.write_blocked.store(true, Ordering::Relaxed);
     }
 
     fn start_request_at(&self, now: u64, bytes_before: u64) {
@@ -145,6 +240,11 @@ impl Activity {
         self.request_bytes_start
             .store(bytes_before, Ordering::Relaxed);
         self.request_started.store(now, Ordering::Release);
+        self.wake_timer();
+    }
+
+    /// Makes the timer look before it fires.
+    fn wake_timer(&self) {
         // Sequentially consistent with `set_polling` and `take_rearm`: if this sees the
         // timer's task polling, that task's `take_rearm` comes after this store.
         self.rearm.store(true, Ordering::SeqCst);
@@ -170,11 +270,49 @@ impl Activity {
         self.request_armed.store(true, Ordering::Relaxed);
     }
 
-    /// No more requests on this connection are timed (HTTP/2, whose frames are not
-    /// requests).
+    /// No more requests on this connection are timed by their first byte (HTTP/2,
+    /// whose frames are not requests; an upgraded connection).
     pub(crate) fn stop_timing_requests(&self) {
         self.request_armed.store(false, Ordering::Relaxed);
         self.request_started.store(IDLE, Ordering::Release);
+    }
+
+    /// The protocol says when it is busy: from now on idle means no exchange open.
+    pub(crate) fn declare_exchanges(&self) {
+        self.declared.store(true, Ordering::Relaxed);
+    }
+
+    /// The protocol has handed the stream over to another (an HTTP upgrade): requests
+    /// are no longer timed, and idle is about bytes again.
+    pub(crate) fn hand_over(&self) {
+        self.stop_timing_requests();
+        self.declared.store(false, Ordering::Relaxed);
+    }
+
+    pub(crate) fn open_exchange(&self) {
+        self.exchanges_opened.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn close_exchange(&self) {
+        self.exchanges_closed.fetch_add(1, Ordering::Release);
+    }
+
+    /// The protocol was handed `n` bytes of response to send.
+    pub(crate) fn handed(&self, n: usize) {
+        self.handed.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// A stream of the protocol found `error`'s deadline passed: the connection is
+    /// closed at the timer's next look, which comes at once.
+    pub(crate) fn force_expiry(&self, error: TimeoutError) {
+        if self.forced.set(error).is_ok() {
+            self.wake_timer();
+        }
+    }
+
+    /// Bytes read so far.
+    pub(crate) fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
     }
 
     /// Registers the timer's task, to be woken when a request starts.
@@ -187,9 +325,12 @@ impl Activity {
         self.rearm.swap(false, Ordering::SeqCst)
     }
 
-    /// Works out what the deadlines say now. `idle` is the timer's own record of the
-    /// counts it last saw.
-    pub(crate) fn check(&self, deadlines: &Deadlines, idle: &mut IdleWatch) -> Check {
+    /// Works out what the deadlines say now. `watch` is the timer's own record of what
+    /// it saw at its last look.
+    pub(crate) fn check(&self, deadlines: &Deadlines, watch: &mut IdleWatch) -> Check {
+        if let Some(error) = self.forced.get() {
+            return Check::Expired(*error);
+        }
         let now = self.now();
         let mut next = Earliest(None);
 
@@ -199,22 +340,19 @@ impl Activity {
         {
             return Check::Expired(TimeoutError::FirstByte(limit));
         }
-        if let Some(limit) = deadlines.idle {
-            let moved = self.bytes_read.load(Ordering::Relaxed)
-                + self.bytes_written.load(Ordering::Relaxed);
-            if moved != idle.moved {
-                idle.moved = moved;
-                idle.quiet_since = now;
-            }
-            if next.passed(idle.quiet_since.saturating_add(nanos(limit)), now) {
-                return Check::Expired(TimeoutError::Idle(limit));
-            }
-            next.passed(now + nanos(limit / IDLE_SAMPLES), now);
+        if let Some(limit) = deadlines.idle
+            && let Some(error) = self.check_idle(&limit, now, watch, &mut next)
+        {
+            return Check::Expired(error);
         }
         if let Some(limit) = deadlines.request {
             let started = self.request_started.load(Ordering::Acquire);
             if started != IDLE {
-                let allowed = self.request_allowance(&limit);
+                let received = self
+                    .bytes_read
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(self.request_bytes_start.load(Ordering::Relaxed));
+                let allowed = limit.allowance(received);
                 if next.passed(started.saturating_add(nanos(allowed)), now) {
                     return Check::Expired(TimeoutError::Request(allowed));
                 }
@@ -238,30 +376,101 @@ impl Activity {
         Check::Next(next.0.map(|at| self.instant(at)))
     }
 
-    /// How long the request in progress may take: the base, extended by its bytes at
-    /// the minimum rate, up to the maximum.
-    fn request_allowance(&self, limit: &RequestLimit) -> Duration {
-        let Some(rate) = limit.min_rate else {
-            return limit.base;
+    /// Whether the connection has been idle too long: quiet (no exchange open, or no
+    /// byte moved, for the limit), or holding output back while taking less than the
+    /// minimum send rate over the limit.
+    fn check_idle(
+        &self,
+        limit: &IdleLimit,
+        now: u64,
+        watch: &mut IdleWatch,
+        next: &mut Earliest,
+    ) -> Option<TimeoutError> {
+        let period = nanos(limit.after);
+        let expired = TimeoutError::Idle(limit.after);
+        let written = self.bytes_written.load(Ordering::Relaxed);
+        let held_back = self.output_held_back(written, watch);
+
+        if held_back {
+            let (since, written_then) = *watch.held_back.get_or_insert((now, written));
+            let window_ends = since.saturating_add(period);
+            if now >= window_ends {
+                let taken = written - written_then;
+                let owed = u128::from(limit.min_send_rate) * u128::from(period) / 1_000_000_000;
+                if u128::from(taken) < owed {
+                    return Some(expired);
+                }
+                watch.held_back = Some((now, written));
+                next.passed(now.saturating_add(period), now);
+            } else {
+                next.passed(window_ends, now);
+            }
+        } else {
+            watch.held_back = None;
+        }
+
+        let moved = if self.declared.load(Ordering::Relaxed) {
+            // Closed first: every exchange closed was opened, so none is counted open
+            // that has not been.
+            let closed = self.exchanges_closed.load(Ordering::Acquire);
+            let opened = self.exchanges_opened.load(Ordering::Relaxed);
+            let busy = opened != closed
+                || held_back
+                || self.request_started.load(Ordering::Relaxed) != IDLE;
+            if busy { None } else { Some(opened) }
+        } else {
+            Some(self.bytes_read.load(Ordering::Relaxed) + written)
         };
-        let received = self.bytes_read.load(Ordering::Relaxed)
-            - self.request_bytes_start.load(Ordering::Relaxed);
-        let earned = Duration::from_secs_f64(received as f64 / rate.bytes_per_second as f64);
-        (limit.base + earned).min(rate.max)
+        match moved {
+            Some(moved) if moved == watch.moved => {}
+            Some(moved) => {
+                watch.moved = moved;
+                watch.quiet_since = now;
+            }
+            None => watch.quiet_since = now,
+        }
+        if next.passed(watch.quiet_since.saturating_add(period), now) {
+            return Some(expired);
+        }
+        next.passed(now.saturating_add(period / u64::from(IDLE_SAMPLES)), now);
+        None
+    }
+
+    /// Whether output is waiting for the client: the stream is full, or the protocol
+    /// was handed more than has been written. Writes run ahead of what was handed by
+    /// the protocol's framing; that lead is learnt whenever nothing waits.
+    fn output_held_back(&self, written: u64, watch: &mut IdleWatch) -> bool {
+        if self.write_blocked.load(Ordering::Relaxed) {
+            return true;
+        }
+        let handed = self.handed.load(Ordering::Relaxed);
+        if written >= handed.saturating_add(watch.framing) {
+            watch.framing = written - handed.min(written);
+            return false;
+        }
+        true
     }
 
     fn instant(&self, at: u64) -> Instant {
-        self.started + Duration::from_nanos(at)
+        self.started
+            .checked_add(Duration::from_nanos(at))
+            .unwrap_or_else(far_future)
     }
 }
 
-/// What the timer saw of the byte counts at its last look.
+/// What the timer saw at its last look.
 #[derive(Debug, Default)]
 pub(crate) struct IdleWatch {
-    /// Bytes read and written, all told.
+    /// Bytes read and written, all told, or exchanges opened when the protocol declares
+    /// them.
     moved: u64,
-    /// The look since which they have not moved.
+    /// The look since which nothing has moved.
     quiet_since: u64,
+    /// Since when output has waited for the client, and the bytes written then.
+    held_back: Option<(u64, u64)>,
+    /// How far writes ran ahead of what the protocol was handed, the last time nothing
+    /// waited: its framing.
+    framing: u64,
 }
 
 /// The earliest deadline still ahead.
@@ -278,7 +487,12 @@ impl Earliest {
     }
 }
 
-fn nanos(duration: Duration) -> u64 {
+/// An instant no deadline reaches, for durations meant as "never".
+pub(crate) fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(30 * 365 * 24 * 3600)
+}
+
+pub(crate) fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
@@ -290,35 +504,45 @@ mod tests {
         Duration::from_secs(n)
     }
 
+    fn activity(deadlines: Deadlines) -> Activity {
+        Activity::new(Arc::new(Shared::new(deadlines)))
+    }
+
     fn at(activity: &Activity, n: u64) -> Check {
         Check::Next(Some(activity.started + secs(n)))
     }
 
+    fn idle(after: Duration) -> Option<IdleLimit> {
+        Some(IdleLimit {
+            after,
+            min_send_rate: DEFAULT_MIN_SEND_RATE,
+        })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_earliest_deadline_is_the_next_look() {
-        let activity = Activity::new(false);
         let deadlines = Deadlines {
             first_byte: Some(secs(2)),
-            idle: Some(secs(30)),
+            idle: idle(secs(30)),
             lifetime: Some(Lifetime {
                 after: secs(60),
                 grace: secs(10),
             }),
             ..Deadlines::default()
         };
-        let mut idle = IdleWatch::default();
-        assert_eq!(activity.check(&deadlines, &mut idle), at(&activity, 2));
+        let activity = activity(deadlines);
+        let mut watch = IdleWatch::default();
+        assert_eq!(activity.check(&deadlines, &mut watch), at(&activity, 2));
         activity.on_read(1);
         // Idle is sampled every eighth of its 30 s.
         assert_eq!(
-            activity.check(&deadlines, &mut idle),
+            activity.check(&deadlines, &mut watch),
             Check::Next(Some(activity.started + Duration::from_millis(3750)))
         );
     }
 
     #[tokio::test(start_paused = true)]
     async fn min_rate_extends_a_request_up_to_its_maximum() {
-        let activity = Activity::new(true);
         let limit = RequestLimit {
             base: secs(10),
             min_rate: Some(MinRate {
@@ -330,24 +554,19 @@ mod tests {
             request: Some(limit),
             ..Deadlines::default()
         };
-        activity.on_read(1);
-        assert_eq!(
-            activity.request_allowance(&limit),
-            Duration::from_millis(10_010)
-        );
-        activity.on_read(499);
-        assert_eq!(activity.request_allowance(&limit), secs(15));
+        let activity = activity(deadlines);
+        assert_eq!(limit.allowance(1), Duration::from_millis(10_010));
+        assert_eq!(limit.allowance(500), secs(15));
+        activity.on_read(500);
         assert_eq!(
             activity.check(&deadlines, &mut IdleWatch::default()),
             at(&activity, 15)
         );
-        activity.on_read(10_000);
-        assert_eq!(activity.request_allowance(&limit), secs(20));
+        assert_eq!(limit.allowance(10_500), secs(20));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_finished_request_arms_the_next_on_the_next_byte() {
-        let activity = Activity::new(true);
         let deadlines = Deadlines {
             request: Some(RequestLimit {
                 base: secs(10),
@@ -355,15 +574,129 @@ mod tests {
             }),
             ..Deadlines::default()
         };
-        let mut idle = IdleWatch::default();
-        assert_eq!(activity.check(&deadlines, &mut idle), Check::Next(None));
+        let activity = activity(deadlines);
+        let mut watch = IdleWatch::default();
+        assert_eq!(activity.check(&deadlines, &mut watch), Check::Next(None));
         activity.on_read(3);
         assert!(activity.take_rearm());
-        assert_eq!(activity.check(&deadlines, &mut idle), at(&activity, 10));
+        assert_eq!(activity.check(&deadlines, &mut watch), at(&activity, 10));
         activity.finish_request();
-        assert_eq!(activity.check(&deadlines, &mut idle), Check::Next(None));
+        assert_eq!(activity.check(&deadlines, &mut watch), Check::Next(None));
         tokio::time::advance(secs(100)).await;
         activity.on_read(1);
-        assert_eq!(activity.check(&deadlines, &mut idle), at(&activity, 110));
+        assert_eq!(activity.check(&deadlines, &mut watch), at(&activity, 110));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn declared_exchanges_make_bytes_alone_not_count_as_activity() {
+        let deadlines = Deadlines {
+            idle: idle(secs(8)),
+            ..Deadlines::default()
+        };
+        let activity = activity(deadlines);
+        activity.declare_exchanges();
+        let mut watch = IdleWatch::default();
+        activity.open_exchange();
+        tokio::time::advance(secs(20)).await;
+        assert!(matches!(
+            activity.check(&deadlines, &mut watch),
+            Check::Next(Some(_))
+        ));
+        activity.close_exchange();
+        // Pings: bytes both ways, no exchange.
+        for _ in 0..8 {
+            activity.on_read(17);
+            activity.on_write(17);
+            tokio::time::advance(secs(1)).await;
+            assert!(matches!(
+                activity.check(&deadlines, &mut watch),
+                Check::Next(Some(_))
+            ));
+        }
+        tokio::time::advance(secs(1)).await;
+        assert_eq!(
+            activity.check(&deadlines, &mut watch),
+            Check::Expired(TimeoutError::Idle(secs(8)))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn output_held_back_must_be_taken_at_the_minimum_rate() {
+        let deadlines = Deadlines {
+            idle: Some(IdleLimit {
+                after: secs(10),
+                min_send_rate: 100,
+            }),
+            ..Deadlines::default()
+        };
+        let activity = activity(deadlines);
+        let mut watch = IdleWatch::default();
+        // Framing written ahead of the body is learnt, not counted as waiting.
+        activity.on_write(200);
+        activity.check(&deadlines, &mut watch);
+        activity.handed(1 << 20);
+        activity.on_write(4096);
+        // 1 000 bytes in 10 s is the minimum: taken, the connection lives on.
+        activity.check(&deadlines, &mut watch);
+        for _ in 0..10 {
+            tokio::time::advance(secs(1)).await;
+            activity.on_write(100);
+            assert!(matches!(
+                activity.check(&deadlines, &mut watch),
+                Check::Next(Some(_))
+            ));
+        }
+        // 990 bytes in the next 10 s is too few.
+        for _ in 0..10 {
+            tokio::time::advance(secs(1)).await;
+            activity.on_write(99);
+            let check = activity.check(&deadlines, &mut watch);
+            if check != Check::Expired(TimeoutError::Idle(secs(10))) {
+                assert!(matches!(check, Check::Next(Some(_))), "{check:?}");
+            }
+        }
+        assert_eq!(
+            activity.check(&deadlines, &mut watch),
+            Check::Expired(TimeoutError::Idle(secs(10)))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_past_its_deadline_expires_the_connection() {
+        let activity = activity(Deadlines::default());
+        activity.force_expiry(TimeoutError::Request(secs(10)));
+        assert!(activity.take_rearm());
+        assert_eq!(
+            activity.check(&Deadlines::default(), &mut IdleWatch::default()),
+            Check::Expired(TimeoutError::Request(secs(10)))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn durations_meant_as_forever_do_not_overflow() {
+        let deadlines = Deadlines {
+            first_byte: Some(Duration::MAX),
+            idle: idle(Duration::MAX),
+            request: Some(RequestLimit {
+                base: Duration::MAX,
+                min_rate: Some(MinRate {
+                    bytes_per_second: 1,
+                    max: Duration::MAX,
+                }),
+            }),
+            lifetime: Some(Lifetime {
+                after: Duration::MAX,
+                grace: Duration::MAX,
+            }),
+        };
+        let activity = activity(deadlines);
+        let mut watch = IdleWatch::default();
+        tokio::time::advance(secs(1)).await;
+        activity.on_read(1 << 40);
+        activity.handed(1 << 41);
+        assert!(matches!(
+            activity.check(&deadlines, &mut watch),
+            Check::Next(Some(_))
+        ));
     }
 }

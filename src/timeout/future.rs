@@ -25,7 +25,7 @@ where
     F: FnOnce(Conn<TimedIo<IO>>) -> Fut,
 {
     let deadlines = &shared.deadlines;
-    let activity = Arc::new(Activity::new(deadlines.request.is_some()));
+    let activity = Arc::new(Activity::new(shared.clone()));
     let extensions = conn.extensions_mut();
     if deadlines.request.is_some() {
         extensions.insert(RequestTimer {
@@ -42,25 +42,21 @@ where
                 close
             })
     });
-
-    let mut idle = IdleWatch::default();
-    let first_look = match activity.check(deadlines, &mut idle) {
-        Check::Next(next) => next,
-        // Every deadline is at least a nanosecond ahead of a fresh connection.
-        Check::Expired(_) | Check::WindDown(_) => None,
-    };
     let mut conn = conn.map_io(|io| TimedIo::new(io, activity.clone()));
-    conn.set_first_byte_watched(deadlines.first_byte.is_some());
+    conn.set_timed(activity.clone());
     ResponseFuture {
+        // The protocol may add deadlines of its own when it is called: the timer is
+        // armed from the first poll, once they are known.
         inner: serve(conn),
         timer: LazyTimer {
             sleep: None,
-            deadline: first_look,
+            deadline: None,
         },
         activity,
+        started: false,
+        times_requests: false,
         registered: None,
-        idle,
-        shared: shared.clone(),
+        idle: IdleWatch::default(),
         close,
     }
 }
@@ -119,10 +115,13 @@ pub struct ResponseFuture<F> {
     #[pin]
     timer: LazyTimer,
     activity: Arc<Activity>,
+    /// Whether it has been polled, and so has armed its timer.
+    started: bool,
+    /// Whether requests are timed, and so may start on another task.
+    times_requests: bool,
     /// The waker last registered with the activity.
     registered: Option<Waker>,
     idle: IdleWatch,
-    shared: Arc<Shared>,
     /// Raised when the connection has lived its lifetime.
     close: Option<GracefulClose>,
 }
@@ -144,20 +143,33 @@ where
         if let Poll::Ready(outcome) = polled {
             return Poll::Ready(outcome.map_err(Into::into));
         }
-        let deadlines = &this.shared.deadlines;
-        // Registered for reads on other tasks; again only when this task's waker
-        // changes, not on every poll.
-        if deadlines.request.is_some()
-            && !this
-                .registered
-                .as_ref()
-                .is_some_and(|waker| waker.will_wake(cx.waker()))
-        {
-            this.activity.register_timer(cx.waker());
-            *this.registered = Some(cx.waker().clone());
+        // A first poll arms the timer, once the protocol has added its deadlines.
+        let mut look = !*this.started;
+        if !*this.started {
+            *this.started = true;
+            *this.times_requests = this.activity.deadlines().request.is_some();
         }
-        // A request that started since the timer was set may end before it.
-        let mut look = this.activity.take_rearm();
+        if *this.times_requests {
+            // Requests start (and streams expire) on other tasks too: registered for
+            // their wake-ups, again only when this task's waker changes or a wake-up
+            // has taken the registration, not on every poll.
+            loop {
+                if !this
+                    .registered
+                    .as_ref()
+                    .is_some_and(|waker| waker.will_wake(cx.waker()))
+                {
+                    this.activity.register_timer(cx.waker());
+                    *this.registered = Some(cx.waker().clone());
+                }
+                // A request that started since the timer was set may end before it.
+                if !this.activity.take_rearm() {
+                    break;
+                }
+                look = true;
+                *this.registered = None;
+            }
+        }
         let mut fired = false;
         loop {
             if !look {
@@ -167,15 +179,17 @@ where
                 fired = true;
             }
             look = false;
-            let next = match this.activity.check(deadlines, this.idle) {
+            let deadlines = this.activity.deadlines();
+            let shared = &this.activity.shared;
+            let next = match this.activity.check(&deadlines, this.idle) {
                 Check::Expired(error) => {
-                    this.shared.expired(error);
+                    shared.expired(error);
                     return Poll::Ready(Err(std::io::Error::from(error).into()));
                 }
                 Check::WindDown(grace_ends) => {
-                    this.shared.wound_down();
+                    shared.wound_down();
                     if let Some(close) = this.close {
-                        close.request();
+                        close.request_cut_by_caller();
                     }
                     Some(grace_ends)
                 }

@@ -68,7 +68,10 @@ impl<IO: AsyncWrite> AsyncWrite for TimedIo<IO> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
-        let written = ready!(this.io.poll_write(cx, buf))?;
+        let written = ready!(blocked_if_pending(
+            this.io.poll_write(cx, buf),
+            this.activity
+        ))?;
         if written > 0 {
             this.activity.on_write(written);
         }
@@ -89,7 +92,10 @@ impl<IO: AsyncWrite> AsyncWrite for TimedIo<IO> {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
-        let written = ready!(this.io.poll_write_vectored(cx, bufs))?;
+        let written = ready!(blocked_if_pending(
+            this.io.poll_write_vectored(cx, bufs),
+            this.activity
+        ))?;
         if written > 0 {
             this.activity.on_write(written);
         }
@@ -99,4 +105,12 @@ impl<IO: AsyncWrite> AsyncWrite for TimedIo<IO> {
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
     }
+}
+
+/// Tells the activity that a write found the stream full: output waits for the client.
+fn blocked_if_pending<T>(poll: Poll<T>, activity: &Activity) -> Poll<T> {
+    if poll.is_pending() {
+        activity.on_write_blocked();
+    }
+    poll
 }

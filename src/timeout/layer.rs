@@ -6,7 +6,7 @@ use tower_layer::Layer;
 
 use super::{
     ResponseFuture, TimedIo, TimeoutError,
-    activity::{Deadlines, Lifetime, MinRate, RequestLimit},
+    activity::{DEFAULT_MIN_SEND_RATE, Deadlines, IdleLimit, Lifetime, MinRate, RequestLimit},
     watch,
 };
 use crate::{BoxError, ConfigError, Conn, counter::Counter, throttle::LogThrottle};
@@ -28,6 +28,7 @@ pub struct TimeoutLayer {
 pub struct TimeoutBuilder {
     first_byte: Option<Duration>,
     idle: Option<Duration>,
+    min_send_rate: Option<u64>,
     request: Option<Duration>,
     min_rate: Option<(u64, Duration)>,
     lifetime: Option<Duration>,
@@ -76,9 +77,22 @@ impl TimeoutBuilder {
         self
     }
 
-    /// Close a connection with no byte read or written for `timeout`.
+    /// Close a connection that does nothing useful for `timeout`: no byte read or
+    /// written (under the [HTTP adapter](crate::http), which says when it is busy: no
+    /// request open, whatever else moves, HTTP/2 PINGs included), or output held back
+    /// by a client that takes less than the [minimum send
+    /// rate](Self::idle_min_send_rate) over `timeout` (a slow reader).
     pub fn idle(mut self, timeout: Duration) -> Self {
         self.idle = Some(timeout);
+        self
+    }
+
+    /// While output waits for the client (its receive window is full), the client must
+    /// take at least this many bytes a second over each idle period, or the connection
+    /// is idle; 256 by default. A server that writes slowly (an event stream) keeps no
+    /// output waiting and is not concerned. Needs an idle timeout.
+    pub fn idle_min_send_rate(mut self, bytes_per_second: u64) -> Self {
+        self.min_send_rate = Some(bytes_per_second);
         self
     }
 
@@ -113,8 +127,9 @@ impl TimeoutBuilder {
     /// # Errors
     ///
     /// [`ConfigError::Empty`] without any deadline; [`ConfigError::Zero`] for a zero
-    /// timeout or rate; [`ConfigError::Inconsistent`] for a minimum rate without a
-    /// request timeout, or a maximum below it.
+    /// timeout or rate; [`ConfigError::Inconsistent`] for a minimum rate without the
+    /// timeout it belongs to, or a request maximum below the request timeout. Durations
+    /// too long to matter (`Duration::MAX`) mean "never".
     pub fn build(self) -> Result<TimeoutLayer, ConfigError> {
         let positive = |value: Option<Duration>, setting| match value {
             Some(Duration::ZERO) => Err(ConfigError::Zero { setting }),
@@ -153,7 +168,22 @@ impl TimeoutBuilder {
         };
         let deadlines = Deadlines {
             first_byte: positive(self.first_byte, "first_byte")?,
-            idle: positive(self.idle, "idle")?,
+            idle: match (positive(self.idle, "idle")?, self.min_send_rate) {
+                (None, Some(_)) => {
+                    return Err(ConfigError::Inconsistent {
+                        reason: "idle_min_send_rate needs an idle timeout",
+                    });
+                }
+                (_, Some(0)) => {
+                    return Err(ConfigError::Zero {
+                        setting: "idle_min_send_rate",
+                    });
+                }
+                (idle, rate) => idle.map(|after| IdleLimit {
+                    after,
+                    min_send_rate: rate.unwrap_or(DEFAULT_MIN_SEND_RATE),
+                }),
+            },
             request,
             lifetime: positive(self.lifetime, "lifetime")?.map(|after| Lifetime {
                 after,

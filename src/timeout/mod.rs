@@ -66,16 +66,17 @@ mod activity;
 mod future;
 mod io;
 mod layer;
+mod stream;
 
 use std::{error::Error, fmt, sync::Arc, time::Duration};
 
-use activity::Activity;
-pub(crate) use activity::Deadlines;
+pub(crate) use activity::{Activity, DEFAULT_MIN_SEND_RATE, Deadlines, IdleLimit, RequestLimit};
 pub use future::ResponseFuture;
 pub(crate) use future::watch;
 pub use io::TimedIo;
 pub(crate) use layer::Shared;
 pub use layer::{Timeout, TimeoutBuilder, TimeoutLayer, TimeoutStats};
+pub(crate) use stream::StreamDeadline;
 
 /// Why a connection was closed by a deadline. It is the inner error of an
 /// [`std::io::Error`] of kind [`TimedOut`](std::io::ErrorKind::TimedOut).

@@ -1,0 +1,115 @@
+//! One connection's life under the adapter: HTTP until hyper is done, then, for an
+//! upgraded connection, until its new holder drops the stream.
+
+use std::{pin::pin, sync::Arc};
+
+use http::{Request, Response};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper_util::{rt::TokioIo, service::TowerToHyperService};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tower::Service;
+
+use super::{
+    Config,
+    request::{ConnShared, RequestService},
+    shared_io,
+};
+use crate::{BoxError, Conn, GracefulClose, timeout::RequestTimer};
+
+pub(super) async fn serve<IO, S, B>(
+    conn: Conn<IO>,
+    service: S,
+    close: GracefulClose,
+    config: Arc<Config>,
+) -> Result<(), BoxError>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (io, mut parts) = conn.into_parts();
+    // The adapter tells the timer where requests end; handlers have no use for it.
+    parts.extensions.remove::<RequestTimer>();
+    let timed = parts.timed.take();
+    if let Some(activity) = &timed {
+        activity.declare_exchanges();
+    }
+    let service = RequestService {
+        inner: service,
+        conn: Arc::new(ConnShared {
+            request_limit: timed
+                .as_ref()
+                .and_then(|activity| activity.deadlines().request),
+            timed: timed.clone(),
+            extensions: parts.extensions,
+            close: close.clone(),
+        }),
+    };
+    let (io, owner) = shared_io::share(io);
+    let connection = config
+        .hyper
+        .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
+    // A plain close is the adapter's to cut, after its grace.
+    let mut cut = pin!(async {
+        close.cut_left_to_protocol().await;
+        tokio::time::sleep(config.close_grace).await;
+    });
+    let mut closing = false;
+    // hyper's connection is dropped when this ends: it lets go of the stream then,
+    // unless an upgrade has taken it.
+    let outcome = async {
+        let mut connection = pin!(connection);
+        let mut asked = pin!(close.requested());
+        loop {
+            tokio::select! {
+                biased;
+                outcome = connection.as_mut() => return Some(outcome),
+                () = &mut asked, if !closing => {
+                    closing = true;
+                    // HTTP/1: no more keep-alive (an idle connection closes now);
+                    // HTTP/2: GOAWAY.
+                    connection.as_mut().graceful_shutdown();
+                }
+                () = &mut cut, if closing => return None,
+            }
+        }
+    }
+    .await;
+    let Some(outcome) = outcome else {
+        tracing::debug!(grace = ?config.close_grace, "connection cut after its close grace");
+        return Ok(());
+    };
+    match outcome {
+        Err(error) if closing && is_cancelled_detection(&*error) => return Ok(()),
+        Err(error) => return Err(error),
+        Ok(()) if owner.is_released() => return Ok(()),
+        Ok(()) => {}
+    }
+    // Upgraded: hyper handed the stream to a handler's task. The connection lives on
+    // until that task drops it; its deadlines, caps and cuts still hold, and dropping
+    // this future closes the stream wherever it is.
+    if let Some(activity) = &timed {
+        activity.hand_over();
+    }
+    tokio::select! {
+        () = owner.released() => {}
+        () = &mut cut => {
+            tracing::debug!(grace = ?config.close_grace, "upgraded connection cut after its close grace");
+        }
+    }
+    Ok(())
+}
+
+/// Protocol detection stopped by a graceful close (hyper-util reports it as
+/// `Interrupted`): the connection had sent nothing worth answering, so closing it is the
+/// expected outcome.
+fn is_cancelled_detection(error: &(dyn std::error::Error + 'static)) -> bool {
+    error
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|error| error.kind() == std::io::ErrorKind::Interrupted)
+}

@@ -1,0 +1,373 @@
+//! The HTTP adapter's deadlines, on its own and under a timeout layer, on paused time:
+//! protocol detection and HTTP/2's preface are bounded, an HTTP/2 connection is idle when
+//! no stream is open (PINGs do not count), every HTTP/2 request body is held to the
+//! request timeout, a slow reader is cut, and a grace means what its owner says.
+
+mod support;
+
+use std::time::Duration;
+
+use axum::{
+    Router,
+    body::Body,
+    extract::RawQuery,
+    routing::{get, post},
+};
+use bytes::Bytes;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt, DuplexStream},
+    task::JoinHandle,
+    time::Instant,
+};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_bouncer::{
+    BoxError, GracefulClose,
+    http::HttpService,
+    serve::Server,
+    timeout::{TimeoutError, TimeoutLayer},
+};
+
+use support::*;
+
+const BIG: usize = 8 << 20;
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn app() -> Router {
+    Router::new()
+        .route("/", get(|| async { "hello\n" }))
+        .route(
+            "/upload",
+            post(|body: String| async move { format!("{} bytes\n", body.len()) }),
+        )
+        .route("/big", get(|| async { vec![b'x'; BIG] }))
+        .route(
+            "/sleep",
+            get(|RawQuery(query): RawQuery| async move {
+                let seconds: u64 = query.unwrap().parse().unwrap();
+                tokio::time::sleep(secs(seconds)).await;
+                "slept\n"
+            }),
+        )
+        .route(
+            "/events",
+            get(|| async {
+                // A server that writes slowly: a byte every 30 s, ten times.
+                let events = futures_util::stream::unfold(0, |sent| async move {
+                    if sent == 10 {
+                        return None;
+                    }
+                    tokio::time::sleep(secs(30)).await;
+                    Some((Ok::<_, std::io::Error>(Bytes::from_static(b".")), sent + 1))
+                });
+                Body::from_stream(events)
+            }),
+        )
+}
+
+/// Serves one in-memory connection with `service`; returns its task and the client's end.
+fn serve_one<S>(service: S) -> (JoinHandle<Result<(), BoxError>>, DuplexStream)
+where
+    S: tower::Service<
+            tower_bouncer::Conn<DuplexStream>,
+            Response = (),
+            Error = BoxError,
+            Future: Send + 'static,
+        > + Send
+        + 'static,
+{
+    let (conn, client) = duplex_conn("192.0.2.1:1");
+    (tokio::spawn(service.oneshot(conn)), client)
+}
+
+/// The README's timeouts (idle 60 s, request 10 s, lifetime 1 h) over the adapter.
+fn layered() -> (JoinHandle<Result<(), BoxError>>, DuplexStream) {
+    let timeouts = TimeoutLayer::builder()
+        .idle(secs(60))
+        .request(secs(10))
+        .lifetime(secs(3600))
+        .build()
+        .unwrap();
+    serve_one(
+        ServiceBuilder::new()
+            .layer(timeouts)
+            .service(HttpService::new(app())),
+    )
+}
+
+/// The deadline a connection ended with.
+fn timed_out(outcome: Result<(), BoxError>) -> TimeoutError {
+    let error = outcome.expect_err("the connection should have timed out");
+    let io = error
+        .downcast_ref::<std::io::Error>()
+        .unwrap_or_else(|| panic!("not an io::Error: {error}"));
+    assert_eq!(io.kind(), std::io::ErrorKind::TimedOut, "{error}");
+    *io.get_ref()
+        .and_then(|inner| inner.downcast_ref::<TimeoutError>())
+        .expect("a TimeoutError inside")
+}
+
+/// An HTTP/2 client (the `h2` crate, for PINGs and body trickles) on `io`.
+async fn h2_client(
+    io: DuplexStream,
+    builder: &h2::client::Builder,
+) -> (h2::client::SendRequest<Bytes>, h2::PingPong) {
+    let (sender, mut connection) = builder.handshake(io).await.unwrap();
+    let pings = connection.ping_pong().unwrap();
+    tokio::spawn(async move {
+        connection.await.ok();
+    });
+    (sender, pings)
+}
+
+fn h2_get(path: &str) -> http::Request<()> {
+    http::Request::get(format!("http://localhost{path}"))
+        .body(())
+        .unwrap()
+}
+
+mod on_its_own {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn one_byte_then_silence_is_cut_at_the_request_head_deadline() {
+        let began = Instant::now();
+        let (connection, mut client) = serve_one(HttpService::new(app()));
+        client.write_all(b"P").await.unwrap();
+        let outcome = within(secs(3600), connection).await.unwrap();
+        assert_eq!(timed_out(outcome), TimeoutError::Request(secs(30)));
+        assert_eq!(began.elapsed(), secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_preface_then_silence_is_cut_at_the_request_head_deadline() {
+        let (connection, mut client) = serve_one(HttpService::new(app()));
+        client
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        let outcome = within(secs(3600), connection).await.unwrap();
+        assert_eq!(timed_out(outcome), TimeoutError::Request(secs(30)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_with_no_open_stream_is_closed_at_the_idle_timeout() {
+        let (connection, client) = serve_one(HttpService::new(app()));
+        let (mut sender, mut pings) = h2_client(client, &h2::client::Builder::new()).await;
+        let (response, _) = sender.send_request(h2_get("/"), true).unwrap();
+        assert_eq!(response.await.unwrap().status(), 200);
+        let quiet = Instant::now();
+        // PINGs every 10 s are not requests: the connection is idle all the same.
+        let keep_alive = tokio::spawn(async move {
+            for _ in 0..360 {
+                tokio::time::sleep(secs(10)).await;
+                if pings.ping(h2::Ping::opaque()).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let outcome = within(secs(3600), connection).await.unwrap();
+        assert_eq!(timed_out(outcome), TimeoutError::Idle(secs(60)));
+        let idle = quiet.elapsed();
+        assert!(
+            idle >= secs(60) && idle <= secs(60) + secs(60) / 8,
+            "{idle:?}"
+        );
+        keep_alive.abort();
+    }
+}
+
+mod under_a_timeout_layer {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_do_not_keep_an_http2_connection_alive() {
+        let (connection, client) = layered();
+        let (mut sender, mut pings) = h2_client(client, &h2::client::Builder::new()).await;
+        let (response, _) = sender.send_request(h2_get("/"), true).unwrap();
+        assert_eq!(response.await.unwrap().status(), 200);
+        let quiet = Instant::now();
+        let keep_alive = tokio::spawn(async move {
+            for _ in 0..360 {
+                tokio::time::sleep(secs(30)).await;
+                if pings.ping(h2::Ping::opaque()).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let outcome = within(secs(3600), connection).await.unwrap();
+        assert_eq!(timed_out(outcome), TimeoutError::Idle(secs(60)));
+        assert!(
+            quiet.elapsed() <= secs(60) + secs(60) / 8,
+            "{:?}",
+            quiet.elapsed()
+        );
+        keep_alive.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_http2_body_is_cut_at_the_request_timeout() {
+        let (connection, client) = layered();
+        let (mut sender, _pings) = h2_client(client, &h2::client::Builder::new()).await;
+        let (response, _) = sender.send_request(h2_get("/"), true).unwrap();
+        assert_eq!(response.await.unwrap().status(), 200);
+
+        let upload = http::Request::post("http://localhost/upload")
+            .body(())
+            .unwrap();
+        let (_response, mut body) = sender.send_request(upload, false).unwrap();
+        let first_byte = Instant::now();
+        let trickle = tokio::spawn(async move {
+            for _ in 0..120 {
+                if body.send_data(Bytes::from_static(b"x"), false).is_err() {
+                    break;
+                }
+                tokio::time::sleep(secs(30)).await;
+            }
+        });
+        let outcome = within(secs(3600), connection).await.unwrap();
+        assert_eq!(timed_out(outcome), TimeoutError::Request(secs(10)));
+        assert!(
+            first_byte.elapsed() <= secs(60),
+            "{:?}",
+            first_byte.elapsed()
+        );
+        trickle.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http1_slow_reader_is_cut() {
+        let (connection, mut client) = layered();
+        client
+            .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let began = Instant::now();
+        // Takes 1 KiB every 30 s, for at most ten minutes.
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 1024];
+            for _ in 0..20 {
+                tokio::time::sleep(secs(30)).await;
+                if client.read(&mut buf).await.unwrap_or(0) == 0 {
+                    return;
+                }
+            }
+        });
+        let outcome = within(secs(600), connection).await.unwrap();
+        assert!(matches!(timed_out(outcome), TimeoutError::Idle(_)));
+        assert!(began.elapsed() <= secs(120), "{:?}", began.elapsed());
+        reader.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_slow_reader_is_cut() {
+        let (connection, client) = layered();
+        let mut builder = h2::client::Builder::new();
+        builder
+            .initial_window_size(1024)
+            .initial_connection_window_size(1024);
+        let (mut sender, _pings) = h2_client(client, &builder).await;
+        let (response, _) = sender.send_request(h2_get("/big"), true).unwrap();
+        let mut body = response.await.unwrap().into_body();
+        let began = Instant::now();
+        // Takes 1 KiB every 30 s, for at most ten minutes.
+        let reader = tokio::spawn(async move {
+            for _ in 0..20 {
+                let Some(Ok(data)) = body.data().await else {
+                    return;
+                };
+                tokio::time::sleep(secs(30)).await;
+                body.flow_control().release_capacity(data.len()).ok();
+            }
+        });
+        let outcome = within(secs(600), connection).await.unwrap();
+        assert!(matches!(timed_out(outcome), TimeoutError::Idle(_)));
+        assert!(began.elapsed() <= secs(120), "{:?}", began.elapsed());
+        reader.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fast_reader_and_a_slow_writer_are_not_cut() {
+        let (connection, client) = layered();
+        let mut h1 = Http1Client::connect(client).await;
+        let big = within(secs(60), h1.get("/big")).await.unwrap();
+        assert_eq!(big.body.len(), BIG);
+        // Five minutes of a byte every 30 s: the server is the slow one.
+        let events = within(secs(600), h1.get("/events")).await.unwrap();
+        assert_eq!(events.body, "..........");
+        assert!(!connection.is_finished());
+    }
+}
+
+mod graces {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lifetime_grace_longer_than_the_adapters_close_grace_is_honoured() {
+        let timeouts = TimeoutLayer::builder()
+            .lifetime(secs(10))
+            .lifetime_grace(secs(30))
+            .build()
+            .unwrap();
+        let (connection, client) = serve_one(
+            ServiceBuilder::new()
+                .layer(timeouts)
+                .service(HttpService::new(app())),
+        );
+        let mut h1 = Http1Client::connect(client).await;
+        tokio::time::sleep(secs(5)).await;
+        // 20 s from t = 5 s: the lifetime ends at 10 s, its grace at 40 s.
+        let answer = within(secs(60), h1.get("/sleep?20")).await.unwrap();
+        assert_eq!(answer.body, "slept\n");
+        assert_eq!(answer.headers[http::header::CONNECTION], "close");
+        within(secs(1), connection).await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_deadline_longer_than_the_adapters_close_grace_is_honoured() {
+        let (queue, _log, listener) = ChannelListener::new();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            Server::new(listener)
+                .drain_timeout(secs(60))
+                .with_graceful_shutdown(async move {
+                    stopped.await.ok();
+                })
+                .serve(HttpService::new(app())),
+        );
+        let (conn, client) = duplex_conn("192.0.2.1:1");
+        queue.send(Ok(conn)).unwrap();
+        let mut h1 = Http1Client::connect(client).await;
+        let request = tokio::spawn(async move { h1.get("/sleep?20").await });
+        tokio::time::sleep(secs(1)).await;
+        stop.send(()).unwrap();
+        let answer = within(secs(60), request).await.unwrap().unwrap();
+        assert_eq!(answer.body, "slept\n");
+        let report = within(secs(60), server).await.unwrap().unwrap();
+        assert_eq!((report.drained, report.cut), (1, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_close_asked_by_a_handler_is_cut_after_the_adapters_close_grace() {
+        let (mut conn, client) = duplex_conn("192.0.2.1:1");
+        let close = GracefulClose::new();
+        conn.extensions_mut().insert(close.clone());
+        let connection = tokio::spawn(
+            HttpService::builder(app())
+                .close_grace(secs(5))
+                .build()
+                .unwrap()
+                .oneshot(conn),
+        );
+        let mut h1 = Http1Client::connect(client).await;
+        let request = tokio::spawn(async move { h1.get("/sleep?20").await });
+        tokio::time::sleep(secs(1)).await;
+        let asked = Instant::now();
+        close.request();
+        within(secs(60), connection).await.unwrap().unwrap();
+        assert_eq!(asked.elapsed(), secs(5));
+        assert!(request.await.unwrap().is_err(), "cut before the response");
+    }
+}

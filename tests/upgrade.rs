@@ -1,0 +1,207 @@
+//! Upgraded HTTP connections (WebSocket, tunnels) stay under every protection until
+//! their socket is dropped: counted by the caps, timed, drained and cut.
+
+mod support;
+
+use std::{convert::Infallible, time::Duration};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt, DuplexStream},
+    sync::mpsc,
+};
+use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+use tower_bouncer::{
+    BoxError, Conn, GracefulClose,
+    admission::Reason,
+    http::HttpService,
+    limit::ConnectionLimitLayer,
+    timeout::{TimeoutError, TimeoutLayer},
+};
+
+use support::*;
+
+const UPGRADE_REQUEST: &[u8] =
+    b"GET /tunnel HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n";
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// An application that upgrades every request and hands the upgraded stream to a task
+/// that holds it for `hold` without reading, as a WebSocket handler waiting for its
+/// application does. `upgraded` hears when the task has the stream.
+fn upgrading_app(
+    hold: Duration,
+    upgraded: mpsc::UnboundedSender<()>,
+) -> impl Service<
+    Request<Incoming>,
+    Response = Response<Empty<Bytes>>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
++ Send
++ 'static {
+    service_fn(move |mut request: Request<Incoming>| {
+        let upgraded = upgraded.clone();
+        let on_upgrade = hyper::upgrade::on(&mut request);
+        async move {
+            tokio::spawn(async move {
+                let stream = on_upgrade.await.expect("upgraded");
+                upgraded.send(()).ok();
+                tokio::time::sleep(hold).await;
+                drop(stream);
+            });
+            Ok(Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header(header::CONNECTION, "upgrade")
+                .header(header::UPGRADE, "x")
+                .body(Empty::new())
+                .unwrap())
+        }
+    })
+}
+
+/// Sends the upgrade request and reads the `101` head.
+async fn upgrade(client: &mut DuplexStream) {
+    client.write_all(UPGRADE_REQUEST).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(client.read(&mut byte).await.unwrap(), 1, "{head:?}");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+}
+
+/// Reads until the server closes its end; `Ok(())` at EOF, an error if the client reads
+/// data instead.
+async fn eof(client: &mut DuplexStream) {
+    let mut byte = [0u8; 1];
+    assert_eq!(client.read(&mut byte).await.unwrap(), 0, "expected EOF");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_upgraded_connection_keeps_its_slot_and_is_closed_at_the_idle_timeout() {
+    let limit = ConnectionLimitLayer::builder(1).build().unwrap();
+    let timeouts = TimeoutLayer::builder().idle(secs(5)).build().unwrap();
+    let (upgraded, mut upgraded_rx) = mpsc::unbounded_channel();
+    let mut service = ServiceBuilder::new()
+        .layer(limit.clone())
+        .layer(timeouts.clone())
+        .service(HttpService::new(upgrading_app(secs(3600), upgraded)));
+
+    let (conn, mut client) = duplex_conn("192.0.2.1:1");
+    let connection = tokio::spawn(
+        ServiceExt::<Conn<DuplexStream>>::ready(&mut service)
+            .await
+            .unwrap()
+            .call(conn),
+    );
+    let began = tokio::time::Instant::now();
+    upgrade(&mut client).await;
+    upgraded_rx.recv().await.unwrap();
+
+    assert_eq!(
+        limit.stats().live,
+        1,
+        "the upgraded connection holds its slot"
+    );
+    let (second, _second_client) = duplex_conn("192.0.2.2:2");
+    let refused = ServiceExt::<Conn<DuplexStream>>::ready(&mut service)
+        .await
+        .unwrap()
+        .call(second)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        rejected(&refused).reason(),
+        &Reason::ConnectionLimit { limit: 1 }
+    );
+
+    // Nothing moves on the upgraded stream: it is closed at the idle timeout, although
+    // the task holding it would keep it for an hour.
+    within(secs(7), eof(&mut client)).await;
+    assert!(
+        began.elapsed() <= secs(5) + secs(5) / 8,
+        "{:?}",
+        began.elapsed()
+    );
+    let outcome: Result<(), BoxError> = within(secs(1), connection).await.unwrap();
+    let error = outcome.unwrap_err();
+    let timeout = error
+        .downcast_ref::<std::io::Error>()
+        .and_then(|error| error.get_ref())
+        .and_then(|inner| inner.downcast_ref::<TimeoutError>())
+        .copied();
+    assert_eq!(timeout, Some(TimeoutError::Idle(secs(5))), "{error}");
+    assert_eq!(limit.stats().live, 0);
+    assert_eq!(timeouts.stats().idle, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_upgraded_connection_ends_when_its_holder_drops_the_stream() {
+    let (upgraded, mut upgraded_rx) = mpsc::unbounded_channel();
+    let service = HttpService::new(upgrading_app(secs(30), upgraded));
+    let (conn, mut client) = duplex_conn("192.0.2.1:1");
+    let connection = tokio::spawn(service.oneshot(conn));
+    upgrade(&mut client).await;
+    upgraded_rx.recv().await.unwrap();
+    tokio::time::sleep(secs(10)).await;
+    assert!(
+        !connection.is_finished(),
+        "live while the holder has the stream"
+    );
+    within(secs(60), eof(&mut client)).await;
+    within(secs(1), connection).await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_upgraded_connection_asked_to_close_is_cut_after_the_close_grace() {
+    let (upgraded, mut upgraded_rx) = mpsc::unbounded_channel();
+    let service = HttpService::builder(upgrading_app(secs(3600), upgraded))
+        .close_grace(secs(2))
+        .build()
+        .unwrap();
+    let (mut conn, mut client) = duplex_conn("192.0.2.1:1");
+    let close = GracefulClose::new();
+    conn.extensions_mut().insert(close.clone());
+    let connection = tokio::spawn(service.oneshot(conn));
+    upgrade(&mut client).await;
+    upgraded_rx.recv().await.unwrap();
+
+    let asked = tokio::time::Instant::now();
+    close.request();
+    within(secs(3), eof(&mut client)).await;
+    assert_eq!(asked.elapsed(), secs(2));
+    within(secs(1), connection).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_drains_an_upgraded_connection_and_cuts_it_at_the_deadline() {
+    let (upgraded, mut upgraded_rx) = mpsc::unbounded_channel();
+    let http = HttpService::builder(upgrading_app(secs(3600), upgraded))
+        .close_grace(secs(60))
+        .build()
+        .unwrap();
+    let server = LoopbackServer::start(http, Duration::from_millis(300)).await;
+
+    let mut stream = connect_from(1, server.addr).await;
+    stream.write_all(UPGRADE_REQUEST).await.unwrap();
+    within(PATIENCE, upgraded_rx.recv()).await.unwrap();
+
+    let report = server.stop().await;
+    assert_eq!(
+        (report.drained, report.cut),
+        (0, 1),
+        "still live at the deadline"
+    );
+    let mut rest = Vec::new();
+    within(PATIENCE, stream.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    assert!(rest.starts_with(b"HTTP/1.1 101"), "then closed");
+}
