@@ -14,7 +14,7 @@ use tower_bouncer::{
     BoxError, Conn, GracefulClose,
     admission::Reason,
     login::{AfterFailure, EvictReason, Evicted, Login, LoginBuilder, LoginSession},
-    peer::PeerKeying,
+    peer::{Overflow, PeerKeying},
 };
 
 use support::*;
@@ -353,6 +353,69 @@ async fn an_operator_can_ban_list_and_lift() {
     assert!(bans.unban(addr("[2001:db8:1:2::1]:0").ip()));
     let (_connection, mut client) = connect(&login, "[2001:db8:1:2::99]:2");
     assert_eq!(ask(&mut client, "good").await.as_deref(), Some("OK"));
+}
+
+/// A /48 spray: each of `peers` /64s fails one login, all at once.
+async fn spray_one_failure_each(login: &Login, peers: u16) {
+    for n in 0..peers {
+        let (_connection, mut client) = connect(login, &format!("[2001:db8:0:{n:x}::1]:1"));
+        ask(&mut client, "bad").await;
+    }
+}
+
+/// A login whose ban table holds 64 peers; 3 failures within a minute ban.
+fn small_table(overflow: Overflow) -> Login {
+    login(
+        Login::builder()
+            .max_tracked_peers(64)
+            .failure_window(secs(60))
+            .max_failures(3)
+            .overflow(overflow),
+    )
+}
+
+const NEWCOMER: &str = "192.0.2.1:1";
+
+async fn fail_three_times(login: &Login, peer: &str) {
+    for _ in 0..3 {
+        let (_connection, mut client) = connect(login, peer);
+        assert_eq!(ask(&mut client, "bad").await.as_deref(), Some("DENIED"));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn peers_that_failed_once_are_forgotten_after_two_windows() {
+    let login = small_table(Overflow::Admit);
+    spray_one_failure_each(&login, 1024).await;
+    assert_eq!(login.stats().tracked_peers, 64, "every shard full");
+    // Long past two windows, well short of `forget_after` (24 h).
+    tokio::time::sleep(secs(3 * 3600 + 120)).await;
+    fail_three_times(&login, NEWCOMER).await;
+    assert!(login.bans().banned_for(addr(NEWCOMER).ip()).is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_table_refusing_when_full_lets_newcomers_in_once_old_failures_are_forgotten() {
+    let login = small_table(Overflow::Refuse);
+    spray_one_failure_each(&login, 1024).await;
+    assert_eq!(login.stats().tracked_peers, 64, "every shard full");
+    tokio::time::sleep(secs(3 * 3600 + 120)).await;
+    let (_connection, mut client) = connect(&login, NEWCOMER);
+    assert_eq!(ask(&mut client, "good").await.as_deref(), Some("OK"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_table_full_of_fresh_failures_makes_way_for_a_new_offender() {
+    for overflow in [Overflow::Admit, Overflow::Refuse] {
+        let login = small_table(overflow);
+        spray_one_failure_each(&login, 1024).await;
+        assert_eq!(login.stats().tracked_peers, 64, "every shard full");
+        fail_three_times(&login, NEWCOMER).await;
+        assert!(
+            login.bans().banned_for(addr(NEWCOMER).ip()).is_some(),
+            "{overflow:?}"
+        );
+    }
 }
 
 #[test]

@@ -28,7 +28,8 @@ pub(crate) struct BanPolicy {
     pub(crate) factor: u32,
     pub(crate) max_ban: Duration,
     /// A peer not banned and without a failure for this long is forgotten, repeat
-    /// offences included.
+    /// offences included. A peer never banned is forgotten sooner, two windows after
+    /// its last failure, once its failures no longer count.
     pub(crate) forget_after: Duration,
 }
 
@@ -56,6 +57,15 @@ pub(crate) struct Record {
     last_failure: u64,
 }
 
+impl Record {
+    /// What keeping this record is worth when its shard is full and a new peer needs
+    /// the room, lowest first: a ban is never given up (`None`), a peer with past bans
+    /// is worth more than one with failures only, and a recent one more than an old one.
+    fn worth(&self, now: u64) -> Option<(bool, u64)> {
+        (self.banned_until <= now).then_some((self.offences > 0, self.last_failure))
+    }
+}
+
 /// What a failure did to its peer's record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Failure {
@@ -65,7 +75,7 @@ pub(crate) enum Failure {
     Banned(Duration),
     /// The peer was banned already (a connection from before its ban).
     AlreadyBanned,
-    /// The table is full: not recorded.
+    /// The peer's part of the table holds only banned peers: not recorded.
     Untracked,
 }
 
@@ -121,9 +131,15 @@ impl BanTable {
         (until > now).then(|| Duration::from_nanos(until - now))
     }
 
-    /// Whether the new peer `at` would find the table full.
+    /// Whether the new peer `at` would find no room: its shard is full of banned peers.
+    /// Scans the shard, and only when it is full.
     pub(crate) fn is_full_for(&self, at: &Located) -> bool {
-        self.table.is_full_at(at) && !self.table.contains(at)
+        if !self.table.is_full_at(at) {
+            return false;
+        }
+        let now = self.now();
+        let mut shard = self.table.lock(at);
+        shard.get_mut().is_none() && !shard.has_room(|record| record.worth(now))
     }
 
     /// Counts a failed login from the peer `at`, and bans it if that makes too many.
@@ -142,7 +158,7 @@ impl BanTable {
                 last_failure: now,
             };
             let failure = count(&mut record, now, window, policy);
-            return match shard.insert(record) {
+            return match shard.insert_evicting(record, |old| old.worth(now)) {
                 Ok(()) => failure,
                 Err(Full) => Failure::Untracked,
             };
@@ -154,7 +170,8 @@ impl BanTable {
         count(record, now, window, policy)
     }
 
-    /// Bans `key` for `length` from now, whatever its record says.
+    /// Bans `key` for `length` from now, whatever its record says; `Full` if its shard
+    /// holds only banned peers.
     pub(crate) fn ban(&self, key: &PeerKey, length: Duration, offences: u32) -> Result<(), Full> {
         let now = self.now();
         let mut shard = self.table.lock(&Located::new(key));
@@ -165,14 +182,15 @@ impl BanTable {
             record.last_failure = now;
             return Ok(());
         }
-        shard.insert(Record {
+        let record = Record {
             window_start: now,
             current: 0,
             previous: 0,
             banned_until: until,
             offences,
             last_failure: now,
-        })
+        };
+        shard.insert_evicting(record, |old| old.worth(now))
     }
 
     /// Lifts `key`'s ban and forgets its record; `false` if there was none.
@@ -201,12 +219,21 @@ impl BanTable {
         bans
     }
 
-    /// Forgets peers that are not banned and have been quiet for the policy's time.
+    /// Forgets the peers whose records no longer change any decision: a peer never
+    /// banned once its failures are out of the sliding window (two windows after the
+    /// last), and any peer neither banned nor failing for `forget_after`.
     pub(crate) fn forget_quiet(&self) {
         let now = self.now();
-        let quiet = nanos(self.policy.forget_after);
+        let policy = &self.policy;
+        let forget_offences = nanos(policy.forget_after);
+        let forget_failures = nanos(policy.window).saturating_mul(2).min(forget_offences);
         self.table.retain(|record| {
-            record.banned_until > now || now.saturating_sub(record.last_failure) < quiet
+            let keep_for = if record.offences == 0 {
+                forget_failures
+            } else {
+                forget_offences
+            };
+            record.banned_until > now || now.saturating_sub(record.last_failure) < keep_for
         });
     }
 
@@ -503,19 +530,85 @@ mod tests {
         );
     }
 
+    fn at(keying: &PeerKeying, n: u32) -> Located {
+        Located::new(&keying.key(std::net::Ipv4Addr::from_bits(n).into()))
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn the_table_is_bounded() {
+    async fn the_table_is_bounded_and_never_evicts_a_ban() {
         let keying = PeerKeying::default();
         let bans = BanTable::new(policy(), keying.clone(), 1);
-        let first = keying.key("192.0.2.1".parse().unwrap());
-        let second = keying.key("192.0.2.2".parse().unwrap());
-        assert_eq!(bans.record_failure(&Located::new(&first)), Failure::Counted);
-        assert!(bans.is_full_for(&Located::new(&second)));
-        assert_eq!(
-            bans.record_failure(&Located::new(&second)),
-            Failure::Untracked
+        let (first, second, third) = (at(&keying, 1), at(&keying, 2), at(&keying, 3));
+        assert_eq!(bans.record_failure(&first), Failure::Counted);
+        assert!(!bans.is_full_for(&second), "the first peer can make way");
+        assert_eq!(bans.record_failure(&second), Failure::Counted);
+        assert_eq!(bans.len(), 1);
+        assert!(!bans.table.contains(&first));
+
+        for _ in 0..2 {
+            bans.record_failure(&second);
+        }
+        assert!(bans.banned_for(&second).is_some());
+        assert!(bans.is_full_for(&third));
+        assert_eq!(bans.record_failure(&third), Failure::Untracked);
+        assert!(bans.banned_for(&second).is_some());
+        assert!(
+            bans.ban(&keying.key("192.0.2.3".parse().unwrap()), secs(9), 1)
+                .is_err()
         );
         assert_eq!(bans.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_shard_makes_way_by_evicting_its_least_valuable_peer() {
+        let keying = PeerKeying::default();
+        // At most 256 shards: at least 4 peers a shard.
+        let bans = BanTable::new(policy(), keying.clone(), 1024);
+        let first = at(&keying, 0);
+        let mut one_shard = (0..)
+            .map(|n| at(&keying, n))
+            .filter(|other| bans.table.shares_shard(&first, other));
+        // The stalest peer is banned; the others fail once each, 10 ms apart.
+        let banned = one_shard.next().unwrap();
+        for _ in 0..3 {
+            bans.record_failure(&banned);
+        }
+        let mut tracked = Vec::new();
+        while !bans.table.is_full_at(&first) {
+            tokio::time::advance(Duration::from_millis(10)).await;
+            let peer = one_shard.next().unwrap();
+            assert_eq!(bans.record_failure(&peer), Failure::Counted);
+            tracked.push(peer);
+        }
+        assert!(tracked.len() >= 3);
+
+        // Fresh records all, yet a newcomer is tracked: the stalest unbanned one goes.
+        let newcomer = one_shard.next().unwrap();
+        assert_eq!(bans.record_failure(&newcomer), Failure::Counted);
+        assert!(bans.table.contains(&newcomer));
+        assert!(!bans.table.contains(&tracked[0]));
+        assert!(bans.table.contains(&tracked[1]));
+        assert!(bans.banned_for(&banned).is_some(), "a ban is never evicted");
+
+        // Once its ban is over, a repeat offender outweighs peers with failures only.
+        tokio::time::advance(secs(100)).await;
+        assert_eq!(bans.banned_for(&banned), None);
+        let newcomer = one_shard.next().unwrap();
+        assert_eq!(bans.record_failure(&newcomer), Failure::Counted);
+        assert!(bans.table.contains(&banned));
+        assert!(!bans.table.contains(&tracked[1]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_never_banned_is_forgotten_two_windows_after_its_last_failure() {
+        let (bans, key) = table();
+        bans.record_failure(&Located::new(&key));
+        tokio::time::advance(secs(119)).await;
+        bans.forget_quiet();
+        assert_eq!(bans.len(), 1);
+        tokio::time::advance(secs(1)).await;
+        bans.forget_quiet();
+        assert_eq!(bans.len(), 0);
     }
 
     #[tokio::test(start_paused = true)]

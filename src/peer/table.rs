@@ -165,6 +165,12 @@ impl<V> PeerTable<V> {
         all
     }
 
+    /// Whether `a` and `b` are kept in one shard.
+    #[cfg(test)]
+    pub(crate) fn shares_shard(&self, a: &Located, b: &Located) -> bool {
+        std::ptr::eq(self.shard(a), self.shard(b))
+    }
+
     /// Removes every entry for which `keep` is false, shard by shard.
     pub(crate) fn retain(&self, mut keep: impl FnMut(&V) -> bool) {
         for shard in self.shards.iter() {
@@ -194,6 +200,40 @@ impl<V> Locked<'_, V> {
             .insert_unique(self.at.hash, (self.at.bits, value), |(key, _)| hash(key));
         self.len.store(self.entries.len(), Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Starts tracking the key (which must not be tracked yet). If its shard is full,
+    /// the entry `worth` values least makes way for it; an entry worth `None` never does.
+    ///
+    /// Finding that entry scans the whole shard (its share of the capacity), and only
+    /// when the shard is full: lookups never pay for it.
+    pub(crate) fn insert_evicting<W: Ord>(
+        &mut self,
+        value: V,
+        worth: impl Fn(&V) -> Option<W>,
+    ) -> Result<(), Full> {
+        if self.entries.len() >= self.room {
+            let (_, least) = self
+                .entries
+                .iter()
+                .filter_map(|(key, value)| Some((worth(value)?, *key)))
+                .min_by(|a, b| a.0.cmp(&b.0))
+                .ok_or(Full)?;
+            if let Ok(entry) = self
+                .entries
+                .find_entry(hash(&least), |(key, _)| *key == least)
+            {
+                entry.remove();
+            }
+        }
+        self.insert(value)
+    }
+
+    /// Whether [`insert_evicting`](Self::insert_evicting) would find room: the shard is
+    /// not full, or one of its entries is worth something. Scans the shard when full.
+    pub(crate) fn has_room<W>(&self, worth: impl Fn(&V) -> Option<W>) -> bool {
+        self.entries.len() < self.room
+            || self.entries.iter().any(|(_, value)| worth(value).is_some())
     }
 
     /// Stops tracking the key.
