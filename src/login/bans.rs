@@ -144,10 +144,11 @@ impl BanTable {
 
     /// Counts a failed login from the peer `at`, and bans it if that makes too many.
     pub(crate) fn record_failure(&self, at: &Located) -> Failure {
-        let now = self.now();
         let policy = &self.policy;
         let window = nanos(policy.window);
         let mut shard = self.table.lock(at);
+        // Under the lock: a failure never lands before the window another has started.
+        let now = self.now();
         let Some(record) = shard.get_mut() else {
             let mut record = Record {
                 window_start: now,
@@ -173,8 +174,8 @@ impl BanTable {
     /// Bans `key` for `length` from now, whatever its record says; `Full` if its shard
     /// holds only banned peers.
     pub(crate) fn ban(&self, key: &PeerKey, length: Duration, offences: u32) -> Result<(), Full> {
-        let now = self.now();
         let mut shard = self.table.lock(&Located::new(key));
+        let now = self.now();
         let until = now.saturating_add(nanos(length));
         if let Some(record) = shard.get_mut() {
             record.banned_until = until;
@@ -243,8 +244,9 @@ impl BanTable {
 }
 
 /// Counts one failure at `now` in `record`; bans when the sliding-window estimate
-/// reaches the threshold.
+/// reaches the threshold. A `now` before the record's window counts in that window.
 fn count(record: &mut Record, now: u64, window: u64, policy: &BanPolicy) -> Failure {
+    let now = now.max(record.window_start);
     record.last_failure = now;
     let windows_passed = (now - record.window_start) / window;
     match windows_passed {
@@ -446,6 +448,24 @@ mod tests {
         let lengths: Vec<_> = (1..=5).map(|n| policy().ban_length(n).as_secs()).collect();
         assert_eq!(lengths, [100, 200, 350, 350, 350]);
         assert_eq!(policy().ban_length(u32::MAX), secs(350));
+    }
+
+    #[test]
+    fn a_failure_timed_before_its_window_start_is_counted_in_that_window() {
+        // Another thread read the clock later but took the lock first.
+        let mut record = Record {
+            window_start: 1_000,
+            current: 1,
+            previous: 0,
+            banned_until: 0,
+            offences: 0,
+            last_failure: 1_000,
+        };
+        assert_eq!(
+            count(&mut record, 999, nanos(secs(60)), &policy()),
+            Failure::Counted
+        );
+        assert_eq!((record.window_start, record.current), (1_000, 2));
     }
 
     #[tokio::test(start_paused = true)]
