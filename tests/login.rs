@@ -216,6 +216,25 @@ async fn repeat_offences_escalate_up_to_the_cap() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_capped_ban_is_remembered_for_forget_after_from_its_end() {
+    let login = login(
+        Login::builder()
+            .max_failures(1)
+            .ban(secs(10))
+            .ban_escalation(2, secs(40))
+            .forget_after(secs(40)),
+    );
+    let peer = addr("192.0.2.1:0").ip();
+    // The last wait covers the ban and one sweep (every 5 s) after it.
+    for (ban, wait) in [(10, 10), (20, 20), (40, 45), (40, 0)] {
+        let (_connection, mut client) = connect(&login, "192.0.2.1:1");
+        assert_eq!(ask(&mut client, "bad").await.as_deref(), Some("DENIED"));
+        assert_eq!(login.bans().banned_for(peer), Some(secs(ban)));
+        tokio::time::sleep(secs(wait)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn exempt_peers_are_never_banned() {
     let keying = PeerKeying::default().exempt(["10.0.0.0/8".parse().unwrap()]);
     let login = login(Login::builder().keying(keying).max_failures(1));

@@ -27,8 +27,8 @@ pub(crate) struct BanPolicy {
     pub(crate) first_ban: Duration,
     pub(crate) factor: u32,
     pub(crate) max_ban: Duration,
-    /// A peer not banned and without a failure for this long is forgotten, repeat
-    /// offences included. A peer never banned is forgotten sooner, two windows after
+    /// A peer neither banned nor failing for this long is forgotten, repeat offences
+    /// included. A peer never banned is forgotten sooner, two windows after
     /// its last failure, once its failures no longer count.
     pub(crate) forget_after: Duration,
 }
@@ -58,11 +58,18 @@ pub(crate) struct Record {
 }
 
 impl Record {
+    /// Since when the peer has been quiet: neither failing nor banned. Time spent
+    /// banned is not quiet, or a long ban would end forgotten, escalation and all.
+    fn quiet_since(&self) -> u64 {
+        self.last_failure.max(self.banned_until)
+    }
+
     /// What keeping this record is worth when its shard is full and a new peer needs
     /// the room, lowest first: a ban is never given up (`None`), a peer with past bans
-    /// is worth more than one with failures only, and a recent one more than an old one.
+    /// is worth more than one with failures only, and a recently active one more than
+    /// one long quiet.
     fn worth(&self, now: u64) -> Option<(bool, u64)> {
-        (self.banned_until <= now).then_some((self.offences > 0, self.last_failure))
+        (self.banned_until <= now).then_some((self.offences > 0, self.quiet_since()))
     }
 }
 
@@ -222,7 +229,7 @@ impl BanTable {
 
     /// Forgets the peers whose records no longer change any decision: a peer never
     /// banned once its failures are out of the sliding window (two windows after the
-    /// last), and any peer neither banned nor failing for `forget_after`.
+    /// last), and any peer quiet (neither banned nor failing) for `forget_after`.
     pub(crate) fn forget_quiet(&self) {
         let now = self.now();
         let policy = &self.policy;
@@ -234,7 +241,7 @@ impl BanTable {
             } else {
                 forget_offences
             };
-            record.banned_until > now || now.saturating_sub(record.last_failure) < keep_for
+            now.saturating_sub(record.quiet_since()) < keep_for
         });
     }
 
@@ -534,7 +541,8 @@ mod tests {
         for _ in 0..3 {
             bans.record_failure(&Located::new(&key));
         }
-        tokio::time::advance(secs(999)).await;
+        // Quiet from the end of its 100 s ban.
+        tokio::time::advance(secs(1099)).await;
         bans.forget_quiet();
         assert_eq!(bans.len(), 1, "not quiet for long enough yet");
         tokio::time::advance(secs(1)).await;

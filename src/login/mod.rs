@@ -281,8 +281,9 @@ impl LoginBuilder {
         self
     }
 
-    /// A peer neither banned nor failing for this long is forgotten, repeat offences
-    /// included; 24 hours by default. A peer never banned is forgotten sooner, once its
+    /// A peer neither banned nor failing for this long (counted from its last failure or
+    /// the end of its ban, whichever is later) is forgotten, repeat offences included;
+    /// 24 hours by default. A peer never banned is forgotten sooner, once its
     /// failures have left the window (two windows after the last).
     pub fn forget_after(mut self, quiet: Duration) -> Self {
         self.policy.forget_after = quiet;
