@@ -437,6 +437,25 @@ async fn a_table_full_of_fresh_failures_makes_way_for_a_new_offender() {
     }
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_network_banned_whole_is_refused_at_accept() {
+    let login = login(Login::builder());
+    let bans = login.bans();
+    let network = "2001:db8:1::/48".parse().unwrap();
+    bans.ban_network(network, secs(300)).unwrap();
+    let (refused, _client) = connect(&login, "[2001:db8:1:5::1]:1");
+    let error = within(PATIENCE, refused).await.unwrap().unwrap_err();
+    assert!(
+        matches!(rejected(&error).reason(), Reason::Banned { remaining, .. } if *remaining == secs(300))
+    );
+    let (_outside, mut outside) = connect(&login, "[2001:db8:2::1]:1");
+    assert_eq!(ask(&mut outside, "good").await.as_deref(), Some("OK"));
+
+    assert!(bans.unban_network(network));
+    let (_connection, mut client) = connect(&login, "[2001:db8:1:5::1]:2");
+    assert_eq!(ask(&mut client, "good").await.as_deref(), Some("OK"));
+}
+
 #[test]
 fn a_policy_that_cannot_work_is_refused_when_built() {
     assert!(Login::builder().max_auth_tries(0).build().is_err());

@@ -20,7 +20,7 @@
 //!   itself (a peer that failed without being banned is forgotten two windows after its
 //!   last failure); when full, it makes way for a new peer by forgetting the one that
 //!   matters least, never a banned one. [`Bans`] adds, lists, lifts, exports and
-//!   imports bans.
+//!   imports bans, of peer keys or of whole networks.
 //! - **Pre-authentication budget** (OpenSSH's `MaxStartups start:rate:full` and
 //!   `PerSourceMaxStartups`) and a **login timeout** (`LoginGraceTime`), both off unless
 //!   set: for protocols where every connection logs in.

@@ -99,7 +99,7 @@ where
 
         let (live, banned) = match (&shared.live, peer) {
             (Some(live), Some(peer)) => LiveSlot::watch(live, &peer.at, &state, || {
-                shared.bans.banned_for(&peer.at).is_some()
+                shared.bans.banned_for(&peer).is_some()
             })
             .unzip(),
             _ => (None, None),
