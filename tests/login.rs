@@ -456,6 +456,48 @@ async fn a_network_banned_whole_is_refused_at_accept() {
     assert_eq!(ask(&mut client, "good").await.as_deref(), Some("OK"));
 }
 
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+/// One failed login from `peer`, then long enough for the sweep to forget it.
+async fn fail_once_and_wait_for_the_sweep(login: &Login, peer: &str) {
+    let (_connection, mut client) = connect(login, peer);
+    assert_eq!(ask(&mut client, "bad").await.as_deref(), Some("DENIED"));
+    assert_eq!(login.stats().tracked_peers, 1);
+    tokio::time::sleep(secs(200)).await;
+}
+
+#[test]
+fn the_sweep_starts_on_a_runtime_after_a_first_connection_outside_one() {
+    let login = login(Login::builder().failure_window(secs(60)));
+    let (conn, _client) = duplex_conn("192.0.2.1:1");
+    let mut service = login.ban_layer().layer(service_fn(protocol));
+    drop(tower::Service::call(&mut service, conn));
+
+    paused_runtime().block_on(async {
+        fail_once_and_wait_for_the_sweep(&login, "192.0.2.1:1").await;
+        assert_eq!(login.stats().tracked_peers, 0);
+    });
+}
+
+#[test]
+fn the_sweep_moves_to_the_next_runtime_when_its_own_ends() {
+    let login = login(Login::builder().failure_window(secs(60)));
+    paused_runtime().block_on(async {
+        let (_connection, mut client) = connect(&login, "192.0.2.1:1");
+        assert_eq!(ask(&mut client, "good").await.as_deref(), Some("OK"));
+    });
+    paused_runtime().block_on(async {
+        fail_once_and_wait_for_the_sweep(&login, "192.0.2.2:1").await;
+        assert_eq!(login.stats().tracked_peers, 0);
+    });
+}
+
 #[test]
 fn a_policy_that_cannot_work_is_refused_when_built() {
     assert!(Login::builder().max_auth_tries(0).build().is_err());

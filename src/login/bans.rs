@@ -6,7 +6,7 @@ use std::{
     fmt,
     net::IpAddr,
     sync::{
-        Arc, PoisonError, RwLock, Weak,
+        Arc, PoisonError, RwLock,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -658,27 +658,6 @@ impl fmt::Display for BanError {
 }
 
 impl Error for BanError {}
-
-/// Starts the task that forgets quiet peers, every `every`; it ends once the table is
-/// dropped.
-pub(crate) fn start_janitor(table: &Arc<BanTable>, every: Duration) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    let table: Weak<BanTable> = Arc::downgrade(table);
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    runtime.spawn(async move {
-        ticks.tick().await;
-        loop {
-            ticks.tick().await;
-            let Some(table) = table.upgrade() else {
-                return;
-            };
-            table.forget_quiet();
-        }
-    });
-}
 
 fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)

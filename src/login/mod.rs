@@ -73,15 +73,13 @@ mod session;
 mod session_layer;
 mod startups;
 
-use std::{
-    sync::{Arc, Once},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use crate::{
     ConfigError,
     admission::Refusal,
     counter::Counter,
+    janitor::Janitor,
     peer::{Classified, Overflow, PeerKeying, table::PeerTable},
     throttle::LogThrottle,
 };
@@ -413,7 +411,7 @@ impl LoginBuilder {
                 sweep_every: (policy.forget_after / 8)
                     .min(policy.window)
                     .clamp(Duration::from_secs(1), Duration::from_secs(3600)),
-                janitor: Once::new(),
+                janitor: Janitor::default(),
                 keying: self.keying,
                 max_auth_tries: self.max_auth_tries,
                 eviction_grace: self.eviction_grace,
@@ -444,7 +442,7 @@ pub(crate) struct Shared {
     keying: PeerKeying,
     bans: Arc<BanTable>,
     sweep_every: Duration,
-    janitor: Once,
+    janitor: Janitor,
     max_auth_tries: u32,
     eviction_grace: Duration,
     login_timeout: Option<Duration>,
@@ -486,10 +484,10 @@ impl Counters {
 }
 
 impl Shared {
-    /// Starts, once, the task that forgets quiet peers.
+    /// Makes sure a task forgets quiet peers.
     fn start_janitor(&self) {
         self.janitor
-            .call_once(|| bans::start_janitor(&self.bans, self.sweep_every));
+            .ensure(&self.bans, self.sweep_every, BanTable::forget_quiet);
     }
 
     /// A failure just banned `peer` for `length`.
