@@ -20,6 +20,12 @@ use hashbrown::HashTable;
 use super::PeerKey;
 
 /// What a full table does with a peer it is not tracking yet.
+///
+/// A table is split into shards, each holding an equal share of `max_tracked_peers` and
+/// filling on its own, so this applies per shard: a new peer whose shard is full goes
+/// untracked (`Admit`) or is refused (`Refuse`) a little before the table as a whole
+/// holds `max_tracked_peers`. The login layers' ban table first makes room by forgetting
+/// a peer that is not banned, so there this applies only to a shard full of bans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Overflow {
