@@ -319,6 +319,28 @@ mod tests {
     }
 
     #[test]
+    fn a_full_shard_evicts_the_entry_worth_least_and_never_one_worth_nothing() {
+        let table = PeerTable::<u32>::new(1);
+        // Odd values are worth nothing: never evicted.
+        let worth = |value: &u32| value.is_multiple_of(2).then_some(*value);
+        insert(&table, 1).unwrap();
+        let mut shard = table.lock(&Located::new(&key(2)));
+        assert!(!shard.has_room(worth));
+        assert!(shard.insert_evicting(2, worth).is_err());
+        drop(shard);
+
+        remove(&table, 1);
+        insert(&table, 4).unwrap();
+        let mut shard = table.lock(&Located::new(&key(2)));
+        assert!(shard.has_room(worth));
+        shard.insert_evicting(2, worth).unwrap();
+        drop(shard);
+        assert!(table.contains(&Located::new(&key(2))));
+        assert!(!table.contains(&Located::new(&key(4))));
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
     fn memory_returns_to_baseline_after_a_storm() {
         let table = PeerTable::<u32>::new(1 << 20);
         let baseline = allocated(&table);
