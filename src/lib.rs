@@ -64,6 +64,8 @@ pub(crate) mod close;
 mod config;
 mod conn;
 mod counter;
+#[cfg(any(feature = "rate-limit", feature = "login"))]
+mod janitor;
 pub mod peer;
 
 #[cfg(feature = "limit")]

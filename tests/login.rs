@@ -14,7 +14,7 @@ use tower_bouncer::{
     BoxError, Conn, GracefulClose,
     admission::Reason,
     login::{AfterFailure, EvictReason, Evicted, Login, LoginBuilder, LoginSession},
-    peer::PeerKeying,
+    peer::{Overflow, PeerKeying},
 };
 
 use support::*;
@@ -216,6 +216,25 @@ async fn repeat_offences_escalate_up_to_the_cap() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_capped_ban_is_remembered_for_forget_after_from_its_end() {
+    let login = login(
+        Login::builder()
+            .max_failures(1)
+            .ban(secs(10))
+            .ban_escalation(2, secs(40))
+            .forget_after(secs(40)),
+    );
+    let peer = addr("192.0.2.1:0").ip();
+    // The last wait covers the ban and one sweep (every 5 s) after it.
+    for (ban, wait) in [(10, 10), (20, 20), (40, 45), (40, 0)] {
+        let (_connection, mut client) = connect(&login, "192.0.2.1:1");
+        assert_eq!(ask(&mut client, "bad").await.as_deref(), Some("DENIED"));
+        assert_eq!(login.bans().banned_for(peer), Some(secs(ban)));
+        tokio::time::sleep(secs(wait)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn exempt_peers_are_never_banned() {
     let keying = PeerKeying::default().exempt(["10.0.0.0/8".parse().unwrap()]);
     let login = login(Login::builder().keying(keying).max_failures(1));
@@ -353,6 +372,130 @@ async fn an_operator_can_ban_list_and_lift() {
     assert!(bans.unban(addr("[2001:db8:1:2::1]:0").ip()));
     let (_connection, mut client) = connect(&login, "[2001:db8:1:2::99]:2");
     assert_eq!(ask(&mut client, "good").await.as_deref(), Some("OK"));
+}
+
+/// A /48 spray: each of `peers` /64s fails one login, all at once.
+async fn spray_one_failure_each(login: &Login, peers: u16) {
+    for n in 0..peers {
+        let (_connection, mut client) = connect(login, &format!("[2001:db8:0:{n:x}::1]:1"));
+        ask(&mut client, "bad").await;
+    }
+}
+
+/// A login whose ban table holds 64 peers; 3 failures within a minute ban.
+fn small_table(overflow: Overflow) -> Login {
+    login(
+        Login::builder()
+            .max_tracked_peers(64)
+            .failure_window(secs(60))
+            .max_failures(3)
+            .overflow(overflow),
+    )
+}
+
+const NEWCOMER: &str = "192.0.2.1:1";
+
+async fn fail_three_times(login: &Login, peer: &str) {
+    for _ in 0..3 {
+        let (_connection, mut client) = connect(login, peer);
+        assert_eq!(ask(&mut client, "bad").await.as_deref(), Some("DENIED"));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn peers_that_failed_once_are_forgotten_after_two_windows() {
+    let login = small_table(Overflow::Admit);
+    spray_one_failure_each(&login, 1024).await;
+    assert_eq!(login.stats().tracked_peers, 64, "every shard full");
+    // Long past two windows, well short of `forget_after` (24 h).
+    tokio::time::sleep(secs(3 * 3600 + 120)).await;
+    fail_three_times(&login, NEWCOMER).await;
+    assert!(login.bans().banned_for(addr(NEWCOMER).ip()).is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_table_refusing_when_full_lets_newcomers_in_once_old_failures_are_forgotten() {
+    let login = small_table(Overflow::Refuse);
+    spray_one_failure_each(&login, 1024).await;
+    assert_eq!(login.stats().tracked_peers, 64, "every shard full");
+    tokio::time::sleep(secs(3 * 3600 + 120)).await;
+    let (_connection, mut client) = connect(&login, NEWCOMER);
+    assert_eq!(ask(&mut client, "good").await.as_deref(), Some("OK"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_table_full_of_fresh_failures_makes_way_for_a_new_offender() {
+    for overflow in [Overflow::Admit, Overflow::Refuse] {
+        let login = small_table(overflow);
+        spray_one_failure_each(&login, 1024).await;
+        assert_eq!(login.stats().tracked_peers, 64, "every shard full");
+        fail_three_times(&login, NEWCOMER).await;
+        assert!(
+            login.bans().banned_for(addr(NEWCOMER).ip()).is_some(),
+            "{overflow:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_network_banned_whole_is_refused_at_accept() {
+    let login = login(Login::builder());
+    let bans = login.bans();
+    let network = "2001:db8:1::/48".parse().unwrap();
+    bans.ban_network(network, secs(300)).unwrap();
+    let (refused, _client) = connect(&login, "[2001:db8:1:5::1]:1");
+    let error = within(PATIENCE, refused).await.unwrap().unwrap_err();
+    assert!(
+        matches!(rejected(&error).reason(), Reason::Banned { remaining, .. } if *remaining == secs(300))
+    );
+    let (_outside, mut outside) = connect(&login, "[2001:db8:2::1]:1");
+    assert_eq!(ask(&mut outside, "good").await.as_deref(), Some("OK"));
+
+    assert!(bans.unban_network(network));
+    let (_connection, mut client) = connect(&login, "[2001:db8:1:5::1]:2");
+    assert_eq!(ask(&mut client, "good").await.as_deref(), Some("OK"));
+}
+
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+/// One failed login from `peer`, then long enough for the sweep to forget it.
+async fn fail_once_and_wait_for_the_sweep(login: &Login, peer: &str) {
+    let (_connection, mut client) = connect(login, peer);
+    assert_eq!(ask(&mut client, "bad").await.as_deref(), Some("DENIED"));
+    assert_eq!(login.stats().tracked_peers, 1);
+    tokio::time::sleep(secs(200)).await;
+}
+
+#[test]
+fn the_sweep_starts_on_a_runtime_after_a_first_connection_outside_one() {
+    let login = login(Login::builder().failure_window(secs(60)));
+    let (conn, _client) = duplex_conn("192.0.2.1:1");
+    let mut service = login.ban_layer().layer(service_fn(protocol));
+    drop(tower::Service::call(&mut service, conn));
+
+    paused_runtime().block_on(async {
+        fail_once_and_wait_for_the_sweep(&login, "192.0.2.1:1").await;
+        assert_eq!(login.stats().tracked_peers, 0);
+    });
+}
+
+#[test]
+fn the_sweep_moves_to_the_next_runtime_when_its_own_ends() {
+    let login = login(Login::builder().failure_window(secs(60)));
+    paused_runtime().block_on(async {
+        let (_connection, mut client) = connect(&login, "192.0.2.1:1");
+        assert_eq!(ask(&mut client, "good").await.as_deref(), Some("OK"));
+    });
+    paused_runtime().block_on(async {
+        fail_once_and_wait_for_the_sweep(&login, "192.0.2.2:1").await;
+        assert_eq!(login.stats().tracked_peers, 0);
+    });
 }
 
 #[test]

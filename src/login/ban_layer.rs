@@ -11,7 +11,7 @@ use super::Shared;
 use crate::{
     BoxError, Conn,
     admission::{Reason, ResponseFuture, Slot, refuse},
-    peer::{Classified, Overflow},
+    peer::Overflow,
 };
 
 /// Refuses a banned peer's new connections at accept, before any byte is read. Get it
@@ -60,10 +60,13 @@ where
     fn call(&mut self, conn: Conn<IO>) -> Self::Future {
         let shared = &self.shared;
         shared.start_janitor();
-        if let Some(Classified { key, at }) = shared.keying.classify(conn.peer_addr().ip()) {
-            let refusal = if let Some(remaining) = shared.bans.banned_for(&at) {
-                Some(Reason::Banned { key, remaining })
-            } else if shared.overflow == Overflow::Refuse && shared.bans.is_full_for(&at) {
+        if let Some(peer) = shared.keying.classify(conn.peer_addr().ip()) {
+            let refusal = if let Some(remaining) = shared.bans.banned_for(&peer) {
+                Some(Reason::Banned {
+                    key: peer.key,
+                    remaining,
+                })
+            } else if shared.overflow == Overflow::Refuse && shared.bans.is_full_for(&peer.at) {
                 Some(Reason::PeerTableFull {
                     capacity: shared.bans.capacity(),
                 })

@@ -5,16 +5,27 @@ use std::{
     error::Error,
     fmt,
     net::IpAddr,
-    sync::{Arc, Weak},
+    sync::{
+        Arc, PoisonError, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
+use ipnet::IpNet;
 use tokio::time::Instant;
 
 use crate::peer::{
-    PeerKey, PeerKeying,
+    Classified, PeerKey, PeerKeying, canonical_network,
     table::{Full, Located, PeerTable},
 };
+
+/// The most networks banned whole at once. Each is checked against every new
+/// connection while any is in force: this is for a few wide networks, not a block list.
+const MAX_NETWORK_BANS: usize = 256;
+
+/// The longest line [`Bans::import`] reads; an exported line is under 80 bytes.
+const MAX_IMPORT_LINE: usize = 200;
 
 /// How failures turn into bans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,8 +38,9 @@ pub(crate) struct BanPolicy {
     pub(crate) first_ban: Duration,
     pub(crate) factor: u32,
     pub(crate) max_ban: Duration,
-    /// A peer not banned and without a failure for this long is forgotten, repeat
-    /// offences included.
+    /// A peer neither banned nor failing for this long is forgotten, repeat offences
+    /// included. A peer never banned is forgotten sooner, two windows after
+    /// its last failure, once its failures no longer count.
     pub(crate) forget_after: Duration,
 }
 
@@ -56,6 +68,22 @@ pub(crate) struct Record {
     last_failure: u64,
 }
 
+impl Record {
+    /// Since when the peer has been quiet: neither failing nor banned. Time spent
+    /// banned is not quiet, or a long ban would end forgotten, escalation and all.
+    fn quiet_since(&self) -> u64 {
+        self.last_failure.max(self.banned_until)
+    }
+
+    /// What keeping this record is worth when its shard is full and a new peer needs
+    /// the room, lowest first: a ban is never given up (`None`), a peer with past bans
+    /// is worth more than one with failures only, and a recently active one more than
+    /// one long quiet.
+    fn worth(&self, now: u64) -> Option<(bool, u64)> {
+        (self.banned_until <= now).then_some((self.offences > 0, self.quiet_since()))
+    }
+}
+
 /// What a failure did to its peer's record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Failure {
@@ -65,7 +93,7 @@ pub(crate) enum Failure {
     Banned(Duration),
     /// The peer was banned already (a connection from before its ban).
     AlreadyBanned,
-    /// The table is full: not recorded.
+    /// The peer's part of the table holds only banned peers: not recorded.
     Untracked,
 }
 
@@ -73,7 +101,8 @@ pub(crate) enum Failure {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Ban {
-    /// Who is banned.
+    /// Who is banned: a peer key, or a network wider than one, banned whole
+    /// ([`Bans::ban_network`]).
     pub key: PeerKey,
     /// How long the ban still runs.
     pub remaining: Duration,
@@ -81,9 +110,104 @@ pub struct Ban {
     pub offences: u32,
 }
 
+/// Networks wider than a peer key, banned whole: a short list beside the table.
+#[derive(Debug, Default)]
+struct NetworkBans {
+    /// Whether `bans` holds any. Written only when the list changes, so while it holds
+    /// none a ban check reads just this flag, from a cache line nobody writes.
+    any: AtomicBool,
+    bans: RwLock<Vec<NetworkBan>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct NetworkBan {
+    network: IpNet,
+    banned_until: u64,
+    offences: u32,
+}
+
+impl NetworkBans {
+    /// When the longest ban of a network holding `key` ends, if there is one.
+    fn banned_until(&self, key: &PeerKey) -> Option<u64> {
+        if !self.any.load(Ordering::Relaxed) {
+            return None;
+        }
+        let peer = key.network().addr();
+        self.bans
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|ban| ban.network.contains(&peer))
+            .map(|ban| ban.banned_until)
+            .max()
+    }
+
+    /// Bans `network` until `until`, replacing its earlier ban.
+    fn ban(&self, network: IpNet, until: u64, offences: u32, now: u64) -> Result<(), BanError> {
+        self.change(|bans| {
+            if let Some(ban) = bans.iter_mut().find(|ban| ban.network == network) {
+                ban.banned_until = until;
+                ban.offences = ban.offences.max(offences);
+                return Ok(());
+            }
+            if until <= now {
+                return Ok(());
+            }
+            if bans.len() >= MAX_NETWORK_BANS {
+                bans.retain(|ban| ban.banned_until > now);
+            }
+            if bans.len() >= MAX_NETWORK_BANS {
+                return Err(BanError::TooManyNetworks {
+                    max: MAX_NETWORK_BANS,
+                });
+            }
+            bans.push(NetworkBan {
+                network,
+                banned_until: until,
+                offences,
+            });
+            Ok(())
+        })
+    }
+
+    /// Lifts `network`'s ban; `false` if there was none.
+    fn unban(&self, network: &IpNet) -> bool {
+        self.change(|bans| {
+            let before = bans.len();
+            bans.retain(|ban| ban.network != *network);
+            bans.len() < before
+        })
+    }
+
+    fn forget_expired(&self, now: u64) {
+        if self.any.load(Ordering::Relaxed) {
+            self.change(|bans| bans.retain(|ban| ban.banned_until > now));
+        }
+    }
+
+    fn list(&self) -> Vec<NetworkBan> {
+        if !self.any.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
+        self.bans
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Changes the list, keeping `any` true to it.
+    fn change<R>(&self, change: impl FnOnce(&mut Vec<NetworkBan>) -> R) -> R {
+        let mut bans = self.bans.write().unwrap_or_else(PoisonError::into_inner);
+        let outcome = change(&mut bans);
+        self.any.store(!bans.is_empty(), Ordering::Relaxed);
+        outcome
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct BanTable {
     table: PeerTable<Record>,
+    networks: NetworkBans,
     policy: BanPolicy,
     keying: PeerKeying,
     origin: Instant,
@@ -93,6 +217,7 @@ impl BanTable {
     pub(crate) fn new(policy: BanPolicy, keying: PeerKeying, capacity: usize) -> Self {
         Self {
             table: PeerTable::new(capacity),
+            networks: NetworkBans::default(),
             policy,
             keying,
             origin: Instant::now(),
@@ -111,27 +236,42 @@ impl BanTable {
         self.table.capacity()
     }
 
-    /// How long the peer `at` stays banned, if it is.
-    pub(crate) fn banned_for(&self, at: &Located) -> Option<Duration> {
-        if self.table.is_empty_at(at) {
-            return None;
-        }
-        let until = self.table.lock(at).get_mut()?.banned_until;
+    /// How long `peer` stays banned, by its key or a network holding it, if it is.
+    ///
+    /// With no ban in its shard and no network banned, this reads two atomics and
+    /// neither locks nor reads the clock: it runs for every new connection.
+    pub(crate) fn banned_for(&self, peer: &Classified) -> Option<Duration> {
+        let key_ban = if self.table.is_empty_at(&peer.at) {
+            None
+        } else {
+            self.table
+                .lock(&peer.at)
+                .get_mut()
+                .map(|record| record.banned_until)
+        };
+        let until = key_ban.max(self.networks.banned_until(&peer.key))?;
         let now = self.now();
         (until > now).then(|| Duration::from_nanos(until - now))
     }
 
-    /// Whether the new peer `at` would find the table full.
+    /// Whether the new peer `at` would find no room: its shard is full of banned peers.
+    /// Scans the shard, and only when it is full.
     pub(crate) fn is_full_for(&self, at: &Located) -> bool {
-        self.table.is_full_at(at) && !self.table.contains(at)
+        if !self.table.is_full_at(at) {
+            return false;
+        }
+        let now = self.now();
+        let mut shard = self.table.lock(at);
+        shard.get_mut().is_none() && !shard.has_room(|record| record.worth(now))
     }
 
     /// Counts a failed login from the peer `at`, and bans it if that makes too many.
     pub(crate) fn record_failure(&self, at: &Located) -> Failure {
-        let now = self.now();
         let policy = &self.policy;
         let window = nanos(policy.window);
         let mut shard = self.table.lock(at);
+        // Under the lock: a failure never lands before the window another has started.
+        let now = self.now();
         let Some(record) = shard.get_mut() else {
             let mut record = Record {
                 window_start: now,
@@ -142,7 +282,7 @@ impl BanTable {
                 last_failure: now,
             };
             let failure = count(&mut record, now, window, policy);
-            return match shard.insert(record) {
+            return match shard.insert_evicting(record, |old| old.worth(now)) {
                 Ok(()) => failure,
                 Err(Full) => Failure::Untracked,
             };
@@ -154,10 +294,11 @@ impl BanTable {
         count(record, now, window, policy)
     }
 
-    /// Bans `key` for `length` from now, whatever its record says.
+    /// Bans `key` for `length` from now, whatever its record says; `Full` if its shard
+    /// holds only banned peers.
     pub(crate) fn ban(&self, key: &PeerKey, length: Duration, offences: u32) -> Result<(), Full> {
-        let now = self.now();
         let mut shard = self.table.lock(&Located::new(key));
+        let now = self.now();
         let until = now.saturating_add(nanos(length));
         if let Some(record) = shard.get_mut() {
             record.banned_until = until;
@@ -165,14 +306,43 @@ impl BanTable {
             record.last_failure = now;
             return Ok(());
         }
-        shard.insert(Record {
+        let record = Record {
             window_start: now,
             current: 0,
             previous: 0,
             banned_until: until,
             offences,
             last_failure: now,
-        })
+        };
+        shard.insert_evicting(record, |old| old.worth(now))
+    }
+
+    /// Bans `network` for `length` from now: as a whole if it spans more than one key,
+    /// or else the key that holds it.
+    pub(crate) fn ban_network(
+        &self,
+        network: IpNet,
+        length: Duration,
+        offences: u32,
+    ) -> Result<(), BanError> {
+        let network = canonical_network(network);
+        if self.keying.is_wider_than_a_key(&network) {
+            let now = self.now();
+            let until = now.saturating_add(nanos(length));
+            return self.networks.ban(network, until, offences, now);
+        }
+        self.ban(&self.keying.key(network.addr()), length, offences)
+            .map_err(|Full| BanError::TableFull)
+    }
+
+    /// Lifts the ban on `network` as a whole, or on the key that holds it (forgetting
+    /// its record); `false` if there was none.
+    pub(crate) fn unban_network(&self, network: IpNet) -> bool {
+        let network = canonical_network(network);
+        if self.keying.is_wider_than_a_key(&network) {
+            return self.networks.unban(&network);
+        }
+        self.unban(&self.keying.key(network.addr()))
     }
 
     /// Lifts `key`'s ban and forgets its record; `false` if there was none.
@@ -183,30 +353,46 @@ impl BanTable {
         known
     }
 
-    /// The bans in force.
+    /// The bans in force, of keys and of networks.
     pub(crate) fn list(&self) -> Vec<Ban> {
         let now = self.now();
-        let mut bans: Vec<Ban> = self
-            .table
-            .entries()
-            .into_iter()
-            .filter(|(_, record)| record.banned_until > now)
-            .map(|(bits, record)| Ban {
-                key: self.keying.key_from_bits(bits),
-                remaining: Duration::from_nanos(record.banned_until - now),
-                offences: record.offences,
+        let keys = self.table.entries().into_iter().map(|(bits, record)| {
+            let key = self.keying.key_from_bits(bits);
+            (key, record.banned_until, record.offences)
+        });
+        let networks = self.networks.list().into_iter().map(|ban| {
+            let key = PeerKey::from_network(ban.network);
+            (key, ban.banned_until, ban.offences)
+        });
+        let mut bans: Vec<Ban> = keys
+            .chain(networks)
+            .filter(|(_, until, _)| *until > now)
+            .map(|(key, until, offences)| Ban {
+                key,
+                remaining: Duration::from_nanos(until - now),
+                offences,
             })
             .collect();
         bans.sort_by_key(|ban| ban.key);
         bans
     }
 
-    /// Forgets peers that are not banned and have been quiet for the policy's time.
+    /// Forgets the peers whose records no longer change any decision: a peer never
+    /// banned once its failures are out of the sliding window (two windows after the
+    /// last), and any peer quiet (neither banned nor failing) for `forget_after`.
     pub(crate) fn forget_quiet(&self) {
         let now = self.now();
-        let quiet = nanos(self.policy.forget_after);
+        self.networks.forget_expired(now);
+        let policy = &self.policy;
+        let forget_offences = nanos(policy.forget_after);
+        let forget_failures = nanos(policy.window).saturating_mul(2).min(forget_offences);
         self.table.retain(|record| {
-            record.banned_until > now || now.saturating_sub(record.last_failure) < quiet
+            let keep_for = if record.offences == 0 {
+                forget_failures
+            } else {
+                forget_offences
+            };
+            now.saturating_sub(record.quiet_since()) < keep_for
         });
     }
 
@@ -216,8 +402,9 @@ impl BanTable {
 }
 
 /// Counts one failure at `now` in `record`; bans when the sliding-window estimate
-/// reaches the threshold.
+/// reaches the threshold. A `now` before the record's window counts in that window.
 fn count(record: &mut Record, now: u64, window: u64, policy: &BanPolicy) -> Failure {
+    let now = now.max(record.window_start);
     record.last_failure = now;
     let windows_passed = (now - record.window_start) / window;
     match windows_passed {
@@ -240,7 +427,7 @@ fn count(record: &mut Record, now: u64, window: u64, policy: &BanPolicy) -> Fail
     if estimate + 1e-9 < f64::from(policy.max_failures) {
         return Failure::Counted;
     }
-    record.offences += 1;
+    record.offences = record.offences.saturating_add(1);
     let length = policy.ban_length(record.offences);
     record.banned_until = now.saturating_add(nanos(length));
     record.current = 0;
@@ -261,7 +448,7 @@ impl Bans {
     ///
     /// # Errors
     ///
-    /// [`BanError::TableFull`] if the table has no room for another peer.
+    /// [`BanError::TableFull`] if the key's part of the table holds only banned peers.
     pub fn ban(&self, ip: IpAddr, length: Duration) -> Result<(), BanError> {
         let key = self.table.keying().key(ip);
         self.table
@@ -269,19 +456,55 @@ impl Bans {
             .map_err(|Full| BanError::TableFull)
     }
 
+    /// Bans `network` for `length`: as a whole if it is wider than a peer key, so every
+    /// peer in it is refused; otherwise (a /128 under /64 keying, say) the peer key that
+    /// holds it, like [`ban`](Self::ban). At most 256 networks are banned whole at once,
+    /// each checked against every new connection; a long block list belongs in the
+    /// firewall.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_bouncer::login::Login;
+    ///
+    /// let login = Login::builder().build().expect("a valid policy");
+    /// let bans = login.bans();
+    /// bans.ban_network("198.51.100.0/24".parse().unwrap(), Duration::from_secs(3600))
+    ///     .expect("room for it");
+    /// assert!(bans.banned_for("198.51.100.7".parse().unwrap()).is_some());
+    /// assert_eq!(bans.list()[0].key.to_string(), "198.51.100.0/24");
+    /// assert!(bans.unban_network("198.51.100.0/24".parse().unwrap()));
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`BanError::TooManyNetworks`] if 256 networks are banned already,
+    /// [`BanError::TableFull`] if a key's part of the table holds only banned peers.
+    pub fn ban_network(&self, network: IpNet, length: Duration) -> Result<(), BanError> {
+        self.table.ban_network(network, length, 1)
+    }
+
     /// Lifts the ban on `ip`'s peer key and forgets its failures; `false` if nothing was
-    /// recorded for it.
+    /// recorded for it. A network banned whole stays banned.
     pub fn unban(&self, ip: IpAddr) -> bool {
         self.table.unban(&self.table.keying().key(ip))
     }
 
-    /// How long `ip`'s peer key stays banned, if it is.
-    pub fn banned_for(&self, ip: IpAddr) -> Option<Duration> {
-        let key = self.table.keying().key(ip);
-        self.table.banned_for(&Located::new(&key))
+    /// Lifts a ban made with [`ban_network`](Self::ban_network); `false` if there was
+    /// none.
+    pub fn unban_network(&self, network: IpNet) -> bool {
+        self.table.unban_network(network)
     }
 
-    /// The bans in force, by key.
+    /// How long `ip` stays banned, by its peer key or a network banned whole, if it is.
+    pub fn banned_for(&self, ip: IpAddr) -> Option<Duration> {
+        let key = self.table.keying().key(ip);
+        self.table.banned_for(&Classified {
+            key,
+            at: Located::new(&key),
+        })
+    }
+
+    /// The bans in force, by key or network.
     pub fn list(&self) -> Vec<Ban> {
         self.table.list()
     }
@@ -304,35 +527,85 @@ impl Bans {
     }
 
     /// Reads bans written by [`export`](Self::export); each runs for its remaining time
-    /// from now. Returns how many were imported.
+    /// from now, at most the policy's longest ban. Returns how many were imported.
+    ///
+    /// The text is checked as untrusted input: a line is `NETWORK SECONDS OFFENCES` of
+    /// at most 200 bytes, blank, or a `#` comment. A network is banned as
+    /// [`ban_network`](Self::ban_network) bans it.
     ///
     /// # Errors
     ///
-    /// A line that does not parse, naming it; the lines before it are imported.
+    /// The first line that does not parse ([`BanError::BadLine`]) or cannot be applied
+    /// ([`BanError::NotApplied`]), by number; the lines before it are imported.
     pub fn import(&self, text: &str) -> Result<usize, BanError> {
+        let longest = self.table.policy.max_ban;
         let mut imported = 0;
         for (index, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
+            let number = index + 1;
+            let ban = parse_line(line).map_err(|NotABan| BanError::BadLine {
+                line: number,
+                text: quote(line),
+            })?;
+            let Some(ban) = ban else {
                 continue;
-            }
-            let bad = || BanError::BadLine {
-                line: index + 1,
-                text: line.to_owned(),
             };
-            let mut fields = line.split_whitespace();
-            let network: ipnet::IpNet =
-                fields.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
-            let remaining: f64 = fields.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
-            let offences: u32 = fields.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
-            let remaining = Duration::try_from_secs_f64(remaining).map_err(|_| bad())?;
-            let key = self.table.keying().key(network.addr());
             self.table
-                .ban(&key, remaining, offences)
-                .map_err(|Full| BanError::TableFull)?;
+                .ban_network(ban.network, ban.remaining.min(longest), ban.offences)
+                .map_err(|error| BanError::NotApplied {
+                    line: number,
+                    error: Box::new(error),
+                })?;
             imported += 1;
         }
         Ok(imported)
+    }
+}
+
+/// One line of an export, read back.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ExportedBan {
+    network: IpNet,
+    remaining: Duration,
+    offences: u32,
+}
+
+/// A line that is not `NETWORK SECONDS OFFENCES`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NotABan;
+
+/// Reads one line of an export: `None` for a blank line or a comment.
+fn parse_line(line: &str) -> Result<Option<ExportedBan>, NotABan> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return Ok(None);
+    }
+    if line.len() > MAX_IMPORT_LINE {
+        return Err(NotABan);
+    }
+    let mut fields = line.split_whitespace();
+    let (Some(network), Some(seconds), Some(offences), None) =
+        (fields.next(), fields.next(), fields.next(), fields.next())
+    else {
+        return Err(NotABan);
+    };
+    let seconds: f64 = seconds.parse().map_err(|_| NotABan)?;
+    if !(seconds.is_finite() && seconds >= 0.0) {
+        return Err(NotABan);
+    }
+    Ok(Some(ExportedBan {
+        network: network.parse().map_err(|_| NotABan)?,
+        // Only too large a number is left to fail here: it saturates.
+        remaining: Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX),
+        offences: offences.parse().map_err(|_| NotABan)?,
+    }))
+}
+
+/// A line as an error quotes it: its first 64 characters.
+fn quote(line: &str) -> String {
+    const QUOTED: usize = 64;
+    match line.char_indices().nth(QUOTED) {
+        Some((end, _)) => format!("{}...", &line[..end]),
+        None => line.to_owned(),
     }
 }
 
@@ -340,50 +613,51 @@ impl Bans {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BanError {
-    /// The ban table has no room for another peer.
+    /// The peer's part of the ban table holds only banned peers.
     TableFull,
+    /// As many networks as allowed are banned whole already.
+    TooManyNetworks {
+        /// How many.
+        max: usize,
+    },
     /// A line of an import does not parse.
     BadLine {
         /// Its number, from 1.
         line: usize,
-        /// The line.
+        /// The line, its first 64 characters.
         text: String,
+    },
+    /// A line of an import parses, but its ban could not be applied.
+    NotApplied {
+        /// Its number, from 1.
+        line: usize,
+        /// Why.
+        error: Box<BanError>,
     },
 }
 
 impl fmt::Display for BanError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            BanError::TableFull => f.write_str("the ban table is full"),
-            BanError::BadLine { line, text } => {
-                write!(f, "line {line} is not `NETWORK SECONDS OFFENCES`: {text:?}")
+            BanError::TableFull => f.write_str("the ban table is full of bans"),
+            BanError::TooManyNetworks { max } => {
+                write!(
+                    f,
+                    "{max} networks are banned whole already, the most allowed"
+                )
             }
+            BanError::BadLine { line, text } => write!(
+                f,
+                "line {line} is not `NETWORK SECONDS OFFENCES` (seconds finite and at \
+                 least 0, offences at most {}): {text:?}",
+                u32::MAX
+            ),
+            BanError::NotApplied { line, error } => write!(f, "line {line}: {error}"),
         }
     }
 }
 
 impl Error for BanError {}
-
-/// Starts the task that forgets quiet peers, every `every`; it ends once the table is
-/// dropped.
-pub(crate) fn start_janitor(table: &Arc<BanTable>, every: Duration) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    let table: Weak<BanTable> = Arc::downgrade(table);
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    runtime.spawn(async move {
-        ticks.tick().await;
-        loop {
-            ticks.tick().await;
-            let Some(table) = table.upgrade() else {
-                return;
-            };
-            table.forget_quiet();
-        }
-    });
-}
 
 fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
@@ -408,10 +682,18 @@ mod tests {
         }
     }
 
-    fn table() -> (BanTable, PeerKey) {
+    fn peer(keying: &PeerKeying, ip: IpAddr) -> Classified {
+        let key = keying.key(ip);
+        Classified {
+            key,
+            at: Located::new(&key),
+        }
+    }
+
+    fn table() -> (BanTable, Classified) {
         let keying = PeerKeying::default();
-        let key = keying.key("192.0.2.1".parse().unwrap());
-        (BanTable::new(policy(), keying, 100), key)
+        let peer = peer(&keying, "192.0.2.1".parse().unwrap());
+        (BanTable::new(policy(), keying, 100), peer)
     }
 
     #[test]
@@ -421,133 +703,375 @@ mod tests {
         assert_eq!(policy().ban_length(u32::MAX), secs(350));
     }
 
+    #[test]
+    fn a_failure_timed_before_its_window_start_is_counted_in_that_window() {
+        // Another thread read the clock later but took the lock first.
+        let mut record = Record {
+            window_start: 1_000,
+            current: 1,
+            previous: 0,
+            banned_until: 0,
+            offences: 0,
+            last_failure: 1_000,
+        };
+        assert_eq!(
+            count(&mut record, 999, nanos(secs(60)), &policy()),
+            Failure::Counted
+        );
+        assert_eq!((record.window_start, record.current), (1_000, 2));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn n_failures_within_the_window_ban() {
-        let (bans, key) = table();
-        assert_eq!(bans.record_failure(&Located::new(&key)), Failure::Counted);
+        let (bans, peer) = table();
+        assert_eq!(bans.record_failure(&peer.at), Failure::Counted);
         tokio::time::advance(secs(20)).await;
-        assert_eq!(bans.record_failure(&Located::new(&key)), Failure::Counted);
+        assert_eq!(bans.record_failure(&peer.at), Failure::Counted);
         tokio::time::advance(secs(20)).await;
-        assert_eq!(
-            bans.record_failure(&Located::new(&key)),
-            Failure::Banned(secs(100))
-        );
-        assert_eq!(bans.banned_for(&Located::new(&key)), Some(secs(100)));
-        assert_eq!(
-            bans.record_failure(&Located::new(&key)),
-            Failure::AlreadyBanned
-        );
+        assert_eq!(bans.record_failure(&peer.at), Failure::Banned(secs(100)));
+        assert_eq!(bans.banned_for(&peer), Some(secs(100)));
+        assert_eq!(bans.record_failure(&peer.at), Failure::AlreadyBanned);
     }
 
     #[tokio::test(start_paused = true)]
     async fn failures_spread_wider_than_the_window_do_not_ban() {
-        let (bans, key) = table();
+        let (bans, peer) = table();
         for _ in 0..20 {
-            assert_eq!(bans.record_failure(&Located::new(&key)), Failure::Counted);
+            assert_eq!(bans.record_failure(&peer.at), Failure::Counted);
             tokio::time::advance(secs(40)).await;
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn failures_across_a_window_boundary_still_count() {
-        let (bans, key) = table();
+        let (bans, peer) = table();
         tokio::time::advance(secs(1)).await;
-        bans.record_failure(&Located::new(&key));
+        bans.record_failure(&peer.at);
         tokio::time::advance(secs(50)).await;
-        bans.record_failure(&Located::new(&key));
+        bans.record_failure(&peer.at);
         // 61 s after the first: the new window sees the old one's failures weighed by
         // their overlap.
         tokio::time::advance(secs(10)).await;
-        assert_eq!(
-            bans.record_failure(&Located::new(&key)),
-            Failure::Banned(secs(100))
-        );
+        assert_eq!(bans.record_failure(&peer.at), Failure::Banned(secs(100)));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_ban_expires_and_the_next_one_is_longer() {
-        let (bans, key) = table();
+        let (bans, peer) = table();
         for _ in 0..3 {
-            bans.record_failure(&Located::new(&key));
+            bans.record_failure(&peer.at);
         }
         tokio::time::advance(secs(100)).await;
-        assert_eq!(bans.banned_for(&Located::new(&key)), None);
+        assert_eq!(bans.banned_for(&peer), None);
         for _ in 0..2 {
-            assert_eq!(bans.record_failure(&Located::new(&key)), Failure::Counted);
+            assert_eq!(bans.record_failure(&peer.at), Failure::Counted);
         }
-        assert_eq!(
-            bans.record_failure(&Located::new(&key)),
-            Failure::Banned(secs(200))
-        );
+        assert_eq!(bans.record_failure(&peer.at), Failure::Banned(secs(200)));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_quiet_peer_is_forgotten_with_its_offences() {
-        let (bans, key) = table();
+        let (bans, peer) = table();
         for _ in 0..3 {
-            bans.record_failure(&Located::new(&key));
+            bans.record_failure(&peer.at);
         }
-        tokio::time::advance(secs(999)).await;
+        // Quiet from the end of its 100 s ban.
+        tokio::time::advance(secs(1099)).await;
         bans.forget_quiet();
         assert_eq!(bans.len(), 1, "not quiet for long enough yet");
         tokio::time::advance(secs(1)).await;
         bans.forget_quiet();
         assert_eq!(bans.len(), 0);
         for _ in 0..2 {
-            bans.record_failure(&Located::new(&key));
+            bans.record_failure(&peer.at);
         }
         assert_eq!(
-            bans.record_failure(&Located::new(&key)),
+            bans.record_failure(&peer.at),
             Failure::Banned(secs(100)),
             "a first offence again"
         );
     }
 
+    fn at(keying: &PeerKeying, n: u32) -> Classified {
+        peer(keying, std::net::Ipv4Addr::from_bits(n).into())
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn the_table_is_bounded() {
+    async fn the_table_is_bounded_and_never_evicts_a_ban() {
         let keying = PeerKeying::default();
         let bans = BanTable::new(policy(), keying.clone(), 1);
-        let first = keying.key("192.0.2.1".parse().unwrap());
-        let second = keying.key("192.0.2.2".parse().unwrap());
-        assert_eq!(bans.record_failure(&Located::new(&first)), Failure::Counted);
-        assert!(bans.is_full_for(&Located::new(&second)));
-        assert_eq!(
-            bans.record_failure(&Located::new(&second)),
-            Failure::Untracked
+        let (first, second, third) = (at(&keying, 1), at(&keying, 2), at(&keying, 3));
+        assert_eq!(bans.record_failure(&first.at), Failure::Counted);
+        assert!(!bans.is_full_for(&second.at), "the first peer can make way");
+        assert_eq!(bans.record_failure(&second.at), Failure::Counted);
+        assert_eq!(bans.len(), 1);
+        assert!(!bans.table.contains(&first.at));
+
+        for _ in 0..2 {
+            bans.record_failure(&second.at);
+        }
+        assert!(bans.banned_for(&second).is_some());
+        assert!(bans.is_full_for(&third.at));
+        assert_eq!(bans.record_failure(&third.at), Failure::Untracked);
+        assert!(bans.banned_for(&second).is_some());
+        assert!(
+            bans.ban(&keying.key("192.0.2.3".parse().unwrap()), secs(9), 1)
+                .is_err()
         );
         assert_eq!(bans.len(), 1);
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_full_shard_makes_way_by_evicting_its_least_valuable_peer() {
+        let keying = PeerKeying::default();
+        // At most 256 shards: at least 4 peers a shard.
+        let bans = BanTable::new(policy(), keying.clone(), 1024);
+        let first = at(&keying, 0);
+        let mut one_shard = (0..)
+            .map(|n| at(&keying, n))
+            .filter(|other| bans.table.shares_shard(&first.at, &other.at));
+        // The stalest peer is banned; the others fail once each, 10 ms apart.
+        let banned = one_shard.next().unwrap();
+        for _ in 0..3 {
+            bans.record_failure(&banned.at);
+        }
+        let mut tracked = Vec::new();
+        while !bans.table.is_full_at(&first.at) {
+            tokio::time::advance(Duration::from_millis(10)).await;
+            let peer = one_shard.next().unwrap();
+            assert_eq!(bans.record_failure(&peer.at), Failure::Counted);
+            tracked.push(peer);
+        }
+        assert!(tracked.len() >= 3);
+
+        // Fresh records all, yet a newcomer is tracked: the stalest unbanned one goes.
+        let newcomer = one_shard.next().unwrap();
+        assert_eq!(bans.record_failure(&newcomer.at), Failure::Counted);
+        assert!(bans.table.contains(&newcomer.at));
+        assert!(!bans.table.contains(&tracked[0].at));
+        assert!(bans.table.contains(&tracked[1].at));
+        assert!(bans.banned_for(&banned).is_some(), "a ban is never evicted");
+
+        // Once its ban is over, a repeat offender outweighs peers with failures only.
+        tokio::time::advance(secs(100)).await;
+        assert_eq!(bans.banned_for(&banned), None);
+        let newcomer = one_shard.next().unwrap();
+        assert_eq!(bans.record_failure(&newcomer.at), Failure::Counted);
+        assert!(bans.table.contains(&banned.at));
+        assert!(!bans.table.contains(&tracked[1].at));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_never_banned_is_forgotten_two_windows_after_its_last_failure() {
+        let (bans, peer) = table();
+        bans.record_failure(&peer.at);
+        tokio::time::advance(secs(119)).await;
+        bans.forget_quiet();
+        assert_eq!(bans.len(), 1);
+        tokio::time::advance(secs(1)).await;
+        bans.forget_quiet();
+        assert_eq!(bans.len(), 0);
+    }
+
+    fn handle() -> Bans {
+        Bans {
+            table: Arc::new(BanTable::new(policy(), PeerKeying::default(), 4096)),
+        }
+    }
+
+    fn net(text: &str) -> IpNet {
+        text.parse().unwrap()
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_imported_network_wider_than_a_key_is_banned_whole() {
+        let bans = handle();
+        assert_eq!(bans.import("192.0.2.0/24 600 1\n"), Ok(1));
+        assert!(bans.banned_for(ip("192.0.2.77")).is_some());
+        assert_eq!(bans.banned_for(ip("192.0.3.1")), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_import_is_held_to_the_policy() {
+        let bans = handle();
+        let text = "192.0.2.1/32 1e15 1\n192.0.2.2/32 0 4294967295\n";
+        assert_eq!(bans.import(text), Ok(2));
+        assert_eq!(bans.banned_for(ip("192.0.2.1")), Some(secs(350)), "max_ban");
+        let at = peer(bans.table.keying(), ip("192.0.2.2")).at;
+        for _ in 0..2 {
+            bans.table.record_failure(&at);
+        }
+        assert_eq!(bans.table.record_failure(&at), Failure::Banned(secs(350)));
+    }
+
+    #[test]
+    fn an_import_refuses_what_is_not_an_export() {
+        let bans = handle();
+        let long = format!("192.0.2.1/32 1 1{}", " 1".repeat(10_000));
+        for (text, bad_line) in [
+            ("192.0.2.1/32 NaN 1", 1),
+            ("\n# a comment\n192.0.2.1/32 inf 1", 3),
+            ("192.0.2.1/32 -1 1", 1),
+            ("192.0.2.1/32 1", 1),
+            ("192.0.2.1/32 1 -1", 1),
+            ("192.0.2.1/32 1 4294967296", 1),
+            ("192.0.2.1/32 1 1 1", 1),
+            ("192.0.2.1/33 1 1", 1),
+            ("192.0.2.1 1 1", 1),
+            (long.as_str(), 1),
+        ] {
+            match bans.import(text) {
+                Err(BanError::BadLine { line, text }) => {
+                    assert_eq!(line, bad_line, "{text:?}");
+                    assert!(text.len() < 100, "the error quotes a bounded text");
+                }
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
+        assert!(bans.list().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn bans_survive_an_export_and_import() {
-        let (bans, key) = table();
+        let (bans, peer) = table();
         let bans = Bans {
             table: Arc::new(bans),
         };
-        bans.ban("2001:db8:1:2::9".parse().unwrap(), secs(500))
+        bans.ban(ip("2001:db8:1:2::9"), secs(300)).unwrap();
+        bans.ban_network(net("2001:db8:ff::/48"), secs(200))
             .unwrap();
         for _ in 0..3 {
-            bans.table.record_failure(&Located::new(&key));
+            bans.table.record_failure(&peer.at);
         }
         tokio::time::advance(secs(50)).await;
         let text = bans.export();
-        assert_eq!(text, "192.0.2.1/32 50.000 1\n2001:db8:1:2::/64 450.000 1\n");
-
-        let (restarted, _) = table();
-        let restarted = Bans {
-            table: Arc::new(restarted),
-        };
-        assert_eq!(restarted.import(&text), Ok(2));
-        assert_eq!(restarted.list(), bans.list());
         assert_eq!(
-            restarted.banned_for("2001:db8:1:2::1".parse().unwrap()),
-            Some(secs(450))
+            text,
+            "192.0.2.1/32 50.000 1\n2001:db8:1:2::/64 250.000 1\n2001:db8:ff::/48 150.000 1\n"
         );
-        assert!(matches!(
-            restarted.import("192.0.2.9/32 ten 1"),
-            Err(BanError::BadLine { line: 1, .. })
-        ));
-        assert!(restarted.unban("192.0.2.1".parse().unwrap()));
+
+        let restarted = handle();
+        assert_eq!(restarted.import(&text), Ok(3));
+        assert_eq!(restarted.list(), bans.list());
+        assert_eq!(restarted.banned_for(ip("2001:db8:1:2::1")), Some(secs(250)));
+        assert_eq!(
+            restarted.banned_for(ip("2001:db8:ff:7::1")),
+            Some(secs(150))
+        );
+        assert!(restarted.unban(ip("192.0.2.1")));
+        assert!(restarted.unban_network(net("2001:db8:ff::/48")));
         assert_eq!(restarted.list().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_network_is_banned_whole_or_by_the_key_that_holds_it() {
+        let bans = handle();
+        bans.ban_network(net("2001:db8:1:2::9/128"), secs(60))
+            .unwrap();
+        assert_eq!(bans.list()[0].key.to_string(), "2001:db8:1:2::/64");
+        assert!(bans.banned_for(ip("2001:db8:1:2::1")).is_some());
+        bans.ban_network(net("::ffff:198.51.100.0/120"), secs(60))
+            .unwrap();
+        assert!(bans.banned_for(ip("198.51.100.200")).is_some());
+        assert!(bans.unban_network(net("198.51.100.0/24")));
+        assert_eq!(bans.banned_for(ip("198.51.100.200")), None);
+
+        let full = (0..256_u32)
+            .map(|n| format!("{}/24 60 1", std::net::Ipv4Addr::from_bits(n << 8)))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(bans.import(&full), Ok(256));
+        assert_eq!(
+            bans.import("# one too many\n203.0.113.0/24 60 1"),
+            Err(BanError::NotApplied {
+                line: 2,
+                error: Box::new(BanError::TooManyNetworks { max: 256 })
+            })
+        );
+        tokio::time::advance(secs(60)).await;
+        bans.ban_network(net("203.0.113.0/24"), secs(60)).unwrap();
+        bans.table.forget_quiet();
+        assert_eq!(bans.table.networks.list().len(), 1, "expired bans made way");
+    }
+
+    mod import_fuzz {
+        use std::net::{Ipv4Addr, Ipv6Addr};
+
+        use proptest::{collection::vec, prelude::*};
+
+        use super::*;
+
+        fn network() -> impl Strategy<Value = String> {
+            prop_oneof![
+                (any::<u32>(), 0..=32_u8)
+                    .prop_map(|(bits, len)| format!("{}/{len}", Ipv4Addr::from_bits(bits))),
+                (any::<u128>(), 0..=128_u8)
+                    .prop_map(|(bits, len)| format!("{}/{len}", Ipv6Addr::from_bits(bits))),
+            ]
+        }
+
+        /// A line an import takes: a ban, a blank line or a comment.
+        fn good_line() -> impl Strategy<Value = String> {
+            prop_oneof![
+                (network(), 0.0..1e9_f64, any::<u32>()).prop_map(
+                    |(network, seconds, offences)| format!("{network} {seconds:.3} {offences}")
+                ),
+                Just(String::new()),
+                "#[^\n]{0,40}",
+            ]
+        }
+
+        /// A line an import refuses.
+        fn bad_line() -> impl Strategy<Value = String> {
+            prop_oneof![
+                (network(), "[a-zA-Z]{1,9}")
+                    .prop_map(|(network, seconds)| format!("{network} {seconds} 1")),
+                (network(), -1e9..-1e-9_f64)
+                    .prop_map(|(network, seconds)| format!("{network} {seconds} 1")),
+                (network(), 4_294_967_296_u64..)
+                    .prop_map(|(network, offences)| format!("{network} 1 {offences}")),
+                network().prop_map(|network| format!("{network} 1")),
+                network().prop_map(|network| format!("{network} 1 1 1")),
+                "[0-9.]{1,15}".prop_map(|address| format!("{address} 1 1")),
+                // Valid but for its length.
+                network().prop_map(|network| format!("{network} {}1 1", "0".repeat(200))),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn never_panics_on_any_text(text in any::<String>()) {
+                let _ = handle().import(&text);
+            }
+
+            #[test]
+            fn never_panics_on_any_bytes(bytes in vec(any::<u8>(), 0..400)) {
+                let _ = handle().import(&String::from_utf8_lossy(&bytes));
+            }
+
+            #[test]
+            fn never_panics_on_lines_of_fields(
+                lines in vec("[ 0-9a-fA-F:./#+eEinN-]{0,50}", 0..20)
+            ) {
+                let _ = handle().import(&lines.join("\n"));
+            }
+
+            #[test]
+            fn an_error_names_the_first_bad_line(
+                before in vec(good_line(), 0..30),
+                bad in bad_line(),
+                after in vec(any::<String>(), 0..3),
+            ) {
+                let text = [before.clone(), vec![bad.clone()], after].concat().join("\n");
+                match handle().import(&text) {
+                    Err(BanError::BadLine { line, .. }) => prop_assert_eq!(line, before.len() + 1),
+                    other => prop_assert!(false, "{:?} for {:?}", other, bad),
+                }
+            }
+        }
     }
 }

@@ -17,7 +17,10 @@
 //!   quiet for long enough is forgotten. [`BanLayer`] refuses a banned peer's new
 //!   connections at accept, before any byte is read; its live connections can be
 //!   evicted too. Exempt networks are never banned. The table is bounded and cleans
-//!   itself; [`Bans`] adds, lists, lifts, exports and imports bans.
+//!   itself (a peer that failed without being banned is forgotten two windows after its
+//!   last failure); when full, it makes way for a new peer by forgetting the one that
+//!   matters least, never a banned one. [`Bans`] adds, lists, lifts, exports and
+//!   imports bans, of peer keys or of whole networks.
 //! - **Pre-authentication budget** (OpenSSH's `MaxStartups start:rate:full` and
 //!   `PerSourceMaxStartups`) and a **login timeout** (`LoginGraceTime`), both off unless
 //!   set: for protocols where every connection logs in.
@@ -70,15 +73,13 @@ mod session;
 mod session_layer;
 mod startups;
 
-use std::{
-    sync::{Arc, Once},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use crate::{
     ConfigError,
     admission::Refusal,
     counter::Counter,
+    janitor::Janitor,
     peer::{Classified, Overflow, PeerKeying, table::PeerTable},
     throttle::LogThrottle,
 };
@@ -108,6 +109,11 @@ pub struct Login {
 /// failures within 10 minutes ban a peer for 10 minutes, doubling per repeat offence up
 /// to 24 hours, a peer forgotten after 24 quiet hours, 65 536 tracked peers; no login
 /// timeout and no pre-authentication budget.
+///
+/// A full table makes way for a new peer by forgetting the one that matters least: a
+/// peer with failures only before one with past bans, the stalest first, never a banned
+/// one. Only where the table holds nothing but bans is a new peer left untracked
+/// ([`Overflow::Admit`]) or refused ([`Overflow::Refuse`]).
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct LoginBuilder {
@@ -228,7 +234,7 @@ impl Login {
 
 impl LoginBuilder {
     // With the login layers, exempt peers are never banned and have no per-peer budget;
-    // a full table leaves a new peer's failures unrecorded, or refuses it.
+    // a table full of bans leaves a new peer's failures unrecorded, or refuses it.
     crate::peer::peer_table_builder_methods!();
 
     /// Failed logins a connection may make before it is closed (OpenSSH's
@@ -273,8 +279,10 @@ impl LoginBuilder {
         self
     }
 
-    /// A peer neither banned nor failing for this long is forgotten, repeat offences
-    /// included; 24 hours by default.
+    /// A peer neither banned nor failing for this long (counted from its last failure or
+    /// the end of its ban, whichever is later) is forgotten, repeat offences included;
+    /// 24 hours by default. A peer never banned is forgotten sooner, once its
+    /// failures have left the window (two windows after the last).
     pub fn forget_after(mut self, quiet: Duration) -> Self {
         self.policy.forget_after = quiet;
         self
@@ -398,9 +406,12 @@ impl LoginBuilder {
                     self.keying.clone(),
                     self.max_tracked_peers,
                 )),
+                // Often enough to forget peers whose failures have left the window
+                // within about two windows, and quiet ones soon after `forget_after`.
                 sweep_every: (policy.forget_after / 8)
+                    .min(policy.window)
                     .clamp(Duration::from_secs(1), Duration::from_secs(3600)),
-                janitor: Once::new(),
+                janitor: Janitor::default(),
                 keying: self.keying,
                 max_auth_tries: self.max_auth_tries,
                 eviction_grace: self.eviction_grace,
@@ -431,7 +442,7 @@ pub(crate) struct Shared {
     keying: PeerKeying,
     bans: Arc<BanTable>,
     sweep_every: Duration,
-    janitor: Once,
+    janitor: Janitor,
     max_auth_tries: u32,
     eviction_grace: Duration,
     login_timeout: Option<Duration>,
@@ -473,10 +484,10 @@ impl Counters {
 }
 
 impl Shared {
-    /// Starts, once, the task that forgets quiet peers.
+    /// Makes sure a task forgets quiet peers.
     fn start_janitor(&self) {
         self.janitor
-            .call_once(|| bans::start_janitor(&self.bans, self.sweep_every));
+            .ensure(&self.bans, self.sweep_every, BanTable::forget_quiet);
     }
 
     /// A failure just banned `peer` for `length`.

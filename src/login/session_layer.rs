@@ -97,16 +97,12 @@ where
             state: state.clone(),
         });
 
-        let live = match (&shared.live, peer) {
-            (Some(live), Some(peer)) => {
-                let slot = LiveSlot::register(live, &peer.at, &state);
-                // Banned between the ban check outside and this registration.
-                if shared.bans.banned_for(&peer.at).is_some() {
-                    state.evict(EvictReason::Banned);
-                }
-                slot
-            }
-            _ => None,
+        let (live, banned) = match (&shared.live, peer) {
+            (Some(live), Some(peer)) => LiveSlot::watch(live, &peer.at, &state, || {
+                shared.bans.banned_for(&peer).is_some()
+            })
+            .unzip(),
+            _ => (None, None),
         };
         let future = SessionFuture {
             inner: self.inner.call(conn),
@@ -115,7 +111,7 @@ where
                 .login_timeout
                 .map(|timeout| Box::pin(tokio::time::sleep(timeout))),
             grace: None,
-            banned: live.as_ref().map(|slot| slot.banned()),
+            banned,
             _live: live,
             state,
         };
@@ -135,7 +131,7 @@ pub struct SessionFuture<F> {
     evicted: Requested,
     login_deadline: Option<Pin<Box<Sleep>>>,
     grace: Option<Pin<Box<Sleep>>>,
-    banned: Option<Pin<Box<OwnedNotified>>>,
+    banned: Option<BanNotice>,
     _live: Option<LiveSlot>,
 }
 
@@ -213,15 +209,36 @@ pub(crate) struct LivePeer {
 struct LiveSlot {
     shared: Arc<Shared>,
     at: Located,
-    banned: Arc<Notify>,
 }
 
+/// Resolves when the connection's peer is banned.
+type BanNotice = Pin<Box<OwnedNotified>>;
+
 impl LiveSlot {
+    /// Registers the connection with its peer, then evicts it if `banned_now` says the
+    /// peer is banned already (between the ban check at accept and now). Returns the
+    /// registration and a notice of a later ban. The notice is subscribed before
+    /// `banned_now` is asked, so a ban at any moment is either seen or notified.
+    fn watch(
+        live: &PeerTable<LivePeer>,
+        at: &Located,
+        state: &Arc<SessionState>,
+        banned_now: impl FnOnce() -> bool,
+    ) -> Option<(Self, BanNotice)> {
+        let watched = Self::register(live, at, state);
+        if banned_now() {
+            state.evict(EvictReason::Banned);
+        }
+        watched
+    }
+
+    /// Registers the connection with its peer and subscribes it to the peer's ban,
+    /// under the lock [`evict_live`] takes; `None` if the table has no room.
     fn register(
         live: &PeerTable<LivePeer>,
         at: &Located,
         state: &Arc<SessionState>,
-    ) -> Option<Self> {
+    ) -> Option<(Self, BanNotice)> {
         let mut shard = live.lock(at);
         let banned = match shard.get_mut() {
             Some(peer) => {
@@ -239,18 +256,13 @@ impl LiveSlot {
                 banned
             }
         };
-        Some(Self {
+        let mut notice = Box::pin(banned.notified_owned());
+        notice.as_mut().enable();
+        let slot = Self {
             shared: state.shared.clone(),
             at: *at,
-            banned,
-        })
-    }
-
-    /// Resolves when the peer is banned; registered at once.
-    fn banned(&self) -> Pin<Box<OwnedNotified>> {
-        let mut notified = Box::pin(self.banned.clone().notified_owned());
-        notified.as_mut().enable();
-        notified
+        };
+        Some((slot, notice))
     }
 }
 
@@ -279,5 +291,37 @@ impl std::fmt::Debug for LiveSlot {
 pub(super) fn evict_live(live: &PeerTable<LivePeer>, at: &Located) {
     if let Some(peer) = live.lock(at).get_mut() {
         peer.banned.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::login::Login;
+
+    #[test]
+    fn a_ban_that_lands_right_after_the_check_still_evicts() {
+        let login = Login::builder()
+            .evict_banned_connections(true)
+            .build()
+            .unwrap();
+        let shared = &login.shared;
+        let peer = shared.keying.classify("192.0.2.1".parse().unwrap());
+        let startup = shared.startups.admit(peer.as_ref()).unwrap();
+        let state = Arc::new(SessionState::new(
+            shared.clone(),
+            peer,
+            GracefulClose::new(),
+            startup,
+        ));
+        let live = shared.live.as_ref().unwrap();
+        let at = peer.unwrap().at;
+        let (_slot, banned) = LiveSlot::watch(live, &at, &state, || {
+            // The check found no ban; the ban and its wake-up land right after.
+            evict_live(live, &at);
+            false
+        })
+        .unwrap();
+        assert!(tokio_test::task::spawn(banned).poll().is_ready());
     }
 }

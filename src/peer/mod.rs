@@ -19,7 +19,7 @@ use std::{
     sync::Arc,
 };
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 
 use crate::ConfigError;
 
@@ -64,6 +64,15 @@ impl PeerKey {
     /// The network this key stands for, such as `2001:db8:1:2::/64`.
     pub fn network(&self) -> IpNet {
         IpNet::new(self.network, self.prefix_len).expect("the prefix was validated")
+    }
+
+    /// A network wider than a key, banned whole, where a list shows keys.
+    #[cfg(feature = "login")]
+    pub(crate) fn from_network(network: IpNet) -> Self {
+        Self {
+            network: network.network(),
+            prefix_len: network.prefix_len(),
+        }
     }
 
     /// The key as 16 bytes (IPv4 in its mapped form), for compact tables: the prefix is
@@ -181,6 +190,16 @@ impl PeerKeying {
         }
     }
 
+    /// Whether `network` spans more than one key.
+    #[cfg(feature = "login")]
+    pub(crate) fn is_wider_than_a_key(&self, network: &IpNet) -> bool {
+        let key_prefix = match network {
+            IpNet::V4(_) => self.ipv4_prefix,
+            IpNet::V6(_) => self.ipv6_prefix,
+        };
+        network.prefix_len() < key_prefix
+    }
+
     /// Whether a peer address is in an exempt network.
     pub fn is_exempt(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
@@ -242,6 +261,21 @@ impl PeerKeying {
         };
         (self.ipv4_prefix, self.ipv6_prefix, exempt)
     }
+}
+
+/// `network` without host bits, and an IPv4-mapped IPv6 network as the IPv4 network it
+/// carries, as [`PeerKeying::key`] counts a mapped address.
+#[cfg(feature = "login")]
+pub(crate) fn canonical_network(network: IpNet) -> IpNet {
+    let network = network.trunc();
+    if let IpNet::V6(v6) = network
+        && let Some(v4) = v6.network().to_ipv4_mapped()
+        && let Some(prefix) = v6.prefix_len().checked_sub(96)
+        && let Ok(v4) = Ipv4Net::new(v4, prefix)
+    {
+        return IpNet::V4(v4);
+    }
+    network
 }
 
 fn mask32(prefix: u8) -> u32 {
@@ -349,6 +383,20 @@ mod tests {
             let key = keying.key(ip(address));
             assert_eq!(keying.key_from_bits(key.bits()), key, "{address}");
         }
+    }
+
+    #[test]
+    fn a_mapped_network_is_the_ipv4_network() {
+        let net = |text: &str| text.parse::<IpNet>().unwrap();
+        assert_eq!(
+            canonical_network(net("::ffff:192.0.2.77/120")),
+            net("192.0.2.0/24")
+        );
+        assert_eq!(
+            canonical_network(net("2001:db8::1/32")),
+            net("2001:db8::/32")
+        );
+        assert_eq!(canonical_network(net("::/0")), net("::/0"));
     }
 
     #[test]

@@ -20,6 +20,12 @@ use hashbrown::HashTable;
 use super::PeerKey;
 
 /// What a full table does with a peer it is not tracking yet.
+///
+/// A table is split into shards, each holding an equal share of `max_tracked_peers` and
+/// filling on its own, so this applies per shard: a new peer whose shard is full goes
+/// untracked (`Admit`) or is refused (`Refuse`) a little before the table as a whole
+/// holds `max_tracked_peers`. The login layers' ban table first makes room by forgetting
+/// a peer that is not banned, so there this applies only to a shard full of bans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Overflow {
@@ -165,6 +171,12 @@ impl<V> PeerTable<V> {
         all
     }
 
+    /// Whether `a` and `b` are kept in one shard.
+    #[cfg(test)]
+    pub(crate) fn shares_shard(&self, a: &Located, b: &Located) -> bool {
+        std::ptr::eq(self.shard(a), self.shard(b))
+    }
+
     /// Removes every entry for which `keep` is false, shard by shard.
     pub(crate) fn retain(&self, mut keep: impl FnMut(&V) -> bool) {
         for shard in self.shards.iter() {
@@ -194,6 +206,40 @@ impl<V> Locked<'_, V> {
             .insert_unique(self.at.hash, (self.at.bits, value), |(key, _)| hash(key));
         self.len.store(self.entries.len(), Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Starts tracking the key (which must not be tracked yet). If its shard is full,
+    /// the entry `worth` values least makes way for it; an entry worth `None` never does.
+    ///
+    /// Finding that entry scans the whole shard (its share of the capacity), and only
+    /// when the shard is full: lookups never pay for it.
+    pub(crate) fn insert_evicting<W: Ord>(
+        &mut self,
+        value: V,
+        worth: impl Fn(&V) -> Option<W>,
+    ) -> Result<(), Full> {
+        if self.entries.len() >= self.room {
+            let (_, least) = self
+                .entries
+                .iter()
+                .filter_map(|(key, value)| Some((worth(value)?, *key)))
+                .min_by(|a, b| a.0.cmp(&b.0))
+                .ok_or(Full)?;
+            if let Ok(entry) = self
+                .entries
+                .find_entry(hash(&least), |(key, _)| *key == least)
+            {
+                entry.remove();
+            }
+        }
+        self.insert(value)
+    }
+
+    /// Whether [`insert_evicting`](Self::insert_evicting) would find room: the shard is
+    /// not full, or one of its entries is worth something. Scans the shard when full.
+    pub(crate) fn has_room<W>(&self, worth: impl Fn(&V) -> Option<W>) -> bool {
+        self.entries.len() < self.room
+            || self.entries.iter().any(|(_, value)| worth(value).is_some())
     }
 
     /// Stops tracking the key.
@@ -269,6 +315,28 @@ mod tests {
         assert!(insert(&table, 2).is_err());
         remove(&table, 1);
         insert(&table, 2).unwrap();
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn a_full_shard_evicts_the_entry_worth_least_and_never_one_worth_nothing() {
+        let table = PeerTable::<u32>::new(1);
+        // Odd values are worth nothing: never evicted.
+        let worth = |value: &u32| value.is_multiple_of(2).then_some(*value);
+        insert(&table, 1).unwrap();
+        let mut shard = table.lock(&Located::new(&key(2)));
+        assert!(!shard.has_room(worth));
+        assert!(shard.insert_evicting(2, worth).is_err());
+        drop(shard);
+
+        remove(&table, 1);
+        insert(&table, 4).unwrap();
+        let mut shard = table.lock(&Located::new(&key(2)));
+        assert!(shard.has_room(worth));
+        shard.insert_evicting(2, worth).unwrap();
+        drop(shard);
+        assert!(table.contains(&Located::new(&key(2))));
+        assert!(!table.contains(&Located::new(&key(4))));
         assert_eq!(table.len(), 1);
     }
 

@@ -1,9 +1,4 @@
-use std::{
-    net::IpAddr,
-    num::NonZeroU32,
-    sync::{Arc, Once, Weak},
-    time::Duration,
-};
+use std::{net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};
 
 use governor::{
     Quota, RateLimiter,
@@ -19,6 +14,7 @@ use crate::{
     ConfigError,
     admission::{Mode, Reason, Refusal, refusal_builder_methods},
     counter::Counter,
+    janitor::Janitor,
     peer::{
         Classified, Overflow, PeerKeying,
         table::{Located, PeerTable},
@@ -224,7 +220,7 @@ impl RateLimitBuilder {
                     limiter: RateLimiter::new(quota, store, clock),
                     table,
                     sweep_every: sweep_interval(quota),
-                    janitor: Once::new(),
+                    janitor: Janitor::default(),
                 })
             }
         };
@@ -279,7 +275,7 @@ struct PerPeer {
     /// The limiter's table, also held here to ask it about capacity.
     table: Arc<PeerTable<Nanos>>,
     sweep_every: Duration,
-    janitor: Once,
+    janitor: Janitor,
 }
 
 /// The state every clone shares.
@@ -377,28 +373,13 @@ impl Shared {
 }
 
 impl PerPeer {
-    /// Starts, once, the task that forgets refilled peers. It holds the state weakly and
-    /// ends after the last clone of the layer is dropped.
+    /// Makes sure a task forgets refilled peers. It holds the state weakly and ends
+    /// after the last clone of the layer is dropped.
     fn start_janitor(&self, shared: &Arc<Shared>) {
-        self.janitor.call_once(|| {
-            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                return;
-            };
-            let shared: Weak<Shared> = Arc::downgrade(shared);
-            let mut ticks = tokio::time::interval(self.sweep_every);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            runtime.spawn(async move {
-                ticks.tick().await;
-                loop {
-                    ticks.tick().await;
-                    let Some(shared) = shared.upgrade() else {
-                        return;
-                    };
-                    if let Some(per_peer) = &shared.per_peer {
-                        per_peer.limiter.retain_recent();
-                    }
-                }
-            });
+        self.janitor.ensure(shared, self.sweep_every, |shared| {
+            if let Some(per_peer) = &shared.per_peer {
+                per_peer.limiter.retain_recent();
+            }
         });
     }
 }
