@@ -21,7 +21,11 @@ use tonic::{
     transport::server::TcpIncoming,
 };
 use tower::Layer;
-use tower_bouncer::{http::HttpService, login::ReportLoginLayer, serve::Server};
+use tower_bouncer::{
+    http::HttpService,
+    login::{LoginSession, ReportLoginLayer},
+    serve::Server,
+};
 
 #[tokio::main]
 async fn main() {
@@ -59,10 +63,17 @@ async fn main() {
     }
 }
 
-/// Lets a call through only with `authorization: Bearer secret`.
+/// Lets a call through only with `authorization: Bearer secret`. A good token is a
+/// successful login on the connection: its later calls, token and all, run side by
+/// side instead of one at a time as unproven credentials do.
 fn require_token(request: Request<()>) -> Result<Request<()>, Status> {
     match request.metadata().get("authorization") {
-        Some(token) if token == "Bearer secret" => Ok(request),
+        Some(token) if token == "Bearer secret" => {
+            if let Some(session) = request.extensions().get::<LoginSession>() {
+                session.succeeded();
+            }
+            Ok(request)
+        }
         _ => Err(Status::unauthenticated("a valid bearer token is required")),
     }
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use axum::{
-    Router,
+    Extension, Router,
     extract::RawQuery,
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
@@ -13,7 +13,11 @@ use base64::Engine;
 use bytes::Bytes;
 use tokio::net::TcpListener;
 use tower::Layer;
-use tower_bouncer::{http::HttpService, login::ReportLoginLayer, serve::Server};
+use tower_bouncer::{
+    http::HttpService,
+    login::{LoginSession, ReportLoginLayer},
+    serve::Server,
+};
 
 use super::protection::{Layers, Refusals};
 
@@ -64,9 +68,15 @@ fn app() -> Router {
         .route("/slow", get(slow))
 }
 
-async fn login(headers: HeaderMap) -> Response {
+/// `GET /login`: HTTP Basic for `alice:secret`. A success is reported on the
+/// connection's login session (protected mode), so that its later requests with
+/// credentials are no longer held to its tries one at a time.
+async fn login(session: Option<Extension<LoginSession>>, headers: HeaderMap) -> Response {
     match basic_credentials(&headers) {
         Some((user, password)) if user == "alice" && password == "secret" => {
+            if let Some(Extension(session)) = session {
+                session.succeeded();
+            }
             format!("welcome {user}\n").into_response()
         }
         _ => (

@@ -6,13 +6,19 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{
+    HeaderMap, Method, Request, Response, StatusCode, Uri,
+    header::{AUTHORIZATION, PROXY_AUTHORIZATION},
+};
 use http_body::{Body, Frame, SizeHint};
 use pin_project::pin_project;
 use tower::Service;
 use tower_layer::Layer;
 
-use super::{AfterFailure, LoginSession};
+use super::{
+    AfterFailure, LoginSession,
+    attempts::{AttemptPermit, AttemptWait},
+};
 
 /// What a response says about a login.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +39,14 @@ pub trait ClassifyLogin: Clone {
     fn classify_trailers(&self, trailers: &HeaderMap) -> Option<LoginOutcome> {
         let _ = trailers;
         None
+    }
+
+    /// Whether a request may be a login attempt, and so is held to the connection's
+    /// tries: by default, one that carries credentials (`Authorization` or
+    /// `Proxy-Authorization`; gRPC metadata travels in the same header).
+    fn is_attempt(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> bool {
+        let _ = (method, uri);
+        headers.contains_key(AUTHORIZATION) || headers.contains_key(PROXY_AUTHORIZATION)
     }
 }
 
@@ -104,6 +118,15 @@ where
 /// # let _ = service;
 /// ```
 ///
+/// On a multiplexed connection (HTTP/2) it also keeps MaxAuthTries: requests that may
+/// be login attempts ([`ClassifyLogin::is_attempt`]: those carrying credentials, by
+/// default) run at most as many at once as the connection has tries left, until the
+/// connection logs in ([`LoginSession::succeeded`]: report it, or the requests of a
+/// client that sends its credentials with every request stay one at a time). Once the
+/// connection has used up its tries or is being closed, every further request is
+/// answered `429 Too Many Requests` at once, and the service's future for it is never
+/// polled, so the handler never runs.
+///
 /// Requests without a session (no [`SessionLayer`](super::SessionLayer) below the
 /// adapter) pass through untouched.
 #[derive(Debug, Clone, Default)]
@@ -159,11 +182,35 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let session = request.extensions().get::<LoginSession>().cloned();
+        let gate = session.as_ref().and_then(|session| {
+            if session.state.is_evicted() {
+                Some(Gate::Refused)
+            } else if !session.is_authenticated()
+                && self
+                    .classify
+                    .is_attempt(request.method(), request.uri(), request.headers())
+            {
+                Some(Gate::Waiting(session.attempt()))
+            } else {
+                None
+            }
+        });
         ReportFuture {
             inner: self.inner.call(request),
             report: session.map(|session| (session, self.classify.clone())),
+            gate,
+            permit: None,
         }
     }
+}
+
+/// What holds a request back before the service's future is polled.
+#[derive(Debug)]
+enum Gate {
+    /// A login attempt, waiting for a place among the connection's tries.
+    Waiting(AttemptWait),
+    /// The connection is being closed: answered at once.
+    Refused,
 }
 
 /// The response future of [`ReportLogin`].
@@ -174,6 +221,11 @@ pub struct ReportFuture<F, C> {
     #[pin]
     inner: F,
     report: Option<(LoginSession, C)>,
+    gate: Option<Gate>,
+    /// The attempt's place, given back once its response is classified. (An outcome
+    /// that only trailers tell is still reported, but a long stream does not hold
+    /// the connection's other attempts back until it ends.)
+    permit: Option<AttemptPermit>,
 }
 
 impl<F, C, B, E> Future for ReportFuture<F, C>
@@ -185,6 +237,17 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        if let Some(gate) = this.gate {
+            let admitted = match gate {
+                Gate::Waiting(wait) => ready!(Pin::new(wait).poll(cx)).ok(),
+                Gate::Refused => None,
+            };
+            *this.gate = None;
+            match admitted {
+                Some(permit) => *this.permit = permit,
+                None => return Poll::Ready(Ok(too_many_attempts())),
+            }
+        }
         let response = ready!(this.inner.poll(cx))?;
         let mut report = this.report.take();
         if let Some((session, classify)) = &report
@@ -194,11 +257,23 @@ where
             // One outcome per response: the trailers have nothing more to say.
             report = None;
         }
+        // After the outcome: the attempts waiting see the try this one used.
+        this.permit.take();
         Poll::Ready(Ok(response.map(|body| ReportBody {
-            inner: body,
+            inner: Some(body),
             report,
         })))
     }
+}
+
+/// The answer to a request on a connection that has used up its tries.
+fn too_many_attempts<B, C>() -> Response<ReportBody<B, C>> {
+    let mut response = Response::new(ReportBody {
+        inner: None,
+        report: None,
+    });
+    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    response
 }
 
 fn apply(session: &LoginSession, outcome: LoginOutcome) {
@@ -215,8 +290,9 @@ fn apply(session: &LoginSession, outcome: LoginOutcome) {
 #[pin_project]
 #[derive(Debug)]
 pub struct ReportBody<B, C = StatusClassifier> {
+    /// `None` for a request answered without reaching the service: no body.
     #[pin]
-    inner: B,
+    inner: Option<B>,
     report: Option<(LoginSession, C)>,
 }
 
@@ -229,7 +305,10 @@ impl<B: Body, C: ClassifyLogin> Body for ReportBody<B, C> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
+        let Some(inner) = this.inner.as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = ready!(inner.poll_frame(cx));
         if let Some(Ok(frame)) = &frame
             && let Some(trailers) = frame.trailers_ref()
             && let Some((session, classify)) = this.report.take()
@@ -241,11 +320,13 @@ impl<B: Body, C: ClassifyLogin> Body for ReportBody<B, C> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 

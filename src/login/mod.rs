@@ -65,6 +65,8 @@
 //! For HTTP, [`ReportLoginLayer`] (feature `http`) turns `401` responses and gRPC
 //! `UNAUTHENTICATED` into failed logins.
 
+#[cfg(feature = "http")]
+mod attempts;
 mod ban_layer;
 mod bans;
 #[cfg(feature = "http")]

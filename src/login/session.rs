@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use super::{Shared, bans::Failure, startups::StartupSlot};
+use super::{Shared, attempts::Attempts, bans::Failure, startups::StartupSlot};
 use crate::{
     GracefulClose,
     peer::{Classified, PeerKey},
@@ -102,6 +102,8 @@ pub(crate) struct SessionState {
     reason: OnceLock<EvictReason>,
     /// The connection's place in the pre-authentication budget, left on success.
     startup: Mutex<Option<StartupSlot>>,
+    /// Login attempts in flight, held to the tries left (see [`super::attempts`]).
+    pub(super) attempts: Mutex<Attempts>,
 }
 
 impl SessionState {
@@ -120,7 +122,23 @@ impl SessionState {
             eviction: GracefulClose::new(),
             reason: OnceLock::new(),
             startup: Mutex::new(Some(startup)),
+            attempts: Mutex::default(),
         }
+    }
+
+    /// Failed logins this connection may still make; 0 once it is being closed.
+    pub(super) fn tries_left(&self) -> u32 {
+        if self.reason.get().is_some() {
+            return 0;
+        }
+        self.shared
+            .max_auth_tries
+            .saturating_sub(self.failures.load(Ordering::Acquire))
+    }
+
+    /// Whether the connection is being closed by the session layer.
+    pub(super) fn is_evicted(&self) -> bool {
+        self.reason.get().is_some()
     }
 
     pub(super) fn is_authenticated(&self) -> bool {

@@ -1,0 +1,205 @@
+//! Failed logins over HTTP/2: requests multiplexed on one connection get no more
+//! password checks than the connection has tries.
+
+mod support;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{Extension, Router, http::StatusCode, routing::get};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tower::{Layer, ServiceBuilder, ServiceExt};
+use tower_bouncer::{
+    http::HttpService,
+    login::{Login, LoginSession, ReportLoginLayer},
+};
+
+use support::*;
+
+const BAD_CREDENTIALS: &str = "Basic YWxpY2U6d3Jvbmc="; // alice:wrong
+
+/// An application whose `/login` counts the password checks it makes and fails them
+/// all, after a little work; `/welcome` logs in.
+fn app(checks: Arc<AtomicUsize>) -> Router {
+    Router::new()
+        .route(
+            "/login",
+            get(move || {
+                let checks = checks.clone();
+                async move {
+                    checks.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    StatusCode::UNAUTHORIZED
+                }
+            }),
+        )
+        .route(
+            "/welcome",
+            get(|Extension(session): Extension<LoginSession>| async move {
+                session.succeeded();
+                "welcome\n"
+            }),
+        )
+        .route("/", get(|| async { "hello\n" }))
+        .route(
+            "/account",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                "balance: 0\n"
+            }),
+        )
+}
+
+/// One HTTP/2 connection to `login`'s layers over `app`, on an in-memory stream.
+async fn h2_connection(
+    login: &Login,
+    checks: Arc<AtomicUsize>,
+) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
+    let service = ServiceBuilder::new()
+        .layer(login.ban_layer())
+        .layer(login.session_layer())
+        .service(HttpService::new(ReportLoginLayer::new().layer(app(checks))));
+    let (conn, client) = duplex_conn("192.0.2.1:1");
+    tokio::spawn(service.oneshot(conn));
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+fn request(path: &str, authorization: Option<&str>) -> http::Request<Empty<Bytes>> {
+    let mut request = http::Request::get(format!("http://localhost{path}"));
+    if let Some(value) = authorization {
+        request = request.header(http::header::AUTHORIZATION, value);
+    }
+    request.body(Empty::new()).unwrap()
+}
+
+/// Sends `requests` at once on one connection; returns each answer's status, or `None`
+/// for a request the server reset or never answered.
+async fn send_all(
+    sender: &hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    requests: Vec<http::Request<Empty<Bytes>>>,
+) -> Vec<Option<StatusCode>> {
+    let calls: Vec<_> = requests
+        .into_iter()
+        .map(|request| {
+            let mut sender = sender.clone();
+            tokio::spawn(async move {
+                let response = sender.send_request(request).await.ok()?;
+                let status = response.status();
+                response.into_body().collect().await.ok()?;
+                Some(status)
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for call in calls {
+        statuses.push(within(PATIENCE, call).await.unwrap());
+    }
+    statuses
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_bad_credentials_on_one_http2_connection_get_one_password_check() {
+    let login = Login::builder()
+        .max_auth_tries(1)
+        .max_failures(10_000)
+        .build()
+        .unwrap();
+    let checks = Arc::new(AtomicUsize::new(0));
+    let sender = h2_connection(&login, checks.clone()).await;
+
+    let statuses = send_all(
+        &sender,
+        (0..50)
+            .map(|_| request("/login", Some(BAD_CREDENTIALS)))
+            .collect(),
+    )
+    .await;
+
+    assert_eq!(checks.load(Ordering::SeqCst), 1, "{statuses:?}");
+    assert_eq!(login.stats().failed_logins, 1);
+    let unauthorized = statuses
+        .iter()
+        .filter(|status| **status == Some(StatusCode::UNAUTHORIZED))
+        .count();
+    assert_eq!(unauthorized, 1, "{statuses:?}");
+    assert!(
+        statuses.iter().all(|status| matches!(
+            status,
+            None | Some(StatusCode::UNAUTHORIZED | StatusCode::TOO_MANY_REQUESTS)
+        )),
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_gets_as_many_password_checks_as_it_has_tries() {
+    let login = Login::builder()
+        .max_auth_tries(3)
+        .max_failures(10_000)
+        .build()
+        .unwrap();
+    let checks = Arc::new(AtomicUsize::new(0));
+    let sender = h2_connection(&login, checks.clone()).await;
+    let statuses = send_all(
+        &sender,
+        (0..20)
+            .map(|_| request("/login", Some(BAD_CREDENTIALS)))
+            .collect(),
+    )
+    .await;
+    assert_eq!(checks.load(Ordering::SeqCst), 3, "{statuses:?}");
+    assert_eq!(login.stats().failed_logins, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_without_credentials_are_not_held_back() {
+    let login = Login::builder().max_auth_tries(1).build().unwrap();
+    let checks = Arc::new(AtomicUsize::new(0));
+    let sender = h2_connection(&login, checks).await;
+    let statuses = send_all(&sender, (0..20).map(|_| request("/", None)).collect()).await;
+    assert!(
+        statuses
+            .iter()
+            .all(|status| *status == Some(StatusCode::OK)),
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn once_logged_in_a_connection_sends_credentials_concurrently() {
+    let login = Login::builder().max_auth_tries(1).build().unwrap();
+    let checks = Arc::new(AtomicUsize::new(0));
+    let sender = h2_connection(&login, checks).await;
+    let good = "Basic YWxpY2U6c2VjcmV0"; // alice:secret
+    let statuses = send_all(&sender, vec![request("/welcome", Some(good))]).await;
+    assert_eq!(statuses, [Some(StatusCode::OK)]);
+    let began = tokio::time::Instant::now();
+    let statuses = send_all(
+        &sender,
+        (0..20).map(|_| request("/account", Some(good))).collect(),
+    )
+    .await;
+    assert!(
+        statuses
+            .iter()
+            .all(|status| *status == Some(StatusCode::OK))
+    );
+    // 50 ms each, all at once rather than one after another.
+    assert!(
+        began.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        began.elapsed()
+    );
+}
