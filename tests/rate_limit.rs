@@ -125,6 +125,35 @@ async fn global_backpressure_waits_instead_of_refusing() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn with_global_backpressure_connections_refused_per_peer_or_exempt_spend_no_global_rate() {
+    let layer = RateLimitLayer::builder()
+        .per_peer(Rate::per_second(1))
+        .global(Rate::per_second(2))
+        .global_backpressure()
+        .keying(PeerKeying::default().exempt(["10.0.0.0/8".parse().unwrap()]))
+        .build()
+        .unwrap();
+    let mut service = limited(&layer);
+    connect(&mut service, "192.0.2.1:1").unwrap();
+    // `connect` asserts that the service is ready at once: none of these spends the
+    // global rate's second connection.
+    for port in 2..10 {
+        assert!(connect(&mut service, &format!("192.0.2.1:{port}")).is_err());
+    }
+    for port in 0..10 {
+        connect(&mut service, &format!("10.0.0.1:{port}")).unwrap();
+    }
+    connect(&mut service, "192.0.2.2:1").unwrap();
+    assert_pending!(service.poll_ready());
+
+    let stats = layer.stats();
+    assert_eq!(
+        (stats.admitted, stats.exempt, stats.refused_peer_rate),
+        (12, 10, 8)
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn exempt_peers_skip_the_rates() {
     let layer = RateLimitLayer::builder()
         .per_peer(Rate::per_second(1))

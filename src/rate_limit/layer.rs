@@ -186,7 +186,8 @@ impl RateLimitBuilder {
     }
 
     /// Over the global rate, stop accepting until the rate allows one more instead of
-    /// refusing. The per-peer rate still refuses.
+    /// refusing. The per-peer rate still refuses, and a connection it refuses (or one
+    /// from an exempt peer) does not spend the global rate.
     pub fn global_backpressure(mut self) -> Self {
         self.global_mode = Mode::Backpressure;
         self
@@ -302,9 +303,15 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Decides on a connection from `ip`. `global_reserved`: the global rate was already
-    /// taken for it while the service waited to be ready (backpressure).
-    pub(super) fn admit(self: &Arc<Self>, ip: IpAddr, global_reserved: bool) -> Result<(), Reason> {
+    /// Decides on a connection from `ip`. `global_reserved`: one connection's worth of
+    /// the global rate, taken while the service waited to be ready (backpressure). It is
+    /// spent only on a connection the global rate applies to: one that is exempt or
+    /// refused for its peer's rate leaves it to the next.
+    pub(super) fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        global_reserved: &mut bool,
+    ) -> Result<(), Reason> {
         let Some(peer) = self.keying.classify(ip) else {
             self.exempt.add();
             self.admitted.add();
@@ -315,7 +322,7 @@ impl Shared {
                 per_peer.start_janitor(self);
                 self.check_peer(per_peer, peer)?;
             }
-            if !global_reserved {
+            if !std::mem::take(global_reserved) {
                 self.check_global().map_err(|retry_after| {
                     self.refused_global_rate.add();
                     Reason::GlobalRate { retry_after }

@@ -19,7 +19,7 @@ pub struct RateLimit<S> {
     inner: S,
     shared: Arc<Shared>,
     /// With global backpressure: one connection's worth of the global rate, taken while
-    /// waiting to be ready and spent by the next `call`.
+    /// waiting to be ready and spent by the next `call` that the global rate applies to.
     reserved: bool,
     /// With global backpressure: until when the global rate allows nothing.
     wait: Option<Pin<Box<Sleep>>>,
@@ -81,8 +81,7 @@ where
     }
 
     fn call(&mut self, conn: Conn<IO>) -> Self::Future {
-        let reserved = std::mem::take(&mut self.reserved);
-        match self.shared.admit(conn.peer_addr().ip(), reserved) {
+        match self.shared.admit(conn.peer_addr().ip(), &mut self.reserved) {
             Ok(()) => ResponseFuture::admitted(self.inner.call(conn), Slot::None),
             Err(reason) => refuse_for(conn, reason, &self.shared),
         }

@@ -90,7 +90,9 @@ impl Backoff {
     /// The pause, if any, after an error that concerned one connection.
     pub(crate) fn after_skip(&mut self) -> Option<Duration> {
         self.skipped = self.skipped.wrapping_add(1);
-        self.skipped.is_multiple_of(SKIPS_PER_PAUSE).then_some(SKIP_PAUSE)
+        self.skipped
+            .is_multiple_of(SKIPS_PER_PAUSE)
+            .then_some(SKIP_PAUSE)
     }
 
     pub(crate) fn reset(&mut self) {
