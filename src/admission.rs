@@ -13,14 +13,11 @@ use std::{
 
 use bytes::{Buf, Bytes};
 use pin_project::pin_project;
-use tokio::{
-    io::AsyncWrite,
-    time::{Instant, Sleep},
-};
+use tokio::{io::AsyncWrite, time::Sleep};
 
 #[cfg(any(feature = "peer-limit", feature = "rate-limit", feature = "login"))]
 use crate::peer::PeerKey;
-use crate::{BoxError, Conn, throttle::LogThrottle};
+use crate::{BoxError, Conn, deadline::deadline_after, throttle::LogThrottle};
 
 /// A connection refused by an admission layer. Every admission layer fails its
 /// connection with this one type, inside the [`BoxError`]: downcast to read why.
@@ -408,7 +405,7 @@ fn write_refusal<IO: AsyncWrite + Unpin>(
             Poll::Ready(_) => return Poll::Ready(()),
             Poll::Pending => {
                 let deadline = deadline.get_or_insert_with(|| {
-                    Box::pin(tokio::time::sleep_until(Instant::now() + write_timeout))
+                    Box::pin(tokio::time::sleep_until(deadline_after(write_timeout)))
                 });
                 return deadline.as_mut().poll(cx);
             }

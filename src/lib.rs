@@ -64,6 +64,7 @@ pub(crate) mod close;
 mod config;
 mod conn;
 mod counter;
+mod deadline;
 pub mod peer;
 
 #[cfg(feature = "limit")]

@@ -224,6 +224,30 @@ async fn the_refusal_message_never_waits_on_the_client_past_its_deadline() {
     assert_eq!(began.elapsed(), Duration::from_millis(250));
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_refusal_write_timeout_meant_as_forever_waits_without_panicking() {
+    let limit = layer(
+        ConnectionLimitLayer::builder(1)
+            .refusal_message(vec![b'x'; 64])
+            .refusal_write_timeout(Duration::MAX),
+    );
+    let (mut service, _handle) = limited(&limit);
+    assert_ready_ok!(service.poll_ready());
+    let _held = task::spawn(service.call(conn_from("192.0.2.1:1")));
+
+    // A client whose window takes 8 bytes, and who reads only after a year.
+    let (server_side, mut client) = tokio::io::duplex(8);
+    let conn = Conn::new(server_side, addr("192.0.2.2:2"), addr("127.0.0.1:80"));
+    assert_ready_ok!(service.poll_ready());
+    let refusal = tokio::spawn(service.call(conn));
+    tokio::time::sleep(Duration::from_secs(365 * 86_400)).await;
+    let mut told = Vec::new();
+    client.read_to_end(&mut told).await.unwrap();
+    drop(client);
+    assert_eq!(told, [b'x'; 64]);
+    assert!(refusal.await.unwrap().is_err());
+}
+
 #[test]
 fn a_zero_limit_is_refused_when_built() {
     assert_eq!(

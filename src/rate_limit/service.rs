@@ -11,6 +11,7 @@ use super::layer::Shared;
 use crate::{
     BoxError, Conn,
     admission::{Reason, ResponseFuture, Slot, refuse},
+    deadline::deadline_after,
 };
 
 /// A connection-level service under a [`RateLimitLayer`](super::RateLimitLayer).
@@ -45,7 +46,7 @@ impl<S> RateLimit<S> {
             match self.shared.check_global() {
                 Ok(()) => self.reserved = true,
                 Err(retry_after) => {
-                    let until = tokio::time::Instant::now() + retry_after;
+                    let until = deadline_after(retry_after);
                     match &mut self.wait {
                         Some(wait) => wait.as_mut().reset(until),
                         None => self.wait = Some(Box::pin(tokio::time::sleep_until(until))),
