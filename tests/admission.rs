@@ -172,3 +172,55 @@ async fn with_global_backpressure_one_flooding_peer_does_not_use_up_the_global_r
     drop(flood);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_sent_its_request_reads_the_whole_refusal_rather_than_a_reset() {
+    // An error page larger than the client's receive window: some of it is still queued
+    // on the server when the server is done with the connection.
+    let page = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 16384\r\n\r\n{}",
+        "x".repeat(16 * 1024)
+    );
+    let limit = ConnectionLimitLayer::builder(1)
+        .refusal_message(page.clone())
+        .refusal_write_timeout(PATIENCE)
+        .build()
+        .unwrap();
+    let (inner, mut handle) = tower_test::mock::pair::<Conn<TcpStream>, ()>();
+    handle.allow(1);
+    let service = ServiceBuilder::new().layer(limit).service(inner);
+    let server = LoopbackServer::start(service, PATIENCE).await;
+    let _held_client = connect_from(2, server.addr).await;
+    let (held, respond) = within(PATIENCE, handle.next_request()).await.unwrap();
+
+    // The inner service is not ready, so the server accepts nothing more: every request
+    // below is in the server's socket before its connection is refused.
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.bind(addr("127.0.0.3:0")).unwrap();
+        let mut client = within(PATIENCE, socket.connect(server.addr)).await.unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        clients.push(client);
+    }
+    handle.allow(1);
+    for mut client in clients {
+        let mut told = Vec::new();
+        within(PATIENCE, client.read_to_end(&mut told))
+            .await
+            .unwrap();
+        assert!(
+            told == page.as_bytes(),
+            "{} bytes of {}",
+            told.len(),
+            page.len()
+        );
+    }
+    drop(held);
+    respond.send_response(());
+    server.stop().await;
+}

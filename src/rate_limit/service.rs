@@ -4,7 +4,10 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use tokio::{io::AsyncWrite, time::Sleep};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    time::Sleep,
+};
 use tower::Service;
 
 use super::layer::Shared;
@@ -68,7 +71,7 @@ impl<S, IO> Service<Conn<IO>> for RateLimit<S>
 where
     S: Service<Conn<IO>, Response = ()>,
     S::Error: Into<BoxError>,
-    IO: AsyncWrite + Unpin,
+    IO: AsyncRead + AsyncWrite + Unpin,
 {
     type Response = ();
     type Error = BoxError;
