@@ -83,7 +83,7 @@ impl Backoff {
     /// The pause after an error that means resources are short.
     pub(crate) fn next_delay(&mut self) -> Duration {
         let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
+        self.next = self.next.saturating_mul(2).min(self.max);
         delay
     }
 
@@ -164,5 +164,12 @@ mod tests {
         assert_eq!(delays, [5, 10, 20, 30, 30]);
         backoff.reset();
         assert_eq!(backoff.next_delay(), Duration::from_millis(5));
+    }
+
+    #[test]
+    fn backoff_saturates_under_an_unbounded_cap() {
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::MAX);
+        let last = (0..100).map(|_| backoff.next_delay()).last();
+        assert_eq!(last, Some(Duration::MAX));
     }
 }
