@@ -30,7 +30,7 @@ use tower_bouncer::{
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
 
-type Io = tokio::io::Sink;
+type Io = tokio::io::Empty;
 
 fn heap() -> usize {
     dhat::HeapStats::get().curr_bytes
@@ -45,7 +45,7 @@ fn peer(n: u32) -> SocketAddr {
 const LOCAL: SocketAddr = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 80);
 
 fn conn(n: u32) -> Conn<Io> {
-    Conn::new(tokio::io::sink(), peer(n), LOCAL)
+    Conn::new(tokio::io::empty(), peer(n), LOCAL)
 }
 
 /// Holds `n` connections from `n` peers open through `service`; returns the heap growth.

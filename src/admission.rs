@@ -7,20 +7,24 @@ use std::{
     future::Future,
     net::SocketAddr,
     pin::Pin,
-    task::{Context, Poll},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll, ready},
     time::Duration,
 };
 
 use bytes::{Buf, Bytes};
 use pin_project::pin_project;
 use tokio::{
-    io::AsyncWrite,
-    time::{Instant, Sleep},
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    time::Sleep,
 };
 
 #[cfg(any(feature = "peer-limit", feature = "rate-limit", feature = "login"))]
 use crate::peer::PeerKey;
-use crate::{BoxError, Conn, throttle::LogThrottle};
+use crate::{BoxError, Conn, deadline::deadline_after, throttle::LogThrottle};
 
 /// A connection refused by an admission layer. Every admission layer fails its
 /// connection with this one type, inside the [`BoxError`]: downcast to read why.
@@ -212,6 +216,8 @@ pub enum Mode {
 pub(crate) struct Refusal {
     message: Option<Bytes>,
     write_timeout: Duration,
+    /// How many refused connections hold a [`LingerSlot`] now, shared by clones.
+    lingering: Arc<AtomicUsize>,
 }
 
 impl Default for Refusal {
@@ -219,6 +225,7 @@ impl Default for Refusal {
         Self {
             message: None,
             write_timeout: Duration::from_millis(100),
+            lingering: Arc::default(),
         }
     }
 }
@@ -230,6 +237,33 @@ impl Refusal {
 
     pub(crate) fn set_write_timeout(&mut self, timeout: Duration) {
         self.write_timeout = timeout;
+    }
+
+    /// A place among the refused connections that may wait for their client to close,
+    /// if one is free.
+    fn linger_slot(&self) -> Option<LingerSlot> {
+        self.lingering
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |lingering| {
+                (lingering < MAX_LINGERING).then_some(lingering + 1)
+            })
+            .ok()?;
+        Some(LingerSlot(self.lingering.clone()))
+    }
+}
+
+/// The most refused connections of one layer that wait at once for their client to
+/// close. The others are closed as soon as their message is written and what their
+/// client already sent is read, so that a flood of refused connections holds no
+/// descriptors.
+const MAX_LINGERING: usize = 32;
+
+/// A refused connection's place among those that may wait for their client to close,
+/// given back when dropped.
+struct LingerSlot(Arc<AtomicUsize>);
+
+impl Drop for LingerSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -243,9 +277,17 @@ macro_rules! refusal_builder_methods {
             self
         }
 
-        /// How long writing the refusal message may take before the connection is
-        /// closed anyway; the server never waits on the client longer. 100 ms by
-        /// default.
+        /// How long the server waits on a refused client, from the first time the
+        /// client makes it wait: for the refusal message to be written, then for the
+        /// client to close its side. Meanwhile the server reads and drops what the
+        /// client sent (up to 64 KiB), as closing with unread data would reset the
+        /// connection and could destroy the message before the client reads it. The
+        /// connection is closed at this deadline anyway; the server never waits on the
+        /// client longer. 100 ms by default; `Duration::MAX` waits as good as forever.
+        ///
+        /// At most 32 refused connections per layer wait for their client to close at
+        /// once: under a flood of refusals the others are closed as soon as their
+        /// message is written and what their client already sent is read.
         pub fn refusal_write_timeout(mut self, timeout: std::time::Duration) -> Self {
             self.refusal.set_write_timeout(timeout);
             self
@@ -266,10 +308,14 @@ pub(crate) fn refuse<F, IO>(
     if let Some(suppressed) = log.allow() {
         tracing::warn!(peer = %rejected.peer, reason = %rejected.reason, suppressed, "connection refused");
     }
+    let io = refusal.message.as_ref().map(|_| conn.into_io());
     ResponseFuture {
         state: State::Refused(Box::new(Refusing {
-            io: refusal.message.as_ref().map(|_| conn.into_io()),
+            linger: io.as_ref().and_then(|_| refusal.linger_slot()),
+            io,
             message: refusal.message.clone().unwrap_or_default(),
+            shut_down: false,
+            discarded: 0,
             write_timeout: refusal.write_timeout,
             deadline: None,
             rejected: Some(rejected),
@@ -310,33 +356,80 @@ enum State<F, IO> {
     Refused(Box<Refusing<IO>>),
 }
 
+/// The most a refused client may send that is read and dropped: a request head and a
+/// small body. A client that sends more is cut off, reset and all.
+const MAX_DISCARDED: usize = 64 * 1024;
+
 /// A refused connection: its message being written, then the error.
 struct Refusing<IO> {
+    /// The connection, until it is closed.
     io: Option<IO>,
+    /// What is left to write of the message.
     message: Bytes,
+    /// Whether the message is written and the write side shut down.
+    shut_down: bool,
+    /// How many bytes the client sent that were read and dropped.
+    discarded: usize,
+    /// Held if this connection may wait for its client to close.
+    linger: Option<LingerSlot>,
     write_timeout: Duration,
     deadline: Option<Pin<Box<Sleep>>>,
     rejected: Option<Rejected>,
 }
 
-impl<IO: AsyncWrite + Unpin> Refusing<IO> {
+impl<IO: AsyncRead + AsyncWrite + Unpin> Refusing<IO> {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<BoxError> {
-        if let Some(io) = &mut self.io {
-            let written = write_refusal(
-                io,
-                &mut self.message,
-                self.write_timeout,
-                &mut self.deadline,
-                cx,
-            );
-            if written.is_pending() {
-                return Poll::Pending;
-            }
-            // Dropping the stream closes the connection.
-            self.io = None;
+        // The deadline starts the first time the client makes us wait: a fresh connection
+        // takes a short message at once.
+        if self.poll_tell(cx).is_pending() {
+            let deadline = self.deadline.get_or_insert_with(|| {
+                Box::pin(tokio::time::sleep_until(deadline_after(self.write_timeout)))
+            });
+            ready!(deadline.as_mut().poll(cx));
         }
+        // Dropping the stream closes the connection.
+        self.io = None;
+        self.linger = None;
         let rejected = self.rejected.take().expect("polled after completion");
         Poll::Ready(rejected.into())
+    }
+
+    /// Writes what is left of the message and shuts the write side down, then reads and
+    /// drops what the client sent until it closes its side: closing a socket with unread
+    /// data resets the connection, and a reset can destroy the message before the client
+    /// reads it (HTTP clients send their request at once). Ready once done, once the
+    /// client fails, after [`MAX_DISCARDED`] bytes, or, without a [`LingerSlot`], once
+    /// what the client already sent is read.
+    fn poll_tell(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(io) = &mut self.io else {
+            return Poll::Ready(());
+        };
+        let mut io = Pin::new(io);
+        while self.message.has_remaining() {
+            match ready!(io.as_mut().poll_write(cx, &self.message)) {
+                Ok(written) if written > 0 => self.message.advance(written),
+                _ => return Poll::Ready(()),
+            }
+        }
+        if !self.shut_down {
+            if ready!(io.as_mut().poll_shutdown(cx)).is_err() {
+                return Poll::Ready(());
+            }
+            self.shut_down = true;
+        }
+        let mut buffer = [0; 1024];
+        while self.discarded < MAX_DISCARDED {
+            let mut unread = ReadBuf::new(&mut buffer);
+            match io.as_mut().poll_read(cx, &mut unread) {
+                Poll::Ready(Ok(())) if !unread.filled().is_empty() => {
+                    self.discarded += unread.filled().len();
+                }
+                Poll::Pending if self.linger.is_some() => return Poll::Pending,
+                // The client closed its side, failed, or may not be waited for.
+                _ => return Poll::Ready(()),
+            }
+        }
+        Poll::Ready(())
     }
 }
 
@@ -364,7 +457,7 @@ impl<F, E, IO> Future for ResponseFuture<F, IO>
 where
     F: Future<Output = Result<(), E>>,
     E: Into<BoxError>,
-    IO: AsyncWrite + Unpin,
+    IO: AsyncRead + AsyncWrite + Unpin,
 {
     type Output = Result<(), BoxError>;
 
@@ -378,40 +471,6 @@ where
                 Poll::Ready(outcome.map_err(Into::into))
             }
             StateProj::Refused(refusing) => refusing.poll(cx).map(Err),
-        }
-    }
-}
-
-/// Writes what is left of the message, then shuts the write side; gives up at the
-/// deadline, which only starts if the peer's window is full (a fresh connection takes a
-/// short message at once).
-fn write_refusal<IO: AsyncWrite + Unpin>(
-    io: &mut IO,
-    message: &mut Bytes,
-    write_timeout: Duration,
-    deadline: &mut Option<Pin<Box<Sleep>>>,
-    cx: &mut Context<'_>,
-) -> Poll<()> {
-    loop {
-        let progress = if message.has_remaining() {
-            Pin::new(&mut *io)
-                .poll_write(cx, message)
-                .map_ok(|written| {
-                    message.advance(written);
-                    written
-                })
-        } else {
-            Pin::new(&mut *io).poll_shutdown(cx).map_ok(|()| 0)
-        };
-        match progress {
-            Poll::Ready(Ok(written)) if written > 0 => continue,
-            Poll::Ready(_) => return Poll::Ready(()),
-            Poll::Pending => {
-                let deadline = deadline.get_or_insert_with(|| {
-                    Box::pin(tokio::time::sleep_until(Instant::now() + write_timeout))
-                });
-                return deadline.as_mut().poll(cx);
-            }
         }
     }
 }

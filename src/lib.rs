@@ -64,6 +64,7 @@ pub(crate) mod close;
 mod config;
 mod conn;
 mod counter;
+mod deadline;
 #[cfg(any(feature = "rate-limit", feature = "login"))]
 mod janitor;
 pub mod peer;

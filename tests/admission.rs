@@ -3,11 +3,11 @@
 
 mod support;
 
-use std::time::Duration;
+use std::{net::Ipv4Addr, time::Duration};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
+    net::{TcpSocket, TcpStream},
 };
 use tower::{ServiceBuilder, service_fn};
 use tower_bouncer::{
@@ -134,5 +134,93 @@ async fn a_peer_over_its_rate_is_refused_while_another_is_served() {
     let mut other_peer = connect_from(6, server.addr).await;
     assert_eq!(greeting(&mut other_peer).await, "hello\n");
     drop((held, other_peer));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn with_global_backpressure_one_flooding_peer_does_not_use_up_the_global_rate() {
+    let rate = RateLimitLayer::builder()
+        .per_peer(Rate::per_second(1))
+        .global(Rate::per_second(10))
+        .global_backpressure()
+        .build()
+        .unwrap();
+    let (served, mut served_rx) = tokio::sync::mpsc::unbounded_channel();
+    let service =
+        ServiceBuilder::new()
+            .layer(rate)
+            .service(service_fn(move |conn: Conn<TcpStream>| {
+                served.send(conn.peer_addr().ip()).ok();
+                async { Ok::<_, BoxError>(()) }
+            }));
+    // A backlog deep enough for the whole flood (tokio's default is 128).
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(addr("127.0.0.1:0")).unwrap();
+    let server = LoopbackServer::start_on(socket.listen(1024).unwrap(), service, PATIENCE);
+
+    // The flood: all but its first connection are refused for the peer's rate.
+    let mut flood = Vec::new();
+    for _ in 0..500 {
+        flood.push(within(PATIENCE, connect_from(2, server.addr)).await);
+    }
+    let _other = within(PATIENCE, connect_from(3, server.addr)).await;
+    // Had each refusal spent the global rate, the other peer would wait about 50 s.
+    within(Duration::from_secs(2), async {
+        while served_rx.recv().await.unwrap() != Ipv4Addr::new(127, 0, 0, 3) {}
+    })
+    .await;
+    drop(flood);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_sent_its_request_reads_the_whole_refusal_rather_than_a_reset() {
+    // An error page larger than the client's receive window: some of it is still queued
+    // on the server when the server is done with the connection.
+    let page = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 16384\r\n\r\n{}",
+        "x".repeat(16 * 1024)
+    );
+    let limit = ConnectionLimitLayer::builder(1)
+        .refusal_message(page.clone())
+        .refusal_write_timeout(PATIENCE)
+        .build()
+        .unwrap();
+    let (inner, mut handle) = tower_test::mock::pair::<Conn<TcpStream>, ()>();
+    handle.allow(1);
+    let service = ServiceBuilder::new().layer(limit).service(inner);
+    let server = LoopbackServer::start(service, PATIENCE).await;
+    let _held_client = connect_from(2, server.addr).await;
+    let (held, respond) = within(PATIENCE, handle.next_request()).await.unwrap();
+
+    // The inner service is not ready, so the server accepts nothing more: every request
+    // below is in the server's socket before its connection is refused.
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.bind(addr("127.0.0.3:0")).unwrap();
+        let mut client = within(PATIENCE, socket.connect(server.addr)).await.unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        clients.push(client);
+    }
+    handle.allow(1);
+    for mut client in clients {
+        let mut told = Vec::new();
+        within(PATIENCE, client.read_to_end(&mut told))
+            .await
+            .unwrap();
+        assert!(
+            told == page.as_bytes(),
+            "{} bytes of {}",
+            told.len(),
+            page.len()
+        );
+    }
+    drop(held);
+    respond.send_response(());
     server.stop().await;
 }

@@ -166,18 +166,26 @@ async fn tonic_server_checks_health_only_with_the_token() {
 
     for mode in [&[][..], &["--unprotected"][..]] {
         let server = Example::start("tonic_server", mode).await;
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut client = HealthClient::new(channel);
+        let connect = || async {
+            let channel =
+                tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap();
+            HealthClient::new(channel)
+        };
 
-        let status = within(PATIENCE, client.check(HealthCheckRequest::default()))
-            .await
-            .unwrap_err();
+        let status = within(
+            PATIENCE,
+            connect().await.check(HealthCheckRequest::default()),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
 
+        // Protected, a failed login ends its connection: the next call comes on a new one.
+        let mut client = connect().await;
         let mut request = tonic::Request::new(HealthCheckRequest::default());
         request
             .metadata_mut()

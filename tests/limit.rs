@@ -4,7 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, DuplexStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio_test::{assert_pending, assert_ready_err, assert_ready_ok, task};
 use tower::{Layer, ServiceExt, service_fn};
 use tower_bouncer::{
@@ -222,6 +222,121 @@ async fn the_refusal_message_never_waits_on_the_client_past_its_deadline() {
     assert!(refusal.is_woken());
     assert_ready_err!(refusal.poll());
     assert_eq!(began.elapsed(), Duration::from_millis(250));
+}
+
+/// A connection refused under a limit of 1 with `refusal_write_timeout(250 ms)`, from a
+/// client that has sent a request: the refusal's future and the client's end.
+async fn refusal_after_a_request(
+    buffer: usize,
+    request: &[u8],
+) -> (
+    task::Spawn<
+        tower_bouncer::admission::ResponseFuture<mock::future::ResponseFuture<()>, DuplexStream>,
+    >,
+    DuplexStream,
+) {
+    let limit = layer(
+        ConnectionLimitLayer::builder(1)
+            .refusal_message(&b"ERROR busy\n"[..])
+            .refusal_write_timeout(Duration::from_millis(250)),
+    );
+    let (mut service, _handle) = limited(&limit);
+    assert_ready_ok!(service.poll_ready());
+    std::mem::forget(task::spawn(service.call(conn_from("192.0.2.1:1"))));
+
+    let (server_side, mut client) = tokio::io::duplex(buffer);
+    let conn = Conn::new(server_side, addr("192.0.2.2:2"), addr("127.0.0.1:80"));
+    client.write_all(request).await.unwrap();
+    assert_ready_ok!(service.poll_ready());
+    (task::spawn(service.call(conn)), client)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_waits_for_the_client_to_close_but_never_past_its_deadline() {
+    let (mut refusal, mut client) = refusal_after_a_request(4096, b"GET / HTTP/1.1\r\n\r\n").await;
+    assert_pending!(refusal.poll());
+    // The message, then the end of the server's side...
+    let mut told = String::new();
+    client.read_to_string(&mut told).await.unwrap();
+    assert_eq!(told, "ERROR busy\n");
+    // ...but the server reads on, so that closing with the request unread does not
+    // reset the connection, until the client closes or the deadline.
+    tokio::time::advance(Duration::from_millis(249)).await;
+    assert_pending!(refusal.poll());
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert!(refusal.is_woken());
+    assert_ready_err!(refusal.poll());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_ends_as_soon_as_the_client_closes() {
+    let (mut refusal, mut client) = refusal_after_a_request(4096, b"GET / HTTP/1.1\r\n\r\n").await;
+    assert_pending!(refusal.poll());
+    client.read_to_end(&mut Vec::new()).await.unwrap();
+    drop(client);
+    assert!(refusal.is_woken());
+    assert_ready_err!(refusal.poll());
+}
+
+#[tokio::test(start_paused = true)]
+async fn under_a_flood_of_refusals_only_32_wait_for_their_client_to_close() {
+    let limit = layer(ConnectionLimitLayer::builder(1).refusal_message(&b"ERROR busy\n"[..]));
+    let (mut service, _handle) = limited(&limit);
+    assert_ready_ok!(service.poll_ready());
+    let _held = task::spawn(service.call(conn_from("192.0.2.1:1")));
+    let mut refuse = || {
+        let (conn, client) = duplex_conn("192.0.2.2:2");
+        assert_ready_ok!(service.poll_ready());
+        (task::spawn(service.call(conn)), client)
+    };
+
+    let mut waiting: Vec<_> = (0..32).map(|_| refuse()).collect();
+    for (refusal, _client) in &mut waiting {
+        assert_pending!(refusal.poll());
+    }
+    // The next is told, what its client sent is read, and it is closed at once.
+    let (mut refusal, mut client) = refuse();
+    client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    assert_ready_err!(refusal.poll());
+    let mut told = String::new();
+    client.read_to_string(&mut told).await.unwrap();
+    assert_eq!(told, "ERROR busy\n");
+
+    // Once a waiting one ends, the next may wait again.
+    drop(waiting.pop());
+    let (mut refusal, _client) = refuse();
+    assert_pending!(refusal.poll());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_stops_reading_a_client_that_sends_without_end() {
+    let flood = vec![b'x'; 1024 * 1024];
+    let (mut refusal, _client) = refusal_after_a_request(flood.len(), &flood).await;
+    assert_ready_err!(refusal.poll());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_write_timeout_meant_as_forever_waits_without_panicking() {
+    let limit = layer(
+        ConnectionLimitLayer::builder(1)
+            .refusal_message(vec![b'x'; 64])
+            .refusal_write_timeout(Duration::MAX),
+    );
+    let (mut service, _handle) = limited(&limit);
+    assert_ready_ok!(service.poll_ready());
+    let _held = task::spawn(service.call(conn_from("192.0.2.1:1")));
+
+    // A client whose window takes 8 bytes, and who reads only after a year.
+    let (server_side, mut client) = tokio::io::duplex(8);
+    let conn = Conn::new(server_side, addr("192.0.2.2:2"), addr("127.0.0.1:80"));
+    assert_ready_ok!(service.poll_ready());
+    let refusal = tokio::spawn(service.call(conn));
+    tokio::time::sleep(Duration::from_secs(365 * 86_400)).await;
+    let mut told = Vec::new();
+    client.read_to_end(&mut told).await.unwrap();
+    drop(client);
+    assert_eq!(told, [b'x'; 64]);
+    assert!(refusal.await.unwrap().is_err());
 }
 
 #[test]

@@ -237,7 +237,7 @@ fn steps() -> impl Strategy<Value = Vec<Step>> {
 }
 
 /// A protocol that runs until its connection is dropped.
-fn never(_: Conn<tokio::io::Sink>) -> Pending<Result<(), BoxError>> {
+fn never(_: Conn<tokio::io::Empty>) -> Pending<Result<(), BoxError>> {
     std::future::pending()
 }
 
@@ -258,7 +258,7 @@ fn run_schedule(
         let outcome = match step {
             Step::Connect(peer) => {
                 let conn = Conn::new(
-                    tokio::io::sink(),
+                    tokio::io::empty(),
                     format!("192.0.2.{peer}:1").parse().unwrap(),
                     "127.0.0.1:80".parse().unwrap(),
                 );

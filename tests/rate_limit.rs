@@ -4,6 +4,7 @@ mod support;
 
 use std::time::Duration;
 
+use governor::Quota;
 use tokio::io::DuplexStream;
 use tokio_test::{assert_pending, assert_ready_ok, task};
 use tower::Layer;
@@ -125,6 +126,35 @@ async fn global_backpressure_waits_instead_of_refusing() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn with_global_backpressure_connections_refused_per_peer_or_exempt_spend_no_global_rate() {
+    let layer = RateLimitLayer::builder()
+        .per_peer(Rate::per_second(1))
+        .global(Rate::per_second(2))
+        .global_backpressure()
+        .keying(PeerKeying::default().exempt(["10.0.0.0/8".parse().unwrap()]))
+        .build()
+        .unwrap();
+    let mut service = limited(&layer);
+    connect(&mut service, "192.0.2.1:1").unwrap();
+    // `connect` asserts that the service is ready at once: none of these spends the
+    // global rate's second connection.
+    for port in 2..10 {
+        assert!(connect(&mut service, &format!("192.0.2.1:{port}")).is_err());
+    }
+    for port in 0..10 {
+        connect(&mut service, &format!("10.0.0.1:{port}")).unwrap();
+    }
+    connect(&mut service, "192.0.2.2:1").unwrap();
+    assert_pending!(service.poll_ready());
+
+    let stats = layer.stats();
+    assert_eq!(
+        (stats.admitted, stats.exempt, stats.refused_peer_rate),
+        (12, 10, 8)
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn exempt_peers_skip_the_rates() {
     let layer = RateLimitLayer::builder()
         .per_peer(Rate::per_second(1))
@@ -217,6 +247,41 @@ async fn the_peer_table_is_bounded_with_an_overflow_policy() {
         rejected(&error).reason(),
         &Reason::PeerTableFull { capacity: 1 }
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn rates_meant_as_forever_saturate_instead_of_panicking() {
+    let forever = || Rate::from(Quota::with_period(Duration::MAX).unwrap());
+    let layer = RateLimitLayer::builder()
+        .per_peer(forever())
+        .global(forever())
+        .global_backpressure()
+        .build()
+        .unwrap();
+    let mut service = limited(&layer);
+    connect(&mut service, "192.0.2.1:1").unwrap();
+    assert_pending!(service.poll_ready());
+    tokio::time::advance(Duration::from_secs(10 * 365 * 86_400)).await;
+    assert_pending!(service.poll_ready());
+
+    // A burst too large to count in governor's nanoseconds, and a peer that waits
+    // "forever".
+    let layer = RateLimitLayer::builder()
+        .per_peer(forever())
+        .global(Rate::per_minute(1).burst(u32::MAX))
+        .build()
+        .unwrap();
+    let mut service = limited(&layer);
+    connect(&mut service, "192.0.2.1:1").unwrap();
+    let error = connect(&mut service, "192.0.2.1:2").unwrap_err();
+    let retry_after = rejected(&error).retry_after().unwrap();
+    assert!(
+        retry_after > Duration::from_secs(100 * 365 * 86_400),
+        "{retry_after:?}"
+    );
+    for n in 2..100 {
+        connect(&mut service, &format!("192.0.2.{n}:1")).unwrap();
+    }
 }
 
 #[test]

@@ -4,18 +4,25 @@ mod support;
 
 use std::{
     io,
-    sync::{Arc, Mutex},
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncReadExt, AsyncWriteExt, DuplexStream},
     net::TcpStream,
     sync::{mpsc, oneshot},
     time::Instant,
 };
 use tower::service_fn;
-use tower_bouncer::{BoxError, Conn, GracefulClose, serve::Server};
+use tower_bouncer::{
+    BoxError, Conn, GracefulClose,
+    serve::{Listener, Server},
+};
 
 use support::*;
 
@@ -172,6 +179,122 @@ async fn an_aborted_connection_is_skipped_at_once() {
 
     within(PATIENCE, served_rx.recv()).await.unwrap();
     assert_eq!(log.gaps_ms()[0], 0);
+    server.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_accept_error_without_an_os_code_skips_one_connection() {
+    // What mio returns on macOS for a connection reset before `accept` on a dual-stack
+    // listener: `InvalidInput` with no OS error code.
+    let (queue, _log, listener) = ChannelListener::new();
+    let (served, mut served_rx) = mpsc::unbounded_channel();
+    let server = tokio::spawn(Server::new(listener).serve(reporting_service(served)));
+    queue.send(Err(io::ErrorKind::InvalidInput.into())).unwrap();
+    let (conn, _client) = duplex_conn("192.0.2.3:3");
+    queue.send(Ok(conn)).unwrap();
+
+    assert_eq!(
+        within(PATIENCE, served_rx.recv()).await,
+        Some(addr("192.0.2.3:3"))
+    );
+    assert!(!server.is_finished());
+    server.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bad_client_on_a_custom_listener_is_skipped_without_backing_off() {
+    let (queue, log, listener) = ChannelListener::new();
+    let (served, mut served_rx) = mpsc::unbounded_channel();
+    let server = tokio::spawn(Server::new(listener).serve(reporting_service(served)));
+    // What a TLS listener might return for a client that fails its handshake.
+    for kind in [
+        io::ErrorKind::InvalidData,
+        io::ErrorKind::UnexpectedEof,
+        io::ErrorKind::BrokenPipe,
+    ] {
+        queue.send(Err(kind.into())).unwrap();
+    }
+    let (conn, _client) = duplex_conn("192.0.2.3:3");
+    queue.send(Ok(conn)).unwrap();
+
+    within(PATIENCE, served_rx.recv()).await.unwrap();
+    assert_eq!(log.gaps_ms()[..3], [0, 0, 0]);
+    server.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_listener_that_fails_every_accept_pauses_the_loop_now_and_then() {
+    let (queue, log, listener) = ChannelListener::new();
+    let (served, mut served_rx) = mpsc::unbounded_channel();
+    let server = tokio::spawn(Server::new(listener).serve(reporting_service(served)));
+    for _ in 0..100 {
+        queue
+            .send(Err(io::Error::other("always the same")))
+            .unwrap();
+    }
+    let (conn, _client) = duplex_conn("192.0.2.3:3");
+    queue.send(Ok(conn)).unwrap();
+
+    within(PATIENCE, served_rx.recv()).await.unwrap();
+    // Every 32nd error in a row is followed by a 1 ms pause, the others by none.
+    let gaps = log.gaps_ms();
+    let paused: Vec<usize> = (0..gaps.len()).filter(|&n| gaps[n] > 0).collect();
+    assert_eq!(paused, [31, 63, 95], "{gaps:?}");
+    assert!(paused.iter().all(|&n| gaps[n] == 1), "{gaps:?}");
+    server.abort();
+}
+
+/// A listener on a wildcard address whose first connection is reset before its local
+/// address is read.
+struct WildcardListener {
+    inner: ChannelListener,
+    reset_first: AtomicBool,
+}
+
+impl Listener for WildcardListener {
+    type Io = DuplexStream;
+
+    async fn accept(&mut self) -> io::Result<(DuplexStream, SocketAddr)> {
+        self.inner.accept().await
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(addr("0.0.0.0:80"))
+    }
+
+    fn connection_local_addr(&self, _io: &DuplexStream) -> io::Result<SocketAddr> {
+        if self.reset_first.swap(false, Ordering::SeqCst) {
+            return Err(io::ErrorKind::NotConnected.into());
+        }
+        Ok(addr("192.0.2.80:80"))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_reset_before_its_local_address_is_read_is_skipped() {
+    let (queue, _log, inner) = ChannelListener::new();
+    let listener = WildcardListener {
+        inner,
+        reset_first: AtomicBool::new(true),
+    };
+    let (served, mut served_rx) = mpsc::unbounded_channel();
+    let service = service_fn(move |conn: Conn<DuplexStream>| {
+        served.send((conn.peer_addr(), conn.local_addr())).ok();
+        async { Ok::<_, BoxError>(()) }
+    });
+    let server = tokio::spawn(Server::new(listener).serve(service));
+    let mut clients = Vec::new();
+    for peer in ["192.0.2.1:1", "192.0.2.2:2"] {
+        let (conn, client) = duplex_conn(peer);
+        clients.push(client);
+        queue.send(Ok(conn)).unwrap();
+    }
+
+    assert_eq!(
+        within(PATIENCE, served_rx.recv()).await,
+        Some((addr("192.0.2.2:2"), addr("192.0.2.80:80")))
+    );
+    assert!(!server.is_finished());
     server.abort();
 }
 

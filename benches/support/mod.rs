@@ -24,7 +24,7 @@ use tower_bouncer::{
     timeout::{TimedIo, TimeoutLayer},
 };
 
-pub type Io = tokio::io::Sink;
+pub type Io = tokio::io::Empty;
 
 /// The protocol: done as soon as it starts.
 fn done(_: Conn<Io>) -> Ready<Result<(), BoxError>> {
@@ -59,7 +59,7 @@ where
     let began = Instant::now();
     for n in std::hint::black_box(0..iterations) {
         assert!(service.poll_ready(&mut cx).is_ready());
-        let conn = Conn::new(tokio::io::sink(), peer(thread, n as u32), LOCAL);
+        let conn = Conn::new(tokio::io::empty(), peer(thread, n as u32), LOCAL);
         let connection = pin!(service.call(conn));
         match connection.poll(&mut cx) {
             Poll::Ready(outcome) => outcome.unwrap(),

@@ -4,7 +4,10 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use tokio::{io::AsyncWrite, sync::futures::OwnedNotified};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    sync::futures::OwnedNotified,
+};
 use tower::Service;
 
 use super::layer::Shared;
@@ -65,7 +68,7 @@ impl<S, IO> Service<Conn<IO>> for ConnectionLimit<S>
 where
     S: Service<Conn<IO>, Response = ()>,
     S::Error: Into<BoxError>,
-    IO: AsyncWrite + Unpin,
+    IO: AsyncRead + AsyncWrite + Unpin,
 {
     type Response = ();
     type Error = BoxError;

@@ -65,7 +65,6 @@
 //! For HTTP, [`ReportLoginLayer`] (feature `http`) turns `401` responses and gRPC
 //! `UNAUTHENTICATED` into failed logins.
 
-#[cfg(feature = "http")]
 mod attempts;
 mod ban_layer;
 mod bans;

@@ -7,7 +7,7 @@ use std::{
 
 use pin_project::{pin_project, pinned_drop};
 use tokio::{
-    io::AsyncWrite,
+    io::{AsyncRead, AsyncWrite},
     sync::{Notify, futures::OwnedNotified},
     time::Sleep,
 };
@@ -60,7 +60,7 @@ impl<S, IO> Service<Conn<IO>> for LoginSessions<S>
 where
     S: Service<Conn<IO>, Response = ()>,
     S::Error: Into<BoxError>,
-    IO: AsyncWrite + Unpin,
+    IO: AsyncRead + AsyncWrite + Unpin,
 {
     type Response = ();
     type Error = BoxError;

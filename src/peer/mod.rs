@@ -16,7 +16,10 @@ use std::{
     cell::Cell,
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use ipnet::{IpNet, Ipv4Net};
@@ -113,6 +116,9 @@ pub struct PeerKeying {
     ipv4_prefix: u8,
     ipv6_prefix: u8,
     exempt: Arc<[IpNet]>,
+    /// Unique to this exempt list in the process, shared by clones: unlike the list's
+    /// address, never reused once the list is dropped.
+    exempt_id: u64,
 }
 
 impl Default for PeerKeying {
@@ -122,12 +128,19 @@ impl Default for PeerKeying {
             ipv4_prefix: 32,
             ipv6_prefix: 64,
             exempt: Arc::new([]),
+            exempt_id: NO_EXEMPT_LIST,
         }
     }
 }
 
+/// The `exempt_id` of the default, empty, exempt list.
+const NO_EXEMPT_LIST: u64 = 0;
+
+/// The next `exempt_id` to give out.
+static NEXT_EXEMPT_ID: AtomicU64 = AtomicU64::new(NO_EXEMPT_LIST + 1);
+
 /// See [`PeerKeying::id`].
-type KeyingId = (u8, u8, usize);
+type KeyingId = (u8, u8, u64);
 
 /// A peer that is not exempt: its key, hashed for the tables.
 #[cfg(any(feature = "peer-limit", feature = "rate-limit", feature = "login"))]
@@ -171,6 +184,7 @@ impl PeerKeying {
         let mut all = self.exempt.to_vec();
         all.extend(networks.into_iter().map(|net| net.trunc()));
         self.exempt = all.into();
+        self.exempt_id = NEXT_EXEMPT_ID.fetch_add(1, Ordering::Relaxed);
         self
     }
 
@@ -252,14 +266,9 @@ impl PeerKeying {
     }
 
     /// What makes two keyings classify alike: their prefixes and their exempt list (the
-    /// same list when clones share it, or both empty).
+    /// same list when clones share it, or both the default).
     fn id(&self) -> KeyingId {
-        let exempt = if self.exempt.is_empty() {
-            0
-        } else {
-            Arc::as_ptr(&self.exempt).cast::<u8>() as usize
-        };
-        (self.ipv4_prefix, self.ipv6_prefix, exempt)
+        (self.ipv4_prefix, self.ipv6_prefix, self.exempt_id)
     }
 }
 
@@ -374,6 +383,41 @@ mod tests {
             wider.classify(ip("11.0.0.1")).unwrap().key.to_string(),
             "11.0.0.0/8"
         );
+    }
+
+    #[test]
+    fn the_memo_never_answers_for_a_dropped_keying_whose_list_took_the_same_address() {
+        let peer = ip("10.0.0.1");
+        for _ in 0..100 {
+            let old = PeerKeying::default().exempt(["10.0.0.0/8".parse().unwrap()]);
+            assert!(old.classify(peer).is_none());
+            let old_list = Arc::as_ptr(&old.exempt);
+            drop(old);
+            let new = PeerKeying::default().exempt(["192.0.2.0/24".parse().unwrap()]);
+            assert!(
+                new.classify(peer).is_some(),
+                "the memo answered for the dropped keying"
+            );
+            if std::ptr::addr_eq(Arc::as_ptr(&new.exempt), old_list) {
+                return;
+            }
+        }
+        // The allocator never gave the address back: the next test still shows that
+        // the memo cannot mistake one list for another.
+    }
+
+    #[test]
+    fn clones_share_an_identity_and_keyings_made_apart_never_do() {
+        let net: IpNet = "10.0.0.0/8".parse().unwrap();
+        let keying = PeerKeying::default().exempt([net]);
+        assert_eq!(keying.id(), keying.clone().id());
+        // Each dropped before the next is made, so the lists may share an address.
+        let ids: Vec<_> = (0..10)
+            .map(|_| PeerKeying::default().exempt([net]).id())
+            .collect();
+        for (n, id) in ids.iter().enumerate() {
+            assert!(!ids[..n].contains(id), "{ids:?}");
+        }
     }
 
     #[test]

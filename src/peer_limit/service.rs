@@ -3,7 +3,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tower::Service;
 
 use super::layer::{Admission, Shared};
@@ -32,7 +32,7 @@ impl<S, IO> Service<Conn<IO>> for PeerLimit<S>
 where
     S: Service<Conn<IO>, Response = ()>,
     S::Error: Into<BoxError>,
-    IO: AsyncWrite + Unpin,
+    IO: AsyncRead + AsyncWrite + Unpin,
 {
     type Response = ();
     type Error = BoxError;

@@ -26,6 +26,10 @@ const DEFAULT_MAX_TRACKED_PEERS: usize = 65_536;
 
 /// How many connections a period allows, and how many may arrive at once.
 ///
+/// A rate so slow that an emptied bucket would take more than a century to refill (a
+/// `Quota::with_period(Duration::MAX)` meant as "once, ever") saturates: it is counted
+/// as a refill in about 146 years.
+///
 /// ```
 /// use tower_bouncer::rate_limit::Rate;
 ///
@@ -81,11 +85,34 @@ impl Rate {
                     .allow_burst(connections)
             }
         };
-        match self.burst {
-            None => Ok(quota),
-            Some(burst) => Ok(quota.allow_burst(NonZeroU32::new(burst).ok_or_else(zero)?)),
-        }
+        let quota = match self.burst {
+            None => quota,
+            Some(burst) => quota.allow_burst(NonZeroU32::new(burst).ok_or_else(zero)?),
+        };
+        Ok(saturated(quota))
     }
+}
+
+/// The longest a bucket may take to refill. governor counts time in `u64` nanoseconds
+/// (584 years) and adds a refill time to the clock's reading, so half of that range is
+/// left for the clock. A slower rate is as good as "never again", and saturates here.
+const LONGEST_REFILL: Duration = Duration::from_nanos(1 << 62);
+
+/// `quota` with its period, then its burst, cut down so that the bucket refills within
+/// [`LONGEST_REFILL`] (a quota that already does is unchanged), and its period at least
+/// 1 ns, as governor counts it anyway.
+fn saturated(quota: Quota) -> Quota {
+    let period = quota
+        .replenish_interval()
+        .clamp(Duration::from_nanos(1), LONGEST_REFILL);
+    // At least 1, as the period is at most the longest refill.
+    let most_burst = u32::try_from(LONGEST_REFILL.as_nanos() / period.as_nanos())
+        .ok()
+        .and_then(NonZeroU32::new)
+        .unwrap_or(NonZeroU32::MAX);
+    Quota::with_period(period)
+        .expect("the period is at least 1 ns")
+        .allow_burst(quota.burst_size().min(most_burst))
 }
 
 impl From<Quota> for Rate {
@@ -182,7 +209,8 @@ impl RateLimitBuilder {
     }
 
     /// Over the global rate, stop accepting until the rate allows one more instead of
-    /// refusing. The per-peer rate still refuses.
+    /// refusing. The per-peer rate still refuses, and a connection it refuses (or one
+    /// from an exempt peer) does not spend the global rate.
     pub fn global_backpressure(mut self) -> Self {
         self.global_mode = Mode::Backpressure;
         self
@@ -298,9 +326,15 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Decides on a connection from `ip`. `global_reserved`: the global rate was already
-    /// taken for it while the service waited to be ready (backpressure).
-    pub(super) fn admit(self: &Arc<Self>, ip: IpAddr, global_reserved: bool) -> Result<(), Reason> {
+    /// Decides on a connection from `ip`. `global_reserved`: one connection's worth of
+    /// the global rate, taken while the service waited to be ready (backpressure). It is
+    /// spent only on a connection the global rate applies to: one that is exempt or
+    /// refused for its peer's rate leaves it to the next.
+    pub(super) fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        global_reserved: &mut bool,
+    ) -> Result<(), Reason> {
         let Some(peer) = self.keying.classify(ip) else {
             self.exempt.add();
             self.admitted.add();
@@ -311,7 +345,7 @@ impl Shared {
                 per_peer.start_janitor(self);
                 self.check_peer(per_peer, peer)?;
             }
-            if !global_reserved {
+            if !std::mem::take(global_reserved) {
                 self.check_global().map_err(|retry_after| {
                     self.refused_global_rate.add();
                     Reason::GlobalRate { retry_after }

@@ -8,9 +8,14 @@
 //! [`global_backpressure`](RateLimitBuilder::global_backpressure), not accepted until the
 //! rate allows it.
 //!
-//! Exempt peers skip both rates in refuse mode. The per-peer state is a bounded table
-//! like the [per-peer limit](crate::peer_limit)'s, and a peer whose bucket has refilled
-//! is forgotten by a sweep the layer runs on its own: nothing to spawn.
+//! Exempt peers skip both rates. With global backpressure the accept loop still waits
+//! for the global rate before every accept, since it cannot know the next peer before
+//! accepting it; but only a connection that the global rate admits spends it, so neither
+//! exempt peers nor a peer refused for its own rate use up everyone's budget.
+//!
+//! The per-peer state is a bounded table like the [per-peer limit](crate::peer_limit)'s,
+//! and a peer whose bucket has refilled is forgotten by a sweep the layer runs on its
+//! own: nothing to spawn.
 //!
 //! Time is read from [`TokioClock`], which follows `tokio::time::pause`, so tests run on
 //! paused time; nothing here sleeps on real time.

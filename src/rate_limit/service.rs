@@ -4,13 +4,17 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use tokio::{io::AsyncWrite, time::Sleep};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    time::Sleep,
+};
 use tower::Service;
 
 use super::layer::Shared;
 use crate::{
     BoxError, Conn,
     admission::{Reason, ResponseFuture, Slot, refuse},
+    deadline::deadline_after,
 };
 
 /// A connection-level service under a [`RateLimitLayer`](super::RateLimitLayer).
@@ -19,7 +23,7 @@ pub struct RateLimit<S> {
     inner: S,
     shared: Arc<Shared>,
     /// With global backpressure: one connection's worth of the global rate, taken while
-    /// waiting to be ready and spent by the next `call`.
+    /// waiting to be ready and spent by the next `call` that the global rate applies to.
     reserved: bool,
     /// With global backpressure: until when the global rate allows nothing.
     wait: Option<Pin<Box<Sleep>>>,
@@ -45,7 +49,7 @@ impl<S> RateLimit<S> {
             match self.shared.check_global() {
                 Ok(()) => self.reserved = true,
                 Err(retry_after) => {
-                    let until = tokio::time::Instant::now() + retry_after;
+                    let until = deadline_after(retry_after);
                     match &mut self.wait {
                         Some(wait) => wait.as_mut().reset(until),
                         None => self.wait = Some(Box::pin(tokio::time::sleep_until(until))),
@@ -67,7 +71,7 @@ impl<S, IO> Service<Conn<IO>> for RateLimit<S>
 where
     S: Service<Conn<IO>, Response = ()>,
     S::Error: Into<BoxError>,
-    IO: AsyncWrite + Unpin,
+    IO: AsyncRead + AsyncWrite + Unpin,
 {
     type Response = ();
     type Error = BoxError;
@@ -81,8 +85,7 @@ where
     }
 
     fn call(&mut self, conn: Conn<IO>) -> Self::Future {
-        let reserved = std::mem::take(&mut self.reserved);
-        match self.shared.admit(conn.peer_addr().ip(), reserved) {
+        match self.shared.admit(conn.peer_addr().ip(), &mut self.reserved) {
             Ok(()) => ResponseFuture::admitted(self.inner.call(conn), Slot::None),
             Err(reason) => refuse_for(conn, reason, &self.shared),
         }

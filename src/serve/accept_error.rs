@@ -1,9 +1,15 @@
 use std::{io, time::Duration};
 
 /// What the accept loop does about an accept error.
+///
+/// Only a listener that is gone stops the loop, and only a shortage of resources makes it
+/// wait: anything else is taken to concern one connection (or one client of a custom
+/// listener, such as a failed TLS handshake) and skipped, so that no client can stop the
+/// server or slow down everyone else's accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AcceptError {
-    /// The connection died between the kernel queueing it and us accepting it: skip it.
+    /// One connection failed (it died before we accepted it, or its client misbehaved):
+    /// skip it.
     Connection,
     /// The process or the kernel is out of something (descriptors, buffers, memory): wait
     /// for connections to close and retry, without spinning.
@@ -14,58 +20,54 @@ pub(crate) enum AcceptError {
 
 impl AcceptError {
     pub(crate) fn classify(error: &io::Error) -> Self {
-        use io::ErrorKind::*;
-        if let Some(class) = error.raw_os_error().and_then(classify_os_error) {
-            return class;
-        }
-        match error.kind() {
-            ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock
-            | TimedOut | PermissionDenied | HostUnreachable | NetworkUnreachable | NetworkDown => {
-                Self::Connection
-            }
-            InvalidInput | NotConnected => Self::Fatal,
-            // Unknown errors are retried with back-off: never spin, never give up on a
-            // listener that may still work.
-            _ => Self::Resources,
+        match error.raw_os_error() {
+            Some(code) => classify_os_error(code),
+            None if error.kind() == io::ErrorKind::OutOfMemory => Self::Resources,
+            // Errors without an OS code come from a custom listener, or from mio, which
+            // returns `InvalidInput` for a connection reset before `accept` on macOS.
+            None => Self::Connection,
         }
     }
 }
 
 #[cfg(unix)]
-fn classify_os_error(code: i32) -> Option<AcceptError> {
-    // accept(2) on Linux: "network errors for the new socket ... should be treated like
-    // EAGAIN by retrying".
+fn classify_os_error(code: i32) -> AcceptError {
     match code {
-        libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM => Some(AcceptError::Resources),
-        libc::EBADF | libc::EINVAL | libc::ENOTSOCK | libc::EFAULT => Some(AcceptError::Fatal),
-        libc::ECONNABORTED
-        | libc::EPROTO
-        | libc::ENETDOWN
-        | libc::ENOPROTOOPT
-        | libc::EHOSTDOWN
-        | libc::EHOSTUNREACH
-        | libc::EOPNOTSUPP
-        | libc::ENETUNREACH
-        | libc::EPERM
-        | libc::ETIMEDOUT
-        | libc::EINTR
-        | libc::EAGAIN => Some(AcceptError::Connection),
-        _ => None,
+        libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM => AcceptError::Resources,
+        libc::EBADF | libc::ENOTSOCK | libc::EFAULT => AcceptError::Fatal,
+        // On Linux `EINVAL` means the socket is not listening; on macOS and the BSDs,
+        // `accept` and `getsockname` return it for a connection the peer already reset.
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        libc::EINVAL => AcceptError::Fatal,
+        // accept(2) on Linux: "network errors for the new socket ... should be treated
+        // like EAGAIN by retrying"; the other systems say much the same.
+        _ => AcceptError::Connection,
     }
 }
 
 #[cfg(not(unix))]
-fn classify_os_error(_code: i32) -> Option<AcceptError> {
-    None
+fn classify_os_error(_code: i32) -> AcceptError {
+    AcceptError::Connection
 }
 
-/// Exponential back-off for resource exhaustion: short at first, since a closing
-/// connection frees a descriptor at once, doubling up to a cap while the shortage lasts.
+/// Per-connection errors in a row after which the accept loop pauses for
+/// [`SKIP_PAUSE`]: a listener that fails every accept the same way must not spin the loop,
+/// and a flood of bad clients must still be accepted (and dropped) at tens of thousands a
+/// second.
+const SKIPS_PER_PAUSE: u32 = 32;
+/// The pause after every [`SKIPS_PER_PAUSE`] per-connection errors in a row.
+const SKIP_PAUSE: Duration = Duration::from_millis(1);
+
+/// The pauses between accept attempts after errors: an exponential back-off for resource
+/// exhaustion, short at first since a closing connection frees a descriptor at once and
+/// doubling up to a cap while the shortage lasts; and a short pause now and then during
+/// a long run of per-connection errors. A successful accept resets both.
 #[derive(Debug)]
 pub(crate) struct Backoff {
     min: Duration,
     max: Duration,
     next: Duration,
+    skipped: u32,
 }
 
 impl Backoff {
@@ -74,17 +76,28 @@ impl Backoff {
             min,
             max,
             next: min,
+            skipped: 0,
         }
     }
 
+    /// The pause after an error that means resources are short.
     pub(crate) fn next_delay(&mut self) -> Duration {
         let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
+        self.next = self.next.saturating_mul(2).min(self.max);
         delay
+    }
+
+    /// The pause, if any, after an error that concerned one connection.
+    pub(crate) fn after_skip(&mut self) -> Option<Duration> {
+        self.skipped = self.skipped.wrapping_add(1);
+        self.skipped
+            .is_multiple_of(SKIPS_PER_PAUSE)
+            .then_some(SKIP_PAUSE)
     }
 
     pub(crate) fn reset(&mut self) {
         self.next = self.min;
+        self.skipped = 0;
     }
 }
 
@@ -92,28 +105,56 @@ impl Backoff {
 mod tests {
     use super::*;
 
+    fn class_of(code: i32) -> AcceptError {
+        AcceptError::classify(&io::Error::from_raw_os_error(code))
+    }
+
     #[test]
-    fn descriptor_exhaustion_is_retried_and_a_dead_listener_is_fatal() {
+    fn only_a_dead_listener_is_fatal_and_only_a_shortage_backs_off() {
         for code in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
-            let error = io::Error::from_raw_os_error(code);
-            assert_eq!(
-                AcceptError::classify(&error),
-                AcceptError::Resources,
-                "{error}"
-            );
+            assert_eq!(class_of(code), AcceptError::Resources, "{code}");
         }
-        for code in [libc::ECONNABORTED, libc::EPROTO, libc::EINTR] {
-            let error = io::Error::from_raw_os_error(code);
+        for code in [libc::EBADF, libc::ENOTSOCK, libc::EFAULT] {
+            assert_eq!(class_of(code), AcceptError::Fatal, "{code}");
+        }
+        for code in [
+            libc::ECONNABORTED,
+            libc::EPROTO,
+            libc::EINTR,
+            libc::ENOTCONN,
+            libc::ECONNRESET,
+            libc::EPERM,
+        ] {
+            assert_eq!(class_of(code), AcceptError::Connection, "{code}");
+        }
+        let einval = if cfg!(any(target_os = "linux", target_os = "android")) {
+            AcceptError::Fatal
+        } else {
+            AcceptError::Connection
+        };
+        assert_eq!(class_of(libc::EINVAL), einval);
+    }
+
+    #[test]
+    fn errors_without_an_os_code_concern_one_connection() {
+        use io::ErrorKind::*;
+        for kind in [
+            InvalidInput,
+            NotConnected,
+            InvalidData,
+            UnexpectedEof,
+            Other,
+        ] {
             assert_eq!(
-                AcceptError::classify(&error),
+                AcceptError::classify(&kind.into()),
                 AcceptError::Connection,
-                "{error}"
+                "{kind:?}"
             );
         }
-        for code in [libc::EBADF, libc::EINVAL, libc::ENOTSOCK] {
-            let error = io::Error::from_raw_os_error(code);
-            assert_eq!(AcceptError::classify(&error), AcceptError::Fatal, "{error}");
-        }
+        assert_eq!(
+            AcceptError::classify(&OutOfMemory.into()),
+            AcceptError::Resources
+        );
     }
 
     #[test]
@@ -123,5 +164,12 @@ mod tests {
         assert_eq!(delays, [5, 10, 20, 30, 30]);
         backoff.reset();
         assert_eq!(backoff.next_delay(), Duration::from_millis(5));
+    }
+
+    #[test]
+    fn backoff_saturates_under_an_unbounded_cap() {
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::MAX);
+        let last = (0..100).map(|_| backoff.next_delay()).last();
+        assert_eq!(last, Some(Duration::MAX));
     }
 }

@@ -16,10 +16,20 @@ pub trait Listener: Send + 'static {
     /// accept loop drops it to reap finished connections or to shut down, and a
     /// connection accepted by a dropped future is lost.
     ///
-    /// An error is classified by the accept loop: per-connection errors
-    /// (`ECONNABORTED`, ...) are skipped, resource exhaustion (`EMFILE`, `ENFILE`,
-    /// `ENOBUFS`, `ENOMEM`) is retried after a back-off, and an error that means the
-    /// listener itself is gone (`EBADF`, `EINVAL`, `ENOTSOCK`) ends the loop.
+    /// An error is classified by the accept loop:
+    ///
+    /// - an OS error that means the listener itself is gone (`EBADF`, `ENOTSOCK`,
+    ///   `EFAULT`, and `EINVAL` on Linux, where it means the socket is not listening)
+    ///   ends the loop;
+    /// - resource exhaustion (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`, or
+    ///   [`io::ErrorKind::OutOfMemory`]) is retried after a back-off;
+    /// - anything else is taken to concern one connection, and skipped at once: return
+    ///   any error for a client that fails a handshake or sends garbage. A run of such
+    ///   errors pauses the loop for 1 ms after every 32, so a listener that fails every
+    ///   accept does not spin it.
+    ///
+    /// To end the loop from a custom listener, return a dead listener's OS error, such
+    /// as `io::Error::from_raw_os_error(libc::EBADF)`.
     fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Io, SocketAddr)>> + Send;
 
     /// The address this listener is bound to.
@@ -28,6 +38,9 @@ pub trait Listener: Send + 'static {
     /// The local address of an accepted connection, when the listener is bound to a
     /// wildcard address (`0.0.0.0`, `::`) and so cannot tell: the listener's own address
     /// by default.
+    ///
+    /// An error concerns this connection only (its peer reset it since it was
+    /// accepted): the accept loop drops the connection and goes on.
     fn connection_local_addr(&self, io: &Self::Io) -> io::Result<SocketAddr> {
         let _ = io;
         self.local_addr()

@@ -5,10 +5,13 @@
 //!
 //! - it waits for the service's `poll_ready` before each accept, so a layer that is
 //!   full pauses accepting and new connections wait in the kernel's backlog;
-//! - it survives accept errors: `EMFILE`, `ENFILE`, `ENOBUFS` and `ENOMEM` are logged
-//!   (at most once every few seconds) and retried after a growing back-off, never in a
-//!   spin; per-connection errors such as `ECONNABORTED` are skipped; only an error that
-//!   means the listener is gone ends the loop;
+//! - it survives accept errors. Only an error that means the listener is gone ends the
+//!   loop (`EBADF`, `ENOTSOCK`, `EFAULT`, and `EINVAL` on Linux). `EMFILE`, `ENFILE`,
+//!   `ENOBUFS` and `ENOMEM` are logged (at most once every few seconds) and retried
+//!   after a growing back-off. Any other error, such as `ECONNABORTED` or a custom
+//!   listener's failed handshake, concerns one connection and is skipped at once, so no
+//!   client can stop the server or slow down accepts for the others; only a long run of
+//!   them pauses the loop now and then, so it never spins (see [`Listener::accept`]);
 //! - it runs each connection in its own task, inside a tracing span carrying the peer
 //!   address; a connection that fails or panics is logged and never stops the loop;
 //! - on shutdown it stops accepting, raises every connection's [`GracefulClose`], waits up
@@ -141,9 +144,10 @@ impl<L: Listener, F> Server<L, F> {
     ///
     /// # Errors
     ///
-    /// An error that means the listener is gone (`EBADF`, `EINVAL`, `ENOTSOCK`), or the
-    /// service failing in `poll_ready` (wrapped in [`io::Error::other`]). Live
-    /// connections are drained before the error is returned.
+    /// An error that means the listener is gone (`EBADF`, `ENOTSOCK`, `EFAULT`, and
+    /// `EINVAL` on Linux), or the service failing in `poll_ready` (wrapped in
+    /// [`io::Error::other`]). Live connections are drained before the error is
+    /// returned.
     pub async fn serve<S>(self, mut service: S) -> io::Result<ShutdownReport>
     where
         F: Future<Output = ()>,
@@ -185,39 +189,55 @@ impl<L: Listener, F> Server<L, F> {
                 () = &mut shutdown => break Ok(()),
                 accepted = listener.accept() => accepted,
             };
-            let accepted = accepted.and_then(|(io, peer_addr)| {
-                let local_addr = match bound {
-                    Some(addr) => addr,
-                    None => listener.connection_local_addr(&io)?,
-                };
-                Ok(Conn::new(io, peer_addr, local_addr))
-            });
-            let error = match accepted {
+            let accepted = accepted
+                .map_err(|error| (AcceptError::classify(&error), error))
+                .and_then(|(io, peer_addr)| {
+                    let local_addr = match bound {
+                        Some(addr) => addr,
+                        // Fails only if the peer reset the connection since it was
+                        // accepted: that one connection is skipped.
+                        None => listener
+                            .connection_local_addr(&io)
+                            .map_err(|error| (AcceptError::Connection, error))?,
+                    };
+                    Ok(Conn::new(io, peer_addr, local_addr))
+                });
+            let (class, error) = match accepted {
                 Ok(conn) => {
                     backoff.reset();
                     connections.spawn(&mut service, conn);
                     continue;
                 }
-                Err(error) => error,
+                Err(failure) => failure,
             };
-            match AcceptError::classify(&error) {
+            let pause = match class {
                 AcceptError::Connection => {
                     tracing::debug!(%error, "accept failed for one connection; skipped");
+                    let pause = backoff.after_skip();
+                    if let Some(pause) = pause
+                        && let Some(suppressed) = error_log.allow()
+                    {
+                        tracing::warn!(%error, ?pause, suppressed, "accepts keep failing; pausing");
+                    }
+                    pause
                 }
                 AcceptError::Resources => {
                     let delay = backoff.next_delay();
                     if let Some(suppressed) = error_log.allow() {
                         tracing::warn!(%error, ?delay, suppressed, "accept failed; backing off");
                     }
-                    tokio::select! {
-                        biased;
-                        () = &mut shutdown => break Ok(()),
-                        () = tokio::time::sleep(delay) => {}
-                    }
+                    Some(delay)
                 }
                 AcceptError::Fatal => {
                     tracing::error!(%error, "listener failed; shutting down");
                     break Err(error);
+                }
+            };
+            if let Some(pause) = pause {
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break Ok(()),
+                    () = tokio::time::sleep(pause) => {}
                 }
             }
         };

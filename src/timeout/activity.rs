@@ -32,6 +32,7 @@ use futures_util::task::AtomicWaker;
 use tokio::time::Instant;
 
 use super::{Shared, TimeoutError};
+use crate::deadline::deadline_from;
 
 /// No request in progress.
 const IDLE: u64 = u64::MAX;
@@ -452,9 +453,7 @@ impl Activity {
     }
 
     fn instant(&self, at: u64) -> Instant {
-        self.started
-            .checked_add(Duration::from_nanos(at))
-            .unwrap_or_else(far_future)
+        deadline_from(self.started, Duration::from_nanos(at))
     }
 }
 
@@ -485,11 +484,6 @@ impl Earliest {
         self.0 = Some(self.0.map_or(deadline, |earliest| earliest.min(deadline)));
         false
     }
-}
-
-/// An instant no deadline reaches, for durations meant as "never".
-pub(crate) fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(30 * 365 * 24 * 3600)
 }
 
 pub(crate) fn nanos(duration: Duration) -> u64 {

@@ -6,10 +6,8 @@ use std::{
 
 use tokio::time::{Instant, Sleep};
 
-use super::{
-    Activity, TimeoutError,
-    activity::{RequestLimit, far_future},
-};
+use super::{Activity, TimeoutError, activity::RequestLimit};
+use crate::deadline::deadline_from;
 
 /// One request of a multiplexed protocol (an HTTP/2 stream with a body) held to the
 /// request timeout on its own, from its dispatch until its handler answers: the
@@ -32,7 +30,7 @@ impl StreamDeadline {
             limit,
             started,
             bytes_at_start: activity.bytes_read(),
-            sleep: Box::pin(tokio::time::sleep_until(after(started, limit.base))),
+            sleep: Box::pin(tokio::time::sleep_until(deadline_from(started, limit.base))),
         }
     }
 
@@ -46,7 +44,7 @@ impl StreamDeadline {
                 .bytes_read()
                 .saturating_sub(self.bytes_at_start);
             let allowed = self.limit.allowance(received);
-            let due = after(self.started, allowed);
+            let due = deadline_from(self.started, allowed);
             if Instant::now() >= due {
                 self.activity.force_expiry(TimeoutError::Request(allowed));
                 return Poll::Ready(());
@@ -54,8 +52,4 @@ impl StreamDeadline {
             self.sleep.as_mut().reset(due);
         }
     }
-}
-
-fn after(start: Instant, duration: std::time::Duration) -> Instant {
-    start.checked_add(duration).unwrap_or_else(far_future)
 }

@@ -126,6 +126,16 @@ impl LoopbackServer {
         S::Future: Send + 'static,
     {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(listener, service, drain)
+    }
+
+    /// Serves `service` on `listener` with a drain deadline of `drain`.
+    pub fn start_on<S>(listener: TcpListener, service: S, drain: Duration) -> Self
+    where
+        S: tower::Service<Conn<TcpStream>, Response = ()> + Send + 'static,
+        S::Error: Into<BoxError> + 'static,
+        S::Future: Send + 'static,
+    {
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let server = Server::new(listener)
