@@ -8,7 +8,8 @@
 //! - `GET /` answers `hello`;
 //! - `GET /login` with `Authorization: Basic` for `alice:secret` answers
 //!   `welcome alice`, anything else `401` with `WWW-Authenticate: Basic realm="demo"`;
-//! - `GET /slow?ms=N` answers after N ms (at most 10000).
+//! - `GET /slow?ms=N` answers after N ms (at most 10000);
+//! - `GET /ws` is a WebSocket that echoes every message.
 //!
 //! Protected (the default), connections run through the crate's accept loop, its
 //! protection layers (per-peer rate, per-peer cap, total cap, timeouts; see `--help` for
@@ -16,8 +17,11 @@
 //! `503` or `429` (a banned peer too). A request, for the request timeout, runs from its
 //! first byte until its head is in (or, with a body, until the handler answers). A `401`
 //! from `/login` is a failed login: the response is sent, then the connection is closed,
-//! and the failure counts toward the peer's ban. `--unprotected` serves the same router
-//! with plain `axum::serve`.
+//! and the failure counts toward the peer's ban; on HTTP/2, requests with credentials
+//! wait for the connection's tries, so concurrent guesses get one password check. A
+//! WebSocket holds its place under the caps and is closed by the idle timeout like
+//! any other connection. `--unprotected` serves the same router with plain
+//! `axum::serve`.
 
 mod common;
 

@@ -4,7 +4,10 @@ use std::time::Duration;
 
 use axum::{
     Extension, Router,
-    extract::RawQuery,
+    extract::{
+        RawQuery,
+        ws::{Message, WebSocket, WebSocketUpgrade},
+    },
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
@@ -66,6 +69,26 @@ fn app() -> Router {
         .route("/", get(|| async { "hello\n" }))
         .route("/login", get(login))
         .route("/slow", get(slow))
+        .route("/ws", get(websocket))
+}
+
+/// `GET /ws`: a WebSocket that echoes every message. Protected, its connection counts
+/// against every cap and timeout for as long as it is open.
+async fn websocket(upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(echo)
+}
+
+async fn echo(mut socket: WebSocket) {
+    while let Some(Ok(message)) = socket.recv().await {
+        let echoed = match message {
+            Message::Text(_) | Message::Binary(_) => message,
+            Message::Close(_) => return,
+            Message::Ping(_) | Message::Pong(_) => continue,
+        };
+        if socket.send(echoed).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// `GET /login`: HTTP Basic for `alice:secret`. A success is reported on the
