@@ -2,12 +2,14 @@
 //! first-byte, request and lifetime timeouts, for any protocol.
 //!
 //! "A client could connect and send no bytes at all. The socket would remain open
-//! forever." [`TimeoutLayer`] closes that, for raw TCP protocols and for the parts of
-//! HTTP that hyper does not guard (protocol detection, the HTTP/2 preface):
+//! forever." [`TimeoutLayer`] closes that, for raw TCP protocols and for HTTP:
 //!
 //! - **first byte**: nothing received within S of connecting;
-//! - **idle**: no byte read or written for S (Twisted's `TimeoutFactory`, HAProxy's
-//!   `timeout client`);
+//! - **idle**: nothing useful for S (Twisted's `TimeoutFactory`, HAProxy's `timeout
+//!   client`): no byte read or written, or, for a protocol that says when it is busy
+//!   (the [HTTP adapter](crate::http)), no request open, whatever else moves (HTTP/2
+//!   PINGs); and a client that holds the server's output back must take it at a
+//!   [minimum rate](TimeoutBuilder::idle_min_send_rate), so a slow reader is idle too;
 //! - **request**: once a request's first byte has arrived, the request must be complete
 //!   within S (nginx's `client_header_timeout`, HAProxy's `timeout http-request`), so a
 //!   client that trickles a byte every few seconds is closed however it trickles;
@@ -17,8 +19,8 @@
 //!   [`GracefulClose`](crate::GracefulClose) is raised: HTTP answers `Connection: close`
 //!   or sends GOAWAY) and cut after a grace period.
 //!
-//! The stream is wrapped in a [`TimedIo`] that records, on each read and write, the time
-//! and the bytes read; the connection's future races the inner future against one timer,
+//! The stream is wrapped in a [`TimedIo`] that records, on each read and write, the
+//! bytes moved; the connection's future races the inner future against one timer,
 //! re-armed only when it fires and finds activity since (a lazy deadline). When a
 //! deadline passes, the inner future is dropped, which closes the connection even if the
 //! protocol was not reading, and the connection fails with an
@@ -28,7 +30,8 @@
 //! Where a request starts and ends is the protocol's to say: the layer puts a
 //! [`RequestTimer`] in the connection's extensions. The first byte read starts a request,
 //! [`RequestTimer::finish`] ends it, and the next byte read starts the next one. The
-//! [HTTP adapter](crate::http) does this for HTTP/1.1 on its own.
+//! [HTTP adapter](crate::http) does this on its own, for every HTTP/1.1 request and every
+//! HTTP/2 stream with a body, and adds its own deadlines where the layer sets none.
 //!
 //! Time is tokio's, so tests run on `tokio::time::pause`.
 //!
