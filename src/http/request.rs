@@ -67,7 +67,7 @@ where
                 // HTTP/2's preface and first head were timed from the first byte; its
                 // frames after that are not requests: each stream is timed on its own.
                 activity.stop_timing_requests();
-                deadline = has_body.then(|| StreamDeadline::start(activity, limit));
+                deadline = has_body.then(|| Box::new(StreamDeadline::start(activity, limit)));
             } else if has_body {
                 // Complete once the handler has answered, and so read the body or
                 // given up on it.
@@ -115,7 +115,8 @@ pub(super) struct ExchangeFuture<F> {
     inner: F,
     close: Option<GracefulClose>,
     finish_on_response: Option<Arc<Activity>>,
-    deadline: Option<StreamDeadline>,
+    /// Boxed: most requests have none.
+    deadline: Option<Box<StreamDeadline>>,
     exchange: Option<Exchange>,
 }
 

@@ -11,11 +11,13 @@ use std::{
     io::{self, IoSlice},
     pin::Pin,
     sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     task::{Context, Poll},
 };
+
+use parking_lot::Mutex;
 
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
@@ -37,8 +39,9 @@ pub(super) struct IoOwner<IO> {
 
 #[derive(Debug)]
 struct Slot<IO> {
-    /// The stream, until the owner closes it. Uncontended but for that close: one
-    /// holder polls at a time.
+    /// The stream, until the owner closes it. Taken on every read and write, and
+    /// uncontended but for that close: one holder polls at a time. parking_lot's lock
+    /// is a single atomic each way, with no poisoning to check.
     io: Mutex<Option<IO>>,
     released: AtomicBool,
     on_release: Notify,
@@ -52,12 +55,6 @@ pub(super) fn share<IO>(io: IO) -> (SharedIo<IO>, IoOwner<IO>) {
         on_release: Notify::new(),
     });
     (SharedIo { slot: slot.clone() }, IoOwner { slot })
-}
-
-impl<IO> Slot<IO> {
-    fn lock(&self) -> MutexGuard<'_, Option<IO>> {
-        self.io.lock().unwrap_or_else(PoisonError::into_inner)
-    }
 }
 
 impl<IO> IoOwner<IO> {
@@ -78,7 +75,7 @@ impl<IO> IoOwner<IO> {
 impl<IO> Drop for IoOwner<IO> {
     fn drop(&mut self) {
         // Dropping the stream closes it, wherever its holder is.
-        drop(self.slot.lock().take());
+        drop(self.slot.io.lock().take());
     }
 }
 
@@ -104,7 +101,7 @@ impl<IO> SharedIo<IO> {
     where
         IO: Unpin,
     {
-        match self.slot.lock().as_mut() {
+        match self.slot.io.lock().as_mut() {
             Some(io) => use_io(Pin::new(io)),
             None => Poll::Ready(Err(closed())),
         }
@@ -147,7 +144,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for SharedIo<IO> {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.slot.lock().as_ref().is_some_and(IO::is_write_vectored)
+        self.slot
+            .io
+            .lock()
+            .as_ref()
+            .is_some_and(IO::is_write_vectored)
     }
 }
 

@@ -7,7 +7,7 @@ use std::{
 };
 
 use http::{
-    HeaderMap, Method, Request, Response, StatusCode, Uri,
+    HeaderMap, Method, Request, Response, StatusCode, Uri, Version,
     header::{AUTHORIZATION, PROXY_AUTHORIZATION},
 };
 use http_body::{Body, Frame, SizeHint};
@@ -185,11 +185,13 @@ where
         let gate = session.as_ref().and_then(|session| {
             if session.state.is_evicted() {
                 Some(Gate::Refused)
-            } else if !session.is_authenticated()
+            } else if request.version() >= Version::HTTP_2
+                && !session.is_authenticated()
                 && self
                     .classify
                     .is_attempt(request.method(), request.uri(), request.headers())
             {
+                // HTTP/1 serves one request at a time on a connection: nothing to hold.
                 Some(Gate::Waiting(session.attempt()))
             } else {
                 None

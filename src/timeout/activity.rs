@@ -127,9 +127,10 @@ pub(crate) struct Activity {
     started: Instant,
     /// The layer's deadlines and counters.
     pub(super) shared: Arc<Shared>,
-    /// Deadlines the protocol adds where the layer has none (the HTTP adapter's own);
-    /// set before the connection is first polled.
-    protocol_deadlines: OnceLock<Deadlines>,
+    /// The layer's deadlines merged with those the protocol adds where the layer has
+    /// none (the HTTP adapter's own); set before the connection is first polled, if the
+    /// protocol adds any.
+    with_protocol: OnceLock<Deadlines>,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
     /// The last write found the stream full: the client is not taking output.
@@ -149,6 +150,8 @@ pub(crate) struct Activity {
     wound_down: AtomicBool,
     /// The timer's task, woken to re-arm when a request starts.
     timer: AtomicWaker,
+    /// Set when a wake-up took the timer's registration, which it must then renew.
+    registration_taken: AtomicBool,
     /// Whether the protocol declares its exchanges, so that idle means none is open.
     declared: AtomicBool,
     exchanges_opened: AtomicU64,
@@ -167,7 +170,7 @@ impl Activity {
         Self {
             started: Instant::now(),
             shared,
-            protocol_deadlines: OnceLock::new(),
+            with_protocol: OnceLock::new(),
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
             write_blocked: AtomicBool::new(false),
@@ -178,6 +181,7 @@ impl Activity {
             polling: AtomicBool::new(false),
             wound_down: AtomicBool::new(false),
             timer: AtomicWaker::new(),
+            registration_taken: AtomicBool::new(false),
             declared: AtomicBool::new(false),
             exchanges_opened: AtomicU64::new(0),
             exchanges_closed: AtomicU64::new(0),
@@ -192,20 +196,18 @@ impl Activity {
 
     /// The deadlines this connection is held to: the layer's, and the protocol's where
     /// the layer has none.
-    pub(crate) fn deadlines(&self) -> Deadlines {
-        match self.protocol_deadlines.get() {
-            Some(protocol) => self.shared.deadlines.or(*protocol),
-            None => self.shared.deadlines,
-        }
+    pub(crate) fn deadlines(&self) -> &Deadlines {
+        self.with_protocol.get().unwrap_or(&self.shared.deadlines)
     }
 
     /// Adds the protocol's own deadlines where the layer has none. Called once, before
     /// the connection is first polled.
     pub(crate) fn add_protocol_deadlines(&self, deadlines: Deadlines) {
-        if self.shared.deadlines.request.is_none() && deadlines.request.is_some() {
+        let layer = &self.shared.deadlines;
+        if layer.request.is_none() && deadlines.request.is_some() {
             self.request_armed.store(true, Ordering::Relaxed);
         }
-        self.protocol_deadlines.set(deadlines).ok();
+        self.with_protocol.set(layer.or(deadlines)).ok();
     }
 
     /// `n` bytes were read. Only the stream writes the counts, so a load and a store
@@ -250,6 +252,7 @@ impl Activity {
         // timer's task polling, that task's `take_rearm` comes after this store.
         self.rearm.store(true, Ordering::SeqCst);
         if !self.polling.load(Ordering::SeqCst) {
+            self.registration_taken.store(true, Ordering::Release);
             self.timer.wake();
         }
     }
@@ -319,6 +322,12 @@ impl Activity {
     /// Registers the timer's task, to be woken when a request starts.
     pub(crate) fn register_timer(&self, waker: &std::task::Waker) {
         self.timer.register(waker);
+    }
+
+    /// Whether a wake-up has taken the timer's registration since it last asked.
+    pub(crate) fn take_registration_taken(&self) -> bool {
+        self.registration_taken.load(Ordering::Relaxed)
+            && self.registration_taken.swap(false, Ordering::Acquire)
     }
 
     /// Whether a request started since the timer last looked.

@@ -153,6 +153,9 @@ where
             // Requests start (and streams expire) on other tasks too: registered for
             // their wake-ups, again only when this task's waker changes or a wake-up
             // has taken the registration, not on every poll.
+            if this.activity.take_registration_taken() {
+                *this.registered = None;
+            }
             loop {
                 if !this
                     .registered
@@ -167,7 +170,10 @@ where
                     break;
                 }
                 look = true;
-                *this.registered = None;
+                // A wake-up that raised it may have taken the registration just now.
+                if this.activity.take_registration_taken() {
+                    *this.registered = None;
+                }
             }
         }
         let mut fired = false;
@@ -179,15 +185,14 @@ where
                 fired = true;
             }
             look = false;
-            let deadlines = this.activity.deadlines();
-            let shared = &this.activity.shared;
-            let next = match this.activity.check(&deadlines, this.idle) {
+            let activity = &**this.activity;
+            let next = match activity.check(activity.deadlines(), this.idle) {
                 Check::Expired(error) => {
-                    shared.expired(error);
+                    activity.shared.expired(error);
                     return Poll::Ready(Err(std::io::Error::from(error).into()));
                 }
                 Check::WindDown(grace_ends) => {
-                    shared.wound_down();
+                    activity.shared.wound_down();
                     if let Some(close) = this.close {
                         close.request_cut_by_caller();
                     }
