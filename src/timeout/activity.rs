@@ -399,18 +399,29 @@ impl Activity {
         let period = nanos(limit.after);
         let expired = TimeoutError::Idle(limit.after);
         let written = self.bytes_written.load(Ordering::Relaxed);
-        let held_back = self.output_held_back(written, watch);
+        let waiting = self.output_waiting(written, watch);
+        let held_back = waiting.is_some();
 
-        if held_back {
-            let (since, written_then) = *watch.held_back.get_or_insert((now, written));
-            let window_ends = since.saturating_add(period);
+        if let Some(waiting) = waiting {
+            let since = *watch.held_back.get_or_insert(HeldBack {
+                since: now,
+                written,
+                waiting,
+            });
+            let window_ends = since.since.saturating_add(period);
             if now >= window_ends {
-                let taken = written - written_then;
-                let owed = u128::from(limit.min_send_rate) * u128::from(period) / 1_000_000_000;
-                if u128::from(taken) < owed {
+                // The minimum rate's worth, or all that was waiting if that is less: a
+                // client that takes everything it was sent is not slow.
+                let owed = (u128::from(limit.min_send_rate) * u128::from(period) / 1_000_000_000)
+                    .min(u128::from(since.waiting));
+                if u128::from(written - since.written) < owed {
                     return Some(expired);
                 }
-                watch.held_back = Some((now, written));
+                watch.held_back = Some(HeldBack {
+                    since: now,
+                    written,
+                    waiting,
+                });
                 next.passed(now.saturating_add(period), now);
             } else {
                 next.passed(window_ends, now);
@@ -446,19 +457,21 @@ impl Activity {
         None
     }
 
-    /// Whether output is waiting for the client: the stream is full, or the protocol
-    /// was handed more than has been written. Writes run ahead of what was handed by
-    /// the protocol's framing; that lead is learnt whenever nothing waits.
-    fn output_held_back(&self, written: u64, watch: &mut IdleWatch) -> bool {
-        if self.write_blocked.load(Ordering::Relaxed) {
-            return true;
-        }
+    /// How much output waits for the client, if any: what the protocol was handed
+    /// beyond what has been written (writes run ahead of it by the protocol's framing,
+    /// a lead learnt whenever nothing waits), or an amount not known when the stream is
+    /// full and the protocol says nothing of what it sends.
+    fn output_waiting(&self, written: u64, watch: &mut IdleWatch) -> Option<u64> {
         let handed = self.handed.load(Ordering::Relaxed);
-        if written >= handed.saturating_add(watch.framing) {
-            watch.framing = written - handed.min(written);
-            return false;
+        let expected = handed.saturating_add(watch.framing);
+        if written < expected {
+            return Some(expected - written);
         }
-        true
+        if self.write_blocked.load(Ordering::Relaxed) {
+            return Some(u64::MAX);
+        }
+        watch.framing = written - handed.min(written);
+        None
     }
 
     fn instant(&self, at: u64) -> Instant {
@@ -474,11 +487,21 @@ pub(crate) struct IdleWatch {
     moved: u64,
     /// The look since which nothing has moved.
     quiet_since: u64,
-    /// Since when output has waited for the client, and the bytes written then.
-    held_back: Option<(u64, u64)>,
+    /// Since when output has waited for the client, in the period being judged.
+    held_back: Option<HeldBack>,
     /// How far writes ran ahead of what the protocol was handed, the last time nothing
     /// waited: its framing.
     framing: u64,
+}
+
+/// Output waiting for the client, as it stood when a period of waiting began.
+#[derive(Debug, Clone, Copy)]
+struct HeldBack {
+    since: u64,
+    /// Bytes written then.
+    written: u64,
+    /// Bytes waiting then.
+    waiting: u64,
 }
 
 /// The earliest deadline still ahead.
@@ -658,6 +681,44 @@ mod tests {
                 assert!(matches!(check, Check::Next(Some(_))), "{check:?}");
             }
         }
+        assert_eq!(
+            activity.check(&deadlines, &mut watch),
+            Check::Expired(TimeoutError::Idle(secs(10)))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_takes_all_that_waited_is_not_slow() {
+        let deadlines = Deadlines {
+            idle: Some(IdleLimit {
+                after: secs(10),
+                min_send_rate: 100,
+            }),
+            ..Deadlines::default()
+        };
+        let activity = activity(deadlines);
+        activity.declare_exchanges();
+        activity.open_exchange();
+        let mut watch = IdleWatch::default();
+        // An event stream: a few bytes at a time, each taken within the period.
+        for _ in 0..10 {
+            activity.handed(20);
+            assert!(matches!(
+                activity.check(&deadlines, &mut watch),
+                Check::Next(Some(_))
+            ));
+            tokio::time::advance(secs(9)).await;
+            activity.on_write(20);
+            tokio::time::advance(secs(2)).await;
+            assert!(matches!(
+                activity.check(&deadlines, &mut watch),
+                Check::Next(Some(_))
+            ));
+        }
+        // Twenty bytes left waiting a whole period are not taken: slow.
+        activity.handed(20);
+        activity.check(&deadlines, &mut watch);
+        tokio::time::advance(secs(10)).await;
         assert_eq!(
             activity.check(&deadlines, &mut watch),
             Check::Expired(TimeoutError::Idle(secs(10)))
