@@ -58,8 +58,7 @@ pub const DEFAULT_BAN: Duration = Duration::from_secs(600);
 pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The `--help` lines of the protection flags every example takes.
-pub const USAGE: &str = "\
-  --max-connections N   concurrent connections in all (default 4096, or 3/4 of the
+pub const USAGE: &str = "  --max-connections N   concurrent connections in all (default 4096, or 3/4 of the
                         descriptor limit if that is less)
   --backpressure        when at --max-connections, stop accepting instead of refusing
   --max-per-peer N      concurrent connections per peer key (default 32)
@@ -68,7 +67,9 @@ pub const USAGE: &str = "\
   --burst N             burst for --rate (default: the rate)
   --global-rate N       new connections per second in all (default 2000)
   --exempt CIDR         peers that skip per-peer limits, rates and bans (repeatable)
-  --idle-timeout S      close a connection idle for S seconds (default 60)
+  --idle-timeout S      close a connection idle for S seconds (default 60): nothing moved
+                        (HTTP: no request open; PINGs do not count), or output waiting
+                        for a client that takes under 256 bytes a second of it
   --first-byte-timeout S
                         close a connection silent for S seconds after connecting (default 10)
   --request-timeout S   close a connection whose request is not complete S seconds
@@ -80,8 +81,7 @@ pub const USAGE: &str = "\
   --ban S               the first ban; each repeat offence doubles it, up to 24 hours (default 600)";
 
 /// The `--help` line of the flag only login_server takes.
-pub const LOGIN_TIMEOUT_USAGE: &str = "\
-  --login-timeout S     close a connection not logged in S seconds after connecting (default 30)";
+pub const LOGIN_TIMEOUT_USAGE: &str = "  --login-timeout S     close a connection not logged in S seconds after connecting (default 30)";
 
 /// The protection settings, from the defaults and the flags.
 #[derive(Debug, Clone)]
