@@ -44,6 +44,14 @@ fn app() -> Router {
         )
         .route("/big", get(|| async { vec![b'x'; BIG] }))
         .route(
+            "/compute",
+            post(|body: String| async move {
+                // A handler that takes its time once it has the whole request.
+                tokio::time::sleep(secs(40)).await;
+                format!("{} bytes computed\n", body.len())
+            }),
+        )
+        .route(
             "/sleep",
             get(|RawQuery(query): RawQuery| async move {
                 let seconds: u64 = query.unwrap().parse().unwrap();
@@ -179,8 +187,84 @@ mod on_its_own {
     }
 }
 
+mod on_its_own_slow_readers_and_handlers {
+    use super::*;
+
+    /// An HTTP/2 client that opens no window for the response: its `GET /` is answered
+    /// with headers, and the body waits for the client forever.
+    async fn never_taking(
+        connection: JoinHandle<Result<(), BoxError>>,
+        client: DuplexStream,
+        pings_every: Duration,
+    ) -> Duration {
+        let mut builder = h2::client::Builder::new();
+        builder.initial_window_size(0);
+        let (mut sender, mut pings) = h2_client(client, &builder).await;
+        let (response, _) = sender.send_request(h2_get("/"), true).unwrap();
+        let response = within(secs(60), response).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let began = Instant::now();
+        // PING acknowledgements are written bytes, but not data taken.
+        let keep_alive = tokio::spawn(async move {
+            for _ in 0..100_000 {
+                tokio::time::sleep(pings_every).await;
+                if pings.ping(h2::Ping::opaque()).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let outcome = within(secs(3600), connection).await.unwrap();
+        assert!(matches!(timed_out(outcome), TimeoutError::Idle(_)));
+        keep_alive.abort();
+        began.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_the_client_never_takes_is_idle() {
+        let (connection, client) = serve_one(HttpService::new(app()));
+        let lasted = never_taking(connection, client, secs(3600)).await;
+        assert!(lasted <= secs(60) + secs(60) / 8, "{lasted:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_do_not_count_as_data_taken() {
+        let (connection, client) = serve_one(HttpService::new(app()));
+        let lasted = never_taking(connection, client, Duration::from_millis(50)).await;
+        assert!(lasted <= secs(60) + secs(60) / 8, "{lasted:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_handler_slower_than_the_head_deadline_is_not_cut() {
+        let (connection, client) = serve_one(HttpService::new(app()));
+        let mut h1 = Http1Client::connect(client).await;
+        let answer = within(secs(120), h1.post("/compute", "hello"))
+            .await
+            .unwrap();
+        assert_eq!(answer.body, "5 bytes computed\n");
+        assert!(!connection.is_finished());
+    }
+}
+
 mod under_a_timeout_layer {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_handler_slower_than_the_request_timeout_is_not_cut() {
+        let (connection, client) = layered();
+        let (mut sender, _pings) = h2_client(client, &h2::client::Builder::new()).await;
+        let upload = http::Request::post("http://localhost/compute")
+            .body(())
+            .unwrap();
+        let (response, mut body) = sender.send_request(upload, false).unwrap();
+        body.send_data(Bytes::from_static(b"hello"), true).unwrap();
+        // The body is all in at once; its handler then takes 40 s, past the 10 s
+        // request timeout, and its neighbours are served meanwhile.
+        let (neighbour, _) = sender.send_request(h2_get("/"), true).unwrap();
+        assert_eq!(within(secs(1), neighbour).await.unwrap().status(), 200);
+        let response = within(secs(60), response).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(!connection.is_finished());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn pings_do_not_keep_an_http2_connection_alive() {

@@ -65,6 +65,44 @@ fn upgrading_app(
     })
 }
 
+/// An application whose upgraded stream is read by a task until it fails, as a
+/// WebSocket echo does; `ended` hears when that task is done.
+fn reading_app(
+    ended: mpsc::UnboundedSender<std::io::Result<usize>>,
+) -> impl Service<
+    Request<Incoming>,
+    Response = Response<Empty<Bytes>>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
++ Send
++ 'static {
+    service_fn(move |mut request: Request<Incoming>| {
+        let ended = ended.clone();
+        let on_upgrade = hyper::upgrade::on(&mut request);
+        async move {
+            tokio::spawn(async move {
+                let mut stream = hyper_util::rt::TokioIo::new(on_upgrade.await.expect("upgraded"));
+                let mut buf = [0u8; 64];
+                let outcome = loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) => break Ok(0),
+                        Ok(_) => {}
+                        Err(error) => break Err(error),
+                    }
+                };
+                ended.send(outcome).ok();
+            });
+            Ok(Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header(header::CONNECTION, "upgrade")
+                .header(header::UPGRADE, "x")
+                .body(Empty::new())
+                .unwrap())
+        }
+    })
+}
+
 /// Sends the upgrade request and reads the `101` head.
 async fn upgrade(client: &mut DuplexStream) {
     client.write_all(UPGRADE_REQUEST).await.unwrap();
@@ -140,6 +178,26 @@ async fn an_upgraded_connection_keeps_its_slot_and_is_closed_at_the_idle_timeout
     assert_eq!(timeout, Some(TimeoutError::Idle(secs(5))), "{error}");
     assert_eq!(limit.stats().live, 0);
     assert_eq!(timeouts.stats().idle, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_holder_reading_a_stream_closed_at_the_idle_timeout_is_told_and_ends() {
+    let timeouts = TimeoutLayer::builder().idle(secs(5)).build().unwrap();
+    let (ended, mut ended_rx) = mpsc::unbounded_channel();
+    let service = ServiceBuilder::new()
+        .layer(timeouts)
+        .service(HttpService::new(reading_app(ended)));
+    let (conn, mut client) = duplex_conn("192.0.2.1:1");
+    let connection = tokio::spawn(service.oneshot(conn));
+    upgrade(&mut client).await;
+    within(secs(7), eof(&mut client)).await;
+    within(secs(1), connection).await.unwrap().unwrap_err();
+    // The task that held the stream is not left waiting on it forever.
+    let outcome = within(secs(1), ended_rx.recv()).await.unwrap();
+    assert_eq!(
+        outcome.unwrap_err().kind(),
+        std::io::ErrorKind::ConnectionAborted
+    );
 }
 
 #[tokio::test(start_paused = true)]

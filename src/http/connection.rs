@@ -12,6 +12,7 @@ use tower::Service;
 
 use super::{
     Config,
+    frames::FrameWatch,
     request::{ConnShared, RequestService},
     shared_io,
 };
@@ -22,6 +23,7 @@ pub(super) async fn serve<IO, S, B>(
     service: S,
     close: GracefulClose,
     config: Arc<Config>,
+    timed_by_layer: bool,
 ) -> Result<(), BoxError>
 where
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -36,21 +38,31 @@ where
     // The adapter tells the timer where requests end; handlers have no use for it.
     parts.extensions.remove::<RequestTimer>();
     let timed = parts.timed.take();
+    // A timeout layer's request timeout holds request bodies too; the adapter's own
+    // holds heads only.
+    let times_bodies = timed_by_layer
+        && timed
+            .as_ref()
+            .is_some_and(|activity| activity.layer_deadlines().request.is_some());
     if let Some(activity) = &timed {
         activity.declare_exchanges();
     }
+    let frames = timed
+        .as_ref()
+        .map(|activity| FrameWatch::new(activity.clone(), times_bodies));
     let service = RequestService {
         inner: service,
         conn: Arc::new(ConnShared {
-            request_limit: timed
+            times_heads: timed
                 .as_ref()
-                .and_then(|activity| activity.deadlines().request),
+                .is_some_and(|activity| activity.deadlines().request.is_some()),
+            times_bodies,
             timed: timed.clone(),
             extensions: parts.extensions,
             close: close.clone(),
         }),
     };
-    let (io, owner) = shared_io::share(io);
+    let (io, owner) = shared_io::share(io, frames);
     let connection = config
         .hyper
         .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));

@@ -22,9 +22,10 @@
 //!   of a response counting as idle;
 //! - tells a [`TimeoutLayer`](crate::timeout::TimeoutLayer) above it when requests
 //!   start and end, and when the connection is busy, so that the layer's request
-//!   timeout holds every HTTP/1 request and every HTTP/2 stream's body, and its idle
-//!   timeout means "no request open"; the adapter's own timeouts then fill in only what
-//!   the layer leaves unset;
+//!   timeout holds every HTTP/1 request (head, and body until the handler answers) and
+//!   every HTTP/2 stream until its request's last frame, and its idle timeout means "no
+//!   request open"; the adapter's own timeouts then fill in only what the layer leaves
+//!   unset (the adapter's own header timeout holds request heads only);
 //! - keeps an upgraded connection (WebSocket, `CONNECT`-style tunnels) under every
 //!   connection-level layer until its stream is dropped: it holds its place under the
 //!   caps, is closed by the idle and lifetime timeouts, and is drained and cut on
@@ -65,6 +66,7 @@
 //! Serve it with [`serve`](crate::serve), under any connection-level layers.
 
 mod connection;
+mod frames;
 mod request;
 mod shared_io;
 
@@ -173,9 +175,10 @@ impl<S> HttpServiceBuilder<S> {
         self
     }
 
-    /// How long a client has to send a whole request head, from its first byte: for
-    /// the first request this covers protocol detection and HTTP/2's preface too, which
-    /// hyper does not time. `None` waits forever.
+    /// How long a client has to send a whole request head, from its first byte: every
+    /// HTTP/1 request's, and an HTTP/2 connection's preface and first headers, which
+    /// covers protocol detection too (hyper times none of that). Bodies are not held to
+    /// it; later HTTP/2 headers are held to the idle timeout. `None` waits forever.
     pub fn header_read_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.header_read = timeout.into();
         self
@@ -283,13 +286,13 @@ where
         if let Some(activity) = conn.timed() {
             // Under a timeout layer: the adapter's deadlines fill in what it leaves.
             activity.add_protocol_deadlines(config.deadlines);
-            return Box::pin(connection::serve(conn, service, close, config));
+            return Box::pin(connection::serve(conn, service, close, config, true));
         }
         match &self.config.alone {
             Some(shared) => Box::pin(timeout::watch(conn, shared, move |conn| {
-                connection::serve(conn, service, close, config)
+                connection::serve(conn, service, close, config, false)
             })),
-            None => Box::pin(connection::serve(conn, service, close, config)),
+            None => Box::pin(connection::serve(conn, service, close, config, false)),
         }
     }
 }

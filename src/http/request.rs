@@ -10,16 +10,16 @@ use std::{
 };
 
 use bytes::Buf;
-use http::{HeaderValue, Request, Response, Version, header::CONNECTION};
+use http::{
+    HeaderValue, Method, Request, Response, StatusCode, Version,
+    header::{CONNECTION, UPGRADE},
+};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project::pin_project;
 use tower::Service;
 
-use crate::{
-    GracefulClose,
-    timeout::{Activity, RequestLimit, StreamDeadline},
-};
+use crate::{GracefulClose, timeout::Activity};
 
 /// What every request of one connection shares.
 #[derive(Debug)]
@@ -28,8 +28,10 @@ pub(super) struct ConnShared {
     pub(super) close: GracefulClose,
     /// The connection's timer, told where requests and exchanges begin and end.
     pub(super) timed: Option<Arc<Activity>>,
-    /// The request timeout, when the timer has one.
-    pub(super) request_limit: Option<RequestLimit>,
+    /// Whether request heads are timed (a request timeout, or the adapter's own).
+    pub(super) times_heads: bool,
+    /// Whether HTTP/1 request bodies are timed too (a timeout layer's request timeout).
+    pub(super) times_bodies: bool,
 }
 
 /// The inner service, seen per request: it hands the connection's extensions to each
@@ -60,15 +62,12 @@ where
         let http1 = request.version() < Version::HTTP_2;
         let conn = &self.conn;
         let mut finish_on_response = None;
-        let mut deadline = None;
-        if let (Some(activity), Some(limit)) = (&conn.timed, conn.request_limit) {
-            let has_body = !request.body().is_end_stream();
-            if !http1 {
-                // HTTP/2's preface and first head were timed from the first byte; its
-                // frames after that are not requests: each stream is timed on its own.
-                activity.stop_timing_requests();
-                deadline = has_body.then(|| Box::new(StreamDeadline::start(activity, limit)));
-            } else if has_body {
+        // HTTP/2's streams are timed from their frames (see `frames`).
+        if let Some(activity) = &conn.timed
+            && http1
+            && conn.times_heads
+        {
+            if conn.times_bodies && !request.body().is_end_stream() {
                 // Complete once the handler has answered, and so read the body or
                 // given up on it.
                 finish_on_response = Some(activity.clone());
@@ -77,11 +76,20 @@ where
             }
         }
         ExchangeFuture {
+            // An HTTP/1 upgrade hands the stream over when its response is sent.
+            upgrade: if !http1 {
+                None
+            } else if request.method() == Method::CONNECT {
+                Some(Upgrade::Tunnel)
+            } else if request.headers().contains_key(UPGRADE) {
+                Some(Upgrade::Protocol)
+            } else {
+                None
+            },
             inner: self.inner.call(request),
             // `Connection` is an HTTP/1 header; HTTP/2 closes with GOAWAY instead.
             close: http1.then(|| conn.close.clone()),
             finish_on_response,
-            deadline,
             exchange: conn.timed.as_ref().map(Exchange::open),
         }
     }
@@ -105,6 +113,15 @@ impl Drop for Exchange {
     }
 }
 
+/// An HTTP/1 request that hyper upgrades if its answer says yes.
+#[derive(Debug, Clone, Copy)]
+enum Upgrade {
+    /// `Upgrade:` (a WebSocket): upgraded by a `101`.
+    Protocol,
+    /// `CONNECT`: a tunnel, opened by a `2xx`.
+    Tunnel,
+}
+
 /// A response future that ends the request's timer if its head did not, adds
 /// `Connection: close` if a close was asked for while the response was being made, and
 /// keeps the exchange open in the response's body.
@@ -115,8 +132,8 @@ pub(super) struct ExchangeFuture<F> {
     inner: F,
     close: Option<GracefulClose>,
     finish_on_response: Option<Arc<Activity>>,
-    /// Boxed: most requests have none.
-    deadline: Option<Box<StreamDeadline>>,
+    /// The upgrade the request asks for, if any.
+    upgrade: Option<Upgrade>,
     exchange: Option<Exchange>,
 }
 
@@ -128,18 +145,21 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if let Some(deadline) = this.deadline
-            && deadline.poll_expired(cx).is_ready()
-        {
-            // The connection is being closed; the handler runs until it is.
-            *this.deadline = None;
-        }
         let outcome = ready!(this.inner.poll(cx));
-        *this.deadline = None;
         if let Some(activity) = this.finish_on_response.take() {
             activity.finish_request();
         }
         let mut response = outcome?;
+        let upgraded = match this.upgrade {
+            Some(Upgrade::Protocol) => response.status() == StatusCode::SWITCHING_PROTOCOLS,
+            Some(Upgrade::Tunnel) => response.status().is_success(),
+            None => false,
+        };
+        if upgraded && let Some(Exchange(activity)) = this.exchange {
+            // Before hyper sends the response and hands the stream to the handler's
+            // task, whose reads must not start a request.
+            activity.hand_over();
+        }
         if this.close.as_ref().is_some_and(GracefulClose::is_requested) {
             response
                 .headers_mut()

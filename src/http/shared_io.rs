@@ -5,7 +5,10 @@
 //! the handler's task and finishes: from then on only that task has the socket. Served
 //! through [`SharedIo`], the stream stays in reach: the connection's future learns when
 //! the holder drops it, and can close it from outside, at a deadline or a cut, even if
-//! the holder never polls it again.
+//! the holder never polls it again; a holder waiting on it is woken to find it closed.
+//!
+//! The bytes passing through are also shown to the connection's [`FrameWatch`], which
+//! follows HTTP/2's frames for the timeouts.
 
 use std::{
     io::{self, IoSlice},
@@ -14,15 +17,16 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
 };
 
 use parking_lot::Mutex;
-
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     sync::Notify,
 };
+
+use super::frames::FrameWatch;
 
 /// The holder's end: a stream that forwards to the shared one, or fails once the
 /// connection's future has closed it.
@@ -39,18 +43,33 @@ pub(super) struct IoOwner<IO> {
 
 #[derive(Debug)]
 struct Slot<IO> {
-    /// The stream, until the owner closes it. Taken on every read and write, and
-    /// uncontended but for that close: one holder polls at a time. parking_lot's lock
-    /// is a single atomic each way, with no poisoning to check.
-    io: Mutex<Option<IO>>,
+    /// Taken on every read and write, and uncontended but for the owner's close: one
+    /// holder polls at a time. parking_lot's lock is a single atomic each way, with no
+    /// poisoning to check.
+    stream: Mutex<Stream<IO>>,
     released: AtomicBool,
     on_release: Notify,
 }
 
-/// Shares `io` between a holder and its owner.
-pub(super) fn share<IO>(io: IO) -> (SharedIo<IO>, IoOwner<IO>) {
+#[derive(Debug)]
+struct Stream<IO> {
+    /// Until the owner closes it.
+    io: Option<IO>,
+    /// The holder's tasks waiting to read and to write, woken when the owner closes.
+    reader: Option<Waker>,
+    writer: Option<Waker>,
+    frames: Option<FrameWatch>,
+}
+
+/// Shares `io` between a holder and its owner; `frames` sees every byte.
+pub(super) fn share<IO>(io: IO, frames: Option<FrameWatch>) -> (SharedIo<IO>, IoOwner<IO>) {
     let slot = Arc::new(Slot {
-        io: Mutex::new(Some(io)),
+        stream: Mutex::new(Stream {
+            io: Some(io),
+            reader: None,
+            writer: None,
+            frames,
+        }),
         released: AtomicBool::new(false),
         on_release: Notify::new(),
     });
@@ -74,8 +93,14 @@ impl<IO> IoOwner<IO> {
 
 impl<IO> Drop for IoOwner<IO> {
     fn drop(&mut self) {
-        // Dropping the stream closes it, wherever its holder is.
-        drop(self.slot.io.lock().take());
+        // Dropping the stream closes it, wherever its holder is; a holder waiting on it
+        // would otherwise never be polled again (the socket's own wake-ups go with it).
+        let (io, reader, writer) = {
+            let mut stream = self.slot.stream.lock();
+            (stream.io.take(), stream.reader.take(), stream.writer.take())
+        };
+        drop(io);
+        reader.into_iter().chain(writer).for_each(Waker::wake);
     }
 }
 
@@ -93,19 +118,12 @@ fn closed() -> io::Error {
     )
 }
 
-impl<IO> SharedIo<IO> {
-    fn with<T>(
-        &self,
-        use_io: impl FnOnce(Pin<&mut IO>) -> Poll<io::Result<T>>,
-    ) -> Poll<io::Result<T>>
-    where
-        IO: Unpin,
-    {
-        match self.slot.io.lock().as_mut() {
-            Some(io) => use_io(Pin::new(io)),
-            None => Poll::Ready(Err(closed())),
-        }
+/// Keeps `waker` in `slot` if the poll is pending, to be woken at a close.
+fn waiting<T>(poll: Poll<T>, slot: &mut Option<Waker>, waker: &Waker) -> Poll<T> {
+    if poll.is_pending() && !slot.as_ref().is_some_and(|kept| kept.will_wake(waker)) {
+        *slot = Some(waker.clone());
     }
+    poll
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for SharedIo<IO> {
@@ -114,7 +132,19 @@ impl<IO: AsyncRead + Unpin> AsyncRead for SharedIo<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.with(|io| io.poll_read(cx, buf))
+        let mut stream = self.slot.stream.lock();
+        let Stream {
+            io, reader, frames, ..
+        } = &mut *stream;
+        let Some(io) = io else {
+            return Poll::Ready(Err(closed()));
+        };
+        let before = buf.filled().len();
+        let polled = waiting(Pin::new(io).poll_read(cx, buf), reader, cx.waker());
+        if let (Poll::Ready(Ok(())), Some(frames)) = (&polled, frames) {
+            frames.on_read(&buf.filled()[before..]);
+        }
+        polled
     }
 }
 
@@ -124,15 +154,18 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for SharedIo<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.with(|io| io.poll_write(cx, buf))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.with(|io| io.poll_flush(cx))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.with(|io| io.poll_shutdown(cx))
+        let mut stream = self.slot.stream.lock();
+        let Stream {
+            io, writer, frames, ..
+        } = &mut *stream;
+        let Some(io) = io else {
+            return Poll::Ready(Err(closed()));
+        };
+        let polled = waiting(Pin::new(io).poll_write(cx, buf), writer, cx.waker());
+        if let (Poll::Ready(Ok(written)), Some(frames)) = (&polled, frames) {
+            frames.on_written(&buf[..*written]);
+        }
+        polled
     }
 
     fn poll_write_vectored(
@@ -140,13 +173,55 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for SharedIo<IO> {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.with(|io| io.poll_write_vectored(cx, bufs))
+        let mut stream = self.slot.stream.lock();
+        let Stream {
+            io, writer, frames, ..
+        } = &mut *stream;
+        let Some(io) = io else {
+            return Poll::Ready(Err(closed()));
+        };
+        let polled = waiting(
+            Pin::new(io).poll_write_vectored(cx, bufs),
+            writer,
+            cx.waker(),
+        );
+        if let (Poll::Ready(Ok(written)), Some(frames)) = (&polled, frames) {
+            let mut left = *written;
+            for buf in bufs {
+                let run = left.min(buf.len());
+                frames.on_written(&buf[..run]);
+                left -= run;
+                if left == 0 {
+                    break;
+                }
+            }
+        }
+        polled
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut stream = self.slot.stream.lock();
+        let Stream { io, writer, .. } = &mut *stream;
+        let Some(io) = io else {
+            return Poll::Ready(Err(closed()));
+        };
+        waiting(Pin::new(io).poll_flush(cx), writer, cx.waker())
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut stream = self.slot.stream.lock();
+        let Stream { io, writer, .. } = &mut *stream;
+        let Some(io) = io else {
+            return Poll::Ready(Err(closed()));
+        };
+        waiting(Pin::new(io).poll_shutdown(cx), writer, cx.waker())
     }
 
     fn is_write_vectored(&self) -> bool {
         self.slot
-            .io
+            .stream
             .lock()
+            .io
             .as_ref()
             .is_some_and(IO::is_write_vectored)
     }
@@ -160,7 +235,7 @@ mod tests {
     #[tokio::test]
     async fn the_owner_closes_the_stream_its_holder_keeps() {
         let (server, mut client) = tokio::io::duplex(64);
-        let (mut held, owner) = share(server);
+        let (mut held, owner) = share(server, None);
         held.write_all(b"hi").await.unwrap();
         let mut buf = [0u8; 2];
         client.read_exact(&mut buf).await.unwrap();
@@ -173,9 +248,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_holder_waiting_to_read_is_woken_by_the_close() {
+        let (server, _client) = tokio::io::duplex(64);
+        let (mut held, owner) = share(server, None);
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 8];
+            held.read(&mut buf).await
+        });
+        tokio::task::yield_now().await;
+        drop(owner);
+        let error = reader.await.unwrap().unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionAborted);
+    }
+
+    #[tokio::test]
     async fn the_owner_learns_when_the_holder_lets_go() {
         let (server, _client) = tokio::io::duplex(64);
-        let (held, owner) = share(server);
+        let (held, owner) = share(server, None);
         drop(held);
         assert!(owner.is_released());
         owner.released().await;

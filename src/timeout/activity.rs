@@ -133,6 +133,11 @@ pub(crate) struct Activity {
     with_protocol: OnceLock<Deadlines>,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
+    /// Response data written, for a protocol that tells it apart from its framing
+    /// (HTTP/2: DATA payload, not PING acknowledgements or headers).
+    data_written: AtomicU64,
+    /// Whether `data_written` is counted, and so is what a client takes.
+    counts_data: AtomicBool,
     /// The last write found the stream full: the client is not taking output.
     write_blocked: AtomicBool,
     /// When the request in progress started, or [`IDLE`].
@@ -158,8 +163,6 @@ pub(crate) struct Activity {
     exchanges_closed: AtomicU64,
     /// Response bytes the protocol has been handed to send.
     handed: AtomicU64,
-    /// A deadline one of the protocol's streams found passed.
-    forced: OnceLock<TimeoutError>,
 }
 
 impl Activity {
@@ -173,6 +176,8 @@ impl Activity {
             with_protocol: OnceLock::new(),
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
+            data_written: AtomicU64::new(0),
+            counts_data: AtomicBool::new(false),
             write_blocked: AtomicBool::new(false),
             request_started: AtomicU64::new(IDLE),
             request_bytes_start: AtomicU64::new(0),
@@ -186,7 +191,6 @@ impl Activity {
             exchanges_opened: AtomicU64::new(0),
             exchanges_closed: AtomicU64::new(0),
             handed: AtomicU64::new(0),
-            forced: OnceLock::new(),
         }
     }
 
@@ -198,6 +202,11 @@ impl Activity {
     /// the layer has none.
     pub(crate) fn deadlines(&self) -> &Deadlines {
         self.with_protocol.get().unwrap_or(&self.shared.deadlines)
+    }
+
+    /// The layer's own deadlines, without the protocol's.
+    pub(crate) fn layer_deadlines(&self) -> &Deadlines {
+        &self.shared.deadlines
     }
 
     /// Adds the protocol's own deadlines where the layer has none. Called once, before
@@ -306,12 +315,38 @@ impl Activity {
         self.handed.fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    /// A stream of the protocol found `error`'s deadline passed: the connection is
-    /// closed at the timer's next look, which comes at once.
-    pub(crate) fn force_expiry(&self, error: TimeoutError) {
-        if self.forced.set(error).is_ok() {
-            self.wake_timer();
+    /// From now on, what the client takes is the data the protocol says it wrote.
+    pub(crate) fn counts_http2_data(&self) {
+        self.counts_data.store(true, Ordering::Relaxed);
+    }
+
+    /// The protocol wrote `n` bytes of response data.
+    pub(crate) fn on_data_written(&self, n: usize) {
+        let before = self.data_written.load(Ordering::Relaxed);
+        self.data_written
+            .store(before + n as u64, Ordering::Relaxed);
+    }
+
+    /// The request that has been arriving longest on a multiplexed connection, as the
+    /// protocol follows its streams: when it began and the bytes read then, or `None`.
+    pub(crate) fn set_stream_request(&self, oldest: Option<(u64, u64)>) {
+        let Some((started, bytes_read)) = oldest else {
+            self.request_started.store(IDLE, Ordering::Release);
+            return;
+        };
+        if self.request_started.load(Ordering::Relaxed) == started {
+            return;
         }
+        self.request_bytes_start
+            .store(bytes_read, Ordering::Relaxed);
+        self.request_started.store(started, Ordering::Release);
+        // Its deadline may come before the timer's.
+        self.wake_timer();
+    }
+
+    /// Nanoseconds since the connection started.
+    pub(crate) fn elapsed_nanos(&self) -> u64 {
+        self.now()
     }
 
     /// Bytes read so far.
@@ -338,9 +373,6 @@ impl Activity {
     /// Works out what the deadlines say now. `watch` is the timer's own record of what
     /// it saw at its last look.
     pub(crate) fn check(&self, deadlines: &Deadlines, watch: &mut IdleWatch) -> Check {
-        if let Some(error) = self.forced.get() {
-            return Check::Expired(*error);
-        }
         let now = self.now();
         let mut next = Earliest(None);
 
@@ -398,7 +430,12 @@ impl Activity {
     ) -> Option<TimeoutError> {
         let period = nanos(limit.after);
         let expired = TimeoutError::Idle(limit.after);
-        let written = self.bytes_written.load(Ordering::Relaxed);
+        // What the client has taken: data, when the protocol tells it apart.
+        let written = if self.counts_data.load(Ordering::Relaxed) {
+            self.data_written.load(Ordering::Relaxed)
+        } else {
+            self.bytes_written.load(Ordering::Relaxed)
+        };
         let waiting = self.output_waiting(written, watch);
         let held_back = waiting.is_some();
 
@@ -440,7 +477,10 @@ impl Activity {
                 || self.request_started.load(Ordering::Relaxed) != IDLE;
             if busy { None } else { Some(opened) }
         } else {
-            Some(self.bytes_read.load(Ordering::Relaxed) + written)
+            Some(
+                self.bytes_read.load(Ordering::Relaxed)
+                    + self.bytes_written.load(Ordering::Relaxed),
+            )
         };
         match moved {
             Some(moved) if moved == watch.moved => {}
@@ -722,17 +762,6 @@ mod tests {
         assert_eq!(
             activity.check(&deadlines, &mut watch),
             Check::Expired(TimeoutError::Idle(secs(10)))
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_stream_past_its_deadline_expires_the_connection() {
-        let activity = activity(Deadlines::default());
-        activity.force_expiry(TimeoutError::Request(secs(10)));
-        assert!(activity.take_rearm());
-        assert_eq!(
-            activity.check(&Deadlines::default(), &mut IdleWatch::default()),
-            Check::Expired(TimeoutError::Request(secs(10)))
         );
     }
 

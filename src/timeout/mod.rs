@@ -30,8 +30,10 @@
 //! Where a request starts and ends is the protocol's to say: the layer puts a
 //! [`RequestTimer`] in the connection's extensions. The first byte read starts a request,
 //! [`RequestTimer::finish`] ends it, and the next byte read starts the next one. The
-//! [HTTP adapter](crate::http) does this on its own, for every HTTP/1.1 request and every
-//! HTTP/2 stream with a body, and adds its own deadlines where the layer sets none.
+//! [HTTP adapter](crate::http) does this on its own: an HTTP/1.1 request runs from its
+//! first byte until its head is in (with a body, until the handler answers), an HTTP/2
+//! stream from its headers until its body's last frame (however long its handler then
+//! takes); and it adds its own deadlines where the layer sets none.
 //!
 //! Time is tokio's, so tests run on `tokio::time::pause`.
 //!
@@ -69,7 +71,6 @@ mod activity;
 mod future;
 mod io;
 mod layer;
-mod stream;
 
 use std::{error::Error, fmt, sync::Arc, time::Duration};
 
@@ -79,7 +80,6 @@ pub(crate) use future::watch;
 pub use io::TimedIo;
 pub(crate) use layer::Shared;
 pub use layer::{Timeout, TimeoutBuilder, TimeoutLayer, TimeoutStats};
-pub(crate) use stream::StreamDeadline;
 
 /// Why a connection was closed by a deadline. It is the inner error of an
 /// [`std::io::Error`] of kind [`TimedOut`](std::io::ErrorKind::TimedOut).
@@ -88,9 +88,12 @@ pub(crate) use stream::StreamDeadline;
 pub enum TimeoutError {
     /// No byte arrived within this long of connecting.
     FirstByte(Duration),
-    /// No byte was read or written for this long.
+    /// Nothing useful happened for this long: no byte moved (or, under the HTTP
+    /// adapter, no request open), or output waiting for the client was not taken at
+    /// the minimum send rate.
     Idle(Duration),
-    /// A request was not complete this long after its first byte.
+    /// A request was not complete this long after it began (its first byte, or for an
+    /// HTTP/2 stream its headers).
     Request(Duration),
     /// The connection outlived this lifetime and its grace period.
     Lifetime(Duration),
@@ -102,9 +105,9 @@ impl fmt::Display for TimeoutError {
             TimeoutError::FirstByte(limit) => {
                 write!(f, "no byte received within {limit:?} of connecting")
             }
-            TimeoutError::Idle(limit) => write!(f, "no byte read or written for {limit:?}"),
+            TimeoutError::Idle(limit) => write!(f, "idle for {limit:?}"),
             TimeoutError::Request(limit) => {
-                write!(f, "request not complete within {limit:?} of its first byte")
+                write!(f, "request not complete within {limit:?} of its start")
             }
             TimeoutError::Lifetime(limit) => {
                 write!(

@@ -18,7 +18,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::{
     io::DuplexStream,
@@ -193,16 +193,16 @@ async fn collect(response: http::Response<hyper::body::Incoming>) -> Answer {
     }
 }
 
-fn get(path: &str) -> http::Request<Empty<Bytes>> {
+fn get(path: &str) -> http::Request<Full<Bytes>> {
     http::Request::get(path)
         .header(http::header::HOST, "localhost")
-        .body(Empty::new())
+        .body(Full::default())
         .unwrap()
 }
 
 /// An HTTP/1.1 client connection, with its driver running in a task.
 pub struct Http1Client {
-    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     pub driver: JoinHandle<Result<(), hyper::Error>>,
 }
 
@@ -223,6 +223,16 @@ impl Http1Client {
     pub async fn get(&mut self, path: &str) -> Result<Answer, hyper::Error> {
         self.sender.ready().await?;
         let response = self.sender.send_request(get(path)).await?;
+        Ok(collect(response).await)
+    }
+
+    pub async fn post(&mut self, path: &str, body: &'static str) -> Result<Answer, hyper::Error> {
+        self.sender.ready().await?;
+        let request = http::Request::post(path)
+            .header(http::header::HOST, "localhost")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap();
+        let response = self.sender.send_request(request).await?;
         Ok(collect(response).await)
     }
 }

@@ -1,0 +1,300 @@
+//! Follows an HTTP/2 connection's frames as its bytes pass, without buffering them, for
+//! what hyper does not tell: which streams' request bodies are still coming in (so each
+//! is held to the request timeout until its last byte, however long its handler then
+//! takes), and how much response data the client has taken (DATA payload: PING
+//! acknowledgements and headers do not count).
+//!
+//! An HTTP/1 connection is recognised by its first bytes and left alone.
+
+use std::sync::Arc;
+
+use crate::timeout::Activity;
+
+/// What every HTTP/2 client sends first.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const FRAME_HEADER: usize = 9;
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
+/// One connection's frames, as the adapter's stream reads and writes them.
+#[derive(Debug)]
+pub(super) struct FrameWatch {
+    activity: Arc<Activity>,
+    /// Whether request bodies are timed (the timeout layer has a request timeout).
+    times_bodies: bool,
+    protocol: Protocol,
+    read: Cursor,
+    written: Cursor,
+    /// Streams whose request has not fully arrived.
+    incoming: Vec<Incoming>,
+    /// Whether the first request's headers have arrived: the request clock of the
+    /// connection's opening (preface, first headers) stops then.
+    opened: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// This many bytes of the HTTP/2 preface seen so far.
+    Detecting(usize),
+    Http1,
+    Http2,
+}
+
+/// A stream whose request is still arriving.
+#[derive(Debug, Clone, Copy)]
+struct Incoming {
+    stream: u32,
+    /// When its headers began, and the connection's bytes read then.
+    started: u64,
+    bytes_read: u64,
+    headers_done: bool,
+    body_done: bool,
+}
+
+/// Where a direction's byte stream is in its frames.
+#[derive(Debug, Default)]
+struct Cursor {
+    header: [u8; FRAME_HEADER],
+    /// Header bytes collected.
+    filled: usize,
+    /// Payload bytes left in the current frame.
+    remaining: u32,
+    kind: u8,
+}
+
+/// A frame header, once complete.
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+}
+
+impl Cursor {
+    /// Advances over `bytes`: `header` is told each frame header as it completes,
+    /// `payload` each run of payload bytes with its frame's type.
+    fn advance(
+        &mut self,
+        mut bytes: &[u8],
+        mut header: impl FnMut(Frame),
+        mut payload: impl FnMut(u8, usize),
+    ) {
+        while !bytes.is_empty() {
+            if self.remaining > 0 {
+                let run = bytes.len().min(self.remaining as usize);
+                payload(self.kind, run);
+                self.remaining -= run as u32;
+                bytes = &bytes[run..];
+                continue;
+            }
+            let take = (FRAME_HEADER - self.filled).min(bytes.len());
+            self.header[self.filled..self.filled + take].copy_from_slice(&bytes[..take]);
+            self.filled += take;
+            bytes = &bytes[take..];
+            if self.filled < FRAME_HEADER {
+                return;
+            }
+            self.filled = 0;
+            let h = &self.header;
+            self.remaining = u32::from_be_bytes([0, h[0], h[1], h[2]]);
+            self.kind = h[3];
+            header(Frame {
+                kind: h[3],
+                flags: h[4],
+                stream: u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff,
+            });
+        }
+    }
+}
+
+impl FrameWatch {
+    pub(super) fn new(activity: Arc<Activity>, times_bodies: bool) -> Self {
+        Self {
+            activity,
+            times_bodies,
+            protocol: Protocol::Detecting(0),
+            read: Cursor::default(),
+            written: Cursor::default(),
+            incoming: Vec::new(),
+            opened: false,
+        }
+    }
+
+    /// The client's bytes, as read.
+    pub(super) fn on_read(&mut self, mut bytes: &[u8]) {
+        if let Protocol::Detecting(seen) = self.protocol {
+            let take = (PREFACE.len() - seen).min(bytes.len());
+            if bytes[..take] != PREFACE[seen..seen + take] {
+                self.protocol = Protocol::Http1;
+                return;
+            }
+            bytes = &bytes[take..];
+            self.protocol = if seen + take == PREFACE.len() {
+                self.activity.counts_http2_data();
+                Protocol::Http2
+            } else {
+                Protocol::Detecting(seen + take)
+            };
+        }
+        if self.protocol != Protocol::Http2 {
+            return;
+        }
+        let mut changed = false;
+        let mut read = std::mem::take(&mut self.read);
+        read.advance(
+            bytes,
+            |frame| changed |= self.on_client_frame(frame),
+            |_, _| {},
+        );
+        self.read = read;
+        if changed {
+            self.publish();
+        }
+    }
+
+    /// The server's bytes, as written.
+    pub(super) fn on_written(&mut self, bytes: &[u8]) {
+        if self.protocol != Protocol::Http2 {
+            return;
+        }
+        let mut changed = false;
+        let mut data = 0;
+        let mut written = std::mem::take(&mut self.written);
+        written.advance(
+            bytes,
+            |frame| {
+                if frame.kind == RST_STREAM {
+                    changed |= self.forget(frame.stream);
+                }
+            },
+            |kind, run| {
+                if kind == DATA {
+                    data += run;
+                }
+            },
+        );
+        self.written = written;
+        if data > 0 {
+            self.activity.on_data_written(data);
+        }
+        if changed {
+            self.publish();
+        }
+    }
+
+    /// Follows a client frame; whether the streams still arriving may have changed.
+    fn on_client_frame(&mut self, frame: Frame) -> bool {
+        let headers_done = frame.flags & END_HEADERS != 0;
+        if matches!(frame.kind, HEADERS | CONTINUATION) && headers_done && !self.opened {
+            self.opened = true;
+            self.activity.stop_timing_requests();
+        }
+        if !self.times_bodies {
+            return false;
+        }
+        match frame.kind {
+            HEADERS => match self.find(frame.stream) {
+                // Trailers: the body ends with them.
+                Some(incoming) => {
+                    incoming.headers_done = headers_done;
+                    incoming.body_done |= frame.flags & END_STREAM != 0;
+                }
+                None => {
+                    let incoming = Incoming {
+                        stream: frame.stream,
+                        started: self.activity.elapsed_nanos(),
+                        bytes_read: self.activity.bytes_read(),
+                        headers_done,
+                        body_done: frame.flags & END_STREAM != 0,
+                    };
+                    self.incoming.push(incoming);
+                }
+            },
+            CONTINUATION => {
+                if let Some(incoming) = self.find(frame.stream) {
+                    incoming.headers_done = headers_done;
+                }
+            }
+            DATA if frame.flags & END_STREAM != 0 => {
+                if let Some(incoming) = self.find(frame.stream) {
+                    incoming.body_done = true;
+                }
+            }
+            RST_STREAM => return self.forget(frame.stream),
+            _ => return false,
+        }
+        self.incoming
+            .retain(|incoming| !(incoming.headers_done && incoming.body_done));
+        true
+    }
+
+    fn find(&mut self, stream: u32) -> Option<&mut Incoming> {
+        self.incoming
+            .iter_mut()
+            .find(|incoming| incoming.stream == stream)
+    }
+
+    /// Forgets `stream`; whether it was tracked.
+    fn forget(&mut self, stream: u32) -> bool {
+        let before = self.incoming.len();
+        self.incoming.retain(|incoming| incoming.stream != stream);
+        self.incoming.len() != before
+    }
+
+    /// Tells the timer about the stream that has been arriving longest.
+    fn publish(&self) {
+        let oldest = self
+            .incoming
+            .iter()
+            .min_by_key(|incoming| incoming.started)
+            .map(|incoming| (incoming.started, incoming.bytes_read));
+        self.activity.set_stream_request(oldest);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut bytes = len.to_be_bytes()[1..].to_vec();
+        bytes.extend([kind, flags]);
+        bytes.extend(stream.to_be_bytes());
+        bytes.extend(payload);
+        bytes
+    }
+
+    #[test]
+    fn a_cursor_finds_frames_split_anywhere() {
+        let mut stream = frame(DATA, 0, 1, b"hello");
+        stream.extend(frame(HEADERS, END_HEADERS, 3, b"hh"));
+        stream.extend(frame(DATA, END_STREAM, 1, b"!"));
+        for split in 0..stream.len() {
+            let mut cursor = Cursor::default();
+            let mut frames = Vec::new();
+            let mut data = 0;
+            for part in [&stream[..split], &stream[split..]] {
+                cursor.advance(
+                    part,
+                    |frame| frames.push((frame.kind, frame.flags, frame.stream)),
+                    |kind, run| data += if kind == DATA { run } else { 0 },
+                );
+            }
+            assert_eq!(
+                frames,
+                [
+                    (DATA, 0, 1),
+                    (HEADERS, END_HEADERS, 3),
+                    (DATA, END_STREAM, 1)
+                ],
+                "split at {split}"
+            );
+            assert_eq!(data, 6, "split at {split}");
+        }
+    }
+}
