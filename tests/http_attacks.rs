@@ -82,6 +82,27 @@ async fn websockets_count_against_the_per_peer_cap_and_close_at_the_idle_timeout
 }
 
 #[tokio::test]
+async fn a_websocket_in_use_outlives_the_request_timeout() {
+    let server = Example::start(
+        "axum_server",
+        &["--request-timeout", "1", "--idle-timeout", "10"],
+    )
+    .await;
+    let mut socket = websocket(ATTACKER, &server).await;
+    // Its frames are not requests: three seconds of chatter is not a slow request.
+    for n in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let message = Message::text(format!("message {n}"));
+        socket.send(message.clone()).await.unwrap();
+        let echoed = within(PATIENCE, socket.next()).await.unwrap().unwrap();
+        assert_eq!(echoed, message);
+    }
+    // (Left open, it would hold the server's shutdown to its drain deadline.)
+    drop(socket);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn unprotected_a_silent_websocket_stays_open() {
     let server = Example::start("axum_server", &["--unprotected"]).await;
     let mut socket = websocket(ATTACKER, &server).await;

@@ -203,3 +203,58 @@ async fn once_logged_in_a_connection_sends_credentials_concurrently() {
         began.elapsed()
     );
 }
+
+/// A service that checks credentials in `call` itself, as tonic's interceptors and
+/// tower-http's header validators do, and fails them all.
+#[derive(Clone)]
+struct ChecksInCall(Arc<AtomicUsize>);
+
+impl tower::Service<http::Request<hyper::body::Incoming>> for ChecksInCall {
+    type Response = http::Response<Empty<Bytes>>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Request<hyper::body::Incoming>) -> Self::Future {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        let mut response = http::Response::new(Empty::new());
+        *response.status_mut() = StatusCode::UNAUTHORIZED;
+        std::future::ready(Ok(response))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_that_checks_in_call_is_called_only_once_admitted() {
+    let login = Login::builder()
+        .max_auth_tries(1)
+        .max_failures(10_000)
+        .build()
+        .unwrap();
+    let checks = Arc::new(AtomicUsize::new(0));
+    let service = ServiceBuilder::new()
+        .layer(login.session_layer())
+        .service(HttpService::new(
+            ReportLoginLayer::new().layer(ChecksInCall(checks.clone())),
+        ));
+    let (conn, client) = duplex_conn("192.0.2.1:1");
+    tokio::spawn(service.oneshot(conn));
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let statuses = send_all(
+        &sender,
+        (0..50)
+            .map(|_| request("/login", Some(BAD_CREDENTIALS)))
+            .collect(),
+    )
+    .await;
+    assert_eq!(checks.load(Ordering::SeqCst), 1, "{statuses:?}");
+}

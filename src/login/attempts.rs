@@ -13,13 +13,13 @@ use std::{
 
 use super::{LoginSession, session::SessionState};
 
-/// The attempts in flight on one connection, and the requests waiting for a place.
+/// The attempts in flight on one connection, and the requests waiting for a place,
+/// each under an id its [`AttemptWait`] keeps (a request given up leaves the list).
 #[derive(Debug, Default)]
 pub(crate) struct Attempts {
     in_flight: u32,
-    waiting: Vec<Waker>,
-    /// How many times the waiting were woken (and so taken off the list).
-    wakes: u64,
+    next_id: u64,
+    waiting: Vec<(u64, Waker)>,
 }
 
 /// A connection that has used up its tries: the attempt must not reach the service.
@@ -56,7 +56,7 @@ fn lock(state: &SessionState) -> MutexGuard<'_, Attempts> {
 #[must_use = "futures do nothing unless polled"]
 pub(super) struct AttemptWait {
     state: Arc<SessionState>,
-    /// The waker it left among the waiting, if any, and the wake count then.
+    /// Its id among the waiting, and the waker it left there, once it has.
     registered: Option<(u64, Waker)>,
 }
 
@@ -64,7 +64,8 @@ impl Future for AttemptWait {
     type Output = Result<Option<AttemptPermit>, TriesUsedUp>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let state = &self.state;
+        let this = &mut *self;
+        let state = &this.state;
         if state.is_authenticated() {
             return Poll::Ready(Ok(None));
         }
@@ -74,24 +75,45 @@ impl Future for AttemptWait {
         }
         // Under the lock a permit is given back with, so no release is missed.
         let mut attempts = lock(state);
+        let listed = this
+            .registered
+            .as_ref()
+            .and_then(|(id, _)| attempts.waiting.iter().position(|(other, _)| other == id));
         if attempts.in_flight < tries_left {
             attempts.in_flight += 1;
+            if let Some(index) = listed {
+                attempts.waiting.swap_remove(index);
+            }
             drop(attempts);
+            this.registered = None;
             return Poll::Ready(Ok(Some(AttemptPermit {
                 state: state.clone(),
             })));
         }
-        let listed = self
-            .registered
-            .as_ref()
-            .is_some_and(|(wakes, waker)| *wakes == attempts.wakes && waker.will_wake(cx.waker()));
-        if !listed {
-            attempts.waiting.push(cx.waker().clone());
-            let wakes = attempts.wakes;
-            drop(attempts);
-            self.registered = Some((wakes, cx.waker().clone()));
+        match (listed, &mut this.registered) {
+            (Some(index), Some((_, waker))) => {
+                if !waker.will_wake(cx.waker()) {
+                    waker.clone_from(cx.waker());
+                    attempts.waiting[index].1.clone_from(cx.waker());
+                }
+            }
+            // Not listed yet, or taken off the list when it was woken.
+            _ => {
+                let id = attempts.next_id;
+                attempts.next_id += 1;
+                attempts.waiting.push((id, cx.waker().clone()));
+                this.registered = Some((id, cx.waker().clone()));
+            }
         }
         Poll::Pending
+    }
+}
+
+impl Drop for AttemptWait {
+    fn drop(&mut self) {
+        if let Some((id, _)) = self.registered.take() {
+            lock(&self.state).waiting.retain(|(other, _)| *other != id);
+        }
     }
 }
 
@@ -100,12 +122,69 @@ impl Drop for AttemptPermit {
         let waiting = {
             let mut attempts = lock(&self.state);
             attempts.in_flight -= 1;
-            attempts.wakes += 1;
             std::mem::take(&mut attempts.waiting)
         };
         // Every waiter looks again: with a try used, some may now be refused.
-        for waker in waiting {
+        for (_, waker) in waiting {
             waker.wake();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        Conn,
+        login::{Login, LoginSession},
+    };
+    use tokio_test::{assert_pending, assert_ready, task};
+    use tower::{Layer, Service, ServiceExt};
+
+    /// A session of a connection under `login`, with `max_auth_tries(1)`.
+    async fn session() -> LoginSession {
+        let login = Login::builder().max_auth_tries(1).build().unwrap();
+        let (io, _client) = tokio::io::duplex(8);
+        let conn = Conn::new(
+            io,
+            "192.0.2.1:1".parse().unwrap(),
+            "127.0.0.1:80".parse().unwrap(),
+        );
+        let (seen, mut sessions) = tokio::sync::mpsc::unbounded_channel();
+        let mut service = login.session_layer().layer(tower::service_fn(
+            move |mut conn: Conn<tokio::io::DuplexStream>| {
+                seen.send(conn.extensions_mut().remove::<LoginSession>())
+                    .ok();
+                std::future::pending::<Result<(), std::io::Error>>()
+            },
+        ));
+        let _connection = tokio::spawn(service.ready().await.unwrap().call(conn));
+        sessions.recv().await.unwrap().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_request_given_up_leaves_the_waiting_list() {
+        let session = session().await;
+        let mut first = task::spawn(session.attempt());
+        let permit = assert_ready!(first.poll()).unwrap();
+        for _ in 0..1000 {
+            let mut waiting = task::spawn(session.attempt());
+            assert_pending!(waiting.poll());
+            assert_pending!(waiting.poll());
+        }
+        assert!(lock(&session.state).waiting.is_empty());
+        drop(permit);
+    }
+
+    #[tokio::test]
+    async fn a_place_given_back_lets_the_next_in() {
+        let session = session().await;
+        let mut first = task::spawn(session.attempt());
+        let permit = assert_ready!(first.poll()).unwrap();
+        let mut second = task::spawn(session.attempt());
+        assert_pending!(second.poll());
+        drop(permit);
+        assert!(second.is_woken());
+        assert!(assert_ready!(second.poll()).unwrap().is_some());
     }
 }

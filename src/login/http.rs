@@ -17,7 +17,7 @@ use tower_layer::Layer;
 
 use super::{
     AfterFailure, LoginSession,
-    attempts::{AttemptPermit, AttemptWait},
+    attempts::{AttemptPermit, AttemptWait, TriesUsedUp},
 };
 
 /// What a response says about a login.
@@ -122,10 +122,12 @@ where
 /// be login attempts ([`ClassifyLogin::is_attempt`]: those carrying credentials, by
 /// default) run at most as many at once as the connection has tries left, until the
 /// connection logs in ([`LoginSession::succeeded`]: report it, or the requests of a
-/// client that sends its credentials with every request stay one at a time). Once the
-/// connection has used up its tries or is being closed, every further request is
-/// answered `429 Too Many Requests` at once, and the service's future for it is never
-/// polled, so the handler never runs.
+/// client that sends its credentials with every request stay one at a time). A
+/// request waiting for its place has not reached the service yet: it is called once
+/// admitted. Once the connection has used up its tries or is being closed, every
+/// further request is answered `429 Too Many Requests` at once, without reaching the
+/// service. Logins whose credentials travel in the body (forms, JSON) are attempts
+/// only if a classifier's [`is_attempt`](ClassifyLogin::is_attempt) says so, by path.
 ///
 /// Requests without a session (no [`SessionLayer`](super::SessionLayer) below the
 /// adapter) pass through untouched.
@@ -169,12 +171,12 @@ pub struct ReportLogin<S, C = StatusClassifier> {
 
 impl<S, C, ReqBody, ResBody> Service<Request<ReqBody>> for ReportLogin<S, C>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     C: ClassifyLogin,
 {
     type Response = Response<ReportBody<ResBody, C>>;
     type Error = S::Error;
-    type Future = ReportFuture<S::Future, C>;
+    type Future = ReportFuture<S, Request<ReqBody>, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -182,75 +184,114 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let session = request.extensions().get::<LoginSession>().cloned();
-        let gate = session.as_ref().and_then(|session| {
-            if session.state.is_evicted() {
-                Some(Gate::Refused)
-            } else if request.version() >= Version::HTTP_2
-                && !session.is_authenticated()
-                && self
-                    .classify
-                    .is_attempt(request.method(), request.uri(), request.headers())
+        let state = match &session {
+            Some(session) if session.state.is_evicted() => State::Refused,
+            Some(session)
+                if request.version() >= Version::HTTP_2
+                    && !session.is_authenticated()
+                    && self.classify.is_attempt(
+                        request.method(),
+                        request.uri(),
+                        request.headers(),
+                    ) =>
             {
-                // HTTP/1 serves one request at a time on a connection: nothing to hold.
-                Some(Gate::Waiting(session.attempt()))
-            } else {
-                None
+                // The service is called once the attempt has its place: it may check
+                // credentials in `call` itself (tonic's interceptors do). The ready
+                // service goes with the request; a clone takes its place here.
+                let clone = self.inner.clone();
+                State::Waiting {
+                    wait: session.attempt(),
+                    call: Some((std::mem::replace(&mut self.inner, clone), request)),
+                }
             }
-        });
+            // HTTP/1 serves one request at a time on a connection: nothing to hold.
+            _ => State::Called {
+                future: self.inner.call(request),
+            },
+        };
         ReportFuture {
-            inner: self.inner.call(request),
+            state,
             report: session.map(|session| (session, self.classify.clone())),
-            gate,
             permit: None,
         }
     }
 }
 
-/// What holds a request back before the service's future is polled.
-#[derive(Debug)]
-enum Gate {
-    /// A login attempt, waiting for a place among the connection's tries.
-    Waiting(AttemptWait),
-    /// The connection is being closed: answered at once.
-    Refused,
-}
-
 /// The response future of [`ReportLogin`].
 #[pin_project]
-#[derive(Debug)]
 #[must_use = "futures do nothing unless polled"]
-pub struct ReportFuture<F, C> {
+pub struct ReportFuture<S, Req, C>
+where
+    S: Service<Req>,
+{
     #[pin]
-    inner: F,
+    state: State<S, Req>,
     report: Option<(LoginSession, C)>,
-    gate: Option<Gate>,
     /// The attempt's place, given back once its response is classified. (An outcome
     /// that only trailers tell is still reported, but a long stream does not hold
     /// the connection's other attempts back until it ends.)
     permit: Option<AttemptPermit>,
 }
 
-impl<F, C, B, E> Future for ReportFuture<F, C>
+#[pin_project(project = StateProj)]
+enum State<S, Req>
 where
-    F: Future<Output = Result<Response<B>, E>>,
+    S: Service<Req>,
+{
+    /// A login attempt, waiting for a place among the connection's tries before its
+    /// service is called.
+    Waiting {
+        wait: AttemptWait,
+        call: Option<(S, Req)>,
+    },
+    /// The connection is being closed: answered at once, without the service.
+    Refused,
+    Called {
+        #[pin]
+        future: S::Future,
+    },
+}
+
+impl<S, Req, C> std::fmt::Debug for ReportFuture<S, Req, C>
+where
+    S: Service<Req>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            State::Waiting { .. } => "waiting for a login attempt's place",
+            State::Refused => "refused",
+            State::Called { .. } => "called",
+        };
+        f.debug_struct("ReportFuture")
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, Req, C, B> Future for ReportFuture<S, Req, C>
+where
+    S: Service<Req, Response = Response<B>>,
     C: ClassifyLogin,
 {
-    type Output = Result<Response<ReportBody<B, C>>, E>;
+    type Output = Result<Response<ReportBody<B, C>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        if let Some(gate) = this.gate {
-            let admitted = match gate {
-                Gate::Waiting(wait) => ready!(Pin::new(wait).poll(cx)).ok(),
-                Gate::Refused => None,
-            };
-            *this.gate = None;
-            match admitted {
-                Some(permit) => *this.permit = permit,
-                None => return Poll::Ready(Ok(too_many_attempts())),
+        let mut this = self.project();
+        let response = loop {
+            match this.state.as_mut().project() {
+                StateProj::Waiting { wait, call } => match ready!(Pin::new(wait).poll(cx)) {
+                    Ok(permit) => {
+                        *this.permit = permit;
+                        let (mut service, request) = call.take().expect("called once");
+                        let future = service.call(request);
+                        this.state.set(State::Called { future });
+                    }
+                    Err(TriesUsedUp) => this.state.set(State::Refused),
+                },
+                StateProj::Refused => return Poll::Ready(Ok(too_many_attempts())),
+                StateProj::Called { future } => break ready!(future.poll(cx))?,
             }
-        }
-        let response = ready!(this.inner.poll(cx))?;
+        };
         let mut report = this.report.take();
         if let Some((session, classify)) = &report
             && let Some(outcome) = classify.classify_response(response.status(), response.headers())
