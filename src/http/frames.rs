@@ -40,6 +40,7 @@ pub(super) struct FrameWatch {
 enum Protocol {
     /// This many bytes of the HTTP/2 preface seen so far.
     Detecting(usize),
+    /// Not HTTP/2: the watch ends.
     Http1,
     Http2,
 }
@@ -124,13 +125,14 @@ impl FrameWatch {
         }
     }
 
-    /// The client's bytes, as read.
-    pub(super) fn on_read(&mut self, mut bytes: &[u8]) {
+    /// The client's bytes, as read. Returns `false` once the connection has shown it is
+    /// not HTTP/2: there is nothing more to watch.
+    pub(super) fn on_read(&mut self, mut bytes: &[u8]) -> bool {
         if let Protocol::Detecting(seen) = self.protocol {
             let take = (PREFACE.len() - seen).min(bytes.len());
             if bytes[..take] != PREFACE[seen..seen + take] {
                 self.protocol = Protocol::Http1;
-                return;
+                return false;
             }
             bytes = &bytes[take..];
             self.protocol = if seen + take == PREFACE.len() {
@@ -141,7 +143,7 @@ impl FrameWatch {
             };
         }
         if self.protocol != Protocol::Http2 {
-            return;
+            return true;
         }
         let mut changed = false;
         let mut read = std::mem::take(&mut self.read);
@@ -154,6 +156,7 @@ impl FrameWatch {
         if changed {
             self.publish();
         }
+        true
     }
 
     /// The server's bytes, as written.

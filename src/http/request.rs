@@ -10,10 +10,7 @@ use std::{
 };
 
 use bytes::Buf;
-use http::{
-    HeaderValue, Method, Request, Response, StatusCode, Version,
-    header::{CONNECTION, UPGRADE},
-};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header::CONNECTION};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project::pin_project;
@@ -77,15 +74,13 @@ where
         }
         ExchangeFuture {
             // An HTTP/1 upgrade hands the stream over when its response is sent.
-            upgrade: if !http1 {
-                None
-            } else if request.method() == Method::CONNECT {
-                Some(Upgrade::Tunnel)
-            } else if request.headers().contains_key(UPGRADE) {
-                Some(Upgrade::Protocol)
-            } else {
-                None
-            },
+            upgrade: http1.then(|| {
+                if request.method() == Method::CONNECT {
+                    Upgrade::Tunnel
+                } else {
+                    Upgrade::Protocol
+                }
+            }),
             inner: self.inner.call(request),
             // `Connection` is an HTTP/1 header; HTTP/2 closes with GOAWAY instead.
             close: http1.then(|| conn.close.clone()),
@@ -113,12 +108,12 @@ impl Drop for Exchange {
     }
 }
 
-/// An HTTP/1 request that hyper upgrades if its answer says yes.
+/// What answer upgrades an HTTP/1 request: its stream then leaves HTTP.
 #[derive(Debug, Clone, Copy)]
 enum Upgrade {
-    /// `Upgrade:` (a WebSocket): upgraded by a `101`.
+    /// `101 Switching Protocols` (a WebSocket).
     Protocol,
-    /// `CONNECT`: a tunnel, opened by a `2xx`.
+    /// A `CONNECT`'s `2xx`: a tunnel.
     Tunnel,
 }
 
@@ -132,7 +127,7 @@ pub(super) struct ExchangeFuture<F> {
     inner: F,
     close: Option<GracefulClose>,
     finish_on_response: Option<Arc<Activity>>,
-    /// The upgrade the request asks for, if any.
+    /// The answer that would upgrade it, for an HTTP/1 request.
     upgrade: Option<Upgrade>,
     exchange: Option<Exchange>,
 }

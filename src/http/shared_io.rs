@@ -141,8 +141,10 @@ impl<IO: AsyncRead + Unpin> AsyncRead for SharedIo<IO> {
         };
         let before = buf.filled().len();
         let polled = waiting(Pin::new(io).poll_read(cx, buf), reader, cx.waker());
-        if let (Poll::Ready(Ok(())), Some(frames)) = (&polled, frames) {
-            frames.on_read(&buf.filled()[before..]);
+        if let (Poll::Ready(Ok(())), Some(watch)) = (&polled, frames.as_mut())
+            && !watch.on_read(&buf.filled()[before..])
+        {
+            *frames = None;
         }
         polled
     }
