@@ -51,8 +51,8 @@ struct Signal {
 /// bits it waits for.
 #[derive(Debug, Default)]
 struct Waiters {
-    next_id: u64,
-    list: Vec<(u64, u8, Waker)>,
+    next_id: u32,
+    list: Vec<(u32, u8, Waker)>,
 }
 
 impl GracefulClose {
@@ -136,7 +136,7 @@ pub struct Requested {
     /// What it waits for.
     bits: u8,
     /// Its id among the waiters and the waker it registered, once it has.
-    registered: Option<(u64, Waker)>,
+    registered: Option<(u32, Waker)>,
 }
 
 impl Future for Requested {
@@ -169,7 +169,8 @@ impl Future for Requested {
             }
             None => {
                 let id = waiters.next_id;
-                waiters.next_id += 1;
+                // Ids only tell apart the few waiters of one connection.
+                waiters.next_id = waiters.next_id.wrapping_add(1);
                 waiters.list.push((id, self.bits, cx.waker().clone()));
                 id
             }

@@ -455,3 +455,54 @@ mod graces {
         assert!(request.await.unwrap().is_err(), "cut before the response");
     }
 }
+
+mod settings {
+    use super::*;
+    use tower_bouncer::ConfigError;
+
+    #[test]
+    fn a_zero_timeout_is_refused_when_built() {
+        for (builder, setting) in [
+            (
+                HttpService::builder(app()).first_byte_timeout(Duration::ZERO),
+                "first_byte_timeout",
+            ),
+            (
+                HttpService::builder(app()).header_read_timeout(Duration::ZERO),
+                "header_read_timeout",
+            ),
+            (
+                HttpService::builder(app()).idle_timeout(Duration::ZERO),
+                "idle_timeout",
+            ),
+        ] {
+            assert_eq!(builder.build().unwrap_err(), ConfigError::Zero { setting });
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeouts_meant_as_forever_wait_without_panicking() {
+        let http = HttpService::builder(app())
+            .first_byte_timeout(Duration::MAX)
+            .header_read_timeout(Duration::MAX)
+            .idle_timeout(Duration::MAX)
+            .close_grace(Duration::MAX)
+            .build()
+            .unwrap();
+        let timeouts = TimeoutLayer::builder()
+            .idle(Duration::MAX)
+            .request(Duration::MAX)
+            .request_min_rate(1, Duration::MAX)
+            .lifetime(Duration::MAX)
+            .lifetime_grace(Duration::MAX)
+            .build()
+            .unwrap();
+        let (connection, client) = serve_one(ServiceBuilder::new().layer(timeouts).service(http));
+        let mut h1 = Http1Client::connect(client).await;
+        for _ in 0..3 {
+            assert_eq!(within(secs(60), h1.get("/")).await.unwrap().body, "hello\n");
+            tokio::time::sleep(secs(3600)).await;
+        }
+        assert!(!connection.is_finished());
+    }
+}

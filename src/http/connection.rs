@@ -1,7 +1,11 @@
 //! One connection's life under the adapter: HTTP until hyper is done, then, for an
 //! upgraded connection, until its new holder drops the stream.
 
-use std::{pin::pin, sync::Arc};
+use std::{
+    pin::{Pin, pin},
+    sync::Arc,
+    time::Duration,
+};
 
 use http::{Request, Response};
 use http_body::Body;
@@ -16,7 +20,12 @@ use super::{
     request::{ConnShared, RequestService},
     shared_io,
 };
-use crate::{BoxError, Conn, GracefulClose, timeout::RequestTimer};
+use tokio::time::Sleep;
+
+use crate::{
+    BoxError, Conn, GracefulClose, close::Requested, deadline::deadline_after,
+    timeout::RequestTimer,
+};
 
 pub(super) async fn serve<IO, S, B>(
     conn: Conn<IO>,
@@ -49,7 +58,7 @@ where
     }
     let frames = timed
         .as_ref()
-        .map(|activity| FrameWatch::new(activity.clone(), times_bodies));
+        .map(|activity| Box::new(FrameWatch::new(activity.clone(), times_bodies)));
     let service = RequestService {
         inner: service,
         conn: Arc::new(ConnShared {
@@ -57,25 +66,25 @@ where
                 .as_ref()
                 .is_some_and(|activity| activity.deadlines().request.is_some()),
             times_bodies,
-            timed: timed.clone(),
+            timed,
             extensions: parts.extensions,
             close: close.clone(),
         }),
     };
     let (io, owner) = shared_io::share(io, frames);
-    let connection = config
-        .hyper
-        .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
-    // A plain close is the adapter's to cut, after its grace.
-    let mut cut = pin!(async {
-        close.cut_left_to_protocol().await;
-        tokio::time::sleep(config.close_grace).await;
-    });
+    // A plain close is the adapter's to cut, after its grace; watched once a close is
+    // asked for.
+    let mut cut: Option<Box<Cut>> = None;
     let mut closing = false;
     // hyper's connection is dropped when this ends: it lets go of the stream then,
-    // unless an upgrade has taken it.
+    // unless an upgrade has taken it. (Made in here, not moved in: a future moved into
+    // another is stored twice.)
     let outcome = async {
-        let mut connection = pin!(connection);
+        let mut connection =
+            pin!(config.hyper.serve_connection_with_upgrades(
+                TokioIo::new(io),
+                TowerToHyperService::new(service)
+            ));
         let mut asked = pin!(close.requested());
         loop {
             tokio::select! {
@@ -83,11 +92,12 @@ where
                 outcome = connection.as_mut() => return Some(outcome),
                 () = &mut asked, if !closing => {
                     closing = true;
+                    cut = Some(Box::new(Cut::new(&close, config.close_grace)));
                     // HTTP/1: no more keep-alive (an idle connection closes now);
                     // HTTP/2: GOAWAY.
                     connection.as_mut().graceful_shutdown();
                 }
-                () = &mut cut, if closing => return None,
+                () = Cut::due_if(&mut cut), if closing => return None,
             }
         }
     }
@@ -102,19 +112,59 @@ where
         Ok(()) if owner.is_released() => return Ok(()),
         Ok(()) => {}
     }
-    // Upgraded: hyper handed the stream to a handler's task. The connection lives on
-    // until that task drops it; its deadlines, caps and cuts still hold, and dropping
-    // this future closes the stream wherever it is.
-    if let Some(activity) = &timed {
-        activity.hand_over();
-    }
+    // Upgraded: hyper handed the stream to a handler's task (and the timer was told
+    // when the answer was made). The connection lives on until that task drops it; its
+    // deadlines, caps and cuts still hold, and dropping this future closes the stream
+    // wherever it is.
+    let cut = cut.get_or_insert_with(|| Box::new(Cut::new(&close, config.close_grace)));
     tokio::select! {
         () = owner.released() => {}
-        () = &mut cut => {
+        () = cut.due() => {
             tracing::debug!(grace = ?config.close_grace, "upgraded connection cut after its close grace");
         }
     }
     Ok(())
+}
+
+/// The adapter's cut of a connection asked to close with a plain
+/// [`GracefulClose::request`]: due its grace after that. Its timer is made only then, so
+/// that a connection never asked carries none.
+struct Cut {
+    asked: Requested,
+    grace: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Cut {
+    fn new(close: &GracefulClose, grace: Duration) -> Self {
+        Self {
+            asked: close.cut_left_to_protocol(),
+            grace,
+            timer: None,
+        }
+    }
+
+    /// Resolves when the cut is due; pending forever without a plain request, or
+    /// without a cut to watch.
+    async fn due_if(cut: &mut Option<Box<Cut>>) {
+        match cut {
+            Some(cut) => cut.due().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Resolves when the cut is due; pending forever without a plain request.
+    async fn due(&mut self) {
+        if self.timer.is_none() {
+            (&mut self.asked).await;
+            self.timer = Some(Box::pin(tokio::time::sleep_until(deadline_after(
+                self.grace,
+            ))));
+        }
+        if let Some(timer) = &mut self.timer {
+            timer.as_mut().await;
+        }
+    }
 }
 
 /// Protocol detection stopped by a graceful close (hyper-util reports it as

@@ -11,20 +11,15 @@
 //! follows HTTP/2's frames for the timeouts.
 
 use std::{
+    future::Future,
     io::{self, IoSlice},
     pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
     task::{Context, Poll, Waker},
 };
 
 use parking_lot::Mutex;
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    sync::Notify,
-};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::frames::FrameWatch;
 
@@ -47,31 +42,33 @@ struct Slot<IO> {
     /// holder polls at a time. parking_lot's lock is a single atomic each way, with no
     /// poisoning to check.
     stream: Mutex<Stream<IO>>,
-    released: AtomicBool,
-    on_release: Notify,
 }
 
 #[derive(Debug)]
 struct Stream<IO> {
     /// Until the owner closes it.
     io: Option<IO>,
+    /// Whether the holder has dropped its end, and the owner's task waiting for that.
+    released: bool,
+    owner: Option<Waker>,
     /// The holder's tasks waiting to read and to write, woken when the owner closes.
     reader: Option<Waker>,
     writer: Option<Waker>,
-    frames: Option<FrameWatch>,
+    /// Boxed, and dropped as soon as the connection shows it is HTTP/1.
+    frames: Option<Box<FrameWatch>>,
 }
 
 /// Shares `io` between a holder and its owner; `frames` sees every byte.
-pub(super) fn share<IO>(io: IO, frames: Option<FrameWatch>) -> (SharedIo<IO>, IoOwner<IO>) {
+pub(super) fn share<IO>(io: IO, frames: Option<Box<FrameWatch>>) -> (SharedIo<IO>, IoOwner<IO>) {
     let slot = Arc::new(Slot {
         stream: Mutex::new(Stream {
             io: Some(io),
+            released: false,
+            owner: None,
             reader: None,
             writer: None,
             frames,
         }),
-        released: AtomicBool::new(false),
-        on_release: Notify::new(),
     });
     (SharedIo { slot: slot.clone() }, IoOwner { slot })
 }
@@ -79,15 +76,18 @@ pub(super) fn share<IO>(io: IO, frames: Option<FrameWatch>) -> (SharedIo<IO>, Io
 impl<IO> IoOwner<IO> {
     /// Whether the holder has dropped its end.
     pub(super) fn is_released(&self) -> bool {
-        self.slot.released.load(Ordering::Acquire)
+        self.slot.stream.lock().released
     }
 
     /// Resolves once the holder has dropped its end.
-    pub(super) async fn released(&self) {
-        if !self.is_released() {
-            // `notify_one` keeps a permit for a release before this waits.
-            self.slot.on_release.notified().await;
-        }
+    pub(super) fn released(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            let mut stream = self.slot.stream.lock();
+            if stream.released {
+                return Poll::Ready(());
+            }
+            waiting(Poll::Pending, &mut stream.owner, cx.waker())
+        })
     }
 }
 
@@ -106,8 +106,14 @@ impl<IO> Drop for IoOwner<IO> {
 
 impl<IO> Drop for SharedIo<IO> {
     fn drop(&mut self) {
-        self.slot.released.store(true, Ordering::Release);
-        self.slot.on_release.notify_one();
+        let owner = {
+            let mut stream = self.slot.stream.lock();
+            stream.released = true;
+            stream.owner.take()
+        };
+        if let Some(owner) = owner {
+            owner.wake();
+        }
     }
 }
 

@@ -47,6 +47,7 @@ impl LoginSession {
 fn lock(state: &SessionState) -> MutexGuard<'_, Attempts> {
     state
         .attempts
+        .get_or_init(Box::default)
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
 }

@@ -102,8 +102,9 @@ pub(crate) struct SessionState {
     reason: OnceLock<EvictReason>,
     /// The connection's place in the pre-authentication budget, left on success.
     startup: Mutex<Option<StartupSlot>>,
-    /// Login attempts in flight, held to the tries left (see [`super::attempts`]).
-    pub(super) attempts: Mutex<Attempts>,
+    /// Login attempts in flight, held to the tries left (see [`super::attempts`]);
+    /// made for the connections that send any.
+    pub(super) attempts: OnceLock<Box<Mutex<Attempts>>>,
 }
 
 impl SessionState {
@@ -122,7 +123,7 @@ impl SessionState {
             eviction: GracefulClose::new(),
             reason: OnceLock::new(),
             startup: Mutex::new(Some(startup)),
-            attempts: Mutex::default(),
+            attempts: OnceLock::new(),
         }
     }
 

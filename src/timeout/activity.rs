@@ -129,8 +129,8 @@ pub(crate) struct Activity {
     pub(super) shared: Arc<Shared>,
     /// The layer's deadlines merged with those the protocol adds where the layer has
     /// none (the HTTP adapter's own); set before the connection is first polled, if the
-    /// protocol adds any.
-    with_protocol: OnceLock<Deadlines>,
+    /// protocol adds any. Boxed: under a layer that sets them all, nothing is added.
+    with_protocol: OnceLock<Box<Deadlines>>,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
     /// Response data written, for a protocol that tells it apart from its framing
@@ -159,8 +159,10 @@ pub(crate) struct Activity {
     registration_taken: AtomicBool,
     /// Whether the protocol declares its exchanges, so that idle means none is open.
     declared: AtomicBool,
-    exchanges_opened: AtomicU64,
-    exchanges_closed: AtomicU64,
+    /// Exchanges open (the low half) and ever opened (the high half, wrapping): one
+    /// atomic for both, so that opening or closing one costs one operation and the
+    /// timer reads both consistently.
+    exchanges: AtomicU64,
     /// Response bytes the protocol has been handed to send.
     handed: AtomicU64,
 }
@@ -188,8 +190,7 @@ impl Activity {
             timer: AtomicWaker::new(),
             registration_taken: AtomicBool::new(false),
             declared: AtomicBool::new(false),
-            exchanges_opened: AtomicU64::new(0),
-            exchanges_closed: AtomicU64::new(0),
+            exchanges: AtomicU64::new(0),
             handed: AtomicU64::new(0),
         }
     }
@@ -201,7 +202,9 @@ impl Activity {
     /// The deadlines this connection is held to: the layer's, and the protocol's where
     /// the layer has none.
     pub(crate) fn deadlines(&self) -> &Deadlines {
-        self.with_protocol.get().unwrap_or(&self.shared.deadlines)
+        self.with_protocol
+            .get()
+            .map_or(&self.shared.deadlines, |merged| merged)
     }
 
     /// The layer's own deadlines, without the protocol's.
@@ -213,10 +216,14 @@ impl Activity {
     /// the connection is first polled.
     pub(crate) fn add_protocol_deadlines(&self, deadlines: Deadlines) {
         let layer = &self.shared.deadlines;
-        if layer.request.is_none() && deadlines.request.is_some() {
+        let merged = layer.or(deadlines);
+        if merged == *layer {
+            return;
+        }
+        if layer.request.is_none() && merged.request.is_some() {
             self.request_armed.store(true, Ordering::Relaxed);
         }
-        self.with_protocol.set(layer.or(deadlines)).ok();
+        self.with_protocol.set(Box::new(merged)).ok();
     }
 
     /// `n` bytes were read. Only the stream writes the counts, so a load and a store
@@ -303,11 +310,11 @@ impl Activity {
     }
 
     pub(crate) fn open_exchange(&self) {
-        self.exchanges_opened.fetch_add(1, Ordering::Relaxed);
+        self.exchanges.fetch_add(1 | 1 << 32, Ordering::Relaxed);
     }
 
     pub(crate) fn close_exchange(&self) {
-        self.exchanges_closed.fetch_add(1, Ordering::Release);
+        self.exchanges.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// The protocol was handed `n` bytes of response to send.
@@ -468,14 +475,11 @@ impl Activity {
         }
 
         let moved = if self.declared.load(Ordering::Relaxed) {
-            // Closed first: every exchange closed was opened, so none is counted open
-            // that has not been.
-            let closed = self.exchanges_closed.load(Ordering::Acquire);
-            let opened = self.exchanges_opened.load(Ordering::Relaxed);
-            let busy = opened != closed
-                || held_back
-                || self.request_started.load(Ordering::Relaxed) != IDLE;
-            if busy { None } else { Some(opened) }
+            let exchanges = self.exchanges.load(Ordering::Relaxed);
+            let open = exchanges & u64::from(u32::MAX);
+            let busy =
+                open != 0 || held_back || self.request_started.load(Ordering::Relaxed) != IDLE;
+            if busy { None } else { Some(exchanges >> 32) }
         } else {
             Some(
                 self.bytes_read.load(Ordering::Relaxed)
