@@ -62,10 +62,29 @@ async fn h2_connection(
     login: &Login,
     checks: Arc<AtomicUsize>,
 ) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
+    h2_connection_to(login, app(checks)).await
+}
+
+/// One HTTP/2 connection to `login`'s layers over `service`, reporting its logins.
+async fn h2_connection_to<S, B>(
+    login: &Login,
+    service: S,
+) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>>
+where
+    S: tower::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<tower_bouncer::BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<tower_bouncer::BoxError>,
+{
     let service = ServiceBuilder::new()
         .layer(login.ban_layer())
         .layer(login.session_layer())
-        .service(HttpService::new(ReportLoginLayer::new().layer(app(checks))));
+        .service(HttpService::new(ReportLoginLayer::new().layer(service)));
     let (conn, client) = duplex_conn("192.0.2.1:1");
     tokio::spawn(service.oneshot(conn));
     let (sender, connection) =
@@ -237,18 +256,7 @@ async fn a_service_that_checks_in_call_is_called_only_once_admitted() {
         .build()
         .unwrap();
     let checks = Arc::new(AtomicUsize::new(0));
-    let service = ServiceBuilder::new()
-        .layer(login.session_layer())
-        .service(HttpService::new(
-            ReportLoginLayer::new().layer(ChecksInCall(checks.clone())),
-        ));
-    let (conn, client) = duplex_conn("192.0.2.1:1");
-    tokio::spawn(service.oneshot(conn));
-    let (sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let sender = h2_connection_to(&login, ChecksInCall(checks.clone())).await;
     let statuses = send_all(
         &sender,
         (0..50)

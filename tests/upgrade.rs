@@ -31,6 +31,16 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
+/// The answer that upgrades a connection to the made-up protocol `x`.
+fn switching_protocols() -> Response<Empty<Bytes>> {
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "x")
+        .body(Empty::new())
+        .unwrap()
+}
+
 /// An application that upgrades every request and hands the upgraded stream to a task
 /// that holds it for `hold` without reading, as a WebSocket handler waiting for its
 /// application does. `upgraded` hears when the task has the stream.
@@ -55,12 +65,7 @@ fn upgrading_app(
                 tokio::time::sleep(hold).await;
                 drop(stream);
             });
-            Ok(Response::builder()
-                .status(StatusCode::SWITCHING_PROTOCOLS)
-                .header(header::CONNECTION, "upgrade")
-                .header(header::UPGRADE, "x")
-                .body(Empty::new())
-                .unwrap())
+            Ok(switching_protocols())
         }
     })
 }
@@ -93,12 +98,7 @@ fn reading_app(
                 };
                 ended.send(outcome).ok();
             });
-            Ok(Response::builder()
-                .status(StatusCode::SWITCHING_PROTOCOLS)
-                .header(header::CONNECTION, "upgrade")
-                .header(header::UPGRADE, "x")
-                .body(Empty::new())
-                .unwrap())
+            Ok(switching_protocols())
         }
     })
 }

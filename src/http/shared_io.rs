@@ -132,27 +132,62 @@ fn waiting<T>(poll: Poll<T>, slot: &mut Option<Waker>, waker: &Waker) -> Poll<T>
     poll
 }
 
+/// Which of the holder's wakers a poll keeps.
+#[derive(Clone, Copy)]
+enum Direction {
+    Read,
+    Write,
+}
+
+impl<IO: Unpin> SharedIo<IO> {
+    /// Polls the stream with `poll` (which also shows the frame watch what moved), or
+    /// fails once it is closed; a pending poll keeps its waker, to be woken at a close.
+    fn poll_io<T>(
+        &self,
+        cx: &mut Context<'_>,
+        direction: Direction,
+        poll: impl FnOnce(
+            Pin<&mut IO>,
+            &mut Context<'_>,
+            &mut Option<Box<FrameWatch>>,
+        ) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        let mut stream = self.slot.stream.lock();
+        let Stream {
+            io,
+            reader,
+            writer,
+            frames,
+            ..
+        } = &mut *stream;
+        let Some(io) = io else {
+            return Poll::Ready(Err(closed()));
+        };
+        let polled = poll(Pin::new(io), cx, frames);
+        let kept = match direction {
+            Direction::Read => reader,
+            Direction::Write => writer,
+        };
+        waiting(polled, kept, cx.waker())
+    }
+}
+
 impl<IO: AsyncRead + Unpin> AsyncRead for SharedIo<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let mut stream = self.slot.stream.lock();
-        let Stream {
-            io, reader, frames, ..
-        } = &mut *stream;
-        let Some(io) = io else {
-            return Poll::Ready(Err(closed()));
-        };
-        let before = buf.filled().len();
-        let polled = waiting(Pin::new(io).poll_read(cx, buf), reader, cx.waker());
-        if let (Poll::Ready(Ok(())), Some(watch)) = (&polled, frames.as_mut())
-            && !watch.on_read(&buf.filled()[before..])
-        {
-            *frames = None;
-        }
-        polled
+        self.poll_io(cx, Direction::Read, |io, cx, frames| {
+            let before = buf.filled().len();
+            let polled = io.poll_read(cx, buf);
+            if let (Poll::Ready(Ok(())), Some(watch)) = (&polled, frames.as_mut())
+                && !watch.on_read(&buf.filled()[before..])
+            {
+                *frames = None;
+            }
+            polled
+        })
     }
 }
 
@@ -162,18 +197,13 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for SharedIo<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let mut stream = self.slot.stream.lock();
-        let Stream {
-            io, writer, frames, ..
-        } = &mut *stream;
-        let Some(io) = io else {
-            return Poll::Ready(Err(closed()));
-        };
-        let polled = waiting(Pin::new(io).poll_write(cx, buf), writer, cx.waker());
-        if let (Poll::Ready(Ok(written)), Some(frames)) = (&polled, frames) {
-            frames.on_written(&buf[..*written]);
-        }
-        polled
+        self.poll_io(cx, Direction::Write, |io, cx, frames| {
+            let polled = io.poll_write(cx, buf);
+            if let (Poll::Ready(Ok(written)), Some(frames)) = (&polled, frames) {
+                frames.on_written(&buf[..*written]);
+            }
+            polled
+        })
     }
 
     fn poll_write_vectored(
@@ -181,48 +211,29 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for SharedIo<IO> {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let mut stream = self.slot.stream.lock();
-        let Stream {
-            io, writer, frames, ..
-        } = &mut *stream;
-        let Some(io) = io else {
-            return Poll::Ready(Err(closed()));
-        };
-        let polled = waiting(
-            Pin::new(io).poll_write_vectored(cx, bufs),
-            writer,
-            cx.waker(),
-        );
-        if let (Poll::Ready(Ok(written)), Some(frames)) = (&polled, frames) {
-            let mut left = *written;
-            for buf in bufs {
-                let run = left.min(buf.len());
-                frames.on_written(&buf[..run]);
-                left -= run;
-                if left == 0 {
-                    break;
+        self.poll_io(cx, Direction::Write, |io, cx, frames| {
+            let polled = io.poll_write_vectored(cx, bufs);
+            if let (Poll::Ready(Ok(written)), Some(frames)) = (&polled, frames) {
+                let mut left = *written;
+                for buf in bufs {
+                    let run = left.min(buf.len());
+                    frames.on_written(&buf[..run]);
+                    left -= run;
+                    if left == 0 {
+                        break;
+                    }
                 }
             }
-        }
-        polled
+            polled
+        })
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut stream = self.slot.stream.lock();
-        let Stream { io, writer, .. } = &mut *stream;
-        let Some(io) = io else {
-            return Poll::Ready(Err(closed()));
-        };
-        waiting(Pin::new(io).poll_flush(cx), writer, cx.waker())
+        self.poll_io(cx, Direction::Write, |io, cx, _| io.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut stream = self.slot.stream.lock();
-        let Stream { io, writer, .. } = &mut *stream;
-        let Some(io) = io else {
-            return Poll::Ready(Err(closed()));
-        };
-        waiting(Pin::new(io).poll_shutdown(cx), writer, cx.waker())
+        self.poll_io(cx, Direction::Write, |io, cx, _| io.poll_shutdown(cx))
     }
 
     fn is_write_vectored(&self) -> bool {
