@@ -9,7 +9,8 @@
 //! - `GET /login` with `Authorization: Basic` for `alice:secret` answers
 //!   `welcome alice`, anything else `401` with `WWW-Authenticate: Basic realm="demo"`;
 //! - `GET /slow?ms=N` answers after N ms (at most 10000);
-//! - `GET /ws` is a WebSocket that echoes every message.
+//! - `GET /ws` is a WebSocket that echoes every message;
+//! - `GET /ip` answers the client address the server keys on.
 //!
 //! Protected (the default), connections run through the crate's accept loop, its
 //! protection layers (per-peer rate, per-peer cap, total cap, timeouts; see `--help` for

@@ -156,6 +156,9 @@ async fn axum_server_answers_its_routes() {
 
         let slow = ask("GET /slow?ms=20 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
         assert!(slow.starts_with("http/1.1 200"), "{slow}");
+
+        let ip = ask("GET /ip HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(ip.ends_with("\r\n\r\n127.0.0.1\n"), "{ip}");
         server.stop().await;
     }
 }

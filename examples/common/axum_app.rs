@@ -1,11 +1,11 @@
 //! The axum_server application, shared by the example and the siege's server mode.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use axum::{
     Extension, Router,
     extract::{
-        RawQuery,
+        ConnectInfo, RawQuery,
         ws::{Message, WebSocket, WebSocketUpgrade},
     },
     http::{HeaderMap, StatusCode, header},
@@ -17,6 +17,7 @@ use bytes::Bytes;
 use tokio::net::TcpListener;
 use tower::Layer;
 use tower_bouncer::{
+    ConnInfo,
     http::HttpService,
     login::{LoginSession, ReportLoginLayer},
     serve::Server,
@@ -48,7 +49,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let Some(layers) = layers else {
-        axum::serve(listener, app())
+        let app = app().into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await
             .expect("axum::serve never fails");
@@ -70,6 +72,21 @@ fn app() -> Router {
         .route("/login", get(login))
         .route("/slow", get(slow))
         .route("/ws", get(websocket))
+        .route("/ip", get(ip))
+}
+
+/// `GET /ip`: the client address the server keys on: behind a balancer that sends the
+/// PROXY protocol, the client's, not the balancer's.
+async fn ip(
+    protected: Option<Extension<ConnInfo>>,
+    unprotected: Option<Extension<ConnectInfo<SocketAddr>>>,
+) -> Response {
+    let peer = match (protected, unprotected) {
+        (Some(Extension(info)), _) => info.peer_addr,
+        (None, Some(Extension(ConnectInfo(peer)))) => peer,
+        (None, None) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    };
+    format!("{}\n", peer.ip()).into_response()
 }
 
 /// `GET /ws`: a WebSocket that echoes every message. Protected, its connection counts
