@@ -10,16 +10,19 @@
 mod support;
 
 use std::{
-    pin::Pin,
-    task::{Context, Poll},
+    future::{Ready, ready},
+    net::SocketAddr,
+    pin::{Pin, pin},
+    task::{Context, Poll, Waker},
     time::{Duration, Instant},
 };
 
 use tokio::{
-    io::{AsyncRead, ReadBuf},
+    io::{AsyncRead, AsyncWrite, ReadBuf},
     time::Sleep,
 };
-use tower_bouncer::timeout::TimeoutLayer;
+use tower::{Layer, Service, service_fn};
+use tower_bouncer::{BoxError, Conn, proxy_protocol::ProxyProtocolLayer, timeout::TimeoutLayer};
 
 use support::*;
 
@@ -77,6 +80,76 @@ impl<R: AsyncRead + Unpin> AsyncRead for ResetEveryRead<R> {
     }
 }
 
+/// A PROXY v2 header as a balancer sends it: TCP over IPv4, client 192.0.2.7:40000,
+/// front end 198.51.100.1:443, no TLV.
+const V2_HEADER: &[u8] = &[
+    0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A, // signature
+    0x21, 0x11, 0x00, 0x0C, // v2 PROXY, TCP over IPv4, 12 bytes
+    192, 0, 2, 7, 198, 51, 100, 1, 0x9C, 0x40, 0x01, 0xBB,
+];
+
+/// An in-memory stream that reads its bytes at once, then ends; writes are dropped.
+struct Preloaded(&'static [u8]);
+
+impl AsyncRead for Preloaded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let given = self.0.len().min(buf.remaining());
+        buf.put_slice(&self.0[..given]);
+        self.0 = &self.0[given..];
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Preloaded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The protocol, over any stream: done as soon as it starts.
+fn done_over<IO>(_: Conn<IO>) -> Ready<Result<(), BoxError>> {
+    ready(Ok(()))
+}
+
+/// Runs `iterations` connections from a balancer, each stream holding `bytes`,
+/// through `service`, as [`support::run`] does; returns the time it took.
+fn run_preloaded<S>(service: &mut S, bytes: &'static [u8], iterations: u64) -> Duration
+where
+    S: Service<Conn<Preloaded>, Response = ()>,
+    S::Error: std::fmt::Debug,
+{
+    let balancer: SocketAddr = "10.0.0.2:50000".parse().unwrap();
+    let local: SocketAddr = "10.0.0.9:8443".parse().unwrap();
+    let mut cx = Context::from_waker(Waker::noop());
+    let began = Instant::now();
+    for _ in std::hint::black_box(0..iterations) {
+        assert!(service.poll_ready(&mut cx).is_ready());
+        let conn = Conn::new(Preloaded(bytes), balancer, local);
+        let connection = pin!(service.call(conn));
+        match connection.poll(&mut cx) {
+            Poll::Ready(outcome) => outcome.unwrap(),
+            Poll::Pending => unreachable!("the header is read at once"),
+        }
+    }
+    began.elapsed()
+}
+
 /// [`bulk_transfer`]'s throughput, in bytes per second.
 fn throughput<R: AsyncRead + Unpin>(
     runtime: &tokio::runtime::Runtime,
@@ -123,6 +196,32 @@ fn main() {
         "| admission, all layers stacked, 2 threads, distinct peers | no layer | {bare_two:.0} ns | {stacked_two:.0} ns | +{overhead_two:.0} ns per connection ({:.2}× one thread's) | ≤ 2× one thread's | {} |",
         overhead_two / overhead_one,
         yes(overhead_two <= 2.0 * overhead_one)
+    );
+
+    // The PROXY layer on a balancer's connection: the v2 header read, the peer
+    // rewritten, the inner service called.
+    let mut bare = service_fn(done_over::<Preloaded>);
+    let mut proxied = ProxyProtocolLayer::builder()
+        .trusted(["10.0.0.0/24".parse().unwrap()])
+        .build()
+        .unwrap()
+        .layer(service_fn(done_over));
+    let [bare_conn, proxied_conn] = interleaved(
+        rounds,
+        [
+            &mut || per_op(run_preloaded(&mut bare, &[], CONNECTIONS), CONNECTIONS),
+            &mut || {
+                per_op(
+                    run_preloaded(&mut proxied, V2_HEADER, CONNECTIONS),
+                    CONNECTIONS,
+                )
+            },
+        ],
+    );
+    let proxy_over = proxied_conn - bare_conn;
+    println!(
+        "| PROXY v2 header read and rewrite, per connection | no layer | {bare_conn:.0} ns | {proxied_conn:.0} ns | +{proxy_over:.0} ns per connection | ≤ 300 ns | {} |",
+        yes(proxy_over <= 300.0)
     );
 
     // The idle-timeout wrapper, per read event.

@@ -13,6 +13,8 @@
 //!   to be ready before each accept, survives `EMFILE`, and drains on shutdown.
 //! - [`http`](mod@http) (feature `http`): [`HttpService`](http::HttpService) serves an
 //!   axum `Router` or tonic routes over HTTP/1.1 and HTTP/2 on each connection.
+//! - [`proxy_protocol`] (feature `proxy-protocol`): the real client behind a load
+//!   balancer, read from a PROXY header sent by a trusted network.
 //!
 //! # Example
 //!
@@ -48,7 +50,8 @@
         feature = "peer-limit",
         feature = "rate-limit",
         feature = "timeout",
-        feature = "login"
+        feature = "login",
+        feature = "proxy-protocol"
     )),
     allow(dead_code, unused_imports, unused_macros)
 )]
@@ -75,6 +78,8 @@ pub mod limit;
 pub mod login;
 #[cfg(feature = "peer-limit")]
 pub mod peer_limit;
+#[cfg(feature = "proxy-protocol")]
+pub mod proxy_protocol;
 #[cfg(feature = "rate-limit")]
 pub mod rate_limit;
 

@@ -274,7 +274,7 @@ impl PeerKeying {
 
 /// `network` without host bits, and an IPv4-mapped IPv6 network as the IPv4 network it
 /// carries, as [`PeerKeying::key`] counts a mapped address.
-#[cfg(feature = "login")]
+#[cfg(any(feature = "login", feature = "proxy-protocol"))]
 pub(crate) fn canonical_network(network: IpNet) -> IpNet {
     let network = network.trunc();
     if let IpNet::V6(v6) = network

@@ -1,0 +1,234 @@
+use std::{net::IpAddr, sync::Arc, time::Duration};
+
+use ipnet::IpNet;
+use tower_layer::Layer;
+
+use super::{ProxyProtocol, ProxyProtocolError};
+use crate::{
+    ConfigError, config::nonzero, counter::Counter, peer::canonical_network, throttle::LogThrottle,
+};
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Room for what balancers send in TLVs (HAProxy's TLS details and unique IDs, cloud
+/// balancers' endpoint IDs), yet a bound on what one connection makes the server hold.
+const DEFAULT_MAX_V2_LEN: usize = 4096;
+
+/// Reads PROXY protocol headers from trusted balancers and rewrites each connection's
+/// peer address to the client's. See the [module documentation](super).
+///
+/// Clones share their counters: keep a clone to read [`stats`](Self::stats).
+#[derive(Debug, Clone)]
+pub struct ProxyProtocolLayer {
+    shared: Arc<Shared>,
+}
+
+/// Builds a [`ProxyProtocolLayer`]; it needs at least one trusted network.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ProxyProtocolBuilder {
+    trusted: Vec<IpNet>,
+    optional_from_trusted: bool,
+    refuse_untrusted_headers: bool,
+    timeout: Duration,
+    max_v2_len: usize,
+}
+
+/// What a [`ProxyProtocolLayer`] has seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProxyProtocolStats {
+    /// Headers from trusted sources whose client became the connection's peer.
+    pub proxied: u64,
+    /// Headers from trusted sources that name no client (v2 `LOCAL`, v1 `UNKNOWN`,
+    /// UNIX, UDP or unspecified families): the socket's addresses were kept.
+    pub local: u64,
+    /// Connections from trusted sources without a header, let through as
+    /// [`optional_from_trusted`](ProxyProtocolBuilder::optional_from_trusted) allows.
+    pub without_header: u64,
+    /// Connections from untrusted sources, let through with their bytes as sent.
+    pub untrusted: u64,
+    /// Refused: a trusted source sent no header where one is required.
+    pub refused_missing: u64,
+    /// Refused: a header that is not valid PROXY protocol, or of an unsupported version.
+    pub refused_malformed: u64,
+    /// Refused: a header beyond its size limit.
+    pub refused_too_long: u64,
+    /// Refused: the header was not complete within the timeout.
+    pub refused_timed_out: u64,
+    /// Refused: an untrusted source sent a header, with
+    /// [`refuse_untrusted_headers`](ProxyProtocolBuilder::refuse_untrusted_headers).
+    pub refused_untrusted_header: u64,
+    /// Connections that ended or failed before their header was complete.
+    pub closed_early: u64,
+}
+
+impl ProxyProtocolLayer {
+    /// A layer to configure: [`trusted`](ProxyProtocolBuilder::trusted) is required.
+    pub fn builder() -> ProxyProtocolBuilder {
+        ProxyProtocolBuilder {
+            trusted: Vec::new(),
+            optional_from_trusted: false,
+            refuse_untrusted_headers: false,
+            timeout: DEFAULT_TIMEOUT,
+            max_v2_len: DEFAULT_MAX_V2_LEN,
+        }
+    }
+
+    /// Counters, read without locking.
+    pub fn stats(&self) -> ProxyProtocolStats {
+        let stats = &self.shared.stats;
+        ProxyProtocolStats {
+            proxied: stats.proxied.get(),
+            local: stats.local.get(),
+            without_header: stats.without_header.get(),
+            untrusted: stats.untrusted.get(),
+            refused_missing: stats.refused_missing.get(),
+            refused_malformed: stats.refused_malformed.get(),
+            refused_too_long: stats.refused_too_long.get(),
+            refused_timed_out: stats.refused_timed_out.get(),
+            refused_untrusted_header: stats.refused_untrusted_header.get(),
+            closed_early: stats.closed_early.get(),
+        }
+    }
+}
+
+impl ProxyProtocolBuilder {
+    /// Adds networks whose connections carry a PROXY header: the balancers. An
+    /// IPv4-mapped IPv6 network counts as the IPv4 network it carries, and a mapped peer
+    /// address as its IPv4 address.
+    pub fn trusted(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
+        self.trusted
+            .extend(networks.into_iter().map(canonical_network));
+        self
+    }
+
+    /// Whether a trusted source may send no header; `false` by default, as nginx's and
+    /// HAProxy's `accept-proxy` listeners require one. When `true`, the first bytes from
+    /// a trusted source are read to tell: if they are no PROXY signature they reach the
+    /// protocol as sent. The protocol must then be one in which the client speaks first,
+    /// or the [timeout](Self::timeout) closes its connections.
+    pub fn optional_from_trusted(mut self, optional: bool) -> Self {
+        self.optional_from_trusted = optional;
+        self
+    }
+
+    /// Whether to refuse a connection from an untrusted source that starts with a PROXY
+    /// signature; `false` by default, when nothing is read from untrusted sources and
+    /// their bytes reach the protocol as sent. When `true`, their first bytes are read
+    /// to tell (and reach the protocol as sent if they are no signature), so the
+    /// protocol must be one in which the client speaks first, or the
+    /// [timeout](Self::timeout) closes its connections.
+    pub fn refuse_untrusted_headers(mut self, refuse: bool) -> Self {
+        self.refuse_untrusted_headers = refuse;
+        self
+    }
+
+    /// How long after the connection reaches this layer its header must be complete;
+    /// 5 s by default. `Duration::MAX` waits as good as forever.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The longest version 2 payload (addresses and TLVs, after the 16 fixed bytes)
+    /// accepted; 4096 bytes by default. A longer one is refused as soon as its length
+    /// is read. Version 1 headers have the spec's limit of 107 bytes.
+    pub fn max_v2_len(mut self, max: usize) -> Self {
+        self.max_v2_len = max;
+        self
+    }
+
+    /// # Errors
+    ///
+    /// [`ConfigError::Empty`] without a trusted network: a header is never believed
+    /// from anyone by default. [`ConfigError::Zero`] for a zero timeout or cap.
+    pub fn build(self) -> Result<ProxyProtocolLayer, ConfigError> {
+        if self.trusted.is_empty() {
+            return Err(ConfigError::Empty {
+                needs: "a trusted network",
+            });
+        }
+        Ok(ProxyProtocolLayer {
+            shared: Arc::new(Shared {
+                trusted: self.trusted.into(),
+                optional_from_trusted: self.optional_from_trusted,
+                refuse_untrusted_headers: self.refuse_untrusted_headers,
+                timeout: nonzero(self.timeout, "timeout")?,
+                max_v2_len: nonzero(self.max_v2_len, "max_v2_len")?,
+                log: LogThrottle::new(Duration::from_secs(1)),
+                stats: Stats::default(),
+            }),
+        })
+    }
+}
+
+impl<S> Layer<S> for ProxyProtocolLayer {
+    type Service = ProxyProtocol<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ProxyProtocol::new(inner, self.shared.clone())
+    }
+}
+
+/// The settings and counters every clone shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    trusted: Box<[IpNet]>,
+    pub(super) optional_from_trusted: bool,
+    pub(super) refuse_untrusted_headers: bool,
+    pub(super) timeout: Duration,
+    pub(super) max_v2_len: usize,
+    log: LogThrottle,
+    pub(super) stats: Stats,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Stats {
+    pub(super) proxied: Counter,
+    pub(super) local: Counter,
+    pub(super) without_header: Counter,
+    pub(super) untrusted: Counter,
+    refused_missing: Counter,
+    refused_malformed: Counter,
+    refused_too_long: Counter,
+    refused_timed_out: Counter,
+    refused_untrusted_header: Counter,
+    closed_early: Counter,
+}
+
+impl Shared {
+    pub(super) fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.trusted.iter().any(|net| net.contains(&ip))
+    }
+
+    /// Counts and logs (at most once a second) a connection failed with `error`.
+    pub(super) fn failed(&self, error: &ProxyProtocolError, peer: IpAddr) {
+        let stats = &self.stats;
+        let counter = match error {
+            ProxyProtocolError::Missing => &stats.refused_missing,
+            ProxyProtocolError::UntrustedHeader => &stats.refused_untrusted_header,
+            ProxyProtocolError::Malformed { .. } | ProxyProtocolError::UnsupportedVersion(_) => {
+                &stats.refused_malformed
+            }
+            ProxyProtocolError::TooLong { .. } => &stats.refused_too_long,
+            ProxyProtocolError::TimedOut(_) => &stats.refused_timed_out,
+            ProxyProtocolError::Incomplete { .. } | ProxyProtocolError::Io(_) => {
+                &stats.closed_early
+            }
+        };
+        counter.add();
+        if let Some(suppressed) = self.log.allow() {
+            if matches!(
+                error,
+                ProxyProtocolError::Incomplete { .. } | ProxyProtocolError::Io(_)
+            ) {
+                // The source's own doing, such as a balancer's health check that
+                // connects and closes.
+                tracing::debug!(%peer, %error, suppressed, "connection ended before its PROXY header");
+            } else {
+                tracing::warn!(%peer, %error, suppressed, "PROXY header refused");
+            }
+        }
+    }
+}
