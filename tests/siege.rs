@@ -30,7 +30,9 @@ fn the_quick_siege_reports_every_attack_against_both_servers() {
     let figures: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let runs = figures["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 12, "six attacks, two servers each");
+    // Six attacks, two servers each; and the flood behind HAProxy (installed by .ci/run),
+    // without and with the PROXY protocol.
+    assert_eq!(runs.len(), 14, "{stdout}");
     let run = |attack: &str, server: &str| {
         runs.iter()
             .find(|run| run["attack"] == attack && run["server"] == server)
@@ -46,6 +48,15 @@ fn the_quick_siege_reports_every_attack_against_both_servers() {
             < unprotected["peak_descriptors"].as_u64().unwrap(),
         "{protected} / {unprotected}"
     );
+    // Behind a load balancer, the PROXY protocol is what keeps the legitimate client
+    // apart from the flooder.
+    let without = run("flood behind an LB", "LB, no PROXY")["legit_success"]
+        .as_f64()
+        .unwrap();
+    let with = run("flood behind an LB", "LB + PROXY v2")["legit_success"]
+        .as_f64()
+        .unwrap();
+    assert!(with >= 0.95 && without <= 0.8, "{without} / {with}");
     assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
     let _ = std::fs::remove_file(json);
     let _ = std::fs::remove_file(plot);

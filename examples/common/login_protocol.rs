@@ -1,18 +1,22 @@
 //! The login_server protocol, shared by the example and the siege's server mode.
 
-use std::io;
+use std::{
+    io,
+    pin::Pin,
+    task::{Context, Poll},
+};
 
 use bytes::Bytes;
 use tokio::{
     io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
 };
-use tower::service_fn;
+use tower::Service;
 use tower_bouncer::{
     Conn, GracefulClose,
     login::{AfterFailure, LoginSession},
     serve::Server,
-    timeout::{RequestTimer, TimedIo},
+    timeout::RequestTimer,
 };
 
 use super::protection::{Layers, Refusals};
@@ -39,21 +43,40 @@ pub async fn serve(
         serve_unprotected(listener, shutdown).await;
         return;
     };
-    let protocol = service_fn(|mut conn: Conn<TimedIo<TcpStream>>| {
+    let report = Server::new(listener)
+        .with_graceful_shutdown(shutdown)
+        .serve(layers.around(Protocol))
+        .await;
+    if let Err(error) = report {
+        super::fail(format_args!("server failed: {error}"));
+    }
+}
+
+/// The protocol as a connection-level service, on whatever stream the layers above make
+/// (a PROXY header read or not, TLS or not).
+#[derive(Debug, Clone, Copy)]
+struct Protocol;
+
+impl<IO> Service<Conn<IO>> for Protocol
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Response = ();
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut conn: Conn<IO>) -> Self::Future {
         let extensions = conn.extensions_mut();
         let session = Session {
             login: extensions.remove::<LoginSession>(),
             close: extensions.remove::<GracefulClose>(),
             request_timer: extensions.remove::<RequestTimer>(),
         };
-        session.run(conn.into_io())
-    });
-    let report = Server::new(listener)
-        .with_graceful_shutdown(shutdown)
-        .serve(layers.around(protocol))
-        .await;
-    if let Err(error) = report {
-        super::fail(format_args!("server failed: {error}"));
+        Box::pin(session.run(conn.into_io()))
     }
 }
 

@@ -6,12 +6,14 @@ use std::{str::FromStr, time::Duration};
 
 use bytes::Bytes;
 use ipnet::IpNet;
+use tower::util::Either;
 use tower_bouncer::{
     ConfigError,
     limit::{ConnectionLimit, ConnectionLimitLayer},
     login::{BanCheck, Login, LoginSessions},
     peer::PeerKeying,
     peer_limit::{PeerLimit, PeerLimitLayer},
+    proxy_protocol::{ProxyProtocol, ProxyProtocolLayer},
     rate_limit::{Rate, RateLimit, RateLimitLayer},
     timeout::{Timeout, TimeoutLayer},
 };
@@ -56,9 +58,12 @@ pub const DEFAULT_FAILURE_WINDOW: Duration = Duration::from_secs(600);
 pub const DEFAULT_BAN: Duration = Duration::from_secs(600);
 /// login_server: close a connection that has not logged in this long after connecting.
 pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// A trusted balancer's PROXY header must be complete this long after accept.
+pub const DEFAULT_PROXY_PROTOCOL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The `--help` lines of the protection flags every example takes.
-pub const USAGE: &str = "  --max-connections N   concurrent connections in all (default 4096, or 3/4 of the
+pub const USAGE: &str =
+    "  --max-connections N   concurrent connections in all (default 4096, or 3/4 of the
                         descriptor limit if that is less)
   --backpressure        when at --max-connections, stop accepting instead of refusing
   --max-per-peer N      concurrent connections per peer key (default 32)
@@ -78,7 +83,12 @@ pub const USAGE: &str = "  --max-connections N   concurrent connections in all (
   --max-auth-tries N    failed logins on one connection before it is closed (default 1)
   --max-failures N      failed logins per peer key within --failure-window that ban it (default 5)
   --failure-window S    the window failed logins are counted in (default 600)
-  --ban S               the first ban; each repeat offence doubles it, up to 24 hours (default 600)";
+  --ban S               the first ban; each repeat offence doubles it, up to 24 hours (default 600)
+  --proxy-protocol-from CIDR
+                        read a PROXY v1/v2 header from these balancers, and only them
+                        (repeatable; none by default)
+  --proxy-protocol-timeout S
+                        the PROXY header must be complete within S of accept (default 5)";
 
 /// The `--help` line of the flag only login_server takes.
 pub const LOGIN_TIMEOUT_USAGE: &str = "  --login-timeout S     close a connection not logged in S seconds after connecting (default 30)";
@@ -105,6 +115,9 @@ pub struct Protection {
     pub ban: Duration,
     /// `None` for the examples that take no `--login-timeout`.
     pub login_timeout: Option<Duration>,
+    /// Balancers whose PROXY headers are read; none: no PROXY protocol.
+    pub proxy_protocol_from: Vec<IpNet>,
+    pub proxy_protocol_timeout: Duration,
 }
 
 impl Protection {
@@ -129,6 +142,8 @@ impl Protection {
             failure_window: DEFAULT_FAILURE_WINDOW,
             ban: DEFAULT_BAN,
             login_timeout,
+            proxy_protocol_from: Vec::new(),
+            proxy_protocol_timeout: DEFAULT_PROXY_PROTOCOL_TIMEOUT,
         }
     }
 }
@@ -161,10 +176,11 @@ pub struct Refusals {
     pub banned: Bytes,
 }
 
-/// The protection layers, outermost first: bans, rate, per-peer cap, total cap,
-/// timeouts, login sessions.
+/// The protection layers, outermost first: the PROXY header (behind a balancer), bans,
+/// rate, per-peer cap, total cap, timeouts, login sessions.
 #[derive(Debug, Clone)]
 pub struct Layers {
+    pub proxy: Option<ProxyProtocolLayer>,
     pub login: Login,
     pub rate: RateLimitLayer,
     pub per_peer: PeerLimitLayer,
@@ -172,8 +188,11 @@ pub struct Layers {
     pub timeouts: TimeoutLayer,
 }
 
-/// The service type of a protocol `S` under every protection layer.
+/// The service type of a protocol `S` under every protection layer keyed on the peer.
 pub type Protected<S> = BanCheck<RateLimit<PeerLimit<ConnectionLimit<Timeout<LoginSessions<S>>>>>>;
+
+/// The same, behind the PROXY layer when balancers are trusted.
+pub type Stack<S> = Either<ProxyProtocol<Protected<S>>, Protected<S>>;
 
 impl Protection {
     /// Takes `flag` (and its value from `argv`) if it is a protection flag.
@@ -200,6 +219,8 @@ impl Protection {
             "--login-timeout" if self.login_timeout.is_some() => {
                 self.login_timeout = Some(seconds(argv));
             }
+            "--proxy-protocol-from" => self.proxy_protocol_from.push(value(flag, argv.next())),
+            "--proxy-protocol-timeout" => self.proxy_protocol_timeout = seconds(argv),
             _ => return false,
         }
         true
@@ -253,6 +274,16 @@ impl Protection {
             login = login.login_timeout(timeout);
         }
         let login = login.build()?;
+        let proxy = if self.proxy_protocol_from.is_empty() {
+            None
+        } else {
+            Some(
+                ProxyProtocolLayer::builder()
+                    .trusted(self.proxy_protocol_from.iter().copied())
+                    .timeout(self.proxy_protocol_timeout)
+                    .build()?,
+            )
+        };
         tracing::info!(
             max_connections,
             backpressure = self.backpressure,
@@ -271,9 +302,12 @@ impl Protection {
             failure_window = ?self.failure_window,
             ban = ?self.ban,
             login_timeout = ?self.login_timeout,
+            proxy_protocol_from = ?self.proxy_protocol_from,
+            proxy_protocol_timeout = ?self.proxy_protocol_timeout,
             "protections on"
         );
         Ok(Layers {
+            proxy,
             login,
             rate,
             per_peer,
@@ -302,8 +336,17 @@ impl Layers {
         let total = self.total.stats();
         let timeouts = self.timeouts.stats();
         let login = self.login.stats();
+        let proxy = self.proxy.as_ref().map(|proxy| proxy.stats());
+        let refused_proxy = proxy.map_or(0, |proxy| {
+            proxy.refused_missing
+                + proxy.refused_malformed
+                + proxy.refused_too_long
+                + proxy.refused_timed_out
+                + proxy.refused_untrusted_header
+        });
         Tally {
-            refused: rate.refused_peer_rate
+            refused: refused_proxy
+                + rate.refused_peer_rate
                 + rate.refused_global_rate
                 + rate.refused_table_full
                 + per_peer.refused_peer_limit
@@ -323,8 +366,9 @@ impl Layers {
     }
 
     /// Puts `inner` under the protection layers.
-    pub fn around<S>(&self, inner: S) -> Protected<S> {
+    pub fn around<S>(&self, inner: S) -> Stack<S> {
         tower::ServiceBuilder::new()
+            .option_layer(self.proxy.clone())
             .layer(self.login.ban_layer())
             .layer(self.rate.clone())
             .layer(self.per_peer.clone())

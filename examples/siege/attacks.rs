@@ -53,6 +53,9 @@ pub enum Attack {
     AddressSpray,
     /// Bad credentials on `/login`, over and over, keep-alive.
     UnauthorizedFlood,
+    /// One client flooding through a load balancer for the whole attack, keeping its
+    /// connections, as the single-peer flood does.
+    BehindBalancer,
 }
 
 /// The legitimate client's address.
@@ -80,6 +83,7 @@ impl Attack {
             Attack::SinglePeerFlood => "single-peer flood",
             Attack::AddressSpray => "address spray",
             Attack::UnauthorizedFlood => "HTTP 401 flood",
+            Attack::BehindBalancer => "flood behind an LB",
         }
     }
 
@@ -108,6 +112,11 @@ impl Attack {
             }
             Attack::SinglePeerFlood => {
                 opener.spawn(&mut workers, 16, 3000, |_| peer(0, 3), one_request);
+            }
+            // Paced, so that it lasts the whole attack: 16 workers, a connection every
+            // 50 ms each.
+            Attack::BehindBalancer => {
+                opener.spawn(&mut workers, 16, 100_000, |_| peer(5, 0), paced_request);
             }
             // 250 addresses, 6 connections each: every peer stays under any sane
             // per-peer limit and rate.
@@ -246,6 +255,13 @@ async fn one_request(mut stream: TcpStream) -> Option<TcpStream> {
     let mut answer = [0u8; 512];
     let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, stream.read(&mut answer)).await;
     Some(stream)
+}
+
+/// One request, then a pause before the next connection.
+async fn paced_request(stream: TcpStream) -> Option<TcpStream> {
+    let held = one_request(stream).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    held
 }
 
 /// Bad credentials on `/login`, as fast as the server answers, reconnecting when it

@@ -1,5 +1,9 @@
-//! The same axum app behind HAProxy, configured with its nearest equivalents of the
-//! crate's defaults, for comparison.
+//! HAProxy in front of a server: configured with its nearest equivalents of the crate's
+//! defaults, for comparison; or as a plain load balancer, with or without the PROXY
+//! protocol, as servers are deployed behind one.
+
+// The siege and the end-to-end tests each compile this module and use part of it.
+#![allow(dead_code)]
 
 use std::{
     net::SocketAddr,
@@ -12,6 +16,26 @@ use tokio::process::{Child, Command};
 
 pub struct HaproxyBinary(PathBuf);
 
+/// What HAProxy does in front of the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Guards an unprotected server with its own limits, rates and timeouts.
+    Guard,
+    /// Forwards every connection as it is (TCP mode), from `source`, telling the server
+    /// the client's address with the PROXY protocol or not.
+    Balancer {
+        source: std::net::Ipv4Addr,
+        proxy: Option<ProxyProtocol>,
+    },
+}
+
+/// The PROXY protocol version a balancer sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    V1,
+    V2,
+}
+
 impl HaproxyBinary {
     pub fn find() -> Option<Self> {
         let output = std::process::Command::new("sh")
@@ -23,11 +47,42 @@ impl HaproxyBinary {
         (!path.is_empty()).then(|| Self(PathBuf::from(path)))
     }
 
-    /// Starts HAProxy in front of `backend` on a free loopback port.
-    pub async fn start(&self, backend: SocketAddr) -> Proxy {
+    /// Finds HAProxy, or installs it from the Debian package when this process runs as
+    /// root with apt-get, as the project's scripts do.
+    pub fn find_or_install() -> Option<Self> {
+        if let Some(found) = Self::find() {
+            return Some(found);
+        }
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|output| output.stdout.starts_with(b"0\n"));
+        if !root {
+            return None;
+        }
+        eprintln!("  installing haproxy (apt-get install haproxy)");
+        let installed = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if installed { Self::find() } else { None }
+    }
+
+    /// Starts HAProxy in front of `backend` on a free loopback port, in `role`.
+    pub async fn start(&self, backend: SocketAddr, role: Role) -> Proxy {
         let port = free_port();
-        let config = std::env::temp_dir().join(format!("siege-haproxy-{}.cfg", std::process::id()));
-        std::fs::write(&config, config_text(port, backend)).expect("writing the HAProxy config");
+        let config =
+            std::env::temp_dir().join(format!("haproxy-{}-{port}.cfg", std::process::id()));
+        let text = match role {
+            Role::Guard => guard_config(port, backend),
+            Role::Balancer { source, proxy } => balancer_config(port, backend, source, proxy),
+        };
+        std::fs::write(&config, text).expect("writing the HAProxy config");
         let child = Command::new(&self.0)
             .args(["-f"])
             .arg(&config)
@@ -64,11 +119,46 @@ fn free_port() -> u16 {
     listener.local_addr().expect("bound").port()
 }
 
+/// A load balancer in TCP mode: one server connection per client connection, so that
+/// a PROXY header speaks for exactly one client.
+fn balancer_config(
+    port: u16,
+    backend: SocketAddr,
+    source: std::net::Ipv4Addr,
+    proxy: Option<ProxyProtocol>,
+) -> String {
+    let send_proxy = match proxy {
+        None => "",
+        Some(ProxyProtocol::V1) => " send-proxy",
+        Some(ProxyProtocol::V2) => " send-proxy-v2",
+    };
+    format!(
+        "global
+    maxconn 8192
+    nbthread 2
+
+defaults
+    mode tcp
+    maxconn 8192
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+
+frontend balancer
+    bind 127.0.0.1:{port}
+    default_backend app
+
+backend app
+    server app {backend} source {source}{send_proxy}
+"
+    )
+}
+
 /// HAProxy's nearest equivalents of the crate's defaults: `maxconn` for the connection
 /// cap, a stick table tracking each source's concurrent connections, connection rate
 /// and HTTP error rate for the per-peer limit, the rate limit and the bans, and its
 /// client, request and keep-alive timeouts for the timeouts.
-fn config_text(port: u16, backend: SocketAddr) -> String {
+fn guard_config(port: u16, backend: SocketAddr) -> String {
     format!(
         "global
     maxconn 4096

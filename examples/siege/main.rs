@@ -13,6 +13,12 @@
 //!
 //! With `--haproxy`, the HTTP attacks also run against the unprotected server behind
 //! HAProxy configured with its nearest equivalents (`haproxy` must be installed).
+//!
+//! Last, a flood from one client through HAProxy as a plain load balancer, against the
+//! protected server without and with the PROXY protocol: without it every client is
+//! the balancer. It runs when `haproxy` is installed (the siege installs it from the
+//! Debian package when it runs as root and it is missing); otherwise it is skipped,
+//! with a note.
 
 mod attacks;
 #[path = "../common/mod.rs"]
@@ -132,8 +138,9 @@ struct Server {
 
 impl Server {
     /// Starts `app` in a child process with [`SERVER_DESCRIPTORS`] open descriptors
-    /// allowed (`protected` raises that to the hard limit itself, as the examples do).
-    async fn start(app: App, protected: bool) -> Self {
+    /// allowed (`protected` raises that to the hard limit itself, as the examples do),
+    /// with `flags` added.
+    async fn start(app: App, protected: bool, flags: &[&str]) -> Self {
         let myself = std::env::current_exe().expect("the siege's own path");
         let mut command = Command::new("sh");
         command
@@ -151,6 +158,7 @@ impl Server {
         if !protected {
             command.arg("--unprotected");
         }
+        command.args(flags);
         let mut child = command.spawn().expect("starting a server process");
         let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
         let mut line = String::new();
@@ -215,7 +223,7 @@ async fn siege(options: Options) {
     let _ = tower_bouncer::serve::raise_descriptor_limit();
     let began = Instant::now();
     println!(
-        "tower-bouncer siege: {} attacks, {:.1} s each, unprotected then protected{}",
+        "tower-bouncer siege: {} attacks, {:.1} s each, unprotected then protected{}, and a flood behind a load balancer",
         Attack::ALL.len(),
         options.duration.as_secs_f64(),
         if options.haproxy {
@@ -224,31 +232,39 @@ async fn siege(options: Options) {
             ""
         }
     );
-    let haproxy = if options.haproxy {
-        match haproxy::HaproxyBinary::find() {
-            Some(binary) => Some(binary),
-            None => common::fail("--haproxy: no haproxy on PATH (apt-get install haproxy)"),
+    let haproxy = haproxy::HaproxyBinary::find_or_install();
+    if options.haproxy && haproxy.is_none() {
+        common::fail("--haproxy: no haproxy on PATH (apt-get install haproxy)");
+    }
+    let guard = haproxy.as_ref().filter(|_| options.haproxy);
+
+    let mut runs = Vec::new();
+    for attack in Attack::ALL {
+        runs.push((attack, Side::Unprotected));
+        runs.push((attack, Side::Protected));
+        if guard.is_some() && attack.app() == App::Axum {
+            runs.push((attack, Side::Haproxy));
         }
+    }
+    if haproxy.is_some() {
+        runs.push((Attack::BehindBalancer, Side::Balanced));
+        runs.push((Attack::BehindBalancer, Side::BalancedProxy));
     } else {
-        None
-    };
+        eprintln!(
+            "  (no haproxy: the flood behind a load balancer is skipped; apt-get install haproxy)"
+        );
+    }
 
     let mut rows = Vec::new();
-    for attack in Attack::ALL {
-        let mut sides = vec![Side::Unprotected, Side::Protected];
-        if haproxy.is_some() && attack.app() == App::Axum {
-            sides.push(Side::Haproxy);
-        }
-        for side in sides {
-            eprint!("  {:<22} {:<12} ", attack.name(), side.name());
-            let row = run_one(attack, side, &options, haproxy.as_ref()).await;
-            eprintln!(
-                "legit {:>5.1}% ok, {} server descriptors at peak",
-                row.legit_success() * 100.0,
-                row.peak_descriptors
-            );
-            rows.push(row);
-        }
+    for (attack, side) in runs {
+        eprint!("  {:<22} {:<13} ", attack.name(), side.name());
+        let row = run_one(attack, side, &options, haproxy.as_ref()).await;
+        eprintln!(
+            "legit {:>5.1}% ok, {} server descriptors at peak",
+            row.legit_success() * 100.0,
+            row.peak_descriptors
+        );
+        rows.push(row);
     }
     println!();
     print!("{}", report::table(&rows));
@@ -269,6 +285,10 @@ async fn siege(options: Options) {
     }
 }
 
+/// The load balancer's own address, which the protected server trusts for PROXY
+/// headers.
+const BALANCER: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 8, 8);
+
 /// Runs `attack` against a fresh server on `side`, with the legitimate client and the
 /// monitor alongside, and gathers the figures.
 async fn run_one(
@@ -277,9 +297,26 @@ async fn run_one(
     options: &Options,
     haproxy: Option<&haproxy::HaproxyBinary>,
 ) -> Row {
-    let server = Server::start(attack.app(), side == Side::Protected).await;
-    let proxy = match (side, haproxy) {
-        (Side::Haproxy, Some(binary)) => Some(binary.start(server.addr).await),
+    let trust_balancer = format!("{BALANCER}/32");
+    let flags: &[&str] = match side {
+        Side::BalancedProxy => &["--proxy-protocol-from", &trust_balancer],
+        _ => &[],
+    };
+    let server = Server::start(attack.app(), side.is_protected(), flags).await;
+    let role = match side {
+        Side::Haproxy => Some(haproxy::Role::Guard),
+        Side::Balanced => Some(haproxy::Role::Balancer {
+            source: BALANCER,
+            proxy: None,
+        }),
+        Side::BalancedProxy => Some(haproxy::Role::Balancer {
+            source: BALANCER,
+            proxy: Some(haproxy::ProxyProtocol::V2),
+        }),
+        Side::Unprotected | Side::Protected => None,
+    };
+    let proxy = match (role, haproxy) {
+        (Some(role), Some(binary)) => Some(binary.start(server.addr, role).await),
         _ => None,
     };
     let target = proxy.as_ref().map_or(server.addr, |proxy| proxy.addr);

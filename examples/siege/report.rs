@@ -18,6 +18,10 @@ pub enum Side {
     Unprotected,
     Protected,
     Haproxy,
+    /// Protected, behind a load balancer that does not send the PROXY protocol.
+    Balanced,
+    /// Protected, behind a load balancer that sends PROXY v2 headers it trusts.
+    BalancedProxy,
 }
 
 impl Side {
@@ -26,7 +30,14 @@ impl Side {
             Side::Unprotected => "unprotected",
             Side::Protected => "protected",
             Side::Haproxy => "HAProxy",
+            Side::Balanced => "LB, no PROXY",
+            Side::BalancedProxy => "LB + PROXY v2",
         }
+    }
+
+    /// Whether the crate's layers protect the server, and so report what they did.
+    pub fn is_protected(self) -> bool {
+        matches!(self, Side::Protected | Side::Balanced | Side::BalancedProxy)
     }
 
     fn color(self) -> RGBColor {
@@ -34,6 +45,8 @@ impl Side {
             Side::Unprotected => RGBColor(200, 50, 40),
             Side::Protected => RGBColor(30, 120, 60),
             Side::Haproxy => RGBColor(40, 80, 190),
+            Side::Balanced => RGBColor(150, 110, 20),
+            Side::BalancedProxy => RGBColor(20, 150, 150),
         }
     }
 }
@@ -116,7 +129,7 @@ pub fn table(rows: &[Row]) -> String {
     let mut lines = vec![header.map(str::to_owned).to_vec()];
     for row in rows {
         let tally = |value: u64| {
-            if row.side == Side::Protected {
+            if row.side.is_protected() {
                 value.to_string()
             } else {
                 "-".to_owned()
@@ -200,13 +213,23 @@ pub fn verdict(rows: &[Row]) -> String {
     out.push_str(&format!(
         "\nThe unprotected server failed its legitimate client under {} of {} attacks{}.",
         unprotected.len(),
-        Attack::ALL.len(),
+        rows.iter()
+            .filter(|row| row.side == Side::Unprotected)
+            .count(),
         if unprotected.is_empty() {
             String::new()
         } else {
             format!(" ({})", unprotected.join(", "))
         }
     ));
+    let balanced = |side: Side| rows.iter().find(|row| row.side == side);
+    if let (Some(without), Some(with)) = (balanced(Side::Balanced), balanced(Side::BalancedProxy)) {
+        out.push_str(&format!(
+            "\nBehind a load balancer, a flood from one client: without the PROXY protocol every client is the balancer, so the flood's per-peer limits fell on everyone and the legitimate client got {:.0}% of its requests answered; with PROXY v2 only the flooder was limited ({:.0}%).",
+            without.legit_success() * 100.0,
+            with.legit_success() * 100.0,
+        ));
+    }
     if rows.iter().any(|row| row.side == Side::Haproxy) {
         let haproxy = failed(Side::Haproxy);
         out.push_str(&format!(
@@ -259,10 +282,12 @@ pub fn json(rows: &[Row], duration: &Duration) -> String {
 /// attack, one line per server. Failed legitimate requests are drawn at the top of the
 /// latency chart.
 pub fn plot(rows: &[Row], path: &Path) -> Result<(), Box<dyn std::error::Error>> {
-    let attacks: Vec<Attack> = Attack::ALL
-        .into_iter()
-        .filter(|attack| rows.iter().any(|row| row.attack == *attack))
-        .collect();
+    let mut attacks: Vec<Attack> = Vec::new();
+    for row in rows {
+        if !attacks.contains(&row.attack) {
+            attacks.push(row.attack);
+        }
+    }
     let root = SVGBackend::new(path, (1200, 300 * attacks.len() as u32)).into_drawing_area();
     root.fill(&WHITE)?;
     let panels = root.split_evenly((attacks.len(), 2));

@@ -5,6 +5,8 @@
 #![allow(dead_code)]
 
 pub mod example;
+#[path = "../../examples/siege/haproxy.rs"]
+pub mod haproxy;
 
 use std::{
     future::Future,
