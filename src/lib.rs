@@ -13,6 +13,9 @@
 //!   to be ready before each accept, survives `EMFILE`, and drains on shutdown.
 //! - [`http`](mod@http) (feature `http`): [`HttpService`](http::HttpService) serves an
 //!   axum `Router` or tonic routes over HTTP/1.1 and HTTP/2 on each connection.
+//! - [`tls`](mod@tls) (feature `tls`): [`TlsLayer`](tls::TlsLayer) terminates TLS with a
+//!   deadline on the whole handshake, ALPN, and certificates that reload without a
+//!   restart.
 //!
 //! # Example
 //!
@@ -84,6 +87,8 @@ pub mod http;
 pub mod serve;
 #[cfg(feature = "timeout")]
 pub mod timeout;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 mod throttle;
 
