@@ -36,14 +36,22 @@
 //!   bytes the timer counts. The handshake is then outside the timeouts, which is why
 //!   it has a deadline of its own.
 //!
+//! Set `TCP_NODELAY` on the sockets, as the example's first layer does: rustls writes
+//! its session tickets once the handshake is done, and with Nagle's algorithm the first
+//! response then waits until the client acknowledges them, up to 40 ms on Linux.
+//!
 //! # Example
 //!
 //! ```no_run
 //! use std::time::Duration;
 //! use axum::{Router, routing::get};
-//! use tokio::signal::unix::{SignalKind, signal};
+//! use tokio::{
+//!     net::{TcpListener, TcpStream},
+//!     signal::unix::{SignalKind, signal},
+//! };
 //! use tower::ServiceBuilder;
 //! use tower_bouncer::{
+//!     Conn,
 //!     http::HttpService,
 //!     limit::ConnectionLimitLayer,
 //!     serve::Server,
@@ -69,6 +77,10 @@
 //!
 //! let app = Router::new().route("/", get(|| async { "hello over TLS\n" }));
 //! let connections = ServiceBuilder::new()
+//!     .map_request(|conn: Conn<TcpStream>| {
+//!         conn.io().set_nodelay(true).ok();
+//!         conn
+//!     })
 //!     .layer(ConnectionLimitLayer::builder(4096).build()?)
 //!     .layer(TlsLayer::builder(certificate).build()?)
 //!     .layer(
@@ -80,7 +92,7 @@
 //!     )
 //!     .service(HttpService::new(app));
 //!
-//! let listener = tokio::net::TcpListener::bind("0.0.0.0:443").await?;
+//! let listener = TcpListener::bind("0.0.0.0:443").await?;
 //! Server::new(listener).serve(connections).await?;
 //! # Ok(())
 //! # }
