@@ -43,6 +43,10 @@ pub struct Parts {
     /// connection's path.
     #[cfg(feature = "timeout")]
     pub(crate) timed: Option<std::sync::Arc<crate::timeout::Activity>>,
+    /// The HTTP version the TLS handshake agreed on (ALPN), for the HTTP adapter to
+    /// serve without detecting it. A field, not an extension: the adapter reads it on
+    /// every connection.
+    pub(crate) http_version: Option<http::Version>,
 }
 
 impl<IO> Conn<IO> {
@@ -56,6 +60,7 @@ impl<IO> Conn<IO> {
                 extensions: Extensions::new(),
                 #[cfg(feature = "timeout")]
                 timed: None,
+                http_version: None,
             },
         )
     }

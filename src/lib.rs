@@ -15,6 +15,9 @@
 //!   axum `Router` or tonic routes over HTTP/1.1 and HTTP/2 on each connection.
 //! - [`proxy_protocol`] (feature `proxy-protocol`): the real client behind a load
 //!   balancer, read from a PROXY header sent by a trusted network.
+//! - [`tls`](mod@tls) (feature `tls`): [`TlsLayer`](tls::TlsLayer) terminates TLS with a
+//!   deadline on the whole handshake, ALPN, and certificates that reload without a
+//!   restart.
 //!
 //! # Example
 //!
@@ -89,6 +92,8 @@ pub mod http;
 pub mod serve;
 #[cfg(feature = "timeout")]
 pub mod timeout;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 mod throttle;
 

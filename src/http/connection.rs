@@ -7,7 +7,8 @@ use std::{
     time::Duration,
 };
 
-use http::{Request, Response};
+use futures_util::future::Either;
+use http::{Request, Response, Version};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::{rt::TokioIo, service::TowerToHyperService};
@@ -47,6 +48,7 @@ where
     // The adapter tells the timer where requests end; handlers have no use for it.
     parts.extensions.remove::<RequestTimer>();
     let timed = parts.timed.take();
+    let http_version = parts.http_version;
     // A timeout layer's request timeout holds request bodies too; the adapter's own
     // holds heads only.
     let times_bodies = timed_by_layer
@@ -80,11 +82,16 @@ where
     // unless an upgrade has taken it. (Made in here, not moved in: a future moved into
     // another is stored twice.)
     let outcome = async {
-        let mut connection =
-            pin!(config.hyper.serve_connection_with_upgrades(
-                TokioIo::new(io),
-                TowerToHyperService::new(service)
-            ));
+        let (io, service) = (TokioIo::new(io), TowerToHyperService::new(service));
+        // HTTP/2 as the TLS handshake agreed (ALPN), or detected. HTTP/1 is always
+        // detected: hyper-util serves upgrades (WebSockets) only on a detecting
+        // connection, and detection stops at the first byte that is not HTTP/2's.
+        let mut connection = pin!(match (&config.hyper_http2, http_version) {
+            (Some(http2), Some(Version::HTTP_2)) => {
+                Either::Right(http2.serve_connection(io, service))
+            }
+            _ => Either::Left(config.hyper.serve_connection_with_upgrades(io, service)),
+        });
         let mut asked = pin!(close.requested());
         loop {
             tokio::select! {
@@ -95,7 +102,10 @@ where
                     cut = Some(Box::new(Cut::new(&close, config.close_grace)));
                     // HTTP/1: no more keep-alive (an idle connection closes now);
                     // HTTP/2: GOAWAY.
-                    connection.as_mut().graceful_shutdown();
+                    match connection.as_mut().as_pin_mut() {
+                        Either::Left(detecting) => detecting.graceful_shutdown(),
+                        Either::Right(http2) => http2.graceful_shutdown(),
+                    }
                 }
                 () = Cut::due_if(&mut cut), if closing => return None,
             }

@@ -3,7 +3,9 @@
 //! `Service<http::Request<Incoming>>`.
 //!
 //! [`HttpService`] is a connection-level service. For each connection it runs
-//! hyper-util's auto builder, which detects the protocol from the first bytes, and:
+//! hyper-util's auto builder, which detects the protocol from the first bytes (or
+//! serves HTTP/2 straight away when the TLS layer's handshake agreed on it through
+//! ALPN), and:
 //!
 //! - puts the connection's [`ConnInfo`](crate::ConnInfo), its [`GracefulClose`] and every other
 //!   [`Conn`] extension into each request's extensions; with the `axum` feature, also
@@ -123,6 +125,9 @@ pub struct HttpServiceBuilder<S> {
 #[derive(Debug)]
 struct Config {
     hyper: auto::Builder<TokioExecutor>,
+    /// `hyper` restricted to HTTP/2, for connections whose TLS handshake agreed on it
+    /// (ALPN); `None` if `configure_hyper` already restricted `hyper` to one protocol.
+    hyper_http2: Option<auto::Builder<TokioExecutor>>,
     /// The adapter's own deadlines: added where a timeout layer above leaves a gap, or
     /// watched on their own without one.
     deadlines: Deadlines,
@@ -235,6 +240,8 @@ impl<S> HttpServiceBuilder<S> {
         Ok(HttpService {
             inner: self.service,
             config: Arc::new(Config {
+                hyper_http2: (self.hyper.is_http1_available() && self.hyper.is_http2_available())
+                    .then(|| self.hyper.clone().http2_only()),
                 hyper: self.hyper,
                 deadlines,
                 alone: (!deadlines.is_empty()).then(|| Arc::new(timeout::Shared::new(deadlines))),

@@ -1,0 +1,126 @@
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+};
+
+use pin_project::pin_project;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    time::Timeout,
+};
+use tokio_rustls::{
+    rustls::ServerConnection,
+    server::{Accept, TlsStream},
+};
+use tower::Service;
+
+use super::{TlsError, TlsInfo, layer::Shared};
+use crate::{BoxError, Conn, Parts};
+
+/// A connection's handshake, then the inner service's future on the decrypted stream.
+#[pin_project]
+#[must_use = "futures do nothing unless polled"]
+pub struct ResponseFuture<S, IO, F> {
+    #[pin]
+    state: State<S, IO, F>,
+    shared: Arc<Shared>,
+}
+
+#[pin_project(project = StateProj)]
+enum State<S, IO, F> {
+    Handshake {
+        /// Boxed: the handshake's state is large, and no longer needed once the
+        /// connection is served.
+        accept: Pin<Box<Timeout<Accept<IO>>>>,
+        /// The service to call once the handshake is done, and the connection's parts.
+        next: Option<(S, Parts)>,
+    },
+    Serving {
+        #[pin]
+        connection: F,
+    },
+}
+
+impl<S, IO, F> ResponseFuture<S, IO, F> {
+    pub(super) fn new(
+        accept: Timeout<Accept<IO>>,
+        inner: S,
+        parts: Parts,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Self {
+            state: State::Handshake {
+                accept: Box::pin(accept),
+                next: Some((inner, parts)),
+            },
+            shared,
+        }
+    }
+}
+
+impl<S, IO, F> Future for ResponseFuture<S, IO, F>
+where
+    S: Service<Conn<TlsStream<IO>>, Response = (), Future = F>,
+    S::Error: Into<BoxError>,
+    F: Future<Output = Result<(), S::Error>>,
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    type Output = Result<(), BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Handshake { accept, next } => {
+                    let outcome = ready!(accept.as_mut().poll(cx));
+                    let (mut inner, mut parts) = next.take().expect("polled after completion");
+                    let failure = match outcome {
+                        Ok(Ok(stream)) => {
+                            this.shared.completed();
+                            describe(stream.get_ref().1, &mut parts);
+                            let connection = inner.call(Conn::from_parts(stream, parts));
+                            this.state.set(State::Serving { connection });
+                            continue;
+                        }
+                        Ok(Err(error)) => TlsError::from_handshake(error),
+                        Err(_elapsed) => TlsError::Timeout(this.shared.handshake_timeout),
+                    };
+                    let error = this.shared.failed(failure, parts.peer_addr);
+                    return Poll::Ready(Err(error.into()));
+                }
+                StateProj::Serving { connection } => {
+                    return connection.poll(cx).map_err(Into::into);
+                }
+            }
+        }
+    }
+}
+
+/// Leaves what the handshake settled for the layers and the protocol below.
+fn describe(session: &ServerConnection, parts: &mut Parts) {
+    let alpn = session.alpn_protocol();
+    parts.http_version = match alpn {
+        Some(b"h2") => Some(http::Version::HTTP_2),
+        Some(b"http/1.1") => Some(http::Version::HTTP_11),
+        Some(b"http/1.0") => Some(http::Version::HTTP_10),
+        _ => None,
+    };
+    parts
+        .extensions
+        .insert(TlsInfo::new(session.server_name(), alpn));
+}
+
+impl<S, IO, F> fmt::Debug for ResponseFuture<S, IO, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            State::Handshake { .. } => "handshake",
+            State::Serving { .. } => "serving",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}
