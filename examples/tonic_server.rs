@@ -24,7 +24,6 @@ use tower::Layer;
 use tower_bouncer::{
     http::HttpService,
     login::{LoginSession, ReportLoginLayer},
-    serve::Server,
 };
 
 #[tokio::main]
@@ -54,10 +53,8 @@ async fn main() {
         return;
     };
     let routes = Routes::new(health).prepare();
-    let report = Server::new(listener)
-        .with_graceful_shutdown(shutdown)
-        .serve(layers.around(HttpService::new(ReportLoginLayer::new().layer(routes))))
-        .await;
+    let http = HttpService::new(ReportLoginLayer::new().layer(routes));
+    let report = layers.serve(listener, shutdown, http).await;
     if let Err(error) = report {
         common::fail(format_args!("server failed: {error}"));
     }

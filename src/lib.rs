@@ -126,7 +126,8 @@ pub(crate) use inner_service_accessors;
 /// The error type of connection-level services (tower's convention).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// The README's code, compiled as a doc test so it stays true.
-#[cfg(doctest)]
+/// The README's code, compiled as a doc test so it stays true (its TLS stack needs the
+/// `tls` feature).
+#[cfg(all(doctest, feature = "tls"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

@@ -263,3 +263,188 @@ async fn the_login_and_grpc_servers_see_the_real_client_too() {
     assert_eq!(response.into_inner().status, 1, "SERVING");
     server.stop().await;
 }
+
+#[cfg(feature = "tls")]
+mod over_tls {
+    use std::path::PathBuf;
+
+    use support::tls::*;
+    use tokio_rustls::client::TlsStream;
+
+    use super::*;
+
+    /// `generated`'s certificate chain and key as PEM files in a directory of this test's
+    /// own; returns their paths as flags take them.
+    fn pem_files(generated: &Generated, name: &str) -> (String, String) {
+        let dir: PathBuf =
+            std::env::temp_dir().join(format!("edge-tls-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (chain, key) = (dir.join("chain.pem"), dir.join("key.pem"));
+        std::fs::write(&chain, &generated.chain_pem).unwrap();
+        std::fs::write(&key, &generated.key_pem).unwrap();
+        (
+            chain.to_string_lossy().into_owned(),
+            key.to_string_lossy().into_owned(),
+        )
+    }
+
+    async fn tls_from(
+        from: u8,
+        target: std::net::SocketAddr,
+        trusted: &[&Generated],
+        alpn: &str,
+    ) -> TlsStream<TcpStream> {
+        tls_connect(
+            connect_from(from, target).await,
+            client_config(trusted, &[alpn]),
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn axum_server_speaks_http1_and_http2_over_tls_as_alpn_agrees() {
+        let generated = generate();
+        let (chain, key) = pem_files(&generated, "alpn");
+        let server =
+            Example::start("axum_server", &["--tls-cert", &chain, "--tls-key", &key]).await;
+
+        let stream = tls_from(CLIENT, server.addr, &[&generated], "h2").await;
+        let mut h2 = Http2Client::connect(stream).await;
+        let answer = within(PATIENCE, h2.get("/ip")).await.unwrap();
+        assert_eq!(
+            (answer.version, answer.body.as_str()),
+            (http::Version::HTTP_2, "127.0.0.2\n")
+        );
+
+        let stream = tls_from(CLIENT, server.addr, &[&generated], "http/1.1").await;
+        let mut h1 = Http1Client::connect(stream).await;
+        let answer = within(PATIENCE, h1.get("/ip")).await.unwrap();
+        assert_eq!(
+            (answer.version, answer.body.as_str()),
+            (http::Version::HTTP_11, "127.0.0.2\n")
+        );
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_stalled_handshake_is_cut_at_the_handshake_deadline() {
+        let generated = generate();
+        let (chain, key) = pem_files(&generated, "stalled");
+        let server = Example::start(
+            "axum_server",
+            &[
+                "--tls-cert",
+                &chain,
+                "--tls-key",
+                &key,
+                "--tls-handshake-timeout",
+                "0.5",
+                "--first-byte-timeout",
+                "30",
+            ],
+        )
+        .await;
+        // A TLS record header announcing a 512-byte ClientHello, and the hello's first
+        // bytes: then silence.
+        let mut stalled = connect_from(CLIENT, server.addr).await;
+        stalled
+            .write_all(&[
+                0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+            ])
+            .await
+            .unwrap();
+        let waited = closed_after(&mut stalled).await;
+        assert!(waited < Duration::from_secs(3), "{waited:?}");
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn behind_haproxy_tls_passes_through_and_the_server_sees_the_client() {
+        let generated = generate();
+        let (chain, key) = pem_files(&generated, "balanced");
+        let server = Example::start(
+            "axum_server",
+            &[
+                "--proxy-protocol-from",
+                TRUST_BALANCER,
+                "--tls-cert",
+                &chain,
+                "--tls-key",
+                &key,
+            ],
+        )
+        .await;
+        let proxy = balancer(&server, Some(ProxyProtocol::V2)).await;
+        for client in [CLIENT, OTHER] {
+            let stream = tls_from(client, proxy.addr, &[&generated], "h2").await;
+            let mut h2 = Http2Client::connect(stream).await;
+            let answer = within(PATIENCE, h2.get("/ip")).await.unwrap();
+            assert_eq!(answer.body, format!("127.0.0.{client}\n"));
+        }
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_sighup_reloads_the_certificate_for_new_connections() {
+        let (first, second) = (generate(), generate());
+        let (chain, key) = pem_files(&first, "reload");
+        let server =
+            Example::start("axum_server", &["--tls-cert", &chain, "--tls-key", &key]).await;
+        let live = tls_from(CLIENT, server.addr, &[&first, &second], "h2").await;
+        assert_eq!(presented(&live), first.der);
+
+        std::fs::write(&chain, &second.chain_pem).unwrap();
+        std::fs::write(&key, &second.key_pem).unwrap();
+        let hangup = std::process::Command::new("kill")
+            .args(["-HUP", &server.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(hangup.success());
+        let mut seen = None;
+        for _ in 0..100 {
+            let stream = tls_from(CLIENT, server.addr, &[&first, &second], "h2").await;
+            if presented(&stream) == second.der {
+                seen = Some(stream);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let fresh = seen.expect("the new certificate within two seconds");
+        // Both connections serve.
+        for stream in [live, fresh] {
+            let mut h2 = Http2Client::connect(stream).await;
+            assert_eq!(within(PATIENCE, h2.get("/")).await.unwrap().body, "hello\n");
+        }
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn tonic_server_answers_grpc_over_tls() {
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+        let generated = generate();
+        let (chain, key) = pem_files(&generated, "grpc");
+        let server =
+            Example::start("tonic_server", &["--tls-cert", &chain, "--tls-key", &key]).await;
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&generated.chain_pem))
+            .domain_name("localhost");
+        let channel = Endpoint::from_shared(format!("https://{}", server.addr))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut request = tonic::Request::new(HealthCheckRequest::default());
+        request
+            .metadata_mut()
+            .insert("authorization", "Bearer secret".parse().unwrap());
+        let response = within(PATIENCE, HealthClient::new(channel).check(request))
+            .await
+            .unwrap();
+        assert_eq!(response.into_inner().status, 1, "SERVING");
+        server.stop().await;
+    }
+}

@@ -6,17 +6,16 @@
 
 mod support;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use axum::{Extension, Router, extract::WebSocketUpgrade, routing::get};
 use bytes::Bytes;
-use rcgen::generate_simple_self_signed;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt, DuplexStream},
     task::JoinHandle,
     time::Instant,
 };
-use tokio_rustls::{TlsConnector, client::TlsStream};
+use tokio_rustls::TlsConnector;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_bouncer::{
     BoxError, ConfigError, Conn,
@@ -24,74 +23,18 @@ use tower_bouncer::{
     timeout::{TimeoutError, TimeoutLayer},
     tls::{
         CertificateError, ServerCertificate, TlsError, TlsInfo, TlsLayer,
-        rustls::{
-            ClientConfig, ClientConnection, RootCertStore,
-            crypto::ring,
-            pki_types::{CertificateDer, ServerName},
-        },
+        rustls::{ClientConnection, pki_types::ServerName},
     },
 };
 
-use support::*;
+use support::{tls::*, *};
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
-/// A self-signed certificate for `localhost`, as PEM, and its DER for clients to trust.
-struct Generated {
-    chain_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
-}
-
-fn generate() -> Generated {
-    let generated = generate_simple_self_signed(["localhost".to_owned()]).unwrap();
-    Generated {
-        chain_pem: generated.cert.pem(),
-        key_pem: generated.signing_key.serialize_pem(),
-        der: generated.cert.der().clone(),
-    }
-}
-
-impl Generated {
-    fn certificate(&self) -> ServerCertificate {
-        ServerCertificate::from_pem(self.chain_pem.as_bytes(), self.key_pem.as_bytes()).unwrap()
-    }
-}
-
 fn tls_layer(certificate: ServerCertificate) -> TlsLayer {
     TlsLayer::builder(certificate).build().unwrap()
-}
-
-/// A client that trusts `trusted` and offers `alpn`.
-fn client_config(trusted: &[&Generated], alpn: &[&str]) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for generated in trusted {
-        roots.add(generated.der.clone()).unwrap();
-    }
-    let mut config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    Arc::new(config)
-}
-
-async fn tls_connect<IO>(io: IO, config: Arc<ClientConfig>) -> TlsStream<IO>
-where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let name = ServerName::try_from("localhost").unwrap();
-    within(PATIENCE, TlsConnector::from(config).connect(name, io))
-        .await
-        .unwrap()
-}
-
-/// The certificate the server presented.
-fn presented<IO>(stream: &TlsStream<IO>) -> CertificateDer<'static> {
-    stream.get_ref().1.peer_certificates().unwrap()[0].clone()
 }
 
 fn app() -> Router {

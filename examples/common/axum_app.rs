@@ -20,7 +20,6 @@ use tower_bouncer::{
     ConnInfo,
     http::HttpService,
     login::{LoginSession, ReportLoginLayer},
-    serve::Server,
 };
 
 use super::protection::{Layers, Refusals};
@@ -57,10 +56,7 @@ pub async fn serve(
         return;
     };
     let http = HttpService::new(ReportLoginLayer::new().layer(app()));
-    let report = Server::new(listener)
-        .with_graceful_shutdown(shutdown)
-        .serve(layers.around(http))
-        .await;
+    let report = layers.serve(listener, shutdown, http).await;
     if let Err(error) = report {
         super::fail(format_args!("server failed: {error}"));
     }

@@ -15,7 +15,6 @@ use tower::Service;
 use tower_bouncer::{
     Conn, GracefulClose,
     login::{AfterFailure, LoginSession},
-    serve::Server,
     timeout::RequestTimer,
 };
 
@@ -43,10 +42,7 @@ pub async fn serve(
         serve_unprotected(listener, shutdown).await;
         return;
     };
-    let report = Server::new(listener)
-        .with_graceful_shutdown(shutdown)
-        .serve(layers.around(Protocol))
-        .await;
+    let report = layers.serve(listener, shutdown, Protocol).await;
     if let Err(error) = report {
         super::fail(format_args!("server failed: {error}"));
     }

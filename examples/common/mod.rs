@@ -55,7 +55,7 @@ impl Args {
                 "-h" | "--help" => {
                     println!("usage: {name} [--addr IP:PORT] [--unprotected] [protection flags]");
                     println!(
-                        "  --unprotected         no protection at all; protection flags are ignored"
+                        "  --unprotected         no protection at all; protection flags (TLS too) are ignored"
                     );
                     println!("{}", protection::USAGE);
                     if login_timeout.is_some() {

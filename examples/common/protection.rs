@@ -6,15 +6,19 @@ use std::{str::FromStr, time::Duration};
 
 use bytes::Bytes;
 use ipnet::IpNet;
+use tokio::net::{TcpListener, TcpStream};
 use tower::util::Either;
+#[cfg(feature = "tls")]
+use tower_bouncer::tls::{ServerCertificate, TlsLayer};
 use tower_bouncer::{
-    ConfigError,
+    BoxError, ConfigError, Conn,
     limit::{ConnectionLimit, ConnectionLimitLayer},
     login::{BanCheck, Login, LoginSessions},
     peer::PeerKeying,
     peer_limit::{PeerLimit, PeerLimitLayer},
     proxy_protocol::{ProxyProtocol, ProxyProtocolLayer},
     rate_limit::{Rate, RateLimit, RateLimitLayer},
+    serve::{Server, ShutdownReport},
     timeout::{Timeout, TimeoutLayer},
 };
 
@@ -60,6 +64,8 @@ pub const DEFAULT_BAN: Duration = Duration::from_secs(600);
 pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// A trusted balancer's PROXY header must be complete this long after accept.
 pub const DEFAULT_PROXY_PROTOCOL_TIMEOUT: Duration = Duration::from_secs(5);
+/// A TLS handshake must be complete this long after accept.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The `--help` lines of the protection flags every example takes.
 pub const USAGE: &str =
@@ -88,7 +94,12 @@ pub const USAGE: &str =
                         read a PROXY v1/v2 header from these balancers, and only them
                         (repeatable; none by default)
   --proxy-protocol-timeout S
-                        the PROXY header must be complete within S of accept (default 5)";
+                        the PROXY header must be complete within S of accept (default 5)
+  --tls-cert FILE, --tls-key FILE
+                        serve TLS with this PEM certificate chain and key, ALPN h2 and
+                        http/1.1 (needs the `tls` feature; SIGHUP reloads them)
+  --tls-handshake-timeout S
+                        the whole TLS handshake must finish within S (default 10)";
 
 /// The `--help` line of the flag only login_server takes.
 pub const LOGIN_TIMEOUT_USAGE: &str = "  --login-timeout S     close a connection not logged in S seconds after connecting (default 30)";
@@ -118,6 +129,10 @@ pub struct Protection {
     /// Balancers whose PROXY headers are read; none: no PROXY protocol.
     pub proxy_protocol_from: Vec<IpNet>,
     pub proxy_protocol_timeout: Duration,
+    /// The certificate chain and key TLS is served with; none: plaintext.
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
+    pub tls_handshake_timeout: Duration,
 }
 
 impl Protection {
@@ -144,6 +159,9 @@ impl Protection {
             login_timeout,
             proxy_protocol_from: Vec::new(),
             proxy_protocol_timeout: DEFAULT_PROXY_PROTOCOL_TIMEOUT,
+            tls_cert: None,
+            tls_key: None,
+            tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
         }
     }
 }
@@ -177,10 +195,12 @@ pub struct Refusals {
 }
 
 /// The protection layers, outermost first: the PROXY header (behind a balancer), bans,
-/// rate, per-peer cap, total cap, timeouts, login sessions.
+/// rate, per-peer cap, total cap, TLS, timeouts, login sessions.
 #[derive(Debug, Clone)]
 pub struct Layers {
     pub proxy: Option<ProxyProtocolLayer>,
+    #[cfg(feature = "tls")]
+    pub tls: Option<TlsSetup>,
     pub login: Login,
     pub rate: RateLimitLayer,
     pub per_peer: PeerLimitLayer,
@@ -189,7 +209,14 @@ pub struct Layers {
 }
 
 /// The service type of a protocol `S` under every protection layer keyed on the peer.
-pub type Protected<S> = BanCheck<RateLimit<PeerLimit<ConnectionLimit<Timeout<LoginSessions<S>>>>>>;
+pub type Protected<S> =
+    BanCheck<RateLimit<PeerLimit<ConnectionLimit<MaybeTls<Timeout<LoginSessions<S>>>>>>>;
+
+/// TLS in front of `S`, when it is served.
+#[cfg(feature = "tls")]
+pub type MaybeTls<S> = Either<tower_bouncer::tls::Tls<S>, S>;
+#[cfg(not(feature = "tls"))]
+pub type MaybeTls<S> = S;
 
 /// The same, behind the PROXY layer when balancers are trusted.
 pub type Stack<S> = Either<ProxyProtocol<Protected<S>>, Protected<S>>;
@@ -221,6 +248,16 @@ impl Protection {
             }
             "--proxy-protocol-from" => self.proxy_protocol_from.push(value(flag, argv.next())),
             "--proxy-protocol-timeout" => self.proxy_protocol_timeout = seconds(argv),
+            #[cfg(feature = "tls")]
+            "--tls-cert" => self.tls_cert = Some(value(flag, argv.next())),
+            #[cfg(feature = "tls")]
+            "--tls-key" => self.tls_key = Some(value(flag, argv.next())),
+            #[cfg(feature = "tls")]
+            "--tls-handshake-timeout" => self.tls_handshake_timeout = seconds(argv),
+            #[cfg(not(feature = "tls"))]
+            "--tls-cert" | "--tls-key" | "--tls-handshake-timeout" => super::fail(format_args!(
+                "`{flag}` needs TLS: build the examples with `--features tls`"
+            )),
             _ => return false,
         }
         true
@@ -284,6 +321,8 @@ impl Protection {
                     .build()?,
             )
         };
+        #[cfg(feature = "tls")]
+        let tls = self.tls()?;
         tracing::info!(
             max_connections,
             backpressure = self.backpressure,
@@ -308,6 +347,8 @@ impl Protection {
         );
         Ok(Layers {
             proxy,
+            #[cfg(feature = "tls")]
+            tls,
             login,
             rate,
             per_peer,
@@ -367,14 +408,127 @@ impl Layers {
 
     /// Puts `inner` under the protection layers.
     pub fn around<S>(&self, inner: S) -> Stack<S> {
-        tower::ServiceBuilder::new()
+        let builder = tower::ServiceBuilder::new()
             .option_layer(self.proxy.clone())
             .layer(self.login.ban_layer())
             .layer(self.rate.clone())
             .layer(self.per_peer.clone())
-            .layer(self.total.clone())
+            .layer(self.total.clone());
+        #[cfg(feature = "tls")]
+        let builder = builder.option_layer(self.tls.as_ref().map(|tls| tls.layer.clone()));
+        builder
             .layer(self.timeouts.clone())
             .layer(self.login.session_layer())
             .service(inner)
+    }
+
+    /// Serves `inner` under the protection layers on `listener` until `shutdown`. With
+    /// TLS, a SIGHUP reloads the certificate files, and replies are not held back by
+    /// Nagle's algorithm (rustls' session tickets would otherwise delay each first
+    /// response by the client's delayed acknowledgement).
+    pub async fn serve<S>(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+        inner: S,
+    ) -> std::io::Result<ShutdownReport>
+    where
+        Stack<S>: tower::Service<Conn<TcpStream>, Response = (), Error = BoxError>,
+        <Stack<S> as tower::Service<Conn<TcpStream>>>::Future: Send + 'static,
+    {
+        let service = self.around(inner);
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            tls.reload_on_hangup();
+            return Server::new(NoDelay(listener))
+                .with_graceful_shutdown(shutdown)
+                .serve(service)
+                .await;
+        }
+        Server::new(listener)
+            .with_graceful_shutdown(shutdown)
+            .serve(service)
+            .await
+    }
+}
+
+/// The TLS layer, and where its certificate comes from.
+#[cfg(feature = "tls")]
+#[derive(Debug, Clone)]
+pub struct TlsSetup {
+    pub layer: TlsLayer,
+    certificate: ServerCertificate,
+    files: (std::path::PathBuf, std::path::PathBuf),
+}
+
+#[cfg(feature = "tls")]
+impl TlsSetup {
+    /// Reloads the certificate files on every SIGHUP, for new connections.
+    fn reload_on_hangup(&self) {
+        use tokio::signal::unix::{SignalKind, signal};
+
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot watch SIGHUP: the certificate will not reload");
+            return;
+        };
+        let (certificate, (chain, key)) = (self.certificate.clone(), self.files.clone());
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                match certificate.reload_from_pem_files(&chain, &key) {
+                    Ok(()) => tracing::info!("certificate reloaded"),
+                    Err(error) => tracing::warn!(%error, "certificate not reloaded"),
+                }
+            }
+        });
+    }
+}
+
+#[cfg(feature = "tls")]
+impl Protection {
+    /// The TLS layer the flags ask for; a certificate that does not load ends the process
+    /// with a one-line error and status 2.
+    fn tls(&self) -> Result<Option<TlsSetup>, ConfigError> {
+        let (chain, key) = match (&self.tls_cert, &self.tls_key) {
+            (None, None) => return Ok(None),
+            (Some(chain), Some(key)) => (chain.clone(), key.clone()),
+            _ => {
+                return Err(ConfigError::Inconsistent {
+                    reason: "--tls-cert and --tls-key go together",
+                });
+            }
+        };
+        let certificate = ServerCertificate::from_pem_files(&chain, &key)
+            .unwrap_or_else(|error| super::fail(error));
+        let layer = TlsLayer::builder(certificate.clone())
+            .handshake_timeout(self.tls_handshake_timeout)
+            .build()?;
+        Ok(Some(TlsSetup {
+            layer,
+            certificate,
+            files: (chain, key),
+        }))
+    }
+}
+
+/// A TCP listener whose connections send without delay.
+#[cfg(feature = "tls")]
+struct NoDelay(TcpListener);
+
+#[cfg(feature = "tls")]
+impl tower_bouncer::serve::Listener for NoDelay {
+    type Io = TcpStream;
+
+    async fn accept(&mut self) -> std::io::Result<(TcpStream, std::net::SocketAddr)> {
+        let (stream, peer) = self.0.accept().await?;
+        stream.set_nodelay(true)?;
+        Ok((stream, peer))
+    }
+
+    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.0.local_addr()
+    }
+
+    fn connection_local_addr(&self, stream: &TcpStream) -> std::io::Result<std::net::SocketAddr> {
+        stream.local_addr()
     }
 }

@@ -7,6 +7,8 @@
 pub mod example;
 #[path = "../../examples/siege/haproxy.rs"]
 pub mod haproxy;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use std::{
     future::Future,
