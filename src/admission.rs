@@ -80,7 +80,7 @@ pub enum Reason {
         /// When a connection may be accepted again.
         retry_after: Duration,
     },
-    /// This peer is banned for failed logins.
+    /// This peer is banned, for its offences or by an operator.
     #[cfg(feature = "login")]
     Banned {
         /// The peer's key.

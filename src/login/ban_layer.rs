@@ -1,21 +1,27 @@
 use std::{
+    future::Future,
+    pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
 };
 
+use pin_project::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower::Service;
 use tower_layer::Layer;
 
-use super::Shared;
+use super::{Offence, Shared};
 use crate::{
     BoxError, Conn,
     admission::{Reason, ResponseFuture, Slot, refuse},
-    peer::Overflow,
+    peer::{Classified, Overflow},
 };
 
-/// Refuses a banned peer's new connections at accept, before any byte is read. Get it
-/// from [`Login::ban_layer`](super::Login::ban_layer); put it outermost.
+/// Refuses a banned peer's new connections at accept, before any byte is read, and
+/// counts against its peer each connection that fails with an [`Offence`]. Get it from
+/// [`Login::ban_layer`](super::Login::ban_layer); put it outermost, or right below the
+/// PROXY layer on a listener behind a balancer, so that it sees the real client and
+/// every offence the layers below detect.
 #[derive(Debug, Clone)]
 pub struct BanLayer {
     pub(super) shared: Arc<Shared>,
@@ -51,7 +57,7 @@ where
 {
     type Response = ();
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, IO>;
+    type Future = ResponseFuture<PenaltyFuture<S::Future>, IO>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -60,7 +66,8 @@ where
     fn call(&mut self, conn: Conn<IO>) -> Self::Future {
         let shared = &self.shared;
         shared.start_janitor();
-        if let Some(peer) = shared.keying.classify(conn.peer_addr().ip()) {
+        let peer = shared.keying.classify(conn.peer_addr().ip());
+        if let Some(peer) = peer {
             let refusal = if let Some(remaining) = shared.bans.banned_for(&peer) {
                 Some(Reason::Banned {
                     key: peer.key,
@@ -78,6 +85,42 @@ where
                 return refuse(conn, reason, &shared.ban_refusal, &shared.refusal_log);
             }
         }
-        ResponseFuture::admitted(self.inner.call(conn), Slot::None)
+        let future = PenaltyFuture {
+            inner: self.inner.call(conn),
+            offender: peer.map(|peer| (shared.clone(), peer)),
+        };
+        ResponseFuture::admitted(future, Slot::None)
+    }
+}
+
+/// A connection's future under a [`BanLayer`]: if the connection fails with an
+/// [`Offence`], it counts against the peer. A connection that ends well pays for
+/// nothing but this check.
+#[pin_project]
+#[derive(Debug)]
+#[must_use = "futures do nothing unless polled"]
+pub struct PenaltyFuture<F> {
+    #[pin]
+    inner: F,
+    /// Where to count an offence, and against whom; `None` for an exempt peer.
+    offender: Option<(Arc<Shared>, Classified)>,
+}
+
+impl<F, E> Future for PenaltyFuture<F>
+where
+    F: Future<Output = Result<(), E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<(), BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let outcome = ready!(this.inner.poll(cx)).map_err(Into::into);
+        if let (Err(error), Some((shared, peer))) = (&outcome, this.offender.take())
+            && let Some(offence) = Offence::of(&**error)
+        {
+            shared.offended(&peer, offence);
+        }
+        Poll::Ready(outcome)
     }
 }

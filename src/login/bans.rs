@@ -1,4 +1,4 @@
-//! The failure and ban table: fail2ban's `maxretry`/`findtime`/`bantime` with
+//! The offence and ban table: fail2ban's `maxretry`/`findtime`/`bantime` with
 //! escalation, bounded, in memory, exportable.
 
 use std::{
@@ -15,6 +15,7 @@ use std::{
 use ipnet::IpNet;
 use tokio::time::Instant;
 
+use super::Offence;
 use crate::peer::{
     Classified, PeerKey, PeerKeying, canonical_network,
     table::{Full, Located, PeerTable},
@@ -27,20 +28,26 @@ const MAX_NETWORK_BANS: usize = 256;
 /// The longest line [`Bans::import`] reads; an exported line is under 80 bytes.
 const MAX_IMPORT_LINE: usize = 200;
 
-/// How failures turn into bans.
+/// The points that ban a peer within the window: an offence of a kind whose limit is
+/// `n` weighs `BAN_POINTS / n`, rounded up so that `n` of them always ban. Integer
+/// points keep a record small and exact; with limits up to 30 000, `n - 1` offences of
+/// one kind never ban.
+const BAN_POINTS: u32 = 1_000_000_000;
+
+/// How offences turn into bans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct BanPolicy {
-    /// Failures within `window` that ban a peer.
-    pub(crate) max_failures: u32,
+    /// Offences of each kind alone within `window` that ban a peer; 0 counts none.
+    pub(crate) max_offences: [u32; Offence::COUNT],
     pub(crate) window: Duration,
     /// The first ban's length; each repeat offence multiplies it by `factor`, up to
     /// `max_ban`.
     pub(crate) first_ban: Duration,
     pub(crate) factor: u32,
     pub(crate) max_ban: Duration,
-    /// A peer neither banned nor failing for this long is forgotten, repeat offences
+    /// A peer neither banned nor offending for this long is forgotten, repeat offences
     /// included. A peer never banned is forgotten sooner, two windows after
-    /// its last failure, once its failures no longer count.
+    /// its last offence, once its offences no longer count.
     pub(crate) forget_after: Duration,
 }
 
@@ -53,43 +60,55 @@ impl BanPolicy {
             .unwrap_or(u32::MAX);
         self.first_ban.saturating_mul(factor).min(self.max_ban)
     }
+
+    /// What one `offence` weighs; 0 if its kind is not counted.
+    fn points(&self, offence: Offence) -> u32 {
+        match self.max_offences[offence.index()] {
+            0 => 0,
+            limit => BAN_POINTS.div_ceil(limit),
+        }
+    }
 }
 
-/// One peer's record. Failures are counted in two consecutive windows and weighed by
-/// how much of the older one still overlaps the last `window` (a sliding-window
-/// estimate in 16 bytes instead of a timestamp per failure).
+/// One peer's record, 40 bytes. Offence points are counted in two consecutive windows
+/// and the older one weighed by how much of it still overlaps the last `window` (a
+/// sliding-window estimate in 16 bytes instead of a timestamp per offence).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Record {
     window_start: u64,
+    /// Points in the window from `window_start`, and in the one before it.
     current: u32,
     previous: u32,
     banned_until: u64,
+    /// Bans so far, which escalate the next.
     offences: u32,
-    last_failure: u64,
+    last_offence: u64,
 }
 
 impl Record {
-    /// Since when the peer has been quiet: neither failing nor banned. Time spent
+    /// Since when the peer has been quiet: neither offending nor banned. Time spent
     /// banned is not quiet, or a long ban would end forgotten, escalation and all.
     fn quiet_since(&self) -> u64 {
-        self.last_failure.max(self.banned_until)
+        self.last_offence.max(self.banned_until)
     }
 
     /// What keeping this record is worth when its shard is full and a new peer needs
     /// the room, lowest first: a ban is never given up (`None`), a peer with past bans
-    /// is worth more than one with failures only, and a recently active one more than
+    /// is worth more than one with offences only, and a recently active one more than
     /// one long quiet.
     fn worth(&self, now: u64) -> Option<(bool, u64)> {
         (self.banned_until <= now).then_some((self.offences > 0, self.quiet_since()))
     }
 }
 
-/// What a failure did to its peer's record.
+/// What an offence did to its peer's record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Failure {
+pub(crate) enum Recorded {
+    /// Not counted: its kind is turned off.
+    Off,
     /// Counted, below the ban threshold.
     Counted,
-    /// This failure banned the peer for this long.
+    /// This offence banned the peer for this long.
     Banned(Duration),
     /// The peer was banned already (a connection from before its ban).
     AlreadyBanned,
@@ -265,12 +284,16 @@ impl BanTable {
         shard.get_mut().is_none() && !shard.has_room(|record| record.worth(now))
     }
 
-    /// Counts a failed login from the peer `at`, and bans it if that makes too many.
-    pub(crate) fn record_failure(&self, at: &Located) -> Failure {
+    /// Counts `offence` against the peer `at`, and bans it if that makes too many.
+    pub(crate) fn record_offence(&self, at: &Located, offence: Offence) -> Recorded {
+        let points = self.policy.points(offence);
+        if points == 0 {
+            return Recorded::Off;
+        }
         let policy = &self.policy;
         let window = nanos(policy.window);
         let mut shard = self.table.lock(at);
-        // Under the lock: a failure never lands before the window another has started.
+        // Under the lock: an offence never lands before the window another has started.
         let now = self.now();
         let Some(record) = shard.get_mut() else {
             let mut record = Record {
@@ -279,19 +302,19 @@ impl BanTable {
                 previous: 0,
                 banned_until: 0,
                 offences: 0,
-                last_failure: now,
+                last_offence: now,
             };
-            let failure = count(&mut record, now, window, policy);
+            let recorded = count(&mut record, points, now, window, policy);
             return match shard.insert_evicting(record, |old| old.worth(now)) {
-                Ok(()) => failure,
-                Err(Full) => Failure::Untracked,
+                Ok(()) => recorded,
+                Err(Full) => Recorded::Untracked,
             };
         };
         if record.banned_until > now {
-            record.last_failure = now;
-            return Failure::AlreadyBanned;
+            record.last_offence = now;
+            return Recorded::AlreadyBanned;
         }
-        count(record, now, window, policy)
+        count(record, points, now, window, policy)
     }
 
     /// Bans `key` for `length` from now, whatever its record says; `Full` if its shard
@@ -303,7 +326,7 @@ impl BanTable {
         if let Some(record) = shard.get_mut() {
             record.banned_until = until;
             record.offences = record.offences.max(offences);
-            record.last_failure = now;
+            record.last_offence = now;
             return Ok(());
         }
         let record = Record {
@@ -312,7 +335,7 @@ impl BanTable {
             previous: 0,
             banned_until: until,
             offences,
-            last_failure: now,
+            last_offence: now,
         };
         shard.insert_evicting(record, |old| old.worth(now))
     }
@@ -378,19 +401,19 @@ impl BanTable {
     }
 
     /// Forgets the peers whose records no longer change any decision: a peer never
-    /// banned once its failures are out of the sliding window (two windows after the
-    /// last), and any peer quiet (neither banned nor failing) for `forget_after`.
+    /// banned once its offences are out of the sliding window (two windows after the
+    /// last), and any peer quiet (neither banned nor offending) for `forget_after`.
     pub(crate) fn forget_quiet(&self) {
         let now = self.now();
         self.networks.forget_expired(now);
         let policy = &self.policy;
-        let forget_offences = nanos(policy.forget_after);
-        let forget_failures = nanos(policy.window).saturating_mul(2).min(forget_offences);
+        let forget_banned = nanos(policy.forget_after);
+        let forget_unbanned = nanos(policy.window).saturating_mul(2).min(forget_banned);
         self.table.retain(|record| {
             let keep_for = if record.offences == 0 {
-                forget_failures
+                forget_unbanned
             } else {
-                forget_offences
+                forget_banned
             };
             now.saturating_sub(record.quiet_since()) < keep_for
         });
@@ -401,11 +424,12 @@ impl BanTable {
     }
 }
 
-/// Counts one failure at `now` in `record`; bans when the sliding-window estimate
-/// reaches the threshold. A `now` before the record's window counts in that window.
-fn count(record: &mut Record, now: u64, window: u64, policy: &BanPolicy) -> Failure {
+/// Counts an offence of `points` at `now` in `record`; bans when the sliding-window
+/// estimate reaches [`BAN_POINTS`]. A `now` before the record's window counts in that
+/// window.
+fn count(record: &mut Record, points: u32, now: u64, window: u64, policy: &BanPolicy) -> Recorded {
     let now = now.max(record.window_start);
-    record.last_failure = now;
+    record.last_offence = now;
     let windows_passed = (now - record.window_start) / window;
     match windows_passed {
         0 => {}
@@ -420,19 +444,19 @@ fn count(record: &mut Record, now: u64, window: u64, policy: &BanPolicy) -> Fail
             record.window_start += windows_passed * window;
         }
     }
-    record.current += 1;
-    let overlap = 1.0 - (now - record.window_start) as f64 / window as f64;
-    let estimate = f64::from(record.previous) * overlap + f64::from(record.current);
-    // A hair of slack against rounding: N failures at once must ban.
-    if estimate + 1e-9 < f64::from(policy.max_failures) {
-        return Failure::Counted;
+    record.current = record.current.saturating_add(points);
+    let overlap = u128::from(window - (now - record.window_start));
+    let estimate =
+        u128::from(record.previous) * overlap / u128::from(window) + u128::from(record.current);
+    if estimate < u128::from(BAN_POINTS) {
+        return Recorded::Counted;
     }
     record.offences = record.offences.saturating_add(1);
     let length = policy.ban_length(record.offences);
     record.banned_until = now.saturating_add(nanos(length));
     record.current = 0;
     record.previous = 0;
-    Failure::Banned(length)
+    Recorded::Banned(length)
 }
 
 /// The operator's handle on the bans: add, list, lift, export and import them.
@@ -483,7 +507,7 @@ impl Bans {
         self.table.ban_network(network, length, 1)
     }
 
-    /// Lifts the ban on `ip`'s peer key and forgets its failures; `false` if nothing was
+    /// Lifts the ban on `ip`'s peer key and forgets its offences; `false` if nothing was
     /// recorded for it. A network banned whole stays banned.
     pub fn unban(&self, ip: IpAddr) -> bool {
         self.table.unban(&self.table.keying().key(ip))
@@ -671,9 +695,13 @@ mod tests {
         Duration::from_secs(n)
     }
 
+    /// 3 failed logins or 7 first-byte timeouts ban; other kinds are not counted.
     fn policy() -> BanPolicy {
+        let mut max_offences = [0; Offence::COUNT];
+        max_offences[Offence::FailedLogin.index()] = 3;
+        max_offences[Offence::FirstByteTimeout.index()] = 7;
         BanPolicy {
-            max_failures: 3,
+            max_offences,
             window: secs(60),
             first_ban: secs(100),
             factor: 2,
@@ -712,11 +740,11 @@ mod tests {
             previous: 0,
             banned_until: 0,
             offences: 0,
-            last_failure: 1_000,
+            last_offence: 1_000,
         };
         assert_eq!(
-            count(&mut record, 999, nanos(secs(60)), &policy()),
-            Failure::Counted
+            count(&mut record, 1, 999, nanos(secs(60)), &policy()),
+            Recorded::Counted
         );
         assert_eq!((record.window_start, record.current), (1_000, 2));
     }
@@ -724,20 +752,35 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn n_failures_within_the_window_ban() {
         let (bans, peer) = table();
-        assert_eq!(bans.record_failure(&peer.at), Failure::Counted);
+        assert_eq!(
+            bans.record_offence(&peer.at, Offence::FailedLogin),
+            Recorded::Counted
+        );
         tokio::time::advance(secs(20)).await;
-        assert_eq!(bans.record_failure(&peer.at), Failure::Counted);
+        assert_eq!(
+            bans.record_offence(&peer.at, Offence::FailedLogin),
+            Recorded::Counted
+        );
         tokio::time::advance(secs(20)).await;
-        assert_eq!(bans.record_failure(&peer.at), Failure::Banned(secs(100)));
+        assert_eq!(
+            bans.record_offence(&peer.at, Offence::FailedLogin),
+            Recorded::Banned(secs(100))
+        );
         assert_eq!(bans.banned_for(&peer), Some(secs(100)));
-        assert_eq!(bans.record_failure(&peer.at), Failure::AlreadyBanned);
+        assert_eq!(
+            bans.record_offence(&peer.at, Offence::FailedLogin),
+            Recorded::AlreadyBanned
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn failures_spread_wider_than_the_window_do_not_ban() {
         let (bans, peer) = table();
         for _ in 0..20 {
-            assert_eq!(bans.record_failure(&peer.at), Failure::Counted);
+            assert_eq!(
+                bans.record_offence(&peer.at, Offence::FailedLogin),
+                Recorded::Counted
+            );
             tokio::time::advance(secs(40)).await;
         }
     }
@@ -746,34 +789,84 @@ mod tests {
     async fn failures_across_a_window_boundary_still_count() {
         let (bans, peer) = table();
         tokio::time::advance(secs(1)).await;
-        bans.record_failure(&peer.at);
+        bans.record_offence(&peer.at, Offence::FailedLogin);
         tokio::time::advance(secs(50)).await;
-        bans.record_failure(&peer.at);
+        bans.record_offence(&peer.at, Offence::FailedLogin);
         // 61 s after the first: the new window sees the old one's failures weighed by
         // their overlap.
         tokio::time::advance(secs(10)).await;
-        assert_eq!(bans.record_failure(&peer.at), Failure::Banned(secs(100)));
+        assert_eq!(
+            bans.record_offence(&peer.at, Offence::FailedLogin),
+            Recorded::Banned(secs(100))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn offences_of_every_kind_add_up_by_their_weights() {
+        let (bans, peer) = table();
+        // A first-byte timeout is a seventh of a ban, a failed login a third.
+        for _ in 0..4 {
+            let recorded = bans.record_offence(&peer.at, Offence::FirstByteTimeout);
+            assert_eq!(recorded, Recorded::Counted);
+        }
+        let recorded = bans.record_offence(&peer.at, Offence::FailedLogin);
+        assert_eq!(recorded, Recorded::Counted, "4/7 + 1/3 < 1");
+        let recorded = bans.record_offence(&peer.at, Offence::FirstByteTimeout);
+        assert_eq!(recorded, Recorded::Banned(secs(100)), "5/7 + 1/3 > 1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_kind_without_a_limit_is_not_counted() {
+        let (bans, peer) = table();
+        for _ in 0..100 {
+            let recorded = bans.record_offence(&peer.at, Offence::OverLimit);
+            assert_eq!(recorded, Recorded::Off);
+        }
+        assert_eq!(bans.len(), 0);
+    }
+
+    #[test]
+    fn a_limit_of_n_bans_at_the_nth_offence_not_before() {
+        for limit in [1, 3, 7, 30, 300, 9_999, 30_000] {
+            let mut policy = policy();
+            policy.max_offences[Offence::OverLimit.index()] = limit;
+            let points = u64::from(policy.points(Offence::OverLimit));
+            let ban = u64::from(BAN_POINTS);
+            assert!(points * u64::from(limit) >= ban, "{limit}");
+            assert!(points * u64::from(limit - 1) < ban, "{limit}");
+        }
+    }
+
+    #[test]
+    fn a_record_stays_small() {
+        assert_eq!(std::mem::size_of::<Record>(), 40);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_ban_expires_and_the_next_one_is_longer() {
         let (bans, peer) = table();
         for _ in 0..3 {
-            bans.record_failure(&peer.at);
+            bans.record_offence(&peer.at, Offence::FailedLogin);
         }
         tokio::time::advance(secs(100)).await;
         assert_eq!(bans.banned_for(&peer), None);
         for _ in 0..2 {
-            assert_eq!(bans.record_failure(&peer.at), Failure::Counted);
+            assert_eq!(
+                bans.record_offence(&peer.at, Offence::FailedLogin),
+                Recorded::Counted
+            );
         }
-        assert_eq!(bans.record_failure(&peer.at), Failure::Banned(secs(200)));
+        assert_eq!(
+            bans.record_offence(&peer.at, Offence::FailedLogin),
+            Recorded::Banned(secs(200))
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_quiet_peer_is_forgotten_with_its_offences() {
         let (bans, peer) = table();
         for _ in 0..3 {
-            bans.record_failure(&peer.at);
+            bans.record_offence(&peer.at, Offence::FailedLogin);
         }
         // Quiet from the end of its 100 s ban.
         tokio::time::advance(secs(1099)).await;
@@ -783,11 +876,11 @@ mod tests {
         bans.forget_quiet();
         assert_eq!(bans.len(), 0);
         for _ in 0..2 {
-            bans.record_failure(&peer.at);
+            bans.record_offence(&peer.at, Offence::FailedLogin);
         }
         assert_eq!(
-            bans.record_failure(&peer.at),
-            Failure::Banned(secs(100)),
+            bans.record_offence(&peer.at, Offence::FailedLogin),
+            Recorded::Banned(secs(100)),
             "a first offence again"
         );
     }
@@ -801,18 +894,27 @@ mod tests {
         let keying = PeerKeying::default();
         let bans = BanTable::new(policy(), keying.clone(), 1);
         let (first, second, third) = (at(&keying, 1), at(&keying, 2), at(&keying, 3));
-        assert_eq!(bans.record_failure(&first.at), Failure::Counted);
+        assert_eq!(
+            bans.record_offence(&first.at, Offence::FailedLogin),
+            Recorded::Counted
+        );
         assert!(!bans.is_full_for(&second.at), "the first peer can make way");
-        assert_eq!(bans.record_failure(&second.at), Failure::Counted);
+        assert_eq!(
+            bans.record_offence(&second.at, Offence::FailedLogin),
+            Recorded::Counted
+        );
         assert_eq!(bans.len(), 1);
         assert!(!bans.table.contains(&first.at));
 
         for _ in 0..2 {
-            bans.record_failure(&second.at);
+            bans.record_offence(&second.at, Offence::FailedLogin);
         }
         assert!(bans.banned_for(&second).is_some());
         assert!(bans.is_full_for(&third.at));
-        assert_eq!(bans.record_failure(&third.at), Failure::Untracked);
+        assert_eq!(
+            bans.record_offence(&third.at, Offence::FailedLogin),
+            Recorded::Untracked
+        );
         assert!(bans.banned_for(&second).is_some());
         assert!(
             bans.ban(&keying.key("192.0.2.3".parse().unwrap()), secs(9), 1)
@@ -833,20 +935,26 @@ mod tests {
         // The stalest peer is banned; the others fail once each, 10 ms apart.
         let banned = one_shard.next().unwrap();
         for _ in 0..3 {
-            bans.record_failure(&banned.at);
+            bans.record_offence(&banned.at, Offence::FailedLogin);
         }
         let mut tracked = Vec::new();
         while !bans.table.is_full_at(&first.at) {
             tokio::time::advance(Duration::from_millis(10)).await;
             let peer = one_shard.next().unwrap();
-            assert_eq!(bans.record_failure(&peer.at), Failure::Counted);
+            assert_eq!(
+                bans.record_offence(&peer.at, Offence::FailedLogin),
+                Recorded::Counted
+            );
             tracked.push(peer);
         }
         assert!(tracked.len() >= 3);
 
         // Fresh records all, yet a newcomer is tracked: the stalest unbanned one goes.
         let newcomer = one_shard.next().unwrap();
-        assert_eq!(bans.record_failure(&newcomer.at), Failure::Counted);
+        assert_eq!(
+            bans.record_offence(&newcomer.at, Offence::FailedLogin),
+            Recorded::Counted
+        );
         assert!(bans.table.contains(&newcomer.at));
         assert!(!bans.table.contains(&tracked[0].at));
         assert!(bans.table.contains(&tracked[1].at));
@@ -856,7 +964,10 @@ mod tests {
         tokio::time::advance(secs(100)).await;
         assert_eq!(bans.banned_for(&banned), None);
         let newcomer = one_shard.next().unwrap();
-        assert_eq!(bans.record_failure(&newcomer.at), Failure::Counted);
+        assert_eq!(
+            bans.record_offence(&newcomer.at, Offence::FailedLogin),
+            Recorded::Counted
+        );
         assert!(bans.table.contains(&banned.at));
         assert!(!bans.table.contains(&tracked[1].at));
     }
@@ -864,7 +975,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_peer_never_banned_is_forgotten_two_windows_after_its_last_failure() {
         let (bans, peer) = table();
-        bans.record_failure(&peer.at);
+        bans.record_offence(&peer.at, Offence::FailedLogin);
         tokio::time::advance(secs(119)).await;
         bans.forget_quiet();
         assert_eq!(bans.len(), 1);
@@ -903,9 +1014,12 @@ mod tests {
         assert_eq!(bans.banned_for(ip("192.0.2.1")), Some(secs(350)), "max_ban");
         let at = peer(bans.table.keying(), ip("192.0.2.2")).at;
         for _ in 0..2 {
-            bans.table.record_failure(&at);
+            bans.table.record_offence(&at, Offence::FailedLogin);
         }
-        assert_eq!(bans.table.record_failure(&at), Failure::Banned(secs(350)));
+        assert_eq!(
+            bans.table.record_offence(&at, Offence::FailedLogin),
+            Recorded::Banned(secs(350))
+        );
     }
 
     #[test]
@@ -945,7 +1059,7 @@ mod tests {
         bans.ban_network(net("2001:db8:ff::/48"), secs(200))
             .unwrap();
         for _ in 0..3 {
-            bans.table.record_failure(&peer.at);
+            bans.table.record_offence(&peer.at, Offence::FailedLogin);
         }
         tokio::time::advance(secs(50)).await;
         let text = bans.export();

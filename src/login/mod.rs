@@ -1,4 +1,5 @@
-//! Login-failure eviction and bans: the protocol reports, the layers act.
+//! Login-failure eviction, and bans for failed logins and every other offence: the
+//! protocol and the layers report, the ban check acts.
 //!
 //! The 2005 server leaked a connection for every failed login, because the login failed
 //! deep inside the protocol and nothing outside it could close the socket or remember
@@ -12,18 +13,53 @@
 //!   right after the failure reply is flushed (HTTP: `Connection: close` / GOAWAY after
 //!   the response), and it is cut if it has not ended within the eviction grace.
 //! - **Bans** (fail2ban's `maxretry`/`findtime`/`bantime`, OpenSSH's
-//!   `PerSourcePenalties`): enough failures from one peer key within the window ban it;
+//!   `PerSourcePenalties`): enough offences from one peer key within the window ban it;
 //!   each repeat offence multiplies the ban (×2 by default, up to 24 hours), and a peer
 //!   quiet for long enough is forgotten. [`BanLayer`] refuses a banned peer's new
 //!   connections at accept, before any byte is read; its live connections can be
 //!   evicted too. Exempt networks are never banned. The table is bounded and cleans
-//!   itself (a peer that failed without being banned is forgotten two windows after its
-//!   last failure); when full, it makes way for a new peer by forgetting the one that
-//!   matters least, never a banned one. [`Bans`] adds, lists, lifts, exports and
+//!   itself (a peer that offended without being banned is forgotten two windows after
+//!   its last offence); when full, it makes way for a new peer by forgetting the one
+//!   that matters least, never a banned one. [`Bans`] adds, lists, lifts, exports and
 //!   imports bans, of peer keys or of whole networks.
+//! - **Penalties** (OpenSSH's `PerSourcePenalties`, generalised): a failed login is one
+//!   [`Offence`]; so is every other abuse a layer detects, seen by the ban check when a
+//!   connection fails: a first-byte, request, login or TLS handshake timeout, a TLS
+//!   handshake the client broke, a malformed HTTP request, and a connection refused by
+//!   the per-peer rate or cap while its peer is over it. All feed one record per peer,
+//!   one escalation and one ban list. Each kind bans on its own after its
+//!   [limit](LoginBuilder::max_offences) within the window, and an offence of any kind
+//!   is that fraction of a ban, so kinds add up.
 //! - **Pre-authentication budget** (OpenSSH's `MaxStartups start:rate:full` and
 //!   `PerSourceMaxStartups`) and a **login timeout** (`LoginGraceTime`), both off unless
 //!   set: for protocols where every connection logs in.
+//!
+//! ## The penalties' defaults
+//!
+//! None of them bans an honest client; a peer doing it dozens of times within the
+//! 10-minute window is not one:
+//!
+//! - **5 failed logins**, as fail2ban's `maxretry`.
+//! - **30 timeouts** ([`max_timeouts`](LoginBuilder::max_timeouts)): browsers open
+//!   speculative connections that never send a byte, and mobile networks stall
+//!   requests, a few times an hour; 30 in 10 minutes is a silent connection every 20
+//!   seconds, all along. A peer holding 32 connections silent until a 10 s first-byte
+//!   timeout reaches it in 10 seconds.
+//! - **30 TLS handshake failures**: a client may abort a handshake, with an alert, over
+//!   a certificate prompt, once per visit.
+//! - **30 HTTP protocol errors**: a browser never sends a malformed request; a scanner
+//!   or a fuzzer sends many.
+//! - **300 refusals over a per-peer limit**: a client that bursts past its rate once,
+//!   a page fetching everything at once, is refused a few dozen times at most; a peer
+//!   refused 300 times within the window keeps hammering, and a flood reaches 300 in
+//!   well under a second.
+//!
+//! Not offences: idle timeouts and lifetime cuts (a normal end), a client that hangs
+//! up (mid-handshake too: it freed what it held), refusals by a global limit (not the
+//! peer's doing), and the ban check's own refusals. Neither are PROXY protocol errors:
+//! they happen above the ban check and come from the trusted balancer, not the client.
+//! A balancer that does not send the PROXY header is the peer of all its clients'
+//! connections: exempt it, or it is banned for them.
 //!
 //! Both layers come from one [`Login`], which holds the state they share. Put the ban
 //! check outermost and the session just above the protocol:
@@ -70,6 +106,7 @@ mod ban_layer;
 mod bans;
 #[cfg(feature = "http")]
 mod http;
+mod offence;
 mod session;
 mod session_layer;
 mod startups;
@@ -84,19 +121,26 @@ use crate::{
     peer::{Classified, Overflow, PeerKeying, table::PeerTable},
     throttle::LogThrottle,
 };
-pub use ban_layer::{BanCheck, BanLayer};
+pub use ban_layer::{BanCheck, BanLayer, PenaltyFuture};
 pub use bans::{Ban, BanError, Bans};
-use bans::{BanPolicy, BanTable};
+use bans::{BanPolicy, BanTable, Recorded};
 #[cfg(feature = "http")]
 pub use http::{
     ClassifyLogin, LoginOutcome, ReportBody, ReportLogin, ReportLoginLayer, StatusClassifier,
 };
+pub use offence::Offence;
 pub use session::{AfterFailure, EvictReason, Evicted, LoginSession};
 use session_layer::LivePeer;
 pub use session_layer::{LoginSessions, SessionFuture, SessionLayer};
 use startups::{MaxStartups, Startups};
 
 const DEFAULT_MAX_TRACKED_PEERS: usize = 65_536;
+
+/// Each kind's default limit; see the [module documentation](self) for why.
+const DEFAULT_MAX_FAILURES: u32 = 5;
+const DEFAULT_MAX_TIMEOUTS: u32 = 30;
+const DEFAULT_MAX_PROTOCOL_ERRORS: u32 = 30;
+const DEFAULT_MAX_REFUSALS: u32 = 300;
 
 /// The login policy and the state its two layers share. Cheap to clone.
 ///
@@ -106,13 +150,14 @@ pub struct Login {
     shared: Arc<Shared>,
 }
 
-/// Builds a [`Login`]. The defaults: 1 try per connection, a 1 s eviction grace, 5
-/// failures within 10 minutes ban a peer for 10 minutes, doubling per repeat offence up
-/// to 24 hours, a peer forgotten after 24 quiet hours, 65 536 tracked peers; no login
-/// timeout and no pre-authentication budget.
+/// Builds a [`Login`]. The defaults: 1 try per connection, a 1 s eviction grace; 5
+/// failed logins, or 30 timeouts, TLS handshake failures or HTTP protocol errors, or
+/// 300 refusals over a per-peer limit, within 10 minutes ban a peer for 10 minutes,
+/// doubling per repeat offence up to 24 hours; a peer forgotten after 24 quiet hours,
+/// 65 536 tracked peers; no login timeout and no pre-authentication budget.
 ///
 /// A full table makes way for a new peer by forgetting the one that matters least: a
-/// peer with failures only before one with past bans, the stalest first, never a banned
+/// peer with offences only before one with past bans, the stalest first, never a banned
 /// one. Only where the table holds nothing but bans is a new peer left untracked
 /// ([`Overflow::Admit`]) or refused ([`Overflow::Refuse`]).
 #[derive(Debug, Clone)]
@@ -151,15 +196,30 @@ pub struct LoginStats {
     pub evicted_banned: u64,
     /// Connections evicted on request.
     pub evicted_requested: u64,
-    /// Bans issued for failures.
+    /// Bans issued for offences, of any kind.
     pub bans: u64,
     /// New connections refused because their peer was banned.
     pub refused_banned: u64,
     /// New connections refused by the pre-authentication budget.
     pub refused_startups: u64,
+    /// First-byte timeouts counted against their peer (not exempt, the kind not turned
+    /// off), as are the offences below.
+    pub first_byte_timeouts: u64,
+    /// Request timeouts counted against their peer.
+    pub request_timeouts: u64,
+    /// Login timeouts counted against their peer.
+    pub login_timeouts: u64,
+    /// TLS handshake timeouts counted against their peer.
+    pub tls_handshake_timeouts: u64,
+    /// TLS handshakes the client broke, counted against their peer.
+    pub tls_handshake_failures: u64,
+    /// Malformed HTTP requests counted against their peer.
+    pub http_protocol_errors: u64,
+    /// Refusals over a per-peer limit counted against their peer.
+    pub over_limit_refusals: u64,
     /// Connections not authenticated yet, now.
     pub unauthenticated: usize,
-    /// Peers with failures or bans on record, now.
+    /// Peers with offences or bans on record, now.
     pub tracked_peers: usize,
 }
 
@@ -171,7 +231,7 @@ impl Login {
             max_auth_tries: 1,
             eviction_grace: Duration::from_secs(1),
             policy: BanPolicy {
-                max_failures: 5,
+                max_offences: default_max_offences(),
                 window: Duration::from_secs(600),
                 first_ban: Duration::from_secs(600),
                 factor: 2,
@@ -227,6 +287,13 @@ impl Login {
             bans: stats.bans.get(),
             refused_banned: stats.refused_banned.get(),
             refused_startups: stats.refused_startups.get(),
+            first_byte_timeouts: stats.offences(Offence::FirstByteTimeout),
+            request_timeouts: stats.offences(Offence::RequestTimeout),
+            login_timeouts: stats.offences(Offence::LoginTimeout),
+            tls_handshake_timeouts: stats.offences(Offence::TlsHandshakeTimeout),
+            tls_handshake_failures: stats.offences(Offence::TlsHandshakeFailure),
+            http_protocol_errors: stats.offences(Offence::HttpProtocolError),
+            over_limit_refusals: stats.offences(Offence::OverLimit),
             unauthenticated: shared.startups.unauthenticated(),
             tracked_peers: shared.bans.len(),
         }
@@ -235,7 +302,7 @@ impl Login {
 
 impl LoginBuilder {
     // With the login layers, exempt peers are never banned and have no per-peer budget;
-    // a table full of bans leaves a new peer's failures unrecorded, or refuses it.
+    // a table full of bans leaves a new peer's offences unrecorded, or refuses it.
     crate::peer::peer_table_builder_methods!();
 
     /// Failed logins a connection may make before it is closed (OpenSSH's
@@ -253,13 +320,33 @@ impl LoginBuilder {
     }
 
     /// Failed logins from one peer within the [window](Self::failure_window) that ban it
-    /// (fail2ban's `maxretry`); 5 by default.
-    pub fn max_failures(mut self, failures: u32) -> Self {
-        self.policy.max_failures = failures;
+    /// (fail2ban's `maxretry`); 5 by default, at least 1. The same as
+    /// [`max_offences`](Self::max_offences) for [`Offence::FailedLogin`].
+    pub fn max_failures(self, failures: u32) -> Self {
+        self.max_offences(Offence::FailedLogin, failures)
+    }
+
+    /// Timeouts from one peer within the [window](Self::failure_window) that ban it:
+    /// first-byte, request (a minimum-rate cut included), login and TLS handshake
+    /// timeouts, each one offence; 30 by default, 0 counts none. Sets
+    /// [`max_offences`](Self::max_offences) for each of these kinds.
+    pub fn max_timeouts(mut self, timeouts: u32) -> Self {
+        for offence in Offence::TIMEOUTS {
+            self = self.max_offences(offence, timeouts);
+        }
         self
     }
 
-    /// The window failures are counted in (fail2ban's `findtime`); 10 minutes by
+    /// Offences of this kind alone from one peer within the
+    /// [window](Self::failure_window) that ban it; 0 counts none (but failed logins need
+    /// at least 1). Kinds add up: each offence is `1/limit` of a ban, its kind's limit.
+    /// The defaults are in the [module documentation](self).
+    pub fn max_offences(mut self, offence: Offence, limit: u32) -> Self {
+        self.policy.max_offences[offence.index()] = limit;
+        self
+    }
+
+    /// The window offences are counted in (fail2ban's `findtime`); 10 minutes by
     /// default.
     pub fn failure_window(mut self, window: Duration) -> Self {
         self.policy.window = window;
@@ -280,10 +367,10 @@ impl LoginBuilder {
         self
     }
 
-    /// A peer neither banned nor failing for this long (counted from its last failure or
-    /// the end of its ban, whichever is later) is forgotten, repeat offences included;
+    /// A peer neither banned nor offending for this long (counted from its last offence
+    /// or the end of its ban, whichever is later) is forgotten, repeat offences included;
     /// 24 hours by default. A peer never banned is forgotten sooner, once its
-    /// failures have left the window (two windows after the last).
+    /// offences have left the window (two windows after the last).
     pub fn forget_after(mut self, quiet: Duration) -> Self {
         self.policy.forget_after = quiet;
         self
@@ -360,7 +447,7 @@ impl LoginBuilder {
         if self.max_auth_tries == 0 {
             return Err(zero("max_auth_tries"));
         }
-        if policy.max_failures == 0 {
+        if policy.max_offences[Offence::FailedLogin.index()] == 0 {
             return Err(zero("max_failures"));
         }
         for (value, setting) in [
@@ -407,7 +494,7 @@ impl LoginBuilder {
                     self.keying.clone(),
                     self.max_tracked_peers,
                 )),
-                // Often enough to forget peers whose failures have left the window
+                // Often enough to forget peers whose offences have left the window
                 // within about two windows, and quiet ones soon after `forget_after`.
                 sweep_every: (policy.forget_after / 8)
                     .min(policy.window)
@@ -458,6 +545,24 @@ pub(crate) struct Shared {
     stats: Counters,
 }
 
+/// The limits of [`LoginBuilder`]'s defaults, by kind.
+fn default_max_offences() -> [u32; Offence::COUNT] {
+    let mut limits = [0; Offence::COUNT];
+    for (offence, limit) in [
+        (Offence::FailedLogin, DEFAULT_MAX_FAILURES),
+        (Offence::FirstByteTimeout, DEFAULT_MAX_TIMEOUTS),
+        (Offence::RequestTimeout, DEFAULT_MAX_TIMEOUTS),
+        (Offence::LoginTimeout, DEFAULT_MAX_TIMEOUTS),
+        (Offence::TlsHandshakeTimeout, DEFAULT_MAX_TIMEOUTS),
+        (Offence::TlsHandshakeFailure, DEFAULT_MAX_PROTOCOL_ERRORS),
+        (Offence::HttpProtocolError, DEFAULT_MAX_PROTOCOL_ERRORS),
+        (Offence::OverLimit, DEFAULT_MAX_REFUSALS),
+    ] {
+        limits[offence.index()] = limit;
+    }
+    limits
+}
+
 #[derive(Debug, Default)]
 struct Counters {
     sessions: Counter,
@@ -470,9 +575,15 @@ struct Counters {
     bans: Counter,
     refused_banned: Counter,
     refused_startups: Counter,
+    /// Offences counted against their peer, by kind.
+    offences: [Counter; Offence::COUNT],
 }
 
 impl Counters {
+    fn offences(&self, offence: Offence) -> u64 {
+        self.offences[offence.index()].get()
+    }
+
     fn evicted(&self, reason: EvictReason) {
         match reason {
             EvictReason::AuthFailures(_) => &self.evicted_after_failures,
@@ -491,11 +602,22 @@ impl Shared {
             .ensure(&self.bans, self.sweep_every, BanTable::forget_quiet);
     }
 
-    /// A failure just banned `peer` for `length`.
-    fn banned(&self, peer: &Classified, length: Duration) {
+    /// Counts `offence` against `peer`, which may ban it.
+    fn offended(&self, peer: &Classified, offence: Offence) {
+        let recorded = self.bans.record_offence(&peer.at, offence);
+        match recorded {
+            Recorded::Off => return,
+            Recorded::Banned(length) => self.banned(peer, length, offence),
+            Recorded::Counted | Recorded::AlreadyBanned | Recorded::Untracked => {}
+        }
+        self.stats.offences[offence.index()].add();
+    }
+
+    /// `offence` just banned `peer` for `length`.
+    fn banned(&self, peer: &Classified, length: Duration, offence: Offence) {
         self.stats.bans.add();
         if let Some(suppressed) = self.ban_log.allow() {
-            tracing::warn!(peer = %peer.key, ban = ?length, suppressed, "peer banned for failed logins");
+            tracing::warn!(peer = %peer.key, ban = ?length, %offence, suppressed, "peer banned");
         }
         if let Some(live) = &self.live {
             session_layer::evict_live(live, &peer.at);

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use super::{Shared, attempts::Attempts, bans::Failure, startups::StartupSlot};
+use super::{Offence, Shared, attempts::Attempts, startups::StartupSlot};
 use crate::{
     GracefulClose,
     peer::{Classified, PeerKey},
@@ -150,11 +150,16 @@ impl SessionState {
         self.reason.get().copied().unwrap_or(EvictReason::Requested)
     }
 
-    /// Asks the connection to close; the first reason given is the one kept.
+    /// Asks the connection to close; the first reason given is the one kept. A login
+    /// timeout is an offence: counted here, as most such connections then close
+    /// gracefully, with no error for the ban check to see.
     pub(super) fn evict(&self, reason: EvictReason) {
         if self.reason.set(reason).is_ok() {
             self.shared.stats.evicted(reason);
             tracing::debug!(%reason, "connection evicted");
+            if let (EvictReason::LoginTimeout(_), Some(peer)) = (reason, &self.peer) {
+                self.shared.offended(peer, Offence::LoginTimeout);
+            }
         }
         self.close.request_cut_by_caller();
         self.eviction.request();
@@ -190,10 +195,7 @@ impl LoginSession {
         let failures = state.failures.fetch_add(1, Ordering::AcqRel) + 1;
         shared.stats.failed_logins.add();
         if let Some(peer) = &state.peer {
-            match shared.bans.record_failure(&peer.at) {
-                Failure::Banned(length) => shared.banned(peer, length),
-                Failure::Counted | Failure::AlreadyBanned | Failure::Untracked => {}
-            }
+            shared.offended(peer, Offence::FailedLogin);
         }
         if failures >= shared.max_auth_tries {
             state.evict(EvictReason::AuthFailures(failures));
