@@ -308,3 +308,43 @@ async fn a_grpc_unauthenticated_flood_is_banned_while_another_peer_is_served() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_that_reconnects_is_banned_while_another_peer_is_served() {
+    let server = Example::start(
+        "axum_server",
+        &["--max-timeouts", "3", "--first-byte-timeout", "0.2"],
+    )
+    .await;
+    let addr = server.addr;
+    let legit = Legit::run(move |ok, failed| async move {
+        let mut client = Http1Client::connect(connect_from(LEGIT, addr).await).await;
+        match within(PATIENCE, client.get("/")).await {
+            Ok(answer) if answer.status == 200 => ok.fetch_add(1, Ordering::SeqCst),
+            _ => failed.fetch_add(1, Ordering::SeqCst),
+        };
+    });
+
+    // Three connections that send nothing, each closed at the first-byte timeout
+    // without a word.
+    for _ in 0..3 {
+        let mut silent = connect_from(ATTACKER, addr).await;
+        let mut answer = Vec::new();
+        within(PATIENCE, silent.read_to_end(&mut answer))
+            .await
+            .unwrap();
+        assert!(answer.is_empty(), "{answer:?}");
+    }
+    // The fourth is refused at accept: the ban's 429 comes before any byte is sent.
+    let mut refused = connect_from(ATTACKER, addr).await;
+    let mut answer = String::new();
+    let _ = within(PATIENCE, refused.read_to_string(&mut answer)).await;
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer:?}");
+
+    let (ok, failed) = legit.finish().await;
+    assert!(
+        ok > 0 && failed == 0,
+        "legit client: {ok} ok, {failed} failed"
+    );
+    server.stop().await;
+}

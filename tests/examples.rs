@@ -62,6 +62,16 @@ fn only_login_server_takes_a_login_timeout() {
     assert_eq!(output.status.code(), Some(2));
 }
 
+#[test]
+fn every_example_takes_max_timeouts() {
+    for name in EXAMPLES {
+        let help = run_to_exit(name, &["--help"]);
+        assert!(String::from_utf8_lossy(&help.stdout).contains("--max-timeouts N"));
+        let output = run_to_exit(name, &["--max-timeouts", "many"]);
+        assert_eq!(output.status.code(), Some(2), "{name}");
+    }
+}
+
 #[tokio::test]
 async fn login_server_speaks_its_protocol() {
     for mode in [&[][..], &["--unprotected"][..]] {

@@ -56,7 +56,10 @@ pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(3600);
 pub const DEFAULT_MAX_AUTH_TRIES: u32 = 1;
 /// Failed logins from one peer key within the failure window that ban it.
 pub const DEFAULT_MAX_FAILURES: u32 = 5;
-/// The window failed logins are counted in.
+/// Timeout offences (first byte, request, login, TLS handshake) from one peer key within
+/// the failure window that ban it.
+pub const DEFAULT_MAX_TIMEOUTS: u32 = 30;
+/// The window failed logins and other offences are counted in.
 pub const DEFAULT_FAILURE_WINDOW: Duration = Duration::from_secs(600);
 /// The first ban; each repeat offence doubles it, up to 24 hours.
 pub const DEFAULT_BAN: Duration = Duration::from_secs(600);
@@ -88,7 +91,9 @@ pub const USAGE: &str =
   --max-lifetime S      close a connection older than S seconds gracefully (default 3600)
   --max-auth-tries N    failed logins on one connection before it is closed (default 1)
   --max-failures N      failed logins per peer key within --failure-window that ban it (default 5)
-  --failure-window S    the window failed logins are counted in (default 600)
+  --max-timeouts N      timeout offences per peer within --failure-window that ban it
+                        (default 30; 0 = off)
+  --failure-window S    the window failed logins and other offences are counted in (default 600)
   --ban S               the first ban; each repeat offence doubles it, up to 24 hours (default 600)
   --proxy-protocol-from CIDR
                         read a PROXY v1/v2 header from these balancers, and only them
@@ -122,6 +127,7 @@ pub struct Protection {
     pub max_lifetime: Duration,
     pub max_auth_tries: u32,
     pub max_failures: u32,
+    pub max_timeouts: u32,
     pub failure_window: Duration,
     pub ban: Duration,
     /// `None` for the examples that take no `--login-timeout`.
@@ -154,6 +160,7 @@ impl Protection {
             max_lifetime: DEFAULT_MAX_LIFETIME,
             max_auth_tries: DEFAULT_MAX_AUTH_TRIES,
             max_failures: DEFAULT_MAX_FAILURES,
+            max_timeouts: DEFAULT_MAX_TIMEOUTS,
             failure_window: DEFAULT_FAILURE_WINDOW,
             ban: DEFAULT_BAN,
             login_timeout,
@@ -241,6 +248,7 @@ impl Protection {
             "--max-lifetime" => self.max_lifetime = seconds(argv),
             "--max-auth-tries" => self.max_auth_tries = value(flag, argv.next()),
             "--max-failures" => self.max_failures = value(flag, argv.next()),
+            "--max-timeouts" => self.max_timeouts = value(flag, argv.next()),
             "--failure-window" => self.failure_window = seconds(argv),
             "--ban" => self.ban = seconds(argv),
             "--login-timeout" if self.login_timeout.is_some() => {
@@ -303,6 +311,7 @@ impl Protection {
             .keying(keying)
             .max_auth_tries(self.max_auth_tries)
             .max_failures(self.max_failures)
+            .max_timeouts(self.max_timeouts)
             .failure_window(self.failure_window)
             .ban(self.ban)
             .evict_banned_connections(true)
@@ -338,6 +347,7 @@ impl Protection {
             max_lifetime = ?self.max_lifetime,
             max_auth_tries = self.max_auth_tries,
             max_failures = self.max_failures,
+            max_timeouts = self.max_timeouts,
             failure_window = ?self.failure_window,
             ban = ?self.ban,
             login_timeout = ?self.login_timeout,
@@ -365,7 +375,8 @@ pub struct Tally {
     pub refused: u64,
     /// Closed after admission: timeouts, and evictions after failed logins.
     pub evicted: u64,
-    /// Peers banned for failed logins.
+    /// Peers banned for their offences: failed logins, timeouts, protocol errors,
+    /// refusals over a per-peer limit.
     pub banned: u64,
 }
 
