@@ -33,6 +33,7 @@
 mod layer;
 mod service;
 
+pub(crate) use layer::Shared;
 pub use layer::{ConnectionLimitBuilder, ConnectionLimitLayer, ConnectionLimitStats};
 pub use service::ConnectionLimit;
 pub(crate) use service::GlobalSlot;

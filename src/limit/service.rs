@@ -43,9 +43,12 @@ impl<S> ConnectionLimit<S> {
                 self.waiting = None;
                 return Poll::Ready(());
             }
-            let waiting = self
-                .waiting
-                .get_or_insert_with(|| Box::pin(self.shared.freed.clone().notified_owned()));
+            let waiting = self.waiting.get_or_insert_with(|| {
+                // An idle connection asked to close frees a slot.
+                #[cfg(feature = "overload")]
+                self.shared.evict_idle();
+                Box::pin(self.shared.freed.clone().notified_owned())
+            });
             // Registered before looking again, so a slot freed in between is not missed.
             waiting.as_mut().enable();
             if self.shared.has_room() {
@@ -86,6 +89,12 @@ where
         // seen in `poll_ready`; the connection is then refused like in refuse mode.
         match self.shared.try_acquire() {
             Some(slot) => ResponseFuture::admitted(self.inner.call(conn), Slot::Global(slot)),
+            // Admitted at once, over the cap, while an idle connection closes.
+            #[cfg(feature = "overload")]
+            None if self.shared.evict_idle() => {
+                let slot = self.shared.acquire_over_cap();
+                ResponseFuture::admitted(self.inner.call(conn), Slot::Global(slot))
+            }
             None => {
                 self.shared.refused.add();
                 let reason = Reason::ConnectionLimit {

@@ -74,7 +74,9 @@ mod layer;
 
 use std::{error::Error, fmt, sync::Arc, time::Duration};
 
-pub(crate) use activity::{Activity, DEFAULT_MIN_SEND_RATE, Deadlines, IdleLimit, RequestLimit};
+pub(crate) use activity::{
+    Activity, DEFAULT_MIN_SEND_RATE, Deadlines, IdleLimit, Idleness, RequestLimit,
+};
 pub use future::ResponseFuture;
 pub(crate) use future::watch;
 pub use io::TimedIo;
