@@ -245,18 +245,19 @@ impl Overload {
 
     /// A new connection's standing: not registered yet.
     pub(crate) fn standing(&self, peer: IpAddr) -> Standing {
-        self.shared.ensure_sampler();
         Standing::Unregistered(peer)
     }
 
     /// Registers a connection that is not, if the load is high enough for evictions to
-    /// be near. Called when a connection starts and at each look of its timer.
+    /// be near. Called at each look of the connection's timer, the first when it
+    /// starts; it also makes sure the sources are sampled, on the connection's runtime.
     pub(crate) fn enrol(
         &self,
         standing: &mut Standing,
         activity: &Arc<Activity>,
         close: &GracefulClose,
     ) {
+        self.shared.ensure_sampler();
         let (Standing::Unregistered(peer), Some(registry)) = (&*standing, &self.shared.registry)
         else {
             return;
