@@ -87,8 +87,9 @@ impl ConnectionLimitBuilder {
 
     /// Counts the live connections in `overload`'s pressure and, with its idle eviction
     /// on, at the cap, asks an idle connection to close to make room for a new one
-    /// instead of refusing it: the new one is admitted at once (in backpressure mode,
-    /// once the idle one has closed). See the [`overload`](crate::overload) module.
+    /// instead of refusing it: the new one is admitted at once. In backpressure mode,
+    /// where a new connection waits unseen in the backlog, nothing is evicted. See the
+    /// [`overload`](crate::overload) module.
     #[cfg(feature = "overload")]
     pub fn overload(mut self, overload: &crate::overload::Overload) -> Self {
         self.overload = Some(overload.clone());

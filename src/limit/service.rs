@@ -43,12 +43,9 @@ impl<S> ConnectionLimit<S> {
                 self.waiting = None;
                 return Poll::Ready(());
             }
-            let waiting = self.waiting.get_or_insert_with(|| {
-                // An idle connection asked to close frees a slot.
-                #[cfg(feature = "overload")]
-                self.shared.evict_idle();
-                Box::pin(self.shared.freed.clone().notified_owned())
-            });
+            let waiting = self
+                .waiting
+                .get_or_insert_with(|| Box::pin(self.shared.freed.clone().notified_owned()));
             // Registered before looking again, so a slot freed in between is not missed.
             waiting.as_mut().enable();
             if self.shared.has_room() {

@@ -30,14 +30,15 @@
 //!   eighth of its length at least, so a rise in pressure takes effect within that.
 //! - **Idle connections make room**: at a full cap, a new connection is admitted at
 //!   once, and an idle connection is asked to close gracefully in its place (its
-//!   [`GracefulClose`](crate::GracefulClose) is raised: HTTP/1.1 between requests closes
+//!   [`GracefulClose`] is raised: HTTP/1.1 between requests closes
 //!   at once, HTTP/2 sends GOAWAY; a raw protocol closes when it sees the request, or at
 //!   its idle timeout, shrunk by then). So the cap is exceeded, briefly, by the
 //!   connections being evicted: at most one for every 64 of the cap, beyond which new
 //!   connections are refused as before. Waiting instead for the victim to close would
 //!   not save the newcomer's descriptor, which is open already. In
-//!   [backpressure](crate::limit::ConnectionLimitBuilder::backpressure) mode the cap is
-//!   not exceeded: the accept loop waits for the evicted connection to close.
+//!   [backpressure](crate::limit::ConnectionLimitBuilder::backpressure) mode nothing is
+//!   evicted: new connections wait in the kernel's backlog, unseen, and the idle
+//!   timeout, shrunk at a full cap, makes room.
 //!
 //! # Which connections are idle
 //!

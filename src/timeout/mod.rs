@@ -35,6 +35,10 @@
 //! stream from its headers until its body's last frame (however long its handler then
 //! takes); and it adds its own deadlines where the layer sets none.
 //!
+//! With an [overload manager](crate::overload) ([`TimeoutBuilder::overload`]), every
+//! deadline but the lifetime shrinks as the pressure rises, and the layer tells the
+//! manager which connections are idle, for it to evict at a full cap.
+//!
 //! Time is tokio's, so tests run on `tokio::time::pause`.
 //!
 //! # Example
