@@ -26,6 +26,7 @@ use tower_bouncer::{
     admission::Reason,
     http::HttpService,
     limit::ConnectionLimitLayer,
+    login::{EvictReason, Evicted, Login},
     overload::Overload,
     proxy_protocol::{ProxyProtocolError, ProxyProtocolLayer},
     timeout::{TimedIo, TimeoutError, TimeoutLayer},
@@ -231,6 +232,31 @@ async fn a_proxy_header_deadline_shrinks_under_pressure() {
         "{error}"
     );
     assert_eq!(began.elapsed(), secs(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_login_timeout_shrinks_under_pressure() {
+    let overload = overload().monitor(|| 1.0).build().unwrap();
+    let login = Login::builder()
+        .login_timeout(secs(30))
+        .overload(&overload)
+        .build()
+        .unwrap();
+    let service = login
+        .session_layer()
+        .layer(service_fn(|conn: Conn<DuplexStream>| async move {
+            // A protocol that never hears of the eviction: cut after the grace (1 s).
+            let mut io = conn.into_io();
+            let mut buffer = [0; 64];
+            while io.read(&mut buffer).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        }));
+    let began = Instant::now();
+    let (conn, _client) = duplex_conn("192.0.2.1:1");
+    let error = within(secs(60), service.oneshot(conn)).await.unwrap_err();
+    let evicted = error.downcast_ref::<Evicted>().unwrap();
+    assert_eq!(evicted.reason, EvictReason::LoginTimeout(secs(6)));
+    assert_eq!(began.elapsed(), secs(6) + secs(1));
 }
 
 /// An app whose `/sleep?S` handler takes S seconds.

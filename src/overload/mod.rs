@@ -8,8 +8,9 @@
 //!   this manager, against its cap, read live;
 //! - **descriptors** (Linux): the process's open descriptors against its soft limit. The
 //!   manager counts `/proc/self/fd` once per [sample
-//!   period](OverloadBuilder::sample_every) (about 0.1 µs per open descriptor) and, in
-//!   between, follows the live connection count, one descriptor each, so that a flood
+//!   period](OverloadBuilder::sample_every), a second by default (a count takes 0.2 ms
+//!   with 1 000 open, 1.4 ms with 4 000, 14 ms with 16 000 on a 2-core VM), and in
+//!   between follows the live connection count, one descriptor each, so that a flood
 //!   shows at once;
 //! - **memory** (opt-in): the cgroup v2 `memory.current` against `memory.max`, sampled;
 //! - **monitors**: any function returning a load, sampled.
