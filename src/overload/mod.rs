@@ -98,7 +98,6 @@ mod registry;
 
 use std::{
     fmt,
-    net::IpAddr,
     sync::{
         Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
@@ -243,11 +242,6 @@ impl Overload {
     /// [`Standing`].
     pub(crate) fn evicts(&self) -> bool {
         self.shared.registry.is_some()
-    }
-
-    /// A new connection's standing: not registered yet.
-    pub(crate) fn standing(&self, peer: IpAddr) -> Standing {
-        Standing::Unregistered(peer)
     }
 
     /// Registers a connection that is not, if the load is high enough for evictions to

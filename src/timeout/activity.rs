@@ -99,9 +99,7 @@ impl Deadlines {
             lifetime: self.lifetime.or(other.lifetime),
         }
     }
-}
 
-impl Deadlines {
     /// Every deadline but the lifetime multiplied by `factor`, at most 1.
     pub(crate) fn scaled(self, factor: f64) -> Deadlines {
         if factor >= 1.0 {
@@ -459,14 +457,15 @@ impl Activity {
         })
     }
 
-    /// Works out what the deadlines say now, each but the lifetime multiplied by
-    /// `factor` (the overload manager's; 1 without one). `watch` is the timer's own
-    /// record of what it saw at its last look.
-    pub(crate) fn check(&self, deadlines: &Deadlines, factor: f64, watch: &mut IdleWatch) -> Check {
+    /// Works out what the deadlines say now, each but the lifetime scaled by the
+    /// pressure under an overload manager. `watch` is the timer's own record of what it
+    /// saw at its last look.
+    pub(crate) fn check(&self, deadlines: &Deadlines, watch: &mut IdleWatch) -> Check {
         let now = self.now();
         let mut next = Earliest(None);
-        let scaling = self.shared.scaler.is_active();
-        let deadlines = &deadlines.scaled(factor);
+        let scaler = &self.shared.scaler;
+        let scaling = scaler.is_active();
+        let deadlines = &deadlines.scaled(scaler.factor());
 
         if let Some(limit) = deadlines.first_byte
             && self.bytes_read.load(Ordering::Relaxed) == 0
@@ -706,14 +705,11 @@ mod tests {
         };
         let activity = activity(deadlines);
         let mut watch = IdleWatch::default();
-        assert_eq!(
-            activity.check(&deadlines, 1.0, &mut watch),
-            at(&activity, 2)
-        );
+        assert_eq!(activity.check(&deadlines, &mut watch), at(&activity, 2));
         activity.on_read(1);
         // Idle is sampled every eighth of its 30 s.
         assert_eq!(
-            activity.check(&deadlines, 1.0, &mut watch),
+            activity.check(&deadlines, &mut watch),
             Check::Next(Some(activity.started + Duration::from_millis(3750)))
         );
     }
@@ -736,7 +732,7 @@ mod tests {
         assert_eq!(limit.allowance(500), secs(15));
         activity.on_read(500);
         assert_eq!(
-            activity.check(&deadlines, 1.0, &mut IdleWatch::default()),
+            activity.check(&deadlines, &mut IdleWatch::default()),
             at(&activity, 15)
         );
         assert_eq!(limit.allowance(10_500), secs(20));
@@ -753,27 +749,15 @@ mod tests {
         };
         let activity = activity(deadlines);
         let mut watch = IdleWatch::default();
-        assert_eq!(
-            activity.check(&deadlines, 1.0, &mut watch),
-            Check::Next(None)
-        );
+        assert_eq!(activity.check(&deadlines, &mut watch), Check::Next(None));
         activity.on_read(3);
         assert!(activity.take_rearm());
-        assert_eq!(
-            activity.check(&deadlines, 1.0, &mut watch),
-            at(&activity, 10)
-        );
+        assert_eq!(activity.check(&deadlines, &mut watch), at(&activity, 10));
         activity.finish_request();
-        assert_eq!(
-            activity.check(&deadlines, 1.0, &mut watch),
-            Check::Next(None)
-        );
+        assert_eq!(activity.check(&deadlines, &mut watch), Check::Next(None));
         tokio::time::advance(secs(100)).await;
         activity.on_read(1);
-        assert_eq!(
-            activity.check(&deadlines, 1.0, &mut watch),
-            at(&activity, 110)
-        );
+        assert_eq!(activity.check(&deadlines, &mut watch), at(&activity, 110));
     }
 
     #[tokio::test(start_paused = true)]
@@ -788,7 +772,7 @@ mod tests {
         activity.open_exchange();
         tokio::time::advance(secs(20)).await;
         assert!(matches!(
-            activity.check(&deadlines, 1.0, &mut watch),
+            activity.check(&deadlines, &mut watch),
             Check::Next(Some(_))
         ));
         activity.close_exchange();
@@ -798,13 +782,13 @@ mod tests {
             activity.on_write(17);
             tokio::time::advance(secs(1)).await;
             assert!(matches!(
-                activity.check(&deadlines, 1.0, &mut watch),
+                activity.check(&deadlines, &mut watch),
                 Check::Next(Some(_))
             ));
         }
         tokio::time::advance(secs(1)).await;
         assert_eq!(
-            activity.check(&deadlines, 1.0, &mut watch),
+            activity.check(&deadlines, &mut watch),
             Check::Expired(TimeoutError::Idle(secs(8)))
         );
     }
@@ -823,7 +807,7 @@ mod tests {
         // finishes the request.
         let raw = activity(deadlines);
         let mut watch = IdleWatch::default();
-        raw.check(&deadlines, 1.0, &mut watch);
+        raw.check(&deadlines, &mut watch);
         assert!(matches!(raw.idleness(), Some(Idleness::Declared { .. })));
         raw.on_read(5);
         assert_eq!(raw.idleness(), None);
@@ -839,7 +823,7 @@ mod tests {
         http.close_exchange();
         let mut watch = IdleWatch::default();
         tokio::time::advance(secs(1)).await;
-        http.check(&deadlines, 1.0, &mut watch);
+        http.check(&deadlines, &mut watch);
         let looked = Instant::now();
         tokio::time::advance(secs(3)).await;
         assert_eq!(http.idleness(), Some(Idleness::Declared { since: looked }));
@@ -863,16 +847,16 @@ mod tests {
         let mut watch = IdleWatch::default();
         // Framing written ahead of the body is learnt, not counted as waiting.
         activity.on_write(200);
-        activity.check(&deadlines, 1.0, &mut watch);
+        activity.check(&deadlines, &mut watch);
         activity.handed(1 << 20);
         activity.on_write(4096);
         // 1 000 bytes in 10 s is the minimum: taken, the connection lives on.
-        activity.check(&deadlines, 1.0, &mut watch);
+        activity.check(&deadlines, &mut watch);
         for _ in 0..10 {
             tokio::time::advance(secs(1)).await;
             activity.on_write(100);
             assert!(matches!(
-                activity.check(&deadlines, 1.0, &mut watch),
+                activity.check(&deadlines, &mut watch),
                 Check::Next(Some(_))
             ));
         }
@@ -880,13 +864,13 @@ mod tests {
         for _ in 0..10 {
             tokio::time::advance(secs(1)).await;
             activity.on_write(99);
-            let check = activity.check(&deadlines, 1.0, &mut watch);
+            let check = activity.check(&deadlines, &mut watch);
             if check != Check::Expired(TimeoutError::Idle(secs(10))) {
                 assert!(matches!(check, Check::Next(Some(_))), "{check:?}");
             }
         }
         assert_eq!(
-            activity.check(&deadlines, 1.0, &mut watch),
+            activity.check(&deadlines, &mut watch),
             Check::Expired(TimeoutError::Idle(secs(10)))
         );
     }
@@ -908,23 +892,23 @@ mod tests {
         for _ in 0..10 {
             activity.handed(20);
             assert!(matches!(
-                activity.check(&deadlines, 1.0, &mut watch),
+                activity.check(&deadlines, &mut watch),
                 Check::Next(Some(_))
             ));
             tokio::time::advance(secs(9)).await;
             activity.on_write(20);
             tokio::time::advance(secs(2)).await;
             assert!(matches!(
-                activity.check(&deadlines, 1.0, &mut watch),
+                activity.check(&deadlines, &mut watch),
                 Check::Next(Some(_))
             ));
         }
         // Twenty bytes left waiting a whole period are not taken: slow.
         activity.handed(20);
-        activity.check(&deadlines, 1.0, &mut watch);
+        activity.check(&deadlines, &mut watch);
         tokio::time::advance(secs(10)).await;
         assert_eq!(
-            activity.check(&deadlines, 1.0, &mut watch),
+            activity.check(&deadlines, &mut watch),
             Check::Expired(TimeoutError::Idle(secs(10)))
         );
     }
@@ -952,7 +936,7 @@ mod tests {
         activity.on_read(1 << 40);
         activity.handed(1 << 41);
         assert!(matches!(
-            activity.check(&deadlines, 1.0, &mut watch),
+            activity.check(&deadlines, &mut watch),
             Check::Next(Some(_))
         ));
     }

@@ -39,7 +39,7 @@ where
         .scaler
         .overload()
         .filter(|overload| overload.evicts())
-        .map(|overload| overload.standing(peer));
+        .map(|_| crate::overload::Standing::Unregistered(peer));
     #[cfg(not(feature = "overload"))]
     let standing: Option<()> = None;
     // Asked to close at the end of the lifetime, or when evicted.
@@ -206,8 +206,7 @@ where
             }
             look = false;
             let activity = &**this.activity;
-            let scaler = &activity.shared.scaler;
-            let next = match activity.check(activity.deadlines(), scaler.factor(), this.idle) {
+            let next = match activity.check(activity.deadlines(), this.idle) {
                 Check::Expired(error) => {
                     activity.shared.expired(error);
                     return Poll::Ready(Err(std::io::Error::from(error).into()));
@@ -223,7 +222,7 @@ where
             };
             #[cfg(feature = "overload")]
             if let (Some(overload), Some(standing), Some(close)) = (
-                scaler.overload(),
+                activity.shared.scaler.overload(),
                 this.standing.as_mut(),
                 this.close.as_ref(),
             ) {
