@@ -22,7 +22,13 @@ use tokio::{
     time::Sleep,
 };
 use tower::{Layer, Service, service_fn};
-use tower_bouncer::{BoxError, Conn, proxy_protocol::ProxyProtocolLayer, timeout::TimeoutLayer};
+use tower_bouncer::{
+    BoxError, Conn, GracefulClose,
+    limit::ConnectionLimitLayer,
+    overload::Overload,
+    proxy_protocol::ProxyProtocolLayer,
+    timeout::{TimedIo, TimeoutLayer},
+};
 
 use support::*;
 
@@ -150,6 +156,46 @@ where
     began.elapsed()
 }
 
+/// Runs `iterations` connections through `service` as [`support::run`] does, each
+/// carrying the [`GracefulClose`] the accept loop gives it; returns the time it took.
+fn run_served<S>(service: &mut S, iterations: u64) -> Duration
+where
+    S: Service<Conn<Io>, Response = ()>,
+    S::Error: std::fmt::Debug,
+{
+    let local: SocketAddr = "127.0.0.1:80".parse().unwrap();
+    let mut cx = Context::from_waker(Waker::noop());
+    let began = Instant::now();
+    for n in std::hint::black_box(0..iterations) {
+        assert!(service.poll_ready(&mut cx).is_ready());
+        let mut conn = Conn::new(tokio::io::empty(), peer(0, n as u32), local);
+        conn.extensions_mut().insert(GracefulClose::new());
+        let connection = pin!(service.call(conn));
+        match connection.poll(&mut cx) {
+            Poll::Ready(outcome) => outcome.unwrap(),
+            Poll::Pending => unreachable!("the inner service finishes at once"),
+        }
+    }
+    began.elapsed()
+}
+
+/// The total cap (of a million) over the timeouts (idle only), with `overload` or
+/// without, over a protocol done at once.
+fn cap_and_timeouts(
+    overload: Option<&Overload>,
+) -> impl Service<Conn<Io>, Response = (), Error = BoxError> {
+    let mut cap = ConnectionLimitLayer::builder(1_000_000);
+    let mut timeouts = TimeoutLayer::builder().idle(IDLE);
+    if let Some(overload) = overload {
+        cap = cap.overload(overload);
+        timeouts = timeouts.overload(overload);
+    }
+    tower::ServiceBuilder::new()
+        .layer(cap.build().unwrap())
+        .layer(timeouts.build().unwrap())
+        .service(service_fn(done_over::<TimedIo<Io>>))
+}
+
 /// [`bulk_transfer`]'s throughput, in bytes per second.
 fn throughput<R: AsyncRead + Unpin>(
     runtime: &tokio::runtime::Runtime,
@@ -197,6 +243,51 @@ fn main() {
         overhead_two / overhead_one,
         yes(overhead_two <= 2.0 * overhead_one)
     );
+
+    // The overload manager at zero pressure: the cap alone, then the cap and the
+    // timeouts, which look up the connection's close signal to evict it later. On a
+    // runtime, as in a server: its sampler is a task there, never run here.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let context = runtime.enter();
+    let overload = Overload::builder().build().unwrap();
+    let mut plain = limit().layer(inner());
+    let mut managed = ConnectionLimitLayer::builder(1_000_000)
+        .overload(&overload)
+        .build()
+        .unwrap()
+        .layer(inner());
+    let [plain_cap, managed_cap] = interleaved(
+        rounds,
+        [
+            &mut || per_op(run(&mut plain, 0, CONNECTIONS), CONNECTIONS),
+            &mut || per_op(run(&mut managed, 0, CONNECTIONS), CONNECTIONS),
+        ],
+    );
+    let cap_over = managed_cap - plain_cap;
+    println!(
+        "| admission, total cap, overload manager at zero pressure | the cap alone | {plain_cap:.0} ns | {managed_cap:.0} ns | {cap_over:+.1} ns per connection | ≤ 20 ns | {} |",
+        yes(cap_over <= 20.0)
+    );
+    let overload = Overload::builder().build().unwrap();
+    let mut plain = cap_and_timeouts(None);
+    let mut managed = cap_and_timeouts(Some(&overload));
+    let [plain_stack, managed_stack] = interleaved(
+        rounds,
+        [
+            &mut || per_op(run_served(&mut plain, CONNECTIONS), CONNECTIONS),
+            &mut || per_op(run_served(&mut managed, CONNECTIONS), CONNECTIONS),
+        ],
+    );
+    let stack_over = managed_stack - plain_stack;
+    println!(
+        "| admission and timeouts, overload manager at zero pressure | the same without it | {plain_stack:.0} ns | {managed_stack:.0} ns | {stack_over:+.1} ns per connection | ≤ 20 ns | {} |",
+        yes(stack_over <= 20.0)
+    );
+    assert_eq!(overload.pressure(), 0.0, "measured at zero pressure");
+    drop(context);
 
     // The PROXY layer on a balancer's connection: the v2 header read, the peer
     // rewritten, the inner service called.

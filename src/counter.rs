@@ -3,7 +3,8 @@ use std::{
     sync::atomic::{AtomicU64, AtomicUsize, Ordering},
 };
 
-const STRIPES: usize = 8;
+/// Stripes of a counter; also the shards of tables split by thread.
+pub(crate) const STRIPES: usize = 8;
 
 /// A statistics counter that threads bump without fighting over one cache line: each
 /// thread adds to its own stripe, and a read sums them. Reads are rare (`stats()`),
@@ -31,7 +32,7 @@ impl Counter {
 }
 
 /// This thread's stripe, handed out round-robin the first time a thread asks.
-fn stripe() -> usize {
+pub(crate) fn stripe() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
         static STRIPE: Cell<Option<usize>> = const { Cell::new(None) };

@@ -15,6 +15,8 @@
 //!   axum `Router` or tonic routes over HTTP/1.1 and HTTP/2 on each connection.
 //! - [`proxy_protocol`] (feature `proxy-protocol`): the real client behind a load
 //!   balancer, read from a PROXY header sent by a trusted network.
+//! - [`overload`] (feature `overload`): the pressure every layer can read; timeouts
+//!   that shrink under it, idle connections evicted to make room at a full cap.
 //! - [`tls`](mod@tls) (feature `tls`): [`TlsLayer`](tls::TlsLayer) terminates TLS with a
 //!   deadline on the whole handshake, ALPN, and certificates that reload without a
 //!   restart.
@@ -54,7 +56,8 @@
         feature = "rate-limit",
         feature = "timeout",
         feature = "login",
-        feature = "proxy-protocol"
+        feature = "proxy-protocol",
+        feature = "overload"
     )),
     allow(dead_code, unused_imports, unused_macros)
 )]
@@ -71,7 +74,7 @@ mod config;
 mod conn;
 mod counter;
 mod deadline;
-#[cfg(any(feature = "rate-limit", feature = "login"))]
+#[cfg(any(feature = "rate-limit", feature = "login", feature = "overload"))]
 mod janitor;
 pub mod peer;
 
@@ -79,6 +82,8 @@ pub mod peer;
 pub mod limit;
 #[cfg(feature = "login")]
 pub mod login;
+#[cfg(feature = "overload")]
+pub mod overload;
 #[cfg(feature = "peer-limit")]
 pub mod peer_limit;
 #[cfg(feature = "proxy-protocol")]

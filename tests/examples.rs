@@ -237,12 +237,22 @@ async fn login_server_applies_the_admission_flags() {
     );
     server.stop().await;
 
-    // --max-connections: over it, refused.
+    // --max-connections: at it, a new connection makes an idle one close...
     let server = Example::start("login_server", &["--max-connections", "1"]).await;
     let mut first = LineClient::connect_from(2, server.addr).await;
     assert_eq!(first.ask("LOGIN alice secret").await.as_deref(), Some("OK"));
     let mut second = LineClient::connect_from(3, server.addr).await;
-    assert_eq!(second.line().await.as_deref(), Some("ERROR busy"));
+    assert_eq!(
+        second.ask("LOGIN alice secret").await.as_deref(),
+        Some("OK")
+    );
+    assert_eq!(first.line().await, None);
+    // ...but not one in the middle of a request: over it then, refused.
+    second.io.get_mut().write_all(b"ECHO hal").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut third = LineClient::connect_from(4, server.addr).await;
+    assert_eq!(third.line().await.as_deref(), Some("ERROR busy"));
+    assert_eq!(second.ask("f").await.as_deref(), Some("half"));
     server.stop().await;
 
     // --backpressure: over it, the connection waits and is served once there is room.

@@ -20,6 +20,7 @@ use tower::{ServiceBuilder, ServiceExt};
 use tower_bouncer::{
     BoxError, ConfigError, Conn,
     http::HttpService,
+    overload::Overload,
     timeout::{TimeoutError, TimeoutLayer},
     tls::{
         CertificateError, ServerCertificate, TlsError, TlsInfo, TlsLayer,
@@ -388,6 +389,30 @@ mod handshakes {
         assert!(matches!(tls_error(outcome), TlsError::Timeout(_)));
         assert_eq!(began.elapsed(), secs(10));
         trickle.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn under_full_pressure_the_handshake_deadline_is_a_fifth_of_itself() {
+        let generated = generate();
+        // A monitor at its maximum: full pressure from the start.
+        let overload = Overload::builder()
+            .descriptors(false)
+            .monitor(|| 1.0)
+            .build()
+            .unwrap();
+        let tls = TlsLayer::builder(generated.certificate())
+            .overload(&overload)
+            .build()
+            .unwrap();
+        let began = Instant::now();
+        let (connection, mut client) = serve_tls(&tls);
+        let hello = client_hello(&generated);
+        client.write_all(&hello[..hello.len() / 2]).await.unwrap();
+
+        let outcome = within(secs(3600), connection).await.unwrap();
+        assert!(matches!(tls_error(outcome), TlsError::Timeout(limit) if limit == secs(2)));
+        assert_eq!(began.elapsed(), secs(2));
+        drop(client);
     }
 
     #[tokio::test(start_paused = true)]

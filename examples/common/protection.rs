@@ -1,6 +1,8 @@
 //! The protection flags of `shared/EXAMPLES.md` and the layers they build. Without
 //! `--unprotected` every protection is on with the defaults below, which each flag
-//! overrides.
+//! overrides. An overload manager with its defaults ties them together: its pressure
+//! comes from the connection cap and the descriptor limit, shrinks every timeout as it
+//! rises, and a new connection at the cap evicts an idle one instead of being refused.
 
 use std::{str::FromStr, time::Duration};
 
@@ -14,6 +16,7 @@ use tower_bouncer::{
     BoxError, ConfigError, Conn,
     limit::{ConnectionLimit, ConnectionLimitLayer},
     login::{BanCheck, Login, LoginSessions},
+    overload::Overload,
     peer::PeerKeying,
     peer_limit::{PeerLimit, PeerLimitLayer},
     proxy_protocol::{ProxyProtocol, ProxyProtocolLayer},
@@ -73,8 +76,11 @@ pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The `--help` lines of the protection flags every example takes.
 pub const USAGE: &str =
     "  --max-connections N   concurrent connections in all (default 4096, or 3/4 of the
-                        descriptor limit if that is less)
-  --backpressure        when at --max-connections, stop accepting instead of refusing
+                        descriptor limit if that is less); at the cap a new connection
+                        evicts an idle one, and past 80% of it (or of the descriptor
+                        limit) every timeout shrinks, to a fifth at 95%
+  --backpressure        when at --max-connections with none idle, stop accepting
+                        instead of refusing
   --max-per-peer N      concurrent connections per peer key (default 32)
   --ipv6-prefix N       prefix length of an IPv6 peer key (default 64)
   --rate N              new connections per second per peer key (default 20)
@@ -213,6 +219,8 @@ pub struct Layers {
     pub per_peer: PeerLimitLayer,
     pub total: ConnectionLimitLayer,
     pub timeouts: TimeoutLayer,
+    /// Shared by the cap and every layer with a deadline.
+    pub overload: Overload,
 }
 
 /// The service type of a protocol `S` under every protection layer keyed on the peer.
@@ -280,6 +288,7 @@ impl Protection {
     /// startup.
     pub fn layers(&self, refusals: &Refusals) -> Result<Layers, ConfigError> {
         let keying = self.keying()?;
+        let overload = Overload::builder().keying(keying.clone()).build()?;
         let mut per_peer_rate = Rate::per_second(self.rate);
         if let Some(burst) = self.burst {
             per_peer_rate = per_peer_rate.burst(burst);
@@ -295,8 +304,9 @@ impl Protection {
             .refusal_message(refusals.busy.clone())
             .build()?;
         let max_connections = self.max_connections.unwrap_or_else(default_max_connections);
-        let mut total =
-            ConnectionLimitLayer::builder(max_connections).refusal_message(refusals.busy.clone());
+        let mut total = ConnectionLimitLayer::builder(max_connections)
+            .refusal_message(refusals.busy.clone())
+            .overload(&overload);
         if self.backpressure {
             total = total.backpressure();
         }
@@ -306,6 +316,7 @@ impl Protection {
             .first_byte(self.first_byte_timeout)
             .request(self.request_timeout)
             .lifetime(self.max_lifetime)
+            .overload(&overload)
             .build()?;
         let mut login = Login::builder()
             .keying(keying)
@@ -315,7 +326,8 @@ impl Protection {
             .failure_window(self.failure_window)
             .ban(self.ban)
             .evict_banned_connections(true)
-            .ban_message(refusals.banned.clone());
+            .ban_message(refusals.banned.clone())
+            .overload(&overload);
         if let Some(timeout) = self.login_timeout {
             login = login.login_timeout(timeout);
         }
@@ -327,11 +339,12 @@ impl Protection {
                 ProxyProtocolLayer::builder()
                     .trusted(self.proxy_protocol_from.iter().copied())
                     .timeout(self.proxy_protocol_timeout)
+                    .overload(&overload)
                     .build()?,
             )
         };
         #[cfg(feature = "tls")]
-        let tls = self.tls()?;
+        let tls = self.tls(&overload)?;
         tracing::info!(
             max_connections,
             backpressure = self.backpressure,
@@ -364,6 +377,7 @@ impl Protection {
             per_peer,
             total,
             timeouts,
+            overload,
         })
     }
 }
@@ -373,7 +387,8 @@ impl Protection {
 pub struct Tally {
     /// Refused at admission: rates, limits, bans, the pre-authentication budget.
     pub refused: u64,
-    /// Closed after admission: timeouts, and evictions after failed logins.
+    /// Closed after admission: timeouts, evictions after failed logins, idle
+    /// connections evicted at the cap.
     pub evicted: u64,
     /// Peers banned for their offences: failed logins, timeouts, protocol errors,
     /// refusals over a per-peer limit.
@@ -388,6 +403,7 @@ impl Layers {
         let total = self.total.stats();
         let timeouts = self.timeouts.stats();
         let login = self.login.stats();
+        let overload = self.overload.stats();
         let proxy = self.proxy.as_ref().map(|proxy| proxy.stats());
         let refused_proxy = proxy.map_or(0, |proxy| {
             proxy.refused_missing
@@ -412,7 +428,8 @@ impl Layers {
                 + timeouts.lifetime_cut
                 + login.evicted_after_failures
                 + login.evicted_login_timeout
-                + login.evicted_banned,
+                + login.evicted_banned
+                + overload.evicted_idle,
             banned: login.bans,
         }
     }
@@ -498,7 +515,7 @@ impl TlsSetup {
 impl Protection {
     /// The TLS layer the flags ask for; a certificate that does not load ends the process
     /// with a one-line error and status 2.
-    fn tls(&self) -> Result<Option<TlsSetup>, ConfigError> {
+    fn tls(&self, overload: &Overload) -> Result<Option<TlsSetup>, ConfigError> {
         let (chain, key) = match (&self.tls_cert, &self.tls_key) {
             (None, None) => return Ok(None),
             (Some(chain), Some(key)) => (chain.clone(), key.clone()),
@@ -512,6 +529,7 @@ impl Protection {
             .unwrap_or_else(|error| super::fail(error));
         let layer = TlsLayer::builder(certificate.clone())
             .handshake_timeout(self.tls_handshake_timeout)
+            .overload(overload)
             .build()?;
         Ok(Some(TlsSetup {
             layer,

@@ -33,6 +33,8 @@ pub struct ConnectionLimitBuilder {
     max: usize,
     mode: Mode,
     refusal: Refusal,
+    #[cfg(feature = "overload")]
+    overload: Option<crate::overload::Overload>,
 }
 
 /// What a [`ConnectionLimitLayer`] has seen.
@@ -56,6 +58,8 @@ impl ConnectionLimitLayer {
             max: max_connections,
             mode: Mode::Refuse,
             refusal: Refusal::default(),
+            #[cfg(feature = "overload")]
+            overload: None,
         }
     }
 
@@ -81,22 +85,43 @@ impl ConnectionLimitBuilder {
 
     refusal_builder_methods!();
 
+    /// Counts the live connections in `overload`'s pressure and, with its idle eviction
+    /// on, at the cap, asks an idle connection to close to make room for a new one
+    /// instead of refusing it: the new one is admitted at once. In backpressure mode,
+    /// where a new connection waits unseen in the backlog, nothing is evicted. See the
+    /// [`overload`](crate::overload) module.
+    #[cfg(feature = "overload")]
+    pub fn overload(mut self, overload: &crate::overload::Overload) -> Self {
+        self.overload = Some(overload.clone());
+        self
+    }
+
     /// # Errors
     ///
-    /// [`ConfigError::Zero`] if the cap is 0.
+    /// [`ConfigError::Zero`] if the cap is 0; [`ConfigError::Inconsistent`] with an
+    /// overload manager already given to another cap.
     pub fn build(self) -> Result<ConnectionLimitLayer, ConfigError> {
-        Ok(ConnectionLimitLayer {
-            shared: Arc::new(Shared {
-                max: nonzero(self.max, "max_connections")?,
-                mode: self.mode,
-                live: AtomicUsize::new(0),
-                freed: Arc::new(Notify::new()),
-                refusal: self.refusal,
-                log: LogThrottle::new(Duration::from_secs(1)),
-                admitted: Counter::default(),
-                refused: Counter::default(),
-            }),
-        })
+        let shared = Arc::new(Shared {
+            max: nonzero(self.max, "max_connections")?,
+            mode: self.mode,
+            live: AtomicUsize::new(0),
+            freed: Arc::new(Notify::new()),
+            refusal: self.refusal,
+            log: LogThrottle::new(Duration::from_secs(1)),
+            admitted: Counter::default(),
+            refused: Counter::default(),
+            #[cfg(feature = "overload")]
+            evict: self
+                .overload
+                .as_ref()
+                .and_then(|overload| overload.registry()),
+        });
+        // The manager reads the live count.
+        #[cfg(feature = "overload")]
+        if let Some(overload) = &self.overload {
+            overload.watch_cap(shared.clone())?;
+        }
+        Ok(ConnectionLimitLayer { shared })
     }
 }
 
@@ -120,9 +145,22 @@ pub(crate) struct Shared {
     pub(super) log: LogThrottle,
     pub(super) admitted: Counter,
     pub(super) refused: Counter,
+    /// The idle connections an overload manager may evict to make room.
+    #[cfg(feature = "overload")]
+    pub(super) evict: Option<Arc<crate::overload::Registry>>,
 }
 
 impl Shared {
+    /// Connections being served now.
+    pub(crate) fn live(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// The live connections against the cap.
+    pub(crate) fn load(&self) -> f64 {
+        self.live() as f64 / self.max as f64
+    }
+
     pub(super) fn has_room(&self) -> bool {
         self.live.load(Ordering::Acquire) < self.max
     }
@@ -135,6 +173,25 @@ impl Shared {
             .ok()?;
         self.admitted.add();
         Some(GlobalSlot::new(self.clone()))
+    }
+
+    /// A slot over the cap, for a connection admitted in the place of an idle one
+    /// being evicted.
+    #[cfg(feature = "overload")]
+    pub(super) fn acquire_over_cap(self: &Arc<Self>) -> GlobalSlot {
+        self.live.fetch_add(1, Ordering::AcqRel);
+        self.admitted.add();
+        GlobalSlot::new(self.clone())
+    }
+
+    /// Asks an idle connection to close to make room, if an overload manager evicts and
+    /// few connections are closing that way already; whether one was asked. The cap is
+    /// exceeded by those still closing: at most one for every 64 connections of the cap.
+    #[cfg(feature = "overload")]
+    pub(super) fn evict_idle(&self) -> bool {
+        self.evict
+            .as_ref()
+            .is_some_and(|registry| registry.evict_one(self.max.div_ceil(64)))
     }
 
     pub(super) fn release(&self) {

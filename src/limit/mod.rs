@@ -8,6 +8,9 @@
 //! not ready while full, so [`serve`](crate::serve) stops accepting and new connections
 //! wait in the kernel's backlog, like Go's `LimitListener`.
 //!
+//! With an [overload manager](crate::overload), a new connection at the cap is admitted
+//! in the place of an idle one, asked to close, and refused only if none is idle.
+//!
 //! A connection's slot lives in its response future and is released when that future
 //! ends or is dropped: completion, error, panic, cancellation. A service that was polled
 //! ready but never called holds nothing.
@@ -33,6 +36,7 @@
 mod layer;
 mod service;
 
+pub(crate) use layer::Shared;
 pub use layer::{ConnectionLimitBuilder, ConnectionLimitLayer, ConnectionLimitStats};
 pub use service::ConnectionLimit;
 pub(crate) use service::GlobalSlot;

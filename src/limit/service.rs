@@ -86,6 +86,12 @@ where
         // seen in `poll_ready`; the connection is then refused like in refuse mode.
         match self.shared.try_acquire() {
             Some(slot) => ResponseFuture::admitted(self.inner.call(conn), Slot::Global(slot)),
+            // Admitted at once, over the cap, while an idle connection closes.
+            #[cfg(feature = "overload")]
+            None if self.shared.evict_idle() => {
+                let slot = self.shared.acquire_over_cap();
+                ResponseFuture::admitted(self.inner.call(conn), Slot::Global(slot))
+            }
             None => {
                 self.shared.refused.add();
                 let reason = Reason::ConnectionLimit {

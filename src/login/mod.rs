@@ -117,6 +117,7 @@ use crate::{
     ConfigError,
     admission::Refusal,
     counter::Counter,
+    deadline::Scaler,
     janitor::Janitor,
     peer::{Classified, Overflow, PeerKeying, table::PeerTable},
     throttle::LogThrottle,
@@ -176,6 +177,7 @@ pub struct LoginBuilder {
     early_drop_seed: Option<u64>,
     ban_refusal: Refusal,
     startup_refusal: Refusal,
+    scaler: Scaler,
 }
 
 /// What the login layers have seen.
@@ -247,6 +249,7 @@ impl Login {
             early_drop_seed: None,
             ban_refusal: Refusal::default(),
             startup_refusal: Refusal::default(),
+            scaler: Scaler::default(),
         }
     }
 
@@ -384,6 +387,14 @@ impl LoginBuilder {
         self
     }
 
+    /// Shrinks the login timeout as `overload`'s pressure rises. See the
+    /// [`overload`](crate::overload) module.
+    #[cfg(feature = "overload")]
+    pub fn overload(mut self, overload: &crate::overload::Overload) -> Self {
+        self.scaler = Scaler::new(overload);
+        self
+    }
+
     /// OpenSSH's `MaxStartups start:rate:full`: from `start` unauthenticated
     /// connections, refuse a new one with probability `rate_percent`%, rising linearly to
     /// every one at `full`. Off by default.
@@ -504,6 +515,7 @@ impl LoginBuilder {
                 max_auth_tries: self.max_auth_tries,
                 eviction_grace: self.eviction_grace,
                 login_timeout: self.login_timeout,
+                scaler: self.scaler,
                 overflow: self.overflow,
                 startups: Arc::new(Startups::new(
                     self.max_startups,
@@ -534,6 +546,8 @@ pub(crate) struct Shared {
     max_auth_tries: u32,
     eviction_grace: Duration,
     login_timeout: Option<Duration>,
+    /// What shrinks the login timeout under load.
+    scaler: Scaler,
     overflow: Overflow,
     startups: Arc<Startups>,
     /// Live connections per peer, to evict them when their peer is banned.

@@ -22,6 +22,7 @@ use crate::{
     BoxError, Conn, GracefulClose,
     admission::{ResponseFuture, Slot, refuse},
     close::Requested,
+    deadline::ShrinkingDeadline,
     peer::table::{Located, PeerTable},
 };
 
@@ -109,7 +110,7 @@ where
             evicted: state.eviction.requested(),
             login_deadline: shared
                 .login_timeout
-                .map(|timeout| Box::pin(tokio::time::sleep(timeout))),
+                .map(|timeout| Box::pin(ShrinkingDeadline::after(timeout, &shared.scaler))),
             grace: None,
             banned,
             _live: live,
@@ -129,7 +130,7 @@ pub struct SessionFuture<F> {
     state: Arc<SessionState>,
     #[pin]
     evicted: Requested,
-    login_deadline: Option<Pin<Box<Sleep>>>,
+    login_deadline: Option<Pin<Box<ShrinkingDeadline>>>,
     grace: Option<Pin<Box<Sleep>>>,
     banned: Option<BanNotice>,
     _live: Option<LiveSlot>,
@@ -157,12 +158,10 @@ where
             return Poll::Ready(outcome.map_err(Into::into));
         }
         if let Some(deadline) = this.login_deadline
-            && deadline.as_mut().poll(cx).is_ready()
+            && let Poll::Ready(limit) = deadline.as_mut().poll_passed(cx, &this.state.shared.scaler)
         {
             *this.login_deadline = None;
-            if !this.state.is_authenticated()
-                && let Some(limit) = this.state.shared.login_timeout
-            {
+            if !this.state.is_authenticated() {
                 this.state.evict(EvictReason::LoginTimeout(limit));
             }
         }

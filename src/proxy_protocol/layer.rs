@@ -5,7 +5,8 @@ use tower_layer::Layer;
 
 use super::{ProxyProtocol, ProxyProtocolError};
 use crate::{
-    ConfigError, config::nonzero, counter::Counter, peer::canonical_network, throttle::LogThrottle,
+    ConfigError, config::nonzero, counter::Counter, deadline::Scaler, peer::canonical_network,
+    throttle::LogThrottle,
 };
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -31,6 +32,7 @@ pub struct ProxyProtocolBuilder {
     refuse_untrusted_headers: bool,
     timeout: Duration,
     max_v2_len: usize,
+    scaler: Scaler,
 }
 
 /// What a [`ProxyProtocolLayer`] has seen.
@@ -71,6 +73,7 @@ impl ProxyProtocolLayer {
             refuse_untrusted_headers: false,
             timeout: DEFAULT_TIMEOUT,
             max_v2_len: DEFAULT_MAX_V2_LEN,
+            scaler: Scaler::default(),
         }
     }
 
@@ -130,6 +133,14 @@ impl ProxyProtocolBuilder {
         self
     }
 
+    /// Shrinks the header timeout as `overload`'s pressure rises. See the
+    /// [`overload`](crate::overload) module.
+    #[cfg(feature = "overload")]
+    pub fn overload(mut self, overload: &crate::overload::Overload) -> Self {
+        self.scaler = Scaler::new(overload);
+        self
+    }
+
     /// The longest version 2 payload (addresses and TLVs, after the 16 fixed bytes)
     /// accepted; 4096 bytes by default. A longer one is refused as soon as its length
     /// is read. Version 1 headers have the spec's limit of 107 bytes.
@@ -154,6 +165,7 @@ impl ProxyProtocolBuilder {
                 optional_from_trusted: self.optional_from_trusted,
                 refuse_untrusted_headers: self.refuse_untrusted_headers,
                 timeout: nonzero(self.timeout, "timeout")?,
+                scaler: self.scaler,
                 max_v2_len: nonzero(self.max_v2_len, "max_v2_len")?,
                 log: LogThrottle::new(Duration::from_secs(1)),
                 stats: Stats::default(),
@@ -177,6 +189,8 @@ pub(crate) struct Shared {
     pub(super) optional_from_trusted: bool,
     pub(super) refuse_untrusted_headers: bool,
     pub(super) timeout: Duration,
+    /// What shrinks the header timeout under load.
+    pub(super) scaler: Scaler,
     pub(super) max_v2_len: usize,
     log: LogThrottle,
     pub(super) stats: Stats,

@@ -8,10 +8,7 @@ use std::{
 
 use bytes::{Buf, Bytes, BytesMut};
 use pin_project::pin_project;
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    time::Sleep,
-};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tower::Service;
 
 use super::{
@@ -19,7 +16,7 @@ use super::{
     header::{self, Header, Scan, V1_MAX_LEN},
     layer::Shared,
 };
-use crate::{BoxError, Conn, deadline::deadline_after};
+use crate::{BoxError, Conn, deadline::ShrinkingDeadline};
 
 /// What is read before knowing more: a whole version 1 header, a version 2 header with
 /// IPv6 addresses and a few TLVs, or the start of the protocol's first message.
@@ -110,7 +107,7 @@ struct Reading<S, IO> {
     shared: Arc<Shared>,
     /// Set the first time the source makes us wait.
     #[pin]
-    deadline: Option<Sleep>,
+    deadline: Option<ShrinkingDeadline>,
 }
 
 /// What the first bytes turned out to be.
@@ -224,12 +221,12 @@ where
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(ProxyProtocolError::Io(error))),
                 Poll::Pending => {
                     if this.deadline.is_none() {
-                        let deadline = deadline_after(shared.timeout);
-                        this.deadline.set(Some(tokio::time::sleep_until(deadline)));
+                        let deadline = ShrinkingDeadline::after(shared.timeout, &shared.scaler);
+                        this.deadline.set(Some(deadline));
                     }
                     let deadline = this.deadline.as_mut().as_pin_mut().expect("just set");
-                    ready!(deadline.poll(cx));
-                    return Poll::Ready(Err(ProxyProtocolError::TimedOut(shared.timeout)));
+                    let limit = ready!(deadline.poll_passed(cx, &shared.scaler));
+                    return Poll::Ready(Err(ProxyProtocolError::TimedOut(limit)));
                 }
             }
         }

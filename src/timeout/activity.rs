@@ -19,6 +19,12 @@
 //! Output the client holds back (a full socket buffer, or HTTP/2 flow control) is the
 //! slow reader's attack: while output waits, the client must take at least the minimum
 //! send rate over each idle period, or the connection is idle.
+//!
+//! Under an overload manager, every deadline but the lifetime is scaled by the pressure
+//! at each look, and the timer looks at least every eighth of each pending deadline, so
+//! that a rise in pressure shortens a deadline within that. What the timer saw of
+//! idleness at its last look is published for the manager, which evicts idle
+//! connections.
 
 use std::{
     sync::{
@@ -32,7 +38,7 @@ use futures_util::task::AtomicWaker;
 use tokio::time::Instant;
 
 use super::{Shared, TimeoutError};
-use crate::deadline::deadline_from;
+use crate::deadline::{deadline_from, scaled};
 
 /// No request in progress.
 const IDLE: u64 = u64::MAX;
@@ -91,6 +97,29 @@ impl Deadlines {
             idle: self.idle.or(other.idle),
             request: self.request.or(other.request),
             lifetime: self.lifetime.or(other.lifetime),
+        }
+    }
+
+    /// Every deadline but the lifetime multiplied by `factor`, at most 1.
+    pub(crate) fn scaled(self, factor: f64) -> Deadlines {
+        if factor >= 1.0 {
+            return self;
+        }
+        let scale = |limit| scaled(limit, factor);
+        Deadlines {
+            first_byte: self.first_byte.map(scale),
+            idle: self.idle.map(|idle| IdleLimit {
+                after: scale(idle.after),
+                ..idle
+            }),
+            request: self.request.map(|request| RequestLimit {
+                base: scale(request.base),
+                min_rate: request.min_rate.map(|rate| MinRate {
+                    max: scale(rate.max),
+                    ..rate
+                }),
+            }),
+            lifetime: self.lifetime,
         }
     }
 }
@@ -165,6 +194,23 @@ pub(crate) struct Activity {
     exchanges: AtomicU64,
     /// Response bytes the protocol has been handed to send.
     handed: AtomicU64,
+    /// What the timer's idle watch saw at its last look, for the overload manager:
+    /// what had moved, and since when (nanoseconds) nothing has.
+    seen_moved: AtomicU64,
+    seen_quiet_since: AtomicU64,
+}
+
+/// How a connection is idle, as [`Activity::idleness`] tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Idleness {
+    /// The protocol says it is between requests: no exchange open, or its request
+    /// timer finished and no byte has arrived since.
+    Declared {
+        /// Since when, as the timer last saw; now if it has not looked since.
+        since: Instant,
+    },
+    /// The protocol declares nothing; no byte has moved since then.
+    Quiet { since: Instant },
 }
 
 impl Activity {
@@ -192,6 +238,8 @@ impl Activity {
             declared: AtomicBool::new(false),
             exchanges: AtomicU64::new(0),
             handed: AtomicU64::new(0),
+            seen_moved: AtomicU64::new(0),
+            seen_quiet_since: AtomicU64::new(0),
         }
     }
 
@@ -377,17 +425,57 @@ impl Activity {
         self.rearm.swap(false, Ordering::SeqCst)
     }
 
-    /// Works out what the deadlines say now. `watch` is the timer's own record of what
-    /// it saw at its last look.
+    /// Whether the connection is idle, and since when; `None` while it is busy: a
+    /// request arriving, an exchange open, or output the client has not taken.
+    pub(crate) fn idleness(&self) -> Option<Idleness> {
+        if self.request_started.load(Ordering::Relaxed) != IDLE
+            || self.write_blocked.load(Ordering::Relaxed)
+        {
+            return None;
+        }
+        let (moved, declared) = if self.declared.load(Ordering::Relaxed) {
+            let exchanges = self.exchanges.load(Ordering::Relaxed);
+            if exchanges & u64::from(u32::MAX) != 0 {
+                return None;
+            }
+            (exchanges >> 32, true)
+        } else {
+            let moved = self.bytes_read.load(Ordering::Relaxed)
+                + self.bytes_written.load(Ordering::Relaxed);
+            // A request timer finished, and the next byte not yet in.
+            (moved, self.request_armed.load(Ordering::Relaxed))
+        };
+        let since = if moved == self.seen_moved.load(Ordering::Acquire) {
+            self.instant(self.seen_quiet_since.load(Ordering::Relaxed))
+        } else {
+            Instant::now()
+        };
+        Some(if declared {
+            Idleness::Declared { since }
+        } else {
+            Idleness::Quiet { since }
+        })
+    }
+
+    /// Works out what the deadlines say now, each but the lifetime scaled by the
+    /// pressure under an overload manager. `watch` is the timer's own record of what it
+    /// saw at its last look.
     pub(crate) fn check(&self, deadlines: &Deadlines, watch: &mut IdleWatch) -> Check {
         let now = self.now();
         let mut next = Earliest(None);
+        let scaler = &self.shared.scaler;
+        let scaling = scaler.is_active();
+        let deadlines = &deadlines.scaled(scaler.factor());
 
         if let Some(limit) = deadlines.first_byte
             && self.bytes_read.load(Ordering::Relaxed) == 0
-            && next.passed(nanos(limit), now)
         {
-            return Check::Expired(TimeoutError::FirstByte(limit));
+            if next.passed(nanos(limit), now) {
+                return Check::Expired(TimeoutError::FirstByte(limit));
+            }
+            if scaling {
+                next.look_within(limit, now);
+            }
         }
         if let Some(limit) = deadlines.idle
             && let Some(error) = self.check_idle(&limit, now, watch, &mut next)
@@ -404,6 +492,9 @@ impl Activity {
                 let allowed = limit.allowance(received);
                 if next.passed(started.saturating_add(nanos(allowed)), now) {
                     return Check::Expired(TimeoutError::Request(allowed));
+                }
+                if scaling {
+                    next.look_within(allowed, now);
                 }
             }
         }
@@ -494,10 +585,13 @@ impl Activity {
             }
             None => watch.quiet_since = now,
         }
+        self.seen_quiet_since
+            .store(watch.quiet_since, Ordering::Relaxed);
+        self.seen_moved.store(watch.moved, Ordering::Release);
         if next.passed(watch.quiet_since.saturating_add(period), now) {
             return Some(expired);
         }
-        next.passed(now.saturating_add(period / u64::from(IDLE_SAMPLES)), now);
+        next.look_within(limit.after, now);
         None
     }
 
@@ -559,6 +653,15 @@ impl Earliest {
         }
         self.0 = Some(self.0.map_or(deadline, |earliest| earliest.min(deadline)));
         false
+    }
+
+    /// Looks again within an eighth of `limit`: how idleness is sampled, and how a
+    /// deadline that may shrink is followed.
+    fn look_within(&mut self, limit: Duration, now: u64) {
+        self.passed(
+            now.saturating_add(nanos(limit) / u64::from(IDLE_SAMPLES)),
+            now,
+        );
     }
 }
 
@@ -687,6 +790,47 @@ mod tests {
         assert_eq!(
             activity.check(&deadlines, &mut watch),
             Check::Expired(TimeoutError::Idle(secs(8)))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idleness_is_what_the_protocol_declares_or_else_quiet_bytes() {
+        let deadlines = Deadlines {
+            idle: idle(secs(8)),
+            request: Some(RequestLimit {
+                base: secs(10),
+                min_rate: None,
+            }),
+            ..Deadlines::default()
+        };
+        // A raw protocol with a request timer: idle until its first byte, busy until it
+        // finishes the request.
+        let raw = activity(deadlines);
+        let mut watch = IdleWatch::default();
+        raw.check(&deadlines, &mut watch);
+        assert!(matches!(raw.idleness(), Some(Idleness::Declared { .. })));
+        raw.on_read(5);
+        assert_eq!(raw.idleness(), None);
+        raw.finish_request();
+        assert!(matches!(raw.idleness(), Some(Idleness::Declared { .. })));
+
+        // The HTTP adapter: idle while no exchange is open, since the timer's look
+        // that found it so; then handed over (a WebSocket): only quiet bytes.
+        let http = activity(deadlines);
+        http.declare_exchanges();
+        http.open_exchange();
+        assert_eq!(http.idleness(), None);
+        http.close_exchange();
+        let mut watch = IdleWatch::default();
+        tokio::time::advance(secs(1)).await;
+        http.check(&deadlines, &mut watch);
+        let looked = Instant::now();
+        tokio::time::advance(secs(3)).await;
+        assert_eq!(http.idleness(), Some(Idleness::Declared { since: looked }));
+        http.hand_over();
+        http.on_write(2);
+        assert!(
+            matches!(http.idleness(), Some(Idleness::Quiet { since }) if since == Instant::now())
         );
     }
 

@@ -25,6 +25,8 @@ where
     F: FnOnce(Conn<TimedIo<IO>>) -> Fut,
 {
     let deadlines = &shared.deadlines;
+    #[cfg(feature = "overload")]
+    let peer = conn.peer_addr().ip();
     let activity = Arc::new(Activity::new(shared.clone()));
     let extensions = conn.extensions_mut();
     if deadlines.request.is_some() {
@@ -32,7 +34,16 @@ where
             activity: activity.clone(),
         });
     }
-    let close = deadlines.lifetime.map(|_| {
+    #[cfg(feature = "overload")]
+    let standing = shared
+        .scaler
+        .overload()
+        .filter(|overload| overload.evicts())
+        .map(|_| crate::overload::Standing::Unregistered(peer));
+    #[cfg(not(feature = "overload"))]
+    let standing: Option<()> = None;
+    // Asked to close at the end of the lifetime, or when evicted.
+    let close = (deadlines.lifetime.is_some() || standing.is_some()).then(|| {
         extensions
             .get::<GracefulClose>()
             .cloned()
@@ -58,6 +69,8 @@ where
         registered: None,
         idle: IdleWatch::default(),
         close,
+        #[cfg(feature = "overload")]
+        standing,
     }
 }
 
@@ -122,8 +135,12 @@ pub struct ResponseFuture<F> {
     /// The waker last registered with the activity.
     registered: Option<Waker>,
     idle: IdleWatch,
-    /// Raised when the connection has lived its lifetime.
+    /// Raised when the connection has lived its lifetime, or is evicted.
     close: Option<GracefulClose>,
+    /// Whether the overload manager may evict the connection, if it has one that
+    /// evicts.
+    #[cfg(feature = "overload")]
+    standing: Option<crate::overload::Standing>,
 }
 
 impl<F, E> Future for ResponseFuture<F>
@@ -141,6 +158,9 @@ where
         let polled = this.inner.poll(cx);
         this.activity.set_polling(false);
         if let Poll::Ready(outcome) = polled {
+            // Out of the registry as soon as the connection is over.
+            #[cfg(feature = "overload")]
+            this.standing.take();
             return Poll::Ready(outcome.map_err(Into::into));
         }
         // A first poll arms the timer, once the protocol has added its deadlines.
@@ -200,6 +220,14 @@ where
                 }
                 Check::Next(next) => next,
             };
+            #[cfg(feature = "overload")]
+            if let (Some(overload), Some(standing), Some(close)) = (
+                activity.shared.scaler.overload(),
+                this.standing.as_mut(),
+                this.close.as_ref(),
+            ) {
+                overload.enrol(standing, this.activity, close);
+            }
             // A timer that fires before the next deadline only costs a look then:
             // it is moved when it has fired or when the deadline comes sooner, not on
             // every request.

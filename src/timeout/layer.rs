@@ -9,7 +9,9 @@ use super::{
     activity::{DEFAULT_MIN_SEND_RATE, Deadlines, IdleLimit, Lifetime, MinRate, RequestLimit},
     watch,
 };
-use crate::{BoxError, ConfigError, Conn, counter::Counter, throttle::LogThrottle};
+use crate::{
+    BoxError, ConfigError, Conn, counter::Counter, deadline::Scaler, throttle::LogThrottle,
+};
 
 const DEFAULT_LIFETIME_GRACE: Duration = Duration::from_secs(30);
 
@@ -33,6 +35,7 @@ pub struct TimeoutBuilder {
     min_rate: Option<(u64, Duration)>,
     lifetime: Option<Duration>,
     lifetime_grace: Option<Duration>,
+    scaler: Scaler,
 }
 
 /// How many connections each deadline has closed.
@@ -124,6 +127,15 @@ impl TimeoutBuilder {
         self
     }
 
+    /// Shrinks every deadline but the lifetime as `overload`'s pressure rises, and tells
+    /// it which connections are idle, for it to evict at a full cap. See the
+    /// [`overload`](crate::overload) module.
+    #[cfg(feature = "overload")]
+    pub fn overload(mut self, overload: &crate::overload::Overload) -> Self {
+        self.scaler = Scaler::new(overload);
+        self
+    }
+
     /// # Errors
     ///
     /// [`ConfigError::Empty`] without any deadline; [`ConfigError::Zero`] for a zero
@@ -196,7 +208,7 @@ impl TimeoutBuilder {
             });
         }
         Ok(TimeoutLayer {
-            shared: Arc::new(Shared::new(deadlines)),
+            shared: Arc::new(Shared::with_scaler(deadlines, self.scaler)),
         })
     }
 }
@@ -249,6 +261,8 @@ where
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(super) deadlines: Deadlines,
+    /// What shrinks the deadlines under load.
+    pub(super) scaler: Scaler,
     stats: Counters,
     log: LogThrottle,
 }
@@ -264,8 +278,13 @@ struct Counters {
 
 impl Shared {
     pub(crate) fn new(deadlines: Deadlines) -> Self {
+        Self::with_scaler(deadlines, Scaler::default())
+    }
+
+    fn with_scaler(deadlines: Deadlines, scaler: Scaler) -> Self {
         Self {
             deadlines,
+            scaler,
             stats: Counters::default(),
             log: LogThrottle::new(Duration::from_secs(1)),
         }

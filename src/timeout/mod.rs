@@ -35,6 +35,10 @@
 //! stream from its headers until its body's last frame (however long its handler then
 //! takes); and it adds its own deadlines where the layer sets none.
 //!
+//! With an [overload manager](crate::overload) ([`TimeoutBuilder::overload`]), every
+//! deadline but the lifetime shrinks as the pressure rises, and the layer tells the
+//! manager which connections are idle, for it to evict at a full cap.
+//!
 //! Time is tokio's, so tests run on `tokio::time::pause`.
 //!
 //! # Example
@@ -74,7 +78,9 @@ mod layer;
 
 use std::{error::Error, fmt, sync::Arc, time::Duration};
 
-pub(crate) use activity::{Activity, DEFAULT_MIN_SEND_RATE, Deadlines, IdleLimit, RequestLimit};
+pub(crate) use activity::{
+    Activity, DEFAULT_MIN_SEND_RATE, Deadlines, IdleLimit, Idleness, RequestLimit,
+};
 pub use future::ResponseFuture;
 pub(crate) use future::watch;
 pub use io::TimedIo;

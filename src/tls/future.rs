@@ -7,10 +7,7 @@ use std::{
 };
 
 use pin_project::pin_project;
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    time::Timeout,
-};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::{
     rustls::ServerConnection,
     server::{Accept, TlsStream},
@@ -18,7 +15,7 @@ use tokio_rustls::{
 use tower::Service;
 
 use super::{TlsError, TlsInfo, layer::Shared};
-use crate::{BoxError, Conn, Parts};
+use crate::{BoxError, Conn, Parts, deadline::ShrinkingDeadline};
 
 /// A connection's handshake, then the inner service's future on the decrypted stream.
 #[pin_project]
@@ -34,7 +31,7 @@ enum State<S, IO, F> {
     Handshake {
         /// Boxed: the handshake's state is large, and no longer needed once the
         /// connection is served.
-        accept: Pin<Box<Timeout<Accept<IO>>>>,
+        handshake: Pin<Box<Handshake<IO>>>,
         /// The service to call once the handshake is done, and the connection's parts.
         next: Option<(S, Parts)>,
     },
@@ -44,16 +41,21 @@ enum State<S, IO, F> {
     },
 }
 
+/// A handshake, and the deadline it must finish by.
+#[pin_project]
+struct Handshake<IO> {
+    #[pin]
+    accept: Accept<IO>,
+    #[pin]
+    deadline: ShrinkingDeadline,
+}
+
 impl<S, IO, F> ResponseFuture<S, IO, F> {
-    pub(super) fn new(
-        accept: Timeout<Accept<IO>>,
-        inner: S,
-        parts: Parts,
-        shared: Arc<Shared>,
-    ) -> Self {
+    pub(super) fn new(accept: Accept<IO>, inner: S, parts: Parts, shared: Arc<Shared>) -> Self {
+        let deadline = ShrinkingDeadline::after(shared.handshake_timeout, &shared.scaler);
         Self {
             state: State::Handshake {
-                accept: Box::pin(accept),
+                handshake: Box::pin(Handshake { accept, deadline }),
                 next: Some((inner, parts)),
             },
             shared,
@@ -74,8 +76,14 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Handshake { accept, next } => {
-                    let outcome = ready!(accept.as_mut().poll(cx));
+                StateProj::Handshake { handshake, next } => {
+                    let handshake = handshake.as_mut().project();
+                    let outcome = match handshake.accept.poll(cx) {
+                        Poll::Ready(outcome) => Ok(outcome),
+                        Poll::Pending => Err(ready!(
+                            handshake.deadline.poll_passed(cx, &this.shared.scaler)
+                        )),
+                    };
                     let (mut inner, mut parts) = next.take().expect("polled after completion");
                     let failure = match outcome {
                         Ok(Ok(stream)) => {
@@ -86,7 +94,7 @@ where
                             continue;
                         }
                         Ok(Err(error)) => TlsError::from_handshake(error),
-                        Err(_elapsed) => TlsError::Timeout(this.shared.handshake_timeout),
+                        Err(limit) => TlsError::Timeout(limit),
                     };
                     let error = this.shared.failed(failure, parts.peer_addr);
                     return Poll::Ready(Err(error.into()));

@@ -7,7 +7,9 @@ use tokio_rustls::{
 use tower_layer::Layer;
 
 use super::{ServerCertificate, Tls, TlsError};
-use crate::{ConfigError, config::nonzero, counter::Counter, throttle::LogThrottle};
+use crate::{
+    ConfigError, config::nonzero, counter::Counter, deadline::Scaler, throttle::LogThrottle,
+};
 
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -27,6 +29,7 @@ pub struct TlsBuilder {
     server: Server,
     handshake_timeout: Duration,
     alpn: Option<Vec<Vec<u8>>>,
+    scaler: Scaler,
 }
 
 /// Where the server's TLS settings come from.
@@ -70,6 +73,7 @@ impl TlsLayer {
             server,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             alpn: None,
+            scaler: Scaler::default(),
         }
     }
 
@@ -90,6 +94,14 @@ impl TlsBuilder {
     /// then. 10 s by default; `Duration::MAX` waits as good as forever.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Shrinks the handshake timeout as `overload`'s pressure rises. See the
+    /// [`overload`](crate::overload) module.
+    #[cfg(feature = "overload")]
+    pub fn overload(mut self, overload: &crate::overload::Overload) -> Self {
+        self.scaler = Scaler::new(overload);
         self
     }
 
@@ -147,6 +159,7 @@ impl TlsBuilder {
             shared: Arc::new(Shared {
                 acceptor: TlsAcceptor::from(config),
                 handshake_timeout,
+                scaler: self.scaler,
                 log: LogThrottle::new(Duration::from_secs(1)),
                 completed: Counter::default(),
                 failed: Counter::default(),
@@ -168,6 +181,8 @@ impl<S> Layer<S> for TlsLayer {
 pub(super) struct Shared {
     pub(super) acceptor: TlsAcceptor,
     pub(super) handshake_timeout: Duration,
+    /// What shrinks the handshake timeout under load.
+    pub(super) scaler: Scaler,
     log: LogThrottle,
     completed: Counter,
     failed: Counter,

@@ -8,7 +8,7 @@ use tokio_rustls::server::TlsStream;
 use tower::Service;
 
 use super::{ResponseFuture, layer::Shared};
-use crate::{BoxError, Conn, deadline::deadline_after};
+use crate::{BoxError, Conn};
 
 /// A connection-level service under a [`TlsLayer`](super::TlsLayer): it serves the
 /// decrypted stream once the handshake is complete.
@@ -46,10 +46,7 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let (io, parts) = conn.into_parts();
-        let accept = tokio::time::timeout_at(
-            deadline_after(self.shared.handshake_timeout),
-            self.shared.acceptor.accept(io),
-        );
+        let accept = self.shared.acceptor.accept(io);
         ResponseFuture::new(accept, inner, parts, self.shared.clone())
     }
 }

@@ -1,0 +1,433 @@
+//! An overload manager, after Envoy's, in process: one number, the pressure, that every
+//! layer can read, and what the layers do as it rises.
+//!
+//! **Pressure** runs from 0 to 1. It comes from the *load* of each resource, from 0
+//! (unused) to 1 (exhausted), the highest of them counting:
+//!
+//! - **connections**: the live connections of the [`ConnectionLimitLayer`] built with
+//!   this manager, against its cap, read live;
+//! - **descriptors** (Linux): the process's open descriptors against its soft limit. The
+//!   manager counts `/proc/self/fd` once per [sample
+//!   period](OverloadBuilder::sample_every), a second by default (a count takes 0.2 ms
+//!   with 1 000 open, 1.4 ms with 4 000, 14 ms with 16 000 on a 2-core VM), and in
+//!   between follows the live connection count, one descriptor each, so that a flood
+//!   shows at once;
+//! - **memory** (opt-in): the cgroup v2 `memory.current` against `memory.max`, sampled;
+//! - **monitors**: any function returning a load, sampled.
+//!
+//! The load becomes pressure through Envoy's *scaled trigger*: 0 below the start
+//! threshold, rising linearly to 1 at the full threshold (80 % and 95 % by default).
+//! [`Overload::pressure`] reads it at any time for a few atomic loads, without a lock or
+//! a system call.
+//!
+//! What the layers built with the manager do with it:
+//!
+//! - **Timeouts shrink** (Envoy's `reduce_timeouts`): each deadline is multiplied by
+//!   `1 − pressure × (1 − min)`, down to a [minimum](OverloadBuilder::min_timeout_scale)
+//!   of a fifth of itself at full pressure. This holds for the [`TimeoutLayer`]'s
+//!   first-byte, idle and request timeouts (and the HTTP adapter's own, which fill its
+//!   gaps), the login timeout, the TLS handshake and the PROXY header; not for the
+//!   lifetime, which is a policy, not a defence. A scaled deadline is looked at every
+//!   eighth of its length at least, so a rise in pressure takes effect within that.
+//! - **Idle connections make room**: at a full cap, a new connection is admitted at
+//!   once, and an idle connection is asked to close gracefully in its place (its
+//!   [`GracefulClose`] is raised: HTTP/1.1 between requests closes
+//!   at once, HTTP/2 sends GOAWAY; a raw protocol closes when it sees the request, or at
+//!   its idle timeout, shrunk by then). So the cap is exceeded, briefly, by the
+//!   connections being evicted: at most one for every 64 of the cap, beyond which new
+//!   connections are refused as before. Waiting instead for the victim to close would
+//!   not save the newcomer's descriptor, which is open already. In
+//!   [backpressure](crate::limit::ConnectionLimitBuilder::backpressure) mode nothing is
+//!   evicted: new connections wait in the kernel's backlog, unseen, and the idle
+//!   timeout, shrunk at a full cap, makes room.
+//!
+//! # Which connections are idle
+//!
+//! Idleness is what the protocol declares, known to the [`TimeoutLayer`] built with the
+//! manager: under the [HTTP adapter](crate::http), no request open (HTTP/1.1 keep-alive
+//! between requests, HTTP/2 with no stream); under a raw protocol that marks its
+//! requests with a [`RequestTimer`](crate::timeout::RequestTimer), between a finished
+//! request and the next byte. A connection with no such declaration (a raw protocol
+//! without a request timeout, a WebSocket once the HTTP adapter has handed it over) is
+//! idle once no byte has moved for [`evict_quiet_after`](OverloadBuilder::evict_quiet_after)
+//! (10 s by default). A connection in the middle of a request, with a response waiting
+//! for its client, or still in its TLS handshake, is never evicted.
+//!
+//! Among the idle connections, the victim is one of the peer that holds the most of
+//! them, so that a peer hoarding idle connections loses them first; then the one idle
+//! longest. How long a connection has been idle is sampled by its timer, which looks
+//! every eighth of its idle timeout.
+//!
+//! # What it costs
+//!
+//! Nothing on the admission path while the cap has room: the registry of evictable
+//! connections is kept only under load. A connection joins it (a short lock on one of
+//! eight shards, taken by thread) when it starts, or at its timer's next look, once the
+//! load reaches half the start threshold, and leaves it when it ends. An eviction looks
+//! at 256 registered connections at most, from a rotating start.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::ServiceBuilder;
+//! use tower_bouncer::{limit::ConnectionLimitLayer, overload::Overload, timeout::TimeoutLayer};
+//! # use tower_bouncer::{Conn, timeout::TimedIo};
+//! # let protocol = tower::service_fn(|_: Conn<TimedIo<tokio::net::TcpStream>>| async { Ok::<_, std::io::Error>(()) });
+//!
+//! let overload = Overload::builder().build().expect("valid settings");
+//! let service = ServiceBuilder::new()
+//!     .layer(ConnectionLimitLayer::builder(4096).overload(&overload).build().expect("a valid cap"))
+//!     .layer(
+//!         TimeoutLayer::builder()
+//!             .idle(Duration::from_secs(60))
+//!             .overload(&overload)
+//!             .build()
+//!             .expect("valid timeouts"),
+//!     )
+//!     .service(protocol);
+//! # let _ = service;
+//! println!("pressure {:.2}", overload.pressure());
+//! ```
+//!
+//! [`ConnectionLimitLayer`]: crate::limit::ConnectionLimitLayer
+//! [`TimeoutLayer`]: crate::timeout::TimeoutLayer
+
+mod pressure;
+mod registry;
+
+use std::{
+    fmt,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use crate::{
+    ConfigError, GracefulClose, config::nonzero, janitor::Janitor, limit, peer::PeerKeying,
+    timeout::Activity,
+};
+use pressure::{Sampled, Trigger};
+pub(crate) use registry::{Registry, Standing};
+
+const DEFAULT_START: f64 = 0.8;
+const DEFAULT_FULL: f64 = 0.95;
+const DEFAULT_MIN_TIMEOUT_SCALE: f64 = 0.2;
+const DEFAULT_SAMPLE_EVERY: Duration = Duration::from_secs(1);
+const DEFAULT_QUIET_AFTER: Duration = Duration::from_secs(10);
+
+/// The overload manager: the pressure, and what the layers built with it do under it.
+/// See the [module documentation](self).
+///
+/// Cheap to clone; clones share one state. Give it to one
+/// [`ConnectionLimitBuilder`](crate::limit::ConnectionLimitBuilder) and to the layers
+/// whose deadlines should shrink.
+#[derive(Debug, Clone)]
+pub struct Overload {
+    shared: Arc<Shared>,
+}
+
+/// Builds an [`Overload`]. The defaults: pressure from the connection cap and the
+/// descriptors, starting at 80 % and full at 95 %, timeouts down to a fifth at full
+/// pressure, idle connections evicted at a full cap.
+#[derive(Clone)]
+#[must_use]
+pub struct OverloadBuilder {
+    trigger: Trigger,
+    min_timeout_scale: f64,
+    descriptors: bool,
+    cgroup_memory: bool,
+    monitors: Vec<Monitor>,
+    sample_every: Duration,
+    evict_idle: bool,
+    quiet_after: Duration,
+    keying: PeerKeying,
+}
+
+/// A user's load function.
+type Monitor = Arc<dyn Fn() -> f64 + Send + Sync>;
+
+/// What an [`Overload`] manager sees and has done.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct OverloadStats {
+    /// The pressure now, from 0 to 1.
+    pub pressure: f64,
+    /// The live connections against the cap, if a cap was built with the manager.
+    pub connections: Option<f64>,
+    /// The open descriptors against the soft limit, if they are watched and known.
+    pub descriptors: Option<f64>,
+    /// The cgroup's memory against its limit, if watched and limited.
+    pub memory: Option<f64>,
+    /// The highest load the monitors gave at the last sample, if there are any.
+    pub monitors: Option<f64>,
+    /// Idle connections asked to close to make room for a new one.
+    pub evicted_idle: u64,
+    /// Connections in the registry of those that may be evicted, now.
+    pub registered: usize,
+    /// How long the pressure has been above zero, and so timeouts shortened, counted
+    /// in sample periods.
+    pub time_under_pressure: Duration,
+}
+
+impl Overload {
+    /// The defaults; see [`OverloadBuilder`].
+    pub fn builder() -> OverloadBuilder {
+        OverloadBuilder {
+            trigger: Trigger {
+                start: DEFAULT_START,
+                full: DEFAULT_FULL,
+            },
+            min_timeout_scale: DEFAULT_MIN_TIMEOUT_SCALE,
+            descriptors: true,
+            cgroup_memory: false,
+            monitors: Vec::new(),
+            sample_every: DEFAULT_SAMPLE_EVERY,
+            evict_idle: true,
+            quiet_after: DEFAULT_QUIET_AFTER,
+            keying: PeerKeying::default(),
+        }
+    }
+
+    /// The pressure now, from 0 (below the start threshold) to 1 (at or past the full
+    /// threshold).
+    pub fn pressure(&self) -> f64 {
+        self.shared.ensure_sampler();
+        self.shared.pressure()
+    }
+
+    /// What the manager sees now, and what it has done.
+    pub fn stats(&self) -> OverloadStats {
+        let shared = &self.shared;
+        shared.ensure_sampler();
+        let live = shared.live();
+        OverloadStats {
+            pressure: shared.pressure(),
+            connections: shared.cap.get().map(|cap| cap.load()),
+            descriptors: shared.sampled.descriptors(live.unwrap_or(0)),
+            memory: shared.sampled.memory(),
+            monitors: shared.sampled.monitors(),
+            evicted_idle: shared.registry.as_ref().map_or(0, |r| r.evicted()),
+            registered: shared.registry.as_ref().map_or(0, |r| r.len()),
+            time_under_pressure: Duration::from_nanos(
+                shared.time_under_pressure.load(Ordering::Relaxed),
+            ),
+        }
+    }
+
+    /// What deadlines are multiplied by now.
+    pub(crate) fn timeout_factor(&self) -> f64 {
+        let shared = &self.shared;
+        1.0 - shared.pressure() * (1.0 - shared.min_timeout_scale)
+    }
+
+    /// Counts `cap`'s connections in the pressure.
+    pub(crate) fn watch_cap(&self, cap: Arc<limit::Shared>) -> Result<(), ConfigError> {
+        self.shared
+            .cap
+            .set(cap)
+            .map_err(|_| ConfigError::Inconsistent {
+                reason: "an overload manager watches one connection limit",
+            })
+    }
+
+    /// The connections a cap may evict from, if eviction is on.
+    pub(crate) fn registry(&self) -> Option<Arc<Registry>> {
+        self.shared.registry.clone()
+    }
+
+    /// Whether connections under this manager may be evicted, and so need their
+    /// [`Standing`].
+    pub(crate) fn evicts(&self) -> bool {
+        self.shared.registry.is_some()
+    }
+
+    /// Registers a connection that is not, if the load is high enough for evictions to
+    /// be near. Called at each look of the connection's timer, the first when it
+    /// starts; it also makes sure the sources are sampled, on the connection's runtime.
+    pub(crate) fn enrol(
+        &self,
+        standing: &mut Standing,
+        activity: &Arc<Activity>,
+        close: &GracefulClose,
+    ) {
+        self.shared.ensure_sampler();
+        let (Standing::Unregistered(peer), Some(registry)) = (&*standing, &self.shared.registry)
+        else {
+            return;
+        };
+        if self.shared.load() >= self.shared.trigger.start / 2.0 {
+            *standing = Standing::Registered(registry.register(activity, close, *peer));
+        }
+    }
+}
+
+impl OverloadBuilder {
+    /// The scaled trigger: the pressure is 0 while the load is below `start`, and rises
+    /// linearly to 1 at `full` (Envoy's `scaling_threshold` and
+    /// `saturation_threshold`); 0.8 and 0.95 by default.
+    pub fn thresholds(mut self, start: f64, full: f64) -> Self {
+        self.trigger = Trigger { start, full };
+        self
+    }
+
+    /// What timeouts are multiplied by at full pressure; 0.2 by default. At a pressure
+    /// `p` they are multiplied by `1 − p × (1 − scale)`; 1 leaves them alone.
+    pub fn min_timeout_scale(mut self, scale: f64) -> Self {
+        self.min_timeout_scale = scale;
+        self
+    }
+
+    /// Whether the process's open descriptors count, against its soft limit (Linux);
+    /// on by default.
+    pub fn descriptors(mut self, watch: bool) -> Self {
+        self.descriptors = watch;
+        self
+    }
+
+    /// Whether the cgroup v2 memory use counts, against the cgroup's `memory.max`, if
+    /// the process has one; off by default, because `memory.current` counts the page
+    /// cache, which the kernel lets grow up to the limit before it reclaims it.
+    pub fn cgroup_memory(mut self, watch: bool) -> Self {
+        self.cgroup_memory = watch;
+        self
+    }
+
+    /// Adds a load of the application's own, from 0 to 1 (a queue's depth against its
+    /// bound, say), called once per sample period on a runtime thread: it must be quick.
+    /// Values outside 0..1 are clamped, NaN is 0.
+    pub fn monitor(mut self, load: impl Fn() -> f64 + Send + Sync + 'static) -> Self {
+        self.monitors.push(Arc::new(load));
+        self
+    }
+
+    /// How often descriptors, memory and monitors are sampled; 1 s by default.
+    pub fn sample_every(mut self, period: Duration) -> Self {
+        self.sample_every = period;
+        self
+    }
+
+    /// Whether a new connection at a full cap evicts an idle one instead of being
+    /// refused; on by default.
+    pub fn evict_idle(mut self, evict: bool) -> Self {
+        self.evict_idle = evict;
+        self
+    }
+
+    /// How long a connection that declares nothing (no request timer, no HTTP adapter,
+    /// or a WebSocket) must have moved no byte to be evicted; 10 s by default.
+    pub fn evict_quiet_after(mut self, quiet: Duration) -> Self {
+        self.quiet_after = quiet;
+        self
+    }
+
+    /// Who a peer is, for evicting first from the peer with the most idle connections;
+    /// IPv4 by address and IPv6 by /64 by default.
+    pub fn keying(mut self, keying: PeerKeying) -> Self {
+        self.keying = keying;
+        self
+    }
+
+    /// # Errors
+    ///
+    /// [`ConfigError::Inconsistent`] for thresholds not within `0 <= start < full <= 1`
+    /// or a minimum timeout scale not within `0 < scale <= 1`; [`ConfigError::Zero`]
+    /// for a zero sample period.
+    pub fn build(self) -> Result<Overload, ConfigError> {
+        let Trigger { start, full } = self.trigger;
+        if !(0.0 <= start && start < full && full <= 1.0) {
+            return Err(ConfigError::Inconsistent {
+                reason: "the overload thresholds need 0 <= start < full <= 1",
+            });
+        }
+        let scale = self.min_timeout_scale;
+        if !(scale > 0.0 && scale <= 1.0) {
+            return Err(ConfigError::Inconsistent {
+                reason: "the minimum timeout scale needs 0 < scale <= 1",
+            });
+        }
+        let shared = Arc::new(Shared {
+            trigger: self.trigger,
+            min_timeout_scale: scale,
+            cap: OnceLock::new(),
+            sampled: Sampled::new(self.descriptors, self.cgroup_memory, self.monitors),
+            registry: self
+                .evict_idle
+                .then(|| Arc::new(Registry::new(self.keying, self.quiet_after))),
+            sampler: Janitor::default(),
+            sample_every: nonzero(self.sample_every, "sample_every")?,
+            time_under_pressure: AtomicU64::new(0),
+        });
+        shared.sampled.sample(None);
+        shared.ensure_sampler();
+        Ok(Overload { shared })
+    }
+}
+
+impl fmt::Debug for OverloadBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OverloadBuilder")
+            .field("trigger", &self.trigger)
+            .field("min_timeout_scale", &self.min_timeout_scale)
+            .field("descriptors", &self.descriptors)
+            .field("cgroup_memory", &self.cgroup_memory)
+            .field("monitors", &self.monitors.len())
+            .field("sample_every", &self.sample_every)
+            .field("evict_idle", &self.evict_idle)
+            .field("evict_quiet_after", &self.quiet_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The state every clone shares.
+#[derive(Debug)]
+struct Shared {
+    trigger: Trigger,
+    min_timeout_scale: f64,
+    /// The connection cap whose live count is a load, once one is built with the
+    /// manager.
+    cap: OnceLock<Arc<limit::Shared>>,
+    sampled: Sampled,
+    /// The connections that may be evicted; `None` with eviction off.
+    registry: Option<Arc<Registry>>,
+    sampler: Janitor,
+    sample_every: Duration,
+    /// Nanoseconds.
+    time_under_pressure: AtomicU64,
+}
+
+impl Shared {
+    fn live(&self) -> Option<usize> {
+        self.cap.get().map(|cap| cap.live())
+    }
+
+    /// The highest load of all sources.
+    fn load(&self) -> f64 {
+        let live = self.live();
+        let connections = self.cap.get().map_or(0.0, |cap| cap.load());
+        let descriptors = self.sampled.descriptors(live.unwrap_or(0)).unwrap_or(0.0);
+        connections
+            .max(descriptors)
+            .max(self.sampled.sampled_load())
+    }
+
+    fn pressure(&self) -> f64 {
+        self.trigger.pressure(self.load())
+    }
+
+    /// Makes sure a task samples the sources, on the current runtime.
+    fn ensure_sampler(self: &Arc<Self>) {
+        self.sampler.ensure(self, self.sample_every, Self::sample);
+    }
+
+    fn sample(&self) {
+        self.sampled.sample(self.live());
+        if self.pressure() > 0.0 {
+            let period = u64::try_from(self.sample_every.as_nanos()).unwrap_or(u64::MAX);
+            self.time_under_pressure
+                .fetch_add(period, Ordering::Relaxed);
+        }
+    }
+}

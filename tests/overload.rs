@@ -1,0 +1,476 @@
+//! The overload manager, on paused time and in-memory streams: the pressure follows the
+//! live connections through the scaled trigger, timeouts shrink under it, and a new
+//! connection at a full cap evicts an idle one (the peer with the most first), never
+//! one in the middle of a request.
+
+mod support;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{Router, extract::RawQuery, routing::get};
+use tokio::{
+    io::{AsyncReadExt, DuplexStream},
+    task::JoinHandle,
+    time::Instant,
+};
+use tokio_test::{assert_ready_ok, task};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
+use tower_bouncer::{
+    BoxError, Conn,
+    admission::Reason,
+    http::HttpService,
+    limit::ConnectionLimitLayer,
+    login::{EvictReason, Evicted, Login},
+    overload::Overload,
+    proxy_protocol::{ProxyProtocolError, ProxyProtocolLayer},
+    timeout::{TimedIo, TimeoutError, TimeoutLayer},
+};
+use tower_test::mock;
+
+use support::*;
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// The pressure from the connection cap alone: the test process's descriptors do not
+/// count.
+fn overload() -> tower_bouncer::overload::OverloadBuilder {
+    Overload::builder().descriptors(false)
+}
+
+fn close_to(actual: f64, expected: f64) -> bool {
+    (actual - expected).abs() < 1e-9
+}
+
+#[tokio::test(start_paused = true)]
+async fn pressure_rises_and_falls_with_live_connections_through_the_thresholds() {
+    let overload = overload().thresholds(0.25, 0.75).build().unwrap();
+    let limit = ConnectionLimitLayer::builder(4)
+        .overload(&overload)
+        .build()
+        .unwrap();
+    let (inner, mut handle) = mock::pair::<Conn<DuplexStream>, ()>();
+    let mut service = mock::Spawn::new(limit.layer(inner));
+
+    let mut connections = Vec::new();
+    let mut responders = Vec::new();
+    // 1 of 4 is the start threshold: no pressure yet; then linear to 3 of 4.
+    for (live, pressure) in [(1, 0.0), (2, 0.5), (3, 1.0), (4, 1.0)] {
+        assert_ready_ok!(service.poll_ready());
+        connections.push(task::spawn(service.call(conn_from("192.0.2.1:1"))));
+        responders.push(handle.next_request().await.unwrap().1);
+        assert!(
+            close_to(overload.pressure(), pressure),
+            "{live} live: {}",
+            overload.pressure()
+        );
+    }
+    assert_eq!(overload.stats().connections, Some(1.0));
+
+    for (ended, pressure) in [(1, 1.0), (2, 0.5), (3, 0.0), (4, 0.0)] {
+        responders.remove(0).send_response(());
+        assert_ready_ok!(connections.remove(0).poll());
+        assert!(
+            close_to(overload.pressure(), pressure),
+            "{ended} ended: {}",
+            overload.pressure()
+        );
+    }
+    assert_eq!(overload.stats().connections, Some(0.0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn time_under_pressure_is_counted_and_monitors_add_their_load() {
+    let load = Arc::new(AtomicU64::new(0.0f64.to_bits()));
+    let monitor = load.clone();
+    let overload = overload()
+        .monitor(move || f64::from_bits(monitor.load(Ordering::Relaxed)))
+        .build()
+        .unwrap();
+    // Half a period off the samples, so that no look shares an instant with one.
+    tokio::time::sleep(Duration::from_millis(10_500)).await;
+    assert_eq!(overload.stats().time_under_pressure, Duration::ZERO);
+
+    // Sampled once a second: the next sample sees it.
+    load.store(0.95f64.to_bits(), Ordering::Relaxed);
+    assert_eq!(overload.pressure(), 0.0);
+    tokio::time::sleep(secs(1)).await;
+    assert_eq!(overload.pressure(), 1.0);
+    tokio::time::sleep(secs(9)).await;
+    let stats = overload.stats();
+    assert_eq!(stats.monitors, Some(0.95));
+    assert_eq!(stats.time_under_pressure, secs(10));
+
+    load.store(0.5f64.to_bits(), Ordering::Relaxed);
+    tokio::time::sleep(secs(10)).await;
+    assert_eq!(overload.pressure(), 0.0);
+    assert_eq!(overload.stats().time_under_pressure, secs(10));
+}
+
+/// A raw protocol that reads until its client closes.
+fn reader() -> impl Service<
+    Conn<TimedIo<DuplexStream>>,
+    Response = (),
+    Error = std::io::Error,
+    Future: Send + 'static,
+> + Clone {
+    service_fn(|conn: Conn<TimedIo<DuplexStream>>| async move {
+        let mut io = conn.into_io();
+        let mut buffer = [0; 64];
+        while io.read(&mut buffer).await? > 0 {}
+        Ok(())
+    })
+}
+
+/// The deadline a connection ended with.
+fn timed_out(outcome: Result<(), BoxError>) -> TimeoutError {
+    let error = outcome.expect_err("the connection should have timed out");
+    let io = error
+        .downcast_ref::<std::io::Error>()
+        .unwrap_or_else(|| panic!("not an io::Error: {error}"));
+    *io.get_ref()
+        .and_then(|inner| inner.downcast_ref::<TimeoutError>())
+        .expect("a TimeoutError inside")
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_no_pressure_the_idle_timeout_is_unchanged() {
+    let overload = overload().build().unwrap();
+    let service = ServiceBuilder::new()
+        .layer(
+            ConnectionLimitLayer::builder(10)
+                .overload(&overload)
+                .build()
+                .unwrap(),
+        )
+        .layer(
+            TimeoutLayer::builder()
+                .idle(secs(60))
+                .overload(&overload)
+                .build()
+                .unwrap(),
+        )
+        .service(reader());
+    let began = Instant::now();
+    let (conn, _client) = duplex_conn("192.0.2.1:1");
+    let outcome = within(secs(3600), service.oneshot(conn)).await;
+    assert_eq!(timed_out(outcome), TimeoutError::Idle(secs(60)));
+    let idle = began.elapsed();
+    assert!(
+        idle >= secs(60) && idle <= secs(60) + secs(60) / 8,
+        "{idle:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_idle_for_half_its_timeout_is_closed_when_the_pressure_is_full() {
+    // At full pressure timeouts are a fifth of themselves: 60 s idle becomes 12 s.
+    let overload = overload().evict_idle(false).build().unwrap();
+    let service = ServiceBuilder::new()
+        .layer(
+            ConnectionLimitLayer::builder(2)
+                .overload(&overload)
+                .build()
+                .unwrap(),
+        )
+        .layer(
+            TimeoutLayer::builder()
+                .idle(secs(60))
+                .overload(&overload)
+                .build()
+                .unwrap(),
+        )
+        .service(reader());
+    let began = Instant::now();
+    let (first, _first_client) = duplex_conn("192.0.2.1:1");
+    let first = tokio::spawn(service.clone().oneshot(first));
+    tokio::time::sleep(secs(30)).await;
+    assert!(!first.is_finished(), "half its timeout, no pressure yet");
+    assert_eq!(overload.pressure(), 0.0);
+
+    // The cap fills: full pressure.
+    let (second, _second_client) = duplex_conn("192.0.2.2:2");
+    let _second = tokio::spawn(service.oneshot(second));
+    tokio::task::yield_now().await;
+    assert_eq!(overload.pressure(), 1.0);
+    let outcome = within(secs(60), first).await.unwrap();
+    assert_eq!(timed_out(outcome), TimeoutError::Idle(secs(12)));
+    // Within an eighth of the idle timeout of the pressure rising.
+    let closed = began.elapsed();
+    assert!(closed <= secs(30) + secs(60) / 8, "{closed:?}");
+    assert!(overload.stats().time_under_pressure > Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_proxy_header_deadline_shrinks_under_pressure() {
+    // A monitor at its maximum: full pressure from the start.
+    let overload = overload().monitor(|| 1.0).build().unwrap();
+    let layer = ProxyProtocolLayer::builder()
+        .trusted(["192.0.2.0/24".parse().unwrap()])
+        .timeout(secs(5))
+        .overload(&overload)
+        .build()
+        .unwrap();
+    let service = layer.layer(service_fn(
+        |_: Conn<tower_bouncer::proxy_protocol::Rewind<DuplexStream>>| async {
+            Ok::<_, BoxError>(())
+        },
+    ));
+    let began = Instant::now();
+    let (conn, _balancer) = duplex_conn("192.0.2.9:1");
+    let error = within(secs(60), service.oneshot(conn)).await.unwrap_err();
+    let error = error.downcast_ref::<ProxyProtocolError>().unwrap();
+    assert!(
+        matches!(error, ProxyProtocolError::TimedOut(limit) if *limit == secs(1)),
+        "{error}"
+    );
+    assert_eq!(began.elapsed(), secs(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_login_timeout_shrinks_under_pressure() {
+    let overload = overload().monitor(|| 1.0).build().unwrap();
+    let login = Login::builder()
+        .login_timeout(secs(30))
+        .overload(&overload)
+        .build()
+        .unwrap();
+    let service = login
+        .session_layer()
+        .layer(service_fn(|conn: Conn<DuplexStream>| async move {
+            // A protocol that never hears of the eviction: cut after the grace (1 s).
+            let mut io = conn.into_io();
+            let mut buffer = [0; 64];
+            while io.read(&mut buffer).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        }));
+    let began = Instant::now();
+    let (conn, _client) = duplex_conn("192.0.2.1:1");
+    let error = within(secs(60), service.oneshot(conn)).await.unwrap_err();
+    let evicted = error.downcast_ref::<Evicted>().unwrap();
+    assert_eq!(evicted.reason, EvictReason::LoginTimeout(secs(6)));
+    assert_eq!(began.elapsed(), secs(6) + secs(1));
+}
+
+/// An app whose `/sleep?S` handler takes S seconds.
+fn app() -> Router {
+    Router::new().route("/", get(|| async { "hello\n" })).route(
+        "/sleep",
+        get(|RawQuery(query): RawQuery| async move {
+            tokio::time::sleep(secs(query.unwrap().parse().unwrap())).await;
+            "slept\n"
+        }),
+    )
+}
+
+/// The HTTP example's stack in small: a cap of `max` evicting idle connections, the
+/// timeouts, the adapter. Timeouts are not scaled, to see evictions alone.
+fn http_stack(
+    max: usize,
+) -> (
+    Overload,
+    ConnectionLimitLayer,
+    impl Service<Conn<DuplexStream>, Response = (), Error = BoxError, Future: Send + 'static>
+    + Clone
+    + Send
+    + 'static,
+) {
+    let overload = overload().min_timeout_scale(1.0).build().unwrap();
+    let limit = ConnectionLimitLayer::builder(max)
+        .overload(&overload)
+        .build()
+        .unwrap();
+    let service = ServiceBuilder::new()
+        .layer(limit.clone())
+        .layer(
+            TimeoutLayer::builder()
+                .idle(secs(600))
+                .request(secs(10))
+                .overload(&overload)
+                .build()
+                .unwrap(),
+        )
+        .service(HttpService::new(app()));
+    (overload, limit, service)
+}
+
+/// A connection from `peer` served by `service`: its task and the client's end.
+fn open<S>(service: &S, peer: &str) -> (JoinHandle<Result<(), BoxError>>, DuplexStream)
+where
+    S: Service<Conn<DuplexStream>, Response = (), Error = BoxError, Future: Send + 'static>
+        + Clone
+        + Send
+        + 'static,
+{
+    let (conn, client) = duplex_conn(peer);
+    (tokio::spawn(service.clone().oneshot(conn)), client)
+}
+
+/// An HTTP/1.1 client on a new connection from `peer` that has made one request.
+async fn keep_alive<S>(service: &S, peer: &str) -> (JoinHandle<Result<(), BoxError>>, Http1Client)
+where
+    S: Service<Conn<DuplexStream>, Response = (), Error = BoxError, Future: Send + 'static>
+        + Clone
+        + Send
+        + 'static,
+{
+    let (server, client) = open(service, peer);
+    let mut client = Http1Client::connect(client).await;
+    assert_eq!(client.get("/").await.unwrap().body, "hello\n");
+    (server, client)
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_a_full_cap_a_new_connection_evicts_the_longest_idle_keep_alive_connection() {
+    let (overload, limit, service) = http_stack(3);
+    // The oldest connection of all is in the middle of a request.
+    let (_busy, busy_client) = open(&service, "192.0.2.3:1");
+    let mut busy_client = Http1Client::connect(busy_client).await;
+    let busy = tokio::spawn(async move { busy_client.get("/sleep?300").await });
+    let (oldest, oldest_client) = keep_alive(&service, "192.0.2.1:1").await;
+    tokio::time::sleep(secs(20)).await;
+    let (_newer, mut newer_client) = keep_alive(&service, "192.0.2.2:1").await;
+    // Every connection has registered by its timer's next look.
+    tokio::time::sleep(secs(600) / 8).await;
+    assert_eq!(overload.stats().registered, 3);
+
+    let (_newcomer, newcomer_client) = open(&service, "192.0.2.4:1");
+    let mut newcomer_client = Http1Client::connect(newcomer_client).await;
+    assert_eq!(newcomer_client.get("/").await.unwrap().body, "hello\n");
+
+    // The oldest idle connection closed at once, cleanly, on both sides.
+    within(PATIENCE, oldest).await.unwrap().unwrap();
+    within(PATIENCE, oldest_client.driver)
+        .await
+        .unwrap()
+        .unwrap();
+    let stats = limit.stats();
+    assert_eq!((stats.admitted, stats.refused, stats.live), (4, 0, 3));
+    assert_eq!(overload.stats().evicted_idle, 1);
+    // The others go on, the one in the middle of a request included.
+    assert_eq!(newer_client.get("/").await.unwrap().body, "hello\n");
+    assert_eq!(
+        within(secs(600), busy).await.unwrap().unwrap().body,
+        "slept\n"
+    );
+    assert_eq!(overload.stats().evicted_idle, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_peer_holding_the_most_idle_connections_loses_one_first() {
+    let (overload, _limit, service) = http_stack(4);
+    // The longest idle is a peer's only connection.
+    let (_lone, mut lone_client) = keep_alive(&service, "192.0.2.1:1").await;
+    tokio::time::sleep(secs(20)).await;
+    let (first, first_client) = keep_alive(&service, "192.0.2.2:1").await;
+    let (second, second_client) = keep_alive(&service, "192.0.2.2:2").await;
+    let (_other, mut other_client) = keep_alive(&service, "192.0.2.3:1").await;
+    tokio::time::sleep(secs(600) / 8).await;
+
+    let (_newcomer, newcomer_client) = open(&service, "192.0.2.4:1");
+    let mut newcomer_client = Http1Client::connect(newcomer_client).await;
+    assert_eq!(newcomer_client.get("/").await.unwrap().body, "hello\n");
+
+    // One of the two connections of 192.0.2.2 is gone, the other peers keep theirs.
+    let (first_client, second_client) = (first_client.driver, second_client.driver);
+    tokio::select! {
+        closed = first => closed.unwrap().unwrap(),
+        closed = second => closed.unwrap().unwrap(),
+        () = tokio::time::sleep(PATIENCE) => panic!("no connection of 192.0.2.2 was evicted"),
+    }
+    within(PATIENCE, async {
+        while !first_client.is_finished() && !second_client.is_finished() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(lone_client.get("/").await.unwrap().body, "hello\n");
+    assert_eq!(other_client.get("/").await.unwrap().body, "hello\n");
+    assert_eq!(overload.stats().evicted_idle, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_http2_connection_with_no_open_stream_is_evicted_one_with_a_stream_is_not() {
+    let (overload, limit, service) = http_stack(2);
+    let (idle, idle_client) = open(&service, "192.0.2.1:1");
+    let mut idle_client = Http2Client::connect(idle_client).await;
+    assert_eq!(idle_client.get("/").await.unwrap().body, "hello\n");
+    tokio::time::sleep(secs(20)).await;
+    let (_busy, busy_client) = open(&service, "192.0.2.2:1");
+    let mut busy_client = Http2Client::connect(busy_client).await;
+    let busy = tokio::spawn(async move { busy_client.get("/sleep?300").await });
+    tokio::time::sleep(secs(600) / 8).await;
+
+    // The connection with no stream open gets a GOAWAY and ends.
+    let (_newcomer, newcomer_client) = open(&service, "192.0.2.3:1");
+    let mut newcomer_client = Http2Client::connect(newcomer_client).await;
+    let newcomer = tokio::spawn(async move { newcomer_client.get("/sleep?60").await });
+    // At once, not cut after a grace. (Either end may fail to write its last frames
+    // once the other, in memory, is gone.)
+    within(secs(1), idle).await.unwrap().ok();
+    within(secs(1), idle_client.driver).await.unwrap().ok();
+    assert_eq!(overload.stats().evicted_idle, 1);
+
+    // Now every connection has a stream open: the next one is refused.
+    tokio::time::sleep(secs(1)).await;
+    let (refused, _client) = open(&service, "192.0.2.4:1");
+    let error = within(PATIENCE, refused).await.unwrap().unwrap_err();
+    assert_eq!(
+        rejected(&error).reason(),
+        &Reason::ConnectionLimit { limit: 2 }
+    );
+    assert_eq!(
+        within(secs(600), busy).await.unwrap().unwrap().body,
+        "slept\n"
+    );
+    assert_eq!(
+        within(secs(120), newcomer).await.unwrap().unwrap().body,
+        "slept\n"
+    );
+    assert_eq!(overload.stats().evicted_idle, 1);
+    assert_eq!(limit.stats().refused, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_backpressure_mode_nothing_is_evicted_and_the_shrunk_idle_timeout_makes_room() {
+    let overload = overload().build().unwrap();
+    let limit = ConnectionLimitLayer::builder(1)
+        .backpressure()
+        .overload(&overload)
+        .build()
+        .unwrap();
+    let mut service = ServiceBuilder::new()
+        .layer(limit.clone())
+        .layer(
+            TimeoutLayer::builder()
+                .idle(secs(60))
+                .overload(&overload)
+                .build()
+                .unwrap(),
+        )
+        .service(HttpService::new(app()));
+    let began = Instant::now();
+    let (idle, _idle_client) = keep_alive(&service, "192.0.2.1:1").await;
+
+    // Full: not ready until the idle connection's timeout, a fifth of itself.
+    within(
+        secs(60),
+        ServiceExt::<Conn<DuplexStream>>::ready(&mut service),
+    )
+    .await
+    .unwrap();
+    assert_eq!(timed_out(idle.await.unwrap()), TimeoutError::Idle(secs(12)));
+    let waited = began.elapsed();
+    assert!(
+        waited >= secs(12) && waited <= secs(12) + secs(60) / 8,
+        "{waited:?}"
+    );
+    assert_eq!(overload.stats().evicted_idle, 0);
+}
