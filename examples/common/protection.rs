@@ -2,7 +2,7 @@
 //! `--unprotected` every protection is on with the defaults below, which each flag
 //! overrides.
 
-use std::{str::FromStr, time::Duration};
+use std::{str::FromStr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use ipnet::IpNet;
@@ -90,6 +90,8 @@ pub const USAGE: &str =
   --max-failures N      failed logins per peer key within --failure-window that ban it (default 5)
   --failure-window S    the window failed logins are counted in (default 600)
   --ban S               the first ban; each repeat offence doubles it, up to 24 hours (default 600)
+  --no-kernel-bans      refuse banned peers in user space only (by default, on Linux, a
+                        banned peer that keeps reconnecting is dropped by a socket filter)
   --proxy-protocol-from CIDR
                         read a PROXY v1/v2 header from these balancers, and only them
                         (repeatable; none by default)
@@ -124,6 +126,9 @@ pub struct Protection {
     pub max_failures: u32,
     pub failure_window: Duration,
     pub ban: Duration,
+    /// Drop banned peers that keep reconnecting in the kernel (Linux); off with
+    /// `--no-kernel-bans`.
+    pub kernel_bans: bool,
     /// `None` for the examples that take no `--login-timeout`.
     pub login_timeout: Option<Duration>,
     /// Balancers whose PROXY headers are read; none: no PROXY protocol.
@@ -156,6 +161,7 @@ impl Protection {
             max_failures: DEFAULT_MAX_FAILURES,
             failure_window: DEFAULT_FAILURE_WINDOW,
             ban: DEFAULT_BAN,
+            kernel_bans: true,
             login_timeout,
             proxy_protocol_from: Vec::new(),
             proxy_protocol_timeout: DEFAULT_PROXY_PROTOCOL_TIMEOUT,
@@ -202,6 +208,8 @@ pub struct Layers {
     #[cfg(feature = "tls")]
     pub tls: Option<TlsSetup>,
     pub login: Login,
+    /// Whether the listener gets the kernel ban filter.
+    pub kernel_bans: bool,
     pub rate: RateLimitLayer,
     pub per_peer: PeerLimitLayer,
     pub total: ConnectionLimitLayer,
@@ -243,6 +251,7 @@ impl Protection {
             "--max-failures" => self.max_failures = value(flag, argv.next()),
             "--failure-window" => self.failure_window = seconds(argv),
             "--ban" => self.ban = seconds(argv),
+            "--no-kernel-bans" => self.kernel_bans = false,
             "--login-timeout" if self.login_timeout.is_some() => {
                 self.login_timeout = Some(seconds(argv));
             }
@@ -340,6 +349,7 @@ impl Protection {
             max_failures = self.max_failures,
             failure_window = ?self.failure_window,
             ban = ?self.ban,
+            kernel_bans = self.kernel_bans && cfg!(all(feature = "kernel-bans", target_os = "linux")),
             login_timeout = ?self.login_timeout,
             proxy_protocol_from = ?self.proxy_protocol_from,
             proxy_protocol_timeout = ?self.proxy_protocol_timeout,
@@ -350,6 +360,7 @@ impl Protection {
             #[cfg(feature = "tls")]
             tls,
             login,
+            kernel_bans: self.kernel_bans,
             rate,
             per_peer,
             total,
@@ -422,7 +433,8 @@ impl Layers {
             .service(inner)
     }
 
-    /// Serves `inner` under the protection layers on `listener` until `shutdown`. With
+    /// Serves `inner` under the protection layers on `listener` until `shutdown`. On
+    /// Linux the listener gets the kernel ban filter, unless `--no-kernel-bans`. With
     /// TLS, a SIGHUP reloads the certificate files, and replies are not held back by
     /// Nagle's algorithm (rustls' session tickets would otherwise delay each first
     /// response by the client's delayed acknowledgement).
@@ -437,6 +449,13 @@ impl Layers {
         <Stack<S> as tower::Service<Conn<TcpStream>>>::Future: Send + 'static,
     {
         let service = self.around(inner);
+        let listener = Arc::new(listener);
+        #[cfg(all(feature = "kernel-bans", target_os = "linux"))]
+        if self.kernel_bans
+            && let Err(error) = self.login.bans().kernel_filter().attach(&listener)
+        {
+            tracing::warn!(%error, "no kernel ban filter: banned peers are refused in user space");
+        }
         #[cfg(feature = "tls")]
         if let Some(tls) = &self.tls {
             tls.reload_on_hangup();
@@ -512,7 +531,7 @@ impl Protection {
 
 /// A TCP listener whose connections send without delay.
 #[cfg(feature = "tls")]
-struct NoDelay(TcpListener);
+struct NoDelay(Arc<TcpListener>);
 
 #[cfg(feature = "tls")]
 impl tower_bouncer::serve::Listener for NoDelay {

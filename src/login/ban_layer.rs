@@ -62,6 +62,8 @@ where
         shared.start_janitor();
         if let Some(peer) = shared.keying.classify(conn.peer_addr().ip()) {
             let refusal = if let Some(remaining) = shared.bans.banned_for(&peer) {
+                #[cfg(all(feature = "kernel-bans", target_os = "linux"))]
+                shared.bans.refused_while_banned(&peer.key, remaining);
                 Some(Reason::Banned {
                     key: peer.key,
                     remaining,

@@ -21,6 +21,9 @@
 //!   last failure); when full, it makes way for a new peer by forgetting the one that
 //!   matters least, never a banned one. [`Bans`] adds, lists, lifts, exports and
 //!   imports bans, of peer keys or of whole networks.
+//! - **Kernel bans** (Linux, feature `kernel-bans`): `Bans::kernel_filter` puts a
+//!   socket filter on the listener, and a banned peer that keeps reconnecting is
+//!   dropped by the kernel until its ban ends, at no cost to the server.
 //! - **Pre-authentication budget** (OpenSSH's `MaxStartups start:rate:full` and
 //!   `PerSourceMaxStartups`) and a **login timeout** (`LoginGraceTime`), both off unless
 //!   set: for protocols where every connection logs in.
@@ -70,6 +73,8 @@ mod ban_layer;
 mod bans;
 #[cfg(feature = "http")]
 mod http;
+#[cfg(all(feature = "kernel-bans", target_os = "linux"))]
+mod kernel_bans;
 mod session;
 mod session_layer;
 mod startups;
@@ -91,6 +96,8 @@ use bans::{BanPolicy, BanTable};
 pub use http::{
     ClassifyLogin, LoginOutcome, ReportBody, ReportLogin, ReportLoginLayer, StatusClassifier,
 };
+#[cfg(all(feature = "kernel-bans", target_os = "linux"))]
+pub use kernel_bans::{KernelBans, KernelBansStats};
 pub use session::{AfterFailure, EvictReason, Evicted, LoginSession};
 use session_layer::LivePeer;
 pub use session_layer::{LoginSessions, SessionFuture, SessionLayer};
