@@ -154,7 +154,7 @@ async fn the_filter_lets_a_peer_in_again_when_its_ban_expires() {
     guarded
         .login
         .bans()
-        .ban(banned, Duration::from_millis(800))
+        .ban(banned, Duration::from_millis(1500))
         .unwrap();
     assert!(guarded.kernel.move_to_kernel(banned));
     guarded.filter_holds(1).await;

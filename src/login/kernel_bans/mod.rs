@@ -54,9 +54,12 @@ const RECHECK_EVERY: Duration = Duration::from_secs(1);
 /// in user space, as without the filter.
 ///
 /// **Cost.** A packet meets a binary search on the first word of its source: a few
-/// dozen instructions with 1000 keys, for every new connection (connections accepted
-/// earlier never see a newer filter). A rebuild, when a key goes in or comes out,
-/// builds the program and sets it on every listener.
+/// dozen instructions with 1000 keys, compiled to native code by the kernel. The
+/// listener runs it on every handshake; a connection accepted while a filter is on
+/// keeps that filter, and runs it on each packet it receives (it never drops them: the
+/// connection's peer was not in it). With no key in it, the filter is taken off. A
+/// rebuild, when a key goes in or comes out, builds the program and sets it on every
+/// listener: about 0.3 ms for 1000 keys.
 ///
 /// Get it from [`Bans::kernel_filter`](super::Bans::kernel_filter); every handle of
 /// one [`Login`](super::Login) shares one filter.
