@@ -1,6 +1,10 @@
 //! Bans enforced in the kernel, on real loopback sockets: a filtered peer's `connect`
 //! never completes, everyone else is served, and the door reopens when the ban ends.
-#![cfg(all(feature = "kernel-bans", target_os = "linux"))]
+#![cfg(all(
+    feature = "kernel-bans",
+    feature = "proxy-protocol",
+    target_os = "linux"
+))]
 
 mod support;
 
@@ -19,6 +23,7 @@ use tower::{Layer, service_fn};
 use tower_bouncer::{
     Conn,
     login::{KernelBans, Login},
+    proxy_protocol::{ProxyProtocolLayer, Rewind},
 };
 
 use support::*;
@@ -282,4 +287,48 @@ async fn the_filter_does_not_keep_a_stopped_servers_listener_open() {
     let refused = TcpStream::connect(addr).await.unwrap_err();
     assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
     assert_eq!(kernel.stats().sockets, 0);
+}
+
+#[tokio::test]
+async fn a_peer_named_by_a_balancer_never_goes_into_the_filter() {
+    // The balancer is 127.0.0.1; its packets carry its own address, not the peer's.
+    let login = Login::builder()
+        .ban_message(&b"ERROR banned\n"[..])
+        .build()
+        .unwrap();
+    let kernel = login.bans().kernel_filter();
+    kernel.set_user_space_refusals(NonZeroU32::new(3).unwrap());
+    let listener = Arc::new(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    kernel.attach(&listener).unwrap();
+    let proxy = ProxyProtocolLayer::builder()
+        .trusted(["127.0.0.1/32".parse().unwrap()])
+        .build()
+        .unwrap();
+    let hello = service_fn(|conn: Conn<Rewind<TcpStream>>| async move {
+        conn.into_io().write_all(b"hello\n").await
+    });
+    let service = proxy.layer(login.ban_layer().layer(hello));
+    let server = LoopbackServer::start_on(listener, service, Duration::from_secs(1));
+    login.bans().ban(ip("127.0.0.2"), BAN).unwrap();
+
+    for _ in 0..6 {
+        let mut stream = within(PATIENCE, connect_from(1, server.addr)).await;
+        stream
+            .write_all(b"PROXY TCP4 127.0.0.2 127.0.0.1 4000 80\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_all(stream).await, "ERROR banned\n");
+    }
+    // Refused from the peer itself, it goes in at its third refusal.
+    for _ in 0..3 {
+        assert_eq!(reply_to(2, server.addr).await, "ERROR banned\n");
+    }
+    within(PATIENCE, async {
+        while kernel.stats().keys != 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert_eq!(kernel.stats().rebuilds, 1, "not before");
+    server.stop().await;
 }

@@ -63,7 +63,9 @@ where
         if let Some(peer) = shared.keying.classify(conn.peer_addr().ip()) {
             let refusal = if let Some(remaining) = shared.bans.banned_for(&peer) {
                 #[cfg(all(feature = "kernel-bans", target_os = "linux"))]
-                shared.bans.refused_while_banned(&peer.key, remaining);
+                if super::kernel_bans::sent_by_its_peer(&conn) {
+                    shared.bans.refused_while_banned(&peer.key, remaining);
+                }
                 Some(Reason::Banned {
                     key: peer.key,
                     remaining,

@@ -22,6 +22,7 @@ use tokio::{sync::Notify, time::Instant};
 
 use super::bans::BanTable;
 use crate::{
+    Conn,
     peer::{Classified, PeerKey, table::Located},
     throttle::LogThrottle,
 };
@@ -60,6 +61,10 @@ const RECHECK_EVERY: Duration = Duration::from_secs(1);
 /// connection's peer was not in it). With no key in it, the filter is taken off. A
 /// rebuild, when a key goes in or comes out, builds the program and sets it on every
 /// listener: about 0.3 ms for 1000 keys.
+///
+/// **Behind a load balancer** the packets come from the balancer, not from the peer
+/// its PROXY header names: refusals of such connections are not counted, and their
+/// peers never go into the filter (unless [moved there](Self::move_to_kernel)).
 ///
 /// Get it from [`Bans::kernel_filter`](super::Bans::kernel_filter); every handle of
 /// one [`Login`](super::Login) shares one filter.
@@ -443,6 +448,23 @@ fn install(socket: std::os::fd::BorrowedFd<'_>, program: &[Instruction]) -> std:
         })
         .collect();
     socket.attach_filter(&program)
+}
+
+/// Whether `conn`'s packets come from its peer, so that the filter can drop them: not
+/// when a trusted balancer's PROXY header named the peer, since the packets come from
+/// the balancer.
+pub(crate) fn sent_by_its_peer<IO>(conn: &Conn<IO>) -> bool {
+    #[cfg(feature = "proxy-protocol")]
+    {
+        conn.extensions()
+            .get::<crate::proxy_protocol::ProxiedBy>()
+            .is_none()
+    }
+    #[cfg(not(feature = "proxy-protocol"))]
+    {
+        let _ = conn;
+        true
+    }
 }
 
 fn classified(key: PeerKey) -> Classified {
