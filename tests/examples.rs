@@ -424,6 +424,48 @@ async fn login_server_applies_the_timeout_flags() {
 }
 
 #[tokio::test]
+async fn a_banned_peer_that_keeps_reconnecting_is_dropped_in_the_kernel_unless_told_not_to() {
+    let kernel = cfg!(all(feature = "kernel-bans", target_os = "linux"));
+    for (flags, filtered) in [(&[][..], kernel), (&["--no-kernel-bans"][..], false)] {
+        let args = [&["--max-failures", "1"][..], flags].concat();
+        let server = Example::start("login_server", &args).await;
+        let mut client = LineClient::connect_from(2, server.addr).await;
+        assert_eq!(
+            client.ask("LOGIN alice wrong").await.as_deref(),
+            Some("DENIED")
+        );
+        assert_eq!(client.line().await, None);
+        // Its first ten refusals are answered.
+        for _ in 0..10 {
+            let mut banned = LineClient::connect_from(2, server.addr).await;
+            assert_eq!(banned.line().await.as_deref(), Some("ERROR banned"));
+        }
+        // Then its SYNs are dropped, once the filter is rebuilt: a connection that
+        // still gets through is refused as before, until one cannot connect at all.
+        let dropped = within(PATIENCE, async {
+            for _ in 0..20 {
+                let connecting = connect_from(2, server.addr);
+                let Ok(stream) =
+                    tokio::time::timeout(std::time::Duration::from_millis(300), connecting).await
+                else {
+                    return true;
+                };
+                let mut banned = LineClient {
+                    io: tokio::io::BufReader::new(stream),
+                };
+                assert_eq!(banned.line().await.as_deref(), Some("ERROR banned"));
+            }
+            false
+        })
+        .await;
+        assert_eq!(dropped, filtered, "{flags:?}");
+        let mut other = LineClient::connect_from(3, server.addr).await;
+        assert_eq!(other.ask("LOGIN alice secret").await.as_deref(), Some("OK"));
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
 async fn login_server_applies_the_login_flags() {
     // --max-auth-tries: two tries on one connection, then closed.
     let server = Example::start("login_server", &["--max-auth-tries", "2"]).await;

@@ -112,9 +112,11 @@ async fn on_real_sockets_a_paused_server_leaves_connections_in_the_kernel_backlo
 async fn descriptor_exhaustion_backs_off_exponentially_then_recovers() {
     let (queue, log, listener) = ChannelListener::new();
     let (served, mut served_rx) = mpsc::unbounded_channel();
+    // The back-off alone: a scripted EMFILE frees no descriptor to close connections with.
     let server = tokio::spawn(
         Server::new(listener)
             .max_accept_backoff(Duration::from_millis(40))
+            .reserve_descriptor(false)
             .serve(reporting_service(served)),
     );
     for _ in 0..5 {
@@ -148,6 +150,7 @@ async fn a_long_run_of_accept_errors_is_logged_rarely_and_never_spins() {
     let server = tokio::spawn(
         Server::new(listener)
             .max_accept_backoff(Duration::from_millis(100))
+            .reserve_descriptor(false)
             .serve(reporting_service(served)),
     );
     // 60 failures in a row: about 5.6 s of back-off, the 5 s log interval passes once.
@@ -165,6 +168,96 @@ async fn a_long_run_of_accept_errors_is_logged_rarely_and_never_spins() {
     let warnings = warnings.lock().unwrap();
     assert_eq!(warnings.len(), 2, "{warnings:?}");
     assert!(warnings[1].contains("suppressed=") && !warnings[1].contains("suppressed=0"));
+    server.abort();
+}
+
+/// Whether the server closed `client`'s connection without a word.
+async fn closed_unserved(client: &mut DuplexStream) -> bool {
+    let mut buf = [0u8; 1];
+    matches!(within(PATIENCE, client.read(&mut buf)).await, Ok(0))
+}
+
+#[tokio::test(start_paused = true)]
+async fn out_of_descriptors_the_backlog_is_closed_instead_of_left_waiting() {
+    let (queue, log, listener) = ChannelListener::new();
+    let (served, mut served_rx) = mpsc::unbounded_channel();
+    let server = tokio::spawn(Server::new(listener).serve(reporting_service(served)));
+    // Out of descriptors, with two clients in the backlog.
+    queue.send(os_error(libc::EMFILE)).unwrap();
+    let (first, mut first_client) = duplex_conn("192.0.2.1:1");
+    let (second, mut second_client) = duplex_conn("192.0.2.2:2");
+    queue.send(Ok(first)).unwrap();
+    queue.send(Ok(second)).unwrap();
+
+    assert!(closed_unserved(&mut first_client).await);
+    assert!(closed_unserved(&mut second_client).await);
+    // Both at once, with the failed accept; then a look at an empty backlog, and back
+    // to accepting: the next accept waits for a client.
+    let (third, _third_client) = duplex_conn("192.0.2.3:3");
+    queue.send(Ok(third)).unwrap();
+    assert_eq!(
+        within(PATIENCE, served_rx.recv()).await,
+        Some(addr("192.0.2.3:3"))
+    );
+    assert_eq!(log.gaps_ms()[..4], [0, 0, 0, 0]);
+    assert_eq!(log.accepted(), 3);
+    server.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_the_reserve_the_backlog_waits_for_a_descriptor() {
+    let (queue, _log, listener) = ChannelListener::new();
+    let (served, mut served_rx) = mpsc::unbounded_channel();
+    let server = tokio::spawn(
+        Server::new(listener)
+            .reserve_descriptor(false)
+            .serve(reporting_service(served)),
+    );
+    queue.send(os_error(libc::EMFILE)).unwrap();
+    let (waiting, _client) = duplex_conn("192.0.2.1:1");
+    queue.send(Ok(waiting)).unwrap();
+    assert_eq!(
+        within(PATIENCE, served_rx.recv()).await,
+        Some(addr("192.0.2.1:1"))
+    );
+    server.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shortage_of_memory_closes_nothing() {
+    let (queue, _log, listener) = ChannelListener::new();
+    let (served, mut served_rx) = mpsc::unbounded_channel();
+    let server = tokio::spawn(Server::new(listener).serve(reporting_service(served)));
+    queue.send(os_error(libc::ENOBUFS)).unwrap();
+    let (waiting, _client) = duplex_conn("192.0.2.1:1");
+    queue.send(Ok(waiting)).unwrap();
+    assert_eq!(
+        within(PATIENCE, served_rx.recv()).await,
+        Some(addr("192.0.2.1:1"))
+    );
+    server.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_retry_closes_at_most_256_connections() {
+    let (queue, _log, listener) = ChannelListener::new();
+    let (served, mut served_rx) = mpsc::unbounded_channel();
+    let server = tokio::spawn(Server::new(listener).serve(reporting_service(served)));
+    queue.send(os_error(libc::EMFILE)).unwrap();
+    let mut clients = Vec::new();
+    for n in 0..300 {
+        let (conn, client) = duplex_conn(&format!("192.0.2.1:{}", n + 1));
+        clients.push(client);
+        queue.send(Ok(conn)).unwrap();
+    }
+    // The 257th is accepted at the next retry, descriptors permitting.
+    assert_eq!(
+        within(PATIENCE, served_rx.recv()).await,
+        Some(addr("192.0.2.1:257"))
+    );
+    for client in &mut clients[..256] {
+        assert!(closed_unserved(client).await);
+    }
     server.abort();
 }
 
@@ -446,4 +539,166 @@ fn the_descriptor_limit_can_be_raised_to_the_hard_limit() {
         tower_bouncer::serve::raise_descriptor_limit().unwrap(),
         hard
     );
+}
+
+/// The variable that makes [`descriptor_starved_server`] a server: `reserve` or `none`.
+const STARVED_SERVER: &str = "TOWER_BOUNCER_STARVED_SERVER";
+/// The starved server's soft limit on descriptors.
+const STARVED_DESCRIPTORS: usize = 48;
+
+/// Not a test of its own (it returns at once): the server the tests below start in a
+/// child process with few descriptors, a copy of this test binary run under
+/// `ulimit -Sn`. It says `+` to each connection and holds it until the client closes.
+#[test]
+fn descriptor_starved_server() {
+    let Ok(mode) = std::env::var(STARVED_SERVER) else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("listening on {}", listener.local_addr().unwrap());
+        let hold = service_fn(|conn: Conn<TcpStream>| async move {
+            let mut io = conn.into_io();
+            io.write_all(b"+").await?;
+            let mut rest = Vec::new();
+            io.read_to_end(&mut rest).await?;
+            Ok::<_, BoxError>(())
+        });
+        Server::new(listener)
+            .reserve_descriptor(mode == "reserve")
+            .serve(hold)
+            .await
+            .unwrap();
+    });
+}
+
+/// A [`descriptor_starved_server`] in a child process, killed when dropped.
+struct StarvedServer {
+    addr: SocketAddr,
+    _child: tokio::process::Child,
+}
+
+impl StarvedServer {
+    async fn start(mode: &str) -> Self {
+        use tokio::io::AsyncBufReadExt;
+
+        let mut child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -Sn {STARVED_DESCRIPTORS} && exec \"$0\" \"$@\""
+            ))
+            .arg(std::env::current_exe().unwrap())
+            .args(["descriptor_starved_server", "--exact", "--nocapture"])
+            .env(STARVED_SERVER, mode)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = within(PATIENCE, async {
+            loop {
+                let line = lines
+                    .next_line()
+                    .await
+                    .unwrap()
+                    .expect("the server's address");
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    return addr.parse().unwrap();
+                }
+            }
+        })
+        .await;
+        Self {
+            addr,
+            _child: child,
+        }
+    }
+
+    /// Connects (the kernel completes the handshake whether or not the server accepts)
+    /// and waits up to `limit` for a word: `Some(true)` served, `Some(false)` closed
+    /// unserved, `None` still waiting.
+    async fn try_connection(&self, limit: Duration) -> (TcpStream, Option<bool>, Duration) {
+        let mut stream = within(PATIENCE, connect_from(2, self.addr)).await;
+        let began = std::time::Instant::now();
+        let mut byte = [0u8; 1];
+        let answer = match tokio::time::timeout(limit, stream.read(&mut byte)).await {
+            Ok(Ok(1)) => Some(true),
+            Ok(_) => Some(false),
+            Err(_) => None,
+        };
+        (stream, answer, began.elapsed())
+    }
+
+    /// Opens connections until the server has no descriptor left for the next, and
+    /// returns the ones it serves and holds, and that next one.
+    async fn starve(&self, limit: Duration) -> (Vec<TcpStream>, TcpStream, Option<bool>, Duration) {
+        let mut held = Vec::new();
+        loop {
+            let (stream, answer, waited) = self.try_connection(limit).await;
+            if answer != Some(true) {
+                return (held, stream, answer, waited);
+            }
+            held.push(stream);
+            assert!(
+                held.len() < STARVED_DESCRIPTORS,
+                "the server never ran short"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_server_out_of_descriptors_closes_backlog_clients_and_recovers() {
+    let server = StarvedServer::start("reserve").await;
+    let (mut held, _closed, answer, waited) = server.starve(PATIENCE).await;
+    assert_eq!(answer, Some(false), "closed, not left waiting");
+    eprintln!("{} held; the next closed after {waited:?}", held.len());
+
+    // Clients that come while the shortage lasts are closed as they come.
+    let mut waits = Vec::new();
+    for _ in 0..10 {
+        let (_stream, answer, waited) = server.try_connection(PATIENCE).await;
+        assert_eq!(answer, Some(false));
+        waits.push(waited.as_millis());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("waits during the shortage, ms: {waits:?}");
+
+    // Descriptors free, once the server has seen its clients go: new clients are
+    // served again.
+    held.truncate(held.len() - 4);
+    let freed = std::time::Instant::now();
+    let closed_meanwhile = within(PATIENCE, async {
+        for closed in 0.. {
+            if server.try_connection(PATIENCE).await.1 == Some(true) {
+                return closed;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        unreachable!()
+    })
+    .await;
+    eprintln!(
+        "served again {:?} after descriptors were freed ({closed_meanwhile} closed meanwhile)",
+        freed.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn without_the_reserve_a_backlog_client_waits_until_a_descriptor_frees() {
+    let server = StarvedServer::start("none").await;
+    let limit = Duration::from_millis(1500);
+    let (mut held, mut waiting, answer, _) = server.starve(limit).await;
+    assert_eq!(answer, None, "still waiting after {limit:?}");
+
+    held.truncate(held.len() - 4);
+    let began = std::time::Instant::now();
+    let mut byte = [0u8; 1];
+    assert_eq!(within(PATIENCE, waiting.read(&mut byte)).await.unwrap(), 1);
+    eprintln!("served {:?} after descriptors freed", began.elapsed());
 }

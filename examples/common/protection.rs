@@ -4,7 +4,7 @@
 //! comes from the connection cap and the descriptor limit, shrinks every timeout as it
 //! rises, and a new connection at the cap evicts an idle one instead of being refused.
 
-use std::{str::FromStr, time::Duration};
+use std::{str::FromStr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use ipnet::IpNet;
@@ -101,6 +101,8 @@ pub const USAGE: &str =
                         (default 30; 0 = off)
   --failure-window S    the window failed logins and other offences are counted in (default 600)
   --ban S               the first ban; each repeat offence doubles it, up to 24 hours (default 600)
+  --no-kernel-bans      refuse banned peers in user space only (by default, on Linux, a
+                        banned peer that keeps reconnecting is dropped by a socket filter)
   --proxy-protocol-from CIDR
                         read a PROXY v1/v2 header from these balancers, and only them
                         (repeatable; none by default)
@@ -136,6 +138,9 @@ pub struct Protection {
     pub max_timeouts: u32,
     pub failure_window: Duration,
     pub ban: Duration,
+    /// Drop banned peers that keep reconnecting in the kernel (Linux); off with
+    /// `--no-kernel-bans`.
+    pub kernel_bans: bool,
     /// `None` for the examples that take no `--login-timeout`.
     pub login_timeout: Option<Duration>,
     /// Balancers whose PROXY headers are read; none: no PROXY protocol.
@@ -169,6 +174,7 @@ impl Protection {
             max_timeouts: DEFAULT_MAX_TIMEOUTS,
             failure_window: DEFAULT_FAILURE_WINDOW,
             ban: DEFAULT_BAN,
+            kernel_bans: true,
             login_timeout,
             proxy_protocol_from: Vec::new(),
             proxy_protocol_timeout: DEFAULT_PROXY_PROTOCOL_TIMEOUT,
@@ -215,6 +221,8 @@ pub struct Layers {
     #[cfg(feature = "tls")]
     pub tls: Option<TlsSetup>,
     pub login: Login,
+    /// Whether the listener gets the kernel ban filter.
+    pub kernel_bans: bool,
     pub rate: RateLimitLayer,
     pub per_peer: PeerLimitLayer,
     pub total: ConnectionLimitLayer,
@@ -259,6 +267,7 @@ impl Protection {
             "--max-timeouts" => self.max_timeouts = value(flag, argv.next()),
             "--failure-window" => self.failure_window = seconds(argv),
             "--ban" => self.ban = seconds(argv),
+            "--no-kernel-bans" => self.kernel_bans = false,
             "--login-timeout" if self.login_timeout.is_some() => {
                 self.login_timeout = Some(seconds(argv));
             }
@@ -363,6 +372,7 @@ impl Protection {
             max_timeouts = self.max_timeouts,
             failure_window = ?self.failure_window,
             ban = ?self.ban,
+            kernel_bans = self.kernel_bans && cfg!(all(feature = "kernel-bans", target_os = "linux")),
             login_timeout = ?self.login_timeout,
             proxy_protocol_from = ?self.proxy_protocol_from,
             proxy_protocol_timeout = ?self.proxy_protocol_timeout,
@@ -373,6 +383,7 @@ impl Protection {
             #[cfg(feature = "tls")]
             tls,
             login,
+            kernel_bans: self.kernel_bans,
             rate,
             per_peer,
             total,
@@ -450,7 +461,8 @@ impl Layers {
             .service(inner)
     }
 
-    /// Serves `inner` under the protection layers on `listener` until `shutdown`. With
+    /// Serves `inner` under the protection layers on `listener` until `shutdown`. On
+    /// Linux the listener gets the kernel ban filter, unless `--no-kernel-bans`. With
     /// TLS, a SIGHUP reloads the certificate files, and replies are not held back by
     /// Nagle's algorithm (rustls' session tickets would otherwise delay each first
     /// response by the client's delayed acknowledgement).
@@ -465,6 +477,13 @@ impl Layers {
         <Stack<S> as tower::Service<Conn<TcpStream>>>::Future: Send + 'static,
     {
         let service = self.around(inner);
+        let listener = Arc::new(listener);
+        #[cfg(all(feature = "kernel-bans", target_os = "linux"))]
+        if self.kernel_bans
+            && let Err(error) = self.login.bans().kernel_filter().attach(&listener)
+        {
+            tracing::warn!(%error, "no kernel ban filter: banned peers are refused in user space");
+        }
         #[cfg(feature = "tls")]
         if let Some(tls) = &self.tls {
             tls.reload_on_hangup();
@@ -541,7 +560,7 @@ impl Protection {
 
 /// A TCP listener whose connections send without delay.
 #[cfg(feature = "tls")]
-struct NoDelay(TcpListener);
+struct NoDelay(Arc<TcpListener>);
 
 #[cfg(feature = "tls")]
 impl tower_bouncer::serve::Listener for NoDelay {

@@ -69,6 +69,10 @@ where
         let peer = shared.keying.classify(conn.peer_addr().ip());
         if let Some(peer) = peer {
             let refusal = if let Some(remaining) = shared.bans.banned_for(&peer) {
+                #[cfg(all(feature = "kernel-bans", target_os = "linux"))]
+                if super::kernel_bans::sent_by_its_peer(&conn) {
+                    shared.bans.refused_while_banned(&peer.key, remaining);
+                }
                 Some(Reason::Banned {
                     key: peer.key,
                     remaining,

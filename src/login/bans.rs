@@ -16,6 +16,8 @@ use ipnet::IpNet;
 use tokio::time::Instant;
 
 use super::Offence;
+#[cfg(all(feature = "kernel-bans", target_os = "linux"))]
+use super::kernel_bans::{KernelBans, KernelState};
 use crate::peer::{
     Classified, PeerKey, PeerKeying, canonical_network,
     table::{Full, Located, PeerTable},
@@ -230,6 +232,9 @@ pub(crate) struct BanTable {
     policy: BanPolicy,
     keying: PeerKeying,
     origin: Instant,
+    /// The kernel filter, once asked for.
+    #[cfg(all(feature = "kernel-bans", target_os = "linux"))]
+    kernel: std::sync::OnceLock<Arc<KernelState>>,
 }
 
 impl BanTable {
@@ -240,6 +245,25 @@ impl BanTable {
             policy,
             keying,
             origin: Instant::now(),
+            #[cfg(all(feature = "kernel-bans", target_os = "linux"))]
+            kernel: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The ban check refused `key`'s connection: the kernel filter, if there is one,
+    /// counts it.
+    #[cfg(all(feature = "kernel-bans", target_os = "linux"))]
+    pub(crate) fn refused_while_banned(&self, key: &PeerKey, remaining: Duration) {
+        if let Some(kernel) = self.kernel.get() {
+            kernel.refused(key, remaining);
+        }
+    }
+
+    /// A ban was lifted: the kernel filter, if there is one, lets its peer in again.
+    fn lifted(&self) {
+        #[cfg(all(feature = "kernel-bans", target_os = "linux"))]
+        if let Some(kernel) = self.kernel.get() {
+            kernel.lifted();
         }
     }
 
@@ -510,13 +534,26 @@ impl Bans {
     /// Lifts the ban on `ip`'s peer key and forgets its offences; `false` if nothing was
     /// recorded for it. A network banned whole stays banned.
     pub fn unban(&self, ip: IpAddr) -> bool {
-        self.table.unban(&self.table.keying().key(ip))
+        let lifted = self.table.unban(&self.table.keying().key(ip));
+        self.table.lifted();
+        lifted
     }
 
     /// Lifts a ban made with [`ban_network`](Self::ban_network); `false` if there was
     /// none.
     pub fn unban_network(&self, network: IpNet) -> bool {
-        self.table.unban_network(network)
+        let lifted = self.table.unban_network(network);
+        self.table.lifted();
+        lifted
+    }
+
+    /// The kernel filter of these bans (Linux, feature `kernel-bans`): peers that keep
+    /// reconnecting while banned are dropped by the listening socket itself. See
+    /// [`KernelBans`].
+    #[cfg(all(feature = "kernel-bans", target_os = "linux"))]
+    pub fn kernel_filter(&self) -> KernelBans {
+        let state = self.table.kernel.get_or_init(Arc::default).clone();
+        KernelBans::new(self.table.clone(), state)
     }
 
     /// How long `ip` stays banned, by its peer key or a network banned whole, if it is.

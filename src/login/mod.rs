@@ -30,6 +30,9 @@
 //!   one escalation and one ban list. Each kind bans on its own after its
 //!   [limit](LoginBuilder::max_offences) within the window, and an offence of any kind
 //!   is that fraction of a ban, so kinds add up.
+//! - **Kernel bans** (Linux, feature `kernel-bans`): `Bans::kernel_filter` puts a
+//!   socket filter on the listener, and a banned peer that keeps reconnecting is
+//!   dropped by the kernel until its ban ends, at no cost to the server.
 //! - **Pre-authentication budget** (OpenSSH's `MaxStartups start:rate:full` and
 //!   `PerSourceMaxStartups`) and a **login timeout** (`LoginGraceTime`), both off unless
 //!   set: for protocols where every connection logs in.
@@ -106,6 +109,8 @@ mod ban_layer;
 mod bans;
 #[cfg(feature = "http")]
 mod http;
+#[cfg(all(feature = "kernel-bans", target_os = "linux"))]
+mod kernel_bans;
 mod offence;
 mod session;
 mod session_layer;
@@ -129,6 +134,8 @@ use bans::{BanPolicy, BanTable, Recorded};
 pub use http::{
     ClassifyLogin, LoginOutcome, ReportBody, ReportLogin, ReportLoginLayer, StatusClassifier,
 };
+#[cfg(all(feature = "kernel-bans", target_os = "linux"))]
+pub use kernel_bans::{KernelBans, KernelBansStats};
 pub use offence::Offence;
 pub use session::{AfterFailure, EvictReason, Evicted, LoginSession};
 use session_layer::LivePeer;

@@ -62,3 +62,22 @@ impl Listener for tokio::net::TcpListener {
         stream.local_addr()
     }
 }
+
+/// A listener shared with something else that needs its socket, such as the kernel ban
+/// filter (`login::KernelBans`), which holds it weakly: the socket closes when the server
+/// drops the last `Arc`.
+impl Listener for std::sync::Arc<tokio::net::TcpListener> {
+    type Io = tokio::net::TcpStream;
+
+    async fn accept(&mut self) -> io::Result<(Self::Io, SocketAddr)> {
+        tokio::net::TcpListener::accept(self).await
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        tokio::net::TcpListener::local_addr(self)
+    }
+
+    fn connection_local_addr(&self, stream: &Self::Io) -> io::Result<SocketAddr> {
+        stream.local_addr()
+    }
+}

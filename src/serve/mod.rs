@@ -8,7 +8,9 @@
 //! - it survives accept errors. Only an error that means the listener is gone ends the
 //!   loop (`EBADF`, `ENOTSOCK`, `EFAULT`, and `EINVAL` on Linux). `EMFILE`, `ENFILE`,
 //!   `ENOBUFS` and `ENOMEM` are logged (at most once every few seconds) and retried
-//!   after a growing back-off. Any other error, such as `ECONNABORTED` or a custom
+//!   after a growing back-off; out of descriptors, the clients waiting in the backlog
+//!   are closed rather than left hanging, thanks to a descriptor kept in reserve (see
+//!   [`Server::reserve_descriptor`]). Any other error, such as `ECONNABORTED` or a custom
 //!   listener's failed handshake, concerns one connection and is skipped at once, so no
 //!   client can stop the server or slow down accepts for the others; only a long run of
 //!   them pauses the loop now and then, so it never spins (see [`Listener::accept`]);
@@ -42,6 +44,7 @@
 
 mod accept_error;
 mod listener;
+mod reserve;
 
 use std::{
     future::{Future, Pending, poll_fn},
@@ -60,6 +63,7 @@ use tracing::Instrument;
 use crate::{BoxError, Conn, GracefulClose, throttle::LogThrottle};
 use accept_error::{AcceptError, Backoff};
 pub use listener::Listener;
+use reserve::{ReserveDescriptor, Shed, is_descriptor_shortage};
 
 /// The first back-off after an accept fails for lack of resources; it doubles from here.
 const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
@@ -90,17 +94,20 @@ pub struct Server<L, F = Pending<()>> {
     shutdown: F,
     drain_timeout: Duration,
     max_accept_backoff: Duration,
+    reserve_descriptor: bool,
 }
 
 impl<L: Listener> Server<L> {
     /// A server on `listener` that runs until the listener fails, with a 10 second drain
-    /// deadline and accept back-off capped at 1 second.
+    /// deadline, accept back-off capped at 1 second, and (on Unix) a descriptor in
+    /// reserve.
     pub fn new(listener: L) -> Self {
         Self {
             listener,
             shutdown: std::future::pending(),
             drain_timeout: Duration::from_secs(10),
             max_accept_backoff: Duration::from_secs(1),
+            reserve_descriptor: cfg!(unix),
         }
     }
 }
@@ -118,6 +125,7 @@ impl<L: Listener, F> Server<L, F> {
             shutdown: signal,
             drain_timeout: self.drain_timeout,
             max_accept_backoff: self.max_accept_backoff,
+            reserve_descriptor: self.reserve_descriptor,
         }
     }
 
@@ -131,6 +139,24 @@ impl<L: Listener, F> Server<L, F> {
     /// descriptors or memory. The pause starts at 5 ms and doubles up to this cap.
     pub fn max_accept_backoff(mut self, max: Duration) -> Self {
         self.max_accept_backoff = max.max(MIN_ACCEPT_BACKOFF);
+        self
+    }
+
+    /// Keeps one descriptor in reserve (`/dev/null`), so that connections the server
+    /// cannot accept for want of descriptors are closed instead of left hanging; on by
+    /// default on Unix, where `/dev/null` is.
+    ///
+    /// Out of descriptors (`EMFILE`, `ENFILE`), when an accept fails the loop closes its
+    /// spare, accepts and closes the connections waiting in the backlog (256 at a time),
+    /// and opens the spare again. With the backlog empty it goes back to accepting at
+    /// once, without spinning since the accept waits for a client: a client that comes
+    /// while the shortage lasts sees its connection closed as soon as it arrives, and
+    /// the first to come after a descriptor frees is served. Where the backlog cannot
+    /// be emptied (no spare could be opened again, say) the loop backs off as it does
+    /// without the reserve, where a client waits in the backlog until a descriptor
+    /// frees, and then up to one back-off pause.
+    pub fn reserve_descriptor(mut self, reserve: bool) -> Self {
+        self.reserve_descriptor = reserve;
         self
     }
 
@@ -160,10 +186,12 @@ impl<L: Listener, F> Server<L, F> {
             shutdown,
             drain_timeout,
             max_accept_backoff,
+            reserve_descriptor,
         } = self;
         let mut shutdown = pin!(shutdown);
         let mut connections = Connections::default();
         let mut backoff = Backoff::new(MIN_ACCEPT_BACKOFF, max_accept_backoff);
+        let mut reserve = ReserveDescriptor::new(reserve_descriptor);
         // A listener bound to one address accepts every connection on it: no need to
         // ask each socket.
         let bound = listener
@@ -205,6 +233,7 @@ impl<L: Listener, F> Server<L, F> {
             let (class, error) = match accepted {
                 Ok(conn) => {
                     backoff.reset();
+                    reserve.refill();
                     connections.spawn(&mut service, conn);
                     continue;
                 }
@@ -222,11 +251,22 @@ impl<L: Listener, F> Server<L, F> {
                     pause
                 }
                 AcceptError::Resources => {
-                    let delay = backoff.next_delay();
+                    let shed = if is_descriptor_shortage(&error) {
+                        reserve.shed(&mut listener)
+                    } else {
+                        Shed::NoSpare
+                    };
+                    let pause = match shed {
+                        // Nothing waits: the next accept waits for a client and closes
+                        // it at once if the shortage lasts, or serves it.
+                        Shed::Emptied => None,
+                        Shed::MoreWaiting => Some(MIN_ACCEPT_BACKOFF),
+                        Shed::Failed | Shed::NoSpare => Some(backoff.next_delay()),
+                    };
                     if let Some(suppressed) = error_log.allow() {
-                        tracing::warn!(%error, ?delay, suppressed, "accept failed; backing off");
+                        tracing::warn!(%error, ?pause, ?shed, suppressed, "accept failed; backing off");
                     }
-                    Some(delay)
+                    pause
                 }
                 AcceptError::Fatal => {
                     tracing::error!(%error, "listener failed; shutting down");

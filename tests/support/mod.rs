@@ -134,8 +134,9 @@ impl LoopbackServer {
     }
 
     /// Serves `service` on `listener` with a drain deadline of `drain`.
-    pub fn start_on<S>(listener: TcpListener, service: S, drain: Duration) -> Self
+    pub fn start_on<L, S>(listener: L, service: S, drain: Duration) -> Self
     where
+        L: Listener<Io = TcpStream>,
         S: tower::Service<Conn<TcpStream>, Response = ()> + Send + 'static,
         S::Error: Into<BoxError> + 'static,
         S::Future: Send + 'static,

@@ -1,0 +1,334 @@
+//! Bans enforced in the kernel, on real loopback sockets: a filtered peer's `connect`
+//! never completes, everyone else is served, and the door reopens when the ban ends.
+#![cfg(all(
+    feature = "kernel-bans",
+    feature = "proxy-protocol",
+    target_os = "linux"
+))]
+
+mod support;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    num::NonZeroU32,
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpSocket, TcpStream},
+};
+use tower::{Layer, service_fn};
+use tower_bouncer::{
+    Conn,
+    login::{KernelBans, Login},
+    proxy_protocol::{ProxyProtocolLayer, Rewind},
+};
+
+use support::*;
+
+/// How long a filtered peer's `connect` is given: its SYN is dropped, so it would wait
+/// for the kernel's retransmissions (1 s, then 3 s, ...) and never be answered.
+const FILTERED_WAIT: Duration = Duration::from_millis(300);
+const BAN: Duration = Duration::from_secs(600);
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+/// A server under the ban check of its own `Login`, with the kernel filter attached to
+/// its listener. Answers `hello` to every peer it admits.
+struct Guarded {
+    login: Login,
+    kernel: KernelBans,
+    server: LoopbackServer,
+}
+
+impl Guarded {
+    async fn start() -> Self {
+        Self::start_on(TcpListener::bind("127.0.0.1:0").await.unwrap())
+    }
+
+    fn start_on(listener: TcpListener) -> Self {
+        let login = Login::builder()
+            .ban_message(&b"ERROR banned\n"[..])
+            .build()
+            .unwrap();
+        let kernel = login.bans().kernel_filter();
+        let listener = Arc::new(listener);
+        kernel.attach(&listener).unwrap();
+        let hello = service_fn(|conn: Conn<TcpStream>| async move {
+            conn.into_io().write_all(b"hello\n").await
+        });
+        let server = LoopbackServer::start_on(
+            listener,
+            login.ban_layer().layer(hello),
+            Duration::from_secs(1),
+        );
+        Self {
+            login,
+            kernel,
+            server,
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+
+    /// Bans `ip` and puts its key in the filter; waits until the filter holds `keys`.
+    async fn filter(&self, ip: IpAddr, keys: usize) {
+        self.login.bans().ban(ip, BAN).unwrap();
+        assert!(self.kernel.move_to_kernel(ip));
+        self.filter_holds(keys).await;
+    }
+
+    async fn filter_holds(&self, keys: usize) {
+        within(PATIENCE, async {
+            while self.kernel.stats().keys != keys {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+    }
+}
+
+/// What the server says to a connection from `127.0.0.<last>`, up to its close.
+async fn reply_to(last: u8, server: SocketAddr) -> String {
+    let stream = within(PATIENCE, connect_from(last, server)).await;
+    read_all(stream).await
+}
+
+async fn read_all(mut stream: TcpStream) -> String {
+    let mut reply = String::new();
+    within(PATIENCE, stream.read_to_string(&mut reply))
+        .await
+        .unwrap();
+    reply
+}
+
+/// Whether a connection from `127.0.0.<last>` completes within [`FILTERED_WAIT`].
+async fn connects_from(last: u8, server: SocketAddr) -> bool {
+    tokio::time::timeout(FILTERED_WAIT, connect_from(last, server))
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn a_peer_that_keeps_reconnecting_while_banned_is_dropped_in_the_kernel() {
+    let guarded = Guarded::start().await;
+    guarded
+        .kernel
+        .set_user_space_refusals(NonZeroU32::new(3).unwrap());
+    let banned = ip("127.0.0.2");
+    guarded.login.bans().ban(banned, BAN).unwrap();
+
+    // Its first refusals are answered, so a person learns why.
+    for _ in 0..3 {
+        assert_eq!(reply_to(2, guarded.addr()).await, "ERROR banned\n");
+    }
+    guarded.filter_holds(1).await;
+    // From then on its SYNs go unanswered, and never reach the server.
+    assert!(!connects_from(2, guarded.addr()).await);
+    assert_eq!(reply_to(3, guarded.addr()).await, "hello\n");
+    assert_eq!(guarded.login.stats().refused_banned, 3);
+    let stats = guarded.kernel.stats();
+    assert_eq!((stats.keys, stats.sockets), (1, 1));
+    assert!(stats.rebuilds >= 1 && stats.instructions > 0, "{stats:?}");
+    guarded.server.stop().await;
+}
+
+#[tokio::test]
+async fn an_unban_reopens_the_door() {
+    let guarded = Guarded::start().await;
+    guarded.filter(ip("127.0.0.2"), 1).await;
+    assert!(!connects_from(2, guarded.addr()).await);
+
+    assert!(guarded.login.bans().unban(ip("127.0.0.2")));
+    guarded.filter_holds(0).await;
+    assert_eq!(reply_to(2, guarded.addr()).await, "hello\n");
+    assert_eq!(guarded.kernel.stats().instructions, 0, "no filter left");
+    guarded.server.stop().await;
+}
+
+#[tokio::test]
+async fn the_filter_lets_a_peer_in_again_when_its_ban_expires() {
+    let guarded = Guarded::start().await;
+    let banned = ip("127.0.0.2");
+    guarded
+        .login
+        .bans()
+        .ban(banned, Duration::from_millis(1500))
+        .unwrap();
+    assert!(guarded.kernel.move_to_kernel(banned));
+    guarded.filter_holds(1).await;
+    assert!(!connects_from(2, guarded.addr()).await);
+
+    // Real time: the filter is kernel state, taken off by the task at the ban's end.
+    guarded.filter_holds(0).await;
+    assert_eq!(guarded.login.bans().banned_for(banned), None);
+    assert_eq!(reply_to(2, guarded.addr()).await, "hello\n");
+    guarded.server.stop().await;
+}
+
+#[tokio::test]
+async fn on_ipv6_a_64_is_dropped_and_other_64s_are_not() {
+    let Ok(listener) = TcpListener::bind("[::1]:0").await else {
+        eprintln!("no IPv6 loopback here: skipped");
+        return;
+    };
+    let guarded = Guarded::start_on(listener);
+    let connect =
+        || async { tokio::time::timeout(FILTERED_WAIT, TcpStream::connect(guarded.addr())).await };
+    // Loopback has one IPv6 address, ::1: a key that does not hold it...
+    guarded.filter(ip("2001:db8::1"), 1).await;
+    let stream = connect().await.unwrap().unwrap();
+    assert_eq!(read_all(stream).await, "hello\n");
+    // ...and the one that does (::/64).
+    guarded.filter(ip("::1"), 2).await;
+    assert!(connect().await.is_err(), "::1 connected through the filter");
+    guarded.server.stop().await;
+}
+
+#[tokio::test]
+async fn an_ipv4_peer_of_a_dual_stack_socket_is_dropped_by_its_ipv4_address() {
+    // An IPv6 socket bound to an IPv4-mapped loopback address takes IPv4 connections:
+    // their packets carry IPv4 headers.
+    let socket = TcpSocket::new_v6().unwrap();
+    if socket.bind(addr("[::ffff:127.0.0.1]:0")).is_err() {
+        eprintln!("IPv6 sockets are IPv6-only here: skipped");
+        return;
+    }
+    let guarded = Guarded::start_on(socket.listen(128).unwrap());
+    let port = guarded.addr().port();
+    let server = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+
+    guarded.filter(ip("::ffff:127.0.0.2"), 1).await;
+    assert!(!connects_from(2, server).await);
+    assert_eq!(reply_to(3, server).await, "hello\n");
+    guarded.server.stop().await;
+}
+
+#[tokio::test]
+async fn every_socket_of_a_reuseport_group_drops_the_filtered_peer() {
+    let bind = |port| {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_reuseport(true).unwrap();
+        socket
+            .bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
+            .unwrap();
+        socket.listen(128).unwrap()
+    };
+    let first = Arc::new(bind(0));
+    let port = first.local_addr().unwrap().port();
+    let second = Arc::new(bind(port));
+    let login = Login::builder().build().unwrap();
+    let kernel = login.bans().kernel_filter();
+    kernel.attach(&first).unwrap();
+    kernel.attach(&second).unwrap();
+    login.bans().ban(ip("127.0.0.2"), BAN).unwrap();
+    assert!(kernel.move_to_kernel(ip("127.0.0.2")));
+    within(PATIENCE, async {
+        while kernel.stats().keys != 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert_eq!(kernel.stats().sockets, 2);
+
+    // The kernel spreads connections over the group by their ports: 8 tries, at once,
+    // reach both sockets with near certainty; none completes.
+    let server = first.local_addr().unwrap();
+    let tries = (0..8).map(|_| connects_from(2, server));
+    let connected = futures_util::future::join_all(tries).await;
+    assert!(
+        connected.iter().all(|connected| !connected),
+        "{connected:?}"
+    );
+    // Another peer's handshakes complete, in the backlog of whichever socket.
+    for _ in 0..8 {
+        assert!(connects_from(3, server).await);
+    }
+}
+
+#[tokio::test]
+async fn a_full_filter_still_lets_everyone_else_in() {
+    let guarded = Guarded::start().await;
+    let bans = guarded.login.bans();
+    for n in 0..1000_u32 {
+        let attacker = IpAddr::V4(Ipv4Addr::from_bits(0x0a00_0000 + n * 7919));
+        bans.ban(attacker, BAN).unwrap();
+        assert!(guarded.kernel.move_to_kernel(attacker));
+    }
+    guarded.filter_holds(1000).await;
+    let stats = guarded.kernel.stats();
+    assert!(stats.instructions <= 4096, "{stats:?}");
+    eprintln!("1000 keys: {stats:?}");
+
+    let began = std::time::Instant::now();
+    for _ in 0..200 {
+        assert_eq!(reply_to(3, guarded.addr()).await, "hello\n");
+    }
+    eprintln!(
+        "200 connections through the filter in {:?}",
+        began.elapsed()
+    );
+    guarded.server.stop().await;
+}
+
+#[tokio::test]
+async fn the_filter_does_not_keep_a_stopped_servers_listener_open() {
+    let guarded = Guarded::start().await;
+    guarded.filter(ip("127.0.0.2"), 1).await;
+    let (addr, kernel) = (guarded.addr(), guarded.kernel.clone());
+    guarded.server.stop().await;
+
+    let refused = TcpStream::connect(addr).await.unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert_eq!(kernel.stats().sockets, 0);
+}
+
+#[tokio::test]
+async fn a_peer_named_by_a_balancer_never_goes_into_the_filter() {
+    // The balancer is 127.0.0.1; its packets carry its own address, not the peer's.
+    let login = Login::builder()
+        .ban_message(&b"ERROR banned\n"[..])
+        .build()
+        .unwrap();
+    let kernel = login.bans().kernel_filter();
+    kernel.set_user_space_refusals(NonZeroU32::new(3).unwrap());
+    let listener = Arc::new(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    kernel.attach(&listener).unwrap();
+    let proxy = ProxyProtocolLayer::builder()
+        .trusted(["127.0.0.1/32".parse().unwrap()])
+        .build()
+        .unwrap();
+    let hello = service_fn(|conn: Conn<Rewind<TcpStream>>| async move {
+        conn.into_io().write_all(b"hello\n").await
+    });
+    let service = proxy.layer(login.ban_layer().layer(hello));
+    let server = LoopbackServer::start_on(listener, service, Duration::from_secs(1));
+    login.bans().ban(ip("127.0.0.2"), BAN).unwrap();
+
+    for _ in 0..6 {
+        let mut stream = within(PATIENCE, connect_from(1, server.addr)).await;
+        stream
+            .write_all(b"PROXY TCP4 127.0.0.2 127.0.0.1 4000 80\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_all(stream).await, "ERROR banned\n");
+    }
+    // Refused from the peer itself, it goes in at its third refusal.
+    for _ in 0..3 {
+        assert_eq!(reply_to(2, server.addr).await, "ERROR banned\n");
+    }
+    within(PATIENCE, async {
+        while kernel.stats().keys != 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert_eq!(kernel.stats().rebuilds, 1, "not before");
+    server.stop().await;
+}
