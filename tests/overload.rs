@@ -1,7 +1,8 @@
 //! The overload manager, on paused time and in-memory streams: the pressure follows the
 //! live connections through the scaled trigger, timeouts shrink under it, and a new
 //! connection at a full cap evicts an idle one (the peer with the most first), never
-//! one in the middle of a request.
+//! one in the middle of a request, and no more at once than one for every sixteen of
+//! the cap.
 
 mod support;
 
@@ -473,4 +474,74 @@ async fn in_backpressure_mode_nothing_is_evicted_and_the_shrunk_idle_timeout_mak
         "{waited:?}"
     );
     assert_eq!(overload.stats().evicted_idle, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn evictions_take_a_full_cap_over_by_one_connection_for_every_sixteen_of_it() {
+    // A raw protocol that ignores the request to close: evicted, it stays until its
+    // client leaves. Every connection registers as it starts (a start threshold of 0).
+    let overload = overload()
+        .thresholds(0.0, 1.0)
+        .min_timeout_scale(1.0)
+        .evict_quiet_after(secs(10))
+        .build()
+        .unwrap();
+    let limit = ConnectionLimitLayer::builder(32)
+        .overload(&overload)
+        .build()
+        .unwrap();
+    let service = ServiceBuilder::new()
+        .layer(limit.clone())
+        .layer(
+            TimeoutLayer::builder()
+                .idle(secs(600))
+                .overload(&overload)
+                .build()
+                .unwrap(),
+        )
+        .service(reader());
+    // The first connections are the longest idle, the ones evicted.
+    let mut clients = Vec::new();
+    for n in 1..=32 {
+        let (conn, client) = duplex_conn(&format!("192.0.2.{n}:1"));
+        tokio::spawn(service.clone().oneshot(conn));
+        clients.push(client);
+        tokio::time::sleep(secs(1)).await;
+    }
+    // Quiet past the threshold.
+    tokio::time::sleep(secs(11)).await;
+    assert_eq!(overload.stats().registered, 32);
+
+    let over_cap = |n: u8| {
+        let (conn, client) = duplex_conn(&format!("198.51.100.{n}:1"));
+        (tokio::spawn(service.clone().oneshot(conn)), client)
+    };
+    let mut newcomers = Vec::new();
+    for n in 1..=2 {
+        newcomers.push(over_cap(n));
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(overload.stats().evicted_idle, 2);
+    let stats = limit.stats();
+    assert_eq!((stats.admitted, stats.refused, stats.live), (34, 0, 34));
+
+    // Both evictions allowed are still closing: the next newcomer is refused.
+    let (refused, _refused_client) = over_cap(3);
+    let error = within(PATIENCE, refused).await.unwrap().unwrap_err();
+    assert_eq!(
+        rejected(&error).reason(),
+        &Reason::ConnectionLimit { limit: 32 }
+    );
+    let stats = limit.stats();
+    assert_eq!((stats.admitted, stats.refused, stats.live), (34, 1, 34));
+
+    // Once an evicted connection has gone, another newcomer evicts again.
+    drop(clients.remove(0));
+    tokio::task::yield_now().await;
+    assert_eq!(limit.stats().live, 33);
+    newcomers.push(over_cap(4));
+    tokio::task::yield_now().await;
+    assert_eq!(overload.stats().evicted_idle, 3);
+    let stats = limit.stats();
+    assert_eq!((stats.admitted, stats.refused, stats.live), (35, 1, 34));
 }

@@ -30,9 +30,10 @@ fn the_quick_siege_reports_every_attack_against_both_servers() {
     let figures: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let runs = figures["runs"].as_array().unwrap();
-    // Six attacks, two servers each; and the flood behind HAProxy (installed by .ci/run),
-    // without and with the PROXY protocol.
-    assert_eq!(runs.len(), 14, "{stdout}");
+    // Nine attacks, two servers each; the reconnect storm also against bans kept in user
+    // space; and the flood behind HAProxy (installed by .ci/run), without and with the
+    // PROXY protocol.
+    assert_eq!(runs.len(), 21, "{stdout}");
     let run = |attack: &str, server: &str| {
         runs.iter()
             .find(|run| run["attack"] == attack && run["server"] == server)
@@ -57,6 +58,28 @@ fn the_quick_siege_reports_every_attack_against_both_servers() {
         .as_f64()
         .unwrap();
     assert!(with >= 0.95 && without <= 0.8, "{without} / {with}");
+    // A crowd wider than the cap, by addresses or by kept-alive HTTP/2 connections: the
+    // overload manager sheds idle connections and the legitimate client is served.
+    for attack in ["botnet spray", "HTTP/2 PING crowd"] {
+        let protected = run(attack, "protected");
+        assert!(
+            protected["legit_success"].as_f64().unwrap() >= 0.95
+                && protected["shed"].as_u64().unwrap() > 0,
+            "{attack}: {protected}"
+        );
+    }
+    // A banned peer reconnecting without pause: with bans in the kernel the server sees
+    // its first attempts only; kept in user space, it accepts and refuses every one.
+    let kernel = run("banned reconnects", "protected")["refused"]
+        .as_u64()
+        .unwrap();
+    let user_space = run("banned reconnects", "no kernel bans")["refused"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        kernel < 100 && user_space > 10 * kernel,
+        "{kernel} / {user_space}"
+    );
     assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
     let _ = std::fs::remove_file(json);
     let _ = std::fs::remove_file(plot);

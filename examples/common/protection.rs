@@ -398,12 +398,16 @@ impl Protection {
 pub struct Tally {
     /// Refused at admission: rates, limits, bans, the pre-authentication budget.
     pub refused: u64,
-    /// Closed after admission: timeouts, evictions after failed logins, idle
-    /// connections evicted at the cap.
+    /// Closed after admission: timeouts and evictions after failed logins.
     pub evicted: u64,
     /// Peers banned for their offences: failed logins, timeouts, protocol errors,
     /// refusals over a per-peer limit.
     pub banned: u64,
+    /// What the overload manager did: idle connections asked to close to make room at
+    /// the cap,
+    pub shed: u64,
+    /// and how long it ran the timeouts shortened.
+    pub scaled: Duration,
 }
 
 impl Layers {
@@ -439,9 +443,10 @@ impl Layers {
                 + timeouts.lifetime_cut
                 + login.evicted_after_failures
                 + login.evicted_login_timeout
-                + login.evicted_banned
-                + overload.evicted_idle,
+                + login.evicted_banned,
             banned: login.bans,
+            shed: overload.evicted_idle,
+            scaled: overload.time_under_pressure,
         }
     }
 

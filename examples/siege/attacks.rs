@@ -56,6 +56,14 @@ pub enum Attack {
     /// One client flooding through a load balancer for the whole attack, keeping its
     /// connections, as the single-peer flood does.
     BehindBalancer,
+    /// Keep-alive connections from many more addresses than the cap allows, each
+    /// address within every per-peer limit: several times the cap in all.
+    BotnetSpray,
+    /// A banned peer reconnecting as fast as it can, from several tasks.
+    BannedReconnectStorm,
+    /// HTTP/2 connections from many addresses, each making one request, then kept up
+    /// by PINGs alone.
+    PingCrowd,
 }
 
 /// The legitimate client's address.
@@ -66,13 +74,16 @@ const LEGIT: Ipv4Addr = Ipv4Addr::new(127, 0, 9, 9);
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Attack {
-    pub const ALL: [Attack; 6] = [
+    pub const ALL: [Attack; 9] = [
         Attack::LoginFlood,
         Attack::Silent,
         Attack::Slowloris,
         Attack::SinglePeerFlood,
         Attack::AddressSpray,
         Attack::UnauthorizedFlood,
+        Attack::BotnetSpray,
+        Attack::BannedReconnectStorm,
+        Attack::PingCrowd,
     ];
 
     pub fn name(self) -> &'static str {
@@ -84,6 +95,9 @@ impl Attack {
             Attack::AddressSpray => "address spray",
             Attack::UnauthorizedFlood => "HTTP 401 flood",
             Attack::BehindBalancer => "flood behind an LB",
+            Attack::BotnetSpray => "botnet spray",
+            Attack::BannedReconnectStorm => "banned reconnects",
+            Attack::PingCrowd => "HTTP/2 PING crowd",
         }
     }
 
@@ -118,6 +132,25 @@ impl Attack {
             Attack::BehindBalancer => {
                 opener.spawn(&mut workers, 16, 100_000, |_| peer(5, 0), paced_request);
             }
+            // 800 addresses, 4 connections each: about four times the cap the siege
+            // gives the protected server for this attack.
+            Attack::BotnetSpray => {
+                opener.spawn(&mut workers, 32, 3200, |n| peer(6, n % 800), one_request);
+            }
+            Attack::BannedReconnectStorm => {
+                let attacker = peer(7, 0);
+                get_banned(attacker, target).await;
+                for _ in 0..8 {
+                    let opened = opener.held.opened.clone();
+                    workers.spawn(reconnect_loop(attacker, target, ends, opened));
+                }
+            }
+            // 400 addresses, 4 connections each, opened at the pace the server accepts
+            // them.
+            Attack::PingCrowd => {
+                let pinged = move |stream| ping_kept(stream, ends);
+                opener.spawn(&mut workers, 32, 1600, |n| peer(8, n % 400), pinged);
+            }
             // 250 addresses, 6 connections each: every peer stays under any sane
             // per-peer limit and rate.
             Attack::AddressSpray => {
@@ -143,10 +176,10 @@ struct Held {
     opened: Arc<AtomicUsize>,
 }
 
-/// `127.<block + 10>.0.<host + 1>`: attacker addresses, away from the legitimate
-/// client's.
+/// `127.<block + 10>.<host / 250>.<host % 250 + 1>`: attacker addresses, away from the
+/// legitimate client's.
 fn peer(block: u8, host: usize) -> Ipv4Addr {
-    Ipv4Addr::new(127, block + 10, 0, (host % 250) as u8 + 1)
+    Ipv4Addr::new(127, block + 10, (host / 250) as u8, (host % 250) as u8 + 1)
 }
 
 /// Connects to `target` from `from`.
@@ -255,6 +288,78 @@ async fn one_request(mut stream: TcpStream) -> Option<TcpStream> {
     let mut answer = [0u8; 512];
     let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, stream.read(&mut answer)).await;
     Some(stream)
+}
+
+/// Gets `from` banned: five wrong passwords, each on a connection of its own (the
+/// server closes a connection after its failed login).
+async fn get_banned(from: Ipv4Addr, target: SocketAddr) {
+    const WRONG: &[u8] =
+        b"GET /login HTTP/1.1\r\nHost: siege\r\nAuthorization: Basic YWxpY2U6d3Jvbmc=\r\nConnection: close\r\n\r\n";
+    for _ in 0..5 {
+        let Ok(mut stream) = connect_from(from, target).await else {
+            continue;
+        };
+        if stream.write_all(WRONG).await.is_ok() {
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, stream.read_to_end(&mut answer)).await;
+        }
+    }
+}
+
+/// Connects, reads whatever the server says, and reconnects, as fast as it can, until
+/// `ends`: a banned client that will not take no for an answer.
+async fn reconnect_loop(
+    from: Ipv4Addr,
+    target: SocketAddr,
+    ends: Instant,
+    opened: Arc<AtomicUsize>,
+) {
+    // At most this many attempts per task, whatever the time.
+    let mut budget = 100_000usize;
+    while Instant::now() < ends && budget > 0 {
+        budget -= 1;
+        // Dropped in the kernel, a connection attempt waits out EXCHANGE_TIMEOUT.
+        let Ok(mut stream) = connect_from(from, target).await else {
+            continue;
+        };
+        opened.fetch_add(1, Ordering::SeqCst);
+        let mut answer = [0u8; 256];
+        let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, stream.read(&mut answer)).await;
+    }
+}
+
+/// Makes `stream` an HTTP/2 connection with one request, then leaves a task behind that
+/// sends a PING every half second until `ends`, never another request.
+async fn ping_kept(stream: TcpStream, ends: Instant) -> Option<TcpStream> {
+    let handshake = tokio::time::timeout(EXCHANGE_TIMEOUT, h2::client::handshake(stream)).await;
+    let Ok(Ok((mut sender, mut connection))) = handshake else {
+        return None;
+    };
+    let mut pings = connection.ping_pong()?;
+    let connection = tokio::spawn(async move {
+        connection.await.ok();
+    });
+    let request = http::Request::get("http://siege/").body(()).unwrap();
+    if let Ok((response, _)) = sender.send_request(request, true) {
+        let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, response).await;
+    }
+    tokio::spawn(async move {
+        while Instant::now() < ends && !connection.is_finished() {
+            let next = (Instant::now() + Duration::from_millis(500)).min(ends);
+            tokio::time::sleep_until(next.into()).await;
+            let remaining = ends.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(remaining, pings.ping(h2::Ping::opaque()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        // Keeps the request handle alive until here: dropping it would let h2 close.
+        drop(sender);
+        connection.abort();
+    });
+    None
 }
 
 /// One request, then a pause before the next connection.

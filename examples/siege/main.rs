@@ -123,8 +123,12 @@ fn serve_mode(mut argv: impl Iterator<Item = String>) {
         }
         let tally = layers.map(|layers| layers.tally()).unwrap_or_default();
         println!(
-            "tally refused={} evicted={} banned={}",
-            tally.refused, tally.evicted, tally.banned
+            "tally refused={} evicted={} banned={} shed={} scaled_ms={}",
+            tally.refused,
+            tally.evicted,
+            tally.banned,
+            tally.shed,
+            tally.scaled.as_millis()
         );
     });
 }
@@ -197,6 +201,8 @@ impl Server {
                         let value = value.parse().unwrap_or(0);
                         match name {
                             "refused" => tally.refused = value,
+                            "shed" => tally.shed = value,
+                            "scaled_ms" => tally.scaled = Duration::from_millis(value),
                             "evicted" => tally.evicted = value,
                             "banned" => tally.banned = value,
                             _ => {}
@@ -242,6 +248,9 @@ async fn siege(options: Options) {
     for attack in Attack::ALL {
         runs.push((attack, Side::Unprotected));
         runs.push((attack, Side::Protected));
+        if attack == Attack::BannedReconnectStorm {
+            runs.push((attack, Side::UserSpaceBans));
+        }
         if guard.is_some() && attack.app() == App::Axum {
             runs.push((attack, Side::Haproxy));
         }
@@ -289,6 +298,24 @@ async fn siege(options: Options) {
 /// headers.
 const BALANCER: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 8, 8);
 
+/// The server's flags beyond its defaults for `attack` on `side`.
+fn server_flags(attack: Attack, side: Side) -> Vec<String> {
+    let mut flags = Vec::new();
+    if matches!(attack, Attack::BotnetSpray | Attack::PingCrowd) {
+        // The cap a server under the common 1024-descriptor limit gets (three quarters
+        // of it), so that the crowd is several times the cap.
+        flags.extend(["--max-connections".to_owned(), "768".to_owned()]);
+    }
+    match side {
+        Side::BalancedProxy => {
+            flags.extend(["--proxy-protocol-from".to_owned(), format!("{BALANCER}/32")]);
+        }
+        Side::UserSpaceBans => flags.push("--no-kernel-bans".to_owned()),
+        _ => {}
+    }
+    flags
+}
+
 /// Runs `attack` against a fresh server on `side`, with the legitimate client and the
 /// monitor alongside, and gathers the figures.
 async fn run_one(
@@ -297,12 +324,9 @@ async fn run_one(
     options: &Options,
     haproxy: Option<&haproxy::HaproxyBinary>,
 ) -> Row {
-    let trust_balancer = format!("{BALANCER}/32");
-    let flags: &[&str] = match side {
-        Side::BalancedProxy => &["--proxy-protocol-from", &trust_balancer],
-        _ => &[],
-    };
-    let server = Server::start(attack.app(), side.is_protected(), flags).await;
+    let flags = server_flags(attack, side);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let server = Server::start(attack.app(), side.is_protected(), &flags).await;
     let role = match side {
         Side::Haproxy => Some(haproxy::Role::Guard),
         Side::Balanced => Some(haproxy::Role::Balancer {
@@ -313,7 +337,7 @@ async fn run_one(
             source: BALANCER,
             proxy: Some(haproxy::ProxyProtocol::V2),
         }),
-        Side::Unprotected | Side::Protected => None,
+        Side::Unprotected | Side::Protected | Side::UserSpaceBans => None,
     };
     let proxy = match (role, haproxy) {
         (Some(role), Some(binary)) => Some(binary.start(server.addr, role).await),

@@ -22,6 +22,8 @@ pub enum Side {
     Balanced,
     /// Protected, behind a load balancer that sends PROXY v2 headers it trusts.
     BalancedProxy,
+    /// Protected, with banned peers refused in user space only (no kernel filter).
+    UserSpaceBans,
 }
 
 impl Side {
@@ -32,12 +34,16 @@ impl Side {
             Side::Haproxy => "HAProxy",
             Side::Balanced => "LB, no PROXY",
             Side::BalancedProxy => "LB + PROXY v2",
+            Side::UserSpaceBans => "no kernel bans",
         }
     }
 
     /// Whether the crate's layers protect the server, and so report what they did.
     pub fn is_protected(self) -> bool {
-        matches!(self, Side::Protected | Side::Balanced | Side::BalancedProxy)
+        matches!(
+            self,
+            Side::Protected | Side::Balanced | Side::BalancedProxy | Side::UserSpaceBans
+        )
     }
 
     fn color(self) -> RGBColor {
@@ -47,6 +53,7 @@ impl Side {
             Side::Haproxy => RGBColor(40, 80, 190),
             Side::Balanced => RGBColor(150, 110, 20),
             Side::BalancedProxy => RGBColor(20, 150, 150),
+            Side::UserSpaceBans => RGBColor(120, 60, 160),
         }
     }
 }
@@ -125,6 +132,7 @@ pub fn table(rows: &[Row]) -> String {
         "refused",
         "evicted",
         "banned",
+        "overload",
     ];
     let mut lines = vec![header.map(str::to_owned).to_vec()];
     for row in rows {
@@ -147,6 +155,15 @@ pub fn table(rows: &[Row]) -> String {
             tally(row.tally.refused),
             tally(row.tally.evicted),
             tally(row.tally.banned),
+            if row.side.is_protected() && (row.tally.shed > 0 || !row.tally.scaled.is_zero()) {
+                format!(
+                    "shed {}, {:.0} s scaled",
+                    row.tally.shed,
+                    row.tally.scaled.as_secs_f64()
+                )
+            } else {
+                "-".to_owned()
+            },
         ]);
     }
     let widths: Vec<usize> = (0..header.len())
@@ -180,9 +197,11 @@ pub fn table(rows: &[Row]) -> String {
     }
     out.push_str(
         "\npeak fds, peak memory, server cpu: the server's, over the attack; with HAProxy, \
-         the server's and the proxy's added up. refused / evicted / banned: what the protected server's layers did \
-         (rates, limits, bans at accept / timeouts and failed-login evictions / peers \
-         banned); the others do none of it, or (HAProxy) do not report it here.\n",
+         the server's and the proxy's added up. refused / evicted / banned: what the \
+         protected server's layers did (rates, limits, bans at accept / timeouts and \
+         failed-login evictions / peers banned for their offences); overload: idle \
+         connections its overload manager shed at the cap, and how long it ran with the \
+         timeouts shortened. The others do none of it, or (HAProxy) do not report it here.\n",
     );
     out
 }
@@ -222,6 +241,17 @@ pub fn verdict(rows: &[Row]) -> String {
             format!(" ({})", unprotected.join(", "))
         }
     ));
+    let storm = |side: Side| {
+        rows.iter()
+            .find(|row| row.attack == Attack::BannedReconnectStorm && row.side == side)
+    };
+    if let (Some(kernel), Some(user)) = (storm(Side::Protected), storm(Side::UserSpaceBans)) {
+        let (kernel_cpu, user_cpu) = (kernel.usage.cpu.as_secs_f64(), user.usage.cpu.as_secs_f64());
+        out.push_str(&format!(
+            "\nA banned peer reconnecting as fast as it can cost the server {kernel_cpu:.2} s of CPU with bans in the kernel, {user_cpu:.2} s refused in user space ({:.1}%).",
+            100.0 * kernel_cpu / user_cpu.max(f64::EPSILON),
+        ));
+    }
     let balanced = |side: Side| rows.iter().find(|row| row.side == side);
     if let (Some(without), Some(with)) = (balanced(Side::Balanced), balanced(Side::BalancedProxy)) {
         out.push_str(&format!(
@@ -263,6 +293,8 @@ pub fn json(rows: &[Row], duration: &Duration) -> String {
                 "refused": row.tally.refused,
                 "evicted": row.tally.evicted,
                 "banned": row.tally.banned,
+                "shed": row.tally.shed,
+                "scaled_seconds": row.tally.scaled.as_secs_f64(),
                 "descriptors": row.usage.series.iter().map(|p| [p.at.as_secs_f64(), p.descriptors as f64]).collect::<Vec<_>>(),
                 "legit": row.samples.iter().map(|s| serde_json::json!({
                     "at": s.at.as_secs_f64(),

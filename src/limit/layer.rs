@@ -18,6 +18,14 @@ use crate::{
     throttle::LogThrottle,
 };
 
+/// How far evictions may take a full cap over: one connection still closing for every
+/// this many of the cap (6 %). A burst of newcomers is admitted as fast as `accept`
+/// runs, faster than evicted connections finish closing; with one for every 64, the
+/// siege's crowds had a newcomer in two refused while idle connections were there to
+/// evict.
+#[cfg(feature = "overload")]
+const CAP_SHARE_PER_EVICTION: usize = 16;
+
 /// Caps the connections served at once. See the [module documentation](super).
 ///
 /// Clones share one cap: keep a clone to read [`stats`](Self::stats).
@@ -186,12 +194,13 @@ impl Shared {
 
     /// Asks an idle connection to close to make room, if an overload manager evicts and
     /// few connections are closing that way already; whether one was asked. The cap is
-    /// exceeded by those still closing: at most one for every 64 connections of the cap.
+    /// exceeded by those still closing: at most one for every
+    /// [`CAP_SHARE_PER_EVICTION`] connections of the cap.
     #[cfg(feature = "overload")]
     pub(super) fn evict_idle(&self) -> bool {
         self.evict
             .as_ref()
-            .is_some_and(|registry| registry.evict_one(self.max.div_ceil(64)))
+            .is_some_and(|registry| registry.evict_one(self.max.div_ceil(CAP_SHARE_PER_EVICTION)))
     }
 
     pub(super) fn release(&self) {

@@ -34,7 +34,7 @@
 //!   [`GracefulClose`] is raised: HTTP/1.1 between requests closes
 //!   at once, HTTP/2 sends GOAWAY; a raw protocol closes when it sees the request, or at
 //!   its idle timeout, shrunk by then). So the cap is exceeded, briefly, by the
-//!   connections being evicted: at most one for every 64 of the cap, beyond which new
+//!   connections being evicted: at most one for every 16 of the cap, beyond which new
 //!   connections are refused as before. Waiting instead for the victim to close would
 //!   not save the newcomer's descriptor, which is open already. In
 //!   [backpressure](crate::limit::ConnectionLimitBuilder::backpressure) mode nothing is

@@ -1,0 +1,258 @@
+//! Attacks wider or more stubborn than the caps, end to end on loopback against
+//! axum_server: a botnet spray of idle keep-alive connections from many more addresses
+//! than the cap holds, a slowloris peer that keeps coming back, and a banned peer that
+//! reconnects from several tasks as fast as it can; a legitimate client is served through
+//! each.
+
+mod support;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpSocket, TcpStream},
+    task::JoinSet,
+};
+
+use support::{example::*, *};
+
+const LEGIT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+
+/// The n-th botnet address: `127.20.<n / 250>.<n % 250 + 1>`.
+fn bot(n: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 20, (n / 250) as u8, (n % 250) as u8 + 1)
+}
+
+async fn connect_as(from: Ipv4Addr, server: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(IpAddr::V4(from), 0))?;
+    socket.connect(server).await
+}
+
+/// A legitimate request on a connection of its own: whether it got `hello`.
+async fn served(server: SocketAddr) -> bool {
+    let exchange = async {
+        let mut stream = connect_as(LEGIT, server).await.ok()?;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.ok()?;
+        Some(answer.starts_with("HTTP/1.1 200") && answer.ends_with("hello\n"))
+    };
+    within(PATIENCE, exchange).await.unwrap_or(false)
+}
+
+/// One request on a new connection from `from`, its answer read; the connection is kept
+/// open, idle, as a keep-alive client leaves it.
+async fn idle_after_one_request(from: Ipv4Addr, server: SocketAddr) -> Option<TcpStream> {
+    let mut stream = connect_as(from, server).await.ok()?;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .ok()?;
+    let mut answer = [0u8; 512];
+    let read = within(PATIENCE, stream.read(&mut answer)).await.ok()?;
+    answer[..read]
+        .starts_with(b"HTTP/1.1 200")
+        .then_some(stream)
+}
+
+/// Whether the server has closed `stream`, looking for at most `wait`.
+async fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(wait, stream.read(&mut byte)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_botnet_spray_wider_than_the_cap_leaves_room_for_the_legitimate_client() {
+    const CAP: usize = 64;
+    // 200 addresses, two connections each: six times the cap, every address within the
+    // per-peer limits.
+    const BOTS: usize = 200;
+    let server = Example::start("axum_server", &["--max-connections", &CAP.to_string()]).await;
+    let addr = server.addr;
+    let baseline = server.open_descriptors();
+
+    let mut spray = JoinSet::new();
+    for worker in 0..16 {
+        spray.spawn(async move {
+            let mut held = Vec::new();
+            for n in (worker..2 * BOTS).step_by(16) {
+                held.extend(idle_after_one_request(bot(n / 2), addr).await);
+            }
+            held
+        });
+    }
+    // The legitimate client works alongside, a request every 100 ms (within its rate of
+    // 20 a second).
+    let (mut served_during, mut failed_during) = (0, 0);
+    let held = within(PATIENCE, async {
+        let mut held = Vec::new();
+        while !spray.is_empty() {
+            if served(addr).await {
+                served_during += 1;
+            } else {
+                failed_during += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            while let Some(streams) = spray.try_join_next() {
+                held.extend(streams.unwrap());
+            }
+        }
+        held
+    })
+    .await;
+    // Idle bot connections made room for more of the spray than the cap holds. (The
+    // rest was refused: a burst of newcomers outruns the evictions allowed at once.)
+    let held_count = held.len();
+    assert!(
+        held_count > CAP + CAP / 4,
+        "{held_count} bot connections served"
+    );
+
+    // The cap is full of idle bot connections; the legitimate client still gets in,
+    // every time.
+    for _ in 0..20 {
+        assert!(served(addr).await, "a legitimate request failed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The server holds about the cap, not the spray.
+    let open = server.open_descriptors();
+    assert!(
+        open <= baseline + CAP + CAP / 16 + 4,
+        "{open} descriptors open, {baseline} at the start"
+    );
+    let mut closed = 0;
+    for mut stream in held {
+        closed += usize::from(closed_within(&mut stream, Duration::from_millis(50)).await);
+    }
+    server.stop().await;
+    // Closed by the server to make room: all but the cap's worth.
+    assert!(
+        closed >= held_count - CAP,
+        "{closed} of {held_count} closed"
+    );
+    assert!(
+        served_during >= 9 * failed_during,
+        "during the spray: {served_during} served, {failed_during} failed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_peer_that_keeps_coming_back_is_banned_while_another_peer_is_served() {
+    let server = Example::start(
+        "axum_server",
+        &["--max-timeouts", "3", "--request-timeout", "0.3"],
+    )
+    .await;
+    let attacker = Ipv4Addr::new(127, 0, 0, 2);
+    // Three request heads, a byte every 100 ms, each cut at the request timeout.
+    for _ in 0..3 {
+        let mut slow = connect_as(attacker, server.addr).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+            .await
+            .unwrap();
+        let trickle = async {
+            for _ in 0..100 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if slow.write_all(b"a").await.is_err() {
+                    return;
+                }
+            }
+        };
+        within(PATIENCE, trickle).await;
+        assert!(closed_within(&mut slow, PATIENCE).await);
+        assert!(served(server.addr).await);
+    }
+    // The fourth is refused at accept: the ban's 429 comes before any byte is sent.
+    let mut refused = connect_as(attacker, server.addr).await.unwrap();
+    let mut answer = String::new();
+    let _ = within(PATIENCE, refused.read_to_string(&mut answer)).await;
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer:?}");
+    assert!(served(server.addr).await);
+    server.stop().await;
+}
+
+/// Gets `from` banned (one wrong password is enough with `--max-failures 1`), then
+/// reconnects from eight tasks for `storm`, each attempt waiting at most 300 ms to
+/// connect; returns how many attempts connected.
+async fn banned_reconnect_storm(from: Ipv4Addr, server: SocketAddr, storm: Duration) -> usize {
+    let mut wrong = connect_as(from, server).await.unwrap();
+    wrong
+        .write_all(
+            b"GET /login HTTP/1.1\r\nHost: t\r\nAuthorization: Basic YWxpY2U6d3Jvbmc=\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    let _ = within(PATIENCE, wrong.read_to_string(&mut answer)).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer:?}");
+
+    let ends = tokio::time::Instant::now() + storm;
+    let mut tasks = JoinSet::new();
+    for _ in 0..8 {
+        tasks.spawn(async move {
+            let mut connected = 0;
+            // At most this many attempts per task, whatever the time.
+            for _ in 0..5000 {
+                if tokio::time::Instant::now() >= ends {
+                    break;
+                }
+                let connecting = connect_as(from, server);
+                let Ok(Ok(mut stream)) =
+                    tokio::time::timeout(Duration::from_millis(300), connecting).await
+                else {
+                    continue;
+                };
+                connected += 1;
+                let mut refusal = Vec::new();
+                let _ = within(PATIENCE, stream.read_to_end(&mut refusal)).await;
+            }
+            connected
+        });
+    }
+    within(PATIENCE + storm, tasks.join_all())
+        .await
+        .into_iter()
+        .sum()
+}
+
+#[cfg(all(feature = "kernel-bans", target_os = "linux"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_banned_reconnect_storm_is_dropped_in_the_kernel_while_another_peer_is_served() {
+    let storm = Duration::from_millis(1500);
+    let mut accepted = Vec::new();
+    for flags in [&[][..], &["--no-kernel-bans"][..]] {
+        let args = [&["--max-failures", "1"][..], flags].concat();
+        let server = Example::start("axum_server", &args).await;
+        let addr = server.addr;
+        let legit = tokio::spawn(async move {
+            let mut failed = 0;
+            for _ in 0..20 {
+                failed += usize::from(!served(addr).await);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            failed
+        });
+        let connected = banned_reconnect_storm(Ipv4Addr::new(127, 0, 0, 2), addr, storm).await;
+        assert_eq!(within(PATIENCE, legit).await.unwrap(), 0, "{flags:?}");
+        server.stop().await;
+        accepted.push(connected);
+    }
+    // Every attempt that connects costs the server an accept and a refusal. With bans
+    // in the kernel the storm gets through a few times only (its first refusals, and
+    // those before the filter is rebuilt); in user space, every time.
+    let (kernel, user_space) = (accepted[0], accepted[1]);
+    assert!(
+        kernel < 100 && user_space > 10 * kernel,
+        "attempts accepted: {kernel} with kernel bans, {user_space} without"
+    );
+}
