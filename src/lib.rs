@@ -20,6 +20,8 @@
 //! - [`tls`](mod@tls) (feature `tls`): [`TlsLayer`](tls::TlsLayer) terminates TLS with a
 //!   deadline on the whole handshake, ALPN, and certificates that reload without a
 //!   restart.
+//! - [`fleet`] (feature `fleet`; Redis with feature `redis`): bans, offences and
+//!   escalation shared by a service's replicas, off every connection's path.
 //!
 //! # Example
 //!
@@ -78,6 +80,8 @@ mod deadline;
 mod janitor;
 pub mod peer;
 
+#[cfg(feature = "fleet")]
+pub mod fleet;
 #[cfg(feature = "limit")]
 pub mod limit;
 #[cfg(feature = "login")]

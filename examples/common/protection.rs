@@ -112,7 +112,11 @@ pub const USAGE: &str =
                         serve TLS with this PEM certificate chain and key, ALPN h2 and
                         http/1.1 (needs the `tls` feature; SIGHUP reloads them)
   --tls-handshake-timeout S
-                        the whole TLS handshake must finish within S (default 10)";
+                        the whole TLS handshake must finish within S (default 10)
+  --redis URL           share bans, failed logins and other offences with every replica
+                        on this Redis (redis:// or rediss://; needs the `redis` feature)
+  --redis-prefix P      the Redis key prefix this service's replicas share
+                        (default tower-bouncer)";
 
 /// The `--help` line of the flag only login_server takes.
 pub const LOGIN_TIMEOUT_USAGE: &str = "  --login-timeout S     close a connection not logged in S seconds after connecting (default 30)";
@@ -150,6 +154,9 @@ pub struct Protection {
     pub tls_cert: Option<std::path::PathBuf>,
     pub tls_key: Option<std::path::PathBuf>,
     pub tls_handshake_timeout: Duration,
+    /// The fleet's Redis; none: this replica bans alone.
+    pub redis: Option<String>,
+    pub redis_prefix: Option<String>,
 }
 
 impl Protection {
@@ -181,6 +188,8 @@ impl Protection {
             tls_cert: None,
             tls_key: None,
             tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+            redis: None,
+            redis_prefix: None,
         }
     }
 }
@@ -221,6 +230,9 @@ pub struct Layers {
     #[cfg(feature = "tls")]
     pub tls: Option<TlsSetup>,
     pub login: Login,
+    /// The fleet the login's bans and offences are shared with, with `--redis`.
+    #[cfg(feature = "fleet")]
+    pub fleet: Option<tower_bouncer::fleet::Fleet>,
     /// Whether the listener gets the kernel ban filter.
     pub kernel_bans: bool,
     pub rate: RateLimitLayer,
@@ -283,6 +295,14 @@ impl Protection {
             "--tls-cert" | "--tls-key" | "--tls-handshake-timeout" => super::fail(format_args!(
                 "`{flag}` needs TLS: build the examples with `--features tls`"
             )),
+            #[cfg(feature = "redis")]
+            "--redis" => self.redis = Some(value(flag, argv.next())),
+            #[cfg(feature = "redis")]
+            "--redis-prefix" => self.redis_prefix = Some(value(flag, argv.next())),
+            #[cfg(not(feature = "redis"))]
+            "--redis" | "--redis-prefix" => super::fail(format_args!(
+                "`{flag}` needs Redis: build the examples with `--features redis`"
+            )),
             _ => return false,
         }
         true
@@ -341,6 +361,8 @@ impl Protection {
             login = login.login_timeout(timeout);
         }
         let login = login.build()?;
+        #[cfg(feature = "fleet")]
+        let fleet = self.join_fleet(&login)?;
         let proxy = if self.proxy_protocol_from.is_empty() {
             None
         } else {
@@ -383,6 +405,8 @@ impl Protection {
             #[cfg(feature = "tls")]
             tls,
             login,
+            #[cfg(feature = "fleet")]
+            fleet,
             kernel_bans: self.kernel_bans,
             rate,
             per_peer,
@@ -390,6 +414,35 @@ impl Protection {
             timeouts,
             overload,
         })
+    }
+}
+
+impl Protection {
+    /// Joins the fleet on `--redis`, from inside the runtime; a bad URL or prefix ends
+    /// the process here, at startup.
+    #[cfg(feature = "fleet")]
+    fn join_fleet(
+        &self,
+        login: &Login,
+    ) -> Result<Option<tower_bouncer::fleet::Fleet>, ConfigError> {
+        #[cfg(feature = "redis")]
+        if let Some(url) = &self.redis {
+            use tower_bouncer::fleet::{Fleet, RedisBackend};
+            let mut backend = RedisBackend::new(url)
+                .unwrap_or_else(|error| super::fail(format_args!("--redis {url}: {error}")));
+            if let Some(prefix) = &self.redis_prefix {
+                backend = backend
+                    .prefix(prefix)
+                    .unwrap_or_else(|error| super::fail(format_args!("--redis-prefix: {error}")));
+            }
+            tracing::info!(%url, prefix = ?self.redis_prefix, "sharing bans with the fleet");
+            return Fleet::builder(backend).join(login).map(Some);
+        }
+        if self.redis_prefix.is_some() {
+            super::fail("`--redis-prefix` needs `--redis`");
+        }
+        let _ = login;
+        Ok(None)
     }
 }
 

@@ -35,6 +35,9 @@ const MAX_IMPORT_LINE: usize = 200;
 /// points keep a record small and exact; with limits up to 30 000, `n - 1` offences of
 /// one kind never ban.
 const BAN_POINTS: u32 = 1_000_000_000;
+// A fleet's store counts offences in the same points.
+#[cfg(feature = "fleet")]
+const _: () = assert!(BAN_POINTS == crate::fleet::BAN_WEIGHT);
 
 /// How offences turn into bans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +67,7 @@ impl BanPolicy {
     }
 
     /// What one `offence` weighs; 0 if its kind is not counted.
-    fn points(&self, offence: Offence) -> u32 {
+    pub(crate) fn points(&self, offence: Offence) -> u32 {
         match self.max_offences[offence.index()] {
             0 => 0,
             limit => BAN_POINTS.div_ceil(limit),
@@ -235,6 +238,9 @@ pub(crate) struct BanTable {
     /// The kernel filter, once asked for.
     #[cfg(all(feature = "kernel-bans", target_os = "linux"))]
     kernel: std::sync::OnceLock<Arc<KernelState>>,
+    /// The fleet this table's changes are shared with, once it joins one.
+    #[cfg(feature = "fleet")]
+    fleet: std::sync::OnceLock<Arc<crate::fleet::Shared>>,
 }
 
 impl BanTable {
@@ -247,7 +253,26 @@ impl BanTable {
             origin: Instant::now(),
             #[cfg(all(feature = "kernel-bans", target_os = "linux"))]
             kernel: std::sync::OnceLock::new(),
+            #[cfg(feature = "fleet")]
+            fleet: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The fleet this table's changes go to, if it is in one.
+    #[cfg(feature = "fleet")]
+    pub(crate) fn fleet(&self) -> Option<&crate::fleet::Shared> {
+        self.fleet.get().map(|fleet| &**fleet)
+    }
+
+    /// Puts the table in `fleet`; `false` if it is in one already.
+    #[cfg(feature = "fleet")]
+    pub(crate) fn join_fleet(&self, fleet: Arc<crate::fleet::Shared>) -> bool {
+        self.fleet.set(fleet).is_ok()
+    }
+
+    #[cfg(feature = "fleet")]
+    pub(crate) fn policy(&self) -> &BanPolicy {
+        &self.policy
     }
 
     /// The ban check refused `key`'s connection: the kernel filter, if there is one,
@@ -260,7 +285,7 @@ impl BanTable {
     }
 
     /// A ban was lifted: the kernel filter, if there is one, lets its peer in again.
-    fn lifted(&self) {
+    pub(crate) fn lifted(&self) {
         #[cfg(all(feature = "kernel-bans", target_os = "linux"))]
         if let Some(kernel) = self.kernel.get() {
             kernel.lifted();
@@ -351,6 +376,9 @@ impl BanTable {
             record.banned_until = until;
             record.offences = record.offences.max(offences);
             record.last_offence = now;
+            // As a ban by offences does: those that led to it are spent.
+            record.current = 0;
+            record.previous = 0;
             return Ok(());
         }
         let record = Record {
@@ -390,6 +418,37 @@ impl BanTable {
             return self.networks.unban(&network);
         }
         self.unban(&self.keying.key(network.addr()))
+    }
+
+    /// How many times `target` (a key, or a network banned whole) has been banned, as
+    /// far as the table remembers.
+    #[cfg(feature = "fleet")]
+    pub(crate) fn offences_of(&self, target: IpNet) -> u32 {
+        if self.keying.is_wider_than_a_key(&target) {
+            return self
+                .networks
+                .list()
+                .iter()
+                .find(|ban| ban.network == target)
+                .map_or(0, |ban| ban.offences);
+        }
+        let key = self.keying.key(target.addr());
+        self.table
+            .lock(&Located::new(&key))
+            .get_mut()
+            .map_or(0, |record| record.offences)
+    }
+
+    /// What banning `network` bans: the network whole if it is wider than a key, or
+    /// else the key that holds it.
+    #[cfg(feature = "fleet")]
+    pub(crate) fn ban_target(&self, network: IpNet) -> IpNet {
+        let network = canonical_network(network);
+        if self.keying.is_wider_than_a_key(&network) {
+            network
+        } else {
+            self.keying.key(network.addr()).network()
+        }
     }
 
     /// Lifts `key`'s ban and forgets its record; `false` if there was none.
@@ -501,7 +560,30 @@ impl Bans {
         let key = self.table.keying().key(ip);
         self.table
             .ban(&key, length, 1)
-            .map_err(|Full| BanError::TableFull)
+            .map_err(|Full| BanError::TableFull)?;
+        self.shared_ban(key.network(), length);
+        Ok(())
+    }
+
+    /// Tells the fleet, if there is one, of a ban made here.
+    fn shared_ban(&self, network: IpNet, length: Duration) {
+        #[cfg(feature = "fleet")]
+        if let Some(fleet) = self.table.fleet() {
+            let target = self.table.ban_target(network);
+            fleet.ban(target, length, self.table.offences_of(target).max(1));
+        }
+        #[cfg(not(feature = "fleet"))]
+        let _ = (network, length);
+    }
+
+    /// Tells the fleet, if there is one, of an unban made here.
+    fn shared_unban(&self, network: IpNet) {
+        #[cfg(feature = "fleet")]
+        if let Some(fleet) = self.table.fleet() {
+            fleet.unban(self.table.ban_target(network));
+        }
+        #[cfg(not(feature = "fleet"))]
+        let _ = network;
     }
 
     /// Bans `network` for `length`: as a whole if it is wider than a peer key, so every
@@ -528,14 +610,18 @@ impl Bans {
     /// [`BanError::TooManyNetworks`] if 256 networks are banned already,
     /// [`BanError::TableFull`] if a key's part of the table holds only banned peers.
     pub fn ban_network(&self, network: IpNet, length: Duration) -> Result<(), BanError> {
-        self.table.ban_network(network, length, 1)
+        self.table.ban_network(network, length, 1)?;
+        self.shared_ban(network, length);
+        Ok(())
     }
 
     /// Lifts the ban on `ip`'s peer key and forgets its offences; `false` if nothing was
     /// recorded for it. A network banned whole stays banned.
     pub fn unban(&self, ip: IpAddr) -> bool {
-        let lifted = self.table.unban(&self.table.keying().key(ip));
+        let key = self.table.keying().key(ip);
+        let lifted = self.table.unban(&key);
         self.table.lifted();
+        self.shared_unban(key.network());
         lifted
     }
 
@@ -544,6 +630,7 @@ impl Bans {
     pub fn unban_network(&self, network: IpNet) -> bool {
         let lifted = self.table.unban_network(network);
         self.table.lifted();
+        self.shared_unban(network);
         lifted
     }
 
@@ -610,12 +697,14 @@ impl Bans {
             let Some(ban) = ban else {
                 continue;
             };
+            let remaining = ban.remaining.min(longest);
             self.table
-                .ban_network(ban.network, ban.remaining.min(longest), ban.offences)
+                .ban_network(ban.network, remaining, ban.offences)
                 .map_err(|error| BanError::NotApplied {
                     line: number,
                     error: Box::new(error),
                 })?;
+            self.shared_ban(ban.network, remaining);
             imported += 1;
         }
         Ok(imported)

@@ -566,6 +566,73 @@ pub(crate) struct Shared {
     stats: Counters,
 }
 
+/// A [`Login`] that does not keep it alive: what a fleet's sync task holds.
+#[cfg(feature = "fleet")]
+#[derive(Debug, Clone)]
+pub(crate) struct WeakLogin(std::sync::Weak<Shared>);
+
+#[cfg(feature = "fleet")]
+impl WeakLogin {
+    pub(crate) fn upgrade(&self) -> Option<Login> {
+        self.0.upgrade().map(|shared| Login { shared })
+    }
+}
+
+/// What a fleet's sync task does with a login.
+#[cfg(feature = "fleet")]
+impl Login {
+    pub(crate) fn downgrade(&self) -> WeakLogin {
+        WeakLogin(Arc::downgrade(&self.shared))
+    }
+
+    /// Shares this login's bans and offences with `fleet`; `false` if they are shared
+    /// with one already.
+    pub(crate) fn attach_fleet(&self, fleet: Arc<crate::fleet::Shared>) -> bool {
+        let joined = self.shared.bans.join_fleet(fleet);
+        if joined {
+            self.shared.start_janitor();
+        }
+        joined
+    }
+
+    pub(crate) fn fleet_policy(&self) -> crate::fleet::FleetPolicy {
+        let policy = self.shared.bans.policy();
+        crate::fleet::FleetPolicy {
+            window: policy.window,
+            first_ban: policy.first_ban,
+            factor: policy.factor,
+            max_ban: policy.max_ban,
+            forget_after: policy.forget_after,
+        }
+    }
+
+    /// Applies a ban made elsewhere in the fleet, without sending it back.
+    pub(crate) fn apply_fleet_ban(&self, key: ipnet::IpNet, remaining: Duration, offences: u32) {
+        let shared = &self.shared;
+        let remaining = remaining.min(shared.bans.policy().max_ban);
+        if let Err(error) = shared.bans.ban_network(key, remaining, offences) {
+            if let Some(suppressed) = shared.ban_log.allow() {
+                tracing::warn!(%key, %error, suppressed, "a ban from the fleet could not be applied");
+            }
+            return;
+        }
+        if let Some(live) = &shared.live
+            && !shared.keying.is_wider_than_a_key(&key)
+        {
+            let key = shared.keying.key(key.addr());
+            session_layer::evict_live(live, &crate::peer::table::Located::new(&key));
+        }
+    }
+
+    /// Lifts a ban as the fleet says, without sending it back; `false` if there was
+    /// none here.
+    pub(crate) fn apply_fleet_unban(&self, key: ipnet::IpNet) -> bool {
+        let lifted = self.shared.bans.unban_network(key);
+        self.shared.bans.lifted();
+        lifted
+    }
+}
+
 /// The limits of [`LoginBuilder`]'s defaults, by kind.
 fn default_max_offences() -> [u32; Offence::COUNT] {
     let mut limits = [0; Offence::COUNT];
@@ -632,6 +699,16 @@ impl Shared {
             Recorded::Counted | Recorded::AlreadyBanned | Recorded::Untracked => {}
         }
         self.stats.offences[offence.index()].add();
+        #[cfg(feature = "fleet")]
+        if let Some(fleet) = self.bans.fleet()
+            && recorded != Recorded::AlreadyBanned
+        {
+            let key = peer.key.network();
+            fleet.offence(key, self.bans.policy().points(offence));
+            if let Recorded::Banned(length) = recorded {
+                fleet.ban(key, length, self.bans.offences_of(key));
+            }
+        }
     }
 
     /// `offence` just banned `peer` for `length`.

@@ -1,0 +1,143 @@
+//! A real `redis-server` on a free loopback port, for a fleet of replicas: no
+//! persistence, stopped when dropped, and able to be killed, frozen and started again
+//! on the same port.
+
+// The siege and the end-to-end tests each compile this module and use part of it.
+#![allow(dead_code)]
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+pub struct RedisBinary(PathBuf);
+
+impl RedisBinary {
+    pub fn find() -> Option<Self> {
+        let output = Command::new("sh")
+            .args(["-c", "command -v redis-server"])
+            .output()
+            .ok()?;
+        let path = String::from_utf8(output.stdout).ok()?;
+        let path = path.trim();
+        (!path.is_empty()).then(|| Self(PathBuf::from(path)))
+    }
+
+    /// Finds `redis-server`, or installs it from the Debian package when this process
+    /// runs as root with apt-get, as the project's scripts do.
+    pub fn find_or_install() -> Option<Self> {
+        if let Some(found) = Self::find() {
+            return Some(found);
+        }
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|output| output.stdout.starts_with(b"0\n"));
+        if !root {
+            return None;
+        }
+        eprintln!("  installing redis-server (apt-get install redis-server)");
+        let installed = Command::new("sh")
+            .args([
+                "-c",
+                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if installed { Self::find() } else { None }
+    }
+
+    /// Starts Redis on a free loopback port.
+    pub fn start(&self) -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let mut redis = Redis {
+            binary: self.0.clone(),
+            port,
+            child: None,
+        };
+        redis.restart();
+        redis
+    }
+}
+
+/// A running Redis; killed when dropped.
+pub struct Redis {
+    binary: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Kills Redis at once, as a crash would: everything it held is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+
+    /// Starts Redis (again) on the same port, empty, and waits until it answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = Command::new(&self.binary)
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--protected-mode", "no", "--daemonize", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let began = Instant::now();
+        while self.command(&["PING"]).as_deref() != Some("+PONG") {
+            assert!(
+                began.elapsed() < Duration::from_secs(10),
+                "redis-server did not answer on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) the process: a Redis that accepts
+    /// connections and never answers.
+    pub fn freeze(&self, frozen: bool) {
+        let pid = self.child.as_ref().expect("running").id();
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill runs");
+    }
+
+    /// One command in Redis's inline protocol; the first line of the reply, or `None`
+    /// if Redis did not answer within a second.
+    pub fn command(&self, words: &[&str]) -> Option<String> {
+        use std::io::{BufRead, BufReader, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        stream
+            .write_all(format!("{}\r\n", words.join(" ")).as_bytes())
+            .ok()?;
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).ok()?;
+        (!line.is_empty()).then(|| line.trim_end().to_owned())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        // SIGKILL ends a frozen process too.
+        self.kill();
+    }
+}

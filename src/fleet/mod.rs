@@ -1,0 +1,326 @@
+//! Bans, offences and escalation shared by the replicas of a service (feature `fleet`;
+//! Redis with feature `redis`).
+//!
+//! Each replica keeps its own ban table, and admission reads only that table, as
+//! without a fleet: the store is a channel behind it, never on a connection's path. A
+//! task per replica ([`Fleet::builder`]) sends the replica's changes to the store and
+//! applies the fleet's:
+//!
+//! - **Offences count across the fleet.** Every offence a replica records (a failed
+//!   login, a timeout, ...) is also added to the peer's count in the store, which bans
+//!   the peer when the fleet's count reaches a ban: `max_failures` failed logins spread
+//!   over the replicas ban, not `max_failures` on each. The ban's length escalates by
+//!   the fleet's count of the peer's bans.
+//! - **Bans and unbans reach every replica**: a ban made anywhere (by offences, by the
+//!   operator, by an import) is stored with its expiry and offence count and published;
+//!   every replica applies it as the message arrives. Unbans too; between a ban and an
+//!   unban of the same key, the later one wins, whatever order they reach the store in.
+//! - **Bans outlive the replicas**: a replica loads every ban in force when it connects,
+//!   so restarting every replica forgets nothing. If the store itself lost its data
+//!   (restarted empty), each replica gives it back the bans it holds.
+//!
+//! # How far behind a replica can be
+//!
+//! Everything is eventually consistent. While the store is reachable, a decision made
+//! elsewhere is applied here one message later (a round trip to the store and back:
+//! milliseconds; BENCHMARKS.md has the figures), and the fleet's count of a peer's
+//! offences is behind by the offences still queued here. Messages lost on a broken link
+//! are repaired when the link is back (the replica sends what it changed meanwhile,
+//! then loads everything in force) and by a full reload every
+//! [`resync_every`](FleetBuilder::resync_every) (30 s by default).
+//!
+//! While the store is unreachable, every replica goes on alone: it admits, refuses and
+//! bans with what it knows, never waits, and keeps the bans and unbans it makes for the
+//! store. Offences made meanwhile count only where they happen (up to 4096 are kept
+//! and sent once the store is back; the rest are dropped and counted). A slow store
+//! delays only the sync task.
+//!
+//! Replicas of one fleet should share one ban policy (window, limits, ban lengths):
+//! each sends the weights and lengths it is configured with.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # #[cfg(feature = "redis")]
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use tower_bouncer::{fleet::{Fleet, RedisBackend}, login::Login};
+//!
+//! let login = Login::builder().build()?;
+//! let backend = RedisBackend::new("redis://127.0.0.1:6379/")?.prefix("api")?;
+//! // Inside the tokio runtime: the sync task is spawned on it.
+//! let fleet = Fleet::builder(backend).join(&login)?;
+//! // ... serve with `login.ban_layer()` and `login.session_layer()` as without a fleet.
+//! println!("connected to the fleet: {}", fleet.stats().connected);
+//! # Ok(())
+//! # }
+//! ```
+
+mod backend;
+#[cfg(feature = "redis")]
+mod redis;
+mod sync;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use tokio::{
+    sync::{Notify, mpsc},
+    time::Instant,
+};
+
+pub use backend::{
+    BAN_WEIGHT, Backend, BackendError, BoxFuture, Change, Decision, FleetPolicy, Link, Snapshot,
+};
+#[cfg(feature = "redis")]
+pub use redis::RedisBackend;
+
+use crate::{ConfigError, counter::Counter, login::Login};
+
+/// The most offences waiting for the store; more are dropped (and counted).
+const OFFENCE_QUEUE: usize = 4096;
+/// The most bans and unbans waiting for the store, one per key; more are dropped (and
+/// counted). A ban table holds 65 536 peers by default.
+const MAX_PENDING: usize = 65_536 + 256;
+const DEFAULT_RESYNC_EVERY: Duration = Duration::from_secs(30);
+
+/// A replica's membership of a fleet: its sync task runs as long as the [`Login`] it
+/// joined lives. Cheap to clone; keep one to read [`stats`](Self::stats).
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    shared: Arc<Shared>,
+}
+
+/// Builds a [`Fleet`] membership over a [`Backend`].
+#[must_use]
+pub struct FleetBuilder {
+    backend: Arc<dyn Backend>,
+    resync_every: Duration,
+}
+
+/// What the sync task has done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FleetStats {
+    /// Whether the store is reachable now.
+    pub connected: bool,
+    /// Times the link to the store was made.
+    pub connects: u64,
+    /// Times connecting failed, or a made link was lost.
+    pub failures: u64,
+    /// Changes sent to the store: offences, bans, unbans.
+    pub sent: u64,
+    /// Decisions from elsewhere applied as they came.
+    pub applied: u64,
+    /// Full reloads of what is in force.
+    pub resyncs: u64,
+    /// Bans and unbans made here that the store has not had yet.
+    pub pending: usize,
+    /// Offences and changes dropped because too many were waiting for the store.
+    pub dropped: u64,
+}
+
+impl Fleet {
+    /// Joins the fleet whose store is `backend`.
+    pub fn builder(backend: impl Backend) -> FleetBuilder {
+        FleetBuilder {
+            backend: Arc::new(backend),
+            resync_every: DEFAULT_RESYNC_EVERY,
+        }
+    }
+
+    /// Counters, read without locking.
+    pub fn stats(&self) -> FleetStats {
+        let counters = &self.shared.counters;
+        FleetStats {
+            connected: self.shared.connected.load(Ordering::Relaxed),
+            connects: counters.connects.get(),
+            failures: counters.failures.get(),
+            sent: counters.sent.get(),
+            applied: counters.applied.get(),
+            resyncs: counters.resyncs.get(),
+            pending: self.shared.outbox.pending_len(),
+            dropped: counters.dropped.get(),
+        }
+    }
+}
+
+impl FleetBuilder {
+    /// How often everything in force is reloaded from the store, to repair what a
+    /// lost message missed; 30 s by default.
+    pub fn resync_every(mut self, every: Duration) -> Self {
+        self.resync_every = every;
+        self
+    }
+
+    /// Shares `login`'s bans and offences with the fleet, from a task spawned on the
+    /// current tokio runtime; it connects (and reconnects) on its own.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Zero`] for a zero resync period, [`ConfigError::Inconsistent`]
+    /// outside a tokio runtime or if `login` is in a fleet already.
+    pub fn join(self, login: &Login) -> Result<Fleet, ConfigError> {
+        if self.resync_every.is_zero() {
+            return Err(ConfigError::Zero {
+                setting: "resync_every",
+            });
+        }
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| ConfigError::Inconsistent {
+                reason: "a fleet's sync task needs a tokio runtime: join from inside one",
+            })?;
+        let (offences, queued) = mpsc::channel(OFFENCE_QUEUE);
+        let shared = Arc::new(Shared {
+            connected: AtomicBool::new(false),
+            counters: Counters::default(),
+            outbox: Outbox {
+                offences,
+                pending: Mutex::default(),
+                wake: Notify::new(),
+            },
+        });
+        if !login.attach_fleet(shared.clone()) {
+            return Err(ConfigError::Inconsistent {
+                reason: "this login is in a fleet already",
+            });
+        }
+        let task = sync::SyncTask::new(
+            login,
+            self.backend,
+            shared.clone(),
+            queued,
+            self.resync_every,
+        );
+        runtime.spawn(task.run());
+        Ok(Fleet { shared })
+    }
+}
+
+impl std::fmt::Debug for FleetBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetBuilder")
+            .field("resync_every", &self.resync_every)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the login's ban table and the sync task share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    connected: AtomicBool,
+    counters: Counters,
+    outbox: Outbox,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    connects: Counter,
+    failures: Counter,
+    sent: Counter,
+    applied: Counter,
+    resyncs: Counter,
+    dropped: Counter,
+}
+
+impl Shared {
+    /// An offence by `key` of `weight`, for the fleet's count.
+    pub(crate) fn offence(&self, key: IpNet, weight: u32) {
+        if self.outbox.offences.try_send((key, weight)).is_err() {
+            self.counters.dropped.add();
+        }
+    }
+
+    /// A ban made here: `key` for `length` from now, its `offences`-th.
+    pub(crate) fn ban(&self, key: IpNet, length: Duration, offences: u32) {
+        let now = Instant::now();
+        self.pend(
+            key,
+            Pending::Ban {
+                until: now + length,
+                offences,
+                at: now,
+            },
+        );
+    }
+
+    /// An unban made here.
+    pub(crate) fn unban(&self, key: IpNet) {
+        self.pend(key, Pending::Unban { at: Instant::now() });
+    }
+
+    fn pend(&self, key: IpNet, change: Pending) {
+        let mut pending = self.outbox.lock();
+        if pending.len() >= MAX_PENDING && !pending.contains_key(&key) {
+            self.counters.dropped.add();
+            return;
+        }
+        pending.insert(key, change);
+        drop(pending);
+        self.outbox.wake.notify_one();
+    }
+}
+
+/// What waits for the store: offences in order, bans and unbans by key (the latest
+/// change of each key is the one that matters).
+#[derive(Debug)]
+struct Outbox {
+    offences: mpsc::Sender<(IpNet, u32)>,
+    pending: Mutex<HashMap<IpNet, Pending>>,
+    /// Raised when a ban or unban is added.
+    wake: Notify,
+}
+
+impl Outbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpNet, Pending>> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn pending_len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// A ban or unban made here, not yet in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Ban {
+        until: Instant,
+        offences: u32,
+        at: Instant,
+    },
+    Unban {
+        at: Instant,
+    },
+}
+
+impl Pending {
+    /// The change to send for `key` now; `None` for a ban that has run out meanwhile.
+    fn change(self, key: IpNet, now: Instant) -> Option<Change> {
+        match self {
+            Pending::Ban {
+                until,
+                offences,
+                at,
+            } => {
+                let remaining = until.saturating_duration_since(now);
+                (!remaining.is_zero()).then_some(Change::Ban {
+                    key,
+                    remaining,
+                    offences,
+                    issued_ago: Some(now.saturating_duration_since(at)),
+                })
+            }
+            Pending::Unban { at } => Some(Change::Unban {
+                key,
+                issued_ago: now.saturating_duration_since(at),
+            }),
+        }
+    }
+}

@@ -1,0 +1,456 @@
+//! The fleet's store on Redis: bans, lifted bans and offence counts in a few keys under
+//! a prefix, each change made atomically by a script that also publishes it.
+
+use std::{
+    collections::hash_map::RandomState,
+    hash::{BuildHasher, Hasher},
+    time::Duration,
+};
+
+use futures_util::StreamExt;
+use ipnet::IpNet;
+use redis::{AsyncConnectionConfig, Client, Script, aio::MultiplexedConnection};
+use tokio::sync::mpsc;
+
+use super::{
+    BAN_WEIGHT, Backend, BackendError, BoxFuture, Change, Decision, FleetPolicy, Link, Snapshot,
+};
+
+const DEFAULT_PREFIX: &str = "tower-bouncer";
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest prefix; a key is the prefix, a suffix and an address.
+const MAX_PREFIX: usize = 64;
+/// The longest message on the decisions channel this replica reads; longer ones are
+/// not the fleet's.
+const MAX_MESSAGE: usize = 200;
+
+/// Redis as a fleet's store.
+///
+/// Everything lives under `{prefix}:` (the braces make every key hash to one slot):
+/// `bans` and `lifted` hashes, one `offences:<key>` hash per offending peer that
+/// expires with it, an `epoch`, and a `decisions` channel. Every change is one script
+/// call, so replicas never race each other; times are Redis's clock (`TIME`), so
+/// replicas' clocks need not agree.
+///
+/// A URL is `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS (with the
+/// crate's `tls` feature too).
+#[derive(Debug, Clone)]
+pub struct RedisBackend {
+    client: Client,
+    prefix: String,
+    timeout: Duration,
+}
+
+impl RedisBackend {
+    /// The Redis at `url`; nothing is connected until the fleet's task starts.
+    ///
+    /// # Errors
+    ///
+    /// A URL Redis's client does not take, or `rediss://` without the `tls` feature.
+    pub fn new(url: &str) -> Result<Self, BackendError> {
+        Ok(Self {
+            client: Client::open(url).map_err(BackendError::new)?,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            timeout: DEFAULT_TIMEOUT,
+        })
+    }
+
+    /// Puts this service's keys under `prefix` (`tower-bouncer` by default), so several
+    /// services share one Redis.
+    ///
+    /// # Errors
+    ///
+    /// An empty prefix, one over 64 bytes, or one with braces, spaces or control
+    /// characters.
+    pub fn prefix(mut self, prefix: &str) -> Result<Self, BackendError> {
+        let bad = |c: char| c.is_whitespace() || c.is_control() || c == '{' || c == '}';
+        if prefix.is_empty() || prefix.len() > MAX_PREFIX || prefix.contains(bad) {
+            return Err(BackendError::new(format!(
+                "a Redis key prefix is 1 to {MAX_PREFIX} bytes without braces, spaces or \
+                 control characters: {prefix:?}"
+            )));
+        }
+        self.prefix = prefix.to_owned();
+        Ok(self)
+    }
+
+    /// How long connecting, or any one command, may take before the link is given up
+    /// and made again; 2 s by default. Only the fleet's task waits this long.
+    ///
+    /// # Errors
+    ///
+    /// A zero timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Result<Self, BackendError> {
+        if timeout.is_zero() {
+            return Err(BackendError::new("a Redis timeout must be above zero"));
+        }
+        self.timeout = timeout;
+        Ok(self)
+    }
+
+    fn keys(&self) -> Keys {
+        let tag = format!("{{{}}}", self.prefix);
+        Keys {
+            bans: format!("{tag}:bans"),
+            lifted: format!("{tag}:lifted"),
+            epoch: format!("{tag}:epoch"),
+            offences: format!("{tag}:offences:"),
+            decisions: format!("{tag}:decisions"),
+        }
+    }
+
+    async fn open(
+        &self,
+        policy: FleetPolicy,
+        decisions: mpsc::Sender<Decision>,
+    ) -> Result<Box<dyn Link>, BackendError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        let connection = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(BackendError::new)?;
+        let keys = self.keys();
+        // Subscribed before the first snapshot, so no decision falls between the two.
+        let subscribe = async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.subscribe(&keys.decisions).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let pubsub = tokio::time::timeout(self.timeout, subscribe)
+            .await
+            .map_err(|_| BackendError::new("subscribing to the fleet's decisions timed out"))?
+            .map_err(BackendError::new)?;
+        tokio::spawn(forward(pubsub.into_on_message(), decisions));
+        Ok(Box::new(RedisLink {
+            connection,
+            keys,
+            policy,
+            scripts: Scripts::new(),
+        }))
+    }
+}
+
+impl Backend for RedisBackend {
+    fn connect(
+        &self,
+        policy: FleetPolicy,
+        decisions: mpsc::Sender<Decision>,
+    ) -> BoxFuture<'_, Result<Box<dyn Link>, BackendError>> {
+        Box::pin(self.open(policy, decisions))
+    }
+}
+
+/// Reads the decisions channel until the link is dropped or the subscription ends.
+async fn forward(
+    mut messages: impl futures_util::Stream<Item = redis::Msg> + Unpin,
+    decisions: mpsc::Sender<Decision>,
+) {
+    loop {
+        let message = tokio::select! {
+            message = messages.next() => message,
+            () = decisions.closed() => return,
+        };
+        let Some(message) = message else {
+            return;
+        };
+        let Some(decision) = parse_decision(message.get_payload_bytes()) else {
+            continue;
+        };
+        if decisions.send(decision).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// `ban <key> <remaining ms> <offences>` or `unban <key>`; `None` for anything else.
+fn parse_decision(payload: &[u8]) -> Option<Decision> {
+    if payload.len() > MAX_MESSAGE {
+        return None;
+    }
+    let text = std::str::from_utf8(payload).ok()?;
+    let mut words = text.split(' ');
+    let decision = match (words.next()?, words.next()?.parse::<IpNet>().ok()?) {
+        ("ban", key) => Decision::Ban {
+            key,
+            remaining: Duration::from_millis(words.next()?.parse().ok()?),
+            offences: words.next()?.parse().ok()?,
+        },
+        ("unban", key) => Decision::Unban { key },
+        _ => return None,
+    };
+    words.next().is_none().then_some(decision)
+}
+
+#[derive(Debug, Clone)]
+struct Keys {
+    bans: String,
+    lifted: String,
+    epoch: String,
+    /// Followed by the peer key.
+    offences: String,
+    decisions: String,
+}
+
+struct RedisLink {
+    connection: MultiplexedConnection,
+    keys: Keys,
+    policy: FleetPolicy,
+    scripts: Scripts,
+}
+
+impl Link for RedisLink {
+    fn send<'a>(&'a mut self, change: &'a Change) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            // A clone shares the one multiplexed connection.
+            let mut connection = self.connection.clone();
+            let _: i64 = self
+                .invocation(change)
+                .invoke_async(&mut connection)
+                .await
+                .map_err(BackendError::new)?;
+            Ok(())
+        })
+    }
+
+    fn snapshot(&mut self) -> BoxFuture<'_, Result<Snapshot, BackendError>> {
+        Box::pin(async move {
+            let (epoch, bans, lifted): (String, Vec<String>, Vec<String>) = self
+                .scripts
+                .load
+                .key(&self.keys.bans)
+                .key(&self.keys.lifted)
+                .key(&self.keys.epoch)
+                .arg(millis(self.policy.max_ban))
+                .arg(random_epoch())
+                .invoke_async(&mut self.connection)
+                .await
+                .map_err(BackendError::new)?;
+            parse_snapshot(epoch, &bans, &lifted)
+        })
+    }
+}
+
+impl RedisLink {
+    fn invocation<'a>(&'a self, change: &Change) -> redis::ScriptInvocation<'a> {
+        let policy = &self.policy;
+        let keys = &self.keys;
+        match *change {
+            Change::Offence { key, weight } => {
+                let mut call = self.scripts.offend.key(&keys.bans);
+                call.key(format!("{}{key}", keys.offences))
+                    .key(&keys.lifted)
+                    .arg(key.to_string())
+                    .arg(weight)
+                    .arg(millis(policy.window).max(1))
+                    .arg(millis(policy.first_ban))
+                    .arg(policy.factor)
+                    .arg(millis(policy.max_ban))
+                    .arg(millis(policy.forget_after))
+                    .arg(&keys.decisions)
+                    .arg(BAN_WEIGHT);
+                call
+            }
+            Change::Ban {
+                key,
+                remaining,
+                offences,
+                issued_ago,
+            } => {
+                let mut call = self.scripts.ban.key(&keys.bans);
+                call.key(format!("{}{key}", keys.offences))
+                    .key(&keys.lifted)
+                    .arg(key.to_string())
+                    .arg(millis(remaining).max(1))
+                    .arg(offences)
+                    .arg(
+                        issued_ago.map_or(-1, |ago| i64::try_from(millis(ago)).unwrap_or(i64::MAX)),
+                    )
+                    .arg(millis(policy.forget_after))
+                    .arg(&keys.decisions);
+                call
+            }
+            Change::Unban { key, issued_ago } => {
+                let mut call = self.scripts.unban.key(&keys.bans);
+                call.key(format!("{}{key}", keys.offences))
+                    .key(&keys.lifted)
+                    .arg(key.to_string())
+                    .arg(millis(issued_ago))
+                    .arg(&keys.decisions);
+                call
+            }
+        }
+    }
+}
+
+/// A snapshot from the load script's flat lists: `key remaining offences` triples, and
+/// lifted keys.
+fn parse_snapshot(
+    epoch: String,
+    bans: &[String],
+    lifted: &[String],
+) -> Result<Snapshot, BackendError> {
+    let unexpected =
+        |what: &str| BackendError::new(format!("unexpected {what} in the fleet's store"));
+    if !bans.len().is_multiple_of(3) {
+        return Err(unexpected("ban list"));
+    }
+    let bans = bans
+        .chunks_exact(3)
+        .filter_map(|ban| {
+            // A key that is not an address is not the fleet's: skipped, not fatal.
+            let key = ban[0].parse::<IpNet>().ok()?;
+            Some((key, ban[1].parse::<u64>(), ban[2].parse::<u32>()))
+        })
+        .map(|(key, remaining, offences)| match (remaining, offences) {
+            (Ok(remaining), Ok(offences)) => Ok(Decision::Ban {
+                key,
+                remaining: Duration::from_millis(remaining),
+                offences,
+            }),
+            _ => Err(unexpected("ban")),
+        })
+        .collect::<Result<_, _>>()?;
+    let lifted = lifted.iter().filter_map(|key| key.parse().ok()).collect();
+    Ok(Snapshot::new(epoch, bans, lifted))
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A fresh epoch, for a store that has none: any value no other replica picks.
+fn random_epoch() -> String {
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    hasher.write_u32(std::process::id());
+    format!("{:016x}", hasher.finish())
+}
+
+/// The scripts, loaded by hash once per connection (redis-rs falls back to `SCRIPT
+/// LOAD` when Redis does not know one).
+struct Scripts {
+    offend: Script,
+    ban: Script,
+    unban: Script,
+    load: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            offend: Script::new(concat!(
+                include_str!("redis/common.lua"),
+                include_str!("redis/offend.lua")
+            )),
+            ban: Script::new(concat!(
+                include_str!("redis/common.lua"),
+                include_str!("redis/ban.lua")
+            )),
+            unban: Script::new(concat!(
+                include_str!("redis/common.lua"),
+                include_str!("redis/unban.lua")
+            )),
+            load: Script::new(concat!(
+                include_str!("redis/common.lua"),
+                include_str!("redis/load.lua")
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn decisions_are_read_back_as_published() {
+        assert_eq!(
+            parse_decision(b"ban 10.0.0.1/32 1500 2"),
+            Some(Decision::Ban {
+                key: "10.0.0.1/32".parse().unwrap(),
+                remaining: Duration::from_millis(1500),
+                offences: 2,
+            })
+        );
+        assert_eq!(
+            parse_decision(b"unban 2001:db8::/64"),
+            Some(Decision::Unban {
+                key: "2001:db8::/64".parse().unwrap()
+            })
+        );
+        for junk in [
+            &b"ban 10.0.0.1/32 1500"[..],
+            b"ban 10.0.0.1/32 1500 2 extra",
+            b"ban 10.0.0.1 1500 2",
+            b"ban 10.0.0.1/32 -1 2",
+            b"unban",
+            b"lift 10.0.0.1/32",
+            b"",
+        ] {
+            assert_eq!(
+                parse_decision(junk),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(junk)
+            );
+        }
+    }
+
+    #[test]
+    fn prefixes_that_would_break_the_keys_are_refused() {
+        let backend = RedisBackend::new("redis://127.0.0.1:1/").unwrap();
+        for bad in ["", "a b", "{a}", "a\n", &"x".repeat(65)] {
+            assert!(backend.clone().prefix(bad).is_err(), "{bad:?}");
+        }
+        let keys = backend.prefix("api").unwrap().keys();
+        assert_eq!(keys.bans, "{api}:bans");
+        assert_eq!(keys.decisions, "{api}:decisions");
+        assert!(RedisBackend::new("not a url").is_err());
+        assert!(
+            RedisBackend::new("redis://127.0.0.1:1/")
+                .unwrap()
+                .timeout(Duration::ZERO)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_snapshot_skips_keys_that_are_not_addresses_and_refuses_a_broken_list() {
+        let owned = |words: &[&str]| words.iter().map(|w| (*w).to_owned()).collect::<Vec<_>>();
+        let snapshot = parse_snapshot(
+            "e".into(),
+            &owned(&["10.0.0.1/32", "900", "1", "junk", "5", "1"]),
+            &owned(&["10.0.0.2/32", "junk"]),
+        )
+        .unwrap();
+        assert_eq!(snapshot.bans.len(), 1);
+        assert_eq!(
+            snapshot.lifted,
+            vec!["10.0.0.2/32".parse::<IpNet>().unwrap()]
+        );
+        assert!(parse_snapshot("e".into(), &owned(&["10.0.0.1/32", "900"]), &[]).is_err());
+        assert!(parse_snapshot("e".into(), &owned(&["10.0.0.1/32", "x", "1"]), &[]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn any_message_parses_without_panicking(payload in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = parse_decision(&payload);
+        }
+
+        #[test]
+        fn any_message_of_words_parses_without_panicking(words in proptest::collection::vec("(ban|unban|[0-9./:a-f]{0,20})", 0..6)) {
+            let _ = parse_decision(words.join(" ").as_bytes());
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! The task that keeps one replica and the fleet's store in step.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use tokio::{sync::mpsc, time::Instant};
+
+use super::{Backend, BackendError, Change, Decision, Link, Shared, Snapshot};
+use crate::{
+    login::{Login, WeakLogin},
+    throttle::LogThrottle,
+};
+
+/// The first pause before reconnecting; it doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Decisions from the store waiting to be applied.
+const DECISION_QUEUE: usize = 1024;
+
+/// Why serving a link ended.
+enum Ended {
+    /// The login is gone: nothing left to sync.
+    LoginGone,
+    /// The link failed; reconnect.
+    Lost(BackendError),
+}
+
+impl From<BackendError> for Ended {
+    fn from(error: BackendError) -> Self {
+        Ended::Lost(error)
+    }
+}
+
+pub(super) struct SyncTask {
+    login: WeakLogin,
+    backend: Arc<dyn Backend>,
+    shared: Arc<Shared>,
+    offences: mpsc::Receiver<(IpNet, u32)>,
+    resync_every: Duration,
+    /// The store's epoch at the last snapshot: when it changes, the store has lost its
+    /// data and is given this replica's bans.
+    epoch: Option<String>,
+    failure_log: LogThrottle,
+}
+
+impl SyncTask {
+    pub(super) fn new(
+        login: &Login,
+        backend: Arc<dyn Backend>,
+        shared: Arc<Shared>,
+        offences: mpsc::Receiver<(IpNet, u32)>,
+        resync_every: Duration,
+    ) -> Self {
+        Self {
+            login: login.downgrade(),
+            backend,
+            shared,
+            offences,
+            resync_every,
+            epoch: None,
+            failure_log: LogThrottle::new(Duration::from_secs(60)),
+        }
+    }
+
+    /// Connects, serves the link until it fails, and again, until the login is gone.
+    pub(super) async fn run(mut self) {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let Some(policy) = self.login.upgrade().map(|login| login.fleet_policy()) else {
+                return;
+            };
+            let (decisions_to, mut decisions) = mpsc::channel(DECISION_QUEUE);
+            let error = match self.backend.connect(policy, decisions_to).await {
+                Ok(link) => {
+                    self.shared.counters.connects.add();
+                    self.shared.connected.store(true, Ordering::Relaxed);
+                    tracing::info!("connected to the fleet's store");
+                    backoff = MIN_BACKOFF;
+                    let ended = self.serve(link, &mut decisions).await;
+                    self.shared.connected.store(false, Ordering::Relaxed);
+                    match ended {
+                        Ended::LoginGone => return,
+                        Ended::Lost(error) => error,
+                    }
+                }
+                Err(error) => error,
+            };
+            self.shared.counters.failures.add();
+            if let Some(suppressed) = self.failure_log.allow() {
+                tracing::warn!(%error, suppressed, "the fleet's store is unreachable; going on alone");
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn serve(
+        &mut self,
+        mut link: Box<dyn Link>,
+        decisions: &mut mpsc::Receiver<Decision>,
+    ) -> Ended {
+        // What changed here while the link was down first, then everything in force.
+        if let Err(ended) = self.flush(&mut *link).await {
+            return ended;
+        }
+        if let Err(ended) = self.resync(&mut *link).await {
+            return ended;
+        }
+        let mut resyncs =
+            tokio::time::interval_at(Instant::now() + self.resync_every, self.resync_every);
+        resyncs.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let outcome = tokio::select! {
+                decision = decisions.recv() => match decision {
+                    Some(decision) => self.apply(decision),
+                    None => Err(Ended::Lost(BackendError::new("the store's decisions stopped"))),
+                },
+                offence = self.offences.recv() => match offence {
+                    Some((key, weight)) => self.send(&mut *link, &Change::Offence { key, weight }).await,
+                    None => Err(Ended::LoginGone),
+                },
+                () = self.shared.outbox.wake.notified() => self.flush(&mut *link).await,
+                _ = resyncs.tick() => self.resync(&mut *link).await,
+            };
+            if let Err(ended) = outcome {
+                return ended;
+            }
+        }
+    }
+
+    async fn send(&self, link: &mut dyn Link, change: &Change) -> Result<(), Ended> {
+        link.send(change).await?;
+        self.shared.counters.sent.add();
+        Ok(())
+    }
+
+    /// Sends the bans and unbans made here; those not sent stay for the next link.
+    async fn flush(&self, link: &mut dyn Link) -> Result<(), Ended> {
+        let pending = std::mem::take(&mut *self.shared.outbox.lock());
+        let mut pending = pending.into_iter();
+        while let Some((key, change)) = pending.next() {
+            let Some(message) = change.change(key, Instant::now()) else {
+                continue;
+            };
+            if let Err(error) = self.send(link, &message).await {
+                // Back in the outbox, unless a later change of the key is there already.
+                let mut outbox = self.shared.outbox.lock();
+                outbox.entry(key).or_insert(change);
+                for (key, change) in pending {
+                    outbox.entry(key).or_insert(change);
+                }
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads everything in force and applies it; first gives a store that is new to
+    /// this replica (or lost its data) every ban held here.
+    async fn resync(&mut self, link: &mut dyn Link) -> Result<(), Ended> {
+        let mut snapshot = link.snapshot().await?;
+        if self.epoch.as_ref() != Some(&snapshot.epoch) {
+            let held = self.login()?.bans().list();
+            for ban in held {
+                let change = Change::Ban {
+                    key: ban.key.network(),
+                    remaining: ban.remaining,
+                    offences: ban.offences,
+                    issued_ago: None,
+                };
+                self.send(link, &change).await?;
+            }
+            snapshot = link.snapshot().await?;
+            self.epoch = Some(snapshot.epoch.clone());
+        }
+        self.apply_snapshot(snapshot)?;
+        self.shared.counters.resyncs.add();
+        Ok(())
+    }
+
+    /// Makes the table what the store holds, except for the keys changed here and not
+    /// sent yet: every ban in force, and no ban the store says was lifted.
+    fn apply_snapshot(&self, snapshot: Snapshot) -> Result<(), Ended> {
+        let login = self.login()?;
+        let pending: HashSet<IpNet> = self.shared.outbox.lock().keys().copied().collect();
+        let mut in_force = HashSet::with_capacity(snapshot.bans.len());
+        for ban in snapshot.bans {
+            if let Decision::Ban { key, .. } = &ban {
+                in_force.insert(*key);
+                if !pending.contains(key) {
+                    apply(&login, ban);
+                }
+            }
+        }
+        for key in snapshot.lifted {
+            if !in_force.contains(&key) && !pending.contains(&key) {
+                login.apply_fleet_unban(key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a decision from elsewhere, unless this replica changed the key since:
+    /// its own change goes to the store next and wins there.
+    fn apply(&self, decision: Decision) -> Result<(), Ended> {
+        let (Decision::Ban { key, .. } | Decision::Unban { key }) = &decision;
+        if self.shared.outbox.lock().contains_key(key) {
+            return Ok(());
+        }
+        apply(&self.login()?, decision);
+        self.shared.counters.applied.add();
+        Ok(())
+    }
+
+    fn login(&self) -> Result<Login, Ended> {
+        self.login.upgrade().ok_or(Ended::LoginGone)
+    }
+}
+
+fn apply(login: &Login, decision: Decision) {
+    match decision {
+        Decision::Ban {
+            key,
+            remaining,
+            offences,
+        } => login.apply_fleet_ban(key, remaining, offences),
+        Decision::Unban { key } => {
+            login.apply_fleet_unban(key);
+        }
+    }
+}

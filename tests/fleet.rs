@@ -1,0 +1,612 @@
+//! Replicas sharing bans and offences through a real Redis, started by each test on a
+//! free loopback port: two (or three) logins in this process, each with its own fleet
+//! membership and its own connections to Redis.
+#![cfg(feature = "redis")]
+
+mod support;
+
+#[path = "../examples/siege/redis.rs"]
+mod redis_server;
+
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use redis_server::{Redis, RedisBinary};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream};
+use tower::{Layer, ServiceExt, service_fn};
+use tower_bouncer::{
+    BoxError, Conn,
+    fleet::{Fleet, RedisBackend},
+    login::{AfterFailure, Login, LoginBuilder, LoginSession},
+};
+
+use support::*;
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+fn redis() -> Redis {
+    RedisBinary::find()
+        .expect("redis-server is installed (apt-get install redis-server; .ci/run does)")
+        .start()
+}
+
+/// One replica: a login in the fleet on `redis`, under `prefix`.
+struct Replica {
+    login: Login,
+    fleet: Fleet,
+}
+
+impl Replica {
+    fn join(redis: &Redis, builder: LoginBuilder) -> Self {
+        Self::join_prefixed(redis, "test", builder)
+    }
+
+    fn join_prefixed(redis: &Redis, prefix: &str, builder: LoginBuilder) -> Self {
+        let login = builder.build().unwrap();
+        let backend = RedisBackend::new(&redis.url())
+            .unwrap()
+            .prefix(prefix)
+            .unwrap()
+            .timeout(Duration::from_millis(500))
+            .unwrap();
+        let fleet = Fleet::builder(backend)
+            .resync_every(secs(1))
+            .join(&login)
+            .unwrap();
+        Self { login, fleet }
+    }
+
+    async fn connected(&self) {
+        eventually("the replica connects", || self.fleet.stats().connected).await;
+    }
+
+    fn banned(&self, peer: &str) -> bool {
+        self.login.bans().banned_for(ip(peer)).is_some()
+    }
+
+    /// A connection from `peer` that fails one login; its reply, or `None` if refused.
+    async fn fail_once(&self, peer: &str) -> Option<String> {
+        let (conn, client) = tokio::io::duplex(1024);
+        let conn = Conn::new(conn, addr(&format!("{peer}:1")), addr("127.0.0.1:80"));
+        let service = self
+            .login
+            .ban_layer()
+            .layer(self.login.session_layer().layer(service_fn(deny)));
+        let connection = tokio::spawn(service.oneshot(conn));
+        let mut client = BufReader::new(client);
+        let mut reply = String::new();
+        client.read_line(&mut reply).await.ok()?;
+        let _ = within(PATIENCE, connection).await;
+        (reply.trim_end() == "DENIED").then(|| reply.trim_end().to_owned())
+    }
+}
+
+/// A protocol whose every connection fails one login.
+async fn deny(mut conn: Conn<DuplexStream>) -> Result<(), BoxError> {
+    let session = conn.extensions_mut().remove::<LoginSession>().unwrap();
+    let mut io = conn.into_io();
+    io.write_all(b"DENIED\n").await?;
+    io.flush().await?;
+    assert_eq!(session.failed(), AfterFailure::Closing);
+    Ok(())
+}
+
+/// Waits (up to [`PATIENCE`]) for `condition`.
+async fn eventually(what: &str, condition: impl Fn() -> bool) -> Duration {
+    let began = Instant::now();
+    while !condition() {
+        assert!(began.elapsed() < PATIENCE, "waited too long: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    began.elapsed()
+}
+
+fn policy() -> LoginBuilder {
+    Login::builder()
+        .max_failures(4)
+        .failure_window(secs(600))
+        .ban(secs(60))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_on_one_replica_reaches_the_other_and_so_does_its_unban() {
+    let redis = redis();
+    let a = Replica::join(&redis, policy());
+    let b = Replica::join(&redis, policy());
+    a.connected().await;
+    b.connected().await;
+
+    a.login.bans().ban(ip("192.0.2.7"), secs(60)).unwrap();
+    let took = eventually("B applies A's ban", || b.banned("192.0.2.7")).await;
+    assert!(took < secs(1), "the ban took {took:?}");
+    assert_eq!(b.fail_once("192.0.2.7").await, None, "B refuses the peer");
+    let remaining = b.login.bans().banned_for(ip("192.0.2.7")).unwrap();
+    assert!(
+        remaining > secs(55) && remaining <= secs(60),
+        "{remaining:?}"
+    );
+
+    assert!(b.login.bans().unban(ip("192.0.2.7")));
+    eventually("A lifts it on B's unban", || !a.banned("192.0.2.7")).await;
+    assert_eq!(a.fail_once("192.0.2.7").await.as_deref(), Some("DENIED"));
+
+    // A network banned whole travels too.
+    b.login
+        .bans()
+        .ban_network("198.51.100.0/24".parse().unwrap(), secs(30))
+        .unwrap();
+    eventually("A applies the network ban", || a.banned("198.51.100.9")).await;
+    assert!(a.fleet.stats().applied >= 2);
+    assert_eq!(a.fleet.stats().failures, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_spread_over_replicas_ban_at_the_fleet_threshold_and_escalate_by_the_fleet_count()
+{
+    let redis = redis();
+    let a = Replica::join(&redis, policy());
+    let b = Replica::join(&redis, policy());
+    a.connected().await;
+    b.connected().await;
+
+    // 4 failures ban; 2 on each replica, which alone would ban at 4 each (8 in all).
+    for replica in [&a, &b, &a] {
+        assert_eq!(
+            replica.fail_once("203.0.113.5").await.as_deref(),
+            Some("DENIED")
+        );
+    }
+    // Every failure has reached the store before the last one.
+    eventually("three offences sent", || {
+        a.fleet.stats().sent + b.fleet.stats().sent >= 3
+    })
+    .await;
+    assert!(!a.banned("203.0.113.5") && !b.banned("203.0.113.5"));
+    assert_eq!(b.fail_once("203.0.113.5").await.as_deref(), Some("DENIED"));
+    eventually("A bans at the fleet's fourth failure", || {
+        a.banned("203.0.113.5")
+    })
+    .await;
+    eventually("B bans at the fleet's fourth failure", || {
+        b.banned("203.0.113.5")
+    })
+    .await;
+    assert_eq!(
+        a.login.stats().bans + b.login.stats().bans,
+        0,
+        "neither banned alone"
+    );
+    let first = a.login.bans().banned_for(ip("203.0.113.5")).unwrap();
+    assert!(first <= secs(60) && first > secs(55), "{first:?}");
+
+    // Once it has run out, the next four failures, spread the same way, ban for twice
+    // as long: the fleet's second ban of the peer.
+    let first_ban = secs(2);
+    let a = Replica::join(&redis, policy().ban(first_ban).failure_window(secs(600)));
+    let b = Replica::join(&redis, policy().ban(first_ban).failure_window(secs(600)));
+    a.connected().await;
+    b.connected().await;
+    for round in 1..=2 {
+        for replica in [&a, &b, &a, &b] {
+            assert_eq!(
+                replica.fail_once("203.0.113.6").await.as_deref(),
+                Some("DENIED")
+            );
+            tokio::task::yield_now().await;
+        }
+        eventually("A bans", || a.banned("203.0.113.6")).await;
+        let length = a.login.bans().banned_for(ip("203.0.113.6")).unwrap();
+        let expected = first_ban * round;
+        assert!(
+            length <= expected && length > expected - secs(1),
+            "ban {round}: {length:?}"
+        );
+        let listed = a.login.bans().list();
+        let ban = listed
+            .iter()
+            .find(|ban| ban.key.network().contains(&ip("203.0.113.6")));
+        assert_eq!(ban.unwrap().offences, round);
+        eventually("the ban runs out", || {
+            !a.banned("203.0.113.6") && !b.banned("203.0.113.6")
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bans_outlive_every_replica() {
+    let redis = redis();
+    let a = Replica::join(&redis, policy());
+    a.connected().await;
+    a.login.bans().ban(ip("192.0.2.8"), secs(300)).unwrap();
+    eventually("the ban reaches the store", || a.fleet.stats().pending == 0).await;
+    drop(a);
+
+    let restarted = Replica::join(&redis, policy());
+    eventually("a new replica loads the ban", || {
+        restarted.banned("192.0.2.8")
+    })
+    .await;
+    let remaining = restarted.login.bans().banned_for(ip("192.0.2.8")).unwrap();
+    assert!(remaining > secs(290), "{remaining:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_under_different_prefixes_keep_their_bans_apart() {
+    let redis = redis();
+    let api = Replica::join_prefixed(&redis, "api", policy());
+    let web = Replica::join_prefixed(&redis, "web", policy());
+    let api2 = Replica::join_prefixed(&redis, "api", policy());
+    for replica in [&api, &web, &api2] {
+        replica.connected().await;
+    }
+    api.login.bans().ban(ip("192.0.2.9"), secs(60)).unwrap();
+    eventually("the other api replica applies it", || {
+        api2.banned("192.0.2.9")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!web.banned("192.0.2.9"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_is_down_replicas_go_on_alone_and_resync_when_it_is_back() {
+    let mut redis = redis();
+    let a = Replica::join(&redis, policy());
+    let b = Replica::join(&redis, policy());
+    a.connected().await;
+    b.connected().await;
+    a.login.bans().ban(ip("192.0.2.10"), secs(300)).unwrap();
+    eventually("B has the first ban", || b.banned("192.0.2.10")).await;
+
+    redis.kill();
+    eventually("A sees the outage", || !a.fleet.stats().connected).await;
+    eventually("B sees the outage", || !b.fleet.stats().connected).await;
+    // Each replica serves and bans with what it knows, and never waits.
+    let began = Instant::now();
+    for _ in 0..4 {
+        assert_eq!(a.fail_once("203.0.113.20").await.as_deref(), Some("DENIED"));
+    }
+    assert!(began.elapsed() < secs(2), "no failure waited on Redis");
+    assert!(a.banned("203.0.113.20"), "A bans alone at its own count");
+    assert_eq!(
+        a.fail_once("192.0.2.10").await,
+        None,
+        "and enforces the ban it had"
+    );
+    b.login.bans().ban(ip("192.0.2.11"), secs(300)).unwrap();
+    b.login.bans().unban(ip("192.0.2.10"));
+    assert!(a.fleet.stats().failures >= 1);
+    assert_eq!(b.fleet.stats().pending, 2);
+
+    // Redis comes back empty: both replicas reconnect on their own and give it what
+    // they changed; the bans made meanwhile reach the other side, the unban too.
+    redis.restart();
+    eventually("A gets B's ban", || a.banned("192.0.2.11")).await;
+    eventually("B gets A's ban", || b.banned("203.0.113.20")).await;
+    eventually("A lifts what B lifted", || !a.banned("192.0.2.10")).await;
+    assert!(b.fleet.stats().connected && a.fleet.stats().connected);
+    assert_eq!(b.fleet.stats().pending, 0);
+    // A replica that starts now sees everything in force.
+    let c = Replica::join(&redis, policy());
+    eventually("C loads A's ban", || c.banned("203.0.113.20")).await;
+    eventually("C loads B's ban", || c.banned("192.0.2.11")).await;
+    assert!(!c.banned("192.0.2.10"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_delays_no_login_reply_and_no_refusal() {
+    let redis = redis();
+    let a = Replica::join(&redis, policy());
+    a.connected().await;
+    a.login.bans().ban(ip("192.0.2.12"), secs(300)).unwrap();
+    eventually("the ban reaches the store", || a.fleet.stats().pending == 0).await;
+
+    redis.freeze(true);
+    let began = Instant::now();
+    for n in 0..20 {
+        let peer = format!("203.0.113.{}", 30 + n % 5);
+        assert_eq!(a.fail_once(&peer).await.as_deref(), Some("DENIED"));
+        assert_eq!(a.fail_once("192.0.2.12").await, None);
+    }
+    // Redis's 500 ms timeout would show many times over if any reply waited on it.
+    assert!(began.elapsed() < secs(1), "took {:?}", began.elapsed());
+    a.login.bans().ban(ip("192.0.2.13"), secs(300)).unwrap();
+    eventually("the sync task gives up on the frozen Redis", || {
+        !a.fleet.stats().connected
+    })
+    .await;
+    redis.freeze(false);
+    let b = Replica::join(&redis, policy());
+    eventually("the ban made while Redis was frozen reaches B", || {
+        b.banned("192.0.2.13")
+    })
+    .await;
+}
+
+// End to end: login_server processes sharing one Redis, tried from outside as an
+// attacker and an operator would.
+
+mod servers {
+    use tokio::{
+        io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+        time::timeout,
+    };
+
+    use super::*;
+    use support::example::Example;
+
+    const ATTACKER: u8 = 20;
+    const LEGIT: u8 = 2;
+
+    /// A login_server replica on `redis`, refusing banned peers in user space (so a
+    /// refusal reads `ERROR banned`), banning at `max_failures`.
+    async fn replica(redis: &Redis, max_failures: u32) -> Example {
+        Example::start(
+            "login_server",
+            &[
+                "--redis",
+                &redis.url(),
+                "--redis-prefix",
+                "e2e",
+                "--max-failures",
+                &max_failures.to_string(),
+                "--no-kernel-bans",
+            ],
+        )
+        .await
+    }
+
+    /// Logs in from `127.0.0.<from>` with `password`; the server's first line, or
+    /// `None` if it closed without one.
+    async fn try_login(server: &Example, from: u8, password: &str) -> Option<String> {
+        let mut stream = within(PATIENCE, connect_from(from, server.addr)).await;
+        // A refused peer may find the socket closed before it writes.
+        let _ = stream
+            .write_all(format!("LOGIN alice {password}\n").as_bytes())
+            .await;
+        let mut line = String::new();
+        match within(PATIENCE, BufReader::new(stream).read_line(&mut line)).await {
+            Ok(n) if n > 0 => Some(line.trim_end().to_owned()),
+            _ => None,
+        }
+    }
+
+    async fn refused(server: &Example, from: u8) -> bool {
+        try_login(server, from, "wrong").await.as_deref() == Some("ERROR banned")
+    }
+
+    /// Polls until `server` refuses `127.0.0.<from>`; how long that took.
+    async fn refused_within(server: &Example, from: u8, limit: Duration) -> Duration {
+        let began = Instant::now();
+        loop {
+            // A probe that is not refused is a failed login: probe with the right
+            // password instead, so probing adds no offence.
+            let answer = try_login(server, from, "secret").await;
+            if answer.as_deref() == Some("ERROR banned") {
+                return began.elapsed();
+            }
+            assert!(began.elapsed() < limit, "not refused within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_banned_on_one_server_is_refused_by_the_other_within_a_second() {
+        let redis = redis();
+        let a = replica(&redis, 2).await;
+        let b = replica(&redis, 2).await;
+        // B's fleet link is up once it answers a probe of Redis's subscribers.
+        eventually_subscribed(&redis, 2).await;
+        for _ in 0..2 {
+            assert_eq!(
+                try_login(&a, ATTACKER, "wrong").await.as_deref(),
+                Some("DENIED")
+            );
+        }
+        assert!(refused(&a, ATTACKER).await);
+        let took = refused_within(&b, ATTACKER, secs(1)).await;
+        eprintln!("B refused the peer A banned after {took:?}");
+        assert_eq!(try_login(&b, LEGIT, "secret").await.as_deref(), Some("OK"));
+
+        // An operator lifts the ban on another replica (here, one in this process):
+        // both servers let the peer in again.
+        let operator = Replica::join_prefixed(&redis, "e2e", policy());
+        eventually("the operator's replica loads the ban", || {
+            operator.banned(&format!("127.0.0.{ATTACKER}"))
+        })
+        .await;
+        operator
+            .login
+            .bans()
+            .unban(ip(&format!("127.0.0.{ATTACKER}")));
+        for server in [&a, &b] {
+            let began = Instant::now();
+            while try_login(server, ATTACKER, "secret").await.as_deref() != Some("OK") {
+                assert!(
+                    began.elapsed() < secs(1),
+                    "the unban did not reach a server"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        a.stop().await;
+        b.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failures_split_over_two_servers_ban_at_the_fleet_threshold_not_twice_it() {
+        for shared in [true, false] {
+            let redis = redis();
+            let (a, b) = if shared {
+                let a = replica(&redis, 4).await;
+                let b = replica(&redis, 4).await;
+                eventually_subscribed(&redis, 2).await;
+                (a, b)
+            } else {
+                let alone = ["--max-failures", "4", "--no-kernel-bans"];
+                (
+                    Example::start("login_server", &alone).await,
+                    Example::start("login_server", &alone).await,
+                )
+            };
+            for server in [&a, &b, &a, &b] {
+                assert_eq!(
+                    try_login(server, ATTACKER, "wrong").await.as_deref(),
+                    Some("DENIED")
+                );
+            }
+            if shared {
+                // The fourth failure, wherever it happened, banned the peer on both.
+                refused_within(&a, ATTACKER, secs(2)).await;
+                refused_within(&b, ATTACKER, secs(2)).await;
+            } else {
+                // Alone, each server has seen two of its four.
+                for server in [&a, &b] {
+                    assert_eq!(
+                        try_login(server, ATTACKER, "secret").await.as_deref(),
+                        Some("OK")
+                    );
+                }
+            }
+            a.stop().await;
+            b.stop().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn restarting_both_servers_keeps_the_bans() {
+        let redis = redis();
+        let a = replica(&redis, 2).await;
+        let b = replica(&redis, 2).await;
+        eventually_subscribed(&redis, 2).await;
+        for _ in 0..2 {
+            try_login(&a, ATTACKER, "wrong").await;
+        }
+        refused_within(&b, ATTACKER, secs(2)).await;
+        a.stop().await;
+        b.stop().await;
+
+        let a = replica(&redis, 2).await;
+        let b = replica(&redis, 2).await;
+        refused_within(&a, ATTACKER, secs(5)).await;
+        refused_within(&b, ATTACKER, secs(5)).await;
+        assert_eq!(try_login(&a, LEGIT, "secret").await.as_deref(), Some("OK"));
+        a.stop().await;
+        b.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_redis_killed_mid_attack_both_servers_serve_and_enforce_then_resync() {
+        const LATE_ATTACKER: u8 = 21;
+        let mut redis = redis();
+        let a = replica(&redis, 3).await;
+        let b = replica(&redis, 3).await;
+        eventually_subscribed(&redis, 2).await;
+        // The attack begins: one failure on each server.
+        for server in [&a, &b] {
+            assert_eq!(
+                try_login(server, ATTACKER, "wrong").await.as_deref(),
+                Some("DENIED")
+            );
+        }
+        redis.kill();
+        // Each goes on alone: the legitimate client is served, the attacker banned at
+        // each server's own count.
+        for server in [&a, &b] {
+            for _ in 0..3 {
+                assert_eq!(
+                    try_login(server, LEGIT, "secret").await.as_deref(),
+                    Some("OK")
+                );
+                let _ = try_login(server, ATTACKER, "wrong").await;
+            }
+            assert!(refused(server, ATTACKER).await, "a local ban is enforced");
+        }
+        // A ban made on A while Redis is down...
+        for _ in 0..3 {
+            try_login(&a, LATE_ATTACKER, "wrong").await;
+        }
+        assert!(refused(&a, LATE_ATTACKER).await);
+        assert_eq!(
+            try_login(&b, LATE_ATTACKER, "secret").await.as_deref(),
+            Some("OK")
+        );
+        // ...reaches B once Redis is back (empty), within the reconnect backoff.
+        redis.restart();
+        let took = refused_within(&b, LATE_ATTACKER, secs(10)).await;
+        eprintln!("the ban made during the outage reached B {took:?} after Redis was back");
+        assert_eq!(try_login(&b, LEGIT, "secret").await.as_deref(), Some("OK"));
+        a.stop().await;
+        b.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_frozen_redis_delays_no_login_reply_and_no_refusal() {
+        let redis = redis();
+        let a = replica(&redis, 2).await;
+        eventually_subscribed(&redis, 1).await;
+        for _ in 0..2 {
+            try_login(&a, ATTACKER, "wrong").await;
+        }
+        redis.freeze(true);
+        // Redis's default timeout is 2 s: a reply that waited on it would take that.
+        let began = Instant::now();
+        for n in 0..10 {
+            let answer = timeout(secs(1), try_login(&a, 30 + n, "wrong")).await;
+            assert_eq!(answer.unwrap().as_deref(), Some("DENIED"));
+            let refusal = timeout(secs(1), refused(&a, ATTACKER)).await;
+            assert!(refusal.unwrap());
+            let login = timeout(secs(1), try_login(&a, LEGIT, "secret")).await;
+            assert_eq!(login.unwrap().as_deref(), Some("OK"));
+        }
+        eprintln!("30 exchanges with Redis frozen took {:?}", began.elapsed());
+        redis.freeze(false);
+        a.stop().await;
+    }
+
+    /// Waits until `count` replicas are subscribed to the e2e fleet's decisions.
+    async fn eventually_subscribed(redis: &Redis, count: usize) {
+        let began = Instant::now();
+        loop {
+            let reply = redis_numsub(redis);
+            if reply >= count {
+                return;
+            }
+            assert!(
+                began.elapsed() < PATIENCE,
+                "{reply} of {count} replicas subscribed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn redis_numsub(redis: &Redis) -> usize {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", redis.port)) else {
+            return 0;
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        stream
+            .write_all(b"PUBSUB NUMSUB {e2e}:decisions\r\n")
+            .unwrap();
+        let mut reply = vec![0; 256];
+        let n = stream.read(&mut reply).unwrap_or(0);
+        // *2\r\n$15\r\n{e2e}:decisions\r\n:N\r\n
+        String::from_utf8_lossy(&reply[..n])
+            .rsplit(':')
+            .next()
+            .and_then(|count| count.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
