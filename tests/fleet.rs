@@ -32,8 +32,13 @@ fn ip(text: &str) -> IpAddr {
     text.parse().unwrap()
 }
 
+/// A fresh Redis; `redis-server` is installed first if missing (as root), once for
+/// all the tests here.
 fn redis() -> Redis {
-    RedisBinary::find()
+    static BINARY: std::sync::OnceLock<Option<RedisBinary>> = std::sync::OnceLock::new();
+    BINARY
+        .get_or_init(RedisBinary::find_or_install)
+        .as_ref()
         .expect("redis-server is installed (apt-get install redis-server; .ci/run does)")
         .start()
 }
@@ -571,6 +576,61 @@ mod servers {
         eprintln!("30 exchanges with Redis frozen took {:?}", began.elapsed());
         redis.freeze(false);
         a.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_example_joins_the_fleet_and_refuses_a_bad_redis_setting() {
+        let redis = redis();
+        let mut servers = Vec::new();
+        for name in ["axum_server", "tonic_server", "login_server"] {
+            let flags = ["--redis", &redis.url(), "--redis-prefix", "e2e"];
+            servers.push(Example::start(name, &flags).await);
+            eventually_subscribed(&redis, servers.len()).await;
+        }
+        // A peer banned through the fleet is refused by the HTTP example too.
+        let operator = Replica::join_prefixed(&redis, "e2e", policy());
+        operator.connected().await;
+        operator
+            .login
+            .bans()
+            .ban(ip("127.0.0.23"), secs(60))
+            .unwrap();
+        // Probing at 10 a second, under the rate limit: a 429 is the ban.
+        let began = Instant::now();
+        loop {
+            let stream = connect_from(23, servers[0].addr).await;
+            let answer = Http1Client::connect(stream).await.get("/").await;
+            match answer.map(|answer| answer.status) {
+                Ok(http::StatusCode::OK) => {}
+                Ok(http::StatusCode::TOO_MANY_REQUESTS) | Err(_) => break,
+                Ok(other) => panic!("unexpected {other}"),
+            }
+            assert!(
+                began.elapsed() < PATIENCE,
+                "axum_server never refused the peer"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for server in servers {
+            server.stop().await;
+        }
+
+        for bad in [
+            &["--redis-prefix", "api"][..],
+            &["--redis", "not a url"],
+            &["--redis", &redis.url(), "--redis-prefix", "a b"],
+            &["--redis"],
+        ] {
+            let output = std::process::Command::new(support::example::example_path("login_server"))
+                .args(bad)
+                .output()
+                .unwrap();
+            assert_eq!(output.status.code(), Some(2), "{bad:?}");
+            assert!(output.stdout.is_empty(), "{bad:?}: nothing listens");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let last = stderr.lines().last().unwrap_or_default();
+            assert!(last.starts_with("error: "), "{bad:?}: {stderr}");
+        }
     }
 
     /// Waits until `count` replicas are subscribed to the e2e fleet's decisions.
