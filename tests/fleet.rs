@@ -337,6 +337,140 @@ async fn a_frozen_redis_delays_no_login_reply_and_no_refusal() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_by_one_replicas_own_count_escalates_by_the_fleets_count_and_spends_it() {
+    let redis = redis();
+    // The fleet has banned the peer twice before; this replica, new, knows nothing of
+    // it, and one failure bans here.
+    redis.command(&[
+        "HSET",
+        "{test}:offences:203.0.113.40/32",
+        "bans",
+        "2",
+        "current",
+        "55",
+    ]);
+    let fresh = Replica::join(&redis, policy().max_failures(1).ban(secs(10)));
+    let other = Replica::join(&redis, policy());
+    fresh.connected().await;
+    other.connected().await;
+    assert_eq!(
+        fresh.fail_once("203.0.113.40").await.as_deref(),
+        Some("DENIED")
+    );
+    // The fleet's third ban: 10 s doubled twice, on both replicas.
+    for replica in [&fresh, &other] {
+        eventually("the fleet's third ban", || {
+            replica
+                .login
+                .bans()
+                .banned_for(ip("203.0.113.40"))
+                .is_some_and(|left| left > secs(35))
+        })
+        .await;
+        let listed = replica.login.bans().list();
+        let ban = listed
+            .iter()
+            .find(|ban| ban.key.network().contains(&ip("203.0.113.40")));
+        assert_eq!(ban.unwrap().offences, 3);
+    }
+    assert_eq!(
+        redis
+            .command(&["HGET", "{test}:offences:203.0.113.40/32", "current"])
+            .as_deref(),
+        Some("$1"),
+        "the count that led to the ban is spent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offences_held_through_an_outage_count_when_they_happened() {
+    let mut redis = redis();
+    // 3 failures within 2 s ban; these come 1.1 s apart, which never does.
+    let spread = || policy().max_failures(3).failure_window(secs(2));
+    let a = Replica::join(&redis, spread());
+    let b = Replica::join(&redis, spread());
+    a.connected().await;
+    b.connected().await;
+    redis.kill();
+    eventually("A sees the outage", || !a.fleet.stats().connected).await;
+    let sent = a.fleet.stats().sent;
+    for n in 0..3 {
+        if n > 0 {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+        assert_eq!(a.fail_once("203.0.113.41").await.as_deref(), Some("DENIED"));
+    }
+    assert!(!a.banned("203.0.113.41"));
+    redis.restart();
+    eventually("the held offences reach the store", || {
+        a.fleet.stats().sent >= sent + 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!b.banned("203.0.113.41") && !a.banned("203.0.113.41"));
+    assert_eq!(
+        redis.command(&["HLEN", "{test}:bans"]).as_deref(),
+        Some(":0")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unban_then_a_shorter_ban_made_while_redis_is_frozen_both_count() {
+    let redis = redis();
+    let a = Replica::join(&redis, policy());
+    let b = Replica::join(&redis, policy());
+    a.connected().await;
+    b.connected().await;
+    a.login.bans().ban(ip("192.0.2.40"), secs(600)).unwrap();
+    eventually("B has the long ban", || b.banned("192.0.2.40")).await;
+
+    redis.freeze(true);
+    a.login.bans().unban(ip("192.0.2.40"));
+    a.login.bans().ban(ip("192.0.2.40"), secs(60)).unwrap();
+    redis.freeze(false);
+    eventually("B holds the shorter ban", || {
+        b.login
+            .bans()
+            .banned_for(ip("192.0.2.40"))
+            .is_some_and(|left| left <= secs(60))
+    })
+    .await;
+    let replica = Replica::join(&redis, policy());
+    eventually("a new replica loads the shorter ban", || {
+        replica.banned("192.0.2.40")
+    })
+    .await;
+    assert!(replica.login.bans().banned_for(ip("192.0.2.40")).unwrap() <= secs(60));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_in_redis_that_are_not_bans_are_skipped() {
+    let redis = redis();
+    for (key, value) in [
+        ("192.0.2.50/32", "garbage"),
+        ("192.0.2.51/32", "99999999999999999999 1 1"),
+        ("192.0.2.52/32", "99999999999 4294967296 1"),
+        ("not-a-key", "99999999999999 1 1"),
+    ] {
+        redis.command(&["HSET", "{test}:bans", key, value]);
+    }
+    let a = Replica::join(&redis, policy());
+    a.connected().await;
+    a.login.bans().ban(ip("192.0.2.53"), secs(60)).unwrap();
+    let b = Replica::join(&redis, policy());
+    eventually("B loads the good ban", || b.banned("192.0.2.53")).await;
+    eventually("B reloads again", || b.fleet.stats().resyncs >= 2).await;
+    assert_eq!(
+        b.fleet.stats().connects,
+        1,
+        "no reconnecting over a bad entry"
+    );
+    for bad in ["192.0.2.50", "192.0.2.51", "192.0.2.52"] {
+        assert!(!b.banned(bad));
+    }
+}
+
 // End to end: login_server processes sharing one Redis, tried from outside as an
 // attacker and an operator would.
 

@@ -222,20 +222,19 @@ async fn offences_are_sent_with_their_weight_and_a_local_ban_with_them() {
     store.until("sent", |state| state.received.len() == 4).await;
     // Three offences of a third of a ban each, and the ban the third made here; the
     // fourth connection was refused, which is no offence.
-    let offence = Change::Offence {
-        key: key("198.51.100.1/32"),
-        weight: tower_bouncer::fleet::BAN_WEIGHT.div_ceil(3),
-    };
+    let weight = tower_bouncer::fleet::BAN_WEIGHT.div_ceil(3);
     let received = store.received();
-    assert_eq!(
-        received.iter().filter(|change| **change == offence).count(),
-        3
-    );
+    let offences = received.iter().filter(|change| {
+        matches!(change, Change::Offence { key: k, weight: w, .. } if *k == key("198.51.100.1/32") && *w == weight)
+    });
+    assert_eq!(offences.count(), 3);
+    // Banned by this replica's own count: the store makes it the fleet's next ban.
     assert!(received.iter().any(|change| matches!(
         change,
         Change::Ban {
             offences: 1,
             issued_ago: Some(_),
+            by_offences: true,
             ..
         }
     )));
@@ -253,7 +252,9 @@ async fn changes_made_while_the_store_is_down_are_sent_once_it_is_back() {
     let stats = fleet.stats();
     assert!(!stats.connected && stats.failures >= 3, "{stats:?}");
 
-    // The replica goes on alone: its bans hold, and wait for the store.
+    // The replica goes on alone: its bans hold, and wait for the store; so do its
+    // offences, with the time they happened.
+    fail_once(&login, "198.51.100.9:1").await;
     login.bans().ban(ip("192.0.2.3"), secs(60)).unwrap();
     login.bans().ban(ip("192.0.2.4"), secs(60)).unwrap();
     login.bans().unban(ip("192.0.2.4"));
@@ -278,6 +279,20 @@ async fn changes_made_while_the_store_is_down_are_sent_once_it_is_back() {
         })
         .await;
     assert_eq!(fleet.stats().pending, 0);
+    store
+        .until("the offence sent", |state| {
+            state
+                .received
+                .iter()
+                .any(|change| matches!(change, Change::Offence { .. }))
+        })
+        .await;
+    let received = store.received();
+    let ago = received.iter().find_map(|change| match change {
+        Change::Offence { ago, .. } => Some(*ago),
+        _ => None,
+    });
+    assert!(ago.unwrap() >= Duration::from_millis(50), "{ago:?}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -43,8 +43,12 @@ pub enum Change {
         key: IpNet,
         /// The offence's weight.
         weight: u32,
+        /// How long ago it happened (it may have waited for the store): an offence
+        /// older than the window, or than the key's last unban, no longer counts.
+        ago: Duration,
     },
-    /// `key` is banned for `remaining` from now, its `offences`-th ban.
+    /// `key` is banned for `remaining` from now, its `offences`-th ban (as far as this
+    /// replica knows).
     Ban {
         /// The peer key, or a network banned whole.
         key: IpNet,
@@ -55,6 +59,10 @@ pub enum Change {
         /// How long ago the ban was issued; `None` if not known (a ban this replica had
         /// before it reached the store), which loses to any other ban or unban.
         issued_ago: Option<Duration>,
+        /// Whether this replica's own count of offences banned the peer: the store then
+        /// bans for the fleet's next ban, which may be longer, and spends the fleet's
+        /// count too.
+        by_offences: bool,
     },
     /// `key`'s ban was lifted, `issued_ago` ago. A ban issued after that stays.
     Unban {

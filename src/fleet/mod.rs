@@ -7,14 +7,17 @@
 //! applies the fleet's:
 //!
 //! - **Offences count across the fleet.** Every offence a replica records (a failed
-//!   login, a timeout, ...) is also added to the peer's count in the store, which bans
-//!   the peer when the fleet's count reaches a ban: `max_failures` failed logins spread
-//!   over the replicas ban, not `max_failures` on each. The ban's length escalates by
-//!   the fleet's count of the peer's bans.
+//!   login, a timeout, ...) is also added to the peer's count in the store, at the time
+//!   it happened, which bans the peer when the fleet's count reaches a ban:
+//!   `max_failures` failed logins spread over the replicas ban, not `max_failures` on
+//!   each. The ban's length escalates by the fleet's count of the peer's bans, also
+//!   when a replica's own count banned the peer first.
 //! - **Bans and unbans reach every replica**: a ban made anywhere (by offences, by the
 //!   operator, by an import) is stored with its expiry and offence count and published;
-//!   every replica applies it as the message arrives. Unbans too; between a ban and an
-//!   unban of the same key, the later one wins, whatever order they reach the store in.
+//!   every replica applies it as the message arrives. Unbans too. Between a ban and an
+//!   unban of the same key, the later one wins, whatever order they reach the store in
+//!   (an unban is remembered as long as the longest ban, `max_ban`, and a ban shared
+//!   with the fleet runs at most that long). Two bans in force merge: the later end.
 //! - **Bans outlive the replicas**: a replica loads every ban in force when it connects,
 //!   so restarting every replica forgets nothing. If the store itself lost its data
 //!   (restarted empty), each replica gives it back the bans it holds.
@@ -24,19 +27,35 @@
 //! Everything is eventually consistent. While the store is reachable, a decision made
 //! elsewhere is applied here one message later (a round trip to the store and back:
 //! milliseconds; BENCHMARKS.md has the figures), and the fleet's count of a peer's
-//! offences is behind by the offences still queued here. Messages lost on a broken link
-//! are repaired when the link is back (the replica sends what it changed meanwhile,
-//! then loads everything in force) and by a full reload every
-//! [`resync_every`](FleetBuilder::resync_every) (30 s by default).
+//! offences is behind by the offences still queued here. The sync task sends one
+//! change at a time: after an outage, the changes made meanwhile go first (thousands a
+//! second on a local network), and decisions from elsewhere wait behind them. Messages
+//! lost on a broken link are repaired when the link is back (the replica sends what it
+//! changed meanwhile, then loads everything in force) and by a full reload every
+//! [`resync_every`](FleetBuilder::resync_every) (30 s by default), which also corrects a
+//! replica whose change lost to a later one.
 //!
 //! While the store is unreachable, every replica goes on alone: it admits, refuses and
 //! bans with what it knows, never waits, and keeps the bans and unbans it makes for the
-//! store. Offences made meanwhile count only where they happen (up to 4096 are kept
-//! and sent once the store is back; the rest are dropped and counted). A slow store
-//! delays only the sync task.
+//! store (the latest of each key; an unban is never dropped for room). Offences made
+//! meanwhile are kept too, up to 4096 (the rest are dropped and counted), and count
+//! once the store is back as of when they happened: those older than the window, or
+//! than the peer's last unban, no longer count. A slow store delays only the sync task.
 //!
-//! Replicas of one fleet should share one ban policy (window, limits, ban lengths):
-//! each sends the weights and lengths it is configured with.
+//! # What the replicas must share
+//!
+//! One ban policy (window, limits, ban lengths) and one peer keying (prefix lengths):
+//! each replica sends the weights and lengths it is configured with, and keys are
+//! shared as networks (a /64 ban is a network banned whole on a replica keyed by /128).
+//! A replica holds at most 256 networks banned whole; the store keeps at most 65 536
+//! bans (past that, new bans still reach every replica live). Whoever can write the
+//! store's keys or publish on its channel bans and unbans on every replica: give the
+//! fleet its own Redis user, limited to its prefix.
+//!
+//! Redis 5 or later; with an eviction policy that never evicts the fleet's keys
+//! (`noeviction`, or a `volatile-*` policy: the ban list has no expiry). A failover that
+//! loses recent writes loses the bans made in them from the store: the replicas that
+//! hold them keep them, but replicas that start later do not get them.
 //!
 //! # Example
 //!
@@ -135,7 +154,7 @@ impl Fleet {
         }
     }
 
-    /// Counters, read without locking.
+    /// What the sync task has done so far.
     pub fn stats(&self) -> FleetStats {
         let counters = &self.shared.counters;
         FleetStats {
@@ -198,7 +217,14 @@ impl FleetBuilder {
             queued,
             self.resync_every,
         );
-        runtime.spawn(task.run());
+        let task = runtime.spawn(task.run());
+        runtime.spawn(async move {
+            if let Err(error) = task.await
+                && error.is_panic()
+            {
+                tracing::error!(%error, "the fleet's sync task panicked: this replica bans alone from now on");
+            }
+        });
         Ok(Fleet { shared })
     }
 }
@@ -232,38 +258,83 @@ struct Counters {
 impl Shared {
     /// An offence by `key` of `weight`, for the fleet's count.
     pub(crate) fn offence(&self, key: IpNet, weight: u32) {
-        if self.outbox.offences.try_send((key, weight)).is_err() {
+        let offence = QueuedOffence {
+            key,
+            weight,
+            at: Instant::now(),
+        };
+        if self.outbox.offences.try_send(offence).is_err() {
             self.counters.dropped.add();
         }
     }
 
-    /// A ban made here: `key` for `length` from now, its `offences`-th.
-    pub(crate) fn ban(&self, key: IpNet, length: Duration, offences: u32) {
-        let now = Instant::now();
-        self.pend(
-            key,
-            Pending::Ban {
-                until: now + length,
-                offences,
-                at: now,
-            },
-        );
+    /// A ban made here: `key` for `length` from now, its `offences`-th; `by_offences`
+    /// if this replica's count of the peer's offences made it.
+    pub(crate) fn ban(&self, key: IpNet, length: Duration, offences: u32, by_offences: bool) {
+        let at = Instant::now();
+        let mut pending = self.outbox.lock();
+        // An unban waiting before it is sent first, or the ban would only merge with the
+        // one it lifted.
+        let lifted_at = match pending.get(&key) {
+            Some(Pending::Unban { at }) => Some(*at),
+            Some(Pending::Ban { lifted_at, .. }) => *lifted_at,
+            None => None,
+        };
+        let ban = Pending::Ban {
+            length,
+            at,
+            offences,
+            by_offences,
+            lifted_at,
+        };
+        self.pend(&mut pending, key, ban);
     }
 
     /// An unban made here.
     pub(crate) fn unban(&self, key: IpNet) {
-        self.pend(key, Pending::Unban { at: Instant::now() });
+        let mut pending = self.outbox.lock();
+        self.pend(&mut pending, key, Pending::Unban { at: Instant::now() });
     }
 
-    fn pend(&self, key: IpNet, change: Pending) {
-        let mut pending = self.outbox.lock();
+    fn pend(&self, pending: &mut HashMap<IpNet, Pending>, key: IpNet, change: Pending) {
         if pending.len() >= MAX_PENDING && !pending.contains_key(&key) {
+            // An unban is never dropped: a waiting ban makes room for it (the ban holds
+            // here, and goes to the store if it loses its data).
+            let waiting_ban = pending
+                .iter()
+                .find(|(_, waiting)| matches!(waiting, Pending::Ban { .. }))
+                .map(|(key, _)| *key);
+            match (change, waiting_ban) {
+                (Pending::Unban { .. }, Some(ban)) => {
+                    pending.remove(&ban);
+                }
+                _ => {
+                    self.counters.dropped.add();
+                    return;
+                }
+            }
             self.counters.dropped.add();
-            return;
         }
         pending.insert(key, change);
-        drop(pending);
         self.outbox.wake.notify_one();
+    }
+}
+
+/// An offence waiting for the store.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueuedOffence {
+    key: IpNet,
+    weight: u32,
+    at: Instant,
+}
+
+impl QueuedOffence {
+    fn change(self, now: Instant) -> Change {
+        Change::Offence {
+            key: self.key,
+            weight: self.weight,
+            ago: now.saturating_duration_since(self.at),
+        }
     }
 }
 
@@ -271,7 +342,7 @@ impl Shared {
 /// change of each key is the one that matters).
 #[derive(Debug)]
 struct Outbox {
-    offences: mpsc::Sender<(IpNet, u32)>,
+    offences: mpsc::Sender<QueuedOffence>,
     pending: Mutex<HashMap<IpNet, Pending>>,
     /// Raised when a ban or unban is added.
     wake: Notify,
@@ -291,9 +362,12 @@ impl Outbox {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pending {
     Ban {
-        until: Instant,
-        offences: u32,
+        length: Duration,
         at: Instant,
+        offences: u32,
+        by_offences: bool,
+        /// An unban this ban came after, not sent yet either.
+        lifted_at: Option<Instant>,
     },
     Unban {
         at: Instant,
@@ -301,26 +375,35 @@ enum Pending {
 }
 
 impl Pending {
-    /// The change to send for `key` now; `None` for a ban that has run out meanwhile.
-    fn change(self, key: IpNet, now: Instant) -> Option<Change> {
-        match self {
+    /// The changes to send for `key` now, in order: an unban, a ban, or an unban and
+    /// the ban made after it. A ban that has run out meanwhile is not sent; the unban
+    /// before it still is.
+    fn changes(self, key: IpNet, now: Instant) -> impl Iterator<Item = Change> {
+        let (lifted_at, ban) = match self {
+            Pending::Unban { at } => (Some(at), None),
             Pending::Ban {
-                until,
-                offences,
+                length,
                 at,
+                offences,
+                by_offences,
+                lifted_at,
             } => {
-                let remaining = until.saturating_duration_since(now);
-                (!remaining.is_zero()).then_some(Change::Ban {
+                let issued_ago = now.saturating_duration_since(at);
+                let remaining = length.saturating_sub(issued_ago);
+                let ban = (!remaining.is_zero()).then_some(Change::Ban {
                     key,
                     remaining,
                     offences,
-                    issued_ago: Some(now.saturating_duration_since(at)),
-                })
+                    issued_ago: Some(issued_ago),
+                    by_offences,
+                });
+                (lifted_at, ban)
             }
-            Pending::Unban { at } => Some(Change::Unban {
-                key,
-                issued_ago: now.saturating_duration_since(at),
-            }),
-        }
+        };
+        let unban = lifted_at.map(|at| Change::Unban {
+            key,
+            issued_ago: now.saturating_duration_since(at),
+        });
+        unban.into_iter().chain(ban)
     }
 }

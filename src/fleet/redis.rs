@@ -23,6 +23,12 @@ const MAX_PREFIX: usize = 64;
 /// The longest message on the decisions channel this replica reads; longer ones are
 /// not the fleet's.
 const MAX_MESSAGE: usize = 200;
+/// The most bans the store keeps, as many as a replica's ban table holds by default:
+/// past it, a new ban still reaches every replica live, but is not kept for replicas
+/// that start later. It bounds what each reload reads.
+const MAX_STORED_BANS: u32 = 65_536;
+/// Entries read per `HSCAN` call while reloading: Redis serves others in between.
+const SCAN_BATCH: usize = 1000;
 
 /// Redis as a fleet's store.
 ///
@@ -217,28 +223,103 @@ impl Link for RedisLink {
 
     fn snapshot(&mut self) -> BoxFuture<'_, Result<Snapshot, BackendError>> {
         Box::pin(async move {
-            let (epoch, bans, lifted): (String, Vec<String>, Vec<String>) = self
+            let (epoch, now): (String, u64) = self
                 .scripts
-                .load
-                .key(&self.keys.bans)
-                .key(&self.keys.lifted)
+                .epoch
                 .key(&self.keys.epoch)
-                .arg(millis(self.policy.max_ban))
                 .arg(random_epoch())
                 .invoke_async(&mut self.connection)
                 .await
                 .map_err(BackendError::new)?;
-            parse_snapshot(epoch, &bans, &lifted)
+            let mut bans = Vec::new();
+            let hash = self.keys.bans.clone();
+            self.scan(&hash, |key, value| {
+                let (until, offences) = parse_ban(value)?;
+                if until <= now {
+                    return Some(Scanned::RunOut);
+                }
+                bans.push(Decision::Ban {
+                    key: key.parse().ok()?,
+                    remaining: Duration::from_millis(until - now),
+                    offences,
+                });
+                Some(Scanned::Kept)
+            })
+            .await?;
+            let mut lifted = Vec::new();
+            let horizon = now.saturating_sub(millis(self.policy.max_ban));
+            let hash = self.keys.lifted.clone();
+            self.scan(&hash, |key, value| {
+                if value.parse::<u64>().ok()? < horizon {
+                    return Some(Scanned::RunOut);
+                }
+                lifted.push(key.parse().ok()?);
+                Some(Scanned::Kept)
+            })
+            .await?;
+            Ok(Snapshot::new(epoch, bans, lifted))
         })
     }
 }
 
+/// What reading one entry of a hash found.
+enum Scanned {
+    Kept,
+    /// Run out: dropped from the store.
+    RunOut,
+}
+
 impl RedisLink {
+    /// Reads `hash` in batches, Redis serving others in between; `read` takes each
+    /// field and value (`None`: not the fleet's, skipped and left alone). Entries read
+    /// as run out are dropped, if they have not changed since.
+    async fn scan(
+        &mut self,
+        hash: &str,
+        mut read: impl FnMut(&str, &str) -> Option<Scanned>,
+    ) -> Result<(), BackendError> {
+        let mut cursor = 0_u64;
+        loop {
+            let (next, entries): (u64, Vec<Vec<u8>>) = redis::cmd("HSCAN")
+                .arg(hash)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(SCAN_BATCH)
+                .query_async(&mut self.connection)
+                .await
+                .map_err(BackendError::new)?;
+            let mut prune = self.scripts.prune.key(hash);
+            let mut run_out = 0;
+            for entry in entries.chunks_exact(2) {
+                let (Ok(field), Ok(value)) = (
+                    std::str::from_utf8(&entry[0]),
+                    std::str::from_utf8(&entry[1]),
+                ) else {
+                    continue;
+                };
+                if let Some(Scanned::RunOut) = read(field, value) {
+                    prune.arg(field).arg(value);
+                    run_out += 1;
+                }
+            }
+            if run_out > 0 {
+                let _: i64 = prune
+                    .invoke_async(&mut self.connection)
+                    .await
+                    .map_err(BackendError::new)?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+
     fn invocation<'a>(&'a self, change: &Change) -> redis::ScriptInvocation<'a> {
         let policy = &self.policy;
         let keys = &self.keys;
         match *change {
-            Change::Offence { key, weight } => {
+            Change::Offence { key, weight, ago } => {
                 let mut call = self.scripts.offend.key(&keys.bans);
                 call.key(format!("{}{key}", keys.offences))
                     .key(&keys.lifted)
@@ -250,7 +331,9 @@ impl RedisLink {
                     .arg(millis(policy.max_ban))
                     .arg(millis(policy.forget_after))
                     .arg(&keys.decisions)
-                    .arg(BAN_WEIGHT);
+                    .arg(BAN_WEIGHT)
+                    .arg(millis(ago))
+                    .arg(MAX_STORED_BANS);
                 call
             }
             Change::Ban {
@@ -258,6 +341,7 @@ impl RedisLink {
                 remaining,
                 offences,
                 issued_ago,
+                by_offences,
             } => {
                 let mut call = self.scripts.ban.key(&keys.bans);
                 call.key(format!("{}{key}", keys.offences))
@@ -269,7 +353,12 @@ impl RedisLink {
                         issued_ago.map_or(-1, |ago| i64::try_from(millis(ago)).unwrap_or(i64::MAX)),
                     )
                     .arg(millis(policy.forget_after))
-                    .arg(&keys.decisions);
+                    .arg(&keys.decisions)
+                    .arg(u8::from(by_offences))
+                    .arg(millis(policy.first_ban))
+                    .arg(policy.factor)
+                    .arg(millis(policy.max_ban))
+                    .arg(MAX_STORED_BANS);
                 call
             }
             Change::Unban { key, issued_ago } => {
@@ -285,41 +374,22 @@ impl RedisLink {
     }
 }
 
-/// A snapshot from the load script's flat lists: `key remaining offences` triples, and
-/// lifted keys.
-fn parse_snapshot(
-    epoch: String,
-    bans: &[String],
-    lifted: &[String],
-) -> Result<Snapshot, BackendError> {
-    let unexpected =
-        |what: &str| BackendError::new(format!("unexpected {what} in the fleet's store"));
-    if !bans.len().is_multiple_of(3) {
-        return Err(unexpected("ban list"));
-    }
-    let bans = bans
-        .chunks_exact(3)
-        .filter_map(|ban| {
-            // A key that is not an address is not the fleet's: skipped, not fatal.
-            let key = ban[0].parse::<IpNet>().ok()?;
-            Some((key, ban[1].parse::<u64>(), ban[2].parse::<u32>()))
-        })
-        .map(|(key, remaining, offences)| match (remaining, offences) {
-            (Ok(remaining), Ok(offences)) => Ok(Decision::Ban {
-                key,
-                remaining: Duration::from_millis(remaining),
-                offences,
-            }),
-            _ => Err(unexpected("ban")),
-        })
-        .collect::<Result<_, _>>()?;
-    let lifted = lifted.iter().filter_map(|key| key.parse().ok()).collect();
-    Ok(Snapshot::new(epoch, bans, lifted))
+/// A stored ban's end (Redis's clock, ms) and count; `None` if it is not one.
+fn parse_ban(value: &str) -> Option<(u64, u32)> {
+    let mut fields = value.split(' ');
+    let until = fields.next()?.parse().ok()?;
+    let offences = fields.next()?.parse().ok()?;
+    let _issued: i64 = fields.next()?.parse().ok()?;
+    fields.next().is_none().then_some((until, offences))
 }
 
+/// Milliseconds, at most 2^50 (35 000 years), which Redis's Lua numbers hold exactly
+/// and the replicas read back.
 fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+    u64::try_from(duration.as_millis()).map_or(MAX_MILLIS, |ms| ms.min(MAX_MILLIS))
 }
+
+const MAX_MILLIS: u64 = 1 << 50;
 
 /// A fresh epoch, for a store that has none: any value no other replica picks.
 fn random_epoch() -> String {
@@ -340,28 +410,26 @@ struct Scripts {
     offend: Script,
     ban: Script,
     unban: Script,
-    load: Script,
+    epoch: Script,
+    prune: Script,
 }
 
 impl Scripts {
     fn new() -> Self {
+        macro_rules! script {
+            ($file:literal) => {
+                Script::new(concat!(
+                    include_str!("redis/common.lua"),
+                    include_str!(concat!("redis/", $file))
+                ))
+            };
+        }
         Self {
-            offend: Script::new(concat!(
-                include_str!("redis/common.lua"),
-                include_str!("redis/offend.lua")
-            )),
-            ban: Script::new(concat!(
-                include_str!("redis/common.lua"),
-                include_str!("redis/ban.lua")
-            )),
-            unban: Script::new(concat!(
-                include_str!("redis/common.lua"),
-                include_str!("redis/unban.lua")
-            )),
-            load: Script::new(concat!(
-                include_str!("redis/common.lua"),
-                include_str!("redis/load.lua")
-            )),
+            offend: script!("offend.lua"),
+            ban: script!("ban.lua"),
+            unban: script!("unban.lua"),
+            epoch: script!("epoch.lua"),
+            prune: script!("prune.lua"),
         }
     }
 }
@@ -425,27 +493,37 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_skips_keys_that_are_not_addresses_and_refuses_a_broken_list() {
-        let owned = |words: &[&str]| words.iter().map(|w| (*w).to_owned()).collect::<Vec<_>>();
-        let snapshot = parse_snapshot(
-            "e".into(),
-            &owned(&["10.0.0.1/32", "900", "1", "junk", "5", "1"]),
-            &owned(&["10.0.0.2/32", "junk"]),
-        )
-        .unwrap();
-        assert_eq!(snapshot.bans.len(), 1);
+    fn a_stored_ban_is_read_back_or_refused_without_panicking() {
         assert_eq!(
-            snapshot.lifted,
-            vec!["10.0.0.2/32".parse::<IpNet>().unwrap()]
+            parse_ban("1700000000000 2 -1"),
+            Some((1_700_000_000_000, 2))
         );
-        assert!(parse_snapshot("e".into(), &owned(&["10.0.0.1/32", "900"]), &[]).is_err());
-        assert!(parse_snapshot("e".into(), &owned(&["10.0.0.1/32", "x", "1"]), &[]).is_err());
+        assert_eq!(
+            parse_ban("1700000000000 2 1699999999000"),
+            Some((1_700_000_000_000, 2))
+        );
+        for junk in [
+            "",
+            "1 2",
+            "1 2 3 4",
+            "x 2 3",
+            "1 4294967296 3",
+            "18446744073709551616 1 1",
+        ] {
+            assert_eq!(parse_ban(junk), None, "{junk:?}");
+        }
+        assert_eq!(millis(Duration::MAX), MAX_MILLIS);
     }
 
     proptest! {
         #[test]
         fn any_message_parses_without_panicking(payload in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = parse_decision(&payload);
+        }
+
+        #[test]
+        fn any_stored_value_parses_without_panicking(value in "[0-9 x-]{0,40}") {
+            let _ = parse_ban(&value);
         }
 
         #[test]

@@ -9,7 +9,7 @@ use std::{
 use ipnet::IpNet;
 use tokio::{sync::mpsc, time::Instant};
 
-use super::{Backend, BackendError, Change, Decision, Link, Shared, Snapshot};
+use super::{Backend, BackendError, Change, Decision, Link, QueuedOffence, Shared, Snapshot};
 use crate::{
     login::{Login, WeakLogin},
     throttle::LogThrottle,
@@ -20,6 +20,10 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Decisions from the store waiting to be applied.
 const DECISION_QUEUE: usize = 1024;
+/// How often the task looks whether its login is still there.
+const LOGIN_CHECK: Duration = Duration::from_secs(1);
+/// Bans applied from a reload between two yields to the runtime.
+const APPLY_BATCH: usize = 1024;
 
 /// Why serving a link ended.
 enum Ended {
@@ -39,7 +43,7 @@ pub(super) struct SyncTask {
     login: WeakLogin,
     backend: Arc<dyn Backend>,
     shared: Arc<Shared>,
-    offences: mpsc::Receiver<(IpNet, u32)>,
+    offences: mpsc::Receiver<QueuedOffence>,
     resync_every: Duration,
     /// The store's epoch at the last snapshot: when it changes, the store has lost its
     /// data and is given this replica's bans.
@@ -52,7 +56,7 @@ impl SyncTask {
         login: &Login,
         backend: Arc<dyn Backend>,
         shared: Arc<Shared>,
-        offences: mpsc::Receiver<(IpNet, u32)>,
+        offences: mpsc::Receiver<QueuedOffence>,
         resync_every: Duration,
     ) -> Self {
         Self {
@@ -78,9 +82,7 @@ impl SyncTask {
                 Ok(link) => {
                     self.shared.counters.connects.add();
                     self.shared.connected.store(true, Ordering::Relaxed);
-                    tracing::info!("connected to the fleet's store");
-                    backoff = MIN_BACKOFF;
-                    let ended = self.serve(link, &mut decisions).await;
+                    let ended = self.serve(link, &mut decisions, &mut backoff).await;
                     self.shared.connected.store(false, Ordering::Relaxed);
                     match ended {
                         Ended::LoginGone => return,
@@ -102,6 +104,7 @@ impl SyncTask {
         &mut self,
         mut link: Box<dyn Link>,
         decisions: &mut mpsc::Receiver<Decision>,
+        backoff: &mut Duration,
     ) -> Ended {
         // What changed here while the link was down first, then everything in force.
         if let Err(ended) = self.flush(&mut *link).await {
@@ -110,21 +113,26 @@ impl SyncTask {
         if let Err(ended) = self.resync(&mut *link).await {
             return ended;
         }
+        // Only a link that works resets the backoff: one that connects and fails at
+        // once (say, on a store it cannot read) is retried no faster than any other.
+        *backoff = MIN_BACKOFF;
+        tracing::info!("in step with the fleet's store");
         let mut resyncs =
             tokio::time::interval_at(Instant::now() + self.resync_every, self.resync_every);
         resyncs.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut login_checks = tokio::time::interval_at(Instant::now() + LOGIN_CHECK, LOGIN_CHECK);
         loop {
             let outcome = tokio::select! {
                 decision = decisions.recv() => match decision {
                     Some(decision) => self.apply(decision),
                     None => Err(Ended::Lost(BackendError::new("the store's decisions stopped"))),
                 },
-                offence = self.offences.recv() => match offence {
-                    Some((key, weight)) => self.send(&mut *link, &Change::Offence { key, weight }).await,
-                    None => Err(Ended::LoginGone),
-                },
+                Some(offence) = self.offences.recv() => {
+                    self.send(&mut *link, &offence.change(Instant::now())).await
+                }
                 () = self.shared.outbox.wake.notified() => self.flush(&mut *link).await,
                 _ = resyncs.tick() => self.resync(&mut *link).await,
+                _ = login_checks.tick() => self.login().map(drop),
             };
             if let Err(ended) = outcome {
                 return ended;
@@ -143,17 +151,18 @@ impl SyncTask {
         let pending = std::mem::take(&mut *self.shared.outbox.lock());
         let mut pending = pending.into_iter();
         while let Some((key, change)) = pending.next() {
-            let Some(message) = change.change(key, Instant::now()) else {
-                continue;
-            };
-            if let Err(error) = self.send(link, &message).await {
-                // Back in the outbox, unless a later change of the key is there already.
-                let mut outbox = self.shared.outbox.lock();
-                outbox.entry(key).or_insert(change);
-                for (key, change) in pending {
+            for message in change.changes(key, Instant::now()) {
+                if let Err(error) = self.send(link, &message).await {
+                    // Back in the outbox, unless a later change of the key is there
+                    // already. (An unban sent before a ban that was not is sent again:
+                    // harmless.)
+                    let mut outbox = self.shared.outbox.lock();
                     outbox.entry(key).or_insert(change);
+                    for (key, change) in pending {
+                        outbox.entry(key).or_insert(change);
+                    }
+                    return Err(error);
                 }
-                return Err(error);
             }
         }
         Ok(())
@@ -171,29 +180,34 @@ impl SyncTask {
                     remaining: ban.remaining,
                     offences: ban.offences,
                     issued_ago: None,
+                    by_offences: false,
                 };
                 self.send(link, &change).await?;
             }
             snapshot = link.snapshot().await?;
             self.epoch = Some(snapshot.epoch.clone());
         }
-        self.apply_snapshot(snapshot)?;
+        self.apply_snapshot(snapshot).await?;
         self.shared.counters.resyncs.add();
         Ok(())
     }
 
     /// Makes the table what the store holds, except for the keys changed here and not
     /// sent yet: every ban in force, and no ban the store says was lifted.
-    fn apply_snapshot(&self, snapshot: Snapshot) -> Result<(), Ended> {
+    async fn apply_snapshot(&self, snapshot: Snapshot) -> Result<(), Ended> {
         let login = self.login()?;
         let pending: HashSet<IpNet> = self.shared.outbox.lock().keys().copied().collect();
         let mut in_force = HashSet::with_capacity(snapshot.bans.len());
-        for ban in snapshot.bans {
+        for (n, ban) in snapshot.bans.into_iter().enumerate() {
             if let Decision::Ban { key, .. } = &ban {
                 in_force.insert(*key);
                 if !pending.contains(key) {
                     apply(&login, ban);
                 }
+            }
+            // A long list is applied without holding the runtime's thread.
+            if n % APPLY_BATCH == APPLY_BATCH - 1 {
+                tokio::task::yield_now().await;
             }
         }
         for key in snapshot.lifted {

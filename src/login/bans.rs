@@ -420,23 +420,25 @@ impl BanTable {
         self.unban(&self.keying.key(network.addr()))
     }
 
-    /// How many times `target` (a key, or a network banned whole) has been banned, as
-    /// far as the table remembers.
+    /// How long `target` (a key, or a network banned whole) is still banned (zero if it
+    /// is not), and how many times it has been banned, as far as the table remembers.
     #[cfg(feature = "fleet")]
-    pub(crate) fn offences_of(&self, target: IpNet) -> u32 {
-        if self.keying.is_wider_than_a_key(&target) {
-            return self
-                .networks
+    pub(crate) fn standing(&self, target: IpNet) -> (Duration, u32) {
+        let (until, offences) = if self.keying.is_wider_than_a_key(&target) {
+            self.networks
                 .list()
                 .iter()
                 .find(|ban| ban.network == target)
-                .map_or(0, |ban| ban.offences);
-        }
-        let key = self.keying.key(target.addr());
-        self.table
-            .lock(&Located::new(&key))
-            .get_mut()
-            .map_or(0, |record| record.offences)
+                .map_or((0, 0), |ban| (ban.banned_until, ban.offences))
+        } else {
+            let key = self.keying.key(target.addr());
+            self.table
+                .lock(&Located::new(&key))
+                .get_mut()
+                .map_or((0, 0), |record| (record.banned_until, record.offences))
+        };
+        let remaining = Duration::from_nanos(until.saturating_sub(self.now()));
+        (remaining, offences)
     }
 
     /// What banning `network` bans: the network whole if it is wider than a key, or
@@ -570,7 +572,11 @@ impl Bans {
         #[cfg(feature = "fleet")]
         if let Some(fleet) = self.table.fleet() {
             let target = self.table.ban_target(network);
-            fleet.ban(target, length, self.table.offences_of(target).max(1));
+            let (_, offences) = self.table.standing(target);
+            // The fleet keeps a ban no longer than the longest by offences, as long as
+            // it remembers the unban that may lift it.
+            let length = length.min(self.table.policy().max_ban);
+            fleet.ban(target, length, offences.max(1), false);
         }
         #[cfg(not(feature = "fleet"))]
         let _ = (network, length);

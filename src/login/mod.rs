@@ -606,17 +606,24 @@ impl Login {
         }
     }
 
-    /// Applies a ban made elsewhere in the fleet, without sending it back.
+    /// Applies a ban made elsewhere in the fleet, without sending it back; nothing if
+    /// the table has it already (a reload brings every ban again).
     pub(crate) fn apply_fleet_ban(&self, key: ipnet::IpNet, remaining: Duration, offences: u32) {
         let shared = &self.shared;
         let remaining = remaining.min(shared.bans.policy().max_ban);
+        let (held, held_offences) = shared.bans.standing(key);
+        // A second's slack: the same ban, seen again a little later.
+        if held.abs_diff(remaining) <= Duration::from_secs(1) && held_offences >= offences {
+            return;
+        }
         if let Err(error) = shared.bans.ban_network(key, remaining, offences) {
             if let Some(suppressed) = shared.ban_log.allow() {
                 tracing::warn!(%key, %error, suppressed, "a ban from the fleet could not be applied");
             }
             return;
         }
-        if let Some(live) = &shared.live
+        if held.is_zero()
+            && let Some(live) = &shared.live
             && !shared.keying.is_wider_than_a_key(&key)
         {
             let key = shared.keying.key(key.addr());
@@ -625,8 +632,12 @@ impl Login {
     }
 
     /// Lifts a ban as the fleet says, without sending it back; `false` if there was
-    /// none here.
+    /// none here (then the table, its offence counts included, is left as it is).
     pub(crate) fn apply_fleet_unban(&self, key: ipnet::IpNet) -> bool {
+        let (held, _) = self.shared.bans.standing(key);
+        if held.is_zero() {
+            return false;
+        }
         let lifted = self.shared.bans.unban_network(key);
         self.shared.bans.lifted();
         lifted
@@ -706,7 +717,8 @@ impl Shared {
             let key = peer.key.network();
             fleet.offence(key, self.bans.policy().points(offence));
             if let Recorded::Banned(length) = recorded {
-                fleet.ban(key, length, self.bans.offences_of(key));
+                let (_, offences) = self.bans.standing(key);
+                fleet.ban(key, length, offences, true);
             }
         }
     }

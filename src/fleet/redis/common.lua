@@ -21,3 +21,25 @@ local function read_ban(value)
   return tonumber(until_ms), tonumber(offences), tonumber(issued)
 end
 
+-- The length of a peer's n-th ban, as the replicas' ban policy has it.
+local function ban_length(first, factor, longest, n)
+  return math.floor(math.min(first * factor ^ (n - 1), longest))
+end
+
+-- Stores a ban unless the store is full of others; the replicas are told either way.
+local function store_ban(bans, key, until_ms, offences, issued, cap)
+  if redis.call('HEXISTS', bans, key) == 1 or redis.call('HLEN', bans) < cap then
+    redis.call('HSET', bans, key, int(until_ms) .. ' ' .. int(offences) .. ' ' .. int(issued))
+  end
+end
+
+-- Tells the replicas what is in force for a key now.
+local function publish_state(bans, channel, key, now)
+  local until_ms, offences = read_ban(redis.call('HGET', bans, key))
+  if until_ms and until_ms > now then
+    redis.call('PUBLISH', channel, 'ban ' .. key .. ' ' .. int(until_ms - now) .. ' ' .. int(offences))
+  else
+    redis.call('PUBLISH', channel, 'unban ' .. key)
+  end
+end
+

@@ -1,12 +1,14 @@
 -- An unban: KEYS bans, the peer's offences, lifted; ARGV key, lifted how long ago
--- (ms), decisions channel. A ban issued after it stays. The lift is remembered (as
--- long as the longest ban, see load) so a late copy of an older ban loses to it.
+-- (ms), decisions channel. A ban issued after it stays. The lift is remembered (for
+-- the longest ban) so that a late copy of an older ban loses to it.
 -- Returns 1 if the store changed.
 local now = now_ms()
 local key = ARGV[1]
 local at = now - tonumber(ARGV[2])
-local _, _, issued = read_ban(redis.call('HGET', KEYS[1], key))
-if issued and issued > at then
+local until_ms, _, issued = read_ban(redis.call('HGET', KEYS[1], key))
+if until_ms and until_ms > now and issued > at then
+  -- The replica that sent it lifted a ban the fleet renewed since.
+  publish_state(KEYS[1], ARGV[3], key, now)
   return 0
 end
 local earlier = tonumber(redis.call('HGET', KEYS[3], key)) or at
