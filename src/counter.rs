@@ -20,7 +20,12 @@ struct Stripe(AtomicU64);
 
 impl Counter {
     pub(crate) fn add(&self) {
-        self.stripes[stripe()].0.fetch_add(1, Ordering::Relaxed);
+        self.add_n(1);
+    }
+
+    pub(crate) fn add_n(&self, n: usize) {
+        let n = u64::try_from(n).unwrap_or(u64::MAX);
+        self.stripes[stripe()].0.fetch_add(n, Ordering::Relaxed);
     }
 
     pub(crate) fn get(&self) -> u64 {

@@ -140,6 +140,20 @@ pub trait Link: Send {
     /// Records a change made on this replica, and passes it on to the others.
     fn send<'a>(&'a mut self, change: &'a Change) -> BoxFuture<'a, Result<(), BackendError>>;
 
+    /// Records `changes` in order; a store that can take them together (Redis, in one
+    /// pipeline) should, as the replica sends its changes in batches after an outage.
+    fn send_all<'a>(
+        &'a mut self,
+        changes: &'a [Change],
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            for change in changes {
+                self.send(change).await?;
+            }
+            Ok(())
+        })
+    }
+
     /// Everything in force now.
     fn snapshot(&mut self) -> BoxFuture<'_, Result<Snapshot, BackendError>>;
 }

@@ -27,9 +27,9 @@
 //! Everything is eventually consistent. While the store is reachable, a decision made
 //! elsewhere is applied here one message later (a round trip to the store and back:
 //! milliseconds; BENCHMARKS.md has the figures), and the fleet's count of a peer's
-//! offences is behind by the offences still queued here. The sync task sends one
-//! change at a time: after an outage, the changes made meanwhile go first (thousands a
-//! second on a local network), and decisions from elsewhere wait behind them. Messages
+//! offences is behind by the offences still queued here. The sync task sends changes in
+//! batches of up to 256 (one Redis pipeline each): after an outage, the changes made
+//! meanwhile go first, and decisions from elsewhere wait behind them. Messages
 //! lost on a broken link are repaired when the link is back (the replica sends what it
 //! changed meanwhile, then loads everything in force) and by a full reload every
 //! [`resync_every`](FleetBuilder::resync_every) (30 s by default), which also corrects a
@@ -135,7 +135,7 @@ pub struct FleetStats {
     pub failures: u64,
     /// Changes sent to the store: offences, bans, unbans.
     pub sent: u64,
-    /// Decisions from elsewhere applied as they came.
+    /// Decisions applied as they came (a replica's own changes come back too).
     pub applied: u64,
     /// Full reloads of what is in force.
     pub resyncs: u64,

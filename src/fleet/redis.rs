@@ -129,13 +129,16 @@ impl RedisBackend {
             .await
             .map_err(|_| BackendError::new("subscribing to the fleet's decisions timed out"))?
             .map_err(BackendError::new)?;
-        tokio::spawn(forward(pubsub.into_on_message(), decisions));
-        Ok(Box::new(RedisLink {
+        let mut link = RedisLink {
             connection,
             keys,
             policy,
             scripts: Scripts::new(),
-        }))
+        };
+        // Loaded up front: a pipeline of script calls cannot load a script it misses.
+        link.scripts.load(&mut link.connection).await?;
+        tokio::spawn(forward(pubsub.into_on_message(), decisions));
+        Ok(Box::new(link))
     }
 }
 
@@ -218,6 +221,23 @@ impl Link for RedisLink {
                 .await
                 .map_err(BackendError::new)?;
             Ok(())
+        })
+    }
+
+    fn send_all<'a>(
+        &'a mut self,
+        changes: &'a [Change],
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            let mut pipeline = redis::pipe();
+            for change in changes {
+                pipeline.invoke_script(&self.invocation(change)).ignore();
+            }
+            let mut connection = self.connection.clone();
+            pipeline
+                .query_async::<()>(&mut connection)
+                .await
+                .map_err(BackendError::new)
         })
     }
 
@@ -415,6 +435,24 @@ struct Scripts {
 }
 
 impl Scripts {
+    /// Loads every script into Redis.
+    async fn load(&self, connection: &mut MultiplexedConnection) -> Result<(), BackendError> {
+        for script in [
+            &self.offend,
+            &self.ban,
+            &self.unban,
+            &self.epoch,
+            &self.prune,
+        ] {
+            script
+                .prepare_invoke()
+                .load_async(connection)
+                .await
+                .map_err(BackendError::new)?;
+        }
+        Ok(())
+    }
+
     fn new() -> Self {
         macro_rules! script {
             ($file:literal) => {

@@ -24,6 +24,8 @@ const DECISION_QUEUE: usize = 1024;
 const LOGIN_CHECK: Duration = Duration::from_secs(1);
 /// Bans applied from a reload between two yields to the runtime.
 const APPLY_BATCH: usize = 1024;
+/// The most changes sent to the store together.
+const SEND_BATCH: usize = 256;
 
 /// Why serving a link ended.
 enum Ended {
@@ -127,9 +129,7 @@ impl SyncTask {
                     Some(decision) => self.apply(decision),
                     None => Err(Ended::Lost(BackendError::new("the store's decisions stopped"))),
                 },
-                Some(offence) = self.offences.recv() => {
-                    self.send(&mut *link, &offence.change(Instant::now())).await
-                }
+                Some(offence) = self.offences.recv() => self.send_offences(&mut *link, offence).await,
                 () = self.shared.outbox.wake.notified() => self.flush(&mut *link).await,
                 _ = resyncs.tick() => self.resync(&mut *link).await,
                 _ = login_checks.tick() => self.login().map(drop),
@@ -140,29 +140,49 @@ impl SyncTask {
         }
     }
 
-    async fn send(&self, link: &mut dyn Link, change: &Change) -> Result<(), Ended> {
-        link.send(change).await?;
-        self.shared.counters.sent.add();
+    async fn send_all(&self, link: &mut dyn Link, changes: &[Change]) -> Result<(), Ended> {
+        link.send_all(changes).await?;
+        self.shared.counters.sent.add_n(changes.len());
         Ok(())
     }
 
-    /// Sends the bans and unbans made here; those not sent stay for the next link.
+    /// Sends `first` and the offences queued behind it, a batch at a time.
+    async fn send_offences(
+        &mut self,
+        link: &mut dyn Link,
+        first: QueuedOffence,
+    ) -> Result<(), Ended> {
+        let now = Instant::now();
+        let mut batch = vec![first.change(now)];
+        while batch.len() < SEND_BATCH
+            && let Ok(offence) = self.offences.try_recv()
+        {
+            batch.push(offence.change(now));
+        }
+        self.send_all(link, &batch).await
+    }
+
+    /// Sends the bans and unbans made here, a batch at a time; those not sent stay for
+    /// the next link.
     async fn flush(&self, link: &mut dyn Link) -> Result<(), Ended> {
-        let pending = std::mem::take(&mut *self.shared.outbox.lock());
-        let mut pending = pending.into_iter();
-        while let Some((key, change)) = pending.next() {
-            for message in change.changes(key, Instant::now()) {
-                if let Err(error) = self.send(link, &message).await {
-                    // Back in the outbox, unless a later change of the key is there
-                    // already. (An unban sent before a ban that was not is sent again:
-                    // harmless.)
-                    let mut outbox = self.shared.outbox.lock();
-                    outbox.entry(key).or_insert(change);
-                    for (key, change) in pending {
-                        outbox.entry(key).or_insert(change);
-                    }
-                    return Err(error);
+        let pending: Vec<_> = std::mem::take(&mut *self.shared.outbox.lock())
+            .into_iter()
+            .collect();
+        for (n, batch) in pending.chunks(SEND_BATCH).enumerate() {
+            let now = Instant::now();
+            let changes: Vec<Change> = batch
+                .iter()
+                .flat_map(|(key, change)| change.changes(*key, now))
+                .collect();
+            if let Err(error) = self.send_all(link, &changes).await {
+                // Back in the outbox, unless a later change of the key is there
+                // already. (Some of the batch may have reached the store: sent again,
+                // they change nothing.)
+                let mut outbox = self.shared.outbox.lock();
+                for (key, change) in &pending[n * SEND_BATCH..] {
+                    outbox.entry(*key).or_insert(*change);
                 }
+                return Err(error);
             }
         }
         Ok(())
@@ -173,16 +193,21 @@ impl SyncTask {
     async fn resync(&mut self, link: &mut dyn Link) -> Result<(), Ended> {
         let mut snapshot = link.snapshot().await?;
         if self.epoch.as_ref() != Some(&snapshot.epoch) {
-            let held = self.login()?.bans().list();
-            for ban in held {
-                let change = Change::Ban {
+            let held: Vec<Change> = self
+                .login()?
+                .bans()
+                .list()
+                .into_iter()
+                .map(|ban| Change::Ban {
                     key: ban.key.network(),
                     remaining: ban.remaining,
                     offences: ban.offences,
                     issued_ago: None,
                     by_offences: false,
-                };
-                self.send(link, &change).await?;
+                })
+                .collect();
+            for batch in held.chunks(SEND_BATCH) {
+                self.send_all(link, batch).await?;
             }
             snapshot = link.snapshot().await?;
             self.epoch = Some(snapshot.epoch.clone());
