@@ -471,6 +471,98 @@ async fn entries_in_redis_that_are_not_bans_are_skipped() {
     }
 }
 
+/// A replica on an already built backend.
+fn join_backend(backend: RedisBackend) -> Replica {
+    let login = policy().build().unwrap();
+    let backend = backend
+        .prefix("test")
+        .unwrap()
+        .timeout(Duration::from_millis(500))
+        .unwrap();
+    let fleet = Fleet::builder(backend).join(&login).unwrap();
+    Replica { login, fleet }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_with_a_password_takes_it_from_the_url_and_refuses_a_wrong_one() {
+    let redis = RedisBinary::find()
+        .expect("redis-server")
+        .start_with(&["--requirepass".to_owned(), "s3cret".to_owned()]);
+    let url = |password: &str| format!("redis://:{password}@127.0.0.1:{}/", redis.port);
+    let a = join_backend(RedisBackend::new(&url("s3cret")).unwrap());
+    let b = join_backend(RedisBackend::new(&url("s3cret")).unwrap());
+    let wrong = join_backend(RedisBackend::new(&url("guess")).unwrap());
+    a.connected().await;
+    b.connected().await;
+    a.login.bans().ban(ip("192.0.2.60"), secs(60)).unwrap();
+    eventually("B applies the ban", || b.banned("192.0.2.60")).await;
+    // The replica with the wrong password goes on alone, and says so.
+    eventually("the refused replica counts failures", || {
+        wrong.fleet.stats().failures >= 2
+    })
+    .await;
+    assert!(!wrong.fleet.stats().connected && !wrong.banned("192.0.2.60"));
+    assert_eq!(
+        wrong.fail_once("192.0.2.61").await.as_deref(),
+        Some("DENIED")
+    );
+}
+
+#[cfg(feature = "tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_bans_over_tls_with_a_private_ca() {
+    let generated = rcgen::generate_simple_self_signed(["127.0.0.1".to_owned()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("fleet-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("redis.crt"), dir.join("redis.key"));
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    let tls_port = redis_server::free_port();
+    let path = |file: &std::path::Path| file.to_str().unwrap().to_owned();
+    let redis = RedisBinary::find().expect("redis-server").start_with(&[
+        "--tls-port".to_owned(),
+        tls_port.to_string(),
+        "--tls-cert-file".to_owned(),
+        path(&cert),
+        "--tls-key-file".to_owned(),
+        path(&key),
+        "--tls-ca-cert-file".to_owned(),
+        path(&cert),
+        "--tls-auth-clients".to_owned(),
+        "no".to_owned(),
+    ]);
+    let over_tls = |ca: Option<Vec<u8>>| {
+        let client = redis::Client::build_with_tls(
+            format!("rediss://127.0.0.1:{tls_port}/"),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: ca,
+            },
+        )
+        .unwrap();
+        join_backend(RedisBackend::from_client(client))
+    };
+    let a = over_tls(Some(generated.cert.pem().into_bytes()));
+    let plain = join_backend(RedisBackend::new(&redis.url()).unwrap());
+    a.connected().await;
+    plain.connected().await;
+    a.login.bans().ban(ip("192.0.2.62"), secs(60)).unwrap();
+    eventually("the plain replica applies the ban made over TLS", || {
+        plain.banned("192.0.2.62")
+    })
+    .await;
+    plain.login.bans().ban(ip("192.0.2.63"), secs(60)).unwrap();
+    eventually("the TLS replica applies the plain one's", || {
+        a.banned("192.0.2.63")
+    })
+    .await;
+    // A replica that does not trust the certificate never connects.
+    let untrusting = over_tls(None);
+    eventually("it fails", || untrusting.fleet.stats().failures >= 2).await;
+    assert_eq!(untrusting.fleet.stats().connects, 0);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 // End to end: login_server processes sharing one Redis, tried from outside as an
 // attacker and an operator would.
 

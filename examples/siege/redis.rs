@@ -52,13 +52,16 @@ impl RedisBinary {
 
     /// Starts Redis on a free loopback port.
     pub fn start(&self) -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
+        self.start_with(&[])
+    }
+
+    /// Starts Redis on a free loopback port with `settings` too (say, a password or a
+    /// TLS port).
+    pub fn start_with(&self, settings: &[String]) -> Redis {
         let mut redis = Redis {
             binary: self.0.clone(),
-            port,
+            port: free_port(),
+            settings: settings.to_vec(),
             child: None,
         };
         redis.restart();
@@ -66,10 +69,18 @@ impl RedisBinary {
     }
 }
 
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// A running Redis; killed when dropped.
 pub struct Redis {
     binary: PathBuf,
     pub port: u16,
+    settings: Vec<String>,
     child: Option<Child>,
 }
 
@@ -93,13 +104,18 @@ impl Redis {
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--protected-mode", "no", "--daemonize", "no"])
+            .args(&self.settings)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server starts");
         self.child = Some(child);
         let began = Instant::now();
-        while self.command(&["PING"]).as_deref() != Some("+PONG") {
+        // A Redis with a password answers too, asking for it.
+        let answers = |reply: Option<String>| {
+            reply.is_some_and(|reply| reply == "+PONG" || reply.starts_with("-NOAUTH"))
+        };
+        while !answers(self.command(&["PING"])) {
             assert!(
                 began.elapsed() < Duration::from_secs(10),
                 "redis-server did not answer on port {}",

@@ -39,7 +39,12 @@ const SCAN_BATCH: usize = 1000;
 /// replicas' clocks need not agree.
 ///
 /// A URL is `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS (with the
-/// crate's `tls` feature too).
+/// crate's `tls` feature too), which trusts the system's roots. For a private CA or a
+/// client certificate, build the client with `redis::Client::build_with_tls` and hand
+/// it to [`from_client`](Self::from_client). Redis's client builds its TLS
+/// configuration on rustls' process-wide crypto provider: a program whose rustls has
+/// more than `ring` (this crate's) installs one first
+/// (`CryptoProvider::install_default`).
 #[derive(Debug, Clone)]
 pub struct RedisBackend {
     client: Client,
@@ -54,11 +59,19 @@ impl RedisBackend {
     ///
     /// A URL Redis's client does not take, or `rediss://` without the `tls` feature.
     pub fn new(url: &str) -> Result<Self, BackendError> {
-        Ok(Self {
-            client: Client::open(url).map_err(BackendError::new)?,
+        Client::open(url)
+            .map(Self::from_client)
+            .map_err(BackendError::new)
+    }
+
+    /// The Redis `client` connects to, as built by the caller (redis-rs 1.x): TLS with
+    /// a private CA or a client certificate, say.
+    pub fn from_client(client: Client) -> Self {
+        Self {
+            client,
             prefix: DEFAULT_PREFIX.to_owned(),
             timeout: DEFAULT_TIMEOUT,
-        })
+        }
     }
 
     /// Puts this service's keys under `prefix` (`tower-bouncer` by default), so several
