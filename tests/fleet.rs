@@ -863,36 +863,15 @@ mod servers {
     async fn eventually_subscribed(redis: &Redis, count: usize) {
         let began = Instant::now();
         loop {
-            let reply = redis_numsub(redis);
-            if reply >= count {
+            let subscribed = redis.fleet_subscribers("e2e");
+            if subscribed >= count {
                 return;
             }
             assert!(
                 began.elapsed() < PATIENCE,
-                "{reply} of {count} replicas subscribed"
+                "{subscribed} of {count} replicas subscribed"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-
-    fn redis_numsub(redis: &Redis) -> usize {
-        use std::io::{Read, Write};
-        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", redis.port)) else {
-            return 0;
-        };
-        stream
-            .set_read_timeout(Some(Duration::from_secs(1)))
-            .unwrap();
-        stream
-            .write_all(b"PUBSUB NUMSUB {e2e}:decisions\r\n")
-            .unwrap();
-        let mut reply = vec![0; 256];
-        let n = stream.read(&mut reply).unwrap_or(0);
-        // *2\r\n$15\r\n{e2e}:decisions\r\n:N\r\n
-        String::from_utf8_lossy(&reply[..n])
-            .rsplit(':')
-            .next()
-            .and_then(|count| count.trim().parse().ok())
-            .unwrap_or(0)
     }
 }

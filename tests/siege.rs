@@ -1,4 +1,5 @@
-//! The siege, the README's first command, runs to the end and reports every attack.
+//! The siege, the README's first command, runs to the end and reports every attack; its
+//! fleet part bans at the fleet's threshold.
 
 mod support;
 
@@ -83,4 +84,58 @@ fn the_quick_siege_reports_every_attack_against_both_servers() {
     assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
     let _ = std::fs::remove_file(json);
     let _ = std::fs::remove_file(plot);
+}
+
+/// The fleet part alone: one attacker's failed logins alternate between two replicas,
+/// which ban it after their own threshold each when alone, and after the threshold in
+/// all when they share bans on Redis (installed by .ci/run).
+#[cfg(feature = "redis")]
+#[test]
+fn the_fleet_siege_bans_at_the_fleet_threshold() {
+    let json = std::env::temp_dir().join(format!("siege-fleet-{}.json", std::process::id()));
+    let output = Command::new(example_path("siege"))
+        .args(["--quick", "--fleet-only", "--json"])
+        .arg(&json)
+        .output()
+        .expect("the siege runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        stdout.contains("| login flood across 2 replicas "),
+        "{stdout}"
+    );
+
+    let figures: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(json);
+    assert_eq!(figures["runs"].as_array().unwrap().len(), 0, "{stdout}");
+    let fleet = figures["fleet"].as_array().unwrap();
+    let run = |server: &str| {
+        let run = fleet
+            .iter()
+            .find(|run| run["server"] == server)
+            .unwrap_or_else(|| panic!("no run with the replicas banning {server}"));
+        assert!(
+            run["refused_by_both_after_seconds"].is_f64(),
+            "both replicas refuse the attacker in the end: {run}"
+        );
+        assert!(run["legit_success"].as_f64().unwrap() >= 0.95, "{run}");
+        (
+            run["failed_tries"].as_u64().unwrap(),
+            run["max_failures"].as_u64().unwrap(),
+        )
+    };
+    // Alone, each replica allows its own threshold; the one try after the fleet's ban may
+    // reach the other replica before the ban does.
+    let (alone, max_failures) = run("alone");
+    assert!(alone >= 2 * max_failures - 1, "{stdout}");
+    let (shared, max_failures) = run("fleet");
+    assert!(
+        shared >= max_failures && shared <= max_failures + 1,
+        "{stdout}"
+    );
 }

@@ -71,7 +71,7 @@ const LEGIT: Ipv4Addr = Ipv4Addr::new(127, 0, 9, 9);
 
 /// How long any single exchange may take before it counts as failed: on loopback an
 /// answer takes milliseconds, so a second means the server is not serving.
-const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(1);
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Attack {
     pub const ALL: [Attack; 9] = [
@@ -178,7 +178,7 @@ struct Held {
 
 /// `127.<block + 10>.<host / 250>.<host % 250 + 1>`: attacker addresses, away from the
 /// legitimate client's.
-fn peer(block: u8, host: usize) -> Ipv4Addr {
+pub fn peer(block: u8, host: usize) -> Ipv4Addr {
     Ipv4Addr::new(127, block + 10, (host / 250) as u8, (host % 250) as u8 + 1)
 }
 

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example siege -- [--quick | --long] [--json FILE] [--plot FILE.svg]
+//! cargo run --release --features redis --example siege -- --fleet
 //! ```
 //!
 //! Each server runs in its own process (the siege re-executes itself in a server mode,
@@ -21,12 +22,21 @@
 //! the balancer. It runs when `haproxy` is installed (the siege installs it from the
 //! Debian package when it runs as root and it is missing); otherwise it is skipped,
 //! with a note.
+//!
+//! With `--fleet` (built with `--features redis`), a last part: a login flood across a
+//! fleet. One attacker alternates failed logins between two replicas of the protected
+//! login server, first each banning alone, then sharing bans and offences on one Redis;
+//! the report counts the failed tries each allowed before both refused the attacker.
+//! It needs `redis-server` (the siege installs it from the Debian package when it runs
+//! as root and it is missing). `--fleet-only` runs that part and nothing else.
 
 mod attacks;
 #[path = "../common/mod.rs"]
 mod common;
+mod fleet;
 mod haproxy;
 mod monitor;
+mod redis;
 mod report;
 
 use std::{
@@ -53,6 +63,10 @@ struct Options {
     json: Option<PathBuf>,
     plot: Option<PathBuf>,
     haproxy: bool,
+    /// The nine attacks and the flood behind a load balancer; off with `--fleet-only`.
+    attacks: bool,
+    /// The login flood across a fleet.
+    fleet: bool,
 }
 
 fn main() {
@@ -76,6 +90,8 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Options {
         json: None,
         plot: None,
         haproxy: false,
+        attacks: true,
+        fleet: false,
     };
     while let Some(flag) = argv.next() {
         match flag.as_str() {
@@ -84,14 +100,27 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Options {
             "--json" => options.json = Some(common::value(&flag, argv.next())),
             "--plot" => options.plot = Some(common::value(&flag, argv.next())),
             "--haproxy" => options.haproxy = true,
+            "--fleet" => options.fleet = true,
+            "--fleet-only" => {
+                options.fleet = true;
+                options.attacks = false;
+            }
             "-h" | "--help" => {
                 println!(
-                    "usage: siege [--quick | --long] [--json FILE] [--plot FILE.svg] [--haproxy]"
+                    "usage: siege [--quick | --long] [--json FILE] [--plot FILE.svg] [--haproxy] [--fleet | --fleet-only]"
                 );
                 std::process::exit(0);
             }
             _ => common::fail(format_args!("unknown flag `{flag}` (see --help)")),
         }
+    }
+    if options.fleet && !cfg!(feature = "redis") {
+        common::fail(
+            "--fleet needs Redis: cargo run --release --features redis --example siege -- --fleet",
+        );
+    }
+    if !options.attacks && (options.haproxy || options.plot.is_some()) {
+        common::fail("--haproxy and --plot are about the attacks, which --fleet-only leaves out");
     }
     options
 }
@@ -230,16 +259,80 @@ async fn siege(options: Options) {
     // The attackers hold thousands of sockets.
     let _ = tower_bouncer::serve::raise_descriptor_limit();
     let began = Instant::now();
-    println!(
-        "tower-bouncer siege: {} attacks, {:.1} s each, unprotected then protected{}, and a flood behind a load balancer",
-        Attack::ALL.len(),
-        options.duration.as_secs_f64(),
-        if options.haproxy {
-            ", then behind HAProxy"
-        } else {
-            ""
+    if options.attacks {
+        println!(
+            "tower-bouncer siege: {} attacks, {:.1} s each, unprotected then protected{}, and a flood behind a load balancer{}",
+            Attack::ALL.len(),
+            options.duration.as_secs_f64(),
+            if options.haproxy {
+                ", then behind HAProxy"
+            } else {
+                ""
+            },
+            if options.fleet {
+                ", and a login flood across a fleet"
+            } else {
+                ""
+            }
+        );
+    } else {
+        println!(
+            "tower-bouncer siege: a login flood across 2 replicas, banning alone then as a fleet on Redis, at most {:.1} s each",
+            options.duration.as_secs_f64(),
+        );
+    }
+    // Found (or not) before the attacks, not after them.
+    let redis = options.fleet.then(fleet::redis_binary);
+    let rows = if options.attacks {
+        attack(&options).await
+    } else {
+        Vec::new()
+    };
+    let mut fleet_rows = Vec::new();
+    if let Some(redis) = &redis {
+        for sharing in fleet::Sharing::BOTH {
+            eprint!("  {:<29} {:<6} ", fleet::ATTACK, sharing.name());
+            let row = fleet::run(sharing, redis, options.duration).await;
+            eprintln!(
+                "legit {:>5.1}% ok, {} failed tries before both refused the attacker",
+                row.legit_success() * 100.0,
+                row.failed_tries
+            );
+            fleet_rows.push(row);
         }
-    );
+    }
+    println!();
+    let mut verdicts = Vec::new();
+    if !rows.is_empty() {
+        print!("{}", report::table(&rows));
+        println!();
+        verdicts.push(report::verdict(&rows));
+    }
+    if !fleet_rows.is_empty() {
+        print!("{}", report::fleet_table(&fleet_rows));
+        println!();
+        verdicts.push(report::fleet_verdict(&fleet_rows));
+    }
+    println!("{}", verdicts.join("\n"));
+    println!("(took {:.0} s)", began.elapsed().as_secs_f64());
+    if let Some(path) = &options.json {
+        let json = report::json(&rows, &fleet_rows, &options.duration);
+        std::fs::write(path, json).unwrap_or_else(|error| {
+            common::fail(format_args!("writing {}: {error}", path.display()))
+        });
+        println!("figures written to {}", path.display());
+    }
+    if let Some(path) = &options.plot {
+        report::plot(&rows, path).unwrap_or_else(|error| {
+            common::fail(format_args!("plotting {}: {error}", path.display()))
+        });
+        println!("plot written to {}", path.display());
+    }
+}
+
+/// Runs every attack against each of its servers, and the flood behind a load balancer
+/// when HAProxy is there.
+async fn attack(options: &Options) -> Vec<Row> {
     let haproxy = haproxy::HaproxyBinary::find_or_install();
     if options.haproxy && haproxy.is_none() {
         common::fail("--haproxy: no haproxy on PATH (apt-get install haproxy)");
@@ -269,7 +362,7 @@ async fn siege(options: Options) {
     let mut rows = Vec::new();
     for (attack, side) in runs {
         eprint!("  {:<22} {:<13} ", attack.name(), side.name());
-        let row = run_one(attack, side, &options, haproxy.as_ref()).await;
+        let row = run_one(attack, side, options, haproxy.as_ref()).await;
         eprintln!(
             "legit {:>5.1}% ok, {} server descriptors at peak",
             row.legit_success() * 100.0,
@@ -277,23 +370,7 @@ async fn siege(options: Options) {
         );
         rows.push(row);
     }
-    println!();
-    print!("{}", report::table(&rows));
-    println!();
-    println!("{}", report::verdict(&rows));
-    println!("(took {:.0} s)", began.elapsed().as_secs_f64());
-    if let Some(path) = &options.json {
-        std::fs::write(path, report::json(&rows, &options.duration)).unwrap_or_else(|error| {
-            common::fail(format_args!("writing {}: {error}", path.display()))
-        });
-        println!("figures written to {}", path.display());
-    }
-    if let Some(path) = &options.plot {
-        report::plot(&rows, path).unwrap_or_else(|error| {
-            common::fail(format_args!("plotting {}: {error}", path.display()))
-        });
-        println!("plot written to {}", path.display());
-    }
+    rows
 }
 
 /// The load balancer's own address, which the protected server trusts for PROXY

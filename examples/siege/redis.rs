@@ -139,15 +139,43 @@ impl Redis {
     /// One command in Redis's inline protocol; the first line of the reply, or `None`
     /// if Redis did not answer within a second.
     pub fn command(&self, words: &[&str]) -> Option<String> {
+        self.reply_lines(words, 1).into_iter().next()
+    }
+
+    /// How many clients are subscribed to the decisions channel of the fleet under
+    /// `prefix` (each replica, once it has joined); 0 if Redis does not say.
+    pub fn fleet_subscribers(&self, prefix: &str) -> usize {
+        let channel = format!("{{{prefix}}}:decisions");
+        // `*2`, `$N`, the channel, then the count as `:N`.
+        self.reply_lines(&["PUBSUB", "NUMSUB", &channel], 4)
+            .iter()
+            .find_map(|line| line.strip_prefix(':')?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Up to `lines` lines of the reply to one inline command, each waited for at most
+    /// a second.
+    fn reply_lines(&self, words: &[&str], lines: usize) -> Vec<String> {
         use std::io::{BufRead, BufReader, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-        stream
-            .write_all(format!("{}\r\n", words.join(" ")).as_bytes())
-            .ok()?;
-        let mut line = String::new();
-        BufReader::new(stream).read_line(&mut line).ok()?;
-        (!line.is_empty()).then(|| line.trim_end().to_owned())
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return Vec::new();
+        };
+        let written = stream
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .and_then(|()| stream.write_all(format!("{}\r\n", words.join(" ")).as_bytes()));
+        if written.is_err() {
+            return Vec::new();
+        }
+        let mut reader = BufReader::new(stream);
+        let mut reply = Vec::new();
+        for _ in 0..lines {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(read) if read > 0 => reply.push(line.trim_end().to_owned()),
+                _ => break,
+            }
+        }
+        reply
     }
 }
 

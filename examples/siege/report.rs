@@ -6,7 +6,8 @@ use plotters::prelude::*;
 
 use super::{
     attacks::{Attack, Sample},
-    common::protection::Tally,
+    common::protection::{DEFAULT_MAX_FAILURES, Tally},
+    fleet::{self, FleetRow, Sharing},
     monitor::Usage,
 };
 
@@ -166,7 +167,23 @@ pub fn table(rows: &[Row]) -> String {
             },
         ]);
     }
-    let widths: Vec<usize> = (0..header.len())
+    let mut out = markdown(&lines);
+    out.push_str(
+        "\npeak fds, peak memory, server cpu: the server's, over the attack; with HAProxy, \
+         the server's and the proxy's added up. refused / evicted / banned: what the \
+         protected server's layers did (rates, limits, bans at accept / timeouts and \
+         failed-login evictions / peers banned for their offences); overload: idle \
+         connections its overload manager shed at the cap, and how long it ran with the \
+         timeouts shortened. The others do none of it, or (HAProxy) do not report it here.\n",
+    );
+    out
+}
+
+/// `lines`, the header first, as a Markdown table: the first two columns (what and
+/// against what) to the left, the figures to the right.
+fn markdown(lines: &[Vec<String>]) -> String {
+    let columns = lines.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
         .map(|column| {
             lines
                 .iter()
@@ -195,15 +212,66 @@ pub fn table(rows: &[Row]) -> String {
             out.push_str(&format!("|-{}-|\n", rules.join("-|-")));
         }
     }
-    out.push_str(
-        "\npeak fds, peak memory, server cpu: the server's, over the attack; with HAProxy, \
-         the server's and the proxy's added up. refused / evicted / banned: what the \
-         protected server's layers did (rates, limits, bans at accept / timeouts and \
-         failed-login evictions / peers banned for their offences); overload: idle \
-         connections its overload manager shed at the cap, and how long it ran with the \
-         timeouts shortened. The others do none of it, or (HAProxy) do not report it here.\n",
-    );
     out
+}
+
+/// The login flood across a fleet, one line per way of banning.
+pub fn fleet_table(rows: &[FleetRow]) -> String {
+    let header = [
+        "attack",
+        "replicas ban",
+        "failed tries",
+        "refused",
+        "legit ok",
+    ];
+    let mut lines = vec![header.map(str::to_owned).to_vec()];
+    for row in rows {
+        let failed_tries = if row.banned_everywhere.is_some() {
+            row.failed_tries.to_string()
+        } else {
+            format!("{}, not refused by both", row.failed_tries)
+        };
+        lines.push(vec![
+            fleet::ATTACK.to_owned(),
+            row.sharing.name().to_owned(),
+            failed_tries,
+            row.refused.to_string(),
+            format!("{:.1}%", row.legit_success() * 100.0),
+        ]);
+    }
+    let mut out = markdown(&lines);
+    out.push_str(&format!(
+        "\nfailed tries: wrong passwords the replicas answered before both refused the \
+         attacker, who took them in turn, one connection per try, a try every {} ms \
+         (sooner, the try right after the fleet's ban can beat the ban's message to the \
+         other replica); each replica bans at {DEFAULT_MAX_FAILURES} failed logins (the \
+         default). refused: its tries answered `ERROR banned`. Alone, a replica counts \
+         only the failures it sees; in the fleet, the replicas' counts add up on Redis.\n",
+        fleet::PACE.as_millis(),
+    ));
+    out
+}
+
+/// One sentence comparing the failed tries a fleet allows with those its replicas allow
+/// alone.
+pub fn fleet_verdict(rows: &[FleetRow]) -> String {
+    let tries = |sharing: Sharing| {
+        rows.iter().find(|row| row.sharing == sharing).map_or_else(
+            || "no figure".to_owned(),
+            |row| match row.banned_everywhere {
+                Some(_) => format!("{} failed tries", row.failed_tries),
+                None => format!(
+                    "{} failed tries and was still not refused by both",
+                    row.failed_tries
+                ),
+            },
+        )
+    };
+    format!(
+        "A login flood spread over 2 replicas, each banning at {DEFAULT_MAX_FAILURES} failed logins: banning alone, the attacker had {} before both refused it; sharing bans on Redis, {}.",
+        tries(Sharing::Alone),
+        tries(Sharing::Fleet),
+    )
 }
 
 /// One sentence per side saying whether the legitimate client was served through every
@@ -276,7 +344,7 @@ pub fn verdict(rows: &[Row]) -> String {
 }
 
 /// The figures and the time series, as JSON.
-pub fn json(rows: &[Row], duration: &Duration) -> String {
+pub fn json(rows: &[Row], fleet_rows: &[FleetRow], duration: &Duration) -> String {
     let rows: Vec<serde_json::Value> = rows
         .iter()
         .map(|row| {
@@ -303,9 +371,24 @@ pub fn json(rows: &[Row], duration: &Duration) -> String {
             })
         })
         .collect();
+    let fleet_rows: Vec<serde_json::Value> = fleet_rows
+        .iter()
+        .map(|row| {
+            serde_json::json!({
+                "attack": fleet::ATTACK,
+                "server": row.sharing.name(),
+                "max_failures": DEFAULT_MAX_FAILURES,
+                "failed_tries": row.failed_tries,
+                "refused": row.refused,
+                "refused_by_both_after_seconds": row.banned_everywhere.map(|after| after.as_secs_f64()),
+                "legit_success": row.legit_success(),
+            })
+        })
+        .collect();
     let document = serde_json::json!({
         "attack_seconds": duration.as_secs_f64(),
         "runs": rows,
+        "fleet": fleet_rows,
     });
     serde_json::to_string_pretty(&document).expect("JSON of plain values") + "\n"
 }
