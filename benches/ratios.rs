@@ -38,26 +38,6 @@ const CONNECTIONS: u64 = 200_000;
 const READ_EVENTS: u64 = 2_000_000;
 const IDLE: Duration = Duration::from_secs(60);
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-/// Runs every case once per round, `rounds` times, and returns each case's median.
-fn interleaved<const N: usize>(rounds: usize, mut cases: [&mut dyn FnMut() -> f64; N]) -> [f64; N] {
-    let mut results: [Vec<f64>; N] = std::array::from_fn(|_| Vec::with_capacity(rounds));
-    for _ in 0..rounds {
-        for (case, result) in cases.iter_mut().zip(results.iter_mut()) {
-            result.push(case());
-        }
-    }
-    results.map(median)
-}
-
-fn per_op(elapsed: Duration, ops: u64) -> f64 {
-    elapsed.as_secs_f64() * 1e9 / ops as f64
-}
-
 /// The obvious idle timeout: a `Sleep` pushed back on every read.
 struct ResetEveryRead<R> {
     inner: R,

@@ -46,6 +46,32 @@ pub fn peer(thread: u8, n: u32) -> SocketAddr {
     )
 }
 
+/// The median of `values`: what a round's figure is reported as.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Runs every case once per round, `rounds` times, and returns each case's median, so
+/// that a noisy neighbour slows every case alike.
+pub fn interleaved<const N: usize>(
+    rounds: usize,
+    mut cases: [&mut dyn FnMut() -> f64; N],
+) -> [f64; N] {
+    let mut results: [Vec<f64>; N] = std::array::from_fn(|_| Vec::with_capacity(rounds));
+    for _ in 0..rounds {
+        for (case, result) in cases.iter_mut().zip(results.iter_mut()) {
+            result.push(case());
+        }
+    }
+    results.map(median)
+}
+
+/// Nanoseconds per operation.
+pub fn per_op(elapsed: Duration, ops: u64) -> f64 {
+    elapsed.as_secs_f64() * 1e9 / ops as f64
+}
+
 const LOCAL: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 80);
 
 /// Runs `iterations` connections through `service` (ready, call, run to the end,
@@ -117,7 +143,19 @@ where
     S: Service<Conn<Io>, Response = (), Error = BoxError> + Clone + Send,
     S::Future: Send,
 {
-    let login = Login::builder().build().unwrap();
+    all_admission_with(&Login::builder().build().unwrap(), inner)
+}
+
+/// [`all_admission`] with `login`'s ban check, so that the login can be set up apart
+/// (in a fleet, say).
+pub fn all_admission_with<S>(
+    login: &Login,
+    inner: S,
+) -> impl Service<Conn<Io>, Response = (), Error = BoxError> + Clone + Send + use<S>
+where
+    S: Service<Conn<Io>, Response = (), Error = BoxError> + Clone + Send,
+    S::Future: Send,
+{
     ServiceBuilder::new()
         .layer(login.ban_layer())
         .layer(rate())
