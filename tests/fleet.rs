@@ -563,6 +563,58 @@ async fn replicas_share_bans_over_tls_with_a_private_ca() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_replica_notices_a_redis_that_stopped_answering_and_comes_back() {
+    let redis = redis();
+    // No reload for a minute, and nothing to send: only the subscription's pings
+    // (every five 500 ms timeouts) can notice.
+    let login = policy().build().unwrap();
+    let backend = RedisBackend::new(&redis.url())
+        .unwrap()
+        .prefix("test")
+        .unwrap()
+        .timeout(Duration::from_millis(500))
+        .unwrap();
+    let fleet = Fleet::builder(backend)
+        .resync_every(secs(60))
+        .join(&login)
+        .unwrap();
+    let idle = Replica { login, fleet };
+    idle.connected().await;
+    redis.freeze(true);
+    eventually("the idle replica sees the outage", || {
+        !idle.fleet.stats().connected
+    })
+    .await;
+    redis.freeze(false);
+    eventually("it reconnects", || idle.fleet.stats().connects >= 2).await;
+    // And the new link carries decisions.
+    let other = Replica::join(&redis, policy());
+    other.connected().await;
+    other.login.bans().ban(ip("192.0.2.70"), secs(60)).unwrap();
+    eventually("the idle replica applies a ban made after", || {
+        idle.banned("192.0.2.70")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_closed_by_redis_is_made_again() {
+    let redis = redis();
+    let a = Replica::join(&redis, policy());
+    let b = Replica::join(&redis, policy());
+    a.connected().await;
+    b.connected().await;
+    redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    eventually("B reconnects", || b.fleet.stats().connects >= 2).await;
+    eventually("B subscribes again", || {
+        redis.fleet_subscribers("test") >= 2
+    })
+    .await;
+    a.login.bans().ban(ip("192.0.2.71"), secs(60)).unwrap();
+    eventually("B applies a ban made after", || b.banned("192.0.2.71")).await;
+}
+
 // End to end: login_server processes sharing one Redis, tried from outside as an
 // attacker and an operator would.
 

@@ -27,6 +27,8 @@ const MAX_MESSAGE: usize = 200;
 /// past it, a new ban still reaches every replica live, but is not kept for replicas
 /// that start later. It bounds what each reload reads.
 const MAX_STORED_BANS: u32 = 65_536;
+/// The subscription is pinged every this many timeouts (10 s by default).
+const PING_EVERY_TIMEOUTS: u32 = 5;
 /// Entries read per `HSCAN` call while reloading: Redis serves others in between.
 const SCAN_BATCH: usize = 1000;
 
@@ -150,7 +152,7 @@ impl RedisBackend {
         };
         // Loaded up front: a pipeline of script calls cannot load a script it misses.
         link.scripts.load(&mut link.connection).await?;
-        tokio::spawn(forward(pubsub.into_on_message(), decisions));
+        tokio::spawn(forward(pubsub, decisions, self.timeout));
         Ok(Box::new(link))
     }
 }
@@ -165,15 +167,24 @@ impl Backend for RedisBackend {
     }
 }
 
-/// Reads the decisions channel until the link is dropped or the subscription ends.
-async fn forward(
-    mut messages: impl futures_util::Stream<Item = redis::Msg> + Unpin,
-    decisions: mpsc::Sender<Decision>,
-) {
+/// Reads the decisions channel until the link is dropped or the subscription ends. A
+/// subscription only listens, so it would not notice a Redis that stopped answering:
+/// it is pinged every few timeouts, and one that does not answer in time ends the
+/// link, which the replica then makes again.
+async fn forward(pubsub: redis::aio::PubSub, decisions: mpsc::Sender<Decision>, timeout: Duration) {
+    let (mut sink, mut messages) = pubsub.split();
+    let every = timeout * PING_EVERY_TIMEOUTS;
+    let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         let message = tokio::select! {
             message = messages.next() => message,
             () = decisions.closed() => return,
+            _ = pings.tick() => {
+                match tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await {
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(_)) | Err(_) => return,
+                }
+            }
         };
         let Some(message) = message else {
             return;
