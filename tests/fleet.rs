@@ -615,6 +615,163 @@ async fn a_subscription_closed_by_redis_is_made_again() {
     eventually("B applies a ban made after", || b.banned("192.0.2.71")).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_served_while_redis_was_down_spends_its_offences_in_the_fleet() {
+    let mut redis = redis();
+    // Three failures ban for a second; the window is ten minutes.
+    let quick = || policy().max_failures(3).ban(secs(1));
+    let a = Replica::join(&redis, quick());
+    let b = Replica::join(&redis, quick());
+    a.connected().await;
+    b.connected().await;
+    redis.kill();
+    eventually("A sees the outage", || !a.fleet.stats().connected).await;
+    for _ in 0..3 {
+        assert_eq!(a.fail_once("203.0.113.81").await.as_deref(), Some("DENIED"));
+    }
+    assert!(a.banned("203.0.113.81"));
+    eventually("the ban is served", || !a.banned("203.0.113.81")).await;
+    let (sent, resyncs) = (a.fleet.stats().sent, a.fleet.stats().resyncs);
+    redis.restart();
+    // The ban that ran out in the outbox goes as served, the offences after it: the
+    // link works, and the fleet does not ban the peer again for offences its ban spent.
+    eventually("A is back in step", || a.fleet.stats().resyncs > resyncs).await;
+    assert!(a.fleet.stats().sent >= sent + 4, "{:?}", a.fleet.stats());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!a.banned("203.0.113.81") && !b.banned("203.0.113.81"));
+    assert_eq!(
+        redis.command(&["HLEN", "{test}:bans"]).as_deref(),
+        Some(":0")
+    );
+    // It counts: the next ban is the peer's second, twice as long.
+    for _ in 0..3 {
+        assert_eq!(b.fail_once("203.0.113.81").await.as_deref(), Some("DENIED"));
+    }
+    eventually("B bans again", || b.banned("203.0.113.81")).await;
+    eventually("the fleet's second ban reaches A", || {
+        a.login
+            .bans()
+            .banned_for(ip("203.0.113.81"))
+            .is_some_and(|left| left > Duration::from_millis(1500))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_held_through_an_outage_runs_from_when_it_was_issued() {
+    let mut redis = redis();
+    let once = || policy().max_failures(1).ban(secs(10));
+    let a = Replica::join(&redis, once());
+    let b = Replica::join(&redis, once());
+    a.connected().await;
+    b.connected().await;
+    redis.kill();
+    eventually("A sees the outage", || !a.fleet.stats().connected).await;
+    assert_eq!(a.fail_once("203.0.113.82").await.as_deref(), Some("DENIED"));
+    tokio::time::sleep(secs(2)).await;
+    redis.restart();
+    eventually("B gets the ban", || b.banned("203.0.113.82")).await;
+    let left = b.login.bans().banned_for(ip("203.0.113.82")).unwrap();
+    assert!(
+        left < Duration::from_millis(8500),
+        "not extended by the wait: {left:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_ban_list_escalates_a_peer_once_per_ban() {
+    let redis = redis();
+    let small = |_: ()| {
+        let login = policy().build().unwrap();
+        let backend = RedisBackend::new(&redis.url())
+            .unwrap()
+            .prefix("test")
+            .unwrap()
+            .max_bans(1)
+            .unwrap();
+        let fleet = Fleet::builder(backend).join(&login).unwrap();
+        Replica { login, fleet }
+    };
+    assert!(
+        RedisBackend::new(&redis.url())
+            .unwrap()
+            .max_bans(0)
+            .is_err()
+    );
+    let (a, b) = (small(()), small(()));
+    a.connected().await;
+    b.connected().await;
+    a.login.bans().ban(ip("192.0.2.80"), secs(600)).unwrap();
+    eventually("the list is full", || b.banned("192.0.2.80")).await;
+    // Four failures on A: A's own count and the fleet's both reach the ban.
+    for _ in 0..4 {
+        assert_eq!(a.fail_once("203.0.113.80").await.as_deref(), Some("DENIED"));
+    }
+    for replica in [&a, &b] {
+        eventually("the fleet's ban", || replica.banned("203.0.113.80")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for replica in [&a, &b] {
+        let listed = replica.login.bans().list();
+        let ban = listed
+            .iter()
+            .find(|ban| ban.key.network().contains(&ip("203.0.113.80")))
+            .unwrap();
+        assert_eq!(ban.offences, 1, "escalated once");
+        assert!(ban.remaining <= secs(60), "{:?}", ban.remaining);
+    }
+    assert_eq!(
+        redis.command(&["HLEN", "{test}:bans"]).as_deref(),
+        Some(":1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offence_that_arrives_late_counts_in_the_window_it_happened_in() {
+    use tower_bouncer::fleet::{BAN_WEIGHT, Backend, Change};
+    let redis = redis();
+    let login = policy().failure_window(secs(2)).build().unwrap();
+    let fleet = Fleet::builder(
+        RedisBackend::new(&redis.url())
+            .unwrap()
+            .prefix("late")
+            .unwrap(),
+    )
+    .join(&login)
+    .unwrap();
+    let replica = Replica { login, fleet };
+    replica.connected().await;
+    // A link of this test's own, to send offences with the ages it chooses.
+    let (decisions, _keep) = tokio::sync::mpsc::channel(16);
+    let backend = RedisBackend::new(&redis.url())
+        .unwrap()
+        .prefix("late")
+        .unwrap();
+    let policy =
+        tower_bouncer::fleet::FleetPolicy::new(secs(2), secs(60), 2, secs(86_400), secs(86_400));
+    let mut link = backend.connect(policy, decisions).await.unwrap();
+    let offence = |tenths: u32, ago_ms: u64| Change::Offence {
+        key: "203.0.113.83/32".parse().unwrap(),
+        weight: BAN_WEIGHT / 10 * tenths,
+        ago: Duration::from_millis(ago_ms),
+    };
+    // 0.6 of a ban 1.5 s ago opens the window; 0.3 now: 0.9.
+    link.send(&offence(6, 1500)).await.unwrap();
+    link.send(&offence(3, 0)).await.unwrap();
+    // 0.2 from 1.9 s ago, before the window: it weighs as the older window does now,
+    // about a quarter, so the estimate is about 0.95, not a ban.
+    link.send(&offence(2, 1900)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!replica.banned("203.0.113.83"));
+    assert_eq!(
+        redis.command(&["HLEN", "{late}:bans"]).as_deref(),
+        Some(":0")
+    );
+    // 0.1 more now bans.
+    link.send(&offence(1, 0)).await.unwrap();
+    eventually("banned", || replica.banned("203.0.113.83")).await;
+}
+
 // End to end: login_server processes sharing one Redis, tried from outside as an
 // attacker and an operator would.
 
@@ -656,11 +813,18 @@ mod servers {
         let _ = stream
             .write_all(format!("LOGIN alice {password}\n").as_bytes())
             .await;
+        let mut stream = BufReader::new(stream);
         let mut line = String::new();
-        match within(PATIENCE, BufReader::new(stream).read_line(&mut line)).await {
-            Ok(n) if n > 0 => Some(line.trim_end().to_owned()),
-            _ => None,
+        let answer = match within(PATIENCE, stream.read_line(&mut line)).await {
+            Ok(n) if n > 0 => line.trim_end().to_owned(),
+            _ => return None,
+        };
+        if answer == "DENIED" {
+            // The server records the failure, then closes: waiting for the close
+            // keeps the next try from racing the count.
+            let _ = within(PATIENCE, stream.read_line(&mut String::new())).await;
         }
+        Some(answer)
     }
 
     async fn refused(server: &Example, from: u8) -> bool {

@@ -31,6 +31,27 @@ pub struct FleetPolicy {
     pub forget_after: Duration,
 }
 
+impl FleetPolicy {
+    /// A policy: offences counted in `window`; bans from `first_ban`, multiplied by
+    /// `factor` for each repeat up to `max_ban`; a peer quiet for `forget_after` is
+    /// forgotten. (A replica's comes from its login's builder.)
+    pub fn new(
+        window: Duration,
+        first_ban: Duration,
+        factor: u32,
+        max_ban: Duration,
+        forget_after: Duration,
+    ) -> Self {
+        Self {
+            window,
+            first_ban,
+            factor,
+            max_ban,
+            forget_after,
+        }
+    }
+}
+
 /// A change made on this replica, for the store to record and pass on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -48,7 +69,8 @@ pub enum Change {
         ago: Duration,
     },
     /// `key` is banned for `remaining` from now, its `offences`-th ban (as far as this
-    /// replica knows).
+    /// replica knows). A ban that ran out before it reached the store comes with no
+    /// time left: it was served, and only spends the offences before it, and counts.
     Ban {
         /// The peer key, or a network banned whole.
         key: IpNet,

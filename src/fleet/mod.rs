@@ -11,7 +11,8 @@
 //!   it happened, which bans the peer when the fleet's count reaches a ban:
 //!   `max_failures` failed logins spread over the replicas ban, not `max_failures` on
 //!   each. The ban's length escalates by the fleet's count of the peer's bans, also
-//!   when a replica's own count banned the peer first.
+//!   when a replica's own count banned the peer first; and a ban spends the offences
+//!   before it, wherever they are counted, even one served while the store was away.
 //! - **Bans and unbans reach every replica**: a ban made anywhere (by offences, by the
 //!   operator, by an import) is stored with its expiry and offence count and published;
 //!   every replica applies it as the message arrives. Unbans too. Between a ban and an
@@ -48,7 +49,8 @@
 //! each replica sends the weights and lengths it is configured with, and keys are
 //! shared as networks (a /64 ban is a network banned whole on a replica keyed by /128).
 //! A replica holds at most 256 networks banned whole; the store keeps at most 65 536
-//! bans (past that, new bans still reach every replica live). Whoever can write the
+//! bans ([`RedisBackend::max_bans`]; past that, new bans still reach every replica
+//! live). Whoever can write the
 //! store's keys or publish on its channel bans and unbans on every replica: give the
 //! fleet its own Redis user, limited to its prefix.
 //!
@@ -271,51 +273,34 @@ impl Shared {
     /// A ban made here: `key` for `length` from now, its `offences`-th; `by_offences`
     /// if this replica's count of the peer's offences made it.
     pub(crate) fn ban(&self, key: IpNet, length: Duration, offences: u32, by_offences: bool) {
-        let at = Instant::now();
-        let mut pending = self.outbox.lock();
-        // An unban waiting before it is sent first, or the ban would only merge with the
-        // one it lifted.
-        let lifted_at = match pending.get(&key) {
-            Some(Pending::Unban { at }) => Some(*at),
-            Some(Pending::Ban { lifted_at, .. }) => *lifted_at,
-            None => None,
-        };
         let ban = Pending::Ban {
             length,
-            at,
+            at: Instant::now(),
             offences,
             by_offences,
-            lifted_at,
+            lifted_at: None,
         };
-        self.pend(&mut pending, key, ban);
-    }
-
-    /// An unban made here.
-    pub(crate) fn unban(&self, key: IpNet) {
         let mut pending = self.outbox.lock();
-        self.pend(&mut pending, key, Pending::Unban { at: Instant::now() });
+        if pending.len() >= MAX_PENDING && !pending.contains_key(&key) {
+            // The ban holds here; the store has it if it reloads this replica's bans.
+            self.counters.dropped.add();
+            return;
+        }
+        let ban = match pending.get(&key) {
+            Some(earlier) => ban.after(*earlier),
+            None => ban,
+        };
+        pending.insert(key, ban);
+        drop(pending);
+        self.outbox.wake.notify_one();
     }
 
-    fn pend(&self, pending: &mut HashMap<IpNet, Pending>, key: IpNet, change: Pending) {
-        if pending.len() >= MAX_PENDING && !pending.contains_key(&key) {
-            // An unban is never dropped: a waiting ban makes room for it (the ban holds
-            // here, and goes to the store if it loses its data).
-            let waiting_ban = pending
-                .iter()
-                .find(|(_, waiting)| matches!(waiting, Pending::Ban { .. }))
-                .map(|(key, _)| *key);
-            match (change, waiting_ban) {
-                (Pending::Unban { .. }, Some(ban)) => {
-                    pending.remove(&ban);
-                }
-                _ => {
-                    self.counters.dropped.add();
-                    return;
-                }
-            }
-            self.counters.dropped.add();
-        }
-        pending.insert(key, change);
+    /// An unban made here. Unbans are never dropped for room: only an operator makes
+    /// them, and a lost one would bring the ban back.
+    pub(crate) fn unban(&self, key: IpNet) {
+        self.outbox
+            .lock()
+            .insert(key, Pending::Unban { at: Instant::now() });
         self.outbox.wake.notify_one();
     }
 }
@@ -375,9 +360,38 @@ enum Pending {
 }
 
 impl Pending {
+    /// This change, made after `earlier` of the same key was (neither sent yet): a ban
+    /// keeps the unban before it, to be sent first, or it would only merge with the
+    /// ban that unban lifted.
+    pub(crate) fn after(self, earlier: Pending) -> Pending {
+        match (self, earlier) {
+            (
+                Pending::Ban {
+                    length,
+                    at,
+                    offences,
+                    by_offences,
+                    lifted_at: None,
+                },
+                Pending::Unban { at: lifted }
+                | Pending::Ban {
+                    lifted_at: Some(lifted),
+                    ..
+                },
+            ) => Pending::Ban {
+                length,
+                at,
+                offences,
+                by_offences,
+                lifted_at: Some(lifted),
+            },
+            (later, _) => later,
+        }
+    }
+
     /// The changes to send for `key` now, in order: an unban, a ban, or an unban and
-    /// the ban made after it. A ban that has run out meanwhile is not sent; the unban
-    /// before it still is.
+    /// the ban made after it. A ban that has run out meanwhile is sent as served (no
+    /// time left): it still spends the peer's offences in the store, and counts.
     fn changes(self, key: IpNet, now: Instant) -> impl Iterator<Item = Change> {
         let (lifted_at, ban) = match self {
             Pending::Unban { at } => (Some(at), None),
@@ -389,15 +403,14 @@ impl Pending {
                 lifted_at,
             } => {
                 let issued_ago = now.saturating_duration_since(at);
-                let remaining = length.saturating_sub(issued_ago);
-                let ban = (!remaining.is_zero()).then_some(Change::Ban {
+                let ban = Change::Ban {
                     key,
-                    remaining,
+                    remaining: length.saturating_sub(issued_ago),
                     offences,
                     issued_ago: Some(issued_ago),
                     by_offences,
-                });
-                (lifted_at, ban)
+                };
+                (lifted_at, Some(ban))
             }
         };
         let unban = lifted_at.map(|at| Change::Unban {
@@ -405,5 +418,56 @@ impl Pending {
             issued_ago: now.saturating_duration_since(at),
         });
         unban.into_iter().chain(ban)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ban(at: Instant, lifted_at: Option<Instant>) -> Pending {
+        Pending::Ban {
+            length: Duration::from_secs(60),
+            at,
+            offences: 1,
+            by_offences: false,
+            lifted_at,
+        }
+    }
+
+    #[test]
+    fn a_ban_after_an_unban_not_sent_yet_sends_the_unban_first() {
+        let key: IpNet = "192.0.2.1/32".parse().unwrap();
+        let (t0, t1) = (Instant::now(), Instant::now() + Duration::from_secs(1));
+        let unban = Pending::Unban { at: t0 };
+        let merged = ban(t1, None).after(unban);
+        assert_eq!(merged, ban(t1, Some(t0)));
+        // Put back after a failed send, under a ban made meanwhile: the same.
+        assert_eq!(ban(t1, None).after(ban(t0, Some(t0))), ban(t1, Some(t0)));
+        // A later unban replaces whatever waited; a ban after a ban is the later ban.
+        assert_eq!(unban.after(ban(t0, Some(t0))), unban);
+        assert_eq!(ban(t1, None).after(ban(t0, None)), ban(t1, None));
+        let changes: Vec<Change> = merged.changes(key, t1).collect();
+        assert!(matches!(
+            changes[..],
+            [Change::Unban { .. }, Change::Ban { .. }]
+        ));
+    }
+
+    #[test]
+    fn a_ban_that_ran_out_before_it_was_sent_goes_as_served() {
+        let key: IpNet = "192.0.2.1/32".parse().unwrap();
+        let at = Instant::now();
+        let changes: Vec<Change> = ban(at, None)
+            .changes(key, at + Duration::from_secs(61))
+            .collect();
+        assert!(matches!(
+            changes[..],
+            [Change::Ban {
+                remaining: Duration::ZERO,
+                issued_ago: Some(_),
+                ..
+            }]
+        ));
     }
 }

@@ -23,10 +23,8 @@ const MAX_PREFIX: usize = 64;
 /// The longest message on the decisions channel this replica reads; longer ones are
 /// not the fleet's.
 const MAX_MESSAGE: usize = 200;
-/// The most bans the store keeps, as many as a replica's ban table holds by default:
-/// past it, a new ban still reaches every replica live, but is not kept for replicas
-/// that start later. It bounds what each reload reads.
-const MAX_STORED_BANS: u32 = 65_536;
+/// The most bans the store keeps by default, as many as a replica's ban table holds.
+const DEFAULT_MAX_BANS: u32 = 65_536;
 /// The subscription is pinged every this many timeouts (10 s by default).
 const PING_EVERY_TIMEOUTS: u32 = 5;
 /// Entries read per `HSCAN` call while reloading: Redis serves others in between.
@@ -52,6 +50,7 @@ pub struct RedisBackend {
     client: Client,
     prefix: String,
     timeout: Duration,
+    max_bans: u32,
 }
 
 impl RedisBackend {
@@ -73,6 +72,7 @@ impl RedisBackend {
             client,
             prefix: DEFAULT_PREFIX.to_owned(),
             timeout: DEFAULT_TIMEOUT,
+            max_bans: DEFAULT_MAX_BANS,
         }
     }
 
@@ -106,6 +106,21 @@ impl RedisBackend {
             return Err(BackendError::new("a Redis timeout must be above zero"));
         }
         self.timeout = timeout;
+        Ok(self)
+    }
+
+    /// The most bans the store keeps (65 536 by default): past it, a new ban still
+    /// reaches every replica as it is made, but is not kept for replicas that start
+    /// later. It bounds what each reload reads.
+    ///
+    /// # Errors
+    ///
+    /// Zero.
+    pub fn max_bans(mut self, max: u32) -> Result<Self, BackendError> {
+        if max == 0 {
+            return Err(BackendError::new("a fleet's store keeps at least one ban"));
+        }
+        self.max_bans = max;
         Ok(self)
     }
 
@@ -148,6 +163,7 @@ impl RedisBackend {
             connection,
             keys,
             policy,
+            max_bans: self.max_bans,
             scripts: Scripts::new(),
         };
         // Loaded up front: a pipeline of script calls cannot load a script it misses.
@@ -231,6 +247,7 @@ struct RedisLink {
     connection: MultiplexedConnection,
     keys: Keys,
     policy: FleetPolicy,
+    max_bans: u32,
     scripts: Scripts,
 }
 
@@ -253,6 +270,10 @@ impl Link for RedisLink {
         changes: &'a [Change],
     ) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(async move {
+            if changes.is_empty() {
+                // Redis's client refuses an empty pipeline.
+                return Ok(());
+            }
             let mut pipeline = redis::pipe();
             for change in changes {
                 pipeline.invoke_script(&self.invocation(change)).ignore();
@@ -377,7 +398,7 @@ impl RedisLink {
                     .arg(&keys.decisions)
                     .arg(BAN_WEIGHT)
                     .arg(millis(ago))
-                    .arg(MAX_STORED_BANS);
+                    .arg(self.max_bans);
                 call
             }
             Change::Ban {
@@ -391,7 +412,7 @@ impl RedisLink {
                 call.key(format!("{}{key}", keys.offences))
                     .key(&keys.lifted)
                     .arg(key.to_string())
-                    .arg(millis(remaining).max(1))
+                    .arg(millis(remaining))
                     .arg(offences)
                     .arg(
                         issued_ago.map_or(-1, |ago| i64::try_from(millis(ago)).unwrap_or(i64::MAX)),
@@ -402,7 +423,7 @@ impl RedisLink {
                     .arg(millis(policy.first_ban))
                     .arg(policy.factor)
                     .arg(millis(policy.max_ban))
-                    .arg(MAX_STORED_BANS);
+                    .arg(self.max_bans);
                 call
             }
             Change::Unban { key, issued_ago } => {

@@ -159,7 +159,12 @@ impl SyncTask {
         {
             batch.push(offence.change(now));
         }
-        self.send_all(link, &batch).await
+        let sent = self.send_all(link, &batch).await;
+        if sent.is_err() {
+            // Not sent again: an offence counted twice would be worse than one lost.
+            self.shared.counters.dropped.add_n(batch.len());
+        }
+        sent
     }
 
     /// Sends the bans and unbans made here, a batch at a time; those not sent stay for
@@ -175,12 +180,16 @@ impl SyncTask {
                 .flat_map(|(key, change)| change.changes(*key, now))
                 .collect();
             if let Err(error) = self.send_all(link, &changes).await {
-                // Back in the outbox, unless a later change of the key is there
-                // already. (Some of the batch may have reached the store: sent again,
+                // Back in the outbox, under any later change of the same key made
+                // meanwhile. (Some of the batch may have reached the store: sent again,
                 // they change nothing.)
                 let mut outbox = self.shared.outbox.lock();
                 for (key, change) in &pending[n * SEND_BATCH..] {
-                    outbox.entry(*key).or_insert(*change);
+                    let merged = match outbox.get(key) {
+                        Some(later) => later.after(*change),
+                        None => *change,
+                    };
+                    outbox.insert(*key, merged);
                 }
                 return Err(error);
             }
@@ -193,14 +202,16 @@ impl SyncTask {
     async fn resync(&mut self, link: &mut dyn Link) -> Result<(), Ended> {
         let mut snapshot = link.snapshot().await?;
         if self.epoch.as_ref() != Some(&snapshot.epoch) {
-            let held: Vec<Change> = self
-                .login()?
+            let login = self.login()?;
+            let longest = login.fleet_policy().max_ban;
+            let held: Vec<Change> = login
                 .bans()
                 .list()
                 .into_iter()
                 .map(|ban| Change::Ban {
                     key: ban.key.network(),
-                    remaining: ban.remaining,
+                    // As long as an unban is remembered, as every shared ban.
+                    remaining: ban.remaining.min(longest),
                     offences: ban.offences,
                     issued_ago: None,
                     by_offences: false,
@@ -235,9 +246,12 @@ impl SyncTask {
                 tokio::task::yield_now().await;
             }
         }
-        for key in snapshot.lifted {
+        for (n, key) in snapshot.lifted.into_iter().enumerate() {
             if !in_force.contains(&key) && !pending.contains(&key) {
                 login.apply_fleet_unban(key);
+            }
+            if n % APPLY_BATCH == APPLY_BATCH - 1 {
+                tokio::task::yield_now().await;
             }
         }
         Ok(())

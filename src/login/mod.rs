@@ -597,13 +597,13 @@ impl Login {
 
     pub(crate) fn fleet_policy(&self) -> crate::fleet::FleetPolicy {
         let policy = self.shared.bans.policy();
-        crate::fleet::FleetPolicy {
-            window: policy.window,
-            first_ban: policy.first_ban,
-            factor: policy.factor,
-            max_ban: policy.max_ban,
-            forget_after: policy.forget_after,
-        }
+        crate::fleet::FleetPolicy::new(
+            policy.window,
+            policy.first_ban,
+            policy.factor,
+            policy.max_ban,
+            policy.forget_after,
+        )
     }
 
     /// Applies a ban made elsewhere in the fleet, without sending it back; nothing if
@@ -612,10 +612,13 @@ impl Login {
         let shared = &self.shared;
         let remaining = remaining.min(shared.bans.policy().max_ban);
         let (held, held_offences) = shared.bans.standing(key);
-        // A second's slack: the same ban, seen again a little later.
-        if held.abs_diff(remaining) <= Duration::from_secs(1) && held_offences >= offences {
+        // The store merges bans to the later end, so a shorter one is an older copy:
+        // never shortened here (an unban comes as an unban). A second's slack: the
+        // same ban, seen again a little later.
+        if held + Duration::from_secs(1) >= remaining && held_offences >= offences {
             return;
         }
+        let (remaining, offences) = (remaining.max(held), offences.max(held_offences));
         if let Err(error) = shared.bans.ban_network(key, remaining, offences) {
             if let Some(suppressed) = shared.ban_log.allow() {
                 tracing::warn!(%key, %error, suppressed, "a ban from the fleet could not be applied");

@@ -1,4 +1,4 @@
--- An unban: KEYS bans, the peer's offences, lifted; ARGV key, lifted how long ago
+-- An unban: KEYS bans, the peer's record, lifted; ARGV key, lifted how long ago
 -- (ms), decisions channel. A ban issued after it stays. The lift is remembered (for
 -- the longest ban) so that a late copy of an older ban loses to it.
 -- Returns 1 if the store changed.
@@ -6,9 +6,10 @@ local now = now_ms()
 local key = ARGV[1]
 local at = now - tonumber(ARGV[2])
 local until_ms, _, issued = read_ban(redis.call('HGET', KEYS[1], key))
-if until_ms and until_ms > now and issued > at then
+local record = read_record(KEYS[2])
+if (until_ms and until_ms > now and issued > at) or (record.until_ms > now and record.spent > at) then
   -- The replica that sent it lifted a ban the fleet renewed since.
-  publish_state(KEYS[1], ARGV[3], key, now)
+  publish_state(KEYS[1], KEYS[2], ARGV[3], key, now)
   return 0
 end
 local earlier = tonumber(redis.call('HGET', KEYS[3], key)) or at
