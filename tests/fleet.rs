@@ -728,48 +728,72 @@ async fn a_full_ban_list_escalates_a_peer_once_per_ban() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offence_that_arrives_late_counts_in_the_window_it_happened_in() {
-    use tower_bouncer::fleet::{BAN_WEIGHT, Backend, Change};
+    use tower_bouncer::fleet::{BAN_WEIGHT, Backend, Change, FleetPolicy};
     let redis = redis();
-    let login = policy().failure_window(secs(2)).build().unwrap();
-    let fleet = Fleet::builder(
+    let login = policy().failure_window(secs(1)).build().unwrap();
+    let backend = || {
         RedisBackend::new(&redis.url())
             .unwrap()
             .prefix("late")
-            .unwrap(),
-    )
-    .join(&login)
-    .unwrap();
+            .unwrap()
+    };
+    let fleet = Fleet::builder(backend()).join(&login).unwrap();
     let replica = Replica { login, fleet };
     replica.connected().await;
     // A link of this test's own, to send offences with the ages it chooses.
     let (decisions, _keep) = tokio::sync::mpsc::channel(16);
-    let backend = RedisBackend::new(&redis.url())
-        .unwrap()
-        .prefix("late")
-        .unwrap();
-    let policy =
-        tower_bouncer::fleet::FleetPolicy::new(secs(2), secs(60), 2, secs(86_400), secs(86_400));
-    let mut link = backend.connect(policy, decisions).await.unwrap();
-    let offence = |tenths: u32, ago_ms: u64| Change::Offence {
+    let policy = FleetPolicy::new(secs(1), secs(60), 2, secs(86_400), secs(86_400));
+    let mut link = backend().connect(policy, decisions).await.unwrap();
+    let offence = |hundredths: u32, ago_ms: u64| Change::Offence {
         key: "203.0.113.83/32".parse().unwrap(),
-        weight: BAN_WEIGHT / 10 * tenths,
+        weight: BAN_WEIGHT / 100 * hundredths,
         ago: Duration::from_millis(ago_ms),
     };
-    // 0.6 of a ban 1.5 s ago opens the window; 0.3 now: 0.9.
-    link.send(&offence(6, 1500)).await.unwrap();
-    link.send(&offence(3, 0)).await.unwrap();
-    // 0.2 from 1.9 s ago, before the window: it weighs as the older window does now,
-    // about a quarter, so the estimate is about 0.95, not a ban.
-    link.send(&offence(2, 1900)).await.unwrap();
+    // 0.9 of a ban 0.9 s ago; 0.3 s on, the window has moved: 0.9 is the older one's.
+    link.send(&offence(90, 900)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // 0.1 now: about 0.9 x 0.8 + 0.1, no ban.
+    link.send(&offence(10, 0)).await.unwrap();
+    // 0.05 that happened 0.9 s ago, in the older window, arriving now: weighed as that
+    // window is, not counted whole in the newer one (which would make 1.05).
+    link.send(&offence(5, 900)).await.unwrap();
+    // Older than the window: not counted at all.
+    link.send(&offence(90, 1100)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!replica.banned("203.0.113.83"));
     assert_eq!(
         redis.command(&["HLEN", "{late}:bans"]).as_deref(),
         Some(":0")
     );
-    // 0.1 more now bans.
-    link.send(&offence(1, 0)).await.unwrap();
-    eventually("banned", || replica.banned("203.0.113.83")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offences_from_two_replicas_arriving_out_of_order_still_add_up() {
+    use tower_bouncer::fleet::{BAN_WEIGHT, Backend, Change, FleetPolicy};
+    let redis = redis();
+    let login = policy().build().unwrap();
+    let backend = || {
+        RedisBackend::new(&redis.url())
+            .unwrap()
+            .prefix("order")
+            .unwrap()
+    };
+    let fleet = Fleet::builder(backend()).join(&login).unwrap();
+    let replica = Replica { login, fleet };
+    replica.connected().await;
+    let (decisions, _keep) = tokio::sync::mpsc::channel(16);
+    let policy = FleetPolicy::new(secs(600), secs(60), 2, secs(86_400), secs(86_400));
+    let mut link = backend().connect(policy, decisions).await.unwrap();
+    let quarter = |ago_ms: u64| Change::Offence {
+        key: "203.0.113.84/32".parse().unwrap(),
+        weight: BAN_WEIGHT / 4,
+        ago: Duration::from_millis(ago_ms),
+    };
+    // Four quarters, the later ones first, as a slower replica's would arrive.
+    for ago in [10, 20, 30, 40] {
+        link.send(&quarter(ago)).await.unwrap();
+    }
+    eventually("four quarters ban", || replica.banned("203.0.113.84")).await;
 }
 
 // End to end: login_server processes sharing one Redis, tried from outside as an

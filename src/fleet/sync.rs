@@ -204,10 +204,14 @@ impl SyncTask {
         if self.epoch.as_ref() != Some(&snapshot.epoch) {
             let login = self.login()?;
             let longest = login.fleet_policy().max_ban;
+            // A ban still in the outbox goes as itself (issued when, by offences or
+            // not), not as one of unknown age.
+            let pending: HashSet<IpNet> = self.shared.outbox.lock().keys().copied().collect();
             let held: Vec<Change> = login
                 .bans()
                 .list()
                 .into_iter()
+                .filter(|ban| !pending.contains(&ban.key.network()))
                 .map(|ban| Change::Ban {
                     key: ban.key.network(),
                     // As long as an unban is remembered, as every shared ban.

@@ -612,13 +612,12 @@ impl Login {
         let shared = &self.shared;
         let remaining = remaining.min(shared.bans.policy().max_ban);
         let (held, held_offences) = shared.bans.standing(key);
-        // The store merges bans to the later end, so a shorter one is an older copy:
-        // never shortened here (an unban comes as an unban). A second's slack: the
-        // same ban, seen again a little later.
-        if held + Duration::from_secs(1) >= remaining && held_offences >= offences {
+        // What the store says holds, shorter or not: a ban lifted and made again
+        // shorter elsewhere reaches a replica that missed the unban as a shorter ban.
+        // A second's slack: the same ban, seen again a little later.
+        if held.abs_diff(remaining) <= Duration::from_secs(1) && held_offences >= offences {
             return;
         }
-        let (remaining, offences) = (remaining.max(held), offences.max(held_offences));
         if let Err(error) = shared.bans.ban_network(key, remaining, offences) {
             if let Some(suppressed) = shared.ban_log.allow() {
                 tracing::warn!(%key, %error, suppressed, "a ban from the fleet could not be applied");

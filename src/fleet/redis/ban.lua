@@ -51,6 +51,11 @@ if old_until > now then
       store_ban(KEYS[1], key, old_until, old_offences, issued, 0)
     end
     write_record(KEYS[2], record, old_until - now + forget)
+    if old_until > until_ms + 1000 or old_offences > offences then
+      -- The replica that sent it holds less than the fleet: it may have skipped the
+      -- fleet's ban while its own waited to be sent.
+      publish_state(KEYS[1], KEYS[2], ARGV[6], key, now)
+    end
     return 0
   end
   until_ms = math.max(until_ms, old_until)

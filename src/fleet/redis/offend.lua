@@ -18,8 +18,10 @@ if lifted and lifted >= happened then
   return 0
 end
 local record = read_record(KEYS[2])
-if record.until_ms > now or happened <= record.spent then
-  return 0 -- banned now, or spent by a ban since
+-- Banned now, or spent by a ban since. A second's slack: an offence and the ban it
+-- led to are timed by different calls, each off by its trip to Redis.
+if record.until_ms > now or happened <= record.spent + 1000 then
+  return 0
 end
 record.start = record.start or happened
 -- The windows, moved on to now.
@@ -34,6 +36,11 @@ elseif passed > 1 then
   record.start = record.start + passed * window
 end
 local weight = tonumber(ARGV[2])
+if happened < record.start and record.previous == 0 then
+  -- Replicas' offences arrive out of order: a window anchored on a later offence,
+  -- with nothing before it, is anchored on this one (still within a window of now).
+  record.start = happened
+end
 if happened >= record.start then
   record.current = record.current + weight
 elseif happened >= record.start - window then
