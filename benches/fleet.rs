@@ -697,42 +697,32 @@ fn commands(redis: &Redis, events: u32) {
 
     // Bans made on A, then their unbans.
     let targets: Vec<IpAddr> = (0..events).map(fresh).collect();
-    let (sent, applied_a, applied_b) = (
-        a.fleet.stats().sent,
-        a.fleet.stats().applied,
-        b.fleet.stats().applied,
-    );
-    let before = CommandStats::read(&mut info);
-    for &ip in &targets {
-        a.login.bans().ban(ip, BAN).unwrap();
-    }
-    expect("the bans reach Redis", || {
-        a.fleet.stats().sent >= sent + count
-    });
-    expect("the bans reach both replicas", || {
-        a.fleet.stats().applied >= applied_a + count && b.fleet.stats().applied >= applied_b + count
-    });
-    CommandStats::read(&mut info)
-        .since(&before)
-        .row("ban", count, subscribers);
-    let (sent, applied_a, applied_b) = (
-        a.fleet.stats().sent,
-        a.fleet.stats().applied,
-        b.fleet.stats().applied,
-    );
-    let before = CommandStats::read(&mut info);
-    for &ip in &targets {
+    // Bans, then unbans, of the same addresses, each made on A and awaited on both.
+    let mut per_decision = |what: &str, decide: &dyn Fn(IpAddr)| {
+        let (sent, applied_a, applied_b) = (
+            a.fleet.stats().sent,
+            a.fleet.stats().applied,
+            b.fleet.stats().applied,
+        );
+        let before = CommandStats::read(&mut info);
+        for &ip in &targets {
+            decide(ip);
+        }
+        expect(&format!("the {what}s reach Redis"), || {
+            a.fleet.stats().sent >= sent + count
+        });
+        expect(&format!("the {what}s reach both replicas"), || {
+            a.fleet.stats().applied >= applied_a + count
+                && b.fleet.stats().applied >= applied_b + count
+        });
+        CommandStats::read(&mut info)
+            .since(&before)
+            .row(what, count, subscribers);
+    };
+    per_decision("ban", &|ip| a.login.bans().ban(ip, BAN).unwrap());
+    per_decision("unban", &|ip| {
         a.login.bans().unban(ip);
-    }
-    expect("the unbans reach Redis", || {
-        a.fleet.stats().sent >= sent + count
     });
-    expect("the unbans reach both replicas", || {
-        a.fleet.stats().applied >= applied_a + count && b.fleet.stats().applied >= applied_b + count
-    });
-    CommandStats::read(&mut info)
-        .since(&before)
-        .row("unban", count, subscribers);
 
     // Peers banned by their fifth failed login: five offences and the ban each.
     let banned = count / 5;

@@ -141,14 +141,20 @@ fn join(login: &Login, store: &MemoryStore) -> Fleet {
         .unwrap()
 }
 
-#[tokio::test(start_paused = true)]
-async fn decisions_are_applied_and_local_changes_are_sent() {
-    let store = MemoryStore::default();
+/// A login in a fleet on `store`, once its link is made.
+async fn connected(store: &MemoryStore) -> (Login, Fleet) {
     let login = login();
-    let fleet = join(&login, &store);
+    let fleet = join(&login, store);
     store
         .until("connected", |state| state.decisions.is_some())
         .await;
+    (login, fleet)
+}
+
+#[tokio::test(start_paused = true)]
+async fn decisions_are_applied_and_local_changes_are_sent() {
+    let store = MemoryStore::default();
+    let (login, fleet) = connected(&store).await;
 
     store
         .decide(Decision::Ban {
@@ -211,11 +217,7 @@ async fn fail_once(login: &Login, peer: &str) {
 #[tokio::test(start_paused = true)]
 async fn offences_are_sent_with_their_weight_and_a_local_ban_with_them() {
     let store = MemoryStore::default();
-    let login = login();
-    let _fleet = join(&login, &store);
-    store
-        .until("connected", |state| state.decisions.is_some())
-        .await;
+    let (login, _fleet) = connected(&store).await;
     for _ in 0..4 {
         fail_once(&login, "198.51.100.1:1").await;
     }
@@ -330,11 +332,7 @@ async fn a_resync_applies_what_is_in_force_and_lifts_what_was_lifted_elsewhere()
 #[tokio::test(start_paused = true)]
 async fn dropping_the_login_ends_the_sync_task() {
     let store = MemoryStore::default();
-    let login = login();
-    let _fleet = join(&login, &store);
-    store
-        .until("connected", |state| state.decisions.is_some())
-        .await;
+    let (login, _fleet) = connected(&store).await;
     drop(login);
     store
         .until("the task let go of its link", |state| {
