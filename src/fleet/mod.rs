@@ -143,7 +143,8 @@ pub struct FleetStats {
     pub resyncs: u64,
     /// Bans and unbans made here that the store has not had yet.
     pub pending: usize,
-    /// Offences and changes dropped because too many were waiting for the store.
+    /// Offences and bans not sent: too many were waiting for the store, or a batch of
+    /// offences failed (offences are not sent twice). The replica still acts on them.
     pub dropped: u64,
 }
 
