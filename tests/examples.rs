@@ -62,6 +62,86 @@ fn only_login_server_takes_a_login_timeout() {
     assert_eq!(output.status.code(), Some(2));
 }
 
+/// The flags of the examples' command-line contract that all three take.
+const CONTRACT_FLAGS: [&str; 27] = [
+    "--addr",
+    "--unprotected",
+    "--max-connections",
+    "--backpressure",
+    "--max-per-peer",
+    "--ipv6-prefix",
+    "--rate",
+    "--burst",
+    "--global-rate",
+    "--idle-timeout",
+    "--first-byte-timeout",
+    "--request-timeout",
+    "--max-lifetime",
+    "--max-auth-tries",
+    "--max-failures",
+    "--failure-window",
+    "--ban",
+    "--exempt",
+    "--max-timeouts",
+    "--no-kernel-bans",
+    "--proxy-protocol-from",
+    "--proxy-protocol-timeout",
+    "--tls-cert",
+    "--tls-key",
+    "--tls-handshake-timeout",
+    "--redis",
+    "--redis-prefix",
+];
+
+#[test]
+fn every_examples_help_lists_its_flags_in_one_aligned_column() {
+    // Where every description starts.
+    const COLUMN: usize = 24;
+    for name in EXAMPLES {
+        let help = String::from_utf8(run_to_exit(name, &["--help"]).stdout).unwrap();
+        let mut lines = help.lines();
+        assert!(
+            lines
+                .next()
+                .unwrap()
+                .starts_with(&format!("usage: {name} "))
+        );
+        let mut listed = Vec::new();
+        for line in lines {
+            assert!(line.len() <= 100, "{name}: too long: {line:?}");
+            if let Some(flags) = line.strip_prefix("  --") {
+                // A flag, then its description from the column, or alone on its line
+                // with the description on the next.
+                let head = format!("--{flags}");
+                listed.extend(
+                    head.split([' ', ','])
+                        .filter(|word| word.starts_with("--"))
+                        .map(str::to_owned),
+                );
+                if let Some(gap) = line[2..].find("  ") {
+                    let description = line[2 + gap..].len() - line[2 + gap..].trim_start().len();
+                    assert_eq!(
+                        2 + gap + description,
+                        COLUMN,
+                        "{name}: not aligned: {line:?}"
+                    );
+                }
+            } else {
+                let indent = line.len() - line.trim_start().len();
+                assert_eq!(indent, COLUMN, "{name}: not aligned: {line:?}");
+            }
+        }
+        for flag in CONTRACT_FLAGS {
+            assert!(
+                listed.iter().any(|listed| listed == flag),
+                "{name} --help: no {flag}"
+            );
+        }
+        let login_timeout = listed.iter().any(|flag| flag == "--login-timeout");
+        assert_eq!(login_timeout, name == "login_server", "{name}");
+    }
+}
+
 #[test]
 fn every_example_takes_max_timeouts() {
     for name in EXAMPLES {

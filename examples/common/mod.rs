@@ -55,7 +55,9 @@ impl Args {
                 "-h" | "--help" => {
                     println!("usage: {name} [--addr IP:PORT] [--unprotected] [protection flags]");
                     println!(
-                        "  --unprotected         no protection at all; protection flags (TLS too) are ignored"
+                        "  --addr IP:PORT        the address to listen on (default 127.0.0.1:0); the first
+                        line on stdout is `listening on IP:PORT`
+  --unprotected         no protection at all; protection flags (TLS too) are ignored"
                     );
                     println!("{}", protection::USAGE);
                     if login_timeout.is_some() {
