@@ -172,7 +172,7 @@ impl<L: Listener, F> Server<L, F> {
     ///
     /// An error that means the listener is gone (`EBADF`, `ENOTSOCK`, `EFAULT`, and
     /// `EINVAL` on Linux), or the service failing in `poll_ready` (wrapped in
-    /// [`io::Error::other`]). Live connections are drained before the error is
+    /// `io::Error::other`). Live connections are drained before the error is
     /// returned.
     pub async fn serve<S>(self, mut service: S) -> io::Result<ShutdownReport>
     where
