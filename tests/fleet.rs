@@ -18,7 +18,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream};
 use tower::{Layer, ServiceExt, service_fn};
 use tower_bouncer::{
     BoxError, Conn,
-    fleet::{Fleet, RedisBackend},
+    fleet::{Fleet, FleetBuilder, RedisBackend},
     login::{AfterFailure, Login, LoginBuilder, LoginSession},
 };
 
@@ -50,23 +50,25 @@ struct Replica {
 }
 
 impl Replica {
+    /// A login from `builder` joined to the fleet `fleet` builds.
+    fn on(fleet: FleetBuilder, builder: LoginBuilder) -> Self {
+        let login = builder.build().unwrap();
+        let fleet = fleet.join(&login).unwrap();
+        Self { login, fleet }
+    }
+
     fn join(redis: &Redis, builder: LoginBuilder) -> Self {
         Self::join_prefixed(redis, "test", builder)
     }
 
     fn join_prefixed(redis: &Redis, prefix: &str, builder: LoginBuilder) -> Self {
-        let login = builder.build().unwrap();
         let backend = RedisBackend::new(&redis.url())
             .unwrap()
             .prefix(prefix)
             .unwrap()
             .timeout(Duration::from_millis(500))
             .unwrap();
-        let fleet = Fleet::builder(backend)
-            .resync_every(secs(1))
-            .join(&login)
-            .unwrap();
-        Self { login, fleet }
+        Self::on(Fleet::builder(backend).resync_every(secs(1)), builder)
     }
 
     async fn connected(&self) {
@@ -473,14 +475,12 @@ async fn entries_in_redis_that_are_not_bans_are_skipped() {
 
 /// A replica on an already built backend.
 fn join_backend(backend: RedisBackend) -> Replica {
-    let login = policy().build().unwrap();
     let backend = backend
         .prefix("test")
         .unwrap()
         .timeout(Duration::from_millis(500))
         .unwrap();
-    let fleet = Fleet::builder(backend).join(&login).unwrap();
-    Replica { login, fleet }
+    Replica::on(Fleet::builder(backend), policy())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -568,18 +568,13 @@ async fn an_idle_replica_notices_a_redis_that_stopped_answering_and_comes_back()
     let redis = redis();
     // No reload for a minute, and nothing to send: only the subscription's pings
     // (every five 500 ms timeouts) can notice.
-    let login = policy().build().unwrap();
     let backend = RedisBackend::new(&redis.url())
         .unwrap()
         .prefix("test")
         .unwrap()
         .timeout(Duration::from_millis(500))
         .unwrap();
-    let fleet = Fleet::builder(backend)
-        .resync_every(secs(60))
-        .join(&login)
-        .unwrap();
-    let idle = Replica { login, fleet };
+    let idle = Replica::on(Fleet::builder(backend).resync_every(secs(60)), policy());
     idle.connected().await;
     redis.freeze(true);
     eventually("the idle replica sees the outage", || {
@@ -682,15 +677,13 @@ async fn a_ban_held_through_an_outage_runs_from_when_it_was_issued() {
 async fn a_full_ban_list_escalates_a_peer_once_per_ban() {
     let redis = redis();
     let small = |_: ()| {
-        let login = policy().build().unwrap();
         let backend = RedisBackend::new(&redis.url())
             .unwrap()
             .prefix("test")
             .unwrap()
             .max_bans(1)
             .unwrap();
-        let fleet = Fleet::builder(backend).join(&login).unwrap();
-        Replica { login, fleet }
+        Replica::on(Fleet::builder(backend), policy())
     };
     assert!(
         RedisBackend::new(&redis.url())
@@ -730,15 +723,13 @@ async fn a_full_ban_list_escalates_a_peer_once_per_ban() {
 async fn an_offence_that_arrives_late_counts_in_the_window_it_happened_in() {
     use tower_bouncer::fleet::{BAN_WEIGHT, Backend, Change, FleetPolicy};
     let redis = redis();
-    let login = policy().failure_window(secs(1)).build().unwrap();
     let backend = || {
         RedisBackend::new(&redis.url())
             .unwrap()
             .prefix("late")
             .unwrap()
     };
-    let fleet = Fleet::builder(backend()).join(&login).unwrap();
-    let replica = Replica { login, fleet };
+    let replica = Replica::on(Fleet::builder(backend()), policy().failure_window(secs(1)));
     replica.connected().await;
     // A link of this test's own, to send offences with the ages it chooses.
     let (decisions, _keep) = tokio::sync::mpsc::channel(16);
@@ -771,15 +762,13 @@ async fn an_offence_that_arrives_late_counts_in_the_window_it_happened_in() {
 async fn offences_from_two_replicas_arriving_out_of_order_still_add_up() {
     use tower_bouncer::fleet::{BAN_WEIGHT, Backend, Change, FleetPolicy};
     let redis = redis();
-    let login = policy().build().unwrap();
     let backend = || {
         RedisBackend::new(&redis.url())
             .unwrap()
             .prefix("order")
             .unwrap()
     };
-    let fleet = Fleet::builder(backend()).join(&login).unwrap();
-    let replica = Replica { login, fleet };
+    let replica = Replica::on(Fleet::builder(backend()), policy());
     replica.connected().await;
     let (decisions, _keep) = tokio::sync::mpsc::channel(16);
     let policy = FleetPolicy::new(secs(600), secs(60), 2, secs(86_400), secs(86_400));
