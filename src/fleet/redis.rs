@@ -380,62 +380,51 @@ impl RedisLink {
         }
     }
 
+    /// The script call that records `change`. Every script takes the same keys (the ban
+    /// list, the peer's record, the lifted keys) and the peer key first.
     fn invocation<'a>(&'a self, change: &Change) -> redis::ScriptInvocation<'a> {
-        let policy = &self.policy;
-        let keys = &self.keys;
+        let (policy, keys, scripts) = (&self.policy, &self.keys, &self.scripts);
+        let (script, key) = match *change {
+            Change::Offence { key, .. } => (&scripts.offend, key),
+            Change::Ban { key, .. } => (&scripts.ban, key),
+            Change::Unban { key, .. } => (&scripts.unban, key),
+        };
+        let mut call = script.key(&keys.bans);
+        call.key(format!("{}{key}", keys.offences))
+            .key(&keys.lifted)
+            .arg(key.to_string());
         match *change {
-            Change::Offence { key, weight, ago } => {
-                let mut call = self.scripts.offend.key(&keys.bans);
-                call.key(format!("{}{key}", keys.offences))
-                    .key(&keys.lifted)
-                    .arg(key.to_string())
-                    .arg(weight)
-                    .arg(millis(policy.window).max(1))
-                    .arg(millis(policy.first_ban))
-                    .arg(policy.factor)
-                    .arg(millis(policy.max_ban))
-                    .arg(millis(policy.forget_after))
-                    .arg(&keys.decisions)
-                    .arg(BAN_WEIGHT)
-                    .arg(millis(ago))
-                    .arg(self.max_bans);
-                call
-            }
+            Change::Offence { weight, ago, .. } => call
+                .arg(weight)
+                .arg(millis(policy.window).max(1))
+                .arg(millis(policy.first_ban))
+                .arg(policy.factor)
+                .arg(millis(policy.max_ban))
+                .arg(millis(policy.forget_after))
+                .arg(&keys.decisions)
+                .arg(BAN_WEIGHT)
+                .arg(millis(ago))
+                .arg(self.max_bans),
             Change::Ban {
-                key,
                 remaining,
                 offences,
                 issued_ago,
                 by_offences,
-            } => {
-                let mut call = self.scripts.ban.key(&keys.bans);
-                call.key(format!("{}{key}", keys.offences))
-                    .key(&keys.lifted)
-                    .arg(key.to_string())
-                    .arg(millis(remaining))
-                    .arg(offences)
-                    .arg(
-                        issued_ago.map_or(-1, |ago| i64::try_from(millis(ago)).unwrap_or(i64::MAX)),
-                    )
-                    .arg(millis(policy.forget_after))
-                    .arg(&keys.decisions)
-                    .arg(u8::from(by_offences))
-                    .arg(millis(policy.first_ban))
-                    .arg(policy.factor)
-                    .arg(millis(policy.max_ban))
-                    .arg(self.max_bans);
-                call
-            }
-            Change::Unban { key, issued_ago } => {
-                let mut call = self.scripts.unban.key(&keys.bans);
-                call.key(format!("{}{key}", keys.offences))
-                    .key(&keys.lifted)
-                    .arg(key.to_string())
-                    .arg(millis(issued_ago))
-                    .arg(&keys.decisions);
-                call
-            }
-        }
+                ..
+            } => call
+                .arg(millis(remaining))
+                .arg(offences)
+                .arg(issued_ago.map_or(-1, |ago| i64::try_from(millis(ago)).unwrap_or(i64::MAX)))
+                .arg(millis(policy.forget_after))
+                .arg(&keys.decisions)
+                .arg(u8::from(by_offences))
+                .arg(millis(policy.first_ban))
+                .arg(policy.factor)
+                .arg(millis(policy.max_ban))
+                .arg(self.max_bans),
+            Change::Unban { issued_ago, .. } => call.arg(millis(issued_ago)).arg(&keys.decisions),
+        };
+        call
     }
 }
 
