@@ -30,10 +30,10 @@ use common::axum_app;
 
 #[tokio::main]
 async fn main() {
-    let args = common::Args::from_env("axum_server", None);
+    let args = common::Args::from_env("axum_server", false);
     common::init_logging();
-    let layers = common::layers(&args, axum_app::refusals());
+    let bouncer = common::bouncer(&args, axum_app::refusals());
     let shutdown = common::shutdown_signal();
     let listener = common::bind(args.addr).await;
-    axum_app::serve(listener, layers.as_ref(), shutdown).await;
+    axum_app::serve(listener, bouncer.as_ref(), shutdown).await;
 }

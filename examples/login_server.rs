@@ -31,13 +31,10 @@ use common::login_protocol;
 
 #[tokio::main]
 async fn main() {
-    let args = common::Args::from_env(
-        "login_server",
-        Some(common::protection::DEFAULT_LOGIN_TIMEOUT),
-    );
+    let args = common::Args::from_env("login_server", true);
     common::init_logging();
-    let layers = common::layers(&args, login_protocol::refusals());
+    let bouncer = common::bouncer(&args, login_protocol::refusals());
     let shutdown = common::shutdown_signal();
     let listener = common::bind(args.addr).await;
-    login_protocol::serve(listener, layers.as_ref(), shutdown).await;
+    login_protocol::serve(listener, bouncer.as_ref(), shutdown).await;
 }

@@ -13,8 +13,6 @@
 
 mod common;
 
-use bytes::Bytes;
-use common::protection::Refusals;
 use tonic::{
     Request, Status,
     service::{Routes, interceptor::InterceptedService},
@@ -22,29 +20,25 @@ use tonic::{
 };
 use tower::Layer;
 use tower_bouncer::{
+    bouncer::Refusals,
     http::HttpService,
     login::{LoginSession, ReportLoginLayer},
 };
 
 #[tokio::main]
 async fn main() {
-    let args = common::Args::from_env("tonic_server", None);
+    let args = common::Args::from_env("tonic_server", false);
     common::init_logging();
     // gRPC clients cannot read a message sent before the HTTP/2 handshake: refuse
     // silently.
-    let refusals = Refusals {
-        busy: Bytes::new(),
-        too_fast: Bytes::new(),
-        banned: Bytes::new(),
-    };
-    let layers = common::layers(&args, refusals);
+    let bouncer = common::bouncer(&args, Refusals::Silent);
     let shutdown = common::shutdown_signal();
     let listener = common::bind(args.addr).await;
 
     let (_reporter, health) = tonic_health::server::health_reporter();
     let health = InterceptedService::new(health, require_token);
 
-    let Some(layers) = layers else {
+    let Some(bouncer) = bouncer else {
         tonic::transport::Server::builder()
             .add_service(health)
             .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
@@ -54,7 +48,7 @@ async fn main() {
     };
     let routes = Routes::new(health).prepare();
     let http = HttpService::new(ReportLoginLayer::new().layer(routes));
-    let report = layers.serve(listener, shutdown, http).await;
+    let report = common::protection::serve(&bouncer, listener, shutdown, http).await;
     if let Err(error) = report {
         common::fail(format_args!("server failed: {error}"));
     }

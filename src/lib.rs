@@ -80,6 +80,8 @@ mod deadline;
 mod janitor;
 pub mod peer;
 
+#[cfg(feature = "bouncer")]
+pub mod bouncer;
 #[cfg(feature = "fleet")]
 pub mod fleet;
 #[cfg(feature = "limit")]

@@ -269,7 +269,9 @@ async fn a_grpc_unauthenticated_flood_is_banned_while_another_peer_is_served() {
     use tonic::transport::Endpoint;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-    let server = Example::start("tonic_server", &[]).await;
+    // The legitimate client opens a connection every 20 ms or so: more than the
+    // default 20 a second per peer on a fast machine.
+    let server = Example::start("tonic_server", &["--rate", "100"]).await;
     let endpoint = |last: u8| {
         Endpoint::from_shared(format!("http://{}", server.addr))
             .unwrap()

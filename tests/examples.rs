@@ -63,7 +63,7 @@ fn only_login_server_takes_a_login_timeout() {
 }
 
 /// The flags of the examples' command-line contract that all three take.
-const CONTRACT_FLAGS: [&str; 27] = [
+const CONTRACT_FLAGS: [&str; 28] = [
     "--addr",
     "--unprotected",
     "--max-connections",
@@ -91,6 +91,7 @@ const CONTRACT_FLAGS: [&str; 27] = [
     "--tls-handshake-timeout",
     "--redis",
     "--redis-prefix",
+    "--config",
 ];
 
 #[test]

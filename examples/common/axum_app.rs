@@ -13,7 +13,6 @@ use axum::{
     routing::get,
 };
 use base64::Engine;
-use bytes::Bytes;
 use tokio::net::TcpListener;
 use tower::Layer;
 use tower_bouncer::{
@@ -22,32 +21,24 @@ use tower_bouncer::{
     login::{LoginSession, ReportLoginLayer},
 };
 
-use super::protection::{Layers, Refusals};
+use tower_bouncer::bouncer::{Bouncer, Refusals};
 
-/// Refusals in HTTP/1.1, the protocol most clients open with.
-const BUSY: &[u8] =
-    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
-const TOO_FAST: &[u8] =
-    b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 const MAX_SLOW_MS: u64 = 10_000;
 
-/// What a refused connection reads.
+/// What a refused connection reads: `503` or `429`.
 pub fn refusals() -> Refusals {
-    Refusals {
-        busy: Bytes::from_static(BUSY),
-        too_fast: Bytes::from_static(TOO_FAST),
-        banned: Bytes::from_static(TOO_FAST),
-    }
+    Refusals::Http
 }
 
-/// Serves the application until `shutdown`: under `layers` through the crate's accept
-/// loop and HTTP adapter, or, without layers, with plain `axum::serve`.
+/// Serves the application until `shutdown`: under the bouncer's layers through the
+/// crate's accept loop and HTTP adapter, or, without a bouncer, with plain
+/// `axum::serve`.
 pub async fn serve(
     listener: TcpListener,
-    layers: Option<&Layers>,
+    bouncer: Option<&Bouncer>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let Some(layers) = layers else {
+    let Some(bouncer) = bouncer else {
         let app = app().into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
@@ -56,7 +47,7 @@ pub async fn serve(
         return;
     };
     let http = HttpService::new(ReportLoginLayer::new().layer(app()));
-    let report = layers.serve(listener, shutdown, http).await;
+    let report = super::protection::serve(bouncer, listener, shutdown, http).await;
     if let Err(error) = report {
         super::fail(format_args!("server failed: {error}"));
     }

@@ -18,31 +18,31 @@ use tower_bouncer::{
     timeout::RequestTimer,
 };
 
-use super::protection::{Layers, Refusals};
+use tower_bouncer::bouncer::{Bouncer, Refusals};
 
 const MAX_LINE: usize = 1024;
 
 /// What a refused connection reads.
 pub fn refusals() -> Refusals {
-    Refusals {
-        busy: Bytes::from_static(b"ERROR busy\n"),
-        too_fast: Bytes::from_static(b"ERROR busy\n"),
-        banned: Bytes::from_static(b"ERROR banned\n"),
-    }
+    Refusals::messages(
+        Bytes::from_static(b"ERROR busy\n"),
+        Bytes::from_static(b"ERROR busy\n"),
+        Bytes::from_static(b"ERROR banned\n"),
+    )
 }
 
-/// Serves the protocol until `shutdown`: under `layers` through the crate's accept
-/// loop, or, without layers, from a plain tokio accept loop.
+/// Serves the protocol until `shutdown`: under the bouncer's layers through the crate's
+/// accept loop, or, without a bouncer, from a plain tokio accept loop.
 pub async fn serve(
     listener: TcpListener,
-    layers: Option<&Layers>,
+    bouncer: Option<&Bouncer>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let Some(layers) = layers else {
+    let Some(bouncer) = bouncer else {
         serve_unprotected(listener, shutdown).await;
         return;
     };
-    let report = layers.serve(listener, shutdown, Protocol).await;
+    let report = super::protection::serve(bouncer, listener, shutdown, Protocol).await;
     if let Err(error) = report {
         super::fail(format_args!("server failed: {error}"));
     }

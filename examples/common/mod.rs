@@ -13,7 +13,8 @@ pub mod axum_app;
 pub mod login_protocol;
 pub mod protection;
 
-use protection::{Layers, Protection, Refusals};
+use protection::Protection;
+use tower_bouncer::bouncer::{Bouncer, Refusals};
 
 /// The flags every example server takes.
 #[derive(Debug)]
@@ -29,29 +30,35 @@ pub struct Args {
 impl Args {
     /// Parses the process arguments; a flag that is unknown or a value that does not
     /// parse ends the process with a one-line error and status 2. `name` is the
-    /// example's, for `--help`; `login_timeout` its default login timeout, if it takes
-    /// `--login-timeout`.
-    pub fn from_env(name: &str, login_timeout: Option<std::time::Duration>) -> Self {
-        Self::parse(name, login_timeout, std::env::args().skip(1))
+    /// example's, for `--help`; `logs_in` says whether every connection logs in, so
+    /// that the server takes `--login-timeout`.
+    pub fn from_env(name: &str, logs_in: bool) -> Self {
+        Self::parse(name, logs_in, std::env::args().skip(1))
     }
 
     /// Parses `argv` (the arguments after the program's name) as [`from_env`] does.
     ///
     /// [`from_env`]: Self::from_env
-    pub fn parse(
-        name: &str,
-        login_timeout: Option<std::time::Duration>,
-        mut argv: impl Iterator<Item = String>,
-    ) -> Self {
+    pub fn parse(name: &str, logs_in: bool, argv: impl Iterator<Item = String>) -> Self {
+        let argv: Vec<String> = argv.collect();
+        // The file first, whatever its place: the flags override it.
+        let file = argv
+            .iter()
+            .position(|flag| flag == "--config")
+            .map(|at| value::<std::path::PathBuf>("--config", argv.get(at + 1).cloned()));
         let mut args = Args {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             unprotected: false,
-            protection: Protection::new(login_timeout),
+            protection: Protection::new(file, logs_in),
         };
+        let mut argv = argv.into_iter();
         while let Some(flag) = argv.next() {
             match flag.as_str() {
                 "--addr" => args.addr = value(&flag, argv.next()),
                 "--unprotected" => args.unprotected = true,
+                "--config" => {
+                    argv.next();
+                }
                 "-h" | "--help" => {
                     println!("usage: {name} [--addr IP:PORT] [--unprotected] [protection flags]");
                     println!(
@@ -60,7 +67,7 @@ impl Args {
   --unprotected         no protection at all; protection flags (TLS too) are ignored"
                     );
                     println!("{}", protection::USAGE);
-                    if login_timeout.is_some() {
+                    if logs_in {
                         println!("{}", protection::LOGIN_TIMEOUT_USAGE);
                     }
                     process::exit(0);
@@ -76,22 +83,11 @@ impl Args {
     }
 }
 
-/// The protection layers the flags ask for, or `None` with `--unprotected`. Protected,
-/// the process first raises its descriptor limit (as Go does at start), so that the
-/// connection cap binds before the descriptor limit. A setting that cannot work ends
-/// the process with a one-line error and status 2.
-pub fn layers(args: &Args, refusals: Refusals) -> Option<Layers> {
-    if !args.unprotected {
-        match tower_bouncer::serve::raise_descriptor_limit() {
-            Ok(limit) => tracing::info!(limit, "descriptor limit"),
-            Err(error) => tracing::warn!(%error, "cannot raise the descriptor limit"),
-        }
-    }
-    let layers = args
-        .protection
-        .layers(&refusals)
-        .unwrap_or_else(|error| fail(error));
-    (!args.unprotected).then_some(layers)
+/// The protection the flags ask for, or `None` with `--unprotected` (which then keeps
+/// the common default descriptor limit: building the bouncer raises it). A setting
+/// that cannot work ends the process with a one-line error and status 2.
+pub fn bouncer(args: &Args, refusals: Refusals) -> Option<Bouncer> {
+    (!args.unprotected).then(|| args.protection.bouncer(refusals))
 }
 
 /// Parses the value that follows `flag`.

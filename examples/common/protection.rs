@@ -1,77 +1,29 @@
-//! The protection flags of `shared/EXAMPLES.md` and the layers they build. Without
-//! `--unprotected` every protection is on with the defaults below, which each flag
-//! overrides. An overload manager with its defaults ties them together: its pressure
-//! comes from the connection cap and the descriptor limit, shrinks every timeout as it
-//! rises, and a new connection at the cap evicts an idle one instead of being refused.
+//! The protection flags of `shared/EXAMPLES.md`, each a key of the crate's
+//! [`BouncerConfig`], and the [`Bouncer`] they build. Without `--unprotected` every
+//! protection is on with the crate's defaults; `--config FILE` sets any of them from a
+//! TOML file, and each flag overrides one value. An overload manager ties them
+//! together: its pressure comes from the connection cap and the descriptor limit,
+//! shrinks every timeout as it rises, and a new connection at the cap evicts an idle
+//! one instead of being refused.
 
-use std::{str::FromStr, sync::Arc, time::Duration};
+use std::{path::PathBuf, str::FromStr, time::Duration};
 
-use bytes::Bytes;
-use ipnet::IpNet;
 use tokio::net::{TcpListener, TcpStream};
-use tower::util::Either;
-#[cfg(feature = "tls")]
-use tower_bouncer::tls::{ServerCertificate, TlsLayer};
 use tower_bouncer::{
-    BoxError, ConfigError, Conn,
-    limit::{ConnectionLimit, ConnectionLimitLayer},
-    login::{BanCheck, Login, LoginSessions},
-    overload::Overload,
-    peer::PeerKeying,
-    peer_limit::{PeerLimit, PeerLimitLayer},
-    proxy_protocol::{ProxyProtocol, ProxyProtocolLayer},
-    rate_limit::{Rate, RateLimit, RateLimitLayer},
-    serve::{Server, ShutdownReport},
-    timeout::{Timeout, TimeoutLayer},
+    BoxError, Conn,
+    bouncer::{Bouncer, BouncerConfig, Protected, Refusals},
+    serve::ShutdownReport,
 };
 
 use super::value;
 
-/// Concurrent connections, all peers together: at most this many, and at most three
-/// quarters of the process's descriptor limit, leaving room for everything else.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
-
-/// The default cap on concurrent connections under the current descriptor limit.
-fn default_max_connections() -> usize {
-    let (soft, _) = rlimit::Resource::NOFILE
-        .get()
-        .unwrap_or((u64::MAX, u64::MAX));
-    let room = usize::try_from(soft / 4 * 3).unwrap_or(usize::MAX);
-    DEFAULT_MAX_CONNECTIONS.min(room).max(1)
-}
-/// Concurrent connections per peer key.
-pub const DEFAULT_MAX_PER_PEER: usize = 32;
-/// New connections per second per peer key; the burst is the same unless `--burst`.
-pub const DEFAULT_RATE: u32 = 20;
-/// New connections per second, all peers together.
-pub const DEFAULT_GLOBAL_RATE: u32 = 2000;
-/// The prefix length that forms an IPv6 peer key.
-pub const DEFAULT_IPV6_PREFIX: u8 = 64;
-/// Close a connection with no byte read or written for this long.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Close a connection that sends nothing for this long after connecting.
-pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Close a connection whose request is not complete this long after its first byte.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Ask a connection this old to close, and cut it 30 seconds later.
-pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(3600);
-/// Failed logins one connection may make before it is closed.
-pub const DEFAULT_MAX_AUTH_TRIES: u32 = 1;
-/// Failed logins from one peer key within the failure window that ban it.
-pub const DEFAULT_MAX_FAILURES: u32 = 5;
-/// Timeout offences (first byte, request, login, TLS handshake) from one peer key within
-/// the failure window that ban it.
-pub const DEFAULT_MAX_TIMEOUTS: u32 = 30;
-/// The window failed logins and other offences are counted in.
-pub const DEFAULT_FAILURE_WINDOW: Duration = Duration::from_secs(600);
-/// The first ban; each repeat offence doubles it, up to 24 hours.
-pub const DEFAULT_BAN: Duration = Duration::from_secs(600);
 /// login_server: close a connection that has not logged in this long after connecting.
 pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// A trusted balancer's PROXY header must be complete this long after accept.
-pub const DEFAULT_PROXY_PROTOCOL_TIMEOUT: Duration = Duration::from_secs(5);
-/// A TLS handshake must be complete this long after accept.
-pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Failed logins from one peer key within the failure window that ban it.
+pub fn default_max_failures() -> u32 {
+    BouncerConfig::default().bans.max_failures
+}
 
 /// The `--help` lines of the protection flags every example takes.
 pub const USAGE: &str =
@@ -116,81 +68,150 @@ pub const USAGE: &str =
   --redis URL           share bans, failed logins and other offences with every replica
                         on this Redis (redis:// or rediss://; needs the `redis` feature)
   --redis-prefix P      the Redis key prefix this service's replicas share
-                        (default tower-bouncer)";
+                        (default tower-bouncer)
+  --config FILE         every setting above from a TOML file (a sample with every key at
+                        its default: examples/bouncer.toml); flags given too override it";
 
 /// The `--help` line of the flag only login_server takes.
 pub const LOGIN_TIMEOUT_USAGE: &str = "  --login-timeout S     close a connection not logged in S seconds after connecting (default 30)";
 
-/// The protection settings, from the defaults and the flags.
+/// Each protection flag and the configuration key it sets, for `--help` and for errors.
+pub const FLAG_KEYS: &[(&str, &str)] = &[
+    ("--max-connections", "connections.max"),
+    ("--backpressure", "connections.backpressure"),
+    ("--max-per-peer", "connections.per_peer"),
+    ("--ipv6-prefix", "peers.ipv6_prefix"),
+    ("--exempt", "peers.exempt"),
+    ("--rate", "rates.per_peer"),
+    ("--burst", "rates.burst"),
+    ("--global-rate", "rates.global"),
+    ("--idle-timeout", "timeouts.idle"),
+    ("--first-byte-timeout", "timeouts.first_byte"),
+    ("--request-timeout", "timeouts.request"),
+    ("--max-lifetime", "timeouts.lifetime"),
+    ("--max-auth-tries", "logins.max_auth_tries"),
+    ("--login-timeout", "logins.timeout"),
+    ("--max-failures", "bans.max_failures"),
+    ("--max-timeouts", "bans.max_timeouts"),
+    ("--failure-window", "bans.window"),
+    ("--ban", "bans.first"),
+    ("--no-kernel-bans", "bans.kernel"),
+    ("--proxy-protocol-from", "proxy_protocol.trusted"),
+    ("--proxy-protocol-timeout", "proxy_protocol.timeout"),
+    ("--tls-cert", "tls.cert"),
+    ("--tls-key", "tls.key"),
+    ("--tls-handshake-timeout", "tls.handshake_timeout"),
+    ("--redis", "fleet.redis"),
+    ("--redis-prefix", "fleet.prefix"),
+];
+
+/// The protection settings: the crate's defaults, then the `--config` file, then the
+/// flags.
 #[derive(Debug, Clone)]
 pub struct Protection {
-    /// `None`: [`default_max_connections`], worked out when the layers are built.
-    pub max_connections: Option<usize>,
-    pub backpressure: bool,
-    pub max_per_peer: usize,
-    pub ipv6_prefix: u8,
-    pub rate: u32,
-    pub burst: Option<u32>,
-    pub global_rate: u32,
-    pub exempt: Vec<IpNet>,
-    pub idle_timeout: Duration,
-    pub first_byte_timeout: Duration,
-    pub request_timeout: Duration,
-    pub max_lifetime: Duration,
-    pub max_auth_tries: u32,
-    pub max_failures: u32,
-    pub max_timeouts: u32,
-    pub failure_window: Duration,
-    pub ban: Duration,
-    /// Drop banned peers that keep reconnecting in the kernel (Linux); off with
-    /// `--no-kernel-bans`.
-    pub kernel_bans: bool,
-    /// `None` for the examples that take no `--login-timeout`.
-    pub login_timeout: Option<Duration>,
-    /// Balancers whose PROXY headers are read; none: no PROXY protocol.
-    pub proxy_protocol_from: Vec<IpNet>,
-    pub proxy_protocol_timeout: Duration,
-    /// The certificate chain and key TLS is served with; none: plaintext.
-    pub tls_cert: Option<std::path::PathBuf>,
-    pub tls_key: Option<std::path::PathBuf>,
-    pub tls_handshake_timeout: Duration,
-    /// The fleet's Redis; none: this replica bans alone.
-    pub redis: Option<String>,
-    pub redis_prefix: Option<String>,
+    pub config: BouncerConfig,
+    /// Whether the server takes `--login-timeout` (every connection logs in).
+    logs_in: bool,
+    /// Repeatable flags given so far: the first replaces the file's list.
+    exempt_given: bool,
+    proxy_protocol_from_given: bool,
 }
 
 impl Protection {
-    /// The defaults; `login_timeout` is `Some` for a server whose every connection logs
-    /// in, which then takes `--login-timeout`.
-    pub fn new(login_timeout: Option<Duration>) -> Self {
-        Self {
-            max_connections: None,
-            backpressure: false,
-            max_per_peer: DEFAULT_MAX_PER_PEER,
-            ipv6_prefix: DEFAULT_IPV6_PREFIX,
-            rate: DEFAULT_RATE,
-            burst: None,
-            global_rate: DEFAULT_GLOBAL_RATE,
-            exempt: Vec::new(),
-            idle_timeout: DEFAULT_IDLE_TIMEOUT,
-            first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
-            request_timeout: DEFAULT_REQUEST_TIMEOUT,
-            max_lifetime: DEFAULT_MAX_LIFETIME,
-            max_auth_tries: DEFAULT_MAX_AUTH_TRIES,
-            max_failures: DEFAULT_MAX_FAILURES,
-            max_timeouts: DEFAULT_MAX_TIMEOUTS,
-            failure_window: DEFAULT_FAILURE_WINDOW,
-            ban: DEFAULT_BAN,
-            kernel_bans: true,
-            login_timeout,
-            proxy_protocol_from: Vec::new(),
-            proxy_protocol_timeout: DEFAULT_PROXY_PROTOCOL_TIMEOUT,
-            tls_cert: None,
-            tls_key: None,
-            tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
-            redis: None,
-            redis_prefix: None,
+    /// The settings of `--config FILE`, or the defaults; a server whose every connection
+    /// logs in (`logs_in`) closes a connection not logged in within 30 s unless the file
+    /// says otherwise. A file that cannot be used ends the process with a one-line error
+    /// naming the key and its line.
+    pub fn new(file: Option<PathBuf>, logs_in: bool) -> Self {
+        let mut config = match file {
+            Some(path) => BouncerConfig::from_toml_file(&path)
+                .unwrap_or_else(|error| super::fail(format_args!("--config {error}"))),
+            None => BouncerConfig::default(),
+        };
+        if logs_in && config.logins.timeout.is_none() {
+            config.logins.timeout = Some(DEFAULT_LOGIN_TIMEOUT);
         }
+        Self {
+            config,
+            logs_in,
+            exempt_given: false,
+            proxy_protocol_from_given: false,
+        }
+    }
+
+    /// Takes `flag` (and its value from `argv`) if it is a protection flag.
+    pub fn parse_flag(&mut self, flag: &str, argv: &mut impl Iterator<Item = String>) -> bool {
+        let seconds =
+            |argv: &mut dyn Iterator<Item = String>| value::<Seconds>(flag, argv.next()).0;
+        let config = &mut self.config;
+        match flag {
+            "--max-connections" => config.connections.max = Some(value(flag, argv.next())),
+            "--backpressure" => config.connections.backpressure = true,
+            "--max-per-peer" => config.connections.per_peer = value(flag, argv.next()),
+            "--ipv6-prefix" => config.peers.ipv6_prefix = value(flag, argv.next()),
+            "--exempt" => {
+                if !std::mem::replace(&mut self.exempt_given, true) {
+                    config.peers.exempt.clear();
+                }
+                config.peers.exempt.push(value(flag, argv.next()));
+            }
+            "--rate" => config.rates.per_peer = value(flag, argv.next()),
+            "--burst" => config.rates.burst = Some(value(flag, argv.next())),
+            "--global-rate" => config.rates.global = value(flag, argv.next()),
+            "--idle-timeout" => config.timeouts.idle = seconds(argv),
+            "--first-byte-timeout" => config.timeouts.first_byte = seconds(argv),
+            "--request-timeout" => config.timeouts.request = seconds(argv),
+            "--max-lifetime" => config.timeouts.lifetime = seconds(argv),
+            "--max-auth-tries" => config.logins.max_auth_tries = value(flag, argv.next()),
+            "--login-timeout" if self.logs_in => config.logins.timeout = Some(seconds(argv)),
+            "--max-failures" => config.bans.max_failures = value(flag, argv.next()),
+            "--max-timeouts" => config.bans.max_timeouts = value(flag, argv.next()),
+            "--failure-window" => config.bans.window = seconds(argv),
+            "--ban" => config.bans.first = seconds(argv),
+            "--no-kernel-bans" => config.bans.kernel = false,
+            "--proxy-protocol-from" => {
+                if !std::mem::replace(&mut self.proxy_protocol_from_given, true) {
+                    config.proxy_protocol.trusted.clear();
+                }
+                config.proxy_protocol.trusted.push(value(flag, argv.next()));
+            }
+            "--proxy-protocol-timeout" => config.proxy_protocol.timeout = seconds(argv),
+            #[cfg(feature = "tls")]
+            "--tls-cert" => config.tls.cert = Some(value(flag, argv.next())),
+            #[cfg(feature = "tls")]
+            "--tls-key" => config.tls.key = Some(value(flag, argv.next())),
+            #[cfg(feature = "tls")]
+            "--tls-handshake-timeout" => config.tls.handshake_timeout = seconds(argv),
+            #[cfg(not(feature = "tls"))]
+            "--tls-cert" | "--tls-key" | "--tls-handshake-timeout" => super::fail(format_args!(
+                "`{flag}` needs TLS: build the examples with `--features tls`"
+            )),
+            #[cfg(feature = "redis")]
+            "--redis" => config.fleet.redis = Some(value(flag, argv.next())),
+            #[cfg(feature = "redis")]
+            "--redis-prefix" => config.fleet.prefix = Some(value(flag, argv.next())),
+            #[cfg(not(feature = "redis"))]
+            "--redis" | "--redis-prefix" => super::fail(format_args!(
+                "`{flag}` needs Redis: build the examples with `--features redis`"
+            )),
+            _ => return false,
+        }
+        true
+    }
+
+    /// Builds the protection; a setting that cannot work ends the process with a
+    /// one-line error naming its key (and its flag), status 2.
+    pub fn bouncer(&self, refusals: Refusals) -> Bouncer {
+        Bouncer::builder(self.config.clone())
+            .refusals(refusals)
+            .build()
+            .unwrap_or_else(|error| {
+                let flag = FLAG_KEYS
+                    .iter()
+                    .find(|(_, key)| *key == error.key())
+                    .map_or(String::new(), |(flag, _)| format!(" ({flag})"));
+                super::fail(format_args!("`{}`{flag}: {}", error.key(), error.reason()))
+            })
     }
 }
 
@@ -211,241 +232,6 @@ impl FromStr for Seconds {
     }
 }
 
-/// What a refused connection is told, in the server's protocol.
-#[derive(Debug, Clone)]
-pub struct Refusals {
-    /// Over a connection limit.
-    pub busy: Bytes,
-    /// Over a rate.
-    pub too_fast: Bytes,
-    /// From a banned peer.
-    pub banned: Bytes,
-}
-
-/// The protection layers, outermost first: the PROXY header (behind a balancer), bans,
-/// rate, per-peer cap, total cap, TLS, timeouts, login sessions.
-#[derive(Debug, Clone)]
-pub struct Layers {
-    pub proxy: Option<ProxyProtocolLayer>,
-    #[cfg(feature = "tls")]
-    pub tls: Option<TlsSetup>,
-    pub login: Login,
-    /// The fleet the login's bans and offences are shared with, with `--redis`.
-    #[cfg(feature = "fleet")]
-    pub fleet: Option<tower_bouncer::fleet::Fleet>,
-    /// Whether the listener gets the kernel ban filter.
-    pub kernel_bans: bool,
-    pub rate: RateLimitLayer,
-    pub per_peer: PeerLimitLayer,
-    pub total: ConnectionLimitLayer,
-    pub timeouts: TimeoutLayer,
-    /// Shared by the cap and every layer with a deadline.
-    pub overload: Overload,
-}
-
-/// The service type of a protocol `S` under every protection layer keyed on the peer.
-pub type Protected<S> =
-    BanCheck<RateLimit<PeerLimit<ConnectionLimit<MaybeTls<Timeout<LoginSessions<S>>>>>>>;
-
-/// TLS in front of `S`, when it is served.
-#[cfg(feature = "tls")]
-pub type MaybeTls<S> = Either<tower_bouncer::tls::Tls<S>, S>;
-#[cfg(not(feature = "tls"))]
-pub type MaybeTls<S> = S;
-
-/// The same, behind the PROXY layer when balancers are trusted.
-pub type Stack<S> = Either<ProxyProtocol<Protected<S>>, Protected<S>>;
-
-impl Protection {
-    /// Takes `flag` (and its value from `argv`) if it is a protection flag.
-    pub fn parse_flag(&mut self, flag: &str, argv: &mut impl Iterator<Item = String>) -> bool {
-        let seconds =
-            |argv: &mut dyn Iterator<Item = String>| value::<Seconds>(flag, argv.next()).0;
-        match flag {
-            "--max-connections" => self.max_connections = Some(value(flag, argv.next())),
-            "--backpressure" => self.backpressure = true,
-            "--max-per-peer" => self.max_per_peer = value(flag, argv.next()),
-            "--ipv6-prefix" => self.ipv6_prefix = value(flag, argv.next()),
-            "--rate" => self.rate = value(flag, argv.next()),
-            "--burst" => self.burst = Some(value(flag, argv.next())),
-            "--global-rate" => self.global_rate = value(flag, argv.next()),
-            "--exempt" => self.exempt.push(value(flag, argv.next())),
-            "--idle-timeout" => self.idle_timeout = seconds(argv),
-            "--first-byte-timeout" => self.first_byte_timeout = seconds(argv),
-            "--request-timeout" => self.request_timeout = seconds(argv),
-            "--max-lifetime" => self.max_lifetime = seconds(argv),
-            "--max-auth-tries" => self.max_auth_tries = value(flag, argv.next()),
-            "--max-failures" => self.max_failures = value(flag, argv.next()),
-            "--max-timeouts" => self.max_timeouts = value(flag, argv.next()),
-            "--failure-window" => self.failure_window = seconds(argv),
-            "--ban" => self.ban = seconds(argv),
-            "--no-kernel-bans" => self.kernel_bans = false,
-            "--login-timeout" if self.login_timeout.is_some() => {
-                self.login_timeout = Some(seconds(argv));
-            }
-            "--proxy-protocol-from" => self.proxy_protocol_from.push(value(flag, argv.next())),
-            "--proxy-protocol-timeout" => self.proxy_protocol_timeout = seconds(argv),
-            #[cfg(feature = "tls")]
-            "--tls-cert" => self.tls_cert = Some(value(flag, argv.next())),
-            #[cfg(feature = "tls")]
-            "--tls-key" => self.tls_key = Some(value(flag, argv.next())),
-            #[cfg(feature = "tls")]
-            "--tls-handshake-timeout" => self.tls_handshake_timeout = seconds(argv),
-            #[cfg(not(feature = "tls"))]
-            "--tls-cert" | "--tls-key" | "--tls-handshake-timeout" => super::fail(format_args!(
-                "`{flag}` needs TLS: build the examples with `--features tls`"
-            )),
-            #[cfg(feature = "redis")]
-            "--redis" => self.redis = Some(value(flag, argv.next())),
-            #[cfg(feature = "redis")]
-            "--redis-prefix" => self.redis_prefix = Some(value(flag, argv.next())),
-            #[cfg(not(feature = "redis"))]
-            "--redis" | "--redis-prefix" => super::fail(format_args!(
-                "`{flag}` needs Redis: build the examples with `--features redis`"
-            )),
-            _ => return false,
-        }
-        true
-    }
-
-    /// Who a peer is, and who is exempt.
-    pub fn keying(&self) -> Result<PeerKeying, ConfigError> {
-        Ok(PeerKeying::with_prefixes(32, self.ipv6_prefix)?.exempt(self.exempt.iter().copied()))
-    }
-
-    /// Builds the protection layers; a setting that cannot work is an error here, at
-    /// startup.
-    pub fn layers(&self, refusals: &Refusals) -> Result<Layers, ConfigError> {
-        let keying = self.keying()?;
-        let overload = Overload::builder().keying(keying.clone()).build()?;
-        let mut per_peer_rate = Rate::per_second(self.rate);
-        if let Some(burst) = self.burst {
-            per_peer_rate = per_peer_rate.burst(burst);
-        }
-        let rate = RateLimitLayer::builder()
-            .per_peer(per_peer_rate)
-            .global(Rate::per_second(self.global_rate))
-            .keying(keying.clone())
-            .refusal_message(refusals.too_fast.clone())
-            .build()?;
-        let per_peer = PeerLimitLayer::builder(self.max_per_peer)
-            .keying(keying.clone())
-            .refusal_message(refusals.busy.clone())
-            .build()?;
-        let max_connections = self.max_connections.unwrap_or_else(default_max_connections);
-        let mut total = ConnectionLimitLayer::builder(max_connections)
-            .refusal_message(refusals.busy.clone())
-            .overload(&overload);
-        if self.backpressure {
-            total = total.backpressure();
-        }
-        let total = total.build()?;
-        let timeouts = TimeoutLayer::builder()
-            .idle(self.idle_timeout)
-            .first_byte(self.first_byte_timeout)
-            .request(self.request_timeout)
-            .lifetime(self.max_lifetime)
-            .overload(&overload)
-            .build()?;
-        let mut login = Login::builder()
-            .keying(keying)
-            .max_auth_tries(self.max_auth_tries)
-            .max_failures(self.max_failures)
-            .max_timeouts(self.max_timeouts)
-            .failure_window(self.failure_window)
-            .ban(self.ban)
-            .evict_banned_connections(true)
-            .ban_message(refusals.banned.clone())
-            .overload(&overload);
-        if let Some(timeout) = self.login_timeout {
-            login = login.login_timeout(timeout);
-        }
-        let login = login.build()?;
-        #[cfg(feature = "fleet")]
-        let fleet = self.join_fleet(&login)?;
-        let proxy = if self.proxy_protocol_from.is_empty() {
-            None
-        } else {
-            Some(
-                ProxyProtocolLayer::builder()
-                    .trusted(self.proxy_protocol_from.iter().copied())
-                    .timeout(self.proxy_protocol_timeout)
-                    .overload(&overload)
-                    .build()?,
-            )
-        };
-        #[cfg(feature = "tls")]
-        let tls = self.tls(&overload)?;
-        tracing::info!(
-            max_connections,
-            backpressure = self.backpressure,
-            max_per_peer = self.max_per_peer,
-            rate = self.rate,
-            burst = self.burst.unwrap_or(self.rate),
-            global_rate = self.global_rate,
-            ipv6_prefix = self.ipv6_prefix,
-            exempt = ?self.exempt,
-            idle_timeout = ?self.idle_timeout,
-            first_byte_timeout = ?self.first_byte_timeout,
-            request_timeout = ?self.request_timeout,
-            max_lifetime = ?self.max_lifetime,
-            max_auth_tries = self.max_auth_tries,
-            max_failures = self.max_failures,
-            max_timeouts = self.max_timeouts,
-            failure_window = ?self.failure_window,
-            ban = ?self.ban,
-            kernel_bans = self.kernel_bans && cfg!(all(feature = "kernel-bans", target_os = "linux")),
-            login_timeout = ?self.login_timeout,
-            proxy_protocol_from = ?self.proxy_protocol_from,
-            proxy_protocol_timeout = ?self.proxy_protocol_timeout,
-            "protections on"
-        );
-        Ok(Layers {
-            proxy,
-            #[cfg(feature = "tls")]
-            tls,
-            login,
-            #[cfg(feature = "fleet")]
-            fleet,
-            kernel_bans: self.kernel_bans,
-            rate,
-            per_peer,
-            total,
-            timeouts,
-            overload,
-        })
-    }
-}
-
-impl Protection {
-    /// Joins the fleet on `--redis`, from inside the runtime; a bad URL or prefix ends
-    /// the process here, at startup.
-    #[cfg(feature = "fleet")]
-    fn join_fleet(
-        &self,
-        login: &Login,
-    ) -> Result<Option<tower_bouncer::fleet::Fleet>, ConfigError> {
-        #[cfg(feature = "redis")]
-        if let Some(url) = &self.redis {
-            use tower_bouncer::fleet::{Fleet, RedisBackend};
-            let mut backend = RedisBackend::new(url)
-                .unwrap_or_else(|error| super::fail(format_args!("--redis {url}: {error}")));
-            if let Some(prefix) = &self.redis_prefix {
-                backend = backend
-                    .prefix(prefix)
-                    .unwrap_or_else(|error| super::fail(format_args!("--redis-prefix: {error}")));
-            }
-            tracing::info!(%url, prefix = ?self.redis_prefix, "sharing bans with the fleet");
-            return Fleet::builder(backend).join(login).map(Some);
-        }
-        if self.redis_prefix.is_some() {
-            super::fail("`--redis-prefix` needs `--redis`");
-        }
-        let _ = login;
-        Ok(None)
-    }
-}
-
 /// What the layers did to connections, all layers together.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Tally {
@@ -463,178 +249,84 @@ pub struct Tally {
     pub scaled: Duration,
 }
 
-impl Layers {
-    /// Adds up the layers' counters.
-    pub fn tally(&self) -> Tally {
-        let rate = self.rate.stats();
-        let per_peer = self.per_peer.stats();
-        let total = self.total.stats();
-        let timeouts = self.timeouts.stats();
-        let login = self.login.stats();
-        let overload = self.overload.stats();
-        let proxy = self.proxy.as_ref().map(|proxy| proxy.stats());
-        let refused_proxy = proxy.map_or(0, |proxy| {
-            proxy.refused_missing
-                + proxy.refused_malformed
-                + proxy.refused_too_long
-                + proxy.refused_timed_out
-                + proxy.refused_untrusted_header
-        });
-        Tally {
-            refused: refused_proxy
-                + rate.refused_peer_rate
-                + rate.refused_global_rate
-                + rate.refused_table_full
-                + per_peer.refused_peer_limit
-                + per_peer.refused_table_full
-                + total.refused
-                + login.refused_banned
-                + login.refused_startups,
-            evicted: timeouts.first_byte
-                + timeouts.idle
-                + timeouts.request
-                + timeouts.lifetime_cut
-                + login.evicted_after_failures
-                + login.evicted_login_timeout
-                + login.evicted_banned,
-            banned: login.bans,
-            shed: overload.evicted_idle,
-            scaled: overload.time_under_pressure,
-        }
-    }
-
-    /// Puts `inner` under the protection layers.
-    pub fn around<S>(&self, inner: S) -> Stack<S> {
-        let builder = tower::ServiceBuilder::new()
-            .option_layer(self.proxy.clone())
-            .layer(self.login.ban_layer())
-            .layer(self.rate.clone())
-            .layer(self.per_peer.clone())
-            .layer(self.total.clone());
-        #[cfg(feature = "tls")]
-        let builder = builder.option_layer(self.tls.as_ref().map(|tls| tls.layer.clone()));
-        builder
-            .layer(self.timeouts.clone())
-            .layer(self.login.session_layer())
-            .service(inner)
-    }
-
-    /// Serves `inner` under the protection layers on `listener` until `shutdown`. On
-    /// Linux the listener gets the kernel ban filter, unless `--no-kernel-bans`. With
-    /// TLS, a SIGHUP reloads the certificate files, and replies are not held back by
-    /// Nagle's algorithm (rustls' session tickets would otherwise delay each first
-    /// response by the client's delayed acknowledgement).
-    pub async fn serve<S>(
-        &self,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()>,
-        inner: S,
-    ) -> std::io::Result<ShutdownReport>
-    where
-        Stack<S>: tower::Service<Conn<TcpStream>, Response = (), Error = BoxError>,
-        <Stack<S> as tower::Service<Conn<TcpStream>>>::Future: Send + 'static,
-    {
-        let service = self.around(inner);
-        let listener = Arc::new(listener);
-        #[cfg(all(feature = "kernel-bans", target_os = "linux"))]
-        if self.kernel_bans
-            && let Err(error) = self.login.bans().kernel_filter().attach(&listener)
-        {
-            tracing::warn!(%error, "no kernel ban filter: banned peers are refused in user space");
-        }
-        #[cfg(feature = "tls")]
-        if let Some(tls) = &self.tls {
-            tls.reload_on_hangup();
-            return Server::new(NoDelay(listener))
-                .with_graceful_shutdown(shutdown)
-                .serve(service)
-                .await;
-        }
-        Server::new(listener)
-            .with_graceful_shutdown(shutdown)
-            .serve(service)
-            .await
+/// Adds up the layers' counters.
+pub fn tally(bouncer: &Bouncer) -> Tally {
+    let rate = bouncer.rate_limit().stats();
+    let per_peer = bouncer.peer_limit().stats();
+    let total = bouncer.connection_limit().stats();
+    let timeouts = bouncer.timeouts().stats();
+    let login = bouncer.login().stats();
+    let overload = bouncer.overload().stats();
+    let proxy = bouncer.proxy_protocol().map(|proxy| proxy.stats());
+    let refused_proxy = proxy.map_or(0, |proxy| {
+        proxy.refused_missing
+            + proxy.refused_malformed
+            + proxy.refused_too_long
+            + proxy.refused_timed_out
+            + proxy.refused_untrusted_header
+    });
+    Tally {
+        refused: refused_proxy
+            + rate.refused_peer_rate
+            + rate.refused_global_rate
+            + rate.refused_table_full
+            + per_peer.refused_peer_limit
+            + per_peer.refused_table_full
+            + total.refused
+            + login.refused_banned
+            + login.refused_startups,
+        evicted: timeouts.first_byte
+            + timeouts.idle
+            + timeouts.request
+            + timeouts.lifetime_cut
+            + login.evicted_after_failures
+            + login.evicted_login_timeout
+            + login.evicted_banned,
+        banned: login.bans,
+        shed: overload.evicted_idle,
+        scaled: overload.time_under_pressure,
     }
 }
 
-/// The TLS layer, and where its certificate comes from.
-#[cfg(feature = "tls")]
-#[derive(Debug, Clone)]
-pub struct TlsSetup {
-    pub layer: TlsLayer,
-    certificate: ServerCertificate,
-    files: (std::path::PathBuf, std::path::PathBuf),
+/// Serves `inner` under the bouncer's layers on `listener` until `shutdown`. With TLS,
+/// a SIGHUP reloads the certificate files for new connections.
+pub async fn serve<S>(
+    bouncer: &Bouncer,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    inner: S,
+) -> std::io::Result<ShutdownReport>
+where
+    Protected<S>: tower::Service<Conn<TcpStream>, Response = (), Error = BoxError>,
+    <Protected<S> as tower::Service<Conn<TcpStream>>>::Future: Send + 'static,
+{
+    #[cfg(feature = "tls")]
+    reload_certificate_on_hangup(bouncer);
+    bouncer.serve_until(listener, inner, shutdown).await
 }
 
+/// Reloads the certificate files on every SIGHUP, for new connections.
 #[cfg(feature = "tls")]
-impl TlsSetup {
-    /// Reloads the certificate files on every SIGHUP, for new connections.
-    fn reload_on_hangup(&self) {
-        use tokio::signal::unix::{SignalKind, signal};
+fn reload_certificate_on_hangup(bouncer: &Bouncer) {
+    use tokio::signal::unix::{SignalKind, signal};
 
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot watch SIGHUP: the certificate will not reload");
-            return;
-        };
-        let (certificate, (chain, key)) = (self.certificate.clone(), self.files.clone());
-        tokio::spawn(async move {
-            while hangups.recv().await.is_some() {
-                match certificate.reload_from_pem_files(&chain, &key) {
-                    Ok(()) => tracing::info!("certificate reloaded"),
-                    Err(error) => tracing::warn!(%error, "certificate not reloaded"),
-                }
+    let tls = &bouncer.config().tls;
+    let (Some((_, certificate)), Some(chain), Some(key)) =
+        (bouncer.tls(), tls.cert.clone(), tls.key.clone())
+    else {
+        return;
+    };
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot watch SIGHUP: the certificate will not reload");
+        return;
+    };
+    let certificate = certificate.clone();
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match certificate.reload_from_pem_files(&chain, &key) {
+                Ok(()) => tracing::info!("certificate reloaded"),
+                Err(error) => tracing::warn!(%error, "certificate not reloaded"),
             }
-        });
-    }
-}
-
-#[cfg(feature = "tls")]
-impl Protection {
-    /// The TLS layer the flags ask for; a certificate that does not load ends the process
-    /// with a one-line error and status 2.
-    fn tls(&self, overload: &Overload) -> Result<Option<TlsSetup>, ConfigError> {
-        let (chain, key) = match (&self.tls_cert, &self.tls_key) {
-            (None, None) => return Ok(None),
-            (Some(chain), Some(key)) => (chain.clone(), key.clone()),
-            _ => {
-                return Err(ConfigError::Inconsistent {
-                    reason: "--tls-cert and --tls-key go together",
-                });
-            }
-        };
-        let certificate = ServerCertificate::from_pem_files(&chain, &key)
-            .unwrap_or_else(|error| super::fail(error));
-        let layer = TlsLayer::builder(certificate.clone())
-            .handshake_timeout(self.tls_handshake_timeout)
-            .overload(overload)
-            .build()?;
-        Ok(Some(TlsSetup {
-            layer,
-            certificate,
-            files: (chain, key),
-        }))
-    }
-}
-
-/// A TCP listener whose connections send without delay.
-#[cfg(feature = "tls")]
-struct NoDelay(Arc<TcpListener>);
-
-#[cfg(feature = "tls")]
-impl tower_bouncer::serve::Listener for NoDelay {
-    type Io = TcpStream;
-
-    async fn accept(&mut self) -> std::io::Result<(TcpStream, std::net::SocketAddr)> {
-        let (stream, peer) = self.0.accept().await?;
-        stream.set_nodelay(true)?;
-        Ok((stream, peer))
-    }
-
-    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.0.local_addr()
-    }
-
-    fn connection_local_addr(&self, stream: &TcpStream) -> std::io::Result<std::net::SocketAddr> {
-        stream.local_addr()
-    }
+        }
+    });
 }

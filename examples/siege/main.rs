@@ -133,8 +133,7 @@ fn serve_mode(mut argv: impl Iterator<Item = String>) {
         Some("login") => App::Login,
         other => common::fail(format_args!("serve what? {other:?}")),
     };
-    let login_timeout = (app == App::Login).then_some(common::protection::DEFAULT_LOGIN_TIMEOUT);
-    let args = common::Args::parse(app.name(), login_timeout, argv);
+    let args = common::Args::parse(app.name(), app == App::Login, argv);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -145,14 +144,17 @@ fn serve_mode(mut argv: impl Iterator<Item = String>) {
             App::Axum => common::axum_app::refusals(),
             App::Login => common::login_protocol::refusals(),
         };
-        let layers = common::layers(&args, refusals);
+        let bouncer = common::bouncer(&args, refusals);
         let shutdown = common::shutdown_signal();
         let listener = common::bind(args.addr).await;
         match app {
-            App::Axum => common::axum_app::serve(listener, layers.as_ref(), shutdown).await,
-            App::Login => common::login_protocol::serve(listener, layers.as_ref(), shutdown).await,
+            App::Axum => common::axum_app::serve(listener, bouncer.as_ref(), shutdown).await,
+            App::Login => common::login_protocol::serve(listener, bouncer.as_ref(), shutdown).await,
         }
-        let tally = layers.map(|layers| layers.tally()).unwrap_or_default();
+        let tally = bouncer
+            .as_ref()
+            .map(common::protection::tally)
+            .unwrap_or_default();
         println!(
             "tally refused={} evicted={} banned={} shed={} scaled_ms={}",
             tally.refused,
@@ -360,9 +362,18 @@ async fn attack(options: &Options) -> Vec<Row> {
     }
 
     let mut rows = Vec::new();
-    for (attack, side) in runs {
-        eprint!("  {:<22} {:<13} ", attack.name(), side.name());
+    let count = runs.len();
+    for (done, (attack, side)) in runs.into_iter().enumerate() {
+        let head = format!(
+            "  [{:>2}/{count}] {:<22} {:<13} ",
+            done + 1,
+            attack.name(),
+            side.name()
+        );
+        eprint!("{head}");
+        let progress = Progress::show(head, options.duration);
         let row = run_one(attack, side, options, haproxy.as_ref()).await;
+        progress.done();
         eprintln!(
             "legit {:>5.1}% ok, {} server descriptors at peak",
             row.legit_success() * 100.0,
@@ -371,6 +382,45 @@ async fn attack(options: &Options) -> Vec<Row> {
         rows.push(row);
     }
     rows
+}
+
+/// On a terminal, the seconds an attack has run, rewritten in place every half second
+/// until its figures replace them.
+struct Progress {
+    head: String,
+    ticker: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn show(head: String, duration: Duration) -> Self {
+        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            return Self { head, ticker: None };
+        }
+        let began = Instant::now();
+        let line = head.clone();
+        let ticker = tokio::spawn(async move {
+            let head = line;
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                eprint!(
+                    "\r{head}{:>4.1} s of {:.0} s\x1b[K",
+                    began.elapsed().as_secs_f64(),
+                    duration.as_secs_f64()
+                );
+            }
+        });
+        Self {
+            head,
+            ticker: Some(ticker),
+        }
+    }
+
+    fn done(self) {
+        if let Some(ticker) = self.ticker {
+            ticker.abort();
+            eprint!("\r{}\x1b[K", self.head);
+        }
+    }
 }
 
 /// The load balancer's own address, which the protected server trusts for PROXY

@@ -6,7 +6,7 @@ use plotters::prelude::*;
 
 use super::{
     attacks::{Attack, Sample},
-    common::protection::{DEFAULT_MAX_FAILURES, Tally},
+    common::protection::{Tally, default_max_failures},
     fleet::{self, FleetRow, Sharing},
     monitor::Usage,
 };
@@ -244,10 +244,11 @@ pub fn fleet_table(rows: &[FleetRow]) -> String {
         "\nfailed tries: wrong passwords the replicas answered before both refused the \
          attacker, who took them in turn, one connection per try, a try every {} ms \
          (sooner, the try right after the fleet's ban can beat the ban's message to the \
-         other replica); each replica bans at {DEFAULT_MAX_FAILURES} failed logins (the \
+         other replica); each replica bans at {} failed logins (the \
          default). refused: its tries answered `ERROR banned`. Alone, a replica counts \
          only the failures it sees; in the fleet, the replicas' counts add up on Redis.\n",
         fleet::PACE.as_millis(),
+        default_max_failures(),
     ));
     out
 }
@@ -268,7 +269,8 @@ pub fn fleet_verdict(rows: &[FleetRow]) -> String {
         )
     };
     format!(
-        "A login flood spread over 2 replicas, each banning at {DEFAULT_MAX_FAILURES} failed logins: banning alone, the attacker had {} before both refused it; sharing bans on Redis, {}.",
+        "A login flood spread over 2 replicas, each banning at {} failed logins: banning alone, the attacker had {} before both refused it; sharing bans on Redis, {}.",
+        default_max_failures(),
         tries(Sharing::Alone),
         tries(Sharing::Fleet),
     )
@@ -377,7 +379,7 @@ pub fn json(rows: &[Row], fleet_rows: &[FleetRow], duration: &Duration) -> Strin
             serde_json::json!({
                 "attack": fleet::ATTACK,
                 "server": row.sharing.name(),
-                "max_failures": DEFAULT_MAX_FAILURES,
+                "max_failures": default_max_failures(),
                 "failed_tries": row.failed_tries,
                 "refused": row.refused,
                 "refused_by_both_after_seconds": row.banned_everywhere.map(|after| after.as_secs_f64()),

@@ -730,6 +730,12 @@ impl Shared {
         self.stats.bans.add();
         if let Some(suppressed) = self.ban_log.allow() {
             tracing::warn!(peer = %peer.key, ban = ?length, %offence, suppressed, "peer banned");
+            if peer.key.network().addr().is_loopback() {
+                tracing::warn!(
+                    "a loopback peer is banned: to try a server locally, exempt 127.0.0.0/8 \
+                     and ::1 (`PeerKeying::exempt`, or `peers.exempt` in a BouncerConfig)"
+                );
+            }
         }
         if let Some(live) = &self.live {
             session_layer::evict_live(live, &peer.at);

@@ -1,0 +1,437 @@
+//! The settings of a [`Bouncer`](super::Bouncer), in the sections and keys of its
+//! configuration file.
+
+use std::{fmt, path::PathBuf, time::Duration};
+
+use ipnet::IpNet;
+
+#[cfg(feature = "config")]
+use serde::Deserialize;
+
+/// Everything a [`Bouncer`](super::Bouncer) enforces. `Default` is the recommended
+/// protection for a public server; change what differs:
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_bouncer::bouncer::BouncerConfig;
+///
+/// let mut config = BouncerConfig::default();
+/// config.connections.per_peer = 8;
+/// config.timeouts.idle = Duration::from_secs(30);
+/// config.peers.exempt.push("10.0.0.0/8".parse().unwrap());
+/// ```
+///
+/// With the `config` feature the same settings come from a TOML file
+/// ([`BouncerConfig::from_toml_file`]): each section below is a table, each field a key,
+/// durations written as `"10s"`, `"500ms"` or `"1h 30m"`.
+#[derive(Debug, Clone, PartialEq, Default)]
+#[cfg_attr(
+    feature = "config",
+    derive(Deserialize),
+    serde(default, deny_unknown_fields)
+)]
+#[non_exhaustive]
+pub struct BouncerConfig {
+    /// `[connections]`: how many at once.
+    pub connections: Connections,
+    /// `[peers]`: who a peer is, and who is exempt.
+    pub peers: Peers,
+    /// `[rates]`: new connections per second.
+    pub rates: Rates,
+    /// `[timeouts]`.
+    pub timeouts: Timeouts,
+    /// `[logins]`: failed logins on one connection.
+    pub logins: Logins,
+    /// `[bans]`: offences that ban a peer, and for how long.
+    pub bans: Bans,
+    /// `[proxy_protocol]`: the real client behind a load balancer.
+    pub proxy_protocol: ProxyProtocol,
+    /// `[tls]`: TLS termination (feature `tls`).
+    pub tls: Tls,
+    /// `[fleet]`: bans and offences shared with the other replicas (feature `redis`).
+    pub fleet: Fleet,
+}
+
+/// `[connections]`.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(
+    feature = "config",
+    derive(Deserialize),
+    serde(default, deny_unknown_fields)
+)]
+#[non_exhaustive]
+pub struct Connections {
+    /// `max`: concurrent connections, all peers together. `None` (the default): 4096,
+    /// or three quarters of the descriptor limit if that is less, leaving room for
+    /// everything else the process opens.
+    pub max: Option<usize>,
+    /// `backpressure`: at the cap, stop accepting (connections wait in the kernel's
+    /// backlog) instead of refusing. Off by default.
+    pub backpressure: bool,
+    /// `per_peer`: concurrent connections per peer key; 32 by default.
+    pub per_peer: usize,
+    /// `raise_descriptor_limit`: raise the process's soft descriptor limit to its hard
+    /// limit when the bouncer is built, as Go does at start, so that the cap binds
+    /// before the descriptors run out. On by default.
+    pub raise_descriptor_limit: bool,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Self {
+            max: None,
+            backpressure: false,
+            per_peer: 32,
+            raise_descriptor_limit: true,
+        }
+    }
+}
+
+/// `[peers]`.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(
+    feature = "config",
+    derive(Deserialize),
+    serde(default, deny_unknown_fields)
+)]
+#[non_exhaustive]
+pub struct Peers {
+    /// `ipv6_prefix`: the prefix length that forms an IPv6 peer key; 64 by default
+    /// (one subscriber's allocation). IPv4 peers are keyed by address.
+    pub ipv6_prefix: u8,
+    /// `exempt`: networks (`"10.0.0.0/8"`) whose peers skip the per-peer cap, the
+    /// rates and bans: health checkers, a monitoring host. None by default.
+    pub exempt: Vec<IpNet>,
+}
+
+impl Default for Peers {
+    fn default() -> Self {
+        Self {
+            ipv6_prefix: 64,
+            exempt: Vec::new(),
+        }
+    }
+}
+
+/// `[rates]`.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(
+    feature = "config",
+    derive(Deserialize),
+    serde(default, deny_unknown_fields)
+)]
+#[non_exhaustive]
+pub struct Rates {
+    /// `per_peer`: new connections per second per peer key; 20 by default.
+    pub per_peer: u32,
+    /// `burst`: connections a peer may open at once before its rate applies; `None`
+    /// (the default): the rate.
+    pub burst: Option<u32>,
+    /// `global`: new connections per second, all peers together; 2000 by default.
+    pub global: u32,
+}
+
+impl Default for Rates {
+    fn default() -> Self {
+        Self {
+            per_peer: 20,
+            burst: None,
+            global: 2000,
+        }
+    }
+}
+
+/// `[timeouts]`. Each but the lifetime shrinks under pressure, to a fifth as the
+/// connections near the cap or the descriptors near their limit.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(
+    feature = "config",
+    derive(Deserialize),
+    serde(default, deny_unknown_fields)
+)]
+#[non_exhaustive]
+pub struct Timeouts {
+    /// `first_byte`: close a connection that sends nothing this long after
+    /// connecting; 10 s by default.
+    #[cfg_attr(feature = "config", serde(with = "humantime_serde"))]
+    pub first_byte: Duration,
+    /// `idle`: close a connection idle this long (HTTP: no request open), or whose
+    /// client takes its output slower than 256 bytes a second; 60 s by default.
+    #[cfg_attr(feature = "config", serde(with = "humantime_serde"))]
+    pub idle: Duration,
+    /// `request`: close a connection whose request is not complete this long after
+    /// its first byte; 10 s by default.
+    #[cfg_attr(feature = "config", serde(with = "humantime_serde"))]
+    pub request: Duration,
+    /// `lifetime`: ask a connection this old to close, and cut it 30 s later; an hour
+    /// by default.
+    #[cfg_attr(feature = "config", serde(with = "humantime_serde"))]
+    pub lifetime: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            first_byte: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            request: Duration::from_secs(10),
+            lifetime: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// `[logins]`.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(
+    feature = "config",
+    derive(Deserialize),
+    serde(default, deny_unknown_fields)
+)]
+#[non_exhaustive]
+pub struct Logins {
+    /// `max_auth_tries`: failed logins one connection may make before it is closed
+    /// (OpenSSH's `MaxAuthTries`); 1 by default.
+    pub max_auth_tries: u32,
+    /// `timeout`: close a connection not logged in this long after connecting
+    /// (OpenSSH's `LoginGraceTime`), for protocols where every connection logs in.
+    /// `None` (the default): no login timeout.
+    #[cfg_attr(feature = "config", serde(with = "humantime_serde"))]
+    pub timeout: Option<Duration>,
+}
+
+impl Default for Logins {
+    fn default() -> Self {
+        Self {
+            max_auth_tries: 1,
+            timeout: None,
+        }
+    }
+}
+
+/// `[bans]`.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(
+    feature = "config",
+    derive(Deserialize),
+    serde(default, deny_unknown_fields)
+)]
+#[non_exhaustive]
+pub struct Bans {
+    /// `max_failures`: failed logins from one peer key within `window` that ban it;
+    /// 5 by default.
+    pub max_failures: u32,
+    /// `max_timeouts`: timeout offences (first byte, request, login, TLS handshake)
+    /// within `window` that ban a peer; 30 by default, 0 turns it off.
+    pub max_timeouts: u32,
+    /// `window`: the window offences are counted in; 10 minutes by default.
+    #[cfg_attr(feature = "config", serde(with = "humantime_serde"))]
+    pub window: Duration,
+    /// `first`: the first ban; 10 minutes by default.
+    #[cfg_attr(feature = "config", serde(with = "humantime_serde"))]
+    pub first: Duration,
+    /// `factor`: each repeat offence multiplies the ban by this; 2 by default.
+    pub factor: u32,
+    /// `max`: the longest ban; 24 hours by default.
+    #[cfg_attr(feature = "config", serde(with = "humantime_serde"))]
+    pub max: Duration,
+    /// `kernel`: on Linux, a banned peer that goes on reconnecting is dropped by a
+    /// socket filter on the listener, SYNs included. On by default.
+    pub kernel: bool,
+}
+
+impl Default for Bans {
+    fn default() -> Self {
+        Self {
+            max_failures: 5,
+            max_timeouts: 30,
+            window: Duration::from_secs(600),
+            first: Duration::from_secs(600),
+            factor: 2,
+            max: Duration::from_secs(24 * 3600),
+            kernel: true,
+        }
+    }
+}
+
+/// `[proxy_protocol]`.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(
+    feature = "config",
+    derive(Deserialize),
+    serde(default, deny_unknown_fields)
+)]
+#[non_exhaustive]
+pub struct ProxyProtocol {
+    /// `trusted`: the balancers' networks; a PROXY v1/v2 header is required from them
+    /// and honoured from no others. None by default: no PROXY protocol.
+    pub trusted: Vec<IpNet>,
+    /// `timeout`: the header must be complete this long after accept; 5 s by default.
+    #[cfg_attr(feature = "config", serde(with = "humantime_serde"))]
+    pub timeout: Duration,
+}
+
+impl Default for ProxyProtocol {
+    fn default() -> Self {
+        Self {
+            trusted: Vec::new(),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(
+    feature = "config",
+    derive(Deserialize),
+    serde(default, deny_unknown_fields)
+)]
+#[non_exhaustive]
+pub struct Tls {
+    /// `cert`: the PEM certificate chain; with `key`, TLS is served (ALPN `h2` and
+    /// `http/1.1`). None by default.
+    pub cert: Option<PathBuf>,
+    /// `key`: the PEM private key.
+    pub key: Option<PathBuf>,
+    /// `handshake_timeout`: the whole handshake must finish within this; 10 s by
+    /// default.
+    #[cfg_attr(feature = "config", serde(with = "humantime_serde"))]
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[fleet]`.
+#[derive(Debug, Clone, PartialEq, Default)]
+#[cfg_attr(
+    feature = "config",
+    derive(Deserialize),
+    serde(default, deny_unknown_fields)
+)]
+#[non_exhaustive]
+pub struct Fleet {
+    /// `redis`: the Redis every replica shares bans, failed logins and other offences
+    /// on (`redis://` or `rediss://`). None by default: this replica bans alone.
+    pub redis: Option<String>,
+    /// `prefix`: the key prefix this service's replicas share; `tower-bouncer` by
+    /// default.
+    pub prefix: Option<String>,
+}
+
+/// A setting that cannot work, named by its key in the configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingError {
+    key: &'static str,
+    reason: String,
+}
+
+impl SettingError {
+    pub(crate) fn new(key: &'static str, reason: impl fmt::Display) -> Self {
+        Self {
+            key,
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The setting's key, as `section.key` (`connections.per_peer`).
+    pub fn key(&self) -> &'static str {
+        self.key
+    }
+
+    /// What is wrong with it.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl fmt::Display for SettingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}`: {}", self.key, self.reason)
+    }
+}
+
+impl std::error::Error for SettingError {}
+
+impl BouncerConfig {
+    /// Checks every setting, naming the first that cannot work.
+    pub fn validate(&self) -> Result<(), SettingError> {
+        let at_least_one = |key, value: u64| {
+            if value == 0 {
+                Err(SettingError::new(key, "must be at least 1"))
+            } else {
+                Ok(())
+            }
+        };
+        let positive = |key, value: Duration| {
+            if value.is_zero() {
+                Err(SettingError::new(key, "must be longer than zero"))
+            } else {
+                Ok(())
+            }
+        };
+        if let Some(max) = self.connections.max {
+            at_least_one("connections.max", max as u64)?;
+        }
+        at_least_one("connections.per_peer", self.connections.per_peer as u64)?;
+        if self.peers.ipv6_prefix > 128 {
+            return Err(SettingError::new(
+                "peers.ipv6_prefix",
+                format_args!(
+                    "an IPv6 prefix is at most /128, not /{}",
+                    self.peers.ipv6_prefix
+                ),
+            ));
+        }
+        at_least_one("rates.per_peer", self.rates.per_peer.into())?;
+        if let Some(burst) = self.rates.burst {
+            at_least_one("rates.burst", burst.into())?;
+        }
+        at_least_one("rates.global", self.rates.global.into())?;
+        positive("timeouts.first_byte", self.timeouts.first_byte)?;
+        positive("timeouts.idle", self.timeouts.idle)?;
+        positive("timeouts.request", self.timeouts.request)?;
+        positive("timeouts.lifetime", self.timeouts.lifetime)?;
+        at_least_one("logins.max_auth_tries", self.logins.max_auth_tries.into())?;
+        if let Some(timeout) = self.logins.timeout {
+            positive("logins.timeout", timeout)?;
+        }
+        at_least_one("bans.max_failures", self.bans.max_failures.into())?;
+        positive("bans.window", self.bans.window)?;
+        positive("bans.first", self.bans.first)?;
+        at_least_one("bans.factor", self.bans.factor.into())?;
+        if self.bans.max < self.bans.first {
+            return Err(SettingError::new(
+                "bans.max",
+                "must be at least the first ban (`bans.first`)",
+            ));
+        }
+        positive("proxy_protocol.timeout", self.proxy_protocol.timeout)?;
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(_), None) => return Err(SettingError::new("tls.cert", "needs `tls.key` too")),
+            (None, Some(_)) => return Err(SettingError::new("tls.key", "needs `tls.cert` too")),
+            (Some(_), Some(_)) if !cfg!(feature = "tls") => {
+                return Err(SettingError::new("tls.cert", "needs the `tls` feature"));
+            }
+            _ => {}
+        }
+        positive("tls.handshake_timeout", self.tls.handshake_timeout)?;
+        if self.fleet.redis.is_some() && !cfg!(feature = "redis") {
+            return Err(SettingError::new(
+                "fleet.redis",
+                "needs the `redis` feature",
+            ));
+        }
+        if self.fleet.prefix.is_some() && self.fleet.redis.is_none() {
+            return Err(SettingError::new("fleet.prefix", "needs `fleet.redis`"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,321 @@
+//! A [`BouncerConfig`] from a TOML file, refused with the key and line of what is
+//! wrong: a typo must not fall back to a default unseen.
+
+use std::{
+    fmt,
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use toml::de::{DeTable, DeValue};
+
+use super::{BouncerConfig, SettingError};
+
+/// The most a configuration file may hold; a larger one is refused unread.
+const MAX_FILE_LEN: u64 = 1024 * 1024;
+
+/// A configuration file that cannot be used: unreadable, not TOML, an unknown key, a
+/// value of the wrong type, or a setting that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigFileError {
+    path: Option<PathBuf>,
+    line: Option<usize>,
+    key: Option<String>,
+    message: String,
+}
+
+impl ConfigFileError {
+    /// The file, when read from one.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The line (from 1) of the key or value at fault, when known.
+    pub fn line(&self) -> Option<usize> {
+        self.line
+    }
+
+    /// The key at fault, as `section.key`, when known.
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    /// What is wrong.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for ConfigFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.path, self.line) {
+            (Some(path), Some(line)) => write!(f, "{}:{line}: ", path.display())?,
+            (Some(path), None) => write!(f, "{}: ", path.display())?,
+            (None, Some(line)) => write!(f, "line {line}: ")?,
+            (None, None) => {}
+        }
+        if let Some(key) = &self.key {
+            write!(f, "`{key}`: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigFileError {}
+
+impl BouncerConfig {
+    /// Reads a TOML configuration file (feature `config`): every key optional, each
+    /// missing one at its default; an unknown key, a value of the wrong type or a
+    /// setting that cannot work is an error naming its key and line.
+    ///
+    /// ```
+    /// use tower_bouncer::bouncer::BouncerConfig;
+    ///
+    /// let config = BouncerConfig::from_toml_str(
+    ///     r#"
+    ///     [connections]
+    ///     per_peer = 8
+    ///
+    ///     [timeouts]
+    ///     idle = "30s"
+    ///     "#,
+    /// )
+    /// .unwrap();
+    /// assert_eq!(config.connections.per_peer, 8);
+    ///
+    /// let typo = BouncerConfig::from_toml_str("[connections]\nper_per = 8\n").unwrap_err();
+    /// assert_eq!(typo.key(), Some("connections.per_per"));
+    /// assert_eq!(typo.line(), Some(2));
+    /// ```
+    pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Self, ConfigFileError> {
+        let path = path.as_ref();
+        let failed = |message: String| ConfigFileError {
+            path: Some(path.to_owned()),
+            line: None,
+            key: None,
+            message,
+        };
+        let len = std::fs::metadata(path)
+            .map_err(|error| failed(error.to_string()))?
+            .len();
+        if len > MAX_FILE_LEN {
+            return Err(failed(format!(
+                "{len} bytes: a configuration file is at most {MAX_FILE_LEN}"
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|error| failed(error.to_string()))?;
+        Self::from_toml_str(&text).map_err(|error| ConfigFileError {
+            path: Some(path.to_owned()),
+            ..error
+        })
+    }
+
+    /// Parses a configuration from TOML text, as [`from_toml_file`](Self::from_toml_file)
+    /// does.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigFileError> {
+        let config: BouncerConfig = toml::from_str(text).map_err(|error| {
+            let span = error.span();
+            ConfigFileError {
+                path: None,
+                line: span.as_ref().map(|span| line_of(text, span.start)),
+                key: span.and_then(|span| key_at(text, span)),
+                message: error.message().to_owned(),
+            }
+        })?;
+        config
+            .validate()
+            .map_err(|error| setting_error(text, &error))?;
+        Ok(config)
+    }
+}
+
+/// A setting that cannot work, with the line its key is on.
+fn setting_error(text: &str, error: &SettingError) -> ConfigFileError {
+    ConfigFileError {
+        path: None,
+        line: span_of_key(text, error.key()).map(|span| line_of(text, span.start)),
+        key: Some(error.key().to_owned()),
+        message: error.reason().to_owned(),
+    }
+}
+
+/// The line, from 1, that byte `offset` is on.
+fn line_of(text: &str, offset: usize) -> usize {
+    let offset = offset.min(text.len());
+    text.as_bytes()[..offset]
+        .iter()
+        .filter(|&&byte| byte == b'\n')
+        .count()
+        + 1
+}
+
+/// The dotted key whose name or value holds `span`: the innermost, so that an error in
+/// `per_peer = 0` names `connections.per_peer`, not `connections`.
+fn key_at(text: &str, span: Range<usize>) -> Option<String> {
+    let table = DeTable::parse(text).ok()?;
+    let mut path = Vec::new();
+    find_in_table(table.get_ref(), &span, &mut path).then(|| path.join("."))
+}
+
+fn find_in_table(table: &DeTable<'_>, span: &Range<usize>, path: &mut Vec<String>) -> bool {
+    let contains = |outer: Range<usize>| outer.start <= span.start && span.end <= outer.end;
+    for (key, value) in table {
+        path.push(key.get_ref().to_string());
+        // A `[section]`'s span is its header's, not its keys': look inside it anyway.
+        let found = match value.get_ref() {
+            DeValue::Table(inner) => find_in_table(inner, span, path) || contains(key.span()),
+            _ => contains(key.span()) || contains(value.span()),
+        };
+        if found {
+            return true;
+        }
+        path.pop();
+    }
+    false
+}
+
+/// Where the dotted `key` is written or, for a key left at its default, its section.
+fn span_of_key(text: &str, key: &str) -> Option<Range<usize>> {
+    let table = DeTable::parse(text).ok()?;
+    let mut table = table.get_ref();
+    let mut found = None;
+    for part in key.split('.') {
+        let Some((name, value)) = table.get_key_value(part) else {
+            break;
+        };
+        found = Some(name.span());
+        let DeValue::Table(inner) = value.get_ref() else {
+            break;
+        };
+        table = inner;
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn refused(text: &str) -> ConfigFileError {
+        BouncerConfig::from_toml_str(text).expect_err("refused")
+    }
+
+    #[test]
+    fn an_empty_file_is_the_defaults() {
+        assert_eq!(
+            BouncerConfig::from_toml_str("").unwrap(),
+            BouncerConfig::default()
+        );
+    }
+
+    #[test]
+    fn the_sample_file_says_the_defaults() {
+        let sample = include_str!("../../examples/bouncer.toml");
+        assert_eq!(
+            BouncerConfig::from_toml_str(sample).unwrap(),
+            BouncerConfig::default()
+        );
+    }
+
+    #[test]
+    fn durations_are_written_with_their_unit() {
+        let config = BouncerConfig::from_toml_str(
+            "[timeouts]\nidle = \"1m 30s\"\nrequest = \"500ms\"\n[logins]\ntimeout = \"30s\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.timeouts.idle, Duration::from_secs(90));
+        assert_eq!(config.timeouts.request, Duration::from_millis(500));
+        assert_eq!(config.logins.timeout, Some(Duration::from_secs(30)));
+        let error = refused("[timeouts]\nidle = 30\n");
+        assert_eq!(error.key(), Some("timeouts.idle"));
+        assert_eq!(error.line(), Some(2));
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_its_line() {
+        let error = refused("[peers]\nexempt = []\n[connections]\nmax = 10\nper_per = 3\n");
+        assert_eq!(error.key(), Some("connections.per_per"));
+        assert_eq!(error.line(), Some(5));
+        assert!(error.message().contains("unknown field"), "{error}");
+        let error = refused("[conections]\nmax = 10\n");
+        assert_eq!(error.key(), Some("conections"));
+        assert_eq!(error.line(), Some(1));
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_named_with_its_line() {
+        let error = refused("[rates]\nglobal = \"fast\"\n");
+        assert_eq!(error.key(), Some("rates.global"));
+        assert_eq!(error.line(), Some(2));
+        let error = refused("[peers]\nexempt = [\"10.0.0.0/8\", \"nonsense\"]\n");
+        assert_eq!(error.key(), Some("peers.exempt"));
+        assert_eq!(error.line(), Some(2));
+    }
+
+    #[test]
+    fn a_setting_that_cannot_work_is_named_with_its_line() {
+        let error = refused("[connections]\n\n\nper_peer = 0\n");
+        assert_eq!(error.key(), Some("connections.per_peer"));
+        assert_eq!(error.line(), Some(4));
+        assert_eq!(
+            error.to_string(),
+            "line 4: `connections.per_peer`: must be at least 1"
+        );
+        let error = refused("[bans]\nfirst = \"1h\"\nmax = \"10m\"\n");
+        assert_eq!(error.key(), Some("bans.max"));
+        assert_eq!(error.line(), Some(3));
+        let error = refused("[peers]\nipv6_prefix = 129\n");
+        assert_eq!(error.key(), Some("peers.ipv6_prefix"));
+    }
+
+    #[test]
+    fn a_file_names_itself() {
+        let path = std::env::temp_dir().join(format!("bouncer-{}.toml", std::process::id()));
+        std::fs::write(&path, "[timeouts]\nidle = \"0s\"\n").unwrap();
+        let error = BouncerConfig::from_toml_file(&path).unwrap_err();
+        std::fs::remove_file(&path).ok();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "{}:2: `timeouts.idle`: must be longer than zero",
+                path.display()
+            )
+        );
+        let missing = BouncerConfig::from_toml_file("/nonexistent/bouncer.toml").unwrap_err();
+        assert!(
+            missing
+                .to_string()
+                .starts_with("/nonexistent/bouncer.toml: ")
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_is_parsed_or_refused_without_panicking(text in ".{0,200}") {
+            let _ = BouncerConfig::from_toml_str(&text);
+        }
+
+        #[test]
+        fn any_value_of_a_known_key_is_parsed_or_refused(
+            key in prop::sample::select(vec![
+                "connections.max", "connections.per_peer", "rates.burst", "timeouts.idle",
+                "bans.window", "peers.exempt", "tls.cert", "fleet.redis", "bans.kernel",
+            ]),
+            value in "[-0-9a-z\"\\[\\]., /]{0,24}",
+        ) {
+            let (section, name) = key.split_once('.').unwrap_or(("", key));
+            let text = if section.is_empty() {
+                format!("{name} = {value}\n")
+            } else {
+                format!("[{section}]\n{name} = {value}\n")
+            };
+            if let Err(error) = BouncerConfig::from_toml_str(&text) {
+                prop_assert!(error.line().is_some(), "{error}");
+            }
+        }
+    }
+}

@@ -1,0 +1,590 @@
+//! Every protection in one call: the recommended stack, in the right order, from one
+//! [`BouncerConfig`] with documented defaults.
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//! use tower_bouncer::bouncer::Bouncer;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let app = Router::new().route("/", get(|| async { "hello\n" }));
+//! let listener = tokio::net::TcpListener::bind("0.0.0.0:3000").await?;
+//! // Caps, rates, timeouts, failed logins (a 401) and bans at their defaults;
+//! // drains on SIGINT or SIGTERM.
+//! Bouncer::new()?.serve_http(listener, app).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A [`Bouncer`] holds the layers, outermost first: the PROXY header (with
+//! [`proxy_protocol.trusted`](config::ProxyProtocol::trusted) set), the ban check, the
+//! per-peer and global rate, the per-peer cap, the total cap, TLS (with
+//! [`tls.cert`](config::Tls::cert) set), the timeouts and the login sessions; and an
+//! [`Overload`] manager that ties them together (timeouts shrink as the cap or the
+//! descriptors fill up, and at a full cap a newcomer evicts an idle connection). It
+//! serves an axum `Router` or tonic routes ([`serve_http`](Bouncer::serve_http)), or
+//! a raw protocol's connection-level service ([`serve`](Bouncer::serve)); it is also a
+//! [`Layer`] for a stack of one's own. Each layer stays reachable (for its `stats()`,
+//! the ban list) and public, for those who compose their own.
+//!
+//! Building it raises the soft descriptor limit to the hard one (as Go does at start),
+//! so that the connection cap binds before the descriptors run out, and derives the
+//! default cap from it. With [`fleet.redis`](config::Fleet::redis) it joins the fleet,
+//! which needs a tokio runtime: build it inside one.
+
+pub mod config;
+#[cfg(feature = "config")]
+mod file;
+
+use std::{io, net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::net::{TcpListener, TcpStream};
+use tower::{Service, ServiceBuilder, util::Either};
+use tower_layer::Layer;
+
+pub use config::{BouncerConfig, SettingError};
+#[cfg(feature = "config")]
+pub use file::ConfigFileError;
+
+use crate::{
+    BoxError, Conn,
+    http::HttpService,
+    limit::{ConnectionLimit, ConnectionLimitLayer},
+    login::{BanCheck, Login, LoginSessions, ReportLogin, ReportLoginLayer},
+    overload::Overload,
+    peer::PeerKeying,
+    peer_limit::{PeerLimit, PeerLimitLayer},
+    proxy_protocol::{ProxyProtocol, ProxyProtocolLayer},
+    rate_limit::{Rate, RateLimit, RateLimitLayer},
+    serve::{Listener, Server, ShutdownReport},
+    timeout::{Timeout, TimeoutLayer},
+};
+
+/// The recommended protection, built from a [`BouncerConfig`]. Cheap to clone: clones
+/// share every count, table and ban.
+///
+/// See the [module documentation](self).
+#[derive(Debug, Clone)]
+pub struct Bouncer {
+    config: Arc<BouncerConfig>,
+    max_connections: usize,
+    proxy: Option<ProxyProtocolLayer>,
+    login: Login,
+    rate: RateLimitLayer,
+    per_peer: PeerLimitLayer,
+    total: ConnectionLimitLayer,
+    #[cfg(feature = "tls")]
+    tls: Option<tls::TlsSetup>,
+    timeouts: TimeoutLayer,
+    overload: Overload,
+    #[cfg(feature = "fleet")]
+    fleet: Option<crate::fleet::Fleet>,
+}
+
+/// What a refused connection is told before it is closed.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Refusals {
+    /// An HTTP/1.1 `503 Service Unavailable` (connection limits) or `429 Too Many
+    /// Requests` (rates, bans), `Connection: close`. The default.
+    Http,
+    /// A raw protocol's own lines.
+    Messages {
+        /// Over a connection limit.
+        busy: Bytes,
+        /// Over a rate.
+        too_fast: Bytes,
+        /// From a banned peer.
+        banned: Bytes,
+    },
+    /// Nothing: the connection is closed (gRPC clients, which cannot read anything
+    /// sent before the HTTP/2 handshake).
+    Silent,
+}
+
+impl Refusals {
+    /// A raw protocol's refusal lines, such as `ERROR busy\n`.
+    pub fn messages(
+        busy: impl Into<Bytes>,
+        too_fast: impl Into<Bytes>,
+        banned: impl Into<Bytes>,
+    ) -> Self {
+        Refusals::Messages {
+            busy: busy.into(),
+            too_fast: too_fast.into(),
+            banned: banned.into(),
+        }
+    }
+
+    /// (busy, too fast, banned).
+    fn bytes(&self) -> (Bytes, Bytes, Bytes) {
+        const BUSY: &[u8] =
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+        const TOO_FAST: &[u8] =
+            b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+        match self {
+            Refusals::Http => (
+                Bytes::from_static(BUSY),
+                Bytes::from_static(TOO_FAST),
+                Bytes::from_static(TOO_FAST),
+            ),
+            Refusals::Messages {
+                busy,
+                too_fast,
+                banned,
+            } => (busy.clone(), too_fast.clone(), banned.clone()),
+            Refusals::Silent => Default::default(),
+        }
+    }
+}
+
+/// Builds a [`Bouncer`] with what a configuration file does not say: how refusals are
+/// worded.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct BouncerBuilder {
+    config: BouncerConfig,
+    refusals: Refusals,
+}
+
+impl BouncerBuilder {
+    /// What a refused connection is told; [`Refusals::Http`] by default.
+    pub fn refusals(mut self, refusals: Refusals) -> Self {
+        self.refusals = refusals;
+        self
+    }
+
+    /// Builds the layers; a setting that cannot work is an error here, at startup,
+    /// naming its key.
+    pub fn build(self) -> Result<Bouncer, SettingError> {
+        let config = self.config;
+        config.validate()?;
+        if config.connections.raise_descriptor_limit {
+            match crate::serve::raise_descriptor_limit() {
+                Ok(limit) => tracing::debug!(limit, "descriptor limit raised"),
+                Err(error) => tracing::warn!(%error, "cannot raise the descriptor limit"),
+            }
+        }
+        let (busy, too_fast, banned) = self.refusals.bytes();
+        let keying = PeerKeying::with_prefixes(32, config.peers.ipv6_prefix)
+            .map_err(|error| SettingError::new("peers.ipv6_prefix", error))?
+            .exempt(config.peers.exempt.iter().copied());
+        let overload = Overload::builder()
+            .keying(keying.clone())
+            .build()
+            .map_err(|error| SettingError::new("connections.max", error))?;
+
+        let rates = &config.rates;
+        let mut per_peer_rate = Rate::per_second(rates.per_peer);
+        if let Some(burst) = rates.burst {
+            per_peer_rate = per_peer_rate.burst(burst);
+        }
+        let rate = RateLimitLayer::builder()
+            .per_peer(per_peer_rate)
+            .global(Rate::per_second(rates.global))
+            .keying(keying.clone())
+            .refusal_message(too_fast)
+            .build()
+            .map_err(|error| SettingError::new("rates.per_peer", error))?;
+        let per_peer = PeerLimitLayer::builder(config.connections.per_peer)
+            .keying(keying.clone())
+            .refusal_message(busy.clone())
+            .build()
+            .map_err(|error| SettingError::new("connections.per_peer", error))?;
+        let max_connections = config
+            .connections
+            .max
+            .unwrap_or_else(default_max_connections);
+        let mut total = ConnectionLimitLayer::builder(max_connections)
+            .refusal_message(busy)
+            .overload(&overload);
+        if config.connections.backpressure {
+            total = total.backpressure();
+        }
+        let total = total
+            .build()
+            .map_err(|error| SettingError::new("connections.max", error))?;
+
+        let timeouts = &config.timeouts;
+        let timeouts = TimeoutLayer::builder()
+            .first_byte(timeouts.first_byte)
+            .idle(timeouts.idle)
+            .request(timeouts.request)
+            .lifetime(timeouts.lifetime)
+            .overload(&overload)
+            .build()
+            .map_err(|error| SettingError::new("timeouts", error))?;
+
+        let bans = &config.bans;
+        let mut login = Login::builder()
+            .keying(keying)
+            .max_auth_tries(config.logins.max_auth_tries)
+            .max_failures(bans.max_failures)
+            .max_timeouts(bans.max_timeouts)
+            .failure_window(bans.window)
+            .ban(bans.first)
+            .ban_escalation(bans.factor, bans.max)
+            .evict_banned_connections(true)
+            .ban_message(banned)
+            .overload(&overload);
+        if let Some(timeout) = config.logins.timeout {
+            login = login.login_timeout(timeout);
+        }
+        let login = login
+            .build()
+            .map_err(|error| SettingError::new("bans", error))?;
+
+        let proxy = if config.proxy_protocol.trusted.is_empty() {
+            None
+        } else {
+            let proxy = ProxyProtocolLayer::builder()
+                .trusted(config.proxy_protocol.trusted.iter().copied())
+                .timeout(config.proxy_protocol.timeout)
+                .overload(&overload)
+                .build()
+                .map_err(|error| SettingError::new("proxy_protocol.trusted", error))?;
+            Some(proxy)
+        };
+        #[cfg(feature = "tls")]
+        let tls = tls::TlsSetup::from_config(&config.tls, &overload)?;
+        #[cfg(feature = "fleet")]
+        let fleet = join_fleet(&config.fleet, &login)?;
+
+        tracing::info!(max_connections, ?config, "protections on");
+        Ok(Bouncer {
+            config: Arc::new(config),
+            max_connections,
+            proxy,
+            login,
+            rate,
+            per_peer,
+            total,
+            #[cfg(feature = "tls")]
+            tls,
+            timeouts,
+            overload,
+            #[cfg(feature = "fleet")]
+            fleet,
+        })
+    }
+}
+
+/// Concurrent connections by default: 4096, or three quarters of the descriptor limit
+/// if that is less, leaving room for everything else the process opens.
+fn default_max_connections() -> usize {
+    const MAX: usize = 4096;
+    #[cfg(unix)]
+    let soft = rlimit::Resource::NOFILE
+        .get()
+        .map_or(u64::MAX, |(soft, _)| soft);
+    #[cfg(not(unix))]
+    let soft = u64::MAX;
+    let room = usize::try_from(soft / 4 * 3).unwrap_or(usize::MAX);
+    MAX.min(room).max(1)
+}
+
+/// Joins the fleet on `fleet.redis`.
+#[cfg(feature = "fleet")]
+fn join_fleet(
+    config: &config::Fleet,
+    login: &Login,
+) -> Result<Option<crate::fleet::Fleet>, SettingError> {
+    #[cfg(feature = "redis")]
+    if let Some(url) = &config.redis {
+        use crate::fleet::{Fleet, RedisBackend};
+        let mut backend =
+            RedisBackend::new(url).map_err(|error| SettingError::new("fleet.redis", error))?;
+        if let Some(prefix) = &config.prefix {
+            backend = backend
+                .prefix(prefix)
+                .map_err(|error| SettingError::new("fleet.prefix", error))?;
+        }
+        let fleet = Fleet::builder(backend)
+            .join(login)
+            .map_err(|error| SettingError::new("fleet.redis", error))?;
+        return Ok(Some(fleet));
+    }
+    let _ = (config, login);
+    Ok(None)
+}
+
+/// A connection-level service under every layer of a [`Bouncer`].
+pub type Protected<S> = Either<ProxyProtocol<Admitted<S>>, Admitted<S>>;
+
+/// Under the admission layers, keyed on the peer (the client's, after a PROXY header).
+type Admitted<S> =
+    BanCheck<RateLimit<PeerLimit<ConnectionLimit<MaybeTls<Timeout<LoginSessions<S>>>>>>>;
+
+#[cfg(feature = "tls")]
+type MaybeTls<S> = Either<crate::tls::Tls<S>, S>;
+#[cfg(not(feature = "tls"))]
+type MaybeTls<S> = S;
+
+/// An HTTP application under the adapter, failed logins reported.
+pub type ProtectedHttp<A> = Protected<HttpService<ReportLogin<A>>>;
+
+impl<S> Layer<S> for Bouncer {
+    type Service = Protected<S>;
+
+    fn layer(&self, inner: S) -> Protected<S> {
+        let builder = ServiceBuilder::new()
+            .option_layer(self.proxy.clone())
+            .layer(self.login.ban_layer())
+            .layer(self.rate.clone())
+            .layer(self.per_peer.clone())
+            .layer(self.total.clone());
+        #[cfg(feature = "tls")]
+        let builder = builder.option_layer(self.tls.as_ref().map(|tls| tls.layer.clone()));
+        builder
+            .layer(self.timeouts.clone())
+            .layer(self.login.session_layer())
+            .service(inner)
+    }
+}
+
+impl Bouncer {
+    /// The recommended protection, every setting at its default.
+    pub fn new() -> Result<Self, SettingError> {
+        Self::from_config(BouncerConfig::default())
+    }
+
+    /// The protection `config` describes.
+    pub fn from_config(config: BouncerConfig) -> Result<Self, SettingError> {
+        Self::builder(config).build()
+    }
+
+    /// A builder, for what a configuration does not say.
+    pub fn builder(config: BouncerConfig) -> BouncerBuilder {
+        BouncerBuilder {
+            config,
+            refusals: Refusals::Http,
+        }
+    }
+
+    /// Serves an axum `Router`, tonic routes or any `Service<http::Request<Incoming>>`
+    /// over HTTP/1.1 and HTTP/2 (and TLS, if configured) under every layer, until SIGINT
+    /// or SIGTERM; then drains. A `401` (or gRPC `UNAUTHENTICATED`) is a failed login:
+    /// the connection closes once it is sent, and the failure counts toward the peer's
+    /// ban.
+    pub async fn serve_http<A, B>(
+        &self,
+        listener: TcpListener,
+        app: A,
+    ) -> io::Result<ShutdownReport>
+    where
+        A: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        ProtectedHttp<A>: Service<Conn<TcpStream>, Response = (), Error = BoxError>,
+        <ProtectedHttp<A> as Service<Conn<TcpStream>>>::Future: Send + 'static,
+    {
+        self.serve_http_until(listener, app, shutdown_signal())
+            .await
+    }
+
+    /// [`serve_http`](Self::serve_http) until `shutdown` completes.
+    pub async fn serve_http_until<A, B>(
+        &self,
+        listener: TcpListener,
+        app: A,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<ShutdownReport>
+    where
+        A: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        ProtectedHttp<A>: Service<Conn<TcpStream>, Response = (), Error = BoxError>,
+        <ProtectedHttp<A> as Service<Conn<TcpStream>>>::Future: Send + 'static,
+    {
+        let http = HttpService::new(ReportLoginLayer::new().layer(app));
+        self.serve_until(listener, http, shutdown).await
+    }
+
+    /// Serves a raw protocol's connection-level service (one call per connection, its
+    /// future runs the connection) under every layer, until SIGINT or SIGTERM; then
+    /// drains. The protocol reports logins on the connection's
+    /// [`LoginSession`](crate::login::LoginSession) extension.
+    pub async fn serve<S>(&self, listener: TcpListener, service: S) -> io::Result<ShutdownReport>
+    where
+        Protected<S>: Service<Conn<TcpStream>, Response = (), Error = BoxError>,
+        <Protected<S> as Service<Conn<TcpStream>>>::Future: Send + 'static,
+    {
+        self.serve_until(listener, service, shutdown_signal()).await
+    }
+
+    /// [`serve`](Self::serve) until `shutdown` completes. On Linux the listener gets
+    /// the kernel ban filter (unless [`bans.kernel`](config::Bans::kernel) is off);
+    /// with TLS, sockets send without Nagle's delay, which would otherwise hold each
+    /// first response behind rustls' session tickets for the client's delayed
+    /// acknowledgement.
+    pub async fn serve_until<S>(
+        &self,
+        listener: TcpListener,
+        service: S,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<ShutdownReport>
+    where
+        Protected<S>: Service<Conn<TcpStream>, Response = (), Error = BoxError>,
+        <Protected<S> as Service<Conn<TcpStream>>>::Future: Send + 'static,
+    {
+        let service = self.layer(service);
+        let listener = Arc::new(listener);
+        #[cfg(all(feature = "kernel-bans", target_os = "linux"))]
+        if self.config.bans.kernel
+            && let Err(error) = self.login.bans().kernel_filter().attach(&listener)
+        {
+            tracing::warn!(%error, "no kernel ban filter: banned peers are refused in user space");
+        }
+        let nodelay = cfg!(feature = "tls") && self.tls_configured();
+        Server::new(Accept { listener, nodelay })
+            .with_graceful_shutdown(shutdown)
+            .serve(service)
+            .await
+    }
+
+    fn tls_configured(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
+    }
+
+    /// The settings it was built from.
+    pub fn config(&self) -> &BouncerConfig {
+        &self.config
+    }
+
+    /// The connection cap in force (`connections.max`, or its default worked out from
+    /// the descriptor limit).
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    /// The login policy: failed logins, bans ([`Login::bans`] lists, adds and lifts
+    /// them), the offence table.
+    pub fn login(&self) -> &Login {
+        &self.login
+    }
+
+    /// The overload manager: pressure, and what it shed.
+    pub fn overload(&self) -> &Overload {
+        &self.overload
+    }
+
+    /// The total connection cap.
+    pub fn connection_limit(&self) -> &ConnectionLimitLayer {
+        &self.total
+    }
+
+    /// The per-peer connection cap.
+    pub fn peer_limit(&self) -> &PeerLimitLayer {
+        &self.per_peer
+    }
+
+    /// The per-peer and global connection rates.
+    pub fn rate_limit(&self) -> &RateLimitLayer {
+        &self.rate
+    }
+
+    /// The timeouts.
+    pub fn timeouts(&self) -> &TimeoutLayer {
+        &self.timeouts
+    }
+
+    /// The PROXY protocol layer, when balancers are trusted.
+    pub fn proxy_protocol(&self) -> Option<&ProxyProtocolLayer> {
+        self.proxy.as_ref()
+    }
+
+    /// The TLS layer and its certificate, when TLS is served.
+    #[cfg(feature = "tls")]
+    pub fn tls(&self) -> Option<(&crate::tls::TlsLayer, &crate::tls::ServerCertificate)> {
+        self.tls.as_ref().map(|tls| (&tls.layer, &tls.certificate))
+    }
+
+    /// The fleet the bans are shared with, when `fleet.redis` is set.
+    #[cfg(feature = "fleet")]
+    pub fn fleet(&self) -> Option<&crate::fleet::Fleet> {
+        self.fleet.as_ref()
+    }
+}
+
+/// Completes on SIGINT or, on Unix, SIGTERM. The handlers are installed when this is
+/// called, before the server starts.
+fn shutdown_signal() -> impl Future<Output = ()> {
+    #[cfg(unix)]
+    let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    async move {
+        #[cfg(unix)]
+        if let Ok(mut terminate) = terminate {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            tracing::info!("shutting down");
+            return;
+        }
+        tokio::signal::ctrl_c().await.ok();
+        tracing::info!("shutting down");
+    }
+}
+
+/// The bouncer's listener: a TCP listener whose sockets send without delay when asked.
+struct Accept {
+    listener: Arc<TcpListener>,
+    nodelay: bool,
+}
+
+impl Listener for Accept {
+    type Io = TcpStream;
+
+    async fn accept(&mut self) -> io::Result<(TcpStream, SocketAddr)> {
+        let (stream, peer) = self.listener.accept().await?;
+        if self.nodelay {
+            stream.set_nodelay(true)?;
+        }
+        Ok((stream, peer))
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    fn connection_local_addr(&self, stream: &TcpStream) -> io::Result<SocketAddr> {
+        stream.local_addr()
+    }
+}
+
+#[cfg(feature = "tls")]
+mod tls {
+    use super::{SettingError, config};
+    use crate::{
+        overload::Overload,
+        tls::{ServerCertificate, TlsLayer},
+    };
+
+    /// The TLS layer and the certificate it presents.
+    #[derive(Debug, Clone)]
+    pub(super) struct TlsSetup {
+        pub(super) layer: TlsLayer,
+        pub(super) certificate: ServerCertificate,
+    }
+
+    impl TlsSetup {
+        /// The TLS layer `tls.cert` and `tls.key` ask for.
+        pub(super) fn from_config(
+            config: &config::Tls,
+            overload: &Overload,
+        ) -> Result<Option<Self>, SettingError> {
+            let (Some(chain), Some(key)) = (&config.cert, &config.key) else {
+                return Ok(None);
+            };
+            let certificate = ServerCertificate::from_pem_files(chain, key)
+                .map_err(|error| SettingError::new("tls.cert", error))?;
+            let layer = TlsLayer::builder(certificate.clone())
+                .handshake_timeout(config.handshake_timeout)
+                .overload(overload)
+                .build()
+                .map_err(|error| SettingError::new("tls.handshake_timeout", error))?;
+            Ok(Some(Self { layer, certificate }))
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! The one-call preset: `Bouncer` serving an axum router and a raw protocol on
+//! loopback, composed as a layer, and refusing settings that cannot work by their key.
+
+mod support;
+
+use std::time::Duration;
+
+use axum::{Router, http::StatusCode, routing::get};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::oneshot,
+};
+use tower::ServiceBuilder;
+use tower_bouncer::{
+    BoxError, Conn,
+    bouncer::{Bouncer, BouncerConfig, Refusals},
+    serve::ShutdownReport,
+};
+
+use support::*;
+
+/// A bouncer serving `app` on 127.0.0.1 until the sender is dropped or used.
+async fn serve_http(
+    bouncer: &Bouncer,
+    app: Router,
+) -> (
+    std::net::SocketAddr,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<ShutdownReport>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let bouncer = bouncer.clone();
+    let task = tokio::spawn(async move {
+        bouncer
+            .serve_http_until(listener, app, async {
+                stopped.await.ok();
+            })
+            .await
+    });
+    (addr, stop, task)
+}
+
+fn app() -> Router {
+    Router::new()
+        .route("/", get(|| async { "hello\n" }))
+        .route("/login", get(|| async { StatusCode::UNAUTHORIZED }))
+}
+
+fn config() -> BouncerConfig {
+    let mut config = BouncerConfig::default();
+    // Tests share the machine's kernel filter budget: user space is enough here.
+    config.bans.kernel = false;
+    config
+}
+
+/// Reads what the server sends until it closes.
+async fn read_all(stream: &mut TcpStream) -> String {
+    let mut text = String::new();
+    within(PATIENCE, stream.read_to_string(&mut text))
+        .await
+        .ok();
+    text
+}
+
+#[tokio::test]
+async fn serves_an_axum_router_with_the_per_peer_cap_from_its_config() {
+    let mut config = config();
+    config.connections.per_peer = 1;
+    let bouncer = Bouncer::from_config(config).unwrap();
+    let (addr, stop, task) = serve_http(&bouncer, app()).await;
+
+    let mut first = Http1Client::connect(connect_from(2, addr).await).await;
+    assert_eq!(first.get("/").await.unwrap().body, "hello\n");
+    let mut second = connect_from(2, addr).await;
+    second
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let refused = read_all(&mut second).await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused:?}");
+    // Another peer is not held to the first one's share.
+    let mut other = Http1Client::connect(connect_from(3, addr).await).await;
+    assert_eq!(other.get("/").await.unwrap().status, 200);
+    assert_eq!(bouncer.peer_limit().stats().refused_peer_limit, 1);
+
+    drop(first);
+    drop(other);
+    stop.send(()).unwrap();
+    within(PATIENCE, task).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn failed_logins_over_http_ban_the_peer() {
+    let mut config = config();
+    config.bans.max_failures = 2;
+    let bouncer = Bouncer::from_config(config).unwrap();
+    let (addr, stop, task) = serve_http(&bouncer, app()).await;
+
+    for _ in 0..2 {
+        let mut client = Http1Client::connect(connect_from(4, addr).await).await;
+        assert_eq!(client.get("/login").await.unwrap().status, 401);
+        // A failed login closes its connection once the 401 is sent.
+        within(PATIENCE, &mut client.driver).await.ok();
+    }
+    let mut banned = connect_from(4, addr).await;
+    let refused = read_all(&mut banned).await;
+    assert!(refused.starts_with("HTTP/1.1 429"), "{refused:?}");
+    assert!(
+        bouncer
+            .login()
+            .bans()
+            .banned_for("127.0.0.4".parse().unwrap())
+            .is_some()
+    );
+    let mut client = Http1Client::connect(connect_from(5, addr).await).await;
+    assert_eq!(client.get("/").await.unwrap().status, 200);
+
+    drop(client);
+    stop.send(()).unwrap();
+    within(PATIENCE, task).await.unwrap().unwrap();
+}
+
+/// A raw protocol: one line in, the same line out, then close.
+#[derive(Clone)]
+struct Echo;
+
+impl<IO> tower::Service<Conn<IO>> for Echo
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    type Response = ();
+    type Error = BoxError;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, conn: Conn<IO>) -> Self::Future {
+        Box::pin(async move {
+            let mut io = conn.into_io();
+            let mut buffer = [0; 64];
+            let read = io.read(&mut buffer).await?;
+            io.write_all(&buffer[..read]).await?;
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test]
+async fn serves_a_raw_protocol_with_its_own_refusal_lines() {
+    let mut config = config();
+    config.connections.per_peer = 1;
+    let bouncer = Bouncer::builder(config)
+        .refusals(Refusals::messages(
+            "ERROR busy\n",
+            "ERROR slow down\n",
+            "ERROR banned\n",
+        ))
+        .build()
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = bouncer.clone();
+    let task = tokio::spawn(async move {
+        server
+            .serve_until(listener, Echo, async {
+                stopped.await.ok();
+            })
+            .await
+    });
+
+    let mut first = connect_from(6, addr).await;
+    let mut second = connect_from(6, addr).await;
+    assert_eq!(read_all(&mut second).await, "ERROR busy\n");
+    first.write_all(b"ping\n").await.unwrap();
+    assert_eq!(read_all(&mut first).await, "ping\n");
+
+    stop.send(()).unwrap();
+    within(PATIENCE, task).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn is_a_layer_for_a_stack_of_ones_own() {
+    let mut config = config();
+    config.connections.max = Some(1);
+    config.connections.backpressure = false;
+    let bouncer = Bouncer::from_config(config).unwrap();
+    let service = ServiceBuilder::new().layer(bouncer.clone()).service(Echo);
+    let server = LoopbackServer::start(service, Duration::from_secs(1)).await;
+
+    let mut held = connect_from(7, server.addr).await;
+    // The cap of 1 is taken: another peer is refused.
+    let mut refused = connect_from(8, server.addr).await;
+    assert_eq!(
+        read_all(&mut refused).await,
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    );
+    held.write_all(b"hi\n").await.unwrap();
+    assert_eq!(read_all(&mut held).await, "hi\n");
+    assert_eq!(bouncer.connection_limit().stats().refused, 1);
+    server.stop().await;
+}
+
+#[test]
+fn a_setting_that_cannot_work_is_refused_by_its_key() {
+    let refused = |change: fn(&mut BouncerConfig)| {
+        let mut config = config();
+        change(&mut config);
+        Bouncer::from_config(config).unwrap_err()
+    };
+    assert_eq!(
+        refused(|c| c.connections.per_peer = 0).key(),
+        "connections.per_peer"
+    );
+    assert_eq!(refused(|c| c.rates.global = 0).key(), "rates.global");
+    assert_eq!(
+        refused(|c| c.timeouts.idle = Duration::ZERO).key(),
+        "timeouts.idle"
+    );
+    assert_eq!(
+        refused(|c| c.peers.ipv6_prefix = 129).key(),
+        "peers.ipv6_prefix"
+    );
+    assert_eq!(
+        refused(|c| c.fleet.prefix = Some("api".into())).key(),
+        "fleet.prefix"
+    );
+    let error = refused(|c| {
+        c.tls.cert = Some("/nonexistent/cert.pem".into());
+        c.tls.key = Some("/nonexistent/key.pem".into());
+    });
+    if cfg!(feature = "tls") {
+        assert_eq!(error.key(), "tls.cert");
+        assert!(error.reason().contains("/nonexistent/cert.pem"), "{error}");
+    }
+}
+
+#[test]
+fn building_raises_the_descriptor_limit_unless_told_not_to() {
+    let (_, hard) = rlimit::Resource::NOFILE.get().unwrap();
+    if hard < 4096 {
+        return;
+    }
+    let lowered = hard - 1;
+    rlimit::Resource::NOFILE.set(lowered, hard).unwrap();
+    let mut config = config();
+    config.connections.raise_descriptor_limit = false;
+    let _bouncer = Bouncer::from_config(config.clone()).unwrap();
+    assert_eq!(rlimit::Resource::NOFILE.get().unwrap().0, lowered);
+    config.connections.raise_descriptor_limit = true;
+    let bouncer = Bouncer::from_config(config).unwrap();
+    assert_eq!(rlimit::Resource::NOFILE.get().unwrap().0, hard);
+    assert_eq!(bouncer.max_connections(), 4096);
+}

@@ -1,0 +1,149 @@
+//! The examples driven by a configuration file (`--config FILE`), as an operator runs
+//! them: the file's settings enforced, flags overriding it, a bad file refused with one
+//! line naming the key and its line.
+
+mod support;
+
+use std::{
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use support::{example::*, *};
+
+const EXAMPLES: [&str; 3] = ["axum_server", "login_server", "tonic_server"];
+
+/// A configuration file in the temporary directory, removed when dropped.
+struct ConfigFile(PathBuf);
+
+impl ConfigFile {
+    fn new(name: &str, text: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("tower-bouncer-{}-{name}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        Self(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        std::fs::remove_file(&self.0).ok();
+    }
+}
+
+#[tokio::test]
+async fn the_file_sets_the_per_peer_cap() {
+    let file = ConfigFile::new("per-peer", "[connections]\nper_peer = 1\n");
+    let server = Example::start("login_server", &["--config", file.path()]).await;
+    let mut first = LineClient::connect_from(2, server.addr).await;
+    let mut second = LineClient::connect_from(2, server.addr).await;
+    assert_eq!(second.line().await.as_deref(), Some("ERROR busy"));
+    assert_eq!(first.ask("LOGIN alice secret").await.as_deref(), Some("OK"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn flags_override_the_file() {
+    let file = ConfigFile::new("override", "[connections]\nper_peer = 1\n");
+    // Before or after `--config`, the flag wins.
+    for args in [
+        ["--config", file.path(), "--max-per-peer", "2"],
+        ["--max-per-peer", "2", "--config", file.path()],
+    ] {
+        let server = Example::start("login_server", &args).await;
+        let mut first = LineClient::connect_from(3, server.addr).await;
+        let mut second = LineClient::connect_from(3, server.addr).await;
+        assert_eq!(
+            second.ask("LOGIN alice secret").await.as_deref(),
+            Some("OK")
+        );
+        let mut third = LineClient::connect_from(3, server.addr).await;
+        assert_eq!(third.line().await.as_deref(), Some("ERROR busy"));
+        assert_eq!(first.ask("LOGIN alice secret").await.as_deref(), Some("OK"));
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn the_file_sets_the_login_timeout() {
+    let file = ConfigFile::new("login-timeout", "[logins]\ntimeout = \"300ms\"\n");
+    let server = Example::start("login_server", &["--config", file.path()]).await;
+    let mut stream = connect_from(4, server.addr).await;
+    let started = Instant::now();
+    let closed_after = closed_after(&mut stream).await;
+    assert!(
+        closed_after < Duration::from_secs(5) && started.elapsed() >= Duration::from_millis(300),
+        "closed after {closed_after:?}, not at the file's 300 ms (the default is 30 s)"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_sample_file_runs_every_example() {
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/bouncer.toml");
+    for name in EXAMPLES {
+        let server = Example::start(name, &["--config", sample]).await;
+        within(PATIENCE, tokio::net::TcpStream::connect(server.addr))
+            .await
+            .unwrap();
+        server.stop().await;
+    }
+}
+
+#[test]
+fn a_bad_file_exits_2_with_one_line_naming_the_key_and_its_line() {
+    let cases = [
+        (
+            "typo",
+            "[connections]\nper_peer = 4\nmax_conections = 10\n",
+            "3: `connections.max_conections`",
+        ),
+        (
+            "zero",
+            "[rates]\n\nper_peer = 0\n",
+            "3: `rates.per_peer`: must be at least 1",
+        ),
+        ("type", "[timeouts]\nidle = 60\n", "2: `timeouts.idle`"),
+        ("section", "[timeout]\nidle = \"60s\"\n", "1: `timeout`"),
+    ];
+    for (name, text, expected) in cases {
+        let file = ConfigFile::new(name, text);
+        for example in EXAMPLES {
+            let output = Command::new(example_path(example))
+                .args(["--config", file.path()])
+                .output()
+                .unwrap();
+            assert_eq!(output.status.code(), Some(2), "{example} {name}");
+            assert!(output.stdout.is_empty(), "{example} {name}");
+            let stderr = String::from_utf8(output.stderr).unwrap();
+            assert_eq!(stderr.lines().count(), 1, "{example} {name}: {stderr}");
+            assert!(
+                stderr.starts_with(&format!("error: --config {}:{expected}", file.path())),
+                "{example} {name}: {stderr}"
+            );
+        }
+    }
+    let output = Command::new(example_path("axum_server"))
+        .args(["--config", "/nonexistent/bouncer.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn a_flag_that_cannot_work_names_its_key_and_flag() {
+    let output = Command::new(example_path("login_server"))
+        .args(["--max-per-peer", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8(output.stderr).unwrap(),
+        "error: `connections.per_peer` (--max-per-peer): must be at least 1\n"
+    );
+}
