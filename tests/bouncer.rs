@@ -260,3 +260,103 @@ fn building_raises_the_descriptor_limit_unless_told_not_to() {
     assert_eq!(rlimit::Resource::NOFILE.get().unwrap().0, hard);
     assert_eq!(bouncer.max_connections(), 4096);
 }
+
+#[tokio::test]
+async fn a_reload_changes_the_limits_without_dropping_live_connections() {
+    let mut config = config();
+    config.connections.per_peer = 2;
+    let bouncer = Bouncer::builder(config.clone())
+        .refusals(Refusals::messages(
+            "ERROR busy\n",
+            "ERROR slow down\n",
+            "ERROR banned\n",
+        ))
+        .build()
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = bouncer.clone();
+    let task = tokio::spawn(async move {
+        server
+            .serve_until(listener, Echo, async {
+                stopped.await.ok();
+            })
+            .await
+    });
+
+    let mut live = [connect_from(10, addr).await, connect_from(10, addr).await];
+    config.connections.per_peer = 1;
+    bouncer.reload(config.clone()).unwrap();
+    assert_eq!(bouncer.config().connections.per_peer, 1);
+    let mut over = connect_from(10, addr).await;
+    assert_eq!(read_all(&mut over).await, "ERROR busy\n");
+    // The two admitted under the old limit are served on.
+    for stream in &mut live {
+        stream.write_all(b"still here\n").await.unwrap();
+        assert_eq!(read_all(stream).await, "still here\n");
+    }
+
+    // An exempt network, given on a reload, reaches every layer.
+    let held = connect_from(11, addr).await;
+    let mut second = connect_from(11, addr).await;
+    assert_eq!(read_all(&mut second).await, "ERROR busy\n");
+    config.peers.exempt = vec!["127.0.0.11/32".parse().unwrap()];
+    bouncer.reload(config.clone()).unwrap();
+    let mut exempt = connect_from(11, addr).await;
+    exempt.write_all(b"in\n").await.unwrap();
+    assert_eq!(read_all(&mut exempt).await, "in\n");
+    drop(held);
+
+    // A reload that cannot work changes nothing, and says why by its key.
+    let mut bad = config.clone();
+    bad.connections.per_peer = 5;
+    bad.rates.global = 0;
+    assert_eq!(bouncer.reload(bad).unwrap_err().key(), "rates.global");
+    let mut restart = config.clone();
+    restart.peers.ipv6_prefix = 48;
+    let error = bouncer.reload(restart).unwrap_err();
+    assert_eq!(error.key(), "peers.ipv6_prefix");
+    assert_eq!(error.reason(), "cannot change without a restart");
+    assert_eq!(bouncer.config().connections.per_peer, 1);
+    assert_eq!(bouncer.peer_limit().stats().refused_peer_limit, 2);
+
+    stop.send(()).unwrap();
+    within(PATIENCE, task).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_reload_changes_the_ban_policy_and_the_timeouts() {
+    let mut config = config();
+    config.bans.max_failures = 5;
+    let bouncer = Bouncer::from_config(config.clone()).unwrap();
+    let (addr, stop, task) = serve_http(&bouncer, app()).await;
+
+    config.bans.max_failures = 1;
+    config.timeouts.first_byte = Duration::from_millis(200);
+    bouncer.reload(config).unwrap();
+    let mut client = Http1Client::connect(connect_from(12, addr).await).await;
+    assert_eq!(client.get("/login").await.unwrap().status, 401);
+    within(PATIENCE, &mut client.driver).await.ok();
+    assert!(
+        bouncer
+            .login()
+            .bans()
+            .banned_for("127.0.0.12".parse().unwrap())
+            .is_some(),
+        "one failure bans under the reloaded policy"
+    );
+    // A silent connection is closed at the reloaded first-byte timeout, not at 10 s.
+    let mut silent = connect_from(13, addr).await;
+    let began = std::time::Instant::now();
+    read_all(&mut silent).await;
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
+    assert_eq!(bouncer.timeouts().stats().first_byte, 1);
+
+    stop.send(()).unwrap();
+    within(PATIENCE, task).await.unwrap().unwrap();
+}

@@ -147,3 +147,59 @@ fn a_flag_that_cannot_work_names_its_key_and_flag() {
         "error: `connections.per_peer` (--max-per-peer): must be at least 1\n"
     );
 }
+
+/// Sends SIGHUP to the server.
+fn hang_up(server: &Example) {
+    let status = Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Whether a new connection from 127.0.0.`last` is served (not refused as busy).
+async fn admitted(last: u8, server: &Example) -> (bool, LineClient) {
+    let mut client = LineClient::connect_from(last, server.addr).await;
+    let answer = client.ask("LOGIN alice secret").await;
+    (answer.as_deref() == Some("OK"), client)
+}
+
+#[tokio::test]
+async fn a_sighup_reloads_the_file_and_a_bad_one_keeps_what_is_in_force() {
+    let file = ConfigFile::new("reload", "[connections]\nper_peer = 1\n");
+    let server = Example::start("login_server", &["--config", file.path()]).await;
+    let (first_in, first) = admitted(5, &server).await;
+    assert!(first_in);
+    assert!(!admitted(5, &server).await.0, "the file's limit of 1");
+
+    std::fs::write(&file.0, "[connections]\nper_peer = 2\n").unwrap();
+    hang_up(&server);
+    let mut second = None;
+    for _ in 0..100 {
+        let (admitted, client) = admitted(5, &server).await;
+        if admitted {
+            second = Some(client);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = second.expect("the reloaded limit of 2 within two seconds");
+
+    // A bad file: the limit of 2 stays in force, and the server serves on.
+    std::fs::write(&file.0, "[connections]\nper_peer = 0\n").unwrap();
+    hang_up(&server);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!admitted(5, &server).await.0, "still the limit of 2");
+    drop((first, second));
+    let mut in_again = None;
+    for _ in 0..100 {
+        let (admitted, client) = admitted(5, &server).await;
+        if admitted {
+            in_again = Some(client);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _in_again = in_again.expect("served once the first two closed");
+    server.stop().await;
+}

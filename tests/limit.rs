@@ -348,3 +348,26 @@ fn a_zero_limit_is_refused_when_built() {
         }
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_changes_the_cap_and_a_higher_one_wakes_the_accept_loop() {
+    let limit = layer(ConnectionLimitLayer::builder(1).backpressure());
+    let (mut service, mut handle) = limited(&limit);
+    assert_ready_ok!(service.poll_ready());
+    let _first = task::spawn(service.call(conn_from("192.0.2.1:1")));
+    handle.next_request().await.unwrap();
+    // Full, in backpressure mode: the service is not ready...
+    assert_pending!(service.poll_ready());
+    // ...until the cap is raised.
+    limit.set_max(2).unwrap();
+    assert!(service.is_woken());
+    assert_ready_ok!(service.poll_ready());
+    assert_eq!(limit.stats().limit, 2);
+    assert_eq!(
+        limit.set_max(0),
+        Err(ConfigError::Zero {
+            setting: "max_connections"
+        })
+    );
+    assert_eq!(limit.stats().limit, 2);
+}

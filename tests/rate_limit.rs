@@ -308,3 +308,48 @@ fn bad_rates_are_refused_when_built() {
             .is_err()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_changes_the_rates_and_keeps_what_each_peer_used() {
+    let layer = RateLimitLayer::builder()
+        .per_peer(Rate::per_second(2))
+        .global(Rate::per_second(100))
+        .build()
+        .unwrap();
+    let mut service = limited(&layer);
+    connect(&mut service, "192.0.2.1:1").unwrap();
+    // What 192.0.2.1 used counts under the new rate: one more, not four.
+    layer.set_per_peer(Rate::per_second(2)).unwrap();
+    connect(&mut service, "192.0.2.1:2").unwrap();
+    assert!(connect(&mut service, "192.0.2.1:3").is_err());
+    // A higher rate: the peer's use so far (its whole burst at 2 a second) is not
+    // forgotten, so no fresh burst of 5; it refills at the new rate, one every 200 ms.
+    layer.set_per_peer(Rate::per_second(5)).unwrap();
+    assert!(connect(&mut service, "192.0.2.1:4").is_err());
+    tokio::time::advance(Duration::from_millis(200)).await;
+    connect(&mut service, "192.0.2.1:5").unwrap();
+    assert!(connect(&mut service, "192.0.2.1:6").is_err());
+    // The global rate, lowered: a fresh bucket of 1.
+    layer.set_global(Rate::per_second(1)).unwrap();
+    connect(&mut service, "192.0.2.2:1").unwrap();
+    let refusal = connect(&mut service, "192.0.2.3:1").unwrap_err();
+    assert!(matches!(
+        rejected(&refusal).reason(),
+        Reason::GlobalRate { .. }
+    ));
+    // A reload that cannot work changes nothing.
+    assert_eq!(
+        layer.set_per_peer(Rate::per_second(0)),
+        Err(ConfigError::Zero {
+            setting: "per_peer"
+        })
+    );
+    let per_peer_only = RateLimitLayer::builder()
+        .per_peer(Rate::per_second(1))
+        .build()
+        .unwrap();
+    assert!(matches!(
+        per_peer_only.set_global(Rate::per_second(1)),
+        Err(ConfigError::Inconsistent { .. })
+    ));
+}

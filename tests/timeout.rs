@@ -106,6 +106,41 @@ async fn an_idle_connection_is_closed_at_the_idle_timeout() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_reload_holds_new_connections_to_new_deadlines_and_live_ones_to_theirs() {
+    let timeouts = layer(TimeoutLayer::builder().idle(secs(60)));
+    let began = Instant::now();
+    let (before, _client) = open(&timeouts, drain);
+    tokio::task::yield_now().await;
+    timeouts
+        .set_deadlines(TimeoutLayer::builder().idle(secs(10)))
+        .unwrap();
+    let (after, _other) = open(&timeouts, drain);
+    assert_eq!(
+        expired(within(secs(600), after).await.unwrap()),
+        TimeoutError::Idle(secs(10))
+    );
+    assert_eq!(began.elapsed(), secs(10));
+    assert_eq!(
+        expired(within(secs(600), before).await.unwrap()),
+        TimeoutError::Idle(secs(60))
+    );
+    // One set of counters, across the reload.
+    assert_eq!(timeouts.stats().idle, 2);
+    // A reload that cannot work changes nothing.
+    assert_eq!(
+        timeouts.set_deadlines(TimeoutLayer::builder()).unwrap_err(),
+        ConfigError::Empty {
+            needs: "a first-byte, idle, request or lifetime timeout"
+        }
+    );
+    let (last, _third) = open(&timeouts, drain);
+    assert_eq!(
+        expired(within(secs(600), last).await.unwrap()),
+        TimeoutError::Idle(secs(10))
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn bytes_read_postpone_the_idle_timeout() {
     let timeouts = layer(TimeoutLayer::builder().idle(secs(10)));
     let began = Instant::now();

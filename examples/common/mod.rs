@@ -17,7 +17,7 @@ use protection::Protection;
 use tower_bouncer::bouncer::{Bouncer, Refusals};
 
 /// The flags every example server takes.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Args {
     /// `--addr IP:PORT`, default `127.0.0.1:0`.
     pub addr: SocketAddr,
@@ -25,6 +25,9 @@ pub struct Args {
     pub unprotected: bool,
     /// The protection flags; ignored with `--unprotected`.
     pub protection: Protection,
+    /// The arguments, to read the configuration again on SIGHUP.
+    argv: Vec<String>,
+    logs_in: bool,
 }
 
 impl Args {
@@ -40,18 +43,17 @@ impl Args {
     ///
     /// [`from_env`]: Self::from_env
     pub fn parse(name: &str, logs_in: bool, argv: impl Iterator<Item = String>) -> Self {
-        let argv: Vec<String> = argv.collect();
-        // The file first, whatever its place: the flags override it.
-        let file = argv
-            .iter()
-            .position(|flag| flag == "--config")
-            .map(|at| value::<std::path::PathBuf>("--config", argv.get(at + 1).cloned()));
+        let saved: Vec<String> = argv.collect();
+        let protection = Protection::load(config_file(&saved).as_deref(), logs_in)
+            .unwrap_or_else(|error| fail(format_args!("--config {error}")));
         let mut args = Args {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             unprotected: false,
-            protection: Protection::new(file, logs_in),
+            protection,
+            argv: saved.clone(),
+            logs_in,
         };
-        let mut argv = argv.into_iter();
+        let mut argv = saved.into_iter();
         while let Some(flag) = argv.next() {
             match flag.as_str() {
                 "--addr" => args.addr = value(&flag, argv.next()),
@@ -83,11 +85,66 @@ impl Args {
     }
 }
 
+impl Args {
+    /// The protection settings as they are now: the `--config` file read again, the
+    /// flags over it.
+    fn reread(&self) -> Result<tower_bouncer::bouncer::BouncerConfig, String> {
+        let mut protection = Protection::load(config_file(&self.argv).as_deref(), self.logs_in)
+            .map_err(|error| error.to_string())?;
+        let mut argv = self.argv.iter().cloned();
+        while let Some(flag) = argv.next() {
+            if matches!(flag.as_str(), "--addr" | "--config") {
+                argv.next();
+            } else {
+                protection.parse_flag(&flag, &mut argv);
+            }
+        }
+        Ok(protection.config)
+    }
+}
+
+/// The value of `--config`, wherever it is given: the flags override the file.
+fn config_file(argv: &[String]) -> Option<std::path::PathBuf> {
+    argv.iter()
+        .position(|flag| flag == "--config")
+        .map(|at| value("--config", argv.get(at + 1).cloned()))
+}
+
 /// The protection the flags ask for, or `None` with `--unprotected` (which then keeps
 /// the common default descriptor limit: building the bouncer raises it). A setting
-/// that cannot work ends the process with a one-line error and status 2.
+/// that cannot work ends the process with a one-line error and status 2. On SIGHUP the
+/// configuration is read again and reloaded; one that cannot work is logged, and the
+/// one in force kept.
 pub fn bouncer(args: &Args, refusals: Refusals) -> Option<Bouncer> {
-    (!args.unprotected).then(|| args.protection.bouncer(refusals))
+    if args.unprotected {
+        return None;
+    }
+    let bouncer = args.protection.bouncer(refusals);
+    reload_on_hangup(args, &bouncer);
+    Some(bouncer)
+}
+
+fn reload_on_hangup(args: &Args, bouncer: &Bouncer) {
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot watch SIGHUP: the configuration will not reload");
+        return;
+    };
+    let (args, bouncer) = (args.clone(), bouncer.clone());
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let reloaded = args
+                .reread()
+                .and_then(|config| bouncer.reload(config).map_err(|error| error.to_string()));
+            match reloaded {
+                Ok(()) => tracing::info!("configuration reloaded"),
+                Err(error) => {
+                    tracing::warn!(%error, "configuration not reloaded: the one in force is kept")
+                }
+            }
+        }
+    });
 }
 
 /// Parses the value that follows `flag`.

@@ -6,12 +6,12 @@
 //! shrinks every timeout as it rises, and a new connection at the cap evicts an idle
 //! one instead of being refused.
 
-use std::{path::PathBuf, str::FromStr, time::Duration};
+use std::{path::Path, str::FromStr, time::Duration};
 
 use tokio::net::{TcpListener, TcpStream};
 use tower_bouncer::{
     BoxError, Conn,
-    bouncer::{Bouncer, BouncerConfig, Protected, Refusals},
+    bouncer::{Bouncer, BouncerConfig, ConfigFileError, Protected, Refusals},
     serve::ShutdownReport,
 };
 
@@ -62,7 +62,7 @@ pub const USAGE: &str =
                         the PROXY header must be complete within S of accept (default 5)
   --tls-cert FILE, --tls-key FILE
                         serve TLS with this PEM certificate chain and key, ALPN h2 and
-                        http/1.1 (needs the `tls` feature; SIGHUP reloads them)
+                        http/1.1 (needs the `tls` feature; SIGHUP reads them again)
   --tls-handshake-timeout S
                         the whole TLS handshake must finish within S (default 10)
   --redis URL           share bans, failed logins and other offences with every replica
@@ -70,7 +70,8 @@ pub const USAGE: &str =
   --redis-prefix P      the Redis key prefix this service's replicas share
                         (default tower-bouncer)
   --config FILE         every setting above from a TOML file (a sample with every key at
-                        its default: examples/bouncer.toml); flags given too override it";
+                        its default: examples/bouncer.toml); flags given too override it;
+                        SIGHUP reads it (and the TLS files) again";
 
 /// The `--help` line of the flag only login_server takes.
 pub const LOGIN_TIMEOUT_USAGE: &str = "  --login-timeout S     close a connection not logged in S seconds after connecting (default 30)";
@@ -120,23 +121,21 @@ pub struct Protection {
 impl Protection {
     /// The settings of `--config FILE`, or the defaults; a server whose every connection
     /// logs in (`logs_in`) closes a connection not logged in within 30 s unless the file
-    /// says otherwise. A file that cannot be used ends the process with a one-line error
-    /// naming the key and its line.
-    pub fn new(file: Option<PathBuf>, logs_in: bool) -> Self {
+    /// says otherwise.
+    pub fn load(file: Option<&Path>, logs_in: bool) -> Result<Self, ConfigFileError> {
         let mut config = match file {
-            Some(path) => BouncerConfig::from_toml_file(&path)
-                .unwrap_or_else(|error| super::fail(format_args!("--config {error}"))),
+            Some(path) => BouncerConfig::from_toml_file(path)?,
             None => BouncerConfig::default(),
         };
         if logs_in && config.logins.timeout.is_none() {
             config.logins.timeout = Some(DEFAULT_LOGIN_TIMEOUT);
         }
-        Self {
+        Ok(Self {
             config,
             logs_in,
             exempt_given: false,
             proxy_protocol_from_given: false,
-        }
+        })
     }
 
     /// Takes `flag` (and its value from `argv`) if it is a protection flag.
@@ -288,8 +287,7 @@ pub fn tally(bouncer: &Bouncer) -> Tally {
     }
 }
 
-/// Serves `inner` under the bouncer's layers on `listener` until `shutdown`. With TLS,
-/// a SIGHUP reloads the certificate files for new connections.
+/// Serves `inner` under the bouncer's layers on `listener` until `shutdown`.
 pub async fn serve<S>(
     bouncer: &Bouncer,
     listener: TcpListener,
@@ -300,33 +298,5 @@ where
     Protected<S>: tower::Service<Conn<TcpStream>, Response = (), Error = BoxError>,
     <Protected<S> as tower::Service<Conn<TcpStream>>>::Future: Send + 'static,
 {
-    #[cfg(feature = "tls")]
-    reload_certificate_on_hangup(bouncer);
     bouncer.serve_until(listener, inner, shutdown).await
-}
-
-/// Reloads the certificate files on every SIGHUP, for new connections.
-#[cfg(feature = "tls")]
-fn reload_certificate_on_hangup(bouncer: &Bouncer) {
-    use tokio::signal::unix::{SignalKind, signal};
-
-    let tls = &bouncer.config().tls;
-    let (Some((_, certificate)), Some(chain), Some(key)) =
-        (bouncer.tls(), tls.cert.clone(), tls.key.clone())
-    else {
-        return;
-    };
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot watch SIGHUP: the certificate will not reload");
-        return;
-    };
-    let certificate = certificate.clone();
-    tokio::spawn(async move {
-        while hangups.recv().await.is_some() {
-            match certificate.reload_from_pem_files(&chain, &key) {
-                Ok(()) => tracing::info!("certificate reloaded"),
-                Err(error) => tracing::warn!(%error, "certificate not reloaded"),
-            }
-        }
-    });
 }

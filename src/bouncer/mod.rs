@@ -37,6 +37,8 @@ mod file;
 
 use std::{io, net::SocketAddr, sync::Arc};
 
+use arc_swap::ArcSwap;
+
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -52,14 +54,14 @@ use crate::{
     BoxError, Conn,
     http::HttpService,
     limit::{ConnectionLimit, ConnectionLimitLayer},
-    login::{BanCheck, Login, LoginSessions, ReportLogin, ReportLoginLayer},
+    login::{BanCheck, Login, LoginBuilder, LoginSessions, ReportLogin, ReportLoginLayer},
     overload::Overload,
     peer::PeerKeying,
     peer_limit::{PeerLimit, PeerLimitLayer},
     proxy_protocol::{ProxyProtocol, ProxyProtocolLayer},
     rate_limit::{Rate, RateLimit, RateLimitLayer},
     serve::{Listener, Server, ShutdownReport},
-    timeout::{Timeout, TimeoutLayer},
+    timeout::{Timeout, TimeoutBuilder, TimeoutLayer},
 };
 
 /// The recommended protection, built from a [`BouncerConfig`]. Cheap to clone: clones
@@ -68,8 +70,9 @@ use crate::{
 /// See the [module documentation](self).
 #[derive(Debug, Clone)]
 pub struct Bouncer {
-    config: Arc<BouncerConfig>,
-    max_connections: usize,
+    /// Replaced by a reload.
+    config: Arc<ArcSwap<BouncerConfig>>,
+    keying: PeerKeying,
     proxy: Option<ProxyProtocolLayer>,
     login: Login,
     rate: RateLimitLayer,
@@ -176,14 +179,9 @@ impl BouncerBuilder {
             .build()
             .map_err(|error| SettingError::new("connections.max", error))?;
 
-        let rates = &config.rates;
-        let mut per_peer_rate = Rate::per_second(rates.per_peer);
-        if let Some(burst) = rates.burst {
-            per_peer_rate = per_peer_rate.burst(burst);
-        }
         let rate = RateLimitLayer::builder()
-            .per_peer(per_peer_rate)
-            .global(Rate::per_second(rates.global))
+            .per_peer(per_peer_rate(&config))
+            .global(Rate::per_second(config.rates.global))
             .keying(keying.clone())
             .refusal_message(too_fast)
             .build()
@@ -193,10 +191,7 @@ impl BouncerBuilder {
             .refusal_message(busy.clone())
             .build()
             .map_err(|error| SettingError::new("connections.per_peer", error))?;
-        let max_connections = config
-            .connections
-            .max
-            .unwrap_or_else(default_max_connections);
+        let max_connections = max_connections(&config);
         let mut total = ConnectionLimitLayer::builder(max_connections)
             .refusal_message(busy)
             .overload(&overload);
@@ -207,32 +202,15 @@ impl BouncerBuilder {
             .build()
             .map_err(|error| SettingError::new("connections.max", error))?;
 
-        let timeouts = &config.timeouts;
-        let timeouts = TimeoutLayer::builder()
-            .first_byte(timeouts.first_byte)
-            .idle(timeouts.idle)
-            .request(timeouts.request)
-            .lifetime(timeouts.lifetime)
+        let timeouts = timeouts(&config)
             .overload(&overload)
             .build()
             .map_err(|error| SettingError::new("timeouts", error))?;
-
-        let bans = &config.bans;
-        let mut login = Login::builder()
-            .keying(keying)
-            .max_auth_tries(config.logins.max_auth_tries)
-            .max_failures(bans.max_failures)
-            .max_timeouts(bans.max_timeouts)
-            .failure_window(bans.window)
-            .ban(bans.first)
-            .ban_escalation(bans.factor, bans.max)
+        let login = login_policy(&config)
+            .keying(keying.clone())
             .evict_banned_connections(true)
             .ban_message(banned)
-            .overload(&overload);
-        if let Some(timeout) = config.logins.timeout {
-            login = login.login_timeout(timeout);
-        }
-        let login = login
+            .overload(&overload)
             .build()
             .map_err(|error| SettingError::new("bans", error))?;
 
@@ -254,8 +232,8 @@ impl BouncerBuilder {
 
         tracing::info!(max_connections, ?config, "protections on");
         Ok(Bouncer {
-            config: Arc::new(config),
-            max_connections,
+            config: Arc::new(ArcSwap::from_pointee(config)),
+            keying,
             proxy,
             login,
             rate,
@@ -268,6 +246,49 @@ impl BouncerBuilder {
             #[cfg(feature = "fleet")]
             fleet,
         })
+    }
+}
+
+/// `connections.max`, or its default.
+fn max_connections(config: &BouncerConfig) -> usize {
+    config
+        .connections
+        .max
+        .unwrap_or_else(default_max_connections)
+}
+
+/// `rates.per_peer` with its burst.
+fn per_peer_rate(config: &BouncerConfig) -> Rate {
+    let rate = Rate::per_second(config.rates.per_peer);
+    match config.rates.burst {
+        Some(burst) => rate.burst(burst),
+        None => rate,
+    }
+}
+
+/// The `[timeouts]`.
+fn timeouts(config: &BouncerConfig) -> TimeoutBuilder {
+    let timeouts = &config.timeouts;
+    TimeoutLayer::builder()
+        .first_byte(timeouts.first_byte)
+        .idle(timeouts.idle)
+        .request(timeouts.request)
+        .lifetime(timeouts.lifetime)
+}
+
+/// The `[logins]` and `[bans]` policy.
+fn login_policy(config: &BouncerConfig) -> LoginBuilder {
+    let bans = &config.bans;
+    let login = Login::builder()
+        .max_auth_tries(config.logins.max_auth_tries)
+        .max_failures(bans.max_failures)
+        .max_timeouts(bans.max_timeouts)
+        .failure_window(bans.window)
+        .ban(bans.first)
+        .ban_escalation(bans.factor, bans.max);
+    match config.logins.timeout {
+        Some(timeout) => login.login_timeout(timeout),
+        None => login,
     }
 }
 
@@ -428,7 +449,7 @@ impl Bouncer {
         let service = self.layer(service);
         let listener = Arc::new(listener);
         #[cfg(all(feature = "kernel-bans", target_os = "linux"))]
-        if self.config.bans.kernel
+        if self.config.load().bans.kernel
             && let Err(error) = self.login.bans().kernel_filter().attach(&listener)
         {
             tracing::warn!(%error, "no kernel ban filter: banned peers are refused in user space");
@@ -447,15 +468,103 @@ impl Bouncer {
         false
     }
 
-    /// The settings it was built from.
-    pub fn config(&self) -> &BouncerConfig {
-        &self.config
+    /// The settings in force: those it was built from, or last reloaded.
+    pub fn config(&self) -> Arc<BouncerConfig> {
+        self.config.load_full()
     }
 
     /// The connection cap in force (`connections.max`, or its default worked out from
     /// the descriptor limit).
     pub fn max_connections(&self) -> usize {
-        self.max_connections
+        self.total.stats().limit
+    }
+
+    /// Puts `config` in force without a restart: the caps, the rates, the timeouts
+    /// (for new connections; live ones keep theirs), the exempt networks, the login
+    /// tries and timeout, the ban policy, and, with TLS, the certificate files read
+    /// again (for new handshakes). Live connections are not dropped: under a lower cap,
+    /// new ones wait for room. Checked whole before anything changes: a reload that
+    /// cannot work changes nothing and says why, by key. What the running server is
+    /// built around needs a restart: the IPv6 prefix, backpressure, the PROXY
+    /// protocol, TLS on or off and its handshake timeout, the kernel filter, the fleet.
+    ///
+    /// ```no_run
+    /// # fn run(bouncer: tower_bouncer::bouncer::Bouncer) -> Result<(), Box<dyn std::error::Error>> {
+    /// use tower_bouncer::bouncer::BouncerConfig;
+    ///
+    /// // On SIGHUP, say:
+    /// match BouncerConfig::from_toml_file("bouncer.toml") {
+    ///     Ok(config) => bouncer.reload(config)?,
+    ///     Err(error) => eprintln!("kept the configuration in force: {error}"),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn reload(&self, config: BouncerConfig) -> Result<(), SettingError> {
+        config.validate()?;
+        let old = self.config.load();
+        let restart = |key, same: bool| {
+            if same {
+                Ok(())
+            } else {
+                Err(SettingError::new(key, "cannot change without a restart"))
+            }
+        };
+        restart(
+            "peers.ipv6_prefix",
+            old.peers.ipv6_prefix == config.peers.ipv6_prefix,
+        )?;
+        restart(
+            "connections.backpressure",
+            old.connections.backpressure == config.connections.backpressure,
+        )?;
+        restart(
+            "proxy_protocol",
+            old.proxy_protocol == config.proxy_protocol,
+        )?;
+        restart(
+            "tls.cert",
+            old.tls.cert.is_some() == config.tls.cert.is_some(),
+        )?;
+        restart(
+            "tls.handshake_timeout",
+            old.tls.handshake_timeout == config.tls.handshake_timeout,
+        )?;
+        restart("bans.kernel", old.bans.kernel == config.bans.kernel)?;
+        restart("fleet", old.fleet == config.fleet)?;
+        // The one part that can fail on what it reads: before anything changes.
+        #[cfg(feature = "tls")]
+        if let (Some(tls), Some(chain), Some(key)) = (&self.tls, &config.tls.cert, &config.tls.key)
+        {
+            tls.certificate
+                .reload_from_pem_files(chain, key)
+                .map_err(|error| SettingError::new("tls.cert", error))?;
+        }
+        // Validated above: the layers refuse nothing that `validate` lets through, so
+        // none of these fails once the first has changed something.
+        let at = |key| move |error| SettingError::new(key, error);
+        self.total
+            .set_max(max_connections(&config))
+            .map_err(at("connections.max"))?;
+        self.per_peer
+            .set_max_per_peer(config.connections.per_peer)
+            .map_err(at("connections.per_peer"))?;
+        self.rate
+            .set_per_peer(per_peer_rate(&config))
+            .map_err(at("rates.per_peer"))?;
+        self.rate
+            .set_global(Rate::per_second(config.rates.global))
+            .map_err(at("rates.global"))?;
+        self.timeouts
+            .set_deadlines(timeouts(&config))
+            .map_err(at("timeouts"))?;
+        self.login
+            .set_policy(login_policy(&config))
+            .map_err(at("bans"))?;
+        self.keying.set_exempt(config.peers.exempt.iter().copied());
+        tracing::info!(?config, "configuration reloaded");
+        self.config.store(Arc::new(config));
+        Ok(())
     }
 
     /// The login policy: failed logins, bans ([`Login::bans`] lists, adds and lifts

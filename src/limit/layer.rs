@@ -78,8 +78,23 @@ impl ConnectionLimitLayer {
             admitted: shared.admitted.get(),
             refused: shared.refused.get(),
             live: shared.live.load(Ordering::Relaxed),
-            limit: shared.max,
+            limit: shared.max(),
         }
+    }
+
+    /// Changes the cap of this layer and its clones, for a reload without a restart.
+    /// Live connections are kept: under a lower cap, new ones are refused (or wait, in
+    /// backpressure mode) until enough have ended.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Zero`] for a cap of 0; the cap is then unchanged.
+    pub fn set_max(&self, max_connections: usize) -> Result<(), ConfigError> {
+        let max = nonzero(max_connections, "max_connections")?;
+        self.shared.max.store(max, Ordering::Relaxed);
+        // A higher cap may have room for connections waiting in backpressure mode.
+        self.shared.freed.notify_waiters();
+        Ok(())
     }
 }
 
@@ -110,7 +125,7 @@ impl ConnectionLimitBuilder {
     /// overload manager already given to another cap.
     pub fn build(self) -> Result<ConnectionLimitLayer, ConfigError> {
         let shared = Arc::new(Shared {
-            max: nonzero(self.max, "max_connections")?,
+            max: AtomicUsize::new(nonzero(self.max, "max_connections")?),
             mode: self.mode,
             live: AtomicUsize::new(0),
             freed: Arc::new(Notify::new()),
@@ -144,7 +159,8 @@ impl<S> Layer<S> for ConnectionLimitLayer {
 /// The state every clone shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(super) max: usize,
+    /// The cap; changed by a reload.
+    max: AtomicUsize,
     pub(super) mode: Mode,
     live: AtomicUsize,
     /// Notified when a slot frees, for services waiting in backpressure mode.
@@ -159,6 +175,10 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    pub(super) fn max(&self) -> usize {
+        self.max.load(Ordering::Relaxed)
+    }
+
     /// Connections being served now.
     pub(crate) fn live(&self) -> usize {
         self.live.load(Ordering::Relaxed)
@@ -166,17 +186,18 @@ impl Shared {
 
     /// The live connections against the cap.
     pub(crate) fn load(&self) -> f64 {
-        self.live() as f64 / self.max as f64
+        self.live() as f64 / self.max() as f64
     }
 
     pub(super) fn has_room(&self) -> bool {
-        self.live.load(Ordering::Acquire) < self.max
+        self.live.load(Ordering::Acquire) < self.max()
     }
 
     pub(super) fn try_acquire(self: &Arc<Self>) -> Option<GlobalSlot> {
+        let max = self.max();
         self.live
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |live| {
-                (live < self.max).then_some(live + 1)
+                (live < max).then_some(live + 1)
             })
             .ok()?;
         self.admitted.add();
@@ -200,7 +221,7 @@ impl Shared {
     pub(super) fn evict_idle(&self) -> bool {
         self.evict
             .as_ref()
-            .is_some_and(|registry| registry.evict_one(self.max.div_ceil(CAP_SHARE_PER_EVICTION)))
+            .is_some_and(|registry| registry.evict_one(self.max().div_ceil(CAP_SHARE_PER_EVICTION)))
     }
 
     pub(super) fn release(&self) {

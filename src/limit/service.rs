@@ -95,7 +95,7 @@ where
             None => {
                 self.shared.refused.add();
                 let reason = Reason::ConnectionLimit {
-                    limit: self.shared.max,
+                    limit: self.shared.max(),
                 };
                 refuse(conn, reason, &self.shared.refusal, &self.shared.log)
             }

@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use arc_swap::ArcSwap;
 use ipnet::IpNet;
 use tokio::time::Instant;
 
@@ -232,7 +233,8 @@ impl NetworkBans {
 pub(crate) struct BanTable {
     table: PeerTable<Record>,
     networks: NetworkBans,
-    policy: BanPolicy,
+    /// Replaced by a reload.
+    policy: ArcSwap<BanPolicy>,
     keying: PeerKeying,
     origin: Instant,
     /// The kernel filter, once asked for.
@@ -248,7 +250,7 @@ impl BanTable {
         Self {
             table: PeerTable::new(capacity),
             networks: NetworkBans::default(),
-            policy,
+            policy: ArcSwap::from_pointee(policy),
             keying,
             origin: Instant::now(),
             #[cfg(all(feature = "kernel-bans", target_os = "linux"))]
@@ -270,9 +272,15 @@ impl BanTable {
         self.fleet.set(fleet).is_ok()
     }
 
-    #[cfg(feature = "fleet")]
-    pub(crate) fn policy(&self) -> &BanPolicy {
-        &self.policy
+    /// The policy in force.
+    pub(crate) fn policy(&self) -> BanPolicy {
+        **self.policy.load()
+    }
+
+    /// Puts `policy` in force for every offence and ban from now on; bans in force keep
+    /// their length, and offences on record count under the new window.
+    pub(crate) fn set_policy(&self, policy: BanPolicy) {
+        self.policy.store(Arc::new(policy));
     }
 
     /// The ban check refused `key`'s connection: the kernel filter, if there is one,
@@ -335,11 +343,11 @@ impl BanTable {
 
     /// Counts `offence` against the peer `at`, and bans it if that makes too many.
     pub(crate) fn record_offence(&self, at: &Located, offence: Offence) -> Recorded {
-        let points = self.policy.points(offence);
+        let policy = &self.policy();
+        let points = policy.points(offence);
         if points == 0 {
             return Recorded::Off;
         }
-        let policy = &self.policy;
         let window = nanos(policy.window);
         let mut shard = self.table.lock(at);
         // Under the lock: an offence never lands before the window another has started.
@@ -491,7 +499,7 @@ impl BanTable {
     pub(crate) fn forget_quiet(&self) {
         let now = self.now();
         self.networks.forget_expired(now);
-        let policy = &self.policy;
+        let policy = self.policy();
         let forget_banned = nanos(policy.forget_after);
         let forget_unbanned = nanos(policy.window).saturating_mul(2).min(forget_banned);
         self.table.retain(|record| {
@@ -692,7 +700,7 @@ impl Bans {
     /// The first line that does not parse ([`BanError::BadLine`]) or cannot be applied
     /// ([`BanError::NotApplied`]), by number; the lines before it are imported.
     pub fn import(&self, text: &str) -> Result<usize, BanError> {
-        let longest = self.table.policy.max_ban;
+        let longest = self.table.policy().max_ban;
         let mut imported = 0;
         for (index, line) in text.lines().enumerate() {
             let number = index + 1;

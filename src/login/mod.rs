@@ -116,7 +116,13 @@ mod session;
 mod session_layer;
 mod startups;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use crate::{
     ConfigError,
@@ -233,6 +239,37 @@ pub struct LoginStats {
 }
 
 impl Login {
+    /// Puts `policy`'s ban policy (offence limits, window, ban lengths and escalation,
+    /// forgetting), tries per connection and login timeout in force for this login and
+    /// its layers, for a reload without a restart. Bans in force keep their length;
+    /// offences on record count under the new window; a live connection is held to the
+    /// new tries from its next failure, and keeps the login deadline it started with.
+    /// The rest (keying, table sizes, the pre-authentication budget, messages) stays as
+    /// built, and so does the policy a [fleet](crate::fleet) shares through its store.
+    ///
+    /// ```
+    /// use tower_bouncer::login::Login;
+    ///
+    /// let login = Login::builder().max_failures(5).build().unwrap();
+    /// login.set_policy(Login::builder().max_failures(3)).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// What [`build`](LoginBuilder::build) refuses; nothing changes then.
+    pub fn set_policy(&self, policy: LoginBuilder) -> Result<(), ConfigError> {
+        policy.check()?;
+        let shared = &self.shared;
+        shared.bans.set_policy(policy.policy);
+        shared
+            .max_auth_tries
+            .store(policy.max_auth_tries, Ordering::Relaxed);
+        shared
+            .login_timeout
+            .store(login_timeout_nanos(policy.login_timeout), Ordering::Relaxed);
+        Ok(())
+    }
+
     /// A policy with the defaults; see [`LoginBuilder`].
     pub fn builder() -> LoginBuilder {
         LoginBuilder {
@@ -455,13 +492,10 @@ impl LoginBuilder {
         self
     }
 
-    /// # Errors
-    ///
-    /// [`ConfigError::Zero`] for a zero count or length, [`ConfigError::Inconsistent`]
-    /// for a ban cap below the first ban or a start above `full`.
-    pub fn build(self) -> Result<Login, ConfigError> {
+    /// What `build` refuses.
+    fn check(&self) -> Result<(), ConfigError> {
         let zero = |setting| ConfigError::Zero { setting };
-        let policy = self.policy;
+        let policy = &self.policy;
         if self.max_auth_tries == 0 {
             return Err(zero("max_auth_tries"));
         }
@@ -502,6 +536,16 @@ impl LoginBuilder {
         if self.per_source_max_startups == Some(0) {
             return Err(zero("per_source_max_startups"));
         }
+        Ok(())
+    }
+
+    /// # Errors
+    ///
+    /// [`ConfigError::Zero`] for a zero count or length, [`ConfigError::Inconsistent`]
+    /// for a ban cap below the first ban or a start above `full`.
+    pub fn build(self) -> Result<Login, ConfigError> {
+        self.check()?;
+        let policy = self.policy;
         let seed = self
             .early_drop_seed
             .unwrap_or_else(|| std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0));
@@ -519,9 +563,9 @@ impl LoginBuilder {
                     .clamp(Duration::from_secs(1), Duration::from_secs(3600)),
                 janitor: Janitor::default(),
                 keying: self.keying,
-                max_auth_tries: self.max_auth_tries,
+                max_auth_tries: AtomicU32::new(self.max_auth_tries),
                 eviction_grace: self.eviction_grace,
-                login_timeout: self.login_timeout,
+                login_timeout: AtomicU64::new(login_timeout_nanos(self.login_timeout)),
                 scaler: self.scaler,
                 overflow: self.overflow,
                 startups: Arc::new(Startups::new(
@@ -543,6 +587,17 @@ impl LoginBuilder {
     }
 }
 
+/// [`Shared::login_timeout`] when there is none.
+const NO_LOGIN_TIMEOUT: u64 = u64::MAX;
+
+fn login_timeout_nanos(timeout: Option<Duration>) -> u64 {
+    timeout.map_or(NO_LOGIN_TIMEOUT, |timeout| {
+        u64::try_from(timeout.as_nanos()).map_or(NO_LOGIN_TIMEOUT - 1, |nanos| {
+            nanos.min(NO_LOGIN_TIMEOUT - 1)
+        })
+    })
+}
+
 /// The state both layers share.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -550,9 +605,11 @@ pub(crate) struct Shared {
     bans: Arc<BanTable>,
     sweep_every: Duration,
     janitor: Janitor,
-    max_auth_tries: u32,
+    /// Changed by a reload, as is the login timeout.
+    max_auth_tries: AtomicU32,
     eviction_grace: Duration,
-    login_timeout: Option<Duration>,
+    /// In nanoseconds; [`NO_LOGIN_TIMEOUT`] for none.
+    login_timeout: AtomicU64,
     /// What shrinks the login timeout under load.
     scaler: Scaler,
     overflow: Overflow,
@@ -697,6 +754,19 @@ impl Counters {
 }
 
 impl Shared {
+    /// Failed logins a connection may make, as now in force.
+    pub(crate) fn max_auth_tries(&self) -> u32 {
+        self.max_auth_tries.load(Ordering::Relaxed)
+    }
+
+    /// The login timeout now in force.
+    pub(crate) fn login_timeout(&self) -> Option<Duration> {
+        match self.login_timeout.load(Ordering::Relaxed) {
+            NO_LOGIN_TIMEOUT => None,
+            nanos => Some(Duration::from_nanos(nanos)),
+        }
+    }
+
     /// Makes sure a task forgets quiet peers.
     fn start_janitor(&self) {
         self.janitor

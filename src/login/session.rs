@@ -133,7 +133,7 @@ impl SessionState {
             return 0;
         }
         self.shared
-            .max_auth_tries
+            .max_auth_tries()
             .saturating_sub(self.failures.load(Ordering::Acquire))
     }
 
@@ -197,7 +197,7 @@ impl LoginSession {
         if let Some(peer) = &state.peer {
             shared.offended(peer, Offence::FailedLogin);
         }
-        if failures >= shared.max_auth_tries {
+        if failures >= shared.max_auth_tries() {
             state.evict(EvictReason::AuthFailures(failures));
             AfterFailure::Closing
         } else {

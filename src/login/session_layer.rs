@@ -109,7 +109,7 @@ where
             inner: self.inner.call(conn),
             evicted: state.eviction.requested(),
             login_deadline: shared
-                .login_timeout
+                .login_timeout()
                 .map(|timeout| Box::pin(ShrinkingDeadline::after(timeout, &shared.scaler))),
             grace: None,
             banned,

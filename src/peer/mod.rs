@@ -22,6 +22,7 @@ use std::{
     },
 };
 
+use arc_swap::ArcSwap;
 use ipnet::{IpNet, Ipv4Net};
 
 use crate::ConfigError;
@@ -115,10 +116,27 @@ impl fmt::Display for PeerKey {
 pub struct PeerKeying {
     ipv4_prefix: u8,
     ipv6_prefix: u8,
-    exempt: Arc<[IpNet]>,
-    /// Unique to this exempt list in the process, shared by clones: unlike the list's
-    /// address, never reused once the list is dropped.
-    exempt_id: u64,
+    /// Shared by clones, so that [`set_exempt`](Self::set_exempt) reaches every layer.
+    exempt: Arc<Exempt>,
+}
+
+/// The exempt networks of a keying and its clones, replaced whole on a reload.
+#[derive(Debug)]
+struct Exempt {
+    networks: ArcSwap<Box<[IpNet]>>,
+    /// Unique to the list in force in the process: unlike the list's address, never
+    /// reused once a list is dropped. Changed after each new list is in place, so that
+    /// a memo made under an id never answers for a later list.
+    id: AtomicU64,
+}
+
+impl Exempt {
+    fn new(networks: Vec<IpNet>, id: u64) -> Arc<Self> {
+        Arc::new(Self {
+            networks: ArcSwap::from_pointee(networks.into_boxed_slice()),
+            id: AtomicU64::new(id),
+        })
+    }
 }
 
 impl Default for PeerKeying {
@@ -127,17 +145,13 @@ impl Default for PeerKeying {
         Self {
             ipv4_prefix: 32,
             ipv6_prefix: 64,
-            exempt: Arc::new([]),
-            exempt_id: NO_EXEMPT_LIST,
+            exempt: Exempt::new(Vec::new(), NEXT_EXEMPT_ID.fetch_add(1, Ordering::Relaxed)),
         }
     }
 }
 
-/// The `exempt_id` of the default, empty, exempt list.
-const NO_EXEMPT_LIST: u64 = 0;
-
-/// The next `exempt_id` to give out.
-static NEXT_EXEMPT_ID: AtomicU64 = AtomicU64::new(NO_EXEMPT_LIST + 1);
+/// The next exempt list id to give out.
+static NEXT_EXEMPT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// See [`PeerKeying::id`].
 type KeyingId = (u8, u8, u64);
@@ -179,13 +193,42 @@ impl PeerKeying {
     }
 
     /// Adds networks whose peers skip the keyed limits, rate limits and bans (health
-    /// checkers, internal networks).
+    /// checkers, internal networks). The result is a keying of its own: `self`'s other
+    /// clones keep their list.
     pub fn exempt(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
-        let mut all = self.exempt.to_vec();
+        let mut all = self.exempt.networks.load().to_vec();
         all.extend(networks.into_iter().map(|net| net.trunc()));
-        self.exempt = all.into();
-        self.exempt_id = NEXT_EXEMPT_ID.fetch_add(1, Ordering::Relaxed);
+        self.exempt = Exempt::new(all, NEXT_EXEMPT_ID.fetch_add(1, Ordering::Relaxed));
         self
+    }
+
+    /// Replaces the exempt networks of this keying and of every clone of it, so of every
+    /// layer it was given to: a reload without a restart. New connections are classified
+    /// under the new list; what the layers hold for peers now exempt (live slots,
+    /// offences, bans) stays until it runs out or is lifted.
+    ///
+    /// ```
+    /// use tower_bouncer::peer::PeerKeying;
+    ///
+    /// let keying = PeerKeying::default();
+    /// let given_to_a_layer = keying.clone();
+    /// keying.set_exempt(["10.0.0.0/8".parse().unwrap()]);
+    /// assert!(given_to_a_layer.is_exempt("10.1.2.3".parse().unwrap()));
+    /// ```
+    pub fn set_exempt(&self, networks: impl IntoIterator<Item = IpNet>) {
+        let networks: Vec<IpNet> = networks.into_iter().map(|net| net.trunc()).collect();
+        self.exempt
+            .networks
+            .store(Arc::new(networks.into_boxed_slice()));
+        self.exempt.id.store(
+            NEXT_EXEMPT_ID.fetch_add(1, Ordering::Relaxed),
+            Ordering::Release,
+        );
+    }
+
+    /// The exempt networks in force.
+    pub fn exempt_networks(&self) -> Vec<IpNet> {
+        self.exempt.networks.load().to_vec()
     }
 
     /// The key of a peer address.
@@ -217,7 +260,11 @@ impl PeerKeying {
     /// Whether a peer address is in an exempt network.
     pub fn is_exempt(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
-        self.exempt.iter().any(|net| net.contains(&ip))
+        self.exempt
+            .networks
+            .load()
+            .iter()
+            .any(|net| net.contains(&ip))
     }
 
     /// The key a table stored as [`PeerKey::bits`], given that this keying made it.
@@ -265,10 +312,15 @@ impl PeerKeying {
         })
     }
 
-    /// What makes two keyings classify alike: their prefixes and their exempt list (the
-    /// same list when clones share it, or both the default).
+    /// What makes two keyings classify alike: their prefixes and their exempt list in
+    /// force (the same list when clones share it). Read before the list, which is
+    /// replaced before the id changes: a memo is never newer than its id.
     fn id(&self) -> KeyingId {
-        (self.ipv4_prefix, self.ipv6_prefix, self.exempt_id)
+        (
+            self.ipv4_prefix,
+            self.ipv6_prefix,
+            self.exempt.id.load(Ordering::Acquire),
+        )
     }
 }
 
@@ -398,12 +450,36 @@ mod tests {
                 new.classify(peer).is_some(),
                 "the memo answered for the dropped keying"
             );
-            if std::ptr::addr_eq(Arc::as_ptr(&new.exempt), old_list) {
+            if std::ptr::eq(Arc::as_ptr(&new.exempt), old_list) {
                 return;
             }
         }
         // The allocator never gave the address back: the next test still shows that
         // the memo cannot mistake one list for another.
+    }
+
+    #[test]
+    fn a_new_exempt_list_reaches_every_clone_and_the_memo_follows_it() {
+        let keying = PeerKeying::default();
+        let layer = keying.clone();
+        let peer = ip("10.0.0.1");
+        assert!(layer.classify(peer).is_some());
+        keying.set_exempt(["10.0.0.0/8".parse().unwrap()]);
+        assert!(
+            layer.classify(peer).is_none(),
+            "the memo answered for the old list"
+        );
+        assert!(layer.is_exempt(peer));
+        keying.set_exempt([]);
+        assert!(layer.classify(peer).is_some());
+        // A keying built from it with `exempt` is apart: the reload does not reach it.
+        let apart = keying.clone().exempt(["192.0.2.0/24".parse().unwrap()]);
+        keying.set_exempt(["10.0.0.0/8".parse().unwrap()]);
+        assert!(apart.classify(peer).is_some());
+        assert_eq!(
+            apart.exempt_networks(),
+            ["192.0.2.0/24".parse::<IpNet>().unwrap()]
+        );
     }
 
     #[test]

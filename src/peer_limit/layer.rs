@@ -1,4 +1,11 @@
-use std::{net::IpAddr, sync::Arc, time::Duration};
+use std::{
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
 
 use tower_layer::Layer;
 
@@ -78,6 +85,21 @@ impl PeerLimitLayer {
             tracked_peers: shared.table.len(),
         }
     }
+
+    /// Changes the limit per peer of this layer and its clones, for a reload without a
+    /// restart. Live connections are kept: a peer over a lower limit gets no new one
+    /// until enough of its own have ended.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Zero`] for a limit of 0; the limit is then unchanged.
+    pub fn set_max_per_peer(&self, max_per_peer: usize) -> Result<(), ConfigError> {
+        let max = nonzero(max_per_peer, "max_per_peer")?;
+        self.shared
+            .max_per_peer
+            .store(u32::try_from(max).unwrap_or(u32::MAX), Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 impl PeerLimitBuilder {
@@ -91,8 +113,9 @@ impl PeerLimitBuilder {
     pub fn build(self) -> Result<PeerLimitLayer, ConfigError> {
         Ok(PeerLimitLayer {
             shared: Arc::new(Shared {
-                max_per_peer: u32::try_from(nonzero(self.max_per_peer, "max_per_peer")?)
-                    .unwrap_or(u32::MAX),
+                max_per_peer: AtomicU32::new(
+                    u32::try_from(nonzero(self.max_per_peer, "max_per_peer")?).unwrap_or(u32::MAX),
+                ),
                 keying: self.keying,
                 table: PeerTable::new(nonzero(self.max_tracked_peers, "max_tracked_peers")?),
                 overflow: self.overflow,
@@ -119,7 +142,8 @@ impl<S> Layer<S> for PeerLimitLayer {
 /// The state every clone shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    max_per_peer: u32,
+    /// Changed by a reload.
+    max_per_peer: AtomicU32,
     keying: PeerKeying,
     table: PeerTable<u32>,
     overflow: Overflow,
@@ -148,14 +172,15 @@ impl Shared {
             self.admitted.add();
             return Admission::Untracked;
         };
+        let max_per_peer = self.max_per_peer.load(Ordering::Relaxed);
         let mut shard = self.table.lock(&at);
         if let Some(live) = shard.get_mut() {
-            if *live >= self.max_per_peer {
+            if *live >= max_per_peer {
                 drop(shard);
                 self.refused_peer_limit.add();
                 return Admission::Refused(Reason::PeerLimit {
                     key,
-                    limit: self.max_per_peer as usize,
+                    limit: max_per_peer as usize,
                 });
             }
             *live += 1;

@@ -1,5 +1,6 @@
 use std::{net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};
 
+use arc_swap::ArcSwap;
 use governor::{
     Quota, RateLimiter,
     clock::Clock,
@@ -193,6 +194,61 @@ impl RateLimitLayer {
             tracked_peers: shared.tracked_peers(),
         }
     }
+
+    /// Changes the per-peer rate of this layer and its clones, for a reload without a
+    /// restart. What each peer has used is kept, measured against the new rate.
+    ///
+    /// ```
+    /// use tower_bouncer::rate_limit::{Rate, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::builder().per_peer(Rate::per_second(20)).build().unwrap();
+    /// layer.set_per_peer(Rate::per_second(5)).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Zero`] for a zero rate or burst; [`ConfigError::Inconsistent`] if
+    /// the layer was built without a per-peer rate. The rate is then unchanged.
+    pub fn set_per_peer(&self, rate: impl Into<Rate>) -> Result<(), ConfigError> {
+        let per_peer = self
+            .shared
+            .per_peer
+            .as_ref()
+            .ok_or(ConfigError::Inconsistent {
+                reason: "the layer was built without a per-peer rate",
+            })?;
+        let quota = rate.into().quota("per_peer")?;
+        let store = RateStore {
+            table: per_peer.table.clone(),
+        };
+        per_peer
+            .limiter
+            .store(Arc::new(RateLimiter::new(quota, store, self.shared.clock)));
+        Ok(())
+    }
+
+    /// Changes the global rate of this layer and its clones, for a reload without a
+    /// restart; its bucket starts full.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Zero`] for a zero rate or burst; [`ConfigError::Inconsistent`] if
+    /// the layer was built without a global rate. The rate is then unchanged.
+    pub fn set_global(&self, rate: impl Into<Rate>) -> Result<(), ConfigError> {
+        let global = self
+            .shared
+            .global
+            .as_ref()
+            .ok_or(ConfigError::Inconsistent {
+                reason: "the layer was built without a global rate",
+            })?;
+        let quota = rate.into().quota("global")?;
+        global.store(Arc::new(RateLimiter::direct_with_clock(
+            quota,
+            self.shared.clock,
+        )));
+        Ok(())
+    }
 }
 
 impl RateLimitBuilder {
@@ -245,7 +301,7 @@ impl RateLimitBuilder {
                     table: table.clone(),
                 };
                 Some(PerPeer {
-                    limiter: RateLimiter::new(quota, store, clock),
+                    limiter: ArcSwap::from_pointee(RateLimiter::new(quota, store, clock)),
                     table,
                     sweep_every: sweep_interval(quota),
                     janitor: Janitor::default(),
@@ -254,7 +310,10 @@ impl RateLimitBuilder {
         };
         let global = match self.global {
             None => None,
-            Some(rate) => Some(RateLimiter::direct_with_clock(rate.quota("global")?, clock)),
+            Some(rate) => Some(ArcSwap::from_pointee(RateLimiter::direct_with_clock(
+                rate.quota("global")?,
+                clock,
+            ))),
         };
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
@@ -299,7 +358,8 @@ type GlobalLimiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddle
 /// The per-peer rate: governor's limiter over a bounded table.
 #[derive(Debug)]
 struct PerPeer {
-    limiter: KeyedLimiter,
+    /// Replaced by a reload, over the same table.
+    limiter: ArcSwap<KeyedLimiter>,
     /// The limiter's table, also held here to ask it about capacity.
     table: Arc<PeerTable<Nanos>>,
     sweep_every: Duration,
@@ -311,7 +371,8 @@ struct PerPeer {
 pub(crate) struct Shared {
     keying: PeerKeying,
     per_peer: Option<PerPeer>,
-    global: Option<GlobalLimiter>,
+    /// Replaced by a reload, the bucket full again.
+    global: Option<ArcSwap<GlobalLimiter>>,
     pub(super) global_mode: Mode,
     clock: TokioClock,
     overflow: Overflow,
@@ -376,7 +437,7 @@ impl Shared {
                 }
             };
         }
-        per_peer.limiter.check_key(&at).map_err(|not_until| {
+        per_peer.limiter.load().check_key(&at).map_err(|not_until| {
             self.refused_peer_rate.add();
             Reason::PeerRate {
                 key,
@@ -390,6 +451,7 @@ impl Shared {
         match &self.global {
             None => Ok(()),
             Some(limiter) => limiter
+                .load()
                 .check()
                 .map_err(|not_until| not_until.wait_time_from(self.clock.now())),
         }
@@ -412,7 +474,7 @@ impl PerPeer {
     fn start_janitor(&self, shared: &Arc<Shared>) {
         self.janitor.ensure(shared, self.sweep_every, |shared| {
             if let Some(per_peer) = &shared.per_peer {
-                per_peer.limiter.retain_recent();
+                per_peer.limiter.load().retain_recent();
             }
         });
     }

@@ -1,5 +1,7 @@
 use std::{sync::Arc, time::Duration};
 
+use arc_swap::ArcSwap;
+
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower::Service;
 use tower_layer::Layer;
@@ -21,7 +23,9 @@ const DEFAULT_LIFETIME_GRACE: Duration = Duration::from_secs(30);
 /// Clones share their counters: keep a clone to read [`stats`](Self::stats).
 #[derive(Debug, Clone)]
 pub struct TimeoutLayer {
-    shared: Arc<Shared>,
+    /// The deadlines new connections get, replaced by a reload; each connection keeps
+    /// the ones it started with.
+    shared: Arc<ArcSwap<Shared>>,
 }
 
 /// Builds a [`TimeoutLayer`]; every deadline is off until set.
@@ -62,7 +66,8 @@ impl TimeoutLayer {
 
     /// Counters, read without locking.
     pub fn stats(&self) -> TimeoutStats {
-        let stats = &self.shared.stats;
+        let shared = self.shared.load();
+        let stats = &shared.stats;
         TimeoutStats {
             first_byte: stats.first_byte.get(),
             idle: stats.idle.get(),
@@ -70,6 +75,34 @@ impl TimeoutLayer {
             lifetime_wound_down: stats.lifetime_wound_down.get(),
             lifetime_cut: stats.lifetime_cut.get(),
         }
+    }
+
+    /// Replaces the deadlines of this layer and its clones with `timeouts`' for new
+    /// connections, for a reload without a restart; live connections keep theirs. The
+    /// counters and the overload manager stay (the builder's `overload` is not read).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_bouncer::timeout::TimeoutLayer;
+    ///
+    /// let layer = TimeoutLayer::builder().idle(Duration::from_secs(60)).build().unwrap();
+    /// layer
+    ///     .set_deadlines(TimeoutLayer::builder().idle(Duration::from_secs(30)))
+    ///     .unwrap();
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// What [`build`](TimeoutBuilder::build) refuses; the deadlines are then unchanged.
+    pub fn set_deadlines(&self, timeouts: TimeoutBuilder) -> Result<(), ConfigError> {
+        let deadlines = timeouts.deadlines()?;
+        self.shared.rcu(|current| Shared {
+            deadlines,
+            scaler: current.scaler.clone(),
+            stats: current.stats.clone(),
+            log: current.log.clone(),
+        });
+        Ok(())
     }
 }
 
@@ -143,6 +176,17 @@ impl TimeoutBuilder {
     /// timeout it belongs to, or a request maximum below the request timeout. Durations
     /// too long to matter (`Duration::MAX`) mean "never".
     pub fn build(self) -> Result<TimeoutLayer, ConfigError> {
+        let scaler = self.scaler.clone();
+        let deadlines = self.deadlines()?;
+        Ok(TimeoutLayer {
+            shared: Arc::new(ArcSwap::from_pointee(Shared::with_scaler(
+                deadlines, scaler,
+            ))),
+        })
+    }
+
+    /// The deadlines set, checked.
+    fn deadlines(self) -> Result<Deadlines, ConfigError> {
         let positive = |value: Option<Duration>, setting| match value {
             Some(Duration::ZERO) => Err(ConfigError::Zero { setting }),
             other => Ok(other),
@@ -207,9 +251,7 @@ impl TimeoutBuilder {
                 needs: "a first-byte, idle, request or lifetime timeout",
             });
         }
-        Ok(TimeoutLayer {
-            shared: Arc::new(Shared::with_scaler(deadlines, self.scaler)),
-        })
+        Ok(deadlines)
     }
 }
 
@@ -228,7 +270,7 @@ impl<S> Layer<S> for TimeoutLayer {
 #[derive(Debug, Clone)]
 pub struct Timeout<S> {
     inner: S,
-    shared: Arc<Shared>,
+    shared: Arc<ArcSwap<Shared>>,
 }
 
 impl<S> Timeout<S> {
@@ -253,18 +295,19 @@ where
     }
 
     fn call(&mut self, conn: Conn<IO>) -> Self::Future {
-        watch(conn, &self.shared, |conn| self.inner.call(conn))
+        watch(conn, &self.shared.load_full(), |conn| self.inner.call(conn))
     }
 }
 
-/// The deadlines and the counters every clone shares.
+/// The deadlines of the connections that started under them, and the counters every
+/// clone and every reload shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(super) deadlines: Deadlines,
     /// What shrinks the deadlines under load.
     pub(super) scaler: Scaler,
-    stats: Counters,
-    log: LogThrottle,
+    stats: Arc<Counters>,
+    log: Arc<LogThrottle>,
 }
 
 #[derive(Debug, Default)]
@@ -285,8 +328,8 @@ impl Shared {
         Self {
             deadlines,
             scaler,
-            stats: Counters::default(),
-            log: LogThrottle::new(Duration::from_secs(1)),
+            stats: Arc::default(),
+            log: Arc::new(LogThrottle::new(Duration::from_secs(1))),
         }
     }
 
