@@ -22,6 +22,8 @@
 //!   restart.
 //! - [`fleet`] (feature `fleet`; Redis with feature `redis`): bans, offences and
 //!   escalation shared by a service's replicas, off every connection's path.
+//! - [`admin`] (feature `admin`): the operator's page: bans, top peers, the layers'
+//!   figures and Prometheus metrics behind a bearer token, with an HTML dashboard.
 //!
 //! # Example
 //!
@@ -80,6 +82,8 @@ mod deadline;
 mod janitor;
 pub mod peer;
 
+#[cfg(feature = "admin")]
+pub mod admin;
 #[cfg(feature = "bouncer")]
 pub mod bouncer;
 #[cfg(feature = "fleet")]

@@ -98,6 +98,21 @@ impl Record {
         self.last_offence.max(self.banned_until)
     }
 
+    /// The offence points that count at `now`: the sliding-window estimate the next
+    /// offence is added to, without counting one.
+    #[cfg(feature = "admin")]
+    fn points_at(&self, now: u64, window: u64) -> u64 {
+        let elapsed = now.saturating_sub(self.window_start);
+        let (older, newer, into_newer) = match elapsed / window {
+            0 => (self.previous, self.current, elapsed),
+            1 => (self.current, 0, elapsed - window),
+            _ => return 0,
+        };
+        let overlap = u128::from(window - into_newer);
+        let estimate = u128::from(older) * overlap / u128::from(window) + u128::from(newer);
+        u64::try_from(estimate).unwrap_or(u64::MAX)
+    }
+
     /// What keeping this record is worth when its shard is full and a new peer needs
     /// the room, lowest first: a ban is never given up (`None`), a peer with past bans
     /// is worth more than one with offences only, and a recently active one more than
@@ -133,6 +148,38 @@ pub struct Ban {
     pub remaining: Duration,
     /// How many times this peer has been banned while remembered.
     pub offences: u32,
+}
+
+/// A peer on record, as [`Bans::top_offenders`] lists it.
+#[cfg(feature = "admin")]
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Offender {
+    /// The peer.
+    pub key: PeerKey,
+    /// How close its recent offences bring it to a ban, from 0 to 1: offences of every
+    /// kind add up, each weighing `1 / limit` of its kind (a failed login 1/5 with the
+    /// defaults), counted over the sliding failure window. A ban spends them: 0 while
+    /// banned.
+    pub toward_ban: f64,
+    /// How many times it has been banned while remembered (as [`Ban::offences`]).
+    pub bans: u32,
+    /// How long its own ban still runs, if it is banned (a network banned whole is not
+    /// counted here).
+    pub banned_for: Option<Duration>,
+}
+
+/// What [`Bans::top_offenders`] ranks peers by.
+#[cfg(feature = "admin")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OffenderRank {
+    /// Recent offences: those nearest a ban first ([`Offender::toward_ban`]); peers
+    /// with none are left out.
+    Offences,
+    /// Past bans: repeat offenders first ([`Offender::bans`]), then by recent offences;
+    /// peers never banned are left out.
+    Bans,
 }
 
 /// Networks wider than a peer key, banned whole: a short list beside the table.
@@ -451,7 +498,7 @@ impl BanTable {
 
     /// What banning `network` bans: the network whole if it is wider than a key, or
     /// else the key that holds it.
-    #[cfg(feature = "fleet")]
+    #[cfg(any(feature = "fleet", feature = "admin"))]
     pub(crate) fn ban_target(&self, network: IpNet) -> IpNet {
         let network = canonical_network(network);
         if self.keying.is_wider_than_a_key(&network) {
@@ -491,6 +538,52 @@ impl BanTable {
             .collect();
         bans.sort_by_key(|ban| ban.key);
         bans
+    }
+
+    /// The `n` peers `rank` puts first. Walks the table as [`PeerTable::top`] does.
+    #[cfg(feature = "admin")]
+    pub(crate) fn top_offenders(&self, n: usize, rank: OffenderRank) -> Vec<Offender> {
+        let now = self.now();
+        let window = nanos(self.policy().window).max(1);
+        // Ranked by the first two; the last two carried along for the answer.
+        let top = self.table.top(n, |record| {
+            let points = record.points_at(now, window);
+            let bans = record.offences;
+            let ranked = match rank {
+                OffenderRank::Offences => (points > 0).then_some((points, u64::from(bans))),
+                OffenderRank::Bans => (bans > 0).then_some((u64::from(bans), points)),
+            };
+            ranked.map(|(first, second)| (first, second, points, record.banned_until))
+        });
+        top.into_iter()
+            .map(|(bits, (first, second, points, banned_until))| {
+                let bans = match rank {
+                    OffenderRank::Offences => second,
+                    OffenderRank::Bans => first,
+                };
+                Offender {
+                    key: self.keying.key_from_bits(bits),
+                    toward_ban: (points as f64 / f64::from(BAN_POINTS)).min(1.0),
+                    bans: u32::try_from(bans).unwrap_or(u32::MAX),
+                    banned_for: (banned_until > now)
+                        .then(|| Duration::from_nanos(banned_until - now)),
+                }
+            })
+            .collect()
+    }
+
+    /// How many bans are in force, of keys and of networks. Walks the table as
+    /// [`PeerTable::top`] does, copying nothing.
+    #[cfg(feature = "admin")]
+    pub(crate) fn active(&self) -> usize {
+        let now = self.now();
+        let networks = self
+            .networks
+            .list()
+            .iter()
+            .filter(|ban| ban.banned_until > now)
+            .count();
+        self.table.count(|record| record.banned_until > now) + networks
     }
 
     /// Forgets the peers whose records no longer change any decision: a peer never
@@ -669,6 +762,51 @@ impl Bans {
     /// The bans in force, by key or network.
     pub fn list(&self) -> Vec<Ban> {
         self.table.list()
+    }
+
+    /// How many bans are in force, without copying them as [`list`](Self::list) does:
+    /// walks the table one shard at a time, each locked while its share is read.
+    #[cfg(feature = "admin")]
+    pub fn active(&self) -> usize {
+        self.table.active()
+    }
+
+    /// What [`ban_network`](Self::ban_network) bans, as [`list`](Self::list) shows it:
+    /// the network whole if it is wider than a peer key, or else the key that holds it
+    /// (`203.0.113.7/32` for `203.0.113.7/32`, `2001:db8::/64` for `2001:db8::1/128`).
+    #[cfg(feature = "admin")]
+    pub fn ban_key(&self, network: IpNet) -> PeerKey {
+        let target = self.table.ban_target(network);
+        if self.table.keying().is_wider_than_a_key(&target) {
+            PeerKey::from_network(target)
+        } else {
+            self.table.keying().key(target.addr())
+        }
+    }
+
+    /// The `n` peers on record that `rank` puts first, with how close each is to a ban
+    /// and how often it has been banned: who is guessing passwords, timing out or
+    /// hammering the limits, before and after a ban.
+    ///
+    /// Walks the whole table one shard at a time, each locked only while its share is
+    /// read: O(tracked peers · log n), for an operator's page, not for every
+    /// connection.
+    ///
+    /// ```
+    /// use tower_bouncer::login::{Login, OffenderRank};
+    ///
+    /// let login = Login::builder().build().expect("a valid policy");
+    /// let bans = login.bans();
+    /// bans.ban("203.0.113.7".parse().unwrap(), std::time::Duration::from_secs(60))
+    ///     .expect("room for it");
+    /// let top = bans.top_offenders(20, OffenderRank::Bans);
+    /// assert_eq!(top[0].key.to_string(), "203.0.113.7/32");
+    /// assert_eq!(top[0].bans, 1);
+    /// assert!(bans.top_offenders(20, OffenderRank::Offences).is_empty());
+    /// ```
+    #[cfg(feature = "admin")]
+    pub fn top_offenders(&self, n: usize, rank: OffenderRank) -> Vec<Offender> {
+        self.table.top_offenders(n, rank)
     }
 
     /// The bans in force as text, one per line: the network, the seconds left, and the
@@ -862,6 +1000,61 @@ mod tests {
         let keying = PeerKeying::default();
         let peer = peer(&keying, "192.0.2.1".parse().unwrap());
         (BanTable::new(policy(), keying, 100), peer)
+    }
+
+    #[cfg(feature = "admin")]
+    #[tokio::test(start_paused = true)]
+    async fn offenders_are_ranked_by_the_points_that_count_now_and_fade_with_the_window() {
+        let (table, first) = table();
+        let second = peer(table.keying(), "192.0.2.2".parse().unwrap());
+        table.record_offence(&first.at, Offence::FailedLogin);
+        for _ in 0..2 {
+            table.record_offence(&second.at, Offence::FailedLogin);
+        }
+        let ranked = |rank| -> Vec<(String, f64)> {
+            table
+                .top_offenders(10, rank)
+                .iter()
+                .map(|offender| (offender.key.to_string(), offender.toward_ban))
+                .collect()
+        };
+        let near = |a: f64, b: f64| (a - b).abs() < 1e-6;
+        let now = ranked(OffenderRank::Offences);
+        assert_eq!(now.len(), 2);
+        assert_eq!(now[0].0, "192.0.2.2/32");
+        assert!(
+            near(now[0].1, 2.0 / 3.0) && near(now[1].1, 1.0 / 3.0),
+            "{now:?}"
+        );
+        assert!(ranked(OffenderRank::Bans).is_empty());
+
+        // Half a window into the next, half of the last window's points still count.
+        tokio::time::advance(secs(90)).await;
+        let later = ranked(OffenderRank::Offences);
+        assert!(
+            near(later[0].1, 1.0 / 3.0) && near(later[1].1, 1.0 / 6.0),
+            "{later:?}"
+        );
+        // Reading changed nothing: the next offence counts as it would have.
+        assert_eq!(
+            table.record_offence(&second.at, Offence::FailedLogin),
+            Recorded::Counted
+        );
+        assert!(near(ranked(OffenderRank::Offences)[0].1, 2.0 / 3.0));
+
+        // Two windows on, nothing counts: nobody is listed.
+        tokio::time::advance(secs(120)).await;
+        assert!(ranked(OffenderRank::Offences).is_empty());
+
+        // A ban spends the points and is counted.
+        for _ in 0..3 {
+            table.record_offence(&first.at, Offence::FailedLogin);
+        }
+        let banned = table.top_offenders(10, OffenderRank::Bans);
+        assert_eq!(banned.len(), 1);
+        assert_eq!((banned[0].bans, banned[0].toward_ban), (1, 0.0));
+        assert_eq!(banned[0].banned_for, Some(secs(100)));
+        assert_eq!(table.active(), 1);
     }
 
     #[test]

@@ -136,6 +136,8 @@ use crate::{
 pub use ban_layer::{BanCheck, BanLayer, PenaltyFuture};
 pub use bans::{Ban, BanError, Bans};
 use bans::{BanPolicy, BanTable, Recorded};
+#[cfg(feature = "admin")]
+pub use bans::{Offender, OffenderRank};
 #[cfg(feature = "http")]
 pub use http::{
     ClassifyLogin, LoginOutcome, ReportBody, ReportLogin, ReportLoginLayer, StatusClassifier,

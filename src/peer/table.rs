@@ -171,6 +171,57 @@ impl<V> PeerTable<V> {
         all
     }
 
+    /// The `n` entries that `rank` ranks highest, highest first, with their rank; an
+    /// entry ranked `None` is left out, and ties go to the lower key.
+    ///
+    /// Walks every shard, one at a time, each locked only while its own share of the
+    /// table is read, keeping the best `n` on the way: O(len · log n) time, O(n) memory,
+    /// and no lock held across shards. A shard changed while the walk is elsewhere is
+    /// seen as it was when the walk passed it.
+    #[cfg(feature = "admin")]
+    pub(crate) fn top<R: Ord>(
+        &self,
+        n: usize,
+        rank: impl Fn(&V) -> Option<R>,
+    ) -> Vec<([u8; 16], R)> {
+        use std::{cmp::Reverse, collections::BinaryHeap};
+
+        if n == 0 {
+            return Vec::new();
+        }
+        // The lowest of the best so far on top, to be dropped for a better one; on a
+        // tie in rank, the higher key is the lower.
+        let mut best = BinaryHeap::with_capacity(n + 1);
+        for shard in self.shards.iter() {
+            let entries = shard.entries.lock().unwrap_or_else(PoisonError::into_inner);
+            for (key, value) in entries.iter() {
+                if let Some(rank) = rank(value) {
+                    best.push(Reverse((rank, Reverse(*key))));
+                    if best.len() > n {
+                        best.pop();
+                    }
+                }
+            }
+        }
+        best.into_sorted_vec()
+            .into_iter()
+            .map(|Reverse((rank, Reverse(key)))| (key, rank))
+            .collect()
+    }
+
+    /// How many entries `counts` says yes to: walks every shard as [`top`](Self::top)
+    /// does.
+    #[cfg(feature = "admin")]
+    pub(crate) fn count(&self, counts: impl Fn(&V) -> bool) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| {
+                let entries = shard.entries.lock().unwrap_or_else(PoisonError::into_inner);
+                entries.iter().filter(|(_, value)| counts(value)).count()
+            })
+            .sum()
+    }
+
     /// Whether `a` and `b` are kept in one shard.
     #[cfg(test)]
     pub(crate) fn shares_shard(&self, a: &Located, b: &Located) -> bool {
@@ -356,6 +407,37 @@ mod tests {
         assert!(
             left <= baseline + 32 * table.shards.len(),
             "{left} slots left"
+        );
+    }
+
+    #[cfg(feature = "admin")]
+    #[test]
+    fn top_keeps_the_highest_ranked_highest_first_and_leaves_out_the_unranked() {
+        let table = PeerTable::<u32>::new(1024);
+        for n in 0..500 {
+            insert(&table, n).unwrap();
+        }
+        // Multiples of 7 are unranked; the rest rank by value modulo 100, so ranks tie.
+        let rank = |value: &u32| (!value.is_multiple_of(7)).then_some(value % 100);
+        let top = table.top(3, rank);
+        let ranks: Vec<u32> = top.iter().map(|(_, rank)| *rank).collect();
+        assert_eq!(ranks, [99, 99, 99]);
+        // Of the five values ranked 99 (99, 199, ..., 499), the three lowest keys.
+        let keys: Vec<[u8; 16]> = top.iter().map(|(key, _)| *key).collect();
+        let mut expected: Vec<[u8; 16]> = [99, 199, 299, 399, 499]
+            .iter()
+            .map(|n| key(*n).bits())
+            .collect();
+        expected.sort();
+        assert_eq!(keys, expected[..3]);
+
+        let all = table.top(1000, rank);
+        assert_eq!(all.len(), 500 - 500usize.div_ceil(7));
+        assert!(all.windows(2).all(|pair| pair[0].1 >= pair[1].1));
+        assert!(table.top(0, rank).is_empty());
+        assert_eq!(
+            table.count(|value| value.is_multiple_of(7)),
+            500usize.div_ceil(7)
         );
     }
 

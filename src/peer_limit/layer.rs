@@ -61,6 +61,17 @@ pub struct PeerLimitStats {
     pub tracked_peers: usize,
 }
 
+/// A peer and its live connections, as [`PeerLimitLayer::top_peers`] lists them.
+#[cfg(feature = "admin")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerConnections {
+    /// The peer.
+    pub key: crate::peer::PeerKey,
+    /// Its live connections, counted against its limit.
+    pub connections: usize,
+}
+
 impl PeerLimitLayer {
     /// At most `max_per_peer` concurrent connections per peer key.
     pub fn builder(max_per_peer: usize) -> PeerLimitBuilder {
@@ -99,6 +110,26 @@ impl PeerLimitLayer {
             .max_per_peer
             .store(u32::try_from(max).unwrap_or(u32::MAX), Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The `n` peers with the most live connections, most first (exempt and untracked
+    /// peers are not counted, so not listed).
+    ///
+    /// Walks the whole table, one shard at a time, each locked only while its share is
+    /// read (as long as a few connections' admission): O(tracked peers · log n). For an
+    /// operator's page, not for every connection.
+    #[cfg(feature = "admin")]
+    pub fn top_peers(&self, n: usize) -> Vec<PeerConnections> {
+        let shared = &self.shared;
+        shared
+            .table
+            .top(n, |live| Some(*live))
+            .into_iter()
+            .map(|(bits, live)| PeerConnections {
+                key: shared.keying.key_from_bits(bits),
+                connections: live as usize,
+            })
+            .collect()
     }
 }
 

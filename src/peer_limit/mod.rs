@@ -35,6 +35,8 @@
 mod layer;
 mod service;
 
+#[cfg(feature = "admin")]
+pub use layer::PeerConnections;
 pub use layer::{PeerLimitBuilder, PeerLimitLayer, PeerLimitStats};
 pub use service::PeerLimit;
 pub(crate) use service::PeerSlot;

@@ -1,0 +1,544 @@
+//! The admin page's routes, called with `oneshot` on paused time, and its loopback
+//! check on real loopback sockets.
+#![cfg(feature = "admin")]
+
+mod support;
+
+use std::{future::IntoFuture, net::IpAddr, time::Duration};
+
+use axum::{
+    Router,
+    body::Body,
+    http::{Method, Request, StatusCode, header},
+};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream};
+use tower::{Layer, ServiceExt, service_fn};
+use tower_bouncer::{
+    BoxError, Conn,
+    admin::{Admin, AdminError},
+    limit::ConnectionLimitLayer,
+    login::{AfterFailure, Login, LoginSession},
+    peer_limit::PeerLimitLayer,
+};
+
+use support::*;
+
+const TOKEN: &str = "a-long-random-admin-token";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn admin(login: &Login) -> Router {
+    Admin::builder()
+        .token(TOKEN)
+        .login(login)
+        .build()
+        .unwrap()
+        .router()
+}
+
+/// A request with the right token.
+fn request(method: Method, path: &str, body: &str) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_owned()))
+        .unwrap()
+}
+
+fn get(path: &str) -> Request<Body> {
+    request(Method::GET, path, "")
+}
+
+/// The answer's status and body, as JSON if it is.
+async fn call(router: &Router, request: Request<Body>) -> (StatusCode, Value) {
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+    (status, json)
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_data_route_needs_the_token() {
+    let login = Login::builder().build().unwrap();
+    let router = Admin::builder()
+        .token(TOKEN)
+        .login(&login)
+        .metrics(|| "# nothing\n".to_owned())
+        .build()
+        .unwrap()
+        .router();
+    let routes = [
+        (Method::GET, "/stats"),
+        (Method::GET, "/stats/history"),
+        (Method::GET, "/bans"),
+        (Method::POST, "/bans"),
+        (Method::DELETE, "/bans/192.0.2.1"),
+        (Method::GET, "/peers"),
+        (Method::GET, "/metrics"),
+    ];
+    for (method, path) in &routes {
+        for authorization in [
+            None,
+            Some("Bearer wrong-token"),
+            Some("Bearer a-long-random-admin-toke"),
+            Some("Basic YWRtaW46YWRtaW4="),
+        ] {
+            let mut request = Request::builder().method(method.clone()).uri(*path);
+            if let Some(authorization) = authorization {
+                request = request.header(header::AUTHORIZATION, authorization);
+            }
+            let response = router
+                .clone()
+                .oneshot(
+                    request
+                        .body(Body::from(r#"{"target":"192.0.2.1","seconds":60}"#))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with {authorization:?}"
+            );
+            assert!(response.headers().contains_key(header::WWW_AUTHENTICATE));
+        }
+    }
+    // Nothing was banned or lifted by the refused requests.
+    assert!(login.bans().list().is_empty());
+    for (method, path) in routes {
+        let (status, _) = call(
+            &router,
+            request(
+                method.clone(),
+                path,
+                r#"{"target":"192.0.2.1","seconds":60}"#,
+            ),
+        )
+        .await;
+        assert!(status.is_success(), "{method} {path}: {status}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_page_needs_no_token_and_holds_no_data() {
+    let login = Login::builder().build().unwrap();
+    login
+        .bans()
+        .ban(ip("192.0.2.77"), Duration::from_secs(600))
+        .unwrap();
+    let router = admin(&login);
+    for path in ["/", "/dashboard.js", "/dashboard.css"] {
+        let response = router
+            .clone()
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let headers = response.headers();
+        let policy = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(policy.contains("default-src 'none'"), "{policy}");
+        assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        assert!(!body.contains("192.0.2.77"), "{path} holds data");
+        assert!(!body.contains("{{BASE}}"), "{path}");
+    }
+    // At the root, the page's links start beside it; nested, under its path.
+    let (_, page) = call(&router, get("/")).await;
+    assert!(page.as_str().unwrap().contains(r#"<base href="./">"#));
+    let nested = Router::new().nest("/ops/admin", router);
+    let (status, page) = call(&nested, get("/ops/admin")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.as_str()
+            .unwrap()
+            .contains(r#"<base href="/ops/admin/">"#)
+    );
+    let (status, _) = call(&nested, get("/ops/admin/bans")).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_ban_made_on_the_page_is_listed_with_its_reason_and_lifted() {
+    let login = Login::builder().build().unwrap();
+    let router = admin(&login);
+    let bans = login.bans();
+
+    let (status, body) = call(
+        &router,
+        request(
+            Method::POST,
+            "/bans",
+            r#"{"target": "203.0.113.7", "seconds": 600, "reason": "scanner"}"#,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["banned"], "203.0.113.7/32");
+    assert!(bans.banned_for(ip("203.0.113.7")).is_some());
+
+    let (status, body) = call(
+        &router,
+        request(
+            Method::POST,
+            "/bans",
+            r#"{"target": "198.51.100.0/24", "seconds": 60}"#,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert!(bans.banned_for(ip("198.51.100.9")).is_some());
+
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let (status, body) = call(&router, get("/bans")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["total"], 2);
+    let listed = body["bans"].as_array().unwrap();
+    let scanner = listed
+        .iter()
+        .find(|ban| ban["target"] == "203.0.113.7/32")
+        .expect("listed");
+    assert_eq!(scanner["reason"], "scanner");
+    assert_eq!(scanner["offences"], 1);
+    assert_eq!(
+        scanner["remaining_seconds"].as_f64().unwrap().round(),
+        590.0
+    );
+    let network = listed
+        .iter()
+        .find(|ban| ban["target"] == "198.51.100.0/24")
+        .expect("listed");
+    assert_eq!(network["reason"], Value::Null);
+
+    // As the dashboard sends it (encoded), and as a person types it.
+    let (status, body) = call(
+        &router,
+        request(Method::DELETE, "/bans/203.0.113.7%2F32", ""),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["unbanned"], "203.0.113.7/32");
+    assert!(bans.banned_for(ip("203.0.113.7")).is_none());
+    let (status, _) = call(
+        &router,
+        request(Method::DELETE, "/bans/198.51.100.0/24", ""),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(bans.list().is_empty());
+
+    let (status, body) = call(&router, request(Method::DELETE, "/bans/203.0.113.7", "")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("no ban on 203.0.113.7/32")
+    );
+
+    // Banned again by other means, the old reason is not shown.
+    bans.ban(ip("203.0.113.7"), Duration::from_secs(30))
+        .unwrap();
+    let (_, body) = call(&router, get("/bans")).await;
+    assert_eq!(body["bans"][0]["reason"], Value::Null);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bad_ban_requests_are_refused_with_a_message_and_change_nothing() {
+    let login = Login::builder().build().unwrap();
+    let router = admin(&login);
+    for body in [
+        "",
+        "not json",
+        r#"{"target": "192.0.2.1"}"#,
+        r#"{"target": "192.0.2.1", "seconds": 60, "unknown": true}"#,
+        r#"{"target": "192.0.2.1", "seconds": 0}"#,
+        r#"{"target": "192.0.2.1", "seconds": -5}"#,
+        r#"{"target": "192.0.2.1/40", "seconds": 60}"#,
+        r#"{"target": "<script>", "seconds": 60}"#,
+        r#"{"target": "192.0.2.1", "seconds": 60, "reason": "line\nbreak"}"#,
+    ] {
+        let (status, answer) = call(&router, request(Method::POST, "/bans", body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(!answer["error"].as_str().unwrap().is_empty(), "{body}");
+    }
+    for target in ["not-an-address", "192.0.2.1/99"] {
+        let (status, _) = call(
+            &router,
+            request(Method::DELETE, &format!("/bans/{target}"), ""),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{target}");
+    }
+    let huge = format!(
+        r#"{{"target": "192.0.2.1", "seconds": 60, "reason": "{}"}}"#,
+        "x".repeat(100_000)
+    );
+    let (status, _) = call(&router, request(Method::POST, "/bans", &huge)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    for query in ["top=0", "top=101", "top=x", "other=1"] {
+        let (status, _) = call(&router, get(&format!("/peers?{query}"))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
+    }
+    assert!(login.bans().list().is_empty());
+}
+
+/// Holds a connection from `peer` open under `layer` until the test ends.
+fn hold(layer: &PeerLimitLayer, peer: &str) {
+    let (conn, client) = duplex_conn(peer);
+    let service = layer.layer(service_fn(|_: Conn<DuplexStream>| async {
+        std::future::pending::<std::io::Result<()>>().await
+    }));
+    tokio::spawn(async move {
+        let _client = client;
+        service.oneshot(conn).await
+    });
+}
+
+/// Fails one login from `peer`, on a connection under `login`'s session layer.
+async fn fail_login(login: &Login, peer: &str) {
+    let (conn, client) = duplex_conn(peer);
+    let service = login
+        .ban_layer()
+        .layer(login.session_layer().layer(service_fn(
+            |mut conn: Conn<DuplexStream>| async move {
+                let session = conn.extensions_mut().remove::<LoginSession>().unwrap();
+                let mut io = conn.into_io();
+                io.write_all(b"DENIED\n").await?;
+                assert_eq!(session.failed(), AfterFailure::Closing);
+                Ok::<_, BoxError>(())
+            },
+        )));
+    let connection = tokio::spawn(service.oneshot(conn));
+    let mut line = String::new();
+    BufReader::new(client).read_line(&mut line).await.unwrap();
+    within(PATIENCE, connection).await.unwrap().ok();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_top_peers_come_most_first() {
+    let per_peer = PeerLimitLayer::builder(100).build().unwrap();
+    let login = Login::builder().max_failures(5).build().unwrap();
+    for (peer, connections) in [
+        ("192.0.2.1", 2),
+        ("192.0.2.2", 5),
+        ("192.0.2.3", 1),
+        ("192.0.2.4", 3),
+    ] {
+        for port in 0..connections {
+            hold(&per_peer, &format!("{peer}:{}", 1000 + port));
+        }
+    }
+    for (peer, failures) in [
+        ("198.51.100.1", 1),
+        ("198.51.100.2", 3),
+        ("198.51.100.3", 2),
+    ] {
+        for port in 0..failures {
+            fail_login(&login, &format!("{peer}:{}", 2000 + port)).await;
+        }
+    }
+    // Past bans: 203.0.113.9 three times, 203.0.113.8 once.
+    login
+        .bans()
+        .import("203.0.113.8/32 600 1\n203.0.113.9/32 600 3\n")
+        .unwrap();
+    tokio::task::yield_now().await;
+
+    let router = Admin::builder()
+        .token(TOKEN)
+        .login(&login)
+        .peer_limit(&per_peer)
+        .build()
+        .unwrap()
+        .router();
+    let (status, body) = call(&router, get("/peers?top=3")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let peers = |list: &str, field: &str| -> Vec<(String, Value)> {
+        body[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|peer| {
+                (
+                    peer["peer"].as_str().unwrap().to_owned(),
+                    peer[field].clone(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        peers("by_connections", "connections"),
+        [
+            ("192.0.2.2/32".to_owned(), Value::from(5)),
+            ("192.0.2.4/32".to_owned(), Value::from(3)),
+            ("192.0.2.1/32".to_owned(), Value::from(2)),
+        ]
+    );
+    let offences = peers("by_offences", "toward_ban");
+    let order: Vec<&str> = offences.iter().map(|(peer, _)| peer.as_str()).collect();
+    assert_eq!(
+        order,
+        ["198.51.100.2/32", "198.51.100.3/32", "198.51.100.1/32"]
+    );
+    assert_eq!(offences[0].1.as_f64().unwrap(), 0.6);
+    let by_bans = peers("by_bans", "bans");
+    assert_eq!(
+        by_bans,
+        [
+            ("203.0.113.9/32".to_owned(), Value::from(3)),
+            ("203.0.113.8/32".to_owned(), Value::from(1)),
+        ]
+    );
+    assert!(body["by_bans"][0]["banned_seconds"].as_f64().unwrap() > 590.0);
+
+    // The figures add the layers up.
+    let (_, stats) = call(&router, get("/stats")).await;
+    assert_eq!(stats["totals"]["banned"], 2);
+    assert_eq!(stats["totals"]["live"], Value::Null);
+    assert_eq!(stats["peer_limit"]["tracked_peers"], 4);
+    assert_eq!(stats["login"]["failed_logins"], 6);
+    assert_eq!(stats["login"]["evicted_after_failures"], 6);
+    assert_eq!(stats["totals"]["evicted"], 6);
+    assert_eq!(stats["connection_limit"], Value::Null);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_history_shows_the_refusals_of_each_second() {
+    let limit = ConnectionLimitLayer::builder(1).build().unwrap();
+    let router = Admin::builder()
+        .token(TOKEN)
+        .connection_limit(&limit)
+        .build()
+        .unwrap()
+        .router();
+    let service = limit.layer(service_fn(|_: Conn<DuplexStream>| async {
+        std::future::pending::<std::io::Result<()>>().await
+    }));
+    let (held, _client) = duplex_conn("192.0.2.1:1");
+    tokio::spawn(service.clone().oneshot(held));
+    tokio::task::yield_now().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for _ in 0..3 {
+        let (refused, _client) = duplex_conn("192.0.2.2:1");
+        assert!(service.clone().oneshot(refused).await.is_err());
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let (status, body) = call(&router, get("/stats/history")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let samples = body["samples"].as_array().unwrap();
+    assert!(samples.len() >= 3, "{body}");
+    let refused: u64 = samples.iter().map(|s| s["refused"].as_u64().unwrap()).sum();
+    assert_eq!(refused, 3, "{body}");
+    assert!(samples.iter().all(|s| s["live"] == 1), "{body}");
+    let ages: Vec<f64> = samples
+        .iter()
+        .map(|s| s["age_seconds"].as_f64().unwrap())
+        .collect();
+    assert!(
+        ages.windows(2).all(|pair| pair[0] > pair[1]),
+        "oldest first: {ages:?}"
+    );
+
+    let (_, stats) = call(&router, get("/stats")).await;
+    assert_eq!(stats["totals"]["refused"], 3);
+    assert_eq!(stats["totals"]["banned"], Value::Null);
+    let (status, body) = call(&router, get("/bans")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("AdminBuilder::login")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn metrics_are_rendered_on_each_scrape_or_missing_clearly() {
+    let scrapes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = scrapes.clone();
+    let router = Admin::builder()
+        .token(TOKEN)
+        .metrics(move || {
+            let n = counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            format!("# TYPE scrapes counter\nscrapes_total {n}\n")
+        })
+        .build()
+        .unwrap()
+        .router();
+    let response = router.clone().oneshot(get("/metrics")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let (_, body) = call(&router, get("/metrics")).await;
+    assert_eq!(body, "# TYPE scrapes counter\nscrapes_total 2\n");
+
+    let without = Admin::builder().token(TOKEN).build().unwrap().router();
+    let (status, body) = call(&without, get("/metrics")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("AdminBuilder::metrics")
+    );
+}
+
+#[tokio::test]
+async fn without_a_token_it_serves_on_loopback_only() {
+    // Any address not loopback, even one that cannot be bound here, is refused before
+    // binding, naming the address.
+    let open = Admin::builder().build().unwrap();
+    let error = open
+        .clone()
+        .bind("0.0.0.0:0".parse().unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, AdminError::NoToken { .. }), "{error}");
+    assert!(error.to_string().contains("0.0.0.0:0"), "{error}");
+    let wildcard = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let wildcard_addr = wildcard.local_addr().unwrap();
+    let error = open.clone().serve(wildcard).unwrap_err();
+    assert!(
+        error.to_string().contains(&wildcard_addr.to_string()),
+        "{error}"
+    );
+
+    // On loopback it serves, and so does a page with a token anywhere.
+    let server = open.bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = server.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(
+        server
+            .with_graceful_shutdown(async {
+                stopped.await.ok();
+            })
+            .into_future(),
+    );
+    let stream = within(PATIENCE, tokio::net::TcpStream::connect(addr))
+        .await
+        .unwrap();
+    let mut client = Http1Client::connect(stream).await;
+    let answer = within(PATIENCE, client.get("/stats")).await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    stop.send(()).unwrap();
+    within(PATIENCE, running).await.unwrap().unwrap();
+
+    let guarded = Admin::builder().token(TOKEN).build().unwrap();
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    assert!(guarded.serve(listener).is_ok());
+}
