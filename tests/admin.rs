@@ -236,6 +236,27 @@ async fn a_ban_made_on_the_page_is_listed_with_its_reason_and_lifted() {
     assert_eq!(status, StatusCode::OK);
     assert!(bans.list().is_empty());
 
+    // An IPv6 address bans its /64, listed and lifted as such.
+    let (status, body) = call(
+        &router,
+        request(
+            Method::POST,
+            "/bans",
+            r#"{"target": "2001:db8:0:1::7", "seconds": 60}"#,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["banned"], "2001:db8:0:1::/64");
+    assert!(bans.banned_for(ip("2001:db8:0:1::99")).is_some());
+    let (status, _) = call(
+        &router,
+        request(Method::DELETE, "/bans/2001%3Adb8%3A0%3A1%3A%3A%2F64", ""),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(bans.list().is_empty());
+
     let (status, body) = call(&router, request(Method::DELETE, "/bans/203.0.113.7", "")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(

@@ -124,7 +124,7 @@
     for (let minutes = 0; minutes <= 10; minutes += 2) {
       const at = x(minutes * 60);
       chart.append(svg('line', { class: 'grid', x1: at, x2: at, y1: top, y2: top + plotHeight }));
-      chart.append(svg('text', { class: 'axis', x: at, y: height - 6, 'text-anchor': minutes === 0 ? 'end' : 'middle' },
+      chart.append(svg('text', { class: 'axis', x: at, y: height - 6, 'text-anchor': minutes === 0 ? 'end' : (minutes === 10 ? 'start' : 'middle') },
         minutes === 0 ? 'now' : '-' + minutes + ' min'));
     }
     chart.append(svg('line', { class: 'grid', x1: left, x2: left + plotWidth, y1: top + plotHeight, y2: top + plotHeight }));

@@ -118,6 +118,30 @@ impl PeerLimitLayer {
     /// Walks the whole table, one shard at a time, each locked only while its share is
     /// read (as long as a few connections' admission): O(tracked peers · log n). For an
     /// operator's page, not for every connection.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use tower::{Layer, ServiceExt, service_fn};
+    /// use tower_bouncer::{Conn, peer_limit::PeerLimitLayer};
+    ///
+    /// let per_peer = PeerLimitLayer::builder(10).build().expect("a valid limit");
+    /// let (io, _client) = tokio::io::duplex(64);
+    /// let conn = Conn::new(io, "192.0.2.7:4000".parse().unwrap(), "127.0.0.1:80".parse().unwrap());
+    /// let (seen, mut listed) = tokio::sync::mpsc::unbounded_channel();
+    /// let layer = per_peer.clone();
+    /// let service = per_peer.layer(service_fn(move |_: Conn<tokio::io::DuplexStream>| {
+    ///     // While the connection is served, its peer is listed.
+    ///     seen.send(layer.top_peers(20)).ok();
+    ///     async { Ok::<_, std::io::Error>(()) }
+    /// }));
+    /// service.oneshot(conn).await.unwrap();
+    /// let top = listed.recv().await.unwrap();
+    /// assert_eq!(top[0].key.to_string(), "192.0.2.7/32");
+    /// assert_eq!(top[0].connections, 1);
+    /// assert!(per_peer.top_peers(20).is_empty(), "gone with its connection");
+    /// # }
+    /// ```
     #[cfg(feature = "admin")]
     pub fn top_peers(&self, n: usize) -> Vec<PeerConnections> {
         let shared = &self.shared;
