@@ -20,7 +20,10 @@ use tower_bouncer::{
     admin::{Admin, AdminError},
     limit::ConnectionLimitLayer,
     login::{AfterFailure, Login, LoginSession},
+    overload::Overload,
     peer_limit::PeerLimitLayer,
+    rate_limit::{Rate, RateLimitLayer},
+    timeout::TimeoutLayer,
 };
 
 use support::*;
@@ -482,6 +485,54 @@ async fn the_history_shows_the_refusals_of_each_second() {
             .unwrap()
             .contains("AdminBuilder::login")
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_figures_have_a_section_for_each_layer_given() {
+    let login = Login::builder().build().unwrap();
+    let overload = Overload::builder().build().unwrap();
+    let total = ConnectionLimitLayer::builder(10)
+        .overload(&overload)
+        .build()
+        .unwrap();
+    let rate = RateLimitLayer::builder()
+        .per_peer(Rate::per_second(5))
+        .build()
+        .unwrap();
+    let timeouts = TimeoutLayer::builder()
+        .idle(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let per_peer = PeerLimitLayer::builder(4).build().unwrap();
+    let router = Admin::builder()
+        .token(TOKEN)
+        .login(&login)
+        .peer_limit(&per_peer)
+        .connection_limit(&total)
+        .rate_limit(&rate)
+        .timeouts(&timeouts)
+        .overload(&overload)
+        .build()
+        .unwrap()
+        .router();
+    let (status, stats) = call(&router, get("/stats")).await;
+    assert_eq!(status, StatusCode::OK);
+    for section in [
+        "login",
+        "peer_limit",
+        "connection_limit",
+        "rate_limit",
+        "timeouts",
+        "overload",
+    ] {
+        assert!(stats[section].is_object(), "{section}: {stats}");
+    }
+    assert_eq!(stats["connection_limit"]["limit"], 10);
+    assert_eq!(stats["totals"]["live"], 0);
+    assert_eq!(stats["totals"]["banned"], 0);
+    assert!(stats["totals"]["pressure"].is_f64(), "{stats}");
+    assert_eq!(stats["timeouts"]["idle"], 0);
+    assert_eq!(stats["rate_limit"]["refused_peer_rate"], 0);
 }
 
 #[tokio::test(start_paused = true)]

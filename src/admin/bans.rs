@@ -109,7 +109,11 @@ pub(super) async fn list(State(shared): State<Arc<Shared>>) -> Response {
                 "target": ban.key.to_string(),
                 "remaining_seconds": ban.remaining.as_secs_f64(),
                 "offences": ban.offences,
-                "reason": shared.reasons.of(&ban.key, now + ban.remaining),
+                // A ban too long for the clock has no reason from here: the page's
+                // bans are a year at most.
+                "reason": now
+                    .checked_add(ban.remaining)
+                    .and_then(|until| shared.reasons.of(&ban.key, until)),
             })
         })
         .collect();
