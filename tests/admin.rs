@@ -535,6 +535,38 @@ async fn the_figures_have_a_section_for_each_layer_given() {
     assert_eq!(stats["rate_limit"]["refused_peer_rate"], 0);
 }
 
+#[cfg(feature = "bouncer")]
+#[tokio::test]
+async fn a_bouncer_gives_the_page_every_layer() {
+    let bouncer = tower_bouncer::bouncer::Bouncer::new().unwrap();
+    let router = Admin::builder()
+        .token(TOKEN)
+        .bouncer(&bouncer)
+        .build()
+        .unwrap()
+        .router();
+    bouncer
+        .login()
+        .bans()
+        .ban(ip("192.0.2.5"), Duration::from_secs(60))
+        .unwrap();
+    let (_, stats) = call(&router, get("/stats")).await;
+    for section in [
+        "login",
+        "peer_limit",
+        "connection_limit",
+        "rate_limit",
+        "timeouts",
+        "overload",
+    ] {
+        assert!(stats[section].is_object(), "{section}: {stats}");
+    }
+    assert_eq!(stats["totals"]["banned"], 1);
+    let (_, peers) = call(&router, get("/peers")).await;
+    assert!(peers["by_connections"].is_array(), "{peers}");
+    assert_eq!(peers["by_bans"][0]["peer"], "192.0.2.5/32");
+}
+
 #[tokio::test(start_paused = true)]
 async fn metrics_are_rendered_on_each_scrape_or_missing_clearly() {
     let scrapes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));

@@ -56,6 +56,9 @@
 //! # }
 //! ```
 //!
+//! With a [`Bouncer`](crate::bouncer::Bouncer) (feature `bouncer`),
+//! `Admin::builder().bouncer(&bouncer)` gives the page every layer it holds.
+//!
 //! Or mount [`Admin::router`] in an axum application of your own: nested at a path
 //! (`Router::new().nest("/admin", admin.router())`), the dashboard finds its routes
 //! under that path.
@@ -170,6 +173,21 @@ impl AdminBuilder {
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
         self
+    }
+
+    /// Every layer of `bouncer`: as [`login`](Self::login),
+    /// [`peer_limit`](Self::peer_limit), [`connection_limit`](Self::connection_limit),
+    /// [`rate_limit`](Self::rate_limit), [`timeouts`](Self::timeouts) and
+    /// [`overload`](Self::overload) with each of its layers. A reload changes those
+    /// layers in place, so the page goes on reading them.
+    #[cfg(feature = "bouncer")]
+    pub fn bouncer(self, bouncer: &crate::bouncer::Bouncer) -> Self {
+        self.login(bouncer.login())
+            .peer_limit(bouncer.peer_limit())
+            .connection_limit(bouncer.connection_limit())
+            .rate_limit(bouncer.rate_limit())
+            .timeouts(bouncer.timeouts())
+            .overload(bouncer.overload())
     }
 
     /// The login layers: `/bans`, the offenders in `/peers`, and their figures.
