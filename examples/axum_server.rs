@@ -35,5 +35,6 @@ async fn main() {
     let bouncer = common::bouncer(&args, axum_app::refusals());
     let shutdown = common::shutdown_signal();
     let listener = common::bind(args.addr).await;
+    common::serve_admin(&args, bouncer.as_ref()).await;
     axum_app::serve(listener, bouncer.as_ref(), shutdown).await;
 }

@@ -36,5 +36,6 @@ async fn main() {
     let bouncer = common::bouncer(&args, login_protocol::refusals());
     let shutdown = common::shutdown_signal();
     let listener = common::bind(args.addr).await;
+    common::serve_admin(&args, bouncer.as_ref()).await;
     login_protocol::serve(listener, bouncer.as_ref(), shutdown).await;
 }

@@ -34,6 +34,7 @@ async fn main() {
     let bouncer = common::bouncer(&args, Refusals::Silent);
     let shutdown = common::shutdown_signal();
     let listener = common::bind(args.addr).await;
+    common::serve_admin(&args, bouncer.as_ref()).await;
 
     let (_reporter, health) = tonic_health::server::health_reporter();
     let health = InterceptedService::new(health, require_token);

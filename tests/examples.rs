@@ -63,7 +63,7 @@ fn only_login_server_takes_a_login_timeout() {
 }
 
 /// The flags of the examples' command-line contract that all three take.
-const CONTRACT_FLAGS: [&str; 28] = [
+const CONTRACT_FLAGS: [&str; 30] = [
     "--addr",
     "--unprotected",
     "--max-connections",
@@ -92,6 +92,8 @@ const CONTRACT_FLAGS: [&str; 28] = [
     "--redis",
     "--redis-prefix",
     "--config",
+    "--admin-addr",
+    "--admin-token",
 ];
 
 #[test]

@@ -117,6 +117,7 @@ fn config_file(argv: &[String]) -> Option<std::path::PathBuf> {
 /// one in force kept.
 pub fn bouncer(args: &Args, refusals: Refusals) -> Option<Bouncer> {
     if args.unprotected {
+        args.protection.check();
         return None;
     }
     let bouncer = args.protection.bouncer(refusals);
@@ -193,6 +194,39 @@ pub async fn bind(addr: SocketAddr) -> TcpListener {
         .and_then(|()| stdout.flush())
         .ok();
     listener
+}
+
+/// Serves the admin page on `--admin-addr` (or `admin.addr`), if given, and prints
+/// `admin on IP:PORT` as stdout's second line. Unprotected, the page has no layer to
+/// show and serves its metrics alone.
+pub async fn serve_admin(args: &Args, bouncer: Option<&Bouncer>) {
+    #[cfg(feature = "admin")]
+    {
+        use std::future::IntoFuture;
+
+        let config = &args.protection.config;
+        let Some(addr) = config.admin.addr else {
+            return;
+        };
+        let builder = match bouncer {
+            Some(bouncer) => bouncer.admin(),
+            None => match &config.admin.token {
+                Some(token) => tower_bouncer::admin::Admin::builder().token(token.clone()),
+                None => tower_bouncer::admin::Admin::builder(),
+            },
+        };
+        let admin = builder
+            .build()
+            .unwrap_or_else(|error| fail(format_args!("`admin.token` (--admin-token): {error}")));
+        let server = admin.bind(addr).await.unwrap_or_else(|error| fail(error));
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "admin on {}", server.local_addr())
+            .and_then(|()| stdout.flush())
+            .ok();
+        tokio::spawn(server.into_future());
+    }
+    #[cfg(not(feature = "admin"))]
+    let _ = (args, bouncer);
 }
 
 /// Completes on SIGINT or SIGTERM. The handlers are installed when this is called, so

@@ -69,6 +69,11 @@ pub const USAGE: &str =
                         on this Redis (redis:// or rediss://; needs the `redis` feature)
   --redis-prefix P      the Redis key prefix this service's replicas share
                         (default tower-bouncer)
+  --admin-addr IP:PORT  serve the admin page (bans, top peers, figures, /metrics) on this
+                        private address; stdout's second line is `admin on IP:PORT`
+                        (needs the `admin` feature)
+  --admin-token T       the bearer token the admin page's data needs (required on any
+                        address but loopback)
   --config FILE         every setting above from a TOML file (a sample with every key at
                         its default: examples/bouncer.toml); flags given too override it;
                         SIGHUP reads it (and the TLS files) again";
@@ -104,6 +109,8 @@ pub const FLAG_KEYS: &[(&str, &str)] = &[
     ("--tls-handshake-timeout", "tls.handshake_timeout"),
     ("--redis", "fleet.redis"),
     ("--redis-prefix", "fleet.prefix"),
+    ("--admin-addr", "admin.addr"),
+    ("--admin-token", "admin.token"),
 ];
 
 /// The protection settings: the crate's defaults, then the `--config` file, then the
@@ -193,6 +200,14 @@ impl Protection {
             "--redis" | "--redis-prefix" => super::fail(format_args!(
                 "`{flag}` needs Redis: build the examples with `--features redis`"
             )),
+            #[cfg(feature = "admin")]
+            "--admin-addr" => config.admin.addr = Some(value(flag, argv.next())),
+            #[cfg(feature = "admin")]
+            "--admin-token" => config.admin.token = Some(value(flag, argv.next())),
+            #[cfg(not(feature = "admin"))]
+            "--admin-addr" | "--admin-token" => super::fail(format_args!(
+                "`{flag}` needs the admin page: build the examples with `--features admin`"
+            )),
             _ => return false,
         }
         true
@@ -204,14 +219,25 @@ impl Protection {
         Bouncer::builder(self.config.clone())
             .refusals(refusals)
             .build()
-            .unwrap_or_else(|error| {
-                let flag = FLAG_KEYS
-                    .iter()
-                    .find(|(_, key)| *key == error.key())
-                    .map_or(String::new(), |(flag, _)| format!(" ({flag})"));
-                super::fail(format_args!("`{}`{flag}: {}", error.key(), error.reason()))
-            })
+            .unwrap_or_else(|error| fail_setting(&error))
     }
+
+    /// Ends the process, as [`bouncer`](Self::bouncer) does, if a setting cannot work:
+    /// for a server that builds no bouncer (`--unprotected`) but serves the admin page.
+    pub fn check(&self) {
+        if let Err(error) = self.config.validate() {
+            fail_setting(&error);
+        }
+    }
+}
+
+/// A one-line error naming the setting's key and its flag, and exit status 2.
+fn fail_setting(error: &tower_bouncer::bouncer::SettingError) -> ! {
+    let flag = FLAG_KEYS
+        .iter()
+        .find(|(_, key)| *key == error.key())
+        .map_or(String::new(), |(flag, _)| format!(" ({flag})"));
+    super::fail(format_args!("`{}`{flag}: {}", error.key(), error.reason()))
 }
 
 /// A duration flag's value: seconds, fractions allowed.

@@ -1,7 +1,7 @@
 //! The settings of a [`Bouncer`](super::Bouncer), in the sections and keys of its
 //! configuration file.
 
-use std::{fmt, path::PathBuf, time::Duration};
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 use ipnet::IpNet;
 
@@ -50,6 +50,9 @@ pub struct BouncerConfig {
     pub tls: Tls,
     /// `[fleet]`: bans and offences shared with the other replicas (feature `redis`).
     pub fleet: Fleet,
+    /// `[admin]`: where the operator's page is served (feature `admin`), by the
+    /// application (`Bouncer::admin`).
+    pub admin: Admin,
 }
 
 /// `[connections]`.
@@ -326,6 +329,23 @@ pub struct Fleet {
     pub prefix: Option<String>,
 }
 
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq, Default)]
+#[cfg_attr(
+    feature = "config",
+    derive(Deserialize),
+    serde(default, deny_unknown_fields)
+)]
+#[non_exhaustive]
+pub struct Admin {
+    /// `addr`: the private address of the admin page (`"127.0.0.1:9000"`). None by
+    /// default: no admin page.
+    pub addr: Option<SocketAddr>,
+    /// `token`: the bearer token every request to the page's data needs; required on
+    /// any address but loopback.
+    pub token: Option<String>,
+}
+
 /// A setting that cannot work, named by its key in the configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SettingError {
@@ -431,6 +451,20 @@ impl BouncerConfig {
         }
         if self.fleet.prefix.is_some() && self.fleet.redis.is_none() {
             return Err(SettingError::new("fleet.prefix", "needs `fleet.redis`"));
+        }
+        if let Some(addr) = self.admin.addr {
+            if !cfg!(feature = "admin") {
+                return Err(SettingError::new("admin.addr", "needs the `admin` feature"));
+            }
+            if !addr.ip().is_loopback() && self.admin.token.is_none() {
+                return Err(SettingError::new(
+                    "admin.token",
+                    format_args!("required to serve the admin page on {addr}, not loopback"),
+                ));
+            }
+        }
+        if self.admin.token.as_deref() == Some("") {
+            return Err(SettingError::new("admin.token", "must not be empty"));
         }
         Ok(())
     }

@@ -486,7 +486,8 @@ impl Bouncer {
     /// new ones wait for room. Checked whole before anything changes: a reload that
     /// cannot work changes nothing and says why, by key. What the running server is
     /// built around needs a restart: the IPv6 prefix, backpressure, the PROXY
-    /// protocol, TLS on or off and its handshake timeout, the kernel filter, the fleet.
+    /// protocol, TLS on or off and its handshake timeout, the kernel filter, the fleet,
+    /// the admin page.
     ///
     /// ```no_run
     /// # fn run(bouncer: tower_bouncer::bouncer::Bouncer) -> Result<(), Box<dyn std::error::Error>> {
@@ -532,6 +533,7 @@ impl Bouncer {
         )?;
         restart("bans.kernel", old.bans.kernel == config.bans.kernel)?;
         restart("fleet", old.fleet == config.fleet)?;
+        restart("admin", old.admin == config.admin)?;
         // The one part that can fail on what it reads: before anything changes.
         #[cfg(feature = "tls")]
         if let (Some(tls), Some(chain), Some(key)) = (&self.tls, &config.tls.cert, &config.tls.key)
@@ -607,6 +609,30 @@ impl Bouncer {
     #[cfg(feature = "tls")]
     pub fn tls(&self) -> Option<(&crate::tls::TlsLayer, &crate::tls::ServerCertificate)> {
         self.tls.as_ref().map(|tls| (&tls.layer, &tls.certificate))
+    }
+
+    /// The operator's page over every layer, with the `admin.token` of the
+    /// configuration; serve it on `admin.addr` (feature `admin`):
+    ///
+    /// ```no_run
+    /// # async fn run(bouncer: tower_bouncer::bouncer::Bouncer) -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::future::IntoFuture;
+    ///
+    /// if let Some(addr) = bouncer.config().admin.addr {
+    ///     // With `metrics-exporter-prometheus`: `.metrics(move || handle.render())`.
+    ///     let admin = bouncer.admin().build()?.bind(addr).await?;
+    ///     tokio::spawn(admin.into_future());
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "admin")]
+    pub fn admin(&self) -> crate::admin::AdminBuilder {
+        let admin = crate::admin::Admin::builder().bouncer(self);
+        match &self.config().admin.token {
+            Some(token) => admin.token(token.clone()),
+            None => admin,
+        }
     }
 
     /// The fleet the bans are shared with, when `fleet.redis` is set.

@@ -23,6 +23,8 @@ pub fn example_path(name: &str) -> PathBuf {
 /// A running example server, killed if the test fails before stopping it.
 pub struct Example {
     child: Option<Child>,
+    /// The rest of its stdout, after the `listening on` line.
+    stdout: BufReader<tokio::process::ChildStdout>,
     pub addr: SocketAddr,
 }
 
@@ -36,8 +38,9 @@ impl Example {
             .spawn()
             .unwrap_or_else(|error| panic!("cannot start example {name}: {error}"));
         let stdout = tokio::process::ChildStdout::from_std(child.stdout.take().unwrap()).unwrap();
+        let mut stdout = BufReader::new(stdout);
         let mut first_line = String::new();
-        within(PATIENCE, BufReader::new(stdout).read_line(&mut first_line))
+        within(PATIENCE, stdout.read_line(&mut first_line))
             .await
             .unwrap();
         let addr = first_line
@@ -49,8 +52,22 @@ impl Example {
         assert_ne!(addr.port(), 0, "the real bound port is printed");
         Self {
             child: Some(child),
+            stdout,
             addr,
         }
+    }
+
+    /// The address of the admin page, from stdout's second line, `admin on IP:PORT`.
+    pub async fn admin_addr(&mut self) -> SocketAddr {
+        let mut line = String::new();
+        within(PATIENCE, self.stdout.read_line(&mut line))
+            .await
+            .unwrap();
+        line.strip_suffix('\n')
+            .and_then(|line| line.strip_prefix("admin on "))
+            .unwrap_or_else(|| panic!("unexpected second line {line:?}"))
+            .parse()
+            .unwrap()
     }
 
     /// The server's process id.

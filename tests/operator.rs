@@ -1,0 +1,131 @@
+//! The operator's view of the example servers, from outside the process: the admin
+//! page on `--admin-addr` (the second stdout line), its token, and bans lifted from it.
+
+mod support;
+
+use std::{net::SocketAddr, process::Command, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use support::{example::*, *};
+
+const EXAMPLES: [&str; 3] = ["axum_server", "login_server", "tonic_server"];
+const TOKEN: &str = "an-operator-token-of-some-length";
+
+/// One HTTP/1.1 request to the admin page; the status and the body.
+async fn admin(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut stream = within(PATIENCE, TcpStream::connect(addr)).await.unwrap();
+    let authorization = token.map_or(String::new(), |token| {
+        format!("authorization: Bearer {token}\r\n")
+    });
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: admin\r\n{authorization}connection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    within(PATIENCE, stream.read_to_string(&mut response))
+        .await
+        .unwrap();
+    let status = response
+        .get(9..12)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, body)| body.to_owned());
+    (status, body)
+}
+
+#[tokio::test]
+async fn every_example_serves_its_admin_page_behind_the_token() {
+    for name in EXAMPLES {
+        for mode in [&[][..], &["--unprotected"][..]] {
+            let mut args = vec!["--admin-addr", "127.0.0.1:0", "--admin-token", TOKEN];
+            args.extend(mode);
+            let mut server = Example::start(name, &args).await;
+            let page = server.admin_addr().await;
+            assert!(
+                page.ip().is_loopback() && page.port() != 0,
+                "{name}: {page}"
+            );
+            let (status, html) = admin(page, "GET", "/", None).await;
+            assert_eq!(status, 200, "{name} {mode:?}");
+            assert!(html.contains("<html"), "{name}: {html}");
+            assert_eq!(admin(page, "GET", "/stats", None).await.0, 401, "{name}");
+            assert_eq!(
+                admin(page, "GET", "/stats", Some("a-wrong-token")).await.0,
+                401
+            );
+            let (status, stats) = admin(page, "GET", "/stats", Some(TOKEN)).await;
+            assert_eq!(status, 200, "{name} {mode:?}: {stats}");
+            server.stop().await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_ban_from_a_login_flood_is_seen_and_lifted_on_the_admin_page() {
+    let file =
+        std::env::temp_dir().join(format!("tower-bouncer-{}-admin.toml", std::process::id()));
+    // The page's address and token from the configuration file.
+    std::fs::write(
+        &file,
+        format!(
+            "[admin]\naddr = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\n[bans]\nmax_failures = 3\n"
+        ),
+    )
+    .unwrap();
+    let mut server = Example::start("login_server", &["--config", file.to_str().unwrap()]).await;
+    std::fs::remove_file(&file).ok();
+    let page = server.admin_addr().await;
+
+    for _ in 0..3 {
+        let mut client = LineClient::connect_from(20, server.addr).await;
+        assert_eq!(
+            client.ask("LOGIN alice wrong").await.as_deref(),
+            Some("DENIED")
+        );
+        // The server closes after DENIED: wait for it before the next try.
+        assert_eq!(client.line().await, None);
+    }
+    let mut banned = LineClient::connect_from(20, server.addr).await;
+    assert_eq!(banned.line().await.as_deref(), Some("ERROR banned"));
+    let (status, bans) = admin(page, "GET", "/bans", Some(TOKEN)).await;
+    assert_eq!(status, 200);
+    assert!(bans.contains("127.0.0.20"), "{bans}");
+
+    let (status, body) = admin(page, "DELETE", "/bans/127.0.0.20", Some(TOKEN)).await;
+    assert!((200..300).contains(&status), "{status}: {body}");
+    let mut client = None;
+    for _ in 0..50 {
+        let mut attempt = LineClient::connect_from(20, server.addr).await;
+        if attempt.ask("LOGIN alice secret").await.as_deref() == Some("OK") {
+            client = Some(attempt);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    client.expect("served again once unbanned");
+    server.stop().await;
+}
+
+#[test]
+fn an_admin_page_off_loopback_without_a_token_is_refused_at_start() {
+    for name in EXAMPLES {
+        let output = Command::new(example_path(name))
+            .args(["--admin-addr", "0.0.0.0:0"])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{name}");
+        assert!(output.stdout.is_empty(), "{name}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{name}: {stderr}");
+        assert!(
+            stderr.starts_with("error: `admin.token` (--admin-token): required"),
+            "{name}: {stderr}"
+        );
+    }
+}
