@@ -22,6 +22,8 @@
 //!   restart.
 //! - [`fleet`] (feature `fleet`; Redis with feature `redis`): bans, offences and
 //!   escalation shared by a service's replicas, off every connection's path.
+//! - `metrics` (feature `metrics`): every layer's figures through the `metrics`
+//!   facade, for any exporter; the names, types, units and labels.
 //!
 //! # Example
 //!
@@ -78,6 +80,10 @@ mod counter;
 mod deadline;
 #[cfg(any(feature = "rate-limit", feature = "login", feature = "overload"))]
 mod janitor;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+#[cfg(not(feature = "metrics"))]
+mod metrics;
 pub mod peer;
 
 #[cfg(feature = "fleet")]
