@@ -45,17 +45,20 @@
 //! # Install the recorder first
 //!
 //! Each layer registers its metrics once, when it is built, and then updates them
-//! without looking anything up: install the recorder (the exporter) before building
-//! the layers and the [`Server`](crate::serve::Server). A layer built before it reports
-//! to no recorder. The descriptions and units are given to the recorder at the same
-//! time.
+//! without looking anything up (no per-connection key lookup, no lock): install the
+//! recorder (the exporter) before building the layers, and before calling
+//! [`Server::serve`](crate::serve::Server::serve), which registers the accept loop's.
+//! A layer built before reports to no recorder. The descriptions and units are given
+//! to the recorder at the same time. A local recorder
+//! (`metrics::with_local_recorder`) in force while the layers are built is the one
+//! they report to from any task or thread, which is how the tests use one each.
 //!
 //! ```
 //! use metrics_exporter_prometheus::PrometheusBuilder;
 //! use tower_bouncer::peer_limit::PeerLimitLayer;
 //!
 //! let recorder = PrometheusBuilder::new()
-//!     .set_enable_recommended_naming(true)
+//!     .with_recommended_naming(true)
 //!     .build_recorder();
 //! let prometheus = recorder.handle();
 //! metrics::set_global_recorder(recorder).expect("the only recorder");

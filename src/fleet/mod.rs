@@ -507,6 +507,24 @@ impl Pending {
 mod tests {
     use super::*;
 
+    #[test]
+    fn stats_print_on_one_line() {
+        let stats = FleetStats {
+            connected: true,
+            connects: 1,
+            failures: 0,
+            sent: 12,
+            applied: 14,
+            resyncs: 3,
+            pending: 0,
+            dropped: 0,
+        };
+        assert_eq!(
+            stats.to_string(),
+            "connected, connects 1, failures 0, sent 12, applied 14, resyncs 3, pending 0, dropped 0"
+        );
+    }
+
     fn ban(at: Instant, lifted_at: Option<Instant>) -> Pending {
         Pending::Ban {
             length: Duration::from_secs(60),

@@ -230,3 +230,23 @@ impl Shared {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_print_on_one_line() {
+        let stats = ConnectionLimitStats {
+            admitted: 40,
+            dry_run_refusals: 1,
+            refused: 3,
+            live: 12,
+            limit: 100,
+        };
+        assert_eq!(
+            stats.to_string(),
+            "live 12/100, admitted 40 (dry run 1), refused 3"
+        );
+    }
+}

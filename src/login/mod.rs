@@ -861,3 +861,38 @@ impl Shared {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_print_on_one_line() {
+        let stats = LoginStats {
+            sessions: 40,
+            authenticated: 30,
+            failed_logins: 12,
+            evicted_after_failures: 5,
+            evicted_login_timeout: 1,
+            evicted_banned: 0,
+            evicted_requested: 0,
+            bans: 2,
+            refused_banned: 8,
+            refused_startups: 1,
+            dry_run_refusals: 0,
+            first_byte_timeouts: 3,
+            request_timeouts: 0,
+            login_timeouts: 1,
+            tls_handshake_timeouts: 0,
+            tls_handshake_failures: 0,
+            http_protocol_errors: 0,
+            over_limit_refusals: 4,
+            unauthenticated: 3,
+            tracked_peers: 5,
+        };
+        assert_eq!(
+            stats.to_string(),
+            "sessions 40 (authenticated 30), failed logins 12, evicted 6 (failures 5, login timeout 1, banned 0, requested 0), bans 2, refused 9 (banned 8, startups 1, dry run 0), offences 20, 3 unauthenticated, 5 peers tracked"
+        );
+    }
+}

@@ -462,3 +462,26 @@ impl Shared {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_print_on_one_line() {
+        let stats = OverloadStats {
+            pressure: 0.25,
+            connections: Some(0.9),
+            descriptors: Some(0.1),
+            memory: None,
+            monitors: None,
+            evicted_idle: 4,
+            registered: 120,
+            time_under_pressure: Duration::from_secs(12),
+        };
+        assert_eq!(
+            stats.to_string(),
+            "pressure 0.25 (connections 0.90, descriptors 0.10, memory -, monitors -), evicted idle 4, registered 120, under pressure for 12s"
+        );
+    }
+}

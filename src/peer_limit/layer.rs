@@ -232,3 +232,25 @@ impl Shared {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_print_on_one_line() {
+        let stats = PeerLimitStats {
+            admitted: 40,
+            exempt: 2,
+            untracked: 1,
+            dry_run_refusals: 0,
+            refused_peer_limit: 3,
+            refused_table_full: 4,
+            tracked_peers: 5,
+        };
+        assert_eq!(
+            stats.to_string(),
+            "admitted 40 (exempt 2, untracked 1, dry run 0), refused 7 (peer limit 3, table full 4), 5 peers tracked"
+        );
+    }
+}

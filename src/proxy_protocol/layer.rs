@@ -290,3 +290,28 @@ impl Shared {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_print_on_one_line() {
+        let stats = ProxyProtocolStats {
+            proxied: 40,
+            local: 1,
+            without_header: 0,
+            untrusted: 2,
+            refused_missing: 1,
+            refused_malformed: 1,
+            refused_too_long: 0,
+            refused_timed_out: 1,
+            refused_untrusted_header: 0,
+            closed_early: 5,
+        };
+        assert_eq!(
+            stats.to_string(),
+            "proxied 40, local 1, without header 0, untrusted 2, refused 3 (missing 1, malformed 1, too long 0, timed out 1, untrusted header 0), closed early 5"
+        );
+    }
+}

@@ -455,3 +455,26 @@ impl PerPeer {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_print_on_one_line() {
+        let stats = RateLimitStats {
+            admitted: 40,
+            exempt: 2,
+            untracked: 0,
+            dry_run_refusals: 1,
+            refused_peer_rate: 10,
+            refused_global_rate: 2,
+            refused_table_full: 0,
+            tracked_peers: 5,
+        };
+        assert_eq!(
+            stats.to_string(),
+            "admitted 40 (exempt 2, untracked 0, dry run 1), refused 12 (peer rate 10, global rate 2, table full 0), 5 peers tracked"
+        );
+    }
+}

@@ -102,6 +102,7 @@ pub struct Server<L, F = Pending<()>> {
     drain_timeout: Duration,
     max_accept_backoff: Duration,
     reserve_descriptor: bool,
+    /// The `listener` label of its metrics.
     name: String,
 }
 
@@ -139,9 +140,9 @@ impl<L: Listener, F> Server<L, F> {
         }
     }
 
-    /// The server's name in its metrics, the value of their `listener` label, to tell
-    /// a public listener from an internal one; `"default"` unless set. Keep it to a few
-    /// fixed names: each is a series of its own.
+    /// The server's name in its metrics (feature `metrics`), the value of their
+    /// `listener` label, to tell a public listener from an internal one; `"default"`
+    /// unless set. Keep it to a few fixed names: each is a series of its own.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
@@ -192,7 +193,21 @@ impl<L: Listener, F> Server<L, F> {
     /// `EINVAL` on Linux), or the service failing in `poll_ready` (wrapped in
     /// `io::Error::other`). Live connections are drained before the error is
     /// returned.
-    pub async fn serve<S>(self, mut service: S) -> io::Result<ShutdownReport>
+    ///
+    /// The server's metrics (feature `metrics`) are registered when this is called,
+    /// with the recorder installed then, as the layers' are when they are built.
+    pub fn serve<S>(self, service: S) -> impl Future<Output = io::Result<ShutdownReport>>
+    where
+        F: Future<Output = ()>,
+        S: Service<Conn<L::Io>, Response = ()>,
+        S::Error: Into<BoxError> + 'static,
+        S::Future: Send + 'static,
+    {
+        let metrics = ServeMetrics::new(&self.name);
+        self.run(service, metrics)
+    }
+
+    async fn run<S>(self, mut service: S, metrics: ServeMetrics) -> io::Result<ShutdownReport>
     where
         F: Future<Output = ()>,
         S: Service<Conn<L::Io>, Response = ()>,
@@ -205,9 +220,8 @@ impl<L: Listener, F> Server<L, F> {
             drain_timeout,
             max_accept_backoff,
             reserve_descriptor,
-            name,
+            name: _,
         } = self;
-        let metrics = ServeMetrics::new(&name);
         let mut shutdown = pin!(shutdown);
         let mut connections = Connections::default();
         let mut backoff = Backoff::new(MIN_ACCEPT_BACKOFF, max_accept_backoff);
@@ -337,7 +351,7 @@ pub fn raise_descriptor_limit() -> io::Result<u64> {
 /// A server's name in its metrics unless [`Server::name`] sets one.
 const DEFAULT_NAME: &str = "default";
 
-/// The accept loop's metrics, registered when it starts.
+/// The accept loop's metrics.
 struct ServeMetrics {
     active: Level,
     duration: Seconds,

@@ -342,3 +342,23 @@ impl Shared {
         tracing::debug!("connection reached its lifetime; asked to close");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_print_on_one_line() {
+        let stats = TimeoutStats {
+            first_byte: 4,
+            idle: 2,
+            request: 1,
+            lifetime_wound_down: 3,
+            lifetime_cut: 0,
+        };
+        assert_eq!(
+            stats.to_string(),
+            "timed out 7 (first byte 4, idle 2, request 1, lifetime 0), lifetime reached 3"
+        );
+    }
+}

@@ -236,3 +236,21 @@ impl std::fmt::Debug for Shared {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_print_on_one_line() {
+        let stats = TlsStats {
+            handshakes_completed: 40,
+            handshakes_failed: 2,
+            handshakes_timed_out: 1,
+        };
+        assert_eq!(
+            stats.to_string(),
+            "handshakes completed 40, failed 2, timed out 1"
+        );
+    }
+}

@@ -108,7 +108,7 @@ pub struct KernelBansStats {
 }
 
 /// One line: `12 keys in 40 instructions on 1 listener(s), rebuilt 3 times (last
-/// 85 µs), 0 attach failures`.
+/// 85µs), 0 attach failures`.
 impl std::fmt::Display for KernelBansStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
