@@ -12,7 +12,8 @@
 //! "connection would be refused"; then the connection is served anyway. It still takes
 //! its place in the layer's counts (a cap's live count may go over the cap), so that
 //! the figures say what enforcing would see. A backpressure mode in dry run does not
-//! pause accepting.
+//! pause accepting. A connection served in dry run is no offence against its peer,
+//! even where the same refusal would be one (`Offence::OverLimit`).
 
 use std::{
     error::Error,

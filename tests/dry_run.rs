@@ -3,7 +3,12 @@
 
 mod support;
 
-use std::{net::IpAddr, time::Duration};
+use std::{
+    io,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use tokio::io::DuplexStream;
 use tokio_test::{assert_pending, assert_ready_err, assert_ready_ok, task};
@@ -260,4 +265,56 @@ async fn a_startups_budget_enforced_refuses() {
     assert_ready_err!(second.poll());
     assert_eq!(login.stats().refused_startups, 1);
     assert_eq!(login.stats().dry_run_refusals, 0);
+}
+
+/// Collects every WARN event, formatted, while the guard lives.
+fn capture_warnings(sink: Arc<Mutex<Vec<String>>>) -> tracing::subscriber::DefaultGuard {
+    let writer = move || CaptureWriter(sink.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(writer)
+        .finish();
+    tracing::subscriber::set_default(subscriber)
+}
+
+struct CaptureWriter(Arc<Mutex<Vec<String>>>);
+
+impl io::Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(buf).into_owned());
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn dry_run_says_it_would_refuse_at_most_once_a_second() {
+    let logged = Arc::new(Mutex::new(Vec::new()));
+    let _capture = capture_warnings(logged.clone());
+    let per_peer = PeerLimitLayer::builder(1).dry_run(true).build().unwrap();
+    let (mut service, mut handle) = mocked(&per_peer);
+
+    let mut served = Vec::new();
+    for port in 1..=4 {
+        assert_ready_ok!(service.poll_ready());
+        served.push(task::spawn(
+            service.call(conn_from(&format!("192.0.2.1:{port}"))),
+        ));
+        handle.next_request().await.unwrap();
+    }
+    assert_eq!(per_peer.stats().dry_run_refusals, 3);
+    let logged = logged.lock().unwrap();
+    assert_eq!(logged.len(), 1, "throttled: {logged:?}");
+    assert!(
+        logged[0].contains("would be refused") && logged[0].contains("192.0.2.1:2"),
+        "{}",
+        logged[0]
+    );
 }
