@@ -2,7 +2,17 @@
 //! layers register their handles when built, so a local recorder in force while they
 //! are built is the one they report to, from any task), then a real attack on
 //! loopback rendered by the Prometheus exporter and checked by `promtool`.
-#![cfg(feature = "metrics")]
+#![cfg(all(
+    feature = "metrics",
+    feature = "serve",
+    feature = "limit",
+    feature = "peer-limit",
+    feature = "rate-limit",
+    feature = "timeout",
+    feature = "login",
+    feature = "proxy-protocol",
+    feature = "overload"
+))]
 
 mod support;
 
@@ -28,7 +38,8 @@ use tower_bouncer::{
     login::{AfterFailure, Login, LoginSession},
     metrics::{
         ACCEPT_PAUSE_DURATION, ACCEPT_PAUSED, ACTIVE_CONNECTIONS, BANS_ACTIVE, BANS_ISSUED,
-        CONNECTION_DURATION, EVICTIONS, PENALTIES, REJECTED_CONNECTIONS, TIMEOUTS,
+        CONNECTION_DURATION, EVICTIONS, OVERLOAD_PRESSURE, PENALTIES, PROXY_PROTOCOL_ERRORS,
+        REJECTED_CONNECTIONS, TIMEOUTS,
     },
     peer_limit::PeerLimitLayer,
     rate_limit::{Rate, RateLimitLayer},
@@ -529,4 +540,176 @@ async fn a_prometheus_exposition_after_an_attack_passes_promtool() {
         String::from_utf8_lossy(&checked.stderr)
     );
     task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_overload_pressure_is_a_gauge_set_at_each_sample() {
+    let metrics = Recorded::new();
+    let overload = metrics.build(|| {
+        tower_bouncer::overload::Overload::builder()
+            .descriptors(false)
+            .monitor(|| 0.9)
+            .thresholds(0.8, 1.0)
+            .sample_every(Duration::from_secs(1))
+            .build()
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pressure = metrics.gauge(OVERLOAD_PRESSURE, &[]);
+    assert!((pressure - 0.5).abs() < 1e-9, "{pressure}");
+    assert!((overload.stats().pressure - pressure).abs() < 1e-9);
+}
+
+#[tokio::test(start_paused = true)]
+async fn proxy_protocol_errors_are_counted_by_reason() {
+    use tower_bouncer::proxy_protocol::ProxyProtocolLayer;
+
+    let metrics = Recorded::new();
+    let proxy = metrics.build(|| {
+        ProxyProtocolLayer::builder()
+            .trusted(["192.0.2.0/24".parse().unwrap()])
+            .build()
+            .unwrap()
+    });
+    let service = proxy.layer(service_fn(|_: Conn<_>| async { Ok::<_, BoxError>(()) }));
+    let (conn, mut client) = duplex_conn("192.0.2.1:1");
+    client
+        .write_all(b"PROXY TCP4 192.0.2.7 nowhere 40000 443\r\n")
+        .await
+        .unwrap();
+    assert!(service.oneshot(conn).await.is_err());
+
+    assert_eq!(proxy.stats().refused_malformed, 1);
+    assert_eq!(
+        metrics.counter(PROXY_PROTOCOL_ERRORS, &[("reason", "malformed")]),
+        1
+    );
+    assert_eq!(
+        metrics.counter(PROXY_PROTOCOL_ERRORS, &[("reason", "missing")]),
+        0
+    );
+}
+
+#[cfg(feature = "tls")]
+#[tokio::test(start_paused = true)]
+async fn tls_handshake_errors_are_counted_by_reason() {
+    use tower_bouncer::{metrics::TLS_HANDSHAKE_ERRORS, tls::TlsLayer};
+
+    let metrics = Recorded::new();
+    let certificate = support::tls::generate().certificate();
+    let tls = metrics.build(|| TlsLayer::builder(certificate).build().unwrap());
+    let service = tls.layer(service_fn(|_: Conn<_>| async { Ok::<_, BoxError>(()) }));
+    let (conn, mut client) = duplex_conn("192.0.2.1:1");
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(within(PATIENCE, service.oneshot(conn)).await.is_err());
+
+    assert_eq!(tls.stats().handshakes_failed, 1);
+    assert_eq!(
+        metrics.counter(TLS_HANDSHAKE_ERRORS, &[("reason", "protocol")]),
+        1
+    );
+    assert_eq!(
+        metrics.counter(TLS_HANDSHAKE_ERRORS, &[("reason", "timeout")]),
+        0
+    );
+}
+
+#[cfg(feature = "fleet")]
+mod fleet {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+
+    use tokio::sync::mpsc;
+    use tower_bouncer::{
+        fleet::{
+            Backend, BackendError, BoxFuture, Change, Decision, Fleet, FleetPolicy, Link, Snapshot,
+        },
+        metrics::{FLEET_CONNECTED, FLEET_DROPPED, FLEET_FAILURES, FLEET_PENDING},
+    };
+
+    use super::*;
+
+    /// A store that takes everything while it is up, and never decides.
+    #[derive(Clone, Default)]
+    struct Store {
+        down: Arc<AtomicBool>,
+        /// The link's decisions, held open while it lives.
+        decisions: Arc<Mutex<Option<mpsc::Sender<Decision>>>>,
+    }
+
+    impl Store {
+        fn up(&self) -> Result<(), BackendError> {
+            match self.down.load(Ordering::Relaxed) {
+                true => Err(BackendError::new("the store is down")),
+                false => Ok(()),
+            }
+        }
+    }
+
+    impl Backend for Store {
+        fn connect(
+            &self,
+            _: FleetPolicy,
+            decisions: mpsc::Sender<Decision>,
+        ) -> BoxFuture<'_, Result<Box<dyn Link>, BackendError>> {
+            Box::pin(async move {
+                self.up()?;
+                *self.decisions.lock().unwrap() = Some(decisions);
+                Ok(Box::new(self.clone()) as Box<dyn Link>)
+            })
+        }
+    }
+
+    impl Link for Store {
+        fn send<'a>(&'a mut self, _: &'a Change) -> BoxFuture<'a, Result<(), BackendError>> {
+            Box::pin(async move { self.up() })
+        }
+
+        fn snapshot(&mut self) -> BoxFuture<'_, Result<Snapshot, BackendError>> {
+            Box::pin(async move { self.up().map(|()| Snapshot::default()) })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_fleet_link_reports_its_health() {
+        let metrics = Recorded::new();
+        let store = Store::default();
+        store.down.store(true, Ordering::Relaxed);
+        let (login, fleet) = metrics.build(|| {
+            let login = Login::builder().build().unwrap();
+            let fleet = Fleet::builder(store.clone()).join(&login).unwrap();
+            (login, fleet)
+        });
+        login
+            .bans()
+            .ban(ip("192.0.2.1"), Duration::from_secs(60))
+            .unwrap();
+        eventually_paused("connecting fails", || fleet.stats().failures >= 2).await;
+        assert_eq!(metrics.counter(FLEET_FAILURES, &[]), fleet.stats().failures);
+        assert_eq!(metrics.gauge(FLEET_CONNECTED, &[]), 0.0);
+        assert_eq!(metrics.gauge(FLEET_PENDING, &[]), 1.0, "the ban waits");
+
+        store.down.store(false, Ordering::Relaxed);
+        eventually_paused("the link is made", || fleet.stats().connected).await;
+        eventually_paused("the ban is sent", || fleet.stats().pending == 0).await;
+        assert_eq!(metrics.gauge(FLEET_CONNECTED, &[]), 1.0);
+        assert_eq!(metrics.gauge(FLEET_PENDING, &[]), 0.0);
+        assert_eq!(metrics.counter(FLEET_DROPPED, &[]), 0);
+    }
+
+    /// Polls `condition` every 100 ms of paused time, for up to 10 minutes of it.
+    async fn eventually_paused(what: &str, mut condition: impl FnMut() -> bool) {
+        for _ in 0..6000 {
+            if condition() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{what}: not within 10 minutes");
+    }
 }
