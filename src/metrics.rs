@@ -22,7 +22,7 @@
 //! | `bouncer.timeouts` | counter | connections | `kind` | Connections closed by a [`TimeoutLayer`](crate::timeout::TimeoutLayer) deadline: `first_byte`, `idle`, `request`, `lifetime` (cut after the grace). |
 //! | `bouncer.evictions` | counter | connections | `reason` | Connections asked to close: `failed_logins`, `login_timeout`, `banned`, `requested` (login session), `overload_shed` (an idle one, to make room), `lifetime` (past its lifetime). |
 //! | `bouncer.bans.issued` | counter | bans | `reason` | Bans made: for an offence (its kind, as in `bouncer.penalties`), by an `operator`, or from the `fleet`. |
-//! | `bouncer.bans.active` | gauge | bans | — | Bans in force, peer keys and networks; refreshed every 5 seconds while connections come. |
+//! | `bouncer.bans.active` | gauge | bans | — | Bans in force, peer keys and networks; counted every 5 seconds from the first connection on. |
 //! | `bouncer.penalties` | counter | offences | `kind` | Offences counted against their peer: `failed_login`, `first_byte_timeout`, `request_timeout`, `login_timeout`, `tls_handshake_timeout`, `tls_handshake_failure`, `http_protocol_error`, `over_limit`. |
 //! | `bouncer.overload.pressure` | gauge | ratio | — | The [overload](crate::overload) pressure, 0 to 1, at each sample. |
 //! | `bouncer.proxy_protocol.errors` | counter | connections | `reason` | Connections refused by the PROXY protocol layer: `missing`, `untrusted_header`, `malformed`, `too_long`, `timed_out`, `closed_early`. |
@@ -121,82 +121,82 @@ pub const REJECTED_DRY_RUN: &str = "rejected_dry_run";
 /// Every metric: its name, unit and description, given to the recorder when a handle
 /// is registered.
 #[cfg(feature = "metrics")]
-const DESCRIPTIONS: [(&str, Unit, &str); 17] = [
+const DESCRIPTIONS: [(&str, Option<Unit>, &str); 17] = [
     (
         ACTIVE_CONNECTIONS,
-        Unit::Count,
+        Some(Unit::Count),
         "Connections being served by the accept loop.",
     ),
     (
         CONNECTION_DURATION,
-        Unit::Seconds,
+        Some(Unit::Seconds),
         "How long each connection served by the accept loop lasted.",
     ),
     (
         ACCEPT_PAUSED,
-        Unit::Count,
+        None,
         "1 while the accept loop waits for a full service; new connections queue in the backlog.",
     ),
     (
         ACCEPT_PAUSE_DURATION,
-        Unit::Seconds,
+        Some(Unit::Seconds),
         "How long each pause of the accept loop lasted.",
     ),
     (
         REJECTED_CONNECTIONS,
-        Unit::Count,
+        Some(Unit::Count),
         "Connections an admission layer refused, or would have refused in dry run.",
     ),
     (
         TIMEOUTS,
-        Unit::Count,
+        Some(Unit::Count),
         "Connections closed by a deadline, by kind.",
     ),
     (
         EVICTIONS,
-        Unit::Count,
+        Some(Unit::Count),
         "Connections asked to close, by reason.",
     ),
-    (BANS_ISSUED, Unit::Count, "Bans made, by reason."),
-    (BANS_ACTIVE, Unit::Count, "Bans in force."),
+    (BANS_ISSUED, Some(Unit::Count), "Bans made, by reason."),
+    (BANS_ACTIVE, Some(Unit::Count), "Bans in force."),
     (
         PENALTIES,
-        Unit::Count,
+        Some(Unit::Count),
         "Offences counted against their peer, by kind.",
     ),
     (
         OVERLOAD_PRESSURE,
-        Unit::Count,
+        None,
         "The overload pressure, from 0 to 1.",
     ),
     (
         PROXY_PROTOCOL_ERRORS,
-        Unit::Count,
+        Some(Unit::Count),
         "Connections refused by the PROXY protocol layer, by reason.",
     ),
     (
         TLS_HANDSHAKE_ERRORS,
-        Unit::Count,
+        Some(Unit::Count),
         "TLS handshakes that did not complete, by reason.",
     ),
     (
         FLEET_CONNECTED,
-        Unit::Count,
+        None,
         "1 while the fleet's store is reachable.",
     ),
     (
         FLEET_FAILURES,
-        Unit::Count,
+        Some(Unit::Count),
         "Times connecting to the fleet's store failed or a link was lost.",
     ),
     (
         FLEET_PENDING,
-        Unit::Count,
+        Some(Unit::Count),
         "Bans and unbans made here that the fleet's store has not had yet.",
     ),
     (
         FLEET_DROPPED,
-        Unit::Count,
+        Some(Unit::Count),
         "Offences and bans never sent to the fleet's store.",
     ),
 ];
@@ -223,7 +223,7 @@ fn describe(
 ) {
     if let Some((_, unit, text)) = DESCRIPTIONS.iter().find(|(known, ..)| *known == name) {
         ::metrics::with_recorder(|recorder| {
-            describe(recorder, name.into(), Some(*unit), (*text).into());
+            describe(recorder, name.into(), *unit, (*text).into());
         });
     }
 }
