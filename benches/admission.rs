@@ -8,6 +8,7 @@
 //!
 //! ```text
 //! cargo bench --bench admission
+//! cargo bench --bench admission --features metrics   # with a Prometheus recorder too
 //! ```
 
 mod support;
@@ -47,6 +48,17 @@ fn admission(c: &mut Criterion) {
         rate().layer(inner())
     });
     bench(c, "all admission layers stacked", || all_admission(inner()));
+    // The same, built with a Prometheus recorder in force, as an application that
+    // exports its metrics builds them (feature `metrics`).
+    #[cfg(feature = "metrics")]
+    {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        bench(
+            c,
+            "all admission layers stacked, metrics to Prometheus",
+            || metrics::with_local_recorder(&recorder, || all_admission(inner())),
+        );
+    }
 }
 
 criterion_group! {

@@ -1,5 +1,19 @@
 //! What the admission layers share: the refusal error, the optional refusal message,
-//! and the response future that holds a connection's slot.
+//! dry run, and the response future that holds a connection's slot.
+//!
+//! # Dry run
+//!
+//! Every admission layer (and the ban check and the pre-authentication budget of
+//! [`Login`](crate::login::Login)) has a `dry_run(bool)` builder method, to roll a
+//! limit out before enforcing it, like nginx's `limit_conn_dry_run` or Envoy's shadow
+//! mode. In dry run the decision is made as usual, counted apart (the layer's
+//! `dry_run_refusals` in its stats, and `outcome="rejected_dry_run"` in the
+//! `bouncer.rejected_connections` metric) and logged, throttled as refusals are, as
+//! "connection would be refused"; then the connection is served anyway. It still takes
+//! its place in the layer's counts (a cap's live count may go over the cap), so that
+//! the figures say what enforcing would see. A backpressure mode in dry run does not
+//! pause accepting. A connection served in dry run is no offence against its peer,
+//! even where the same refusal would be one (`Offence::OverLimit`).
 
 use std::{
     error::Error,
@@ -24,7 +38,13 @@ use tokio::{
 
 #[cfg(any(feature = "peer-limit", feature = "rate-limit", feature = "login"))]
 use crate::peer::PeerKey;
-use crate::{BoxError, Conn, deadline::deadline_after, throttle::LogThrottle};
+use crate::{
+    BoxError, Conn,
+    counter::Counter,
+    deadline::deadline_after,
+    metrics::{REJECTED, REJECTED_CONNECTIONS, REJECTED_DRY_RUN},
+    throttle::LogThrottle,
+};
 
 /// A connection refused by an admission layer. Every admission layer fails its
 /// connection with this one type, inside the [`BoxError`]: downcast to read why.
@@ -211,13 +231,15 @@ pub enum Mode {
     Backpressure,
 }
 
-/// What a refused connection is told before it is closed, if anything.
+/// What a refused connection is told before it is closed, if anything; or, in dry run,
+/// that it is served anyway.
 #[derive(Debug, Clone)]
 pub(crate) struct Refusal {
     message: Option<Bytes>,
     write_timeout: Duration,
     /// How many refused connections hold a [`LingerSlot`] now, shared by clones.
     lingering: Arc<AtomicUsize>,
+    dry_run: bool,
 }
 
 impl Default for Refusal {
@@ -226,11 +248,21 @@ impl Default for Refusal {
             message: None,
             write_timeout: Duration::from_millis(100),
             lingering: Arc::default(),
+            dry_run: false,
         }
     }
 }
 
 impl Refusal {
+    pub(crate) fn set_dry_run(&mut self, dry_run: bool) {
+        self.dry_run = dry_run;
+    }
+
+    /// Whether connections over the limit are served anyway.
+    pub(crate) fn is_dry_run(&self) -> bool {
+        self.dry_run
+    }
+
     pub(crate) fn set_message(&mut self, message: Bytes) {
         self.message = (!message.is_empty()).then_some(message);
     }
@@ -267,9 +299,51 @@ impl Drop for LingerSlot {
     }
 }
 
-/// Builder methods every admission layer has for its refusal message.
+/// One layer's refusals for one reason: counted in its stats and in the
+/// `bouncer.rejected_connections` metric, those of dry run apart.
+#[derive(Debug)]
+pub(crate) struct Refusals {
+    refused: Counter,
+    would_refuse: Counter,
+}
+
+impl Refusals {
+    /// The counters of `layer`'s refusals for `reason`, as the metric labels them.
+    pub(crate) fn new(layer: &'static str, reason: &'static str) -> Self {
+        let counter = |outcome| {
+            Counter::metric(
+                REJECTED_CONNECTIONS,
+                &[("layer", layer), ("reason", reason), ("outcome", outcome)],
+            )
+        };
+        Self {
+            refused: counter(REJECTED),
+            would_refuse: counter(REJECTED_DRY_RUN),
+        }
+    }
+
+    /// Connections refused.
+    pub(crate) fn refused(&self) -> u64 {
+        self.refused.get()
+    }
+
+    /// Connections that dry run served instead of refusing.
+    pub(crate) fn dry_run(&self) -> u64 {
+        self.would_refuse.get()
+    }
+}
+
+/// Builder methods every admission layer has for its refusal message and dry run.
 macro_rules! refusal_builder_methods {
     () => {
+        /// Dry run: a connection this layer would refuse is counted (in
+        /// `dry_run_refusals`) and logged, and served anyway. Off by default. See
+        /// [dry run](crate::admission#dry-run).
+        pub fn dry_run(mut self, dry_run: bool) -> Self {
+            self.refusal.set_dry_run(dry_run);
+            self
+        }
+
         /// A short message written to each refused connection before it is closed,
         /// such as `b"ERROR busy\n"` or an HTTP `503` response. None by default.
         pub fn refusal_message(mut self, message: impl Into<bytes::Bytes>) -> Self {
@@ -296,14 +370,26 @@ macro_rules! refusal_builder_methods {
 }
 pub(crate) use refusal_builder_methods;
 
-/// Reports a refusal: a tracing event (at most one a second per layer, with the count of
-/// the ones held back), then the future that tells the peer and closes.
+/// Refuses a connection for `reason`, counted in `refusals`: a tracing event (at most
+/// one a second per layer, with the count of the ones held back), then the future that
+/// tells the peer and closes. In dry run, the same count apart and event, then
+/// `serve_anyway`, which takes the connection's place in the layer's counts.
 pub(crate) fn refuse<F, IO>(
     conn: Conn<IO>,
     reason: Reason,
+    refusals: &Refusals,
     refusal: &Refusal,
     log: &LogThrottle,
+    serve_anyway: impl FnOnce(Conn<IO>) -> ResponseFuture<F, IO>,
 ) -> ResponseFuture<F, IO> {
+    if refusal.dry_run {
+        refusals.would_refuse.add();
+        if let Some(suppressed) = log.allow() {
+            tracing::warn!(peer = %conn.peer_addr(), %reason, suppressed, "dry run: connection would be refused");
+        }
+        return serve_anyway(conn);
+    }
+    refusals.refused.add();
     let rejected = Rejected::new(reason, conn.peer_addr());
     if let Some(suppressed) = log.allow() {
         tracing::warn!(peer = %rejected.peer, reason = %rejected.reason, suppressed, "connection refused");

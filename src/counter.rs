@@ -3,15 +3,21 @@ use std::{
     sync::atomic::{AtomicU64, AtomicUsize, Ordering},
 };
 
+use crate::metrics::Count;
+
 /// Stripes of a counter; also the shards of tables split by thread.
 pub(crate) const STRIPES: usize = 8;
 
 /// A statistics counter that threads bump without fighting over one cache line: each
 /// thread adds to its own stripe, and a read sums them. Reads are rare (`stats()`),
 /// bumps happen on every connection.
+///
+/// A counter made with [`Counter::metric`] also feeds a metric, so that `stats()` and
+/// the metrics agree.
 #[derive(Debug, Default)]
 pub(crate) struct Counter {
     stripes: [Stripe; STRIPES],
+    metric: Count,
 }
 
 #[derive(Debug, Default)]
@@ -19,6 +25,14 @@ pub(crate) struct Counter {
 struct Stripe(AtomicU64);
 
 impl Counter {
+    /// A counter that also counts in the metric `name` with `labels`, registered now.
+    pub(crate) fn metric(name: &'static str, labels: &[(&'static str, &str)]) -> Self {
+        Self {
+            stripes: Default::default(),
+            metric: Count::new(name, labels),
+        }
+    }
+
     pub(crate) fn add(&self) {
         self.add_n(1);
     }
@@ -26,6 +40,7 @@ impl Counter {
     pub(crate) fn add_n(&self, n: usize) {
         let n = u64::try_from(n).unwrap_or(u64::MAX);
         self.stripes[stripe()].0.fetch_add(n, Ordering::Relaxed);
+        self.metric.add(n);
     }
 
     pub(crate) fn get(&self) -> u64 {

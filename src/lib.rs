@@ -24,6 +24,8 @@
 //!   escalation shared by a service's replicas, off every connection's path.
 //! - [`admin`] (feature `admin`): the operator's page: bans, top peers, the layers'
 //!   figures and Prometheus metrics behind a bearer token, with an HTML dashboard.
+//! - `metrics` (feature `metrics`): every layer's figures through the `metrics`
+//!   facade, for any exporter; the names, types, units and labels.
 //!
 //! # Example
 //!
@@ -80,6 +82,10 @@ mod counter;
 mod deadline;
 #[cfg(any(feature = "rate-limit", feature = "login", feature = "overload"))]
 mod janitor;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+#[cfg(not(feature = "metrics"))]
+mod metrics;
 pub mod peer;
 
 #[cfg(feature = "admin")]

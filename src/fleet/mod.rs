@@ -102,7 +102,12 @@ pub use backend::{
 #[cfg(feature = "redis")]
 pub use redis::RedisBackend;
 
-use crate::{ConfigError, counter::Counter, login::Login};
+use crate::{
+    ConfigError,
+    counter::Counter,
+    login::Login,
+    metrics::{FLEET_CONNECTED, FLEET_DROPPED, FLEET_FAILURES, FLEET_PENDING, Level},
+};
 
 /// The most offences waiting for the store; more are dropped (and counted).
 const OFFENCE_QUEUE: usize = 4096;
@@ -146,6 +151,29 @@ pub struct FleetStats {
     /// Offences and bans not sent: too many were waiting for the store, or a batch of
     /// offences failed (offences are not sent twice). The replica still acts on them.
     pub dropped: u64,
+}
+
+/// One line: `connected, connects 1, failures 0, sent 12, applied 14, resyncs 3,
+/// pending 0, dropped 0`.
+impl std::fmt::Display for FleetStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}, connects {}, failures {}, sent {}, applied {}, resyncs {}, pending {}, dropped {}",
+            if self.connected {
+                "connected"
+            } else {
+                "disconnected"
+            },
+            self.connects,
+            self.failures,
+            self.sent,
+            self.applied,
+            self.resyncs,
+            self.pending,
+            self.dropped
+        )
+    }
 }
 
 impl Fleet {
@@ -201,10 +229,12 @@ impl FleetBuilder {
         let (offences, queued) = mpsc::channel(OFFENCE_QUEUE);
         let shared = Arc::new(Shared {
             connected: AtomicBool::new(false),
-            counters: Counters::default(),
+            connected_metric: Level::new(FLEET_CONNECTED, &[]),
+            counters: Counters::new(),
             outbox: Outbox {
                 offences,
                 pending: Mutex::default(),
+                pending_metric: Level::new(FLEET_PENDING, &[]),
                 wake: Notify::new(),
             },
         });
@@ -244,11 +274,12 @@ impl std::fmt::Debug for FleetBuilder {
 #[derive(Debug)]
 pub(crate) struct Shared {
     connected: AtomicBool,
+    connected_metric: Level,
     counters: Counters,
     outbox: Outbox,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Counters {
     connects: Counter,
     failures: Counter,
@@ -258,7 +289,26 @@ struct Counters {
     dropped: Counter,
 }
 
+impl Counters {
+    fn new() -> Self {
+        Self {
+            connects: Counter::default(),
+            failures: Counter::metric(FLEET_FAILURES, &[]),
+            sent: Counter::default(),
+            applied: Counter::default(),
+            resyncs: Counter::default(),
+            dropped: Counter::metric(FLEET_DROPPED, &[]),
+        }
+    }
+}
+
 impl Shared {
+    /// Whether the store is reachable now.
+    fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+        self.connected_metric.set(f64::from(u8::from(connected)));
+    }
+
     /// An offence by `key` of `weight`, for the fleet's count.
     pub(crate) fn offence(&self, key: IpNet, weight: u32) {
         let offence = QueuedOffence {
@@ -330,17 +380,48 @@ impl QueuedOffence {
 struct Outbox {
     offences: mpsc::Sender<QueuedOffence>,
     pending: Mutex<HashMap<IpNet, Pending>>,
+    /// How many are pending, as a metric: set each time the lock is let go.
+    pending_metric: Level,
     /// Raised when a ban or unban is added.
     wake: Notify,
 }
 
 impl Outbox {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpNet, Pending>> {
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> PendingGuard<'_> {
+        PendingGuard {
+            pending: self.pending.lock().unwrap_or_else(PoisonError::into_inner),
+            metric: &self.pending_metric,
+        }
     }
 
     fn pending_len(&self) -> usize {
         self.lock().len()
+    }
+}
+
+/// The pending bans and unbans, locked; their count goes to the metric when let go.
+struct PendingGuard<'a> {
+    pending: std::sync::MutexGuard<'a, HashMap<IpNet, Pending>>,
+    metric: &'a Level,
+}
+
+impl std::ops::Deref for PendingGuard<'_> {
+    type Target = HashMap<IpNet, Pending>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.pending
+    }
+}
+
+impl std::ops::DerefMut for PendingGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.pending
+    }
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.metric.set(self.pending.len() as f64);
     }
 }
 
@@ -425,6 +506,24 @@ impl Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stats_print_on_one_line() {
+        let stats = FleetStats {
+            connected: true,
+            connects: 1,
+            failures: 0,
+            sent: 12,
+            applied: 14,
+            resyncs: 3,
+            pending: 0,
+            dropped: 0,
+        };
+        assert_eq!(
+            stats.to_string(),
+            "connected, connects 1, failures 0, sent 12, applied 14, resyncs 3, pending 0, dropped 0"
+        );
+    }
 
     fn ban(at: Instant, lifted_at: Option<Instant>) -> Pending {
         Pending::Ban {

@@ -1,10 +1,6 @@
 //! The task that keeps one replica and the fleet's store in step.
 
-use std::{
-    collections::HashSet,
-    sync::{Arc, atomic::Ordering},
-    time::Duration,
-};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use ipnet::IpNet;
 use tokio::{sync::mpsc, time::Instant};
@@ -83,9 +79,9 @@ impl SyncTask {
             let error = match self.backend.connect(policy, decisions_to).await {
                 Ok(link) => {
                     self.shared.counters.connects.add();
-                    self.shared.connected.store(true, Ordering::Relaxed);
+                    self.shared.set_connected(true);
                     let ended = self.serve(link, &mut decisions, &mut backoff).await;
-                    self.shared.connected.store(false, Ordering::Relaxed);
+                    self.shared.set_connected(false);
                     match ended {
                         Ended::LoginGone => return,
                         Ended::Lost(error) => error,

@@ -12,7 +12,7 @@ use tower_layer::Layer;
 use super::{ConnectionLimit, GlobalSlot};
 use crate::{
     ConfigError,
-    admission::{Mode, Refusal, refusal_builder_methods},
+    admission::{Mode, Refusal, Refusals, refusal_builder_methods},
     config::nonzero,
     counter::Counter,
     throttle::LogThrottle,
@@ -51,12 +51,26 @@ pub struct ConnectionLimitBuilder {
 pub struct ConnectionLimitStats {
     /// Connections admitted so far.
     pub admitted: u64,
+    /// Of those, connections over the cap served anyway in [dry
+    /// run](ConnectionLimitBuilder::dry_run).
+    pub dry_run_refusals: u64,
     /// Connections refused so far.
     pub refused: u64,
     /// Connections being served now.
     pub live: usize,
     /// The cap.
     pub limit: usize,
+}
+
+/// One line: `live 12/100, admitted 40 (dry run 0), refused 3`.
+impl std::fmt::Display for ConnectionLimitStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "live {}/{}, admitted {} (dry run {}), refused {}",
+            self.live, self.limit, self.admitted, self.dry_run_refusals, self.refused
+        )
+    }
 }
 
 impl ConnectionLimitLayer {
@@ -76,7 +90,8 @@ impl ConnectionLimitLayer {
         let shared = &self.shared;
         ConnectionLimitStats {
             admitted: shared.admitted.get(),
-            refused: shared.refused.get(),
+            dry_run_refusals: shared.refused.dry_run(),
+            refused: shared.refused.refused(),
             live: shared.live.load(Ordering::Relaxed),
             limit: shared.max(),
         }
@@ -132,7 +147,7 @@ impl ConnectionLimitBuilder {
             refusal: self.refusal,
             log: LogThrottle::new(Duration::from_secs(1)),
             admitted: Counter::default(),
-            refused: Counter::default(),
+            refused: Refusals::new("connection_limit", "connection_limit"),
             #[cfg(feature = "overload")]
             evict: self
                 .overload
@@ -168,7 +183,7 @@ pub(crate) struct Shared {
     pub(super) refusal: Refusal,
     pub(super) log: LogThrottle,
     pub(super) admitted: Counter,
-    pub(super) refused: Counter,
+    pub(super) refused: Refusals,
     /// The idle connections an overload manager may evict to make room.
     #[cfg(feature = "overload")]
     pub(super) evict: Option<Arc<crate::overload::Registry>>,
@@ -205,8 +220,7 @@ impl Shared {
     }
 
     /// A slot over the cap, for a connection admitted in the place of an idle one
-    /// being evicted.
-    #[cfg(feature = "overload")]
+    /// being evicted, or in dry run.
     pub(super) fn acquire_over_cap(self: &Arc<Self>) -> GlobalSlot {
         self.live.fetch_add(1, Ordering::AcqRel);
         self.admitted.add();
@@ -224,10 +238,36 @@ impl Shared {
             .is_some_and(|registry| registry.evict_one(self.max().div_ceil(CAP_SHARE_PER_EVICTION)))
     }
 
+    /// Whether a full cap keeps the service from being ready: in backpressure mode,
+    /// unless in dry run.
+    pub(super) fn waits_for_room(&self) -> bool {
+        self.mode == Mode::Backpressure && !self.refusal.is_dry_run()
+    }
+
     pub(super) fn release(&self) {
         self.live.fetch_sub(1, Ordering::AcqRel);
-        if self.mode == Mode::Backpressure {
+        if self.waits_for_room() {
             self.freed.notify_waiters();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_print_on_one_line() {
+        let stats = ConnectionLimitStats {
+            admitted: 40,
+            dry_run_refusals: 1,
+            refused: 3,
+            live: 12,
+            limit: 100,
+        };
+        assert_eq!(
+            stats.to_string(),
+            "live 12/100, admitted 40 (dry run 1), refused 3"
+        );
     }
 }

@@ -13,7 +13,7 @@ use tower::Service;
 use super::layer::Shared;
 use crate::{
     BoxError, Conn,
-    admission::{Mode, Reason, ResponseFuture, Slot, refuse},
+    admission::{Reason, ResponseFuture, Slot, refuse},
 };
 
 /// A connection-level service under a [`ConnectionLimitLayer`](super::ConnectionLimitLayer).
@@ -75,7 +75,7 @@ where
     type Future = ResponseFuture<S::Future, IO>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.shared.mode == Mode::Backpressure {
+        if self.shared.waits_for_room() {
             ready!(self.poll_room(cx));
         }
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -93,11 +93,21 @@ where
                 ResponseFuture::admitted(self.inner.call(conn), Slot::Global(slot))
             }
             None => {
-                self.shared.refused.add();
+                let shared = &self.shared;
                 let reason = Reason::ConnectionLimit {
-                    limit: self.shared.max(),
+                    limit: shared.max(),
                 };
-                refuse(conn, reason, &self.shared.refusal, &self.shared.log)
+                refuse(
+                    conn,
+                    reason,
+                    &shared.refused,
+                    &shared.refusal,
+                    &shared.log,
+                    |conn| {
+                        let slot = shared.acquire_over_cap();
+                        ResponseFuture::admitted(self.inner.call(conn), Slot::Global(slot))
+                    },
+                )
             }
         }
     }

@@ -85,16 +85,33 @@ where
                 None
             };
             if let Some(reason) = refusal {
-                shared.stats.refused_banned.add();
-                return refuse(conn, reason, &shared.ban_refusal, &shared.refusal_log);
+                let refusals = shared.stats.refusals(&reason);
+                let log = &shared.refusal_log;
+                return refuse(conn, reason, refusals, &shared.ban_refusal, log, |conn| {
+                    serve(&mut self.inner, shared, conn, Some(peer))
+                });
             }
         }
-        let future = PenaltyFuture {
-            inner: self.inner.call(conn),
-            offender: peer.map(|peer| (shared.clone(), peer)),
-        };
-        ResponseFuture::admitted(future, Slot::None)
+        serve(&mut self.inner, shared, conn, peer)
     }
+}
+
+/// Serves a connection that the ban check lets through, counting its offences against
+/// `peer`.
+fn serve<S, IO>(
+    inner: &mut S,
+    shared: &Arc<Shared>,
+    conn: Conn<IO>,
+    peer: Option<Classified>,
+) -> ResponseFuture<PenaltyFuture<S::Future>, IO>
+where
+    S: Service<Conn<IO>, Response = ()>,
+{
+    let future = PenaltyFuture {
+        inner: inner.call(conn),
+        offender: peer.map(|peer| (shared.clone(), peer)),
+    };
+    ResponseFuture::admitted(future, Slot::None)
 }
 
 /// A connection's future under a [`BanLayer`]: if the connection fails with an

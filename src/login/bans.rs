@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use super::Offence;
 #[cfg(all(feature = "kernel-bans", target_os = "linux"))]
 use super::kernel_bans::{KernelBans, KernelState};
+use crate::metrics::{BANS_ACTIVE, BANS_ISSUED, Count, Level};
 use crate::peer::{
     Classified, PeerKey, PeerKeying, canonical_network,
     table::{Full, Located, PeerTable},
@@ -284,6 +285,7 @@ pub(crate) struct BanTable {
     policy: ArcSwap<BanPolicy>,
     keying: PeerKeying,
     origin: Instant,
+    pub(crate) metrics: BanMetrics,
     /// The kernel filter, once asked for.
     #[cfg(all(feature = "kernel-bans", target_os = "linux"))]
     kernel: std::sync::OnceLock<Arc<KernelState>>,
@@ -300,6 +302,12 @@ impl BanTable {
             policy: ArcSwap::from_pointee(policy),
             keying,
             origin: Instant::now(),
+            metrics: BanMetrics {
+                operator: Count::new(BANS_ISSUED, &[("reason", "operator")]),
+                #[cfg(feature = "fleet")]
+                fleet: Count::new(BANS_ISSUED, &[("reason", "fleet")]),
+                active: Level::new(BANS_ACTIVE, &[]),
+            },
             #[cfg(all(feature = "kernel-bans", target_os = "linux"))]
             kernel: std::sync::OnceLock::new(),
             #[cfg(feature = "fleet")]
@@ -589,25 +597,41 @@ impl BanTable {
     /// Forgets the peers whose records no longer change any decision: a peer never
     /// banned once its offences are out of the sliding window (two windows after the
     /// last), and any peer quiet (neither banned nor offending) for `forget_after`.
+    /// Counts the bans in force on the way, for the `bouncer.bans.active` metric.
     pub(crate) fn forget_quiet(&self) {
         let now = self.now();
         self.networks.forget_expired(now);
         let policy = self.policy();
         let forget_banned = nanos(policy.forget_after);
         let forget_unbanned = nanos(policy.window).saturating_mul(2).min(forget_banned);
+        let mut active = self.networks.list().len();
         self.table.retain(|record| {
             let keep_for = if record.offences == 0 {
                 forget_unbanned
             } else {
                 forget_banned
             };
+            active += usize::from(record.banned_until > now);
             now.saturating_sub(record.quiet_since()) < keep_for
         });
+        self.metrics.active.set(active as f64);
     }
 
     pub(crate) fn keying(&self) -> &PeerKeying {
         &self.keying
     }
+}
+
+/// The ban table's metrics that no `stats()` counter matches.
+#[derive(Debug)]
+pub(crate) struct BanMetrics {
+    /// Bans made by an operator (imports included).
+    operator: Count,
+    /// Bans applied from the fleet.
+    #[cfg(feature = "fleet")]
+    pub(crate) fleet: Count,
+    /// Bans in force, counted at each sweep.
+    active: Level,
 }
 
 /// Counts an offence of `points` at `now` in `record`; bans when the sliding-window
@@ -668,8 +692,9 @@ impl Bans {
         Ok(())
     }
 
-    /// Tells the fleet, if there is one, of a ban made here.
+    /// Counts a ban an operator made here, and tells the fleet, if there is one.
     fn shared_ban(&self, network: IpNet, length: Duration) {
+        self.table.metrics.operator.add(1);
         #[cfg(feature = "fleet")]
         if let Some(fleet) = self.table.fleet() {
             let target = self.table.ban_target(network);

@@ -126,10 +126,11 @@ use std::{
 
 use crate::{
     ConfigError,
-    admission::Refusal,
+    admission::{Refusal, Refusals},
     counter::Counter,
     deadline::Scaler,
     janitor::Janitor,
+    metrics::{BANS_ISSUED, EVICTIONS, PENALTIES},
     peer::{Classified, Overflow, PeerKeying, table::PeerTable},
     throttle::LogThrottle,
 };
@@ -151,6 +152,9 @@ pub use session_layer::{LoginSessions, SessionFuture, SessionLayer};
 use startups::{MaxStartups, Startups};
 
 const DEFAULT_MAX_TRACKED_PEERS: usize = 65_536;
+
+/// How often, at most, the count of bans in force is refreshed for the metrics.
+const BANS_ACTIVE_REFRESH: Duration = Duration::from_secs(5);
 
 /// Each kind's default limit; see the [module documentation](self) for why.
 const DEFAULT_MAX_FAILURES: u32 = 5;
@@ -215,10 +219,14 @@ pub struct LoginStats {
     pub evicted_requested: u64,
     /// Bans issued for offences, of any kind.
     pub bans: u64,
-    /// New connections refused because their peer was banned.
+    /// New connections refused because their peer was banned (or, with
+    /// [`Overflow::Refuse`], because the ban table was full).
     pub refused_banned: u64,
     /// New connections refused by the pre-authentication budget.
     pub refused_startups: u64,
+    /// New connections the ban check or the pre-authentication budget would have
+    /// refused, served anyway in [dry run](LoginBuilder::dry_run).
+    pub dry_run_refusals: u64,
     /// First-byte timeouts counted against their peer (not exempt, the kind not turned
     /// off), as are the offences below.
     pub first_byte_timeouts: u64,
@@ -238,6 +246,46 @@ pub struct LoginStats {
     pub unauthenticated: usize,
     /// Peers with offences or bans on record, now.
     pub tracked_peers: usize,
+}
+
+/// One line: `sessions 40 (authenticated 30), failed logins 12, evicted 6 (failures
+/// 5, login timeout 1, banned 0, requested 0), bans 2, refused 9 (banned 8, startups
+/// 1, dry run 0), offences 20, 3 unauthenticated, 5 peers tracked`.
+impl std::fmt::Display for LoginStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let evicted = self.evicted_after_failures
+            + self.evicted_login_timeout
+            + self.evicted_banned
+            + self.evicted_requested;
+        let offences = self.failed_logins
+            + self.first_byte_timeouts
+            + self.request_timeouts
+            + self.login_timeouts
+            + self.tls_handshake_timeouts
+            + self.tls_handshake_failures
+            + self.http_protocol_errors
+            + self.over_limit_refusals;
+        write!(
+            f,
+            "sessions {} (authenticated {}), failed logins {}, evicted {} (failures {}, login timeout {}, banned {}, requested {}), bans {}, refused {} (banned {}, startups {}, dry run {}), offences {}, {} unauthenticated, {} peers tracked",
+            self.sessions,
+            self.authenticated,
+            self.failed_logins,
+            evicted,
+            self.evicted_after_failures,
+            self.evicted_login_timeout,
+            self.evicted_banned,
+            self.evicted_requested,
+            self.bans,
+            self.refused_banned + self.refused_startups,
+            self.refused_banned,
+            self.refused_startups,
+            self.dry_run_refusals,
+            offences,
+            self.unauthenticated,
+            self.tracked_peers
+        )
+    }
 }
 
 impl Login {
@@ -333,9 +381,15 @@ impl Login {
             evicted_login_timeout: stats.evicted_login_timeout.get(),
             evicted_banned: stats.evicted_banned.get(),
             evicted_requested: stats.evicted_requested.get(),
-            bans: stats.bans.get(),
-            refused_banned: stats.refused_banned.get(),
-            refused_startups: stats.refused_startups.get(),
+            bans: stats.bans.iter().map(Counter::get).sum(),
+            refused_banned: stats.refused(&stats.ban_refusals()),
+            refused_startups: stats.refused(&stats.startup_refusals()),
+            dry_run_refusals: stats
+                .ban_refusals()
+                .into_iter()
+                .chain(stats.startup_refusals())
+                .map(Refusals::dry_run)
+                .sum(),
             first_byte_timeouts: stats.offences(Offence::FirstByteTimeout),
             request_timeouts: stats.offences(Offence::RequestTimeout),
             login_timeouts: stats.offences(Offence::LoginTimeout),
@@ -487,6 +541,16 @@ impl LoginBuilder {
         self
     }
 
+    /// Dry run for the ban check and the pre-authentication budget: a connection they
+    /// would refuse is counted (in `dry_run_refusals`) and logged, and served anyway.
+    /// Offences are still counted and bans still made, so that the ban list shows what
+    /// enforcing would do. Off by default. See [dry run](crate::admission#dry-run).
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.ban_refusal.set_dry_run(dry_run);
+        self.startup_refusal.set_dry_run(dry_run);
+        self
+    }
+
     /// How long writing a refusal message may take; 100 ms by default.
     pub fn refusal_write_timeout(mut self, timeout: Duration) -> Self {
         self.ban_refusal.set_write_timeout(timeout);
@@ -560,9 +624,16 @@ impl LoginBuilder {
                 )),
                 // Often enough to forget peers whose offences have left the window
                 // within about two windows, and quiet ones soon after `forget_after`.
+                // With metrics, often enough for the count of bans in force to be
+                // current.
                 sweep_every: (policy.forget_after / 8)
                     .min(policy.window)
-                    .clamp(Duration::from_secs(1), Duration::from_secs(3600)),
+                    .clamp(Duration::from_secs(1), Duration::from_secs(3600))
+                    .min(if cfg!(feature = "metrics") {
+                        BANS_ACTIVE_REFRESH
+                    } else {
+                        Duration::MAX
+                    }),
                 janitor: Janitor::default(),
                 keying: self.keying,
                 max_auth_tries: AtomicU32::new(self.max_auth_tries),
@@ -583,7 +654,7 @@ impl LoginBuilder {
                 startup_refusal: self.startup_refusal,
                 refusal_log: LogThrottle::new(Duration::from_secs(1)),
                 ban_log: LogThrottle::new(Duration::from_secs(1)),
-                stats: Counters::default(),
+                stats: Counters::new(),
             }),
         })
     }
@@ -683,6 +754,7 @@ impl Login {
             }
             return;
         }
+        shared.bans.metrics.fleet.add(1);
         if held.is_zero()
             && let Some(live) = &shared.live
             && !shared.keying.is_wider_than_a_key(&key)
@@ -723,7 +795,7 @@ fn default_max_offences() -> [u32; Offence::COUNT] {
     limits
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Counters {
     sessions: Counter,
     authenticated: Counter,
@@ -732,14 +804,67 @@ struct Counters {
     evicted_login_timeout: Counter,
     evicted_banned: Counter,
     evicted_requested: Counter,
-    bans: Counter,
-    refused_banned: Counter,
-    refused_startups: Counter,
+    /// Bans issued for offences, by the kind of the offence that made each.
+    bans: [Counter; Offence::COUNT],
+    refused_banned: Refusals,
+    refused_table_full: Refusals,
+    refused_startups_full: Refusals,
+    refused_early_drop: Refusals,
+    refused_peer_startups: Refusals,
     /// Offences counted against their peer, by kind.
     offences: [Counter; Offence::COUNT],
 }
 
 impl Counters {
+    fn new() -> Self {
+        let eviction = |reason| Counter::metric(EVICTIONS, &[("reason", reason)]);
+        Self {
+            sessions: Counter::default(),
+            authenticated: Counter::default(),
+            failed_logins: Counter::default(),
+            evicted_after_failures: eviction("failed_logins"),
+            evicted_login_timeout: eviction("login_timeout"),
+            evicted_banned: eviction("banned"),
+            evicted_requested: eviction("requested"),
+            bans: Offence::ALL
+                .map(|offence| Counter::metric(BANS_ISSUED, &[("reason", offence.label())])),
+            refused_banned: Refusals::new("ban", "banned"),
+            refused_table_full: Refusals::new("ban", "peer_table_full"),
+            refused_startups_full: Refusals::new("startups", "startups_full"),
+            refused_early_drop: Refusals::new("startups", "early_drop"),
+            refused_peer_startups: Refusals::new("startups", "peer_startups"),
+            offences: Offence::ALL
+                .map(|offence| Counter::metric(PENALTIES, &[("kind", offence.label())])),
+        }
+    }
+
+    fn ban_refusals(&self) -> [&Refusals; 2] {
+        [&self.refused_banned, &self.refused_table_full]
+    }
+
+    fn startup_refusals(&self) -> [&Refusals; 3] {
+        [
+            &self.refused_startups_full,
+            &self.refused_early_drop,
+            &self.refused_peer_startups,
+        ]
+    }
+
+    fn refused(&self, refusals: &[&Refusals]) -> u64 {
+        refusals.iter().map(|refusals| refusals.refused()).sum()
+    }
+
+    /// The counters of refusals for `reason`, by the ban check or the budget.
+    fn refusals(&self, reason: &crate::admission::Reason) -> &Refusals {
+        use crate::admission::Reason;
+        match reason {
+            Reason::Banned { .. } => &self.refused_banned,
+            Reason::StartupsFull { .. } => &self.refused_startups_full,
+            Reason::EarlyDrop { .. } => &self.refused_early_drop,
+            Reason::PeerStartups { .. } => &self.refused_peer_startups,
+            _ => &self.refused_table_full,
+        }
+    }
     fn offences(&self, offence: Offence) -> u64 {
         self.offences[offence.index()].get()
     }
@@ -799,7 +924,7 @@ impl Shared {
 
     /// `offence` just banned `peer` for `length`.
     fn banned(&self, peer: &Classified, length: Duration, offence: Offence) {
-        self.stats.bans.add();
+        self.stats.bans[offence.index()].add();
         if let Some(suppressed) = self.ban_log.allow() {
             tracing::warn!(peer = %peer.key, ban = ?length, %offence, suppressed, "peer banned");
             if peer.key.network().addr().is_loopback() {
@@ -812,5 +937,40 @@ impl Shared {
         if let Some(live) = &self.live {
             session_layer::evict_live(live, &peer.at);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_print_on_one_line() {
+        let stats = LoginStats {
+            sessions: 40,
+            authenticated: 30,
+            failed_logins: 12,
+            evicted_after_failures: 5,
+            evicted_login_timeout: 1,
+            evicted_banned: 0,
+            evicted_requested: 0,
+            bans: 2,
+            refused_banned: 8,
+            refused_startups: 1,
+            dry_run_refusals: 0,
+            first_byte_timeouts: 3,
+            request_timeouts: 0,
+            login_timeouts: 1,
+            tls_handshake_timeouts: 0,
+            tls_handshake_failures: 0,
+            http_protocol_errors: 0,
+            over_limit_refusals: 4,
+            unauthenticated: 3,
+            tracked_peers: 5,
+        };
+        assert_eq!(
+            stats.to_string(),
+            "sessions 40 (authenticated 30), failed logins 12, evicted 6 (failures 5, login timeout 1, banned 0, requested 0), bans 2, refused 9 (banned 8, startups 1, dry run 0), offences 20, 3 unauthenticated, 5 peers tracked"
+        );
     }
 }

@@ -56,8 +56,34 @@ impl Offence {
         Offence::TlsHandshakeTimeout,
     ];
 
+    /// Every kind, in the order of their index.
+    pub(crate) const ALL: [Offence; Offence::COUNT] = [
+        Offence::FailedLogin,
+        Offence::FirstByteTimeout,
+        Offence::RequestTimeout,
+        Offence::LoginTimeout,
+        Offence::TlsHandshakeTimeout,
+        Offence::TlsHandshakeFailure,
+        Offence::HttpProtocolError,
+        Offence::OverLimit,
+    ];
+
     pub(crate) fn index(self) -> usize {
         self as usize
+    }
+
+    /// The kind as a metric's label value.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Offence::FailedLogin => "failed_login",
+            Offence::FirstByteTimeout => "first_byte_timeout",
+            Offence::RequestTimeout => "request_timeout",
+            Offence::LoginTimeout => "login_timeout",
+            Offence::TlsHandshakeTimeout => "tls_handshake_timeout",
+            Offence::TlsHandshakeFailure => "tls_handshake_failure",
+            Offence::HttpProtocolError => "http_protocol_error",
+            Offence::OverLimit => "over_limit",
+        }
     }
 
     /// The offence a connection that failed with `error` committed, if any. Idle

@@ -17,13 +17,17 @@ use tower_layer::Layer;
 use super::{
     Shared,
     session::{EvictReason, Evicted, LoginSession, SessionState},
+    startups::StartupSlot,
 };
 use crate::{
     BoxError, Conn, GracefulClose,
     admission::{ResponseFuture, Slot, refuse},
     close::Requested,
     deadline::ShrinkingDeadline,
-    peer::table::{Located, PeerTable},
+    peer::{
+        Classified,
+        table::{Located, PeerTable},
+    },
 };
 
 /// Gives each connection its [`LoginSession`], enforces eviction, the login timeout and
@@ -71,53 +75,78 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, mut conn: Conn<IO>) -> Self::Future {
+    fn call(&mut self, conn: Conn<IO>) -> Self::Future {
         let shared = &self.shared;
         shared.start_janitor();
         let peer = shared.keying.classify(conn.peer_addr().ip());
-        let startup = match shared.startups.admit(peer.as_ref()) {
-            Ok(slot) => slot,
+        match shared.startups.admit(peer.as_ref()) {
+            Ok(startup) => serve(&mut self.inner, shared, conn, peer, startup),
             Err(reason) => {
-                shared.stats.refused_startups.add();
-                return refuse(conn, reason, &shared.startup_refusal, &shared.refusal_log);
+                let refusals = shared.stats.refusals(&reason);
+                let log = &shared.refusal_log;
+                refuse(
+                    conn,
+                    reason,
+                    refusals,
+                    &shared.startup_refusal,
+                    log,
+                    |conn| {
+                        // In the budget anyway, so that its count stays true.
+                        let startup = shared.startups.take(peer.as_ref());
+                        serve(&mut self.inner, shared, conn, peer, startup)
+                    },
+                )
             }
-        };
-        shared.stats.sessions.add();
-
-        let extensions = conn.extensions_mut();
-        let close = extensions
-            .get::<GracefulClose>()
-            .cloned()
-            .unwrap_or_else(|| {
-                let close = GracefulClose::new();
-                extensions.insert(close.clone());
-                close
-            });
-        let state = Arc::new(SessionState::new(shared.clone(), peer, close, startup));
-        extensions.insert(LoginSession {
-            state: state.clone(),
-        });
-
-        let (live, banned) = match (&shared.live, peer) {
-            (Some(live), Some(peer)) => LiveSlot::watch(live, &peer.at, &state, || {
-                shared.bans.banned_for(&peer).is_some()
-            })
-            .unzip(),
-            _ => (None, None),
-        };
-        let future = SessionFuture {
-            inner: self.inner.call(conn),
-            evicted: state.eviction.requested(),
-            login_deadline: shared
-                .login_timeout()
-                .map(|timeout| Box::pin(ShrinkingDeadline::after(timeout, &shared.scaler))),
-            grace: None,
-            banned,
-            _live: live,
-            state,
-        };
-        ResponseFuture::admitted(future, Slot::None)
+        }
     }
+}
+
+/// Gives a connection that holds `startup` its session, and serves it.
+fn serve<S, IO>(
+    inner: &mut S,
+    shared: &Arc<Shared>,
+    mut conn: Conn<IO>,
+    peer: Option<Classified>,
+    startup: StartupSlot,
+) -> ResponseFuture<SessionFuture<S::Future>, IO>
+where
+    S: Service<Conn<IO>, Response = ()>,
+{
+    shared.stats.sessions.add();
+
+    let extensions = conn.extensions_mut();
+    let close = extensions
+        .get::<GracefulClose>()
+        .cloned()
+        .unwrap_or_else(|| {
+            let close = GracefulClose::new();
+            extensions.insert(close.clone());
+            close
+        });
+    let state = Arc::new(SessionState::new(shared.clone(), peer, close, startup));
+    extensions.insert(LoginSession {
+        state: state.clone(),
+    });
+
+    let (live, banned) = match (&shared.live, peer) {
+        (Some(live), Some(peer)) => LiveSlot::watch(live, &peer.at, &state, || {
+            shared.bans.banned_for(&peer).is_some()
+        })
+        .unzip(),
+        _ => (None, None),
+    };
+    let future = SessionFuture {
+        inner: inner.call(conn),
+        evicted: state.eviction.requested(),
+        login_deadline: shared
+            .login_timeout()
+            .map(|timeout| Box::pin(ShrinkingDeadline::after(timeout, &shared.scaler))),
+        grace: None,
+        banned,
+        _live: live,
+        state,
+    };
+    ResponseFuture::admitted(future, Slot::None)
 }
 
 /// A connection's future under its login session: it enforces the login timeout, and

@@ -125,6 +125,32 @@ impl Startups {
         Ok(slot)
     }
 
+    /// Takes a place for a new connection from `peer` whatever the budget says: for a
+    /// connection that dry run serves though [`admit`](Self::admit) refused it.
+    pub(crate) fn take(self: &Arc<Self>, peer: Option<&Classified>) -> StartupSlot {
+        if self.budget.is_none() && self.per_peer.is_none() {
+            return StartupSlot {
+                startups: None,
+                at: None,
+            };
+        }
+        self.unauthenticated.fetch_add(1, Ordering::AcqRel);
+        let mut slot = StartupSlot {
+            startups: Some(self.clone()),
+            at: None,
+        };
+        if let (Some((_, table)), Some(peer)) = (&self.per_peer, peer) {
+            let mut shard = table.lock(&peer.at);
+            if let Some(waiting) = shard.get_mut() {
+                *waiting += 1;
+            } else if shard.insert(1).is_err() {
+                return slot;
+            }
+            slot.at = Some(peer.at);
+        }
+        slot
+    }
+
     /// A uniform draw in [0, 1).
     fn draw(&self) -> f64 {
         let mut z = self

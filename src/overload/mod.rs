@@ -106,7 +106,12 @@ use std::{
 };
 
 use crate::{
-    ConfigError, GracefulClose, config::nonzero, janitor::Janitor, limit, peer::PeerKeying,
+    ConfigError, GracefulClose,
+    config::nonzero,
+    janitor::Janitor,
+    limit,
+    metrics::{Level, OVERLOAD_PRESSURE},
+    peer::PeerKeying,
     timeout::Activity,
 };
 use pressure::{Sampled, Trigger};
@@ -170,6 +175,27 @@ pub struct OverloadStats {
     /// How long the pressure has been above zero, and so timeouts shortened, counted
     /// in sample periods.
     pub time_under_pressure: Duration,
+}
+
+/// One line: `pressure 0.25 (connections 0.90, descriptors 0.10, memory -, monitors
+/// -), evicted idle 4, registered 120, under pressure for 12s`.
+impl fmt::Display for OverloadStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let load =
+            |load: Option<f64>| load.map_or_else(|| "-".to_owned(), |load| format!("{load:.2}"));
+        write!(
+            f,
+            "pressure {:.2} (connections {}, descriptors {}, memory {}, monitors {}), evicted idle {}, registered {}, under pressure for {:?}",
+            self.pressure,
+            load(self.connections),
+            load(self.descriptors),
+            load(self.memory),
+            load(self.monitors),
+            self.evicted_idle,
+            self.registered,
+            self.time_under_pressure
+        )
+    }
 }
 
 impl Overload {
@@ -359,6 +385,7 @@ impl OverloadBuilder {
             sampler: Janitor::default(),
             sample_every: nonzero(self.sample_every, "sample_every")?,
             time_under_pressure: AtomicU64::new(0),
+            pressure_metric: Level::new(OVERLOAD_PRESSURE, &[]),
         });
         shared.sampled.sample(None);
         shared.ensure_sampler();
@@ -396,6 +423,8 @@ struct Shared {
     sample_every: Duration,
     /// Nanoseconds.
     time_under_pressure: AtomicU64,
+    /// The pressure at each sample, as a metric.
+    pressure_metric: Level,
 }
 
 impl Shared {
@@ -424,10 +453,35 @@ impl Shared {
 
     fn sample(&self) {
         self.sampled.sample(self.live());
-        if self.pressure() > 0.0 {
+        let pressure = self.pressure();
+        self.pressure_metric.set(pressure);
+        if pressure > 0.0 {
             let period = u64::try_from(self.sample_every.as_nanos()).unwrap_or(u64::MAX);
             self.time_under_pressure
                 .fetch_add(period, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_print_on_one_line() {
+        let stats = OverloadStats {
+            pressure: 0.25,
+            connections: Some(0.9),
+            descriptors: Some(0.1),
+            memory: None,
+            monitors: None,
+            evicted_idle: 4,
+            registered: 120,
+            time_under_pressure: Duration::from_secs(12),
+        };
+        assert_eq!(
+            stats.to_string(),
+            "pressure 0.25 (connections 0.90, descriptors 0.10, memory -, monitors -), evicted idle 4, registered 120, under pressure for 12s"
+        );
     }
 }

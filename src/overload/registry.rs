@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use crate::{
     GracefulClose,
     counter::{Counter, STRIPES, stripe},
+    metrics::EVICTIONS,
     peer::{PeerKey, PeerKeying},
     timeout::{Activity, Idleness},
 };
@@ -90,7 +91,7 @@ impl Registry {
             shards: Default::default(),
             cursor: AtomicUsize::new(0),
             evicting: AtomicUsize::new(0),
-            evicted: Counter::default(),
+            evicted: Counter::metric(EVICTIONS, &[("reason", "overload_shed")]),
             keying,
             quiet_after,
         }

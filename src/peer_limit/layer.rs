@@ -12,7 +12,7 @@ use tower_layer::Layer;
 use super::{PeerLimit, PeerSlot};
 use crate::{
     ConfigError,
-    admission::{Reason, Refusal, refusal_builder_methods},
+    admission::{Reason, Refusal, Refusals, Slot, refusal_builder_methods},
     config::nonzero,
     counter::Counter,
     peer::{
@@ -53,6 +53,9 @@ pub struct PeerLimitStats {
     pub exempt: u64,
     /// Of those, connections let through untracked because the table was full.
     pub untracked: u64,
+    /// Of those, connections that would have been refused, served anyway in [dry
+    /// run](PeerLimitBuilder::dry_run).
+    pub dry_run_refusals: u64,
     /// Connections refused because their peer was at its limit.
     pub refused_peer_limit: u64,
     /// Connections refused because the table was full.
@@ -70,6 +73,25 @@ pub struct PeerConnections {
     pub key: crate::peer::PeerKey,
     /// Its live connections, counted against its limit.
     pub connections: usize,
+}
+
+/// One line: `admitted 40 (exempt 2, untracked 0, dry run 0), refused 3 (peer limit
+/// 3, table full 0), 5 peers tracked`.
+impl std::fmt::Display for PeerLimitStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "admitted {} (exempt {}, untracked {}, dry run {}), refused {} (peer limit {}, table full {}), {} peers tracked",
+            self.admitted,
+            self.exempt,
+            self.untracked,
+            self.dry_run_refusals,
+            self.refused_peer_limit + self.refused_table_full,
+            self.refused_peer_limit,
+            self.refused_table_full,
+            self.tracked_peers
+        )
+    }
 }
 
 impl PeerLimitLayer {
@@ -91,8 +113,10 @@ impl PeerLimitLayer {
             admitted: shared.admitted.get(),
             exempt: shared.exempt.get(),
             untracked: shared.untracked.get(),
-            refused_peer_limit: shared.refused_peer_limit.get(),
-            refused_table_full: shared.refused_table_full.get(),
+            dry_run_refusals: shared.refused_peer_limit.dry_run()
+                + shared.refused_table_full.dry_run(),
+            refused_peer_limit: shared.refused_peer_limit.refused(),
+            refused_table_full: shared.refused_table_full.refused(),
             tracked_peers: shared.table.len(),
         }
     }
@@ -179,8 +203,8 @@ impl PeerLimitBuilder {
                 admitted: Counter::default(),
                 exempt: Counter::default(),
                 untracked: Counter::default(),
-                refused_peer_limit: Counter::default(),
-                refused_table_full: Counter::default(),
+                refused_peer_limit: Refusals::new("peer_limit", "peer_limit"),
+                refused_table_full: Refusals::new("peer_limit", "peer_table_full"),
             }),
         })
     }
@@ -207,8 +231,8 @@ pub(crate) struct Shared {
     admitted: Counter,
     exempt: Counter,
     untracked: Counter,
-    refused_peer_limit: Counter,
-    refused_table_full: Counter,
+    refused_peer_limit: Refusals,
+    refused_table_full: Refusals,
 }
 
 /// The decision on one connection.
@@ -217,7 +241,8 @@ pub(super) enum Admission {
     Tracked(PeerSlot),
     /// Let through without counting: exempt, or the table was full.
     Untracked,
-    Refused(Reason),
+    /// Over the limit; in dry run, served anyway with this slot.
+    Refused(Reason, Slot),
 }
 
 impl Shared {
@@ -231,12 +256,18 @@ impl Shared {
         let mut shard = self.table.lock(&at);
         if let Some(live) = shard.get_mut() {
             if *live >= max_per_peer {
-                drop(shard);
-                self.refused_peer_limit.add();
-                return Admission::Refused(Reason::PeerLimit {
+                let reason = Reason::PeerLimit {
                     key,
                     limit: max_per_peer as usize,
-                });
+                };
+                if !self.refusal.is_dry_run() {
+                    return Admission::Refused(reason, Slot::None);
+                }
+                // Counted over the limit, so that the count stays true.
+                *live += 1;
+                drop(shard);
+                self.admitted.add();
+                return Admission::Refused(reason, Slot::Peer(PeerSlot::new(self.clone(), at)));
             }
             *live += 1;
         } else if shard.insert(1).is_err() {
@@ -248,16 +279,27 @@ impl Shared {
                     Admission::Untracked
                 }
                 Overflow::Refuse => {
-                    self.refused_table_full.add();
-                    Admission::Refused(Reason::PeerTableFull {
+                    if self.refusal.is_dry_run() {
+                        self.admitted.add();
+                    }
+                    let reason = Reason::PeerTableFull {
                         capacity: self.table.capacity(),
-                    })
+                    };
+                    Admission::Refused(reason, Slot::None)
                 }
             };
         }
         drop(shard);
         self.admitted.add();
         Admission::Tracked(PeerSlot::new(self.clone(), at))
+    }
+
+    /// The counters of refusals for `reason`.
+    pub(super) fn refusals(&self, reason: &Reason) -> &Refusals {
+        match reason {
+            Reason::PeerLimit { .. } => &self.refused_peer_limit,
+            _ => &self.refused_table_full,
+        }
     }
 
     pub(super) fn release(&self, at: &Located) {
@@ -268,5 +310,27 @@ impl Shared {
                 shard.remove();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_print_on_one_line() {
+        let stats = PeerLimitStats {
+            admitted: 40,
+            exempt: 2,
+            untracked: 1,
+            dry_run_refusals: 0,
+            refused_peer_limit: 3,
+            refused_table_full: 4,
+            tracked_peers: 5,
+        };
+        assert_eq!(
+            stats.to_string(),
+            "admitted 40 (exempt 2, untracked 1, dry run 0), refused 7 (peer limit 3, table full 4), 5 peers tracked"
+        );
     }
 }

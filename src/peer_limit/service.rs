@@ -48,8 +48,17 @@ where
                 ResponseFuture::admitted(self.inner.call(conn), Slot::Peer(slot))
             }
             Admission::Untracked => ResponseFuture::admitted(self.inner.call(conn), Slot::None),
-            Admission::Refused(reason) => {
-                refuse(conn, reason, &self.shared.refusal, &self.shared.log)
+            Admission::Refused(reason, slot) => {
+                let shared = &self.shared;
+                let refusals = shared.refusals(&reason);
+                refuse(
+                    conn,
+                    reason,
+                    refusals,
+                    &shared.refusal,
+                    &shared.log,
+                    |conn| ResponseFuture::admitted(self.inner.call(conn), slot),
+                )
             }
         }
     }

@@ -5,8 +5,8 @@ use tower_layer::Layer;
 
 use super::{ProxyProtocol, ProxyProtocolError};
 use crate::{
-    ConfigError, config::nonzero, counter::Counter, deadline::Scaler, peer::canonical_network,
-    throttle::LogThrottle,
+    ConfigError, config::nonzero, counter::Counter, deadline::Scaler,
+    metrics::PROXY_PROTOCOL_ERRORS, peer::canonical_network, throttle::LogThrottle,
 };
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -62,6 +62,32 @@ pub struct ProxyProtocolStats {
     pub refused_untrusted_header: u64,
     /// Connections that ended or failed before their header was complete.
     pub closed_early: u64,
+}
+
+/// One line: `proxied 40, local 1, without header 0, untrusted 2, refused 3 (missing
+/// 1, malformed 1, too long 0, timed out 1, untrusted header 0), closed early 0`.
+impl std::fmt::Display for ProxyProtocolStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "proxied {}, local {}, without header {}, untrusted {}, refused {} (missing {}, malformed {}, too long {}, timed out {}, untrusted header {}), closed early {}",
+            self.proxied,
+            self.local,
+            self.without_header,
+            self.untrusted,
+            self.refused_missing
+                + self.refused_malformed
+                + self.refused_too_long
+                + self.refused_timed_out
+                + self.refused_untrusted_header,
+            self.refused_missing,
+            self.refused_malformed,
+            self.refused_too_long,
+            self.refused_timed_out,
+            self.refused_untrusted_header,
+            self.closed_early
+        )
+    }
 }
 
 impl ProxyProtocolLayer {
@@ -168,7 +194,7 @@ impl ProxyProtocolBuilder {
                 scaler: self.scaler,
                 max_v2_len: nonzero(self.max_v2_len, "max_v2_len")?,
                 log: LogThrottle::new(Duration::from_secs(1)),
-                stats: Stats::default(),
+                stats: Stats::new(),
             }),
         })
     }
@@ -196,7 +222,7 @@ pub(crate) struct Shared {
     pub(super) stats: Stats,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Stats {
     pub(super) proxied: Counter,
     pub(super) local: Counter,
@@ -208,6 +234,24 @@ pub(super) struct Stats {
     refused_timed_out: Counter,
     refused_untrusted_header: Counter,
     closed_early: Counter,
+}
+
+impl Stats {
+    fn new() -> Self {
+        let error = |reason| Counter::metric(PROXY_PROTOCOL_ERRORS, &[("reason", reason)]);
+        Self {
+            proxied: Counter::default(),
+            local: Counter::default(),
+            without_header: Counter::default(),
+            untrusted: Counter::default(),
+            refused_missing: error("missing"),
+            refused_malformed: error("malformed"),
+            refused_too_long: error("too_long"),
+            refused_timed_out: error("timed_out"),
+            refused_untrusted_header: error("untrusted_header"),
+            closed_early: error("closed_early"),
+        }
+    }
 }
 
 impl Shared {
@@ -244,5 +288,30 @@ impl Shared {
                 tracing::warn!(%peer, %error, suppressed, "PROXY header refused");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_print_on_one_line() {
+        let stats = ProxyProtocolStats {
+            proxied: 40,
+            local: 1,
+            without_header: 0,
+            untrusted: 2,
+            refused_missing: 1,
+            refused_malformed: 1,
+            refused_too_long: 0,
+            refused_timed_out: 1,
+            refused_untrusted_header: 0,
+            closed_early: 5,
+        };
+        assert_eq!(
+            stats.to_string(),
+            "proxied 40, local 1, without header 0, untrusted 2, refused 3 (missing 1, malformed 1, too long 0, timed out 1, untrusted header 0), closed early 5"
+        );
     }
 }

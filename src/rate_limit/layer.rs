@@ -13,7 +13,7 @@ use tower_layer::Layer;
 use super::{RateLimit, TokioClock, clock, store::RateStore};
 use crate::{
     ConfigError,
-    admission::{Mode, Reason, Refusal, refusal_builder_methods},
+    admission::{Mode, Reason, Refusal, Refusals, refusal_builder_methods},
     counter::Counter,
     janitor::Janitor,
     peer::{
@@ -156,6 +156,9 @@ pub struct RateLimitStats {
     pub exempt: u64,
     /// Of those, connections let through untracked because the table was full.
     pub untracked: u64,
+    /// Of those, connections that would have been refused, served anyway in [dry
+    /// run](RateLimitBuilder::dry_run).
+    pub dry_run_refusals: u64,
     /// Connections refused for their peer's rate.
     pub refused_peer_rate: u64,
     /// Connections refused for the global rate.
@@ -164,6 +167,26 @@ pub struct RateLimitStats {
     pub refused_table_full: u64,
     /// Peers whose bucket is not full, tracked now.
     pub tracked_peers: usize,
+}
+
+/// One line: `admitted 40 (exempt 2, untracked 0, dry run 0), refused 12 (peer rate
+/// 10, global rate 2, table full 0), 5 peers tracked`.
+impl std::fmt::Display for RateLimitStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "admitted {} (exempt {}, untracked {}, dry run {}), refused {} (peer rate {}, global rate {}, table full {}), {} peers tracked",
+            self.admitted,
+            self.exempt,
+            self.untracked,
+            self.dry_run_refusals,
+            self.refused_peer_rate + self.refused_global_rate + self.refused_table_full,
+            self.refused_peer_rate,
+            self.refused_global_rate,
+            self.refused_table_full,
+            self.tracked_peers
+        )
+    }
 }
 
 impl RateLimitLayer {
@@ -188,9 +211,12 @@ impl RateLimitLayer {
             admitted: shared.admitted.get(),
             exempt: shared.exempt.get(),
             untracked: shared.untracked.get(),
-            refused_peer_rate: shared.refused_peer_rate.get(),
-            refused_global_rate: shared.refused_global_rate.get(),
-            refused_table_full: shared.refused_table_full.get(),
+            dry_run_refusals: shared.refused_peer_rate.dry_run()
+                + shared.refused_global_rate.dry_run()
+                + shared.refused_table_full.dry_run(),
+            refused_peer_rate: shared.refused_peer_rate.refused(),
+            refused_global_rate: shared.refused_global_rate.refused(),
+            refused_table_full: shared.refused_table_full.refused(),
             tracked_peers: shared.tracked_peers(),
         }
     }
@@ -328,9 +354,9 @@ impl RateLimitBuilder {
                 admitted: Counter::default(),
                 exempt: Counter::default(),
                 untracked: Counter::default(),
-                refused_peer_rate: Counter::default(),
-                refused_global_rate: Counter::default(),
-                refused_table_full: Counter::default(),
+                refused_peer_rate: Refusals::new("rate_limit", "peer_rate"),
+                refused_global_rate: Refusals::new("rate_limit", "global_rate"),
+                refused_table_full: Refusals::new("rate_limit", "peer_table_full"),
             }),
         })
     }
@@ -381,16 +407,17 @@ pub(crate) struct Shared {
     admitted: Counter,
     exempt: Counter,
     untracked: Counter,
-    refused_peer_rate: Counter,
-    refused_global_rate: Counter,
-    refused_table_full: Counter,
+    refused_peer_rate: Refusals,
+    refused_global_rate: Refusals,
+    refused_table_full: Refusals,
 }
 
 impl Shared {
     /// Decides on a connection from `ip`. `global_reserved`: one connection's worth of
     /// the global rate, taken while the service waited to be ready (backpressure). It is
     /// spent only on a connection the global rate applies to: one that is exempt or
-    /// refused for its peer's rate leaves it to the next.
+    /// refused for its peer's rate leaves it to the next. In dry run, a connection
+    /// refused is counted as admitted too, since it is served.
     pub(super) fn admit(
         self: &Arc<Self>,
         ip: IpAddr,
@@ -401,20 +428,30 @@ impl Shared {
             self.admitted.add();
             return Ok(());
         };
-        clock::at(tokio::time::Instant::now(), || {
+        let decision = clock::at(tokio::time::Instant::now(), || {
             if let Some(per_peer) = &self.per_peer {
                 per_peer.start_janitor(self);
                 self.check_peer(per_peer, peer)?;
             }
             if !std::mem::take(global_reserved) {
-                self.check_global().map_err(|retry_after| {
-                    self.refused_global_rate.add();
-                    Reason::GlobalRate { retry_after }
-                })?;
+                self.check_global()
+                    .map_err(|retry_after| Reason::GlobalRate { retry_after })?;
             }
-            self.admitted.add();
             Ok(())
-        })
+        });
+        if decision.is_ok() || self.refusal.is_dry_run() {
+            self.admitted.add();
+        }
+        decision
+    }
+
+    /// The counters of refusals for `reason`.
+    pub(super) fn refusals(&self, reason: &Reason) -> &Refusals {
+        match reason {
+            Reason::PeerRate { .. } => &self.refused_peer_rate,
+            Reason::GlobalRate { .. } => &self.refused_global_rate,
+            _ => &self.refused_table_full,
+        }
     }
 
     fn check_peer(
@@ -429,21 +466,19 @@ impl Shared {
                     self.untracked.add();
                     Ok(())
                 }
-                Overflow::Refuse => {
-                    self.refused_table_full.add();
-                    Err(Reason::PeerTableFull {
-                        capacity: table.capacity(),
-                    })
-                }
+                Overflow::Refuse => Err(Reason::PeerTableFull {
+                    capacity: table.capacity(),
+                }),
             };
         }
-        per_peer.limiter.load().check_key(&at).map_err(|not_until| {
-            self.refused_peer_rate.add();
-            Reason::PeerRate {
+        per_peer
+            .limiter
+            .load()
+            .check_key(&at)
+            .map_err(|not_until| Reason::PeerRate {
                 key,
                 retry_after: not_until.wait_time_from(self.clock.now()),
-            }
-        })
+            })
     }
 
     /// Takes one connection from the global rate, or says how long until it allows one.
@@ -457,8 +492,12 @@ impl Shared {
         }
     }
 
+    /// Whether the global rate keeps the service from being ready: in backpressure
+    /// mode, unless in dry run.
     pub(super) fn has_global_backpressure(&self) -> bool {
-        self.global.is_some() && self.global_mode == Mode::Backpressure
+        self.global.is_some()
+            && self.global_mode == Mode::Backpressure
+            && !self.refusal.is_dry_run()
     }
 
     fn tracked_peers(&self) -> usize {
@@ -477,5 +516,28 @@ impl PerPeer {
                 per_peer.limiter.load().retain_recent();
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_print_on_one_line() {
+        let stats = RateLimitStats {
+            admitted: 40,
+            exempt: 2,
+            untracked: 0,
+            dry_run_refusals: 1,
+            refused_peer_rate: 10,
+            refused_global_rate: 2,
+            refused_table_full: 0,
+            tracked_peers: 5,
+        };
+        assert_eq!(
+            stats.to_string(),
+            "admitted 40 (exempt 2, untracked 0, dry run 1), refused 12 (peer rate 10, global rate 2, table full 0), 5 peers tracked"
+        );
     }
 }

@@ -13,7 +13,7 @@ use tower::Service;
 use super::layer::Shared;
 use crate::{
     BoxError, Conn,
-    admission::{Reason, ResponseFuture, Slot, refuse},
+    admission::{ResponseFuture, Slot, refuse},
     deadline::deadline_after,
 };
 
@@ -87,11 +87,18 @@ where
     fn call(&mut self, conn: Conn<IO>) -> Self::Future {
         match self.shared.admit(conn.peer_addr().ip(), &mut self.reserved) {
             Ok(()) => ResponseFuture::admitted(self.inner.call(conn), Slot::None),
-            Err(reason) => refuse_for(conn, reason, &self.shared),
+            Err(reason) => {
+                let shared = &self.shared;
+                let refusals = shared.refusals(&reason);
+                refuse(
+                    conn,
+                    reason,
+                    refusals,
+                    &shared.refusal,
+                    &shared.log,
+                    |conn| ResponseFuture::admitted(self.inner.call(conn), Slot::None),
+                )
+            }
         }
     }
-}
-
-fn refuse_for<F, IO>(conn: Conn<IO>, reason: Reason, shared: &Shared) -> ResponseFuture<F, IO> {
-    refuse(conn, reason, &shared.refusal, &shared.log)
 }

@@ -60,7 +60,14 @@ use tokio_util::task::TaskTracker;
 use tower::Service;
 use tracing::Instrument;
 
-use crate::{BoxError, Conn, GracefulClose, throttle::LogThrottle};
+use crate::{
+    BoxError, Conn, GracefulClose,
+    metrics::{
+        ACCEPT_PAUSE_DURATION, ACCEPT_PAUSED, ACTIVE_CONNECTIONS, CONNECTION_DURATION, Level,
+        Seconds, Stopwatch,
+    },
+    throttle::LogThrottle,
+};
 use accept_error::{AcceptError, Backoff};
 pub use listener::Listener;
 use reserve::{ReserveDescriptor, Shed, is_descriptor_shortage};
@@ -95,6 +102,8 @@ pub struct Server<L, F = Pending<()>> {
     drain_timeout: Duration,
     max_accept_backoff: Duration,
     reserve_descriptor: bool,
+    /// The `listener` label of its metrics.
+    name: String,
 }
 
 impl<L: Listener> Server<L> {
@@ -108,6 +117,7 @@ impl<L: Listener> Server<L> {
             drain_timeout: Duration::from_secs(10),
             max_accept_backoff: Duration::from_secs(1),
             reserve_descriptor: cfg!(unix),
+            name: DEFAULT_NAME.to_owned(),
         }
     }
 }
@@ -126,7 +136,16 @@ impl<L: Listener, F> Server<L, F> {
             drain_timeout: self.drain_timeout,
             max_accept_backoff: self.max_accept_backoff,
             reserve_descriptor: self.reserve_descriptor,
+            name: self.name,
         }
+    }
+
+    /// The server's name in its metrics (feature `metrics`), the value of their
+    /// `listener` label, to tell a public listener from an internal one; `"default"`
+    /// unless set. Keep it to a few fixed names: each is a series of its own.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
     }
 
     /// How long shutdown waits for live connections to finish before cutting them.
@@ -174,7 +193,21 @@ impl<L: Listener, F> Server<L, F> {
     /// `EINVAL` on Linux), or the service failing in `poll_ready` (wrapped in
     /// `io::Error::other`). Live connections are drained before the error is
     /// returned.
-    pub async fn serve<S>(self, mut service: S) -> io::Result<ShutdownReport>
+    ///
+    /// The server's metrics (feature `metrics`) are registered when this is called,
+    /// with the recorder installed then, as the layers' are when they are built.
+    pub fn serve<S>(self, service: S) -> impl Future<Output = io::Result<ShutdownReport>>
+    where
+        F: Future<Output = ()>,
+        S: Service<Conn<L::Io>, Response = ()>,
+        S::Error: Into<BoxError> + 'static,
+        S::Future: Send + 'static,
+    {
+        let metrics = ServeMetrics::new(&self.name);
+        self.run(service, metrics)
+    }
+
+    async fn run<S>(self, mut service: S, metrics: ServeMetrics) -> io::Result<ShutdownReport>
     where
         F: Future<Output = ()>,
         S: Service<Conn<L::Io>, Response = ()>,
@@ -187,6 +220,7 @@ impl<L: Listener, F> Server<L, F> {
             drain_timeout,
             max_accept_backoff,
             reserve_descriptor,
+            name: _,
         } = self;
         let mut shutdown = pin!(shutdown);
         let mut connections = Connections::default();
@@ -200,13 +234,19 @@ impl<L: Listener, F> Server<L, F> {
             .filter(|addr| !addr.ip().is_unspecified());
         let error_log = LogThrottle::new(ACCEPT_ERROR_LOG_INTERVAL);
 
+        let mut paused = Pause::default();
         let outcome = loop {
             // Ready before accept: a full service leaves connections in the backlog.
             let ready = tokio::select! {
                 biased;
                 () = &mut shutdown => break Ok(()),
-                ready = poll_fn(|cx| service.poll_ready(cx).map_err(Into::into)) => ready,
+                ready = poll_fn(|cx| {
+                    let ready = service.poll_ready(cx).map_err(Into::into);
+                    paused.polled(ready.is_pending(), &metrics);
+                    ready
+                }) => ready,
             };
+            paused.end(&metrics);
             if let Err(error) = ready {
                 tracing::error!(%error, "connection service failed; shutting down");
                 break Err(io::Error::other(error));
@@ -234,7 +274,7 @@ impl<L: Listener, F> Server<L, F> {
                 Ok(conn) => {
                     backoff.reset();
                     reserve.refill();
-                    connections.spawn(&mut service, conn);
+                    connections.spawn(&mut service, conn, &metrics);
                     continue;
                 }
                 Err(failure) => failure,
@@ -282,6 +322,7 @@ impl<L: Listener, F> Server<L, F> {
             }
         };
 
+        paused.end(&metrics);
         // Closing the listener makes the kernel refuse new connections instead of
         // queueing them for a server that will never accept them.
         drop(listener);
@@ -307,6 +348,74 @@ pub fn raise_descriptor_limit() -> io::Result<u64> {
     rlimit::increase_nofile_limit(u64::MAX)
 }
 
+/// A server's name in its metrics unless [`Server::name`] sets one.
+const DEFAULT_NAME: &str = "default";
+
+/// The accept loop's metrics.
+struct ServeMetrics {
+    active: Level,
+    duration: Seconds,
+    paused: Level,
+    pause: Seconds,
+}
+
+impl ServeMetrics {
+    fn new(name: &str) -> Self {
+        let listener = [("listener", name)];
+        Self {
+            active: Level::new(ACTIVE_CONNECTIONS, &listener),
+            duration: Seconds::new(CONNECTION_DURATION, &listener),
+            paused: Level::new(ACCEPT_PAUSED, &listener),
+            pause: Seconds::new(ACCEPT_PAUSE_DURATION, &listener),
+        }
+    }
+}
+
+/// Since when the accept loop waits for its service to be ready, if it does.
+#[derive(Default)]
+struct Pause(Option<tokio::time::Instant>);
+
+impl Pause {
+    /// The service was polled, and was `pending` or ready.
+    fn polled(&mut self, pending: bool, metrics: &ServeMetrics) {
+        if pending && self.0.is_none() {
+            self.0 = Some(tokio::time::Instant::now());
+            metrics.paused.set(1.0);
+        }
+    }
+
+    /// The wait is over, if there was one.
+    fn end(&mut self, metrics: &ServeMetrics) {
+        if let Some(since) = self.0.take() {
+            metrics.paused.set(0.0);
+            metrics.pause.record(since.elapsed());
+        }
+    }
+}
+
+/// A connection counted in `bouncer.active_connections` while it lives; its duration
+/// is recorded when it ends.
+struct Served {
+    active: Level,
+    _duration: Stopwatch,
+}
+
+impl Served {
+    fn new(metrics: &ServeMetrics) -> Self {
+        metrics.active.up();
+        Self {
+            active: metrics.active.clone(),
+            _duration: metrics.duration.start(),
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.active.down();
+    }
+}
+
 /// How a graceful shutdown went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -326,7 +435,7 @@ struct Connections {
 }
 
 impl Connections {
-    fn spawn<S, IO>(&mut self, service: &mut S, mut conn: Conn<IO>)
+    fn spawn<S, IO>(&mut self, service: &mut S, mut conn: Conn<IO>, metrics: &ServeMetrics)
     where
         S: Service<Conn<IO>, Response = ()>,
         S::Error: Into<BoxError> + 'static,
@@ -345,7 +454,10 @@ impl Connections {
             }
         };
 
+        let served = Served::new(metrics);
         let task = async move {
+            // Counted until the task ends or is dropped: cut, aborted, panicked.
+            let _served = served;
             match AssertUnwindSafe(connection.map_err(Into::into))
                 .catch_unwind()
                 .await

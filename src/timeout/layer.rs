@@ -12,7 +12,11 @@ use super::{
     watch,
 };
 use crate::{
-    BoxError, ConfigError, Conn, counter::Counter, deadline::Scaler, throttle::LogThrottle,
+    BoxError, ConfigError, Conn,
+    counter::Counter,
+    deadline::Scaler,
+    metrics::{EVICTIONS, TIMEOUTS},
+    throttle::LogThrottle,
 };
 
 const DEFAULT_LIFETIME_GRACE: Duration = Duration::from_secs(30);
@@ -56,6 +60,23 @@ pub struct TimeoutStats {
     pub lifetime_wound_down: u64,
     /// Cut after their lifetime's grace period.
     pub lifetime_cut: u64,
+}
+
+/// One line: `timed out 7 (first byte 4, idle 2, request 1, lifetime 0), lifetime
+/// reached 3`.
+impl std::fmt::Display for TimeoutStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "timed out {} (first byte {}, idle {}, request {}, lifetime {}), lifetime reached {}",
+            self.first_byte + self.idle + self.request + self.lifetime_cut,
+            self.first_byte,
+            self.idle,
+            self.request,
+            self.lifetime_cut,
+            self.lifetime_wound_down
+        )
+    }
 }
 
 impl TimeoutLayer {
@@ -310,13 +331,26 @@ pub(crate) struct Shared {
     log: Arc<LogThrottle>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Counters {
     first_byte: Counter,
     idle: Counter,
     request: Counter,
     lifetime_wound_down: Counter,
     lifetime_cut: Counter,
+}
+
+impl Counters {
+    fn new() -> Self {
+        let timeout = |kind| Counter::metric(TIMEOUTS, &[("kind", kind)]);
+        Self {
+            first_byte: timeout("first_byte"),
+            idle: timeout("idle"),
+            request: timeout("request"),
+            lifetime_wound_down: Counter::metric(EVICTIONS, &[("reason", "lifetime")]),
+            lifetime_cut: timeout("lifetime"),
+        }
+    }
 }
 
 impl Shared {
@@ -328,7 +362,7 @@ impl Shared {
         Self {
             deadlines,
             scaler,
-            stats: Arc::default(),
+            stats: Arc::new(Counters::new()),
             log: Arc::new(LogThrottle::new(Duration::from_secs(1))),
         }
     }
@@ -349,5 +383,25 @@ impl Shared {
     pub(super) fn wound_down(&self) {
         self.stats.lifetime_wound_down.add();
         tracing::debug!("connection reached its lifetime; asked to close");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_print_on_one_line() {
+        let stats = TimeoutStats {
+            first_byte: 4,
+            idle: 2,
+            request: 1,
+            lifetime_wound_down: 3,
+            lifetime_cut: 0,
+        };
+        assert_eq!(
+            stats.to_string(),
+            "timed out 7 (first byte 4, idle 2, request 1, lifetime 0), lifetime reached 3"
+        );
     }
 }

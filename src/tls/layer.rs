@@ -8,7 +8,8 @@ use tower_layer::Layer;
 
 use super::{ServerCertificate, Tls, TlsError};
 use crate::{
-    ConfigError, config::nonzero, counter::Counter, deadline::Scaler, throttle::LogThrottle,
+    ConfigError, config::nonzero, counter::Counter, deadline::Scaler,
+    metrics::TLS_HANDSHAKE_ERRORS, throttle::LogThrottle,
 };
 
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,6 +53,17 @@ pub struct TlsStats {
     pub handshakes_timed_out: u64,
 }
 
+/// One line: `handshakes completed 40, failed 2, timed out 1`.
+impl std::fmt::Display for TlsStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "handshakes completed {}, failed {}, timed out {}",
+            self.handshakes_completed, self.handshakes_failed, self.handshakes_timed_out
+        )
+    }
+}
+
 impl TlsLayer {
     /// Presents `certificate` (reloadable through its clones), offers TLS 1.2 and 1.3
     /// with rustls' safe defaults on the `ring` provider, asks no client certificate,
@@ -82,7 +94,7 @@ impl TlsLayer {
         let shared = &self.shared;
         TlsStats {
             handshakes_completed: shared.completed.get(),
-            handshakes_failed: shared.failed.get(),
+            handshakes_failed: shared.broken.get() + shared.failed_io.get(),
             handshakes_timed_out: shared.timed_out.get(),
         }
     }
@@ -162,8 +174,9 @@ impl TlsBuilder {
                 scaler: self.scaler,
                 log: LogThrottle::new(Duration::from_secs(1)),
                 completed: Counter::default(),
-                failed: Counter::default(),
-                timed_out: Counter::default(),
+                broken: handshake_error("protocol"),
+                failed_io: handshake_error("io"),
+                timed_out: handshake_error("timeout"),
             }),
         })
     }
@@ -185,8 +198,15 @@ pub(super) struct Shared {
     pub(super) scaler: Scaler,
     log: LogThrottle,
     completed: Counter,
-    failed: Counter,
+    /// Handshakes the client broke: `TlsError::Protocol`.
+    broken: Counter,
+    /// Handshakes that failed reading or writing: `TlsError::Io`.
+    failed_io: Counter,
     timed_out: Counter,
+}
+
+fn handshake_error(reason: &'static str) -> Counter {
+    Counter::metric(TLS_HANDSHAKE_ERRORS, &[("reason", reason)])
 }
 
 impl Shared {
@@ -198,7 +218,8 @@ impl Shared {
     pub(super) fn failed(&self, error: TlsError, peer: SocketAddr) -> TlsError {
         match error {
             TlsError::Timeout(_) => self.timed_out.add(),
-            _ => self.failed.add(),
+            TlsError::Protocol(_) => self.broken.add(),
+            TlsError::Io(_) => self.failed_io.add(),
         }
         if let Some(suppressed) = self.log.allow() {
             tracing::info!(%peer, %error, suppressed, "TLS handshake failed");
@@ -213,5 +234,23 @@ impl std::fmt::Debug for Shared {
             .field("alpn", &self.acceptor.config().alpn_protocols)
             .field("handshake_timeout", &self.handshake_timeout)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_print_on_one_line() {
+        let stats = TlsStats {
+            handshakes_completed: 40,
+            handshakes_failed: 2,
+            handshakes_timed_out: 1,
+        };
+        assert_eq!(
+            stats.to_string(),
+            "handshakes completed 40, failed 2, timed out 1"
+        );
     }
 }

@@ -107,6 +107,23 @@ pub struct KernelBansStats {
     pub attach_failures: u64,
 }
 
+/// One line: `12 keys in 40 instructions on 1 listener(s), rebuilt 3 times (last
+/// 85µs), 0 attach failures`.
+impl std::fmt::Display for KernelBansStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} keys in {} instructions on {} listener(s), rebuilt {} times (last {:?}), {} attach failures",
+            self.keys,
+            self.instructions,
+            self.sockets,
+            self.rebuilds,
+            std::time::Duration::from_nanos(self.last_rebuild_nanos),
+            self.attach_failures
+        )
+    }
+}
+
 /// The filter's state, held by the ban table (so that its ban check can count
 /// refusals) and by the task that rebuilds the filter.
 pub(crate) struct KernelState {

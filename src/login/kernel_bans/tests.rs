@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use proptest::{collection::vec, prelude::*};
 
-use super::program::*;
+use super::{KernelBansStats, program::*};
 use crate::peer::{PeerKey, PeerKeying};
 
 /// What the kernel's interpreter does with `program` on a packet whose network header
@@ -238,4 +238,20 @@ proptest! {
             prop_assert_eq!(verdict == DROP, keys.contains(&keying.key(*source)), "{}", source);
         }
     }
+}
+
+#[test]
+fn stats_print_on_one_line() {
+    let stats = KernelBansStats {
+        keys: 12,
+        instructions: 40,
+        sockets: 1,
+        rebuilds: 3,
+        last_rebuild_nanos: 85_000,
+        attach_failures: 0,
+    };
+    assert_eq!(
+        stats.to_string(),
+        "12 keys in 40 instructions on 1 listener(s), rebuilt 3 times (last 85µs), 0 attach failures"
+    );
 }
