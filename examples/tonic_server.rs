@@ -29,6 +29,7 @@ use tower_bouncer::{
 async fn main() {
     let args = common::Args::from_env("tonic_server", false);
     common::init_logging();
+    common::record_metrics();
     // gRPC clients cannot read a message sent before the HTTP/2 handshake: refuse
     // silently.
     let bouncer = common::bouncer(&args, Refusals::Silent);

@@ -23,7 +23,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     task::{Context, Poll, ready},
     time::Duration,
@@ -233,13 +233,14 @@ pub enum Mode {
 
 /// What a refused connection is told before it is closed, if anything; or, in dry run,
 /// that it is served anyway.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Refusal {
     message: Option<Bytes>,
     write_timeout: Duration,
     /// How many refused connections hold a [`LingerSlot`] now, shared by clones.
     lingering: Arc<AtomicUsize>,
-    dry_run: bool,
+    /// Switched by a reload, once the layer is built.
+    dry_run: AtomicBool,
 }
 
 impl Default for Refusal {
@@ -248,19 +249,32 @@ impl Default for Refusal {
             message: None,
             write_timeout: Duration::from_millis(100),
             lingering: Arc::default(),
-            dry_run: false,
+            dry_run: AtomicBool::new(false),
+        }
+    }
+}
+
+/// A builder's copy: its own dry-run switch.
+impl Clone for Refusal {
+    fn clone(&self) -> Self {
+        Self {
+            message: self.message.clone(),
+            write_timeout: self.write_timeout,
+            lingering: self.lingering.clone(),
+            dry_run: AtomicBool::new(self.is_dry_run()),
         }
     }
 }
 
 impl Refusal {
-    pub(crate) fn set_dry_run(&mut self, dry_run: bool) {
-        self.dry_run = dry_run;
+    /// Turns dry run on or off, for the connections that come next.
+    pub(crate) fn set_dry_run(&self, dry_run: bool) {
+        self.dry_run.store(dry_run, Ordering::Relaxed);
     }
 
     /// Whether connections over the limit are served anyway.
     pub(crate) fn is_dry_run(&self) -> bool {
-        self.dry_run
+        self.dry_run.load(Ordering::Relaxed)
     }
 
     pub(crate) fn set_message(&mut self, message: Bytes) {
@@ -339,7 +353,7 @@ macro_rules! refusal_builder_methods {
         /// Dry run: a connection this layer would refuse is counted (in
         /// `dry_run_refusals`) and logged, and served anyway. Off by default. See
         /// [dry run](crate::admission#dry-run).
-        pub fn dry_run(mut self, dry_run: bool) -> Self {
+        pub fn dry_run(self, dry_run: bool) -> Self {
             self.refusal.set_dry_run(dry_run);
             self
         }
@@ -370,6 +384,20 @@ macro_rules! refusal_builder_methods {
 }
 pub(crate) use refusal_builder_methods;
 
+/// The method every admission layer has to switch dry run once built; the layer's
+/// `shared` state holds its `refusal`.
+macro_rules! dry_run_switch {
+    () => {
+        /// Turns [dry run](crate::admission#dry-run) on or off for this layer and its
+        /// clones, for the connections that come next: a limit watched, then
+        /// enforced, without a restart.
+        pub fn set_dry_run(&self, dry_run: bool) {
+            self.shared.refusal.set_dry_run(dry_run);
+        }
+    };
+}
+pub(crate) use dry_run_switch;
+
 /// Refuses a connection for `reason`, counted in `refusals`: a tracing event (at most
 /// one a second per layer, with the count of the ones held back), then the future that
 /// tells the peer and closes. In dry run, the same count apart and event, then
@@ -382,7 +410,7 @@ pub(crate) fn refuse<F, IO>(
     log: &LogThrottle,
     serve_anyway: impl FnOnce(Conn<IO>) -> ResponseFuture<F, IO>,
 ) -> ResponseFuture<F, IO> {
-    if refusal.dry_run {
+    if refusal.is_dry_run() {
         refusals.would_refuse.add();
         if let Some(suppressed) = log.allow() {
             tracing::warn!(peer = %conn.peer_addr(), %reason, suppressed, "dry run: connection would be refused");

@@ -360,3 +360,47 @@ async fn a_reload_changes_the_ban_policy_and_the_timeouts() {
     stop.send(()).unwrap();
     within(PATIENCE, task).await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn in_dry_run_what_would_be_refused_is_served_and_counted_until_a_reload_enforces_it() {
+    let mut config = config();
+    config.connections.per_peer = 1;
+    config.dry_run = true;
+    let bouncer = Bouncer::builder(config.clone())
+        .refusals(Refusals::messages(
+            "ERROR busy\n",
+            "ERROR slow down\n",
+            "ERROR banned\n",
+        ))
+        .build()
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = bouncer.clone();
+    let task = tokio::spawn(async move {
+        server
+            .serve_until(listener, Echo, async {
+                stopped.await.ok();
+            })
+            .await
+    });
+
+    let first = connect_from(14, addr).await;
+    let mut over = connect_from(14, addr).await;
+    over.write_all(b"served\n").await.unwrap();
+    assert_eq!(read_all(&mut over).await, "served\n");
+    let stats = bouncer.peer_limit().stats();
+    assert_eq!((stats.dry_run_refusals, stats.refused_peer_limit), (1, 0));
+
+    // Watched, then enforced without a restart.
+    config.dry_run = false;
+    bouncer.reload(config).unwrap();
+    let mut refused = connect_from(14, addr).await;
+    assert_eq!(read_all(&mut refused).await, "ERROR busy\n");
+    assert_eq!(bouncer.peer_limit().stats().refused_peer_limit, 1);
+
+    drop(first);
+    stop.send(()).unwrap();
+    within(PATIENCE, task).await.unwrap().unwrap();
+}

@@ -63,7 +63,7 @@ fn only_login_server_takes_a_login_timeout() {
 }
 
 /// The flags of the examples' command-line contract that all three take.
-const CONTRACT_FLAGS: [&str; 30] = [
+const CONTRACT_FLAGS: [&str; 31] = [
     "--addr",
     "--unprotected",
     "--max-connections",
@@ -94,6 +94,7 @@ const CONTRACT_FLAGS: [&str; 30] = [
     "--config",
     "--admin-addr",
     "--admin-token",
+    "--dry-run",
 ];
 
 #[test]

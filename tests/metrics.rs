@@ -419,35 +419,6 @@ async fn the_accept_loop_says_when_backpressure_pauses_it() {
     task.abort();
 }
 
-/// `promtool`, installed from Debian's `prometheus` package first if missing (as
-/// root), once for all the tests here.
-fn promtool() -> &'static str {
-    static FOUND: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let found = FOUND.get_or_init(|| {
-        let present = || Command::new("promtool").arg("--version").output().is_ok();
-        if present() {
-            return true;
-        }
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|output| output.stdout.starts_with(b"0\n"));
-        root && Command::new("sh")
-            .args([
-                "-c",
-                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus",
-            ])
-            .status()
-            .is_ok_and(|status| status.success())
-            && present()
-    });
-    assert!(
-        *found,
-        "promtool is installed (apt-get install prometheus; .ci/run does)"
-    );
-    "promtool"
-}
-
 /// A line protocol: `bad` is a failed login, answered `DENIED`; anything else `OK`.
 async fn logins(mut conn: Conn<TcpStream>) -> Result<(), BoxError> {
     let session = conn.extensions_mut().remove::<LoginSession>().unwrap();
@@ -527,7 +498,7 @@ async fn a_prometheus_exposition_after_an_attack_passes_promtool() {
     }
     let file = std::env::temp_dir().join(format!("bouncer-metrics-{}.prom", std::process::id()));
     std::fs::write(&file, &exposition).unwrap();
-    let checked = Command::new(promtool())
+    let checked = Command::new(support::promtool())
         .args(["check", "metrics"])
         .stdin(std::fs::File::open(&file).unwrap())
         .output()

@@ -129,3 +129,135 @@ fn an_admin_page_off_loopback_without_a_token_is_refused_at_start() {
         );
     }
 }
+
+/// The value of the first exposition line that starts with `series`, 0 if none.
+fn sample(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find(|line| line.starts_with(series))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn the_metrics_pass_promtool_and_move_under_an_attack() {
+    let mut server = Example::start(
+        "login_server",
+        &[
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--admin-token",
+            TOKEN,
+            "--max-per-peer",
+            "1",
+            "--max-failures",
+            "1",
+        ],
+    )
+    .await;
+    let page = server.admin_addr().await;
+    let refused = r#"bouncer_rejected_connections_total{layer="peer_limit",reason="peer_limit",outcome="rejected"}"#;
+    let (status, before) = admin(page, "GET", "/metrics", Some(TOKEN)).await;
+    assert_eq!(status, 200, "{before}");
+    assert_eq!(sample(&before, refused), 0.0);
+
+    // One peer over its cap, twice; another fails a login and is banned.
+    let mut held = LineClient::connect_from(21, server.addr).await;
+    assert_eq!(held.ask("LOGIN alice secret").await.as_deref(), Some("OK"));
+    for _ in 0..2 {
+        let mut over = LineClient::connect_from(21, server.addr).await;
+        assert_eq!(over.line().await.as_deref(), Some("ERROR busy"));
+    }
+    let mut attacker = LineClient::connect_from(22, server.addr).await;
+    assert_eq!(
+        attacker.ask("LOGIN alice wrong").await.as_deref(),
+        Some("DENIED")
+    );
+    assert_eq!(attacker.line().await, None);
+    let mut banned = LineClient::connect_from(22, server.addr).await;
+    assert_eq!(banned.line().await.as_deref(), Some("ERROR banned"));
+
+    let (_, after) = admin(page, "GET", "/metrics", Some(TOKEN)).await;
+    assert_eq!(sample(&after, refused), 2.0, "{after}");
+    assert_eq!(
+        sample(
+            &after,
+            r#"bouncer_rejected_connections_total{layer="ban",reason="banned",outcome="rejected"}"#
+        ),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(
+        sample(
+            &after,
+            r#"bouncer_bans_issued_total{reason="failed_login"}"#
+        ),
+        1.0
+    );
+    assert!(
+        sample(&after, "bouncer_active_connections") >= 1.0,
+        "{after}"
+    );
+    let checked = Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(after.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    drop(held);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn in_dry_run_a_refusal_is_counted_and_the_connection_served() {
+    let mut server = Example::start(
+        "login_server",
+        &[
+            "--dry-run",
+            "--max-per-peer",
+            "1",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--admin-token",
+            TOKEN,
+        ],
+    )
+    .await;
+    let page = server.admin_addr().await;
+    let mut first = LineClient::connect_from(23, server.addr).await;
+    assert_eq!(first.ask("LOGIN alice secret").await.as_deref(), Some("OK"));
+    let mut second = LineClient::connect_from(23, server.addr).await;
+    assert_eq!(
+        second.ask("LOGIN alice secret").await.as_deref(),
+        Some("OK"),
+        "served over the limit in dry run"
+    );
+    let (_, metrics) = admin(page, "GET", "/metrics", Some(TOKEN)).await;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"bouncer_rejected_connections_total{layer="peer_limit",reason="peer_limit",outcome="rejected_dry_run"}"#
+        ),
+        1.0,
+        "{metrics}"
+    );
+    let (_, stats) = admin(page, "GET", "/stats", Some(TOKEN)).await;
+    assert!(
+        stats.contains(r#""totals":{"banned":0,"dry_run_refusals":1,"#),
+        "{stats}"
+    );
+    drop((first, second));
+    server.stop().await;
+}

@@ -81,6 +81,20 @@ fn the_quick_siege_reports_every_attack_against_both_servers() {
         kernel < 100 && user_space > 10 * kernel,
         "{kernel} / {user_space}"
     );
+    // The Prometheus metrics move with the stats: every refusal at admission counted
+    // by both (the PROXY layer's refusals are errors, not admission refusals).
+    for run in runs {
+        let side = run["server"].as_str().unwrap();
+        if ["protected", "no kernel bans", "LB, no PROXY"].contains(&side) {
+            assert_eq!(run["metrics_refused"], run["refused"], "{run}");
+        }
+    }
+    assert!(
+        run("single-peer flood", "protected")["metrics_refused"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
     assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
     let _ = std::fs::remove_file(json);
     let _ = std::fs::remove_file(plot);

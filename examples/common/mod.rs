@@ -168,6 +168,41 @@ pub fn fail(message: impl Display) -> ! {
     process::exit(2);
 }
 
+/// Every layer's metrics in the Prometheus exposition format, recorded from
+/// [`record_metrics`] on.
+#[cfg(feature = "metrics")]
+static METRICS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+    std::sync::OnceLock::new();
+
+/// Records every layer's metrics for Prometheus (the admin page's `/metrics`). Called
+/// before the layers are built: they register their metrics then.
+pub fn record_metrics() {
+    #[cfg(feature = "metrics")]
+    {
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_recommended_naming(true)
+            .install_recorder()
+            .unwrap_or_else(|error| fail(format_args!("cannot record metrics: {error}")));
+        // Histograms are summarised on upkeep; without it they grow with every sample.
+        let upkeep = handle.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                upkeep.run_upkeep();
+            }
+        });
+        METRICS.set(handle).ok();
+    }
+}
+
+/// The Prometheus exposition of what has been recorded, if the metrics are.
+pub fn rendered_metrics() -> Option<String> {
+    #[cfg(feature = "metrics")]
+    return METRICS.get().map(|handle| handle.render());
+    #[cfg(not(feature = "metrics"))]
+    None
+}
+
 /// Logs go to stderr, never to stdout; `RUST_LOG` overrides the `info` default.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -214,6 +249,11 @@ pub async fn serve_admin(args: &Args, bouncer: Option<&Bouncer>) {
                 Some(token) => tower_bouncer::admin::Admin::builder().token(token.clone()),
                 None => tower_bouncer::admin::Admin::builder(),
             },
+        };
+        #[cfg(feature = "metrics")]
+        let builder = match METRICS.get() {
+            Some(handle) => builder.metrics(move || handle.render()),
+            None => builder,
         };
         let admin = builder
             .build()

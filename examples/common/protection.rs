@@ -27,7 +27,9 @@ pub fn default_max_failures() -> u32 {
 
 /// The `--help` lines of the protection flags every example takes.
 pub const USAGE: &str =
-    "  --max-connections N   concurrent connections in all (default 4096, or 3/4 of the
+    "  --dry-run             make every admission decision (caps, rates, bans), count and log
+                        it, and serve the connection anyway
+  --max-connections N   concurrent connections in all (default 4096, or 3/4 of the
                         descriptor limit if that is less); at the cap a new connection
                         evicts an idle one, and past 80% of it (or of the descriptor
                         limit) every timeout shrinks, to a fifth at 95%
@@ -83,6 +85,7 @@ pub const LOGIN_TIMEOUT_USAGE: &str = "  --login-timeout S     close a connectio
 
 /// Each protection flag and the configuration key it sets, for `--help` and for errors.
 pub const FLAG_KEYS: &[(&str, &str)] = &[
+    ("--dry-run", "dry_run"),
     ("--max-connections", "connections.max"),
     ("--backpressure", "connections.backpressure"),
     ("--max-per-peer", "connections.per_peer"),
@@ -151,6 +154,7 @@ impl Protection {
             |argv: &mut dyn Iterator<Item = String>| value::<Seconds>(flag, argv.next()).0;
         let config = &mut self.config;
         match flag {
+            "--dry-run" => config.dry_run = true,
             "--max-connections" => config.connections.max = Some(value(flag, argv.next())),
             "--backpressure" => config.connections.backpressure = true,
             "--max-per-peer" => config.connections.per_peer = value(flag, argv.next()),
@@ -272,6 +276,9 @@ pub struct Tally {
     pub shed: u64,
     /// and how long it ran the timeouts shortened.
     pub scaled: Duration,
+    /// Refused at admission, as the Prometheus metrics count it (the siege's check that
+    /// they move with the stats).
+    pub metrics_refused: u64,
 }
 
 /// Adds up the layers' counters.
@@ -310,6 +317,7 @@ pub fn tally(bouncer: &Bouncer) -> Tally {
         banned: login.bans,
         shed: overload.evicted_idle,
         scaled: overload.time_under_pressure,
+        metrics_refused: 0,
     }
 }
 

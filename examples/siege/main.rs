@@ -140,6 +140,7 @@ fn serve_mode(mut argv: impl Iterator<Item = String>) {
         .expect("a tokio runtime");
     runtime.block_on(async {
         common::init_logging();
+        common::record_metrics();
         let refusals = match app {
             App::Axum => common::axum_app::refusals(),
             App::Login => common::login_protocol::refusals(),
@@ -156,14 +157,29 @@ fn serve_mode(mut argv: impl Iterator<Item = String>) {
             .map(common::protection::tally)
             .unwrap_or_default();
         println!(
-            "tally refused={} evicted={} banned={} shed={} scaled_ms={}",
+            "tally refused={} evicted={} banned={} shed={} scaled_ms={} metrics_refused={}",
             tally.refused,
             tally.evicted,
             tally.banned,
             tally.shed,
-            tally.scaled.as_millis()
+            tally.scaled.as_millis(),
+            metrics_refused()
         );
     });
+}
+
+/// The connections the layers refused, as their Prometheus metrics count them (none
+/// without the `metrics` feature): the same figure as the stats' by other means.
+fn metrics_refused() -> u64 {
+    let exposition = common::rendered_metrics().unwrap_or_default();
+    exposition
+        .lines()
+        .filter(|line| {
+            line.starts_with("bouncer_rejected_connections_total{")
+                && line.contains(r#"outcome="rejected""#)
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 /// A server process started for one attack.
@@ -238,6 +254,7 @@ impl Server {
                             "scaled_ms" => tally.scaled = Duration::from_millis(value),
                             "evicted" => tally.evicted = value,
                             "banned" => tally.banned = value,
+                            "metrics_refused" => tally.metrics_refused = value,
                             _ => {}
                         }
                     }

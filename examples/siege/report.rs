@@ -361,6 +361,7 @@ pub fn json(rows: &[Row], fleet_rows: &[FleetRow], duration: &Duration) -> Strin
                 "legit_p50_ms": row.latency_quantile(0.5).map(|l| l.as_secs_f64() * 1000.0),
                 "legit_p99_ms": row.latency_quantile(0.99).map(|l| l.as_secs_f64() * 1000.0),
                 "refused": row.tally.refused,
+                "metrics_refused": row.tally.metrics_refused,
                 "evicted": row.tally.evicted,
                 "banned": row.tally.banned,
                 "shed": row.tally.shed,

@@ -30,6 +30,8 @@ pub(super) struct Totals {
     pub(super) live: Option<usize>,
     /// Connections refused by any layer, so far.
     pub(super) refused: u64,
+    /// Connections a layer in dry run would have refused, and served; so far.
+    pub(super) dry_run_refusals: u64,
     /// Connections the layers closed early: after failed logins, for a login timeout
     /// or a ban, on request, or idle to make room at a full cap; so far.
     pub(super) evicted: u64,
@@ -42,26 +44,31 @@ pub(super) struct Totals {
 impl Sources {
     pub(super) fn totals(&self) -> Totals {
         let mut refused = 0;
+        let mut dry_run_refusals = 0;
         let mut evicted = 0;
         let live = self.connection_limit.as_ref().map(|limit| {
             let stats = limit.stats();
             refused += stats.refused;
+            dry_run_refusals += stats.dry_run_refusals;
             stats.live
         });
         #[cfg(feature = "peer-limit")]
         if let Some(layer) = &self.peer_limit {
             let stats = layer.stats();
             refused += stats.refused_peer_limit + stats.refused_table_full;
+            dry_run_refusals += stats.dry_run_refusals;
         }
         #[cfg(feature = "rate-limit")]
         if let Some(layer) = &self.rate_limit {
             let stats = layer.stats();
             refused +=
                 stats.refused_peer_rate + stats.refused_global_rate + stats.refused_table_full;
+            dry_run_refusals += stats.dry_run_refusals;
         }
         let banned = self.login.as_ref().map(|login| {
             let stats = login.stats();
             refused += stats.refused_banned + stats.refused_startups;
+            dry_run_refusals += stats.dry_run_refusals;
             evicted += stats.evicted_after_failures
                 + stats.evicted_login_timeout
                 + stats.evicted_banned
@@ -79,6 +86,7 @@ impl Sources {
         Totals {
             live,
             refused,
+            dry_run_refusals,
             evicted,
             banned,
             pressure,
@@ -105,6 +113,7 @@ pub(super) async fn stats(State(shared): State<Arc<Shared>>) -> Response {
             "bans_issued": stats.bans,
             "refused_banned": stats.refused_banned,
             "refused_startups": stats.refused_startups,
+            "dry_run_refusals": stats.dry_run_refusals,
             "first_byte_timeouts": stats.first_byte_timeouts,
             "request_timeouts": stats.request_timeouts,
             "login_timeouts": stats.login_timeouts,
@@ -121,6 +130,7 @@ pub(super) async fn stats(State(shared): State<Arc<Shared>>) -> Response {
         json!({
             "admitted": stats.admitted,
             "refused": stats.refused,
+            "dry_run_refusals": stats.dry_run_refusals,
             "live": stats.live,
             "limit": stats.limit,
         })
@@ -134,6 +144,7 @@ pub(super) async fn stats(State(shared): State<Arc<Shared>>) -> Response {
             "untracked": stats.untracked,
             "refused_peer_limit": stats.refused_peer_limit,
             "refused_table_full": stats.refused_table_full,
+            "dry_run_refusals": stats.dry_run_refusals,
             "tracked_peers": stats.tracked_peers,
         })
     });
@@ -149,6 +160,7 @@ pub(super) async fn stats(State(shared): State<Arc<Shared>>) -> Response {
             "refused_peer_rate": stats.refused_peer_rate,
             "refused_global_rate": stats.refused_global_rate,
             "refused_table_full": stats.refused_table_full,
+            "dry_run_refusals": stats.dry_run_refusals,
             "tracked_peers": stats.tracked_peers,
         })
     });
@@ -200,6 +212,7 @@ impl Totals {
         json!({
             "live": self.live,
             "refused": self.refused,
+            "dry_run_refusals": self.dry_run_refusals,
             "evicted": self.evicted,
             "banned": self.banned,
             "pressure": self.pressure,

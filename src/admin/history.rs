@@ -91,6 +91,7 @@ mod tests {
         Totals {
             live: Some(1),
             refused,
+            dry_run_refusals: 0,
             evicted: 0,
             banned: None,
             pressure: None,

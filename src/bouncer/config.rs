@@ -32,6 +32,10 @@ use serde::Deserialize;
 )]
 #[non_exhaustive]
 pub struct BouncerConfig {
+    /// `dry_run`: every admission decision (caps, rates, bans, the startups budget) is
+    /// made, counted and logged, and the connection served anyway: a new limit can be
+    /// watched before it is enforced. Off by default.
+    pub dry_run: bool,
     /// `[connections]`: how many at once.
     pub connections: Connections,
     /// `[peers]`: who a peer is, and who is exempt.

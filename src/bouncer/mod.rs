@@ -184,16 +184,19 @@ impl BouncerBuilder {
             .global(Rate::per_second(config.rates.global))
             .keying(keying.clone())
             .refusal_message(too_fast)
+            .dry_run(config.dry_run)
             .build()
             .map_err(|error| SettingError::new("rates.per_peer", error))?;
         let per_peer = PeerLimitLayer::builder(config.connections.per_peer)
             .keying(keying.clone())
             .refusal_message(busy.clone())
+            .dry_run(config.dry_run)
             .build()
             .map_err(|error| SettingError::new("connections.per_peer", error))?;
         let max_connections = max_connections(&config);
         let mut total = ConnectionLimitLayer::builder(max_connections)
             .refusal_message(busy)
+            .dry_run(config.dry_run)
             .overload(&overload);
         if config.connections.backpressure {
             total = total.backpressure();
@@ -210,6 +213,7 @@ impl BouncerBuilder {
             .keying(keying.clone())
             .evict_banned_connections(true)
             .ban_message(banned)
+            .dry_run(config.dry_run)
             .overload(&overload)
             .build()
             .map_err(|error| SettingError::new("bans", error))?;
@@ -479,10 +483,10 @@ impl Bouncer {
         self.total.stats().limit
     }
 
-    /// Puts `config` in force without a restart: the caps, the rates, the timeouts
-    /// (for new connections; live ones keep theirs), the exempt networks, the login
-    /// tries and timeout, the ban policy, and, with TLS, the certificate files read
-    /// again (for new handshakes). Live connections are not dropped: under a lower cap,
+    /// Puts `config` in force without a restart: dry run, the caps, the rates, the
+    /// timeouts (for new connections; live ones keep theirs), the exempt networks, the
+    /// login tries and timeout, the ban policy, and, with TLS, the certificate files
+    /// read again (for new handshakes). Live connections are not dropped: under a lower cap,
     /// new ones wait for room. Checked whole before anything changes: a reload that
     /// cannot work changes nothing and says why, by key. What the running server is
     /// built around needs a restart: the IPv6 prefix, backpressure, the PROXY
@@ -564,6 +568,10 @@ impl Bouncer {
             .set_policy(login_policy(&config))
             .map_err(at("bans"))?;
         self.keying.set_exempt(config.peers.exempt.iter().copied());
+        self.total.set_dry_run(config.dry_run);
+        self.per_peer.set_dry_run(config.dry_run);
+        self.rate.set_dry_run(config.dry_run);
+        self.login.set_dry_run(config.dry_run);
         tracing::info!(?config, "configuration reloaded");
         self.config.store(Arc::new(config));
         Ok(())

@@ -97,6 +97,8 @@ impl ConnectionLimitLayer {
         }
     }
 
+    crate::admission::dry_run_switch!();
+
     /// Changes the cap of this layer and its clones, for a reload without a restart.
     /// Live connections are kept: under a lower cap, new ones are refused (or wait, in
     /// backpressure mode) until enough have ended.

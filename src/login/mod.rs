@@ -320,6 +320,13 @@ impl Login {
         Ok(())
     }
 
+    /// Turns [dry run](LoginBuilder::dry_run) on or off for the ban check and the
+    /// pre-authentication budget, for the connections that come next.
+    pub fn set_dry_run(&self, dry_run: bool) {
+        self.shared.ban_refusal.set_dry_run(dry_run);
+        self.shared.startup_refusal.set_dry_run(dry_run);
+    }
+
     /// A policy with the defaults; see [`LoginBuilder`].
     pub fn builder() -> LoginBuilder {
         LoginBuilder {
@@ -545,7 +552,7 @@ impl LoginBuilder {
     /// would refuse is counted (in `dry_run_refusals`) and logged, and served anyway.
     /// Offences are still counted and bans still made, so that the ban list shows what
     /// enforcing would do. Off by default. See [dry run](crate::admission#dry-run).
-    pub fn dry_run(mut self, dry_run: bool) -> Self {
+    pub fn dry_run(self, dry_run: bool) -> Self {
         self.ban_refusal.set_dry_run(dry_run);
         self.startup_refusal.set_dry_run(dry_run);
         self

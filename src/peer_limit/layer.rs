@@ -121,6 +121,8 @@ impl PeerLimitLayer {
         }
     }
 
+    crate::admission::dry_run_switch!();
+
     /// Changes the limit per peer of this layer and its clones, for a reload without a
     /// restart. Live connections are kept: a peer over a lower limit gets no new one
     /// until enough of its own have ended.

@@ -221,6 +221,8 @@ impl RateLimitLayer {
         }
     }
 
+    crate::admission::dry_run_switch!();
+
     /// Changes the per-peer rate of this layer and its clones, for a reload without a
     /// restart. What each peer has used is kept, measured against the new rate.
     ///

@@ -286,3 +286,32 @@ pub fn rejected(error: &BoxError) -> &tower_bouncer::admission::Rejected {
 pub fn conn_from(peer: &str) -> Conn<DuplexStream> {
     duplex_conn(peer).0
 }
+
+/// `promtool`, installed from Debian's `prometheus` package first if missing (as
+/// root), once for all the tests here.
+pub fn promtool() -> &'static str {
+    static FOUND: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let found = FOUND.get_or_init(|| {
+        let present = || std::process::Command::new("promtool").arg("--version").output().is_ok();
+        if present() {
+            return true;
+        }
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|output| output.stdout.starts_with(b"0\n"));
+        root && std::process::Command::new("sh")
+            .args([
+                "-c",
+                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus",
+            ])
+            .status()
+            .is_ok_and(|status| status.success())
+            && present()
+    });
+    assert!(
+        *found,
+        "promtool is installed (apt-get install prometheus; .ci/run does)"
+    );
+    "promtool"
+}
