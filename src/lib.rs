@@ -81,6 +81,8 @@ mod deadline;
 #[cfg(any(feature = "rate-limit", feature = "login", feature = "overload"))]
 mod janitor;
 pub mod peer;
+#[cfg(any(feature = "serve", feature = "http"))]
+mod shared_io;
 
 #[cfg(feature = "admin")]
 pub mod admin;
