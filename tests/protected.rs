@@ -20,17 +20,18 @@ use std::{
 };
 
 use axum::{Router, extract::ConnectInfo, routing::get, serve::ListenerExt};
+use futures_util::StreamExt;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     time::Instant,
 };
 use tower_bouncer::{
-    Conn, ConnInfo,
+    Conn, ConnInfo, GracefulClose,
     limit::ConnectionLimitLayer,
     login::Login,
     peer_limit::PeerLimitLayer,
-    serve::{Handoff, ProtectedListener},
+    serve::{Handoff, ProtectedListener, Server},
     timeout::TimeoutLayer,
 };
 
@@ -256,6 +257,65 @@ async fn accept_errors_do_not_stop_the_listener() {
     .await;
     assert_eq!(answer.body, "hello\n");
     assert_eq!(log.accepted(), 1);
+}
+
+#[tokio::test]
+async fn a_listener_that_fails_ends_the_stream_with_its_error() {
+    let (queue, _log, listener) = ChannelListener::new();
+    let limit = ConnectionLimitLayer::builder(8).build().unwrap();
+    let mut listener = ProtectedListener::new(listener, limit).unwrap();
+    // The test listener fails as a closed socket does (EBADF) once its queue is gone.
+    drop(queue);
+    let error = within(PATIENCE, listener.next())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(libc::EBADF));
+    assert!(within(PATIENCE, listener.next()).await.is_none());
+}
+
+#[tokio::test]
+async fn dropping_the_listener_cuts_what_the_framework_holds_at_the_drain_deadline() {
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = tcp.local_addr().unwrap();
+    let limit = ConnectionLimitLayer::builder(8).build().unwrap();
+    let mut listener = Server::new(tcp)
+        .drain_timeout(SHORT)
+        .protect(limit.clone())
+        .unwrap();
+    let mut client = connect_from(1, server).await;
+    let mut held = within(PATIENCE, listener.next()).await.unwrap().unwrap();
+    assert_eq!(held.info().peer_addr, client.local_addr().unwrap());
+
+    drop(listener);
+    let mut buf = [0u8; 8];
+    let error = within(PATIENCE, held.read(&mut buf)).await.unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::ConnectionAborted);
+    closed_by_server(&mut client).await;
+    assert_eq!(limit.stats().live, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_plain_graceful_close_cuts_the_connection_after_five_seconds() {
+    let (queue, _log, listener) = ChannelListener::new();
+    let (conn, _client) = duplex_conn("192.0.2.1:1000");
+    queue.send(Ok(conn)).unwrap();
+    let limit = ConnectionLimitLayer::builder(8).build().unwrap();
+    let mut listener = ProtectedListener::new(listener, limit).unwrap();
+    let mut held = within(PATIENCE, listener.next()).await.unwrap().unwrap();
+
+    let asked = Instant::now();
+    held.extensions()
+        .get::<GracefulClose>()
+        .expect("from the accept loop")
+        .request();
+    let mut buf = [0u8; 8];
+    let error = within(PATIENCE, held.read(&mut buf)).await.unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::ConnectionAborted);
+    assert!(
+        asked.elapsed() >= Duration::from_secs(5),
+        "cut before its grace"
+    );
 }
 
 mod tonic_server {

@@ -202,8 +202,11 @@ impl ProtectedListener {
     /// listener is gone), and `None` once it has ended and every admitted connection was
     /// handed out.
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<ProtectedIo>>> {
-        if let Poll::Ready(admitted) = self.admitted.poll_recv(cx) {
-            return Poll::Ready(admitted.map(Ok));
+        match self.admitted.poll_recv(cx) {
+            Poll::Ready(Some(admitted)) => return Poll::Ready(Some(Ok(admitted))),
+            Poll::Ready(None) if self.accept_loop.is_none() => return Poll::Ready(None),
+            // Empty, or emptied by an accept loop that has ended: its outcome comes first.
+            _ => {}
         }
         let Some(accept_loop) = &mut self.accept_loop else {
             return Poll::Pending;
@@ -211,9 +214,9 @@ impl ProtectedListener {
         let outcome = ready!(Pin::new(accept_loop).poll(cx));
         self.accept_loop = None;
         match outcome {
-            // Ended by its own shutdown: the queue ends once the last connection admitted
-            // before it is handed out.
-            Ok(Ok(_)) => Poll::Pending,
+            // Ended by its own shutdown: the connections it admitted before are handed
+            // out, then the queue ends.
+            Ok(Ok(_)) => self.poll_accept(cx),
             Ok(Err(error)) => Poll::Ready(Some(Err(error))),
             Err(failed) => Poll::Ready(Some(Err(io::Error::other(failed)))),
         }
