@@ -20,6 +20,9 @@
 //!   are handled as the [accept loop](super) handles them, backing off while descriptors
 //!   are short, with a descriptor in reserve to close what waits in the backlog.
 //!
+//! The framework sees the peer address the layers settled on: behind a trusted balancer,
+//! the client's, from its PROXY header.
+//!
 //! With the `axum` feature, it is an [`axum::serve::Listener`]; its streams are
 //! tonic's [`Connected`](tonic::transport::server::Connected) with the `tonic` feature,
 //! and it is a [`Stream`] of them, for `serve_with_incoming`.
@@ -33,14 +36,14 @@
 //! | | `ProtectedListener` | `HttpService` |
 //! |---|---|---|
 //! | Bans, rates, caps per peer and in total, TLS, PROXY headers | yes | yes |
-//! | First-byte timeout, idle timeout by bytes, lifetime | yes | yes |
-//! | Idle: no request open (HTTP/2 PINGs do not count) | no: any byte keeps a connection alive, PINGs too | yes |
+//! | First-byte timeout, lifetime | yes | yes |
+//! | Idle timeout | by bytes: any byte keeps a connection alive, HTTP/2 PINGs too | no request open, PINGs or not |
 //! | The layer's request timeout | no: nothing marks where a request ends, so it bounds the whole connection from its first byte; leave it unset | each HTTP/1 request, each HTTP/2 stream |
-//! | Evicting a connection right after a failed login's `401` | no: no handler can reach the connection's login session | yes |
+//! | Timeouts without a timeout layer (first byte, request heads, idle) | no: add a [`TimeoutLayer`](crate::timeout::TimeoutLayer) | yes |
+//! | Login sessions: eviction right after a failed login's `401`, `ReportLoginLayer`, the login timeout | no: requests do not carry the connection's session, and nothing reports a login; leave `SessionLayer` out | yes |
 //! | Closing gracefully (a lifetime, an eviction, a drain) | no: the connection is cut at its deadline | `Connection: close` or GOAWAY first |
-//! | A refusal in the protocol (`429`, `503`, a gRPC status) | no: a refused connection gets its layer's refusal message or a reset | yes |
-//! | Request timeouts of its own, before the first byte, for each request head | no | yes |
-//! | `ConnectInfo<SocketAddr>`, tonic's `remote_addr` | through `tap_io` (see below); yes | yes |
+//! | axum's `ConnectInfo<SocketAddr>` | through `tap_io` (see below) | yes |
+//! | tonic's `Request::remote_addr` | yes | yes |
 //!
 //! A plain [`GracefulClose::request`] on a connection (an overload eviction, say) cuts
 //! it after 5 seconds, the HTTP adapter's default close grace: nothing can ask the
@@ -88,14 +91,26 @@
 //!
 //! # Example: tonic
 //!
+//! tonic's `tcp_nodelay` and `tcp_keepalive` settings do not apply to the streams of
+//! `serve_with_incoming` (its HTTP/2 settings, timeouts and layers do): the stack's
+//! outermost layer can set the socket's options instead.
+//!
 //! ```no_run
-//! use std::time::Duration;
-//! use tower_bouncer::{limit::ConnectionLimitLayer, serve::ProtectedListener};
+//! use tokio::net::TcpStream;
+//! use tower::ServiceBuilder;
+//! use tower_bouncer::{Conn, limit::ConnectionLimitLayer, serve::ProtectedListener};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let (_reporter, health) = tonic_health::server::health_reporter();
+//! let layers = ServiceBuilder::new()
+//!     .map_request(|conn: Conn<TcpStream>| {
+//!         conn.io().set_nodelay(true).ok();
+//!         conn
+//!     })
+//!     .layer(ConnectionLimitLayer::builder(1024).build()?);
 //! let tcp = tokio::net::TcpListener::bind("127.0.0.1:50051").await?;
-//! let listener = ProtectedListener::new(tcp, ConnectionLimitLayer::builder(1024).build()?)?;
+//! let listener = ProtectedListener::new(tcp, layers)?;
+//!
+//! let (_reporter, health) = tonic_health::server::health_reporter();
 //! tonic::transport::Server::builder()
 //!     .add_service(health)
 //!     .serve_with_incoming(listener)
@@ -103,9 +118,6 @@
 //! # Ok(())
 //! # }
 //! ```
-//!
-//! tonic's `tcp_nodelay` and `tcp_keepalive` settings do not apply to streams from
-//! `serve_with_incoming`; its HTTP/2 settings, timeouts and layers do.
 
 use std::{
     fmt,
