@@ -26,6 +26,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
     time::Instant,
 };
+use tower::ServiceBuilder;
 use tower_bouncer::{
     Conn, ConnInfo, GracefulClose,
     limit::ConnectionLimitLayer,
@@ -213,6 +214,35 @@ async fn a_banned_peer_is_refused_and_others_are_served() {
     assert!(!served(&mut banned).await, "banned, yet served");
     let mut other = connect_from(4, server).await;
     assert!(served(&mut other).await);
+}
+
+#[tokio::test]
+async fn a_ban_evicts_the_connections_axum_holds_for_the_banned_peer() {
+    let login = Login::builder()
+        .max_timeouts(1)
+        .evict_banned_connections(true)
+        .eviction_grace(SHORT)
+        .build()
+        .unwrap();
+    let layers = ServiceBuilder::new()
+        .layer(login.ban_layer())
+        .layer(login.session_layer())
+        .layer(TimeoutLayer::builder().first_byte(SHORT).build().unwrap());
+    let server = serve_axum(layers, app()).await;
+    let mut served_first = connect_from(6, server).await;
+    assert!(served(&mut served_first).await);
+
+    // A silent connection from the same peer: its first-byte timeout is an offence
+    // that bans the peer, whose other connection is evicted.
+    let mut silent = connect_from(6, server).await;
+    closed_by_server(&mut silent).await;
+    closed_by_server(&mut served_first).await;
+    assert!(
+        login
+            .bans()
+            .banned_for(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6)))
+            .is_some()
+    );
 }
 
 #[tokio::test]

@@ -40,7 +40,7 @@
 //! | Idle timeout | by bytes: any byte keeps a connection alive, HTTP/2 PINGs too | no request open, PINGs or not |
 //! | The layer's request timeout | no: nothing marks where a request ends, so it bounds the whole connection from its first byte; leave it unset | each HTTP/1 request, each HTTP/2 stream |
 //! | Timeouts without a timeout layer (first byte, request heads, idle) | no: add a [`TimeoutLayer`](crate::timeout::TimeoutLayer) | yes |
-//! | Login sessions: eviction right after a failed login's `401`, `ReportLoginLayer`, the login timeout | no: requests do not carry the connection's session, and nothing reports a login; leave `SessionLayer` out | yes |
+//! | Login sessions: eviction right after a failed login's `401`, `ReportLoginLayer`, the login timeout | no: requests do not carry the connection's session, and nothing reports a login (a `SessionLayer` still evicts a newly banned peer's connections) | yes |
 //! | Closing gracefully (a lifetime, an eviction, a drain) | no: the connection is cut at its deadline | `Connection: close` or GOAWAY first |
 //! | axum's `ConnectInfo<SocketAddr>` | through `tap_io` (see below) | yes |
 //! | tonic's `Request::remote_addr` | yes | yes |
