@@ -38,7 +38,9 @@ use tower_bouncer::{
 
 use support::*;
 
-const SHORT: Duration = Duration::from_millis(300);
+/// Every deadline these tests set: long enough for a loaded machine to send a request
+/// in time, short enough to wait for.
+const SHORT: Duration = Duration::from_secs(1);
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n";
 
 fn app() -> Router {
