@@ -63,8 +63,8 @@ where
     addr
 }
 
-/// Sends one request on `stream` and reads the response's first bytes: whether it was
-/// served (`false` for a connection closed or reset instead).
+/// Sends one request on a new `stream` and reads the response's first bytes: whether it
+/// was served (`false` for a connection closed or reset instead).
 async fn served(stream: &mut TcpStream) -> bool {
     if stream.write_all(REQUEST).await.is_err() {
         return false;
@@ -158,6 +158,24 @@ async fn a_handler_still_running_when_the_lifetime_ends_has_its_connection_cut()
     closed_by_server(&mut client).await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn the_layers_request_timeout_does_not_cut_a_kept_alive_connection() {
+    let (queue, _log, listener) = ChannelListener::new();
+    let (conn, client) = duplex_conn("192.0.2.1:1000");
+    queue.send(Ok(conn)).unwrap();
+    let timeouts = TimeoutLayer::builder()
+        .request(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let listener = ProtectedListener::new(listener, timeouts).unwrap();
+    tokio::spawn(async move { axum::serve(listener, app()).await });
+
+    let mut client = Http1Client::connect(client).await;
+    assert_eq!(client.get("/").await.unwrap().body, "hello\n");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(client.get("/").await.unwrap().body, "hello\n");
+}
+
 #[tokio::test]
 async fn connect_info_is_the_real_peer() {
     async fn peer(ConnectInfo(peer): ConnectInfo<SocketAddr>) -> String {
@@ -245,6 +263,17 @@ async fn a_ban_evicts_the_connections_axum_holds_for_the_banned_peer() {
             .banned_for(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6)))
             .is_some()
     );
+}
+
+#[cfg(feature = "bouncer")]
+#[tokio::test]
+async fn the_bouncer_is_a_stack_for_the_listener() {
+    let bouncer = tower_bouncer::bouncer::Bouncer::new().unwrap();
+    let server = serve_axum(bouncer.clone(), app()).await;
+    let mut client = Http1Client::connect(connect_from(1, server).await).await;
+    assert_eq!(client.get("/").await.unwrap().body, "hello\n");
+    assert_eq!(bouncer.connection_limit().stats().live, 1);
+    assert_eq!(client.get("/").await.unwrap().body, "hello\n", "kept alive");
 }
 
 #[tokio::test]

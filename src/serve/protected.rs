@@ -23,6 +23,9 @@
 //! The framework sees the peer address the layers settled on: behind a trusted balancer,
 //! the client's, from its PROXY header.
 //!
+//! The whole recommended stack is one such layer: `ProtectedListener::new(tcp,
+//! Bouncer::new()?)` (feature `bouncer`).
+//!
 //! With the `axum` feature, it is an [`axum::serve::Listener`]; its streams are
 //! tonic's [`Connected`](tonic::transport::server::Connected) with the `tonic` feature,
 //! and it is a [`Stream`] of them, for `serve_with_incoming`.
@@ -38,7 +41,8 @@
 //! | Bans, rates, caps per peer and in total, TLS, PROXY headers | yes | yes |
 //! | First-byte timeout, lifetime | yes | yes |
 //! | Idle timeout | by bytes: any byte keeps a connection alive, HTTP/2 PINGs too | no request open, PINGs or not |
-//! | The layer's request timeout | no: nothing marks where a request ends, so it bounds the whole connection from its first byte; leave it unset | each HTTP/1 request, each HTTP/2 stream |
+//! | The layer's request timeout | no: nothing marks where a request ends, so it is not applied | each HTTP/1 request, each HTTP/2 stream |
+//! | A request head trickled a byte at a time (slowloris) | bounded by the idle timeout between bytes, the lifetime and the caps | cut at the request (or header) timeout |
 //! | Timeouts without a timeout layer (first byte, request heads, idle) | no: add a [`TimeoutLayer`](crate::timeout::TimeoutLayer) | yes |
 //! | Login sessions: eviction right after a failed login's `401`, `ReportLoginLayer`, the login timeout | no: requests do not carry the connection's session, and nothing reports a login (a `SessionLayer` still evicts a newly banned peer's connections) | yes |
 //! | Closing gracefully (a lifetime, an eviction, a drain) | no: the connection is cut at its deadline | `Connection: close` or GOAWAY first |
@@ -320,6 +324,12 @@ where
         .unwrap_or_default();
     let info = conn.info();
     let (io, parts) = conn.into_parts();
+    // Nothing will say where the framework's requests end: a request timed from its
+    // first byte would run until the connection closes. Idle is about bytes.
+    #[cfg(feature = "timeout")]
+    if let Some(activity) = &parts.timed {
+        activity.hand_over();
+    }
     let (io, owner) = shared_io::share::<Box<dyn Io>, Unwatched>(Box::new(io), None);
     let handed = ProtectedIo {
         io,
