@@ -267,9 +267,13 @@ async fn a_ban_evicts_the_connections_axum_holds_for_the_banned_peer() {
 
 #[cfg(feature = "bouncer")]
 #[tokio::test]
-async fn the_bouncer_is_a_stack_for_the_listener() {
+async fn a_bouncer_protects_axum_serve_in_one_call() {
     let bouncer = tower_bouncer::bouncer::Bouncer::new().unwrap();
-    let server = serve_axum(bouncer.clone(), app()).await;
+    let listener = bouncer
+        .listener(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let server = listener.local_addr();
+    tokio::spawn(async move { axum::serve(listener, app()).await });
     let mut client = Http1Client::connect(connect_from(1, server).await).await;
     assert_eq!(client.get("/").await.unwrap().body, "hello\n");
     assert_eq!(bouncer.connection_limit().stats().live, 1);
