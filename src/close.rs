@@ -198,8 +198,8 @@ impl Drop for Requested {
 
 /// The cut of a connection asked to close with a plain [`GracefulClose::request`], for
 /// whoever serves its protocol (the HTTP adapter, the protected listener): due its grace
-/// after that. Its timer is made only then, so
-/// that a connection never asked carries none.
+/// after that. Its timer is made only then, so that a connection never asked carries
+/// none.
 pub(crate) struct Cut {
     asked: Requested,
     grace: Duration,
