@@ -6,7 +6,12 @@ use std::{
         atomic::{AtomicU8, Ordering},
     },
     task::{Context, Poll, Waker},
+    time::Duration,
 };
+
+use tokio::time::Sleep;
+
+use crate::deadline::deadline_after;
 
 /// Asks one connection to finish what it is doing and close.
 ///
@@ -187,6 +192,48 @@ impl Drop for Requested {
             && !self.signal.is_raised(self.bits)
         {
             self.signal.lock().list.retain(|(other, _, _)| *other != id);
+        }
+    }
+}
+
+/// The cut of a connection asked to close with a plain [`GracefulClose::request`], for
+/// whoever serves its protocol (the HTTP adapter, the protected listener): due its grace
+/// after that. Its timer is made only then, so that a connection never asked carries
+/// none.
+pub(crate) struct Cut {
+    asked: Requested,
+    grace: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Cut {
+    pub(crate) fn new(close: &GracefulClose, grace: Duration) -> Self {
+        Self {
+            asked: close.cut_left_to_protocol(),
+            grace,
+            timer: None,
+        }
+    }
+
+    /// Resolves when the cut is due; pending forever without a plain request, or
+    /// without a cut to watch.
+    pub(crate) async fn due_if(cut: &mut Option<Box<Cut>>) {
+        match cut {
+            Some(cut) => cut.due().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Resolves when the cut is due; pending forever without a plain request.
+    pub(crate) async fn due(&mut self) {
+        if self.timer.is_none() {
+            (&mut self.asked).await;
+            self.timer = Some(Box::pin(tokio::time::sleep_until(deadline_after(
+                self.grace,
+            ))));
+        }
+        if let Some(timer) = &mut self.timer {
+            timer.as_mut().await;
         }
     }
 }

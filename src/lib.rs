@@ -10,7 +10,9 @@
 //! - [`GracefulClose`]: the per-connection signal that asks a connection to finish its
 //!   current exchange and close.
 //! - [`serve`](mod@serve) (feature `serve`): the accept loop, which waits for the service
-//!   to be ready before each accept, survives `EMFILE`, and drains on shutdown.
+//!   to be ready before each accept, survives `EMFILE`, and drains on shutdown; and
+//!   [`ProtectedListener`](serve::ProtectedListener), the layers under `axum::serve` or
+//!   tonic's own server.
 //! - [`http`](mod@http) (feature `http`): [`HttpService`](http::HttpService) serves an
 //!   axum `Router` or tonic routes over HTTP/1.1 and HTTP/2 on each connection.
 //! - [`proxy_protocol`] (feature `proxy-protocol`): the real client behind a load
@@ -87,6 +89,8 @@ pub mod metrics;
 #[cfg(not(feature = "metrics"))]
 mod metrics;
 pub mod peer;
+#[cfg(any(feature = "serve", feature = "http"))]
+mod shared_io;
 
 #[cfg(feature = "admin")]
 pub mod admin;

@@ -60,7 +60,7 @@ use crate::{
     peer_limit::{PeerLimit, PeerLimitLayer},
     proxy_protocol::{ProxyProtocol, ProxyProtocolLayer},
     rate_limit::{Rate, RateLimit, RateLimitLayer},
-    serve::{Listener, Server, ShutdownReport},
+    serve::{Listener, ProtectedListener, Server, ShutdownReport},
     timeout::{Timeout, TimeoutBuilder, TimeoutLayer},
 };
 
@@ -451,6 +451,41 @@ impl Bouncer {
         <Protected<S> as Service<Conn<TcpStream>>>::Future: Send + 'static,
     {
         let service = self.layer(service);
+        Server::new(self.accept(listener))
+            .with_graceful_shutdown(shutdown)
+            .serve(service)
+            .await
+    }
+
+    /// A listener for `axum::serve` or tonic's `serve_with_incoming`, whose connections
+    /// pass every layer before the framework sees them; set up as
+    /// [`serve_until`](Self::serve_until) sets up its own. The framework serves HTTP, so
+    /// what needs the HTTP adapter is lost: see
+    /// [`ProtectedListener`](crate::serve::protected) for what this path cannot do.
+    ///
+    /// ```no_run
+    /// use axum::{Router, routing::get};
+    /// use tower_bouncer::bouncer::Bouncer;
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let app = Router::new().route("/", get(|| async { "hello\n" }));
+    /// let tcp = tokio::net::TcpListener::bind("0.0.0.0:3000").await?;
+    /// axum::serve(Bouncer::new()?.listener(tcp)?, app).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// If the listener cannot tell its address.
+    pub fn listener(&self, listener: TcpListener) -> io::Result<ProtectedListener> {
+        Server::new(self.accept(listener)).protect(self.clone())
+    }
+
+    /// The listener this bouncer accepts from: on Linux with the kernel ban filter
+    /// (unless [`bans.kernel`](config::Bans::kernel) is off); with TLS, sockets that
+    /// send without Nagle's delay.
+    fn accept(&self, listener: TcpListener) -> Accept {
         let listener = Arc::new(listener);
         #[cfg(all(feature = "kernel-bans", target_os = "linux"))]
         if self.config.load().bans.kernel
@@ -459,10 +494,7 @@ impl Bouncer {
             tracing::warn!(%error, "no kernel ban filter: banned peers are refused in user space");
         }
         let nodelay = cfg!(feature = "tls") && self.tls_configured();
-        Server::new(Accept { listener, nodelay })
-            .with_graceful_shutdown(shutdown)
-            .serve(service)
-            .await
+        Accept { listener, nodelay }
     }
 
     fn tls_configured(&self) -> bool {

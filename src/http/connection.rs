@@ -1,11 +1,7 @@
 //! One connection's life under the adapter: HTTP until hyper is done, then, for an
 //! upgraded connection, until its new holder drops the stream.
 
-use std::{
-    pin::{Pin, pin},
-    sync::Arc,
-    time::Duration,
-};
+use std::{pin::pin, sync::Arc};
 
 use futures_util::future::Either;
 use http::{Request, Response, Version};
@@ -19,14 +15,9 @@ use super::{
     Config,
     frames::FrameWatch,
     request::{ConnShared, RequestService},
-    shared_io,
 };
-use tokio::time::Sleep;
 
-use crate::{
-    BoxError, Conn, GracefulClose, close::Requested, deadline::deadline_after,
-    timeout::RequestTimer,
-};
+use crate::{BoxError, Conn, GracefulClose, close::Cut, shared_io, timeout::RequestTimer};
 
 pub(super) async fn serve<IO, S, B>(
     conn: Conn<IO>,
@@ -134,47 +125,6 @@ where
         }
     }
     Ok(())
-}
-
-/// The adapter's cut of a connection asked to close with a plain
-/// [`GracefulClose::request`]: due its grace after that. Its timer is made only then, so
-/// that a connection never asked carries none.
-struct Cut {
-    asked: Requested,
-    grace: Duration,
-    timer: Option<Pin<Box<Sleep>>>,
-}
-
-impl Cut {
-    fn new(close: &GracefulClose, grace: Duration) -> Self {
-        Self {
-            asked: close.cut_left_to_protocol(),
-            grace,
-            timer: None,
-        }
-    }
-
-    /// Resolves when the cut is due; pending forever without a plain request, or
-    /// without a cut to watch.
-    async fn due_if(cut: &mut Option<Box<Cut>>) {
-        match cut {
-            Some(cut) => cut.due().await,
-            None => std::future::pending().await,
-        }
-    }
-
-    /// Resolves when the cut is due; pending forever without a plain request.
-    async fn due(&mut self) {
-        if self.timer.is_none() {
-            (&mut self.asked).await;
-            self.timer = Some(Box::pin(tokio::time::sleep_until(deadline_after(
-                self.grace,
-            ))));
-        }
-        if let Some(timer) = &mut self.timer {
-            timer.as_mut().await;
-        }
-    }
 }
 
 /// Protocol detection stopped by a graceful close (hyper-util reports it as

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::timeout::Activity;
+use crate::{shared_io::Watch, timeout::Activity};
 
 /// What every HTTP/2 client sends first.
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -124,10 +124,12 @@ impl FrameWatch {
             opened: false,
         }
     }
+}
 
+impl Watch for FrameWatch {
     /// The client's bytes, as read. Returns `false` once the connection has shown it is
     /// not HTTP/2: there is nothing more to watch.
-    pub(super) fn on_read(&mut self, mut bytes: &[u8]) -> bool {
+    fn on_read(&mut self, mut bytes: &[u8]) -> bool {
         if let Protocol::Detecting(seen) = self.protocol {
             let take = (PREFACE.len() - seen).min(bytes.len());
             if bytes[..take] != PREFACE[seen..seen + take] {
@@ -160,7 +162,7 @@ impl FrameWatch {
     }
 
     /// The server's bytes, as written.
-    pub(super) fn on_written(&mut self, bytes: &[u8]) {
+    fn on_written(&mut self, bytes: &[u8]) {
         if self.protocol != Protocol::Http2 {
             return;
         }
@@ -188,7 +190,9 @@ impl FrameWatch {
             self.publish();
         }
     }
+}
 
+impl FrameWatch {
     /// Follows a client frame; whether the streams still arriving may have changed.
     fn on_client_frame(&mut self, frame: Frame) -> bool {
         let headers_done = frame.flags & END_HEADERS != 0;

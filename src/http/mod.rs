@@ -70,7 +70,6 @@
 mod connection;
 mod frames;
 mod request;
-mod shared_io;
 
 use std::{
     future::Future,

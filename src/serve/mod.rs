@@ -19,6 +19,10 @@
 //! - on shutdown it stops accepting, raises every connection's [`GracefulClose`], waits up
 //!   to a drain deadline, cuts what is left, and reports both counts.
 //!
+//! To keep `axum::serve` or tonic's `Server`, put the layers in a [`ProtectedListener`]
+//! instead: it runs this loop, and hands the framework the connections the layers admit
+//! (see [its module](protected) for what that path cannot do).
+//!
 //! # Example
 //!
 //! ```no_run
@@ -44,6 +48,7 @@
 
 mod accept_error;
 mod listener;
+pub mod protected;
 mod reserve;
 
 use std::{
@@ -70,6 +75,7 @@ use crate::{
 };
 use accept_error::{AcceptError, Backoff};
 pub use listener::Listener;
+pub use protected::{Handoff, ProtectedIo, ProtectedListener};
 use reserve::{ReserveDescriptor, Shed, is_descriptor_shortage};
 
 /// The first back-off after an accept fails for lack of resources; it doubles from here.
