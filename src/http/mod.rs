@@ -69,6 +69,13 @@
 
 mod connection;
 mod frames;
+#[cfg(any(
+    feature = "limit",
+    feature = "peer-limit",
+    feature = "rate-limit",
+    feature = "login"
+))]
+pub(crate) mod refusal;
 mod request;
 mod shared_io;
 
