@@ -269,3 +269,35 @@ async fn a_banned_http1_client_gets_429_with_the_ban_s_remaining_time() {
     let error = refusal.await.unwrap().unwrap_err();
     assert!(matches!(rejected(&error).reason(), Reason::Banned { .. }));
 }
+
+/// Answers nothing and holds its connection until the client closes it.
+async fn hold_until_closed(mut conn: Conn<tokio::net::TcpStream>) -> Result<(), BoxError> {
+    conn.io_mut().read_to_end(&mut Vec::new()).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn on_real_sockets_a_refused_request_with_a_body_gets_its_503() {
+    let layer = ConnectionLimitLayer::builder(1)
+        .refusal_http()
+        .refusal_write_timeout(PATIENCE)
+        .build()
+        .unwrap();
+    let service = layer.layer(service_fn(hold_until_closed));
+    let server = LoopbackServer::start(service, PATIENCE).await;
+    let _held = connect_from(2, server.addr).await;
+    // Admitted before the next one is refused.
+    within(PATIENCE, async {
+        while layer.stats().live == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+
+    // A request with a body, which the refusal never reads as one.
+    let body: &'static str = Box::leak("x".repeat(32 * 1024).into_boxed_str());
+    let mut client = Http1Client::connect(connect_from(3, server.addr).await).await;
+    let answer = within(PATIENCE, client.post("/", body)).await.unwrap();
+    assert_eq!(answer.status, 503);
+    assert_eq!(answer.body, "the server is at its connection limit\n");
+}
