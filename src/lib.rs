@@ -55,7 +55,7 @@
 //! | | `warn` | accepts keep failing (descriptors run out): pausing, backing off |
 //! | | `info` | the server stopped, with how many connections drained and were cut |
 //! | | `debug`, `trace` | a connection ended with an error, was cut at the drain deadline, or closed |
-//! | `tower_bouncer::admission` | `warn` | a connection refused by a cap, a rate, a ban or the startups budget, with its peer and reason |
+//! | `tower_bouncer::admission` | `warn` | a connection refused by a cap, a rate, a ban or the startups budget, with its peer and reason; in dry run, one that would be |
 //! | `tower_bouncer::login` | `warn` | a peer banned, with its offence and the ban's length; a ban from the fleet not applied |
 //! | | `debug` | a connection evicted after a failed login, and cut after its grace; the kernel ban filter rebuilt (`warn` if the kernel refused it) |
 //! | `tower_bouncer::timeout` | `info` | a connection timed out, with which deadline |
@@ -65,6 +65,9 @@
 //! | `tower_bouncer::http` | `debug` | a connection cut after its close grace |
 //! | `tower_bouncer::overload` | `debug` | an idle connection evicted to make room |
 //! | `tower_bouncer::fleet` | `error`, `warn`, `info` | the sync task panicked; the store is unreachable; back in step with it |
+//! | `tower_bouncer::bouncer` | `info` | protections on, the configuration reloaded, shutting down |
+//! | | `warn`, `debug` | the descriptor limit not raised (raised); no kernel ban filter |
+//! | `tower_bouncer::admin` | `warn` | a ban made or lifted from the admin page; the page served without a token |
 //!
 //! The accept loop runs each connection in an `info` span named `conn` with its `peer`.
 //!
