@@ -236,6 +236,9 @@ pub enum Mode {
 #[derive(Debug)]
 pub(crate) struct Refusal {
     message: Option<Bytes>,
+    /// Whether refused connections are answered in HTTP instead.
+    #[cfg(feature = "http")]
+    http: bool,
     write_timeout: Duration,
     /// How many refused connections hold a [`LingerSlot`] now, shared by clones.
     lingering: Arc<AtomicUsize>,
@@ -247,6 +250,8 @@ impl Default for Refusal {
     fn default() -> Self {
         Self {
             message: None,
+            #[cfg(feature = "http")]
+            http: false,
             write_timeout: Duration::from_millis(100),
             lingering: Arc::default(),
             dry_run: AtomicBool::new(false),
@@ -259,6 +264,8 @@ impl Clone for Refusal {
     fn clone(&self) -> Self {
         Self {
             message: self.message.clone(),
+            #[cfg(feature = "http")]
+            http: self.http,
             write_timeout: self.write_timeout,
             lingering: self.lingering.clone(),
             dry_run: AtomicBool::new(self.is_dry_run()),
@@ -279,6 +286,16 @@ impl Refusal {
 
     pub(crate) fn set_message(&mut self, message: Bytes) {
         self.message = (!message.is_empty()).then_some(message);
+        #[cfg(feature = "http")]
+        {
+            self.http = false;
+        }
+    }
+
+    #[cfg(feature = "http")]
+    pub(crate) fn set_http(&mut self) {
+        self.message = None;
+        self.http = true;
     }
 
     pub(crate) fn set_write_timeout(&mut self, timeout: Duration) {
@@ -359,9 +376,31 @@ macro_rules! refusal_builder_methods {
         }
 
         /// A short message written to each refused connection before it is closed,
-        /// such as `b"ERROR busy\n"` or an HTTP `503` response. None by default.
+        /// such as `b"ERROR busy\n"`, for raw protocols; for HTTP, see
+        /// `refusal_http`. None by default; replaces `refusal_http`.
         pub fn refusal_message(mut self, message: impl Into<bytes::Bytes>) -> Self {
             self.refusal.set_message(message.into());
+            self
+        }
+
+        /// Answers each refused connection in its own protocol: an HTTP/1.1 `503`
+        /// (limits, startups) or `429` (rates, bans) with `Retry-After` and
+        /// `Connection: close`; on HTTP/2 the same status on its stream, then GOAWAY;
+        /// to a gRPC request (`content-type: application/grpc`), a trailers-only
+        /// response with `grpc-status` 14 `UNAVAILABLE` or 8 `RESOURCE_EXHAUSTED` and
+        /// a `grpc-message`. One request is answered, no more; a client that speaks
+        /// TLS (refused before a TLS layer) is closed at once, as it could not read a
+        /// cleartext answer.
+        ///
+        /// The server never waits on the client: the whole exchange is bounded by the
+        /// `refusal_write_timeout`, and only the 32 refused connections that may wait
+        /// are answered; under a flood, the others are closed at once. For clients
+        /// far away (the deadline starts once the client makes the server wait), a
+        /// longer timeout than the default, such as a second, lets more of them read
+        /// their answer. Replaces `refusal_message`.
+        #[cfg(feature = "http")]
+        pub fn refusal_http(mut self) -> Self {
+            self.refusal.set_http();
             self
         }
 
@@ -422,12 +461,47 @@ pub(crate) fn refuse<F, IO>(
     if let Some(suppressed) = log.allow() {
         tracing::warn!(peer = %rejected.peer, reason = %rejected.reason, suppressed, "connection refused");
     }
+    #[cfg(feature = "http")]
+    if refusal.http {
+        return refuse_in_http(conn, rejected, refusal);
+    }
     let io = refusal.message.as_ref().map(|_| conn.into_io());
     ResponseFuture {
         state: State::Refused(Box::new(Refusing {
+            #[cfg(feature = "http")]
+            http: None,
             linger: io.as_ref().and_then(|_| refusal.linger_slot()),
             io,
             message: refusal.message.clone().unwrap_or_default(),
+            shut_down: false,
+            discarded: 0,
+            write_timeout: refusal.write_timeout,
+            deadline: None,
+            rejected: Some(rejected),
+        })),
+    }
+}
+
+/// The refusal of a connection answered in HTTP, if it may wait for its client: the
+/// others are closed at once.
+#[cfg(feature = "http")]
+fn refuse_in_http<F, IO>(
+    conn: Conn<IO>,
+    rejected: Rejected,
+    refusal: &Refusal,
+) -> ResponseFuture<F, IO> {
+    let linger = refusal.linger_slot();
+    let http = linger.as_ref().map(|_| {
+        let (io, parts) = conn.into_parts();
+        let http2 = parts.http_version == Some(http::Version::HTTP_2);
+        crate::http::refusal::Answer::new(io, http2, &rejected)
+    });
+    ResponseFuture {
+        state: State::Refused(Box::new(Refusing {
+            http,
+            linger,
+            io: None,
+            message: Bytes::new(),
             shut_down: false,
             discarded: 0,
             write_timeout: refusal.write_timeout,
@@ -472,10 +546,13 @@ enum State<F, IO> {
 
 /// The most a refused client may send that is read and dropped: a request head and a
 /// small body. A client that sends more is cut off, reset and all.
-const MAX_DISCARDED: usize = 64 * 1024;
+pub(crate) const MAX_DISCARDED: usize = 64 * 1024;
 
 /// A refused connection: its message being written, then the error.
 struct Refusing<IO> {
+    /// The connection being answered in HTTP, before it is closed like the others.
+    #[cfg(feature = "http")]
+    http: Option<crate::http::refusal::Answer<IO>>,
     /// The connection, until it is closed.
     io: Option<IO>,
     /// What is left to write of the message.
@@ -503,6 +580,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Refusing<IO> {
         }
         // Dropping the stream closes the connection.
         self.io = None;
+        #[cfg(feature = "http")]
+        {
+            self.http = None;
+        }
         self.linger = None;
         let rejected = self.rejected.take().expect("polled after completion");
         Poll::Ready(rejected.into())
@@ -515,6 +596,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Refusing<IO> {
     /// client fails, after [`MAX_DISCARDED`] bytes, or, without a [`LingerSlot`], once
     /// what the client already sent is read.
     fn poll_tell(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        #[cfg(feature = "http")]
+        if let Some(answer) = &mut self.http {
+            let answered = ready!(answer.poll(cx));
+            self.http = None;
+            let Some(answered) = answered else {
+                return Poll::Ready(());
+            };
+            self.io = Some(answered.io);
+            self.shut_down = answered.shut_down;
+            self.discarded = answered.read;
+        }
         let Some(io) = &mut self.io else {
             return Poll::Ready(());
         };

@@ -45,6 +45,47 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Logs
+//!
+//! The crate logs through [`tracing`], under its module paths as targets, so that an
+//! `EnvFilter` directive for a module also covers the modules under it:
+//!
+//! | target | level | events |
+//! |---|---|---|
+//! | `tower_bouncer::serve` | `error` | the listener or the service failed, a connection panicked; the server stops |
+//! | | `warn` | accepts keep failing (descriptors run out): pausing, backing off |
+//! | | `info` | the server stopped, with how many connections drained and were cut |
+//! | | `debug`, `trace` | a connection ended with an error, was cut at the drain deadline, or closed |
+//! | `tower_bouncer::admission` | `warn` | a connection refused by a cap, a rate, a ban or the startups budget, with its peer and reason; in dry run, one that would be |
+//! | `tower_bouncer::login` | `warn` | a peer banned, with its offence and the ban's length; a ban from the fleet not applied |
+//! | | `debug` | a connection evicted after a failed login, and cut after its grace; the kernel ban filter rebuilt (`warn` if the kernel refused it) |
+//! | `tower_bouncer::timeout` | `info` | a connection timed out, with which deadline |
+//! | | `debug` | a connection reached its lifetime and was asked to close |
+//! | `tower_bouncer::proxy_protocol` | `warn` | a PROXY header refused (`debug` if the connection ended before it) |
+//! | `tower_bouncer::tls` | `info` | a TLS handshake failed |
+//! | `tower_bouncer::http` | `debug` | a connection cut after its close grace |
+//! | `tower_bouncer::overload` | `debug` | an idle connection evicted to make room |
+//! | `tower_bouncer::fleet` | `error`, `warn`, `info` | the sync task panicked; the store is unreachable; back in step with it |
+//! | `tower_bouncer::bouncer` | `info` | protections on, the configuration reloaded, shutting down |
+//! | | `warn`, `debug` | the descriptor limit not raised (raised); no kernel ban filter |
+//! | `tower_bouncer::admin` | `warn` | a ban made or lifted from the admin page; the page served without a token |
+//!
+//! The accept loop runs each connection in an `info` span named `conn` with its `peer`.
+//!
+//! Events an attacker can cause are throttled, so that a flood cannot flood the logs:
+//! each layer lets at most one such event through a second (refusals, bans, timeouts,
+//! TLS and PROXY failures; accept errors one every 5 seconds, the fleet's store one a
+//! minute), and the next one let through carries `suppressed`, the count held back
+//! since. Counts are in each layer's `stats()`.
+//!
+//! ```
+//! use tracing_subscriber::EnvFilter;
+//!
+//! // Everything at `info`, refusals included; evictions and cuts too.
+//! let filter = EnvFilter::new("info,tower_bouncer::login=debug,tower_bouncer::http=debug");
+//! tracing_subscriber::fmt().with_env_filter(filter).init();
+//! ```
 #![forbid(unsafe_code)]
 #![warn(
     missing_debug_implementations,

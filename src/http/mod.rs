@@ -66,9 +66,103 @@
 //! ```
 //!
 //! Serve it with [`serve`](crate::serve), under any connection-level layers.
+//!
+//! # Features
+//!
+//! `http` and `axum` are on by default. With `default-features = false`, name them, or
+//! every `ConnectInfo<SocketAddr>` extractor answers 500 at run time; add `tonic` for
+//! tonic's `Request::remote_addr`:
+//!
+//! ```toml
+//! tower-bouncer = { version = "0.1", default-features = false, features = ["serve", "http", "axum", "tonic"] }
+//! ```
+//!
+//! # Refusals in HTTP
+//!
+//! The admission layers close a refused connection, or write it a raw message. On the
+//! HTTP path, `refusal_http()` on each of their builders answers it in its own
+//! protocol instead, with nothing to write by hand: HTTP/1.1 `503` (caps, startups) or
+//! `429` (rates, bans) with `Retry-After` and `Connection: close`; the same status on
+//! HTTP/2, then GOAWAY; and for gRPC, a status tonic clients read as
+//! `Code::Unavailable` or `Code::ResourceExhausted`. The server never waits on the
+//! client for it (see
+//! [`ConnectionLimitBuilder::refusal_http`](crate::limit::ConnectionLimitBuilder::refusal_http)).
+//!
+//! ```
+//! # #[cfg(all(feature = "limit", feature = "rate-limit"))] {
+//! use tower::ServiceBuilder;
+//! use tower_bouncer::{
+//!     http::HttpService,
+//!     limit::ConnectionLimitLayer,
+//!     rate_limit::{Rate, RateLimitLayer},
+//! };
+//! # let app: axum::Router = axum::Router::new();
+//! let service = ServiceBuilder::new()
+//!     .layer(RateLimitLayer::builder().per_peer(Rate::per_second(20)).refusal_http().build()?)
+//!     .layer(ConnectionLimitLayer::builder(4096).refusal_http().build()?)
+//!     .service(HttpService::new(app));
+//! # let _ = service;
+//! # }
+//! # Ok::<(), tower_bouncer::ConfigError>(())
+//! ```
+//!
+//! # Coming from tonic's `Server::builder()`
+//!
+//! Serving tonic routes with [`HttpService`] replaces tonic's server, and its settings
+//! go here:
+//!
+//! | `tonic::transport::Server` | with this crate |
+//! |---|---|
+//! | `add_service`, `add_routes` | `tonic::service::Routes::new(svc).add_service(...)`, given to [`HttpService::new`] |
+//! | `layer` | tower layers on the routes: `ServiceBuilder::new().layer(...).service(routes)` |
+//! | `timeout` | a handler deadline: `tower::timeout::TimeoutLayer` on the routes (an expired request's stream is reset), or `tokio::time::timeout` in the handler answering `Status::deadline_exceeded`; reading requests is bounded by [`TimeoutLayer::request`](crate::timeout::TimeoutBuilder::request) |
+//! | `concurrency_limit_per_connection`, `max_concurrent_streams` | `configure_hyper(\|b\| { b.http2().max_concurrent_streams(n); })` |
+//! | `http2_keepalive_interval`, `http2_keepalive_timeout` | `configure_hyper(\|b\| { b.http2().keep_alive_interval(d).keep_alive_timeout(d); })` |
+//! | `initial_stream_window_size`, `initial_connection_window_size`, `http2_adaptive_window`, `max_frame_size`, `http2_max_header_list_size`, `http2_max_pending_accept_reset_streams`, `http2_max_local_error_reset_streams` | the same names on `configure_hyper`'s `b.http2()` |
+//! | `accept_http1` | HTTP/1.1 is always detected; `configure_hyper(\|b\| *b = b.clone().http2_only())` serves HTTP/2 alone |
+//! | `tcp_nodelay`, `tcp_keepalive` | on each accepted stream, in a connection-level layer: `ServiceBuilder::new().map_request(\|conn: Conn<TcpStream>\| { conn.io().set_nodelay(true).ok(); conn })` (keep-alive with `socket2::SockRef::from(conn.io())`) |
+//! | `max_connection_age`, `max_connection_age_grace` | [`TimeoutLayer::lifetime`](crate::timeout::TimeoutBuilder::lifetime), [`lifetime_grace`](crate::timeout::TimeoutBuilder::lifetime_grace) |
+//! | `load_shed` | [`ConnectionLimitLayer`](crate::limit) and [`RateLimitLayer`](crate::rate_limit), per connection |
+//! | `tls_config` | [`TlsLayer`](crate::tls) (feature `tls`) |
+//! | `serve_with_shutdown` | [`Server::with_graceful_shutdown`](crate::serve::Server::with_graceful_shutdown) |
+//!
+//! ```
+//! # #[cfg(feature = "tonic")] {
+//! use std::time::Duration;
+//! use tokio::net::TcpStream;
+//! use tower::ServiceBuilder;
+//! use tower_bouncer::{Conn, http::HttpService};
+//!
+//! # let routes = tonic::service::Routes::default();
+//! let grpc = HttpService::builder(routes)
+//!     .configure_hyper(|hyper| {
+//!         hyper
+//!             .http2()
+//!             .max_concurrent_streams(64)
+//!             .keep_alive_interval(Duration::from_secs(30))
+//!             .keep_alive_timeout(Duration::from_secs(10));
+//!     })
+//!     .build()
+//!     .expect("valid settings");
+//! let service = ServiceBuilder::new()
+//!     .map_request(|conn: Conn<TcpStream>| {
+//!         conn.io().set_nodelay(true).ok();
+//!         conn
+//!     })
+//!     .service(grpc);
+//! # let _ = service;
+//! # }
+//! ```
 
 mod connection;
 mod frames;
+#[cfg(any(
+    feature = "limit",
+    feature = "peer-limit",
+    feature = "rate-limit",
+    feature = "login"
+))]
+pub(crate) mod refusal;
 mod request;
 
 use std::{
@@ -136,10 +230,46 @@ struct Config {
     close_grace: Duration,
 }
 
-impl<S> HttpService<S> {
+/// What [`HttpService`] serves: a `Service<http::Request<Incoming>>` that answers
+/// `http::Response`s, such as an axum `Router` or tonic `Routes`. Implemented for every
+/// such service; its bound on [`HttpService::new`] refuses anything else there, where
+/// the mistake is, rather than where the service is served.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a service of `http::Request<Incoming>`, which `HttpService` serves",
+    label = "not a request service",
+    note = "coming from `axum::serve`? Pass the `Router` itself, not `into_make_service()` nor `into_make_service_with_connect_info::<SocketAddr>()`: `HttpService` puts `ConnectInfo<SocketAddr>` in every request (feature `axum`, on by default)"
+)]
+pub trait RequestService {}
+
+impl<S, B> RequestService for S where S: Service<Request<Incoming>, Response = Response<B>> {}
+
+impl<S: RequestService> HttpService<S> {
     /// Serves `service` with the defaults: HTTP/1.1 and HTTP/2 with protocol detection,
     /// a 10 s first-byte timeout, 30 s for each request head, 60 s with no request open,
     /// and a 5 s grace after a plain graceful close is asked for.
+    ///
+    /// # Coming from `axum::serve`
+    ///
+    /// Pass the `Router` itself, where `axum::serve` takes
+    /// `app.into_make_service_with_connect_info::<SocketAddr>()`: the adapter puts
+    /// `ConnectInfo<SocketAddr>` in every request (with the `axum` feature, on by
+    /// default), so `ConnectInfo` extractors work unchanged. A make-service is not a
+    /// request service, and is refused here.
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use axum::{Router, extract::ConnectInfo, routing::get};
+    /// use tower_bouncer::http::HttpService;
+    ///
+    /// async fn whoami(ConnectInfo(peer): ConnectInfo<SocketAddr>) -> String {
+    ///     format!("{peer}\n")
+    /// }
+    ///
+    /// let app: Router = Router::new().route("/", get(whoami));
+    /// // Not `app.into_make_service_with_connect_info::<SocketAddr>()`:
+    /// let service = HttpService::new(app);
+    /// # let _ = service;
+    /// ```
     pub fn new(service: S) -> Self {
         Self::builder(service)
             .build()
@@ -167,7 +297,9 @@ impl<S> HttpService<S> {
             close_grace: DEFAULT_CLOSE_GRACE,
         }
     }
+}
 
+impl<S> HttpService<S> {
     crate::inner_service_accessors!();
 }
 

@@ -32,6 +32,51 @@
 //! # let _ = service;
 //! println!("{} live connections", stats.stats().live);
 //! ```
+//!
+//! # Testing a layer with `tower-test`
+//!
+//! A connection-level layer is unit-tested like any tower middleware: a
+//! `tower_test::mock` stands for the protected service, and each connection is one end
+//! of a `tokio::io::duplex` pipe with a made-up peer address; the test holds the other
+//! end.
+//!
+//! ```
+//! use tokio::io::{AsyncReadExt, DuplexStream};
+//! use tower_bouncer::{BoxError, Conn, admission::Rejected, limit::ConnectionLimitLayer};
+//! use tower_test::mock;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! fn conn(peer: &str) -> (Conn<DuplexStream>, DuplexStream) {
+//!     let (server, client) = tokio::io::duplex(1024);
+//!     let conn = Conn::new(server, peer.parse().unwrap(), "127.0.0.1:80".parse().unwrap());
+//!     (conn, client)
+//! }
+//!
+//! let limit = ConnectionLimitLayer::builder(1)
+//!     .refusal_message(&b"ERROR busy\n"[..])
+//!     .build()
+//!     .unwrap();
+//! let (mut service, mut handle) = mock::spawn_layer::<Conn<DuplexStream>, (), _>(limit);
+//!
+//! // The first connection reaches the protected service, which keeps it open.
+//! assert!(service.poll_ready().is_ready());
+//! let (first, _first_client) = conn("192.0.2.1:1000");
+//! let served = tokio::spawn(service.call(first));
+//! let (reached, _answer) = handle.next_request().await.unwrap();
+//! assert_eq!(reached.peer_addr(), "192.0.2.1:1000".parse().unwrap());
+//!
+//! // The second is over the cap: refused with its reason, and told so.
+//! assert!(service.poll_ready().is_ready());
+//! let (second, mut second_client) = conn("192.0.2.2:2000");
+//! let error: BoxError = service.call(second).await.unwrap_err();
+//! assert!(error.downcast_ref::<Rejected>().is_some());
+//! let mut told = String::new();
+//! second_client.read_to_string(&mut told).await.unwrap();
+//! assert_eq!(told, "ERROR busy\n");
+//! # served.abort();
+//! # }
+//! ```
 
 mod layer;
 mod service;

@@ -558,6 +558,18 @@ impl LoginBuilder {
         self
     }
 
+    /// Answers a banned peer's connection with an HTTP `429` and a connection refused by
+    /// the pre-authentication budget with a `503`, in its own protocol (HTTP/1.1,
+    /// HTTP/2 or gRPC), instead of a message: see the admission layers'
+    /// `refusal_http`, such as
+    /// [`ConnectionLimitBuilder::refusal_http`](crate::limit::ConnectionLimitBuilder::refusal_http).
+    #[cfg(feature = "http")]
+    pub fn refusal_http(mut self) -> Self {
+        self.ban_refusal.set_http();
+        self.startup_refusal.set_http();
+        self
+    }
+
     /// How long writing a refusal message may take; 100 ms by default.
     pub fn refusal_write_timeout(mut self, timeout: Duration) -> Self {
         self.ban_refusal.set_write_timeout(timeout);

@@ -88,7 +88,8 @@ pub(crate) use layer::Shared;
 pub use layer::{Timeout, TimeoutBuilder, TimeoutLayer, TimeoutStats};
 
 /// Why a connection was closed by a deadline. It is the inner error of an
-/// [`std::io::Error`] of kind [`TimedOut`](std::io::ErrorKind::TimedOut).
+/// [`std::io::Error`] of kind [`TimedOut`](std::io::ErrorKind::TimedOut):
+/// [`TimeoutError::of`] finds it in any error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TimeoutError {
@@ -125,6 +126,50 @@ impl fmt::Display for TimeoutError {
     }
 }
 
+impl TimeoutError {
+    /// The deadline behind `error`, in one call: `error` itself, or any error in its
+    /// [`source`](Error::source) chain, as the [`std::io::Error`] the timeout fails a
+    /// connection with or as anything that wraps one (a `hyper::Error`, say).
+    ///
+    /// ```
+    /// use tower_bouncer::{BoxError, timeout::TimeoutError};
+    ///
+    /// fn log_timeout(error: &BoxError) {
+    ///     if let Some(timeout) = TimeoutError::of(&**error) {
+    ///         eprintln!("closed by a deadline: {timeout}");
+    ///     }
+    /// }
+    ///
+    /// let error: BoxError = std::io::Error::from(TimeoutError::Idle(
+    ///     std::time::Duration::from_secs(60),
+    /// ))
+    /// .into();
+    /// assert!(matches!(TimeoutError::of(&*error), Some(TimeoutError::Idle(_))));
+    /// ```
+    pub fn of(error: &(dyn Error + 'static)) -> Option<TimeoutError> {
+        let mut next = Some(error);
+        // An error chain is short; the bound only guards against a chain that loops.
+        for _ in 0..MAX_CHAIN {
+            let error = next?;
+            if let Some(timeout) = error.downcast_ref::<TimeoutError>() {
+                return Some(*timeout);
+            }
+            // `io::Error::source` skips the error it holds: look at that one next.
+            next = match error
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+            {
+                Some(inner) => Some(inner),
+                None => error.source(),
+            };
+        }
+        None
+    }
+}
+
+/// The most errors [`TimeoutError::of`] looks through.
+const MAX_CHAIN: usize = 32;
+
 impl Error for TimeoutError {}
 
 impl From<TimeoutError> for std::io::Error {
@@ -160,5 +205,47 @@ impl RequestTimer {
     /// deadlines still apply.
     pub fn stop(&self) {
         self.activity.stop_timing_requests();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error that wraps another, as hyper's and tonic's do.
+    #[derive(Debug)]
+    struct Wrapper(Box<dyn Error + Send + Sync>);
+
+    impl fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("wrapped")
+        }
+    }
+
+    impl Error for Wrapper {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&*self.0)
+        }
+    }
+
+    #[test]
+    fn the_reason_is_found_however_deep_it_is_wrapped() {
+        let timeout = TimeoutError::Request(Duration::from_secs(10));
+        let io = || std::io::Error::from(timeout);
+        assert_eq!(TimeoutError::of(&timeout), Some(timeout));
+        assert_eq!(TimeoutError::of(&io()), Some(timeout));
+        let boxed: crate::BoxError = Box::new(Wrapper(Box::new(io())));
+        assert_eq!(TimeoutError::of(&*boxed), Some(timeout));
+        let nested = std::io::Error::other(Wrapper(Box::new(io())));
+        assert_eq!(TimeoutError::of(&nested), Some(timeout));
+    }
+
+    #[test]
+    fn other_errors_have_no_reason() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(TimeoutError::of(&refused), None);
+        assert_eq!(TimeoutError::of(&Wrapper(Box::new(refused))), None);
+        let bare_timeout = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        assert_eq!(TimeoutError::of(&bare_timeout), None);
     }
 }

@@ -1,0 +1,303 @@
+//! Refusals answered in HTTP (`refusal_http`): real hyper and tonic clients over
+//! in-memory streams, on paused time.
+
+mod support;
+
+use std::{
+    convert::Infallible,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio_test::{assert_pending, assert_ready_err, task};
+use tonic::Code;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+use tower::{Layer, Service, ServiceExt, service_fn};
+use tower_bouncer::{
+    BoxError, Conn,
+    admission::{Reason, ResponseFuture},
+    limit::ConnectionLimitLayer,
+    rate_limit::{Rate, RateLimitLayer},
+};
+
+use support::*;
+
+/// An admitted connection's future: it holds its place until the test ends.
+type Held = std::future::Pending<Result<(), Infallible>>;
+
+/// The connection-level service under test, which holds every admitted connection.
+type Holding = tower::util::ServiceFn<fn(Conn<DuplexStream>) -> Held>;
+
+/// A service under `layer` that has admitted one connection already, which holds the
+/// cap or has spent the peer's rate.
+async fn after_one<L>(layer: L) -> L::Service
+where
+    L: Layer<Holding>,
+    L::Service: Service<Conn<DuplexStream>, Response = (), Error = BoxError>,
+    <L::Service as Service<Conn<DuplexStream>>>::Future: Send + 'static,
+{
+    let hold: fn(Conn<DuplexStream>) -> Held = |_| std::future::pending();
+    let mut service = layer.layer(service_fn(hold));
+    let admitted = service
+        .ready()
+        .await
+        .unwrap()
+        .call(conn_from("192.0.2.1:1"));
+    tokio::spawn(admitted);
+    service
+}
+
+/// Connects from the same peer to a service that refuses it: the refusal runs in a
+/// task; the client's end is returned.
+async fn refused<S>(
+    service: &mut S,
+) -> (DuplexStream, tokio::task::JoinHandle<Result<(), BoxError>>)
+where
+    S: Service<Conn<DuplexStream>, Response = (), Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    let (conn, client) = duplex_conn("192.0.2.1:2");
+    let refusal = service.ready().await.unwrap().call(conn);
+    (client, tokio::spawn(refusal))
+}
+
+fn cap() -> ConnectionLimitLayer {
+    ConnectionLimitLayer::builder(1)
+        .refusal_http()
+        .refusal_write_timeout(PATIENCE)
+        .build()
+        .unwrap()
+}
+
+fn rate() -> RateLimitLayer {
+    RateLimitLayer::builder()
+        .per_peer(Rate::per_minute(1))
+        .refusal_http()
+        .refusal_write_timeout(PATIENCE)
+        .build()
+        .unwrap()
+}
+
+fn header<'a>(answer: &'a Answer, name: &str) -> Option<&'a str> {
+    answer
+        .headers
+        .get(name)
+        .map(|value| value.to_str().unwrap())
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_http1_client_over_its_rate_gets_429_with_retry_after() {
+    let mut service = after_one(rate()).await;
+    let (client, refusal) = refused(&mut service).await;
+
+    let answer = Http1Client::connect(client).await.get("/").await.unwrap();
+    assert_eq!(answer.status, 429);
+    assert_eq!(header(&answer, "retry-after"), Some("60"));
+    assert_eq!(header(&answer, "connection"), Some("close"));
+    assert_eq!(answer.body, "this client connects too fast\n");
+    let error = refusal.await.unwrap().unwrap_err();
+    assert!(matches!(rejected(&error).reason(), Reason::PeerRate { .. }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_http1_client_over_the_cap_gets_503_without_retry_after() {
+    let mut service = after_one(cap()).await;
+    let (client, refusal) = refused(&mut service).await;
+
+    let answer = Http1Client::connect(client).await.get("/").await.unwrap();
+    assert_eq!(answer.status, 503);
+    assert_eq!(header(&answer, "retry-after"), None);
+    assert_eq!(header(&answer, "connection"), Some("close"));
+    let error = refusal.await.unwrap().unwrap_err();
+    assert_eq!(
+        rejected(&error).reason(),
+        &Reason::ConnectionLimit { limit: 1 }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_http2_client_gets_the_status_on_its_request_then_goaway() {
+    let (client, refusal) = refused(&mut after_one(cap()).await).await;
+    http2_is_told(client, refusal, 503).await;
+    let (client, refusal) = refused(&mut after_one(rate()).await).await;
+    http2_is_told(client, refusal, 429).await;
+}
+
+async fn http2_is_told(
+    client: DuplexStream,
+    refusal: tokio::task::JoinHandle<Result<(), BoxError>>,
+    status: u16,
+) {
+    let mut client = Http2Client::connect(client).await;
+    let answer = client.get("/").await.unwrap();
+    assert_eq!(answer.status, status);
+    assert_eq!(answer.version, http::Version::HTTP_2);
+    // GOAWAY: the client's connection ends by itself.
+    within(PATIENCE, client.driver).await.unwrap().unwrap();
+    assert!(refusal.await.unwrap().is_err());
+}
+
+/// A tonic client's health check over `client`.
+async fn health_check(client: DuplexStream) -> tonic::Status {
+    let client = Arc::new(Mutex::new(Some(client)));
+    let channel = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector_lazy(service_fn(move |_| {
+            let stream = client.lock().unwrap().take().expect("one connection");
+            async move { Ok::<_, std::io::Error>(TokioIo::new(stream)) }
+        }));
+    HealthClient::new(channel)
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap_err()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grpc_client_gets_a_status_not_a_transport_error() {
+    let mut service = after_one(cap()).await;
+    let (client, _refusal) = refused(&mut service).await;
+    let status = health_check(client).await;
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(status.message(), "the server is at its connection limit");
+
+    let mut service = after_one(rate()).await;
+    let (client, _refusal) = refused(&mut service).await;
+    let status = health_check(client).await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(status.message(), "this client connects too fast");
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_request_is_answered_and_no_more() {
+    let mut service = after_one(cap()).await;
+    let (mut client, refusal) = refused(&mut service).await;
+    client
+        .write_all(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nGET /b HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut told = String::new();
+    client.read_to_string(&mut told).await.unwrap();
+    assert_eq!(told.matches("HTTP/1.1 503").count(), 1, "{told}");
+    drop(client);
+    assert!(refusal.await.unwrap().is_err());
+}
+
+/// A refused connection polled by the test: its future and the client's end.
+async fn refusal_task(
+    service: &mut tower_bouncer::limit::ConnectionLimit<Holding>,
+) -> (
+    task::Spawn<ResponseFuture<Held, DuplexStream>>,
+    DuplexStream,
+) {
+    let (conn, client) = duplex_conn("192.0.2.1:2");
+    let refusal = service.ready().await.unwrap().call(conn);
+    (task::spawn(refusal), client)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_client_is_closed_at_the_write_timeout() {
+    let layer = ConnectionLimitLayer::builder(1)
+        .refusal_http()
+        .refusal_write_timeout(Duration::from_millis(250))
+        .build()
+        .unwrap();
+    let mut service = after_one(layer).await;
+    let (mut refusal, mut client) = refusal_task(&mut service).await;
+    assert_pending!(refusal.poll());
+    tokio::time::advance(Duration::from_millis(249)).await;
+    assert_pending!(refusal.poll());
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert!(refusal.is_woken());
+    assert_ready_err!(refusal.poll());
+    assert_eq!(client.read(&mut [0; 16]).await.unwrap(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn under_a_flood_of_refusals_only_32_are_answered_the_others_closed_at_once() {
+    let mut service = after_one(cap()).await;
+    let mut waiting = Vec::new();
+    for _ in 0..32 {
+        let (mut refusal, client) = refusal_task(&mut service).await;
+        assert_pending!(refusal.poll());
+        waiting.push((refusal, client));
+    }
+    for _ in 0..8 {
+        let (mut refusal, mut client) = refusal_task(&mut service).await;
+        assert_ready_err!(refusal.poll());
+        assert_eq!(client.read(&mut [0; 16]).await.unwrap(), 0);
+    }
+    // Once a waiting one ends, the next waits for its request again.
+    drop(waiting.pop());
+    let (mut refusal, _client) = refusal_task(&mut service).await;
+    assert_pending!(refusal.poll());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tls_client_is_closed_at_once_without_a_cleartext_answer() {
+    let mut service = after_one(cap()).await;
+    let (mut refusal, mut client) = refusal_task(&mut service).await;
+    // The start of a TLS ClientHello record.
+    client
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
+        .await
+        .unwrap();
+    assert_ready_err!(refusal.poll());
+    let mut told = Vec::new();
+    client.read_to_end(&mut told).await.unwrap();
+    assert!(told.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_banned_http1_client_gets_429_with_the_ban_s_remaining_time() {
+    let login = tower_bouncer::login::Login::builder()
+        .refusal_http()
+        .refusal_write_timeout(PATIENCE)
+        .build()
+        .unwrap();
+    login
+        .bans()
+        .ban("192.0.2.1".parse().unwrap(), Duration::from_millis(90_500))
+        .unwrap();
+    let hold: fn(Conn<DuplexStream>) -> Held = |_| std::future::pending();
+    let mut service = login.ban_layer().layer(service_fn(hold));
+    let (client, refusal) = refused(&mut service).await;
+
+    let answer = Http1Client::connect(client).await.get("/").await.unwrap();
+    assert_eq!(answer.status, 429);
+    assert_eq!(header(&answer, "retry-after"), Some("91"));
+    let error = refusal.await.unwrap().unwrap_err();
+    assert!(matches!(rejected(&error).reason(), Reason::Banned { .. }));
+}
+
+/// Answers nothing and holds its connection until the client closes it.
+async fn hold_until_closed(mut conn: Conn<tokio::net::TcpStream>) -> Result<(), BoxError> {
+    conn.io_mut().read_to_end(&mut Vec::new()).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn on_real_sockets_a_refused_request_with_a_body_gets_its_503() {
+    let layer = ConnectionLimitLayer::builder(1)
+        .refusal_http()
+        .refusal_write_timeout(PATIENCE)
+        .build()
+        .unwrap();
+    let service = layer.layer(service_fn(hold_until_closed));
+    let server = LoopbackServer::start(service, PATIENCE).await;
+    let _held = connect_from(2, server.addr).await;
+    // Admitted before the next one is refused.
+    within(PATIENCE, async {
+        while layer.stats().live == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+
+    // A request with a body, which the refusal never reads as one.
+    let body: &'static str = Box::leak("x".repeat(32 * 1024).into_boxed_str());
+    let mut client = Http1Client::connect(connect_from(3, server.addr).await).await;
+    let answer = within(PATIENCE, client.post("/", body)).await.unwrap();
+    assert_eq!(answer.status, 503);
+    assert_eq!(answer.body, "the server is at its connection limit\n");
+}
