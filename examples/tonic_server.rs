@@ -30,9 +30,8 @@ async fn main() {
     let args = common::Args::from_env("tonic_server", false);
     common::init_logging();
     common::record_metrics();
-    // gRPC clients cannot read a message sent before the HTTP/2 handshake: refuse
-    // silently.
-    let bouncer = common::bouncer(&args, Refusals::Silent);
+    // A refused call gets UNAVAILABLE or RESOURCE_EXHAUSTED, in gRPC.
+    let bouncer = common::bouncer(&args, Refusals::Http);
     let shutdown = common::shutdown_signal();
     let listener = common::bind(args.addr).await;
     common::serve_admin(&args, bouncer.as_ref()).await;

@@ -353,11 +353,19 @@ async fn a_silent_peer_that_reconnects_is_banned_while_another_peer_is_served() 
             .unwrap();
         assert!(answer.is_empty(), "{answer:?}");
     }
-    // The fourth is refused at accept: the ban's 429 comes before any byte is sent.
+    // The fourth is refused at accept: its request is answered with the ban's 429.
     let mut refused = connect_from(ATTACKER, addr).await;
+    refused
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut answer = String::new();
     let _ = within(PATIENCE, refused.read_to_string(&mut answer)).await;
     assert!(answer.starts_with("HTTP/1.1 429"), "{answer:?}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after:"),
+        "{answer:?}"
+    );
 
     let (ok, failed) = legit.finish().await;
     assert!(

@@ -106,7 +106,7 @@ async fn failed_logins_over_http_ban_the_peer() {
         within(PATIENCE, &mut client.driver).await.ok();
     }
     let mut banned = connect_from(4, addr).await;
-    let refused = read_all(&mut banned).await;
+    let refused = refusal_to_a_request(&mut banned).await;
     assert!(refused.starts_with("HTTP/1.1 429"), "{refused:?}");
     assert!(
         bouncer
@@ -199,10 +199,8 @@ async fn is_a_layer_for_a_stack_of_ones_own() {
     let mut held = connect_from(7, server.addr).await;
     // The cap of 1 is taken: another peer is refused.
     let mut refused = connect_from(8, server.addr).await;
-    assert_eq!(
-        read_all(&mut refused).await,
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-    );
+    let answer = refusal_to_a_request(&mut refused).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
     held.write_all(b"hi\n").await.unwrap();
     assert_eq!(read_all(&mut held).await, "hi\n");
     assert_eq!(bouncer.connection_limit().stats().refused, 1);

@@ -377,21 +377,19 @@ async fn axum_server_refuses_over_its_limits_with_http_status_lines() {
     let server = Example::start("axum_server", &["--max-per-peer", "1", "--rate", "100"]).await;
     let _held = connect_from(2, server.addr).await;
     let mut refused = connect_from(2, server.addr).await;
-    let mut response = String::new();
-    within(PATIENCE, refused.read_to_string(&mut response))
-        .await
-        .unwrap();
+    let response = refusal_to_a_request(&mut refused).await;
     assert!(response.starts_with("HTTP/1.1 503 "), "{response}");
     server.stop().await;
 
     let server = Example::start("axum_server", &["--rate", "1"]).await;
     let _first = connect_from(2, server.addr).await;
     let mut refused = connect_from(2, server.addr).await;
-    let mut response = String::new();
-    within(PATIENCE, refused.read_to_string(&mut response))
-        .await
-        .unwrap();
+    let response = refusal_to_a_request(&mut refused).await;
     assert!(response.starts_with("HTTP/1.1 429 "), "{response}");
+    assert!(
+        response.to_ascii_lowercase().contains("retry-after: 1"),
+        "{response}"
+    );
     server.stop().await;
 }
 

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::AsyncReadExt;
+
 use tokio_tungstenite::tungstenite::Message;
 
 use support::{example::*, *};
@@ -63,10 +63,7 @@ async fn websockets_count_against_the_per_peer_cap_and_close_at_the_idle_timeout
 
     // The two WebSockets hold the attacker's places: a third connection is refused.
     let mut third = connect_from(ATTACKER, server.addr).await;
-    let mut refusal = String::new();
-    within(PATIENCE, third.read_to_string(&mut refusal))
-        .await
-        .unwrap();
+    let refusal = refusal_to_a_request(&mut third).await;
     assert!(refusal.starts_with("HTTP/1.1 503 "), "{refusal}");
     // Another peer is served.
     let mut other = websocket(OTHER, &server).await;

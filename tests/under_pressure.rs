@@ -172,10 +172,9 @@ async fn a_slowloris_peer_that_keeps_coming_back_is_banned_while_another_peer_is
         assert!(closed_within(&mut slow, PATIENCE).await);
         assert!(served(server.addr).await);
     }
-    // The fourth is refused at accept: the ban's 429 comes before any byte is sent.
+    // The fourth is refused at accept: its request is answered with the ban's 429.
     let mut refused = connect_as(attacker, server.addr).await.unwrap();
-    let mut answer = String::new();
-    let _ = within(PATIENCE, refused.read_to_string(&mut answer)).await;
+    let answer = refusal_to_a_request(&mut refused).await;
     assert!(answer.starts_with("HTTP/1.1 429"), "{answer:?}");
     assert!(served(server.addr).await);
     server.stop().await;
@@ -213,8 +212,7 @@ async fn banned_reconnect_storm(from: Ipv4Addr, server: SocketAddr, storm: Durat
                     continue;
                 };
                 connected += 1;
-                let mut refusal = Vec::new();
-                let _ = within(PATIENCE, stream.read_to_end(&mut refusal)).await;
+                refusal_to_a_request(&mut stream).await;
             }
             connected
         });

@@ -323,6 +323,10 @@ async fn reconnect_loop(
             continue;
         };
         opened.fetch_add(1, Ordering::SeqCst);
+        // A request, as an HTTP client sends: the refusal answers it.
+        let _ = stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: siege\r\n\r\n")
+            .await;
         let mut answer = [0u8; 256];
         let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, stream.read(&mut answer)).await;
     }

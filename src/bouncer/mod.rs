@@ -90,8 +90,11 @@ pub struct Bouncer {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Refusals {
-    /// An HTTP/1.1 `503 Service Unavailable` (connection limits) or `429 Too Many
-    /// Requests` (rates, bans), `Connection: close`. The default.
+    /// An answer in the client's protocol, to its first request: `503 Service
+    /// Unavailable` (connection limits) or `429 Too Many Requests` (rates, bans) with
+    /// `Retry-After`, on HTTP/1.1 or HTTP/2, or the gRPC status `UNAVAILABLE` or
+    /// `RESOURCE_EXHAUSTED`. Bounded: at most 32 refused connections per layer wait up
+    /// to a second for their request, the others are closed at once. The default.
     Http,
     /// A raw protocol's own lines.
     Messages {
@@ -102,8 +105,7 @@ pub enum Refusals {
         /// From a banned peer.
         banned: Bytes,
     },
-    /// Nothing: the connection is closed (gRPC clients, which cannot read anything
-    /// sent before the HTTP/2 handshake).
+    /// Nothing: the connection is closed.
     Silent,
 }
 
@@ -121,27 +123,22 @@ impl Refusals {
         }
     }
 
-    /// (busy, too fast, banned).
+    /// (busy, too fast, banned), for the refusals that are bytes written at once.
     fn bytes(&self) -> (Bytes, Bytes, Bytes) {
-        const BUSY: &[u8] =
-            b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
-        const TOO_FAST: &[u8] =
-            b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
         match self {
-            Refusals::Http => (
-                Bytes::from_static(BUSY),
-                Bytes::from_static(TOO_FAST),
-                Bytes::from_static(TOO_FAST),
-            ),
             Refusals::Messages {
                 busy,
                 too_fast,
                 banned,
             } => (busy.clone(), too_fast.clone(), banned.clone()),
-            Refusals::Silent => Default::default(),
+            Refusals::Http | Refusals::Silent => Default::default(),
         }
     }
 }
+
+/// How long a connection refused in HTTP may take to send its request and read the
+/// answer: a far client's request arrives a round trip after the connection.
+const HTTP_REFUSAL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Builds a [`Bouncer`] with what a configuration file does not say: how refusals are
 /// worded.
@@ -171,6 +168,19 @@ impl BouncerBuilder {
             }
         }
         let (busy, too_fast, banned) = self.refusals.bytes();
+        let http = matches!(self.refusals, Refusals::Http);
+        // In the client's protocol, or the raw protocol's bytes.
+        macro_rules! told {
+            ($builder:expr, $message:ident, $bytes:expr) => {
+                if http {
+                    $builder
+                        .refusal_http()
+                        .refusal_write_timeout(HTTP_REFUSAL_WAIT)
+                } else {
+                    $builder.$message($bytes)
+                }
+            };
+        }
         let keying = PeerKeying::with_prefixes(32, config.peers.ipv6_prefix)
             .map_err(|error| SettingError::new("peers.ipv6_prefix", error))?
             .exempt(config.peers.exempt.iter().copied());
@@ -182,20 +192,19 @@ impl BouncerBuilder {
         let rate = RateLimitLayer::builder()
             .per_peer(per_peer_rate(&config))
             .global(Rate::per_second(config.rates.global))
-            .keying(keying.clone())
-            .refusal_message(too_fast)
+            .keying(keying.clone());
+        let rate = told!(rate, refusal_message, too_fast)
             .dry_run(config.dry_run)
             .build()
             .map_err(|error| SettingError::new("rates.per_peer", error))?;
-        let per_peer = PeerLimitLayer::builder(config.connections.per_peer)
-            .keying(keying.clone())
-            .refusal_message(busy.clone())
+        let per_peer = PeerLimitLayer::builder(config.connections.per_peer).keying(keying.clone());
+        let per_peer = told!(per_peer, refusal_message, busy.clone())
             .dry_run(config.dry_run)
             .build()
             .map_err(|error| SettingError::new("connections.per_peer", error))?;
         let max_connections = max_connections(&config);
-        let mut total = ConnectionLimitLayer::builder(max_connections)
-            .refusal_message(busy)
+        let total = ConnectionLimitLayer::builder(max_connections);
+        let mut total = told!(total, refusal_message, busy)
             .dry_run(config.dry_run)
             .overload(&overload);
         if config.connections.backpressure {
@@ -211,8 +220,8 @@ impl BouncerBuilder {
             .map_err(|error| SettingError::new("timeouts", error))?;
         let login = login_policy(&config)
             .keying(keying.clone())
-            .evict_banned_connections(true)
-            .ban_message(banned)
+            .evict_banned_connections(true);
+        let login = told!(login, ban_message, banned)
             .dry_run(config.dry_run)
             .overload(&overload)
             .build()

@@ -124,18 +124,34 @@ pub struct PeerKeying {
 #[derive(Debug)]
 struct Exempt {
     networks: ArcSwap<Box<[IpNet]>>,
-    /// Unique to the list in force in the process: unlike the list's address, never
-    /// reused once a list is dropped. Changed after each new list is in place, so that
-    /// a memo made under an id never answers for a later list.
+    /// [`EMPTY_LIST`] for an empty list, which every keying classifies alike; else
+    /// unique to the list in force in the process (unlike the list's address, never
+    /// reused once a list is dropped). A reload changes it before and after it
+    /// replaces the list, so that a memo is made only under an id that held
+    /// throughout: see [`PeerKeying::classify`].
     id: AtomicU64,
 }
 
 impl Exempt {
-    fn new(networks: Vec<IpNet>, id: u64) -> Arc<Self> {
+    fn new(networks: Vec<IpNet>) -> Arc<Self> {
+        let id = list_id(&networks);
         Arc::new(Self {
             networks: ArcSwap::from_pointee(networks.into_boxed_slice()),
             id: AtomicU64::new(id),
         })
+    }
+}
+
+/// The id of every empty exempt list: keyings with the same prefixes and no exempt
+/// network share their memo, as the layers of a stack built with default keyings do.
+const EMPTY_LIST: u64 = 0;
+
+/// The id of a new exempt list.
+fn list_id(networks: &[IpNet]) -> u64 {
+    if networks.is_empty() {
+        EMPTY_LIST
+    } else {
+        NEXT_EXEMPT_ID.fetch_add(1, Ordering::Relaxed)
     }
 }
 
@@ -145,13 +161,13 @@ impl Default for PeerKeying {
         Self {
             ipv4_prefix: 32,
             ipv6_prefix: 64,
-            exempt: Exempt::new(Vec::new(), NEXT_EXEMPT_ID.fetch_add(1, Ordering::Relaxed)),
+            exempt: Exempt::new(Vec::new()),
         }
     }
 }
 
 /// The next exempt list id to give out.
-static NEXT_EXEMPT_ID: AtomicU64 = AtomicU64::new(1);
+static NEXT_EXEMPT_ID: AtomicU64 = AtomicU64::new(EMPTY_LIST + 1);
 
 /// See [`PeerKeying::id`].
 type KeyingId = (u8, u8, u64);
@@ -198,7 +214,7 @@ impl PeerKeying {
     pub fn exempt(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
         let mut all = self.exempt.networks.load().to_vec();
         all.extend(networks.into_iter().map(|net| net.trunc()));
-        self.exempt = Exempt::new(all, NEXT_EXEMPT_ID.fetch_add(1, Ordering::Relaxed));
+        self.exempt = Exempt::new(all);
         self
     }
 
@@ -217,13 +233,14 @@ impl PeerKeying {
     /// ```
     pub fn set_exempt(&self, networks: impl IntoIterator<Item = IpNet>) {
         let networks: Vec<IpNet> = networks.into_iter().map(|net| net.trunc()).collect();
+        // An id no list has while the list changes; then the new list's.
+        let changing = NEXT_EXEMPT_ID.fetch_add(1, Ordering::Relaxed);
+        self.exempt.id.store(changing, Ordering::Release);
+        let id = list_id(&networks);
         self.exempt
             .networks
             .store(Arc::new(networks.into_boxed_slice()));
-        self.exempt.id.store(
-            NEXT_EXEMPT_ID.fetch_add(1, Ordering::Relaxed),
-            Ordering::Release,
-        );
+        self.exempt.id.store(id, Ordering::Release);
     }
 
     /// The exempt networks in force.
@@ -307,14 +324,17 @@ impl PeerKeying {
                     at: table::Located::new(&key),
                 }
             });
-            last.set(Some((id, ip, answer)));
+            // Kept only if no reload changed the list meanwhile.
+            std::sync::atomic::fence(Ordering::Acquire);
+            if self.id() == id {
+                last.set(Some((id, ip, answer)));
+            }
             answer
         })
     }
 
     /// What makes two keyings classify alike: their prefixes and their exempt list in
-    /// force (the same list when clones share it). Read before the list, which is
-    /// replaced before the id changes: a memo is never newer than its id.
+    /// force (the same list when clones share it, or both empty).
     fn id(&self) -> KeyingId {
         (
             self.ipv4_prefix,
@@ -480,6 +500,17 @@ mod tests {
             apart.exempt_networks(),
             ["192.0.2.0/24".parse::<IpNet>().unwrap()]
         );
+    }
+
+    #[test]
+    fn keyings_without_exempt_networks_share_the_memo() {
+        // The layers of a stack each built with a default keying classify a peer once.
+        assert_eq!(PeerKeying::default().id(), PeerKeying::default().id());
+        let keying = PeerKeying::default();
+        keying.set_exempt(["10.0.0.0/8".parse().unwrap()]);
+        assert_ne!(keying.id(), PeerKeying::default().id());
+        keying.set_exempt([]);
+        assert_eq!(keying.id(), PeerKeying::default().id());
     }
 
     #[test]

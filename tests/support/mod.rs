@@ -315,3 +315,19 @@ pub fn promtool() -> &'static str {
     );
     "promtool"
 }
+
+/// What a refused HTTP connection answers to a request: refusals in HTTP answer the
+/// client's first request, in its protocol.
+pub async fn refusal_to_a_request(stream: &mut TcpStream) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .ok();
+    let mut answer = String::new();
+    within(PATIENCE, stream.read_to_string(&mut answer))
+        .await
+        .ok();
+    answer
+}
