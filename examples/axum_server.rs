@@ -32,7 +32,7 @@ use common::axum_app;
 async fn main() {
     let args = common::Args::from_env("axum_server", false);
     common::init_logging();
-    common::record_metrics();
+    common::record_metrics(&args);
     let bouncer = common::bouncer(&args, axum_app::refusals());
     let shutdown = common::shutdown_signal();
     let listener = common::bind(args.addr).await;

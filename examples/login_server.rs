@@ -33,7 +33,7 @@ use common::login_protocol;
 async fn main() {
     let args = common::Args::from_env("login_server", true);
     common::init_logging();
-    common::record_metrics();
+    common::record_metrics(&args);
     let bouncer = common::bouncer(&args, login_protocol::refusals());
     let shutdown = common::shutdown_signal();
     let listener = common::bind(args.addr).await;

@@ -29,7 +29,7 @@ use tower_bouncer::{
 async fn main() {
     let args = common::Args::from_env("tonic_server", false);
     common::init_logging();
-    common::record_metrics();
+    common::record_metrics(&args);
     // A refused call gets UNAVAILABLE or RESOURCE_EXHAUSTED, in gRPC.
     let bouncer = common::bouncer(&args, Refusals::Http);
     let shutdown = common::shutdown_signal();

@@ -20,15 +20,15 @@ use tower_bouncer::{
 
 use support::*;
 
-/// A bouncer serving `app` on 127.0.0.1 until the sender is dropped or used.
-async fn serve_http(
-    bouncer: &Bouncer,
-    app: Router,
-) -> (
+/// A server on 127.0.0.1: its address, what stops it, and its task.
+type Running = (
     std::net::SocketAddr,
     oneshot::Sender<()>,
     tokio::task::JoinHandle<std::io::Result<ShutdownReport>>,
-) {
+);
+
+/// A bouncer serving `app` until the sender is used or dropped.
+async fn serve_http(bouncer: &Bouncer, app: Router) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -36,6 +36,22 @@ async fn serve_http(
     let task = tokio::spawn(async move {
         bouncer
             .serve_http_until(listener, app, async {
+                stopped.await.ok();
+            })
+            .await
+    });
+    (addr, stop, task)
+}
+
+/// A bouncer serving [`Echo`], a raw protocol, until the sender is used or dropped.
+async fn serve_echo(bouncer: &Bouncer) -> Running {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let bouncer = bouncer.clone();
+    let task = tokio::spawn(async move {
+        bouncer
+            .serve_until(listener, Echo, async {
                 stopped.await.ok();
             })
             .await
@@ -165,17 +181,7 @@ async fn serves_a_raw_protocol_with_its_own_refusal_lines() {
         ))
         .build()
         .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = bouncer.clone();
-    let task = tokio::spawn(async move {
-        server
-            .serve_until(listener, Echo, async {
-                stopped.await.ok();
-            })
-            .await
-    });
+    let (addr, stop, task) = serve_echo(&bouncer).await;
 
     let mut first = connect_from(6, addr).await;
     let mut second = connect_from(6, addr).await;
@@ -271,17 +277,7 @@ async fn a_reload_changes_the_limits_without_dropping_live_connections() {
         ))
         .build()
         .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = bouncer.clone();
-    let task = tokio::spawn(async move {
-        server
-            .serve_until(listener, Echo, async {
-                stopped.await.ok();
-            })
-            .await
-    });
+    let (addr, stop, task) = serve_echo(&bouncer).await;
 
     let mut live = [connect_from(10, addr).await, connect_from(10, addr).await];
     config.connections.per_peer = 1;
@@ -372,17 +368,7 @@ async fn in_dry_run_what_would_be_refused_is_served_and_counted_until_a_reload_e
         ))
         .build()
         .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = bouncer.clone();
-    let task = tokio::spawn(async move {
-        server
-            .serve_until(listener, Echo, async {
-                stopped.await.ok();
-            })
-            .await
-    });
+    let (addr, stop, task) = serve_echo(&bouncer).await;
 
     let first = connect_from(14, addr).await;
     let mut over = connect_from(14, addr).await;

@@ -174,9 +174,18 @@ pub fn fail(message: impl Display) -> ! {
 static METRICS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
     std::sync::OnceLock::new();
 
-/// Records every layer's metrics for Prometheus (the admin page's `/metrics`). Called
-/// before the layers are built: they register their metrics then.
-pub fn record_metrics() {
+/// Records every layer's metrics for Prometheus, for the admin page's `/metrics`: only
+/// with an admin page (the recorder's upkeep would wake an idle server every few
+/// seconds for nothing). Called before the layers are built: they register their
+/// metrics then.
+pub fn record_metrics(args: &Args) {
+    if args.protection.config.admin.addr.is_some() {
+        install_metrics_recorder();
+    }
+}
+
+/// Installs the Prometheus recorder, for [`rendered_metrics`].
+pub fn install_metrics_recorder() {
     #[cfg(feature = "metrics")]
     {
         let handle = metrics_exporter_prometheus::PrometheusBuilder::new()

@@ -140,7 +140,8 @@ fn serve_mode(mut argv: impl Iterator<Item = String>) {
         .expect("a tokio runtime");
     runtime.block_on(async {
         common::init_logging();
-        common::record_metrics();
+        // Every server's, for the check that the metrics count what the stats do.
+        common::install_metrics_recorder();
         let refusals = match app {
             App::Axum => common::axum_app::refusals(),
             App::Login => common::login_protocol::refusals(),
