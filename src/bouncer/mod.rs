@@ -23,8 +23,11 @@
 //! descriptors fill up, and at a full cap a newcomer evicts an idle connection). It
 //! serves an axum `Router` or tonic routes ([`serve_http`](Bouncer::serve_http)), or
 //! a raw protocol's connection-level service ([`serve`](Bouncer::serve)); it is also a
-//! [`Layer`] for a stack of one's own. Each layer stays reachable (for its `stats()`,
-//! the ban list) and public, for those who compose their own.
+//! [`Layer`] for a stack of one's own; a server that keeps `axum::serve` or tonic's
+//! `Server` takes it as a listener ([`listener`](Bouncer::listener)). Each layer stays
+//! reachable (for its `stats()`, the ban list) and public, for those who compose their
+//! own. [`reload`](Bouncer::reload) puts a new configuration in force without a
+//! restart.
 //!
 //! Building it raises the soft descriptor limit to the hard one (as Go does at start),
 //! so that the connection cap binds before the descriptors run out, and derives the
