@@ -70,9 +70,12 @@ impl StatusClassifier {
 /// gRPC's `UNAUTHENTICATED`.
 const GRPC_UNAUTHENTICATED: &str = "16";
 
+/// A name made once: looked up by a string, it would be parsed on every response.
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 fn grpc_unauthenticated(headers: &HeaderMap) -> bool {
     headers
-        .get("grpc-status")
+        .get(&GRPC_STATUS)
         .is_some_and(|status| status == GRPC_UNAUTHENTICATED)
 }
 
