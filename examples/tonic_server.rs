@@ -18,12 +18,7 @@ use tonic::{
     service::{Routes, interceptor::InterceptedService},
     transport::server::TcpIncoming,
 };
-use tower::Layer;
-use tower_bouncer::{
-    bouncer::Refusals,
-    http::HttpService,
-    login::{LoginSession, ReportLoginLayer},
-};
+use tower_bouncer::{bouncer::Refusals, login::LoginSession};
 
 #[tokio::main]
 async fn main() {
@@ -48,8 +43,7 @@ async fn main() {
         return;
     };
     let routes = Routes::new(health).prepare();
-    let http = HttpService::new(ReportLoginLayer::new().layer(routes));
-    let report = common::protection::serve(&bouncer, listener, shutdown, http).await;
+    let report = bouncer.serve_http_until(listener, routes, shutdown).await;
     if let Err(error) = report {
         common::fail(format_args!("server failed: {error}"));
     }

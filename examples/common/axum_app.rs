@@ -14,14 +14,11 @@ use axum::{
 };
 use base64::Engine;
 use tokio::net::TcpListener;
-use tower::Layer;
 use tower_bouncer::{
     ConnInfo,
-    http::HttpService,
-    login::{LoginSession, ReportLoginLayer},
+    bouncer::{Bouncer, Refusals},
+    login::LoginSession,
 };
-
-use tower_bouncer::bouncer::{Bouncer, Refusals};
 
 const MAX_SLOW_MS: u64 = 10_000;
 
@@ -46,8 +43,7 @@ pub async fn serve(
             .expect("axum::serve never fails");
         return;
     };
-    let http = HttpService::new(ReportLoginLayer::new().layer(app()));
-    let report = super::protection::serve(bouncer, listener, shutdown, http).await;
+    let report = bouncer.serve_http_until(listener, app(), shutdown).await;
     if let Err(error) = report {
         super::fail(format_args!("server failed: {error}"));
     }

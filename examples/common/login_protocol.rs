@@ -42,7 +42,7 @@ pub async fn serve(
         serve_unprotected(listener, shutdown).await;
         return;
     };
-    let report = super::protection::serve(bouncer, listener, shutdown, Protocol).await;
+    let report = bouncer.serve_until(listener, Protocol, shutdown).await;
     if let Err(error) = report {
         super::fail(format_args!("server failed: {error}"));
     }

@@ -8,12 +8,7 @@
 
 use std::{path::Path, str::FromStr, time::Duration};
 
-use tokio::net::{TcpListener, TcpStream};
-use tower_bouncer::{
-    BoxError, Conn,
-    bouncer::{Bouncer, BouncerConfig, ConfigFileError, Protected, Refusals},
-    serve::ShutdownReport,
-};
+use tower_bouncer::bouncer::{Bouncer, BouncerConfig, ConfigFileError, Refusals};
 
 use super::value;
 
@@ -319,18 +314,4 @@ pub fn tally(bouncer: &Bouncer) -> Tally {
         scaled: overload.time_under_pressure,
         metrics_refused: 0,
     }
-}
-
-/// Serves `inner` under the bouncer's layers on `listener` until `shutdown`.
-pub async fn serve<S>(
-    bouncer: &Bouncer,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-    inner: S,
-) -> std::io::Result<ShutdownReport>
-where
-    Protected<S>: tower::Service<Conn<TcpStream>, Response = (), Error = BoxError>,
-    <Protected<S> as tower::Service<Conn<TcpStream>>>::Future: Send + 'static,
-{
-    bouncer.serve_until(listener, inner, shutdown).await
 }
