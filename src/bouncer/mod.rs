@@ -505,7 +505,7 @@ impl Bouncer {
         {
             tracing::warn!(%error, "no kernel ban filter: banned peers are refused in user space");
         }
-        let nodelay = cfg!(feature = "tls") && self.tls_configured();
+        let nodelay = self.tls_configured();
         Accept { listener, nodelay }
     }
 
@@ -531,7 +531,7 @@ impl Bouncer {
     /// timeouts (for new connections; live ones keep theirs), the exempt networks, the
     /// login tries and timeout, the ban policy, and, with TLS, the certificate files
     /// read again (for new handshakes). Live connections are not dropped: under a lower cap,
-    /// new ones wait for room. Checked whole before anything changes: a reload that
+    /// new ones are refused (or, with backpressure, wait) until there is room. Checked whole before anything changes: a reload that
     /// cannot work changes nothing and says why, by key. What the running server is
     /// built around needs a restart: the IPv6 prefix, backpressure, the PROXY
     /// protocol, TLS on or off and its handshake timeout, the kernel filter, the fleet,
