@@ -246,12 +246,11 @@ impl RateLimitLayer {
                 reason: "the layer was built without a per-peer rate",
             })?;
         let quota = rate.into().quota("per_peer")?;
-        let store = RateStore {
-            table: per_peer.table.clone(),
-        };
-        per_peer
-            .limiter
-            .store(Arc::new(RateLimiter::new(quota, store, self.shared.clock)));
+        per_peer.limiter.store(Arc::new(keyed_limiter(
+            quota,
+            &per_peer.table,
+            self.shared.clock,
+        )));
         Ok(())
     }
 
@@ -325,11 +324,8 @@ impl RateLimitBuilder {
             Some(rate) => {
                 let quota = rate.quota("per_peer")?;
                 let table = Arc::new(PeerTable::new(self.max_tracked_peers));
-                let store = RateStore {
-                    table: table.clone(),
-                };
                 Some(PerPeer {
-                    limiter: ArcSwap::from_pointee(RateLimiter::new(quota, store, clock)),
+                    limiter: ArcSwap::from_pointee(keyed_limiter(quota, &table, clock)),
                     table,
                     sweep_every: sweep_interval(quota),
                     janitor: Janitor::default(),
@@ -381,6 +377,15 @@ impl<S> Layer<S> for RateLimitLayer {
 }
 
 type KeyedLimiter = RateLimiter<Located, RateStore, TokioClock, NoOpMiddleware<Nanos>>;
+
+/// The per-peer limiter of `quota` over `table`: a reload makes a new one over the same
+/// table, so that what each peer used carries over.
+fn keyed_limiter(quota: Quota, table: &Arc<PeerTable<Nanos>>, clock: TokioClock) -> KeyedLimiter {
+    let store = RateStore {
+        table: table.clone(),
+    };
+    RateLimiter::new(quota, store, clock)
+}
 type GlobalLimiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Nanos>>;
 
 /// The per-peer rate: governor's limiter over a bounded table.
