@@ -4,7 +4,6 @@
 mod support;
 
 use std::{
-    io,
     net::IpAddr,
     sync::{Arc, Mutex},
     time::Duration,
@@ -265,33 +264,6 @@ async fn a_startups_budget_enforced_refuses() {
     assert_ready_err!(second.poll());
     assert_eq!(login.stats().refused_startups, 1);
     assert_eq!(login.stats().dry_run_refusals, 0);
-}
-
-/// Collects every WARN event, formatted, while the guard lives.
-fn capture_warnings(sink: Arc<Mutex<Vec<String>>>) -> tracing::subscriber::DefaultGuard {
-    let writer = move || CaptureWriter(sink.clone());
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(writer)
-        .finish();
-    tracing::subscriber::set_default(subscriber)
-}
-
-struct CaptureWriter(Arc<Mutex<Vec<String>>>);
-
-impl io::Write for CaptureWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap()
-            .push(String::from_utf8_lossy(buf).into_owned());
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 #[tokio::test(start_paused = true)]

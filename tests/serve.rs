@@ -499,33 +499,6 @@ async fn shutdown_stops_accepting() {
     assert_eq!(log.accepted(), 0);
 }
 
-/// Collects every WARN event, formatted, while the guard lives.
-fn capture_warnings(sink: Arc<Mutex<Vec<String>>>) -> tracing::subscriber::DefaultGuard {
-    let writer = move || CaptureWriter(sink.clone());
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(writer)
-        .finish();
-    tracing::subscriber::set_default(subscriber)
-}
-
-struct CaptureWriter(Arc<Mutex<Vec<String>>>);
-
-impl io::Write for CaptureWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap()
-            .push(String::from_utf8_lossy(buf).into_owned());
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 #[test]
 fn the_descriptor_limit_can_be_raised_to_the_hard_limit() {
     let limits = std::fs::read_to_string("/proc/self/limits").unwrap();

@@ -331,3 +331,30 @@ pub async fn refusal_to_a_request(stream: &mut TcpStream) -> String {
         .ok();
     answer
 }
+
+/// Collects every WARN event, formatted, while the guard lives.
+pub fn capture_warnings(sink: Arc<Mutex<Vec<String>>>) -> tracing::subscriber::DefaultGuard {
+    let writer = move || CaptureWriter(sink.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(writer)
+        .finish();
+    tracing::subscriber::set_default(subscriber)
+}
+
+pub struct CaptureWriter(Arc<Mutex<Vec<String>>>);
+
+impl std::io::Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(buf).into_owned());
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
