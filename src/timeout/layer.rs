@@ -316,7 +316,8 @@ where
     }
 
     fn call(&mut self, conn: Conn<IO>) -> Self::Future {
-        watch(conn, &self.shared.load_full(), |conn| self.inner.call(conn))
+        // Borrowed: `watch` takes the one reference the connection keeps.
+        watch(conn, &self.shared.load(), |conn| self.inner.call(conn))
     }
 }
 
