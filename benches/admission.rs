@@ -35,7 +35,7 @@ where
     });
     group.bench_function("2 threads", |b| {
         let service = make();
-        b.iter_custom(|iterations| run_two(&service, iterations));
+        b.iter_custom(|iterations| run_threads(&service, 2, iterations));
     });
     group.finish();
 }

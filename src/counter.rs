@@ -51,18 +51,23 @@ impl Counter {
     }
 }
 
-/// This thread's stripe, handed out round-robin the first time a thread asks.
+/// This thread's stripe of a counter.
 pub(crate) fn stripe() -> usize {
+    thread_number() % STRIPES
+}
+
+/// This thread's number, handed out in turn the first time a thread asks.
+pub(crate) fn thread_number() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
-        static STRIPE: Cell<Option<usize>> = const { Cell::new(None) };
+        static NUMBER: Cell<Option<usize>> = const { Cell::new(None) };
     }
-    STRIPE.with(|stripe| match stripe.get() {
-        Some(index) => index,
+    NUMBER.with(|number| match number.get() {
+        Some(number) => number,
         None => {
-            let index = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
-            stripe.set(Some(index));
-            index
+            let next = NEXT.fetch_add(1, Ordering::Relaxed);
+            number.set(Some(next));
+            next
         }
     })
 }

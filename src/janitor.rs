@@ -30,12 +30,12 @@ impl Janitor {
         T: Send + Sync + 'static,
     {
         if !self.alive.load(Ordering::Relaxed) {
-            self.start(Arc::downgrade(owner), every, sweep);
+            self.start(owner, every, sweep);
         }
     }
 
     #[cold]
-    fn start<T>(&self, owner: Weak<T>, every: Duration, sweep: fn(&T))
+    fn start<T>(&self, owner: &Arc<T>, every: Duration, sweep: fn(&T))
     where
         T: Send + Sync + 'static,
     {
@@ -45,6 +45,8 @@ impl Janitor {
         if self.alive.swap(true, Ordering::Relaxed) {
             return;
         }
+        // Taken only now: a weak reference writes a count every thread shares.
+        let owner: Weak<T> = Arc::downgrade(owner);
         let alive = Alive(self.alive.clone());
         runtime.spawn(async move {
             let _alive = alive;

@@ -132,6 +132,7 @@ mod metrics;
 pub mod peer;
 #[cfg(any(feature = "serve", feature = "http"))]
 mod shared_io;
+mod striped;
 
 #[cfg(feature = "admin")]
 pub mod admin;

@@ -371,3 +371,130 @@ async fn a_reload_changes_the_cap_and_a_higher_one_wakes_the_accept_loop() {
     );
     assert_eq!(limit.stats().limit, 2);
 }
+
+/// The cap's slots are counted per thread stripe (see `src/limit/layer.rs`): however
+/// connections are admitted and end across threads, and whichever thread ends them,
+/// no more are ever served at once than the cap, and once all have ended, the whole cap
+/// is free again from any one thread.
+mod sharded {
+    use std::{
+        future::Future,
+        pin::Pin,
+        sync::{
+            Arc, Mutex,
+            atomic::{AtomicUsize, Ordering},
+        },
+        task::{Context, Poll, Waker},
+    };
+
+    use proptest::prelude::*;
+    use tower::{Layer, Service, service_fn};
+    use tower_bouncer::{BoxError, Conn, limit::ConnectionLimitLayer};
+
+    type Connection = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
+
+    /// Counts the connections being served; the count goes down when one's future is
+    /// dropped, before the cap's slot is given back.
+    struct Serving(Arc<AtomicUsize>);
+
+    impl Drop for Serving {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    struct Counts {
+        serving: Arc<AtomicUsize>,
+        most: AtomicUsize,
+        admitted: AtomicUsize,
+    }
+
+    /// Opens a connection through `service`: `Some` while it is served, `None` if the
+    /// cap refused it.
+    fn open<S>(service: &mut S, n: usize) -> Option<Connection>
+    where
+        S: Service<Conn<tokio::io::Empty>, Response = (), Error = BoxError>,
+        S::Future: Send + 'static,
+    {
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(service.poll_ready(&mut cx).is_ready());
+        let peer = std::net::SocketAddr::from(([192, 0, 2, (n % 250) as u8], 1000));
+        let local = "127.0.0.1:80".parse().unwrap();
+        let mut connection: Connection =
+            Box::pin(service.call(Conn::new(tokio::io::empty(), peer, local)));
+        match connection.as_mut().poll(&mut cx) {
+            Poll::Pending => Some(connection),
+            Poll::Ready(outcome) => {
+                assert!(
+                    outcome.is_err(),
+                    "served connections do not end by themselves"
+                );
+                None
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(40))]
+
+        #[test]
+        fn never_more_than_the_cap_across_threads(
+            // Small caps take every slot from the pool; larger ones hoard per stripe.
+            cap in prop_oneof![1usize..10, 120usize..300, 2_000usize..5_000],
+            threads in 2usize..6,
+            // Per round and thread: connections to open, then how many of those held
+            // to end here, and how many to hand to another thread to end there.
+            rounds in proptest::collection::vec((0usize..300, 0usize..300, 0usize..100), 1..12),
+        ) {
+            let layer = ConnectionLimitLayer::builder(cap).build().unwrap();
+            let counts = Arc::new(Counts {
+                serving: Arc::new(AtomicUsize::new(0)),
+                most: AtomicUsize::new(0),
+                admitted: AtomicUsize::new(0),
+            });
+            let protocol = {
+                let counts = counts.clone();
+                service_fn(move |_: Conn<tokio::io::Empty>| {
+                    let now = counts.serving.fetch_add(1, Ordering::SeqCst) + 1;
+                    counts.most.fetch_max(now, Ordering::SeqCst);
+                    counts.admitted.fetch_add(1, Ordering::SeqCst);
+                    let serving = Serving(counts.serving.clone());
+                    async move {
+                        let _serving = serving;
+                        std::future::pending::<Result<(), BoxError>>().await
+                    }
+                })
+            };
+            let handed_over: Mutex<Vec<Connection>> = Mutex::new(Vec::new());
+            std::thread::scope(|scope| {
+                for _ in 0..threads {
+                    let mut service = layer.layer(protocol.clone());
+                    let (rounds, handed_over) = (&rounds, &handed_over);
+                    scope.spawn(move || {
+                        let mut held = Vec::new();
+                        for (n, &(open_count, end, hand)) in rounds.iter().enumerate() {
+                            held.extend((0..open_count).filter_map(|i| open(&mut service, n * 1000 + i)));
+                            held.truncate(held.len().saturating_sub(end));
+                            let handed = held.split_off(held.len().saturating_sub(hand));
+                            let mut others = handed_over.lock().unwrap();
+                            let theirs = std::mem::replace(&mut *others, handed);
+                            drop(others);
+                            drop(theirs);
+                        }
+                    });
+                }
+            });
+            handed_over.lock().unwrap().clear();
+            prop_assert!(counts.most.load(Ordering::SeqCst) <= cap, "served {} at once under a cap of {cap}", counts.most.load(Ordering::SeqCst));
+            prop_assert_eq!(counts.serving.load(Ordering::SeqCst), 0);
+            prop_assert_eq!(layer.stats().live, 0);
+            prop_assert_eq!(layer.stats().admitted as usize, counts.admitted.load(Ordering::SeqCst));
+            // Every slot came back, to whichever hoard: one thread gets the whole cap.
+            let mut service = layer.layer(protocol.clone());
+            let all: Vec<_> = (0..cap).map(|i| open(&mut service, i)).collect();
+            prop_assert!(all.iter().all(Option::is_some), "a slot was lost");
+            prop_assert!(open(&mut service, cap).is_none());
+            prop_assert_eq!(layer.stats().live, cap);
+        }
+    }
+}

@@ -95,15 +95,15 @@ where
     began.elapsed()
 }
 
-/// Runs `iterations` connections on each of two threads at once, each with its own
-/// clone and its own peers; returns the slower thread's time.
-pub fn run_two<S>(service: &S, iterations: u64) -> Duration
+/// Runs `iterations` connections on each of `threads` threads at once, each with its
+/// own clone and its own peers; returns the slowest thread's time.
+pub fn run_threads<S>(service: &S, threads: u8, iterations: u64) -> Duration
 where
     S: Service<Conn<Io>, Response = ()> + Clone + Send,
     S::Error: std::fmt::Debug,
 {
     std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..2u8)
+        let workers: Vec<_> = (0..threads)
             .map(|thread| {
                 let mut service = service.clone();
                 scope.spawn(move || run(&mut service, thread, iterations))

@@ -185,6 +185,7 @@ use tower::Service;
 
 use crate::{
     BoxError, ConfigError, Conn, GracefulClose,
+    striped::Striped,
     timeout::{self, DEFAULT_MIN_SEND_RATE, Deadlines, IdleLimit, RequestLimit},
 };
 
@@ -226,7 +227,7 @@ struct Config {
     deadlines: Deadlines,
     /// The state of the adapter's own watch, for connections without a timeout layer;
     /// `None` if the adapter has no deadline at all.
-    alone: Option<Arc<timeout::Shared>>,
+    alone: Option<Striped<timeout::Shared>>,
     close_grace: Duration,
 }
 
@@ -375,7 +376,8 @@ impl<S> HttpServiceBuilder<S> {
                     .then(|| self.hyper.clone().http2_only()),
                 hyper: self.hyper,
                 deadlines,
-                alone: (!deadlines.is_empty()).then(|| Arc::new(timeout::Shared::new(deadlines))),
+                alone: (!deadlines.is_empty())
+                    .then(|| Striped::new(timeout::Shared::new(deadlines))),
                 close_grace: self.close_grace,
             }),
         })

@@ -1,7 +1,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicIsize, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -9,12 +9,13 @@ use std::{
 use tokio::sync::Notify;
 use tower_layer::Layer;
 
-use super::{ConnectionLimit, GlobalSlot};
+use super::ConnectionLimit;
 use crate::{
     ConfigError,
     admission::{Mode, Refusal, Refusals, refusal_builder_methods},
     config::nonzero,
     counter::Counter,
+    striped::{Handle, Hoards, Striped, stripes},
     throttle::LogThrottle,
 };
 
@@ -31,7 +32,7 @@ const CAP_SHARE_PER_EVICTION: usize = 16;
 /// Clones share one cap: keep a clone to read [`stats`](Self::stats).
 #[derive(Debug, Clone)]
 pub struct ConnectionLimitLayer {
-    shared: Arc<Shared>,
+    shared: Striped<Shared>,
 }
 
 /// Builds a [`ConnectionLimitLayer`].
@@ -92,7 +93,7 @@ impl ConnectionLimitLayer {
             admitted: shared.admitted.get(),
             dry_run_refusals: shared.refused.dry_run(),
             refused: shared.refused.refused(),
-            live: shared.live.load(Ordering::Relaxed),
+            live: shared.live(),
             limit: shared.max(),
         }
     }
@@ -108,7 +109,7 @@ impl ConnectionLimitLayer {
     /// [`ConfigError::Zero`] for a cap of 0; the cap is then unchanged.
     pub fn set_max(&self, max_connections: usize) -> Result<(), ConfigError> {
         let max = nonzero(max_connections, "max_connections")?;
-        self.shared.max.store(max, Ordering::Relaxed);
+        self.shared.set_max(max);
         // A higher cap may have room for connections waiting in backpressure mode.
         self.shared.freed.notify_waiters();
         Ok(())
@@ -141,10 +142,13 @@ impl ConnectionLimitBuilder {
     /// [`ConfigError::Zero`] if the cap is 0; [`ConfigError::Inconsistent`] with an
     /// overload manager already given to another cap.
     pub fn build(self) -> Result<ConnectionLimitLayer, ConfigError> {
-        let shared = Arc::new(Shared {
-            max: AtomicUsize::new(nonzero(self.max, "max_connections")?),
+        let max = nonzero(self.max, "max_connections")?;
+        let shared = Striped::new(Shared {
+            max: AtomicUsize::new(max),
+            batch: AtomicUsize::new(batch_for(max)),
+            pool: Pool(AtomicIsize::new(signed(max))),
+            hoards: Hoards::new(),
             mode: self.mode,
-            live: AtomicUsize::new(0),
             freed: Arc::new(Notify::new()),
             refusal: self.refusal,
             log: LogThrottle::new(Duration::from_secs(1)),
@@ -159,7 +163,7 @@ impl ConnectionLimitBuilder {
         // The manager reads the live count.
         #[cfg(feature = "overload")]
         if let Some(overload) = &self.overload {
-            overload.watch_cap(shared.clone())?;
+            overload.watch_cap(shared.arc().clone())?;
         }
         Ok(ConnectionLimitLayer { shared })
     }
@@ -173,13 +177,40 @@ impl<S> Layer<S> for ConnectionLimitLayer {
     }
 }
 
+/// The most slots a stripe takes from the pool at once.
+const MOST_BATCH: usize = 32;
+
+/// How many slots a stripe takes from the pool at once under a cap of `max`: up to
+/// [`MOST_BATCH`], and 0, every slot taken from the pool and given back to it, under a
+/// cap below 16 per stripe (128 on up to 8 threads), where the pool is rarely fought
+/// over and hoards would be a large share of the cap.
+fn batch_for(max: usize) -> usize {
+    (max / (16 * stripes())).min(MOST_BATCH)
+}
+
+fn signed(slots: usize) -> isize {
+    isize::try_from(slots).unwrap_or(isize::MAX)
+}
+
 /// The state every clone shares.
+///
+/// The cap's slots are counted per stripe: a stripe takes a batch of slots from the
+/// pool, then admits from its own hoard, and a connection gives its slot back to the
+/// hoard it came from, so that most connections write only their own stripe's cache
+/// lines. A stripe keeps at most two batches; beyond, and whenever the pool is empty, a
+/// slot goes back to the pool. A stripe whose hoard and the pool are empty takes a slot
+/// from another stripe's hoard before refusing, so the cap is exact: never more live
+/// connections than the cap (but for evictions and dry run), and no refusal while a
+/// slot is free in some hoard.
 #[derive(Debug)]
 pub(crate) struct Shared {
     /// The cap; changed by a reload.
     max: AtomicUsize,
+    /// See [`batch_for`]; changed by a reload.
+    batch: AtomicUsize,
+    pool: Pool,
+    hoards: Hoards,
     pub(super) mode: Mode,
-    live: AtomicUsize,
     /// Notified when a slot frees, for services waiting in backpressure mode.
     pub(super) freed: Arc<Notify>,
     pub(super) refusal: Refusal,
@@ -191,14 +222,23 @@ pub(crate) struct Shared {
     pub(super) evict: Option<Arc<crate::overload::Registry>>,
 }
 
+/// The slots no stripe holds: the cap less the live connections and the hoards. Below
+/// zero while more connections are live than the cap allows (a lowered cap, evictions,
+/// dry run). On its own cache line: the stripes take from it a batch at a time.
+#[derive(Debug)]
+#[repr(align(64))]
+struct Pool(AtomicIsize);
+
 impl Shared {
     pub(super) fn max(&self) -> usize {
         self.max.load(Ordering::Relaxed)
     }
 
-    /// Connections being served now.
+    /// Connections being served now: a sum of counts read one after the other, so it
+    /// may be off by the connections admitted or ended while it is read.
     pub(crate) fn live(&self) -> usize {
-        self.live.load(Ordering::Relaxed)
+        let unused = self.pool.0.load(Ordering::Relaxed) + signed(self.hoards.held());
+        usize::try_from(signed(self.max()) - unused).unwrap_or(0)
     }
 
     /// The live connections against the cap.
@@ -207,26 +247,47 @@ impl Shared {
     }
 
     pub(super) fn has_room(&self) -> bool {
-        self.live.load(Ordering::Acquire) < self.max()
+        self.pool.0.load(Ordering::Acquire) > 0 || self.hoards.any()
     }
 
-    pub(super) fn try_acquire(self: &Arc<Self>) -> Option<GlobalSlot> {
-        let max = self.max();
-        self.live
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |live| {
-                (live < max).then_some(live + 1)
-            })
-            .ok()?;
-        self.admitted.add();
-        Some(GlobalSlot::new(self.clone()))
+    fn set_max(&self, max: usize) {
+        let old = self.max.swap(max, Ordering::Relaxed);
+        self.batch.store(batch_for(max), Ordering::Relaxed);
+        // The hoards go back to the pool: under a lower cap, they may be more than the
+        // cap still has room for.
+        let change = signed(max) - signed(old) + signed(self.hoards.drain());
+        self.pool.0.fetch_add(change, Ordering::AcqRel);
     }
 
-    /// A slot over the cap, for a connection admitted in the place of an idle one
-    /// being evicted, or in dry run.
-    pub(super) fn acquire_over_cap(self: &Arc<Self>) -> GlobalSlot {
-        self.live.fetch_add(1, Ordering::AcqRel);
-        self.admitted.add();
-        GlobalSlot::new(self.clone())
+    /// Takes a slot for a connection of `stripe`: from its hoard, from the pool, or
+    /// from another stripe's hoard.
+    fn take_slot(&self, stripe: usize) -> bool {
+        if self.hoards.take(stripe) {
+            return true;
+        }
+        let batch = signed(self.batch.load(Ordering::Relaxed).max(1));
+        let pool = &self.pool.0;
+        if let Ok(before) = pool.fetch_update(Ordering::AcqRel, Ordering::Acquire, |free| {
+            (free > 0).then(|| free - free.min(batch))
+        }) {
+            let spare = before.min(batch) - 1;
+            if spare > 0 {
+                self.hoards.put(stripe, spare.unsigned_abs());
+            }
+            return true;
+        }
+        self.hoards.take_any()
+    }
+
+    /// Gives a slot back to `stripe`'s hoard, or to the pool.
+    fn give_slot(&self, stripe: usize) {
+        let batch = self.batch.load(Ordering::Relaxed);
+        let pool = &self.pool.0;
+        if batch == 0 || pool.load(Ordering::Relaxed) <= 0 {
+            pool.fetch_add(1, Ordering::AcqRel);
+        } else if self.hoards.put(stripe, 1) > 2 * batch && self.hoards.take_many(stripe, batch) {
+            pool.fetch_add(signed(batch), Ordering::AcqRel);
+        }
     }
 
     /// Asks an idle connection to close to make room, if an overload manager evicts and
@@ -245,11 +306,38 @@ impl Shared {
     pub(super) fn waits_for_room(&self) -> bool {
         self.mode == Mode::Backpressure && !self.refusal.is_dry_run()
     }
+}
 
-    pub(super) fn release(&self) {
-        self.live.fetch_sub(1, Ordering::AcqRel);
-        if self.waits_for_room() {
-            self.freed.notify_waiters();
+/// A connection's place under the cap, taken through this thread's handle and given
+/// back to the same stripe when dropped.
+#[derive(Debug)]
+pub(crate) struct GlobalSlot(Arc<Handle<Shared>>);
+
+impl GlobalSlot {
+    pub(super) fn try_acquire(shared: &Striped<Shared>) -> Option<Self> {
+        let handle = shared.local();
+        if !handle.take_slot(handle.stripe()) {
+            return None;
+        }
+        handle.admitted.add();
+        Some(Self(handle))
+    }
+
+    /// A slot over the cap, for a connection admitted in the place of an idle one
+    /// being evicted, or in dry run.
+    pub(super) fn over_cap(shared: &Striped<Shared>) -> Self {
+        shared.pool.0.fetch_sub(1, Ordering::AcqRel);
+        shared.admitted.add();
+        Self(shared.local())
+    }
+}
+
+impl Drop for GlobalSlot {
+    fn drop(&mut self) {
+        let shared = &self.0;
+        shared.give_slot(shared.stripe());
+        if shared.waits_for_room() {
+            shared.freed.notify_waiters();
         }
     }
 }

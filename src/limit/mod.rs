@@ -11,6 +11,15 @@
 //! With an [overload manager](crate::overload), a new connection at the cap is admitted
 //! in the place of an idle one, asked to close, and refused only if none is idle.
 //!
+//! The cap is exact: never more live connections than the cap, but for those an
+//! overload manager admits in the place of an idle one being evicted and those dry run
+//! serves. On many cores the count is kept per group of threads, each taking a batch
+//! of slots from a shared pool and giving them back, so that connections on different
+//! cores do not all write one cache line; a group whose slots and the pool are spent
+//! takes one from another group's before refusing. [`stats`](ConnectionLimitLayer::stats)
+//! adds the groups up without a lock, so while connections come and go, its `live` may
+//! be off by the ones that did meanwhile.
+//!
 //! A connection's slot lives in its response future and is released when that future
 //! ends or is dropped: completion, error, panic, cancellation. A service that was polled
 //! ready but never called holds nothing.
@@ -81,7 +90,7 @@
 mod layer;
 mod service;
 
+pub(crate) use layer::GlobalSlot;
 pub(crate) use layer::Shared;
 pub use layer::{ConnectionLimitBuilder, ConnectionLimitLayer, ConnectionLimitStats};
 pub use service::ConnectionLimit;
-pub(crate) use service::GlobalSlot;

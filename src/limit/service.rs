@@ -1,6 +1,5 @@
 use std::{
     pin::Pin,
-    sync::Arc,
     task::{Context, Poll, ready},
 };
 
@@ -10,23 +9,24 @@ use tokio::{
 };
 use tower::Service;
 
-use super::layer::Shared;
+use super::layer::{GlobalSlot, Shared};
 use crate::{
     BoxError, Conn,
     admission::{Reason, ResponseFuture, Slot, refuse},
+    striped::Striped,
 };
 
 /// A connection-level service under a [`ConnectionLimitLayer`](super::ConnectionLimitLayer).
 #[derive(Debug)]
 pub struct ConnectionLimit<S> {
     inner: S,
-    shared: Arc<Shared>,
+    shared: Striped<Shared>,
     /// Registered for a freed slot while full, in backpressure mode.
     waiting: Option<Pin<Box<OwnedNotified>>>,
 }
 
 impl<S> ConnectionLimit<S> {
-    pub(super) fn new(inner: S, shared: Arc<Shared>) -> Self {
+    pub(super) fn new(inner: S, shared: Striped<Shared>) -> Self {
         Self {
             inner,
             shared,
@@ -84,12 +84,12 @@ where
     fn call(&mut self, conn: Conn<IO>) -> Self::Future {
         // In backpressure mode another server sharing this limit may have taken the slot
         // seen in `poll_ready`; the connection is then refused like in refuse mode.
-        match self.shared.try_acquire() {
+        match GlobalSlot::try_acquire(&self.shared) {
             Some(slot) => ResponseFuture::admitted(self.inner.call(conn), Slot::Global(slot)),
             // Admitted at once, over the cap, while an idle connection closes.
             #[cfg(feature = "overload")]
             None if self.shared.evict_idle() => {
-                let slot = self.shared.acquire_over_cap();
+                let slot = GlobalSlot::over_cap(&self.shared);
                 ResponseFuture::admitted(self.inner.call(conn), Slot::Global(slot))
             }
             None => {
@@ -104,27 +104,11 @@ where
                     &shared.refusal,
                     &shared.log,
                     |conn| {
-                        let slot = shared.acquire_over_cap();
+                        let slot = GlobalSlot::over_cap(shared);
                         ResponseFuture::admitted(self.inner.call(conn), Slot::Global(slot))
                     },
                 )
             }
         }
-    }
-}
-
-/// A connection's place under the cap, given back when dropped.
-#[derive(Debug)]
-pub(crate) struct GlobalSlot(Arc<Shared>);
-
-impl GlobalSlot {
-    pub(super) fn new(shared: Arc<Shared>) -> Self {
-        Self(shared)
-    }
-}
-
-impl Drop for GlobalSlot {
-    fn drop(&mut self) {
-        self.0.release();
     }
 }

@@ -15,6 +15,7 @@ use crate::{
     BoxError, Conn,
     admission::{Reason, ResponseFuture, Slot, refuse},
     peer::{Classified, Overflow},
+    striped::{Handle, Striped},
 };
 
 /// Refuses a banned peer's new connections at accept, before any byte is read, and
@@ -24,7 +25,7 @@ use crate::{
 /// every offence the layers below detect.
 #[derive(Debug, Clone)]
 pub struct BanLayer {
-    pub(super) shared: Arc<Shared>,
+    pub(super) shared: Striped<Shared>,
 }
 
 impl<S> Layer<S> for BanLayer {
@@ -42,7 +43,7 @@ impl<S> Layer<S> for BanLayer {
 #[derive(Debug, Clone)]
 pub struct BanCheck<S> {
     inner: S,
-    shared: Arc<Shared>,
+    shared: Striped<Shared>,
 }
 
 impl<S> BanCheck<S> {
@@ -100,7 +101,7 @@ where
 /// `peer`.
 fn serve<S, IO>(
     inner: &mut S,
-    shared: &Arc<Shared>,
+    shared: &Striped<Shared>,
     conn: Conn<IO>,
     peer: Option<Classified>,
 ) -> ResponseFuture<PenaltyFuture<S::Future>, IO>
@@ -109,7 +110,7 @@ where
 {
     let future = PenaltyFuture {
         inner: inner.call(conn),
-        offender: peer.map(|peer| (shared.clone(), peer)),
+        offender: peer.map(|peer| (shared.local(), peer)),
     };
     ResponseFuture::admitted(future, Slot::None)
 }
@@ -124,7 +125,7 @@ pub struct PenaltyFuture<F> {
     #[pin]
     inner: F,
     /// Where to count an offence, and against whom; `None` for an exempt peer.
-    offender: Option<(Arc<Shared>, Classified)>,
+    offender: Option<(Arc<Handle<Shared>>, Classified)>,
 }
 
 impl<F, E> Future for PenaltyFuture<F>

@@ -132,6 +132,7 @@ use crate::{
     janitor::Janitor,
     metrics::{BANS_ISSUED, EVICTIONS, PENALTIES},
     peer::{Classified, Overflow, PeerKeying, table::PeerTable},
+    striped::Striped,
     throttle::LogThrottle,
 };
 pub use ban_layer::{BanCheck, BanLayer, PenaltyFuture};
@@ -357,7 +358,7 @@ impl Login {
     /// The layer that refuses banned peers at accept; put it outermost.
     pub fn ban_layer(&self) -> BanLayer {
         BanLayer {
-            shared: self.shared.clone(),
+            shared: Striped::from_arc(self.shared.clone()),
         }
     }
 
@@ -365,7 +366,7 @@ impl Login {
     /// protocol.
     pub fn session_layer(&self) -> SessionLayer {
         SessionLayer {
-            shared: self.shared.clone(),
+            shared: Striped::from_arc(self.shared.clone()),
         }
     }
 

@@ -12,6 +12,7 @@ use super::{Offence, Shared, attempts::Attempts, startups::StartupSlot};
 use crate::{
     GracefulClose,
     peer::{Classified, PeerKey},
+    striped::Handle,
 };
 
 /// One connection's login, as the protocol reports it.
@@ -90,7 +91,7 @@ impl Error for Evicted {}
 
 #[derive(Debug)]
 pub(crate) struct SessionState {
-    pub(super) shared: Arc<Shared>,
+    pub(super) shared: Arc<Handle<Shared>>,
     /// `None` for an exempt peer: never counted, never banned.
     pub(super) peer: Option<Classified>,
     failures: AtomicU32,
@@ -109,7 +110,7 @@ pub(crate) struct SessionState {
 
 impl SessionState {
     pub(super) fn new(
-        shared: Arc<Shared>,
+        shared: Arc<Handle<Shared>>,
         peer: Option<Classified>,
         close: GracefulClose,
         startup: StartupSlot,

@@ -28,6 +28,7 @@ use crate::{
         Classified,
         table::{Located, PeerTable},
     },
+    striped::{Handle, Striped},
 };
 
 /// Gives each connection its [`LoginSession`], enforces eviction, the login timeout and
@@ -36,7 +37,7 @@ use crate::{
 /// protocol.
 #[derive(Debug, Clone)]
 pub struct SessionLayer {
-    pub(super) shared: Arc<Shared>,
+    pub(super) shared: Striped<Shared>,
 }
 
 impl<S> Layer<S> for SessionLayer {
@@ -54,7 +55,7 @@ impl<S> Layer<S> for SessionLayer {
 #[derive(Debug, Clone)]
 pub struct LoginSessions<S> {
     inner: S,
-    shared: Arc<Shared>,
+    shared: Striped<Shared>,
 }
 
 impl<S> LoginSessions<S> {
@@ -104,7 +105,7 @@ where
 /// Gives a connection that holds `startup` its session, and serves it.
 fn serve<S, IO>(
     inner: &mut S,
-    shared: &Arc<Shared>,
+    shared: &Striped<Shared>,
     mut conn: Conn<IO>,
     peer: Option<Classified>,
     startup: StartupSlot,
@@ -123,7 +124,7 @@ where
             extensions.insert(close.clone());
             close
         });
-    let state = Arc::new(SessionState::new(shared.clone(), peer, close, startup));
+    let state = Arc::new(SessionState::new(shared.local(), peer, close, startup));
     extensions.insert(LoginSession {
         state: state.clone(),
     });
@@ -235,7 +236,7 @@ pub(crate) struct LivePeer {
 
 /// A connection's registration with its peer, dropped with the connection.
 struct LiveSlot {
-    shared: Arc<Shared>,
+    shared: Arc<Handle<Shared>>,
     at: Located,
 }
 
@@ -337,7 +338,7 @@ mod tests {
         let peer = shared.keying.classify("192.0.2.1".parse().unwrap());
         let startup = shared.startups.admit(peer.as_ref()).unwrap();
         let state = Arc::new(SessionState::new(
-            shared.clone(),
+            crate::striped::Striped::from_arc(shared.clone()).local(),
             peer,
             GracefulClose::new(),
             startup,

@@ -1,9 +1,6 @@
 use std::{
     net::IpAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicU32, Ordering},
-    },
+    sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
 
@@ -19,6 +16,7 @@ use crate::{
         Classified, PeerKeying,
         table::{Located, Overflow, PeerTable},
     },
+    striped::Striped,
     throttle::LogThrottle,
 };
 
@@ -29,7 +27,7 @@ const DEFAULT_MAX_TRACKED_PEERS: usize = 65_536;
 /// Clones share one table: keep a clone to read [`stats`](Self::stats).
 #[derive(Debug, Clone)]
 pub struct PeerLimitLayer {
-    shared: Arc<Shared>,
+    shared: Striped<Shared>,
 }
 
 /// Builds a [`PeerLimitLayer`].
@@ -193,7 +191,7 @@ impl PeerLimitBuilder {
     /// [`ConfigError::Zero`] if the limit or the table capacity is 0.
     pub fn build(self) -> Result<PeerLimitLayer, ConfigError> {
         Ok(PeerLimitLayer {
-            shared: Arc::new(Shared {
+            shared: Striped::new(Shared {
                 max_per_peer: AtomicU32::new(
                     u32::try_from(nonzero(self.max_per_peer, "max_per_peer")?).unwrap_or(u32::MAX),
                 ),
@@ -248,52 +246,52 @@ pub(super) enum Admission {
 }
 
 impl Shared {
-    pub(super) fn admit(self: &Arc<Self>, ip: IpAddr) -> Admission {
-        let Some(Classified { key, at }) = self.keying.classify(ip) else {
-            self.exempt.add();
-            self.admitted.add();
+    pub(super) fn admit(this: &Striped<Self>, ip: IpAddr) -> Admission {
+        let Some(Classified { key, at }) = this.keying.classify(ip) else {
+            this.exempt.add();
+            this.admitted.add();
             return Admission::Untracked;
         };
-        let max_per_peer = self.max_per_peer.load(Ordering::Relaxed);
-        let mut shard = self.table.lock(&at);
+        let max_per_peer = this.max_per_peer.load(Ordering::Relaxed);
+        let mut shard = this.table.lock(&at);
         if let Some(live) = shard.get_mut() {
             if *live >= max_per_peer {
                 let reason = Reason::PeerLimit {
                     key,
                     limit: max_per_peer as usize,
                 };
-                if !self.refusal.is_dry_run() {
+                if !this.refusal.is_dry_run() {
                     return Admission::Refused(reason, Slot::None);
                 }
                 // Counted over the limit, so that the count stays true.
                 *live += 1;
                 drop(shard);
-                self.admitted.add();
-                return Admission::Refused(reason, Slot::Peer(PeerSlot::new(self.clone(), at)));
+                this.admitted.add();
+                return Admission::Refused(reason, Slot::Peer(PeerSlot::new(this.local(), at)));
             }
             *live += 1;
         } else if shard.insert(1).is_err() {
             drop(shard);
-            return match self.overflow {
+            return match this.overflow {
                 Overflow::Admit => {
-                    self.untracked.add();
-                    self.admitted.add();
+                    this.untracked.add();
+                    this.admitted.add();
                     Admission::Untracked
                 }
                 Overflow::Refuse => {
-                    if self.refusal.is_dry_run() {
-                        self.admitted.add();
+                    if this.refusal.is_dry_run() {
+                        this.admitted.add();
                     }
                     let reason = Reason::PeerTableFull {
-                        capacity: self.table.capacity(),
+                        capacity: this.table.capacity(),
                     };
                     Admission::Refused(reason, Slot::None)
                 }
             };
         }
         drop(shard);
-        self.admitted.add();
-        Admission::Tracked(PeerSlot::new(self.clone(), at))
+        this.admitted.add();
+        Admission::Tracked(PeerSlot::new(this.local(), at))
     }
 
     /// The counters of refusals for `reason`.

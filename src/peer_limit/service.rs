@@ -11,17 +11,18 @@ use crate::{
     BoxError, Conn,
     admission::{ResponseFuture, Slot, refuse},
     peer::table::Located,
+    striped::{Handle, Striped},
 };
 
 /// A connection-level service under a [`PeerLimitLayer`](super::PeerLimitLayer).
 #[derive(Debug, Clone)]
 pub struct PeerLimit<S> {
     inner: S,
-    shared: Arc<Shared>,
+    shared: Striped<Shared>,
 }
 
 impl<S> PeerLimit<S> {
-    pub(super) fn new(inner: S, shared: Arc<Shared>) -> Self {
+    pub(super) fn new(inner: S, shared: Striped<Shared>) -> Self {
         Self { inner, shared }
     }
 
@@ -43,7 +44,7 @@ where
     }
 
     fn call(&mut self, conn: Conn<IO>) -> Self::Future {
-        match self.shared.admit(conn.peer_addr().ip()) {
+        match Shared::admit(&self.shared, conn.peer_addr().ip()) {
             Admission::Tracked(slot) => {
                 ResponseFuture::admitted(self.inner.call(conn), Slot::Peer(slot))
             }
@@ -67,12 +68,12 @@ where
 /// A connection's place in its peer's count, given back when dropped.
 #[derive(Debug)]
 pub(crate) struct PeerSlot {
-    shared: Arc<Shared>,
+    shared: Arc<Handle<Shared>>,
     at: Located,
 }
 
 impl PeerSlot {
-    pub(super) fn new(shared: Arc<Shared>, at: Located) -> Self {
+    pub(super) fn new(shared: Arc<Handle<Shared>>, at: Located) -> Self {
         Self { shared, at }
     }
 }

@@ -1,16 +1,10 @@
 use std::{net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
-use governor::{
-    Quota, RateLimiter,
-    clock::Clock,
-    middleware::NoOpMiddleware,
-    nanos::Nanos,
-    state::{InMemoryState, NotKeyed},
-};
+use governor::{Quota, RateLimiter, clock::Clock, middleware::NoOpMiddleware, nanos::Nanos};
 use tower_layer::Layer;
 
-use super::{RateLimit, TokioClock, clock, store::RateStore};
+use super::{RateLimit, TokioClock, clock, global::GlobalRate, store::RateStore};
 use crate::{
     ConfigError,
     admission::{Mode, Reason, Refusal, Refusals, refusal_builder_methods},
@@ -269,11 +263,7 @@ impl RateLimitLayer {
             .ok_or(ConfigError::Inconsistent {
                 reason: "the layer was built without a global rate",
             })?;
-        let quota = rate.into().quota("global")?;
-        global.store(Arc::new(RateLimiter::direct_with_clock(
-            quota,
-            self.shared.clock,
-        )));
+        global.set(rate.into().quota("global")?);
         Ok(())
     }
 }
@@ -334,10 +324,7 @@ impl RateLimitBuilder {
         };
         let global = match self.global {
             None => None,
-            Some(rate) => Some(ArcSwap::from_pointee(RateLimiter::direct_with_clock(
-                rate.quota("global")?,
-                clock,
-            ))),
+            Some(rate) => Some(GlobalRate::new(rate.quota("global")?, clock)),
         };
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
@@ -386,7 +373,6 @@ fn keyed_limiter(quota: Quota, table: &Arc<PeerTable<Nanos>>, clock: TokioClock)
     };
     RateLimiter::new(quota, store, clock)
 }
-type GlobalLimiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Nanos>>;
 
 /// The per-peer rate: governor's limiter over a bounded table.
 #[derive(Debug)]
@@ -404,8 +390,7 @@ struct PerPeer {
 pub(crate) struct Shared {
     keying: PeerKeying,
     per_peer: Option<PerPeer>,
-    /// Replaced by a reload, the bucket full again.
-    global: Option<ArcSwap<GlobalLimiter>>,
+    global: Option<GlobalRate>,
     pub(super) global_mode: Mode,
     clock: TokioClock,
     overflow: Overflow,
@@ -490,13 +475,7 @@ impl Shared {
 
     /// Takes one connection from the global rate, or says how long until it allows one.
     pub(super) fn check_global(&self) -> Result<(), Duration> {
-        match &self.global {
-            None => Ok(()),
-            Some(limiter) => limiter
-                .load()
-                .check()
-                .map_err(|not_until| not_until.wait_time_from(self.clock.now())),
-        }
+        self.global.as_ref().map_or(Ok(()), GlobalRate::check)
     }
 
     /// Whether the global rate keeps the service from being ready: in backpressure

@@ -38,7 +38,10 @@ use futures_util::task::AtomicWaker;
 use tokio::time::Instant;
 
 use super::{Shared, TimeoutError};
-use crate::deadline::{deadline_from, scaled};
+use crate::{
+    deadline::{deadline_from, scaled},
+    striped::Handle,
+};
 
 /// No request in progress.
 const IDLE: u64 = u64::MAX;
@@ -155,7 +158,7 @@ pub(crate) enum Check {
 pub(crate) struct Activity {
     started: Instant,
     /// The layer's deadlines and counters.
-    pub(super) shared: Arc<Shared>,
+    pub(super) shared: Arc<Handle<Shared>>,
     /// The layer's deadlines merged with those the protocol adds where the layer has
     /// none (the HTTP adapter's own); set before the connection is first polled, if the
     /// protocol adds any. Boxed: under a layer that sets them all, nothing is added.
@@ -216,7 +219,7 @@ pub(crate) enum Idleness {
 impl Activity {
     /// Activity starting now, under `shared`'s deadlines. With a request timeout, the
     /// first byte read (and the first after each finished request) starts a request.
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(shared: Arc<Handle<Shared>>) -> Self {
         let requests_auto_start = shared.deadlines.request.is_some();
         Self {
             started: Instant::now(),
@@ -678,7 +681,7 @@ mod tests {
     }
 
     fn activity(deadlines: Deadlines) -> Activity {
-        Activity::new(Arc::new(Shared::new(deadlines)))
+        Activity::new(crate::striped::Striped::new(Shared::new(deadlines)).local())
     }
 
     fn at(activity: &Activity, n: u64) -> Check {

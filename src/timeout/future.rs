@@ -12,13 +12,13 @@ use super::{
     RequestTimer, Shared, TimedIo,
     activity::{Activity, Check, IdleWatch},
 };
-use crate::{BoxError, Conn, GracefulClose};
+use crate::{BoxError, Conn, GracefulClose, striped::Striped};
 
 /// Wraps the connection's stream, leaves the handles the protocol needs in its
 /// extensions, and runs `serve` on it under `shared`'s deadlines.
 pub(crate) fn watch<IO, F, Fut>(
     mut conn: Conn<IO>,
-    shared: &Arc<Shared>,
+    shared: &Striped<Shared>,
     serve: F,
 ) -> ResponseFuture<Fut>
 where
@@ -27,7 +27,7 @@ where
     let deadlines = &shared.deadlines;
     #[cfg(feature = "overload")]
     let peer = conn.peer_addr().ip();
-    let activity = Arc::new(Activity::new(shared.clone()));
+    let activity = Arc::new(Activity::new(shared.local()));
     let extensions = conn.extensions_mut();
     if deadlines.request.is_some() {
         extensions.insert(RequestTimer {

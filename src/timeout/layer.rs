@@ -16,6 +16,7 @@ use crate::{
     counter::Counter,
     deadline::Scaler,
     metrics::{EVICTIONS, TIMEOUTS},
+    striped::Striped,
     throttle::LogThrottle,
 };
 
@@ -29,7 +30,7 @@ const DEFAULT_LIFETIME_GRACE: Duration = Duration::from_secs(30);
 pub struct TimeoutLayer {
     /// The deadlines new connections get, replaced by a reload; each connection keeps
     /// the ones it started with.
-    shared: Arc<ArcSwap<Shared>>,
+    shared: Arc<ArcSwap<Striped<Shared>>>,
 }
 
 /// Builds a [`TimeoutLayer`]; every deadline is off until set.
@@ -117,11 +118,13 @@ impl TimeoutLayer {
     /// What [`build`](TimeoutBuilder::build) refuses; the deadlines are then unchanged.
     pub fn set_deadlines(&self, timeouts: TimeoutBuilder) -> Result<(), ConfigError> {
         let deadlines = timeouts.deadlines()?;
-        self.shared.rcu(|current| Shared {
-            deadlines,
-            scaler: current.scaler.clone(),
-            stats: current.stats.clone(),
-            log: current.log.clone(),
+        self.shared.rcu(|current| {
+            Striped::new(Shared {
+                deadlines,
+                scaler: current.scaler.clone(),
+                stats: current.stats.clone(),
+                log: current.log.clone(),
+            })
         });
         Ok(())
     }
@@ -200,9 +203,9 @@ impl TimeoutBuilder {
         let scaler = self.scaler.clone();
         let deadlines = self.deadlines()?;
         Ok(TimeoutLayer {
-            shared: Arc::new(ArcSwap::from_pointee(Shared::with_scaler(
+            shared: Arc::new(ArcSwap::from_pointee(Striped::new(Shared::with_scaler(
                 deadlines, scaler,
-            ))),
+            )))),
         })
     }
 
@@ -291,7 +294,7 @@ impl<S> Layer<S> for TimeoutLayer {
 #[derive(Debug, Clone)]
 pub struct Timeout<S> {
     inner: S,
-    shared: Arc<ArcSwap<Shared>>,
+    shared: Arc<ArcSwap<Striped<Shared>>>,
 }
 
 impl<S> Timeout<S> {

@@ -1,0 +1,149 @@
+//! The global rate, spent a batch at a time per thread stripe.
+//!
+//! One bucket for the whole server is one cache line every thread writes on every
+//! connection. Instead, a stripe whose hoard is empty takes a batch of tokens from the
+//! bucket at once and admits the next connections from its hoard, so that most
+//! connections write only their own stripe's line.
+//!
+//! The slack: tokens taken but not yet spent were counted by the bucket when taken, so
+//! a burst may exceed the bucket's by the tokens the hoards hold, at most
+//! `stripes × (batch − 1)`, where a batch is an eighth of the burst shared out among the
+//! stripes, at most [`MOST_BATCH`]. That is at most an eighth of the burst, and nothing
+//! for a burst under 16 per stripe (128 on up to 8 threads), where every connection
+//! takes its token from the bucket. Over time the rate is exact: every token spent was
+//! taken from the bucket.
+
+use std::{num::NonZeroU32, time::Duration};
+
+use arc_swap::ArcSwap;
+use governor::{
+    Quota, RateLimiter,
+    clock::Clock,
+    middleware::NoOpMiddleware,
+    nanos::Nanos,
+    state::{InMemoryState, NotKeyed},
+};
+
+use super::TokioClock;
+use crate::striped::{Hoards, local_stripe, stripes};
+
+/// The most tokens a stripe takes from the bucket at once.
+const MOST_BATCH: u32 = 16;
+
+type Limiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Nanos>>;
+
+#[derive(Debug)]
+pub(super) struct GlobalRate {
+    /// Replaced by a reload, full again.
+    bucket: ArcSwap<Bucket>,
+    hoards: Hoards,
+    clock: TokioClock,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    limiter: Limiter,
+    /// Tokens a stripe takes at once; none where each connection takes its own.
+    batch: Option<NonZeroU32>,
+}
+
+impl Bucket {
+    fn new(quota: Quota, clock: TokioClock) -> Self {
+        let stripes = u32::try_from(stripes()).unwrap_or(u32::MAX);
+        let batch = (quota.burst_size().get() / 8 / stripes).min(MOST_BATCH);
+        Self {
+            limiter: RateLimiter::direct_with_clock(quota, clock),
+            batch: NonZeroU32::new(batch).filter(|batch| batch.get() > 1),
+        }
+    }
+}
+
+impl GlobalRate {
+    pub(super) fn new(quota: Quota, clock: TokioClock) -> Self {
+        Self {
+            bucket: ArcSwap::from_pointee(Bucket::new(quota, clock)),
+            hoards: Hoards::new(),
+            clock,
+        }
+    }
+
+    /// A new rate, its bucket full; the hoards taken under the old one are dropped.
+    pub(super) fn set(&self, quota: Quota) {
+        self.bucket
+            .store(std::sync::Arc::new(Bucket::new(quota, self.clock)));
+        self.hoards.drain();
+    }
+
+    /// Takes one connection's token, or says how long until the bucket has one.
+    pub(super) fn check(&self) -> Result<(), Duration> {
+        let stripe = local_stripe();
+        if self.hoards.take(stripe) {
+            return Ok(());
+        }
+        let bucket = self.bucket.load();
+        if let Some(batch) = bucket.batch
+            && let Ok(Ok(())) = bucket.limiter.check_n(batch)
+        {
+            self.hoards.put(stripe, batch.get() as usize - 1);
+            return Ok(());
+        }
+        bucket
+            .limiter
+            .check()
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens_taken(burst: u32) -> u32 {
+        let quota = Quota::per_hour(NonZeroU32::new(1).unwrap())
+            .allow_burst(NonZeroU32::new(burst).unwrap());
+        let global = GlobalRate::new(quota, TokioClock::new());
+        let mut admitted = 0;
+        while global.check().is_ok() {
+            admitted += 1;
+            assert!(admitted <= burst, "more than the burst from one thread");
+        }
+        admitted
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_thread_spends_the_burst_exactly() {
+        for burst in [1, 7, 127, 128, 1000, 100_000] {
+            assert_eq!(tokens_taken(burst), burst);
+        }
+    }
+
+    #[test]
+    fn threads_spend_no_token_the_bucket_did_not_give() {
+        // No refill while the test runs: every token is the burst's.
+        let quota = Quota::per_hour(NonZeroU32::new(1).unwrap())
+            .allow_burst(NonZeroU32::new(10_000).unwrap());
+        let global = GlobalRate::new(quota, TokioClock::new());
+        let admitted: usize = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..4)
+                .map(|_| scope.spawn(|| (0..20_000).take_while(|_| global.check().is_ok()).count()))
+                .collect();
+            threads
+                .into_iter()
+                .map(|thread| thread.join().unwrap())
+                .sum()
+        });
+        // What the threads did not spend is still hoarded, and nothing else.
+        assert_eq!(admitted + global.hoards.held(), 10_000);
+        assert!(global.hoards.held() <= stripes() * (MOST_BATCH as usize - 1));
+    }
+
+    #[test]
+    fn a_small_burst_takes_every_token_from_the_bucket() {
+        let quota = Quota::per_second(NonZeroU32::new(100).unwrap());
+        let small = Bucket::new(quota, TokioClock::new());
+        assert_eq!(small.batch, None);
+        let quota = Quota::per_second(NonZeroU32::new(100_000).unwrap());
+        let large = Bucket::new(quota, TokioClock::new());
+        assert_eq!(large.batch.map(NonZeroU32::get), Some(MOST_BATCH));
+    }
+}
