@@ -614,8 +614,8 @@ if ((RUN_STATUS == 0)); then
     echo
     echo "## Server CPU per request under h2load"
     echo
-    echo "\`bench/h2load.sh\`: h2load on CPU 0 and the servers on the other CPUs (see the"
-    echo "script for why)."
+    echo "\`bench/h2load.sh\`: h2load on one CPU and the servers on the others (see the script"
+    echo "for why)."
     echo
     sed -n '/^Server CPU time/,$p' "$h2load_out"
     echo

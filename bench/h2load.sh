@@ -17,7 +17,7 @@
 # protected, protected then plain, ...), so that a change in the machine's load moves
 # both sides of a round; the ratio reported is the median of the rounds' ratios.
 #
-# By default h2load runs on CPU 0 and the servers on the other CPUs, so their tokio
+# By default h2load runs on one CPU and the servers on the other CPUs, so their tokio
 # runtimes size themselves to those (one worker on a 2-core machine) and each worker is
 # kept busy by the load. Unpinned, on 2 cores, the server's two workers share the cores
 # with h2load: they park, wake and steal work from each other, and the per-request CPU
@@ -34,8 +34,9 @@
 #                  (to compare two versions)
 #   --rounds N     interleaved rounds per workload (default 4)
 #   --requests N   requests per run (default 100000)
-#   --pin MODE     split (default): h2load on CPU 0, the servers on the others;
-#                  client: h2load on CPU 0, the servers anywhere; none: nothing pinned
+#   --pin MODE     split (default): h2load on the first CPU allowed, the servers on
+#                  the others; client: h2load pinned there, the servers anywhere;
+#                  none: nothing pinned
 # Prints a markdown table on stdout; progress and every round go to stderr. Installs
 # h2load (`apt-get install nghttp2-client`) if it is missing and the script runs as root.
 set -euo pipefail
@@ -51,7 +52,7 @@ while (($#)); do
     --rounds) ROUNDS=${2:?--rounds needs a number}; shift 2 ;;
     --requests) REQUESTS=${2:?--requests needs a number}; shift 2 ;;
     --pin) PIN=${2:?--pin needs client, split or none}; shift 2 ;;
-    -h | --help) sed -n '2,40p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,41p' "$0"; exit 0 ;;
     *) echo "error: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
@@ -71,9 +72,17 @@ if ! command -v h2load >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >&2
   command -v h2load >/dev/null || die "h2load is still missing after installing nghttp2-client"
 fi
+# The CPUs this script may run on, one per line, from its own affinity list (0-3,6).
+allowed_cpus() {
+  local ranges range
+  ranges=$(awk '/^Cpus_allowed_list:/ { print $2 }' /proc/self/status)
+  for range in ${ranges//,/ }; do seq "${range%-*}" "${range#*-}"; done
+}
+CPUS=()
 if [[ $PIN != none ]]; then
   command -v taskset >/dev/null || die "taskset (util-linux) is needed for --pin $PIN"
-  (($(nproc) >= 2)) || die "--pin $PIN needs at least 2 CPUs; use --pin none"
+  mapfile -t CPUS < <(allowed_cpus)
+  ((${#CPUS[@]} >= 2)) || die "--pin $PIN needs at least 2 CPUs; use --pin none"
 fi
 if [[ -z $SERVER ]]; then
   log "building (cargo build --release --example axum_server)"
@@ -82,13 +91,16 @@ if [[ -z $SERVER ]]; then
 fi
 [[ -x $SERVER ]] || die "$SERVER is not an executable"
 
-# The CPUs h2load and the servers may use (see the top of the script). h2load runs one
-# thread (-t 1): one CPU is all it can use.
+# The CPUs h2load and the servers may use (see the top of the script): h2load runs one
+# thread (-t 1), so one CPU is all it can use; it gets the first allowed one.
 CLIENT_CPUS=()
 SERVER_CPUS=()
 case $PIN in
-  client) CLIENT_CPUS=(taskset -c 0) ;;
-  split) CLIENT_CPUS=(taskset -c 0) SERVER_CPUS=(taskset -c "1-$(($(nproc) - 1))") ;;
+  client) CLIENT_CPUS=(taskset -c "${CPUS[0]}") ;;
+  split)
+    CLIENT_CPUS=(taskset -c "${CPUS[0]}")
+    SERVER_CPUS=(taskset -c "$(IFS=,; echo "${CPUS[*]:1}")")
+    ;;
 esac
 
 # The protected server's admission limits, lifted so that the load's own connections
