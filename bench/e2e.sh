@@ -6,6 +6,7 @@
 #   2. HTTP keep-alive requests/s (wrk): the same two servers
 #   3. server CPU per accepted-and-closed connection: bench_server protected / bare
 #   4. server memory per live keep-alive connection: axum_server protected - --unprotected
+#   5. server CPU per request under h2load, HTTP/1.1 and HTTP/2: bench/h2load.sh
 #
 # Each figure is the median over interleaved rounds of a per-round ratio (or
 # difference): both sides run back to back in every round, so a change in the machine's
@@ -46,14 +47,15 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # Setup, before the measurements' deadline starts: a cold build takes minutes.
 if [[ -z ${E2E_UNDER_TIMEOUT:-} ]]; then
-  if ! command -v wrk >/dev/null || ! command -v haproxy >/dev/null; then
-    echo "installing wrk and haproxy" >&2
+  if ! command -v wrk >/dev/null || ! command -v haproxy >/dev/null || ! command -v h2load >/dev/null; then
+    echo "installing wrk, haproxy and nghttp2-client (h2load)" >&2
     if [[ $(id -u) -eq 0 ]]; then sudo=(); else sudo=(sudo); fi
     "${sudo[@]}" apt-get update -qq >&2
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk haproxy >&2
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk haproxy nghttp2-client >&2
   fi
   command -v wrk >/dev/null || { echo "error: wrk is not installed and could not be installed" >&2; exit 1; }
   command -v haproxy >/dev/null || { echo "error: haproxy is not installed and could not be installed" >&2; exit 1; }
+  command -v h2load >/dev/null || { echo "error: h2load is not installed and could not be installed" >&2; exit 1; }
   # Only the binaries the benchmarks run: building every example would also build
   # whatever unrelated example is half-written in the work tree.
   echo "building (cargo build --release --example axum_server --example bench_server --example siege)" >&2
@@ -602,6 +604,30 @@ ROWS+=("| memory (VmRSS) per live keep-alive connection, protected - unprotected
   cat "$RAW"
 } >"$WORK/results.md"
 
+# Server CPU per request under h2load, the same two servers: HTTP/1.1 and HTTP/2.
+log "== server CPU per request under h2load (bench/h2load.sh)"
+if ((QUICK)); then h2load_length=(--rounds 2 --requests 20000); else h2load_length=(); fi
+h2load_out=$WORK/h2load.txt
+run_bounded "$h2load_out" timeout 150 bash bench/h2load.sh --server "$AXUM" "${h2load_length[@]}"
+if ((RUN_STATUS == 0)); then
+  {
+    echo
+    echo "## Server CPU per request under h2load"
+    echo
+    echo "\`bench/h2load.sh\`: h2load on one CPU and the servers on the others (see the script"
+    echo "for why)."
+    echo
+    sed -n '/^Server CPU time/,$p' "$h2load_out"
+    echo
+    echo '```text'
+    grep -e '^== ' -e '^  round ' "$h2load_out"
+    echo '```'
+  } >>"$WORK/results.md"
+else
+  log "warning: bench/h2load.sh did not finish (status $RUN_STATUS); its section is left out"
+  tail -n 20 "$h2load_out" >&2
+fi
+
 # The siege's HTTP attacks against the same app, unprotected, protected, and behind
 # HAProxy with its nearest equivalents: what an operator would use instead.
 log "== the siege's attacks, unprotected, protected and behind HAProxy"
@@ -629,5 +655,5 @@ mkdir -p bench
 cp "$WORK/results.md" "$RESULTS"
 echo
 sed -n '/^Each figure/,/^## Every round/p' "$RESULTS" | sed '$d'
-sed -n '/^## The siege, also behind HAProxy/,$p' "$RESULTS"
+sed -n '/^## \(Server CPU per request under h2load\|The siege, also behind HAProxy\)/,$p' "$RESULTS"
 log "written to $RESULTS"
