@@ -96,17 +96,34 @@ where
 }
 
 /// Runs `iterations` connections on each of `threads` threads at once, each with its
-/// own clone and its own peers; returns the slowest thread's time.
+/// own clone and its own peers, in the caller's runtime context if it has one; returns
+/// the slowest thread's time.
 pub fn run_threads<S>(service: &S, threads: u8, iterations: u64) -> Duration
 where
     S: Service<Conn<Io>, Response = ()> + Clone + Send,
     S::Error: std::fmt::Debug,
 {
+    let service = std::sync::Mutex::new(service.clone());
+    run_threads_each(threads, iterations, || service.lock().unwrap().clone())
+}
+
+/// [`run_threads`] with a service that `make` gives each thread: with a new stack on
+/// each, nothing is shared, and the figure shows what the machine gives threads that
+/// share nothing.
+pub fn run_threads_each<S>(threads: u8, iterations: u64, make: impl Fn() -> S + Sync) -> Duration
+where
+    S: Service<Conn<Io>, Response = ()>,
+    S::Error: std::fmt::Debug,
+{
+    let runtime = tokio::runtime::Handle::try_current().ok();
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|thread| {
-                let mut service = service.clone();
-                scope.spawn(move || run(&mut service, thread, iterations))
+                let (runtime, make) = (runtime.clone(), &make);
+                scope.spawn(move || {
+                    let _context = runtime.as_ref().map(tokio::runtime::Handle::enter);
+                    run(&mut make(), thread, iterations)
+                })
             })
             .collect();
         workers

@@ -315,7 +315,7 @@ impl RateLimitBuilder {
                 let quota = rate.quota("per_peer")?;
                 let table = Arc::new(PeerTable::new(self.max_tracked_peers));
                 Some(PerPeer {
-                    limiter: ArcSwap::from_pointee(keyed_limiter(quota, &table, clock)),
+                    limiter: Arc::new(ArcSwap::from_pointee(keyed_limiter(quota, &table, clock))),
                     table,
                     sweep_every: sweep_interval(quota),
                     janitor: Janitor::default(),
@@ -365,6 +365,10 @@ impl<S> Layer<S> for RateLimitLayer {
 
 type KeyedLimiter = RateLimiter<Located, RateStore, TokioClock, NoOpMiddleware<Nanos>>;
 
+/// A service's view of the per-peer limiter in force: a reload is seen by comparing one
+/// pointer, not by a load that writes to arc-swap's per-thread state.
+pub(super) type LimiterCache = arc_swap::Cache<Arc<ArcSwap<KeyedLimiter>>, Arc<KeyedLimiter>>;
+
 /// The per-peer limiter of `quota` over `table`: a reload makes a new one over the same
 /// table, so that what each peer used carries over.
 fn keyed_limiter(quota: Quota, table: &Arc<PeerTable<Nanos>>, clock: TokioClock) -> KeyedLimiter {
@@ -378,7 +382,7 @@ fn keyed_limiter(quota: Quota, table: &Arc<PeerTable<Nanos>>, clock: TokioClock)
 #[derive(Debug)]
 struct PerPeer {
     /// Replaced by a reload, over the same table.
-    limiter: ArcSwap<KeyedLimiter>,
+    limiter: Arc<ArcSwap<KeyedLimiter>>,
     /// The limiter's table, also held here to ask it about capacity.
     table: Arc<PeerTable<Nanos>>,
     sweep_every: Duration,
@@ -413,6 +417,7 @@ impl Shared {
     pub(super) fn admit(
         self: &Arc<Self>,
         ip: IpAddr,
+        limiter: Option<&mut LimiterCache>,
         global_reserved: &mut bool,
     ) -> Result<(), Reason> {
         let Some(peer) = self.keying.classify(ip) else {
@@ -421,9 +426,9 @@ impl Shared {
             return Ok(());
         };
         let decision = clock::at(tokio::time::Instant::now(), || {
-            if let Some(per_peer) = &self.per_peer {
+            if let (Some(per_peer), Some(limiter)) = (&self.per_peer, limiter) {
                 per_peer.start_janitor(self);
-                self.check_peer(per_peer, peer)?;
+                self.check_peer(per_peer, limiter.load(), peer)?;
             }
             if !std::mem::take(global_reserved) {
                 self.check_global()
@@ -435,6 +440,13 @@ impl Shared {
             self.admitted.add();
         }
         decision
+    }
+
+    /// A cache of the per-peer limiter in force, for a service to pass to
+    /// [`admit`](Self::admit).
+    pub(super) fn limiter_cache(&self) -> Option<LimiterCache> {
+        let per_peer = self.per_peer.as_ref()?;
+        Some(arc_swap::Cache::new(per_peer.limiter.clone()))
     }
 
     /// The counters of refusals for `reason`.
@@ -449,6 +461,7 @@ impl Shared {
     fn check_peer(
         &self,
         per_peer: &PerPeer,
+        limiter: &KeyedLimiter,
         Classified { key, at }: Classified,
     ) -> Result<(), Reason> {
         let table = &per_peer.table;
@@ -463,9 +476,7 @@ impl Shared {
                 }),
             };
         }
-        per_peer
-            .limiter
-            .load()
+        limiter
             .check_key(&at)
             .map_err(|not_until| Reason::PeerRate {
                 key,

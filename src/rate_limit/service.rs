@@ -10,7 +10,7 @@ use tokio::{
 };
 use tower::Service;
 
-use super::layer::Shared;
+use super::layer::{LimiterCache, Shared};
 use crate::{
     BoxError, Conn,
     admission::{ResponseFuture, Slot, refuse},
@@ -22,6 +22,8 @@ use crate::{
 pub struct RateLimit<S> {
     inner: S,
     shared: Arc<Shared>,
+    /// The per-peer limiter, if the layer has a per-peer rate.
+    limiter: Option<LimiterCache>,
     /// With global backpressure: one connection's worth of the global rate, taken while
     /// waiting to be ready and spent by the next `call` that the global rate applies to.
     reserved: bool,
@@ -33,6 +35,7 @@ impl<S> RateLimit<S> {
     pub(super) fn new(inner: S, shared: Arc<Shared>) -> Self {
         Self {
             inner,
+            limiter: shared.limiter_cache(),
             shared,
             reserved: false,
             wait: None,
@@ -85,7 +88,11 @@ where
     }
 
     fn call(&mut self, conn: Conn<IO>) -> Self::Future {
-        match self.shared.admit(conn.peer_addr().ip(), &mut self.reserved) {
+        let ip = conn.peer_addr().ip();
+        match self
+            .shared
+            .admit(ip, self.limiter.as_mut(), &mut self.reserved)
+        {
             Ok(()) => ResponseFuture::admitted(self.inner.call(conn), Slot::None),
             Err(reason) => {
                 let shared = &self.shared;
