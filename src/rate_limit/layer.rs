@@ -4,7 +4,11 @@ use arc_swap::ArcSwap;
 use governor::{Quota, RateLimiter, clock::Clock, middleware::NoOpMiddleware, nanos::Nanos};
 use tower_layer::Layer;
 
-use super::{RateLimit, TokioClock, clock, global::GlobalRate, store::RateStore};
+use super::{
+    RateLimit, TokioClock, clock,
+    global::GlobalRate,
+    store::{self, RateStore},
+};
 use crate::{
     ConfigError,
     admission::{Mode, Reason, Refusal, Refusals, refusal_builder_methods},
@@ -464,24 +468,24 @@ impl Shared {
         limiter: &KeyedLimiter,
         Classified { key, at }: Classified,
     ) -> Result<(), Reason> {
-        let table = &per_peer.table;
-        if table.is_full_at(&at) && !table.contains(&at) {
-            return match self.overflow {
-                Overflow::Admit => {
-                    self.untracked.add();
-                    Ok(())
-                }
-                Overflow::Refuse => Err(Reason::PeerTableFull {
-                    capacity: table.capacity(),
-                }),
-            };
-        }
-        limiter
+        let checked = limiter
             .check_key(&at)
             .map_err(|not_until| Reason::PeerRate {
                 key,
                 retry_after: not_until.wait_time_from(self.clock.now()),
-            })
+            });
+        if !store::take_untracked() {
+            return checked;
+        }
+        match self.overflow {
+            Overflow::Admit => {
+                self.untracked.add();
+                checked
+            }
+            Overflow::Refuse => Err(Reason::PeerTableFull {
+                capacity: per_peer.table.capacity(),
+            }),
+        }
     }
 
     /// Takes one connection from the global rate, or says how long until it allows one.

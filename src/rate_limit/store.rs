@@ -3,9 +3,22 @@ use governor::{
     state::{StateStore, keyed::ShrinkableKeyedStateStore},
 };
 
-use std::sync::Arc;
+use std::{cell::Cell, sync::Arc};
 
 use crate::peer::table::{Located, PeerTable};
+
+thread_local! {
+    /// Whether the last peer this thread asked about found no room in the table, and
+    /// was decided on as a new peer but not stored.
+    static UNTRACKED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the peer of this thread's last check found no room in the table (and so was
+/// not tracked); cleared for the next check. Told this way, not by a look at the table
+/// before the check, so that a check takes the shard's cache line once.
+pub(super) fn take_untracked() -> bool {
+    UNTRACKED.replace(false)
+}
 
 /// governor's keyed state in a bounded peer table: each peer's theoretical arrival time.
 #[derive(Debug)]
@@ -27,9 +40,10 @@ impl StateStore for RateStore {
             return Ok(outcome);
         }
         let (outcome, next) = decide(None)?;
-        // Full: the layer has applied its overflow policy before asking, so a peer that
-        // gets this far is let through untracked.
-        shard.insert(next).ok();
+        if shard.insert(next).is_err() {
+            // Full: the layer applies its overflow policy to this peer.
+            UNTRACKED.set(true);
+        }
         Ok(outcome)
     }
 }
