@@ -17,13 +17,15 @@ use super::{
     request::{ConnShared, RequestService},
 };
 
-use crate::{BoxError, Conn, GracefulClose, close::Cut, shared_io, timeout::RequestTimer};
+use crate::{
+    BoxError, Conn, GracefulClose, close::Cut, shared_io, striped::Handle, timeout::RequestTimer,
+};
 
 pub(super) async fn serve<IO, S, B>(
     conn: Conn<IO>,
     service: S,
     close: GracefulClose,
-    config: Arc<Config>,
+    config: Arc<Handle<Config>>,
     timed_by_layer: bool,
 ) -> Result<(), BoxError>
 where

@@ -168,7 +168,6 @@ mod request;
 use std::{
     future::Future,
     pin::Pin,
-    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -201,7 +200,8 @@ const DEFAULT_CLOSE_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct HttpService<S> {
     inner: S,
-    config: Arc<Config>,
+    /// Each connection holds its thread stripe's handle for as long as it lives.
+    config: Striped<Config>,
 }
 
 /// Builds an [`HttpService`] with settings other than the defaults.
@@ -371,7 +371,7 @@ impl<S> HttpServiceBuilder<S> {
         };
         Ok(HttpService {
             inner: self.service,
-            config: Arc::new(Config {
+            config: Striped::new(Config {
                 hyper_http2: (self.hyper.is_http1_available() && self.hyper.is_http2_available())
                     .then(|| self.hyper.clone().http2_only()),
                 hyper: self.hyper,
@@ -421,7 +421,7 @@ where
             remote_addr: Some(info.peer_addr),
         });
 
-        let config = self.config.clone();
+        let config = self.config.local();
         let service = self.inner.clone();
         if let Some(activity) = conn.timed() {
             // Under a timeout layer: the adapter's deadlines fill in what it leaves.
