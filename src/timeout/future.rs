@@ -189,7 +189,7 @@ where
                 if !this.activity.take_rearm() {
                     break;
                 }
-                look = true;
+                look |= this.activity.settle_request(this.timer.deadline());
                 // A wake-up that raised it may have taken the registration just now.
                 if this.activity.take_registration_taken() {
                     *this.registered = None;
