@@ -14,8 +14,8 @@
 //!   listener's failed handshake, concerns one connection and is skipped at once, so no
 //!   client can stop the server or slow down accepts for the others; only a long run of
 //!   them pauses the loop now and then, so it never spins (see [`Listener::accept`]);
-//! - it runs each connection in its own task, inside a tracing span carrying the peer
-//!   address; a connection that fails or panics is logged and never stops the loop;
+//! - it runs each connection in its own task, inside a `debug` tracing span carrying the
+//!   peer address; a connection that fails or panics is logged and never stops the loop;
 //! - on shutdown it stops accepting, raises every connection's [`GracefulClose`], waits up
 //!   to a drain deadline, cuts what is left, and reports both counts.
 //!
@@ -447,7 +447,11 @@ impl Connections {
         S::Error: Into<BoxError> + 'static,
         S::Future: Send + 'static,
     {
-        let span = tracing::info_span!("conn", peer = %conn.peer_addr());
+        // At `debug`: under an `info` filter, entering a span on every poll of the
+        // connection would cost more than the rest of the accept loop's part of a
+        // request. The events a connection logs at `info` and above name its peer.
+        let peer = conn.peer_addr();
+        let span = tracing::debug_span!("conn", %peer);
         let close = GracefulClose::new();
         conn.extensions_mut().insert(close.clone());
         let called =
@@ -455,7 +459,7 @@ impl Connections {
         let connection = match called {
             Ok(connection) => connection,
             Err(panic) => {
-                tracing::error!(parent: &span, panic = panic_message(&*panic), "connection service panicked");
+                tracing::error!(parent: &span, %peer, panic = panic_message(&*panic), "connection service panicked");
                 return;
             }
         };
@@ -474,7 +478,7 @@ impl Connections {
                     tracing::debug!(%error, "connection ended with an error");
                 }
                 Err(panic) => {
-                    tracing::error!(panic = panic_message(&*panic), "connection panicked");
+                    tracing::error!(%peer, panic = panic_message(&*panic), "connection panicked");
                 }
             }
         };
