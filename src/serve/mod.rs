@@ -465,23 +465,30 @@ impl Connections {
         };
 
         let served = Served::new(metrics);
-        let task = async move {
-            // Counted until the task ends or is dropped: cut, aborted, panicked.
-            let _served = served;
-            match AssertUnwindSafe(connection.map_err(Into::into))
+        // Boxed once, here: the task's future is moved several times on its way into
+        // the runtime, and each move of an unboxed one copies the whole stack of
+        // connection-level futures. Built from combinators rather than an `async`
+        // block, which would hold the connection's future twice (as captured, and as
+        // awaited).
+        let task = Box::pin(
+            AssertUnwindSafe(connection.map_err(Into::into))
                 .catch_unwind()
-                .await
-            {
-                Ok(Ok(())) => tracing::trace!("connection closed"),
-                Ok(Err(error)) => {
-                    let error: BoxError = error;
-                    tracing::debug!(%error, "connection ended with an error");
-                }
-                Err(panic) => {
-                    tracing::error!(%peer, panic = panic_message(&*panic), "connection panicked");
-                }
-            }
-        };
+                // `served` counts the connection until the task ends or is dropped (cut,
+                // aborted, panicked).
+                .map(move |outcome| {
+                    drop(served);
+                    match outcome {
+                        Ok(Ok(())) => tracing::trace!("connection closed"),
+                        Ok(Err(error)) => {
+                            let error: BoxError = error;
+                            tracing::debug!(%error, "connection ended with an error");
+                        }
+                        Err(panic) => {
+                            tracing::error!(%peer, panic = panic_message(&*panic), "connection panicked");
+                        }
+                    }
+                }),
+        );
         let handle = self.tasks.spawn(task.instrument(span));
         self.forget_finished();
         self.live.push((handle.abort_handle(), close));
