@@ -243,14 +243,18 @@ impl<L: Listener, F> Server<L, F> {
         let mut paused = Pause::default();
         let outcome = loop {
             // Ready before accept: a full service leaves connections in the backlog.
+            // Readiness first: the shutdown future is looked at only while the service
+            // is not ready, and by the accept just below, which puts it first so that a
+            // flood of connections cannot hold a shutdown back. Polling a signal's
+            // future costs more than a ready service's check.
             let ready = tokio::select! {
                 biased;
-                () = &mut shutdown => break Ok(()),
                 ready = poll_fn(|cx| {
                     let ready = service.poll_ready(cx).map_err(Into::into);
                     paused.polled(ready.is_pending(), &metrics);
                     ready
                 }) => ready,
+                () = &mut shutdown => break Ok(()),
             };
             paused.end(&metrics);
             if let Err(error) = ready {
