@@ -66,6 +66,15 @@ impl Scaler {
         }
         1.0
     }
+
+    /// The least [`factor`](Self::factor) can be, at full pressure.
+    pub(crate) fn min_factor(&self) -> f64 {
+        #[cfg(feature = "overload")]
+        if let Some(overload) = &self.overload {
+            return overload.min_timeout_factor();
+        }
+        1.0
+    }
 }
 
 /// `limit` multiplied by `factor` (at most 1).

@@ -71,7 +71,9 @@
 //! | | `warn`, `debug` | the descriptor limit not raised (raised); no kernel ban filter |
 //! | `tower_bouncer::admin` | `warn` | a ban made or lifted from the admin page; the page served without a token |
 //!
-//! The accept loop runs each connection in an `info` span named `conn` with its `peer`.
+//! The accept loop runs each connection in a `debug` span named `conn` with its `peer`
+//! (cheap when `debug` is filtered out); the events above that concern one connection
+//! name its `peer` themselves.
 //!
 //! Events an attacker can cause are throttled, so that a flood cannot flood the logs:
 //! each layer lets at most one such event through a second (refusals, bans, timeouts,

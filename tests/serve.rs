@@ -87,6 +87,26 @@ async fn a_service_that_is_not_ready_stops_accepts_until_it_is() {
     server.abort();
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_ends_a_server_whose_service_is_never_ready() {
+    let (service, mut handle) = tower_test::mock::pair::<Conn<tokio::io::DuplexStream>, ()>();
+    handle.allow(0);
+    let (_queue, _log, listener) = ChannelListener::new();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(
+        Server::new(listener)
+            .with_graceful_shutdown(async move {
+                stopped.await.ok();
+            })
+            .serve(service),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!server.is_finished());
+    stop.send(()).unwrap();
+    let report = within(PATIENCE, server).await.unwrap().unwrap();
+    assert_eq!((report.drained, report.cut), (0, 0));
+}
+
 #[tokio::test]
 async fn on_real_sockets_a_paused_server_leaves_connections_in_the_kernel_backlog() {
     let (service, mut handle) = tower_test::mock::pair::<Conn<TcpStream>, ()>();

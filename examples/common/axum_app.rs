@@ -56,6 +56,9 @@ fn app() -> Router {
         .route("/slow", get(slow))
         .route("/ws", get(websocket))
         .route("/ip", get(ip))
+        // Its handlers made into routes once, not on every request (as `axum::serve`'s
+        // make-services do for the unprotected server).
+        .with_state(())
 }
 
 /// `GET /ip`: the client address the server keys on: behind a balancer that sends the

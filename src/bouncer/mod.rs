@@ -404,7 +404,8 @@ impl Bouncer {
     /// over HTTP/1.1 and HTTP/2 (and TLS, if configured) under every layer, until SIGINT
     /// or SIGTERM; then drains. A `401` (or gRPC `UNAUTHENTICATED`) is a failed login:
     /// the connection closes once it is sent, and the failure counts toward the peer's
-    /// ban.
+    /// ban. Give a `Router` as `app.with_state(())`, which makes its routes once rather
+    /// than for every request (see [`HttpService::new`]).
     pub async fn serve_http<A, B>(
         &self,
         listener: TcpListener,

@@ -210,6 +210,9 @@ impl FrameWatch {
                     incoming.headers_done = headers_done;
                     incoming.body_done |= frame.flags & END_STREAM != 0;
                 }
+                // A request whole in one frame (a GET) is never waited for: no clock
+                // read, nothing to track.
+                None if headers_done && frame.flags & END_STREAM != 0 => return false,
                 None => {
                     let incoming = Incoming {
                         stream: frame.stream,
@@ -274,6 +277,31 @@ mod tests {
         bytes.extend(stream.to_be_bytes());
         bytes.extend(payload);
         bytes
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_requests_still_arriving_are_tracked() {
+        use crate::timeout::{Deadlines, RequestLimit, Shared};
+        let deadlines = Deadlines {
+            request: Some(RequestLimit {
+                base: std::time::Duration::from_secs(10),
+                min_rate: None,
+            }),
+            ..Deadlines::default()
+        };
+        let activity = Arc::new(Activity::new(
+            crate::striped::Striped::new(Shared::new(deadlines)).local(),
+        ));
+        let mut watch = FrameWatch::new(activity, true);
+        let mut bytes = PREFACE.to_vec();
+        // A GET, whole in its first frame; then a POST whose body is still coming.
+        bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, b"h"));
+        assert!(watch.on_read(&bytes));
+        assert!(watch.incoming.is_empty());
+        assert!(watch.on_read(&frame(HEADERS, END_HEADERS, 3, b"h")));
+        assert_eq!(watch.incoming.len(), 1);
+        assert!(watch.on_read(&frame(DATA, END_STREAM, 3, b"body")));
+        assert!(watch.incoming.is_empty());
     }
 
     #[test]

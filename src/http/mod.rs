@@ -255,7 +255,9 @@ impl<S: RequestService> HttpService<S> {
     /// `app.into_make_service_with_connect_info::<SocketAddr>()`: the adapter puts
     /// `ConnectInfo<SocketAddr>` in every request (with the `axum` feature, on by
     /// default), so `ConnectInfo` extractors work unchanged. A make-service is not a
-    /// request service, and is refused here.
+    /// request service, and is refused here. What `axum::serve` does for you, do once
+    /// here: `app.with_state(())` makes the router's handlers into routes up front;
+    /// without it, axum makes the route again for every request.
     ///
     /// ```
     /// use std::net::SocketAddr;
@@ -266,7 +268,7 @@ impl<S: RequestService> HttpService<S> {
     ///     format!("{peer}\n")
     /// }
     ///
-    /// let app: Router = Router::new().route("/", get(whoami));
+    /// let app: Router = Router::new().route("/", get(whoami)).with_state(());
     /// // Not `app.into_make_service_with_connect_info::<SocketAddr>()`:
     /// let service = HttpService::new(app);
     /// # let _ = service;

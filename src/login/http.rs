@@ -51,7 +51,8 @@ pub trait ClassifyLogin: Clone {
 }
 
 /// The default classifier: `401 Unauthorized` and gRPC `UNAUTHENTICATED` (status 16, in
-/// the headers of a trailers-only response or in the trailers) are failed logins;
+/// the headers of a trailers-only response, which gRPC sends as `200 OK`, or in the
+/// trailers) are failed logins;
 /// `403 Forbidden` too if asked.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StatusClassifier {
@@ -73,17 +74,27 @@ const GRPC_UNAUTHENTICATED: &str = "16";
 /// A name made once: looked up by a string, it would be parsed on every response.
 const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 
+/// Up to this many headers, a name is found faster by comparing it with each than by
+/// hashing it.
+const SCANNED_HEADERS: usize = 8;
+
 fn grpc_unauthenticated(headers: &HeaderMap) -> bool {
-    headers
-        .get(&GRPC_STATUS)
-        .is_some_and(|status| status == GRPC_UNAUTHENTICATED)
+    let status = if headers.len() <= SCANNED_HEADERS {
+        headers
+            .iter()
+            .find_map(|(name, value)| (*name == GRPC_STATUS).then_some(value))
+    } else {
+        headers.get(&GRPC_STATUS)
+    };
+    status.is_some_and(|status| status == GRPC_UNAUTHENTICATED)
 }
 
 impl ClassifyLogin for StatusClassifier {
     fn classify_response(&self, status: StatusCode, headers: &HeaderMap) -> Option<LoginOutcome> {
+        // gRPC answers every call `200 OK`, its own status in a header or the trailers.
         let failed = status == StatusCode::UNAUTHORIZED
             || (self.forbidden_is_failure && status == StatusCode::FORBIDDEN)
-            || grpc_unauthenticated(headers);
+            || (status == StatusCode::OK && grpc_unauthenticated(headers));
         failed.then_some(LoginOutcome::Failed)
     }
 
@@ -389,5 +400,53 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for LoginSession {
             StatusCode::INTERNAL_SERVER_ERROR,
             "no login session: serve under tower_bouncer::login::SessionLayer",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    fn headers(grpc_status: Option<&'static str>, others: usize) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for n in 0..others {
+            let name = http::HeaderName::try_from(format!("x-other-{n}")).unwrap();
+            headers.insert(name, HeaderValue::from_static("1"));
+        }
+        if let Some(status) = grpc_status {
+            headers.insert(GRPC_STATUS, HeaderValue::from_static(status));
+        }
+        headers
+    }
+
+    #[test]
+    fn grpc_unauthenticated_is_found_among_few_headers_or_many() {
+        let classify = StatusClassifier::default();
+        for others in [0, 3, SCANNED_HEADERS, 20] {
+            let failed = classify.classify_response(StatusCode::OK, &headers(Some("16"), others));
+            assert_eq!(failed, Some(LoginOutcome::Failed), "among {others}");
+            let ok = classify.classify_response(StatusCode::OK, &headers(Some("0"), others));
+            assert_eq!(ok, None, "among {others}");
+            assert_eq!(
+                classify.classify_response(StatusCode::OK, &headers(None, others)),
+                None
+            );
+        }
+    }
+
+    #[test]
+    fn a_grpc_status_counts_only_on_a_200_as_grpc_sends_it() {
+        let classify = StatusClassifier::default();
+        let unauthenticated = headers(Some("16"), 1);
+        assert_eq!(
+            classify.classify_response(StatusCode::BAD_GATEWAY, &unauthenticated),
+            None
+        );
+        assert_eq!(
+            classify.classify_trailers(&unauthenticated),
+            Some(LoginOutcome::Failed)
+        );
     }
 }

@@ -249,6 +249,11 @@ impl Overload {
         1.0 - shared.pressure() * (1.0 - shared.min_timeout_scale)
     }
 
+    /// What deadlines are multiplied by at full pressure.
+    pub(crate) fn min_timeout_factor(&self) -> f64 {
+        self.shared.min_timeout_scale
+    }
+
     /// Counts `cap`'s connections in the pressure.
     pub(crate) fn watch_cap(&self, cap: Arc<limit::Shared>) -> Result<(), ConfigError> {
         self.shared

@@ -14,8 +14,8 @@
 //!   listener's failed handshake, concerns one connection and is skipped at once, so no
 //!   client can stop the server or slow down accepts for the others; only a long run of
 //!   them pauses the loop now and then, so it never spins (see [`Listener::accept`]);
-//! - it runs each connection in its own task, inside a tracing span carrying the peer
-//!   address; a connection that fails or panics is logged and never stops the loop;
+//! - it runs each connection in its own task, inside a `debug` tracing span carrying the
+//!   peer address; a connection that fails or panics is logged and never stops the loop;
 //! - on shutdown it stops accepting, raises every connection's [`GracefulClose`], waits up
 //!   to a drain deadline, cuts what is left, and reports both counts.
 //!
@@ -243,14 +243,18 @@ impl<L: Listener, F> Server<L, F> {
         let mut paused = Pause::default();
         let outcome = loop {
             // Ready before accept: a full service leaves connections in the backlog.
+            // Readiness first: the shutdown future is looked at only while the service
+            // is not ready, and by the accept just below, which puts it first so that a
+            // flood of connections cannot hold a shutdown back. Polling a signal's
+            // future costs more than a ready service's check.
             let ready = tokio::select! {
                 biased;
-                () = &mut shutdown => break Ok(()),
                 ready = poll_fn(|cx| {
                     let ready = service.poll_ready(cx).map_err(Into::into);
                     paused.polled(ready.is_pending(), &metrics);
                     ready
                 }) => ready,
+                () = &mut shutdown => break Ok(()),
             };
             paused.end(&metrics);
             if let Err(error) = ready {
@@ -447,7 +451,11 @@ impl Connections {
         S::Error: Into<BoxError> + 'static,
         S::Future: Send + 'static,
     {
-        let span = tracing::info_span!("conn", peer = %conn.peer_addr());
+        // At `debug`: under an `info` filter, entering a span on every poll of the
+        // connection would cost more than the rest of the accept loop's part of a
+        // request. The events a connection logs at `info` and above name its peer.
+        let peer = conn.peer_addr();
+        let span = tracing::debug_span!("conn", %peer);
         let close = GracefulClose::new();
         conn.extensions_mut().insert(close.clone());
         let called =
@@ -455,29 +463,36 @@ impl Connections {
         let connection = match called {
             Ok(connection) => connection,
             Err(panic) => {
-                tracing::error!(parent: &span, panic = panic_message(&*panic), "connection service panicked");
+                tracing::error!(parent: &span, %peer, panic = panic_message(&*panic), "connection service panicked");
                 return;
             }
         };
 
         let served = Served::new(metrics);
-        let task = async move {
-            // Counted until the task ends or is dropped: cut, aborted, panicked.
-            let _served = served;
-            match AssertUnwindSafe(connection.map_err(Into::into))
+        // Boxed once, here: the task's future is moved several times on its way into
+        // the runtime, and each move of an unboxed one copies the whole stack of
+        // connection-level futures. Built from combinators rather than an `async`
+        // block, which would hold the connection's future twice (as captured, and as
+        // awaited).
+        let task = Box::pin(
+            AssertUnwindSafe(connection.map_err(Into::into))
                 .catch_unwind()
-                .await
-            {
-                Ok(Ok(())) => tracing::trace!("connection closed"),
-                Ok(Err(error)) => {
-                    let error: BoxError = error;
-                    tracing::debug!(%error, "connection ended with an error");
-                }
-                Err(panic) => {
-                    tracing::error!(panic = panic_message(&*panic), "connection panicked");
-                }
-            }
-        };
+                // `served` counts the connection until the task ends or is dropped (cut,
+                // aborted, panicked).
+                .map(move |outcome| {
+                    drop(served);
+                    match outcome {
+                        Ok(Ok(())) => tracing::trace!("connection closed"),
+                        Ok(Err(error)) => {
+                            let error: BoxError = error;
+                            tracing::debug!(%error, "connection ended with an error");
+                        }
+                        Err(panic) => {
+                            tracing::error!(%peer, panic = panic_message(&*panic), "connection panicked");
+                        }
+                    }
+                }),
+        );
         let handle = self.tasks.spawn(task.instrument(span));
         self.forget_finished();
         self.live.push((handle.abort_handle(), close));

@@ -10,7 +10,10 @@
 //! the timeout, and a connection whose counts have not moved since a look is idle since
 //! that look. So an idle connection is closed between S and S + S/8 after its last byte,
 //! for a read that costs nanoseconds. Requests are timed from the clock, read once when
-//! each starts.
+//! each starts; for a request that starts while the connection's task polls the
+//! protocol (its own reads), at the end of that poll, so that a request that also ends
+//! there (an HTTP/1 head that arrives whole) reads no clock at all. A new request makes
+//! the timer look only if its deadline could fall before the timer's next look.
 //!
 //! A protocol that knows when it is busy declares its exchanges (the HTTP adapter: a
 //! request from its dispatch until its response is sent). Idle then means no exchange
@@ -45,6 +48,10 @@ use crate::{
 
 /// No request in progress.
 const IDLE: u64 = u64::MAX;
+/// A request started while the timer's task was polling the protocol: that task stamps
+/// its start when the poll ends, so that a request that starts and finishes within one
+/// poll (an HTTP/1 head that arrives whole) costs no clock read.
+const PENDING: u64 = u64::MAX - 1;
 /// The idle timeout is sampled this many times over its length.
 const IDLE_SAMPLES: u32 = 8;
 /// Bytes a second a client holding output back must take, unless configured.
@@ -284,7 +291,7 @@ impl Activity {
         self.bytes_read.store(before + n as u64, Ordering::Relaxed);
         if self.request_armed.load(Ordering::Relaxed) {
             self.request_armed.store(false, Ordering::Relaxed);
-            self.start_request_at(self.now(), before);
+            self.start_request_from(before);
         }
     }
 
@@ -303,14 +310,57 @@ impl Activity {
         self.write_blocked.store(true, Ordering::Relaxed);
     }
 
-    fn start_request_at(&self, now: u64, bytes_before: u64) {
+    /// Starts a request, unless one is in progress: stamped now, or, while the timer's
+    /// task polls the protocol, by that task when its poll ends.
+    fn start_request_from(&self, bytes_before: u64) {
         if self.request_started.load(Ordering::Relaxed) != IDLE {
             return;
         }
         self.request_bytes_start
             .store(bytes_before, Ordering::Relaxed);
-        self.request_started.store(now, Ordering::Release);
-        self.wake_timer();
+        self.request_started.store(PENDING, Ordering::Release);
+        // Sequentially consistent with `set_polling` and `take_rearm`: if this sees the
+        // timer's task polling, that task's `take_rearm` comes after this store, and it
+        // stamps the start then.
+        self.rearm.store(true, Ordering::SeqCst);
+        if !self.polling.load(Ordering::SeqCst) {
+            self.stamp_pending(self.now());
+            self.registration_taken.store(true, Ordering::Release);
+            self.timer.wake();
+        }
+    }
+
+    /// Stamps a pending request start with `now`; the start in force afterwards.
+    fn stamp_pending(&self, now: u64) -> u64 {
+        match self.request_started.compare_exchange(
+            PENDING,
+            now,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => now,
+            Err(current) => current,
+        }
+    }
+
+    /// Called by the timer's task when a request has started (or the oldest HTTP/2
+    /// stream changed) since it last asked: stamps a pending start, and tells whether
+    /// the timer must look now, which it need not when the request's earliest possible
+    /// deadline (its least allowance, at the strongest scaling) is no sooner than the
+    /// instant the timer is armed for. A request already over needs no look.
+    pub(crate) fn settle_request(&self, armed: Option<Instant>) -> bool {
+        let mut started = self.request_started.load(Ordering::Acquire);
+        if started == PENDING {
+            started = self.stamp_pending(self.now());
+        }
+        if started == IDLE {
+            return false;
+        }
+        let (Some(armed), Some(limit)) = (armed, self.deadlines().request) else {
+            return true;
+        };
+        let least = scaled(limit.allowance(0), self.shared.scaler.min_factor());
+        self.instant(started.saturating_add(nanos(least))) < armed
     }
 
     /// Makes the timer look before it fires.
@@ -332,7 +382,7 @@ impl Activity {
     /// Starts a request now, unless one is in progress.
     pub(crate) fn start_request(&self) {
         self.request_armed.store(false, Ordering::Relaxed);
-        self.start_request_at(self.now(), self.bytes_read.load(Ordering::Relaxed));
+        self.start_request_from(self.bytes_read.load(Ordering::Relaxed));
     }
 
     /// Ends the request in progress; the next byte read starts the next one.
@@ -486,7 +536,10 @@ impl Activity {
             return Check::Expired(error);
         }
         if let Some(limit) = deadlines.request {
-            let started = self.request_started.load(Ordering::Acquire);
+            let mut started = self.request_started.load(Ordering::Acquire);
+            if started == PENDING {
+                started = self.stamp_pending(now);
+            }
             if started != IDLE {
                 let received = self
                     .bytes_read
@@ -761,6 +814,44 @@ mod tests {
         tokio::time::advance(secs(100)).await;
         activity.on_read(1);
         assert_eq!(activity.check(&deadlines, &mut watch), at(&activity, 110));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_started_during_the_timers_poll_is_stamped_when_it_ends() {
+        let deadlines = Deadlines {
+            request: Some(RequestLimit {
+                base: secs(10),
+                min_rate: None,
+            }),
+            ..Deadlines::default()
+        };
+        let activity = activity(deadlines);
+        let mut watch = IdleWatch::default();
+        activity.set_polling(true);
+        activity.on_read(3);
+        tokio::time::advance(secs(1)).await;
+        activity.set_polling(false);
+        assert!(activity.take_rearm());
+        // Not armed: the timer must look, from the poll's end.
+        assert!(activity.settle_request(None));
+        assert_eq!(activity.check(&deadlines, &mut watch), at(&activity, 11));
+
+        // Armed for sooner than the request can end: no look. Armed later: a look.
+        activity.finish_request();
+        activity.set_polling(true);
+        activity.on_read(1);
+        activity.set_polling(false);
+        assert!(!activity.settle_request(Some(activity.started + secs(11))));
+        assert!(activity.settle_request(Some(activity.started + secs(12))));
+
+        // Started and finished within one poll: nothing to look at.
+        activity.finish_request();
+        activity.set_polling(true);
+        activity.on_read(1);
+        activity.finish_request();
+        activity.set_polling(false);
+        assert!(activity.take_rearm());
+        assert!(!activity.settle_request(None));
     }
 
     #[tokio::test(start_paused = true)]

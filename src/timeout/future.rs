@@ -1,5 +1,6 @@
 use std::{
     future::Future,
+    net::SocketAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll, Waker},
@@ -25,8 +26,7 @@ where
     F: FnOnce(Conn<TimedIo<IO>>) -> Fut,
 {
     let deadlines = &shared.deadlines;
-    #[cfg(feature = "overload")]
-    let peer = conn.peer_addr().ip();
+    let peer = conn.peer_addr();
     let activity = Arc::new(Activity::new(shared.local()));
     let extensions = conn.extensions_mut();
     if deadlines.request.is_some() {
@@ -39,7 +39,7 @@ where
         .scaler
         .overload()
         .filter(|overload| overload.evicts())
-        .map(|_| crate::overload::Standing::Unregistered(peer));
+        .map(|_| crate::overload::Standing::Unregistered(peer.ip()));
     #[cfg(not(feature = "overload"))]
     let standing: Option<()> = None;
     // Asked to close at the end of the lifetime, or when evicted.
@@ -69,6 +69,7 @@ where
         registered: None,
         idle: IdleWatch::default(),
         close,
+        peer,
         #[cfg(feature = "overload")]
         standing,
     }
@@ -137,6 +138,8 @@ pub struct ResponseFuture<F> {
     idle: IdleWatch,
     /// Raised when the connection has lived its lifetime, or is evicted.
     close: Option<GracefulClose>,
+    /// Named when the connection times out.
+    peer: SocketAddr,
     /// Whether the overload manager may evict the connection, if it has one that
     /// evicts.
     #[cfg(feature = "overload")]
@@ -189,7 +192,7 @@ where
                 if !this.activity.take_rearm() {
                     break;
                 }
-                look = true;
+                look |= this.activity.settle_request(this.timer.deadline());
                 // A wake-up that raised it may have taken the registration just now.
                 if this.activity.take_registration_taken() {
                     *this.registered = None;
@@ -208,7 +211,7 @@ where
             let activity = &**this.activity;
             let next = match activity.check(activity.deadlines(), this.idle) {
                 Check::Expired(error) => {
-                    activity.shared.expired(error);
+                    activity.shared.expired(error, *this.peer);
                     return Poll::Ready(Err(std::io::Error::from(error).into()));
                 }
                 Check::WindDown(grace_ends) => {

@@ -1,4 +1,4 @@
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 
@@ -371,7 +371,7 @@ impl Shared {
         }
     }
 
-    pub(super) fn expired(&self, error: TimeoutError) {
+    pub(super) fn expired(&self, error: TimeoutError, peer: SocketAddr) {
         let counter = match error {
             TimeoutError::FirstByte(_) => &self.stats.first_byte,
             TimeoutError::Idle(_) => &self.stats.idle,
@@ -380,7 +380,7 @@ impl Shared {
         };
         counter.add();
         if let Some(suppressed) = self.log.allow() {
-            tracing::info!(%error, suppressed, "connection timed out");
+            tracing::info!(%peer, %error, suppressed, "connection timed out");
         }
     }
 
