@@ -44,6 +44,8 @@ for arg in "$@"; do
 done
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 # Setup, before the measurements' deadline starts: a cold build takes minutes.
 if [[ -z ${E2E_UNDER_TIMEOUT:-} ]]; then
@@ -124,30 +126,8 @@ CLK_TCK=$(getconf CLK_TCK)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/tower-bouncer-e2e.XXXXXX")
 STARTED=$EPOCHREALTIME
 
-log() { printf '%s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+# --- processes: every server (and client) is a direct child, killed on exit ----------
 
-# --- processes: every server is a direct child, tracked until it is reaped ----------
-
-PIDS=()
-
-forget_pid() {
-  local pid=$1 kept=() p
-  for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || kept+=("$p"); done
-  PIDS=("${kept[@]}")
-}
-
-cleanup() {
-  local status=$? pid
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$WORK"
-  exit "$status"
-}
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT
 trap 'log "stopped (deadline or SIGTERM)"; exit 143' TERM
@@ -214,34 +194,7 @@ run_bounded() {
   RUN_TICKS=$((CHILDREN_TICKS - before))
 }
 
-# Sets CHILDREN_TICKS to the CPU time of this shell's reaped children, in clock ticks,
-# from the `times` builtin. Not in a $(...): a subshell would report its own children.
-children_ticks() {
-  times >"$WORK/times"
-  CHILDREN_TICKS=$(awk -v hz="$CLK_TCK" 'NR == 2 {
-    split($1, u, /[ms]/); split($2, s, /[ms]/)
-    printf "%d", (u[1] * 60 + u[2] + s[1] * 60 + s[2]) * hz }' "$WORK/times")
-}
-
 # --- measurements ------------------------------------------------------------------
-
-# utime+stime of a process, in clock ticks. Fields are counted after the command
-# name's closing parenthesis, since a name may hold spaces.
-proc_ticks() {
-  local rest
-  rest=$(<"/proc/$1/stat")
-  rest=${rest##*") "}
-  awk '{ print $12 + $13 }' <<<"$rest"
-}
-
-# Busy CPU of the whole machine, in ticks: user, nice, system, irq, softirq. The kernel
-# here accounts ticks (CONFIG_IRQ_TIME_ACCOUNTING is off), so a tick spent in softirq is
-# also in the interrupted task's stime, and busy minus our own tasks' time is everybody
-# else's. On a kernel with IRQ time accounting, the loopback traffic's own softirq time
-# would count as foreign, and FOREIGN_MAX would need raising.
-machine_busy() {
-  awk '/^cpu / { print $2 + $3 + $4 + $7 + $8; exit }' /proc/stat
-}
 
 # The foreign load of a run, in cores: machine busy time minus our tasks' CPU time
 # (both in ticks) over the wall time.
@@ -337,12 +290,7 @@ hold_run() {
     'BEGIN { printf "%.0f", (a - b) * 1024 / n }')
 }
 
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
-  if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-range() { printf '%s\n' "$@" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END {
-  printf "%s to %s", lo, hi }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
-noisy() { awk -v f="$1" -v m="$FOREIGN_MAX" 'BEGIN { exit !(f > m) }'; }
 # retry_allowed EXTRA: whether a noisy round may be run again.
 retry_allowed() { (($1 < MAX_EXTRA_ROUNDS && NOISE_SPENT < NOISE_BUDGET)); }
 # spend_since T0: charges the time since T0 (a discarded round) to the noise budget.

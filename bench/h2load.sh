@@ -61,9 +61,8 @@ done
 [[ $PIN =~ ^(client|split|none)$ ]] || { echo "error: --pin must be client, split or none" >&2; exit 2; }
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-
-log() { printf '%s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 if ! command -v h2load >/dev/null; then
   [[ $(id -u) -eq 0 ]] || die "h2load is not installed: apt-get install nghttp2-client (as root)"
@@ -113,25 +112,8 @@ CLK_TCK=$(getconf CLK_TCK)
 STARTED=$EPOCHREALTIME
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/tower-bouncer-h2load.XXXXXX")
 
-# --- processes: every server and client is a direct child, tracked until reaped ------
+# --- processes: every server (and client) is a direct child, killed on exit ----------
 
-PIDS=()
-forget_pid() {
-  local pid=$1 kept=() p
-  for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || kept+=("$p"); done
-  PIDS=("${kept[@]}")
-}
-cleanup() {
-  local status=$? pid
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$WORK"
-  exit "$status"
-}
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT
 trap 'log "stopped (SIGTERM)"; exit 143' TERM
@@ -155,15 +137,6 @@ start_server() {
   [[ $SERVER_ADDR == 127.0.0.1:* ]] || die "$name listens on $SERVER_ADDR, not loopback"
 }
 
-# utime+stime of a process (all its threads, live and exited), in clock ticks. Fields
-# are counted after the command name's closing parenthesis: a name may hold spaces.
-proc_ticks() {
-  local rest
-  rest=$(<"/proc/$1/stat")
-  rest=${rest##*") "}
-  awk '{ print $12 + $13 }' <<<"$rest"
-}
-
 # On-CPU time of a process's live threads, in nanoseconds (the scheduler's own count in
 # /proc/PID/task/*/schedstat), then the number of threads. Clock ticks are too coarse
 # here: on this machine a run of 100 000 requests costs the server 30 to 60 ticks, so
@@ -173,18 +146,6 @@ proc_ns() {
   local pid=$1 files
   files=("/proc/$pid/task/"*/schedstat)
   cat "${files[@]}" 2>/dev/null | awk '{ s += $1; n++ } END { printf "%.0f %d\n", s, n }'
-}
-
-# Busy CPU of the whole machine, in ticks: user, nice, system, irq, softirq.
-machine_busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8; exit }' /proc/stat; }
-
-# Sets CHILDREN_TICKS to the CPU time of this shell's reaped children, in clock ticks
-# (the `times` builtin; not in a $(...), whose subshell has children of its own).
-children_ticks() {
-  times >"$WORK/times"
-  CHILDREN_TICKS=$(awk -v hz="$CLK_TCK" 'NR == 2 {
-    split($1, u, /[ms]/); split($2, s, /[ms]/)
-    printf "%d", (u[1] * 60 + u[2] + s[1] * 60 + s[2]) * hz }' "$WORK/times")
 }
 
 # h2load_run PID ADDR h1|h2 REQUESTS: one bounded h2load run against the server PID
@@ -238,12 +199,6 @@ h2load_run() {
     f = (b - t - c) / hz / s; if (f < 0) f = 0
     printf "%.3f %.0f %.2f %.3f", ns / 1000 / n, rps, f, t / hz * 1e6 / n }')
 }
-
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
-  if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-range() { printf '%s\n' "$@" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END {
-  printf "%s to %s", lo, hi }'; }
-noisy() { awk -v f="$1" -v m="$FOREIGN_MAX" 'BEGIN { exit !(f > m) }'; }
 
 # --- the rounds --------------------------------------------------------------------
 

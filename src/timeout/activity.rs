@@ -748,6 +748,14 @@ mod tests {
         })
     }
 
+    /// A request timeout of `base`, with no minimum rate.
+    fn request(base: Duration) -> Option<RequestLimit> {
+        Some(RequestLimit {
+            base,
+            min_rate: None,
+        })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_earliest_deadline_is_the_next_look() {
         let deadlines = Deadlines {
@@ -797,10 +805,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_finished_request_arms_the_next_on_the_next_byte() {
         let deadlines = Deadlines {
-            request: Some(RequestLimit {
-                base: secs(10),
-                min_rate: None,
-            }),
+            request: request(secs(10)),
             ..Deadlines::default()
         };
         let activity = activity(deadlines);
@@ -819,10 +824,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_request_started_during_the_timers_poll_is_stamped_when_it_ends() {
         let deadlines = Deadlines {
-            request: Some(RequestLimit {
-                base: secs(10),
-                min_rate: None,
-            }),
+            request: request(secs(10)),
             ..Deadlines::default()
         };
         let activity = activity(deadlines);
@@ -891,10 +893,7 @@ mod tests {
     async fn idleness_is_what_the_protocol_declares_or_else_quiet_bytes() {
         let deadlines = Deadlines {
             idle: idle(secs(8)),
-            request: Some(RequestLimit {
-                base: secs(10),
-                min_rate: None,
-            }),
+            request: request(secs(10)),
             ..Deadlines::default()
         };
         // A raw protocol with a request timer: idle until its first byte, busy until it

@@ -1,0 +1,64 @@
+# shellcheck shell=bash
+# What bench/e2e.sh and bench/h2load.sh share, sourced by both: logging, the servers
+# they start (each a direct child, killed when the script exits), the CPU time of a
+# process, of this shell's children and of the machine, and the rounds' statistics.
+# The caller sets WORK (its scratch directory), CLK_TCK and FOREIGN_MAX, and installs
+# `cleanup` as its EXIT trap.
+
+log() { printf '%s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+PIDS=()
+
+forget_pid() {
+  local pid=$1 kept=() p
+  for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || kept+=("$p"); done
+  PIDS=("${kept[@]}")
+}
+
+cleanup() {
+  local status=$? pid
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$WORK"
+  exit "$status"
+}
+
+# Sets CHILDREN_TICKS to the CPU time of this shell's reaped children, in clock ticks,
+# from the `times` builtin. Not in a $(...): a subshell would report its own children.
+children_ticks() {
+  times >"$WORK/times"
+  # shellcheck disable=SC2034 # read by the caller
+  CHILDREN_TICKS=$(awk -v hz="$CLK_TCK" 'NR == 2 {
+    split($1, u, /[ms]/); split($2, s, /[ms]/)
+    printf "%d", (u[1] * 60 + u[2] + s[1] * 60 + s[2]) * hz }' "$WORK/times")
+}
+
+# utime+stime of a process, in clock ticks. Fields are counted after the command
+# name's closing parenthesis, since a name may hold spaces.
+proc_ticks() {
+  local rest
+  rest=$(<"/proc/$1/stat")
+  rest=${rest##*") "}
+  awk '{ print $12 + $13 }' <<<"$rest"
+}
+
+# Busy CPU of the whole machine, in ticks: user, nice, system, irq, softirq. The kernel
+# here accounts ticks (CONFIG_IRQ_TIME_ACCOUNTING is off), so a tick spent in softirq is
+# also in the interrupted task's stime, and busy minus our own tasks' time is everybody
+# else's. On a kernel with IRQ time accounting, the loopback traffic's own softirq time
+# would count as foreign, and FOREIGN_MAX would need raising.
+machine_busy() {
+  awk '/^cpu / { print $2 + $3 + $4 + $7 + $8; exit }' /proc/stat
+}
+
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+  if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+range() { printf '%s\n' "$@" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END {
+  printf "%s to %s", lo, hi }'; }
+# noisy CORES: whether a run's foreign load is over FOREIGN_MAX.
+noisy() { awk -v f="$1" -v m="$FOREIGN_MAX" 'BEGIN { exit !(f > m) }'; }
