@@ -66,6 +66,12 @@ impl GracefulClose {
         Self::default()
     }
 
+    /// The close signal in a connection's `extensions`, put there first if it has none,
+    /// so that every layer and the protocol share one.
+    pub(crate) fn of(extensions: &mut http::Extensions) -> Self {
+        extensions.get_or_insert_default::<Self>().clone()
+    }
+
     /// Asks the connection to close gracefully; if it does not finish, the HTTP adapter
     /// cuts it after its close grace. Raising it again does nothing.
     pub fn request(&self) {

@@ -406,14 +406,9 @@ where
     }
 
     fn call(&mut self, mut conn: Conn<IO>) -> Self::Future {
-        let close = conn
-            .extensions()
-            .get::<GracefulClose>()
-            .cloned()
-            .unwrap_or_default();
         let info = conn.info();
         let extensions = conn.extensions_mut();
-        extensions.insert(close.clone());
+        let close = GracefulClose::of(extensions);
         extensions.insert(info);
         #[cfg(feature = "axum")]
         extensions.insert(axum::extract::ConnectInfo(info.peer_addr));

@@ -116,14 +116,7 @@ where
     shared.stats.sessions.add();
 
     let extensions = conn.extensions_mut();
-    let close = extensions
-        .get::<GracefulClose>()
-        .cloned()
-        .unwrap_or_else(|| {
-            let close = GracefulClose::new();
-            extensions.insert(close.clone());
-            close
-        });
+    let close = GracefulClose::of(extensions);
     let state = Arc::new(SessionState::new(shared.local(), peer, close, startup));
     extensions.insert(LoginSession {
         state: state.clone(),

@@ -43,16 +43,8 @@ where
     #[cfg(not(feature = "overload"))]
     let standing: Option<()> = None;
     // Asked to close at the end of the lifetime, or when evicted.
-    let close = (deadlines.lifetime.is_some() || standing.is_some()).then(|| {
-        extensions
-            .get::<GracefulClose>()
-            .cloned()
-            .unwrap_or_else(|| {
-                let close = GracefulClose::new();
-                extensions.insert(close.clone());
-                close
-            })
-    });
+    let close =
+        (deadlines.lifetime.is_some() || standing.is_some()).then(|| GracefulClose::of(extensions));
     let mut conn = conn.map_io(|io| TimedIo::new(io, activity.clone()));
     conn.set_timed(activity.clone());
     ResponseFuture {
