@@ -136,9 +136,14 @@ impl<L: Listener, F> Server<L, F> {
     where
         G: Future<Output = ()>,
     {
+        self.map_shutdown(|_| signal)
+    }
+
+    /// The same server, its shutdown signal made from the one it had.
+    pub(crate) fn map_shutdown<G>(self, make: impl FnOnce(F) -> G) -> Server<L, G> {
         Server {
             listener: self.listener,
-            shutdown: signal,
+            shutdown: make(self.shutdown),
             drain_timeout: self.drain_timeout,
             max_accept_backoff: self.max_accept_backoff,
             reserve_descriptor: self.reserve_descriptor,

@@ -265,28 +265,12 @@ impl<L: Listener, F> Server<L, F> {
         let service = layers.layer(Handoff {
             admitted: sender.clone(),
         });
-        let Server {
-            listener,
-            shutdown,
-            drain_timeout,
-            max_accept_backoff,
-            reserve_descriptor,
-            name,
-        } = self;
-        let shutdown = async move {
+        let server = self.map_shutdown(|shutdown| async move {
             tokio::select! {
                 () = shutdown => {}
                 () = sender.closed() => {}
             }
-        };
-        let server = Server {
-            listener,
-            shutdown,
-            drain_timeout,
-            max_accept_backoff,
-            reserve_descriptor,
-            name,
-        };
+        });
         Ok(ProtectedListener {
             admitted,
             local_addr,
