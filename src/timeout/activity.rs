@@ -330,6 +330,15 @@ impl Activity {
         }
     }
 
+    /// When the request in progress started ([`IDLE`] for none), a pending start
+    /// stamped with `now()` first.
+    fn request_start(&self, now: impl FnOnce() -> u64) -> u64 {
+        match self.request_started.load(Ordering::Acquire) {
+            PENDING => self.stamp_pending(now()),
+            started => started,
+        }
+    }
+
     /// Stamps a pending request start with `now`; the start in force afterwards.
     fn stamp_pending(&self, now: u64) -> u64 {
         match self.request_started.compare_exchange(
@@ -349,10 +358,7 @@ impl Activity {
     /// deadline (its least allowance, at the strongest scaling) is no sooner than the
     /// instant the timer is armed for. A request already over needs no look.
     pub(crate) fn settle_request(&self, armed: Option<Instant>) -> bool {
-        let mut started = self.request_started.load(Ordering::Acquire);
-        if started == PENDING {
-            started = self.stamp_pending(self.now());
-        }
+        let started = self.request_start(|| self.now());
         if started == IDLE {
             return false;
         }
@@ -536,10 +542,7 @@ impl Activity {
             return Check::Expired(error);
         }
         if let Some(limit) = deadlines.request {
-            let mut started = self.request_started.load(Ordering::Acquire);
-            if started == PENDING {
-                started = self.stamp_pending(now);
-            }
+            let started = self.request_start(|| now);
             if started != IDLE {
                 let received = self
                     .bytes_read
