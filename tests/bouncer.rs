@@ -27,36 +27,37 @@ type Running = (
     tokio::task::JoinHandle<std::io::Result<ShutdownReport>>,
 );
 
-/// A bouncer serving `app` until the sender is used or dropped.
-async fn serve_http(bouncer: &Bouncer, app: Router) -> Running {
+/// What stops a server: its sender used or dropped.
+type Stop = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A server on a new loopback listener, run by `serve` until the sender is used or
+/// dropped.
+async fn start<F>(serve: impl FnOnce(TcpListener, Stop) -> F) -> Running
+where
+    F: Future<Output = std::io::Result<ShutdownReport>> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    let bouncer = bouncer.clone();
-    let task = tokio::spawn(async move {
-        bouncer
-            .serve_http_until(listener, app, async {
-                stopped.await.ok();
-            })
-            .await
-    });
+    let task = tokio::spawn(serve(
+        listener,
+        Box::pin(async {
+            stopped.await.ok();
+        }),
+    ));
     (addr, stop, task)
 }
 
-/// A bouncer serving [`Echo`], a raw protocol, until the sender is used or dropped.
-async fn serve_echo(bouncer: &Bouncer) -> Running {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
+/// A bouncer serving `app`.
+async fn serve_http(bouncer: &Bouncer, app: Router) -> Running {
     let bouncer = bouncer.clone();
-    let task = tokio::spawn(async move {
-        bouncer
-            .serve_until(listener, Echo, async {
-                stopped.await.ok();
-            })
-            .await
-    });
-    (addr, stop, task)
+    start(|listener, stop| async move { bouncer.serve_http_until(listener, app, stop).await }).await
+}
+
+/// A bouncer serving [`Echo`], a raw protocol.
+async fn serve_echo(bouncer: &Bouncer) -> Running {
+    let bouncer = bouncer.clone();
+    start(|listener, stop| async move { bouncer.serve_until(listener, Echo, stop).await }).await
 }
 
 fn app() -> Router {

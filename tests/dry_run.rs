@@ -193,6 +193,15 @@ async fn a_ban_check_enforced_refuses_a_banned_peer() {
     assert_eq!(login.stats().dry_run_refusals, 0);
 }
 
+/// A connection from `peer` through `service`, in a task the test polls.
+async fn open<S>(service: &mut S, peer: &str) -> task::Spawn<S::Future>
+where
+    S: Service<Conn<DuplexStream>>,
+    S::Error: std::fmt::Debug,
+{
+    task::spawn(service.ready().await.unwrap().call(conn_from(peer)))
+}
+
 /// Holds each connection, with its session, until the test ends.
 fn holding() -> impl Service<
     Conn<DuplexStream>,
@@ -216,20 +225,8 @@ async fn a_startups_budget_in_dry_run_serves_and_counts_the_connection_waiting()
         .unwrap();
     let mut service = login.session_layer().layer(holding());
 
-    let mut first = task::spawn(
-        service
-            .ready()
-            .await
-            .unwrap()
-            .call(conn_from("192.0.2.1:1")),
-    );
-    let mut second = task::spawn(
-        service
-            .ready()
-            .await
-            .unwrap()
-            .call(conn_from("192.0.2.1:2")),
-    );
+    let mut first = open(&mut service, "192.0.2.1:1").await;
+    let mut second = open(&mut service, "192.0.2.1:2").await;
     assert_pending!(first.poll());
     assert_pending!(second.poll(), "served, not refused");
     let stats = login.stats();
@@ -246,20 +243,8 @@ async fn a_startups_budget_in_dry_run_serves_and_counts_the_connection_waiting()
 async fn a_startups_budget_enforced_refuses() {
     let login = Login::builder().per_source_max_startups(1).build().unwrap();
     let mut service = login.session_layer().layer(holding());
-    let mut first = task::spawn(
-        service
-            .ready()
-            .await
-            .unwrap()
-            .call(conn_from("192.0.2.1:1")),
-    );
-    let mut second = task::spawn(
-        service
-            .ready()
-            .await
-            .unwrap()
-            .call(conn_from("192.0.2.1:2")),
-    );
+    let mut first = open(&mut service, "192.0.2.1:1").await;
+    let mut second = open(&mut service, "192.0.2.1:2").await;
     assert_pending!(first.poll());
     assert_ready_err!(second.poll());
     assert_eq!(login.stats().refused_startups, 1);
