@@ -125,7 +125,12 @@ mod config;
 mod conn;
 mod counter;
 mod deadline;
-#[cfg(any(feature = "rate-limit", feature = "login", feature = "overload"))]
+#[cfg(any(
+    feature = "peer-limit",
+    feature = "rate-limit",
+    feature = "login",
+    feature = "overload"
+))]
 mod janitor;
 #[cfg(feature = "metrics")]
 pub mod metrics;

@@ -1,4 +1,6 @@
-//! A bounded, sharded table keyed by peer, shared by the keyed layers.
+//! A bounded, sharded table keyed by peer, for the login layers' tables, whose entries
+//! are more than a word (the per-peer limit and the rate limit use
+//! `CellTable`); [`Located`], the hashed key, serves both.
 //!
 //! A key is hashed once per connection, with a per-process random key (SipHash, so an
 //! attacker who picks addresses cannot pick collisions), and that one hash both picks
@@ -21,11 +23,14 @@ use super::PeerKey;
 
 /// What a full table does with a peer it is not tracking yet.
 ///
-/// A table is split into shards, each holding an equal share of `max_tracked_peers` and
-/// filling on its own, so this applies per shard: a new peer whose shard is full goes
-/// untracked (`Admit`) or is refused (`Refuse`) a little before the table as a whole
-/// holds `max_tracked_peers`. The login layers' ban table first makes room by forgetting
-/// a peer that is not banned, so there this applies only to a shard full of bans.
+/// The per-peer limit's and the rate limit's tables hold exactly `max_tracked_peers`
+/// keys; the per-peer limit first makes room by forgetting peers with no live
+/// connection. The login layers' tables are split into shards, each holding an equal
+/// share of `max_tracked_peers` and filling on its own, so there this applies per shard:
+/// a new peer whose shard is full goes untracked (`Admit`) or is refused (`Refuse`) a
+/// little before the table as a whole holds `max_tracked_peers`. The ban table first
+/// makes room by forgetting a peer that is not banned, so there this applies only to a
+/// shard full of bans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Overflow {
@@ -40,7 +45,7 @@ pub enum Overflow {
 /// The process's one hash key, shared by every table.
 static HASHER: LazyLock<RandomState> = LazyLock::new(RandomState::new);
 
-fn hash(bits: &[u8; 16]) -> u64 {
+pub(super) fn hash(bits: &[u8; 16]) -> u64 {
     HASHER.hash_one(bits)
 }
 
@@ -59,6 +64,54 @@ impl Located {
             bits,
             hash: hash(&bits),
         }
+    }
+
+    pub(super) fn bits(&self) -> &[u8; 16] {
+        &self.bits
+    }
+
+    pub(super) fn hash(&self) -> u64 {
+        self.hash
+    }
+}
+
+/// The best `n` of what a walk is offered, by rank; ties go to the lower key.
+#[cfg(feature = "admin")]
+pub(super) struct Best<R> {
+    n: usize,
+    /// The lowest of the best so far on top, to be dropped for a better one; on a tie
+    /// in rank, the higher key is the lower.
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<(R, std::cmp::Reverse<[u8; 16]>)>>,
+}
+
+#[cfg(feature = "admin")]
+impl<R: Ord> Best<R> {
+    pub(super) fn new(n: usize) -> Self {
+        Self {
+            n,
+            heap: std::collections::BinaryHeap::with_capacity(n.saturating_add(1).min(1024)),
+        }
+    }
+
+    pub(super) fn offer(&mut self, key: [u8; 16], rank: R) {
+        use std::cmp::Reverse;
+
+        if self.n == 0 {
+            return;
+        }
+        self.heap.push(Reverse((rank, Reverse(key))));
+        if self.heap.len() > self.n {
+            self.heap.pop();
+        }
+    }
+
+    /// The best, highest first, with their rank.
+    pub(super) fn into_vec(self) -> Vec<([u8; 16], R)> {
+        self.heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(|std::cmp::Reverse((rank, std::cmp::Reverse(key)))| (key, rank))
+            .collect()
     }
 }
 
@@ -191,29 +244,16 @@ impl<V> PeerTable<V> {
         n: usize,
         rank: impl Fn(&V) -> Option<R>,
     ) -> Vec<([u8; 16], R)> {
-        use std::{cmp::Reverse, collections::BinaryHeap};
-
-        if n == 0 {
-            return Vec::new();
-        }
-        // The lowest of the best so far on top, to be dropped for a better one; on a
-        // tie in rank, the higher key is the lower.
-        let mut best = BinaryHeap::with_capacity(n + 1);
+        let mut best = Best::new(n);
         for shard in self.shards.iter() {
             let entries = shard.entries.lock().unwrap_or_else(PoisonError::into_inner);
             for (key, value) in entries.iter() {
                 if let Some(rank) = rank(value) {
-                    best.push(Reverse((rank, Reverse(*key))));
-                    if best.len() > n {
-                        best.pop();
-                    }
+                    best.offer(*key, rank);
                 }
             }
         }
-        best.into_sorted_vec()
-            .into_iter()
-            .map(|Reverse((rank, Reverse(key)))| (key, rank))
-            .collect()
+        best.into_vec()
     }
 
     /// How many entries `counts` says yes to: walks every shard as [`top`](Self::top)

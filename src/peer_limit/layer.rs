@@ -1,6 +1,7 @@
 use std::{
+    convert::Infallible,
     net::IpAddr,
-    sync::atomic::{AtomicU32, Ordering},
+    sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering},
     time::Duration,
 };
 
@@ -12,15 +13,20 @@ use crate::{
     admission::{Reason, Refusal, Refusals, Slot, refusal_builder_methods},
     config::nonzero,
     counter::Counter,
+    janitor::Janitor,
     peer::{
         Classified, PeerKeying,
-        table::{Located, Overflow, PeerTable},
+        cells::{CellTable, Fit},
+        table::{Located, Overflow},
     },
     striped::Striped,
     throttle::LogThrottle,
 };
 
 const DEFAULT_MAX_TRACKED_PEERS: usize = 65_536;
+
+/// How often peers whose connections have all ended are taken out of the table.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// Caps concurrent connections per peer. See the [module documentation](super).
 ///
@@ -58,7 +64,8 @@ pub struct PeerLimitStats {
     pub refused_peer_limit: u64,
     /// Connections refused because the table was full.
     pub refused_table_full: u64,
-    /// Peers with live connections, tracked now.
+    /// Peers in the table: those with live connections, and those whose last one ended
+    /// since the last sweep (every 10 s, or when the table is full).
     pub tracked_peers: usize,
 }
 
@@ -139,9 +146,8 @@ impl PeerLimitLayer {
     /// The `n` peers with the most live connections, most first (exempt and untracked
     /// peers are not counted, so not listed).
     ///
-    /// Walks the whole table, one shard at a time, each locked only while its share is
-    /// read (as long as a few connections' admission): O(tracked peers · log n). For an
-    /// operator's page, not for every connection.
+    /// Walks the whole table without holding admission up: O(tracked peers · log n). For
+    /// an operator's page, not for every connection.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -171,7 +177,7 @@ impl PeerLimitLayer {
         let shared = &self.shared;
         shared
             .table
-            .top(n, |live| Some(*live))
+            .top(n, |live| (live > 0).then_some(live))
             .into_iter()
             .map(|(bits, live)| PeerConnections {
                 key: shared.keying.key_from_bits(bits),
@@ -196,7 +202,9 @@ impl PeerLimitBuilder {
                     u32::try_from(nonzero(self.max_per_peer, "max_per_peer")?).unwrap_or(u32::MAX),
                 ),
                 keying: self.keying,
-                table: PeerTable::new(nonzero(self.max_tracked_peers, "max_tracked_peers")?),
+                table: CellTable::new(nonzero(self.max_tracked_peers, "max_tracked_peers")?),
+                janitor: Janitor::default(),
+                reclaim: Reclaim::default(),
                 overflow: self.overflow,
                 refusal: self.refusal,
                 log: LogThrottle::new(Duration::from_secs(1)),
@@ -224,7 +232,12 @@ pub(crate) struct Shared {
     /// Changed by a reload.
     max_per_peer: AtomicU32,
     keying: PeerKeying,
-    table: PeerTable<u32>,
+    /// Each peer's live connections. A peer whose last one ends stays, at 0, until a
+    /// sweep: taking it out on every connection's end would cost every connection a
+    /// write to lines other threads write.
+    table: CellTable,
+    janitor: Janitor,
+    reclaim: Reclaim,
     overflow: Overflow,
     pub(super) refusal: Refusal,
     pub(super) log: LogThrottle,
@@ -252,34 +265,34 @@ impl Shared {
             this.admitted.add();
             return Admission::Untracked;
         };
-        let max_per_peer = this.max_per_peer.load(Ordering::Relaxed);
-        let mut shard = this.table.lock(&at);
-        if let Some(live) = shard.get_mut() {
-            if *live >= max_per_peer {
-                let reason = Reason::PeerLimit {
-                    key,
-                    limit: max_per_peer as usize,
-                };
-                if !this.refusal.is_dry_run() {
-                    return Admission::Refused(reason, Slot::None);
-                }
-                // Counted over the limit, so that the count stays true.
-                *live += 1;
-                drop(shard);
-                this.admitted.add();
-                return Admission::Refused(reason, Slot::Peer(PeerSlot::new(this.local(), at)));
-            }
-            *live += 1;
-        } else if shard.insert(1).is_err() {
-            drop(shard);
-            return match this.overflow {
+        this.janitor.ensure(this.arc(), SWEEP_EVERY, Self::sweep);
+        let max_per_peer = u64::from(this.max_per_peer.load(Ordering::Relaxed));
+        let dry_run = this.refusal.is_dry_run();
+        let count = || {
+            let Ok(counted) = this.table.change(&at, |live| {
+                Ok::<_, Infallible>(match live {
+                    // Over the limit: in dry run, counted anyway, so that the count
+                    // stays true.
+                    Some(live) if live >= max_per_peer && !dry_run => (live, None),
+                    Some(live) => (live, Some(live + 1)),
+                    None => (0, Some(1)),
+                })
+            });
+            counted
+        };
+        let mut counted = count();
+        if counted.1 == Fit::NoRoom && this.reclaim.idle_peers(&this.table) {
+            counted = count();
+        }
+        match counted {
+            (_, Fit::NoRoom) => match this.overflow {
                 Overflow::Admit => {
                     this.untracked.add();
                     this.admitted.add();
                     Admission::Untracked
                 }
                 Overflow::Refuse => {
-                    if this.refusal.is_dry_run() {
+                    if dry_run {
                         this.admitted.add();
                     }
                     let reason = Reason::PeerTableFull {
@@ -287,11 +300,28 @@ impl Shared {
                     };
                     Admission::Refused(reason, Slot::None)
                 }
-            };
+            },
+            (live, Fit::Stored) if live >= max_per_peer => {
+                let reason = Reason::PeerLimit {
+                    key,
+                    limit: max_per_peer as usize,
+                };
+                if !dry_run {
+                    return Admission::Refused(reason, Slot::None);
+                }
+                this.admitted.add();
+                Admission::Refused(reason, Slot::Peer(PeerSlot::new(this.local(), at)))
+            }
+            (_, Fit::Stored) => {
+                this.admitted.add();
+                Admission::Tracked(PeerSlot::new(this.local(), at))
+            }
         }
-        drop(shard);
-        this.admitted.add();
-        Admission::Tracked(PeerSlot::new(this.local(), at))
+    }
+
+    /// Takes out the peers with no live connection.
+    fn sweep(&self) {
+        self.table.retain(|live| live > 0);
     }
 
     /// The counters of refusals for `reason`.
@@ -303,13 +333,53 @@ impl Shared {
     }
 
     pub(super) fn release(&self, at: &Located) {
-        let mut shard = self.table.lock(at);
-        if let Some(live) = shard.get_mut() {
-            *live -= 1;
-            if *live == 0 {
-                shard.remove();
-            }
+        let Ok(((), _)) = self.table.change(at, |live| {
+            Ok::<_, Infallible>(((), live.map(|live| live.saturating_sub(1))))
+        });
+    }
+}
+
+/// When a new peer finds the table full, peers with no live connection make way, as a
+/// sweep would; but a sweep walks the whole table, so one that found little to take out
+/// is not repeated until the table has turned away an eighth of its capacity: a table
+/// full of live peers costs each refused peer a share of one walk, not a walk.
+#[derive(Debug)]
+struct Reclaim {
+    /// Held by the thread that sweeps.
+    busy: AtomicBool,
+    /// Whether the last sweep took out an eighth of the capacity or more.
+    paid_off: AtomicBool,
+    /// New peers turned away since the last sweep.
+    turned_away: AtomicUsize,
+}
+
+impl Default for Reclaim {
+    fn default() -> Self {
+        Self {
+            busy: AtomicBool::new(false),
+            paid_off: AtomicBool::new(true),
+            turned_away: AtomicUsize::new(0),
         }
+    }
+}
+
+impl Reclaim {
+    /// Takes out idle peers if that is due; whether it made room.
+    fn idle_peers(&self, table: &CellTable) -> bool {
+        let turned_away = self.turned_away.fetch_add(1, Ordering::Relaxed) + 1;
+        let worth = table.capacity().div_ceil(8);
+        if !self.paid_off.load(Ordering::Relaxed) && turned_away < worth
+            || self.busy.swap(true, Ordering::Acquire)
+        {
+            return false;
+        }
+        let before = table.len();
+        table.retain(|live| live > 0);
+        let taken_out = before.saturating_sub(table.len());
+        self.paid_off.store(taken_out >= worth, Ordering::Relaxed);
+        self.turned_away.store(0, Ordering::Relaxed);
+        self.busy.store(false, Ordering::Release);
+        taken_out > 0
     }
 }
 
@@ -332,5 +402,30 @@ mod tests {
             stats.to_string(),
             "admitted 40 (exempt 2, untracked 1, dry run 0), refused 7 (peer limit 3, table full 4), 5 peers tracked"
         );
+    }
+
+    #[test]
+    fn a_table_full_of_live_peers_is_swept_again_only_after_an_eighth_of_it_is_turned_away() {
+        use crate::peer::{PeerKeying, table::Located};
+
+        let at = |n: u32| {
+            Located::new(&PeerKeying::default().key(std::net::Ipv4Addr::from_bits(n).into()))
+        };
+        let set = |table: &CellTable, n: u32, live: u64| {
+            let Ok(_) = table.change(&at(n), |_| Ok::<_, Infallible>(((), Some(live))));
+        };
+        let table = CellTable::new(16);
+        for n in 0..16 {
+            set(&table, n, 1);
+        }
+        let reclaim = Reclaim::default();
+        // The first full table is swept at once, and nothing is idle.
+        assert!(!reclaim.idle_peers(&table));
+        // A peer goes idle; the sweep that found nothing waits for 2 turned away.
+        set(&table, 0, 0);
+        assert!(!reclaim.idle_peers(&table));
+        assert_eq!(table.len(), 16, "not swept yet");
+        assert!(reclaim.idle_peers(&table));
+        assert_eq!(table.len(), 15);
     }
 }

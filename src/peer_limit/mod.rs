@@ -3,11 +3,15 @@
 //!
 //! Peers are told apart by [`PeerKeying`](crate::peer::PeerKeying): IPv4 by /32 and IPv6
 //! by /64 by default, IPv4-mapped addresses as IPv4, with exempt networks that skip the
-//! limit. The table of live peers is sharded (peers do not serialise on one lock) and
-//! bounded: when it holds [`max_tracked_peers`](PeerLimitBuilder::max_tracked_peers)
-//! keys, a new peer is let through untracked or refused, as the
-//! [`Overflow`](crate::peer::Overflow) policy says. A peer's entry disappears with its
-//! last connection, so memory returns to its baseline after any storm.
+//! limit. Each peer's count is changed in place without a lock, so threads admitting
+//! different peers do not slow each other down. The table is bounded: when it holds
+//! [`max_tracked_peers`](PeerLimitBuilder::max_tracked_peers) keys, a new peer is let
+//! through untracked or refused, as the [`Overflow`](crate::peer::Overflow) policy says.
+//! A peer whose last connection has ended stays in the table, at 0, until a sweep every
+//! 10 seconds (taking it out at once would cost every connection a write other threads
+//! contend for), or until a new peer finds the table full: peers at 0 then make way
+//! first. So the policy applies only to a table full of peers with live connections,
+//! and memory returns to its baseline after a storm.
 //!
 //! Put it outside the global [`limit`](crate::limit): a peer over its own limit is then
 //! refused before it takes any of the global budget.

@@ -14,10 +14,7 @@ use crate::{
     admission::{Mode, Reason, Refusal, Refusals, refusal_builder_methods},
     counter::Counter,
     janitor::Janitor,
-    peer::{
-        Classified, Overflow, PeerKeying,
-        table::{Located, PeerTable},
-    },
+    peer::{Classified, Overflow, PeerKeying, cells::CellTable, table::Located},
     throttle::LogThrottle,
 };
 
@@ -317,7 +314,7 @@ impl RateLimitBuilder {
             None => None,
             Some(rate) => {
                 let quota = rate.quota("per_peer")?;
-                let table = Arc::new(PeerTable::new(self.max_tracked_peers));
+                let table = Arc::new(CellTable::new(self.max_tracked_peers));
                 Some(PerPeer {
                     limiter: Arc::new(ArcSwap::from_pointee(keyed_limiter(quota, &table, clock))),
                     table,
@@ -375,7 +372,7 @@ pub(super) type LimiterCache = arc_swap::Cache<Arc<ArcSwap<KeyedLimiter>>, Arc<K
 
 /// The per-peer limiter of `quota` over `table`: a reload makes a new one over the same
 /// table, so that what each peer used carries over.
-fn keyed_limiter(quota: Quota, table: &Arc<PeerTable<Nanos>>, clock: TokioClock) -> KeyedLimiter {
+fn keyed_limiter(quota: Quota, table: &Arc<CellTable>, clock: TokioClock) -> KeyedLimiter {
     let store = RateStore {
         table: table.clone(),
     };
@@ -388,7 +385,7 @@ struct PerPeer {
     /// Replaced by a reload, over the same table.
     limiter: Arc<ArcSwap<KeyedLimiter>>,
     /// The limiter's table, also held here to ask it about capacity.
-    table: Arc<PeerTable<Nanos>>,
+    table: Arc<CellTable>,
     sweep_every: Duration,
     janitor: Janitor,
 }

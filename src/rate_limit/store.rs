@@ -5,7 +5,10 @@ use governor::{
 
 use std::{cell::Cell, sync::Arc};
 
-use crate::peer::table::{Located, PeerTable};
+use crate::peer::{
+    cells::{CellTable, Fit},
+    table::Located,
+};
 
 thread_local! {
     /// Whether the last peer this thread asked about found no room in the table, and
@@ -15,7 +18,7 @@ thread_local! {
 
 /// Whether the peer of this thread's last check found no room in the table (and so was
 /// not tracked); cleared for the next check. Told this way, not by a look at the table
-/// before the check, so that a check takes the shard's cache line once.
+/// before the check, so that a check looks the peer up once.
 pub(super) fn take_untracked() -> bool {
     UNTRACKED.replace(false)
 }
@@ -23,7 +26,7 @@ pub(super) fn take_untracked() -> bool {
 /// governor's keyed state in a bounded peer table: each peer's theoretical arrival time.
 #[derive(Debug)]
 pub(super) struct RateStore {
-    pub(super) table: Arc<PeerTable<Nanos>>,
+    pub(super) table: Arc<CellTable>,
 }
 
 impl StateStore for RateStore {
@@ -33,14 +36,11 @@ impl StateStore for RateStore {
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        let mut shard = self.table.lock(at);
-        if let Some(arrival) = shard.get_mut() {
-            let (outcome, next) = decide(Some(*arrival))?;
-            *arrival = next;
-            return Ok(outcome);
-        }
-        let (outcome, next) = decide(None)?;
-        if shard.insert(next).is_err() {
+        let (outcome, fit) = self.table.change(at, |arrival| {
+            let (outcome, next) = decide(arrival.map(Nanos::from))?;
+            Ok((outcome, Some(next.as_u64())))
+        })?;
+        if fit == Fit::NoRoom {
             // Full: the layer applies its overflow policy to this peer.
             UNTRACKED.set(true);
         }
@@ -52,7 +52,8 @@ impl StateStore for RateStore {
 /// the limiter, such a peer is the same as one never seen.
 impl ShrinkableKeyedStateStore<Located> for RateStore {
     fn retain_recent(&self, drop_below: Nanos) {
-        self.table.retain(|arrival| *arrival >= drop_below);
+        let drop_below = drop_below.as_u64();
+        self.table.retain(|arrival| arrival >= drop_below);
     }
 
     fn len(&self) -> usize {
