@@ -446,6 +446,14 @@ mod tests {
                     })
                 })
                 .collect();
+            // Whatever happens here, the workers are told to stop.
+            struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+            impl Drop for Stop<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::Relaxed);
+                }
+            }
+            let stop = Stop(&done);
             let mut shrinks = 0;
             while shrinks < SHRINKS {
                 // Filler keys, so that the sweep has a peak to shrink from.
@@ -456,7 +464,7 @@ mod tests {
                 table.retain(|word| word != 0 && word != 1_000);
                 shrinks += usize::from(!Arc::ptr_eq(&before, &index(&table)));
             }
-            done.store(true, Ordering::Relaxed);
+            drop(stop);
             for worker in workers {
                 worker.join().unwrap();
             }
