@@ -10,7 +10,7 @@
 //! baseline after a storm.
 
 use std::{
-    hash::{BuildHasher, RandomState},
+    hash::{BuildHasher, Hasher, RandomState},
     sync::{
         LazyLock, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicUsize, Ordering},
@@ -45,8 +45,11 @@ pub enum Overflow {
 /// The process's one hash key, shared by every table.
 static HASHER: LazyLock<RandomState> = LazyLock::new(RandomState::new);
 
+/// The bits in one write, without the length prefix `Hash` gives an array.
 pub(super) fn hash(bits: &[u8; 16]) -> u64 {
-    HASHER.hash_one(bits)
+    let mut hasher = HASHER.build_hasher();
+    hasher.write(bits);
+    hasher.finish()
 }
 
 /// A key, hashed: computed once per connection, good for a lookup in any table.
