@@ -354,3 +354,49 @@ proptest! {
         })?;
     }
 }
+
+/// Threads opening connections from one peer at once get exactly its limit between
+/// them, and every slot comes back when they close theirs.
+#[test]
+fn threads_at_one_peer_at_once_get_exactly_its_limit() {
+    use std::sync::{
+        Barrier,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    const LIMIT: usize = 1_000;
+    const THREADS: usize = 4;
+    let layer = PeerLimitLayer::builder(LIMIT).build().unwrap();
+    let open = |attempts: usize| -> Vec<LiveConnection> {
+        let mut service = layer.layer(service_fn(never));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut admitted: Vec<LiveConnection> = Vec::new();
+        for port in 0..attempts {
+            let conn = Conn::new(
+                tokio::io::empty(),
+                format!("192.0.2.1:{port}").parse().unwrap(),
+                "127.0.0.1:80".parse().unwrap(),
+            );
+            let mut connection: LiveConnection = Box::pin(service.call(conn));
+            if connection.as_mut().poll(&mut cx).is_pending() {
+                admitted.push(connection);
+            }
+        }
+        admitted
+    };
+    let held = AtomicUsize::new(0);
+    let all_open = Barrier::new(THREADS);
+    std::thread::scope(|scope| {
+        for _ in 0..THREADS {
+            scope.spawn(|| {
+                let mine = open(LIMIT);
+                held.fetch_add(mine.len(), Ordering::Relaxed);
+                // Everyone's connections are live at once here; then each thread closes
+                // its own.
+                all_open.wait();
+            });
+        }
+    });
+    assert_eq!(held.into_inner(), LIMIT);
+    assert_eq!(open(LIMIT + 1).len(), LIMIT, "every slot came back");
+}

@@ -353,3 +353,43 @@ async fn a_reload_changes_the_rates_and_keeps_what_each_peer_used() {
         Err(ConfigError::Inconsistent { .. })
     ));
 }
+
+/// Threads spending one peer's burst at once admit exactly the burst: each connection's
+/// charge lands on the peer's arrival time, none lost to another thread's.
+#[test]
+fn threads_spending_one_peers_burst_at_once_admit_exactly_the_burst() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::{Service, service_fn};
+
+    const BURST: u32 = 2_000;
+    // One connection a minute after the burst: none comes back during the test.
+    let layer = RateLimitLayer::builder()
+        .per_peer(Rate::per_minute(1).burst(BURST))
+        .build()
+        .unwrap();
+    let admitted = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for thread in 0..4 {
+            let (layer, admitted) = (&layer, &admitted);
+            scope.spawn(move || {
+                let mut service = layer.layer(service_fn(|_: Conn<tokio::io::Empty>| async {
+                    Ok::<_, BoxError>(())
+                }));
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                for n in 0..BURST {
+                    assert!(service.poll_ready(&mut cx).is_ready());
+                    let conn = Conn::new(
+                        tokio::io::empty(),
+                        format!("192.0.2.1:{}", thread * 1000 + n).parse().unwrap(),
+                        "127.0.0.1:80".parse().unwrap(),
+                    );
+                    let connection = std::pin::pin!(service.call(conn));
+                    if let std::task::Poll::Ready(Ok(())) = connection.poll(&mut cx) {
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(admitted.into_inner(), BURST as usize);
+}
