@@ -32,7 +32,8 @@ use papaya::{Equivalent, Guard};
 use super::table::{Located, hash};
 use crate::striped::{local_stripe, stripes};
 
-/// A word no value takes: its key is being taken out.
+/// A word no value takes (a value is stored as at most one less): its key is being
+/// taken out.
 const DEAD: u64 = u64::MAX;
 
 /// The fewest keys an index must have held before a sweep moves what is left into a
@@ -151,8 +152,9 @@ impl CellTable {
     }
 
     /// Changes `at`'s word as `decide` says: it is given the word (`None` if `at` is not
-    /// tracked) and answers with an outcome and the word to store, if any. If another
-    /// thread changes the word meanwhile, `decide` is asked again with the new one.
+    /// tracked) and answers with an outcome and the word to store, if any, stored as at
+    /// most `u64::MAX - 1` (a saturated arrival time, say). If another thread changes
+    /// the word meanwhile, `decide` is asked again with the new one.
     pub(crate) fn change<T, E>(
         &self,
         at: &Located,
@@ -173,7 +175,7 @@ impl CellTable {
                     continue;
                 }
                 let (outcome, next) = decide(Some(current))?;
-                if let Some(next) = next
+                if let Some(next) = next.map(below_dead)
                     && next != current
                     && word
                         .compare_exchange(current, next, Ordering::AcqRel, Ordering::Acquire)
@@ -184,7 +186,7 @@ impl CellTable {
                 return Ok((outcome, Fit::Stored));
             }
             let (outcome, next) = decide(None)?;
-            let Some(next) = next else {
+            let Some(next) = next.map(below_dead) else {
                 return Ok((outcome, Fit::Stored));
             };
             if !self.make_room() {
@@ -306,6 +308,10 @@ impl CellTable {
     }
 }
 
+fn below_dead(word: u64) -> u64 {
+    word.min(DEAD - 1)
+}
+
 fn new_index(capacity: usize) -> Index {
     papaya::HashMap::builder()
         .hasher(OneWord)
@@ -362,6 +368,18 @@ mod tests {
         assert_eq!(add(&table, 1, 5), (None, Fit::Stored));
         assert_eq!(add(&table, 1, -2), (Some(5), Fit::Stored));
         assert_eq!(word(&table, 1), Some(3));
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn a_word_at_the_top_of_its_range_stays_tracked() {
+        let table = CellTable::new(10);
+        let saturate = |table: &CellTable| {
+            let Ok(_) = table.change(&at(1), |_| Ok::<_, Infallible>(((), Some(u64::MAX))));
+        };
+        saturate(&table);
+        saturate(&table);
+        assert_eq!(word(&table, 1), Some(u64::MAX - 1));
         assert_eq!(table.len(), 1);
     }
 
