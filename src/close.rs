@@ -221,26 +221,24 @@ impl Cut {
         }
     }
 
-    /// Resolves when the cut is due; pending forever without a plain request, or
-    /// without a cut to watch.
-    pub(crate) async fn due_if(cut: &mut Option<Box<Cut>>) {
-        match cut {
-            Some(cut) => cut.due().await,
-            None => std::future::pending().await,
-        }
-    }
-
     /// Resolves when the cut is due; pending forever without a plain request.
     pub(crate) async fn due(&mut self) {
-        if self.timer.is_none() {
-            (&mut self.asked).await;
-            self.timer = Some(Box::pin(tokio::time::sleep_until(deadline_after(
-                self.grace,
-            ))));
-        }
-        if let Some(timer) = &mut self.timer {
-            timer.as_mut().await;
-        }
+        std::future::poll_fn(|cx| self.poll_due(cx)).await;
+    }
+
+    /// Whether the cut is due; the task is woken when it is.
+    pub(crate) fn poll_due(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let timer = match &mut self.timer {
+            Some(timer) => timer,
+            None => {
+                std::task::ready!(Pin::new(&mut self.asked).poll(cx));
+                self.timer
+                    .insert(Box::pin(tokio::time::sleep_until(deadline_after(
+                        self.grace,
+                    ))))
+            }
+        };
+        timer.as_mut().poll(cx)
     }
 }
 
