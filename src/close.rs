@@ -134,6 +134,7 @@ impl Signal {
         self.waiters.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    #[inline]
     fn is_raised(&self, bits: u8) -> bool {
         self.raised.load(Ordering::Acquire) & bits == bits
     }
@@ -153,9 +154,11 @@ pub struct Requested {
 impl Future for Requested {
     type Output = ();
 
+    // Inlined where it is polled, on every wake-up of a connection: a look is one
+    // atomic load and a waker comparison; registering is a call.
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let signal = &self.signal;
-        if signal.is_raised(self.bits) {
+        if self.signal.is_raised(self.bits) {
             return Poll::Ready(());
         }
         if let Some((_, waker)) = &self.registered
@@ -163,8 +166,16 @@ impl Future for Requested {
         {
             return Poll::Pending;
         }
+        self.register(cx)
+    }
+}
+
+impl Requested {
+    /// Registers the task's waker, under the waiters' lock.
+    fn register(&mut self, cx: &Context<'_>) -> Poll<()> {
+        let signal = &self.signal;
         let mut waiters = signal.lock();
-        // Raised between the look above and the lock: `raise` sets the bits first.
+        // Raised between the look in `poll` and the lock: `raise` sets the bits first.
         if signal.is_raised(self.bits) {
             return Poll::Ready(());
         }

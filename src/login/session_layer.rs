@@ -264,7 +264,10 @@ struct BanNotice {
 }
 
 impl BanNotice {
-    /// Whether the peer is banned; the task is woken when it is.
+    /// Whether the peer is banned; the task is woken when it is. Inlined where it is
+    /// polled, on every wake-up of a connection: a look is one atomic load and a waker
+    /// comparison; polling the notice is a call.
+    #[inline]
     fn poll_banned(&mut self, live: &LivePeers, cx: &mut Context<'_>) -> bool {
         // Read before the notice is polled: a ban counted after it wakes the waker
         // the poll leaves.
@@ -275,6 +278,11 @@ impl BanNotice {
         {
             return false;
         }
+        self.poll_notice(bans, cx)
+    }
+
+    /// Polls the notice, and keeps the count `bans` read before it.
+    fn poll_notice(&mut self, bans: u64, cx: &mut Context<'_>) -> bool {
         if self.notified.as_mut().poll(cx).is_ready() {
             return true;
         }

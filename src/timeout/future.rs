@@ -85,6 +85,7 @@ struct LazyTimer {
 
 impl LazyTimer {
     /// Whether the armed deadline has come; registers for it otherwise.
+    #[inline]
     fn poll_fired(self: Pin<&mut Self>, cx: &mut Context<'_>) -> bool {
         let mut this = self.project();
         let Some(deadline) = *this.deadline else {
