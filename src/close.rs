@@ -134,6 +134,7 @@ impl Signal {
         self.waiters.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    #[inline]
     fn is_raised(&self, bits: u8) -> bool {
         self.raised.load(Ordering::Acquire) & bits == bits
     }
@@ -153,9 +154,11 @@ pub struct Requested {
 impl Future for Requested {
     type Output = ();
 
+    // Inlined where it is polled, on every wake-up of a connection: a look is one
+    // atomic load and a waker comparison; registering is a call.
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let signal = &self.signal;
-        if signal.is_raised(self.bits) {
+        if self.signal.is_raised(self.bits) {
             return Poll::Ready(());
         }
         if let Some((_, waker)) = &self.registered
@@ -163,8 +166,16 @@ impl Future for Requested {
         {
             return Poll::Pending;
         }
+        self.register(cx)
+    }
+}
+
+impl Requested {
+    /// Registers the task's waker, under the waiters' lock.
+    fn register(&mut self, cx: &Context<'_>) -> Poll<()> {
+        let signal = &self.signal;
         let mut waiters = signal.lock();
-        // Raised between the look above and the lock: `raise` sets the bits first.
+        // Raised between the look in `poll` and the lock: `raise` sets the bits first.
         if signal.is_raised(self.bits) {
             return Poll::Ready(());
         }
@@ -221,26 +232,24 @@ impl Cut {
         }
     }
 
-    /// Resolves when the cut is due; pending forever without a plain request, or
-    /// without a cut to watch.
-    pub(crate) async fn due_if(cut: &mut Option<Box<Cut>>) {
-        match cut {
-            Some(cut) => cut.due().await,
-            None => std::future::pending().await,
-        }
-    }
-
     /// Resolves when the cut is due; pending forever without a plain request.
     pub(crate) async fn due(&mut self) {
-        if self.timer.is_none() {
-            (&mut self.asked).await;
-            self.timer = Some(Box::pin(tokio::time::sleep_until(deadline_after(
-                self.grace,
-            ))));
-        }
-        if let Some(timer) = &mut self.timer {
-            timer.as_mut().await;
-        }
+        std::future::poll_fn(|cx| self.poll_due(cx)).await;
+    }
+
+    /// Whether the cut is due; the task is woken when it is.
+    pub(crate) fn poll_due(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let timer = match &mut self.timer {
+            Some(timer) => timer,
+            None => {
+                std::task::ready!(Pin::new(&mut self.asked).poll(cx));
+                self.timer
+                    .insert(Box::pin(tokio::time::sleep_until(deadline_after(
+                        self.grace,
+                    ))))
+            }
+        };
+        timer.as_mut().poll(cx)
     }
 }
 

@@ -1,7 +1,11 @@
 //! One connection's life under the adapter: HTTP until hyper is done, then, for an
 //! upgraded connection, until its new holder drops the stream.
 
-use std::{pin::pin, sync::Arc};
+use std::{
+    pin::pin,
+    sync::Arc,
+    task::{Poll, ready},
+};
 
 use futures_util::future::Either;
 use http::{Request, Response, Version};
@@ -70,7 +74,6 @@ where
     // A plain close is the adapter's to cut, after its grace; watched once a close is
     // asked for.
     let mut cut: Option<Box<Cut>> = None;
-    let mut closing = false;
     // hyper's connection is dropped when this ends: it lets go of the stream then,
     // unless an upgrade has taken it. (Made in here, not moved in: a future moved into
     // another is stored twice.)
@@ -86,23 +89,29 @@ where
             _ => Either::Left(config.hyper.serve_connection_with_upgrades(io, service)),
         });
         let mut asked = pin!(close.requested());
-        loop {
-            tokio::select! {
-                biased;
-                outcome = connection.as_mut() => return Some(outcome),
-                () = &mut asked, if !closing => {
-                    closing = true;
-                    cut = Some(Box::new(Cut::new(&close, config.close_grace)));
-                    // HTTP/1: no more keep-alive (an idle connection closes now);
-                    // HTTP/2: GOAWAY.
-                    match connection.as_mut().as_pin_mut() {
-                        Either::Left(detecting) => detecting.graceful_shutdown(),
-                        Either::Right(http2) => http2.graceful_shutdown(),
+        // Polled by hand, not with `select!`: this runs on every wake-up of the
+        // connection.
+        std::future::poll_fn(|cx| {
+            loop {
+                if let Poll::Ready(outcome) = connection.as_mut().poll(cx) {
+                    return Poll::Ready(Some(outcome));
+                }
+                match &mut cut {
+                    Some(cut) => return cut.poll_due(cx).map(|()| None),
+                    None => {
+                        ready!(asked.as_mut().poll(cx));
+                        cut = Some(Box::new(Cut::new(&close, config.close_grace)));
+                        // HTTP/1: no more keep-alive (an idle connection closes now);
+                        // HTTP/2: GOAWAY. Then the connection is polled again.
+                        match connection.as_mut().as_pin_mut() {
+                            Either::Left(detecting) => detecting.graceful_shutdown(),
+                            Either::Right(http2) => http2.graceful_shutdown(),
+                        }
                     }
                 }
-                () = Cut::due_if(&mut cut), if closing => return None,
             }
-        }
+        })
+        .await
     }
     .await;
     let Some(outcome) = outcome else {
@@ -110,7 +119,7 @@ where
         return Ok(());
     };
     match outcome {
-        Err(error) if closing && is_cancelled_detection(&*error) => return Ok(()),
+        Err(error) if cut.is_some() && is_cancelled_detection(&*error) => return Ok(()),
         Err(error) => return Err(error),
         Ok(()) if owner.is_released() => return Ok(()),
         Ok(()) => {}

@@ -131,7 +131,7 @@ use crate::{
     deadline::Scaler,
     janitor::Janitor,
     metrics::{BANS_ISSUED, EVICTIONS, PENALTIES},
-    peer::{Classified, Overflow, PeerKeying, table::PeerTable},
+    peer::{Classified, Overflow, PeerKeying},
     striped::Striped,
     throttle::LogThrottle,
 };
@@ -148,7 +148,7 @@ pub use http::{
 pub use kernel_bans::{KernelBans, KernelBansStats};
 pub use offence::Offence;
 pub use session::{AfterFailure, EvictReason, Evicted, LoginSession};
-use session_layer::LivePeer;
+use session_layer::LivePeers;
 pub use session_layer::{LoginSessions, SessionFuture, SessionLayer};
 use startups::{MaxStartups, Startups};
 
@@ -669,7 +669,7 @@ impl LoginBuilder {
                 )),
                 live: self
                     .evict_banned
-                    .then(|| PeerTable::new(self.max_tracked_peers)),
+                    .then(|| LivePeers::new(self.max_tracked_peers)),
                 ban_refusal: self.ban_refusal,
                 startup_refusal: self.startup_refusal,
                 refusal_log: LogThrottle::new(Duration::from_secs(1)),
@@ -708,7 +708,7 @@ pub(crate) struct Shared {
     overflow: Overflow,
     startups: Arc<Startups>,
     /// Live connections per peer, to evict them when their peer is banned.
-    live: Option<PeerTable<LivePeer>>,
+    live: Option<LivePeers>,
     ban_refusal: Refusal,
     startup_refusal: Refusal,
     refusal_log: LogThrottle,

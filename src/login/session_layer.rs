@@ -1,8 +1,11 @@
 use std::{
     future::Future,
     pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll, Waker},
 };
 
 use pin_project::{pin_project, pinned_drop};
@@ -189,7 +192,8 @@ where
             }
         }
         if let Some(banned) = this.banned
-            && banned.as_mut().poll(cx).is_ready()
+            && let Some(live) = &this.state.shared.live
+            && banned.poll_banned(live, cx)
         {
             *this.banned = None;
             this.state.evict(EvictReason::Banned);
@@ -220,6 +224,25 @@ impl<F> PinnedDrop for SessionFuture<F> {
     }
 }
 
+/// Every peer's live connections, to evict them when their peer is banned.
+#[derive(Debug)]
+pub(crate) struct LivePeers {
+    peers: PeerTable<LivePeer>,
+    /// The bans that have woken live connections so far, counted before each wake-up:
+    /// a connection that has seen the same count since its notice last held its waker
+    /// has nothing to look for, and looks without the notice's lock.
+    bans: AtomicU64,
+}
+
+impl LivePeers {
+    pub(super) fn new(max_tracked_peers: usize) -> Self {
+        Self {
+            peers: PeerTable::new(max_tracked_peers),
+            bans: AtomicU64::new(0),
+        }
+    }
+}
+
 /// A peer's live connections, to evict them when the peer is banned.
 #[derive(Debug, Clone)]
 pub(crate) struct LivePeer {
@@ -233,8 +256,43 @@ struct LiveSlot {
     at: Located,
 }
 
-/// Resolves when the connection's peer is banned.
-type BanNotice = Pin<Box<OwnedNotified>>;
+/// Tells when the connection's peer is banned.
+struct BanNotice {
+    notified: Pin<Box<OwnedNotified>>,
+    /// The ban count and the waker the notice holds, since its last poll.
+    seen: Option<(u64, Waker)>,
+}
+
+impl BanNotice {
+    /// Whether the peer is banned; the task is woken when it is. Inlined where it is
+    /// polled, on every wake-up of a connection: a look is one atomic load and a waker
+    /// comparison; polling the notice is a call.
+    #[inline]
+    fn poll_banned(&mut self, live: &LivePeers, cx: &mut Context<'_>) -> bool {
+        // Read before the notice is polled: a ban counted after it wakes the waker
+        // the poll leaves.
+        let bans = live.bans.load(Ordering::Acquire);
+        if let Some((seen, waker)) = &self.seen
+            && *seen == bans
+            && waker.will_wake(cx.waker())
+        {
+            return false;
+        }
+        self.poll_notice(bans, cx)
+    }
+
+    /// Polls the notice, and keeps the count `bans` read before it.
+    fn poll_notice(&mut self, bans: u64, cx: &mut Context<'_>) -> bool {
+        if self.notified.as_mut().poll(cx).is_ready() {
+            return true;
+        }
+        match &mut self.seen {
+            Some((seen, waker)) if waker.will_wake(cx.waker()) => *seen = bans,
+            seen => *seen = Some((bans, cx.waker().clone())),
+        }
+        false
+    }
+}
 
 impl LiveSlot {
     /// Registers the connection with its peer, then evicts it if `banned_now` says the
@@ -242,7 +300,7 @@ impl LiveSlot {
     /// registration and a notice of a later ban. The notice is subscribed before
     /// `banned_now` is asked, so a ban at any moment is either seen or notified.
     fn watch(
-        live: &PeerTable<LivePeer>,
+        live: &LivePeers,
         at: &Located,
         state: &Arc<SessionState>,
         banned_now: impl FnOnce() -> bool,
@@ -257,11 +315,11 @@ impl LiveSlot {
     /// Registers the connection with its peer and subscribes it to the peer's ban,
     /// under the lock [`evict_live`] takes; `None` if the table has no room.
     fn register(
-        live: &PeerTable<LivePeer>,
+        live: &LivePeers,
         at: &Located,
         state: &Arc<SessionState>,
     ) -> Option<(Self, BanNotice)> {
-        let mut shard = live.lock(at);
+        let mut shard = live.peers.lock(at);
         let banned = match shard.get_mut() {
             Some(peer) => {
                 peer.connections += 1;
@@ -278,8 +336,12 @@ impl LiveSlot {
                 banned
             }
         };
-        let mut notice = Box::pin(banned.notified_owned());
-        notice.as_mut().enable();
+        let mut notified = Box::pin(banned.notified_owned());
+        notified.as_mut().enable();
+        let notice = BanNotice {
+            notified,
+            seen: None,
+        };
         let slot = Self {
             shared: state.shared.clone(),
             at: *at,
@@ -293,7 +355,7 @@ impl Drop for LiveSlot {
         let Some(live) = &self.shared.live else {
             return;
         };
-        let mut shard = live.lock(&self.at);
+        let mut shard = live.peers.lock(&self.at);
         if let Some(peer) = shard.get_mut() {
             peer.connections -= 1;
             if peer.connections == 0 {
@@ -310,8 +372,9 @@ impl std::fmt::Debug for LiveSlot {
 }
 
 /// Wakes every live connection of the peer `at` so that each evicts itself.
-pub(super) fn evict_live(live: &PeerTable<LivePeer>, at: &Located) {
-    if let Some(peer) = live.lock(at).get_mut() {
+pub(super) fn evict_live(live: &LivePeers, at: &Located) {
+    if let Some(peer) = live.peers.lock(at).get_mut() {
+        live.bans.fetch_add(1, Ordering::Release);
         peer.banned.notify_waiters();
     }
 }
@@ -338,12 +401,53 @@ mod tests {
         ));
         let live = shared.live.as_ref().unwrap();
         let at = peer.unwrap().at;
-        let (_slot, banned) = LiveSlot::watch(live, &at, &state, || {
+        let (_slot, mut banned) = LiveSlot::watch(live, &at, &state, || {
             // The check found no ban; the ban and its wake-up land right after.
             evict_live(live, &at);
             false
         })
         .unwrap();
-        assert!(tokio_test::task::spawn(banned).poll().is_ready());
+        let mut task = tokio_test::task::spawn(());
+        assert!(task.enter(|cx, _| banned.poll_banned(live, cx)));
+    }
+
+    #[test]
+    fn a_ban_after_the_notice_holds_the_waker_wakes_it_and_is_seen() {
+        let login = Login::builder()
+            .evict_banned_connections(true)
+            .build()
+            .unwrap();
+        let shared = &login.shared;
+        let live = shared.live.as_ref().unwrap();
+        // Two peers, each with one connection that has polled its notice: twice with
+        // the same waker, the second time looking without polling.
+        let mut connections: Vec<_> = ["192.0.2.1", "192.0.2.2"]
+            .into_iter()
+            .map(|ip| {
+                let peer = shared.keying.classify(ip.parse().unwrap());
+                let startup = shared.startups.admit(peer.as_ref()).unwrap();
+                let state = Arc::new(SessionState::new(
+                    crate::striped::Striped::from_arc(shared.clone()).local(),
+                    peer,
+                    GracefulClose::new(),
+                    startup,
+                ));
+                let at = peer.unwrap().at;
+                let (slot, mut notice) = LiveSlot::watch(live, &at, &state, || false).unwrap();
+                let mut task = tokio_test::task::spawn(());
+                for _ in 0..2 {
+                    assert!(!task.enter(|cx, _| notice.poll_banned(live, cx)));
+                }
+                (slot, notice, task, at)
+            })
+            .collect();
+        evict_live(live, &connections[0].3);
+        let (_, banned, task, _) = &mut connections[0];
+        assert!(task.is_woken());
+        assert!(task.enter(|cx, _| banned.poll_banned(live, cx)));
+        // Another peer's ban: looked at, not seen.
+        let (_, other, task, _) = &mut connections[1];
+        assert!(!task.is_woken());
+        assert!(!task.enter(|cx, _| other.poll_banned(live, cx)));
     }
 }

@@ -381,6 +381,7 @@ impl Activity {
     }
 
     /// The timer's task starts or stops polling the protocol.
+    #[inline]
     pub(crate) fn set_polling(&self, polling: bool) {
         self.polling.store(polling, Ordering::SeqCst);
     }
@@ -474,12 +475,14 @@ impl Activity {
     }
 
     /// Whether a wake-up has taken the timer's registration since it last asked.
+    #[inline]
     pub(crate) fn take_registration_taken(&self) -> bool {
         self.registration_taken.load(Ordering::Relaxed)
             && self.registration_taken.swap(false, Ordering::Acquire)
     }
 
     /// Whether a request started since the timer last looked.
+    #[inline]
     pub(crate) fn take_rearm(&self) -> bool {
         self.rearm.swap(false, Ordering::SeqCst)
     }

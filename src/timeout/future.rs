@@ -54,6 +54,7 @@ where
         timer: LazyTimer {
             sleep: None,
             deadline: None,
+            registered: None,
         },
         activity,
         started: false,
@@ -76,10 +77,15 @@ struct LazyTimer {
     sleep: Option<Sleep>,
     /// When it fires; `None` when it is not armed.
     deadline: Option<Instant>,
+    /// The waker the sleep holds since its last pending poll, until it is moved: while
+    /// the task's waker is the same, a look at whether it has fired does instead of a
+    /// poll, which would register the waker again on every wake-up.
+    registered: Option<Waker>,
 }
 
 impl LazyTimer {
     /// Whether the armed deadline has come; registers for it otherwise.
+    #[inline]
     fn poll_fired(self: Pin<&mut Self>, cx: &mut Context<'_>) -> bool {
         let mut this = self.project();
         let Some(deadline) = *this.deadline else {
@@ -89,7 +95,22 @@ impl LazyTimer {
             this.sleep.set(Some(tokio::time::sleep_until(deadline)));
         }
         let sleep = this.sleep.as_pin_mut().expect("made above");
-        sleep.poll(cx).is_ready()
+        let holds_waker = this
+            .registered
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()));
+        // A sleep that fires wakes the waker it holds; it is elapsed before it wakes.
+        if holds_waker && !sleep.is_elapsed() {
+            return false;
+        }
+        if sleep.poll(cx).is_ready() {
+            *this.registered = None;
+            return true;
+        }
+        if !holds_waker {
+            *this.registered = Some(cx.waker().clone());
+        }
+        false
     }
 
     fn arm(self: Pin<&mut Self>, at: Instant) {
@@ -97,6 +118,8 @@ impl LazyTimer {
         *this.deadline = Some(at);
         if let Some(sleep) = this.sleep.as_pin_mut() {
             sleep.reset(at);
+            // Polled again before it is trusted to wake.
+            *this.registered = None;
         }
     }
 
