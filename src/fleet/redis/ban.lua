@@ -3,7 +3,7 @@
 -- not known), forget after (ms), decisions channel, 1 if the replica's own count
 -- banned the peer, first ban, factor, longest ban, the most bans stored.
 -- A ban issued before the key's last unban (or of unknown age, while that unban is
--- remembered) loses. Two bans in force merge: the later end, the higher count. A ban
+-- remembered) loses, unless they are of one moment (SAME_MOMENT_MS). Two bans in force merge: the later end, the higher count. A ban
 -- by a replica's count that finds none in force is the fleet's next ban of the peer,
 -- from when it was issued. Every ban spends the offences before it; one that ran out
 -- only does that, and counts. Returns 1 if the store changed.
@@ -17,7 +17,7 @@ if ago >= 0 then
   issued = now - ago
 end
 local lifted = tonumber(redis.call('HGET', KEYS[3], key))
-if lifted and (issued < 0 or issued < lifted) then
+if lifted and (issued < 0 or issued + SAME_MOMENT_MS < lifted) then
   -- The replica that sent it holds a ban the fleet lifted since.
   if remaining > 0 then
     publish_state(KEYS[1], KEYS[2], ARGV[6], key, now)

@@ -4,6 +4,12 @@ local function now_ms()
   return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 end
 
+-- Times closer than this are one moment to the fleet: a replica's time reaches the
+-- store as an age, so it is only as exact as the trip there (and the milliseconds both
+-- ends round to). Between a ban and an unban of one moment, the later to arrive wins:
+-- a replica's own unban and the ban right after it arrive in that order.
+local SAME_MOMENT_MS = 25
+
 -- A number as Redis and the replicas read it: digits, no exponent.
 local function int(n)
   return string.format('%.0f', n)

@@ -1,13 +1,15 @@
 -- An unban: KEYS bans, the peer's record, lifted; ARGV key, lifted how long ago
--- (ms), decisions channel. A ban issued after it stays. The lift is remembered (for
--- the longest ban) so that a late copy of an older ban loses to it.
+-- (ms), decisions channel. A ban issued after it stays, unless they are of one moment
+-- (SAME_MOMENT_MS). The lift is remembered (for the longest ban) so that a late copy
+-- of an older ban loses to it.
 -- Returns 1 if the store changed.
 local now = now_ms()
 local key = ARGV[1]
 local at = now - tonumber(ARGV[2])
 local until_ms, _, issued = read_ban(redis.call('HGET', KEYS[1], key))
 local record = read_record(KEYS[2])
-if (until_ms and until_ms > now and issued > at) or (record.until_ms > now and record.spent > at) then
+local after = at + SAME_MOMENT_MS
+if (until_ms and until_ms > now and issued > after) or (record.until_ms > now and record.spent > after) then
   -- The replica that sent it lifted a ban the fleet renewed since.
   publish_state(KEYS[1], KEYS[2], ARGV[3], key, now)
   return 0
