@@ -1,4 +1,5 @@
 use std::{
+    convert::Infallible,
     future::Future,
     pin::Pin,
     sync::{
@@ -6,6 +7,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
     },
     task::{Context, Poll, Waker},
+    time::Duration,
 };
 
 use pin_project::{pin_project, pinned_drop};
@@ -27,9 +29,11 @@ use crate::{
     admission::{ResponseFuture, Slot, refuse},
     close::Requested,
     deadline::ShrinkingDeadline,
+    janitor::Janitor,
     peer::{
         Classified,
-        table::{Located, PeerTable},
+        cells::{CellTable, Fit},
+        table::Located,
     },
     striped::{Handle, Striped},
 };
@@ -227,27 +231,29 @@ impl<F> PinnedDrop for SessionFuture<F> {
 /// Every peer's live connections, to evict them when their peer is banned.
 #[derive(Debug)]
 pub(crate) struct LivePeers {
-    peers: PeerTable<LivePeer>,
+    /// Each peer's count of live connections, with the notice they wait on. A peer
+    /// stays at 0 until a sweep, every 10 s, or until a new peer finds the table full:
+    /// taking it out with its last connection would cost every connection writes that
+    /// other threads contend for.
+    peers: Arc<CellTable<Arc<Notify>>>,
+    janitor: Janitor,
     /// The bans that have woken live connections so far, counted before each wake-up:
     /// a connection that has seen the same count since its notice last held its waker
     /// has nothing to look for, and looks without the notice's lock.
     bans: AtomicU64,
 }
 
+/// How often peers whose connections have all ended are taken out of the table.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
 impl LivePeers {
     pub(super) fn new(max_tracked_peers: usize) -> Self {
         Self {
-            peers: PeerTable::new(max_tracked_peers),
+            peers: Arc::new(CellTable::new(max_tracked_peers)),
+            janitor: Janitor::default(),
             bans: AtomicU64::new(0),
         }
     }
-}
-
-/// A peer's live connections, to evict them when the peer is banned.
-#[derive(Debug, Clone)]
-pub(crate) struct LivePeer {
-    connections: u32,
-    banned: Arc<Notify>,
 }
 
 /// A connection's registration with its peer, dropped with the connection.
@@ -312,30 +318,29 @@ impl LiveSlot {
         watched
     }
 
-    /// Registers the connection with its peer and subscribes it to the peer's ban,
-    /// under the lock [`evict_live`] takes; `None` if the table has no room.
+    /// Registers the connection with its peer and subscribes it to the peer's ban;
+    /// `None` if the table has no room. [`evict_live`] counts a ban before it wakes the
+    /// peer's connections, and the ban is on record before either: a connection
+    /// subscribed after the wake-up sees the ban when [`watch`](Self::watch) asks.
     fn register(
         live: &LivePeers,
         at: &Located,
         state: &Arc<SessionState>,
     ) -> Option<(Self, BanNotice)> {
-        let mut shard = live.peers.lock(at);
-        let banned = match shard.get_mut() {
-            Some(peer) => {
-                peer.connections += 1;
-                peer.banned.clone()
-            }
-            None => {
-                let banned = Arc::new(Notify::new());
-                shard
-                    .insert(LivePeer {
-                        connections: 1,
-                        banned: banned.clone(),
-                    })
-                    .ok()?;
-                banned
-            }
+        live.janitor.ensure(&live.peers, SWEEP_EVERY, |peers| {
+            peers.retain(|count| count > 0)
+        });
+        let count = || {
+            let Ok(counted) = live.peers.change(at, |count| {
+                Ok::<_, Infallible>(((), Some(count.unwrap_or(0) + 1)))
+            });
+            counted
         };
+        let mut counted = count();
+        if counted.fit == Fit::NoRoom && live.peers.make_way(|count| count == 0) {
+            counted = count();
+        }
+        let banned = counted.payload?;
         let mut notified = Box::pin(banned.notified_owned());
         notified.as_mut().enable();
         let notice = BanNotice {
@@ -355,13 +360,9 @@ impl Drop for LiveSlot {
         let Some(live) = &self.shared.live else {
             return;
         };
-        let mut shard = live.peers.lock(&self.at);
-        if let Some(peer) = shard.get_mut() {
-            peer.connections -= 1;
-            if peer.connections == 0 {
-                shard.remove();
-            }
-        }
+        let Ok(_) = live.peers.change(&self.at, |count| {
+            Ok::<_, Infallible>(((), count.map(|count| count.saturating_sub(1))))
+        });
     }
 }
 
@@ -373,9 +374,10 @@ impl std::fmt::Debug for LiveSlot {
 
 /// Wakes every live connection of the peer `at` so that each evicts itself.
 pub(super) fn evict_live(live: &LivePeers, at: &Located) {
-    if let Some(peer) = live.peers.lock(at).get_mut() {
+    let Ok(found) = live.peers.change(at, |_| Ok::<_, Infallible>(((), None)));
+    if let Some(banned) = found.payload {
         live.bans.fetch_add(1, Ordering::Release);
-        peer.banned.notify_waiters();
+        banned.notify_waiters();
     }
 }
 

@@ -1,6 +1,7 @@
 //! A bounded table keyed by peer whose values are single words, changed in place with
 //! no lock on the way: the tables every connection writes (the rate limit's arrival
-//! times, the per-peer limit's counts).
+//! times, the per-peer limit's counts, the login's live connections). A word may carry
+//! a payload set when its key is stored (the live connections' ban notice).
 //!
 //! A [`PeerTable`](super::table::PeerTable) locks a shard to read or write a key, so two
 //! threads admitting different peers still write the same lock and bucket lines, and
@@ -13,7 +14,8 @@
 //!   after the sweep decided, then takes it out. A change that meets a dead word helps
 //!   take it out and looks again.
 //! - **An exact capacity.** The table counts its keys (a line written only when a key
-//!   comes or goes), and a new key that finds it full is not stored.
+//!   comes or goes), and a new key that finds it full is not stored. A table whose idle
+//!   keys wait for a sweep can [make way](CellTable::make_way) for a new one at once.
 //! - **Memory back after a storm.** The index does not shrink by itself. A sweep that
 //!   leaves it holding an eighth of its peak moves what is left into a new index, with
 //!   every change held back meanwhile: each thread stripe has a gate, which a change
@@ -23,7 +25,7 @@ use std::{
     hash::{BuildHasher, Hash, Hasher},
     sync::{
         Arc, PoisonError, RwLock,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
 };
 
@@ -40,7 +42,13 @@ const DEAD: u64 = u64::MAX;
 /// smaller one: below this, the memory it would give back is not worth a pause.
 const LEAST_PEAK_TO_SHRINK: usize = 4096;
 
-type Index = papaya::HashMap<Key, AtomicU64, OneWord>;
+type Index<P> = papaya::HashMap<Key, Cell<P>, OneWord>;
+
+/// A key's word, and what was stored with it.
+struct Cell<P> {
+    word: AtomicU64,
+    payload: P,
+}
 
 /// A stored key: hashed, when the index grows, as [`Located`] was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +107,15 @@ impl Hasher for WordHasher {
     }
 }
 
+/// What a change decided, and what it found.
+#[derive(Debug)]
+pub(crate) struct Changed<T, P> {
+    pub(crate) outcome: T,
+    pub(crate) fit: Fit,
+    /// The key's payload, if the key is tracked once the change is done.
+    pub(crate) payload: Option<P>,
+}
+
 /// Whether a change that wanted to store a new key could.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Fit {
@@ -108,15 +125,18 @@ pub(crate) enum Fit {
     NoRoom,
 }
 
-pub(crate) struct CellTable {
+/// See the [module documentation](self). `P` is stored with each word, made with
+/// `P::default()` when its key is stored and handed out by [`change`](Self::change).
+pub(crate) struct CellTable<P = ()> {
     /// One per stripe, each holding the index: a change reads its own stripe's.
-    gates: Box<[Gate]>,
+    gates: Box<[Gate<P>]>,
     count: Count,
     capacity: usize,
+    reclaim: Reclaim,
 }
 
 #[repr(align(64))]
-struct Gate(RwLock<Arc<Index>>);
+struct Gate<P>(RwLock<Arc<Index<P>>>);
 
 /// On a line of its own: written when a key comes or goes, never by a change to a
 /// tracked key.
@@ -128,7 +148,7 @@ struct Count {
     peak: AtomicUsize,
 }
 
-impl CellTable {
+impl<P: Default + Clone + Send + Sync + 'static> CellTable<P> {
     /// A table that holds at most `capacity` keys (at least 1).
     pub(crate) fn new(capacity: usize) -> Self {
         let index = Arc::new(new_index(0));
@@ -138,6 +158,7 @@ impl CellTable {
                 .collect(),
             count: Count::default(),
             capacity: capacity.max(1),
+            reclaim: Reclaim::default(),
         }
     }
 
@@ -159,7 +180,7 @@ impl CellTable {
         &self,
         at: &Located,
         mut decide: impl FnMut(Option<u64>) -> Result<(T, Option<u64>), E>,
-    ) -> Result<(T, Fit), E> {
+    ) -> Result<Changed<T, P>, E> {
         let gate = self.gates[local_stripe()]
             .0
             .read()
@@ -168,7 +189,8 @@ impl CellTable {
         let guard = index.guard();
         let lookup = Lookup(at);
         loop {
-            if let Some(word) = index.get(&lookup, &guard) {
+            if let Some(cell) = index.get(&lookup, &guard) {
+                let word = &cell.word;
                 let current = word.load(Ordering::Acquire);
                 if current == DEAD {
                     self.take_out(index, &lookup, &guard);
@@ -183,25 +205,67 @@ impl CellTable {
                 {
                     continue;
                 }
-                return Ok((outcome, Fit::Stored));
+                return Ok(Changed {
+                    outcome,
+                    fit: Fit::Stored,
+                    payload: Some(cell.payload.clone()),
+                });
             }
             let (outcome, next) = decide(None)?;
             let Some(next) = next.map(below_dead) else {
-                return Ok((outcome, Fit::Stored));
+                return Ok(Changed {
+                    outcome,
+                    fit: Fit::Stored,
+                    payload: None,
+                });
             };
             if !self.make_room() {
-                return Ok((outcome, Fit::NoRoom));
+                return Ok(Changed {
+                    outcome,
+                    fit: Fit::NoRoom,
+                    payload: None,
+                });
             }
-            if index
-                .try_insert(Key(*at.bits()), AtomicU64::new(next), &guard)
-                .is_err()
-            {
+            let cell = Cell {
+                word: AtomicU64::new(next),
+                payload: P::default(),
+            };
+            let Ok(cell) = index.try_insert(Key(*at.bits()), cell, &guard) else {
                 // Another thread stored it first: decide again on its word.
                 self.count.keys.fetch_sub(1, Ordering::Relaxed);
                 continue;
-            }
-            return Ok((outcome, Fit::Stored));
+            };
+            return Ok(Changed {
+                outcome,
+                fit: Fit::Stored,
+                payload: Some(cell.payload.clone()),
+            });
         }
+    }
+
+    /// Takes out the keys `idle` says yes to, as a sweep would, when a new key found the
+    /// table full; whether that made room. A sweep walks the whole table, so one that
+    /// took out little is not repeated until the table has turned away an eighth of its
+    /// capacity: a table full of keys in use costs each key turned away a share of one
+    /// walk, not a walk.
+    pub(crate) fn make_way(&self, idle: impl Fn(u64) -> bool) -> bool {
+        let reclaim = &self.reclaim;
+        let turned_away = reclaim.turned_away.fetch_add(1, Ordering::Relaxed) + 1;
+        let worth = self.capacity.div_ceil(8);
+        if !reclaim.paid_off.load(Ordering::Relaxed) && turned_away < worth
+            || reclaim.busy.swap(true, Ordering::Acquire)
+        {
+            return false;
+        }
+        let before = self.len();
+        self.retain(|word| !idle(word));
+        let taken_out = before.saturating_sub(self.len());
+        reclaim
+            .paid_off
+            .store(taken_out >= worth, Ordering::Relaxed);
+        reclaim.turned_away.store(0, Ordering::Relaxed);
+        reclaim.busy.store(false, Ordering::Release);
+        taken_out > 0
     }
 
     /// Counts one more key if the table has room for it.
@@ -218,11 +282,11 @@ impl CellTable {
     }
 
     /// Takes out a key whose word is dead, and uncounts it if this call did.
-    fn take_out<Q>(&self, index: &Index, key: &Q, guard: &impl Guard)
+    fn take_out<Q>(&self, index: &Index<P>, key: &Q, guard: &impl Guard)
     where
         Q: Equivalent<Key> + Hash + ?Sized,
     {
-        let dead = |_: &Key, word: &AtomicU64| word.load(Ordering::Acquire) == DEAD;
+        let dead = |_: &Key, cell: &Cell<P>| cell.word.load(Ordering::Acquire) == DEAD;
         if let Ok(Some(_)) = index.remove_if(key, dead, guard) {
             self.count.keys.fetch_sub(1, Ordering::Relaxed);
         }
@@ -240,7 +304,8 @@ impl CellTable {
                 .unwrap_or_else(PoisonError::into_inner);
             let index = &**gate;
             let guard = index.guard();
-            for (key, word) in index.iter(&guard) {
+            for (key, cell) in index.iter(&guard) {
+                let word = &cell.word;
                 let mut current = word.load(Ordering::Acquire);
                 while current != DEAD && !keep(current) {
                     match word.compare_exchange(current, DEAD, Ordering::AcqRel, Ordering::Acquire)
@@ -269,10 +334,14 @@ impl CellTable {
         let old = gates[0].clone();
         let new = Arc::new(new_index(self.len()));
         let (old_guard, new_guard) = (old.guard(), new.guard());
-        for (key, word) in old.iter(&old_guard) {
-            let word = word.load(Ordering::Relaxed);
+        for (key, cell) in old.iter(&old_guard) {
+            let word = cell.word.load(Ordering::Relaxed);
             if word != DEAD {
-                new.insert(*key, AtomicU64::new(word), &new_guard);
+                let moved = Cell {
+                    word: AtomicU64::new(word),
+                    payload: cell.payload.clone(),
+                };
+                new.insert(*key, moved, &new_guard);
             }
         }
         let keys = new.len();
@@ -298,8 +367,8 @@ impl CellTable {
             .unwrap_or_else(PoisonError::into_inner);
         let guard = gate.guard();
         let mut best = super::table::Best::new(n);
-        for (key, word) in gate.iter(&guard) {
-            let word = word.load(Ordering::Relaxed);
+        for (key, cell) in gate.iter(&guard) {
+            let word = cell.word.load(Ordering::Relaxed);
             if let Some(rank) = (word != DEAD).then(|| rank(word)).flatten() {
                 best.offer(key.0, rank);
             }
@@ -312,17 +381,38 @@ fn below_dead(word: u64) -> u64 {
     word.min(DEAD - 1)
 }
 
-fn new_index(capacity: usize) -> Index {
+fn new_index<P: Send + Sync + 'static>(capacity: usize) -> Index<P> {
     papaya::HashMap::builder()
         .hasher(OneWord)
         .capacity(capacity)
         .build()
 }
 
-impl std::fmt::Debug for CellTable {
+/// Whether [`CellTable::make_way`] is due.
+#[derive(Debug)]
+struct Reclaim {
+    /// Held by the thread that sweeps.
+    busy: AtomicBool,
+    /// Whether the last sweep took out an eighth of the capacity or more.
+    paid_off: AtomicBool,
+    /// New keys turned away since the last sweep.
+    turned_away: AtomicUsize,
+}
+
+impl Default for Reclaim {
+    fn default() -> Self {
+        Self {
+            busy: AtomicBool::new(false),
+            paid_off: AtomicBool::new(true),
+            turned_away: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl<P> std::fmt::Debug for CellTable<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CellTable")
-            .field("len", &self.len())
+            .field("len", &self.count.keys.load(Ordering::Relaxed))
             .field("capacity", &self.capacity)
             .finish()
     }
@@ -340,7 +430,11 @@ mod tests {
     }
 
     /// Adds `by` to `n`'s word (0 if new); the word it found.
-    fn add(table: &CellTable, n: u32, by: i64) -> (Option<u64>, Fit) {
+    fn add<P: Default + Clone + Send + Sync + 'static>(
+        table: &CellTable<P>,
+        n: u32,
+        by: i64,
+    ) -> (Option<u64>, Fit) {
         let Ok(changed) = table.change(&at(n), |word| {
             let next = word
                 .unwrap_or(0)
@@ -348,21 +442,24 @@ mod tests {
                 .expect("no word below 0");
             Ok::<_, Infallible>((word, Some(next)))
         });
-        changed
+        (changed.outcome, changed.fit)
     }
 
-    fn word(table: &CellTable, n: u32) -> Option<u64> {
-        let Ok((word, _)) = table.change(&at(n), |word| Ok::<_, Infallible>((word, None)));
-        word
+    fn word<P: Default + Clone + Send + Sync + 'static>(
+        table: &CellTable<P>,
+        n: u32,
+    ) -> Option<u64> {
+        let Ok(changed) = table.change(&at(n), |word| Ok::<_, Infallible>((word, None)));
+        changed.outcome
     }
 
-    fn index(table: &CellTable) -> Arc<Index> {
+    fn index(table: &CellTable) -> Arc<Index<()>> {
         table.gates[0].0.read().unwrap().clone()
     }
 
     #[test]
     fn words_change_in_place_and_a_new_key_is_stored_only_if_asked() {
-        let table = CellTable::new(10);
+        let table = CellTable::<()>::new(10);
         assert_eq!(word(&table, 1), None);
         assert_eq!(table.len(), 0, "a look stores nothing");
         assert_eq!(add(&table, 1, 5), (None, Fit::Stored));
@@ -372,8 +469,34 @@ mod tests {
     }
 
     #[test]
+    fn a_payload_is_made_with_its_key_kept_with_it_and_handed_out_while_tracked() {
+        let table = CellTable::<Arc<u8>>::new(100_000);
+        let Ok(first) = table.change(&at(1), |_| Ok::<_, Infallible>(((), Some(1))));
+        let Ok(again) = table.change(&at(1), |_| Ok::<_, Infallible>(((), Some(2))));
+        let payload = again.payload.unwrap();
+        assert!(Arc::ptr_eq(&first.payload.unwrap(), &payload));
+        let Ok(absent) = table.change(&at(2), |_| Ok::<_, Infallible>(((), None)));
+        assert!(absent.payload.is_none());
+
+        // Through a shrink, the payload moves with its word.
+        for n in 10..10 + LEAST_PEAK_TO_SHRINK as u32 {
+            add(&table, n, 1);
+        }
+        table.retain(|word| word == 2);
+        assert_eq!(table.len(), 1);
+        let Ok(moved) = table.change(&at(1), |word| Ok::<_, Infallible>((word, None)));
+        assert_eq!(moved.outcome, Some(2));
+        assert!(Arc::ptr_eq(&moved.payload.unwrap(), &payload));
+
+        // Swept out and stored again: a new payload.
+        table.retain(|_| false);
+        let Ok(new) = table.change(&at(1), |_| Ok::<_, Infallible>(((), Some(1))));
+        assert!(!Arc::ptr_eq(&new.payload.unwrap(), &payload));
+    }
+
+    #[test]
     fn a_word_at_the_top_of_its_range_stays_tracked() {
-        let table = CellTable::new(10);
+        let table = CellTable::<()>::new(10);
         let saturate = |table: &CellTable| {
             let Ok(_) = table.change(&at(1), |_| Ok::<_, Infallible>(((), Some(u64::MAX))));
         };
@@ -385,7 +508,7 @@ mod tests {
 
     #[test]
     fn the_capacity_is_exact() {
-        let table = CellTable::new(3);
+        let table = CellTable::<()>::new(3);
         for n in 0..3 {
             assert_eq!(add(&table, n, 1).1, Fit::Stored);
         }
@@ -406,7 +529,7 @@ mod tests {
 
     #[test]
     fn a_sweep_that_leaves_an_eighth_of_the_peak_moves_the_rest_to_a_new_index() {
-        let table = CellTable::new(100_000);
+        let table = CellTable::<()>::new(100_000);
         let peak = LEAST_PEAK_TO_SHRINK as u32 * 2;
         for n in 0..peak {
             add(&table, n, 1);
@@ -444,7 +567,7 @@ mod tests {
     fn counts_stay_exact_under_concurrent_sweeps_and_shrinks() {
         const KEYS: u32 = 64;
         const SHRINKS: usize = 20;
-        let table = CellTable::new(1_000_000);
+        let table = CellTable::<()>::new(1_000_000);
         let done = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|scope| {
             let workers: Vec<_> = (0..3)
@@ -496,7 +619,7 @@ mod tests {
     #[cfg(feature = "admin")]
     #[test]
     fn top_ranks_the_words_and_leaves_out_the_unranked() {
-        let table = CellTable::new(100);
+        let table = CellTable::<()>::new(100);
         for n in 0..10 {
             add(&table, n, i64::from(n));
         }
@@ -504,5 +627,22 @@ mod tests {
         let ranks: Vec<u64> = top.iter().map(|(_, rank)| *rank).collect();
         assert_eq!(ranks, [9, 7, 5]);
         assert_eq!(top[0].0, *at(9).bits());
+    }
+
+    #[test]
+    fn a_table_full_of_keys_in_use_makes_way_again_only_after_an_eighth_is_turned_away() {
+        let table = CellTable::<()>::new(16);
+        for n in 0..16 {
+            add(&table, n, 1);
+        }
+        let idle = |word| word == 0;
+        // The first full table is swept at once, and nothing is idle.
+        assert!(!table.make_way(idle));
+        // A key goes idle; the sweep that found nothing waits for 2 turned away.
+        add(&table, 0, -1);
+        assert!(!table.make_way(idle));
+        assert_eq!(table.len(), 16, "not swept yet");
+        assert!(table.make_way(idle));
+        assert_eq!(table.len(), 15);
     }
 }

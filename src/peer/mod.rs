@@ -6,7 +6,7 @@
 //! (OpenSSH's `PerSourceNetBlockSize`), and counts an IPv4-mapped IPv6 address
 //! (`::ffff:192.0.2.1`) as the IPv4 address it carries.
 
-#[cfg(any(feature = "peer-limit", feature = "rate-limit"))]
+#[cfg(any(feature = "peer-limit", feature = "rate-limit", feature = "login"))]
 pub(crate) mod cells;
 #[cfg(any(feature = "peer-limit", feature = "rate-limit", feature = "login"))]
 pub(crate) mod table;

@@ -1,7 +1,7 @@
 use std::{
     convert::Infallible,
     net::IpAddr,
-    sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering},
+    sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
 
@@ -204,7 +204,6 @@ impl PeerLimitBuilder {
                 keying: self.keying,
                 table: CellTable::new(nonzero(self.max_tracked_peers, "max_tracked_peers")?),
                 janitor: Janitor::default(),
-                reclaim: Reclaim::default(),
                 overflow: self.overflow,
                 refusal: self.refusal,
                 log: LogThrottle::new(Duration::from_secs(1)),
@@ -237,7 +236,6 @@ pub(crate) struct Shared {
     /// write to lines other threads write.
     table: CellTable,
     janitor: Janitor,
-    reclaim: Reclaim,
     overflow: Overflow,
     pub(super) refusal: Refusal,
     pub(super) log: LogThrottle,
@@ -281,10 +279,11 @@ impl Shared {
             counted
         };
         let mut counted = count();
-        if counted.1 == Fit::NoRoom && this.reclaim.idle_peers(&this.table) {
+        // Peers whose connections have all ended make way for a new one.
+        if counted.fit == Fit::NoRoom && this.table.make_way(|live| live == 0) {
             counted = count();
         }
-        match counted {
+        match (counted.outcome, counted.fit) {
             (_, Fit::NoRoom) => match this.overflow {
                 Overflow::Admit => {
                     this.untracked.add();
@@ -333,53 +332,9 @@ impl Shared {
     }
 
     pub(super) fn release(&self, at: &Located) {
-        let Ok(((), _)) = self.table.change(at, |live| {
+        let Ok(_) = self.table.change(at, |live| {
             Ok::<_, Infallible>(((), live.map(|live| live.saturating_sub(1))))
         });
-    }
-}
-
-/// When a new peer finds the table full, peers with no live connection make way, as a
-/// sweep would; but a sweep walks the whole table, so one that found little to take out
-/// is not repeated until the table has turned away an eighth of its capacity: a table
-/// full of live peers costs each refused peer a share of one walk, not a walk.
-#[derive(Debug)]
-struct Reclaim {
-    /// Held by the thread that sweeps.
-    busy: AtomicBool,
-    /// Whether the last sweep took out an eighth of the capacity or more.
-    paid_off: AtomicBool,
-    /// New peers turned away since the last sweep.
-    turned_away: AtomicUsize,
-}
-
-impl Default for Reclaim {
-    fn default() -> Self {
-        Self {
-            busy: AtomicBool::new(false),
-            paid_off: AtomicBool::new(true),
-            turned_away: AtomicUsize::new(0),
-        }
-    }
-}
-
-impl Reclaim {
-    /// Takes out idle peers if that is due; whether it made room.
-    fn idle_peers(&self, table: &CellTable) -> bool {
-        let turned_away = self.turned_away.fetch_add(1, Ordering::Relaxed) + 1;
-        let worth = table.capacity().div_ceil(8);
-        if !self.paid_off.load(Ordering::Relaxed) && turned_away < worth
-            || self.busy.swap(true, Ordering::Acquire)
-        {
-            return false;
-        }
-        let before = table.len();
-        table.retain(|live| live > 0);
-        let taken_out = before.saturating_sub(table.len());
-        self.paid_off.store(taken_out >= worth, Ordering::Relaxed);
-        self.turned_away.store(0, Ordering::Relaxed);
-        self.busy.store(false, Ordering::Release);
-        taken_out > 0
     }
 }
 
@@ -402,30 +357,5 @@ mod tests {
             stats.to_string(),
             "admitted 40 (exempt 2, untracked 1, dry run 0), refused 7 (peer limit 3, table full 4), 5 peers tracked"
         );
-    }
-
-    #[test]
-    fn a_table_full_of_live_peers_is_swept_again_only_after_an_eighth_of_it_is_turned_away() {
-        use crate::peer::{PeerKeying, table::Located};
-
-        let at = |n: u32| {
-            Located::new(&PeerKeying::default().key(std::net::Ipv4Addr::from_bits(n).into()))
-        };
-        let set = |table: &CellTable, n: u32, live: u64| {
-            let Ok(_) = table.change(&at(n), |_| Ok::<_, Infallible>(((), Some(live))));
-        };
-        let table = CellTable::new(16);
-        for n in 0..16 {
-            set(&table, n, 1);
-        }
-        let reclaim = Reclaim::default();
-        // The first full table is swept at once, and nothing is idle.
-        assert!(!reclaim.idle_peers(&table));
-        // A peer goes idle; the sweep that found nothing waits for 2 turned away.
-        set(&table, 0, 0);
-        assert!(!reclaim.idle_peers(&table));
-        assert_eq!(table.len(), 16, "not swept yet");
-        assert!(reclaim.idle_peers(&table));
-        assert_eq!(table.len(), 15);
     }
 }

@@ -36,15 +36,15 @@ impl StateStore for RateStore {
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        let (outcome, fit) = self.table.change(at, |arrival| {
+        let changed = self.table.change(at, |arrival| {
             let (outcome, next) = decide(arrival.map(Nanos::from))?;
             Ok((outcome, Some(next.as_u64())))
         })?;
-        if fit == Fit::NoRoom {
+        if changed.fit == Fit::NoRoom {
             // Full: the layer applies its overflow policy to this peer.
             UNTRACKED.set(true);
         }
-        Ok(outcome)
+        Ok(changed.outcome)
     }
 }
 
