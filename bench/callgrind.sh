@@ -28,7 +28,7 @@ command -v valgrind >/dev/null || { echo "error: valgrind is not installed" >&2;
 command -v python3 >/dev/null || { echo "error: python3 is not installed" >&2; exit 1; }
 if [[ -z $SERVER ]]; then
   cargo build --release --example axum_server >&2
-  SERVER=target/release/examples/axum_server
+  SERVER=${CARGO_TARGET_DIR:-target}/release/examples/axum_server
 fi
 
 N1=500

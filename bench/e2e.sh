@@ -119,8 +119,8 @@ NOISE_SPENT=0
 LIFTED=(--rate 100000000 --burst 100000000 --global-rate 100000000
   --max-per-peer 1000000 --max-connections 1000000)
 
-AXUM=target/release/examples/axum_server
-BENCH=target/release/examples/bench_server
+AXUM=${CARGO_TARGET_DIR:-target}/release/examples/axum_server
+BENCH=${CARGO_TARGET_DIR:-target}/release/examples/bench_server
 RESULTS=bench/results.md
 CLK_TCK=$(getconf CLK_TCK)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/tower-bouncer-e2e.XXXXXX")
@@ -581,7 +581,7 @@ fi
 log "== the siege's attacks, unprotected, protected and behind HAProxy"
 if ((QUICK)); then siege_length=--quick; else siege_length=; fi
 siege_out=$WORK/siege.txt
-run_bounded "$siege_out" timeout 240 target/release/examples/siege --haproxy ${siege_length:+"$siege_length"}
+run_bounded "$siege_out" timeout 240 "${CARGO_TARGET_DIR:-target}"/release/examples/siege --haproxy ${siege_length:+"$siege_length"}
 if ((RUN_STATUS == 0)); then
   {
     echo
