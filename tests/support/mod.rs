@@ -332,25 +332,53 @@ pub async fn refusal_to_a_request(stream: &mut TcpStream) -> String {
     answer
 }
 
-/// Collects every WARN event, formatted, while the guard lives.
-pub fn capture_warnings(sink: Arc<Mutex<Vec<String>>>) -> tracing::subscriber::DefaultGuard {
-    let writer = move || CaptureWriter(sink.clone());
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(writer)
-        .finish();
-    tracing::subscriber::set_default(subscriber)
+std::thread_local! {
+    /// Where this thread's WARN events go while a test captures them.
+    static WARNINGS: std::cell::RefCell<Option<Arc<Mutex<Vec<String>>>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
-pub struct CaptureWriter(Arc<Mutex<Vec<String>>>);
+/// Collects every WARN event logged on this thread, formatted, while the guard lives.
+///
+/// One global subscriber serves every test of the binary, each test's events going to
+/// its own sink. A subscriber set per thread could miss an event: tracing remembers
+/// which subscribers want a log call, and a test on another thread that made the same
+/// call first, with none, could leave it remembered as wanted by nobody.
+pub fn capture_warnings(sink: Arc<Mutex<Vec<String>>>) -> CapturedWarnings {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(|| ThreadSink)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+    });
+    WARNINGS.with_borrow_mut(|current| *current = Some(sink));
+    CapturedWarnings
+}
 
-impl std::io::Write for CaptureWriter {
+/// Stops [`capture_warnings`] when dropped.
+pub struct CapturedWarnings;
+
+impl Drop for CapturedWarnings {
+    fn drop(&mut self) {
+        WARNINGS.with_borrow_mut(|current| *current = None);
+    }
+}
+
+/// Writes an event to this thread's sink, if a test set one.
+struct ThreadSink;
+
+impl std::io::Write for ThreadSink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap()
-            .push(String::from_utf8_lossy(buf).into_owned());
+        WARNINGS.with_borrow(|sink| {
+            if let Some(sink) = sink {
+                sink.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(buf).into_owned());
+            }
+        });
         Ok(buf.len())
     }
 
