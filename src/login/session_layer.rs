@@ -386,23 +386,32 @@ mod tests {
     use super::*;
     use crate::login::Login;
 
-    #[test]
-    fn a_ban_that_lands_right_after_the_check_still_evicts() {
-        let login = Login::builder()
+    fn evicting() -> Login {
+        Login::builder()
             .evict_banned_connections(true)
             .build()
-            .unwrap();
-        let shared = &login.shared;
-        let peer = shared.keying.classify("192.0.2.1".parse().unwrap());
+            .unwrap()
+    }
+
+    /// A session of a connection from `ip`, and where its peer is in the tables.
+    fn session(shared: &Arc<Shared>, ip: &str) -> (Arc<SessionState>, Located) {
+        let peer = shared.keying.classify(ip.parse().unwrap());
         let startup = shared.startups.admit(peer.as_ref()).unwrap();
         let state = Arc::new(SessionState::new(
-            crate::striped::Striped::from_arc(shared.clone()).local(),
+            Striped::from_arc(shared.clone()).local(),
             peer,
             GracefulClose::new(),
             startup,
         ));
+        (state, peer.unwrap().at)
+    }
+
+    #[test]
+    fn a_ban_that_lands_right_after_the_check_still_evicts() {
+        let login = evicting();
+        let shared = &login.shared;
+        let (state, at) = session(shared, "192.0.2.1");
         let live = shared.live.as_ref().unwrap();
-        let at = peer.unwrap().at;
         let (_slot, mut banned) = LiveSlot::watch(live, &at, &state, || {
             // The check found no ban; the ban and its wake-up land right after.
             evict_live(live, &at);
@@ -415,10 +424,7 @@ mod tests {
 
     #[test]
     fn a_ban_after_the_notice_holds_the_waker_wakes_it_and_is_seen() {
-        let login = Login::builder()
-            .evict_banned_connections(true)
-            .build()
-            .unwrap();
+        let login = evicting();
         let shared = &login.shared;
         let live = shared.live.as_ref().unwrap();
         // Two peers, each with one connection that has polled its notice: twice with
@@ -426,15 +432,7 @@ mod tests {
         let mut connections: Vec<_> = ["192.0.2.1", "192.0.2.2"]
             .into_iter()
             .map(|ip| {
-                let peer = shared.keying.classify(ip.parse().unwrap());
-                let startup = shared.startups.admit(peer.as_ref()).unwrap();
-                let state = Arc::new(SessionState::new(
-                    crate::striped::Striped::from_arc(shared.clone()).local(),
-                    peer,
-                    GracefulClose::new(),
-                    startup,
-                ));
-                let at = peer.unwrap().at;
+                let (state, at) = session(shared, ip);
                 let (slot, mut notice) = LiveSlot::watch(live, &at, &state, || false).unwrap();
                 let mut task = tokio_test::task::spawn(());
                 for _ in 0..2 {
