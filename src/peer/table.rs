@@ -1,13 +1,14 @@
-//! A bounded, sharded table keyed by peer, for the login layers' tables, whose entries
-//! are more than a word (the per-peer limit and the rate limit use
-//! `CellTable`); [`Located`], the hashed key, serves both.
+//! A bounded, sharded table keyed by peer, for the login's tables whose entries are more
+//! than a word: its bans and offence counts, and its per-source startup counts. The
+//! tables every connection writes in the recommended stack are `CellTable`s.
+//! [`Located`], the hashed key, serves both.
 //!
 //! A key is hashed once per connection, with a per-process random key (SipHash, so an
 //! attacker who picks addresses cannot pick collisions), and that one hash both picks
-//! the shard and finds the entry, in every table: all tables share the key. Peers in different shards never wait on each other's lock. Each
-//! shard holds at most its share of the capacity, so the bound is checked under the
-//! shard's own lock, and a shard shrinks as it empties, so memory returns to its
-//! baseline after a storm.
+//! the shard and finds the entry, in every table: all tables share the key. Peers in
+//! different shards never wait on each other's lock. Each shard holds at most its share
+//! of the capacity, so the bound is checked under the shard's own lock, and a shard
+//! shrinks as it empties, so memory returns to its baseline after a storm.
 
 use std::{
     hash::{BuildHasher, Hasher, RandomState},
@@ -25,12 +26,13 @@ use super::PeerKey;
 ///
 /// The per-peer limit's and the rate limit's tables hold exactly `max_tracked_peers`
 /// keys; the per-peer limit first makes room by forgetting peers with no live
-/// connection. The login layers' tables are split into shards, each holding an equal
-/// share of `max_tracked_peers` and filling on its own, so there this applies per shard:
-/// a new peer whose shard is full goes untracked (`Admit`) or is refused (`Refuse`) a
-/// little before the table as a whole holds `max_tracked_peers`. The ban table first
-/// makes room by forgetting a peer that is not banned, so there this applies only to a
-/// shard full of bans.
+/// connection. The login's ban table (bans and offence counts) and its per-source
+/// startup counts are split into shards, each holding an equal share of
+/// `max_tracked_peers` and filling on its own, so there this applies per shard: a new
+/// peer whose shard is full goes untracked (`Admit`) or is refused (`Refuse`) a little
+/// before the table as a whole holds `max_tracked_peers`. The ban table first makes
+/// room by forgetting a peer that is not banned, so there this applies only to a shard
+/// full of bans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Overflow {
