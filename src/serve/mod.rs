@@ -60,8 +60,7 @@ use std::{
 };
 
 use futures_util::{FutureExt, TryFutureExt};
-use tokio::task::AbortHandle;
-use tokio_util::task::TaskTracker;
+use tokio::task::JoinHandle;
 use tower::Service;
 use tracing::Instrument;
 
@@ -441,12 +440,15 @@ pub struct ShutdownReport {
     pub cut: usize,
 }
 
-/// The live connections: their tasks, counted, and for each its graceful close and a
-/// handle to cut it. Only the accept loop touches the registry, so it takes no lock.
+/// The live connections: for each, its task and its graceful close. Only the accept loop
+/// touches the registry, so it takes no lock, and a connection's task writes nothing the
+/// other connections' tasks share (a counter of tasks every worker decrements would be
+/// a cache line that moves between cores at every connection's end).
 #[derive(Default)]
 struct Connections {
-    tasks: TaskTracker,
-    live: Vec<(AbortHandle, GracefulClose)>,
+    live: Vec<(JoinHandle<()>, GracefulClose)>,
+    /// How many entries the last look for finished connections kept.
+    kept: usize,
 }
 
 impl Connections {
@@ -498,28 +500,28 @@ impl Connections {
                     }
                 }),
         );
-        let handle = self.tasks.spawn(task.instrument(span));
+        let handle = tokio::spawn(task.instrument(span));
         self.forget_finished();
-        self.live.push((handle.abort_handle(), close));
+        self.live.push((handle, close));
     }
 
-    /// Drops the registry's entries of finished connections once they make up half of
-    /// it: amortised, each entry is looked at a constant number of times.
+    /// Drops the registry's entries of finished connections once it has doubled since
+    /// the last look: amortised, each entry is looked at a constant number of times.
     fn forget_finished(&mut self) {
-        if self.live.len() >= 64 && self.live.len() >= 2 * self.tasks.len() {
+        if self.live.len() >= 64 && self.live.len() >= 2 * self.kept {
             self.live.retain(|(task, _)| !task.is_finished());
+            self.kept = self.live.len();
         }
     }
 
     async fn drain(mut self, timeout: Duration) -> ShutdownReport {
-        self.tasks.close();
         self.live.retain(|(task, _)| !task.is_finished());
         let live = self.live.len();
         for (_, close) in &self.live {
             close.request_cut_by_caller();
         }
         let mut cut = 0;
-        if tokio::time::timeout(timeout, self.tasks.wait())
+        if tokio::time::timeout(timeout, self.wait_all())
             .await
             .is_err()
         {
@@ -530,11 +532,21 @@ impl Connections {
                     tracing::debug!("connection cut at the drain deadline");
                 }
             }
-            self.tasks.wait().await;
+            self.wait_all().await;
         }
         ShutdownReport {
             drained: live.saturating_sub(cut),
             cut,
+        }
+    }
+
+    /// Waits for every connection's task to end, forgetting each as it does: a task is
+    /// never waited for again once it has ended.
+    async fn wait_all(&mut self) {
+        while let Some((task, _)) = self.live.last_mut() {
+            // A connection that panicked or was cut ended all the same.
+            let _ = task.await;
+            self.live.pop();
         }
     }
 }
@@ -545,4 +557,28 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("non-string panic payload")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn finished_connections_are_forgotten_as_the_registry_grows() {
+        let metrics = ServeMetrics::new("test");
+        let mut connections = Connections::default();
+        let mut service =
+            tower::service_fn(|_: Conn<tokio::io::Empty>| async { Ok::<_, BoxError>(()) });
+        let addr = "127.0.0.1:1".parse().unwrap();
+        for _ in 0..1_000 {
+            let conn = Conn::new(tokio::io::empty(), addr, addr);
+            connections.spawn(&mut service, conn, &metrics);
+            // Each connection ends before the next comes.
+            while !connections.live.last().unwrap().0.is_finished() {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert!(connections.live.len() <= 128, "{}", connections.live.len());
+        assert_eq!(connections.drain(Duration::from_secs(1)).await.cut, 0);
+    }
 }
