@@ -30,11 +30,7 @@ use crate::{
     close::Requested,
     deadline::ShrinkingDeadline,
     janitor::Janitor,
-    peer::{
-        Classified,
-        cells::{CellTable, Fit},
-        table::Located,
-    },
+    peer::{Classified, cells::CellTable, table::Located},
     striped::{Handle, Striped},
 };
 
@@ -330,16 +326,12 @@ impl LiveSlot {
         live.janitor.ensure(&live.peers, SWEEP_EVERY, |peers| {
             peers.retain(|count| count > 0)
         });
-        let count = || {
-            let Ok(counted) = live.peers.change(at, |count| {
-                Ok::<_, Infallible>(((), Some(count.unwrap_or(0) + 1)))
-            });
-            counted
-        };
-        let mut counted = count();
-        if counted.fit == Fit::NoRoom && live.peers.make_way(|count| count == 0) {
-            counted = count();
-        }
+        // Peers whose connections have all ended make way for a new one.
+        let Ok(counted) = live.peers.change_or_make_way(
+            at,
+            |count| count == 0,
+            |count| Ok::<_, Infallible>(((), Some(count.unwrap_or(0) + 1))),
+        );
         let banned = counted.payload?;
         let mut notified = Box::pin(banned.notified_owned());
         notified.as_mut().enable();

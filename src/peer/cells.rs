@@ -24,7 +24,7 @@
 use std::{
     hash::{BuildHasher, Hash, Hasher},
     sync::{
-        Arc, PoisonError, RwLock,
+        Arc, PoisonError, RwLock, RwLockReadGuard,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
 };
@@ -181,10 +181,7 @@ impl<P: Default + Clone + Send + Sync + 'static> CellTable<P> {
         at: &Located,
         mut decide: impl FnMut(Option<u64>) -> Result<(T, Option<u64>), E>,
     ) -> Result<Changed<T, P>, E> {
-        let gate = self.gates[local_stripe()]
-            .0
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let gate = self.index();
         let index = &**gate;
         let guard = index.guard();
         let lookup = Lookup(at);
@@ -243,12 +240,27 @@ impl<P: Default + Clone + Send + Sync + 'static> CellTable<P> {
         }
     }
 
+    /// [`change`](Self::change); and if a new key found the table full, once more after
+    /// the keys `idle` says yes to have [made way](Self::make_way), when that is due.
+    pub(crate) fn change_or_make_way<T, E>(
+        &self,
+        at: &Located,
+        idle: impl Fn(u64) -> bool,
+        mut decide: impl FnMut(Option<u64>) -> Result<(T, Option<u64>), E>,
+    ) -> Result<Changed<T, P>, E> {
+        let changed = self.change(at, &mut decide)?;
+        if changed.fit == Fit::NoRoom && self.make_way(idle) {
+            return self.change(at, decide);
+        }
+        Ok(changed)
+    }
+
     /// Takes out the keys `idle` says yes to, as a sweep would, when a new key found the
     /// table full; whether that made room. A sweep walks the whole table, so one that
     /// took out little is not repeated until the table has turned away an eighth of its
     /// capacity: a table full of keys in use costs each key turned away a share of one
     /// walk, not a walk.
-    pub(crate) fn make_way(&self, idle: impl Fn(u64) -> bool) -> bool {
+    fn make_way(&self, idle: impl Fn(u64) -> bool) -> bool {
         let reclaim = &self.reclaim;
         let turned_away = reclaim.turned_away.fetch_add(1, Ordering::Relaxed) + 1;
         let worth = self.capacity.div_ceil(8);
@@ -266,6 +278,14 @@ impl<P: Default + Clone + Send + Sync + 'static> CellTable<P> {
         reclaim.turned_away.store(0, Ordering::Relaxed);
         reclaim.busy.store(false, Ordering::Release);
         taken_out > 0
+    }
+
+    /// The index, through this thread's stripe's gate: held open while the guard lives.
+    fn index(&self) -> RwLockReadGuard<'_, Arc<Index<P>>> {
+        self.gates[local_stripe()]
+            .0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Counts one more key if the table has room for it.
@@ -298,10 +318,7 @@ impl<P: Default + Clone + Send + Sync + 'static> CellTable<P> {
     /// left into a new one.
     pub(crate) fn retain(&self, mut keep: impl FnMut(u64) -> bool) {
         {
-            let gate = self.gates[local_stripe()]
-                .0
-                .read()
-                .unwrap_or_else(PoisonError::into_inner);
+            let gate = self.index();
             let index = &**gate;
             let guard = index.guard();
             for (key, cell) in index.iter(&guard) {
@@ -310,7 +327,10 @@ impl<P: Default + Clone + Send + Sync + 'static> CellTable<P> {
                 while current != DEAD && !keep(current) {
                     match word.compare_exchange(current, DEAD, Ordering::AcqRel, Ordering::Acquire)
                     {
-                        Ok(_) => self.take_out(index, key, &guard),
+                        Ok(_) => {
+                            self.take_out(index, key, &guard);
+                            break;
+                        }
                         Err(now) => current = now,
                     }
                 }
@@ -361,10 +381,7 @@ impl<P: Default + Clone + Send + Sync + 'static> CellTable<P> {
         n: usize,
         rank: impl Fn(u64) -> Option<R>,
     ) -> Vec<([u8; 16], R)> {
-        let gate = self.gates[local_stripe()]
-            .0
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let gate = self.index();
         let guard = gate.guard();
         let mut best = super::table::Best::new(n);
         for (key, cell) in gate.iter(&guard) {

@@ -266,8 +266,11 @@ impl Shared {
         this.janitor.ensure(this.arc(), SWEEP_EVERY, Self::sweep);
         let max_per_peer = u64::from(this.max_per_peer.load(Ordering::Relaxed));
         let dry_run = this.refusal.is_dry_run();
-        let count = || {
-            let Ok(counted) = this.table.change(&at, |live| {
+        // Peers whose connections have all ended make way for a new one.
+        let Ok(counted) = this.table.change_or_make_way(
+            &at,
+            |live| live == 0,
+            |live| {
                 Ok::<_, Infallible>(match live {
                     // Over the limit: in dry run, counted anyway, so that the count
                     // stays true.
@@ -275,14 +278,8 @@ impl Shared {
                     Some(live) => (live, Some(live + 1)),
                     None => (0, Some(1)),
                 })
-            });
-            counted
-        };
-        let mut counted = count();
-        // Peers whose connections have all ended make way for a new one.
-        if counted.fit == Fit::NoRoom && this.table.make_way(|live| live == 0) {
-            counted = count();
-        }
+            },
+        );
         match (counted.outcome, counted.fit) {
             (_, Fit::NoRoom) => match this.overflow {
                 Overflow::Admit => {
