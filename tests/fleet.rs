@@ -789,6 +789,54 @@ async fn offences_from_two_replicas_arriving_out_of_order_still_add_up() {
     eventually("four quarters ban", || replica.banned("203.0.113.84")).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_given_back_to_an_empty_redis_loses_to_an_unban_made_before() {
+    use tower_bouncer::fleet::{Backend, Change, FleetPolicy};
+    let redis = redis();
+    let backend = || {
+        RedisBackend::new(&redis.url())
+            .unwrap()
+            .prefix("reseed")
+            .unwrap()
+    };
+    let replica = Replica::on(Fleet::builder(backend()), policy());
+    replica.connected().await;
+    let (decisions, _keep) = tokio::sync::mpsc::channel(16);
+    let policy = FleetPolicy::new(secs(600), secs(60), 2, secs(86_400), secs(86_400));
+    let mut link = backend().connect(policy, decisions).await.unwrap();
+    let key: ipnet::IpNet = "192.0.2.60/32".parse().unwrap();
+    // After an outage, one replica gives the store a ban it holds, of unknown age...
+    link.send(&Change::Ban {
+        key,
+        remaining: secs(300),
+        offences: 1,
+        issued_ago: None,
+        by_offences: false,
+    })
+    .await
+    .unwrap();
+    eventually("the replica has the ban given back", || {
+        replica.banned("192.0.2.60")
+    })
+    .await;
+    // ...then another sends the unban it made during the outage: the ban may have been
+    // issued before it, so the unban wins.
+    link.send(&Change::Unban {
+        key,
+        issued_ago: secs(2),
+    })
+    .await
+    .unwrap();
+    eventually("the unban reaches the replica", || {
+        !replica.banned("192.0.2.60")
+    })
+    .await;
+    assert_eq!(
+        redis.command(&["HLEN", "{reseed}:bans"]).as_deref(),
+        Some(":0")
+    );
+}
+
 // End to end: login_server processes sharing one Redis, tried from outside as an
 // attacker and an operator would.
 

@@ -3,7 +3,8 @@
 -- not known), forget after (ms), decisions channel, 1 if the replica's own count
 -- banned the peer, first ban, factor, longest ban, the most bans stored.
 -- A ban issued before the key's last unban (or of unknown age, while that unban is
--- remembered) loses, unless they are of one moment (SAME_MOMENT_MS). Two bans in force merge: the later end, the higher count. A ban
+-- remembered, or when the unban comes later) loses, unless they are of one moment
+-- (SAME_MOMENT_MS). Two bans in force merge: the later end, the higher count. A ban
 -- by a replica's count that finds none in force is the fleet's next ban of the peer,
 -- from when it was issued. Every ban spends the offences before it; one that ran out
 -- only does that, and counts. Returns 1 if the store changed.
@@ -30,8 +31,11 @@ local forget = tonumber(ARGV[5])
 local spent_at = issued
 if spent_at < 0 then
   spent_at = now
+else
+  -- A ban of unknown age (given back to a store that lost its data) may be older than
+  -- an unban on its way: marking it spent now would make that unban lose.
+  record.spent = math.max(record.spent, issued)
 end
-record.spent = math.max(record.spent, spent_at)
 record.current = 0
 record.previous = 0
 if remaining <= 0 then
