@@ -18,7 +18,7 @@ use tonic::{
     service::{Routes, interceptor::InterceptedService},
     transport::server::TcpIncoming,
 };
-use tower_bouncer::{bouncer::Refusals, login::LoginSession};
+use tower_bouncer::{bouncer::Refusals, http::ConnExtensions, login::LoginSession};
 
 #[tokio::main]
 async fn main() {
@@ -55,7 +55,11 @@ async fn main() {
 fn require_token(request: Request<()>) -> Result<Request<()>, Status> {
     match request.metadata().get("authorization") {
         Some(token) if token == "Bearer secret" => {
-            if let Some(session) = request.extensions().get::<LoginSession>() {
+            if let Some(session) = request
+                .extensions()
+                .get::<ConnExtensions>()
+                .and_then(ConnExtensions::get::<LoginSession>)
+            {
                 session.succeeded();
             }
             Ok(request)

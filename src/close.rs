@@ -17,8 +17,9 @@ use crate::deadline::deadline_after;
 ///
 /// Every connection served by [`serve`](crate::serve) carries one in its
 /// [`Conn`](crate::Conn) extensions (a connection built by hand gets one from the HTTP
-/// adapter), and the HTTP adapter copies it into every request, so a layer, a handler
-/// or an operator can raise it:
+/// adapter), and the HTTP adapter hands it to every request (in
+/// [`ConnExtensions`](crate::http::ConnExtensions)), so a layer, a handler or an
+/// operator can raise it:
 ///
 /// - HTTP/1.1 answers the current request with `Connection: close` and closes once the
 ///   response is flushed; an idle connection closes at once;

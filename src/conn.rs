@@ -7,8 +7,8 @@ use tokio::net::TcpStream;
 ///
 /// It carries the stream, the peer and local addresses, and typed [`Extensions`] in
 /// which layers leave per-connection handles for the layers and handlers below them
-/// (as `http::Request` carries its extensions). The HTTP adapter copies these
-/// extensions into every request it serves.
+/// (as `http::Request` carries its extensions). The HTTP adapter hands them to every
+/// request it serves, in one `ConnExtensions`.
 ///
 /// # Example
 ///
@@ -144,8 +144,8 @@ impl<IO> Conn<IO> {
     }
 }
 
-/// The addresses of the connection a request arrived on. The HTTP adapter puts one in
-/// every request's extensions.
+/// The addresses of a connection: [`Conn::info`], and for a request the HTTP adapter
+/// serves, `ConnExtensions::info`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct ConnInfo {

@@ -4,14 +4,16 @@ mod support;
 
 use std::time::Duration;
 
-use axum::{Extension, Router, extract::RawQuery, routing::get};
+use axum::{Router, extract::RawQuery, routing::get};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     sync::mpsc,
 };
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_bouncer::{
-    BoxError, Conn, ConnInfo, GracefulClose, http::HttpService, timeout::TimeoutError,
+    BoxError, Conn, GracefulClose,
+    http::{ConnExtensions, HttpService},
+    timeout::TimeoutError,
 };
 
 use support::*;
@@ -29,13 +31,14 @@ fn app(entered: mpsc::UnboundedSender<()>) -> Router {
         )
         .route(
             "/info",
-            get(|Extension(info): Extension<ConnInfo>, Extension(marker): Extension<Marker>| async move {
+            get(|conn: ConnExtensions| async move {
+                let (info, marker) = (conn.info(), conn.get::<Marker>().unwrap());
                 format!("{} {} {}", info.peer_addr, info.local_addr, marker.0)
             }),
         )
         .route(
             "/logout",
-            get(|Extension(close): Extension<GracefulClose>| async move {
+            get(|close: GracefulClose| async move {
                 close.request();
                 "bye\n"
             }),
@@ -480,8 +483,8 @@ mod reporting_logins {
             .route("/forbidden", get(|| async { StatusCode::FORBIDDEN }))
             .route(
                 "/welcome",
-                get(|Extension(session): Extension<LoginSession>| async move {
-                    session.succeeded();
+                get(|conn: ConnExtensions| async move {
+                    conn.get::<LoginSession>().unwrap().succeeded();
                     "welcome\n"
                 }),
             )

@@ -11,13 +11,13 @@ use std::{
     time::Duration,
 };
 
-use axum::{Extension, Router, http::StatusCode, routing::get};
+use axum::{Router, http::StatusCode, routing::get};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tower::{Layer, ServiceBuilder, ServiceExt};
 use tower_bouncer::{
-    http::HttpService,
+    http::{ConnExtensions, HttpService},
     login::{Login, LoginSession, ReportLoginLayer},
 };
 
@@ -42,8 +42,8 @@ fn app(checks: Arc<AtomicUsize>) -> Router {
         )
         .route(
             "/welcome",
-            get(|Extension(session): Extension<LoginSession>| async move {
-                session.succeeded();
+            get(|conn: ConnExtensions| async move {
+                conn.get::<LoginSession>().unwrap().succeeded();
                 "welcome\n"
             }),
         )

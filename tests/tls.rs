@@ -8,7 +8,7 @@ mod support;
 
 use std::time::Duration;
 
-use axum::{Extension, Router, extract::WebSocketUpgrade, routing::get};
+use axum::{Router, extract::WebSocketUpgrade, routing::get};
 use bytes::Bytes;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt, DuplexStream},
@@ -19,7 +19,7 @@ use tokio_rustls::TlsConnector;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_bouncer::{
     BoxError, ConfigError, Conn,
-    http::HttpService,
+    http::{ConnExtensions, HttpService},
     overload::Overload,
     timeout::{TimeoutError, TimeoutLayer},
     tls::{
@@ -43,7 +43,8 @@ fn app() -> Router {
         .route("/", get(|| async { "hello\n" }))
         .route(
             "/tls",
-            get(|Extension(tls): Extension<TlsInfo>| async move {
+            get(|conn: ConnExtensions| async move {
+                let tls = conn.get::<TlsInfo>().unwrap();
                 let alpn = tls.alpn().map(String::from_utf8_lossy);
                 format!(
                     "{} {}",
@@ -204,7 +205,8 @@ mod over_loopback {
         let (_reporter, health) = tonic_health::server::health_reporter();
         // The interceptor sees what the handshake agreed, as any tonic service would.
         let health = InterceptedService::new(health, |request: tonic::Request<()>| {
-            match request.extensions().get::<TlsInfo>() {
+            let conn = request.extensions().get::<ConnExtensions>();
+            match conn.and_then(ConnExtensions::get::<TlsInfo>) {
                 Some(tls) if tls.alpn() == Some(b"h2") => Ok(request),
                 other => Err(tonic::Status::internal(format!("{other:?}"))),
             }

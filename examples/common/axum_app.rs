@@ -15,8 +15,8 @@ use axum::{
 use base64::Engine;
 use tokio::net::TcpListener;
 use tower_bouncer::{
-    ConnInfo,
     bouncer::{Bouncer, Refusals},
+    http::ConnExtensions,
     login::LoginSession,
 };
 
@@ -64,11 +64,11 @@ fn app() -> Router {
 /// `GET /ip`: the client address the server keys on: behind a balancer that sends the
 /// PROXY protocol, the client's, not the balancer's.
 async fn ip(
-    protected: Option<Extension<ConnInfo>>,
+    protected: Option<ConnExtensions>,
     unprotected: Option<Extension<ConnectInfo<SocketAddr>>>,
 ) -> Response {
     let peer = match (protected, unprotected) {
-        (Some(Extension(info)), _) => info.peer_addr,
+        (Some(conn), _) => conn.info().peer_addr,
         (None, Some(Extension(ConnectInfo(peer)))) => peer,
         (None, None) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     };
@@ -97,10 +97,10 @@ async fn echo(mut socket: WebSocket) {
 /// `GET /login`: HTTP Basic for `alice:secret`. A success is reported on the
 /// connection's login session (protected mode), so that its later requests with
 /// credentials are no longer held to its tries one at a time.
-async fn login(session: Option<Extension<LoginSession>>, headers: HeaderMap) -> Response {
+async fn login(conn: Option<ConnExtensions>, headers: HeaderMap) -> Response {
     match basic_credentials(&headers) {
         Some((user, password)) if user == "alice" && password == "secret" => {
-            if let Some(Extension(session)) = session {
+            if let Some(session) = conn.as_ref().and_then(ConnExtensions::get::<LoginSession>) {
                 session.succeeded();
             }
             format!("welcome {user}\n").into_response()

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tower::Service;
 
 use super::{
-    Config,
+    Config, ConnExtensions,
     frames::FrameWatch,
     request::{ConnShared, RequestService},
 };
@@ -41,6 +41,7 @@ where
     B::Error: Into<BoxError>,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let info = conn.info();
     let (io, mut parts) = conn.into_parts();
     // The adapter tells the timer where requests end; handlers have no use for it.
     parts.extensions.remove::<RequestTimer>();
@@ -66,7 +67,11 @@ where
                 .is_some_and(|activity| activity.deadlines().request.is_some()),
             times_bodies,
             timed,
-            extensions: parts.extensions,
+            extensions: request_extensions(ConnExtensions::new(
+                info,
+                close.clone(),
+                parts.extensions,
+            )),
             close: close.clone(),
         }),
     };
@@ -136,6 +141,23 @@ where
         }
     }
     Ok(())
+}
+
+/// What every request gets: the connection, as one extension; with the `axum` and
+/// `tonic` features, the peer's address as their own extractors read it.
+fn request_extensions(conn: ConnExtensions) -> http::Extensions {
+    let mut extensions = http::Extensions::new();
+    #[cfg(any(feature = "axum", feature = "tonic"))]
+    let info = conn.info();
+    extensions.insert(conn);
+    #[cfg(feature = "axum")]
+    extensions.insert(axum::extract::ConnectInfo(info.peer_addr));
+    #[cfg(feature = "tonic")]
+    extensions.insert(tonic::transport::server::TcpConnectInfo {
+        local_addr: Some(info.local_addr),
+        remote_addr: Some(info.peer_addr),
+    });
+    extensions
 }
 
 /// Protocol detection stopped by a graceful close (hyper-util reports it as

@@ -7,10 +7,11 @@
 //! serves HTTP/2 straight away when the TLS layer's handshake agreed on it through
 //! ALPN), and:
 //!
-//! - puts the connection's [`ConnInfo`](crate::ConnInfo), its [`GracefulClose`] and every other
-//!   [`Conn`] extension into each request's extensions; with the `axum` feature, also
-//!   axum's `ConnectInfo<SocketAddr>`, so `ConnectInfo` extractors work unchanged; with
-//!   the `tonic` feature, tonic's `TcpConnectInfo`, so `Request::remote_addr` works;
+//! - puts the connection into each request's extensions as one [`ConnExtensions`]: its
+//!   [`ConnInfo`](crate::ConnInfo), its [`GracefulClose`] and every [`Conn`] extension
+//!   the layers left; with the `axum` feature, also axum's `ConnectInfo<SocketAddr>`, so
+//!   `ConnectInfo` extractors work unchanged; with the `tonic` feature, tonic's
+//!   `TcpConnectInfo`, so `Request::remote_addr` works;
 //! - honours [`GracefulClose`]: once it is raised, an HTTP/1.1 response carries
 //!   `Connection: close` and the connection closes after it is flushed; HTTP/2 sends
 //!   GOAWAY and lets open streams finish; a connection that does not finish is cut by
@@ -38,10 +39,10 @@
 //! A handler that ends the connection after its response:
 //!
 //! ```
-//! use axum::{Extension, Router, routing::get};
+//! use axum::{Router, routing::get};
 //! use tower_bouncer::{GracefulClose, http::HttpService};
 //!
-//! async fn logout(Extension(close): Extension<GracefulClose>) -> &'static str {
+//! async fn logout(close: GracefulClose) -> &'static str {
 //!     close.request();
 //!     "bye\n"
 //! }
@@ -154,6 +155,7 @@
 //! # }
 //! ```
 
+mod conn_extensions;
 mod connection;
 mod frames;
 #[cfg(any(
@@ -164,6 +166,8 @@ mod frames;
 ))]
 pub(crate) mod refusal;
 mod request;
+
+pub use conn_extensions::ConnExtensions;
 
 use std::{
     future::Future,
@@ -406,18 +410,7 @@ where
     }
 
     fn call(&mut self, mut conn: Conn<IO>) -> Self::Future {
-        let info = conn.info();
-        let extensions = conn.extensions_mut();
-        let close = GracefulClose::of(extensions);
-        extensions.insert(info);
-        #[cfg(feature = "axum")]
-        extensions.insert(axum::extract::ConnectInfo(info.peer_addr));
-        #[cfg(feature = "tonic")]
-        extensions.insert(tonic::transport::server::TcpConnectInfo {
-            local_addr: Some(info.local_addr),
-            remote_addr: Some(info.peer_addr),
-        });
-
+        let close = GracefulClose::of(conn.extensions_mut());
         let config = self.config.local();
         let service = self.inner.clone();
         if let Some(activity) = conn.timed() {

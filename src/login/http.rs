@@ -19,6 +19,7 @@ use super::{
     AfterFailure, LoginSession,
     attempts::{AttemptPermit, AttemptWait, TriesUsedUp},
 };
+use crate::http::ConnExtensions;
 
 /// What a response says about a login.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,7 +198,11 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let session = request.extensions().get::<LoginSession>().cloned();
+        let session = request
+            .extensions()
+            .get::<ConnExtensions>()
+            .and_then(|conn| conn.get::<LoginSession>())
+            .cloned();
         let state = match &session {
             Some(session) if session.state.is_evicted() => State::Refused,
             Some(session)
@@ -396,10 +401,13 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for LoginSession {
         parts: &mut http::request::Parts,
         _state: &S,
     ) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<LoginSession>().cloned().ok_or((
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "no login session: serve under tower_bouncer::login::SessionLayer",
-        ))
+        let conn = parts.extensions.get::<ConnExtensions>();
+        conn.and_then(ConnExtensions::get::<LoginSession>)
+            .cloned()
+            .ok_or((
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "no login session: serve under tower_bouncer::login::SessionLayer",
+            ))
     }
 }
 

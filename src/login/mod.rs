@@ -6,7 +6,8 @@
 //! the peer. Here:
 //!
 //! - [`SessionLayer`] puts a [`LoginSession`] in each connection's extensions (the HTTP
-//!   adapter copies it into every request). The protocol reports on it:
+//!   adapter hands it to every request, in its `ConnExtensions`). The protocol reports
+//!   on it:
 //!   [`succeeded`](LoginSession::succeeded), [`failed`](LoginSession::failed).
 //! - **Eviction** (OpenSSH's `MaxAuthTries`, 1 by default): once a connection has used
 //!   up its tries, its [`GracefulClose`](crate::GracefulClose) is raised, so it ends

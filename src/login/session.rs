@@ -18,9 +18,9 @@ use crate::{
 /// One connection's login, as the protocol reports it.
 ///
 /// [`SessionLayer`](super::SessionLayer) puts one in every connection's extensions, and
-/// the HTTP adapter copies it into every request's, so a raw protocol, an axum handler or
-/// middleware, or a tonic interceptor reports on the same session. Clones report on the
-/// same connection.
+/// the HTTP adapter hands it to every request (`ConnExtensions::get`), so a raw
+/// protocol, an axum handler or middleware, or a tonic interceptor reports on the same
+/// session. Clones report on the same connection.
 ///
 /// A failed login counts against the connection (once it has used up its tries, it is
 /// closed right after the failure reply is flushed: the connection's

@@ -166,8 +166,8 @@ impl Error for TlsError {
 /// What a connection's TLS handshake settled: the server name the client asked for
 /// (SNI) and the application protocol agreed on (ALPN).
 ///
-/// [`TlsLayer`] puts one in each connection's extensions, and the HTTP adapter copies it
-/// into every request's, where an axum handler reads it with `Extension<TlsInfo>`.
+/// [`TlsLayer`] puts one in each connection's extensions, and the HTTP adapter hands it
+/// to every request, where a handler reads it with `ConnExtensions::get::<TlsInfo>()`.
 /// Cheap to clone: a connection's requests share one.
 #[derive(Debug, Clone)]
 pub struct TlsInfo(Arc<Negotiated>);
