@@ -47,7 +47,13 @@ pub trait ClassifyLogin: Clone {
     /// `Proxy-Authorization`; gRPC metadata travels in the same header).
     fn is_attempt(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> bool {
         let _ = (method, uri);
-        headers.contains_key(AUTHORIZATION) || headers.contains_key(PROXY_AUTHORIZATION)
+        if headers.keys_len() <= SCANNED_HEADERS {
+            headers
+                .keys()
+                .any(|name| name == AUTHORIZATION || name == PROXY_AUTHORIZATION)
+        } else {
+            headers.contains_key(AUTHORIZATION) || headers.contains_key(PROXY_AUTHORIZATION)
+        }
     }
 }
 
@@ -80,14 +86,13 @@ const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status
 const SCANNED_HEADERS: usize = 8;
 
 fn grpc_unauthenticated(headers: &HeaderMap) -> bool {
-    let status = if headers.len() <= SCANNED_HEADERS {
-        headers
-            .iter()
-            .find_map(|(name, value)| (*name == GRPC_STATUS).then_some(value))
-    } else {
-        headers.get(&GRPC_STATUS)
-    };
-    status.is_some_and(|status| status == GRPC_UNAUTHENTICATED)
+    // Most responses have no `grpc-status`: the names alone tell.
+    if headers.keys_len() <= SCANNED_HEADERS && !headers.keys().any(|name| name == GRPC_STATUS) {
+        return false;
+    }
+    headers
+        .get(&GRPC_STATUS)
+        .is_some_and(|status| status == GRPC_UNAUTHENTICATED)
 }
 
 impl ClassifyLogin for StatusClassifier {
@@ -440,6 +445,24 @@ mod tests {
             assert_eq!(
                 classify.classify_response(StatusCode::OK, &headers(None, others)),
                 None
+            );
+        }
+    }
+
+    #[test]
+    fn credentials_are_found_among_few_headers_or_many() {
+        let classify = StatusClassifier::default();
+        let (method, uri) = (Method::GET, Uri::from_static("/"));
+        for others in [0, 3, SCANNED_HEADERS, 20] {
+            for name in [AUTHORIZATION, PROXY_AUTHORIZATION] {
+                let mut with = headers(None, others);
+                with.insert(name, HeaderValue::from_static("Basic YTpi"));
+                assert!(classify.is_attempt(&method, &uri, &with), "among {others}");
+            }
+            let without = headers(Some("0"), others);
+            assert!(
+                !classify.is_attempt(&method, &uri, &without),
+                "among {others}"
             );
         }
     }
