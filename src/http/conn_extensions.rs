@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use http::Extensions;
 
+use super::request::RequestTiming;
 use crate::{ConnInfo, GracefulClose};
 
 /// The connection a request came on: its addresses, its [`GracefulClose`], and every
@@ -39,20 +40,33 @@ use crate::{ConnInfo, GracefulClose};
 #[derive(Debug, Clone)]
 pub struct ConnExtensions(Arc<Shared>);
 
+/// One allocation per connection, shared by the handlers and the adapter.
 #[derive(Debug)]
 struct Shared {
     info: ConnInfo,
     close: GracefulClose,
     extensions: Extensions,
+    /// The adapter's own: how it times the connection's requests.
+    timing: RequestTiming,
 }
 
 impl ConnExtensions {
-    pub(super) fn new(info: ConnInfo, close: GracefulClose, extensions: Extensions) -> Self {
+    pub(super) fn new(
+        info: ConnInfo,
+        close: GracefulClose,
+        extensions: Extensions,
+        timing: RequestTiming,
+    ) -> Self {
         Self(Arc::new(Shared {
             info,
             close,
             extensions,
+            timing,
         }))
+    }
+
+    pub(super) fn timing(&self) -> &RequestTiming {
+        &self.0.timing
     }
 
     /// The connection's addresses.
@@ -177,7 +191,12 @@ mod tests {
             peer_addr: "192.0.2.7:40000".parse().unwrap(),
             local_addr: "127.0.0.1:8080".parse().unwrap(),
         };
-        ConnExtensions::new(info, GracefulClose::new(), extensions)
+        ConnExtensions::new(
+            info,
+            GracefulClose::new(),
+            extensions,
+            RequestTiming::default(),
+        )
     }
 
     #[tokio::test]

@@ -18,7 +18,7 @@ use tower::Service;
 use super::{
     Config, ConnExtensions,
     frames::FrameWatch,
-    request::{ConnShared, RequestService},
+    request::{RequestService, RequestTiming},
 };
 
 use crate::{
@@ -59,22 +59,21 @@ where
     let frames = timed
         .as_ref()
         .map(|activity| Box::new(FrameWatch::new(activity.clone(), times_bodies)));
-    let service = RequestService {
-        inner: service,
-        conn: Arc::new(ConnShared {
-            times_heads: timed
-                .as_ref()
-                .is_some_and(|activity| activity.deadlines().request.is_some()),
-            times_bodies,
-            timed,
-            extensions: request_extensions(ConnExtensions::new(
-                info,
-                close.clone(),
-                parts.extensions,
-            )),
-            close: close.clone(),
-        }),
-    };
+    let service = RequestService::new(
+        service,
+        ConnExtensions::new(
+            info,
+            close.clone(),
+            parts.extensions,
+            RequestTiming {
+                times_heads: timed
+                    .as_ref()
+                    .is_some_and(|activity| activity.deadlines().request.is_some()),
+                times_bodies,
+                timed,
+            },
+        ),
+    );
     let (io, owner) = shared_io::share(io, frames);
     // A plain close is the adapter's to cut, after its grace; watched once a close is
     // asked for.
@@ -141,23 +140,6 @@ where
         }
     }
     Ok(())
-}
-
-/// What every request gets: the connection, as one extension; with the `axum` and
-/// `tonic` features, the peer's address as their own extractors read it.
-fn request_extensions(conn: ConnExtensions) -> http::Extensions {
-    let mut extensions = http::Extensions::new();
-    #[cfg(any(feature = "axum", feature = "tonic"))]
-    let info = conn.info();
-    extensions.insert(conn);
-    #[cfg(feature = "axum")]
-    extensions.insert(axum::extract::ConnectInfo(info.peer_addr));
-    #[cfg(feature = "tonic")]
-    extensions.insert(tonic::transport::server::TcpConnectInfo {
-        local_addr: Some(info.local_addr),
-        remote_addr: Some(info.peer_addr),
-    });
-    extensions
 }
 
 /// Protocol detection stopped by a graceful close (hyper-util reports it as

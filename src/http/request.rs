@@ -5,7 +5,10 @@
 use std::{
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll, ready},
 };
 
@@ -16,13 +19,12 @@ use hyper::body::Incoming;
 use pin_project::pin_project;
 use tower::Service;
 
+use super::ConnExtensions;
 use crate::{GracefulClose, timeout::Activity};
 
-/// What every request of one connection shares.
-#[derive(Debug)]
-pub(super) struct ConnShared {
-    pub(super) extensions: http::Extensions,
-    pub(super) close: GracefulClose,
+/// How the adapter times one connection's requests.
+#[derive(Debug, Default)]
+pub(super) struct RequestTiming {
     /// The connection's timer, told where requests and exchanges begin and end.
     pub(super) timed: Option<Arc<Activity>>,
     /// Whether request heads are timed (a request timeout, or the adapter's own).
@@ -36,8 +38,53 @@ pub(super) struct ConnShared {
 /// once a close is asked for.
 #[derive(Debug, Clone)]
 pub(super) struct RequestService<S> {
-    pub(super) inner: S,
-    pub(super) conn: Arc<ConnShared>,
+    inner: S,
+    conn: ConnExtensions,
+    extensions: Arc<RequestExtensions>,
+}
+
+/// What each request gets: the connection and, with the `axum` and `tonic` features,
+/// the peer's address as their own extractors read it. Made once a second request
+/// comes, and cloned into each: cloning a made map costs less than filling one, but
+/// for a connection that serves one request, making it would be allocations for
+/// nothing.
+#[derive(Debug, Default)]
+struct RequestExtensions {
+    made: OnceLock<http::Extensions>,
+    served: AtomicBool,
+}
+
+impl<S> RequestService<S> {
+    pub(super) fn new(inner: S, conn: ConnExtensions) -> Self {
+        Self {
+            inner,
+            conn,
+            extensions: Arc::default(),
+        }
+    }
+
+    fn put_extensions(&self, extensions: &mut http::Extensions) {
+        if let Some(made) = self.extensions.made.get() {
+            extensions.extend(made.clone());
+            return;
+        }
+        let mut made = http::Extensions::new();
+        made.insert(self.conn.clone());
+        #[cfg(any(feature = "axum", feature = "tonic"))]
+        let info = self.conn.info();
+        #[cfg(feature = "axum")]
+        made.insert(axum::extract::ConnectInfo(info.peer_addr));
+        #[cfg(feature = "tonic")]
+        made.insert(tonic::transport::server::TcpConnectInfo {
+            local_addr: Some(info.local_addr),
+            remote_addr: Some(info.peer_addr),
+        });
+        if self.extensions.served.swap(true, Ordering::Relaxed) {
+            // A second request: more may come.
+            let _ = self.extensions.made.set(made.clone());
+        }
+        extensions.extend(made);
+    }
 }
 
 impl<S, B> Service<Request<Incoming>> for RequestService<S>
@@ -53,18 +100,17 @@ where
     }
 
     fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
-        request
-            .extensions_mut()
-            .extend(self.conn.extensions.clone());
-        let http1 = request.version() < Version::HTTP_2;
+        self.put_extensions(request.extensions_mut());
         let conn = &self.conn;
+        let http1 = request.version() < Version::HTTP_2;
+        let timing = conn.timing();
         let mut finish_on_response = None;
         // HTTP/2's streams are timed from their frames (see `frames`).
-        if let Some(activity) = &conn.timed
+        if let Some(activity) = &timing.timed
             && http1
-            && conn.times_heads
+            && timing.times_heads
         {
-            if conn.times_bodies && !request.body().is_end_stream() {
+            if timing.times_bodies && !request.body().is_end_stream() {
                 // Complete once the handler has answered, and so read the body or
                 // given up on it.
                 finish_on_response = Some(activity.clone());
@@ -83,9 +129,9 @@ where
             }),
             inner: self.inner.call(request),
             // `Connection` is an HTTP/1 header; HTTP/2 closes with GOAWAY instead.
-            close: http1.then(|| conn.close.clone()),
+            close: http1.then(|| conn.graceful_close().clone()),
             finish_on_response,
-            exchange: conn.timed.as_ref().map(Exchange::open),
+            exchange: timing.timed.as_ref().map(Exchange::open),
         }
     }
 }
