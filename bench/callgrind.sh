@@ -27,8 +27,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 command -v valgrind >/dev/null || { echo "error: valgrind is not installed" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "error: python3 is not installed" >&2; exit 1; }
 if [[ -z $SERVER ]]; then
-  cargo build --release --example axum_server >&2
-  SERVER=${CARGO_TARGET_DIR:-target}/release/examples/axum_server
+  # shellcheck source=bench/lib.sh
+  source bench/lib.sh
+  bench_build axum_server
+  SERVER=$BENCH_BIN/axum_server
 fi
 
 N1=500

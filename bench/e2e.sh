@@ -60,8 +60,7 @@ if [[ -z ${E2E_UNDER_TIMEOUT:-} ]]; then
   command -v h2load >/dev/null || { echo "error: h2load is not installed and could not be installed" >&2; exit 1; }
   # Only the binaries the benchmarks run: building every example would also build
   # whatever unrelated example is half-written in the work tree.
-  echo "building (cargo build --release --example axum_server --example bench_server --example siege)" >&2
-  cargo build --release --example axum_server --example bench_server --example siege >&2
+  bench_build axum_server bench_server siege
 fi
 
 # The whole run is bounded: re-run this script under `timeout`, which sends SIGTERM at
@@ -119,8 +118,9 @@ NOISE_SPENT=0
 LIFTED=(--rate 100000000 --burst 100000000 --global-rate 100000000
   --max-per-peer 1000000 --max-connections 1000000)
 
-AXUM=${CARGO_TARGET_DIR:-target}/release/examples/axum_server
-BENCH=${CARGO_TARGET_DIR:-target}/release/examples/bench_server
+BENCH_BIN=${CARGO_TARGET_DIR:-target}/bench-build/target/release/examples
+AXUM=$BENCH_BIN/axum_server
+BENCH=$BENCH_BIN/bench_server
 RESULTS=bench/results.md
 CLK_TCK=$(getconf CLK_TCK)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/tower-bouncer-e2e.XXXXXX")
@@ -581,7 +581,7 @@ fi
 log "== the siege's attacks, unprotected, protected and behind HAProxy"
 if ((QUICK)); then siege_length=--quick; else siege_length=; fi
 siege_out=$WORK/siege.txt
-run_bounded "$siege_out" timeout 240 "${CARGO_TARGET_DIR:-target}"/release/examples/siege --haproxy ${siege_length:+"$siege_length"}
+run_bounded "$siege_out" timeout 240 "$BENCH_BIN"/siege --haproxy ${siege_length:+"$siege_length"}
 if ((RUN_STATUS == 0)); then
   {
     echo

@@ -84,9 +84,8 @@ if [[ $PIN != none ]]; then
   ((${#CPUS[@]} >= 2)) || die "--pin $PIN needs at least 2 CPUs; use --pin none"
 fi
 if [[ -z $SERVER ]]; then
-  log "building (cargo build --release --example axum_server)"
-  cargo build --release --example axum_server >&2
-  SERVER=${CARGO_TARGET_DIR:-target}/release/examples/axum_server
+  bench_build axum_server
+  SERVER=$BENCH_BIN/axum_server
 fi
 [[ -x $SERVER ]] || die "$SERVER is not an executable"
 

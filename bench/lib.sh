@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# What bench/e2e.sh and bench/h2load.sh share, sourced by both: logging, the servers
+# What the benchmark scripts share, sourced by them: logging, the servers
 # they start (each a direct child, killed when the script exits), the CPU time of a
 # process, of this shell's children and of the machine, and the rounds' statistics.
 # The caller sets WORK (its scratch directory), CLK_TCK and FOREIGN_MAX, and installs
@@ -62,3 +62,36 @@ range() { printf '%s\n' "$@" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } EN
   printf "%s to %s", lo, hi }'; }
 # noisy CORES: whether a run's foreign load is over FOREIGN_MAX.
 noisy() { awk -v f="$1" -v m="$FOREIGN_MAX" 'BEGIN { exit !(f > m) }'; }
+
+# Builds release examples as a user builds a server: without tokio's `test-util`.
+# Cargo builds examples with the dev-dependencies' features, and the tests need
+# `test-util` (directly, and through tokio-test and tower-test) to pause time. It swaps
+# tokio's clock for one that takes a lock on every read: on every worker's park while a
+# timer is armed and on every timer's start, a cost no deployed server has, and one
+# that falls more on the protected server, which arms timers. So the package is copied
+# with a manifest that leaves those three out, and built there; the copy keeps the
+# files' modification times, so what did not change is not rebuilt.
+# Usage: bench_build EXAMPLE...; sets BENCH_BIN to the directory of the built examples.
+bench_build() {
+  local root=${CARGO_TARGET_DIR:-target}/bench-build example args=()
+  local copy=$root/package
+  mkdir -p "$copy"
+  rm -rf "$copy/src" "$copy/examples" "$copy/benches"
+  cp -a src examples benches Cargo.lock "$copy/"
+  sed -e 's/^\(tokio = .*\), "test-util"\]/\1]/' -e '/^tokio-test = /d' -e '/^tower-test = /d' \
+    Cargo.toml >"$copy/Cargo.toml.new"
+  if cmp -s "$copy/Cargo.toml.new" "$copy/Cargo.toml"; then
+    rm "$copy/Cargo.toml.new"
+  else
+    mv "$copy/Cargo.toml.new" "$copy/Cargo.toml"
+  fi
+  for example in "$@"; do args+=(--example "$example"); done
+  log "building (cargo build --release ${args[*]}, without tokio's test-util, in $copy)"
+  CARGO_TARGET_DIR=$root/target cargo build --quiet --release --manifest-path "$copy/Cargo.toml" "${args[@]}" >&2
+  if CARGO_TARGET_DIR=$root/target cargo tree --quiet --manifest-path "$copy/Cargo.toml" \
+    -e features,normal,dev -i tokio | grep -q 'tokio feature "test-util"'; then
+    die "the benchmarks' build still has tokio's test-util: update bench_build's manifest edits"
+  fi
+  # shellcheck disable=SC2034 # read by the caller
+  BENCH_BIN=$root/target/release/examples
+}
