@@ -50,12 +50,12 @@ mod accept_error;
 mod listener;
 pub mod protected;
 mod reserve;
+mod signal;
 
 use std::{
     future::{Future, Pending, poll_fn},
     io,
     panic::AssertUnwindSafe,
-    pin::pin,
     time::Duration,
 };
 
@@ -76,6 +76,7 @@ use accept_error::{AcceptError, Backoff};
 pub use listener::Listener;
 pub use protected::{Handoff, ProtectedIo, ProtectedListener};
 use reserve::{ReserveDescriptor, Shed, is_descriptor_shortage};
+use signal::Shutdown;
 
 /// The first back-off after an accept fails for lack of resources; it doubles from here.
 const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
@@ -232,7 +233,7 @@ impl<L: Listener, F> Server<L, F> {
             reserve_descriptor,
             name: _,
         } = self;
-        let mut shutdown = pin!(shutdown);
+        let mut shutdown = Shutdown::new(shutdown);
         let mut connections = Connections::default();
         let mut backoff = Backoff::new(MIN_ACCEPT_BACKOFF, max_accept_backoff);
         let mut reserve = ReserveDescriptor::new(reserve_descriptor);
@@ -249,8 +250,8 @@ impl<L: Listener, F> Server<L, F> {
             // Ready before accept: a full service leaves connections in the backlog.
             // Readiness first: the shutdown future is looked at only while the service
             // is not ready, and by the accept just below, which puts it first so that a
-            // flood of connections cannot hold a shutdown back. Polling a signal's
-            // future costs more than a ready service's check.
+            // flood of connections cannot hold a shutdown back (it is polled only once
+            // it has woken the loop: see `signal`).
             let ready = tokio::select! {
                 biased;
                 ready = poll_fn(|cx| {
