@@ -91,6 +91,17 @@ impl<IO> Conn<IO> {
         self.parts.timed.as_ref()
     }
 
+    /// Where the protocol says its requests end, for a
+    /// [`TimeoutLayer`](crate::timeout::TimeoutLayer)'s request timeout; `None` without
+    /// one. Clones mark the same connection.
+    #[cfg(feature = "timeout")]
+    pub fn request_timer(&self) -> Option<crate::timeout::RequestTimer> {
+        self.parts
+            .timed
+            .as_ref()
+            .and_then(crate::timeout::RequestTimer::of)
+    }
+
     /// Marks the connection as watched by a timeout layer, through `activity`.
     #[cfg(feature = "timeout")]
     pub(crate) fn set_timed(&mut self, activity: std::sync::Arc<crate::timeout::Activity>) {

@@ -20,7 +20,7 @@ use tower_bouncer::{
     login::{AfterFailure, Login, LoginBuilder, LoginSession, Offence},
     peer_limit::PeerLimitLayer,
     rate_limit::{Rate, RateLimitLayer},
-    timeout::{RequestTimer, TimeoutError, TimeoutLayer},
+    timeout::{TimeoutError, TimeoutLayer},
 };
 
 use support::*;
@@ -43,7 +43,7 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let session = conn.extensions_mut().remove::<LoginSession>();
-    let timer = conn.extensions_mut().remove::<RequestTimer>();
+    let timer = conn.request_timer();
     let close = conn
         .extensions()
         .get::<GracefulClose>()

@@ -17,7 +17,7 @@ use tokio::{
 use tower::{Layer, ServiceExt, service_fn};
 use tower_bouncer::{
     BoxError, ConfigError, Conn, GracefulClose,
-    timeout::{RequestTimer, TimedIo, TimeoutBuilder, TimeoutError, TimeoutLayer},
+    timeout::{TimedIo, TimeoutBuilder, TimeoutError, TimeoutLayer},
 };
 
 use support::*;
@@ -65,8 +65,8 @@ async fn drain(mut conn: Timed) -> Result<(), BoxError> {
 }
 
 /// A line protocol: answers each line, marking each as a finished request.
-async fn lines(mut conn: Timed) -> Result<(), BoxError> {
-    let timer = conn.extensions_mut().remove::<RequestTimer>().unwrap();
+async fn lines(conn: Timed) -> Result<(), BoxError> {
+    let timer = conn.request_timer().unwrap();
     let mut io = BufReader::new(conn.into_io());
     let mut line = String::new();
     while io.read_line(&mut line).await? > 0 {
@@ -90,6 +90,25 @@ where
     let (conn, client) = duplex_conn("192.0.2.1:1");
     let service = layer.layer(service_fn(protocol));
     (tokio::spawn(service.oneshot(conn)), client)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_has_a_request_timer_only_under_a_request_timeout() {
+    let (bare, _client) = duplex_conn("192.0.2.1:1000");
+    assert!(bare.request_timer().is_none(), "no timeout layer");
+    for (builder, expected) in [
+        (TimeoutLayer::builder().idle(secs(10)), false),
+        (TimeoutLayer::builder().request(secs(10)), true),
+    ] {
+        let (seen, mut sees) = tokio::sync::mpsc::unbounded_channel();
+        let service = layer(builder).layer(service_fn(move |conn: Timed| {
+            seen.send(conn.request_timer().is_some()).unwrap();
+            async { Ok::<_, BoxError>(()) }
+        }));
+        let (conn, _client) = duplex_conn("192.0.2.1:1000");
+        within(secs(60), service.oneshot(conn)).await.unwrap();
+        assert_eq!(sees.recv().await, Some(expected));
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -66,11 +66,12 @@ where
     }
 
     fn call(&mut self, mut conn: Conn<IO>) -> Self::Future {
+        let request_timer = conn.request_timer();
         let extensions = conn.extensions_mut();
         let session = Session {
             login: extensions.remove::<LoginSession>(),
             close: extensions.remove::<GracefulClose>(),
-            request_timer: extensions.remove::<RequestTimer>(),
+            request_timer,
         };
         Box::pin(session.run(conn.into_io()))
     }

@@ -21,9 +21,7 @@ use super::{
     request::{RequestService, RequestTiming},
 };
 
-use crate::{
-    BoxError, Conn, GracefulClose, close::Cut, shared_io, striped::Handle, timeout::RequestTimer,
-};
+use crate::{BoxError, Conn, GracefulClose, close::Cut, shared_io, striped::Handle};
 
 pub(super) async fn serve<IO, S, B>(
     conn: Conn<IO>,
@@ -43,8 +41,6 @@ where
 {
     let info = conn.info();
     let (io, mut parts) = conn.into_parts();
-    // The adapter tells the timer where requests end; handlers have no use for it.
-    parts.extensions.remove::<RequestTimer>();
     let timed = parts.timed.take();
     let http_version = parts.http_version;
     // A timeout layer's request timeout holds request bodies too; the adapter's own

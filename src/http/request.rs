@@ -99,6 +99,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
         self.put_extensions(request.extensions_mut());
         let conn = &self.conn;
@@ -184,6 +185,7 @@ where
 {
     type Output = Result<Response<ExchangeBody<B>>, E>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let outcome = ready!(this.inner.poll(cx));

@@ -202,6 +202,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let session = request
             .extensions()
@@ -299,6 +300,7 @@ where
 {
     type Output = Result<Response<ReportBody<B, C>>, S::Error>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let response = loop {

@@ -10,7 +10,7 @@ use pin_project::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use super::{
-    RequestTimer, Shared, TimedIo,
+    Shared, TimedIo,
     activity::{Activity, Check, IdleWatch},
 };
 use crate::{BoxError, Conn, GracefulClose, striped::Striped};
@@ -28,12 +28,6 @@ where
     let deadlines = &shared.deadlines;
     let peer = conn.peer_addr();
     let activity = Arc::new(Activity::new(shared.local()));
-    let extensions = conn.extensions_mut();
-    if deadlines.request.is_some() {
-        extensions.insert(RequestTimer {
-            activity: activity.clone(),
-        });
-    }
     #[cfg(feature = "overload")]
     let standing = shared
         .scaler
@@ -43,8 +37,8 @@ where
     #[cfg(not(feature = "overload"))]
     let standing: Option<()> = None;
     // Asked to close at the end of the lifetime, or when evicted.
-    let close =
-        (deadlines.lifetime.is_some() || standing.is_some()).then(|| GracefulClose::of(extensions));
+    let close = (deadlines.lifetime.is_some() || standing.is_some())
+        .then(|| GracefulClose::of(conn.extensions_mut()));
     let mut conn = conn.map_io(|io| TimedIo::new(io, activity.clone()));
     conn.set_timed(activity.clone());
     ResponseFuture {

@@ -27,8 +27,9 @@
 //! [`io::ErrorKind::TimedOut`](std::io::ErrorKind::TimedOut) error holding a
 //! [`TimeoutError`].
 //!
-//! Where a request starts and ends is the protocol's to say: the layer puts a
-//! [`RequestTimer`] in the connection's extensions. The first byte read starts a request,
+//! Where a request starts and ends is the protocol's to say, through the connection's
+//! [`RequestTimer`] ([`Conn::request_timer`](crate::Conn::request_timer)). The first byte
+//! read starts a request,
 //! [`RequestTimer::finish`] ends it, and the next byte read starts the next one. The
 //! [HTTP adapter](crate::http) does this on its own: an HTTP/1.1 request runs from its
 //! first byte until its head is in (with a body, until the handler answers), an HTTP/2
@@ -46,7 +47,7 @@
 //! ```
 //! use std::time::Duration;
 //! use tower::ServiceBuilder;
-//! use tower_bouncer::{Conn, timeout::{RequestTimer, TimedIo, TimeoutLayer}};
+//! use tower_bouncer::{Conn, timeout::{TimedIo, TimeoutLayer}};
 //! use tokio::{io::{AsyncBufReadExt, BufReader}, net::TcpStream};
 //!
 //! let timeouts = TimeoutLayer::builder()
@@ -58,7 +59,7 @@
 //!
 //! // A line protocol: each line is a request.
 //! let lines = tower::service_fn(|mut conn: Conn<TimedIo<TcpStream>>| async move {
-//!     let timer = conn.extensions_mut().remove::<RequestTimer>().expect("from the layer");
+//!     let timer = conn.request_timer().expect("from the layer");
 //!     let mut reader = BufReader::new(conn.into_io());
 //!     let mut line = String::new();
 //!     while reader.read_line(&mut line).await? > 0 {
@@ -178,8 +179,9 @@ impl From<TimeoutError> for std::io::Error {
     }
 }
 
-/// Marks where requests end on one connection, for the request timeout. Put in the
-/// connection's extensions by [`TimeoutLayer`] when it has a request timeout.
+/// Marks where requests end on one connection, for the request timeout:
+/// [`Conn::request_timer`](crate::Conn::request_timer), under a [`TimeoutLayer`] with a
+/// request timeout.
 ///
 /// The first byte read starts a request; [`finish`](Self::finish) ends it and arms the
 /// next, which starts at the next byte read. Clones mark the same connection.
@@ -189,6 +191,14 @@ pub struct RequestTimer {
 }
 
 impl RequestTimer {
+    /// The timer of a connection watched through `activity`, if its layer times
+    /// requests.
+    pub(crate) fn of(activity: &Arc<Activity>) -> Option<Self> {
+        activity.layer_deadlines().request.is_some().then(|| Self {
+            activity: activity.clone(),
+        })
+    }
+
     /// The request in progress is complete.
     pub fn finish(&self) {
         self.activity.finish_request();
