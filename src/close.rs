@@ -54,11 +54,51 @@ struct Signal {
 }
 
 /// The tasks waiting on a signal, each under an id its [`Requested`] keeps, with the
-/// bits it waits for.
+/// bits it waits for. A connection's signals have one or two (its protocol's, an
+/// eviction's): those are kept in place, and only more go to the heap.
 #[derive(Debug, Default)]
 struct Waiters {
     next_id: u32,
-    list: Vec<(u32, u8, Waker)>,
+    first: [Option<Waiter>; 2],
+    more: Vec<Waiter>,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    id: u32,
+    bits: u8,
+    waker: Waker,
+}
+
+impl Waiters {
+    fn push(&mut self, waiter: Waiter) {
+        match self.first.iter_mut().find(|slot| slot.is_none()) {
+            Some(slot) => *slot = Some(waiter),
+            None => self.more.push(waiter),
+        }
+    }
+
+    fn find(&mut self, id: u32) -> Option<&mut Waiter> {
+        self.first
+            .iter_mut()
+            .flatten()
+            .chain(&mut self.more)
+            .find(|waiter| waiter.id == id)
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&Waiter) -> bool) {
+        for slot in &mut self.first {
+            if slot.as_ref().is_some_and(|waiter| !keep(waiter)) {
+                *slot = None;
+            }
+        }
+        self.more.retain(keep);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.first.iter().flatten().count() + self.more.len()
+    }
 }
 
 impl GracefulClose {
@@ -93,10 +133,10 @@ impl GracefulClose {
         }
         let raised = before | bits;
         let mut waiting = Vec::new();
-        self.signal.lock().list.retain(|(_, wanted, waker)| {
-            let done = raised & wanted == *wanted;
+        self.signal.lock().retain(|waiter| {
+            let done = raised & waiter.bits == waiter.bits;
             if done {
-                waiting.push(waker.clone());
+                waiting.push(waiter.waker.clone());
             }
             !done
         });
@@ -183,10 +223,8 @@ impl Requested {
         let id = match &self.registered {
             Some((id, _)) => {
                 let id = *id;
-                if let Some((_, _, waker)) =
-                    waiters.list.iter_mut().find(|(other, _, _)| *other == id)
-                {
-                    waker.clone_from(cx.waker());
+                if let Some(waiter) = waiters.find(id) {
+                    waiter.waker.clone_from(cx.waker());
                 }
                 id
             }
@@ -194,7 +232,11 @@ impl Requested {
                 let id = waiters.next_id;
                 // Ids only tell apart the few waiters of one connection.
                 waiters.next_id = waiters.next_id.wrapping_add(1);
-                waiters.list.push((id, self.bits, cx.waker().clone()));
+                waiters.push(Waiter {
+                    id,
+                    bits: self.bits,
+                    waker: cx.waker().clone(),
+                });
                 id
             }
         };
@@ -209,7 +251,7 @@ impl Drop for Requested {
         if let Some((id, _)) = self.registered.take()
             && !self.signal.is_raised(self.bits)
         {
-            self.signal.lock().list.retain(|(other, _, _)| *other != id);
+            self.signal.lock().retain(|waiter| waiter.id != id);
         }
     }
 }
@@ -277,18 +319,43 @@ mod tests {
     }
 
     #[test]
+    fn waiters_in_place_and_on_the_heap_are_all_woken_and_each_leaves_alone() {
+        let close = GracefulClose::new();
+        let mut waiters: Vec<_> = (0..5).map(|_| task::spawn(close.requested())).collect();
+        for waiter in &mut waiters {
+            assert_pending!(waiter.poll());
+        }
+        assert_eq!(close.signal.lock().len(), 5);
+        // One kept in place and one on the heap leave.
+        drop(waiters.remove(3));
+        drop(waiters.remove(0));
+        assert_eq!(close.signal.lock().len(), 3);
+        // A new one takes the freed place.
+        let mut late = task::spawn(close.requested());
+        assert_pending!(late.poll());
+        assert_eq!(close.signal.lock().len(), 4);
+        waiters.push(late);
+        close.request();
+        for waiter in &mut waiters {
+            assert!(waiter.is_woken());
+            assert_ready!(waiter.poll());
+        }
+        assert_eq!(close.signal.lock().len(), 0);
+    }
+
+    #[test]
     fn a_dropped_waiter_leaves_the_list() {
         let close = GracefulClose::new();
         let mut waiter = task::spawn(close.requested());
         assert_pending!(waiter.poll());
         assert_pending!(waiter.poll());
         assert_eq!(
-            close.signal.lock().list.len(),
+            close.signal.lock().len(),
             1,
             "polled twice, registered once"
         );
         drop(waiter);
-        assert!(close.signal.lock().list.is_empty());
+        assert_eq!(close.signal.lock().len(), 0);
     }
 
     #[test]
