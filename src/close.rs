@@ -45,6 +45,10 @@ pub struct GracefulClose {
 const REQUESTED: u8 = 1;
 /// Raised by a request that leaves the cut to the connection's protocol.
 const CUT_BY_PROTOCOL: u8 = 2;
+/// Raised by an eviction, whose grace the login session watches: on the connection's
+/// own signal, not one of its own, as that would be an allocation per connection.
+#[cfg(feature = "login")]
+const EVICTED: u8 = 4;
 
 #[derive(Debug, Default)]
 struct Signal {
@@ -124,6 +128,19 @@ impl GracefulClose {
     /// that instead of applying its own close grace.
     pub fn request_cut_by_caller(&self) {
         self.raise(REQUESTED);
+    }
+
+    /// Asks the connection to close as [`request_cut_by_caller`](Self::request_cut_by_caller)
+    /// does, and marks it evicted: the login session cuts it after its grace.
+    #[cfg(feature = "login")]
+    pub(crate) fn evict(&self) {
+        self.raise(REQUESTED | EVICTED);
+    }
+
+    /// Resolves once the connection has been evicted.
+    #[cfg(feature = "login")]
+    pub(crate) fn evicted(&self) -> Requested {
+        self.waiter(EVICTED)
     }
 
     fn raise(&self, bits: u8) {
@@ -341,6 +358,27 @@ mod tests {
             assert_ready!(waiter.poll());
         }
         assert_eq!(close.signal.lock().len(), 0);
+    }
+
+    #[cfg(feature = "login")]
+    #[test]
+    fn an_eviction_is_a_request_and_only_an_eviction_is_an_eviction() {
+        let close = GracefulClose::new();
+        let mut evicted = task::spawn(close.evicted());
+        assert_pending!(evicted.poll());
+        close.request();
+        assert_pending!(evicted.poll(), "a plain request is no eviction");
+        close.evict();
+        assert!(evicted.is_woken());
+        assert_ready!(evicted.poll());
+
+        let close = GracefulClose::new();
+        close.evict();
+        assert!(close.is_requested());
+        assert_pending!(
+            task::spawn(close.cut_left_to_protocol()).poll(),
+            "the evicter cuts, not the protocol"
+        );
     }
 
     #[test]

@@ -96,10 +96,9 @@ pub(crate) struct SessionState {
     pub(super) peer: Option<Classified>,
     failures: AtomicU32,
     authenticated: AtomicBool,
-    /// The connection's graceful close, raised on eviction.
-    close: GracefulClose,
-    /// Raised with the reason when the session layer must cut after its grace.
-    pub(super) eviction: GracefulClose,
+    /// The connection's graceful close, raised on eviction (with its eviction mark,
+    /// for the session layer to cut after its grace).
+    pub(super) close: GracefulClose,
     reason: OnceLock<EvictReason>,
     /// The connection's place in the pre-authentication budget, left on success.
     startup: Mutex<Option<StartupSlot>>,
@@ -121,7 +120,6 @@ impl SessionState {
             failures: AtomicU32::new(0),
             authenticated: AtomicBool::new(false),
             close,
-            eviction: GracefulClose::new(),
             reason: OnceLock::new(),
             startup: Mutex::new(Some(startup)),
             attempts: OnceLock::new(),
@@ -162,8 +160,7 @@ impl SessionState {
                 self.shared.offended(peer, Offence::LoginTimeout);
             }
         }
-        self.close.request_cut_by_caller();
-        self.eviction.request();
+        self.close.evict();
     }
 
     /// Gives back the place in the pre-authentication budget.

@@ -134,7 +134,7 @@ where
     };
     let future = SessionFuture {
         inner: inner.call(conn),
-        evicted: state.eviction.requested(),
+        evicted: state.close.evicted(),
         login_deadline: shared
             .login_timeout()
             .map(|timeout| Box::pin(ShrinkingDeadline::after(timeout, &shared.scaler))),
