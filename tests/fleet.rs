@@ -723,22 +723,38 @@ async fn a_full_ban_list_escalates_a_peer_once_per_ban() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_offence_that_arrives_late_counts_in_the_window_it_happened_in() {
-    use tower_bouncer::fleet::{BAN_WEIGHT, Backend, Change, FleetPolicy};
-    let redis = redis();
+/// A connected replica on `prefix` (with `window` as its failure window), and a link of
+/// the test's own to the same store, to send changes with the ages it chooses; the
+/// receiver keeps the link's decisions channel open.
+async fn replica_and_link(
+    redis: &Redis,
+    prefix: &str,
+    window: Duration,
+) -> (
+    Replica,
+    Box<dyn tower_bouncer::fleet::Link>,
+    tokio::sync::mpsc::Receiver<tower_bouncer::fleet::Decision>,
+) {
+    use tower_bouncer::fleet::{Backend, FleetPolicy};
     let backend = || {
         RedisBackend::new(&redis.url())
             .unwrap()
-            .prefix("late")
+            .prefix(prefix)
             .unwrap()
     };
-    let replica = Replica::on(Fleet::builder(backend()), policy().failure_window(secs(1)));
+    let replica = Replica::on(Fleet::builder(backend()), policy().failure_window(window));
     replica.connected().await;
-    // A link of this test's own, to send offences with the ages it chooses.
-    let (decisions, _keep) = tokio::sync::mpsc::channel(16);
-    let policy = FleetPolicy::new(secs(1), secs(60), 2, secs(86_400), secs(86_400));
-    let mut link = backend().connect(policy, decisions).await.unwrap();
+    let (decisions, kept) = tokio::sync::mpsc::channel(16);
+    let policy = FleetPolicy::new(window, secs(60), 2, secs(86_400), secs(86_400));
+    let link = backend().connect(policy, decisions).await.unwrap();
+    (replica, link, kept)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offence_that_arrives_late_counts_in_the_window_it_happened_in() {
+    use tower_bouncer::fleet::{BAN_WEIGHT, Change};
+    let redis = redis();
+    let (replica, mut link, _kept) = replica_and_link(&redis, "late", secs(1)).await;
     let offence = |hundredths: u32, ago_ms: u64| Change::Offence {
         key: "203.0.113.83/32".parse().unwrap(),
         weight: BAN_WEIGHT / 100 * hundredths,
@@ -764,19 +780,9 @@ async fn an_offence_that_arrives_late_counts_in_the_window_it_happened_in() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offences_from_two_replicas_arriving_out_of_order_still_add_up() {
-    use tower_bouncer::fleet::{BAN_WEIGHT, Backend, Change, FleetPolicy};
+    use tower_bouncer::fleet::{BAN_WEIGHT, Change};
     let redis = redis();
-    let backend = || {
-        RedisBackend::new(&redis.url())
-            .unwrap()
-            .prefix("order")
-            .unwrap()
-    };
-    let replica = Replica::on(Fleet::builder(backend()), policy());
-    replica.connected().await;
-    let (decisions, _keep) = tokio::sync::mpsc::channel(16);
-    let policy = FleetPolicy::new(secs(600), secs(60), 2, secs(86_400), secs(86_400));
-    let mut link = backend().connect(policy, decisions).await.unwrap();
+    let (replica, mut link, _kept) = replica_and_link(&redis, "order", secs(600)).await;
     let quarter = |ago_ms: u64| Change::Offence {
         key: "203.0.113.84/32".parse().unwrap(),
         weight: BAN_WEIGHT / 4,
@@ -791,19 +797,9 @@ async fn offences_from_two_replicas_arriving_out_of_order_still_add_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ban_given_back_to_an_empty_redis_loses_to_an_unban_made_before() {
-    use tower_bouncer::fleet::{Backend, Change, FleetPolicy};
+    use tower_bouncer::fleet::Change;
     let redis = redis();
-    let backend = || {
-        RedisBackend::new(&redis.url())
-            .unwrap()
-            .prefix("reseed")
-            .unwrap()
-    };
-    let replica = Replica::on(Fleet::builder(backend()), policy());
-    replica.connected().await;
-    let (decisions, _keep) = tokio::sync::mpsc::channel(16);
-    let policy = FleetPolicy::new(secs(600), secs(60), 2, secs(86_400), secs(86_400));
-    let mut link = backend().connect(policy, decisions).await.unwrap();
+    let (replica, mut link, _kept) = replica_and_link(&redis, "reseed", secs(600)).await;
     let key: ipnet::IpNet = "192.0.2.60/32".parse().unwrap();
     // After an outage, one replica gives the store a ban it holds, of unknown age...
     link.send(&Change::Ban {
