@@ -6,11 +6,13 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     task::{Context, Poll, Wake, Waker},
 };
+
+use futures_util::task::AtomicWaker;
 
 /// `signal`, polled on the first poll and then only once its waker has fired.
 pub(super) struct Shutdown<F> {
@@ -22,7 +24,7 @@ pub(super) struct Shutdown<F> {
 #[derive(Debug)]
 struct SignalWaker {
     due: AtomicBool,
-    task: Mutex<Option<Waker>>,
+    task: AtomicWaker,
 }
 
 impl Wake for SignalWaker {
@@ -32,13 +34,7 @@ impl Wake for SignalWaker {
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.due.store(true, Ordering::Release);
-        let task = self
-            .task
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(task) = &*task {
-            task.wake_by_ref();
-        }
+        self.task.wake();
     }
 }
 
@@ -48,7 +44,7 @@ impl<F: Future<Output = ()>> Shutdown<F> {
             signal: Box::pin(signal),
             waker: Arc::new(SignalWaker {
                 due: AtomicBool::new(true),
-                task: Mutex::new(None),
+                task: AtomicWaker::new(),
             }),
         }
     }
@@ -58,16 +54,7 @@ impl<F: Future<Output = ()>> Future for Shutdown<F> {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        {
-            let mut task = self
-                .waker
-                .task
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if !task.as_ref().is_some_and(|task| task.will_wake(cx.waker())) {
-                *task = Some(cx.waker().clone());
-            }
-        }
+        self.waker.task.register(cx.waker());
         if !self.waker.due.swap(false, Ordering::Acquire) {
             return Poll::Pending;
         }
