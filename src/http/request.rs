@@ -35,21 +35,22 @@ pub(super) struct RequestTiming {
 
 /// The inner service, seen per request: it hands the connection's extensions to each
 /// request, tells the timer about it, and marks HTTP/1 responses `Connection: close`
-/// once a close is asked for.
+/// once a close is asked for. Cloned for every request (hyper calls a clone), so what
+/// it shares is behind one reference count.
 #[derive(Debug, Clone)]
 pub(super) struct RequestService<S> {
     inner: S,
-    conn: ConnExtensions,
-    extensions: Arc<RequestExtensions>,
+    shared: Arc<Shared>,
 }
 
-/// What each request gets: the connection and, with the `axum` and `tonic` features,
-/// the peer's address as their own extractors read it. Made once a second request
-/// comes, and cloned into each: cloning a made map costs less than filling one, but
-/// for a connection that serves one request, making it would be allocations for
-/// nothing.
-#[derive(Debug, Default)]
-struct RequestExtensions {
+/// The connection, and what each request gets: the connection and, with the `axum` and
+/// `tonic` features, the peer's address as their own extractors read it. The map is made
+/// once a second request comes, and cloned into each: cloning a made map costs less
+/// than filling one, but for a connection that serves one request, making it would be
+/// allocations for nothing. (The map holds the connection, not this: no cycle.)
+#[derive(Debug)]
+struct Shared {
+    conn: ConnExtensions,
     made: OnceLock<http::Extensions>,
     served: AtomicBool,
 }
@@ -58,20 +59,24 @@ impl<S> RequestService<S> {
     pub(super) fn new(inner: S, conn: ConnExtensions) -> Self {
         Self {
             inner,
-            conn,
-            extensions: Arc::default(),
+            shared: Arc::new(Shared {
+                conn,
+                made: OnceLock::new(),
+                served: AtomicBool::new(false),
+            }),
         }
     }
 
     fn put_extensions(&self, extensions: &mut http::Extensions) {
-        if let Some(made) = self.extensions.made.get() {
+        let shared = &*self.shared;
+        if let Some(made) = shared.made.get() {
             extensions.extend(made.clone());
             return;
         }
         let mut made = http::Extensions::new();
-        made.insert(self.conn.clone());
+        made.insert(shared.conn.clone());
         #[cfg(any(feature = "axum", feature = "tonic"))]
-        let info = self.conn.info();
+        let info = shared.conn.info();
         #[cfg(feature = "axum")]
         made.insert(axum::extract::ConnectInfo(info.peer_addr));
         #[cfg(feature = "tonic")]
@@ -79,9 +84,9 @@ impl<S> RequestService<S> {
             local_addr: Some(info.local_addr),
             remote_addr: Some(info.peer_addr),
         });
-        if self.extensions.served.swap(true, Ordering::Relaxed) {
+        if shared.served.swap(true, Ordering::Relaxed) {
             // A second request: more may come.
-            let _ = self.extensions.made.set(made.clone());
+            let _ = shared.made.set(made.clone());
         }
         extensions.extend(made);
     }
@@ -102,7 +107,7 @@ where
     #[inline]
     fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
         self.put_extensions(request.extensions_mut());
-        let conn = &self.conn;
+        let conn = &self.shared.conn;
         let http1 = request.version() < Version::HTTP_2;
         let timing = conn.timing();
         let mut finish_on_response = None;
