@@ -34,7 +34,7 @@ use tower::{Layer, Service, service_fn, util::ServiceFn};
 use tower_bouncer::{
     BoxError, Conn,
     fleet::{Fleet, RedisBackend},
-    login::{Login, LoginBuilder, LoginSession},
+    login::{Login, LoginBuilder},
 };
 
 use support::*;
@@ -136,10 +136,10 @@ fn wait_until(patience: Duration, mut done: impl FnMut() -> bool) -> bool {
 }
 
 /// The protocol: every connection fails one login.
-fn fail_login(mut conn: Conn<Io>) -> Ready<Result<(), BoxError>> {
+fn fail_login(conn: Conn<Io>) -> Ready<Result<(), BoxError>> {
     let session = conn
-        .extensions_mut()
-        .remove::<LoginSession>()
+        .login_session()
+        .cloned()
         .expect("the session layer gives every connection a session");
     let _closing = session.failed();
     ready(Ok(()))

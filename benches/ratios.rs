@@ -23,7 +23,7 @@ use tokio::{
 };
 use tower::{Layer, Service, service_fn};
 use tower_bouncer::{
-    BoxError, Conn, GracefulClose,
+    BoxError, Conn,
     limit::ConnectionLimitLayer,
     overload::Overload,
     proxy_protocol::ProxyProtocolLayer,
@@ -149,7 +149,7 @@ where
     for n in std::hint::black_box(0..iterations) {
         assert!(service.poll_ready(&mut cx).is_ready());
         let mut conn = Conn::new(tokio::io::empty(), peer(0, n as u32), local);
-        conn.extensions_mut().insert(GracefulClose::new());
+        conn.graceful_close();
         let connection = pin!(service.call(conn));
         match connection.poll(&mut cx) {
             Poll::Ready(outcome) => outcome.unwrap(),

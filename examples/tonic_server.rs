@@ -18,7 +18,7 @@ use tonic::{
     service::{Routes, interceptor::InterceptedService},
     transport::server::TcpIncoming,
 };
-use tower_bouncer::{bouncer::Refusals, http::ConnExtensions, login::LoginSession};
+use tower_bouncer::{bouncer::Refusals, http::ConnExtensions};
 
 #[tokio::main]
 async fn main() {
@@ -58,7 +58,7 @@ fn require_token(request: Request<()>) -> Result<Request<()>, Status> {
             if let Some(session) = request
                 .extensions()
                 .get::<ConnExtensions>()
-                .and_then(ConnExtensions::get::<LoginSession>)
+                .and_then(ConnExtensions::login_session)
             {
                 session.succeeded();
             }

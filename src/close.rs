@@ -15,9 +15,10 @@ use crate::deadline::deadline_after;
 
 /// Asks one connection to finish what it is doing and close.
 ///
-/// Every connection served by [`serve`](crate::serve) carries one in its
-/// [`Conn`](crate::Conn) extensions (a connection built by hand gets one from the HTTP
-/// adapter), and the HTTP adapter hands it to every request (in
+/// Every connection served by [`serve`](crate::serve) carries one
+/// ([`Conn::graceful_close`](crate::Conn::graceful_close); a connection built by hand
+/// gets one from the first layer or protocol that asks), and the HTTP adapter hands it
+/// to every request (in
 /// [`ConnExtensions`](crate::http::ConnExtensions)), so a layer, a handler or an
 /// operator can raise it:
 ///
@@ -109,12 +110,6 @@ impl GracefulClose {
     /// A signal that is not raised.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// The close signal in a connection's `extensions`, put there first if it has none,
-    /// so that every layer and the protocol share one.
-    pub(crate) fn of(extensions: &mut http::Extensions) -> Self {
-        extensions.get_or_insert_default::<Self>().clone()
     }
 
     /// Asks the connection to close gracefully; if it does not finish, the HTTP adapter

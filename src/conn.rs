@@ -3,6 +3,8 @@ use std::{fmt, io, net::SocketAddr};
 use http::Extensions;
 use tokio::net::TcpStream;
 
+use crate::GracefulClose;
+
 /// One accepted connection: the request type of every connection-level service.
 ///
 /// It carries the stream, the peer and local addresses, and typed [`Extensions`] in
@@ -38,6 +40,14 @@ pub struct Parts {
     pub local_addr: SocketAddr,
     /// Per-connection handles left by layers.
     pub extensions: Extensions,
+    /// The connection's close signal, shared by the accept loop, every layer and the
+    /// protocol. A field, not an extension: every connection the accept loop serves has
+    /// one, and an extension of its own would be allocations per connection.
+    pub(crate) close: Option<GracefulClose>,
+    /// The login session a `SessionLayer` opened. A field for the same reason, and the
+    /// HTTP adapter reads it on every request.
+    #[cfg(feature = "login")]
+    pub(crate) login: Option<crate::login::LoginSession>,
     /// The activity a timeout layer watches, for the protocol to declare when it is
     /// busy and to add its own deadlines. A field, not an extension: it is on every
     /// connection's path.
@@ -58,6 +68,9 @@ impl<IO> Conn<IO> {
                 peer_addr,
                 local_addr,
                 extensions: Extensions::new(),
+                close: None,
+                #[cfg(feature = "login")]
+                login: None,
                 #[cfg(feature = "timeout")]
                 timed: None,
                 http_version: None,
@@ -83,6 +96,25 @@ impl<IO> Conn<IO> {
     /// The local address the connection was accepted on.
     pub fn local_addr(&self) -> SocketAddr {
         self.parts.local_addr
+    }
+
+    /// The connection's close signal, the one the accept loop's drain and every layer
+    /// raise and the protocol watches; made the first time it is asked for when nothing
+    /// above made one (a connection served without [`serve`](crate::serve)).
+    pub fn graceful_close(&mut self) -> GracefulClose {
+        self.parts.graceful_close()
+    }
+
+    /// The connection's login session, if a
+    /// [`SessionLayer`](crate::login::SessionLayer) above opened one.
+    #[cfg(feature = "login")]
+    pub fn login_session(&self) -> Option<&crate::login::LoginSession> {
+        self.parts.login.as_ref()
+    }
+
+    #[cfg(feature = "login")]
+    pub(crate) fn set_login_session(&mut self, session: crate::login::LoginSession) {
+        self.parts.login = Some(session);
     }
 
     /// The activity a timeout layer watches on this connection, if one does.
@@ -152,6 +184,19 @@ impl<IO> Conn<IO> {
             io: wrap(self.io),
             parts: self.parts,
         }
+    }
+}
+
+impl Parts {
+    /// The connection's close signal: [`Conn::graceful_close`].
+    pub fn graceful_close(&mut self) -> GracefulClose {
+        self.close.get_or_insert_with(GracefulClose::new).clone()
+    }
+
+    /// The connection's login session: [`Conn::login_session`].
+    #[cfg(feature = "login")]
+    pub fn login_session(&self) -> Option<&crate::login::LoginSession> {
+        self.login.as_ref()
     }
 }
 
@@ -232,6 +277,17 @@ mod tests {
         let conn = Conn::from_parts(io, parts);
         assert_eq!(conn.extensions().get::<&str>(), Some(&"handle"));
         assert_eq!(conn.local_addr(), addr("10.0.0.2:2"));
+    }
+
+    #[test]
+    fn the_close_signal_is_made_on_first_ask_and_then_shared() {
+        let mut conn = Conn::new((), addr("10.0.0.1:1"), addr("10.0.0.2:2"));
+        let first = conn.graceful_close();
+        let (io, mut parts) = conn.into_parts();
+        parts.graceful_close().request();
+        assert!(first.is_requested(), "one signal, however it is reached");
+        let mut conn = Conn::from_parts(io, parts);
+        assert!(conn.graceful_close().is_requested());
     }
 
     #[tokio::test]

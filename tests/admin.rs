@@ -19,7 +19,7 @@ use tower_bouncer::{
     BoxError, Conn,
     admin::{Admin, AdminError},
     limit::ConnectionLimitLayer,
-    login::{AfterFailure, Login, LoginSession},
+    login::{AfterFailure, Login},
     overload::Overload,
     peer_limit::PeerLimitLayer,
     rate_limit::{Rate, RateLimitLayer},
@@ -331,17 +331,18 @@ fn hold(layer: &PeerLimitLayer, peer: &str) {
 /// Fails one login from `peer`, on a connection under `login`'s session layer.
 async fn fail_login(login: &Login, peer: &str) {
     let (conn, client) = duplex_conn(peer);
-    let service = login
-        .ban_layer()
-        .layer(login.session_layer().layer(service_fn(
-            |mut conn: Conn<DuplexStream>| async move {
-                let session = conn.extensions_mut().remove::<LoginSession>().unwrap();
-                let mut io = conn.into_io();
-                io.write_all(b"DENIED\n").await?;
-                assert_eq!(session.failed(), AfterFailure::Closing);
-                Ok::<_, BoxError>(())
-            },
-        )));
+    let service =
+        login
+            .ban_layer()
+            .layer(login.session_layer().layer(service_fn(
+                |conn: Conn<DuplexStream>| async move {
+                    let session = conn.login_session().cloned().unwrap();
+                    let mut io = conn.into_io();
+                    io.write_all(b"DENIED\n").await?;
+                    assert_eq!(session.failed(), AfterFailure::Closing);
+                    Ok::<_, BoxError>(())
+                },
+            )));
     let connection = tokio::spawn(service.oneshot(conn));
     let mut line = String::new();
     BufReader::new(client).read_line(&mut line).await.unwrap();

@@ -32,7 +32,7 @@ use tower_bouncer::{
     Conn,
     admin::Admin,
     limit::ConnectionLimitLayer,
-    login::{AfterFailure, Login, LoginSession},
+    login::{AfterFailure, Login},
     serve::Server,
 };
 
@@ -143,8 +143,8 @@ impl Service<Conn<TcpStream>> for LineLogin {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut conn: Conn<TcpStream>) -> Self::Future {
-        let session = conn.extensions_mut().remove::<LoginSession>();
+    fn call(&mut self, conn: Conn<TcpStream>) -> Self::Future {
+        let session = conn.login_session().cloned();
         Box::pin(async move {
             let session = session.expect("under the session layer");
             let mut io = BufReader::new(conn.into_io()).take(64 * 1024);

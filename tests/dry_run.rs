@@ -15,7 +15,7 @@ use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_bouncer::{
     BoxError, Conn,
     limit::ConnectionLimitLayer,
-    login::{Login, LoginSession},
+    login::Login,
     peer_limit::PeerLimitLayer,
     rate_limit::{Rate, RateLimitLayer},
 };
@@ -210,7 +210,7 @@ fn holding() -> impl Service<
     Future = impl Future<Output = Result<(), BoxError>> + Send,
 > + Clone {
     service_fn(|conn: Conn<DuplexStream>| async move {
-        let _session = conn.extensions().get::<LoginSession>().cloned();
+        let _session = conn.login_session().cloned();
         std::future::pending::<()>().await;
         Ok(())
     })

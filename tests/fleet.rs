@@ -19,7 +19,7 @@ use tower::{Layer, ServiceExt, service_fn};
 use tower_bouncer::{
     BoxError, Conn,
     fleet::{Fleet, FleetBuilder, RedisBackend},
-    login::{AfterFailure, Login, LoginBuilder, LoginSession},
+    login::{AfterFailure, Login, LoginBuilder},
 };
 
 use support::*;
@@ -97,8 +97,8 @@ impl Replica {
 }
 
 /// A protocol whose every connection fails one login.
-async fn deny(mut conn: Conn<DuplexStream>) -> Result<(), BoxError> {
-    let session = conn.extensions_mut().remove::<LoginSession>().unwrap();
+async fn deny(conn: Conn<DuplexStream>) -> Result<(), BoxError> {
+    let session = conn.login_session().cloned().unwrap();
     let mut io = conn.into_io();
     io.write_all(b"DENIED\n").await?;
     io.flush().await?;

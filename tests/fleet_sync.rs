@@ -196,12 +196,9 @@ async fn decisions_are_applied_and_local_changes_are_sent() {
 async fn fail_once(login: &Login, peer: &str) {
     use tokio::io::AsyncReadExt;
     use tower::{Layer, ServiceExt, service_fn};
-    use tower_bouncer::{
-        BoxError, Conn,
-        login::{AfterFailure, LoginSession},
-    };
-    async fn deny(mut conn: Conn<tokio::io::DuplexStream>) -> Result<(), BoxError> {
-        let session = conn.extensions_mut().remove::<LoginSession>().unwrap();
+    use tower_bouncer::{BoxError, Conn, login::AfterFailure};
+    async fn deny(conn: Conn<tokio::io::DuplexStream>) -> Result<(), BoxError> {
+        let session = conn.login_session().cloned().unwrap();
         assert_eq!(session.failed(), AfterFailure::Closing);
         Ok(())
     }

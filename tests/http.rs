@@ -278,8 +278,7 @@ async fn a_connection_that_outlives_its_close_grace_is_cut() {
         .build()
         .unwrap();
     let (mut conn, mut client) = duplex_conn("192.0.2.1:1");
-    let close = GracefulClose::new();
-    conn.extensions_mut().insert(close.clone());
+    let close = conn.graceful_close();
     let connection = tokio::spawn(marked(http).oneshot(conn));
 
     client
@@ -328,8 +327,7 @@ async fn a_cut_http2_connection_stops_its_handlers() {
         }),
     );
     let (mut conn, client) = duplex_conn("192.0.2.1:1");
-    let close = GracefulClose::new();
-    conn.extensions_mut().insert(close.clone());
+    let close = conn.graceful_close();
     let connection = tokio::spawn(
         HttpService::builder(app)
             .close_grace(Duration::from_secs(5))
@@ -484,9 +482,7 @@ mod under_a_request_timeout {
 mod reporting_logins {
     use super::*;
     use axum::http::StatusCode;
-    use tower_bouncer::login::{
-        Login, LoginOutcome, LoginSession, ReportLoginLayer, StatusClassifier,
-    };
+    use tower_bouncer::login::{Login, LoginOutcome, ReportLoginLayer, StatusClassifier};
 
     fn auth_app() -> Router {
         Router::new()
@@ -495,7 +491,7 @@ mod reporting_logins {
             .route(
                 "/welcome",
                 get(|conn: ConnExtensions| async move {
-                    conn.get::<LoginSession>().unwrap().succeeded();
+                    conn.login_session().unwrap().succeeded();
                     "welcome\n"
                 }),
             )

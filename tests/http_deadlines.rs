@@ -21,7 +21,7 @@ use tokio::{
 };
 use tower::{ServiceBuilder, ServiceExt};
 use tower_bouncer::{
-    BoxError, GracefulClose,
+    BoxError,
     http::HttpService,
     serve::Server,
     timeout::{TimeoutError, TimeoutLayer},
@@ -436,8 +436,7 @@ mod graces {
     #[tokio::test(start_paused = true)]
     async fn a_close_asked_by_a_handler_is_cut_after_the_adapters_close_grace() {
         let (mut conn, client) = duplex_conn("192.0.2.1:1");
-        let close = GracefulClose::new();
-        conn.extensions_mut().insert(close.clone());
+        let close = conn.graceful_close();
         let connection = tokio::spawn(
             HttpService::builder(app())
                 .close_grace(secs(5))

@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tower::{Layer, ServiceBuilder, ServiceExt};
 use tower_bouncer::{
     http::{ConnExtensions, HttpService},
-    login::{Login, LoginSession, ReportLoginLayer},
+    login::{Login, ReportLoginLayer},
 };
 
 use support::*;
@@ -43,7 +43,7 @@ fn app(checks: Arc<AtomicUsize>) -> Router {
         .route(
             "/welcome",
             get(|conn: ConnExtensions| async move {
-                conn.get::<LoginSession>().unwrap().succeeded();
+                conn.login_session().unwrap().succeeded();
                 "welcome\n"
             }),
         )

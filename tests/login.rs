@@ -11,9 +11,9 @@ use tokio::{
 };
 use tower::{Layer, ServiceExt, service_fn};
 use tower_bouncer::{
-    BoxError, Conn, GracefulClose,
+    BoxError, Conn,
     admission::Reason,
-    login::{AfterFailure, EvictReason, Evicted, Login, LoginBuilder, LoginSession},
+    login::{AfterFailure, EvictReason, Evicted, Login, LoginBuilder},
     peer::{Overflow, PeerKeying},
 };
 
@@ -26,8 +26,8 @@ fn secs(n: u64) -> Duration {
 /// A line protocol: `good` logs in, `bad` fails (closing once the tries are used up),
 /// `stall` stops reading and never ends.
 async fn protocol(mut conn: Conn<DuplexStream>) -> Result<(), BoxError> {
-    let session = conn.extensions_mut().remove::<LoginSession>().unwrap();
-    let close = conn.extensions_mut().remove::<GracefulClose>().unwrap();
+    let session = conn.login_session().cloned().unwrap();
+    let close = conn.graceful_close();
     let mut io = BufReader::new(conn.into_io());
     let mut line = String::new();
     loop {
@@ -115,8 +115,8 @@ async fn a_connection_gets_its_configured_tries() {
 #[tokio::test(start_paused = true)]
 async fn an_evicted_connection_that_does_not_finish_is_cut_after_the_grace() {
     let login = login(Login::builder().eviction_grace(secs(2)));
-    let stubborn = service_fn(|mut conn: Conn<DuplexStream>| async move {
-        let session = conn.extensions_mut().remove::<LoginSession>().unwrap();
+    let stubborn = service_fn(|conn: Conn<DuplexStream>| async move {
+        let session = conn.login_session().cloned().unwrap();
         let _ = session.failed();
         // Ignores the close it was asked for.
         std::future::pending::<()>().await;
@@ -145,7 +145,7 @@ async fn a_client_that_does_not_read_its_reply_is_cut_after_the_grace() {
         login
             .session_layer()
             .layer(service_fn(|mut conn: Conn<DuplexStream>| async move {
-                let session = conn.extensions_mut().remove::<LoginSession>().unwrap();
+                let session = conn.login_session().cloned().unwrap();
                 let _ = session.failed();
                 conn.io_mut()
                     .write_all(b"DENIED: a long explanation\n")

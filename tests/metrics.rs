@@ -35,7 +35,7 @@ use tower::{Layer, ServiceBuilder, ServiceExt, service_fn};
 use tower_bouncer::{
     BoxError, Conn,
     limit::ConnectionLimitLayer,
-    login::{AfterFailure, Login, LoginSession},
+    login::{AfterFailure, Login},
     metrics::{
         ACCEPT_PAUSE_DURATION, ACCEPT_PAUSED, ACTIVE_CONNECTIONS, BANS_ACTIVE, BANS_ISSUED,
         CONNECTION_DURATION, EVICTIONS, OVERLOAD_PRESSURE, PENALTIES, PROXY_PROTOCOL_ERRORS,
@@ -270,7 +270,7 @@ async fn bans_penalties_and_evictions_are_counted_by_reason() {
     let metrics = Recorded::new();
     let login = metrics.build(|| Login::builder().max_failures(1).build().unwrap());
     let protocol = service_fn(|conn: Conn<DuplexStream>| async move {
-        let session = conn.extensions().get::<LoginSession>().unwrap().clone();
+        let session = conn.login_session().unwrap().clone();
         assert_eq!(session.failed(), AfterFailure::Closing);
         Ok::<_, BoxError>(())
     });
@@ -420,8 +420,8 @@ async fn the_accept_loop_says_when_backpressure_pauses_it() {
 }
 
 /// A line protocol: `bad` is a failed login, answered `DENIED`; anything else `OK`.
-async fn logins(mut conn: Conn<TcpStream>) -> Result<(), BoxError> {
-    let session = conn.extensions_mut().remove::<LoginSession>().unwrap();
+async fn logins(conn: Conn<TcpStream>) -> Result<(), BoxError> {
+    let session = conn.login_session().cloned().unwrap();
     let mut io = BufReader::new(conn.into_io());
     let mut line = String::new();
     while io.read_line(&mut line).await? > 0 {

@@ -15,9 +15,9 @@ use tokio::{
 };
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_bouncer::{
-    BoxError, Conn, GracefulClose,
+    BoxError, Conn,
     admission::Reason,
-    login::{AfterFailure, Login, LoginBuilder, LoginSession, Offence},
+    login::{AfterFailure, Login, LoginBuilder, Offence},
     peer_limit::PeerLimitLayer,
     rate_limit::{Rate, RateLimitLayer},
     timeout::{TimeoutError, TimeoutLayer},
@@ -42,13 +42,9 @@ async fn protocol<IO>(mut conn: Conn<IO>) -> Result<(), BoxError>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let session = conn.extensions_mut().remove::<LoginSession>();
+    let session = conn.login_session().cloned();
     let timer = conn.request_timer();
-    let close = conn
-        .extensions()
-        .get::<GracefulClose>()
-        .cloned()
-        .unwrap_or_default();
+    let close = conn.graceful_close();
     let mut io = BufReader::new(conn.into_io());
     let mut line = String::new();
     loop {

@@ -28,9 +28,9 @@ use tokio::{
 };
 use tower::ServiceBuilder;
 use tower_bouncer::{
-    Conn, ConnInfo, GracefulClose,
+    Conn, ConnInfo,
     limit::ConnectionLimitLayer,
-    login::Login,
+    login::{AfterFailure, Login},
     peer_limit::PeerLimitLayer,
     serve::{Handoff, ProtectedListener, Server},
     timeout::TimeoutLayer,
@@ -370,16 +370,31 @@ async fn a_plain_graceful_close_cuts_the_connection_after_five_seconds() {
     let mut held = within(PATIENCE, listener.next()).await.unwrap().unwrap();
 
     let asked = Instant::now();
-    held.extensions()
-        .get::<GracefulClose>()
-        .expect("from the accept loop")
-        .request();
+    held.graceful_close().request();
     let mut buf = [0u8; 8];
     let error = within(PATIENCE, held.read(&mut buf)).await.unwrap_err();
     assert_eq!(error.kind(), io::ErrorKind::ConnectionAborted);
     assert!(
         asked.elapsed() >= Duration::from_secs(5),
         "cut before its grace"
+    );
+}
+
+#[tokio::test]
+async fn the_stream_handed_out_carries_the_connections_login_session() {
+    let (queue, _log, listener) = ChannelListener::new();
+    let (conn, _client) = duplex_conn("192.0.2.1:1000");
+    queue.send(Ok(conn)).unwrap();
+    let login = Login::builder().max_auth_tries(1).build().unwrap();
+    let mut listener = ProtectedListener::new(listener, login.session_layer()).unwrap();
+    let held = within(PATIENCE, listener.next()).await.unwrap().unwrap();
+
+    let session = held.login_session().expect("from the session layer");
+    assert!(!held.graceful_close().is_requested());
+    assert_eq!(session.failed(), AfterFailure::Closing);
+    assert!(
+        held.graceful_close().is_requested(),
+        "the session's close signal is the stream's"
     );
 }
 

@@ -20,7 +20,7 @@ use tokio::{
 };
 use tower::service_fn;
 use tower_bouncer::{
-    BoxError, Conn, GracefulClose,
+    BoxError, Conn,
     serve::{Listener, Server},
 };
 
@@ -459,7 +459,7 @@ async fn shutdown_winds_down_live_connections_and_cuts_the_stuck_one_at_the_dead
     let (queue, _log, listener) = ChannelListener::new();
     let (started, mut started_rx) = mpsc::unbounded_channel();
     let service = service_fn(move |mut conn: Conn<tokio::io::DuplexStream>| {
-        let close = conn.extensions_mut().remove::<GracefulClose>().unwrap();
+        let close = conn.graceful_close();
         let started = started.clone();
         async move {
             started.send(()).ok();

@@ -16,7 +16,7 @@ use tokio::{
 };
 use tower::{Layer, ServiceExt, service_fn};
 use tower_bouncer::{
-    BoxError, ConfigError, Conn, GracefulClose,
+    BoxError, ConfigError, Conn,
     timeout::{TimedIo, TimeoutBuilder, TimeoutError, TimeoutLayer},
 };
 
@@ -311,7 +311,7 @@ async fn at_its_lifetime_a_connection_winds_down_gracefully() {
     );
     let began = Instant::now();
     let (connection, _client) = open(&timeouts, |mut conn: Timed| async move {
-        let close = conn.extensions_mut().remove::<GracefulClose>().unwrap();
+        let close = conn.graceful_close();
         close.requested().await;
         Ok(())
     });

@@ -15,7 +15,7 @@ use tokio::{
 };
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_bouncer::{
-    BoxError, Conn, GracefulClose,
+    BoxError, Conn,
     admission::Reason,
     http::HttpService,
     limit::ConnectionLimitLayer,
@@ -225,8 +225,7 @@ async fn an_upgraded_connection_asked_to_close_is_cut_after_the_close_grace() {
         .build()
         .unwrap();
     let (mut conn, mut client) = duplex_conn("192.0.2.1:1");
-    let close = GracefulClose::new();
-    conn.extensions_mut().insert(close.clone());
+    let close = conn.graceful_close();
     let connection = tokio::spawn(service.oneshot(conn));
     upgrade(&mut client).await;
     upgraded_rx.recv().await.unwrap();

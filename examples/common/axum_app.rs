@@ -17,7 +17,6 @@ use tokio::net::TcpListener;
 use tower_bouncer::{
     bouncer::{Bouncer, Refusals},
     http::ConnExtensions,
-    login::LoginSession,
 };
 
 const MAX_SLOW_MS: u64 = 10_000;
@@ -100,7 +99,7 @@ async fn echo(mut socket: WebSocket) {
 async fn login(conn: Option<ConnExtensions>, headers: HeaderMap) -> Response {
     match basic_credentials(&headers) {
         Some((user, password)) if user == "alice" && password == "secret" => {
-            if let Some(session) = conn.as_ref().and_then(ConnExtensions::get::<LoginSession>) {
+            if let Some(session) = conn.as_ref().and_then(ConnExtensions::login_session) {
                 session.succeeded();
             }
             format!("welcome {user}\n").into_response()

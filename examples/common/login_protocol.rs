@@ -67,10 +67,9 @@ where
 
     fn call(&mut self, mut conn: Conn<IO>) -> Self::Future {
         let request_timer = conn.request_timer();
-        let extensions = conn.extensions_mut();
         let session = Session {
-            login: extensions.remove::<LoginSession>(),
-            close: extensions.remove::<GracefulClose>(),
+            login: conn.login_session().cloned(),
+            close: Some(conn.graceful_close()),
             request_timer,
         };
         Box::pin(session.run(conn.into_io()))

@@ -439,7 +439,7 @@ impl Bouncer {
     /// Serves a raw protocol's connection-level service (one call per connection, its
     /// future runs the connection) under every layer, until SIGINT or SIGTERM; then
     /// drains. The protocol reports logins on the connection's
-    /// [`LoginSession`](crate::login::LoginSession) extension.
+    /// [`LoginSession`](crate::login::LoginSession) ([`Conn::login_session`]).
     pub async fn serve<S>(&self, listener: TcpListener, service: S) -> io::Result<ShutdownReport>
     where
         Protected<S>: Service<Conn<TcpStream>, Response = (), Error = BoxError>,

@@ -5,12 +5,15 @@ use std::sync::Arc;
 use http::Extensions;
 
 use super::request::RequestTiming;
+#[cfg(feature = "login")]
+use crate::login::LoginSession;
 use crate::{ConnInfo, GracefulClose};
 
-/// The connection a request came on: its addresses, its [`GracefulClose`], and every
-/// extension the connection-level layers left in its [`Conn`](crate::Conn) (a
-/// [`LoginSession`](crate::login::LoginSession), a [`TlsInfo`](crate::tls::TlsInfo), a
-/// [`ProxiedBy`](crate::proxy_protocol::ProxiedBy), or one of your own).
+/// The connection a request came on: its addresses, its [`GracefulClose`], its
+/// [`LoginSession`](crate::login::LoginSession), and every extension the
+/// connection-level layers left in its [`Conn`](crate::Conn) (a
+/// [`TlsInfo`](crate::tls::TlsInfo), a [`ProxiedBy`](crate::proxy_protocol::ProxiedBy),
+/// or one of your own).
 ///
 /// [`HttpService`](super::HttpService) puts one in every request's extensions. It is
 /// one extension, not one per handle, because it is cloned into every request: a
@@ -45,6 +48,8 @@ pub struct ConnExtensions(Arc<Shared>);
 struct Shared {
     info: ConnInfo,
     close: GracefulClose,
+    #[cfg(feature = "login")]
+    login: Option<LoginSession>,
     extensions: Extensions,
     /// The adapter's own: how it times the connection's requests.
     timing: RequestTiming,
@@ -52,15 +57,19 @@ struct Shared {
 
 impl ConnExtensions {
     pub(super) fn new(
-        info: ConnInfo,
+        parts: crate::conn::Parts,
         close: GracefulClose,
-        extensions: Extensions,
         timing: RequestTiming,
     ) -> Self {
         Self(Arc::new(Shared {
-            info,
+            info: ConnInfo {
+                peer_addr: parts.peer_addr,
+                local_addr: parts.local_addr,
+            },
             close,
-            extensions,
+            #[cfg(feature = "login")]
+            login: parts.login,
+            extensions: parts.extensions,
             timing,
         }))
     }
@@ -78,6 +87,13 @@ impl ConnExtensions {
     /// response (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY).
     pub fn graceful_close(&self) -> &GracefulClose {
         &self.0.close
+    }
+
+    /// The connection's login session, if a
+    /// [`SessionLayer`](crate::login::SessionLayer) opened one.
+    #[cfg(feature = "login")]
+    pub fn login_session(&self) -> Option<&LoginSession> {
+        self.0.login.as_ref()
     }
 
     /// The extension of type `T` a connection-level layer left, if any.
@@ -185,18 +201,14 @@ mod tests {
     }
 
     fn conn() -> ConnExtensions {
-        let mut extensions = Extensions::new();
-        extensions.insert(7u32);
-        let info = ConnInfo {
-            peer_addr: "192.0.2.7:40000".parse().unwrap(),
-            local_addr: "127.0.0.1:8080".parse().unwrap(),
-        };
-        ConnExtensions::new(
-            info,
-            GracefulClose::new(),
-            extensions,
-            RequestTiming::default(),
-        )
+        let mut conn = crate::Conn::new(
+            (),
+            "192.0.2.7:40000".parse().unwrap(),
+            "127.0.0.1:8080".parse().unwrap(),
+        );
+        conn.extensions_mut().insert(7u32);
+        let (_, parts) = conn.into_parts();
+        ConnExtensions::new(parts, GracefulClose::new(), RequestTiming::default())
     }
 
     #[tokio::test]

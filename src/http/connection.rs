@@ -39,7 +39,6 @@ where
     B::Error: Into<BoxError>,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let info = conn.info();
     let (io, mut parts) = conn.into_parts();
     let timed = parts.timed.take();
     let http_version = parts.http_version;
@@ -58,9 +57,8 @@ where
     let service = RequestService::new(
         service,
         ConnExtensions::new(
-            info,
+            parts,
             close.clone(),
-            parts.extensions,
             RequestTiming {
                 times_heads: timed
                     .as_ref()

@@ -8,14 +8,16 @@
 //! ALPN), and:
 //!
 //! - puts the connection into each request's extensions as one [`ConnExtensions`]: its
-//!   [`ConnInfo`](crate::ConnInfo), its [`GracefulClose`] and every [`Conn`] extension
-//!   the layers left; with the `axum` feature, also axum's `ConnectInfo<SocketAddr>`, so
-//!   `ConnectInfo` extractors work unchanged; with the `tonic` feature, tonic's
-//!   `TcpConnectInfo`, so `Request::remote_addr` works;
-//! - honours [`GracefulClose`]: once it is raised, an HTTP/1.1 response carries
-//!   `Connection: close` and the connection closes after it is flushed; HTTP/2 sends
-//!   GOAWAY and lets open streams finish; a connection that does not finish is cut by
-//!   whoever asked, or, for a plain [`GracefulClose::request`], after the
+//!   [`ConnInfo`](crate::ConnInfo), its [`GracefulClose`](crate::GracefulClose), its
+//!   login session and every [`Conn`] extension the layers left; with the `axum`
+//!   feature, also axum's `ConnectInfo<SocketAddr>`, so `ConnectInfo` extractors work
+//!   unchanged; with the `tonic` feature, tonic's `TcpConnectInfo`, so
+//!   `Request::remote_addr` works;
+//! - honours [`GracefulClose`](crate::GracefulClose): once it is raised, an HTTP/1.1
+//!   response carries `Connection: close` and the connection closes after it is
+//!   flushed; HTTP/2 sends GOAWAY and lets open streams finish; a connection that does
+//!   not finish is cut by whoever asked, or, for a plain
+//!   [`GracefulClose::request`](crate::GracefulClose::request), after the
 //!   [close grace](HttpServiceBuilder::close_grace);
 //! - bounds every phase of a connection on its own, with no other layer: the first
 //!   byte ([10 s](HttpServiceBuilder::first_byte_timeout)), each request head from its
@@ -187,7 +189,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tower::Service;
 
 use crate::{
-    BoxError, ConfigError, Conn, GracefulClose,
+    BoxError, ConfigError, Conn,
     striped::Striped,
     timeout::{self, DEFAULT_MIN_SEND_RATE, Deadlines, IdleLimit, RequestLimit},
 };
@@ -336,9 +338,10 @@ impl<S> HttpServiceBuilder<S> {
         self
     }
 
-    /// How long a connection may take to finish after a plain [`GracefulClose::request`]
-    /// (from a handler, say) before it is cut. A close asked by a layer or the server
-    /// with a deadline of its own is cut on that deadline instead.
+    /// How long a connection may take to finish after a plain
+    /// [`GracefulClose::request`](crate::GracefulClose::request) (from a handler, say)
+    /// before it is cut. A close asked by a layer or the server with a deadline of its
+    /// own is cut on that deadline instead.
     pub fn close_grace(mut self, grace: Duration) -> Self {
         self.close_grace = grace;
         self
@@ -410,7 +413,7 @@ where
     }
 
     fn call(&mut self, mut conn: Conn<IO>) -> Self::Future {
-        let close = GracefulClose::of(conn.extensions_mut());
+        let close = conn.graceful_close();
         let config = self.config.local();
         let service = self.inner.clone();
         if let Some(activity) = conn.timed() {

@@ -153,9 +153,8 @@ mod tests {
         );
         let (seen, mut sessions) = tokio::sync::mpsc::unbounded_channel();
         let mut service = login.session_layer().layer(tower::service_fn(
-            move |mut conn: Conn<tokio::io::DuplexStream>| {
-                seen.send(conn.extensions_mut().remove::<LoginSession>())
-                    .ok();
+            move |conn: Conn<tokio::io::DuplexStream>| {
+                seen.send(conn.login_session().cloned()).ok();
                 std::future::pending::<Result<(), std::io::Error>>()
             },
         ));

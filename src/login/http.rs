@@ -207,7 +207,7 @@ where
         let session = request
             .extensions()
             .get::<ConnExtensions>()
-            .and_then(|conn| conn.get::<LoginSession>())
+            .and_then(ConnExtensions::login_session)
             .cloned();
         let state = match &session {
             Some(session) if session.state.is_evicted() => State::Refused,
@@ -409,7 +409,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for LoginSession {
         _state: &S,
     ) -> Result<Self, Self::Rejection> {
         let conn = parts.extensions.get::<ConnExtensions>();
-        conn.and_then(ConnExtensions::get::<LoginSession>)
+        conn.and_then(ConnExtensions::login_session)
             .cloned()
             .ok_or((
                 StatusCode::INTERNAL_SERVER_ERROR,

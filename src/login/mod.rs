@@ -5,9 +5,9 @@
 //! deep inside the protocol and nothing outside it could close the socket or remember
 //! the peer. Here:
 //!
-//! - [`SessionLayer`] puts a [`LoginSession`] in each connection's extensions (the HTTP
-//!   adapter hands it to every request, in its `ConnExtensions`). The protocol reports
-//!   on it:
+//! - [`SessionLayer`] opens a [`LoginSession`] for each connection
+//!   ([`Conn::login_session`](crate::Conn::login_session); the HTTP adapter hands it to
+//!   every request, in its `ConnExtensions`). The protocol reports on it:
 //!   [`succeeded`](LoginSession::succeeded), [`failed`](LoginSession::failed).
 //! - **Eviction** (OpenSSH's `MaxAuthTries`, 1 by default): once a connection has used
 //!   up its tries, its [`GracefulClose`](crate::GracefulClose) is raised, so it ends
@@ -86,7 +86,7 @@
 //!     .expect("a valid policy");
 //!
 //! let protocol = tower::service_fn(|mut conn: Conn<TcpStream>| async move {
-//!     let session = conn.extensions_mut().remove::<LoginSession>().expect("from the layer");
+//!     let session = conn.login_session().cloned().expect("from the layer");
 //!     // ... read a login; on a bad password, write the reply, then:
 //!     if session.failed() == AfterFailure::Closing {
 //!         return Ok(()); // closes the connection

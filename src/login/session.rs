@@ -17,8 +17,9 @@ use crate::{
 
 /// One connection's login, as the protocol reports it.
 ///
-/// [`SessionLayer`](super::SessionLayer) puts one in every connection's extensions, and
-/// the HTTP adapter hands it to every request (`ConnExtensions::get`), so a raw
+/// [`SessionLayer`](super::SessionLayer) opens one for every connection
+/// ([`Conn::login_session`](crate::Conn::login_session)), and the HTTP adapter hands it
+/// to every request (`ConnExtensions::login_session`), so a raw
 /// protocol, an axum handler or middleware, or a tonic interceptor reports on the same
 /// session. Clones report on the same connection.
 ///

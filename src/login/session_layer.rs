@@ -25,7 +25,7 @@ use super::{
     startups::StartupSlot,
 };
 use crate::{
-    BoxError, Conn, GracefulClose,
+    BoxError, Conn,
     admission::{ResponseFuture, Slot, refuse},
     close::Requested,
     deadline::ShrinkingDeadline,
@@ -118,10 +118,9 @@ where
 {
     shared.stats.sessions.add();
 
-    let extensions = conn.extensions_mut();
-    let close = GracefulClose::of(extensions);
+    let close = conn.graceful_close();
     let state = Arc::new(SessionState::new(shared.local(), peer, close, startup));
-    extensions.insert(LoginSession {
+    conn.set_login_session(LoginSession {
         state: state.clone(),
     });
 
@@ -392,7 +391,7 @@ mod tests {
         let state = Arc::new(SessionState::new(
             Striped::from_arc(shared.clone()).local(),
             peer,
-            GracefulClose::new(),
+            crate::GracefulClose::new(),
             startup,
         ));
         (state, peer.unwrap().at)

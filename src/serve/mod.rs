@@ -464,8 +464,7 @@ impl Connections {
         // request. The events a connection logs at `info` and above name its peer.
         let peer = conn.peer_addr();
         let span = tracing::debug_span!("conn", %peer);
-        let close = GracefulClose::new();
-        conn.extensions_mut().insert(close.clone());
+        let close = conn.graceful_close();
         let called =
             span.in_scope(|| std::panic::catch_unwind(AssertUnwindSafe(|| service.call(conn))));
         let connection = match called {

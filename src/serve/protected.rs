@@ -176,6 +176,9 @@ pub struct ProtectedListener {
 pub struct ProtectedIo {
     io: SharedIo<Box<dyn Io>, Unwatched>,
     info: ConnInfo,
+    close: GracefulClose,
+    #[cfg(feature = "login")]
+    login: Option<crate::login::LoginSession>,
     extensions: Extensions,
 }
 
@@ -299,15 +302,14 @@ where
 
 /// Hands `conn`'s stream to the listener, then lives until the framework drops it or a
 /// plain graceful close is due; dropped earlier by a layer, it closes the stream.
-async fn hand_off<IO>(admitted: mpsc::Sender<ProtectedIo>, conn: Conn<IO>) -> Result<(), BoxError>
+async fn hand_off<IO>(
+    admitted: mpsc::Sender<ProtectedIo>,
+    mut conn: Conn<IO>,
+) -> Result<(), BoxError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let close = conn
-        .extensions()
-        .get::<GracefulClose>()
-        .cloned()
-        .unwrap_or_default();
+    let close = conn.graceful_close();
     let info = conn.info();
     let (io, parts) = conn.into_parts();
     // Nothing will say where the framework's requests end: a request timed from its
@@ -320,6 +322,9 @@ where
     let handed = ProtectedIo {
         io,
         info,
+        close: close.clone(),
+        #[cfg(feature = "login")]
+        login: parts.login,
         extensions: parts.extensions,
     };
     if admitted.send(handed).await.is_err() {
@@ -343,8 +348,22 @@ impl ProtectedIo {
         self.info
     }
 
-    /// The extensions the layers left on the connection (its [`GracefulClose`], a login
-    /// session, ...), for a connect-info type of your own to pick from.
+    /// The connection's close signal: raised, the connection closes (the framework is
+    /// given its grace, then the stream is closed under it).
+    pub fn graceful_close(&self) -> &GracefulClose {
+        &self.close
+    }
+
+    /// The connection's login session, if a
+    /// [`SessionLayer`](crate::login::SessionLayer) opened one.
+    #[cfg(feature = "login")]
+    pub fn login_session(&self) -> Option<&crate::login::LoginSession> {
+        self.login.as_ref()
+    }
+
+    /// The extensions the layers left on the connection (a
+    /// [`TlsInfo`](crate::tls::TlsInfo), a [`ProxiedBy`](crate::proxy_protocol::ProxiedBy),
+    /// ...), for a connect-info type of your own to pick from.
     pub fn extensions(&self) -> &Extensions {
         &self.extensions
     }

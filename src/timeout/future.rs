@@ -37,8 +37,7 @@ where
     #[cfg(not(feature = "overload"))]
     let standing: Option<()> = None;
     // Asked to close at the end of the lifetime, or when evicted.
-    let close = (deadlines.lifetime.is_some() || standing.is_some())
-        .then(|| GracefulClose::of(conn.extensions_mut()));
+    let close = (deadlines.lifetime.is_some() || standing.is_some()).then(|| conn.graceful_close());
     let mut conn = conn.map_io(|io| TimedIo::new(io, activity.clone()));
     conn.set_timed(activity.clone());
     ResponseFuture {
