@@ -70,10 +70,7 @@ noisy() { awk -v f="$1" -v m="$FOREIGN_MAX" 'BEGIN { exit !(f > m) }'; }
 # timer is armed and on every timer's start, a cost no deployed server has, and one
 # that falls more on the protected server, which arms timers. So the package is copied
 # with a manifest that leaves those three out, and built there; the copy keeps the
-# files' modification times, so what did not change is not rebuilt. It is built as one
-# codegen unit: with the default 16, a change anywhere in the crate re-partitions the
-# code and moves LLVM's inlining inside hyper and h2 by a few hundred instructions per
-# request, in the plain server as in the protected one, which hides the change itself.
+# files' modification times, so what did not change is not rebuilt.
 # Usage: bench_build EXAMPLE...; sets BENCH_BIN to the directory of the built examples.
 bench_build() {
   local root=${CARGO_TARGET_DIR:-target}/bench-build example args=()
@@ -89,9 +86,8 @@ bench_build() {
     mv "$copy/Cargo.toml.new" "$copy/Cargo.toml"
   fi
   for example in "$@"; do args+=(--example "$example"); done
-  log "building (cargo build --release ${args[*]}, one codegen unit, without tokio's test-util, in $copy)"
-  CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 CARGO_TARGET_DIR=$root/target \
-    cargo build --quiet --release --manifest-path "$copy/Cargo.toml" "${args[@]}" >&2
+  log "building (cargo build --release ${args[*]}, without tokio's test-util, in $copy)"
+  CARGO_TARGET_DIR=$root/target cargo build --quiet --release --manifest-path "$copy/Cargo.toml" "${args[@]}" >&2
   if CARGO_TARGET_DIR=$root/target cargo tree --quiet --manifest-path "$copy/Cargo.toml" \
     -e features,normal,dev -i tokio | grep -q 'tokio feature "test-util"'; then
     die "the benchmarks' build still has tokio's test-util: update bench_build's manifest edits"
