@@ -56,17 +56,13 @@ struct Shared {
 }
 
 impl ConnExtensions {
-    pub(super) fn new(
-        parts: crate::conn::Parts,
-        close: GracefulClose,
-        timing: RequestTiming,
-    ) -> Self {
+    pub(super) fn new(mut parts: crate::Parts, timing: RequestTiming) -> Self {
         Self(Arc::new(Shared {
             info: ConnInfo {
                 peer_addr: parts.peer_addr,
                 local_addr: parts.local_addr,
             },
-            close,
+            close: parts.graceful_close(),
             #[cfg(feature = "login")]
             login: parts.login,
             extensions: parts.extensions,
@@ -208,7 +204,7 @@ mod tests {
         );
         conn.extensions_mut().insert(7u32);
         let (_, parts) = conn.into_parts();
-        ConnExtensions::new(parts, GracefulClose::new(), RequestTiming::default())
+        ConnExtensions::new(parts, RequestTiming::default())
     }
 
     #[tokio::test]

@@ -21,12 +21,11 @@ use super::{
     request::{RequestService, RequestTiming},
 };
 
-use crate::{BoxError, Conn, GracefulClose, close::Cut, shared_io, striped::Handle};
+use crate::{BoxError, Conn, close::Cut, shared_io, striped::Handle};
 
 pub(super) async fn serve<IO, S, B>(
     conn: Conn<IO>,
     service: S,
-    close: GracefulClose,
     config: Arc<Handle<Config>>,
     timed_by_layer: bool,
 ) -> Result<(), BoxError>
@@ -40,6 +39,7 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (io, mut parts) = conn.into_parts();
+    let close = parts.graceful_close();
     let timed = parts.timed.take();
     let http_version = parts.http_version;
     // A timeout layer's request timeout holds request bodies too; the adapter's own
@@ -58,7 +58,6 @@ where
         service,
         ConnExtensions::new(
             parts,
-            close.clone(),
             RequestTiming {
                 times_heads: timed
                     .as_ref()

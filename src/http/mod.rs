@@ -412,20 +412,19 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut conn: Conn<IO>) -> Self::Future {
-        let close = conn.graceful_close();
+    fn call(&mut self, conn: Conn<IO>) -> Self::Future {
         let config = self.config.local();
         let service = self.inner.clone();
         if let Some(activity) = conn.timed() {
             // Under a timeout layer: the adapter's deadlines fill in what it leaves.
             activity.add_protocol_deadlines(config.deadlines);
-            return Box::pin(connection::serve(conn, service, close, config, true));
+            return Box::pin(connection::serve(conn, service, config, true));
         }
         match &self.config.alone {
             Some(shared) => Box::pin(timeout::watch(conn, shared, move |conn| {
-                connection::serve(conn, service, close, config, false)
+                connection::serve(conn, service, config, false)
             })),
-            None => Box::pin(connection::serve(conn, service, close, config, false)),
+            None => Box::pin(connection::serve(conn, service, config, false)),
         }
     }
 }
