@@ -383,7 +383,16 @@ impl Activity {
     /// The timer's task starts or stops polling the protocol.
     #[inline]
     pub(crate) fn set_polling(&self, polling: bool) {
-        self.polling.store(polling, Ordering::SeqCst);
+        // Only the lowering needs to be sequentially consistent (a locked instruction
+        // on x86): a stream that sees it raised read the raise, which came before the
+        // lowering, so its store to `rearm` comes before the `take_rearm` that follows
+        // the lowering; one that misses the raise wakes the timer itself, for nothing.
+        let order = if polling {
+            Ordering::Relaxed
+        } else {
+            Ordering::SeqCst
+        };
+        self.polling.store(polling, order);
     }
 
     /// Starts a request now, unless one is in progress.
@@ -484,7 +493,9 @@ impl Activity {
     /// Whether a request started since the timer last looked.
     #[inline]
     pub(crate) fn take_rearm(&self) -> bool {
-        self.rearm.swap(false, Ordering::SeqCst)
+        // Looked at before it is swapped: most looks find nothing, and a load costs
+        // less than a swap.
+        self.rearm.load(Ordering::SeqCst) && self.rearm.swap(false, Ordering::SeqCst)
     }
 
     /// Whether the connection is idle, and since when; `None` while it is busy: a
