@@ -9,6 +9,11 @@
 //! at a deadline or a cut, even if the holder never polls it again; a holder waiting on
 //! it is woken to find it closed.
 //!
+//! A stream that only may leave (the HTTP adapter's, which leaves only if a request asks
+//! for an upgrade) starts [in place](share_in_place): polled without the lock while the
+//! connection's own future holds it, and moved into the shared slot once it is told it
+//! may leave, before it can.
+//!
 //! The bytes passing through can also be shown to a [`Watch`] (the HTTP adapter's frame
 //! watch, which follows HTTP/2's frames for the timeouts).
 
@@ -16,7 +21,10 @@ use std::{
     future::Future,
     io::{self, IoSlice},
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll, Waker},
 };
 
@@ -51,7 +59,15 @@ impl Watch for Unwatched {
 /// connection's future has closed it.
 #[derive(Debug)]
 pub(crate) struct SharedIo<IO, W> {
+    /// The stream, while it is polled in place.
+    in_place: Option<InPlace<IO, W>>,
     slot: Arc<Slot<IO, W>>,
+}
+
+#[derive(Debug)]
+struct InPlace<IO, W> {
+    io: IO,
+    watch: Option<Box<W>>,
 }
 
 /// The connection future's end: closes the stream when dropped.
@@ -62,16 +78,21 @@ pub(crate) struct IoOwner<IO, W> {
 
 #[derive(Debug)]
 struct Slot<IO, W> {
-    /// Taken on every read and write, and uncontended but for the owner's close: one
-    /// holder polls at a time. parking_lot's lock is a single atomic each way, with no
-    /// poisoning to check.
+    /// Taken on every read and write once the stream is shared, and uncontended but
+    /// for the owner's close: one holder polls at a time. parking_lot's lock is a
+    /// single atomic each way, with no poisoning to check.
     stream: Mutex<Stream<IO, W>>,
+    /// Raised when a stream held in place may leave the owner's future: it moves into
+    /// `stream` at its next poll.
+    leaving: AtomicBool,
 }
 
 #[derive(Debug)]
 struct Stream<IO, W> {
-    /// Until the owner closes it.
+    /// Until the owner closes it; `None` too while it is held in place.
     io: Option<IO>,
+    /// Whether the owner has dropped its end.
+    closed: bool,
     /// Whether the holder has dropped its end, and the owner's task waiting for that.
     released: bool,
     owner: Option<Waker>,
@@ -84,17 +105,67 @@ struct Stream<IO, W> {
 
 /// Shares `io` between a holder and its owner; `watch` sees every byte.
 pub(crate) fn share<IO, W>(io: IO, watch: Option<Box<W>>) -> (SharedIo<IO, W>, IoOwner<IO, W>) {
-    let slot = Arc::new(Slot {
-        stream: Mutex::new(Stream {
-            io: Some(io),
-            released: false,
-            owner: None,
-            reader: None,
-            writer: None,
-            watch,
-        }),
-    });
-    (SharedIo { slot: slot.clone() }, IoOwner { slot })
+    let slot = Slot::new(Some(io), watch);
+    (
+        SharedIo {
+            in_place: None,
+            slot: slot.clone(),
+        },
+        IoOwner { slot },
+    )
+}
+
+/// Shares `io` as [`share`] does, but polled in place, without the lock, until
+/// [`IoOwner::may_leave`] is told: the holder must stay inside the owner's future until
+/// then.
+pub(crate) fn share_in_place<IO, W>(
+    io: IO,
+    watch: Option<Box<W>>,
+) -> (SharedIo<IO, W>, IoOwner<IO, W>) {
+    let slot = Slot::new(None, None);
+    (
+        SharedIo {
+            in_place: Some(InPlace { io, watch }),
+            slot: slot.clone(),
+        },
+        IoOwner { slot },
+    )
+}
+
+impl<IO, W> Slot<IO, W> {
+    fn new(io: Option<IO>, watch: Option<Box<W>>) -> Arc<Self> {
+        Arc::new(Slot {
+            stream: Mutex::new(Stream {
+                io,
+                closed: false,
+                released: false,
+                owner: None,
+                reader: None,
+                writer: None,
+                watch,
+            }),
+            leaving: AtomicBool::new(false),
+        })
+    }
+}
+
+/// Tells a stream held in place that it may leave its owner's future.
+pub(crate) trait MayLeave: Send + Sync {
+    fn may_leave(&self);
+}
+
+impl<IO: Send, W: Send> MayLeave for Slot<IO, W> {
+    fn may_leave(&self) {
+        self.leaving.store(true, Ordering::Release);
+    }
+}
+
+impl<IO: Send + 'static, W: Send + 'static> IoOwner<IO, W> {
+    /// What tells the stream, if it is held in place, that it may leave the owner's
+    /// future.
+    pub(crate) fn may_leave(&self) -> Arc<dyn MayLeave> {
+        self.slot.clone()
+    }
 }
 
 impl<IO, W> IoOwner<IO, W> {
@@ -121,6 +192,7 @@ impl<IO, W> Drop for IoOwner<IO, W> {
         // would otherwise never be polled again (the socket's own wake-ups go with it).
         let (io, reader, writer) = {
             let mut stream = self.slot.stream.lock();
+            stream.closed = true;
             (stream.io.take(), stream.reader.take(), stream.writer.take())
         };
         drop(io);
@@ -165,98 +237,142 @@ enum Direction {
 
 impl<IO: Unpin, W: Watch> SharedIo<IO, W> {
     /// Polls the stream with `poll` (which also shows the watch what moved), or
-    /// fails once it is closed; a pending poll keeps its waker, to be woken at a close.
+    /// fails once it is closed; a pending poll of the shared stream keeps its waker, to
+    /// be woken at a close.
+    #[inline]
     fn poll_io<T>(
-        &self,
+        &mut self,
         cx: &mut Context<'_>,
         direction: Direction,
         poll: impl FnOnce(Pin<&mut IO>, &mut Context<'_>, &mut Option<Box<W>>) -> Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
-        let mut stream = self.slot.stream.lock();
-        let Stream {
-            io,
-            reader,
-            writer,
-            watch,
-            ..
-        } = &mut *stream;
-        let Some(io) = io else {
-            return Poll::Ready(Err(closed()));
+        if self.in_place.is_some() && self.slot.leaving.load(Ordering::Acquire) {
+            self.move_to_slot();
+        }
+        // One call of `poll` below, whichever way the stream is reached: it is inlined
+        // then.
+        let mut shared;
+        let (io, watch, kept) = match &mut self.in_place {
+            Some(held) => (&mut held.io, &mut held.watch, None),
+            None => {
+                shared = self.slot.stream.lock();
+                let Stream {
+                    io,
+                    reader,
+                    writer,
+                    watch,
+                    ..
+                } = &mut *shared;
+                let Some(io) = io else {
+                    return Poll::Ready(Err(closed()));
+                };
+                let kept = match direction {
+                    Direction::Read => reader,
+                    Direction::Write => writer,
+                };
+                (io, watch, Some(kept))
+            }
         };
         let polled = poll(Pin::new(io), cx, watch);
-        let kept = match direction {
-            Direction::Read => reader,
-            Direction::Write => writer,
+        match kept {
+            Some(kept) => waiting(polled, kept, cx.waker()),
+            None => polled,
+        }
+    }
+}
+
+impl<IO, W> SharedIo<IO, W> {
+    /// Moves the stream held in place into the slot, where its owner can close it
+    /// wherever it goes; or drops it, if its owner is gone.
+    fn move_to_slot(&mut self) {
+        let Some(InPlace { io, watch }) = self.in_place.take() else {
+            return;
         };
-        waiting(polled, kept, cx.waker())
+        let mut stream = self.slot.stream.lock();
+        if !stream.closed {
+            stream.io = Some(io);
+            stream.watch = watch;
+        }
     }
 }
 
 impl<IO: AsyncRead + Unpin, W: Watch> AsyncRead for SharedIo<IO, W> {
+    #[inline]
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.poll_io(cx, Direction::Read, |io, cx, watch| {
-            let before = buf.filled().len();
-            let polled = io.poll_read(cx, buf);
-            if let (Poll::Ready(Ok(())), Some(seen)) = (&polled, watch.as_mut())
-                && !seen.on_read(&buf.filled()[before..])
-            {
-                *watch = None;
-            }
-            polled
-        })
+        self.get_mut()
+            .poll_io(cx, Direction::Read, |io, cx, watch| {
+                let before = buf.filled().len();
+                let polled = io.poll_read(cx, buf);
+                if let (Poll::Ready(Ok(())), Some(seen)) = (&polled, watch.as_mut())
+                    && !seen.on_read(&buf.filled()[before..])
+                {
+                    *watch = None;
+                }
+                polled
+            })
     }
 }
 
 impl<IO: AsyncWrite + Unpin, W: Watch> AsyncWrite for SharedIo<IO, W> {
+    #[inline]
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.poll_io(cx, Direction::Write, |io, cx, watch| {
-            let polled = io.poll_write(cx, buf);
-            if let (Poll::Ready(Ok(written)), Some(watch)) = (&polled, watch) {
-                watch.on_written(&buf[..*written]);
-            }
-            polled
-        })
+        self.get_mut()
+            .poll_io(cx, Direction::Write, |io, cx, watch| {
+                let polled = io.poll_write(cx, buf);
+                if let (Poll::Ready(Ok(written)), Some(watch)) = (&polled, watch) {
+                    watch.on_written(&buf[..*written]);
+                }
+                polled
+            })
     }
 
+    #[inline]
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.poll_io(cx, Direction::Write, |io, cx, watch| {
-            let polled = io.poll_write_vectored(cx, bufs);
-            if let (Poll::Ready(Ok(written)), Some(watch)) = (&polled, watch) {
-                let mut left = *written;
-                for buf in bufs {
-                    let run = left.min(buf.len());
-                    watch.on_written(&buf[..run]);
-                    left -= run;
-                    if left == 0 {
-                        break;
+        self.get_mut()
+            .poll_io(cx, Direction::Write, |io, cx, watch| {
+                let polled = io.poll_write_vectored(cx, bufs);
+                if let (Poll::Ready(Ok(written)), Some(watch)) = (&polled, watch) {
+                    let mut left = *written;
+                    for buf in bufs {
+                        let run = left.min(buf.len());
+                        watch.on_written(&buf[..run]);
+                        left -= run;
+                        if left == 0 {
+                            break;
+                        }
                     }
                 }
-            }
-            polled
-        })
+                polled
+            })
     }
 
+    #[inline]
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.poll_io(cx, Direction::Write, |io, cx, _| io.poll_flush(cx))
+        self.get_mut()
+            .poll_io(cx, Direction::Write, |io, cx, _| io.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.poll_io(cx, Direction::Write, |io, cx, _| io.poll_shutdown(cx))
+        self.get_mut()
+            .poll_io(cx, Direction::Write, |io, cx, _| io.poll_shutdown(cx))
     }
 
     fn is_write_vectored(&self) -> bool {
+        if let Some(held) = &self.in_place {
+            return held.io.is_write_vectored();
+        }
         self.slot
             .stream
             .lock()
@@ -300,6 +416,43 @@ mod tests {
         assert_eq!(error.kind(), io::ErrorKind::ConnectionAborted);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_held_in_place_is_moved_where_its_owner_can_close_it() {
+        let (server, mut client) = tokio::io::duplex(64);
+        let (mut held, owner) = share_in_place::<_, Unwatched>(server, None);
+        held.write_all(b"in").await.unwrap();
+        owner.may_leave().may_leave();
+        held.write_all(b"out").await.unwrap();
+        let mut buf = [0u8; 5];
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"inout");
+
+        // Now anywhere, as an upgraded stream is: its owner still closes it.
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 8];
+            held.read(&mut buf).await
+        });
+        tokio::task::yield_now().await;
+        drop(owner);
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), client.read(&mut buf));
+        assert_eq!(read.await.expect("closed").unwrap(), 0);
+        let error = reader.await.unwrap().unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionAborted);
+    }
+
+    #[tokio::test]
+    async fn a_stream_told_to_leave_after_its_owner_is_gone_is_closed() {
+        let (server, mut client) = tokio::io::duplex(64);
+        let (mut held, owner) = share_in_place::<_, Unwatched>(server, None);
+        let may_leave = owner.may_leave();
+        drop(owner);
+        may_leave.may_leave();
+        let error = held.write_all(b"late").await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionAborted);
+        let mut buf = [0u8; 4];
+        assert_eq!(client.read(&mut buf).await.unwrap(), 0, "closed");
+    }
+
     #[tokio::test]
     async fn the_owner_learns_when_the_holder_lets_go() {
         let (server, _client) = tokio::io::duplex(64);
@@ -307,5 +460,11 @@ mod tests {
         drop(held);
         assert!(owner.is_released());
         owner.released().await;
+
+        let (server, _client) = tokio::io::duplex(64);
+        let (held, owner) = share_in_place::<_, Unwatched>(server, None);
+        assert!(!owner.is_released());
+        drop(held);
+        assert!(owner.is_released());
     }
 }

@@ -103,16 +103,49 @@ fn reading_app(
     })
 }
 
-/// Sends the upgrade request and reads the `101` head.
-async fn upgrade(client: &mut DuplexStream) {
-    client.write_all(UPGRADE_REQUEST).await.unwrap();
+/// An application that answers `CONNECT` with `200` and hands the tunnel to a task that
+/// holds it for an hour; other requests it answers `200` without taking their stream.
+/// `tunnelled` hears when the task has the stream.
+fn tunnelling_app(
+    tunnelled: mpsc::UnboundedSender<()>,
+) -> impl Service<
+    Request<Incoming>,
+    Response = Response<Empty<Bytes>>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
++ Send
++ 'static {
+    service_fn(move |mut request: Request<Incoming>| {
+        let tunnelled = tunnelled.clone();
+        if request.method() == http::Method::CONNECT {
+            let on_upgrade = hyper::upgrade::on(&mut request);
+            tokio::spawn(async move {
+                let stream = on_upgrade.await.expect("tunnelled");
+                tunnelled.send(()).ok();
+                tokio::time::sleep(secs(3600)).await;
+                drop(stream);
+            });
+        }
+        async { Ok(Response::new(Empty::new())) }
+    })
+}
+
+/// Sends `request` and reads the response head, which must start with `status`.
+async fn exchange(client: &mut DuplexStream, request: &[u8], status: &[u8]) {
+    client.write_all(request).await.unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
         assert_eq!(client.read(&mut byte).await.unwrap(), 1, "{head:?}");
         head.push(byte[0]);
     }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    assert!(head.starts_with(status), "{head:?}");
+}
+
+/// Sends the upgrade request and reads the `101` head.
+async fn upgrade(client: &mut DuplexStream) {
+    exchange(client, UPGRADE_REQUEST, b"HTTP/1.1 101").await;
 }
 
 /// Reads until the server closes its end; `Ok(())` at EOF, an error if the client reads
@@ -261,4 +294,58 @@ async fn shutdown_drains_an_upgraded_connection_and_cuts_it_at_the_deadline() {
         .await
         .unwrap();
     assert!(rest.starts_with(b"HTTP/1.1 101"), "then closed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tunnel_is_cut_after_the_close_grace_after_requests_that_asked_for_nothing() {
+    let (tunnelled, mut tunnelled_rx) = mpsc::unbounded_channel();
+    let service = HttpService::builder(tunnelling_app(tunnelled))
+        .close_grace(secs(2))
+        .build()
+        .unwrap();
+    let (mut conn, mut client) = duplex_conn("192.0.2.1:1");
+    let close = conn.graceful_close();
+    let connection = tokio::spawn(service.oneshot(conn));
+    // Served in place first, then taken by the tunnel.
+    for _ in 0..2 {
+        exchange(
+            &mut client,
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"HTTP/1.1 200",
+        )
+        .await;
+    }
+    let connect = b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n";
+    exchange(&mut client, connect, b"HTTP/1.1 200").await;
+    within(secs(1), tunnelled_rx.recv()).await.unwrap();
+
+    let asked = tokio::time::Instant::now();
+    close.request();
+    within(secs(3), eof(&mut client)).await;
+    assert_eq!(asked.elapsed(), secs(2));
+    within(secs(1), connection).await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_for_an_upgrade_answered_without_one_leaves_the_connection_serving() {
+    let (tunnelled, _tunnelled_rx) = mpsc::unbounded_channel();
+    let service = HttpService::builder(tunnelling_app(tunnelled))
+        .close_grace(secs(2))
+        .build()
+        .unwrap();
+    let (mut conn, mut client) = duplex_conn("192.0.2.1:1");
+    let close = conn.graceful_close();
+    let connection = tokio::spawn(service.oneshot(conn));
+    exchange(&mut client, UPGRADE_REQUEST, b"HTTP/1.1 200").await;
+    exchange(
+        &mut client,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"HTTP/1.1 200",
+    )
+    .await;
+
+    // Idle between requests: a close ends it at once.
+    close.request();
+    within(secs(1), eof(&mut client)).await;
+    within(secs(1), connection).await.unwrap().unwrap();
 }

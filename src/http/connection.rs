@@ -54,6 +54,7 @@ where
     let frames = timed
         .as_ref()
         .map(|activity| Box::new(FrameWatch::new(activity.clone(), times_bodies)));
+    let (io, owner) = shared_io::share_in_place(io, frames);
     let service = RequestService::new(
         service,
         ConnExtensions::new(
@@ -66,8 +67,8 @@ where
                 timed,
             },
         ),
+        owner.may_leave(),
     );
-    let (io, owner) = shared_io::share(io, frames);
     // A plain close is the adapter's to cut, after its grace; watched once a close is
     // asked for.
     let mut cut: Option<Box<Cut>> = None;

@@ -15,12 +15,12 @@ use std::{
 use bytes::Buf;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header::CONNECTION};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
+use hyper::{body::Incoming, upgrade::OnUpgrade};
 use pin_project::pin_project;
 use tower::Service;
 
 use super::ConnExtensions;
-use crate::{GracefulClose, timeout::Activity};
+use crate::{GracefulClose, shared_io::MayLeave, timeout::Activity};
 
 /// How the adapter times one connection's requests.
 #[derive(Debug, Default)]
@@ -48,21 +48,31 @@ pub(super) struct RequestService<S> {
 /// once a second request comes, and cloned into each: cloning a made map costs less
 /// than filling one, but for a connection that serves one request, making it would be
 /// allocations for nothing. (The map holds the connection, not this: no cycle.)
-#[derive(Debug)]
 struct Shared {
     conn: ConnExtensions,
     made: OnceLock<http::Extensions>,
     served: AtomicBool,
+    /// Tells the connection's stream, held in place, that an upgrade may take it.
+    may_leave: Arc<dyn MayLeave>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("conn", &self.conn)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S> RequestService<S> {
-    pub(super) fn new(inner: S, conn: ConnExtensions) -> Self {
+    pub(super) fn new(inner: S, conn: ConnExtensions, may_leave: Arc<dyn MayLeave>) -> Self {
         Self {
             inner,
             shared: Arc::new(Shared {
                 conn,
                 made: OnceLock::new(),
                 served: AtomicBool::new(false),
+                may_leave,
             }),
         }
     }
@@ -106,9 +116,15 @@ where
 
     #[inline]
     fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
+        let http1 = request.version() < Version::HTTP_2;
+        // hyper upgrades an HTTP/1 connection only after a request that asked for it
+        // (`Upgrade`, `CONNECT`), and gives such a request its `OnUpgrade`. Looked up
+        // before the connection's extensions go in: most requests come with none.
+        if http1 && request.extensions().get::<OnUpgrade>().is_some() {
+            self.shared.may_leave.may_leave();
+        }
         self.put_extensions(request.extensions_mut());
         let conn = &self.shared.conn;
-        let http1 = request.version() < Version::HTTP_2;
         let timing = conn.timing();
         let mut finish_on_response = None;
         // HTTP/2's streams are timed from their frames (see `frames`).
