@@ -164,6 +164,7 @@ where
 struct Exchange(Arc<Activity>);
 
 impl Exchange {
+    #[inline]
     fn open(activity: &Arc<Activity>) -> Self {
         activity.open_exchange();
         Self(activity.clone())
