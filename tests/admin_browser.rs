@@ -95,29 +95,59 @@ struct Driver {
 }
 
 impl Driver {
+    /// Starts chromedriver, on a fresh port each time it fails to (killing the one that
+    /// failed as it is dropped): a port found free on 127.0.0.1 may be taken, there or on
+    /// [::1], before chromedriver binds both, and chromedriver then exits at once.
     async fn start(path: &PathBuf) -> Self {
+        let mut failures = Vec::new();
+        // 4 ports, 5 s each: the 20 s a single start was given.
+        for _ in 0..4 {
+            let mut driver = Self::spawn(path);
+            match driver.listen_within(Duration::from_secs(5)).await {
+                Ok(()) => return driver,
+                Err(why) => failures.push(format!("port {}: {why}", driver.port)),
+            }
+        }
+        panic!(
+            "chromedriver did not start; {}; where it exited, its stderr, above, says why",
+            failures.join("; ")
+        );
+    }
+
+    fn spawn(path: &PathBuf) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .expect("a free port")
             .port();
+        // No `--allowed-ips`: with it chromedriver binds [::], which fails while any
+        // address has a socket on the port, such as the TIME_WAIT of a client bound to
+        // 127.0.0.x; without it, it binds only 127.0.0.1 and [::1].
         let child = Command::new(path)
-            .args([
-                format!("--port={port}"),
-                "--allowed-ips=127.0.0.1".to_owned(),
-            ])
+            .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("chromedriver starts");
-        let driver = Self { child, port };
-        // Up within 20 s, tried every 50 ms.
-        for _ in 0..400 {
-            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return driver;
+        Self { child, port }
+    }
+
+    /// Waits up to `limit` for chromedriver to accept connections, tried every 50 ms,
+    /// giving up as soon as it exits; why it did not.
+    async fn listen_within(&mut self, limit: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let refused = match TcpStream::connect(("127.0.0.1", self.port)).await {
+                Ok(_) => return Ok(()),
+                Err(error) => error,
+            };
+            if let Some(status) = self.child.try_wait().expect("chromedriver's status") {
+                return Err(format!("it exited, {status}"));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("no connection within {limit:?}: {refused}"));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("chromedriver did not listen on port {port} within 20 s");
     }
 }
 
