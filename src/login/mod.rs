@@ -143,7 +143,8 @@ use bans::{BanPolicy, BanTable, Recorded};
 pub use bans::{Offender, OffenderRank};
 #[cfg(feature = "http")]
 pub use http::{
-    ClassifyLogin, LoginOutcome, ReportBody, ReportLogin, ReportLoginLayer, StatusClassifier,
+    ClassifyLogin, LoginOutcome, ReportBody, ReportFuture, ReportLogin, ReportLoginLayer,
+    StatusClassifier,
 };
 #[cfg(all(feature = "kernel-bans", target_os = "linux"))]
 pub use kernel_bans::{KernelBans, KernelBansStats};
