@@ -393,6 +393,89 @@ async fn axum_server_refuses_over_its_limits_with_http_status_lines() {
     server.stop().await;
 }
 
+/// A WebSocket to `addr`'s `/ws`, from `127.0.0.N`, on a connection that first served
+/// two plain requests; checked to echo.
+async fn echoing_websocket(
+    n: u8,
+    addr: std::net::SocketAddr,
+) -> tokio_tungstenite::WebSocketStream<TcpStream> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let mut stream = connect_from(n, addr).await;
+    for _ in 0..2 {
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = vec![0u8; 256];
+        let read = within(PATIENCE, stream.read(&mut head)).await.unwrap();
+        assert!(head[..read].ends_with(b"hello\n"), "{:?}", &head[..read]);
+    }
+    let (mut socket, _) = within(
+        PATIENCE,
+        tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream),
+    )
+    .await
+    .unwrap();
+    socket.send(Message::text("ping")).await.unwrap();
+    let echoed = within(PATIENCE, socket.next()).await.unwrap().unwrap();
+    assert_eq!(echoed, Message::text("ping"));
+    socket
+}
+
+/// Whether the server ended the WebSocket (an error or a close, not a message).
+fn ended(
+    next: Option<Result<tokio_tungstenite::tungstenite::Message, impl std::fmt::Debug>>,
+) -> bool {
+    use tokio_tungstenite::tungstenite::Message;
+    !matches!(next, Some(Ok(Message::Text(_) | Message::Binary(_))))
+}
+
+#[tokio::test]
+async fn axum_servers_websocket_stays_under_the_idle_timeout_and_the_cap() {
+    use futures_util::StreamExt;
+
+    // Nothing moves on it: the server closes it at the idle timeout. (A cap far from
+    // full: a full one would shrink the timeout.)
+    let args = ["--max-connections", "100", "--idle-timeout", "1"];
+    let server = Example::start("axum_server", &args).await;
+    let mut socket = echoing_websocket(2, server.addr).await;
+    let last_moved = std::time::Instant::now();
+    assert!(ended(within(PATIENCE, socket.next()).await));
+    let idle = last_moved.elapsed();
+    assert!(idle >= std::time::Duration::from_millis(900), "{idle:?}");
+    server.stop().await;
+
+    // It holds its slot: at a cap of one, a newcomer is refused (a WebSocket is not
+    // evicted before 10 s without a byte), until the client closes it.
+    let server = Example::start("axum_server", &["--max-connections", "1"]).await;
+    let mut socket = echoing_websocket(2, server.addr).await;
+    let mut second = connect_from(3, server.addr).await;
+    let response = refusal_to_a_request(&mut second).await;
+    assert!(response.starts_with("HTTP/1.1 503 "), "{response}");
+    within(PATIENCE, socket.close(None)).await.unwrap();
+    drop(socket);
+    // Its slot comes back once the server has seen it end.
+    let admitted = async {
+        loop {
+            let mut next = connect_from(4, server.addr).await;
+            next.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .ok();
+            let mut response = String::new();
+            next.read_to_string(&mut response).await.ok();
+            if response.starts_with("HTTP/1.1 200 ") {
+                return;
+            }
+            assert!(response.starts_with("HTTP/1.1 503 "), "{response}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    within(PATIENCE, admitted).await;
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_silent_connection_is_closed_at_the_first_byte_timeout() {
     for name in ["axum_server", "tonic_server", "login_server"] {
