@@ -9,10 +9,10 @@
 //! at a deadline or a cut, even if the holder never polls it again; a holder waiting on
 //! it is woken to find it closed.
 //!
-//! A stream that only may leave (the HTTP adapter's, which leaves only if a request asks
-//! for an upgrade) starts [in place](share_in_place): polled without the lock while the
-//! connection's own future holds it, and moved into the shared slot once it is told it
-//! may leave, before it can.
+//! A stream that can leave only once it is told it may (the HTTP adapter's: only a
+//! request for an upgrade can take it) starts [in place](share_in_place): polled without
+//! the lock while the connection's own future holds it, and moved into the shared slot
+//! at its first poll after it is told, before it can leave.
 //!
 //! The bytes passing through can also be shown to a [`Watch`] (the HTTP adapter's frame
 //! watch, which follows HTTP/2's frames for the timeouts).

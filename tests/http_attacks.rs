@@ -20,13 +20,26 @@ const ATTACKER: u8 = 2;
 const OTHER: u8 = 3;
 const WRONG_PASSWORD: &str = "Basic YWxpY2U6d3Jvbmc="; // alice:wrong
 
-/// Opens a WebSocket to the server's `/ws` from `127.0.0.<last>` and checks that it
-/// echoes.
+/// Opens a WebSocket to the server's `/ws` from `127.0.0.<last>`, on a connection that
+/// first served a plain request, and checks that it echoes.
 async fn websocket(
     last: u8,
     server: &Example,
 ) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
-    let stream = connect_from(last, server.addr).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut stream = connect_from(last, server.addr).await;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    while !response.ends_with(b"hello\n") {
+        let mut chunk = [0u8; 256];
+        let read = within(PATIENCE, stream.read(&mut chunk)).await.unwrap();
+        assert!(read > 0, "closed after {response:?}");
+        response.extend_from_slice(&chunk[..read]);
+    }
     let url = format!("ws://{}/ws", server.addr);
     let (mut socket, _) = within(PATIENCE, tokio_tungstenite::client_async(url, stream))
         .await
