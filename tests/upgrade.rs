@@ -41,9 +41,24 @@ fn switching_protocols() -> Response<Empty<Bytes>> {
         .unwrap()
 }
 
-/// An application that upgrades every request and hands the upgraded stream to a task
-/// that holds it for `hold` without reading, as a WebSocket handler waiting for its
-/// application does. `upgraded` hears when the task has the stream.
+/// Hands the stream an upgrade takes to a task that holds it for `hold` without reading,
+/// as a WebSocket handler waiting for its application does; `taken` hears when the task
+/// has it.
+fn hold_taken_stream(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    hold: Duration,
+    taken: mpsc::UnboundedSender<()>,
+) {
+    tokio::spawn(async move {
+        let stream = on_upgrade.await.expect("upgraded");
+        taken.send(()).ok();
+        tokio::time::sleep(hold).await;
+        drop(stream);
+    });
+}
+
+/// An application that upgrades every request, its stream held for `hold` (see
+/// [`hold_taken_stream`]); `upgraded` hears when the task has it.
 fn upgrading_app(
     hold: Duration,
     upgraded: mpsc::UnboundedSender<()>,
@@ -56,17 +71,8 @@ fn upgrading_app(
 + Send
 + 'static {
     service_fn(move |mut request: Request<Incoming>| {
-        let upgraded = upgraded.clone();
-        let on_upgrade = hyper::upgrade::on(&mut request);
-        async move {
-            tokio::spawn(async move {
-                let stream = on_upgrade.await.expect("upgraded");
-                upgraded.send(()).ok();
-                tokio::time::sleep(hold).await;
-                drop(stream);
-            });
-            Ok(switching_protocols())
-        }
+        hold_taken_stream(hyper::upgrade::on(&mut request), hold, upgraded.clone());
+        async { Ok(switching_protocols()) }
     })
 }
 
@@ -103,9 +109,9 @@ fn reading_app(
     })
 }
 
-/// An application that answers `CONNECT` with `200` and hands the tunnel to a task that
-/// holds it for an hour; other requests it answers `200` without taking their stream.
-/// `tunnelled` hears when the task has the stream.
+/// An application that answers `CONNECT` with `200`, the tunnel held for an hour (see
+/// [`hold_taken_stream`]); other requests it answers `200` without taking their stream.
+/// `tunnelled` hears when the task has the tunnel.
 fn tunnelling_app(
     tunnelled: mpsc::UnboundedSender<()>,
 ) -> impl Service<
@@ -117,15 +123,9 @@ fn tunnelling_app(
 + Send
 + 'static {
     service_fn(move |mut request: Request<Incoming>| {
-        let tunnelled = tunnelled.clone();
         if request.method() == http::Method::CONNECT {
             let on_upgrade = hyper::upgrade::on(&mut request);
-            tokio::spawn(async move {
-                let stream = on_upgrade.await.expect("tunnelled");
-                tunnelled.send(()).ok();
-                tokio::time::sleep(secs(3600)).await;
-                drop(stream);
-            });
+            hold_taken_stream(on_upgrade, secs(3600), tunnelled.clone());
         }
         async { Ok(Response::new(Empty::new())) }
     })
