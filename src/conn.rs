@@ -109,7 +109,7 @@ impl<IO> Conn<IO> {
     /// [`SessionLayer`](crate::login::SessionLayer) above opened one.
     #[cfg(feature = "login")]
     pub fn login_session(&self) -> Option<&crate::login::LoginSession> {
-        self.parts.login.as_ref()
+        self.parts.login_session()
     }
 
     #[cfg(feature = "login")]

@@ -57,78 +57,90 @@ fn hold_taken_stream(
     });
 }
 
-/// An application that upgrades every request, its stream held for `hold` (see
+/// What an application makes of each request, at once: its response.
+trait Answer: Fn(&mut Request<Incoming>) -> Response<Empty<Bytes>> + Clone + Send + 'static {}
+
+impl<F> Answer for F where
+    F: Fn(&mut Request<Incoming>) -> Response<Empty<Bytes>> + Clone + Send + 'static
+{
+}
+
+/// An application that answers each request as `answer` says.
+fn app(
+    answer: impl Answer,
+) -> impl Service<
+    Request<Incoming>,
+    Response = Response<Empty<Bytes>>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
++ Send
++ 'static {
+    service_fn(move |mut request: Request<Incoming>| {
+        let response = answer(&mut request);
+        async { Ok(response) }
+    })
+}
+
+/// Upgrades every request, its stream held for `hold` (see
 /// [`hold_taken_stream`]); `upgraded` hears when the task has it.
-fn upgrading_app(
-    hold: Duration,
-    upgraded: mpsc::UnboundedSender<()>,
-) -> impl Service<
-    Request<Incoming>,
-    Response = Response<Empty<Bytes>>,
-    Error = Infallible,
-    Future: Send + 'static,
-> + Clone
-+ Send
-+ 'static {
-    service_fn(move |mut request: Request<Incoming>| {
-        hold_taken_stream(hyper::upgrade::on(&mut request), hold, upgraded.clone());
-        async { Ok(switching_protocols()) }
-    })
+fn upgrading(hold: Duration, upgraded: mpsc::UnboundedSender<()>) -> impl Answer {
+    move |request: &mut Request<Incoming>| {
+        hold_taken_stream(hyper::upgrade::on(request), hold, upgraded.clone());
+        switching_protocols()
+    }
 }
 
-/// An application whose upgraded stream is read by a task until it fails, as a
-/// WebSocket echo does; `ended` hears when that task is done.
-fn reading_app(
-    ended: mpsc::UnboundedSender<std::io::Result<usize>>,
-) -> impl Service<
-    Request<Incoming>,
-    Response = Response<Empty<Bytes>>,
-    Error = Infallible,
-    Future: Send + 'static,
-> + Clone
-+ Send
-+ 'static {
-    service_fn(move |mut request: Request<Incoming>| {
+/// Upgrades every request, its stream read by a task until it fails, as a WebSocket
+/// echo does; `ended` hears when that task is done.
+fn reading(ended: mpsc::UnboundedSender<std::io::Result<usize>>) -> impl Answer {
+    move |request: &mut Request<Incoming>| {
         let ended = ended.clone();
-        let on_upgrade = hyper::upgrade::on(&mut request);
-        async move {
-            tokio::spawn(async move {
-                let mut stream = hyper_util::rt::TokioIo::new(on_upgrade.await.expect("upgraded"));
-                let mut buf = [0u8; 64];
-                let outcome = loop {
-                    match stream.read(&mut buf).await {
-                        Ok(0) => break Ok(0),
-                        Ok(_) => {}
-                        Err(error) => break Err(error),
-                    }
-                };
-                ended.send(outcome).ok();
-            });
-            Ok(switching_protocols())
-        }
-    })
+        let on_upgrade = hyper::upgrade::on(request);
+        tokio::spawn(async move {
+            let mut stream = hyper_util::rt::TokioIo::new(on_upgrade.await.expect("upgraded"));
+            let mut buf = [0u8; 64];
+            let outcome = loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) => break Ok(0),
+                    Ok(_) => {}
+                    Err(error) => break Err(error),
+                }
+            };
+            ended.send(outcome).ok();
+        });
+        switching_protocols()
+    }
 }
 
-/// An application that answers `CONNECT` with `200`, the tunnel held for an hour (see
-/// [`hold_taken_stream`]); other requests it answers `200` without taking their stream.
+/// Answers `CONNECT` with `200`, the tunnel held for an hour (see
+/// [`hold_taken_stream`]); other requests `200` without taking their stream.
 /// `tunnelled` hears when the task has the tunnel.
-fn tunnelling_app(
-    tunnelled: mpsc::UnboundedSender<()>,
-) -> impl Service<
-    Request<Incoming>,
-    Response = Response<Empty<Bytes>>,
-    Error = Infallible,
-    Future: Send + 'static,
-> + Clone
-+ Send
-+ 'static {
-    service_fn(move |mut request: Request<Incoming>| {
+fn tunnelling(tunnelled: mpsc::UnboundedSender<()>) -> impl Answer {
+    move |request: &mut Request<Incoming>| {
         if request.method() == http::Method::CONNECT {
-            let on_upgrade = hyper::upgrade::on(&mut request);
-            hold_taken_stream(on_upgrade, secs(3600), tunnelled.clone());
+            hold_taken_stream(hyper::upgrade::on(request), secs(3600), tunnelled.clone());
         }
-        async { Ok(Response::new(Empty::new())) }
-    })
+        Response::new(Empty::new())
+    }
+}
+
+/// Serves `answer` on one in-memory connection with a 2 s close grace: the connection's
+/// task, the client's end, and the connection's close signal.
+fn served_with_a_close_grace_of_2_s(
+    answer: impl Answer,
+) -> (
+    tokio::task::JoinHandle<Result<(), BoxError>>,
+    DuplexStream,
+    tower_bouncer::GracefulClose,
+) {
+    let service = HttpService::builder(app(answer))
+        .close_grace(secs(2))
+        .build()
+        .unwrap();
+    let (mut conn, client) = duplex_conn("192.0.2.1:1");
+    let close = conn.graceful_close();
+    (tokio::spawn(service.oneshot(conn)), client, close)
 }
 
 /// Sends `request` and reads the response head, which must start with `status`.
@@ -163,7 +175,7 @@ async fn an_upgraded_connection_keeps_its_slot_and_is_closed_at_the_idle_timeout
     let mut service = ServiceBuilder::new()
         .layer(limit.clone())
         .layer(timeouts.clone())
-        .service(HttpService::new(upgrading_app(secs(3600), upgraded)));
+        .service(HttpService::new(app(upgrading(secs(3600), upgraded))));
 
     let (conn, mut client) = duplex_conn("192.0.2.1:1");
     let connection = tokio::spawn(
@@ -219,7 +231,7 @@ async fn a_holder_reading_a_stream_closed_at_the_idle_timeout_is_told_and_ends()
     let (ended, mut ended_rx) = mpsc::unbounded_channel();
     let service = ServiceBuilder::new()
         .layer(timeouts)
-        .service(HttpService::new(reading_app(ended)));
+        .service(HttpService::new(app(reading(ended))));
     let (conn, mut client) = duplex_conn("192.0.2.1:1");
     let connection = tokio::spawn(service.oneshot(conn));
     upgrade(&mut client).await;
@@ -236,7 +248,7 @@ async fn a_holder_reading_a_stream_closed_at_the_idle_timeout_is_told_and_ends()
 #[tokio::test(start_paused = true)]
 async fn an_upgraded_connection_ends_when_its_holder_drops_the_stream() {
     let (upgraded, mut upgraded_rx) = mpsc::unbounded_channel();
-    let service = HttpService::new(upgrading_app(secs(30), upgraded));
+    let service = HttpService::new(app(upgrading(secs(30), upgraded)));
     let (conn, mut client) = duplex_conn("192.0.2.1:1");
     let connection = tokio::spawn(service.oneshot(conn));
     upgrade(&mut client).await;
@@ -253,13 +265,8 @@ async fn an_upgraded_connection_ends_when_its_holder_drops_the_stream() {
 #[tokio::test(start_paused = true)]
 async fn an_upgraded_connection_asked_to_close_is_cut_after_the_close_grace() {
     let (upgraded, mut upgraded_rx) = mpsc::unbounded_channel();
-    let service = HttpService::builder(upgrading_app(secs(3600), upgraded))
-        .close_grace(secs(2))
-        .build()
-        .unwrap();
-    let (mut conn, mut client) = duplex_conn("192.0.2.1:1");
-    let close = conn.graceful_close();
-    let connection = tokio::spawn(service.oneshot(conn));
+    let (connection, mut client, close) =
+        served_with_a_close_grace_of_2_s(upgrading(secs(3600), upgraded));
     upgrade(&mut client).await;
     upgraded_rx.recv().await.unwrap();
 
@@ -273,7 +280,7 @@ async fn an_upgraded_connection_asked_to_close_is_cut_after_the_close_grace() {
 #[tokio::test]
 async fn shutdown_drains_an_upgraded_connection_and_cuts_it_at_the_deadline() {
     let (upgraded, mut upgraded_rx) = mpsc::unbounded_channel();
-    let http = HttpService::builder(upgrading_app(secs(3600), upgraded))
+    let http = HttpService::builder(app(upgrading(secs(3600), upgraded)))
         .close_grace(secs(60))
         .build()
         .unwrap();
@@ -299,13 +306,7 @@ async fn shutdown_drains_an_upgraded_connection_and_cuts_it_at_the_deadline() {
 #[tokio::test(start_paused = true)]
 async fn a_tunnel_is_cut_after_the_close_grace_after_requests_that_asked_for_nothing() {
     let (tunnelled, mut tunnelled_rx) = mpsc::unbounded_channel();
-    let service = HttpService::builder(tunnelling_app(tunnelled))
-        .close_grace(secs(2))
-        .build()
-        .unwrap();
-    let (mut conn, mut client) = duplex_conn("192.0.2.1:1");
-    let close = conn.graceful_close();
-    let connection = tokio::spawn(service.oneshot(conn));
+    let (connection, mut client, close) = served_with_a_close_grace_of_2_s(tunnelling(tunnelled));
     // Served in place first, then taken by the tunnel.
     for _ in 0..2 {
         exchange(
@@ -329,13 +330,7 @@ async fn a_tunnel_is_cut_after_the_close_grace_after_requests_that_asked_for_not
 #[tokio::test(start_paused = true)]
 async fn a_request_for_an_upgrade_answered_without_one_leaves_the_connection_serving() {
     let (tunnelled, _tunnelled_rx) = mpsc::unbounded_channel();
-    let service = HttpService::builder(tunnelling_app(tunnelled))
-        .close_grace(secs(2))
-        .build()
-        .unwrap();
-    let (mut conn, mut client) = duplex_conn("192.0.2.1:1");
-    let close = conn.graceful_close();
-    let connection = tokio::spawn(service.oneshot(conn));
+    let (connection, mut client, close) = served_with_a_close_grace_of_2_s(tunnelling(tunnelled));
     exchange(&mut client, UPGRADE_REQUEST, b"HTTP/1.1 200").await;
     exchange(
         &mut client,
