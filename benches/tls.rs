@@ -26,12 +26,12 @@ use hyper_util::{
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
-use tower::{Layer, ServiceBuilder};
+use tower::ServiceBuilder;
 use tower_bouncer::{
     Conn,
     http::HttpService,
     limit::ConnectionLimitLayer,
-    login::{Login, ReportLoginLayer},
+    login::{Login, StatusClassifier},
     peer_limit::PeerLimitLayer,
     rate_limit::{Rate, RateLimitLayer},
     serve::Server,
@@ -123,7 +123,12 @@ async fn serve_protected(listener: TcpListener, certificate: ServerCertificate) 
                 .unwrap(),
         )
         .layer(login.session_layer())
-        .service(HttpService::new(ReportLoginLayer::new().layer(app())));
+        .service(
+            HttpService::builder(app())
+                .report_logins(StatusClassifier::default())
+                .build()
+                .unwrap(),
+        );
     Server::new(listener).serve(connections).await.ok();
 }
 

@@ -482,12 +482,26 @@ mod under_a_request_timeout {
 mod reporting_logins {
     use super::*;
     use axum::http::StatusCode;
-    use tower_bouncer::login::{Login, LoginOutcome, ReportLoginLayer, StatusClassifier};
+    use tower_bouncer::login::{
+        ClassifyLogin, Login, LoginOutcome, ReportLoginLayer, StatusClassifier,
+    };
 
     fn auth_app() -> Router {
         Router::new()
             .route("/login", get(|| async { StatusCode::UNAUTHORIZED }))
             .route("/forbidden", get(|| async { StatusCode::FORBIDDEN }))
+            .route(
+                "/stream",
+                get(|| async {
+                    use http_body_util::BodyExt;
+                    // A `200`, its gRPC status in the trailers, as a streaming call ends.
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", http::HeaderValue::from_static("16"));
+                    let body = http_body_util::Full::new(bytes::Bytes::from_static(b"data"))
+                        .with_trailers(async move { Some(Ok(trailers)) });
+                    axum::body::Body::new(body)
+                }),
+            )
             .route(
                 "/welcome",
                 get(|conn: ConnExtensions| async move {
@@ -497,83 +511,144 @@ mod reporting_logins {
             )
     }
 
-    /// Serves `app` on loopback under `login`'s layers, reporting with `report`.
-    async fn serve<C>(login: &Login, report: ReportLoginLayer<C>) -> LoopbackServer
+    /// Who reports the logins: a `ReportLoginLayer` around the service, or the adapter
+    /// itself. Every test here runs both ways.
+    #[derive(Debug, Clone, Copy)]
+    enum Reporter {
+        Layer,
+        Adapter,
+    }
+
+    const REPORTERS: [Reporter; 2] = [Reporter::Layer, Reporter::Adapter];
+
+    /// Serves `app` on loopback under `login`'s layers, `reporter` reporting its logins
+    /// as `classify` tells them.
+    async fn serve<S, B, C>(
+        login: &Login,
+        app: S,
+        classify: C,
+        reporter: Reporter,
+    ) -> LoopbackServer
     where
-        C: tower_bouncer::login::ClassifyLogin + Send + Sync + 'static,
+        S: tower::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<tower_bouncer::BoxError>,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<tower_bouncer::BoxError>,
+        C: ClassifyLogin + Send + Sync + 'static,
     {
-        let service = ServiceBuilder::new()
+        let layers = ServiceBuilder::new()
             .layer(login.ban_layer())
-            .layer(login.session_layer())
-            .service(HttpService::new(report.layer(auth_app())));
-        LoopbackServer::start(service, PATIENCE).await
+            .layer(login.session_layer());
+        match reporter {
+            Reporter::Layer => {
+                let report = ReportLoginLayer::new().classify_with(classify);
+                LoopbackServer::start(
+                    layers.service(HttpService::new(report.layer(app))),
+                    PATIENCE,
+                )
+                .await
+            }
+            Reporter::Adapter => {
+                let http = HttpService::builder(app)
+                    .report_logins(classify)
+                    .build()
+                    .unwrap();
+                LoopbackServer::start(layers.service(http), PATIENCE).await
+            }
+        }
     }
 
     #[tokio::test]
     async fn a_401_is_a_failed_login_that_closes_after_the_response_and_counts_toward_a_ban() {
-        let login = Login::builder().max_failures(2).build().unwrap();
-        let server = serve(&login, ReportLoginLayer::new()).await;
-        for _ in 0..2 {
-            let mut h1 = Http1Client::connect(connect_from(7, server.addr).await).await;
-            let answer = within(PATIENCE, h1.get("/login")).await.unwrap();
-            assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
-            assert_eq!(answer.headers[http::header::CONNECTION], "close");
-            within(PATIENCE, &mut h1.driver).await.unwrap().unwrap();
-        }
-        assert!(
-            login
-                .bans()
-                .banned_for(std::net::Ipv4Addr::new(127, 0, 0, 7).into())
-                .is_some()
-        );
+        for reporter in REPORTERS {
+            let login = Login::builder().max_failures(2).build().unwrap();
+            let server = serve(&login, auth_app(), StatusClassifier::default(), reporter).await;
+            for _ in 0..2 {
+                let mut h1 = Http1Client::connect(connect_from(7, server.addr).await).await;
+                let answer = within(PATIENCE, h1.get("/login")).await.unwrap();
+                assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{reporter:?}");
+                assert_eq!(answer.headers[http::header::CONNECTION], "close");
+                within(PATIENCE, &mut h1.driver).await.unwrap().unwrap();
+            }
+            assert!(
+                login
+                    .bans()
+                    .banned_for(std::net::Ipv4Addr::new(127, 0, 0, 7).into())
+                    .is_some(),
+                "{reporter:?}"
+            );
 
-        // The banned peer is refused before any byte is read; another peer is served.
-        let mut banned = connect_from(7, server.addr).await;
-        let mut byte = [0u8; 1];
-        assert!(matches!(
-            within(PATIENCE, banned.read(&mut byte)).await,
-            Ok(0) | Err(_)
-        ));
-        let mut other = Http1Client::connect(connect_from(8, server.addr).await).await;
-        let answer = within(PATIENCE, other.get("/welcome")).await.unwrap();
-        assert_eq!(answer.body, "welcome\n");
-        let stats = login.stats();
-        assert_eq!(
-            (stats.failed_logins, stats.bans, stats.authenticated),
-            (2, 1, 1)
-        );
-        server.stop().await;
+            // The banned peer is refused before any byte is read; another peer is served.
+            let mut banned = connect_from(7, server.addr).await;
+            let mut byte = [0u8; 1];
+            assert!(matches!(
+                within(PATIENCE, banned.read(&mut byte)).await,
+                Ok(0) | Err(_)
+            ));
+            let mut other = Http1Client::connect(connect_from(8, server.addr).await).await;
+            let answer = within(PATIENCE, other.get("/welcome")).await.unwrap();
+            assert_eq!(answer.body, "welcome\n");
+            let stats = login.stats();
+            assert_eq!(
+                (stats.failed_logins, stats.bans, stats.authenticated),
+                (2, 1, 1),
+                "{reporter:?}"
+            );
+            server.stop().await;
+        }
     }
 
     #[tokio::test]
     async fn a_403_counts_only_when_asked_and_custom_rules_work() {
-        let login = Login::builder().build().unwrap();
-        let server = serve(&login, ReportLoginLayer::new()).await;
-        let mut h1 = Http1Client::connect(connect_from(9, server.addr).await).await;
-        assert_eq!(
-            within(PATIENCE, h1.get("/forbidden")).await.unwrap().status,
-            403
-        );
-        assert_eq!(login.stats().failed_logins, 0);
-        server.stop().await;
+        for reporter in REPORTERS {
+            let login = Login::builder().build().unwrap();
+            let server = serve(&login, auth_app(), StatusClassifier::default(), reporter).await;
+            let mut h1 = Http1Client::connect(connect_from(9, server.addr).await).await;
+            assert_eq!(
+                within(PATIENCE, h1.get("/forbidden")).await.unwrap().status,
+                403
+            );
+            assert_eq!(login.stats().failed_logins, 0, "{reporter:?}");
+            server.stop().await;
 
-        let strict = ReportLoginLayer::new()
-            .classify_with(StatusClassifier::default().forbidden_is_failure(true));
-        let server = serve(&login, strict).await;
-        let mut h1 = Http1Client::connect(connect_from(9, server.addr).await).await;
-        within(PATIENCE, h1.get("/forbidden")).await.unwrap();
-        assert_eq!(login.stats().failed_logins, 1);
-        server.stop().await;
+            let strict = StatusClassifier::default().forbidden_is_failure(true);
+            let server = serve(&login, auth_app(), strict, reporter).await;
+            let mut h1 = Http1Client::connect(connect_from(9, server.addr).await).await;
+            within(PATIENCE, h1.get("/forbidden")).await.unwrap();
+            assert_eq!(login.stats().failed_logins, 1, "{reporter:?}");
+            server.stop().await;
 
-        let custom =
-            ReportLoginLayer::new().classify_with(|status: StatusCode, _: &http::HeaderMap| {
+            let custom = |status: StatusCode, _: &http::HeaderMap| {
                 (status == StatusCode::FORBIDDEN).then_some(LoginOutcome::Failed)
-            });
-        let server = serve(&login, custom).await;
-        let mut h1 = Http1Client::connect(connect_from(10, server.addr).await).await;
-        within(PATIENCE, h1.get("/forbidden")).await.unwrap();
-        assert_eq!(login.stats().failed_logins, 2);
-        server.stop().await;
+            };
+            let server = serve(&login, auth_app(), custom, reporter).await;
+            let mut h1 = Http1Client::connect(connect_from(10, server.addr).await).await;
+            within(PATIENCE, h1.get("/forbidden")).await.unwrap();
+            assert_eq!(login.stats().failed_logins, 2, "{reporter:?}");
+            server.stop().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_outcome_in_the_trailers_is_reported() {
+        for reporter in REPORTERS {
+            let login = Login::builder().build().unwrap();
+            let server = serve(&login, auth_app(), StatusClassifier::default(), reporter).await;
+            let mut h2 = Http2Client::connect(connect_from(11, server.addr).await).await;
+            let answer = within(PATIENCE, h2.get("/stream")).await.unwrap();
+            assert_eq!(
+                (answer.status.as_u16(), answer.body.as_str()),
+                (200, "data")
+            );
+            assert_eq!(login.stats().failed_logins, 1, "{reporter:?}");
+            server.stop().await;
+        }
     }
 
     #[tokio::test]
@@ -581,33 +656,31 @@ mod reporting_logins {
         use tonic::service::{Routes, interceptor::InterceptedService};
         use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-        let login = Login::builder().max_failures(1).build().unwrap();
-        let (_reporter, health) = tonic_health::server::health_reporter();
-        let health = InterceptedService::new(health, |_: tonic::Request<()>| {
-            Err::<tonic::Request<()>, _>(tonic::Status::unauthenticated("no token"))
-        });
-        let service = ServiceBuilder::new()
-            .layer(login.ban_layer())
-            .layer(login.session_layer())
-            .service(HttpService::new(
-                ReportLoginLayer::new().layer(Routes::new(health).prepare()),
-            ));
-        let server = LoopbackServer::start(service, PATIENCE).await;
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
-            .unwrap()
-            .connect()
+        for reporter in REPORTERS {
+            let login = Login::builder().max_failures(1).build().unwrap();
+            let (_reporter, health) = tonic_health::server::health_reporter();
+            let health = InterceptedService::new(health, |_: tonic::Request<()>| {
+                Err::<tonic::Request<()>, _>(tonic::Status::unauthenticated("no token"))
+            });
+            let routes = Routes::new(health).prepare();
+            let server = serve(&login, routes, StatusClassifier::default(), reporter).await;
+            let channel =
+                tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap();
+            let status = within(
+                PATIENCE,
+                HealthClient::new(channel).check(HealthCheckRequest::default()),
+            )
             .await
-            .unwrap();
-        let status = within(
-            PATIENCE,
-            HealthClient::new(channel).check(HealthCheckRequest::default()),
-        )
-        .await
-        .unwrap_err();
-        assert_eq!(status.code(), tonic::Code::Unauthenticated);
-        let stats = login.stats();
-        assert_eq!((stats.failed_logins, stats.bans), (1, 1));
-        server.stop().await;
+            .unwrap_err();
+            assert_eq!(status.code(), tonic::Code::Unauthenticated);
+            let stats = login.stats();
+            assert_eq!((stats.failed_logins, stats.bans), (1, 1), "{reporter:?}");
+            server.stop().await;
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tower::{Layer, ServiceBuilder, ServiceExt};
 use tower_bouncer::{
     http::{ConnExtensions, HttpService},
-    login::{Login, ReportLoginLayer},
+    login::{Login, ReportLoginLayer, StatusClassifier},
 };
 
 use support::*;
@@ -57,18 +57,30 @@ fn app(checks: Arc<AtomicUsize>) -> Router {
         )
 }
 
+/// Who reports the logins: a `ReportLoginLayer` around the service, or the adapter
+/// itself. Every test here runs both ways.
+#[derive(Debug, Clone, Copy)]
+enum Reporter {
+    Layer,
+    Adapter,
+}
+
+const REPORTERS: [Reporter; 2] = [Reporter::Layer, Reporter::Adapter];
+
 /// One HTTP/2 connection to `login`'s layers over `app`, on an in-memory stream.
 async fn h2_connection(
     login: &Login,
     checks: Arc<AtomicUsize>,
+    reporter: Reporter,
 ) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
-    h2_connection_to(login, app(checks)).await
+    h2_connection_to(login, app(checks), reporter).await
 }
 
 /// One HTTP/2 connection to `login`'s layers over `service`, reporting its logins.
 async fn h2_connection_to<S, B>(
     login: &Login,
     service: S,
+    reporter: Reporter,
 ) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>>
 where
     S: tower::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
@@ -81,12 +93,27 @@ where
     B::Data: Send,
     B::Error: Into<tower_bouncer::BoxError>,
 {
-    let service = ServiceBuilder::new()
+    let layers = ServiceBuilder::new()
         .layer(login.ban_layer())
-        .layer(login.session_layer())
-        .service(HttpService::new(ReportLoginLayer::new().layer(service)));
+        .layer(login.session_layer());
     let (conn, client) = duplex_conn("192.0.2.1:1");
-    tokio::spawn(service.oneshot(conn));
+    match reporter {
+        Reporter::Layer => tokio::spawn(
+            layers
+                .service(HttpService::new(ReportLoginLayer::new().layer(service)))
+                .oneshot(conn),
+        ),
+        Reporter::Adapter => tokio::spawn(
+            layers
+                .service(
+                    HttpService::builder(service)
+                        .report_logins(StatusClassifier::default())
+                        .build()
+                        .unwrap(),
+                )
+                .oneshot(conn),
+        ),
+    };
     let (sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
             .await
@@ -130,97 +157,113 @@ async fn send_all(
 
 #[tokio::test(start_paused = true)]
 async fn concurrent_bad_credentials_on_one_http2_connection_get_one_password_check() {
-    let login = Login::builder()
-        .max_auth_tries(1)
-        .max_failures(10_000)
-        .build()
-        .unwrap();
-    let checks = Arc::new(AtomicUsize::new(0));
-    let sender = h2_connection(&login, checks.clone()).await;
+    for reporter in REPORTERS {
+        let login = Login::builder()
+            .max_auth_tries(1)
+            .max_failures(10_000)
+            .build()
+            .unwrap();
+        let checks = Arc::new(AtomicUsize::new(0));
+        let sender = h2_connection(&login, checks.clone(), reporter).await;
 
-    let statuses = send_all(
-        &sender,
-        (0..50)
-            .map(|_| request("/login", Some(BAD_CREDENTIALS)))
-            .collect(),
-    )
-    .await;
+        let statuses = send_all(
+            &sender,
+            (0..50)
+                .map(|_| request("/login", Some(BAD_CREDENTIALS)))
+                .collect(),
+        )
+        .await;
 
-    assert_eq!(checks.load(Ordering::SeqCst), 1, "{statuses:?}");
-    assert_eq!(login.stats().failed_logins, 1);
-    let unauthorized = statuses
-        .iter()
-        .filter(|status| **status == Some(StatusCode::UNAUTHORIZED))
-        .count();
-    assert_eq!(unauthorized, 1, "{statuses:?}");
-    assert!(
-        statuses.iter().all(|status| matches!(
-            status,
-            None | Some(StatusCode::UNAUTHORIZED | StatusCode::TOO_MANY_REQUESTS)
-        )),
-        "{statuses:?}"
-    );
+        assert_eq!(
+            checks.load(Ordering::SeqCst),
+            1,
+            "{reporter:?}: {statuses:?}"
+        );
+        assert_eq!(login.stats().failed_logins, 1);
+        let unauthorized = statuses
+            .iter()
+            .filter(|status| **status == Some(StatusCode::UNAUTHORIZED))
+            .count();
+        assert_eq!(unauthorized, 1, "{reporter:?}: {statuses:?}");
+        assert!(
+            statuses.iter().all(|status| matches!(
+                status,
+                None | Some(StatusCode::UNAUTHORIZED | StatusCode::TOO_MANY_REQUESTS)
+            )),
+            "{reporter:?}: {statuses:?}"
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_connection_gets_as_many_password_checks_as_it_has_tries() {
-    let login = Login::builder()
-        .max_auth_tries(3)
-        .max_failures(10_000)
-        .build()
-        .unwrap();
-    let checks = Arc::new(AtomicUsize::new(0));
-    let sender = h2_connection(&login, checks.clone()).await;
-    let statuses = send_all(
-        &sender,
-        (0..20)
-            .map(|_| request("/login", Some(BAD_CREDENTIALS)))
-            .collect(),
-    )
-    .await;
-    assert_eq!(checks.load(Ordering::SeqCst), 3, "{statuses:?}");
-    assert_eq!(login.stats().failed_logins, 3);
+    for reporter in REPORTERS {
+        let login = Login::builder()
+            .max_auth_tries(3)
+            .max_failures(10_000)
+            .build()
+            .unwrap();
+        let checks = Arc::new(AtomicUsize::new(0));
+        let sender = h2_connection(&login, checks.clone(), reporter).await;
+        let statuses = send_all(
+            &sender,
+            (0..20)
+                .map(|_| request("/login", Some(BAD_CREDENTIALS)))
+                .collect(),
+        )
+        .await;
+        assert_eq!(
+            checks.load(Ordering::SeqCst),
+            3,
+            "{reporter:?}: {statuses:?}"
+        );
+        assert_eq!(login.stats().failed_logins, 3);
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn requests_without_credentials_are_not_held_back() {
-    let login = Login::builder().max_auth_tries(1).build().unwrap();
-    let checks = Arc::new(AtomicUsize::new(0));
-    let sender = h2_connection(&login, checks).await;
-    let statuses = send_all(&sender, (0..20).map(|_| request("/", None)).collect()).await;
-    assert!(
-        statuses
-            .iter()
-            .all(|status| *status == Some(StatusCode::OK)),
-        "{statuses:?}"
-    );
+    for reporter in REPORTERS {
+        let login = Login::builder().max_auth_tries(1).build().unwrap();
+        let checks = Arc::new(AtomicUsize::new(0));
+        let sender = h2_connection(&login, checks, reporter).await;
+        let statuses = send_all(&sender, (0..20).map(|_| request("/", None)).collect()).await;
+        assert!(
+            statuses
+                .iter()
+                .all(|status| *status == Some(StatusCode::OK)),
+            "{reporter:?}: {statuses:?}"
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn once_logged_in_a_connection_sends_credentials_concurrently() {
-    let login = Login::builder().max_auth_tries(1).build().unwrap();
-    let checks = Arc::new(AtomicUsize::new(0));
-    let sender = h2_connection(&login, checks).await;
-    let good = "Basic YWxpY2U6c2VjcmV0"; // alice:secret
-    let statuses = send_all(&sender, vec![request("/welcome", Some(good))]).await;
-    assert_eq!(statuses, [Some(StatusCode::OK)]);
-    let began = tokio::time::Instant::now();
-    let statuses = send_all(
-        &sender,
-        (0..20).map(|_| request("/account", Some(good))).collect(),
-    )
-    .await;
-    assert!(
-        statuses
-            .iter()
-            .all(|status| *status == Some(StatusCode::OK))
-    );
-    // 50 ms each, all at once rather than one after another.
-    assert!(
-        began.elapsed() < Duration::from_millis(200),
-        "{:?}",
-        began.elapsed()
-    );
+    for reporter in REPORTERS {
+        let login = Login::builder().max_auth_tries(1).build().unwrap();
+        let checks = Arc::new(AtomicUsize::new(0));
+        let sender = h2_connection(&login, checks, reporter).await;
+        let good = "Basic YWxpY2U6c2VjcmV0"; // alice:secret
+        let statuses = send_all(&sender, vec![request("/welcome", Some(good))]).await;
+        assert_eq!(statuses, [Some(StatusCode::OK)]);
+        let began = tokio::time::Instant::now();
+        let statuses = send_all(
+            &sender,
+            (0..20).map(|_| request("/account", Some(good))).collect(),
+        )
+        .await;
+        assert!(
+            statuses
+                .iter()
+                .all(|status| *status == Some(StatusCode::OK))
+        );
+        // 50 ms each, all at once rather than one after another.
+        assert!(
+            began.elapsed() < Duration::from_millis(200),
+            "{:?}",
+            began.elapsed()
+        );
+    }
 }
 
 /// A service that checks credentials in `call` itself, as tonic's interceptors and
@@ -250,19 +293,25 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for ChecksInCall {
 
 #[tokio::test(start_paused = true)]
 async fn a_service_that_checks_in_call_is_called_only_once_admitted() {
-    let login = Login::builder()
-        .max_auth_tries(1)
-        .max_failures(10_000)
-        .build()
-        .unwrap();
-    let checks = Arc::new(AtomicUsize::new(0));
-    let sender = h2_connection_to(&login, ChecksInCall(checks.clone())).await;
-    let statuses = send_all(
-        &sender,
-        (0..50)
-            .map(|_| request("/login", Some(BAD_CREDENTIALS)))
-            .collect(),
-    )
-    .await;
-    assert_eq!(checks.load(Ordering::SeqCst), 1, "{statuses:?}");
+    for reporter in REPORTERS {
+        let login = Login::builder()
+            .max_auth_tries(1)
+            .max_failures(10_000)
+            .build()
+            .unwrap();
+        let checks = Arc::new(AtomicUsize::new(0));
+        let sender = h2_connection_to(&login, ChecksInCall(checks.clone()), reporter).await;
+        let statuses = send_all(
+            &sender,
+            (0..50)
+                .map(|_| request("/login", Some(BAD_CREDENTIALS)))
+                .collect(),
+        )
+        .await;
+        assert_eq!(
+            checks.load(Ordering::SeqCst),
+            1,
+            "{reporter:?}: {statuses:?}"
+        );
+    }
 }

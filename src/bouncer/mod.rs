@@ -57,7 +57,7 @@ use crate::{
     BoxError, Conn,
     http::HttpService,
     limit::{ConnectionLimit, ConnectionLimitLayer},
-    login::{BanCheck, Login, LoginBuilder, LoginSessions, ReportLogin, ReportLoginLayer},
+    login::{BanCheck, Login, LoginBuilder, LoginSessions, StatusClassifier},
     overload::Overload,
     peer::PeerKeying,
     peer_limit::{PeerLimit, PeerLimitLayer},
@@ -360,7 +360,7 @@ type MaybeTls<S> = Either<crate::tls::Tls<S>, S>;
 type MaybeTls<S> = S;
 
 /// An HTTP application under the adapter, failed logins reported.
-pub type ProtectedHttp<A> = Protected<HttpService<ReportLogin<A>>>;
+pub type ProtectedHttp<A> = Protected<HttpService<A>>;
 
 impl<S> Layer<S> for Bouncer {
     type Service = Protected<S>;
@@ -432,7 +432,10 @@ impl Bouncer {
         ProtectedHttp<A>: Service<Conn<TcpStream>, Response = (), Error = BoxError>,
         <ProtectedHttp<A> as Service<Conn<TcpStream>>>::Future: Send + 'static,
     {
-        let http = HttpService::new(ReportLoginLayer::new().layer(app));
+        let http = HttpService::builder(app)
+            .report_logins(StatusClassifier::default())
+            .build()
+            .expect("the default settings are valid");
         self.serve_until(listener, http, shutdown).await
     }
 

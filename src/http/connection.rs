@@ -68,6 +68,7 @@ where
             },
         ),
         owner.may_leave(),
+        &config,
     );
     // A plain close is the adapter's to cut, after its grace; watched once a close is
     // asked for.

@@ -170,6 +170,7 @@ pub(crate) mod refusal;
 mod request;
 
 pub use conn_extensions::ConnExtensions;
+pub(crate) use request::too_many_requests;
 
 use std::{
     future::Future,
@@ -220,6 +221,8 @@ pub struct HttpServiceBuilder<S> {
     header_read: Option<Duration>,
     idle: Option<Duration>,
     close_grace: Duration,
+    #[cfg(feature = "login")]
+    report_logins: Option<crate::login::SharedClassifier>,
 }
 
 #[derive(Debug)]
@@ -235,6 +238,9 @@ struct Config {
     /// `None` if the adapter has no deadline at all.
     alone: Option<Striped<timeout::Shared>>,
     close_grace: Duration,
+    /// What tells a response's login outcome, if the adapter reports logins.
+    #[cfg(feature = "login")]
+    report_logins: Option<crate::login::SharedClassifier>,
 }
 
 /// What [`HttpService`] serves: a `Service<http::Request<Incoming>>` that answers
@@ -304,6 +310,8 @@ impl<S: RequestService> HttpService<S> {
             header_read: Some(DEFAULT_HEADER_READ_TIMEOUT),
             idle: Some(DEFAULT_IDLE_TIMEOUT),
             close_grace: DEFAULT_CLOSE_GRACE,
+            #[cfg(feature = "login")]
+            report_logins: None,
         }
     }
 }
@@ -344,6 +352,37 @@ impl<S> HttpServiceBuilder<S> {
     /// own is cut on that deadline instead.
     pub fn close_grace(mut self, grace: Duration) -> Self {
         self.close_grace = grace;
+        self
+    }
+
+    /// Reports each response's login outcome on its connection's
+    /// [`LoginSession`](crate::login::LoginSession), as a
+    /// [`ReportLoginLayer`](crate::login::ReportLoginLayer) around the service would
+    /// (MaxAuthTries on HTTP/2 included), but at less cost per request: the adapter's
+    /// own request future does it. `classify` is a
+    /// [`StatusClassifier`](crate::login::StatusClassifier) (a `401` or gRPC
+    /// `UNAUTHENTICATED` is a failed login) or any other
+    /// [`ClassifyLogin`](crate::login::ClassifyLogin). Use this or the layer, not both:
+    /// each would report every outcome. Connections without a session (no
+    /// [`SessionLayer`](crate::login::SessionLayer) below) are served as without it.
+    ///
+    /// ```
+    /// use axum::{Router, http::StatusCode, routing::get};
+    /// use tower_bouncer::{http::HttpService, login::StatusClassifier};
+    ///
+    /// let app: Router = Router::new().route("/login", get(|| async { StatusCode::UNAUTHORIZED }));
+    /// let service = HttpService::builder(app)
+    ///     .report_logins(StatusClassifier::default())
+    ///     .build()
+    ///     .expect("valid settings");
+    /// # let _ = service;
+    /// ```
+    #[cfg(feature = "login")]
+    pub fn report_logins<C>(mut self, classify: C) -> Self
+    where
+        C: crate::login::ClassifyLogin + Send + Sync + 'static,
+    {
+        self.report_logins = Some(crate::login::SharedClassifier::new(classify));
         self
     }
 
@@ -388,6 +427,8 @@ impl<S> HttpServiceBuilder<S> {
                 alone: (!deadlines.is_empty())
                     .then(|| Striped::new(timeout::Shared::new(deadlines))),
                 close_grace: self.close_grace,
+                #[cfg(feature = "login")]
+                report_logins: self.report_logins,
             }),
         })
     }

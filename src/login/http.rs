@@ -3,6 +3,7 @@
 use std::{
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll, ready},
 };
 
@@ -19,7 +20,7 @@ use super::{
     AfterFailure, LoginSession,
     attempts::{AttemptPermit, AttemptWait, TriesUsedUp},
 };
-use crate::http::ConnExtensions;
+use crate::http::{ConnExtensions, too_many_requests};
 
 /// What a response says about a login.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,7 +127,10 @@ where
 /// connection once the response is sent and counts toward the peer's ban.
 ///
 /// Put it around an axum `Router` or tonic routes, inside the
-/// [`HttpService`](crate::http::HttpService):
+/// [`HttpService`](crate::http::HttpService). (The adapter's own
+/// [`report_logins`](crate::http::HttpServiceBuilder::report_logins) does the same for
+/// less per request: a layer here is for a report placed elsewhere in a stack, say
+/// under a router's own layers.)
 ///
 /// ```
 /// use axum::{Router, http::StatusCode, routing::get};
@@ -209,35 +213,16 @@ where
             .get::<ConnExtensions>()
             .and_then(ConnExtensions::login_session)
             .cloned();
-        let state = match &session {
-            Some(session) if session.state.is_evicted() => State::Refused,
-            Some(session)
-                if request.version() >= Version::HTTP_2
-                    && !session.is_authenticated()
-                    && self.classify.is_attempt(
-                        request.method(),
-                        request.uri(),
-                        request.headers(),
-                    ) =>
-            {
-                // The service is called once the attempt has its place: it may check
-                // credentials in `call` itself (tonic's interceptors do). The ready
-                // service goes with the request; a clone takes its place here.
-                let clone = self.inner.clone();
-                State::Waiting {
-                    wait: session.attempt(),
-                    call: Some((std::mem::replace(&mut self.inner, clone), request)),
-                }
-            }
-            // HTTP/1 serves one request at a time on a connection: nothing to hold.
-            _ => State::Called {
-                future: self.inner.call(request),
-            },
+        let answer = match &session {
+            Some(session) => Answer::start(&mut self.inner, request, session, |request| {
+                self.classify
+                    .is_attempt(request.method(), request.uri(), request.headers())
+            }),
+            None => Answer::call(&mut self.inner, request),
         };
         ReportFuture {
-            state,
+            answer,
             report: session.map(|session| (session, self.classify.clone())),
-            permit: None,
         }
     }
 }
@@ -250,11 +235,67 @@ where
     S: Service<Req>,
 {
     #[pin]
-    state: State<S, Req>,
+    answer: Answer<S, Req>,
     report: Option<(LoginSession, C)>,
-    /// The attempt's place, given back once its response is classified. (An outcome
-    /// that only trailers tell is still reported, but a long stream does not hold
-    /// the connection's other attempts back until it ends.)
+}
+
+impl<S, Req, C> std::fmt::Debug for ReportFuture<S, Req, C>
+where
+    S: Service<Req>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReportFuture")
+            .field("answer", &self.answer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, Req, C, B> Future for ReportFuture<S, Req, C>
+where
+    S: Service<Req, Response = Response<B>>,
+    C: ClassifyLogin,
+{
+    type Output = Result<Response<ReportBody<B, C>>, S::Error>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let Some(response) = ready!(this.answer.as_mut().poll_answer(cx))? else {
+            return Poll::Ready(Ok(too_many_requests(ReportBody {
+                inner: None,
+                report: None,
+            })));
+        };
+        let mut report = this.report.take();
+        if let Some((session, classify)) = &report
+            && report_outcome(
+                session,
+                classify.classify_response(response.status(), response.headers()),
+            )
+        {
+            // One outcome per response: the trailers have nothing more to say.
+            report = None;
+        }
+        this.answer.reported();
+        Poll::Ready(Ok(response.map(|body| ReportBody {
+            inner: Some(body),
+            report,
+        })))
+    }
+}
+
+/// A request on a connection with a login session, until its service answers: on a
+/// multiplexed connection, a login attempt first waits for a place among the
+/// connection's tries; on a connection being closed, it is refused without reaching
+/// the service. Shared by [`ReportLogin`] and the HTTP adapter's own report.
+#[pin_project]
+pub(crate) struct Answer<S: Service<Req>, Req> {
+    #[pin]
+    state: State<S, Req>,
+    /// The attempt's place, given back once its response is classified
+    /// ([`reported`](Self::reported)). (An outcome that only trailers tell is still
+    /// reported, but a long stream does not hold the connection's other attempts back
+    /// until it ends.)
     permit: Option<AttemptPermit>,
 }
 
@@ -277,33 +318,37 @@ where
     },
 }
 
-impl<S, Req, C> std::fmt::Debug for ReportFuture<S, Req, C>
-where
-    S: Service<Req>,
-{
+impl<S: Service<Req>, Req> std::fmt::Debug for Answer<S, Req> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = match &self.state {
+        f.write_str(match &self.state {
             State::Waiting { .. } => "waiting for a login attempt's place",
             State::Refused => "refused",
             State::Called { .. } => "called",
-        };
-        f.debug_struct("ReportFuture")
-            .field("state", &state)
-            .finish_non_exhaustive()
+        })
     }
 }
 
-impl<S, Req, C, B> Future for ReportFuture<S, Req, C>
-where
-    S: Service<Req, Response = Response<B>>,
-    C: ClassifyLogin,
-{
-    type Output = Result<Response<ReportBody<B, C>>, S::Error>;
-
+impl<S: Service<Req>, Req> Answer<S, Req> {
+    /// Calls the service at once: a request no session holds back.
     #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    pub(crate) fn call(service: &mut S, request: Req) -> Self {
+        Self {
+            state: State::Called {
+                future: service.call(request),
+            },
+            permit: None,
+        }
+    }
+
+    /// The service's response once it has answered; `None` for a request refused
+    /// without reaching it, to be answered `429 Too Many Requests`.
+    #[inline]
+    pub(crate) fn poll_answer(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<S::Response>, S::Error>> {
         let mut this = self.project();
-        let response = loop {
+        loop {
             match this.state.as_mut().project() {
                 StateProj::Waiting { wait, call } => match ready!(Pin::new(wait).poll(cx)) {
                     Ok(permit) => {
@@ -314,44 +359,122 @@ where
                     }
                     Err(TriesUsedUp) => this.state.set(State::Refused),
                 },
-                StateProj::Refused => return Poll::Ready(Ok(too_many_attempts())),
-                StateProj::Called { future } => break ready!(future.poll(cx))?,
+                StateProj::Refused => return Poll::Ready(Ok(None)),
+                StateProj::Called { future } => {
+                    return future.poll(cx).map(|outcome| outcome.map(Some));
+                }
             }
-        };
-        let mut report = this.report.take();
-        if let Some((session, classify)) = &report
-            && let Some(outcome) = classify.classify_response(response.status(), response.headers())
-        {
-            apply(session, outcome);
-            // One outcome per response: the trailers have nothing more to say.
-            report = None;
         }
-        // After the outcome: the attempts waiting see the try this one used.
-        this.permit.take();
-        Poll::Ready(Ok(response.map(|body| ReportBody {
-            inner: Some(body),
-            report,
-        })))
+    }
+
+    /// The response's outcome is reported: the attempts waiting see the try this one
+    /// used.
+    #[inline]
+    pub(crate) fn reported(self: Pin<&mut Self>) {
+        self.project().permit.take();
     }
 }
 
-/// The answer to a request on a connection that has used up its tries.
-fn too_many_attempts<B, C>() -> Response<ReportBody<B, C>> {
-    let mut response = Response::new(ReportBody {
-        inner: None,
-        report: None,
-    });
-    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-    response
+impl<S: Service<Request<B>> + Clone, B> Answer<S, Request<B>> {
+    /// A request on `session`'s connection. A login attempt (as `is_attempt` says) on
+    /// an HTTP/2 connection not yet logged in waits for its place before the service
+    /// is called, since the service may check credentials in `call` itself (tonic's
+    /// interceptors do); the ready service goes with the request and a clone takes its
+    /// place.
+    #[inline]
+    pub(crate) fn start(
+        service: &mut S,
+        request: Request<B>,
+        session: &LoginSession,
+        is_attempt: impl FnOnce(&Request<B>) -> bool,
+    ) -> Self {
+        let state = if session.state.is_evicted() {
+            State::Refused
+        } else if request.version() >= Version::HTTP_2
+            && !session.is_authenticated()
+            && is_attempt(&request)
+        {
+            let clone = service.clone();
+            State::Waiting {
+                wait: session.attempt(),
+                call: Some((std::mem::replace(service, clone), request)),
+            }
+        } else {
+            // HTTP/1 serves one request at a time on a connection: nothing to hold.
+            return Self::call(service, request);
+        };
+        Self {
+            state,
+            permit: None,
+        }
+    }
 }
 
-fn apply(session: &LoginSession, outcome: LoginOutcome) {
+/// Reports `outcome` on the session; whether there was one.
+#[inline]
+pub(crate) fn report_outcome(session: &LoginSession, outcome: Option<LoginOutcome>) -> bool {
     match outcome {
-        LoginOutcome::Failed => {
-            // The response is already made; closing comes after it is sent.
+        // The response is already made; closing comes after it is sent.
+        Some(LoginOutcome::Failed) => {
             let _: AfterFailure = session.failed();
         }
-        LoginOutcome::Succeeded => session.succeeded(),
+        Some(LoginOutcome::Succeeded) => session.succeeded(),
+        None => return false,
+    }
+    true
+}
+
+/// A [`ClassifyLogin`] the HTTP adapter holds for all its connections, behind one
+/// pointer: no type parameter on the adapter, and no clone per request.
+#[derive(Clone)]
+pub(crate) struct SharedClassifier(Arc<dyn Classify>);
+
+/// [`ClassifyLogin`] without `Clone`, so that it can be a trait object.
+trait Classify: Send + Sync + 'static {
+    fn response_outcome(&self, status: StatusCode, headers: &HeaderMap) -> Option<LoginOutcome>;
+    fn trailers_outcome(&self, trailers: &HeaderMap) -> Option<LoginOutcome>;
+    fn may_be_attempt(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> bool;
+}
+
+impl<C: ClassifyLogin + Send + Sync + 'static> Classify for C {
+    fn response_outcome(&self, status: StatusCode, headers: &HeaderMap) -> Option<LoginOutcome> {
+        self.classify_response(status, headers)
+    }
+
+    fn trailers_outcome(&self, trailers: &HeaderMap) -> Option<LoginOutcome> {
+        self.classify_trailers(trailers)
+    }
+
+    fn may_be_attempt(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> bool {
+        self.is_attempt(method, uri, headers)
+    }
+}
+
+impl SharedClassifier {
+    pub(crate) fn new<C: ClassifyLogin + Send + Sync + 'static>(classify: C) -> Self {
+        Self(Arc::new(classify))
+    }
+
+    /// [`ClassifyLogin::classify_response`].
+    pub(crate) fn response(&self, status: StatusCode, headers: &HeaderMap) -> Option<LoginOutcome> {
+        self.0.response_outcome(status, headers)
+    }
+
+    /// [`ClassifyLogin::classify_trailers`].
+    pub(crate) fn trailers(&self, trailers: &HeaderMap) -> Option<LoginOutcome> {
+        self.0.trailers_outcome(trailers)
+    }
+
+    /// [`ClassifyLogin::is_attempt`].
+    pub(crate) fn is_attempt<B>(&self, request: &Request<B>) -> bool {
+        self.0
+            .may_be_attempt(request.method(), request.uri(), request.headers())
+    }
+}
+
+impl std::fmt::Debug for SharedClassifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedClassifier")
     }
 }
 
@@ -381,9 +504,8 @@ impl<B: Body, C: ClassifyLogin> Body for ReportBody<B, C> {
         if let Some(Ok(frame)) = &frame
             && let Some(trailers) = frame.trailers_ref()
             && let Some((session, classify)) = this.report.take()
-            && let Some(outcome) = classify.classify_trailers(trailers)
         {
-            apply(&session, outcome);
+            report_outcome(&session, classify.classify_trailers(trailers));
         }
         Poll::Ready(frame)
     }

@@ -102,7 +102,9 @@
 //! let bans = login.bans(); // for an operator: list, lift, export
 //! ```
 //!
-//! For HTTP, [`ReportLoginLayer`] (feature `http`) turns `401` responses and gRPC
+//! For HTTP (feature `http`), the adapter's
+//! [`report_logins`](crate::http::HttpServiceBuilder::report_logins), or a
+//! [`ReportLoginLayer`] around the application, turns `401` responses and gRPC
 //! `UNAUTHENTICATED` into failed logins.
 
 mod attempts;
@@ -141,6 +143,8 @@ pub use bans::{Ban, BanError, Bans};
 use bans::{BanPolicy, BanTable, Recorded};
 #[cfg(feature = "admin")]
 pub use bans::{Offender, OffenderRank};
+#[cfg(feature = "http")]
+pub(crate) use http::{Answer, SharedClassifier, report_outcome};
 #[cfg(feature = "http")]
 pub use http::{
     ClassifyLogin, LoginOutcome, ReportBody, ReportFuture, ReportLogin, ReportLoginLayer,
