@@ -248,11 +248,7 @@ async fn the_login_and_grpc_servers_see_the_real_client_too() {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let server = Example::start("tonic_server", &["--proxy-protocol-from", TRUST_BALANCER]).await;
     let proxy = balancer(&server, Some(ProxyProtocol::V2)).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", proxy.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = grpc_channel(proxy.addr).await;
     let mut request = tonic::Request::new(HealthCheckRequest::default());
     request
         .metadata_mut()

@@ -264,12 +264,7 @@ async fn tonic_server_checks_health_only_with_the_token() {
     for mode in [&[][..], &["--unprotected"][..]] {
         let server = Example::start("tonic_server", mode).await;
         let connect = || async {
-            let channel =
-                tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
-                    .unwrap()
-                    .connect()
-                    .await
-                    .unwrap();
+            let channel = grpc_channel(server.addr).await;
             HealthClient::new(channel)
         };
 

@@ -394,11 +394,7 @@ async fn tonic_sees_the_remote_address_through_the_adapter() {
     let server =
         LoopbackServer::start(HttpService::new(Routes::new(health).prepare()), PATIENCE).await;
 
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = grpc_channel(server.addr).await;
     let mut client = HealthClient::new(channel);
     within(PATIENCE, client.check(HealthCheckRequest::default()))
         .await
@@ -482,9 +478,8 @@ mod under_a_request_timeout {
 mod reporting_logins {
     use super::*;
     use axum::http::StatusCode;
-    use tower_bouncer::login::{
-        ClassifyLogin, Login, LoginOutcome, ReportLoginLayer, StatusClassifier,
-    };
+    use support::reporter::{Boxed, Reporter};
+    use tower_bouncer::login::{Login, LoginOutcome, StatusClassifier};
 
     fn auth_app() -> Router {
         Router::new()
@@ -511,64 +506,24 @@ mod reporting_logins {
             )
     }
 
-    /// Who reports the logins: a `ReportLoginLayer` around the service, or the adapter
-    /// itself. Every test here runs both ways.
-    #[derive(Debug, Clone, Copy)]
-    enum Reporter {
-        Layer,
-        Adapter,
-    }
-
-    const REPORTERS: [Reporter; 2] = [Reporter::Layer, Reporter::Adapter];
-
-    /// Serves `app` on loopback under `login`'s layers, `reporter` reporting its logins
-    /// as `classify` tells them.
-    async fn serve<S, B, C>(
-        login: &Login,
-        app: S,
-        classify: C,
-        reporter: Reporter,
-    ) -> LoopbackServer
-    where
-        S: tower::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<tower_bouncer::BoxError>,
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<tower_bouncer::BoxError>,
-        C: ClassifyLogin + Send + Sync + 'static,
-    {
-        let layers = ServiceBuilder::new()
+    /// Serves `http` on loopback under `login`'s layers.
+    async fn serve(login: &Login, http: Boxed<tokio::net::TcpStream>) -> LoopbackServer {
+        let service = ServiceBuilder::new()
             .layer(login.ban_layer())
-            .layer(login.session_layer());
-        match reporter {
-            Reporter::Layer => {
-                let report = ReportLoginLayer::new().classify_with(classify);
-                LoopbackServer::start(
-                    layers.service(HttpService::new(report.layer(app))),
-                    PATIENCE,
-                )
-                .await
-            }
-            Reporter::Adapter => {
-                let http = HttpService::builder(app)
-                    .report_logins(classify)
-                    .build()
-                    .unwrap();
-                LoopbackServer::start(layers.service(http), PATIENCE).await
-            }
-        }
+            .layer(login.session_layer())
+            .service(http);
+        LoopbackServer::start(service, PATIENCE).await
     }
 
     #[tokio::test]
     async fn a_401_is_a_failed_login_that_closes_after_the_response_and_counts_toward_a_ban() {
-        for reporter in REPORTERS {
+        for reporter in Reporter::ALL {
             let login = Login::builder().max_failures(2).build().unwrap();
-            let server = serve(&login, auth_app(), StatusClassifier::default(), reporter).await;
+            let server = serve(
+                &login,
+                reporter.http(auth_app(), StatusClassifier::default()),
+            )
+            .await;
             for _ in 0..2 {
                 let mut h1 = Http1Client::connect(connect_from(7, server.addr).await).await;
                 let answer = within(PATIENCE, h1.get("/login")).await.unwrap();
@@ -606,40 +561,43 @@ mod reporting_logins {
 
     #[tokio::test]
     async fn a_403_counts_only_when_asked_and_custom_rules_work() {
-        for reporter in REPORTERS {
+        for reporter in Reporter::ALL {
             let login = Login::builder().build().unwrap();
-            let server = serve(&login, auth_app(), StatusClassifier::default(), reporter).await;
-            let mut h1 = Http1Client::connect(connect_from(9, server.addr).await).await;
-            assert_eq!(
-                within(PATIENCE, h1.get("/forbidden")).await.unwrap().status,
-                403
-            );
-            assert_eq!(login.stats().failed_logins, 0, "{reporter:?}");
-            server.stop().await;
-
-            let strict = StatusClassifier::default().forbidden_is_failure(true);
-            let server = serve(&login, auth_app(), strict, reporter).await;
-            let mut h1 = Http1Client::connect(connect_from(9, server.addr).await).await;
-            within(PATIENCE, h1.get("/forbidden")).await.unwrap();
-            assert_eq!(login.stats().failed_logins, 1, "{reporter:?}");
-            server.stop().await;
-
             let custom = |status: StatusCode, _: &http::HeaderMap| {
                 (status == StatusCode::FORBIDDEN).then_some(LoginOutcome::Failed)
             };
-            let server = serve(&login, auth_app(), custom, reporter).await;
-            let mut h1 = Http1Client::connect(connect_from(10, server.addr).await).await;
-            within(PATIENCE, h1.get("/forbidden")).await.unwrap();
-            assert_eq!(login.stats().failed_logins, 2, "{reporter:?}");
-            server.stop().await;
+            // Each classifier in turn; the failed logins so far after its `403`.
+            let classified = [
+                (reporter.http(auth_app(), StatusClassifier::default()), 0),
+                (
+                    reporter.http(
+                        auth_app(),
+                        StatusClassifier::default().forbidden_is_failure(true),
+                    ),
+                    1,
+                ),
+                (reporter.http(auth_app(), custom), 2),
+            ];
+            for (peer, (http, failed_logins)) in (9..).zip(classified) {
+                let server = serve(&login, http).await;
+                let mut h1 = Http1Client::connect(connect_from(peer, server.addr).await).await;
+                let answer = within(PATIENCE, h1.get("/forbidden")).await.unwrap();
+                assert_eq!(answer.status, StatusCode::FORBIDDEN);
+                assert_eq!(login.stats().failed_logins, failed_logins, "{reporter:?}");
+                server.stop().await;
+            }
         }
     }
 
     #[tokio::test]
     async fn an_outcome_in_the_trailers_is_reported() {
-        for reporter in REPORTERS {
+        for reporter in Reporter::ALL {
             let login = Login::builder().build().unwrap();
-            let server = serve(&login, auth_app(), StatusClassifier::default(), reporter).await;
+            let server = serve(
+                &login,
+                reporter.http(auth_app(), StatusClassifier::default()),
+            )
+            .await;
             let mut h2 = Http2Client::connect(connect_from(11, server.addr).await).await;
             let answer = within(PATIENCE, h2.get("/stream")).await.unwrap();
             assert_eq!(
@@ -656,20 +614,15 @@ mod reporting_logins {
         use tonic::service::{Routes, interceptor::InterceptedService};
         use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-        for reporter in REPORTERS {
+        for reporter in Reporter::ALL {
             let login = Login::builder().max_failures(1).build().unwrap();
             let (_reporter, health) = tonic_health::server::health_reporter();
             let health = InterceptedService::new(health, |_: tonic::Request<()>| {
                 Err::<tonic::Request<()>, _>(tonic::Status::unauthenticated("no token"))
             });
             let routes = Routes::new(health).prepare();
-            let server = serve(&login, routes, StatusClassifier::default(), reporter).await;
-            let channel =
-                tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
-                    .unwrap()
-                    .connect()
-                    .await
-                    .unwrap();
+            let server = serve(&login, reporter.http(routes, StatusClassifier::default())).await;
+            let channel = grpc_channel(server.addr).await;
             let status = within(
                 PATIENCE,
                 HealthClient::new(channel).check(HealthCheckRequest::default()),

@@ -15,13 +15,17 @@ use axum::{Router, http::StatusCode, routing::get};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tower::{Layer, ServiceBuilder, ServiceExt};
+use tokio::io::DuplexStream;
+use tower::{ServiceBuilder, ServiceExt};
 use tower_bouncer::{
-    http::{ConnExtensions, HttpService},
-    login::{Login, ReportLoginLayer, StatusClassifier},
+    http::ConnExtensions,
+    login::{Login, StatusClassifier},
 };
 
-use support::*;
+use support::{
+    reporter::{Boxed, Reporter},
+    *,
+};
 
 const BAD_CREDENTIALS: &str = "Basic YWxpY2U6d3Jvbmc="; // alice:wrong
 
@@ -57,69 +61,53 @@ fn app(checks: Arc<AtomicUsize>) -> Router {
         )
 }
 
-/// Who reports the logins: a `ReportLoginLayer` around the service, or the adapter
-/// itself. Every test here runs both ways.
-#[derive(Debug, Clone, Copy)]
-enum Reporter {
-    Layer,
-    Adapter,
-}
-
-const REPORTERS: [Reporter; 2] = [Reporter::Layer, Reporter::Adapter];
-
-/// One HTTP/2 connection to `login`'s layers over `app`, on an in-memory stream.
+/// One HTTP/2 connection to `login`'s layers over `app`, on an in-memory stream,
+/// `reporter` reporting its logins.
 async fn h2_connection(
     login: &Login,
     checks: Arc<AtomicUsize>,
     reporter: Reporter,
 ) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
-    h2_connection_to(login, app(checks), reporter).await
+    h2_connection_to(
+        login,
+        reporter.http(app(checks), StatusClassifier::default()),
+    )
+    .await
 }
 
-/// One HTTP/2 connection to `login`'s layers over `service`, reporting its logins.
-async fn h2_connection_to<S, B>(
+/// One HTTP/2 connection to `login`'s layers over `http`, on an in-memory stream.
+async fn h2_connection_to(
     login: &Login,
-    service: S,
-    reporter: Reporter,
-) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>>
-where
-    S: tower::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<tower_bouncer::BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<tower_bouncer::BoxError>,
-{
-    let layers = ServiceBuilder::new()
+    http: Boxed<DuplexStream>,
+) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
+    let service = ServiceBuilder::new()
         .layer(login.ban_layer())
-        .layer(login.session_layer());
+        .layer(login.session_layer())
+        .service(http);
     let (conn, client) = duplex_conn("192.0.2.1:1");
-    match reporter {
-        Reporter::Layer => tokio::spawn(
-            layers
-                .service(HttpService::new(ReportLoginLayer::new().layer(service)))
-                .oneshot(conn),
-        ),
-        Reporter::Adapter => tokio::spawn(
-            layers
-                .service(
-                    HttpService::builder(service)
-                        .report_logins(StatusClassifier::default())
-                        .build()
-                        .unwrap(),
-                )
-                .oneshot(conn),
-        ),
-    };
+    tokio::spawn(service.oneshot(conn));
     let (sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
             .await
             .unwrap();
     tokio::spawn(connection);
     sender
+}
+
+/// A login whose connections have `tries` each, and whose peers are never banned.
+fn with_tries(tries: u32) -> Login {
+    Login::builder()
+        .max_auth_tries(tries)
+        .max_failures(10_000)
+        .build()
+        .unwrap()
+}
+
+/// `n` requests with bad credentials.
+fn bad_logins(n: usize) -> Vec<http::Request<Empty<Bytes>>> {
+    (0..n)
+        .map(|_| request("/login", Some(BAD_CREDENTIALS)))
+        .collect()
 }
 
 fn request(path: &str, authorization: Option<&str>) -> http::Request<Empty<Bytes>> {
@@ -157,22 +145,12 @@ async fn send_all(
 
 #[tokio::test(start_paused = true)]
 async fn concurrent_bad_credentials_on_one_http2_connection_get_one_password_check() {
-    for reporter in REPORTERS {
-        let login = Login::builder()
-            .max_auth_tries(1)
-            .max_failures(10_000)
-            .build()
-            .unwrap();
+    for reporter in Reporter::ALL {
+        let login = with_tries(1);
         let checks = Arc::new(AtomicUsize::new(0));
         let sender = h2_connection(&login, checks.clone(), reporter).await;
 
-        let statuses = send_all(
-            &sender,
-            (0..50)
-                .map(|_| request("/login", Some(BAD_CREDENTIALS)))
-                .collect(),
-        )
-        .await;
+        let statuses = send_all(&sender, bad_logins(50)).await;
 
         assert_eq!(
             checks.load(Ordering::SeqCst),
@@ -197,21 +175,11 @@ async fn concurrent_bad_credentials_on_one_http2_connection_get_one_password_che
 
 #[tokio::test(start_paused = true)]
 async fn a_connection_gets_as_many_password_checks_as_it_has_tries() {
-    for reporter in REPORTERS {
-        let login = Login::builder()
-            .max_auth_tries(3)
-            .max_failures(10_000)
-            .build()
-            .unwrap();
+    for reporter in Reporter::ALL {
+        let login = with_tries(3);
         let checks = Arc::new(AtomicUsize::new(0));
         let sender = h2_connection(&login, checks.clone(), reporter).await;
-        let statuses = send_all(
-            &sender,
-            (0..20)
-                .map(|_| request("/login", Some(BAD_CREDENTIALS)))
-                .collect(),
-        )
-        .await;
+        let statuses = send_all(&sender, bad_logins(20)).await;
         assert_eq!(
             checks.load(Ordering::SeqCst),
             3,
@@ -223,7 +191,7 @@ async fn a_connection_gets_as_many_password_checks_as_it_has_tries() {
 
 #[tokio::test(start_paused = true)]
 async fn requests_without_credentials_are_not_held_back() {
-    for reporter in REPORTERS {
+    for reporter in Reporter::ALL {
         let login = Login::builder().max_auth_tries(1).build().unwrap();
         let checks = Arc::new(AtomicUsize::new(0));
         let sender = h2_connection(&login, checks, reporter).await;
@@ -239,7 +207,7 @@ async fn requests_without_credentials_are_not_held_back() {
 
 #[tokio::test(start_paused = true)]
 async fn once_logged_in_a_connection_sends_credentials_concurrently() {
-    for reporter in REPORTERS {
+    for reporter in Reporter::ALL {
         let login = Login::builder().max_auth_tries(1).build().unwrap();
         let checks = Arc::new(AtomicUsize::new(0));
         let sender = h2_connection(&login, checks, reporter).await;
@@ -293,21 +261,15 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for ChecksInCall {
 
 #[tokio::test(start_paused = true)]
 async fn a_service_that_checks_in_call_is_called_only_once_admitted() {
-    for reporter in REPORTERS {
-        let login = Login::builder()
-            .max_auth_tries(1)
-            .max_failures(10_000)
-            .build()
-            .unwrap();
+    for reporter in Reporter::ALL {
+        let login = with_tries(1);
         let checks = Arc::new(AtomicUsize::new(0));
-        let sender = h2_connection_to(&login, ChecksInCall(checks.clone()), reporter).await;
-        let statuses = send_all(
-            &sender,
-            (0..50)
-                .map(|_| request("/login", Some(BAD_CREDENTIALS)))
-                .collect(),
+        let sender = h2_connection_to(
+            &login,
+            reporter.http(ChecksInCall(checks.clone()), StatusClassifier::default()),
         )
         .await;
+        let statuses = send_all(&sender, bad_logins(50)).await;
         assert_eq!(
             checks.load(Ordering::SeqCst),
             1,

@@ -7,6 +7,8 @@
 pub mod example;
 #[path = "../../examples/siege/haproxy.rs"]
 pub mod haproxy;
+#[cfg(all(feature = "http", feature = "login"))]
+pub mod reporter;
 #[cfg(feature = "tls")]
 pub mod tls;
 
@@ -272,6 +274,15 @@ impl Http2Client {
         let response = self.sender.send_request(request).await?;
         Ok(collect(response).await)
     }
+}
+
+/// A gRPC channel to `addr`, in cleartext HTTP/2, connected.
+pub async fn grpc_channel(addr: SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
 }
 
 /// The refusal an admission layer failed a connection with.
