@@ -11,7 +11,7 @@ use futures_util::future::Either;
 use http::{Request, Response, Version};
 use http_body::Body;
 use hyper::body::Incoming;
-use hyper_util::{rt::TokioIo, service::TowerToHyperService};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower::Service;
 
@@ -77,7 +77,7 @@ where
     // unless an upgrade has taken it. (Made in here, not moved in: a future moved into
     // another is stored twice.)
     let outcome = async {
-        let (io, service) = (TokioIo::new(io), TowerToHyperService::new(service));
+        let io = TokioIo::new(io);
         // HTTP/2 as the TLS handshake agreed (ALPN), or detected. HTTP/1 is always
         // detected: hyper-util serves upgrades (WebSockets) only on a detecting
         // connection, and detection stops at the first byte that is not HTTP/2's.

@@ -22,7 +22,7 @@ use tower::Service;
 use super::{Config, ConnExtensions};
 #[cfg(feature = "login")]
 use crate::login::{Answer, LoginSession, SharedClassifier, report_outcome};
-use crate::{GracefulClose, shared_io::MayLeave, timeout::Activity};
+use crate::{shared_io::MayLeave, timeout::Activity};
 #[cfg(not(feature = "login"))]
 use called::Answer;
 
@@ -37,11 +37,10 @@ pub(super) struct RequestTiming {
     pub(super) times_bodies: bool,
 }
 
-/// The inner service, seen per request: it hands the connection's extensions to each
-/// request, tells the timer about it, reports its login outcome if asked to, and marks
-/// HTTP/1 responses `Connection: close` once a close is asked for. Cloned for every
-/// request (hyper calls a clone), so what it shares is behind one reference count.
-#[derive(Debug, Clone)]
+/// hyper's service for one connection. hyper calls it by reference for each request,
+/// so a request costs a clone of the inner service and one reference count to the
+/// connection; its future does the rest (see [`ExchangeFuture`]).
+#[derive(Debug)]
 pub(super) struct RequestService<S> {
     inner: S,
     shared: Arc<Shared>,
@@ -95,17 +94,18 @@ impl<S> RequestService<S> {
             }),
         }
     }
+}
 
+impl Shared {
     fn put_extensions(&self, extensions: &mut http::Extensions) {
-        let shared = &*self.shared;
-        if let Some(made) = shared.made.get() {
+        if let Some(made) = self.made.get() {
             extensions.extend(made.clone());
             return;
         }
         let mut made = http::Extensions::new();
-        made.insert(shared.conn.clone());
+        made.insert(self.conn.clone());
         #[cfg(any(feature = "axum", feature = "tonic"))]
-        let info = shared.conn.info();
+        let info = self.conn.info();
         #[cfg(feature = "axum")]
         made.insert(axum::extract::ConnectInfo(info.peer_addr));
         #[cfg(feature = "tonic")]
@@ -113,11 +113,15 @@ impl<S> RequestService<S> {
             local_addr: Some(info.local_addr),
             remote_addr: Some(info.peer_addr),
         });
-        if shared.served.swap(true, Ordering::Relaxed) {
+        if self.served.swap(true, Ordering::Relaxed) {
             // A second request: more may come.
-            let _ = shared.made.set(made.clone());
+            let _ = self.made.set(made.clone());
         }
         extensions.extend(made);
+    }
+
+    fn activity(&self) -> Option<&Arc<Activity>> {
+        self.conn.timing().timed.as_ref()
     }
 }
 
@@ -146,7 +150,7 @@ impl Shared {
     }
 }
 
-impl<S, B> Service<Request<Incoming>> for RequestService<S>
+impl<S, B> hyper::service::Service<Request<Incoming>> for RequestService<S>
 where
     S: Service<Request<Incoming>, Response = Response<B>> + Clone,
 {
@@ -154,65 +158,122 @@ where
     type Error = S::Error;
     type Future = ExchangeFuture<S>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
     #[inline]
-    fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        // The inner service is called from the future, on the request's task (an
+        // HTTP/2 stream's own): what it allocates is freed there too.
+        ExchangeFuture {
+            stage: Stage::Unpolled {
+                service: self.inner.clone(),
+                request: Some(request),
+            },
+            held: Some(Held {
+                shared: self.shared.clone(),
+                exchange: false,
+            }),
+            plan: Plan::default(),
+        }
+    }
+}
+
+/// What the response future does once the service answers, decided at dispatch.
+#[derive(Debug, Default, Clone, Copy)]
+struct Plan {
+    /// HTTP/1: `Connection: close` if a close is asked for by then. (HTTP/2 closes
+    /// with GOAWAY instead.)
+    close: bool,
+    /// The request's timer ends with the response, not the head.
+    finish_on_response: bool,
+    /// The answer that would upgrade it, for an HTTP/1 request.
+    upgrade: Option<Upgrade>,
+    /// Its login outcome is reported.
+    #[cfg(feature = "login")]
+    report: bool,
+}
+
+/// The connection, held by a request's future and then its response's body: one
+/// reference count for all the request needs of it. From the request's dispatch on,
+/// while it is held, the connection's exchange is open: it is not idle.
+#[derive(Debug)]
+struct Held {
+    shared: Arc<Shared>,
+    exchange: bool,
+}
+
+impl Held {
+    /// What the adapter does as a request is dispatched: the connection's extensions
+    /// in, the timer told, the exchange opened; then the service called, unless the
+    /// login session holds the request back.
+    #[inline]
+    fn dispatch<S>(
+        &mut self,
+        service: &mut S,
+        mut request: Request<Incoming>,
+        plan: &mut Plan,
+    ) -> Answer<S, Request<Incoming>>
+    where
+        S: Service<Request<Incoming>> + Clone,
+    {
+        let shared = &*self.shared;
         let http1 = request.version() < Version::HTTP_2;
         // hyper upgrades an HTTP/1 connection only after a request that asked for it
         // (`Upgrade`, `CONNECT`), and gives such a request its `OnUpgrade`. Looked up
         // before the connection's extensions go in: most requests come with none.
         if http1 && request.extensions().get::<OnUpgrade>().is_some() {
-            self.shared.may_leave.may_leave();
+            shared.may_leave.may_leave();
         }
-        self.put_extensions(request.extensions_mut());
-        let conn = &self.shared.conn;
-        let timing = conn.timing();
-        let mut finish_on_response = None;
-        // HTTP/2's streams are timed from their frames (see `frames`).
-        if let Some(activity) = &timing.timed
-            && http1
-            && timing.times_heads
-        {
-            if timing.times_bodies && !request.body().is_end_stream() {
-                // Complete once the handler has answered, and so read the body or
-                // given up on it.
-                finish_on_response = Some(activity.clone());
-            } else {
-                activity.finish_request();
+        shared.put_extensions(request.extensions_mut());
+        let timing = shared.conn.timing();
+        if let Some(activity) = &timing.timed {
+            // HTTP/2's streams are timed from their frames (see `frames`).
+            if http1 && timing.times_heads {
+                if timing.times_bodies && !request.body().is_end_stream() {
+                    // Complete once the handler has answered, and so read the body or
+                    // given up on it.
+                    plan.finish_on_response = true;
+                } else {
+                    activity.finish_request();
+                }
             }
+            activity.open_exchange();
+            self.exchange = true;
         }
-        // An HTTP/1 upgrade hands the stream over when its response is sent.
-        let upgrade = http1.then(|| {
-            if request.method() == Method::CONNECT {
+        if http1 {
+            plan.close = true;
+            // An HTTP/1 upgrade hands the stream over when its response is sent.
+            plan.upgrade = Some(if request.method() == Method::CONNECT {
                 Upgrade::Tunnel
             } else {
                 Upgrade::Protocol
-            }
-        });
+            });
+        }
         #[cfg(feature = "login")]
-        let (answer, report) = match self.shared.login_report() {
-            Some((session, classify)) => (
-                Answer::start(&mut self.inner, request, session, |request| {
-                    classify.is_attempt(request)
-                }),
-                Some(self.shared.clone()),
-            ),
-            None => (Answer::call(&mut self.inner, request), None),
-        };
-        #[cfg(not(feature = "login"))]
-        let answer = Answer::call(&mut self.inner, request);
-        ExchangeFuture {
-            answer,
-            // `Connection` is an HTTP/1 header; HTTP/2 closes with GOAWAY instead.
-            close: http1.then(|| conn.graceful_close().clone()),
-            finish_on_response,
-            upgrade,
-            exchange: timing.timed.as_ref().map(Exchange::open),
-            #[cfg(feature = "login")]
-            report,
+        if let Some((session, classify)) = shared.login_report() {
+            plan.report = true;
+            return Answer::start(service, request, session, |request| {
+                classify.is_attempt(request)
+            });
+        }
+        Answer::call(service, request)
+    }
+
+    /// The response's body hands `n` bytes to the protocol.
+    #[inline]
+    fn handed(&self, n: usize) {
+        if self.exchange
+            && let Some(activity) = self.shared.activity()
+        {
+            activity.handed(n);
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.exchange
+            && let Some(activity) = self.shared.activity()
+        {
+            activity.close_exchange();
         }
     }
 }
@@ -267,25 +328,6 @@ mod called {
     }
 }
 
-/// A request from its dispatch until its response is sent: while one is open, the
-/// connection is not idle.
-#[derive(Debug)]
-struct Exchange(Arc<Activity>);
-
-impl Exchange {
-    #[inline]
-    fn open(activity: &Arc<Activity>) -> Self {
-        activity.open_exchange();
-        Self(activity.clone())
-    }
-}
-
-impl Drop for Exchange {
-    fn drop(&mut self) {
-        self.0.close_exchange();
-    }
-}
-
 /// What answer upgrades an HTTP/1 request: its stream then leaves HTTP.
 #[derive(Debug, Clone, Copy)]
 enum Upgrade {
@@ -303,35 +345,70 @@ pub(crate) fn too_many_requests<B>(empty: B) -> Response<B> {
     response
 }
 
-/// A response future that ends the request's timer if its head did not, reports the
+/// A request's future: it dispatches the request once the inner service is ready (see
+/// [`Held::dispatch`]), ends the request's timer if its head did not, reports the
 /// response's login outcome, adds `Connection: close` if a close was asked for while
 /// the response was being made, and keeps the exchange open in the response's body.
 #[pin_project]
 #[derive(Debug)]
 pub(super) struct ExchangeFuture<S: Service<Request<Incoming>>> {
     #[pin]
-    answer: Answer<S, Request<Incoming>>,
-    close: Option<GracefulClose>,
-    finish_on_response: Option<Arc<Activity>>,
-    /// The answer that would upgrade it, for an HTTP/1 request.
-    upgrade: Option<Upgrade>,
-    exchange: Option<Exchange>,
-    /// The connection, if its logins are reported.
-    #[cfg(feature = "login")]
-    report: Option<Arc<Shared>>,
+    stage: Stage<S>,
+    /// Until the response is made; then its body's.
+    held: Option<Held>,
+    plan: Plan,
+}
+
+// Without `login`, clippy sizes the service's future, a type parameter, as empty.
+#[cfg_attr(not(feature = "login"), allow(clippy::large_enum_variant))]
+#[pin_project(project = StageProj)]
+enum Stage<S: Service<Request<Incoming>>> {
+    /// Waiting for the service to be ready.
+    Unpolled {
+        service: S,
+        request: Option<Request<Incoming>>,
+    },
+    Dispatched {
+        #[pin]
+        answer: Answer<S, Request<Incoming>>,
+    },
+}
+
+impl<S: Service<Request<Incoming>>> std::fmt::Debug for Stage<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unpolled { .. } => f.write_str("waiting for the service to be ready"),
+            Self::Dispatched { answer } => answer.fmt(f),
+        }
+    }
 }
 
 impl<S, B> Future for ExchangeFuture<S>
 where
-    S: Service<Request<Incoming>, Response = Response<B>>,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone,
 {
     type Output = Result<Response<ExchangeBody<B>>, S::Error>;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let outcome = ready!(this.answer.as_mut().poll_answer(cx));
-        if let Some(activity) = this.finish_on_response.take() {
+        if let StageProj::Unpolled { service, request } = this.stage.as_mut().project() {
+            ready!(service.poll_ready(cx))?;
+            let request = request.take().expect("dispatched once");
+            let held = this.held.as_mut().expect("held until the response");
+            let answer = held.dispatch(service, request, this.plan);
+            this.stage.set(Stage::Dispatched { answer });
+        }
+        let StageProj::Dispatched { mut answer } = this.stage.as_mut().project() else {
+            unreachable!("dispatched above")
+        };
+        let outcome = ready!(answer.as_mut().poll_answer(cx));
+        let held = this.held.take().expect("held until the response");
+        let plan = *this.plan;
+        let activity = held.exchange.then(|| held.shared.activity()).flatten();
+        if plan.finish_on_response
+            && let Some(activity) = activity
+        {
             activity.finish_request();
         }
         let answered = outcome?;
@@ -339,36 +416,32 @@ where
         // more to say.
         #[cfg(feature = "login")]
         let report = match &answered {
-            Some(response) => this
-                .report
-                .take()
-                .filter(|shared| !shared.report_response(response)),
-            None => None,
+            Some(response) => plan.report && !held.shared.report_response(response),
+            None => false,
         };
-        this.answer.reported();
+        answer.reported();
         let mut response = match answered {
             Some(response) => response.map(Some),
             None => too_many_requests(None),
         };
-        let upgraded = match this.upgrade {
+        let upgraded = match plan.upgrade {
             Some(Upgrade::Protocol) => response.status() == StatusCode::SWITCHING_PROTOCOLS,
             Some(Upgrade::Tunnel) => response.status().is_success(),
             None => false,
         };
-        if upgraded && let Some(Exchange(activity)) = this.exchange {
+        if upgraded && let Some(activity) = activity {
             // Before hyper sends the response and hands the stream to the handler's
             // task, whose reads must not start a request.
             activity.hand_over();
         }
-        if this.close.as_ref().is_some_and(GracefulClose::is_requested) {
+        if plan.close && held.shared.conn.graceful_close().is_requested() {
             response
                 .headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));
         }
-        let exchange = this.exchange.take();
         Poll::Ready(Ok(response.map(|inner| ExchangeBody {
             inner,
-            exchange,
+            held: Some(held),
             #[cfg(feature = "login")]
             report,
         })))
@@ -384,9 +457,11 @@ pub(super) struct ExchangeBody<B> {
     /// `None` for a request answered without reaching the service: no body.
     #[pin]
     inner: Option<B>,
-    exchange: Option<Exchange>,
+    /// Until the body ends.
+    held: Option<Held>,
+    /// Whether its trailers may still tell a login outcome.
     #[cfg(feature = "login")]
-    report: Option<Arc<Shared>>,
+    report: bool,
 }
 
 impl<B: Body> Body for ExchangeBody<B> {
@@ -399,25 +474,25 @@ impl<B: Body> Body for ExchangeBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let Some(inner) = this.inner.as_pin_mut() else {
-            *this.exchange = None;
+            *this.held = None;
             return Poll::Ready(None);
         };
         let frame = ready!(inner.poll_frame(cx));
-        match (&frame, &*this.exchange) {
-            (Some(Ok(frame)), Some(Exchange(activity))) => {
+        match (&frame, &*this.held) {
+            (Some(Ok(frame)), Some(held)) => {
                 if let Some(data) = frame.data_ref() {
-                    activity.handed(data.remaining());
+                    held.handed(data.remaining());
+                }
+                #[cfg(feature = "login")]
+                if *this.report
+                    && let Some(trailers) = frame.trailers_ref()
+                {
+                    *this.report = false;
+                    held.shared.report_trailers(trailers);
                 }
             }
-            (_, Some(_)) => *this.exchange = None,
+            (_, Some(_)) => *this.held = None,
             (_, None) => {}
-        }
-        #[cfg(feature = "login")]
-        if let Some(Ok(frame)) = &frame
-            && let Some(trailers) = frame.trailers_ref()
-            && let Some(shared) = this.report.take()
-        {
-            shared.report_trailers(trailers);
         }
         Poll::Ready(frame)
     }
