@@ -132,10 +132,12 @@ impl Shared {
         Some((self.conn.login_session()?, self.report_logins.as_ref()?))
     }
 
-    /// Reports the login outcome a response's head tells; whether it told one.
+    /// Reports the login outcome a response's head tells; whether its trailers may
+    /// still tell one: this connection's logins are reported, and the head told none
+    /// (one outcome per response).
     fn report_response<B>(&self, response: &Response<B>) -> bool {
         self.login_report().is_some_and(|(session, classify)| {
-            report_outcome(
+            !report_outcome(
                 session,
                 classify.response(response.status(), response.headers()),
             )
@@ -186,9 +188,6 @@ struct Plan {
     finish_on_response: bool,
     /// The answer that would upgrade it, for an HTTP/1 request.
     upgrade: Option<Upgrade>,
-    /// Its login outcome is reported.
-    #[cfg(feature = "login")]
-    report: bool,
 }
 
 /// The connection, held by a request's future and then its response's body: one
@@ -249,7 +248,6 @@ impl Held {
         }
         #[cfg(feature = "login")]
         if let Some((session, classify)) = shared.login_report() {
-            plan.report = true;
             return Answer::start(service, request, session, |request| {
                 classify.is_attempt(request)
             });
@@ -412,13 +410,10 @@ where
             activity.finish_request();
         }
         let answered = outcome?;
-        // One outcome per response: if its head tells one, its trailers have nothing
-        // more to say.
         #[cfg(feature = "login")]
-        let report = match &answered {
-            Some(response) => plan.report && !held.shared.report_response(response),
-            None => false,
-        };
+        let report = answered
+            .as_ref()
+            .is_some_and(|response| held.shared.report_response(response));
         answer.reported();
         let mut response = match answered {
             Some(response) => response.map(Some),
