@@ -143,21 +143,30 @@ async fn send_all(
     statuses
 }
 
+/// Sends `sent` bad logins at once on one HTTP/2 connection with `tries`, and checks
+/// that they got `tries` password checks and failed logins; returns the answers.
+async fn bad_logins_on_one_connection(
+    tries: u32,
+    sent: usize,
+    reporter: Reporter,
+) -> Vec<Option<StatusCode>> {
+    let login = with_tries(tries);
+    let checks = Arc::new(AtomicUsize::new(0));
+    let sender = h2_connection(&login, checks.clone(), reporter).await;
+    let statuses = send_all(&sender, bad_logins(sent)).await;
+    assert_eq!(
+        checks.load(Ordering::SeqCst),
+        tries as usize,
+        "{reporter:?}: {statuses:?}"
+    );
+    assert_eq!(login.stats().failed_logins, u64::from(tries));
+    statuses
+}
+
 #[tokio::test(start_paused = true)]
 async fn concurrent_bad_credentials_on_one_http2_connection_get_one_password_check() {
     for reporter in Reporter::ALL {
-        let login = with_tries(1);
-        let checks = Arc::new(AtomicUsize::new(0));
-        let sender = h2_connection(&login, checks.clone(), reporter).await;
-
-        let statuses = send_all(&sender, bad_logins(50)).await;
-
-        assert_eq!(
-            checks.load(Ordering::SeqCst),
-            1,
-            "{reporter:?}: {statuses:?}"
-        );
-        assert_eq!(login.stats().failed_logins, 1);
+        let statuses = bad_logins_on_one_connection(1, 50, reporter).await;
         let unauthorized = statuses
             .iter()
             .filter(|status| **status == Some(StatusCode::UNAUTHORIZED))
@@ -176,16 +185,7 @@ async fn concurrent_bad_credentials_on_one_http2_connection_get_one_password_che
 #[tokio::test(start_paused = true)]
 async fn a_connection_gets_as_many_password_checks_as_it_has_tries() {
     for reporter in Reporter::ALL {
-        let login = with_tries(3);
-        let checks = Arc::new(AtomicUsize::new(0));
-        let sender = h2_connection(&login, checks.clone(), reporter).await;
-        let statuses = send_all(&sender, bad_logins(20)).await;
-        assert_eq!(
-            checks.load(Ordering::SeqCst),
-            3,
-            "{reporter:?}: {statuses:?}"
-        );
-        assert_eq!(login.stats().failed_logins, 3);
+        bad_logins_on_one_connection(3, 20, reporter).await;
     }
 }
 
