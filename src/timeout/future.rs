@@ -163,6 +163,12 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        // Evictable before the protocol serves anything: a connection that answered
+        // its first request is idle the moment its client reads the answer.
+        #[cfg(feature = "overload")]
+        if !*this.started {
+            enrol(this.activity, this.standing, this.close);
+        }
         // A request that starts while the inner future reads is seen just below: it
         // needs no wake-up of this task.
         this.activity.set_polling(true);
@@ -232,13 +238,7 @@ where
                 Check::Next(next) => next,
             };
             #[cfg(feature = "overload")]
-            if let (Some(overload), Some(standing), Some(close)) = (
-                activity.shared.scaler.overload(),
-                this.standing.as_mut(),
-                this.close.as_ref(),
-            ) {
-                overload.enrol(standing, this.activity, close);
-            }
+            enrol(this.activity, this.standing, this.close);
             // A timer that fires before the next deadline only costs a look then:
             // it is moved when it has fired or when the deadline comes sooner, not on
             // every request.
@@ -249,5 +249,22 @@ where
                 (None, _) => {}
             }
         }
+    }
+}
+
+/// Offers the connection to its overload manager's evictions, if the manager has
+/// any: at its first poll, and again at each look of its timer, as the load changes.
+#[cfg(feature = "overload")]
+fn enrol(
+    activity: &Arc<Activity>,
+    standing: &mut Option<crate::overload::Standing>,
+    close: &Option<GracefulClose>,
+) {
+    if let (Some(overload), Some(standing), Some(close)) = (
+        activity.shared.scaler.overload(),
+        standing.as_mut(),
+        close.as_ref(),
+    ) {
+        overload.enrol(standing, activity, close);
     }
 }
