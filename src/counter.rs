@@ -8,15 +8,17 @@ use crate::metrics::Count;
 /// Stripes of a counter; also the shards of tables split by thread.
 pub(crate) const STRIPES: usize = 8;
 
-/// A statistics counter that threads bump without fighting over one cache line: each
-/// thread adds to its own stripe, and a read sums them. Reads are rare (`stats()`),
-/// bumps happen on every connection.
+/// A statistics counter that threads bump without fighting over one cache line or
+/// locking the bus: a thread that owns a stripe (see [`owned_stripe`]) adds to it with a
+/// load and a store, the others to a shared stripe with an atomic add, and a read sums
+/// them. Reads are rare (`stats()`), bumps happen on every connection.
 ///
 /// A counter made with [`Counter::metric`] also feeds a metric, so that `stats()` and
 /// the metrics agree.
 #[derive(Debug, Default)]
 pub(crate) struct Counter {
-    stripes: [Stripe; STRIPES],
+    /// One per stripe a thread may own, then the shared one.
+    stripes: [Stripe; STRIPES + 1],
     metric: Count,
 }
 
@@ -39,7 +41,18 @@ impl Counter {
 
     pub(crate) fn add_n(&self, n: usize) {
         let n = u64::try_from(n).unwrap_or(u64::MAX);
-        self.stripes[stripe()].0.fetch_add(n, Ordering::Relaxed);
+        match owned_stripe() {
+            Some(owned) => {
+                let stripe = &self.stripes[owned].0;
+                stripe.store(
+                    stripe.load(Ordering::Relaxed).wrapping_add(n),
+                    Ordering::Relaxed,
+                );
+            }
+            None => {
+                self.stripes[STRIPES].0.fetch_add(n, Ordering::Relaxed);
+            }
+        }
         self.metric.add(n);
     }
 
@@ -47,11 +60,58 @@ impl Counter {
         self.stripes
             .iter()
             .map(|stripe| stripe.0.load(Ordering::Relaxed))
-            .sum()
+            .fold(0, u64::wrapping_add)
     }
 }
 
-/// This thread's stripe of a counter.
+/// The stripe this thread owns, if it could claim one: while it lives, no other thread
+/// writes to it. A thread claims one the first time it asks and gives it back when it
+/// exits; threads beyond [`STRIPES`] at once own none.
+fn owned_stripe() -> Option<usize> {
+    /// Which stripes live threads own, a bit each.
+    static OWNED: AtomicUsize = AtomicUsize::new(0);
+
+    struct Ownership(Option<usize>);
+
+    impl Ownership {
+        fn claim() -> Self {
+            let mut owned = OWNED.load(Ordering::Relaxed);
+            loop {
+                let free = !owned & ((1 << STRIPES) - 1);
+                if free == 0 {
+                    return Self(None);
+                }
+                let stripe = free.trailing_zeros() as usize;
+                // Acquire: the stripe's last owner's writes come before this thread's.
+                match OWNED.compare_exchange_weak(
+                    owned,
+                    owned | 1 << stripe,
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => return Self(Some(stripe)),
+                    Err(now) => owned = now,
+                }
+            }
+        }
+    }
+
+    impl Drop for Ownership {
+        fn drop(&mut self) {
+            if let Some(stripe) = self.0 {
+                OWNED.fetch_and(!(1 << stripe), Ordering::Release);
+            }
+        }
+    }
+
+    thread_local! {
+        static OWNERSHIP: Ownership = Ownership::claim();
+    }
+    // Once this thread's ownership is given back (at its exit), the shared stripe.
+    OWNERSHIP.try_with(|ownership| ownership.0).ok().flatten()
+}
+
+/// This thread's stripe of a table split by thread.
 pub(crate) fn stripe() -> usize {
     thread_number() % STRIPES
 }
@@ -86,5 +146,25 @@ mod tests {
         });
         counter.add();
         assert_eq!(counter.get(), 4001);
+    }
+
+    #[test]
+    fn threads_beyond_the_owned_stripes_and_their_successors_lose_nothing() {
+        let counter = Counter::default();
+        let barrier = std::sync::Barrier::new(2 * STRIPES);
+        // Twice as many threads at once as there are stripes to own: half share.
+        std::thread::scope(|scope| {
+            for _ in 0..2 * STRIPES {
+                scope.spawn(|| {
+                    barrier.wait();
+                    (0..1000).for_each(|_| counter.add());
+                });
+            }
+        });
+        // Threads that exited gave their stripes back: new ones add to what is there.
+        for _ in 0..2 * STRIPES {
+            std::thread::scope(|scope| scope.spawn(|| counter.add_n(3)).join().unwrap());
+        }
+        assert_eq!(counter.get(), (2 * STRIPES * 1000 + 2 * STRIPES * 3) as u64);
     }
 }
