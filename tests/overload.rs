@@ -364,6 +364,43 @@ async fn at_a_full_cap_a_new_connection_evicts_the_longest_idle_keep_alive_conne
     assert_eq!(overload.stats().evicted_idle, 1);
 }
 
+/// A protocol may answer a request in its very first poll (a whole HTTP/1 request in
+/// the first read, a line protocol's `LOGIN`): its connection must be evictable by then,
+/// or a client that reads the answer and connects again at a full cap is refused instead
+/// of evicting it.
+#[tokio::test(start_paused = true)]
+async fn a_connection_is_evictable_from_its_protocols_first_poll() {
+    let overload = overload().min_timeout_scale(1.0).build().unwrap();
+    let limit = ConnectionLimitLayer::builder(2)
+        .overload(&overload)
+        .build()
+        .unwrap();
+    // What the evictions held when the protocol was first polled, for each connection.
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let watched = overload.clone();
+    let protocol = service_fn(move |_: Conn<TimedIo<DuplexStream>>| {
+        let (seen_tx, watched) = (seen_tx.clone(), watched.clone());
+        async move {
+            seen_tx.send(watched.stats().registered).unwrap();
+            std::future::pending::<Result<(), BoxError>>().await
+        }
+    });
+    let service = ServiceBuilder::new()
+        .layer(limit)
+        .layer(
+            TimeoutLayer::builder()
+                .idle(secs(600))
+                .overload(&overload)
+                .build()
+                .unwrap(),
+        )
+        .service(protocol);
+    let (_first, _first_client) = open(&service, "192.0.2.1:1");
+    assert_eq!(within(PATIENCE, seen.recv()).await, Some(1));
+    let (_second, _second_client) = open(&service, "192.0.2.2:1");
+    assert_eq!(within(PATIENCE, seen.recv()).await, Some(2));
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_peer_holding_the_most_idle_connections_loses_one_first() {
     let (overload, _limit, service) = http_stack(4);
