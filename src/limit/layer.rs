@@ -230,7 +230,7 @@ pub(crate) struct Shared {
 struct Pool(AtomicIsize);
 
 impl Shared {
-    pub(super) fn max(&self) -> usize {
+    pub(crate) fn max(&self) -> usize {
         self.max.load(Ordering::Relaxed)
     }
 
@@ -239,6 +239,12 @@ impl Shared {
     pub(crate) fn live(&self) -> usize {
         let unused = self.pool.0.load(Ordering::Relaxed) + signed(self.hoards.held());
         usize::try_from(signed(self.max()) - unused).unwrap_or(0)
+    }
+
+    /// At least [`live`](Self::live), from the pool alone: what the stripes hoard is
+    /// not live either, but summing it reads every stripe's line.
+    pub(crate) fn live_at_most(&self) -> usize {
+        usize::try_from(signed(self.max()) - self.pool.0.load(Ordering::Relaxed)).unwrap_or(0)
     }
 
     /// The live connections against the cap.

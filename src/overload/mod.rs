@@ -100,7 +100,7 @@ use std::{
     fmt,
     sync::{
         Arc, OnceLock,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -289,7 +289,7 @@ impl Overload {
         else {
             return;
         };
-        if self.shared.load() >= self.shared.trigger.start / 2.0 {
+        if self.shared.enrols() {
             *standing = Standing::Registered(registry.register(activity, close, *peer));
         }
     }
@@ -387,12 +387,13 @@ impl OverloadBuilder {
             registry: self
                 .evict_idle
                 .then(|| Arc::new(Registry::new(self.keying, self.quiet_after))),
+            enrol_from: AtomicUsize::new(usize::MAX),
             sampler: Janitor::default(),
             sample_every: nonzero(self.sample_every, "sample_every")?,
             time_under_pressure: AtomicU64::new(0),
             pressure_metric: Level::new(OVERLOAD_PRESSURE, &[]),
         });
-        shared.sampled.sample(None);
+        shared.read_sources();
         shared.ensure_sampler();
         Ok(Overload { shared })
     }
@@ -424,6 +425,9 @@ struct Shared {
     sampled: Sampled,
     /// The connections that may be evicted; `None` with eviction off.
     registry: Option<Arc<Registry>>,
+    /// The live connections from which the sources the last sample read put the load
+    /// where connections enrol for eviction (see [`Sampled::live_reaching`]).
+    enrol_from: AtomicUsize,
     sampler: Janitor,
     sample_every: Duration,
     /// Nanoseconds.
@@ -439,16 +443,54 @@ impl Shared {
 
     /// The highest load of all sources.
     fn load(&self) -> f64 {
-        let live = self.live();
-        let connections = self.cap.get().map_or(0.0, |cap| cap.load());
+        self.load_with(self.live())
+    }
+
+    /// The highest load of all sources, with `live` connections under the cap.
+    fn load_with(&self, live: Option<usize>) -> f64 {
+        let connections = match (self.cap.get(), live) {
+            (Some(cap), Some(live)) => live as f64 / cap.max() as f64,
+            _ => 0.0,
+        };
         let descriptors = self.sampled.descriptors(live.unwrap_or(0)).unwrap_or(0.0);
         connections
             .max(descriptors)
             .max(self.sampled.sampled_load())
     }
 
+    /// Whether the load has reached the level at which connections enrol for eviction.
+    /// Asked for every connection: at a low load, a bound on the live count from one
+    /// word of the cap settles it against what the last sample left; the exact count,
+    /// which reads every stripe's hoard, is read only when the bound does not.
+    fn enrols(&self) -> bool {
+        let level = self.trigger.start / 2.0;
+        let sampled_from = self.enrol_from.load(Ordering::Relaxed);
+        let may = match self.cap.get() {
+            Some(cap) => {
+                let at_most = cap.live_at_most();
+                at_most >= sampled_from || at_most as f64 >= cap.max() as f64 * level
+            }
+            None => sampled_from == 0,
+        };
+        may && self.load() >= level
+    }
+
     fn pressure(&self) -> f64 {
+        // None below the trigger's start: the bound says so at a low load.
+        let at_most = self.cap.get().map(|cap| cap.live_at_most());
+        if self.load_with(at_most) <= self.trigger.start {
+            return 0.0;
+        }
         self.trigger.pressure(self.load())
+    }
+
+    /// Reads every source, and works out from them when connections enrol.
+    fn read_sources(&self) {
+        self.sampled.sample(self.live());
+        self.enrol_from.store(
+            self.sampled.live_reaching(self.trigger.start / 2.0),
+            Ordering::Relaxed,
+        );
     }
 
     /// Makes sure a task samples the sources, on the current runtime.
@@ -457,7 +499,7 @@ impl Shared {
     }
 
     fn sample(&self) {
-        self.sampled.sample(self.live());
+        self.read_sources();
         let pressure = self.pressure();
         self.pressure_metric.set(pressure);
         if pressure > 0.0 {

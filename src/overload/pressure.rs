@@ -96,6 +96,22 @@ impl Sampled {
         known(self.monitor_load.load(Ordering::Relaxed))
     }
 
+    /// The fewest live connections with which the sampled sources may reach `level`
+    /// (0: they have already; `usize::MAX`: none can), rounded down so that no count
+    /// that reaches it is above.
+    pub(super) fn live_reaching(&self, level: f64) -> usize {
+        if self.sampled_load() >= level {
+            return 0;
+        }
+        let limit = self.descriptor_limit.load(Ordering::Relaxed);
+        if limit == 0 {
+            return usize::MAX;
+        }
+        let other = self.other_descriptors.load(Ordering::Relaxed);
+        let open = (level * limit as f64).floor() as u64;
+        usize::try_from(open.saturating_sub(other)).unwrap_or(usize::MAX)
+    }
+
     /// The highest sampled load but the descriptors', which follow the live count.
     pub(super) fn sampled_load(&self) -> f64 {
         let memory = self.memory().unwrap_or(0.0);
@@ -217,5 +233,29 @@ mod tests {
         assert_eq!(sampled.monitors(), Some(1.0));
         assert_eq!(sampled.sampled_load(), 1.0);
         assert_eq!(sampled.descriptors(10), None);
+    }
+
+    #[test]
+    fn the_live_count_reaching_a_level_is_the_least_that_does() {
+        // Nothing sampled can reach it.
+        assert_eq!(
+            Sampled::new(false, false, Vec::new()).live_reaching(0.4),
+            usize::MAX
+        );
+        // A monitor has reached it: any count does.
+        let busy = Sampled::new(false, false, vec![std::sync::Arc::new(|| 0.5) as Monitor]);
+        busy.sample(None);
+        assert_eq!(busy.live_reaching(0.4), 0);
+        assert_eq!(busy.live_reaching(0.6), usize::MAX);
+        // The descriptors: 130 of 1 000 open besides the connections.
+        let sampled = Sampled::new(false, false, Vec::new());
+        sampled.other_descriptors.store(130, Ordering::Relaxed);
+        sampled.descriptor_limit.store(1000, Ordering::Relaxed);
+        for level in [0.3, 0.4, 0.45, 0.7] {
+            let from = sampled.live_reaching(level);
+            assert!(sampled.descriptors(from).unwrap() >= level, "{level}");
+            assert!(sampled.descriptors(from - 1).unwrap() < level, "{level}");
+        }
+        assert_eq!(sampled.live_reaching(0.1), 0, "reached with none");
     }
 }

@@ -180,8 +180,11 @@ where
             this.standing.take();
             return Poll::Ready(outcome.map_err(Into::into));
         }
-        // A first poll arms the timer, once the protocol has added its deadlines.
+        // A first poll arms the timer, once the protocol has added its deadlines; it
+        // enrolled above, and its first look need not again.
         let mut look = !*this.started;
+        #[cfg(feature = "overload")]
+        let mut enrolled = look;
         if !*this.started {
             *this.started = true;
             *this.times_requests = this.activity.deadlines().request.is_some();
@@ -238,7 +241,9 @@ where
                 Check::Next(next) => next,
             };
             #[cfg(feature = "overload")]
-            enrol(this.activity, this.standing, this.close);
+            if !std::mem::take(&mut enrolled) {
+                enrol(this.activity, this.standing, this.close);
+            }
             // A timer that fires before the next deadline only costs a look then:
             // it is moved when it has fired or when the deadline comes sooner, not on
             // every request.
