@@ -40,6 +40,16 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
+/// An idle timeout long enough that evictions, not it, close idle connections, its
+/// connections offered to `overload`'s evictions.
+fn idle_timeout(overload: &Overload) -> TimeoutLayer {
+    TimeoutLayer::builder()
+        .idle(secs(600))
+        .overload(overload)
+        .build()
+        .unwrap()
+}
+
 /// The pressure from the connection cap alone: the test process's descriptors do not
 /// count.
 fn overload() -> tower_bouncer::overload::OverloadBuilder {
@@ -387,13 +397,7 @@ async fn a_connection_is_evictable_from_its_protocols_first_poll() {
     });
     let service = ServiceBuilder::new()
         .layer(limit)
-        .layer(
-            TimeoutLayer::builder()
-                .idle(secs(600))
-                .overload(&overload)
-                .build()
-                .unwrap(),
-        )
+        .layer(idle_timeout(&overload))
         .service(protocol);
     let (_first, _first_client) = open(&service, "192.0.2.1:1");
     assert_eq!(within(PATIENCE, seen.recv()).await, Some(1));
@@ -529,13 +533,7 @@ async fn evictions_take_a_full_cap_over_by_one_connection_for_every_sixteen_of_i
         .unwrap();
     let service = ServiceBuilder::new()
         .layer(limit.clone())
-        .layer(
-            TimeoutLayer::builder()
-                .idle(secs(600))
-                .overload(&overload)
-                .build()
-                .unwrap(),
-        )
+        .layer(idle_timeout(&overload))
         .service(reader());
     // The first connections are the longest idle, the ones evicted.
     let mut clients = Vec::new();
