@@ -3,7 +3,7 @@ use std::{
     sync::atomic::{AtomicU64, AtomicUsize, Ordering},
 };
 
-use crate::metrics::Count;
+use crate::{metrics::Count, striped::stripes};
 
 /// Stripes of a counter; also the shards of tables split by thread.
 pub(crate) const STRIPES: usize = 8;
@@ -15,11 +15,21 @@ pub(crate) const STRIPES: usize = 8;
 ///
 /// A counter made with [`Counter::metric`] also feeds a metric, so that `stats()` and
 /// the metrics agree.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Counter {
-    /// One per stripe a thread may own, then the shared one.
-    stripes: [Stripe; STRIPES + 1],
+    /// One per stripe a thread may own ([`stripes`]: as many as the machine has
+    /// threads, 8 to 64), then the shared one.
+    stripes: Box<[Stripe]>,
     metric: Count,
+}
+
+impl Default for Counter {
+    fn default() -> Self {
+        Self {
+            stripes: (0..=stripes()).map(|_| Stripe::default()).collect(),
+            metric: Count::default(),
+        }
+    }
 }
 
 /// 128 bytes, not a line of 64: x86 processors fetch lines in aligned pairs, and the
@@ -32,8 +42,8 @@ impl Counter {
     /// A counter that also counts in the metric `name` with `labels`, registered now.
     pub(crate) fn metric(name: &'static str, labels: &[(&'static str, &str)]) -> Self {
         Self {
-            stripes: Default::default(),
             metric: Count::new(name, labels),
+            ..Self::default()
         }
     }
 
@@ -52,7 +62,8 @@ impl Counter {
                 );
             }
             None => {
-                self.stripes[STRIPES].0.fetch_add(n, Ordering::Relaxed);
+                let shared = self.stripes.len() - 1;
+                self.stripes[shared].0.fetch_add(n, Ordering::Relaxed);
             }
         }
         self.metric.add(n);
@@ -68,18 +79,19 @@ impl Counter {
 
 /// The stripe this thread owns, if it could claim one: while it lives, no other thread
 /// writes to it. A thread claims one the first time it asks and gives it back when it
-/// exits; threads beyond [`STRIPES`] at once own none.
+/// exits; threads beyond [`stripes`] at once own none.
 fn owned_stripe() -> Option<usize> {
-    /// Which stripes live threads own, a bit each.
-    static OWNED: AtomicUsize = AtomicUsize::new(0);
+    /// Which stripes live threads own, a bit each (there are at most 64).
+    static OWNED: AtomicU64 = AtomicU64::new(0);
 
     struct Ownership(Option<usize>);
 
     impl Ownership {
         fn claim() -> Self {
+            let all = u64::MAX >> (64 - stripes());
             let mut owned = OWNED.load(Ordering::Relaxed);
             loop {
-                let free = !owned & ((1 << STRIPES) - 1);
+                let free = !owned & all;
                 if free == 0 {
                     return Self(None);
                 }
@@ -153,10 +165,11 @@ mod tests {
     #[test]
     fn threads_beyond_the_owned_stripes_and_their_successors_lose_nothing() {
         let counter = Counter::default();
-        let barrier = std::sync::Barrier::new(2 * STRIPES);
+        let threads = 2 * stripes();
+        let barrier = std::sync::Barrier::new(threads);
         // Twice as many threads at once as there are stripes to own: half share.
         std::thread::scope(|scope| {
-            for _ in 0..2 * STRIPES {
+            for _ in 0..threads {
                 scope.spawn(|| {
                     barrier.wait();
                     (0..1000).for_each(|_| counter.add());
@@ -164,9 +177,9 @@ mod tests {
             }
         });
         // Threads that exited gave their stripes back: new ones add to what is there.
-        for _ in 0..2 * STRIPES {
+        for _ in 0..threads {
             std::thread::scope(|scope| scope.spawn(|| counter.add_n(3)).join().unwrap());
         }
-        assert_eq!(counter.get(), (2 * STRIPES * 1000 + 2 * STRIPES * 3) as u64);
+        assert_eq!(counter.get(), (threads * 1000 + threads * 3) as u64);
     }
 }
