@@ -237,8 +237,7 @@ impl Shared {
     /// Connections being served now: a sum of counts read one after the other, so it
     /// may be off by the connections admitted or ended while it is read.
     pub(crate) fn live(&self) -> usize {
-        let unused = self.pool.0.load(Ordering::Relaxed) + signed(self.hoards.held());
-        usize::try_from(signed(self.max()) - unused).unwrap_or(0)
+        self.live_at_most().saturating_sub(self.hoards.held())
     }
 
     /// At least [`live`](Self::live), from the pool alone: what the stripes hoard is

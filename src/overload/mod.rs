@@ -458,12 +458,18 @@ impl Shared {
             .max(self.sampled.sampled_load())
     }
 
-    /// Whether the load has reached the level at which connections enrol for eviction.
+    /// The load from which connections enrol for eviction: half the trigger's start,
+    /// so that they are registered before the pressure rises.
+    fn enrol_level(&self) -> f64 {
+        self.trigger.start / 2.0
+    }
+
+    /// Whether the load has reached [`enrol_level`](Self::enrol_level).
     /// Asked for every connection: at a low load, a bound on the live count from one
     /// word of the cap settles it against what the last sample left; the exact count,
     /// which reads every stripe's hoard, is read only when the bound does not.
     fn enrols(&self) -> bool {
-        let level = self.trigger.start / 2.0;
+        let level = self.enrol_level();
         let sampled_from = self.enrol_from.load(Ordering::Relaxed);
         let may = match self.cap.get() {
             Some(cap) => {
@@ -488,7 +494,7 @@ impl Shared {
     fn read_sources(&self) {
         self.sampled.sample(self.live());
         self.enrol_from.store(
-            self.sampled.live_reaching(self.trigger.start / 2.0),
+            self.sampled.live_reaching(self.enrol_level()),
             Ordering::Relaxed,
         );
     }
