@@ -55,11 +55,13 @@ mod signal;
 use std::{
     future::{Future, Pending, poll_fn},
     io,
+    net::SocketAddr,
     panic::AssertUnwindSafe,
+    pin::Pin,
+    task::{Context, Poll},
     time::Duration,
 };
 
-use futures_util::{FutureExt, TryFutureExt};
 use tokio::task::JoinHandle;
 use tower::Service;
 use tracing::Instrument;
@@ -431,6 +433,52 @@ impl Drop for Served {
     }
 }
 
+/// A connection's task: its service's future, a panic in it caught and logged with the
+/// peer, and the connection counted as served until the task ends or is dropped (cut,
+/// aborted, panicked).
+#[pin_project::pin_project]
+struct ConnectionTask<F> {
+    /// Filled once the service has made it, before the task is spawned.
+    #[pin]
+    connection: Option<F>,
+    peer: SocketAddr,
+    served: Option<Served>,
+}
+
+impl<F, E> Future for ConnectionTask<F>
+where
+    F: Future<Output = Result<(), E>>,
+    E: Into<BoxError>,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let Some(connection) = this.connection.as_pin_mut() else {
+            return Poll::Ready(());
+        };
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| connection.poll(cx)));
+        let outcome = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(outcome)) => Ok(outcome),
+            Err(panic) => Err(panic),
+        };
+        this.served.take();
+        match outcome {
+            Ok(Ok(())) => tracing::trace!("connection closed"),
+            Ok(Err(error)) => {
+                let error: BoxError = error.into();
+                tracing::debug!(%error, "connection ended with an error");
+            }
+            Err(panic) => {
+                let peer = *this.peer;
+                tracing::error!(%peer, panic = panic_message(&*panic), "connection panicked");
+            }
+        }
+        Poll::Ready(())
+    }
+}
+
 /// How a graceful shutdown went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -465,41 +513,25 @@ impl Connections {
         let peer = conn.peer_addr();
         let span = tracing::debug_span!("conn", %peer);
         let close = conn.graceful_close();
-        let called =
-            span.in_scope(|| std::panic::catch_unwind(AssertUnwindSafe(|| service.call(conn))));
-        let connection = match called {
-            Ok(connection) => connection,
-            Err(panic) => {
-                tracing::error!(parent: &span, %peer, panic = panic_message(&*panic), "connection service panicked");
-                return;
-            }
+        // Boxed first and filled in place: the stack of connection-level futures is
+        // large, and each move of it on its way into a box was a copy.
+        let mut task = Box::pin(ConnectionTask {
+            connection: None,
+            peer,
+            served: None,
+        });
+        let called = {
+            let _entered = span.enter();
+            let mut connection = task.as_mut().project().connection;
+            std::panic::catch_unwind(AssertUnwindSafe(|| {
+                connection.set(Some(service.call(conn)));
+            }))
         };
-
-        let served = Served::new(metrics);
-        // Boxed once, here: the task's future is moved several times on its way into
-        // the runtime, and each move of an unboxed one copies the whole stack of
-        // connection-level futures. Built from combinators rather than an `async`
-        // block, which would hold the connection's future twice (as captured, and as
-        // awaited).
-        let task = Box::pin(
-            AssertUnwindSafe(connection.map_err(Into::into))
-                .catch_unwind()
-                // `served` counts the connection until the task ends or is dropped (cut,
-                // aborted, panicked).
-                .map(move |outcome| {
-                    drop(served);
-                    match outcome {
-                        Ok(Ok(())) => tracing::trace!("connection closed"),
-                        Ok(Err(error)) => {
-                            let error: BoxError = error;
-                            tracing::debug!(%error, "connection ended with an error");
-                        }
-                        Err(panic) => {
-                            tracing::error!(%peer, panic = panic_message(&*panic), "connection panicked");
-                        }
-                    }
-                }),
-        );
+        if let Err(panic) = called {
+            tracing::error!(parent: &span, %peer, panic = panic_message(&*panic), "connection service panicked");
+            return;
+        }
+        *task.as_mut().project().served = Some(Served::new(metrics));
         let handle = tokio::spawn(task.instrument(span));
         self.forget_finished();
         self.live.push((handle, close));
