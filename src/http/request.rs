@@ -207,12 +207,14 @@ impl Held {
     fn dispatch<S>(
         &mut self,
         service: &mut S,
-        mut request: Request<Incoming>,
+        slot: &mut Option<Request<Incoming>>,
         plan: &mut Plan,
     ) -> Answer<S, Request<Incoming>>
     where
         S: Service<Request<Incoming>> + Clone,
     {
+        // Taken from its slot only by the call: each move of a request is a copy.
+        let request = slot.as_mut().expect("dispatched once");
         let shared = &*self.shared;
         let http1 = request.version() < Version::HTTP_2;
         // hyper upgrades an HTTP/1 connection only after a request that asked for it
@@ -248,11 +250,11 @@ impl Held {
         }
         #[cfg(feature = "login")]
         if let Some((session, classify)) = shared.login_report() {
-            return Answer::start(service, request, session, |request| {
+            return Answer::start(service, slot, session, |request| {
                 classify.is_attempt(request)
             });
         }
-        Answer::call(service, request)
+        Answer::call(service, slot.take().expect("dispatched once"))
     }
 
     /// The response's body hands `n` bytes to the protocol.
@@ -392,7 +394,6 @@ where
         let mut this = self.project();
         if let StageProj::Unpolled { service, request } = this.stage.as_mut().project() {
             ready!(service.poll_ready(cx))?;
-            let request = request.take().expect("dispatched once");
             let held = this.held.as_mut().expect("held until the response");
             let answer = held.dispatch(service, request, this.plan);
             this.stage.set(Stage::Dispatched { answer });

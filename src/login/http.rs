@@ -214,10 +214,12 @@ where
             .and_then(ConnExtensions::login_session)
             .cloned();
         let answer = match &session {
-            Some(session) => Answer::start(&mut self.inner, request, session, |request| {
-                self.classify
-                    .is_attempt(request.method(), request.uri(), request.headers())
-            }),
+            Some(session) => {
+                Answer::start(&mut self.inner, &mut Some(request), session, |request| {
+                    self.classify
+                        .is_attempt(request.method(), request.uri(), request.headers())
+                })
+            }
             None => Answer::call(&mut self.inner, request),
         };
         ReportFuture {
@@ -380,28 +382,33 @@ impl<S: Service<Request<B>> + Clone, B> Answer<S, Request<B>> {
     /// an HTTP/2 connection not yet logged in waits for its place before the service
     /// is called, since the service may check credentials in `call` itself (tonic's
     /// interceptors do); the ready service goes with the request and a clone takes its
-    /// place.
+    /// place. The request is taken from its slot only then, or by the service: each
+    /// move of a request is a copy of its few hundred bytes.
     #[inline]
     pub(crate) fn start(
         service: &mut S,
-        request: Request<B>,
+        request: &mut Option<Request<B>>,
         session: &LoginSession,
         is_attempt: impl FnOnce(&Request<B>) -> bool,
     ) -> Self {
+        let pending = request.as_ref().expect("a request to answer");
         let state = if session.state.is_evicted() {
             State::Refused
-        } else if request.version() >= Version::HTTP_2
+        } else if pending.version() >= Version::HTTP_2
             && !session.is_authenticated()
-            && is_attempt(&request)
+            && is_attempt(pending)
         {
             let clone = service.clone();
             State::Waiting {
                 wait: session.attempt(),
-                call: Some((std::mem::replace(service, clone), request)),
+                call: Some((
+                    std::mem::replace(service, clone),
+                    request.take().expect("a request to answer"),
+                )),
             }
         } else {
             // HTTP/1 serves one request at a time on a connection: nothing to hold.
-            return Self::call(service, request);
+            return Self::call(service, request.take().expect("a request to answer"));
         };
         Self {
             state,
