@@ -382,8 +382,8 @@ impl<S: Service<Request<B>> + Clone, B> Answer<S, Request<B>> {
     /// an HTTP/2 connection not yet logged in waits for its place before the service
     /// is called, since the service may check credentials in `call` itself (tonic's
     /// interceptors do); the ready service goes with the request and a clone takes its
-    /// place. The request is taken from its slot only then, or by the service: each
-    /// move of a request is a copy of its few hundred bytes.
+    /// place. The request stays in its slot until the service is called or the attempt
+    /// waits: each move of a request is a copy of its few hundred bytes.
     #[inline]
     pub(crate) fn start(
         service: &mut S,
