@@ -453,8 +453,8 @@ where
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.project();
-        let Some(connection) = this.connection.as_pin_mut() else {
+        let mut this = self.project();
+        let Some(connection) = this.connection.as_mut().as_pin_mut() else {
             return Poll::Ready(());
         };
         let polled = std::panic::catch_unwind(AssertUnwindSafe(|| connection.poll(cx)));
@@ -463,6 +463,9 @@ where
             Ok(Poll::Ready(outcome)) => Ok(outcome),
             Err(panic) => Err(panic),
         };
+        // The connection's futures go (and with them its places under the caps), then
+        // its count.
+        this.connection.set(None);
         this.served.take();
         match outcome {
             Ok(Ok(())) => tracing::trace!("connection closed"),
