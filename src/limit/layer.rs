@@ -248,7 +248,12 @@ impl Shared {
 
     /// The live connections against the cap.
     pub(crate) fn load(&self) -> f64 {
-        self.live() as f64 / self.max() as f64
+        self.load_at(self.live())
+    }
+
+    /// `live` connections against the cap.
+    pub(crate) fn load_at(&self, live: usize) -> f64 {
+        live as f64 / self.max() as f64
     }
 
     pub(super) fn has_room(&self) -> bool {

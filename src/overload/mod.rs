@@ -449,7 +449,7 @@ impl Shared {
     /// The highest load of all sources, with `live` connections under the cap.
     fn load_with(&self, live: Option<usize>) -> f64 {
         let connections = match (self.cap.get(), live) {
-            (Some(cap), Some(live)) => live as f64 / cap.max() as f64,
+            (Some(cap), Some(live)) => cap.load_at(live),
             _ => 0.0,
         };
         let descriptors = self.sampled.descriptors(live.unwrap_or(0)).unwrap_or(0.0);
