@@ -23,12 +23,19 @@ const END_HEADERS: u8 = 0x4;
 /// One connection's frames, as the adapter's stream reads and writes them.
 #[derive(Debug)]
 pub(super) struct FrameWatch {
-    activity: Arc<Activity>,
-    /// Whether request bodies are timed (the timeout layer has a request timeout).
-    times_bodies: bool,
     protocol: Protocol,
     read: Cursor,
     written: Cursor,
+    streams: Streams,
+}
+
+/// What the frames tell the connection's timer. Apart from the cursors, so that a
+/// cursor's callbacks can borrow it while the cursor advances.
+#[derive(Debug)]
+struct Streams {
+    activity: Arc<Activity>,
+    /// Whether request bodies are timed (the timeout layer has a request timeout).
+    times_bodies: bool,
     /// Streams whose request has not fully arrived.
     incoming: Vec<Incoming>,
     /// Whether the first request's headers have arrived: the request clock of the
@@ -78,6 +85,7 @@ struct Frame {
 impl Cursor {
     /// Advances over `bytes`: `header` is told each frame header as it completes,
     /// `payload` each run of payload bytes with its frame's type.
+    #[inline]
     fn advance(
         &mut self,
         mut bytes: &[u8],
@@ -92,22 +100,38 @@ impl Cursor {
                 bytes = &bytes[run..];
                 continue;
             }
-            let take = (FRAME_HEADER - self.filled).min(bytes.len());
-            self.header[self.filled..self.filled + take].copy_from_slice(&bytes[..take]);
-            self.filled += take;
-            bytes = &bytes[take..];
-            if self.filled < FRAME_HEADER {
-                return;
-            }
-            self.filled = 0;
-            let h = &self.header;
-            self.remaining = u32::from_be_bytes([0, h[0], h[1], h[2]]);
-            self.kind = h[3];
-            header(Frame {
-                kind: h[3],
-                flags: h[4],
-                stream: u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff,
-            });
+            let frame = match (self.filled, bytes.split_first_chunk::<FRAME_HEADER>()) {
+                // The usual case: a whole header in the bytes, read where it lies.
+                (0, Some((whole, rest))) => {
+                    bytes = rest;
+                    self.start(whole)
+                }
+                _ => {
+                    let take = (FRAME_HEADER - self.filled).min(bytes.len());
+                    self.header[self.filled..self.filled + take].copy_from_slice(&bytes[..take]);
+                    self.filled += take;
+                    bytes = &bytes[take..];
+                    if self.filled < FRAME_HEADER {
+                        return;
+                    }
+                    self.filled = 0;
+                    let collected = self.header;
+                    self.start(&collected)
+                }
+            };
+            header(frame);
+        }
+    }
+
+    /// Starts the frame whose header is `h`.
+    #[inline]
+    fn start(&mut self, h: &[u8; FRAME_HEADER]) -> Frame {
+        self.remaining = u32::from_be_bytes([0, h[0], h[1], h[2]]);
+        self.kind = h[3];
+        Frame {
+            kind: h[3],
+            flags: h[4],
+            stream: u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff,
         }
     }
 }
@@ -115,13 +139,15 @@ impl Cursor {
 impl FrameWatch {
     pub(super) fn new(activity: Arc<Activity>, times_bodies: bool) -> Self {
         Self {
-            activity,
-            times_bodies,
             protocol: Protocol::Detecting(0),
             read: Cursor::default(),
             written: Cursor::default(),
-            incoming: Vec::new(),
-            opened: false,
+            streams: Streams {
+                activity,
+                times_bodies,
+                incoming: Vec::new(),
+                opened: false,
+            },
         }
     }
 }
@@ -138,7 +164,7 @@ impl Watch for FrameWatch {
             }
             bytes = &bytes[take..];
             self.protocol = if seen + take == PREFACE.len() {
-                self.activity.counts_http2_data();
+                self.streams.activity.counts_http2_data();
                 Protocol::Http2
             } else {
                 Protocol::Detecting(seen + take)
@@ -147,16 +173,15 @@ impl Watch for FrameWatch {
         if self.protocol != Protocol::Http2 {
             return true;
         }
+        let streams = &mut self.streams;
         let mut changed = false;
-        let mut read = std::mem::take(&mut self.read);
-        read.advance(
+        self.read.advance(
             bytes,
-            |frame| changed |= self.on_client_frame(frame),
+            |frame| changed |= streams.on_client_frame(frame),
             |_, _| {},
         );
-        self.read = read;
         if changed {
-            self.publish();
+            streams.publish();
         }
         true
     }
@@ -166,14 +191,14 @@ impl Watch for FrameWatch {
         if self.protocol != Protocol::Http2 {
             return;
         }
+        let streams = &mut self.streams;
         let mut changed = false;
         let mut data = 0;
-        let mut written = std::mem::take(&mut self.written);
-        written.advance(
+        self.written.advance(
             bytes,
             |frame| {
                 if frame.kind == RST_STREAM {
-                    changed |= self.forget(frame.stream);
+                    changed |= streams.forget(frame.stream);
                 }
             },
             |kind, run| {
@@ -182,17 +207,16 @@ impl Watch for FrameWatch {
                 }
             },
         );
-        self.written = written;
         if data > 0 {
-            self.activity.on_data_written(data);
+            streams.activity.on_data_written(data);
         }
         if changed {
-            self.publish();
+            streams.publish();
         }
     }
 }
 
-impl FrameWatch {
+impl Streams {
     /// Follows a client frame; whether the streams still arriving may have changed.
     fn on_client_frame(&mut self, frame: Frame) -> bool {
         let headers_done = frame.flags & END_HEADERS != 0;
@@ -297,11 +321,11 @@ mod tests {
         // A GET, whole in its first frame; then a POST whose body is still coming.
         bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, b"h"));
         assert!(watch.on_read(&bytes));
-        assert!(watch.incoming.is_empty());
+        assert!(watch.streams.incoming.is_empty());
         assert!(watch.on_read(&frame(HEADERS, END_HEADERS, 3, b"h")));
-        assert_eq!(watch.incoming.len(), 1);
+        assert_eq!(watch.streams.incoming.len(), 1);
         assert!(watch.on_read(&frame(DATA, END_STREAM, 3, b"body")));
-        assert!(watch.incoming.is_empty());
+        assert!(watch.streams.incoming.is_empty());
     }
 
     #[test]
