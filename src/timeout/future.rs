@@ -161,6 +161,9 @@ where
 {
     type Output = Result<(), BoxError>;
 
+    // Inlined into the future that polls it: a connection's task polls every layer's
+    // future at each wake-up, and a call per layer showed in each request's cost.
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         // Evictable before the protocol serves anything: a connection that answered
