@@ -92,7 +92,13 @@ where
         // connection.
         std::future::poll_fn(|cx| {
             loop {
-                if let Poll::Ready(outcome) = connection.as_mut().poll(cx) {
+                // Matched here rather than through `Either`'s own poll: a call less at
+                // every wake-up.
+                let polled = match connection.as_mut().as_pin_mut() {
+                    Either::Left(detecting) => detecting.poll(cx),
+                    Either::Right(http2) => http2.poll(cx),
+                };
+                if let Poll::Ready(outcome) = polled {
                     return Poll::Ready(Some(outcome));
                 }
                 match &mut cut {

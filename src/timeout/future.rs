@@ -77,8 +77,9 @@ struct LazyTimer {
 }
 
 impl LazyTimer {
-    /// Whether the armed deadline has come; registers for it otherwise.
-    #[inline]
+    /// Whether the armed deadline has come; registers for it otherwise. Inlined, as
+    /// the timeout's future is: it runs at every wake-up.
+    #[inline(always)]
     fn poll_fired(self: Pin<&mut Self>, cx: &mut Context<'_>) -> bool {
         let mut this = self.project();
         let Some(deadline) = *this.deadline else {
