@@ -98,10 +98,17 @@ impl<S> RequestService<S> {
 
 impl Shared {
     fn put_extensions(&self, extensions: &mut http::Extensions) {
-        if let Some(made) = self.made.get() {
-            extensions.extend(made.clone());
-            return;
+        match self.made.get() {
+            Some(made) => extensions.extend(made.clone()),
+            None => extensions.extend(self.make_extensions()),
         }
+    }
+
+    /// The map, for a connection's first requests: out of line, so that the code every
+    /// other request runs stays compact.
+    #[cold]
+    #[inline(never)]
+    fn make_extensions(&self) -> http::Extensions {
         let mut made = http::Extensions::new();
         made.insert(self.conn.clone());
         #[cfg(any(feature = "axum", feature = "tonic"))]
@@ -117,7 +124,7 @@ impl Shared {
             // A second request: more may come.
             let _ = self.made.set(made.clone());
         }
-        extensions.extend(made);
+        made
     }
 
     fn activity(&self) -> Option<&Arc<Activity>> {

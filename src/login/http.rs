@@ -392,26 +392,36 @@ impl<S: Service<Request<B>> + Clone, B> Answer<S, Request<B>> {
         is_attempt: impl FnOnce(&Request<B>) -> bool,
     ) -> Self {
         let pending = request.as_ref().expect("a request to answer");
-        let state = if session.state.is_evicted() {
-            State::Refused
-        } else if pending.version() >= Version::HTTP_2
+        if session.state.is_evicted() {
+            return Self {
+                state: State::Refused,
+                permit: None,
+            };
+        }
+        if pending.version() >= Version::HTTP_2
             && !session.is_authenticated()
             && is_attempt(pending)
         {
-            let clone = service.clone();
-            State::Waiting {
+            return Self::wait(service, request, session);
+        }
+        // HTTP/1 serves one request at a time on a connection: nothing to hold.
+        Self::call(service, request.take().expect("a request to answer"))
+    }
+
+    /// An attempt that waits for its place. Out of line: most requests are not
+    /// attempts, and the code they run stays compact.
+    #[cold]
+    #[inline(never)]
+    fn wait(service: &mut S, request: &mut Option<Request<B>>, session: &LoginSession) -> Self {
+        let clone = service.clone();
+        Self {
+            state: State::Waiting {
                 wait: session.attempt(),
                 call: Some((
                     std::mem::replace(service, clone),
                     request.take().expect("a request to answer"),
                 )),
-            }
-        } else {
-            // HTTP/1 serves one request at a time on a connection: nothing to hold.
-            return Self::call(service, request.take().expect("a request to answer"));
-        };
-        Self {
-            state,
+            },
             permit: None,
         }
     }
