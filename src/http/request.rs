@@ -204,9 +204,10 @@ struct Plan {
 struct Held {
     shared: Arc<Shared>,
     exchange: bool,
-    /// Here rather than beside it in the request's future: it fits in the padding
-    /// after `exchange`. An HTTP/2 stream's task holds that future, and tokio pads a
-    /// task to 128 bytes: with axum's router, the 8 bytes saved keep it at 512, not 640.
+    /// What the response future does once the service answers. Kept here, in the
+    /// padding after `exchange`, rather than beside `Held` in the request's future: an
+    /// HTTP/2 stream's task holds that future, and tokio pads a task to 128 bytes; with
+    /// axum's router, the 8 bytes saved keep the task at 512 bytes, not 640.
     plan: Plan,
 }
 
