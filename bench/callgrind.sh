@@ -14,19 +14,36 @@
 #               up, so more of them share a read or a write than at full speed: these
 #               count the same work as bench/h2load.sh, batched differently.
 #
-# Usage: bash bench/callgrind.sh [--server PATH]
+# With --cache, valgrind's cachegrind simulates the caches and branch predictors
+# instead, for h2load's two loads and for HTTP/1.1 on one connection (h2load -c 1),
+# and prints per request: instructions, instruction-cache misses, data-cache read and
+# write misses (first level), and mispredicted indirect branches. Time tracks these
+# misses as well as instructions: a miss costs ten cycles or more. Comparing one
+# connection with 32 shows what each connection's state costs once the other
+# connections' requests have pushed it out of the cache. The data misses move from run
+# to run with where the heap put things (the simulated cache is 8-way: a ninth line
+# used at each request that falls in the same set evicts one), by a third and more
+# for the protected server on one connection; so each figure is the median of five
+# runs, with the range of the data misses. The servers run one tokio worker then
+# (TOKIO_WORKER_THREADS=1): with two, which connections share a worker changes from
+# run to run as well.
+#
+# Usage: bash bench/callgrind.sh [--server PATH] [--cache]
 #   --server PATH  measure this axum_server binary instead of building the current one
 #                  (to compare two versions)
+#   --cache        cache and branch misses under h2load's loads (see above)
 # The clients are Python's http.client and h2load (Debian `nghttp2-client`, installed if
 # missing and the script runs as root), on 127.0.0.1; nothing else runs under callgrind.
 set -euo pipefail
 shopt -s inherit_errexit
 
 SERVER=
+CACHE=0
 while (($#)); do
   case $1 in
     --server) SERVER=${2:?--server needs a path}; shift 2 ;;
-    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+    --cache) CACHE=1; shift ;;
+    -h | --help) sed -n '2,32p' "$0"; exit 0 ;;
     *) echo "error: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
@@ -47,6 +64,13 @@ if [[ -z $SERVER ]]; then
   SERVER=$BENCH_BIN/axum_server
 fi
 
+if ((CACHE)); then
+  TOOL=cachegrind
+  VALGRIND=(valgrind --tool=cachegrind --cache-sim=yes --branch-sim=yes)
+else
+  TOOL=callgrind
+  VALGRIND=(valgrind --tool=callgrind)
+fi
 N1=500
 N2=1500
 H1=1000
@@ -80,12 +104,13 @@ else:
         conn.close()
 EOF
 
-# instructions WORKLOAD COUNT [server flags...]: the server's total, for one run.
-instructions() {
+# totals WORKLOAD COUNT [server flags...]: the server's totals of the tool's events
+# (callgrind's: instructions), for one run.
+totals() {
   local workload=$1 count=$2 out
   shift 2
   out="$WORK/run.$RANDOM"
-  valgrind --tool=callgrind --callgrind-out-file="$out.cg" "$SERVER" --addr 127.0.0.1:0 "$@" \
+  "${VALGRIND[@]}" --"${TOOL}"-out-file="$out.cg" "$SERVER" --addr 127.0.0.1:0 "$@" \
     >"$out.stdout" 2>"$out.stderr" &
   local pid=$!
   PIDS=("$pid")
@@ -98,6 +123,7 @@ instructions() {
   [[ -n $addr ]] || { echo "error: the server did not start: $(cat "$out.stderr")" >&2; exit 1; }
   case $workload in
     h2load-http1) timeout 600 h2load -t 1 --h1 -c 32 -n "$count" "http://$addr/" >"$out.h2load" ;;
+    h2load-http1-one) timeout 600 h2load -t 1 --h1 -c 1 -n "$count" "http://$addr/" >"$out.h2load" ;;
     h2load-http2) timeout 600 h2load -t 1 -c 8 -m 16 -n "$count" "http://$addr/" >"$out.h2load" ;;
     *) timeout 600 python3 "$WORK/client.py" "$addr" "$count" "$workload" ;;
   esac
@@ -108,7 +134,7 @@ instructions() {
   kill -TERM "$pid"
   wait "$pid" || true
   PIDS=()
-  awk '/^(summary|totals):/ { print $2; exit }' "$out.cg"
+  awk '/^(summary|totals):/ { $1 = ""; print; exit }' "$out.cg"
 }
 
 # per_request WORKLOAD [server flags...]
@@ -116,15 +142,61 @@ per_request() {
   local workload=$1 n1=$N1 n2=$N2 low high
   shift
   if [[ $workload == h2load-* ]]; then n1=$H1 n2=$H2; fi
-  low=$(instructions "$workload" "$n1" "$@")
-  high=$(instructions "$workload" "$n2" "$@")
-  echo $(((high - low) / (n2 - n1)))
+  low=$(totals "$workload" "$n1" "$@")
+  high=$(totals "$workload" "$n2" "$@")
+  # Each event's difference per request, in the tool's order.
+  awk -v low="$low" -v high="$high" -v n=$((n2 - n1)) 'BEGIN {
+    split(low, l); count = split(high, h)
+    for (i = 1; i <= count; i++) printf "%s%.1f", (i > 1 ? " " : ""), (h[i] - l[i]) / n
+    print ""
+  }'
 }
+
+# median_runs WORKLOAD [server flags...]: each event's median per request over five
+# runs, then the lowest and highest of each event, in the tool's order.
+median_runs() {
+  local runs=()
+  for _ in 1 2 3 4 5; do
+    runs+=("$(per_request "$@")")
+  done
+  printf '%s\n' "${runs[@]}" | python3 -c '
+import sys
+runs = [[float(x) for x in line.split()] for line in sys.stdin if line.strip()]
+columns = [sorted(column) for column in zip(*runs)]
+print(" ".join(str(c[len(c) // 2]) for c in columns),
+      " ".join(str(c[0]) for c in columns),
+      " ".join(str(c[-1]) for c in columns))'
+}
+
+if ((CACHE)); then
+  # cachegrind's events: Ir I1mr ILmr Dr D1mr DLmr Dw D1mw DLmw Bc Bcm Bi Bim
+  export TOKIO_WORKER_THREADS=1
+  events=13
+  printf '| workload | event | unprotected | protected | protected - unprotected | ratio |\n'
+  printf '|---|---|---|---|---|---|\n'
+  for workload in h2load-http1-one h2load-http1 h2load-http2; do
+    read -ra plain <<<"$(median_runs "$workload" --unprotected)"
+    read -ra protected <<<"$(median_runs "$workload" "${LIFTED[@]}")"
+    for event in "0 instructions" "1 instruction-cache misses" "4 data-cache read misses" \
+      "7 data-cache write misses" "12 mispredicted indirect branches"; do
+      read -r i name <<<"$event"
+      awk -v w="$workload" -v name="$name" -v a="${protected[$i]}" -v b="${plain[$i]}" \
+        -v al="${protected[$((i + events))]}" -v ah="${protected[$((i + 2 * events))]}" \
+        -v bl="${plain[$((i + events))]}" -v bh="${plain[$((i + 2 * events))]}" -v i="$i" '
+        BEGIN {
+          range_b = (i == 4 || i == 7) ? sprintf(" (%.1f–%.1f)", bl, bh) : ""
+          range_a = (i == 4 || i == 7) ? sprintf(" (%.1f–%.1f)", al, ah) : ""
+          printf "| %s | %s | %.1f%s | %.1f%s | %+.1f | %.3f× |\n", w, name, b, range_b, a, range_a, a - b, a / b
+        }'
+    done
+  done
+  exit 0
+fi
 
 printf '| workload | unprotected | protected | ratio |\n|---|---|---|---|\n'
 for workload in keep-alive connection h2load-http1 h2load-http2; do
   plain=$(per_request "$workload" --unprotected)
   protected=$(per_request "$workload" "${LIFTED[@]}")
   ratio=$(awk -v a="$protected" -v b="$plain" 'BEGIN { printf "%.3f", a / b }')
-  printf '| %s | %s | %s | %s× |\n' "$workload" "$plain" "$protected" "$ratio"
+  printf '| %s | %.0f | %.0f | %s× |\n' "$workload" "$plain" "$protected" "$ratio"
 done
