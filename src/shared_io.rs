@@ -31,8 +31,9 @@ use std::{
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Sees the bytes a shared stream moves.
-pub(crate) trait Watch {
+/// Sees the bytes a shared stream moves. Held beside the stream: a large one should box
+/// what it keeps.
+pub(crate) trait Watch: Unpin {
     /// The bytes just read; `false` once there is nothing more to learn from them, and
     /// the watch is dropped.
     fn on_read(&mut self, read: &[u8]) -> bool;
@@ -67,7 +68,7 @@ pub(crate) struct SharedIo<IO, W> {
 #[derive(Debug)]
 struct InPlace<IO, W> {
     io: IO,
-    watch: Option<Box<W>>,
+    watch: Option<W>,
 }
 
 /// The connection future's end: closes the stream when dropped.
@@ -99,12 +100,12 @@ struct Stream<IO, W> {
     /// The holder's tasks waiting to read and to write, woken when the owner closes.
     reader: Option<Waker>,
     writer: Option<Waker>,
-    /// Boxed, and dropped once it has nothing more to learn.
-    watch: Option<Box<W>>,
+    /// Dropped once it has nothing more to learn.
+    watch: Option<W>,
 }
 
 /// Shares `io` between a holder and its owner; `watch` sees every byte.
-pub(crate) fn share<IO, W>(io: IO, watch: Option<Box<W>>) -> (SharedIo<IO, W>, IoOwner<IO, W>) {
+pub(crate) fn share<IO, W>(io: IO, watch: Option<W>) -> (SharedIo<IO, W>, IoOwner<IO, W>) {
     let slot = Slot::new(Some(io), watch);
     (
         SharedIo {
@@ -118,10 +119,7 @@ pub(crate) fn share<IO, W>(io: IO, watch: Option<Box<W>>) -> (SharedIo<IO, W>, I
 /// Shares `io` as [`share`] does, but polled in place, without the lock, until
 /// [`IoOwner::may_leave`] is told: the holder must stay inside the owner's future until
 /// then.
-pub(crate) fn share_in_place<IO, W>(
-    io: IO,
-    watch: Option<Box<W>>,
-) -> (SharedIo<IO, W>, IoOwner<IO, W>) {
+pub(crate) fn share_in_place<IO, W>(io: IO, watch: Option<W>) -> (SharedIo<IO, W>, IoOwner<IO, W>) {
     let slot = Slot::new(None, None);
     (
         SharedIo {
@@ -133,7 +131,7 @@ pub(crate) fn share_in_place<IO, W>(
 }
 
 impl<IO, W> Slot<IO, W> {
-    fn new(io: Option<IO>, watch: Option<Box<W>>) -> Arc<Self> {
+    fn new(io: Option<IO>, watch: Option<W>) -> Arc<Self> {
         Arc::new(Slot {
             stream: Mutex::new(Stream {
                 io,
@@ -244,7 +242,7 @@ impl<IO: Unpin, W: Watch> SharedIo<IO, W> {
         &mut self,
         cx: &mut Context<'_>,
         direction: Direction,
-        poll: impl FnOnce(Pin<&mut IO>, &mut Context<'_>, &mut Option<Box<W>>) -> Poll<io::Result<T>>,
+        poll: impl FnOnce(Pin<&mut IO>, &mut Context<'_>, &mut Option<W>) -> Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
         if self.in_place.is_some() && self.slot.leaving.load(Ordering::Acquire) {
             self.move_to_slot();

@@ -17,7 +17,7 @@ use tower::Service;
 
 use super::{
     Config, ConnExtensions,
-    frames::FrameWatch,
+    frames::LazyFrameWatch,
     request::{RequestService, RequestTiming},
 };
 
@@ -53,7 +53,7 @@ where
     }
     let frames = timed
         .as_ref()
-        .map(|activity| Box::new(FrameWatch::new(activity.clone(), times_bodies)));
+        .map(|activity| LazyFrameWatch::new(activity.clone(), times_bodies));
     let (io, owner) = shared_io::share_in_place(io, frames);
     let service = RequestService::new(
         service,

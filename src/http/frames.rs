@@ -152,6 +152,58 @@ impl FrameWatch {
     }
 }
 
+/// The frame watch of a connection, made when its first byte read may begin an HTTP/2
+/// preface: an HTTP/1 request whose method says so at once (`GET`, `HEAD`, `DELETE`,
+/// `OPTIONS`: all but `POST`, `PUT`, `PATCH`) never costs the allocation of one.
+#[derive(Debug)]
+pub(super) enum LazyFrameWatch {
+    /// Nothing read yet; what the watch is made with.
+    Waiting {
+        activity: Arc<Activity>,
+        times_bodies: bool,
+    },
+    Watching(Box<FrameWatch>),
+}
+
+impl LazyFrameWatch {
+    pub(super) fn new(activity: Arc<Activity>, times_bodies: bool) -> Self {
+        Self::Waiting {
+            activity,
+            times_bodies,
+        }
+    }
+}
+
+impl Watch for LazyFrameWatch {
+    fn on_read(&mut self, bytes: &[u8]) -> bool {
+        match self {
+            Self::Watching(watch) => watch.on_read(bytes),
+            Self::Waiting {
+                activity,
+                times_bodies,
+            } => {
+                let Some(&first) = bytes.first() else {
+                    return true;
+                };
+                if first != PREFACE[0] {
+                    return false;
+                }
+                let mut watch = Box::new(FrameWatch::new(activity.clone(), *times_bodies));
+                let watching = watch.on_read(bytes);
+                *self = Self::Watching(watch);
+                watching
+            }
+        }
+    }
+
+    /// Nothing is followed before the preface is read, as by [`FrameWatch`].
+    fn on_written(&mut self, bytes: &[u8]) {
+        if let Self::Watching(watch) = self {
+            watch.on_written(bytes);
+        }
+    }
+}
+
 impl Watch for FrameWatch {
     /// The client's bytes, as read. Returns `false` once the connection has shown it is
     /// not HTTP/2: there is nothing more to watch.
@@ -303,8 +355,8 @@ mod tests {
         bytes
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn only_requests_still_arriving_are_tracked() {
+    /// A connection's activity, its requests timed.
+    fn activity() -> Arc<Activity> {
         use crate::timeout::{Deadlines, RequestLimit, Shared};
         let deadlines = Deadlines {
             request: Some(RequestLimit {
@@ -313,10 +365,14 @@ mod tests {
             }),
             ..Deadlines::default()
         };
-        let activity = Arc::new(Activity::new(
+        Arc::new(Activity::new(
             crate::striped::Striped::new(Shared::new(deadlines)).local(),
-        ));
-        let mut watch = FrameWatch::new(activity, true);
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_requests_still_arriving_are_tracked() {
+        let mut watch = FrameWatch::new(activity(), true);
         let mut bytes = PREFACE.to_vec();
         // A GET, whole in its first frame; then a POST whose body is still coming.
         bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, b"h"));
@@ -326,6 +382,40 @@ mod tests {
         assert_eq!(watch.streams.incoming.len(), 1);
         assert!(watch.on_read(&frame(DATA, END_STREAM, 3, b"body")));
         assert!(watch.streams.incoming.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_is_made_only_for_what_may_be_a_preface() {
+        // Nothing read, or only written: still waiting.
+        let mut watch = LazyFrameWatch::new(activity(), true);
+        watch.on_written(b"HTTP/1.1 200 OK\r\n");
+        assert!(watch.on_read(b""));
+        assert!(matches!(watch, LazyFrameWatch::Waiting { .. }));
+        // HTTP/1 that says so at its first byte: done, with no watch made.
+        assert!(!watch.on_read(b"GET / HTTP/1.1\r\n"));
+        assert!(matches!(watch, LazyFrameWatch::Waiting { .. }));
+        // HTTP/1 whose first byte is the preface's: the watch it makes ends at the next.
+        let mut watch = LazyFrameWatch::new(activity(), true);
+        assert!(watch.on_read(b"P"));
+        assert!(matches!(watch, LazyFrameWatch::Watching(_)));
+        assert!(!watch.on_read(b"OST / HTTP/1.1\r\n"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_made_at_the_first_byte_follows_the_whole_connection() {
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend(frame(HEADERS, END_HEADERS, 1, b"h"));
+        for split in 0..bytes.len() {
+            let mut watch = LazyFrameWatch::new(activity(), true);
+            for part in [&bytes[..split], &bytes[split..]] {
+                assert!(watch.on_read(part), "split at {split}");
+            }
+            let LazyFrameWatch::Watching(watch) = watch else {
+                panic!("no watch made, split at {split}");
+            };
+            assert_eq!(watch.protocol, Protocol::Http2, "split at {split}");
+            assert_eq!(watch.streams.incoming.len(), 1, "split at {split}");
+        }
     }
 
     #[test]
