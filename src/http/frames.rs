@@ -153,8 +153,8 @@ impl FrameWatch {
 }
 
 /// The frame watch of a connection, made when its first byte read may begin an HTTP/2
-/// preface: an HTTP/1 request whose method says so at once (`GET`, `HEAD`, `DELETE`,
-/// `OPTIONS`: all but `POST`, `PUT`, `PATCH`) never costs the allocation of one.
+/// preface: an HTTP/1 request whose method does not begin with `P` (all but `POST`,
+/// `PUT`, `PATCH`) never costs the allocation of one.
 #[derive(Debug)]
 pub(super) enum LazyFrameWatch {
     /// Nothing read yet; what the watch is made with.
