@@ -16,7 +16,7 @@ use std::{
 
 use axum::{Router, extract::RawQuery, routing::get};
 use tokio::{
-    io::{AsyncReadExt, DuplexStream},
+    io::{AsyncReadExt, AsyncWriteExt, DuplexStream},
     task::JoinHandle,
     time::Instant,
 };
@@ -478,6 +478,60 @@ async fn an_http2_connection_with_no_open_stream_is_evicted_one_with_a_stream_is
     );
     assert_eq!(overload.stats().evicted_idle, 1);
     assert_eq!(limit.stats().refused, 1);
+}
+
+/// What an HTTP/2 client that never reads sends: the preface, its settings and the
+/// acknowledgement of the server's, and `GET /` on stream 1 (HPACK: `:method GET`,
+/// `:scheme http`, `:path /` from the static table, `:authority t`).
+const HTTP2_GET_THEN_DEAF: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\
+    \0\0\0\x04\0\0\0\0\0\
+    \0\0\0\x04\x01\0\0\0\0\
+    \0\0\x06\x01\x05\0\0\0\x01\x82\x86\x84\x41\x01t";
+
+/// The types of the HTTP/2 frames in `bytes`, in order.
+fn frame_types(mut bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    while let Some((header, rest)) = bytes.split_first_chunk::<9>() {
+        let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        types.push(header[3]);
+        bytes = &rest[length.min(rest.len())..];
+    }
+    types
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_evicted_http2_connection_whose_client_never_reads_is_cut_after_its_goaway() {
+    // A cap of 2: one eviction under way at a time.
+    let (overload, limit, service) = http_stack(2);
+    let mut deaf = Vec::new();
+    for n in 1..=2 {
+        let (server, mut client) = open(&service, &format!("192.0.2.{n}:1"));
+        client.write_all(HTTP2_GET_THEN_DEAF).await.unwrap();
+        deaf.push((server, client));
+        tokio::time::sleep(secs(1)).await;
+    }
+    // Answered, and idle: offered to the evictions at their timer's next look.
+    tokio::time::sleep(secs(600) / 8).await;
+
+    // The newcomer evicts the first. Its client would never acknowledge the GOAWAY's
+    // PING: it is cut at once, not after the adapter's close grace (5 s), which would
+    // hold the one eviction allowed at a time.
+    let (_first, _first_client) = keep_alive(&service, "198.51.100.1:1").await;
+    let (server, mut client) = deaf.remove(0);
+    within(secs(1), server).await.unwrap().unwrap();
+    let mut received = Vec::new();
+    client.read_to_end(&mut received).await.unwrap();
+    let types = frame_types(&received);
+    assert_eq!(types.first(), Some(&0x4), "its settings first: {types:?}");
+    assert!(types.contains(&0x7), "a GOAWAY before the end: {types:?}");
+
+    // So the next newcomer evicts too, instead of being refused.
+    let (_second, _second_client) = keep_alive(&service, "198.51.100.2:1").await;
+    let (server, _client) = deaf.remove(0);
+    within(secs(1), server).await.unwrap().unwrap();
+    assert_eq!(overload.stats().evicted_idle, 2);
+    let stats = limit.stats();
+    assert_eq!((stats.refused, stats.live), (0, 2));
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,6 +1,6 @@
 //! Attacks wider or more stubborn than the caps, end to end on loopback against
 //! axum_server: a botnet spray of idle keep-alive connections from many more addresses
-//! than the cap holds, a slowloris peer that keeps coming back, and a banned peer that
+//! than the cap holds, an HTTP/2 crowd that never reads, a slowloris peer that keeps coming back, and a banned peer that
 //! reconnects from several tasks as fast as it can; a legitimate client is served through
 //! each (through the spray once it has arrived).
 
@@ -132,6 +132,53 @@ async fn a_botnet_spray_wider_than_the_cap_leaves_room_for_the_legitimate_client
         closed >= held_count - CAP,
         "{closed} of {held_count} closed"
     );
+}
+
+/// What an HTTP/2 client that never reads sends: the preface, its settings and the
+/// acknowledgement of the server's, and `GET /` on stream 1.
+const HTTP2_GET_THEN_DEAF: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\
+    \0\0\0\x04\0\0\0\0\0\
+    \0\0\0\x04\x01\0\0\0\0\
+    \0\0\x06\x01\x05\0\0\0\x01\x82\x86\x84\x41\x01t";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_crowd_that_never_reads_is_evicted_as_it_comes() {
+    const CAP: usize = 64;
+    const BOTS: usize = 200;
+    let server = Example::start("axum_server", &["--max-connections", &CAP.to_string()]).await;
+    let addr = server.addr;
+    // One connection per address, a request each, then never a read: not the answer,
+    // not the GOAWAY's PING. Paced (a connection every 10 ms) so that each is answered,
+    // and so idle, before the next comes.
+    let mut crowd = Vec::new();
+    for n in 0..BOTS {
+        let Ok(mut stream) = connect_as(bot(1000 + n), addr).await else {
+            continue;
+        };
+        if stream.write_all(HTTP2_GET_THEN_DEAF).await.is_ok() {
+            crowd.push(stream);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The legitimate client gets in every time.
+    for _ in 0..20 {
+        assert!(served(addr).await, "a legitimate request failed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Each newcomer was admitted by evicting an idle one, which was cut after its GOAWAY
+    // instead of holding one of the four evictions allowed at once for the close grace
+    // (5 s): the server answered about all of the crowd, not the cap and a few.
+    let mut answered = 0;
+    for mut stream in crowd {
+        let mut received = [0u8; 64];
+        let read = within(PATIENCE, stream.read(&mut received))
+            .await
+            .unwrap_or(0);
+        // The server's SETTINGS frame first, not a refusal's `HTTP/1.1 503`.
+        answered += usize::from(read > 3 && received[3] == 0x4);
+    }
+    server.stop().await;
+    assert!(answered >= BOTS * 9 / 10, "{answered} of {BOTS} answered");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

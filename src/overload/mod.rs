@@ -32,9 +32,14 @@
 //! - **Idle connections make room**: at a full cap, a new connection is admitted at
 //!   once, and an idle connection is asked to close gracefully in its place (its
 //!   [`GracefulClose`] is raised: HTTP/1.1 between requests closes
-//!   at once, HTTP/2 sends GOAWAY; a raw protocol closes when it sees the request, or at
-//!   its idle timeout, shrunk by then). So the cap is exceeded, briefly, by the
-//!   connections being evicted: at most one for every 16 of the cap, beyond which new
+//!   at once, HTTP/2 sends GOAWAY; a raw protocol closes when it sees the request). If it
+//!   is still idle once its protocol has been polled with the request, it is cut then,
+//!   without waiting on its client: an HTTP/2 client that never acknowledges the
+//!   GOAWAY's PING would otherwise keep its place among the evictions under way for the
+//!   adapter's close grace, and a crowd of them would stall the evictions. (A raw
+//!   protocol that does not listen for the request is cut at its timer's next look.)
+//!   One that has begun a request meanwhile finishes it. So the cap is exceeded,
+//!   briefly, by the connections being evicted: at most one for every 16 of the cap, beyond which new
 //!   connections are refused as before. Waiting instead for the victim to close would
 //!   not save the newcomer's descriptor, which is open already. In
 //!   [backpressure](crate::limit::ConnectionLimitBuilder::backpressure) mode nothing is

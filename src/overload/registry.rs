@@ -187,14 +187,8 @@ impl Registry {
                 if member.evicted.load(Ordering::Relaxed) {
                     continue;
                 }
-                let idle_for = match member.activity.idleness() {
-                    Some(Idleness::Declared { since }) => now.saturating_duration_since(since),
-                    Some(Idleness::Quiet { since })
-                        if now.saturating_duration_since(since) >= self.quiet_after =>
-                    {
-                        now.saturating_duration_since(since)
-                    }
-                    _ => continue,
+                let Some(idle_for) = self.idle_for(member, now) else {
+                    continue;
                 };
                 candidates.push(Candidate {
                     peer: member.peer,
@@ -207,6 +201,39 @@ impl Registry {
             }
         }
         candidates
+    }
+}
+
+impl Registry {
+    /// How long `member` has been idle, if it is idle enough to evict: between
+    /// requests as its protocol declares, or quiet for [`quiet_after`](Self::quiet_after).
+    fn idle_for(&self, member: &Member, now: Instant) -> Option<Duration> {
+        match member.activity.idleness()? {
+            Idleness::Declared { since } => Some(now.saturating_duration_since(since)),
+            Idleness::Quiet { since } => Some(now.saturating_duration_since(since))
+                .filter(|quiet| *quiet >= self.quiet_after),
+        }
+    }
+}
+
+impl Standing {
+    /// Whether the connection has been evicted and is still idle, and so is to be cut
+    /// now rather than wait on its protocol: an idle connection has nothing to finish,
+    /// and one whose client ignores the goodbye (HTTP/2's GOAWAY waits for the
+    /// acknowledgement of a PING) would otherwise hold one of the evictions allowed at
+    /// once until its close grace. One that has started a request since it was chosen
+    /// finishes it under the graceful close. A look is one relaxed load until then.
+    #[inline]
+    pub(crate) fn evicted_and_idle(&self) -> bool {
+        let Standing::Registered(registration) = self else {
+            return false;
+        };
+        let member = &registration.member;
+        member.evicted.load(Ordering::Relaxed)
+            && registration
+                .registry
+                .idle_for(member, Instant::now())
+                .is_some()
     }
 }
 

@@ -49,9 +49,9 @@
 //! | axum's `ConnectInfo<SocketAddr>` | through `tap_io` (see below) | yes |
 //! | tonic's `Request::remote_addr` | yes | yes |
 //!
-//! A plain [`GracefulClose::request`] on a connection (an overload eviction, say) cuts
+//! A plain [`GracefulClose::request`] on a connection (a handler's, an operator's) cuts
 //! it after 5 seconds, the HTTP adapter's default close grace: nothing can ask the
-//! framework to finish it sooner.
+//! framework to finish it sooner. An overload eviction cuts an idle connection at once.
 //!
 //! # Shutdown
 //!

@@ -184,6 +184,18 @@ where
             this.standing.take();
             return Poll::Ready(outcome.map_err(Into::into));
         }
+        // Evicted, the protocol has had its poll to say goodbye (HTTP/1.1 closes an idle
+        // connection then, HTTP/2 writes its GOAWAY): an idle connection is cut now.
+        #[cfg(feature = "overload")]
+        if this
+            .standing
+            .as_ref()
+            .is_some_and(crate::overload::Standing::evicted_and_idle)
+        {
+            tracing::debug!(peer = %this.peer, "evicted idle connection cut");
+            this.standing.take();
+            return Poll::Ready(Ok(()));
+        }
         // A first poll arms the timer, once the protocol has added its deadlines; it
         // enrolled above, and its first look need not again.
         let mut look = !*this.started;
