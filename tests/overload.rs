@@ -480,14 +480,6 @@ async fn an_http2_connection_with_no_open_stream_is_evicted_one_with_a_stream_is
     assert_eq!(limit.stats().refused, 1);
 }
 
-/// What an HTTP/2 client that never reads sends: the preface, its settings and the
-/// acknowledgement of the server's, and `GET /` on stream 1 (HPACK: `:method GET`,
-/// `:scheme http`, `:path /` from the static table, `:authority t`).
-const HTTP2_GET_THEN_DEAF: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\
-    \0\0\0\x04\0\0\0\0\0\
-    \0\0\0\x04\x01\0\0\0\0\
-    \0\0\x06\x01\x05\0\0\0\x01\x82\x86\x84\x41\x01t";
-
 /// The types of the HTTP/2 frames in `bytes`, in order.
 fn frame_types(mut bytes: &[u8]) -> Vec<u8> {
     let mut types = Vec::new();

@@ -134,13 +134,6 @@ async fn a_botnet_spray_wider_than_the_cap_leaves_room_for_the_legitimate_client
     );
 }
 
-/// What an HTTP/2 client that never reads sends: the preface, its settings and the
-/// acknowledgement of the server's, and `GET /` on stream 1.
-const HTTP2_GET_THEN_DEAF: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\
-    \0\0\0\x04\0\0\0\0\0\
-    \0\0\0\x04\x01\0\0\0\0\
-    \0\0\x06\x01\x05\0\0\0\x01\x82\x86\x84\x41\x01t";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_crowd_that_never_reads_is_evicted_as_it_comes() {
     const CAP: usize = 64;

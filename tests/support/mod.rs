@@ -46,6 +46,14 @@ pub fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+/// What an HTTP/2 client that never reads sends: the preface, its settings and the
+/// acknowledgement of the server's, and `GET /` on stream 1 (HPACK: `:method GET`,
+/// `:scheme http`, `:path /` from the static table, `:authority t`).
+pub const HTTP2_GET_THEN_DEAF: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\
+    \0\0\0\x04\0\0\0\0\0\
+    \0\0\0\x04\x01\0\0\0\0\
+    \0\0\x06\x01\x05\0\0\0\x01\x82\x86\x84\x41\x01t";
+
 /// A connection over an in-memory stream, from `peer`; returns it and the client's end.
 pub fn duplex_conn(peer: &str) -> (Conn<DuplexStream>, DuplexStream) {
     let (server, client) = tokio::io::duplex(4096);
