@@ -380,6 +380,55 @@ async fn a_plain_graceful_close_cuts_the_connection_after_five_seconds() {
     );
 }
 
+/// An eviction is no plain close: the connection it chose is idle, and is cut at once
+/// rather than after the close grace, which would keep the eviction under way as long.
+#[cfg(feature = "overload")]
+#[tokio::test(start_paused = true)]
+async fn a_connection_evicted_to_make_room_is_cut_at_once() {
+    use tower_bouncer::overload::Overload;
+
+    // Every connection offered to evictions from its start; quiet after 10 s.
+    let overload = Overload::builder()
+        .descriptors(false)
+        .thresholds(0.0, 1.0)
+        .evict_quiet_after(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let limit = ConnectionLimitLayer::builder(1)
+        .overload(&overload)
+        .build()
+        .unwrap();
+    let layers = ServiceBuilder::new().layer(limit.clone()).layer(
+        TimeoutLayer::builder()
+            .idle(Duration::from_secs(600))
+            .overload(&overload)
+            .build()
+            .unwrap(),
+    );
+    let (queue, _log, listener) = ChannelListener::new();
+    let mut listener = ProtectedListener::new(listener, layers).unwrap();
+    let (conn, _idle_client) = duplex_conn("192.0.2.1:1000");
+    queue.send(Ok(conn)).unwrap();
+    let mut idle = within(PATIENCE, listener.next()).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_secs(11)).await;
+
+    // The newcomer, at the full cap, evicts the quiet one.
+    let evicted = Instant::now();
+    let (conn, _newcomer_client) = duplex_conn("192.0.2.2:1000");
+    queue.send(Ok(conn)).unwrap();
+    let _newcomer = within(PATIENCE, listener.next()).await.unwrap().unwrap();
+    let mut buf = [0u8; 8];
+    let error = within(PATIENCE, idle.read(&mut buf)).await.unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::ConnectionAborted);
+    assert!(
+        evicted.elapsed() < Duration::from_secs(1),
+        "cut after {:?}",
+        evicted.elapsed()
+    );
+    assert_eq!(overload.stats().evicted_idle, 1);
+    assert_eq!(limit.stats().live, 1);
+}
+
 #[tokio::test]
 async fn the_stream_handed_out_carries_the_connections_login_session() {
     let (queue, _log, listener) = ChannelListener::new();
