@@ -480,6 +480,27 @@ async fn an_http2_connection_with_no_open_stream_is_evicted_one_with_a_stream_is
     assert_eq!(limit.stats().refused, 1);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_new_connection_whose_request_has_not_come_yet_is_not_the_one_evicted() {
+    let (overload, _limit, service) = http_stack(2);
+    let (first, mut first_client) = keep_alive(&service, "192.0.2.1:1").await;
+    // Offered to evictions at its timer's next look; then a request after it, so that
+    // its timer has not seen it idle since.
+    tokio::time::sleep(secs(600) / 8 + secs(1)).await;
+    assert_eq!(first_client.get("/").await.unwrap().body, "hello\n");
+    // A client whose request is on its way: connected, nothing read yet.
+    let (_second, second_client) = open(&service, "192.0.2.2:1");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+
+    // The newcomer evicts the connection that served its request, not the one whose
+    // request has not arrived.
+    let (_newcomer, _newcomer_client) = keep_alive(&service, "198.51.100.1:1").await;
+    within(secs(1), first).await.unwrap().unwrap();
+    assert_eq!(overload.stats().evicted_idle, 1);
+    let mut second_client = Http1Client::connect(second_client).await;
+    assert_eq!(second_client.get("/").await.unwrap().body, "hello\n");
+}
+
 /// The types of the HTTP/2 frames in `bytes`, in order.
 fn frame_types(mut bytes: &[u8]) -> Vec<u8> {
     let mut types = Vec::new();

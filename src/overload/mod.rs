@@ -56,7 +56,8 @@
 //! without a request timeout, a WebSocket once the HTTP adapter has handed it over) is
 //! idle once no byte has moved for [`evict_quiet_after`](OverloadBuilder::evict_quiet_after)
 //! (10 s by default). A connection in the middle of a request, with a response waiting
-//! for its client, or still in its TLS handshake, is never evicted.
+//! for its client, or still in its TLS handshake, is never evicted. Nor is one that has
+//! read nothing yet in its first second: its first request may be on its way.
 //!
 //! Among the idle connections, the victim is one of the peer that holds the most of
 //! them, so that a peer hoarding idle connections loses them first; then the one idle

@@ -28,6 +28,12 @@ use crate::{
 /// The most registered connections one eviction looks at.
 const SCAN: usize = 256;
 
+/// How long a connection that has read nothing is spared: its first request may be on
+/// its way. (Its protocol counts it idle, and the timer has not looked at it yet, so it
+/// would seem idle longer than a connection that has just served a request.) A silent
+/// one is evictable after that.
+const NEWCOMER_GRACE: Duration = Duration::from_secs(1);
+
 /// A connection as the overload manager knows it.
 #[derive(Debug)]
 pub(crate) enum Standing {
@@ -206,9 +212,16 @@ impl Registry {
 
 impl Registry {
     /// How long `member` has been idle, if it is idle enough to evict: between
-    /// requests as its protocol declares, or quiet for [`quiet_after`](Self::quiet_after).
+    /// requests as its protocol declares, or quiet for [`quiet_after`](Self::quiet_after),
+    /// and not a newcomer that has read nothing yet.
     fn idle_for(&self, member: &Member, now: Instant) -> Option<Duration> {
-        match member.activity.idleness()? {
+        let activity = &member.activity;
+        if activity.bytes_read() == 0
+            && now.saturating_duration_since(activity.started()) < NEWCOMER_GRACE
+        {
+            return None;
+        }
+        match activity.idleness()? {
             Idleness::Declared { since } => Some(now.saturating_duration_since(since)),
             Idleness::Quiet { since } => Some(now.saturating_duration_since(since))
                 .filter(|quiet| *quiet >= self.quiet_after),

@@ -495,6 +495,11 @@ impl Activity {
         self.bytes_read.load(Ordering::Relaxed)
     }
 
+    /// When the connection started.
+    pub(crate) fn started(&self) -> Instant {
+        self.started
+    }
+
     /// Registers the timer's task, to be woken when a request starts.
     pub(crate) fn register_timer(&self, waker: &std::task::Waker) {
         self.timer.register(waker);
