@@ -62,9 +62,7 @@ fn the_quick_siege_reports_every_attack_against_both_servers() {
     // A crowd wider than the cap, by addresses or by kept-alive HTTP/2 connections: the
     // overload manager sheds idle connections and the legitimate client is served, where
     // the unprotected server fails it once its descriptors run out (about half the time).
-    // While the crowd arrives, faster than evicted connections finish closing, a newcomer
-    // in it may be refused, the legitimate client as much as the crowd: the quick
-    // siege's 20 requests leave room for a few.
+    // The quick siege's 20 requests leave room for one or two lost on a loaded machine.
     for attack in ["botnet spray", "HTTP/2 PING crowd"] {
         let protected = run(attack, "protected");
         let unprotected = run(attack, "unprotected")["legit_success"]
@@ -72,7 +70,7 @@ fn the_quick_siege_reports_every_attack_against_both_servers() {
             .unwrap();
         let served = protected["legit_success"].as_f64().unwrap();
         assert!(
-            served >= 0.8
+            served >= 0.9
                 && served >= unprotected + 0.25
                 && protected["shed"].as_u64().unwrap() > 0,
             "{attack}: {protected}, unprotected {unprotected}"
