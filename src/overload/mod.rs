@@ -39,10 +39,10 @@
 //!   adapter's close grace, and a crowd of them would stall the evictions. (A raw
 //!   protocol that does not listen for the request is cut at its timer's next look.)
 //!   One that has begun a request meanwhile finishes it. So the cap is exceeded,
-//!   briefly, by the connections being evicted: at most one for every 16 of the cap, beyond which new
-//!   connections are refused as before. Waiting instead for the victim to close would
-//!   not save the newcomer's descriptor, which is open already. In
-//!   [backpressure](crate::limit::ConnectionLimitBuilder::backpressure) mode nothing is
+//!   briefly, by the connections being evicted: at most one for every 16 of the cap,
+//!   beyond which new connections are refused as before. Waiting instead for the
+//!   victim to close would not save the newcomer's descriptor, which is open already.
+//!   In [backpressure](crate::limit::ConnectionLimitBuilder::backpressure) mode nothing is
 //!   evicted: new connections wait in the kernel's backlog, unseen, and the idle
 //!   timeout, shrunk at a full cap, makes room.
 //!

@@ -208,9 +208,7 @@ impl Registry {
         }
         candidates
     }
-}
 
-impl Registry {
     /// How long `member` has been idle, if it is idle enough to evict: between
     /// requests as its protocol declares, or quiet for [`quiet_after`](Self::quiet_after),
     /// and not a newcomer that has read nothing yet.
