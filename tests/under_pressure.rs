@@ -1,8 +1,8 @@
 //! Attacks wider or more stubborn than the caps, end to end on loopback against
 //! axum_server: a botnet spray of idle keep-alive connections from many more addresses
-//! than the cap holds, an HTTP/2 crowd that never reads, a slowloris peer that keeps coming back, and a banned peer that
-//! reconnects from several tasks as fast as it can; a legitimate client is served through
-//! each (through the spray once it has arrived).
+//! than the cap holds, an HTTP/2 crowd that never reads, a slowloris peer that keeps
+//! coming back, and a banned peer that reconnects from several tasks as fast as it can;
+//! a legitimate client is served through each (through the spray once it has arrived).
 
 mod support;
 
