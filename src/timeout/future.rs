@@ -173,6 +173,14 @@ where
         if !*this.started {
             enrol(this.activity, this.standing, this.close);
         }
+        // Whether an eviction's request to close came before this poll of the protocol,
+        // which then had it to say goodbye; looked at only once the connection has joined
+        // the registry, under load.
+        #[cfg(feature = "overload")]
+        let asked_before_poll = matches!(
+            this.standing,
+            Some(crate::overload::Standing::Registered(_))
+        ) && this.close.as_ref().is_some_and(GracefulClose::is_requested);
         // A request that starts while the inner future reads is seen just below: it
         // needs no wake-up of this task.
         this.activity.set_polling(true);
@@ -187,10 +195,11 @@ where
         // Evicted, the protocol has had its poll to say goodbye (HTTP/1.1 closes an idle
         // connection then, HTTP/2 writes its GOAWAY): an idle connection is cut now.
         #[cfg(feature = "overload")]
-        if this
-            .standing
-            .as_ref()
-            .is_some_and(crate::overload::Standing::evicted_and_idle)
+        if asked_before_poll
+            && this
+                .standing
+                .as_ref()
+                .is_some_and(crate::overload::Standing::evicted_and_idle)
         {
             tracing::debug!(peer = %this.peer, "evicted idle connection cut");
             this.standing.take();
