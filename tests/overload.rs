@@ -501,6 +501,50 @@ async fn a_new_connection_whose_request_has_not_come_yet_is_not_the_one_evicted(
     assert_eq!(second_client.get("/").await.unwrap().body, "hello\n");
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_evicted_connection_whose_request_began_since_is_not_cut() {
+    // A raw protocol that does not listen for the close, under a request timeout: its
+    // first byte starts a request. Every connection offered to evictions from its start.
+    let overload = overload()
+        .thresholds(0.0, 1.0)
+        .min_timeout_scale(1.0)
+        .build()
+        .unwrap();
+    let limit = ConnectionLimitLayer::builder(1)
+        .overload(&overload)
+        .build()
+        .unwrap();
+    let service = ServiceBuilder::new()
+        .layer(limit.clone())
+        .layer(
+            TimeoutLayer::builder()
+                .idle(secs(600))
+                .request(secs(10))
+                .overload(&overload)
+                .build()
+                .unwrap(),
+        )
+        .service(reader());
+    let (victim, mut victim_client) = {
+        let (conn, client) = duplex_conn("192.0.2.1:1");
+        (tokio::spawn(service.clone().oneshot(conn)), client)
+    };
+    tokio::time::sleep(secs(2)).await;
+
+    // Chosen while idle; its first byte comes before it is polled again.
+    let (conn, _newcomer_client) = duplex_conn("192.0.2.2:1");
+    let _newcomer = tokio::spawn(service.clone().oneshot(conn));
+    tokio::task::yield_now().await;
+    assert_eq!(overload.stats().evicted_idle, 1);
+    victim_client.write_all(b"x").await.unwrap();
+    tokio::time::sleep(secs(1)).await;
+    assert!(!victim.is_finished(), "cut in the middle of its request");
+    assert_eq!(limit.stats().live, 2);
+    // It ends as its protocol ends it.
+    drop(victim_client);
+    within(secs(1), victim).await.unwrap().unwrap();
+}
+
 /// The types of the HTTP/2 frames in `bytes`, in order.
 fn frame_types(mut bytes: &[u8]) -> Vec<u8> {
     let mut types = Vec::new();
