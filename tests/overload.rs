@@ -294,8 +294,31 @@ fn http_stack(
     + 'static,
 ) {
     let overload = overload().min_timeout_scale(1.0).build().unwrap();
+    let (limit, service) = evicting_stack(&overload, max, HttpService::new(app()));
+    (overload, limit, service)
+}
+
+/// A cap of `max` evicting `overload`'s idle connections, and the timeouts (idle 600 s,
+/// request 10 s) under it, over `protocol`.
+fn evicting_stack<P>(
+    overload: &Overload,
+    max: usize,
+    protocol: P,
+) -> (
+    ConnectionLimitLayer,
+    impl Service<Conn<DuplexStream>, Response = (), Error = BoxError, Future: Send + 'static>
+    + Clone
+    + Send
+    + 'static
+    + use<P>,
+)
+where
+    P: Service<Conn<TimedIo<DuplexStream>>, Response = ()> + Clone + Send + 'static,
+    P::Error: Into<BoxError>,
+    P::Future: Send + 'static,
+{
     let limit = ConnectionLimitLayer::builder(max)
-        .overload(&overload)
+        .overload(overload)
         .build()
         .unwrap();
     let service = ServiceBuilder::new()
@@ -304,12 +327,12 @@ fn http_stack(
             TimeoutLayer::builder()
                 .idle(secs(600))
                 .request(secs(10))
-                .overload(&overload)
+                .overload(overload)
                 .build()
                 .unwrap(),
         )
-        .service(HttpService::new(app()));
-    (overload, limit, service)
+        .service(protocol);
+    (limit, service)
 }
 
 /// A connection from `peer` served by `service`: its task and the client's end.
@@ -510,30 +533,12 @@ async fn an_evicted_connection_whose_request_began_since_is_not_cut() {
         .min_timeout_scale(1.0)
         .build()
         .unwrap();
-    let limit = ConnectionLimitLayer::builder(1)
-        .overload(&overload)
-        .build()
-        .unwrap();
-    let service = ServiceBuilder::new()
-        .layer(limit.clone())
-        .layer(
-            TimeoutLayer::builder()
-                .idle(secs(600))
-                .request(secs(10))
-                .overload(&overload)
-                .build()
-                .unwrap(),
-        )
-        .service(reader());
-    let (victim, mut victim_client) = {
-        let (conn, client) = duplex_conn("192.0.2.1:1");
-        (tokio::spawn(service.clone().oneshot(conn)), client)
-    };
+    let (limit, service) = evicting_stack(&overload, 1, reader());
+    let (victim, mut victim_client) = open(&service, "192.0.2.1:1");
     tokio::time::sleep(secs(2)).await;
 
     // Chosen while idle; its first byte comes before it is polled again.
-    let (conn, _newcomer_client) = duplex_conn("192.0.2.2:1");
-    let _newcomer = tokio::spawn(service.clone().oneshot(conn));
+    let (_newcomer, _newcomer_client) = open(&service, "192.0.2.2:1");
     tokio::task::yield_now().await;
     assert_eq!(overload.stats().evicted_idle, 1);
     victim_client.write_all(b"x").await.unwrap();
@@ -658,10 +663,7 @@ async fn evictions_take_a_full_cap_over_by_one_connection_for_every_sixteen_of_i
     tokio::time::sleep(secs(11)).await;
     assert_eq!(overload.stats().registered, 32);
 
-    let over_cap = |n: u8| {
-        let (conn, client) = duplex_conn(&format!("198.51.100.{n}:1"));
-        (tokio::spawn(service.clone().oneshot(conn)), client)
-    };
+    let over_cap = |n: u8| open(&service, &format!("198.51.100.{n}:1"));
     let mut newcomers = Vec::new();
     for n in 1..=2 {
         newcomers.push(over_cap(n));
