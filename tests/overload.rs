@@ -597,6 +597,86 @@ async fn an_evicted_http2_connection_whose_client_never_reads_is_cut_after_its_g
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_http2_connection_whose_client_takes_none_of_its_answer_is_evicted_and_cut() {
+    let (overload, limit, service) = http_stack(2);
+    let mut stalled = Vec::new();
+    for n in 1..=2 {
+        let (server, mut client) = open(&service, &format!("192.0.2.{n}:1"));
+        client.write_all(HTTP2_GET_WITH_NO_WINDOW).await.unwrap();
+        stalled.push((server, client));
+        tokio::time::sleep(secs(1)).await;
+    }
+    // Each answer waits on a window its client never opens: a stream is open, so HTTP/2
+    // is busy, but the client holds its place and takes nothing. Its timer's next look
+    // sees that; a second later it counts as idle.
+    tokio::time::sleep(secs(600) / 8 + secs(2)).await;
+
+    let (_newcomer, mut newcomer) = keep_alive(&service, "198.51.100.1:1").await;
+    let (server, _client) = stalled.remove(0);
+    within(secs(1), server).await.unwrap().unwrap();
+    assert_eq!(overload.stats().evicted_idle, 1);
+    let stats = limit.stats();
+    assert_eq!((stats.refused, stats.live), (0, 2));
+    assert_eq!(newcomer.get("/").await.unwrap().body, "hello\n");
+}
+
+/// A client that sends a byte every 900 ms on a raw connection until it is closed.
+fn chatty<S>(service: &S, peer: &str) -> JoinHandle<Result<(), BoxError>>
+where
+    S: Service<Conn<DuplexStream>, Response = (), Error = BoxError, Future: Send + 'static>
+        + Clone
+        + Send
+        + 'static,
+{
+    let (server, mut client) = open(service, peer);
+    tokio::spawn(async move {
+        while client.write_all(b".").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(900)).await;
+        }
+    });
+    server
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_nothing_idle_the_oldest_connection_judged_by_its_bytes_gives_way() {
+    let overload = overload().min_timeout_scale(1.0).build().unwrap();
+    let limit = ConnectionLimitLayer::builder(2)
+        .overload(&overload)
+        .build()
+        .unwrap();
+    // No request timer: the connections are judged by their bytes.
+    let service = ServiceBuilder::new()
+        .layer(limit.clone())
+        .layer(idle_timeout(&overload))
+        .service(reader());
+    // Never quiet for the 10 s that would make them idle.
+    let oldest = chatty(&service, "192.0.2.1:1");
+    tokio::time::sleep(secs(5)).await;
+    let older = chatty(&service, "192.0.2.2:1");
+    // Offered to the evictions at their timer's next look.
+    tokio::time::sleep(secs(600) / 8).await;
+
+    // A newcomer is let in, and the oldest is cut for it, busy as it is.
+    let newcomer = chatty(&service, "198.51.100.1:1");
+    within(secs(2), oldest).await.unwrap().unwrap();
+    let stats = overload.stats();
+    assert_eq!((stats.evicted_idle, stats.evicted_long_lived), (0, 1));
+    // The next makes the next oldest give way.
+    let _next = chatty(&service, "198.51.100.2:1");
+    within(secs(2), older).await.unwrap().unwrap();
+    // Those two have lived less than 10 s: they keep their places, and a third newcomer
+    // is refused.
+    let (refused, mut client) = open(&service, "198.51.100.3:1");
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).await.unwrap();
+    assert!(within(PATIENCE, refused).await.unwrap().is_err());
+    assert!(!newcomer.is_finished());
+    let stats = limit.stats();
+    assert_eq!((stats.refused, stats.live), (1, 2));
+    assert_eq!(overload.stats().evicted_long_lived, 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn in_backpressure_mode_nothing_is_evicted_and_the_shrunk_idle_timeout_makes_room() {
     let overload = overload().build().unwrap();
     let limit = ConnectionLimitLayer::builder(1)

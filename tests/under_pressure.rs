@@ -1,6 +1,7 @@
 //! Attacks wider or more stubborn than the caps, end to end on loopback against
 //! axum_server: a botnet spray of idle keep-alive connections from many more addresses
-//! than the cap holds, an HTTP/2 crowd that never reads, a slowloris peer that keeps
+//! than the cap holds, an HTTP/2 crowd that never reads, one that takes none of its
+//! answers, a crowd of WebSockets kept alive with pings, a slowloris peer that keeps
 //! coming back, and a banned peer that reconnects from several tasks as fast as it can;
 //! a legitimate client is served through each (through the spray once it has arrived).
 
@@ -11,11 +12,13 @@ use std::{
     time::Duration,
 };
 
+use futures_util::{SinkExt, StreamExt};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpSocket, TcpStream},
     task::JoinSet,
 };
+use tokio_tungstenite::tungstenite::Message;
 
 use support::{example::*, *};
 
@@ -172,6 +175,103 @@ async fn an_http2_crowd_that_never_reads_is_evicted_as_it_comes() {
     }
     server.stop().await;
     assert!(answered >= BOTS * 9 / 10, "{answered} of {BOTS} answered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_crowd_that_takes_none_of_its_answers_gives_way_to_the_legitimate_client() {
+    const CAP: usize = 64;
+    const BOTS: usize = 100;
+    let server = Example::start("axum_server", &["--max-connections", &CAP.to_string()]).await;
+    let addr = server.addr;
+    // One connection per address, a request each with a window of zero, never opened:
+    // each answer waits on its client for good, a stream open.
+    let mut crowd = Vec::new();
+    for n in 0..BOTS {
+        let Ok(mut stream) = connect_as(bot(2000 + n), addr).await else {
+            continue;
+        };
+        if stream.write_all(HTTP2_GET_WITH_NO_WINDOW).await.is_ok() {
+            crowd.push(stream);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Once their timers have looked (every eighth of the idle timeout, shrunk under
+    // pressure to 12 s) and a second has passed, the stalled count as idle: the
+    // legitimate client gets in every time, where it would wait for the idle timeout.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for _ in 0..20 {
+        assert!(served(addr).await, "a legitimate request failed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(crowd);
+    server.stop().await;
+}
+
+/// A WebSocket to the server's `/ws` from `from`, that pings every 900 ms and reads what
+/// comes until the server closes it or `for_at_most` has passed; whether the server
+/// closed it.
+async fn pinging_websocket(
+    from: Ipv4Addr,
+    server: SocketAddr,
+    for_at_most: Duration,
+) -> Option<tokio::task::JoinHandle<bool>> {
+    let stream = connect_as(from, server).await.ok()?;
+    let url = format!("ws://{server}/ws");
+    let (mut socket, _) = within(PATIENCE, tokio_tungstenite::client_async(url, stream))
+        .await
+        .ok()?;
+    Some(tokio::spawn(async move {
+        let ends = tokio::time::Instant::now() + for_at_most;
+        let mut ping = tokio::time::interval(Duration::from_millis(900));
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(ends) => return false,
+                _ = ping.tick() => {
+                    if socket.send(Message::Ping(vec![0].into())).await.is_err() {
+                        return true;
+                    }
+                }
+                message = socket.next() => {
+                    if !matches!(message, Some(Ok(_))) {
+                        return true;
+                    }
+                }
+            }
+        }
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_of_websockets_kept_alive_with_pings_gives_way_to_the_legitimate_client() {
+    const CAP: usize = 64;
+    let server = Example::start("axum_server", &["--max-connections", &CAP.to_string()]).await;
+    let addr = server.addr;
+    // The whole cap in WebSockets from as many addresses, never quiet for the 10 s that
+    // would make them idle.
+    let mut crowd = Vec::new();
+    for n in 0..CAP {
+        if let Some(socket) = pinging_websocket(bot(3000 + n), addr, 3 * PATIENCE).await {
+            crowd.push(socket);
+        }
+    }
+    assert_eq!(crowd.len(), CAP, "the crowd did not fill the cap");
+    // Busy, but older than 10 s: the oldest gives way to each newcomer, and the
+    // legitimate client gets in every time, where it would wait for their lifetime (an
+    // hour).
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    for _ in 0..20 {
+        assert!(served(addr).await, "a legitimate request failed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Those the server closed have ended; the others are closed before the server
+    // stops, which would otherwise wait for them to its drain deadline.
+    let closed = crowd.iter().filter(|socket| socket.is_finished()).count();
+    for socket in &crowd {
+        socket.abort();
+    }
+    server.stop().await;
+    // One gave way, and then the legitimate client had its place each time.
+    assert!((1..=20).contains(&closed), "{closed} WebSockets closed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -310,7 +310,7 @@ pub fn tally(bouncer: &Bouncer) -> Tally {
             + login.evicted_login_timeout
             + login.evicted_banned,
         banned: login.bans,
-        shed: overload.evicted_idle,
+        shed: overload.evicted_idle + overload.evicted_long_lived,
         scaled: overload.time_under_pressure,
         metrics_refused: 0,
     }

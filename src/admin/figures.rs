@@ -78,7 +78,7 @@ impl Sources {
         #[cfg(feature = "overload")]
         let pressure = self.overload.as_ref().map(|overload| {
             let stats = overload.stats();
-            evicted += stats.evicted_idle;
+            evicted += stats.evicted_idle + stats.evicted_long_lived;
             stats.pressure
         });
         #[cfg(not(feature = "overload"))]
@@ -186,6 +186,7 @@ pub(super) async fn stats(State(shared): State<Arc<Shared>>) -> Response {
             "memory": stats.memory,
             "monitors": stats.monitors,
             "evicted_idle": stats.evicted_idle,
+            "evicted_long_lived": stats.evicted_long_lived,
             "registered": stats.registered,
             "seconds_under_pressure": stats.time_under_pressure.as_secs_f64(),
         })

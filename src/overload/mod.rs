@@ -55,14 +55,24 @@
 //! request and the next byte. A connection with no such declaration (a raw protocol
 //! without a request timeout, a WebSocket once the HTTP adapter has handed it over) is
 //! idle once no byte has moved for [`evict_quiet_after`](OverloadBuilder::evict_quiet_after)
-//! (10 s by default). A connection in the middle of a request, with a response waiting
-//! for its client, or still in its TLS handshake, is never evicted. Nor is one that has
-//! read nothing yet in its first second: its first request may be on its way.
+//! (10 s by default). A connection whose output has waited for a second with not a byte
+//! of it taken (an HTTP/2 window its client keeps at zero, a socket it never reads) is
+//! idle too, whatever it has open: its client holds the place and takes nothing. A
+//! connection in the middle of a request, with a response its client is taking, or
+//! still in its TLS handshake, is not idle. Nor is one that has read nothing yet in its
+//! first second: its first request may be on its way.
 //!
 //! Among the idle connections, the victim is one of the peer that holds the most of
 //! them, so that a peer hoarding idle connections loses them first; then the one idle
 //! longest. How long a connection has been idle is sampled by its timer, which looks
 //! every eighth of its idle timeout.
+//!
+//! When no connection is idle, the oldest of those without a declaration gives way,
+//! once it has lived `evict_quiet_after`, chosen in the same way by peer, and is cut at
+//! once: a WebSocket or a raw connection may never fall quiet (a byte every few seconds
+//! keeps it busy), and a crowd of them would otherwise hold the cap until their
+//! lifetime. An HTTP request in progress is not evicted this way: its request timeout
+//! bounds it.
 //!
 //! # What it costs
 //!
@@ -176,6 +186,9 @@ pub struct OverloadStats {
     pub monitors: Option<f64>,
     /// Idle connections asked to close to make room for a new one.
     pub evicted_idle: u64,
+    /// Long-lived connections judged by their bytes (WebSockets, raw protocols without
+    /// requests) evicted to make room, none being idle.
+    pub evicted_long_lived: u64,
     /// Connections in the registry of those that may be evicted, now.
     pub registered: usize,
     /// How long the pressure has been above zero, and so timeouts shortened, counted
@@ -184,20 +197,21 @@ pub struct OverloadStats {
 }
 
 /// One line: `pressure 0.25 (connections 0.90, descriptors 0.10, memory -, monitors
-/// -), evicted idle 4, registered 120, under pressure for 12s`.
+/// -), evicted idle 4, long-lived 1, registered 120, under pressure for 12s`.
 impl fmt::Display for OverloadStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let load =
             |load: Option<f64>| load.map_or_else(|| "-".to_owned(), |load| format!("{load:.2}"));
         write!(
             f,
-            "pressure {:.2} (connections {}, descriptors {}, memory {}, monitors {}), evicted idle {}, registered {}, under pressure for {:?}",
+            "pressure {:.2} (connections {}, descriptors {}, memory {}, monitors {}), evicted idle {}, long-lived {}, registered {}, under pressure for {:?}",
             self.pressure,
             load(self.connections),
             load(self.descriptors),
             load(self.memory),
             load(self.monitors),
             self.evicted_idle,
+            self.evicted_long_lived,
             self.registered,
             self.time_under_pressure
         )
@@ -242,6 +256,10 @@ impl Overload {
             memory: shared.sampled.memory(),
             monitors: shared.sampled.monitors(),
             evicted_idle: shared.registry.as_ref().map_or(0, |r| r.evicted()),
+            evicted_long_lived: shared
+                .registry
+                .as_ref()
+                .map_or(0, |r| r.evicted_long_lived()),
             registered: shared.registry.as_ref().map_or(0, |r| r.len()),
             time_under_pressure: Duration::from_nanos(
                 shared.time_under_pressure.load(Ordering::Relaxed),
@@ -354,7 +372,9 @@ impl OverloadBuilder {
     }
 
     /// How long a connection that declares nothing (no request timer, no HTTP adapter,
-    /// or a WebSocket) must have moved no byte to be evicted; 10 s by default.
+    /// or a WebSocket) must have moved no byte to be evicted; 10 s by default. Also how
+    /// long such a connection keeps its place, busy, when nothing is idle: older, the
+    /// oldest gives way to a newcomer.
     pub fn evict_quiet_after(mut self, quiet: Duration) -> Self {
         self.quiet_after = quiet;
         self
@@ -535,12 +555,13 @@ mod tests {
             memory: None,
             monitors: None,
             evicted_idle: 4,
+            evicted_long_lived: 1,
             registered: 120,
             time_under_pressure: Duration::from_secs(12),
         };
         assert_eq!(
             stats.to_string(),
-            "pressure 0.25 (connections 0.90, descriptors 0.10, memory -, monitors -), evicted idle 4, registered 120, under pressure for 12s"
+            "pressure 0.25 (connections 0.90, descriptors 0.10, memory -, monitors -), evicted idle 4, long-lived 1, registered 120, under pressure for 12s"
         );
     }
 }

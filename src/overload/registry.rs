@@ -1,5 +1,10 @@
 //! The connections an overload manager may evict, and the choice of one.
 //!
+//! The victim is an idle connection; when none is idle, the oldest of those judged by
+//! their bytes (a WebSocket, a raw protocol without requests), so that a crowd that
+//! keeps such connections alive with a byte now and then cannot hold the cap for
+//! good.
+//!
 //! Kept only under load (see [`Overload::enrol`](super::Overload::enrol)): a connection
 //! joins one of eight shards, the one of the thread it runs on, so that threads seldom
 //! wait on each other's lock, and leaves it when it ends. An eviction looks at a bounded
@@ -34,6 +39,11 @@ const SCAN: usize = 256;
 /// one is evictable after that.
 const NEWCOMER_GRACE: Duration = Duration::from_secs(1);
 
+/// How long output must have waited with not a byte of it taken before the connection
+/// counts as idle: its client holds the place and takes nothing (an HTTP/2 window kept
+/// at zero, a socket never read).
+const STALLED_AFTER: Duration = Duration::from_secs(1);
+
 /// A connection as the overload manager knows it.
 #[derive(Debug)]
 pub(crate) enum Standing {
@@ -50,6 +60,8 @@ pub(crate) struct Registry {
     /// Evicted connections that have not ended yet.
     evicting: AtomicUsize,
     evicted: Counter,
+    /// Evicted for their age, no connection being idle.
+    evicted_long_lived: Counter,
     keying: PeerKeying,
     quiet_after: Duration,
 }
@@ -75,6 +87,8 @@ struct Member {
     /// Its place in its shard, changed under the shard's lock.
     index: AtomicUsize,
     evicted: AtomicBool,
+    /// Evicted for its age: cut as soon as its protocol has been told, busy or not.
+    evicted_long_lived: AtomicBool,
 }
 
 /// A connection's place in the registry, given up when dropped.
@@ -84,11 +98,20 @@ pub(crate) struct Registration {
     member: Arc<Member>,
 }
 
-/// An idle connection an eviction may choose.
+/// A connection an eviction may choose: idle for `rank`, or, among the long-lived,
+/// alive for it.
 struct Candidate {
     peer: PeerKey,
-    idle_for: Duration,
+    rank: Duration,
     member: Arc<Member>,
+}
+
+/// The connections an eviction looked at that it may choose.
+#[derive(Default)]
+struct Candidates {
+    idle: Vec<Candidate>,
+    /// Busy, judged by their bytes, and older than `quiet_after`.
+    long_lived: Vec<Candidate>,
 }
 
 impl Registry {
@@ -98,6 +121,7 @@ impl Registry {
             cursor: AtomicUsize::new(0),
             evicting: AtomicUsize::new(0),
             evicted: Counter::metric(EVICTIONS, &[("reason", "overload_shed")]),
+            evicted_long_lived: Counter::metric(EVICTIONS, &[("reason", "overload_long_lived")]),
             keying,
             quiet_after,
         }
@@ -118,6 +142,7 @@ impl Registry {
             shard,
             index: AtomicUsize::new(members.len()),
             evicted: AtomicBool::new(false),
+            evicted_long_lived: AtomicBool::new(false),
         });
         members.push(member.clone());
         Registration {
@@ -130,12 +155,17 @@ impl Registry {
         self.evicted.get()
     }
 
+    pub(super) fn evicted_long_lived(&self) -> u64 {
+        self.evicted_long_lived.get()
+    }
+
     pub(super) fn len(&self) -> usize {
         self.shards.iter().map(|shard| shard.lock().len()).sum()
     }
 
-    /// Asks an idle connection to close gracefully, unless `max_evicting` are closing
-    /// already or none is idle; whether one was asked.
+    /// Asks an idle connection (or, none being idle, a long-lived one) to close
+    /// gracefully, unless `max_evicting` are closing already or none may be evicted;
+    /// whether one was asked.
     pub(crate) fn evict_one(&self, max_evicting: usize) -> bool {
         if self
             .evicting
@@ -146,12 +176,22 @@ impl Registry {
         {
             return false;
         }
-        let victim = self.choose();
+        let candidates = self.candidates();
+        let (victim, long_lived) = match choose(&candidates.idle) {
+            Some(idle) => (Some(idle), false),
+            None => (choose(&candidates.long_lived), true),
+        };
         match victim {
             Some(victim) if !victim.evicted.swap(true, Ordering::AcqRel) => {
-                self.evicted.add();
+                if long_lived {
+                    victim.evicted_long_lived.store(true, Ordering::Release);
+                    self.evicted_long_lived.add();
+                    tracing::debug!(peer = %victim.peer, "long-lived connection evicted to make room, none being idle");
+                } else {
+                    self.evicted.add();
+                    tracing::debug!(peer = %victim.peer, "idle connection evicted to make room");
+                }
                 victim.close.request();
-                tracing::debug!(peer = %victim.peer, "idle connection evicted to make room");
                 true
             }
             _ => {
@@ -161,28 +201,13 @@ impl Registry {
         }
     }
 
-    /// The idle connection to evict: one of the peer with the most idle connections
-    /// among those looked at, the one idle longest.
-    fn choose(&self) -> Option<Arc<Member>> {
-        let mut candidates = self.idle_candidates();
-        candidates.sort_unstable_by_key(|candidate| candidate.peer);
-        candidates
-            .chunk_by(|a, b| a.peer == b.peer)
-            .filter_map(|peer| {
-                let longest = peer.iter().max_by_key(|candidate| candidate.idle_for)?;
-                Some((peer.len(), longest))
-            })
-            .max_by_key(|(count, longest)| (*count, longest.idle_for))
-            .map(|(_, chosen)| chosen.member.clone())
-    }
-
-    /// Up to [`SCAN`] registered connections, from a rotating start, that are idle and
-    /// not already evicted.
-    fn idle_candidates(&self) -> Vec<Candidate> {
+    /// Up to [`SCAN`] registered connections, from a rotating start, that may be
+    /// evicted and are not already.
+    fn candidates(&self) -> Candidates {
         let now = Instant::now();
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
         let mut budget = SCAN;
-        let mut candidates = Vec::new();
+        let mut candidates = Candidates::default();
         for shard in 0..STRIPES {
             let members = self.shards[(start + shard) % STRIPES].lock();
             let looked = members.len().min(budget);
@@ -193,12 +218,16 @@ impl Registry {
                 if member.evicted.load(Ordering::Relaxed) {
                     continue;
                 }
-                let Some(idle_for) = self.idle_for(member, now) else {
-                    continue;
+                let (list, rank) = match self.idle_for(member, now) {
+                    Some(idle_for) => (&mut candidates.idle, idle_for),
+                    None => match self.long_lived_for(member, now) {
+                        Some(lived) => (&mut candidates.long_lived, lived),
+                        None => continue,
+                    },
                 };
-                candidates.push(Candidate {
+                list.push(Candidate {
                     peer: member.peer,
-                    idle_for,
+                    rank,
                     member: member.clone(),
                 });
             }
@@ -210,8 +239,9 @@ impl Registry {
     }
 
     /// How long `member` has been idle, if it is idle enough to evict: between
-    /// requests as its protocol declares, or quiet for [`quiet_after`](Self::quiet_after),
-    /// and not a newcomer that has read nothing yet.
+    /// requests as its protocol declares, quiet for [`quiet_after`](Self::quiet_after),
+    /// or its output stalled for [`STALLED_AFTER`]; and not a newcomer that has read
+    /// nothing yet.
     fn idle_for(&self, member: &Member, now: Instant) -> Option<Duration> {
         let activity = &member.activity;
         if activity.bytes_read() == 0
@@ -223,28 +253,62 @@ impl Registry {
             Idleness::Declared { since } => Some(now.saturating_duration_since(since)),
             Idleness::Quiet { since } => Some(now.saturating_duration_since(since))
                 .filter(|quiet| *quiet >= self.quiet_after),
+            Idleness::Stalled { since } => Some(now.saturating_duration_since(since))
+                .filter(|stalled| *stalled >= STALLED_AFTER),
         }
+    }
+
+    /// How long `member` has lived, if it is judged by its bytes (its protocol declares
+    /// no exchanges) and has lived [`quiet_after`](Self::quiet_after): such a
+    /// connection may never fall quiet, and gives way to a newcomer when nothing is
+    /// idle.
+    fn long_lived_for(&self, member: &Member, now: Instant) -> Option<Duration> {
+        let activity = &member.activity;
+        if activity.declares_exchanges() {
+            return None;
+        }
+        Some(now.saturating_duration_since(activity.started()))
+            .filter(|lived| *lived >= self.quiet_after)
     }
 }
 
+/// The connection to evict among `candidates`: one of the peer with the most of them,
+/// so that a peer hoarding connections loses them first; then the one ranked highest
+/// (idle longest, or oldest).
+fn choose(candidates: &[Candidate]) -> Option<Arc<Member>> {
+    let mut by_peer: Vec<&Candidate> = candidates.iter().collect();
+    by_peer.sort_unstable_by_key(|candidate| candidate.peer);
+    by_peer
+        .chunk_by(|a, b| a.peer == b.peer)
+        .filter_map(|peer| {
+            let highest = peer.iter().max_by_key(|candidate| candidate.rank)?;
+            Some((peer.len(), *highest))
+        })
+        .max_by_key(|(count, highest)| (*count, highest.rank))
+        .map(|(_, chosen)| chosen.member.clone())
+}
+
 impl Standing {
-    /// Whether the connection has been evicted and is still idle, and so is to be cut
-    /// now rather than wait on its protocol: an idle connection has nothing to finish,
-    /// and one whose client ignores the goodbye (HTTP/2's GOAWAY waits for the
-    /// acknowledgement of a PING) would otherwise hold one of the evictions allowed at
-    /// once until its close grace. One that has started a request since it was chosen
-    /// finishes it under the graceful close. A look is one relaxed load until then.
+    /// Whether the connection has been evicted and is to be cut now rather than wait on
+    /// its protocol: it is still idle (an idle connection has nothing to finish, and one
+    /// whose client ignores the goodbye, as HTTP/2's GOAWAY waits for the
+    /// acknowledgement of a PING, would otherwise hold one of the evictions allowed at
+    /// once until its close grace), or it was evicted for its age (a WebSocket has no
+    /// goodbye the protocol can wait for). One idle when chosen that has started a
+    /// request since finishes it under the graceful close. A look is one relaxed load
+    /// until then.
     #[inline]
-    pub(crate) fn evicted_and_idle(&self) -> bool {
+    pub(crate) fn to_cut(&self) -> bool {
         let Standing::Registered(registration) = self else {
             return false;
         };
         let member = &registration.member;
         member.evicted.load(Ordering::Relaxed)
-            && registration
-                .registry
-                .idle_for(member, Instant::now())
-                .is_some()
+            && (member.evicted_long_lived.load(Ordering::Acquire)
+                || registration
+                    .registry
+                    .idle_for(member, Instant::now())
+                    .is_some())
     }
 }
 

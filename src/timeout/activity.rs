@@ -52,6 +52,8 @@ const IDLE: u64 = u64::MAX;
 /// its start when the poll ends, so that a request that starts and finishes within one
 /// poll (an HTTP/1 head that arrives whole) costs no clock read.
 const PENDING: u64 = u64::MAX - 1;
+/// No output waits on the client with nothing taken: see `Activity::stalled_since`.
+const NOT_STALLED: u64 = u64::MAX;
 /// The idle timeout is sampled this many times over its length.
 const IDLE_SAMPLES: u32 = 8;
 /// Bytes a second a client holding output back must take, unless configured.
@@ -209,6 +211,11 @@ pub(crate) struct Activity {
     /// what had moved, and since when (nanoseconds) nothing has.
     seen_moved: AtomicU64,
     seen_quiet_since: AtomicU64,
+    /// Since when (nanoseconds) output has waited for the client with not a byte taken,
+    /// from the timer's look that first saw it so, or [`NOT_STALLED`]; and what the
+    /// client had taken then, so that a stall over since a look is not taken for one.
+    stalled_since: AtomicU64,
+    stalled_at_taken: AtomicU64,
 }
 
 /// How a connection is idle, as [`Activity::idleness`] tells.
@@ -222,6 +229,9 @@ pub(crate) enum Idleness {
     },
     /// The protocol declares nothing; no byte has moved since then.
     Quiet { since: Instant },
+    /// Output has waited for the client since then, and the client has taken not a
+    /// byte of it: busy for the protocol, idle for the server.
+    Stalled { since: Instant },
 }
 
 impl Activity {
@@ -251,6 +261,8 @@ impl Activity {
             handed: AtomicU64::new(0),
             seen_moved: AtomicU64::new(0),
             seen_quiet_since: AtomicU64::new(0),
+            stalled_since: AtomicU64::new(NOT_STALLED),
+            stalled_at_taken: AtomicU64::new(0),
         }
     }
 
@@ -495,6 +507,12 @@ impl Activity {
         self.bytes_read.load(Ordering::Relaxed)
     }
 
+    /// Whether the protocol declares its exchanges (the HTTP adapter until a hand-over),
+    /// rather than being judged by its bytes.
+    pub(crate) fn declares_exchanges(&self) -> bool {
+        self.declared.load(Ordering::Relaxed)
+    }
+
     /// When the connection started.
     pub(crate) fn started(&self) -> Instant {
         self.started
@@ -521,8 +539,18 @@ impl Activity {
     }
 
     /// Whether the connection is idle, and since when; `None` while it is busy: a
-    /// request arriving, an exchange open, or output the client has not taken.
+    /// request arriving, an exchange open, or output the client is taking slowly. Output
+    /// the client takes none of is [`Idleness::Stalled`], whatever else is open: the
+    /// connection is held for nothing then.
     pub(crate) fn idleness(&self) -> Option<Idleness> {
+        let stalled_since = self.stalled_since.load(Ordering::Acquire);
+        if stalled_since != NOT_STALLED
+            && self.taken() == self.stalled_at_taken.load(Ordering::Relaxed)
+        {
+            return Some(Idleness::Stalled {
+                since: self.instant(stalled_since),
+            });
+        }
         if self.request_started.load(Ordering::Relaxed) != IDLE
             || self.write_blocked.load(Ordering::Relaxed)
         {
@@ -623,12 +651,7 @@ impl Activity {
     ) -> Option<TimeoutError> {
         let period = nanos(limit.after);
         let expired = TimeoutError::Idle(limit.after);
-        // What the client has taken: data, when the protocol tells it apart.
-        let written = if self.counts_data.load(Ordering::Relaxed) {
-            self.data_written.load(Ordering::Relaxed)
-        } else {
-            self.bytes_written.load(Ordering::Relaxed)
-        };
+        let written = self.taken();
         let waiting = self.output_waiting(written, watch);
         let held_back = waiting.is_some();
 
@@ -638,6 +661,7 @@ impl Activity {
                 written,
                 waiting,
             });
+            self.mark_stall(now, written);
             let window_ends = since.since.saturating_add(period);
             if now >= window_ends {
                 // The minimum rate's worth, or all that was waiting if that is less: a
@@ -656,8 +680,8 @@ impl Activity {
             } else {
                 next.passed(window_ends, now);
             }
-        } else {
-            watch.held_back = None;
+        } else if watch.held_back.take().is_some() {
+            self.stalled_since.store(NOT_STALLED, Ordering::Relaxed);
         }
 
         let moved = if self.declared.load(Ordering::Relaxed) {
@@ -688,6 +712,27 @@ impl Activity {
         }
         next.look_within(limit.after, now);
         None
+    }
+
+    /// Output waits at `now`, and the client has taken `taken` of what was sent: a stall
+    /// begins now, unless one is on record that nothing has been taken since.
+    fn mark_stall(&self, now: u64, taken: u64) {
+        if self.stalled_since.load(Ordering::Relaxed) != NOT_STALLED
+            && self.stalled_at_taken.load(Ordering::Relaxed) == taken
+        {
+            return;
+        }
+        self.stalled_at_taken.store(taken, Ordering::Relaxed);
+        self.stalled_since.store(now, Ordering::Release);
+    }
+
+    /// What the client has taken: data, when the protocol tells it apart.
+    fn taken(&self) -> u64 {
+        if self.counts_data.load(Ordering::Relaxed) {
+            self.data_written.load(Ordering::Relaxed)
+        } else {
+            self.bytes_written.load(Ordering::Relaxed)
+        }
     }
 
     /// How much output waits for the client, if any: what the protocol was handed
@@ -986,6 +1031,41 @@ mod tests {
         assert!(
             matches!(http.idleness(), Some(Idleness::Quiet { since }) if since == Instant::now())
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn output_its_client_takes_none_of_is_stalled_and_idle_until_a_byte_is_taken() {
+        let deadlines = Deadlines {
+            idle: idle(secs(60)),
+            ..Deadlines::default()
+        };
+        let http = activity(deadlines);
+        http.declare_exchanges();
+        let mut watch = IdleWatch::default();
+        http.check(&deadlines, &mut watch);
+        // An answer waits, open: busy, until a look sees that nothing of it is taken.
+        http.open_exchange();
+        http.handed(4096);
+        assert_eq!(http.idleness(), None);
+        let looked = Instant::now();
+        http.check(&deadlines, &mut watch);
+        tokio::time::advance(secs(3)).await;
+        http.check(&deadlines, &mut watch);
+        assert_eq!(http.idleness(), Some(Idleness::Stalled { since: looked }));
+        // A byte taken ends the stall at once, before the timer looks again; a stall
+        // then counts from the next look that finds nothing more taken.
+        tokio::time::advance(secs(1)).await;
+        http.on_write(1);
+        assert_eq!(http.idleness(), None);
+        let again = Instant::now();
+        http.check(&deadlines, &mut watch);
+        tokio::time::advance(secs(1)).await;
+        http.check(&deadlines, &mut watch);
+        assert_eq!(http.idleness(), Some(Idleness::Stalled { since: again }));
+        // All of it taken: busy, not stalled, while the exchange is open.
+        http.on_write(4095);
+        http.check(&deadlines, &mut watch);
+        assert_eq!(http.idleness(), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -193,15 +193,16 @@ where
             return Poll::Ready(outcome.map_err(Into::into));
         }
         // Evicted, the protocol has had its poll to say goodbye (HTTP/1.1 closes an idle
-        // connection then, HTTP/2 writes its GOAWAY): an idle connection is cut now.
+        // connection then, HTTP/2 writes its GOAWAY): an idle connection, or one evicted
+        // for its age, is cut now.
         #[cfg(feature = "overload")]
         if asked_before_poll
             && this
                 .standing
                 .as_ref()
-                .is_some_and(crate::overload::Standing::evicted_and_idle)
+                .is_some_and(crate::overload::Standing::to_cut)
         {
-            tracing::debug!(peer = %this.peer, "evicted idle connection cut");
+            tracing::debug!(peer = %this.peer, "evicted connection cut");
             this.standing.take();
             return Poll::Ready(Ok(()));
         }

@@ -54,6 +54,15 @@ pub const HTTP2_GET_THEN_DEAF: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\
     \0\0\0\x04\x01\0\0\0\0\
     \0\0\x06\x01\x05\0\0\0\x01\x82\x86\x84\x41\x01t";
 
+/// What an HTTP/2 client that takes nothing of its answer sends: the preface, settings
+/// that give every stream a window of zero (and never a window update after), the
+/// acknowledgement of the server's, and `GET /` on stream 1, as in
+/// [`HTTP2_GET_THEN_DEAF`].
+pub const HTTP2_GET_WITH_NO_WINDOW: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\
+    \0\0\x06\x04\0\0\0\0\0\0\x04\0\0\0\0\
+    \0\0\0\x04\x01\0\0\0\0\
+    \0\0\x06\x01\x05\0\0\0\x01\x82\x86\x84\x41\x01t";
+
 /// A connection over an in-memory stream, from `peer`; returns it and the client's end.
 pub fn duplex_conn(peer: &str) -> (Conn<DuplexStream>, DuplexStream) {
     let (server, client) = tokio::io::duplex(4096);
