@@ -677,6 +677,103 @@ async fn with_nothing_idle_the_oldest_connection_judged_by_its_bytes_gives_way()
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_cancelled_http2_answer_does_not_make_a_later_request_look_stalled() {
+    let overload = overload().min_timeout_scale(1.0).build().unwrap();
+    let router = app().route("/big", get(|| async { vec![b'x'; 1 << 20] }));
+    let (limit, service) = evicting_stack(&overload, 2, HttpService::new(router));
+    let (cancelling, client) = open(&service, "192.0.2.1:1");
+    let (mut from_server, mut to_server) = tokio::io::split(client);
+    // Default settings, and `GET /big` on stream 1; all that comes is read.
+    to_server
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0\0\0\0\x04\x01\0\0\0\0")
+        .await
+        .unwrap();
+    to_server
+        .write_all(b"\0\0\x0b\x01\x05\0\0\0\x01\x82\x86\x04\x04/big\x41\x01t")
+        .await
+        .unwrap();
+    let _reader = tokio::spawn(async move {
+        let mut sink = vec![0; 1 << 16];
+        while from_server.read(&mut sink).await.is_ok_and(|read| read > 0) {}
+    });
+    tokio::time::sleep(secs(1)).await;
+    // The download is cancelled (RST_STREAM, CANCEL) with part of it handed to hyper and
+    // never sent; then `GET /sleep?300` on stream 3, a long request.
+    to_server
+        .write_all(b"\0\0\x04\x03\0\0\0\0\x01\0\0\0\x08")
+        .await
+        .unwrap();
+    to_server
+        .write_all(b"\0\0\x11\x01\x05\0\0\0\x03\x82\x86\x04\x0a/sleep?300\x41\x01t")
+        .await
+        .unwrap();
+    let (_busy, busy_client) = open(&service, "192.0.2.2:1");
+    let mut busy_client = Http2Client::connect(busy_client).await;
+    let _busy = tokio::spawn(async move { busy_client.get("/sleep?300").await });
+    tokio::time::sleep(secs(600) / 8 + secs(2)).await;
+
+    // Both are in the middle of a request, taking all they are sent: neither is evicted,
+    // and a newcomer is refused.
+    let (refused, mut newcomer) = open(&service, "198.51.100.1:1");
+    let mut answer = Vec::new();
+    newcomer.read_to_end(&mut answer).await.unwrap();
+    assert!(within(PATIENCE, refused).await.unwrap().is_err());
+    assert!(!cancelling.is_finished());
+    assert_eq!(overload.stats().evicted_idle, 0);
+    assert_eq!(limit.stats().refused, 1);
+}
+
+/// A line protocol whose requests are lines, timed by its request timer.
+fn line_protocol() -> impl Service<
+    Conn<TimedIo<DuplexStream>>,
+    Response = (),
+    Error = std::io::Error,
+    Future: Send + 'static,
+> + Clone {
+    service_fn(|conn: Conn<TimedIo<DuplexStream>>| async move {
+        let timer = conn.request_timer().unwrap();
+        let mut io = conn.into_io();
+        let mut buffer = [0; 64];
+        loop {
+            let read = io.read(&mut buffer).await?;
+            if read == 0 {
+                return Ok(());
+            }
+            if buffer[..read].contains(&b'\n') {
+                timer.finish();
+            }
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_raw_connection_in_the_middle_of_a_timed_request_is_not_evicted_for_its_age() {
+    let overload = overload().min_timeout_scale(1.0).build().unwrap();
+    let (limit, service) = evicting_stack(&overload, 2, line_protocol());
+    let mut lines = Vec::new();
+    for n in 1..=2 {
+        let (server, mut client) = open(&service, &format!("192.0.2.{n}:1"));
+        client.write_all(b"first line\n").await.unwrap();
+        lines.push((server, client));
+    }
+    // Offered to the evictions at their timer's next look; then each begins a request
+    // and is in the middle of it, 80 s old, when a newcomer comes.
+    tokio::time::sleep(secs(600) / 8 + secs(4)).await;
+    for (_, client) in &mut lines {
+        client.write_all(b"a line begun").await.unwrap();
+    }
+    tokio::time::sleep(secs(1)).await;
+    let (refused, mut newcomer) = open(&service, "198.51.100.1:1");
+    let mut answer = Vec::new();
+    newcomer.read_to_end(&mut answer).await.unwrap();
+    assert!(within(PATIENCE, refused).await.unwrap().is_err());
+    assert!(lines.iter().all(|(server, _)| !server.is_finished()));
+    let stats = overload.stats();
+    assert_eq!((stats.evicted_idle, stats.evicted_long_lived), (0, 0));
+    assert_eq!(limit.stats().refused, 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn in_backpressure_mode_nothing_is_evicted_and_the_shrunk_idle_timeout_makes_room() {
     let overload = overload().build().unwrap();
     let limit = ConnectionLimitLayer::builder(1)

@@ -38,7 +38,8 @@
 //!   GOAWAY's PING would otherwise keep its place among the evictions under way for the
 //!   adapter's close grace, and a crowd of them would stall the evictions. (A raw
 //!   protocol that does not listen for the request is cut at its timer's next look.)
-//!   One that has begun a request meanwhile finishes it. So the cap is exceeded,
+//!   One that has begun a request meanwhile finishes it; one evicted for its age (see
+//!   below) is cut however busy. So the cap is exceeded,
 //!   briefly, by the connections being evicted: at most one for every 16 of the cap,
 //!   beyond which new connections are refused as before. Waiting instead for the
 //!   victim to close would not save the newcomer's descriptor, which is open already.
@@ -57,10 +58,14 @@
 //! idle once no byte has moved for [`evict_quiet_after`](OverloadBuilder::evict_quiet_after)
 //! (10 s by default). A connection whose output has waited for a second with not a byte
 //! of it taken (an HTTP/2 window its client keeps at zero, a socket it never reads) is
-//! idle too, whatever it has open: its client holds the place and takes nothing. A
-//! connection in the middle of a request, with a response its client is taking, or
-//! still in its TLS handshake, is not idle. Nor is one that has read nothing yet in its
-//! first second: its first request may be on its way.
+//! idle too, whatever it has open: its client holds the place and takes nothing. That
+//! is seen by the idle timeout's watch, at its timer's looks, so it needs an idle
+//! timeout; and not after a response of the connection has ended before its body did
+//! (an HTTP/2 stream reset), whose unsent output would seem to wait for good (the idle
+//! timeout's minimum send rate still judges it). A connection in the middle of a
+//! request, with a response its client is taking, or still in its TLS handshake, is not
+//! idle. Nor is one that has read nothing yet in its first second: its first request
+//! may be on its way.
 //!
 //! Among the idle connections, the victim is one of the peer that holds the most of
 //! them, so that a peer hoarding idle connections loses them first; then the one idle
@@ -71,8 +76,8 @@
 //! once it has lived `evict_quiet_after`, chosen in the same way by peer, and is cut at
 //! once: a WebSocket or a raw connection may never fall quiet (a byte every few seconds
 //! keeps it busy), and a crowd of them would otherwise hold the cap until their
-//! lifetime. An HTTP request in progress is not evicted this way: its request timeout
-//! bounds it.
+//! lifetime. A request in progress is not evicted this way, under the HTTP adapter or a
+//! raw protocol's request timer: its request timeout bounds it.
 //!
 //! # What it costs
 //!

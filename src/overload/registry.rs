@@ -259,12 +259,13 @@ impl Registry {
     }
 
     /// How long `member` has lived, if it is judged by its bytes (its protocol declares
-    /// no exchanges) and has lived [`quiet_after`](Self::quiet_after): such a
+    /// no exchanges, and no request of a raw protocol's is in progress: the request
+    /// timeout bounds that) and has lived [`quiet_after`](Self::quiet_after): such a
     /// connection may never fall quiet, and gives way to a newcomer when nothing is
     /// idle.
     fn long_lived_for(&self, member: &Member, now: Instant) -> Option<Duration> {
         let activity = &member.activity;
-        if activity.declares_exchanges() {
+        if activity.declares_exchanges() || activity.in_request() {
             return None;
         }
         Some(now.saturating_duration_since(activity.started()))

@@ -32,7 +32,7 @@
 use std::{
     sync::{
         Arc, OnceLock,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering, fence},
     },
     time::Duration,
 };
@@ -214,8 +214,15 @@ pub(crate) struct Activity {
     /// Since when (nanoseconds) output has waited for the client with not a byte taken,
     /// from the timer's look that first saw it so, or [`NOT_STALLED`]; and what the
     /// client had taken then, so that a stall over since a look is not taken for one.
+    /// Written by the timer alone, `stalled_since` around `stalled_at_taken` as a
+    /// sequence lock, so that a reader on another thread never pairs one look's time
+    /// with another's count.
     stalled_since: AtomicU64,
     stalled_at_taken: AtomicU64,
+    /// Set once a response that had handed output ended before its body did (an HTTP/2
+    /// stream reset): what it handed may never be sent, so output that seems to wait is
+    /// no proof of a stall any more. The slow-reader rule still counts it.
+    output_untracked: AtomicBool,
 }
 
 /// How a connection is idle, as [`Activity::idleness`] tells.
@@ -263,6 +270,7 @@ impl Activity {
             seen_quiet_since: AtomicU64::new(0),
             stalled_since: AtomicU64::new(NOT_STALLED),
             stalled_at_taken: AtomicU64::new(0),
+            output_untracked: AtomicBool::new(false),
         }
     }
 
@@ -513,6 +521,11 @@ impl Activity {
         self.declared.load(Ordering::Relaxed)
     }
 
+    /// Whether a request the timer times is in progress.
+    pub(crate) fn in_request(&self) -> bool {
+        self.request_started.load(Ordering::Relaxed) != IDLE
+    }
+
     /// When the connection started.
     pub(crate) fn started(&self) -> Instant {
         self.started
@@ -543,13 +556,8 @@ impl Activity {
     /// the client takes none of is [`Idleness::Stalled`], whatever else is open: the
     /// connection is held for nothing then.
     pub(crate) fn idleness(&self) -> Option<Idleness> {
-        let stalled_since = self.stalled_since.load(Ordering::Acquire);
-        if stalled_since != NOT_STALLED
-            && self.taken() == self.stalled_at_taken.load(Ordering::Relaxed)
-        {
-            return Some(Idleness::Stalled {
-                since: self.instant(stalled_since),
-            });
+        if let Some(since) = self.stalled_since() {
+            return Some(Idleness::Stalled { since });
         }
         if self.request_started.load(Ordering::Relaxed) != IDLE
             || self.write_blocked.load(Ordering::Relaxed)
@@ -722,8 +730,31 @@ impl Activity {
         {
             return;
         }
+        self.stalled_since.store(NOT_STALLED, Ordering::Relaxed);
+        fence(Ordering::Release);
         self.stalled_at_taken.store(taken, Ordering::Relaxed);
         self.stalled_since.store(now, Ordering::Release);
+    }
+
+    /// Since when output has waited with not a byte taken, if it has and is still
+    /// waiting so, and the protocol has not lost track of what it handed.
+    fn stalled_since(&self) -> Option<Instant> {
+        let since = self.stalled_since.load(Ordering::Acquire);
+        if since == NOT_STALLED || self.output_untracked.load(Ordering::Relaxed) {
+            return None;
+        }
+        let at_taken = self.stalled_at_taken.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        (self.stalled_since.load(Ordering::Relaxed) == since && self.taken() == at_taken)
+            .then(|| self.instant(since))
+    }
+
+    /// A response ended before its body did, having handed output that may never be
+    /// sent: see `output_untracked`.
+    pub(crate) fn lose_track_of_output(&self) {
+        if !self.output_untracked.load(Ordering::Relaxed) {
+            self.output_untracked.store(true, Ordering::Relaxed);
+        }
     }
 
     /// What the client has taken: data, when the protocol tells it apart.
