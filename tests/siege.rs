@@ -60,18 +60,21 @@ fn the_quick_siege_reports_every_attack_against_both_servers() {
         .unwrap();
     assert!(with >= 0.95 && without <= 0.8, "{without} / {with}");
     // A crowd wider than the cap, by addresses or by kept-alive HTTP/2 connections: the
-    // overload manager sheds idle connections and the legitimate client is served, where
-    // the unprotected server fails it once its descriptors run out (about half the time).
-    // The quick siege's 20 requests leave room for one or two lost on a loaded machine.
+    // overload manager sheds idle connections and the legitimate client is served, while
+    // the unprotected server runs out of its 1024 descriptors. That fails its client
+    // about half the time (its accept loop then sleeps a second); in a run where its
+    // client's requests fell between those sleeps, its descriptors still show it. The
+    // quick siege's 20 requests leave room for one or two lost on a loaded machine.
     for attack in ["botnet spray", "HTTP/2 PING crowd"] {
         let protected = run(attack, "protected");
-        let unprotected = run(attack, "unprotected")["legit_success"]
-            .as_f64()
-            .unwrap();
+        let unprotected = run(attack, "unprotected");
         let served = protected["legit_success"].as_f64().unwrap();
+        let unprotected_served = unprotected["legit_success"].as_f64().unwrap();
+        let exhausted = unprotected["peak_descriptors"].as_u64().unwrap() >= 1000;
         assert!(
             served >= 0.9
-                && served >= unprotected + 0.25
+                && (served >= unprotected_served + 0.25 || exhausted)
+                && protected["peak_descriptors"].as_u64().unwrap() < 1000
                 && protected["shed"].as_u64().unwrap() > 0,
             "{attack}: {protected}, unprotected {unprotected}"
         );
