@@ -140,6 +140,29 @@ fn reader() -> impl Service<
     })
 }
 
+/// A cap of `max` evicting `overload`'s idle connections over the idle timeout and
+/// [`reader`]: a raw protocol with no request timer, judged by its bytes.
+fn raw_stack(
+    overload: &Overload,
+    max: usize,
+) -> (
+    ConnectionLimitLayer,
+    impl Service<Conn<DuplexStream>, Response = (), Error = BoxError, Future: Send + 'static>
+    + Clone
+    + Send
+    + 'static,
+) {
+    let limit = ConnectionLimitLayer::builder(max)
+        .overload(overload)
+        .build()
+        .unwrap();
+    let service = ServiceBuilder::new()
+        .layer(limit.clone())
+        .layer(idle_timeout(overload))
+        .service(reader());
+    (limit, service)
+}
+
 /// The deadline a connection ended with.
 fn timed_out(outcome: Result<(), BoxError>) -> TimeoutError {
     let error = outcome.expect_err("the connection should have timed out");
@@ -335,26 +358,34 @@ where
     (limit, service)
 }
 
-/// A connection from `peer` served by `service`: its task and the client's end.
-fn open<S>(service: &S, peer: &str) -> (JoinHandle<Result<(), BoxError>>, DuplexStream)
-where
+/// A connection-level service over in-memory streams, as the tests spawn them.
+trait Serves:
+    Service<Conn<DuplexStream>, Response = (), Error = BoxError, Future: Send + 'static>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> Serves for S where
     S: Service<Conn<DuplexStream>, Response = (), Error = BoxError, Future: Send + 'static>
         + Clone
         + Send
-        + 'static,
+        + 'static
 {
+}
+
+/// A connection from `peer` served by `service`: its task and the client's end.
+fn open<S: Serves>(service: &S, peer: &str) -> (JoinHandle<Result<(), BoxError>>, DuplexStream) {
     let (conn, client) = duplex_conn(peer);
     (tokio::spawn(service.clone().oneshot(conn)), client)
 }
 
 /// An HTTP/1.1 client on a new connection from `peer` that has made one request.
-async fn keep_alive<S>(service: &S, peer: &str) -> (JoinHandle<Result<(), BoxError>>, Http1Client)
-where
-    S: Service<Conn<DuplexStream>, Response = (), Error = BoxError, Future: Send + 'static>
-        + Clone
-        + Send
-        + 'static,
-{
+async fn keep_alive<S: Serves>(
+    service: &S,
+    peer: &str,
+) -> (JoinHandle<Result<(), BoxError>>, Http1Client) {
     let (server, client) = open(service, peer);
     let mut client = Http1Client::connect(client).await;
     assert_eq!(client.get("/").await.unwrap().body, "hello\n");
@@ -561,17 +592,36 @@ fn frame_types(mut bytes: &[u8]) -> Vec<u8> {
     types
 }
 
+/// Two connections, from 192.0.2.1 and .2 a second apart, whose clients send `bytes`
+/// and nothing more: their tasks and the clients' ends.
+async fn http2_clients<S: Serves>(
+    service: &S,
+    bytes: &[u8],
+) -> Vec<(JoinHandle<Result<(), BoxError>>, DuplexStream)> {
+    let mut clients = Vec::new();
+    for n in 1..=2 {
+        let (server, mut client) = open(service, &format!("192.0.2.{n}:1"));
+        client.write_all(bytes).await.unwrap();
+        clients.push((server, client));
+        tokio::time::sleep(secs(1)).await;
+    }
+    clients
+}
+
+/// Opens a connection from `peer` that `service` refuses: it is answered and closed,
+/// and its task ends with the refusal.
+async fn refused<S: Serves>(service: &S, peer: &str) {
+    let (server, mut client) = open(service, peer);
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).await.unwrap();
+    assert!(within(PATIENCE, server).await.unwrap().is_err());
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_evicted_http2_connection_whose_client_never_reads_is_cut_after_its_goaway() {
     // A cap of 2: one eviction under way at a time.
     let (overload, limit, service) = http_stack(2);
-    let mut deaf = Vec::new();
-    for n in 1..=2 {
-        let (server, mut client) = open(&service, &format!("192.0.2.{n}:1"));
-        client.write_all(HTTP2_GET_THEN_DEAF).await.unwrap();
-        deaf.push((server, client));
-        tokio::time::sleep(secs(1)).await;
-    }
+    let mut deaf = http2_clients(&service, HTTP2_GET_THEN_DEAF).await;
     // Answered, and idle: offered to the evictions at their timer's next look.
     tokio::time::sleep(secs(600) / 8).await;
 
@@ -599,13 +649,7 @@ async fn an_evicted_http2_connection_whose_client_never_reads_is_cut_after_its_g
 #[tokio::test(start_paused = true)]
 async fn an_http2_connection_whose_client_takes_none_of_its_answer_is_evicted_and_cut() {
     let (overload, limit, service) = http_stack(2);
-    let mut stalled = Vec::new();
-    for n in 1..=2 {
-        let (server, mut client) = open(&service, &format!("192.0.2.{n}:1"));
-        client.write_all(HTTP2_GET_WITH_NO_WINDOW).await.unwrap();
-        stalled.push((server, client));
-        tokio::time::sleep(secs(1)).await;
-    }
+    let mut stalled = http2_clients(&service, HTTP2_GET_WITH_NO_WINDOW).await;
     // Each answer waits on a window its client never opens: a stream is open, so HTTP/2
     // is busy, but the client holds its place and takes nothing. Its timer's next look
     // sees that; a second later it counts as idle.
@@ -621,13 +665,7 @@ async fn an_http2_connection_whose_client_takes_none_of_its_answer_is_evicted_an
 }
 
 /// A client that sends a byte every 900 ms on a raw connection until it is closed.
-fn chatty<S>(service: &S, peer: &str) -> JoinHandle<Result<(), BoxError>>
-where
-    S: Service<Conn<DuplexStream>, Response = (), Error = BoxError, Future: Send + 'static>
-        + Clone
-        + Send
-        + 'static,
-{
+fn chatty<S: Serves>(service: &S, peer: &str) -> JoinHandle<Result<(), BoxError>> {
     let (server, mut client) = open(service, peer);
     tokio::spawn(async move {
         while client.write_all(b".").await.is_ok() {
@@ -640,15 +678,7 @@ where
 #[tokio::test(start_paused = true)]
 async fn with_nothing_idle_the_oldest_connection_judged_by_its_bytes_gives_way() {
     let overload = overload().min_timeout_scale(1.0).build().unwrap();
-    let limit = ConnectionLimitLayer::builder(2)
-        .overload(&overload)
-        .build()
-        .unwrap();
-    // No request timer: the connections are judged by their bytes.
-    let service = ServiceBuilder::new()
-        .layer(limit.clone())
-        .layer(idle_timeout(&overload))
-        .service(reader());
+    let (limit, service) = raw_stack(&overload, 2);
     // Never quiet for the 10 s that would make them idle.
     let oldest = chatty(&service, "192.0.2.1:1");
     tokio::time::sleep(secs(5)).await;
@@ -666,10 +696,7 @@ async fn with_nothing_idle_the_oldest_connection_judged_by_its_bytes_gives_way()
     within(secs(2), older).await.unwrap().unwrap();
     // Those two have lived less than 10 s: they keep their places, and a third newcomer
     // is refused.
-    let (refused, mut client) = open(&service, "198.51.100.3:1");
-    let mut answer = Vec::new();
-    client.read_to_end(&mut answer).await.unwrap();
-    assert!(within(PATIENCE, refused).await.unwrap().is_err());
+    refused(&service, "198.51.100.3:1").await;
     assert!(!newcomer.is_finished());
     let stats = limit.stats();
     assert_eq!((stats.refused, stats.live), (1, 2));
@@ -714,10 +741,7 @@ async fn a_cancelled_http2_answer_does_not_make_a_later_request_look_stalled() {
 
     // Both are in the middle of a request, taking all they are sent: neither is evicted,
     // and a newcomer is refused.
-    let (refused, mut newcomer) = open(&service, "198.51.100.1:1");
-    let mut answer = Vec::new();
-    newcomer.read_to_end(&mut answer).await.unwrap();
-    assert!(within(PATIENCE, refused).await.unwrap().is_err());
+    refused(&service, "198.51.100.1:1").await;
     assert!(!cancelling.is_finished());
     assert_eq!(overload.stats().evicted_idle, 0);
     assert_eq!(limit.stats().refused, 1);
@@ -763,10 +787,7 @@ async fn a_raw_connection_in_the_middle_of_a_timed_request_is_not_evicted_for_it
         client.write_all(b"a line begun").await.unwrap();
     }
     tokio::time::sleep(secs(1)).await;
-    let (refused, mut newcomer) = open(&service, "198.51.100.1:1");
-    let mut answer = Vec::new();
-    newcomer.read_to_end(&mut answer).await.unwrap();
-    assert!(within(PATIENCE, refused).await.unwrap().is_err());
+    refused(&service, "198.51.100.1:1").await;
     assert!(lines.iter().all(|(server, _)| !server.is_finished()));
     let stats = overload.stats();
     assert_eq!((stats.evicted_idle, stats.evicted_long_lived), (0, 0));
@@ -820,14 +841,7 @@ async fn evictions_take_a_full_cap_over_by_one_connection_for_every_sixteen_of_i
         .evict_quiet_after(secs(10))
         .build()
         .unwrap();
-    let limit = ConnectionLimitLayer::builder(32)
-        .overload(&overload)
-        .build()
-        .unwrap();
-    let service = ServiceBuilder::new()
-        .layer(limit.clone())
-        .layer(idle_timeout(&overload))
-        .service(reader());
+    let (limit, service) = raw_stack(&overload, 32);
     // The first connections are the longest idle, the ones evicted.
     let mut clients = Vec::new();
     for n in 1..=32 {

@@ -74,6 +74,26 @@ async fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
     )
 }
 
+/// A connection from each of the bots `bots`, one every 10 ms, that sends `bytes` and
+/// nothing more; those that could.
+async fn http2_crowd(
+    server: SocketAddr,
+    bots: std::ops::Range<usize>,
+    bytes: &[u8],
+) -> Vec<TcpStream> {
+    let mut crowd = Vec::new();
+    for n in bots {
+        let Ok(mut stream) = connect_as(bot(n), server).await else {
+            continue;
+        };
+        if stream.write_all(bytes).await.is_ok() {
+            crowd.push(stream);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    crowd
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_botnet_spray_wider_than_the_cap_leaves_room_for_the_legitimate_client() {
     const CAP: usize = 64;
@@ -146,16 +166,7 @@ async fn an_http2_crowd_that_never_reads_is_evicted_as_it_comes() {
     // One connection per address, a request each, then never a read: not the answer,
     // not the GOAWAY's PING. Paced (a connection every 10 ms) so that each is answered,
     // and so idle, before the next comes.
-    let mut crowd = Vec::new();
-    for n in 0..BOTS {
-        let Ok(mut stream) = connect_as(bot(1000 + n), addr).await else {
-            continue;
-        };
-        if stream.write_all(HTTP2_GET_THEN_DEAF).await.is_ok() {
-            crowd.push(stream);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let crowd = http2_crowd(addr, 1000..1000 + BOTS, HTTP2_GET_THEN_DEAF).await;
     // The legitimate client gets in every time.
     for _ in 0..20 {
         assert!(served(addr).await, "a legitimate request failed");
@@ -185,16 +196,7 @@ async fn an_http2_crowd_that_takes_none_of_its_answers_gives_way_to_the_legitima
     let addr = server.addr;
     // One connection per address, a request each with a window of zero, never opened:
     // each answer waits on its client for good, a stream open.
-    let mut crowd = Vec::new();
-    for n in 0..BOTS {
-        let Ok(mut stream) = connect_as(bot(2000 + n), addr).await else {
-            continue;
-        };
-        if stream.write_all(HTTP2_GET_WITH_NO_WINDOW).await.is_ok() {
-            crowd.push(stream);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let crowd = http2_crowd(addr, 2000..2000 + BOTS, HTTP2_GET_WITH_NO_WINDOW).await;
     // Once their timers have looked (every eighth of the idle timeout, shrunk under
     // pressure to 12 s) and a second has passed, the stalled count as idle: the
     // legitimate client gets in every time, where it would wait for the idle timeout.
