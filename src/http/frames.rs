@@ -250,6 +250,7 @@ impl Watch for FrameWatch {
             bytes,
             |frame| {
                 if frame.kind == RST_STREAM {
+                    streams.activity.lose_track_of_output();
                     changed |= streams.forget(frame.stream);
                 }
             },
@@ -271,6 +272,9 @@ impl Watch for FrameWatch {
 impl Streams {
     /// Follows a client frame; whether the streams still arriving may have changed.
     fn on_client_frame(&mut self, frame: Frame) -> bool {
+        if frame.kind == RST_STREAM {
+            self.activity.lose_track_of_output();
+        }
         let headers_done = frame.flags & END_HEADERS != 0;
         if matches!(frame.kind, HEADERS | CONTINUATION) && headers_done && !self.opened {
             self.opened = true;

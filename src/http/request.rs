@@ -180,7 +180,6 @@ where
                 shared: self.shared.clone(),
                 exchange: false,
                 plan: Plan::default(),
-                may_leave_unsent: false,
             }),
         }
     }
@@ -210,9 +209,6 @@ struct Held {
     /// HTTP/2 stream's task holds that future, and tokio pads a task to 128 bytes; with
     /// axum's router, the 8 bytes saved keep the task at 512 bytes, not 640.
     plan: Plan,
-    /// Whether the body handed the protocol data and has not ended: dropped so, its
-    /// stream was reset, and what it handed may never be sent.
-    may_leave_unsent: bool,
 }
 
 impl Held {
@@ -274,12 +270,11 @@ impl Held {
 
     /// The response's body hands `n` bytes to the protocol.
     #[inline]
-    fn handed(&mut self, n: usize) {
+    fn handed(&self, n: usize) {
         if self.exchange
             && let Some(activity) = self.shared.activity()
         {
             activity.handed(n);
-            self.may_leave_unsent = true;
         }
     }
 }
@@ -290,9 +285,6 @@ impl Drop for Held {
             && let Some(activity) = self.shared.activity()
         {
             activity.close_exchange();
-            if self.may_leave_unsent {
-                activity.lose_track_of_output();
-            }
         }
     }
 }
@@ -492,7 +484,7 @@ impl<B: Body> Body for ExchangeBody<B> {
             return Poll::Ready(None);
         };
         let frame = ready!(inner.poll_frame(cx));
-        match (&frame, &mut *this.held) {
+        match (&frame, &*this.held) {
             (Some(Ok(frame)), Some(held)) => {
                 if let Some(data) = frame.data_ref() {
                     held.handed(data.remaining());
@@ -504,10 +496,6 @@ impl<B: Body> Body for ExchangeBody<B> {
                     *this.report = false;
                     held.shared.report_trailers(trailers);
                 }
-            }
-            (None, Some(held)) => {
-                held.may_leave_unsent = false;
-                *this.held = None;
             }
             (_, Some(_)) => *this.held = None,
             (_, None) => {}

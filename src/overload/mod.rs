@@ -60,9 +60,9 @@
 //! of it taken (an HTTP/2 window its client keeps at zero, a socket it never reads) is
 //! idle too, whatever it has open: its client holds the place and takes nothing. That
 //! is seen by the idle timeout's watch, at its timer's looks, so it needs an idle
-//! timeout; and not after a response of the connection has ended before its body did
-//! (an HTTP/2 stream reset), whose unsent output would seem to wait for good (the idle
-//! timeout's minimum send rate still judges it). A connection in the middle of a
+//! timeout; and not once an HTTP/2 stream of the connection has been reset, as its
+//! answer may be dropped unsent and would seem to wait for good (the idle timeout's
+//! minimum send rate still judges it). A connection in the middle of a
 //! request, with a response its client is taking, or still in its TLS handshake, is not
 //! idle. Nor is one that has read nothing yet in its first second: its first request
 //! may be on its way.
@@ -191,8 +191,8 @@ pub struct OverloadStats {
     pub monitors: Option<f64>,
     /// Idle connections asked to close to make room for a new one.
     pub evicted_idle: u64,
-    /// Long-lived connections judged by their bytes (WebSockets, raw protocols without
-    /// requests) evicted to make room, none being idle.
+    /// Long-lived connections judged by their bytes (WebSockets, raw protocols with no
+    /// request in progress) evicted to make room, none being idle.
     pub evicted_long_lived: u64,
     /// Connections in the registry of those that may be evicted, now.
     pub registered: usize,

@@ -1,7 +1,7 @@
 //! The connections an overload manager may evict, and the choice of one.
 //!
 //! The victim is an idle connection; when none is idle, the oldest of those judged by
-//! their bytes (a WebSocket, a raw protocol without requests), so that a crowd that
+//! their bytes (a WebSocket, a raw protocol with no request in progress), so that a crowd that
 //! keeps such connections alive with a byte now and then cannot hold the cap for
 //! good.
 //!

@@ -219,9 +219,9 @@ pub(crate) struct Activity {
     /// with another's count.
     stalled_since: AtomicU64,
     stalled_at_taken: AtomicU64,
-    /// Set once a response that had handed output ended before its body did (an HTTP/2
-    /// stream reset): what it handed may never be sent, so output that seems to wait is
-    /// no proof of a stall any more. The slow-reader rule still counts it.
+    /// Set once an HTTP/2 stream of the connection has been reset, by either side: its
+    /// answer, handed to the protocol, may be dropped unsent, so output that seems to
+    /// wait is no proof of a stall any more. The slow-reader rule still counts it.
     output_untracked: AtomicBool,
 }
 
@@ -749,8 +749,8 @@ impl Activity {
             .then(|| self.instant(since))
     }
 
-    /// A response ended before its body did, having handed output that may never be
-    /// sent: see `output_untracked`.
+    /// A stream was reset, and what it was handed may never be sent: see
+    /// `output_untracked`.
     pub(crate) fn lose_track_of_output(&self) {
         if !self.output_untracked.load(Ordering::Relaxed) {
             self.output_untracked.store(true, Ordering::Relaxed);
