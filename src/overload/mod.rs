@@ -39,11 +39,11 @@
 //!   adapter's close grace, and a crowd of them would stall the evictions. (A raw
 //!   protocol that does not listen for the request is cut at its timer's next look.)
 //!   One that has begun a request meanwhile finishes it; one evicted for its age (see
-//!   below) is cut however busy. So the cap is exceeded,
-//!   briefly, by the connections being evicted: at most one for every 16 of the cap,
-//!   beyond which new connections are refused as before. Waiting instead for the
-//!   victim to close would not save the newcomer's descriptor, which is open already.
-//!   In [backpressure](crate::limit::ConnectionLimitBuilder::backpressure) mode nothing is
+//!   below) is cut however busy. So the cap is exceeded, briefly, by the connections
+//!   being evicted: at most one for every 16 of the cap, beyond which new connections
+//!   are refused as before. Waiting instead for the victim to close would not save the
+//!   newcomer's descriptor, which is open already. In
+//!   [backpressure](crate::limit::ConnectionLimitBuilder::backpressure) mode nothing is
 //!   evicted: new connections wait in the kernel's backlog, unseen, and the idle
 //!   timeout, shrunk at a full cap, makes room.
 //!
@@ -62,10 +62,10 @@
 //! is seen by the idle timeout's watch, at its timer's looks, so it needs an idle
 //! timeout; and not once an HTTP/2 stream of the connection has been reset, as its
 //! answer may be dropped unsent and would seem to wait for good (the idle timeout's
-//! minimum send rate still judges it). A connection in the middle of a
-//! request, with a response its client is taking, or still in its TLS handshake, is not
-//! idle. Nor is one that has read nothing yet in its first second: its first request
-//! may be on its way.
+//! minimum send rate still judges it). A connection in the middle of a request, with a
+//! response its client is taking, or still in its TLS handshake, is not idle. Nor is
+//! one that has read nothing yet in its first second: its first request may be on its
+//! way.
 //!
 //! Among the idle connections, the victim is one of the peer that holds the most of
 //! them, so that a peer hoarding idle connections loses them first; then the one idle

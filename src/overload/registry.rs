@@ -1,9 +1,9 @@
 //! The connections an overload manager may evict, and the choice of one.
 //!
 //! The victim is an idle connection; when none is idle, the oldest of those judged by
-//! their bytes (a WebSocket, a raw protocol with no request in progress), so that a crowd that
-//! keeps such connections alive with a byte now and then cannot hold the cap for
-//! good.
+//! their bytes (a WebSocket, a raw protocol with no request in progress), so that a
+//! crowd that keeps such connections alive with a byte now and then cannot hold the
+//! cap for good.
 //!
 //! Kept only under load (see [`Overload::enrol`](super::Overload::enrol)): a connection
 //! joins one of eight shards, the one of the thread it runs on, so that threads seldom
@@ -177,9 +177,9 @@ impl Registry {
             return false;
         }
         let candidates = self.candidates();
-        let (victim, long_lived) = match choose(&candidates.idle) {
+        let (victim, long_lived) = match choose(candidates.idle) {
             Some(idle) => (Some(idle), false),
-            None => (choose(&candidates.long_lived), true),
+            None => (choose(candidates.long_lived), true),
         };
         match victim {
             Some(victim) if !victim.evicted.swap(true, Ordering::AcqRel) => {
@@ -276,14 +276,13 @@ impl Registry {
 /// The connection to evict among `candidates`: one of the peer with the most of them,
 /// so that a peer hoarding connections loses them first; then the one ranked highest
 /// (idle longest, or oldest).
-fn choose(candidates: &[Candidate]) -> Option<Arc<Member>> {
-    let mut by_peer: Vec<&Candidate> = candidates.iter().collect();
-    by_peer.sort_unstable_by_key(|candidate| candidate.peer);
-    by_peer
+fn choose(mut candidates: Vec<Candidate>) -> Option<Arc<Member>> {
+    candidates.sort_unstable_by_key(|candidate| candidate.peer);
+    candidates
         .chunk_by(|a, b| a.peer == b.peer)
         .filter_map(|peer| {
             let highest = peer.iter().max_by_key(|candidate| candidate.rank)?;
-            Some((peer.len(), *highest))
+            Some((peer.len(), highest))
         })
         .max_by_key(|(count, highest)| (*count, highest.rank))
         .map(|(_, chosen)| chosen.member.clone())
