@@ -125,42 +125,35 @@ async fn time_under_pressure_is_counted_and_monitors_add_their_load() {
     assert_eq!(overload.stats().time_under_pressure, secs(10));
 }
 
+/// A raw protocol under the timeout layer, as the tests serve them.
+trait RawProtocol:
+    Service<
+        Conn<TimedIo<DuplexStream>>,
+        Response = (),
+        Error = std::io::Error,
+        Future: Send + 'static,
+    > + Clone
+{
+}
+
+impl<P> RawProtocol for P where
+    P: Service<
+            Conn<TimedIo<DuplexStream>>,
+            Response = (),
+            Error = std::io::Error,
+            Future: Send + 'static,
+        > + Clone
+{
+}
+
 /// A raw protocol that reads until its client closes.
-fn reader() -> impl Service<
-    Conn<TimedIo<DuplexStream>>,
-    Response = (),
-    Error = std::io::Error,
-    Future: Send + 'static,
-> + Clone {
+fn reader() -> impl RawProtocol {
     service_fn(|conn: Conn<TimedIo<DuplexStream>>| async move {
         let mut io = conn.into_io();
         let mut buffer = [0; 64];
         while io.read(&mut buffer).await? > 0 {}
         Ok(())
     })
-}
-
-/// A cap of `max` evicting `overload`'s idle connections over the idle timeout and
-/// [`reader`]: a raw protocol with no request timer, judged by its bytes.
-fn raw_stack(
-    overload: &Overload,
-    max: usize,
-) -> (
-    ConnectionLimitLayer,
-    impl Service<Conn<DuplexStream>, Response = (), Error = BoxError, Future: Send + 'static>
-    + Clone
-    + Send
-    + 'static,
-) {
-    let limit = ConnectionLimitLayer::builder(max)
-        .overload(overload)
-        .build()
-        .unwrap();
-    let service = ServiceBuilder::new()
-        .layer(limit.clone())
-        .layer(idle_timeout(overload))
-        .service(reader());
-    (limit, service)
 }
 
 /// The deadline a connection ended with.
@@ -317,15 +310,31 @@ fn http_stack(
     + 'static,
 ) {
     let overload = overload().min_timeout_scale(1.0).build().unwrap();
-    let (limit, service) = evicting_stack(&overload, max, HttpService::new(app()));
+    let (limit, service) = evicting_stack(
+        &overload,
+        max,
+        idle_and_request_timeouts(&overload),
+        HttpService::new(app()),
+    );
     (overload, limit, service)
 }
 
-/// A cap of `max` evicting `overload`'s idle connections, and the timeouts (idle 600 s,
-/// request 10 s) under it, over `protocol`.
+/// The idle timeout of [`idle_timeout`], and a request timeout of 10 s.
+fn idle_and_request_timeouts(overload: &Overload) -> TimeoutLayer {
+    TimeoutLayer::builder()
+        .idle(secs(600))
+        .request(secs(10))
+        .overload(overload)
+        .build()
+        .unwrap()
+}
+
+/// A cap of `max` evicting `overload`'s idle connections, and `timeouts` under it, over
+/// `protocol`.
 fn evicting_stack<P>(
     overload: &Overload,
     max: usize,
+    timeouts: TimeoutLayer,
     protocol: P,
 ) -> (
     ConnectionLimitLayer,
@@ -346,14 +355,7 @@ where
         .unwrap();
     let service = ServiceBuilder::new()
         .layer(limit.clone())
-        .layer(
-            TimeoutLayer::builder()
-                .idle(secs(600))
-                .request(secs(10))
-                .overload(overload)
-                .build()
-                .unwrap(),
-        )
+        .layer(timeouts)
         .service(protocol);
     (limit, service)
 }
@@ -564,7 +566,8 @@ async fn an_evicted_connection_whose_request_began_since_is_not_cut() {
         .min_timeout_scale(1.0)
         .build()
         .unwrap();
-    let (limit, service) = evicting_stack(&overload, 1, reader());
+    let (limit, service) =
+        evicting_stack(&overload, 1, idle_and_request_timeouts(&overload), reader());
     let (victim, mut victim_client) = open(&service, "192.0.2.1:1");
     tokio::time::sleep(secs(2)).await;
 
@@ -678,7 +681,8 @@ fn chatty<S: Serves>(service: &S, peer: &str) -> JoinHandle<Result<(), BoxError>
 #[tokio::test(start_paused = true)]
 async fn with_nothing_idle_the_oldest_connection_judged_by_its_bytes_gives_way() {
     let overload = overload().min_timeout_scale(1.0).build().unwrap();
-    let (limit, service) = raw_stack(&overload, 2);
+    // No request timer: the connections are judged by their bytes.
+    let (limit, service) = evicting_stack(&overload, 2, idle_timeout(&overload), reader());
     // Never quiet for the 10 s that would make them idle.
     let oldest = chatty(&service, "192.0.2.1:1");
     tokio::time::sleep(secs(5)).await;
@@ -707,7 +711,12 @@ async fn with_nothing_idle_the_oldest_connection_judged_by_its_bytes_gives_way()
 async fn a_cancelled_http2_answer_does_not_make_a_later_request_look_stalled() {
     let overload = overload().min_timeout_scale(1.0).build().unwrap();
     let router = app().route("/big", get(|| async { vec![b'x'; 1 << 20] }));
-    let (limit, service) = evicting_stack(&overload, 2, HttpService::new(router));
+    let (limit, service) = evicting_stack(
+        &overload,
+        2,
+        idle_and_request_timeouts(&overload),
+        HttpService::new(router),
+    );
     let (cancelling, client) = open(&service, "192.0.2.1:1");
     let (mut from_server, mut to_server) = tokio::io::split(client);
     // Default settings, and `GET /big` on stream 1; all that comes is read.
@@ -748,12 +757,7 @@ async fn a_cancelled_http2_answer_does_not_make_a_later_request_look_stalled() {
 }
 
 /// A line protocol whose requests are lines, timed by its request timer.
-fn line_protocol() -> impl Service<
-    Conn<TimedIo<DuplexStream>>,
-    Response = (),
-    Error = std::io::Error,
-    Future: Send + 'static,
-> + Clone {
+fn line_protocol() -> impl RawProtocol {
     service_fn(|conn: Conn<TimedIo<DuplexStream>>| async move {
         let timer = conn.request_timer().unwrap();
         let mut io = conn.into_io();
@@ -773,7 +777,12 @@ fn line_protocol() -> impl Service<
 #[tokio::test(start_paused = true)]
 async fn a_raw_connection_in_the_middle_of_a_timed_request_is_not_evicted_for_its_age() {
     let overload = overload().min_timeout_scale(1.0).build().unwrap();
-    let (limit, service) = evicting_stack(&overload, 2, line_protocol());
+    let (limit, service) = evicting_stack(
+        &overload,
+        2,
+        idle_and_request_timeouts(&overload),
+        line_protocol(),
+    );
     let mut lines = Vec::new();
     for n in 1..=2 {
         let (server, mut client) = open(&service, &format!("192.0.2.{n}:1"));
@@ -841,7 +850,7 @@ async fn evictions_take_a_full_cap_over_by_one_connection_for_every_sixteen_of_i
         .evict_quiet_after(secs(10))
         .build()
         .unwrap();
-    let (limit, service) = raw_stack(&overload, 32);
+    let (limit, service) = evicting_stack(&overload, 32, idle_timeout(&overload), reader());
     // The first connections are the longest idle, the ones evicted.
     let mut clients = Vec::new();
     for n in 1..=32 {
