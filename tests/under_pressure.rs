@@ -312,7 +312,7 @@ async fn a_slowloris_peer_that_keeps_coming_back_is_banned_while_another_peer_is
 
 /// Gets `from` banned (one wrong password is enough with `--max-failures 1`), then
 /// reconnects from eight tasks for `storm`, each attempt waiting at most 300 ms to
-/// connect and a second for its refusal; returns how many attempts connected.
+/// connect and [`REFUSAL_OR_DROPPED`] for its refusal; returns how many attempts connected.
 async fn banned_reconnect_storm(from: Ipv4Addr, server: SocketAddr, storm: Duration) -> usize {
     let mut wrong = connect_as(from, server).await.unwrap();
     wrong
@@ -342,11 +342,8 @@ async fn banned_reconnect_storm(from: Ipv4Addr, server: SocketAddr, storm: Durat
                     continue;
                 };
                 connected += 1;
-                // Its answer may never come: a handshake under way when the peer's key
-                // goes into the filter completes on this side only, and the filter then
-                // drops the request.
                 let answered = refusal_to_a_request(&mut stream);
-                let _ = tokio::time::timeout(Duration::from_secs(1), answered).await;
+                let _ = tokio::time::timeout(REFUSAL_OR_DROPPED, answered).await;
             }
             connected
         });

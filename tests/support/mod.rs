@@ -42,6 +42,12 @@ use tower_bouncer::{
 /// hanging; passing tests never come near it.
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
+/// How long a banned peer's connection waits for its refusal before the test takes it
+/// as dropped by the kernel filter. A handshake under way when the peer's key goes into
+/// the filter completes on the client's side only (its SYN passed the old filter, its
+/// last ACK meets the new one): the connection looks open, and no answer ever comes.
+pub const REFUSAL_OR_DROPPED: Duration = Duration::from_secs(2);
+
 pub fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
