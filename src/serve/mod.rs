@@ -64,7 +64,6 @@ use std::{
 
 use tokio::task::JoinHandle;
 use tower::Service;
-use tracing::Instrument;
 
 use crate::{
     BoxError, Conn, GracefulClose,
@@ -433,16 +432,29 @@ impl Drop for Served {
     }
 }
 
-/// A connection's task: its service's future, a panic in it caught and logged with the
-/// peer, and the connection counted as served until the task ends or is dropped (cut,
-/// aborted, panicked).
-#[pin_project::pin_project]
+/// A connection's task: its service's future, polled and dropped in the connection's
+/// span, a panic in it caught and logged with the peer, and the connection counted as
+/// served until the task ends or is dropped (cut, aborted, panicked).
+///
+/// The span is kept here rather than by `tracing`'s `Instrumented` around the task's
+/// box: tokio's task cell then holds the box alone, and fits in 128 bytes instead of 256.
+#[pin_project::pin_project(PinnedDrop)]
 struct ConnectionTask<F> {
     /// Filled once the service has made it, before the task is spawned.
     #[pin]
     connection: Option<F>,
     peer: SocketAddr,
     served: Option<Served>,
+    span: tracing::Span,
+}
+
+#[pin_project::pinned_drop]
+impl<F> PinnedDrop for ConnectionTask<F> {
+    fn drop(self: Pin<&mut Self>) {
+        let mut this = self.project();
+        let _entered = this.span.enter();
+        this.connection.set(None);
+    }
 }
 
 impl<F, E> Future for ConnectionTask<F>
@@ -454,6 +466,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut this = self.project();
+        let _entered = this.span.enter();
         let Some(connection) = this.connection.as_mut().as_pin_mut() else {
             return Poll::Ready(());
         };
@@ -522,20 +535,22 @@ impl Connections {
             connection: None,
             peer,
             served: None,
+            span,
         });
         let called = {
-            let _entered = span.enter();
-            let mut connection = task.as_mut().project().connection;
+            let task = task.as_mut().project();
+            let _entered = task.span.enter();
+            let mut connection = task.connection;
             std::panic::catch_unwind(AssertUnwindSafe(|| {
                 connection.set(Some(service.call(conn)));
             }))
         };
         if let Err(panic) = called {
-            tracing::error!(parent: &span, %peer, panic = panic_message(&*panic), "connection service panicked");
+            tracing::error!(parent: &task.span, %peer, panic = panic_message(&*panic), "connection service panicked");
             return;
         }
         *task.as_mut().project().served = Some(Served::new(metrics));
-        let handle = tokio::spawn(task.instrument(span));
+        let handle = tokio::spawn(task);
         self.forget_finished();
         self.live.push((handle, close));
     }
@@ -615,5 +630,67 @@ mod tests {
         }
         assert!(connections.live.len() <= 128, "{}", connections.live.len());
         assert_eq!(connections.drain(Duration::from_secs(1)).await.cut, 0);
+    }
+
+    /// What a subscriber at `debug` wrote, for the test that set it.
+    #[derive(Clone, Default)]
+    struct Logged(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logged {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Logs when it is dropped.
+    struct LogsItsDrop;
+
+    impl Drop for LogsItsDrop {
+        fn drop(&mut self) {
+            tracing::debug!("dropped");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_polled_and_dropped_in_its_span() {
+        let logged = Logged::default();
+        let writer = logged.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .without_time()
+            .with_writer(move || writer.clone())
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+
+        let metrics = ServeMetrics::new("test");
+        let mut connections = Connections::default();
+        let mut service = tower::service_fn(|_: Conn<tokio::io::Empty>| async {
+            let _guard = LogsItsDrop;
+            tracing::debug!("polled");
+            std::future::pending::<Result<(), BoxError>>().await
+        });
+        let peer = "127.0.0.1:1".parse().unwrap();
+        connections.spawn(
+            &mut service,
+            Conn::new(tokio::io::empty(), peer, peer),
+            &metrics,
+        );
+        tokio::task::yield_now().await;
+        assert_eq!(connections.drain(Duration::from_secs(1)).await.cut, 1);
+
+        let logged = String::from_utf8(logged.0.lock().unwrap().clone()).unwrap();
+        for event in ["polled", "dropped"] {
+            let line = logged.lines().find(|line| line.ends_with(event));
+            assert!(
+                line.is_some_and(|line| line.contains("conn{peer=127.0.0.1:1}")),
+                "{logged}"
+            );
+        }
     }
 }
