@@ -441,14 +441,14 @@ pub(crate) use dry_run_switch;
 /// one a second per layer, with the count of the ones held back), then the future that
 /// tells the peer and closes. In dry run, the same count apart and event, then
 /// `serve_anyway`, which takes the connection's place in the layer's counts.
-pub(crate) fn refuse<F, IO>(
+pub(crate) fn refuse<F, IO, P>(
     conn: Conn<IO>,
     reason: Reason,
     refusals: &Refusals,
     refusal: &Refusal,
     log: &LogThrottle,
-    serve_anyway: impl FnOnce(Conn<IO>) -> ResponseFuture<F, IO>,
-) -> ResponseFuture<F, IO> {
+    serve_anyway: impl FnOnce(Conn<IO>) -> ResponseFuture<F, IO, P>,
+) -> ResponseFuture<F, IO, P> {
     if refusal.is_dry_run() {
         refusals.would_refuse.add();
         if let Some(suppressed) = log.allow() {
@@ -485,11 +485,11 @@ pub(crate) fn refuse<F, IO>(
 /// The refusal of a connection answered in HTTP, if it may wait for its client: the
 /// others are closed at once.
 #[cfg(feature = "http")]
-fn refuse_in_http<F, IO>(
+fn refuse_in_http<F, IO, P>(
     conn: Conn<IO>,
     rejected: Rejected,
     refusal: &Refusal,
-) -> ResponseFuture<F, IO> {
+) -> ResponseFuture<F, IO, P> {
     let linger = refusal.linger_slot();
     let http = linger.as_ref().map(|_| {
         let (io, parts) = conn.into_parts();
@@ -511,33 +511,49 @@ fn refuse_in_http<F, IO>(
     }
 }
 
-/// A connection's slot in an admission layer, released by its `Drop` when the
+/// What a connection holds in an admission layer: `()` in the layers that count
+/// nothing while it lives (the ban check, the rate limit, the login sessions' own
+/// refusals), an optional slot in those that do, given back by its `Drop` when the
 /// connection ends, however it ends: completion, error, panic or cancellation.
-#[derive(Debug)]
-pub(crate) enum Slot {
-    /// The layer holds nothing for this connection (a rate limit, an exempt peer).
-    None,
-    #[cfg(feature = "limit")]
-    Global(#[allow(dead_code, reason = "held for its Drop")] crate::limit::GlobalSlot),
-    #[cfg(feature = "peer-limit")]
-    Peer(#[allow(dead_code, reason = "held for its Drop")] crate::peer_limit::PeerSlot),
+///
+/// A type of each layer's own rather than one enum of them all: a connection's future
+/// nests every layer's, and an enum would cost each of them the largest slot and a tag.
+mod place {
+    /// A connection's place in an admission layer (sealed: the crate's layers only).
+    pub trait Place {
+        /// Gives the place back as soon as the connection is over, before the future
+        /// is dropped.
+        fn give_back(&mut self);
+    }
+
+    impl Place for () {
+        #[inline(always)]
+        fn give_back(&mut self) {}
+    }
+
+    impl<T> Place for Option<T> {
+        #[inline(always)]
+        fn give_back(&mut self) {
+            self.take();
+        }
+    }
 }
 
 /// The response future of the admission layers: the inner connection's future with the
-/// slot it holds, or the refusal of the connection.
+/// place `P` it holds in the layer, or the refusal of the connection.
 #[pin_project]
 #[must_use = "futures do nothing unless polled"]
-pub struct ResponseFuture<F, IO> {
+pub struct ResponseFuture<F, IO, P = ()> {
     #[pin]
-    state: State<F, IO>,
+    state: State<F, IO, P>,
 }
 
 #[pin_project(project = StateProj)]
-enum State<F, IO> {
+enum State<F, IO, P> {
     Admitted {
         #[pin]
         inner: F,
-        slot: Slot,
+        place: P,
     },
     /// Boxed: refusals are the rare path, and every admitted connection's future
     /// would otherwise be as large as a refusal.
@@ -639,15 +655,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Refusing<IO> {
     }
 }
 
-impl<F, IO> ResponseFuture<F, IO> {
-    pub(crate) fn admitted(inner: F, slot: Slot) -> Self {
+impl<F, IO, P> ResponseFuture<F, IO, P> {
+    pub(crate) fn admitted(inner: F, place: P) -> Self {
         Self {
-            state: State::Admitted { inner, slot },
+            state: State::Admitted { inner, place },
         }
     }
 }
 
-impl<F, IO> fmt::Debug for ResponseFuture<F, IO> {
+impl<F, IO, P> fmt::Debug for ResponseFuture<F, IO, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.state {
             State::Admitted { .. } => f.write_str("ResponseFuture::Admitted"),
@@ -659,11 +675,12 @@ impl<F, IO> fmt::Debug for ResponseFuture<F, IO> {
     }
 }
 
-impl<F, E, IO> Future for ResponseFuture<F, IO>
+impl<F, E, IO, P> Future for ResponseFuture<F, IO, P>
 where
     F: Future<Output = Result<(), E>>,
     E: Into<BoxError>,
     IO: AsyncRead + AsyncWrite + Unpin,
+    P: place::Place,
 {
     type Output = Result<(), BoxError>;
 
@@ -672,11 +689,9 @@ where
     #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Admitted { inner, slot } => {
+            StateProj::Admitted { inner, place } => {
                 let outcome = std::task::ready!(inner.poll(cx));
-                // Give the slot back as soon as the connection is over, not when the
-                // future is dropped.
-                *slot = Slot::None;
+                place.give_back();
                 Poll::Ready(outcome.map_err(Into::into))
             }
             StateProj::Refused(refusing) => refusing.poll(cx).map(Err),

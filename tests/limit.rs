@@ -10,7 +10,7 @@ use tower::{Layer, ServiceExt, service_fn};
 use tower_bouncer::{
     BoxError, ConfigError, Conn,
     admission::Reason,
-    limit::{ConnectionLimitBuilder, ConnectionLimitLayer},
+    limit::{ConnectionLimitBuilder, ConnectionLimitLayer, GlobalSlot},
 };
 use tower_test::mock;
 
@@ -75,6 +75,7 @@ async fn slot_is_released_when(
             tower_bouncer::admission::ResponseFuture<
                 mock::future::ResponseFuture<()>,
                 DuplexStream,
+                Option<GlobalSlot>,
             >,
         >,
     ),
@@ -231,7 +232,11 @@ async fn refusal_after_a_request(
     request: &[u8],
 ) -> (
     task::Spawn<
-        tower_bouncer::admission::ResponseFuture<mock::future::ResponseFuture<()>, DuplexStream>,
+        tower_bouncer::admission::ResponseFuture<
+            mock::future::ResponseFuture<()>,
+            DuplexStream,
+            Option<GlobalSlot>,
+        >,
     >,
     DuplexStream,
 ) {

@@ -182,19 +182,26 @@ async fn refusals_are_counted_by_layer_reason_and_outcome_as_the_stats_count_the
     let (mut capped, _cap_handle) = mocked(&cap);
     let (mut limited, _peer_handle) = mocked(&per_peer);
     let (mut rated, _rate_handle) = mocked(&rate);
-    let mut held = Vec::new();
+    // Each layer's futures hold its own kind of place: three lists.
+    let (mut held_cap, mut held_per_peer, mut held_rate) = (Vec::new(), Vec::new(), Vec::new());
     for port in 1..=3 {
         let peer = format!("192.0.2.1:{port}");
         assert_ready_ok!(capped.poll_ready());
-        held.push(task::spawn(capped.call(conn_from(&peer))));
+        held_cap.push(task::spawn(capped.call(conn_from(&peer))));
         assert_ready_ok!(limited.poll_ready());
-        held.push(task::spawn(limited.call(conn_from(&peer))));
+        held_per_peer.push(task::spawn(limited.call(conn_from(&peer))));
         assert_ready_ok!(rated.poll_ready());
-        held.push(task::spawn(rated.call(conn_from(&peer))));
+        held_rate.push(task::spawn(rated.call(conn_from(&peer))));
     }
-    for connection in &mut held {
-        let _ = connection.poll();
-    }
+    held_cap
+        .iter_mut()
+        .for_each(|connection| drop(connection.poll()));
+    held_per_peer
+        .iter_mut()
+        .for_each(|connection| drop(connection.poll()));
+    held_rate
+        .iter_mut()
+        .for_each(|connection| drop(connection.poll()));
 
     assert_eq!(cap.stats().refused, 2);
     assert_eq!(

@@ -18,7 +18,7 @@ use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_bouncer::{
     BoxError, Conn,
     admission::{Reason, ResponseFuture},
-    limit::ConnectionLimitLayer,
+    limit::{ConnectionLimitLayer, GlobalSlot},
     rate_limit::{Rate, RateLimitLayer},
 };
 
@@ -187,7 +187,7 @@ async fn one_request_is_answered_and_no_more() {
 async fn refusal_task(
     service: &mut tower_bouncer::limit::ConnectionLimit<Holding>,
 ) -> (
-    task::Spawn<ResponseFuture<Held, DuplexStream>>,
+    task::Spawn<ResponseFuture<Held, DuplexStream, Option<GlobalSlot>>>,
     DuplexStream,
 ) {
     let (conn, client) = duplex_conn("192.0.2.1:2");

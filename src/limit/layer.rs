@@ -318,10 +318,11 @@ impl Shared {
     }
 }
 
-/// A connection's place under the cap, taken through this thread's handle and given
-/// back to the same stripe when dropped.
+/// A connection's place under the cap, held by [`ConnectionLimit`](super::ConnectionLimit)'s
+/// future while the connection lives: taken through this thread's handle, and given back
+/// to the same stripe when the connection ends or the future is dropped.
 #[derive(Debug)]
-pub(crate) struct GlobalSlot(Arc<Handle<Shared>>);
+pub struct GlobalSlot(Arc<Handle<Shared>>);
 
 impl GlobalSlot {
     pub(super) fn try_acquire(shared: &Striped<Shared>) -> Option<Self> {

@@ -90,7 +90,6 @@
 mod layer;
 mod service;
 
-pub(crate) use layer::GlobalSlot;
 pub(crate) use layer::Shared;
-pub use layer::{ConnectionLimitBuilder, ConnectionLimitLayer, ConnectionLimitStats};
+pub use layer::{ConnectionLimitBuilder, ConnectionLimitLayer, ConnectionLimitStats, GlobalSlot};
 pub use service::ConnectionLimit;

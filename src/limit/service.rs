@@ -12,7 +12,7 @@ use tower::Service;
 use super::layer::{GlobalSlot, Shared};
 use crate::{
     BoxError, Conn,
-    admission::{Reason, ResponseFuture, Slot, refuse},
+    admission::{Reason, ResponseFuture, refuse},
     striped::Striped,
 };
 
@@ -72,7 +72,7 @@ where
 {
     type Response = ();
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, IO>;
+    type Future = ResponseFuture<S::Future, IO, Option<GlobalSlot>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.shared.waits_for_room() {
@@ -85,12 +85,12 @@ where
         // In backpressure mode another server sharing this limit may have taken the slot
         // seen in `poll_ready`; the connection is then refused like in refuse mode.
         match GlobalSlot::try_acquire(&self.shared) {
-            Some(slot) => ResponseFuture::admitted(self.inner.call(conn), Slot::Global(slot)),
+            Some(slot) => ResponseFuture::admitted(self.inner.call(conn), Some(slot)),
             // Admitted at once, over the cap, while an idle connection closes.
             #[cfg(feature = "overload")]
             None if self.shared.evict_idle() => {
                 let slot = GlobalSlot::over_cap(&self.shared);
-                ResponseFuture::admitted(self.inner.call(conn), Slot::Global(slot))
+                ResponseFuture::admitted(self.inner.call(conn), Some(slot))
             }
             None => {
                 let shared = &self.shared;
@@ -105,7 +105,7 @@ where
                     &shared.log,
                     |conn| {
                         let slot = GlobalSlot::over_cap(shared);
-                        ResponseFuture::admitted(self.inner.call(conn), Slot::Global(slot))
+                        ResponseFuture::admitted(self.inner.call(conn), Some(slot))
                     },
                 )
             }

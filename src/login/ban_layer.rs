@@ -13,7 +13,7 @@ use tower_layer::Layer;
 use super::{Offence, Shared};
 use crate::{
     BoxError, Conn,
-    admission::{Reason, ResponseFuture, Slot, refuse},
+    admission::{Reason, ResponseFuture, refuse},
     peer::{Classified, Overflow},
     striped::{Handle, Striped},
 };
@@ -112,7 +112,7 @@ where
         inner: inner.call(conn),
         offender: peer.map(|peer| (shared.local(), peer)),
     };
-    ResponseFuture::admitted(future, Slot::None)
+    ResponseFuture::admitted(future, ())
 }
 
 /// A connection's future under a [`BanLayer`]: if the connection fails with an

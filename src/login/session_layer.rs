@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     BoxError, Conn,
-    admission::{ResponseFuture, Slot, refuse},
+    admission::{ResponseFuture, refuse},
     close::Requested,
     deadline::ShrinkingDeadline,
     janitor::Janitor,
@@ -142,7 +142,7 @@ where
         _live: live,
         state,
     };
-    ResponseFuture::admitted(future, Slot::None)
+    ResponseFuture::admitted(future, ())
 }
 
 /// A connection's future under its login session: it enforces the login timeout, and

@@ -10,7 +10,7 @@ use tower_layer::Layer;
 use super::{PeerLimit, PeerSlot};
 use crate::{
     ConfigError,
-    admission::{Reason, Refusal, Refusals, Slot, refusal_builder_methods},
+    admission::{Reason, Refusal, Refusals, refusal_builder_methods},
     config::nonzero,
     counter::Counter,
     janitor::Janitor,
@@ -253,7 +253,7 @@ pub(super) enum Admission {
     /// Let through without counting: exempt, or the table was full.
     Untracked,
     /// Over the limit; in dry run, served anyway with this slot.
-    Refused(Reason, Slot),
+    Refused(Reason, Option<PeerSlot>),
 }
 
 impl Shared {
@@ -294,7 +294,7 @@ impl Shared {
                     let reason = Reason::PeerTableFull {
                         capacity: this.table.capacity(),
                     };
-                    Admission::Refused(reason, Slot::None)
+                    Admission::Refused(reason, None)
                 }
             },
             (live, Fit::Stored) if live >= max_per_peer => {
@@ -303,10 +303,10 @@ impl Shared {
                     limit: max_per_peer as usize,
                 };
                 if !dry_run {
-                    return Admission::Refused(reason, Slot::None);
+                    return Admission::Refused(reason, None);
                 }
                 this.admitted.add();
-                Admission::Refused(reason, Slot::Peer(PeerSlot::new(this.local(), at)))
+                Admission::Refused(reason, Some(PeerSlot::new(this.local(), at)))
             }
             (_, Fit::Stored) => {
                 this.admitted.add();

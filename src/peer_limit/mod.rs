@@ -43,4 +43,4 @@ mod service;
 pub use layer::PeerConnections;
 pub use layer::{PeerLimitBuilder, PeerLimitLayer, PeerLimitStats};
 pub use service::PeerLimit;
-pub(crate) use service::PeerSlot;
+pub use service::PeerSlot;

@@ -9,7 +9,7 @@ use tower::Service;
 use super::layer::{Admission, Shared};
 use crate::{
     BoxError, Conn,
-    admission::{ResponseFuture, Slot, refuse},
+    admission::{ResponseFuture, refuse},
     peer::table::Located,
     striped::{Handle, Striped},
 };
@@ -37,7 +37,7 @@ where
 {
     type Response = ();
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, IO>;
+    type Future = ResponseFuture<S::Future, IO, Option<PeerSlot>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -45,10 +45,8 @@ where
 
     fn call(&mut self, conn: Conn<IO>) -> Self::Future {
         match Shared::admit(&self.shared, conn.peer_addr().ip()) {
-            Admission::Tracked(slot) => {
-                ResponseFuture::admitted(self.inner.call(conn), Slot::Peer(slot))
-            }
-            Admission::Untracked => ResponseFuture::admitted(self.inner.call(conn), Slot::None),
+            Admission::Tracked(slot) => ResponseFuture::admitted(self.inner.call(conn), Some(slot)),
+            Admission::Untracked => ResponseFuture::admitted(self.inner.call(conn), None),
             Admission::Refused(reason, slot) => {
                 let shared = &self.shared;
                 let refusals = shared.refusals(&reason);
@@ -65,9 +63,10 @@ where
     }
 }
 
-/// A connection's place in its peer's count, given back when dropped.
+/// A connection's place in its peer's count, held by [`PeerLimit`]'s future while the
+/// connection lives, and given back when it ends or the future is dropped.
 #[derive(Debug)]
-pub(crate) struct PeerSlot {
+pub struct PeerSlot {
     shared: Arc<Handle<Shared>>,
     at: Located,
 }

@@ -13,7 +13,7 @@ use tower::Service;
 use super::layer::{LimiterCache, Shared};
 use crate::{
     BoxError, Conn,
-    admission::{ResponseFuture, Slot, refuse},
+    admission::{ResponseFuture, refuse},
     deadline::deadline_after,
 };
 
@@ -93,7 +93,7 @@ where
             .shared
             .admit(ip, self.limiter.as_mut(), &mut self.reserved)
         {
-            Ok(()) => ResponseFuture::admitted(self.inner.call(conn), Slot::None),
+            Ok(()) => ResponseFuture::admitted(self.inner.call(conn), ()),
             Err(reason) => {
                 let shared = &self.shared;
                 let refusals = shared.refusals(&reason);
@@ -103,7 +103,7 @@ where
                     refusals,
                     &shared.refusal,
                     &shared.log,
-                    |conn| ResponseFuture::admitted(self.inner.call(conn), Slot::None),
+                    |conn| ResponseFuture::admitted(self.inner.call(conn), ()),
                 )
             }
         }
