@@ -286,15 +286,29 @@ async fn the_login_timeout_shrinks_under_pressure() {
     assert_eq!(began.elapsed(), secs(6) + secs(1));
 }
 
-/// An app whose `/sleep?S` handler takes S seconds.
+/// An app whose `/sleep?S` handler takes S seconds, and whose `/stream?MS` answers at
+/// once with a response that never ends, a line every MS milliseconds.
 fn app() -> Router {
-    Router::new().route("/", get(|| async { "hello\n" })).route(
-        "/sleep",
-        get(|RawQuery(query): RawQuery| async move {
-            tokio::time::sleep(secs(query.unwrap().parse().unwrap())).await;
-            "slept\n"
-        }),
-    )
+    Router::new()
+        .route("/", get(|| async { "hello\n" }))
+        .route(
+            "/sleep",
+            get(|RawQuery(query): RawQuery| async move {
+                tokio::time::sleep(secs(query.unwrap().parse().unwrap())).await;
+                "slept\n"
+            }),
+        )
+        .route(
+            "/stream",
+            get(|RawQuery(query): RawQuery| async move {
+                let every = Duration::from_millis(query.unwrap().parse().unwrap());
+                let lines = futures_util::stream::unfold((), move |()| async move {
+                    tokio::time::sleep(every).await;
+                    Some((Ok::<_, std::io::Error>("tick\n"), ()))
+                });
+                axum::body::Body::from_stream(lines)
+            }),
+        )
 }
 
 /// The HTTP example's stack in small: a cap of `max` evicting idle connections, the
@@ -705,6 +719,101 @@ async fn with_nothing_idle_the_oldest_connection_judged_by_its_bytes_gives_way()
     let stats = limit.stats();
     assert_eq!((stats.refused, stats.live), (1, 2));
     assert_eq!(overload.stats().evicted_long_lived, 2);
+}
+
+/// A connection from `peer` whose one request, sent and never read from again, is
+/// `GET path`: its task.
+fn requested<S: Serves>(service: &S, peer: &str, path: &str) -> JoinHandle<Result<(), BoxError>> {
+    let (server, mut client) = open(service, peer);
+    let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n");
+    tokio::spawn(async move {
+        client.write_all(request.as_bytes()).await.unwrap();
+        // Held open, unread: the response is small enough for the stream's buffer.
+        std::future::pending::<()>().await;
+        drop(client);
+    });
+    server
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_that_streams_nothing_is_idle_a_handler_yet_to_answer_is_not() {
+    let (overload, limit, service) = http_stack(2);
+    // A response that sent its head and then nothing (a quiet gRPC stream), and a
+    // handler that takes its time before answering.
+    let quiet = requested(&service, "192.0.2.1:1", "/stream?3600000");
+    let slow = requested(&service, "192.0.2.2:1", "/sleep?300");
+    // Quiet for the 10 s that make a connection judged by its bytes idle, and seen so
+    // by its timer.
+    tokio::time::sleep(secs(20) + secs(600) / 8).await;
+
+    let (_newcomer, newcomer_client) = open(&service, "192.0.2.3:1");
+    let mut newcomer_client = Http1Client::connect(newcomer_client).await;
+    assert_eq!(newcomer_client.get("/").await.unwrap().body, "hello\n");
+    within(secs(1), quiet).await.unwrap().ok();
+    assert_eq!(overload.stats().evicted_idle, 1);
+    // The newcomer keeps its place by asking for something slow too: nothing is idle
+    // now, and the next one is refused, the slow handler left to answer.
+    let next_request = tokio::spawn(async move { newcomer_client.get("/sleep?60").await });
+    tokio::time::sleep(secs(1)).await;
+    refused(&service, "192.0.2.4:1").await;
+    assert!(!slow.is_finished());
+    let stats = overload.stats();
+    assert_eq!((stats.evicted_idle, stats.evicted_long_lived), (1, 0));
+    assert_eq!(limit.stats().refused, 1);
+    assert_eq!(
+        within(secs(120), next_request).await.unwrap().unwrap().body,
+        "slept\n"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_http2_answer_that_streams_nothing_is_evicted_and_cut_despite_its_goaway() {
+    let (overload, _limit, service) = http_stack(2);
+    let (quiet, quiet_client) = open(&service, "192.0.2.1:1");
+    let mut quiet_client = Http2Client::connect(quiet_client).await;
+    let _stream = tokio::spawn(async move { quiet_client.get("/stream?3600000").await });
+    let (_slow, slow_client) = open(&service, "192.0.2.2:1");
+    let mut slow_client = Http2Client::connect(slow_client).await;
+    let slow = tokio::spawn(async move { slow_client.get("/sleep?300").await });
+    tokio::time::sleep(secs(20) + secs(600) / 8).await;
+
+    // Evicted for a newcomer and cut at once: its GOAWAY would wait for the stream's
+    // end, which never comes (and its bytes would make it look busy).
+    let (_newcomer, newcomer_client) = open(&service, "192.0.2.3:1");
+    let mut newcomer_client = Http2Client::connect(newcomer_client).await;
+    assert_eq!(newcomer_client.get("/").await.unwrap().body, "hello\n");
+    within(secs(1), quiet).await.unwrap().ok();
+    assert_eq!(overload.stats().evicted_idle, 1);
+    assert_eq!(
+        within(secs(600), slow).await.unwrap().unwrap().body,
+        "slept\n"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_nothing_idle_the_oldest_answer_that_streams_gives_way() {
+    let (overload, limit, service) = http_stack(2);
+    // A response that sends a line every 900 ms (server-sent events): never quiet.
+    let streaming = requested(&service, "192.0.2.1:1", "/stream?900");
+    tokio::time::sleep(secs(5)).await;
+    let slow = requested(&service, "192.0.2.2:1", "/sleep?300");
+    tokio::time::sleep(secs(10) + secs(600) / 8).await;
+
+    // The stream, older than 10 s, is cut for a newcomer; the handler is left alone.
+    let (_newcomer, newcomer_client) = open(&service, "192.0.2.3:1");
+    let mut newcomer_client = Http1Client::connect(newcomer_client).await;
+    let newcomer = tokio::spawn(async move { newcomer_client.get("/sleep?60").await });
+    within(secs(2), streaming).await.unwrap().ok();
+    let stats = overload.stats();
+    assert_eq!((stats.evicted_idle, stats.evicted_long_lived), (0, 1));
+    tokio::time::sleep(secs(1)).await;
+    refused(&service, "192.0.2.4:1").await;
+    assert!(!slow.is_finished());
+    assert_eq!(limit.stats().refused, 1);
+    assert_eq!(
+        within(secs(120), newcomer).await.unwrap().unwrap().body,
+        "slept\n"
+    );
 }
 
 #[tokio::test(start_paused = true)]

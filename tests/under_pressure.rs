@@ -1,9 +1,10 @@
 //! Attacks wider or more stubborn than the caps, end to end on loopback against
 //! axum_server: a botnet spray of idle keep-alive connections from many more addresses
 //! than the cap holds, an HTTP/2 crowd that never reads, one that takes none of its
-//! answers, a crowd of WebSockets kept alive with pings, a slowloris peer that keeps
-//! coming back, and a banned peer that reconnects from several tasks as fast as it can;
-//! a legitimate client is served through each (through the spray once it has arrived).
+//! answers, a crowd of WebSockets kept alive with pings, a crowd of gRPC streams that
+//! never end (against tonic_server), a slowloris peer that keeps coming back, and a
+//! banned peer that reconnects from several tasks as fast as it can; a legitimate
+//! client is served through each (through the spray once it has arrived).
 
 mod support;
 
@@ -274,6 +275,83 @@ async fn a_crowd_of_websockets_kept_alive_with_pings_gives_way_to_the_legitimate
     server.stop().await;
     // One gave way, and then the legitimate client had its place each time.
     assert!((1..=20).contains(&closed), "{closed} WebSockets closed");
+}
+
+/// tonic_server's health service, over a connection of its own from `from`.
+async fn health_client(
+    from: Ipv4Addr,
+    server: SocketAddr,
+) -> Option<tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{server}"))
+        .unwrap()
+        .local_address(Some(from.into()))
+        .connect_timeout(PATIENCE)
+        .connect()
+        .await
+        .ok()?;
+    Some(tonic_health::pb::health_client::HealthClient::new(channel))
+}
+
+/// A health request with tonic_server's token.
+fn with_token<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer secret".parse().unwrap());
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_of_grpc_streams_that_never_end_gives_way_to_the_legitimate_client() {
+    use tonic_health::pb::HealthCheckRequest;
+
+    const CAP: usize = 32;
+    let server = Example::start("tonic_server", &["--max-connections", &CAP.to_string()]).await;
+    let addr = server.addr;
+    // The whole cap in health `Watch` calls from as many addresses: each answered with
+    // the service's status, then a stream that sends nothing until the status changes,
+    // and never ends.
+    let mut crowd = Vec::new();
+    for n in 0..CAP {
+        let Some(mut client) = health_client(bot(4000 + n), addr).await else {
+            continue;
+        };
+        let watching = within(
+            PATIENCE,
+            client.watch(with_token(HealthCheckRequest::default())),
+        );
+        if let Ok(answer) = watching.await {
+            let mut stream = answer.into_inner();
+            crowd.push(tokio::spawn(async move {
+                while let Some(Ok(_)) = stream.next().await {}
+                drop(client);
+            }));
+        }
+    }
+    assert_eq!(crowd.len(), CAP, "the crowd did not fill the cap");
+    // Older than 10 s: each newcomer makes one give way, where the legitimate client
+    // would otherwise wait for their lifetime (an hour).
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    for _ in 0..20 {
+        let checked = async {
+            let mut client = health_client(LEGIT, addr).await?;
+            client
+                .check(with_token(HealthCheckRequest::default()))
+                .await
+                .ok()
+        };
+        assert!(
+            within(PATIENCE, checked).await.is_some(),
+            "a legitimate call failed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let closed = crowd.iter().filter(|stream| stream.is_finished()).count();
+    for stream in &crowd {
+        stream.abort();
+    }
+    server.stop().await;
+    assert!((1..=20).contains(&closed), "{closed} streams closed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

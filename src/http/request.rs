@@ -179,6 +179,7 @@ where
             held: Some(Held {
                 shared: self.shared.clone(),
                 exchange: false,
+                answered: false,
                 plan: Plan::default(),
             }),
         }
@@ -204,6 +205,8 @@ struct Plan {
 struct Held {
     shared: Arc<Shared>,
     exchange: bool,
+    /// Whether the timer was told the exchange has its answer: its response streams.
+    answered: bool,
     /// What the response future does once the service answers. Kept here, in the
     /// padding after `exchange`, rather than beside `Held` in the request's future: an
     /// HTTP/2 stream's task holds that future, and tokio pads a task to 128 bytes; with
@@ -284,7 +287,7 @@ impl Drop for Held {
         if self.exchange
             && let Some(activity) = self.shared.activity()
         {
-            activity.close_exchange();
+            activity.close_exchange(self.answered);
         }
     }
 }
@@ -412,7 +415,7 @@ where
             unreachable!("dispatched above")
         };
         let outcome = ready!(answer.as_mut().poll_answer(cx));
-        let held = this.held.take().expect("held until the response");
+        let mut held = this.held.take().expect("held until the response");
         let plan = held.plan;
         let activity = held.exchange.then(|| held.shared.activity()).flatten();
         if plan.finish_on_response
@@ -444,6 +447,10 @@ where
             response
                 .headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Some(activity) = activity {
+            activity.answer_exchange();
+            held.answered = true;
         }
         Poll::Ready(Ok(response.map(|inner| ExchangeBody {
             inner,

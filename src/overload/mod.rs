@@ -54,9 +54,10 @@
 //! between requests, HTTP/2 with no stream); under a raw protocol that marks its
 //! requests with a [`RequestTimer`](crate::timeout::RequestTimer), between a finished
 //! request and the next byte. A connection with no such declaration (a raw protocol
-//! without a request timeout, a WebSocket once the HTTP adapter has handed it over) is
-//! idle once no byte has moved for [`evict_quiet_after`](OverloadBuilder::evict_quiet_after)
-//! (10 s by default). A connection whose output has waited for a second with not a byte
+//! without a request timeout, a WebSocket once the HTTP adapter has handed it over), and
+//! one whose every open request has been answered and only streams its response (a gRPC
+//! server stream, server-sent events), is idle once no byte has moved for
+//! [`evict_quiet_after`](OverloadBuilder::evict_quiet_after) (10 s by default). A connection whose output has waited for a second with not a byte
 //! of it taken (an HTTP/2 window its client keeps at zero, a socket it never reads) is
 //! idle too, whatever it has open: its client holds the place and takes nothing. That
 //! is seen by the idle timeout's watch, at its timer's looks, so it needs an idle
@@ -72,12 +73,14 @@
 //! longest. How long a connection has been idle is sampled by its timer, which looks
 //! every eighth of its idle timeout.
 //!
-//! When no connection is idle, the oldest of those without a declaration gives way,
+//! When no connection is idle, the oldest of those judged by their bytes gives way,
 //! once it has lived `evict_quiet_after`, chosen in the same way by peer, and is cut at
-//! once: a WebSocket or a raw connection may never fall quiet (a byte every few seconds
-//! keeps it busy), and a crowd of them would otherwise hold the cap until their
-//! lifetime. A request in progress is not evicted this way, under the HTTP adapter or a
-//! raw protocol's request timer: its request timeout bounds it.
+//! once: a WebSocket, a raw connection or a response stream may never fall quiet (a
+//! byte every few seconds keeps it busy), and a crowd of them would otherwise hold the
+//! cap until their lifetime. A request in progress is not evicted this way, under the
+//! HTTP adapter or a raw protocol's request timer: its request timeout bounds it. Nor is
+//! a request whose handler has not answered yet: that is the application's time to
+//! bound.
 //!
 //! # What it costs
 //!

@@ -259,13 +259,15 @@ impl Registry {
     }
 
     /// How long `member` has lived, if it is judged by its bytes (its protocol declares
-    /// no exchanges, and no request of a raw protocol's is in progress: the request
+    /// no exchanges, or only answers stream; and no request is arriving: the request
     /// timeout bounds that) and has lived [`quiet_after`](Self::quiet_after): such a
     /// connection may never fall quiet, and gives way to a newcomer when nothing is
     /// idle.
     fn long_lived_for(&self, member: &Member, now: Instant) -> Option<Duration> {
         let activity = &member.activity;
-        if activity.declares_exchanges() || activity.in_request() {
+        if activity.in_request()
+            || (activity.declares_exchanges() && !activity.only_answers_stream())
+        {
             return None;
         }
         Some(now.saturating_duration_since(activity.started()))
@@ -293,10 +295,12 @@ impl Standing {
     /// its protocol: it is still idle (an idle connection has nothing to finish, and one
     /// whose client ignores the goodbye, as HTTP/2's GOAWAY waits for the
     /// acknowledgement of a PING, would otherwise hold one of the evictions allowed at
-    /// once until its close grace), or it was evicted for its age (a WebSocket has no
-    /// goodbye the protocol can wait for). One idle when chosen that has started a
-    /// request since finishes it under the graceful close. A look is one relaxed load
-    /// until then.
+    /// once until its close grace), it was evicted for its age (a WebSocket has no
+    /// goodbye the protocol can wait for), or only answers stream on it (a goodbye would
+    /// wait for their end, which a gRPC stream or an event stream may never reach; and
+    /// the goodbye's own bytes would make it look busy). One idle when chosen that has
+    /// started a request since finishes it under the graceful close. A look is one
+    /// relaxed load until then.
     #[inline]
     pub(crate) fn to_cut(&self) -> bool {
         let Standing::Registered(registration) = self else {
@@ -305,6 +309,7 @@ impl Standing {
         let member = &registration.member;
         member.evicted.load(Ordering::Relaxed)
             && (member.evicted_long_lived.load(Ordering::Acquire)
+                || member.activity.only_answers_stream()
                 || registration
                     .registry
                     .idle_for(member, Instant::now())

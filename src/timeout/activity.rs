@@ -18,6 +18,10 @@
 //! A protocol that knows when it is busy declares its exchanges (the HTTP adapter: a
 //! request from its dispatch until its response is sent). Idle then means no exchange
 //! open for S, whatever bytes move: HTTP/2 PINGs and window updates keep nothing alive.
+//! Once every open exchange has been answered and only responses stream (a gRPC
+//! server stream, server-sent events, a long download), the bytes judge again: the
+//! application has nothing left to do but send, and a stream that sends nothing for S
+//! is as idle as a silent socket.
 //!
 //! Output the client holds back (a full socket buffer, or HTTP/2 flow control) is the
 //! slow reader's attack: while output waits, the client must take at least the minimum
@@ -205,6 +209,10 @@ pub(crate) struct Activity {
     /// atomic for both, so that opening or closing one costs one operation and the
     /// timer reads both consistently.
     exchanges: AtomicU64,
+    /// Of the open exchanges, those answered: the response's head is out, and its body
+    /// is streaming. Opened and closed on the exchange's own task, each after its
+    /// opening and before its closing, so never more than the open ones for long.
+    answered: AtomicU64,
     /// Response bytes the protocol has been handed to send.
     handed: AtomicU64,
     /// What the timer's idle watch saw at its last look, for the overload manager:
@@ -234,7 +242,8 @@ pub(crate) enum Idleness {
         /// Since when, as the timer last saw; now if it has not looked since.
         since: Instant,
     },
-    /// The protocol declares nothing; no byte has moved since then.
+    /// Judged by its bytes (the protocol declares nothing, or only answers stream): no
+    /// byte has moved since then.
     Quiet { since: Instant },
     /// Output has waited for the client since then, and the client has taken not a
     /// byte of it: busy for the protocol, idle for the server.
@@ -265,6 +274,7 @@ impl Activity {
             registration_taken: AtomicBool::new(false),
             declared: AtomicBool::new(false),
             exchanges: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
             handed: AtomicU64::new(0),
             seen_moved: AtomicU64::new(0),
             seen_quiet_since: AtomicU64::new(0),
@@ -452,9 +462,48 @@ impl Activity {
         self.add_racing(&self.exchanges, 1 | 1 << 32);
     }
 
+    /// An open exchange has its answer: its response streams from now on.
     #[inline]
-    pub(crate) fn close_exchange(&self) {
+    pub(crate) fn answer_exchange(&self) {
+        self.add_racing(&self.answered, 1);
+    }
+
+    /// Closes an exchange, `answered` if [`answer_exchange`](Self::answer_exchange) was
+    /// told of it.
+    #[inline]
+    pub(crate) fn close_exchange(&self, answered: bool) {
         self.add_racing(&self.exchanges, u64::MAX);
+        if answered {
+            self.add_racing(&self.answered, u64::MAX);
+        }
+    }
+
+    /// For a protocol that declares its exchanges: `None` while one of them waits for
+    /// its answer (busy); otherwise what has moved (the exchanges ever opened, and the
+    /// bytes too while answers stream) and whether any answer does. Two loads that
+    /// another thread may change in between: good enough for a sample, and read in the
+    /// order that errs towards busy as exchanges come.
+    fn declared_movement(&self) -> Option<(u64, bool)> {
+        let answered = self.answered.load(Ordering::Relaxed);
+        let exchanges = self.exchanges.load(Ordering::Relaxed);
+        let open = exchanges & u64::from(u32::MAX);
+        let opened = exchanges >> 32;
+        if open == 0 {
+            return Some((opened, false));
+        }
+        (answered >= open).then(|| (opened.wrapping_add(self.bytes_moved()), true))
+    }
+
+    /// Bytes read and written, all told.
+    fn bytes_moved(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed) + self.bytes_written.load(Ordering::Relaxed)
+    }
+
+    /// Whether every exchange open (one at least) is an answer streaming to its client:
+    /// the application has answered each request, and only responses go on.
+    pub(crate) fn only_answers_stream(&self) -> bool {
+        self.declared_movement()
+            .is_some_and(|(_, streaming)| streaming)
     }
 
     /// The protocol was handed `n` bytes of response to send.
@@ -552,7 +601,8 @@ impl Activity {
     }
 
     /// Whether the connection is idle, and since when; `None` while it is busy: a
-    /// request arriving, an exchange open, or output the client is taking slowly. Output
+    /// request arriving, an exchange waiting for its answer, or output the client is
+    /// taking slowly. Output
     /// the client takes none of is [`Idleness::Stalled`], whatever else is open: the
     /// connection is held for nothing then.
     pub(crate) fn idleness(&self) -> Option<Idleness> {
@@ -565,16 +615,15 @@ impl Activity {
             return None;
         }
         let (moved, declared) = if self.declared.load(Ordering::Relaxed) {
-            let exchanges = self.exchanges.load(Ordering::Relaxed);
-            if exchanges & u64::from(u32::MAX) != 0 {
-                return None;
-            }
-            (exchanges >> 32, true)
+            // While answers stream, the bytes judge.
+            let (moved, streaming) = self.declared_movement()?;
+            (moved, !streaming)
         } else {
-            let moved = self.bytes_read.load(Ordering::Relaxed)
-                + self.bytes_written.load(Ordering::Relaxed);
             // A request timer finished, and the next byte not yet in.
-            (moved, self.request_armed.load(Ordering::Relaxed))
+            (
+                self.bytes_moved(),
+                self.request_armed.load(Ordering::Relaxed),
+            )
         };
         let since = if moved == self.seen_moved.load(Ordering::Acquire) {
             self.instant(self.seen_quiet_since.load(Ordering::Relaxed))
@@ -693,16 +742,14 @@ impl Activity {
         }
 
         let moved = if self.declared.load(Ordering::Relaxed) {
-            let exchanges = self.exchanges.load(Ordering::Relaxed);
-            let open = exchanges & u64::from(u32::MAX);
-            let busy =
-                open != 0 || held_back || self.request_started.load(Ordering::Relaxed) != IDLE;
-            if busy { None } else { Some(exchanges >> 32) }
+            let busy = held_back || self.request_started.load(Ordering::Relaxed) != IDLE;
+            if busy {
+                None
+            } else {
+                self.declared_movement().map(|(moved, _)| moved)
+            }
         } else {
-            Some(
-                self.bytes_read.load(Ordering::Relaxed)
-                    + self.bytes_written.load(Ordering::Relaxed),
-            )
+            Some(self.bytes_moved())
         };
         match moved {
             Some(moved) if moved == watch.moved => {}
@@ -880,7 +927,7 @@ mod tests {
             }
             activity.open_exchange();
             activity.open_exchange();
-            activity.close_exchange();
+            activity.close_exchange(false);
             activity.handed(5);
             activity.handed(6);
             let exchanges = activity.exchanges.load(Ordering::Relaxed);
@@ -1008,7 +1055,7 @@ mod tests {
             activity.check(&deadlines, &mut watch),
             Check::Next(Some(_))
         ));
-        activity.close_exchange();
+        activity.close_exchange(false);
         // Pings: bytes both ways, no exchange.
         for _ in 0..8 {
             activity.on_read(17);
@@ -1050,7 +1097,7 @@ mod tests {
         http.declare_exchanges();
         http.open_exchange();
         assert_eq!(http.idleness(), None);
-        http.close_exchange();
+        http.close_exchange(false);
         let mut watch = IdleWatch::default();
         tokio::time::advance(secs(1)).await;
         http.check(&deadlines, &mut watch);
@@ -1062,6 +1109,59 @@ mod tests {
         assert!(
             matches!(http.idleness(), Some(Idleness::Quiet { since }) if since == Instant::now())
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answered_exchange_that_streams_is_judged_by_its_bytes() {
+        let deadlines = Deadlines {
+            idle: idle(secs(8)),
+            ..Deadlines::default()
+        };
+        let http = activity(deadlines);
+        http.declare_exchanges();
+        let mut watch = IdleWatch::default();
+        // A handler that has not answered: busy, however long nothing moves.
+        http.open_exchange();
+        for _ in 0..4 {
+            assert!(matches!(http.check(&deadlines, &mut watch), Check::Next(_)));
+            tokio::time::advance(secs(4)).await;
+        }
+        assert_eq!(http.idleness(), None);
+        assert!(!http.only_answers_stream());
+        // Answered, its response streaming: bytes keep it busy...
+        http.answer_exchange();
+        assert!(http.only_answers_stream());
+        for _ in 0..4 {
+            http.on_write(10);
+            http.check(&deadlines, &mut watch);
+            tokio::time::advance(secs(4)).await;
+        }
+        http.check(&deadlines, &mut watch);
+        assert!(matches!(http.idleness(), Some(Idleness::Quiet { .. })));
+        // ...and a second request, not answered yet, makes it busy again.
+        http.open_exchange();
+        assert_eq!(http.idleness(), None);
+        assert!(!http.only_answers_stream());
+        http.close_exchange(false);
+        // Quiet from the look that saw that request come and go: closed at the idle
+        // timeout.
+        http.check(&deadlines, &mut watch);
+        let looked = Instant::now();
+        tokio::time::advance(secs(3)).await;
+        assert_eq!(http.idleness(), Some(Idleness::Quiet { since: looked }));
+        let mut expired = None;
+        for _ in 0..8 {
+            tokio::time::advance(secs(1)).await;
+            if let Check::Expired(error) = http.check(&deadlines, &mut watch) {
+                expired = Some(error);
+                break;
+            }
+        }
+        assert_eq!(expired, Some(TimeoutError::Idle(secs(8))));
+        // Its response over, the connection is between requests again.
+        http.close_exchange(true);
+        assert!(!http.only_answers_stream());
+        assert!(matches!(http.idleness(), Some(Idleness::Declared { .. })));
     }
 
     #[tokio::test(start_paused = true)]
