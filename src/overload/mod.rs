@@ -57,16 +57,16 @@
 //! without a request timeout, a WebSocket once the HTTP adapter has handed it over), and
 //! one whose every open request has been answered and only streams its response (a gRPC
 //! server stream, server-sent events), is idle once no byte has moved for
-//! [`evict_quiet_after`](OverloadBuilder::evict_quiet_after) (10 s by default). A connection whose output has waited for a second with not a byte
-//! of it taken (an HTTP/2 window its client keeps at zero, a socket it never reads) is
-//! idle too, whatever it has open: its client holds the place and takes nothing. That
-//! is seen by the idle timeout's watch, at its timer's looks, so it needs an idle
-//! timeout; and not once an HTTP/2 stream of the connection has been reset, as its
-//! answer may be dropped unsent and would seem to wait for good (the idle timeout's
-//! minimum send rate still judges it). A connection in the middle of a request, with a
-//! response its client is taking, or still in its TLS handshake, is not idle. Nor is
-//! one that has read nothing yet in its first second: its first request may be on its
-//! way.
+//! [`evict_quiet_after`](OverloadBuilder::evict_quiet_after) (10 s by default). A
+//! connection whose output has waited for a second with not a byte of it taken (an
+//! HTTP/2 window its client keeps at zero, a socket it never reads) is idle too,
+//! whatever it has open: its client holds the place and takes nothing. That is seen by
+//! the idle timeout's watch, at its timer's looks, so it needs an idle timeout; and not
+//! once an HTTP/2 stream of the connection has been reset, as its answer may be dropped
+//! unsent and would seem to wait for good (the idle timeout's minimum send rate still
+//! judges it). A connection in the middle of a request, with a response its client is
+//! taking, or still in its TLS handshake, is not idle. Nor is one that has read nothing
+//! yet in its first second: its first request may be on its way.
 //!
 //! Among the idle connections, the victim is one of the peer that holds the most of
 //! them, so that a peer hoarding idle connections loses them first; then the one idle
