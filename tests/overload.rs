@@ -681,6 +681,31 @@ async fn an_http2_connection_whose_client_takes_none_of_its_answer_is_evicted_an
     assert_eq!(newcomer.get("/").await.unwrap().body, "hello\n");
 }
 
+/// [`HTTP2_GET_WITH_NO_WINDOW`], then `GET /` on stream 3 and its reset (CANCEL).
+const HTTP2_NO_WINDOW_AND_A_RESET: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\
+    \0\0\x06\x04\0\0\0\0\0\0\x04\0\0\0\0\
+    \0\0\0\x04\x01\0\0\0\0\
+    \0\0\x06\x01\x05\0\0\0\x01\x82\x86\x84\x41\x01t\
+    \0\0\x06\x01\x05\0\0\0\x03\x82\x86\x84\x41\x01t\
+    \0\0\x04\x03\0\0\0\0\x03\0\0\0\x08";
+
+/// Data handed to hyper for a reset stream is dropped unsent, and seems to wait for
+/// good; what makes waiting output a stall is a window the client keeps at zero, so a
+/// reset of its own does not hide the client's stall.
+#[tokio::test(start_paused = true)]
+async fn a_reset_stream_does_not_hide_another_streams_stall() {
+    let (overload, limit, service) = http_stack(2);
+    let mut stalled = http2_clients(&service, HTTP2_NO_WINDOW_AND_A_RESET).await;
+    tokio::time::sleep(secs(600) / 8 + secs(2)).await;
+
+    let (_newcomer, mut newcomer) = keep_alive(&service, "198.51.100.1:1").await;
+    let (server, _client) = stalled.remove(0);
+    within(secs(1), server).await.unwrap().unwrap();
+    assert_eq!(overload.stats().evicted_idle, 1);
+    assert_eq!(limit.stats().refused, 0);
+    assert_eq!(newcomer.get("/").await.unwrap().body, "hello\n");
+}
+
 /// A client that sends a byte every 900 ms on a raw connection until it is closed.
 fn chatty<S: Serves>(service: &S, peer: &str) -> JoinHandle<Result<(), BoxError>> {
     let (server, mut client) = open(service, peer);
@@ -828,9 +853,14 @@ async fn a_cancelled_http2_answer_does_not_make_a_later_request_look_stalled() {
     );
     let (cancelling, client) = open(&service, "192.0.2.1:1");
     let (mut from_server, mut to_server) = tokio::io::split(client);
-    // Default settings, and `GET /big` on stream 1; all that comes is read.
+    // Default settings, a connection window of 1 MiB more (a client that reads all it
+    // is sent opens it as it goes), and `GET /big` on stream 1; all that comes is read.
     to_server
         .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0\0\0\0\x04\x01\0\0\0\0")
+        .await
+        .unwrap();
+    to_server
+        .write_all(b"\0\0\x04\x08\0\0\0\0\0\0\x10\0\0")
         .await
         .unwrap();
     to_server

@@ -1,8 +1,10 @@
 //! Follows an HTTP/2 connection's frames as its bytes pass, without buffering them, for
 //! what hyper does not tell: which streams' request bodies are still coming in (so each
 //! is held to the request timeout until its last byte, however long its handler then
-//! takes), and how much response data the client has taken (DATA payload: PING
-//! acknowledgements and headers do not count).
+//! takes), how much response data the client has taken (DATA payload: PING
+//! acknowledgements and headers do not count), and whether its flow-control windows hold
+//! the server's data back (a window at zero: output that waits then is the client's
+//! doing, not data hyper dropped with a reset stream).
 //!
 //! An HTTP/1 connection is recognised by its first bytes and left alone.
 
@@ -16,9 +18,19 @@ const FRAME_HEADER: usize = 9;
 const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const WINDOW_UPDATE: u8 = 0x8;
 const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
+const ACK: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
+/// The setting that gives each stream's window its size.
+const INITIAL_WINDOW_SIZE: u16 = 0x4;
+/// Every window's size until the client says otherwise.
+const DEFAULT_WINDOW: i64 = 65_535;
+/// The most streams whose windows are followed; beyond them a stream is taken to have
+/// room (hyper lets a client open 200 at once by default).
+const MAX_FOLLOWED: usize = 256;
 
 /// One connection's frames, as the adapter's stream reads and writes them.
 #[derive(Debug)]
@@ -41,6 +53,26 @@ struct Streams {
     /// Whether the first request's headers have arrived: the request clock of the
     /// connection's opening (preface, first headers) stops then.
     opened: bool,
+    flow: Flow,
+}
+
+/// The client's flow-control windows for the server's data: set by its SETTINGS and
+/// WINDOW_UPDATE frames, spent by the server's DATA.
+#[derive(Debug)]
+struct Flow {
+    connection: i64,
+    /// A new stream's window.
+    initial: i64,
+    /// Streams the server may still send on, and their windows.
+    streams: Vec<(u32, i64)>,
+    /// The client frame whose payload is being read, if it is one that sets windows,
+    /// and the bytes gathered of its current entry (a setting is 6 bytes, an
+    /// increment 4).
+    reading: Option<Frame>,
+    entry: [u8; 6],
+    gathered: usize,
+    /// Whether a window is at zero or below, as last told to the timer.
+    blocked: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,28 +106,33 @@ struct Cursor {
     kind: u8,
 }
 
+/// What a cursor has come to.
+#[derive(Debug, Clone, Copy)]
+enum Seen<'a> {
+    Header(Frame),
+    /// A run of a frame's payload, with the frame's type.
+    Payload(u8, &'a [u8]),
+}
+
 /// A frame header, once complete.
 #[derive(Debug, Clone, Copy)]
 struct Frame {
     kind: u8,
     flags: u8,
     stream: u32,
+    /// Its payload's length.
+    len: u32,
 }
 
 impl Cursor {
-    /// Advances over `bytes`: `header` is told each frame header as it completes,
-    /// `payload` each run of payload bytes with its frame's type.
+    /// Advances over `bytes`, telling `seen` each frame header as it completes and each
+    /// run of payload bytes with its frame's type.
     #[inline]
-    fn advance(
-        &mut self,
-        mut bytes: &[u8],
-        mut header: impl FnMut(Frame),
-        mut payload: impl FnMut(u8, usize),
-    ) {
+    fn advance(&mut self, mut bytes: &[u8], mut seen: impl FnMut(Seen<'_>)) {
         while !bytes.is_empty() {
             if self.remaining > 0 {
                 let run = bytes.len().min(self.remaining as usize);
-                payload(self.kind, run);
+                seen(Seen::Payload(self.kind, &bytes[..run]));
                 self.remaining -= run as u32;
                 bytes = &bytes[run..];
                 continue;
@@ -119,7 +156,7 @@ impl Cursor {
                     self.start(&collected)
                 }
             };
-            header(frame);
+            seen(Seen::Header(frame));
         }
     }
 
@@ -132,6 +169,7 @@ impl Cursor {
             kind: h[3],
             flags: h[4],
             stream: u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff,
+            len: self.remaining,
         }
     }
 }
@@ -147,6 +185,15 @@ impl FrameWatch {
                 times_bodies,
                 incoming: Vec::new(),
                 opened: false,
+                flow: Flow {
+                    connection: DEFAULT_WINDOW,
+                    initial: DEFAULT_WINDOW,
+                    streams: Vec::new(),
+                    reading: None,
+                    entry: [0; 6],
+                    gathered: 0,
+                    blocked: false,
+                },
             },
         }
     }
@@ -227,13 +274,23 @@ impl Watch for FrameWatch {
         }
         let streams = &mut self.streams;
         let mut changed = false;
-        self.read.advance(
-            bytes,
-            |frame| changed |= streams.on_client_frame(frame),
-            |_, _| {},
-        );
+        let mut windows = false;
+        self.read.advance(bytes, |seen| match seen {
+            Seen::Header(frame) => {
+                windows |= streams.flow.on_client_frame(frame);
+                changed |= streams.on_client_frame(frame);
+            }
+            Seen::Payload(SETTINGS | WINDOW_UPDATE, payload) => {
+                streams.flow.on_client_payload(payload);
+                windows = true;
+            }
+            Seen::Payload(..) => {}
+        });
         if changed {
             streams.publish();
+        }
+        if windows {
+            streams.publish_flow();
         }
         true
     }
@@ -245,26 +302,26 @@ impl Watch for FrameWatch {
         }
         let streams = &mut self.streams;
         let mut changed = false;
+        let mut windows = false;
         let mut data = 0;
-        self.written.advance(
-            bytes,
-            |frame| {
+        self.written.advance(bytes, |seen| match seen {
+            Seen::Header(frame) => {
+                windows |= streams.flow.on_server_frame(frame);
                 if frame.kind == RST_STREAM {
-                    streams.activity.lose_track_of_output();
                     changed |= streams.forget(frame.stream);
                 }
-            },
-            |kind, run| {
-                if kind == DATA {
-                    data += run;
-                }
-            },
-        );
+            }
+            Seen::Payload(DATA, run) => data += run.len(),
+            Seen::Payload(..) => {}
+        });
         if data > 0 {
             streams.activity.on_data_written(data);
         }
         if changed {
             streams.publish();
+        }
+        if windows {
+            streams.publish_flow();
         }
     }
 }
@@ -272,9 +329,6 @@ impl Watch for FrameWatch {
 impl Streams {
     /// Follows a client frame; whether the streams still arriving may have changed.
     fn on_client_frame(&mut self, frame: Frame) -> bool {
-        if frame.kind == RST_STREAM {
-            self.activity.lose_track_of_output();
-        }
         let headers_done = frame.flags & END_HEADERS != 0;
         if matches!(frame.kind, HEADERS | CONTINUATION) && headers_done && !self.opened {
             self.opened = true;
@@ -335,6 +389,15 @@ impl Streams {
         self.incoming.len() != before
     }
 
+    /// Tells the timer whether a window holds the server's data back, if that changed.
+    fn publish_flow(&mut self) {
+        let blocked = self.flow.blocked();
+        if blocked != self.flow.blocked {
+            self.flow.blocked = blocked;
+            self.activity.set_flow_blocked(blocked);
+        }
+    }
+
     /// Tells the timer about the stream that has been arriving longest.
     fn publish(&self) {
         let oldest = self
@@ -343,6 +406,109 @@ impl Streams {
             .min_by_key(|incoming| incoming.started)
             .map(|incoming| (incoming.started, incoming.bytes_read));
         self.activity.set_stream_request(oldest);
+    }
+}
+
+impl Flow {
+    /// Follows a client frame's header; whether a window may have changed.
+    fn on_client_frame(&mut self, frame: Frame) -> bool {
+        self.reading = None;
+        self.gathered = 0;
+        match frame.kind {
+            // A new stream from the client: the server may answer on it.
+            HEADERS if frame.stream % 2 == 1 && self.window(frame.stream).is_none() => {
+                if self.streams.len() < MAX_FOLLOWED {
+                    self.streams.push((frame.stream, self.initial));
+                }
+                true
+            }
+            SETTINGS if frame.flags & ACK == 0 => {
+                self.reading = Some(frame);
+                false
+            }
+            WINDOW_UPDATE => {
+                self.reading = Some(frame);
+                false
+            }
+            RST_STREAM => self.close(frame.stream),
+            _ => false,
+        }
+    }
+
+    /// Reads a run of the payload of the client frame being read, if it sets windows.
+    fn on_client_payload(&mut self, mut payload: &[u8]) {
+        let Some(frame) = self.reading else {
+            return;
+        };
+        let size = if frame.kind == SETTINGS { 6 } else { 4 };
+        while !payload.is_empty() {
+            let take = (size - self.gathered).min(payload.len());
+            self.entry[self.gathered..self.gathered + take].copy_from_slice(&payload[..take]);
+            self.gathered += take;
+            payload = &payload[take..];
+            if self.gathered < size {
+                return;
+            }
+            self.gathered = 0;
+            let [a, b, c, d, e, f] = self.entry;
+            if frame.kind == SETTINGS {
+                if u16::from_be_bytes([a, b]) == INITIAL_WINDOW_SIZE {
+                    // Every stream's window moves by the change.
+                    let size = i64::from(u32::from_be_bytes([c, d, e, f]));
+                    let delta = size - self.initial;
+                    self.initial = size;
+                    for (_, window) in &mut self.streams {
+                        *window += delta;
+                    }
+                }
+            } else {
+                let increment = i64::from(u32::from_be_bytes([a, b, c, d]) & 0x7fff_ffff);
+                match frame.stream {
+                    0 => self.connection += increment,
+                    stream => {
+                        if let Some(window) = self.window(stream) {
+                            *window += increment;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Follows a server frame's header; whether a window may have changed.
+    fn on_server_frame(&mut self, frame: Frame) -> bool {
+        let mut changed = false;
+        if frame.kind == DATA && frame.len > 0 {
+            self.connection -= i64::from(frame.len);
+            if let Some(window) = self.window(frame.stream) {
+                *window -= i64::from(frame.len);
+            }
+            changed = true;
+        }
+        let ends = matches!(frame.kind, DATA | HEADERS) && frame.flags & END_STREAM != 0;
+        if ends || frame.kind == RST_STREAM {
+            changed |= self.close(frame.stream);
+        }
+        changed
+    }
+
+    fn window(&mut self, stream: u32) -> Option<&mut i64> {
+        self.streams
+            .iter_mut()
+            .find(|(id, _)| *id == stream)
+            .map(|(_, window)| window)
+    }
+
+    /// The server sends no more on `stream`; whether it was followed.
+    fn close(&mut self, stream: u32) -> bool {
+        let before = self.streams.len();
+        self.streams.retain(|(id, _)| *id != stream);
+        self.streams.len() != before
+    }
+
+    /// Whether the connection's window, or an open stream's, is at zero or below.
+    fn blocked(&self) -> bool {
+        self.connection <= 0 || self.streams.iter().any(|(_, window)| *window <= 0)
     }
 }
 
@@ -422,6 +588,40 @@ mod tests {
         }
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn the_clients_windows_are_followed_and_tell_when_they_hold_data_back() {
+        let window = |increment: u32| increment.to_be_bytes();
+        let mut client = PREFACE.to_vec();
+        // Streams get a window of 10; the connection's grows by 100.
+        client.extend(frame(SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 10]));
+        client.extend(frame(WINDOW_UPDATE, 0, 0, &window(100)));
+        client.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, b"h"));
+        client.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, b"h"));
+        for split in 0..client.len() {
+            let activity = activity();
+            let mut watch = FrameWatch::new(activity.clone(), true);
+            for part in [&client[..split], &client[split..]] {
+                watch.on_read(part);
+            }
+            let flow = &watch.streams.flow;
+            assert_eq!(flow.connection, DEFAULT_WINDOW + 100, "split at {split}");
+            assert_eq!(flow.streams, [(1, 10), (3, 10)], "split at {split}");
+            assert!(!watch.streams.flow.blocked, "split at {split}");
+
+            // Stream 1's window spent: the data waits on the client.
+            watch.on_written(&frame(DATA, 0, 1, &[0; 10]));
+            assert_eq!(watch.streams.flow.streams, [(1, 0), (3, 10)]);
+            assert!(watch.streams.flow.blocked);
+            // Reopened, then ended by the server; stream 3 reset by the client.
+            watch.on_read(&frame(WINDOW_UPDATE, 0, 1, &window(5)));
+            assert!(!watch.streams.flow.blocked);
+            watch.on_written(&frame(DATA, END_STREAM, 1, &[0; 5]));
+            watch.on_read(&frame(RST_STREAM, 0, 3, &[0, 0, 0, 8]));
+            assert!(watch.streams.flow.streams.is_empty());
+            assert_eq!(watch.streams.flow.connection, DEFAULT_WINDOW + 85);
+        }
+    }
+
     #[test]
     fn a_cursor_finds_frames_split_anywhere() {
         let mut stream = frame(DATA, 0, 1, b"hello");
@@ -432,11 +632,11 @@ mod tests {
             let mut frames = Vec::new();
             let mut data = 0;
             for part in [&stream[..split], &stream[split..]] {
-                cursor.advance(
-                    part,
-                    |frame| frames.push((frame.kind, frame.flags, frame.stream)),
-                    |kind, run| data += if kind == DATA { run } else { 0 },
-                );
+                cursor.advance(part, |seen| match seen {
+                    Seen::Header(frame) => frames.push((frame.kind, frame.flags, frame.stream)),
+                    Seen::Payload(DATA, run) => data += run.len(),
+                    Seen::Payload(..) => {}
+                });
             }
             assert_eq!(
                 frames,

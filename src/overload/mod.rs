@@ -61,12 +61,13 @@
 //! connection whose output has waited for a second with not a byte of it taken (an
 //! HTTP/2 window its client keeps at zero, a socket it never reads) is idle too,
 //! whatever it has open: its client holds the place and takes nothing. That is seen by
-//! the idle timeout's watch, at its timer's looks, so it needs an idle timeout; and not
-//! once an HTTP/2 stream of the connection has been reset, as its answer may be dropped
-//! unsent and would seem to wait for good (the idle timeout's minimum send rate still
-//! judges it). A connection in the middle of a request, with a response its client is
-//! taking, or still in its TLS handshake, is not idle. Nor is one that has read nothing
-//! yet in its first second: its first request may be on its way.
+//! the idle timeout's watch, at its timer's looks, so it needs an idle timeout. On
+//! HTTP/2, output waits on the client only while one of its flow-control windows (the
+//! connection's, or an open stream's) is at zero, as the adapter follows them in the
+//! frames: data hyper drops unsent with a reset stream is no stall. A connection in the
+//! middle of a request, with a response its client is taking, or still in its TLS
+//! handshake, is not idle. Nor is one that has read nothing yet in its first second: its
+//! first request may be on its way.
 //!
 //! Among the idle connections, the victim is one of the peer that holds the most of
 //! them, so that a peer hoarding idle connections loses them first; then the one idle

@@ -227,10 +227,11 @@ pub(crate) struct Activity {
     /// with another's count.
     stalled_since: AtomicU64,
     stalled_at_taken: AtomicU64,
-    /// Set once an HTTP/2 stream of the connection has been reset, by either side: its
-    /// answer, handed to the protocol, may be dropped unsent, so output that seems to
-    /// wait is no proof of a stall any more. The slow-reader rule still counts it.
-    output_untracked: AtomicBool,
+    /// Whether an HTTP/2 client's flow-control window (the connection's or an open
+    /// stream's) is at zero, as the frame watch follows them. On HTTP/2 only that makes
+    /// output that seems to wait the client's doing: data handed to hyper for a stream
+    /// that is then reset is dropped unsent, and would otherwise seem to wait for good.
+    flow_blocked: AtomicBool,
 }
 
 /// How a connection is idle, as [`Activity::idleness`] tells.
@@ -280,7 +281,7 @@ impl Activity {
             seen_quiet_since: AtomicU64::new(0),
             stalled_since: AtomicU64::new(NOT_STALLED),
             stalled_at_taken: AtomicU64::new(0),
-            output_untracked: AtomicBool::new(false),
+            flow_blocked: AtomicBool::new(false),
         }
     }
 
@@ -787,7 +788,7 @@ impl Activity {
     /// waiting so, and the protocol has not lost track of what it handed.
     fn stalled_since(&self) -> Option<Instant> {
         let since = self.stalled_since.load(Ordering::Acquire);
-        if since == NOT_STALLED || self.output_untracked.load(Ordering::Relaxed) {
+        if since == NOT_STALLED {
             return None;
         }
         let at_taken = self.stalled_at_taken.load(Ordering::Relaxed);
@@ -796,12 +797,10 @@ impl Activity {
             .then(|| self.instant(since))
     }
 
-    /// A stream was reset, and what it was handed may never be sent: see
-    /// `output_untracked`.
-    pub(crate) fn lose_track_of_output(&self) {
-        if !self.output_untracked.load(Ordering::Relaxed) {
-            self.output_untracked.store(true, Ordering::Relaxed);
-        }
+    /// Whether the HTTP/2 client's windows hold the server's data back: see
+    /// `flow_blocked`.
+    pub(crate) fn set_flow_blocked(&self, blocked: bool) {
+        self.flow_blocked.store(blocked, Ordering::Relaxed);
     }
 
     /// What the client has taken: data, when the protocol tells it apart.
@@ -815,12 +814,16 @@ impl Activity {
 
     /// How much output waits for the client, if any: what the protocol was handed
     /// beyond what has been written (writes run ahead of it by the protocol's framing,
-    /// a lead learnt whenever nothing waits), or an amount not known when the stream is
-    /// full and the protocol says nothing of what it sends.
+    /// a lead learnt whenever nothing waits) while, on HTTP/2, a window holds it back;
+    /// or an amount not known when the stream is full and the protocol says nothing of
+    /// what it sends.
     fn output_waiting(&self, written: u64, watch: &mut IdleWatch) -> Option<u64> {
         let handed = self.handed.load(Ordering::Relaxed);
         let expected = handed.saturating_add(watch.framing);
-        if written < expected {
+        if written < expected
+            && (!self.counts_data.load(Ordering::Relaxed)
+                || self.flow_blocked.load(Ordering::Relaxed))
+        {
             return Some(expected - written);
         }
         if self.write_blocked.load(Ordering::Relaxed) {
