@@ -58,6 +58,13 @@ const IDLE: u64 = u64::MAX;
 const PENDING: u64 = u64::MAX - 1;
 /// No output waits on the client with nothing taken: see `Activity::stalled_since`.
 const NOT_STALLED: u64 = u64::MAX;
+/// `Activity::exchanges`' three counts, packed: exchanges open (the low 21 bits), of
+/// those the answered (the next 21), and exchanges ever opened (the high 22, wrapping:
+/// enough to tell that some opened between two of the timer's looks).
+const OPEN: u64 = 1;
+const ANSWERED: u64 = 1 << 21;
+const OPENED: u64 = 1 << 42;
+const COUNT: u64 = ANSWERED - 1;
 /// The idle timeout is sampled this many times over its length.
 const IDLE_SAMPLES: u32 = 8;
 /// Bytes a second a client holding output back must take, unless configured.
@@ -205,14 +212,12 @@ pub(crate) struct Activity {
     registration_taken: AtomicBool,
     /// Whether the protocol declares its exchanges, so that idle means none is open.
     declared: AtomicBool,
-    /// Exchanges open (the low half) and ever opened (the high half, wrapping): one
-    /// atomic for both, so that opening or closing one costs one operation and the
-    /// timer reads both consistently.
+    /// Exchanges open, of those the answered (the response's head is out, its body
+    /// streaming), and exchanges ever opened, packed (see [`OPEN`]): one atomic for the
+    /// three, so that opening, answering or closing one costs one operation and the
+    /// timer reads them consistently. An exchange is answered and closed on its own
+    /// task, so the answered never outnumber the open.
     exchanges: AtomicU64,
-    /// Of the open exchanges, those answered: the response's head is out, and its body
-    /// is streaming. Opened and closed on the exchange's own task, each after its
-    /// opening and before its closing, so never more than the open ones for long.
-    answered: AtomicU64,
     /// Response bytes the protocol has been handed to send.
     handed: AtomicU64,
     /// What the timer's idle watch saw at its last look, for the overload manager:
@@ -275,7 +280,6 @@ impl Activity {
             registration_taken: AtomicBool::new(false),
             declared: AtomicBool::new(false),
             exchanges: AtomicU64::new(0),
-            answered: AtomicU64::new(0),
             handed: AtomicU64::new(0),
             seen_moved: AtomicU64::new(0),
             seen_quiet_since: AtomicU64::new(0),
@@ -460,35 +464,31 @@ impl Activity {
 
     #[inline]
     pub(crate) fn open_exchange(&self) {
-        self.add_racing(&self.exchanges, 1 | 1 << 32);
+        self.add_racing(&self.exchanges, OPEN | OPENED);
     }
 
     /// An open exchange has its answer: its response streams from now on.
     #[inline]
     pub(crate) fn answer_exchange(&self) {
-        self.add_racing(&self.answered, 1);
+        self.add_racing(&self.exchanges, ANSWERED);
     }
 
     /// Closes an exchange, `answered` if [`answer_exchange`](Self::answer_exchange) was
     /// told of it.
     #[inline]
     pub(crate) fn close_exchange(&self, answered: bool) {
-        self.add_racing(&self.exchanges, u64::MAX);
-        if answered {
-            self.add_racing(&self.answered, u64::MAX);
-        }
+        let closed = if answered { OPEN | ANSWERED } else { OPEN };
+        self.add_racing(&self.exchanges, closed.wrapping_neg());
     }
 
     /// For a protocol that declares its exchanges: `None` while one of them waits for
     /// its answer (busy); otherwise what has moved (the exchanges ever opened, and the
-    /// bytes too while answers stream) and whether any answer does. Two loads that
-    /// another thread may change in between: good enough for a sample, and read in the
-    /// order that errs towards busy as exchanges come.
+    /// bytes too while answers stream) and whether any answer does.
     fn declared_movement(&self) -> Option<(u64, bool)> {
-        let answered = self.answered.load(Ordering::Relaxed);
         let exchanges = self.exchanges.load(Ordering::Relaxed);
-        let open = exchanges & u64::from(u32::MAX);
-        let opened = exchanges >> 32;
+        let open = exchanges & COUNT;
+        let answered = (exchanges / ANSWERED) & COUNT;
+        let opened = exchanges / OPENED;
         if open == 0 {
             return Some((opened, false));
         }
@@ -934,7 +934,7 @@ mod tests {
             activity.handed(5);
             activity.handed(6);
             let exchanges = activity.exchanges.load(Ordering::Relaxed);
-            assert_eq!(exchanges, 1 | 2 << 32, "HTTP/2: {http2}");
+            assert_eq!(exchanges, OPEN + 2 * OPENED, "HTTP/2: {http2}");
             assert_eq!(
                 activity.handed.load(Ordering::Relaxed),
                 11,
