@@ -66,11 +66,9 @@ struct Flow {
     /// Streams the server may still send on, and their windows.
     streams: Vec<(u32, i64)>,
     /// The client frame whose payload is being read, if it is one that sets windows,
-    /// and the bytes gathered of its current entry (a setting is 6 bytes, an
-    /// increment 4).
+    /// and its current entry (a setting is 6 bytes, an increment 4).
     reading: Option<Frame>,
-    entry: [u8; 6],
-    gathered: usize,
+    entry: Gather<6>,
     /// Whether a window is at zero or below, as last told to the timer.
     blocked: bool,
 }
@@ -98,12 +96,43 @@ struct Incoming {
 /// Where a direction's byte stream is in its frames.
 #[derive(Debug, Default)]
 struct Cursor {
-    header: [u8; FRAME_HEADER],
-    /// Header bytes collected.
-    filled: usize,
+    /// A header split across reads.
+    header: Gather<FRAME_HEADER>,
     /// Payload bytes left in the current frame.
     remaining: u32,
     kind: u8,
+}
+
+/// Up to `N` bytes of a unit split across reads, gathered until it is whole.
+#[derive(Debug, Clone, Copy)]
+struct Gather<const N: usize> {
+    bytes: [u8; N],
+    filled: usize,
+}
+
+impl<const N: usize> Default for Gather<N> {
+    fn default() -> Self {
+        Self {
+            bytes: [0; N],
+            filled: 0,
+        }
+    }
+}
+
+impl<const N: usize> Gather<N> {
+    /// Takes from `input` what the unit of `size` bytes still lacks; the unit, once
+    /// whole (its first `size` bytes), after which gathering starts again.
+    fn take(&mut self, size: usize, input: &mut &[u8]) -> Option<[u8; N]> {
+        let take = (size - self.filled).min(input.len());
+        self.bytes[self.filled..self.filled + take].copy_from_slice(&input[..take]);
+        self.filled += take;
+        *input = &input[take..];
+        if self.filled < size {
+            return None;
+        }
+        self.filled = 0;
+        Some(self.bytes)
+    }
 }
 
 /// What a cursor has come to.
@@ -137,22 +166,19 @@ impl Cursor {
                 bytes = &bytes[run..];
                 continue;
             }
-            let frame = match (self.filled, bytes.split_first_chunk::<FRAME_HEADER>()) {
+            let frame = match (
+                self.header.filled,
+                bytes.split_first_chunk::<FRAME_HEADER>(),
+            ) {
                 // The usual case: a whole header in the bytes, read where it lies.
                 (0, Some((whole, rest))) => {
                     bytes = rest;
                     self.start(whole)
                 }
                 _ => {
-                    let take = (FRAME_HEADER - self.filled).min(bytes.len());
-                    self.header[self.filled..self.filled + take].copy_from_slice(&bytes[..take]);
-                    self.filled += take;
-                    bytes = &bytes[take..];
-                    if self.filled < FRAME_HEADER {
+                    let Some(collected) = self.header.take(FRAME_HEADER, &mut bytes) else {
                         return;
-                    }
-                    self.filled = 0;
-                    let collected = self.header;
+                    };
                     self.start(&collected)
                 }
             };
@@ -190,8 +216,7 @@ impl FrameWatch {
                     initial: DEFAULT_WINDOW,
                     streams: Vec::new(),
                     reading: None,
-                    entry: [0; 6],
-                    gathered: 0,
+                    entry: Gather::default(),
                     blocked: false,
                 },
             },
@@ -413,7 +438,7 @@ impl Flow {
     /// Follows a client frame's header; whether a window may have changed.
     fn on_client_frame(&mut self, frame: Frame) -> bool {
         self.reading = None;
-        self.gathered = 0;
+        self.entry = Gather::default();
         match frame.kind {
             // A new stream from the client: the server may answer on it.
             HEADERS if frame.stream % 2 == 1 && self.window(frame.stream).is_none() => {
@@ -441,22 +466,13 @@ impl Flow {
             return;
         };
         let size = if frame.kind == SETTINGS { 6 } else { 4 };
-        while !payload.is_empty() {
-            let take = (size - self.gathered).min(payload.len());
-            self.entry[self.gathered..self.gathered + take].copy_from_slice(&payload[..take]);
-            self.gathered += take;
-            payload = &payload[take..];
-            if self.gathered < size {
-                return;
-            }
-            self.gathered = 0;
-            let [a, b, c, d, e, f] = self.entry;
+        while let Some([a, b, c, d, e, f]) = self.entry.take(size, &mut payload) {
             if frame.kind == SETTINGS {
                 if u16::from_be_bytes([a, b]) == INITIAL_WINDOW_SIZE {
                     // Every stream's window moves by the change.
-                    let size = i64::from(u32::from_be_bytes([c, d, e, f]));
-                    let delta = size - self.initial;
-                    self.initial = size;
+                    let initial = i64::from(u32::from_be_bytes([c, d, e, f]));
+                    let delta = initial - self.initial;
+                    self.initial = initial;
                     for (_, window) in &mut self.streams {
                         *window += delta;
                     }
