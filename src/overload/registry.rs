@@ -87,8 +87,10 @@ struct Member {
     /// Its place in its shard, changed under the shard's lock.
     index: AtomicUsize,
     evicted: AtomicBool,
-    /// Evicted for its age: cut as soon as its protocol has been told, busy or not.
-    evicted_long_lived: AtomicBool,
+    /// Evicted with nothing for a goodbye to wait on but what may never end (for its age,
+    /// or while only answers streamed on it): cut as soon as its protocol has been told,
+    /// busy or not.
+    cut_when_told: AtomicBool,
 }
 
 /// A connection's place in the registry, given up when dropped.
@@ -142,7 +144,7 @@ impl Registry {
             shard,
             index: AtomicUsize::new(members.len()),
             evicted: AtomicBool::new(false),
-            evicted_long_lived: AtomicBool::new(false),
+            cut_when_told: AtomicBool::new(false),
         });
         members.push(member.clone());
         Registration {
@@ -183,8 +185,12 @@ impl Registry {
         };
         match victim {
             Some(victim) if !victim.evicted.swap(true, Ordering::AcqRel) => {
+                // A graceful close would wait on a WebSocket, or on responses that may
+                // never end; a request begun since the choice finishes under it.
+                if long_lived || victim.activity.only_answers_stream() {
+                    victim.cut_when_told.store(true, Ordering::Release);
+                }
                 if long_lived {
-                    victim.evicted_long_lived.store(true, Ordering::Release);
                     self.evicted_long_lived.add();
                     tracing::debug!(peer = %victim.peer, "long-lived connection evicted to make room, none being idle");
                 } else {
@@ -296,11 +302,11 @@ impl Standing {
     /// whose client ignores the goodbye, as HTTP/2's GOAWAY waits for the
     /// acknowledgement of a PING, would otherwise hold one of the evictions allowed at
     /// once until its close grace), it was evicted for its age (a WebSocket has no
-    /// goodbye the protocol can wait for), or only answers stream on it (a goodbye would
-    /// wait for their end, which a gRPC stream or an event stream may never reach; and
-    /// the goodbye's own bytes would make it look busy). One idle when chosen that has
-    /// started a request since finishes it under the graceful close. A look is one
-    /// relaxed load until then.
+    /// goodbye the protocol can wait for), or only answers streamed on it when it was
+    /// chosen (a goodbye would wait for their end, which a gRPC stream or an event
+    /// stream may never reach; and the goodbye's own bytes would make it look busy). One
+    /// idle when chosen that has started a request since finishes it under the graceful
+    /// close. A look is one relaxed load until then.
     #[inline]
     pub(crate) fn to_cut(&self) -> bool {
         let Standing::Registered(registration) = self else {
@@ -308,8 +314,7 @@ impl Standing {
         };
         let member = &registration.member;
         member.evicted.load(Ordering::Relaxed)
-            && (member.evicted_long_lived.load(Ordering::Acquire)
-                || member.activity.only_answers_stream()
+            && (member.cut_when_told.load(Ordering::Acquire)
                 || registration
                     .registry
                     .idle_for(member, Instant::now())
