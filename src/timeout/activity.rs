@@ -603,9 +603,8 @@ impl Activity {
 
     /// Whether the connection is idle, and since when; `None` while it is busy: a
     /// request arriving, an exchange waiting for its answer, or output the client is
-    /// taking slowly. Output
-    /// the client takes none of is [`Idleness::Stalled`], whatever else is open: the
-    /// connection is held for nothing then.
+    /// taking slowly. Output the client takes none of is [`Idleness::Stalled`], whatever
+    /// else is open: the connection is held for nothing then.
     pub(crate) fn idleness(&self) -> Option<Idleness> {
         if let Some(since) = self.stalled_since() {
             return Some(Idleness::Stalled { since });
