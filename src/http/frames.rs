@@ -65,6 +65,9 @@ struct Flow {
     initial: i64,
     /// Streams the server may still send on, and their windows.
     streams: Vec<(u32, i64)>,
+    /// The highest stream the client has opened: a client's new stream always has a
+    /// higher number, and a HEADERS frame on one not above it (trailers) opens nothing.
+    last_opened: u32,
     /// The client frame whose payload is being read, if it is one that sets windows,
     /// and its current entry (a setting is 6 bytes, an increment 4).
     reading: Option<Frame>,
@@ -215,6 +218,7 @@ impl FrameWatch {
                     connection: DEFAULT_WINDOW,
                     initial: DEFAULT_WINDOW,
                     streams: Vec::new(),
+                    last_opened: 0,
                     reading: None,
                     entry: Gather::default(),
                     blocked: false,
@@ -441,7 +445,8 @@ impl Flow {
         self.entry = Gather::default();
         match frame.kind {
             // A new stream from the client: the server may answer on it.
-            HEADERS if frame.stream % 2 == 1 && self.window(frame.stream).is_none() => {
+            HEADERS if frame.stream > self.last_opened => {
+                self.last_opened = frame.stream;
                 if self.streams.len() < MAX_FOLLOWED {
                     self.streams.push((frame.stream, self.initial));
                 }
@@ -633,6 +638,8 @@ mod tests {
             assert!(!watch.streams.flow.blocked);
             watch.on_written(&frame(DATA, END_STREAM, 1, &[0; 5]));
             watch.on_read(&frame(RST_STREAM, 0, 3, &[0, 0, 0, 8]));
+            // Late trailers on stream 1 open nothing.
+            watch.on_read(&frame(HEADERS, END_HEADERS | END_STREAM, 1, b"h"));
             assert!(watch.streams.flow.streams.is_empty());
             assert_eq!(watch.streams.flow.connection, DEFAULT_WINDOW + 85);
         }
