@@ -1,9 +1,9 @@
 //! The connections an overload manager may evict, and the choice of one.
 //!
 //! The victim is an idle connection; when none is idle, the oldest of those judged by
-//! their bytes (a WebSocket, a raw protocol with no request in progress), so that a
-//! crowd that keeps such connections alive with a byte now and then cannot hold the
-//! cap for good.
+//! their bytes (a WebSocket, a raw protocol with no request in progress, answers that
+//! stream), so that a crowd that keeps such connections alive with a byte now and then
+//! cannot hold the cap for good.
 //!
 //! Kept only under load (see [`Overload::enrol`](super::Overload::enrol)): a connection
 //! joins one of eight shards, the one of the thread it runs on, so that threads seldom

@@ -193,8 +193,8 @@ where
             return Poll::Ready(outcome.map_err(Into::into));
         }
         // Evicted, the protocol has had its poll to say goodbye (HTTP/1.1 closes an idle
-        // connection then, HTTP/2 writes its GOAWAY): an idle connection, or one evicted
-        // for its age, is cut now.
+        // connection then, HTTP/2 writes its GOAWAY): an idle connection, or one whose
+        // goodbye would wait on what may never end (see `Standing::to_cut`), is cut now.
         #[cfg(feature = "overload")]
         if asked_before_poll
             && this
