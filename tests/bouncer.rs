@@ -321,6 +321,19 @@ async fn a_reload_changes_the_limits_without_dropping_live_connections() {
 }
 
 #[tokio::test]
+async fn behind_a_balancer_as_many_may_read_their_header_as_the_cap_admits() {
+    let mut config = config();
+    config.connections.max = Some(100);
+    config.proxy_protocol.trusted = vec!["10.0.0.0/8".parse().unwrap()];
+    let bouncer = Bouncer::from_config(config.clone()).unwrap();
+    let proxy = bouncer.proxy_protocol().expect("a PROXY layer");
+    assert_eq!(proxy.max_reading(), 100);
+    config.connections.max = Some(40);
+    bouncer.reload(config).unwrap();
+    assert_eq!(proxy.max_reading(), 40);
+}
+
+#[tokio::test]
 async fn a_reload_changes_the_ban_policy_and_the_timeouts() {
     let mut config = config();
     config.bans.max_failures = 5;

@@ -1,7 +1,7 @@
 //! The edge, end to end against the example servers on loopback: behind a real HAProxy
 //! that sends the PROXY protocol, the limits and bans fall on the real clients; a
 //! header from anyone else is never honoured; a trusted source is held to the header's
-//! deadline.
+//! deadline, and its slow headers to a cap.
 
 mod support;
 
@@ -228,6 +228,62 @@ async fn a_trusted_source_is_held_to_the_header_deadline() {
         .unwrap();
     let response = String::from_utf8_lossy(&response);
     assert!(response.ends_with("\r\n\r\n192.0.2.9\n"), "{response}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn slow_headers_beyond_the_cap_make_way_for_the_balancers_next_connection() {
+    const CAP: usize = 8;
+    let server = Example::start(
+        "axum_server",
+        &[
+            "--proxy-protocol-from",
+            TRUST_BALANCER,
+            "--proxy-protocol-timeout",
+            "60",
+            "--max-connections",
+            &CAP.to_string(),
+        ],
+    )
+    .await;
+    // Three times as many connections as the cap, each stalled mid-header, oldest first.
+    let mut stalled = Vec::new();
+    for _ in 0..3 * CAP {
+        let mut stream = from_balancer(&server).await;
+        stream.write_all(b"PROXY TCP4 192.0.2.").await.unwrap();
+        stalled.push(stream);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The balancer's next connection, whole: served.
+    let mut whole = from_balancer(&server).await;
+    whole
+        .write_all(format!("PROXY TCP4 192.0.2.9 127.0.0.1 4000 80\r\n{}", get("/ip")).as_bytes())
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    within(PATIENCE, whole.read_to_end(&mut response))
+        .await
+        .unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.ends_with("\r\n\r\n192.0.2.9\n"), "{response}");
+    // No more stalled connections are held than the cap, and the oldest went first, long
+    // before their header's deadline.
+    let mut open = Vec::new();
+    for (arrival, stream) in stalled.iter_mut().enumerate() {
+        let mut byte = [0u8; 1];
+        let closed = matches!(
+            tokio::time::timeout(Duration::from_millis(50), stream.read(&mut byte)).await,
+            Ok(Ok(0) | Err(_))
+        );
+        if !closed {
+            open.push(arrival);
+        }
+    }
+    assert!(open.len() < CAP, "open: {open:?}");
+    assert!(
+        open.iter().all(|&arrival| arrival >= 2 * CAP),
+        "open: {open:?}"
+    );
     server.stop().await;
 }
 

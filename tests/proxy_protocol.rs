@@ -16,6 +16,7 @@ use proptest::prelude::*;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf},
     sync::mpsc,
+    task::{LocalSet, spawn_local},
     time::Instant,
 };
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
@@ -425,6 +426,29 @@ async fn a_header_not_complete_within_the_timeout_is_refused() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_draining_server_closes_a_connection_still_reading_its_header() {
+    let layer = proxy().build().unwrap();
+    let (protocol, _seen) = recorder();
+    let mut service = layer.layer(protocol);
+
+    let (mut conn, mut client) = duplex_conn(BALANCER);
+    client.write_all(&V1_HEADER[..20]).await.unwrap();
+    let close = conn.graceful_close();
+    let began = Instant::now();
+    let (outcome, ()) = tokio::join!(serve(&mut service, conn), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        close.request_cut_by_caller();
+    });
+    let error = outcome.unwrap_err();
+    assert!(matches!(
+        proxy_error(&error),
+        ProxyProtocolError::CloseRequested
+    ));
+    assert_eq!(began.elapsed(), Duration::from_millis(100));
+    assert_eq!(layer.stats().closed_early, 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_timeout_of_duration_max_waits_as_good_as_forever() {
     let layer = proxy().timeout(Duration::MAX).build().unwrap();
     let (protocol, mut seen) = recorder();
@@ -613,6 +637,92 @@ async fn clones_share_their_counters() {
     assert_eq!(layer.stats().proxied, 3);
 }
 
+#[tokio::test(start_paused = true)]
+async fn at_most_max_reading_connections_wait_for_a_header_and_a_newcomer_closes_the_oldest() {
+    // The recorder's futures are not `Send`: spawned on this thread.
+    LocalSet::new()
+        .run_until(async {
+            let layer = proxy().max_reading(2).build().unwrap();
+            let (protocol, mut seen) = recorder();
+            let mut service = layer.layer(protocol);
+
+            // Two sources trickle their headers, one after the other.
+            let mut trickling = Vec::new();
+            for _ in 0..2 {
+                let (conn, mut client) = duplex_conn(BALANCER);
+                client.write_all(&V1_HEADER[..10]).await.unwrap();
+                let future = service.ready().await.unwrap().call(conn);
+                trickling.push((spawn_local(future), client));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert_eq!(layer.stats().reading, 2);
+
+            // A balancer's connection arrives: the oldest trickler makes way, long before its
+            // header's timeout, and the newcomer is served.
+            let began = Instant::now();
+            let conn = sending(BALANCER, V1_HEADER).await;
+            let newcomer = spawn_local(service.ready().await.unwrap().call(conn));
+            let (oldest, _client) = trickling.remove(0);
+            let error = oldest.await.unwrap().unwrap_err();
+            assert!(
+                matches!(proxy_error(&error), ProxyProtocolError::Evicted { max: 2 }),
+                "{error}"
+            );
+            assert!(began.elapsed() < Duration::from_secs(1));
+            newcomer.await.unwrap().unwrap();
+            assert_eq!(seen.recv().await.unwrap().info.peer_addr, addr(CLIENT));
+
+            // The other trickler kept its place, and gives it back with its header.
+            let (other, mut client) = trickling.remove(0);
+            client.write_all(&V1_HEADER[10..]).await.unwrap();
+            drop(client);
+            other.await.unwrap().unwrap();
+            let stats = layer.stats();
+            assert_eq!((stats.evicted, stats.proxied, stats.reading), (1, 2, 0));
+        })
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lower_max_reading_applies_to_every_clone() {
+    // The recorder's futures are not `Send`: spawned on this thread.
+    LocalSet::new()
+        .run_until(async {
+            let layer = proxy().max_reading(3).build().unwrap();
+            let (protocol, _seen) = recorder();
+            let mut service = layer.clone().layer(protocol);
+            let mut held = Vec::new();
+            for _ in 0..2 {
+                let (conn, client) = duplex_conn(BALANCER);
+                held.push((
+                    spawn_local(service.ready().await.unwrap().call(conn)),
+                    client,
+                ));
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(layer.stats().reading, 2);
+            layer.set_max_reading(1).unwrap();
+            assert_eq!(layer.max_reading(), 1);
+            let (conn, _newest) = duplex_conn(BALANCER);
+            let _newest = spawn_local(service.ready().await.unwrap().call(conn));
+            for (reader, _client) in held {
+                let error = reader.await.unwrap().unwrap_err();
+                assert!(matches!(
+                    proxy_error(&error),
+                    ProxyProtocolError::Evicted { max: 1 }
+                ));
+            }
+            assert_eq!(layer.stats().evicted, 2);
+            assert_eq!(
+                layer.set_max_reading(0).unwrap_err(),
+                ConfigError::Zero {
+                    setting: "max_reading"
+                }
+            );
+        })
+        .await;
+}
+
 #[test]
 fn a_layer_without_trust_or_with_zero_limits_is_refused_when_built() {
     assert_eq!(
@@ -629,6 +739,12 @@ fn a_layer_without_trust_or_with_zero_limits_is_refused_when_built() {
         proxy().max_v2_len(0).build().unwrap_err(),
         ConfigError::Zero {
             setting: "max_v2_len"
+        }
+    );
+    assert_eq!(
+        proxy().max_reading(0).build().unwrap_err(),
+        ConfigError::Zero {
+            setting: "max_reading"
         }
     );
 }

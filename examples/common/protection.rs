@@ -267,7 +267,7 @@ pub struct Tally {
     /// refusals over a per-peer limit.
     pub banned: u64,
     /// What the overload manager did: idle connections asked to close to make room at
-    /// the cap,
+    /// the cap (and connections slow with their PROXY header closed for newer ones),
     pub shed: u64,
     /// and how long it ran the timeouts shortened.
     pub scaled: Duration,
@@ -310,7 +310,9 @@ pub fn tally(bouncer: &Bouncer) -> Tally {
             + login.evicted_login_timeout
             + login.evicted_banned,
         banned: login.bans,
-        shed: overload.evicted_idle + overload.evicted_long_lived,
+        shed: overload.evicted_idle
+            + overload.evicted_long_lived
+            + proxy.map_or(0, |proxy| proxy.evicted),
         scaled: overload.time_under_pressure,
         metrics_refused: 0,
     }

@@ -260,7 +260,9 @@ impl Default for Bans {
     }
 }
 
-/// `[proxy_protocol]`.
+/// `[proxy_protocol]`. As many connections may read their header at once as
+/// `connections.max` admits; at that cap a new one closes the one that has waited
+/// longest ([`max_reading`](crate::proxy_protocol::ProxyProtocolBuilder::max_reading)).
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(
     feature = "config",

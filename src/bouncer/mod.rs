@@ -236,6 +236,8 @@ impl BouncerBuilder {
             let proxy = ProxyProtocolLayer::builder()
                 .trusted(config.proxy_protocol.trusted.iter().copied())
                 .timeout(config.proxy_protocol.timeout)
+                // As many may read their header as the cap admits.
+                .max_reading(max_connections)
                 .overload(&overload)
                 .build()
                 .map_err(|error| SettingError::new("proxy_protocol.trusted", error))?;
@@ -600,6 +602,11 @@ impl Bouncer {
         self.total
             .set_max(max_connections(&config))
             .map_err(at("connections.max"))?;
+        if let Some(proxy) = &self.proxy {
+            proxy
+                .set_max_reading(max_connections(&config))
+                .map_err(at("connections.max"))?;
+        }
         self.per_peer
             .set_max_per_peer(config.connections.per_peer)
             .map_err(at("connections.per_peer"))?;

@@ -3,7 +3,7 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 use ipnet::IpNet;
 use tower_layer::Layer;
 
-use super::{ProxyProtocol, ProxyProtocolError};
+use super::{ProxyProtocol, ProxyProtocolError, readers::Readers};
 use crate::{
     ConfigError, config::nonzero, counter::Counter, deadline::Scaler,
     metrics::PROXY_PROTOCOL_ERRORS, peer::canonical_network, throttle::LogThrottle,
@@ -13,6 +13,9 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Room for what balancers send in TLVs (HAProxy's TLS details and unique IDs, cloud
 /// balancers' endpoint IDs), yet a bound on what one connection makes the server hold.
 const DEFAULT_MAX_V2_LEN: usize = 4096;
+/// Far more than a balancer's connections wait for their first bytes at once, yet a
+/// bound on the descriptors held before any cap counts them.
+const DEFAULT_MAX_READING: usize = 1024;
 
 /// Reads PROXY protocol headers from trusted balancers and rewrites each connection's
 /// peer address to the client's. See the [module documentation](super).
@@ -32,6 +35,7 @@ pub struct ProxyProtocolBuilder {
     refuse_untrusted_headers: bool,
     timeout: Duration,
     max_v2_len: usize,
+    max_reading: usize,
     scaler: Scaler,
 }
 
@@ -60,17 +64,24 @@ pub struct ProxyProtocolStats {
     /// Refused: an untrusted source sent a header, with
     /// [`refuse_untrusted_headers`](ProxyProtocolBuilder::refuse_untrusted_headers).
     pub refused_untrusted_header: u64,
-    /// Connections that ended or failed before their header was complete.
+    /// Connections that ended or failed before their header was complete, or were asked
+    /// to close (the server's drain).
     pub closed_early: u64,
+    /// Closed to make room, at a full [`max_reading`](ProxyProtocolBuilder::max_reading),
+    /// for a connection that came later.
+    pub evicted: u64,
+    /// Connections reading their header now.
+    pub reading: u64,
 }
 
 /// One line: `proxied 40, local 1, without header 0, untrusted 2, refused 3 (missing
-/// 1, malformed 1, too long 0, timed out 1, untrusted header 0), closed early 0`.
+/// 1, malformed 1, too long 0, timed out 1, untrusted header 0), closed early 0,
+/// evicted 0, reading 2`.
 impl std::fmt::Display for ProxyProtocolStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "proxied {}, local {}, without header {}, untrusted {}, refused {} (missing {}, malformed {}, too long {}, timed out {}, untrusted header {}), closed early {}",
+            "proxied {}, local {}, without header {}, untrusted {}, refused {} (missing {}, malformed {}, too long {}, timed out {}, untrusted header {}), closed early {}, evicted {}, reading {}",
             self.proxied,
             self.local,
             self.without_header,
@@ -85,7 +96,9 @@ impl std::fmt::Display for ProxyProtocolStats {
             self.refused_too_long,
             self.refused_timed_out,
             self.refused_untrusted_header,
-            self.closed_early
+            self.closed_early,
+            self.evicted,
+            self.reading
         )
     }
 }
@@ -99,6 +112,7 @@ impl ProxyProtocolLayer {
             refuse_untrusted_headers: false,
             timeout: DEFAULT_TIMEOUT,
             max_v2_len: DEFAULT_MAX_V2_LEN,
+            max_reading: DEFAULT_MAX_READING,
             scaler: Scaler::default(),
         }
     }
@@ -117,7 +131,26 @@ impl ProxyProtocolLayer {
             refused_timed_out: stats.refused_timed_out.get(),
             refused_untrusted_header: stats.refused_untrusted_header.get(),
             closed_early: stats.closed_early.get(),
+            evicted: stats.evicted.get(),
+            reading: self.shared.readers.len() as u64,
         }
+    }
+
+    /// Changes [`max_reading`](ProxyProtocolBuilder::max_reading) for the layer and
+    /// every clone; a lower cap evicts the readers over it as the next connection
+    /// arrives.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Zero`] for zero.
+    pub fn set_max_reading(&self, max: usize) -> Result<(), ConfigError> {
+        self.shared.readers.set_max(nonzero(max, "max_reading")?);
+        Ok(())
+    }
+
+    /// The cap on connections reading their header at once.
+    pub fn max_reading(&self) -> usize {
+        self.shared.readers.max()
     }
 }
 
@@ -175,6 +208,18 @@ impl ProxyProtocolBuilder {
         self
     }
 
+    /// How many connections may read their header at once; 1024 by default. The layer
+    /// goes before any cap counts a connection, so this bounds the descriptors held by
+    /// connections whose header is slow to come. At the cap, a new connection closes
+    /// the one that has waited longest for its header: a balancer sends the header
+    /// with its first bytes, so its connections wait a round trip, and a source that
+    /// trickles its headers loses its oldest. The [`Bouncer`](crate::bouncer::Bouncer)
+    /// sets it to its connection cap.
+    pub fn max_reading(mut self, max: usize) -> Self {
+        self.max_reading = max;
+        self
+    }
+
     /// # Errors
     ///
     /// [`ConfigError::Empty`] without a trusted network: a header is never believed
@@ -193,6 +238,7 @@ impl ProxyProtocolBuilder {
                 timeout: nonzero(self.timeout, "timeout")?,
                 scaler: self.scaler,
                 max_v2_len: nonzero(self.max_v2_len, "max_v2_len")?,
+                readers: Readers::new(nonzero(self.max_reading, "max_reading")?),
                 log: LogThrottle::new(Duration::from_secs(1)),
                 stats: Stats::new(),
             }),
@@ -218,6 +264,7 @@ pub(crate) struct Shared {
     /// What shrinks the header timeout under load.
     pub(super) scaler: Scaler,
     pub(super) max_v2_len: usize,
+    pub(super) readers: Readers,
     log: LogThrottle,
     pub(super) stats: Stats,
 }
@@ -234,6 +281,7 @@ pub(super) struct Stats {
     refused_timed_out: Counter,
     refused_untrusted_header: Counter,
     closed_early: Counter,
+    evicted: Counter,
 }
 
 impl Stats {
@@ -250,6 +298,7 @@ impl Stats {
             refused_timed_out: error("timed_out"),
             refused_untrusted_header: error("untrusted_header"),
             closed_early: error("closed_early"),
+            evicted: error("evicted"),
         }
     }
 }
@@ -271,18 +320,21 @@ impl Shared {
             }
             ProxyProtocolError::TooLong { .. } => &stats.refused_too_long,
             ProxyProtocolError::TimedOut(_) => &stats.refused_timed_out,
-            ProxyProtocolError::Incomplete { .. } | ProxyProtocolError::Io(_) => {
-                &stats.closed_early
-            }
+            ProxyProtocolError::Incomplete { .. }
+            | ProxyProtocolError::CloseRequested
+            | ProxyProtocolError::Io(_) => &stats.closed_early,
+            ProxyProtocolError::Evicted { .. } => &stats.evicted,
         };
         counter.add();
         if let Some(suppressed) = self.log.allow() {
             if matches!(
                 error,
-                ProxyProtocolError::Incomplete { .. } | ProxyProtocolError::Io(_)
+                ProxyProtocolError::Incomplete { .. }
+                    | ProxyProtocolError::CloseRequested
+                    | ProxyProtocolError::Io(_)
             ) {
                 // The source's own doing, such as a balancer's health check that
-                // connects and closes.
+                // connects and closes, or the server's drain.
                 tracing::debug!(%peer, %error, suppressed, "connection ended before its PROXY header");
             } else {
                 tracing::warn!(%peer, %error, suppressed, "PROXY header refused");
@@ -308,10 +360,12 @@ mod tests {
             refused_timed_out: 1,
             refused_untrusted_header: 0,
             closed_early: 5,
+            evicted: 3,
+            reading: 2,
         };
         assert_eq!(
             stats.to_string(),
-            "proxied 40, local 1, without header 0, untrusted 2, refused 3 (missing 1, malformed 1, too long 0, timed out 1, untrusted header 0), closed early 5"
+            "proxied 40, local 1, without header 0, untrusted 2, refused 3 (missing 1, malformed 1, too long 0, timed out 1, untrusted header 0), closed early 5, evicted 3, reading 2"
         );
     }
 }

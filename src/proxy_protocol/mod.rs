@@ -25,6 +25,11 @@
 //! to the protocol first by the [`Rewind`] stream it reads from: nothing is lost and
 //! nothing is read twice.
 //!
+//! At most [`max_reading`](ProxyProtocolBuilder::max_reading) connections read their
+//! header at once (1024 by default): at that cap, a new connection closes the one that
+//! has waited longest for its header. The layer goes before any cap counts a
+//! connection (below), so this is what bounds the descriptors that slow headers hold.
+//!
 //! # What the protocol sees
 //!
 //! After a header naming a TCP client, [`Conn::peer_addr`](crate::Conn::peer_addr) is
@@ -46,8 +51,8 @@
 //! this layer goes first, and everything keyed on the peer after it: bans, rates, caps,
 //! then TLS, timeouts, the login session and the application. The inner service is
 //! called only once the header is read, with the rewritten connection, so a banned
-//! client is refused even though its balancer is not. (The global cap, keyed on nothing,
-//! may also go first, to bound the connections still sending their header.)
+//! client is refused even though its balancer is not. The connections still sending
+//! their header are bounded by [`max_reading`](ProxyProtocolBuilder::max_reading).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -134,6 +139,7 @@
 mod header;
 mod io;
 mod layer;
+mod readers;
 mod service;
 
 use std::{error::Error, fmt, net::SocketAddr, time::Duration};
@@ -189,6 +195,15 @@ pub enum ProxyProtocolError {
         /// The bytes received.
         received: usize,
     },
+    /// Closed to make room for a newer connection: [`max_reading`](ProxyProtocolBuilder::max_reading)
+    /// connections were reading their header, and this one had waited longest.
+    Evicted {
+        /// The cap on connections reading their header.
+        max: usize,
+    },
+    /// The connection was asked to close (the server drains) before its header was
+    /// complete.
+    CloseRequested,
     /// Reading the header failed.
     Io(std::io::Error),
 }
@@ -219,6 +234,13 @@ impl fmt::Display for ProxyProtocolError {
                 f,
                 "connection closed after {received} bytes, before a PROXY header was complete"
             ),
+            ProxyProtocolError::Evicted { max } => write!(
+                f,
+                "closed for a newer connection: {max} connections were reading their PROXY header, and this one had waited longest"
+            ),
+            ProxyProtocolError::CloseRequested => {
+                f.write_str("asked to close before its PROXY header was complete")
+            }
             ProxyProtocolError::Io(error) => write!(f, "reading the PROXY header failed: {error}"),
         }
     }

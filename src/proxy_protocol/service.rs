@@ -7,7 +7,7 @@ use std::{
 };
 
 use bytes::{Buf, Bytes, BytesMut};
-use pin_project::pin_project;
+use pin_project::{pin_project, pinned_drop};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tower::Service;
 
@@ -15,8 +15,9 @@ use super::{
     ProxiedBy, ProxyProtocolError, Rewind,
     header::{self, Header, Scan, V1_MAX_LEN},
     layer::Shared,
+    readers::Reader,
 };
-use crate::{BoxError, Conn, deadline::ShrinkingDeadline};
+use crate::{BoxError, Conn, close::Requested, deadline::ShrinkingDeadline};
 
 /// What is read before knowing more: a whole version 1 header, a version 2 header with
 /// IPv6 addresses and a few TLVs, or the start of the protocol's first message.
@@ -71,6 +72,8 @@ where
                 inner: Some(ready),
                 buffer: BytesMut::with_capacity(FIRST_READ),
                 trusted,
+                reader: self.shared.readers.join(),
+                close: None,
                 shared: self.shared.clone(),
                 deadline: None,
             })),
@@ -96,7 +99,7 @@ enum State<S, IO, F> {
 }
 
 /// A connection whose first bytes are being read.
-#[pin_project]
+#[pin_project(PinnedDrop)]
 struct Reading<S, IO> {
     /// Until it is handed to the inner service.
     conn: Option<Conn<IO>>,
@@ -104,10 +107,22 @@ struct Reading<S, IO> {
     inner: Option<S>,
     buffer: BytesMut,
     trusted: bool,
+    /// Its place among the readers, given back when it is dropped.
+    reader: Reader,
+    /// Set the first time the source makes us wait: a draining server closes the
+    /// connection at once, as it has no request under way.
+    close: Option<Requested>,
     shared: Arc<Shared>,
     /// Set the first time the source makes us wait.
     #[pin]
     deadline: Option<ShrinkingDeadline>,
+}
+
+#[pinned_drop]
+impl<S, IO> PinnedDrop for Reading<S, IO> {
+    fn drop(self: Pin<&mut Self>) {
+        self.shared.readers.leave(&self.reader);
+    }
 }
 
 /// What the first bytes turned out to be.
@@ -220,6 +235,16 @@ where
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(ProxyProtocolError::Io(error))),
                 Poll::Pending => {
+                    if this.reader.poll_evicted(cx).is_ready() {
+                        let max = shared.readers.max();
+                        return Poll::Ready(Err(ProxyProtocolError::Evicted { max }));
+                    }
+                    let close = this
+                        .close
+                        .get_or_insert_with(|| conn.graceful_close().requested());
+                    if Pin::new(close).poll(cx).is_ready() {
+                        return Poll::Ready(Err(ProxyProtocolError::CloseRequested));
+                    }
                     if this.deadline.is_none() {
                         let deadline = ShrinkingDeadline::after(shared.timeout, &shared.scaler);
                         this.deadline.set(Some(deadline));
