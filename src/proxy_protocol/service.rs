@@ -235,7 +235,7 @@ where
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(ProxyProtocolError::Io(error))),
                 Poll::Pending => {
-                    if this.reader.poll_evicted(cx).is_ready() {
+                    if shared.readers.poll_evicted(this.reader, cx).is_ready() {
                         let max = shared.readers.max();
                         return Poll::Ready(Err(ProxyProtocolError::Evicted { max }));
                     }
