@@ -182,13 +182,15 @@ fn main() {
         Mode::Bare | Mode::Protected => {
             init_logging();
             // Both servers get the runtime the example servers get (`#[tokio::main]`:
-            // one worker per core), so the only difference between them is the
-            // per-connection path.
+            // one worker per core, the server in a task on one of them), so the only
+            // difference between them is the per-connection path.
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .expect("building the runtime");
-            runtime.block_on(run_server(&args));
+            runtime
+                .block_on(tokio::spawn(run_server(args)))
+                .expect("the server's task does not panic");
         }
         Mode::Churn | Mode::Hold => {
             // One thread: the client takes one core and leaves the other to the server.
@@ -210,7 +212,7 @@ fn main() {
     }
 }
 
-async fn run_server(args: &Args) {
+async fn run_server(args: Args) {
     // Installed before the port is announced: a SIGTERM right after the `listening on`
     // line must stop the server cleanly, not kill it.
     let shutdown = shutdown_signal();

@@ -31,6 +31,14 @@ use common::login_protocol;
 
 #[tokio::main]
 async fn main() {
+    // On a runtime worker, not the main thread, as the crate's `serve` module advises:
+    // the unprotected server runs there too, so that both are deployed alike.
+    tokio::spawn(run())
+        .await
+        .expect("the server's task does not panic");
+}
+
+async fn run() {
     let args = common::Args::from_env("login_server", true);
     common::init_logging();
     common::record_metrics(&args);

@@ -333,6 +333,82 @@ async fn behind_a_balancer_as_many_may_read_their_header_as_the_cap_admits() {
     assert_eq!(proxy.max_reading(), 40);
 }
 
+/// Echo, telling the name of the thread each connection's service was called on.
+#[derive(Clone)]
+struct CalledOn(std::sync::mpsc::Sender<Option<String>>);
+
+impl<IO> tower::Service<Conn<IO>> for CalledOn
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    type Response = ();
+    type Error = BoxError;
+    type Future = <Echo as tower::Service<Conn<IO>>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, conn: Conn<IO>) -> Self::Future {
+        let thread = std::thread::current().name().map(str::to_owned);
+        self.0.send(thread).unwrap();
+        Echo.call(conn)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_accept_loop_runs_on_a_worker_even_when_awaited_on_the_main_thread() {
+    let bouncer = Bouncer::from_config(config()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (called_on, threads) = std::sync::mpsc::channel();
+    let (stop, stopped) = oneshot::channel::<()>();
+    // Awaited here, on the test's own thread, which is no worker.
+    let serving = bouncer.serve_until(listener, CalledOn(called_on), async {
+        stopped.await.ok();
+    });
+    let client = async {
+        let mut stream = connect_from(20, addr).await;
+        stream.write_all(b"ping").await.unwrap();
+        assert_eq!(read_all(&mut stream).await, "ping");
+        stop.send(()).unwrap();
+    };
+    let (report, ()) = tokio::join!(serving, client);
+    report.unwrap();
+    let thread = threads.try_recv().unwrap();
+    assert_ne!(thread, std::thread::current().name().map(str::to_owned));
+}
+
+#[tokio::test]
+async fn dropping_the_serve_future_stops_the_accept_loop() {
+    let bouncer = Bouncer::from_config(config()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serving = bouncer.serve_until(listener, Echo, std::future::pending());
+    let mut first = connect_from(21, addr).await;
+    let (stopped, ()) = tokio::join!(
+        tokio::time::timeout(Duration::from_millis(200), serving),
+        async {
+            first.write_all(b"one").await.unwrap();
+            assert_eq!(read_all(&mut first).await, "one");
+        }
+    );
+    assert!(stopped.is_err(), "the server runs until dropped");
+    // Dropped: the loop goes with its listener, and new connections are refused.
+    let mut refused = false;
+    for _ in 0..100 {
+        if TcpStream::connect(addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "the listener outlived the dropped serve future");
+}
+
 #[tokio::test]
 async fn a_reload_changes_the_ban_policy_and_the_timeouts() {
     let mut config = config();

@@ -415,7 +415,8 @@ impl Bouncer {
     ) -> io::Result<ShutdownReport>
     where
         A: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
-        ProtectedHttp<A>: Service<Conn<TcpStream>, Response = (), Error = BoxError>,
+        ProtectedHttp<A>:
+            Service<Conn<TcpStream>, Response = (), Error = BoxError> + Send + 'static,
         <ProtectedHttp<A> as Service<Conn<TcpStream>>>::Future: Send + 'static,
     {
         self.serve_http_until(listener, app, shutdown_signal())
@@ -427,11 +428,12 @@ impl Bouncer {
         &self,
         listener: TcpListener,
         app: A,
-        shutdown: impl Future<Output = ()>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> io::Result<ShutdownReport>
     where
         A: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
-        ProtectedHttp<A>: Service<Conn<TcpStream>, Response = (), Error = BoxError>,
+        ProtectedHttp<A>:
+            Service<Conn<TcpStream>, Response = (), Error = BoxError> + Send + 'static,
         <ProtectedHttp<A> as Service<Conn<TcpStream>>>::Future: Send + 'static,
     {
         let http = HttpService::builder(app)
@@ -447,7 +449,7 @@ impl Bouncer {
     /// [`LoginSession`](crate::login::LoginSession) ([`Conn::login_session`]).
     pub async fn serve<S>(&self, listener: TcpListener, service: S) -> io::Result<ShutdownReport>
     where
-        Protected<S>: Service<Conn<TcpStream>, Response = (), Error = BoxError>,
+        Protected<S>: Service<Conn<TcpStream>, Response = (), Error = BoxError> + Send + 'static,
         <Protected<S> as Service<Conn<TcpStream>>>::Future: Send + 'static,
     {
         self.serve_until(listener, service, shutdown_signal()).await
@@ -458,21 +460,32 @@ impl Bouncer {
     /// with TLS, sockets send without Nagle's delay, which would otherwise hold each
     /// first response behind rustls' session tickets for the client's delayed
     /// acknowledgement.
+    ///
+    /// The accept loop runs in a task of its own, on a runtime worker, wherever this is
+    /// awaited (see [`serve`](crate::serve#where-the-accept-loop-runs)); dropping this
+    /// future stops it, as it would stop a loop run in place.
     pub async fn serve_until<S>(
         &self,
         listener: TcpListener,
         service: S,
-        shutdown: impl Future<Output = ()>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> io::Result<ShutdownReport>
     where
-        Protected<S>: Service<Conn<TcpStream>, Response = (), Error = BoxError>,
+        Protected<S>: Service<Conn<TcpStream>, Response = (), Error = BoxError> + Send + 'static,
         <Protected<S> as Service<Conn<TcpStream>>>::Future: Send + 'static,
     {
         let service = self.layer(service);
-        Server::new(self.accept(listener))
+        let server = Server::new(self.accept(listener))
             .with_graceful_shutdown(shutdown)
-            .serve(service)
-            .await
+            .serve(service);
+        let mut task = AbortOnDrop(tokio::spawn(server));
+        match (&mut task.0).await {
+            Ok(report) => report,
+            Err(error) => match error.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(cancelled) => Err(io::Error::other(cancelled)),
+            },
+        }
     }
 
     /// A listener for `axum::serve` or tonic's `serve_with_incoming`, whose connections
@@ -707,7 +720,16 @@ impl Bouncer {
 
 /// Completes on SIGINT or, on Unix, SIGTERM. The handlers are installed when this is
 /// called, before the server starts.
-fn shutdown_signal() -> impl Future<Output = ()> {
+/// Aborts the task when dropped: the caller's future owns it.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
     async move {

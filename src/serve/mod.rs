@@ -23,6 +23,18 @@
 //! instead: it runs this loop, and hands the framework the connections the layers admit
 //! (see [its module](protected) for what that path cannot do).
 //!
+//! # Where the accept loop runs
+//!
+//! Run the loop in a task of its own, `tokio::spawn(server.serve(service))`, rather
+//! than in `#[tokio::main]`'s own future. That future runs on the main thread, which
+//! is no runtime worker: each connection's task, spawned from there, has to wake a
+//! worker to start, and each connection's state, which the layers allocate when they
+//! are called in the loop, is allocated on one thread and freed on another. Spawned
+//! from a worker, a connection's task starts on that worker. On the benchmarks' 2-core
+//! machine that made a server with one request per connection serve about 1.4 times
+//! the connections a second, `axum::serve`'s loop as much as this one (BENCHMARKS.md).
+//! [`Bouncer`](crate::bouncer::Bouncer)'s `serve` methods do it themselves.
+//!
 //! # Example
 //!
 //! ```no_run
