@@ -188,8 +188,9 @@ fn main() {
                 .enable_all()
                 .build()
                 .expect("building the runtime");
+            let server = runtime.spawn(run_server(args));
             runtime
-                .block_on(tokio::spawn(run_server(args)))
+                .block_on(server)
                 .expect("the server's task does not panic");
         }
         Mode::Churn | Mode::Hold => {

@@ -608,3 +608,18 @@ async fn login_server_applies_the_login_flags() {
     assert_eq!(client.line().await, None);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn bench_servers_accept_and_close_and_stop_cleanly() {
+    for mode in ["bare", "protected"] {
+        let server = Example::start("bench_server", &["--mode", mode]).await;
+        for _ in 0..3 {
+            let mut stream = within(PATIENCE, TcpStream::connect(server.addr))
+                .await
+                .unwrap();
+            let waited = closed_after(&mut stream).await;
+            assert!(waited < PATIENCE, "{mode}: {waited:?}");
+        }
+        server.stop().await;
+    }
+}
