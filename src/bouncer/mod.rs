@@ -493,6 +493,9 @@ impl Bouncer {
     /// [`serve_until`](Self::serve_until) sets up its own. The framework serves HTTP, so
     /// what needs the HTTP adapter is lost: see
     /// [`ProtectedListener`](crate::serve::protected) for what this path cannot do.
+    /// The layers run in the framework's accept loop: run it in a task of its own
+    /// (`tokio::spawn`), as the [`serve`](crate::serve#where-the-accept-loop-runs)
+    /// module advises.
     ///
     /// ```no_run
     /// use axum::{Router, routing::get};
