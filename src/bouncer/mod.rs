@@ -721,8 +721,6 @@ impl Bouncer {
     }
 }
 
-/// Completes on SIGINT or, on Unix, SIGTERM. The handlers are installed when this is
-/// called, before the server starts.
 /// Aborts the task when dropped: the caller's future owns it.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
@@ -732,6 +730,8 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// Completes on SIGINT or, on Unix, SIGTERM. The handlers are installed when this is
+/// called, before the server starts.
 fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
