@@ -57,7 +57,10 @@ async fn serve_http(bouncer: &Bouncer, app: Router) -> Running {
 /// A bouncer serving [`Echo`], a raw protocol.
 async fn serve_echo(bouncer: &Bouncer) -> Running {
     let bouncer = bouncer.clone();
-    start(|listener, stop| async move { bouncer.serve_until(listener, Echo, stop).await }).await
+    start(
+        |listener, stop| async move { bouncer.serve_until(listener, Echo::default(), stop).await },
+    )
+    .await
 }
 
 fn app() -> Router {
@@ -141,8 +144,11 @@ async fn failed_logins_over_http_ban_the_peer() {
 }
 
 /// A raw protocol: one line in, the same line out, then close.
-#[derive(Clone)]
-struct Echo;
+#[derive(Clone, Default)]
+struct Echo {
+    /// Told the name of the thread each connection's service is called on.
+    called_on: Option<std::sync::mpsc::Sender<Option<String>>>,
+}
 
 impl<IO> tower::Service<Conn<IO>> for Echo
 where
@@ -160,6 +166,10 @@ where
     }
 
     fn call(&mut self, conn: Conn<IO>) -> Self::Future {
+        if let Some(called_on) = &self.called_on {
+            let thread = std::thread::current().name().map(str::to_owned);
+            called_on.send(thread).unwrap();
+        }
         Box::pin(async move {
             let mut io = conn.into_io();
             let mut buffer = [0; 64];
@@ -200,7 +210,9 @@ async fn is_a_layer_for_a_stack_of_ones_own() {
     config.connections.max = Some(1);
     config.connections.backpressure = false;
     let bouncer = Bouncer::from_config(config).unwrap();
-    let service = ServiceBuilder::new().layer(bouncer.clone()).service(Echo);
+    let service = ServiceBuilder::new()
+        .layer(bouncer.clone())
+        .service(Echo::default());
     let server = LoopbackServer::start(service, Duration::from_secs(1)).await;
 
     let mut held = connect_from(7, server.addr).await;
@@ -333,32 +345,6 @@ async fn behind_a_balancer_as_many_may_read_their_header_as_the_cap_admits() {
     assert_eq!(proxy.max_reading(), 40);
 }
 
-/// Echo, telling the name of the thread each connection's service was called on.
-#[derive(Clone)]
-struct CalledOn(std::sync::mpsc::Sender<Option<String>>);
-
-impl<IO> tower::Service<Conn<IO>> for CalledOn
-where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    type Response = ();
-    type Error = BoxError;
-    type Future = <Echo as tower::Service<Conn<IO>>>::Future;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), BoxError>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, conn: Conn<IO>) -> Self::Future {
-        let thread = std::thread::current().name().map(str::to_owned);
-        self.0.send(thread).unwrap();
-        Echo.call(conn)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_accept_loop_runs_on_a_worker_even_when_awaited_on_the_main_thread() {
     let bouncer = Bouncer::from_config(config()).unwrap();
@@ -367,7 +353,10 @@ async fn the_accept_loop_runs_on_a_worker_even_when_awaited_on_the_main_thread()
     let (called_on, threads) = std::sync::mpsc::channel();
     let (stop, stopped) = oneshot::channel::<()>();
     // Awaited here, on the test's own thread, which is no worker.
-    let serving = bouncer.serve_until(listener, CalledOn(called_on), async {
+    let echo = Echo {
+        called_on: Some(called_on),
+    };
+    let serving = bouncer.serve_until(listener, echo, async {
         stopped.await.ok();
     });
     let client = async {
@@ -387,7 +376,7 @@ async fn dropping_the_serve_future_stops_the_accept_loop() {
     let bouncer = Bouncer::from_config(config()).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let serving = bouncer.serve_until(listener, Echo, std::future::pending());
+    let serving = bouncer.serve_until(listener, Echo::default(), std::future::pending());
     let mut first = connect_from(21, addr).await;
     let (stopped, ()) = tokio::join!(
         tokio::time::timeout(Duration::from_millis(200), serving),
