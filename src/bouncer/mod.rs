@@ -615,13 +615,10 @@ impl Bouncer {
         // Validated above: the layers refuse nothing that `validate` lets through, so
         // none of these fails once the first has changed something.
         let at = |key| move |error| SettingError::new(key, error);
-        self.total
-            .set_max(max_connections(&config))
-            .map_err(at("connections.max"))?;
+        let max = max_connections(&config);
+        self.total.set_max(max).map_err(at("connections.max"))?;
         if let Some(proxy) = &self.proxy {
-            proxy
-                .set_max_reading(max_connections(&config))
-                .map_err(at("connections.max"))?;
+            proxy.set_max_reading(max).map_err(at("connections.max"))?;
         }
         self.per_peer
             .set_max_per_peer(config.connections.per_peer)

@@ -784,7 +784,7 @@ impl Activity {
     }
 
     /// Since when output has waited with not a byte taken, if it has and is still
-    /// waiting so, and the protocol has not lost track of what it handed.
+    /// waiting so.
     fn stalled_since(&self) -> Option<Instant> {
         let since = self.stalled_since.load(Ordering::Acquire);
         if since == NOT_STALLED {
