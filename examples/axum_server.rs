@@ -30,11 +30,7 @@ use common::axum_app;
 
 #[tokio::main]
 async fn main() {
-    // On a runtime worker, not the main thread, as the crate's `serve` module advises:
-    // the unprotected server runs there too, so that both are deployed alike.
-    tokio::spawn(run())
-        .await
-        .expect("the server's task does not panic");
+    common::on_a_worker(run()).await;
 }
 
 async fn run() {

@@ -278,6 +278,15 @@ pub async fn serve_admin(args: &Args, bouncer: Option<&Bouncer>) {
     let _ = (args, bouncer);
 }
 
+/// Runs `server` in a task on a runtime worker, not on the main thread, as the crate's
+/// `serve` module advises; the unprotected servers run there too, so that both are
+/// deployed alike.
+pub async fn on_a_worker(server: impl std::future::Future<Output = ()> + Send + 'static) {
+    tokio::spawn(server)
+        .await
+        .expect("the server's task does not panic");
+}
+
 /// Completes on SIGINT or SIGTERM. The handlers are installed when this is called, so
 /// call it before announcing the port: a signal sent right after the `listening on` line
 /// must not kill the process.
