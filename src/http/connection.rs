@@ -23,12 +23,15 @@ use super::{
 
 use crate::{BoxError, Conn, close::Cut, shared_io, striped::Handle};
 
-pub(super) async fn serve<IO, S, B>(
+/// Sets the connection up, then returns the future that serves it. Not an `async fn`:
+/// its future would keep room for the connection and its parts for as long as the
+/// connection lives, though they are taken apart before the first await (250 bytes).
+pub(super) fn serve<IO, S, B>(
     conn: Conn<IO>,
     service: S,
     config: Arc<Handle<Config>>,
     timed_by_layer: bool,
-) -> Result<(), BoxError>
+) -> impl Future<Output = Result<(), BoxError>> + use<IO, S, B>
 where
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -70,77 +73,79 @@ where
         owner.may_leave(),
         &config,
     );
-    // A plain close is the adapter's to cut, after its grace; watched once a close is
-    // asked for.
-    let mut cut: Option<Box<Cut>> = None;
-    // hyper's connection is dropped when this ends: it lets go of the stream then,
-    // unless an upgrade has taken it. (Made in here, not moved in: a future moved into
-    // another is stored twice.)
-    let outcome = async {
-        let io = TokioIo::new(io);
-        // HTTP/2 as the TLS handshake agreed (ALPN), or detected. HTTP/1 is always
-        // detected: hyper-util serves upgrades (WebSockets) only on a detecting
-        // connection, and detection stops at the first byte that is not HTTP/2's.
-        let mut connection = pin!(match (&config.hyper_http2, http_version) {
-            (Some(http2), Some(Version::HTTP_2)) => {
-                Either::Right(http2.serve_connection(io, service))
-            }
-            _ => Either::Left(config.hyper.serve_connection_with_upgrades(io, service)),
-        });
-        let mut asked = pin!(close.requested());
-        // Polled by hand, not with `select!`: this runs on every wake-up of the
-        // connection.
-        std::future::poll_fn(|cx| {
-            loop {
-                // Matched here rather than through `Either`'s own poll: a call less at
-                // every wake-up.
-                let polled = match connection.as_mut().as_pin_mut() {
-                    Either::Left(detecting) => detecting.poll(cx),
-                    Either::Right(http2) => http2.poll(cx),
-                };
-                if let Poll::Ready(outcome) = polled {
-                    return Poll::Ready(Some(outcome));
+    async move {
+        // A plain close is the adapter's to cut, after its grace; watched once a close is
+        // asked for.
+        let mut cut: Option<Box<Cut>> = None;
+        // hyper's connection is dropped when this ends: it lets go of the stream then,
+        // unless an upgrade has taken it. (Made in here, not moved in: a future moved into
+        // another is stored twice.)
+        let outcome = async {
+            let io = TokioIo::new(io);
+            // HTTP/2 as the TLS handshake agreed (ALPN), or detected. HTTP/1 is always
+            // detected: hyper-util serves upgrades (WebSockets) only on a detecting
+            // connection, and detection stops at the first byte that is not HTTP/2's.
+            let mut connection = pin!(match (&config.hyper_http2, http_version) {
+                (Some(http2), Some(Version::HTTP_2)) => {
+                    Either::Right(http2.serve_connection(io, service))
                 }
-                match &mut cut {
-                    Some(cut) => return cut.poll_due(cx).map(|()| None),
-                    None => {
-                        ready!(asked.as_mut().poll(cx));
-                        cut = Some(Box::new(Cut::new(&close, config.close_grace)));
-                        // HTTP/1: no more keep-alive (an idle connection closes now);
-                        // HTTP/2: GOAWAY. Then the connection is polled again.
-                        match connection.as_mut().as_pin_mut() {
-                            Either::Left(detecting) => detecting.graceful_shutdown(),
-                            Either::Right(http2) => http2.graceful_shutdown(),
+                _ => Either::Left(config.hyper.serve_connection_with_upgrades(io, service)),
+            });
+            let mut asked = pin!(close.requested());
+            // Polled by hand, not with `select!`: this runs on every wake-up of the
+            // connection.
+            std::future::poll_fn(|cx| {
+                loop {
+                    // Matched here rather than through `Either`'s own poll: a call less at
+                    // every wake-up.
+                    let polled = match connection.as_mut().as_pin_mut() {
+                        Either::Left(detecting) => detecting.poll(cx),
+                        Either::Right(http2) => http2.poll(cx),
+                    };
+                    if let Poll::Ready(outcome) = polled {
+                        return Poll::Ready(Some(outcome));
+                    }
+                    match &mut cut {
+                        Some(cut) => return cut.poll_due(cx).map(|()| None),
+                        None => {
+                            ready!(asked.as_mut().poll(cx));
+                            cut = Some(Box::new(Cut::new(&close, config.close_grace)));
+                            // HTTP/1: no more keep-alive (an idle connection closes now);
+                            // HTTP/2: GOAWAY. Then the connection is polled again.
+                            match connection.as_mut().as_pin_mut() {
+                                Either::Left(detecting) => detecting.graceful_shutdown(),
+                                Either::Right(http2) => http2.graceful_shutdown(),
+                            }
                         }
                     }
                 }
-            }
-        })
-        .await
-    }
-    .await;
-    let Some(outcome) = outcome else {
-        tracing::debug!(grace = ?config.close_grace, "connection cut after its close grace");
-        return Ok(());
-    };
-    match outcome {
-        Err(error) if cut.is_some() && is_cancelled_detection(&*error) => return Ok(()),
-        Err(error) => return Err(error),
-        Ok(()) if owner.is_released() => return Ok(()),
-        Ok(()) => {}
-    }
-    // Upgraded: hyper handed the stream to a handler's task (and the timer was told
-    // when the answer was made). The connection lives on until that task drops it; its
-    // deadlines, caps and cuts still hold, and dropping this future closes the stream
-    // wherever it is.
-    let cut = cut.get_or_insert_with(|| Box::new(Cut::new(&close, config.close_grace)));
-    tokio::select! {
-        () = owner.released() => {}
-        () = cut.due() => {
-            tracing::debug!(grace = ?config.close_grace, "upgraded connection cut after its close grace");
+            })
+            .await
         }
+        .await;
+        let Some(outcome) = outcome else {
+            tracing::debug!(grace = ?config.close_grace, "connection cut after its close grace");
+            return Ok(());
+        };
+        match outcome {
+            Err(error) if cut.is_some() && is_cancelled_detection(&*error) => return Ok(()),
+            Err(error) => return Err(error),
+            Ok(()) if owner.is_released() => return Ok(()),
+            Ok(()) => {}
+        }
+        // Upgraded: hyper handed the stream to a handler's task (and the timer was told
+        // when the answer was made). The connection lives on until that task drops it; its
+        // deadlines, caps and cuts still hold, and dropping this future closes the stream
+        // wherever it is.
+        let cut = cut.get_or_insert_with(|| Box::new(Cut::new(&close, config.close_grace)));
+        tokio::select! {
+            () = owner.released() => {}
+            () = cut.due() => {
+                tracing::debug!(grace = ?config.close_grace, "upgraded connection cut after its close grace");
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Protocol detection stopped by a graceful close (hyper-util reports it as
