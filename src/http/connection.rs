@@ -77,10 +77,10 @@ where
         // A plain close is the adapter's to cut, after its grace; watched once a close is
         // asked for.
         let mut cut: Option<Box<Cut>> = None;
-        // hyper's connection is dropped when this ends: it lets go of the stream then,
-        // unless an upgrade has taken it. (Made in here, not moved in: a future moved into
-        // another is stored twice.)
-        let outcome = async {
+        // hyper's connection is dropped at the end of this block: it lets go of the
+        // stream then, unless an upgrade has taken it. (A block, not an `async` block
+        // awaited: that would keep room for the stream and the service a third time.)
+        let outcome = {
             let io = TokioIo::new(io);
             // HTTP/2 as the TLS handshake agreed (ALPN), or detected. HTTP/1 is always
             // detected: hyper-util serves upgrades (WebSockets) only on a detecting
@@ -121,8 +121,7 @@ where
                 }
             })
             .await
-        }
-        .await;
+        };
         let Some(outcome) = outcome else {
             tracing::debug!(grace = ?config.close_grace, "connection cut after its close grace");
             return Ok(());
