@@ -300,6 +300,54 @@ async fn slots_are_given_back_when_axum_lets_go_of_its_connections() {
     assert_eq!((stats.admitted, stats.refused), (20, 0));
 }
 
+/// The listener queues 64 streams the framework has not accepted yet; the connections
+/// admitted beyond wait in their own tasks for room, and none is lost.
+#[tokio::test]
+async fn connections_beyond_the_listeners_queue_wait_for_room_and_are_all_handed_out() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const CLIENTS: usize = 100;
+    let admitted = Arc::new(AtomicUsize::new(0));
+    let counting = ServiceBuilder::new().map_request({
+        let admitted = admitted.clone();
+        move |conn: Conn<TcpStream>| {
+            admitted.fetch_add(1, Ordering::Relaxed);
+            conn
+        }
+    });
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut listener = ProtectedListener::new(tcp, counting).unwrap();
+    let addr = listener.local_addr();
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(TcpStream::connect(addr).await.unwrap());
+    }
+    // Every connection admitted before the framework accepts one.
+    let deadline = Instant::now() + PATIENCE;
+    while admitted.load(Ordering::Relaxed) < CLIENTS {
+        assert!(
+            Instant::now() < deadline,
+            "not every connection was admitted"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut expected: Vec<SocketAddr> = clients.iter().map(|c| c.local_addr().unwrap()).collect();
+    let mut handed = Vec::new();
+    for _ in 0..CLIENTS {
+        let (mut io, peer) = within(PATIENCE, axum::serve::Listener::accept(&mut listener)).await;
+        io.write_all(b"x").await.unwrap();
+        handed.push(peer);
+    }
+    expected.sort();
+    handed.sort();
+    assert_eq!(handed, expected, "every connection handed out once");
+    for client in &mut clients {
+        let mut byte = [0u8; 1];
+        within(PATIENCE, client.read_exact(&mut byte))
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn accept_errors_do_not_stop_the_listener() {
     let (queue, log, listener) = ChannelListener::new();

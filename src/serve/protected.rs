@@ -296,16 +296,21 @@ where
     }
 
     fn call(&mut self, conn: Conn<IO>) -> Self::Future {
-        Box::pin(hand_off(self.admitted.clone(), conn))
+        hand_off(&self.admitted, conn)
     }
 }
 
 /// Hands `conn`'s stream to the listener, then lives until the framework drops it or a
 /// plain graceful close is due; dropped earlier by a layer, it closes the stream.
-async fn hand_off<IO>(
-    admitted: mpsc::Sender<ProtectedIo>,
+///
+/// The stream is handed out at once if the queue has room, and the future that lives
+/// on holds only what it waits on: what it takes to wait for room is boxed apart, as
+/// a future's size is that of its largest state, and that wait holds the stream and
+/// the sender's own future (over 600 bytes for every connection).
+fn hand_off<IO>(
+    admitted: &mpsc::Sender<ProtectedIo>,
     mut conn: Conn<IO>,
-) -> Result<(), BoxError>
+) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -327,19 +332,30 @@ where
         login: parts.login,
         extensions: parts.extensions,
     };
-    if admitted.send(handed).await.is_err() {
-        // The listener is gone, and the stream with it.
-        return Ok(());
-    }
     // The listener ends once every connection admitted before its accept loop stopped
     // has been handed out: a connection holds no sender once it has handed its stream.
-    drop(admitted);
-    let mut cut = Cut::new(&close, CLOSE_GRACE);
-    tokio::select! {
-        () = owner.released() => {}
-        () = cut.due() => tracing::debug!(grace = ?CLOSE_GRACE, "connection cut after its close grace"),
-    }
-    Ok(())
+    let waiting_for_room = match admitted.try_send(handed) {
+        Ok(()) => None,
+        // The listener is gone, and the stream with it.
+        Err(mpsc::error::TrySendError::Closed(_)) => return Box::pin(std::future::ready(Ok(()))),
+        Err(mpsc::error::TrySendError::Full(handed)) => {
+            let admitted = admitted.clone();
+            Some(Box::pin(async move { admitted.send(handed).await.is_ok() }))
+        }
+    };
+    Box::pin(async move {
+        if let Some(waiting) = waiting_for_room
+            && !waiting.await
+        {
+            return Ok(());
+        }
+        let mut cut = Cut::new(&close, CLOSE_GRACE);
+        tokio::select! {
+            () = owner.released() => {}
+            () = cut.due() => tracing::debug!(grace = ?CLOSE_GRACE, "connection cut after its close grace"),
+        }
+        Ok(())
+    })
 }
 
 impl ProtectedIo {
