@@ -7,10 +7,7 @@ use std::{
     task::{Poll, ready},
 };
 
-use futures_util::{
-    FutureExt,
-    future::{self, Either},
-};
+use futures_util::future::Either;
 use http::{Request, Response, Version};
 use http_body::Body;
 use hyper::body::Incoming;
@@ -26,30 +23,10 @@ use super::{
 
 use crate::{BoxError, Conn, close::Cut, shared_io, striped::Handle};
 
-/// Serves `conn`: sets it up on the first poll, in the connection's own task, then
-/// serves it. Not an `async fn`: its future would keep room for the connection and its
-/// parts for as long as the connection lives, though they are taken apart before the
-/// first await (250 bytes).
+/// Sets the connection up, then returns the future that serves it. Not an `async fn`:
+/// its future would keep room for the connection and its parts for as long as the
+/// connection lives, though they are taken apart before the first await (250 bytes).
 pub(super) fn serve<IO, S, B>(
-    conn: Conn<IO>,
-    service: S,
-    config: Arc<Handle<Config>>,
-    timed_by_layer: bool,
-) -> impl Future<Output = Result<(), BoxError>> + use<IO, S, B>
-where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    future::lazy(move |_| set_up(conn, service, config, timed_by_layer)).flatten()
-}
-
-/// Sets the connection up, then returns the future that serves it.
-fn set_up<IO, S, B>(
     conn: Conn<IO>,
     service: S,
     config: Arc<Handle<Config>>,
