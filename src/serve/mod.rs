@@ -681,13 +681,23 @@ mod tests {
         let _default = tracing::subscriber::set_default(subscriber);
 
         let metrics = ServeMetrics::new("test");
+        let peer = "127.0.0.1:1".parse().unwrap();
+        // Whether a callsite is enabled is cached for the whole process, worked out on
+        // the thread that first reaches it: a test running beside this one with no
+        // subscriber may have cached the connection's span as never enabled. Reached
+        // here first, then asked again from this thread.
+        Connections::default().spawn(
+            &mut tower::service_fn(|_: Conn<tokio::io::Empty>| async { Ok::<_, BoxError>(()) }),
+            Conn::new(tokio::io::empty(), peer, peer),
+            &metrics,
+        );
+        tracing::callsite::rebuild_interest_cache();
         let mut connections = Connections::default();
         let mut service = tower::service_fn(|_: Conn<tokio::io::Empty>| async {
             let _guard = LogsItsDrop;
             tracing::debug!("polled");
             std::future::pending::<Result<(), BoxError>>().await
         });
-        let peer = "127.0.0.1:1".parse().unwrap();
         connections.spawn(
             &mut service,
             Conn::new(tokio::io::empty(), peer, peer),
