@@ -541,27 +541,29 @@ impl Connections {
         let peer = conn.peer_addr();
         let span = tracing::debug_span!("conn", %peer);
         let close = conn.graceful_close();
-        // Boxed first and filled in place: the stack of connection-level futures is
-        // large, and each move of it on its way into a box was a copy.
-        let mut task = Box::pin(ConnectionTask {
-            connection: None,
-            peer,
-            served: None,
-            span,
-        });
         let called = {
-            let task = task.as_mut().project();
-            let _entered = task.span.enter();
-            let mut connection = task.connection;
+            let _entered = span.enter();
             std::panic::catch_unwind(AssertUnwindSafe(|| {
-                connection.set(Some(service.call(conn)));
+                // Made in its box in one go: the stack of connection-level futures is
+                // large, and each move of it on its way into the box is a copy.
+                Box::pin(ConnectionTask {
+                    connection: Some(service.call(conn)),
+                    peer,
+                    served: None,
+                    span: tracing::Span::none(),
+                })
             }))
         };
-        if let Err(panic) = called {
-            tracing::error!(parent: &task.span, %peer, panic = panic_message(&*panic), "connection service panicked");
-            return;
-        }
-        *task.as_mut().project().served = Some(Served::new(metrics));
+        let mut task = match called {
+            Ok(task) => task,
+            Err(panic) => {
+                tracing::error!(parent: &span, %peer, panic = panic_message(&*panic), "connection service panicked");
+                return;
+            }
+        };
+        let this = task.as_mut().project();
+        *this.span = span;
+        *this.served = Some(Served::new(metrics));
         let handle = tokio::spawn(task);
         self.forget_finished();
         self.live.push((handle, close));
