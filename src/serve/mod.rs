@@ -452,7 +452,7 @@ impl Drop for Served {
 /// box: tokio's task cell then holds the box alone, and fits in 128 bytes instead of 256.
 #[pin_project::pin_project(PinnedDrop)]
 struct ConnectionTask<F> {
-    /// Filled once the service has made it, before the task is spawned.
+    /// The service's future, until it ends: it is dropped then, in the span.
     #[pin]
     connection: Option<F>,
     peer: SocketAddr,
@@ -550,6 +550,7 @@ impl Connections {
                     connection: Some(service.call(conn)),
                     peer,
                     served: None,
+                    // Entered while the service is called; put in below.
                     span: tracing::Span::none(),
                 })
             }))
