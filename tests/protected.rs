@@ -495,6 +495,131 @@ async fn the_stream_handed_out_carries_the_connections_login_session() {
     );
 }
 
+/// A layer of the common tower shape that decides in its future: it calls its inner
+/// service at once, then waits for the verdict (an asynchronous check: an outside
+/// authorisation, a lookup) before it polls the inner future, and drops that future
+/// unpolled if the verdict is no.
+#[derive(Clone)]
+struct DecidesLater<S> {
+    inner: S,
+    verdict: tokio::sync::watch::Receiver<Option<bool>>,
+}
+
+impl<S, IO> tower::Service<Conn<IO>> for DecidesLater<S>
+where
+    S: tower::Service<Conn<IO>, Response = (), Error = tower_bouncer::BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = ();
+    type Error = tower_bouncer::BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), tower_bouncer::BoxError>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, conn: Conn<IO>) -> Self::Future {
+        let served = self.inner.call(conn);
+        let mut verdict = self.verdict.clone();
+        Box::pin(async move {
+            let allowed = *verdict.wait_for(Option::is_some).await?;
+            if allowed != Some(true) {
+                return Err("refused by the outside check".into());
+            }
+            served.await
+        })
+    }
+}
+
+/// What feeds a [`ChannelListener`].
+type Queue = tokio::sync::mpsc::UnboundedSender<io::Result<Conn<tokio::io::DuplexStream>>>;
+
+/// A listener under [`DecidesLater`], fed by the test, and what decides.
+fn decided_later() -> (
+    tokio::sync::watch::Sender<Option<bool>>,
+    Queue,
+    ProtectedListener,
+) {
+    let (decide, verdict) = tokio::sync::watch::channel(None);
+    let (queue, _log, listener) = ChannelListener::new();
+    let layer = tower::layer::layer_fn(move |inner| DecidesLater {
+        inner,
+        verdict: verdict.clone(),
+    });
+    let listener = ProtectedListener::new(listener, layer).unwrap();
+    (decide, queue, listener)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_framework_has_the_stream_only_once_a_layer_deciding_in_its_future_lets_it_through() {
+    let (decide, queue, mut listener) = decided_later();
+    let (conn, _client) = duplex_conn("192.0.2.1:1000");
+    queue.send(Ok(conn)).unwrap();
+    assert!(
+        tokio::time::timeout(SHORT, listener.next()).await.is_err(),
+        "handed to the framework before the layer decided"
+    );
+    decide.send(Some(true)).unwrap();
+    let held = within(PATIENCE, listener.next()).await.unwrap().unwrap();
+    assert_eq!(held.info().peer_addr, addr("192.0.2.1:1000"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_a_layer_refuses_in_its_future_never_reaches_the_framework() {
+    let (decide, queue, mut listener) = decided_later();
+    let (conn, mut client) = duplex_conn("192.0.2.1:1000");
+    queue.send(Ok(conn)).unwrap();
+    decide.send(Some(false)).unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        within(PATIENCE, client.read(&mut byte)).await.unwrap(),
+        0,
+        "the refused connection is closed"
+    );
+    let handed = tokio::time::timeout(SHORT, listener.next()).await;
+    assert!(handed.is_err(), "the framework got it: {handed:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_whose_layer_panics_after_calling_in_never_reaches_the_framework() {
+    #[derive(Clone)]
+    struct PanicsAfterCallingIn<S>(S);
+    impl<S, IO> tower::Service<Conn<IO>> for PanicsAfterCallingIn<S>
+    where
+        S: tower::Service<Conn<IO>, Response = ()>,
+    {
+        type Response = ();
+        type Error = S::Error;
+        type Future = S::Future;
+
+        fn poll_ready(
+            &mut self,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            self.0.poll_ready(cx)
+        }
+
+        fn call(&mut self, conn: Conn<IO>) -> S::Future {
+            let _served = self.0.call(conn);
+            panic!("a bug in the layer, after it called its inner service");
+        }
+    }
+    let (queue, _log, listener) = ChannelListener::new();
+    let layer = tower::layer::layer_fn(PanicsAfterCallingIn);
+    let mut listener = ProtectedListener::new(listener, layer).unwrap();
+    let (conn, mut client) = duplex_conn("192.0.2.1:1000");
+    queue.send(Ok(conn)).unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(within(PATIENCE, client.read(&mut byte)).await.unwrap(), 0);
+    let handed = tokio::time::timeout(SHORT, listener.next()).await;
+    assert!(handed.is_err(), "the framework got it: {handed:?}");
+}
+
 mod tonic_server {
     use tonic::transport::{Endpoint, Server};
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};

@@ -303,10 +303,13 @@ where
 /// Hands `conn`'s stream to the listener, then lives until the framework drops it or a
 /// plain graceful close is due; dropped earlier by a layer, it closes the stream.
 ///
-/// The stream is handed out at once if the queue has room, and the future that lives
-/// on holds only what it waits on: what it takes to wait for room is boxed apart, as
-/// a future's size is that of its largest state, and that wait holds the stream and
-/// the sender's own future (over 600 bytes for every connection).
+/// The stream is handed out when the future is first polled, not when it is made: a
+/// layer above may still refuse the connection in its own future (an asynchronous
+/// check before it polls this one), and the framework must never have a connection
+/// its layers have not let through. Until then the stream and a sender wait in a box,
+/// and the future that lives on holds only what it waits on; so does waiting for room
+/// in a full queue, boxed apart, as a future's size is that of its largest state, and
+/// that wait holds the stream and the sender's own future (over 600 bytes).
 fn hand_off<IO>(
     admitted: &mpsc::Sender<ProtectedIo>,
     mut conn: Conn<IO>,
@@ -332,18 +335,22 @@ where
         login: parts.login,
         extensions: parts.extensions,
     };
-    // The listener ends once every connection admitted before its accept loop stopped
-    // has been handed out: a connection holds no sender once it has handed its stream.
-    let waiting_for_room = match admitted.try_send(handed) {
-        Ok(()) => None,
-        // The listener is gone, and the stream with it.
-        Err(mpsc::error::TrySendError::Closed(_)) => return Box::pin(std::future::ready(Ok(()))),
-        Err(mpsc::error::TrySendError::Full(handed)) => {
-            let admitted = admitted.clone();
-            Some(Box::pin(async move { admitted.send(handed).await.is_ok() }))
-        }
-    };
+    let unsent = Box::new((admitted.clone(), handed));
     Box::pin(async move {
+        // The listener ends once every connection admitted before its accept loop
+        // stopped has been handed out: a connection holds no sender once it has handed
+        // its stream.
+        let waiting_for_room = {
+            let (admitted, handed) = *unsent;
+            match admitted.try_send(handed) {
+                Ok(()) => None,
+                // The listener is gone, and the stream with it.
+                Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(handed)) => {
+                    Some(Box::pin(async move { admitted.send(handed).await.is_ok() }))
+                }
+            }
+        };
         if let Some(waiting) = waiting_for_room
             && !waiting.await
         {
