@@ -672,7 +672,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_connection_is_polled_and_dropped_in_its_span() {
+    async fn a_connection_is_called_polled_and_dropped_in_its_span() {
         let logged = Logged::default();
         let writer = logged.clone();
         let subscriber = tracing_subscriber::fmt()
@@ -696,10 +696,13 @@ mod tests {
         );
         tracing::callsite::rebuild_interest_cache();
         let mut connections = Connections::default();
-        let mut service = tower::service_fn(|_: Conn<tokio::io::Empty>| async {
-            let _guard = LogsItsDrop;
-            tracing::debug!("polled");
-            std::future::pending::<Result<(), BoxError>>().await
+        let mut service = tower::service_fn(|_: Conn<tokio::io::Empty>| {
+            tracing::debug!("called");
+            async {
+                let _guard = LogsItsDrop;
+                tracing::debug!("polled");
+                std::future::pending::<Result<(), BoxError>>().await
+            }
         });
         connections.spawn(
             &mut service,
@@ -710,7 +713,7 @@ mod tests {
         assert_eq!(connections.drain(Duration::from_secs(1)).await.cut, 1);
 
         let logged = String::from_utf8(logged.0.lock().unwrap().clone()).unwrap();
-        for event in ["polled", "dropped"] {
+        for event in ["called", "polled", "dropped"] {
             let line = logged.lines().find(|line| line.ends_with(event));
             assert!(
                 line.is_some_and(|line| line.contains("conn{peer=127.0.0.1:1}")),
