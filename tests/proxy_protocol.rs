@@ -684,6 +684,51 @@ async fn at_most_max_reading_connections_wait_for_a_header_and_a_newcomer_closes
 }
 
 #[tokio::test(start_paused = true)]
+async fn untrusted_connections_read_for_a_header_to_refuse_never_close_a_balancers() {
+    // The recorder's futures are not `Send`: spawned on this thread.
+    LocalSet::new()
+        .run_until(async {
+            let layer = proxy()
+                .refuse_untrusted_headers(true)
+                .max_reading(2)
+                .build()
+                .unwrap();
+            let (protocol, mut seen) = recorder();
+            let mut service = layer.layer(protocol);
+
+            // The balancer's connection waits for its header...
+            let (conn, mut balancer) = duplex_conn(BALANCER);
+            let proxied = spawn_local(service.ready().await.unwrap().call(conn));
+            tokio::task::yield_now().await;
+            // ...while three direct clients connect and send nothing, each read to see
+            // whether it sends a header.
+            let mut silent = Vec::new();
+            for _ in 0..3 {
+                let (conn, client) = duplex_conn("203.0.113.5:1234");
+                silent.push((
+                    spawn_local(service.ready().await.unwrap().call(conn)),
+                    client,
+                ));
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(layer.stats().reading, 3, "the balancer's and two direct");
+            let (oldest, _client) = silent.remove(0);
+            let error = oldest.await.unwrap().unwrap_err();
+            assert!(
+                matches!(proxy_error(&error), ProxyProtocolError::Evicted { max: 2 }),
+                "{error}"
+            );
+
+            balancer.write_all(V1_HEADER).await.unwrap();
+            drop(balancer);
+            proxied.await.unwrap().unwrap();
+            assert_eq!(seen.recv().await.unwrap().info.peer_addr, addr(CLIENT));
+            assert_eq!(layer.stats().evicted, 1);
+        })
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_lower_max_reading_applies_to_every_clone() {
     // The recorder's futures are not `Send`: spawned on this thread.
     LocalSet::new()

@@ -132,7 +132,7 @@ impl ProxyProtocolLayer {
             refused_untrusted_header: stats.refused_untrusted_header.get(),
             closed_early: stats.closed_early.get(),
             evicted: stats.evicted.get(),
-            reading: self.shared.readers.len() as u64,
+            reading: (self.shared.readers.len() + self.shared.untrusted_readers.len()) as u64,
         }
     }
 
@@ -144,7 +144,9 @@ impl ProxyProtocolLayer {
     ///
     /// [`ConfigError::Zero`] for zero.
     pub fn set_max_reading(&self, max: usize) -> Result<(), ConfigError> {
-        self.shared.readers.set_max(nonzero(max, "max_reading")?);
+        let max = nonzero(max, "max_reading")?;
+        self.shared.readers.set_max(max);
+        self.shared.untrusted_readers.set_max(max);
         Ok(())
     }
 
@@ -213,8 +215,11 @@ impl ProxyProtocolBuilder {
     /// connections whose header is slow to come. At the cap, a new connection closes
     /// the one that has waited longest for its header: a balancer sends the header
     /// with its first bytes, so its connections wait a round trip, and a source that
-    /// trickles its headers loses its oldest. The [`Bouncer`](crate::bouncer::Bouncer)
-    /// sets it to its connection cap.
+    /// trickles its headers loses its oldest. With
+    /// [`refuse_untrusted_headers`](Self::refuse_untrusted_headers), the other sources'
+    /// connections, read to see whether they send a header, are capped apart at the
+    /// same number: they close only one another, never a balancer's. The
+    /// [`Bouncer`](crate::bouncer::Bouncer) sets it to its connection cap.
     pub fn max_reading(mut self, max: usize) -> Self {
         self.max_reading = max;
         self
@@ -239,6 +244,7 @@ impl ProxyProtocolBuilder {
                 scaler: self.scaler,
                 max_v2_len: nonzero(self.max_v2_len, "max_v2_len")?,
                 readers: Readers::new(nonzero(self.max_reading, "max_reading")?),
+                untrusted_readers: Readers::new(nonzero(self.max_reading, "max_reading")?),
                 log: LogThrottle::new(Duration::from_secs(1)),
                 stats: Stats::new(),
             }),
@@ -264,7 +270,11 @@ pub(crate) struct Shared {
     /// What shrinks the header timeout under load.
     pub(super) scaler: Scaler,
     pub(super) max_v2_len: usize,
-    pub(super) readers: Readers,
+    /// The trusted sources' connections reading their header.
+    readers: Readers,
+    /// The others' read for a header to refuse, under the same cap apart: a crowd of
+    /// them can close only one another, never a balancer's connections.
+    untrusted_readers: Readers,
     log: LogThrottle,
     pub(super) stats: Stats,
 }
@@ -307,6 +317,15 @@ impl Shared {
     pub(super) fn is_trusted(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.trusted.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The readers a trusted source's connection, or another's, joins.
+    pub(super) fn readers(&self, trusted: bool) -> &Readers {
+        if trusted {
+            &self.readers
+        } else {
+            &self.untrusted_readers
+        }
     }
 
     /// Counts and logs (at most once a second) a connection failed with `error`.

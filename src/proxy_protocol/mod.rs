@@ -29,6 +29,8 @@
 //! header at once (1024 by default): at that cap, a new connection closes the one that
 //! has waited longest for its header. The layer goes before any cap counts a
 //! connection (below), so this is what bounds the descriptors that slow headers hold.
+//! Connections from other sources read to refuse a header are capped apart, at the same
+//! number, so that a crowd of them never closes a balancer's.
 //!
 //! # What the protocol sees
 //!

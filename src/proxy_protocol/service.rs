@@ -72,7 +72,7 @@ where
                 inner: Some(ready),
                 buffer: BytesMut::with_capacity(FIRST_READ),
                 trusted,
-                reader: self.shared.readers.join(),
+                reader: self.shared.readers(trusted).join(),
                 close: None,
                 shared: self.shared.clone(),
                 deadline: None,
@@ -121,7 +121,7 @@ struct Reading<S, IO> {
 #[pinned_drop]
 impl<S, IO> PinnedDrop for Reading<S, IO> {
     fn drop(self: Pin<&mut Self>) {
-        self.shared.readers.leave(&self.reader);
+        self.shared.readers(self.trusted).leave(&self.reader);
     }
 }
 
@@ -235,8 +235,9 @@ where
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(ProxyProtocolError::Io(error))),
                 Poll::Pending => {
-                    if shared.readers.poll_evicted(this.reader, cx).is_ready() {
-                        let max = shared.readers.max();
+                    let readers = shared.readers(*this.trusted);
+                    if readers.poll_evicted(this.reader, cx).is_ready() {
+                        let max = readers.max();
                         return Poll::Ready(Err(ProxyProtocolError::Evicted { max }));
                     }
                     let close = this
