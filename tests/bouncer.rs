@@ -467,3 +467,52 @@ async fn in_dry_run_what_would_be_refused_is_served_and_counted_until_a_reload_e
     stop.send(()).unwrap();
     within(PATIENCE, task).await.unwrap().unwrap();
 }
+
+/// What a test's own subscriber writes.
+#[derive(Clone, Default)]
+struct Logged(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logged {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The accept loop runs in a task of its own, on a worker: its events still reach the
+/// subscriber of the thread that awaits it, in the span it is awaited in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_accept_loop_logs_in_the_callers_span_to_the_callers_subscriber() {
+    use tracing::Instrument;
+    let logged = Logged::default();
+    let writer = logged.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .without_time()
+        .with_writer(move || writer.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    // Whether a callsite is enabled is cached for the whole process: a test beside
+    // this one with no subscriber may have reached the loop's first.
+    tracing::callsite::rebuild_interest_cache();
+
+    let bouncer = Bouncer::from_config(config()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let report = bouncer
+        .serve_until(listener, Echo::default(), async {})
+        .instrument(tracing::info_span!("public_listener"))
+        .await
+        .unwrap();
+    assert_eq!((report.drained, report.cut), (0, 0));
+    let logged = String::from_utf8(logged.0.lock().unwrap().clone()).unwrap();
+    let line = logged.lines().find(|line| line.contains("server stopped"));
+    assert!(
+        line.is_some_and(|line| line.contains("public_listener")),
+        "{logged}"
+    );
+}

@@ -48,6 +48,7 @@ use hyper::body::Incoming;
 use tokio::net::{TcpListener, TcpStream};
 use tower::{Service, ServiceBuilder, util::Either};
 use tower_layer::Layer;
+use tracing::{Instrument, instrument::WithSubscriber};
 
 pub use config::{BouncerConfig, SettingError};
 #[cfg(feature = "config")]
@@ -462,8 +463,11 @@ impl Bouncer {
     /// acknowledgement.
     ///
     /// The accept loop runs in a task of its own, on a runtime worker, wherever this is
-    /// awaited (see [`serve`](crate::serve#where-the-accept-loop-runs)); dropping this
-    /// future stops it, as it would stop a loop run in place.
+    /// awaited (see [`serve`](crate::serve#where-the-accept-loop-runs)), in the caller's
+    /// tracing span and with its subscriber. Dropping this future aborts that task: the
+    /// listener closes once the runtime next runs it, not at once, and the connections
+    /// already accepted run on in their own tasks until they end or their timeouts cut
+    /// them. To stop accepting and drain them, complete `shutdown` instead.
     pub async fn serve_until<S>(
         &self,
         listener: TcpListener,
@@ -478,6 +482,8 @@ impl Bouncer {
         let server = Server::new(self.accept(listener))
             .with_graceful_shutdown(shutdown)
             .serve(service);
+        // A task does not inherit the span or the thread's subscriber it is spawned in.
+        let server = server.in_current_span().with_current_subscriber();
         let mut task = AbortOnDrop(tokio::spawn(server));
         match (&mut task.0).await {
             Ok(report) => report,
@@ -727,16 +733,20 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// Completes on SIGINT or, on Unix, SIGTERM. The handlers are installed when this is
-/// called, before the server starts.
+/// Completes on SIGINT or, on Unix, SIGTERM. On Unix both handlers are installed when
+/// this is called, before the server starts (elsewhere, Ctrl-C's when first polled).
 fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    let handlers = {
+        use tokio::signal::unix::{SignalKind, signal};
+        signal(SignalKind::interrupt())
+            .and_then(|interrupt| Ok((interrupt, signal(SignalKind::terminate())?)))
+    };
     async move {
         #[cfg(unix)]
-        if let Ok(mut terminate) = terminate {
+        if let Ok((mut interrupt, mut terminate)) = handlers {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
+                _ = interrupt.recv() => {}
                 _ = terminate.recv() => {}
             }
             tracing::info!("shutting down");
