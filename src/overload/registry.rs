@@ -15,7 +15,7 @@ use std::{
     net::IpAddr,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -77,6 +77,13 @@ impl Shard {
     }
 }
 
+/// A member's states. An eviction and the end of its connection each move it on with
+/// one atomic operation, so that exactly one of them ends the eviction's count: the
+/// eviction, if the connection had ended first; the end, if it had been evicted.
+const REGISTERED: u8 = 0;
+const EVICTED: u8 = 1;
+const GONE: u8 = 2;
+
 /// A registered connection.
 #[derive(Debug)]
 struct Member {
@@ -86,7 +93,8 @@ struct Member {
     shard: usize,
     /// Its place in its shard, changed under the shard's lock.
     index: AtomicUsize,
-    evicted: AtomicBool,
+    /// [`REGISTERED`], [`EVICTED`] or [`GONE`].
+    state: AtomicU8,
     /// Evicted with nothing for a goodbye to wait on but what may never end (for its age,
     /// or while only answers streamed on it): cut as soon as its protocol has been told,
     /// busy or not.
@@ -143,7 +151,7 @@ impl Registry {
             peer: self.keying.key(peer),
             shard,
             index: AtomicUsize::new(members.len()),
-            evicted: AtomicBool::new(false),
+            state: AtomicU8::new(REGISTERED),
             cut_when_told: AtomicBool::new(false),
         });
         members.push(member.clone());
@@ -178,50 +186,67 @@ impl Registry {
         {
             return false;
         }
-        let candidates = self.candidates();
-        let (victim, long_lived) = match choose(candidates.idle) {
-            Some(idle) => (Some(idle), false),
-            None => (choose(candidates.long_lived), true),
+        let Candidates {
+            mut idle,
+            mut long_lived,
+        } = self.candidates();
+        let chosen = loop {
+            let (list, for_its_age) = if idle.is_empty() {
+                (&mut long_lived, true)
+            } else {
+                (&mut idle, false)
+            };
+            let Some(at) = choose(list) else {
+                break None;
+            };
+            let victim = list.swap_remove(at).member;
+            if victim
+                .state
+                .compare_exchange(REGISTERED, EVICTED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                break Some((victim, for_its_age));
+            }
+            // Evicted by another newcomer since it was looked at, or its connection has
+            // ended: the next choice.
         };
-        match victim {
-            Some(victim) if !victim.evicted.swap(true, Ordering::AcqRel) => {
-                // A graceful close would wait on a WebSocket, or on responses that may
-                // never end; a request begun since the choice finishes under it.
-                if long_lived || victim.activity.only_answers_stream() {
-                    victim.cut_when_told.store(true, Ordering::Release);
-                }
-                if long_lived {
-                    self.evicted_long_lived.add();
-                    tracing::debug!(peer = %victim.peer, "long-lived connection evicted to make room, none being idle");
-                } else {
-                    self.evicted.add();
-                    tracing::debug!(peer = %victim.peer, "idle connection evicted to make room");
-                }
-                victim.close.request();
-                true
-            }
-            _ => {
-                self.evicting.fetch_sub(1, Ordering::AcqRel);
-                false
-            }
+        let Some((victim, for_its_age)) = chosen else {
+            self.evicting.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        };
+        // A graceful close would wait on a WebSocket, or on responses that may never
+        // end; a request begun since the choice finishes under it.
+        if for_its_age || victim.activity.only_answers_stream() {
+            victim.cut_when_told.store(true, Ordering::Release);
         }
+        if for_its_age {
+            self.evicted_long_lived.add();
+            tracing::debug!(peer = %victim.peer, "long-lived connection evicted to make room, none being idle");
+        } else {
+            self.evicted.add();
+            tracing::debug!(peer = %victim.peer, "idle connection evicted to make room");
+        }
+        victim.close.request();
+        true
     }
 
     /// Up to [`SCAN`] registered connections, from a rotating start, that may be
     /// evicted and are not already.
     fn candidates(&self) -> Candidates {
         let now = Instant::now();
-        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        // Each eviction moves the start on by as many as it may look at, so that the
+        // next ones look further, past a run of connections none may evict.
+        let start = self.cursor.fetch_add(SCAN, Ordering::Relaxed);
         let mut budget = SCAN;
         let mut candidates = Candidates::default();
         for shard in 0..STRIPES {
-            let members = self.shards[(start + shard) % STRIPES].lock();
+            let members = self.shards[(start / SCAN + shard) % STRIPES].lock();
             let looked = members.len().min(budget);
             budget -= looked;
             let offset = start % members.len().max(1);
             for at in 0..looked {
                 let member = &members[(offset + at) % members.len()];
-                if member.evicted.load(Ordering::Relaxed) {
+                if member.state.load(Ordering::Relaxed) != REGISTERED {
                     continue;
                 }
                 let (list, rank) = match self.idle_for(member, now) {
@@ -281,19 +306,25 @@ impl Registry {
     }
 }
 
-/// The connection to evict among `candidates`: one of the peer with the most of them,
-/// so that a peer hoarding connections loses them first; then the one ranked highest
-/// (idle longest, or oldest).
-fn choose(mut candidates: Vec<Candidate>) -> Option<Arc<Member>> {
+/// Where the connection to evict is in `candidates`, which it sorts by peer: one of the
+/// peer with the most of them, so that a peer hoarding connections loses them first;
+/// then the one ranked highest (idle longest, or oldest).
+fn choose(candidates: &mut [Candidate]) -> Option<usize> {
     candidates.sort_unstable_by_key(|candidate| candidate.peer);
-    candidates
-        .chunk_by(|a, b| a.peer == b.peer)
-        .filter_map(|peer| {
-            let highest = peer.iter().max_by_key(|candidate| candidate.rank)?;
-            Some((peer.len(), highest))
-        })
-        .max_by_key(|(count, highest)| (*count, highest.rank))
-        .map(|(_, chosen)| chosen.member.clone())
+    let mut chosen = None;
+    let mut start = 0;
+    for peer in candidates.chunk_by(|a, b| a.peer == b.peer) {
+        let (at, highest) = peer
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, candidate)| candidate.rank)?;
+        let standing = (peer.len(), highest.rank);
+        if chosen.is_none_or(|(best, _)| standing >= best) {
+            chosen = Some((standing, start + at));
+        }
+        start += peer.len();
+    }
+    chosen.map(|(_, at)| at)
 }
 
 impl Standing {
@@ -313,7 +344,7 @@ impl Standing {
             return false;
         };
         let member = &registration.member;
-        member.evicted.load(Ordering::Relaxed)
+        member.state.load(Ordering::Relaxed) == EVICTED
             && (member.cut_when_told.load(Ordering::Acquire)
                 || registration
                     .registry
@@ -333,8 +364,124 @@ impl Drop for Registration {
             moved.index.store(index, Ordering::Relaxed);
         }
         drop(members);
-        if member.evicted.load(Ordering::Acquire) {
+        if member.state.swap(GONE, Ordering::AcqRel) == EVICTED {
             registry.evicting.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::timeout::{Deadlines, Shared};
+
+    fn registry() -> Arc<Registry> {
+        Arc::new(Registry::new(
+            PeerKeying::default(),
+            Duration::from_secs(10),
+        ))
+    }
+
+    /// A connection between requests, past a newcomer's grace (it has read a byte).
+    fn idle() -> Arc<Activity> {
+        let activity = Arc::new(Activity::new(
+            crate::striped::Striped::new(Shared::new(Deadlines::default())).local(),
+        ));
+        activity.declare_exchanges();
+        activity.on_read(1);
+        activity
+    }
+
+    /// A connection with a request under way.
+    fn busy() -> Arc<Activity> {
+        let activity = idle();
+        activity.open_exchange();
+        activity
+    }
+
+    fn peer(n: u32) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n))
+    }
+
+    #[test]
+    fn evictions_look_past_a_run_of_busy_connections() {
+        let registry = registry();
+        // More busy connections in a row than one eviction looks at, then idle ones.
+        let mut held: Vec<_> = (0..300)
+            .map(|n| registry.register(&busy(), &GracefulClose::new(), peer(n)))
+            .collect();
+        held.extend(
+            (300..1000).map(|n| registry.register(&idle(), &GracefulClose::new(), peer(n))),
+        );
+        // One eviction may look only at busy ones; the next looks further on.
+        let found: Vec<bool> = (0..40).map(|_| registry.evict_one(usize::MAX)).collect();
+        assert!(
+            found.windows(2).all(|pair| pair[0] || pair[1]),
+            "two evictions in a row found none of the 700 idle: {found:?}"
+        );
+    }
+
+    #[test]
+    fn an_eviction_that_races_the_end_of_its_connection_is_counted_out_once() {
+        let registry = registry();
+        let stop = Arc::new(AtomicBool::new(false));
+        // Idle connections that end as soon as they are registered, while evictions
+        // choose among them.
+        let ending = std::thread::spawn({
+            let registry = registry.clone();
+            let stop = stop.clone();
+            move || {
+                for n in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    drop(registry.register(&idle(), &GracefulClose::new(), peer(n)));
+                }
+            }
+        });
+        for _ in 0..200_000 {
+            registry.evict_one(usize::MAX);
+        }
+        stop.store(true, Ordering::Relaxed);
+        ending.join().unwrap();
+        assert_eq!(registry.len(), 0);
+        assert_eq!(
+            registry.evicting.load(Ordering::Relaxed),
+            0,
+            "evictions still counted under way with no connection left"
+        );
+    }
+
+    #[test]
+    fn two_evictions_at_once_each_find_their_own_idle_connection() {
+        let mut not_found = 0;
+        for _ in 0..2_000 {
+            let registry = registry();
+            let _held: Vec<_> = (0..2)
+                .map(|n| registry.register(&idle(), &GracefulClose::new(), peer(n)))
+                .collect();
+            let together = Arc::new(std::sync::Barrier::new(2));
+            let evictions: Vec<_> = (0..2)
+                .map(|_| {
+                    let registry = registry.clone();
+                    let together = together.clone();
+                    std::thread::spawn(move || {
+                        together.wait();
+                        registry.evict_one(usize::MAX)
+                    })
+                })
+                .collect();
+            not_found += evictions
+                .into_iter()
+                .map(|eviction| eviction.join().unwrap())
+                .filter(|found| !found)
+                .count();
+        }
+        assert_eq!(
+            not_found, 0,
+            "a newcomer refused with an idle connection left"
+        );
     }
 }
