@@ -647,6 +647,24 @@ mod tests {
         assert_eq!(connections.drain(Duration::from_secs(1)).await.cut, 0);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn live_connections_are_kept_as_the_registry_grows() {
+        let metrics = ServeMetrics::new("test");
+        let mut connections = Connections::default();
+        let mut service = tower::service_fn(|_: Conn<tokio::io::Empty>| {
+            std::future::pending::<Result<(), BoxError>>()
+        });
+        let addr = "127.0.0.1:1".parse().unwrap();
+        // Past every look for finished connections, while none has finished.
+        for _ in 0..1_000 {
+            let conn = Conn::new(tokio::io::empty(), addr, addr);
+            connections.spawn(&mut service, conn, &metrics);
+        }
+        tokio::task::yield_now().await;
+        let report = connections.drain(Duration::from_secs(1)).await;
+        assert_eq!((report.drained, report.cut), (0, 1_000));
+    }
+
     /// What a subscriber at `debug` wrote, for the test that set it.
     #[derive(Clone, Default)]
     struct Logged(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
