@@ -548,17 +548,14 @@ mod tests {
 
     /// A connection's activity, its requests timed.
     fn activity() -> Arc<Activity> {
-        use crate::timeout::{Deadlines, RequestLimit, Shared};
-        let deadlines = Deadlines {
+        use crate::timeout::{Deadlines, RequestLimit};
+        Arc::new(Activity::with_deadlines(Deadlines {
             request: Some(RequestLimit {
                 base: std::time::Duration::from_secs(10),
                 min_rate: None,
             }),
             ..Deadlines::default()
-        };
-        Arc::new(Activity::new(
-            crate::striped::Striped::new(Shared::new(deadlines)).local(),
-        ))
+        }))
     }
 
     #[tokio::test(start_paused = true)]

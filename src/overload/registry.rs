@@ -375,7 +375,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::timeout::{Deadlines, Shared};
+    use crate::timeout::Deadlines;
 
     fn registry() -> Arc<Registry> {
         Arc::new(Registry::new(
@@ -386,9 +386,7 @@ mod tests {
 
     /// A connection between requests, past a newcomer's grace (it has read a byte).
     fn idle() -> Arc<Activity> {
-        let activity = Arc::new(Activity::new(
-            crate::striped::Striped::new(Shared::new(Deadlines::default())).local(),
-        ));
+        let activity = Arc::new(Activity::with_deadlines(Deadlines::default()));
         activity.declare_exchanges();
         activity.on_read(1);
         activity

@@ -289,6 +289,12 @@ impl Activity {
         }
     }
 
+    /// Activity under `deadlines` of its own, for the tests of the modules that read it.
+    #[cfg(test)]
+    pub(crate) fn with_deadlines(deadlines: super::Deadlines) -> Self {
+        Self::new(crate::striped::Striped::new(Shared::new(deadlines)).local())
+    }
+
     fn now(&self) -> u64 {
         nanos(self.started.elapsed())
     }
@@ -897,10 +903,6 @@ mod tests {
         Duration::from_secs(n)
     }
 
-    fn activity(deadlines: Deadlines) -> Activity {
-        Activity::new(crate::striped::Striped::new(Shared::new(deadlines)).local())
-    }
-
     fn at(activity: &Activity, n: u64) -> Check {
         Check::Next(Some(activity.started + secs(n)))
     }
@@ -923,7 +925,7 @@ mod tests {
     #[test]
     fn exchanges_count_alike_on_http1_and_http2() {
         for http2 in [false, true] {
-            let activity = activity(Deadlines::default());
+            let activity = Activity::with_deadlines(Deadlines::default());
             if http2 {
                 activity.counts_http2_data();
             }
@@ -953,7 +955,7 @@ mod tests {
             }),
             ..Deadlines::default()
         };
-        let activity = activity(deadlines);
+        let activity = Activity::with_deadlines(deadlines);
         let mut watch = IdleWatch::default();
         assert_eq!(activity.check(&deadlines, &mut watch), at(&activity, 2));
         activity.on_read(1);
@@ -977,7 +979,7 @@ mod tests {
             request: Some(limit),
             ..Deadlines::default()
         };
-        let activity = activity(deadlines);
+        let activity = Activity::with_deadlines(deadlines);
         assert_eq!(limit.allowance(1), Duration::from_millis(10_010));
         assert_eq!(limit.allowance(500), secs(15));
         activity.on_read(500);
@@ -994,7 +996,7 @@ mod tests {
             request: request(secs(10)),
             ..Deadlines::default()
         };
-        let activity = activity(deadlines);
+        let activity = Activity::with_deadlines(deadlines);
         let mut watch = IdleWatch::default();
         assert_eq!(activity.check(&deadlines, &mut watch), Check::Next(None));
         activity.on_read(3);
@@ -1013,7 +1015,7 @@ mod tests {
             request: request(secs(10)),
             ..Deadlines::default()
         };
-        let activity = activity(deadlines);
+        let activity = Activity::with_deadlines(deadlines);
         let mut watch = IdleWatch::default();
         activity.set_polling(true);
         activity.on_read(3);
@@ -1048,7 +1050,7 @@ mod tests {
             idle: idle(secs(8)),
             ..Deadlines::default()
         };
-        let activity = activity(deadlines);
+        let activity = Activity::with_deadlines(deadlines);
         activity.declare_exchanges();
         let mut watch = IdleWatch::default();
         activity.open_exchange();
@@ -1084,7 +1086,7 @@ mod tests {
         };
         // A raw protocol with a request timer: idle until its first byte, busy until it
         // finishes the request.
-        let raw = activity(deadlines);
+        let raw = Activity::with_deadlines(deadlines);
         let mut watch = IdleWatch::default();
         raw.check(&deadlines, &mut watch);
         assert!(matches!(raw.idleness(), Some(Idleness::Declared { .. })));
@@ -1095,7 +1097,7 @@ mod tests {
 
         // The HTTP adapter: idle while no exchange is open, since the timer's look
         // that found it so; then handed over (a WebSocket): only quiet bytes.
-        let http = activity(deadlines);
+        let http = Activity::with_deadlines(deadlines);
         http.declare_exchanges();
         http.open_exchange();
         assert_eq!(http.idleness(), None);
@@ -1119,7 +1121,7 @@ mod tests {
             idle: idle(secs(8)),
             ..Deadlines::default()
         };
-        let http = activity(deadlines);
+        let http = Activity::with_deadlines(deadlines);
         http.declare_exchanges();
         let mut watch = IdleWatch::default();
         // A handler that has not answered: busy, however long nothing moves.
@@ -1172,7 +1174,7 @@ mod tests {
             idle: idle(secs(60)),
             ..Deadlines::default()
         };
-        let http = activity(deadlines);
+        let http = Activity::with_deadlines(deadlines);
         http.declare_exchanges();
         let mut watch = IdleWatch::default();
         http.check(&deadlines, &mut watch);
@@ -1210,7 +1212,7 @@ mod tests {
             }),
             ..Deadlines::default()
         };
-        let activity = activity(deadlines);
+        let activity = Activity::with_deadlines(deadlines);
         let mut watch = IdleWatch::default();
         // Framing written ahead of the body is learnt, not counted as waiting.
         activity.on_write(200);
@@ -1251,7 +1253,7 @@ mod tests {
             }),
             ..Deadlines::default()
         };
-        let activity = activity(deadlines);
+        let activity = Activity::with_deadlines(deadlines);
         activity.declare_exchanges();
         activity.open_exchange();
         let mut watch = IdleWatch::default();
@@ -1297,7 +1299,7 @@ mod tests {
                 grace: Duration::MAX,
             }),
         };
-        let activity = activity(deadlines);
+        let activity = Activity::with_deadlines(deadlines);
         let mut watch = IdleWatch::default();
         tokio::time::advance(secs(1)).await;
         activity.on_read(1 << 40);
