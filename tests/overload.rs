@@ -883,6 +883,55 @@ async fn a_cancelled_http2_answer_does_not_make_a_later_request_look_stalled() {
     assert_eq!(limit.stats().refused, 1);
 }
 
+/// An eviction marks its connection, then asks it to close: a poll of the protocol
+/// between the two (on another thread) looks for the close too early. The connection is
+/// cut only once a poll of its protocol came after the request, so that the protocol
+/// had it to say goodbye.
+#[tokio::test(start_paused = true)]
+async fn an_evicted_connection_is_cut_only_once_its_protocol_has_seen_the_close() {
+    let overload = overload().min_timeout_scale(1.0).build().unwrap();
+    let limit = ConnectionLimitLayer::builder(1)
+        .overload(&overload)
+        .build()
+        .unwrap();
+    // The same cap in front of a service that holds nothing: a newcomer at it evicts.
+    let newcomers = limit.layer(service_fn(|_: Conn<DuplexStream>| async {
+        Ok::<(), BoxError>(())
+    }));
+    let protocol = service_fn(move |mut conn: Conn<TimedIo<DuplexStream>>| {
+        let mut newcomers = newcomers.clone();
+        async move {
+            let close = conn.graceful_close();
+            let mut io = conn.into_io();
+            // Quiet for long enough to be evicted as idle.
+            tokio::time::sleep(secs(100)).await;
+            // The protocol has looked for a close in this poll, and found none: now a
+            // newcomer evicts its connection, before the poll returns.
+            assert!(!close.is_requested());
+            let ready =
+                newcomers.poll_ready(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+            assert!(ready.is_ready());
+            let (newcomer, _newcomer_client) = duplex_conn("198.51.100.1:1");
+            drop(newcomers.call(newcomer));
+            assert!(close.is_requested());
+            tokio::task::yield_now().await;
+            // The next poll sees the request.
+            io.write_all(b"bye\n").await?;
+            std::future::pending::<Result<(), BoxError>>().await
+        }
+    });
+    let service = ServiceBuilder::new()
+        .layer(limit)
+        .layer(idle_timeout(&overload))
+        .service(protocol);
+    let (server, mut client) = open(&service, "192.0.2.1:1");
+    within(secs(300), server).await.unwrap().unwrap();
+    let mut said = Vec::new();
+    client.read_to_end(&mut said).await.unwrap();
+    assert_eq!(said, b"bye\n", "cut before its protocol could say goodbye");
+    assert_eq!(overload.stats().evicted_idle, 1);
+}
+
 /// A line protocol whose requests are lines, timed by its request timer.
 fn line_protocol() -> impl RawProtocol {
     service_fn(|conn: Conn<TimedIo<DuplexStream>>| async move {

@@ -404,6 +404,23 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_connection_evicted_then_answering_a_late_request_finishes_it() {
+        let registry = registry();
+        let activity = idle();
+        let standing =
+            Standing::Registered(registry.register(&activity, &GracefulClose::new(), peer(1)));
+        assert!(registry.evict_one(usize::MAX));
+        assert!(standing.to_cut(), "idle when told: cut");
+        // A request its client sent before the goodbye; its answer streams.
+        activity.open_exchange();
+        activity.answer_exchange();
+        assert!(
+            !standing.to_cut(),
+            "a late request's streaming answer cut under the graceful close"
+        );
+    }
+
+    #[test]
     fn evictions_look_past_a_run_of_busy_connections() {
         let registry = registry();
         // More busy connections in a row than one eviction looks at, then idle ones.
