@@ -60,8 +60,11 @@
 //! [`evict_quiet_after`](OverloadBuilder::evict_quiet_after) (10 s by default). A
 //! connection whose output has waited for a second with not a byte of it taken (an
 //! HTTP/2 window its client keeps at zero, a socket it never reads) is idle too,
-//! whatever it has open: its client holds the place and takes nothing. That is seen by
-//! the idle timeout's watch, at its timer's looks, so it needs an idle timeout. On
+//! whatever it has open: its client holds the place and takes nothing. Both are seen by
+//! the idle timeout's watch, at its timer's looks, so they need an idle timeout: under a
+//! [`TimeoutLayer`] without one, a connection judged by its bytes is never found quiet
+//! (it gives way only for its age, as below, cut rather than asked to close), and one
+//! whose client takes nothing is not found stalled. On
 //! HTTP/2, output waits on the client only while one of its flow-control windows (the
 //! connection's, or an open stream's) is at zero, as the adapter follows them in the
 //! frames: data hyper drops unsent with a reset stream is no stall. A connection in the

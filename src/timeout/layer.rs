@@ -185,8 +185,9 @@ impl TimeoutBuilder {
     }
 
     /// Shrinks every deadline but the lifetime as `overload`'s pressure rises, and tells
-    /// it which connections are idle, for it to evict at a full cap. See the
-    /// [`overload`](crate::overload) module.
+    /// it which connections are idle, for it to evict at a full cap. Without an
+    /// [`idle`](Self::idle) timeout it can tell only what the protocol declares: see
+    /// [which connections are idle](crate::overload#which-connections-are-idle).
     #[cfg(feature = "overload")]
     pub fn overload(mut self, overload: &crate::overload::Overload) -> Self {
         self.scaler = Scaler::new(overload);
