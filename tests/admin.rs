@@ -647,3 +647,166 @@ async fn without_a_token_it_serves_on_loopback_only() {
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
     assert!(guarded.serve(listener).is_ok());
 }
+
+/// The page served without a token (on loopback), as `Admin::bind` allows.
+fn tokenless(login: &Login) -> Router {
+    Admin::builder().login(login).build().unwrap().router()
+}
+
+/// Any site the operator has open can make the browser send a form or text to the
+/// page without asking it first: such a body bans nothing, token or not.
+#[tokio::test(start_paused = true)]
+async fn a_ban_request_another_site_could_send_bans_nothing() {
+    let login = Login::builder().build().unwrap();
+    for router in [tokenless(&login), admin(&login)] {
+        for media in [
+            Some("text/plain;charset=UTF-8"),
+            Some("application/x-www-form-urlencoded"),
+            Some("multipart/form-data; boundary=x"),
+            None,
+        ] {
+            // `fetch("http://127.0.0.1:9000/bans", {method: "POST", mode: "no-cors", body})`
+            let mut request = Request::builder()
+                .method(Method::POST)
+                .uri("/bans")
+                .header(header::HOST, "127.0.0.1:9000")
+                .header(header::ORIGIN, "https://evil.example")
+                .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
+            if let Some(media) = media {
+                request = request.header(header::CONTENT_TYPE, media);
+            }
+            let body = r#"{"target": "0.0.0.0/0", "seconds": 31536000}"#;
+            let (status, answer) = call(&router, request.body(Body::from(body)).unwrap()).await;
+            assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{media:?}");
+            assert!(
+                answer["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("application/json"),
+                "{answer}"
+            );
+            assert!(login.bans().banned_for(ip("198.51.100.7")).is_none());
+        }
+    }
+    // JSON, with a parameter, is what the page sends.
+    let mut json = request(
+        Method::POST,
+        "/bans",
+        r#"{"target": "203.0.113.7", "seconds": 60}"#,
+    );
+    json.headers_mut().insert(
+        header::CONTENT_TYPE,
+        "Application/JSON; charset=utf-8".parse().unwrap(),
+    );
+    assert_eq!(call(&admin(&login), json).await.0, StatusCode::CREATED);
+}
+
+/// A site whose name is made to resolve to 127.0.0.1 after its page loads (DNS
+/// rebinding) is same-origin with a page served without a token: it could read the
+/// bans and lift them. Only the host it asks for tells it apart.
+#[tokio::test(start_paused = true)]
+async fn without_a_token_only_a_host_named_as_this_machine_is_answered() {
+    let login = Login::builder().build().unwrap();
+    login
+        .bans()
+        .ban(ip("203.0.113.7"), Duration::from_secs(600))
+        .unwrap();
+    let router = tokenless(&login);
+    let to = |host: &str, method: Method, path: &str| {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, host)
+            .body(Body::empty())
+            .unwrap()
+    };
+    for (method, path) in [
+        (Method::GET, "/bans"),
+        (Method::GET, "/stats"),
+        (Method::DELETE, "/bans/203.0.113.7"),
+    ] {
+        let (status, answer) = call(&router, to("evil.example:9000", method, path)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        assert!(answer["error"].as_str().unwrap().contains("localhost"));
+    }
+    assert!(login.bans().banned_for(ip("203.0.113.7")).is_some());
+    // The dashboard's page holds no data: served to any name.
+    assert_eq!(
+        call(&router, to("evil.example:9000", Method::GET, "/"))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    for host in ["127.0.0.1:9000", "[::1]:9000", "localhost:9000"] {
+        assert_eq!(
+            call(&router, to(host, Method::GET, "/bans")).await.0,
+            StatusCode::OK,
+            "{host}"
+        );
+    }
+    // With a token, a rebound name has no token to send: the name does not matter.
+    let guarded = admin(&login);
+    let mut named = get("/bans");
+    named
+        .headers_mut()
+        .insert(header::HOST, "admin.internal:9000".parse().unwrap());
+    assert_eq!(call(&guarded, named).await.0, StatusCode::OK);
+}
+
+/// One peer without the token, holding half-sent requests on as many connections as
+/// it may, leaves room on the page's own server for the operator's.
+#[tokio::test]
+async fn one_peer_cannot_hold_every_connection_of_the_page() {
+    use tokio::{
+        io::AsyncReadExt,
+        net::{TcpSocket, TcpStream},
+    };
+    let login = Login::builder().build().unwrap();
+    let server = Admin::builder()
+        .token(TOKEN)
+        .login(&login)
+        .build()
+        .unwrap()
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let running = tokio::spawn(server.into_future());
+    // The attacker, from another loopback address, fills the page's 64 connections.
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut stream = within(PATIENCE, socket.connect(addr)).await.unwrap();
+        // Refused ones are closed: the write may fail then.
+        let _ = stream.write_all(b"GET /stats HTTP/1.1\r\n").await;
+        held.push(stream);
+    }
+    let mut operator = within(PATIENCE, TcpStream::connect(addr)).await.unwrap();
+    operator
+        .write_all(b"GET /dashboard.css HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    within(PATIENCE, operator.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "one peer's half-sent requests locked the operator out: {answer:?}"
+    );
+    // Most of the attacker's connections were closed at once.
+    let mut closed = 0;
+    for stream in &mut held {
+        let mut byte = [0; 1];
+        if matches!(
+            tokio::time::timeout(Duration::from_millis(50), stream.read(&mut byte)).await,
+            Ok(Ok(0) | Err(_))
+        ) {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 64 - 16, "only {closed} of the 64 closed");
+    running.abort();
+}

@@ -48,7 +48,8 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
         .then(|| value[SCHEME.len()..].trim_ascii())
 }
 
-/// Lets a request through only with the token, if the page has one.
+/// Lets a request through only with the token, if the page has one; without one, only
+/// to a host named as this machine.
 pub(super) async fn require_token(
     State(shared): State<Arc<Shared>>,
     request: Request,
@@ -66,8 +67,34 @@ pub(super) async fn require_token(
             );
             response
         }
+        // A site whose name was made to resolve to this machine (DNS rebinding) is
+        // same-origin with the page: only the name it asks for tells it apart.
+        None if !names_this_machine(&request) => error(
+            StatusCode::FORBIDDEN,
+            "served without a token, the page answers only to `localhost` or an IP address",
+        ),
         _ => next.run(request).await,
     }
+}
+
+/// Whether the request's host is `localhost` or an IP address, or it names none.
+fn names_this_machine(request: &Request) -> bool {
+    let host = match request.headers().get(header::HOST) {
+        Some(host) => match host.to_str() {
+            Ok(host) => host,
+            Err(_) => return false,
+        },
+        None => match request.uri().host() {
+            Some(host) => host,
+            None => return true,
+        },
+    };
+    let name = match host.strip_prefix('[') {
+        // `[::1]:9000`: the address inside the brackets.
+        Some(bracketed) => bracketed.split_once(']').map_or("", |(address, _)| address),
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 #[cfg(test)]
@@ -100,6 +127,39 @@ mod tests {
             assert!(!token.admits(&headers(wrong)), "{wrong}");
         }
         assert!(!token.admits(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn only_localhost_and_ip_addresses_name_this_machine() {
+        let named = |host: &str| {
+            names_this_machine(
+                &Request::builder()
+                    .header(header::HOST, host)
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+        };
+        for local in [
+            "localhost",
+            "LocalHost:9000",
+            "127.0.0.1",
+            "127.0.0.1:9000",
+            "[::1]:9000",
+            "[::1]",
+            "10.0.0.5:9000",
+        ] {
+            assert!(named(local), "{local}");
+        }
+        for foreign in [
+            "evil.example",
+            "evil.example:9000",
+            "localhost.evil.example",
+            "127.0.0.1.evil.example:9000",
+            "[::1.evil]:9000",
+            "",
+        ] {
+            assert!(!named(foreign), "{foreign}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::{
 use axum::{
     body::Bytes,
     extract::{Path, State},
-    http::StatusCode,
+    http::{HeaderMap, StatusCode, header},
     response::Response,
 };
 use ipnet::IpNet;
@@ -123,8 +123,20 @@ pub(super) async fn list(State(shared): State<Arc<Shared>>) -> Response {
     )
 }
 
-/// `POST /bans`: bans `target` for `seconds`.
-pub(super) async fn ban(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+/// `POST /bans`: bans `target` for `seconds`. The body must say it is JSON: a browser
+/// sends a body of another type (a form, text) from any site without asking the page
+/// first, and JSON only once the page has agreed, which it never does.
+pub(super) async fn ban(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !is_json(&headers) {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be `Content-Type: application/json`",
+        );
+    }
     let Some(bans) = bans(&shared) else {
         return missing("login layers", "login");
     };
@@ -146,6 +158,14 @@ pub(super) async fn ban(State(shared): State<Arc<Shared>>, body: Bytes) -> Respo
         StatusCode::CREATED,
         &json!({ "banned": key.to_string(), "seconds": request.seconds }),
     )
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// `DELETE /bans/{target}`: lifts the ban on `target`, an address or a network.

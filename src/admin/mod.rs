@@ -31,6 +31,16 @@
 //! a loopback address, and warn when they serve without one on loopback. A router
 //! mounted with [`Admin::router`] leaves that check to you.
 //!
+//! Any site the operator has open in a browser can still send requests to a loopback
+//! address. So the page takes only JSON to ban (`Content-Type: application/json`, else
+//! `415`), which a browser sends from another site only after asking the page, which
+//! never agrees; and served without a token, it answers its data routes only to a host
+//! named `localhost` or by an IP address (else `403`), so that a site whose name is
+//! made to resolve to this machine (DNS rebinding) cannot read it or lift bans.
+//!
+//! On its own listener ([`Admin::serve`]), the page holds at most 64 connections, 16 of
+//! them from any one peer.
+//!
 //! # Example
 //!
 //! ```no_run

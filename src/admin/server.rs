@@ -15,10 +15,16 @@ use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 
 use super::Admin;
-use crate::{http::HttpService, limit::ConnectionLimitLayer, serve::Server};
+use crate::{
+    http::HttpService, limit::ConnectionLimitLayer, peer_limit::PeerLimitLayer, serve::Server,
+};
 
 /// The most connections the page holds at once: an operator or two, and a scraper.
 const MAX_CONNECTIONS: usize = 64;
+/// The most one peer holds: a browser's six and a scraper's, and not the whole page's,
+/// so that a client without the token, holding half-sent requests, cannot lock the
+/// operator out alone.
+const MAX_PER_PEER: usize = 16;
 /// How long shutdown waits for the page's connections.
 const DRAIN: Duration = Duration::from_secs(2);
 
@@ -71,7 +77,7 @@ impl Error for AdminError {
 /// signal), or spawn [`into_future`](IntoFuture::into_future).
 ///
 /// It runs under the crate's own accept loop and HTTP adapter, with their default
-/// timeouts, and at most 64 connections.
+/// timeouts, and at most 64 connections, 16 from any one peer.
 #[must_use = "the admin page is served only once this is awaited"]
 pub struct AdminServer<F = Pending<()>> {
     listener: TcpListener,
@@ -167,7 +173,11 @@ where
             let cap = ConnectionLimitLayer::builder(MAX_CONNECTIONS)
                 .build()
                 .expect("a cap of at least 1");
+            let per_peer = PeerLimitLayer::builder(MAX_PER_PEER)
+                .build()
+                .expect("a cap of at least 1");
             let service = ServiceBuilder::new()
+                .layer(per_peer)
                 .layer(cap)
                 .service(HttpService::new(self.router));
             Server::new(self.listener)
