@@ -260,6 +260,21 @@ fn a_setting_that_cannot_work_is_refused_by_its_key() {
     }
 }
 
+/// There is no switch to turn the global rate off: the most a `u32` holds is what an
+/// operator writes for none. It builds, and reloads, as the file accepts it.
+#[tokio::test]
+async fn a_rate_of_billions_a_second_builds_and_reloads() {
+    let mut config = config();
+    config.rates.global = u32::MAX;
+    config.rates.per_peer = u32::MAX;
+    let bouncer = Bouncer::from_config(config.clone()).unwrap();
+    config.connections.max = Some(5000);
+    config.rates.global = u32::MAX - 1;
+    bouncer.reload(config).unwrap();
+    assert_eq!(bouncer.max_connections(), 5000);
+    assert_eq!(bouncer.config().rates.global, u32::MAX - 1);
+}
+
 #[test]
 fn building_raises_the_descriptor_limit_unless_told_not_to() {
     let (_, hard) = rlimit::Resource::NOFILE.get().unwrap();

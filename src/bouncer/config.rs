@@ -469,8 +469,14 @@ impl BouncerConfig {
                 ));
             }
         }
-        if self.admin.token.as_deref() == Some("") {
-            return Err(SettingError::new("admin.token", "must not be empty"));
+        if let Some(token) = &self.admin.token
+            && (token.is_empty() || !token.bytes().all(|byte| byte.is_ascii_graphic()))
+        {
+            // What an `Authorization` header can carry, as the page requires.
+            return Err(SettingError::new(
+                "admin.token",
+                "must be visible ASCII characters, at least one: no spaces, no accents",
+            ));
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 
 use std::{
     fmt,
+    io::Read,
     ops::Range,
     path::{Path, PathBuf},
 };
@@ -11,7 +12,8 @@ use toml::de::{DeTable, DeValue};
 
 use super::{BouncerConfig, SettingError};
 
-/// The most a configuration file may hold; a larger one is refused unread.
+/// The most a configuration file may hold; a larger one is refused, unread if its size
+/// shows, else once that much is read.
 const MAX_FILE_LEN: u64 = 1024 * 1024;
 
 /// A configuration file that cannot be used: unreadable, not TOML, an unknown key, a
@@ -95,15 +97,27 @@ impl BouncerConfig {
             key: None,
             message,
         };
-        let len = std::fs::metadata(path)
+        let file = std::fs::File::open(path).map_err(|error| failed(error.to_string()))?;
+        let len = file
+            .metadata()
             .map_err(|error| failed(error.to_string()))?
             .len();
-        if len > MAX_FILE_LEN {
-            return Err(failed(format!(
+        let too_long = |len: String| {
+            failed(format!(
                 "{len} bytes: a configuration file is at most {MAX_FILE_LEN}"
-            )));
+            ))
+        };
+        if len > MAX_FILE_LEN {
+            return Err(too_long(len.to_string()));
         }
-        let text = std::fs::read_to_string(path).map_err(|error| failed(error.to_string()))?;
+        // A pipe or a device tells no length: the read itself stops past the most.
+        let mut text = String::new();
+        file.take(MAX_FILE_LEN + 1)
+            .read_to_string(&mut text)
+            .map_err(|error| failed(error.to_string()))?;
+        if text.len() as u64 > MAX_FILE_LEN {
+            return Err(too_long(format!("over {MAX_FILE_LEN}")));
+        }
         Self::from_toml_str(&text).map_err(|error| ConfigFileError {
             path: Some(path.to_owned()),
             ..error
@@ -291,6 +305,49 @@ mod tests {
                 .to_string()
                 .starts_with("/nonexistent/bouncer.toml: ")
         );
+    }
+
+    #[test]
+    fn a_file_over_the_most_is_refused_though_its_size_does_not_show() {
+        // A pipe (`--config <(render)`, `/dev/stdin`) says it holds 0 bytes.
+        let dir = std::env::temp_dir().join(format!("bouncer-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("bouncer.toml");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let writer = std::thread::spawn({
+            let fifo = fifo.clone();
+            move || {
+                use std::io::Write;
+                // Comments, twice the most a file may hold; stops once nobody reads.
+                let line = format!("# {}\n", "x".repeat(1022));
+                let mut pipe = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+                for _ in 0..2 * MAX_FILE_LEN / 1024 {
+                    if pipe.write_all(line.as_bytes()).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let outcome = BouncerConfig::from_toml_file(&fifo);
+        drop(std::fs::remove_dir_all(&dir));
+        writer.join().unwrap();
+        let error = outcome.expect_err("2 MiB read from a pipe and taken");
+        assert!(
+            error.message().contains("a configuration file is at most"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_admin_token_no_header_can_carry_is_named() {
+        let error = refused("[admin]\naddr = \"127.0.0.1:9000\"\ntoken = \"two words\"\n");
+        assert_eq!(error.key(), Some("admin.token"));
+        assert_eq!(error.line(), Some(3));
+        assert!(error.message().contains("visible ASCII"), "{error}");
     }
 
     proptest! {

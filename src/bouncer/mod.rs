@@ -610,14 +610,17 @@ impl Bouncer {
         restart("bans.kernel", old.bans.kernel == config.bans.kernel)?;
         restart("fleet", old.fleet == config.fleet)?;
         restart("admin", old.admin == config.admin)?;
-        // The one part that can fail on what it reads: before anything changes.
+        // The one part that can fail on what it reads: read before anything changes,
+        // put in force with the rest.
         #[cfg(feature = "tls")]
-        if let (Some(tls), Some(chain), Some(key)) = (&self.tls, &config.tls.cert, &config.tls.key)
-        {
-            tls.certificate
-                .reload_from_pem_files(chain, key)
-                .map_err(|error| SettingError::new("tls.cert", error))?;
-        }
+        let certificate = match (&self.tls, &config.tls.cert, &config.tls.key) {
+            (Some(tls), Some(chain), Some(key)) => Some((
+                &tls.certificate,
+                crate::tls::ServerCertificate::from_pem_files(chain, key)
+                    .map_err(|error| SettingError::new("tls.cert", error))?,
+            )),
+            _ => None,
+        };
         // Validated above: the layers refuse nothing that `validate` lets through, so
         // none of these fails once the first has changed something.
         let at = |key| move |error| SettingError::new(key, error);
@@ -646,6 +649,10 @@ impl Bouncer {
         self.per_peer.set_dry_run(config.dry_run);
         self.rate.set_dry_run(config.dry_run);
         self.login.set_dry_run(config.dry_run);
+        #[cfg(feature = "tls")]
+        if let Some((in_force, loaded)) = certificate {
+            in_force.replace_with(&loaded);
+        }
         tracing::info!(?config, "configuration reloaded");
         self.config.store(Arc::new(config));
         Ok(())

@@ -76,7 +76,9 @@ impl Rate {
             Base::Quota(quota) => quota,
             Base::Count { connections, per } => {
                 let connections = NonZeroU32::new(connections).ok_or_else(zero)?;
-                Quota::with_period(per / connections.get())
+                // Over a billion a second is a period under governor's nanosecond: as
+                // good as one a nanosecond, not an error.
+                Quota::with_period((per / connections.get()).max(Duration::from_nanos(1)))
                     .ok_or_else(zero)?
                     .allow_burst(connections)
             }

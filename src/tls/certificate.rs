@@ -148,6 +148,12 @@ impl ServerCertificate {
         Ok(())
     }
 
+    /// Puts `loaded`'s certificate in force here, for the handshakes that start from
+    /// now on: a reload that reads its files before it changes anything else.
+    pub(crate) fn replace_with(&self, loaded: &ServerCertificate) {
+        self.current.store(loaded.current());
+    }
+
     /// The certificate chain and key that new handshakes present.
     pub fn current(&self) -> Arc<CertifiedKey> {
         self.current.load_full()
