@@ -43,6 +43,11 @@ fn app() -> Router {
             post(|body: String| async move { format!("{} bytes\n", body.len()) }),
         )
         .route("/big", get(|| async { vec![b'x'; BIG] }))
+        // Answers at once, and echoes the request's body as it streams in.
+        .route(
+            "/echo",
+            post(|body: Body| async move { Body::from_stream(body.into_data_stream()) }),
+        )
         .route(
             "/compute",
             post(|body: String| async move {
@@ -115,6 +120,89 @@ fn timed_out(outcome: Result<(), BoxError>) -> TimeoutError {
     *io.get_ref()
         .and_then(|inner| inner.downcast_ref::<TimeoutError>())
         .expect("a TimeoutError inside")
+}
+
+/// Reads from `client` until `needle` has come, or the stream ends: what was read.
+async fn read_until(client: &mut DuplexStream, needle: &str) -> String {
+    let mut seen = Vec::new();
+    let mut buffer = [0; 4096];
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        match client.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => seen.extend_from_slice(&buffer[..read]),
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// The adapter's own head timeout (30 s) holds heads, not bodies: an HTTP/1 upload
+/// whose body takes longer than that to come, after its head, is served.
+#[tokio::test(start_paused = true)]
+async fn an_http1_upload_slower_than_the_head_timeout_is_served() {
+    let (connection, mut client) = serve_one(HttpService::new(app()));
+    client
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 65536\r\n\r\n")
+        .await
+        .unwrap();
+    // 1 KiB a second: 64 s.
+    for _ in 0..64 {
+        tokio::time::sleep(secs(1)).await;
+        assert!(!connection.is_finished(), "cut: {:?}", connection.await);
+        client.write_all(&[b'x'; 1024]).await.unwrap();
+    }
+    let answer = within(secs(5), read_until(&mut client, "65536 bytes")).await;
+    assert!(answer.contains("65536 bytes\n"), "{answer:?}");
+    // The next request's head is timed again, from its first byte.
+    client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    let sent = Instant::now();
+    assert_eq!(
+        timed_out(within(secs(60), connection).await.unwrap()),
+        TimeoutError::Request(secs(30))
+    );
+    assert!(
+        sent.elapsed() <= secs(30) + secs(30) / 8,
+        "{:?}",
+        sent.elapsed()
+    );
+}
+
+/// Under a timeout layer, an HTTP/1 request's body is held to the request timeout
+/// until its handler answers. A handler that answers at once and streams the body back
+/// as it comes (an echo, a proxy) has answered: the body's later bytes do not start a
+/// request of their own.
+#[tokio::test(start_paused = true)]
+async fn an_http1_body_streaming_after_its_answer_is_not_held_to_the_request_timeout() {
+    let (connection, mut client) = layered();
+    client
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    let head = within(secs(5), read_until(&mut client, "\r\n\r\n")).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head:?}");
+    // A chunk every 2 s for a minute, each echoed: past the 10 s request timeout, and
+    // never idle for the 60 s idle timeout.
+    for _ in 0..30 {
+        tokio::time::sleep(secs(2)).await;
+        assert!(!connection.is_finished(), "cut: {:?}", connection.await);
+        client.write_all(b"1\r\nx\r\n").await.unwrap();
+        let echoed = within(secs(5), read_until(&mut client, "x")).await;
+        assert!(echoed.contains('x'), "{echoed:?}");
+    }
+    client.write_all(b"0\r\n\r\n").await.unwrap();
+    let end = within(secs(5), read_until(&mut client, "0\r\n\r\n")).await;
+    assert!(end.ends_with("0\r\n\r\n"), "{end:?}");
+    // The connection's next request is timed from its first byte.
+    client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    let sent = Instant::now();
+    assert_eq!(
+        timed_out(within(secs(60), connection).await.unwrap()),
+        TimeoutError::Request(secs(10))
+    );
+    assert!(
+        sent.elapsed() <= secs(10) + secs(10) / 8,
+        "{:?}",
+        sent.elapsed()
+    );
 }
 
 /// An HTTP/2 client (the `h2` crate, for PINGs and body trickles) on `io`.

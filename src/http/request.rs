@@ -194,6 +194,10 @@ struct Plan {
     close: bool,
     /// The request's timer ends with the response, not the head.
     finish_on_response: bool,
+    /// HTTP/1 with a body still to come: the next request is looked for (its first
+    /// byte starts its timer) only once this exchange is over, so that the body's own
+    /// bytes, arriving after the head or the answer, do not start one.
+    next_after_exchange: bool,
     /// The answer that would upgrade it, for an HTTP/1 request.
     upgrade: Option<Upgrade>,
 }
@@ -242,12 +246,18 @@ impl Held {
         if let Some(activity) = &timing.timed {
             // HTTP/2's streams are timed from their frames (see `frames`).
             if http1 && timing.times_heads {
-                if timing.times_bodies && !request.body().is_end_stream() {
-                    // Complete once the handler has answered, and so read the body or
-                    // given up on it.
-                    self.plan.finish_on_response = true;
-                } else {
+                if request.body().is_end_stream() {
                     activity.finish_request();
+                } else {
+                    if timing.times_bodies {
+                        // Complete once the handler has answered, and so read the body
+                        // or given up on it.
+                        self.plan.finish_on_response = true;
+                    } else {
+                        // The head is in; the adapter's own timeout leaves bodies be.
+                        activity.stop_timing_requests();
+                    }
+                    self.plan.next_after_exchange = true;
                 }
             }
             activity.open_exchange();
@@ -288,6 +298,10 @@ impl Drop for Held {
             && let Some(activity) = self.shared.activity()
         {
             activity.close_exchange(self.answered);
+            // Unless the connection was handed over (upgraded): no requests then.
+            if self.plan.next_after_exchange && activity.declares_exchanges() {
+                activity.finish_request();
+            }
         }
     }
 }
@@ -421,7 +435,9 @@ where
         if plan.finish_on_response
             && let Some(activity) = activity
         {
-            activity.finish_request();
+            // The body may still stream in (an echo, a proxy): the next request is
+            // looked for once the exchange is over.
+            activity.stop_timing_requests();
         }
         let answered = outcome?;
         #[cfg(feature = "login")]
