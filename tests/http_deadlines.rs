@@ -43,6 +43,13 @@ fn app() -> Router {
             post(|body: String| async move { format!("{} bytes\n", body.len()) }),
         )
         .route("/big", get(|| async { vec![b'x'; BIG] }))
+        // Answers at once, then sends nothing (an event stream with no event yet).
+        .route(
+            "/quiet",
+            get(|| async {
+                Body::from_stream(futures_util::stream::pending::<Result<Bytes, std::io::Error>>())
+            }),
+        )
         // Answers at once, and echoes the request's body as it streams in.
         .route(
             "/echo",
@@ -321,6 +328,31 @@ mod on_its_own_slow_readers_and_handlers {
         assert!(lasted <= secs(60) + secs(60) / 8, "{lasted:?}");
     }
 
+    /// An answered stream whose client streams data to it (a gRPC client stream) is
+    /// not idle, though nothing is written back: its data moves it, as PINGs do not.
+    /// (Under a layer's request timeout, the stream's body would be held to that.)
+    #[tokio::test(start_paused = true)]
+    async fn a_client_streaming_to_an_answered_http2_stream_is_not_idle() {
+        let (connection, client) = serve_one(HttpService::new(app()));
+        let (mut sender, _pings) = h2_client(client, &h2::client::Builder::new()).await;
+        // Answered at once with a body that sends nothing; the request's body goes on.
+        let (response, mut body) = sender.send_request(h2_get("/quiet"), false).unwrap();
+        let response = within(secs(5), response).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let _answer = response.into_body();
+        // A byte every 30 s for five minutes: past the 60 s idle timeout many times.
+        for _ in 0..10 {
+            tokio::time::sleep(secs(30)).await;
+            assert!(!connection.is_finished(), "cut: {:?}", connection.await);
+            body.send_data(Bytes::from_static(b"x"), false).unwrap();
+        }
+        tokio::time::sleep(secs(30)).await;
+        assert!(!connection.is_finished(), "cut: {:?}", connection.await);
+        // Then nothing moves: idle.
+        let outcome = within(secs(120), connection).await.unwrap();
+        assert_eq!(timed_out(outcome), TimeoutError::Idle(secs(60)));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_handler_slower_than_the_head_deadline_is_not_cut() {
         let (connection, client) = serve_one(HttpService::new(app()));
@@ -363,6 +395,35 @@ mod under_a_timeout_layer {
         let quiet = Instant::now();
         let keep_alive = tokio::spawn(async move {
             for _ in 0..360 {
+                tokio::time::sleep(secs(30)).await;
+                if pings.ping(h2::Ping::opaque()).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let outcome = within(secs(3600), connection).await.unwrap();
+        assert_eq!(timed_out(outcome), TimeoutError::Idle(secs(60)));
+        assert!(
+            quiet.elapsed() <= secs(60) + secs(60) / 8,
+            "{:?}",
+            quiet.elapsed()
+        );
+        keep_alive.abort();
+    }
+
+    /// An answered stream that sends nothing is as idle as a silent socket: PINGs do
+    /// not move it, and only its data, either way, would.
+    #[tokio::test(start_paused = true)]
+    async fn pings_do_not_keep_a_quiet_answered_http2_stream_alive() {
+        let (connection, client) = layered();
+        let (mut sender, mut pings) = h2_client(client, &h2::client::Builder::new()).await;
+        let (response, _) = sender.send_request(h2_get("/quiet"), true).unwrap();
+        let response = within(secs(5), response).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let _body = response.into_body();
+        let quiet = Instant::now();
+        let keep_alive = tokio::spawn(async move {
+            for _ in 0..120 {
                 tokio::time::sleep(secs(30)).await;
                 if pings.ping(h2::Ping::opaque()).await.is_err() {
                     break;

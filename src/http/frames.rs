@@ -304,6 +304,7 @@ impl Watch for FrameWatch {
         let streams = &mut self.streams;
         let mut changed = false;
         let mut windows = false;
+        let mut data = 0;
         self.read.advance(bytes, |seen| match seen {
             Seen::Header(frame) => {
                 windows |= streams.flow.on_client_frame(frame);
@@ -313,8 +314,12 @@ impl Watch for FrameWatch {
                 streams.flow.on_client_payload(payload);
                 windows = true;
             }
+            Seen::Payload(DATA, run) => data += run.len(),
             Seen::Payload(..) => {}
         });
+        if data > 0 {
+            streams.activity.on_data_read(data);
+        }
         if changed {
             streams.publish();
         }

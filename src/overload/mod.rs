@@ -56,7 +56,8 @@
 //! request and the next byte. A connection with no such declaration (a raw protocol
 //! without a request timeout, a WebSocket once the HTTP adapter has handed it over), and
 //! one whose every open request has been answered and only streams its response (a gRPC
-//! server stream, server-sent events), is idle once no byte has moved for
+//! server stream, server-sent events), is idle once no byte (on HTTP/2, no DATA) has
+//! moved for
 //! [`evict_quiet_after`](OverloadBuilder::evict_quiet_after) (10 s by default). A
 //! connection whose output has waited for a second with not a byte of it taken (an
 //! HTTP/2 window its client keeps at zero, a socket it never reads) is idle too,

@@ -19,9 +19,11 @@
 //! request from its dispatch until its response is sent). Idle then means no exchange
 //! open for S, whatever bytes move: HTTP/2 PINGs and window updates keep nothing alive.
 //! Once every open exchange has been answered and only responses stream (a gRPC
-//! server stream, server-sent events, a long download), the bytes judge again: the
+//! server stream, server-sent events, a long download), the data moved judges: the
 //! application has nothing left to do but send, and a stream that sends nothing for S
-//! is as idle as a silent socket.
+//! is as idle as a silent socket. On HTTP/2 that is DATA frames' payload either way (a
+//! client's data to an answered stream, as a gRPC client stream sends, moves it), so
+//! that PINGs keep no quiet stream alive; otherwise every byte.
 //!
 //! Output the client holds back (a full socket buffer, or HTTP/2 flow control) is the
 //! slow reader's attack: while output waits, the client must take at least the minimum
@@ -188,6 +190,9 @@ pub(crate) struct Activity {
     /// Response data written, for a protocol that tells it apart from its framing
     /// (HTTP/2: DATA payload, not PING acknowledgements or headers).
     data_written: AtomicU64,
+    /// Request data read, for the same protocols: what moves a streaming answer's
+    /// exchange from the client's side, where PINGs and window updates move nothing.
+    data_read: AtomicU64,
     /// Whether `data_written` is counted, and so is what a client takes; set once an
     /// HTTP/2 preface is read, after which exchanges race (see `add_racing`).
     counts_data: AtomicBool,
@@ -268,6 +273,7 @@ impl Activity {
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
             data_written: AtomicU64::new(0),
+            data_read: AtomicU64::new(0),
             counts_data: AtomicBool::new(false),
             write_blocked: AtomicBool::new(false),
             request_started: AtomicU64::new(IDLE),
@@ -489,7 +495,7 @@ impl Activity {
 
     /// For a protocol that declares its exchanges: `None` while one of them waits for
     /// its answer (busy); otherwise what has moved (the exchanges ever opened, and the
-    /// bytes too while answers stream) and whether any answer does.
+    /// data too while answers stream) and whether any answer does.
     fn declared_movement(&self) -> Option<(u64, bool)> {
         let exchanges = self.exchanges.load(Ordering::Relaxed);
         let open = exchanges & COUNT;
@@ -498,7 +504,17 @@ impl Activity {
         if open == 0 {
             return Some((opened, false));
         }
-        (answered >= open).then(|| (opened.wrapping_add(self.bytes_moved()), true))
+        (answered >= open).then(|| (opened.wrapping_add(self.data_moved()), true))
+    }
+
+    /// The data moved either way: on HTTP/2, DATA frames' payload, so that a client's
+    /// PINGs keep no quiet stream alive; otherwise every byte.
+    fn data_moved(&self) -> u64 {
+        if self.counts_data.load(Ordering::Relaxed) {
+            self.data_read.load(Ordering::Relaxed) + self.data_written.load(Ordering::Relaxed)
+        } else {
+            self.bytes_moved()
+        }
     }
 
     /// Bytes read and written, all told.
@@ -535,6 +551,13 @@ impl Activity {
     /// From now on, what the client takes is the data the protocol says it wrote.
     pub(crate) fn counts_http2_data(&self) {
         self.counts_data.store(true, Ordering::Relaxed);
+    }
+
+    /// The protocol read `n` bytes of request data. Only the stream's reader counts
+    /// them: a load and a store.
+    pub(crate) fn on_data_read(&self, n: usize) {
+        let before = self.data_read.load(Ordering::Relaxed);
+        self.data_read.store(before + n as u64, Ordering::Relaxed);
     }
 
     /// The protocol wrote `n` bytes of response data.

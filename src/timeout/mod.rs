@@ -8,8 +8,9 @@
 //! - **idle**: nothing useful for S (Twisted's `TimeoutFactory`, HAProxy's `timeout
 //!   client`): no byte read or written, or, for a protocol that says when it is busy
 //!   (the [HTTP adapter](crate::http)), no request open, whatever else moves (HTTP/2
-//!   PINGs), or only answered requests whose responses stream and no byte moved (a
-//!   quiet gRPC stream or event stream); and a client that holds the server's output
+//!   PINGs), or only answered requests whose responses stream and no data moved (a
+//!   quiet gRPC stream or event stream; on HTTP/2, DATA either way, not PINGs); and a
+//!   client that holds the server's output
 //!   back must take it at a [minimum rate](TimeoutBuilder::idle_min_send_rate), so a
 //!   slow reader is idle too;
 //! - **request**: once a request's first byte has arrived, the request must be complete
@@ -99,7 +100,7 @@ pub enum TimeoutError {
     /// No byte arrived within this long of connecting.
     FirstByte(Duration),
     /// Nothing useful happened for this long: no byte moved (or, under the HTTP
-    /// adapter, no request open, or only answered ones streaming and no byte moved), or
+    /// adapter, no request open, or only answered ones streaming and no data moved), or
     /// output waiting for the client was not taken at the minimum send rate.
     Idle(Duration),
     /// A request was not complete this long after it began (its first byte, or for an
