@@ -212,6 +212,41 @@ async fn an_http1_body_streaming_after_its_answer_is_not_held_to_the_request_tim
     );
 }
 
+/// An HTTP/2 connection's preface and empty SETTINGS, as a client sends them.
+const HTTP2_START: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+/// A whole `GET /` on `stream` (HPACK: GET, http, `/`, authority `t`): one HEADERS
+/// frame flagged END_HEADERS and END_STREAM.
+fn http2_get(stream: u8) -> Vec<u8> {
+    let mut frame = b"\0\0\x06\x01\x05\0\0\0".to_vec();
+    frame.push(stream);
+    frame.extend_from_slice(b"\x82\x86\x84\x41\x01t");
+    frame
+}
+
+/// The same request, padded with 200 bytes: the frame's header (flagged END_HEADERS
+/// and END_STREAM) and its payload's first bytes. What a client trickles after them
+/// is the padding.
+fn http2_padded_get_start(stream: u8) -> Vec<u8> {
+    let mut frame = b"\0\0\xcf\x01\x0d\0\0\0".to_vec();
+    frame.push(stream);
+    frame.extend_from_slice(b"\xc8\x82\x86\x84\x41\x01t");
+    frame
+}
+
+/// Sends `client` a byte of padding every 5 s, 200 at most.
+fn trickle(mut client: DuplexStream) -> JoinHandle<DuplexStream> {
+    tokio::spawn(async move {
+        for _ in 0..200 {
+            tokio::time::sleep(secs(5)).await;
+            if client.write_all(b"\0").await.is_err() {
+                break;
+            }
+        }
+        client
+    })
+}
+
 /// An HTTP/2 client (the `h2` crate, for PINGs and body trickles) on `io`.
 async fn h2_client(
     io: DuplexStream,
@@ -253,6 +288,25 @@ mod on_its_own {
             .unwrap();
         let outcome = within(secs(3600), connection).await.unwrap();
         assert_eq!(timed_out(outcome), TimeoutError::Request(secs(30)));
+    }
+
+    /// The first headers are in once their frame's payload is, not its header: flagged
+    /// as whole, and trickled after that, they are held to the head deadline.
+    #[tokio::test(start_paused = true)]
+    async fn http2_first_headers_trickled_after_their_frames_header_are_cut_at_the_head_deadline() {
+        let began = Instant::now();
+        let (connection, mut client) = serve_one(HttpService::new(app()));
+        client.write_all(HTTP2_START).await.unwrap();
+        client.write_all(&http2_padded_get_start(1)).await.unwrap();
+        let trickling = trickle(client);
+        let outcome = within(secs(3600), connection).await.unwrap();
+        trickling.abort();
+        assert_eq!(timed_out(outcome), TimeoutError::Request(secs(30)));
+        assert!(
+            began.elapsed() <= secs(30) + secs(30) / 8,
+            "{:?}",
+            began.elapsed()
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -438,6 +492,29 @@ mod under_a_timeout_layer {
             quiet.elapsed()
         );
         keep_alive.abort();
+    }
+
+    /// A later request's headers are in once their frame's payload is: flagged as
+    /// whole, and trickled after their frame's header, they are held to the request
+    /// timeout.
+    #[tokio::test(start_paused = true)]
+    async fn http2_headers_trickled_after_their_frames_header_are_cut_at_the_request_timeout() {
+        let (connection, mut client) = layered();
+        client.write_all(HTTP2_START).await.unwrap();
+        client.write_all(&http2_get(1)).await.unwrap();
+        let answer = within(secs(5), read_until(&mut client, "hello")).await;
+        assert!(answer.contains("hello"), "{answer:?}");
+        client.write_all(&http2_padded_get_start(3)).await.unwrap();
+        let began = Instant::now();
+        let trickling = trickle(client);
+        let outcome = within(secs(3600), connection).await.unwrap();
+        trickling.abort();
+        assert_eq!(timed_out(outcome), TimeoutError::Request(secs(10)));
+        assert!(
+            began.elapsed() <= secs(10) + secs(10) / 8,
+            "{:?}",
+            began.elapsed()
+        );
     }
 
     #[tokio::test(start_paused = true)]

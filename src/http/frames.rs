@@ -103,7 +103,8 @@ struct Cursor {
     header: Gather<FRAME_HEADER>,
     /// Payload bytes left in the current frame.
     remaining: u32,
-    kind: u8,
+    /// The current frame.
+    frame: Frame,
 }
 
 /// Up to `N` bytes of a unit split across reads, gathered until it is whole.
@@ -141,13 +142,17 @@ impl<const N: usize> Gather<N> {
 /// What a cursor has come to.
 #[derive(Debug, Clone, Copy)]
 enum Seen<'a> {
-    Header(Frame),
+    /// A frame's header, and whether its whole payload is in the same bytes.
+    Header(Frame, bool),
     /// A run of a frame's payload, with the frame's type.
     Payload(u8, &'a [u8]),
+    /// A frame's payload is all in: what its flags say has happened (the headers
+    /// ended, the stream ended) has, only now.
+    End(Frame),
 }
 
 /// A frame header, once complete.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Frame {
     kind: u8,
     flags: u8,
@@ -164,9 +169,12 @@ impl Cursor {
         while !bytes.is_empty() {
             if self.remaining > 0 {
                 let run = bytes.len().min(self.remaining as usize);
-                seen(Seen::Payload(self.kind, &bytes[..run]));
+                seen(Seen::Payload(self.frame.kind, &bytes[..run]));
                 self.remaining -= run as u32;
                 bytes = &bytes[run..];
+                if self.remaining == 0 {
+                    seen(Seen::End(self.frame));
+                }
                 continue;
             }
             let frame = match (
@@ -185,7 +193,10 @@ impl Cursor {
                     self.start(&collected)
                 }
             };
-            seen(Seen::Header(frame));
+            seen(Seen::Header(frame, bytes.len() >= frame.len as usize));
+            if frame.len == 0 {
+                seen(Seen::End(frame));
+            }
         }
     }
 
@@ -193,13 +204,13 @@ impl Cursor {
     #[inline]
     fn start(&mut self, h: &[u8; FRAME_HEADER]) -> Frame {
         self.remaining = u32::from_be_bytes([0, h[0], h[1], h[2]]);
-        self.kind = h[3];
-        Frame {
+        self.frame = Frame {
             kind: h[3],
             flags: h[4],
             stream: u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff,
             len: self.remaining,
-        }
+        };
+        self.frame
     }
 }
 
@@ -306,9 +317,9 @@ impl Watch for FrameWatch {
         let mut windows = false;
         let mut data = 0;
         self.read.advance(bytes, |seen| match seen {
-            Seen::Header(frame) => {
+            Seen::Header(frame, whole) => {
                 windows |= streams.flow.on_client_frame(frame);
-                changed |= streams.on_client_frame(frame);
+                changed |= streams.on_client_frame(frame, whole);
             }
             Seen::Payload(SETTINGS | WINDOW_UPDATE, payload) => {
                 streams.flow.on_client_payload(payload);
@@ -316,6 +327,7 @@ impl Watch for FrameWatch {
             }
             Seen::Payload(DATA, run) => data += run.len(),
             Seen::Payload(..) => {}
+            Seen::End(frame) => changed |= streams.on_client_frame_end(frame),
         });
         if data > 0 {
             streams.activity.on_data_read(data);
@@ -339,14 +351,14 @@ impl Watch for FrameWatch {
         let mut windows = false;
         let mut data = 0;
         self.written.advance(bytes, |seen| match seen {
-            Seen::Header(frame) => {
+            Seen::Header(frame, _) => {
                 windows |= streams.flow.on_server_frame(frame);
                 if frame.kind == RST_STREAM {
                     changed |= streams.forget(frame.stream);
                 }
             }
             Seen::Payload(DATA, run) => data += run.len(),
-            Seen::Payload(..) => {}
+            Seen::Payload(..) | Seen::End(_) => {}
         });
         if data > 0 {
             streams.activity.on_data_written(data);
@@ -361,8 +373,37 @@ impl Watch for FrameWatch {
 }
 
 impl Streams {
-    /// Follows a client frame; whether the streams still arriving may have changed.
-    fn on_client_frame(&mut self, frame: Frame) -> bool {
+    /// Follows a client frame's header, `whole` if its payload came with it; whether
+    /// the streams still arriving may have changed. Its flags count only once its
+    /// payload is in (see [`on_client_frame_end`](Self::on_client_frame_end)): a
+    /// request's headers trickled after their frame's header are still arriving.
+    fn on_client_frame(&mut self, frame: Frame, whole: bool) -> bool {
+        if !self.times_bodies {
+            return false;
+        }
+        match frame.kind {
+            HEADERS if self.find(frame.stream).is_none() => {
+                // A request whole in one frame that came whole (a GET) is never waited
+                // for: no clock read, nothing to track.
+                if whole && frame.flags & (END_HEADERS | END_STREAM) == END_HEADERS | END_STREAM {
+                    return false;
+                }
+                self.incoming.push(Incoming {
+                    stream: frame.stream,
+                    started: self.activity.elapsed_nanos(),
+                    bytes_read: self.activity.bytes_read(),
+                    headers_done: false,
+                    body_done: false,
+                });
+                true
+            }
+            RST_STREAM => self.forget(frame.stream),
+            _ => false,
+        }
+    }
+
+    /// Follows a client frame whose payload is all in: what its flags say ends now.
+    fn on_client_frame_end(&mut self, frame: Frame) -> bool {
         let headers_done = frame.flags & END_HEADERS != 0;
         if matches!(frame.kind, HEADERS | CONTINUATION) && headers_done && !self.opened {
             self.opened = true;
@@ -371,38 +412,17 @@ impl Streams {
         if !self.times_bodies {
             return false;
         }
+        let Some(incoming) = self.find(frame.stream) else {
+            return false;
+        };
         match frame.kind {
-            HEADERS => match self.find(frame.stream) {
-                // Trailers: the body ends with them.
-                Some(incoming) => {
-                    incoming.headers_done = headers_done;
-                    incoming.body_done |= frame.flags & END_STREAM != 0;
-                }
-                // A request whole in one frame (a GET) is never waited for: no clock
-                // read, nothing to track.
-                None if headers_done && frame.flags & END_STREAM != 0 => return false,
-                None => {
-                    let incoming = Incoming {
-                        stream: frame.stream,
-                        started: self.activity.elapsed_nanos(),
-                        bytes_read: self.activity.bytes_read(),
-                        headers_done,
-                        body_done: frame.flags & END_STREAM != 0,
-                    };
-                    self.incoming.push(incoming);
-                }
-            },
-            CONTINUATION => {
-                if let Some(incoming) = self.find(frame.stream) {
-                    incoming.headers_done = headers_done;
-                }
+            // Headers, or trailers: the body ends with them.
+            HEADERS => {
+                incoming.headers_done = headers_done;
+                incoming.body_done |= frame.flags & END_STREAM != 0;
             }
-            DATA if frame.flags & END_STREAM != 0 => {
-                if let Some(incoming) = self.find(frame.stream) {
-                    incoming.body_done = true;
-                }
-            }
-            RST_STREAM => return self.forget(frame.stream),
+            CONTINUATION => incoming.headers_done = headers_done,
+            DATA if frame.flags & END_STREAM != 0 => incoming.body_done = true,
             _ => return false,
         }
         self.incoming
@@ -648,31 +668,38 @@ mod tests {
     }
 
     #[test]
-    fn a_cursor_finds_frames_split_anywhere() {
+    fn a_cursor_finds_frames_split_anywhere_and_ends_each_once_its_payload_is_in() {
         let mut stream = frame(DATA, 0, 1, b"hello");
+        stream.extend(frame(SETTINGS, ACK, 0, b""));
         stream.extend(frame(HEADERS, END_HEADERS, 3, b"hh"));
         stream.extend(frame(DATA, END_STREAM, 1, b"!"));
         for split in 0..stream.len() {
             let mut cursor = Cursor::default();
-            let mut frames = Vec::new();
+            // Headers and ends, in order, each with the payload bytes seen before it.
+            let mut events = Vec::new();
             let mut data = 0;
             for part in [&stream[..split], &stream[split..]] {
                 cursor.advance(part, |seen| match seen {
-                    Seen::Header(frame) => frames.push((frame.kind, frame.flags, frame.stream)),
+                    Seen::Header(frame, _) => events.push(('H', frame.kind, frame.flags, data)),
                     Seen::Payload(DATA, run) => data += run.len(),
                     Seen::Payload(..) => {}
+                    Seen::End(frame) => events.push(('E', frame.kind, frame.flags, data)),
                 });
             }
             assert_eq!(
-                frames,
+                events,
                 [
-                    (DATA, 0, 1),
-                    (HEADERS, END_HEADERS, 3),
-                    (DATA, END_STREAM, 1)
+                    ('H', DATA, 0, 0),
+                    ('E', DATA, 0, 5),
+                    ('H', SETTINGS, ACK, 5),
+                    ('E', SETTINGS, ACK, 5),
+                    ('H', HEADERS, END_HEADERS, 5),
+                    ('E', HEADERS, END_HEADERS, 5),
+                    ('H', DATA, END_STREAM, 5),
+                    ('E', DATA, END_STREAM, 6),
                 ],
                 "split at {split}"
             );
-            assert_eq!(data, 6, "split at {split}");
         }
     }
 }
