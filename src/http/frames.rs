@@ -24,6 +24,8 @@ const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
 const ACK: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
+/// A request whole in one HEADERS frame: its headers and its stream end there.
+const WHOLE_REQUEST: u8 = END_HEADERS | END_STREAM;
 /// The setting that gives each stream's window its size.
 const INITIAL_WINDOW_SIZE: u16 = 0x4;
 /// Every window's size until the client says otherwise.
@@ -103,8 +105,10 @@ struct Cursor {
     header: Gather<FRAME_HEADER>,
     /// Payload bytes left in the current frame.
     remaining: u32,
-    /// The current frame.
+    /// The current frame, and whether its payload is split from its header: its end is
+    /// then seen apart.
     frame: Frame,
+    split: bool,
 }
 
 /// Up to `N` bytes of a unit split across reads, gathered until it is whole.
@@ -142,12 +146,13 @@ impl<const N: usize> Gather<N> {
 /// What a cursor has come to.
 #[derive(Debug, Clone, Copy)]
 enum Seen<'a> {
-    /// A frame's header, and whether its whole payload is in the same bytes.
+    /// A frame's header, and whether its whole payload is in the same bytes: what its
+    /// flags say (the headers ended, the stream ended) has happened then.
     Header(Frame, bool),
     /// A run of a frame's payload, with the frame's type.
     Payload(u8, &'a [u8]),
-    /// A frame's payload is all in: what its flags say has happened (the headers
-    /// ended, the stream ended) has, only now.
+    /// The payload of a frame whose header came without all of it is all in: what its
+    /// flags say has happened, only now.
     End(Frame),
 }
 
@@ -172,7 +177,7 @@ impl Cursor {
                 seen(Seen::Payload(self.frame.kind, &bytes[..run]));
                 self.remaining -= run as u32;
                 bytes = &bytes[run..];
-                if self.remaining == 0 {
+                if self.remaining == 0 && self.split {
                     seen(Seen::End(self.frame));
                 }
                 continue;
@@ -193,10 +198,9 @@ impl Cursor {
                     self.start(&collected)
                 }
             };
-            seen(Seen::Header(frame, bytes.len() >= frame.len as usize));
-            if frame.len == 0 {
-                seen(Seen::End(frame));
-            }
+            let whole = bytes.len() >= frame.len as usize;
+            self.split = !whole;
+            seen(Seen::Header(frame, whole));
         }
     }
 
@@ -374,40 +378,49 @@ impl Watch for FrameWatch {
 
 impl Streams {
     /// Follows a client frame's header, `whole` if its payload came with it; whether
-    /// the streams still arriving may have changed. Its flags count only once its
-    /// payload is in (see [`on_client_frame_end`](Self::on_client_frame_end)): a
-    /// request's headers trickled after their frame's header are still arriving.
+    /// the streams still arriving may have changed. Its flags count once its payload is
+    /// in, with its header or [apart](Self::on_client_frame_end): a request's headers
+    /// trickled after their frame's header are still arriving.
     fn on_client_frame(&mut self, frame: Frame, whole: bool) -> bool {
-        if !self.times_bodies {
-            return false;
-        }
-        match frame.kind {
-            HEADERS if self.find(frame.stream).is_none() => {
+        if self.times_bodies {
+            match frame.kind {
                 // A request whole in one frame that came whole (a GET) is never waited
                 // for: no clock read, nothing to track.
-                if whole && frame.flags & (END_HEADERS | END_STREAM) == END_HEADERS | END_STREAM {
-                    return false;
+                HEADERS
+                    if !(whole && frame.flags & WHOLE_REQUEST == WHOLE_REQUEST)
+                        && self.find(frame.stream).is_none() =>
+                {
+                    self.incoming.push(Incoming {
+                        stream: frame.stream,
+                        started: self.activity.elapsed_nanos(),
+                        bytes_read: self.activity.bytes_read(),
+                        headers_done: false,
+                        body_done: false,
+                    });
+                    if whole {
+                        self.on_client_frame_end(frame);
+                    }
+                    return true;
                 }
-                self.incoming.push(Incoming {
-                    stream: frame.stream,
-                    started: self.activity.elapsed_nanos(),
-                    bytes_read: self.activity.bytes_read(),
-                    headers_done: false,
-                    body_done: false,
-                });
-                true
+                RST_STREAM => return self.forget(frame.stream),
+                _ => {}
             }
-            RST_STREAM => self.forget(frame.stream),
-            _ => false,
         }
+        whole && self.on_client_frame_end(frame)
     }
 
     /// Follows a client frame whose payload is all in: what its flags say ends now.
     fn on_client_frame_end(&mut self, frame: Frame) -> bool {
         let headers_done = frame.flags & END_HEADERS != 0;
-        if matches!(frame.kind, HEADERS | CONTINUATION) && headers_done && !self.opened {
-            self.opened = true;
-            self.activity.stop_timing_requests();
+        match frame.kind {
+            HEADERS | CONTINUATION => {
+                if headers_done && !self.opened {
+                    self.opened = true;
+                    self.activity.stop_timing_requests();
+                }
+            }
+            DATA if frame.flags & END_STREAM != 0 => {}
+            _ => return false,
         }
         if !self.times_bodies {
             return false;
@@ -422,8 +435,7 @@ impl Streams {
                 incoming.body_done |= frame.flags & END_STREAM != 0;
             }
             CONTINUATION => incoming.headers_done = headers_done,
-            DATA if frame.flags & END_STREAM != 0 => incoming.body_done = true,
-            _ => return false,
+            _ => incoming.body_done = true,
         }
         self.incoming
             .retain(|incoming| !(incoming.headers_done && incoming.body_done));
@@ -673,33 +685,40 @@ mod tests {
         stream.extend(frame(SETTINGS, ACK, 0, b""));
         stream.extend(frame(HEADERS, END_HEADERS, 3, b"hh"));
         stream.extend(frame(DATA, END_STREAM, 1, b"!"));
+        let frames = [
+            (DATA, 0),
+            (SETTINGS, ACK),
+            (HEADERS, END_HEADERS),
+            (DATA, END_STREAM),
+        ];
+        // The DATA bytes in once each frame's payload is.
+        let data_through = [5, 5, 5, 6];
         for split in 0..stream.len() {
             let mut cursor = Cursor::default();
-            // Headers and ends, in order, each with the payload bytes seen before it.
-            let mut events = Vec::new();
+            let mut headers = Vec::new();
+            // A frame's flags take effect once: at its header if its payload came with
+            // it, else at its end, once the payload is in.
+            let mut in_force = Vec::new();
             let mut data = 0;
             for part in [&stream[..split], &stream[split..]] {
                 cursor.advance(part, |seen| match seen {
-                    Seen::Header(frame, _) => events.push(('H', frame.kind, frame.flags, data)),
+                    Seen::Header(frame, whole) => {
+                        headers.push((frame.kind, frame.flags));
+                        if whole {
+                            in_force.push((frame.kind, frame.flags));
+                        }
+                    }
                     Seen::Payload(DATA, run) => data += run.len(),
                     Seen::Payload(..) => {}
-                    Seen::End(frame) => events.push(('E', frame.kind, frame.flags, data)),
+                    Seen::End(frame) => {
+                        assert_eq!(data, data_through[headers.len() - 1], "split at {split}");
+                        in_force.push((frame.kind, frame.flags));
+                    }
                 });
             }
-            assert_eq!(
-                events,
-                [
-                    ('H', DATA, 0, 0),
-                    ('E', DATA, 0, 5),
-                    ('H', SETTINGS, ACK, 5),
-                    ('E', SETTINGS, ACK, 5),
-                    ('H', HEADERS, END_HEADERS, 5),
-                    ('E', HEADERS, END_HEADERS, 5),
-                    ('H', DATA, END_STREAM, 5),
-                    ('E', DATA, END_STREAM, 6),
-                ],
-                "split at {split}"
-            );
+            assert_eq!(headers, frames, "split at {split}");
+            assert_eq!(in_force, frames, "split at {split}");
+            assert_eq!(data, 6, "split at {split}");
         }
     }
 }
