@@ -168,6 +168,40 @@ async fn backpressure_is_not_ready_while_full_and_wakes_when_a_slot_frees() {
     assert_eq!(limit.stats().refused, 0);
 }
 
+/// Dry run turned on while a full cap holds the accept loop back: the loop goes on, at
+/// once and as connections end, for in dry run nothing waits for room.
+#[tokio::test(start_paused = true)]
+async fn dry_run_turned_on_while_backpressure_waits_lets_the_waiter_go() {
+    let limit = layer(ConnectionLimitLayer::builder(1).backpressure());
+    let (mut service, mut handle) = limited(&limit);
+    assert_ready_ok!(service.poll_ready());
+    let mut first = task::spawn(service.call(conn_from("192.0.2.1:1")));
+    let (_, respond) = handle.next_request().await.unwrap();
+    assert_pending!(service.poll_ready());
+
+    limit.set_dry_run(true);
+    assert!(service.is_woken(), "the waiting loop is not told");
+    assert_ready_ok!(service.poll_ready());
+    // Served over the cap in dry run; enforced again, a waiter waits for room, and a
+    // connection's end wakes it, dry run or not.
+    let mut second = task::spawn(service.call(conn_from("192.0.2.2:2")));
+    let (_, second_respond) = handle.next_request().await.unwrap();
+    limit.set_dry_run(false);
+    assert_pending!(service.poll_ready());
+    respond.send_response(());
+    assert_ready_ok!(first.poll());
+    assert!(service.is_woken());
+    assert_pending!(service.poll_ready(), "still full: the second lives");
+    limit.set_dry_run(true);
+    assert_ready_ok!(service.poll_ready());
+    limit.set_dry_run(false);
+    assert_pending!(service.poll_ready());
+    second_respond.send_response(());
+    assert_ready_ok!(second.poll());
+    assert!(service.is_woken());
+    assert_ready_ok!(service.poll_ready());
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_ready_service_that_is_never_called_holds_no_slot() {
     let limit = layer(ConnectionLimitLayer::builder(1).backpressure());

@@ -354,6 +354,36 @@ async fn a_reload_changes_the_rates_and_keeps_what_each_peer_used() {
     ));
 }
 
+/// A reload makes a new limiter over the same table: what each peer used must read
+/// the same to it, however long the server ran before (a `Bouncer` reload sets the
+/// per-peer rate every time).
+#[tokio::test(start_paused = true)]
+async fn a_reload_after_hours_keeps_what_each_peer_used_as_it_was() {
+    let layer = RateLimitLayer::builder()
+        .per_peer(Rate::per_second(2))
+        .build()
+        .unwrap();
+    let mut service = limited(&layer);
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    connect(&mut service, "192.0.2.1:1").unwrap();
+    connect(&mut service, "192.0.2.2:1").unwrap();
+    connect(&mut service, "192.0.2.2:2").unwrap();
+    layer.set_per_peer(Rate::per_second(2)).unwrap();
+    // 192.0.2.2 spent its burst just now, under the old limiter: still spent.
+    assert!(connect(&mut service, "192.0.2.2:3").is_err());
+    // Refilled 5 s later, both of them, not locked out for the hour before the reload.
+    tokio::time::advance(Duration::from_secs(5)).await;
+    for peer in ["192.0.2.1:2", "192.0.2.1:3", "192.0.2.2:4", "192.0.2.2:5"] {
+        if let Err(refused) = connect(&mut service, peer) {
+            panic!("{peer} refused: {}", rejected(&refused).reason());
+        }
+    }
+    assert!(connect(&mut service, "192.0.2.1:4").is_err());
+    // And the layer's sweep forgets them once refilled, as before the reload.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(layer.stats().tracked_peers, 0);
+}
+
 /// Threads spending one peer's burst at once admit exactly the burst: each connection's
 /// charge lands on the peer's arrival time, none lost to another thread's.
 #[test]

@@ -375,10 +375,15 @@ pub(super) type LimiterCache = arc_swap::Cache<Arc<ArcSwap<KeyedLimiter>>, Arc<K
 /// The per-peer limiter of `quota` over `table`: a reload makes a new one over the same
 /// table, so that what each peer used carries over.
 fn keyed_limiter(quota: Quota, table: &Arc<CellTable>, clock: TokioClock) -> KeyedLimiter {
-    let store = RateStore {
-        table: table.clone(),
-    };
-    RateLimiter::new(quota, store, clock)
+    // governor counts a limiter's arrival times from its own start: the table keeps
+    // them from the clock's origin, so that a limiter made by a reload reads them alike.
+    clock::at(tokio::time::Instant::now(), || {
+        let store = RateStore {
+            table: table.clone(),
+            start: clock.now().as_u64(),
+        };
+        RateLimiter::new(quota, store, clock)
+    })
 }
 
 /// The per-peer rate: governor's limiter over a bounded table.

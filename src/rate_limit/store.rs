@@ -27,6 +27,9 @@ pub(super) fn take_untracked() -> bool {
 #[derive(Debug)]
 pub(super) struct RateStore {
     pub(super) table: Arc<CellTable>,
+    /// The limiter's start, from the clock's origin: the table's words are from the
+    /// origin, governor's from its limiter's start.
+    pub(super) start: u64,
 }
 
 impl StateStore for RateStore {
@@ -37,8 +40,9 @@ impl StateStore for RateStore {
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
         let changed = self.table.change(at, |arrival| {
-            let (outcome, next) = decide(arrival.map(Nanos::from))?;
-            Ok((outcome, Some(next.as_u64())))
+            let arrival = arrival.map(|arrival| Nanos::from(arrival.saturating_sub(self.start)));
+            let (outcome, next) = decide(arrival)?;
+            Ok((outcome, Some(next.as_u64().saturating_add(self.start))))
         })?;
         if changed.fit == Fit::NoRoom {
             // Full: the layer applies its overflow policy to this peer.
@@ -52,7 +56,7 @@ impl StateStore for RateStore {
 /// the limiter, such a peer is the same as one never seen.
 impl ShrinkableKeyedStateStore<Located> for RateStore {
     fn retain_recent(&self, drop_below: Nanos) {
-        let drop_below = drop_below.as_u64();
+        let drop_below = drop_below.as_u64().saturating_add(self.start);
         self.table.retain(|arrival| arrival >= drop_below);
     }
 
