@@ -86,6 +86,10 @@ async fn closed(client: &mut BufReader<DuplexStream>) -> bool {
     )
 }
 
+fn ip(address: &str) -> std::net::IpAddr {
+    address.parse().unwrap()
+}
+
 fn login(builder: LoginBuilder) -> Login {
     builder.build().unwrap()
 }
@@ -354,6 +358,69 @@ async fn a_banned_peers_live_connections_can_be_evicted_too() {
     assert!(closed(&mut failing).await);
     assert_eq!(ask(&mut other, "good").await.as_deref(), Some("OK"));
     assert_eq!(login.stats().evicted_banned, 2);
+}
+
+/// A ban made by an operator evicts as one made by offences does: by `ban`, by a ban of
+/// a network no wider than a peer key, by an import. A network wider than a key is
+/// not looked up peer by peer: its peers' live connections go on, their new ones are
+/// refused.
+#[tokio::test(start_paused = true)]
+async fn an_operators_ban_evicts_the_peers_live_connections_too() {
+    let login = login(Login::builder().evict_banned_connections(true));
+    let (_banned, mut banned) = connect(&login, "192.0.2.1:1");
+    let (_network, mut network) = connect(&login, "192.0.2.2:1");
+    let (_imported, mut imported) = connect(&login, "[2001:db8:1:5::1]:1");
+    let (_wide, mut wide) = connect(&login, "198.51.100.7:1");
+    let (_other, mut other) = connect(&login, "192.0.2.9:1");
+    // Every connection admitted and in its session.
+    tokio::time::sleep(secs(1)).await;
+    assert_eq!(login.stats().sessions, 5);
+    let bans = login.bans();
+    bans.ban(ip("192.0.2.1"), secs(600)).unwrap();
+    assert!(closed(&mut banned).await);
+    bans.ban_network("192.0.2.2/32".parse().unwrap(), secs(600))
+        .unwrap();
+    assert!(closed(&mut network).await);
+    bans.import("2001:db8:1:5::/64 600 1\n").unwrap();
+    assert!(closed(&mut imported).await);
+    assert_eq!(login.stats().evicted_banned, 3);
+
+    bans.ban_network("198.51.100.0/24".parse().unwrap(), secs(600))
+        .unwrap();
+    assert_eq!(ask(&mut wide, "good").await.as_deref(), Some("OK"));
+    let (refused, _) = connect(&login, "198.51.100.8:1");
+    assert!(within(secs(5), refused).await.unwrap().is_err());
+    assert_eq!(ask(&mut other, "good").await.as_deref(), Some("OK"));
+    assert_eq!(login.stats().evicted_banned, 3);
+}
+
+/// Dry run serves what a ban would refuse: nor does it evict a banned peer's live
+/// connections, or its new ones once the ban check has let them through.
+#[tokio::test(start_paused = true)]
+async fn in_dry_run_a_banned_peers_connections_are_served_not_evicted() {
+    let login = login(
+        Login::builder()
+            .max_failures(2)
+            .max_auth_tries(5)
+            .evict_banned_connections(true)
+            .dry_run(true),
+    );
+    let (_idle, mut idle) = connect(&login, "192.0.2.1:1");
+    let (_failing, mut failing) = connect(&login, "192.0.2.1:2");
+    assert_eq!(ask(&mut failing, "bad").await.as_deref(), Some("DENIED"));
+    assert_eq!(ask(&mut failing, "bad").await.as_deref(), Some("DENIED"));
+    assert!(login.bans().banned_for(ip("192.0.2.1")).is_some());
+    let (_new, mut new) = connect(&login, "192.0.2.1:3");
+    login.bans().ban(ip("192.0.2.1"), secs(600)).unwrap();
+    tokio::time::sleep(secs(5)).await;
+    assert_eq!(ask(&mut idle, "good").await.as_deref(), Some("OK"));
+    assert_eq!(ask(&mut new, "good").await.as_deref(), Some("OK"));
+    let stats = login.stats();
+    assert_eq!(
+        (stats.evicted_banned, stats.dry_run_refusals),
+        (0, 1),
+        "{stats}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -675,6 +675,8 @@ fn count(record: &mut Record, points: u32, now: u64, window: u64, policy: &BanPo
 #[derive(Debug, Clone)]
 pub struct Bans {
     pub(super) table: Arc<BanTable>,
+    /// The login whose live connections a ban made here evicts, if it asks to.
+    pub(super) login: std::sync::Weak<super::Shared>,
 }
 
 impl Bans {
@@ -692,9 +694,16 @@ impl Bans {
         Ok(())
     }
 
-    /// Counts a ban an operator made here, and tells the fleet, if there is one.
+    /// Counts a ban an operator made here, evicts the live connections it bans if the
+    /// login evicts banned peers' (not those of a network wider than a peer key), and
+    /// tells the fleet, if there is one.
     fn shared_ban(&self, network: IpNet, length: Duration) {
         self.table.metrics.operator.add(1);
+        if !length.is_zero()
+            && let Some(login) = self.login.upgrade()
+        {
+            login.evict_banned(network);
+        }
         #[cfg(feature = "fleet")]
         if let Some(fleet) = self.table.fleet() {
             let target = self.table.ban_target(network);
@@ -1345,6 +1354,7 @@ mod tests {
     fn handle() -> Bans {
         Bans {
             table: Arc::new(BanTable::new(policy(), PeerKeying::default(), 4096)),
+            login: std::sync::Weak::new(),
         }
     }
 
@@ -1412,6 +1422,7 @@ mod tests {
         let (bans, peer) = table();
         let bans = Bans {
             table: Arc::new(bans),
+            login: std::sync::Weak::new(),
         };
         bans.ban(ip("2001:db8:1:2::9"), secs(300)).unwrap();
         bans.ban_network(net("2001:db8:ff::/48"), secs(200))

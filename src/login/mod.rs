@@ -380,6 +380,7 @@ impl Login {
     pub fn bans(&self) -> Bans {
         Bans {
             table: self.shared.bans.clone(),
+            login: Arc::downgrade(&self.shared),
         }
     }
 
@@ -528,8 +529,11 @@ impl LoginBuilder {
         self
     }
 
-    /// Also evict a newly banned peer's live connections; off by default (its new
-    /// connections are always refused).
+    /// Also evict a newly banned peer's live connections, whoever banned it: its
+    /// offences, an operator ([`Bans::ban`], an import, the admin page) or the fleet.
+    /// Off by default (its new connections are always refused). Not in dry run, which
+    /// serves banned peers; nor for a network banned whole that is wider than a peer
+    /// key: its peers' new connections are refused, their live ones go on.
     pub fn evict_banned_connections(mut self, evict: bool) -> Self {
         self.evict_banned = evict;
         self
@@ -781,12 +785,8 @@ impl Login {
             return;
         }
         shared.bans.metrics.fleet.add(1);
-        if held.is_zero()
-            && let Some(live) = &shared.live
-            && !shared.keying.is_wider_than_a_key(&key)
-        {
-            let key = shared.keying.key(key.addr());
-            session_layer::evict_live(live, &crate::peer::table::Located::new(&key));
+        if held.is_zero() {
+            shared.evict_banned(key);
         }
     }
 
@@ -960,8 +960,28 @@ impl Shared {
                 );
             }
         }
-        if let Some(live) = &self.live {
+        if let Some(live) = self.evicting_live() {
             session_layer::evict_live(live, &peer.at);
+        }
+    }
+
+    /// The live connections per peer, if a newly banned peer's are evicted: asked for,
+    /// and not in dry run, where a ban only shows what enforcing would do.
+    fn evicting_live(&self) -> Option<&LivePeers> {
+        self.live
+            .as_ref()
+            .filter(|_| !self.ban_refusal.is_dry_run())
+    }
+
+    /// Evicts the live connections of the peer key `network` bans, if they are to be.
+    /// A network wider than a key holds many peers, none of them looked up by it: their
+    /// live connections go on, and their new ones are refused.
+    pub(super) fn evict_banned(&self, network: ipnet::IpNet) {
+        if let Some(live) = self.evicting_live()
+            && !self.keying.is_wider_than_a_key(&network)
+        {
+            let key = self.keying.key(network.addr());
+            session_layer::evict_live(live, &crate::peer::table::Located::new(&key));
         }
     }
 }

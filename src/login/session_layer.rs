@@ -126,7 +126,8 @@ where
 
     let (live, banned) = match (&shared.live, peer) {
         (Some(live), Some(peer)) => LiveSlot::watch(live, &peer.at, &state, || {
-            shared.bans.banned_for(&peer).is_some()
+            // In dry run the ban check has served a banned peer: so does this.
+            !shared.ban_refusal.is_dry_run() && shared.bans.banned_for(&peer).is_some()
         })
         .unzip(),
         _ => (None, None),
