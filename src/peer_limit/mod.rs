@@ -10,8 +10,12 @@
 //! A peer whose last connection has ended stays in the table, at 0, until a sweep every
 //! 10 seconds (taking it out at once would cost every connection a write other threads
 //! contend for), or until a new peer finds the table full: peers at 0 then make way
-//! first. So the policy applies only to a table full of peers with live connections,
-//! and memory returns to its baseline after a storm.
+//! first. Such a look walks the whole table, so it is made once an eighth of the
+//! table's capacity in new peers has been turned away since the last one, or at once if
+//! the last one freed that much: a table full of peers with live connections costs each
+//! newcomer a share of one walk, not a walk. Until then, and until the next sweep, the
+//! policy applies even with some peers at 0. Memory returns to its baseline after a
+//! storm.
 //!
 //! Put it outside the global [`limit`](crate::limit): a peer over its own limit is then
 //! refused before it takes any of the global budget.
