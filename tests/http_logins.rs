@@ -13,7 +13,9 @@ use std::{
 
 use axum::{Router, http::StatusCode, routing::get};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use futures_util::StreamExt;
+use http_body::Frame;
+use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::DuplexStream;
 use tower::{ServiceBuilder, ServiceExt};
@@ -32,6 +34,7 @@ const BAD_CREDENTIALS: &str = "Basic YWxpY2U6d3Jvbmc="; // alice:wrong
 /// An application whose `/login` counts the password checks it makes and fails them
 /// all, after a little work; `/welcome` logs in.
 fn app(checks: Arc<AtomicUsize>) -> Router {
+    let watch_checks = checks.clone();
     Router::new()
         .route(
             "/login",
@@ -52,6 +55,35 @@ fn app(checks: Arc<AtomicUsize>) -> Router {
             }),
         )
         .route("/", get(|| async { "hello\n" }))
+        .route(
+            "/watch",
+            get(move || {
+                let checks = watch_checks.clone();
+                async move {
+                    checks.fetch_add(1, Ordering::SeqCst);
+                    // gRPC's `UNAUTHENTICATED` in the trailers, after the `200` and its
+                    // headers: a stream that checks its caller's credentials itself.
+                    let trailers = futures_util::stream::once(async {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", http::HeaderValue::from_static("16"));
+                        Ok::<_, std::convert::Infallible>(Frame::trailers(trailers))
+                    });
+                    axum::body::Body::new(StreamBody::new(trailers))
+                }
+            }),
+        )
+        .route(
+            "/events",
+            get(|| async {
+                // A healthy stream: data at once, then more, for as long as it lives.
+                let events = futures_util::stream::once(async {
+                    Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"event\n")))
+                })
+                .chain(futures_util::stream::pending());
+                axum::body::Body::new(StreamBody::new(events))
+            }),
+        )
         .route(
             "/account",
             get(|| async {
@@ -179,6 +211,53 @@ async fn concurrent_bad_credentials_on_one_http2_connection_get_one_password_che
             )),
             "{reporter:?}: {statuses:?}"
         );
+    }
+}
+
+/// An attempt whose outcome only its trailers tell (gRPC's `UNAUTHENTICATED` after a
+/// `200`) holds its place until they come: one password check with one try.
+#[tokio::test(start_paused = true)]
+async fn failures_told_in_trailers_get_no_more_password_checks_than_tries() {
+    for reporter in Reporter::ALL {
+        let login = with_tries(1);
+        let checks = Arc::new(AtomicUsize::new(0));
+        let sender = h2_connection(&login, checks.clone(), reporter).await;
+        let requests = (0..50)
+            .map(|_| request("/watch", Some(BAD_CREDENTIALS)))
+            .collect();
+        send_all(&sender, requests).await;
+        assert_eq!(
+            checks.load(Ordering::SeqCst),
+            1,
+            "{reporter:?}: {}",
+            login.stats()
+        );
+        assert_eq!(login.stats().failed_logins, 1);
+    }
+}
+
+/// An attempt answered `200` with a stream whose trailers have not come: its place is
+/// given back with its first data, not held for as long as the stream lives.
+#[tokio::test(start_paused = true)]
+async fn a_streaming_answer_gives_its_place_back_with_its_first_data() {
+    for reporter in Reporter::ALL {
+        let login = with_tries(1);
+        let checks = Arc::new(AtomicUsize::new(0));
+        let mut sender = h2_connection(&login, checks.clone(), reporter).await;
+        let response = within(
+            PATIENCE,
+            sender.send_request(request("/events", Some(BAD_CREDENTIALS))),
+        )
+        .await
+        .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut events = response.into_body();
+        let event = within(PATIENCE, events.frame()).await.unwrap().unwrap();
+        assert_eq!(event.into_data().unwrap(), "event\n");
+        // The stream lives on; the next attempt is checked all the same.
+        let statuses = send_all(&sender, bad_logins(1)).await;
+        assert_eq!(statuses, [Some(StatusCode::UNAUTHORIZED)], "{reporter:?}");
+        assert_eq!(checks.load(Ordering::SeqCst), 1, "{reporter:?}");
     }
 }
 

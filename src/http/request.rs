@@ -444,6 +444,9 @@ where
         let report = answered
             .as_ref()
             .is_some_and(|response| held.shared.report_response(response));
+        #[cfg(feature = "login")]
+        let pending = answer.reported(report);
+        #[cfg(not(feature = "login"))]
         answer.reported();
         let mut response = match answered {
             Some(response) => response.map(Some),
@@ -473,6 +476,8 @@ where
             held: Some(held),
             #[cfg(feature = "login")]
             report,
+            #[cfg(feature = "login")]
+            pending,
         })))
     }
 }
@@ -491,6 +496,9 @@ pub(super) struct ExchangeBody<B> {
     /// Whether its trailers may still tell a login outcome.
     #[cfg(feature = "login")]
     report: bool,
+    /// The login attempt's place, while only the trailers may tell its outcome.
+    #[cfg(feature = "login")]
+    pending: crate::login::PendingOutcome,
 }
 
 impl<B: Body> Body for ExchangeBody<B> {
@@ -507,6 +515,8 @@ impl<B: Body> Body for ExchangeBody<B> {
             return Poll::Ready(None);
         };
         let frame = ready!(inner.poll_frame(cx));
+        #[cfg(feature = "login")]
+        this.pending.settle();
         match (&frame, &*this.held) {
             (Some(Ok(frame)), Some(held)) => {
                 if let Some(data) = frame.data_ref() {

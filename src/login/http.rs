@@ -146,9 +146,11 @@ where
 /// be login attempts ([`ClassifyLogin::is_attempt`]: those carrying credentials, by
 /// default) run at most as many at once as the connection has tries left, until the
 /// connection logs in ([`LoginSession::succeeded`]: report it, or the requests of a
-/// client that sends its credentials with every request stay one at a time). A
-/// request waiting for its place has not reached the service yet: it is called once
-/// admitted. Once the connection has used up its tries or is being closed, every
+/// client that sends its credentials with every request stay one at a time). An
+/// attempt holds its place until its outcome is known: at its response's head, or, if
+/// only the trailers may tell (a gRPC stream that fails its caller after its headers),
+/// until its body's first frame, data or trailers. A request waiting for its place has
+/// not reached the service yet: it is called once admitted. Once the connection has used up its tries or is being closed, every
 /// further request is answered `429 Too Many Requests` at once, without reaching the
 /// service. Logins whose credentials travel in the body (forms, JSON) are attempts
 /// only if a classifier's [`is_attempt`](ClassifyLogin::is_attempt) says so, by path.
@@ -266,6 +268,7 @@ where
             return Poll::Ready(Ok(too_many_requests(ReportBody {
                 inner: None,
                 report: None,
+                pending: PendingOutcome::default(),
             })));
         };
         let mut report = this.report.take();
@@ -278,10 +281,11 @@ where
             // One outcome per response: the trailers have nothing more to say.
             report = None;
         }
-        this.answer.reported();
+        let pending = this.answer.reported(report.is_some());
         Poll::Ready(Ok(response.map(|body| ReportBody {
             inner: Some(body),
             report,
+            pending,
         })))
     }
 }
@@ -295,9 +299,8 @@ pub(crate) struct Answer<S: Service<Req>, Req> {
     #[pin]
     state: State<S, Req>,
     /// The attempt's place, given back once its response is classified
-    /// ([`reported`](Self::reported)). (An outcome that only trailers tell is still
-    /// reported, but a long stream does not hold the connection's other attempts back
-    /// until it ends.)
+    /// ([`reported`](Self::reported)), or, if only its trailers may tell, with them or
+    /// its first data ([`PendingOutcome`]).
     permit: Option<AttemptPermit>,
 }
 
@@ -369,11 +372,31 @@ impl<S: Service<Req>, Req> Answer<S, Req> {
         }
     }
 
-    /// The response's outcome is reported: the attempts waiting see the try this one
-    /// used.
+    /// The response's head is classified: the attempts waiting see the try this one
+    /// used, unless only its trailers may tell (`pending`); the place then goes with
+    /// the body.
     #[inline]
-    pub(crate) fn reported(self: Pin<&mut Self>) {
-        self.project().permit.take();
+    pub(crate) fn reported(self: Pin<&mut Self>, pending: bool) -> PendingOutcome {
+        let permit = self.project().permit.take();
+        PendingOutcome(permit.filter(|_| pending))
+    }
+}
+
+/// A login attempt's place, kept by its response's body while only the trailers may
+/// still tell the outcome (a gRPC stream that fails its caller's authentication after
+/// its headers): given back at the body's first frame, its data or its trailers, or its
+/// end. A stream that sends data goes on without holding the connection's other
+/// attempts back; one that fails sends none first.
+#[derive(Debug, Default)]
+pub(crate) struct PendingOutcome(Option<AttemptPermit>);
+
+impl PendingOutcome {
+    /// The body has sent a frame, or ended.
+    #[inline]
+    pub(crate) fn settle(&mut self) {
+        if self.0.is_some() {
+            self.0 = None;
+        }
     }
 }
 
@@ -503,6 +526,7 @@ pub struct ReportBody<B, C = StatusClassifier> {
     #[pin]
     inner: Option<B>,
     report: Option<(LoginSession, C)>,
+    pending: PendingOutcome,
 }
 
 impl<B: Body, C: ClassifyLogin> Body for ReportBody<B, C> {
@@ -524,6 +548,7 @@ impl<B: Body, C: ClassifyLogin> Body for ReportBody<B, C> {
         {
             report_outcome(&session, classify.classify_trailers(trailers));
         }
+        this.pending.settle();
         Poll::Ready(frame)
     }
 

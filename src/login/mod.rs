@@ -144,7 +144,7 @@ use bans::{BanPolicy, BanTable, Recorded};
 #[cfg(feature = "admin")]
 pub use bans::{Offender, OffenderRank};
 #[cfg(feature = "http")]
-pub(crate) use http::{Answer, SharedClassifier, report_outcome};
+pub(crate) use http::{Answer, PendingOutcome, SharedClassifier, report_outcome};
 #[cfg(feature = "http")]
 pub use http::{
     ClassifyLogin, LoginOutcome, ReportBody, ReportFuture, ReportLogin, ReportLoginLayer,
