@@ -440,38 +440,12 @@ mod under_a_timeout_layer {
         assert!(!connection.is_finished());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn pings_do_not_keep_an_http2_connection_alive() {
+    /// Asks for `path` on HTTP/2 under the layer's idle timeout (60 s), keeps its answer,
+    /// then sends a PING every 30 s: the connection must be cut as idle all the same.
+    async fn idle_despite_pings(path: &str) {
         let (connection, client) = layered();
         let (mut sender, mut pings) = h2_client(client, &h2::client::Builder::new()).await;
-        let (response, _) = sender.send_request(h2_get("/"), true).unwrap();
-        assert_eq!(response.await.unwrap().status(), 200);
-        let quiet = Instant::now();
-        let keep_alive = tokio::spawn(async move {
-            for _ in 0..360 {
-                tokio::time::sleep(secs(30)).await;
-                if pings.ping(h2::Ping::opaque()).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let outcome = within(secs(3600), connection).await.unwrap();
-        assert_eq!(timed_out(outcome), TimeoutError::Idle(secs(60)));
-        assert!(
-            quiet.elapsed() <= secs(60) + secs(60) / 8,
-            "{:?}",
-            quiet.elapsed()
-        );
-        keep_alive.abort();
-    }
-
-    /// An answered stream that sends nothing is as idle as a silent socket: PINGs do
-    /// not move it, and only its data, either way, would.
-    #[tokio::test(start_paused = true)]
-    async fn pings_do_not_keep_a_quiet_answered_http2_stream_alive() {
-        let (connection, client) = layered();
-        let (mut sender, mut pings) = h2_client(client, &h2::client::Builder::new()).await;
-        let (response, _) = sender.send_request(h2_get("/quiet"), true).unwrap();
+        let (response, _) = sender.send_request(h2_get(path), true).unwrap();
         let response = within(secs(5), response).await.unwrap();
         assert_eq!(response.status(), 200);
         let _body = response.into_body();
@@ -485,13 +459,25 @@ mod under_a_timeout_layer {
             }
         });
         let outcome = within(secs(3600), connection).await.unwrap();
-        assert_eq!(timed_out(outcome), TimeoutError::Idle(secs(60)));
+        assert_eq!(timed_out(outcome), TimeoutError::Idle(secs(60)), "{path}");
         assert!(
             quiet.elapsed() <= secs(60) + secs(60) / 8,
-            "{:?}",
+            "{path}: {:?}",
             quiet.elapsed()
         );
         keep_alive.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_do_not_keep_an_http2_connection_alive() {
+        idle_despite_pings("/").await;
+    }
+
+    /// An answered stream that sends nothing is as idle as a silent socket: PINGs do
+    /// not move it, and only its data, either way, would.
+    #[tokio::test(start_paused = true)]
+    async fn pings_do_not_keep_a_quiet_answered_http2_stream_alive() {
+        idle_despite_pings("/quiet").await;
     }
 
     /// A later request's headers are in once their frame's payload is: flagged as
