@@ -515,8 +515,6 @@ impl<B: Body> Body for ExchangeBody<B> {
             return Poll::Ready(None);
         };
         let frame = ready!(inner.poll_frame(cx));
-        #[cfg(feature = "login")]
-        this.pending.settle();
         match (&frame, &*this.held) {
             (Some(Ok(frame)), Some(held)) => {
                 if let Some(data) = frame.data_ref() {
@@ -533,6 +531,9 @@ impl<B: Body> Body for ExchangeBody<B> {
             (_, Some(_)) => *this.held = None,
             (_, None) => {}
         }
+        // After the trailers' outcome, if any: the attempts waiting see the try used.
+        #[cfg(feature = "login")]
+        this.pending.settle();
         Poll::Ready(frame)
     }
 

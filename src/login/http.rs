@@ -150,9 +150,9 @@ where
 /// attempt holds its place until its outcome is known: at its response's head, or, if
 /// only the trailers may tell (a gRPC stream that fails its caller after its headers),
 /// until its body's first frame, data or trailers. A request waiting for its place has
-/// not reached the service yet: it is called once admitted. Once the connection has used up its tries or is being closed, every
-/// further request is answered `429 Too Many Requests` at once, without reaching the
-/// service. Logins whose credentials travel in the body (forms, JSON) are attempts
+/// not reached the service yet: it is called once admitted. Once the connection has
+/// used up its tries or is being closed, every further request is answered `429 Too
+/// Many Requests` at once, without reaching the service. Logins whose credentials travel in the body (forms, JSON) are attempts
 /// only if a classifier's [`is_attempt`](ClassifyLogin::is_attempt) says so, by path.
 ///
 /// Requests without a session (no [`SessionLayer`](super::SessionLayer) below the
