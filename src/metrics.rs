@@ -20,7 +20,7 @@
 //! | `bouncer.accept.pause.duration` | histogram | seconds | `listener` | How long each such pause lasted. |
 //! | `bouncer.rejected_connections` | counter | connections | `layer`, `reason`, `outcome` | Connections an admission layer refused (`outcome="rejected"`), or would have refused in dry run (`outcome="rejected_dry_run"`). |
 //! | `bouncer.timeouts` | counter | connections | `kind` | Connections closed by a [`TimeoutLayer`](crate::timeout::TimeoutLayer) deadline: `first_byte`, `idle`, `request`, `lifetime` (cut after the grace). |
-//! | `bouncer.evictions` | counter | connections | `reason` | Connections asked to close: `failed_logins`, `login_timeout`, `banned`, `requested` (login session), `overload_shed` (an idle one, to make room), `lifetime` (past its lifetime). |
+//! | `bouncer.evictions` | counter | connections | `reason` | Connections asked to close: `failed_logins`, `login_timeout`, `banned`, `requested` (login session), `overload_shed` (an idle one, to make room), `overload_long_lived` (the oldest judged by its bytes, to make room when none is idle), `lifetime` (past its lifetime). |
 //! | `bouncer.bans.issued` | counter | bans | `reason` | Bans made: for an offence (its kind, as in `bouncer.penalties`), by an `operator`, or from the `fleet`. |
 //! | `bouncer.bans.active` | gauge | bans | — | Bans in force, peer keys and networks; counted every 5 seconds from the first connection on. |
 //! | `bouncer.penalties` | counter | offences | `kind` | Offences counted against their peer: `failed_login`, `first_byte_timeout`, `request_timeout`, `login_timeout`, `tls_handshake_timeout`, `tls_handshake_failure`, `http_protocol_error`, `over_limit`. |

@@ -18,10 +18,11 @@
 //! # Bounds
 //!
 //! The header must be complete within the [timeout](ProxyProtocolBuilder::timeout) (5 s
-//! by default, from when the connection reaches the layer) and within its size: the
-//! spec's 107 bytes for version 1, and for version 2, 16 bytes and a payload of at most
-//! [`max_v2_len`](ProxyProtocolBuilder::max_v2_len) (4096 by default), refused as soon
-//! as its length is read. TLVs are skipped. Bytes read past the header are given back
+//! by default, from the first read that finds it incomplete: the connection's first
+//! poll, at once under the accept loop; a header whole in that read reads no clock)
+//! and within its size: the spec's 107 bytes for version 1, and for version 2, 16 bytes
+//! and a payload of at most [`max_v2_len`](ProxyProtocolBuilder::max_v2_len) (4096 by
+//! default), refused as soon as its length is read. TLVs are skipped. Bytes read past the header are given back
 //! to the protocol first by the [`Rewind`] stream it reads from: nothing is lost and
 //! nothing is read twice.
 //!
