@@ -125,6 +125,32 @@ async fn global_backpressure_waits_instead_of_refusing() {
     assert_eq!(layer.stats().refused_global_rate, 0);
 }
 
+/// A faster global rate set while backpressure waits for the old rate's next token:
+/// the wait ends at once, not when the old rate would have allowed one.
+#[tokio::test(start_paused = true)]
+async fn a_faster_global_rate_reloaded_during_backpressure_is_used_at_once() {
+    let layer = RateLimitLayer::builder()
+        .global(Rate::per_minute(1))
+        .global_backpressure()
+        .build()
+        .unwrap();
+    let mut service = limited(&layer);
+    connect(&mut service, "192.0.2.1:1").unwrap();
+    assert_pending!(service.poll_ready());
+    layer.set_global(Rate::per_second(1000)).unwrap();
+    assert!(service.is_woken(), "the waiting loop is not told");
+    assert_ready_ok!(service.poll_ready());
+    // Reloaded again while it waits again: told again. (The first connection spends
+    // the token reserved under the last rate, the second the new bucket's one.)
+    layer.set_global(Rate::per_minute(1)).unwrap();
+    connect(&mut service, "192.0.2.1:2").unwrap();
+    connect(&mut service, "192.0.2.1:3").unwrap();
+    assert_pending!(service.poll_ready());
+    layer.set_global(Rate::per_second(1000)).unwrap();
+    assert!(service.is_woken());
+    assert_ready_ok!(service.poll_ready());
+}
+
 #[tokio::test(start_paused = true)]
 async fn with_global_backpressure_connections_refused_per_peer_or_exempt_spend_no_global_rate() {
     let layer = RateLimitLayer::builder()

@@ -13,7 +13,7 @@
 //! takes its token from the bucket. Over time the rate is exact: every token spent was
 //! taken from the bucket.
 
-use std::{num::NonZeroU32, time::Duration};
+use std::{num::NonZeroU32, pin::Pin, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use governor::{
@@ -23,6 +23,8 @@ use governor::{
     nanos::Nanos,
     state::{InMemoryState, NotKeyed},
 };
+
+use tokio::sync::{Notify, futures::OwnedNotified};
 
 use super::TokioClock;
 use crate::striped::{Hoards, local_stripe, stripes};
@@ -38,6 +40,9 @@ pub(super) struct GlobalRate {
     bucket: ArcSwap<Bucket>,
     hoards: Hoards,
     clock: TokioClock,
+    /// Told of a reload: an accept loop waiting for the old rate's next token looks
+    /// again at once.
+    reloaded: Arc<Notify>,
 }
 
 #[derive(Debug)]
@@ -64,14 +69,24 @@ impl GlobalRate {
             bucket: ArcSwap::from_pointee(Bucket::new(quota, clock)),
             hoards: Hoards::new(),
             clock,
+            reloaded: Arc::default(),
         }
     }
 
-    /// A new rate, its bucket full; the hoards taken under the old one are dropped.
+    /// A new rate, its bucket full; the hoards taken under the old one are dropped, and
+    /// whoever waits for the old one's next token looks again.
     pub(super) fn set(&self, quota: Quota) {
-        self.bucket
-            .store(std::sync::Arc::new(Bucket::new(quota, self.clock)));
+        self.bucket.store(Arc::new(Bucket::new(quota, self.clock)));
         self.hoards.drain();
+        self.reloaded.notify_waiters();
+    }
+
+    /// Resolves at the next reload; subscribed already, so a reload after this call is
+    /// not missed.
+    pub(super) fn next_reload(&self) -> Pin<Box<OwnedNotified>> {
+        let mut reloaded = Box::pin(self.reloaded.clone().notified_owned());
+        reloaded.as_mut().enable();
+        reloaded
     }
 
     /// Takes one connection's token, or says how long until the bucket has one.

@@ -1,7 +1,8 @@
-use std::{net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};
+use std::{net::IpAddr, num::NonZeroU32, pin::Pin, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use governor::{Quota, RateLimiter, clock::Clock, middleware::NoOpMiddleware, nanos::Nanos};
+use tokio::sync::futures::OwnedNotified;
 use tower_layer::Layer;
 
 use super::{
@@ -495,6 +496,11 @@ impl Shared {
     /// Takes one connection from the global rate, or says how long until it allows one.
     pub(super) fn check_global(&self) -> Result<(), Duration> {
         self.global.as_ref().map_or(Ok(()), GlobalRate::check)
+    }
+
+    /// Resolves when the global rate is reloaded, if there is one.
+    pub(super) fn next_global_reload(&self) -> Option<Pin<Box<OwnedNotified>>> {
+        self.global.as_ref().map(GlobalRate::next_reload)
     }
 
     /// Whether the global rate keeps the service from being ready: in backpressure

@@ -6,6 +6,7 @@ use std::{
 
 use tokio::{
     io::{AsyncRead, AsyncWrite},
+    sync::futures::OwnedNotified,
     time::Sleep,
 };
 use tower::Service;
@@ -27,8 +28,10 @@ pub struct RateLimit<S> {
     /// With global backpressure: one connection's worth of the global rate, taken while
     /// waiting to be ready and spent by the next `call` that the global rate applies to.
     reserved: bool,
-    /// With global backpressure: until when the global rate allows nothing.
+    /// With global backpressure: until when the global rate allows nothing, and a
+    /// reload, which may allow more sooner.
     wait: Option<Pin<Box<Sleep>>>,
+    reloaded: Option<Pin<Box<OwnedNotified>>>,
 }
 
 impl<S> RateLimit<S> {
@@ -39,6 +42,7 @@ impl<S> RateLimit<S> {
             shared,
             reserved: false,
             wait: None,
+            reloaded: None,
         }
     }
 
@@ -46,8 +50,23 @@ impl<S> RateLimit<S> {
 
     fn poll_global_rate(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         while !self.reserved {
-            if let Some(wait) = &mut self.wait {
-                ready!(wait.as_mut().poll(cx));
+            if let Some(wait) = &mut self.wait
+                && wait.as_mut().poll(cx).is_pending()
+            {
+                // Looked at only while waiting: the reload's notice takes a lock.
+                match self
+                    .reloaded
+                    .as_mut()
+                    .map(|reloaded| reloaded.as_mut().poll(cx))
+                {
+                    // A new rate: look again now, not at the old one's next token.
+                    Some(Poll::Ready(())) => self.reloaded = None,
+                    _ => return Poll::Pending,
+                }
+            }
+            // Subscribed before the look: a reload right after it is not missed.
+            if self.reloaded.is_none() {
+                self.reloaded = self.shared.next_global_reload();
             }
             match self.shared.check_global() {
                 Ok(()) => self.reserved = true,
