@@ -558,12 +558,12 @@ impl Bouncer {
     /// Puts `config` in force without a restart: dry run, the caps, the rates, the
     /// timeouts (for new connections; live ones keep theirs), the exempt networks, the
     /// login tries and timeout, the ban policy, and, with TLS, the certificate files
-    /// read again (for new handshakes). Live connections are not dropped: under a lower cap,
-    /// new ones are refused (or, with backpressure, wait) until there is room. Checked whole before anything changes: a reload that
-    /// cannot work changes nothing and says why, by key. What the running server is
-    /// built around needs a restart: the IPv6 prefix, backpressure, the PROXY
-    /// protocol, TLS on or off and its handshake timeout, the kernel filter, the fleet,
-    /// the admin page.
+    /// read again (for new handshakes). Live connections are not dropped: under a lower
+    /// cap, new ones are refused (or, with backpressure, wait) until there is room.
+    /// Checked whole before anything changes: a reload that cannot work changes nothing
+    /// and says why, by key. What the running server is built around needs a restart:
+    /// the IPv6 prefix, backpressure, the PROXY protocol, TLS on or off and its
+    /// handshake timeout, the kernel filter, the fleet, the admin page.
     ///
     /// ```no_run
     /// # fn run(bouncer: tower_bouncer::bouncer::Bouncer) -> Result<(), Box<dyn std::error::Error>> {
