@@ -1,5 +1,12 @@
 use std::{error::Error, fmt};
 
+/// Whether `token` can be sent as `Authorization: Bearer TOKEN`, as the admin page's
+/// token must: visible ASCII characters, at least one.
+#[cfg(any(feature = "admin", feature = "bouncer"))]
+pub(crate) fn is_bearer_token(token: &str) -> bool {
+    !token.is_empty() && token.bytes().all(|byte| byte.is_ascii_graphic())
+}
+
 /// A configuration that cannot work, refused when a layer is built rather than
 /// discovered under load.
 #[derive(Debug, Clone, PartialEq, Eq)]

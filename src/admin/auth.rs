@@ -18,7 +18,7 @@ pub(super) struct Token(Box<[u8]>);
 
 impl Token {
     pub(super) fn new(token: String) -> Result<Self, ConfigError> {
-        if token.is_empty() || !token.bytes().all(|byte| byte.is_ascii_graphic()) {
+        if !crate::config::is_bearer_token(&token) {
             return Err(ConfigError::Inconsistent {
                 reason: "the admin token must be visible ASCII characters, at least one",
             });

@@ -470,9 +470,8 @@ impl BouncerConfig {
             }
         }
         if let Some(token) = &self.admin.token
-            && (token.is_empty() || !token.bytes().all(|byte| byte.is_ascii_graphic()))
+            && !crate::config::is_bearer_token(token)
         {
-            // What an `Authorization` header can carry, as the page requires.
             return Err(SettingError::new(
                 "admin.token",
                 "must be visible ASCII characters, at least one: no spaces, no accents",
