@@ -424,14 +424,20 @@ macro_rules! refusal_builder_methods {
 pub(crate) use refusal_builder_methods;
 
 /// The method every admission layer has to switch dry run once built; the layer's
-/// `shared` state holds its `refusal`.
+/// `shared` state holds its `refusal`. A layer with more to do once switched gives it,
+/// as `|shared| ...`.
 macro_rules! dry_run_switch {
     () => {
+        crate::admission::dry_run_switch!(|_shared| ());
+    };
+    (|$shared:ident| $then:expr) => {
         /// Turns [dry run](crate::admission#dry-run) on or off for this layer and its
         /// clones, for the connections that come next: a limit watched, then
         /// enforced, without a restart.
         pub fn set_dry_run(&self, dry_run: bool) {
             self.shared.refusal.set_dry_run(dry_run);
+            let $shared = &self.shared;
+            $then;
         }
     };
 }

@@ -98,15 +98,9 @@ impl ConnectionLimitLayer {
         }
     }
 
-    /// Turns [dry run](crate::admission#dry-run) on or off for this layer and its
-    /// clones, for the connections that come next: a limit watched, then enforced,
-    /// without a restart.
-    pub fn set_dry_run(&self, dry_run: bool) {
-        self.shared.refusal.set_dry_run(dry_run);
-        // An accept loop that waits for room (backpressure) is ready in dry run: no
-        // connection's end, which wakes it otherwise, would then.
-        self.shared.freed.notify_waiters();
-    }
+    // An accept loop that waits for room (backpressure) is ready in dry run: no
+    // connection's end, which wakes it otherwise, would then.
+    crate::admission::dry_run_switch!(|shared| shared.freed.notify_waiters());
 
     /// Changes the cap of this layer and its clones, for a reload without a restart.
     /// Live connections are kept: under a lower cap, new ones are refused (or wait, in
