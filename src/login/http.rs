@@ -152,8 +152,9 @@ where
 /// until its body's first frame, data or trailers. A request waiting for its place has
 /// not reached the service yet: it is called once admitted. Once the connection has
 /// used up its tries or is being closed, every further request is answered `429 Too
-/// Many Requests` at once, without reaching the service. Logins whose credentials travel in the body (forms, JSON) are attempts
-/// only if a classifier's [`is_attempt`](ClassifyLogin::is_attempt) says so, by path.
+/// Many Requests` at once, without reaching the service. Logins whose credentials
+/// travel in the body (forms, JSON) are attempts only if a classifier's
+/// [`is_attempt`](ClassifyLogin::is_attempt) says so, by path.
 ///
 /// Requests without a session (no [`SessionLayer`](super::SessionLayer) below the
 /// adapter) pass through untouched.

@@ -22,9 +22,9 @@
 //! poll, at once under the accept loop; a header whole in that read reads no clock)
 //! and within its size: the spec's 107 bytes for version 1, and for version 2, 16 bytes
 //! and a payload of at most [`max_v2_len`](ProxyProtocolBuilder::max_v2_len) (4096 by
-//! default), refused as soon as its length is read. TLVs are skipped. Bytes read past the header are given back
-//! to the protocol first by the [`Rewind`] stream it reads from: nothing is lost and
-//! nothing is read twice.
+//! default), refused as soon as its length is read. TLVs are skipped. Bytes read past
+//! the header are given back to the protocol first by the [`Rewind`] stream it reads
+//! from: nothing is lost and nothing is read twice.
 //!
 //! At most [`max_reading`](ProxyProtocolBuilder::max_reading) connections read their
 //! header at once (1024 by default): at that cap, a new connection closes the one that

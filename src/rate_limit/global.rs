@@ -23,7 +23,6 @@ use governor::{
     nanos::Nanos,
     state::{InMemoryState, NotKeyed},
 };
-
 use tokio::sync::{Notify, futures::OwnedNotified};
 
 use super::TokioClock;
