@@ -388,9 +388,10 @@ macro_rules! refusal_builder_methods {
         /// `Connection: close`; on HTTP/2 the same status on its stream, then GOAWAY;
         /// to a gRPC request (`content-type: application/grpc`), a trailers-only
         /// response with `grpc-status` 14 `UNAVAILABLE` or 8 `RESOURCE_EXHAUSTED` and
-        /// a `grpc-message`. One request is answered, no more; a client that speaks
-        /// TLS (refused before a TLS layer) is closed at once, as it could not read a
-        /// cleartext answer.
+        /// a `grpc-message`. One request is answered, no more: an HTTP/2 client that
+        /// opens another stream anyway is closed without an answer. A client that
+        /// speaks TLS (refused before a TLS layer) is closed at once, as it could not
+        /// read a cleartext answer.
         ///
         /// The server never waits on the client: the whole exchange is bounded by the
         /// `refusal_write_timeout`, and only the 32 refused connections that may wait

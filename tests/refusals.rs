@@ -301,3 +301,92 @@ async fn on_real_sockets_a_refused_request_with_a_body_gets_its_503() {
     assert_eq!(answer.status, 503);
     assert_eq!(answer.body, "the server is at its connection limit\n");
 }
+
+/// Reads one HTTP/2 frame: its type and stream; `None` at the end.
+async fn read_frame(client: &mut DuplexStream) -> Option<(u8, u32)> {
+    let mut head = [0; 9];
+    client.read_exact(&mut head).await.ok()?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    client.read_exact(&mut vec![0; len]).await.ok()?;
+    Some((head[3], stream))
+}
+
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+
+/// `GET /` on `stream`, ending it (HPACK: `:method GET`, `:scheme http`, `:path /`
+/// from the static table, `:authority t`).
+fn http2_get(stream: u32) -> Vec<u8> {
+    let mut frames = vec![0, 0, 6, HEADERS, 0x05];
+    frames.extend_from_slice(&stream.to_be_bytes());
+    frames.extend_from_slice(&[0x82, 0x86, 0x84, 0x41, 0x01, b't']);
+    frames
+}
+
+/// [`http2_get`], then the stream's reset (CANCEL) at once.
+fn http2_get_and_reset(stream: u32) -> Vec<u8> {
+    let mut frames = http2_get(stream);
+    frames.extend_from_slice(&[0, 0, 4, RST_STREAM, 0]);
+    frames.extend_from_slice(&stream.to_be_bytes());
+    frames.extend_from_slice(&8u32.to_be_bytes());
+    frames
+}
+
+/// Tasks alive on the runtime, once those that were about to end have ended.
+async fn tasks_alive() -> usize {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+/// An HTTP/2 client that never acknowledges a PING (so never gets the GOAWAY that ends
+/// the connection) opens up to 20 streams one after the other with `client_sends`, and
+/// waits for each one's answer, reset or a second; returns how many streams it opened
+/// before the connection ended, and how many were answered. No task is left behind.
+async fn streams_until_cut(client_sends: fn(u32) -> Vec<u8>) -> (u32, u32) {
+    let mut service = after_one(cap()).await;
+    let tasks = tasks_alive().await;
+    let (mut client, refusal) = refused(&mut service).await;
+    client
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let (mut opened, mut answered) = (0, 0);
+    'streams: for stream in (1..40).step_by(2) {
+        if client.write_all(&client_sends(stream)).await.is_err() {
+            break;
+        }
+        opened += 1;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(1), read_frame(&mut client)).await {
+                Ok(Some((HEADERS, id))) if id == stream => {
+                    answered += 1;
+                    continue 'streams;
+                }
+                Ok(Some((RST_STREAM, id))) if id == stream => continue 'streams,
+                Ok(Some(_)) => {}
+                Ok(None) => break 'streams,
+                Err(_) => continue 'streams,
+            }
+        }
+    }
+    drop(client);
+    assert!(within(PATIENCE, refusal).await.unwrap().is_err());
+    assert_eq!(
+        tasks_alive().await,
+        tasks,
+        "a task of the refused connection is left"
+    );
+    (opened, answered)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_http2_client_gets_one_answer_and_is_cut_at_its_second_stream() {
+    assert_eq!(streams_until_cut(http2_get).await, (2, 1));
+    // Also when it resets each stream as soon as it opens it.
+    assert_eq!(streams_until_cut(http2_get_and_reset).await.0, 2);
+}

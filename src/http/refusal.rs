@@ -2,25 +2,29 @@
 //! `Retry-After` and `Connection: close`, the same status on HTTP/2's streams then
 //! GOAWAY, or a gRPC trailers-only response with `UNAVAILABLE` or `RESOURCE_EXHAUSTED`.
 //!
-//! hyper serves the refused stream with a service that answers every request with the
-//! refusal and asks for nothing else: no keep-alive, one HTTP/2 stream at a time, and a
-//! graceful close as soon as the first request is in. The admission layer's refusal
-//! deadline and linger slots bound the whole exchange; this module only speaks HTTP.
+//! hyper serves the refused stream with a service that answers the first request with
+//! the refusal and asks for nothing else: no keep-alive, one HTTP/2 stream at a time, a
+//! graceful close as soon as the first request is in, and the connection closed
+//! without an answer if another comes in anyway (an HTTP/2 client that never
+//! acknowledges the PING before the final GOAWAY can still open streams). The
+//! admission layer's refusal deadline and linger slots bound the whole exchange; this
+//! module only speaks HTTP.
 
 use std::{
     convert::Infallible,
-    future::{Ready, ready},
+    future::{Pending, Ready, pending, ready},
     io,
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     task::{Context, Poll, ready},
     time::Duration,
 };
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use hyper::{
     body::Incoming,
@@ -75,8 +79,8 @@ pub(crate) struct Answered<IO> {
 struct Serving<IO> {
     connection: Connection<IO>,
     stream: Arc<Mutex<Lent<IO>>>,
-    /// Raised by the service when a request comes in.
-    asked: Arc<AtomicBool>,
+    /// Requests that came in, counted by the service.
+    requests: Arc<AtomicUsize>,
     going_away: bool,
 }
 
@@ -185,10 +189,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Serving<IO> {
             io,
             shut_down: false,
         }));
-        let asked = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(AtomicUsize::new(0));
         let service = Answering {
             refusal: refusal.clone(),
-            asked: asked.clone(),
+            requests: requests.clone(),
         };
         let io = TokioIo::new(Shared(stream.clone()));
         let connection = if http2 {
@@ -211,7 +215,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Serving<IO> {
         Self {
             connection,
             stream,
-            asked,
+            requests,
             going_away: false,
         }
     }
@@ -229,23 +233,26 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Serving<IO> {
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Serving<IO> {
-    /// Ready once hyper is done with the connection, however it ended: what follows is
-    /// the same closing either way.
+    /// Ready once hyper is done with the connection, however it ended, or once a second
+    /// request came in: what follows is the same closing either way.
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             let done = match &mut self.connection {
                 Connection::Http1(connection) => connection.as_mut().poll(cx).is_ready(),
                 Connection::Http2(connection) => connection.as_mut().poll(cx).is_ready(),
             };
-            if done {
+            // A second request is on HTTP/2 only (HTTP/1 is served without keep-alive):
+            // a stream opened before the GOAWAY that ends the connection, which h2 sends
+            // once the client acknowledges a PING, as it may never do. It is not
+            // answered; the connection is closed now.
+            let requests = self.requests.load(Ordering::Relaxed);
+            if done || requests > 1 {
                 return Poll::Ready(());
             }
             // HTTP/2: GOAWAY once a request is in, so that no other follows; polled
             // again to send it.
             match &mut self.connection {
-                Connection::Http2(connection)
-                    if !self.going_away && self.asked.load(Ordering::Relaxed) =>
-                {
+                Connection::Http2(connection) if !self.going_away && requests == 1 => {
                     self.going_away = true;
                     connection.as_mut().graceful_shutdown();
                 }
@@ -315,7 +322,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Shared<IO> {
     }
 }
 
-/// What every request on a refused connection is answered.
+/// What the request on a refused connection is answered.
 #[derive(Debug)]
 struct Refusal {
     /// `503`/`UNAVAILABLE` for a server at a limit, `429`/`RESOURCE_EXHAUSTED` for a
@@ -410,21 +417,28 @@ fn whole_seconds(wait: Duration) -> u64 {
     wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
-/// The service hyper runs on a refused connection.
+/// The service hyper runs on a refused connection: it answers the first request, and
+/// never the others, for which the connection is closed (see [`Serving::poll`]).
 #[derive(Clone)]
 struct Answering {
     refusal: Arc<Refusal>,
-    asked: Arc<AtomicBool>,
+    requests: Arc<AtomicUsize>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Answering {
     type Response = Response<String>;
     type Error = Infallible;
-    type Future = Ready<Result<Response<String>, Infallible>>;
+    type Future = Either<
+        Ready<Result<Response<String>, Infallible>>,
+        Pending<Result<Response<String>, Infallible>>,
+    >;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        self.asked.store(true, Ordering::Relaxed);
-        ready(Ok(self.refusal.answer(&request)))
+        if self.requests.fetch_add(1, Ordering::Relaxed) > 0 {
+            // Dropped with the connection, which wakes hyper's task for the stream.
+            return Either::Right(pending());
+        }
+        Either::Left(ready(Ok(self.refusal.answer(&request))))
     }
 }
 
