@@ -390,8 +390,9 @@ macro_rules! refusal_builder_methods {
         /// response with `grpc-status` 14 `UNAVAILABLE` or 8 `RESOURCE_EXHAUSTED` and
         /// a `grpc-message`. One request is answered, no more: an HTTP/2 client that
         /// opens another stream anyway is closed without an answer. A client that
-        /// speaks TLS (refused before a TLS layer) is closed at once, as it could not
-        /// read a cleartext answer.
+        /// closes its side once its request is sent is answered all the same; a client
+        /// that speaks TLS (refused before a TLS layer) is closed at once, as it could
+        /// not read a cleartext answer.
         ///
         /// The server never waits on the client: the whole exchange is bounded by the
         /// `refusal_write_timeout`, and only the 32 refused connections that may wait

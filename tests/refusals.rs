@@ -390,3 +390,37 @@ async fn a_refused_http2_client_gets_one_answer_and_is_cut_at_its_second_stream(
     // Also when it resets each stream as soon as it opens it.
     assert_eq!(streams_until_cut(http2_get_and_reset).await.0, 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_http1_client_that_half_closes_after_its_request_gets_its_answer() {
+    let mut service = after_one(cap()).await;
+    let (mut refusal, mut client) = refusal_task(&mut service).await;
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    client.shutdown().await.unwrap();
+    // Answered and closed without waiting for anything.
+    assert_ready_err!(refusal.poll());
+    let mut told = String::new();
+    client.read_to_string(&mut told).await.unwrap();
+    assert!(told.starts_with("HTTP/1.1 503"), "{told:?}");
+    assert!(
+        told.ends_with("the server is at its connection limit\n"),
+        "{told:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_closes_before_its_request_is_closed_unanswered() {
+    let mut service = after_one(cap()).await;
+    for sent in [&b""[..], b"PRI * HTTP/2.0\r\n", b"GET / HTTP/1.1\r\nho"] {
+        let (mut refusal, mut client) = refusal_task(&mut service).await;
+        client.write_all(sent).await.unwrap();
+        client.shutdown().await.unwrap();
+        assert_ready_err!(refusal.poll());
+        let mut told = Vec::new();
+        client.read_to_end(&mut told).await.unwrap();
+        assert!(told.is_empty(), "{:?}", String::from_utf8_lossy(&told));
+    }
+}

@@ -6,9 +6,10 @@
 //! the refusal and asks for nothing else: no keep-alive, one HTTP/2 stream at a time, a
 //! graceful close as soon as the first request is in, and the connection closed
 //! without an answer if another comes in anyway (an HTTP/2 client that never
-//! acknowledges the PING before the final GOAWAY can still open streams). The
-//! admission layer's refusal deadline and linger slots bound the whole exchange; this
-//! module only speaks HTTP.
+//! acknowledges the PING before the final GOAWAY can still open streams). A client
+//! that closes its side once its request is sent (HTTP/1 half-close) is answered all
+//! the same. The admission layer's refusal deadline and linger slots bound the whole
+//! exchange; this module only speaks HTTP.
 
 use std::{
     convert::Infallible,
@@ -208,6 +209,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Serving<IO> {
                 http1::Builder::new()
                     .keep_alive(false)
                     .header_read_timeout(None)
+                    .half_close(true)
                     .max_buf_size(MAX_HEAD)
                     .serve_connection(io, service),
             ))
