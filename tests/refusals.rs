@@ -424,3 +424,28 @@ async fn a_client_that_closes_before_its_request_is_closed_unanswered() {
         assert!(told.is_empty(), "{:?}", String::from_utf8_lossy(&told));
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_http2_client_that_opens_no_window_is_cut_at_the_write_timeout_leaving_no_task() {
+    let layer = ConnectionLimitLayer::builder(1)
+        .refusal_http()
+        .refusal_write_timeout(Duration::from_millis(250))
+        .build()
+        .unwrap();
+    let mut service = after_one(layer).await;
+    let tasks = tasks_alive().await;
+    let (mut refusal, mut client) = refusal_task(&mut service).await;
+    client.write_all(HTTP2_GET_WITH_NO_WINDOW).await.unwrap();
+    assert_pending!(refusal.poll());
+    tokio::time::advance(Duration::from_millis(249)).await;
+    assert_pending!(refusal.poll());
+    // The answer waits for a window in hyper's task for its stream.
+    assert_eq!(tasks_alive().await, tasks + 1);
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_ready_err!(refusal.poll());
+    assert_eq!(
+        tasks_alive().await,
+        tasks,
+        "a task of the refused connection is left"
+    );
+}
