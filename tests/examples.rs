@@ -623,3 +623,30 @@ async fn bench_servers_accept_and_close_and_stop_cleanly() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn an_exempt_network_in_its_mapped_form_exempts_ipv4_peers_of_a_dual_stack_listener() {
+    // On `[::]`, an IPv4 peer shows as `::ffff:127.0.0.2`; the operator writes the
+    // network as it shows. The listener takes any interface; the clients are loopback.
+    let server = Example::start(
+        "login_server",
+        &[
+            "--addr",
+            "[::]:0",
+            "--max-per-peer",
+            "1",
+            "--exempt",
+            "::ffff:127.0.0.0/104",
+        ],
+    )
+    .await;
+    let ipv4 = std::net::SocketAddr::from(([127, 0, 0, 1], server.addr.port()));
+    let mut first = LineClient::connect_from(2, ipv4).await;
+    let mut second = LineClient::connect_from(2, ipv4).await;
+    assert_eq!(first.ask("LOGIN alice secret").await.as_deref(), Some("OK"));
+    assert_eq!(
+        second.ask("LOGIN alice secret").await.as_deref(),
+        Some("OK")
+    );
+    server.stop().await;
+}

@@ -212,10 +212,12 @@ impl PeerKeying {
 
     /// Adds networks whose peers skip the keyed limits, rate limits and bans (health
     /// checkers, internal networks). The result is a keying of its own: `self`'s other
-    /// clones keep their list.
+    /// clones keep their list. A network written in its IPv4-mapped form, as a
+    /// dual-stack listener shows IPv4 peers (`::ffff:10.0.0.0/104`), is the IPv4 network
+    /// it carries (`10.0.0.0/8`), as bans and trusted proxies read it.
     pub fn exempt(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
         let mut all = self.exempt.networks.load().to_vec();
-        all.extend(networks.into_iter().map(|net| net.trunc()));
+        all.extend(networks.into_iter().map(canonical_network));
         self.exempt = Exempt::new(all);
         self
     }
@@ -223,7 +225,8 @@ impl PeerKeying {
     /// Replaces the exempt networks of this keying and of every clone of it, so of every
     /// layer it was given to: a reload without a restart. New connections are classified
     /// under the new list; what the layers hold for peers now exempt (live slots,
-    /// offences, bans) stays until it runs out or is lifted.
+    /// offences, bans) stays until it runs out or is lifted. Networks are read as
+    /// [`exempt`](Self::exempt) reads them.
     ///
     /// ```
     /// use tower_bouncer::peer::PeerKeying;
@@ -234,7 +237,7 @@ impl PeerKeying {
     /// assert!(given_to_a_layer.is_exempt("10.1.2.3".parse().unwrap()));
     /// ```
     pub fn set_exempt(&self, networks: impl IntoIterator<Item = IpNet>) {
-        let networks: Vec<IpNet> = networks.into_iter().map(|net| net.trunc()).collect();
+        let networks: Vec<IpNet> = networks.into_iter().map(canonical_network).collect();
         // An id no list has while the list changes; then the new list's.
         let changing = NEXT_EXEMPT_ID.fetch_add(1, Ordering::Relaxed);
         self.exempt.id.store(changing, Ordering::Release);
@@ -349,7 +352,6 @@ impl PeerKeying {
 
 /// `network` without host bits, and an IPv4-mapped IPv6 network as the IPv4 network it
 /// carries, as [`PeerKeying::key`] counts a mapped address.
-#[cfg(any(feature = "login", feature = "proxy-protocol"))]
 pub(crate) fn canonical_network(network: IpNet) -> IpNet {
     let network = network.trunc();
     if let IpNet::V6(v6) = network
@@ -551,6 +553,21 @@ mod tests {
             net("2001:db8::/32")
         );
         assert_eq!(canonical_network(net("::/0")), net("::/0"));
+    }
+
+    /// On a dual-stack listener every IPv4 peer shows as `::ffff:a.b.c.d`, so an operator
+    /// may well write the exempt network that way; the bans and the PROXY protocol's
+    /// trusted networks read that form as the IPv4 network, and so must the exemption.
+    #[test]
+    fn an_exempt_network_in_its_mapped_form_exempts_its_ipv4_peers() {
+        let mapped: IpNet = "::ffff:10.0.0.0/104".parse().unwrap();
+        let keying = PeerKeying::default().exempt([mapped]);
+        assert!(keying.is_exempt(ip("::ffff:10.1.2.3")), "mapped peer");
+        assert!(keying.is_exempt(ip("10.1.2.3")), "IPv4 peer");
+        assert!(keying.classify(ip("::ffff:10.1.2.3")).is_none());
+        let reloaded = PeerKeying::with_prefixes(32, 64).unwrap();
+        reloaded.set_exempt([mapped]);
+        assert!(reloaded.is_exempt(ip("10.1.2.3")), "after a reload");
     }
 
     #[test]
