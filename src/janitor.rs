@@ -4,6 +4,14 @@
 //! connection may come before any runtime exists, and a layer may outlive the runtime
 //! its sweep ran on (one runtime per test, a runtime rebuilt after a restart), so a
 //! sweep is started whenever none is alive, not once.
+//!
+//! A runtime built without timers (no `enable_time`) cannot run a sweep, and tokio has
+//! no way to ask whether the current runtime has them short of the panic its timers
+//! raise there. So the sweep's timer is made before its task is spawned, under
+//! `catch_unwind`: on such a runtime that panics once (the panic hook prints tokio's
+//! message, which says to call `enable_time`), the janitor then counts its sweep as
+//! alive for good, and no sweep runs, on that runtime or any later one. Built with
+//! `panic = "abort"`, the process aborts at that panic instead.
 
 use std::{
     sync::{
@@ -22,9 +30,9 @@ pub(crate) struct Janitor {
 
 impl Janitor {
     /// Makes sure a task calls `sweep` on `owner` every `every`, starting one on the
-    /// current runtime if none is alive (none is started outside a runtime). The task
-    /// holds `owner` weakly and ends once it is dropped. While one is alive, this costs
-    /// one relaxed load.
+    /// current runtime if none is alive (none is started outside a runtime, nor ever
+    /// again once a runtime without timers was found). The task holds `owner` weakly
+    /// and ends once it is dropped. While one is alive, this costs one relaxed load.
     pub(crate) fn ensure<T>(&self, owner: &Arc<T>, every: Duration, sweep: fn(&T))
     where
         T: Send + Sync + 'static,
@@ -45,12 +53,16 @@ impl Janitor {
         if self.alive.swap(true, Ordering::Relaxed) {
             return;
         }
+        // Made here rather than in the task, which would panic on a runtime without
+        // timers, and leave the next connection to spawn another: the flag stays set.
+        let Ok(mut ticks) = std::panic::catch_unwind(|| tokio::time::interval(every)) else {
+            return;
+        };
         // Taken only now: a weak reference writes a count every thread shares.
         let owner: Weak<T> = Arc::downgrade(owner);
         let alive = Alive(self.alive.clone());
         runtime.spawn(async move {
             let _alive = alive;
-            let mut ticks = tokio::time::interval(every);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             ticks.tick().await;
             loop {

@@ -46,6 +46,21 @@
 //! # }
 //! ```
 //!
+//! # Runtime
+//!
+//! The layers run on any tokio runtime with timers: `#[tokio::main]`, `Runtime::new`, or
+//! a `Builder` with `enable_time` (or `enable_all`). Deadlines need timers outright. The
+//! per-peer limit, the rate limit, the login, the overload registry and the admin page
+//! also keep a task on the runtime where they are first used (a sweep of their tables,
+//! a sampler), and on a runtime without timers that task cannot run: the first use
+//! panics and catches the panic, once per layer (tokio's message, naming
+//! `enable_time`, is printed), and the layer goes on without the task. Its tables stay
+//! within their bounds but are not swept: a departed peer is forgotten only where a
+//! full table makes way for a new one, and a table that fills otherwise stays full (its
+//! overflow policy applies); neither the overload pressure nor the admin page's history
+//! is sampled. Built with `panic = "abort"`, the process aborts at that first use
+//! instead.
+//!
 //! # Logs
 //!
 //! The crate logs through [`tracing`], under its module paths as targets, so that an

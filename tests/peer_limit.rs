@@ -400,3 +400,53 @@ fn threads_at_one_peer_at_once_get_exactly_its_limit() {
     assert_eq!(held.into_inner(), LIMIT);
     assert_eq!(open(LIMIT + 1).len(), LIMIT, "every slot came back");
 }
+
+/// A runtime built without timers (`enable_io` only, say): the layer admits as ever,
+/// and its sweep cannot run there. That must cost one panic, caught, whose message
+/// says to call `enable_time`; not a sweep task per connection that panics (a message
+/// on stderr per connection under a flood, and an abort with `panic = "abort"`).
+#[test]
+fn a_runtime_without_timers_costs_one_caught_panic_not_one_per_connection() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    const CONNECTIONS: usize = 20;
+    let timer_panics = Arc::new(AtomicUsize::new(0));
+    let previous: Arc<dyn Fn(&std::panic::PanicHookInfo<'_>) + Send + Sync> =
+        Arc::from(std::panic::take_hook());
+    let (counted, others) = (timer_panics.clone(), previous.clone());
+    std::panic::set_hook(Box::new(move |info| {
+        if info.to_string().contains("timers are disabled") {
+            counted.fetch_add(1, Ordering::Relaxed);
+        } else {
+            others(info);
+        }
+    }));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let layer = PeerLimitLayer::builder(CONNECTIONS).build().unwrap();
+    runtime.block_on(async {
+        let mut service = layer.layer(service_fn(never));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut live: Vec<LiveConnection> = Vec::new();
+        for port in 0..CONNECTIONS as u16 {
+            let conn = Conn::new(
+                tokio::io::empty(),
+                std::net::SocketAddr::from(([192, 0, 2, 1], port)),
+                "127.0.0.1:80".parse().unwrap(),
+            );
+            let mut connection: LiveConnection = Box::pin(service.call(conn));
+            assert!(connection.as_mut().poll(&mut cx).is_pending(), "admitted");
+            live.push(connection);
+            // Let any task the connection spawned run.
+            tokio::task::yield_now().await;
+        }
+    });
+    drop(runtime);
+    std::panic::set_hook(Box::new(move |info| previous(info)));
+    let panics = timer_panics.load(Ordering::Relaxed);
+    assert!(panics <= 1, "{panics} panics for {CONNECTIONS} connections");
+}

@@ -22,7 +22,7 @@
 //!
 //! The per-peer state is a bounded table like the [per-peer limit](crate::peer_limit)'s,
 //! and a peer whose bucket has refilled is forgotten by a sweep the layer runs on its
-//! own: nothing to spawn.
+//! own, on a runtime with timers (see [Runtime](crate#runtime)): nothing to spawn.
 //!
 //! Time is read from [`TokioClock`], which follows `tokio::time::pause`, so tests run on
 //! paused time; nothing here sleeps on real time.
