@@ -21,8 +21,9 @@
 //!   evicted too. Exempt networks are never banned. The table is bounded and cleans
 //!   itself (a peer that offended without being banned is forgotten two windows after
 //!   its last offence); when full, it makes way for a new peer by forgetting the one
-//!   that matters least, never a banned one. [`Bans`] adds, lists, lifts, exports and
-//!   imports bans, of peer keys or of whole networks.
+//!   that matters least, never a banned one (it fills by shards: see [`Overflow`]).
+//!   [`Bans`] adds, lists, lifts, exports and imports bans, of peer keys or of whole
+//!   networks.
 //! - **Penalties** (OpenSSH's `PerSourcePenalties`, generalised): a failed login is one
 //!   [`Offence`]; so is every other abuse a layer detects, seen by the ban check when a
 //!   connection fails: a first-byte, request, login or TLS handshake timeout, a TLS
@@ -185,8 +186,11 @@ pub struct Login {
 ///
 /// A full table makes way for a new peer by forgetting the one that matters least: a
 /// peer with offences only before one with past bans, the stalest first, never a banned
-/// one. Only where the table holds nothing but bans is a new peer left untracked
-/// ([`Overflow::Admit`]) or refused ([`Overflow::Refuse`]).
+/// one. The table fills by shards, each an equal share of `max_tracked_peers`, so this
+/// happens in the new peer's shard once that is full, which may be while the table
+/// holds two thirds of its capacity (see [`Overflow`]). Only where that shard holds
+/// nothing but bans is a new peer left untracked ([`Overflow::Admit`]) or refused
+/// ([`Overflow::Refuse`]).
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct LoginBuilder {
