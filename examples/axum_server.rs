@@ -22,7 +22,8 @@
 //! wait for the connection's tries, so concurrent guesses get one password check. A
 //! WebSocket holds its place under the caps and is closed by the idle timeout like
 //! any other connection. `--unprotected` serves the same router with plain
-//! `axum::serve`.
+//! `axum::serve`, whose drain on SIGINT or SIGTERM is cut at the protected server's
+//! deadline.
 
 mod common;
 

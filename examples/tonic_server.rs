@@ -9,7 +9,8 @@
 //! routes run through the crate's accept loop, its protection layers (the same flags as
 //! the other examples; see `--help`) and its HTTP adapter, and an `UNAUTHENTICATED` is a
 //! failed login that counts toward the peer's ban; `--unprotected` serves them with
-//! tonic's own server.
+//! tonic's own server, whose drain on SIGINT or SIGTERM is cut at the protected
+//! servers' deadline.
 
 mod common;
 
@@ -39,11 +40,15 @@ async fn run() {
     let health = InterceptedService::new(health, require_token);
 
     let Some(bouncer) = bouncer else {
-        tonic::transport::Server::builder()
+        let (shutdown, drain_deadline) = common::with_drain_deadline(shutdown);
+        let serving = tonic::transport::Server::builder()
             .add_service(health)
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
-            .await
-            .unwrap_or_else(|error| common::fail(format_args!("server failed: {error}")));
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown);
+        tokio::select! {
+            served = serving => served
+                .unwrap_or_else(|error| common::fail(format_args!("server failed: {error}"))),
+            () = drain_deadline => {}
+        }
         return;
     };
     let routes = Routes::new(health).prepare();

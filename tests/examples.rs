@@ -650,3 +650,54 @@ async fn an_exempt_network_in_its_mapped_form_exempts_ipv4_peers_of_a_dual_stack
     );
     server.stop().await;
 }
+
+/// The examples' drain deadline on SIGINT or SIGTERM, protected or not.
+const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Connects to `server`, is answered, then goes silent, its connection left open: on
+/// HTTP/2 (both HTTP servers take it), the connection preface but not the settings
+/// that must follow it, once the server has sent its own.
+async fn a_silent_client(name: &str, server: &Example) -> TcpStream {
+    let (request, answer): (&[u8], &[u8]) = match name {
+        "login_server" => (b"LOGIN alice secret\n", b"OK\n"),
+        // The type, flags and stream of a SETTINGS frame.
+        _ => (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"\x04\0\0\0\0\0"),
+    };
+    let mut stream = connect_from(2, server.addr).await;
+    stream.write_all(request).await.unwrap();
+    assert!(
+        answered(&mut stream, answer).await,
+        "{name}: closed before it answered"
+    );
+    stream
+}
+
+/// Reads from `stream` until `answer` has come: false if it closes first.
+async fn answered(stream: &mut TcpStream, answer: &[u8]) -> bool {
+    let mut read = Vec::new();
+    while !read.windows(answer.len()).any(|window| window == answer) {
+        let mut buf = [0u8; 256];
+        match within(PATIENCE, stream.read(&mut buf)).await {
+            Ok(0) | Err(_) => return false,
+            Ok(received) => read.extend_from_slice(&buf[..received]),
+        }
+    }
+    true
+}
+
+#[tokio::test]
+async fn every_example_exits_cleanly_on_sigterm_by_its_drain_deadline_with_a_silent_client() {
+    let stop = |name: &'static str, mode: &'static [&'static str]| async move {
+        let server = Example::start(name, mode).await;
+        let _silent = a_silent_client(name, &server).await;
+        server.stop_within(DRAIN_DEADLINE + PATIENCE).await;
+    };
+    // All at once: an HTTP server waits out its whole deadline for the silent client.
+    let mut stops = Vec::new();
+    for name in EXAMPLES {
+        for mode in [&[][..], &["--unprotected"][..]] {
+            stops.push(stop(name, mode));
+        }
+    }
+    futures_util::future::join_all(stops).await;
+}

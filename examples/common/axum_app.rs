@@ -1,6 +1,6 @@
 //! The axum_server application, shared by the example and the siege's server mode.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{future::IntoFuture, net::SocketAddr, time::Duration};
 
 use axum::{
     Extension, Router,
@@ -28,7 +28,7 @@ pub fn refusals() -> Refusals {
 
 /// Serves the application until `shutdown`: under the bouncer's layers through the
 /// crate's accept loop and HTTP adapter, or, without a bouncer, with plain
-/// `axum::serve`.
+/// `axum::serve`, its drain cut at the protected server's deadline.
 pub async fn serve(
     listener: TcpListener,
     bouncer: Option<&Bouncer>,
@@ -36,10 +36,12 @@ pub async fn serve(
 ) {
     let Some(bouncer) = bouncer else {
         let app = app().into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .expect("axum::serve never fails");
+        let (shutdown, drain_deadline) = super::with_drain_deadline(shutdown);
+        let serving = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+        tokio::select! {
+            served = serving.into_future() => served.expect("axum::serve never fails"),
+            () = drain_deadline => {}
+        }
         return;
     };
     let report = bouncer.serve_http_until(listener, app(), shutdown).await;

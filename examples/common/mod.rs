@@ -5,7 +5,7 @@
 // Each example compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
-use std::{fmt::Display, io::Write, net::SocketAddr, process, str::FromStr};
+use std::{fmt::Display, io::Write, net::SocketAddr, process, str::FromStr, time::Duration};
 
 use tokio::net::TcpListener;
 
@@ -285,6 +285,37 @@ pub async fn on_a_worker(server: impl std::future::Future<Output = ()> + Send + 
     tokio::spawn(server)
         .await
         .expect("the server's task does not panic");
+}
+
+/// How long a server that shuts down waits for its live connections before it cuts
+/// them: the default of the crate's accept loop, which the protected servers drain with.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `shutdown` made two, for an unprotected server whose framework drains without a
+/// deadline (`axum::serve` and tonic's server wait for every connection, a client that
+/// stalls in its request included): the signal to give the framework, and a drain
+/// deadline that passes [`DRAIN_TIMEOUT`] after it. Serve until either completes; the
+/// connections left at the deadline are cut as the process exits.
+pub fn with_drain_deadline(
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> (
+    impl Future<Output = ()> + Send + 'static,
+    impl Future<Output = ()> + Send + 'static,
+) {
+    let (began, draining) = tokio::sync::oneshot::channel();
+    let signal = async move {
+        shutdown.await;
+        began.send(()).ok();
+    };
+    let deadline = async move {
+        // Never, if the server ended before a shutdown.
+        if draining.await.is_err() {
+            return std::future::pending().await;
+        }
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+        tracing::info!("drain deadline passed: the connections left are cut");
+    };
+    (signal, deadline)
 }
 
 /// Completes on SIGINT or SIGTERM. The handlers are installed when this is called, so

@@ -83,14 +83,19 @@ impl Example {
     }
 
     /// Sends SIGTERM and expects a clean exit.
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        self.stop_within(PATIENCE).await;
+    }
+
+    /// Sends SIGTERM and expects a clean exit within `limit`.
+    pub async fn stop_within(mut self, limit: std::time::Duration) {
         let mut child = self.child.take().unwrap();
         let status = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
-        let status = within(PATIENCE, tokio::task::spawn_blocking(move || child.wait()))
+        let status = within(limit, tokio::task::spawn_blocking(move || child.wait()))
             .await
             .unwrap()
             .unwrap();
