@@ -701,3 +701,26 @@ async fn every_example_exits_cleanly_on_sigterm_by_its_drain_deadline_with_a_sil
     }
     futures_util::future::join_all(stops).await;
 }
+
+#[tokio::test]
+async fn ip_names_an_ipv4_client_of_a_dual_stack_listener_as_ipv4() {
+    for mode in [&[][..], &["--unprotected"][..]] {
+        let server =
+            Example::start("axum_server", &[&["--addr", "[::]:0"][..], mode].concat()).await;
+        let ipv4 = std::net::SocketAddr::from(([127, 0, 0, 1], server.addr.port()));
+        let mut stream = within(PATIENCE, TcpStream::connect(ipv4)).await.unwrap();
+        stream
+            .write_all(b"GET /ip HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        within(PATIENCE, stream.read_to_string(&mut response))
+            .await
+            .unwrap();
+        assert!(
+            response.ends_with("\r\n\r\n127.0.0.1\n"),
+            "{mode:?}: {response:?}"
+        );
+        server.stop().await;
+    }
+}

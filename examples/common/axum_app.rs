@@ -63,7 +63,8 @@ fn app() -> Router {
 }
 
 /// `GET /ip`: the client address the server keys on: behind a balancer that sends the
-/// PROXY protocol, the client's, not the balancer's.
+/// PROXY protocol, the client's, not the balancer's; an IPv4 client of a dual-stack
+/// listener as IPv4 (`127.0.0.1`, not `::ffff:127.0.0.1`), as the crate keys it.
 async fn ip(
     protected: Option<ConnExtensions>,
     unprotected: Option<Extension<ConnectInfo<SocketAddr>>>,
@@ -73,7 +74,7 @@ async fn ip(
         (None, Some(Extension(ConnectInfo(peer)))) => peer,
         (None, None) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     };
-    format!("{}\n", peer.ip()).into_response()
+    format!("{}\n", peer.ip().to_canonical()).into_response()
 }
 
 /// `GET /ws`: a WebSocket that echoes every message. Protected, its connection counts
