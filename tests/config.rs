@@ -10,6 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tokio::io::AsyncReadExt;
+
 use support::{example::*, *};
 
 const EXAMPLES: [&str; 3] = ["axum_server", "login_server", "tonic_server"];
@@ -202,4 +204,54 @@ async fn a_sighup_reloads_the_file_and_a_bad_one_keeps_what_is_in_force() {
     }
     let _in_again = in_again.expect("served once the first two closed");
     server.stop().await;
+}
+
+#[tokio::test]
+async fn the_last_config_given_is_the_one_read_at_start_and_on_sighup() {
+    let earlier = ConfigFile::new("earlier", "[connections]\nper_peer = 3\n");
+    let last = ConfigFile::new("last", "[connections]\nper_peer = 1\n");
+    let args = ["--config", earlier.path(), "--config", last.path()];
+    let server = Example::start("login_server", &args).await;
+    let (first_in, _first) = admitted(6, &server).await;
+    assert!(first_in);
+    assert!(!admitted(6, &server).await.0, "the last file's limit of 1");
+
+    std::fs::write(&last.0, "[connections]\nper_peer = 2\n").unwrap();
+    hang_up(&server);
+    let mut second = None;
+    for _ in 0..100 {
+        let (admitted, client) = admitted(6, &server).await;
+        if admitted {
+            second = Some(client);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    second.expect("the last file's new limit of 2 within two seconds");
+    server.stop().await;
+
+    // A last file that cannot be read is an error, whatever came before it.
+    let mut child = tokio::process::Command::new(example_path("login_server"))
+        .args([
+            "--config",
+            last.path(),
+            "--config",
+            "/nonexistent/override.toml",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = String::new();
+    let mut pipe = child.stderr.take().unwrap();
+    within(PATIENCE, pipe.read_to_string(&mut stderr))
+        .await
+        .unwrap();
+    let status = within(PATIENCE, child.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("error: --config /nonexistent/override.toml"),
+        "{stderr}"
+    );
 }

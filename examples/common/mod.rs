@@ -103,10 +103,11 @@ impl Args {
     }
 }
 
-/// The value of `--config`, wherever it is given: the flags override the file.
+/// The value of `--config`, wherever it is given: the flags override the file. Given
+/// twice, the last wins, as with every other flag.
 fn config_file(argv: &[String]) -> Option<std::path::PathBuf> {
     argv.iter()
-        .position(|flag| flag == "--config")
+        .rposition(|flag| flag == "--config")
         .map(|at| value("--config", argv.get(at + 1).cloned()))
 }
 
