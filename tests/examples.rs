@@ -724,3 +724,34 @@ async fn ip_names_an_ipv4_client_of_a_dual_stack_listener_as_ipv4() {
         server.stop().await;
     }
 }
+
+/// Whether the connection of [`a_silent_client`] is still served: an echo, or on
+/// HTTP/2 the acknowledgement of the settings it had held back.
+async fn still_served(name: &str, client: &mut TcpStream) -> bool {
+    let (request, answer): (&[u8], &[u8]) = match name {
+        "login_server" => (b"ECHO still here\n", b"still here\n"),
+        _ => (b"\0\0\0\x04\0\0\0\0\0", b"\0\0\0\x04\x01\0\0\0\0"),
+    };
+    client.write_all(request).await.is_ok() && answered(client, answer).await
+}
+
+#[tokio::test]
+async fn a_sighup_neither_stops_an_example_nor_drops_its_connections_even_unprotected() {
+    for name in EXAMPLES {
+        for mode in [&[][..], &["--unprotected"][..]] {
+            let server = Example::start(name, mode).await;
+            let mut live = a_silent_client(name, &server).await;
+            let hangup = Command::new("kill")
+                .args(["-HUP", &server.pid().to_string()])
+                .status()
+                .unwrap();
+            assert!(hangup.success());
+            assert!(
+                still_served(name, &mut live).await,
+                "{name} {mode:?}: dropped by SIGHUP"
+            );
+            drop(live);
+            server.stop().await;
+        }
+    }
+}

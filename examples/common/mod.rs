@@ -115,10 +115,12 @@ fn config_file(argv: &[String]) -> Option<std::path::PathBuf> {
 /// the common default descriptor limit: building the bouncer raises it). A setting
 /// that cannot work ends the process with a one-line error and status 2. On SIGHUP the
 /// configuration is read again and reloaded; one that cannot work is logged, and the
-/// one in force kept.
+/// one in force kept. Unprotected, there is nothing to reload: a SIGHUP is logged, and
+/// the server serves on.
 pub fn bouncer(args: &Args, refusals: Refusals) -> Option<Bouncer> {
     if args.unprotected {
         args.protection.check();
+        ignore_hangups();
         return None;
     }
     let bouncer = args.protection.bouncer(refusals);
@@ -145,6 +147,22 @@ fn reload_on_hangup(args: &Args, bouncer: &Bouncer) {
                     tracing::warn!(%error, "configuration not reloaded: the one in force is kept")
                 }
             }
+        }
+    });
+}
+
+/// Catches SIGHUP, whose default action would end the process and drop every live
+/// connection, and logs it.
+fn ignore_hangups() {
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot watch SIGHUP: a SIGHUP will end the server");
+        return;
+    };
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: unprotected, there is no configuration to reload");
         }
     });
 }
