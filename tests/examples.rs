@@ -244,9 +244,18 @@ async fn axum_server_answers_its_routes() {
             "{denied}"
         );
 
-        // alice:secret
-        let welcome = ask("GET /login HTTP/1.1\r\nHost: x\r\nAuthorization: Basic YWxpY2U6c2VjcmV0\r\nConnection: close\r\n\r\n").await;
-        assert!(welcome.ends_with("\r\n\r\nwelcome alice\n"), "{welcome}");
+        // alice:secret, the scheme's name in any case.
+        for login in [
+            "GET /login HTTP/1.1\r\nHost: x\r\nAuthorization: Basic YWxpY2U6c2VjcmV0\r\nConnection: close\r\n\r\n",
+            "GET /login HTTP/1.1\r\nHost: x\r\nAuthorization: basic YWxpY2U6c2VjcmV0\r\nConnection: close\r\n\r\n",
+            "GET /login HTTP/1.1\r\nHost: x\r\nAuthorization: BASIC YWxpY2U6c2VjcmV0\r\nConnection: close\r\n\r\n",
+        ] {
+            let welcome = ask(login).await;
+            assert!(
+                welcome.ends_with("\r\n\r\nwelcome alice\n"),
+                "{login}: {welcome}"
+            );
+        }
 
         let slow = ask("GET /slow?ms=20 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
         assert!(slow.starts_with("http/1.1 200"), "{slow}");

@@ -116,10 +116,14 @@ async fn login(conn: Option<ConnExtensions>, headers: HeaderMap) -> Response {
     }
 }
 
-/// The user and password of an `Authorization: Basic` header, if it holds any.
+/// The user and password of an `Authorization: Basic` header, if it holds any; the
+/// scheme's name in any case (`basic`), as RFC 9110 §11.1 has it.
 fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let encoded = value.strip_prefix("Basic ")?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
         .ok()?;
