@@ -259,6 +259,20 @@ async fn axum_server_answers_its_routes() {
 
         let slow = ask("GET /slow?ms=20 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
         assert!(slow.starts_with("http/1.1 200"), "{slow}");
+        // `ms` among other parameters, after or before them.
+        let began = std::time::Instant::now();
+        let slow =
+            ask("GET /slow?x=1&ms=300 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(slow.starts_with("http/1.1 200"), "{slow}");
+        assert!(
+            began.elapsed() >= std::time::Duration::from_millis(300),
+            "ms=300 not waited"
+        );
+        let slow =
+            ask("GET /slow?ms=20&x=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(slow.starts_with("http/1.1 200"), "{slow}");
+        let bad = ask("GET /slow?ms=soon HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(bad.starts_with("http/1.1 400"), "{bad}");
 
         let ip = ask("GET /ip HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
         assert!(ip.ends_with("\r\n\r\n127.0.0.1\n"), "{ip}");

@@ -131,9 +131,13 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     Some((user.to_owned(), password.to_owned()))
 }
 
-/// `GET /slow?ms=N`: answers after N milliseconds, at most 10 seconds.
+/// `GET /slow?ms=N`: answers after N milliseconds, at most 10 seconds; `ms` among any
+/// other parameters. (axum's `Query` needs a feature the examples' axum goes without.)
 async fn slow(RawQuery(query): RawQuery) -> Response {
-    let ms = match query.as_deref().and_then(|q| q.strip_prefix("ms=")) {
+    let asked = query
+        .as_deref()
+        .and_then(|query| query.split('&').find_map(|pair| pair.strip_prefix("ms=")));
+    let ms = match asked {
         None => 0,
         Some(ms) => match ms.parse::<u64>() {
             Ok(ms) => ms.min(MAX_SLOW_MS),
