@@ -332,3 +332,76 @@ async fn a_peer_named_by_a_balancer_never_goes_into_the_filter() {
     assert_eq!(kernel.stats().rebuilds, 1, "not before");
     server.stop().await;
 }
+
+/// An `ERROR banned` answer from `127.0.0.<last>`, or `None` if its `connect` is
+/// dropped by the filter.
+async fn answer_from(last: u8, server: SocketAddr) -> Option<String> {
+    let stream = tokio::time::timeout(FILTERED_WAIT, connect_from(last, server))
+        .await
+        .ok()?;
+    Some(read_all(stream).await)
+}
+
+#[tokio::test]
+async fn in_dry_run_a_banned_peer_that_keeps_reconnecting_is_never_dropped() {
+    // Bans are made and counted, every connection served anyway (the bouncer's
+    // `dry_run`, with `bans.kernel` on by default).
+    let login = Login::builder()
+        .ban_message(&b"ERROR banned\n"[..])
+        .dry_run(true)
+        .build()
+        .unwrap();
+    let kernel = login.bans().kernel_filter();
+    kernel.set_user_space_refusals(NonZeroU32::new(3).unwrap());
+    let listener = Arc::new(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    kernel.attach(&listener).unwrap();
+    let hello =
+        service_fn(
+            |conn: Conn<TcpStream>| async move { conn.into_io().write_all(b"hello\n").await },
+        );
+    let server = LoopbackServer::start_on(
+        listener,
+        login.ban_layer().layer(hello),
+        Duration::from_secs(1),
+    );
+    login.bans().ban(ip("127.0.0.2"), BAN).unwrap();
+    for attempt in 0..6 {
+        assert_eq!(
+            answer_from(2, server.addr).await.as_deref(),
+            Some("hello\n"),
+            "connection {attempt} of a peer banned in dry run"
+        );
+        // Time for the maintaining task to act on what it was told.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(kernel.stats().keys, 0);
+    // Enforced from now on: the connections served in dry run were not refusals, and
+    // its next 3 are answered.
+    login.set_dry_run(false);
+    for attempt in 0..3 {
+        assert_eq!(
+            answer_from(2, server.addr).await.as_deref(),
+            Some("ERROR banned\n"),
+            "refusal {attempt} once dry run is off"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn turning_dry_run_on_takes_the_filter_off() {
+    let guarded = Guarded::start().await;
+    guarded.filter(ip("127.0.0.2"), 1).await;
+    assert!(!connects_from(2, guarded.addr()).await);
+
+    guarded.login.set_dry_run(true);
+    guarded.filter_holds(0).await;
+    assert_eq!(reply_to(2, guarded.addr()).await, "hello\n");
+    assert_eq!(guarded.kernel.stats().instructions, 0, "no filter left");
+    // Turned off again, the key still banned goes back in.
+    guarded.login.set_dry_run(false);
+    guarded.filter_holds(1).await;
+    assert!(!connects_from(2, guarded.addr()).await);
+    guarded.server.stop().await;
+}

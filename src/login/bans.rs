@@ -289,6 +289,10 @@ pub(crate) struct BanTable {
     /// The kernel filter, once asked for.
     #[cfg(all(feature = "kernel-bans", target_os = "linux"))]
     kernel: std::sync::OnceLock<Arc<KernelState>>,
+    /// Whether the ban check serves banned peers anyway (the login's dry run, switched
+    /// with its refusal's): the kernel filter then drops nobody.
+    #[cfg(all(feature = "kernel-bans", target_os = "linux"))]
+    dry_run: AtomicBool,
     /// The fleet this table's changes are shared with, once it joins one.
     #[cfg(feature = "fleet")]
     fleet: std::sync::OnceLock<Arc<crate::fleet::Shared>>,
@@ -310,6 +314,8 @@ impl BanTable {
             },
             #[cfg(all(feature = "kernel-bans", target_os = "linux"))]
             kernel: std::sync::OnceLock::new(),
+            #[cfg(all(feature = "kernel-bans", target_os = "linux"))]
+            dry_run: AtomicBool::new(false),
             #[cfg(feature = "fleet")]
             fleet: std::sync::OnceLock::new(),
         }
@@ -338,13 +344,37 @@ impl BanTable {
         self.policy.store(Arc::new(policy));
     }
 
-    /// The ban check refused `key`'s connection: the kernel filter, if there is one,
-    /// counts it.
+    /// The ban check would refuse `key`'s connection: the kernel filter, if there is
+    /// one, counts it, unless in dry run (where the connection is served).
     #[cfg(all(feature = "kernel-bans", target_os = "linux"))]
     pub(crate) fn refused_while_banned(&self, key: &PeerKey, remaining: Duration) {
-        if let Some(kernel) = self.kernel.get() {
+        if let Some(kernel) = self.kernel.get()
+            && !self.is_dry_run()
+        {
             kernel.refused(key, remaining);
         }
+    }
+
+    /// Turns dry run on or off for the kernel filter, with the ban check's: on, it
+    /// counts no refusal and holds no key (taken off the listeners at once).
+    #[cfg_attr(
+        not(all(feature = "kernel-bans", target_os = "linux")),
+        expect(unused_variables, reason = "only the kernel filter has a dry run")
+    )]
+    pub(crate) fn set_dry_run(&self, dry_run: bool) {
+        #[cfg(all(feature = "kernel-bans", target_os = "linux"))]
+        {
+            self.dry_run.store(dry_run, Ordering::Relaxed);
+            if let Some(kernel) = self.kernel.get() {
+                kernel.recheck();
+            }
+        }
+    }
+
+    /// Whether the ban check serves banned peers anyway.
+    #[cfg(all(feature = "kernel-bans", target_os = "linux"))]
+    pub(crate) fn is_dry_run(&self) -> bool {
+        self.dry_run.load(Ordering::Relaxed)
     }
 
     /// A ban was lifted: the kernel filter, if there is one, lets its peer in again.

@@ -331,11 +331,13 @@ impl Login {
         Ok(())
     }
 
-    /// Turns [dry run](LoginBuilder::dry_run) on or off for the ban check and the
-    /// pre-authentication budget, for the connections that come next.
+    /// Turns [dry run](LoginBuilder::dry_run) on or off for the ban check (its kernel
+    /// filter included) and the pre-authentication budget, for the connections that
+    /// come next.
     pub fn set_dry_run(&self, dry_run: bool) {
         self.shared.ban_refusal.set_dry_run(dry_run);
         self.shared.startup_refusal.set_dry_run(dry_run);
+        self.shared.bans.set_dry_run(dry_run);
     }
 
     /// A policy with the defaults; see [`LoginBuilder`].
@@ -566,7 +568,8 @@ impl LoginBuilder {
     /// Dry run for the ban check and the pre-authentication budget: a connection they
     /// would refuse is counted (in `dry_run_refusals`) and logged, and served anyway.
     /// Offences are still counted and bans still made, so that the ban list shows what
-    /// enforcing would do. Off by default. See [dry run](crate::admission#dry-run).
+    /// enforcing would do; the kernel filter (`Bans::kernel_filter`) drops nobody.
+    /// Off by default. See [dry run](crate::admission#dry-run).
     pub fn dry_run(self, dry_run: bool) -> Self {
         self.ban_refusal.set_dry_run(dry_run);
         self.startup_refusal.set_dry_run(dry_run);
@@ -649,13 +652,11 @@ impl LoginBuilder {
         let seed = self
             .early_drop_seed
             .unwrap_or_else(|| std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0));
+        let bans = BanTable::new(policy, self.keying.clone(), self.max_tracked_peers);
+        bans.set_dry_run(self.ban_refusal.is_dry_run());
         Ok(Login {
             shared: Arc::new(Shared {
-                bans: Arc::new(BanTable::new(
-                    policy,
-                    self.keying.clone(),
-                    self.max_tracked_peers,
-                )),
+                bans: Arc::new(bans),
                 // Often enough to forget peers whose offences have left the window
                 // within about two windows, and quiet ones soon after `forget_after`.
                 // With metrics, often enough for the count of bans in force to be

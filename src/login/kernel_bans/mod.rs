@@ -66,6 +66,12 @@ const RECHECK_EVERY: Duration = Duration::from_secs(1);
 /// its PROXY header names: refusals of such connections are not counted, and their
 /// peers never go into the filter (unless [moved there](Self::move_to_kernel)).
 ///
+/// **In [dry run](super::LoginBuilder::dry_run)** the ban check serves banned peers,
+/// and the filter drops none of them: it counts no refusal and holds no key, and
+/// [`Login::set_dry_run(true)`](super::Login::set_dry_run) takes it off the listeners
+/// at once. Keys moved or counted before go in when dry run is turned off, if still
+/// banned.
+///
 /// Get it from [`Bans::kernel_filter`](super::Bans::kernel_filter); every handle of
 /// one [`Login`](super::Login) shares one filter.
 ///
@@ -224,7 +230,7 @@ impl KernelBans {
 
     /// Moves `ip`'s key into the filter now, without waiting for its refusals (an
     /// operator who knows it floods); `false` if it is not banned. It then stays as any
-    /// key would: until its ban ends, if there is room for it.
+    /// key would: until its ban ends, if there is room for it and not in dry run.
     pub fn move_to_kernel(&self, ip: IpAddr) -> bool {
         let key = self.table.keying().key(ip);
         let Some(remaining) = self.table.banned_for(&classified(key)) else {
@@ -329,6 +335,11 @@ impl KernelState {
         self.changed.notify_one();
     }
 
+    /// Dry run was switched: the filter is brought in line with it now.
+    pub(crate) fn recheck(&self) {
+        self.changed.notify_one();
+    }
+
     /// Brings the filter in line with the ban table; the next time it must be looked at,
     /// or `None` once no listener is left.
     fn refresh(&self, table: &BanTable) -> Option<Instant> {
@@ -349,10 +360,12 @@ impl KernelState {
                 None => false,
             }
         });
+        // In dry run the ban check serves banned peers: the filter drops none of them.
+        let dry_run = table.is_dry_run();
         let mut ranked: Vec<(u64, bool, PeerKey)> = filter
             .refused
             .iter()
-            .filter(|(_, refused)| refused.count >= threshold)
+            .filter(|(_, refused)| !dry_run && refused.count >= threshold)
             .map(|(key, refused)| {
                 let weight = if refused.in_filter { 2 } else { 1 };
                 (u64::from(refused.count) * weight, refused.in_filter, *key)
