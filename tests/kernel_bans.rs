@@ -22,7 +22,8 @@ use tokio::{
 use tower::{Layer, service_fn};
 use tower_bouncer::{
     Conn,
-    login::{KernelBans, Login},
+    login::{KernelBans, Login, LoginBuilder},
+    peer::PeerKeying,
     proxy_protocol::{ProxyProtocolLayer, Rewind},
 };
 
@@ -51,10 +52,12 @@ impl Guarded {
     }
 
     fn start_on(listener: TcpListener) -> Self {
-        let login = Login::builder()
-            .ban_message(&b"ERROR banned\n"[..])
-            .build()
-            .unwrap();
+        Self::start_with(Login::builder(), listener)
+    }
+
+    /// With a login of its own settings (and the ban message).
+    fn start_with(login: LoginBuilder, listener: TcpListener) -> Self {
+        let login = login.ban_message(&b"ERROR banned\n"[..]).build().unwrap();
         let kernel = login.bans().kernel_filter();
         let listener = Arc::new(listener);
         kernel.attach(&listener).unwrap();
@@ -346,28 +349,14 @@ async fn answer_from(last: u8, server: SocketAddr) -> Option<String> {
 async fn in_dry_run_a_banned_peer_that_keeps_reconnecting_is_never_dropped() {
     // Bans are made and counted, every connection served anyway (the bouncer's
     // `dry_run`, with `bans.kernel` on by default).
-    let login = Login::builder()
-        .ban_message(&b"ERROR banned\n"[..])
-        .dry_run(true)
-        .build()
-        .unwrap();
-    let kernel = login.bans().kernel_filter();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let guarded = Guarded::start_with(Login::builder().dry_run(true), listener);
+    let (login, kernel) = (&guarded.login, &guarded.kernel);
     kernel.set_user_space_refusals(NonZeroU32::new(3).unwrap());
-    let listener = Arc::new(TcpListener::bind("127.0.0.1:0").await.unwrap());
-    kernel.attach(&listener).unwrap();
-    let hello =
-        service_fn(
-            |conn: Conn<TcpStream>| async move { conn.into_io().write_all(b"hello\n").await },
-        );
-    let server = LoopbackServer::start_on(
-        listener,
-        login.ban_layer().layer(hello),
-        Duration::from_secs(1),
-    );
     login.bans().ban(ip("127.0.0.2"), BAN).unwrap();
     for attempt in 0..6 {
         assert_eq!(
-            answer_from(2, server.addr).await.as_deref(),
+            answer_from(2, guarded.addr()).await.as_deref(),
             Some("hello\n"),
             "connection {attempt} of a peer banned in dry run"
         );
@@ -380,13 +369,13 @@ async fn in_dry_run_a_banned_peer_that_keeps_reconnecting_is_never_dropped() {
     login.set_dry_run(false);
     for attempt in 0..3 {
         assert_eq!(
-            answer_from(2, server.addr).await.as_deref(),
+            answer_from(2, guarded.addr()).await.as_deref(),
             Some("ERROR banned\n"),
             "refusal {attempt} once dry run is off"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    server.stop().await;
+    guarded.server.stop().await;
 }
 
 #[tokio::test]
@@ -403,5 +392,52 @@ async fn turning_dry_run_on_takes_the_filter_off() {
     guarded.login.set_dry_run(false);
     guarded.filter_holds(1).await;
     assert!(!connects_from(2, guarded.addr()).await);
+    guarded.server.stop().await;
+}
+
+#[tokio::test]
+async fn a_key_that_holds_an_exempt_peer_stays_out_of_the_filter() {
+    // IPv4 keyed by /24: 127.0.0.2 and 127.0.0.5 share the key 127.0.0.0/24, and
+    // 127.0.0.5 is exempt (a health checker, say): user space never refuses it.
+    let keying = PeerKeying::with_prefixes(24, 64)
+        .unwrap()
+        .exempt(["127.0.0.5/32".parse().unwrap()]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let guarded = Guarded::start_with(Login::builder().keying(keying), listener);
+    guarded
+        .kernel
+        .set_user_space_refusals(NonZeroU32::new(3).unwrap());
+    guarded.login.bans().ban(ip("127.0.0.2"), BAN).unwrap();
+    assert!(!guarded.kernel.move_to_kernel(ip("127.0.0.2")));
+
+    // Refused in user space until its key qualifies, its exempt neighbour served...
+    for _ in 0..3 {
+        assert_eq!(reply_to(2, guarded.addr()).await, "ERROR banned\n");
+    }
+    assert_eq!(reply_to(5, guarded.addr()).await, "hello\n");
+    // ...and still after a rebuild that saw it qualify (for a key that holds no
+    // exempt peer).
+    guarded.filter(ip("10.0.0.1"), 1).await;
+    assert_eq!(
+        answer_from(2, guarded.addr()).await.as_deref(),
+        Some("ERROR banned\n")
+    );
+    assert_eq!(reply_to(5, guarded.addr()).await, "hello\n");
+    guarded.server.stop().await;
+}
+
+#[tokio::test]
+async fn a_peer_made_exempt_by_a_reload_comes_out_of_the_filter() {
+    let keying = PeerKeying::default();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let guarded = Guarded::start_with(Login::builder().keying(keying.clone()), listener);
+    guarded.filter(ip("127.0.0.2"), 1).await;
+    assert!(!connects_from(2, guarded.addr()).await);
+
+    // A network that holds the key (127.0.0.2/32) is made exempt: seen within the
+    // filter's one-second recheck.
+    keying.set_exempt(["127.0.0.0/8".parse().unwrap()]);
+    guarded.filter_holds(0).await;
+    assert_eq!(reply_to(2, guarded.addr()).await, "hello\n");
     guarded.server.stop().await;
 }

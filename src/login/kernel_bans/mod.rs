@@ -17,6 +17,7 @@ use std::{
     time::Duration,
 };
 
+use ipnet::IpNet;
 use socket2::{SockFilter, SockRef};
 use tokio::{sync::Notify, time::Instant};
 
@@ -65,6 +66,13 @@ const RECHECK_EVERY: Duration = Duration::from_secs(1);
 /// **Behind a load balancer** the packets come from the balancer, not from the peer
 /// its PROXY header names: refusals of such connections are not counted, and their
 /// peers never go into the filter (unless [moved there](Self::move_to_kernel)).
+///
+/// **Exempt peers.** The filter drops a key's whole network (a /24 with IPv4 keyed by
+/// /24), which may hold an exempt address that user space admits: a key whose network
+/// overlaps an [exempt network](crate::peer::PeerKeying::exempt), either way, stays
+/// out of the filter and is refused in user space. A reload that makes a peer exempt
+/// ([`set_exempt`](crate::peer::PeerKeying::set_exempt)) takes its key out within a
+/// second.
 ///
 /// **In [dry run](super::LoginBuilder::dry_run)** the ban check serves banned peers,
 /// and the filter drops none of them: it counts no refusal and holds no key, and
@@ -229,13 +237,19 @@ impl KernelBans {
     }
 
     /// Moves `ip`'s key into the filter now, without waiting for its refusals (an
-    /// operator who knows it floods); `false` if it is not banned. It then stays as any
-    /// key would: until its ban ends, if there is room for it and not in dry run.
+    /// operator who knows it floods); `false` if it is not banned, or if its key's
+    /// network overlaps an exempt network (the filter would drop an exempt peer). It
+    /// then stays as any key would: until its ban ends, if there is room for it and not
+    /// in dry run.
     pub fn move_to_kernel(&self, ip: IpAddr) -> bool {
-        let key = self.table.keying().key(ip);
+        let keying = self.table.keying();
+        let key = keying.key(ip);
         let Some(remaining) = self.table.banned_for(&classified(key)) else {
             return false;
         };
+        if overlaps_any(&key.network(), &keying.exempt_networks()) {
+            return false;
+        }
         let threshold = self.state.user_space_refusals.load(Ordering::Relaxed);
         let mut filter = self
             .state
@@ -362,10 +376,13 @@ impl KernelState {
         });
         // In dry run the ban check serves banned peers: the filter drops none of them.
         let dry_run = table.is_dry_run();
+        // Nor an exempt peer that a key's network holds: such a key stays in user space.
+        let exempt = table.keying().exempt_networks();
         let mut ranked: Vec<(u64, bool, PeerKey)> = filter
             .refused
             .iter()
             .filter(|(_, refused)| !dry_run && refused.count >= threshold)
+            .filter(|(key, _)| !overlaps_any(&key.network(), &exempt))
             .map(|(key, refused)| {
                 let weight = if refused.in_filter { 2 } else { 1 };
                 (u64::from(refused.count) * weight, refused.in_filter, *key)
@@ -495,6 +512,13 @@ pub(crate) fn sent_by_its_peer<IO>(conn: &Conn<IO>) -> bool {
         let _ = conn;
         true
     }
+}
+
+/// Whether `network` and one of `networks` share an address: one holds the other.
+fn overlaps_any(network: &IpNet, networks: &[IpNet]) -> bool {
+    networks
+        .iter()
+        .any(|other| other.contains(&network.network()) || network.contains(&other.network()))
 }
 
 fn classified(key: PeerKey) -> Classified {
