@@ -441,3 +441,38 @@ async fn a_peer_made_exempt_by_a_reload_comes_out_of_the_filter() {
     assert_eq!(reply_to(2, guarded.addr()).await, "hello\n");
     guarded.server.stop().await;
 }
+
+#[tokio::test]
+async fn the_filter_comes_off_its_listener_when_its_bans_are_dropped() {
+    let listener = Arc::new(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    {
+        let login = Login::builder().build().unwrap();
+        let kernel = login.bans().kernel_filter();
+        kernel.attach(&listener).unwrap();
+        login.bans().ban(ip("127.0.0.2"), BAN).unwrap();
+        assert!(kernel.move_to_kernel(ip("127.0.0.2")));
+        within(PATIENCE, async {
+            while kernel.stats().keys != 1 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        // The application replaces its stack: the login and its bans are dropped.
+    }
+    let hello =
+        service_fn(
+            |conn: Conn<TcpStream>| async move { conn.into_io().write_all(b"hello\n").await },
+        );
+    let server = LoopbackServer::start_on(listener, hello, Duration::from_secs(1));
+    // No ban is left anywhere: 127.0.0.2 gets in once the task that kept the filter
+    // notices, within a second (10 tries of 300 ms).
+    let mut tries = 0;
+    while !connects_from(2, server.addr).await {
+        tries += 1;
+        assert!(
+            tries < 10,
+            "127.0.0.2 is still dropped by a filter nobody keeps"
+        );
+    }
+    server.stop().await;
+}

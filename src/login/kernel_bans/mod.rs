@@ -184,8 +184,10 @@ impl KernelBans {
     }
 
     /// Puts the filter on `listener` now and keeps it up to date, until the listener is
-    /// dropped. Call it for each listener, each socket of a `SO_REUSEPORT` group
-    /// included. Needs a tokio runtime, for the task that rebuilds the filter.
+    /// dropped; if the bans go first (the [`Login`](super::Login) and every handle of
+    /// it dropped), the filter comes off the listener within a second. Call it for each
+    /// listener, each socket of a `SO_REUSEPORT` group included. Needs a tokio runtime,
+    /// for the task that rebuilds the filter.
     ///
     /// The filter holds the listener weakly (an `Arc`, so that dropping the server's
     /// listener still closes the socket and refuses new connections). An
@@ -352,6 +354,18 @@ impl KernelState {
     /// Dry run was switched: the filter is brought in line with it now.
     pub(crate) fn recheck(&self) {
         self.changed.notify_one();
+    }
+
+    /// Takes the filter off every listener: its ban table is gone, and a filter left on
+    /// would drop its keys for as long as the listener lives. Nothing reads the state
+    /// after this (every handle held the table), so only the kernel's copy matters.
+    fn take_off(&self) {
+        let sockets = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
+        for listener in sockets.listeners.iter().filter_map(Weak::upgrade) {
+            if let Err(error) = install(listener.as_fd(), &[]) {
+                tracing::warn!(%error, "kernel ban filter could not be taken off a listener");
+            }
+        }
     }
 
     /// Brings the filter in line with the ban table; the next time it must be looked at,
@@ -529,7 +543,8 @@ fn classified(key: PeerKey) -> Classified {
 }
 
 /// Rebuilds the filter whenever a key may go in or must come out, and at the end of
-/// each ban in it; ends with the ban table, or once no listener is left.
+/// each ban in it; ends with the ban table (taking the filter off), or once no listener
+/// is left.
 async fn maintain(table: Weak<BanTable>, mut maintainer: Maintainer) {
     let state = maintainer.state.clone();
     let mut next = Instant::now();
@@ -539,6 +554,7 @@ async fn maintain(table: Weak<BanTable>, mut maintainer: Maintainer) {
             () = tokio::time::sleep_until(next) => {}
         }
         let Some(table) = table.upgrade() else {
+            state.take_off();
             return;
         };
         match state.refresh(&table) {
