@@ -476,3 +476,31 @@ async fn the_filter_comes_off_its_listener_when_its_bans_are_dropped() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn refusals_under_a_lifted_ban_do_not_count_toward_the_next() {
+    let guarded = Guarded::start().await;
+    guarded
+        .kernel
+        .set_user_space_refusals(NonZeroU32::new(3).unwrap());
+    let peer = ip("127.0.0.2");
+    guarded.login.bans().ban(peer, BAN).unwrap();
+    for _ in 0..2 {
+        assert_eq!(reply_to(2, guarded.addr()).await, "ERROR banned\n");
+    }
+    // The operator lifts the ban (it was a person), and later it is banned again.
+    assert!(guarded.login.bans().unban(peer));
+    assert_eq!(reply_to(2, guarded.addr()).await, "hello\n");
+    guarded.login.bans().ban(peer, BAN).unwrap();
+    // A new ban: its first 3 refusals are answered in user space, as documented.
+    for attempt in 0..3 {
+        assert_eq!(
+            answer_from(2, guarded.addr()).await.as_deref(),
+            Some("ERROR banned\n"),
+            "refusal {attempt} of the new ban"
+        );
+        // Time for the maintaining task to act on what it was told.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    guarded.server.stop().await;
+}

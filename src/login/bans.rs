@@ -377,11 +377,16 @@ impl BanTable {
         self.dry_run.load(Ordering::Relaxed)
     }
 
-    /// A ban was lifted: the kernel filter, if there is one, lets its peer in again.
-    pub(crate) fn lifted(&self) {
+    /// A ban on `network` (a key, or a network banned whole) was lifted: the kernel
+    /// filter, if there is one, lets its peers in again and forgets their refusals.
+    #[cfg_attr(
+        not(all(feature = "kernel-bans", target_os = "linux")),
+        expect(unused_variables, reason = "only the kernel filter counts refusals")
+    )]
+    pub(crate) fn lifted(&self, network: IpNet) {
         #[cfg(all(feature = "kernel-bans", target_os = "linux"))]
         if let Some(kernel) = self.kernel.get() {
-            kernel.lifted();
+            kernel.lifted(canonical_network(network), self);
         }
     }
 
@@ -791,7 +796,7 @@ impl Bans {
     pub fn unban(&self, ip: IpAddr) -> bool {
         let key = self.table.keying().key(ip);
         let lifted = self.table.unban(&key);
-        self.table.lifted();
+        self.table.lifted(key.network());
         self.shared_unban(key.network());
         lifted
     }
@@ -800,7 +805,7 @@ impl Bans {
     /// none.
     pub fn unban_network(&self, network: IpNet) -> bool {
         let lifted = self.table.unban_network(network);
-        self.table.lifted();
+        self.table.lifted(network);
         self.shared_unban(network);
         lifted
     }

@@ -803,7 +803,7 @@ impl Login {
             return false;
         }
         let lifted = self.shared.bans.unban_network(key);
-        self.shared.bans.lifted();
+        self.shared.bans.lifted(key);
         lifted
     }
 }

@@ -49,11 +49,13 @@ const RECHECK_EVERY: Duration = Duration::from_secs(1);
 /// happened. A peer that goes on reconnecting while banned (10 refusals by default,
 /// [`set_user_space_refusals`](Self::set_user_space_refusals)) is a program, not a
 /// person: its key goes into the filter until its ban ends or is lifted, and its
-/// `connect` goes unanswered meanwhile. The filter holds at most 1024 keys, fewer if
-/// they do not fit in the kernel's 4096 instructions; when more keys qualify, those
-/// refused most often during their ban are kept, a key already in the filter counting
-/// double so that two keys do not take turns at every rebuild. The others are refused
-/// in user space, as without the filter.
+/// `connect` goes unanswered meanwhile. Each ban counts its own refusals: a peer
+/// banned again after an unban or the end of its ban is answered as many times anew.
+/// The filter holds at most 1024 keys, fewer if they do not fit in the kernel's 4096
+/// instructions; when more keys qualify, those refused most often during their ban are
+/// kept, a key already in the filter counting double so that two keys do not take
+/// turns at every rebuild. The others are refused in user space, as without the
+/// filter.
 ///
 /// **Cost.** A packet meets a binary search on the first word of its source: a few
 /// dozen instructions with 1000 keys, compiled to native code by the kernel. The
@@ -325,7 +327,8 @@ impl KernelState {
         let threshold = self.user_space_refusals.load(Ordering::Relaxed);
         let mut filter = self.filter.lock().unwrap_or_else(PoisonError::into_inner);
         let counted = filter.refused.len();
-        let until = Instant::now() + remaining;
+        let now = Instant::now();
+        let until = now + remaining;
         let refused = match filter.refused.get_mut(key) {
             Some(refused) => refused,
             None if counted < MAX_COUNTED => filter.refused.entry(*key).or_insert(Refused {
@@ -335,6 +338,11 @@ impl KernelState {
             }),
             None => return,
         };
+        // Counted under a ban that has ended since (the peer banned again before a
+        // refresh forgot it): this ban counts its own.
+        if refused.until <= now {
+            refused.count = 0;
+        }
         refused.count = refused.count.saturating_add(1);
         refused.until = until;
         // It qualifies; past that, it may outrank a key in a full filter each time its
@@ -346,8 +354,16 @@ impl KernelState {
         }
     }
 
-    /// A ban was lifted: its key, if in the filter, comes out now.
-    pub(crate) fn lifted(&self) {
+    /// The ban on `network` was lifted: the refusals of the keys it held that `table`
+    /// no longer bans are forgotten (a ban made later counts its own), and those in the
+    /// filter come out now.
+    pub(crate) fn lifted(&self, network: IpNet, table: &BanTable) {
+        let lifted = [network];
+        let mut filter = self.filter.lock().unwrap_or_else(PoisonError::into_inner);
+        filter.refused.retain(|key, _| {
+            !overlaps_any(&key.network(), &lifted) || table.banned_for(&classified(*key)).is_some()
+        });
+        drop(filter);
         self.changed.notify_one();
     }
 

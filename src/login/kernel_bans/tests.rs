@@ -1,13 +1,23 @@
 //! The filter program, run on packets by a classic BPF interpreter that behaves as the
 //! kernel's does for the instructions it uses: every family, prefix and layout that
-//! loopback cannot show.
+//! loopback cannot show. Then the filter's upkeep, `refresh` called by the test on a
+//! filter that no task keeps, in paused time.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    num::NonZeroU32,
+    os::fd::AsFd,
+    sync::{Arc, Weak},
+    time::Duration,
+};
 
 use proptest::{collection::vec, prelude::*};
 
-use super::{KernelBansStats, program::*};
-use crate::peer::{PeerKey, PeerKeying};
+use super::{KernelBans, KernelBansStats, program::*};
+use crate::{
+    login::Login,
+    peer::{PeerKey, PeerKeying},
+};
 
 /// What the kernel's interpreter does with `program` on a packet whose network header
 /// is `packet`: the verdict (0 drops), and how many instructions ran.
@@ -254,4 +264,40 @@ fn stats_print_on_one_line() {
         stats.to_string(),
         "12 keys in 40 instructions on 1 listener(s), rebuilt 3 times (last 85µs), 0 attach failures"
     );
+}
+
+/// `login`'s kernel filter on a loopback listener, kept by no task: the test calls
+/// `refresh` itself. The listener must outlive the test's refreshes.
+fn unattended_filter(login: &Login) -> (KernelBans, Arc<std::net::TcpListener>) {
+    let kernel = login.bans().kernel_filter();
+    let listener = Arc::new(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let weak: Weak<dyn AsFd + Send + Sync> = Arc::downgrade(&listener) as _;
+    kernel.state.sockets.lock().unwrap().listeners.push(weak);
+    (kernel, listener)
+}
+
+#[tokio::test(start_paused = true)]
+async fn refusals_under_an_ended_ban_do_not_count_toward_the_next() {
+    let login = Login::builder().build().unwrap();
+    let (kernel, _listener) = unattended_filter(&login);
+    kernel.set_user_space_refusals(NonZeroU32::new(3).unwrap());
+    let peer: IpAddr = "192.0.2.7".parse().unwrap();
+    let key = PeerKeying::default().key(peer);
+    let ban = Duration::from_secs(10);
+    login.bans().ban(peer, ban).unwrap();
+    for _ in 0..2 {
+        kernel.state.refused(&key, ban);
+    }
+    // The ban ends, and the peer is banned again before a refresh forgot its count.
+    tokio::time::advance(ban + Duration::from_secs(1)).await;
+    login.bans().ban(peer, ban).unwrap();
+    kernel.state.refused(&key, ban);
+    kernel.state.refresh(&kernel.table);
+    assert_eq!(kernel.stats().keys, 0, "in the filter at its first refusal");
+    // Its own third refusal puts it in.
+    for _ in 0..2 {
+        kernel.state.refused(&key, ban);
+    }
+    kernel.state.refresh(&kernel.table);
+    assert_eq!(kernel.stats().keys, 1);
 }
