@@ -5,7 +5,7 @@
 mod program;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fmt,
     net::IpAddr,
     num::NonZeroU32,
@@ -162,6 +162,9 @@ pub(crate) struct KernelState {
 struct Filter {
     refused: HashMap<PeerKey, Refused>,
     program: Vec<Instruction>,
+    /// The keys the program was last built for, those in it and those left out for
+    /// want of room: while they stay the same, a rebuild would build the same filter.
+    wanted: HashSet<PeerKey>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -430,8 +433,12 @@ impl KernelState {
             sockets.maintained = false;
             return None;
         }
-        let unchanged = wanted.len() == self.keys.load(Ordering::Relaxed)
-            && wanted.iter().all(|key| {
+        // The same keys wanted, and the first of them (by rank) the ones in the filter:
+        // their order, or the counts of those left out, changes nothing.
+        let in_filter = self.keys.load(Ordering::Relaxed);
+        let unchanged = wanted.len() == filter.wanted.len()
+            && wanted.iter().all(|key| filter.wanted.contains(key))
+            && wanted.iter().take(in_filter).all(|key| {
                 filter
                     .refused
                     .get(key)
@@ -442,6 +449,7 @@ impl KernelState {
             for (key, refused) in &mut filter.refused {
                 refused.in_filter = filtered.contains(key);
             }
+            filter.wanted = wanted.into_iter().collect();
         }
         let next_end = filter
             .refused

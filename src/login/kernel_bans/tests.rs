@@ -301,3 +301,54 @@ async fn refusals_under_an_ended_ban_do_not_count_toward_the_next() {
     kernel.state.refresh(&kernel.table);
     assert_eq!(kernel.stats().keys, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_filter_too_small_for_every_key_is_rebuilt_only_when_its_keys_change() {
+    // IPv6 keyed by /128: a key takes 4 words, and 1024 of them do not fit in the
+    // kernel's 4096 instructions.
+    let keying = PeerKeying::with_prefixes(32, 128).unwrap();
+    let login = Login::builder().keying(keying.clone()).build().unwrap();
+    let (kernel, _listener) = unattended_filter(&login);
+    let ban = Duration::from_secs(600);
+    let keys: Vec<PeerKey> = (0..1024_u128)
+        .map(|n| {
+            let ip = IpAddr::V6(Ipv6Addr::from_bits(
+                (0x2001_0db8 << 96) | (n * 7919) << 32 | 1,
+            ));
+            login.bans().ban(ip, ban).unwrap();
+            assert!(kernel.move_to_kernel(ip));
+            keying.key(ip)
+        })
+        .collect();
+    let refresh = || {
+        kernel.state.refresh(&kernel.table);
+        kernel.stats()
+    };
+    let built = refresh();
+    assert!(0 < built.keys && built.keys < 1024, "{built}");
+    assert_eq!(built.rebuilds, 1);
+
+    // A second later, nothing has changed.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(refresh().rebuilds, 1, "rebuilt with nothing changed");
+    // Keys left out are refused on in user space, which reorders them among
+    // themselves; none outranks a key in the filter (10 refusals, counted double).
+    let in_filter = |key: &PeerKey| kernel.state.filter.lock().unwrap().refused[key].in_filter;
+    let left_out: Vec<PeerKey> = keys.into_iter().filter(|key| !in_filter(key)).collect();
+    for (n, key) in left_out.iter().enumerate().take(5) {
+        for _ in 0..n {
+            kernel.state.refused(key, ban);
+        }
+    }
+    assert_eq!(
+        refresh().rebuilds,
+        1,
+        "rebuilt for a new order of the keys left out"
+    );
+    // One refused more often than that takes a place in the filter.
+    for _ in 0..11 {
+        kernel.state.refused(&left_out[0], ban);
+    }
+    assert_eq!(refresh().rebuilds, 2);
+    assert!(in_filter(&left_out[0]));
+}
