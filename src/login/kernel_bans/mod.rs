@@ -445,9 +445,14 @@ impl KernelState {
                     .is_some_and(|refused| refused.in_filter)
             });
         if !unchanged {
-            let filtered = self.rebuild(&wanted, &sockets.listeners, &mut filter.program);
-            for (key, refused) in &mut filter.refused {
-                refused.in_filter = filtered.contains(key);
+            let fitted = self.rebuild(&wanted, &sockets.listeners, &mut filter.program);
+            for refused in filter.refused.values_mut() {
+                refused.in_filter = false;
+            }
+            for key in &wanted[..fitted] {
+                if let Some(refused) = filter.refused.get_mut(key) {
+                    refused.in_filter = true;
+                }
             }
             filter.wanted = wanted.into_iter().collect();
         }
@@ -462,14 +467,15 @@ impl KernelState {
     }
 
     /// Builds the filter for as many of `wanted`, in rank order, as fit, and attaches it
-    /// to every listener; returns the keys it holds. A kernel that refuses it (its
-    /// `optmem_max` too small for a long filter, say) gets one with half the keys.
+    /// to every listener; returns how many it holds (the first of `wanted`). A kernel
+    /// that refuses it (its `optmem_max` too small for a long filter, say) gets one with
+    /// half the keys.
     fn rebuild(
         &self,
         wanted: &[PeerKey],
         listeners: &[Weak<dyn AsFd + Send + Sync>],
         program: &mut Vec<Instruction>,
-    ) -> Vec<PeerKey> {
+    ) -> usize {
         let began = std::time::Instant::now();
         let mut budget = MAX_INSTRUCTIONS;
         let (built, count) = loop {
@@ -507,7 +513,7 @@ impl KernelState {
             "kernel ban filter rebuilt"
         );
         *program = built;
-        wanted[..count].to_vec()
+        count
     }
 }
 
