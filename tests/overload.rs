@@ -1016,6 +1016,88 @@ async fn in_backpressure_mode_nothing_is_evicted_and_the_shrunk_idle_timeout_mak
     assert_eq!(overload.stats().evicted_idle, 0);
 }
 
+/// Two accept loops sharing the cap (an IPv4 and an IPv6 listener) may both see its last
+/// slot free; the one that loses the race is refused, as in refuse mode, and evicts
+/// nothing either.
+#[tokio::test(start_paused = true)]
+async fn in_backpressure_mode_the_loser_of_a_race_for_the_last_slot_evicts_nothing() {
+    let overload = overload().min_timeout_scale(1.0).build().unwrap();
+    let limit = ConnectionLimitLayer::builder(2)
+        .backpressure()
+        .overload(&overload)
+        .build()
+        .unwrap();
+    let service = ServiceBuilder::new()
+        .layer(limit.clone())
+        .layer(idle_and_request_timeouts(&overload))
+        .service(HttpService::new(app()));
+    let (idle, _idle_client) = keep_alive(&service, "192.0.2.1:1").await;
+    tokio::time::sleep(secs(5)).await;
+    assert_eq!(overload.stats().registered, 1);
+
+    // Both ready for the one slot left, then both called.
+    let (mut first, mut second) = (service.clone(), service.clone());
+    ServiceExt::<Conn<DuplexStream>>::ready(&mut first)
+        .await
+        .unwrap();
+    ServiceExt::<Conn<DuplexStream>>::ready(&mut second)
+        .await
+        .unwrap();
+    let (a, _a_client) = duplex_conn("198.51.100.1:1");
+    let (b, _b_client) = duplex_conn("198.51.100.2:1");
+    let _a = tokio::spawn(first.call(a));
+    let lost = tokio::spawn(second.call(b));
+    tokio::time::sleep(secs(1)).await;
+    assert_eq!(
+        overload.stats().evicted_idle,
+        0,
+        "an idle connection was evicted in backpressure mode"
+    );
+    assert!(!idle.is_finished());
+    let error = within(PATIENCE, lost).await.unwrap().unwrap_err();
+    assert_eq!(
+        rejected(&error).reason(),
+        &Reason::ConnectionLimit { limit: 2 }
+    );
+    let stats = limit.stats();
+    assert_eq!((stats.refused, stats.live), (1, 2));
+}
+
+/// Dry run enforces nothing: a connection over a full cap is served and counted, and no
+/// real connection is evicted for it.
+#[tokio::test(start_paused = true)]
+async fn in_dry_run_a_newcomer_at_a_full_cap_is_served_without_evicting_an_idle_connection() {
+    let overload = overload().min_timeout_scale(1.0).build().unwrap();
+    let limit = ConnectionLimitLayer::builder(1)
+        .dry_run(true)
+        .overload(&overload)
+        .build()
+        .unwrap();
+    let service = ServiceBuilder::new()
+        .layer(limit.clone())
+        .layer(idle_and_request_timeouts(&overload))
+        .service(HttpService::new(app()));
+    let (first, mut first_client) = keep_alive(&service, "192.0.2.1:1").await;
+    tokio::time::sleep(secs(5)).await;
+    assert_eq!(overload.stats().registered, 1);
+
+    let (_second, mut second_client) = keep_alive(&service, "192.0.2.2:1").await;
+    tokio::time::sleep(secs(1)).await;
+    assert_eq!(
+        overload.stats().evicted_idle,
+        0,
+        "dry run evicted a real idle connection"
+    );
+    assert!(!first.is_finished(), "dry run closed the first connection");
+    assert_eq!(first_client.get("/").await.unwrap().body, "hello\n");
+    assert_eq!(second_client.get("/").await.unwrap().body, "hello\n");
+    let stats = limit.stats();
+    assert_eq!(
+        (stats.dry_run_refusals, stats.refused, stats.live),
+        (1, 0, 2)
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn evictions_take_a_full_cap_over_by_one_connection_for_every_sixteen_of_it() {
     // A raw protocol that ignores the request to close: evicted, it stays until its
@@ -1068,4 +1150,43 @@ async fn evictions_take_a_full_cap_over_by_one_connection_for_every_sixteen_of_i
     assert_eq!(overload.stats().evicted_idle, 3);
     let stats = limit.stats();
     assert_eq!((stats.admitted, stats.refused, stats.live), (35, 1, 34));
+}
+
+/// `set_max` keeps the live connections and refuses newcomers until enough have ended.
+/// With evictions, a newcomer over a lowered cap would instead take the place of an idle
+/// connection it evicts, and the live count would never come down to the new cap.
+#[tokio::test(start_paused = true)]
+async fn under_a_lowered_cap_newcomers_are_refused_until_enough_connections_end() {
+    let (overload, limit, service) = http_stack(8);
+    let mut idle = Vec::new();
+    for n in 1..=8 {
+        idle.push(keep_alive(&service, &format!("192.0.2.{n}:1")).await);
+    }
+    // Registered by their timers' next look.
+    tokio::time::sleep(secs(600) / 8).await;
+    assert_eq!(overload.stats().registered, 8);
+
+    // A reload lowers the cap to 2: six connections over it, every one of them idle.
+    limit.set_max(2).unwrap();
+    for n in 1..=6 {
+        refused(&service, &format!("198.51.100.{n}:1")).await;
+    }
+    let stats = limit.stats();
+    assert_eq!(
+        (overload.stats().evicted_idle, stats.refused, stats.live),
+        (0, 6, 8),
+        "newcomers over a lowered cap swapped in for idle connections"
+    );
+
+    // Six end: at the new cap, a newcomer evicts an idle connection again.
+    for (server, client) in idle.drain(..6) {
+        drop(client);
+        within(PATIENCE, server).await.unwrap().unwrap();
+    }
+    assert_eq!(limit.stats().live, 2);
+    let (_newcomer, mut newcomer) = keep_alive(&service, "198.51.100.7:1").await;
+    assert_eq!(overload.stats().evicted_idle, 1);
+    assert_eq!(newcomer.get("/").await.unwrap().body, "hello\n");
+    let stats = limit.stats();
+    assert_eq!((stats.refused, stats.live), (6, 2));
 }

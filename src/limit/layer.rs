@@ -104,7 +104,9 @@ impl ConnectionLimitLayer {
 
     /// Changes the cap of this layer and its clones, for a reload without a restart.
     /// Live connections are kept: under a lower cap, new ones are refused (or wait, in
-    /// backpressure mode) until enough have ended.
+    /// backpressure mode) until enough have ended. With an overload manager, they evict
+    /// idle connections again only once the live count is within the evictions'
+    /// allowance of the new cap (one for every 16 of it).
     ///
     /// # Errors
     ///
@@ -131,7 +133,8 @@ impl ConnectionLimitBuilder {
     /// Counts the live connections in `overload`'s pressure and, with its idle eviction
     /// on, at the cap, asks an idle connection to close to make room for a new one
     /// instead of refusing it: the new one is admitted at once. In backpressure mode,
-    /// where a new connection waits unseen in the backlog, nothing is evicted. See the
+    /// where a new connection waits unseen in the backlog, nothing is evicted; nor in
+    /// dry run, which serves the new one over the cap. See the
     /// [`overload`](crate::overload) module.
     #[cfg(feature = "overload")]
     pub fn overload(mut self, overload: &crate::overload::Overload) -> Self {
@@ -156,10 +159,13 @@ impl ConnectionLimitBuilder {
             log: LogThrottle::new(Duration::from_secs(1)),
             admitted: Counter::default(),
             refused: Refusals::new("connection_limit", "connection_limit"),
+            // In backpressure mode nothing is evicted, even when two accept loops sharing
+            // the cap both saw its last slot free: the one that loses the race is refused.
             #[cfg(feature = "overload")]
             evict: self
                 .overload
                 .as_ref()
+                .filter(|_| self.mode != Mode::Backpressure)
                 .and_then(|overload| overload.registry()),
         });
         // The manager reads the live count.
@@ -219,7 +225,8 @@ pub(crate) struct Shared {
     pub(super) log: LogThrottle,
     pub(super) admitted: Counter,
     pub(super) refused: Refusals,
-    /// The idle connections an overload manager may evict to make room.
+    /// The idle connections an overload manager may evict to make room; `None` in
+    /// backpressure mode.
     #[cfg(feature = "overload")]
     pub(super) evict: Option<Arc<crate::overload::Registry>>,
 }
@@ -306,11 +313,28 @@ impl Shared {
     /// few connections are closing that way already; whether one was asked. The cap is
     /// exceeded by those still closing: at most one for every
     /// [`CAP_SHARE_PER_EVICTION`] connections of the cap.
+    ///
+    /// None is asked in dry run, which enforces nothing: the newcomer is served as a
+    /// refusal counted, and no real connection closes for it. Nor while the live count
+    /// is over the cap by more than those evictions (a reload has lowered the cap below
+    /// it): a newcomer would take the place of the connection it evicts, and the live
+    /// count would never come down to the new cap; it is refused, as
+    /// [`set_max`](super::ConnectionLimitLayer::set_max) says, until enough connections
+    /// have ended.
     #[cfg(feature = "overload")]
     pub(super) fn evict_idle(&self) -> bool {
-        self.evict
-            .as_ref()
-            .is_some_and(|registry| registry.evict_one(self.max().div_ceil(CAP_SHARE_PER_EVICTION)))
+        let Some(registry) = &self.evict else {
+            return false;
+        };
+        if self.refusal.is_dry_run() {
+            return false;
+        }
+        let max_evicting = self.max().div_ceil(CAP_SHARE_PER_EVICTION);
+        // The evictions under way take the pool down to `-max_evicting` at most.
+        if self.pool.0.load(Ordering::Relaxed) < -signed(max_evicting) {
+            return false;
+        }
+        registry.evict_one(max_evicting)
     }
 
     /// Whether a full cap keeps the service from being ready: in backpressure mode,

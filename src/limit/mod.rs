@@ -9,7 +9,9 @@
 //! wait in the kernel's backlog, like Go's `LimitListener`.
 //!
 //! With an [overload manager](crate::overload), a new connection at the cap is admitted
-//! in the place of an idle one, asked to close, and refused only if none is idle.
+//! in the place of an idle one, asked to close, and refused only if none is idle. Not in
+//! backpressure mode, nor in dry run (which serves it anyway), nor while a cap lowered
+//! by a reload is still exceeded.
 //!
 //! The cap is exact: never more live connections than the cap, but for those an
 //! overload manager admits in the place of an idle one being evicted and those dry run
