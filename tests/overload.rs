@@ -235,6 +235,57 @@ async fn a_connection_idle_for_half_its_timeout_is_closed_when_the_pressure_is_f
     assert!(overload.stats().time_under_pressure > Duration::ZERO);
 }
 
+/// The sampler runs on a runtime, started from the connections' path: a manager built
+/// before any runtime (in a sync `main`) has none, and one whose runtime has ended has
+/// lost it. Without evictions the connections never enrol, so the timeouts' looks must
+/// start it, or the monitors stay at what they read last.
+#[test]
+fn without_evictions_the_timeouts_keep_the_monitors_sampled_on_each_runtime() {
+    let load = Arc::new(AtomicU64::new(0.0f64.to_bits()));
+    let monitor = load.clone();
+    // Built outside any runtime.
+    let overload = overload()
+        .evict_idle(false)
+        .monitor(move || f64::from_bits(monitor.load(Ordering::Relaxed)))
+        .build()
+        .unwrap();
+    // On a runtime of its own, a connection that stays idle while the monitor's load
+    // becomes `later`: the deadline it is cut at.
+    let idle_cut_at = |later: f64| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let service = TimeoutLayer::builder()
+                .idle(secs(60))
+                .overload(&overload)
+                .build()
+                .unwrap()
+                .layer(reader());
+            let (conn, _client) = duplex_conn("192.0.2.1:1");
+            let connection = tokio::spawn(service.oneshot(conn));
+            tokio::task::yield_now().await;
+            load.store(later.to_bits(), Ordering::Relaxed);
+            timed_out(within(secs(3600), connection).await.unwrap())
+        })
+    };
+    // The application's queue fills: full pressure at the next sample.
+    assert_eq!(
+        idle_cut_at(1.0),
+        TimeoutError::Idle(secs(12)),
+        "the monitor's load never reached the timeouts"
+    );
+    // That runtime has ended, and its sampler with it: the queue empties, and the
+    // timeouts are whole again.
+    assert_eq!(
+        idle_cut_at(0.0),
+        TimeoutError::Idle(secs(60)),
+        "the load sampled on the runtime that ended stayed in force"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_proxy_header_deadline_shrinks_under_pressure() {
     // A monitor at its maximum: full pressure from the start.

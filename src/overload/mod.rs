@@ -285,9 +285,14 @@ impl Overload {
         }
     }
 
-    /// What deadlines are multiplied by now.
+    /// What deadlines are multiplied by now. Every look of a deadline under the
+    /// manager asks, evictions or not: it also makes sure the sources are sampled, on
+    /// the current runtime (a manager built before the runtime, or one whose sampler's
+    /// runtime has ended, would otherwise keep the monitors, memory and descriptors it
+    /// read last). One relaxed load while the sampler runs.
     pub(crate) fn timeout_factor(&self) -> f64 {
         let shared = &self.shared;
+        shared.ensure_sampler();
         1.0 - shared.pressure() * (1.0 - shared.min_timeout_scale)
     }
 
@@ -319,14 +324,14 @@ impl Overload {
 
     /// Registers a connection that is not, if the load is high enough for evictions to
     /// be near. Called at each look of the connection's timer, the first when it
-    /// starts; it also makes sure the sources are sampled, on the connection's runtime.
+    /// starts. (The timer's look reads the [`timeout_factor`](Self::timeout_factor)
+    /// too, which keeps the sources sampled.)
     pub(crate) fn enrol(
         &self,
         standing: &mut Standing,
         activity: &Arc<Activity>,
         close: &GracefulClose,
     ) {
-        self.shared.ensure_sampler();
         let (Standing::Unregistered(peer), Some(registry)) = (&*standing, &self.shared.registry)
         else {
             return;
