@@ -785,6 +785,116 @@ async fn with_nothing_idle_the_oldest_connection_judged_by_its_bytes_gives_way()
     assert_eq!(overload.stats().evicted_long_lived, 2);
 }
 
+/// A connection joins the evictions at its first poll, if the load is high enough, or
+/// at a later look of its timer; only the idle timeout keeps the timer looking for as
+/// long as the connection lives. Without one, a connection opened at a low load would
+/// never join: at a full cap, every newcomer refused for good, where the oldest of
+/// those judged by their bytes should give way for its age.
+#[tokio::test(start_paused = true)]
+async fn without_an_idle_timeout_connections_opened_at_a_low_load_give_way_for_their_age() {
+    let timeouts = [
+        ("first byte", TimeoutLayer::builder().first_byte(secs(10))),
+        ("lifetime", TimeoutLayer::builder().lifetime(secs(3600))),
+    ];
+    for (alone, timeouts) in timeouts {
+        let overload = overload().min_timeout_scale(1.0).build().unwrap();
+        let timeouts = timeouts.overload(&overload).build().unwrap();
+        let (limit, service) = evicting_stack(&overload, 10, timeouts, reader());
+        // Three long-lived connections, opened while the cap is far from full: with no
+        // timer to offer them later, they join the evictions as they start.
+        let mut old = Vec::new();
+        for n in 1..=3 {
+            old.push(chatty(&service, &format!("192.0.2.{n}:1")));
+            tokio::time::sleep(secs(1)).await;
+        }
+        assert_eq!(overload.stats().registered, 3, "{alone}");
+        tokio::time::sleep(secs(20)).await;
+        // A reload lowers the cap to what is live: full.
+        limit.set_max(3).unwrap();
+        tokio::time::sleep(secs(60)).await;
+
+        let _newcomer = chatty(&service, "198.51.100.1:1");
+        tokio::time::sleep(secs(1)).await;
+        let stats = overload.stats();
+        assert_eq!(
+            (stats.evicted_long_lived, limit.stats().refused),
+            (1, 0),
+            "{alone}: the oldest connection did not give way"
+        );
+        within(PATIENCE, old.remove(0)).await.unwrap().unwrap();
+        assert!(old.iter().all(|other| !other.is_finished()), "{alone}");
+        assert_eq!(limit.stats().live, 3, "{alone}");
+    }
+}
+
+/// The same for connections idle between requests: under an HTTP adapter without an
+/// idle timeout, keep-alive connections opened at a low load make room at a full cap.
+#[tokio::test(start_paused = true)]
+async fn without_an_idle_timeout_keep_alive_connections_opened_at_a_low_load_make_room() {
+    let overload = overload().min_timeout_scale(1.0).build().unwrap();
+    let timeouts = TimeoutLayer::builder()
+        .request(secs(10))
+        .overload(&overload)
+        .build()
+        .unwrap();
+    let http = HttpService::builder(app())
+        .idle_timeout(None)
+        .build()
+        .unwrap();
+    let (limit, service) = evicting_stack(&overload, 10, timeouts, http);
+    let mut old = Vec::new();
+    for n in 1..=2 {
+        old.push(keep_alive(&service, &format!("192.0.2.{n}:1")).await);
+    }
+    tokio::time::sleep(secs(60)).await;
+    // A reload lowers the cap to what is live: full.
+    limit.set_max(2).unwrap();
+
+    let (_newcomer, client) = open(&service, "198.51.100.1:1");
+    let mut newcomer = Http1Client::connect(client).await;
+    let answer = newcomer.get("/").await;
+    tokio::time::sleep(secs(1)).await;
+    // (Without an idle timeout to sample since when each has been idle, either may go.)
+    let closed = old
+        .iter()
+        .filter(|(server, _)| server.is_finished())
+        .count();
+    assert_eq!(
+        (overload.stats().evicted_idle, closed),
+        (1, 1),
+        "no idle connection made room"
+    );
+    assert_eq!(answer.unwrap().body, "hello\n");
+    assert_eq!(newcomer.get("/").await.unwrap().body, "hello\n");
+    let stats = limit.stats();
+    assert_eq!((stats.refused, stats.live), (0, 2));
+}
+
+/// What the evictions cost at a low load: with an idle timeout, whose looks offer the
+/// connection later, none joins the registry (and takes its lock) until the load is
+/// near the start threshold.
+#[tokio::test(start_paused = true)]
+async fn with_an_idle_timeout_connections_join_the_evictions_only_as_the_load_rises() {
+    let overload = overload().min_timeout_scale(1.0).build().unwrap();
+    let (_limit, service) = evicting_stack(&overload, 10, idle_timeout(&overload), reader());
+    // Half the start threshold (80 %) is 4 of 10.
+    let mut connections = Vec::new();
+    for n in 1..=3 {
+        connections.push(chatty(&service, &format!("192.0.2.{n}:1")));
+    }
+    tokio::time::sleep(secs(600)).await;
+    assert_eq!(overload.stats().registered, 0);
+    connections.push(chatty(&service, "192.0.2.4:1"));
+    tokio::task::yield_now().await;
+    assert_eq!(overload.stats().registered, 1, "the fourth, as it starts");
+    tokio::time::sleep(secs(600) / 8 + secs(1)).await;
+    assert_eq!(
+        overload.stats().registered,
+        4,
+        "the others, at their timer's next look"
+    );
+}
+
 /// A connection from `peer` whose one request, sent and never read from again, is
 /// `GET path`: its task.
 fn requested<S: Serves>(service: &S, peer: &str, path: &str) -> JoinHandle<Result<(), BoxError>> {

@@ -81,7 +81,8 @@
 //! Among the idle connections, the victim is one of the peer that holds the most of
 //! them, so that a peer hoarding idle connections loses them first; then the one idle
 //! longest. How long a connection has been idle is sampled by its timer, which looks
-//! every eighth of its idle timeout.
+//! every eighth of its idle timeout; without an idle timeout nothing samples it, and
+//! which of a peer's idle connections goes is left to chance.
 //!
 //! When no connection is idle, the oldest of those judged by their bytes gives way,
 //! once it has lived `evict_quiet_after`, chosen in the same way by peer, and is cut at
@@ -97,8 +98,10 @@
 //! Nothing on the admission path while the cap has room: the registry of evictable
 //! connections is kept only under load. A connection joins it (a short lock on one of
 //! eight shards, taken by thread) when it starts, or at its timer's next look, once the
-//! load reaches half the start threshold, and leaves it when it ends. An eviction looks
-//! at 256 registered connections at most, from a rotating start.
+//! load reaches half the start threshold, and leaves it when it ends. Under a
+//! [`TimeoutLayer`] without an idle timeout, whose timer may never look again, a
+//! connection joins when it starts, whatever the load. An eviction looks at 256
+//! registered connections at most, from a rotating start.
 //!
 //! # Example
 //!
@@ -323,20 +326,21 @@ impl Overload {
     }
 
     /// Registers a connection that is not, if the load is high enough for evictions to
-    /// be near. Called at each look of the connection's timer, the first when it
-    /// starts. (The timer's look reads the [`timeout_factor`](Self::timeout_factor)
-    /// too, which keeps the sources sampled.)
+    /// be near, or `whatever_the_load`. Called at each look of the connection's timer,
+    /// the first when it starts. (The timer's look reads the
+    /// [`timeout_factor`](Self::timeout_factor) too, which keeps the sources sampled.)
     pub(crate) fn enrol(
         &self,
         standing: &mut Standing,
         activity: &Arc<Activity>,
         close: &GracefulClose,
+        whatever_the_load: bool,
     ) {
         let (Standing::Unregistered(peer), Some(registry)) = (&*standing, &self.shared.registry)
         else {
             return;
         };
-        if self.shared.enrols() {
+        if whatever_the_load || self.shared.enrols() {
             *standing = Standing::Registered(registry.register(activity, close, *peer));
         }
     }

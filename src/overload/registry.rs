@@ -5,11 +5,12 @@
 //! stream), so that a crowd that keeps such connections alive with a byte now and then
 //! cannot hold the cap for good.
 //!
-//! Kept only under load (see [`Overload::enrol`](super::Overload::enrol)): a connection
-//! joins one of eight shards, the one of the thread it runs on, so that threads seldom
-//! wait on each other's lock, and leaves it when it ends. An eviction looks at a bounded
-//! number of connections from a rotating start, so its cost does not grow with the
-//! cap, and every connection is seen in turn.
+//! Kept only under load, but for connections under a timeout layer without an idle
+//! timeout (see [`Overload::enrol`](super::Overload::enrol)): a connection joins one of
+//! eight shards, the one of the thread it runs on, so that threads seldom wait on each
+//! other's lock, and leaves it when it ends. An eviction looks at a bounded number of
+//! connections from a rotating start, so its cost does not grow with the cap, and every
+//! connection is seen in turn.
 
 use std::{
     net::IpAddr,

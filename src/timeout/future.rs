@@ -171,7 +171,7 @@ where
         // its first request is idle the moment its client reads the answer.
         #[cfg(feature = "overload")]
         if !*this.started {
-            enrol(this.activity, this.standing, this.close);
+            enrol(this.activity, this.standing, this.close, true);
         }
         // Whether an eviction's request to close came before this poll of the protocol,
         // which then had it to say goodbye; looked at only once the connection has joined
@@ -268,7 +268,7 @@ where
             };
             #[cfg(feature = "overload")]
             if !std::mem::take(&mut enrolled) {
-                enrol(this.activity, this.standing, this.close);
+                enrol(this.activity, this.standing, this.close, false);
             }
             // A timer that fires before the next deadline only costs a look then:
             // it is moved when it has fired or when the deadline comes sooner, not on
@@ -284,18 +284,31 @@ where
 }
 
 /// Offers the connection to its overload manager's evictions, if the manager has
-/// any: at its first poll, and again at each look of its timer, as the load changes.
+/// any: at its `first_poll`, and again at each look of its timer, as the load changes.
+///
+/// Only the idle timeout keeps a timer looking for as long as the connection lives.
+/// Without one the looks stop: at the first byte under a first-byte timeout alone,
+/// until the wind-down under a lifetime alone, between requests under a request
+/// timeout. A connection that started at a low load would then never be offered again
+/// once the load rose, and never evicted, idle or not, nor for its age. So it joins at
+/// its first poll, whatever the load: the registry's lock when it starts and when it
+/// ends, and only under an evicting manager and a timeout layer without an idle
+/// timeout. (A look every so often until it has joined would wake every such
+/// connection's task all the time, however low the load.) With an idle timeout, only
+/// the first poll asks whether there is one.
 #[cfg(feature = "overload")]
 fn enrol(
     activity: &Arc<Activity>,
     standing: &mut Option<crate::overload::Standing>,
     close: &Option<GracefulClose>,
+    first_poll: bool,
 ) {
     if let (Some(overload), Some(standing), Some(close)) = (
         activity.shared.scaler.overload(),
         standing.as_mut(),
         close.as_ref(),
     ) {
-        overload.enrol(standing, activity, close);
+        let whatever_the_load = first_poll && activity.deadlines().idle.is_none();
+        overload.enrol(standing, activity, close, whatever_the_load);
     }
 }
