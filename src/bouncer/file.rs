@@ -343,6 +343,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "admin")]
     fn an_admin_token_no_header_can_carry_is_named() {
         let error = refused("[admin]\naddr = \"127.0.0.1:9000\"\ntoken = \"two words\"\n");
         assert_eq!(error.key(), Some("admin.token"));
