@@ -504,3 +504,59 @@ async fn refusals_under_a_lifted_ban_do_not_count_toward_the_next() {
     }
     guarded.server.stop().await;
 }
+
+#[tokio::test]
+async fn a_listener_keeps_the_filter_of_the_login_that_attached_it_last() {
+    // A stack rebuilt on a reload: a new login attaches its filter to the listener the
+    // old one had, then the old one changes its bans and is dropped.
+    let listener = Arc::new(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let old = Login::builder().build().unwrap();
+    let old_kernel = old.bans().kernel_filter();
+    old_kernel.attach(&listener).unwrap();
+    let new = Login::builder().build().unwrap();
+    let new_kernel = new.bans().kernel_filter();
+    new_kernel.attach(&listener).unwrap();
+    new.bans().ban(ip("127.0.0.3"), BAN).unwrap();
+    assert!(new_kernel.move_to_kernel(ip("127.0.0.3")));
+    within(PATIENCE, async {
+        while new_kernel.stats().keys != 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let hello =
+        service_fn(
+            |conn: Conn<TcpStream>| async move { conn.into_io().write_all(b"hello\n").await },
+        );
+    let server = LoopbackServer::start_on(
+        listener,
+        new.ban_layer().layer(hello),
+        Duration::from_secs(1),
+    );
+    assert!(!connects_from(3, server.addr).await, "in the new filter");
+
+    // The old login's rebuild leaves the listener to the new one's filter.
+    old.bans().ban(ip("127.0.0.4"), BAN).unwrap();
+    assert!(old_kernel.move_to_kernel(ip("127.0.0.4")));
+    within(PATIENCE, async {
+        while old_kernel.stats().keys != 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(
+        !connects_from(3, server.addr).await,
+        "the old login's rebuild replaced the new one's filter"
+    );
+
+    // Its task, finding its bans gone within a second, leaves the new filter on.
+    drop(old_kernel);
+    drop(old);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(new_kernel.stats().keys, 1);
+    assert!(
+        !connects_from(3, server.addr).await,
+        "the old login's task took the new one's filter off the listener"
+    );
+    server.stop().await;
+}

@@ -9,7 +9,7 @@ use std::{
     fmt,
     net::IpAddr,
     num::NonZeroU32,
-    os::fd::AsFd,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
     sync::{
         Arc, Mutex, PoisonError, Weak,
         atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
@@ -190,7 +190,10 @@ impl KernelBans {
 
     /// Puts the filter on `listener` now and keeps it up to date, until the listener is
     /// dropped; if the bans go first (the [`Login`](super::Login) and every handle of
-    /// it dropped), the filter comes off the listener within a second. Call it for each
+    /// it dropped), the filter comes off the listener within a second. A socket carries
+    /// one filter: another login's attached to the same listener later (a stack rebuilt
+    /// on a reload, say) replaces this one's there for good, and this one neither
+    /// rebuilds it nor takes it off. Call it for each
     /// listener, each socket of a `SO_REUSEPORT` group included. Needs a tokio runtime,
     /// for the task that rebuilds the filter.
     ///
@@ -221,6 +224,7 @@ impl KernelBans {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         install(listener.as_fd(), &filter.program)?;
+        Owners::claim(listener.as_fd(), &self.state);
         let weak: Weak<dyn AsFd + Send + Sync> = Arc::downgrade(listener) as _;
         sockets.listeners.push(weak);
         if !sockets.maintained {
@@ -381,6 +385,10 @@ impl KernelState {
     fn take_off(&self) {
         let sockets = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
         for listener in sockets.listeners.iter().filter_map(Weak::upgrade) {
+            // Another login's filter, attached since, stays on.
+            if !Owners::release(listener.as_fd(), self) {
+                continue;
+            }
             if let Err(error) = install(listener.as_fd(), &[]) {
                 tracing::warn!(%error, "kernel ban filter could not be taken off a listener");
             }
@@ -485,6 +493,9 @@ impl KernelState {
             // Every listener gets it, whichever fail.
             let mut failed = None;
             for listener in listeners.iter().filter_map(Weak::upgrade) {
+                if !Owners::owns(listener.as_fd(), self) {
+                    continue;
+                }
                 if let Err(error) = install(listener.as_fd(), &built) {
                     failed = Some(error);
                 }
@@ -517,8 +528,46 @@ impl KernelState {
     }
 }
 
+/// Which filter each listener carries: a socket has one, and the login that attached
+/// it last has it. Another login's filter attached to the same listener since (a stack
+/// rebuilt on a reload, say) is neither replaced by this one's rebuilds nor taken off
+/// when this one's bans are dropped. Kept for the whole process, one entry a listener:
+/// a socket's descriptor and the address of the state whose filter it carries.
+struct Owners;
+
+static OWNERS: Mutex<Vec<(RawFd, usize)>> = Mutex::new(Vec::new());
+
+impl Owners {
+    fn key(state: &KernelState) -> usize {
+        std::ptr::from_ref(state).addr()
+    }
+
+    /// `state`'s filter is now on `socket`.
+    fn claim(socket: BorrowedFd<'_>, state: &KernelState) {
+        let fd = socket.as_raw_fd();
+        let mut owners = OWNERS.lock().unwrap_or_else(PoisonError::into_inner);
+        owners.retain(|(owned, _)| *owned != fd);
+        owners.push((fd, Self::key(state)));
+    }
+
+    /// Whether `socket` carries `state`'s filter.
+    fn owns(socket: BorrowedFd<'_>, state: &KernelState) -> bool {
+        let owners = OWNERS.lock().unwrap_or_else(PoisonError::into_inner);
+        owners.contains(&(socket.as_raw_fd(), Self::key(state)))
+    }
+
+    /// Gives `socket` up, if it carries `state`'s filter: whether it did.
+    fn release(socket: BorrowedFd<'_>, state: &KernelState) -> bool {
+        let entry = (socket.as_raw_fd(), Self::key(state));
+        let mut owners = OWNERS.lock().unwrap_or_else(PoisonError::into_inner);
+        let owned = owners.contains(&entry);
+        owners.retain(|owner| *owner != entry);
+        owned
+    }
+}
+
 /// Puts `program` on `socket`, or takes any filter off it if `program` is empty.
-fn install(socket: std::os::fd::BorrowedFd<'_>, program: &[Instruction]) -> std::io::Result<()> {
+fn install(socket: BorrowedFd<'_>, program: &[Instruction]) -> std::io::Result<()> {
     let socket = SockRef::from(&socket);
     if program.is_empty() {
         return match socket.detach_filter() {
