@@ -1317,6 +1317,33 @@ async fn evictions_take_a_full_cap_over_by_one_connection_for_every_sixteen_of_i
 /// With evictions, a newcomer over a lowered cap would instead take the place of an idle
 /// connection it evicts, and the live count would never come down to the new cap.
 #[tokio::test(start_paused = true)]
+async fn under_a_cap_lowered_by_one_newcomers_are_refused_not_swapped_in() {
+    let (overload, limit, service) = http_stack(17);
+    let mut idle = Vec::new();
+    for n in 1..=17 {
+        idle.push(keep_alive(&service, &format!("192.0.2.{n}:1")).await);
+    }
+    tokio::time::sleep(secs(600) / 8).await;
+    assert_eq!(overload.stats().registered, 17);
+
+    // A reload lowers the cap by one, less than the evictions it allows at once: one
+    // connection over it, every one idle.
+    limit.set_max(16).unwrap();
+    let mut newcomers = Vec::new();
+    for n in 1..=5 {
+        newcomers.push(open(&service, &format!("198.51.100.{n}:1")));
+        // Any eviction under way has ended by the next newcomer.
+        tokio::time::sleep(secs(2)).await;
+    }
+    let stats = limit.stats();
+    assert_eq!(
+        (overload.stats().evicted_idle, stats.refused, stats.live),
+        (0, 5, 17),
+        "newcomers over a cap lowered by one swapped in for idle connections"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn under_a_lowered_cap_newcomers_are_refused_until_enough_connections_end() {
     let (overload, limit, service) = http_stack(8);
     let mut idle = Vec::new();

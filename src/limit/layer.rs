@@ -316,11 +316,13 @@ impl Shared {
     ///
     /// None is asked in dry run, which enforces nothing: the newcomer is served as a
     /// refusal counted, and no real connection closes for it. Nor while the live count
-    /// is over the cap by more than those evictions (a reload has lowered the cap below
-    /// it): a newcomer would take the place of the connection it evicts, and the live
-    /// count would never come down to the new cap; it is refused, as
-    /// [`set_max`](super::ConnectionLimitLayer::set_max) says, until enough connections
-    /// have ended.
+    /// is over the cap by more than the evictions under way (a reload has lowered the
+    /// cap below it, by however little): a newcomer would take the place of the
+    /// connection it evicts, and the live count would never come down to the new cap;
+    /// it is refused, as [`set_max`](super::ConnectionLimitLayer::set_max) says, until
+    /// enough connections have ended. (An evicted connection leaves the evictions under
+    /// way a moment before its slot is back: a newcomer that looks in that moment is
+    /// refused.)
     #[cfg(feature = "overload")]
     pub(super) fn evict_idle(&self) -> bool {
         let Some(registry) = &self.evict else {
@@ -329,12 +331,11 @@ impl Shared {
         if self.refusal.is_dry_run() {
             return false;
         }
-        let max_evicting = self.max().div_ceil(CAP_SHARE_PER_EVICTION);
-        // The evictions under way take the pool down to `-max_evicting` at most.
-        if self.pool.0.load(Ordering::Relaxed) < -signed(max_evicting) {
+        // Each eviction under way explains one connection over the cap.
+        if self.pool.0.load(Ordering::Acquire) < -signed(registry.evicting()) {
             return false;
         }
-        registry.evict_one(max_evicting)
+        registry.evict_one(self.max().div_ceil(CAP_SHARE_PER_EVICTION))
     }
 
     /// Whether a full cap keeps the service from being ready: in backpressure mode,

@@ -47,10 +47,10 @@
 //!   evicted: new connections wait in the kernel's backlog, unseen, and the idle
 //!   timeout, shrunk at a full cap, makes room. Nor in
 //!   [dry run](crate::admission#dry-run), which serves the newcomer over the cap and
-//!   counts it, no real connection closing for it; nor while a reload has lowered the
-//!   cap below the live count by more than the evictions allowed: newcomers are refused
-//!   until enough connections have ended, instead of each taking the place of one it
-//!   evicts.
+//!   counts it, no real connection closing for it; nor while the live count is over
+//!   the cap by more than the evictions under way (a reload has lowered the cap below
+//!   it): newcomers are refused until enough connections have ended, instead of each
+//!   taking the place of one it evicts.
 //!
 //! # Which connections are idle
 //!

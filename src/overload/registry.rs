@@ -174,6 +174,11 @@ impl Registry {
         self.shards.iter().map(|shard| shard.lock().len()).sum()
     }
 
+    /// Evictions asked for whose connections have not yet left the registry.
+    pub(crate) fn evicting(&self) -> usize {
+        self.evicting.load(Ordering::Acquire)
+    }
+
     /// Asks an idle connection (or, none being idle, a long-lived one) to close
     /// gracefully, unless `max_evicting` are closing already or none may be evicted;
     /// whether one was asked.
