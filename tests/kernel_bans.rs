@@ -61,9 +61,7 @@ impl Guarded {
         let kernel = login.bans().kernel_filter();
         let listener = Arc::new(listener);
         kernel.attach(&listener).unwrap();
-        let hello = service_fn(|conn: Conn<TcpStream>| async move {
-            conn.into_io().write_all(b"hello\n").await
-        });
+        let hello = service_fn(say_hello);
         let server = LoopbackServer::start_on(
             listener,
             login.ban_layer().layer(hello),
@@ -88,13 +86,23 @@ impl Guarded {
     }
 
     async fn filter_holds(&self, keys: usize) {
-        within(PATIENCE, async {
-            while self.kernel.stats().keys != keys {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await;
+        filter_holds(&self.kernel, keys).await;
     }
+}
+
+/// Waits until `kernel`'s filter holds `keys` keys.
+async fn filter_holds(kernel: &KernelBans, keys: usize) {
+    within(PATIENCE, async {
+        while kernel.stats().keys != keys {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+/// The service behind the filter: says hello.
+async fn say_hello(conn: Conn<TcpStream>) -> std::io::Result<()> {
+    conn.into_io().write_all(b"hello\n").await
 }
 
 /// What the server says to a connection from `127.0.0.<last>`, up to its close.
@@ -232,12 +240,7 @@ async fn every_socket_of_a_reuseport_group_drops_the_filtered_peer() {
     kernel.attach(&second).unwrap();
     login.bans().ban(ip("127.0.0.2"), BAN).unwrap();
     assert!(kernel.move_to_kernel(ip("127.0.0.2")));
-    within(PATIENCE, async {
-        while kernel.stats().keys != 1 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    filter_holds(&kernel, 1).await;
     assert_eq!(kernel.stats().sockets, 2);
 
     // The kernel spreads connections over the group by their ports: 8 tries, at once,
@@ -326,12 +329,7 @@ async fn a_peer_named_by_a_balancer_never_goes_into_the_filter() {
     for _ in 0..3 {
         assert_eq!(reply_to(2, server.addr).await, "ERROR banned\n");
     }
-    within(PATIENCE, async {
-        while kernel.stats().keys != 1 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    filter_holds(&kernel, 1).await;
     assert_eq!(kernel.stats().rebuilds, 1, "not before");
     server.stop().await;
 }
@@ -451,18 +449,10 @@ async fn the_filter_comes_off_its_listener_when_its_bans_are_dropped() {
         kernel.attach(&listener).unwrap();
         login.bans().ban(ip("127.0.0.2"), BAN).unwrap();
         assert!(kernel.move_to_kernel(ip("127.0.0.2")));
-        within(PATIENCE, async {
-            while kernel.stats().keys != 1 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await;
+        filter_holds(&kernel, 1).await;
         // The application replaces its stack: the login and its bans are dropped.
     }
-    let hello =
-        service_fn(
-            |conn: Conn<TcpStream>| async move { conn.into_io().write_all(b"hello\n").await },
-        );
+    let hello = service_fn(say_hello);
     let server = LoopbackServer::start_on(listener, hello, Duration::from_secs(1));
     // No ban is left anywhere: 127.0.0.2 gets in once the task that kept the filter
     // notices, within a second (10 tries of 300 ms).
@@ -518,16 +508,8 @@ async fn a_listener_keeps_the_filter_of_the_login_that_attached_it_last() {
     new_kernel.attach(&listener).unwrap();
     new.bans().ban(ip("127.0.0.3"), BAN).unwrap();
     assert!(new_kernel.move_to_kernel(ip("127.0.0.3")));
-    within(PATIENCE, async {
-        while new_kernel.stats().keys != 1 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    let hello =
-        service_fn(
-            |conn: Conn<TcpStream>| async move { conn.into_io().write_all(b"hello\n").await },
-        );
+    filter_holds(&new_kernel, 1).await;
+    let hello = service_fn(say_hello);
     let server = LoopbackServer::start_on(
         listener,
         new.ban_layer().layer(hello),
@@ -538,12 +520,7 @@ async fn a_listener_keeps_the_filter_of_the_login_that_attached_it_last() {
     // The old login's rebuild leaves the listener to the new one's filter.
     old.bans().ban(ip("127.0.0.4"), BAN).unwrap();
     assert!(old_kernel.move_to_kernel(ip("127.0.0.4")));
-    within(PATIENCE, async {
-        while old_kernel.stats().keys != 1 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    filter_holds(&old_kernel, 1).await;
     assert!(
         !connects_from(3, server.addr).await,
         "the old login's rebuild replaced the new one's filter"

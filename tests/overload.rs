@@ -448,6 +448,22 @@ fn open<S: Serves>(service: &S, peer: &str) -> (JoinHandle<Result<(), BoxError>>
     (tokio::spawn(service.clone().oneshot(conn)), client)
 }
 
+/// `count` idle keep-alive connections from 192.0.2.x, registered for eviction by
+/// their timers' next look.
+async fn idle_and_registered<S: Serves>(
+    overload: &Overload,
+    service: &S,
+    count: u8,
+) -> Vec<(JoinHandle<Result<(), BoxError>>, Http1Client)> {
+    let mut idle = Vec::new();
+    for n in 1..=count {
+        idle.push(keep_alive(service, &format!("192.0.2.{n}:1")).await);
+    }
+    tokio::time::sleep(secs(600) / 8).await;
+    assert_eq!(overload.stats().registered, usize::from(count));
+    idle
+}
+
 /// An HTTP/1.1 client on a new connection from `peer` that has made one request.
 async fn keep_alive<S: Serves>(
     service: &S,
@@ -1319,12 +1335,7 @@ async fn evictions_take_a_full_cap_over_by_one_connection_for_every_sixteen_of_i
 #[tokio::test(start_paused = true)]
 async fn under_a_cap_lowered_by_one_newcomers_are_refused_not_swapped_in() {
     let (overload, limit, service) = http_stack(17);
-    let mut idle = Vec::new();
-    for n in 1..=17 {
-        idle.push(keep_alive(&service, &format!("192.0.2.{n}:1")).await);
-    }
-    tokio::time::sleep(secs(600) / 8).await;
-    assert_eq!(overload.stats().registered, 17);
+    let _idle = idle_and_registered(&overload, &service, 17).await;
 
     // A reload lowers the cap by one, less than the evictions it allows at once: one
     // connection over it, every one idle.
@@ -1346,13 +1357,7 @@ async fn under_a_cap_lowered_by_one_newcomers_are_refused_not_swapped_in() {
 #[tokio::test(start_paused = true)]
 async fn under_a_lowered_cap_newcomers_are_refused_until_enough_connections_end() {
     let (overload, limit, service) = http_stack(8);
-    let mut idle = Vec::new();
-    for n in 1..=8 {
-        idle.push(keep_alive(&service, &format!("192.0.2.{n}:1")).await);
-    }
-    // Registered by their timers' next look.
-    tokio::time::sleep(secs(600) / 8).await;
-    assert_eq!(overload.stats().registered, 8);
+    let mut idle = idle_and_registered(&overload, &service, 8).await;
 
     // A reload lowers the cap to 2: six connections over it, every one of them idle.
     limit.set_max(2).unwrap();

@@ -195,14 +195,18 @@ async fn refusal_task(
     (task::spawn(refusal), client)
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_silent_client_is_closed_at_the_write_timeout() {
-    let layer = ConnectionLimitLayer::builder(1)
+/// A cap of one that answers refusals over HTTP within 250 ms.
+fn refusing_within_250_ms() -> ConnectionLimitLayer {
+    ConnectionLimitLayer::builder(1)
         .refusal_http()
         .refusal_write_timeout(Duration::from_millis(250))
         .build()
-        .unwrap();
-    let mut service = after_one(layer).await;
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_client_is_closed_at_the_write_timeout() {
+    let mut service = after_one(refusing_within_250_ms()).await;
     let (mut refusal, mut client) = refusal_task(&mut service).await;
     assert_pending!(refusal.poll());
     tokio::time::advance(Duration::from_millis(249)).await;
@@ -427,12 +431,7 @@ async fn a_client_that_closes_before_its_request_is_closed_unanswered() {
 
 #[tokio::test(start_paused = true)]
 async fn an_http2_client_that_opens_no_window_is_cut_at_the_write_timeout_leaving_no_task() {
-    let layer = ConnectionLimitLayer::builder(1)
-        .refusal_http()
-        .refusal_write_timeout(Duration::from_millis(250))
-        .build()
-        .unwrap();
-    let mut service = after_one(layer).await;
+    let mut service = after_one(refusing_within_250_ms()).await;
     let tasks = tasks_alive().await;
     let (mut refusal, mut client) = refusal_task(&mut service).await;
     client.write_all(HTTP2_GET_WITH_NO_WINDOW).await.unwrap();
