@@ -309,6 +309,12 @@ impl Shared {
         }
     }
 
+    /// Whether this cap makes room by evicting idle connections.
+    #[cfg(feature = "overload")]
+    pub(crate) fn evicts(&self) -> bool {
+        self.evict.is_some()
+    }
+
     /// Asks an idle connection to close to make room, if an overload manager evicts and
     /// few connections are closing that way already; whether one was asked. The cap is
     /// exceeded by those still closing: at most one for every

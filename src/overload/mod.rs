@@ -96,7 +96,8 @@
 //! # What it costs
 //!
 //! Nothing on the admission path while the cap has room: the registry of evictable
-//! connections is kept only under load. A connection joins it (a short lock on one of
+//! connections is kept only under load, and under a cap that evicts (in backpressure
+//! mode, none joins it). A connection joins it (a short lock on one of
 //! eight shards, taken by thread) when it starts, or at its timer's next look, once the
 //! load reaches half the start threshold, and leaves it when it ends. Under a
 //! [`TimeoutLayer`] without an idle timeout, whose timer may never look again, a
@@ -320,9 +321,10 @@ impl Overload {
     }
 
     /// Whether connections under this manager may be evicted, and so need their
-    /// [`Standing`].
+    /// [`Standing`]: eviction is on and the cap it watches evicts (a cap in
+    /// backpressure mode does not, nor is there anything to evict for without a cap).
     pub(crate) fn evicts(&self) -> bool {
-        self.shared.registry.is_some()
+        self.shared.registry.is_some() && self.shared.cap.get().is_some_and(|cap| cap.evicts())
     }
 
     /// Registers a connection that is not, if the load is high enough for evictions to
