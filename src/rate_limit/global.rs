@@ -11,7 +11,8 @@
 //! stripes, at most [`MOST_BATCH`]. That is at most an eighth of the burst, and nothing
 //! for a burst under 16 per stripe (128 on up to 8 threads), where every connection
 //! takes its token from the bucket. Over time the rate is exact: every token spent was
-//! taken from the bucket.
+//! taken from the bucket, and a stripe whose hoard and the bucket are both empty spends
+//! a token another stripe hoards before it refuses, so that no hoard is left unspent.
 
 use std::{num::NonZeroU32, pin::Pin, sync::Arc, time::Duration};
 
@@ -88,7 +89,8 @@ impl GlobalRate {
         reloaded
     }
 
-    /// Takes one connection's token, or says how long until the bucket has one.
+    /// Takes one connection's token: from this stripe's hoard, the bucket, or, as a
+    /// last resort, another stripe's hoard; or says how long until the bucket has one.
     pub(super) fn check(&self) -> Result<(), Duration> {
         let stripe = local_stripe();
         if self.hoards.take(stripe) {
@@ -101,10 +103,14 @@ impl GlobalRate {
             self.hoards.put(stripe, batch.get() as usize - 1);
             return Ok(());
         }
-        bucket
-            .limiter
-            .check()
-            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+        bucket.limiter.check().or_else(|not_until| {
+            // Tokens another stripe hoards were taken from the bucket already: spent
+            // here rather than kept there by a stripe whose threads may admit no more.
+            if self.hoards.take_any() {
+                return Ok(());
+            }
+            Err(not_until.wait_time_from(self.clock.now()))
+        })
     }
 }
 
@@ -149,6 +155,54 @@ mod tests {
         // What the threads did not spend is still hoarded, and nothing else.
         assert_eq!(admitted + global.hoards.held(), 10_000);
         assert!(global.hoards.held() <= stripes() * (MOST_BATCH as usize - 1));
+    }
+
+    /// The cap takes a slot from another stripe's hoard before refusing; a rate whose
+    /// bucket is spent while another stripe hoards tokens must not refuse either, or a
+    /// stripe whose threads admit no more keeps its tokens for good and the rate is
+    /// below what it was set to.
+    #[test]
+    fn a_stripe_is_not_refused_while_another_stripe_hoards_tokens() {
+        const BURST: u32 = 2048;
+        // No refill while the test runs: every token is the burst's.
+        let quota = Quota::per_hour(NonZeroU32::new(1).unwrap())
+            .allow_burst(NonZeroU32::new(BURST).unwrap());
+        let global = GlobalRate::new(quota, TokioClock::new());
+        // One connection on one thread: its stripe takes a batch and hoards the rest.
+        let first = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    assert!(global.check().is_ok());
+                    local_stripe()
+                })
+                .join()
+                .unwrap()
+        });
+        let hoarded = global.hoards.held();
+        assert!(hoarded > 0);
+        // Connections on a thread of another stripe spend all they are given.
+        let admitted = (0..100)
+            .find_map(|_| {
+                std::thread::scope(|scope| {
+                    scope
+                        .spawn(|| {
+                            (local_stripe() != first).then(|| {
+                                (0..2 * BURST)
+                                    .take_while(|_| global.check().is_ok())
+                                    .count()
+                            })
+                        })
+                        .join()
+                        .unwrap()
+                })
+            })
+            .expect("a thread of another stripe");
+        assert_eq!(
+            admitted as u32 + 1,
+            BURST,
+            "refused with {} tokens of the burst hoarded by stripe {first}",
+            global.hoards.held()
+        );
     }
 
     #[test]
