@@ -449,3 +449,36 @@ fn threads_spending_one_peers_burst_at_once_admit_exactly_the_burst() {
     });
     assert_eq!(admitted.into_inner(), BURST as usize);
 }
+
+/// `untracked` counts connections "let through untracked": one that the global rate
+/// then refused was not let through; one served anyway in dry run was.
+#[tokio::test(start_paused = true)]
+async fn a_new_peer_over_a_full_table_refused_by_the_global_rate_is_not_counted_untracked() {
+    let layer = RateLimitLayer::builder()
+        .per_peer(Rate::per_second(10))
+        .global(Rate::per_second(1))
+        .max_tracked_peers(1)
+        .build()
+        .unwrap();
+    let mut service = limited(&layer);
+    connect(&mut service, "192.0.2.1:1").unwrap();
+    let refused = connect(&mut service, "192.0.2.2:1").unwrap_err();
+    assert!(matches!(
+        rejected(&refused).reason(),
+        Reason::GlobalRate { .. }
+    ));
+    let stats = layer.stats();
+    assert_eq!(
+        (stats.admitted, stats.untracked, stats.refused_global_rate),
+        (1, 0, 1),
+        "untracked must be a share of admitted: {stats}"
+    );
+    layer.set_dry_run(true);
+    connect(&mut service, "192.0.2.3:1").unwrap();
+    let stats = layer.stats();
+    assert_eq!(
+        (stats.admitted, stats.untracked, stats.dry_run_refusals),
+        (2, 1, 1),
+        "served in dry run, so let through untracked: {stats}"
+    );
+}

@@ -434,10 +434,11 @@ impl Shared {
             self.admitted.add();
             return Ok(());
         };
+        let mut untracked = false;
         let decision = clock::at(tokio::time::Instant::now(), || {
             if let (Some(per_peer), Some(limiter)) = (&self.per_peer, limiter) {
                 per_peer.start_janitor(self);
-                self.check_peer(per_peer, limiter.load(), peer)?;
+                untracked = self.check_peer(per_peer, limiter.load(), peer)?;
             }
             if !std::mem::take(global_reserved) {
                 self.check_global()
@@ -447,6 +448,9 @@ impl Shared {
         });
         if decision.is_ok() || self.refusal.is_dry_run() {
             self.admitted.add();
+            if untracked {
+                self.untracked.add();
+            }
         }
         decision
     }
@@ -467,12 +471,15 @@ impl Shared {
         }
     }
 
+    /// Takes one connection from the peer's rate; whether the peer was let through
+    /// untracked (the table was full), for [`admit`](Self::admit) to count once the
+    /// connection is admitted: the global rate may still refuse it.
     fn check_peer(
         &self,
         per_peer: &PerPeer,
         limiter: &KeyedLimiter,
         Classified { key, at }: Classified,
-    ) -> Result<(), Reason> {
+    ) -> Result<bool, Reason> {
         let checked = limiter
             .check_key(&at)
             .map_err(|not_until| Reason::PeerRate {
@@ -480,13 +487,10 @@ impl Shared {
                 retry_after: not_until.wait_time_from(self.clock.now()),
             });
         if !store::take_untracked() {
-            return checked;
+            return checked.map(|()| false);
         }
         match self.overflow {
-            Overflow::Admit => {
-                self.untracked.add();
-                checked
-            }
+            Overflow::Admit => checked.map(|()| true),
             Overflow::Refuse => Err(Reason::PeerTableFull {
                 capacity: per_peer.table.capacity(),
             }),
