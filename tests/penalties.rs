@@ -341,6 +341,46 @@ async fn global_refusals_are_not_the_peers_fault() {
     assert_eq!((stats.over_limit_refusals, stats.tracked_peers), (0, 0));
 }
 
+/// Global refusals are not the peer's fault, however many: a peer that the global rate
+/// turned away and that never had a connection served is not refused for its own rate
+/// afterwards, nor banned for it.
+#[tokio::test(start_paused = true)]
+async fn a_peer_only_ever_refused_by_the_global_rate_is_not_banned_for_its_own_rate() {
+    let login = login(Login::builder().max_offences(Offence::OverLimit, 1));
+    let rate = RateLimitLayer::builder()
+        .per_peer(Rate::per_minute(2))
+        .global(Rate::per_second(1))
+        .build()
+        .unwrap();
+    let service = ServiceBuilder::new()
+        .layer(login.ban_layer())
+        .layer(rate)
+        .service(service_fn(protocol));
+    // A crowd takes this second's global token.
+    let (_crowd, _crowd_client) = connect(&service, "198.51.100.1:1");
+    for _ in 0..2 {
+        let (refused, _client) = connect(&service, HONEST);
+        let error = ended(refused).await.unwrap_err();
+        assert!(matches!(
+            rejected(&error).reason(),
+            Reason::GlobalRate { .. }
+        ));
+    }
+    tokio::time::sleep(secs(1)).await;
+    let (connection, mut honest) = connect(&service, HONEST);
+    let answer = ask(&mut honest, "hello").await;
+    if answer.as_deref() != Some("hello") {
+        let error = ended(connection).await.unwrap_err();
+        panic!(
+            "{HONEST}, never served, refused: {}; over-limit offences {}, bans {}",
+            rejected(&error).reason(),
+            login.stats().over_limit_refusals,
+            login.stats().bans
+        );
+    }
+    assert_eq!(login.stats().bans, 0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_peer_over_its_connection_cap_counts_too() {
     let login = login(Login::builder().max_offences(Offence::OverLimit, 2));

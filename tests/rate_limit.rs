@@ -450,6 +450,66 @@ fn threads_spending_one_peers_burst_at_once_admit_exactly_the_burst() {
     assert_eq!(admitted.into_inner(), BURST as usize);
 }
 
+/// A connection the global rate refuses was never served: it must not spend its peer's
+/// own rate, as one the per-peer rate refuses spends no global rate. Otherwise a crowd
+/// that empties the global bucket also empties the bucket of every peer it crowds out,
+/// and those peers are then refused "for their own rate" (an offence) once the crowd
+/// has gone.
+#[tokio::test(start_paused = true)]
+async fn a_connection_refused_by_the_global_rate_spends_none_of_its_peers_rate() {
+    let layer = RateLimitLayer::builder()
+        .per_peer(Rate::per_minute(2))
+        .global(Rate::per_second(1))
+        .build()
+        .unwrap();
+    let mut service = limited(&layer);
+    // The crowd takes the global rate's one token of this second.
+    connect(&mut service, "198.51.100.1:1").unwrap();
+    for port in 1..=2 {
+        let refused = connect(&mut service, &format!("192.0.2.1:{port}")).unwrap_err();
+        assert!(matches!(
+            rejected(&refused).reason(),
+            Reason::GlobalRate { .. }
+        ));
+    }
+    // A second later the global rate has a token again, and 192.0.2.1 has had no
+    // connection served in the last minute: its rate allows it two.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    if let Err(refused) = connect(&mut service, "192.0.2.1:3") {
+        panic!(
+            "refused though never served: {}",
+            rejected(&refused).reason()
+        );
+    }
+}
+
+/// The converse: a connection refused for its peer's rate spends none of the global
+/// rate, so one noisy peer does not use up everyone's budget.
+#[tokio::test(start_paused = true)]
+async fn a_connection_refused_by_its_peers_rate_spends_none_of_the_global_rate() {
+    let layer = RateLimitLayer::builder()
+        .per_peer(Rate::per_minute(1))
+        .global(Rate::per_second(2))
+        .build()
+        .unwrap();
+    let mut service = limited(&layer);
+    connect(&mut service, "198.51.100.1:1").unwrap();
+    for port in 2..10 {
+        let refused = connect(&mut service, &format!("198.51.100.1:{port}")).unwrap_err();
+        assert!(matches!(
+            rejected(&refused).reason(),
+            Reason::PeerRate { .. }
+        ));
+    }
+    // The global rate's second connection of this second is still there.
+    connect(&mut service, "192.0.2.1:1").unwrap();
+    let refused = connect(&mut service, "192.0.2.2:1").unwrap_err();
+    assert!(matches!(
+        rejected(&refused).reason(),
+        Reason::GlobalRate { .. }
+    ));
+}
+
 /// `untracked` counts connections "let through untracked": one that the global rate
 /// then refused was not let through; one served anyway in dry run was.
 #[tokio::test(start_paused = true)]
@@ -481,4 +541,38 @@ async fn a_new_peer_over_a_full_table_refused_by_the_global_rate_is_not_counted_
         (2, 1, 1),
         "served in dry run, so let through untracked: {stats}"
     );
+}
+
+/// Connections the global rate refuses take no place in the per-peer table either: a
+/// spray of new addresses that the global rate turns away must not fill the table, or
+/// (with `Overflow::Refuse`) every new peer is then refused for a full table that holds
+/// only peers never served.
+#[tokio::test(start_paused = true)]
+async fn peers_the_global_rate_refused_take_no_place_in_a_full_table() {
+    let layer = RateLimitLayer::builder()
+        .per_peer(Rate::per_minute(1))
+        .global(Rate::per_second(1))
+        .max_tracked_peers(2)
+        .overflow(Overflow::Refuse)
+        .build()
+        .unwrap();
+    let mut service = limited(&layer);
+    connect(&mut service, "192.0.2.1:1").unwrap();
+    // The spray: each refused by the global rate.
+    for n in 100..110 {
+        let refused = connect(&mut service, &format!("198.51.100.{n}:1")).unwrap_err();
+        assert!(matches!(
+            rejected(&refused).reason(),
+            Reason::GlobalRate { .. } | Reason::PeerTableFull { .. }
+        ));
+    }
+    tokio::time::advance(Duration::from_secs(1)).await;
+    // One peer served so far, in a table of two: a new one has room.
+    if let Err(refused) = connect(&mut service, "192.0.2.2:1") {
+        panic!(
+            "refused: {}; {} peers tracked",
+            rejected(&refused).reason(),
+            layer.stats().tracked_peers
+        );
+    }
 }

@@ -240,6 +240,27 @@ impl<P: Default + Clone + Send + Sync + 'static> CellTable<P> {
         }
     }
 
+    /// Takes `at` out if its word is still `word` (as [`change`](Self::change) stored
+    /// it): undoes a change that stored `at` as a new key, unless another has changed it
+    /// since. Whether it took `at` out.
+    pub(crate) fn remove_if_still(&self, at: &Located, word: u64) -> bool {
+        let gate = self.index();
+        let index = &**gate;
+        let guard = index.guard();
+        let lookup = Lookup(at);
+        let Some(cell) = index.get(&lookup, &guard) else {
+            return false;
+        };
+        let marked_dead = cell
+            .word
+            .compare_exchange(below_dead(word), DEAD, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if marked_dead {
+            self.take_out(index, &lookup, &guard);
+        }
+        marked_dead
+    }
+
     /// [`change`](Self::change); and if a new key found the table full, once more after
     /// the keys `idle` says yes to have [made way](Self::make_way), when that is due.
     pub(crate) fn change_or_make_way<T, E>(
@@ -483,6 +504,17 @@ mod tests {
         assert_eq!(add(&table, 1, -2), (Some(5), Fit::Stored));
         assert_eq!(word(&table, 1), Some(3));
         assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn a_key_is_removed_only_while_its_word_is_the_one_given() {
+        let table = CellTable::<()>::new(10);
+        add(&table, 1, 5);
+        assert!(!table.remove_if_still(&at(1), 4));
+        assert!(!table.remove_if_still(&at(2), 5), "not tracked");
+        assert_eq!(table.len(), 1);
+        assert!(table.remove_if_still(&at(1), 5));
+        assert_eq!((word(&table, 1), table.len()), (None, 0));
     }
 
     #[test]

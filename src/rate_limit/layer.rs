@@ -1,4 +1,4 @@
-use std::{net::IpAddr, num::NonZeroU32, pin::Pin, sync::Arc, time::Duration};
+use std::{convert::Infallible, net::IpAddr, num::NonZeroU32, pin::Pin, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use governor::{Quota, RateLimiter, clock::Clock, middleware::NoOpMiddleware, nanos::Nanos};
@@ -8,7 +8,7 @@ use tower_layer::Layer;
 use super::{
     RateLimit, TokioClock, clock,
     global::GlobalRate,
-    store::{self, RateStore},
+    store::{self, RateStore, Written},
 };
 use crate::{
     ConfigError,
@@ -434,21 +434,30 @@ impl Shared {
             self.admitted.add();
             return Ok(());
         };
-        let mut untracked = false;
+        let mut written = Written::Nothing;
         let decision = clock::at(tokio::time::Instant::now(), || {
             if let (Some(per_peer), Some(limiter)) = (&self.per_peer, limiter) {
                 per_peer.start_janitor(self);
-                untracked = self.check_peer(per_peer, limiter.load(), peer)?;
+                written = self.check_peer(per_peer, limiter.load(), peer)?;
             }
             if !std::mem::take(global_reserved) {
-                self.check_global()
-                    .map_err(|retry_after| Reason::GlobalRate { retry_after })?;
+                self.check_global().map_err(|retry_after| {
+                    // Not the peer's doing: its rate is left as it was, unless the
+                    // connection is served anyway.
+                    if let (Some(per_peer), Written::Stored { before, after }) =
+                        (&self.per_peer, written)
+                        && !self.refusal.is_dry_run()
+                    {
+                        per_peer.give_back(&peer.at, before, after, self.clock.now());
+                    }
+                    Reason::GlobalRate { retry_after }
+                })?;
             }
             Ok(())
         });
         if decision.is_ok() || self.refusal.is_dry_run() {
             self.admitted.add();
-            if untracked {
+            if written == Written::Untracked {
                 self.untracked.add();
             }
         }
@@ -471,30 +480,28 @@ impl Shared {
         }
     }
 
-    /// Takes one connection from the peer's rate; whether the peer was let through
-    /// untracked (the table was full), for [`admit`](Self::admit) to count once the
-    /// connection is admitted: the global rate may still refuse it.
+    /// Takes one connection from the peer's rate; what that wrote to the table, for
+    /// [`admit`](Self::admit) to count an untracked peer once the connection is
+    /// admitted, or to undo if the global rate refuses it.
     fn check_peer(
         &self,
         per_peer: &PerPeer,
         limiter: &KeyedLimiter,
         Classified { key, at }: Classified,
-    ) -> Result<bool, Reason> {
+    ) -> Result<Written, Reason> {
         let checked = limiter
             .check_key(&at)
             .map_err(|not_until| Reason::PeerRate {
                 key,
                 retry_after: not_until.wait_time_from(self.clock.now()),
             });
-        if !store::take_untracked() {
-            return checked.map(|()| false);
-        }
-        match self.overflow {
-            Overflow::Admit => checked.map(|()| true),
-            Overflow::Refuse => Err(Reason::PeerTableFull {
+        let written = store::take_written();
+        if written == Written::Untracked && self.overflow == Overflow::Refuse {
+            return Err(Reason::PeerTableFull {
                 capacity: per_peer.table.capacity(),
-            }),
+            });
         }
+        checked.map(|()| written)
     }
 
     /// Takes one connection from the global rate, or says how long until it allows one.
@@ -523,6 +530,21 @@ impl Shared {
 }
 
 impl PerPeer {
+    /// Gives back the connection a check took from `at`'s rate, which had stored
+    /// `after` over `before`: the bucket is as it was, and a peer the check added is
+    /// taken out of the table again. If another connection of the peer changed the word
+    /// since, what this one spent is taken off it.
+    fn give_back(&self, at: &Located, before: Option<u64>, after: u64, now: Nanos) {
+        if before.is_none() && self.table.remove_if_still(at, after) {
+            return;
+        }
+        // The check stored the later of `before` and now, plus what the connection spent.
+        let spent = after.saturating_sub(before.unwrap_or(0).max(now.as_u64()));
+        let _ = self.table.change(at, |word| {
+            Ok::<_, Infallible>(((), word.map(|word| word.saturating_sub(spent))))
+        });
+    }
+
     /// Makes sure a task forgets refilled peers. It holds the state weakly and ends
     /// after the last clone of the layer is dropped.
     fn start_janitor(&self, shared: &Arc<Shared>) {

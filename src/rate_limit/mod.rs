@@ -15,10 +15,15 @@
 //! under 128 on up to 8 threads); over time the rate is exact. BENCHMARKS.md has the
 //! figures.
 //!
-//! Exempt peers skip both rates. With global backpressure the accept loop still waits
-//! for the global rate before every accept, since it cannot know the next peer before
-//! accepting it; but only a connection that the global rate admits spends it, so neither
-//! exempt peers nor a peer refused for its own rate use up everyone's budget.
+//! Exempt peers skip both rates. A connection refused for its peer's rate spends none
+//! of the global rate, and one the global rate refuses spends none of its peer's: the
+//! peer's bucket is left as it was, and a peer seen first then takes no place in the
+//! table, so that a crowd that empties the global rate neither uses up the rates of the
+//! peers it crowds out nor fills the table with peers never served. With global
+//! backpressure the accept loop still waits for the global rate before every accept,
+//! since it cannot know the next peer before accepting it; but only a connection that
+//! the global rate admits spends it, so neither exempt peers nor a peer refused for its
+//! own rate use up everyone's budget.
 //!
 //! The per-peer state is a bounded table like the [per-peer limit](crate::peer_limit)'s,
 //! and a peer whose bucket has refilled is forgotten by a sweep the layer runs on its

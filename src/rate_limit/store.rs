@@ -11,16 +11,28 @@ use crate::peer::{
 };
 
 thread_local! {
-    /// Whether the last peer this thread asked about found no room in the table, and
-    /// was decided on as a new peer but not stored.
-    static UNTRACKED: Cell<bool> = const { Cell::new(false) };
+    /// What this thread's last check did to its peer's word.
+    static WRITTEN: Cell<Written> = const { Cell::new(Written::Nothing) };
 }
 
-/// Whether the peer of this thread's last check found no room in the table (and so was
-/// not tracked); cleared for the next check. Told this way, not by a look at the table
-/// before the check, so that a check looks the peer up once.
-pub(super) fn take_untracked() -> bool {
-    UNTRACKED.replace(false)
+/// What a check did to its peer's word in the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Written {
+    /// Nothing: no check, or one that refused the connection.
+    Nothing,
+    /// The peer found no room in the table: it was decided on as a new peer but not
+    /// stored.
+    Untracked,
+    /// The word `after` was stored over `before`, or as a new key if `before` is `None`:
+    /// what a connection refused afterwards gives back.
+    Stored { before: Option<u64>, after: u64 },
+}
+
+/// What this thread's last check did to the table; cleared for the next check. Told
+/// this way, not by a look at the table before or after the check, so that a check
+/// looks the peer up once.
+pub(super) fn take_written() -> Written {
+    WRITTEN.replace(Written::Nothing)
 }
 
 /// governor's keyed state in a bounded peer table: each peer's theoretical arrival time.
@@ -39,15 +51,19 @@ impl StateStore for RateStore {
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        let changed = self.table.change(at, |arrival| {
-            let arrival = arrival.map(|arrival| Nanos::from(arrival.saturating_sub(self.start)));
+        let mut written = Written::Nothing;
+        let changed = self.table.change(at, |before| {
+            let arrival = before.map(|arrival| Nanos::from(arrival.saturating_sub(self.start)));
             let (outcome, next) = decide(arrival)?;
-            Ok((outcome, Some(next.as_u64().saturating_add(self.start))))
+            let after = next.as_u64().saturating_add(self.start);
+            written = Written::Stored { before, after };
+            Ok((outcome, Some(after)))
         })?;
-        if changed.fit == Fit::NoRoom {
+        WRITTEN.set(match changed.fit {
             // Full: the layer applies its overflow policy to this peer.
-            UNTRACKED.set(true);
-        }
+            Fit::NoRoom => Written::Untracked,
+            Fit::Stored => written,
+        });
         Ok(changed.outcome)
     }
 }
