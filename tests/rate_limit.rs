@@ -348,13 +348,17 @@ async fn a_reload_changes_the_rates_and_keeps_what_each_peer_used() {
     layer.set_per_peer(Rate::per_second(2)).unwrap();
     connect(&mut service, "192.0.2.1:2").unwrap();
     assert!(connect(&mut service, "192.0.2.1:3").is_err());
-    // A higher rate: the peer's use so far (its whole burst at 2 a second) is not
-    // forgotten, so no fresh burst of 5; it refills at the new rate, one every 200 ms.
+    // A higher rate: the peer's use so far (2 connections) is not forgotten, so no
+    // fresh burst of 5 but the 3 left of it; it refills at the new rate, one every
+    // 200 ms.
     layer.set_per_peer(Rate::per_second(5)).unwrap();
-    assert!(connect(&mut service, "192.0.2.1:4").is_err());
+    for port in 4..=6 {
+        connect(&mut service, &format!("192.0.2.1:{port}")).unwrap();
+    }
+    assert!(connect(&mut service, "192.0.2.1:7").is_err());
     tokio::time::advance(Duration::from_millis(200)).await;
-    connect(&mut service, "192.0.2.1:5").unwrap();
-    assert!(connect(&mut service, "192.0.2.1:6").is_err());
+    connect(&mut service, "192.0.2.1:8").unwrap();
+    assert!(connect(&mut service, "192.0.2.1:9").is_err());
     // The global rate, lowered: a fresh bucket of 1.
     layer.set_global(Rate::per_second(1)).unwrap();
     connect(&mut service, "192.0.2.2:1").unwrap();
@@ -508,6 +512,58 @@ async fn a_connection_refused_by_its_peers_rate_spends_none_of_the_global_rate()
         rejected(&refused).reason(),
         Reason::GlobalRate { .. }
     ));
+}
+
+/// A rate made looser by a reload: a peer that spent its burst under the old rate
+/// refills at the new rate (as `a_reload_changes_the_rates_and_keeps_what_each_peer_used`
+/// says, "one every 200 ms" there), not at the old one.
+#[tokio::test(start_paused = true)]
+async fn a_looser_rate_reloaded_refills_a_spent_burst_at_the_new_rate_not_the_old() {
+    let layer = RateLimitLayer::builder()
+        .per_peer(Rate::per_minute(6))
+        .build()
+        .unwrap();
+    let mut service = limited(&layer);
+    for port in 1..=6 {
+        connect(&mut service, &format!("192.0.2.1:{port}")).unwrap();
+    }
+    assert!(connect(&mut service, "192.0.2.1:7").is_err());
+    // The operator finds 6 a minute too strict: 6 a second, the same burst.
+    layer.set_per_peer(Rate::per_second(6)).unwrap();
+    // Under the new rate the whole burst refills within a second.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    if let Err(refused) = connect(&mut service, "192.0.2.1:8") {
+        panic!(
+            "still refused under the looser rate: {}",
+            rejected(&refused).reason()
+        );
+    }
+}
+
+/// The other way: a rate made tighter with its large burst kept. A peer that just spent
+/// the old burst has used 100 connections, which take 100 s to refill at the new rate,
+/// not a second's worth of the new burst's tolerance.
+#[tokio::test(start_paused = true)]
+async fn a_tighter_rate_reloaded_with_its_burst_kept_hands_out_no_extra_connections() {
+    let layer = RateLimitLayer::builder()
+        .per_peer(Rate::per_second(100))
+        .build()
+        .unwrap();
+    let mut service = limited(&layer);
+    for port in 1..=100 {
+        connect(&mut service, &format!("192.0.2.1:{port}")).unwrap();
+    }
+    layer.set_per_peer(Rate::per_second(1).burst(100)).unwrap();
+    let refused = connect(&mut service, "192.0.2.1:101")
+        .expect_err("the old burst is spent: nothing left at once under the new rate");
+    assert!(matches!(
+        rejected(&refused).reason(),
+        Reason::PeerRate { retry_after, .. } if *retry_after == Duration::from_secs(1)
+    ));
+    // One a second from now on.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    connect(&mut service, "192.0.2.1:102").unwrap();
+    assert!(connect(&mut service, "192.0.2.1:103").is_err());
 }
 
 /// `untracked` counts connections "let through untracked": one that the global rate

@@ -360,6 +360,23 @@ impl<P: Default + Clone + Send + Sync + 'static> CellTable<P> {
         self.shrink_if_sparse();
     }
 
+    /// Changes every word as `rewrite` says, stored as at most `u64::MAX - 1`: for a
+    /// change of what the words mean (the rate they are measured against). A change to
+    /// a key while the walk looks at it is made before the rewrite or on the rewritten
+    /// word, never lost.
+    pub(crate) fn rewrite(&self, rewrite: impl Fn(u64) -> u64) {
+        let gate = self.index();
+        let index = &**gate;
+        let guard = index.guard();
+        for (_, cell) in index.iter(&guard) {
+            let _ = cell
+                .word
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+                    (word != DEAD).then(|| below_dead(rewrite(word)))
+                });
+        }
+    }
+
     fn shrink_if_sparse(&self) {
         let peak = self.count.peak.load(Ordering::Relaxed);
         if peak < LEAST_PEAK_TO_SHRINK || self.len() > peak / 8 {
@@ -515,6 +532,17 @@ mod tests {
         assert_eq!(table.len(), 1);
         assert!(table.remove_if_still(&at(1), 5));
         assert_eq!((word(&table, 1), table.len()), (None, 0));
+    }
+
+    #[test]
+    fn a_rewrite_changes_every_word_and_no_key() {
+        let table = CellTable::<()>::new(10);
+        add(&table, 1, 5);
+        add(&table, 2, 7);
+        table.rewrite(|word| word * 10);
+        assert_eq!((word(&table, 1), word(&table, 2)), (Some(50), Some(70)));
+        table.rewrite(|_| DEAD);
+        assert_eq!((word(&table, 1), table.len()), (Some(DEAD - 1), 2));
     }
 
     #[test]

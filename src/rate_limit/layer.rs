@@ -1,4 +1,11 @@
-use std::{convert::Infallible, net::IpAddr, num::NonZeroU32, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    net::IpAddr,
+    num::NonZeroU32,
+    pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use arc_swap::ArcSwap;
 use governor::{Quota, RateLimiter, clock::Clock, middleware::NoOpMiddleware, nanos::Nanos};
@@ -222,7 +229,11 @@ impl RateLimitLayer {
     crate::admission::dry_run_switch!();
 
     /// Changes the per-peer rate of this layer and its clones, for a reload without a
-    /// restart. What each peer has used is kept, measured against the new rate.
+    /// restart. What each peer has used is kept, measured against the new rate: a peer
+    /// that has 6 connections of its burst still to refill refills them at the new
+    /// rate, whether the old one was faster or slower. A new rate walks the peer table
+    /// once, here, not on the connection path; a connection checked meanwhile may be
+    /// counted at the old rate.
     ///
     /// ```
     /// use tower_bouncer::rate_limit::{Rate, RateLimitLayer};
@@ -243,12 +254,7 @@ impl RateLimitLayer {
             .ok_or(ConfigError::Inconsistent {
                 reason: "the layer was built without a per-peer rate",
             })?;
-        let quota = rate.into().quota("per_peer")?;
-        per_peer.limiter.store(Arc::new(keyed_limiter(
-            quota,
-            &per_peer.table,
-            self.shared.clock,
-        )));
+        per_peer.reload(rate.into().quota("per_peer")?, self.shared.clock);
         Ok(())
     }
 
@@ -320,6 +326,7 @@ impl RateLimitBuilder {
                 let table = Arc::new(CellTable::new(self.max_tracked_peers));
                 Some(PerPeer {
                     limiter: Arc::new(ArcSwap::from_pointee(keyed_limiter(quota, &table, clock))),
+                    in_force: Mutex::new(quota),
                     table,
                     sweep_every: sweep_interval(quota),
                     janitor: Janitor::default(),
@@ -392,6 +399,9 @@ fn keyed_limiter(quota: Quota, table: &Arc<CellTable>, clock: TokioClock) -> Key
 struct PerPeer {
     /// Replaced by a reload, over the same table.
     limiter: Arc<ArcSwap<KeyedLimiter>>,
+    /// The limiter's quota, held by a reload while it rescales the table, so that two
+    /// reloads rescale it in turn.
+    in_force: Mutex<Quota>,
     /// The limiter's table, also held here to ask it about capacity.
     table: Arc<CellTable>,
     sweep_every: Duration,
@@ -530,6 +540,28 @@ impl Shared {
 }
 
 impl PerPeer {
+    /// Puts `quota` in force. A peer's word is the time its bucket is full again: how
+    /// far that is ahead of now is what the peer used, counted in the old rate's
+    /// intervals, so it is rescaled to the new rate's.
+    fn reload(&self, quota: Quota, clock: TokioClock) {
+        let mut in_force = self.in_force.lock().unwrap_or_else(PoisonError::into_inner);
+        self.limiter
+            .store(Arc::new(keyed_limiter(quota, &self.table, clock)));
+        let old = in_force.replenish_interval().as_nanos();
+        let new = quota.replenish_interval().as_nanos();
+        if old != new {
+            let now = clock.now().as_u64();
+            self.table.rewrite(|full_at| {
+                if full_at <= now {
+                    return full_at;
+                }
+                let to_refill = u128::from(full_at - now) * new / old;
+                now.saturating_add(u64::try_from(to_refill).unwrap_or(u64::MAX))
+            });
+        }
+        *in_force = quota;
+    }
+
     /// Gives back the connection a check took from `at`'s rate, which had stored
     /// `after` over `before`: the bucket is as it was, and a peer the check added is
     /// taken out of the table again. If another connection of the peer changed the word
