@@ -260,6 +260,25 @@ fn a_setting_that_cannot_work_is_refused_by_its_key() {
     }
 }
 
+/// The configuration is logged at each start and reload: its secrets, the admin token
+/// and the password in the fleet's Redis URL, must not be.
+#[test]
+fn the_logged_configuration_hides_the_admin_token_and_the_redis_password() {
+    let mut config = BouncerConfig::default();
+    config.admin.token = Some("an-operator-token-of-some-length".into());
+    config.fleet.redis = Some("redis://fleet:a-redis-password@10.0.0.9:6379/2".into());
+    let logged = format!("{config:?}");
+    assert!(!logged.contains("an-operator-token"), "{logged}");
+    assert!(!logged.contains("a-redis-password"), "{logged}");
+    assert!(
+        logged.contains(r#""redis://fleet:<hidden>@10.0.0.9:6379/2""#),
+        "the Redis is still named: {logged}"
+    );
+    config.fleet.redis = Some("redis+unix:///run/redis.sock?pass=a-redis-password".into());
+    let logged = format!("{config:?}");
+    assert!(!logged.contains("a-redis-password"), "{logged}");
+}
+
 /// There is no switch to turn the global rate off: the most a `u32` holds is what an
 /// operator writes for none. It builds, and reloads, as the file accepts it.
 #[tokio::test]

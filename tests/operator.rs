@@ -261,3 +261,39 @@ async fn in_dry_run_a_refusal_is_counted_and_the_connection_served() {
     drop((first, second));
     server.stop().await;
 }
+
+/// The admin token is a secret: the server's logs, which go to files and log
+/// collectors that many more people read than hold the token, must not carry it.
+#[tokio::test]
+async fn the_admin_token_is_not_written_to_the_logs() {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(example_path("login_server"))
+        .args(["--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .args(["--admin-token", TOKEN])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Both lines on stdout: the server is up, its start logged.
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    for _ in 0..2 {
+        let mut line = String::new();
+        within(PATIENCE, stdout.read_line(&mut line)).await.unwrap();
+    }
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap());
+    let mut logged = String::new();
+    while !logged.contains("protections on") {
+        let mut line = String::new();
+        if within(PATIENCE, stderr.read_line(&mut line)).await.unwrap() == 0 {
+            break;
+        }
+        logged.push_str(&line);
+    }
+    child.kill().await.ok();
+    assert!(logged.contains("protections on"), "{logged}");
+    assert!(
+        !logged.contains(TOKEN),
+        "the admin token is in the logs:\n{logged}"
+    );
+}

@@ -2,7 +2,9 @@
 //! Prometheus metrics as an axum [`Router`], with an HTML dashboard, behind a bearer
 //! token.
 //!
-//! Mount it on a private listener, never on the public one: it lifts bans. Its routes:
+//! Mount it on a private listener, never on the public one: it lifts bans. It speaks
+//! plain HTTP, so its token should only cross a network you trust (loopback, a private
+//! network, an SSH tunnel). Its routes:
 //!
 //! | route | what |
 //! | --- | --- |

@@ -318,8 +318,9 @@ impl Default for Tls {
     }
 }
 
-/// `[fleet]`.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// `[fleet]`. Its `Debug` hides the password in the Redis URL: the configuration is
+/// logged at each start and reload.
+#[derive(Clone, PartialEq, Default)]
 #[cfg_attr(
     feature = "config",
     derive(Deserialize),
@@ -335,8 +336,9 @@ pub struct Fleet {
     pub prefix: Option<String>,
 }
 
-/// `[admin]`.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// `[admin]`. Its `Debug` hides the token, as the admin page's own `Admin` does:
+/// the configuration is logged at each start and reload.
+#[derive(Clone, PartialEq, Default)]
 #[cfg_attr(
     feature = "config",
     derive(Deserialize),
@@ -345,11 +347,52 @@ pub struct Fleet {
 #[non_exhaustive]
 pub struct Admin {
     /// `addr`: the private address of the admin page (`"127.0.0.1:9000"`). None by
-    /// default: no admin page.
+    /// default: no admin page. The page speaks plain HTTP, so its token should only
+    /// cross a network you trust.
     pub addr: Option<SocketAddr>,
     /// `token`: the bearer token every request to the page's data needs; required on
     /// any address but loopback.
     pub token: Option<String>,
+}
+
+impl fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fleet")
+            .field("redis", &self.redis.as_deref().map(without_password))
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl fmt::Debug for Admin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admin")
+            .field("addr", &self.addr)
+            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .finish()
+    }
+}
+
+/// A URL to show: the password of `scheme://user:password@host/...` and the query
+/// (`?password=...` for some clients) hidden; all of it hidden if it is not a URL.
+fn without_password(url: &str) -> String {
+    const HIDDEN: &str = "<hidden>";
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return HIDDEN.to_owned();
+    };
+    let (rest, query) = match rest.find(['?', '#']) {
+        Some(at) => (&rest[..at], "?<hidden>"),
+        None => (rest, ""),
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:{HIDDEN}@{host}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    format!("{scheme}://{authority}{path}{query}")
 }
 
 /// A setting that cannot work, named by its key in the configuration file.
