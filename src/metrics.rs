@@ -16,7 +16,7 @@
 //! | --- | --- | --- | --- | --- |
 //! | `bouncer.active_connections` | gauge | connections | `listener` | Connections being served by the accept loop ([`Server`](crate::serve::Server)). |
 //! | `bouncer.connection.duration` | histogram | seconds | `listener` | How long each connection served by the accept loop lasted. |
-//! | `bouncer.accept.paused` | gauge | — | `listener` | 1 while the accept loop waits for a full service (backpressure): new connections queue in the kernel's backlog. |
+//! | `bouncer.accept.paused` | gauge | — | `listener` | 1 while the accept loop waits for a full service (backpressure): new connections queue in the kernel's backlog. Back to 0 when the loop ends, however it ends (its future dropped too). |
 //! | `bouncer.accept.pause.duration` | histogram | seconds | `listener` | How long each such pause lasted. |
 //! | `bouncer.rejected_connections` | counter | connections | `layer`, `reason`, `outcome` | Connections an admission layer refused (`outcome="rejected"`), or would have refused in dry run (`outcome="rejected_dry_run"`). |
 //! | `bouncer.timeouts` | counter | connections | `kind` | Connections closed by a [`TimeoutLayer`](crate::timeout::TimeoutLayer) deadline: `first_byte`, `idle`, `request`, `lifetime` (cut after the grace). |

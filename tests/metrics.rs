@@ -691,3 +691,36 @@ mod fleet {
         panic!("{what}: not within 10 minutes");
     }
 }
+
+/// An accept loop dropped while backpressure pauses it (its task aborted, or
+/// `Bouncer::serve_until` dropped in a `select!`) waits for nothing any more: the
+/// paused gauge must not stay at 1, where an alert on it fires for good.
+#[tokio::test]
+async fn an_accept_loop_dropped_while_paused_is_no_longer_counted_as_paused() {
+    let metrics = Recorded::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serving = metrics.build(|| {
+        let cap = ConnectionLimitLayer::builder(1)
+            .backpressure()
+            .build()
+            .unwrap();
+        Server::new(listener).serve(cap.layer(service_fn(hello)))
+    });
+    let task = tokio::spawn(serving);
+    let default = [("listener", "default")];
+    let mut first = connect_from(1, addr).await;
+    greeted(&mut first).await;
+    eventually("the loop pauses", || {
+        metrics.gauge(ACCEPT_PAUSED, &default) == 1.0
+    })
+    .await;
+    task.abort();
+    assert!(within(PATIENCE, task).await.unwrap_err().is_cancelled());
+    assert_eq!(
+        metrics.gauge(ACCEPT_PAUSED, &default),
+        0.0,
+        "the accept loop is gone, and still counted as paused"
+    );
+    drop(first);
+}

@@ -258,7 +258,7 @@ impl<L: Listener, F> Server<L, F> {
             .filter(|addr| !addr.ip().is_unspecified());
         let error_log = LogThrottle::new(ACCEPT_ERROR_LOG_INTERVAL);
 
-        let mut paused = Pause::default();
+        let mut paused = Pause::new(&metrics);
         let outcome = loop {
             // Ready before accept: a full service leaves connections in the backlog.
             // Readiness first: the shutdown future is looked at only while the service
@@ -269,12 +269,12 @@ impl<L: Listener, F> Server<L, F> {
                 biased;
                 ready = poll_fn(|cx| {
                     let ready = service.poll_ready(cx).map_err(Into::into);
-                    paused.polled(ready.is_pending(), &metrics);
+                    paused.polled(ready.is_pending());
                     ready
                 }) => ready,
                 () = &mut shutdown => break Ok(()),
             };
-            paused.end(&metrics);
+            paused.end();
             if let Err(error) = ready {
                 tracing::error!(%error, "connection service failed; shutting down");
                 break Err(io::Error::other(error));
@@ -350,7 +350,7 @@ impl<L: Listener, F> Server<L, F> {
             }
         };
 
-        paused.end(&metrics);
+        paused.end();
         // Closing the listener makes the kernel refuse new connections instead of
         // queueing them for a server that will never accept them.
         drop(listener);
@@ -399,25 +399,42 @@ impl ServeMetrics {
     }
 }
 
-/// Since when the accept loop waits for its service to be ready, if it does.
-#[derive(Default)]
-struct Pause(Option<tokio::time::Instant>);
+/// Since when the accept loop waits for its service to be ready, if it does. The wait
+/// ends when the loop drops it too (its task aborted, its future dropped in a
+/// `select!`): no loop waits any more.
+struct Pause<'a> {
+    since: Option<tokio::time::Instant>,
+    metrics: &'a ServeMetrics,
+}
 
-impl Pause {
+impl<'a> Pause<'a> {
+    fn new(metrics: &'a ServeMetrics) -> Self {
+        Self {
+            since: None,
+            metrics,
+        }
+    }
+
     /// The service was polled, and was `pending` or ready.
-    fn polled(&mut self, pending: bool, metrics: &ServeMetrics) {
-        if pending && self.0.is_none() {
-            self.0 = Some(tokio::time::Instant::now());
-            metrics.paused.set(1.0);
+    fn polled(&mut self, pending: bool) {
+        if pending && self.since.is_none() {
+            self.since = Some(tokio::time::Instant::now());
+            self.metrics.paused.set(1.0);
         }
     }
 
     /// The wait is over, if there was one.
-    fn end(&mut self, metrics: &ServeMetrics) {
-        if let Some(since) = self.0.take() {
-            metrics.paused.set(0.0);
-            metrics.pause.record(since.elapsed());
+    fn end(&mut self) {
+        if let Some(since) = self.since.take() {
+            self.metrics.paused.set(0.0);
+            self.metrics.pause.record(since.elapsed());
         }
+    }
+}
+
+impl Drop for Pause<'_> {
+    fn drop(&mut self) {
+        self.end();
     }
 }
 
