@@ -810,3 +810,108 @@ async fn one_peer_cannot_hold_every_connection_of_the_page() {
     assert!(closed >= 64 - 16, "only {closed} of the 64 closed");
     running.abort();
 }
+
+/// Whether the ban check of `login` lets `peer` in.
+async fn let_in(login: &Login, peer: &str) -> bool {
+    login
+        .ban_layer()
+        .layer(service_fn(|_: Conn<DuplexStream>| async {
+            Ok::<_, BoxError>(())
+        }))
+        .oneshot(conn_from(peer))
+        .await
+        .is_ok()
+}
+
+fn exempting(network: &str) -> Login {
+    let keying = tower_bouncer::peer::PeerKeying::default().exempt([network.parse().unwrap()]);
+    Login::builder().keying(keying).build().unwrap()
+}
+
+/// An exempt peer skips the ban check, so a ban the page makes on it refuses nothing:
+/// the page must not answer `201 Created` and then list, count and show as "banned now"
+/// a ban that lets its target in (the operator, seeing it, stops looking).
+#[tokio::test(start_paused = true)]
+async fn a_ban_on_an_exempt_peer_is_not_reported_as_made() {
+    let login = exempting("10.0.0.0/8");
+    let router = admin(&login);
+    let (status, answer) = call(
+        &router,
+        request(
+            Method::POST,
+            "/bans",
+            r#"{"target": "10.1.2.3", "seconds": 600, "reason": "intruder"}"#,
+        ),
+    )
+    .await;
+    // The ban check lets the peer in, as exempt peers are.
+    assert!(
+        let_in(&login, "10.1.2.3:1234").await,
+        "the exempt peer is refused"
+    );
+    let (_, bans) = call(&router, get("/bans")).await;
+    assert!(
+        status != StatusCode::CREATED && bans["total"] == 0,
+        "a ban that refuses nothing is reported as made ({status}: {answer}) and listed: {bans}"
+    );
+    // Refused as a conflict, naming the exempt network.
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|error| error.contains("10.0.0.0/8")),
+        "{answer}"
+    );
+}
+
+/// A network ban that holds exempt networks still refuses the rest of it, so it is
+/// made; the answer names the exempt networks within it, which are still let in.
+#[tokio::test(start_paused = true)]
+async fn a_network_ban_that_holds_exempt_peers_is_made_and_names_them() {
+    let login = exempting("10.0.0.0/24");
+    let router = admin(&login);
+    let (status, answer) = call(
+        &router,
+        request(
+            Method::POST,
+            "/bans",
+            r#"{"target": "10.0.0.0/8", "seconds": 600}"#,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    assert_eq!(
+        answer["exempt"],
+        serde_json::json!(["10.0.0.0/24"]),
+        "{answer}"
+    );
+    assert!(
+        answer["note"]
+            .as_str()
+            .is_some_and(|note| note.contains("10.0.0.0/24")),
+        "{answer}"
+    );
+    assert!(
+        !let_in(&login, "10.1.2.3:1234").await,
+        "the rest is refused"
+    );
+    assert!(
+        let_in(&login, "10.0.0.7:1234").await,
+        "exempt peers are let in"
+    );
+    // A ban with no exempt network within it says nothing of them.
+    let (status, answer) = call(
+        &router,
+        request(
+            Method::POST,
+            "/bans",
+            r#"{"target": "192.0.2.0/24", "seconds": 600}"#,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    assert!(
+        answer.get("exempt").is_none() && answer.get("note").is_none(),
+        "{answer}"
+    );
+}

@@ -144,20 +144,62 @@ pub(super) async fn ban(
         Ok(request) => request,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
+    let key = bans.ban_key(request.target);
+    let within = match exempt_within(&bans, key.network()) {
+        Exempt::Within(within) => within,
+        Exempt::Whole(network) => {
+            return error(
+                StatusCode::CONFLICT,
+                format_args!(
+                    "{key} is in the exempt network {network} (`peers.exempt`): a ban on it \
+                 would refuse nothing"
+                ),
+            );
+        }
+    };
     let length = Duration::from_secs(request.seconds);
     if let Err(ban_error) = bans.ban_network(request.target, length) {
         return error(StatusCode::CONFLICT, ban_error);
     }
-    let key = bans.ban_key(request.target);
     match request.reason {
         Some(reason) => shared.reasons.set(key, reason, Instant::now() + length),
         None => shared.reasons.forget(&key),
     }
-    tracing::warn!(target: "tower_bouncer::admin", banned = %key, seconds = request.seconds, "banned from the admin page");
-    json(
-        StatusCode::CREATED,
-        &json!({ "banned": key.to_string(), "seconds": request.seconds }),
-    )
+    let mut answer = json!({ "banned": key.to_string(), "seconds": request.seconds });
+    if within.is_empty() {
+        tracing::warn!(target: "tower_bouncer::admin", banned = %key, seconds = request.seconds, "banned from the admin page");
+    } else {
+        let within: Vec<_> = within.iter().map(ToString::to_string).collect();
+        let listed = within.join(", ");
+        tracing::warn!(target: "tower_bouncer::admin", banned = %key, seconds = request.seconds, exempt = %listed, "banned from the admin page, but for the exempt networks within it");
+        answer["note"] = json!(format!(
+            "the exempt networks within it ({listed}, `peers.exempt`) are still let in"
+        ));
+        answer["exempt"] = json!(within);
+    }
+    json(StatusCode::CREATED, &answer)
+}
+
+/// What of a ban's target is exempt: the ban check lets those peers in.
+enum Exempt {
+    /// All of it, as this exempt network holds the whole target: a ban would refuse
+    /// nobody.
+    Whole(IpNet),
+    /// The exempt networks within the target, if any: the rest of it is refused.
+    Within(Vec<IpNet>),
+}
+
+fn exempt_within(bans: &Bans, target: IpNet) -> Exempt {
+    let exempt = bans.exempt_networks();
+    match exempt.iter().find(|network| network.contains(&target)) {
+        Some(holding) => Exempt::Whole(*holding),
+        None => Exempt::Within(
+            exempt
+                .into_iter()
+                .filter(|network| target.contains(network))
+                .collect(),
+        ),
+    }
 }
 
 fn is_json(headers: &HeaderMap) -> bool {

@@ -202,7 +202,9 @@
     const reason = $('ban-reason').value.trim();
     if (reason) body.reason = reason;
     try {
-      await api('bans', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
+      const banned = await api('bans', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
+      // A network banned but for the exempt networks within it.
+      if (banned && banned.note) $('ban-error').textContent = 'Banned, but ' + banned.note + '.';
       $('ban-target').value = '';
       $('ban-reason').value = '';
     } catch (error) {

@@ -12,7 +12,7 @@
 //! | `GET /stats` | the live figures of every layer given, as JSON |
 //! | `GET /stats/history` | the figures sampled every second over the last ten minutes |
 //! | `GET /bans` | the bans in force: target, seconds left, bans so far, reason if known |
-//! | `POST /bans` | bans an address or a network: `{"target": "203.0.113.7", "seconds": 600, "reason": "scanner"}` |
+//! | `POST /bans` | bans an address or a network: `{"target": "203.0.113.7", "seconds": 600, "reason": "scanner"}`; `409` if the target is in an exempt network (exempt peers skip the ban check) |
 //! | `DELETE /bans/{target}` | lifts a ban: `/bans/203.0.113.7`, `/bans/198.51.100.0/24` |
 //! | `GET /peers` | the top peers (20, or `?top=N` up to 100) by live connections, by recent offences and by past bans |
 //! | `GET /metrics` | the Prometheus exposition, from the renderer given to [`AdminBuilder::metrics`] |
@@ -39,6 +39,15 @@
 //! never agrees; and served without a token, it answers its data routes only to a host
 //! named `localhost` or by an IP address (else `403`), so that a site whose name is
 //! made to resolve to this machine (DNS rebinding) cannot read it or lift bans.
+//!
+//! # Exempt peers
+//!
+//! The ban check lets the keying's exempt peers in (`peers.exempt` of a
+//! [`Bouncer`](crate::bouncer::Bouncer)'s configuration), banned or not. So `POST /bans`
+//! refuses a target an exempt network holds whole (`409`, naming that network): it
+//! would be listed and counted, and refuse nobody. A wider network that holds exempt
+//! ones is banned, and the rest of it refused; the answer names the exempt networks
+//! within it (`"exempt": ["10.0.0.0/24"]`, and a `"note"` the dashboard shows).
 //!
 //! On its own listener ([`Admin::serve`]), the page holds at most 64 connections, 16 of
 //! them from any one peer.

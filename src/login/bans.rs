@@ -766,7 +766,8 @@ impl Bans {
     /// peer in it is refused; otherwise (a /128 under /64 keying, say) the peer key that
     /// holds it, like [`ban`](Self::ban). At most 256 networks are banned whole at once,
     /// each checked against every new connection; a long block list belongs in the
-    /// firewall.
+    /// firewall. Exempt peers (the keying's exempt networks) are let in all the same:
+    /// the ban check skips them.
     ///
     /// ```
     /// use std::time::Duration;
@@ -838,6 +839,13 @@ impl Bans {
     #[cfg(feature = "admin")]
     pub fn active(&self) -> usize {
         self.table.active()
+    }
+
+    /// The exempt networks of the login's keying: the ban check lets their peers in,
+    /// banned or not.
+    #[cfg(feature = "admin")]
+    pub(crate) fn exempt_networks(&self) -> Vec<IpNet> {
+        self.table.keying().exempt_networks()
     }
 
     /// What [`ban_network`](Self::ban_network) bans, as [`list`](Self::list) shows it:
