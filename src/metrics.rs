@@ -388,6 +388,21 @@ impl Drop for Stopwatch {
     }
 }
 
+/// Runs `build` with no recorder in force, so that what it builds (layers, an accept
+/// loop's [`serve`](crate::serve::Server::serve)) reports nowhere: for servers that are
+/// not the application's, such as the admin page's own.
+#[cfg(feature = "admin")]
+pub(crate) fn unrecorded<T>(build: impl FnOnce() -> T) -> T {
+    #[cfg(feature = "metrics")]
+    {
+        ::metrics::with_local_recorder(&::metrics::NoopRecorder, build)
+    }
+    #[cfg(not(feature = "metrics"))]
+    {
+        build()
+    }
+}
+
 #[cfg(feature = "metrics")]
 fn metadata() -> ::metrics::Metadata<'static> {
     ::metrics::Metadata::new(module_path!(), ::metrics::Level::INFO, Some(module_path!()))

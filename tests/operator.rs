@@ -157,9 +157,12 @@ async fn the_metrics_pass_promtool_and_move_under_an_attack() {
     .await;
     let page = server.admin_addr().await;
     let refused = r#"bouncer_rejected_connections_total{layer="peer_limit",reason="peer_limit",outcome="rejected"}"#;
+    let active = r#"bouncer_active_connections{listener="default"}"#;
     let (status, before) = admin(page, "GET", "/metrics", Some(TOKEN)).await;
     assert_eq!(status, 200, "{before}");
     assert_eq!(sample(&before, refused), 0.0);
+    // The scrape's own connection is the page's, not the application's.
+    assert_eq!(sample(&before, active), 0.0, "{before}");
 
     // One peer over its cap, twice; another fails a login and is banned.
     let mut held = LineClient::connect_from(21, server.addr).await;
@@ -194,10 +197,8 @@ async fn the_metrics_pass_promtool_and_move_under_an_attack() {
         ),
         1.0
     );
-    assert!(
-        sample(&after, "bouncer_active_connections") >= 1.0,
-        "{after}"
-    );
+    // The logged-in connection, at least, is still served.
+    assert!(sample(&after, active) >= 1.0, "{after}");
     let checked = Command::new(promtool())
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
@@ -259,6 +260,58 @@ async fn in_dry_run_a_refusal_is_counted_and_the_connection_served() {
         "{stats}"
     );
     drop((first, second));
+    server.stop().await;
+}
+
+/// The admin page runs on a server of its own, with its own caps: its connections and
+/// refusals are the page's, not the application's. `/stats` leaves them out, and so
+/// must `/metrics`, or a dashboard tab, a scraper or anyone knocking on the page's port
+/// shows up as the application's live connections and its per-peer refusals.
+#[tokio::test]
+async fn the_admin_pages_own_connections_and_refusals_are_not_counted_as_the_applications() {
+    let mut server = Example::start(
+        "login_server",
+        &["--admin-addr", "127.0.0.1:0", "--admin-token", TOKEN],
+    )
+    .await;
+    let page = server.admin_addr().await;
+    // One client of the page holds 16 connections to it, the page's cap for one peer,
+    // and a 17th is refused by the page's own server.
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        held.push(connect_from(32, page).await);
+    }
+    let mut over = connect_from(32, page).await;
+    let mut byte = [0; 1];
+    assert!(
+        matches!(within(PATIENCE, over.read(&mut byte)).await, Ok(0) | Err(_)),
+        "the 17th connection to the page is refused"
+    );
+
+    let (_, stats) = admin(page, "GET", "/stats", Some(TOKEN)).await;
+    let (_, metrics) = admin(page, "GET", "/metrics", Some(TOKEN)).await;
+    // The application has served and refused nobody, as /stats says.
+    assert!(
+        stats.contains(r#""live":0"#) && stats.contains(r#""refused_peer_limit":0"#),
+        "{stats}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"bouncer_rejected_connections_total{layer="peer_limit",reason="peer_limit",outcome="rejected"}"#
+        ),
+        0.0,
+        "the page's own refusal is counted as the application's:\n{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"bouncer_active_connections{listener="default"}"#
+        ),
+        0.0,
+        "the page's own connections are counted as the application's:\n{metrics}"
+    );
+    drop(held);
     server.stop().await;
 }
 

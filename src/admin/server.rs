@@ -77,7 +77,8 @@ impl Error for AdminError {
 /// signal), or spawn [`into_future`](IntoFuture::into_future).
 ///
 /// It runs under the crate's own accept loop and HTTP adapter, with their default
-/// timeouts, and at most 64 connections, 16 from any one peer.
+/// timeouts, and at most 64 connections, 16 from any one peer. These report to no
+/// metrics recorder: they are the page's, not the application's.
 #[must_use = "the admin page is served only once this is awaited"]
 pub struct AdminServer<F = Pending<()>> {
     listener: TcpListener,
@@ -170,22 +171,26 @@ where
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
-            let cap = ConnectionLimitLayer::builder(MAX_CONNECTIONS)
-                .build()
-                .expect("a cap of at least 1");
-            let per_peer = PeerLimitLayer::builder(MAX_PER_PEER)
-                .build()
-                .expect("a cap of at least 1");
-            let service = ServiceBuilder::new()
-                .layer(per_peer)
-                .layer(cap)
-                .service(HttpService::new(self.router));
-            Server::new(self.listener)
-                .with_graceful_shutdown(self.shutdown)
-                .drain_timeout(DRAIN)
-                .serve(service)
-                .await
-                .map(|_| ())
+            // The page's caps and accept loop are not the application's: they register
+            // with no recorder, so that `/metrics` counts the application alone, as
+            // `/stats` does, under the same names and labels.
+            let serving = crate::metrics::unrecorded(|| {
+                let cap = ConnectionLimitLayer::builder(MAX_CONNECTIONS)
+                    .build()
+                    .expect("a cap of at least 1");
+                let per_peer = PeerLimitLayer::builder(MAX_PER_PEER)
+                    .build()
+                    .expect("a cap of at least 1");
+                let service = ServiceBuilder::new()
+                    .layer(per_peer)
+                    .layer(cap)
+                    .service(HttpService::new(self.router));
+                Server::new(self.listener)
+                    .with_graceful_shutdown(self.shutdown)
+                    .drain_timeout(DRAIN)
+                    .serve(service)
+            });
+            serving.await.map(|_| ())
         })
     }
 }
