@@ -811,6 +811,57 @@ async fn one_peer_cannot_hold_every_connection_of_the_page() {
     running.abort();
 }
 
+/// Four peers without the token, each holding idle connections up to the page's cap
+/// for one peer, fill the page's whole server: the operator, who comes to the page in
+/// the middle of an attack, is refused for as long as they keep them (an idle
+/// connection lives a minute, and is opened again). An idle connection of a client
+/// that never showed the token should give way to a newcomer at the full cap.
+#[tokio::test]
+async fn a_few_peers_cannot_lock_the_operator_out_of_the_page() {
+    use tokio::{io::AsyncReadExt, net::TcpStream};
+    let login = Login::builder().build().unwrap();
+    let server = Admin::builder()
+        .token(TOKEN)
+        .login(&login)
+        .build()
+        .unwrap()
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let running = tokio::spawn(server.into_future());
+    // Each of 127.0.0.2 to 127.0.0.5 asks for the style sheet on 16 connections, and
+    // keeps them open, idle.
+    let mut held = Vec::new();
+    for last in 2..=5 {
+        for _ in 0..16 {
+            let stream = connect_from(last, addr).await;
+            let mut client = Http1Client::connect(stream).await;
+            let answer = within(PATIENCE, client.get("/dashboard.css"))
+                .await
+                .unwrap();
+            assert_eq!(answer.status, StatusCode::OK);
+            held.push(client);
+        }
+    }
+    let mut operator = within(PATIENCE, TcpStream::connect(addr)).await.unwrap();
+    operator
+        .write_all(b"GET /dashboard.css HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .ok();
+    let mut answer = Vec::new();
+    within(PATIENCE, operator.read_to_end(&mut answer))
+        .await
+        .ok();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "four peers' idle connections locked the operator out: {answer:?}"
+    );
+    drop(held);
+    running.abort();
+}
+
 /// Whether the ban check of `login` lets `peer` in.
 async fn let_in(login: &Login, peer: &str) -> bool {
     login

@@ -50,7 +50,10 @@
 //! within it (`"exempt": ["10.0.0.0/24"]`, and a `"note"` the dashboard shows).
 //!
 //! On its own listener ([`Admin::serve`]), the page holds at most 64 connections, 16 of
-//! them from any one peer. Its own caps and accept loop report no metrics: `/metrics`,
+//! them from any one peer. At 64, a newcomer makes an idle connection close (the
+//! [overload manager](crate::overload)'s eviction, from the peer holding the most idle
+//! ones first), so that a few peers holding idle connections cannot lock the operator
+//! out. Its own caps and accept loop report no metrics: `/metrics`,
 //! like `/stats`, counts the application alone, whose series have the same names and
 //! labels.
 //!

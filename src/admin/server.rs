@@ -16,15 +16,21 @@ use tower::ServiceBuilder;
 
 use super::Admin;
 use crate::{
-    http::HttpService, limit::ConnectionLimitLayer, peer_limit::PeerLimitLayer, serve::Server,
+    http::HttpService, limit::ConnectionLimitLayer, overload::Overload, peer_limit::PeerLimitLayer,
+    serve::Server, timeout::TimeoutLayer,
 };
 
 /// The most connections the page holds at once: an operator or two, and a scraper.
+/// At this cap a newcomer makes an idle connection close, so that a few peers holding
+/// idle connections cannot lock the operator out.
 const MAX_CONNECTIONS: usize = 64;
 /// The most one peer holds: a browser's six and a scraper's, and not the whole page's,
 /// so that a client without the token, holding half-sent requests, cannot lock the
 /// operator out alone.
 const MAX_PER_PEER: usize = 16;
+/// How long a connection may have no request open: the HTTP adapter's default, here
+/// on the timeout layer, which tells the overload manager which connections are idle.
+const IDLE: Duration = Duration::from_secs(60);
 /// How long shutdown waits for the page's connections.
 const DRAIN: Duration = Duration::from_secs(2);
 
@@ -77,7 +83,10 @@ impl Error for AdminError {
 /// signal), or spawn [`into_future`](IntoFuture::into_future).
 ///
 /// It runs under the crate's own accept loop and HTTP adapter, with their default
-/// timeouts, and at most 64 connections, 16 from any one peer. These report to no
+/// timeouts (shrunk as the page fills up), and at most 64 connections, 16 from any one
+/// peer; at the full cap, a newcomer makes an idle connection close (an [overload
+/// manager](crate::overload) of the page's own, which watches its connections alone
+/// and evicts first from the peer holding the most idle ones). These report to no
 /// metrics recorder: they are the page's, not the application's.
 #[must_use = "the admin page is served only once this is awaited"]
 pub struct AdminServer<F = Pending<()>> {
@@ -175,15 +184,28 @@ where
             // with no recorder, so that `/metrics` counts the application alone, as
             // `/stats` does, under the same names and labels.
             let serving = crate::metrics::unrecorded(|| {
+                // The page's connections alone: the process's descriptors are the
+                // application's manager's to count.
+                let overload = Overload::builder()
+                    .descriptors(false)
+                    .build()
+                    .expect("valid settings");
                 let cap = ConnectionLimitLayer::builder(MAX_CONNECTIONS)
+                    .overload(&overload)
                     .build()
                     .expect("a cap of at least 1");
                 let per_peer = PeerLimitLayer::builder(MAX_PER_PEER)
                     .build()
                     .expect("a cap of at least 1");
+                let timeouts = TimeoutLayer::builder()
+                    .idle(IDLE)
+                    .overload(&overload)
+                    .build()
+                    .expect("a valid idle timeout");
                 let service = ServiceBuilder::new()
                     .layer(per_peer)
                     .layer(cap)
+                    .layer(timeouts)
                     .service(HttpService::new(self.router));
                 Server::new(self.listener)
                     .with_graceful_shutdown(self.shutdown)
