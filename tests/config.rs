@@ -5,12 +5,16 @@
 mod support;
 
 use std::{
+    net::SocketAddr,
     path::PathBuf,
-    process::Command,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use tokio::io::AsyncReadExt;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, BufReader},
+    process::{Child, ChildStderr},
+};
 
 use support::{example::*, *};
 
@@ -150,10 +154,10 @@ fn a_flag_that_cannot_work_names_its_key_and_flag() {
     );
 }
 
-/// Sends SIGHUP to the server.
-fn hang_up(server: &Example) {
+/// Sends SIGHUP to the server whose process id is `pid`.
+fn hang_up(pid: u32) {
     let status = Command::new("kill")
-        .args(["-HUP", &server.pid().to_string()])
+        .args(["-HUP", &pid.to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -175,7 +179,7 @@ async fn a_sighup_reloads_the_file_and_a_bad_one_keeps_what_is_in_force() {
     assert!(!admitted(5, &server).await.0, "the file's limit of 1");
 
     std::fs::write(&file.0, "[connections]\nper_peer = 2\n").unwrap();
-    hang_up(&server);
+    hang_up(server.pid());
     let mut second = None;
     for _ in 0..100 {
         let (admitted, client) = admitted(5, &server).await;
@@ -189,7 +193,7 @@ async fn a_sighup_reloads_the_file_and_a_bad_one_keeps_what_is_in_force() {
 
     // A bad file: the limit of 2 stays in force, and the server serves on.
     std::fs::write(&file.0, "[connections]\nper_peer = 0\n").unwrap();
-    hang_up(&server);
+    hang_up(server.pid());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!admitted(5, &server).await.0, "still the limit of 2");
     drop((first, second));
@@ -217,7 +221,7 @@ async fn the_last_config_given_is_the_one_read_at_start_and_on_sighup() {
     assert!(!admitted(6, &server).await.0, "the last file's limit of 1");
 
     std::fs::write(&last.0, "[connections]\nper_peer = 2\n").unwrap();
-    hang_up(&server);
+    hang_up(server.pid());
     let mut second = None;
     for _ in 0..100 {
         let (admitted, client) = admitted(6, &server).await;
@@ -253,5 +257,129 @@ async fn the_last_config_given_is_the_one_read_at_start_and_on_sighup() {
     assert!(
         stderr.starts_with("error: --config /nonexistent/override.toml"),
         "{stderr}"
+    );
+}
+
+/// An example server started by a command of one's own (through a shell, with its own
+/// environment), whose log is read; killed when dropped.
+struct LoggingServer {
+    child: Child,
+    log: BufReader<ChildStderr>,
+    addr: SocketAddr,
+}
+
+impl LoggingServer {
+    /// Starts `command` (which gives `--addr 127.0.0.1:0`), logging at `info`; panics
+    /// with what it logged if it does not start.
+    async fn start(mut command: tokio::process::Command) -> Self {
+        let mut child = command
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut log = BufReader::new(child.stderr.take().unwrap());
+        let mut first = String::new();
+        within(PATIENCE, stdout.read_line(&mut first))
+            .await
+            .unwrap();
+        let Some(addr) = first.trim_end().strip_prefix("listening on ") else {
+            let mut logged = String::new();
+            within(PATIENCE, log.read_to_string(&mut logged))
+                .await
+                .unwrap();
+            panic!("did not start: {logged}");
+        };
+        let addr = addr.parse().unwrap();
+        Self { child, log, addr }
+    }
+
+    /// Starts the example `name` with `args`.
+    async fn example(name: &str, args: &[&str]) -> Self {
+        let mut command = tokio::process::Command::new(example_path(name));
+        command.args(["--addr", "127.0.0.1:0"]).args(args);
+        Self::start(command).await
+    }
+
+    fn hang_up(&self) {
+        hang_up(self.child.id().expect("running"));
+    }
+
+    /// The next line logged that holds `text`, among the next 100.
+    async fn logged(&mut self, text: &str) -> String {
+        for _ in 0..100 {
+            let mut line = String::new();
+            let read = within(PATIENCE, self.log.read_line(&mut line))
+                .await
+                .unwrap();
+            if read == 0 {
+                break;
+            }
+            if line.contains(text) {
+                return line;
+            }
+        }
+        panic!("nothing logged holds {text:?}");
+    }
+}
+
+/// Flags override the file: a file whose value makes sense only with the flag given
+/// beside it (here a longest ban of 5 minutes, with `--ban 60` making the first one a
+/// minute; as well an `[admin]` address with the token on the command line, or
+/// `tls.cert` with `--tls-key`) is checked with the flag over it, at start and on
+/// SIGHUP, not refused for what the flag changes. A flag that makes the file's value
+/// wrong is refused with the key and line of that value.
+#[tokio::test]
+async fn a_file_completed_by_a_flag_is_checked_with_the_flag_over_it() {
+    let file = ConfigFile::new("completed", "[bans]\nmax = \"5m\"\n");
+    let mut server =
+        LoggingServer::example("login_server", &["--config", file.path(), "--ban", "60"]).await;
+    server.hang_up();
+    let said = server.logged("reloaded").await;
+    assert!(!said.contains("not reloaded"), "{said}");
+    let mut client = LineClient::connect_from(9, server.addr).await;
+    assert_eq!(
+        client.ask("LOGIN alice secret").await.as_deref(),
+        Some("OK")
+    );
+
+    let output = Command::new(example_path("login_server"))
+        .args(["--config", file.path(), "--ban", "3600"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8(output.stderr).unwrap(),
+        format!(
+            "error: --config {}:2: `bans.max`: must be at least the first ban (`bans.first`)\n",
+            file.path()
+        )
+    );
+}
+
+/// The README: on SIGHUP "a file that cannot be used is logged, naming the key and its
+/// line". A key the running server cannot change (`connections.backpressure`, the
+/// PROXY networks, `bans.kernel`...) is such a file too: the operator who edited it is
+/// told which file and which line, as for any other setting that cannot work.
+#[tokio::test]
+async fn a_sighup_naming_a_key_that_needs_a_restart_logs_its_file_and_line() {
+    let file = ConfigFile::new("restart-key", "[connections]\nper_peer = 4\n");
+    let mut server = LoggingServer::example("login_server", &["--config", file.path()]).await;
+    std::fs::write(
+        &file.0,
+        "[connections]\nper_peer = 4\nbackpressure = true\n",
+    )
+    .unwrap();
+    server.hang_up();
+    let warning = server.logged("not reloaded").await;
+    assert!(
+        warning.contains("connections.backpressure"),
+        "names the key: {warning}"
+    );
+    assert!(
+        warning.contains(&format!("{}:3", file.path())),
+        "names the file and line 3, where the key is: {warning}"
     );
 }

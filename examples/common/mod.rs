@@ -14,7 +14,7 @@ pub mod login_protocol;
 pub mod protection;
 
 use protection::Protection;
-use tower_bouncer::bouncer::{Bouncer, Refusals};
+use tower_bouncer::bouncer::{Bouncer, ConfigFile, Refusals};
 
 /// The flags every example server takes.
 #[derive(Debug, Clone)]
@@ -44,12 +44,13 @@ impl Args {
     /// [`from_env`]: Self::from_env
     pub fn parse(name: &str, logs_in: bool, argv: impl Iterator<Item = String>) -> Self {
         let saved: Vec<String> = argv.collect();
-        let protection = Protection::load(config_file(&saved).as_deref(), logs_in)
-            .unwrap_or_else(|error| fail(format_args!("--config {error}")));
+        let file = config_file(&saved).map(|path| {
+            ConfigFile::read(path).unwrap_or_else(|error| fail(format_args!("--config {error}")))
+        });
         let mut args = Args {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             unprotected: false,
-            protection,
+            protection: Protection::new(file, logs_in),
             argv: saved.clone(),
             logs_in,
         };
@@ -81,16 +82,22 @@ impl Args {
                 }
             }
         }
+        // The file and the flags together: a file may leave to a flag what it needs.
+        if let Err(error) = args.protection.config.validate() {
+            fail(args.protection.describe(&error));
+        }
         args
     }
 }
 
 impl Args {
-    /// The protection settings as they are now: the `--config` file read again, the
-    /// flags over it.
-    fn reread(&self) -> Result<tower_bouncer::bouncer::BouncerConfig, String> {
-        let mut protection = Protection::load(config_file(&self.argv).as_deref(), self.logs_in)
-            .map_err(|error| error.to_string())?;
+    /// Puts the protection settings as they are now in force: the `--config` file read
+    /// again, the flags over it; or says why nothing changed.
+    fn reload(&self, bouncer: &Bouncer) -> Result<(), String> {
+        let file = config_file(&self.argv)
+            .map(|path| ConfigFile::read(path).map_err(|error| format!("--config {error}")))
+            .transpose()?;
+        let mut protection = Protection::new(file, self.logs_in);
         let mut argv = self.argv.iter().cloned();
         while let Some(flag) = argv.next() {
             if matches!(flag.as_str(), "--addr" | "--config") {
@@ -99,7 +106,9 @@ impl Args {
                 protection.parse_flag(&flag, &mut argv);
             }
         }
-        Ok(protection.config)
+        bouncer
+            .reload(protection.config.clone())
+            .map_err(|error| protection.describe(&error))
     }
 }
 
@@ -113,13 +122,12 @@ fn config_file(argv: &[String]) -> Option<std::path::PathBuf> {
 
 /// The protection the flags ask for, or `None` with `--unprotected` (which then keeps
 /// the common default descriptor limit: building the bouncer raises it). A setting
-/// that cannot work ends the process with a one-line error and status 2. On SIGHUP the
+/// that cannot work ended the process when the flags were parsed. On SIGHUP the
 /// configuration is read again and reloaded; one that cannot work is logged, and the
 /// one in force kept. Unprotected, there is nothing to reload: a SIGHUP is logged, and
 /// the server serves on.
 pub fn bouncer(args: &Args, refusals: Refusals) -> Option<Bouncer> {
     if args.unprotected {
-        args.protection.check();
         ignore_hangups();
         return None;
     }
@@ -138,10 +146,7 @@ fn reload_on_hangup(args: &Args, bouncer: &Bouncer) {
     let (args, bouncer) = (args.clone(), bouncer.clone());
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            let reloaded = args
-                .reread()
-                .and_then(|config| bouncer.reload(config).map_err(|error| error.to_string()));
-            match reloaded {
+            match args.reload(&bouncer) {
                 Ok(()) => tracing::info!("configuration reloaded"),
                 Err(error) => {
                     tracing::warn!(%error, "configuration not reloaded: the one in force is kept")

@@ -6,9 +6,9 @@
 //! shrinks every timeout as it rises, and a new connection at the cap evicts an idle
 //! one instead of being refused.
 
-use std::{path::Path, str::FromStr, time::Duration};
+use std::{str::FromStr, time::Duration};
 
-use tower_bouncer::bouncer::{Bouncer, BouncerConfig, ConfigFileError, Refusals};
+use tower_bouncer::bouncer::{Bouncer, BouncerConfig, ConfigFile, Refusals, SettingError};
 
 use super::value;
 
@@ -72,8 +72,9 @@ pub const USAGE: &str =
   --admin-token T       the bearer token the admin page's data needs (required on any
                         address but loopback)
   --config FILE         every setting above from a TOML file (a sample with every key at
-                        its default: examples/bouncer.toml); flags given too override it;
-                        SIGHUP reads it (and the TLS files) again";
+                        its default: examples/bouncer.toml); flags given too override it,
+                        and the two are checked together; SIGHUP reads it (and the TLS
+                        files) again";
 
 /// The `--help` line of the flag only login_server takes.
 pub const LOGIN_TIMEOUT_USAGE: &str = "  --login-timeout S     close a connection not logged in S seconds after connecting (default 30)";
@@ -112,35 +113,46 @@ pub const FLAG_KEYS: &[(&str, &str)] = &[
 ];
 
 /// The protection settings: the crate's defaults, then the `--config` file, then the
-/// flags.
+/// flags, checked together.
 #[derive(Debug, Clone)]
 pub struct Protection {
     pub config: BouncerConfig,
+    /// The `--config` file, to name the line of a setting of it that cannot work.
+    file: Option<ConfigFile>,
     /// Whether the server takes `--login-timeout` (every connection logs in).
     logs_in: bool,
     /// Repeatable flags given so far: the first replaces the file's list.
     exempt_given: bool,
     proxy_protocol_from_given: bool,
+    /// The keys the flags given set: a setting of theirs that cannot work is named by
+    /// its flag, not by the file.
+    set_by_flags: Vec<&'static str>,
 }
 
 impl Protection {
-    /// The settings of `--config FILE`, or the defaults; a server whose every connection
-    /// logs in (`logs_in`) closes a connection not logged in within 30 s unless the file
-    /// says otherwise.
-    pub fn load(file: Option<&Path>, logs_in: bool) -> Result<Self, ConfigFileError> {
-        let mut config = match file {
-            Some(path) => BouncerConfig::from_toml_file(path)?,
-            None => BouncerConfig::default(),
-        };
+    /// The settings of `file` (`--config`, read but not yet checked), or the defaults; a
+    /// server whose every connection logs in (`logs_in`) closes a connection not logged
+    /// in within 30 s unless the file says otherwise.
+    pub fn new(file: Option<ConfigFile>, logs_in: bool) -> Self {
+        let mut config = file
+            .as_ref()
+            .map_or_else(BouncerConfig::default, |file| file.config().clone());
         if logs_in && config.logins.timeout.is_none() {
             config.logins.timeout = Some(DEFAULT_LOGIN_TIMEOUT);
         }
-        Ok(Self {
+        Self {
             config,
+            file,
             logs_in,
             exempt_given: false,
             proxy_protocol_from_given: false,
-        })
+            set_by_flags: Vec::new(),
+        }
+    }
+
+    /// The `--config` file the settings were read from.
+    pub fn file(&self) -> Option<&ConfigFile> {
+        self.file.as_ref()
     }
 
     /// Takes `flag` (and its value from `argv`) if it is a protection flag.
@@ -209,34 +221,36 @@ impl Protection {
             )),
             _ => return false,
         }
+        if let Some((_, key)) = FLAG_KEYS.iter().find(|(given, _)| *given == flag) {
+            self.set_by_flags.push(key);
+        }
         true
     }
 
     /// Builds the protection; a setting that cannot work ends the process with a
-    /// one-line error naming its key (and its flag), status 2.
+    /// one-line error naming it ([`describe`](Self::describe)), status 2.
     pub fn bouncer(&self, refusals: Refusals) -> Bouncer {
         Bouncer::builder(self.config.clone())
             .refusals(refusals)
             .build()
-            .unwrap_or_else(|error| fail_setting(&error))
+            .unwrap_or_else(|error| super::fail(self.describe(&error)))
     }
 
-    /// Ends the process, as [`bouncer`](Self::bouncer) does, if a setting cannot work:
-    /// for a server that builds no bouncer (`--unprotected`) but serves the admin page.
-    pub fn check(&self) {
-        if let Err(error) = self.config.validate() {
-            fail_setting(&error);
+    /// A setting that cannot work, named where the operator wrote it: by its key and
+    /// flag if a flag set it, else by its key and the file's line (`--config FILE:LINE:
+    /// ...`), else by its key and the flag that sets it.
+    pub fn describe(&self, error: &SettingError) -> String {
+        let flag = FLAG_KEYS
+            .iter()
+            .find(|(_, key)| *key == error.key())
+            .map_or(String::new(), |(flag, _)| format!(" ({flag})"));
+        match &self.file {
+            Some(file) if !self.set_by_flags.contains(&error.key()) => {
+                format!("--config {}", file.locate(error))
+            }
+            _ => format!("`{}`{flag}: {}", error.key(), error.reason()),
         }
     }
-}
-
-/// A one-line error naming the setting's key and its flag, and exit status 2.
-fn fail_setting(error: &tower_bouncer::bouncer::SettingError) -> ! {
-    let flag = FLAG_KEYS
-        .iter()
-        .find(|(_, key)| *key == error.key())
-        .map_or(String::new(), |(flag, _)| format!(" ({flag})"));
-    super::fail(format_args!("`{}`{flag}: {}", error.key(), error.reason()))
 }
 
 /// A duration flag's value: seconds, fractions allowed.

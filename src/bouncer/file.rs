@@ -1,5 +1,6 @@
 //! A [`BouncerConfig`] from a TOML file, refused with the key and line of what is
-//! wrong: a typo must not fall back to a default unseen.
+//! wrong: a typo must not fall back to a default unseen. A [`ConfigFile`] is one read
+//! but not yet checked, for a program that completes it first.
 
 use std::{
     fmt,
@@ -90,57 +91,142 @@ impl BouncerConfig {
     /// assert_eq!(typo.line(), Some(2));
     /// ```
     pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Self, ConfigFileError> {
-        let path = path.as_ref();
-        let failed = |message: String| ConfigFileError {
-            path: Some(path.to_owned()),
-            line: None,
-            key: None,
-            message,
-        };
-        let file = std::fs::File::open(path).map_err(|error| failed(error.to_string()))?;
-        let len = file
-            .metadata()
-            .map_err(|error| failed(error.to_string()))?
-            .len();
-        let too_long = |len: String| {
-            failed(format!(
-                "{len} bytes: a configuration file is at most {MAX_FILE_LEN}"
-            ))
-        };
-        if len > MAX_FILE_LEN {
-            return Err(too_long(len.to_string()));
-        }
-        // A pipe or a device tells no length: the read itself stops past the most.
-        let mut text = String::new();
-        file.take(MAX_FILE_LEN + 1)
-            .read_to_string(&mut text)
-            .map_err(|error| failed(error.to_string()))?;
-        if text.len() as u64 > MAX_FILE_LEN {
-            return Err(too_long(format!("over {MAX_FILE_LEN}")));
-        }
-        Self::from_toml_str(&text).map_err(|error| ConfigFileError {
-            path: Some(path.to_owned()),
-            ..error
-        })
+        let file = ConfigFile::read(path)?;
+        file.config
+            .validate()
+            .map_err(|error| file.locate(&error))?;
+        Ok(file.config)
     }
 
     /// Parses a configuration from TOML text, as [`from_toml_file`](Self::from_toml_file)
     /// does.
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigFileError> {
-        let config: BouncerConfig = toml::from_str(text).map_err(|error| {
-            let span = error.span();
-            ConfigFileError {
-                path: None,
-                line: span.as_ref().map(|span| line_of(text, span.start)),
-                key: span.and_then(|span| key_at(text, span)),
-                message: error.message().to_owned(),
-            }
-        })?;
+        let config = parse(text)?;
         config
             .validate()
             .map_err(|error| setting_error(text, &error))?;
         Ok(config)
     }
+}
+
+/// A configuration file read and parsed but not yet checked, for a program that
+/// completes it before checking the whole (as the examples do with their flags): a
+/// setting that needs another beside it is checked with that other in place, and a
+/// setting that cannot work is still named with the file's line
+/// ([`locate`](Self::locate)).
+///
+/// ```
+/// use tower_bouncer::bouncer::ConfigFile;
+/// # let path = std::env::temp_dir().join(format!("config-file-doc-{}.toml", std::process::id()));
+/// # std::fs::write(&path, "[bans]\nmax = \"5m\"\n").unwrap();
+///
+/// // `[bans] max = "5m"`, with the first ban (10 minutes by default) given elsewhere.
+/// let file = ConfigFile::read(&path)?;
+/// let mut config = file.config().clone();
+/// config.bans.first = std::time::Duration::from_secs(3600);
+/// let error = config.validate().unwrap_err();
+/// assert_eq!(file.locate(&error).line(), Some(2));
+/// # std::fs::remove_file(&path).ok();
+/// # Ok::<(), tower_bouncer::bouncer::ConfigFileError>(())
+/// ```
+#[derive(Clone)]
+pub struct ConfigFile {
+    path: PathBuf,
+    /// What was read, to find a key's line in.
+    text: String,
+    config: BouncerConfig,
+}
+
+impl ConfigFile {
+    /// Reads and parses `path`: unreadable, not TOML, an unknown key or a value of the
+    /// wrong type is an error naming the file (and the key and its line). Whether the
+    /// settings can work is left to [`BouncerConfig::validate`].
+    pub fn read(path: impl AsRef<Path>) -> Result<Self, ConfigFileError> {
+        let path = path.as_ref();
+        let text = read_text(path)?;
+        let config = parse(&text).map_err(|error| ConfigFileError {
+            path: Some(path.to_owned()),
+            ..error
+        })?;
+        Ok(Self {
+            path: path.to_owned(),
+            text,
+            config,
+        })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Its settings, each key it leaves out at its default.
+    pub fn config(&self) -> &BouncerConfig {
+        &self.config
+    }
+
+    /// `error` named with this file and the line its key is on (or its section's, for a
+    /// key the file leaves out; no line if the file leaves out both).
+    pub fn locate(&self, error: &SettingError) -> ConfigFileError {
+        ConfigFileError {
+            path: Some(self.path.clone()),
+            ..setting_error(&self.text, error)
+        }
+    }
+}
+
+impl fmt::Debug for ConfigFile {
+    /// The path alone: the text may hold secrets (`admin.token`, a Redis password).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfigFile")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The text of `path`, at most [`MAX_FILE_LEN`] bytes of it.
+fn read_text(path: &Path) -> Result<String, ConfigFileError> {
+    let failed = |message: String| ConfigFileError {
+        path: Some(path.to_owned()),
+        line: None,
+        key: None,
+        message,
+    };
+    let file = std::fs::File::open(path).map_err(|error| failed(error.to_string()))?;
+    let len = file
+        .metadata()
+        .map_err(|error| failed(error.to_string()))?
+        .len();
+    let too_long = |len: String| {
+        failed(format!(
+            "{len} bytes: a configuration file is at most {MAX_FILE_LEN}"
+        ))
+    };
+    if len > MAX_FILE_LEN {
+        return Err(too_long(len.to_string()));
+    }
+    // A pipe or a device tells no length: the read itself stops past the most.
+    let mut text = String::new();
+    file.take(MAX_FILE_LEN + 1)
+        .read_to_string(&mut text)
+        .map_err(|error| failed(error.to_string()))?;
+    if text.len() as u64 > MAX_FILE_LEN {
+        return Err(too_long(format!("over {MAX_FILE_LEN}")));
+    }
+    Ok(text)
+}
+
+/// The settings `text` writes, unchecked; a TOML error names its key and line.
+fn parse(text: &str) -> Result<BouncerConfig, ConfigFileError> {
+    toml::from_str(text).map_err(|error| {
+        let span = error.span();
+        ConfigFileError {
+            path: None,
+            line: span.as_ref().map(|span| line_of(text, span.start)),
+            key: span.and_then(|span| key_at(text, span)),
+            message: error.message().to_owned(),
+        }
+    })
 }
 
 /// A setting that cannot work, with the line its key is on.

@@ -52,7 +52,7 @@ use tracing::{Instrument, instrument::WithSubscriber};
 
 pub use config::{BouncerConfig, SettingError};
 #[cfg(feature = "config")]
-pub use file::ConfigFileError;
+pub use file::{ConfigFile, ConfigFileError};
 
 use crate::{
     BoxError, Conn,
@@ -561,9 +561,10 @@ impl Bouncer {
     /// read again (for new handshakes). Live connections are not dropped: under a lower
     /// cap, new ones are refused (or, with backpressure, wait) until there is room.
     /// Checked whole before anything changes: a reload that cannot work changes nothing
-    /// and says why, by key. What the running server is built around needs a restart:
-    /// the IPv6 prefix, backpressure, the PROXY protocol, TLS on or off and its
-    /// handshake timeout, the kernel filter, the fleet, the admin page.
+    /// and says why, by key (`ConfigFile::locate` finds its line in a file). What the
+    /// running server is built around needs a restart: the IPv6 prefix, backpressure,
+    /// the PROXY protocol, TLS on or off and its handshake timeout, the kernel filter,
+    /// the fleet, the admin page.
     ///
     /// ```no_run
     /// # fn run(bouncer: tower_bouncer::bouncer::Bouncer) -> Result<(), Box<dyn std::error::Error>> {
