@@ -366,6 +366,33 @@ async fn a_reload_changes_the_limits_without_dropping_live_connections() {
     within(PATIENCE, task).await.unwrap().unwrap();
 }
 
+/// What is built once at start cannot be changed by a reload, and the refusal names the
+/// key itself (not its section), for the operator to find in the file: the descriptor
+/// limit is raised only when the bouncer is built, so changing whether it is raised
+/// would otherwise be taken and do nothing.
+#[tokio::test]
+async fn a_reload_refuses_a_key_that_needs_a_restart_by_its_own_name() {
+    let mut config = config();
+    config.connections.raise_descriptor_limit = false;
+    let bouncer = Bouncer::from_config(config.clone()).unwrap();
+    let refused = |change: fn(&mut BouncerConfig)| {
+        let mut changed = config.clone();
+        change(&mut changed);
+        let error = bouncer.reload(changed).expect_err("needs a restart");
+        assert_eq!(error.reason(), "cannot change without a restart");
+        error.key()
+    };
+    assert_eq!(
+        refused(|config| config.connections.raise_descriptor_limit = true),
+        "connections.raise_descriptor_limit"
+    );
+    assert_eq!(
+        refused(|config| config.proxy_protocol.timeout = Duration::from_secs(1)),
+        "proxy_protocol.timeout"
+    );
+    assert_eq!(*bouncer.config(), config);
+}
+
 #[tokio::test]
 async fn behind_a_balancer_as_many_may_read_their_header_as_the_cap_admits() {
     let mut config = config();

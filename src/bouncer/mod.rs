@@ -268,6 +268,41 @@ impl BouncerBuilder {
     }
 }
 
+/// The first key `new` changes that the running server is built around, which only a
+/// restart changes: the leaf key, for the operator to find in the file.
+fn needs_restart(old: &BouncerConfig, new: &BouncerConfig) -> Option<&'static str> {
+    let (proxy, new_proxy) = (&old.proxy_protocol, &new.proxy_protocol);
+    [
+        (
+            "peers.ipv6_prefix",
+            old.peers.ipv6_prefix == new.peers.ipv6_prefix,
+        ),
+        (
+            "connections.backpressure",
+            old.connections.backpressure == new.connections.backpressure,
+        ),
+        (
+            "connections.raise_descriptor_limit",
+            old.connections.raise_descriptor_limit == new.connections.raise_descriptor_limit,
+        ),
+        ("proxy_protocol.trusted", proxy.trusted == new_proxy.trusted),
+        ("proxy_protocol.timeout", proxy.timeout == new_proxy.timeout),
+        // On or off; the files themselves are read again.
+        ("tls.cert", old.tls.cert.is_some() == new.tls.cert.is_some()),
+        (
+            "tls.handshake_timeout",
+            old.tls.handshake_timeout == new.tls.handshake_timeout,
+        ),
+        ("bans.kernel", old.bans.kernel == new.bans.kernel),
+        ("fleet.redis", old.fleet.redis == new.fleet.redis),
+        ("fleet.prefix", old.fleet.prefix == new.fleet.prefix),
+        ("admin.addr", old.admin.addr == new.admin.addr),
+        ("admin.token", old.admin.token == new.admin.token),
+    ]
+    .into_iter()
+    .find_map(|(key, same)| (!same).then_some(key))
+}
+
 /// `connections.max`, or its default.
 fn max_connections(config: &BouncerConfig) -> usize {
     config
@@ -562,9 +597,11 @@ impl Bouncer {
     /// cap, new ones are refused (or, with backpressure, wait) until there is room.
     /// Checked whole before anything changes: a reload that cannot work changes nothing
     /// and says why, by key (`ConfigFile::locate` finds its line in a file). What the
-    /// running server is built around needs a restart: the IPv6 prefix, backpressure,
-    /// the PROXY protocol, TLS on or off and its handshake timeout, the kernel filter,
-    /// the fleet, the admin page.
+    /// running server is built around needs a restart, and a reload changing it is
+    /// refused naming the key that changed: the IPv6 prefix, backpressure, whether the
+    /// descriptor limit is raised (done when the bouncer is built), the PROXY protocol,
+    /// TLS on or off and its handshake timeout, the kernel filter, the fleet, the admin
+    /// page.
     ///
     /// ```no_run
     /// # fn run(bouncer: tower_bouncer::bouncer::Bouncer) -> Result<(), Box<dyn std::error::Error>> {
@@ -580,37 +617,9 @@ impl Bouncer {
     /// ```
     pub fn reload(&self, config: BouncerConfig) -> Result<(), SettingError> {
         config.validate()?;
-        let old = self.config.load();
-        let restart = |key, same: bool| {
-            if same {
-                Ok(())
-            } else {
-                Err(SettingError::new(key, "cannot change without a restart"))
-            }
-        };
-        restart(
-            "peers.ipv6_prefix",
-            old.peers.ipv6_prefix == config.peers.ipv6_prefix,
-        )?;
-        restart(
-            "connections.backpressure",
-            old.connections.backpressure == config.connections.backpressure,
-        )?;
-        restart(
-            "proxy_protocol",
-            old.proxy_protocol == config.proxy_protocol,
-        )?;
-        restart(
-            "tls.cert",
-            old.tls.cert.is_some() == config.tls.cert.is_some(),
-        )?;
-        restart(
-            "tls.handshake_timeout",
-            old.tls.handshake_timeout == config.tls.handshake_timeout,
-        )?;
-        restart("bans.kernel", old.bans.kernel == config.bans.kernel)?;
-        restart("fleet", old.fleet == config.fleet)?;
-        restart("admin", old.admin == config.admin)?;
+        if let Some(key) = needs_restart(&self.config.load(), &config) {
+            return Err(SettingError::new(key, "cannot change without a restart"));
+        }
         // The one part that can fail on what it reads: read before anything changes,
         // put in force with the rest.
         #[cfg(feature = "tls")]
