@@ -88,6 +88,8 @@ pub struct Bouncer {
     overload: Overload,
     #[cfg(feature = "fleet")]
     fleet: Option<crate::fleet::Fleet>,
+    /// Held across a [`reload`](Bouncer::reload): one at a time.
+    reloading: Arc<std::sync::Mutex<()>>,
 }
 
 /// What a refused connection is told before it is closed.
@@ -264,6 +266,7 @@ impl BouncerBuilder {
             overload,
             #[cfg(feature = "fleet")]
             fleet,
+            reloading: Arc::default(),
         })
     }
 }
@@ -601,7 +604,7 @@ impl Bouncer {
     /// refused naming the key that changed: the IPv6 prefix, backpressure, whether the
     /// descriptor limit is raised (done when the bouncer is built), the PROXY protocol,
     /// TLS on or off and its handshake timeout, the kernel filter, the fleet, the admin
-    /// page.
+    /// page. Reloads run one at a time: one called while another runs waits for it.
     ///
     /// ```no_run
     /// # fn run(bouncer: tower_bouncer::bouncer::Bouncer) -> Result<(), Box<dyn std::error::Error>> {
@@ -616,6 +619,12 @@ impl Bouncer {
     /// # }
     /// ```
     pub fn reload(&self, config: BouncerConfig) -> Result<(), SettingError> {
+        // Two reloads at once would interleave their setters (one's cap, the other's
+        // rate) and store either config; off the connection path, as a reload is.
+        let _one_at_a_time = self
+            .reloading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         config.validate()?;
         if let Some(key) = needs_restart(&self.config.load(), &config) {
             return Err(SettingError::new(key, "cannot change without a restart"));
