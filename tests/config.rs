@@ -307,21 +307,22 @@ impl LoggingServer {
         hang_up(self.child.id().expect("running"));
     }
 
-    /// The next line logged that holds `text`, among the next 100.
+    /// What is logged up to the next line that holds `text`, among the next 100.
     async fn logged(&mut self, text: &str) -> String {
+        let mut logged = String::new();
         for _ in 0..100 {
-            let mut line = String::new();
-            let read = within(PATIENCE, self.log.read_line(&mut line))
+            let start = logged.len();
+            let read = within(PATIENCE, self.log.read_line(&mut logged))
                 .await
                 .unwrap();
             if read == 0 {
                 break;
             }
-            if line.contains(text) {
-                return line;
+            if logged[start..].contains(text) {
+                return logged;
             }
         }
-        panic!("nothing logged holds {text:?}");
+        panic!("nothing logged holds {text:?}: {logged}");
     }
 }
 
@@ -373,7 +374,8 @@ async fn a_sighup_naming_a_key_that_needs_a_restart_logs_its_file_and_line() {
     )
     .unwrap();
     server.hang_up();
-    let warning = server.logged("not reloaded").await;
+    let logged = server.logged("not reloaded").await;
+    let warning = logged.lines().last().unwrap();
     assert!(
         warning.contains("connections.backpressure"),
         "names the key: {warning}"
@@ -381,5 +383,67 @@ async fn a_sighup_naming_a_key_that_needs_a_restart_logs_its_file_and_line() {
     assert!(
         warning.contains(&format!("{}:3", file.path())),
         "names the file and line 3, where the key is: {warning}"
+    );
+}
+
+/// `--config <(render)`, a file made by a command, is read from a pipe (the crate
+/// bounds such a read for that use). A SIGHUP that read it again would find it empty,
+/// which reads as every default: a pipe is read once, at start, and a SIGHUP keeps its
+/// settings (here a per-peer cap of 1, not the default 32).
+#[tokio::test]
+async fn a_sighup_does_not_put_the_defaults_in_force_when_the_config_was_a_pipe() {
+    let mut command = tokio::process::Command::new("bash");
+    command.arg("-c").arg(format!(
+        "exec {} --addr 127.0.0.1:0 --config <(printf '[connections]\\nper_peer = 1\\n')",
+        example_path("login_server").display()
+    ));
+    let mut server = LoggingServer::start(command).await;
+    let mut held = LineClient::connect_from(7, server.addr).await;
+    assert_eq!(held.ask("LOGIN alice secret").await.as_deref(), Some("OK"));
+    let mut over = LineClient::connect_from(7, server.addr).await;
+    assert_eq!(
+        over.line().await.as_deref(),
+        Some("ERROR busy"),
+        "the pipe's cap of 1"
+    );
+
+    server.hang_up();
+    // Whatever the reload did, it has done it once it says so.
+    let said = server.logged("reloaded").await;
+    let mut again = LineClient::connect_from(7, server.addr).await;
+    assert_ne!(
+        again.ask("LOGIN alice secret").await.as_deref(),
+        Some("OK"),
+        "a second connection from a peer capped at 1 was served after the SIGHUP: {said}"
+    );
+    assert!(said.contains("not a regular file"), "says why: {said}");
+    drop(held);
+}
+
+/// A file replaced by a FIFO that no one writes to would hold a SIGHUP's read for ever
+/// (opening it waits for a writer): it is not read, and the server, on one runtime
+/// worker here, serves on with the settings it has.
+#[tokio::test]
+async fn a_sighup_does_not_wait_on_a_config_file_replaced_by_a_fifo_without_a_writer() {
+    let file = ConfigFile::new("fifo", "[connections]\nper_peer = 1\n");
+    let mut command = tokio::process::Command::new(example_path("login_server"));
+    command
+        .args(["--addr", "127.0.0.1:0", "--config", file.path()])
+        .env("TOKIO_WORKER_THREADS", "1");
+    let mut server = LoggingServer::start(command).await;
+    std::fs::remove_file(&file.0).unwrap();
+    let made = Command::new("mkfifo").arg(&file.0).status().unwrap();
+    assert!(made.success());
+
+    server.hang_up();
+    let said = server.logged("reloaded").await;
+    assert!(said.contains("not a regular file"), "says why: {said}");
+    let mut first = LineClient::connect_from(8, server.addr).await;
+    assert_eq!(first.ask("LOGIN alice secret").await.as_deref(), Some("OK"));
+    let mut second = LineClient::connect_from(8, server.addr).await;
+    assert_eq!(
+        second.line().await.as_deref(),
+        Some("ERROR busy"),
+        "still the file's cap of 1"
     );
 }

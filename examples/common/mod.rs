@@ -92,11 +92,32 @@ impl Args {
 
 impl Args {
     /// Puts the protection settings as they are now in force: the `--config` file read
-    /// again, the flags over it; or says why nothing changed.
-    fn reload(&self, bouncer: &Bouncer) -> Result<(), String> {
-        let file = config_file(&self.argv)
-            .map(|path| ConfigFile::read(path).map_err(|error| format!("--config {error}")))
-            .transpose()?;
+    /// again, the flags over it. A file that is not a regular file (a pipe such as
+    /// `<(render)`, read to its end at start, or a FIFO that would wait for a writer) is
+    /// not read again: `in_force`, the file last put in force, stands in for it. Returns
+    /// the file now in force, or why nothing changed. Blocking: it reads files.
+    fn reload(
+        &self,
+        bouncer: &Bouncer,
+        in_force: Option<ConfigFile>,
+    ) -> Result<Option<ConfigFile>, String> {
+        let file = match config_file(&self.argv) {
+            None => None,
+            Some(path) => match std::fs::metadata(&path) {
+                Ok(metadata) if metadata.is_file() => {
+                    Some(ConfigFile::read(&path).map_err(|error| format!("--config {error}"))?)
+                }
+                Ok(_) => {
+                    tracing::warn!(
+                        "--config {}: not a regular file, so not read again (a pipe is read \
+                         once, at start): the settings last read from it are kept",
+                        path.display()
+                    );
+                    in_force
+                }
+                Err(error) => return Err(format!("--config {}: {error}", path.display())),
+            },
+        };
         let mut protection = Protection::new(file, self.logs_in);
         let mut argv = self.argv.iter().cloned();
         while let Some(flag) = argv.next() {
@@ -108,7 +129,8 @@ impl Args {
         }
         bouncer
             .reload(protection.config.clone())
-            .map_err(|error| protection.describe(&error))
+            .map_err(|error| protection.describe(&error))?;
+        Ok(protection.file().cloned())
     }
 }
 
@@ -144,10 +166,21 @@ fn reload_on_hangup(args: &Args, bouncer: &Bouncer) {
         return;
     };
     let (args, bouncer) = (args.clone(), bouncer.clone());
+    let mut in_force = args.protection.file().cloned();
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            match args.reload(&bouncer) {
-                Ok(()) => tracing::info!("configuration reloaded"),
+            // Off the runtime's workers: reading files must not hold up connections.
+            let reloaded = tokio::task::spawn_blocking({
+                let (args, bouncer, in_force) = (args.clone(), bouncer.clone(), in_force.clone());
+                move || args.reload(&bouncer, in_force)
+            })
+            .await
+            .unwrap_or_else(|panic| Err(panic.to_string()));
+            match reloaded {
+                Ok(file) => {
+                    in_force = file;
+                    tracing::info!("configuration reloaded");
+                }
                 Err(error) => {
                     tracing::warn!(%error, "configuration not reloaded: the one in force is kept")
                 }

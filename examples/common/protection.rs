@@ -74,7 +74,8 @@ pub const USAGE: &str =
   --config FILE         every setting above from a TOML file (a sample with every key at
                         its default: examples/bouncer.toml); flags given too override it,
                         and the two are checked together; SIGHUP reads it (and the TLS
-                        files) again";
+                        files) again, but a pipe (<(render)) or a FIFO only once, at start:
+                        a SIGHUP keeps its settings";
 
 /// The `--help` line of the flag only login_server takes.
 pub const LOGIN_TIMEOUT_USAGE: &str = "  --login-timeout S     close a connection not logged in S seconds after connecting (default 30)";
