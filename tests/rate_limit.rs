@@ -384,6 +384,61 @@ async fn a_reload_changes_the_rates_and_keeps_what_each_peer_used() {
     ));
 }
 
+/// An operator raises the rate, and its burst, for clients it throttled: a peer that
+/// spent its whole burst of 10 at 1 a second has, under 100 a second with a burst of
+/// 100, used 10 of 100 ("what each peer has used is kept, measured against the new
+/// rate"), not a lock-out for the 9 s its old bucket took to refill.
+#[tokio::test(start_paused = true)]
+async fn a_raised_rate_frees_a_throttled_peer_at_the_new_rate_not_the_old_one() {
+    let layer = RateLimitLayer::builder()
+        .per_peer(Rate::per_second(1).burst(10))
+        .build()
+        .unwrap();
+    let mut service = limited(&layer);
+    for port in 1..=10 {
+        connect(&mut service, &format!("192.0.2.1:{port}")).unwrap();
+    }
+    assert!(connect(&mut service, "192.0.2.1:11").is_err());
+    layer
+        .set_per_peer(Rate::per_second(100).burst(100))
+        .unwrap();
+    // Even as an empty bucket, one every 10 ms under the new rate.
+    tokio::time::advance(Duration::from_millis(20)).await;
+    if let Err(refused) = connect(&mut service, "192.0.2.1:12") {
+        panic!(
+            "refused under a rate of 100 a second: {}",
+            rejected(&refused).reason()
+        );
+    }
+}
+
+/// The other way: an operator under a flood lowers the rate, and its burst. A peer that
+/// has just spent its burst of 100 under the old rate has nothing left under the new
+/// one: it must not be handed most of the new burst of 10 at once.
+#[tokio::test(start_paused = true)]
+async fn a_lowered_rate_gives_a_peer_that_spent_its_burst_no_fresh_one() {
+    let layer = RateLimitLayer::builder()
+        .per_peer(Rate::per_second(100))
+        .build()
+        .unwrap();
+    let mut service = limited(&layer);
+    for port in 1..=100 {
+        connect(&mut service, &format!("192.0.2.1:{port}")).unwrap();
+    }
+    assert!(connect(&mut service, "192.0.2.1:101").is_err());
+    layer.set_per_peer(Rate::per_second(1).burst(10)).unwrap();
+    let mut admitted = 0;
+    for port in 102..=120 {
+        if connect(&mut service, &format!("192.0.2.1:{port}")).is_ok() {
+            admitted += 1;
+        }
+    }
+    assert!(
+        admitted <= 1,
+        "{admitted} admitted at once right after the reload from a peer that had spent its burst"
+    );
+}
+
 /// A reload makes a new limiter over the same table: what each peer used must read
 /// the same to it, however long the server ran before (a `Bouncer` reload sets the
 /// per-peer rate every time).
