@@ -245,6 +245,44 @@ async fn refilled_peers_are_forgotten_without_any_help() {
     assert_eq!(layer.stats().tracked_peers, 0);
 }
 
+/// "Refilled peers are forgotten without any help", about once a refill period: of
+/// the rate in force. A server running at a slow rate (a minute to refill) and
+/// reloaded to a fast one (a second) must forget refilled peers on the fast rate's
+/// schedule, or its table stays full of peers the limiter no longer needs, and the
+/// full table lets new peers through untracked, at no rate at all.
+#[tokio::test(start_paused = true)]
+async fn refilled_peers_are_forgotten_on_the_reloaded_rates_schedule() {
+    let layer = RateLimitLayer::builder()
+        .per_peer(Rate::per_second(1).burst(60))
+        .max_tracked_peers(200)
+        .build()
+        .unwrap();
+    let mut service = limited(&layer);
+    let peer = |n: u32| format!("{}:1", std::net::Ipv4Addr::from_bits(0xC633_6400 + n));
+    // The first peer comes under the rate the layer was built with: its sweep runs.
+    connect(&mut service, &peer(0)).unwrap();
+    layer.set_per_peer(Rate::per_second(5)).unwrap();
+    for n in 1..200 {
+        connect(&mut service, &peer(n)).unwrap();
+    }
+    assert_eq!(layer.stats().tracked_peers, 200);
+    // As for a layer built at 5 a second: a sweep about once its refill period.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A new peer then gets its burst of 5, and no more.
+    let admitted = (1..=20)
+        .filter(|port| connect(&mut service, &format!("192.0.2.250:{port}")).is_ok())
+        .count();
+    assert_eq!(
+        admitted, 5,
+        "a new peer found the table full of refilled peers and went untracked, at no rate"
+    );
+    assert_eq!(
+        layer.stats().tracked_peers,
+        1,
+        "the new peer alone is tracked: the refilled ones are forgotten"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_peer_table_is_bounded_with_an_overflow_policy() {
     let admit = RateLimitLayer::builder()

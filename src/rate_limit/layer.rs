@@ -3,7 +3,10 @@ use std::{
     net::IpAddr,
     num::NonZeroU32,
     pin::Pin,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -233,7 +236,8 @@ impl RateLimitLayer {
     /// that has 6 connections of its burst still to refill refills them at the new
     /// rate, whether the old one was faster or slower. A new rate walks the peer table
     /// once, here, not on the connection path; a connection checked meanwhile may be
-    /// counted at the old rate.
+    /// counted at the old rate. Refilled peers are forgotten on the new rate's schedule
+    /// from the next second.
     ///
     /// ```
     /// use tower_bouncer::rate_limit::{Rate, RateLimitLayer};
@@ -328,7 +332,8 @@ impl RateLimitBuilder {
                     limiter: Arc::new(ArcSwap::from_pointee(keyed_limiter(quota, &table, clock))),
                     in_force: Mutex::new(quota),
                     table,
-                    sweep_every: sweep_interval(quota),
+                    sweep_every: AtomicU64::new(sweep_interval(quota)),
+                    swept_at: AtomicU64::new(0),
                     janitor: Janitor::default(),
                 })
             }
@@ -358,12 +363,19 @@ impl RateLimitBuilder {
     }
 }
 
-/// How often refilled peers are forgotten: once a bucket has had time to refill,
-/// within bounds so that neither the sweep nor the memory it frees is wasted.
-fn sweep_interval(quota: Quota) -> Duration {
-    quota
+/// How often the sweep task looks whether refilled peers are due to be forgotten: the
+/// shortest time between two sweeps, so that a reload to a faster rate is followed
+/// from the next look.
+const SWEEP_LOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// How often refilled peers are forgotten, in nanoseconds: once a bucket has had time
+/// to refill, within bounds so that neither the sweep nor the memory it frees is
+/// wasted.
+fn sweep_interval(quota: Quota) -> u64 {
+    let every = quota
         .burst_size_replenished_in()
-        .clamp(Duration::from_secs(1), Duration::from_secs(60))
+        .clamp(SWEEP_LOOK_EVERY, Duration::from_secs(60));
+    u64::try_from(every.as_nanos()).expect("a minute in nanoseconds fits")
 }
 
 impl<S> Layer<S> for RateLimitLayer {
@@ -404,7 +416,12 @@ struct PerPeer {
     in_force: Mutex<Quota>,
     /// The limiter's table, also held here to ask it about capacity.
     table: Arc<CellTable>,
-    sweep_every: Duration,
+    /// How often the rate in force needs refilled peers forgotten, in nanoseconds: set
+    /// again by a reload, read by the sweep task at each look.
+    sweep_every: AtomicU64,
+    /// When refilled peers were last forgotten (at first, when the layer was built), on
+    /// the layer's clock.
+    swept_at: AtomicU64,
     janitor: Janitor,
 }
 
@@ -540,13 +557,15 @@ impl Shared {
 }
 
 impl PerPeer {
-    /// Puts `quota` in force. A peer's word is the time its bucket is full again: how
-    /// far that is ahead of now is what the peer used, counted in the old rate's
-    /// intervals, so it is rescaled to the new rate's.
+    /// Puts `quota` in force, and the sweep schedule it needs. A peer's word is the time
+    /// its bucket is full again: how far that is ahead of now is what the peer used,
+    /// counted in the old rate's intervals, so it is rescaled to the new rate's.
     fn reload(&self, quota: Quota, clock: TokioClock) {
         let mut in_force = self.in_force.lock().unwrap_or_else(PoisonError::into_inner);
         self.limiter
             .store(Arc::new(keyed_limiter(quota, &self.table, clock)));
+        self.sweep_every
+            .store(sweep_interval(quota), Ordering::Relaxed);
         let old = in_force.replenish_interval().as_nanos();
         let new = quota.replenish_interval().as_nanos();
         if old != new {
@@ -580,11 +599,27 @@ impl PerPeer {
     /// Makes sure a task forgets refilled peers. It holds the state weakly and ends
     /// after the last clone of the layer is dropped.
     fn start_janitor(&self, shared: &Arc<Shared>) {
-        self.janitor.ensure(shared, self.sweep_every, |shared| {
+        self.janitor.ensure(shared, SWEEP_LOOK_EVERY, |shared| {
             if let Some(per_peer) = &shared.per_peer {
-                per_peer.limiter.load().retain_recent();
+                per_peer.sweep_if_due(shared.clock.now());
             }
         });
+    }
+
+    /// Forgets refilled peers once the rate in force says it is time. The task looks
+    /// every second rather than sleeping out a period, so that a rate reloaded to a
+    /// faster one is swept on its schedule, not on the old rate's.
+    fn sweep_if_due(&self, now: Nanos) {
+        let now = now.as_u64();
+        let since = now.saturating_sub(self.swept_at.load(Ordering::Relaxed));
+        // Looks come a whole number of looks after the last sweep, give or take the
+        // timer's precision: half a look of leeway, so that none is missed for a hair.
+        let leeway = u64::try_from((SWEEP_LOOK_EVERY / 2).as_nanos()).unwrap_or(u64::MAX);
+        if since.saturating_add(leeway) < self.sweep_every.load(Ordering::Relaxed) {
+            return;
+        }
+        self.swept_at.store(now, Ordering::Relaxed);
+        self.limiter.load().retain_recent();
     }
 }
 

@@ -27,7 +27,9 @@
 //!
 //! The per-peer state is a bounded table like the [per-peer limit](crate::peer_limit)'s,
 //! and a peer whose bucket has refilled is forgotten by a sweep the layer runs on its
-//! own, on a runtime with timers (see [Runtime](crate#runtime)): nothing to spawn.
+//! own, on a runtime with timers (see [Runtime](crate#runtime)): nothing to spawn. It
+//! runs about as often as the rate in force takes to refill a bucket, from once a
+//! second to once a minute, and follows a reloaded rate from the next second.
 //!
 //! Time is read from [`TokioClock`], which follows `tokio::time::pause`, so tests run on
 //! paused time; nothing here sleeps on real time.
