@@ -577,3 +577,39 @@ async fn the_accept_loop_logs_in_the_callers_span_to_the_callers_subscriber() {
         "{logged}"
     );
 }
+
+/// A reload that changes nothing (a certificate renewed, a SIGHUP sent twice) must put
+/// nothing new in force: not a fresh global bucket. Under a flood held at the global
+/// rate, every such reload would let a whole burst more in at once.
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_changes_nothing_gives_no_fresh_global_burst() {
+    use tower::{Service, ServiceExt};
+    let mut config = config();
+    config.rates.global = 3;
+    let bouncer = Bouncer::builder(config.clone())
+        .refusals(Refusals::Silent)
+        .build()
+        .unwrap();
+    let mut service = ServiceBuilder::new()
+        .layer(bouncer.clone())
+        .service(Echo::default());
+    // Each peer connects once, and hangs up: only the global rate can refuse it.
+    let mut connect_all = async |peers: std::ops::RangeInclusive<u8>| {
+        for peer in peers {
+            let (conn, client) = duplex_conn(&format!("192.0.2.{peer}:1"));
+            drop(client);
+            let ready = ServiceExt::<Conn<tokio::io::DuplexStream>>::ready(&mut service);
+            let _ = ready.await.unwrap().call(conn).await;
+        }
+    };
+    connect_all(1..=10).await;
+    let refused = bouncer.rate_limit().stats().refused_global_rate;
+    assert_eq!(refused, 7, "a burst of 3");
+    bouncer.reload(config).unwrap();
+    connect_all(11..=20).await;
+    assert_eq!(
+        bouncer.rate_limit().stats().refused_global_rate - refused,
+        10,
+        "admitted after a reload that changed nothing, the time not having moved"
+    );
+}

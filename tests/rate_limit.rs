@@ -140,11 +140,11 @@ async fn a_faster_global_rate_reloaded_during_backpressure_is_used_at_once() {
     layer.set_global(Rate::per_second(1000)).unwrap();
     assert!(service.is_woken(), "the waiting loop is not told");
     assert_ready_ok!(service.poll_ready());
-    // Reloaded again while it waits again: told again. (The first connection spends
-    // the token reserved under the last rate, the second the new bucket's one.)
+    // Reloaded again while it waits again: told again. The connection spends the
+    // token reserved under the last rate; the slower bucket keeps the two connections
+    // the faster one gave, so the loop waits again.
     layer.set_global(Rate::per_minute(1)).unwrap();
     connect(&mut service, "192.0.2.1:2").unwrap();
-    connect(&mut service, "192.0.2.1:3").unwrap();
     assert_pending!(service.poll_ready());
     layer.set_global(Rate::per_second(1000)).unwrap();
     assert!(service.is_woken());
@@ -397,9 +397,16 @@ async fn a_reload_changes_the_rates_and_keeps_what_each_peer_used() {
     tokio::time::advance(Duration::from_millis(200)).await;
     connect(&mut service, "192.0.2.1:8").unwrap();
     assert!(connect(&mut service, "192.0.2.1:9").is_err());
-    // The global rate, lowered: a fresh bucket of 1.
+    // The global rate, lowered to 1 a second: what it has spent counts at the new
+    // rate too, so the last connection's second passes first; then one a second.
     layer.set_global(Rate::per_second(1)).unwrap();
-    connect(&mut service, "192.0.2.2:1").unwrap();
+    let refusal = connect(&mut service, "192.0.2.2:1").unwrap_err();
+    assert!(matches!(
+        rejected(&refusal).reason(),
+        Reason::GlobalRate { retry_after } if *retry_after == Duration::from_secs(1)
+    ));
+    tokio::time::advance(Duration::from_secs(1)).await;
+    connect(&mut service, "192.0.2.2:2").unwrap();
     let refusal = connect(&mut service, "192.0.2.3:1").unwrap_err();
     assert!(matches!(
         rejected(&refusal).reason(),
@@ -419,6 +426,41 @@ async fn a_reload_changes_the_rates_and_keeps_what_each_peer_used() {
     assert!(matches!(
         per_peer_only.set_global(Rate::per_second(1)),
         Err(ConfigError::Inconsistent { .. })
+    ));
+}
+
+/// A reload keeps what the global bucket has spent, as it keeps each peer's: under a
+/// flood held at the global rate, a reload that leaves the rate as it is (a certificate
+/// renewed, a SIGHUP sent twice) lets no one more in, and one that changes it counts
+/// the connections already let in at the new rate, raised or lowered, rather than
+/// handing out a fresh burst.
+#[tokio::test(start_paused = true)]
+async fn a_reloaded_global_rate_keeps_what_its_bucket_has_spent() {
+    let layer = RateLimitLayer::builder()
+        .global(Rate::per_second(10))
+        .build()
+        .unwrap();
+    let mut service = limited(&layer);
+    // Each connection from a new peer: only the global rate can refuse it.
+    let mut peers =
+        (0..200u32).map(|n| format!("{}:1", std::net::Ipv4Addr::from_bits(0xC633_6400 + n)));
+    let mut flood = |service: &mut Service, connections: usize| {
+        (0..connections)
+            .filter(|_| connect(service, &peers.next().unwrap()).is_ok())
+            .count()
+    };
+    assert_eq!(flood(&mut service, 20), 10, "the burst of 10");
+    layer.set_global(Rate::per_second(10)).unwrap();
+    assert_eq!(flood(&mut service, 20), 0, "the same rate: nothing new");
+    // Raised to 20 a second: the 10 let in count against its burst of 20.
+    layer.set_global(Rate::per_second(20)).unwrap();
+    assert_eq!(flood(&mut service, 20), 10, "the 10 left of the new burst");
+    // Lowered to 5 a second: 20 let in are 4 s of it, a burst of 5 is 0.8 s.
+    layer.set_global(Rate::per_second(5)).unwrap();
+    let refusal = connect(&mut service, &peers.next().unwrap()).unwrap_err();
+    assert!(matches!(
+        rejected(&refusal).reason(),
+        Reason::GlobalRate { retry_after } if *retry_after == Duration::from_millis(3200)
     ));
 }
 

@@ -597,14 +597,16 @@ impl Bouncer {
     /// timeouts (for new connections; live ones keep theirs), the exempt networks, the
     /// login tries and timeout, the ban policy, and, with TLS, the certificate files
     /// read again (for new handshakes). Live connections are not dropped: under a lower
-    /// cap, new ones are refused (or, with backpressure, wait) until there is room.
-    /// Checked whole before anything changes: a reload that cannot work changes nothing
-    /// and says why, by key (`ConfigFile::locate` finds its line in a file). What the
-    /// running server is built around needs a restart, and a reload changing it is
-    /// refused naming the key that changed: the IPv6 prefix, backpressure, whether the
-    /// descriptor limit is raised (done when the bouncer is built), the PROXY protocol,
-    /// TLS on or off and its handshake timeout, the kernel filter, the fleet, the admin
-    /// page. Reloads run one at a time: one called while another runs waits for it.
+    /// cap, new ones are refused (or, with backpressure, wait) until there is room. The
+    /// rates keep what each peer and the whole server have spent, counted in
+    /// connections at the new rates: a reload hands out no fresh burst. Checked whole
+    /// before anything changes: a reload that cannot work changes nothing and says why,
+    /// by key (`ConfigFile::locate` finds its line in a file). What the running server
+    /// is built around needs a restart, and a reload changing it is refused naming the
+    /// key that changed: the IPv6 prefix, backpressure, whether the descriptor limit is
+    /// raised (done when the bouncer is built), the PROXY protocol, TLS on or off and
+    /// its handshake timeout, the kernel filter, the fleet, the admin page. Reloads run
+    /// one at a time: one called while another runs waits for it.
     ///
     /// ```no_run
     /// # fn run(bouncer: tower_bouncer::bouncer::Bouncer) -> Result<(), Box<dyn std::error::Error>> {

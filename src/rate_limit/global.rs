@@ -13,8 +13,20 @@
 //! takes its token from the bucket. Over time the rate is exact: every token spent was
 //! taken from the bucket, and a stripe whose hoard and the bucket are both empty spends
 //! a token another stripe hoards before it refuses, so that no hoard is left unspent.
+//!
+//! A reload keeps what the bucket has spent: the buckets it makes share one word, the
+//! time the bucket is full again, which a new rate rescales as it does the per-peer
+//! table's words.
 
-use std::{num::NonZeroU32, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    num::NonZeroU32,
+    pin::Pin,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use arc_swap::ArcSwap;
 use governor::{
@@ -22,27 +34,68 @@ use governor::{
     clock::Clock,
     middleware::NoOpMiddleware,
     nanos::Nanos,
-    state::{InMemoryState, NotKeyed},
+    state::{NotKeyed, StateStore},
 };
 use tokio::sync::{Notify, futures::OwnedNotified};
 
-use super::TokioClock;
+use super::{TokioClock, clock, layer::rescaled};
 use crate::striped::{Hoards, local_stripe, stripes};
 
 /// The most tokens a stripe takes from the bucket at once.
 const MOST_BATCH: u32 = 16;
 
-type Limiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Nanos>>;
+type Limiter = RateLimiter<NotKeyed, Level, TokioClock, NoOpMiddleware<Nanos>>;
 
 #[derive(Debug)]
 pub(super) struct GlobalRate {
-    /// Replaced by a reload, full again.
+    /// Replaced by a reload that changes the rate, over the same word.
     bucket: ArcSwap<Bucket>,
+    /// The word every bucket reads and writes, for [`Level`].
+    full_at: Arc<AtomicU64>,
+    /// The bucket's quota, held by a reload while it rescales the word, so that two
+    /// reloads rescale it in turn.
+    in_force: Mutex<Quota>,
     hoards: Hoards,
     clock: TokioClock,
     /// Told of a reload: an accept loop waiting for the old rate's next token looks
     /// again at once.
     reloaded: Arc<Notify>,
+}
+
+/// governor's state for one bucket: its theoretical arrival time, the time it is full
+/// again, kept from the clock's origin (0 for a bucket never used), so that the bucket
+/// a reload makes reads it alike.
+#[derive(Debug)]
+struct Level {
+    full_at: Arc<AtomicU64>,
+    /// The limiter's start, from the clock's origin: governor counts from there.
+    start: u64,
+}
+
+impl StateStore for Level {
+    type Key = NotKeyed;
+
+    fn measure_and_replace<T, F, E>(&self, _: &NotKeyed, decide: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let from_start =
+            |full_at: u64| (full_at != 0).then(|| Nanos::from(full_at.saturating_sub(self.start)));
+        let mut full_at = self.full_at.load(Ordering::Acquire);
+        loop {
+            let (outcome, next) = decide(from_start(full_at))?;
+            let next = next.as_u64().saturating_add(self.start);
+            match self.full_at.compare_exchange_weak(
+                full_at,
+                next,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(outcome),
+                Err(changed) => full_at = changed,
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -53,11 +106,19 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn new(quota: Quota, clock: TokioClock) -> Self {
+    fn new(quota: Quota, full_at: &Arc<AtomicU64>, clock: TokioClock) -> Self {
         let stripes = u32::try_from(stripes()).unwrap_or(u32::MAX);
         let batch = (quota.burst_size().get() / 8 / stripes).min(MOST_BATCH);
+        // One reading of the clock for the limiter's start and the level's.
+        let limiter = clock::at(tokio::time::Instant::now(), || {
+            let level = Level {
+                full_at: full_at.clone(),
+                start: clock.now().as_u64(),
+            };
+            RateLimiter::new(quota, level, clock)
+        });
         Self {
-            limiter: RateLimiter::direct_with_clock(quota, clock),
+            limiter,
             batch: NonZeroU32::new(batch).filter(|batch| batch.get() > 1),
         }
     }
@@ -65,18 +126,38 @@ impl Bucket {
 
 impl GlobalRate {
     pub(super) fn new(quota: Quota, clock: TokioClock) -> Self {
+        let full_at = Arc::default();
         Self {
-            bucket: ArcSwap::from_pointee(Bucket::new(quota, clock)),
+            bucket: ArcSwap::from_pointee(Bucket::new(quota, &full_at, clock)),
+            full_at,
+            in_force: Mutex::new(quota),
             hoards: Hoards::new(),
             clock,
             reloaded: Arc::default(),
         }
     }
 
-    /// A new rate, its bucket full; the hoards taken under the old one are dropped, and
-    /// whoever waits for the old one's next token looks again.
+    /// Puts `quota` in force; the same quota changes nothing. What the bucket has spent
+    /// is kept, counted in connections at the new rate (its word is rescaled to the
+    /// new interval); tokens the stripes hoarded under the old rate are dropped, as
+    /// spent. Whoever waits for the old rate's next token looks again.
     pub(super) fn set(&self, quota: Quota) {
-        self.bucket.store(Arc::new(Bucket::new(quota, self.clock)));
+        let mut in_force = self.in_force.lock().unwrap_or_else(PoisonError::into_inner);
+        if *in_force == quota {
+            return;
+        }
+        self.bucket
+            .store(Arc::new(Bucket::new(quota, &self.full_at, self.clock)));
+        let (old, new) = (in_force.replenish_interval(), quota.replenish_interval());
+        if old != new {
+            let now = self.clock.now().as_u64();
+            let _ = self
+                .full_at
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |full_at| {
+                    Some(rescaled(full_at, now, old, new))
+                });
+        }
+        *in_force = quota;
         self.hoards.drain();
         self.reloaded.notify_waiters();
     }
@@ -208,10 +289,10 @@ mod tests {
     #[test]
     fn a_small_burst_takes_every_token_from_the_bucket() {
         let quota = Quota::per_second(NonZeroU32::new(100).unwrap());
-        let small = Bucket::new(quota, TokioClock::new());
+        let small = Bucket::new(quota, &Arc::default(), TokioClock::new());
         assert_eq!(small.batch, None);
         let quota = Quota::per_second(NonZeroU32::new(100_000).unwrap());
-        let large = Bucket::new(quota, TokioClock::new());
+        let large = Bucket::new(quota, &Arc::default(), TokioClock::new());
         assert_eq!(large.batch.map(NonZeroU32::get), Some(MOST_BATCH));
     }
 }

@@ -263,7 +263,10 @@ impl RateLimitLayer {
     }
 
     /// Changes the global rate of this layer and its clones, for a reload without a
-    /// restart; its bucket starts full.
+    /// restart. What the bucket has spent is kept, counted in connections at the new
+    /// rate: no fresh burst, whether the rate is raised or lowered, and the rate in
+    /// force set again changes nothing. Tokens the threads took from the bucket ahead
+    /// of need (with a burst of 128 or more) are dropped, as spent.
     ///
     /// # Errors
     ///
@@ -361,6 +364,17 @@ impl RateLimitBuilder {
             }),
         })
     }
+}
+
+/// A bucket's word, the time it is full again, moved from the old interval between two
+/// connections to the new one: what it has used is a time ahead of `now`, which counts
+/// connections at the rate it was written under, and counts as many at the new one.
+pub(super) fn rescaled(full_at: u64, now: u64, old: Duration, new: Duration) -> u64 {
+    if full_at <= now {
+        return full_at;
+    }
+    let to_refill = u128::from(full_at - now) * new.as_nanos() / old.as_nanos();
+    now.saturating_add(u64::try_from(to_refill).unwrap_or(u64::MAX))
 }
 
 /// How often the sweep task looks whether refilled peers are due to be forgotten: the
@@ -566,17 +580,11 @@ impl PerPeer {
             .store(Arc::new(keyed_limiter(quota, &self.table, clock)));
         self.sweep_every
             .store(sweep_interval(quota), Ordering::Relaxed);
-        let old = in_force.replenish_interval().as_nanos();
-        let new = quota.replenish_interval().as_nanos();
+        let (old, new) = (in_force.replenish_interval(), quota.replenish_interval());
         if old != new {
             let now = clock.now().as_u64();
-            self.table.rewrite(|full_at| {
-                if full_at <= now {
-                    return full_at;
-                }
-                let to_refill = u128::from(full_at - now) * new / old;
-                now.saturating_add(u64::try_from(to_refill).unwrap_or(u64::MAX))
-            });
+            self.table
+                .rewrite(|full_at| rescaled(full_at, now, old, new));
         }
         *in_force = quota;
     }

@@ -15,6 +15,10 @@
 //! under 128 on up to 8 threads); over time the rate is exact. BENCHMARKS.md has the
 //! figures.
 //!
+//! A reload ([`set_per_peer`](RateLimitLayer::set_per_peer),
+//! [`set_global`](RateLimitLayer::set_global)) keeps what each bucket has spent,
+//! counted in connections at the new rate: it hands out no fresh burst.
+//!
 //! Exempt peers skip both rates. A connection refused for its peer's rate spends none
 //! of the global rate, and one the global rate refuses spends none of its peer's: the
 //! peer's bucket is left as it was, and a peer seen first then takes no place in the
