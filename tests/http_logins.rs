@@ -356,3 +356,101 @@ async fn a_service_that_checks_in_call_is_called_only_once_admitted() {
         );
     }
 }
+
+/// A request with credentials sent while the connection's first login is in flight
+/// waits for a place; once that login succeeds (reported in the handler, as the
+/// examples do), the connection is logged in and the request should go on. Here the
+/// login's answer is a stream whose first frame has not come (a gRPC subscription, a
+/// server-sent event stream before its first event).
+#[tokio::test(start_paused = true)]
+async fn a_request_waiting_behind_a_login_goes_on_once_that_login_succeeds() {
+    for reporter in Reporter::ALL {
+        let login = with_tries(1);
+        let entered = Arc::new(tokio::sync::Notify::new());
+        let notify = entered.clone();
+        let app = Router::new()
+            .route(
+                "/subscribe",
+                get(move |conn: ConnExtensions| {
+                    let entered = notify.clone();
+                    async move {
+                        entered.notify_one();
+                        // The request behind arrives meanwhile.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        conn.login_session().unwrap().succeeded();
+                        // Events come when they come: none yet.
+                        let events = futures_util::stream::pending::<
+                            Result<Frame<Bytes>, std::convert::Infallible>,
+                        >();
+                        axum::body::Body::new(StreamBody::new(events))
+                    }
+                }),
+            )
+            .route("/account", get(|| async { "balance: 0\n" }));
+        let mut sender =
+            h2_connection_to(&login, reporter.http(app, StatusClassifier::default())).await;
+        let good = "Bearer secret";
+        let mut subscriber = sender.clone();
+        let subscription = tokio::spawn(async move {
+            subscriber
+                .send_request(request("/subscribe", Some(good)))
+                .await
+        });
+        within(PATIENCE, entered.notified()).await;
+        let account = tokio::spawn({
+            let request = request("/account", Some(good));
+            let response = sender.send_request(request);
+            async move { response.await.map(|response| response.status()) }
+        });
+        let subscribed = within(PATIENCE, subscription).await.unwrap().unwrap();
+        assert_eq!(subscribed.status(), StatusCode::OK, "{reporter:?}");
+        assert!(login.stats().authenticated >= 1, "{reporter:?}");
+        let answered = tokio::time::timeout(PATIENCE, account).await;
+        assert!(
+            matches!(answered, Ok(Ok(Ok(StatusCode::OK)))),
+            "{reporter:?}: the connection logged in, yet the request that came during its \
+             login is still held back {PATIENCE:?} later: {answered:?}"
+        );
+    }
+}
+
+/// A request with credentials waiting behind a login when the connection is evicted
+/// (here asked for by the handler, as for a ban or the login timeout) is answered `429`
+/// at once, not left waiting until the connection is cut.
+#[tokio::test(start_paused = true)]
+async fn a_request_waiting_behind_a_login_is_refused_once_the_connection_is_evicted() {
+    for reporter in Reporter::ALL {
+        let login = with_tries(1);
+        let entered = Arc::new(tokio::sync::Notify::new());
+        let notify = entered.clone();
+        let app = Router::new().route(
+            "/login",
+            get(move |conn: ConnExtensions| {
+                let entered = notify.clone();
+                async move {
+                    entered.notify_one();
+                    // The request behind arrives meanwhile.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    conn.login_session().unwrap().evict();
+                    // Never answers: the connection is cut after its grace.
+                    std::future::pending::<StatusCode>().await
+                }
+            }),
+        );
+        let sender =
+            h2_connection_to(&login, reporter.http(app, StatusClassifier::default())).await;
+        let mut evicting = sender.clone();
+        tokio::spawn(async move {
+            evicting
+                .send_request(request("/login", Some(BAD_CREDENTIALS)))
+                .await
+        });
+        within(PATIENCE, entered.notified()).await;
+        let statuses = send_all(&sender, bad_logins(1)).await;
+        assert_eq!(
+            statuses,
+            [Some(StatusCode::TOO_MANY_REQUESTS)],
+            "{reporter:?}: the waiting request was left until the connection was cut"
+        );
+    }
+}

@@ -1,8 +1,9 @@
 //! MaxAuthTries for multiplexed protocols: on one HTTP/2 connection, requests carrying
 //! credentials run at most as many at once as the connection has tries left, so a
 //! client that sends 200 guesses together gets its tries' worth of password checks, not
-//! 200. Once a connection has logged in, its requests are no longer held back; once it
-//! has used up its tries, none waits: each is answered at once.
+//! 200. Once a connection has logged in, its requests are no longer held back, and
+//! those waiting go on; once it has used up its tries or is being closed, none waits:
+//! each is answered at once.
 
 use std::{
     future::Future,
@@ -67,6 +68,9 @@ impl Future for AttemptWait {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         let state = &this.state;
+        // Everything is read under the lock the waiting are woken with (a place given
+        // back, a login, an eviction), so no wake-up is missed.
+        let mut attempts = lock(state);
         if state.is_authenticated() {
             return Poll::Ready(Ok(None));
         }
@@ -74,8 +78,6 @@ impl Future for AttemptWait {
         if tries_left == 0 {
             return Poll::Ready(Err(TriesUsedUp));
         }
-        // Under the lock a permit is given back with, so no release is missed.
-        let mut attempts = lock(state);
         let listed = this
             .registered
             .as_ref()
@@ -126,9 +128,31 @@ impl Drop for AttemptPermit {
             std::mem::take(&mut attempts.waiting)
         };
         // Every waiter looks again: with a try used, some may now be refused.
-        for (_, waker) in waiting {
-            waker.wake();
+        wake(waiting);
+    }
+}
+
+impl SessionState {
+    /// Wakes every attempt waiting for a place, to look again: the connection has
+    /// logged in, or is being closed. Only connections that have had attempts wait
+    /// take the lock.
+    pub(super) fn wake_waiting_attempts(&self) {
+        if let Some(attempts) = self.attempts.get() {
+            let waiting = std::mem::take(
+                &mut attempts
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .waiting,
+            );
+            wake(waiting);
         }
+    }
+}
+
+/// Wakes the waiters taken off the list, out of its lock.
+fn wake(waiting: Vec<(u64, Waker)>) {
+    for (_, waker) in waiting {
+        waker.wake();
     }
 }
 

@@ -152,7 +152,8 @@ impl SessionState {
 
     /// Asks the connection to close; the first reason given is the one kept. A login
     /// timeout is an offence: counted here, as most such connections then close
-    /// gracefully, with no error for the ban check to see.
+    /// gracefully, with no error for the ban check to see. The attempts waiting for a
+    /// place are woken, to be refused.
     pub(super) fn evict(&self, reason: EvictReason) {
         if self.reason.set(reason).is_ok() {
             self.shared.stats.evicted(reason);
@@ -160,6 +161,7 @@ impl SessionState {
             if let (EvictReason::LoginTimeout(_), Some(peer)) = (reason, &self.peer) {
                 self.shared.offended(peer, Offence::LoginTimeout);
             }
+            self.wake_waiting_attempts();
         }
         self.close.evict();
     }
@@ -183,6 +185,8 @@ impl LoginSession {
         if !state.authenticated.swap(true, Ordering::AcqRel) {
             state.shared.stats.authenticated.add();
             state.leave_startups();
+            // Logged in, nothing is held back: the attempts waiting go on.
+            state.wake_waiting_attempts();
         }
     }
 
