@@ -18,7 +18,9 @@
 //! `503` or `429` (a banned peer too). A request, for the request timeout, runs from its
 //! first byte until its head is in (or, with a body, until the handler answers). A `401`
 //! from `/login` is a failed login: the response is sent, then the connection is closed,
-//! and the failure counts toward the peer's ban; on HTTP/2, requests with credentials
+//! and the failure counts toward the peer's ban. Every `401` counts, with credentials
+//! or without, as the examples' contract says (`count_every_failure`: the crate's
+//! default counts only requests with credentials). On HTTP/2, requests with credentials
 //! wait for the connection's tries, so concurrent guesses get one password check. A
 //! WebSocket holds its place under the caps and is closed by the idle timeout like
 //! any other connection. `--unprotected` serves the same router with plain

@@ -8,7 +8,9 @@
 //! A call without the token fails with `UNAUTHENTICATED`. Protected (the default), the
 //! routes run through the crate's accept loop, its protection layers (the same flags as
 //! the other examples; see `--help`) and its HTTP adapter, and an `UNAUTHENTICATED` is a
-//! failed login that counts toward the peer's ban; `--unprotected` serves them with
+//! failed login that counts toward the peer's ban, with a token or without, as with
+//! axum_server (`count_every_failure`: the crate's default counts only calls that carry
+//! credentials); `--unprotected` serves them with
 //! tonic's own server, whose drain on SIGINT or SIGTERM is cut at the protected
 //! servers' deadline.
 
@@ -52,7 +54,9 @@ async fn run() {
         return;
     };
     let routes = Routes::new(health).prepare();
-    let report = bouncer.serve_http_until(listener, routes, shutdown).await;
+    let report = bouncer
+        .serve_until(listener, common::http_service(routes), shutdown)
+        .await;
     if let Err(error) = report {
         common::fail(format_args!("server failed: {error}"));
     }

@@ -121,7 +121,14 @@ async fn failed_logins_over_http_ban_the_peer() {
 
     for _ in 0..2 {
         let mut client = Http1Client::connect(connect_from(4, addr).await).await;
-        assert_eq!(client.get("/login").await.unwrap().status, 401);
+        assert_eq!(
+            client
+                .get_as("/login", WRONG_PASSWORD)
+                .await
+                .unwrap()
+                .status,
+            401
+        );
         // A failed login closes its connection once the 401 is sent.
         within(PATIENCE, &mut client.driver).await.ok();
     }
@@ -470,7 +477,14 @@ async fn a_reload_changes_the_ban_policy_and_the_timeouts() {
     config.timeouts.first_byte = Duration::from_millis(200);
     bouncer.reload(config).unwrap();
     let mut client = Http1Client::connect(connect_from(12, addr).await).await;
-    assert_eq!(client.get("/login").await.unwrap().status, 401);
+    assert_eq!(
+        client
+            .get_as("/login", WRONG_PASSWORD)
+            .await
+            .unwrap()
+            .status,
+        401
+    );
     within(PATIENCE, &mut client.driver).await.ok();
     assert!(
         bouncer

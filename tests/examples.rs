@@ -218,6 +218,27 @@ async fn login_server_closes_after_a_failed_login_only_when_protected() {
     unprotected.stop().await;
 }
 
+/// As the contract says, a `401` is a failed login in protected mode, credentials or
+/// not (the crate's default counts only requests with credentials): the connection is
+/// closed once it is sent, though keep-alive was asked for.
+#[tokio::test]
+async fn axum_server_closes_after_any_401_when_protected() {
+    let server = Example::start("axum_server", &[]).await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"GET /login HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    within(PATIENCE, stream.read_to_string(&mut response))
+        .await
+        .unwrap();
+    let response = response.to_ascii_lowercase();
+    assert!(response.starts_with("http/1.1 401"), "{response}");
+    assert!(response.contains("connection: close"), "{response}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn axum_server_answers_its_routes() {
     for mode in [&[][..], &["--unprotected"][..]] {

@@ -526,7 +526,9 @@ mod reporting_logins {
             .await;
             for _ in 0..2 {
                 let mut h1 = Http1Client::connect(connect_from(7, server.addr).await).await;
-                let answer = within(PATIENCE, h1.get("/login")).await.unwrap();
+                let answer = within(PATIENCE, h1.get_as("/login", WRONG_PASSWORD))
+                    .await
+                    .unwrap();
                 assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{reporter:?}");
                 assert_eq!(answer.headers[http::header::CONNECTION], "close");
                 within(PATIENCE, &mut h1.driver).await.unwrap().unwrap();
@@ -581,7 +583,9 @@ mod reporting_logins {
             for (peer, (http, failed_logins)) in (9..).zip(classified) {
                 let server = serve(&login, http).await;
                 let mut h1 = Http1Client::connect(connect_from(peer, server.addr).await).await;
-                let answer = within(PATIENCE, h1.get("/forbidden")).await.unwrap();
+                let answer = within(PATIENCE, h1.get_as("/forbidden", WRONG_PASSWORD))
+                    .await
+                    .unwrap();
                 assert_eq!(answer.status, StatusCode::FORBIDDEN);
                 assert_eq!(login.stats().failed_logins, failed_logins, "{reporter:?}");
                 server.stop().await;
@@ -599,7 +603,9 @@ mod reporting_logins {
             )
             .await;
             let mut h2 = Http2Client::connect(connect_from(11, server.addr).await).await;
-            let answer = within(PATIENCE, h2.get("/stream")).await.unwrap();
+            let answer = within(PATIENCE, h2.get_as("/stream", WRONG_PASSWORD))
+                .await
+                .unwrap();
             assert_eq!(
                 (answer.status.as_u16(), answer.body.as_str()),
                 (200, "data")
@@ -623,12 +629,15 @@ mod reporting_logins {
             let routes = Routes::new(health).prepare();
             let server = serve(&login, reporter.http(routes, StatusClassifier::default())).await;
             let channel = grpc_channel(server.addr).await;
-            let status = within(
-                PATIENCE,
-                HealthClient::new(channel).check(HealthCheckRequest::default()),
-            )
-            .await
-            .unwrap_err();
+            let mut client =
+                HealthClient::with_interceptor(channel, |mut call: tonic::Request<()>| {
+                    let token = "Bearer wrong".parse().unwrap();
+                    call.metadata_mut().insert("authorization", token);
+                    Ok(call)
+                });
+            let status = within(PATIENCE, client.check(HealthCheckRequest::default()))
+                .await
+                .unwrap_err();
             assert_eq!(status.code(), tonic::Code::Unauthenticated);
             let stats = login.stats();
             assert_eq!((stats.failed_logins, stats.bans), (1, 1), "{reporter:?}");

@@ -454,3 +454,49 @@ async fn a_request_waiting_behind_a_login_is_refused_once_the_connection_is_evic
         );
     }
 }
+
+/// A visitor who has not logged in loads a page five times within the window (or five
+/// pages): each time its script asks the API who is logged in, and the API answers
+/// `401`, as APIs do for a request that carries no credentials at all. None of these
+/// requests guessed a password; the crate's documentation says its default penalties
+/// never ban an honest client.
+#[tokio::test(start_paused = true)]
+async fn a_401_to_a_request_without_credentials_is_not_a_failed_login() {
+    for reporter in Reporter::ALL {
+        // The defaults: one try per connection, five failed logins ban.
+        let login = Login::builder().build().unwrap();
+        let app = Router::new().route("/api/me", get(|| async { StatusCode::UNAUTHORIZED }));
+        let mut statuses = Vec::new();
+        for _ in 0..5 {
+            let http = reporter.http(app.clone(), StatusClassifier::default());
+            let sender = h2_connection_to(&login, http).await;
+            statuses.extend(send_all(&sender, vec![request("/api/me", None)]).await);
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+        let stats = login.stats();
+        let banned = login.bans().banned_for("192.0.2.1".parse().unwrap());
+        assert!(
+            banned.is_none() && stats.failed_logins == 0,
+            "{reporter:?}: five anonymous page loads, no credentials sent: {} failed \
+             logins, banned for {banned:?}; answers {statuses:?}",
+            stats.failed_logins,
+        );
+    }
+}
+
+/// With `count_every_failure`, a `401` counts whatever the request carried, as the
+/// example servers' contract says.
+#[tokio::test(start_paused = true)]
+async fn counting_every_failure_counts_a_401_to_a_request_without_credentials() {
+    for reporter in Reporter::ALL {
+        let login = with_tries(1);
+        let app = Router::new().route("/api/me", get(|| async { StatusCode::UNAUTHORIZED }));
+        let classify = StatusClassifier::default().count_every_failure(true);
+        let sender = h2_connection_to(&login, reporter.http(app, classify)).await;
+        let statuses = send_all(&sender, vec![request("/api/me", None)]).await;
+        assert_eq!(statuses, [Some(StatusCode::UNAUTHORIZED)], "{reporter:?}");
+        let stats = login.stats();
+        assert_eq!(stats.failed_logins, 1, "{reporter:?}");
+        assert_eq!(stats.evicted_after_failures, 1, "{reporter:?}");
+    }
+}

@@ -44,7 +44,9 @@ pub async fn serve(
         }
         return;
     };
-    let report = bouncer.serve_http_until(listener, app(), shutdown).await;
+    let report = bouncer
+        .serve_until(listener, super::http_service(app()), shutdown)
+        .await;
     if let Err(error) = report {
         super::fail(format_args!("server failed: {error}"));
     }

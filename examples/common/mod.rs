@@ -8,6 +8,10 @@
 use std::{fmt::Display, io::Write, net::SocketAddr, process, str::FromStr, time::Duration};
 
 use tokio::net::TcpListener;
+use tower_bouncer::{
+    http::{HttpService, RequestService},
+    login::StatusClassifier,
+};
 
 pub mod axum_app;
 pub mod login_protocol;
@@ -295,6 +299,16 @@ pub async fn bind(addr: SocketAddr) -> TcpListener {
         .and_then(|()| stdout.flush())
         .ok();
     listener
+}
+
+/// The HTTP adapter over `app`, for the protected servers. As the contract has it,
+/// every `401` (gRPC: `UNAUTHENTICATED`) is a failed login, whether or not its request
+/// carried credentials; the crate's default counts only those to requests that did.
+pub fn http_service<A: RequestService>(app: A) -> HttpService<A> {
+    HttpService::builder(app)
+        .report_logins(StatusClassifier::default().count_every_failure(true))
+        .build()
+        .expect("the default settings are valid")
 }
 
 /// Serves the admin page on `--admin-addr` (or `admin.addr`), if given, and prints

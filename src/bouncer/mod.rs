@@ -8,8 +8,8 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let app = Router::new().route("/", get(|| async { "hello\n" }));
 //! let listener = tokio::net::TcpListener::bind("0.0.0.0:3000").await?;
-//! // Caps, rates, timeouts, failed logins (a 401) and bans at their defaults;
-//! // drains on SIGINT or SIGTERM.
+//! // Caps, rates, timeouts, failed logins (a 401 to a request with
+//! // credentials) and bans at their defaults; drains on SIGINT or SIGTERM.
 //! Bouncer::new()?.serve_http(listener, app).await?;
 //! # Ok(())
 //! # }
@@ -443,10 +443,13 @@ impl Bouncer {
 
     /// Serves an axum `Router`, tonic routes or any `Service<http::Request<Incoming>>`
     /// over HTTP/1.1 and HTTP/2 (and TLS, if configured) under every layer, until SIGINT
-    /// or SIGTERM; then drains. A `401` (or gRPC `UNAUTHENTICATED`) is a failed login:
-    /// the connection closes once it is sent, and the failure counts toward the peer's
-    /// ban. Give a `Router` as `app.with_state(())`, which makes its routes once rather
-    /// than for every request (see [`HttpService::new`]).
+    /// or SIGTERM; then drains. A `401` (or gRPC `UNAUTHENTICATED`) to a request that
+    /// carries credentials is a failed login: the connection closes once it is sent,
+    /// and the failure counts toward the peer's ban (the [`StatusClassifier`]'s
+    /// defaults; for others, give [`serve_until`](Self::serve_until) an [`HttpService`]
+    /// that [reports](crate::http::HttpServiceBuilder::report_logins) as you choose).
+    /// Give a `Router` as `app.with_state(())`, which makes its routes once rather than
+    /// for every request (see [`HttpService::new`]).
     pub async fn serve_http<A, B>(
         &self,
         listener: TcpListener,

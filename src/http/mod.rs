@@ -362,8 +362,10 @@ impl<S> HttpServiceBuilder<S> {
     /// (MaxAuthTries on HTTP/2 included), but at less cost per request: the adapter's
     /// own request future does it. `classify` is a
     /// [`StatusClassifier`](crate::login::StatusClassifier) (a `401` or gRPC
-    /// `UNAUTHENTICATED` is a failed login) or any other
-    /// [`ClassifyLogin`](crate::login::ClassifyLogin). Use this or the layer, not both:
+    /// `UNAUTHENTICATED` to a request with credentials is a failed login; to every
+    /// request with
+    /// [`count_every_failure`](crate::login::StatusClassifier::count_every_failure)) or
+    /// any other [`ClassifyLogin`](crate::login::ClassifyLogin). Use this or the layer, not both:
     /// each would report every outcome. Connections without a session (no
     /// [`SessionLayer`](crate::login::SessionLayer) below) are served as without it.
     ///

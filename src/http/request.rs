@@ -139,22 +139,23 @@ impl Shared {
         Some((self.conn.login_session()?, self.report_logins.as_ref()?))
     }
 
-    /// Reports the login outcome a response's head tells; whether its trailers may
-    /// still tell one: this connection's logins are reported, and the head told none
-    /// (one outcome per response).
-    fn report_response<B>(&self, response: &Response<B>) -> bool {
+    /// Reports the login outcome a response's head tells, a failure only if it
+    /// `counts_failures`; whether its trailers may still tell one: this connection's
+    /// logins are reported, and the head told none (one outcome per response).
+    fn report_response<B>(&self, response: &Response<B>, counts_failures: bool) -> bool {
         self.login_report().is_some_and(|(session, classify)| {
             !report_outcome(
                 session,
                 classify.response(response.status(), response.headers()),
+                counts_failures,
             )
         })
     }
 
     /// Reports the login outcome a response's trailers tell.
-    fn report_trailers(&self, trailers: &http::HeaderMap) {
+    fn report_trailers(&self, trailers: &http::HeaderMap, counts_failures: bool) {
         if let Some((session, classify)) = self.login_report() {
-            report_outcome(session, classify.trailers(trailers));
+            report_outcome(session, classify.trailers(trailers), counts_failures);
         }
     }
 }
@@ -200,6 +201,10 @@ struct Plan {
     next_after_exchange: bool,
     /// The answer that would upgrade it, for an HTTP/1 request.
     upgrade: Option<Upgrade>,
+    /// Whether a failure its response tells is a failed login (see
+    /// [`ClassifyLogin`](crate::login::ClassifyLogin)).
+    #[cfg(feature = "login")]
+    counts_failures: bool,
 }
 
 /// The connection, held by a request's future and then its response's body: one
@@ -274,9 +279,9 @@ impl Held {
         }
         #[cfg(feature = "login")]
         if let Some((session, classify)) = shared.login_report() {
-            return Answer::start(service, slot, session, |request| {
-                classify.is_attempt(request)
-            });
+            let attempt = classify.is_attempt(request);
+            self.plan.counts_failures = attempt || classify.counts_every_failure();
+            return Answer::start(service, slot, session, attempt);
         }
         Answer::call(service, slot.take().expect("dispatched once"))
     }
@@ -443,7 +448,7 @@ where
         #[cfg(feature = "login")]
         let report = answered
             .as_ref()
-            .is_some_and(|response| held.shared.report_response(response));
+            .is_some_and(|response| held.shared.report_response(response, plan.counts_failures));
         #[cfg(feature = "login")]
         let pending = answer.reported(report);
         #[cfg(not(feature = "login"))]
@@ -525,7 +530,8 @@ impl<B: Body> Body for ExchangeBody<B> {
                     && let Some(trailers) = frame.trailers_ref()
                 {
                     *this.report = false;
-                    held.shared.report_trailers(trailers);
+                    held.shared
+                        .report_trailers(trailers, held.plan.counts_failures);
                 }
             }
             (_, Some(_)) => *this.held = None,

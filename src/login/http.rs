@@ -33,6 +33,12 @@ pub enum LoginOutcome {
 }
 
 /// Decides what a response says about a login.
+///
+/// A failure counts only for a request that [`is_attempt`](Self::is_attempt) says is a
+/// login attempt (by default, one that carries credentials), unless
+/// [`counts_every_failure`](Self::counts_every_failure) says otherwise: a `401` to a
+/// request without credentials (an API call from a visitor not logged in, the first
+/// request of a Basic challenge) guessed nothing. A success counts whatever the request.
 pub trait ClassifyLogin: Clone {
     /// From the status and headers; `None` when the response says nothing about a login.
     fn classify_response(&self, status: StatusCode, headers: &HeaderMap) -> Option<LoginOutcome>;
@@ -43,9 +49,11 @@ pub trait ClassifyLogin: Clone {
         None
     }
 
-    /// Whether a request may be a login attempt, and so is held to the connection's
-    /// tries: by default, one that carries credentials (`Authorization` or
-    /// `Proxy-Authorization`; gRPC metadata travels in the same header).
+    /// Whether a request may be a login attempt: its failure counts, and it is held to
+    /// the connection's tries: by default, one that carries credentials
+    /// (`Authorization` or `Proxy-Authorization`; gRPC metadata travels in the same
+    /// header). Logins whose credentials travel in the body (forms, JSON) are attempts
+    /// only if this says so, by path. Asked once per request, as it is dispatched.
     fn is_attempt(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> bool {
         let _ = (method, uri);
         if headers.keys_len() <= SCANNED_HEADERS {
@@ -56,15 +64,23 @@ pub trait ClassifyLogin: Clone {
             headers.contains_key(AUTHORIZATION) || headers.contains_key(PROXY_AUTHORIZATION)
         }
     }
+
+    /// Whether a failure counts for every request, not only for login attempts
+    /// ([`is_attempt`](Self::is_attempt)): `false` by default, so that no anonymous
+    /// visitor is banned for the `401`s an application answers it.
+    fn counts_every_failure(&self) -> bool {
+        false
+    }
 }
 
 /// The default classifier: `401 Unauthorized` and gRPC `UNAUTHENTICATED` (status 16, in
 /// the headers of a trailers-only response, which gRPC sends as `200 OK`, or in the
-/// trailers) are failed logins;
-/// `403 Forbidden` too if asked.
+/// trailers) are failed logins, when answered to a request that carries credentials;
+/// `403 Forbidden` too if asked, and to every request if asked.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StatusClassifier {
     forbidden_is_failure: bool,
+    count_every_failure: bool,
 }
 
 impl StatusClassifier {
@@ -72,6 +88,20 @@ impl StatusClassifier {
     /// usually means an authenticated user lacks a permission.
     pub fn forbidden_is_failure(mut self, yes: bool) -> Self {
         self.forbidden_is_failure = yes;
+        self
+    }
+
+    /// Whether a failure answered to a request without credentials is a failed login
+    /// too, so that every `401` (or `UNAUTHENTICATED`) counts toward the connection's
+    /// tries and its peer's ban. It is not by default: a browser's first request to a
+    /// page behind a Basic challenge, and an application's anonymous API calls, are
+    /// answered `401` without anyone guessing a password, and five of them would ban
+    /// an honest visitor (and everyone behind its address). Set it for a service no
+    /// anonymous client has any business calling, or whose logins carry their
+    /// credentials where [`is_attempt`](ClassifyLogin::is_attempt) does not look (a
+    /// form's body).
+    pub fn count_every_failure(mut self, yes: bool) -> Self {
+        self.count_every_failure = yes;
         self
     }
 }
@@ -108,10 +138,16 @@ impl ClassifyLogin for StatusClassifier {
     fn classify_trailers(&self, trailers: &HeaderMap) -> Option<LoginOutcome> {
         grpc_unauthenticated(trailers).then_some(LoginOutcome::Failed)
     }
+
+    fn counts_every_failure(&self) -> bool {
+        self.count_every_failure
+    }
 }
 
 /// Any `Fn(StatusCode, &HeaderMap) -> Option<LoginOutcome>` classifies responses, for
-/// custom rules.
+/// custom rules. Its failures count for requests that carry credentials, as
+/// [`is_attempt`](ClassifyLogin::is_attempt)'s default says; for other attempts (a
+/// login form's path), implement [`ClassifyLogin`].
 impl<F> ClassifyLogin for F
 where
     F: Fn(StatusCode, &HeaderMap) -> Option<LoginOutcome> + Clone,
@@ -123,8 +159,9 @@ where
 
 /// A request-level layer that reports each response's login outcome on the
 /// connection's [`LoginSession`]: with the default classifier, a `401` or gRPC
-/// `UNAUTHENTICATED` is a failed login, which (with one try per connection) closes the
-/// connection once the response is sent and counts toward the peer's ban.
+/// `UNAUTHENTICATED` to a request that carries credentials is a failed login, which
+/// (with one try per connection) closes the connection once the response is sent and
+/// counts toward the peer's ban.
 ///
 /// Put it around an axum `Router` or tonic routes, inside the
 /// [`HttpService`](crate::http::HttpService). (The adapter's own
@@ -150,11 +187,11 @@ where
 /// attempt holds its place until its outcome is known: at its response's head, or, if
 /// only the trailers may tell (a gRPC stream that fails its caller after its headers),
 /// until its body's first frame, data or trailers. A request waiting for its place has
-/// not reached the service yet: it is called once admitted. Once the connection has
-/// used up its tries or is being closed, every further request is answered `429 Too
-/// Many Requests` at once, without reaching the service. Logins whose credentials
-/// travel in the body (forms, JSON) are attempts only if a classifier's
-/// [`is_attempt`](ClassifyLogin::is_attempt) says so, by path.
+/// not reached the service yet: it is called once admitted, or, once the connection
+/// logs in, at once. Once the connection has used up its tries or is being closed,
+/// every further request is answered `429 Too Many Requests` at once, without reaching
+/// the service. Logins whose credentials travel in the body (forms, JSON) are attempts
+/// only if a classifier's [`is_attempt`](ClassifyLogin::is_attempt) says so, by path.
 ///
 /// Requests without a session (no [`SessionLayer`](super::SessionLayer) below the
 /// adapter) pass through untouched.
@@ -216,20 +253,34 @@ where
             .get::<ConnExtensions>()
             .and_then(ConnExtensions::login_session)
             .cloned();
-        let answer = match &session {
-            Some(session) => {
-                Answer::start(&mut self.inner, &mut Some(request), session, |request| {
-                    self.classify
-                        .is_attempt(request.method(), request.uri(), request.headers())
-                })
-            }
-            None => Answer::call(&mut self.inner, request),
+        let Some(session) = session else {
+            return ReportFuture {
+                answer: Answer::call(&mut self.inner, request),
+                report: None,
+            };
         };
+        let classify = &self.classify;
+        let attempt = classify.is_attempt(request.method(), request.uri(), request.headers());
+        let answer = Answer::start(&mut self.inner, &mut Some(request), &session, attempt);
         ReportFuture {
             answer,
-            report: session.map(|session| (session, self.classify.clone())),
+            report: Some(Report {
+                counts_failures: attempt || classify.counts_every_failure(),
+                session,
+                classify: classify.clone(),
+            }),
         }
     }
+}
+
+/// What a request's response reports, and on which session.
+#[derive(Debug)]
+struct Report<C> {
+    session: LoginSession,
+    classify: C,
+    /// Whether a failure counts: the request is a login attempt, or every failure
+    /// counts.
+    counts_failures: bool,
 }
 
 /// The response future of [`ReportLogin`].
@@ -241,7 +292,8 @@ where
 {
     #[pin]
     answer: Answer<S, Req>,
-    report: Option<(LoginSession, C)>,
+    /// Until the response is made.
+    report: Option<Report<C>>,
 }
 
 impl<S, Req, C> std::fmt::Debug for ReportFuture<S, Req, C>
@@ -273,10 +325,16 @@ where
             })));
         };
         let mut report = this.report.take();
-        if let Some((session, classify)) = &report
+        if let Some(Report {
+            session,
+            classify,
+            counts_failures,
+            ..
+        }) = &report
             && report_outcome(
                 session,
                 classify.classify_response(response.status(), response.headers()),
+                *counts_failures,
             )
         {
             // One outcome per response: the trailers have nothing more to say.
@@ -402,18 +460,19 @@ impl PendingOutcome {
 }
 
 impl<S: Service<Request<B>> + Clone, B> Answer<S, Request<B>> {
-    /// A request on `session`'s connection. A login attempt (as `is_attempt` says) on
-    /// an HTTP/2 connection not yet logged in waits for its place before the service
-    /// is called, since the service may check credentials in `call` itself (tonic's
-    /// interceptors do); the ready service goes with the request and a clone takes its
-    /// place. The request stays in its slot until the service is called or the attempt
-    /// waits: each move of a request is a copy of its few hundred bytes.
+    /// A request on `session`'s connection. A login `attempt` (as
+    /// [`ClassifyLogin::is_attempt`] says) on an HTTP/2 connection not yet logged in
+    /// waits for its place before the service is called, since the service may check
+    /// credentials in `call` itself (tonic's interceptors do); the ready service goes
+    /// with the request and a clone takes its place. The request stays in its slot
+    /// until the service is called or the attempt waits: each move of a request is a
+    /// copy of its few hundred bytes.
     #[inline]
     pub(crate) fn start(
         service: &mut S,
         request: &mut Option<Request<B>>,
         session: &LoginSession,
-        is_attempt: impl FnOnce(&Request<B>) -> bool,
+        attempt: bool,
     ) -> Self {
         let pending = request.as_ref().expect("a request to answer");
         if session.state.is_evicted() {
@@ -422,10 +481,7 @@ impl<S: Service<Request<B>> + Clone, B> Answer<S, Request<B>> {
                 permit: None,
             };
         }
-        if pending.version() >= Version::HTTP_2
-            && !session.is_authenticated()
-            && is_attempt(pending)
-        {
+        if attempt && pending.version() >= Version::HTTP_2 && !session.is_authenticated() {
             return Self::wait(service, request, session);
         }
         // HTTP/1 serves one request at a time on a connection: nothing to hold.
@@ -451,13 +507,20 @@ impl<S: Service<Request<B>> + Clone, B> Answer<S, Request<B>> {
     }
 }
 
-/// Reports `outcome` on the session; whether there was one.
+/// Reports `outcome` on the session, a failure only if it `counts_failures` (see
+/// [`ClassifyLogin`]); whether there was one.
 #[inline]
-pub(crate) fn report_outcome(session: &LoginSession, outcome: Option<LoginOutcome>) -> bool {
+pub(crate) fn report_outcome(
+    session: &LoginSession,
+    outcome: Option<LoginOutcome>,
+    counts_failures: bool,
+) -> bool {
     match outcome {
         // The response is already made; closing comes after it is sent.
         Some(LoginOutcome::Failed) => {
-            let _: AfterFailure = session.failed();
+            if counts_failures {
+                let _: AfterFailure = session.failed();
+            }
         }
         Some(LoginOutcome::Succeeded) => session.succeeded(),
         None => return false,
@@ -475,6 +538,7 @@ trait Classify: Send + Sync + 'static {
     fn response_outcome(&self, status: StatusCode, headers: &HeaderMap) -> Option<LoginOutcome>;
     fn trailers_outcome(&self, trailers: &HeaderMap) -> Option<LoginOutcome>;
     fn may_be_attempt(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> bool;
+    fn counts_all_failures(&self) -> bool;
 }
 
 impl<C: ClassifyLogin + Send + Sync + 'static> Classify for C {
@@ -488,6 +552,10 @@ impl<C: ClassifyLogin + Send + Sync + 'static> Classify for C {
 
     fn may_be_attempt(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> bool {
         self.is_attempt(method, uri, headers)
+    }
+
+    fn counts_all_failures(&self) -> bool {
+        self.counts_every_failure()
     }
 }
 
@@ -511,6 +579,11 @@ impl SharedClassifier {
         self.0
             .may_be_attempt(request.method(), request.uri(), request.headers())
     }
+
+    /// [`ClassifyLogin::counts_every_failure`].
+    pub(crate) fn counts_every_failure(&self) -> bool {
+        self.0.counts_all_failures()
+    }
 }
 
 impl std::fmt::Debug for SharedClassifier {
@@ -526,7 +599,7 @@ pub struct ReportBody<B, C = StatusClassifier> {
     /// `None` for a request answered without reaching the service: no body.
     #[pin]
     inner: Option<B>,
-    report: Option<(LoginSession, C)>,
+    report: Option<Report<C>>,
     pending: PendingOutcome,
 }
 
@@ -545,9 +618,13 @@ impl<B: Body, C: ClassifyLogin> Body for ReportBody<B, C> {
         let frame = ready!(inner.poll_frame(cx));
         if let Some(Ok(frame)) = &frame
             && let Some(trailers) = frame.trailers_ref()
-            && let Some((session, classify)) = this.report.take()
+            && let Some(report) = this.report.take()
         {
-            report_outcome(&session, classify.classify_trailers(trailers));
+            report_outcome(
+                &report.session,
+                report.classify.classify_trailers(trailers),
+                report.counts_failures,
+            );
         }
         this.pending.settle();
         Poll::Ready(frame)

@@ -106,7 +106,8 @@
 //! For HTTP (feature `http`), the adapter's
 //! [`report_logins`](crate::http::HttpServiceBuilder::report_logins), or a
 //! [`ReportLoginLayer`] around the application, turns `401` responses and gRPC
-//! `UNAUTHENTICATED` into failed logins.
+//! `UNAUTHENTICATED` to requests that carry credentials into failed logins (a `401` to
+//! an anonymous request guessed nothing, and bans no visitor; see [`ClassifyLogin`]).
 
 mod attempts;
 mod ban_layer;

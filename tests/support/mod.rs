@@ -230,6 +230,9 @@ fn get(path: &str) -> http::Request<Full<Bytes>> {
         .unwrap()
 }
 
+/// Credentials that are wrong (`alice:wrong`, HTTP Basic): a login attempt that fails.
+pub const WRONG_PASSWORD: &str = "Basic YWxpY2U6d3Jvbmc=";
+
 /// An HTTP/1.1 client connection, with its driver running in a task.
 pub struct Http1Client {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
@@ -253,6 +256,22 @@ impl Http1Client {
     pub async fn get(&mut self, path: &str) -> Result<Answer, hyper::Error> {
         self.sender.ready().await?;
         let response = self.sender.send_request(get(path)).await?;
+        Ok(collect(response).await)
+    }
+
+    /// `GET path` with `authorization`: a login attempt.
+    pub async fn get_as(
+        &mut self,
+        path: &str,
+        authorization: &str,
+    ) -> Result<Answer, hyper::Error> {
+        self.sender.ready().await?;
+        let mut request = get(path);
+        let value = http::HeaderValue::try_from(authorization).unwrap();
+        request
+            .headers_mut()
+            .insert(http::header::AUTHORIZATION, value);
+        let response = self.sender.send_request(request).await?;
         Ok(collect(response).await)
     }
 
@@ -292,6 +311,21 @@ impl Http2Client {
     pub async fn get(&mut self, path: &str) -> Result<Answer, hyper::Error> {
         self.sender.ready().await?;
         let request = http::Request::get(format!("http://localhost{path}"))
+            .body(Empty::new())
+            .unwrap();
+        let response = self.sender.send_request(request).await?;
+        Ok(collect(response).await)
+    }
+
+    /// `GET path` with `authorization`: a login attempt.
+    pub async fn get_as(
+        &mut self,
+        path: &str,
+        authorization: &str,
+    ) -> Result<Answer, hyper::Error> {
+        self.sender.ready().await?;
+        let request = http::Request::get(format!("http://localhost{path}"))
+            .header(http::header::AUTHORIZATION, authorization)
             .body(Empty::new())
             .unwrap();
         let response = self.sender.send_request(request).await?;
