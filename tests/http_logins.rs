@@ -500,3 +500,40 @@ async fn counting_every_failure_counts_a_401_to_a_request_without_credentials() 
         assert_eq!(stats.evicted_after_failures, 1, "{reporter:?}");
     }
 }
+
+/// A reload that lowers the tries below a live connection's failures closes that
+/// connection at its next attempt, which is answered `429`: it is not kept open with
+/// every attempt refused.
+#[tokio::test(start_paused = true)]
+async fn tries_lowered_below_a_connections_failures_close_it_at_its_next_attempt() {
+    for reporter in Reporter::ALL {
+        let login = with_tries(3);
+        let checks = Arc::new(AtomicUsize::new(0));
+        let sender = h2_connection(&login, checks.clone(), reporter).await;
+        for _ in 0..2 {
+            let statuses = send_all(&sender, bad_logins(1)).await;
+            assert_eq!(statuses, [Some(StatusCode::UNAUTHORIZED)], "{reporter:?}");
+        }
+        login
+            .set_policy(Login::builder().max_auth_tries(1).max_failures(10_000))
+            .unwrap();
+        let statuses = send_all(&sender, bad_logins(1)).await;
+        assert_eq!(
+            statuses,
+            [Some(StatusCode::TOO_MANY_REQUESTS)],
+            "{reporter:?}"
+        );
+        assert_eq!(checks.load(Ordering::SeqCst), 2, "{reporter:?}");
+        assert_eq!(
+            login.stats().evicted_after_failures,
+            1,
+            "{reporter:?}: kept open, every attempt refused"
+        );
+        within(PATIENCE, async {
+            while !sender.is_closed() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
+}

@@ -76,6 +76,8 @@ impl Future for AttemptWait {
         }
         let tries_left = state.tries_left();
         if tries_left == 0 {
+            drop(attempts);
+            state.tries_used_up();
             return Poll::Ready(Err(TriesUsedUp));
         }
         let listed = this

@@ -305,7 +305,9 @@ impl Login {
     /// forgetting), tries per connection and login timeout in force for this login and
     /// its layers, for a reload without a restart. Bans in force keep their length;
     /// offences on record count under the new window; a live connection is held to the
-    /// new tries from its next failure, and keeps the login deadline it started with.
+    /// new tries from its next failure (over HTTP/2, from its next attempt, which is
+    /// refused and closes it if the new tries are already used up), and keeps the login
+    /// deadline it started with.
     /// The rest (keying, table sizes, the pre-authentication budget, messages) stays as
     /// built, and so does the policy a [fleet](crate::fleet) shares through its store.
     ///

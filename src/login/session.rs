@@ -166,6 +166,16 @@ impl SessionState {
         self.close.evict();
     }
 
+    /// The connection has used up its tries, found by an attempt that would make one
+    /// more: it is closed, if a failure has not closed it already (a reload lowered
+    /// the tries below its failures).
+    pub(super) fn tries_used_up(&self) {
+        if !self.is_evicted() {
+            let failures = self.failures.load(Ordering::Acquire);
+            self.evict(EvictReason::AuthFailures(failures));
+        }
+    }
+
     /// Gives back the place in the pre-authentication budget.
     pub(super) fn leave_startups(&self) {
         drop(
