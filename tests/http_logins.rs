@@ -537,3 +537,45 @@ async fn tries_lowered_below_a_connections_failures_close_it_at_its_next_attempt
         .await;
     }
 }
+
+/// An honest API client whose every request carries its (good) token, as bearer-token
+/// APIs and gRPC clients do, gives up on a slow answer: a browser's fetch aborted as
+/// its user navigates away, a gRPC deadline, a client timeout. With the default
+/// classifier no response is ever a success, so its connection never logs in and every
+/// such request is an "attempt"; one it gives up on must not be a failed login, nor
+/// count toward its peer's ban: nothing was guessed and nothing failed.
+#[tokio::test(start_paused = true)]
+async fn an_honest_client_that_gives_up_on_slow_answers_to_its_good_token_is_not_banned() {
+    for reporter in Reporter::ALL {
+        // The defaults' five failures ban the peer.
+        let login = Login::builder().max_failures(5).build().unwrap();
+        for _navigation in 0..5 {
+            let sender = h2_connection(&login, Arc::default(), reporter).await;
+            let mut sender = sender.clone();
+            // `/account` answers `200` after 50 ms; the client gives up after 10 ms.
+            let given_up = tokio::time::timeout(
+                Duration::from_millis(10),
+                sender.send_request(request("/account", Some("Bearer good-token"))),
+            )
+            .await;
+            assert!(
+                given_up.is_err(),
+                "{reporter:?}: answered before it gave up"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let stats = login.stats();
+        assert!(
+            stats.failed_logins == 0
+                && login
+                    .bans()
+                    .banned_for("192.0.2.1".parse().unwrap())
+                    .is_none(),
+            "{reporter:?}: {} failed logins, {} connections evicted, banned for {:?}, for \
+             five requests with a good token given up before their answer",
+            stats.failed_logins,
+            stats.evicted_after_failures,
+            login.bans().banned_for("192.0.2.1".parse().unwrap()),
+        );
+    }
+}

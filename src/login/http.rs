@@ -39,6 +39,14 @@ pub enum LoginOutcome {
 /// [`counts_every_failure`](Self::counts_every_failure) says otherwise: a `401` to a
 /// request without credentials (an API call from a visitor not logged in, the first
 /// request of a Basic challenge) guessed nothing. A success counts whatever the request.
+///
+/// Only an outcome counts: an attempt that ends before its answer (its client reset
+/// the stream or hung up, its handler panicked) uses no try and is no failed login. Its
+/// client learned nothing from it, and counting it would ban honest clients that send
+/// credentials with every request and cancel some (a browser navigating away, a gRPC
+/// deadline). What such attempts cost the server, a check run for nothing, is bounded
+/// by the connection rate and, on HTTP/2, by the gate that lets a connection's attempts
+/// reach the service only as many at a time as it has tries left.
 pub trait ClassifyLogin: Clone {
     /// From the status and headers; `None` when the response says nothing about a login.
     fn classify_response(&self, status: StatusCode, headers: &HeaderMap) -> Option<LoginOutcome>;
