@@ -14,9 +14,12 @@
 //! taken from the bucket, and a stripe whose hoard and the bucket are both empty spends
 //! a token another stripe hoards before it refuses, so that no hoard is left unspent.
 //!
-//! A reload keeps what the bucket has spent: the buckets it makes share one word, the
-//! time the bucket is full again, which a new rate rescales as it does the per-peer
-//! table's words.
+//! A reload keeps what the bucket has spent: the bucket it makes starts from the old
+//! one's word, the time the bucket is full again, rescaled to a new rate as the
+//! per-peer table's words are. Each bucket keeps its own word, so that a connection
+//! checked by the old bucket as the reload replaces it writes in the old rate's units
+//! to the old word only: it may be left out of the new bucket's count, never counted
+//! at the wrong rate.
 
 use std::{
     num::NonZeroU32,
@@ -48,12 +51,10 @@ type Limiter = RateLimiter<NotKeyed, Level, TokioClock, NoOpMiddleware<Nanos>>;
 
 #[derive(Debug)]
 pub(super) struct GlobalRate {
-    /// Replaced by a reload that changes the rate, over the same word.
+    /// Replaced by a reload that changes the rate.
     bucket: ArcSwap<Bucket>,
-    /// The word every bucket reads and writes, for [`Level`].
-    full_at: Arc<AtomicU64>,
-    /// The bucket's quota, held by a reload while it rescales the word, so that two
-    /// reloads rescale it in turn.
+    /// The bucket's quota, held by a reload while it replaces the bucket, so that two
+    /// reloads carry its word over in turn.
     in_force: Mutex<Quota>,
     hoards: Hoards,
     clock: TokioClock,
@@ -64,7 +65,7 @@ pub(super) struct GlobalRate {
 
 /// governor's state for one bucket: its theoretical arrival time, the time it is full
 /// again, kept from the clock's origin (0 for a bucket never used), so that the bucket
-/// a reload makes reads it alike.
+/// a reload makes can start from it.
 #[derive(Debug)]
 struct Level {
     full_at: Arc<AtomicU64>,
@@ -101,12 +102,16 @@ impl StateStore for Level {
 #[derive(Debug)]
 struct Bucket {
     limiter: Limiter,
+    /// The limiter's [`Level`] word, for a reload to carry over.
+    full_at: Arc<AtomicU64>,
     /// Tokens a stripe takes at once; none where each connection takes its own.
     batch: Option<NonZeroU32>,
 }
 
 impl Bucket {
-    fn new(quota: Quota, full_at: &Arc<AtomicU64>, clock: TokioClock) -> Self {
+    /// A bucket for `quota` whose word starts at `full_at`.
+    fn new(quota: Quota, full_at: u64, clock: TokioClock) -> Self {
+        let full_at = Arc::new(AtomicU64::new(full_at));
         let stripes = u32::try_from(stripes()).unwrap_or(u32::MAX);
         let batch = (quota.burst_size().get() / 8 / stripes).min(MOST_BATCH);
         // One reading of the clock for the limiter's start and the level's.
@@ -119,6 +124,7 @@ impl Bucket {
         });
         Self {
             limiter,
+            full_at,
             batch: NonZeroU32::new(batch).filter(|batch| batch.get() > 1),
         }
     }
@@ -126,10 +132,8 @@ impl Bucket {
 
 impl GlobalRate {
     pub(super) fn new(quota: Quota, clock: TokioClock) -> Self {
-        let full_at = Arc::default();
         Self {
-            bucket: ArcSwap::from_pointee(Bucket::new(quota, &full_at, clock)),
-            full_at,
+            bucket: ArcSwap::from_pointee(Bucket::new(quota, 0, clock)),
             in_force: Mutex::new(quota),
             hoards: Hoards::new(),
             clock,
@@ -146,17 +150,11 @@ impl GlobalRate {
         if *in_force == quota {
             return;
         }
-        self.bucket
-            .store(Arc::new(Bucket::new(quota, &self.full_at, self.clock)));
         let (old, new) = (in_force.replenish_interval(), quota.replenish_interval());
-        if old != new {
-            let now = self.clock.now().as_u64();
-            let _ = self
-                .full_at
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |full_at| {
-                    Some(rescaled(full_at, now, old, new))
-                });
-        }
+        let full_at = self.bucket.load().full_at.load(Ordering::Acquire);
+        let full_at = rescaled(full_at, self.clock.now().as_u64(), old, new);
+        self.bucket
+            .store(Arc::new(Bucket::new(quota, full_at, self.clock)));
         *in_force = quota;
         self.hoards.drain();
         self.reloaded.notify_waiters();
@@ -289,10 +287,35 @@ mod tests {
     #[test]
     fn a_small_burst_takes_every_token_from_the_bucket() {
         let quota = Quota::per_second(NonZeroU32::new(100).unwrap());
-        let small = Bucket::new(quota, &Arc::default(), TokioClock::new());
+        let small = Bucket::new(quota, 0, TokioClock::new());
         assert_eq!(small.batch, None);
         let quota = Quota::per_second(NonZeroU32::new(100_000).unwrap());
-        let large = Bucket::new(quota, &Arc::default(), TokioClock::new());
+        let large = Bucket::new(quota, 0, TokioClock::new());
         assert_eq!(large.batch.map(NonZeroU32::get), Some(MOST_BATCH));
+    }
+
+    /// A thread that loaded the bucket for its check just before a reload replaced it
+    /// checks once the reload is done: it spends one connection under the old rate, and
+    /// must not close the new, faster rate for the old rate's interval (as it did while
+    /// every bucket wrote to one word, in the rate it was made for).
+    #[tokio::test(start_paused = true)]
+    async fn a_check_racing_a_reload_does_not_shut_the_raised_global_rate() {
+        // 10 an hour: a connection is 6 minutes of the bucket.
+        let slow = Quota::per_hour(NonZeroU32::new(10).unwrap());
+        let global = GlobalRate::new(slow, TokioClock::new());
+        assert!(global.check().is_ok());
+        // The racing thread's `self.bucket.load()` ...
+        let straggler = global.bucket.load_full();
+        // ... the operator raises the rate to 1000 a second (a burst of 1000) ...
+        global.set(Quota::per_second(NonZeroU32::new(1000).unwrap()));
+        // ... and the thread's check runs on the bucket it loaded.
+        assert!(straggler.limiter.check().is_ok());
+        let refused = (0..10).filter(|_| global.check().is_err()).count();
+        assert_eq!(
+            refused,
+            0,
+            "refused at 1000 a second after 2 connections, for {:?}",
+            global.check().unwrap_err()
+        );
     }
 }
