@@ -101,6 +101,16 @@ impl Attack {
         }
     }
 
+    /// How long the attack runs at least, whatever the siege's duration: a crowd wider
+    /// than the cap takes seconds to open (an HTTP/2 handshake and a request per
+    /// connection), and the quick siege's 1.5 s is not enough on a loaded machine.
+    pub fn shortest(self) -> Duration {
+        match self {
+            Attack::BotnetSpray | Attack::PingCrowd => Duration::from_secs(4),
+            _ => Duration::ZERO,
+        }
+    }
+
     pub fn app(self) -> App {
         match self {
             Attack::LoginFlood => App::Login,

@@ -389,7 +389,7 @@ async fn attack(options: &Options) -> Vec<Row> {
             side.name()
         );
         eprint!("{head}");
-        let progress = Progress::show(head, options.duration);
+        let progress = Progress::show(head, attack.shortest().max(options.duration));
         let row = run_one(attack, side, options, haproxy.as_ref()).await;
         progress.done();
         eprintln!(
@@ -494,17 +494,13 @@ async fn run_one(
     let mut pids = vec![server.pid()];
     pids.extend(proxy.as_ref().map(|proxy| proxy.pid()));
 
+    let duration = attack.shortest().max(options.duration);
     let began = Instant::now();
     let monitor = monitor::start(pids, began);
-    let legit = tokio::spawn(attacks::legit(
-        attack.app(),
-        target,
-        began,
-        options.duration,
-    ));
+    let legit = tokio::spawn(attacks::legit(attack.app(), target, began, duration));
     // A moment of legitimate traffic alone, then the attack.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let attack_ends = Instant::now() + options.duration;
+    let attack_ends = Instant::now() + duration;
     let opened = attack.run(target, attack_ends).await;
 
     let samples = legit.await.expect("the legitimate client");
