@@ -966,3 +966,68 @@ async fn a_network_ban_that_holds_exempt_peers_is_made_and_names_them() {
         "{answer}"
     );
 }
+
+/// `POST /bans` refuses a target an exempt network holds whole, even when the network
+/// is narrower than the peer key the target widens to: an IPv6 host exempted alone (a
+/// /128, keyed by /64) would be let in by a ban on its /64, which would shut out its
+/// neighbours instead. The /64 named as the target is still banned, with a note.
+#[tokio::test(start_paused = true)]
+async fn a_ban_on_an_exempt_host_narrower_than_its_peer_key_is_refused() {
+    let login = exempting("2001:db8::10/128");
+    let router = admin(&login);
+    let (status, answer) = call(
+        &router,
+        request(
+            Method::POST,
+            "/bans",
+            r#"{"target": "2001:db8::10", "seconds": 600, "reason": "intruder"}"#,
+        ),
+    )
+    .await;
+    assert!(
+        let_in(&login, "[2001:db8::10]:1234").await,
+        "the exempt host is refused"
+    );
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "the exempt host asked for is still let in, yet the ban is reported as made: {answer}"
+    );
+    assert!(
+        answer["error"].as_str().is_some_and(|error| {
+            error.contains("2001:db8::10/128") && error.contains("2001:db8::/64")
+        }),
+        "the refusal names the exempt network and the key: {answer}"
+    );
+    let (_, bans) = call(&router, get("/bans")).await;
+    assert_eq!(bans["total"], 0, "{bans}");
+    assert!(
+        let_in(&login, "[2001:db8::11]:1234").await,
+        "a neighbour is refused"
+    );
+
+    // Asked for by name, the /64 is banned, and the exempt host noted as let in.
+    let (status, answer) = call(
+        &router,
+        request(
+            Method::POST,
+            "/bans",
+            r#"{"target": "2001:db8::/64", "seconds": 600}"#,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    assert_eq!(
+        answer["exempt"],
+        serde_json::json!(["2001:db8::10/128"]),
+        "{answer}"
+    );
+    assert!(
+        !let_in(&login, "[2001:db8::11]:1234").await,
+        "the neighbour is let in"
+    );
+    assert!(
+        let_in(&login, "[2001:db8::10]:1234").await,
+        "the exempt host is refused"
+    );
+}

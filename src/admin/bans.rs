@@ -19,7 +19,10 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::{Shared, error, json, missing};
-use crate::{login::Bans, peer::PeerKey};
+use crate::{
+    login::Bans,
+    peer::{PeerKey, canonical_network},
+};
 
 /// The longest ban the page makes: a year.
 const MAX_BAN_SECONDS: u64 = 365 * 24 * 3600;
@@ -145,7 +148,8 @@ pub(super) async fn ban(
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     let key = bans.ban_key(request.target);
-    let within = match exempt_within(&bans, key.network()) {
+    let asked = canonical_network(request.target);
+    let within = match exempt_within(&bans, asked, key.network()) {
         Exempt::Within(within) => within,
         Exempt::Whole(network) => {
             return error(
@@ -153,6 +157,15 @@ pub(super) async fn ban(
                 format_args!(
                     "{key} is in the exempt network {network} (`peers.exempt`): a ban on it \
                  would refuse nothing"
+                ),
+            );
+        }
+        Exempt::Asked(network) => {
+            return error(
+                StatusCode::CONFLICT,
+                format_args!(
+                    "{asked} is in the exempt network {network} (`peers.exempt`): a ban on \
+                 its peer key {key} would refuse the rest of {key} and still let {asked} in"
                 ),
             );
         }
@@ -182,24 +195,32 @@ pub(super) async fn ban(
 
 /// What of a ban's target is exempt: the ban check lets those peers in.
 enum Exempt {
-    /// All of it, as this exempt network holds the whole target: a ban would refuse
-    /// nobody.
+    /// All of the peer key (or network) the target widens to, as this exempt network
+    /// holds it whole: a ban would refuse nobody.
     Whole(IpNet),
-    /// The exempt networks within the target, if any: the rest of it is refused.
+    /// The target asked for, held whole by this exempt network, narrower than the key
+    /// the target widens to: a ban would refuse the key's other peers, never the
+    /// target.
+    Asked(IpNet),
+    /// The exempt networks within the key, if any: the rest of it is refused.
     Within(Vec<IpNet>),
 }
 
-fn exempt_within(bans: &Bans, target: IpNet) -> Exempt {
+/// What of `asked`, widened to `banned` (which holds it), is exempt.
+fn exempt_within(bans: &Bans, asked: IpNet, banned: IpNet) -> Exempt {
     let exempt = bans.exempt_networks();
-    match exempt.iter().find(|network| network.contains(&target)) {
-        Some(holding) => Exempt::Whole(*holding),
-        None => Exempt::Within(
-            exempt
-                .into_iter()
-                .filter(|network| target.contains(network))
-                .collect(),
-        ),
+    if let Some(holding) = exempt.iter().find(|network| network.contains(&banned)) {
+        return Exempt::Whole(*holding);
     }
+    if let Some(holding) = exempt.iter().find(|network| network.contains(&asked)) {
+        return Exempt::Asked(*holding);
+    }
+    Exempt::Within(
+        exempt
+            .into_iter()
+            .filter(|network| banned.contains(network))
+            .collect(),
+    )
 }
 
 fn is_json(headers: &HeaderMap) -> bool {

@@ -45,9 +45,13 @@
 //! The ban check lets the keying's exempt peers in (`peers.exempt` of a
 //! [`Bouncer`](crate::bouncer::Bouncer)'s configuration), banned or not. So `POST /bans`
 //! refuses a target an exempt network holds whole (`409`, naming that network): it
-//! would be listed and counted, and refuse nobody. A wider network that holds exempt
-//! ones is banned, and the rest of it refused; the answer names the exempt networks
-//! within it (`"exempt": ["10.0.0.0/24"]`, and a `"note"` the dashboard shows).
+//! would be listed and counted, and refuse nobody. That goes for the address or
+//! network asked for, not only for the peer key it widens to: with IPv6 keyed by /64,
+//! `2001:db8::10` when `2001:db8::10/128` alone is exempt is refused too, as a ban on
+//! `2001:db8::/64` would shut out the host's neighbours and still let the host in (ban
+//! the /64 by name to mean that). A wider target that holds exempt networks is banned,
+//! and the rest of it refused; the answer names the exempt networks within it
+//! (`"exempt": ["10.0.0.0/24"]`, and a `"note"` the dashboard shows).
 //!
 //! On its own listener ([`Admin::serve`]), the page holds at most 64 connections, 16 of
 //! them from any one peer. At 64, a newcomer makes an idle connection close (the
