@@ -447,3 +447,53 @@ async fn a_sighup_does_not_wait_on_a_config_file_replaced_by_a_fifo_without_a_wr
         "still the file's cap of 1"
     );
 }
+
+/// A setting a flag makes wrong is named where the operator wrote it. `--ban 100000`
+/// (over the default longest ban of a day) beside a file that says nothing of bans
+/// makes `bans.max` wrong: the file has no such key (nor a `[bans]` section), so the
+/// one-line error must not send the operator to the file, and names the flag instead.
+/// Likewise `--admin-addr` off loopback without `--admin-token`. A file that writes the
+/// key the check reads (`[bans] first`), with no flag, is still named.
+#[tokio::test]
+async fn a_setting_a_flag_makes_wrong_is_named_by_the_flag_not_by_a_file_silent_on_it() {
+    let file = ConfigFile::new("silent-on-bans", "[connections]\nper_peer = 4\n");
+    for (flags, said) in [
+        (
+            ["--ban", "100000"],
+            "error: `bans.max`: must be at least the first ban (`bans.first`); \
+             --ban sets `bans.first`\n",
+        ),
+        (
+            ["--admin-addr", "192.0.2.1:9000"],
+            "error: `admin.token` (--admin-token): required to serve the admin page on \
+             192.0.2.1:9000 (`admin.addr`), not loopback; --admin-addr sets `admin.addr`\n",
+        ),
+    ] {
+        let output = Command::new(example_path("login_server"))
+            .args(["--config", file.path()])
+            .args(flags)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(
+            !stderr.contains(file.path()),
+            "{flags:?}: blamed on a file that does not write the key: {stderr}"
+        );
+        assert_eq!(stderr, said, "{flags:?}");
+    }
+
+    let file = ConfigFile::new("long-first-ban", "[bans]\nfirst = \"2d\"\n");
+    let output = Command::new(example_path("login_server"))
+        .args(["--config", file.path()])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8(output.stderr).unwrap(),
+        format!(
+            "error: --config {}:1: `bans.max`: must be at least the first ban (`bans.first`)\n",
+            file.path()
+        )
+    );
+}

@@ -222,7 +222,9 @@ impl Protection {
             )),
             _ => return false,
         }
-        if let Some((_, key)) = FLAG_KEYS.iter().find(|(given, _)| *given == flag) {
+        if let Some((_, key)) = FLAG_KEYS.iter().find(|(given, _)| *given == flag)
+            && !self.set_by_flags.contains(key)
+        {
             self.set_by_flags.push(key);
         }
         true
@@ -238,20 +240,48 @@ impl Protection {
     }
 
     /// A setting that cannot work, named where the operator wrote it: by its key and
-    /// flag if a flag set it, else by its key and the file's line (`--config FILE:LINE:
-    /// ...`), else by its key and the flag that sets it.
+    /// flag if a flag set it; else by its key and the file's line (`--config FILE:LINE:
+    /// ...`) if the file writes it, or if no flag given sets a key its check reads;
+    /// else by its key and flag, and the flags given that set the keys its check reads
+    /// (`--ban` for `bans.max`, which must be at least `bans.first`).
     pub fn describe(&self, error: &SettingError) -> String {
-        let flag = FLAG_KEYS
-            .iter()
-            .find(|(_, key)| *key == error.key())
-            .map_or(String::new(), |(flag, _)| format!(" ({flag})"));
+        let key = error.key();
+        let read_from_flags = self.flags_read_by(error);
         match &self.file {
-            Some(file) if !self.set_by_flags.contains(&error.key()) => {
+            Some(file)
+                if !self.set_by_flags.contains(&key)
+                    && (file.writes(key) || read_from_flags.is_empty()) =>
+            {
                 format!("--config {}", file.locate(error))
             }
-            _ => format!("`{}`{flag}: {}", error.key(), error.reason()),
+            _ => {
+                let flag = flag_of(key).map_or(String::new(), |flag| format!(" ({flag})"));
+                let mut described = format!("`{key}`{flag}: {}", error.reason());
+                for (flag, read) in read_from_flags {
+                    described.push_str(&format!("; {flag} sets `{read}`"));
+                }
+                described
+            }
         }
     }
+
+    /// The flags given that set a key `error`'s check read besides its own (the keys
+    /// its reason names), with that key.
+    fn flags_read_by(&self, error: &SettingError) -> Vec<(&'static str, &'static str)> {
+        self.set_by_flags
+            .iter()
+            .filter(|set| **set != error.key() && error.reason().contains(&format!("`{set}`")))
+            .filter_map(|set| Some((flag_of(set)?, *set)))
+            .collect()
+    }
+}
+
+/// The flag that sets `key`, if one does.
+fn flag_of(key: &str) -> Option<&'static str> {
+    FLAG_KEYS
+        .iter()
+        .find(|(_, flagged)| *flagged == key)
+        .map(|(flag, _)| *flag)
 }
 
 /// A duration flag's value: seconds, fractions allowed.

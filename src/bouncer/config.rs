@@ -508,7 +508,9 @@ impl BouncerConfig {
             if !addr.ip().is_loopback() && self.admin.token.is_none() {
                 return Err(SettingError::new(
                     "admin.token",
-                    format_args!("required to serve the admin page on {addr}, not loopback"),
+                    format_args!(
+                        "required to serve the admin page on {addr} (`admin.addr`), not loopback"
+                    ),
                 ));
             }
         }

@@ -173,6 +173,13 @@ impl ConfigFile {
             ..setting_error(&self.text, error)
         }
     }
+
+    /// Whether the file writes the dotted `key` itself (`max` in `[bans]` for
+    /// `bans.max`), not only its section: a setting it leaves at its default, found
+    /// wrong, was made so by what the program set beside the file.
+    pub fn writes(&self, key: &str) -> bool {
+        spans_of_key(&self.text, key).len() == key.split('.').count()
+    }
 }
 
 impl fmt::Debug for ConfigFile {
@@ -233,7 +240,9 @@ fn parse(text: &str) -> Result<BouncerConfig, ConfigFileError> {
 fn setting_error(text: &str, error: &SettingError) -> ConfigFileError {
     ConfigFileError {
         path: None,
-        line: span_of_key(text, error.key()).map(|span| line_of(text, span.start)),
+        line: spans_of_key(text, error.key())
+            .last()
+            .map(|span| line_of(text, span.start)),
         key: Some(error.key().to_owned()),
         message: error.reason().to_owned(),
     }
@@ -274,22 +283,25 @@ fn find_in_table(table: &DeTable<'_>, span: &Range<usize>, path: &mut Vec<String
     false
 }
 
-/// Where the dotted `key` is written or, for a key left at its default, its section.
-fn span_of_key(text: &str, key: &str) -> Option<Range<usize>> {
-    let table = DeTable::parse(text).ok()?;
+/// Where each part of the dotted `key` is written, as far as `text` writes it: every
+/// part for a key it writes, its sections alone for a key left at its default.
+fn spans_of_key(text: &str, key: &str) -> Vec<Range<usize>> {
+    let Ok(table) = DeTable::parse(text) else {
+        return Vec::new();
+    };
     let mut table = table.get_ref();
-    let mut found = None;
+    let mut spans = Vec::new();
     for part in key.split('.') {
         let Some((name, value)) = table.get_key_value(part) else {
             break;
         };
-        found = Some(name.span());
+        spans.push(name.span());
         let DeValue::Table(inner) = value.get_ref() else {
             break;
         };
         table = inner;
     }
-    found
+    spans
 }
 
 #[cfg(test)]
@@ -426,6 +438,20 @@ mod tests {
             error.message().contains("a configuration file is at most"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_file_writes_a_key_only_if_the_key_itself_is_in_it() {
+        let text = "dry_run = true\n[bans]\nfirst = \"1h\"\n";
+        let file = ConfigFile {
+            path: PathBuf::from("bouncer.toml"),
+            text: text.to_owned(),
+            config: parse(text).unwrap(),
+        };
+        assert!(file.writes("dry_run"));
+        assert!(file.writes("bans.first"));
+        assert!(!file.writes("bans.max"), "its section alone");
+        assert!(!file.writes("admin.token"));
     }
 
     #[test]
