@@ -235,8 +235,8 @@ impl RateLimitLayer {
     /// restart. What each peer has used is kept, measured against the new rate: a peer
     /// that has 6 connections of its burst still to refill refills them at the new
     /// rate, whether the old one was faster or slower. A new rate walks the peer table
-    /// once, here, not on the connection path; a connection checked meanwhile may be
-    /// counted at the old rate. Refilled peers are forgotten on the new rate's schedule
+    /// once, here, not on the connection path, before the new rate is put in force: a
+    /// connection checked meanwhile is counted at the old rate, once. Refilled peers are forgotten on the new rate's schedule
     /// from the next second.
     ///
     /// ```
@@ -574,18 +574,23 @@ impl PerPeer {
     /// Puts `quota` in force, and the sweep schedule it needs. A peer's word is the time
     /// its bucket is full again: how far that is ahead of now is what the peer used,
     /// counted in the old rate's intervals, so it is rescaled to the new rate's.
+    ///
+    /// The table is rescaled before the new limiter is put in force: a connection
+    /// checked meanwhile is counted at the old rate, once. The other way round, one
+    /// checked by the new limiter before the walk reached its key would have its word,
+    /// already at the new rate's scale, rescaled again.
     fn reload(&self, quota: Quota, clock: TokioClock) {
         let mut in_force = self.in_force.lock().unwrap_or_else(PoisonError::into_inner);
-        self.limiter
-            .store(Arc::new(keyed_limiter(quota, &self.table, clock)));
-        self.sweep_every
-            .store(sweep_interval(quota), Ordering::Relaxed);
         let (old, new) = (in_force.replenish_interval(), quota.replenish_interval());
         if old != new {
             let now = clock.now().as_u64();
             self.table
                 .rewrite(|full_at| rescaled(full_at, now, old, new));
         }
+        self.limiter
+            .store(Arc::new(keyed_limiter(quota, &self.table, clock)));
+        self.sweep_every
+            .store(sweep_interval(quota), Ordering::Relaxed);
         *in_force = quota;
     }
 
