@@ -16,7 +16,7 @@
 //! | --- | --- | --- | --- | --- |
 //! | `bouncer.active_connections` | gauge | connections | `listener` | Connections being served by the accept loop ([`Server`](crate::serve::Server)). |
 //! | `bouncer.connection.duration` | histogram | seconds | `listener` | How long each connection served by the accept loop lasted. |
-//! | `bouncer.accept.paused` | gauge | — | `listener` | 1 while the accept loop waits for a full service (backpressure): new connections queue in the kernel's backlog. Back to 0 when the loop ends, however it ends (its future dropped too). |
+//! | `bouncer.accept.paused` | gauge | — | `listener` | Accept loops of that name waiting for a full service (backpressure), 1 for a single loop: new connections queue in the kernel's backlog. A loop is counted out when its pause ends, and when it ends, however it ends (its future dropped too); loops sharing a name (two unnamed listeners are both `default`) are counted together. |
 //! | `bouncer.accept.pause.duration` | histogram | seconds | `listener` | How long each such pause lasted. |
 //! | `bouncer.rejected_connections` | counter | connections | `layer`, `reason`, `outcome` | Connections an admission layer refused (`outcome="rejected"`), or would have refused in dry run (`outcome="rejected_dry_run"`). |
 //! | `bouncer.timeouts` | counter | connections | `kind` | Connections closed by a [`TimeoutLayer`](crate::timeout::TimeoutLayer) deadline: `first_byte`, `idle`, `request`, `lifetime` (cut after the grace). |
@@ -80,7 +80,8 @@ use ::metrics::{Label, Unit};
 pub const ACTIVE_CONNECTIONS: &str = "bouncer.active_connections";
 /// How long each connection lasted, in seconds (histogram; label `listener`).
 pub const CONNECTION_DURATION: &str = "bouncer.connection.duration";
-/// 1 while the accept loop waits for a full service (gauge; label `listener`).
+/// The accept loops waiting for a full service, 1 for a single loop (gauge; label
+/// `listener`).
 pub const ACCEPT_PAUSED: &str = "bouncer.accept.paused";
 /// How long each pause of the accept loop lasted, in seconds (histogram; label
 /// `listener`).
@@ -135,7 +136,7 @@ const DESCRIPTIONS: [(&str, Option<Unit>, &str); 17] = [
     (
         ACCEPT_PAUSED,
         None,
-        "1 while the accept loop waits for a full service; new connections queue in the backlog.",
+        "Accept loops waiting for a full service; new connections queue in the backlog.",
     ),
     (
         ACCEPT_PAUSE_DURATION,

@@ -724,3 +724,47 @@ async fn an_accept_loop_dropped_while_paused_is_no_longer_counted_as_paused() {
     );
     drop(first);
 }
+
+/// `bouncer.accept.paused` counts the paused loops of a name: two unnamed listeners (an
+/// IPv4 and an IPv6 one, say) are both `default`. One loop that ends, here dropped
+/// while paused, must not set the gauge to 0 while the other is still paused.
+#[tokio::test]
+async fn two_paused_accept_loops_of_one_name_are_counted_apart() {
+    let metrics = Recorded::new();
+    let default = [("listener", "default")];
+    let mut tasks = Vec::new();
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serving = metrics.build(|| {
+            let cap = ConnectionLimitLayer::builder(1)
+                .backpressure()
+                .build()
+                .unwrap();
+            Server::new(listener).serve(cap.layer(service_fn(hello)))
+        });
+        tasks.push(tokio::spawn(serving));
+        let mut client = connect_from(1, addr).await;
+        greeted(&mut client).await;
+        clients.push(client);
+    }
+    eventually("both loops pause", || {
+        metrics.gauge(ACCEPT_PAUSED, &default) == 2.0
+    })
+    .await;
+
+    let first = tasks.remove(0);
+    first.abort();
+    assert!(within(PATIENCE, first).await.unwrap_err().is_cancelled());
+    assert_eq!(
+        metrics.gauge(ACCEPT_PAUSED, &default),
+        1.0,
+        "one loop is gone, the other still paused"
+    );
+    let second = tasks.remove(0);
+    second.abort();
+    assert!(within(PATIENCE, second).await.unwrap_err().is_cancelled());
+    assert_eq!(metrics.gauge(ACCEPT_PAUSED, &default), 0.0);
+    drop(clients);
+}

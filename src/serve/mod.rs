@@ -401,7 +401,9 @@ impl ServeMetrics {
 
 /// Since when the accept loop waits for its service to be ready, if it does. The wait
 /// ends when the loop drops it too (its task aborted, its future dropped in a
-/// `select!`): no loop waits any more.
+/// `select!`): no loop waits any more. The gauge counts the paused loops, each up
+/// once and down once: loops of one name (two unnamed listeners, IPv4 and IPv6, are
+/// both `default`) share it, and one that ends leaves the others counted.
 struct Pause<'a> {
     since: Option<tokio::time::Instant>,
     metrics: &'a ServeMetrics,
@@ -419,14 +421,14 @@ impl<'a> Pause<'a> {
     fn polled(&mut self, pending: bool) {
         if pending && self.since.is_none() {
             self.since = Some(tokio::time::Instant::now());
-            self.metrics.paused.set(1.0);
+            self.metrics.paused.up();
         }
     }
 
     /// The wait is over, if there was one.
     fn end(&mut self) {
         if let Some(since) = self.since.take() {
-            self.metrics.paused.set(0.0);
+            self.metrics.paused.down();
             self.metrics.pause.record(since.elapsed());
         }
     }
