@@ -307,6 +307,17 @@ impl LoggingServer {
         hang_up(self.child.id().expect("running"));
     }
 
+    /// Sends SIGTERM and expects a clean exit.
+    async fn stop(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().expect("running").to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let status = within(PATIENCE, self.child.wait()).await.unwrap();
+        assert!(status.success(), "exit status {status}");
+    }
+
     /// What is logged up to the next line that holds `text`, among the next 100.
     async fn logged(&mut self, text: &str) -> String {
         let mut logged = String::new();
@@ -496,4 +507,32 @@ async fn a_setting_a_flag_makes_wrong_is_named_by_the_flag_not_by_a_file_silent_
             file.path()
         )
     );
+}
+
+/// A TLS key file replaced by a FIFO that no one writes to would hold a SIGHUP's reload
+/// for good (opening it waits for a writer), and then the process's exit. The reload is
+/// refused at once, naming the file, and the server still stops cleanly.
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn a_sighup_does_not_wait_on_a_tls_key_replaced_by_a_fifo_without_a_writer() {
+    let generated = tls::generate();
+    let chain = ConfigFile::new("tls-chain", &generated.chain_pem);
+    let key = ConfigFile::new("tls-key", &generated.key_pem);
+    let mut server = LoggingServer::example(
+        "login_server",
+        &["--tls-cert", chain.path(), "--tls-key", key.path()],
+    )
+    .await;
+    std::fs::remove_file(&key.0).unwrap();
+    let made = Command::new("mkfifo").arg(&key.0).status().unwrap();
+    assert!(made.success());
+
+    server.hang_up();
+    let said = server.logged("reloaded").await;
+    assert!(said.contains("not reloaded"), "{said}");
+    assert!(
+        said.contains(key.path()) && said.contains("not a regular file"),
+        "names the file and says why: {said}"
+    );
+    server.stop().await;
 }

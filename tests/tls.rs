@@ -578,6 +578,61 @@ mod certificates {
         }
     }
 
+    /// A certificate or key path that is not a regular file is refused at once, naming
+    /// the file. A FIFO with no writer (a renewal hook's, or one swapped in) would hold
+    /// the read, and a SIGHUP's reload with it, for good; a directory or a file over
+    /// 1 MiB is refused as well. The certificate in force stays.
+    #[test]
+    fn a_pem_path_that_is_not_a_regular_file_is_refused_without_waiting_on_it() {
+        let generated = generate();
+        let chain = file("irregular-chain.pem", &generated.chain_pem);
+        let key = file("irregular-key.pem", &generated.key_pem);
+        let certificate = ServerCertificate::from_pem_files(&chain, &key).unwrap();
+        let fifo = std::env::temp_dir().join(format!(
+            "tower-bouncer-tls-{}-fifo-key.pem",
+            std::process::id()
+        ));
+        std::fs::remove_file(&fifo).ok();
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+
+        let (done, outcome) = std::sync::mpsc::channel();
+        let reloading = std::thread::spawn({
+            let (certificate, chain, fifo) = (certificate.clone(), chain.clone(), fifo.clone());
+            move || {
+                done.send(certificate.reload_from_pem_files(&chain, &fifo))
+                    .ok();
+            }
+        });
+        let outcome = outcome.recv_timeout(PATIENCE);
+        if outcome.is_err() {
+            // The read waits for a writer: be one, so that the thread ends.
+            drop(std::fs::OpenOptions::new().write(true).open(&fifo));
+        }
+        reloading.join().unwrap();
+        let error = outcome
+            .expect("the reload waits on the FIFO for a writer")
+            .unwrap_err();
+        assert!(matches!(&error, CertificateError::Read { path, .. } if *path == fifo));
+        assert!(error.to_string().contains("not a regular file"), "{error}");
+        assert_eq!(error.to_string().lines().count(), 1, "{error}");
+
+        let directory = std::env::temp_dir();
+        let error = ServerCertificate::from_pem_files(&directory, &key).unwrap_err();
+        assert!(error.to_string().contains("not a regular file"), "{error}");
+        let long = file("long-chain.pem", &generated.chain_pem.repeat(2 << 20 >> 9));
+        let error = ServerCertificate::from_pem_files(&long, &key).unwrap_err();
+        assert!(error.to_string().contains("at most 1048576"), "{error}");
+        assert_eq!(certificate.current().cert[0], generated.der);
+
+        for path in [chain, key, fifo, long] {
+            std::fs::remove_file(path).ok();
+        }
+    }
+
     #[test]
     fn malformed_pem_in_memory_is_refused() {
         let generated = generate();

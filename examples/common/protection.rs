@@ -59,7 +59,8 @@ pub const USAGE: &str =
                         the PROXY header must be complete within S of accept (default 5)
   --tls-cert FILE, --tls-key FILE
                         serve TLS with this PEM certificate chain and key, ALPN h2 and
-                        http/1.1 (needs the `tls` feature; SIGHUP reads them again)
+                        http/1.1 (needs the `tls` feature; SIGHUP reads them again;
+                        regular files only, a FIFO is refused)
   --tls-handshake-timeout S
                         the whole TLS handshake must finish within S (default 10)
   --redis URL           share bans, failed logins and other offences with every replica

@@ -58,7 +58,7 @@ pub struct ServerCertificate {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum CertificateError {
-    /// The file could not be read.
+    /// The file could not be read, or is not a regular file of at most 1 MiB.
     Read {
         /// The file.
         path: PathBuf,
@@ -100,6 +100,10 @@ impl ServerCertificate {
     /// Reads a PEM certificate chain (the server's certificate first, then its
     /// intermediates) and a PEM private key (PKCS#8, PKCS#1 or SEC1; not encrypted).
     ///
+    /// Each must be a regular file, or a link to one, of at most 1 MiB: a FIFO, a
+    /// device or a directory is refused at once, not waited on (a FIFO with no writer
+    /// would hold the call, and a reload with it, for good).
+    ///
     /// # Errors
     ///
     /// A [`CertificateError`] naming the file and what is wrong with it.
@@ -120,7 +124,8 @@ impl ServerCertificate {
     }
 
     /// Replaces the certificate with the one in these files, for the handshakes that
-    /// start from now on.
+    /// start from now on. The files are read as
+    /// [`from_pem_files`](Self::from_pem_files) reads them: regular files only.
     ///
     /// # Errors
     ///
@@ -189,7 +194,7 @@ impl Origin<'_> {
 
 fn load_files(chain: &Path, key: &Path) -> Result<CertifiedKey, CertificateError> {
     let read = |path: &Path| {
-        std::fs::read(path).map_err(|source| CertificateError::Read {
+        read_pem_file(path).map_err(|source| CertificateError::Read {
             path: path.to_owned(),
             source,
         })
@@ -199,6 +204,48 @@ fn load_files(chain: &Path, key: &Path) -> Result<CertifiedKey, CertificateError
         key: Some(key),
     };
     load(&read(chain)?, &read(key)?, origin)
+}
+
+/// The most a certificate chain or key file may hold, as a configuration file.
+const MAX_PEM_FILE_LEN: u64 = 1024 * 1024;
+
+/// The bytes of `path`, a regular file (a link to one too) of at most
+/// [`MAX_PEM_FILE_LEN`] bytes. Anything else is refused without waiting on it: a FIFO
+/// with no writer would hold a reload, and then the process's exit, for good. On Unix
+/// it is opened without blocking (a FIFO's open waits for a writer) and looked at
+/// once open, so that a FIFO swapped in after a look at the path cannot hold it either.
+fn read_pem_file(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options.open(path)?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, a device or a directory): a certificate or key is \
+             read from a file",
+        ));
+    }
+    let too_long = |len: &dyn fmt::Display| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{len} bytes: a certificate or key file is at most {MAX_PEM_FILE_LEN}"),
+        )
+    };
+    if metadata.len() > MAX_PEM_FILE_LEN {
+        return Err(too_long(&metadata.len()));
+    }
+    // A file that grew since it was looked at is read no further than the most.
+    let mut pem = Vec::new();
+    file.take(MAX_PEM_FILE_LEN + 1).read_to_end(&mut pem)?;
+    if pem.len() as u64 > MAX_PEM_FILE_LEN {
+        return Err(too_long(&format_args!("over {MAX_PEM_FILE_LEN}")));
+    }
+    Ok(pem)
 }
 
 /// Parses and checks a chain and its key: the key must be able to sign with the `ring`
