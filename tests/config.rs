@@ -342,7 +342,7 @@ impl LoggingServer {
 /// minute; as well an `[admin]` address with the token on the command line, or
 /// `tls.cert` with `--tls-key`) is checked with the flag over it, at start and on
 /// SIGHUP, not refused for what the flag changes. A flag that makes the file's value
-/// wrong is refused with the key and line of that value.
+/// wrong is refused with the key and line of that value, and the flag.
 #[tokio::test]
 async fn a_file_completed_by_a_flag_is_checked_with_the_flag_over_it() {
     let file = ConfigFile::new("completed", "[bans]\nmax = \"5m\"\n");
@@ -365,7 +365,8 @@ async fn a_file_completed_by_a_flag_is_checked_with_the_flag_over_it() {
     assert_eq!(
         String::from_utf8(output.stderr).unwrap(),
         format!(
-            "error: --config {}:2: `bans.max`: must be at least the first ban (`bans.first`)\n",
+            "error: --config {}:2: `bans.max`: must be at least the first ban (`bans.first`); \
+             --ban sets `bans.first`\n",
             file.path()
         )
     );

@@ -243,12 +243,13 @@ impl Protection {
     /// A setting that cannot work, named where the operator wrote it: by its key and
     /// flag if a flag set it; else by its key and the file's line (`--config FILE:LINE:
     /// ...`) if the file writes it, or if no flag given sets a key its check reads;
-    /// else by its key and flag, and the flags given that set the keys its check reads
-    /// (`--ban` for `bans.max`, which must be at least `bans.first`).
+    /// else by its key and flag. Either way followed by the flags given that set the
+    /// keys its check reads (`--ban` for `bans.max`, which must be at least
+    /// `bans.first`).
     pub fn describe(&self, error: &SettingError) -> String {
         let key = error.key();
         let read_from_flags = self.flags_read_by(error);
-        match &self.file {
+        let mut described = match &self.file {
             Some(file)
                 if !self.set_by_flags.contains(&key)
                     && (file.writes(key) || read_from_flags.is_empty()) =>
@@ -257,13 +258,13 @@ impl Protection {
             }
             _ => {
                 let flag = flag_of(key).map_or(String::new(), |flag| format!(" ({flag})"));
-                let mut described = format!("`{key}`{flag}: {}", error.reason());
-                for (flag, read) in read_from_flags {
-                    described.push_str(&format!("; {flag} sets `{read}`"));
-                }
-                described
+                format!("`{key}`{flag}: {}", error.reason())
             }
+        };
+        for (flag, read) in read_from_flags {
+            described.push_str(&format!("; {flag} sets `{read}`"));
         }
+        described
     }
 
     /// The flags given that set a key `error`'s check read besides its own (the keys
