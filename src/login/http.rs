@@ -44,9 +44,10 @@ pub enum LoginOutcome {
 /// the stream or hung up, its handler panicked) uses no try and is no failed login. Its
 /// client learned nothing from it, and counting it would ban honest clients that send
 /// credentials with every request and cancel some (a browser navigating away, a gRPC
-/// deadline). What such attempts cost the server, a check run for nothing, is bounded
-/// by the connection rate and, on HTTP/2, by the gate that lets a connection's attempts
-/// reach the service only as many at a time as it has tries left.
+/// deadline). What such attempts cost the server is a check run for nothing: over
+/// HTTP/1 one a connection, bounded by the connection rate; on HTTP/2 as many at a time
+/// as the connection has tries left (the gate), for as long as its client goes on
+/// opening and resetting streams.
 pub trait ClassifyLogin: Clone {
     /// From the status and headers; `None` when the response says nothing about a login.
     fn classify_response(&self, status: StatusCode, headers: &HeaderMap) -> Option<LoginOutcome>;

@@ -44,7 +44,12 @@
 //! None of them bans an honest client; a peer doing it dozens of times within the
 //! 10-minute window is not one:
 //!
-//! - **5 failed logins**, as fail2ban's `maxretry`.
+//! - **5 failed logins**, as fail2ban's `maxretry`. Each `401` to a request with
+//!   credentials is one, whatever they are: a page that makes six calls at once with an
+//!   expired bearer token, over six HTTP/1.1 connections, makes six. Where clients send
+//!   tokens that expire, give the HTTP classifier an
+//!   [`is_attempt`](ClassifyLogin::is_attempt) that picks only password logins, or
+//!   raise [`max_failures`](LoginBuilder::max_failures).
 //! - **30 timeouts** ([`max_timeouts`](LoginBuilder::max_timeouts)): browsers open
 //!   speculative connections that never send a byte, and mobile networks stall
 //!   requests, a few times an hour; 30 in 10 minutes is a silent connection every 20
