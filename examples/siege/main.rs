@@ -281,9 +281,16 @@ async fn siege(options: Options) {
     let began = Instant::now();
     if options.attacks {
         println!(
-            "tower-bouncer siege: {} attacks, {:.1} s each, unprotected then protected{}, and a flood behind a load balancer{}",
+            "tower-bouncer siege: {} attacks, {:.1} s each{}, unprotected then protected{}, and a flood behind a load balancer{}",
             Attack::ALL.len(),
             options.duration.as_secs_f64(),
+            match Attack::ALL.iter().map(|attack| attack.shortest()).max() {
+                Some(shortest) if shortest > options.duration => format!(
+                    " (the crowds wider than the cap {:.1} s)",
+                    shortest.as_secs_f64()
+                ),
+                _ => String::new(),
+            },
             if options.haproxy {
                 ", then behind HAProxy"
             } else {
