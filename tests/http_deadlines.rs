@@ -480,6 +480,49 @@ mod under_a_timeout_layer {
         idle_despite_pings("/quiet").await;
     }
 
+    /// DATA to a stream that is over moves no exchange: the server drops it (h2 resets
+    /// the dead stream), as it would a PING. A client that sends a byte of it every 30 s
+    /// must not keep a quiet answered stream alive past the idle timeout.
+    #[tokio::test(start_paused = true)]
+    async fn data_to_a_finished_http2_stream_does_not_keep_a_quiet_answered_stream_alive() {
+        let (connection, mut client) = layered();
+        client.write_all(HTTP2_START).await.unwrap();
+        // Stream 1: GET /quiet (HPACK: GET, http, `:path` literal, authority `t`),
+        // answered at once with a body that sends nothing.
+        let mut quiet = b"\0\0\x0d\x01\x05\0\0\0\x01".to_vec();
+        quiet.extend_from_slice(b"\x82\x86\x04\x06/quiet\x41\x01t");
+        client.write_all(&quiet).await.unwrap();
+        // Stream 3: GET /, answered and over.
+        client.write_all(&http2_get(3)).await.unwrap();
+        let answer = within(secs(5), read_until(&mut client, "hello")).await;
+        assert!(answer.contains("hello"), "{answer:?}");
+        let began = Instant::now();
+        let keep_alive = tokio::spawn(async move {
+            for _ in 0..20 {
+                tokio::time::sleep(secs(30)).await;
+                // One byte of DATA on stream 3, over since its answer.
+                if client.write_all(b"\0\0\x01\0\0\0\0\0\x03x").await.is_err() {
+                    break;
+                }
+            }
+            client
+        });
+        let outcome = tokio::time::timeout(secs(300), connection).await;
+        keep_alive.abort();
+        let outcome = outcome.unwrap_or_else(|_| {
+            panic!(
+                "still open {:?} after its last exchange went quiet (idle timeout 60 s)",
+                began.elapsed()
+            )
+        });
+        assert_eq!(timed_out(outcome.unwrap()), TimeoutError::Idle(secs(60)));
+        assert!(
+            began.elapsed() <= secs(60) + secs(60) / 8,
+            "{:?}",
+            began.elapsed()
+        );
+    }
+
     /// A later request's headers are in once their frame's payload is: flagged as
     /// whole, and trickled after their frame's header, they are held to the request
     /// timeout.

@@ -1,8 +1,9 @@
 //! Follows an HTTP/2 connection's frames as its bytes pass, without buffering them, for
 //! what hyper does not tell: which streams' request bodies are still coming in (so each
 //! is held to the request timeout until its last byte, however long its handler then
-//! takes), how much response data the client has taken (DATA payload: PING
-//! acknowledgements and headers do not count), and whether its flow-control windows hold
+//! takes), how much response data the client has taken and request data it has sent
+//! (DATA payload: PINGs and headers do not count, nor DATA to a stream the server no
+//! longer serves, which it drops), and whether its flow-control windows hold
 //! the server's data back (a window at zero: output that waits then is the client's
 //! doing, not data hyper dropped with a reset stream).
 //!
@@ -55,6 +56,10 @@ struct Streams {
     /// Whether the first request's headers have arrived: the request clock of the
     /// connection's opening (preface, first headers) stops then.
     opened: bool,
+    /// Whether the client DATA frame being read is request data: sent to a stream the
+    /// server still serves. Decided at its header, so that its payload costs nothing
+    /// more; DATA to a stream that is over is dropped by the server, as a PING is.
+    reading_request_data: bool,
     flow: Flow,
 }
 
@@ -70,6 +75,9 @@ struct Flow {
     /// The highest stream the client has opened: a client's new stream always has a
     /// higher number, and a HEADERS frame on one not above it (trailers) opens nothing.
     last_opened: u32,
+    /// Whether a stream was opened while `streams` was full, and so is not followed:
+    /// from then on, DATA to a stream not followed may be request data.
+    unfollowed: bool,
     /// The client frame whose payload is being read, if it is one that sets windows,
     /// and its current entry (a setting is 6 bytes, an increment 4).
     reading: Option<Frame>,
@@ -229,11 +237,13 @@ impl FrameWatch {
                 times_bodies,
                 incoming: Vec::new(),
                 opened: false,
+                reading_request_data: false,
                 flow: Flow {
                     connection: DEFAULT_WINDOW,
                     initial: DEFAULT_WINDOW,
                     streams: Vec::new(),
                     last_opened: 0,
+                    unfollowed: false,
                     reading: None,
                     entry: Gather::default(),
                     blocked: false,
@@ -324,12 +334,15 @@ impl Watch for FrameWatch {
             Seen::Header(frame, whole) => {
                 windows |= streams.flow.on_client_frame(frame);
                 changed |= streams.on_client_frame(frame, whole);
+                // One search of the streams followed per DATA frame, none per byte.
+                streams.reading_request_data =
+                    frame.kind == DATA && streams.flow.serves(frame.stream);
             }
             Seen::Payload(SETTINGS | WINDOW_UPDATE, payload) => {
                 streams.flow.on_client_payload(payload);
                 windows = true;
             }
-            Seen::Payload(DATA, run) => data += run.len(),
+            Seen::Payload(DATA, run) if streams.reading_request_data => data += run.len(),
             Seen::Payload(..) => {}
             Seen::End(frame) => changed |= streams.on_client_frame_end(frame),
         });
@@ -486,6 +499,8 @@ impl Flow {
                 self.last_opened = frame.stream;
                 if self.streams.len() < MAX_FOLLOWED {
                     self.streams.push((frame.stream, self.initial));
+                } else {
+                    self.unfollowed = true;
                 }
                 true
             }
@@ -548,6 +563,12 @@ impl Flow {
             changed |= self.close(frame.stream);
         }
         changed
+    }
+
+    /// Whether the server may still send on `stream`, or may, for all the streams
+    /// followed tell: one opened beyond them is taken to be served.
+    fn serves(&self, stream: u32) -> bool {
+        self.unfollowed || self.streams.iter().any(|(id, _)| *id == stream)
     }
 
     fn window(&mut self, stream: u32) -> Option<&mut i64> {

@@ -340,7 +340,8 @@ impl<S> HttpServiceBuilder<S> {
     /// How long a connection may have no request open (HTTP/1 keep-alive between
     /// requests, HTTP/2 with no stream: PINGs and window updates do not count), or move
     /// no data while only answered requests' responses stream (on HTTP/2, DATA frames
-    /// either way: PINGs do not count), before it is closed, or hold back a response
+    /// either way, on streams still served: PINGs, and DATA to a stream that is over, do
+    /// not count), before it is closed, or hold back a response
     /// while reading it slower than 256 bytes a second. `None` waits forever.
     pub fn idle_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.idle = timeout.into();

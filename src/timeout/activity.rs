@@ -22,8 +22,9 @@
 //! server stream, server-sent events, a long download), the data moved judges: the
 //! application has nothing left to do but send, and a stream that sends nothing for S
 //! is as idle as a silent socket. On HTTP/2 that is DATA frames' payload either way (a
-//! client's data to an answered stream, as a gRPC client stream sends, moves it), so
-//! that PINGs keep no quiet stream alive; otherwise every byte.
+//! client's data to an answered stream, as a gRPC client stream sends, moves it; data
+//! to a stream that is over, which the server drops, does not), so that PINGs keep no
+//! quiet stream alive; otherwise every byte.
 //!
 //! Output the client holds back (a full socket buffer, or HTTP/2 flow control) is the
 //! slow reader's attack: while output waits, the client must take at least the minimum

@@ -9,10 +9,10 @@
 //!   client`): no byte read or written, or, for a protocol that says when it is busy
 //!   (the [HTTP adapter](crate::http)), no request open, whatever else moves (HTTP/2
 //!   PINGs), or only answered requests whose responses stream and no data moved (a
-//!   quiet gRPC stream or event stream; on HTTP/2, DATA either way, not PINGs); and a
-//!   client that holds the server's output
-//!   back must take it at a [minimum rate](TimeoutBuilder::idle_min_send_rate), so a
-//!   slow reader is idle too;
+//!   quiet gRPC stream or event stream; on HTTP/2, DATA either way on streams still
+//!   served, not PINGs); and a client that holds the server's output back must take
+//!   it at a [minimum rate](TimeoutBuilder::idle_min_send_rate), so a slow reader is
+//!   idle too;
 //! - **request**: once a request's first byte has arrived, the request must be complete
 //!   within S (nginx's `client_header_timeout`, HAProxy's `timeout http-request`), so a
 //!   client that trickles a byte every few seconds is closed however it trickles;
