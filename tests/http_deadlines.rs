@@ -523,6 +523,28 @@ mod under_a_timeout_layer {
         );
     }
 
+    /// The connection's opening (preface, first headers) is one request, from its first
+    /// byte: a first HEADERS frame begun just before its deadline does not start the
+    /// clock again.
+    #[tokio::test(start_paused = true)]
+    async fn http2_first_headers_begun_late_are_cut_at_the_request_timeout_from_the_first_byte() {
+        let (connection, mut client) = layered();
+        let began = Instant::now();
+        client.write_all(&HTTP2_START[..1]).await.unwrap();
+        tokio::time::sleep(secs(9)).await;
+        client.write_all(&HTTP2_START[1..]).await.unwrap();
+        client.write_all(&http2_padded_get_start(1)).await.unwrap();
+        let trickling = trickle(client);
+        let outcome = within(secs(3600), connection).await.unwrap();
+        trickling.abort();
+        assert_eq!(timed_out(outcome), TimeoutError::Request(secs(10)));
+        assert!(
+            began.elapsed() <= secs(10) + secs(10) / 8,
+            "cut {:?} after its first byte",
+            began.elapsed()
+        );
+    }
+
     /// A later request's headers are in once their frame's payload is: flagged as
     /// whole, and trickled after their frame's header, they are held to the request
     /// timeout.

@@ -99,7 +99,8 @@ enum Protocol {
 #[derive(Debug, Clone, Copy)]
 struct Incoming {
     stream: u32,
-    /// When its headers began, and the connection's bytes read then.
+    /// When its headers began (for the connection's first, when the connection's
+    /// first byte came), and the connection's bytes read then.
     started: u64,
     bytes_read: u64,
     headers_done: bool,
@@ -403,10 +404,19 @@ impl Streams {
                     if !(whole && frame.flags & WHOLE_REQUEST == WHOLE_REQUEST)
                         && self.find(frame.stream).is_none() =>
                 {
+                    // The connection's first headers are part of its opening, timed
+                    // from its first byte: beginning them starts no clock again.
+                    let (started, bytes_read) = self
+                        .activity
+                        .request_in_progress()
+                        .filter(|_| !self.opened)
+                        .unwrap_or_else(|| {
+                            (self.activity.elapsed_nanos(), self.activity.bytes_read())
+                        });
                     self.incoming.push(Incoming {
                         stream: frame.stream,
-                        started: self.activity.elapsed_nanos(),
-                        bytes_read: self.activity.bytes_read(),
+                        started,
+                        bytes_read,
                         headers_done: false,
                         body_done: false,
                     });

@@ -585,6 +585,16 @@ impl Activity {
         self.wake_timer();
     }
 
+    /// The request timed by its first byte that is in progress, if one is: when it
+    /// started (a pending start stamped now) and the bytes read then.
+    pub(crate) fn request_in_progress(&self) -> Option<(u64, u64)> {
+        let started = self.request_start(|| self.now());
+        (started != IDLE).then(|| {
+            let bytes_read = self.request_bytes_start.load(Ordering::Relaxed);
+            (started, bytes_read)
+        })
+    }
+
     /// Nanoseconds since the connection started.
     pub(crate) fn elapsed_nanos(&self) -> u64 {
         self.now()
