@@ -406,13 +406,14 @@ impl Streams {
                 {
                     // The connection's first headers are part of its opening, timed
                     // from its first byte: beginning them starts no clock again.
-                    let (started, bytes_read) = self
-                        .activity
-                        .request_in_progress()
-                        .filter(|_| !self.opened)
-                        .unwrap_or_else(|| {
-                            (self.activity.elapsed_nanos(), self.activity.bytes_read())
-                        });
+                    let opening = if self.opened {
+                        None
+                    } else {
+                        self.activity.request_in_progress()
+                    };
+                    let (started, bytes_read) = opening.unwrap_or_else(|| {
+                        (self.activity.elapsed_nanos(), self.activity.bytes_read())
+                    });
                     self.incoming.push(Incoming {
                         stream: frame.stream,
                         started,
