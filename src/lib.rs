@@ -135,6 +135,8 @@
     feature = "login"
 ))]
 pub mod admission;
+#[cfg(any(feature = "config", feature = "tls"))]
+mod bounded_read;
 pub(crate) mod close;
 mod config;
 mod conn;

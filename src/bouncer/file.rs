@@ -4,7 +4,6 @@
 
 use std::{
     fmt,
-    io::Read,
     ops::Range,
     path::{Path, PathBuf},
 };
@@ -200,27 +199,9 @@ fn read_text(path: &Path) -> Result<String, ConfigFileError> {
         message,
     };
     let file = std::fs::File::open(path).map_err(|error| failed(error.to_string()))?;
-    let len = file
-        .metadata()
-        .map_err(|error| failed(error.to_string()))?
-        .len();
-    let too_long = |len: String| {
-        failed(format!(
-            "{len} bytes: a configuration file is at most {MAX_FILE_LEN}"
-        ))
-    };
-    if len > MAX_FILE_LEN {
-        return Err(too_long(len.to_string()));
-    }
-    // A pipe or a device tells no length: the read itself stops past the most.
-    let mut text = String::new();
-    file.take(MAX_FILE_LEN + 1)
-        .read_to_string(&mut text)
+    let bytes = crate::bounded_read::read_at_most(file, MAX_FILE_LEN, "a configuration file")
         .map_err(|error| failed(error.to_string()))?;
-    if text.len() as u64 > MAX_FILE_LEN {
-        return Err(too_long(format!("over {MAX_FILE_LEN}")));
-    }
-    Ok(text)
+    String::from_utf8(bytes).map_err(|error| failed(format!("not UTF-8 text: {error}")))
 }
 
 /// The settings `text` writes, unchecked; a TOML error names its key and line.
@@ -438,6 +419,20 @@ mod tests {
             error.message().contains("a configuration file is at most"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_text_is_refused_with_its_path() {
+        let dir = std::env::temp_dir().join(format!("bouncer-latin1-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bouncer.toml");
+        // "dry_run = true # café" saved as Latin-1.
+        std::fs::write(&path, b"dry_run = true # caf\xe9\n").unwrap();
+        let outcome = BouncerConfig::from_toml_file(&path);
+        drop(std::fs::remove_dir_all(&dir));
+        let error = outcome.expect_err("Latin-1 taken as TOML");
+        assert_eq!(error.path(), Some(path.as_path()));
+        assert!(error.message().contains("not UTF-8 text"), "{error}");
     }
 
     #[test]

@@ -215,37 +215,19 @@ const MAX_PEM_FILE_LEN: u64 = 1024 * 1024;
 /// it is opened without blocking (a FIFO's open waits for a writer) and looked at
 /// once open, so that a FIFO swapped in after a look at the path cannot hold it either.
 fn read_pem_file(path: &Path) -> io::Result<Vec<u8>> {
-    use std::io::Read;
-
     let mut options = std::fs::OpenOptions::new();
     options.read(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
     let file = options.open(path)?;
-    let metadata = file.metadata()?;
-    if !metadata.is_file() {
+    if !file.metadata()?.is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "not a regular file (a FIFO, a device or a directory): a certificate or key is \
              read from a file",
         ));
     }
-    let too_long = |len: &dyn fmt::Display| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{len} bytes: a certificate or key file is at most {MAX_PEM_FILE_LEN}"),
-        )
-    };
-    if metadata.len() > MAX_PEM_FILE_LEN {
-        return Err(too_long(&metadata.len()));
-    }
-    // A file that grew since it was looked at is read no further than the most.
-    let mut pem = Vec::new();
-    file.take(MAX_PEM_FILE_LEN + 1).read_to_end(&mut pem)?;
-    if pem.len() as u64 > MAX_PEM_FILE_LEN {
-        return Err(too_long(&format_args!("over {MAX_PEM_FILE_LEN}")));
-    }
-    Ok(pem)
+    crate::bounded_read::read_at_most(file, MAX_PEM_FILE_LEN, "a certificate or key file")
 }
 
 /// Parses and checks a chain and its key: the key must be able to sign with the `ring`
