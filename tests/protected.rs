@@ -495,6 +495,39 @@ async fn the_stream_handed_out_carries_the_connections_login_session() {
     );
 }
 
+/// The module's table: this path has no login timeout, as nothing reports a login from
+/// the framework's requests. A login session's timeout under the listener (a
+/// `SessionLayer` with one, or a `Bouncer` with `logins.timeout`) must then not cut
+/// every connection the framework serves, nor count each as an offence toward a ban.
+#[tokio::test(start_paused = true)]
+async fn a_login_timeout_does_not_cut_the_connections_axum_serves() {
+    let (queue, _log, listener) = ChannelListener::new();
+    let (conn, client) = duplex_conn("192.0.2.1:1000");
+    queue.send(Ok(conn)).unwrap();
+    let login = Login::builder()
+        .login_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let listener = ProtectedListener::new(listener, login.session_layer()).unwrap();
+    tokio::spawn(async move { axum::serve(listener, app()).await });
+
+    let mut client = Http1Client::connect(client).await;
+    // A busy client: a request every 10 s for two minutes.
+    for round in 0..12 {
+        let answer = within(PATIENCE, client.get("/"))
+            .await
+            .map(|answer| answer.body);
+        assert!(
+            answer.as_ref().is_ok_and(|body| body == "hello\n"),
+            "round {round} ({} s in): {answer:?}; {}",
+            round * 10,
+            login.stats()
+        );
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+    assert_eq!(login.stats().login_timeouts, 0, "{}", login.stats());
+}
+
 /// A layer of the common tower shape that decides in its future: it calls its inner
 /// service at once, then waits for the verdict (an asynchronous check: an outside
 /// authorisation, a lookup) before it polls the inner future, and drops that future

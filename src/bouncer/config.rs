@@ -200,8 +200,9 @@ pub struct Logins {
     /// (OpenSSH's `MaxAuthTries`); 1 by default.
     pub max_auth_tries: u32,
     /// `timeout`: close a connection not logged in this long after connecting
-    /// (OpenSSH's `LoginGraceTime`), for protocols where every connection logs in.
-    /// `None` (the default): no login timeout.
+    /// (OpenSSH's `LoginGraceTime`), for protocols where every connection logs in;
+    /// not applied under [`Bouncer::listener`](super::Bouncer::listener), where nothing
+    /// reports a login. `None` (the default): no login timeout.
     #[cfg_attr(feature = "config", serde(with = "humantime_serde"))]
     pub timeout: Option<Duration>,
 }

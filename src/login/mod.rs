@@ -510,7 +510,9 @@ impl LoginBuilder {
 
     /// Closes a connection that has not authenticated within `timeout` of connecting
     /// (OpenSSH's `LoginGraceTime`); off by default, since an HTTP server has
-    /// anonymous connections.
+    /// anonymous connections. Not applied to connections handed to a framework by a
+    /// [`ProtectedListener`](crate::serve::ProtectedListener): nothing there reports a
+    /// login.
     pub fn login_timeout(mut self, timeout: Duration) -> Self {
         self.login_timeout = Some(timeout);
         self

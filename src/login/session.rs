@@ -97,6 +97,8 @@ pub(crate) struct SessionState {
     pub(super) peer: Option<Classified>,
     failures: AtomicU32,
     authenticated: AtomicBool,
+    /// Handed to a framework that reports no logins: the login timeout is off.
+    handed_over: AtomicBool,
     /// The connection's graceful close, raised on eviction (with its eviction mark,
     /// for the session layer to cut after its grace).
     pub(super) close: GracefulClose,
@@ -120,6 +122,7 @@ impl SessionState {
             peer,
             failures: AtomicU32::new(0),
             authenticated: AtomicBool::new(false),
+            handed_over: AtomicBool::new(false),
             close,
             reason: OnceLock::new(),
             startup: Mutex::new(Some(startup)),
@@ -144,6 +147,12 @@ impl SessionState {
 
     pub(super) fn is_authenticated(&self) -> bool {
         self.authenticated.load(Ordering::Acquire)
+    }
+
+    /// Whether the login timeout still applies: not once logged in, nor once handed to
+    /// a framework that reports no logins.
+    pub(super) fn awaits_login(&self) -> bool {
+        !self.is_authenticated() && !self.handed_over.load(Ordering::Acquire)
     }
 
     pub(super) fn reason(&self) -> EvictReason {
@@ -188,6 +197,15 @@ impl SessionState {
 }
 
 impl LoginSession {
+    /// The connection is handed to a framework (`axum::serve`, tonic's server, under
+    /// [`ProtectedListener`](crate::serve::ProtectedListener)) whose requests carry no
+    /// session, so nothing will report its login: the login timeout, which would cut
+    /// it and count an offence however busy it is, no longer applies.
+    #[cfg(feature = "serve")]
+    pub(crate) fn hand_over(&self) {
+        self.state.handed_over.store(true, Ordering::Release);
+    }
+
     /// The connection authenticated: it leaves the pre-authentication budget, and the
     /// login timeout no longer applies to it.
     pub fn succeeded(&self) {

@@ -190,7 +190,7 @@ where
             && let Poll::Ready(limit) = deadline.as_mut().poll_passed(cx, &this.state.shared.scaler)
         {
             *this.login_deadline = None;
-            if !this.state.is_authenticated() {
+            if this.state.awaits_login() {
                 this.state.evict(EvictReason::LoginTimeout(limit));
             }
         }
