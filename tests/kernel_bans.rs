@@ -537,3 +537,165 @@ async fn a_listener_keeps_the_filter_of_the_login_that_attached_it_last() {
     );
     server.stop().await;
 }
+
+/// What the server says to a client, 192.0.2.7, that the balancer `127.0.0.1` brings
+/// with `request`; `None` if the balancer's `connect` is dropped by the filter.
+async fn through_balancer(server: SocketAddr, request: &[u8]) -> Option<String> {
+    let mut stream = tokio::time::timeout(FILTERED_WAIT, connect_from(1, server))
+        .await
+        .ok()?;
+    let header = b"PROXY TCP4 192.0.2.7 127.0.0.1 4000 80\r\n";
+    stream
+        .write_all(&[&header[..], request].concat())
+        .await
+        .unwrap();
+    Some(read_all(stream).await)
+}
+
+#[tokio::test]
+async fn a_key_that_holds_a_trusted_balancer_stays_out_of_the_filter() {
+    // IPv4 keyed by /24: the balancer, 127.0.0.1, shares the key 127.0.0.0/24 with
+    // 127.0.0.2, a neighbour that connects directly, misbehaves and is banned. User
+    // space keys the balancer's connections on the clients its headers name, and
+    // serves them; the filter would drop every packet the balancer sends.
+    let keying = PeerKeying::with_prefixes(24, 64).unwrap();
+    let login = Login::builder()
+        .keying(keying)
+        .ban_message(&b"ERROR banned\n"[..])
+        .build()
+        .unwrap();
+    let kernel = login.bans().kernel_filter();
+    kernel.set_user_space_refusals(NonZeroU32::new(3).unwrap());
+    let listener = Arc::new(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    kernel.attach(&listener).unwrap();
+    let proxy = ProxyProtocolLayer::builder()
+        .trusted(["127.0.0.1/32".parse().unwrap()])
+        .build()
+        .unwrap();
+    // As a stack of one's own must: the filter is told the balancers.
+    kernel.set_balancers(proxy.trusted().iter().copied());
+    let hello = service_fn(|conn: Conn<Rewind<TcpStream>>| async move {
+        conn.into_io().write_all(b"hello\n").await
+    });
+    let service = proxy.layer(login.ban_layer().layer(hello));
+    let server = LoopbackServer::start_on(listener, service, Duration::from_secs(1));
+    login.bans().ban(ip("127.0.0.2"), BAN).unwrap();
+
+    // The neighbour keeps reconnecting while banned: refused in user space...
+    for _ in 0..3 {
+        assert_eq!(reply_to(2, server.addr).await, "ERROR banned\n");
+    }
+    // ...then a rebuild of the filter (for another key) sees its key qualify.
+    login.bans().ban(ip("10.0.0.1"), BAN).unwrap();
+    assert!(kernel.move_to_kernel(ip("10.0.0.1")));
+    within(PATIENCE, async {
+        while kernel.stats().keys == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+
+    // A client the balancer brings, banned nowhere, is still served.
+    assert_eq!(
+        through_balancer(server.addr, b"").await.as_deref(),
+        Some("hello\n"),
+        "the balancer's connection (filter keys: {})",
+        kernel.stats().keys
+    );
+    assert!(!kernel.move_to_kernel(ip("127.0.0.2")), "nor moved there");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_trusted_balancer_banned_itself_stays_out_of_the_filter() {
+    // The balancer, 127.0.0.1, may send no header (health checks, say): those
+    // connections are its own, and it is banned. User space refuses them, and serves
+    // the clients its headers name; the filter would drop them all.
+    let login = Login::builder()
+        .ban_message(&b"ERROR banned\n"[..])
+        .build()
+        .unwrap();
+    let kernel = login.bans().kernel_filter();
+    kernel.set_user_space_refusals(NonZeroU32::new(3).unwrap());
+    let listener = Arc::new(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    kernel.attach(&listener).unwrap();
+    let proxy = ProxyProtocolLayer::builder()
+        .trusted(["127.0.0.1/32".parse().unwrap()])
+        .optional_from_trusted(true)
+        .build()
+        .unwrap();
+    kernel.set_balancers(proxy.trusted().iter().copied());
+    let hello = service_fn(|conn: Conn<Rewind<TcpStream>>| async move {
+        conn.into_io().write_all(b"hello\n").await
+    });
+    let service = proxy.layer(login.ban_layer().layer(hello));
+    let server = LoopbackServer::start_on(listener, service, Duration::from_secs(1));
+    login.bans().ban(ip("127.0.0.1"), BAN).unwrap();
+
+    // Without a header, its connections are refused as its own, up to the threshold...
+    for _ in 0..3 {
+        let mut stream = within(PATIENCE, connect_from(1, server.addr)).await;
+        stream.write_all(b"HELLO\r\n").await.unwrap();
+        assert_eq!(read_all(stream).await, "ERROR banned\n");
+    }
+    // ...and a rebuild of the filter (for another key) leaves its key out.
+    login.bans().ban(ip("10.0.0.1"), BAN).unwrap();
+    assert!(kernel.move_to_kernel(ip("10.0.0.1")));
+    filter_holds(&kernel, 1).await;
+
+    assert_eq!(
+        through_balancer(server.addr, b"").await.as_deref(),
+        Some("hello\n"),
+        "the balancer's connection (filter keys: {})",
+        kernel.stats().keys
+    );
+    server.stop().await;
+}
+
+#[cfg(feature = "bouncer")]
+#[tokio::test]
+async fn a_bouncer_keeps_its_trusted_balancers_out_of_the_filter_across_a_reload() {
+    use axum::{Router, routing::get};
+    use tower_bouncer::bouncer::{Bouncer, BouncerConfig};
+
+    let mut config = BouncerConfig::default();
+    config.proxy_protocol.trusted = vec!["127.0.0.1/32".parse().unwrap()];
+    let bouncer = Bouncer::from_config(config.clone()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = Router::new().route("/", get(|| async { "hello\n" }));
+    let server = tokio::spawn({
+        let bouncer = bouncer.clone();
+        async move {
+            let stopped = async {
+                stopped.await.ok();
+            };
+            bouncer.serve_http_until(listener, app, stopped).await
+        }
+    });
+    let get = b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+    // Served once: the bouncer has set up its listener, filter included.
+    let answer = through_balancer(addr, get).await.unwrap();
+    assert!(answer.ends_with("hello\n"), "{answer:?}");
+
+    // A reload, of what a reload may change.
+    config.rates.global += 1;
+    bouncer.reload(config).unwrap();
+    let kernel = bouncer.login().bans().kernel_filter();
+    bouncer.login().bans().ban(ip("127.0.0.1"), BAN).unwrap();
+    assert!(!kernel.move_to_kernel(ip("127.0.0.1")));
+    // A rebuild (for another key) leaves the balancer's out.
+    bouncer.login().bans().ban(ip("10.0.0.1"), BAN).unwrap();
+    assert!(kernel.move_to_kernel(ip("10.0.0.1")));
+    filter_holds(&kernel, 1).await;
+    let answer = through_balancer(addr, get).await;
+    assert!(
+        answer
+            .as_deref()
+            .is_some_and(|answer| answer.ends_with("hello\n")),
+        "{answer:?}"
+    );
+    stop.send(()).unwrap();
+    within(PATIENCE, server).await.unwrap().unwrap();
+}

@@ -243,7 +243,8 @@ pub struct Bans {
     #[cfg_attr(feature = "config", serde(with = "humantime_serde"))]
     pub max: Duration,
     /// `kernel`: on Linux, a banned peer that goes on reconnecting is dropped by a
-    /// socket filter on the listener, SYNs included. On by default.
+    /// socket filter on the listener, SYNs included; never a key that holds a
+    /// `proxy_protocol.trusted` balancer (refused in user space). On by default.
     pub kernel: bool,
 }
 

@@ -564,15 +564,20 @@ impl Bouncer {
     }
 
     /// The listener this bouncer accepts from: on Linux with the kernel ban filter
-    /// (unless [`bans.kernel`](config::Bans::kernel) is off); with TLS, sockets that
-    /// send without Nagle's delay.
+    /// (unless [`bans.kernel`](config::Bans::kernel) is off), which keeps the trusted
+    /// balancers' keys out; with TLS, sockets that send without Nagle's delay.
     fn accept(&self, listener: TcpListener) -> Accept {
         let listener = Arc::new(listener);
         #[cfg(all(feature = "kernel-bans", target_os = "linux"))]
-        if self.config.load().bans.kernel
-            && let Err(error) = self.login.bans().kernel_filter().attach(&listener)
-        {
-            tracing::warn!(%error, "no kernel ban filter: banned peers are refused in user space");
+        if self.config.load().bans.kernel {
+            let kernel = self.login.bans().kernel_filter();
+            // `proxy_protocol.trusted` is not reloaded: set once, it stays right.
+            if let Some(proxy) = &self.proxy {
+                kernel.set_balancers(proxy.trusted().iter().copied());
+            }
+            if let Err(error) = kernel.attach(&listener) {
+                tracing::warn!(%error, "no kernel ban filter: banned peers are refused in user space");
+            }
         }
         let nodelay = self.tls_configured();
         Accept { listener, nodelay }

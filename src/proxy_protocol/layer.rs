@@ -154,6 +154,13 @@ impl ProxyProtocolLayer {
     pub fn max_reading(&self) -> usize {
         self.shared.readers.max()
     }
+
+    /// The trusted networks, IPv4-mapped ones as the IPv4 networks they carry: for the
+    /// kernel ban filter, which must not drop the balancers
+    /// ([`KernelBans::set_balancers`](crate::login::KernelBans::set_balancers)).
+    pub fn trusted(&self) -> &[IpNet] {
+        &self.shared.trusted
+    }
 }
 
 impl ProxyProtocolBuilder {

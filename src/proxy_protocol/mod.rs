@@ -83,6 +83,11 @@
 //! # }
 //! ```
 //!
+//! With the kernel ban filter (Linux, `Bans::kernel_filter`), tell it the trusted
+//! networks, `kernel.set_balancers(proxy.trusted().iter().copied())`: it drops a
+//! key's whole network, and one that holds a balancer (a banned neighbour in its /64)
+//! would cut off every client behind it. The [`Bouncer`](crate::bouncer::Bouncer) does.
+//!
 //! A listener the clients reach directly has no PROXY layer, and its bans go first.
 //!
 //! # Example

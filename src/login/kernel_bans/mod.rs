@@ -24,7 +24,7 @@ use tokio::{sync::Notify, time::Instant};
 use super::bans::BanTable;
 use crate::{
     Conn,
-    peer::{Classified, PeerKey, table::Located},
+    peer::{Classified, PeerKey, canonical_network, table::Located},
     throttle::LogThrottle,
 };
 use program::{Instruction, MAX_INSTRUCTIONS, drop_keys_within};
@@ -67,7 +67,14 @@ const RECHECK_EVERY: Duration = Duration::from_secs(1);
 ///
 /// **Behind a load balancer** the packets come from the balancer, not from the peer
 /// its PROXY header names: refusals of such connections are not counted, and their
-/// peers never go into the filter (unless [moved there](Self::move_to_kernel)).
+/// peers never go into the filter (unless [moved there](Self::move_to_kernel)). Tell
+/// the filter the trusted balancers' networks too
+/// ([`set_balancers`](Self::set_balancers); the [`Bouncer`](crate::bouncer::Bouncer)
+/// does): a key whose network overlaps one (a direct neighbour of the balancer in its
+/// /64, or its /24 with IPv4 keyed by /24) then stays out of the filter and is refused
+/// in user space, for the filter would drop every client behind the balancer; and
+/// the refusals of such a key, the balancer's own connections without a header
+/// included, are not counted.
 ///
 /// **Exempt peers.** The filter drops a key's whole network (a /24 with IPv4 keyed by
 /// /24), which may hold an exempt address that user space admits: a key whose network
@@ -161,6 +168,9 @@ pub(crate) struct KernelState {
 #[derive(Default)]
 struct Filter {
     refused: HashMap<PeerKey, Refused>,
+    /// The trusted balancers' networks: a key that overlaps one is neither counted nor
+    /// put in, as the filter would drop the balancer with it.
+    balancers: Vec<IpNet>,
     program: Vec<Instruction>,
     /// The keys the program was last built for, those in it and those left out for
     /// want of room: while they stay the same, a rebuild would build the same filter.
@@ -247,11 +257,42 @@ impl KernelBans {
         self.state.changed.notify_one();
     }
 
+    /// Tells the filter the networks of the load balancers whose PROXY headers are
+    /// trusted, replacing those told before: a key whose network overlaps one stays out
+    /// of the filter (which would drop the balancer, and so every client behind it) and
+    /// its refusals are not counted. Keys already in come out at once. Give it the
+    /// networks of every PROXY layer in front of the listeners the filter is
+    /// [attached](Self::attach) to; the [`Bouncer`](crate::bouncer::Bouncer) gives its
+    /// `proxy_protocol.trusted` when it attaches the filter to a listener it serves. An
+    /// IPv4-mapped IPv6 network counts as the IPv4 network it carries.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use tower_bouncer::{login::Login, proxy_protocol::ProxyProtocolLayer};
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let login = Login::builder().build()?;
+    /// let proxy = ProxyProtocolLayer::builder().trusted(["10.0.0.0/24".parse()?]).build()?;
+    /// let kernel = login.bans().kernel_filter();
+    /// kernel.set_balancers(proxy.trusted().iter().copied());
+    /// kernel.attach(&Arc::new(tokio::net::TcpListener::bind("0.0.0.0:443").await?))?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_balancers(&self, networks: impl IntoIterator<Item = IpNet>) {
+        let balancers = networks.into_iter().map(canonical_network).collect();
+        self.state
+            .filter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .balancers = balancers;
+        self.state.changed.notify_one();
+    }
+
     /// Moves `ip`'s key into the filter now, without waiting for its refusals (an
     /// operator who knows it floods); `false` if it is not banned, or if its key's
-    /// network overlaps an exempt network (the filter would drop an exempt peer). It
-    /// then stays as any key would: until its ban ends, if there is room for it and not
-    /// in dry run.
+    /// network overlaps an exempt network or a [balancer's](Self::set_balancers) (the
+    /// filter would drop a peer that user space serves). It then stays as any key
+    /// would: until its ban ends, if there is room for it and not in dry run.
     pub fn move_to_kernel(&self, ip: IpAddr) -> bool {
         let keying = self.table.keying();
         let key = keying.key(ip);
@@ -267,6 +308,9 @@ impl KernelBans {
             .filter
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        if overlaps_any(&key.network(), &filter.balancers) {
+            return false;
+        }
         let refused = filter.refused.entry(key).or_insert(Refused {
             count: 0,
             until: Instant::now() + remaining,
@@ -333,6 +377,11 @@ impl KernelState {
     pub(crate) fn refused(&self, key: &PeerKey, remaining: Duration) {
         let threshold = self.user_space_refusals.load(Ordering::Relaxed);
         let mut filter = self.filter.lock().unwrap_or_else(PoisonError::into_inner);
+        // A balancer's connection without a header, or a neighbour sharing its key: the
+        // key can never go in.
+        if overlaps_any(&key.network(), &filter.balancers) {
+            return;
+        }
         let counted = filter.refused.len();
         let now = Instant::now();
         let until = now + remaining;
@@ -417,13 +466,18 @@ impl KernelState {
         });
         // In dry run the ban check serves banned peers: the filter drops none of them.
         let dry_run = table.is_dry_run();
-        // Nor an exempt peer that a key's network holds: such a key stays in user space.
+        // Nor an exempt peer or a trusted balancer that a key's network holds: such a
+        // key stays in user space.
         let exempt = table.keying().exempt_networks();
+        let balancers = &filter.balancers;
         let mut ranked: Vec<(u64, bool, PeerKey)> = filter
             .refused
             .iter()
             .filter(|(_, refused)| !dry_run && refused.count >= threshold)
-            .filter(|(key, _)| !overlaps_any(&key.network(), &exempt))
+            .filter(|(key, _)| {
+                let network = key.network();
+                !overlaps_any(&network, &exempt) && !overlaps_any(&network, balancers)
+            })
             .map(|(key, refused)| {
                 let weight = if refused.in_filter { 2 } else { 1 };
                 (u64::from(refused.count) * weight, refused.in_filter, *key)
@@ -592,7 +646,8 @@ fn install(socket: BorrowedFd<'_>, program: &[Instruction]) -> std::io::Result<(
 
 /// Whether `conn`'s packets come from its peer, so that the filter can drop them: not
 /// when a trusted balancer's PROXY header named the peer, since the packets come from
-/// the balancer.
+/// the balancer. A balancer's own connection, without a header, is not counted either:
+/// its key holds a [balancer](KernelBans::set_balancers).
 pub(crate) fn sent_by_its_peer<IO>(conn: &Conn<IO>) -> bool {
     #[cfg(feature = "proxy-protocol")]
     {
