@@ -944,3 +944,108 @@ proptest! {
         }
     }
 }
+
+/// A protocol that reads its connection to the end and reports the peer it saw, on a
+/// `Send` future (for the accept loop).
+fn sendable_recorder<IO>() -> (
+    impl Service<Conn<Rewind<IO>>, Response = (), Error = BoxError, Future: Send> + Clone + Send,
+    mpsc::UnboundedReceiver<SocketAddr>,
+)
+where
+    IO: AsyncRead + Unpin + Send + 'static,
+{
+    let (report, seen) = mpsc::unbounded_channel();
+    let service = service_fn(move |mut conn: Conn<Rewind<IO>>| {
+        let report = report.clone();
+        async move {
+            let mut bytes = Vec::new();
+            conn.io_mut().read_to_end(&mut bytes).await?;
+            report.send(conn.peer_addr()).ok();
+            Ok::<_, BoxError>(())
+        }
+    });
+    (service, seen)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_cap_in_backpressure_mode_behind_the_layer_keeps_waiting_connections_in_the_backlog()
+{
+    use tower_bouncer::{limit::ConnectionLimitLayer, serve::Server};
+
+    let limit = ConnectionLimitLayer::builder(1)
+        .backpressure()
+        .build()
+        .unwrap();
+    let (protocol, mut seen) = sendable_recorder();
+    let service = ServiceBuilder::new()
+        .layer(proxy().build().unwrap())
+        .layer(limit.clone())
+        .service(protocol);
+    let (queue, log, listener) = ChannelListener::new();
+
+    // Two clients come through the balancer at once, each with its header: room for one.
+    let (first, mut first_client) = duplex_conn(BALANCER);
+    first_client.write_all(V1_HEADER).await.unwrap();
+    let (second, mut second_client) = duplex_conn(BALANCER);
+    second_client
+        .write_all(b"PROXY TCP4 192.0.2.8 198.51.100.1 40001 443\r\n")
+        .await
+        .unwrap();
+    queue.send(Ok(first)).unwrap();
+    queue.send(Ok(second)).unwrap();
+    let server = tokio::spawn(Server::new(listener).serve(service));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // In backpressure mode the second waits, unaccepted, while the first is served...
+    let (accepted, refused) = (log.accepted(), limit.stats().refused);
+    // ...and is served once the first is over.
+    drop(first_client);
+    assert_eq!(within(PATIENCE, seen.recv()).await, Some(addr(CLIENT)));
+    drop(second_client);
+    let second_served = tokio::time::timeout(PATIENCE, seen.recv()).await;
+    assert_eq!(
+        (accepted, refused, second_served.ok().flatten()),
+        (1, 0, Some(addr("192.0.2.8:40001"))),
+        "(accepted while full, refused, the second's peer as served)"
+    );
+    server.abort();
+}
+
+/// The slot a cap in backpressure mode holds while a header is read goes back to it when
+/// the header fails: the next connection is accepted and served.
+#[tokio::test(start_paused = true)]
+async fn a_failed_header_gives_a_backpressure_cap_its_slot_back() {
+    use tower_bouncer::{limit::ConnectionLimitLayer, serve::Server};
+
+    let limit = ConnectionLimitLayer::builder(1)
+        .backpressure()
+        .build()
+        .unwrap();
+    let (protocol, mut seen) = sendable_recorder();
+    let service = ServiceBuilder::new()
+        .layer(proxy().build().unwrap())
+        .layer(limit.clone())
+        .service(protocol);
+    let (queue, log, listener) = ChannelListener::new();
+
+    let (malformed, mut malformed_client) = duplex_conn(BALANCER);
+    malformed_client
+        .write_all(b"PROXY TCP4 not-an-address\r\n")
+        .await
+        .unwrap();
+    let (next, mut next_client) = duplex_conn(BALANCER);
+    next_client.write_all(V1_HEADER).await.unwrap();
+    drop(next_client);
+    queue.send(Ok(malformed)).unwrap();
+    queue.send(Ok(next)).unwrap();
+    let server = tokio::spawn(Server::new(listener).serve(service));
+
+    assert_eq!(within(PATIENCE, seen.recv()).await, Some(addr(CLIENT)));
+    let stats = limit.stats();
+    assert_eq!(
+        (log.accepted(), stats.admitted, stats.refused),
+        (2, 1, 0),
+        "(accepted, admitted, refused)"
+    );
+    server.abort();
+}

@@ -56,6 +56,11 @@
 //! called only once the header is read, with the rewritten connection, so a banned
 //! client is refused even though its balancer is not. The connections still sending
 //! their header are bounded by [`max_reading`](ProxyProtocolBuilder::max_reading).
+//! What the layers below take to become ready (a [connection cap](crate::limit)'s slot
+//! or the global rate's token, in backpressure mode) travels with the connection while
+//! its header is read, so a full cap in backpressure mode stops the accept loop behind
+//! a balancer too. The layers keyed on the peer (bans, per-peer rates and caps,
+//! startups) decide only once the header has named it.
 //!
 //! ```no_run
 //! use std::time::Duration;
