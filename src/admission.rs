@@ -13,7 +13,9 @@
 //! its place in the layer's counts (a cap's live count may go over the cap), so that
 //! the figures say what enforcing would see. A backpressure mode in dry run does not
 //! pause accepting. A connection served in dry run is no offence against its peer,
-//! even where the same refusal would be one (`Offence::OverLimit`).
+//! even where the same refusal would be one (`Offence::OverLimit`). A replica of a
+//! [fleet](crate::fleet) whose login is in dry run applies the fleet's bans but adds
+//! none: its offences and bans stay in its own table.
 
 use std::{
     error::Error,

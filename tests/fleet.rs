@@ -723,6 +723,74 @@ async fn a_full_ban_list_escalates_a_peer_once_per_ban() {
     );
 }
 
+/// Publishes a decision on the fleet's channel (prefix `test`) and waits until
+/// `replica` has applied it: every decision published before it has been applied too.
+async fn in_step(redis: &Redis, replica: &Replica, marker: &str) {
+    // Quoted: Redis's inline protocol splits words at spaces.
+    let message = format!("\"ban {marker}/32 60000 1\"");
+    redis.command(&["PUBLISH", "{test}:decisions", &message]);
+    eventually("the marker is applied", || replica.banned(marker)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_in_dry_run_bans_nobody_on_the_other_replicas() {
+    let redis = redis();
+    // One replica tries the policy in dry run (a canary, or a rolling reload); the
+    // other enforces.
+    let trial = Replica::join(&redis, policy().dry_run(true));
+    let enforcing = Replica::join(&redis, policy());
+    trial.connected().await;
+    enforcing.connected().await;
+    for _ in 0..4 {
+        assert_eq!(
+            trial.fail_once("203.0.113.90").await.as_deref(),
+            Some("DENIED")
+        );
+    }
+    assert!(
+        trial.banned("203.0.113.90"),
+        "the list shows what enforcing would do"
+    );
+    assert_eq!(
+        trial.fail_once("203.0.113.90").await.as_deref(),
+        Some("DENIED"),
+        "and the trial serves the peer anyway"
+    );
+    // An operator's ban made on the trial stays there too.
+    trial
+        .login
+        .bans()
+        .ban(ip("198.51.100.90"), secs(60))
+        .unwrap();
+    // Twice round the trial's sync task (it reloads every second): whatever it was
+    // going to send has been sent by then.
+    let resyncs = trial.fleet.stats().resyncs;
+    eventually("the trial's sync task goes round twice", || {
+        trial.fleet.stats().resyncs >= resyncs + 2
+    })
+    .await;
+    let stats = trial.fleet.stats();
+    assert_eq!(
+        (stats.sent, stats.pending),
+        (0, 0),
+        "the trial sent its offences or bans"
+    );
+    in_step(&redis, &enforcing, "192.0.2.90").await;
+    assert_eq!(
+        enforcing.login.bans().banned_for(ip("203.0.113.90")),
+        None,
+        "a ban made in dry run is enforced by the other replica"
+    );
+    assert!(
+        !enforcing.banned("198.51.100.90"),
+        "and so is an operator's"
+    );
+    assert_eq!(
+        enforcing.fail_once("203.0.113.90").await.as_deref(),
+        Some("DENIED")
+    );
+}
+
 /// A connected replica on `prefix` (with `window` as its failure window), and a link of
 /// the test's own to the same store, to send changes with the ages it chooses; the
 /// receiver keeps the link's decisions channel open.

@@ -242,6 +242,42 @@ async fn offences_are_sent_with_their_weight_and_a_local_ban_with_them() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_replica_in_dry_run_adds_nothing_to_the_fleet_but_its_unbans() {
+    let store = MemoryStore::default();
+    let login = Login::builder()
+        .max_failures(3)
+        .ban(secs(60))
+        .dry_run(true)
+        .build()
+        .unwrap();
+    let fleet = join(&login, &store);
+    store
+        .until("connected", |state| state.decisions.is_some())
+        .await;
+    // Banned here by its offences, and by an operator: the list shows it.
+    for _ in 0..3 {
+        fail_once(&login, "198.51.100.2:1").await;
+    }
+    login.bans().ban(ip("192.0.2.9"), secs(60)).unwrap();
+    assert_eq!(login.bans().list().len(), 2);
+    // The store loses its data: a replica in dry run gives it none of its bans.
+    store.state().in_force = Snapshot::new("a new epoch", Vec::new(), Vec::new());
+    let resyncs = fleet.stats().resyncs;
+    tokio::time::sleep(secs(31)).await;
+    store
+        .until("the periodic reload", |_| fleet.stats().resyncs > resyncs)
+        .await;
+    assert_eq!(store.received(), Vec::new());
+    // An operator's unban still reaches the fleet.
+    login.bans().unban(ip("192.0.2.9"));
+    store.until("sent", |state| state.received.len() == 1).await;
+    assert!(matches!(
+        store.received()[..],
+        [Change::Unban { key: k, .. }] if k == key("192.0.2.9/32")
+    ));
+}
+
+#[tokio::test(start_paused = true)]
 async fn changes_made_while_the_store_is_down_are_sent_once_it_is_back() {
     let store = MemoryStore::default();
     store.set_down(true);

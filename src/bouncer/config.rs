@@ -34,7 +34,8 @@ use serde::Deserialize;
 pub struct BouncerConfig {
     /// `dry_run`: every admission decision (caps, rates, bans, the startups budget) is
     /// made, counted and logged, and the connection served anyway: a new limit can be
-    /// watched before it is enforced. Off by default.
+    /// watched before it is enforced. In a fleet, the replica applies the fleet's bans
+    /// but adds none of its own. Off by default.
     pub dry_run: bool,
     /// `[connections]`: how many at once.
     pub connections: Connections,

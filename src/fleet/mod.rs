@@ -22,6 +22,14 @@
 //! - **Bans outlive the replicas**: a replica loads every ban in force when it connects,
 //!   so restarting every replica forgets nothing. If the store itself lost its data
 //!   (restarted empty), each replica gives it back the bans it holds.
+//! - **A replica in dry run only watches**
+//!   ([`LoginBuilder::dry_run`](crate::login::LoginBuilder::dry_run)): it applies the
+//!   fleet's bans and unbans, and counts and bans on its own so that its ban list shows
+//!   what enforcing would do, but it adds nothing to the fleet's: its offences and its
+//!   bans (by offences, by an operator, by an import) stay in its own table, and it
+//!   gives a store that lost its data nothing back. A canary, or the first replica of
+//!   a rolling reload, can try a stricter policy in dry run without the others
+//!   enforcing it. An operator's unban made on it still reaches every replica.
 //!
 //! # How far behind a replica can be
 //!

@@ -194,29 +194,11 @@ impl SyncTask {
     }
 
     /// Loads everything in force and applies it; first gives a store that is new to
-    /// this replica (or lost its data) every ban held here.
+    /// this replica (or lost its data) every ban held here, unless in dry run.
     async fn resync(&mut self, link: &mut dyn Link) -> Result<(), Ended> {
         let mut snapshot = link.snapshot().await?;
         if self.epoch.as_ref() != Some(&snapshot.epoch) {
-            let login = self.login()?;
-            let longest = login.fleet_policy().max_ban;
-            // A ban still in the outbox goes as itself (issued when, by offences or
-            // not), not as one of unknown age.
-            let pending: HashSet<IpNet> = self.shared.outbox.lock().keys().copied().collect();
-            let held: Vec<Change> = login
-                .bans()
-                .list()
-                .into_iter()
-                .filter(|ban| !pending.contains(&ban.key.network()))
-                .map(|ban| Change::Ban {
-                    key: ban.key.network(),
-                    // As long as an unban is remembered, as every shared ban.
-                    remaining: ban.remaining.min(longest),
-                    offences: ban.offences,
-                    issued_ago: None,
-                    by_offences: false,
-                })
-                .collect();
+            let held = self.given_back(&self.login()?);
             for batch in held.chunks(SEND_BATCH) {
                 self.send_all(link, batch).await?;
             }
@@ -226,6 +208,32 @@ impl SyncTask {
         self.apply_snapshot(snapshot).await?;
         self.shared.counters.resyncs.add();
         Ok(())
+    }
+
+    /// What a store that is new to this replica (or lost its data) is given: every ban
+    /// held here, except those still in the outbox (they go as themselves: issued
+    /// when, by offences or not), and nothing in dry run, where the bans held here
+    /// only show what enforcing would do.
+    fn given_back(&self, login: &Login) -> Vec<Change> {
+        if !login.adds_to_fleet() {
+            return Vec::new();
+        }
+        let longest = login.fleet_policy().max_ban;
+        let pending: HashSet<IpNet> = self.shared.outbox.lock().keys().copied().collect();
+        login
+            .bans()
+            .list()
+            .into_iter()
+            .filter(|ban| !pending.contains(&ban.key.network()))
+            .map(|ban| Change::Ban {
+                key: ban.key.network(),
+                // As long as an unban is remembered, as every shared ban.
+                remaining: ban.remaining.min(longest),
+                offences: ban.offences,
+                issued_ago: None,
+                by_offences: false,
+            })
+            .collect()
     }
 
     /// Makes the table what the store holds, except for the keys changed here and not

@@ -731,16 +731,17 @@ impl Bans {
 
     /// Counts a ban an operator made here, evicts the live connections it bans if the
     /// login evicts banned peers' (not those of a network wider than a peer key), and
-    /// tells the fleet, if there is one.
+    /// tells the fleet, if there is one and the login is not in dry run.
     fn shared_ban(&self, network: IpNet, length: Duration) {
         self.table.metrics.operator.add(1);
+        let login = self.login.upgrade();
         if !length.is_zero()
-            && let Some(login) = self.login.upgrade()
+            && let Some(login) = &login
         {
             login.evict_banned(network);
         }
         #[cfg(feature = "fleet")]
-        if let Some(fleet) = self.table.fleet() {
+        if let Some(fleet) = login.as_deref().and_then(super::Shared::fleet_to_tell) {
             let target = self.table.ban_target(network);
             let (_, offences) = self.table.standing(target);
             // The fleet keeps a ban no longer than the longest by offences, as long as

@@ -341,7 +341,7 @@ impl Login {
 
     /// Turns [dry run](LoginBuilder::dry_run) on or off for the ban check (its kernel
     /// filter included) and the pre-authentication budget, for the connections that
-    /// come next.
+    /// come next, and for the offences and bans a fleet's replica adds to the fleet's.
     pub fn set_dry_run(&self, dry_run: bool) {
         self.shared.ban_refusal.set_dry_run(dry_run);
         self.shared.startup_refusal.set_dry_run(dry_run);
@@ -578,8 +578,10 @@ impl LoginBuilder {
     /// Dry run for the ban check and the pre-authentication budget: a connection they
     /// would refuse is counted (in `dry_run_refusals`) and logged, and served anyway.
     /// Offences are still counted and bans still made, so that the ban list shows what
-    /// enforcing would do; the kernel filter (`Bans::kernel_filter`) drops nobody.
-    /// Off by default. See [dry run](crate::admission#dry-run).
+    /// enforcing would do; the kernel filter (`Bans::kernel_filter`) drops nobody. In a
+    /// [fleet](crate::fleet), a replica in dry run applies the fleet's bans but adds
+    /// none: its offences and its bans (by offences, by an operator, by an import) stay
+    /// in its own table. Off by default. See [dry run](crate::admission#dry-run).
     pub fn dry_run(self, dry_run: bool) -> Self {
         self.ban_refusal.set_dry_run(dry_run);
         self.startup_refusal.set_dry_run(dry_run);
@@ -770,6 +772,11 @@ impl Login {
         joined
     }
 
+    /// Whether this replica adds its bans to the fleet's: not in dry run.
+    pub(crate) fn adds_to_fleet(&self) -> bool {
+        self.shared.fleet_to_tell().is_some()
+    }
+
     pub(crate) fn fleet_policy(&self) -> crate::fleet::FleetPolicy {
         let policy = self.shared.bans.policy();
         crate::fleet::FleetPolicy::new(
@@ -951,7 +958,7 @@ impl Shared {
         }
         self.stats.offences[offence.index()].add();
         #[cfg(feature = "fleet")]
-        if let Some(fleet) = self.bans.fleet()
+        if let Some(fleet) = self.fleet_to_tell()
             && recorded != Recorded::AlreadyBanned
         {
             let key = peer.key.network();
@@ -961,6 +968,14 @@ impl Shared {
                 fleet.ban(key, length, offences, true);
             }
         }
+    }
+
+    /// The fleet this login's offences and bans go to, if it is in one: none in dry
+    /// run, where they only show what enforcing would do (the fleet's bans are still
+    /// applied here). One relaxed load, per offence or ban, never per connection.
+    #[cfg(feature = "fleet")]
+    pub(super) fn fleet_to_tell(&self) -> Option<&crate::fleet::Shared> {
+        self.bans.fleet().filter(|_| !self.ban_refusal.is_dry_run())
     }
 
     /// `offence` just banned `peer` for `length`.
