@@ -791,6 +791,51 @@ async fn a_replica_in_dry_run_bans_nobody_on_the_other_replicas() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_ban_length_holds_for_a_bouncer_in_a_fleet() {
+    use tower_bouncer::bouncer::{Bouncer, BouncerConfig};
+    let redis = redis();
+    let mut config = BouncerConfig::default();
+    config.connections.raise_descriptor_limit = false;
+    config.fleet.redis = Some(redis.url());
+    config.fleet.prefix = Some("test".into());
+    config.bans.max_failures = 4;
+    config.bans.first = secs(600);
+    let bouncer = Bouncer::from_config(config.clone()).unwrap();
+    let replica = Replica {
+        login: bouncer.login().clone(),
+        fleet: bouncer.fleet().unwrap().clone(),
+    };
+    replica.connected().await;
+    // The operator finds ten minutes too harsh: five seconds from now on.
+    config.bans.first = secs(5);
+    bouncer.reload(config).unwrap();
+    for _ in 0..4 {
+        assert_eq!(
+            replica.fail_once("203.0.113.91").await.as_deref(),
+            Some("DENIED")
+        );
+    }
+    let left = replica.login.bans().banned_for(ip("203.0.113.91")).unwrap();
+    assert!(left <= secs(5), "the replica's own ban: {left:?}");
+    // Everything sent, then whatever the store published has been applied. (Not
+    // "a decision applied": if the store's own count banned while the replica's ban
+    // waited to be sent, that decision is skipped, and the store does not publish the
+    // same ban again when the replica's arrives.)
+    eventually("the replica has sent its offences and its ban", || {
+        let stats = replica.fleet.stats();
+        stats.sent >= 5 && stats.pending == 0
+    })
+    .await;
+    in_step(&redis, &replica, "192.0.2.91").await;
+    let left = replica.login.bans().banned_for(ip("203.0.113.91")).unwrap();
+    assert!(
+        left <= secs(5),
+        "banned for {left:?} after a reload to `bans.first = 5s`: the fleet's store \
+         bans by the policy its link was made with"
+    );
+}
+
 /// A connected replica on `prefix` (with `window` as its failure window), and a link of
 /// the test's own to the same store, to send changes with the ages it chooses; the
 /// receiver keeps the link's decisions channel open.

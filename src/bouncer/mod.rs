@@ -603,8 +603,9 @@ impl Bouncer {
 
     /// Puts `config` in force without a restart: dry run, the caps, the rates, the
     /// timeouts (for new connections; live ones keep theirs), the exempt networks, the
-    /// login tries and timeout, the ban policy, and, with TLS, the certificate files
-    /// read again (for new handshakes). Live connections are not dropped: under a lower
+    /// login tries and timeout, the ban policy (in a fleet, the store's too, from this
+    /// replica's next change), and, with TLS, the certificate files read again (for
+    /// new handshakes). Live connections are not dropped: under a lower
     /// cap, new ones are refused (or, with backpressure, wait) until there is room. The
     /// rates keep what each peer and the whole server have spent, counted in
     /// connections at the new rates: a reload hands out no fresh burst. Checked whole

@@ -149,7 +149,8 @@ impl Snapshot {
 pub trait Backend: Send + Sync + 'static {
     /// Connects, and from now on sends the decisions made elsewhere to `decisions`;
     /// dropping that sender says the link is lost. The replica reconnects then, and
-    /// when any call of the [`Link`] fails.
+    /// when any call of the [`Link`] fails. `policy` is the ban policy in force now; a
+    /// reload reaches the link through [`Link::set_policy`].
     fn connect(
         &self,
         policy: FleetPolicy,
@@ -178,6 +179,14 @@ pub trait Link: Send {
 
     /// Everything in force now.
     fn snapshot(&mut self) -> BoxFuture<'_, Result<Snapshot, BackendError>>;
+
+    /// The ban policy in force on this replica, given before every batch of changes and
+    /// every snapshot: it changes when the policy is reloaded
+    /// ([`Login::set_policy`](crate::login::Login::set_policy)). A store that bans and
+    /// escalates by the policy uses the latest from then on. Nothing by default.
+    fn set_policy(&mut self, policy: FleetPolicy) {
+        let _ = policy;
+    }
 }
 
 /// The store could not be reached, or answered something unexpected.

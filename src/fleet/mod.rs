@@ -56,6 +56,10 @@
 //! One ban policy (window, limits, ban lengths) and one peer keying (prefix lengths):
 //! each replica sends the weights and lengths it is configured with, and keys are
 //! shared as networks (a /64 ban is a network banned whole on a replica keyed by /128).
+//! A reloaded policy ([`Login::set_policy`], `Bouncer::reload`) goes to the store with
+//! the replica's next change: reload every replica the same way, as until they all
+//! have, the store bans and escalates each change by the policy of the replica that
+//! sent it.
 //! A replica holds at most 256 networks banned whole; the store keeps at most 65 536
 //! bans ([`RedisBackend::max_bans`]; past that, new bans still reach every replica
 //! live). Whoever can write the

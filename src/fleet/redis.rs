@@ -246,6 +246,7 @@ struct Keys {
 struct RedisLink {
     connection: MultiplexedConnection,
     keys: Keys,
+    /// The replica's ban policy, as last given: every script call takes it.
     policy: FleetPolicy,
     max_bans: u32,
     scripts: Scripts,
@@ -324,6 +325,10 @@ impl Link for RedisLink {
             .await?;
             Ok(Snapshot::new(epoch, bans, lifted))
         })
+    }
+
+    fn set_policy(&mut self, policy: FleetPolicy) {
+        self.policy = policy;
     }
 }
 

@@ -136,7 +136,14 @@ impl SyncTask {
         }
     }
 
+    /// Gives `link` the ban policy in force: a reload changes it.
+    fn policy_to(&self, link: &mut dyn Link) -> Result<(), Ended> {
+        link.set_policy(self.login()?.fleet_policy());
+        Ok(())
+    }
+
     async fn send_all(&self, link: &mut dyn Link, changes: &[Change]) -> Result<(), Ended> {
+        self.policy_to(link)?;
         link.send_all(changes).await?;
         self.shared.counters.sent.add_n(changes.len());
         Ok(())
@@ -196,6 +203,7 @@ impl SyncTask {
     /// Loads everything in force and applies it; first gives a store that is new to
     /// this replica (or lost its data) every ban held here, unless in dry run.
     async fn resync(&mut self, link: &mut dyn Link) -> Result<(), Ended> {
+        self.policy_to(link)?;
         let mut snapshot = link.snapshot().await?;
         if self.epoch.as_ref() != Some(&snapshot.epoch) {
             let held = self.given_back(&self.login()?);

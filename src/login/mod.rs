@@ -312,9 +312,11 @@ impl Login {
     /// offences on record count under the new window; a live connection is held to the
     /// new tries from its next failure (over HTTP/2, from its next attempt, which is
     /// refused and closes it if the new tries are already used up), and keeps the login
-    /// deadline it started with.
+    /// deadline it started with. In a [fleet](crate::fleet), the store bans and
+    /// escalates by the new policy from this replica's next change on: reload every
+    /// replica the same way.
     /// The rest (keying, table sizes, the pre-authentication budget, messages) stays as
-    /// built, and so does the policy a [fleet](crate::fleet) shares through its store.
+    /// built.
     ///
     /// ```
     /// use tower_bouncer::login::Login;
