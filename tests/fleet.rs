@@ -836,6 +836,107 @@ async fn a_reloaded_ban_length_holds_for_a_bouncer_in_a_fleet() {
     );
 }
 
+/// Waits until `replica` has reloaded everything in force twice more: once to see a
+/// new store, once to load what it gave it back.
+async fn resynced(replica: &Replica) {
+    let resyncs = replica.fleet.stats().resyncs;
+    eventually("the replica reloads", || {
+        replica.fleet.stats().resyncs >= resyncs + 2
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_offender_stays_one_after_redis_loses_its_data() {
+    let redis = redis();
+    // Two failures ban; the first ban is 2 s, the second a minute.
+    let escalating = || {
+        policy()
+            .max_failures(2)
+            .ban(secs(2))
+            .ban_escalation(30, secs(120))
+    };
+    let a = Replica::join(&redis, escalating());
+    let b = Replica::join(&redis, escalating());
+    a.connected().await;
+    b.connected().await;
+    for _ in 0..2 {
+        assert_eq!(a.fail_once("203.0.113.92").await.as_deref(), Some("DENIED"));
+    }
+    eventually("B has the first ban", || b.banned("203.0.113.92")).await;
+    eventually("the first ban is served", || {
+        !a.banned("203.0.113.92") && !b.banned("203.0.113.92")
+    })
+    .await;
+    // Both replicas remember the peer's ban (for `forget_after`, a day).
+    for replica in [&a, &b] {
+        let top = replica
+            .login
+            .bans()
+            .top_offenders(10, tower_bouncer::login::OffenderRank::Bans);
+        assert_eq!(top.first().map(|offender| offender.bans), Some(1));
+    }
+
+    // Redis restarts empty (no persistence, a flush, a failover to an empty replica).
+    redis.command(&["FLUSHALL"]);
+    resynced(&a).await;
+    resynced(&b).await;
+
+    // One failure on each replica: the fleet's count bans, the peer's second ban.
+    assert_eq!(a.fail_once("203.0.113.92").await.as_deref(), Some("DENIED"));
+    assert_eq!(b.fail_once("203.0.113.92").await.as_deref(), Some("DENIED"));
+    eventually("the fleet bans again", || a.banned("203.0.113.92")).await;
+    in_step(&redis, &a, "192.0.2.92").await;
+    let left = a
+        .login
+        .bans()
+        .banned_for(ip("203.0.113.92"))
+        .unwrap_or_default();
+    assert!(
+        left > secs(10),
+        "the peer's second ban, after Redis lost its data, runs {left:?}: a first ban \
+         again, though both replicas remember the first"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_served_ban_given_back_to_an_empty_redis_counts_and_spends_no_later_offence() {
+    use tower_bouncer::fleet::{BAN_WEIGHT, Change};
+    let redis = redis();
+    let (replica, mut link, _kept) = replica_and_link(&redis, "served", secs(600)).await;
+    let key: ipnet::IpNet = "192.0.2.61/32".parse().unwrap();
+    let half = Change::Offence {
+        key,
+        weight: BAN_WEIGHT / 2,
+        ago: Duration::ZERO,
+    };
+    // Half a ban counted by the store that lost its data...
+    link.send(&half).await.unwrap();
+    // ...then a replica gives it back the peer's first ban, served long ago...
+    link.send(&Change::Ban {
+        key,
+        remaining: Duration::ZERO,
+        offences: 1,
+        issued_ago: None,
+        by_offences: false,
+    })
+    .await
+    .unwrap();
+    // ...and the other half bans: the peer's second ban, counted on from the first.
+    link.send(&half).await.unwrap();
+    assert_eq!(
+        redis.command(&["HLEN", "{served}:bans"]).as_deref(),
+        Some(":1"),
+        "the served ban spent the offence counted after it"
+    );
+    eventually("the replica applies the ban", || {
+        replica.banned("192.0.2.61")
+    })
+    .await;
+    let left = replica.login.bans().banned_for(ip("192.0.2.61")).unwrap();
+    assert!(left > secs(60), "a first ban again: {left:?}");
+}
+
 /// A connected replica on `prefix` (with `window` as its failure window), and a link of
 /// the test's own to the same store, to send changes with the ages it chooses; the
 /// receiver keeps the link's decisions channel open.

@@ -71,6 +71,8 @@ pub enum Change {
     /// `key` is banned for `remaining` from now, its `offences`-th ban (as far as this
     /// replica knows). A ban that ran out before it reached the store comes with no
     /// time left: it was served, and only spends the offences before it, and counts.
+    /// So does a served ban given back to a store that lost its data, of unknown age:
+    /// it only counts.
     Ban {
         /// The peer key, or a network banned whole.
         key: IpNet,
@@ -120,7 +122,7 @@ pub enum Decision {
 #[non_exhaustive]
 pub struct Snapshot {
     /// Changes when the store has lost its data (restarted empty, flushed): the replica
-    /// then sends it every ban it holds.
+    /// then sends it every ban it holds, and those served that it remembers.
     pub epoch: String,
     /// The bans in force, as [`Decision::Ban`]s.
     pub bans: Vec<Decision>,

@@ -21,7 +21,9 @@
 //!   with the fleet runs at most that long). Two bans in force merge: the later end.
 //! - **Bans outlive the replicas**: a replica loads every ban in force when it connects,
 //!   so restarting every replica forgets nothing. If the store itself lost its data
-//!   (restarted empty), each replica gives it back the bans it holds.
+//!   (restarted empty), each replica gives it back the bans it holds, and those its
+//!   peers served that it still remembers (for `forget_after`): a repeat offender's
+//!   next ban still escalates.
 //! - **A replica in dry run only watches**
 //!   ([`LoginBuilder::dry_run`](crate::login::LoginBuilder::dry_run)): it applies the
 //!   fleet's bans and unbans, and counts and bans on its own so that its ban list shows

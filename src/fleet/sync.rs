@@ -201,7 +201,8 @@ impl SyncTask {
     }
 
     /// Loads everything in force and applies it; first gives a store that is new to
-    /// this replica (or lost its data) every ban held here, unless in dry run.
+    /// this replica (or lost its data) every ban held or remembered here, unless in
+    /// dry run.
     async fn resync(&mut self, link: &mut dyn Link) -> Result<(), Ended> {
         self.policy_to(link)?;
         let mut snapshot = link.snapshot().await?;
@@ -219,9 +220,11 @@ impl SyncTask {
     }
 
     /// What a store that is new to this replica (or lost its data) is given: every ban
-    /// held here, except those still in the outbox (they go as themselves: issued
-    /// when, by offences or not), and nothing in dry run, where the bans held here
-    /// only show what enforcing would do.
+    /// held here, and every ban served that is still remembered, as served (no time
+    /// left: it only counts, so that a repeat offender's next ban escalates). Except
+    /// those still in the outbox (they go as themselves: issued when, by offences or
+    /// not), and nothing in dry run, where the bans held here only show what enforcing
+    /// would do.
     fn given_back(&self, login: &Login) -> Vec<Change> {
         if !login.adds_to_fleet() {
             return Vec::new();
@@ -230,7 +233,7 @@ impl SyncTask {
         let pending: HashSet<IpNet> = self.shared.outbox.lock().keys().copied().collect();
         login
             .bans()
-            .list()
+            .remembered()
             .into_iter()
             .filter(|ban| !pending.contains(&ban.key.network()))
             .map(|ban| Change::Ban {

@@ -561,6 +561,19 @@ impl BanTable {
 
     /// The bans in force, of keys and of networks.
     pub(crate) fn list(&self) -> Vec<Ban> {
+        self.bans(|remaining, _| !remaining.is_zero())
+    }
+
+    /// The bans in force and those served that the table still remembers (for
+    /// `forget_after`), with no time left: every key and network banned at least once.
+    #[cfg(feature = "fleet")]
+    pub(crate) fn remembered(&self) -> Vec<Ban> {
+        self.bans(|remaining, offences| !remaining.is_zero() || offences > 0)
+    }
+
+    /// The bans of keys and networks that `keep` keeps, by the time left and the
+    /// count of bans, sorted by key.
+    fn bans(&self, keep: impl Fn(Duration, u32) -> bool) -> Vec<Ban> {
         let now = self.now();
         let keys = self.table.entries().into_iter().map(|(bits, record)| {
             let key = self.keying.key_from_bits(bits);
@@ -572,12 +585,12 @@ impl BanTable {
         });
         let mut bans: Vec<Ban> = keys
             .chain(networks)
-            .filter(|(_, until, _)| *until > now)
             .map(|(key, until, offences)| Ban {
                 key,
-                remaining: Duration::from_nanos(until - now),
+                remaining: Duration::from_nanos(until.saturating_sub(now)),
                 offences,
             })
+            .filter(|ban| keep(ban.remaining, ban.offences))
             .collect();
         bans.sort_by_key(|ban| ban.key);
         bans
@@ -833,6 +846,12 @@ impl Bans {
     /// The bans in force, by key or network.
     pub fn list(&self) -> Vec<Ban> {
         self.table.list()
+    }
+
+    /// The bans in force, and the served ones still remembered (no time left).
+    #[cfg(feature = "fleet")]
+    pub(crate) fn remembered(&self) -> Vec<Ban> {
+        self.table.remembered()
     }
 
     /// How many bans are in force, without copying them as [`list`](Self::list) does:

@@ -7,7 +7,9 @@
 -- (SAME_MOMENT_MS). Two bans in force merge: the later end, the higher count. A ban
 -- by a replica's count that finds none in force is the fleet's next ban of the peer,
 -- from when it was issued. Every ban spends the offences before it; one that ran out
--- only does that, and counts. Returns 1 if the store changed.
+-- only does that, and counts. A served ban of unknown age (given back to a store that
+-- lost its data) only counts: the offences counted since came after it. Returns 1 if
+-- the store changed.
 local now = now_ms()
 local key = ARGV[1]
 local remaining = tonumber(ARGV[2])
@@ -36,14 +38,18 @@ else
   -- an unban on its way: marking it spent now would make that unban lose.
   record.spent = math.max(record.spent, issued)
 end
-record.current = 0
-record.previous = 0
 if remaining <= 0 then
-  -- Served while it waited: its offences are spent, and it counts.
+  -- Served: it counts, and if it was served while it waited, its offences are spent.
+  if issued >= 0 then
+    record.current = 0
+    record.previous = 0
+  end
   record.bans = math.max(record.bans, offences)
   write_record(KEYS[2], record, math.max(record.until_ms - now, 0) + forget)
   return 0
 end
+record.current = 0
+record.previous = 0
 local until_ms = now + remaining
 local old_until, old_offences, old_issued = read_ban(redis.call('HGET', KEYS[1], key))
 old_until = math.max(old_until or 0, record.until_ms)
