@@ -393,3 +393,39 @@ fn joining_needs_a_runtime_a_period_and_one_fleet_per_login() {
         assert!(matches!(twice, Err(ConfigError::Inconsistent { .. })));
     });
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_ban_in_force_keeps_its_length_when_a_reload_shortens_the_longest_ban() {
+    let store = MemoryStore::default();
+    let (login, fleet) = connected(&store).await;
+    // An hour's ban made elsewhere, in force in the store.
+    let hour = Decision::Ban {
+        key: key("192.0.2.7/32"),
+        remaining: secs(3600),
+        offences: 3,
+    };
+    store.state().in_force = Snapshot::new("one epoch", vec![hour.clone()], Vec::new());
+    store.decide(hour).await;
+    store.until("applied", |_| fleet.stats().applied == 1).await;
+    // A reload shortens the longest ban to ten minutes: "bans in force keep their
+    // length" (`Login::set_policy`), as they do without a fleet.
+    login
+        .set_policy(
+            Login::builder()
+                .max_failures(3)
+                .ban(secs(60))
+                .ban_escalation(2, secs(600)),
+        )
+        .unwrap();
+    let resyncs = fleet.stats().resyncs;
+    tokio::time::sleep(secs(31)).await;
+    store
+        .until("the periodic reload", |_| fleet.stats().resyncs > resyncs)
+        .await;
+    let left = login.bans().banned_for(ip("192.0.2.7")).unwrap_or_default();
+    assert!(
+        left > secs(3000),
+        "the hour's ban runs {left:?} after the reload: cut to the new longest ban by \
+         the fleet's reload, though the store still holds the hour"
+    );
+}

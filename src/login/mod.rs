@@ -308,13 +308,13 @@ impl std::fmt::Display for LoginStats {
 impl Login {
     /// Puts `policy`'s ban policy (offence limits, window, ban lengths and escalation,
     /// forgetting), tries per connection and login timeout in force for this login and
-    /// its layers, for a reload without a restart. Bans in force keep their length;
-    /// offences on record count under the new window; a live connection is held to the
-    /// new tries from its next failure (over HTTP/2, from its next attempt, which is
-    /// refused and closes it if the new tries are already used up), and keeps the login
-    /// deadline it started with. In a [fleet](crate::fleet), the store bans and
-    /// escalates by the new policy from this replica's next change on: reload every
-    /// replica the same way.
+    /// its layers, for a reload without a restart. Bans in force keep their length (in
+    /// a fleet, those from the fleet too); offences on record count under the new
+    /// window; a live connection is held to the new tries from its next failure (over
+    /// HTTP/2, from its next attempt, which is refused and closes it if the new tries
+    /// are already used up), and keeps the login deadline it started with. In a
+    /// [fleet](crate::fleet), the store bans and escalates by the new policy from this
+    /// replica's next change on: reload every replica the same way.
     /// The rest (keying, table sizes, the pre-authentication budget, messages) stays as
     /// built.
     ///
@@ -794,8 +794,14 @@ impl Login {
     /// the table has it already (a reload brings every ban again).
     pub(crate) fn apply_fleet_ban(&self, key: ipnet::IpNet, remaining: Duration, offences: u32) {
         let shared = &self.shared;
-        let remaining = remaining.min(shared.bans.policy().max_ban);
         let (held, held_offences) = shared.bans.standing(key);
+        // A ban held here keeps its own end, as bans in force do when a reload
+        // shortens the longest ban: only time beyond it is held to the longest now.
+        let remaining = if remaining > held {
+            remaining.min(shared.bans.policy().max_ban.max(held))
+        } else {
+            remaining
+        };
         // What the store says holds, shorter or not: a ban lifted and made again
         // shorter elsewhere reaches a replica that missed the unban as a shorter ban.
         // A second's slack: the same ban, seen again a little later.
