@@ -429,3 +429,28 @@ async fn a_ban_in_force_keeps_its_length_when_a_reload_shortens_the_longest_ban(
          the fleet's reload, though the store still holds the hour"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_short_ban_from_the_fleet_on_a_peer_banned_here_before_is_applied() {
+    let store = MemoryStore::default();
+    let (login, fleet) = connected(&store).await;
+    // Banned here once, for five seconds; served, and remembered (its count of bans).
+    login.bans().ban(ip("192.0.2.8"), secs(5)).unwrap();
+    store.until("sent", |state| state.received.len() == 1).await;
+    tokio::time::sleep(secs(6)).await;
+    assert!(login.bans().banned_for(ip("192.0.2.8")).is_none());
+    // The fleet bans it again, with under a second left by the time it arrives here
+    // (or with a first ban of a second).
+    store
+        .decide(Decision::Ban {
+            key: key("192.0.2.8/32"),
+            remaining: Duration::from_millis(900),
+            offences: 1,
+        })
+        .await;
+    store.until("applied", |_| fleet.stats().applied == 1).await;
+    assert!(
+        login.bans().banned_for(ip("192.0.2.8")).is_some(),
+        "a peer not banned here took the fleet's ban for one it holds already"
+    );
+}

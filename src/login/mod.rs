@@ -804,8 +804,14 @@ impl Login {
         };
         // What the store says holds, shorter or not: a ban lifted and made again
         // shorter elsewhere reaches a replica that missed the unban as a shorter ban.
-        // A second's slack: the same ban, seen again a little later.
-        if held.abs_diff(remaining) <= Duration::from_secs(1) && held_offences >= offences {
+        // A second's slack: the same ban, seen again a little later; but only a ban
+        // held can be seen again, however short the fleet's is. (One with no time left
+        // holds nothing.)
+        if remaining.is_zero()
+            || (!held.is_zero()
+                && held.abs_diff(remaining) <= Duration::from_secs(1)
+                && held_offences >= offences)
+        {
             return;
         }
         if let Err(error) = shared.bans.ban_network(key, remaining, offences) {
