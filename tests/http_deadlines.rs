@@ -1,7 +1,8 @@
 //! The HTTP adapter's deadlines, on its own and under a timeout layer, on paused time:
 //! protocol detection and HTTP/2's preface are bounded, an HTTP/2 connection is idle when
 //! no stream is open (PINGs do not count), every HTTP/2 request body is held to the
-//! request timeout, a slow reader is cut, and a grace means what its owner says.
+//! request timeout until it is answered, a slow reader is cut, and a grace means what
+//! its owner says.
 
 mod support;
 
@@ -438,6 +439,46 @@ mod under_a_timeout_layer {
         let response = within(secs(60), response).await.unwrap();
         assert_eq!(response.status(), 200);
         assert!(!connection.is_finished());
+    }
+
+    /// The HTTP/2 twin of the HTTP/1 echo above, and what a gRPC bidirectional or
+    /// client stream is on the wire: the handler answers at once, and the request's
+    /// body goes on streaming, each message answered as it comes. Answered, the stream
+    /// is no request being read any more: its body is not held to the request timeout
+    /// (the idle timeout still judges its data), as an HTTP/1 body streaming after its
+    /// answer is not.
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_body_streaming_after_its_answer_is_not_held_to_the_request_timeout() {
+        let (connection, client) = layered();
+        let (mut sender, _pings) = h2_client(client, &h2::client::Builder::new()).await;
+        let echo = http::Request::post("http://localhost/echo")
+            .body(())
+            .unwrap();
+        let (response, mut body) = sender.send_request(echo, false).unwrap();
+        body.send_data(Bytes::from_static(b"x"), false).unwrap();
+        let response = within(secs(5), response).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let mut echoed = response.into_body();
+        // A message every 2 s for a minute, each echoed: past the 10 s request timeout,
+        // and never idle for the 60 s idle timeout.
+        for round in 0..30 {
+            let data = within(secs(5), echoed.data()).await;
+            if connection.is_finished() {
+                panic!("round {round}: cut: {:?}", connection.await);
+            }
+            assert!(
+                matches!(&data, Some(Ok(data)) if data.as_ref() == b"x"),
+                "round {round}: {data:?}"
+            );
+            let _ = echoed.flow_control().release_capacity(1);
+            tokio::time::sleep(secs(2)).await;
+            assert!(
+                !connection.is_finished(),
+                "round {round}: cut: {:?}",
+                connection.await
+            );
+            body.send_data(Bytes::from_static(b"x"), false).unwrap();
+        }
     }
 
     /// Asks for `path` on HTTP/2 under the layer's idle timeout (60 s), keeps its answer,

@@ -1,11 +1,14 @@
 //! Follows an HTTP/2 connection's frames as its bytes pass, without buffering them, for
-//! what hyper does not tell: which streams' request bodies are still coming in (so each
-//! is held to the request timeout until its last byte, however long its handler then
-//! takes), how much response data the client has taken and request data it has sent
-//! (DATA payload: PINGs and headers do not count, nor DATA to a stream the server no
-//! longer serves, which it drops), and whether its flow-control windows hold
-//! the server's data back (a window at zero: output that waits then is the client's
-//! doing, not data hyper dropped with a reset stream).
+//! what hyper does not tell: which streams' request bodies are still coming in and not
+//! yet answered (so each is held to the request timeout until its last byte, however
+//! long its handler then takes, or until the server writes its answer's head: a gRPC
+//! client or bidirectional stream answered at once is no request being read any more,
+//! as an HTTP/1 body streaming after its answer is not), how much response data the
+//! client has taken and request data it has sent (DATA payload: PINGs and headers do
+//! not count, nor DATA to a stream the server no longer serves, which it drops), and
+//! whether its flow-control windows hold the server's data back (a window at zero:
+//! output that waits then is the client's doing, not data hyper dropped with a reset
+//! stream).
 //!
 //! An HTTP/1 connection is recognised by its first bytes and left alone.
 
@@ -18,6 +21,9 @@ const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADER: usize = 9;
 const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
+/// A HEADERS frame's flags that put bytes before its header block.
+const PADDED: u8 = 0x8;
+const PRIORITY: u8 = 0x20;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
 const WINDOW_UPDATE: u8 = 0x8;
@@ -51,8 +57,15 @@ struct Streams {
     activity: Arc<Activity>,
     /// Whether request bodies are timed (the timeout layer has a request timeout).
     times_bodies: bool,
-    /// Streams whose request has not fully arrived.
+    /// Streams whose request has not fully arrived, and that the server has not
+    /// answered.
     incoming: Vec<Incoming>,
+    /// The server's HEADERS frame being written, while its first bytes are read for
+    /// whether it answers its stream; only while request bodies are timed.
+    answer: Option<AnswerRead>,
+    /// Whether the server's HPACK encoder has put a 1xx status in its table: from then
+    /// on, a status it sends from its table may be an informational one.
+    informational_indexed: bool,
     /// Whether the first request's headers have arrived: the request clock of the
     /// connection's opening (preface, first headers) stops then.
     opened: bool,
@@ -105,6 +118,82 @@ struct Incoming {
     bytes_read: u64,
     headers_done: bool,
     body_done: bool,
+}
+
+/// The first bytes of a server HEADERS frame's header block, gathered until they tell
+/// what its first field is (see [`read_head`]).
+#[derive(Debug)]
+struct AnswerRead {
+    stream: u32,
+    /// Bytes still to skip before the header block (padding length, priority).
+    skip: u8,
+    /// Its first bytes, when they come split across writes.
+    head: [u8; ANSWER_HEAD],
+    filled: usize,
+}
+
+/// More bytes than a response's first field and the table size updates before it
+/// take; a block that does not tell by then is taken to answer nothing.
+const ANSWER_HEAD: usize = 16;
+
+/// What a server header block's first field says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Head {
+    /// A final status: the stream is answered.
+    Final,
+    /// A 1xx status (`100 Continue`, `103 Early Hints`), put in the encoder's table if
+    /// `indexed`: the answer is still to come.
+    Informational { indexed: bool },
+    /// Not a status (trailers), or one from the table that may be a 1xx.
+    Unknown,
+}
+
+/// Reads what the first field of a server header block says, from its first bytes,
+/// without the HPACK table; `None` if `block` ends before it tells. hyper's encoder (h2)
+/// writes `:status` first: from the static table (200, 204, 206, 304, 400, 404, 500),
+/// or written out the first time (any other) and from its table after that.
+fn read_head(mut block: impl Iterator<Item = u8>, informational_indexed: bool) -> Option<Head> {
+    loop {
+        let first = block.next()?;
+        return Some(match first {
+            // A table size update, which comes first: skipped. A size of 31 or more goes
+            // on in bytes with their top bit set.
+            0x20..=0x3f => {
+                if first == 0x3f {
+                    while block.next()? & 0x80 != 0 {}
+                }
+                continue;
+            }
+            // The static table's statuses.
+            0x88..=0x8e => Head::Final,
+            // The dynamic table (index 62 and up): a status the encoder wrote out before
+            // (or a trailer, which comes after its stream's answer).
+            0xbe..=0xff if informational_indexed => Head::Unknown,
+            0xbe..=0xff => Head::Final,
+            // `:status` (name 8) written out: with incremental indexing, without, never
+            // indexed. A 1xx begins with `1`, whose Huffman code is `00001`.
+            0x48 | 0x08 | 0x18 => {
+                let length = block.next()?;
+                if length & 0x7f == 0 {
+                    return Some(Head::Unknown);
+                }
+                let leading = block.next()?;
+                let informational = if length & 0x80 != 0 {
+                    leading >> 3 == 0b00001
+                } else {
+                    leading == b'1'
+                };
+                if informational {
+                    Head::Informational {
+                        indexed: first == 0x48,
+                    }
+                } else {
+                    Head::Final
+                }
+            }
+            _ => Head::Unknown,
+        });
+    }
 }
 
 /// Where a direction's byte stream is in its frames.
@@ -237,6 +326,8 @@ impl FrameWatch {
                 activity,
                 times_bodies,
                 incoming: Vec::new(),
+                answer: None,
+                informational_indexed: false,
                 opened: false,
                 reading_request_data: false,
                 flow: Flow {
@@ -373,9 +464,12 @@ impl Watch for FrameWatch {
                 windows |= streams.flow.on_server_frame(frame);
                 if frame.kind == RST_STREAM {
                     changed |= streams.forget(frame.stream);
+                } else if frame.kind == HEADERS && streams.times_bodies {
+                    streams.begin_answer(frame);
                 }
             }
             Seen::Payload(DATA, run) => data += run.len(),
+            Seen::Payload(HEADERS, run) => changed |= streams.read_answer(run),
             Seen::Payload(..) | Seen::End(_) => {}
         });
         if data > 0 {
@@ -470,6 +564,60 @@ impl Streams {
         self.incoming
             .iter_mut()
             .find(|incoming| incoming.stream == stream)
+    }
+
+    /// Begins reading a server HEADERS frame for whether it answers its stream.
+    fn begin_answer(&mut self, frame: Frame) {
+        let mut skip = 0;
+        if frame.flags & PADDED != 0 {
+            skip += 1;
+        }
+        if frame.flags & PRIORITY != 0 {
+            skip += 5;
+        }
+        self.answer = Some(AnswerRead {
+            stream: frame.stream,
+            skip,
+            head: [0; ANSWER_HEAD],
+            filled: 0,
+        });
+    }
+
+    /// Reads a run of the server HEADERS frame being written, until its first field
+    /// tells whether it answers its stream, which, if its request is still arriving,
+    /// is forgotten: its body is no longer held to the request timeout. Whether the
+    /// streams still arriving changed.
+    fn read_answer(&mut self, run: &[u8]) -> bool {
+        let Some(read) = &mut self.answer else {
+            return false;
+        };
+        let skip = run.len().min(usize::from(read.skip));
+        read.skip -= skip as u8;
+        let run = &run[skip..];
+        let gathered = &read.head[..read.filled];
+        let Some(head) = read_head(
+            gathered.iter().chain(run).copied(),
+            self.informational_indexed,
+        ) else {
+            // Split across writes: kept until the rest comes.
+            let take = run.len().min(ANSWER_HEAD - read.filled);
+            read.head[read.filled..read.filled + take].copy_from_slice(&run[..take]);
+            read.filled += take;
+            if read.filled == ANSWER_HEAD {
+                self.answer = None;
+            }
+            return false;
+        };
+        let stream = read.stream;
+        self.answer = None;
+        match head {
+            Head::Final => !self.incoming.is_empty() && self.forget(stream),
+            Head::Informational { indexed } => {
+                self.informational_indexed |= indexed;
+                false
+            }
+            Head::Unknown => false,
+        }
     }
 
     /// Forgets `stream`; whether it was tracked.
@@ -639,6 +787,76 @@ mod tests {
         assert_eq!(watch.streams.incoming.len(), 1);
         assert!(watch.on_read(&frame(DATA, END_STREAM, 3, b"body")));
         assert!(watch.streams.incoming.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_answered_is_no_longer_tracked_but_one_told_to_continue_is() {
+        // `:status` as h2 writes it: 100 written out (Huffman) and put in the table, then
+        // from the table; 200 from the static table, after a table size update (4096).
+        let continue_written = [0x48, 0x82, 0x08, 0x01];
+        let from_the_table = [0xbe];
+        let ok_after_size_update = [0x3f, 0xe1, 0x1f, 0x88];
+        let mut client = PREFACE.to_vec();
+        client.extend(frame(HEADERS, END_HEADERS, 1, b"h"));
+        client.extend(frame(HEADERS, END_HEADERS, 3, b"h"));
+        let mut server = frame(HEADERS, END_HEADERS, 1, &continue_written);
+        server.extend(frame(HEADERS, END_HEADERS, 3, &from_the_table));
+        let mut watch = FrameWatch::new(activity(), true);
+        watch.on_read(&client);
+        watch.on_written(&server);
+        let tracked = |watch: &FrameWatch| -> Vec<u32> {
+            watch
+                .streams
+                .incoming
+                .iter()
+                .map(|incoming| incoming.stream)
+                .collect()
+        };
+        assert_eq!(tracked(&watch), [1, 3]);
+        // The answers, split anywhere.
+        server.extend(frame(HEADERS, END_HEADERS | PADDED, 1, &[0, 0x88]));
+        server.extend(frame(HEADERS, END_HEADERS, 3, &ok_after_size_update));
+        for split in 0..server.len() {
+            let mut watch = FrameWatch::new(activity(), true);
+            watch.on_read(&client);
+            for part in [&server[..split], &server[split..]] {
+                watch.on_written(part);
+            }
+            assert_eq!(tracked(&watch), [0; 0], "split at {split}");
+        }
+        // The same with 200 in the padded frame, after the padding's length.
+        let mut watch = FrameWatch::new(activity(), true);
+        watch.on_read(&client);
+        watch.on_written(&frame(HEADERS, END_HEADERS | PADDED, 1, &[1, 0x88, 0]));
+        assert_eq!(watch.streams.incoming.len(), 1);
+    }
+
+    #[test]
+    fn a_response_head_is_read_from_its_first_field() {
+        let read = |block: &[u8], informational_indexed| {
+            read_head(block.iter().copied(), informational_indexed)
+        };
+        let informational = |indexed| Some(Head::Informational { indexed });
+        // 404 from the static table; 201 and 103 written out (Huffman, plain).
+        assert_eq!(read(&[0x8d], false), Some(Head::Final));
+        assert_eq!(read(&[0x48, 0x82, 0x10, 0x03], false), Some(Head::Final));
+        assert_eq!(
+            read(&[0x08, 0x03, b'1', b'0', b'3'], false),
+            informational(false)
+        );
+        assert_eq!(
+            read(&[0x18, 0x03, b'1', b'0', b'3'], false),
+            informational(false)
+        );
+        assert_eq!(read(&[0x48, 0x82, 0x08, 0x01], false), informational(true));
+        // From the dynamic table: a final status unless a 1xx was put there.
+        assert_eq!(read(&[0xc0], false), Some(Head::Final));
+        assert_eq!(read(&[0xc0], true), Some(Head::Unknown));
+        // Trailers (a name written out): no status.
+        assert_eq!(read(&[0x40, 0x0b], false), Some(Head::Unknown));
+        // Too short to tell.
+        assert_eq!(read(&[0x3f, 0xe1], false), None);
+        assert_eq!(read(&[0x48, 0x82], false), None);
     }
 
     #[tokio::test(start_paused = true)]

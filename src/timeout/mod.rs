@@ -37,7 +37,9 @@
 //! [HTTP adapter](crate::http) does this on its own: an HTTP/1.1 request runs from its
 //! first byte until its head is in (with a body, until the handler answers), an HTTP/2
 //! stream from its headers until its body's last frame (however long its handler then
-//! takes); and it adds its own deadlines where the layer sets none. (An HTTP/1.1 request
+//! takes) or until its answer's head is written, if that comes first (a gRPC client or
+//! bidirectional stream answered at once, as an HTTP/1.1 body streaming after its
+//! answer); and it adds its own deadlines where the layer sets none. (An HTTP/1.1 request
 //! pipelined behind another, whose first bytes were read before that one was
 //! dispatched, is not timed as a request: they wait in hyper's buffer, and the reads
 //! are all the adapter sees. With no request open, the idle timeout bounds it.)
