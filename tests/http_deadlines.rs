@@ -1,8 +1,8 @@
 //! The HTTP adapter's deadlines, on its own and under a timeout layer, on paused time:
 //! protocol detection and HTTP/2's preface are bounded, an HTTP/2 connection is idle when
-//! no stream is open (PINGs do not count), every HTTP/2 request body is held to the
-//! request timeout until it is answered, a slow reader is cut, and a grace means what
-//! its owner says.
+//! no stream is open (PINGs do not count) and is told so with a GOAWAY, every HTTP/2
+//! request body is held to the request timeout until it is answered, a slow reader is
+//! cut, and a grace means what its owner says.
 
 mod support;
 
@@ -335,6 +335,36 @@ mod on_its_own {
         );
         keep_alive.abort();
     }
+
+    /// An idle HTTP/2 connection has no stream open: a GOAWAY closes it at once, and
+    /// tells the client, as gRPC servers do at their idle timeout (MAX_CONNECTION_IDLE),
+    /// that no request it sends now will be served. Without one, a gRPC client whose
+    /// call leaves as the connection is cut cannot tell whether it ran, and fails it
+    /// (UNAVAILABLE) instead of retrying it on a new connection.
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_closed_at_the_idle_timeout_is_told_so_with_a_goaway() {
+        let (connection, mut client) = serve_one(HttpService::new(app()));
+        client.write_all(HTTP2_START).await.unwrap();
+        client.write_all(&http2_get(1)).await.unwrap();
+        // Everything the server sends, until it closes: its SETTINGS, the answer, ...
+        let mut sent = Vec::new();
+        let read = within(secs(3600), client.read_to_end(&mut sent)).await;
+        let outcome = within(secs(5), connection).await.unwrap();
+        let mut frames = Vec::new();
+        let mut at = 0;
+        while at + 9 <= sent.len() {
+            let len = usize::from(sent[at]) << 16
+                | usize::from(sent[at + 1]) << 8
+                | usize::from(sent[at + 2]);
+            frames.push(sent[at + 3]);
+            at += 9 + len;
+        }
+        const GOAWAY: u8 = 0x7;
+        assert!(
+            frames.contains(&GOAWAY),
+            "frame types sent {frames:?}, then {read:?}; the connection ended {outcome:?}"
+        );
+    }
 }
 
 mod on_its_own_slow_readers_and_handlers {
@@ -479,6 +509,29 @@ mod under_a_timeout_layer {
             );
             body.send_data(Bytes::from_static(b"x"), false).unwrap();
         }
+    }
+
+    /// Told so with a GOAWAY, an HTTP/2 connection closed at the idle timeout still ends
+    /// with an idle timeout, counted once; a client that never acknowledges the
+    /// goodbye (its PING) is cut a second after it is sent.
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_told_goodbye_at_the_idle_timeout_counts_one_idle_timeout() {
+        let timeouts = TimeoutLayer::builder().idle(secs(60)).build().unwrap();
+        let (connection, mut client) = serve_one(
+            ServiceBuilder::new()
+                .layer(timeouts.clone())
+                .service(HttpService::new(app())),
+        );
+        client.write_all(HTTP2_START).await.unwrap();
+        client.write_all(&http2_get(1)).await.unwrap();
+        let began = Instant::now();
+        let mut sent = Vec::new();
+        let _ = within(secs(3600), client.read_to_end(&mut sent)).await;
+        let outcome = within(secs(5), connection).await.unwrap();
+        assert_eq!(timed_out(outcome), TimeoutError::Idle(secs(60)));
+        let lasted = began.elapsed();
+        assert!(lasted <= secs(60) + secs(60) / 8 + secs(1), "{lasted:?}");
+        assert_eq!(timeouts.stats().idle, 1);
     }
 
     /// Asks for `path` on HTTP/2 under the layer's idle timeout (60 s), keeps its answer,

@@ -24,7 +24,10 @@
 //!   first byte, protocol detection and HTTP/2's preface included
 //!   ([30 s](HttpServiceBuilder::header_read_timeout)), and the time with no request
 //!   open, HTTP/2 PINGs or not ([60 s](HttpServiceBuilder::idle_timeout)), a slow reader
-//!   of a response counting as idle;
+//!   of a response counting as idle (an HTTP/2 connection with no stream open is sent
+//!   GOAWAY then, as gRPC servers do at their idle limit, so that a client retries a
+//!   call it sends as the connection closes; one that does not close is cut a second
+//!   later);
 //! - tells a [`TimeoutLayer`](crate::timeout::TimeoutLayer) above it when requests
 //!   start and end, and when the connection is busy, so that the layer's request
 //!   timeout holds every HTTP/1 request (head, and body until the handler answers) and
@@ -343,7 +346,9 @@ impl<S> HttpServiceBuilder<S> {
     /// no data while only answered requests' responses stream (on HTTP/2, DATA frames
     /// either way, on streams still served: PINGs, and DATA to a stream that is over, do
     /// not count), before it is closed, or hold back a response
-    /// while reading it slower than 256 bytes a second. `None` waits forever.
+    /// while reading it slower than 256 bytes a second. `None` waits forever. An HTTP/2
+    /// connection with no stream open is sent GOAWAY when it closes so, and cut a second
+    /// later if it has not closed (a client that never acknowledges the goodbye).
     pub fn idle_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.idle = timeout.into();
         self

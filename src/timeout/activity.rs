@@ -24,7 +24,8 @@
 //! is as idle as a silent socket. On HTTP/2 that is DATA frames' payload either way (a
 //! client's data to an answered stream, as a gRPC client stream sends, moves it; data
 //! to a stream that is over, which the server drops, does not), so that PINGs keep no
-//! quiet stream alive; otherwise every byte.
+//! quiet stream alive; otherwise every byte. An HTTP/2 connection idle with no stream
+//! open hears a goodbye (GOAWAY, on the signal the protocol gives) before it is cut.
 //!
 //! Output the client holds back (a full socket buffer, or HTTP/2 flow control) is the
 //! slow reader's attack: while output waits, the client must take at least the minimum
@@ -49,6 +50,7 @@ use tokio::time::Instant;
 
 use super::{Shared, TimeoutError};
 use crate::{
+    GracefulClose,
     deadline::{deadline_from, scaled},
     striped::Handle,
 };
@@ -218,6 +220,9 @@ pub(crate) struct Activity {
     registration_taken: AtomicBool,
     /// Whether the protocol declares its exchanges, so that idle means none is open.
     declared: AtomicBool,
+    /// The signal the protocol says goodbye on (the HTTP adapter's close signal), given
+    /// when it declares its exchanges: see [`Activity::idle_goodbye`].
+    goodbye: OnceLock<GracefulClose>,
     /// Exchanges open, of those the answered (the response's head is out, its body
     /// streaming), and exchanges ever opened, packed (see [`OPEN`]): one atomic for the
     /// three, so that opening, answering or closing one costs one operation and the
@@ -286,6 +291,7 @@ impl Activity {
             timer: AtomicWaker::new(),
             registration_taken: AtomicBool::new(false),
             declared: AtomicBool::new(false),
+            goodbye: OnceLock::new(),
             exchanges: AtomicU64::new(0),
             handed: AtomicU64::new(0),
             seen_moved: AtomicU64::new(0),
@@ -466,6 +472,29 @@ impl Activity {
     /// The protocol says when it is busy: from now on idle means no exchange open.
     pub(crate) fn declare_exchanges(&self) {
         self.declared.store(true, Ordering::Relaxed);
+    }
+
+    /// The protocol says goodbye when `close` is raised (HTTP/2: GOAWAY).
+    pub(crate) fn say_goodbye_on(&self, close: GracefulClose) {
+        let _ = self.goodbye.set(close);
+    }
+
+    /// The signal to raise rather than cut a connection at its idle timeout, if it
+    /// should hear a goodbye: an HTTP/2 connection whose protocol declares its exchanges
+    /// and says goodbye on it, with no stream open and no output waiting for the
+    /// client. Its GOAWAY tells the client that no stream it opens now will be served,
+    /// so that it retries elsewhere one sent as the connection closes. Called by the
+    /// timer, once, when the idle timeout expires.
+    ///
+    /// Cut at once are an idle HTTP/1 connection, which has nothing to be told, and an
+    /// HTTP/2 one whose goodbye would wait on a quiet stream or a client that takes
+    /// nothing.
+    pub(crate) fn idle_goodbye(&self) -> Option<&GracefulClose> {
+        let quiet = self.declared.load(Ordering::Relaxed)
+            && self.counts_data.load(Ordering::Relaxed)
+            && self.exchanges.load(Ordering::Relaxed) & COUNT == 0
+            && self.stalled_since.load(Ordering::Relaxed) == NOT_STALLED;
+        if quiet { self.goodbye.get() } else { None }
     }
 
     /// The protocol has handed the stream over to another (an HTTP upgrade): requests

@@ -4,16 +4,22 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll, Waker},
+    time::Duration,
 };
 
 use pin_project::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use super::{
-    Shared, TimedIo,
+    Shared, TimedIo, TimeoutError,
     activity::{Activity, Check, IdleWatch},
 };
-use crate::{BoxError, Conn, GracefulClose, striped::Striped};
+use crate::{BoxError, Conn, GracefulClose, deadline::deadline_after, striped::Striped};
+
+/// How long a connection closed at its idle timeout has to hear its goodbye (HTTP/2:
+/// GOAWAY, a PING the client acknowledges, the last GOAWAY) before it is cut: a round
+/// trip, for a connection that has nothing left to finish.
+const IDLE_GOODBYE: Duration = Duration::from_secs(1);
 
 /// Wraps the connection's stream, leaves the handles the protocol needs in its
 /// extensions, and runs `serve` on it under `shared`'s deadlines.
@@ -54,6 +60,7 @@ where
         times_requests: false,
         registered: None,
         idle: IdleWatch::default(),
+        saying_goodbye: None,
         close,
         peer,
         #[cfg(feature = "overload")]
@@ -145,6 +152,9 @@ pub struct ResponseFuture<F> {
     /// The waker last registered with the activity.
     registered: Option<Waker>,
     idle: IdleWatch,
+    /// The idle timeout that expired while the connection says goodbye (HTTP/2: GOAWAY)
+    /// before it is cut: what it ends with, however it ends.
+    saying_goodbye: Option<TimeoutError>,
     /// Raised when the connection has lived its lifetime, or is evicted.
     close: Option<GracefulClose>,
     /// Named when the connection times out.
@@ -190,6 +200,9 @@ where
             // Out of the registry as soon as the connection is over.
             #[cfg(feature = "overload")]
             this.standing.take();
+            if let Some(idle) = this.saying_goodbye.take() {
+                return Poll::Ready(Err(std::io::Error::from(idle).into()));
+            }
             return Poll::Ready(outcome.map_err(Into::into));
         }
         // Evicted, the protocol has had its poll to say goodbye (HTTP/1.1 closes an idle
@@ -251,10 +264,30 @@ where
                 fired = true;
             }
             look = false;
+            // Past its idle timeout and told so, only its cut is ahead: the timer's
+            // deadline, looked at only when the timer fires, not at every wake-up.
+            if let Some(idle) = *this.saying_goodbye {
+                if fired {
+                    return Poll::Ready(Err(std::io::Error::from(idle).into()));
+                }
+                continue;
+            }
             let activity = &**this.activity;
             let next = match activity.check(activity.deadlines(), this.idle) {
                 Check::Expired(error) => {
                     activity.shared.expired(error, *this.peer);
+                    if let TimeoutError::Idle(_) = error
+                        && let Some(close) = activity.idle_goodbye()
+                    {
+                        // Asked to close (the signal wakes the protocol to say goodbye),
+                        // out of the registry, and cut once the goodbye has had its time.
+                        close.request_cut_by_caller();
+                        #[cfg(feature = "overload")]
+                        this.standing.take();
+                        *this.saying_goodbye = Some(error);
+                        this.timer.as_mut().arm(deadline_after(IDLE_GOODBYE));
+                        continue;
+                    }
                     return Poll::Ready(Err(std::io::Error::from(error).into()));
                 }
                 Check::WindDown(grace_ends) => {

@@ -141,7 +141,9 @@ impl TimeoutBuilder {
     /// written (under the [HTTP adapter](crate::http), which says when it is busy: no
     /// request open, whatever else moves, HTTP/2 PINGs included), or output held back
     /// by a client that takes less than the [minimum send
-    /// rate](Self::idle_min_send_rate) over `timeout` (a slow reader).
+    /// rate](Self::idle_min_send_rate) over `timeout` (a slow reader). An HTTP/2
+    /// connection with no stream open is sent GOAWAY first, and cut a second later if
+    /// it has not closed.
     pub fn idle(mut self, timeout: Duration) -> Self {
         self.idle = Some(timeout);
         self

@@ -12,7 +12,11 @@
 //!   quiet gRPC stream or event stream; on HTTP/2, DATA either way on streams still
 //!   served, not PINGs); and a client that holds the server's output back must take
 //!   it at a [minimum rate](TimeoutBuilder::idle_min_send_rate), so a slow reader is
-//!   idle too;
+//!   idle too. An idle HTTP/2 connection with no stream open is not cut at once: its
+//!   [`GracefulClose`](crate::GracefulClose) is raised, so that the adapter sends
+//!   GOAWAY (a client then retries elsewhere a call it sent as the connection
+//!   closed), and it is cut a second later if it has not closed; it ends with the
+//!   same [`TimeoutError::Idle`], counted once;
 //! - **request**: once a request's first byte has arrived, the request must be complete
 //!   within S (nginx's `client_header_timeout`, HAProxy's `timeout http-request`), so a
 //!   client that trickles a byte every few seconds is closed however it trickles;
@@ -25,8 +29,9 @@
 //! The stream is wrapped in a [`TimedIo`] that records, on each read and write, the
 //! bytes moved; the connection's future races the inner future against one timer,
 //! re-armed only when it fires and finds activity since (a lazy deadline). When a
-//! deadline passes, the inner future is dropped, which closes the connection even if the
-//! protocol was not reading, and the connection fails with an
+//! deadline passes, the inner future is dropped (after the idle goodbye above, for an
+//! HTTP/2 connection), which closes the connection even if the protocol was not
+//! reading, and the connection fails with an
 //! [`io::ErrorKind::TimedOut`](std::io::ErrorKind::TimedOut) error holding a
 //! [`TimeoutError`].
 //!
