@@ -53,7 +53,7 @@ where
             .is_some_and(|activity| activity.layer_deadlines().request.is_some());
     if let Some(activity) = &timed {
         activity.declare_exchanges();
-        activity.say_goodbye_on(close.clone());
+        activity.say_goodbye_on_close();
     }
     let frames = timed
         .as_ref()

@@ -50,7 +50,6 @@ use tokio::time::Instant;
 
 use super::{Shared, TimeoutError};
 use crate::{
-    GracefulClose,
     deadline::{deadline_from, scaled},
     striped::Handle,
 };
@@ -220,9 +219,9 @@ pub(crate) struct Activity {
     registration_taken: AtomicBool,
     /// Whether the protocol declares its exchanges, so that idle means none is open.
     declared: AtomicBool,
-    /// The signal the protocol says goodbye on (the HTTP adapter's close signal), given
-    /// when it declares its exchanges: see [`Activity::idle_goodbye`].
-    goodbye: OnceLock<GracefulClose>,
+    /// Whether the protocol says goodbye when the connection's close signal is raised
+    /// (the HTTP adapter: GOAWAY on HTTP/2): see [`Activity::hears_idle_goodbye`].
+    says_goodbye: AtomicBool,
     /// Exchanges open, of those the answered (the response's head is out, its body
     /// streaming), and exchanges ever opened, packed (see [`OPEN`]): one atomic for the
     /// three, so that opening, answering or closing one costs one operation and the
@@ -291,7 +290,7 @@ impl Activity {
             timer: AtomicWaker::new(),
             registration_taken: AtomicBool::new(false),
             declared: AtomicBool::new(false),
-            goodbye: OnceLock::new(),
+            says_goodbye: AtomicBool::new(false),
             exchanges: AtomicU64::new(0),
             handed: AtomicU64::new(0),
             seen_moved: AtomicU64::new(0),
@@ -474,27 +473,28 @@ impl Activity {
         self.declared.store(true, Ordering::Relaxed);
     }
 
-    /// The protocol says goodbye when `close` is raised (HTTP/2: GOAWAY).
-    pub(crate) fn say_goodbye_on(&self, close: GracefulClose) {
-        let _ = self.goodbye.set(close);
+    /// The protocol says goodbye when the connection's close signal is raised (HTTP/2:
+    /// GOAWAY).
+    pub(crate) fn say_goodbye_on_close(&self) {
+        self.says_goodbye.store(true, Ordering::Relaxed);
     }
 
-    /// The signal to raise rather than cut a connection at its idle timeout, if it
-    /// should hear a goodbye: an HTTP/2 connection whose protocol declares its exchanges
-    /// and says goodbye on it, with no stream open and no output waiting for the
+    /// Whether the connection should hear a goodbye (its close signal raised) rather
+    /// than be cut at its idle timeout: an HTTP/2 connection whose protocol declares its
+    /// exchanges and says goodbye, with no stream open and no output waiting for the
     /// client. Its GOAWAY tells the client that no stream it opens now will be served,
-    /// so that it retries elsewhere one sent as the connection closes. Called by the
+    /// so that it retries elsewhere one sent as the connection closes. Asked by the
     /// timer, once, when the idle timeout expires.
     ///
     /// Cut at once are an idle HTTP/1 connection, which has nothing to be told, and an
     /// HTTP/2 one whose goodbye would wait on a quiet stream or a client that takes
     /// nothing.
-    pub(crate) fn idle_goodbye(&self) -> Option<&GracefulClose> {
-        let quiet = self.declared.load(Ordering::Relaxed)
+    pub(crate) fn hears_idle_goodbye(&self) -> bool {
+        self.says_goodbye.load(Ordering::Relaxed)
+            && self.declared.load(Ordering::Relaxed)
             && self.counts_data.load(Ordering::Relaxed)
             && self.exchanges.load(Ordering::Relaxed) & COUNT == 0
-            && self.stalled_since.load(Ordering::Relaxed) == NOT_STALLED;
-        if quiet { self.goodbye.get() } else { None }
+            && self.stalled_since.load(Ordering::Relaxed) == NOT_STALLED
     }
 
     /// The protocol has handed the stream over to another (an HTTP upgrade): requests

@@ -31,7 +31,6 @@ pub(crate) fn watch<IO, F, Fut>(
 where
     F: FnOnce(Conn<TimedIo<IO>>) -> Fut,
 {
-    let deadlines = &shared.deadlines;
     let peer = conn.peer_addr();
     let activity = Arc::new(Activity::new(shared.local()));
     #[cfg(feature = "overload")]
@@ -42,8 +41,9 @@ where
         .map(|_| crate::overload::Standing::Unregistered(peer.ip()));
     #[cfg(not(feature = "overload"))]
     let standing: Option<()> = None;
-    // Asked to close at the end of the lifetime, or when evicted.
-    let close = (deadlines.lifetime.is_some() || standing.is_some()).then(|| conn.graceful_close());
+    // Asked to close at the end of the lifetime, when evicted, or to hear a goodbye at
+    // the idle timeout.
+    let close = conn.graceful_close();
     let mut conn = conn.map_io(|io| TimedIo::new(io, activity.clone()));
     conn.set_timed(activity.clone());
     ResponseFuture {
@@ -155,8 +155,9 @@ pub struct ResponseFuture<F> {
     /// The idle timeout that expired while the connection says goodbye (HTTP/2: GOAWAY)
     /// before it is cut: what it ends with, however it ends.
     saying_goodbye: Option<TimeoutError>,
-    /// Raised when the connection has lived its lifetime, or is evicted.
-    close: Option<GracefulClose>,
+    /// Raised when the connection has lived its lifetime, is evicted, or is told
+    /// goodbye at its idle timeout.
+    close: GracefulClose,
     /// Named when the connection times out.
     peer: SocketAddr,
     /// Whether the overload manager may evict the connection, if it has one that
@@ -190,7 +191,7 @@ where
         let asked_before_poll = matches!(
             this.standing,
             Some(crate::overload::Standing::Registered(_))
-        ) && this.close.as_ref().is_some_and(GracefulClose::is_requested);
+        ) && this.close.is_requested();
         // A request that starts while the inner future reads is seen just below: it
         // needs no wake-up of this task.
         this.activity.set_polling(true);
@@ -277,11 +278,11 @@ where
                 Check::Expired(error) => {
                     activity.shared.expired(error, *this.peer);
                     if let TimeoutError::Idle(_) = error
-                        && let Some(close) = activity.idle_goodbye()
+                        && activity.hears_idle_goodbye()
                     {
                         // Asked to close (the signal wakes the protocol to say goodbye),
                         // out of the registry, and cut once the goodbye has had its time.
-                        close.request_cut_by_caller();
+                        this.close.request_cut_by_caller();
                         #[cfg(feature = "overload")]
                         this.standing.take();
                         *this.saying_goodbye = Some(error);
@@ -292,9 +293,7 @@ where
                 }
                 Check::WindDown(grace_ends) => {
                     activity.shared.wound_down();
-                    if let Some(close) = this.close {
-                        close.request_cut_by_caller();
-                    }
+                    this.close.request_cut_by_caller();
                     Some(grace_ends)
                 }
                 Check::Next(next) => next,
@@ -333,14 +332,11 @@ where
 fn enrol(
     activity: &Arc<Activity>,
     standing: &mut Option<crate::overload::Standing>,
-    close: &Option<GracefulClose>,
+    close: &GracefulClose,
     first_poll: bool,
 ) {
-    if let (Some(overload), Some(standing), Some(close)) = (
-        activity.shared.scaler.overload(),
-        standing.as_mut(),
-        close.as_ref(),
-    ) {
+    if let (Some(overload), Some(standing)) = (activity.shared.scaler.overload(), standing.as_mut())
+    {
         let whatever_the_load = first_poll && activity.deadlines().idle.is_none();
         overload.enrol(standing, activity, close, whatever_the_load);
     }
