@@ -229,10 +229,7 @@ pub enum Mode {
     #[default]
     Refuse,
     /// Do not accept it yet: the service is not ready until there is room, so the
-    /// accept loop pauses and connections wait in the kernel's backlog. What the
-    /// service takes to become ready (a slot under the cap, a token of the global
-    /// rate) it keeps for the connection it is called with next, however late that
-    /// call comes (behind the PROXY protocol layer, once the header is read).
+    /// accept loop pauses and connections wait in the kernel's backlog.
     Backpressure,
 }
 

@@ -186,6 +186,13 @@ impl Hoards {
             .map(|hoard| hoard.0.load(Ordering::Relaxed))
             .sum()
     }
+
+    /// Whether any hoard holds a unit.
+    pub(crate) fn any(&self) -> bool {
+        self.stripes
+            .iter()
+            .any(|hoard| hoard.0.load(Ordering::Relaxed) > 0)
+    }
 }
 
 #[cfg(test)]
@@ -219,6 +226,6 @@ mod tests {
         assert!(!hoards.take_many(1, 2));
         assert_eq!(hoards.held(), 1);
         assert_eq!(hoards.drain(), 1);
-        assert_eq!(hoards.held(), 0);
+        assert!(!hoards.any());
     }
 }

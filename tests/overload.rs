@@ -20,7 +20,7 @@ use tokio::{
     task::JoinHandle,
     time::Instant,
 };
-use tokio_test::{assert_pending, assert_ready_ok, task};
+use tokio_test::{assert_ready_ok, task};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_bouncer::{
     BoxError, Conn,
@@ -1199,11 +1199,11 @@ async fn in_backpressure_mode_nothing_is_evicted_and_the_shrunk_idle_timeout_mak
     assert_eq!(overload.stats().evicted_idle, 0);
 }
 
-/// Two accept loops sharing the cap (an IPv4 and an IPv6 listener) wait for its last
-/// slot: the one that takes it is ready, the other waits, and nothing is evicted or
-/// refused.
+/// Two accept loops sharing the cap (an IPv4 and an IPv6 listener) may both see its last
+/// slot free; the one that loses the race is refused, as in refuse mode, and evicts
+/// nothing either.
 #[tokio::test(start_paused = true)]
-async fn in_backpressure_mode_a_loop_waiting_for_the_last_slot_evicts_nothing() {
+async fn in_backpressure_mode_the_loser_of_a_race_for_the_last_slot_evicts_nothing() {
     let overload = overload().min_timeout_scale(1.0).build().unwrap();
     let limit = ConnectionLimitLayer::builder(2)
         .backpressure()
@@ -1217,24 +1217,32 @@ async fn in_backpressure_mode_a_loop_waiting_for_the_last_slot_evicts_nothing() 
     let (idle, _idle_client) = keep_alive(&service, "192.0.2.1:1").await;
     tokio::time::sleep(secs(5)).await;
 
+    // Both ready for the one slot left, then both called.
     let (mut first, mut second) = (service.clone(), service.clone());
     ServiceExt::<Conn<DuplexStream>>::ready(&mut first)
         .await
         .unwrap();
-    let mut second_ready = task::spawn(ServiceExt::<Conn<DuplexStream>>::ready(&mut second));
-    assert_pending!(second_ready.poll(), "the first loop holds the last slot");
+    ServiceExt::<Conn<DuplexStream>>::ready(&mut second)
+        .await
+        .unwrap();
     let (a, _a_client) = duplex_conn("198.51.100.1:1");
+    let (b, _b_client) = duplex_conn("198.51.100.2:1");
     let _a = tokio::spawn(first.call(a));
+    let lost = tokio::spawn(second.call(b));
     tokio::time::sleep(secs(1)).await;
-    assert_pending!(second_ready.poll());
     assert_eq!(
         overload.stats().evicted_idle,
         0,
         "an idle connection was evicted in backpressure mode"
     );
     assert!(!idle.is_finished());
+    let error = within(PATIENCE, lost).await.unwrap().unwrap_err();
+    assert_eq!(
+        rejected(&error).reason(),
+        &Reason::ConnectionLimit { limit: 2 }
+    );
     let stats = limit.stats();
-    assert_eq!((stats.refused, stats.live), (0, 2));
+    assert_eq!((stats.refused, stats.live), (1, 2));
 }
 
 /// Dry run enforces nothing: a connection over a full cap is served and counted, and no

@@ -74,10 +74,9 @@ pub struct Connections {
     /// everything else the process opens.
     pub max: Option<usize>,
     /// `backpressure`: at the cap, stop accepting (connections wait in the kernel's
-    /// backlog) instead of refusing. Off by default. Behind a balancer (PROXY
-    /// protocol), a connection holds its slot while its header is read, so no more are
-    /// accepted than the cap has room for; the accept loop holds one slot while it
-    /// waits for the next connection.
+    /// backlog) instead of refusing. Behind `proxy_protocol.trusted` balancers a
+    /// connection counts once its header is read: of a burst larger than the room left,
+    /// what does not fit then is refused. Off by default.
     pub backpressure: bool,
     /// `per_peer`: concurrent connections per peer key; 32 by default.
     pub per_peer: usize,

@@ -57,8 +57,7 @@ pub struct ConnectionLimitStats {
     pub dry_run_refusals: u64,
     /// Connections refused so far.
     pub refused: u64,
-    /// Connections being served now; in backpressure mode, with the slots held by
-    /// services made ready for their next connection (one per accept loop waiting).
+    /// Connections being served now.
     pub live: usize,
     /// The cap.
     pub limit: usize,
@@ -105,9 +104,7 @@ impl ConnectionLimitLayer {
 
     /// Changes the cap of this layer and its clones, for a reload without a restart.
     /// Live connections are kept: under a lower cap, new ones are refused (or wait, in
-    /// backpressure mode) until enough have ended. In backpressure mode, a slot that a
-    /// ready service already holds is kept like a live connection: the connection it is
-    /// called with is admitted, once accepted. With an overload manager, they evict
+    /// backpressure mode) until enough have ended. With an overload manager, they evict
     /// idle connections again only once the live count is within the evictions'
     /// allowance of the new cap (one for every 16 of it).
     ///
@@ -125,9 +122,7 @@ impl ConnectionLimitLayer {
 
 impl ConnectionLimitBuilder {
     /// Over the cap, stop accepting instead of refusing: the service is not ready while
-    /// full. A ready service holds the slot it will give its next connection, until it
-    /// is called or dropped: behind the PROXY protocol layer, while the header is read.
-    /// See the [module documentation](super).
+    /// full.
     pub fn backpressure(mut self) -> Self {
         self.mode = Mode::Backpressure;
         self
@@ -164,8 +159,8 @@ impl ConnectionLimitBuilder {
             log: LogThrottle::new(Duration::from_secs(1)),
             admitted: Counter::default(),
             refused: Refusals::new("connection_limit", "connection_limit"),
-            // In backpressure mode nothing is evicted: a newcomer waits in the backlog
-            // until its accept loop holds a slot.
+            // In backpressure mode nothing is evicted, even when two accept loops sharing
+            // the cap both saw its last slot free: the one that loses the race is refused.
             #[cfg(feature = "overload")]
             evict: self
                 .overload
@@ -270,6 +265,10 @@ impl Shared {
         live as f64 / self.max() as f64
     }
 
+    pub(super) fn has_room(&self) -> bool {
+        self.pool.0.load(Ordering::Acquire) > 0 || self.hoards.any()
+    }
+
     fn set_max(&self, max: usize) {
         let old = self.max.swap(max, Ordering::Relaxed);
         self.batch.store(batch_for(max), Ordering::Relaxed);
@@ -353,24 +352,19 @@ impl Shared {
 }
 
 /// A connection's place under the cap, held by [`ConnectionLimit`](super::ConnectionLimit)'s
-/// future while the connection lives (in backpressure mode, by the ready service before
-/// that): taken through this thread's handle, and given back to the same stripe when the
-/// connection ends or the future is dropped.
+/// future while the connection lives: taken through this thread's handle, and given back
+/// to the same stripe when the connection ends or the future is dropped.
 #[derive(Debug)]
 pub struct GlobalSlot(Arc<Handle<Shared>>);
 
 impl GlobalSlot {
-    /// A slot under the cap, if there is room; not yet counted as admitted, since in
-    /// backpressure mode it is taken before there is a connection.
-    pub(super) fn try_take(shared: &Striped<Shared>) -> Option<Self> {
+    pub(super) fn try_acquire(shared: &Striped<Shared>) -> Option<Self> {
         let handle = shared.local();
-        handle.take_slot(handle.stripe()).then(|| Self(handle))
-    }
-
-    /// Counts the connection that holds this slot as admitted.
-    pub(super) fn admit(self) -> Self {
-        self.0.admitted.add();
-        self
+        if !handle.take_slot(handle.stripe()) {
+            return None;
+        }
+        handle.admitted.add();
+        Some(Self(handle))
     }
 
     /// A slot over the cap, for a connection admitted in the place of an idle one

@@ -6,15 +6,10 @@
 //! short message such as FTP's `421 Too many users`, or not accepted at all until a slot
 //! frees ([`Mode::Backpressure`](crate::admission::Mode::Backpressure)): the service is
 //! not ready while full, so [`serve`](crate::serve) stops accepting and new connections
-//! wait in the kernel's backlog, like Go's `LimitListener`. In that mode the service
-//! takes its slot when it becomes ready, not when it is called, and keeps it for the
-//! connection it is then called with: a layer above that calls it only later (the
-//! [PROXY protocol layer](crate::proxy_protocol), once the header is read) holds the
-//! slot meanwhile, so the accept loop accepts no more connections than the cap has
-//! room for. The slot of a service made ready and dropped without being called (a
-//! header that never came) goes back to the cap. So an accept loop waiting for its
-//! next connection holds one slot, counted in `live`: a cap that several listeners
-//! share has one slot fewer for the others per listener waiting.
+//! wait in the kernel's backlog, like Go's `LimitListener`. A layer above that calls
+//! the cap only later (the [PROXY protocol layer](crate::proxy_protocol), once the
+//! header is read) lets the loop accept meanwhile: a burst larger than the room left is
+//! then accepted, and what does not fit refused once called.
 //!
 //! With an [overload manager](crate::overload), a new connection at the cap is admitted
 //! in the place of an idle one, asked to close, and refused only if none is idle. Not in
@@ -31,9 +26,8 @@
 //! be off by the ones that did meanwhile.
 //!
 //! A connection's slot lives in its response future and is released when that future
-//! ends or is dropped: completion, error, panic, cancellation. In refuse mode, a service
-//! that was polled ready but never called holds nothing; in backpressure mode it holds
-//! the slot it took until it is called or dropped (a clone holds none).
+//! ends or is dropped: completion, error, panic, cancellation. A service that was polled
+//! ready but never called holds nothing.
 //!
 //! # Example
 //!

@@ -21,11 +21,6 @@ use crate::{
 pub struct ConnectionLimit<S> {
     inner: S,
     shared: Striped<Shared>,
-    /// In backpressure mode, the slot `poll_ready` took for the next `call`. The ready
-    /// service carries it, so a layer above that calls it later (the PROXY layer, once
-    /// the header is read) keeps the slot meanwhile; a clone carries none, and a ready
-    /// service dropped uncalled gives it back.
-    reserved: Option<GlobalSlot>,
     /// Registered for a freed slot while full, in backpressure mode.
     waiting: Option<Pin<Box<OwnedNotified>>>,
 }
@@ -35,34 +30,31 @@ impl<S> ConnectionLimit<S> {
         Self {
             inner,
             shared,
-            reserved: None,
             waiting: None,
         }
     }
 
     crate::inner_service_accessors!();
 
-    /// Takes a slot for the next `call`, waiting for one while full.
-    fn poll_reserve(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        while self.reserved.is_none() {
-            self.reserved = GlobalSlot::try_take(&self.shared);
-            if self.reserved.is_some() {
-                break;
+    /// Ready once a slot is free, without reserving it: the slot is taken in `call`.
+    fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if self.shared.has_room() {
+                self.waiting = None;
+                return Poll::Ready(());
             }
             let waiting = self
                 .waiting
                 .get_or_insert_with(|| Box::pin(self.shared.freed.clone().notified_owned()));
-            // Registered before trying again, so a slot freed in between is not missed.
+            // Registered before looking again, so a slot freed in between is not missed.
             waiting.as_mut().enable();
-            self.reserved = GlobalSlot::try_take(&self.shared);
-            if self.reserved.is_some() {
-                break;
+            if self.shared.has_room() {
+                self.waiting = None;
+                return Poll::Ready(());
             }
             ready!(waiting.as_mut().poll(cx));
             self.waiting = None;
         }
-        self.waiting = None;
-        Poll::Ready(())
     }
 }
 
@@ -84,19 +76,16 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if self.shared.waits_for_room() {
-            ready!(self.poll_reserve(cx));
+            ready!(self.poll_room(cx));
         }
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, conn: Conn<IO>) -> Self::Future {
-        // Taken now unless `poll_ready` reserved it (backpressure mode, out of dry run).
-        let slot = self
-            .reserved
-            .take()
-            .or_else(|| GlobalSlot::try_take(&self.shared));
-        match slot {
-            Some(slot) => ResponseFuture::admitted(self.inner.call(conn), Some(slot.admit())),
+        // In backpressure mode another server sharing this limit may have taken the slot
+        // seen in `poll_ready`; the connection is then refused like in refuse mode.
+        match GlobalSlot::try_acquire(&self.shared) {
+            Some(slot) => ResponseFuture::admitted(self.inner.call(conn), Some(slot)),
             // Admitted at once, over the cap, while an idle connection closes.
             #[cfg(feature = "overload")]
             None if self.shared.evict_idle() => {

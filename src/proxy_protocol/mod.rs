@@ -56,11 +56,13 @@
 //! called only once the header is read, with the rewritten connection, so a banned
 //! client is refused even though its balancer is not. The connections still sending
 //! their header are bounded by [`max_reading`](ProxyProtocolBuilder::max_reading).
-//! What the layers below take to become ready (a [connection cap](crate::limit)'s slot
-//! or the global rate's token, in backpressure mode) travels with the connection while
-//! its header is read, so a full cap in backpressure mode stops the accept loop behind
-//! a balancer too. The layers keyed on the peer (bans, per-peer rates and caps,
-//! startups) decide only once the header has named it.
+//!
+//! A connection cap in backpressure mode below this layer holds the accept loop while
+//! it is full, but it counts a connection only once its header is read: a burst
+//! through the balancer larger than the room left is accepted whole, and what does not
+//! fit once read is refused, not left in the backlog. Holding a slot from accept
+//! instead would let connections that send no header fill the cap and stop the loop
+//! (where `max_reading` has a newcomer close the oldest of them).
 //!
 //! ```no_run
 //! use std::time::Duration;
