@@ -365,6 +365,79 @@ mod on_its_own {
             "frame types sent {frames:?}, then {read:?}; the connection ended {outcome:?}"
         );
     }
+
+    /// A client whose call leaves as the idle timeout's GOAWAY arrives (the case the
+    /// goodbye is for) sends it before it reads the GOAWAY: h2 accepts the stream (its
+    /// first GOAWAY names no last stream, and the second, sent once the client
+    /// acknowledges its PING, names this one as processed), so the client waits for the
+    /// answer and will not retry it. The server must then serve it; the goodbye's cut,
+    /// a second after the GOAWAY, drops it instead when its handler takes longer.
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_the_client_opens_as_the_idle_goaway_arrives_is_served_to_its_end() {
+        /// Reads one frame: its type, flags, stream and payload; `None` at the end.
+        async fn next_frame(client: &mut DuplexStream) -> Option<(u8, u8, u32, Vec<u8>)> {
+            let mut head = [0u8; 9];
+            client.read_exact(&mut head).await.ok()?;
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0; len];
+            client.read_exact(&mut payload).await.ok()?;
+            Some((head[3], head[4], stream, payload))
+        }
+        const HEADERS: u8 = 0x1;
+        const PING: u8 = 0x6;
+        const GOAWAY: u8 = 0x7;
+
+        let (connection, mut client) = serve_one(HttpService::new(app()));
+        client.write_all(HTTP2_START).await.unwrap();
+        client.write_all(&http2_get(1)).await.unwrap();
+        // The answer to stream 1, then, 60 s later, the goodbye: GOAWAY and a PING.
+        let mut ping = None;
+        let mut goaway = false;
+        for _ in 0..20 {
+            let Some((kind, flags, _, payload)) = within(secs(3600), next_frame(&mut client)).await
+            else {
+                break;
+            };
+            goaway |= kind == GOAWAY;
+            if kind == PING && flags & 0x1 == 0 {
+                ping = Some(payload);
+            }
+            if goaway && ping.is_some() {
+                break;
+            }
+        }
+        let ping = ping.expect("the goodbye's PING");
+        let told_at = Instant::now();
+        // The call that was on its way (`GET /sleep?3` on stream 3), then the PING's
+        // acknowledgement.
+        let mut call = b"\0\0\x0f\x01\x05\0\0\0\x03\x82\x86\x04\x08/sleep?3\x41\x01t".to_vec();
+        call.extend_from_slice(b"\0\0\x08\x06\x01\0\0\0\0");
+        call.extend_from_slice(&ping);
+        client.write_all(&call).await.unwrap();
+        let mut answered = false;
+        let mut last_goaway = None;
+        for _ in 0..20 {
+            let Some((kind, _, stream, payload)) =
+                within(secs(3600), next_frame(&mut client)).await
+            else {
+                break;
+            };
+            answered |= kind == HEADERS && stream == 3;
+            if kind == GOAWAY {
+                last_goaway = Some(u32::from_be_bytes([
+                    payload[0], payload[1], payload[2], payload[3],
+                ]));
+            }
+        }
+        let outcome = within(secs(5), connection).await.unwrap();
+        assert!(
+            answered,
+            "stream 3 unanswered; the last GOAWAY named {last_goaway:?} as processed; the connection \
+             ended {outcome:?}, {:?} after the goodbye",
+            told_at.elapsed()
+        );
+    }
 }
 
 mod on_its_own_slow_readers_and_handlers {

@@ -27,7 +27,7 @@
 //!   of a response counting as idle (an HTTP/2 connection with no stream open is sent
 //!   GOAWAY then, as gRPC servers do at their idle limit, so that a client retries a
 //!   call it sends as the connection closes; one that does not close is cut a second
-//!   later);
+//!   later, unless the client opened a stream as the GOAWAY came, which is served);
 //! - tells a [`TimeoutLayer`](crate::timeout::TimeoutLayer) above it when requests
 //!   start and end, and when the connection is busy, so that the layer's request
 //!   timeout holds every HTTP/1 request (head, and body until the handler answers) and
@@ -348,7 +348,8 @@ impl<S> HttpServiceBuilder<S> {
     /// not count), before it is closed, or hold back a response
     /// while reading it slower than 256 bytes a second. `None` waits forever. An HTTP/2
     /// connection with no stream open is sent GOAWAY when it closes so, and cut a second
-    /// later if it has not closed (a client that never acknowledges the goodbye).
+    /// later if it has not closed (a client that never acknowledges the goodbye), unless
+    /// a stream the client opened as the GOAWAY came is being served.
     pub fn idle_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.idle = timeout.into();
         self

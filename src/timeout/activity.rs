@@ -493,8 +493,13 @@ impl Activity {
         self.says_goodbye.load(Ordering::Relaxed)
             && self.declared.load(Ordering::Relaxed)
             && self.counts_data.load(Ordering::Relaxed)
-            && self.exchanges.load(Ordering::Relaxed) & COUNT == 0
+            && !self.has_open_exchanges()
             && self.stalled_since.load(Ordering::Relaxed) == NOT_STALLED
+    }
+
+    /// Whether an exchange the protocol declared is open.
+    pub(crate) fn has_open_exchanges(&self) -> bool {
+        self.exchanges.load(Ordering::Relaxed) & COUNT != 0
     }
 
     /// The protocol has handed the stream over to another (an HTTP upgrade): requests

@@ -18,7 +18,8 @@ use crate::{BoxError, Conn, GracefulClose, deadline::deadline_after, striped::St
 
 /// How long a connection closed at its idle timeout has to hear its goodbye (HTTP/2:
 /// GOAWAY, a PING the client acknowledges, the last GOAWAY) before it is cut: a round
-/// trip, for a connection that has nothing left to finish.
+/// trip, for a connection that has nothing left to finish (one that has, a stream
+/// opened as the goodbye came, goes back to its usual deadlines).
 const IDLE_GOODBYE: Duration = Duration::from_secs(1);
 
 /// Wraps the connection's stream, leaves the handles the protocol needs in its
@@ -266,12 +267,18 @@ where
             }
             look = false;
             // Past its idle timeout and told so, only its cut is ahead: the timer's
-            // deadline, looked at only when the timer fires, not at every wake-up.
+            // deadline, looked at only when the timer fires, not at every wake-up. Unless
+            // the client opened a stream as the goodbye came, which the protocol took (its
+            // last GOAWAY names it as processed, so the client will not retry it): that
+            // one is served, under the connection's usual deadlines.
             if let Some(idle) = *this.saying_goodbye {
-                if fired {
+                if !fired {
+                    continue;
+                }
+                if !this.activity.has_open_exchanges() {
                     return Poll::Ready(Err(std::io::Error::from(idle).into()));
                 }
-                continue;
+                *this.saying_goodbye = None;
             }
             let activity = &**this.activity;
             let next = match activity.check(activity.deadlines(), this.idle) {

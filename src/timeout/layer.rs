@@ -143,7 +143,7 @@ impl TimeoutBuilder {
     /// by a client that takes less than the [minimum send
     /// rate](Self::idle_min_send_rate) over `timeout` (a slow reader). An HTTP/2
     /// connection with no stream open is sent GOAWAY first, and cut a second later if
-    /// it has not closed.
+    /// it has not closed, unless a stream opened as the GOAWAY came is being served.
     pub fn idle(mut self, timeout: Duration) -> Self {
         self.idle = Some(timeout);
         self
