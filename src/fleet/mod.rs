@@ -31,7 +31,10 @@
 //!   bans (by offences, by an operator, by an import) stay in its own table, and it
 //!   gives a store that lost its data nothing back. A canary, or the first replica of
 //!   a rolling reload, can try a stricter policy in dry run without the others
-//!   enforcing it. An operator's unban made on it still reaches every replica.
+//!   enforcing it. An operator's unban made on it still reaches every replica. So a
+//!   fleet whose replicas are all in dry run shows each replica's own bans only: a
+//!   peer that only the fleet's count together would ban (two failures on each of two
+//!   replicas, at a limit of four) is banned nowhere, not even in the lists.
 //!
 //! # How far behind a replica can be
 //!
