@@ -521,10 +521,109 @@ mod on_its_own_slow_readers_and_handlers {
         assert_eq!(answer.body, "5 bytes computed\n");
         assert!(!connection.is_finished());
     }
+
+    /// A request pipelined behind a slow handler's waits, its head whole, until that
+    /// handler answers: the wait is the handler's, not the client's, as for the handler's
+    /// own request above.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_pipelined_behind_a_handler_slower_than_the_head_deadline_is_served() {
+        let (connection, mut client) = serve_one(HttpService::new(app()));
+        client
+            .write_all(b"GET /sleep?40 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(secs(1)).await;
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let answers = within(secs(120), read_until(&mut client, "hello\n")).await;
+        assert!(
+            answers.contains("slept\n") && answers.contains("hello\n"),
+            "answered {answers:?}; the connection ended {:?}",
+            within(secs(1), connection).await.unwrap()
+        );
+        assert!(!connection.is_finished());
+    }
 }
 
 mod under_a_timeout_layer {
     use super::*;
+
+    /// A request pipelined behind a slow handler's is whole in hyper's buffer, and
+    /// waits for that handler's answer: the request timeout holds a request "from its
+    /// first byte until its head is in", not the handler ahead of it.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_pipelined_behind_a_handler_slower_than_the_request_timeout_is_served() {
+        let (connection, mut client) = layered();
+        client
+            .write_all(b"GET /sleep?15 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(secs(1)).await;
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let answers = within(secs(60), read_until(&mut client, "hello\n")).await;
+        assert!(
+            answers.contains("slept\n") && answers.contains("hello\n"),
+            "answered {answers:?}; the connection ended {:?}",
+            within(secs(1), connection).await.unwrap()
+        );
+        assert!(!connection.is_finished());
+    }
+
+    /// A head pipelined behind a slow handler, and left unfinished, is timed from the
+    /// end of the exchange ahead of it, not its first byte: cut at the request timeout
+    /// after the slow answer, not before it.
+    #[tokio::test(start_paused = true)]
+    async fn a_head_left_unfinished_behind_a_slow_handler_is_timed_from_that_handlers_answer() {
+        let (connection, mut client) = layered();
+        client
+            .write_all(b"GET /sleep?15 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(secs(1)).await;
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let answer = within(secs(60), read_until(&mut client, "slept\n")).await;
+        assert!(answer.contains("slept\n"), "{answer:?}");
+        let answered = Instant::now();
+        assert_eq!(
+            timed_out(within(secs(60), connection).await.unwrap()),
+            TimeoutError::Request(secs(10))
+        );
+        let waited = answered.elapsed();
+        assert!(
+            waited >= secs(10) && waited <= secs(10) + secs(10) / 8,
+            "{waited:?}"
+        );
+    }
+
+    /// The same behind a response that streams longer than the request timeout (a
+    /// download, server-sent events): the queued request's head is in, and waits for
+    /// the server.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_pipelined_behind_a_long_response_is_served() {
+        let (connection, mut client) = layered();
+        client
+            .write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let head = within(secs(5), read_until(&mut client, "\r\n\r\n")).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head:?}");
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        // Ten events, 30 s apart, then the queued answer.
+        let answers = within(secs(600), read_until(&mut client, "hello\n")).await;
+        assert!(
+            answers.contains("hello\n"),
+            "answered {answers:?}; the connection ended {:?}",
+            within(secs(1), connection).await.unwrap()
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn an_http2_handler_slower_than_the_request_timeout_is_not_cut() {

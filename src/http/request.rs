@@ -195,16 +195,26 @@ struct Plan {
     close: bool,
     /// The request's timer ends with the response, not the head.
     finish_on_response: bool,
-    /// HTTP/1 with a body still to come: the next request is looked for (its first
-    /// byte starts its timer) only once this exchange is over, so that the body's own
-    /// bytes, arriving after the head or the answer, do not start one.
-    next_after_exchange: bool,
+    /// HTTP/1 with its heads timed: the next request is looked for only once this
+    /// exchange is over, so that bytes read while the server answers (this request's
+    /// body, a request pipelined behind it) do not start its timer then.
+    next_request: Option<NextRequest>,
     /// The answer that would upgrade it, for an HTTP/1 request.
     upgrade: Option<Upgrade>,
     /// Whether a failure its response tells is a failed login (see
     /// [`ClassifyLogin`](crate::login::ClassifyLogin)).
     #[cfg(feature = "login")]
     counts_failures: bool,
+}
+
+/// How an HTTP/1 exchange that is over looks for the next request.
+#[derive(Debug, Clone, Copy)]
+enum NextRequest {
+    /// The request had no body: bytes read during the exchange are the next request's,
+    /// and start its timer at the exchange's end.
+    AfterBytesRead,
+    /// The request's body came during the exchange: the next byte read starts it.
+    OnNextByte,
 }
 
 /// The connection, held by a request's future and then its response's body: one
@@ -251,8 +261,9 @@ impl Held {
         if let Some(activity) = &timing.timed {
             // HTTP/2's streams are timed from their frames (see `frames`).
             if http1 && timing.times_heads {
-                if request.body().is_end_stream() {
-                    activity.finish_request();
+                self.plan.next_request = Some(if request.body().is_end_stream() {
+                    activity.head_in();
+                    NextRequest::AfterBytesRead
                 } else {
                     if timing.times_bodies {
                         // Complete once the handler has answered, and so read the body
@@ -262,8 +273,8 @@ impl Held {
                         // The head is in; the adapter's own timeout leaves bodies be.
                         activity.stop_timing_requests();
                     }
-                    self.plan.next_after_exchange = true;
-                }
+                    NextRequest::OnNextByte
+                });
             }
             activity.open_exchange();
             self.exchange = true;
@@ -304,8 +315,13 @@ impl Drop for Held {
         {
             activity.close_exchange(self.answered);
             // Unless the connection was handed over (upgraded): no requests then.
-            if self.plan.next_after_exchange && activity.declares_exchanges() {
-                activity.finish_request();
+            if let Some(next) = self.plan.next_request
+                && activity.declares_exchanges()
+            {
+                match next {
+                    NextRequest::AfterBytesRead => activity.next_after_exchange(),
+                    NextRequest::OnNextByte => activity.finish_request(),
+                }
             }
         }
     }

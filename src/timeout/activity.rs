@@ -202,7 +202,9 @@ pub(crate) struct Activity {
     write_blocked: AtomicBool,
     /// When the request in progress started, or [`IDLE`].
     request_started: AtomicU64,
-    /// `bytes_read` when it started.
+    /// `bytes_read` when it started; on HTTP/1, while an exchange whose head is in
+    /// is open and no request is timed, when that head was in (see
+    /// [`Activity::head_in`]).
     request_bytes_start: AtomicU64,
     /// Whether the next byte read starts a request.
     request_armed: AtomicBool,
@@ -459,6 +461,30 @@ impl Activity {
     pub(crate) fn finish_request(&self) {
         self.request_started.store(IDLE, Ordering::Release);
         self.request_armed.store(true, Ordering::Relaxed);
+    }
+
+    /// HTTP/1: a request's head is in, and it has no body to time. Its timer ends, and
+    /// the next request is not looked for until its exchange is over
+    /// ([`next_after_exchange`](Self::next_after_exchange)): bytes read meanwhile come
+    /// while the server answers, and its wait is not the client's.
+    pub(crate) fn head_in(&self) {
+        self.request_armed.store(false, Ordering::Relaxed);
+        self.request_started.store(IDLE, Ordering::Release);
+        self.request_bytes_start
+            .store(self.bytes_read.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// HTTP/1: the exchange of a request whose head ended its timer
+    /// ([`head_in`](Self::head_in)) is over. Bytes read since that head was in are the
+    /// next request's (pipelined, whole or in part in the protocol's buffer): its timer
+    /// starts now. Otherwise the next byte read starts it.
+    pub(crate) fn next_after_exchange(&self) {
+        let head_in = self.request_bytes_start.load(Ordering::Relaxed);
+        if self.bytes_read.load(Ordering::Relaxed) == head_in {
+            self.request_armed.store(true, Ordering::Relaxed);
+        } else {
+            self.start_request_from(head_in);
+        }
     }
 
     /// No more requests on this connection are timed by their first byte (HTTP/2,
@@ -1075,6 +1101,31 @@ mod tests {
         tokio::time::advance(secs(100)).await;
         activity.on_read(1);
         assert_eq!(activity.check(&deadlines, &mut watch), at(&activity, 110));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_read_during_an_http1_exchange_start_the_next_request_at_its_end() {
+        let deadlines = Deadlines {
+            request: request(secs(10)),
+            ..Deadlines::default()
+        };
+        let activity = Activity::with_deadlines(deadlines);
+        let mut watch = IdleWatch::default();
+        activity.on_read(30);
+        activity.head_in();
+        // A request pipelined while the server answers for 20 s: not timed yet.
+        tokio::time::advance(secs(20)).await;
+        activity.on_read(30);
+        assert_eq!(activity.check(&deadlines, &mut watch), Check::Next(None));
+        activity.next_after_exchange();
+        assert_eq!(activity.check(&deadlines, &mut watch), at(&activity, 30));
+        // Nothing read during an exchange: the next byte starts the next request.
+        activity.head_in();
+        activity.next_after_exchange();
+        assert_eq!(activity.check(&deadlines, &mut watch), Check::Next(None));
+        tokio::time::advance(secs(5)).await;
+        activity.on_read(1);
+        assert_eq!(activity.check(&deadlines, &mut watch), at(&activity, 35));
     }
 
     #[tokio::test(start_paused = true)]

@@ -46,10 +46,13 @@
 //! stream from its headers until its body's last frame (however long its handler then
 //! takes) or until its answer's head is written, if that comes first (a gRPC client or
 //! bidirectional stream answered at once, as an HTTP/1.1 body streaming after its
-//! answer); and it adds its own deadlines where the layer sets none. (An HTTP/1.1 request
-//! pipelined behind another, whose first bytes were read before that one was
-//! dispatched, is not timed as a request: they wait in hyper's buffer, and the reads
-//! are all the adapter sees. With no request open, the idle timeout bounds it.)
+//! answer); and it adds its own deadlines where the layer sets none. An HTTP/1.1 request
+//! pipelined behind another starts no clock while the server answers that one (the
+//! server's wait is not the client's): it is timed from the end of that exchange if its
+//! bytes came meanwhile behind a request without a body, and otherwise from its next
+//! byte. (Bytes the adapter, which sees reads, cannot tell from the request ahead, those
+//! read with that request before its dispatch or with its body, wait in hyper's buffer
+//! untimed: with no request open, the idle timeout bounds them.)
 //!
 //! With an [overload manager](crate::overload) ([`TimeoutBuilder::overload`]), every
 //! deadline but the lifetime shrinks as the pressure rises, and the layer tells the
