@@ -448,3 +448,46 @@ async fn an_http2_client_that_opens_no_window_is_cut_at_the_write_timeout_leavin
         "a task of the refused connection is left"
     );
 }
+
+/// A browser's request whose head is over 8 KiB (a site's cookies): the server serves
+/// such heads (hyper's limit is some 400 KiB), and refused, it is to be told `503` with
+/// its reason, as every refused client is, not `431 Request Header Fields Too Large`,
+/// which blames its cookies and tells it nothing of when to come back.
+#[tokio::test(start_paused = true)]
+async fn an_http1_request_with_a_large_head_gets_the_refusal() {
+    let mut service = after_one(cap()).await;
+    let (mut client, refusal) = refused(&mut service).await;
+    let cookie = "c".repeat(10 * 1024);
+    client
+        .write_all(format!("GET / HTTP/1.1\r\nhost: x\r\ncookie: {cookie}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut told = String::new();
+    within(PATIENCE, client.read_to_string(&mut told))
+        .await
+        .unwrap();
+    assert!(told.starts_with("HTTP/1.1 503"), "{told:?}");
+    assert!(
+        told.ends_with("the server is at its connection limit\n"),
+        "{told:?}"
+    );
+    assert!(refusal.await.unwrap().is_err());
+}
+
+/// The same on HTTP/2, whose header list hyper limits on its own.
+#[tokio::test(start_paused = true)]
+async fn an_http2_request_with_a_large_head_gets_the_refusal() {
+    let mut service = after_one(cap()).await;
+    let (client, refusal) = refused(&mut service).await;
+    let mut client = Http2Client::connect(client).await;
+    let answer = client.get_as("/", &"c".repeat(10 * 1024)).await.unwrap();
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert!(
+        answer
+            .body
+            .ends_with("the server is at its connection limit\n"),
+        "{}",
+        answer.body
+    );
+    assert!(refusal.await.unwrap().is_err());
+}

@@ -44,9 +44,8 @@ const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// read a cleartext answer, so it is closed at once.
 const TLS_HANDSHAKE: u8 = 0x16;
 
-/// The most bytes hyper buffers for an HTTP/1 request head (hyper's least), and an
-/// HTTP/2 header list.
-const MAX_HEAD: usize = 8 * 1024;
+/// The most bytes of output h2 buffers.
+const MAX_SEND_BUF: usize = 8 * 1024;
 
 /// A refused connection being answered.
 pub(crate) struct Answer<IO> {
@@ -200,8 +199,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Serving<IO> {
             Connection::Http2(Box::pin(
                 http2::Builder::new(TokioExecutor::new())
                     .max_concurrent_streams(1)
-                    .max_header_list_size(MAX_HEAD as u32)
-                    .max_send_buf_size(MAX_HEAD)
+                    // Headers as large as the refusal reads, as for HTTP/1 below.
+                    .max_header_list_size(MAX_DISCARDED as u32)
+                    .max_send_buf_size(MAX_SEND_BUF)
                     .serve_connection(io, service),
             ))
         } else {
@@ -210,7 +210,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Serving<IO> {
                     .keep_alive(false)
                     .header_read_timeout(None)
                     .half_close(true)
-                    .max_buf_size(MAX_HEAD)
+                    // A head as large as the refusal reads: a site's cookies make a
+                    // browser's heads over 8 KiB, hyper's least, which hyper would
+                    // answer `431` (no reason, no `Retry-After`). Its buffer grows only
+                    // as it reads.
+                    .max_buf_size(MAX_DISCARDED)
                     .serve_connection(io, service),
             ))
         };
