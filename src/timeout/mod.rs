@@ -52,7 +52,14 @@
 //! bytes came meanwhile behind a request without a body, and otherwise from its next
 //! byte. (Bytes the adapter, which sees reads, cannot tell from the request ahead, those
 //! read with that request before its dispatch or with its body, wait in hyper's buffer
-//! untimed: with no request open, the idle timeout bounds them.)
+//! untimed: with no request open, the idle timeout bounds them.) The rest of a body its
+//! handler answered without reading (a `401` before an upload is taken), which hyper
+//! drains once the answer is out to keep the connection, is read after the exchange, as
+//! the next request's first bytes: it starts that request's clock, and a client that
+//! then sends nothing is cut at the request timeout, with [`TimeoutError::Request`],
+//! rather than at the idle timeout. The adapter cannot tell those bytes from a request
+//! without seeing where the body ends; a handler that turns a body down unread can
+//! answer with `Connection: close`, and the connection then ends with its answer.
 //!
 //! With an [overload manager](crate::overload) ([`TimeoutBuilder::overload`]), every
 //! deadline but the lifetime shrinks as the pressure rises, and the layer tells the
