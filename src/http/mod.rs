@@ -19,15 +19,22 @@
 //!   not finish is cut by whoever asked, or, for a plain
 //!   [`GracefulClose::request`](crate::GracefulClose::request), after the
 //!   [close grace](HttpServiceBuilder::close_grace);
-//! - bounds every phase of a connection on its own, with no other layer: the first
-//!   byte ([10 s](HttpServiceBuilder::first_byte_timeout)), each request head from its
-//!   first byte, protocol detection and HTTP/2's preface included
+//! - bounds a connection's phases on its own, with no other layer, but for request
+//!   bodies: the first byte ([10 s](HttpServiceBuilder::first_byte_timeout)), each
+//!   request head from its first byte, protocol detection and HTTP/2's preface included
 //!   ([30 s](HttpServiceBuilder::header_read_timeout)), and the time with no request
 //!   open, HTTP/2 PINGs or not ([60 s](HttpServiceBuilder::idle_timeout)), a slow reader
 //!   of a response counting as idle (an HTTP/2 connection with no stream open is sent
 //!   GOAWAY then, as gRPC servers do at their idle limit, so that a client retries a
 //!   call it sends as the connection closes; one that does not close is cut a second
-//!   later, unless the client opened a stream as the GOAWAY came, which is served);
+//!   later, unless the client opened a stream as the GOAWAY came, which is served). A
+//!   request whose head is in and whose body never comes, or comes a byte an
+//!   hour (a slow POST), is open and unanswered, so busy, not idle: it holds its
+//!   connection for as long as its handler waits for the body. Bound bodies with a
+//!   [`TimeoutLayer`](crate::timeout::TimeoutLayer) request timeout above the adapter
+//!   (the `Bouncer` has one), best with a
+//!   [minimum rate](crate::timeout::TimeoutBuilder::request_min_rate) so that an upload
+//!   that keeps moving is not cut;
 //! - tells a [`TimeoutLayer`](crate::timeout::TimeoutLayer) above it when requests
 //!   start and end, and when the connection is busy, so that the layer's request
 //!   timeout holds every HTTP/1 request (head, and body until the handler answers) and
@@ -265,6 +272,12 @@ impl<S: RequestService> HttpService<S> {
     /// a 10 s first-byte timeout, 30 s for each request head, 60 s with no request open,
     /// and a 5 s grace after a plain graceful close is asked for.
     ///
+    /// Request bodies are not bounded by the adapter: serve it under a
+    /// [`TimeoutLayer`](crate::timeout::TimeoutLayer) with a
+    /// [request timeout](crate::timeout::TimeoutBuilder::request) (the
+    /// `Bouncer` has one), or a client that sends a head and then
+    /// never its body holds its connection (see the [module documentation](self)).
+    ///
     /// # Coming from `axum::serve`
     ///
     /// Pass the `Router` itself, where `axum::serve` takes
@@ -335,7 +348,9 @@ impl<S> HttpServiceBuilder<S> {
     /// How long a client has to send a whole request head, from its first byte: every
     /// HTTP/1 request's, and an HTTP/2 connection's preface and first headers, which
     /// covers protocol detection too (hyper times none of that). Bodies are not held to
-    /// it; later HTTP/2 headers are held to the idle timeout. `None` waits forever.
+    /// it, nor to any other of the adapter's timeouts (a timeout layer's request
+    /// timeout bounds them); later HTTP/2 headers are held to the idle timeout. `None`
+    /// waits forever.
     pub fn header_read_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.header_read = timeout.into();
         self
