@@ -120,6 +120,30 @@
 //! # Ok::<(), tower_bouncer::ConfigError>(())
 //! ```
 //!
+//! # Clients that half-close
+//!
+//! The adapter keeps hyper's HTTP/1 default of `half_close(false)`: a client's FIN ends
+//! its connection, and a handler still at work for it is dropped, so that no work is
+//! spent on clients that are gone, which matters under attack. A client that shuts its
+//! side once its request is sent (`nc -N`, scripted HTTP/1.0 clients, some health
+//! checkers) is then answered only if its answer is ready within the poll that reads
+//! its request; otherwise the connection ends with hyper's `IncompleteMessage` (no
+//! offence). A server whose clients do that turns half-close on, and then notices a
+//! client that is gone at its answer's first write, or by the timeouts:
+//!
+//! ```
+//! # let app: axum::Router = axum::Router::new();
+//! let service = tower_bouncer::http::HttpService::builder(app)
+//!     .configure_hyper(|b| {
+//!         b.http1().half_close(true);
+//!     })
+//!     .build()
+//!     .expect("valid settings");
+//! # let _ = service;
+//! ```
+//!
+//! A refused client (`refusal_http`) is answered whether it half-closes or not.
+//!
 //! # Coming from tonic's `Server::builder()`
 //!
 //! Serving tonic routes with [`HttpService`] replaces tonic's server, and its settings
@@ -313,7 +337,8 @@ impl<S: RequestService> HttpService<S> {
         let mut hyper = auto::Builder::new(TokioExecutor::new());
         // The adapter times request heads itself, from their first byte: hyper's header
         // timer starts later, after protocol detection, and only for HTTP/1. The timers
-        // stay for what `configure_hyper` may turn on.
+        // stay for what `configure_hyper` may turn on. HTTP/1's `half_close(false)` is
+        // kept (see "Clients that half-close" above).
         hyper
             .http1()
             .timer(TokioTimer::new())
@@ -413,7 +438,8 @@ impl<S> HttpServiceBuilder<S> {
     }
 
     /// Tunes anything else on hyper-util's builder (HTTP/2 stream limits, buffer sizes,
-    /// or `http1_only` to turn protocol detection off).
+    /// `http1_only` to turn protocol detection off, or `http1().half_close(true)` to
+    /// answer clients that half-close: see the [module documentation](self)).
     pub fn configure_hyper(
         mut self,
         configure: impl FnOnce(&mut auto::Builder<TokioExecutor>),
