@@ -580,3 +580,49 @@ fn a_policy_that_cannot_work_is_refused_when_built() {
             .is_err()
     );
 }
+
+/// `AfterFailure::TryAgain` says the connection may try again; the HTTP path refuses
+/// every attempt on a connection being closed (`tries_left` is 0 once evicted). A raw
+/// protocol that reads its next line on `TryAgain`, as the module's example does, must
+/// then be told `Closing` by a failure on a connection that is being closed: here, the
+/// failure that bans its peer, whose live connections are evicted, and a failure after
+/// the protocol asked for the connection to be evicted.
+#[tokio::test(start_paused = true)]
+async fn a_failure_on_a_connection_being_closed_says_it_is_closing() {
+    let login = login(
+        Login::builder()
+            .max_failures(1)
+            .max_auth_tries(3)
+            .evict_banned_connections(true),
+    );
+    let (told, answers) = std::sync::mpsc::channel();
+    let service = login
+        .ban_layer()
+        .layer(
+            login
+                .session_layer()
+                .layer(service_fn(move |conn: Conn<DuplexStream>| {
+                    let session = conn.login_session().cloned().unwrap();
+                    let told = told.clone();
+                    async move {
+                        // The failure that bans the peer.
+                        let banning = session.failed();
+                        // Asked to close, then one more failure.
+                        session.evict();
+                        let after_eviction = session.failed();
+                        told.send((banning, after_eviction)).unwrap();
+                        Ok::<_, BoxError>(())
+                    }
+                })),
+        );
+    let (conn, _client) = duplex_conn("192.0.2.1:1");
+    within(PATIENCE, service.oneshot(conn)).await.unwrap();
+    let (banning, after_eviction) = answers.recv().unwrap();
+    assert!(login.bans().banned_for(ip("192.0.2.1")).is_some());
+    assert_eq!(
+        (banning, after_eviction),
+        (AfterFailure::Closing, AfterFailure::Closing),
+        "(the failure that banned the peer, a failure once evicted); {}",
+        login.stats()
+    );
+}

@@ -962,11 +962,13 @@ impl Shared {
             .ensure(&self.bans, self.sweep_every, BanTable::forget_quiet);
     }
 
-    /// Counts `offence` against `peer`, which may ban it.
-    fn offended(&self, peer: &Classified, offence: Offence) {
+    /// Counts `offence` against `peer`, which may ban it. Returns whether the peer is
+    /// banned and its live connections are evicted for it: the offending connection is
+    /// then being closed too, before its ban notice is polled.
+    fn offended(&self, peer: &Classified, offence: Offence) -> bool {
         let recorded = self.bans.record_offence(&peer.at, offence);
         match recorded {
-            Recorded::Off => return,
+            Recorded::Off => return false,
             Recorded::Banned(length) => self.banned(peer, length, offence),
             Recorded::Counted | Recorded::AlreadyBanned | Recorded::Untracked => {}
         }
@@ -982,6 +984,8 @@ impl Shared {
                 fleet.ban(key, length, offences, true);
             }
         }
+        matches!(recorded, Recorded::Banned(_) | Recorded::AlreadyBanned)
+            && self.evicting_live().is_some()
     }
 
     /// The fleet this login's offences and bans go to, if it is in one: none in dry

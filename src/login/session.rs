@@ -38,8 +38,9 @@ pub struct LoginSession {
 pub enum AfterFailure {
     /// The connection may try again.
     TryAgain,
-    /// The connection has used up its tries: write the failure reply, flush it, and
-    /// end; it is cut after the eviction grace otherwise.
+    /// The connection is being closed (it has used up its tries, its peer is banned,
+    /// or it was evicted): write the failure reply, flush it, and end; it is cut after
+    /// the eviction grace otherwise.
     Closing,
 }
 
@@ -220,16 +221,27 @@ impl LoginSession {
 
     /// A login failed on this connection. Counts against the connection's tries and
     /// the peer's record, which may ban the peer.
+    ///
+    /// Answers [`AfterFailure::Closing`] whenever the connection is being closed: it
+    /// has used up its tries, this failure banned its peer (whose live connections are
+    /// evicted), or it was evicted before (asked for, a ban, the login timeout).
     pub fn failed(&self) -> AfterFailure {
         let state = &self.state;
         let shared = &state.shared;
         let failures = state.failures.fetch_add(1, Ordering::AcqRel) + 1;
         shared.stats.failed_logins.add();
-        if let Some(peer) = &state.peer {
-            shared.offended(peer, Offence::FailedLogin);
-        }
+        let banned = state
+            .peer
+            .as_ref()
+            .is_some_and(|peer| shared.offended(peer, Offence::FailedLogin));
         if failures >= shared.max_auth_tries() {
             state.evict(EvictReason::AuthFailures(failures));
+        }
+        if banned {
+            // Its ban notice would evict it at the next poll; it is closing from now.
+            state.evict(EvictReason::Banned);
+        }
+        if state.is_evicted() {
             AfterFailure::Closing
         } else {
             AfterFailure::TryAgain
