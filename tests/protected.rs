@@ -753,3 +753,44 @@ mod tonic_server {
         }
     }
 }
+
+/// The pre-authentication budget counts the connections that have not logged in yet. A
+/// connection handed to a framework never reports a login (the reason it has no login
+/// timeout either), so it must leave the budget when it is handed over: otherwise every
+/// connection `axum::serve` holds stays "unauthenticated" for its whole life, the
+/// budget becomes a cap on all of them, and a browser's second parallel connection is
+/// refused over `PerSourceMaxStartups`, an `OverLimit` offence toward a ban.
+#[tokio::test(start_paused = true)]
+async fn connections_axum_serves_leave_the_pre_authentication_budget() {
+    let (queue, _log, listener) = ChannelListener::new();
+    let login = Login::builder().per_source_max_startups(1).build().unwrap();
+    let layers = ServiceBuilder::new()
+        .layer(login.ban_layer())
+        .layer(login.session_layer());
+    let listener = ProtectedListener::new(listener, layers).unwrap();
+    tokio::spawn(async move { axum::serve(listener, app()).await });
+
+    // A browser's two parallel keep-alive connections, from one peer.
+    let (first, first_client) = duplex_conn("192.0.2.1:1000");
+    queue.send(Ok(first)).unwrap();
+    let mut first_client = Http1Client::connect(first_client).await;
+    let answer = within(PATIENCE, first_client.get("/")).await;
+    assert!(answer.is_ok_and(|answer| answer.body == "hello\n"));
+
+    let (second, second_client) = duplex_conn("192.0.2.1:1001");
+    queue.send(Ok(second)).unwrap();
+    let mut second_client = Http1Client::connect(second_client).await;
+    let answer = within(PATIENCE, second_client.get("/"))
+        .await
+        .map(|answer| answer.body);
+    let stats = login.stats();
+    assert!(
+        answer.as_ref().is_ok_and(|body| body == "hello\n"),
+        "the second connection: {answer:?}; {stats}"
+    );
+    assert_eq!(
+        (stats.unauthenticated, stats.over_limit_refusals),
+        (0, 0),
+        "{stats}"
+    );
+}

@@ -259,7 +259,8 @@ pub struct LoginStats {
     pub http_protocol_errors: u64,
     /// Refusals over a per-peer limit counted against their peer.
     pub over_limit_refusals: u64,
-    /// Connections not authenticated yet, now.
+    /// Connections not authenticated yet, now (the pre-authentication budget's count;
+    /// connections handed to a framework by a `ProtectedListener` have left it).
     pub unauthenticated: usize,
     /// Peers with offences or bans on record, now.
     pub tracked_peers: usize,
@@ -530,7 +531,9 @@ impl LoginBuilder {
 
     /// OpenSSH's `MaxStartups start:rate:full`: from `start` unauthenticated
     /// connections, refuse a new one with probability `rate_percent`%, rising linearly to
-    /// every one at `full`. Off by default.
+    /// every one at `full`. Off by default. A connection handed to a framework by a
+    /// [`ProtectedListener`](crate::serve::ProtectedListener) stops counting then (its
+    /// TLS handshake and PROXY header done): nothing there reports a login.
     pub fn max_startups(mut self, start: usize, rate_percent: u8, full: usize) -> Self {
         self.max_startups = Some(MaxStartups {
             start,
@@ -541,7 +544,10 @@ impl LoginBuilder {
     }
 
     /// OpenSSH's `PerSourceMaxStartups`: at most `max` unauthenticated connections per
-    /// peer key. Off by default.
+    /// peer key. Off by default. Under a
+    /// [`ProtectedListener`](crate::serve::ProtectedListener), as for
+    /// [`max_startups`](Self::max_startups), only until the framework is handed the
+    /// connection.
     pub fn per_source_max_startups(mut self, max: usize) -> Self {
         self.per_source_max_startups = Some(max);
         self

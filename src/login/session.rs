@@ -201,10 +201,13 @@ impl LoginSession {
     /// The connection is handed to a framework (`axum::serve`, tonic's server, under
     /// [`ProtectedListener`](crate::serve::ProtectedListener)) whose requests carry no
     /// session, so nothing will report its login: the login timeout, which would cut
-    /// it and count an offence however busy it is, no longer applies.
+    /// it and count an offence however busy it is, no longer applies, and it leaves
+    /// the pre-authentication budget, which would otherwise count it for its whole life
+    /// and refuse its peer's next connections (an offence each).
     #[cfg(feature = "serve")]
     pub(crate) fn hand_over(&self) {
         self.state.handed_over.store(true, Ordering::Release);
+        self.state.leave_startups();
     }
 
     /// The connection authenticated: it leaves the pre-authentication budget, and the

@@ -44,7 +44,7 @@
 //! | The layer's request timeout | no: nothing marks where a request ends, so it is not applied | each HTTP/1 request, each HTTP/2 stream |
 //! | A request head trickled a byte at a time (slowloris) | bounded by the idle timeout between bytes, the lifetime and the caps | cut at the request (or header) timeout |
 //! | Timeouts without a timeout layer (first byte, request heads, idle) | no: add a [`TimeoutLayer`](crate::timeout::TimeoutLayer) | yes |
-//! | Login sessions: eviction right after a failed login's `401`, reported logins (`report_logins`, `ReportLoginLayer`), the login timeout | no: requests do not carry the connection's session, and nothing reports a login, so a `SessionLayer`'s login timeout is not applied to a connection handed to the framework (the layer still evicts a newly banned peer's connections) | yes |
+//! | Login sessions: eviction right after a failed login's `401`, reported logins (`report_logins`, `ReportLoginLayer`), the login timeout, the pre-authentication budget | no: requests do not carry the connection's session, and nothing reports a login, so a connection handed to the framework has no `SessionLayer` login timeout and leaves its pre-authentication budget (`max_startups`, `per_source_max_startups`: it bounds only connections not yet handed over); the layer still evicts a newly banned peer's connections | yes |
 //! | Closing gracefully (a lifetime, an eviction, a drain) | no: the connection is cut at its deadline | `Connection: close` or GOAWAY first |
 //! | axum's `ConnectInfo<SocketAddr>` | through `tap_io` (see below) | yes |
 //! | tonic's `Request::remote_addr` | yes | yes |
