@@ -799,3 +799,39 @@ async fn a_sighup_neither_stops_an_example_nor_drops_its_connections_even_unprot
         }
     }
 }
+
+/// EXAMPLES.md: `--request-timeout S` closes a connection whose request (login_server:
+/// one line), once its first byte has arrived, is not complete within S. A line whose
+/// first bytes came in the same read as the line before it waits in the protocol's
+/// buffer: the timer was told the earlier line was finished after those bytes were
+/// read, and starts the next request only at the next byte read, which never comes. The
+/// half line is then held to the idle timeout (a minute by default, and no offence)
+/// instead of the request timeout.
+#[tokio::test]
+async fn login_server_times_a_half_line_sent_behind_a_whole_one() {
+    let server = Example::start(
+        "login_server",
+        &["--request-timeout", "0.5", "--idle-timeout", "60"],
+    )
+    .await;
+    let mut client = LineClient::connect_from(2, server.addr).await;
+    // One write: a whole line, then the start of the next.
+    client
+        .io
+        .get_mut()
+        .write_all(b"LOGIN alice secret\nECHO hal")
+        .await
+        .unwrap();
+    assert_eq!(client.line().await.as_deref(), Some("OK"));
+    let mut rest = String::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        client.io.read_line(&mut rest),
+    )
+    .await;
+    assert!(
+        matches!(closed, Ok(Ok(0) | Err(_))),
+        "half a line still open 5 s after it arrived, under a 0.5 s request timeout: {closed:?}"
+    );
+    server.stop().await;
+}

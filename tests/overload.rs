@@ -1120,8 +1120,8 @@ fn line_protocol() -> impl RawProtocol {
             if read == 0 {
                 return Ok(());
             }
-            if buffer[..read].contains(&b'\n') {
-                timer.finish();
+            if let Some(end) = buffer[..read].iter().rposition(|&byte| byte == b'\n') {
+                timer.finish(&buffer[end + 1..read]);
             }
         }
     })

@@ -54,7 +54,7 @@ where
             () = close.requested() => return Ok(()),
         }
         if let Some(timer) = &timer {
-            timer.finish();
+            timer.finish(io.buffer());
         }
         let reply = match (line.trim(), &session) {
             ("good", Some(session)) => {

@@ -70,7 +70,7 @@ async fn lines(conn: Timed) -> Result<(), BoxError> {
     let mut io = BufReader::new(conn.into_io());
     let mut line = String::new();
     while io.read_line(&mut line).await? > 0 {
-        timer.finish();
+        timer.finish(io.buffer());
         io.get_mut().write_all(b"ok\n").await?;
         line.clear();
     }
@@ -256,6 +256,30 @@ async fn requests_that_finish_in_time_are_never_cut() {
     drop(client);
     within(secs(600), connection).await.unwrap().unwrap();
     assert_eq!(timeouts.stats().request, 0);
+}
+
+/// A client that sends a whole line and the start of the next in one write, then stays
+/// silent: the protocol's reader takes both in one read, so no later read starts the
+/// half line's request. The protocol tells the timer what it read past the first line,
+/// and the half line is held to the request timeout, not the idle timeout.
+#[tokio::test(start_paused = true)]
+async fn a_half_line_read_with_a_whole_one_is_held_to_the_request_timeout() {
+    let timeouts = layer(TimeoutLayer::builder().request(secs(10)).idle(secs(60)));
+    let began = Instant::now();
+    let (connection, client) = open(&timeouts, lines);
+    let mut client = BufReader::new(client);
+    client.get_mut().write_all(b"whole\nhal").await.unwrap();
+    let mut answer = String::new();
+    client.read_line(&mut answer).await.unwrap();
+    assert_eq!(answer, "ok\n");
+    assert_eq!(
+        expired(within(secs(600), connection).await.unwrap()),
+        TimeoutError::Request(secs(10)),
+        "after {:?}",
+        began.elapsed()
+    );
+    assert_eq!(began.elapsed(), secs(10));
+    assert_eq!(timeouts.stats().request, 1);
 }
 
 #[tokio::test(start_paused = true)]

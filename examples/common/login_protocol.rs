@@ -128,7 +128,8 @@ impl Session {
                 () = close.requested() => return Ok(()),
             };
             if let Some(timer) = &self.request_timer {
-                timer.finish();
+                // The next line may have begun in the same read: its time starts now.
+                timer.finish(io.buffer());
             }
             let line = match line {
                 Line::Text(line) => line,

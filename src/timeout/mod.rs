@@ -39,9 +39,10 @@
 //!
 //! Where a request starts and ends is the protocol's to say, through the connection's
 //! [`RequestTimer`] ([`Conn::request_timer`](crate::Conn::request_timer)). The first byte
-//! read starts a request,
-//! [`RequestTimer::finish`] ends it, and the next byte read starts the next one. The
-//! [HTTP adapter](crate::http) does this on its own: an HTTP/1.1 request runs from its
+//! read starts a request, and [`RequestTimer::finish`] ends it, told what the protocol
+//! has read past its end: if anything (the start of the next line, read with this one
+//! into a buffer), the next request starts at once; if nothing, at the next byte read.
+//! The //! [HTTP adapter](crate::http) does this on its own: an HTTP/1.1 request runs from its
 //! first byte until its head is in (with a body, until the handler answers), an HTTP/2
 //! stream from its headers until its body's last frame (however long its handler then
 //! takes) or until its answer's head is written, if that comes first (a gRPC client or
@@ -88,7 +89,8 @@
 //!     let mut reader = BufReader::new(conn.into_io());
 //!     let mut line = String::new();
 //!     while reader.read_line(&mut line).await? > 0 {
-//!         timer.finish();
+//!         // What the reader holds past this line is the next one's start.
+//!         timer.finish(reader.buffer());
 //!         line.clear();
 //!     }
 //!     Ok::<_, std::io::Error>(())
@@ -208,8 +210,9 @@ impl From<TimeoutError> for std::io::Error {
 /// [`Conn::request_timer`](crate::Conn::request_timer), under a [`TimeoutLayer`] with a
 /// request timeout.
 ///
-/// The first byte read starts a request; [`finish`](Self::finish) ends it and arms the
-/// next, which starts at the next byte read. Clones mark the same connection.
+/// The first byte read starts a request; [`finish`](Self::finish) ends it, and the next
+/// starts at once if the protocol has read past its end, or else at the next byte
+/// read. Clones mark the same connection.
 #[derive(Debug, Clone)]
 pub struct RequestTimer {
     activity: Arc<Activity>,
@@ -224,9 +227,17 @@ impl RequestTimer {
         })
     }
 
-    /// The request in progress is complete.
-    pub fn finish(&self) {
+    /// The request in progress is complete. `read_ahead` is what the protocol has read
+    /// past its end and holds (a `BufReader`'s [`buffer`](tokio::io::BufReader::buffer),
+    /// empty if it holds nothing): the start of the next request, which then starts now.
+    /// Those bytes were read already, and no later read would start it: a half line
+    /// that came in the same read as a whole one would be held only to the idle
+    /// timeout. They earn no time at a minimum rate.
+    pub fn finish(&self, read_ahead: &[u8]) {
         self.activity.finish_request();
+        if !read_ahead.is_empty() {
+            self.activity.start_request();
+        }
     }
 
     /// Starts a request now, if none is in progress: for protocols whose requests do not
