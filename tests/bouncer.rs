@@ -627,3 +627,181 @@ async fn a_reload_that_changes_nothing_gives_no_fresh_global_burst() {
         "admitted after a reload that changed nothing, the time not having moved"
     );
 }
+
+/// An honest client on a slow uplink: a photo uploaded at a steady 10 KB/s, 20 s for
+/// 200 KB, every byte arriving on time. The preset holds request bodies to the request
+/// timeout (10 s) with no minimum rate to extend it (`request_min_rate`, Apache's
+/// `MinRate`): the upload is cut, and each cut counts a `request_timeout` offence
+/// toward the peer's ban (30 of them ban it), as a slowloris would.
+#[tokio::test(start_paused = true)]
+async fn a_steady_upload_on_a_slow_link_is_neither_cut_nor_counted_as_an_offence() {
+    use axum::routing::post;
+    use tower::ServiceExt;
+    use tower_bouncer::{http::HttpService, login::StatusClassifier};
+
+    const SIZE: usize = 200_000;
+    let bouncer = Bouncer::from_config(config()).unwrap();
+    let app = Router::new().route(
+        "/upload",
+        post(|body: axum::body::Bytes| async move { format!("{}\n", body.len()) }),
+    );
+    let http = HttpService::builder(app)
+        .report_logins(StatusClassifier::default())
+        .build()
+        .unwrap();
+    let service = ServiceBuilder::new().layer(bouncer.clone()).service(http);
+    let (conn, mut client) = duplex_conn("192.0.2.1:1000");
+    let connection = tokio::spawn(service.oneshot(conn));
+
+    client
+        .write_all(
+            format!(
+                "POST /upload HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\
+                 content-length: {SIZE}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let chunk = [b'x'; 1000];
+    let mut sent = 0;
+    // 1 000 bytes every 100 ms: 10 KB/s.
+    while sent < SIZE {
+        if client.write_all(&chunk).await.is_err() {
+            break;
+        }
+        sent += chunk.len();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut answer = Vec::new();
+    let _ = within(PATIENCE, client.read_to_end(&mut answer)).await;
+    drop(client);
+    let ended = within(PATIENCE, connection).await.unwrap();
+    let stats = bouncer.login().stats();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{sent} of {SIZE} bytes sent; answer {:?}; the connection ended {ended:?}; {stats}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(stats.request_timeouts, 0, "{stats}");
+}
+
+/// Serves one connection from 192.0.2.1 through `bouncer` to an app that reads uploads:
+/// writes `head` at once, then `body` bytes in writes of `chunk` bytes `every` apart,
+/// and returns the answer, how the connection ended and how long after `head` it ended.
+async fn send_slowly(
+    bouncer: &Bouncer,
+    head: &[u8],
+    body: usize,
+    chunk: usize,
+    every: Duration,
+) -> (String, Result<(), BoxError>, Duration) {
+    use axum::routing::post;
+    use tower::ServiceExt;
+    use tower_bouncer::http::HttpService;
+
+    let app = Router::new().route("/", get(|| async { "hello\n" })).route(
+        "/upload",
+        post(|body: axum::body::Bytes| async move { format!("{}\n", body.len()) }),
+    );
+    let service = ServiceBuilder::new()
+        .layer(bouncer.clone())
+        .service(HttpService::new(app));
+    let (conn, mut client) = duplex_conn("192.0.2.1:1000");
+    let began = tokio::time::Instant::now();
+    let connection = tokio::spawn(async move {
+        let ended = service.oneshot(conn).await;
+        (ended, began.elapsed())
+    });
+    client.write_all(head).await.unwrap();
+    let mut sent = 0;
+    while sent < body {
+        tokio::time::sleep(every).await;
+        if client.write_all(&vec![b'x'; chunk]).await.is_err() {
+            break;
+        }
+        sent += chunk;
+    }
+    let mut answer = Vec::new();
+    within(PATIENCE, client.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    let (ended, after) = within(PATIENCE, connection).await.unwrap();
+    (String::from_utf8_lossy(&answer).into_owned(), ended, after)
+}
+
+/// The preset's minimum rate (500 bytes a second) extends a request that keeps moving,
+/// not one trickled slower: a slowloris head at 10 bytes a second, and a body at 250
+/// bytes a second, are each cut close to the 10 s request timeout (each second earns
+/// a fiftieth or a half of one), far from the 5-minute maximum, and each counts a
+/// `request_timeout` offence.
+#[tokio::test(start_paused = true)]
+async fn a_request_trickled_under_the_minimum_rate_is_still_cut_and_counted() {
+    use tower_bouncer::timeout::TimeoutError;
+
+    let bouncer = Bouncer::from_config(config()).unwrap();
+    let (answer, ended, after) = send_slowly(
+        &bouncer,
+        b"GET / HTTP/1.1\r\n",
+        1000,
+        1,
+        Duration::from_millis(100),
+    )
+    .await;
+    let error = ended.unwrap_err();
+    assert!(
+        matches!(TimeoutError::of(&*error), Some(TimeoutError::Request(_))),
+        "the slowloris head ended {error:?} after {after:?}, answered {answer:?}"
+    );
+    assert!(after < Duration::from_secs(11), "held {after:?}");
+    assert_eq!(bouncer.login().stats().request_timeouts, 1);
+
+    let head = b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n";
+    let (answer, ended, after) =
+        send_slowly(&bouncer, head, 100_000, 25, Duration::from_millis(100)).await;
+    let error = ended.unwrap_err();
+    assert!(
+        matches!(TimeoutError::of(&*error), Some(TimeoutError::Request(_))),
+        "the trickled body ended {error:?} after {after:?}, answered {answer:?}"
+    );
+    assert!(after < Duration::from_secs(21), "held {after:?}");
+    assert_eq!(bouncer.login().stats().request_timeouts, 2);
+}
+
+/// `timeouts.request_min_rate` and `timeouts.request_max` reload like the other
+/// timeouts, for new connections: the minimum rate turned off holds a steady upload
+/// to the request timeout, and a lower maximum cuts it there.
+#[tokio::test(start_paused = true)]
+async fn a_reload_puts_the_minimum_rate_and_its_maximum_in_force() {
+    use tower_bouncer::timeout::TimeoutError;
+
+    let head = b"POST /upload HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\
+                 content-length: 200000\r\n\r\n";
+    // 200 KB at 10 KB/s: 20 s.
+    let upload = async |bouncer: &Bouncer| {
+        send_slowly(bouncer, head, 200_000, 1000, Duration::from_millis(100)).await
+    };
+    let bouncer = Bouncer::from_config(config()).unwrap();
+    let (answer, ended, _) = upload(&bouncer).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?} {ended:?}");
+
+    let mut reloaded = config();
+    reloaded.timeouts.request_min_rate = 0;
+    bouncer.reload(reloaded.clone()).unwrap();
+    let (_, ended, after) = upload(&bouncer).await;
+    assert_eq!(
+        TimeoutError::of(&*ended.unwrap_err()),
+        Some(TimeoutError::Request(Duration::from_secs(10)))
+    );
+    assert_eq!(after, Duration::from_secs(10));
+
+    reloaded.timeouts.request_min_rate = 500;
+    reloaded.timeouts.request_max = Duration::from_secs(15);
+    bouncer.reload(reloaded).unwrap();
+    let (_, ended, after) = upload(&bouncer).await;
+    assert_eq!(
+        TimeoutError::of(&*ended.unwrap_err()),
+        Some(TimeoutError::Request(Duration::from_secs(15)))
+    );
+    assert_eq!(after, Duration::from_secs(15));
+}

@@ -488,6 +488,39 @@ async fn a_slowloris_request_head_is_cut_at_the_request_timeout() {
     server.stop().await;
 }
 
+/// EXAMPLES.md: `--request-timeout S` holds a request to S once its first byte has
+/// arrived, however fast its bytes come. The preset extends a request by a second per
+/// 500 bytes it brings (Apache's `MinRate`); the examples turn that off, so a head sent
+/// at 2 KB/s that never ends is still cut at S, not minutes later.
+#[tokio::test]
+async fn a_request_head_that_keeps_coming_is_still_cut_at_the_request_timeout() {
+    let server = Example::start(
+        "axum_server",
+        &["--request-timeout", "1", "--idle-timeout", "30"],
+    )
+    .await;
+    let mut fast = connect_from(2, server.addr).await;
+    fast.write_all(b"GET / HTTP/1.1\r\nX-Long: ").await.unwrap();
+    let began = std::time::Instant::now();
+    let sending = async {
+        // 100 bytes every 50 ms, for at most 6 s: one header value that never ends.
+        for _ in 0..120 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            if fast.write_all(&[b'a'; 100]).await.is_err() {
+                break;
+            }
+        }
+    };
+    within(PATIENCE, sending).await;
+    let waited = began.elapsed() + closed_after(&mut fast).await;
+    assert!(
+        waited >= std::time::Duration::from_millis(900)
+            && waited < std::time::Duration::from_secs(5),
+        "{waited:?}"
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn an_http2_connection_that_never_finishes_its_preface_is_closed() {
     let server = Example::start(

@@ -41,8 +41,9 @@ pub const USAGE: &str =
                         for a client that takes under 256 bytes a second of it
   --first-byte-timeout S
                         close a connection silent for S seconds after connecting (default 10)
-  --request-timeout S   close a connection whose request is not complete S seconds
-                        after its first byte (default 10)
+  --request-timeout S   close a connection whose request (HTTP: head and body) is not
+                        complete S seconds after its first byte (default 10; no
+                        minimum rate extends it unless --config sets one)
   --max-lifetime S      close a connection older than S seconds gracefully (default 3600)
   --max-auth-tries N    failed logins on one connection before it is closed (default 1)
   --max-failures N      failed logins per peer key within --failure-window that ban it (default 5)
@@ -141,6 +142,14 @@ impl Protection {
             .map_or_else(BouncerConfig::default, |file| file.config().clone());
         if logs_in && config.logins.timeout.is_none() {
             config.logins.timeout = Some(DEFAULT_LOGIN_TIMEOUT);
+        }
+        // EXAMPLES.md: `--request-timeout S` closes a request not complete within S,
+        // body included; the preset's minimum rate would extend an upload past it.
+        if !file
+            .as_ref()
+            .is_some_and(|file| file.writes("timeouts.request_min_rate"))
+        {
+            config.timeouts.request_min_rate = 0;
         }
         Self {
             config,

@@ -170,9 +170,25 @@ pub struct Timeouts {
     #[cfg_attr(feature = "config", serde(with = "humantime_serde"))]
     pub idle: Duration,
     /// `request`: close a connection whose request is not complete this long after
-    /// its first byte; 10 s by default.
+    /// its first byte, extended while it keeps moving by `request_min_rate`; 10 s by
+    /// default. Under the HTTP adapter, a request is its head and its body until the
+    /// handler answers (an upload the handler reads is held to it whole).
     #[cfg_attr(feature = "config", serde(with = "humantime_serde"))]
     pub request: Duration,
+    /// `request_min_rate`: each this many bytes a request has brought add a second to
+    /// `request`, up to `request_max` (Apache mod_reqtimeout's `MinRate`), so that an
+    /// upload on a slow link that keeps moving is not cut, while a trickle slower than
+    /// this is, and counts a `request_timeout` offence; 500 by default, Apache's. A
+    /// request head earns time too: one sent at this rate or faster, but never
+    /// finished, holds its connection up to `request_max`. 0 turns it off: every
+    /// request, body included, is held to `request`.
+    pub request_min_rate: u64,
+    /// `request_max`: the longest a request extended by `request_min_rate` may take;
+    /// 5 minutes by default: a 2 MB upload (axum's default body limit) fits at about
+    /// 7 KB/s, a poor mobile uplink, and a request kept just above the minimum rate holds
+    /// its connection no longer than that. At least `request`.
+    #[cfg_attr(feature = "config", serde(with = "humantime_serde"))]
+    pub request_max: Duration,
     /// `lifetime`: ask a connection this old to close, and cut it 30 s later; an hour
     /// by default.
     #[cfg_attr(feature = "config", serde(with = "humantime_serde"))]
@@ -185,6 +201,8 @@ impl Default for Timeouts {
             first_byte: Duration::from_secs(10),
             idle: Duration::from_secs(60),
             request: Duration::from_secs(10),
+            request_min_rate: 500,
+            request_max: Duration::from_secs(300),
             lifetime: Duration::from_secs(3600),
         }
     }
@@ -472,6 +490,13 @@ impl BouncerConfig {
         positive("timeouts.first_byte", self.timeouts.first_byte)?;
         positive("timeouts.idle", self.timeouts.idle)?;
         positive("timeouts.request", self.timeouts.request)?;
+        if self.timeouts.request_min_rate > 0 && self.timeouts.request_max < self.timeouts.request {
+            return Err(SettingError::new(
+                "timeouts.request_max",
+                "must be at least the request timeout (`timeouts.request`), or \
+                 `timeouts.request_min_rate` 0 to turn the minimum rate off",
+            ));
+        }
         positive("timeouts.lifetime", self.timeouts.lifetime)?;
         at_least_one("logins.max_auth_tries", self.logins.max_auth_tries.into())?;
         if let Some(timeout) = self.logins.timeout {

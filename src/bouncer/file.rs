@@ -366,6 +366,28 @@ mod tests {
     }
 
     #[test]
+    fn a_request_maximum_below_the_request_timeout_is_refused_while_the_minimum_rate_is_on() {
+        let config = BouncerConfig::from_toml_str(
+            "[timeouts]\nrequest_min_rate = 1000\nrequest_max = \"2m\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.timeouts.request_min_rate, 1000);
+        assert_eq!(config.timeouts.request_max, Duration::from_secs(120));
+        let error = refused("[timeouts]\nrequest = \"1m\"\nrequest_max = \"30s\"\n");
+        assert_eq!(error.key(), Some("timeouts.request_max"));
+        assert_eq!(error.line(), Some(3));
+        assert!(error.message().contains("`timeouts.request`"), "{error}");
+        // Off, the minimum rate has no maximum to respect.
+        let config = BouncerConfig::from_toml_str(
+            "[timeouts]\nrequest = \"1m\"\nrequest_max = \"30s\"\nrequest_min_rate = 0\n",
+        )
+        .unwrap();
+        assert_eq!(config.timeouts.request_min_rate, 0);
+        let error = refused("[timeouts]\nrequest_min_rate = -1\n");
+        assert_eq!(error.key(), Some("timeouts.request_min_rate"));
+    }
+
+    #[test]
     fn a_file_names_itself() {
         let path = std::env::temp_dir().join(format!("bouncer-{}.toml", std::process::id()));
         std::fs::write(&path, "[timeouts]\nidle = \"0s\"\n").unwrap();

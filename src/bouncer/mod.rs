@@ -326,11 +326,15 @@ fn per_peer_rate(config: &BouncerConfig) -> Rate {
 /// The `[timeouts]`.
 fn timeouts(config: &BouncerConfig) -> TimeoutBuilder {
     let timeouts = &config.timeouts;
-    TimeoutLayer::builder()
+    let builder = TimeoutLayer::builder()
         .first_byte(timeouts.first_byte)
         .idle(timeouts.idle)
         .request(timeouts.request)
-        .lifetime(timeouts.lifetime)
+        .lifetime(timeouts.lifetime);
+    match timeouts.request_min_rate {
+        0 => builder,
+        rate => builder.request_min_rate(rate, timeouts.request_max),
+    }
 }
 
 /// The `[logins]` and `[bans]` policy.

@@ -159,7 +159,10 @@ impl TimeoutBuilder {
     }
 
     /// Close a connection whose request is not complete within `timeout` of its first
-    /// byte. The protocol says where requests end with [`RequestTimer`](super::RequestTimer).
+    /// byte. The protocol says where requests end with [`RequestTimer`](super::RequestTimer);
+    /// under the [HTTP adapter](crate::http), a request is its head and its body until
+    /// the handler answers, so an upload is held to it whole unless a
+    /// [minimum rate](Self::request_min_rate) extends it.
     pub fn request(mut self, timeout: Duration) -> Self {
         self.request = Some(timeout);
         self
