@@ -805,3 +805,30 @@ async fn a_reload_puts_the_minimum_rate_and_its_maximum_in_force() {
     );
     assert_eq!(after, Duration::from_secs(15));
 }
+
+/// The minimum rate extends a request whose head is in and whose body keeps coming, not
+/// a head that keeps coming and never ends: that is a slowloris however fast it
+/// trickles (here 1 000 bytes a second, twice the minimum rate), cut at the request
+/// timeout and counted, not held to the 5-minute maximum.
+#[tokio::test(start_paused = true)]
+async fn a_request_head_that_keeps_coming_earns_no_time_at_the_minimum_rate() {
+    use tower_bouncer::timeout::TimeoutError;
+
+    let bouncer = Bouncer::from_config(config()).unwrap();
+    let (answer, ended, after) = send_slowly(
+        &bouncer,
+        b"GET / HTTP/1.1\r\nx-padding: ",
+        100_000,
+        100,
+        Duration::from_millis(100),
+    )
+    .await;
+    let error = ended.unwrap_err();
+    assert_eq!(
+        TimeoutError::of(&*error),
+        Some(TimeoutError::Request(Duration::from_secs(10))),
+        "the head ended {error:?} after {after:?}, answered {answer:?}"
+    );
+    assert!(after < Duration::from_secs(11), "held {after:?}");
+    assert_eq!(bouncer.login().stats().request_timeouts, 1);
+}

@@ -178,9 +178,9 @@ pub struct Timeouts {
     /// `request_min_rate`: each this many bytes a request has brought add a second to
     /// `request`, up to `request_max` (Apache mod_reqtimeout's `MinRate`), so that an
     /// upload on a slow link that keeps moving is not cut, while a trickle slower than
-    /// this is, and counts a `request_timeout` offence; 500 by default, Apache's. A
-    /// request head earns time too: one sent at this rate or faster, but never
-    /// finished, holds its connection up to `request_max`. 0 turns it off: every
+    /// this is, and counts a `request_timeout` offence; 500 by default, Apache's. Under
+    /// the HTTP adapter a request earns time only once its head is in: a head that
+    /// keeps coming but never ends is held to `request`. 0 turns it off: every
     /// request, body included, is held to `request`.
     pub request_min_rate: u64,
     /// `request_max`: the longest a request extended by `request_min_rate` may take;

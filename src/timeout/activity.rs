@@ -765,10 +765,17 @@ impl Activity {
         if let Some(limit) = deadlines.request {
             let started = self.request_start(|| now);
             if started != IDLE {
-                let received = self
-                    .bytes_read
-                    .load(Ordering::Relaxed)
-                    .saturating_sub(self.request_bytes_start.load(Ordering::Relaxed));
+                // Under a protocol that declares its exchanges, a request earns time at
+                // the minimum rate only once its head is in (its exchange open): a head
+                // that keeps coming but never ends is a slowloris, held to the base.
+                let earns = !self.declared.load(Ordering::Relaxed) || self.has_open_exchanges();
+                let received = if earns {
+                    self.bytes_read
+                        .load(Ordering::Relaxed)
+                        .saturating_sub(self.request_bytes_start.load(Ordering::Relaxed))
+                } else {
+                    0
+                };
                 let allowed = limit.allowance(received);
                 if next.passed(started.saturating_add(nanos(allowed)), now) {
                     return Check::Expired(TimeoutError::Request(allowed));

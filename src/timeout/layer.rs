@@ -170,7 +170,10 @@ impl TimeoutBuilder {
 
     /// Extends the request timeout by one second for every `bytes_per_second` bytes the
     /// request has brought, up to `max`: a large upload that keeps moving is not cut, a
-    /// trickle is (Apache mod_reqtimeout's `MinRate`). Needs a request timeout.
+    /// trickle is (Apache mod_reqtimeout's `MinRate`). Under a protocol that declares
+    /// its exchanges (the HTTP adapter), a request earns time only once its exchange is
+    /// open, its head in: a head that keeps coming and never ends is held to the request
+    /// timeout. Needs a request timeout.
     pub fn request_min_rate(mut self, bytes_per_second: u64, max: Duration) -> Self {
         self.min_rate = Some((bytes_per_second, max));
         self
