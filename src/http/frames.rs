@@ -63,6 +63,9 @@ struct Streams {
     /// The server's HEADERS frame being written, while its first bytes are read for
     /// whether it answers its stream; only while request bodies are timed.
     answer: Option<AnswerRead>,
+    /// Its block's first bytes, when they come split across writes (`filled` of them);
+    /// never cleared, since only those are read.
+    answer_head: [u8; ANSWER_HEAD],
     /// Whether the server's HPACK encoder has put a 1xx status in its table: from then
     /// on, a status it sends from its table may be an informational one.
     informational_indexed: bool,
@@ -120,17 +123,22 @@ struct Incoming {
     body_done: bool,
 }
 
-/// The first bytes of a server HEADERS frame's header block, gathered until they tell
-/// what its first field is (see [`read_head`]).
-#[derive(Debug)]
+/// A server HEADERS frame whose header block's first bytes are read until they tell
+/// what its first field is (see [`read_head`]). Small, as one is set at every response:
+/// the bytes gathered when they come split across writes are in
+/// [`Streams::answer_head`].
+#[derive(Debug, Clone, Copy)]
 struct AnswerRead {
     stream: u32,
     /// Bytes still to skip before the header block (padding length, priority).
     skip: u8,
-    /// Its first bytes, when they come split across writes.
-    head: [u8; ANSWER_HEAD],
-    filled: usize,
+    /// The block's first bytes gathered so far, at most [`ANSWER_HEAD`].
+    filled: u8,
 }
+
+/// `:status` from the static table (indexes 8 to 14: 200, 204, 206, 304, 400, 404,
+/// 500), as an indexed field.
+const STATIC_STATUSES: std::ops::RangeInclusive<u8> = 0x88..=0x8e;
 
 /// More bytes than a response's first field and the table size updates before it
 /// take; a block that does not tell by then is taken to answer nothing.
@@ -164,7 +172,7 @@ fn read_head(mut block: impl Iterator<Item = u8>, informational_indexed: bool) -
                 }
                 continue;
             }
-            // The static table's statuses.
+            // The static table's statuses (`STATIC_STATUSES`).
             0x88..=0x8e => Head::Final,
             // The dynamic table (index 62 and up): a status the encoder wrote out before
             // (or a trailer, which comes after its stream's answer).
@@ -327,6 +335,7 @@ impl FrameWatch {
                 times_bodies,
                 incoming: Vec::new(),
                 answer: None,
+                answer_head: [0; ANSWER_HEAD],
                 informational_indexed: false,
                 opened: false,
                 reading_request_data: false,
@@ -567,18 +576,16 @@ impl Streams {
     }
 
     /// Begins reading a server HEADERS frame for whether it answers its stream.
+    #[inline]
     fn begin_answer(&mut self, frame: Frame) {
-        let mut skip = 0;
-        if frame.flags & PADDED != 0 {
-            skip += 1;
-        }
-        if frame.flags & PRIORITY != 0 {
-            skip += 5;
-        }
         self.answer = Some(AnswerRead {
             stream: frame.stream,
-            skip,
-            head: [0; ANSWER_HEAD],
+            skip: match frame.flags & (PADDED | PRIORITY) {
+                0 => 0,
+                PADDED => 1,
+                PRIORITY => 5,
+                _ => 6,
+            },
             filled: 0,
         });
     }
@@ -587,29 +594,63 @@ impl Streams {
     /// tells whether it answers its stream, which, if its request is still arriving,
     /// is forgotten: its body is no longer held to the request timeout. Whether the
     /// streams still arriving changed.
+    #[inline]
     fn read_answer(&mut self, run: &[u8]) -> bool {
+        let Some(read) = self.answer else {
+            return false;
+        };
+        // The usual: the block begins this run, which holds its first field, most often
+        // a final status from the static table.
+        if read.skip == 0 && read.filled == 0 {
+            if let Some(first) = run.first()
+                && STATIC_STATUSES.contains(first)
+            {
+                self.answer = None;
+                return self.answered(read.stream, Head::Final);
+            }
+            if let Some(head) = read_head(run.iter().copied(), self.informational_indexed) {
+                self.answer = None;
+                return self.answered(read.stream, head);
+            }
+        }
+        self.read_answer_apart(run)
+    }
+
+    /// [`read_answer`](Self::read_answer) for a block behind padding or priority, or
+    /// whose first field comes split across writes.
+    #[cold]
+    #[inline(never)]
+    fn read_answer_apart(&mut self, run: &[u8]) -> bool {
         let Some(read) = &mut self.answer else {
             return false;
         };
         let skip = run.len().min(usize::from(read.skip));
         read.skip -= skip as u8;
         let run = &run[skip..];
-        let gathered = &read.head[..read.filled];
+        let filled = usize::from(read.filled);
+        let gathered = &self.answer_head[..filled];
         let Some(head) = read_head(
             gathered.iter().chain(run).copied(),
             self.informational_indexed,
         ) else {
             // Split across writes: kept until the rest comes.
-            let take = run.len().min(ANSWER_HEAD - read.filled);
-            read.head[read.filled..read.filled + take].copy_from_slice(&run[..take]);
-            read.filled += take;
-            if read.filled == ANSWER_HEAD {
+            let take = run.len().min(ANSWER_HEAD - filled);
+            self.answer_head[filled..filled + take].copy_from_slice(&run[..take]);
+            read.filled += take as u8;
+            if usize::from(read.filled) == ANSWER_HEAD {
                 self.answer = None;
             }
             return false;
         };
         let stream = read.stream;
         self.answer = None;
+        self.answered(stream, head)
+    }
+
+    /// Follows what the first field of the server's header block on `stream` says;
+    /// whether the streams still arriving changed.
+    #[inline]
+    fn answered(&mut self, stream: u32, head: Head) -> bool {
         match head {
             Head::Final => !self.incoming.is_empty() && self.forget(stream),
             Head::Informational { indexed } => {
@@ -829,6 +870,35 @@ mod tests {
         watch.on_read(&client);
         watch.on_written(&frame(HEADERS, END_HEADERS | PADDED, 1, &[1, 0x88, 0]));
         assert_eq!(watch.streams.incoming.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_status_from_the_static_table_answers_where_it_lies_or_split() {
+        // 200 and 404 from the static table, each followed by another field; the
+        // answer's first byte at the start of a write, after its frame's header in the
+        // same write, or after a split within the block.
+        let mut client = PREFACE.to_vec();
+        client.extend(frame(HEADERS, END_HEADERS, 1, b"h"));
+        client.extend(frame(HEADERS, END_HEADERS, 3, b"h"));
+        client.extend(frame(HEADERS, END_HEADERS, 5, b"h"));
+        let mut server = frame(HEADERS, END_HEADERS, 1, &[0x88, 0x0f, 0x0d, 0x01, b'6']);
+        server.extend(frame(DATA, 0, 1, b"hello"));
+        server.extend(frame(HEADERS, END_HEADERS, 3, &[0x8d, 0x5f]));
+        for split in 0..=server.len() {
+            let mut watch = FrameWatch::new(activity(), true);
+            watch.on_read(&client);
+            for part in [&server[..split], &server[split..]] {
+                watch.on_written(part);
+            }
+            let tracked: Vec<u32> = watch
+                .streams
+                .incoming
+                .iter()
+                .map(|incoming| incoming.stream)
+                .collect();
+            assert_eq!(tracked, [5], "split at {split}");
+            assert!(watch.streams.answer.is_none(), "split at {split}");
+        }
     }
 
     #[test]
