@@ -1121,7 +1121,8 @@ fn line_protocol() -> impl RawProtocol {
                 return Ok(());
             }
             if let Some(end) = buffer[..read].iter().rposition(|&byte| byte == b'\n') {
-                timer.finish(&buffer[end + 1..read]);
+                timer.finish();
+                timer.next(&buffer[end + 1..read]);
             }
         }
     })

@@ -49,12 +49,15 @@ where
     let mut line = String::new();
     loop {
         line.clear();
+        if let Some(timer) = &timer {
+            timer.next(io.buffer());
+        }
         tokio::select! {
             read = io.read_line(&mut line) => if read? == 0 { return Ok(()) },
             () = close.requested() => return Ok(()),
         }
         if let Some(timer) = &timer {
-            timer.finish(io.buffer());
+            timer.finish();
         }
         let reply = match (line.trim(), &session) {
             ("good", Some(session)) => {

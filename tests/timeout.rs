@@ -70,9 +70,10 @@ async fn lines(conn: Timed) -> Result<(), BoxError> {
     let mut io = BufReader::new(conn.into_io());
     let mut line = String::new();
     while io.read_line(&mut line).await? > 0 {
-        timer.finish(io.buffer());
+        timer.finish();
         io.get_mut().write_all(b"ok\n").await?;
         line.clear();
+        timer.next(io.buffer());
     }
     Ok(())
 }
@@ -280,6 +281,51 @@ async fn a_half_line_read_with_a_whole_one_is_held_to_the_request_timeout() {
     );
     assert_eq!(began.elapsed(), secs(10));
     assert_eq!(timeouts.stats().request, 1);
+}
+
+/// A client pipelines two whole lines in one write: `slow`, which the server takes 15 s
+/// to answer, and `quick`. The protocol marks each line's end as the module's example
+/// does, right after reading it, and tells the timer what its reader holds once it has
+/// answered: the whole `quick` line. The server's 15 s on the line before it are not
+/// the client's, and neither line should be cut at the 10 s request timeout (as the
+/// HTTP adapter does not cut a request pipelined behind a slow answer).
+#[tokio::test(start_paused = true)]
+async fn a_whole_line_pipelined_behind_a_slow_one_is_not_timed_through_the_servers_wait() {
+    let timeouts = layer(TimeoutLayer::builder().request(secs(10)).idle(secs(60)));
+    let (connection, client) = open(&timeouts, |conn: Timed| async move {
+        let timer = conn.request_timer().unwrap();
+        let mut io = BufReader::new(conn.into_io());
+        let mut line = String::new();
+        while io.read_line(&mut line).await? > 0 {
+            timer.finish();
+            if line.trim() == "slow" {
+                tokio::time::sleep(secs(15)).await;
+            }
+            io.get_mut().write_all(b"ok\n").await?;
+            line.clear();
+            timer.next(io.buffer());
+        }
+        Ok(())
+    });
+    let mut client = BufReader::new(client);
+    client.get_mut().write_all(b"slow\nquick\n").await.unwrap();
+    let mut answers = String::new();
+    for _ in 0..2 {
+        if within(secs(60), client.read_line(&mut answers))
+            .await
+            .unwrap_or(0)
+            == 0
+        {
+            break;
+        }
+    }
+    drop(client);
+    let ended = within(secs(60), connection).await.unwrap();
+    assert_eq!(
+        (answers.as_str(), timeouts.stats().request),
+        ("ok\nok\n", 0),
+        "the connection ended {ended:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

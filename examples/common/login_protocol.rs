@@ -123,13 +123,17 @@ impl Session {
         let mut user = None;
         let close = self.close.unwrap_or_default();
         loop {
+            if let Some(timer) = &self.request_timer {
+                // The last line answered, the next may have begun in the same read as
+                // it: its time starts now.
+                timer.next(io.buffer());
+            }
             let line = tokio::select! {
                 line = read_line(&mut io) => line?,
                 () = close.requested() => return Ok(()),
             };
             if let Some(timer) = &self.request_timer {
-                // The next line may have begun in the same read: its time starts now.
-                timer.finish(io.buffer());
+                timer.finish();
             }
             let line = match line {
                 Line::Text(line) => line,

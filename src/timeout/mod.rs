@@ -39,10 +39,11 @@
 //!
 //! Where a request starts and ends is the protocol's to say, through the connection's
 //! [`RequestTimer`] ([`Conn::request_timer`](crate::Conn::request_timer)). The first byte
-//! read starts a request, and [`RequestTimer::finish`] ends it, told what the protocol
-//! has read past its end: if anything (the start of the next line, read with this one
-//! into a buffer), the next request starts at once; if nothing, at the next byte read.
-//! The //! [HTTP adapter](crate::http) does this on its own: an HTTP/1.1 request runs from its
+//! read starts a request, and [`RequestTimer::finish`] ends it once it is in; the next
+//! byte read starts the next. [`RequestTimer::next`], once the protocol has answered,
+//! tells what it has read past the last request: if anything (the start of the next
+//! line, read with the last into a buffer), the next request starts then.
+//! The [HTTP adapter](crate::http) does this on its own: an HTTP/1.1 request runs from its
 //! first byte until its head is in (with a body, until the handler answers), an HTTP/2
 //! stream from its headers until its body's last frame (however long its handler then
 //! takes) or until its answer's head is written, if that comes first (a gRPC client or
@@ -89,9 +90,11 @@
 //!     let mut reader = BufReader::new(conn.into_io());
 //!     let mut line = String::new();
 //!     while reader.read_line(&mut line).await? > 0 {
-//!         // What the reader holds past this line is the next one's start.
-//!         timer.finish(reader.buffer());
+//!         timer.finish();
+//!         // ... answer the line ...
 //!         line.clear();
+//!         // What the reader holds past this line is the next one's start.
+//!         timer.next(reader.buffer());
 //!     }
 //!     Ok::<_, std::io::Error>(())
 //! });
@@ -227,14 +230,22 @@ impl RequestTimer {
         })
     }
 
-    /// The request in progress is complete. `read_ahead` is what the protocol has read
-    /// past its end and holds (a `BufReader`'s [`buffer`](tokio::io::BufReader::buffer),
-    /// empty if it holds nothing): the start of the next request, which then starts now.
-    /// Those bytes were read already, and no later read would start it: a half line
-    /// that came in the same read as a whole one would be held only to the idle
-    /// timeout. They earn no time at a minimum rate.
-    pub fn finish(&self, read_ahead: &[u8]) {
+    /// The request in progress is in: its clock stops, and the next byte read starts
+    /// the next request's. The time the protocol then takes to answer is its own, not
+    /// the client's.
+    pub fn finish(&self) {
         self.activity.finish_request();
+    }
+
+    /// The protocol turns to its next request, holding `read_ahead` of it: what it read
+    /// past the last one (a `BufReader`'s [`buffer`](tokio::io::BufReader::buffer), empty
+    /// if it holds nothing). If anything, the next request's clock starts now: those
+    /// bytes were read already, and no later read would start it (a half line that came
+    /// in the same read as a whole one would be held only to the idle timeout). Call it
+    /// once the last request is answered, not when it is in: a request pipelined behind
+    /// a slow one is not timed through the server's wait. Bytes read ahead earn no time
+    /// at a minimum rate.
+    pub fn next(&self, read_ahead: &[u8]) {
         if !read_ahead.is_empty() {
             self.activity.start_request();
         }
