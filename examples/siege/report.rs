@@ -276,15 +276,24 @@ pub fn fleet_verdict(rows: &[FleetRow]) -> String {
     )
 }
 
+/// The attacks under which `side` answered under 95 % of its legitimate client's requests.
+fn failed(rows: &[Row], side: Side) -> Vec<&'static str> {
+    rows.iter()
+        .filter(|row| row.side == side && !row.served())
+        .map(|row| row.attack.name())
+        .collect()
+}
+
+/// Whether the protected server served its legitimate client through every attack: the
+/// first sentence of [`verdict`], and the siege's exit status.
+pub fn protected_served(rows: &[Row]) -> bool {
+    failed(rows, Side::Protected).is_empty()
+}
+
 /// One sentence per side saying whether the legitimate client was served through every
 /// attack.
 pub fn verdict(rows: &[Row]) -> String {
-    let failed = |side: Side| -> Vec<&str> {
-        rows.iter()
-            .filter(|row| row.side == side && !row.served())
-            .map(|row| row.attack.name())
-            .collect()
-    };
+    let failed = |side: Side| failed(rows, side);
     let threshold = SERVED * 100.0;
     let mut out = String::new();
     let protected = failed(Side::Protected);
