@@ -96,7 +96,9 @@ impl Row {
         ok as f64 / self.samples.len().max(1) as f64
     }
 
-    /// The `q` quantile of the successful requests' latency.
+    /// The `q` quantile of the successful requests' latency. Of the client's 45 or so
+    /// requests an attack, a `q` of 0.99 picks the slowest: the table shows the median
+    /// and, for the tail, [`Row::latency_max`].
     fn latency_quantile(&self, q: f64) -> Option<Duration> {
         let mut latencies: Vec<Duration> = self.samples.iter().filter_map(|s| s.latency).collect();
         if latencies.is_empty() {
@@ -105,6 +107,13 @@ impl Row {
         latencies.sort();
         let index = ((latencies.len() - 1) as f64 * q).round() as usize;
         Some(latencies[index])
+    }
+
+    /// The slowest successful request. A p99 would need at least 100 requests; the
+    /// client makes about 45 an attack (one every 100 ms), so the table shows the maximum
+    /// and calls it that.
+    fn latency_max(&self) -> Option<Duration> {
+        self.samples.iter().filter_map(|s| s.latency).max()
     }
 
     fn served(&self) -> bool {
@@ -128,7 +137,7 @@ pub fn table(rows: &[Row]) -> String {
         "peak memory",
         "legit ok",
         "legit p50",
-        "legit p99",
+        "legit max",
         "server cpu",
         "refused",
         "evicted",
@@ -151,7 +160,7 @@ pub fn table(rows: &[Row]) -> String {
             format!("{:.1} MiB", row.usage.peak_rss_kib as f64 / 1024.0),
             format!("{:.1}%", row.legit_success() * 100.0),
             ms(row.latency_quantile(0.5)),
-            ms(row.latency_quantile(0.99)),
+            ms(row.latency_max()),
             format!("{:.2} s", row.usage.cpu.as_secs_f64()),
             tally(row.tally.refused),
             tally(row.tally.evicted),
@@ -170,8 +179,10 @@ pub fn table(rows: &[Row]) -> String {
     let mut out = markdown(&lines);
     out.push_str(
         "\npeak fds, peak memory, server cpu: the server's, over the attack; with HAProxy, \
-         the server's and the proxy's added up. refused / evicted / banned: what the \
-         protected server's layers did (rates, limits, bans at accept / timeouts and \
+         the server's and the proxy's added up. legit ok / p50 / max: the share of the \
+         legitimate client's requests answered, and the median and the slowest of their \
+         latencies (a request every 100 ms, about 45 in a 4 s attack: too few for a \
+         p99). refused / evicted / banned: what the protected server's layers did (rates, limits, bans at accept / timeouts and \
          failed-login evictions / peers banned for their offences); overload: idle \
          connections its overload manager shed at the cap, and how long it ran with the \
          timeouts shortened. The others do none of it, or (HAProxy) do not report it here.\n",
@@ -368,7 +379,7 @@ pub fn json(rows: &[Row], fleet_rows: &[FleetRow], duration: &Duration) -> Strin
                 "server_cpu_seconds": row.usage.cpu.as_secs_f64(),
                 "legit_success": row.legit_success(),
                 "legit_p50_ms": row.latency_quantile(0.5).map(|l| l.as_secs_f64() * 1000.0),
-                "legit_p99_ms": row.latency_quantile(0.99).map(|l| l.as_secs_f64() * 1000.0),
+                "legit_max_ms": row.latency_max().map(|l| l.as_secs_f64() * 1000.0),
                 "refused": row.tally.refused,
                 "metrics_refused": row.tally.metrics_refused,
                 "evicted": row.tally.evicted,
