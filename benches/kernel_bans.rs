@@ -31,6 +31,16 @@ mod linux {
     const BAN: Duration = Duration::from_secs(3600);
     /// Connections per round of the throughput figure.
     const CONNECTIONS: u32 = 2000;
+    /// The longest wait for a rebuild to land, or for a round of connections: a
+    /// benchmark that waits longer fails, rather than spin or hang.
+    const PATIENCE: Duration = Duration::from_secs(30);
+
+    /// `future`'s output, or a panic naming `what` after [`PATIENCE`].
+    async fn within<T>(what: impl std::fmt::Display, future: impl Future<Output = T>) -> T {
+        tokio::time::timeout(PATIENCE, future)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: not done within {PATIENCE:?}"))
+    }
 
     fn median(mut values: Vec<f64>) -> f64 {
         values.sort_by(f64::total_cmp);
@@ -47,9 +57,12 @@ mod linux {
     }
 
     async fn settle(kernel: &KernelBans, keys: usize) {
-        while kernel.stats().keys != keys {
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        }
+        within(format_args!("the filter reaching {keys} keys"), async {
+            while kernel.stats().keys != keys {
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+        })
+        .await;
     }
 
     /// Puts `count` peers in the filter, or as many as fit; returns how many.
@@ -59,15 +72,21 @@ mod linux {
             assert!(kernel.move_to_kernel(peer(n)));
         }
         // Settled: no change for 100 ms.
-        let mut last = (0, 0);
-        loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let stats = kernel.stats();
-            if stats.keys > 0 && (stats.keys, stats.rebuilds) == last {
-                return stats.keys as u32;
-            }
-            last = (stats.keys, stats.rebuilds);
-        }
+        within(
+            format_args!("the filter settling with {count} peers banned"),
+            async {
+                let mut last = (0, 0);
+                loop {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let stats = kernel.stats();
+                    if stats.keys > 0 && (stats.keys, stats.rebuilds) == last {
+                        return stats.keys as u32;
+                    }
+                    last = (stats.keys, stats.rebuilds);
+                }
+            },
+        )
+        .await
     }
 
     /// A filter of `count` keys, or as many as fit, on a listener; and how many.
@@ -109,13 +128,21 @@ mod linux {
     }
 
     /// Connections a second that connect, are accepted and closed, and see the close.
+    /// One timeout for the whole round, not one a connection: a stalled server fails the
+    /// benchmark, and nothing is added to what each connection measures.
     async fn churn(server: SocketAddr) -> f64 {
         let began = Instant::now();
-        for _ in 0..CONNECTIONS {
-            let mut stream = tokio::net::TcpStream::connect(server).await.unwrap();
-            let mut byte = [0_u8; 1];
-            let _ = stream.read(&mut byte).await;
-        }
+        within(
+            format_args!("{CONNECTIONS} connections to {server}"),
+            async {
+                for _ in 0..CONNECTIONS {
+                    let mut stream = tokio::net::TcpStream::connect(server).await.unwrap();
+                    let mut byte = [0_u8; 1];
+                    let _ = stream.read(&mut byte).await;
+                }
+            },
+        )
+        .await;
         f64::from(CONNECTIONS) / began.elapsed().as_secs_f64()
     }
 

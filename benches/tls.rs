@@ -53,6 +53,16 @@ const CLIENTS: usize = 4;
 const CONNECTIONS: usize = 150;
 /// Requests per client per round, each client on one keep-alive connection.
 const REQUESTS: usize = 2_500;
+/// The longest a round may take: a stalled server or client fails the benchmark
+/// rather than hang it. One timeout a round, so that no step pays for a timer.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// `future`'s output, or a panic naming `what` after [`PATIENCE`].
+async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not done within {PATIENCE:?}"))
+}
 
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
@@ -176,9 +186,12 @@ async fn connections_per_second(addr: SocketAddr, connector: &TlsConnector) -> f
             })
         })
         .collect();
-    for client in clients {
-        client.await.unwrap();
-    }
+    within("a round of new connections", async {
+        for client in clients {
+            client.await.unwrap();
+        }
+    })
+    .await;
     (CLIENTS * CONNECTIONS) as f64 / began.elapsed().as_secs_f64()
 }
 
@@ -186,7 +199,7 @@ async fn connections_per_second(addr: SocketAddr, connector: &TlsConnector) -> f
 async fn requests_per_second(addr: SocketAddr, connector: &TlsConnector) -> f64 {
     let mut connections = Vec::with_capacity(CLIENTS);
     for _ in 0..CLIENTS {
-        connections.push(connect(addr, connector).await);
+        connections.push(within("a keep-alive connection", connect(addr, connector)).await);
     }
     let began = Instant::now();
     let clients: Vec<_> = connections
@@ -199,9 +212,12 @@ async fn requests_per_second(addr: SocketAddr, connector: &TlsConnector) -> f64 
             })
         })
         .collect();
-    for client in clients {
-        client.await.unwrap();
-    }
+    within("a round of keep-alive requests", async {
+        for client in clients {
+            client.await.unwrap();
+        }
+    })
+    .await;
     (CLIENTS * REQUESTS) as f64 / began.elapsed().as_secs_f64()
 }
 
