@@ -40,8 +40,6 @@ where
         .overload()
         .filter(|overload| overload.evicts())
         .map(|_| crate::overload::Standing::Unregistered(peer.ip()));
-    #[cfg(not(feature = "overload"))]
-    let standing: Option<()> = None;
     // Asked to close at the end of the lifetime, when evicted, or to hear a goodbye at
     // the idle timeout.
     let close = conn.graceful_close();
