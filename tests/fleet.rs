@@ -196,7 +196,9 @@ async fn failures_spread_over_replicas_ban_at_the_fleet_threshold_and_escalate_b
 
     // Once it has run out, the next four failures, spread the same way, ban for twice
     // as long: the fleet's second ban of the peer.
-    let first_ban = secs(2);
+    // Real time, under load: a ban is read a moment after it starts, so each length is
+    // checked to within one first ban (round 2's lies above round 1's whole length).
+    let first_ban = secs(3);
     let a = Replica::join(&redis, policy().ban(first_ban).failure_window(secs(600)));
     let b = Replica::join(&redis, policy().ban(first_ban).failure_window(secs(600)));
     a.connected().await;
@@ -213,7 +215,7 @@ async fn failures_spread_over_replicas_ban_at_the_fleet_threshold_and_escalate_b
         let length = a.login.bans().banned_for(ip("203.0.113.6")).unwrap();
         let expected = first_ban * round;
         assert!(
-            length <= expected && length > expected - secs(1),
+            length <= expected && length > expected - first_ban,
             "ban {round}: {length:?}"
         );
         let listed = a.login.bans().list();
