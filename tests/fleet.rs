@@ -1368,3 +1368,30 @@ mod servers {
         }
     }
 }
+
+/// A Redis timeout too long for the clock (`Duration::MAX`) keeps the link: the
+/// subscription's task once multiplied it by 5 to ping, overflowed and panicked at each
+/// link, and the replica made its link again ten times a second, reading every ban in
+/// the store each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_timeout_too_long_for_the_clock_keeps_the_link() {
+    let redis = redis();
+    let backend = RedisBackend::new(&redis.url())
+        .unwrap()
+        .prefix("test")
+        .unwrap()
+        .timeout(Duration::MAX)
+        .unwrap();
+    let a = Replica::on(Fleet::builder(backend).resync_every(secs(1)), policy());
+    let b = Replica::join(&redis, policy());
+    b.connected().await;
+    a.connected().await;
+    // Two seconds in step: no link lost, as with any other timeout.
+    tokio::time::sleep(secs(2)).await;
+    let stats = a.fleet.stats();
+    assert_eq!(
+        (stats.connects, stats.failures),
+        (1, 0),
+        "A's link to Redis is lost and made again over and over; A's fleet stats: {stats}"
+    );
+}

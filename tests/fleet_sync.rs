@@ -454,3 +454,30 @@ async fn a_short_ban_from_the_fleet_on_a_peer_banned_here_before_is_applied() {
         "a peer not banned here took the fleet's ban for one it holds already"
     );
 }
+
+/// A resync period too long for the clock (`Duration::MAX`, a natural "never") is taken
+/// as never: the sync task once added it to the clock and panicked as it connected,
+/// leaving the replica alone while its stats said it was connected.
+#[tokio::test(start_paused = true)]
+async fn a_resync_period_too_long_for_the_clock_is_taken_as_never_and_the_replica_still_syncs() {
+    let store = MemoryStore::default();
+    let login = login();
+    let fleet = Fleet::builder(store.clone())
+        .resync_every(Duration::MAX)
+        .join(&login)
+        .unwrap();
+    store
+        .until("connected", |state| state.decisions.is_some())
+        .await;
+    login.bans().ban(ip("192.0.2.9"), secs(30)).unwrap();
+    let began = tokio::time::Instant::now();
+    while store.received().is_empty() && began.elapsed() < PATIENCE {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        store.received().len(),
+        1,
+        "a local ban never reached the store; fleet stats: {}",
+        fleet.stats()
+    );
+}

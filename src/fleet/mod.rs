@@ -122,6 +122,7 @@ pub use redis::RedisBackend;
 use crate::{
     ConfigError,
     counter::Counter,
+    deadline::FAR_FUTURE,
     login::Login,
     metrics::{FLEET_CONNECTED, FLEET_DROPPED, FLEET_FAILURES, FLEET_PENDING, Level},
 };
@@ -220,9 +221,10 @@ impl Fleet {
 
 impl FleetBuilder {
     /// How often everything in force is reloaded from the store, to repair what a
-    /// lost message missed; 30 s by default.
+    /// lost message missed; 30 s by default. A period too long for the clock
+    /// (`Duration::MAX`) is taken as never.
     pub fn resync_every(mut self, every: Duration) -> Self {
-        self.resync_every = every;
+        self.resync_every = every.min(FAR_FUTURE);
         self
     }
 

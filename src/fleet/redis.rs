@@ -12,6 +12,8 @@ use ipnet::IpNet;
 use redis::{AsyncConnectionConfig, Client, Script, aio::MultiplexedConnection};
 use tokio::sync::mpsc;
 
+use crate::deadline::FAR_FUTURE;
+
 use super::{
     BAN_WEIGHT, Backend, BackendError, BoxFuture, Change, Decision, FleetPolicy, Link, Snapshot,
 };
@@ -105,7 +107,9 @@ impl RedisBackend {
         if timeout.is_zero() {
             return Err(BackendError::new("a Redis timeout must be above zero"));
         }
-        self.timeout = timeout;
+        // One too long for the clock (`Duration::MAX`) waits as good as forever: the
+        // subscription's pings come every few timeouts, a sum that must not overflow.
+        self.timeout = timeout.min(FAR_FUTURE);
         Ok(self)
     }
 
