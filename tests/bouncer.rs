@@ -832,3 +832,150 @@ async fn a_request_head_that_keeps_coming_earns_no_time_at_the_minimum_rate() {
     assert!(after < Duration::from_secs(11), "held {after:?}");
     assert_eq!(bouncer.login().stats().request_timeouts, 1);
 }
+
+/// The connection's task of [`serve_http2`]: how it ended, and when.
+type Served = tokio::task::JoinHandle<(Result<(), BoxError>, tokio::time::Instant)>;
+
+/// Serves one HTTP/2 connection from 192.0.2.1 through `bouncer` to an app that reads
+/// uploads whole: the client (the `h2` crate) that sends its requests and its PINGs,
+/// and the connection's task.
+async fn serve_http2(
+    bouncer: &Bouncer,
+) -> (h2::client::SendRequest<bytes::Bytes>, h2::PingPong, Served) {
+    use axum::routing::post;
+    use tower::ServiceExt;
+    use tower_bouncer::http::HttpService;
+
+    let app = Router::new().route(
+        "/upload",
+        post(|body: axum::body::Bytes| async move { format!("{}\n", body.len()) }),
+    );
+    let service = ServiceBuilder::new()
+        .layer(bouncer.clone())
+        .service(HttpService::new(app));
+    let (conn, client) = duplex_conn("192.0.2.1:1000");
+    let connection = tokio::spawn(async move {
+        let ended = service.oneshot(conn).await;
+        (ended, tokio::time::Instant::now())
+    });
+    let (sender, mut client) = within(PATIENCE, h2::client::handshake(client))
+        .await
+        .unwrap();
+    let pings = client.ping_pong().unwrap();
+    tokio::spawn(async move {
+        client.await.ok();
+    });
+    (sender, pings, connection)
+}
+
+/// A `POST /upload` whose body is still to be sent: its response, and its body.
+fn start_upload(
+    sender: &mut h2::client::SendRequest<bytes::Bytes>,
+) -> (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>) {
+    let upload = http::Request::post("http://localhost/upload")
+        .body(())
+        .unwrap();
+    sender.send_request(upload, false).unwrap()
+}
+
+/// Sends `body` `size` bytes in chunks of `chunk`, one every 100 ms, the last one
+/// ending it; stops early if the stream is gone.
+fn send_steadily(
+    mut body: h2::SendStream<bytes::Bytes>,
+    size: usize,
+    chunk: usize,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut sent = 0;
+        while sent < size {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            sent += chunk;
+            let data = bytes::Bytes::from(vec![b'x'; chunk]);
+            if body.send_data(data, sent >= size).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// On HTTP/2 a request earns time at the minimum rate by its own DATA alone, as an
+/// HTTP/1 request does by its own bytes. A body trickled at 10 bytes a second is cut
+/// close to the 10 s request timeout, and counted, however much else its client sends
+/// on the connection: PINGs (850 bytes a second), or a second upload at twice the
+/// minimum rate. Counting the connection's bytes held it to the 5-minute maximum.
+#[tokio::test(start_paused = true)]
+async fn an_http2_body_trickled_under_the_minimum_rate_is_cut_and_counted_whatever_pads_it() {
+    use tower_bouncer::timeout::TimeoutError;
+
+    let bouncer = Bouncer::from_config(config()).unwrap();
+    for (offences, padding) in [(1, "PINGs"), (2, "a second upload")] {
+        let (mut sender, mut pings, connection) = serve_http2(&bouncer).await;
+        let began = tokio::time::Instant::now();
+        let (_trickled, body) = start_upload(&mut sender);
+        // 1 byte every 100 ms, for at most 5 minutes.
+        let trickle = send_steadily(body, 3000, 1);
+        let pad = if offences == 1 {
+            tokio::spawn(async move {
+                // A PING every 20 ms, each answered before the next, for at most 5
+                // minutes.
+                for _ in 0..15_000 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    if pings.ping(h2::Ping::opaque()).await.is_err() {
+                        break;
+                    }
+                }
+            })
+        } else {
+            // 100 bytes every 100 ms, for at most 5 minutes.
+            let (_padding, body) = start_upload(&mut sender);
+            send_steadily(body, 300_000, 100)
+        };
+        let (ended, at) = within(Duration::from_secs(600), connection).await.unwrap();
+        trickle.abort();
+        pad.abort();
+        let after = at - began;
+        let error = ended.unwrap_err();
+        assert!(
+            matches!(TimeoutError::of(&*error), Some(TimeoutError::Request(_))),
+            "padded with {padding}: ended {error:?} after {after:?}"
+        );
+        assert!(
+            after < Duration::from_secs(11),
+            "padded with {padding}: held {after:?}"
+        );
+        assert_eq!(bouncer.login().stats().request_timeouts, offences);
+    }
+}
+
+/// Two photos uploaded side by side on one HTTP/2 connection, each at a steady
+/// 10 KB/s (20 s for 200 KB), the second begun 5 s after the first: each is extended
+/// by its own data, the second too once it is the oldest still arriving, and neither
+/// is cut or counted.
+#[tokio::test(start_paused = true)]
+async fn steady_http2_uploads_side_by_side_are_each_extended_by_their_own_data() {
+    const SIZE: usize = 200_000;
+    let bouncer = Bouncer::from_config(config()).unwrap();
+    let (mut sender, _pings, connection) = serve_http2(&bouncer).await;
+    let (first, body) = start_upload(&mut sender);
+    let sending_first = send_steadily(body, SIZE, 1000);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (second, body) = start_upload(&mut sender);
+    let sending_second = send_steadily(body, SIZE, 1000);
+    for (upload, response) in [("first", first), ("second", second)] {
+        let response = match within(Duration::from_secs(60), response).await {
+            Ok(response) => response,
+            Err(error) => {
+                let (ended, _) = within(PATIENCE, connection).await.unwrap();
+                panic!("the {upload} upload: {error}; the connection ended {ended:?}");
+            }
+        };
+        assert_eq!(response.status(), 200, "the {upload} upload");
+        let mut body = response.into_body();
+        let answer = within(PATIENCE, body.data()).await.unwrap().unwrap();
+        assert_eq!(answer, format!("{SIZE}\n"), "the {upload} upload");
+    }
+    sending_first.abort();
+    sending_second.abort();
+    assert!(!connection.is_finished());
+    assert_eq!(bouncer.login().stats().request_timeouts, 0);
+}

@@ -180,7 +180,8 @@ pub struct Timeouts {
     /// upload on a slow link that keeps moving is not cut, while a trickle slower than
     /// this is, and counts a `request_timeout` offence; 500 by default, Apache's. Under
     /// the HTTP adapter a request earns time only once its head is in: a head that
-    /// keeps coming but never ends is held to `request`. 0 turns it off: every
+    /// keeps coming but never ends is held to `request`; an HTTP/2 stream earns it by
+    /// its own body alone (not PINGs, nor other streams' frames). 0 turns it off: every
     /// request, body included, is held to `request`.
     pub request_min_rate: u64,
     /// `request_max`: the longest a request extended by `request_min_rate` may take;

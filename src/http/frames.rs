@@ -5,10 +5,11 @@
 //! client or bidirectional stream answered at once is no request being read any more,
 //! as an HTTP/1 body streaming after its answer is not), how much response data the
 //! client has taken and request data it has sent (DATA payload: PINGs and headers do
-//! not count, nor DATA to a stream the server no longer serves, which it drops), and
-//! whether its flow-control windows hold the server's data back (a window at zero:
-//! output that waits then is the client's doing, not data hyper dropped with a reset
-//! stream).
+//! not count, nor DATA to a stream the server no longer serves, which it drops) and, of
+//! that, each arriving request's own (what earns it time at the request timeout's
+//! minimum rate: its neighbours' DATA does not), and whether its flow-control windows
+//! hold the server's data back (a window at zero: output that waits then is the
+//! client's doing, not data hyper dropped with a reset stream).
 //!
 //! An HTTP/1 connection is recognised by its first bytes and left alone.
 
@@ -73,8 +74,9 @@ struct Streams {
     /// connection's opening (preface, first headers) stops then.
     opened: bool,
     /// Whether the client DATA frame being read is request data: sent to a stream the
-    /// server still serves. Decided at its header, so that its payload costs nothing
-    /// more; DATA to a stream that is over is dropped by the server, as a PING is.
+    /// server still serves. Decided at its header, so that its payload costs at most a
+    /// look among the requests still arriving; DATA to a stream that is over is dropped
+    /// by the server, as a PING is.
     reading_request_data: bool,
     flow: Flow,
 }
@@ -116,9 +118,11 @@ enum Protocol {
 struct Incoming {
     stream: u32,
     /// When its headers began (for the connection's first, when the connection's
-    /// first byte came), and the connection's bytes read then.
+    /// first byte came).
     started: u64,
-    bytes_read: u64,
+    /// Its own DATA payload read so far: what earns it time at the minimum rate, where
+    /// the connection's bytes would count PINGs and other streams' frames too.
+    data_read: u64,
     headers_done: bool,
     body_done: bool,
 }
@@ -255,8 +259,8 @@ enum Seen<'a> {
     /// A frame's header, and whether its whole payload is in the same bytes: what its
     /// flags say (the headers ended, the stream ended) has happened then.
     Header(Frame, bool),
-    /// A run of a frame's payload, with the frame's type.
-    Payload(u8, &'a [u8]),
+    /// A run of a frame's payload, with the frame's type and stream.
+    Payload(u8, u32, &'a [u8]),
     /// The payload of a frame whose header came without all of it is all in: what its
     /// flags say has happened, only now.
     End(Frame),
@@ -274,13 +278,17 @@ struct Frame {
 
 impl Cursor {
     /// Advances over `bytes`, telling `seen` each frame header as it completes and each
-    /// run of payload bytes with its frame's type.
+    /// run of payload bytes with its frame's type and stream.
     #[inline]
     fn advance(&mut self, mut bytes: &[u8], mut seen: impl FnMut(Seen<'_>)) {
         while !bytes.is_empty() {
             if self.remaining > 0 {
                 let run = bytes.len().min(self.remaining as usize);
-                seen(Seen::Payload(self.frame.kind, &bytes[..run]));
+                seen(Seen::Payload(
+                    self.frame.kind,
+                    self.frame.stream,
+                    &bytes[..run],
+                ));
                 self.remaining -= run as u32;
                 bytes = &bytes[run..];
                 if self.remaining == 0 && self.split {
@@ -439,11 +447,14 @@ impl Watch for FrameWatch {
                 streams.reading_request_data =
                     frame.kind == DATA && streams.flow.serves(frame.stream);
             }
-            Seen::Payload(SETTINGS | WINDOW_UPDATE, payload) => {
+            Seen::Payload(SETTINGS | WINDOW_UPDATE, _, payload) => {
                 streams.flow.on_client_payload(payload);
                 windows = true;
             }
-            Seen::Payload(DATA, run) if streams.reading_request_data => data += run.len(),
+            Seen::Payload(DATA, stream, run) if streams.reading_request_data => {
+                data += run.len();
+                changed |= streams.on_request_data(stream, run.len());
+            }
             Seen::Payload(..) => {}
             Seen::End(frame) => changed |= streams.on_client_frame_end(frame),
         });
@@ -477,8 +488,8 @@ impl Watch for FrameWatch {
                     streams.begin_answer(frame);
                 }
             }
-            Seen::Payload(DATA, run) => data += run.len(),
-            Seen::Payload(HEADERS, run) => changed |= streams.read_answer(run),
+            Seen::Payload(DATA, _, run) => data += run.len(),
+            Seen::Payload(HEADERS, _, run) => changed |= streams.read_answer(run),
             Seen::Payload(..) | Seen::End(_) => {}
         });
         if data > 0 {
@@ -514,13 +525,10 @@ impl Streams {
                     } else {
                         self.activity.request_in_progress()
                     };
-                    let (started, bytes_read) = opening.unwrap_or_else(|| {
-                        (self.activity.elapsed_nanos(), self.activity.bytes_read())
-                    });
                     self.incoming.push(Incoming {
                         stream: frame.stream,
-                        started,
-                        bytes_read,
+                        started: opening.unwrap_or_else(|| self.activity.elapsed_nanos()),
+                        data_read: 0,
                         headers_done: false,
                         body_done: false,
                     });
@@ -566,6 +574,16 @@ impl Streams {
         }
         self.incoming
             .retain(|incoming| !(incoming.headers_done && incoming.body_done));
+        true
+    }
+
+    /// Counts `n` bytes of request data to `stream`; whether its request is still
+    /// arriving, so that what the timer is told may have changed.
+    fn on_request_data(&mut self, stream: u32, n: usize) -> bool {
+        let Some(incoming) = self.find(stream) else {
+            return false;
+        };
+        incoming.data_read += n as u64;
         true
     }
 
@@ -677,13 +695,14 @@ impl Streams {
         }
     }
 
-    /// Tells the timer about the stream that has been arriving longest.
+    /// Tells the timer about the stream that has been arriving longest, and the data it
+    /// has brought.
     fn publish(&self) {
         let oldest = self
             .incoming
             .iter()
             .min_by_key(|incoming| incoming.started)
-            .map(|incoming| (incoming.started, incoming.bytes_read));
+            .map(|incoming| (incoming.started, incoming.data_read));
         self.activity.set_stream_request(oldest);
     }
 }
@@ -1028,7 +1047,7 @@ mod tests {
                             in_force.push((frame.kind, frame.flags));
                         }
                     }
-                    Seen::Payload(DATA, run) => data += run.len(),
+                    Seen::Payload(DATA, _, run) => data += run.len(),
                     Seen::Payload(..) => {}
                     Seen::End(frame) => {
                         assert_eq!(data, data_through[headers.len() - 1], "split at {split}");

@@ -96,7 +96,8 @@ pub(crate) struct IdleLimit {
 pub(crate) struct RequestLimit {
     pub(crate) base: Duration,
     /// Apache's `MinRate`: each `bytes_per_second` bytes received extends the limit by
-    /// one second, up to `max`.
+    /// one second, up to `max`. Received is the request's own: its bytes read on a
+    /// connection that carries one request at a time, its stream's DATA on HTTP/2.
     pub(crate) min_rate: Option<MinRate>,
 }
 
@@ -202,10 +203,15 @@ pub(crate) struct Activity {
     write_blocked: AtomicBool,
     /// When the request in progress started, or [`IDLE`].
     request_started: AtomicU64,
-    /// `bytes_read` when it started; on HTTP/1, while an exchange whose head is in
-    /// is open and no request is timed, when that head was in (see
-    /// [`Activity::head_in`]).
+    /// `bytes_read` when it started (not on HTTP/2: see `stream_request_data`); on
+    /// HTTP/1, while an exchange whose head is in is open and no request is timed, when
+    /// that head was in (see [`Activity::head_in`]).
     request_bytes_start: AtomicU64,
+    /// On HTTP/2, the DATA the stream timed (the one arriving longest) has brought
+    /// since it began, as the protocol follows its streams: what earns it time at the
+    /// minimum rate there, where the connection's bytes read would count PINGs,
+    /// SETTINGS and other streams' frames (see [`Activity::set_stream_request`]).
+    stream_request_data: AtomicU64,
     /// Whether the next byte read starts a request.
     request_armed: AtomicBool,
     /// Set when a request starts or a stream expires: the timer must look before it
@@ -285,6 +291,7 @@ impl Activity {
             write_blocked: AtomicBool::new(false),
             request_started: AtomicU64::new(IDLE),
             request_bytes_start: AtomicU64::new(0),
+            stream_request_data: AtomicU64::new(0),
             request_armed: AtomicBool::new(requests_auto_start),
             rearm: AtomicBool::new(false),
             polling: AtomicBool::new(false),
@@ -629,30 +636,30 @@ impl Activity {
     }
 
     /// The request that has been arriving longest on a multiplexed connection, as the
-    /// protocol follows its streams: when it began and the bytes read then, or `None`.
+    /// protocol follows its streams: when it began and the request data it has brought
+    /// since (its own, not its neighbours'), or `None`. Told again as its data comes:
+    /// a relaxed store, and the timer looks only when it would anyway.
     pub(crate) fn set_stream_request(&self, oldest: Option<(u64, u64)>) {
-        let Some((started, bytes_read)) = oldest else {
+        let Some((started, data_read)) = oldest else {
             self.request_started.store(IDLE, Ordering::Release);
             return;
         };
+        // Stored before the start it goes with (a release), which the timer reads first
+        // (an acquire): with that start, it sees this count or a later one.
+        self.stream_request_data.store(data_read, Ordering::Relaxed);
         if self.request_started.load(Ordering::Relaxed) == started {
             return;
         }
-        self.request_bytes_start
-            .store(bytes_read, Ordering::Relaxed);
         self.request_started.store(started, Ordering::Release);
         // Its deadline may come before the timer's.
         self.wake_timer();
     }
 
-    /// The request timed by its first byte that is in progress, if one is: when it
-    /// started (a pending start stamped now) and the bytes read then.
-    pub(crate) fn request_in_progress(&self) -> Option<(u64, u64)> {
+    /// When the request timed by its first byte that is in progress started (a pending
+    /// start stamped now), if one is.
+    pub(crate) fn request_in_progress(&self) -> Option<u64> {
         let started = self.request_start(|| self.now());
-        (started != IDLE).then(|| {
-            let bytes_read = self.request_bytes_start.load(Ordering::Relaxed);
-            (started, bytes_read)
-        })
+        (started != IDLE).then_some(started)
     }
 
     /// Nanoseconds since the connection started.
@@ -767,14 +774,18 @@ impl Activity {
             if started != IDLE {
                 // Under a protocol that declares its exchanges, a request earns time at
                 // the minimum rate only once its head is in (its exchange open): a head
-                // that keeps coming but never ends is a slowloris, held to the base.
+                // that keeps coming but never ends is a slowloris, held to the base. On
+                // HTTP/2 it earns by its own DATA: PINGs or a neighbour's frames sent
+                // alongside a trickle earn it nothing.
                 let earns = !self.declared.load(Ordering::Relaxed) || self.has_open_exchanges();
-                let received = if earns {
+                let received = if !earns {
+                    0
+                } else if self.counts_data.load(Ordering::Relaxed) {
+                    self.stream_request_data.load(Ordering::Relaxed)
+                } else {
                     self.bytes_read
                         .load(Ordering::Relaxed)
                         .saturating_sub(self.request_bytes_start.load(Ordering::Relaxed))
-                } else {
-                    0
                 };
                 let allowed = limit.allowance(received);
                 if next.passed(started.saturating_add(nanos(allowed)), now) {
@@ -1089,6 +1100,35 @@ mod tests {
             at(&activity, 15)
         );
         assert_eq!(limit.allowance(10_500), secs(20));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_stream_earns_time_by_its_own_data_not_the_connections_bytes() {
+        let deadlines = Deadlines {
+            request: Some(RequestLimit {
+                base: secs(10),
+                min_rate: Some(MinRate {
+                    bytes_per_second: 100,
+                    max: secs(60),
+                }),
+            }),
+            ..Deadlines::default()
+        };
+        let activity = Activity::with_deadlines(deadlines);
+        let mut watch = IdleWatch::default();
+        activity.declare_exchanges();
+        activity.counts_http2_data();
+        activity.stop_timing_requests();
+        activity.open_exchange();
+        let started = activity.elapsed_nanos();
+        activity.set_stream_request(Some((started, 0)));
+        // PINGs, and a neighbour's DATA: bytes read, none of them the stream's.
+        activity.on_read(10_000);
+        activity.on_data_read(5_000);
+        assert_eq!(activity.check(&deadlines, &mut watch), at(&activity, 10));
+        // 500 bytes of its own: 5 s more.
+        activity.set_stream_request(Some((started, 500)));
+        assert_eq!(activity.check(&deadlines, &mut watch), at(&activity, 15));
     }
 
     #[tokio::test(start_paused = true)]
