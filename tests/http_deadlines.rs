@@ -625,6 +625,59 @@ mod under_a_timeout_layer {
         );
     }
 
+    /// An empty line after a request is no request (RFC 9112 §2.2: a server ignores
+    /// those before a request line, and hyper skips them); some old clients end a POST's
+    /// body with one. The client that sends one after its answer and then waits is
+    /// between requests: held to the idle timeout, not cut at the request timeout.
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_line_after_an_answer_leaves_the_connection_to_the_idle_timeout() {
+        let (connection, mut client) = layered();
+        client
+            .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+            .await
+            .unwrap();
+        let answer = within(secs(5), read_until(&mut client, "5 bytes\n")).await;
+        assert!(answer.contains("5 bytes\n"), "{answer:?}");
+        client.write_all(b"\r\n").await.unwrap();
+        assert_eq!(
+            timed_out(within(secs(120), connection).await.unwrap()),
+            TimeoutError::Idle(secs(60))
+        );
+    }
+
+    /// The same for an empty line that comes while the server answers: it is not the
+    /// start of a request pipelined behind that answer, and the next request, sent after
+    /// longer than the request timeout, is served.
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_line_sent_while_the_server_answers_starts_no_request() {
+        let (connection, mut client) = layered();
+        client
+            .write_all(b"GET /sleep?5 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(secs(1)).await;
+        client.write_all(b"\r\n").await.unwrap();
+        let answer = within(secs(60), read_until(&mut client, "slept\n")).await;
+        assert!(answer.contains("slept\n"), "{answer:?}");
+        tokio::time::sleep(secs(30)).await;
+        assert!(
+            !connection.is_finished(),
+            "the connection ended {:?}",
+            within(secs(1), connection).await.unwrap()
+        );
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = within(secs(5), read_until(&mut client, "hello\n")).await;
+        assert!(
+            answer.contains("hello\n"),
+            "answered {answer:?}; the connection ended {:?}",
+            within(secs(1), connection).await.unwrap()
+        );
+        assert!(!connection.is_finished());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_http2_handler_slower_than_the_request_timeout_is_not_cut() {
         let (connection, client) = layered();

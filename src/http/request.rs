@@ -210,10 +210,10 @@ struct Plan {
 /// How an HTTP/1 exchange that is over looks for the next request.
 #[derive(Debug, Clone, Copy)]
 enum NextRequest {
-    /// The request had no body: bytes read during the exchange are the next request's,
-    /// and start its timer at the exchange's end.
+    /// The request had no body: bytes read during the exchange, empty lines aside, are
+    /// the next request's, and start its timer at the exchange's end.
     AfterBytesRead,
-    /// The request's body came during the exchange: the next byte read starts it.
+    /// The request's body came during the exchange: the next read starts it.
     OnNextByte,
 }
 
@@ -320,7 +320,7 @@ impl Drop for Held {
             {
                 match next {
                     NextRequest::AfterBytesRead => activity.next_after_exchange(),
-                    NextRequest::OnNextByte => activity.finish_request(),
+                    NextRequest::OnNextByte => activity.look_for_next_request(),
                 }
             }
         }

@@ -394,7 +394,7 @@ mod tests {
     fn idle() -> Arc<Activity> {
         let activity = Arc::new(Activity::with_deadlines(Deadlines::default()));
         activity.declare_exchanges();
-        activity.on_read(1);
+        activity.on_read(b"x");
         activity
     }
 

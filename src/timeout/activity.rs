@@ -40,7 +40,7 @@
 use std::{
     sync::{
         Arc, OnceLock,
-        atomic::{AtomicBool, AtomicU64, Ordering, fence},
+        atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering, fence},
     },
     time::Duration,
 };
@@ -60,6 +60,18 @@ const IDLE: u64 = u64::MAX;
 /// its start when the poll ends, so that a request that starts and finishes within one
 /// poll (an HTTP/1 head that arrives whole) costs no clock read.
 const PENDING: u64 = u64::MAX - 1;
+/// `Activity::next_read`: the next read starts no request.
+const READ_STARTS_NOTHING: u8 = 0;
+/// `Activity::next_read`: the next read starts a request.
+const READ_STARTS_REQUEST: u8 = 1;
+/// `Activity::next_read`, on HTTP/1 between requests: the next read starts a request
+/// unless it brings only empty lines (CR and LF), which a client may send after a
+/// request (RFC 9112 §2.2) and hyper skips.
+const READ_STARTS_REQUEST_PAST_EMPTY_LINES: u8 = 2;
+/// `Activity::next_read`, on HTTP/1 while an exchange whose head is in is open: the
+/// next read that brings more than empty lines brings the next request, timed from the
+/// exchange's end (see `Activity::head_in`).
+const READ_NOTES_NEXT_REQUEST: u8 = 3;
 /// No output waits on the client with nothing taken: see `Activity::stalled_since`.
 const NOT_STALLED: u64 = u64::MAX;
 /// `Activity::exchanges`' three counts, packed: exchanges open (the low 21 bits), of
@@ -204,16 +216,16 @@ pub(crate) struct Activity {
     /// When the request in progress started, or [`IDLE`].
     request_started: AtomicU64,
     /// `bytes_read` when it started (not on HTTP/2: see `stream_request_data`); on
-    /// HTTP/1, while an exchange whose head is in is open and no request is timed, when
-    /// that head was in (see [`Activity::head_in`]).
+    /// HTTP/1, while an exchange whose head is in is open and no request is timed,
+    /// before the next request's first read (see [`Activity::head_in`]).
     request_bytes_start: AtomicU64,
     /// On HTTP/2, the DATA the stream timed (the one arriving longest) has brought
     /// since it began, as the protocol follows its streams: what earns it time at the
     /// minimum rate there, where the connection's bytes read would count PINGs,
     /// SETTINGS and other streams' frames (see [`Activity::set_stream_request`]).
     stream_request_data: AtomicU64,
-    /// Whether the next byte read starts a request.
-    request_armed: AtomicBool,
+    /// What the next read does for the request timeout: one of the `READ_` constants.
+    next_read: AtomicU8,
     /// Set when a request starts or a stream expires: the timer must look before it
     /// fires.
     rearm: AtomicBool,
@@ -292,7 +304,11 @@ impl Activity {
             request_started: AtomicU64::new(IDLE),
             request_bytes_start: AtomicU64::new(0),
             stream_request_data: AtomicU64::new(0),
-            request_armed: AtomicBool::new(requests_auto_start),
+            next_read: AtomicU8::new(if requests_auto_start {
+                READ_STARTS_REQUEST
+            } else {
+                READ_STARTS_NOTHING
+            }),
             rearm: AtomicBool::new(false),
             polling: AtomicBool::new(false),
             wound_down: AtomicBool::new(false),
@@ -342,18 +358,28 @@ impl Activity {
             return;
         }
         if layer.request.is_none() && merged.request.is_some() {
-            self.request_armed.store(true, Ordering::Relaxed);
+            self.next_read.store(READ_STARTS_REQUEST, Ordering::Relaxed);
         }
         self.with_protocol.set(Box::new(merged)).ok();
     }
 
-    /// `n` bytes were read. Only the stream writes the counts, so a load and a store
-    /// suffice where an atomic add would cost more.
-    pub(crate) fn on_read(&self, n: usize) {
+    /// The stream read `read`. Only the stream writes the counts, so a load and a store
+    /// suffice where an atomic add would cost more. Its bytes are looked at only when
+    /// they may start an HTTP/1 request, and then up to the first that is not CR or LF.
+    pub(crate) fn on_read(&self, read: &[u8]) {
         let before = self.bytes_read.load(Ordering::Relaxed);
-        self.bytes_read.store(before + n as u64, Ordering::Relaxed);
-        if self.request_armed.load(Ordering::Relaxed) {
-            self.request_armed.store(false, Ordering::Relaxed);
+        self.bytes_read
+            .store(before + read.len() as u64, Ordering::Relaxed);
+        let next_read = self.next_read.load(Ordering::Relaxed);
+        if next_read == READ_STARTS_NOTHING
+            || (next_read != READ_STARTS_REQUEST && only_empty_lines(read))
+        {
+            return;
+        }
+        self.next_read.store(READ_STARTS_NOTHING, Ordering::Relaxed);
+        if next_read == READ_NOTES_NEXT_REQUEST {
+            self.request_bytes_start.store(before, Ordering::Relaxed);
+        } else {
             self.start_request_from(before);
         }
     }
@@ -460,44 +486,53 @@ impl Activity {
 
     /// Starts a request now, unless one is in progress.
     pub(crate) fn start_request(&self) {
-        self.request_armed.store(false, Ordering::Relaxed);
+        self.next_read.store(READ_STARTS_NOTHING, Ordering::Relaxed);
         self.start_request_from(self.bytes_read.load(Ordering::Relaxed));
     }
 
     /// Ends the request in progress; the next byte read starts the next one.
     pub(crate) fn finish_request(&self) {
         self.request_started.store(IDLE, Ordering::Release);
-        self.request_armed.store(true, Ordering::Relaxed);
+        self.next_read.store(READ_STARTS_REQUEST, Ordering::Relaxed);
     }
 
     /// HTTP/1: a request's head is in, and it has no body to time. Its timer ends, and
     /// the next request is not looked for until its exchange is over
     /// ([`next_after_exchange`](Self::next_after_exchange)): bytes read meanwhile come
-    /// while the server answers, and its wait is not the client's.
+    /// while the server answers, and its wait is not the client's. The first read of
+    /// more than empty lines is noted as the next request's.
     pub(crate) fn head_in(&self) {
-        self.request_armed.store(false, Ordering::Relaxed);
+        self.next_read
+            .store(READ_NOTES_NEXT_REQUEST, Ordering::Relaxed);
         self.request_started.store(IDLE, Ordering::Release);
-        self.request_bytes_start
-            .store(self.bytes_read.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     /// HTTP/1: the exchange of a request whose head ended its timer
-    /// ([`head_in`](Self::head_in)) is over. Bytes read since that head was in are the
-    /// next request's (pipelined, whole or in part in the protocol's buffer): its timer
-    /// starts now. Otherwise the next byte read starts it.
+    /// ([`head_in`](Self::head_in)) is over. If the next request's bytes were read
+    /// meanwhile (pipelined, whole or in part in the protocol's buffer), its timer
+    /// starts now, from them. Otherwise the next read of more than empty lines starts
+    /// it.
     pub(crate) fn next_after_exchange(&self) {
-        let head_in = self.request_bytes_start.load(Ordering::Relaxed);
-        if self.bytes_read.load(Ordering::Relaxed) == head_in {
-            self.request_armed.store(true, Ordering::Relaxed);
+        if self.next_read.load(Ordering::Relaxed) == READ_NOTES_NEXT_REQUEST {
+            self.next_read
+                .store(READ_STARTS_REQUEST_PAST_EMPTY_LINES, Ordering::Relaxed);
         } else {
-            self.start_request_from(head_in);
+            self.start_request_from(self.request_bytes_start.load(Ordering::Relaxed));
         }
+    }
+
+    /// HTTP/1: the exchange of a request whose body came during it is over, and its
+    /// timer with it: the next read of more than empty lines starts the next request.
+    pub(crate) fn look_for_next_request(&self) {
+        self.request_started.store(IDLE, Ordering::Release);
+        self.next_read
+            .store(READ_STARTS_REQUEST_PAST_EMPTY_LINES, Ordering::Relaxed);
     }
 
     /// No more requests on this connection are timed by their first byte (HTTP/2,
     /// whose frames are not requests; an upgraded connection).
     pub(crate) fn stop_timing_requests(&self) {
-        self.request_armed.store(false, Ordering::Relaxed);
+        self.next_read.store(READ_STARTS_NOTHING, Ordering::Relaxed);
         self.request_started.store(IDLE, Ordering::Release);
     }
 
@@ -729,7 +764,7 @@ impl Activity {
             // A request timer finished, and the next byte not yet in.
             (
                 self.bytes_moved(),
-                self.request_armed.load(Ordering::Relaxed),
+                self.next_read.load(Ordering::Relaxed) != READ_STARTS_NOTHING,
             )
         };
         let since = if moved == self.seen_moved.load(Ordering::Acquire) {
@@ -1003,6 +1038,11 @@ impl Earliest {
     }
 }
 
+/// Whether `read` holds only the empty lines a client may send between HTTP/1 requests.
+fn only_empty_lines(read: &[u8]) -> bool {
+    read.iter().all(|&byte| byte == b'\r' || byte == b'\n')
+}
+
 pub(crate) fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -1070,7 +1110,7 @@ mod tests {
         let activity = Activity::with_deadlines(deadlines);
         let mut watch = IdleWatch::default();
         assert_eq!(activity.check(&deadlines, &mut watch), at(&activity, 2));
-        activity.on_read(1);
+        activity.on_read(b"x");
         // Idle is sampled every eighth of its 30 s.
         assert_eq!(
             activity.check(&deadlines, &mut watch),
@@ -1094,7 +1134,7 @@ mod tests {
         let activity = Activity::with_deadlines(deadlines);
         assert_eq!(limit.allowance(1), Duration::from_millis(10_010));
         assert_eq!(limit.allowance(500), secs(15));
-        activity.on_read(500);
+        activity.on_read(&[b'x'; 500]);
         assert_eq!(
             activity.check(&deadlines, &mut IdleWatch::default()),
             at(&activity, 15)
@@ -1123,7 +1163,7 @@ mod tests {
         let started = activity.elapsed_nanos();
         activity.set_stream_request(Some((started, 0)));
         // PINGs, and a neighbour's DATA: bytes read, none of them the stream's.
-        activity.on_read(10_000);
+        activity.on_read(&[b'x'; 10_000]);
         activity.on_data_read(5_000);
         assert_eq!(activity.check(&deadlines, &mut watch), at(&activity, 10));
         // 500 bytes of its own: 5 s more.
@@ -1140,13 +1180,13 @@ mod tests {
         let activity = Activity::with_deadlines(deadlines);
         let mut watch = IdleWatch::default();
         assert_eq!(activity.check(&deadlines, &mut watch), Check::Next(None));
-        activity.on_read(3);
+        activity.on_read(&[b'x'; 3]);
         assert!(activity.take_rearm());
         assert_eq!(activity.check(&deadlines, &mut watch), at(&activity, 10));
         activity.finish_request();
         assert_eq!(activity.check(&deadlines, &mut watch), Check::Next(None));
         tokio::time::advance(secs(100)).await;
-        activity.on_read(1);
+        activity.on_read(b"x");
         assert_eq!(activity.check(&deadlines, &mut watch), at(&activity, 110));
     }
 
@@ -1158,11 +1198,11 @@ mod tests {
         };
         let activity = Activity::with_deadlines(deadlines);
         let mut watch = IdleWatch::default();
-        activity.on_read(30);
+        activity.on_read(&[b'x'; 30]);
         activity.head_in();
         // A request pipelined while the server answers for 20 s: not timed yet.
         tokio::time::advance(secs(20)).await;
-        activity.on_read(30);
+        activity.on_read(&[b'x'; 30]);
         assert_eq!(activity.check(&deadlines, &mut watch), Check::Next(None));
         activity.next_after_exchange();
         assert_eq!(activity.check(&deadlines, &mut watch), at(&activity, 30));
@@ -1171,8 +1211,40 @@ mod tests {
         activity.next_after_exchange();
         assert_eq!(activity.check(&deadlines, &mut watch), Check::Next(None));
         tokio::time::advance(secs(5)).await;
-        activity.on_read(1);
+        activity.on_read(b"x");
         assert_eq!(activity.check(&deadlines, &mut watch), at(&activity, 35));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn empty_lines_between_http1_requests_start_no_request() {
+        let deadlines = Deadlines {
+            request: request(secs(10)),
+            ..Deadlines::default()
+        };
+        let activity = Activity::with_deadlines(deadlines);
+        let mut watch = IdleWatch::default();
+        activity.on_read(b"GET / HTTP/1.1\r\n\r\n");
+        activity.head_in();
+        // An empty line while the server answers, and one after: no request.
+        activity.on_read(b"\r\n");
+        activity.next_after_exchange();
+        activity.on_read(b"\n");
+        tokio::time::advance(secs(20)).await;
+        assert_eq!(activity.check(&deadlines, &mut watch), Check::Next(None));
+        // The next request line starts the next request, empty lines before it or not.
+        activity.on_read(b"\r\nGET");
+        assert_eq!(activity.check(&deadlines, &mut watch), at(&activity, 30));
+        // The same after a request with a body.
+        activity.look_for_next_request();
+        activity.on_read(b"\r\n");
+        assert_eq!(activity.check(&deadlines, &mut watch), Check::Next(None));
+        // A connection's first read starts its first request, whatever it brings.
+        let fresh = Activity::with_deadlines(deadlines);
+        fresh.on_read(b"\r\n");
+        assert_eq!(
+            fresh.check(&deadlines, &mut IdleWatch::default()),
+            at(&fresh, 10)
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -1184,7 +1256,7 @@ mod tests {
         let activity = Activity::with_deadlines(deadlines);
         let mut watch = IdleWatch::default();
         activity.set_polling(true);
-        activity.on_read(3);
+        activity.on_read(&[b'x'; 3]);
         tokio::time::advance(secs(1)).await;
         activity.set_polling(false);
         assert!(activity.take_rearm());
@@ -1195,7 +1267,7 @@ mod tests {
         // Armed for sooner than the request can end: no look. Armed later: a look.
         activity.finish_request();
         activity.set_polling(true);
-        activity.on_read(1);
+        activity.on_read(b"x");
         activity.set_polling(false);
         assert!(!activity.settle_request(Some(activity.started + secs(11))));
         assert!(activity.settle_request(Some(activity.started + secs(12))));
@@ -1203,7 +1275,7 @@ mod tests {
         // Started and finished within one poll: nothing to look at.
         activity.finish_request();
         activity.set_polling(true);
-        activity.on_read(1);
+        activity.on_read(b"x");
         activity.finish_request();
         activity.set_polling(false);
         assert!(activity.take_rearm());
@@ -1228,7 +1300,7 @@ mod tests {
         activity.close_exchange(false);
         // Pings: bytes both ways, no exchange.
         for _ in 0..8 {
-            activity.on_read(17);
+            activity.on_read(&[b'x'; 17]);
             activity.on_write(17);
             tokio::time::advance(secs(1)).await;
             assert!(matches!(
@@ -1256,7 +1328,7 @@ mod tests {
         let mut watch = IdleWatch::default();
         raw.check(&deadlines, &mut watch);
         assert!(matches!(raw.idleness(), Some(Idleness::Declared { .. })));
-        raw.on_read(5);
+        raw.on_read(&[b'x'; 5]);
         assert_eq!(raw.idleness(), None);
         raw.finish_request();
         assert!(matches!(raw.idleness(), Some(Idleness::Declared { .. })));
@@ -1468,7 +1540,9 @@ mod tests {
         let activity = Activity::with_deadlines(deadlines);
         let mut watch = IdleWatch::default();
         tokio::time::advance(secs(1)).await;
-        activity.on_read(1 << 40);
+        activity.on_read(b"x");
+        // As if a terabyte had come.
+        activity.bytes_read.store(1 << 40, Ordering::Relaxed);
         activity.handed(1 << 41);
         assert!(matches!(
             activity.check(&deadlines, &mut watch),

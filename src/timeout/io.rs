@@ -53,8 +53,8 @@ impl<IO: AsyncRead> AsyncRead for TimedIo<IO> {
         let this = self.project();
         let before = buf.filled().len();
         ready!(this.io.poll_read(cx, buf))?;
-        let read = buf.filled().len() - before;
-        if read > 0 {
+        let read = &buf.filled()[before..];
+        if !read.is_empty() {
             this.activity.on_read(read);
         }
         Poll::Ready(Ok(()))

@@ -52,7 +52,9 @@
 //! pipelined behind another starts no clock while the server answers that one (the
 //! server's wait is not the client's): it is timed from the end of that exchange if its
 //! bytes came meanwhile behind a request without a body, and otherwise from its next
-//! byte. (Bytes the adapter, which sees reads, cannot tell from the request ahead, those
+//! byte. Empty lines between requests (CR and LF alone, which a client may send after a
+//! request and hyper skips) start no clock: a client that sends one and then waits is
+//! between requests, held to the idle timeout. (Bytes the adapter, which sees reads, cannot tell from the request ahead, those
 //! read with that request before its dispatch or with its body, wait in hyper's buffer
 //! untimed: with no request open, the idle timeout bounds them.) The rest of a body its
 //! handler answered without reading (a `401` before an upload is taken), which hyper
