@@ -617,6 +617,58 @@ async fn an_http2_connection_with_no_open_stream_is_evicted_one_with_a_stream_is
     assert_eq!(limit.stats().refused, 1);
 }
 
+/// An idle HTTP/2 connection leaves the evictions when its idle timeout tells it
+/// goodbye (GOAWAY and a PING), as it is cut a second later. A stream its client opened
+/// as the GOAWAY came is served instead, and the connection lives on after it until its
+/// client acknowledges the PING (h2 sends its last GOAWAY then) or its next idle
+/// timeout: evictable again from then on, so that a newcomer at a full cap evicts it
+/// once it is idle rather than being refused.
+#[tokio::test(start_paused = true)]
+async fn an_http2_connection_served_after_its_idle_goaway_is_evictable_again() {
+    let (overload, limit, service) = http_stack(2);
+    let (served, mut client) = open(&service, "192.0.2.1:1");
+    client.write_all(HTTP2_GET_THEN_DEAF).await.unwrap();
+    // Its answer, then, at the idle timeout, the goodbye.
+    let mut received = Vec::new();
+    let mut buffer = [0; 4096];
+    for _ in 0..20 {
+        let types = frame_types(&received);
+        if types.contains(&0x7) && types.contains(&0x6) {
+            break;
+        }
+        let read = within(secs(3600), client.read(&mut buffer)).await.unwrap();
+        assert_ne!(read, 0, "closed before its goodbye: {types:?}");
+        received.extend_from_slice(&buffer[..read]);
+    }
+    // `GET /sleep?3` on stream 3, sent as the GOAWAY came; the PING never acknowledged.
+    client
+        .write_all(b"\0\0\x0f\x01\x05\0\0\0\x03\x82\x86\x04\x08/sleep?3\x41\x01t")
+        .await
+        .unwrap();
+    tokio::time::sleep(secs(5)).await;
+    assert!(!served.is_finished(), "cut instead of served");
+    let (_busy, busy_client) = open(&service, "192.0.2.2:1");
+    let mut busy_client = Http1Client::connect(busy_client).await;
+    let busy = tokio::spawn(async move { busy_client.get("/sleep?300").await });
+    tokio::time::sleep(secs(1)).await;
+
+    let (_newcomer, newcomer_client) = open(&service, "192.0.2.3:1");
+    let mut newcomer_client = Http1Client::connect(newcomer_client).await;
+    let answer = newcomer_client.get("/").await;
+    assert_eq!(
+        (limit.stats().refused, overload.stats().evicted_idle),
+        (0, 1),
+        "the newcomer was refused: {} connections registered",
+        overload.stats().registered
+    );
+    assert_eq!(answer.unwrap().body, "hello\n");
+    within(secs(1), served).await.unwrap().unwrap();
+    assert_eq!(
+        within(secs(600), busy).await.unwrap().unwrap().body,
+        "slept\n"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_new_connection_whose_request_has_not_come_yet_is_not_the_one_evicted() {
     let (overload, _limit, service) = http_stack(2);

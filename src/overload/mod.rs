@@ -76,7 +76,10 @@
 //! frames: data hyper drops unsent with a reset stream is no stall. A connection in the
 //! middle of a request, with a response its client is taking, or still in its TLS
 //! handshake, is not idle. Nor is one that has read nothing yet in its first second: its
-//! first request may be on its way.
+//! first request may be on its way. An HTTP/2 connection told goodbye at its idle
+//! timeout (GOAWAY) is not offered for the second before its cut: evicting it would
+//! free nothing sooner. One that goes back to serving a stream its client opened as the
+//! GOAWAY came is offered again, and, idle once that stream is over, evicted as any.
 //!
 //! Among the idle connections, the victim is one of the peer that holds the most of
 //! them, so that a peer hoarding idle connections loses them first; then the one idle

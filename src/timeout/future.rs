@@ -268,7 +268,8 @@ where
             // deadline, looked at only when the timer fires, not at every wake-up. Unless
             // the client opened a stream as the goodbye came, which the protocol took (its
             // last GOAWAY names it as processed, so the client will not retry it): that
-            // one is served, under the connection's usual deadlines.
+            // one is served, under the connection's usual deadlines, and the connection
+            // is offered to the evictions again by this look.
             if let Some(idle) = *this.saying_goodbye {
                 if !fired {
                     continue;
@@ -286,10 +287,14 @@ where
                         && activity.hears_idle_goodbye()
                     {
                         // Asked to close (the signal wakes the protocol to say goodbye),
-                        // out of the registry, and cut once the goodbye has had its time.
+                        // out of the registry (an eviction would close nothing more), and
+                        // cut once the goodbye has had its time. Unregistered, not gone:
+                        // it may go back to serving a stream, and rejoin.
                         this.close.request_cut_by_caller();
                         #[cfg(feature = "overload")]
-                        this.standing.take();
+                        if let Some(standing) = this.standing.as_mut() {
+                            *standing = crate::overload::Standing::Unregistered(this.peer.ip());
+                        }
                         *this.saying_goodbye = Some(error);
                         this.timer.as_mut().arm(deadline_after(IDLE_GOODBYE));
                         continue;

@@ -17,8 +17,9 @@
 //!   GOAWAY (a client then retries elsewhere a call it sent as the connection
 //!   closed), and it is cut a second later if it has not closed (unless a stream the
 //!   client opened as the GOAWAY came is being served: it is, under the usual
-//!   deadlines); the idle timeout is counted once, and a connection cut ends with
-//!   the same [`TimeoutError::Idle`];
+//!   deadlines, and its [overload manager](crate::overload) may evict it again); the
+//!   idle timeout is counted once, and a connection cut ends with the same
+//!   [`TimeoutError::Idle`];
 //! - **request**: once a request's first byte has arrived, the request must be complete
 //!   within S (nginx's `client_header_timeout`, HAProxy's `timeout http-request`), so a
 //!   client that trickles a byte every few seconds is closed however it trickles;
