@@ -887,6 +887,38 @@ mod under_a_timeout_layer {
         );
     }
 
+    /// A frame counts once it is whole, as h2 reads it: a RST_STREAM whose header came
+    /// and whose 4-byte payload never does resets nothing. Its stream's handler still
+    /// waits for the body, and the stream is still a request being read: held to the
+    /// request timeout, not forgotten at a frame header the server never acts on.
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_body_stalled_behind_half_a_rst_stream_is_cut_at_the_request_timeout() {
+        let (connection, mut client) = layered();
+        client.write_all(HTTP2_START).await.unwrap();
+        // `POST /upload` on stream 1 (HPACK: POST, http, `:path` literal, authority
+        // `t`), its headers ended, its body to come.
+        let mut upload = b"\0\0\x0e\x01\x04\0\0\0\x01".to_vec();
+        upload.extend_from_slice(b"\x83\x86\x04\x07/upload\x41\x01t");
+        client.write_all(&upload).await.unwrap();
+        // Then a RST_STREAM's frame header for stream 1, and never its error code.
+        client.write_all(b"\0\0\x04\x03\0\0\0\0\x01").await.unwrap();
+        let began = Instant::now();
+        let outcome = tokio::time::timeout(secs(600), connection)
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "still open {:?} after its body stopped (request timeout 10 s)",
+                    began.elapsed()
+                )
+            });
+        assert_eq!(timed_out(outcome.unwrap()), TimeoutError::Request(secs(10)));
+        assert!(
+            began.elapsed() <= secs(10) + secs(10) / 8,
+            "{:?}",
+            began.elapsed()
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_trickled_http2_body_is_cut_at_the_request_timeout() {
         let (connection, client) = layered();

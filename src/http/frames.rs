@@ -441,7 +441,7 @@ impl Watch for FrameWatch {
         let mut data = 0;
         self.read.advance(bytes, |seen| match seen {
             Seen::Header(frame, whole) => {
-                windows |= streams.flow.on_client_frame(frame);
+                windows |= streams.flow.on_client_frame(frame, whole);
                 changed |= streams.on_client_frame(frame, whole);
                 // One search of the streams followed per DATA frame, none per byte.
                 streams.reading_request_data =
@@ -456,7 +456,10 @@ impl Watch for FrameWatch {
                 changed |= streams.on_request_data(stream, run.len());
             }
             Seen::Payload(..) => {}
-            Seen::End(frame) => changed |= streams.on_client_frame_end(frame),
+            Seen::End(frame) => {
+                windows |= streams.flow.on_client_frame_end(frame);
+                changed |= streams.on_client_frame_end(frame);
+            }
         });
         if data > 0 {
             streams.activity.on_data_read(data);
@@ -508,7 +511,8 @@ impl Streams {
     /// Follows a client frame's header, `whole` if its payload came with it; whether
     /// the streams still arriving may have changed. Its flags count once its payload is
     /// in, with its header or [apart](Self::on_client_frame_end): a request's headers
-    /// trickled after their frame's header are still arriving.
+    /// trickled after their frame's header are still arriving, and a stream whose
+    /// RST_STREAM lacks its error code is not reset (h2 acts on whole frames only).
     fn on_client_frame(&mut self, frame: Frame, whole: bool) -> bool {
         if self.times_bodies {
             match frame.kind {
@@ -537,14 +541,14 @@ impl Streams {
                     }
                     return true;
                 }
-                RST_STREAM => return self.forget(frame.stream),
                 _ => {}
             }
         }
         whole && self.on_client_frame_end(frame)
     }
 
-    /// Follows a client frame whose payload is all in: what its flags say ends now.
+    /// Follows a client frame whose payload is all in: what its flags say ends now, and
+    /// a stream it resets is no request any more.
     fn on_client_frame_end(&mut self, frame: Frame) -> bool {
         let headers_done = frame.flags & END_HEADERS != 0;
         match frame.kind {
@@ -555,6 +559,7 @@ impl Streams {
                 }
             }
             DATA if frame.flags & END_STREAM != 0 => {}
+            RST_STREAM => return self.forget(frame.stream),
             _ => return false,
         }
         if !self.times_bodies {
@@ -708,8 +713,9 @@ impl Streams {
 }
 
 impl Flow {
-    /// Follows a client frame's header; whether a window may have changed.
-    fn on_client_frame(&mut self, frame: Frame) -> bool {
+    /// Follows a client frame's header, `whole` if its payload came with it; whether a
+    /// window may have changed.
+    fn on_client_frame(&mut self, frame: Frame, whole: bool) -> bool {
         self.reading = None;
         self.entry = Gather::default();
         match frame.kind {
@@ -731,9 +737,16 @@ impl Flow {
                 self.reading = Some(frame);
                 false
             }
-            RST_STREAM => self.close(frame.stream),
+            RST_STREAM => whole && self.on_client_frame_end(frame),
             _ => false,
         }
+    }
+
+    /// Follows a client frame whose payload is all in: a stream it resets is closed
+    /// (not at its header: h2 acts on whole frames only). Whether a window may have
+    /// changed.
+    fn on_client_frame_end(&mut self, frame: Frame) -> bool {
+        frame.kind == RST_STREAM && self.close(frame.stream)
     }
 
     /// Reads a run of the payload of the client frame being read, if it sets windows.
@@ -1015,6 +1028,24 @@ mod tests {
             watch.on_read(&frame(HEADERS, END_HEADERS | END_STREAM, 1, b"h"));
             assert!(watch.streams.flow.streams.is_empty());
             assert_eq!(watch.streams.flow.connection, DEFAULT_WINDOW + 85);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_reset_counts_once_its_error_code_is_in() {
+        let mut client = PREFACE.to_vec();
+        client.extend(frame(HEADERS, END_HEADERS, 1, b"h"));
+        let reset = frame(RST_STREAM, 0, 1, &[0, 0, 0, 8]);
+        for split in 0..reset.len() {
+            let mut watch = FrameWatch::new(activity(), true);
+            watch.on_read(&client);
+            // The frame's header, or part of it: h2 resets nothing yet.
+            watch.on_read(&reset[..split]);
+            assert_eq!(watch.streams.incoming.len(), 1, "split at {split}");
+            assert_eq!(watch.streams.flow.streams.len(), 1, "split at {split}");
+            watch.on_read(&reset[split..]);
+            assert!(watch.streams.incoming.is_empty(), "split at {split}");
+            assert!(watch.streams.flow.streams.is_empty(), "split at {split}");
         }
     }
 
