@@ -842,6 +842,57 @@ mod under_a_timeout_layer {
         );
     }
 
+    /// The same, after the client once opened more streams at once than the frame watch
+    /// follows (256; hyper refuses those over its 200 at a time): every stream the
+    /// server answered or refused is over all the same, and DATA to one of them, which
+    /// the server drops, must not keep a quiet answered stream alive.
+    #[tokio::test(start_paused = true)]
+    async fn data_to_a_finished_http2_stream_does_not_keep_a_quiet_stream_alive_after_a_burst_of_streams()
+     {
+        let (connection, mut client) = layered();
+        client.write_all(HTTP2_START).await.unwrap();
+        let mut quiet = b"\0\0\x0d\x01\x05\0\0\0\x01".to_vec();
+        quiet.extend_from_slice(b"\x82\x86\x04\x06/quiet\x41\x01t");
+        client.write_all(&quiet).await.unwrap();
+        // 256 `GET /` at once, on streams 3 to 513: whole requests, each answered at once
+        // or refused.
+        let mut burst = Vec::new();
+        for stream in (3u32..=513).step_by(2) {
+            burst.extend_from_slice(b"\0\0\x06\x01\x05");
+            burst.extend_from_slice(&stream.to_be_bytes());
+            burst.extend_from_slice(b"\x82\x86\x84\x41\x01t");
+        }
+        let (mut reader, mut writer) = tokio::io::split(client);
+        let draining = tokio::spawn(async move {
+            let mut sink = Vec::new();
+            let _ = reader.read_to_end(&mut sink).await;
+        });
+        writer.write_all(&burst).await.unwrap();
+        tokio::time::sleep(secs(5)).await;
+        assert!(!connection.is_finished(), "{:?}", connection.await);
+        let began = Instant::now();
+        let keep_alive = tokio::spawn(async move {
+            for _ in 0..20 {
+                tokio::time::sleep(secs(30)).await;
+                // One byte of DATA on stream 3, over since its answer.
+                if writer.write_all(b"\0\0\x01\0\0\0\0\0\x03x").await.is_err() {
+                    break;
+                }
+            }
+            writer
+        });
+        let outcome = tokio::time::timeout(secs(300), connection).await;
+        keep_alive.abort();
+        draining.abort();
+        let outcome = outcome.unwrap_or_else(|_| {
+            panic!(
+                "still open {:?} after its last exchange went quiet (idle timeout 60 s)",
+                began.elapsed()
+            )
+        });
+        assert_eq!(timed_out(outcome.unwrap()), TimeoutError::Idle(secs(60)));
+    }
+
     /// The connection's opening (preface, first headers) is one request, from its first
     /// byte: a first HEADERS frame begun just before its deadline does not start the
     /// clock again.

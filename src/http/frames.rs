@@ -39,7 +39,8 @@ const INITIAL_WINDOW_SIZE: u16 = 0x4;
 /// Every window's size until the client says otherwise.
 const DEFAULT_WINDOW: i64 = 65_535;
 /// The most streams whose windows are followed; beyond them a stream is taken to have
-/// room (hyper lets a client open 200 at once by default).
+/// room (hyper lets a client open 200 at once by default), and while one is open, DATA
+/// to any stream not followed may be request data.
 const MAX_FOLLOWED: usize = 256;
 
 /// One connection's frames, as the adapter's stream reads and writes them.
@@ -93,9 +94,12 @@ struct Flow {
     /// The highest stream the client has opened: a client's new stream always has a
     /// higher number, and a HEADERS frame on one not above it (trailers) opens nothing.
     last_opened: u32,
-    /// Whether a stream was opened while `streams` was full, and so is not followed:
-    /// from then on, DATA to a stream not followed may be request data.
-    unfollowed: bool,
+    /// Streams opened while `streams` was full, and so not followed, and not seen to
+    /// close: while there is one, DATA to a stream not followed may be request data.
+    /// Any close of a stream not followed is taken for one of theirs, so a stream
+    /// closed twice (ended by the server, then reset) may count for two: the count errs
+    /// low, never high, and only once more streams are open at once than are followed.
+    unfollowed: u32,
     /// The client frame whose payload is being read, if it is one that sets windows,
     /// and its current entry (a setting is 6 bytes, an increment 4).
     reading: Option<Frame>,
@@ -352,7 +356,7 @@ impl FrameWatch {
                     initial: DEFAULT_WINDOW,
                     streams: Vec::new(),
                     last_opened: 0,
-                    unfollowed: false,
+                    unfollowed: 0,
                     reading: None,
                     entry: Gather::default(),
                     blocked: false,
@@ -725,7 +729,7 @@ impl Flow {
                 if self.streams.len() < MAX_FOLLOWED {
                     self.streams.push((frame.stream, self.initial));
                 } else {
-                    self.unfollowed = true;
+                    self.unfollowed += 1;
                 }
                 true
             }
@@ -798,9 +802,9 @@ impl Flow {
     }
 
     /// Whether the server may still send on `stream`, or may, for all the streams
-    /// followed tell: one opened beyond them is taken to be served.
+    /// followed tell: while one opened beyond them is open, any may be it.
     fn serves(&self, stream: u32) -> bool {
-        self.unfollowed || self.streams.iter().any(|(id, _)| *id == stream)
+        self.unfollowed > 0 || self.streams.iter().any(|(id, _)| *id == stream)
     }
 
     fn window(&mut self, stream: u32) -> Option<&mut i64> {
@@ -810,11 +814,16 @@ impl Flow {
             .map(|(_, window)| window)
     }
 
-    /// The server sends no more on `stream`; whether it was followed.
+    /// The server sends no more on `stream`; whether it was followed. One that was not
+    /// is taken for an unfollowed one.
     fn close(&mut self, stream: u32) -> bool {
         let before = self.streams.len();
         self.streams.retain(|(id, _)| *id != stream);
-        self.streams.len() != before
+        let followed = self.streams.len() != before;
+        if !followed {
+            self.unfollowed = self.unfollowed.saturating_sub(1);
+        }
+        followed
     }
 
     /// Whether the connection's window, or an open stream's, is at zero or below.
@@ -1047,6 +1056,25 @@ mod tests {
             assert!(watch.streams.incoming.is_empty(), "split at {split}");
             assert!(watch.streams.flow.streams.is_empty(), "split at {split}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_opened_beyond_those_followed_is_served_until_it_closes() {
+        // Streams 1, 3, ...: one more than are followed.
+        let (first, beyond) = (1, 2 * MAX_FOLLOWED as u32 + 1);
+        let mut client = PREFACE.to_vec();
+        for stream in (first..=beyond).step_by(2) {
+            client.extend(frame(HEADERS, END_HEADERS | END_STREAM, stream, b"h"));
+        }
+        let mut watch = FrameWatch::new(activity(), true);
+        watch.on_read(&client);
+        // The first stream is over; the one beyond those followed may be it.
+        watch.on_written(&frame(HEADERS, END_HEADERS | END_STREAM, first, &[0x88]));
+        assert!(watch.streams.flow.serves(first));
+        // Once the one beyond is reset, DATA to the first is no request data.
+        watch.on_written(&frame(RST_STREAM, 0, beyond, &[0, 0, 0, 7]));
+        assert!(!watch.streams.flow.serves(first));
+        assert!(!watch.streams.flow.serves(beyond));
     }
 
     #[test]
