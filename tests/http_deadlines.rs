@@ -938,6 +938,81 @@ mod under_a_timeout_layer {
         );
     }
 
+    /// Under a timeout layer too, a call the client sends as the idle goodbye arrives is
+    /// served to its end. A second call, sent once the client has acknowledged the
+    /// goodbye's PING but before it reads the last GOAWAY (an upload, its body still
+    /// coming), is one h2 ignores (above the last GOAWAY's stream: the client retries
+    /// it elsewhere): no request the server reads, it must not cut the first call at
+    /// the request timeout.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_ignored_after_the_last_goaway_does_not_cut_the_call_being_served() {
+        async fn next_frame<R: AsyncReadExt + Unpin>(
+            client: &mut R,
+        ) -> Option<(u8, u8, u32, Vec<u8>)> {
+            let mut head = [0u8; 9];
+            client.read_exact(&mut head).await.ok()?;
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0; len];
+            client.read_exact(&mut payload).await.ok()?;
+            Some((head[3], head[4], stream, payload))
+        }
+        const HEADERS: u8 = 0x1;
+        const PING: u8 = 0x6;
+        const GOAWAY: u8 = 0x7;
+
+        let (connection, mut client) = layered();
+        client.write_all(HTTP2_START).await.unwrap();
+        client.write_all(&http2_get(1)).await.unwrap();
+        let mut ping = None;
+        let mut goaway = false;
+        for _ in 0..20 {
+            let Some((kind, flags, _, payload)) = within(secs(3600), next_frame(&mut client)).await
+            else {
+                break;
+            };
+            goaway |= kind == GOAWAY;
+            if kind == PING && flags & 0x1 == 0 {
+                ping = Some(payload);
+            }
+            if goaway && ping.is_some() {
+                break;
+            }
+        }
+        let ping = ping.expect("the goodbye's PING");
+        let told_at = Instant::now();
+        // `GET /sleep?30` on stream 3, the PING's acknowledgement, then `POST /upload` on
+        // stream 5 with the first byte of its body.
+        let mut calls = b"\0\0\x10\x01\x05\0\0\0\x03\x82\x86\x04\x09/sleep?30\x41\x01t".to_vec();
+        calls.extend_from_slice(b"\0\0\x08\x06\x01\0\0\0\0");
+        calls.extend_from_slice(&ping);
+        calls.extend_from_slice(b"\0\0\x0e\x01\x04\0\0\0\x05\x83\x86\x04\x07/upload\x41\x01t");
+        calls.extend_from_slice(b"\0\0\x01\0\0\0\0\0\x05x");
+        client.write_all(&calls).await.unwrap();
+        let mut answered = false;
+        let mut last_goaway = None;
+        for _ in 0..20 {
+            let Some((kind, _, stream, payload)) =
+                within(secs(3600), next_frame(&mut client)).await
+            else {
+                break;
+            };
+            answered |= kind == HEADERS && stream == 3;
+            if kind == GOAWAY {
+                last_goaway = Some(u32::from_be_bytes([
+                    payload[0], payload[1], payload[2], payload[3],
+                ]));
+            }
+        }
+        let outcome = within(secs(5), connection).await.unwrap();
+        assert!(
+            answered,
+            "stream 3 unanswered; the last GOAWAY named {last_goaway:?} as processed; the connection \
+             ended {outcome:?}, {:?} after the goodbye",
+            told_at.elapsed()
+        );
+    }
+
     /// A frame counts once it is whole, as h2 reads it: a RST_STREAM whose header came
     /// and whose 4-byte payload never does resets nothing. Its stream's handler still
     /// waits for the body, and the stream is still a request being read: held to the

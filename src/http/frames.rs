@@ -11,6 +11,10 @@
 //! hold the server's data back (a window at zero: output that waits then is the
 //! client's doing, not data hyper dropped with a reset stream).
 //!
+//! A stream above the last stream a GOAWAY from the server names as processed is none of
+//! these: h2 ignores its frames and answers nothing on it (the client retries it
+//! elsewhere).
+//!
 //! An HTTP/1 connection is recognised by its first bytes and left alone.
 
 use std::sync::Arc;
@@ -27,6 +31,7 @@ const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
 const WINDOW_UPDATE: u8 = 0x8;
 const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
@@ -68,6 +73,8 @@ struct Streams {
     /// Its block's first bytes, when they come split across writes (`filled` of them);
     /// never cleared, since only those are read.
     answer_head: [u8; ANSWER_HEAD],
+    /// The last-stream-id of the server's GOAWAY being written, while its 4 bytes come.
+    goaway: Option<Gather<4>>,
     /// Whether the server's HPACK encoder has put a 1xx status in its table: from then
     /// on, a status it sends from its table may be an informational one.
     informational_indexed: bool,
@@ -94,6 +101,10 @@ struct Flow {
     /// The highest stream the client has opened: a client's new stream always has a
     /// higher number, and a HEADERS frame on one not above it (trailers) opens nothing.
     last_opened: u32,
+    /// The last stream the server processes, as its last GOAWAY names it (every
+    /// stream until it writes one): h2 ignores a stream above it, and sends nothing on
+    /// it.
+    last_processed: u32,
     /// Streams opened while `streams` was full, and so not followed, and not seen to
     /// close: while there is one, DATA to a stream not followed may be request data.
     /// Any close of a stream not followed is taken for one of theirs, so a stream
@@ -225,11 +236,13 @@ struct Cursor {
     split: bool,
 }
 
-/// Up to `N` bytes of a unit split across reads, gathered until it is whole.
+/// Up to `N` bytes of a unit split across reads, gathered until it is whole. Small, as
+/// a connection's frame watch holds four: a frame header each way, a window's setting
+/// or increment, a GOAWAY's last stream.
 #[derive(Debug, Clone, Copy)]
 struct Gather<const N: usize> {
     bytes: [u8; N],
-    filled: usize,
+    filled: u8,
 }
 
 impl<const N: usize> Default for Gather<N> {
@@ -245,11 +258,12 @@ impl<const N: usize> Gather<N> {
     /// Takes from `input` what the unit of `size` bytes still lacks; the unit, once
     /// whole (its first `size` bytes), after which gathering starts again.
     fn take(&mut self, size: usize, input: &mut &[u8]) -> Option<[u8; N]> {
-        let take = (size - self.filled).min(input.len());
-        self.bytes[self.filled..self.filled + take].copy_from_slice(&input[..take]);
-        self.filled += take;
+        let filled = usize::from(self.filled);
+        let take = (size - filled).min(input.len());
+        self.bytes[filled..filled + take].copy_from_slice(&input[..take]);
         *input = &input[take..];
-        if self.filled < size {
+        if filled + take < size {
+            self.filled = (filled + take) as u8;
             return None;
         }
         self.filled = 0;
@@ -348,6 +362,7 @@ impl FrameWatch {
                 incoming: Vec::new(),
                 answer: None,
                 answer_head: [0; ANSWER_HEAD],
+                goaway: None,
                 informational_indexed: false,
                 opened: false,
                 reading_request_data: false,
@@ -356,6 +371,7 @@ impl FrameWatch {
                     initial: DEFAULT_WINDOW,
                     streams: Vec::new(),
                     last_opened: 0,
+                    last_processed: u32::MAX,
                     unfollowed: 0,
                     reading: None,
                     entry: Gather::default(),
@@ -493,10 +509,18 @@ impl Watch for FrameWatch {
                     changed |= streams.forget(frame.stream);
                 } else if frame.kind == HEADERS && streams.times_bodies {
                     streams.begin_answer(frame);
+                } else if frame.kind == GOAWAY {
+                    streams.goaway = Some(Gather::default());
                 }
             }
             Seen::Payload(DATA, _, run) => data += run.len(),
             Seen::Payload(HEADERS, _, run) => changed |= streams.read_answer(run),
+            Seen::Payload(GOAWAY, _, run) => {
+                if let Some(last) = streams.read_goaway(run) {
+                    windows |= streams.flow.close_above(last);
+                    changed |= streams.forget_above(last);
+                }
+            }
             Seen::Payload(..) | Seen::End(_) => {}
         });
         if data > 0 {
@@ -522,8 +546,10 @@ impl Streams {
             match frame.kind {
                 // A request whole in one frame that came whole (a GET) is never waited
                 // for: no clock read, nothing to track.
+                // Nor is one the server ignores, after its GOAWAY.
                 HEADERS
-                    if !(whole && frame.flags & WHOLE_REQUEST == WHOLE_REQUEST)
+                    if frame.stream <= self.flow.last_processed
+                        && !(whole && frame.flags & WHOLE_REQUEST == WHOLE_REQUEST)
                         && self.find(frame.stream).is_none() =>
                 {
                     // The connection's first headers are part of its opening, timed
@@ -695,6 +721,22 @@ impl Streams {
         self.incoming.len() != before
     }
 
+    /// Reads a run of the server's GOAWAY being written: the last stream it processes,
+    /// once the 4 bytes that name it are in.
+    fn read_goaway(&mut self, mut run: &[u8]) -> Option<u32> {
+        let last = self.goaway.as_mut()?.take(4, &mut run)?;
+        self.goaway = None;
+        Some(u32::from_be_bytes(last) & 0x7fff_ffff)
+    }
+
+    /// Forgets the streams above `last`, which the server's GOAWAY says it does not
+    /// process: no request it reads. Whether any was tracked.
+    fn forget_above(&mut self, last: u32) -> bool {
+        let before = self.incoming.len();
+        self.incoming.retain(|incoming| incoming.stream <= last);
+        self.incoming.len() != before
+    }
+
     /// Tells the timer whether a window holds the server's data back, if that changed.
     fn publish_flow(&mut self) {
         let blocked = self.flow.blocked();
@@ -723,8 +765,9 @@ impl Flow {
         self.reading = None;
         self.entry = Gather::default();
         match frame.kind {
-            // A new stream from the client: the server may answer on it.
-            HEADERS if frame.stream > self.last_opened => {
+            // A new stream from the client: the server may answer on it, unless it said
+            // in a GOAWAY that it processes none so high.
+            HEADERS if frame.stream > self.last_opened && frame.stream <= self.last_processed => {
                 self.last_opened = frame.stream;
                 if self.streams.len() < MAX_FOLLOWED {
                     self.streams.push((frame.stream, self.initial));
@@ -812,6 +855,16 @@ impl Flow {
             .iter_mut()
             .find(|(id, _)| *id == stream)
             .map(|(_, window)| window)
+    }
+
+    /// The server processes no stream above `last`, as its GOAWAY says: it sends on
+    /// none of those. Whether a window may have changed. (A stream opened beyond those
+    /// followed, above `last`, is not known to be one of them, and still counts.)
+    fn close_above(&mut self, last: u32) -> bool {
+        self.last_processed = last;
+        let before = self.streams.len();
+        self.streams.retain(|(id, _)| *id <= last);
+        self.streams.len() != before
     }
 
     /// The server sends no more on `stream`; whether it was followed. One that was not
@@ -1075,6 +1128,35 @@ mod tests {
         watch.on_written(&frame(RST_STREAM, 0, beyond, &[0, 0, 0, 7]));
         assert!(!watch.streams.flow.serves(first));
         assert!(!watch.streams.flow.serves(beyond));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn streams_above_the_servers_last_goaway_are_neither_tracked_nor_followed() {
+        let mut client = PREFACE.to_vec();
+        client.extend(frame(HEADERS, END_HEADERS, 1, b"h"));
+        client.extend(frame(HEADERS, END_HEADERS, 3, b"h"));
+        let tracked = |watch: &FrameWatch| -> (Vec<u32>, Vec<u32>) {
+            let incoming = watch.streams.incoming.iter().map(|i| i.stream).collect();
+            let followed = watch.streams.flow.streams.iter().map(|s| s.0).collect();
+            (incoming, followed)
+        };
+        // A graceful close's first GOAWAY names the highest stream there can be.
+        let first = frame(GOAWAY, 0, 0, &[0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+        // The last names stream 1, then its error code and some debug data.
+        let last = frame(GOAWAY, 0, 0, &[0, 0, 0, 1, 0, 0, 0, 0, b'b', b'y', b'e']);
+        for split in 0..last.len() {
+            let mut watch = FrameWatch::new(activity(), true);
+            watch.on_read(&client);
+            watch.on_written(&first);
+            assert_eq!(tracked(&watch), (vec![1, 3], vec![1, 3]));
+            for part in [&last[..split], &last[split..]] {
+                watch.on_written(part);
+            }
+            assert_eq!(tracked(&watch), (vec![1], vec![1]), "split at {split}");
+            // A stream opened now is ignored too.
+            watch.on_read(&frame(HEADERS, END_HEADERS, 5, b"h"));
+            assert_eq!(tracked(&watch), (vec![1], vec![1]), "split at {split}");
+        }
     }
 
     #[test]
