@@ -979,3 +979,65 @@ async fn steady_http2_uploads_side_by_side_are_each_extended_by_their_own_data()
     assert!(!connection.is_finished());
     assert_eq!(bouncer.login().stats().request_timeouts, 0);
 }
+
+/// Padding is no body. An HTTP/2 DATA frame's padding (RFC 9113 §6.1), which the
+/// server strips and its handler never sees, earns a stream no more time at the minimum
+/// rate than a PING does. A `POST` whose body never comes, its stream sent a DATA frame
+/// of no data and 255 bytes of padding every half second (512 bytes a second), is cut
+/// close to the 10 s request timeout and counted, as one padded with PINGs is.
+#[tokio::test(start_paused = true)]
+async fn an_http2_body_of_padding_alone_earns_no_time_at_the_minimum_rate() {
+    use axum::routing::post;
+    use tower::ServiceExt;
+    use tower_bouncer::{http::HttpService, timeout::TimeoutError};
+
+    let bouncer = Bouncer::from_config(config()).unwrap();
+    let app = Router::new().route(
+        "/upload",
+        post(|body: axum::body::Bytes| async move { format!("{}\n", body.len()) }),
+    );
+    let service = ServiceBuilder::new()
+        .layer(bouncer.clone())
+        .service(HttpService::new(app));
+    let (conn, client) = duplex_conn("192.0.2.1:1000");
+    let connection = tokio::spawn(async move {
+        let ended = service.oneshot(conn).await;
+        (ended, tokio::time::Instant::now())
+    });
+    let (mut from_server, mut to_server) = tokio::io::split(client);
+    // What the server writes is read and dropped: it never waits on the client.
+    let draining = tokio::spawn(async move {
+        let mut sink = [0; 4096];
+        while matches!(from_server.read(&mut sink).await, Ok(n) if n > 0) {}
+    });
+    let began = tokio::time::Instant::now();
+    // The preface, empty SETTINGS, and `POST /upload` on stream 1 (HPACK: POST, http,
+    // `/upload`, authority `t`) flagged END_HEADERS alone: its body is to come.
+    let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0".to_vec();
+    opening.extend_from_slice(b"\0\0\x0e\x01\x04\0\0\0\x01\x83\x86\x44\x07/upload\x41\x01t");
+    to_server.write_all(&opening).await.unwrap();
+    // DATA on stream 1 flagged PADDED: a pad length of 255, no data, the padding.
+    let mut padded = b"\0\x01\0\0\x08\0\0\0\x01\xff".to_vec();
+    padded.extend([0; 255]);
+    let padding = tokio::spawn(async move {
+        // One every 500 ms, for at most 50 s: 25.6 KB, within the stream's first window.
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if to_server.write_all(&padded).await.is_err() {
+                break;
+            }
+        }
+        to_server
+    });
+    let (ended, at) = within(Duration::from_secs(600), connection).await.unwrap();
+    padding.abort();
+    draining.abort();
+    let after = at - began;
+    let error = ended.unwrap_err();
+    assert!(
+        matches!(TimeoutError::of(&*error), Some(TimeoutError::Request(_))),
+        "ended {error:?} after {after:?}"
+    );
+    assert!(after < Duration::from_secs(11), "held {after:?}");
+    assert_eq!(bouncer.login().stats().request_timeouts, 1);
+}

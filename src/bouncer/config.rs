@@ -181,8 +181,8 @@ pub struct Timeouts {
     /// this is, and counts a `request_timeout` offence; 500 by default, Apache's. Under
     /// the HTTP adapter a request earns time only once its head is in: a head that
     /// keeps coming but never ends is held to `request`; an HTTP/2 stream earns it by
-    /// its own body alone (not PINGs, nor other streams' frames). 0 turns it off: every
-    /// request, body included, is held to `request`.
+    /// its own body alone (not PINGs, padding, nor other streams' frames). 0 turns it
+    /// off: every request, body included, is held to `request`.
     pub request_min_rate: u64,
     /// `request_max`: the longest a request extended by `request_min_rate` may take;
     /// 5 minutes by default: a 2 MB upload (axum's default body limit) fits at about

@@ -4,8 +4,9 @@
 //! long its handler then takes, or until the server writes its answer's head: a gRPC
 //! client or bidirectional stream answered at once is no request being read any more,
 //! as an HTTP/1 body streaming after its answer is not), how much response data the
-//! client has taken and request data it has sent (DATA payload: PINGs and headers do
-//! not count, nor DATA to a stream the server no longer serves, which it drops) and, of
+//! client has taken and request data it has sent (DATA payload's data: PINGs, headers
+//! and padding do not count, nor DATA to a stream the server no longer serves, which it
+//! drops) and, of
 //! that, each arriving request's own (what earns it time at the request timeout's
 //! minimum rate: its neighbours' DATA does not), and whether its flow-control windows
 //! hold the server's data back (a window at zero: output that waits then is the
@@ -81,12 +82,24 @@ struct Streams {
     /// Whether the first request's headers have arrived: the request clock of the
     /// connection's opening (preface, first headers) stops then.
     opened: bool,
-    /// Whether the client DATA frame being read is request data: sent to a stream the
-    /// server still serves. Decided at its header, so that its payload costs at most a
-    /// look among the requests still arriving; DATA to a stream that is over is dropped
-    /// by the server, as a PING is.
-    reading_request_data: bool,
+    /// What of the client DATA frame being read is request data: decided at its
+    /// header, so that its payload costs at most a look among the requests still
+    /// arriving.
+    request_data: RequestData,
     flow: Flow,
+}
+
+/// What of the client DATA frame being read is request data: its data, sent to a stream
+/// the server still serves. DATA to a stream that is over is dropped by the server, as a
+/// PING is; a padded frame's padding is dropped too, and earns nothing.
+#[derive(Debug, Clone, Copy)]
+enum RequestData {
+    /// None of it: no DATA, or DATA the server drops.
+    None,
+    /// A padded frame of this length, whose first byte (the padding's length) is next.
+    PadLengthNext(u32),
+    /// Its next this many bytes; the padding after them is not.
+    Next(u32),
 }
 
 /// The client's flow-control windows for the server's data: set by its SETTINGS and
@@ -135,8 +148,8 @@ struct Incoming {
     /// When its headers began (for the connection's first, when the connection's
     /// first byte came).
     started: u64,
-    /// Its own DATA payload read so far: what earns it time at the minimum rate, where
-    /// the connection's bytes would count PINGs and other streams' frames too.
+    /// Its own DATA read so far, padding left out: what earns it time at the minimum
+    /// rate, where the connection's bytes would count PINGs and other streams' frames.
     data_read: u64,
     headers_done: bool,
     body_done: bool,
@@ -365,7 +378,7 @@ impl FrameWatch {
                 goaway: None,
                 informational_indexed: false,
                 opened: false,
-                reading_request_data: false,
+                request_data: RequestData::None,
                 flow: Flow {
                     connection: DEFAULT_WINDOW,
                     initial: DEFAULT_WINDOW,
@@ -464,16 +477,24 @@ impl Watch for FrameWatch {
                 windows |= streams.flow.on_client_frame(frame, whole);
                 changed |= streams.on_client_frame(frame, whole);
                 // One search of the streams followed per DATA frame, none per byte.
-                streams.reading_request_data =
-                    frame.kind == DATA && streams.flow.serves(frame.stream);
+                streams.request_data = if frame.kind != DATA || !streams.flow.serves(frame.stream) {
+                    RequestData::None
+                } else if frame.flags & PADDED != 0 {
+                    RequestData::PadLengthNext(frame.len)
+                } else {
+                    RequestData::Next(frame.len)
+                };
             }
             Seen::Payload(SETTINGS | WINDOW_UPDATE, _, payload) => {
                 streams.flow.on_client_payload(payload);
                 windows = true;
             }
-            Seen::Payload(DATA, stream, run) if streams.reading_request_data => {
-                data += run.len();
-                changed |= streams.on_request_data(stream, run.len());
+            Seen::Payload(DATA, stream, run) => {
+                let n = streams.request_data_in(run);
+                if n > 0 {
+                    data += n;
+                    changed |= streams.on_request_data(stream, n);
+                }
             }
             Seen::Payload(..) => {}
             Seen::End(frame) => {
@@ -610,6 +631,23 @@ impl Streams {
         self.incoming
             .retain(|incoming| !(incoming.headers_done && incoming.body_done));
         true
+    }
+
+    /// How much of `run`, a run of the client DATA frame being read, is request data.
+    #[inline]
+    fn request_data_in(&mut self, run: &[u8]) -> usize {
+        let (left, run) = match self.request_data {
+            RequestData::None => return 0,
+            RequestData::Next(left) => (left, run),
+            // A run is never empty; what a padding longer than its frame leaves is
+            // nothing (the server refuses such a frame).
+            RequestData::PadLengthNext(len) => {
+                (len.saturating_sub(1 + u32::from(run[0])), &run[1..])
+            }
+        };
+        let n = run.len().min(left as usize);
+        self.request_data = RequestData::Next(left - n as u32);
+        n
     }
 
     /// Counts `n` bytes of request data to `stream`; whether its request is still
@@ -922,6 +960,22 @@ mod tests {
         assert_eq!(watch.streams.incoming.len(), 1);
         assert!(watch.on_read(&frame(DATA, END_STREAM, 3, b"body")));
         assert!(watch.streams.incoming.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_padded_bodys_padding_is_no_request_data_wherever_its_reads_split() {
+        let mut opening = PREFACE.to_vec();
+        opening.extend(frame(HEADERS, END_HEADERS, 1, b"h"));
+        // "body" behind a pad length of 3 and its padding, then "more" unpadded.
+        let mut body = frame(DATA, PADDED, 1, b"\x03body\0\0\0");
+        body.extend(frame(DATA, 0, 1, b"more"));
+        for split in 0..=body.len() {
+            let mut watch = FrameWatch::new(activity(), true);
+            watch.on_read(&opening);
+            watch.on_read(&body[..split]);
+            watch.on_read(&body[split..]);
+            assert_eq!(watch.streams.incoming[0].data_read, 8, "split at {split}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

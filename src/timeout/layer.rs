@@ -173,9 +173,9 @@ impl TimeoutBuilder {
     /// trickle is (Apache mod_reqtimeout's `MinRate`). Under a protocol that declares
     /// its exchanges (the HTTP adapter), a request earns time only once its exchange is
     /// open, its head in: a head that keeps coming and never ends is held to the request
-    /// timeout. On HTTP/2 a stream earns time by its own request data (DATA payload)
-    /// alone: PINGs, window updates and other streams' frames sent alongside a trickle
-    /// earn it nothing. Needs a request timeout.
+    /// timeout. On HTTP/2 a stream earns time by its own request data (its DATA frames'
+    /// data, not their padding) alone: PINGs, window updates and other streams' frames
+    /// sent alongside a trickle earn it nothing. Needs a request timeout.
     pub fn request_min_rate(mut self, bytes_per_second: u64, max: Duration) -> Self {
         self.min_rate = Some((bytes_per_second, max));
         self
