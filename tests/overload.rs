@@ -23,7 +23,7 @@ use tokio::{
 use tokio_test::{assert_ready_ok, task};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 use tower_bouncer::{
-    BoxError, Conn,
+    BoxError, Conn, GracefulClose,
     admission::Reason,
     http::HttpService,
     limit::ConnectionLimitLayer,
@@ -704,11 +704,12 @@ async fn an_evicted_connection_whose_request_began_since_is_not_cut() {
     let (victim, mut victim_client) = open(&service, "192.0.2.1:1");
     tokio::time::sleep(secs(2)).await;
 
-    // Chosen while idle; its first byte comes before it is polled again.
+    // Chosen while idle, its first byte in its stream but not read: the eviction's
+    // wake-up finds a request begun.
     let (_newcomer, _newcomer_client) = open(&service, "192.0.2.2:1");
+    victim_client.write_all(b"x").await.unwrap();
     tokio::task::yield_now().await;
     assert_eq!(overload.stats().evicted_idle, 1);
-    victim_client.write_all(b"x").await.unwrap();
     tokio::time::sleep(secs(1)).await;
     assert!(!victim.is_finished(), "cut in the middle of its request");
     assert_eq!(limit.stats().live, 2);
@@ -1335,38 +1336,56 @@ async fn in_dry_run_a_newcomer_at_a_full_cap_is_served_without_evicting_an_idle_
 
 #[tokio::test(start_paused = true)]
 async fn evictions_take_a_full_cap_over_by_one_connection_for_every_sixteen_of_it() {
-    // A raw protocol that ignores the request to close: evicted, it stays until its
-    // client leaves. Every connection registers as it starts (a start threshold of 0).
+    // A raw protocol that ignores the request to close, under a request timer: an
+    // evicted connection whose request has begun by the time it hears of its eviction
+    // stays until its client leaves (or its request times out). Every connection
+    // registers as it starts (a start threshold of 0).
     let overload = overload()
         .thresholds(0.0, 1.0)
         .min_timeout_scale(1.0)
-        .evict_quiet_after(secs(10))
         .build()
         .unwrap();
-    let (limit, service) = evicting_stack(&overload, 32, idle_timeout(&overload), reader());
-    // The first connections are the longest idle, the ones evicted.
+    let (limit, mut service) = evicting_stack(
+        &overload,
+        32,
+        idle_and_request_timeouts(&overload),
+        reader(),
+    );
+    // Silent, and so idle between requests once past a newcomer's second.
     let mut clients = Vec::new();
+    let mut closes = Vec::new();
     for n in 1..=32 {
-        let (conn, client) = duplex_conn(&format!("192.0.2.{n}:1"));
+        let (mut conn, client) = duplex_conn(&format!("192.0.2.{n}:1"));
+        closes.push(conn.graceful_close());
         tokio::spawn(service.clone().oneshot(conn));
         clients.push(client);
-        tokio::time::sleep(secs(1)).await;
     }
-    // Quiet past the threshold.
-    tokio::time::sleep(secs(11)).await;
+    tokio::time::sleep(secs(2)).await;
     assert_eq!(overload.stats().registered, 32);
 
-    let over_cap = |n: u8| open(&service, &format!("198.51.100.{n}:1"));
+    // Two newcomers admitted here, each evicting a connection, whose client's request
+    // is in its stream before it is polled again.
     let mut newcomers = Vec::new();
     for n in 1..=2 {
-        newcomers.push(over_cap(n));
-        tokio::task::yield_now().await;
+        let (conn, client) = duplex_conn(&format!("198.51.100.{n}:1"));
+        let admitted = service.ready().await.unwrap().call(conn);
+        newcomers.push((tokio::spawn(admitted), client));
     }
+    let mut evicted = Vec::new();
+    for (close, client) in closes.iter().zip(&mut clients) {
+        if close.is_requested() {
+            client.write_all(b"x").await.unwrap();
+            evicted.push(client);
+        }
+    }
+    assert_eq!(evicted.len(), 2);
+    tokio::time::sleep(secs(1)).await;
     assert_eq!(overload.stats().evicted_idle, 2);
     let stats = limit.stats();
     assert_eq!((stats.admitted, stats.refused, stats.live), (34, 0, 34));
 
     // Both evictions allowed are still closing: the next newcomer is refused.
+    let over_cap = |n: u8| open(&service, &format!("198.51.100.{n}:1"));
     let (refused, _refused_client) = over_cap(3);
     let error = within(PATIENCE, refused).await.unwrap().unwrap_err();
     assert_eq!(
@@ -1377,14 +1396,16 @@ async fn evictions_take_a_full_cap_over_by_one_connection_for_every_sixteen_of_i
     assert_eq!((stats.admitted, stats.refused, stats.live), (34, 1, 34));
 
     // Once an evicted connection has gone, another newcomer evicts again.
-    drop(clients.remove(0));
+    let evicted_client = closes.iter().position(GracefulClose::is_requested).unwrap();
+    drop(clients.remove(evicted_client));
     tokio::task::yield_now().await;
     assert_eq!(limit.stats().live, 33);
-    newcomers.push(over_cap(4));
+    let _next = over_cap(4);
     tokio::task::yield_now().await;
     assert_eq!(overload.stats().evicted_idle, 3);
+    // That one, idle when its eviction woke it, is cut at once.
     let stats = limit.stats();
-    assert_eq!((stats.admitted, stats.refused, stats.live), (35, 1, 34));
+    assert_eq!((stats.admitted, stats.refused, stats.live), (35, 1, 33));
 }
 
 /// `set_max` keeps the live connections and refuses newcomers until enough have ended.
@@ -1440,4 +1461,59 @@ async fn under_a_lowered_cap_newcomers_are_refused_until_enough_connections_end(
     assert_eq!(newcomer.get("/").await.unwrap().body, "hello\n");
     let stats = limit.stats();
     assert_eq!((stats.refused, stats.live), (6, 2));
+}
+
+/// A raw connection that sent its first byte and then nothing, its client still there.
+async fn silent<S: Serves>(
+    service: &S,
+    peer: &str,
+) -> (JoinHandle<Result<(), BoxError>>, DuplexStream) {
+    let (server, mut client) = open(service, peer);
+    client.write_all(b".").await.unwrap();
+    (server, client)
+}
+
+/// Without an idle timeout, a connection judged by its bytes gives way for its age and
+/// is "cut rather than asked to close"; the cut is made at a poll of its future. A
+/// protocol that does not await the close (the tests' `reader`) and a client that sends
+/// nothing more leave nothing to poll it: no timer looks again once the first byte is
+/// in. The evicted connection then stays, counted among the evictions under way for as
+/// long as its client keeps it open, and once a sixteenth of the cap is so held, every
+/// newcomer is refused, idle or old connections there or not.
+#[tokio::test(start_paused = true)]
+async fn without_an_idle_timeout_a_silent_connection_evicted_for_its_age_is_cut() {
+    let overload = overload().min_timeout_scale(1.0).build().unwrap();
+    let timeouts = TimeoutLayer::builder()
+        .first_byte(secs(10))
+        .overload(&overload)
+        .build()
+        .unwrap();
+    let (limit, service) = evicting_stack(&overload, 3, timeouts, reader());
+    let mut old = Vec::new();
+    for n in 1..=3 {
+        old.push(silent(&service, &format!("192.0.2.{n}:1")).await);
+        tokio::time::sleep(secs(1)).await;
+    }
+    assert_eq!(overload.stats().registered, 3);
+    // Past their first byte and the 10 s that makes them long-lived.
+    tokio::time::sleep(secs(60)).await;
+
+    let _newcomer = chatty(&service, "198.51.100.1:1");
+    tokio::time::sleep(secs(1)).await;
+    assert_eq!(overload.stats().evicted_long_lived, 1);
+    let (oldest, _client) = old.remove(0);
+    tokio::time::sleep(PATIENCE).await;
+    let cut = oldest.is_finished();
+    // The next newcomer makes the next oldest give way, as the one before did.
+    let _next = chatty(&service, "198.51.100.2:1");
+    tokio::time::sleep(secs(1)).await;
+    let stats = limit.stats();
+    assert!(
+        cut && stats.refused == 0,
+        "the connection evicted for its age still runs ({} live on a cap of 3) and the \
+         next newcomer was refused ({} refused, {} evicted for their age)",
+        stats.live,
+        stats.refused,
+        overload.stats().evicted_long_lived
+    );
 }

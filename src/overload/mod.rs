@@ -36,10 +36,14 @@
 //!   is still idle once its protocol has been polled with the request, it is cut then,
 //!   without waiting on its client: an HTTP/2 client that never acknowledges the
 //!   GOAWAY's PING would otherwise keep its place among the evictions under way for the
-//!   adapter's close grace, and a crowd of them would stall the evictions. (A raw
-//!   protocol that does not listen for the request is cut at its timer's next look.)
-//!   One that has begun a request meanwhile finishes it; one evicted for its age (see
-//!   below) is cut however busy. So the cap is exceeded, briefly, by the connections
+//!   adapter's close grace, and a crowd of them would stall the evictions. The eviction
+//!   wakes the connection's own task for that poll: a raw protocol that does not listen
+//!   for the request, whose client sends nothing and whose timer has nothing ahead, is
+//!   cut all the same. One that has begun a request meanwhile finishes it, as does one
+//!   judged by its bytes that has moved one since it was chosen, unless it still runs
+//!   30 s after its eviction: it is cut at its next wake-up then, so that no connection
+//!   its client keeps busy holds one of the evictions under way for good. One evicted
+//!   for its age (see below) is cut however busy. So the cap is exceeded, briefly, by the connections
 //!   being evicted: at most one for every 16 of the cap, beyond which new connections
 //!   are refused as before. Waiting instead for the victim to close would not save the
 //!   newcomer's descriptor, which is open already. In
@@ -104,8 +108,11 @@
 //! eight shards, taken by thread) when it starts, or at its timer's next look, once the
 //! load reaches half the start threshold, and leaves it when it ends. Under a
 //! [`TimeoutLayer`] without an idle timeout, whose timer may never look again, a
-//! connection joins when it starts, whatever the load. An eviction looks at 256
-//! registered connections at most, from a rotating start.
+//! connection joins when it starts, whatever the load. A registered connection leaves
+//! its task's waker with its timer, so that an eviction can wake it: a lock-free
+//! registration when it joins and when its task's waker changes, and a load and a
+//! waker comparison at each wake-up, as a timer of requests already costs. An eviction
+//! looks at 256 registered connections at most, from a rotating start.
 //!
 //! # Example
 //!

@@ -16,7 +16,7 @@ use std::{
     net::IpAddr,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -44,6 +44,12 @@ const NEWCOMER_GRACE: Duration = Duration::from_secs(1);
 /// counts as idle: its client holds the place and takes nothing (an HTTP/2 window kept
 /// at zero, a socket never read).
 const STALLED_AFTER: Duration = Duration::from_secs(1);
+
+/// How long an evicted connection may go on, whatever it is doing, before it is cut at
+/// its next wake-up: one that a request or a moved byte has kept from its cut would
+/// otherwise hold one of the evictions allowed at once for as long as its client keeps
+/// it busy.
+const EVICTED_CUT_AFTER: Duration = Duration::from_secs(30);
 
 /// A connection as the overload manager knows it.
 #[derive(Debug)]
@@ -100,6 +106,9 @@ struct Member {
     /// or while only answers streamed on it): cut as soon as its protocol has been told,
     /// busy or not.
     cut_when_told: AtomicBool,
+    /// When it was evicted, in nanoseconds since its connection started; `u64::MAX`
+    /// until then.
+    evicted_at: AtomicU64,
 }
 
 /// A connection's place in the registry, given up when dropped.
@@ -154,6 +163,7 @@ impl Registry {
             index: AtomicUsize::new(members.len()),
             state: AtomicU8::new(REGISTERED),
             cut_when_told: AtomicBool::new(false),
+            evicted_at: AtomicU64::new(u64::MAX),
         });
         members.push(member.clone());
         Registration {
@@ -225,6 +235,9 @@ impl Registry {
         if for_its_age || victim.activity.only_answers_stream() {
             victim.cut_when_told.store(true, Ordering::Release);
         }
+        victim
+            .evicted_at
+            .store(victim.lived_nanos(Instant::now()), Ordering::Relaxed);
         if for_its_age {
             self.evicted_long_lived.add();
             tracing::debug!(peer = %victim.peer, "long-lived connection evicted to make room, none being idle");
@@ -233,6 +246,9 @@ impl Registry {
             tracing::debug!(peer = %victim.peer, "idle connection evicted to make room");
         }
         victim.close.request();
+        // Its own task, which nothing else may wake (a raw protocol that does not await
+        // the request, a silent client, no deadline ahead), looks at its cut.
+        victim.activity.wake_evicted();
         true
     }
 
@@ -333,6 +349,20 @@ fn choose(candidates: &mut [Candidate]) -> Option<usize> {
     chosen.map(|(_, at)| at)
 }
 
+impl Member {
+    /// How long its connection had lived at `now`, in nanoseconds.
+    fn lived_nanos(&self, now: Instant) -> u64 {
+        let lived = now.saturating_duration_since(self.activity.started());
+        u64::try_from(lived.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether it was evicted [`EVICTED_CUT_AFTER`] or more before `now`.
+    fn evicted_long_ago(&self, now: Instant) -> bool {
+        let evicted_at = self.evicted_at.load(Ordering::Relaxed);
+        Duration::from_nanos(self.lived_nanos(now).saturating_sub(evicted_at)) >= EVICTED_CUT_AFTER
+    }
+}
+
 impl Standing {
     /// Whether the connection has been evicted and is to be cut now rather than wait on
     /// its protocol: it is still idle (an idle connection has nothing to finish, and one
@@ -343,19 +373,21 @@ impl Standing {
     /// chosen (a goodbye would wait for their end, which a gRPC stream or an event
     /// stream may never reach; and the goodbye's own bytes would make it look busy). One
     /// idle when chosen that has started a request since finishes it under the graceful
-    /// close. A look is one relaxed load until then.
+    /// close, within [`EVICTED_CUT_AFTER`] of its eviction, as does one that a byte has
+    /// kept busy since. A look is one relaxed load until then.
     #[inline]
     pub(crate) fn to_cut(&self) -> bool {
         let Standing::Registered(registration) = self else {
             return false;
         };
         let member = &registration.member;
-        member.state.load(Ordering::Relaxed) == EVICTED
-            && (member.cut_when_told.load(Ordering::Acquire)
-                || registration
-                    .registry
-                    .idle_for(member, Instant::now())
-                    .is_some())
+        if member.state.load(Ordering::Relaxed) != EVICTED {
+            return false;
+        }
+        let now = Instant::now();
+        member.cut_when_told.load(Ordering::Acquire)
+            || registration.registry.idle_for(member, now).is_some()
+            || member.evicted_long_ago(now)
     }
 }
 
@@ -423,6 +455,30 @@ mod tests {
         assert!(
             !standing.to_cut(),
             "a late request's streaming answer cut under the graceful close"
+        );
+    }
+
+    /// A connection idle when chosen that starts a request at once, or is kept busy by
+    /// its client's bytes, is not cut at its protocol's poll; it still may not hold one
+    /// of the evictions allowed at once for as long as its client keeps it busy.
+    #[tokio::test(start_paused = true)]
+    async fn an_evicted_connection_kept_busy_is_cut_once_its_eviction_is_old() {
+        let registry = registry();
+        let activity = idle();
+        let standing =
+            Standing::Registered(registry.register(&activity, &GracefulClose::new(), peer(1)));
+        assert!(registry.evict_one(usize::MAX));
+        activity.open_exchange();
+        assert!(
+            !standing.to_cut(),
+            "a request begun since the choice is cut"
+        );
+        tokio::time::advance(EVICTED_CUT_AFTER - Duration::from_millis(1)).await;
+        assert!(!standing.to_cut(), "cut before its eviction is old");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(
+            standing.to_cut(),
+            "busy {EVICTED_CUT_AFTER:?} after its eviction, and not cut"
         );
     }
 

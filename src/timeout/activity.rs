@@ -233,7 +233,8 @@ pub(crate) struct Activity {
     /// `rearm` without being woken.
     polling: AtomicBool,
     wound_down: AtomicBool,
-    /// The timer's task, woken to re-arm when a request starts.
+    /// The timer's task, woken to re-arm when a request starts, and when the connection
+    /// is evicted (registered for that while it may be).
     timer: AtomicWaker,
     /// Set when a wake-up took the timer's registration, which it must then renew.
     registration_taken: AtomicBool,
@@ -723,9 +724,20 @@ impl Activity {
         self.started
     }
 
-    /// Registers the timer's task, to be woken when a request starts.
+    /// Registers the timer's task, to be woken when a request starts or the connection
+    /// is evicted.
     pub(crate) fn register_timer(&self, waker: &std::task::Waker) {
         self.timer.register(waker);
+    }
+
+    /// Wakes the timer's task of a connection just evicted, so that it gives its
+    /// protocol a poll with the close request and then cuts it if it is to be cut:
+    /// nothing else may wake it (a raw protocol that does not await the request, a
+    /// client that sends nothing, a timer with no deadline ahead).
+    #[cfg(feature = "overload")]
+    pub(crate) fn wake_evicted(&self) {
+        self.registration_taken.store(true, Ordering::Release);
+        self.timer.wake();
     }
 
     /// Whether a wake-up has taken the timer's registration since it last asked.

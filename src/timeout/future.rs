@@ -183,14 +183,18 @@ where
         if !*this.started {
             enrol(this.activity, this.standing, this.close, true);
         }
-        // Whether an eviction's request to close came before this poll of the protocol,
-        // which then had it to say goodbye; looked at only once the connection has joined
-        // the registry, under load.
+        // Whether the connection has joined the registry (under load, or without an
+        // idle timeout), and whether an eviction's request to close came before this poll
+        // of the protocol, which then had it to say goodbye.
         #[cfg(feature = "overload")]
-        let asked_before_poll = matches!(
+        let evictable = matches!(
             this.standing,
             Some(crate::overload::Standing::Registered(_))
-        ) && this.close.is_requested();
+        );
+        #[cfg(not(feature = "overload"))]
+        let evictable = false;
+        #[cfg(feature = "overload")]
+        let asked_before_poll = evictable && this.close.is_requested();
         // A request that starts while the inner future reads is seen just below: it
         // needs no wake-up of this task.
         this.activity.set_polling(true);
@@ -228,10 +232,11 @@ where
             *this.started = true;
             *this.times_requests = this.activity.deadlines().request.is_some();
         }
-        if *this.times_requests {
-            // Requests start (and streams expire) on other tasks too: registered for
-            // their wake-ups, again only when this task's waker changes or a wake-up
-            // has taken the registration, not on every poll.
+        if *this.times_requests || evictable {
+            // Requests start (and streams expire) on other tasks too, and an eviction
+            // comes from another connection's: registered for their wake-ups, again only
+            // when this task's waker changes or a wake-up has taken the registration,
+            // not on every poll.
             if this.activity.take_registration_taken() {
                 *this.registered = None;
             }
@@ -243,6 +248,13 @@ where
                 {
                     this.activity.register_timer(cx.waker());
                     *this.registered = Some(cx.waker().clone());
+                    // Evicted while the protocol was polled, before this registration:
+                    // that eviction woke nobody. Polled again, the protocol hears the
+                    // request, and the cut is looked at.
+                    #[cfg(feature = "overload")]
+                    if evictable && !asked_before_poll && this.close.is_requested() {
+                        cx.waker().wake_by_ref();
+                    }
                 }
                 // A request that started since the timer was set may end before it.
                 if !this.activity.take_rearm() {
