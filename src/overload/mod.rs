@@ -112,7 +112,9 @@
 //! its task's waker with its timer, so that an eviction can wake it: a lock-free
 //! registration when it joins and when its task's waker changes, and a load and a
 //! waker comparison at each wake-up, as a timer of requests already costs. An eviction
-//! looks at 256 registered connections at most, from a rotating start.
+//! looks at 256 registered connections at most: from the next shard each time, and in
+//! each shard from where the last look in it ended, so that every registered
+//! connection is seen in turn.
 //!
 //! # Example
 //!

@@ -9,8 +9,9 @@
 //! timeout (see [`Overload::enrol`](super::Overload::enrol)): a connection joins one of
 //! eight shards, the one of the thread it runs on, so that threads seldom wait on each
 //! other's lock, and leaves it when it ends. An eviction looks at a bounded number of
-//! connections from a rotating start, so its cost does not grow with the cap, and every
-//! connection is seen in turn.
+//! connections, so its cost does not grow with the cap: starting each time from the
+//! next shard, and in each shard where the last look in it ended, so that every
+//! connection is seen in turn, however the shards are filled.
 
 use std::{
     net::IpAddr,
@@ -62,8 +63,8 @@ pub(crate) enum Standing {
 #[derive(Debug)]
 pub(crate) struct Registry {
     shards: [Shard; STRIPES],
-    /// Where the next eviction starts looking.
-    cursor: AtomicUsize,
+    /// The shard the next eviction looks in first.
+    next_shard: AtomicUsize,
     /// Evicted connections that have not ended yet.
     evicting: AtomicUsize,
     evicted: Counter,
@@ -76,10 +77,18 @@ pub(crate) struct Registry {
 /// One shard, on its own cache line so that neighbours do not false-share.
 #[derive(Debug, Default)]
 #[repr(align(64))]
-struct Shard(Mutex<Vec<Arc<Member>>>);
+struct Shard(Mutex<Members>);
+
+/// A shard's registered connections, in no order.
+#[derive(Debug, Default)]
+struct Members {
+    list: Vec<Arc<Member>>,
+    /// Where the next look in this shard starts: where the last one ended.
+    cursor: usize,
+}
 
 impl Shard {
-    fn lock(&self) -> MutexGuard<'_, Vec<Arc<Member>>> {
+    fn lock(&self) -> MutexGuard<'_, Members> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -138,7 +147,7 @@ impl Registry {
     pub(super) fn new(keying: PeerKeying, quiet_after: Duration) -> Self {
         Self {
             shards: Default::default(),
-            cursor: AtomicUsize::new(0),
+            next_shard: AtomicUsize::new(0),
             evicting: AtomicUsize::new(0),
             evicted: Counter::metric(EVICTIONS, &[("reason", "overload_shed")]),
             evicted_long_lived: Counter::metric(EVICTIONS, &[("reason", "overload_long_lived")]),
@@ -160,12 +169,12 @@ impl Registry {
             close: close.clone(),
             peer: self.keying.key(peer),
             shard,
-            index: AtomicUsize::new(members.len()),
+            index: AtomicUsize::new(members.list.len()),
             state: AtomicU8::new(REGISTERED),
             cut_when_told: AtomicBool::new(false),
             evicted_at: AtomicU64::new(u64::MAX),
         });
-        members.push(member.clone());
+        members.list.push(member.clone());
         Registration {
             registry: self.clone(),
             member,
@@ -181,7 +190,10 @@ impl Registry {
     }
 
     pub(super) fn len(&self) -> usize {
-        self.shards.iter().map(|shard| shard.lock().len()).sum()
+        self.shards
+            .iter()
+            .map(|shard| shard.lock().list.len())
+            .sum()
     }
 
     /// Evictions asked for whose connections have not yet left the registry.
@@ -252,22 +264,25 @@ impl Registry {
         true
     }
 
-    /// Up to [`SCAN`] registered connections, from a rotating start, that may be
-    /// evicted and are not already.
+    /// Up to [`SCAN`] registered connections that may be evicted and are not already:
+    /// from the shard after the one the last eviction started in, and in each shard from
+    /// where the last look in it ended, so that the next evictions look further, past a
+    /// run of connections none may evict, and a shard behind a full one is not looked
+    /// at through the same window every time.
     fn candidates(&self) -> Candidates {
         let now = Instant::now();
-        // Each eviction moves the start on by as many as it may look at, so that the
-        // next ones look further, past a run of connections none may evict.
-        let start = self.cursor.fetch_add(SCAN, Ordering::Relaxed);
+        let first_shard = self.next_shard.fetch_add(1, Ordering::Relaxed);
         let mut budget = SCAN;
         let mut candidates = Candidates::default();
         for shard in 0..STRIPES {
-            let members = self.shards[(start / SCAN + shard) % STRIPES].lock();
-            let looked = members.len().min(budget);
+            let mut members = self.shards[(first_shard + shard) % STRIPES].lock();
+            let len = members.list.len();
+            let looked = len.min(budget);
             budget -= looked;
-            let offset = start % members.len().max(1);
+            let offset = members.cursor % len.max(1);
+            members.cursor = (offset + looked) % len.max(1);
             for at in 0..looked {
-                let member = &members[(offset + at) % members.len()];
+                let member = &members.list[(offset + at) % len];
                 if member.state.load(Ordering::Relaxed) != REGISTERED {
                     continue;
                 }
@@ -397,8 +412,8 @@ impl Drop for Registration {
         let registry = &self.registry;
         let mut members = registry.shards[member.shard].lock();
         let index = member.index.load(Ordering::Relaxed);
-        members.swap_remove(index);
-        if let Some(moved) = members.get(index) {
+        members.list.swap_remove(index);
+        if let Some(moved) = members.list.get(index) {
             moved.index.store(index, Ordering::Relaxed);
         }
         drop(members);
@@ -559,6 +574,75 @@ mod tests {
         assert_eq!(
             not_found, 0,
             "a newcomer refused with an idle connection left"
+        );
+    }
+
+    /// Two threads' shards: one with a run of 256 busy connections, enough for a whole
+    /// look, and one with 2048. The second must not be looked at through the same
+    /// windows every time. (When one count picked both the first shard and the offset
+    /// in it, every look in the second shard fell in the windows made busy here, and
+    /// its 1792 idle connections were never seen.)
+    #[test]
+    fn every_registered_idle_connection_is_seen_in_turn_whatever_the_shards_hold() {
+        let registry = registry();
+        let first_shard = std::thread::spawn({
+            let registry = registry.clone();
+            move || {
+                let busy: Vec<_> = (0..256)
+                    .map(|n| registry.register(&busy(), &GracefulClose::new(), peer(n)))
+                    .collect();
+                (stripe(), busy)
+            }
+        });
+        let (x, mut held) = first_shard.join().unwrap();
+        let mut idle_registered = 0;
+        for _ in 0..32 {
+            let other = std::thread::spawn({
+                let registry = registry.clone();
+                move || {
+                    let y = stripe();
+                    if y == x {
+                        return None;
+                    }
+                    // The shard an eviction looks in first, for the `k`th eviction.
+                    let first = |k: usize| {
+                        (0..STRIPES)
+                            .map(|at| (k + at) % STRIPES)
+                            .find(|shard| *shard == x || *shard == y)
+                            .unwrap()
+                    };
+                    // Busy where evictions look in this shard, idle elsewhere.
+                    let members: Vec<_> = (0..2048)
+                        .map(|at| {
+                            let window = at / SCAN;
+                            let activity = if first(window) == y { busy() } else { idle() };
+                            let idle = usize::from(first(window) != y);
+                            (
+                                registry.register(
+                                    &activity,
+                                    &GracefulClose::new(),
+                                    peer(10_000 + at as u32),
+                                ),
+                                idle,
+                            )
+                        })
+                        .collect();
+                    Some(members)
+                }
+            });
+            if let Some(members) = other.join().unwrap() {
+                for (member, idle) in members {
+                    idle_registered += idle;
+                    held.push(member);
+                }
+                break;
+            }
+        }
+        assert!(idle_registered >= SCAN, "no second shard");
+        let found = (0..64).filter(|_| registry.evict_one(usize::MAX)).count();
+        assert!(
+            found > 0,
+            "64 evictions found none of the {idle_registered} idle connections registered"
         );
     }
 }
