@@ -107,7 +107,9 @@ impl Default for Connections {
 #[non_exhaustive]
 pub struct Peers {
     /// `ipv6_prefix`: the prefix length that forms an IPv6 peer key; 64 by default
-    /// (one subscriber's allocation). IPv4 peers are keyed by address.
+    /// (one subscriber's allocation). IPv4 peers are keyed by address, and so are those
+    /// an IPv6-only server sees through a NAT64 translator's well-known prefix
+    /// (`64:ff9b::a.b.c.d`); a network-specific translation prefix is keyed as IPv6.
     pub ipv6_prefix: u8,
     /// `exempt`: networks (`"10.0.0.0/8"`) whose peers skip the per-peer cap, the
     /// rates and bans: health checkers, a monitoring host. None by default.

@@ -4,7 +4,11 @@
 //! An attacker with IPv6 usually holds a whole /64, so keying by full address would give
 //! them 2^64 identities. [`PeerKeying`] keys IPv4 by /32 and IPv6 by /64 by default
 //! (OpenSSH's `PerSourceNetBlockSize`), and counts an IPv4-mapped IPv6 address
-//! (`::ffff:192.0.2.1`) as the IPv4 address it carries.
+//! (`::ffff:192.0.2.1`, a dual-stack listener's IPv4 peer) as the IPv4 address it
+//! carries, and so an address in NAT64's well-known prefix (`64:ff9b::192.0.2.1`, RFC
+//! 6052: how an IPv6-only server behind a stateless translator sees the IPv4
+//! internet), which would otherwise put every IPv4 client in one /64. A
+//! network-specific translation prefix is keyed as IPv6, by the IPv6 prefix.
 
 #[cfg(any(feature = "peer-limit", feature = "rate-limit", feature = "login"))]
 pub(crate) mod cells;
@@ -214,7 +218,8 @@ impl PeerKeying {
     /// checkers, internal networks). The result is a keying of its own: `self`'s other
     /// clones keep their list. A network written in its IPv4-mapped form, as a
     /// dual-stack listener shows IPv4 peers (`::ffff:10.0.0.0/104`), is the IPv4 network
-    /// it carries (`10.0.0.0/8`), as bans and trusted proxies read it.
+    /// it carries (`10.0.0.0/8`), as bans read it; so is one within NAT64's well-known
+    /// prefix (`64:ff9b::10.0.0.0/104`).
     pub fn exempt(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
         let mut all = self.exempt.networks.load().to_vec();
         all.extend(networks.into_iter().map(canonical_network));
@@ -253,9 +258,10 @@ impl PeerKeying {
         self.exempt.networks.load().to_vec()
     }
 
-    /// The key of a peer address.
+    /// The key of a peer address; an IPv4-mapped address, or one in NAT64's well-known
+    /// prefix (`64:ff9b::/96`), is keyed as the IPv4 address it carries.
     pub fn key(&self, ip: IpAddr) -> PeerKey {
-        match ip.to_canonical() {
+        match canonical_peer(ip) {
             IpAddr::V4(v4) => PeerKey {
                 network: IpAddr::V4(Ipv4Addr::from_bits(v4.to_bits() & mask32(self.ipv4_prefix))),
                 prefix_len: self.ipv4_prefix,
@@ -279,9 +285,10 @@ impl PeerKeying {
         network.prefix_len() < key_prefix
     }
 
-    /// Whether a peer address is in an exempt network.
+    /// Whether a peer address is in an exempt network, read as [`key`](Self::key) reads
+    /// it.
     pub fn is_exempt(&self, ip: IpAddr) -> bool {
-        let ip = ip.to_canonical();
+        let ip = canonical_peer(ip);
         self.exempt
             .networks
             .load()
@@ -350,13 +357,59 @@ impl PeerKeying {
     }
 }
 
-/// `network` without host bits, and an IPv4-mapped IPv6 network as the IPv4 network it
-/// carries, as [`PeerKeying::key`] counts a mapped address.
+/// IPv4-mapped addresses, `::ffff:0:0/96`, and NAT64's well-known prefix,
+/// `64:ff9b::/96` (RFC 6052), whose last 32 bits are an IPv4 address.
+const IPV4_MAPPED: u128 = 0xffff << 32;
+const NAT64_WELL_KNOWN: u128 = 0x0064_ff9b << 96;
+const IPV4_BITS: u128 = 0xffff_ffff;
+
+/// The IPv4 address `v6` carries, as a peer: IPv4-mapped, or translated into NAT64's
+/// well-known prefix.
+#[inline]
+fn carried_ipv4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    let bits = v6.to_bits();
+    matches!(bits & !IPV4_BITS, IPV4_MAPPED | NAT64_WELL_KNOWN)
+        .then(|| Ipv4Addr::from_bits(bits as u32))
+}
+
+/// A peer address as [`PeerKeying::key`] counts it: one that carries an IPv4 address
+/// is that address.
+#[inline]
+fn canonical_peer(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => carried_ipv4(v6).map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    }
+}
+
+/// Whether `ip` is in NAT64's well-known prefix: an IPv4 client, keyed by the IPv4
+/// address it carries, whose packets come from the translator in this IPv6 form.
+#[cfg(all(feature = "kernel-bans", target_os = "linux"))]
+pub(crate) fn is_nat64_translated(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if v6.to_bits() & !IPV4_BITS == NAT64_WELL_KNOWN)
+}
+
+/// `network` without host bits, and an IPv6 network of /96 or longer that carries IPv4
+/// addresses as the IPv4 network it carries, as [`PeerKeying::key`] counts its
+/// addresses: IPv4-mapped, or in NAT64's well-known prefix.
 pub(crate) fn canonical_network(network: IpNet) -> IpNet {
+    ipv4_network_within(network, carried_ipv4)
+}
+
+/// `network` without host bits, and an IPv4-mapped IPv6 network as the IPv4 network it
+/// carries, but not one in NAT64's well-known prefix: for networks matched against the
+/// address a socket gives (the trusted balancers), where a translated address is not
+/// taken for the IPv4 host it names.
+#[cfg(any(test, feature = "proxy-protocol"))]
+pub(crate) fn mapped_network_as_ipv4(network: IpNet) -> IpNet {
+    ipv4_network_within(network, |v6| v6.to_ipv4_mapped())
+}
+
+fn ipv4_network_within(network: IpNet, carried: impl Fn(Ipv6Addr) -> Option<Ipv4Addr>) -> IpNet {
     let network = network.trunc();
     if let IpNet::V6(v6) = network
-        && let Some(v4) = v6.network().to_ipv4_mapped()
         && let Some(prefix) = v6.prefix_len().checked_sub(96)
+        && let Some(v4) = carried(v6.network())
         && let Ok(v4) = Ipv4Net::new(v4, prefix)
     {
         return IpNet::V4(v4);
@@ -568,6 +621,39 @@ mod tests {
         let reloaded = PeerKeying::with_prefixes(32, 64).unwrap();
         reloaded.set_exempt([mapped]);
         assert!(reloaded.is_exempt(ip("10.1.2.3")), "after a reload");
+    }
+
+    /// Behind a stateless translator (SIIT, RFC 6052's well-known prefix, as an
+    /// IPv6-only server behind NAT46 or SIIT-DC sees the IPv4 internet), every IPv4
+    /// client is `64:ff9b::a.b.c.d`: one /64. Keyed as any IPv6 peer, the whole IPv4
+    /// internet would be one peer: one client's per-peer cap, rate and bans everyone's.
+    /// Like the mapped form, the translated form is keyed as the IPv4 address it
+    /// carries, and exempt and banned networks read it alike.
+    #[test]
+    fn ipv4_clients_behind_the_well_known_nat64_prefix_are_told_apart() {
+        let net = |text: &str| text.parse::<IpNet>().unwrap();
+        let keying = PeerKeying::default();
+        let a = keying.key(ip("64:ff9b::192.0.2.1"));
+        let b = keying.key(ip("64:ff9b::198.51.100.7"));
+        assert_ne!(a, b, "two IPv4 clients share the key {a}");
+        assert_eq!(a, keying.key(ip("192.0.2.1")));
+        assert_eq!(keying.key_from_bits(a.bits()), a);
+
+        let keying = keying.exempt([net("192.0.2.0/24")]);
+        assert!(keying.is_exempt(ip("64:ff9b::192.0.2.200")));
+        assert_eq!(
+            canonical_network(net("64:ff9b::192.0.2.0/120")),
+            net("192.0.2.0/24")
+        );
+        // Trusted balancers are matched as the socket gives them.
+        assert_eq!(
+            mapped_network_as_ipv4(net("64:ff9b::192.0.2.0/120")),
+            net("64:ff9b::192.0.2.0/120")
+        );
+        // A network-specific prefix, or the local-use 64:ff9b:1::/48, is IPv6.
+        for other in ["2001:db8:64::c000:201", "64:ff9b:1::c000:201"] {
+            assert_eq!(keying.key(ip(other)).network().prefix_len(), 64, "{other}");
+        }
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! `limit_conn`), so one noisy peer cannot take the whole server.
 //!
 //! Peers are told apart by [`PeerKeying`](crate::peer::PeerKeying): IPv4 by /32 and IPv6
-//! by /64 by default, IPv4-mapped addresses as IPv4, with exempt networks that skip the
-//! limit. Each peer's count is changed in place without a lock, so threads admitting
+//! by /64 by default, IPv4-mapped and NAT64-translated (`64:ff9b::/96`) addresses as
+//! IPv4, with exempt networks that skip the limit. Each peer's count is changed in place without a lock, so threads admitting
 //! different peers do not slow each other down. The table is bounded: when it holds
 //! [`max_tracked_peers`](PeerLimitBuilder::max_tracked_peers) keys, a new peer is let
 //! through untracked or refused, as the [`Overflow`](crate::peer::Overflow) policy says.

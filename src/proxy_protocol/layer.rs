@@ -6,7 +6,7 @@ use tower_layer::Layer;
 use super::{ProxyProtocol, ProxyProtocolError, readers::Readers};
 use crate::{
     ConfigError, config::nonzero, counter::Counter, deadline::Scaler,
-    metrics::PROXY_PROTOCOL_ERRORS, peer::canonical_network, throttle::LogThrottle,
+    metrics::PROXY_PROTOCOL_ERRORS, peer::mapped_network_as_ipv4, throttle::LogThrottle,
 };
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -166,10 +166,12 @@ impl ProxyProtocolLayer {
 impl ProxyProtocolBuilder {
     /// Adds networks whose connections carry a PROXY header: the balancers. An
     /// IPv4-mapped IPv6 network counts as the IPv4 network it carries, and a mapped peer
-    /// address as its IPv4 address.
+    /// address as its IPv4 address. An address in NAT64's well-known prefix
+    /// (`64:ff9b::/96`) is matched as it is, not as the IPv4 address it carries, which
+    /// the keyed layers key it by: trust goes to the host the socket names.
     pub fn trusted(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
         self.trusted
-            .extend(networks.into_iter().map(canonical_network));
+            .extend(networks.into_iter().map(mapped_network_as_ipv4));
         self
     }
 

@@ -76,6 +76,11 @@ const RECHECK_EVERY: Duration = Duration::from_secs(1);
 /// the refusals of such a key, the balancer's own connections without a header
 /// included, are not counted.
 ///
+/// **Behind a NAT64 translator** an IPv4 client arrives as `64:ff9b::a.b.c.d` and is
+/// keyed by its IPv4 address (see [`PeerKeying`](crate::peer::PeerKeying)), which its
+/// packets do not carry: refusals of such connections are not counted either, and
+/// their peers are refused in user space.
+///
 /// **Exempt peers.** The filter drops a key's whole network (a /24 with IPv4 keyed by
 /// /24), which may hold an exempt address that user space admits: a key whose network
 /// overlaps an [exempt network](crate::peer::PeerKeying::exempt), either way, stays
@@ -264,7 +269,8 @@ impl KernelBans {
     /// networks of every PROXY layer in front of the listeners the filter is
     /// [attached](Self::attach) to; the [`Bouncer`](crate::bouncer::Bouncer) gives its
     /// `proxy_protocol.trusted` when it attaches the filter to a listener it serves. An
-    /// IPv4-mapped IPv6 network counts as the IPv4 network it carries.
+    /// IPv4-mapped IPv6 network counts as the IPv4 network it carries, and so does one
+    /// in NAT64's well-known prefix, as peers are keyed.
     ///
     /// ```no_run
     /// use std::sync::Arc;
@@ -644,22 +650,22 @@ fn install(socket: BorrowedFd<'_>, program: &[Instruction]) -> std::io::Result<(
     socket.attach_filter(&program)
 }
 
-/// Whether `conn`'s packets come from its peer, so that the filter can drop them: not
-/// when a trusted balancer's PROXY header named the peer, since the packets come from
-/// the balancer. A balancer's own connection, without a header, is not counted either:
-/// its key holds a [balancer](KernelBans::set_balancers).
+/// Whether `conn`'s packets come from its peer as its key names it, so that the filter
+/// can drop them: not when a trusted balancer's PROXY header named the peer, since the
+/// packets come from the balancer; nor when the peer is an IPv4 client translated into
+/// NAT64's well-known prefix, keyed by its IPv4 address while its packets carry the
+/// translated IPv6 one. A balancer's own connection, without a header, is not counted
+/// either: its key holds a [balancer](KernelBans::set_balancers).
 pub(crate) fn sent_by_its_peer<IO>(conn: &Conn<IO>) -> bool {
     #[cfg(feature = "proxy-protocol")]
+    if conn
+        .extensions()
+        .get::<crate::proxy_protocol::ProxiedBy>()
+        .is_some()
     {
-        conn.extensions()
-            .get::<crate::proxy_protocol::ProxiedBy>()
-            .is_none()
+        return false;
     }
-    #[cfg(not(feature = "proxy-protocol"))]
-    {
-        let _ = conn;
-        true
-    }
+    !crate::peer::is_nat64_translated(conn.peer_addr().ip())
 }
 
 /// Whether `network` and one of `networks` share an address: one holds the other.

@@ -107,6 +107,28 @@ fn ipv4_keys_drop_their_address_only() {
     assert!(!dropped(&program, "2001:db8::1"));
 }
 
+/// An IPv4 client behind a NAT64 translator is keyed by its IPv4 address, which its
+/// packets (from `64:ff9b::a.b.c.d`) do not carry: its key in the filter would drop
+/// nothing of it, and take the place of one that would.
+#[test]
+fn a_client_translated_by_nat64_is_not_counted_for_the_filter() {
+    let conn = |peer: &str| {
+        crate::Conn::new(
+            tokio::io::empty(),
+            std::net::SocketAddr::new(peer.parse().unwrap(), 1),
+            "[::1]:80".parse().unwrap(),
+        )
+    };
+    assert!(!super::sent_by_its_peer(&conn("64:ff9b::192.0.2.1")));
+    assert!(super::sent_by_its_peer(&conn("2001:db8::1")));
+    assert!(super::sent_by_its_peer(&conn("192.0.2.1")));
+    // Its key is the IPv4 one, dropped only from an IPv4 header.
+    let keying = PeerKeying::default();
+    let program = drop_keys(&keys(&keying, &["64:ff9b::192.0.2.1"]));
+    assert!(dropped(&program, "192.0.2.1"));
+    assert!(!dropped(&program, "64:ff9b::192.0.2.1"));
+}
+
 #[test]
 fn an_ipv4_peer_on_a_dual_stack_socket_is_read_from_its_ipv4_header() {
     let keying = PeerKeying::default();
