@@ -225,6 +225,62 @@ fn http2_get(stream: u8) -> Vec<u8> {
     frame
 }
 
+/// HTTP/2 frame types the tests read from the server.
+const HEADERS: u8 = 0x1;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+
+/// Reads one frame the server wrote: its type, flags, stream and payload; `None` at the
+/// end.
+async fn next_frame(client: &mut DuplexStream) -> Option<(u8, u8, u32, Vec<u8>)> {
+    let mut head = [0u8; 9];
+    client.read_exact(&mut head).await.ok()?;
+    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    let mut payload = vec![0; len];
+    client.read_exact(&mut payload).await.ok()?;
+    Some((head[3], head[4], stream, payload))
+}
+
+/// Reads what the server writes until its idle goodbye, a GOAWAY and a PING (20 frames
+/// at most); the PING's payload, for the client to acknowledge.
+async fn goodbye_ping(client: &mut DuplexStream) -> Vec<u8> {
+    let mut ping = None;
+    let mut goaway = false;
+    for _ in 0..20 {
+        let Some((kind, flags, _, payload)) = within(secs(3600), next_frame(client)).await else {
+            break;
+        };
+        goaway |= kind == GOAWAY;
+        if kind == PING && flags & 0x1 == 0 {
+            ping = Some(payload);
+        }
+        if goaway && ping.is_some() {
+            break;
+        }
+    }
+    ping.expect("the goodbye's PING")
+}
+
+/// Reads what the server writes until it closes (20 frames at most): whether it
+/// answered `stream`, and the stream its last GOAWAY named as processed.
+async fn answered_before_the_end(client: &mut DuplexStream, stream: u32) -> (bool, Option<u32>) {
+    let mut answered = false;
+    let mut last_goaway = None;
+    for _ in 0..20 {
+        let Some((kind, _, on, payload)) = within(secs(3600), next_frame(client)).await else {
+            break;
+        };
+        answered |= kind == HEADERS && on == stream;
+        if kind == GOAWAY {
+            last_goaway = Some(u32::from_be_bytes([
+                payload[0], payload[1], payload[2], payload[3],
+            ]));
+        }
+    }
+    (answered, last_goaway)
+}
+
 /// The same request, padded with 200 bytes: the frame's header (flagged END_HEADERS
 /// and END_STREAM) and its payload's first bytes. What a client trickles after them
 /// is the padding.
@@ -359,7 +415,6 @@ mod on_its_own {
             frames.push(sent[at + 3]);
             at += 9 + len;
         }
-        const GOAWAY: u8 = 0x7;
         assert!(
             frames.contains(&GOAWAY),
             "frame types sent {frames:?}, then {read:?}; the connection ended {outcome:?}"
@@ -374,40 +429,11 @@ mod on_its_own {
     /// a second after the GOAWAY, drops it instead when its handler takes longer.
     #[tokio::test(start_paused = true)]
     async fn a_stream_the_client_opens_as_the_idle_goaway_arrives_is_served_to_its_end() {
-        /// Reads one frame: its type, flags, stream and payload; `None` at the end.
-        async fn next_frame(client: &mut DuplexStream) -> Option<(u8, u8, u32, Vec<u8>)> {
-            let mut head = [0u8; 9];
-            client.read_exact(&mut head).await.ok()?;
-            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-            let mut payload = vec![0; len];
-            client.read_exact(&mut payload).await.ok()?;
-            Some((head[3], head[4], stream, payload))
-        }
-        const HEADERS: u8 = 0x1;
-        const PING: u8 = 0x6;
-        const GOAWAY: u8 = 0x7;
-
         let (connection, mut client) = serve_one(HttpService::new(app()));
         client.write_all(HTTP2_START).await.unwrap();
         client.write_all(&http2_get(1)).await.unwrap();
         // The answer to stream 1, then, 60 s later, the goodbye: GOAWAY and a PING.
-        let mut ping = None;
-        let mut goaway = false;
-        for _ in 0..20 {
-            let Some((kind, flags, _, payload)) = within(secs(3600), next_frame(&mut client)).await
-            else {
-                break;
-            };
-            goaway |= kind == GOAWAY;
-            if kind == PING && flags & 0x1 == 0 {
-                ping = Some(payload);
-            }
-            if goaway && ping.is_some() {
-                break;
-            }
-        }
-        let ping = ping.expect("the goodbye's PING");
+        let ping = goodbye_ping(&mut client).await;
         let told_at = Instant::now();
         // The call that was on its way (`GET /sleep?3` on stream 3), then the PING's
         // acknowledgement.
@@ -415,21 +441,7 @@ mod on_its_own {
         call.extend_from_slice(b"\0\0\x08\x06\x01\0\0\0\0");
         call.extend_from_slice(&ping);
         client.write_all(&call).await.unwrap();
-        let mut answered = false;
-        let mut last_goaway = None;
-        for _ in 0..20 {
-            let Some((kind, _, stream, payload)) =
-                within(secs(3600), next_frame(&mut client)).await
-            else {
-                break;
-            };
-            answered |= kind == HEADERS && stream == 3;
-            if kind == GOAWAY {
-                last_goaway = Some(u32::from_be_bytes([
-                    payload[0], payload[1], payload[2], payload[3],
-                ]));
-            }
-        }
+        let (answered, last_goaway) = answered_before_the_end(&mut client, 3).await;
         let outcome = within(secs(5), connection).await.unwrap();
         assert!(
             answered,
@@ -946,40 +958,10 @@ mod under_a_timeout_layer {
     /// the request timeout.
     #[tokio::test(start_paused = true)]
     async fn a_call_ignored_after_the_last_goaway_does_not_cut_the_call_being_served() {
-        async fn next_frame<R: AsyncReadExt + Unpin>(
-            client: &mut R,
-        ) -> Option<(u8, u8, u32, Vec<u8>)> {
-            let mut head = [0u8; 9];
-            client.read_exact(&mut head).await.ok()?;
-            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-            let mut payload = vec![0; len];
-            client.read_exact(&mut payload).await.ok()?;
-            Some((head[3], head[4], stream, payload))
-        }
-        const HEADERS: u8 = 0x1;
-        const PING: u8 = 0x6;
-        const GOAWAY: u8 = 0x7;
-
         let (connection, mut client) = layered();
         client.write_all(HTTP2_START).await.unwrap();
         client.write_all(&http2_get(1)).await.unwrap();
-        let mut ping = None;
-        let mut goaway = false;
-        for _ in 0..20 {
-            let Some((kind, flags, _, payload)) = within(secs(3600), next_frame(&mut client)).await
-            else {
-                break;
-            };
-            goaway |= kind == GOAWAY;
-            if kind == PING && flags & 0x1 == 0 {
-                ping = Some(payload);
-            }
-            if goaway && ping.is_some() {
-                break;
-            }
-        }
-        let ping = ping.expect("the goodbye's PING");
+        let ping = goodbye_ping(&mut client).await;
         let told_at = Instant::now();
         // `GET /sleep?30` on stream 3, the PING's acknowledgement, then `POST /upload` on
         // stream 5 with the first byte of its body.
@@ -989,21 +971,7 @@ mod under_a_timeout_layer {
         calls.extend_from_slice(b"\0\0\x0e\x01\x04\0\0\0\x05\x83\x86\x04\x07/upload\x41\x01t");
         calls.extend_from_slice(b"\0\0\x01\0\0\0\0\0\x05x");
         client.write_all(&calls).await.unwrap();
-        let mut answered = false;
-        let mut last_goaway = None;
-        for _ in 0..20 {
-            let Some((kind, _, stream, payload)) =
-                within(secs(3600), next_frame(&mut client)).await
-            else {
-                break;
-            };
-            answered |= kind == HEADERS && stream == 3;
-            if kind == GOAWAY {
-                last_goaway = Some(u32::from_be_bytes([
-                    payload[0], payload[1], payload[2], payload[3],
-                ]));
-            }
-        }
+        let (answered, last_goaway) = answered_before_the_end(&mut client, 3).await;
         let outcome = within(secs(5), connection).await.unwrap();
         assert!(
             answered,
