@@ -1041,3 +1041,137 @@ async fn an_http2_body_of_padding_alone_earns_no_time_at_the_minimum_rate() {
     assert!(after < Duration::from_secs(11), "held {after:?}");
     assert_eq!(bouncer.login().stats().request_timeouts, 1);
 }
+
+/// A client that abandons each upload before its request timeout is not served for
+/// good. Over HTTP/2 it opens a `POST` whose body never comes, resets that stream (a
+/// whole RST_STREAM, CANCEL) 9 s later, just short of the 10 s request timeout, and
+/// opens the next: no request ever arrives whole, and the connection, always busy with
+/// an exchange waiting on its body, is never idle either (nor evictable as idle under
+/// overload). The next upload has what the one it replaces had left of the request
+/// timeout: the connection is cut 10 s in, and counted, not held to its one-hour
+/// lifetime (over HTTP/1 a client cannot abandon a request and stay).
+#[tokio::test(start_paused = true)]
+async fn an_http2_client_that_resets_each_upload_before_its_timeout_is_not_held_for_good() {
+    use axum::routing::post;
+    use tower::ServiceExt;
+    use tower_bouncer::{http::HttpService, timeout::TimeoutError};
+
+    let bouncer = Bouncer::from_config(config()).unwrap();
+    let app = Router::new().route(
+        "/upload",
+        post(|body: axum::body::Bytes| async move { format!("{}\n", body.len()) }),
+    );
+    let service = ServiceBuilder::new()
+        .layer(bouncer.clone())
+        .service(HttpService::new(app));
+    let (conn, client) = duplex_conn("192.0.2.1:1000");
+    let connection = tokio::spawn(async move {
+        let ended = service.oneshot(conn).await;
+        (ended, tokio::time::Instant::now())
+    });
+    let (mut from_server, mut to_server) = tokio::io::split(client);
+    // What the server writes is read and dropped: it never waits on the client.
+    let draining = tokio::spawn(async move {
+        let mut sink = [0; 4096];
+        while matches!(from_server.read(&mut sink).await, Ok(n) if n > 0) {}
+    });
+    let began = tokio::time::Instant::now();
+    to_server
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let rotating = tokio::spawn(async move {
+        // 40 uploads, 9 s each: 6 minutes at most.
+        for n in 0..40u32 {
+            let stream = (2 * n + 1).to_be_bytes();
+            // `POST /upload` (HPACK: POST, http, `/upload`, authority `t`), flagged
+            // END_HEADERS alone: its body is to come.
+            let mut headers = b"\0\0\x0e\x01\x04".to_vec();
+            headers.extend(stream);
+            headers.extend_from_slice(b"\x83\x86\x44\x07/upload\x41\x01t");
+            if to_server.write_all(&headers).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(9)).await;
+            let mut reset = b"\0\0\x04\x03\0".to_vec();
+            reset.extend(stream);
+            reset.extend([0, 0, 0, 8]);
+            if to_server.write_all(&reset).await.is_err() {
+                break;
+            }
+        }
+        to_server
+    });
+    let (ended, at) = within(Duration::from_secs(600), connection).await.unwrap();
+    rotating.abort();
+    draining.abort();
+    let after = at - began;
+    let counted = bouncer.login().stats().request_timeouts;
+    let error = ended.unwrap_err();
+    assert!(
+        matches!(TimeoutError::of(&*error), Some(TimeoutError::Request(_)))
+            && after < Duration::from_secs(11),
+        "held {after:?}, ended {error:?}, {counted} request timeouts counted"
+    );
+    assert_eq!(counted, 1);
+}
+
+/// An honest client that cancels an upload and sends another on the same HTTP/2
+/// connection is served, none cut or counted. A retry sent at once has what the
+/// cancelled upload had left of the 10 s request timeout, and earns more at the minimum
+/// rate as its body comes: here after an upload that sent nothing for 6 s, its body
+/// sent at 10 KB/s; and after one that kept pace (10 KB/s for 15 s, owing nothing), its
+/// body 9 s in coming. An upload opened 11 s after one that sent nothing for 9 s is a
+/// new one, not a retry (the request timeout has passed): its body too may take 9 s.
+#[tokio::test(start_paused = true)]
+async fn an_http2_upload_cancelled_and_sent_again_is_served() {
+    let bouncer = Bouncer::from_config(config()).unwrap();
+    let (mut sender, _pings, connection) = serve_http2(&bouncer).await;
+    let served = async |upload: &str, response: h2::client::ResponseFuture, size: usize| {
+        let response = within(Duration::from_secs(60), response)
+            .await
+            .unwrap_or_else(|error| panic!("the {upload}: {error}"));
+        assert_eq!(response.status(), 200, "the {upload}");
+        let mut body = response.into_body();
+        let answer = within(PATIENCE, body.data()).await.unwrap().unwrap();
+        assert_eq!(answer, format!("{size}\n"), "the {upload}");
+    };
+    let cancel = |mut body: h2::SendStream<bytes::Bytes>| body.send_reset(h2::Reason::CANCEL);
+    let send_late = |mut body: h2::SendStream<bytes::Bytes>| {
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(9)).await;
+            body.send_data(bytes::Bytes::from_static(&[b'x'; 1000]), true)
+                .unwrap();
+        })
+    };
+
+    let (_, stalled) = start_upload(&mut sender);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    cancel(stalled);
+    let (retry, body) = start_upload(&mut sender);
+    let sending = send_steadily(body, 200_000, 1000);
+    served("retry after a stalled upload", retry, 200_000).await;
+    sending.await.unwrap();
+
+    let (_, steady) = start_upload(&mut sender);
+    let sending = send_steadily(steady, 300_000, 1000);
+    tokio::time::sleep(Duration::from_millis(15_050)).await;
+    // Its body dropped unfinished, with its response: h2 resets it (CANCEL).
+    sending.abort();
+    let (retry, body) = start_upload(&mut sender);
+    let sending = send_late(body);
+    served("retry after a steady upload", retry, 1000).await;
+    sending.await.unwrap();
+
+    let (_, stalled) = start_upload(&mut sender);
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    cancel(stalled);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let (upload, body) = start_upload(&mut sender);
+    let sending = send_late(body);
+    served("new upload after a stalled one", upload, 1000).await;
+    sending.await.unwrap();
+
+    assert!(!connection.is_finished());
+    assert_eq!(bouncer.login().stats().request_timeouts, 0);
+}

@@ -174,7 +174,9 @@ pub struct Timeouts {
     /// `request`: close a connection whose request is not complete this long after
     /// its first byte, extended while it keeps moving by `request_min_rate`; 10 s by
     /// default. Under the HTTP adapter, a request is its head and its body until the
-    /// handler answers (an upload the handler reads is held to it whole).
+    /// handler answers (an upload the handler reads is held to it whole); an HTTP/2
+    /// upload reset by its client before it is in leaves the time it ran past
+    /// `request_min_rate` to the streams its client opens within `request` after.
     #[cfg_attr(feature = "config", serde(with = "humantime_serde"))]
     pub request: Duration,
     /// `request_min_rate`: each this many bytes a request has brought add a second to

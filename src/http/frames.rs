@@ -16,11 +16,18 @@
 //! these: h2 ignores its frames and answers nothing on it (the client retries it
 //! elsewhere).
 //!
+//! A stream the client resets while its request is still arriving leaves what it owed
+//! (the time it ran past what its data earned) to the streams the client opens next
+//! (see [`Arrears`]): its reset does not restart the request clock.
+//!
 //! An HTTP/1 connection is recognised by its first bytes and left alone.
 
 use std::sync::Arc;
 
-use crate::{shared_io::Watch, timeout::Activity};
+use crate::{
+    shared_io::Watch,
+    timeout::{Activity, nanos},
+};
 
 /// What every HTTP/2 client sends first.
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -82,6 +89,8 @@ struct Streams {
     /// Whether the first request's headers have arrived: the request clock of the
     /// connection's opening (preface, first headers) stops then.
     opened: bool,
+    /// What the requests the client abandoned while they were arriving left owing.
+    arrears: Arrears,
     /// What of the client DATA frame being read is request data: decided at its
     /// header, so that its payload costs at most a look among the requests still
     /// arriving.
@@ -153,6 +162,27 @@ struct Incoming {
     data_read: u64,
     headers_done: bool,
     body_done: bool,
+}
+
+/// What the requests a client reset while they were still arriving left owing: how long
+/// they had run past the time their data earned them at the request timeout's minimum
+/// rate (nanoseconds). A stream the client opens before `until` (the request timeout
+/// after the last such reset) is timed as if begun that much earlier: a client that
+/// abandons each upload just short of its timeout and opens the next at once runs one
+/// clock across them all, rather than a fresh one each time. A request that kept pace
+/// owes nothing, and one opened after the client has let the request timeout pass
+/// starts afresh.
+#[derive(Debug, Clone, Copy, Default)]
+struct Arrears {
+    owed: u64,
+    until: u64,
+}
+
+impl Arrears {
+    /// What is owed at `now`: nothing from `until` on.
+    fn at(&self, now: u64) -> u64 {
+        if now < self.until { self.owed } else { 0 }
+    }
 }
 
 /// A server HEADERS frame whose header block's first bytes are read until they tell
@@ -378,6 +408,7 @@ impl FrameWatch {
                 goaway: None,
                 informational_indexed: false,
                 opened: false,
+                arrears: Arrears::default(),
                 request_data: RequestData::None,
                 flow: Flow {
                     connection: DEFAULT_WINDOW,
@@ -580,9 +611,13 @@ impl Streams {
                     } else {
                         self.activity.request_in_progress()
                     };
+                    let started = opening.unwrap_or_else(|| {
+                        let now = self.activity.elapsed_nanos();
+                        now.saturating_sub(self.arrears.at(now))
+                    });
                     self.incoming.push(Incoming {
                         stream: frame.stream,
-                        started: opening.unwrap_or_else(|| self.activity.elapsed_nanos()),
+                        started,
                         data_read: 0,
                         headers_done: false,
                         body_done: false,
@@ -599,7 +634,7 @@ impl Streams {
     }
 
     /// Follows a client frame whose payload is all in: what its flags say ends now, and
-    /// a stream it resets is no request any more.
+    /// a stream it resets is no request any more (and leaves what it owed).
     fn on_client_frame_end(&mut self, frame: Frame) -> bool {
         let headers_done = frame.flags & END_HEADERS != 0;
         match frame.kind {
@@ -610,7 +645,7 @@ impl Streams {
                 }
             }
             DATA if frame.flags & END_STREAM != 0 => {}
-            RST_STREAM => return self.forget(frame.stream),
+            RST_STREAM => return self.abandon(frame.stream),
             _ => return false,
         }
         if !self.times_bodies {
@@ -750,6 +785,37 @@ impl Streams {
             }
             Head::Unknown => false,
         }
+    }
+
+    /// Forgets `stream`, which the client has reset; if its request was still arriving,
+    /// adds what it owed to the [`Arrears`] of the streams the client opens next.
+    /// Whether it was tracked.
+    fn abandon(&mut self, stream: u32) -> bool {
+        let Some(at) = self
+            .incoming
+            .iter()
+            .position(|incoming| incoming.stream == stream)
+        else {
+            return false;
+        };
+        let abandoned = self.incoming.remove(at);
+        let Some(limit) = self.activity.deadlines().request else {
+            return true;
+        };
+        let now = self.activity.elapsed_nanos();
+        let earned = nanos(
+            limit
+                .allowance(abandoned.data_read)
+                .saturating_sub(limit.base),
+        );
+        let owed = now.saturating_sub(abandoned.started).saturating_sub(earned);
+        if owed > 0 {
+            self.arrears = Arrears {
+                owed: owed.max(self.arrears.at(now)),
+                until: now.saturating_add(nanos(limit.base)),
+            };
+        }
+        true
     }
 
     /// Forgets `stream`; whether it was tracked.
@@ -1163,6 +1229,41 @@ mod tests {
             assert!(watch.streams.incoming.is_empty(), "split at {split}");
             assert!(watch.streams.flow.streams.is_empty(), "split at {split}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_the_client_abandons_leaves_what_it_owed_to_the_streams_it_opens_next() {
+        use std::time::Duration;
+        let secs = |n: u64| nanos(Duration::from_secs(n));
+        let started = |watch: &FrameWatch| watch.streams.incoming[0].started;
+        let mut watch = FrameWatch::new(activity(), true);
+        let mut opening = PREFACE.to_vec();
+        opening.extend(frame(HEADERS, END_HEADERS, 1, b"h"));
+        watch.on_read(&opening);
+        // Reset 9 s in, its body never sent: the next stream, opened 1 s later, has what
+        // was left of the 10 s, as does any opened within 10 s of the reset.
+        tokio::time::advance(Duration::from_secs(9)).await;
+        watch.on_read(&frame(RST_STREAM, 0, 1, &[0, 0, 0, 8]));
+        assert!(watch.streams.incoming.is_empty());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        watch.on_read(&frame(HEADERS, END_HEADERS, 3, b"h"));
+        assert_eq!(started(&watch), secs(1));
+        // Whole: it owes nothing, and what the first owed holds still.
+        watch.on_read(&frame(DATA, END_STREAM, 3, b"body"));
+        tokio::time::advance(Duration::from_secs(8)).await;
+        watch.on_read(&frame(HEADERS, END_HEADERS, 5, b"h"));
+        assert_eq!(started(&watch), secs(9));
+        // Reset at once, its 9 s owed again: the clock runs on across the chain.
+        watch.on_read(&frame(RST_STREAM, 0, 5, &[0, 0, 0, 8]));
+        watch.on_read(&frame(HEADERS, END_HEADERS, 7, b"h"));
+        assert_eq!(started(&watch), secs(9));
+        // A server's reset is not the client's abandoning: nothing more is owed.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        watch.on_written(&frame(RST_STREAM, 0, 7, &[0, 0, 0, 2]));
+        // The request timeout after the last reset, the next stream starts afresh.
+        tokio::time::advance(Duration::from_secs(9)).await;
+        watch.on_read(&frame(HEADERS, END_HEADERS, 9, b"h"));
+        assert_eq!(started(&watch), secs(28));
     }
 
     #[tokio::test(start_paused = true)]

@@ -39,8 +39,10 @@
 //!   start and end, and when the connection is busy, so that the layer's request
 //!   timeout holds every HTTP/1 request (head, and body until the handler answers) and
 //!   every HTTP/2 stream until its request's last frame or its answer (a gRPC client
-//!   or bidirectional stream answered at once streams on untimed), and its idle timeout
-//!   means "no request open"; the adapter's own timeouts then fill in only what the layer leaves
+//!   or bidirectional stream answered at once streams on untimed; one its client
+//!   resets on the way leaves the time it ran past its minimum rate to the streams
+//!   the client opens next, so that abandoning uploads restarts no clock), and its
+//!   idle timeout means "no request open"; the adapter's own timeouts then fill in only what the layer leaves
 //!   unset (the adapter's own header timeout holds request heads only);
 //! - keeps an upgraded connection (WebSocket, `CONNECT`-style tunnels) under every
 //!   connection-level layer until its stream is dropped: it holds its place under the

@@ -162,7 +162,11 @@ impl TimeoutBuilder {
     /// byte. The protocol says where requests end with [`RequestTimer`](super::RequestTimer);
     /// under the [HTTP adapter](crate::http), a request is its head and its body until
     /// the handler answers, so an upload is held to it whole unless a
-    /// [minimum rate](Self::request_min_rate) extends it.
+    /// [minimum rate](Self::request_min_rate) extends it. An HTTP/2 upload its client
+    /// resets before it is in passes the time it ran past what it earned to the streams
+    /// the client opens within `timeout` after: abandoning each upload short of the
+    /// timeout and opening the next does not restart the clock (see the
+    /// [module](super)).
     pub fn request(mut self, timeout: Duration) -> Self {
         self.request = Some(timeout);
         self

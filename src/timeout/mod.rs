@@ -49,7 +49,14 @@
 //! stream from its headers until its body's last frame (however long its handler then
 //! takes) or until its answer's head is written, if that comes first (a gRPC client or
 //! bidirectional stream answered at once, as an HTTP/1.1 body streaming after its
-//! answer); and it adds its own deadlines where the layer sets none. An HTTP/1.1 request
+//! answer); and it adds its own deadlines where the layer sets none. An HTTP/2 stream
+//! the client resets while its request is still arriving leaves behind the time it ran
+//! past what its data earned at the minimum rate: a stream the client opens within the
+//! request timeout of that reset is timed as if begun that much earlier. A retry sent
+//! at once has what the abandoned request had left (and earns more as its body comes),
+//! a request that kept pace owes nothing, and one opened later starts afresh; a client
+//! that abandons each upload just short of the timeout and opens the next at once is
+//! cut at the timeout, as one that never abandons it would be. An HTTP/1.1 request
 //! pipelined behind another starts no clock while the server answers that one (the
 //! server's wait is not the client's): it is timed from the end of that exchange if its
 //! bytes came meanwhile behind a request without a body, and otherwise from its next
@@ -113,7 +120,7 @@ mod layer;
 use std::{error::Error, fmt, sync::Arc, time::Duration};
 
 pub(crate) use activity::{
-    Activity, DEFAULT_MIN_SEND_RATE, Deadlines, IdleLimit, Idleness, RequestLimit,
+    Activity, DEFAULT_MIN_SEND_RATE, Deadlines, IdleLimit, Idleness, RequestLimit, nanos,
 };
 pub use future::ResponseFuture;
 pub(crate) use future::watch;
