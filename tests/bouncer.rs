@@ -836,12 +836,9 @@ async fn a_request_head_that_keeps_coming_earns_no_time_at_the_minimum_rate() {
 /// The connection's task of [`serve_http2`]: how it ended, and when.
 type Served = tokio::task::JoinHandle<(Result<(), BoxError>, tokio::time::Instant)>;
 
-/// Serves one HTTP/2 connection from 192.0.2.1 through `bouncer` to an app that reads
-/// uploads whole: the client (the `h2` crate) that sends its requests and its PINGs,
-/// and the connection's task.
-async fn serve_http2(
-    bouncer: &Bouncer,
-) -> (h2::client::SendRequest<bytes::Bytes>, h2::PingPong, Served) {
+/// Serves one connection from 192.0.2.1 through `bouncer` to an app that reads uploads
+/// whole: the client's end of the stream, and the connection's task.
+fn serve_uploads(bouncer: &Bouncer) -> (tokio::io::DuplexStream, Served) {
     use axum::routing::post;
     use tower::ServiceExt;
     use tower_bouncer::http::HttpService;
@@ -858,6 +855,15 @@ async fn serve_http2(
         let ended = service.oneshot(conn).await;
         (ended, tokio::time::Instant::now())
     });
+    (client, connection)
+}
+
+/// [`serve_uploads`] over HTTP/2: the client (the `h2` crate) that sends its requests
+/// and its PINGs, and the connection's task.
+async fn serve_http2(
+    bouncer: &Bouncer,
+) -> (h2::client::SendRequest<bytes::Bytes>, h2::PingPong, Served) {
+    let (client, connection) = serve_uploads(bouncer);
     let (sender, mut client) = within(PATIENCE, h2::client::handshake(client))
         .await
         .unwrap();
@@ -866,6 +872,39 @@ async fn serve_http2(
         client.await.ok();
     });
     (sender, pings, connection)
+}
+
+/// [`serve_uploads`] for a client that writes its HTTP/2 frames by hand, starting with
+/// the preface and empty SETTINGS: what the server writes is read and dropped (it never
+/// waits on the client). The client's writing half, the task that drops what the server
+/// writes, and the connection's task.
+async fn serve_raw_http2(
+    bouncer: &Bouncer,
+) -> (
+    tokio::io::WriteHalf<tokio::io::DuplexStream>,
+    tokio::task::JoinHandle<()>,
+    Served,
+) {
+    let (client, connection) = serve_uploads(bouncer);
+    let (mut from_server, mut to_server) = tokio::io::split(client);
+    let draining = tokio::spawn(async move {
+        let mut sink = [0; 4096];
+        while matches!(from_server.read(&mut sink).await, Ok(n) if n > 0) {}
+    });
+    to_server
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    (to_server, draining, connection)
+}
+
+/// `POST /upload` on `stream` (HPACK: POST, http, `/upload`, authority `t`), one
+/// HEADERS frame flagged END_HEADERS alone: its body is to come.
+fn http2_upload_headers(stream: u32) -> Vec<u8> {
+    let mut frame = b"\0\0\x0e\x01\x04".to_vec();
+    frame.extend(stream.to_be_bytes());
+    frame.extend_from_slice(b"\x83\x86\x44\x07/upload\x41\x01t");
+    frame
 }
 
 /// A `POST /upload` whose body is still to be sent: its response, and its body.
@@ -987,35 +1026,12 @@ async fn steady_http2_uploads_side_by_side_are_each_extended_by_their_own_data()
 /// close to the 10 s request timeout and counted, as one padded with PINGs is.
 #[tokio::test(start_paused = true)]
 async fn an_http2_body_of_padding_alone_earns_no_time_at_the_minimum_rate() {
-    use axum::routing::post;
-    use tower::ServiceExt;
-    use tower_bouncer::{http::HttpService, timeout::TimeoutError};
+    use tower_bouncer::timeout::TimeoutError;
 
     let bouncer = Bouncer::from_config(config()).unwrap();
-    let app = Router::new().route(
-        "/upload",
-        post(|body: axum::body::Bytes| async move { format!("{}\n", body.len()) }),
-    );
-    let service = ServiceBuilder::new()
-        .layer(bouncer.clone())
-        .service(HttpService::new(app));
-    let (conn, client) = duplex_conn("192.0.2.1:1000");
-    let connection = tokio::spawn(async move {
-        let ended = service.oneshot(conn).await;
-        (ended, tokio::time::Instant::now())
-    });
-    let (mut from_server, mut to_server) = tokio::io::split(client);
-    // What the server writes is read and dropped: it never waits on the client.
-    let draining = tokio::spawn(async move {
-        let mut sink = [0; 4096];
-        while matches!(from_server.read(&mut sink).await, Ok(n) if n > 0) {}
-    });
+    let (mut to_server, draining, connection) = serve_raw_http2(&bouncer).await;
     let began = tokio::time::Instant::now();
-    // The preface, empty SETTINGS, and `POST /upload` on stream 1 (HPACK: POST, http,
-    // `/upload`, authority `t`) flagged END_HEADERS alone: its body is to come.
-    let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0".to_vec();
-    opening.extend_from_slice(b"\0\0\x0e\x01\x04\0\0\0\x01\x83\x86\x44\x07/upload\x41\x01t");
-    to_server.write_all(&opening).await.unwrap();
+    to_server.write_all(&http2_upload_headers(1)).await.unwrap();
     // DATA on stream 1 flagged PADDED: a pad length of 255, no data, the padding.
     let mut padded = b"\0\x01\0\0\x08\0\0\0\x01\xff".to_vec();
     padded.extend([0; 255]);
@@ -1052,49 +1068,25 @@ async fn an_http2_body_of_padding_alone_earns_no_time_at_the_minimum_rate() {
 /// lifetime (over HTTP/1 a client cannot abandon a request and stay).
 #[tokio::test(start_paused = true)]
 async fn an_http2_client_that_resets_each_upload_before_its_timeout_is_not_held_for_good() {
-    use axum::routing::post;
-    use tower::ServiceExt;
-    use tower_bouncer::{http::HttpService, timeout::TimeoutError};
+    use tower_bouncer::timeout::TimeoutError;
 
     let bouncer = Bouncer::from_config(config()).unwrap();
-    let app = Router::new().route(
-        "/upload",
-        post(|body: axum::body::Bytes| async move { format!("{}\n", body.len()) }),
-    );
-    let service = ServiceBuilder::new()
-        .layer(bouncer.clone())
-        .service(HttpService::new(app));
-    let (conn, client) = duplex_conn("192.0.2.1:1000");
-    let connection = tokio::spawn(async move {
-        let ended = service.oneshot(conn).await;
-        (ended, tokio::time::Instant::now())
-    });
-    let (mut from_server, mut to_server) = tokio::io::split(client);
-    // What the server writes is read and dropped: it never waits on the client.
-    let draining = tokio::spawn(async move {
-        let mut sink = [0; 4096];
-        while matches!(from_server.read(&mut sink).await, Ok(n) if n > 0) {}
-    });
+    let (mut to_server, draining, connection) = serve_raw_http2(&bouncer).await;
     let began = tokio::time::Instant::now();
-    to_server
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
-        .await
-        .unwrap();
     let rotating = tokio::spawn(async move {
         // 40 uploads, 9 s each: 6 minutes at most.
         for n in 0..40u32 {
-            let stream = (2 * n + 1).to_be_bytes();
-            // `POST /upload` (HPACK: POST, http, `/upload`, authority `t`), flagged
-            // END_HEADERS alone: its body is to come.
-            let mut headers = b"\0\0\x0e\x01\x04".to_vec();
-            headers.extend(stream);
-            headers.extend_from_slice(b"\x83\x86\x44\x07/upload\x41\x01t");
-            if to_server.write_all(&headers).await.is_err() {
+            let stream = 2 * n + 1;
+            if to_server
+                .write_all(&http2_upload_headers(stream))
+                .await
+                .is_err()
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_secs(9)).await;
             let mut reset = b"\0\0\x04\x03\0".to_vec();
-            reset.extend(stream);
+            reset.extend(stream.to_be_bytes());
             reset.extend([0, 0, 0, 8]);
             if to_server.write_all(&reset).await.is_err() {
                 break;
