@@ -9,9 +9,9 @@
 //! timeout (see [`Overload::enrol`](super::Overload::enrol)): a connection joins one of
 //! eight shards, the one of the thread it runs on, so that threads seldom wait on each
 //! other's lock, and leaves it when it ends. An eviction looks at a bounded number of
-//! connections, so its cost does not grow with the cap: starting each time from the
-//! next shard, and in each shard where the last look in it ended, so that every
-//! connection is seen in turn, however the shards are filled.
+//! connections, so its cost does not grow with the cap: that number shared out evenly
+//! among the shards that hold any, and in each shard from where the last look in it
+//! ended, so that every connection is seen in turn, however the shards are filled.
 
 use std::{
     net::IpAddr,
@@ -63,7 +63,7 @@ pub(crate) enum Standing {
 #[derive(Debug)]
 pub(crate) struct Registry {
     shards: [Shard; STRIPES],
-    /// The shard the next eviction looks in first.
+    /// The shard the next eviction gives first what does not share out evenly.
     next_shard: AtomicUsize,
     /// Evicted connections that have not ended yet.
     evicting: AtomicUsize,
@@ -265,20 +265,23 @@ impl Registry {
     }
 
     /// Up to [`SCAN`] registered connections that may be evicted and are not already:
-    /// from the shard after the one the last eviction started in, and in each shard from
-    /// where the last look in it ended, so that the next evictions look further, past a
-    /// run of connections none may evict, and a shard behind a full one is not looked
-    /// at through the same window every time.
+    /// [`SCAN`] shared out evenly among the shards that hold any, each looked at from
+    /// where the last look in it ended, so that a shard full of connections none may
+    /// evict does not take a whole look from the idle ones of the next, and the next
+    /// evictions look further in each. Two locks a shard: one to count it, one to look.
     fn candidates(&self) -> Candidates {
         let now = Instant::now();
         let first_shard = self.next_shard.fetch_add(1, Ordering::Relaxed);
-        let mut budget = SCAN;
+        let lengths = std::array::from_fn(|shard| self.shards[shard].lock().list.len());
+        let shares = shares(lengths, first_shard);
         let mut candidates = Candidates::default();
-        for shard in 0..STRIPES {
-            let mut members = self.shards[(first_shard + shard) % STRIPES].lock();
+        for (shard, share) in shares.into_iter().enumerate() {
+            if share == 0 {
+                continue;
+            }
+            let mut members = self.shards[shard].lock();
             let len = members.list.len();
-            let looked = len.min(budget);
-            budget -= looked;
+            let looked = len.min(share);
             let offset = members.cursor % len.max(1);
             members.cursor = (offset + looked) % len.max(1);
             for at in 0..looked {
@@ -298,9 +301,6 @@ impl Registry {
                     rank,
                     member: member.clone(),
                 });
-            }
-            if budget == 0 {
-                break;
             }
         }
         candidates
@@ -340,6 +340,31 @@ impl Registry {
         }
         Some(now.saturating_duration_since(activity.started()))
             .filter(|lived| *lived >= self.quiet_after)
+    }
+}
+
+/// How many of each shard's connections, `lengths`, one eviction looks at: [`SCAN`]
+/// shared out evenly, what a shard holding less than its share leaves going to the
+/// others, and what does not divide evenly to the shards from `first_shard` on.
+fn shares(lengths: [usize; STRIPES], first_shard: usize) -> [usize; STRIPES] {
+    let mut shares = [0; STRIPES];
+    let mut budget = SCAN;
+    // Each round gives every shard with more to look at an even part of what is left
+    // (at least one): it ends a shard's wants or the budget, so there are few rounds.
+    loop {
+        let wanting = (0..STRIPES)
+            .filter(|&shard| shares[shard] < lengths[shard])
+            .count();
+        if wanting == 0 || budget == 0 {
+            return shares;
+        }
+        let even = (budget / wanting).max(1);
+        for at in 0..STRIPES {
+            let shard = (first_shard + at) % STRIPES;
+            let more = even.min(lengths[shard] - shares[shard]).min(budget);
+            shares[shard] += more;
+            budget -= more;
+        }
     }
 }
 
@@ -512,6 +537,59 @@ mod tests {
         assert!(
             found.windows(2).all(|pair| pair[0] || pair[1]),
             "two evictions in a row found none of the 700 idle: {found:?}"
+        );
+    }
+
+    /// Two threads' shards, side by side: the first holds as many busy connections as
+    /// one eviction looks at, the next 256 idle ones. Every eviction that starts from a
+    /// shard before the first (7 in 8, as the next shard moves on by one) spends its
+    /// whole look there: a newcomer at a full cap is refused, with 256 idle
+    /// connections registered, 7 times in 8 and for as long as the busy ones last.
+    #[test]
+    fn a_shard_full_of_busy_connections_does_not_hide_the_idle_ones_of_the_next() {
+        let registry = registry();
+        let (x, mut held) = std::thread::spawn({
+            let registry = registry.clone();
+            move || {
+                let busy: Vec<_> = (0..SCAN as u32)
+                    .map(|n| registry.register(&busy(), &GracefulClose::new(), peer(n)))
+                    .collect();
+                (stripe(), busy)
+            }
+        })
+        .join()
+        .unwrap();
+        // A thread whose shard is the next one: threads are numbered in turn.
+        let mut next_shard = false;
+        for _ in 0..64 {
+            let idle = std::thread::spawn({
+                let registry = registry.clone();
+                move || {
+                    (stripe() == (x + 1) % STRIPES).then(|| {
+                        (0..SCAN as u32)
+                            .map(|n| {
+                                registry.register(&idle(), &GracefulClose::new(), peer(1000 + n))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                }
+            })
+            .join()
+            .unwrap();
+            if let Some(idle) = idle {
+                held.extend(idle);
+                next_shard = true;
+                break;
+            }
+        }
+        assert!(next_shard, "no thread of the next shard");
+        let found = (0..STRIPES)
+            .filter(|_| registry.evict_one(usize::MAX))
+            .count();
+        assert_eq!(
+            found, STRIPES,
+            "only {found} of {STRIPES} evictions found one of the {SCAN} idle connections \
+             registered in the shard after {SCAN} busy ones"
         );
     }
 
