@@ -31,8 +31,8 @@ use crate::deadline::deadline_after;
 /// with a deadline of its own ([`request_cut_by_caller`](Self::request_cut_by_caller):
 /// the server's drain, the lifetime's grace, the eviction grace, the idle timeout's
 /// goodbye to an HTTP/2 connection) cuts it on that
-/// deadline; a plain [`request`](Self::request) (a handler's, an operator's) leaves the
-/// cut to the HTTP adapter's close grace.
+/// deadline; a plain [`request`](Self::request) (a handler's, an operator's, an
+/// overload eviction's) leaves the cut to the HTTP adapter's close grace.
 /// So each grace means what it says, and the shortest of those that apply wins.
 /// Clones share one signal.
 ///

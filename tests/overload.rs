@@ -1517,3 +1517,77 @@ async fn without_an_idle_timeout_a_silent_connection_evicted_for_its_age_is_cut(
         overload.stats().evicted_long_lived
     );
 }
+
+/// An eviction is a plain `GracefulClose::request`, whose cut the HTTP adapter makes
+/// after its close grace (`HttpServiceBuilder::close_grace`: "how long a connection may
+/// take to finish after a plain request before it is cut"). A keep-alive connection
+/// chosen idle whose next request came before it heard of its eviction finishes that
+/// request under the graceful close: an honest download of 60 s, on a server whose
+/// close grace is 2 minutes, is not cut half-way 30 s after the eviction.
+#[tokio::test(start_paused = true)]
+async fn an_evicted_connection_finishes_its_download_within_the_close_grace_it_was_promised() {
+    let overload = overload()
+        .thresholds(0.0, 1.0)
+        .min_timeout_scale(1.0)
+        .build()
+        .unwrap();
+    // A download of 60 lines, one a second.
+    let app = Router::new().route("/", get(|| async { "hello\n" })).route(
+        "/download",
+        get(|| async {
+            let lines = futures_util::stream::unfold(0, |sent| async move {
+                if sent == 60 {
+                    return None;
+                }
+                tokio::time::sleep(secs(1)).await;
+                Some((Ok::<_, std::io::Error>("tick\n"), sent + 1))
+            });
+            axum::body::Body::from_stream(lines)
+        }),
+    );
+    let http = HttpService::builder(app)
+        .close_grace(secs(120))
+        .build()
+        .unwrap();
+    let (limit, service) = evicting_stack(&overload, 1, idle_and_request_timeouts(&overload), http);
+    let (victim, mut victim_client) = open(&service, "192.0.2.1:1");
+    victim_client
+        .write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0; 4096];
+    let n = within(PATIENCE, victim_client.read(&mut answer))
+        .await
+        .unwrap();
+    assert!(answer[..n].ends_with(b"hello\n"));
+    tokio::time::sleep(secs(2)).await;
+
+    // Chosen while idle between requests; its next request, a download, is in its
+    // stream before it hears of the eviction.
+    let (_newcomer, _newcomer_client) = open(&service, "192.0.2.2:1");
+    victim_client
+        .write_all(b"GET /download HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::task::yield_now().await;
+    assert_eq!(overload.stats().evicted_idle, 1);
+    let evicted_at = Instant::now();
+    let mut received = Vec::new();
+    let mut buffer = [0; 4096];
+    for _ in 0..1000 {
+        match within(secs(600), victim_client.read(&mut buffer)).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received.extend_from_slice(&buffer[..n]),
+        }
+    }
+    let ticks = received.windows(5).filter(|w| w == b"tick\n").count();
+    let ended = within(PATIENCE, victim).await.unwrap();
+    assert_eq!(
+        ticks,
+        60,
+        "the download was cut after {ticks} of its 60 lines, {:?} after the eviction (close \
+         grace 120 s); the connection ended {ended:?}",
+        evicted_at.elapsed()
+    );
+    assert_eq!(limit.stats().refused, 0);
+}

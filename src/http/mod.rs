@@ -398,9 +398,10 @@ impl<S> HttpServiceBuilder<S> {
     }
 
     /// How long a connection may take to finish after a plain
-    /// [`GracefulClose::request`](crate::GracefulClose::request) (from a handler, say)
-    /// before it is cut. A close asked by a layer or the server with a deadline of its
-    /// own is cut on that deadline instead.
+    /// [`GracefulClose::request`](crate::GracefulClose::request) (from a handler, say,
+    /// or an eviction at a full cap, whose request begun before it heard of it finishes
+    /// within this grace) before it is cut. A close asked by a layer or the server with
+    /// a deadline of its own is cut on that deadline instead.
     pub fn close_grace(mut self, grace: Duration) -> Self {
         self.close_grace = grace;
         self

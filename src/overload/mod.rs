@@ -40,10 +40,12 @@
 //!   wakes the connection's own task for that poll: a raw protocol that does not listen
 //!   for the request, whose client sends nothing and whose timer has nothing ahead, is
 //!   cut all the same. One that has begun a request meanwhile finishes it, as does one
-//!   judged by its bytes that has moved one since it was chosen, unless it still runs
-//!   30 s after its eviction: it is cut at its next wake-up then, so that no connection
-//!   its client keeps busy holds one of the evictions under way for good. One evicted
-//!   for its age (see below) is cut however busy. So the cap is exceeded, briefly, by the connections
+//!   judged by its bytes that has moved one since it was chosen: under the HTTP
+//!   adapter, within its [close grace](crate::http::HttpServiceBuilder::close_grace),
+//!   after which the adapter cuts it as it cuts any plain close; under any other
+//!   protocol, within 30 s of its eviction, when it is cut at its next wake-up, so that
+//!   no connection its client keeps busy holds one of the evictions under way for good.
+//!   One evicted for its age (see below) is cut however busy. So the cap is exceeded, briefly, by the connections
 //!   being evicted: at most one for every 16 of the cap, beyond which new connections
 //!   are refused as before. Waiting instead for the victim to close would not save the
 //!   newcomer's descriptor, which is open already. In

@@ -47,9 +47,10 @@ const NEWCOMER_GRACE: Duration = Duration::from_secs(1);
 const STALLED_AFTER: Duration = Duration::from_secs(1);
 
 /// How long an evicted connection may go on, whatever it is doing, before it is cut at
-/// its next wake-up: one that a request or a moved byte has kept from its cut would
-/// otherwise hold one of the evictions allowed at once for as long as its client keeps
-/// it busy.
+/// its next wake-up, unless its protocol cuts it after a grace of its own (the HTTP
+/// adapter's close grace): one that a request or a moved byte has kept from its cut
+/// would otherwise hold one of the evictions allowed at once for as long as its client
+/// keeps it busy.
 const EVICTED_CUT_AFTER: Duration = Duration::from_secs(30);
 
 /// A connection as the overload manager knows it.
@@ -413,8 +414,9 @@ impl Standing {
     /// chosen (a goodbye would wait for their end, which a gRPC stream or an event
     /// stream may never reach; and the goodbye's own bytes would make it look busy). One
     /// idle when chosen that has started a request since finishes it under the graceful
-    /// close, within [`EVICTED_CUT_AFTER`] of its eviction, as does one that a byte has
-    /// kept busy since. A look is one relaxed load until then.
+    /// close, as does one that a byte has kept busy since: within the close grace of the
+    /// HTTP adapter, which cuts it then, or else within [`EVICTED_CUT_AFTER`] of its
+    /// eviction. A look is one relaxed load until then.
     #[inline]
     pub(crate) fn to_cut(&self) -> bool {
         let Standing::Registered(registration) = self else {
@@ -427,7 +429,7 @@ impl Standing {
         let now = Instant::now();
         member.cut_when_told.load(Ordering::Acquire)
             || registration.registry.idle_for(member, now).is_some()
-            || member.evicted_long_ago(now)
+            || (member.evicted_long_ago(now) && !member.activity.cuts_after_its_grace())
     }
 }
 

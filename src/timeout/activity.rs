@@ -543,9 +543,17 @@ impl Activity {
     }
 
     /// The protocol says goodbye when the connection's close signal is raised (HTTP/2:
-    /// GOAWAY).
+    /// GOAWAY), and cuts the connection itself after a grace of its own when the cut is
+    /// left to it (the HTTP adapter's close grace).
     pub(crate) fn say_goodbye_on_close(&self) {
         self.says_goodbye.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the protocol cuts the connection itself, after a grace of its own, once
+    /// a close whose cut is left to it is asked for: the HTTP adapter, which says
+    /// goodbye.
+    pub(crate) fn cuts_after_its_grace(&self) -> bool {
+        self.says_goodbye.load(Ordering::Relaxed)
     }
 
     /// Whether the connection should hear a goodbye (its close signal raised) rather
