@@ -36,6 +36,13 @@ pub enum ConfigError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// An exempt or banned IPv6 network that holds all of NAT64's well-known prefix,
+    /// `64:ff9b::/96`, whose peers are keyed by the IPv4 addresses they carry (see
+    /// [`peer`](crate::peer)).
+    HoldsNat64Prefix {
+        /// The network, without host bits.
+        network: ipnet::IpNet,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -47,6 +54,14 @@ impl fmt::Display for ConfigError {
             }
             ConfigError::Empty { needs } => write!(f, "nothing to enforce: set {needs}"),
             ConfigError::Inconsistent { reason } => f.write_str(reason),
+            ConfigError::HoldsNat64Prefix { network } => write!(
+                f,
+                "{network} holds all of NAT64's well-known prefix 64:ff9b::/96, whose peers \
+                 are keyed by the IPv4 addresses they carry: write the IPv4 networks meant \
+                 instead (0.0.0.0/0 for every IPv4 peer, native ones too; \
+                 64:ff9b::192.0.2.0/120 is 192.0.2.0/24), and any native IPv6 networks on \
+                 their own"
+            ),
         }
     }
 }

@@ -875,7 +875,9 @@ async fn let_in(login: &Login, peer: &str) -> bool {
 }
 
 fn exempting(network: &str) -> Login {
-    let keying = tower_bouncer::peer::PeerKeying::default().exempt([network.parse().unwrap()]);
+    let keying = tower_bouncer::peer::PeerKeying::default()
+        .exempt([network.parse().unwrap()])
+        .unwrap();
     Login::builder().keying(keying).build().unwrap()
 }
 

@@ -399,7 +399,8 @@ async fn a_key_that_holds_an_exempt_peer_stays_out_of_the_filter() {
     // 127.0.0.5 is exempt (a health checker, say): user space never refuses it.
     let keying = PeerKeying::with_prefixes(24, 64)
         .unwrap()
-        .exempt(["127.0.0.5/32".parse().unwrap()]);
+        .exempt(["127.0.0.5/32".parse().unwrap()])
+        .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let guarded = Guarded::start_with(Login::builder().keying(keying), listener);
     guarded
@@ -434,7 +435,7 @@ async fn a_peer_made_exempt_by_a_reload_comes_out_of_the_filter() {
 
     // A network that holds the key (127.0.0.2/32) is made exempt: seen within the
     // filter's one-second recheck.
-    keying.set_exempt(["127.0.0.0/8".parse().unwrap()]);
+    keying.set_exempt(["127.0.0.0/8".parse().unwrap()]).unwrap();
     guarded.filter_holds(0).await;
     assert_eq!(reply_to(2, guarded.addr()).await, "hello\n");
     guarded.server.stop().await;

@@ -240,7 +240,9 @@ async fn a_capped_ban_is_remembered_for_forget_after_from_its_end() {
 
 #[tokio::test(start_paused = true)]
 async fn exempt_peers_are_never_banned() {
-    let keying = PeerKeying::default().exempt(["10.0.0.0/8".parse().unwrap()]);
+    let keying = PeerKeying::default()
+        .exempt(["10.0.0.0/8".parse().unwrap()])
+        .unwrap();
     let login = login(Login::builder().keying(keying).max_failures(1));
     for port in 0..5 {
         let (_connection, mut client) = connect(&login, &format!("10.0.0.1:{port}"));

@@ -143,7 +143,9 @@ async fn the_ipv6_prefix_is_configurable() {
 
 #[tokio::test]
 async fn exempt_peers_pass_untracked() {
-    let keying = PeerKeying::default().exempt(["10.0.0.0/8".parse().unwrap()]);
+    let keying = PeerKeying::default()
+        .exempt(["10.0.0.0/8".parse().unwrap()])
+        .unwrap();
     let layer = PeerLimitLayer::builder(1).keying(keying).build().unwrap();
     let (mut service, _handle) = limited(&layer);
     let held: Vec<_> = (0..5)

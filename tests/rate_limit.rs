@@ -157,7 +157,11 @@ async fn with_global_backpressure_connections_refused_per_peer_or_exempt_spend_n
         .per_peer(Rate::per_second(1))
         .global(Rate::per_second(2))
         .global_backpressure()
-        .keying(PeerKeying::default().exempt(["10.0.0.0/8".parse().unwrap()]))
+        .keying(
+            PeerKeying::default()
+                .exempt(["10.0.0.0/8".parse().unwrap()])
+                .unwrap(),
+        )
         .build()
         .unwrap();
     let mut service = limited(&layer);
@@ -185,7 +189,11 @@ async fn exempt_peers_skip_the_rates() {
     let layer = RateLimitLayer::builder()
         .per_peer(Rate::per_second(1))
         .global(Rate::per_second(1))
-        .keying(PeerKeying::default().exempt(["10.0.0.0/8".parse().unwrap()]))
+        .keying(
+            PeerKeying::default()
+                .exempt(["10.0.0.0/8".parse().unwrap()])
+                .unwrap(),
+        )
         .build()
         .unwrap();
     let mut service = limited(&layer);

@@ -147,7 +147,10 @@ pub(super) async fn ban(
         Ok(request) => request,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    let key = bans.ban_key(request.target);
+    let key = match bans.ban_key(request.target) {
+        Ok(key) => key,
+        Err(refused) => return error(StatusCode::BAD_REQUEST, refused),
+    };
     let asked = canonical_network(request.target);
     let within = match exempt_within(&bans, asked, key.network()) {
         Exempt::Within(within) => within,
@@ -243,7 +246,10 @@ pub(super) async fn unban(
         Ok(target) => target,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    let key = bans.ban_key(target);
+    let key = match bans.ban_key(target) {
+        Ok(key) => key,
+        Err(refused) => return error(StatusCode::BAD_REQUEST, refused),
+    };
     shared.reasons.forget(&key);
     if !bans.unban_network(target) {
         return error(StatusCode::NOT_FOUND, format_args!("no ban on {key}"));

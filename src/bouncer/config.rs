@@ -112,7 +112,9 @@ pub struct Peers {
     /// (`64:ff9b::a.b.c.d`); a network-specific translation prefix is keyed as IPv6.
     pub ipv6_prefix: u8,
     /// `exempt`: networks (`"10.0.0.0/8"`) whose peers skip the per-peer cap, the
-    /// rates and bans: health checkers, a monitoring host. None by default.
+    /// rates and bans: health checkers, a monitoring host. None by default. An IPv6
+    /// network that holds all of NAT64's well-known prefix (`64:ff9b::/96`, `::/0`) is
+    /// refused: its translated peers are keyed by their IPv4 addresses, so write those.
     pub exempt: Vec<IpNet>,
 }
 
@@ -486,6 +488,10 @@ impl BouncerConfig {
                     self.peers.ipv6_prefix
                 ),
             ));
+        }
+        for &network in &self.peers.exempt {
+            crate::peer::keyed_network(network)
+                .map_err(|error| SettingError::new("peers.exempt", error))?;
         }
         at_least_one("rates.per_peer", self.rates.per_peer.into())?;
         if let Some(burst) = self.rates.burst {

@@ -189,7 +189,8 @@ impl BouncerBuilder {
         }
         let keying = PeerKeying::with_prefixes(32, config.peers.ipv6_prefix)
             .map_err(|error| SettingError::new("peers.ipv6_prefix", error))?
-            .exempt(config.peers.exempt.iter().copied());
+            .exempt(config.peers.exempt.iter().copied())
+            .map_err(|error| SettingError::new("peers.exempt", error))?;
         let overload = Overload::builder()
             .keying(keying.clone())
             .build()
@@ -678,7 +679,9 @@ impl Bouncer {
         self.login
             .set_policy(login_policy(&config))
             .map_err(at("bans"))?;
-        self.keying.set_exempt(config.peers.exempt.iter().copied());
+        self.keying
+            .set_exempt(config.peers.exempt.iter().copied())
+            .map_err(at("peers.exempt"))?;
         self.total.set_dry_run(config.dry_run);
         self.per_peer.set_dry_run(config.dry_run);
         self.rate.set_dry_run(config.dry_run);

@@ -21,7 +21,7 @@ use super::Offence;
 use super::kernel_bans::{KernelBans, KernelState};
 use crate::metrics::{BANS_ACTIVE, BANS_ISSUED, Count, Level};
 use crate::peer::{
-    Classified, PeerKey, PeerKeying, canonical_network,
+    Classified, PeerKey, PeerKeying, canonical_network, keyed_network,
     table::{Full, Located, PeerTable},
 };
 
@@ -491,14 +491,15 @@ impl BanTable {
     }
 
     /// Bans `network` for `length` from now: as a whole if it spans more than one key,
-    /// or else the key that holds it.
+    /// or else the key that holds it. One that holds all of NAT64's well-known prefix
+    /// is refused ([`keyed_network`]).
     pub(crate) fn ban_network(
         &self,
         network: IpNet,
         length: Duration,
         offences: u32,
     ) -> Result<(), BanError> {
-        let network = canonical_network(network);
+        let network = keyed_network(network)?;
         if self.keying.is_wider_than_a_key(&network) {
             let now = self.now();
             let until = now.saturating_add(nanos(length));
@@ -511,7 +512,9 @@ impl BanTable {
     /// Lifts the ban on `network` as a whole, or on the key that holds it (forgetting
     /// its record); `false` if there was none.
     pub(crate) fn unban_network(&self, network: IpNet) -> bool {
-        let network = canonical_network(network);
+        let Ok(network) = keyed_network(network) else {
+            return false;
+        };
         if self.keying.is_wider_than_a_key(&network) {
             return self.networks.unban(&network);
         }
@@ -522,6 +525,9 @@ impl BanTable {
     /// is not), and how many times it has been banned, as far as the table remembers.
     #[cfg(feature = "fleet")]
     pub(crate) fn standing(&self, target: IpNet) -> (Duration, u32) {
+        let Ok(target) = keyed_network(target) else {
+            return (Duration::ZERO, 0);
+        };
         let (until, offences) = if self.keying.is_wider_than_a_key(&target) {
             self.networks
                 .list()
@@ -540,15 +546,16 @@ impl BanTable {
     }
 
     /// What banning `network` bans: the network whole if it is wider than a key, or
-    /// else the key that holds it.
+    /// else the key that holds it; refused as [`ban_network`](Self::ban_network) refuses
+    /// it.
     #[cfg(any(feature = "fleet", feature = "admin"))]
-    pub(crate) fn ban_target(&self, network: IpNet) -> IpNet {
-        let network = canonical_network(network);
-        if self.keying.is_wider_than_a_key(&network) {
+    pub(crate) fn ban_target(&self, network: IpNet) -> Result<IpNet, BanError> {
+        let network = keyed_network(network)?;
+        Ok(if self.keying.is_wider_than_a_key(&network) {
             network
         } else {
             self.keying.key(network.addr()).network()
-        }
+        })
     }
 
     /// Lifts `key`'s ban and forgets its record; `false` if there was none.
@@ -754,8 +761,9 @@ impl Bans {
             login.evict_banned(network);
         }
         #[cfg(feature = "fleet")]
-        if let Some(fleet) = login.as_deref().and_then(super::Shared::fleet_to_tell) {
-            let target = self.table.ban_target(network);
+        if let Some(fleet) = login.as_deref().and_then(super::Shared::fleet_to_tell)
+            && let Ok(target) = self.table.ban_target(network)
+        {
             let (_, offences) = self.table.standing(target);
             // The fleet keeps a ban no longer than the longest by offences, as long as
             // it remembers the unban that may lift it.
@@ -769,8 +777,10 @@ impl Bans {
     /// Tells the fleet, if there is one, of an unban made here.
     fn shared_unban(&self, network: IpNet) {
         #[cfg(feature = "fleet")]
-        if let Some(fleet) = self.table.fleet() {
-            fleet.unban(self.table.ban_target(network));
+        if let Some(fleet) = self.table.fleet()
+            && let Ok(target) = self.table.ban_target(network)
+        {
+            fleet.unban(target);
         }
         #[cfg(not(feature = "fleet"))]
         let _ = network;
@@ -799,7 +809,10 @@ impl Bans {
     /// # Errors
     ///
     /// [`BanError::TooManyNetworks`] if 256 networks are banned already,
-    /// [`BanError::TableFull`] if a key's part of the table holds only banned peers.
+    /// [`BanError::TableFull`] if a key's part of the table holds only banned peers,
+    /// [`BanError::Network`] for an IPv6 network that holds all of NAT64's well-known
+    /// prefix, `64:ff9b::/96` (see [`peer`](crate::peer)): its translated peers are
+    /// keyed by the IPv4 addresses they carry, so write those IPv4 networks instead.
     pub fn ban_network(&self, network: IpNet, length: Duration) -> Result<(), BanError> {
         self.table.ban_network(network, length, 1)?;
         self.shared_ban(network, length);
@@ -871,14 +884,18 @@ impl Bans {
     /// What [`ban_network`](Self::ban_network) bans, as [`list`](Self::list) shows it:
     /// the network whole if it is wider than a peer key, or else the key that holds it
     /// (`203.0.113.7/32` for `203.0.113.7/32`, `2001:db8::/64` for `2001:db8::1/128`).
+    ///
+    /// # Errors
+    ///
+    /// [`BanError::Network`] for a network [`ban_network`](Self::ban_network) refuses.
     #[cfg(feature = "admin")]
-    pub fn ban_key(&self, network: IpNet) -> PeerKey {
-        let target = self.table.ban_target(network);
-        if self.table.keying().is_wider_than_a_key(&target) {
+    pub fn ban_key(&self, network: IpNet) -> Result<PeerKey, BanError> {
+        let target = self.table.ban_target(network)?;
+        Ok(if self.table.keying().is_wider_than_a_key(&target) {
             PeerKey::from_network(target)
         } else {
             self.table.keying().key(target.addr())
-        }
+        })
     }
 
     /// The `n` peers on record that `rank` puts first, with how close each is to a ban
@@ -1033,6 +1050,15 @@ pub enum BanError {
         /// Why.
         error: Box<BanError>,
     },
+    /// A network no ban can hold as written
+    /// ([`ConfigError::HoldsNat64Prefix`](crate::ConfigError::HoldsNat64Prefix)).
+    Network(crate::ConfigError),
+}
+
+impl From<crate::ConfigError> for BanError {
+    fn from(error: crate::ConfigError) -> Self {
+        BanError::Network(error)
+    }
 }
 
 impl fmt::Display for BanError {
@@ -1052,6 +1078,7 @@ impl fmt::Display for BanError {
                 u32::MAX
             ),
             BanError::NotApplied { line, error } => write!(f, "line {line}: {error}"),
+            BanError::Network(error) => error.fmt(f),
         }
     }
 }
@@ -1544,6 +1571,53 @@ mod tests {
         assert_eq!(bans.table.networks.list().len(), 1, "expired bans made way");
     }
 
+    /// Behind a NAT64 translator every IPv4 client arrives from NAT64's well-known
+    /// prefix, `64:ff9b::/96`, and is keyed by the IPv4 address it carries. An IPv6
+    /// network that holds that prefix (`64:ff9b::/64`, the very key all those clients
+    /// had before they were told apart, as saved bans, an older replica of the fleet or
+    /// an operator reading an older admin page name it; or the translator's /48) holds
+    /// every translated client as its socket names it: a ban on it either bans them or
+    /// is refused. It is not accepted and then taken for a ban on `0.0.0.0`, nor kept as
+    /// a network ban that holds none of their keys.
+    #[tokio::test(start_paused = true)]
+    async fn a_ban_on_an_ipv6_network_holding_nat64s_prefix_bans_its_clients_or_is_refused() {
+        for network in ["64:ff9b::/64", "64:ff9b::/48"] {
+            let bans = handle();
+            let accepted = bans.ban_network(net(network), secs(60));
+            let listed: Vec<String> = bans.list().iter().map(|ban| ban.key.to_string()).collect();
+            let translated = bans.banned_for(ip("64:ff9b::192.0.2.1"));
+            assert!(
+                accepted.is_err() || translated.is_some(),
+                "a ban on {network} was accepted, listed as {listed:?}, and its peer \
+                 64:ff9b::192.0.2.1 is not banned"
+            );
+        }
+    }
+
+    /// `64:ff9b::/96` holds every translated client, each keyed by the IPv4 address it
+    /// carries: a ban on it would ban all of IPv4, native clients too, though it names
+    /// an IPv6 network. It is refused; `0.0.0.0/0` says so if that is meant.
+    #[tokio::test(start_paused = true)]
+    async fn a_ban_on_nat64s_whole_prefix_is_refused_rather_than_banning_all_of_ipv4() {
+        let bans = handle();
+        let refused = bans.ban_network(net("64:ff9b::/96"), secs(60));
+        assert!(
+            matches!(
+                refused,
+                Err(BanError::Network(
+                    crate::ConfigError::HoldsNat64Prefix { .. }
+                ))
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(
+            bans.banned_for(ip("198.51.100.1")),
+            None,
+            "a native peer banned"
+        );
+        assert!(bans.list().is_empty());
+    }
+
     mod import_fuzz {
         use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -1560,10 +1634,18 @@ mod tests {
             ]
         }
 
+        /// A network a ban can hold: not one that holds all of NAT64's well-known
+        /// prefix.
+        fn bannable_network() -> impl Strategy<Value = String> {
+            network().prop_filter("holds NAT64's well-known prefix", |network| {
+                keyed_network(network.parse().unwrap()).is_ok()
+            })
+        }
+
         /// A line an import takes: a ban, a blank line or a comment.
         fn good_line() -> impl Strategy<Value = String> {
             prop_oneof![
-                (network(), 0.0..1e9_f64, any::<u32>()).prop_map(
+                (bannable_network(), 0.0..1e9_f64, any::<u32>()).prop_map(
                     |(network, seconds, offences)| format!("{network} {seconds:.3} {offences}")
                 ),
                 Just(String::new()),

@@ -9,6 +9,14 @@
 //! 6052: how an IPv6-only server behind a stateless translator sees the IPv4
 //! internet), which would otherwise put every IPv4 client in one /64. A
 //! network-specific translation prefix is keyed as IPv6, by the IPv6 prefix.
+//!
+//! An exempt or banned network is read alike: one within the well-known prefix is the
+//! IPv4 network it carries (`64:ff9b::192.0.2.0/120` is `192.0.2.0/24`). An IPv6
+//! network that holds the whole prefix (`64:ff9b::/96` itself, `64:ff9b::/64`,
+//! `::/0`) is refused: it would stand for every IPv4 peer, native ones too (the /96),
+//! for `0.0.0.0` (a network no wider than a key) or for none of the translated peers
+//! (one wider). Write the IPv4 networks meant instead (`0.0.0.0/0` for all of IPv4),
+//! and any native IPv6 networks on their own.
 
 #[cfg(any(feature = "peer-limit", feature = "rate-limit", feature = "login"))]
 pub(crate) mod cells;
@@ -112,7 +120,8 @@ impl fmt::Display for PeerKey {
 ///
 /// let keying = PeerKeying::with_prefixes(32, 56)
 ///     .unwrap()
-///     .exempt(["10.0.0.0/8".parse().unwrap()]);
+///     .exempt(["10.0.0.0/8".parse().unwrap()])
+///     .unwrap();
 /// let a = keying.key("2001:db8:0:1::1".parse().unwrap());
 /// let b = keying.key("2001:db8:0:2::2".parse().unwrap());
 /// assert_eq!(a, b, "one /56");
@@ -220,11 +229,21 @@ impl PeerKeying {
     /// dual-stack listener shows IPv4 peers (`::ffff:10.0.0.0/104`), is the IPv4 network
     /// it carries (`10.0.0.0/8`), as bans read it; so is one within NAT64's well-known
     /// prefix (`64:ff9b::10.0.0.0/104`).
-    pub fn exempt(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::HoldsNat64Prefix`] for an IPv6 network that holds all of NAT64's
+    /// well-known prefix (see the [module docs](self)).
+    pub fn exempt(
+        mut self,
+        networks: impl IntoIterator<Item = IpNet>,
+    ) -> Result<Self, ConfigError> {
         let mut all = self.exempt.networks.load().to_vec();
-        all.extend(networks.into_iter().map(canonical_network));
+        for network in networks {
+            all.push(keyed_network(network)?);
+        }
         self.exempt = Exempt::new(all);
-        self
+        Ok(self)
     }
 
     /// Replaces the exempt networks of this keying and of every clone of it, so of every
@@ -238,11 +257,18 @@ impl PeerKeying {
     ///
     /// let keying = PeerKeying::default();
     /// let given_to_a_layer = keying.clone();
-    /// keying.set_exempt(["10.0.0.0/8".parse().unwrap()]);
+    /// keying.set_exempt(["10.0.0.0/8".parse().unwrap()]).unwrap();
     /// assert!(given_to_a_layer.is_exempt("10.1.2.3".parse().unwrap()));
     /// ```
-    pub fn set_exempt(&self, networks: impl IntoIterator<Item = IpNet>) {
-        let networks: Vec<IpNet> = networks.into_iter().map(canonical_network).collect();
+    ///
+    /// # Errors
+    ///
+    /// As [`exempt`](Self::exempt); the list in force is then kept.
+    pub fn set_exempt(&self, networks: impl IntoIterator<Item = IpNet>) -> Result<(), ConfigError> {
+        let networks = networks
+            .into_iter()
+            .map(keyed_network)
+            .collect::<Result<Vec<IpNet>, ConfigError>>()?;
         // An id no list has while the list changes; then the new list's.
         let changing = NEXT_EXEMPT_ID.fetch_add(1, Ordering::Relaxed);
         self.exempt.id.store(changing, Ordering::Release);
@@ -251,6 +277,7 @@ impl PeerKeying {
             .networks
             .store(Arc::new(networks.into_boxed_slice()));
         self.exempt.id.store(id, Ordering::Release);
+        Ok(())
     }
 
     /// The exempt networks in force.
@@ -396,6 +423,24 @@ pub(crate) fn canonical_network(network: IpNet) -> IpNet {
     ipv4_network_within(network, carried_ipv4)
 }
 
+/// An exempt or banned `network` as [`canonical_network`] reads it; refused if it is
+/// an IPv6 network that holds all of NAT64's well-known prefix, whose peers are keyed
+/// by the IPv4 addresses they carry: `64:ff9b::/96` would read as every IPv4 peer
+/// (`0.0.0.0/0`, native ones too), and a wider one holds none of their keys, or reads
+/// as `0.0.0.0` where it is taken for the key of its first address.
+pub(crate) fn keyed_network(network: IpNet) -> Result<IpNet, ConfigError> {
+    match network {
+        IpNet::V6(v6)
+            if v6.prefix_len() <= 96 && v6.contains(&Ipv6Addr::from_bits(NAT64_WELL_KNOWN)) =>
+        {
+            Err(ConfigError::HoldsNat64Prefix {
+                network: network.trunc(),
+            })
+        }
+        _ => Ok(canonical_network(network)),
+    }
+}
+
 /// `network` without host bits, and an IPv4-mapped IPv6 network as the IPv4 network it
 /// carries, but not one in NAT64's well-known prefix: for networks matched against the
 /// address a socket gives (the trusted balancers), where a translated address is not
@@ -458,7 +503,9 @@ mod tests {
             keying.key(ip("::ffff:192.0.2.1")),
             keying.key(ip("192.0.2.1"))
         );
-        let keying = keying.exempt([IpNet::V4("192.0.2.0/24".parse().unwrap())]);
+        let keying = keying
+            .exempt([IpNet::V4("192.0.2.0/24".parse().unwrap())])
+            .unwrap();
         assert!(keying.is_exempt(ip("::ffff:192.0.2.200")));
     }
 
@@ -495,10 +542,12 @@ mod tests {
 
     #[test]
     fn exempt_networks_match_by_prefix() {
-        let keying = PeerKeying::default().exempt([
-            "10.0.0.0/8".parse().unwrap(),
-            "2001:db8:ffff::/48".parse().unwrap(),
-        ]);
+        let keying = PeerKeying::default()
+            .exempt([
+                "10.0.0.0/8".parse().unwrap(),
+                "2001:db8:ffff::/48".parse().unwrap(),
+            ])
+            .unwrap();
         assert!(keying.is_exempt(ip("10.200.0.1")));
         assert!(keying.is_exempt(ip("2001:db8:ffff:1::9")));
         assert!(!keying.is_exempt(ip("11.0.0.1")));
@@ -519,11 +568,15 @@ mod tests {
     fn the_memo_never_answers_for_a_dropped_keying_whose_list_took_the_same_address() {
         let peer = ip("10.0.0.1");
         for _ in 0..100 {
-            let old = PeerKeying::default().exempt(["10.0.0.0/8".parse().unwrap()]);
+            let old = PeerKeying::default()
+                .exempt(["10.0.0.0/8".parse().unwrap()])
+                .unwrap();
             assert!(old.classify(peer).is_none());
             let old_list = Arc::as_ptr(&old.exempt);
             drop(old);
-            let new = PeerKeying::default().exempt(["192.0.2.0/24".parse().unwrap()]);
+            let new = PeerKeying::default()
+                .exempt(["192.0.2.0/24".parse().unwrap()])
+                .unwrap();
             assert!(
                 new.classify(peer).is_some(),
                 "the memo answered for the dropped keying"
@@ -542,17 +595,20 @@ mod tests {
         let layer = keying.clone();
         let peer = ip("10.0.0.1");
         assert!(layer.classify(peer).is_some());
-        keying.set_exempt(["10.0.0.0/8".parse().unwrap()]);
+        keying.set_exempt(["10.0.0.0/8".parse().unwrap()]).unwrap();
         assert!(
             layer.classify(peer).is_none(),
             "the memo answered for the old list"
         );
         assert!(layer.is_exempt(peer));
-        keying.set_exempt([]);
+        keying.set_exempt([]).unwrap();
         assert!(layer.classify(peer).is_some());
         // A keying built from it with `exempt` is apart: the reload does not reach it.
-        let apart = keying.clone().exempt(["192.0.2.0/24".parse().unwrap()]);
-        keying.set_exempt(["10.0.0.0/8".parse().unwrap()]);
+        let apart = keying
+            .clone()
+            .exempt(["192.0.2.0/24".parse().unwrap()])
+            .unwrap();
+        keying.set_exempt(["10.0.0.0/8".parse().unwrap()]).unwrap();
         assert!(apart.classify(peer).is_some());
         assert_eq!(
             apart.exempt_networks(),
@@ -565,20 +621,20 @@ mod tests {
         // The layers of a stack each built with a default keying classify a peer once.
         assert_eq!(PeerKeying::default().id(), PeerKeying::default().id());
         let keying = PeerKeying::default();
-        keying.set_exempt(["10.0.0.0/8".parse().unwrap()]);
+        keying.set_exempt(["10.0.0.0/8".parse().unwrap()]).unwrap();
         assert_ne!(keying.id(), PeerKeying::default().id());
-        keying.set_exempt([]);
+        keying.set_exempt([]).unwrap();
         assert_eq!(keying.id(), PeerKeying::default().id());
     }
 
     #[test]
     fn clones_share_an_identity_and_keyings_made_apart_never_do() {
         let net: IpNet = "10.0.0.0/8".parse().unwrap();
-        let keying = PeerKeying::default().exempt([net]);
+        let keying = PeerKeying::default().exempt([net]).unwrap();
         assert_eq!(keying.id(), keying.clone().id());
         // Each dropped before the next is made, so the lists may share an address.
         let ids: Vec<_> = (0..10)
-            .map(|_| PeerKeying::default().exempt([net]).id())
+            .map(|_| PeerKeying::default().exempt([net]).unwrap().id())
             .collect();
         for (n, id) in ids.iter().enumerate() {
             assert!(!ids[..n].contains(id), "{ids:?}");
@@ -614,12 +670,12 @@ mod tests {
     #[test]
     fn an_exempt_network_in_its_mapped_form_exempts_its_ipv4_peers() {
         let mapped: IpNet = "::ffff:10.0.0.0/104".parse().unwrap();
-        let keying = PeerKeying::default().exempt([mapped]);
+        let keying = PeerKeying::default().exempt([mapped]).unwrap();
         assert!(keying.is_exempt(ip("::ffff:10.1.2.3")), "mapped peer");
         assert!(keying.is_exempt(ip("10.1.2.3")), "IPv4 peer");
         assert!(keying.classify(ip("::ffff:10.1.2.3")).is_none());
         let reloaded = PeerKeying::with_prefixes(32, 64).unwrap();
-        reloaded.set_exempt([mapped]);
+        reloaded.set_exempt([mapped]).unwrap();
         assert!(reloaded.is_exempt(ip("10.1.2.3")), "after a reload");
     }
 
@@ -639,7 +695,7 @@ mod tests {
         assert_eq!(a, keying.key(ip("192.0.2.1")));
         assert_eq!(keying.key_from_bits(a.bits()), a);
 
-        let keying = keying.exempt([net("192.0.2.0/24")]);
+        let keying = keying.exempt([net("192.0.2.0/24")]).unwrap();
         assert!(keying.is_exempt(ip("64:ff9b::192.0.2.200")));
         assert_eq!(
             canonical_network(net("64:ff9b::192.0.2.0/120")),
@@ -654,6 +710,34 @@ mod tests {
         for other in ["2001:db8:64::c000:201", "64:ff9b:1::c000:201"] {
             assert_eq!(keying.key(ip(other)).network().prefix_len(), 64, "{other}");
         }
+    }
+
+    /// An exempt IPv6 network that holds all of NAT64's well-known prefix would stand
+    /// for every IPv4 peer, native ones too (`64:ff9b::/96`, read as `0.0.0.0/0`), or for
+    /// none of the translated ones (`64:ff9b::/64`, `::/0`), whose keys are IPv4: it is
+    /// refused, by name, and a reload that names one keeps the list in force.
+    #[test]
+    fn an_exempt_network_holding_nat64s_whole_prefix_is_refused() {
+        let net = |text: &str| text.parse::<IpNet>().unwrap();
+        for network in ["64:ff9b::/96", "64:ff9b::/64", "64:ff9b::/48", "::/0"] {
+            assert_eq!(
+                PeerKeying::default().exempt([net(network)]).err(),
+                Some(ConfigError::HoldsNat64Prefix {
+                    network: net(network)
+                }),
+                "{network}"
+            );
+        }
+        let keying = PeerKeying::default()
+            .exempt([net("64:ff9b::192.0.2.0/120")])
+            .unwrap();
+        assert!(keying.is_exempt(ip("64:ff9b::192.0.2.7")));
+        assert!(keying.set_exempt([net("64:ff9b::/96")]).is_err());
+        assert!(keying.is_exempt(ip("192.0.2.7")));
+        assert!(
+            !keying.is_exempt(ip("198.51.100.1")),
+            "a native IPv4 peer exempt"
+        );
     }
 
     #[test]

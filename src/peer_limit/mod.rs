@@ -30,7 +30,8 @@
 //!
 //! let keying = PeerKeying::with_prefixes(32, 56)
 //!     .unwrap()
-//!     .exempt(["10.0.0.0/8".parse().unwrap()]);
+//!     .exempt(["10.0.0.0/8".parse().unwrap()])
+//!     .unwrap();
 //! let per_peer = PeerLimitLayer::builder(20)
 //!     .keying(keying)
 //!     .max_tracked_peers(100_000)
