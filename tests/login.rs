@@ -443,6 +443,34 @@ async fn an_operator_can_ban_list_and_lift() {
     assert_eq!(ask(&mut client, "good").await.as_deref(), Some("OK"));
 }
 
+/// An operator merges another server's export into this one's bans (a sister
+/// service's list, or a cron job that shares bans between replicas without Redis).
+/// Here two peers are banned for an hour by their failed logins; the other server's
+/// bans of them are nearly over: one minute left, and one whose last millisecond
+/// exports as `0.000`. An import adds bans: it must not cut short, or lift, a ban in
+/// force here.
+#[tokio::test(start_paused = true)]
+async fn an_import_neither_shortens_nor_lifts_a_ban_in_force() {
+    let login = login(Login::builder().max_failures(1).ban(secs(3600)));
+    for peer in ["192.0.2.1:1", "192.0.2.2:1"] {
+        let (_connection, mut client) = connect(&login, peer);
+        assert_eq!(ask(&mut client, "bad").await.as_deref(), Some("DENIED"));
+    }
+    let bans = login.bans();
+    assert_eq!(bans.list().len(), 2);
+    let imported = bans.import("192.0.2.1/32 60.000 1\n192.0.2.2/32 0.000 1\n");
+    assert_eq!(imported, Ok(2));
+    let (shortened, lifted) = (
+        bans.banned_for(ip("192.0.2.1")),
+        bans.banned_for(ip("192.0.2.2")),
+    );
+    assert!(
+        shortened.is_some_and(|left| left > secs(3000))
+            && lifted.is_some_and(|left| left > secs(3000)),
+        "bans of an hour in force, after the import: {shortened:?} and {lifted:?} left"
+    );
+}
+
 /// A /48 spray: each of `peers` /64s fails one login, all at once.
 async fn spray_one_failure_each(login: &Login, peers: u16) {
     for n in 0..peers {

@@ -183,6 +183,15 @@ pub enum OffenderRank {
     Bans,
 }
 
+/// What a ban made on a key or network already banned does to the ban in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BanEnd {
+    /// The new ban's end holds, sooner or later: an operator's ban, or the fleet's word.
+    Replace,
+    /// The later of the two ends holds: an import adds bans, it never shortens one.
+    KeepLater,
+}
+
 /// Networks wider than a peer key, banned whole: a short list beside the table.
 #[derive(Debug, Default)]
 struct NetworkBans {
@@ -215,16 +224,27 @@ impl NetworkBans {
             .max()
     }
 
-    /// Bans `network` until `until`, replacing its earlier ban.
-    fn ban(&self, network: IpNet, until: u64, offences: u32, now: u64) -> Result<(), BanError> {
+    /// Bans `network` until `until`, its earlier ban's end replaced or kept if later as
+    /// `end` says; whether the ban's end moved.
+    fn ban(
+        &self,
+        network: IpNet,
+        until: u64,
+        offences: u32,
+        now: u64,
+        end: BanEnd,
+    ) -> Result<bool, BanError> {
         self.change(|bans| {
             if let Some(ban) = bans.iter_mut().find(|ban| ban.network == network) {
-                ban.banned_until = until;
                 ban.offences = ban.offences.max(offences);
-                return Ok(());
+                if end == BanEnd::KeepLater && until <= ban.banned_until.max(now) {
+                    return Ok(false);
+                }
+                ban.banned_until = until;
+                return Ok(true);
             }
             if until <= now {
-                return Ok(());
+                return Ok(false);
             }
             if bans.len() >= MAX_NETWORK_BANS {
                 bans.retain(|ban| ban.banned_until > now);
@@ -239,7 +259,7 @@ impl NetworkBans {
                 banned_until: until,
                 offences,
             });
-            Ok(())
+            Ok(true)
         })
     }
 
@@ -464,20 +484,30 @@ impl BanTable {
         count(record, points, now, window, policy)
     }
 
-    /// Bans `key` for `length` from now, whatever its record says; `Full` if its shard
-    /// holds only banned peers.
-    pub(crate) fn ban(&self, key: &PeerKey, length: Duration, offences: u32) -> Result<(), Full> {
+    /// Bans `key` for `length` from now, a ban in force replaced or kept if it ends
+    /// later as `end` says; whether the ban's end moved, or `Full` if its shard holds
+    /// only banned peers.
+    pub(crate) fn ban(
+        &self,
+        key: &PeerKey,
+        length: Duration,
+        offences: u32,
+        end: BanEnd,
+    ) -> Result<bool, Full> {
         let mut shard = self.table.lock(&Located::new(key));
         let now = self.now();
         let until = now.saturating_add(nanos(length));
         if let Some(record) = shard.get_mut() {
-            record.banned_until = until;
             record.offences = record.offences.max(offences);
+            if end == BanEnd::KeepLater && until <= record.banned_until.max(now) {
+                return Ok(false);
+            }
+            record.banned_until = until;
             record.last_offence = now;
             // As a ban by offences does: those that led to it are spent.
             record.current = 0;
             record.previous = 0;
-            return Ok(());
+            return Ok(true);
         }
         let record = Record {
             window_start: now,
@@ -487,25 +517,28 @@ impl BanTable {
             offences,
             last_offence: now,
         };
-        shard.insert_evicting(record, |old| old.worth(now))
+        shard.insert_evicting(record, |old| old.worth(now))?;
+        Ok(!length.is_zero())
     }
 
     /// Bans `network` for `length` from now: as a whole if it spans more than one key,
-    /// or else the key that holds it. One that holds all of NAT64's well-known prefix
-    /// is refused ([`keyed_network`]).
+    /// or else the key that holds it; a ban in force replaced or kept if it ends later
+    /// as `end` says. One that holds all of NAT64's well-known prefix is refused
+    /// ([`keyed_network`]). Whether the ban's end moved.
     pub(crate) fn ban_network(
         &self,
         network: IpNet,
         length: Duration,
         offences: u32,
-    ) -> Result<(), BanError> {
+        end: BanEnd,
+    ) -> Result<bool, BanError> {
         let network = keyed_network(network)?;
         if self.keying.is_wider_than_a_key(&network) {
             let now = self.now();
             let until = now.saturating_add(nanos(length));
-            return self.networks.ban(network, until, offences, now);
+            return self.networks.ban(network, until, offences, now, end);
         }
-        self.ban(&self.keying.key(network.addr()), length, offences)
+        self.ban(&self.keying.key(network.addr()), length, offences, end)
             .map_err(|Full| BanError::TableFull)
     }
 
@@ -735,29 +768,37 @@ pub struct Bans {
 }
 
 impl Bans {
-    /// Bans `ip`'s peer key (its /32 or /64 by default) for `length`.
+    /// Bans `ip`'s peer key (its /32 or /64 by default) for `length` from now.
+    ///
+    /// An operator's ban replaces one in force, longer or shorter: its end is the one
+    /// asked for. A ban of no length lifts the key's ban as [`unban`](Self::unban)
+    /// does (the kernel filter and the fleet are told, and its offences forgotten).
     ///
     /// # Errors
     ///
     /// [`BanError::TableFull`] if the key's part of the table holds only banned peers.
     pub fn ban(&self, ip: IpAddr, length: Duration) -> Result<(), BanError> {
+        if length.is_zero() {
+            self.unban(ip);
+            return Ok(());
+        }
         let key = self.table.keying().key(ip);
         self.table
-            .ban(&key, length, 1)
+            .ban(&key, length, 1, BanEnd::Replace)
             .map_err(|Full| BanError::TableFull)?;
         self.shared_ban(key.network(), length);
         Ok(())
     }
 
     /// Counts a ban an operator made here, evicts the live connections it bans if the
-    /// login evicts banned peers' (not those of a network wider than a peer key), and
-    /// tells the fleet, if there is one and the login is not in dry run.
+    /// login evicts banned peers' (not those of a network wider than a peer key), has
+    /// the kernel filter read its end again (it may be sooner than the one the filter
+    /// holds), and tells the fleet, if there is one and the login is not in dry run.
     fn shared_ban(&self, network: IpNet, length: Duration) {
         self.table.metrics.operator.add(1);
+        self.table.lifted(network);
         let login = self.login.upgrade();
-        if !length.is_zero()
-            && let Some(login) = &login
-        {
+        if let Some(login) = &login {
             login.evict_banned(network);
         }
         #[cfg(feature = "fleet")]
@@ -791,7 +832,9 @@ impl Bans {
     /// holds it, like [`ban`](Self::ban). At most 256 networks are banned whole at once,
     /// each checked against every new connection; a long block list belongs in the
     /// firewall. Exempt peers (the keying's exempt networks) are let in all the same:
-    /// the ban check skips them.
+    /// the ban check skips them. As [`ban`](Self::ban) does, it replaces a ban in force
+    /// on the same key or network, and a ban of no length lifts it as
+    /// [`unban_network`](Self::unban_network) does.
     ///
     /// ```
     /// use std::time::Duration;
@@ -814,7 +857,12 @@ impl Bans {
     /// prefix, `64:ff9b::/96` (see [`peer`](crate::peer)): its translated peers are
     /// keyed by the IPv4 addresses they carry, so write those IPv4 networks instead.
     pub fn ban_network(&self, network: IpNet, length: Duration) -> Result<(), BanError> {
-        self.table.ban_network(network, length, 1)?;
+        if length.is_zero() {
+            self.unban_network(network);
+            return Ok(());
+        }
+        self.table
+            .ban_network(network, length, 1, BanEnd::Replace)?;
         self.shared_ban(network, length);
         Ok(())
     }
@@ -943,6 +991,10 @@ impl Bans {
     /// Reads bans written by [`export`](Self::export); each runs for its remaining time
     /// from now, at most the policy's longest ban. Returns how many were imported.
     ///
+    /// An import adds bans: a ban in force here that ends later keeps its end (a line
+    /// with no time left adds nothing to it), and only the offence count, the higher of
+    /// the two, is taken from the line.
+    ///
     /// The text is checked as untrusted input: a line is `NETWORK SECONDS OFFENCES` of
     /// at most 200 bytes, blank, or a `#` comment. A network is banned as
     /// [`ban_network`](Self::ban_network) bans it.
@@ -964,13 +1016,16 @@ impl Bans {
                 continue;
             };
             let remaining = ban.remaining.min(longest);
-            self.table
-                .ban_network(ban.network, remaining, ban.offences)
+            let lengthened = self
+                .table
+                .ban_network(ban.network, remaining, ban.offences, BanEnd::KeepLater)
                 .map_err(|error| BanError::NotApplied {
                     line: number,
                     error: Box::new(error),
                 })?;
-            self.shared_ban(ban.network, remaining);
+            if lengthened {
+                self.shared_ban(ban.network, remaining);
+            }
             imported += 1;
         }
         Ok(imported)
@@ -1374,8 +1429,13 @@ mod tests {
         );
         assert!(bans.banned_for(&second).is_some());
         assert!(
-            bans.ban(&keying.key("192.0.2.3".parse().unwrap()), secs(9), 1)
-                .is_err()
+            bans.ban(
+                &keying.key("192.0.2.3".parse().unwrap()),
+                secs(9),
+                1,
+                BanEnd::Replace
+            )
+            .is_err()
         );
         assert_eq!(bans.len(), 1);
     }

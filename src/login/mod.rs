@@ -820,7 +820,10 @@ impl Login {
         {
             return;
         }
-        if let Err(error) = shared.bans.ban_network(key, remaining, offences) {
+        if let Err(error) = shared
+            .bans
+            .ban_network(key, remaining, offences, bans::BanEnd::Replace)
+        {
             if let Some(suppressed) = shared.ban_log.allow() {
                 tracing::warn!(%key, %error, suppressed, "a ban from the fleet could not be applied");
             }
