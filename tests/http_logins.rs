@@ -21,7 +21,7 @@ use tokio::io::DuplexStream;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_bouncer::{
     http::ConnExtensions,
-    login::{Login, StatusClassifier},
+    login::{ClassifyLogin, Login, LoginOutcome, StatusClassifier},
 };
 
 use support::{
@@ -124,6 +124,31 @@ async fn h2_connection_to(
             .unwrap();
     tokio::spawn(connection);
     sender
+}
+
+/// A login form's classifier: a request to `/login` is a login attempt whatever it
+/// carries (a form's credentials travel in its body), as `is_attempt` lets a service
+/// say; otherwise the defaults.
+#[derive(Debug, Clone, Copy)]
+struct LoginFormByPath;
+
+impl ClassifyLogin for LoginFormByPath {
+    fn classify_response(
+        &self,
+        status: StatusCode,
+        headers: &http::HeaderMap,
+    ) -> Option<LoginOutcome> {
+        StatusClassifier::default().classify_response(status, headers)
+    }
+
+    fn is_attempt(
+        &self,
+        method: &http::Method,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+    ) -> bool {
+        uri.path() == "/login" || StatusClassifier::default().is_attempt(method, uri, headers)
+    }
 }
 
 /// A login whose connections have `tries` each, and whose peers are never banned.
@@ -576,6 +601,57 @@ async fn an_honest_client_that_gives_up_on_slow_answers_to_its_good_token_is_not
             stats.failed_logins,
             stats.evicted_after_failures,
             login.bans().banned_for("192.0.2.1".parse().unwrap()),
+        );
+    }
+}
+
+/// An attacker with an account of its own (a free sign-up) logs in on an HTTP/2
+/// connection, then sends 50 guesses at another user's password at once on it. The
+/// connection has one try (`max_auth_tries(1)`), and the peer is banned at its fifth
+/// failure: logging in first must not buy the connection 50 password checks at once,
+/// which the gate gives a connection not logged in only one at a time.
+#[tokio::test(start_paused = true)]
+async fn logging_in_first_buys_no_concurrent_password_checks_for_other_credentials() {
+    for reporter in Reporter::ALL {
+        // The defaults: one try per connection, five failed logins ban.
+        let login = Login::builder().build().unwrap();
+        let checks = Arc::new(AtomicUsize::new(0));
+        let sender = h2_connection(&login, checks.clone(), reporter).await;
+        let own = "Basic bWFsbG9yeTpvd24="; // mallory:own
+        let statuses = send_all(&sender, vec![request("/welcome", Some(own))]).await;
+        assert_eq!(statuses, [Some(StatusCode::OK)], "{reporter:?}");
+        let statuses = send_all(&sender, bad_logins(50)).await;
+        let checked = checks.load(Ordering::SeqCst);
+        assert!(
+            checked <= 1,
+            "{reporter:?}: logged in as itself, the connection had {checked} of 50 guesses \
+             checked at once with one try; {}; answers {statuses:?}",
+            login.stats()
+        );
+    }
+}
+
+/// The same attacker guesses through a login form: its guesses carry no credentials in
+/// their headers, and the service's `is_attempt` picks the form's path. Logged in with
+/// its own credentials or not, the connection's form posts wait for its tries.
+#[tokio::test(start_paused = true)]
+async fn logging_in_first_buys_no_concurrent_guesses_through_a_login_form() {
+    for reporter in Reporter::ALL {
+        let login = Login::builder().build().unwrap();
+        let checks = Arc::new(AtomicUsize::new(0));
+        let http = reporter.http(app(checks.clone()), LoginFormByPath);
+        let sender = h2_connection_to(&login, http).await;
+        let own = "Basic bWFsbG9yeTpvd24="; // mallory:own
+        let statuses = send_all(&sender, vec![request("/welcome", Some(own))]).await;
+        assert_eq!(statuses, [Some(StatusCode::OK)], "{reporter:?}");
+        let guesses = (0..50).map(|_| request("/login", None)).collect();
+        let statuses = send_all(&sender, guesses).await;
+        let checked = checks.load(Ordering::SeqCst);
+        assert!(
+            checked <= 1,
+            "{reporter:?}: logged in as itself, the connection had {checked} of 50 form \
+             guesses checked at once with one try; {}; answers {statuses:?}",
+            login.stats()
         );
     }
 }

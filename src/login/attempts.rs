@@ -1,14 +1,17 @@
 //! MaxAuthTries for multiplexed protocols: on one HTTP/2 connection, requests carrying
 //! credentials run at most as many at once as the connection has tries left, so a
 //! client that sends 200 guesses together gets its tries' worth of password checks, not
-//! 200. Once a connection has logged in, its requests are no longer held back, and
-//! those waiting go on; once it has used up its tries or is being closed, none waits:
-//! each is answered at once.
+//! 200. Once a connection has logged in, its requests with the credentials that logged
+//! it in are no longer held back, and those waiting go on; every other attempt (other
+//! credentials, or a login by path that carries none) still waits for a place, so that
+//! logging in with an account of one's own buys no guesses at another's. Once a
+//! connection has used up its tries or is being closed, none waits: each is answered
+//! at once.
 
 use std::{
     future::Future,
     pin::Pin,
-    sync::{Arc, MutexGuard, PoisonError},
+    sync::{Arc, MutexGuard, PoisonError, atomic::Ordering},
     task::{Context, Poll, Waker},
 };
 
@@ -21,6 +24,27 @@ pub(crate) struct Attempts {
     in_flight: u32,
     next_id: u64,
     waiting: Vec<(u64, Waker)>,
+    /// The credentials of the attempt last given a place: those the connection logged
+    /// in with, if it logs in while attempts are in flight.
+    last_admitted: Credentials,
+}
+
+/// A request's credentials (its `Authorization` and `Proxy-Authorization` values), as
+/// a keyed 64-bit hash: enough to tell whether an attempt repeats the credentials a
+/// connection logged in with, under a per-process random key, so that no client can
+/// aim a collision. [`NONE`](Self::NONE) for a request that carries none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Credentials(u64);
+
+impl Credentials {
+    /// No credentials: an attempt by its path (a login form), never let through as
+    /// the connection's own.
+    pub(crate) const NONE: Self = Self(0);
+
+    /// From a keyed hash of the credentials; a hash of 0 is taken as 1, not as none.
+    pub(crate) fn from_hash(hash: u64) -> Self {
+        Self(hash.max(1))
+    }
 }
 
 /// A connection that has used up its tries: the attempt must not reach the service.
@@ -35,12 +59,42 @@ pub(super) struct AttemptPermit {
 }
 
 impl LoginSession {
-    /// Waits for a place for a login attempt: `None` once the connection has logged in
-    /// (nothing is held back), an error once its tries are used up.
-    pub(super) fn attempt(&self) -> AttemptWait {
+    /// Waits for a place for a login attempt with `credentials`: `None` once the
+    /// connection has logged in with them (nothing is held back), an error once its
+    /// tries are used up.
+    pub(super) fn attempt(&self, credentials: Credentials) -> AttemptWait {
         AttemptWait {
             state: self.state.clone(),
+            credentials,
             registered: None,
+        }
+    }
+}
+
+impl SessionState {
+    /// Whether the connection logged in with `credentials`: an attempt with them goes
+    /// on at once. Read without the lock by a request as it is dispatched, and under it
+    /// by a waiting attempt, which a login wakes once the credentials are stored.
+    pub(super) fn logged_in_with(&self, credentials: Credentials) -> bool {
+        credentials != Credentials::NONE
+            && self.logged_in_with.load(Ordering::Relaxed) == credentials.0
+    }
+
+    /// The connection has logged in: the credentials of the attempt in flight (the one
+    /// last given a place, if more are) go on at once from now, and the waiting
+    /// attempts look again. With no attempt in flight (a login by a request that is
+    /// none), every attempt still waits for a place.
+    pub(super) fn logged_in(&self) {
+        if let Some(attempts) = self.attempts.get() {
+            let waiting = {
+                let mut attempts = attempts.lock().unwrap_or_else(PoisonError::into_inner);
+                if attempts.in_flight > 0 {
+                    self.logged_in_with
+                        .store(attempts.last_admitted.0, Ordering::Relaxed);
+                }
+                std::mem::take(&mut attempts.waiting)
+            };
+            wake(waiting);
         }
     }
 }
@@ -58,6 +112,7 @@ fn lock(state: &SessionState) -> MutexGuard<'_, Attempts> {
 #[must_use = "futures do nothing unless polled"]
 pub(super) struct AttemptWait {
     state: Arc<SessionState>,
+    credentials: Credentials,
     /// Its id among the waiting, and the waker it left there, once it has.
     registered: Option<(u64, Waker)>,
 }
@@ -71,7 +126,7 @@ impl Future for AttemptWait {
         // Everything is read under the lock the waiting are woken with (a place given
         // back, a login, an eviction), so no wake-up is missed.
         let mut attempts = lock(state);
-        if state.is_authenticated() {
+        if state.logged_in_with(this.credentials) {
             return Poll::Ready(Ok(None));
         }
         let tries_left = state.tries_left();
@@ -86,6 +141,7 @@ impl Future for AttemptWait {
             .and_then(|(id, _)| attempts.waiting.iter().position(|(other, _)| other == id));
         if attempts.in_flight < tries_left {
             attempts.in_flight += 1;
+            attempts.last_admitted = this.credentials;
             if let Some(index) = listed {
                 attempts.waiting.swap_remove(index);
             }
@@ -135,9 +191,8 @@ impl Drop for AttemptPermit {
 }
 
 impl SessionState {
-    /// Wakes every attempt waiting for a place, to look again: the connection has
-    /// logged in, or is being closed. Only connections that have had attempts wait
-    /// take the lock.
+    /// Wakes every attempt waiting for a place, to look again: the connection is being
+    /// closed. Only connections that have had attempts wait take the lock.
     pub(super) fn wake_waiting_attempts(&self) {
         if let Some(attempts) = self.attempts.get() {
             let waiting = std::mem::take(
@@ -191,10 +246,10 @@ mod tests {
     #[tokio::test]
     async fn a_request_given_up_leaves_the_waiting_list() {
         let session = session().await;
-        let mut first = task::spawn(session.attempt());
+        let mut first = task::spawn(session.attempt(Credentials::from_hash(7)));
         let permit = assert_ready!(first.poll()).unwrap();
         for _ in 0..1000 {
-            let mut waiting = task::spawn(session.attempt());
+            let mut waiting = task::spawn(session.attempt(Credentials::from_hash(7)));
             assert_pending!(waiting.poll());
             assert_pending!(waiting.poll());
         }
@@ -205,9 +260,9 @@ mod tests {
     #[tokio::test]
     async fn a_place_given_back_lets_the_next_in() {
         let session = session().await;
-        let mut first = task::spawn(session.attempt());
+        let mut first = task::spawn(session.attempt(Credentials::from_hash(7)));
         let permit = assert_ready!(first.poll()).unwrap();
-        let mut second = task::spawn(session.attempt());
+        let mut second = task::spawn(session.attempt(Credentials::from_hash(7)));
         assert_pending!(second.poll());
         drop(permit);
         assert!(second.is_woken());

@@ -2,8 +2,9 @@
 
 use std::{
     future::Future,
+    hash::{BuildHasher, Hasher, RandomState},
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, LazyLock},
     task::{Context, Poll, ready},
 };
 
@@ -18,7 +19,7 @@ use tower_layer::Layer;
 
 use super::{
     AfterFailure, LoginSession,
-    attempts::{AttemptPermit, AttemptWait, TriesUsedUp},
+    attempts::{AttemptPermit, AttemptWait, Credentials, TriesUsedUp},
 };
 use crate::http::{ConnExtensions, too_many_requests};
 
@@ -190,17 +191,25 @@ where
 ///
 /// On a multiplexed connection (HTTP/2) it also keeps MaxAuthTries: requests that may
 /// be login attempts ([`ClassifyLogin::is_attempt`]: those carrying credentials, by
-/// default) run at most as many at once as the connection has tries left, until the
-/// connection logs in ([`LoginSession::succeeded`]: report it, or the requests of a
-/// client that sends its credentials with every request stay one at a time). An
-/// attempt holds its place until its outcome is known: at its response's head, or, if
-/// only the trailers may tell (a gRPC stream that fails its caller after its headers),
-/// until its body's first frame, data or trailers. A request waiting for its place has
-/// not reached the service yet: it is called once admitted, or, once the connection
-/// logs in, at once. Once the connection has used up its tries or is being closed,
-/// every further request is answered `429 Too Many Requests` at once, without reaching
-/// the service. Logins whose credentials travel in the body (forms, JSON) are attempts
-/// only if a classifier's [`is_attempt`](ClassifyLogin::is_attempt) says so, by path.
+/// default) run at most as many at once as the connection has tries left. Once the
+/// connection logs in ([`LoginSession::succeeded`], reported while the attempt is in
+/// flight: report it, or the requests of a client that sends its credentials with
+/// every request stay one at a time), the attempts with the very credentials that
+/// logged it in (the same `Authorization` and `Proxy-Authorization` values) go on at
+/// once; every other attempt (other credentials, or a login form's path that carries
+/// none) still waits for a place, so that a client logged in with an account of its
+/// own gets no more guesses at another's. (With more than one attempt in flight as it
+/// logs in, the credentials are those of the attempt last given a place.) An attempt
+/// holds its place until its outcome is known: at its response's head, or, if only the
+/// trailers may tell (a gRPC stream that fails its caller after its headers), until
+/// its body's first frame, data or trailers. A request waiting for its place has not
+/// reached the service yet: it is called once admitted, or, once the connection logs
+/// in with its credentials, at once. Once the connection has used up its tries or is
+/// being closed, every further request is answered `429 Too Many Requests` at once,
+/// without reaching the service. Logins whose credentials travel in the body (forms,
+/// JSON) are attempts only if a classifier's [`is_attempt`](ClassifyLogin::is_attempt)
+/// says so, by path. HTTP/1 serves one request at a time on a connection: nothing is
+/// held there, and nothing is hashed.
 ///
 /// Requests without a session (no [`SessionLayer`](super::SessionLayer) below the
 /// adapter) pass through untouched.
@@ -470,12 +479,12 @@ impl PendingOutcome {
 
 impl<S: Service<Request<B>> + Clone, B> Answer<S, Request<B>> {
     /// A request on `session`'s connection. A login `attempt` (as
-    /// [`ClassifyLogin::is_attempt`] says) on an HTTP/2 connection not yet logged in
-    /// waits for its place before the service is called, since the service may check
-    /// credentials in `call` itself (tonic's interceptors do); the ready service goes
-    /// with the request and a clone takes its place. The request stays in its slot
-    /// until the service is called or the attempt waits: each move of a request is a
-    /// copy of its few hundred bytes.
+    /// [`ClassifyLogin::is_attempt`] says) on an HTTP/2 connection waits for its place
+    /// before the service is called, unless the connection logged in with its
+    /// credentials, since the service may check credentials in `call` itself (tonic's
+    /// interceptors do); the ready service goes with the request and a clone takes its
+    /// place. The request stays in its slot until the service is called or the attempt
+    /// waits: each move of a request is a copy of its few hundred bytes.
     #[inline]
     pub(crate) fn start(
         service: &mut S,
@@ -490,8 +499,11 @@ impl<S: Service<Request<B>> + Clone, B> Answer<S, Request<B>> {
                 permit: None,
             };
         }
-        if attempt && pending.version() >= Version::HTTP_2 && !session.is_authenticated() {
-            return Self::wait(service, request, session);
+        if attempt && pending.version() >= Version::HTTP_2 {
+            let credentials = credentials(pending.headers());
+            if !session.state.logged_in_with(credentials) {
+                return Self::wait(service, request, session, credentials);
+            }
         }
         // HTTP/1 serves one request at a time on a connection: nothing to hold.
         Self::call(service, request.take().expect("a request to answer"))
@@ -501,11 +513,16 @@ impl<S: Service<Request<B>> + Clone, B> Answer<S, Request<B>> {
     /// attempts, and the code they run stays compact.
     #[cold]
     #[inline(never)]
-    fn wait(service: &mut S, request: &mut Option<Request<B>>, session: &LoginSession) -> Self {
+    fn wait(
+        service: &mut S,
+        request: &mut Option<Request<B>>,
+        session: &LoginSession,
+        credentials: Credentials,
+    ) -> Self {
         let clone = service.clone();
         Self {
             state: State::Waiting {
-                wait: session.attempt(),
+                wait: session.attempt(credentials),
                 call: Some((
                     std::mem::replace(service, clone),
                     request.take().expect("a request to answer"),
@@ -513,6 +530,32 @@ impl<S: Service<Request<B>> + Clone, B> Answer<S, Request<B>> {
             },
             permit: None,
         }
+    }
+}
+
+/// The key of the credentials' hashes: random for each process.
+static CREDENTIALS_KEY: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+
+/// A request's `Authorization` and `Proxy-Authorization` values, hashed under the
+/// process's key; [`Credentials::NONE`] if it carries neither. Only for an HTTP/2 login
+/// attempt: one hash of a few dozen bytes.
+fn credentials(headers: &HeaderMap) -> Credentials {
+    let mut hasher = CREDENTIALS_KEY.build_hasher();
+    let mut any = false;
+    for name in [AUTHORIZATION, PROXY_AUTHORIZATION] {
+        for value in headers.get_all(name) {
+            any = true;
+            hasher.write(value.as_bytes());
+            // Ends the value: `a` then `bc` is not `ab` then `c`.
+            hasher.write_u8(0xff);
+        }
+        // Ends the header's values: one in `Authorization` is not one in the other.
+        hasher.write_u8(0);
+    }
+    if any {
+        Credentials::from_hash(hasher.finish())
+    } else {
+        Credentials::NONE
     }
 }
 

@@ -3,7 +3,7 @@ use std::{
     fmt,
     sync::{
         Arc, Mutex, OnceLock, PoisonError,
-        atomic::{AtomicBool, AtomicU32, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -109,6 +109,9 @@ pub(crate) struct SessionState {
     /// Login attempts in flight, held to the tries left (see [`super::attempts`]);
     /// made for the connections that send any.
     pub(super) attempts: OnceLock<Box<Mutex<Attempts>>>,
+    /// The [`Credentials`](super::attempts::Credentials) the connection logged in with,
+    /// which go on at once from then; 0 until then, or if none did.
+    pub(super) logged_in_with: AtomicU64,
 }
 
 impl SessionState {
@@ -128,6 +131,7 @@ impl SessionState {
             reason: OnceLock::new(),
             startup: Mutex::new(Some(startup)),
             attempts: OnceLock::new(),
+            logged_in_with: AtomicU64::new(0),
         }
     }
 
@@ -217,8 +221,8 @@ impl LoginSession {
         if !state.authenticated.swap(true, Ordering::AcqRel) {
             state.shared.stats.authenticated.add();
             state.leave_startups();
-            // Logged in, nothing is held back: the attempts waiting go on.
-            state.wake_waiting_attempts();
+            // The attempts with the credentials that logged in go on from now.
+            state.logged_in();
         }
     }
 
