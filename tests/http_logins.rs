@@ -655,3 +655,27 @@ async fn logging_in_first_buys_no_concurrent_guesses_through_a_login_form() {
         );
     }
 }
+
+/// A login form posts its credentials in the body, where the default `is_attempt` does
+/// not look; `count_every_failure` counts its failures but holds nothing, so its
+/// documentation points such a service to an `is_attempt` that picks the form's path.
+/// With one, 50 form guesses sent at once on one HTTP/2 connection with one try get
+/// one password check, as 50 guesses in an `Authorization` header do.
+#[tokio::test(start_paused = true)]
+async fn a_login_form_picked_by_its_path_holds_concurrent_guesses_to_the_connections_tries() {
+    for reporter in Reporter::ALL {
+        let login = with_tries(1);
+        let checks = Arc::new(AtomicUsize::new(0));
+        let http = reporter.http(app(checks.clone()), LoginFormByPath);
+        let sender = h2_connection_to(&login, http).await;
+        let guesses = (0..50).map(|_| request("/login", None)).collect();
+        let statuses = send_all(&sender, guesses).await;
+        assert_eq!(
+            checks.load(Ordering::SeqCst),
+            1,
+            "{reporter:?}: {}; answers {statuses:?}",
+            login.stats()
+        );
+        assert_eq!(login.stats().failed_logins, 1, "{reporter:?}");
+    }
+}

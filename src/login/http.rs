@@ -77,7 +77,9 @@ pub trait ClassifyLogin: Clone {
 
     /// Whether a failure counts for every request, not only for login attempts
     /// ([`is_attempt`](Self::is_attempt)): `false` by default, so that no anonymous
-    /// visitor is banned for the `401`s an application answers it.
+    /// visitor is banned for the `401`s an application answers it. It counts failures
+    /// only: a request that is no attempt is never held to the connection's tries on
+    /// HTTP/2, which would hold every request of a connection not logged in to them.
     fn counts_every_failure(&self) -> bool {
         false
     }
@@ -107,9 +109,15 @@ impl StatusClassifier {
     /// page behind a Basic challenge, and an application's anonymous API calls, are
     /// answered `401` without anyone guessing a password, and five of them would ban
     /// an honest visitor (and everyone behind its address). Set it for a service no
-    /// anonymous client has any business calling, or whose logins carry their
-    /// credentials where [`is_attempt`](ClassifyLogin::is_attempt) does not look (a
-    /// form's body).
+    /// anonymous client has any business calling.
+    ///
+    /// It counts failures; it holds no request to the connection's tries. A login form,
+    /// whose credentials travel in its body, where the default
+    /// [`is_attempt`](ClassifyLogin::is_attempt) does not look, needs a classifier whose
+    /// `is_attempt` picks its path: then its posts are held to the tries on HTTP/2 as
+    /// requests with credentials are (50 guesses sent at once get one check). With this
+    /// alone, its failures count and close the connection, but guesses sent at once on
+    /// one HTTP/2 connection are all checked before the first failure closes it.
     pub fn count_every_failure(mut self, yes: bool) -> Self {
         self.count_every_failure = yes;
         self
@@ -208,8 +216,10 @@ where
 /// being closed, every further request is answered `429 Too Many Requests` at once,
 /// without reaching the service. Logins whose credentials travel in the body (forms,
 /// JSON) are attempts only if a classifier's [`is_attempt`](ClassifyLogin::is_attempt)
-/// says so, by path. HTTP/1 serves one request at a time on a connection: nothing is
-/// held there, and nothing is hashed.
+/// says so, by path: [`count_every_failure`](StatusClassifier::count_every_failure),
+/// or a handler's own [`LoginSession::failed`], counts their failures, but holds none
+/// of them to the tries. HTTP/1 serves one request at a time on a connection: nothing
+/// is held there, and nothing is hashed.
 ///
 /// Requests without a session (no [`SessionLayer`](super::SessionLayer) below the
 /// adapter) pass through untouched.
