@@ -21,7 +21,7 @@ use super::Offence;
 use super::kernel_bans::{KernelBans, KernelState};
 use crate::metrics::{BANS_ACTIVE, BANS_ISSUED, Count, Level};
 use crate::peer::{
-    Classified, PeerKey, PeerKeying, canonical_network, keyed_network,
+    Classified, PeerKey, PeerKeying, keyed_network,
     table::{Full, Located, PeerTable},
 };
 
@@ -406,7 +406,7 @@ impl BanTable {
     pub(crate) fn lifted(&self, network: IpNet) {
         #[cfg(all(feature = "kernel-bans", target_os = "linux"))]
         if let Some(kernel) = self.kernel.get() {
-            kernel.lifted(canonical_network(network), self);
+            kernel.lifted(crate::peer::canonical_network(network), self);
         }
     }
 
