@@ -26,7 +26,7 @@
 //! | `bouncer.penalties` | counter | offences | `kind` | Offences counted against their peer: `failed_login`, `first_byte_timeout`, `request_timeout`, `login_timeout`, `tls_handshake_timeout`, `tls_handshake_failure`, `http_protocol_error`, `over_limit`. |
 //! | `bouncer.overload.pressure` | gauge | ratio | — | The [overload](crate::overload) pressure, 0 to 1, at each sample. |
 //! | `bouncer.proxy_protocol.errors` | counter | connections | `reason` | Connections refused by the PROXY protocol layer: `missing`, `untrusted_header`, `malformed`, `too_long`, `timed_out`, `closed_early`, `evicted` (at a full `max_reading`, for a newer connection). |
-//! | `bouncer.tls.handshake_errors` | counter | connections | `reason` | TLS handshakes that did not complete: `timeout`, `protocol`, `io`. |
+//! | `bouncer.tls.handshake_errors` | counter | connections | `reason` | TLS handshakes that did not complete: `timeout`, `protocol`, `io`, `close_requested` (the connection was asked to close, as the server drains). |
 //! | `bouncer.fleet.connected` | gauge | — | — | 1 while the fleet's store is reachable. |
 //! | `bouncer.fleet.failures` | counter | failures | — | Times connecting to the fleet's store failed, or a link was lost. |
 //! | `bouncer.fleet.pending` | gauge | changes | — | Bans and unbans made here that the store has not had yet. |

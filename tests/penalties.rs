@@ -519,4 +519,28 @@ mod tls {
         assert_eq!(ask(&mut stream, "hello").await.as_deref(), Some("hello"));
         assert_eq!(login.stats().tracked_peers, 1);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_handshake_ended_by_a_draining_server_is_no_offence() {
+        let login = login(
+            Login::builder()
+                .max_offences(Offence::TlsHandshakeFailure, 1)
+                .max_timeouts(1),
+        );
+        let tls = TlsLayer::builder(generate().certificate()).build().unwrap();
+        let service = ServiceBuilder::new()
+            .layer(login.ban_layer())
+            .layer(tls)
+            .service(service_fn(protocol));
+
+        // Silent in its handshake as the server drains.
+        let (mut conn, _client) = duplex_conn(OFFENDER);
+        let close = conn.graceful_close();
+        let connection = tokio::spawn(service.clone().oneshot(conn));
+        tokio::time::sleep(secs(1)).await;
+        close.request_cut_by_caller();
+        let error = ended(connection).await.unwrap_err();
+        assert!(matches!(tls_error(&error), TlsError::CloseRequested));
+        assert_eq!(login.stats().tracked_peers, 0, "the peer has an offence");
+    }
 }

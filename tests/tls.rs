@@ -437,6 +437,57 @@ mod handshakes {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_draining_server_closes_a_connection_still_in_its_handshake() {
+        use tower_bouncer::serve::Server;
+
+        let generated = generate();
+        // The Bouncer's TLS handshake deadline and drain deadline are both 10 s; here the
+        // handshake's is longer, to tell a close by the drain from the deadline's cut.
+        let tls = TlsLayer::builder(generated.certificate())
+            .handshake_timeout(secs(120))
+            .build()
+            .unwrap();
+        let (queue, _log, listener) = ChannelListener::new();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            Server::new(listener)
+                .drain_timeout(secs(60))
+                .with_graceful_shutdown(async move {
+                    stopped.await.ok();
+                })
+                .serve(
+                    ServiceBuilder::new()
+                        .layer(tls.clone())
+                        .service(HttpService::new(app())),
+                ),
+        );
+        // A client that connected and sent half its ClientHello (or nothing: a port
+        // scanner, a balancer's TCP check), as the server is told to stop.
+        let (conn, mut client) = duplex_conn("192.0.2.1:1");
+        queue.send(Ok(conn)).unwrap();
+        let hello = client_hello(&generated);
+        client.write_all(&hello[..hello.len() / 2]).await.unwrap();
+        tokio::time::sleep(secs(1)).await;
+
+        let shutdown_began = Instant::now();
+        stop.send(()).unwrap();
+        let report = within(secs(3600), server).await.unwrap().unwrap();
+        // A connection that has sent no request loses nothing by being closed at once,
+        // as the HTTP adapter closes one that has sent nothing, and the PROXY layer one
+        // still reading its header.
+        let stats = tls.stats();
+        assert_eq!(
+            (
+                (report.drained, report.cut),
+                shutdown_began.elapsed(),
+                (stats.handshakes_timed_out, stats.handshakes_closed)
+            ),
+            ((1, 0), Duration::ZERO, (0, 1)),
+            "(drained, cut), how long the drain took, handshakes (timed out, closed)"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn failures_are_typed_counted_and_reach_the_layers_above() {
         let generated = generate();
         let tls = tls_layer(generated.certificate());

@@ -29,7 +29,8 @@ pub enum Offence {
     TlsHandshakeTimeout,
     /// A TLS handshake was refused: the client broke TLS's rules, sent something
     /// other than TLS, or aborted with an alert (a `TlsError::Protocol`). A client that
-    /// just hangs up mid-handshake is not counted.
+    /// just hangs up mid-handshake is not counted, nor one whose handshake a draining
+    /// server ends (a `TlsError::CloseRequested`).
     TlsHandshakeFailure,
     /// The HTTP adapter found a malformed request: an HTTP/1 request hyper could not
     /// parse, or an HTTP/2 connection hyper closed for breaking the protocol (a GOAWAY
@@ -111,7 +112,8 @@ impl Offence {
             return match error {
                 TlsError::Timeout(_) => Some(Offence::TlsHandshakeTimeout),
                 TlsError::Protocol(_) => Some(Offence::TlsHandshakeFailure),
-                TlsError::Io(_) => None,
+                // A hang-up, and a close the server asked for (its drain).
+                TlsError::Io(_) | TlsError::CloseRequested => None,
             };
         }
         #[cfg(feature = "http")]

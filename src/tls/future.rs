@@ -15,7 +15,7 @@ use tokio_rustls::{
 use tower::Service;
 
 use super::{TlsError, TlsInfo, layer::Shared};
-use crate::{BoxError, Conn, Parts, deadline::ShrinkingDeadline};
+use crate::{BoxError, Conn, Parts, close::Requested, deadline::ShrinkingDeadline};
 
 /// A connection's handshake, then the inner service's future on the decrypted stream.
 #[pin_project]
@@ -48,6 +48,9 @@ struct Handshake<IO> {
     accept: Accept<IO>,
     #[pin]
     deadline: ShrinkingDeadline,
+    /// Set the first time the client makes us wait: a draining server closes the
+    /// connection at once, as it has no request under way.
+    close: Option<Requested>,
 }
 
 impl<S, IO, F> ResponseFuture<S, IO, F> {
@@ -55,7 +58,11 @@ impl<S, IO, F> ResponseFuture<S, IO, F> {
         let deadline = ShrinkingDeadline::after(shared.handshake_timeout, &shared.scaler);
         Self {
             state: State::Handshake {
-                handshake: Box::pin(Handshake { accept, deadline }),
+                handshake: Box::pin(Handshake {
+                    accept,
+                    deadline,
+                    close: None,
+                }),
                 next: Some((inner, parts)),
             },
             shared,
@@ -80,9 +87,19 @@ where
                     let handshake = handshake.as_mut().project();
                     let outcome = match handshake.accept.poll(cx) {
                         Poll::Ready(outcome) => Ok(outcome),
-                        Poll::Pending => Err(ready!(
-                            handshake.deadline.poll_passed(cx, &this.shared.scaler)
-                        )),
+                        Poll::Pending => {
+                            let (_, parts) = next.as_mut().expect("polled after completion");
+                            let close = handshake
+                                .close
+                                .get_or_insert_with(|| parts.graceful_close().requested());
+                            if Pin::new(close).poll(cx).is_ready() {
+                                Err(TlsError::CloseRequested)
+                            } else {
+                                let passed =
+                                    handshake.deadline.poll_passed(cx, &this.shared.scaler);
+                                Err(TlsError::Timeout(ready!(passed)))
+                            }
+                        }
                     };
                     let (mut inner, mut parts) = next.take().expect("polled after completion");
                     let failure = match outcome {
@@ -94,7 +111,7 @@ where
                             continue;
                         }
                         Ok(Err(error)) => TlsError::from_handshake(error),
-                        Err(limit) => TlsError::Timeout(limit),
+                        Err(ended) => ended,
                     };
                     let error = this.shared.failed(failure, parts.peer_addr);
                     return Poll::Ready(Err(error.into()));

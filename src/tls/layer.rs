@@ -51,15 +51,21 @@ pub struct TlsStats {
     pub handshakes_failed: u64,
     /// Handshakes not complete within the handshake timeout.
     pub handshakes_timed_out: u64,
+    /// Handshakes broken off because their connection was asked to close (the
+    /// server's drain): neither failed nor timed out.
+    pub handshakes_closed: u64,
 }
 
-/// One line: `handshakes completed 40, failed 2, timed out 1`.
+/// One line: `handshakes completed 40, failed 2, timed out 1, closed 0`.
 impl std::fmt::Display for TlsStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "handshakes completed {}, failed {}, timed out {}",
-            self.handshakes_completed, self.handshakes_failed, self.handshakes_timed_out
+            "handshakes completed {}, failed {}, timed out {}, closed {}",
+            self.handshakes_completed,
+            self.handshakes_failed,
+            self.handshakes_timed_out,
+            self.handshakes_closed
         )
     }
 }
@@ -96,6 +102,7 @@ impl TlsLayer {
             handshakes_completed: shared.completed.get(),
             handshakes_failed: shared.broken.get() + shared.failed_io.get(),
             handshakes_timed_out: shared.timed_out.get(),
+            handshakes_closed: shared.closed.get(),
         }
     }
 }
@@ -177,6 +184,7 @@ impl TlsBuilder {
                 broken: handshake_error("protocol"),
                 failed_io: handshake_error("io"),
                 timed_out: handshake_error("timeout"),
+                closed: handshake_error("close_requested"),
             }),
         })
     }
@@ -203,6 +211,8 @@ pub(super) struct Shared {
     /// Handshakes that failed reading or writing: `TlsError::Io`.
     failed_io: Counter,
     timed_out: Counter,
+    /// Handshakes ended by a close request: `TlsError::CloseRequested`.
+    closed: Counter,
 }
 
 fn handshake_error(reason: &'static str) -> Counter {
@@ -220,6 +230,12 @@ impl Shared {
             TlsError::Timeout(_) => self.timed_out.add(),
             TlsError::Protocol(_) => self.broken.add(),
             TlsError::Io(_) => self.failed_io.add(),
+            TlsError::CloseRequested => {
+                // The server's own doing: no failure to tell the operator of.
+                self.closed.add();
+                tracing::debug!(%peer, %error, "TLS handshake ended by a close request");
+                return error;
+            }
         }
         if let Some(suppressed) = self.log.allow() {
             tracing::info!(%peer, %error, suppressed, "TLS handshake failed");
@@ -247,10 +263,11 @@ mod tests {
             handshakes_completed: 40,
             handshakes_failed: 2,
             handshakes_timed_out: 1,
+            handshakes_closed: 3,
         };
         assert_eq!(
             stats.to_string(),
-            "handshakes completed 40, failed 2, timed out 1"
+            "handshakes completed 40, failed 2, timed out 1, closed 3"
         );
     }
 }

@@ -7,7 +7,9 @@
 //!   ClientHello followed by silence, or a ClientHello trickled a byte a second, is cut
 //!   then. A handshake that fails or runs out of time fails the connection with a
 //!   [`TlsError`] (downcast it from the `BoxError`), is counted in
-//!   [`stats`](TlsLayer::stats), and is logged at most once a second.
+//!   [`stats`](TlsLayer::stats), and is logged at most once a second. A connection
+//!   asked to close while its handshake is still under way (the server's drain) is
+//!   closed at once ([`TlsError::CloseRequested`], no offence): it has sent no request.
 //! - **ALPN**: `h2` and `http/1.1` are [offered](TlsBuilder::alpn); the
 //!   [HTTP adapter](crate::http) serves HTTP/2 to a client that agreed on `h2` without
 //!   detecting it. The server name the client asked for (SNI) and the agreed protocol
@@ -126,6 +128,9 @@ pub enum TlsError {
     Protocol(rustls::Error),
     /// The connection closed or failed before the handshake was complete.
     Io(io::Error),
+    /// The connection was asked to close (the server drains) before its handshake was
+    /// complete. It had sent no request, so nothing is lost, and it is no offence.
+    CloseRequested,
 }
 
 impl TlsError {
@@ -149,6 +154,9 @@ impl fmt::Display for TlsError {
             }
             TlsError::Protocol(error) => write!(f, "TLS handshake refused: {error}"),
             TlsError::Io(error) => write!(f, "connection lost during the TLS handshake: {error}"),
+            TlsError::CloseRequested => {
+                f.write_str("asked to close before its TLS handshake was complete")
+            }
         }
     }
 }
@@ -156,7 +164,7 @@ impl fmt::Display for TlsError {
 impl Error for TlsError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         match self {
-            TlsError::Timeout(_) => None,
+            TlsError::Timeout(_) | TlsError::CloseRequested => None,
             TlsError::Protocol(error) => Some(error),
             TlsError::Io(error) => Some(error),
         }
