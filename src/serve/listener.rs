@@ -13,8 +13,9 @@ pub trait Listener: Send + 'static {
     /// Accepts the next connection.
     ///
     /// The future must be cancel-safe, as [`tokio::net::TcpListener::accept`] is: the
-    /// accept loop drops it to reap finished connections or to shut down, and a
-    /// connection accepted by a dropped future is lost.
+    /// accept loop drops it to shut down, and out of descriptors it drops one that is
+    /// not ready at once ([`reserve_descriptor`](super::Server::reserve_descriptor));
+    /// a connection accepted by a dropped future is lost.
     ///
     /// An error is classified by the accept loop:
     ///
